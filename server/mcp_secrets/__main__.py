@@ -1,0 +1,3 @@
+from mcp_secrets.cli import main
+
+raise SystemExit(main())

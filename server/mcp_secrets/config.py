@@ -1,0 +1,92 @@
+"""Settings: every environment variable mcp-secrets reads, with its default.
+
+Nothing else in the package reads ``os.environ``. Secrets among the settings
+(master keys, the legacy key, a database URL that may carry a password) are
+``SecretStr`` so that no repr or log line can show them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import platformdirs
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+APP_NAME = "mcp-secrets"
+Transport = Literal["stdio", "sse", "streamable-http"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+DEFAULT_DATABASE_FILE = "secrets.db"
+DEFAULT_KEY_FILE = "master.key"
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """mcp-secrets configuration, read from ``MCP_SECRETS_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="MCP_SECRETS_", extra="ignore", hide_input_in_errors=True)
+
+    master_key: SecretStr | None = Field(
+        default=None,
+        description="Master key(s), base64. Several, comma-separated: the first writes, all read.",
+    )
+    master_key_file: Path | None = Field(
+        default=None, description="File holding the master key(s), one per line; the first writes."
+    )
+    legacy_key: SecretStr | None = Field(
+        default=None, description="Key string of the original iv:authTag:ciphertext format, read-only."
+    )
+    database_url: SecretStr | None = Field(
+        default=None, description="mongodb://…, mongodb+srv://… or sqlite:///path; unset: the embedded SQLite file."
+    )
+    user: str | None = Field(default=None, description="Username on stdio; default the OS login name.")
+    data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir(APP_NAME)))
+    config_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_config_dir(APP_NAME)))
+
+    transport: Transport = "stdio"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    stateless_http: bool = Field(default=False, description="Serve Streamable HTTP without sessions, for replicas.")
+    public_url: str | None = Field(default=None, description="The URL clients use, when behind a proxy.")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Extra Host header values accepted (host:port, or host:* for any port)."
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Extra Origin header values accepted (scheme://host:port)."
+    )
+
+    jwks_url: str | None = Field(default=None, description="JWKS URL of an OIDC provider whose JWTs are accepted.")
+    issuer: str | None = Field(default=None, description="Required `iss` of accepted JWTs.")
+    audience: str | None = Field(default=None, description="Required `aud` of accepted JWTs.")
+    username_claim: str = Field(default="sub", description="JWT claim that holds the username.")
+
+    log_level: LogLevel = "INFO"
+
+    _split_hosts = field_validator("allowed_hosts", "allowed_origins", mode="before")(_split_commas)
+
+    @property
+    def default_database_path(self) -> Path:
+        """The embedded SQLite file, in the user's data directory."""
+        return self.data_dir / DEFAULT_DATABASE_FILE
+
+    @property
+    def default_key_file(self) -> Path:
+        """Where a generated master key is kept: the config directory, not beside the database."""
+        return self.config_dir / DEFAULT_KEY_FILE
+
+    @property
+    def uses_embedded_store(self) -> bool:
+        """True when no database URL is set, or it names a SQLite file."""
+        url = self.database_url.get_secret_value().strip() if self.database_url else ""
+        return not url or url.startswith("sqlite:")
+
+    @property
+    def database_url_text(self) -> str | None:
+        """The database URL itself, for the one place that opens the store."""
+        return self.database_url.get_secret_value() if self.database_url else None

@@ -1,0 +1,35 @@
+"""Every error mcp-secrets raises on purpose.
+
+Messages name the field or record at fault and never carry a secret value,
+so any of these can be shown to a user, returned as a tool error or logged.
+"""
+
+from __future__ import annotations
+
+
+class SecretsError(Exception):
+    """Base class of every error raised on purpose by mcp-secrets."""
+
+
+class InvalidInputError(SecretsError, ValueError):
+    """Raised when a username, server, key, value or action does not pass validation."""
+
+
+class SecretNotFoundError(SecretsError, LookupError):
+    """Raised when a secret, a server's secrets or a token that was asked for does not exist."""
+
+
+class StoreUnavailableError(SecretsError):
+    """Raised when the secret store (SQLite file or MongoDB server) cannot be reached."""
+
+
+class DecryptionError(SecretsError):
+    """Raised when a stored ciphertext does not decrypt: tampered, moved to another record, or wrong key."""
+
+
+class UnauthorisedError(SecretsError):
+    """Raised when a caller has no verified identity, or a token is unknown, revoked or expired."""
+
+
+class ConfigurationError(SecretsError):
+    """Raised at start-up when a setting (master key, database URL, verifier) is missing or malformed."""

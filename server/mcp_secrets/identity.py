@@ -1,0 +1,165 @@
+"""Who is calling: the local user on stdio, a verified bearer token on HTTP.
+
+The username always comes from here, never from tool arguments or headers.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+from typing import Any, Protocol
+
+import anyio
+import jwt
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken, TokenVerifier
+from mcp.server.mcpserver import Context
+
+from mcp_secrets.errors import InvalidInputError, SecretsError, UnauthorisedError
+from mcp_secrets.secrets import validate_username
+from mcp_secrets.tokens import TOKEN_PREFIX, ApiTokens
+
+logger = logging.getLogger(__name__)
+
+API_TOKEN_ISSUER = "mcp-secrets"
+# Asymmetric algorithms only: a JWKS publishes public keys, and "none" or HMAC must never verify.
+JWT_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+
+
+class Identity(Protocol):
+    """Tells the tools which user a request acts for."""
+
+    def username(self, ctx: Context[Any, Any]) -> str:
+        """The caller's username; ``UnauthorisedError`` when there is none."""
+        ...
+
+
+class LocalIdentity:
+    """stdio: one local user per process."""
+
+    def __init__(self, username: str) -> None:
+        self._username = validate_username(username)
+
+    def username(self, ctx: Context[Any, Any]) -> str:  # noqa: ARG002 - same for every request
+        """The process's user."""
+        return self._username
+
+
+def local_username(configured: str | None) -> str:
+    """``MCP_SECRETS_USER`` when set, else the OS login name; validated either way."""
+    name = configured or getpass.getuser()
+    try:
+        return validate_username(name)
+    except InvalidInputError:
+        raise InvalidInputError(
+            "the local username is not a valid username; set MCP_SECRETS_USER to "
+            "1 to 128 characters of letters, digits, '_', '-', '.' or '@'"
+        ) from None
+
+
+class BearerIdentity:
+    """HTTP: the subject of the bearer token the SDK's middleware verified for this request."""
+
+    def username(self, ctx: Context[Any, Any]) -> str:
+        """The verified token's username."""
+        access_token = _request_access_token(ctx) or get_access_token()
+        if access_token is None or not access_token.subject:
+            raise UnauthorisedError("this request carries no verified bearer token")
+        return access_token.subject
+
+
+def _request_access_token(ctx: Context[Any, Any]) -> AccessToken | None:
+    """The token verified for the HTTP request that carried this message, if any."""
+    request = ctx.request_context.request
+    scope = getattr(request, "scope", None)
+    user = scope.get("user") if isinstance(scope, dict) else None
+    return user.access_token if isinstance(user, AuthenticatedUser) else None
+
+
+class ApiTokenVerifier:
+    """Accepts tokens made by ``mcp-secrets token create``: live, unexpired, not revoked."""
+
+    def __init__(self, tokens: ApiTokens) -> None:
+        self._tokens = tokens
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        """The token's access info, or None."""
+        try:
+            record = await anyio.to_thread.run_sync(self._tokens.verify, token)
+        except SecretsError as exc:
+            logger.warning("API token could not be checked: %s", exc)
+            return None
+        if record is None:
+            return None
+        return AccessToken(
+            token=token,
+            client_id=f"api-token:{record.token_id}",
+            scopes=[],
+            expires_at=None if record.expires_at is None else int(record.expires_at.timestamp()),
+            subject=record.username,
+            claims={"iss": API_TOKEN_ISSUER},
+        )
+
+
+class JwtVerifier:
+    """Accepts JWTs signed by a key of an OIDC provider's JWKS, for one issuer and audience."""
+
+    def __init__(self, jwks_url: str, *, issuer: str, audience: str, username_claim: str = "sub") -> None:
+        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300, timeout=10)
+        self._issuer = issuer
+        self._audience = audience
+        self._username_claim = username_claim
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        """The token's access info, or None when its signature, issuer, audience or expiry is wrong."""
+        return await anyio.to_thread.run_sync(self._verify, token)
+
+    def _verify(self, token: str) -> AccessToken | None:
+        try:
+            signing_key = self._jwks.get_signing_key_from_jwt(token)
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                signing_key,
+                algorithms=JWT_ALGORITHMS,
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.PyJWKClientConnectionError as exc:
+            logger.warning("the JWKS could not be fetched: %s", type(exc).__name__)
+            return None
+        except jwt.PyJWTError as exc:
+            logger.info("JWT refused: %s", type(exc).__name__)
+            return None
+        username = claims.get(self._username_claim)
+        if type(username) is not str:
+            logger.info("JWT refused: no string claim %r", self._username_claim)
+            return None
+        try:
+            validate_username(username)
+        except InvalidInputError:
+            logger.info("JWT refused: claim %r is not a valid username", self._username_claim)
+            return None
+        return AccessToken(
+            token=token,
+            client_id=str(claims.get("azp") or claims.get("client_id") or username),
+            scopes=str(claims.get("scope", "")).split(),
+            expires_at=int(claims["exp"]),
+            resource=self._audience,
+            subject=username,
+            claims={"iss": claims["iss"]},
+        )
+
+
+class EitherVerifier:
+    """API tokens by their prefix, everything else as a JWT."""
+
+    def __init__(self, api_tokens: TokenVerifier, jwts: TokenVerifier) -> None:
+        self._api_tokens = api_tokens
+        self._jwts = jwts
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        """Verify with the verifier this kind of token belongs to."""
+        verifier = self._api_tokens if token.startswith(TOKEN_PREFIX) else self._jwts
+        return await verifier.verify_token(token)

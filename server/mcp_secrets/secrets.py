@@ -1,0 +1,152 @@
+"""The Secrets service: validation, encryption and store calls for one user's secrets.
+
+Every method is synchronous and may block on the database: on an event loop,
+run it in a worker thread (``anyio.to_thread.run_sync``). Decrypted values
+exist only in the dict ``get_secrets`` returns; nothing here logs a value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Literal
+
+from mcp_secrets.crypto import SecretEncryptor
+from mcp_secrets.errors import InvalidInputError, SecretNotFoundError
+from mcp_secrets.store import SecretStore
+
+Action = Literal["save", "update", "delete"]
+ACTIONS: tuple[Action, ...] = ("save", "update", "delete")
+MAX_NAME_LENGTH = 128
+MAX_VALUE_BYTES = 64 * 1024
+_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+_USERNAME = re.compile(r"[A-Za-z0-9_.@\-]{1,128}")
+NAME_RULE = "1 to 128 characters of letters, digits, '_', '-' or '.'"
+USERNAME_RULE = "1 to 128 characters of letters, digits, '_', '-', '.' or '@'"
+
+
+def validate_username(username: object) -> str:
+    """Return ``username`` if it is a valid username; raise ``InvalidInputError`` naming the field."""
+    if type(username) is not str or not _USERNAME.fullmatch(username):
+        raise InvalidInputError(f"username must be {USERNAME_RULE}")
+    return username
+
+
+def validate_name(field: str, name: object) -> str:
+    """Return a valid server or key name; the error names the field, never the input."""
+    if type(name) is not str or not _NAME.fullmatch(name):
+        raise InvalidInputError(f"{field} must be {NAME_RULE}")
+    return name
+
+
+def validate_value(value: object) -> str:
+    """Return a valid secret value: a string of 1 byte to 64 KiB in UTF-8."""
+    if type(value) is not str:
+        raise InvalidInputError("value must be a string")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidInputError("value must be valid Unicode text (it holds a lone surrogate)") from None
+    if size == 0:
+        raise InvalidInputError("value must not be empty")
+    if size > MAX_VALUE_BYTES:
+        raise InvalidInputError(f"value must be at most {MAX_VALUE_BYTES} bytes in UTF-8")
+    return value
+
+
+@dataclass(frozen=True)
+class SecretKeyInfo:
+    """A stored secret's name and timestamps: everything but its value."""
+
+    server: str
+    key: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    """What ``update_secret`` did: ``created``, ``updated`` or ``deleted``."""
+
+    server: str
+    key: str
+    status: Literal["created", "updated", "deleted"]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Secrets:
+    """One place that reads and writes users' secrets: ``get_secrets``, ``update_secret``, ``list_secret_keys``."""
+
+    def __init__(
+        self, store: SecretStore, encryptor: SecretEncryptor, *, clock: Callable[[], datetime] = _utcnow
+    ) -> None:
+        self.store = store
+        self.encryptor = encryptor
+        self._clock = clock
+
+    def get_secrets(self, username: str, server: str) -> dict[str, str]:
+        """One user's decrypted secrets for one MCP server, as ``{key: value}``.
+
+        Raises:
+            DecryptionError: a record does not decrypt; it names that record's key.
+            StoreUnavailableError: the database cannot be reached.
+
+        """
+        validate_username(username)
+        validate_name("server", server)
+        decrypt = self.encryptor.decrypt
+        return {
+            record.key: decrypt(record.value, username=username, server=server, key=record.key)
+            for record in self.store.find_secrets(username, server)
+        }
+
+    def update_secret(
+        self, username: str, server: str, key: str, value: str | None = None, action: Action = "save"
+    ) -> UpdateResult:
+        """Save, update or delete one secret of one user.
+
+        ``save`` and ``update`` both write the value (an upsert, as in the original
+        design) and report whether the record was created or updated; ``delete``
+        removes the record and raises ``SecretNotFoundError`` when there is none.
+        """
+        validate_username(username)
+        validate_name("server", server)
+        validate_name("key", key)
+        if action == "delete":
+            return self._delete(username, server, key)
+        if action not in ACTIONS:
+            raise InvalidInputError("action must be one of save, update, delete")
+        plain = validate_value(value)
+        ciphertext = self.encryptor.encrypt(plain, username=username, server=server, key=key)
+        created = self.store.put_secret(username, server, key, ciphertext, self._clock())
+        return UpdateResult(server, key, "created" if created else "updated")
+
+    def set_secret(self, username: str, server: str, key: str, value: str) -> UpdateResult:
+        """Store one secret, creating or replacing it."""
+        return self.update_secret(username, server, key, value, "save")
+
+    def delete_secret(self, username: str, server: str, key: str) -> UpdateResult:
+        """Delete one secret; ``SecretNotFoundError`` names what was missing."""
+        return self.update_secret(username, server, key, None, "delete")
+
+    def list_secret_keys(self, username: str, server: str | None = None) -> list[SecretKeyInfo]:
+        """Names and timestamps of one user's secrets, never their values."""
+        validate_username(username)
+        if server is not None:
+            validate_name("server", server)
+        return [
+            SecretKeyInfo(record.server, record.key, record.created_at, record.updated_at)
+            for record in self.store.find_secrets(username, server)
+        ]
+
+    def _delete(self, username: str, server: str, key: str) -> UpdateResult:
+        if self.store.delete_secret(username, server, key):
+            return UpdateResult(server, key, "deleted")
+        if self.store.find_secrets(username, server):
+            raise SecretNotFoundError(f"there is no secret {key!r} for server {server!r}")
+        raise SecretNotFoundError(f"there are no secrets for server {server!r}")

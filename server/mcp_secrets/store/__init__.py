@@ -1,0 +1,99 @@
+"""The store protocol: where ciphertexts and token hashes live, and nothing else.
+
+Stores are synchronous and thread-safe; callers on an event loop run them in a
+worker thread. They never see a plaintext: ``SecretRecord.value`` is a ciphertext.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from mcp_secrets.errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class SecretRecord:
+    """One ``UserSecret``: the ciphertext of one key of one user for one MCP server."""
+
+    username: str
+    server: str
+    key: str
+    value: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """One API token, kept only as the SHA-256 of the token string."""
+
+    token_id: str
+    username: str
+    token_hash: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    label: str = ""
+
+
+class SecretStore(Protocol):
+    """What the ``Secrets`` service and the token verifier need from a database."""
+
+    def put_secret(self, username: str, server: str, key: str, value: str, now: datetime) -> bool:
+        """Insert or replace one record's ciphertext; return True when it was created."""
+        ...
+
+    def delete_secret(self, username: str, server: str, key: str) -> bool:
+        """Remove one record; return False when there was none."""
+        ...
+
+    def find_secrets(self, username: str, server: str | None = None) -> list[SecretRecord]:
+        """One user's records, of one server or of all, in (server, key) order, in one query."""
+        ...
+
+    def put_token(self, token: TokenRecord) -> None:
+        """Insert a new API token record."""
+        ...
+
+    def find_token(self, token_hash: str) -> TokenRecord | None:
+        """The token record with this hash, revoked or not."""
+        ...
+
+    def list_tokens(self, username: str | None = None) -> list[TokenRecord]:
+        """Every token record (of one user, when given), oldest first."""
+        ...
+
+    def revoke_token(self, token_id: str, now: datetime) -> bool:
+        """Mark a token revoked; return False when no live token has this id."""
+        ...
+
+    def ping(self) -> None:
+        """Raise ``StoreUnavailableError`` unless the database answers."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def open_store(database_url: str | None, *, default_sqlite_path: str) -> SecretStore:
+    """Open the store named by ``MCP_SECRETS_DATABASE_URL``; SQLite at the default path when unset."""
+    url = (database_url or "").strip()
+    if not url:
+        from mcp_secrets.store.sqlite import SQLiteStore  # noqa: PLC0415 - import only the backend in use
+
+        return SQLiteStore(default_sqlite_path)
+    if url.startswith("sqlite:///"):
+        from mcp_secrets.store.sqlite import SQLiteStore  # noqa: PLC0415
+
+        # sqlite:///relative/path and sqlite:////absolute/path, as SQLAlchemy spells them.
+        return SQLiteStore(url[len("sqlite:///") :])
+    if url.startswith(("mongodb://", "mongodb+srv://")):
+        from mcp_secrets.store.mongo import MongoStore  # noqa: PLC0415
+
+        return MongoStore.from_url(url)
+    raise ConfigurationError(
+        "MCP_SECRETS_DATABASE_URL must start with mongodb://, mongodb+srv:// or sqlite:///"
+    )

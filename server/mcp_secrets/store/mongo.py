@@ -1,0 +1,190 @@
+"""The MongoDB store: ``UserSecret`` documents and API token hashes, through pymongo."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import pymongo
+from pymongo import MongoClient
+from pymongo.collection import Collection
+from pymongo.errors import ConfigurationError as PyMongoConfigurationError
+from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.uri_parser import parse_uri
+
+from mcp_secrets.errors import ConfigurationError, StoreUnavailableError
+from mcp_secrets.store import SecretRecord, TokenRecord
+
+DEFAULT_DATABASE = "mcp_secrets"
+SECRETS_COLLECTION = "user_secrets"
+TOKENS_COLLECTION = "api_tokens"
+SERVER_SELECTION_TIMEOUT_MS = 5000
+
+Document = dict[str, Any]
+
+
+def _text(field: str, value: str) -> str:
+    """Refuse anything but a plain string where a filter expects one: no operator can slip in."""
+    if type(value) is not str:
+        raise TypeError(f"{field} must be a string")
+    return value
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    # pymongo hands back naive UTC datetimes unless the client is tz_aware.
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=timezone.utc)
+
+
+def _secret(document: Document) -> SecretRecord:
+    return SecretRecord(
+        document["username"],
+        document["server"],
+        document["key"],
+        document["value"],
+        _utc(document["created_at"]) or datetime.now(timezone.utc),
+        _utc(document["updated_at"]) or datetime.now(timezone.utc),
+    )
+
+
+def _token(document: Document) -> TokenRecord:
+    return TokenRecord(
+        document["token_id"],
+        document["username"],
+        document["token_hash"],
+        _utc(document["created_at"]) or datetime.now(timezone.utc),
+        _utc(document.get("expires_at")),
+        _utc(document.get("revoked_at")),
+        document.get("label", ""),
+    )
+
+
+class MongoStore:
+    """A ``SecretStore`` on two MongoDB collections, indexes created at start."""
+
+    def __init__(self, client: MongoClient[Document], database: str = DEFAULT_DATABASE) -> None:
+        self._client = client
+        db = client[database]
+        self._secrets: Collection[Document] = db[SECRETS_COLLECTION]
+        self._tokens: Collection[Document] = db[TOKENS_COLLECTION]
+        try:
+            self._secrets.create_index(
+                [("username", pymongo.ASCENDING), ("server", pymongo.ASCENDING), ("key", pymongo.ASCENDING)],
+                unique=True,
+                name="username_server_key_unique",
+            )
+            self._tokens.create_index("token_hash", unique=True, name="token_hash_unique")
+            self._tokens.create_index("token_id", unique=True, name="token_id_unique")
+        except PyMongoError as exc:
+            raise StoreUnavailableError(f"the MongoDB store is unavailable: {type(exc).__name__}") from None
+
+    @classmethod
+    def from_url(cls, url: str) -> MongoStore:
+        """Connect to the server of a ``mongodb://`` URL; the database comes from its path."""
+        try:
+            database = parse_uri(url).get("database") or DEFAULT_DATABASE
+            client: MongoClient[Document] = MongoClient(
+                url, serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS, tz_aware=True, appname="mcp-secrets"
+            )
+        except (PyMongoConfigurationError, ValueError) as exc:
+            # pymongo's message can quote the URL, password included: say only what kind of fault it is.
+            raise ConfigurationError(f"MCP_SECRETS_DATABASE_URL is not a valid MongoDB URL ({type(exc).__name__})") from None
+        return cls(client, database)
+
+    def put_secret(self, username: str, server: str, key: str, value: str, now: datetime) -> bool:
+        """Insert or replace one record's ciphertext; return True when it was created."""
+        selector = {"username": _text("username", username), "server": _text("server", server), "key": _text("key", key)}
+        try:
+            try:
+                result = self._secrets.update_one(
+                    selector,
+                    {"$set": {"value": value, "updated_at": now}, "$setOnInsert": {"created_at": now}},
+                    upsert=True,
+                )
+            except DuplicateKeyError:
+                # Two upserts raced to insert the same record and the unique index let one win:
+                # this write replaces the winner's value, as a later save would.
+                self._secrets.update_one(selector, {"$set": {"value": value, "updated_at": now}})
+                return False
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+        return result.upserted_id is not None
+
+    def delete_secret(self, username: str, server: str, key: str) -> bool:
+        """Remove one record; return False when there was none."""
+        selector = {"username": _text("username", username), "server": _text("server", server), "key": _text("key", key)}
+        try:
+            return self._secrets.delete_one(selector).deleted_count > 0
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+
+    def find_secrets(self, username: str, server: str | None = None) -> list[SecretRecord]:
+        """One user's records, of one server or of all, in (server, key) order, in one query."""
+        selector = {"username": _text("username", username)}
+        if server is not None:
+            selector["server"] = _text("server", server)
+        try:
+            cursor = self._secrets.find(selector, {"_id": False}).sort([("server", 1), ("key", 1)])
+            return [_secret(document) for document in cursor]
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+
+    def put_token(self, token: TokenRecord) -> None:
+        """Insert a new API token record."""
+        document = {
+            "token_id": token.token_id,
+            "username": token.username,
+            "token_hash": token.token_hash,
+            "created_at": token.created_at,
+            "expires_at": token.expires_at,
+            "revoked_at": token.revoked_at,
+            "label": token.label,
+        }
+        try:
+            self._tokens.insert_one(document)
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+
+    def find_token(self, token_hash: str) -> TokenRecord | None:
+        """The token record with this hash, revoked or not."""
+        try:
+            document = self._tokens.find_one({"token_hash": _text("token_hash", token_hash)}, {"_id": False})
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+        return None if document is None else _token(document)
+
+    def list_tokens(self, username: str | None = None) -> list[TokenRecord]:
+        """Every token record (of one user, when given), oldest first."""
+        selector = {} if username is None else {"username": _text("username", username)}
+        try:
+            cursor = self._tokens.find(selector, {"_id": False}).sort([("created_at", 1), ("token_id", 1)])
+            return [_token(document) for document in cursor]
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+
+    def revoke_token(self, token_id: str, now: datetime) -> bool:
+        """Mark a token revoked; return False when no live token has this id."""
+        try:
+            result = self._tokens.update_one(
+                {"token_id": _text("token_id", token_id), "revoked_at": None}, {"$set": {"revoked_at": now}}
+            )
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+        return result.modified_count > 0
+
+    def ping(self) -> None:
+        """Raise ``StoreUnavailableError`` unless the server answers."""
+        try:
+            self._client.admin.command("ping")
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self._client.close()
+
+
+def _unavailable(exc: PyMongoError) -> StoreUnavailableError:
+    # Name the fault's kind only: pymongo messages can quote hosts and credentials.
+    return StoreUnavailableError(f"the MongoDB store is unavailable ({type(exc).__name__})")

@@ -1,0 +1,214 @@
+"""The embedded default store: one SQLite file, WAL mode, created with mode 0600."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TypeVar
+
+from mcp_secrets.errors import StoreUnavailableError
+from mcp_secrets.store import SecretRecord, TokenRecord
+
+_T = TypeVar("_T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS user_secrets (
+    username   TEXT NOT NULL,
+    server     TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (username, server, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS api_tokens (
+    token_id   TEXT PRIMARY KEY,
+    username   TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    expires_at TEXT,
+    revoked_at TEXT,
+    label      TEXT NOT NULL DEFAULT ''
+);
+"""
+_SECRET_COLUMNS = "username, server, key, value, created_at, updated_at"
+_TOKEN_COLUMNS = "token_id, username, token_hash, created_at, expires_at, revoked_at, label"
+BUSY_TIMEOUT_SECONDS = 10.0
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(timezone.utc).isoformat()
+
+
+def _moment(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _secret(row: tuple[str, str, str, str, str, str]) -> SecretRecord:
+    username, server, key, value, created_at, updated_at = row
+    return SecretRecord(
+        username, server, key, value, datetime.fromisoformat(created_at), datetime.fromisoformat(updated_at)
+    )
+
+
+def _token(row: tuple[str, str, str, str, str | None, str | None, str]) -> TokenRecord:
+    token_id, username, token_hash, created_at, expires_at, revoked_at, label = row
+    return TokenRecord(
+        token_id,
+        username,
+        token_hash,
+        datetime.fromisoformat(created_at),
+        _moment(expires_at),
+        _moment(revoked_at),
+        label,
+    )
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the database file readable by its owner only, before SQLite opens it."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return
+
+
+class SQLiteStore:
+    """A ``SecretStore`` on one SQLite file, shared by threads through one locked connection."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).expanduser()
+        self._lock = threading.Lock()
+        try:
+            _create_private_file(self.path)
+            # The -wal and -shm files SQLite creates take the process umask: keep them private too.
+            previous_umask = os.umask(0o077)
+            try:
+                self._connection = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False, isolation_level=None
+                )
+                self._connection.execute("PRAGMA journal_mode=WAL")
+                self._connection.execute("PRAGMA synchronous=NORMAL")
+                self._connection.execute("PRAGMA secure_delete=ON")
+                self._connection.executescript(_SCHEMA)
+            finally:
+                os.umask(previous_umask)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailableError(f"the SQLite store at {self.path} cannot be opened: {exc}") from None
+
+    @contextmanager
+    def _cursor(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._connection
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.Error as exc:
+                raise StoreUnavailableError(f"the SQLite store is unavailable: {exc}") from None
+
+    def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        with self._cursor() as connection:
+            return work(connection)
+
+    def put_secret(self, username: str, server: str, key: str, value: str, now: datetime) -> bool:
+        """Insert or replace one record's ciphertext; return True when it was created."""
+        stamp = _iso(now)
+
+        def upsert(connection: sqlite3.Connection) -> bool:
+            row = connection.execute(
+                "INSERT INTO user_secrets (username, server, key, value, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (username, server, key) DO UPDATE SET value = excluded.value, "
+                "updated_at = excluded.updated_at "
+                "RETURNING created_at = updated_at",
+                (username, server, key, value, stamp, stamp),
+            ).fetchone()
+            return bool(row[0])
+
+        return self._run(upsert)
+
+    def delete_secret(self, username: str, server: str, key: str) -> bool:
+        """Remove one record; return False when there was none."""
+        return self._run(
+            lambda connection: connection.execute(
+                "DELETE FROM user_secrets WHERE username = ? AND server = ? AND key = ?",
+                (username, server, key),
+            ).rowcount
+            > 0
+        )
+
+    def find_secrets(self, username: str, server: str | None = None) -> list[SecretRecord]:
+        """One user's records, of one server or of all, in (server, key) order, in one query."""
+        if server is None:
+            query, params = "WHERE username = ?", (username,)
+        else:
+            query, params = "WHERE username = ? AND server = ?", (username, server)
+        rows = self._run(
+            lambda connection: connection.execute(
+                f"SELECT {_SECRET_COLUMNS} FROM user_secrets {query} ORDER BY server, key",  # noqa: S608 - fixed SQL
+                params,
+            ).fetchall()
+        )
+        return [_secret(row) for row in rows]
+
+    def put_token(self, token: TokenRecord) -> None:
+        """Insert a new API token record."""
+        self._run(
+            lambda connection: connection.execute(
+                f"INSERT INTO api_tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                (
+                    token.token_id,
+                    token.username,
+                    token.token_hash,
+                    _iso(token.created_at),
+                    _iso(token.expires_at),
+                    _iso(token.revoked_at),
+                    token.label,
+                ),
+            )
+        )
+
+    def find_token(self, token_hash: str) -> TokenRecord | None:
+        """The token record with this hash, revoked or not."""
+        row = self._run(
+            lambda connection: connection.execute(
+                f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ?",  # noqa: S608
+                (token_hash,),
+            ).fetchone()
+        )
+        return None if row is None else _token(row)
+
+    def list_tokens(self, username: str | None = None) -> list[TokenRecord]:
+        """Every token record (of one user, when given), oldest first."""
+        where, params = ("", ()) if username is None else ("WHERE username = ?", (username,))
+        rows = self._run(
+            lambda connection: connection.execute(
+                f"SELECT {_TOKEN_COLUMNS} FROM api_tokens {where} ORDER BY created_at, token_id",  # noqa: S608
+                params,
+            ).fetchall()
+        )
+        return [_token(row) for row in rows]
+
+    def revoke_token(self, token_id: str, now: datetime) -> bool:
+        """Mark a token revoked; return False when no live token has this id."""
+        return self._run(
+            lambda connection: connection.execute(
+                "UPDATE api_tokens SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL",
+                (_iso(now), token_id),
+            ).rowcount
+            > 0
+        )
+
+    def ping(self) -> None:
+        """Raise ``StoreUnavailableError`` unless the database answers."""
+        self._run(lambda connection: connection.execute("SELECT 1").fetchone())
+
+    def close(self) -> None:
+        """Release the connection."""
+        with self._lock:
+            self._connection.close()

@@ -1,0 +1,96 @@
+"""API tokens: made by ``mcp-secrets token create``, shown once, stored only as a hash.
+
+A token reads ``mcps_<token id>_<random>``. The token id is public (it is what
+``token list`` shows and ``token revoke`` takes); the random part carries 256
+bits, so a plain SHA-256 of the whole token is a safe lookup key, as for
+GitHub's or Stripe's API tokens: there is nothing to brute-force.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets as _random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from mcp_secrets.errors import InvalidInputError, SecretNotFoundError
+from mcp_secrets.secrets import validate_username
+from mcp_secrets.store import SecretStore, TokenRecord
+
+TOKEN_PREFIX = "mcps_"
+MAX_LABEL_LENGTH = 200
+
+
+def hash_token(token: str) -> str:
+    """The lookup key stored in place of a token."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class NewToken:
+    """A token just created: ``token`` is shown to its owner once and never stored."""
+
+    record: TokenRecord
+    token: str
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class ApiTokens:
+    """Create, list, revoke and verify API tokens kept in a ``SecretStore``."""
+
+    def __init__(self, store: SecretStore, *, clock: Callable[[], datetime] = _utcnow) -> None:
+        self.store = store
+        self._clock = clock
+
+    def create(self, username: str, *, label: str = "", expires_in: timedelta | None = None) -> NewToken:
+        """Make a token for ``username``; the returned string is the only copy."""
+        validate_username(username)
+        if len(label) > MAX_LABEL_LENGTH or not label.isprintable():
+            raise InvalidInputError(f"label must be at most {MAX_LABEL_LENGTH} printable characters")
+        if expires_in is not None and expires_in <= timedelta(0):
+            raise InvalidInputError("expiry must be in the future")
+        now = self._clock()
+        token_id = _random.token_hex(5)
+        token = f"{TOKEN_PREFIX}{token_id}_{_random.token_urlsafe(32)}"
+        record = TokenRecord(
+            token_id=token_id,
+            username=username,
+            token_hash=hash_token(token),
+            created_at=now,
+            expires_at=None if expires_in is None else now + expires_in,
+            label=label,
+        )
+        self.store.put_token(record)
+        return NewToken(record, token)
+
+    def list(self, username: str | None = None) -> list[TokenRecord]:
+        """Every token record, of one user when given; hashes only."""
+        return self.store.list_tokens(None if username is None else validate_username(username))
+
+    def revoke(self, token_id: str) -> TokenRecord:
+        """Revoke a live token by its id (or by the whole token); ``SecretNotFoundError`` if none."""
+        if token_id.startswith(TOKEN_PREFIX):
+            token_id = token_id.removeprefix(TOKEN_PREFIX).split("_", 1)[0]
+        if not self.store.revoke_token(token_id, self._clock()):
+            # Not echoed: a user may have pasted a whole token here.
+            raise SecretNotFoundError("there is no live token with that id (see `mcp-secrets token list`)")
+        return next(record for record in self.store.list_tokens() if record.token_id == token_id)
+
+    def verify(self, token: str) -> TokenRecord | None:
+        """The live record of ``token``, or None if it is unknown, revoked or expired."""
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 200:  # noqa: PLR2004 - far above a real token
+            return None
+        record = self.store.find_token(hash_token(token))
+        if record is None or record.revoked_at is not None:
+            return None
+        if record.expires_at is not None and record.expires_at <= self._clock():
+            return None
+        return record
+
+    def has_any(self) -> bool:
+        """True once any token, live or revoked, exists."""
+        return bool(self.store.list_tokens())
