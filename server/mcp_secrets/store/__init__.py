@@ -53,6 +53,10 @@ class SecretStore(Protocol):
         """One user's records, of one server or of all, in (server, key) order, in one query."""
         ...
 
+    def count_secrets(self) -> int:
+        """How many records the store holds, of all users."""
+        ...
+
     def put_token(self, token: TokenRecord) -> None:
         """Insert a new API token record."""
         ...

@@ -130,6 +130,13 @@ class MongoStore:
         except PyMongoError as exc:
             raise _unavailable(exc) from None
 
+    def count_secrets(self) -> int:
+        """How many records the store holds, of all users."""
+        try:
+            return self._secrets.count_documents({})
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+
     def put_token(self, token: TokenRecord) -> None:
         """Insert a new API token record."""
         document = {

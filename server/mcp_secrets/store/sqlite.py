@@ -81,7 +81,7 @@ def _create_private_file(path: Path) -> None:
 class SQLiteStore:
     """A ``SecretStore`` on one SQLite file, shared by threads through one locked connection."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
         self.path = Path(path).expanduser()
         self._lock = threading.Lock()
         try:
@@ -90,7 +90,7 @@ class SQLiteStore:
             previous_umask = os.umask(0o077)
             try:
                 self._connection = sqlite3.connect(
-                    self.path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False, isolation_level=None
+                    self.path, timeout=busy_timeout, check_same_thread=False, isolation_level=None
                 )
                 self._connection.execute("PRAGMA journal_mode=WAL")
                 self._connection.execute("PRAGMA synchronous=NORMAL")
@@ -155,6 +155,10 @@ class SQLiteStore:
             ).fetchall()
         )
         return [_secret(row) for row in rows]
+
+    def count_secrets(self) -> int:
+        """How many records the store holds, of all users."""
+        return int(self._run(lambda connection: connection.execute("SELECT count(*) FROM user_secrets").fetchone()[0]))
 
     def put_token(self, token: TokenRecord) -> None:
         """Insert a new API token record."""

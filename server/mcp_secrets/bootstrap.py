@@ -1,0 +1,114 @@
+"""Start-up: find or make the master key, open the store, build the Secrets service.
+
+The master key never comes from the database. On the embedded SQLite store a
+first run generates one into a 0600 file in the user's config directory; with
+MongoDB an explicit key is required, since several replicas must share it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from mcp_secrets.config import Settings
+from mcp_secrets.crypto import SecretEncryptor, generate_master_key, parse_master_key
+from mcp_secrets.errors import ConfigurationError
+from mcp_secrets.secrets import Secrets
+from mcp_secrets.store import SecretStore, open_store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MasterKeys:
+    """The configured master keys (the first writes) and where they came from, for the summary."""
+
+    keys: list[bytes]
+    source: str
+    generated: bool = False
+
+
+def _parse_keys(text: str, where: str) -> list[bytes]:
+    entries = [line.strip() for line in text.replace(",", "\n").splitlines()]
+    entries = [entry for entry in entries if entry and not entry.startswith("#")]
+    if not entries:
+        raise ConfigurationError(f"{where} holds no master key")
+    try:
+        return [parse_master_key(entry) for entry in entries]
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{where}: {exc}") from None
+
+
+def _read_key_file(path: Path) -> list[bytes]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(f"the master key file {path} cannot be read: {exc.strerror}") from None
+    if os.name == "posix" and stat.S_IMODE(path.stat().st_mode) & 0o077:
+        logger.warning("the master key file %s is readable by other users; run: chmod 600 %s", path, path)
+    return _parse_keys(text, f"the master key file {path}")
+
+
+def _write_new_key_file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as key_file:
+        key_file.write(generate_master_key() + "\n")
+
+
+def load_master_keys(settings: Settings, store: SecretStore | None = None) -> MasterKeys:
+    """The master keys from the environment, a key file, or (embedded store only) a new key file.
+
+    ``store`` lets a first run refuse to generate a key over secrets that an
+    earlier, now missing, key encrypted.
+    """
+    if settings.master_key is not None:
+        return MasterKeys(_parse_keys(settings.master_key.get_secret_value(), "MCP_SECRETS_MASTER_KEY"),
+                          "MCP_SECRETS_MASTER_KEY")
+    if settings.master_key_file is not None:
+        path = settings.master_key_file.expanduser()
+        return MasterKeys(_read_key_file(path), f"key file {path}")
+    if not settings.uses_embedded_store:
+        raise ConfigurationError(
+            "MongoDB needs an explicit master key, shared by every replica: set MCP_SECRETS_MASTER_KEY "
+            "or MCP_SECRETS_MASTER_KEY_FILE (`mcp-secrets keygen` makes one)"
+        )
+    path = settings.default_key_file
+    if path.exists():
+        return MasterKeys(_read_key_file(path), f"key file {path}")
+    if store is not None and store.count_secrets() > 0:
+        raise ConfigurationError(
+            f"the store already holds secrets but no master key is configured and {path} is missing; "
+            "set MCP_SECRETS_MASTER_KEY or MCP_SECRETS_MASTER_KEY_FILE to the key that encrypted them"
+        )
+    _write_new_key_file(path)
+    return MasterKeys(_read_key_file(path), f"key file {path} (generated now)", generated=True)
+
+
+def open_configured_store(settings: Settings) -> SecretStore:
+    """The store ``MCP_SECRETS_DATABASE_URL`` names, or the embedded SQLite file."""
+    return open_store(settings.database_url_text, default_sqlite_path=str(settings.default_database_path))
+
+
+def build_secrets(settings: Settings, store: SecretStore) -> tuple[Secrets, MasterKeys]:
+    """The Secrets service over ``store`` with the configured (or first-run) master keys."""
+    master_keys = load_master_keys(settings, store)
+    legacy_key = settings.legacy_key.get_secret_value() if settings.legacy_key else None
+    return Secrets(store, SecretEncryptor(master_keys.keys, legacy_key=legacy_key)), master_keys
+
+
+def describe_store(settings: Settings) -> str:
+    """The store for humans, without credentials: a file path, or a MongoDB host and database."""
+    url = settings.database_url_text
+    if not url:
+        return f"SQLite {settings.default_database_path}"
+    if url.startswith("sqlite:///"):
+        return f"SQLite {url[len('sqlite:///'):]}"
+    from pymongo.uri_parser import parse_uri  # noqa: PLC0415 - only needed for MongoDB
+
+    parsed = parse_uri(url, validate=False, warn=True)
+    hosts = ",".join(f"{host}:{port}" for host, port in parsed["nodelist"]) or "(srv)"
+    return f"MongoDB {hosts}, database {parsed.get('database') or 'mcp_secrets'}"

@@ -1,0 +1,230 @@
+"""The ``mcp-secrets`` command: argument parsing and printing only; the library does the work.
+
+Messages for people go to stderr; stdout carries only what a script may
+capture (a key from ``keygen``, a token from ``token create``, the token table)
+and, under ``serve --transport stdio``, the MCP protocol itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+
+
+import anyio
+from pydantic import ValidationError
+
+from mcp_secrets import __version__
+from mcp_secrets.app import build_server
+from mcp_secrets.bootstrap import MasterKeys, build_secrets, describe_store, open_configured_store
+from mcp_secrets.config import Settings
+from mcp_secrets.crypto import generate_master_key
+from mcp_secrets.errors import ConfigurationError, InvalidInputError, SecretsError, StoreUnavailableError
+from mcp_secrets.identity import BearerIdentity, LocalIdentity, local_username
+from mcp_secrets.logs import configure_logging
+from mcp_secrets.store import SecretStore
+from mcp_secrets.tokens import ApiTokens, NewToken
+from mcp_secrets.web import auth_settings, endpoint_url, http_app, serve_http, token_verifier
+
+EXIT_ERROR = 1
+EXIT_CONFIGURATION = 2
+
+
+def _say(message: str = "") -> None:
+    print(message, file=sys.stderr)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Environment settings, with the options given on the command line on top."""
+    overrides = {
+        name: getattr(args, name)
+        for name in (
+            "transport", "host", "port", "stateless_http", "jwks_url", "issuer", "audience", "username_claim",
+            "log_level", "public_url",
+        )
+        if getattr(args, name, None) is not None
+    }
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(part) for part in error["loc"]) for error in exc.errors())
+        raise ConfigurationError(f"invalid setting: {fields}") from None
+
+
+def _print_first_token(new: NewToken, settings: Settings) -> None:
+    url = endpoint_url(settings)
+    transport = "SSE" if settings.transport == "sse" else "Streamable HTTP"
+    desktop = {
+        "mcpServers": {
+            "mcp-secrets": {
+                "command": "npx",
+                "args": ["-y", "mcp-remote", url, "--header", f"Authorization: Bearer {new.token}"],
+            }
+        }
+    }
+    _say(
+        f"""
+No API token existed yet, so one was created for {new.record.username} (id {new.record.token_id}).
+It is shown only this once; `mcp-secrets token create USERNAME` makes more, `token revoke ID` ends one.
+
+    {new.token}
+
+MCP Inspector (npx @modelcontextprotocol/inspector): transport {transport}, URL {url},
+    header  Authorization: Bearer {new.token}
+
+Claude Desktop (claude_desktop_config.json), through the mcp-remote bridge:
+{json.dumps(desktop, indent=2)}
+"""
+    )
+
+
+def _summary(settings: Settings, keys: MasterKeys, username: str | None) -> None:
+    where = "stdio" if settings.transport == "stdio" else endpoint_url(settings)
+    mode = " (stateless)" if settings.stateless_http and settings.transport == "streamable-http" else ""
+    _say(f"mcp-secrets {__version__}: serving {settings.transport}{mode} at {where}")
+    _say(f"  store:      {describe_store(settings)}")
+    _say(f"  master key: {keys.source}")
+    if username is not None:
+        _say(f"  user:       {username}")
+    else:
+        verifiers = "API tokens" + (f" and JWTs from {settings.issuer}" if settings.jwks_url else "")
+        _say(f"  auth:       bearer {verifiers}")
+    if keys.generated:
+        _say(
+            "  A new master key was generated. Back up that file: without it nobody, you included, "
+            "can decrypt the stored secrets."
+        )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    configure_logging(settings.log_level)
+    store = open_configured_store(settings)
+    store.ping()
+    secrets, keys = build_secrets(settings, store)
+    if settings.transport == "stdio":
+        username = local_username(settings.user)
+        mcp = build_server(secrets, LocalIdentity(username), log_level=settings.log_level)
+        _summary(settings, keys, username)
+        anyio.run(mcp.run_stdio_async)
+        return 0
+    tokens = ApiTokens(store)
+    mcp = build_server(
+        secrets,
+        BearerIdentity(),
+        token_verifier=token_verifier(settings, tokens),
+        auth=auth_settings(settings),
+        log_level=settings.log_level,
+    )
+    app = http_app(mcp, settings, secrets)
+    _summary(settings, keys, None)
+    if not settings.jwks_url and not tokens.has_any():
+        _print_first_token(tokens.create(local_username(settings.user), label="first run"), settings)
+    anyio.run(serve_http, app, settings)
+    return 0
+
+
+def _keygen(_: argparse.Namespace) -> int:
+    print(generate_master_key())
+    _say("Keep this key safe and out of the database: set MCP_SECRETS_MASTER_KEY or put it in a 0600 file.")
+    return 0
+
+
+def _token_store(args: argparse.Namespace) -> SecretStore:
+    settings = _settings(args)
+    configure_logging(settings.log_level)
+    return open_configured_store(settings)
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    expires = None if args.expires_days is None else timedelta(days=args.expires_days)
+    new = ApiTokens(_token_store(args)).create(args.username, label=args.label, expires_in=expires)
+    print(new.token)
+    _say(f"Token {new.record.token_id} for {new.record.username} created. It is shown only this once.")
+    return 0
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    records = ApiTokens(_token_store(args)).list(args.user)
+    print(f"{'ID':<12}{'USERNAME':<24}{'CREATED (UTC)':<18}{'EXPIRES (UTC)':<18}{'STATUS':<9}LABEL")
+    for record in records:
+        expires = f"{record.expires_at:%Y-%m-%d %H:%M}" if record.expires_at else "never"
+        status = "revoked" if record.revoked_at else "live"
+        print(
+            f"{record.token_id:<12}{record.username:<24}{record.created_at:%Y-%m-%d %H:%M}  "
+            f"{expires:<18}{status:<9}{record.label}"
+        )
+    return 0
+
+
+def _token_revoke(args: argparse.Namespace) -> int:
+    record = ApiTokens(_token_store(args)).revoke(args.token_id)
+    _say(f"Token {record.token_id} of {record.username} revoked.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, for ``main`` and for ``--help`` tests."""
+    parser = argparse.ArgumentParser(
+        prog="mcp-secrets", description="Per-user encrypted secrets for MCP servers, served over MCP."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the MCP server (stdio by default)")
+    serve.add_argument("--transport", choices=["stdio", "sse", "streamable-http"], help="default: stdio")
+    serve.add_argument("--host", help="address to bind for HTTP transports (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port for HTTP transports (default 8000)")
+    serve.add_argument(
+        "--stateless", dest="stateless_http", action="store_const", const=True,
+        help="Streamable HTTP without sessions, so replicas can share one MongoDB behind a load balancer",
+    )
+    serve.add_argument("--public-url", help="URL clients use to reach this server, when behind a proxy")
+    serve.add_argument("--jwks-url", help="also accept JWTs signed by a key of this JWKS (OIDC provider)")
+    serve.add_argument("--issuer", help="required `iss` of accepted JWTs")
+    serve.add_argument("--audience", help="required `aud` of accepted JWTs")
+    serve.add_argument("--username-claim", help="JWT claim holding the username (default sub)")
+    serve.add_argument("--log-level", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+    serve.set_defaults(handler=_serve)
+
+    keygen = commands.add_parser("keygen", help="print a fresh master key")
+    keygen.set_defaults(handler=_keygen)
+
+    token = commands.add_parser("token", help="create, list and revoke API tokens for the HTTP transports")
+    token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    create = token_commands.add_parser("create", help="make a token for USERNAME and print it once")
+    create.add_argument("username")
+    create.add_argument("--label", default="", help="a note to tell tokens apart in `token list`")
+    create.add_argument("--expires-days", type=float, help="the token stops working after this many days")
+    create.set_defaults(handler=_token_create)
+    listing = token_commands.add_parser("list", help="list tokens (ids, owners, status; never the tokens)")
+    listing.add_argument("--user", help="only this user's tokens")
+    listing.set_defaults(handler=_token_list)
+    revoke = token_commands.add_parser("revoke", help="revoke a token by its id")
+    revoke.add_argument("token_id")
+    revoke.set_defaults(handler=_token_revoke)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; print errors as one line on stderr and return the exit code."""
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ConfigurationError, InvalidInputError) as exc:
+        _say(f"mcp-secrets: error: {exc}")
+        return EXIT_CONFIGURATION
+    except StoreUnavailableError as exc:
+        _say(f"mcp-secrets: error: {exc}")
+        return EXIT_ERROR
+    except SecretsError as exc:
+        _say(f"mcp-secrets: error: {exc}")
+        return EXIT_ERROR
+
+

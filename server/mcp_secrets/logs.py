@@ -1,0 +1,25 @@
+"""Logging to stderr (stdout is the stdio protocol's channel), with payload-carrying logs kept off."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+# These libraries log raw JSON-RPC messages or request bodies at DEBUG, and a
+# set_secret request carries a value: they never log below INFO, whatever our level.
+PAYLOAD_LOGGERS = ("mcp", "mcp_types", "httpx", "httpx2", "httpcore", "sse_starlette", "uvicorn", "starlette")
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Send every log record to stderr at ``level``; third-party payload loggers stay at INFO or above."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    root.addHandler(handler)
+    root.setLevel(level)
+    floor = max(logging.INFO, logging.getLevelName(level))
+    for name in PAYLOAD_LOGGERS:
+        logging.getLogger(name).setLevel(floor)

@@ -1,0 +1,147 @@
+"""The HTTP transports: bearer-token auth, Host/Origin checks, a health route, uvicorn.
+
+Every HTTP request passes the Host/Origin check (DNS-rebinding protection)
+before anything else, then the SDK's bearer middleware; only the health route
+is open without a token.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+from mcp.server.auth.provider import TokenVerifier
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mcp_secrets.config import Settings
+from mcp_secrets.errors import StoreUnavailableError
+from mcp_secrets.identity import ApiTokenVerifier, EitherVerifier, JwtVerifier
+from mcp_secrets.secrets import Secrets
+from mcp_secrets.tokens import ApiTokens
+
+logger = logging.getLogger(__name__)
+
+LOCAL_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+LOCAL_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+MCP_PATH = "/mcp"
+SSE_PATH = "/sse"
+HEALTH_PATH = "/healthz"
+
+
+def base_url(settings: Settings) -> str:
+    """The URL clients reach this server at: ``MCP_SECRETS_PUBLIC_URL``, or the bind address."""
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    host = settings.host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - naming the wildcard, not binding it
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}"
+
+
+def endpoint_url(settings: Settings) -> str:
+    """The MCP endpoint clients connect to for the configured transport."""
+    return base_url(settings) + (SSE_PATH if settings.transport == "sse" else MCP_PATH)
+
+
+def transport_security(settings: Settings) -> TransportSecuritySettings:
+    """Accept only Host and Origin headers of this machine, the public URL and configured extras."""
+    hosts = [*LOCAL_HOSTS, *settings.allowed_hosts]
+    origins = [*LOCAL_ORIGINS, *settings.allowed_origins]
+    if settings.public_url:
+        parts = urlsplit(settings.public_url)
+        hosts.append(parts.netloc)
+        origins.append(f"{parts.scheme}://{parts.netloc}")
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
+
+
+def token_verifier(settings: Settings, tokens: ApiTokens) -> TokenVerifier:
+    """API tokens always; JWTs of an OIDC provider too when ``--jwks-url`` is set."""
+    api_tokens = ApiTokenVerifier(tokens)
+    if not settings.jwks_url:
+        return api_tokens
+    if not settings.issuer or not settings.audience:
+        from mcp_secrets.errors import ConfigurationError  # noqa: PLC0415
+
+        raise ConfigurationError("--jwks-url needs --issuer and --audience too")
+    jwts = JwtVerifier(
+        settings.jwks_url, issuer=settings.issuer, audience=settings.audience, username_claim=settings.username_claim
+    )
+    return EitherVerifier(api_tokens, jwts)
+
+
+def auth_settings(settings: Settings) -> AuthSettings:
+    """The SDK's resource-server settings; OIDC deployments advertise their issuer in metadata."""
+    if settings.jwks_url and settings.issuer:
+        return AuthSettings(
+            issuer_url=settings.issuer,  # type: ignore[arg-type] - pydantic validates the URL
+            resource_server_url=endpoint_url(settings),  # type: ignore[arg-type]
+            validate_token_resource=False,  # JwtVerifier checks the audience itself
+        )
+    return AuthSettings(issuer_url=base_url(settings), resource_server_url=None)  # type: ignore[arg-type]
+
+
+class HostOriginGuard:
+    """Refuse any HTTP request whose Host or Origin is not allowed, before auth or routing."""
+
+    def __init__(self, app: ASGIApp, security: TransportSecuritySettings) -> None:
+        self._app = app
+        self._checker = TransportSecurityMiddleware(security)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refusal = await self._checker.validate_request(Request(scope), is_post=False)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
+
+
+def http_app(mcp: MCPServer[Any], settings: Settings, secrets: Secrets) -> ASGIApp:
+    """The ASGI app serving ``mcp`` over the configured HTTP transport."""
+
+    @mcp.custom_route(HEALTH_PATH, methods=["GET"])
+    async def health(_: Request) -> Response:
+        try:
+            await anyio.to_thread.run_sync(secrets.store.ping)
+        except StoreUnavailableError:
+            return JSONResponse({"status": "store unavailable"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    security = transport_security(settings)
+    if settings.transport == "sse":
+        app = mcp.sse_app(sse_path=SSE_PATH, transport_security=security, host=settings.host)
+    else:
+        app = mcp.streamable_http_app(
+            streamable_http_path=MCP_PATH,
+            stateless_http=settings.stateless_http,
+            transport_security=security,
+            host=settings.host,
+        )
+    return HostOriginGuard(app, security)
+
+
+async def serve_http(app: ASGIApp, settings: Settings) -> None:
+    """Run ``app`` with uvicorn; its logs go through ours, to stderr."""
+    import uvicorn  # noqa: PLC0415 - stdio never needs it
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        # Never below INFO: uvicorn's lower levels dump ASGI messages, request bodies included.
+        log_level="info" if settings.log_level == "DEBUG" else settings.log_level.lower(),
+        access_log=True,
+        server_header=False,
+        lifespan="on",
+    )
+    await uvicorn.Server(config).serve()

@@ -1,0 +1,106 @@
+"""Fixtures shared by every test: stores of each backend, an encryptor, a Secrets service, canaries."""
+
+from __future__ import annotations
+
+import os
+import secrets as _random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mcp_secrets.crypto import SecretEncryptor, generate_master_key, parse_master_key
+from mcp_secrets.secrets import Secrets
+from mcp_secrets.store import SecretStore
+from mcp_secrets.store.sqlite import SQLiteStore
+
+MONGODB_URI = os.environ.get("MONGODB_URI")
+
+
+def _mongomock_store() -> SecretStore:
+    import mongomock
+
+    from mcp_secrets.store.mongo import MongoStore
+
+    return MongoStore(mongomock.MongoClient(tz_aware=True), "mcp_secrets_test")
+
+
+def _real_mongo_store() -> SecretStore:
+    import pymongo
+
+    from mcp_secrets.store.mongo import MongoStore
+
+    database = f"mcp_secrets_test_{_random.token_hex(4)}"
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
+        MONGODB_URI, serverSelectionTimeoutMS=5000, tz_aware=True
+    )
+    return MongoStore(client, database)
+
+
+STORE_KINDS = [
+    "sqlite",
+    "mongomock",
+    pytest.param(
+        "mongodb",
+        marks=[
+            pytest.mark.mongodb,
+            pytest.mark.skipif(not MONGODB_URI, reason="set MONGODB_URI to run against a real MongoDB"),
+        ],
+    ),
+]
+
+
+def make_store(kind: str, tmp_path: Path) -> SecretStore:
+    """A fresh, empty store of one backend."""
+    if kind == "sqlite":
+        return SQLiteStore(tmp_path / "secrets.db")
+    if kind == "mongomock":
+        return _mongomock_store()
+    return _real_mongo_store()
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SecretStore]:
+    """Each backend in turn: SQLite, mongomock, and a real MongoDB when MONGODB_URI is set."""
+    opened = make_store(request.param, tmp_path)
+    yield opened
+    if request.param == "mongodb":
+        from mcp_secrets.store.mongo import MongoStore
+
+        assert isinstance(opened, MongoStore)
+        opened._client.drop_database(opened._secrets.database.name)
+    opened.close()
+
+
+@pytest.fixture
+def master_key() -> bytes:
+    return parse_master_key(generate_master_key())
+
+
+@pytest.fixture
+def encryptor(master_key: bytes) -> SecretEncryptor:
+    return SecretEncryptor([master_key])
+
+
+@pytest.fixture
+def secrets(store: SecretStore, encryptor: SecretEncryptor) -> Secrets:
+    """A Secrets service over each backend in turn."""
+    return Secrets(store, encryptor)
+
+
+@pytest.fixture
+def sqlite_secrets(tmp_path: Path, encryptor: SecretEncryptor) -> Iterator[Secrets]:
+    """A Secrets service over SQLite only, for tests about something other than the backend."""
+    store = SQLiteStore(tmp_path / "secrets.db")
+    yield Secrets(store, encryptor)
+    store.close()
+
+
+def new_canary() -> str:
+    """A random value that must never show up anywhere but inside the encrypted store."""
+    return f"canary-{_random.token_hex(16)}"
+
+
+@pytest.fixture
+def canary() -> str:
+    return new_canary()
