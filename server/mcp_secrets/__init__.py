@@ -10,7 +10,7 @@ from mcp_secrets.errors import (
     StoreUnavailableError,
     UnauthorisedError,
 )
-from mcp_secrets.secrets import Secrets, SecretKeyInfo, UpdateResult
+from mcp_secrets.secrets import SecretKeyInfo, Secrets, UpdateResult
 
 __version__ = "0.1.0"
 

@@ -66,10 +66,17 @@ def _result(text: str, structured: BaseModel) -> CallToolResult:
     )
 
 
-async def _run(work: Callable[..., _T], *args: Any) -> _T:
+async def _run(work: Callable[[], _T]) -> _T:
     """Run a blocking ``Secrets`` call off the event loop; its errors become tool errors."""
     try:
-        return await anyio.to_thread.run_sync(work, *args)
+        return await anyio.to_thread.run_sync(work)
+    except SecretsError as exc:
+        raise ToolError(str(exc)) from None
+
+
+def _caller(identity: Identity, ctx: Context[Any, Any]) -> str:
+    try:
+        return identity.username(ctx)
     except SecretsError as exc:
         raise ToolError(str(exc)) from None
 
@@ -114,7 +121,11 @@ def build_server(
 
     @mcp.tool(
         annotations=ToolAnnotations(
-            title="Store a secret", readOnlyHint=False, destructiveHint=True, idempotentHint=True, openWorldHint=False
+            title="Store a secret",
+            readOnlyHint=False,
+            destructiveHint=True,
+            idempotentHint=True,
+            openWorldHint=False,
         )
     )
     async def set_secret(
@@ -127,7 +138,8 @@ def build_server(
 
         The value is write-only: no tool ever returns it, and it is never logged.
         """
-        change = await _run(secrets.set_secret, identity.username(ctx), server, key, value)
+        username = _caller(identity, ctx)
+        change = await _run(lambda: secrets.set_secret(username, server, key, value))
         return _result(
             f"Secret {change.key} for server {change.server} {change.status}. The value is stored encrypted "
             "and will not be shown again.",
@@ -136,14 +148,19 @@ def build_server(
 
     @mcp.tool(
         annotations=ToolAnnotations(
-            title="Delete a secret", readOnlyHint=False, destructiveHint=True, idempotentHint=False, openWorldHint=False
+            title="Delete a secret",
+            readOnlyHint=False,
+            destructiveHint=True,
+            idempotentHint=False,
+            openWorldHint=False,
         )
     )
     async def delete_secret(
         server: Annotated[str, SERVER_ARG], key: Annotated[str, KEY_ARG], ctx: Context[Any, Any]
     ) -> Annotated[CallToolResult, SecretChange]:
         """Delete one of your secrets for an MCP server."""
-        change = await _run(secrets.delete_secret, identity.username(ctx), server, key)
+        username = _caller(identity, ctx)
+        change = await _run(lambda: secrets.delete_secret(username, server, key))
         return _result(
             f"Secret {change.key} for server {change.server} deleted.",
             SecretChange(server=change.server, key=change.key, status=change.status),
@@ -152,18 +169,27 @@ def build_server(
     @mcp.tool(annotations=ToolAnnotations(title="List secret names", readOnlyHint=True, openWorldHint=False))
     async def list_secret_keys(
         ctx: Context[Any, Any],
-        server: Annotated[str | None, Field(description="Only this MCP server's secrets; all when omitted.")] = None,
+        server: Annotated[
+            str | None, Field(description="Only this MCP server's secrets; all when omitted.")
+        ] = None,
     ) -> Annotated[CallToolResult, SecretKeyList]:
-        """List the names of your stored secrets, with when each was created and updated. Never their values."""
-        username = identity.username(ctx)
-        infos = await _run(secrets.list_secret_keys, username, server)
+        """List the names of your stored secrets and when each was created and updated; never their values."""
+        username = _caller(identity, ctx)
+        infos = await _run(lambda: secrets.list_secret_keys(username, server))
         entries = [
-            SecretKeyEntry(server=info.server, key=info.key, created_at=info.created_at, updated_at=info.updated_at)
+            SecretKeyEntry(
+                server=info.server, key=info.key, created_at=info.created_at, updated_at=info.updated_at
+            )
             for info in infos
         ]
         scope = f" for server {server}" if server else ""
-        lines = [f"- {entry.server}/{entry.key} (updated {entry.updated_at:%Y-%m-%d %H:%M} UTC)" for entry in entries]
-        text = f"{len(entries)} secret(s){scope} stored for {username}" + (":\n" + "\n".join(lines) if lines else ".")
+        lines = [
+            f"- {entry.server}/{entry.key} (updated {entry.updated_at:%Y-%m-%d %H:%M} UTC)"
+            for entry in entries
+        ]
+        text = f"{len(entries)} secret(s){scope} stored for {username}" + (
+            ":\n" + "\n".join(lines) if lines else "."
+        )
         return _result(text, SecretKeyList(username=username, keys=entries))
 
     return mcp

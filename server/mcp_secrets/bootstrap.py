@@ -66,8 +66,10 @@ def load_master_keys(settings: Settings, store: SecretStore | None = None) -> Ma
     earlier, now missing, key encrypted.
     """
     if settings.master_key is not None:
-        return MasterKeys(_parse_keys(settings.master_key.get_secret_value(), "MCP_SECRETS_MASTER_KEY"),
-                          "MCP_SECRETS_MASTER_KEY")
+        return MasterKeys(
+            _parse_keys(settings.master_key.get_secret_value(), "MCP_SECRETS_MASTER_KEY"),
+            "MCP_SECRETS_MASTER_KEY",
+        )
     if settings.master_key_file is not None:
         path = settings.master_key_file.expanduser()
         return MasterKeys(_read_key_file(path), f"key file {path}")
@@ -106,7 +108,7 @@ def describe_store(settings: Settings) -> str:
     if not url:
         return f"SQLite {settings.default_database_path}"
     if url.startswith("sqlite:///"):
-        return f"SQLite {url[len('sqlite:///'):]}"
+        return f"SQLite {url[len('sqlite:///') :]}"
     from pymongo.uri_parser import parse_uri  # noqa: PLC0415 - only needed for MongoDB
 
     parsed = parse_uri(url, validate=False, warn=True)

@@ -13,7 +13,6 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
-
 import anyio
 from pydantic import ValidationError
 
@@ -42,8 +41,16 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
         name: getattr(args, name)
         for name in (
-            "transport", "host", "port", "stateless_http", "jwks_url", "issuer", "audience", "username_claim",
-            "log_level", "public_url",
+            "transport",
+            "host",
+            "port",
+            "stateless_http",
+            "jwks_url",
+            "issuer",
+            "audience",
+            "username_claim",
+            "log_level",
+            "public_url",
         )
         if getattr(args, name, None) is not None
     }
@@ -179,7 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind for HTTP transports (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port for HTTP transports (default 8000)")
     serve.add_argument(
-        "--stateless", dest="stateless_http", action="store_const", const=True,
+        "--stateless",
+        dest="stateless_http",
+        action="store_const",
+        const=True,
         help="Streamable HTTP without sessions, so replicas can share one MongoDB behind a load balancer",
     )
     serve.add_argument("--public-url", help="URL clients use to reach this server, when behind a proxy")
@@ -187,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--issuer", help="required `iss` of accepted JWTs")
     serve.add_argument("--audience", help="required `aud` of accepted JWTs")
     serve.add_argument("--username-claim", help="JWT claim holding the username (default sub)")
-    serve.add_argument("--log-level", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+    serve.add_argument(
+        "--log-level", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+    )
     serve.set_defaults(handler=_serve)
 
     keygen = commands.add_parser("keygen", help="print a fresh master key")
@@ -226,5 +238,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SecretsError as exc:
         _say(f"mcp-secrets: error: {exc}")
         return EXIT_ERROR
-
-

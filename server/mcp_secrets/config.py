@@ -43,7 +43,8 @@ class Settings(BaseSettings):
         default=None, description="Key string of the original iv:authTag:ciphertext format, read-only."
     )
     database_url: SecretStr | None = Field(
-        default=None, description="mongodb://…, mongodb+srv://… or sqlite:///path; unset: the embedded SQLite file."
+        default=None,
+        description="mongodb://…, mongodb+srv://… or sqlite:///path; unset: the embedded SQLite file.",
     )
     user: str | None = Field(default=None, description="Username on stdio; default the OS login name.")
     data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir(APP_NAME)))
@@ -52,16 +53,21 @@ class Settings(BaseSettings):
     transport: Transport = "stdio"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    stateless_http: bool = Field(default=False, description="Serve Streamable HTTP without sessions, for replicas.")
+    stateless_http: bool = Field(
+        default=False, description="Serve Streamable HTTP without sessions, for replicas."
+    )
     public_url: str | None = Field(default=None, description="The URL clients use, when behind a proxy.")
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Extra Host header values accepted (host:port, or host:* for any port)."
+        default_factory=list,
+        description="Extra Host header values accepted (host:port, or host:* for any port).",
     )
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Extra Origin header values accepted (scheme://host:port)."
     )
 
-    jwks_url: str | None = Field(default=None, description="JWKS URL of an OIDC provider whose JWTs are accepted.")
+    jwks_url: str | None = Field(
+        default=None, description="JWKS URL of an OIDC provider whose JWTs are accepted."
+    )
     issuer: str | None = Field(default=None, description="Required `iss` of accepted JWTs.")
     audience: str | None = Field(default=None, description="Required `aud` of accepted JWTs.")
     username_claim: str = Field(default="sub", description="JWT claim that holds the username.")

@@ -186,5 +186,7 @@ class SecretEncryptor:
         try:
             plain = self._legacy.decrypt(iv, body + tag, None)
         except InvalidTag:
-            raise DecryptionError(f"{where} does not decrypt with the legacy key: altered or wrong key") from None
+            raise DecryptionError(
+                f"{where} does not decrypt with the legacy key: altered or wrong key"
+            ) from None
         return plain.decode("utf-8")

@@ -22,7 +22,7 @@ from mcp_secrets.tokens import TOKEN_PREFIX, ApiTokens
 
 logger = logging.getLogger(__name__)
 
-API_TOKEN_ISSUER = "mcp-secrets"
+API_TOKEN_ISSUER = "mcp-secrets"  # noqa: S105 - an issuer name, not a password
 # Asymmetric algorithms only: a JWKS publishes public keys, and "none" or HMAC must never verify.
 JWT_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 

@@ -80,7 +80,7 @@ def _utcnow() -> datetime:
 
 
 class Secrets:
-    """One place that reads and writes users' secrets: ``get_secrets``, ``update_secret``, ``list_secret_keys``."""
+    """The one place that reads and writes users' secrets."""
 
     def __init__(
         self, store: SecretStore, encryptor: SecretEncryptor, *, clock: Callable[[], datetime] = _utcnow

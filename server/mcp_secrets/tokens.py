@@ -18,7 +18,7 @@ from mcp_secrets.errors import InvalidInputError, SecretNotFoundError
 from mcp_secrets.secrets import validate_username
 from mcp_secrets.store import SecretStore, TokenRecord
 
-TOKEN_PREFIX = "mcps_"
+TOKEN_PREFIX = "mcps_"  # noqa: S105 - a public prefix, not a token
 MAX_LABEL_LENGTH = 200
 
 

@@ -60,7 +60,9 @@ def transport_security(settings: Settings) -> TransportSecuritySettings:
         parts = urlsplit(settings.public_url)
         hosts.append(parts.netloc)
         origins.append(f"{parts.scheme}://{parts.netloc}")
-    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
 
 
 def token_verifier(settings: Settings, tokens: ApiTokens) -> TokenVerifier:
@@ -73,7 +75,10 @@ def token_verifier(settings: Settings, tokens: ApiTokens) -> TokenVerifier:
 
         raise ConfigurationError("--jwks-url needs --issuer and --audience too")
     jwts = JwtVerifier(
-        settings.jwks_url, issuer=settings.issuer, audience=settings.audience, username_claim=settings.username_claim
+        settings.jwks_url,
+        issuer=settings.issuer,
+        audience=settings.audience,
+        username_claim=settings.username_claim,
     )
     return EitherVerifier(api_tokens, jwts)
 
@@ -81,12 +86,15 @@ def token_verifier(settings: Settings, tokens: ApiTokens) -> TokenVerifier:
 def auth_settings(settings: Settings) -> AuthSettings:
     """The SDK's resource-server settings; OIDC deployments advertise their issuer in metadata."""
     if settings.jwks_url and settings.issuer:
-        return AuthSettings(
-            issuer_url=settings.issuer,  # type: ignore[arg-type] - pydantic validates the URL
-            resource_server_url=endpoint_url(settings),  # type: ignore[arg-type]
-            validate_token_resource=False,  # JwtVerifier checks the audience itself
+        # pydantic turns the strings into URLs (and refuses malformed ones).
+        return AuthSettings.model_validate(
+            {
+                "issuer_url": settings.issuer,
+                "resource_server_url": endpoint_url(settings),
+                "validate_token_resource": False,  # JwtVerifier checks the audience itself
+            }
         )
-    return AuthSettings(issuer_url=base_url(settings), resource_server_url=None)  # type: ignore[arg-type]
+    return AuthSettings.model_validate({"issuer_url": base_url(settings), "resource_server_url": None})
 
 
 class HostOriginGuard:
@@ -97,6 +105,7 @@ class HostOriginGuard:
         self._checker = TransportSecurityMiddleware(security)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer 421/403 for a foreign Host/Origin; pass everything else on."""
         if scope["type"] == "http":
             refusal = await self._checker.validate_request(Request(scope), is_post=False)
             if refusal is not None:
@@ -108,13 +117,14 @@ class HostOriginGuard:
 def http_app(mcp: MCPServer[Any], settings: Settings, secrets: Secrets) -> ASGIApp:
     """The ASGI app serving ``mcp`` over the configured HTTP transport."""
 
-    @mcp.custom_route(HEALTH_PATH, methods=["GET"])
     async def health(_: Request) -> Response:
         try:
             await anyio.to_thread.run_sync(secrets.store.ping)
         except StoreUnavailableError:
             return JSONResponse({"status": "store unavailable"}, status_code=503)
         return JSONResponse({"status": "ok"})
+
+    mcp.custom_route(HEALTH_PATH, methods=["GET"])(health)
 
     security = transport_security(settings)
     if settings.transport == "sse":

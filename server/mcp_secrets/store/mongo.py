@@ -85,16 +85,25 @@ class MongoStore:
         try:
             database = parse_uri(url).get("database") or DEFAULT_DATABASE
             client: MongoClient[Document] = MongoClient(
-                url, serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS, tz_aware=True, appname="mcp-secrets"
+                url,
+                serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
+                tz_aware=True,
+                appname="mcp-secrets",
             )
         except (PyMongoConfigurationError, ValueError) as exc:
             # pymongo's message can quote the URL, password included: say only what kind of fault it is.
-            raise ConfigurationError(f"MCP_SECRETS_DATABASE_URL is not a valid MongoDB URL ({type(exc).__name__})") from None
+            raise ConfigurationError(
+                f"MCP_SECRETS_DATABASE_URL is not a valid MongoDB URL ({type(exc).__name__})"
+            ) from None
         return cls(client, database)
 
     def put_secret(self, username: str, server: str, key: str, value: str, now: datetime) -> bool:
         """Insert or replace one record's ciphertext; return True when it was created."""
-        selector = {"username": _text("username", username), "server": _text("server", server), "key": _text("key", key)}
+        selector = {
+            "username": _text("username", username),
+            "server": _text("server", server),
+            "key": _text("key", key),
+        }
         try:
             try:
                 result = self._secrets.update_one(
@@ -113,7 +122,11 @@ class MongoStore:
 
     def delete_secret(self, username: str, server: str, key: str) -> bool:
         """Remove one record; return False when there was none."""
-        selector = {"username": _text("username", username), "server": _text("server", server), "key": _text("key", key)}
+        selector = {
+            "username": _text("username", username),
+            "server": _text("server", server),
+            "key": _text("key", key),
+        }
         try:
             return self._secrets.delete_one(selector).deleted_count > 0
         except PyMongoError as exc:

@@ -36,8 +36,8 @@ CREATE TABLE IF NOT EXISTS api_tokens (
     label      TEXT NOT NULL DEFAULT ''
 );
 """
-_SECRET_COLUMNS = "username, server, key, value, created_at, updated_at"
-_TOKEN_COLUMNS = "token_id, username, token_hash, created_at, expires_at, revoked_at, label"
+_SECRET_COLUMNS = "username, server, key, value, created_at, updated_at"  # noqa: S105 - column names
+_TOKEN_COLUMNS = "token_id, username, token_hash, created_at, expires_at, revoked_at, label"  # noqa: S105 - column names
 BUSY_TIMEOUT_SECONDS = 10.0
 
 
@@ -135,15 +135,18 @@ class SQLiteStore:
     def delete_secret(self, username: str, server: str, key: str) -> bool:
         """Remove one record; return False when there was none."""
         return self._run(
-            lambda connection: connection.execute(
-                "DELETE FROM user_secrets WHERE username = ? AND server = ? AND key = ?",
-                (username, server, key),
-            ).rowcount
-            > 0
+            lambda connection: (
+                connection.execute(
+                    "DELETE FROM user_secrets WHERE username = ? AND server = ? AND key = ?",
+                    (username, server, key),
+                ).rowcount
+                > 0
+            )
         )
 
     def find_secrets(self, username: str, server: str | None = None) -> list[SecretRecord]:
         """One user's records, of one server or of all, in (server, key) order, in one query."""
+        params: tuple[str, ...]
         if server is None:
             query, params = "WHERE username = ?", (username,)
         else:
@@ -158,7 +161,11 @@ class SQLiteStore:
 
     def count_secrets(self) -> int:
         """How many records the store holds, of all users."""
-        return int(self._run(lambda connection: connection.execute("SELECT count(*) FROM user_secrets").fetchone()[0]))
+        return int(
+            self._run(
+                lambda connection: connection.execute("SELECT count(*) FROM user_secrets").fetchone()[0]
+            )
+        )
 
     def put_token(self, token: TokenRecord) -> None:
         """Insert a new API token record."""
@@ -201,11 +208,13 @@ class SQLiteStore:
     def revoke_token(self, token_id: str, now: datetime) -> bool:
         """Mark a token revoked; return False when no live token has this id."""
         return self._run(
-            lambda connection: connection.execute(
-                "UPDATE api_tokens SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL",
-                (_iso(now), token_id),
-            ).rowcount
-            > 0
+            lambda connection: (
+                connection.execute(
+                    "UPDATE api_tokens SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL",
+                    (_iso(now), token_id),
+                ).rowcount
+                > 0
+            )
         )
 
     def ping(self) -> None:
