@@ -1,5 +1,7 @@
 """mcp-secrets: per-user encrypted secrets for MCP servers, served over MCP."""
 
+from mcp_secrets.bootstrap import open_secrets
+from mcp_secrets.config import Settings
 from mcp_secrets.crypto import SecretEncryptor, generate_master_key
 from mcp_secrets.errors import (
     ConfigurationError,
@@ -23,9 +25,11 @@ __all__ = [
     "SecretNotFoundError",
     "Secrets",
     "SecretsError",
+    "Settings",
     "StoreUnavailableError",
     "UnauthorisedError",
     "UpdateResult",
     "__version__",
     "generate_master_key",
+    "open_secrets",
 ]

@@ -59,8 +59,10 @@ def _write_new_key_file(path: Path) -> None:
         key_file.write(generate_master_key() + "\n")
 
 
-def load_master_keys(settings: Settings, store: SecretStore | None = None) -> MasterKeys:
-    """The master keys from the environment, a key file, or (embedded store only) a new key file.
+def load_master_keys(
+    settings: Settings, store: SecretStore | None = None, *, generate: bool = False
+) -> MasterKeys:
+    """The master keys from the environment, a key file, or (embedded store, ``generate``) a new key file.
 
     ``store`` lets a first run refuse to generate a key over secrets that an
     earlier, now missing, key encrypted.
@@ -81,6 +83,11 @@ def load_master_keys(settings: Settings, store: SecretStore | None = None) -> Ma
     path = settings.default_key_file
     if path.exists():
         return MasterKeys(_read_key_file(path), f"key file {path}")
+    if not generate:
+        raise ConfigurationError(
+            f"no master key is configured: set MCP_SECRETS_MASTER_KEY or MCP_SECRETS_MASTER_KEY_FILE, "
+            f"or run `mcp-secrets serve` once to generate {path}"
+        )
     if store is not None and store.count_secrets() > 0:
         raise ConfigurationError(
             f"the store already holds secrets but no master key is configured and {path} is missing; "
@@ -95,11 +102,28 @@ def open_configured_store(settings: Settings) -> SecretStore:
     return open_store(settings.database_url_text, default_sqlite_path=str(settings.default_database_path))
 
 
-def build_secrets(settings: Settings, store: SecretStore) -> tuple[Secrets, MasterKeys]:
-    """The Secrets service over ``store`` with the configured (or first-run) master keys."""
-    master_keys = load_master_keys(settings, store)
+def build_secrets(
+    settings: Settings, store: SecretStore, *, generate_key: bool = False
+) -> tuple[Secrets, MasterKeys]:
+    """The Secrets service over ``store``; ``generate_key`` allows a first-run key on the embedded store."""
+    master_keys = load_master_keys(settings, store, generate=generate_key)
     legacy_key = settings.legacy_key.get_secret_value() if settings.legacy_key else None
     return Secrets(store, SecretEncryptor(master_keys.keys, legacy_key=legacy_key)), master_keys
+
+
+def open_secrets(settings: Settings | None = None) -> Secrets:
+    """The Secrets service configured by the environment, for Python services and scripts.
+
+    Reads the same ``MCP_SECRETS_*`` settings as the server and never generates
+    a master key. Close it with ``secrets.store.close()`` when done.
+    """
+    settings = settings or Settings()
+    store = open_configured_store(settings)
+    try:
+        return build_secrets(settings, store)[0]
+    except BaseException:
+        store.close()
+        raise
 
 
 def describe_store(settings: Settings) -> str:

@@ -111,7 +111,7 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     store = open_configured_store(settings)
     store.ping()
-    secrets, keys = build_secrets(settings, store)
+    secrets, keys = build_secrets(settings, store, generate_key=True)
     if settings.transport == "stdio":
         username = local_username(settings.user)
         mcp = build_server(secrets, LocalIdentity(username), log_level=settings.log_level)
