@@ -32,4 +32,4 @@ class UnauthorisedError(SecretsError):
 
 
 class ConfigurationError(SecretsError):
-    """Raised at start-up when a setting (master key, database URL, verifier) is missing or malformed."""
+    """Raised when a setting (master key, database URL, verifier) is missing or malformed, at start-up."""

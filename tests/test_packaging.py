@@ -1,0 +1,49 @@
+"""The distribution as users install it: metadata, console script, typed package, module entry point."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import mcp_secrets
+
+
+def test_distribution_is_named_mcp_secrets_with_the_package_version() -> None:
+    assert metadata.version("mcp-secrets") == mcp_secrets.__version__
+
+
+def test_console_script_points_at_the_cli() -> None:
+    scripts = {ep.name: ep.value for ep in metadata.entry_points(group="console_scripts")}
+    assert scripts["mcp-secrets"] == "mcp_secrets.cli:main"
+
+
+def test_package_is_marked_typed() -> None:
+    assert (Path(mcp_secrets.__file__).parent / "py.typed").is_file()
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_secrets", "--version"], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == f"mcp-secrets {mcp_secrets.__version__}"
+
+
+def test_public_api_is_exported() -> None:
+    for name in ("Secrets", "SecretEncryptor", "SecretsError", "open_secrets", "Settings"):
+        assert name in mcp_secrets.__all__
+        assert hasattr(mcp_secrets, name)
+
+
+def test_errors_share_one_base_class() -> None:
+    errors = [
+        mcp_secrets.InvalidInputError,
+        mcp_secrets.SecretNotFoundError,
+        mcp_secrets.StoreUnavailableError,
+        mcp_secrets.DecryptionError,
+        mcp_secrets.UnauthorisedError,
+        mcp_secrets.ConfigurationError,
+    ]
+    assert all(issubclass(error, mcp_secrets.SecretsError) for error in errors)
+    assert all(error.__doc__ and error.__doc__.startswith("Raised when") for error in errors)
