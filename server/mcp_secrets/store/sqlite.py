@@ -86,18 +86,14 @@ class SQLiteStore:
         self._lock = threading.Lock()
         try:
             _create_private_file(self.path)
-            # The -wal and -shm files SQLite creates take the process umask: keep them private too.
-            previous_umask = os.umask(0o077)
-            try:
-                self._connection = sqlite3.connect(
-                    self.path, timeout=busy_timeout, check_same_thread=False, isolation_level=None
-                )
-                self._connection.execute("PRAGMA journal_mode=WAL")
-                self._connection.execute("PRAGMA synchronous=NORMAL")
-                self._connection.execute("PRAGMA secure_delete=ON")
-                self._connection.executescript(_SCHEMA)
-            finally:
-                os.umask(previous_umask)
+            # SQLite gives the -wal and -shm files the database file's own mode (0600).
+            self._connection = sqlite3.connect(
+                self.path, timeout=busy_timeout, check_same_thread=False, isolation_level=None
+            )
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA synchronous=NORMAL")
+            self._connection.execute("PRAGMA secure_delete=ON")
+            self._connection.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailableError(f"the SQLite store at {self.path} cannot be opened: {exc}") from None
 
@@ -106,8 +102,8 @@ class SQLiteStore:
         with self._lock:
             try:
                 yield self._connection
-            except sqlite3.IntegrityError:
-                raise
+            except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
+                raise  # a bug or a constraint, not an unavailable store
             except sqlite3.Error as exc:
                 raise StoreUnavailableError(f"the SQLite store is unavailable: {exc}") from None
 
@@ -120,15 +116,25 @@ class SQLiteStore:
         stamp = _iso(now)
 
         def upsert(connection: sqlite3.Connection) -> bool:
-            row = connection.execute(
-                "INSERT INTO user_secrets (username, server, key, value, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (username, server, key) DO UPDATE SET value = excluded.value, "
-                "updated_at = excluded.updated_at "
-                "RETURNING created_at = updated_at",
-                (username, server, key, value, stamp, stamp),
-            ).fetchone()
-            return bool(row[0])
+            # One write transaction, so "created" is exact even with other processes on the file.
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                existed = connection.execute(
+                    "SELECT 1 FROM user_secrets WHERE username = ? AND server = ? AND key = ?",
+                    (username, server, key),
+                ).fetchone()
+                connection.execute(
+                    "INSERT INTO user_secrets (username, server, key, value, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (username, server, key) DO UPDATE SET value = excluded.value, "
+                    "updated_at = excluded.updated_at",
+                    (username, server, key, value, stamp, stamp),
+                )
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+            return existed is None
 
         return self._run(upsert)
 

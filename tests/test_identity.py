@@ -1,0 +1,419 @@
+"""Who is calling: the local user on stdio, API tokens and JWTs on HTTP, and the bearer identity."""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import hmac
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import given
+from hypothesis import strategies as st
+from jwt.algorithms import RSAAlgorithm
+from mcp.server.auth.middleware.auth_context import auth_context_var
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+
+from mcp_secrets.errors import InvalidInputError, UnauthorisedError
+from mcp_secrets.identity import (
+    ApiTokenVerifier,
+    BearerIdentity,
+    EitherVerifier,
+    JwtVerifier,
+    LocalIdentity,
+    local_username,
+)
+from mcp_secrets.store.sqlite import SQLiteStore
+from mcp_secrets.tokens import ApiTokens, NewToken
+
+ISSUER = "https://id.example.com/"
+AUDIENCE = "https://secrets.example.com/mcp"
+KID = "key-2025"
+T0 = datetime(2025, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _context(request: object = None) -> Any:
+    """The little of an MCP ``Context`` that ``BearerIdentity`` reads."""
+    return SimpleNamespace(request_context=SimpleNamespace(request=request))
+
+
+# --- the local user -------------------------------------------------------------------------------
+
+MCP_STYLE_USERNAMES = ["alice", "alice@example.com", "svc-bot_01.prod", "ci.runner-7", "A" * 128]
+NOT_USERNAMES = ["", "a b", "alice/bob", "alice\n", "élodie", "A" * 129, "carol;drop", None]
+
+
+@pytest.mark.parametrize("name", MCP_STYLE_USERNAMES)
+def test_local_identity_accepts_mcp_style_usernames(name: str) -> None:
+    assert LocalIdentity(name).username(_context()) == name
+
+
+@given(st.from_regex(r"[A-Za-z0-9_.@\-]{1,128}", fullmatch=True))
+def test_local_identity_accepts_any_name_of_the_username_alphabet(name: str) -> None:
+    assert LocalIdentity(name).username(_context()) == name
+
+
+@pytest.mark.parametrize("name", NOT_USERNAMES, ids=repr)
+def test_local_identity_refuses_names_outside_the_username_rule(name: Any) -> None:
+    with pytest.raises(InvalidInputError, match="username"):
+        LocalIdentity(name)
+
+
+def test_local_username_prefers_the_configured_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(getpass, "getuser", lambda: "John Doe")
+
+    assert local_username("alice") == "alice"
+
+
+@pytest.mark.parametrize("configured", [None, ""])
+def test_local_username_falls_back_to_the_login_name(
+    monkeypatch: pytest.MonkeyPatch, configured: str | None
+) -> None:
+    monkeypatch.setattr(getpass, "getuser", lambda: "carol")
+
+    assert local_username(configured) == "carol"
+
+
+def test_a_login_name_that_is_not_a_username_asks_for_mcp_secrets_user(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(getpass, "getuser", lambda: "John Doe")
+
+    with pytest.raises(InvalidInputError, match="MCP_SECRETS_USER") as raised:
+        local_username(None)
+
+    assert "John Doe" not in str(raised.value)
+
+
+def test_a_configured_name_that_is_not_a_username_is_refused() -> None:
+    with pytest.raises(InvalidInputError, match="MCP_SECRETS_USER"):
+        local_username("a b")
+
+
+# --- API tokens -----------------------------------------------------------------------------------
+
+
+class _Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> _Clock:
+    return _Clock()
+
+
+@pytest.fixture
+def api_tokens(tmp_path: Path, clock: _Clock) -> Iterator[ApiTokens]:
+    store = SQLiteStore(tmp_path / "secrets.db")
+    yield ApiTokens(store, clock=clock)
+    store.close()
+
+
+@pytest.fixture
+def alices_token(api_tokens: ApiTokens) -> NewToken:
+    return api_tokens.create("alice", label="laptop", expires_in=timedelta(hours=1))
+
+
+@pytest.mark.anyio
+async def test_a_live_api_token_verifies_as_its_user(api_tokens: ApiTokens, alices_token: NewToken) -> None:
+    access = await ApiTokenVerifier(api_tokens).verify_token(alices_token.token)
+
+    assert access is not None
+    assert access.subject == "alice"
+    assert access.client_id == f"api-token:{alices_token.record.token_id}"
+    assert access.expires_at == int((T0 + timedelta(hours=1)).timestamp())
+    assert access.token == alices_token.token
+
+
+def _revoked(tokens: ApiTokens, clock: _Clock, new: NewToken) -> str:
+    tokens.revoke(new.record.token_id)
+    return new.token
+
+
+def _expired(tokens: ApiTokens, clock: _Clock, new: NewToken) -> str:
+    clock.now = T0 + timedelta(hours=1)
+    return new.token
+
+
+def _unknown(tokens: ApiTokens, clock: _Clock, new: NewToken) -> str:
+    return f"mcps_{new.record.token_id}_{'A' * 43}"
+
+
+def _tampered(tokens: ApiTokens, clock: _Clock, new: NewToken) -> str:
+    return new.token[:-1] + ("A" if new.token[-1] != "A" else "B")
+
+
+def _store_unavailable(tokens: ApiTokens, clock: _Clock, new: NewToken) -> str:
+    tokens.store.close()
+    return new.token
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("spoil", [_revoked, _expired, _unknown, _tampered, _store_unavailable])
+async def test_an_api_token_that_is_not_live_is_refused(
+    api_tokens: ApiTokens,
+    clock: _Clock,
+    alices_token: NewToken,
+    spoil: Callable[[ApiTokens, _Clock, NewToken], str],
+) -> None:
+    token = spoil(api_tokens, clock, alices_token)
+
+    assert await ApiTokenVerifier(api_tokens).verify_token(token) is None
+
+
+# --- JWTs -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def signing_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def other_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+class _JwksHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body: bytes = self.server.jwks_body  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:
+        """Keep the test output quiet."""
+
+
+@pytest.fixture(scope="module")
+def jwks_url(signing_key: rsa.RSAPrivateKey) -> Iterator[str]:
+    """A JWKS holding the public half of ``signing_key``, served on a local port."""
+    jwk = RSAAlgorithm.to_jwk(signing_key.public_key(), as_dict=True)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _JwksHandler)
+    server.jwks_body = json.dumps({"keys": [{**jwk, "kid": KID, "use": "sig", "alg": "RS256"}]}).encode()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def _claims(**changes: Any) -> dict[str, Any]:
+    """Good claims for alice, with some changed; a change to None removes the claim."""
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "iat": now, "exp": now + 300} | changes
+    return {name: value for name, value in claims.items() if value is not None}
+
+
+def _sign(key: rsa.RSAPrivateKey, claims: dict[str, Any], kid: str = KID) -> str:
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _forged(alg: str, claims: dict[str, Any], sign: Callable[[bytes], bytes]) -> str:
+    """A compact JWS built by hand, as an attacker would, for algorithms PyJWT refuses to produce."""
+    header = {"alg": alg, "typ": "JWT", "kid": KID}
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+    return f"{signing_input}.{_b64(sign(signing_input.encode()))}"
+
+
+def _hs256_with_the_public_key(key: rsa.RSAPrivateKey) -> Callable[[bytes], bytes]:
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return lambda data: hmac.new(public_pem, data, hashlib.sha256).digest()
+
+
+@pytest.mark.anyio
+async def test_a_valid_jwt_verifies_as_its_sub(jwks_url: str, signing_key: rsa.RSAPrivateKey) -> None:
+    claims = _claims(azp="claude-desktop", scope="secrets:read secrets:write")
+    token = _sign(signing_key, claims)
+
+    access = await JwtVerifier(jwks_url, issuer=ISSUER, audience=AUDIENCE).verify_token(token)
+
+    assert access is not None
+    assert access.subject == "alice"
+    assert access.client_id == "claude-desktop"
+    assert access.scopes == ["secrets:read", "secrets:write"]
+    assert access.expires_at == claims["exp"]
+    assert access.resource == AUDIENCE
+
+
+@pytest.mark.anyio
+async def test_a_configured_username_claim_names_the_user(
+    jwks_url: str, signing_key: rsa.RSAPrivateKey
+) -> None:
+    token = _sign(signing_key, _claims(sub="00u1f2e3d4", email="carol@example.com"))
+    verifier = JwtVerifier(jwks_url, issuer=ISSUER, audience=AUDIENCE, username_claim="email")
+
+    access = await verifier.verify_token(token)
+
+    assert access is not None
+    assert access.subject == "carol@example.com"
+
+
+REFUSED_JWTS: dict[str, Callable[[rsa.RSAPrivateKey, rsa.RSAPrivateKey], str]] = {
+    "wrong audience": lambda key, _: _sign(key, _claims(aud="https://other.example.com/")),
+    "no audience": lambda key, _: _sign(key, _claims(aud=None)),
+    "wrong issuer": lambda key, _: _sign(key, _claims(iss="https://evil.example.com/")),
+    "no issuer": lambda key, _: _sign(key, _claims(iss=None)),
+    "expired": lambda key, _: _sign(key, _claims(exp=int(time.time()) - 60)),
+    "no expiry": lambda key, _: _sign(key, _claims(exp=None)),
+    "signed by another key with the same kid": lambda _, other: _sign(other, _claims()),
+    "unknown kid": lambda key, _: _sign(key, _claims(), kid="someone-elses-key"),
+    "alg none": lambda _key, _: _forged("none", _claims(), lambda _: b""),
+    "HS256 keyed with the public key": lambda key, _: _forged(
+        "HS256", _claims(), _hs256_with_the_public_key(key)
+    ),
+    "not a JWT": lambda _key, _: "not.a.jwt",
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("make_token", REFUSED_JWTS.values(), ids=REFUSED_JWTS.keys())
+async def test_a_jwt_that_does_not_verify_is_refused(
+    jwks_url: str,
+    signing_key: rsa.RSAPrivateKey,
+    other_key: rsa.RSAPrivateKey,
+    make_token: Callable[[rsa.RSAPrivateKey, rsa.RSAPrivateKey], str],
+) -> None:
+    token = make_token(signing_key, other_key)
+
+    assert await JwtVerifier(jwks_url, issuer=ISSUER, audience=AUDIENCE).verify_token(token) is None
+
+
+NOT_USERNAME_CLAIMS = {
+    "space": "a b",
+    "list": ["alice"],
+    "number": 42,
+    "missing": None,
+    "empty": "",
+    "too long": "A" * 129,
+    "path": "alice/../bob",
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("claim", ["sub", "email"])
+@pytest.mark.parametrize("value", NOT_USERNAME_CLAIMS.values(), ids=NOT_USERNAME_CLAIMS.keys())
+async def test_a_jwt_whose_username_claim_is_not_a_username_is_refused(
+    jwks_url: str, signing_key: rsa.RSAPrivateKey, claim: str, value: object
+) -> None:
+    token = _sign(signing_key, _claims(**{claim: value}))
+    verifier = JwtVerifier(jwks_url, issuer=ISSUER, audience=AUDIENCE, username_claim=claim)
+
+    assert await verifier.verify_token(token) is None
+
+
+@pytest.mark.anyio
+async def test_a_jwt_is_refused_when_the_jwks_cannot_be_fetched(signing_key: rsa.RSAPrivateKey) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    verifier = JwtVerifier(f"http://127.0.0.1:{closed_port}/jwks.json", issuer=ISSUER, audience=AUDIENCE)
+
+    assert await verifier.verify_token(_sign(signing_key, _claims())) is None
+
+
+# --- routing and the bearer identity --------------------------------------------------------------
+
+
+class _NamedVerifier:
+    """Answers every token with an access token naming this verifier, and remembers what it saw."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.seen: list[str] = []
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        self.seen.append(token)
+        return AccessToken(token=token, client_id=self.name, scopes=[])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("token", "route"),
+    [
+        ("mcps_0a1b2c3d4e_secretpart", "api"),
+        ("mcps_", "api"),
+        ("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln", "jwt"),
+        ("MCPS_0a1b2c3d4e_secretpart", "jwt"),
+        ("mcp_0a1b2c3d4e_secretpart", "jwt"),
+    ],
+)
+async def test_either_verifier_routes_api_tokens_by_their_prefix(token: str, route: str) -> None:
+    api, jwts = _NamedVerifier("api"), _NamedVerifier("jwt")
+
+    access = await EitherVerifier(api, jwts).verify_token(token)
+
+    assert access is not None
+    assert access.client_id == route
+    assert (api.seen, jwts.seen) == (([token], []) if route == "api" else ([], [token]))
+
+
+def _access_token(subject: str | None) -> AccessToken:
+    return AccessToken(token="opaque", client_id="client", scopes=[], subject=subject)
+
+
+def test_bearer_identity_without_a_token_is_unauthorised() -> None:
+    with pytest.raises(UnauthorisedError):
+        BearerIdentity().username(_context(request=None))
+
+
+def test_bearer_identity_of_an_unauthenticated_request_is_unauthorised() -> None:
+    request = SimpleNamespace(scope={"type": "http", "headers": []})
+
+    with pytest.raises(UnauthorisedError):
+        BearerIdentity().username(_context(request))
+
+
+def test_bearer_identity_is_the_subject_of_the_requests_verified_token() -> None:
+    request = SimpleNamespace(scope={"user": AuthenticatedUser(_access_token("alice"))})
+
+    assert BearerIdentity().username(_context(request)) == "alice"
+
+
+def test_bearer_identity_falls_back_to_the_auth_context() -> None:
+    reset = auth_context_var.set(AuthenticatedUser(_access_token("bob")))
+    try:
+        assert BearerIdentity().username(_context(request=None)) == "bob"
+    finally:
+        auth_context_var.reset(reset)
+
+
+def test_bearer_identity_of_a_token_without_a_subject_is_unauthorised() -> None:
+    request = SimpleNamespace(scope={"user": AuthenticatedUser(_access_token(None))})
+
+    with pytest.raises(UnauthorisedError):
+        BearerIdentity().username(_context(request))

@@ -1,0 +1,652 @@
+"""The store protocol on every backend, then what only SQLite or only MongoDB promises."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import mongomock
+import pymongo
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from pymongo.errors import DuplicateKeyError
+
+from conftest import STORE_KINDS
+from mcp_secrets.errors import ConfigurationError, StoreUnavailableError
+from mcp_secrets.store import SecretRecord, SecretStore, TokenRecord, open_store
+from mcp_secrets.store.mongo import DEFAULT_DATABASE, MongoStore
+from mcp_secrets.store.sqlite import SQLiteStore
+
+# Whole milliseconds: a BSON date keeps no finer, and the suite must hold on every backend.
+T0 = datetime(2025, 3, 14, 9, 26, 53, 589000, tzinfo=timezone.utc)
+T1 = T0 + timedelta(minutes=5)
+T2 = T0 + timedelta(hours=1)
+
+mongo_backends = pytest.mark.parametrize(
+    "store", [kind for kind in STORE_KINDS if kind != "sqlite"], indirect=True
+)
+
+
+@pytest.fixture
+def mongo_store(store: SecretStore) -> MongoStore:
+    """The ``store`` fixture narrowed to MongoDB (use with ``@mongo_backends``)."""
+    assert isinstance(store, MongoStore)
+    return store
+
+
+@pytest.fixture
+def sqlite_path(tmp_path: Path) -> Path:
+    return tmp_path / "secrets.db"
+
+
+@pytest.fixture
+def sqlite_store(sqlite_path: Path) -> Iterator[SQLiteStore]:
+    opened = SQLiteStore(sqlite_path)
+    yield opened
+    opened.close()
+
+
+def _triples(store: SecretStore, username: str, server: str | None = None) -> list[tuple[str, str, str]]:
+    return [(record.server, record.key, record.value) for record in store.find_secrets(username, server)]
+
+
+def _token(token_id: str, username: str = "alice", created_at: datetime = T0, **fields: Any) -> TokenRecord:
+    return TokenRecord(token_id, username, f"sha256-of-{token_id}", created_at, **fields)
+
+
+# --- secrets, on every backend --------------------------------------------------------------------
+
+
+def test_put_secret_creates_then_replaces_keeping_created_at(store: SecretStore) -> None:
+    assert store.put_secret("alice", "github", "TOKEN", "ciphertext-1", T0) is True
+    assert store.put_secret("alice", "github", "TOKEN", "ciphertext-2", T1) is False
+
+    assert store.find_secrets("alice", "github") == [
+        SecretRecord("alice", "github", "TOKEN", "ciphertext-2", created_at=T0, updated_at=T1)
+    ]
+
+
+def test_replacing_at_the_same_instant_still_reports_a_replacement(store: SecretStore) -> None:
+    # A fixed test clock, or a coarse system clock, gives two saves the same timestamp.
+    assert store.put_secret("alice", "github", "TOKEN", "ciphertext-1", T0) is True
+    assert store.put_secret("alice", "github", "TOKEN", "ciphertext-2", T0) is False
+
+
+def test_many_puts_of_one_record_leave_exactly_one(store: SecretStore) -> None:
+    created = [
+        store.put_secret("alice", "github", "TOKEN", f"ciphertext-{n}", T0 + timedelta(seconds=n))
+        for n in range(20)
+    ]
+
+    assert created == [True] + [False] * 19
+    assert store.count_secrets() == 1
+    assert store.find_secrets("alice") == [
+        SecretRecord("alice", "github", "TOKEN", "ciphertext-19", T0, T0 + timedelta(seconds=19))
+    ]
+
+
+SEEDED = [
+    ("alice", "gitlab", "TOKEN"),
+    ("alice", "github", "api_key"),
+    ("alice", "github", "USER"),
+    ("alice", "aws", "KEY_ID"),
+    ("alice", "github", "TOKEN"),
+    ("bob", "github", "TOKEN"),
+    ("bob", "slack", "WEBHOOK"),
+]
+
+
+@pytest.fixture
+def seeded(store: SecretStore) -> SecretStore:
+    """Alice and Bob with a few records each, written out of order; the value names its record."""
+    for username, server, key in SEEDED:
+        store.put_secret(username, server, key, f"{username}/{server}/{key}", T0)
+    return store
+
+
+def test_find_secrets_of_one_server_returns_that_users_records_in_key_order(seeded: SecretStore) -> None:
+    # Byte order, as both SQLite's BINARY collation and MongoDB compare strings: upper case first.
+    assert _triples(seeded, "alice", "github") == [
+        ("github", "TOKEN", "alice/github/TOKEN"),
+        ("github", "USER", "alice/github/USER"),
+        ("github", "api_key", "alice/github/api_key"),
+    ]
+
+
+def test_find_secrets_without_a_server_returns_every_server_in_server_key_order(seeded: SecretStore) -> None:
+    assert [(server, key) for server, key, _ in _triples(seeded, "alice")] == [
+        ("aws", "KEY_ID"),
+        ("github", "TOKEN"),
+        ("github", "USER"),
+        ("github", "api_key"),
+        ("gitlab", "TOKEN"),
+    ]
+    assert all(record.username == "alice" for record in seeded.find_secrets("alice"))
+
+
+def test_find_secrets_of_an_unknown_user_or_server_is_empty(seeded: SecretStore) -> None:
+    assert seeded.find_secrets("carol") == []
+    assert seeded.find_secrets("alice", "slack") == []
+    assert seeded.count_secrets() == len(SEEDED)
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        ("bob", "github", "TOKEN"),
+        ("Alice", "github", "TOKEN"),
+        ("alice", "gitlab", "TOKEN"),
+        ("alice", "github", "USER"),
+    ],
+    ids=["other-user", "username-case", "other-server", "other-key"],
+)
+def test_records_are_isolated_per_username_server_and_key(
+    store: SecretStore, other: tuple[str, str, str]
+) -> None:
+    mine = ("alice", "github", "TOKEN")
+    assert store.put_secret(*mine, "alices-ciphertext", T0) is True
+    assert store.put_secret(*other, "other-ciphertext", T1) is True
+
+    assert ("github", "TOKEN", "alices-ciphertext") in _triples(store, "alice", "github")
+    assert (other[1], other[2], "other-ciphertext") in _triples(store, other[0], other[1])
+    assert store.delete_secret(*other) is True
+    assert _triples(store, "alice", "github") == [("github", "TOKEN", "alices-ciphertext")]
+
+
+def test_delete_secret_removes_exactly_that_record(seeded: SecretStore) -> None:
+    assert seeded.delete_secret("alice", "github", "TOKEN") is True
+
+    assert seeded.count_secrets() == len(SEEDED) - 1
+    assert [(server, key) for server, key, _ in _triples(seeded, "alice", "github")] == [
+        ("github", "USER"),
+        ("github", "api_key"),
+    ]
+    assert _triples(seeded, "bob", "github") == [("github", "TOKEN", "bob/github/TOKEN")]
+
+
+def test_delete_secret_returns_false_when_there_is_no_such_record(seeded: SecretStore) -> None:
+    assert seeded.delete_secret("alice", "github", "TOKEN") is True
+    assert seeded.delete_secret("alice", "github", "TOKEN") is False
+    assert seeded.delete_secret("carol", "github", "TOKEN") is False
+    assert seeded.count_secrets() == len(SEEDED) - 1
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.text(min_size=1, max_size=300))
+@example(value="x" * 65536)
+@example(value="nul\x00inside")
+@example(value='{"$ne": null}')
+@example(value="  padded\r\n")
+@example(value="v1:AAAA==:ZmFrZQ==")
+def test_the_stored_ciphertext_comes_back_exactly_as_given(store: SecretStore, value: str) -> None:
+    store.put_secret("alice", "github", "TOKEN", value, T0)
+
+    [record] = store.find_secrets("alice", "github")
+    assert record.value == value
+
+
+def test_timestamps_come_back_timezone_aware_in_utc(store: SecretStore) -> None:
+    paris = timezone(timedelta(hours=2))
+    store.put_secret("alice", "github", "TOKEN", "ciphertext", T0.astimezone(paris))
+    store.put_secret("alice", "github", "TOKEN", "ciphertext", T1.astimezone(paris))
+    store.put_token(_token("t1", created_at=T0.astimezone(paris), expires_at=T2.astimezone(paris)))
+    store.revoke_token("t1", T1.astimezone(paris))
+
+    [record] = store.find_secrets("alice")
+    token = store.find_token("sha256-of-t1")
+    assert token is not None
+    moments = {
+        "created_at": (record.created_at, T0),
+        "updated_at": (record.updated_at, T1),
+        "token created_at": (token.created_at, T0),
+        "token expires_at": (token.expires_at, T2),
+        "token revoked_at": (token.revoked_at, T1),
+    }
+    for name, (moment, expected) in moments.items():
+        assert moment is not None, name
+        assert moment.utcoffset() == timedelta(0), name
+        assert moment == expected, name
+
+
+def test_concurrent_puts_leave_exactly_the_expected_records(store: SecretStore) -> None:
+    threads, puts = 8, 50
+    start = threading.Barrier(threads)
+
+    def worker(thread: int) -> list[bool]:
+        start.wait()
+        created = []
+        for n in range(puts):
+            # Half the puts race the other threads for shared records, half write the thread's own.
+            server = "shared" if n % 2 == 0 else f"thread-{thread}"
+            now = T0 + timedelta(milliseconds=thread * puts + n)
+            created.append(store.put_secret("alice", server, f"K{n // 2:02}", f"{thread}:{n}", now))
+        return created
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        results = list(pool.map(worker, range(threads)))
+
+    shared, own = puts // 2, threads * (puts // 2)
+    assert sum(created for result in results for created in result) == shared + own
+    assert store.count_secrets() == shared + own
+    shared_records = store.find_secrets("alice", "shared")
+    assert [record.key for record in shared_records] == [f"K{n:02}" for n in range(shared)]
+    assert all(record.value.split(":")[1] == str(2 * int(record.key[1:])) for record in shared_records)
+    for thread in range(threads):
+        assert [value for _, _, value in _triples(store, "alice", f"thread-{thread}")] == [
+            f"{thread}:{n}" for n in range(1, puts, 2)
+        ]
+
+
+# --- tokens, on every backend ---------------------------------------------------------------------
+
+
+def test_put_token_then_find_token_by_its_hash(store: SecretStore) -> None:
+    token = _token("a1b2c3", expires_at=T2, label="laptop")
+    store.put_token(token)
+
+    assert store.find_token("sha256-of-a1b2c3") == token
+    assert store.find_token("sha256-of-someone-else") is None
+
+
+def test_list_tokens_is_oldest_first_then_by_id(store: SecretStore) -> None:
+    for token in [
+        _token("t3", "bob", T1),
+        _token("t5", "alice", T2),
+        _token("t2", "alice", T0),
+        _token("t4", "bob", T1),
+        _token("t1", "alice", T1),
+    ]:
+        store.put_token(token)
+
+    assert [token.token_id for token in store.list_tokens()] == ["t2", "t1", "t3", "t4", "t5"]
+
+
+def test_list_tokens_of_one_user_leaves_out_the_others(store: SecretStore) -> None:
+    for token in [_token("t1", "alice", T0), _token("t2", "bob", T1), _token("t3", "alice", T2)]:
+        store.put_token(token)
+
+    assert [token.token_id for token in store.list_tokens("alice")] == ["t1", "t3"]
+    assert [token.token_id for token in store.list_tokens("bob")] == ["t2"]
+    assert store.list_tokens("carol") == []
+
+
+def test_revoke_token_succeeds_once_and_the_record_stays_findable(store: SecretStore) -> None:
+    store.put_token(_token("t1"))
+    store.put_token(_token("t2"))
+
+    assert store.revoke_token("t1", T1) is True
+    assert store.revoke_token("t1", T2) is False
+    assert store.revoke_token("no-such-token", T1) is False
+
+    revoked = store.find_token("sha256-of-t1")
+    assert revoked is not None
+    assert revoked.revoked_at == T1
+    assert [token.revoked_at for token in store.list_tokens()] == [T1, None]
+
+
+# --- operator injection ---------------------------------------------------------------------------
+
+HOSTILE = [{"$ne": "x"}, {"$ne": None}, {"$gt": ""}, {"$regex": ".*"}]
+
+
+def _attempt(call: Callable[[], object]) -> object:
+    """What a call returns, or None when the backend refuses the value outright."""
+    try:
+        return call()
+    except (TypeError, StoreUnavailableError, sqlite3.Error):
+        return None
+
+
+@pytest.mark.parametrize("hostile", HOSTILE, ids=str)
+def test_an_operator_in_place_of_a_name_reaches_no_record(store: SecretStore, hostile: Any) -> None:
+    store.put_secret("alice", "github", "TOKEN", "alices-ciphertext", T0)
+    store.put_token(_token("t1"))
+
+    assert not _attempt(lambda: store.find_secrets(hostile))
+    assert not _attempt(lambda: store.find_secrets("alice", hostile))
+    assert not _attempt(lambda: store.delete_secret(hostile, hostile, hostile))
+    assert not _attempt(lambda: store.put_secret(hostile, hostile, hostile, "overwritten", T1))
+    assert not _attempt(lambda: store.find_token(hostile))
+    assert not _attempt(lambda: store.list_tokens(hostile))
+    assert not _attempt(lambda: store.revoke_token(hostile, T1))
+
+    assert _triples(store, "alice") == [("github", "TOKEN", "alices-ciphertext")]
+    assert [(token.token_id, token.revoked_at) for token in store.list_tokens()] == [("t1", None)]
+
+
+class _Unqueried:
+    """Stands in for a collection that must not be queried: every method call fails the test."""
+
+    def __getattr__(self, name: str) -> Callable[..., object]:
+        def query(*_args: object, **_kwargs: object) -> object:
+            raise AssertionError(f"{name} ran before the filter was checked")
+
+        return query
+
+
+MONGO_CALLS: dict[str, Callable[[MongoStore, Any], object]] = {
+    "put_secret": lambda store, bad: store.put_secret("alice", bad, "TOKEN", "ciphertext", T0),
+    "delete_secret": lambda store, bad: store.delete_secret("alice", "github", bad),
+    "find_secrets username": lambda store, bad: store.find_secrets(bad),
+    "find_secrets server": lambda store, bad: store.find_secrets("alice", bad),
+    "find_token": lambda store, bad: store.find_token(bad),
+    "list_tokens": lambda store, bad: store.list_tokens(bad),
+    "revoke_token": lambda store, bad: store.revoke_token(bad, T0),
+}
+
+
+@mongo_backends
+@pytest.mark.parametrize("call", MONGO_CALLS.values(), ids=MONGO_CALLS.keys())
+def test_mongo_store_refuses_a_non_string_filter_value_before_any_query(
+    mongo_store: MongoStore, monkeypatch: pytest.MonkeyPatch, call: Callable[[MongoStore, Any], object]
+) -> None:
+    monkeypatch.setattr(mongo_store, "_secrets", _Unqueried())
+    monkeypatch.setattr(mongo_store, "_tokens", _Unqueried())
+
+    with pytest.raises(TypeError, match="must be a string"):
+        call(mongo_store, {"$ne": None})
+
+
+# --- MongoDB only ---------------------------------------------------------------------------------
+
+
+@mongo_backends
+def test_mongo_store_creates_a_unique_index_on_username_server_key(mongo_store: MongoStore) -> None:
+    indexes = mongo_store._secrets.index_information().values()
+
+    assert any(
+        [tuple(field) for field in index["key"]] == [("username", 1), ("server", 1), ("key", 1)]
+        and index.get("unique")
+        for index in indexes
+    )
+
+
+@mongo_backends
+def test_mongo_unique_index_refuses_a_second_document_for_the_same_record(mongo_store: MongoStore) -> None:
+    mongo_store.put_secret("alice", "github", "TOKEN", "ciphertext", T0)
+
+    with pytest.raises(DuplicateKeyError):
+        mongo_store._secrets.insert_one(
+            {
+                "username": "alice",
+                "server": "github",
+                "key": "TOKEN",
+                "value": "x",
+                "created_at": T1,
+                "updated_at": T1,
+            }
+        )
+
+
+@mongo_backends
+def test_mongo_documents_hold_the_user_secret_fields(mongo_store: MongoStore) -> None:
+    mongo_store.put_secret("alice", "github", "TOKEN", "ciphertext", T0)
+    mongo_store.put_secret("alice", "github", "TOKEN", "ciphertext-2", T1)
+
+    document = mongo_store._secrets.find_one({}, {"_id": False})
+    assert document is not None
+    assert set(document) == {"username", "server", "key", "value", "created_at", "updated_at"}
+    assert document["value"] == "ciphertext-2"
+    # Native BSON dates, not strings: MongoDB can sort and expire on them.
+    assert isinstance(document["created_at"], datetime)
+    assert isinstance(document["updated_at"], datetime)
+
+
+@pytest.fixture
+def mongo_clients(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
+    """Make ``MongoStore.from_url`` build mongomock clients, and record how it called ``MongoClient``."""
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    def fake_client(url: str, **options: Any) -> mongomock.MongoClient:
+        calls.append((url, options))
+        return mongomock.MongoClient(tz_aware=options.get("tz_aware", False))
+
+    monkeypatch.setattr("mcp_secrets.store.mongo.MongoClient", fake_client)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("url", "database"),
+    [
+        ("mongodb://localhost:1/mydb", "mydb"),
+        ("mongodb://user:pw@localhost:1/mydb?authSource=admin", "mydb"),
+        ("mongodb://localhost:1", DEFAULT_DATABASE),
+        ("mongodb://localhost:1/", DEFAULT_DATABASE),
+        ("mongodb://localhost:1/?replicaSet=rs0", DEFAULT_DATABASE),
+    ],
+)
+def test_from_url_takes_the_database_from_the_url_path(
+    mongo_clients: list[tuple[str, dict[str, Any]]], url: str, database: str
+) -> None:
+    opened = MongoStore.from_url(url)
+
+    assert opened._secrets.database.name == database
+    [(called_url, options)] = mongo_clients
+    assert called_url == url
+    assert options["tz_aware"] is True
+
+
+@pytest.mark.parametrize("url", ["mongodb://user:s3cretpw@localhost:notaport/db", "mongodb://user:s3cretpw@"])
+def test_from_url_refuses_a_malformed_url_without_quoting_it(
+    mongo_clients: list[tuple[str, dict[str, Any]]], url: str
+) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        MongoStore.from_url(url)
+
+    assert "s3cretpw" not in str(raised.value)
+    assert mongo_clients == []
+
+
+UNREACHABLE_URL = "mongodb://user:s3cretpw@127.0.0.1:1/db"
+
+
+@pytest.fixture
+def unreachable_client() -> Iterator[pymongo.MongoClient[dict[str, Any]]]:
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        UNREACHABLE_URL, serverSelectionTimeoutMS=200
+    )
+    yield client
+    client.close()
+
+
+def test_mongo_store_on_an_unreachable_server_is_unavailable(
+    unreachable_client: pymongo.MongoClient[dict[str, Any]],
+) -> None:
+    with pytest.raises(StoreUnavailableError) as raised:
+        MongoStore(unreachable_client, "db")
+
+    assert "s3cretpw" not in str(raised.value)
+    assert raised.value.__cause__ is None
+
+
+UNREACHABLE_CALLS: dict[str, Callable[[MongoStore], object]] = {
+    "put_secret": lambda store: store.put_secret("alice", "github", "TOKEN", "ciphertext", T0),
+    "find_secrets": lambda store: store.find_secrets("alice"),
+    "count_secrets": lambda store: store.count_secrets(),
+    "find_token": lambda store: store.find_token("hash"),
+    "ping": lambda store: store.ping(),
+}
+
+
+@pytest.mark.parametrize("call", UNREACHABLE_CALLS.values(), ids=UNREACHABLE_CALLS.keys())
+def test_mongo_store_whose_server_went_away_reports_unavailable(
+    unreachable_client: pymongo.MongoClient[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    call: Callable[[MongoStore], object],
+) -> None:
+    opened = MongoStore(mongomock.MongoClient(tz_aware=True), "db")
+    monkeypatch.setattr(opened, "_client", unreachable_client)
+    monkeypatch.setattr(opened, "_secrets", unreachable_client["db"]["user_secrets"])
+    monkeypatch.setattr(opened, "_tokens", unreachable_client["db"]["api_tokens"])
+
+    with pytest.raises(StoreUnavailableError) as raised:
+        call(opened)
+
+    assert "s3cretpw" not in str(raised.value)
+
+
+# --- open_store -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", [None, "", "   "])
+def test_open_store_without_a_url_opens_sqlite_at_the_default_path(tmp_path: Path, url: str | None) -> None:
+    default = tmp_path / "data" / "secrets.db"
+
+    opened = open_store(url, default_sqlite_path=str(default))
+
+    assert isinstance(opened, SQLiteStore)
+    assert opened.path == default
+    assert default.is_file()
+    opened.close()
+
+
+def test_open_store_takes_a_relative_sqlite_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    opened = open_store("sqlite:///relative.db", default_sqlite_path=str(tmp_path / "default.db"))
+
+    assert isinstance(opened, SQLiteStore)
+    assert opened.path == Path("relative.db")
+    assert (tmp_path / "relative.db").is_file()
+    assert not (tmp_path / "default.db").exists()
+    opened.close()
+
+
+def test_open_store_takes_an_absolute_sqlite_path(tmp_path: Path) -> None:
+    absolute = tmp_path / "abs" / "path.db"
+    assert str(absolute).startswith("/")
+
+    opened = open_store(f"sqlite:///{absolute}", default_sqlite_path=str(tmp_path / "default.db"))
+
+    assert isinstance(opened, SQLiteStore)
+    assert opened.path == absolute
+    assert absolute.is_file()
+    opened.close()
+
+
+def test_open_store_opens_mongodb_urls(
+    mongo_clients: list[tuple[str, dict[str, Any]]], tmp_path: Path
+) -> None:
+    opened = open_store("mongodb://localhost:1/mydb", default_sqlite_path=str(tmp_path / "default.db"))
+
+    assert isinstance(opened, MongoStore)
+    assert opened._secrets.database.name == "mydb"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgres://x",
+        "postgresql://user:s3cretpw@host/db",
+        "sqlite://relative.db",
+        "secrets.db",
+        "mongodb:/x",
+    ],
+)
+def test_open_store_refuses_other_schemes_without_quoting_the_url(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigurationError, match="MCP_SECRETS_DATABASE_URL") as raised:
+        open_store(url, default_sqlite_path=str(tmp_path / "default.db"))
+
+    assert url not in str(raised.value)
+    assert "s3cretpw" not in str(raised.value)
+
+
+# --- SQLite only ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def permissive_umask() -> Iterator[None]:
+    """A umask that hides nothing, so only the store's own care keeps its files private."""
+    previous = os.umask(0)
+    yield
+    os.umask(previous)
+
+
+@pytest.mark.usefixtures("permissive_umask")
+def test_sqlite_creates_its_directory_and_a_private_file(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "dir" / "secrets.db"
+
+    opened = SQLiteStore(path)
+    opened.put_secret("alice", "github", "TOKEN", "ciphertext", T0)
+
+    assert path.parent.is_dir()
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert path.stat().st_mode & 0o777 == 0o600
+    opened.close()
+
+
+@pytest.mark.usefixtures("permissive_umask")
+def test_sqlite_wal_and_shm_files_are_not_group_or_world_readable(sqlite_path: Path) -> None:
+    opened = SQLiteStore(sqlite_path)
+    opened.put_secret("alice", "github", "TOKEN", "ciphertext", T0)
+
+    for suffix in ("-wal", "-shm"):
+        companion = sqlite_path.with_name(sqlite_path.name + suffix)
+        assert companion.exists(), suffix
+        assert companion.stat().st_mode & 0o077 == 0, suffix
+    opened.close()
+
+
+def test_sqlite_runs_in_wal_mode(sqlite_store: SQLiteStore, sqlite_path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(sqlite_path)) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_sqlite_stores_the_ciphertext_as_given(sqlite_store: SQLiteStore, sqlite_path: Path) -> None:
+    sqlite_store.put_secret("alice", "github", "TOKEN", "v1:nonce:ciphertext", T0)
+
+    with contextlib.closing(sqlite3.connect(sqlite_path)) as connection:
+        rows = connection.execute("SELECT username, server, key, value FROM user_secrets").fetchall()
+    assert rows == [("alice", "github", "TOKEN", "v1:nonce:ciphertext")]
+
+
+def test_two_sqlite_stores_on_one_file_see_each_others_writes(
+    sqlite_store: SQLiteStore, sqlite_path: Path
+) -> None:
+    other = SQLiteStore(sqlite_path)
+
+    sqlite_store.put_secret("alice", "github", "TOKEN", "ciphertext", T0)
+    assert _triples(other, "alice") == [("github", "TOKEN", "ciphertext")]
+    assert other.delete_secret("alice", "github", "TOKEN") is True
+    assert sqlite_store.find_secrets("alice") == []
+    other.close()
+
+
+def _a_directory(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def _under_a_regular_file(tmp_path: Path) -> Path:
+    (tmp_path / "plain-file").write_text("not a directory")
+    return tmp_path / "plain-file" / "secrets.db"
+
+
+@pytest.mark.parametrize("make_path", [_a_directory, _under_a_regular_file])
+def test_sqlite_at_an_unopenable_path_is_unavailable(
+    tmp_path: Path, make_path: Callable[[Path], Path]
+) -> None:
+    with pytest.raises(StoreUnavailableError, match="cannot be opened"):
+        SQLiteStore(make_path(tmp_path))
+
+
+def test_sqlite_on_a_file_that_is_not_a_database_is_unavailable(sqlite_path: Path) -> None:
+    sqlite_path.write_bytes(b"this is not an SQLite database\n" * 200)
+
+    with pytest.raises(StoreUnavailableError):
+        SQLiteStore(sqlite_path).find_secrets("alice")
+
+
+def test_a_closed_sqlite_store_reports_unavailable(sqlite_path: Path) -> None:
+    opened = SQLiteStore(sqlite_path)
+    opened.close()
+
+    with pytest.raises(StoreUnavailableError):
+        opened.ping()
