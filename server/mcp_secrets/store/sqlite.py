@@ -102,8 +102,8 @@ class SQLiteStore:
         with self._lock:
             try:
                 yield self._connection
-            except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
-                raise  # a bug or a constraint, not an unavailable store
+            except sqlite3.IntegrityError:
+                raise  # a broken constraint, not an unavailable store
             except sqlite3.Error as exc:
                 raise StoreUnavailableError(f"the SQLite store is unavailable: {exc}") from None
 
