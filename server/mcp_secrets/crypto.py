@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from mcp_secrets.errors import ConfigurationError, DecryptionError
+from mcp_secrets.errors import ConfigurationError, DecryptionError, InvalidInputError
 
 VERSION = "v1"
 LEGACY_KEY_ID = "legacy"
@@ -80,6 +80,14 @@ def _b64decode_canonical(text: str) -> bytes | None:
         return None
     # Unused low bits in the last character would let two strings decode alike.
     return raw if _b64encode(raw) == text else None
+
+
+def _text(plain: bytes, where: str) -> str:
+    """Decode a plaintext; a UnicodeDecodeError would carry the plaintext bytes, so it never escapes."""
+    try:
+        return plain.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DecryptionError(f"{where} decrypted to bytes that are not UTF-8 text") from None
 
 
 def _hkdf(master_key: bytes, info: bytes, length: int) -> bytes:
@@ -132,8 +140,13 @@ class SecretEncryptor:
 
     def encrypt(self, value: str, *, username: str, server: str, key: str) -> str:
         """Encrypt ``value`` for the record (username, server, key) with the active key."""
+        try:
+            plain = value.encode("utf-8")
+        except UnicodeEncodeError:
+            # The exception would quote the value: replace it with one that names the field only.
+            raise InvalidInputError("value must be valid Unicode text (it holds a lone surrogate)") from None
         nonce = os.urandom(NONCE_BYTES)
-        sealed = self._active.encrypt(nonce, value.encode("utf-8"), associated_data(username, server, key))
+        sealed = self._active.encrypt(nonce, plain, associated_data(username, server, key))
         return f"{VERSION}:{self._active_key_id}:{_b64encode(nonce + sealed)}"
 
     def decrypt(self, ciphertext: str, *, username: str, server: str, key: str) -> str:
@@ -172,7 +185,7 @@ class SecretEncryptor:
             raise DecryptionError(
                 f"{where} does not decrypt: it was altered, or copied from another record"
             ) from None
-        return plain.decode("utf-8")
+        return _text(plain, where)
 
     def _decrypt_legacy(self, parts: list[str], where: str) -> str:
         if self._legacy is None:
@@ -189,4 +202,4 @@ class SecretEncryptor:
             raise DecryptionError(
                 f"{where} does not decrypt with the legacy key: altered or wrong key"
             ) from None
-        return plain.decode("utf-8")
+        return _text(plain, where)

@@ -1,0 +1,539 @@
+"""SecretEncryptor: the v1 format, tampering, associated data, key ids, master keys, the legacy reader."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import string
+import traceback
+from collections.abc import Callable
+from pathlib import PurePosixPath
+from typing import NamedTuple
+
+import cryptography_vectors
+import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conftest import new_canary
+from mcp_secrets.crypto import SecretEncryptor, generate_master_key, key_id_for, parse_master_key
+from mcp_secrets.errors import ConfigurationError, DecryptionError, InvalidInputError
+
+RECORD = {"username": "alice", "server": "github", "key": "TOKEN"}
+B64URL_ALPHABET = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+V1 = re.compile(r"v1:(?P<key_id>[0-9a-f]{8}):(?P<payload>[A-Za-z0-9_-]+)")
+
+
+def fresh_master_key() -> bytes:
+    return parse_master_key(generate_master_key())
+
+
+def assert_not_leaked(error: BaseException, *plaintexts: str) -> None:
+    """Neither the message, the repr nor the printed traceback of ``error`` holds a plaintext."""
+    shown = (str(error), repr(error), "".join(traceback.format_exception(error)))
+    for plaintext in plaintexts:
+        assert not any(plaintext in text for text in shown)
+
+
+class Sealed(NamedTuple):
+    key_id: str
+    nonce: bytes
+    ciphertext: bytes
+    tag: bytes
+
+
+def unseal(token: str) -> Sealed:
+    """Read ``v1:<kid>:<base64url(nonce||ct||tag)>`` as documented, without the package's help."""
+    match = V1.fullmatch(token)
+    assert match is not None
+    payload = match["payload"]
+    raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    return Sealed(match["key_id"], raw[:12], raw[12:-16], raw[-16:])
+
+
+def encode_payload(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def legacy_ciphertext(value: str, legacy_key: str) -> str:
+    """The original design's ``iv:authTag:ciphertext``: hex, key = SHA-256 of a string, no associated data."""
+    return legacy_ciphertext_of_bytes(value.encode("utf-8"), legacy_key)
+
+
+def legacy_ciphertext_of_bytes(plaintext: bytes, legacy_key: str) -> str:
+    iv = os.urandom(12)
+    sealed = AESGCM(hashlib.sha256(legacy_key.encode("utf-8")).digest()).encrypt(iv, plaintext, None)
+    return f"{iv.hex()}:{sealed[-16:].hex()}:{sealed[:-16].hex()}"
+
+
+# --- round trips and the format -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("ghp_16C7e42F292c6912E7710c838347Ae178B4a", id="ascii"),
+        pytest.param("pässwörd 🔑 密码 ключ\n\ttab", id="unicode"),
+        pytest.param("x" * 65536, id="64KiB"),
+        pytest.param("é" * 32768, id="64KiB-two-byte"),
+    ],
+)
+def test_value_round_trips(encryptor: SecretEncryptor, value: str) -> None:
+    assert encryptor.decrypt(encryptor.encrypt(value, **RECORD), **RECORD) == value
+
+
+def test_ciphertext_follows_the_documented_v1_format(encryptor: SecretEncryptor, canary: str) -> None:
+    token = encryptor.encrypt(canary, **RECORD)
+
+    sealed = unseal(token)
+
+    assert sealed.key_id == encryptor.active_key_id
+    assert len(sealed.nonce) == 12
+    assert len(sealed.tag) == 16
+    assert len(sealed.ciphertext) == len(canary.encode("utf-8"))
+    assert canary not in token
+
+
+def test_two_encryptions_of_the_same_value_differ_by_a_fresh_nonce(
+    encryptor: SecretEncryptor, canary: str
+) -> None:
+    first, second = (unseal(encryptor.encrypt(canary, **RECORD)) for _ in range(2))
+
+    assert first.nonce != second.nonce
+    assert first.ciphertext != second.ciphertext
+    assert first.tag != second.tag
+
+
+# --- tampering ------------------------------------------------------------------------------------
+
+
+def _another_alphabet_character(character: str) -> str:
+    # The next base64url character: in the last position this may touch only unused low bits.
+    if character in B64URL_ALPHABET:
+        return B64URL_ALPHABET[(B64URL_ALPHABET.index(character) + 1) % len(B64URL_ALPHABET)]
+    return "A"
+
+
+REPLACEMENTS: dict[str, Callable[[str], str]] = {
+    "next-base64url-character": _another_alphabet_character,
+    "separator": lambda character: "::" if character == ":" else ":",
+    "not-base64url": lambda _: "!",
+    "non-ascii": lambda _: "é",
+}
+
+
+# Three lengths, so the payload ends with 0, 2 and 4 unused bits in its last character.
+@pytest.mark.parametrize("suffix", ["", "x", "xy"])
+@pytest.mark.parametrize("replace", REPLACEMENTS.values(), ids=REPLACEMENTS.keys())
+def test_every_changed_character_of_a_ciphertext_is_rejected(
+    encryptor: SecretEncryptor, canary: str, suffix: str, replace: Callable[[str], str]
+) -> None:
+    value = canary + suffix
+    token = encryptor.encrypt(value, **RECORD)
+
+    for position, character in enumerate(token):
+        changed = token[:position] + replace(character) + token[position + 1 :]
+        assert changed != token
+        with pytest.raises(DecryptionError) as raised:
+            encryptor.decrypt(changed, **RECORD)
+        assert_not_leaked(raised.value, value)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda token: token[:-1], id="last-character-dropped"),
+        pytest.param(lambda token: token + "A", id="character-appended"),
+        pytest.param(lambda token: token.rsplit(":", 1)[0] + ":", id="payload-empty"),
+        pytest.param(lambda token: token + ":extra", id="fourth-field"),
+        pytest.param(lambda token: token.replace("v1:", "V1:", 1), id="version-upper-case"),
+        pytest.param(lambda token: token.upper(), id="upper-case"),
+        pytest.param(lambda _: "", id="empty"),
+    ],
+)
+def test_truncated_or_extended_ciphertext_is_rejected(
+    encryptor: SecretEncryptor, canary: str, change: Callable[[str], str]
+) -> None:
+    with pytest.raises(DecryptionError) as raised:
+        encryptor.decrypt(change(encryptor.encrypt(canary, **RECORD)), **RECORD)
+    assert_not_leaked(raised.value, canary)
+
+
+def test_every_flipped_bit_of_the_payload_is_rejected(encryptor: SecretEncryptor, canary: str) -> None:
+    token = encryptor.encrypt(canary, **RECORD)
+    prefix, payload = token.rsplit(":", 1)
+    raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+
+    for position in range(len(raw)):
+        for bit in range(8):
+            flipped = bytearray(raw)
+            flipped[position] ^= 1 << bit
+            with pytest.raises(DecryptionError) as raised:
+                encryptor.decrypt(f"{prefix}:{encode_payload(bytes(flipped))}", **RECORD)
+            assert_not_leaked(raised.value, canary)
+
+
+# --- associated data ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("username", "server", "key"),
+    [
+        pytest.param("bob", "github", "TOKEN", id="another-user"),
+        pytest.param("alice", "linear", "TOKEN", id="another-server"),
+        pytest.param("alice", "github", "OTHER", id="another-key"),
+        # The record's parts are length-prefixed: shifting a boundary makes another record.
+        pytest.param("alic", "egithub", "TOKEN", id="boundary-user-server"),
+        pytest.param("alice", "githubT", "OKEN", id="boundary-server-key"),
+    ],
+)
+def test_ciphertext_moved_to_another_record_does_not_decrypt(
+    encryptor: SecretEncryptor, canary: str, username: str, server: str, key: str
+) -> None:
+    token = encryptor.encrypt(canary, **RECORD)
+
+    with pytest.raises(DecryptionError, match="altered, or copied from another record") as raised:
+        encryptor.decrypt(token, username=username, server=server, key=key)
+
+    message = str(raised.value)
+    assert repr(key) in message
+    assert repr(server) in message
+    assert_not_leaked(raised.value, canary)
+
+
+def test_ciphertext_does_not_decrypt_under_another_master_key(canary: str) -> None:
+    writer, reader = SecretEncryptor([fresh_master_key()]), SecretEncryptor([fresh_master_key()])
+
+    with pytest.raises(DecryptionError) as raised:
+        reader.decrypt(writer.encrypt(canary, **RECORD), **RECORD)
+
+    assert writer.active_key_id in str(raised.value)
+    assert "TOKEN" in str(raised.value)
+    assert_not_leaked(raised.value, canary)
+
+
+# --- key ids and rotation -------------------------------------------------------------------------
+
+
+def test_first_master_key_writes_and_every_configured_key_reads(canary: str) -> None:
+    key_a, key_b, key_c = (fresh_master_key() for _ in range(3))
+    written = {
+        master_key: SecretEncryptor([master_key]).encrypt(canary, **RECORD)
+        for master_key in (key_a, key_b, key_c)
+    }
+
+    rotated = SecretEncryptor([key_b, key_a, key_c])
+
+    assert rotated.active_key_id == key_id_for(key_b)
+    assert rotated.key_ids == (key_id_for(key_b), key_id_for(key_a), key_id_for(key_c))
+    assert unseal(rotated.encrypt(canary, **RECORD)).key_id == key_id_for(key_b)
+    for token in written.values():
+        assert rotated.decrypt(token, **RECORD) == canary
+
+
+def test_record_written_with_an_old_key_still_decrypts_after_rotation(canary: str) -> None:
+    key_a, key_b = fresh_master_key(), fresh_master_key()
+    token = SecretEncryptor([key_a]).encrypt(canary, **RECORD)
+
+    assert SecretEncryptor([key_b, key_a]).decrypt(token, **RECORD) == canary
+
+
+def test_record_written_with_a_key_not_configured_names_that_key_id(canary: str) -> None:
+    retired = fresh_master_key()
+    token = SecretEncryptor([retired]).encrypt(canary, **RECORD)
+    current = SecretEncryptor([fresh_master_key(), fresh_master_key()])
+
+    with pytest.raises(DecryptionError, match="not configured") as raised:
+        current.decrypt(token, **RECORD)
+
+    assert key_id_for(retired) in str(raised.value)
+    assert_not_leaked(raised.value, canary)
+
+
+def test_key_id_of_reports_the_writing_key(canary: str) -> None:
+    key_a, key_b = fresh_master_key(), fresh_master_key()
+    encryptor = SecretEncryptor([key_a, key_b])
+    token_a = encryptor.encrypt(canary, **RECORD)
+    token_b = SecretEncryptor([key_b]).encrypt(canary, **RECORD)
+
+    assert encryptor.key_id_of(token_a) == key_id_for(key_a) == unseal(token_a).key_id
+    assert encryptor.key_id_of(token_b) == key_id_for(key_b)
+    assert encryptor.key_id_of(legacy_ciphertext(canary, "old key")) == "legacy"
+
+
+def test_same_master_key_configured_twice_is_refused() -> None:
+    master_key = fresh_master_key()
+
+    with pytest.raises(ConfigurationError, match="configured twice") as raised:
+        SecretEncryptor([master_key, fresh_master_key(), master_key])
+
+    assert key_id_for(master_key) in str(raised.value)
+    assert_not_leaked(raised.value, encode_payload(master_key), master_key.hex())
+
+
+@pytest.mark.parametrize("master_keys", [[], [b"\x00" * 31], [b"\x00" * 33], [os.urandom(32), b""]])
+def test_encryptor_needs_master_keys_of_32_bytes(master_keys: list[bytes]) -> None:
+    with pytest.raises(ConfigurationError):
+        SecretEncryptor(master_keys)
+
+
+def test_key_derivation_is_deterministic(canary: str) -> None:
+    master_key = fresh_master_key()
+    token = SecretEncryptor([master_key]).encrypt(canary, **RECORD)
+
+    rebuilt = SecretEncryptor([bytes(master_key)])
+
+    assert key_id_for(master_key) == key_id_for(bytes(master_key)) == rebuilt.active_key_id
+    assert re.fullmatch(r"[0-9a-f]{8}", rebuilt.active_key_id)
+    assert rebuilt.decrypt(token, **RECORD) == canary
+    assert key_id_for(fresh_master_key()) != key_id_for(master_key)
+
+
+# --- master key parsing ---------------------------------------------------------------------------
+
+
+def test_generated_master_key_parses_to_32_bytes() -> None:
+    text = generate_master_key()
+
+    assert len(text) == 43
+    assert len(parse_master_key(text)) == 32
+    assert generate_master_key() != text
+
+
+# These 32 bytes spell '+' and '/' in standard base64, '-' and '_' in base64url.
+ALPHABET_BYTES = bytes([0xFB, 0xFF, 0xBF] * 10 + [0xFB, 0xFF])
+
+
+@pytest.mark.parametrize(
+    "spell",
+    [
+        pytest.param(lambda raw: base64.b64encode(raw).decode(), id="standard-padded"),
+        pytest.param(lambda raw: base64.b64encode(raw).decode().rstrip("="), id="standard-unpadded"),
+        pytest.param(lambda raw: base64.urlsafe_b64encode(raw).decode(), id="url-padded"),
+        pytest.param(encode_payload, id="url-unpadded"),
+        pytest.param(lambda raw: f"  {encode_payload(raw)}\n", id="surrounding-whitespace"),
+    ],
+)
+def test_master_key_parses_from_base64_or_base64url(spell: Callable[[bytes], str]) -> None:
+    text = spell(ALPHABET_BYTES)
+    assert set(text) & set("+/-_")
+
+    assert parse_master_key(text) == ALPHABET_BYTES
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(encode_payload(os.urandom(31)), id="short"),
+        pytest.param(encode_payload(os.urandom(33)), id="long"),
+        pytest.param(base64.b64encode(os.urandom(64)).decode(), id="long-64-bytes"),
+        pytest.param(generate_master_key() + "!", id="trailing-junk"),
+        pytest.param(f"{new_canary()}!{new_canary()}", id="not-base64"),
+        pytest.param("ü" * 43, id="non-ascii"),
+        pytest.param(os.urandom(32).hex(), id="hex"),
+        pytest.param("", id="empty"),
+        pytest.param("   \n", id="blank"),
+    ],
+)
+def test_malformed_master_key_is_refused_without_echoing_it(text: str) -> None:
+    with pytest.raises(ConfigurationError, match="32 random bytes") as raised:
+        parse_master_key(text)
+
+    if text.strip():
+        assert_not_leaked(raised.value, text.strip())
+
+
+# --- the legacy format ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def legacy_key() -> str:
+    """A key string of the original design: random, so no message can hold it by chance."""
+    return new_canary()
+
+
+def test_legacy_ciphertext_decrypts_with_the_legacy_key(
+    master_key: bytes, canary: str, legacy_key: str
+) -> None:
+    encryptor = SecretEncryptor([master_key], legacy_key=legacy_key)
+
+    token = legacy_ciphertext(canary, legacy_key)
+
+    # The legacy format has no associated data: any record reads it.
+    assert encryptor.decrypt(token, **RECORD) == canary
+    assert encryptor.decrypt(token, username="bob", server="linear", key="K") == canary
+
+
+def test_legacy_ciphertext_without_a_legacy_key_names_the_setting(
+    encryptor: SecretEncryptor, canary: str, legacy_key: str
+) -> None:
+    with pytest.raises(DecryptionError, match="MCP_SECRETS_LEGACY_KEY") as raised:
+        encryptor.decrypt(legacy_ciphertext(canary, legacy_key), **RECORD)
+
+    assert_not_leaked(raised.value, canary, legacy_key)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda token: token[:-1] + ("0" if token[-1] != "0" else "1"), id="altered-body"),
+        pytest.param(
+            lambda token: token.split(":", 1)[1] + ":" + token.split(":", 1)[0], id="fields-swapped"
+        ),
+        pytest.param(lambda token: "0" + token, id="odd-length-hex"),
+    ],
+)
+def test_damaged_legacy_ciphertext_is_rejected(
+    master_key: bytes, canary: str, legacy_key: str, change: Callable[[str], str]
+) -> None:
+    encryptor = SecretEncryptor([master_key], legacy_key=legacy_key)
+    token = change(legacy_ciphertext(canary, legacy_key))
+
+    with pytest.raises(DecryptionError) as raised:
+        encryptor.decrypt(token, **RECORD)
+
+    assert_not_leaked(raised.value, canary)
+
+
+def test_legacy_ciphertext_with_the_wrong_legacy_key_is_rejected(
+    master_key: bytes, canary: str, legacy_key: str
+) -> None:
+    encryptor = SecretEncryptor([master_key], legacy_key=new_canary())
+
+    with pytest.raises(DecryptionError, match="legacy key") as raised:
+        encryptor.decrypt(legacy_ciphertext(canary, legacy_key), **RECORD)
+
+    assert_not_leaked(raised.value, canary)
+
+
+def test_legacy_plaintext_that_is_not_utf8_is_a_decryption_error_without_its_bytes(
+    master_key: bytes, canary: str, legacy_key: str
+) -> None:
+    # Authentic, but written by something that stored bytes, not text.
+    encryptor = SecretEncryptor([master_key], legacy_key=legacy_key)
+    token = legacy_ciphertext_of_bytes(b"\xff" + canary.encode(), legacy_key)
+
+    with pytest.raises(DecryptionError) as raised:
+        encryptor.decrypt(token, **RECORD)
+
+    assert_not_leaked(raised.value, canary)
+
+
+def test_new_writes_never_use_the_legacy_format(master_key: bytes, canary: str, legacy_key: str) -> None:
+    encryptor = SecretEncryptor([master_key], legacy_key=legacy_key)
+
+    token = encryptor.encrypt(canary, **RECORD)
+
+    assert token.startswith("v1:")
+    assert unseal(token).key_id == key_id_for(master_key)
+    assert encryptor.key_ids == (key_id_for(master_key),)
+
+
+# --- the primitive against NIST's AES-GCM vectors -------------------------------------------------
+
+
+class GcmVector(NamedTuple):
+    key: bytes
+    iv: bytes
+    plaintext: bytes | None  # None: the vector must fail authentication
+    aad: bytes
+    ciphertext: bytes
+    tag: bytes
+
+
+def _nist_gcm_vectors(filename: str) -> list[pytest.ParameterSet]:
+    """The 256-bit key, 96-bit IV, 128-bit tag vectors of one CAVS file: the shape mcp-secrets uses."""
+    path = str(PurePosixPath("ciphers", "AES", "GCM", filename))
+    with cryptography_vectors.open_vector_file(path, "r") as lines:
+        text = lines.read()
+    vectors, section = [], {}
+    for block in re.split(r"\r?\n\s*\r?\n", text):
+        fields = {}
+        for line in block.splitlines():
+            if header := re.fullmatch(r"\[(\w+) = (\d+)\]", line.strip()):
+                section[header[1]] = int(header[2])
+            elif "=" in line:
+                name, _, value = line.partition("=")
+                fields[name.strip()] = value.strip()
+            elif line.strip() == "FAIL":
+                fields["FAIL"] = ""
+        if "Count" not in fields or (section["Keylen"], section["IVlen"], section["Taglen"]) != (
+            256,
+            96,
+            128,
+        ):
+            continue
+        vector = GcmVector(
+            key=bytes.fromhex(fields["Key"]),
+            iv=bytes.fromhex(fields["IV"]),
+            plaintext=None if "FAIL" in fields else bytes.fromhex(fields["PT"]),
+            aad=bytes.fromhex(fields["AAD"]),
+            ciphertext=bytes.fromhex(fields["CT"]),
+            tag=bytes.fromhex(fields["Tag"]),
+        )
+        label = f"{filename}-pt{section['PTlen']}-aad{section['AADlen']}-{fields['Count']}"
+        vectors.append(pytest.param(vector, id=label))
+    return vectors
+
+
+ENCRYPT_VECTORS = _nist_gcm_vectors("gcmEncryptExtIV256.rsp")
+DECRYPT_VECTORS = _nist_gcm_vectors("gcmDecrypt256.rsp")
+
+
+def test_nist_vector_files_hold_the_expected_subset() -> None:
+    # 5 plaintext lengths x 5 AAD lengths x 15 vectors, in each file.
+    assert len(ENCRYPT_VECTORS) == len(DECRYPT_VECTORS) == 375
+    assert any(vector.values[0].plaintext is None for vector in DECRYPT_VECTORS)
+
+
+@pytest.mark.parametrize("vector", ENCRYPT_VECTORS)
+def test_aesgcm_matches_nist_encrypt_vectors(vector: GcmVector) -> None:
+    assert vector.plaintext is not None
+    cipher = AESGCM(vector.key)
+
+    sealed = cipher.encrypt(vector.iv, vector.plaintext, vector.aad)
+
+    assert sealed == vector.ciphertext + vector.tag
+    assert cipher.decrypt(vector.iv, sealed, vector.aad) == vector.plaintext
+
+
+@pytest.mark.parametrize("vector", DECRYPT_VECTORS)
+def test_aesgcm_matches_nist_decrypt_vectors(vector: GcmVector) -> None:
+    cipher = AESGCM(vector.key)
+
+    if vector.plaintext is None:
+        with pytest.raises(InvalidTag):
+            cipher.decrypt(vector.iv, vector.ciphertext + vector.tag, vector.aad)
+    else:
+        assert cipher.decrypt(vector.iv, vector.ciphertext + vector.tag, vector.aad) == vector.plaintext
+
+
+# --- properties -----------------------------------------------------------------------------------
+
+PROPERTY_ENCRYPTOR = SecretEncryptor([fresh_master_key()])
+names = st.from_regex(r"[A-Za-z0-9_.\-]{1,128}", fullmatch=True)
+usernames = st.from_regex(r"[A-Za-z0-9_.@\-]{1,128}", fullmatch=True)
+
+
+@given(value=st.text(min_size=1), username=usernames, server=names, key=names)
+def test_any_text_round_trips_for_any_valid_record(value: str, username: str, server: str, key: str) -> None:
+    record = {"username": username, "server": server, "key": key}
+
+    token = PROPERTY_ENCRYPTOR.encrypt(value, **record)
+
+    assert token.startswith(f"v1:{PROPERTY_ENCRYPTOR.active_key_id}:")
+    assert PROPERTY_ENCRYPTOR.decrypt(token, **record) == value
+
+
+def test_a_value_with_a_lone_surrogate_is_refused_without_echoing_it(
+    encryptor: SecretEncryptor, canary: str
+) -> None:
+    with pytest.raises(InvalidInputError) as raised:
+        encryptor.encrypt(canary + "\ud800", **RECORD)
+
+    assert "value" in str(raised.value)
+    assert_not_leaked(raised.value, canary)

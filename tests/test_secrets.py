@@ -1,0 +1,472 @@
+"""The Secrets service on every backend: what it returns, whom it returns it to, what it refuses."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import new_canary
+from mcp_secrets.crypto import SecretEncryptor
+from mcp_secrets.errors import DecryptionError, InvalidInputError, SecretNotFoundError
+from mcp_secrets.secrets import ACTIONS, SecretKeyInfo, Secrets, UpdateResult
+from mcp_secrets.store import SecretStore
+from mcp_secrets.store.sqlite import SQLiteStore
+
+# Whole milliseconds: a BSON date keeps no finer, and these tests run on every backend.
+T0 = datetime(2025, 3, 14, 9, 26, 53, 589000, tzinfo=timezone.utc)
+T1 = T0 + timedelta(minutes=5)
+
+
+def assert_not_leaked(error: BaseException, *values: str) -> None:
+    """Neither the message, the repr nor the printed traceback of ``error`` holds a value."""
+    shown = (str(error), repr(error), "".join(traceback.format_exception(error)))
+    for value in values:
+        assert not any(value in text for text in shown)
+
+
+def padded(size: int) -> str:
+    """A canary padded with ASCII to ``size`` bytes of UTF-8."""
+    canary = new_canary()
+    return canary + "x" * (size - len(canary))
+
+
+# --- writing and reading --------------------------------------------------------------------------
+
+
+def test_first_save_reports_created_and_the_value_reads_back(secrets: Secrets, canary: str) -> None:
+    assert secrets.set_secret("alice", "github", "TOKEN", canary) == UpdateResult(
+        "github", "TOKEN", "created"
+    )
+
+    assert secrets.get_secrets("alice", "github") == {"TOKEN": canary}
+
+
+@pytest.mark.parametrize("action", ["save", "update"])
+def test_saving_again_replaces_the_value_and_reports_updated(secrets: Secrets, action: str) -> None:
+    first, second = new_canary(), new_canary()
+
+    created = secrets.update_secret("alice", "github", "TOKEN", first, action)
+    updated = secrets.update_secret("alice", "github", "TOKEN", second, action)
+
+    assert (created.status, updated.status) == ("created", "updated")
+    assert secrets.get_secrets("alice", "github") == {"TOKEN": second}
+
+
+def test_delete_action_removes_the_secret(secrets: Secrets, canary: str) -> None:
+    secrets.set_secret("alice", "github", "TOKEN", canary)
+
+    assert secrets.update_secret("alice", "github", "TOKEN", action="delete") == UpdateResult(
+        "github", "TOKEN", "deleted"
+    )
+    assert secrets.get_secrets("alice", "github") == {}
+
+
+@pytest.mark.parametrize("action", ["remove", "SAVE", "", None, 1, {"$ne": ""}])
+def test_unknown_action_is_refused_and_writes_nothing(secrets: Secrets, canary: str, action: Any) -> None:
+    with pytest.raises(InvalidInputError, match="action") as raised:
+        secrets.update_secret("alice", "github", "TOKEN", canary, action)
+
+    assert_not_leaked(raised.value, canary)
+    assert secrets.list_secret_keys("alice") == []
+
+
+def test_timestamps_keep_creation_and_follow_updates(store: SecretStore, encryptor: SecretEncryptor) -> None:
+    now = [T0]
+    secrets = Secrets(store, encryptor, clock=lambda: now[0])
+    secrets.set_secret("alice", "github", "TOKEN", new_canary())
+    now[0] = T1
+
+    secrets.set_secret("alice", "github", "TOKEN", new_canary())
+
+    assert secrets.list_secret_keys("alice") == [
+        SecretKeyInfo("github", "TOKEN", created_at=T0, updated_at=T1)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("username", "server", "key"),
+    [
+        ("a" * 128, "s" * 128, "k" * 128),
+        ("alice@example.com", "my-server.v2", "API_KEY"),
+        ("_", ".", "-"),
+        ("0", "..", "9"),
+    ],
+)
+def test_names_at_the_edges_of_the_rules_are_accepted(
+    secrets: Secrets, canary: str, username: str, server: str, key: str
+) -> None:
+    secrets.set_secret(username, server, key, canary)
+
+    assert secrets.get_secrets(username, server) == {key: canary}
+
+
+# --- whose secrets --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def seeded(secrets: Secrets) -> dict[tuple[str, str, str], str]:
+    """alice on github (two keys) and linear, bob on github: a distinct canary each."""
+    records = {
+        ("alice", "github", "TOKEN"): new_canary(),
+        ("alice", "github", "OTHER"): new_canary(),
+        ("alice", "linear", "TOKEN"): new_canary(),
+        ("bob", "github", "TOKEN"): new_canary(),
+    }
+    for (username, server, key), value in records.items():
+        secrets.set_secret(username, server, key, value)
+    return records
+
+
+def test_get_secrets_returns_only_that_users_secrets_for_that_server(
+    secrets: Secrets, seeded: dict[tuple[str, str, str], str]
+) -> None:
+    assert secrets.get_secrets("alice", "github") == {
+        "OTHER": seeded["alice", "github", "OTHER"],
+        "TOKEN": seeded["alice", "github", "TOKEN"],
+    }
+    assert secrets.get_secrets("alice", "linear") == {"TOKEN": seeded["alice", "linear", "TOKEN"]}
+    assert secrets.get_secrets("bob", "github") == {"TOKEN": seeded["bob", "github", "TOKEN"]}
+    assert secrets.get_secrets("bob", "linear") == {}
+    assert secrets.get_secrets("carol", "github") == {}
+
+
+def test_list_secret_keys_gives_names_and_timestamps_never_values(
+    secrets: Secrets, seeded: dict[tuple[str, str, str], str]
+) -> None:
+    listed = secrets.list_secret_keys("alice")
+
+    assert [(info.server, info.key) for info in listed] == [
+        ("github", "OTHER"),
+        ("github", "TOKEN"),
+        ("linear", "TOKEN"),
+    ]
+    assert all(isinstance(info, SecretKeyInfo) for info in listed)
+    assert all(info.created_at <= info.updated_at for info in listed)
+    ciphertexts = [record.value for record in secrets.store.find_secrets("alice")]
+    for leaked in [*seeded.values(), *ciphertexts]:
+        assert leaked not in repr(listed)
+
+
+def test_list_secret_keys_filters_by_server(
+    secrets: Secrets, seeded: dict[tuple[str, str, str], str]
+) -> None:
+    assert [(info.server, info.key) for info in secrets.list_secret_keys("alice", "linear")] == [
+        ("linear", "TOKEN")
+    ]
+    assert [(info.server, info.key) for info in secrets.list_secret_keys("bob")] == [("github", "TOKEN")]
+    assert secrets.list_secret_keys("bob", "linear") == []
+
+
+# --- deleting -------------------------------------------------------------------------------------
+
+
+def test_delete_removes_one_record_only(secrets: Secrets, seeded: dict[tuple[str, str, str], str]) -> None:
+    assert secrets.delete_secret("alice", "github", "TOKEN").status == "deleted"
+
+    assert secrets.get_secrets("alice", "github") == {"OTHER": seeded["alice", "github", "OTHER"]}
+    assert secrets.get_secrets("alice", "linear") == {"TOKEN": seeded["alice", "linear", "TOKEN"]}
+    assert secrets.get_secrets("bob", "github") == {"TOKEN": seeded["bob", "github", "TOKEN"]}
+
+
+def test_deleting_an_unknown_key_names_key_and_server(
+    secrets: Secrets, seeded: dict[tuple[str, str, str], str]
+) -> None:
+    with pytest.raises(SecretNotFoundError) as raised:
+        secrets.delete_secret("alice", "github", "MISSING")
+
+    assert "'MISSING'" in str(raised.value)
+    assert "'github'" in str(raised.value)
+    assert_not_leaked(raised.value, *seeded.values())
+
+
+def test_deleting_for_a_server_without_secrets_names_the_server(
+    secrets: Secrets, seeded: dict[tuple[str, str, str], str]
+) -> None:
+    with pytest.raises(SecretNotFoundError, match="no secrets for server 'jira'"):
+        secrets.delete_secret("alice", "jira", "TOKEN")
+
+
+def test_alice_cannot_delete_bobs_secret(secrets: Secrets, canary: str) -> None:
+    secrets.set_secret("bob", "jira", "TOKEN", canary)
+
+    with pytest.raises(SecretNotFoundError):
+        secrets.delete_secret("alice", "jira", "TOKEN")
+
+    assert secrets.get_secrets("bob", "jira") == {"TOKEN": canary}
+
+
+# --- validation -----------------------------------------------------------------------------------
+
+BAD_NAMES = [
+    pytest.param("", id="empty"),
+    pytest.param("a" * 129, id="129-characters"),
+    pytest.param("a b", id="space"),
+    pytest.param("a/b", id="slash"),
+    pytest.param("$ne", id="dollar"),
+    pytest.param("a\x00b", id="nul"),
+    pytest.param("ü", id="non-ascii"),
+    pytest.param("a\n", id="trailing-newline"),
+    pytest.param({"$ne": ""}, id="operator-dict"),
+    pytest.param(5, id="int"),
+    pytest.param(None, id="none"),
+]
+
+
+def _update_with(field: str, bad: object, value: str) -> dict[str, Any]:
+    arguments: dict[str, Any] = {"username": "alice", "server": "github", "key": "TOKEN", "value": value}
+    arguments[field] = bad
+    return arguments
+
+
+@pytest.mark.parametrize("bad", BAD_NAMES)
+@pytest.mark.parametrize("field", ["username", "server", "key"])
+def test_invalid_name_is_refused_naming_the_field_not_the_input(
+    secrets: Secrets, canary: str, field: str, bad: object
+) -> None:
+    with pytest.raises(InvalidInputError) as raised:
+        secrets.update_secret(**_update_with(field, bad, canary))
+
+    message = str(raised.value)
+    assert message.startswith(f"{field} must be")
+    if bad != "":  # every message "contains" the empty string
+        assert str(bad) not in message
+        assert repr(bad) not in message
+    assert_not_leaked(raised.value, canary)
+    assert secrets.store.count_secrets() == 0
+
+
+@pytest.mark.parametrize("field", ["server", "key"])
+def test_at_sign_is_for_usernames_only(secrets: Secrets, canary: str, field: str) -> None:
+    with pytest.raises(InvalidInputError, match=f"^{field} must be"):
+        secrets.update_secret(**_update_with(field, "a@b", canary))
+
+
+@pytest.mark.parametrize("size", [1, 65536])
+def test_values_of_1_byte_to_64_kib_are_accepted(secrets: Secrets, size: int) -> None:
+    value = "v" if size == 1 else padded(size)
+
+    secrets.set_secret("alice", "github", "TOKEN", value)
+
+    assert secrets.get_secrets("alice", "github") == {"TOKEN": value}
+
+
+def test_64_kib_counts_bytes_of_utf8_not_characters(secrets: Secrets) -> None:
+    secrets.set_secret("alice", "github", "TOKEN", "é" * 32768)
+
+    with pytest.raises(InvalidInputError, match="at most 65536 bytes"):
+        secrets.set_secret("alice", "github", "TOKEN", "é" * 32768 + "x")
+    assert secrets.get_secrets("alice", "github") == {"TOKEN": "é" * 32768}
+
+
+@pytest.mark.parametrize(
+    ("make_value", "reason"),
+    [
+        pytest.param(lambda _: "", "must not be empty", id="empty"),
+        pytest.param(
+            lambda canary: canary + "x" * (65537 - len(canary)), "at most 65536 bytes", id="65537-bytes"
+        ),
+        pytest.param(lambda canary: canary + "\ud800", "lone surrogate", id="lone-surrogate"),
+        pytest.param(lambda _: 5, "must be a string", id="int"),
+        pytest.param(lambda _: None, "must be a string", id="none"),
+        pytest.param(lambda canary: canary.encode(), "must be a string", id="bytes"),
+        pytest.param(lambda canary: {"$ne": canary}, "must be a string", id="dict"),
+    ],
+)
+def test_invalid_value_is_refused_without_echoing_it(
+    secrets: Secrets, canary: str, make_value: Callable[[str], object], reason: str
+) -> None:
+    kept = new_canary()
+    secrets.set_secret("alice", "github", "TOKEN", kept)
+
+    with pytest.raises(InvalidInputError, match=reason) as raised:
+        secrets.update_secret("alice", "github", "TOKEN", make_value(canary))
+
+    assert_not_leaked(raised.value, canary, kept)
+    assert secrets.get_secrets("alice", "github") == {"TOKEN": kept}
+
+
+# --- operator injection ---------------------------------------------------------------------------
+
+INJECTIONS: list[Any] = [
+    pytest.param(lambda s: s.get_secrets({"$ne": None}, "github"), id="get-username"),
+    pytest.param(lambda s: s.get_secrets("alice", {"$ne": None}), id="get-server"),
+    pytest.param(lambda s: s.get_secrets({"$gt": ""}, {"$gt": ""}), id="get-both"),
+    pytest.param(lambda s: s.list_secret_keys({"$ne": None}), id="list-username"),
+    pytest.param(lambda s: s.list_secret_keys({"$regex": ".*"}, "github"), id="list-regex"),
+    pytest.param(lambda s: s.list_secret_keys("alice", {"$gt": ""}), id="list-server"),
+    pytest.param(lambda s: s.delete_secret({"$ne": None}, "github", "TOKEN"), id="delete-username"),
+    pytest.param(lambda s: s.delete_secret("alice", {"$ne": None}, {"$ne": None}), id="delete-names"),
+    pytest.param(lambda s: s.set_secret({"$ne": None}, "github", "TOKEN", "overwritten"), id="save-username"),
+    pytest.param(lambda s: s.set_secret("alice", "github", {"$gt": ""}, "overwritten"), id="save-key"),
+]
+
+
+@pytest.mark.parametrize("attempt", INJECTIONS)
+def test_operator_objects_as_names_are_refused_and_reach_no_other_user(
+    secrets: Secrets, seeded: dict[tuple[str, str, str], str], attempt: Callable[[Secrets], object]
+) -> None:
+    with pytest.raises(InvalidInputError) as raised:
+        attempt(secrets)
+
+    assert_not_leaked(raised.value, *seeded.values())
+    assert secrets.get_secrets("bob", "github") == {"TOKEN": seeded["bob", "github", "TOKEN"]}
+    assert secrets.store.count_secrets() == len(seeded)
+
+
+# --- tampered records -----------------------------------------------------------------------------
+
+
+def _stored(secrets: Secrets, username: str, server: str, key: str) -> str:
+    return next(record.value for record in secrets.store.find_secrets(username, server) if record.key == key)
+
+
+TAMPERINGS: list[Any] = [
+    pytest.param(lambda s: _stored(s, "bob", "github", "TOKEN"), id="bobs-ciphertext"),
+    pytest.param(lambda s: _stored(s, "alice", "github", "OTHER"), id="another-keys-ciphertext"),
+    pytest.param(lambda s: _stored(s, "alice", "linear", "TOKEN"), id="another-servers-ciphertext"),
+    pytest.param(lambda s: _stored(s, "alice", "github", "TOKEN")[:-2], id="truncated"),
+    pytest.param(lambda _: "garbled", id="garbled"),
+    pytest.param(lambda _: "v1:00000000:AAAA", id="unknown-key-id"),
+]
+
+
+@pytest.mark.parametrize("replacement", TAMPERINGS)
+def test_tampered_record_fails_to_decrypt_naming_its_key(
+    secrets: Secrets, seeded: dict[tuple[str, str, str], str], replacement: Callable[[Secrets], str]
+) -> None:
+    secrets.store.put_secret("alice", "github", "TOKEN", replacement(secrets), T1)
+
+    with pytest.raises(DecryptionError) as raised:
+        secrets.get_secrets("alice", "github")
+
+    assert "'TOKEN'" in str(raised.value)
+    assert_not_leaked(raised.value, *seeded.values())
+    assert [(info.server, info.key) for info in secrets.list_secret_keys("alice", "github")] == [
+        ("github", "OTHER"),
+        ("github", "TOKEN"),
+    ]
+    assert secrets.get_secrets("alice", "linear") == {"TOKEN": seeded["alice", "linear", "TOKEN"]}
+
+
+# --- at rest --------------------------------------------------------------------------------------
+
+
+def _database_bytes(path: Path) -> bytes:
+    files = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+    return b"".join(file.read_bytes() for file in files if file.exists())
+
+
+def test_sqlite_files_never_hold_a_plaintext(sqlite_secrets: Secrets) -> None:
+    kept, replaced, deleted, replacement = (new_canary() for _ in range(4))
+    sqlite_secrets.set_secret("alice", "github", "KEPT", kept)
+    sqlite_secrets.set_secret("alice", "github", "REPLACED", replaced)
+    sqlite_secrets.set_secret("alice", "github", "REPLACED", replacement)
+    sqlite_secrets.set_secret("alice", "github", "DELETED", deleted)
+    sqlite_secrets.delete_secret("alice", "github", "DELETED")
+    store = sqlite_secrets.store
+    assert isinstance(store, SQLiteStore)
+
+    on_disk = _database_bytes(store.path)
+
+    # The ciphertexts are there, so the files read are the ones written.
+    assert _stored(sqlite_secrets, "alice", "github", "KEPT").encode() in on_disk
+    for value in (kept, replaced, deleted, replacement):
+        assert value.encode() not in on_disk
+        assert value.encode("utf-16-le") not in on_disk
+
+
+# --- properties -----------------------------------------------------------------------------------
+
+VALUE_MARK = new_canary()
+operator_dicts = st.dictionaries(
+    st.sampled_from(["$ne", "$gt", "$regex", "$where", "$exists", "a.b"]),
+    st.one_of(st.none(), st.text(max_size=5), st.integers()),
+    max_size=2,
+)
+# Valid names come from a small pool too, so that updates and deletes meet earlier saves.
+valid_names = st.one_of(
+    st.sampled_from(["github", "TOKEN", "a.b", ".", "..", "a" * 128]),
+    st.from_regex(r"[A-Za-z0-9_.\-]{1,128}", fullmatch=True),
+)
+other_names = st.one_of(
+    st.sampled_from(["$ne", "$gt", "$where", "$.x", "a@b", "a\x00b", "ü", "a" * 129, ""]),
+    st.text(max_size=140),
+    st.text(max_size=10).map(lambda text: "$" + text),
+    st.text(max_size=10).map(lambda text: text + "." + text),
+    st.none(),
+    st.integers(),
+    operator_dicts,
+)
+
+
+def mostly(valid: st.SearchStrategy[Any], other: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Valid three times in four: every argument must pass before the later ones are even checked.
+
+    (``st.one_of`` flattens and merges repeated branches, so it cannot weight them.)
+    """
+    return st.sampled_from([valid, valid, valid, other]).flatmap(lambda strategy: strategy)
+
+
+any_names = mostly(valid_names, other_names)
+any_values = st.one_of(
+    st.text().map(lambda text: VALUE_MARK + text),
+    st.text().map(lambda text: text + VALUE_MARK),
+    st.text().map(lambda text: VALUE_MARK + "\udc80" + text),
+    st.integers(65536 - 2, 65536 + 2).map(lambda size: VALUE_MARK + "x" * (size - len(VALUE_MARK))),
+    st.just(""),
+    st.none(),
+    st.integers(),
+    operator_dicts,
+)
+any_actions = mostly(
+    st.sampled_from(ACTIONS), st.one_of(st.text(max_size=10), st.none(), st.integers(), operator_dicts)
+)
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    call=st.fixed_dictionaries(
+        {
+            "username": any_names,
+            "server": any_names,
+            "key": any_names,
+            "value": any_values,
+            "action": any_actions,
+        }
+    )
+)
+def test_update_secret_either_works_or_refuses_plainly(sqlite_secrets: Secrets, call: dict[str, Any]) -> None:
+    try:
+        result = sqlite_secrets.update_secret(**call)
+    except (InvalidInputError, SecretNotFoundError) as error:
+        assert_not_leaked(error, VALUE_MARK)
+        return
+
+    stored = sqlite_secrets.get_secrets(call["username"], call["server"])
+    if result.status == "deleted":
+        assert call["key"] not in stored
+    else:
+        assert stored[call["key"]] == call["value"]
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(username=any_names, server=st.one_of(st.none(), any_names))
+def test_reading_with_any_names_returns_nothing_foreign_or_refuses(
+    sqlite_secrets: Secrets, username: Any, server: Any
+) -> None:
+    sqlite_secrets.set_secret("bob", "github", "TOKEN", VALUE_MARK)
+    try:
+        listed = sqlite_secrets.list_secret_keys(username, server)
+        found = sqlite_secrets.get_secrets(username, server) if server is not None else {}
+    except InvalidInputError as error:
+        assert_not_leaked(error, VALUE_MARK)
+        return
+
+    assert username == "bob" or (listed == [] and found == {})

@@ -1,0 +1,235 @@
+"""API tokens on every backend: shown once, stored as a hash, verified, revoked, expired."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import secrets as _random
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcp_secrets.errors import InvalidInputError, SecretNotFoundError
+from mcp_secrets.store import SecretStore
+from mcp_secrets.store.sqlite import SQLiteStore
+from mcp_secrets.tokens import ApiTokens
+
+# Whole milliseconds: a BSON date keeps no finer, and these tests run on every backend.
+T0 = datetime(2025, 3, 14, 9, 26, 53, 589000, tzinfo=timezone.utc)
+
+
+class Clock:
+    """A clock that stands still until a test moves it."""
+
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def tokens(store: SecretStore, clock: Clock) -> ApiTokens:
+    return ApiTokens(store, clock=clock)
+
+
+def assert_not_echoed(error: BaseException, text: str) -> None:
+    shown = (str(error), repr(error), "".join(traceback.format_exception(error)))
+    assert not any(text in part for part in shown)
+
+
+def test_created_token_is_prefixed_and_verifies_to_its_record(tokens: ApiTokens) -> None:
+    new = tokens.create("alice", label="laptop")
+
+    assert new.token.startswith(f"mcps_{new.record.token_id}_")
+    assert (new.record.username, new.record.label, new.record.created_at) == ("alice", "laptop", T0)
+    assert (new.record.expires_at, new.record.revoked_at) == (None, None)
+    assert tokens.verify(new.token) == new.record
+
+
+def test_store_keeps_only_the_sha256_of_the_token(tokens: ApiTokens, store: SecretStore) -> None:
+    new = tokens.create("alice", label="laptop")
+    secret_part = new.token.rsplit("_", 1)[1]
+
+    (stored,) = store.list_tokens()
+
+    assert stored.token_hash == hashlib.sha256(new.token.encode()).hexdigest()
+    for field in dataclasses.astuple(stored):
+        assert secret_part not in str(field)
+        assert new.token not in str(field)
+
+
+def test_sqlite_file_never_holds_the_token(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "secrets.db")
+    new = ApiTokens(store).create("alice")
+    files = [tmp_path / "secrets.db", tmp_path / "secrets.db-wal", tmp_path / "secrets.db-shm"]
+
+    on_disk = b"".join(file.read_bytes() for file in files if file.exists())
+    store.close()
+
+    assert new.record.token_hash.encode() in on_disk
+    assert new.token.rsplit("_", 1)[1].encode() not in on_disk
+
+
+def test_each_token_is_different(tokens: ApiTokens) -> None:
+    made = [tokens.create("alice") for _ in range(5)]
+
+    assert len({new.token for new in made}) == len({new.record.token_id for new in made}) == 5
+
+
+def _one_character_changed(token: str, position: int) -> str:
+    character = "b" if token[position] == "a" else "a"
+    return token[:position] + character + token[position + 1 :]
+
+
+GARBAGE: list[Any] = [
+    pytest.param(lambda _: "", id="empty"),
+    pytest.param(lambda _: "mcps_", id="prefix-only"),
+    pytest.param(lambda _: "not-a-token", id="no-prefix"),
+    pytest.param(
+        lambda _: f"mcps_{_random.token_hex(5)}_{_random.token_urlsafe(32)}", id="well-formed-unknown"
+    ),
+    pytest.param(
+        lambda new: f"mcps_{new.record.token_id}_{_random.token_urlsafe(32)}", id="right-id-wrong-secret"
+    ),
+    pytest.param(lambda new: new.record.token_hash, id="the-stored-hash"),
+    pytest.param(lambda new: new.token.upper(), id="upper-case"),
+    pytest.param(lambda new: new.token + "x", id="appended"),
+    pytest.param(lambda new: new.token[:-1], id="truncated"),
+    pytest.param(lambda new: f" {new.token}", id="leading-space"),
+    pytest.param(lambda new: new.token + "x" * 300, id="overlong"),
+]
+
+
+@pytest.mark.parametrize("make", GARBAGE)
+def test_garbage_or_unknown_token_does_not_verify(tokens: ApiTokens, make: Callable[[Any], str]) -> None:
+    new = tokens.create("alice")
+
+    assert tokens.verify(make(new)) is None
+
+
+def test_token_altered_in_any_one_character_does_not_verify(tokens: ApiTokens) -> None:
+    new = tokens.create("alice")
+
+    for position in range(len(new.token)):
+        assert tokens.verify(_one_character_changed(new.token, position)) is None
+    assert tokens.verify(new.token) == new.record
+
+
+@pytest.mark.parametrize(
+    "by",
+    [
+        pytest.param(lambda new: new.record.token_id, id="id"),
+        pytest.param(lambda new: new.token, id="whole-token"),
+    ],
+)
+def test_revoked_token_no_longer_verifies(tokens: ApiTokens, clock: Clock, by: Callable[[Any], str]) -> None:
+    new, other = tokens.create("alice"), tokens.create("alice")
+    clock.now = T0 + timedelta(minutes=1)
+
+    revoked = tokens.revoke(by(new))
+
+    assert revoked.token_id == new.record.token_id
+    assert revoked.revoked_at == clock.now
+    assert tokens.verify(new.token) is None
+    assert tokens.verify(other.token) == other.record
+
+
+UNKNOWN: list[Any] = [
+    pytest.param(lambda _: _random.token_hex(5), id="unknown-id"),
+    pytest.param(
+        lambda _: f"mcps_{_random.token_hex(5)}_{_random.token_urlsafe(32)}", id="unknown-whole-token"
+    ),
+    pytest.param(lambda _: f"not-a-token-{_random.token_hex(8)}", id="garbage"),
+    pytest.param(lambda revoked: revoked.token, id="already-revoked-token"),
+    pytest.param(lambda revoked: revoked.record.token_id, id="already-revoked-id"),
+]
+
+
+@pytest.mark.parametrize("make", UNKNOWN)
+def test_revoking_an_unknown_token_does_not_echo_it(tokens: ApiTokens, make: Callable[[Any], str]) -> None:
+    revoked = tokens.create("alice")
+    tokens.revoke(revoked.record.token_id)
+    argument = make(revoked)
+
+    with pytest.raises(SecretNotFoundError, match="no live token") as raised:
+        tokens.revoke(argument)
+
+    assert_not_echoed(raised.value, argument)
+
+
+def test_token_expires_at_its_expiry(tokens: ApiTokens, clock: Clock) -> None:
+    new = tokens.create("alice", expires_in=timedelta(hours=1))
+    assert new.record.expires_at == T0 + timedelta(hours=1)
+
+    clock.now = T0 + timedelta(minutes=59)
+    assert tokens.verify(new.token) == new.record
+
+    clock.now = T0 + timedelta(hours=1)
+    assert tokens.verify(new.token) is None
+
+    clock.now = T0 + timedelta(days=30)
+    assert tokens.verify(new.token) is None
+
+
+@pytest.mark.parametrize("expires_in", [timedelta(0), timedelta(seconds=-1)])
+def test_expiry_must_be_in_the_future(tokens: ApiTokens, expires_in: timedelta) -> None:
+    with pytest.raises(InvalidInputError, match="expiry"):
+        tokens.create("alice", expires_in=expires_in)
+
+
+@pytest.mark.parametrize("label", ["x" * 201, "line\nbreak", "bell\x07"])
+def test_label_must_be_short_and_printable(tokens: ApiTokens, label: str) -> None:
+    with pytest.raises(InvalidInputError, match="label"):
+        tokens.create("alice", label=label)
+
+
+def test_list_filters_by_username(tokens: ApiTokens) -> None:
+    alice_1, bob, alice_2 = tokens.create("alice"), tokens.create("bob"), tokens.create("alice")
+
+    assert {record.token_id for record in tokens.list("alice")} == {
+        alice_1.record.token_id,
+        alice_2.record.token_id,
+    }
+    assert [record.token_id for record in tokens.list("bob")] == [bob.record.token_id]
+    assert len(tokens.list()) == 3
+    assert tokens.list("carol") == []
+
+
+def test_has_any_counts_revoked_tokens(tokens: ApiTokens) -> None:
+    assert tokens.has_any() is False
+    new = tokens.create("alice")
+    tokens.revoke(new.record.token_id)
+
+    assert tokens.has_any() is True
+
+
+# Not None: `list(None)` means every user's tokens.
+BAD_USERNAMES = ["", "a b", "a/b", "$ne", "a" * 129, "ü", {"$ne": None}, 5]
+
+
+@pytest.mark.parametrize("username", BAD_USERNAMES)
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda tokens, username: tokens.create(username), id="create"),
+        pytest.param(lambda tokens, username: tokens.list(username), id="list"),
+    ],
+)
+def test_invalid_username_is_refused(
+    tokens: ApiTokens, call: Callable[[ApiTokens, Any], object], username: Any
+) -> None:
+    tokens.create("alice")
+
+    with pytest.raises(InvalidInputError, match=r"^username must be"):
+        call(tokens, username)
+    assert len(tokens.list()) == 1
