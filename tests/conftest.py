@@ -4,32 +4,28 @@ from __future__ import annotations
 
 import os
 import secrets as _random
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
+import mongomock
+import pymongo
 import pytest
 
 from mcp_secrets.crypto import SecretEncryptor, generate_master_key, parse_master_key
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import SecretStore
+from mcp_secrets.store.mongo import MongoStore
 from mcp_secrets.store.sqlite import SQLiteStore
 
 MONGODB_URI = os.environ.get("MONGODB_URI")
 
 
 def _mongomock_store() -> SecretStore:
-    import mongomock
-
-    from mcp_secrets.store.mongo import MongoStore
-
     return MongoStore(mongomock.MongoClient(tz_aware=True), "mcp_secrets_test")
 
 
 def _real_mongo_store() -> SecretStore:
-    import pymongo
-
-    from mcp_secrets.store.mongo import MongoStore
-
     database = f"mcp_secrets_test_{_random.token_hex(4)}"
     client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
         MONGODB_URI, serverSelectionTimeoutMS=5000, tz_aware=True
@@ -65,8 +61,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SecretStor
     opened = make_store(request.param, tmp_path)
     yield opened
     if request.param == "mongodb":
-        from mcp_secrets.store.mongo import MongoStore
-
         assert isinstance(opened, MongoStore)
         opened._client.drop_database(opened._secrets.database.name)
     opened.close()
@@ -94,6 +88,13 @@ def sqlite_secrets(tmp_path: Path, encryptor: SecretEncryptor) -> Iterator[Secre
     store = SQLiteStore(tmp_path / "secrets.db")
     yield Secrets(store, encryptor)
     store.close()
+
+
+def assert_not_leaked(error: BaseException, *values: str) -> None:
+    """Neither the message, the repr nor the printed traceback of ``error`` holds a value."""
+    shown = (str(error), repr(error), "".join(traceback.format_exception(error)))
+    for value in values:
+        assert not any(value in text for text in shown)
 
 
 def new_canary() -> str:

@@ -7,7 +7,6 @@ import hashlib
 import os
 import re
 import string
-import traceback
 from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import NamedTuple
@@ -19,7 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import new_canary
+from conftest import assert_not_leaked, new_canary
 from mcp_secrets.crypto import SecretEncryptor, generate_master_key, key_id_for, parse_master_key
 from mcp_secrets.errors import ConfigurationError, DecryptionError, InvalidInputError
 
@@ -30,13 +29,6 @@ V1 = re.compile(r"v1:(?P<key_id>[0-9a-f]{8}):(?P<payload>[A-Za-z0-9_-]+)")
 
 def fresh_master_key() -> bytes:
     return parse_master_key(generate_master_key())
-
-
-def assert_not_leaked(error: BaseException, *plaintexts: str) -> None:
-    """Neither the message, the repr nor the printed traceback of ``error`` holds a plaintext."""
-    shown = (str(error), repr(error), "".join(traceback.format_exception(error)))
-    for plaintext in plaintexts:
-        assert not any(plaintext in text for text in shown)
 
 
 class Sealed(NamedTuple):

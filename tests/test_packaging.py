@@ -25,7 +25,11 @@ def test_package_is_marked_typed() -> None:
 
 def test_python_dash_m_runs_the_cli() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "mcp_secrets", "--version"], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-m", "mcp_secrets", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     assert done.stdout.strip() == f"mcp-secrets {mcp_secrets.__version__}"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import new_canary
+from conftest import assert_not_leaked, new_canary
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.errors import DecryptionError, InvalidInputError, SecretNotFoundError
 from mcp_secrets.secrets import ACTIONS, SecretKeyInfo, Secrets, UpdateResult
@@ -22,13 +21,6 @@ from mcp_secrets.store.sqlite import SQLiteStore
 # Whole milliseconds: a BSON date keeps no finer, and these tests run on every backend.
 T0 = datetime(2025, 3, 14, 9, 26, 53, 589000, tzinfo=timezone.utc)
 T1 = T0 + timedelta(minutes=5)
-
-
-def assert_not_leaked(error: BaseException, *values: str) -> None:
-    """Neither the message, the repr nor the printed traceback of ``error`` holds a value."""
-    shown = (str(error), repr(error), "".join(traceback.format_exception(error)))
-    for value in values:
-        assert not any(value in text for text in shown)
 
 
 def padded(size: int) -> str:

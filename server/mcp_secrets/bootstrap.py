@@ -59,6 +59,15 @@ def _write_new_key_file(path: Path) -> None:
         key_file.write(generate_master_key() + "\n")
 
 
+def require_explicit_key(settings: Settings) -> None:
+    """Refuse MongoDB without a configured master key, before connecting to it."""
+    if settings.master_key is None and settings.master_key_file is None and not settings.uses_embedded_store:
+        raise ConfigurationError(
+            "MongoDB needs an explicit master key, shared by every replica: set MCP_SECRETS_MASTER_KEY "
+            "or MCP_SECRETS_MASTER_KEY_FILE (`mcp-secrets keygen` makes one)"
+        )
+
+
 def load_master_keys(
     settings: Settings, store: SecretStore | None = None, *, generate: bool = False
 ) -> MasterKeys:
@@ -75,11 +84,7 @@ def load_master_keys(
     if settings.master_key_file is not None:
         path = settings.master_key_file.expanduser()
         return MasterKeys(_read_key_file(path), f"key file {path}")
-    if not settings.uses_embedded_store:
-        raise ConfigurationError(
-            "MongoDB needs an explicit master key, shared by every replica: set MCP_SECRETS_MASTER_KEY "
-            "or MCP_SECRETS_MASTER_KEY_FILE (`mcp-secrets keygen` makes one)"
-        )
+    require_explicit_key(settings)
     path = settings.default_key_file
     if path.exists():
         return MasterKeys(_read_key_file(path), f"key file {path}")

@@ -18,7 +18,13 @@ from pydantic import ValidationError
 
 from mcp_secrets import __version__
 from mcp_secrets.app import build_server
-from mcp_secrets.bootstrap import MasterKeys, build_secrets, describe_store, open_configured_store
+from mcp_secrets.bootstrap import (
+    MasterKeys,
+    build_secrets,
+    describe_store,
+    open_configured_store,
+    require_explicit_key,
+)
 from mcp_secrets.config import Settings
 from mcp_secrets.crypto import generate_master_key
 from mcp_secrets.errors import ConfigurationError, InvalidInputError, SecretsError, StoreUnavailableError
@@ -109,6 +115,7 @@ def _summary(settings: Settings, keys: MasterKeys, username: str | None) -> None
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configure_logging(settings.log_level)
+    require_explicit_key(settings)
     store = open_configured_store(settings)
     store.ping()
     secrets, keys = build_secrets(settings, store, generate_key=True)

@@ -1,0 +1,254 @@
+"""End-to-end fixtures: isolated settings, the real CLI, and `mcp-secrets serve` as a subprocess.
+
+Every subprocess gets its own data and config directories and a fresh master
+key, logs at DEBUG to a file the tests read back, and is stopped at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import cast
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.sse import sse_client
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+
+from mcp_secrets.crypto import generate_master_key
+
+MCP_SECRETS = [sys.executable, "-m", "mcp_secrets"]
+HTTP_TRANSPORTS = ["streamable-http", "sse"]
+STARTUP_POLLS = 400  # x POLL_INTERVAL: a generous bound on how long a server may take to come up
+POLL_INTERVAL = 0.05
+CLI_TIMEOUT = 60
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def isolated_env(root: Path, **overrides: str) -> dict[str, str]:
+    """The process environment without any MCP_SECRETS_* of the caller, confined to ``root``."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MCP_SECRETS_")}
+    env.update(
+        MCP_SECRETS_DATA_DIR=str(root / "data"),
+        MCP_SECRETS_CONFIG_DIR=str(root / "config"),
+        MCP_SECRETS_MASTER_KEY=generate_master_key(),
+        MCP_SECRETS_LOG_LEVEL="DEBUG",
+    )
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """Settings for one test's subprocesses: tmp data and config dirs, a fresh master key, DEBUG logs."""
+    return isolated_env(tmp_path)
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``mcp-secrets ARGS`` to completion; stdin is closed so nothing waits on it."""
+    return subprocess.run(
+        [*MCP_SECRETS, *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
+
+
+def create_token(env: dict[str, str], username: str) -> str:
+    """A new API token for ``username``, made by ``mcp-secrets token create``."""
+    created = run_cli(env, "token", "create", username)
+    assert created.returncode == 0, created.stderr
+    return created.stdout.strip()
+
+
+def stdout_path(log_path: Path) -> Path:
+    """Where a server whose stderr goes to ``log_path`` writes its stdout."""
+    return log_path.with_suffix(".stdout")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Deployment:
+    """One way of running mcp-secrets for real: stdio, or an HTTP server subprocess.
+
+    ``connect(username)`` opens an SDK client acting as that user: on stdio by
+    ``MCP_SECRETS_USER``, over HTTP with an API token made by the real CLI.
+    """
+
+    def __init__(self, transport: str, env: dict[str, str], log_path: Path, base_url: str | None = None):
+        self.transport = transport
+        self.env = env
+        self.log_path = log_path
+        self.base_url = base_url
+        self.tokens: dict[str, str] = {}
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.env["MCP_SECRETS_DATA_DIR"])
+
+    @property
+    def endpoint(self) -> str:
+        assert self.base_url is not None, "stdio has no URL"
+        return self.base_url + ("/sse" if self.transport == "sse" else "/mcp")
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run the CLI against this deployment's store."""
+        return run_cli(self.env, *args)
+
+    def token(self, username: str) -> str:
+        """This user's API token, made once by the CLI and reused."""
+        if username not in self.tokens:
+            self.tokens[username] = create_token(self.env, username)
+        return self.tokens[username]
+
+    def log(self) -> str:
+        """Everything the server processes wrote to stderr so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def database_bytes(self) -> bytes:
+        """The raw bytes of the SQLite file and its -wal and -shm files."""
+        files = sorted(self.data_dir.glob("secrets.db*"))
+        assert files, "the store has no SQLite file yet"
+        return b"".join(path.read_bytes() for path in files)
+
+    @asynccontextmanager
+    async def connect(self, username: str = "alice", *, token: str | None = None) -> AsyncIterator[Client]:
+        """An SDK client session acting as ``username`` (or as the holder of ``token``)."""
+        if self.transport == "stdio":
+            params = StdioServerParameters(
+                command=MCP_SECRETS[0],
+                args=[*MCP_SECRETS[1:], "serve"],
+                env={**self.env, "MCP_SECRETS_USER": username},
+            )
+            with self.log_path.open("a", encoding="utf-8") as errlog:
+                async with Client(stdio_client(params, errlog=errlog)) as client:
+                    yield client
+            return
+        headers = {"Authorization": f"Bearer {token or self.token(username)}"}
+        if self.transport == "sse":
+            async with Client(sse_client(self.endpoint, headers=headers)) as client:
+                yield client
+            return
+        async with (
+            httpx2.AsyncClient(headers=headers, trust_env=False) as http,
+            Client(streamable_http_client(self.endpoint, http_client=http)) as client,
+        ):
+            yield client
+
+
+def _wait_until_healthy(process: subprocess.Popen[bytes], base_url: str, log_path: Path) -> None:
+    with httpx2.Client(trust_env=False, timeout=2) as http:
+        for _ in range(STARTUP_POLLS):
+            if process.poll() is not None:
+                pytest.fail(f"mcp-secrets serve exited with {process.returncode}:\n{log_path.read_text()}")
+            try:
+                if http.get(f"{base_url}/healthz").status_code == 200:
+                    return
+            except httpx2.TransportError:
+                pass
+            time.sleep(POLL_INTERVAL)
+    pytest.fail(f"mcp-secrets serve did not answer /healthz:\n{log_path.read_text()}")
+
+
+@contextmanager
+def serving(env: dict[str, str], transport: str, log_path: Path, *args: str) -> Iterator[Deployment]:
+    """``mcp-secrets serve --transport TRANSPORT`` on a free port, healthy, stopped on exit."""
+    port = free_port()
+    command = [*MCP_SECRETS, "serve", "--transport", transport, "--port", str(port), *args]
+    with log_path.open("a", encoding="utf-8") as log, stdout_path(log_path).open("a") as out:
+        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=log)
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        _wait_until_healthy(process, base_url, log_path)
+        yield Deployment(transport, env, log_path, base_url)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def start_server() -> Callable[..., AbstractContextManager[Deployment]]:
+    """``start_server(env, transport, log_path, *args)``: a server for one test, as a context manager."""
+    return serving
+
+
+def _module_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    transport: str,
+    *args: str,
+    usernames: tuple[str, ...] = ("alice", "bob"),
+) -> Iterator[Deployment]:
+    root = tmp_path_factory.mktemp(transport)
+    env = isolated_env(root)
+    # Tokens first, so the server starts as an established deployment rather than a first run.
+    tokens = {username: create_token(env, username) for username in usernames}
+    with serving(env, transport, root / "server.log", *args) as deployment:
+        deployment.tokens.update(tokens)
+        yield deployment
+
+
+@pytest.fixture(scope="module")
+def streamable_http_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """One Streamable HTTP server per test module, with tokens for alice and bob."""
+    yield from _module_server(tmp_path_factory, "streamable-http")
+
+
+@pytest.fixture(scope="module")
+def sse_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """One SSE server per test module, with tokens for alice and bob."""
+    yield from _module_server(tmp_path_factory, "sse")
+
+
+@pytest.fixture(scope="module")
+def stateless_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """One ``--stateless`` Streamable HTTP server per test module."""
+    yield from _module_server(tmp_path_factory, "streamable-http", "--stateless", usernames=("alice",))
+
+
+@pytest.fixture(scope="module")
+def stdio_deployment(tmp_path_factory: pytest.TempPathFactory) -> Deployment:
+    """stdio settings shared by a module; each ``connect`` starts its own server process."""
+    root = tmp_path_factory.mktemp("stdio")
+    return Deployment("stdio", isolated_env(root), root / "server.log")
+
+
+DEPLOYMENT_FIXTURES = {
+    "stdio": "stdio_deployment",
+    "streamable-http": "streamable_http_deployment",
+    "sse": "sse_deployment",
+}
+
+
+@pytest.fixture(params=list(DEPLOYMENT_FIXTURES))
+def deployment(request: pytest.FixtureRequest) -> Deployment:
+    """Each real transport in turn: stdio, Streamable HTTP and SSE."""
+    return cast("Deployment", request.getfixturevalue(DEPLOYMENT_FIXTURES[request.param]))
+
+
+@pytest.fixture(params=HTTP_TRANSPORTS)
+def http_deployment(request: pytest.FixtureRequest) -> Deployment:
+    """Each HTTP transport in turn: Streamable HTTP and SSE."""
+    return cast("Deployment", request.getfixturevalue(DEPLOYMENT_FIXTURES[request.param]))

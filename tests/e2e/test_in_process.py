@@ -1,0 +1,351 @@
+"""The MCP tools through the SDK's in-process client, over every store backend."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+from mcp_types import CallToolResult
+
+from mcp_secrets.app import build_server
+from mcp_secrets.crypto import SecretEncryptor
+from mcp_secrets.errors import DecryptionError
+from mcp_secrets.identity import LocalIdentity
+from mcp_secrets.logs import PAYLOAD_LOGGERS
+from mcp_secrets.secrets import MAX_VALUE_BYTES, Secrets
+from mcp_secrets.store.sqlite import SQLiteStore
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def alice(secrets: Secrets) -> AsyncIterator[Client]:
+    """An in-process client session of the server acting for alice."""
+    async with Client(build_server(secrets, LocalIdentity("alice"))) as client:
+        yield client
+
+
+def text_of(result: CallToolResult) -> str:
+    assert len(result.content) == 1
+    assert result.content[0].type == "text"
+    return result.content[0].text
+
+
+def everything_in(result: CallToolResult) -> str:
+    """All a client can read in a result: its text and its structured content."""
+    return json.dumps([result.model_dump(mode="json")])
+
+
+async def keys_of(client: Client, server: str | None = None) -> list[tuple[str, str]]:
+    listed = await client.call_tool("list_secret_keys", {} if server is None else {"server": server})
+    assert not listed.is_error, text_of(listed)
+    assert listed.structured_content is not None
+    return [(entry["server"], entry["key"]) for entry in listed.structured_content["keys"]]
+
+
+async def test_set_list_delete_round_trip(alice: Client) -> None:
+    created = await alice.call_tool("set_secret", {"server": "github", "key": "TOKEN", "value": "one"})
+    updated = await alice.call_tool("set_secret", {"server": "github", "key": "TOKEN", "value": "two"})
+    assert [created.structured_content, updated.structured_content] == [
+        {"server": "github", "key": "TOKEN", "status": "created"},
+        {"server": "github", "key": "TOKEN", "status": "updated"},
+    ]
+    assert await keys_of(alice) == [("github", "TOKEN")]
+
+    deleted = await alice.call_tool("delete_secret", {"server": "github", "key": "TOKEN"})
+
+    assert deleted.structured_content == {"server": "github", "key": "TOKEN", "status": "deleted"}
+    assert await keys_of(alice) == []
+
+
+async def test_tools_have_output_schemas_and_say_values_are_write_only(alice: Client) -> None:
+    tools = {tool.name: tool for tool in (await alice.list_tools()).tools}
+
+    assert set(tools) == {"set_secret", "delete_secret", "list_secret_keys"}
+    assert all(tool.output_schema and tool.output_schema.get("properties") for tool in tools.values())
+    assert all(tool.description for tool in tools.values())
+    assert "write-only" in (tools["set_secret"].description or "")
+    assert "write-only" in tools["set_secret"].input_schema["properties"]["value"]["description"].lower()
+    assert "never their values" in (tools["list_secret_keys"].description or "")
+    assert "write-only" in (alice.instructions or "")
+    assert "value" not in tools["list_secret_keys"].output_schema["$defs"]["SecretKeyEntry"]["properties"]
+
+
+async def test_results_are_structured_and_readable_as_text(alice: Client) -> None:
+    stored = await alice.call_tool("set_secret", {"server": "github", "key": "TOKEN", "value": "v"})
+    listed = await alice.call_tool("list_secret_keys", {})
+
+    assert stored.structured_content == {"server": "github", "key": "TOKEN", "status": "created"}
+    assert "TOKEN" in text_of(stored)
+    assert "github" in text_of(stored)
+    assert listed.structured_content is not None
+    assert listed.structured_content["username"] == "alice"
+    entry = listed.structured_content["keys"][0]
+    assert datetime.fromisoformat(entry["updated_at"]).tzinfo is not None
+    assert "alice" in text_of(listed)
+    assert "github/TOKEN" in text_of(listed)
+
+
+async def test_no_tool_result_contains_the_value(alice: Client, canary: str) -> None:
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("set_secret", {"server": "github", "key": "TOKEN", "value": canary}),
+        ("set_secret", {"server": "github", "key": "TOKEN", "value": canary + "-2"}),
+        ("list_secret_keys", {}),
+        ("list_secret_keys", {"server": "github"}),
+        ("set_secret", {"server": "a b", "key": "TOKEN", "value": canary}),
+        ("set_secret", {"server": "github", "key": "", "value": canary}),
+        (
+            "set_secret",
+            {"server": "github", "key": "BIG", "value": canary * (MAX_VALUE_BYTES // len(canary) + 1)},
+        ),
+        ("set_secret", {"server": "github", "key": "TOKEN", "value": {"$ne": canary}}),
+        ("set_secret", {"server": "github", "key": "TOKEN", "value": [canary]}),
+        ("set_secret", {"server": canary + " x", "key": "TOKEN", "value": "v"}),
+        ("delete_secret", {"server": "github", "key": "TOKEN", "value": canary}),
+        ("delete_secret", {"server": "github", "key": "TOKEN"}),
+    ]
+
+    results = [await alice.call_tool(name, arguments) for name, arguments in calls]
+
+    assert [result.is_error for result in results] == [False] * 4 + [True] * 6 + [False, True]
+    for result in results:
+        assert canary not in everything_in(result)
+
+
+@pytest.mark.parametrize("field", ["server", "key"])
+@pytest.mark.parametrize("name", ["a b", "", "k" * 200, "$where", "github/../x", "ключ"])
+async def test_bad_name_is_refused_naming_the_field_not_the_input(
+    alice: Client, field: str, name: str
+) -> None:
+    arguments = {"server": "github", "key": "TOKEN", "value": "v", field: name}
+
+    result = await alice.call_tool("set_secret", arguments)
+
+    assert result.is_error
+    assert result.structured_content is None
+    assert field in text_of(result)
+    assert not name or name not in text_of(result)
+    assert await keys_of(alice) == []
+
+
+async def test_dotted_names_are_valid(alice: Client) -> None:
+    result = await alice.call_tool("set_secret", {"server": "a.b", "key": "c.d", "value": "v"})
+
+    assert not result.is_error, text_of(result)
+    assert await keys_of(alice) == [("a.b", "c.d")]
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        pytest.param("", "must not be empty", id="empty"),
+        pytest.param(
+            "x" * MAX_VALUE_BYTES + "y", f"at most {MAX_VALUE_BYTES} bytes", id="64KiB-plus-one-byte"
+        ),
+        pytest.param(
+            "é" * (MAX_VALUE_BYTES // 2) + "y", f"at most {MAX_VALUE_BYTES} bytes", id="64KiB-utf8-plus-one"
+        ),
+    ],
+)
+async def test_bad_value_is_refused_without_echoing_it(alice: Client, value: str, problem: str) -> None:
+    result = await alice.call_tool("set_secret", {"server": "github", "key": "TOKEN", "value": value})
+
+    assert result.is_error
+    assert "value" in text_of(result)
+    assert problem in text_of(result)
+    assert "x" * 100 not in text_of(result)
+    assert "é" * 100 not in text_of(result)
+    assert await keys_of(alice) == []
+
+
+async def test_value_of_exactly_64_kib_is_accepted(alice: Client) -> None:
+    result = await alice.call_tool(
+        "set_secret", {"server": "github", "key": "BIG", "value": "x" * MAX_VALUE_BYTES}
+    )
+
+    assert not result.is_error, text_of(result)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "field", "echo"),
+    [
+        pytest.param({"value": 987654321}, "value", "987654321", id="value-number"),
+        pytest.param({"value": {"$ne": 1}}, "value", "$ne", id="value-operator"),
+        pytest.param({"value": None}, "value", "None", id="value-null"),
+        pytest.param({"server": ["xyzzy"]}, "server", "xyzzy", id="server-list"),
+        pytest.param({"key": {"$gt": ""}}, "key", "$gt", id="key-operator"),
+    ],
+)
+async def test_wrong_json_type_is_refused_naming_the_field(
+    alice: Client, arguments: dict[str, Any], field: str, echo: str
+) -> None:
+    result = await alice.call_tool(
+        "set_secret", {"server": "github", "key": "TOKEN", "value": "v", **arguments}
+    )
+
+    assert result.is_error
+    assert field in text_of(result)
+    assert echo not in text_of(result)
+    assert await keys_of(alice) == []
+
+
+@pytest.mark.parametrize(
+    ("server", "key", "problem"),
+    [
+        pytest.param("gitlab", "TOKEN", "no secrets for server", id="unknown-server"),
+        pytest.param("github", "OTHER", "no secret", id="unknown-key"),
+    ],
+)
+async def test_deleting_a_missing_secret_is_not_found(
+    alice: Client, server: str, key: str, problem: str
+) -> None:
+    await alice.call_tool("set_secret", {"server": "github", "key": "TOKEN", "value": "v"})
+
+    result = await alice.call_tool("delete_secret", {"server": server, "key": key})
+
+    assert result.is_error
+    assert problem in text_of(result)
+    assert await keys_of(alice) == [("github", "TOKEN")]
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments"),
+    [
+        ("list_secret_keys", {"server": {"$ne": ""}}),
+        ("list_secret_keys", {"server": {"$regex": ".*"}}),
+        ("delete_secret", {"server": {"$ne": ""}, "key": {"$ne": ""}}),
+        ("set_secret", {"server": {"$ne": ""}, "key": "bobs-key", "value": "overwritten"}),
+        ("delete_secret", {"server": "$where", "key": "bobs-key"}),
+    ],
+)
+async def test_operator_arguments_never_reach_another_users_data(
+    secrets: Secrets, alice: Client, tool: str, arguments: dict[str, Any]
+) -> None:
+    secrets.set_secret("bob", "bobs-server", "bobs-key", "bobs-value")
+
+    result = await alice.call_tool(tool, arguments)
+
+    assert result.is_error
+    assert "bobs-server" not in everything_in(result)
+    assert secrets.get_secrets("bob", "bobs-server") == {"bobs-key": "bobs-value"}
+    assert await keys_of(alice) == []
+
+
+async def test_alice_lists_none_of_bobs_keys(secrets: Secrets, alice: Client) -> None:
+    secrets.set_secret("bob", "github", "BOB_TOKEN", "bobs-value")
+    await alice.call_tool("set_secret", {"server": "github", "key": "ALICE_TOKEN", "value": "v"})
+
+    assert await keys_of(alice) == [("github", "ALICE_TOKEN")]
+    assert await keys_of(alice, "github") == [("github", "ALICE_TOKEN")]
+
+
+async def test_list_secret_keys_filters_by_server(alice: Client) -> None:
+    for server, key in [("github", "TOKEN"), ("github", "APP_ID"), ("slack", "TOKEN")]:
+        await alice.call_tool("set_secret", {"server": server, "key": key, "value": "v"})
+
+    assert await keys_of(alice, "github") == [("github", "APP_ID"), ("github", "TOKEN")]
+    assert await keys_of(alice, "slack") == [("slack", "TOKEN")]
+    assert await keys_of(alice, "gitlab") == []
+    assert await keys_of(alice) == [("github", "APP_ID"), ("github", "TOKEN"), ("slack", "TOKEN")]
+
+
+@pytest.fixture
+def impatient_store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    """A SQLite store that gives up on a locked database after 0.3 s instead of 10 s."""
+    store = SQLiteStore(tmp_path / "secrets.db", busy_timeout=0.3)
+    yield store
+    store.close()
+
+
+async def test_locked_store_is_a_tool_error_and_the_same_server_recovers(
+    impatient_store: SQLiteStore, encryptor: SecretEncryptor
+) -> None:
+    server = build_server(Secrets(impatient_store, encryptor), LocalIdentity("alice"))
+    locker = sqlite3.connect(impatient_store.path, isolation_level=None)
+    async with Client(server) as alice:
+        try:
+            locker.execute("BEGIN EXCLUSIVE")
+            refused = await alice.call_tool("set_secret", {"server": "github", "key": "TOKEN", "value": "v"})
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        recovered = await alice.call_tool("set_secret", {"server": "github", "key": "TOKEN", "value": "v"})
+
+        assert refused.is_error
+        assert "store is unavailable" in text_of(refused)
+        assert not recovered.is_error, text_of(recovered)
+        assert recovered.structured_content == {"server": "github", "key": "TOKEN", "status": "created"}
+        assert await keys_of(alice) == [("github", "TOKEN")]
+
+
+def _altered(ciphertext: str) -> str:
+    """The ciphertext with one character in the middle of its payload changed."""
+    head, payload = ciphertext.rsplit(":", 1)
+    middle = len(payload) // 2
+    replacement = "A" if payload[middle] != "A" else "B"
+    return f"{head}:{payload[:middle]}{replacement}{payload[middle + 1 :]}"
+
+
+# Each makes a forged ciphertext for TOKEN out of the stored {key: ciphertext}.
+TAMPERINGS: dict[str, Callable[[dict[str, str]], str]] = {
+    "copied-from-another-record": lambda stored: stored["APP_ID"],
+    "one-character-altered": lambda stored: _altered(stored["TOKEN"]),
+    "truncated": lambda stored: stored["TOKEN"][:-8],
+    "not-a-ciphertext": lambda _: "plain text",
+}
+
+
+@pytest.mark.parametrize("tampering", list(TAMPERINGS))
+async def test_tampered_record_still_lists_but_never_decrypts(
+    secrets: Secrets, alice: Client, canary: str, tampering: str
+) -> None:
+    await alice.call_tool("set_secret", {"server": "github", "key": "APP_ID", "value": "other-value"})
+    await alice.call_tool("set_secret", {"server": "github", "key": "TOKEN", "value": canary})
+    stored = {record.key: record.value for record in secrets.store.find_secrets("alice", "github")}
+    forged = TAMPERINGS[tampering](stored)
+    secrets.store.put_secret("alice", "github", "TOKEN", forged, datetime.now(timezone.utc))
+
+    assert await keys_of(alice) == [("github", "APP_ID"), ("github", "TOKEN")]
+    with pytest.raises(DecryptionError, match="TOKEN") as raised:
+        secrets.get_secrets("alice", "github")
+    assert canary not in str(raised.value)
+    assert "other-value" not in str(raised.value)
+
+
+@pytest.fixture
+def debug_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Every log record at DEBUG, at the levels ``configure_logging("DEBUG")`` sets."""
+    for name in PAYLOAD_LOGGERS:
+        caplog.set_level(logging.INFO, logger=name)
+    # Last, because set_level also sets the capturing handler's level.
+    caplog.set_level(logging.DEBUG)
+    return caplog
+
+
+async def test_canary_stays_out_of_results_logs_and_the_database_file(
+    sqlite_secrets: Secrets, debug_logs: pytest.LogCaptureFixture, canary: str, tmp_path: Path
+) -> None:
+    async with Client(build_server(sqlite_secrets, LocalIdentity("alice"), log_level="DEBUG")) as alice:
+        results = [
+            await alice.call_tool("set_secret", {"server": "github", "key": "TOKEN", "value": canary}),
+            await alice.call_tool("set_secret", {"server": "github", "key": "TOKEN", "value": canary + "-2"}),
+            await alice.call_tool("set_secret", {"server": "bad name", "key": "TOKEN", "value": canary}),
+            await alice.call_tool("set_secret", {"server": "github", "key": "X", "value": {"v": canary}}),
+            await alice.call_tool("list_secret_keys", {}),
+        ]
+    database = b"".join(path.read_bytes() for path in sorted(tmp_path.glob("secrets.db*")))
+
+    assert sqlite_secrets.get_secrets("alice", "github") == {"TOKEN": canary + "-2"}
+    assert debug_logs.records, "nothing was logged, so the log check would prove nothing"
+    for result in results:
+        assert canary not in everything_in(result)
+    assert canary not in debug_logs.text
+    assert all(canary not in str(record.args) for record in debug_logs.records)
+    assert canary.encode() not in database

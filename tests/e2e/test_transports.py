@@ -1,0 +1,293 @@
+"""mcp-secrets as users run it: `mcp-secrets serve` as a subprocess, reached by the SDK's clients.
+
+stdio, Streamable HTTP and SSE share the behaviour tests; the HTTP ones add
+bearer tokens made by the real CLI and the Host/Origin guard.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets as _random
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp_types import CallToolResult
+from mcp_types.version import LATEST_HANDSHAKE_VERSION
+
+pytestmark = pytest.mark.anyio
+
+TOKEN = re.compile(r"mcps_[0-9a-f]{10}_[A-Za-z0-9_-]{43}")
+ACCEPT = {"Accept": "application/json, text/event-stream"}
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": LATEST_HANDSHAKE_VERSION,
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "0"},
+    },
+}
+LIST_KEYS = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "list_secret_keys"}}
+
+
+def text_of(result: CallToolResult) -> str:
+    assert result.content[0].type == "text"
+    return result.content[0].text
+
+
+async def keys_of(client: Any, server: str | None = None) -> tuple[str, list[tuple[str, str]]]:
+    """The username a listing is for and the (server, key) pairs it lists."""
+    listed = await client.call_tool("list_secret_keys", {} if server is None else {"server": server})
+    assert not listed.is_error, text_of(listed)
+    assert listed.structured_content is not None
+    keys = [(entry["server"], entry["key"]) for entry in listed.structured_content["keys"]]
+    return listed.structured_content["username"], keys
+
+
+@pytest.fixture
+def server() -> str:
+    """An MCP server name no other test uses, since a module's tests share each deployment's store."""
+    return f"server-{_random.token_hex(4)}"
+
+
+async def test_each_user_stores_and_lists_only_their_own_keys(deployment, server: str) -> None:
+    async with deployment.connect("alice") as alice, deployment.connect("bob") as bob:
+        by_alice = await alice.call_tool("set_secret", {"server": server, "key": "ALICE", "value": "a"})
+        by_bob = await bob.call_tool("set_secret", {"server": server, "key": "BOB", "value": "b"})
+
+        assert not by_alice.is_error, text_of(by_alice)
+        assert not by_bob.is_error, text_of(by_bob)
+        assert await keys_of(alice, server) == ("alice", [(server, "ALICE")])
+        assert await keys_of(bob, server) == ("bob", [(server, "BOB")])
+        assert (server, "BOB") not in (await keys_of(alice))[1]
+        assert (server, "ALICE") not in (await keys_of(bob))[1]
+
+
+async def test_bob_cannot_delete_alices_key_but_alice_can(deployment, server: str) -> None:
+    async with deployment.connect("alice") as alice, deployment.connect("bob") as bob:
+        await alice.call_tool("set_secret", {"server": server, "key": "WEBHOOK", "value": "a"})
+
+        by_bob = await bob.call_tool("delete_secret", {"server": server, "key": "WEBHOOK"})
+        after_bob = await keys_of(alice, server)
+        by_alice = await alice.call_tool("delete_secret", {"server": server, "key": "WEBHOOK"})
+        after_alice = await keys_of(alice, server)
+
+    assert by_bob.is_error
+    assert "no secrets for server" in text_of(by_bob)
+    assert after_bob == ("alice", [(server, "WEBHOOK")])
+    assert by_alice.structured_content == {"server": server, "key": "WEBHOOK", "status": "deleted"}
+    assert after_alice == ("alice", [])
+
+
+async def test_canary_appears_in_no_result_log_or_database_file(deployment, server: str, canary: str) -> None:
+    async with deployment.connect("alice") as alice:
+        results = [
+            await alice.call_tool("set_secret", {"server": server, "key": "VALUE", "value": canary}),
+            await alice.call_tool("set_secret", {"server": server, "key": "VALUE", "value": canary + "-2"}),
+            await alice.call_tool("set_secret", {"server": server, "key": "BAD KEY", "value": canary}),
+            await alice.call_tool("set_secret", {"server": server, "key": "X", "value": {"$ne": canary}}),
+            await alice.call_tool("set_secret", {"server": server, "key": "EMPTY", "value": ""}),
+            await alice.call_tool("list_secret_keys", {"server": server}),
+        ]
+
+    assert [result.is_error for result in results] == [False, False, True, True, True, False]
+    for result in results:
+        assert canary not in json.dumps(result.model_dump(mode="json"))
+    assert "DEBUG" in deployment.log(), "the server must have logged at DEBUG for this check to mean anything"
+    assert canary not in deployment.log()
+    assert canary.encode() not in deployment.database_bytes()
+
+
+def test_stdio_stdout_carries_only_protocol_and_the_summary_goes_to_stderr(stdio_deployment) -> None:
+    """Talk JSON-RPC by hand, so every byte the server writes to stdout is seen."""
+    log_path = stdio_deployment.log_path.with_name("raw-stdio.log")
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mcp_secrets", "serve"],
+            env={**stdio_deployment.env, "MCP_SECRETS_USER": "alice"},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+    assert process.stdin is not None
+    assert process.stdout is not None
+
+    lines: list[dict[str, Any]] = []
+
+    def send(message: dict[str, Any]) -> None:
+        process.stdin.write(json.dumps({"jsonrpc": "2.0", **message}) + "\n")
+        process.stdin.flush()
+
+    def request(request_id: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        send({"id": request_id, "method": method, "params": params})
+        while not lines or lines[-1].get("id") != request_id:
+            line = process.stdout.readline()
+            assert line, "the server closed stdout before answering"
+            lines.append(json.loads(line))  # anything but JSON on stdout fails here
+        return lines[-1]
+
+    try:
+        initialised = request(1, "initialize", INITIALIZE["params"])
+        send({"method": "notifications/initialized"})
+        stored = request(
+            2, "tools/call", {"name": "set_secret", "arguments": {"server": "s", "key": "k", "value": "v"}}
+        )
+        listed = request(3, "tools/call", {"name": "list_secret_keys", "arguments": {"server": "s"}})
+        process.stdin.close()
+        lines.extend(json.loads(line) for line in process.stdout.read().splitlines())
+    finally:
+        process.stdout.close()
+        process.terminate()
+        process.wait(timeout=10)
+
+    assert all(line["jsonrpc"] == "2.0" for line in lines)
+    assert initialised["result"]["serverInfo"]["name"] == "mcp-secrets"
+    assert stored["result"]["structuredContent"] == {"server": "s", "key": "k", "status": "created"}
+    assert listed["result"]["structuredContent"]["username"] == "alice"
+    summary = log_path.read_text()
+    assert "serving stdio" in summary
+    assert re.search(r"user:\s+alice", summary)
+    assert "master key: MCP_SECRETS_MASTER_KEY" in summary
+    assert stdio_deployment.env["MCP_SECRETS_MASTER_KEY"] not in summary
+
+
+def probe(deployment, token: str | None, **headers: str) -> httpx2.Response:
+    """One plain HTTP request to the MCP endpoint that is answered at once unless it is let in."""
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    with httpx2.Client(trust_env=False, timeout=10) as http:
+        if deployment.transport == "sse":
+            return http.get(deployment.endpoint, headers=headers)
+        return http.post(deployment.endpoint, headers={**ACCEPT, **headers}, json=INITIALIZE)
+
+
+@contextmanager
+def session_of(deployment, http: httpx2.Client, token: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """A session opened with ``token``: the URL and headers (minus a token) that post into it."""
+    authorization = {"Authorization": f"Bearer {token}"}
+    if deployment.transport == "sse":
+        with http.stream("GET", deployment.endpoint, headers=authorization) as events:
+            endpoint = next(line for line in events.iter_lines() if line.startswith("data:"))
+            yield deployment.base_url + endpoint.removeprefix("data:").strip(), {}
+        return
+    opened = http.post(deployment.endpoint, headers={**ACCEPT, **authorization}, json=INITIALIZE)
+    assert opened.status_code == 200, opened.text
+    session = {
+        "mcp-session-id": opened.headers["mcp-session-id"],
+        "mcp-protocol-version": LATEST_HANDSHAKE_VERSION,
+    }
+    yield deployment.endpoint, {**ACCEPT, **session}
+
+
+def test_bob_cannot_post_into_alices_session(http_deployment) -> None:
+    bob = {"Authorization": f"Bearer {http_deployment.token('bob')}"}
+    with (
+        httpx2.Client(trust_env=False, timeout=10) as http,
+        session_of(http_deployment, http, http_deployment.token("alice")) as (url, headers),
+    ):
+        as_bob = http.post(url, headers={**headers, **bob}, json=LIST_KEYS)
+        without_token = http.post(url, headers=headers, json=LIST_KEYS)
+
+    assert as_bob.status_code == 404
+    assert "alice" not in as_bob.text
+    assert without_token.status_code == 401
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(None, id="no-token"),
+        pytest.param("garbage", id="garbage"),
+        pytest.param("mcps_0123456789_" + "A" * 43, id="well-formed-but-unknown"),
+    ],
+)
+def test_request_without_a_known_token_gets_401_with_www_authenticate(http_deployment, token) -> None:
+    response = probe(http_deployment, token)
+
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_revoked_token_gets_401(http_deployment) -> None:
+    token = http_deployment.cli("token", "create", "erin").stdout.strip()
+    async with http_deployment.connect(token=token) as erin:
+        assert (await keys_of(erin))[0] == "erin"
+    token_id = token.split("_")[1]
+
+    revoked = http_deployment.cli("token", "revoke", token_id)
+
+    assert revoked.returncode == 0, revoked.stderr
+    assert probe(http_deployment, token).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        pytest.param({"Host": "evil.example"}, 421, id="foreign-host"),
+        pytest.param({"Host": "evil.example:80"}, 421, id="foreign-host-with-port"),
+        pytest.param({"Origin": "http://evil.example"}, 403, id="foreign-origin"),
+        pytest.param({"Origin": "null"}, 403, id="null-origin"),
+    ],
+)
+def test_foreign_host_or_origin_is_refused_even_with_a_valid_token(http_deployment, headers, status) -> None:
+    response = probe(http_deployment, http_deployment.token("alice"), **headers)
+
+    assert response.status_code == status
+
+
+async def test_stateless_streamable_http_keeps_secrets_across_connections(stateless_deployment) -> None:
+    async with stateless_deployment.connect("alice") as first:
+        stored = await first.call_tool("set_secret", {"server": "github", "key": "TOKEN", "value": "v"})
+    async with stateless_deployment.connect("alice") as second:
+        listed = await keys_of(second)
+
+    assert not stored.is_error, text_of(stored)
+    assert listed == ("alice", [("github", "TOKEN")])
+    assert "(stateless)" in stateless_deployment.log()
+
+
+@pytest.mark.parametrize("transport", ["streamable-http", "sse"])
+async def test_first_http_run_makes_a_private_key_file_and_shows_one_token_once(
+    start_server, env, tmp_path: Path, transport: str
+) -> None:
+    del env["MCP_SECRETS_MASTER_KEY"]
+    env["MCP_SECRETS_USER"] = "alice"
+    config_dir = Path(env["MCP_SECRETS_CONFIG_DIR"])
+    data_dir = Path(env["MCP_SECRETS_DATA_DIR"])
+
+    with start_server(env, transport, tmp_path / "first.log") as first:
+        key_file = config_dir / "master.key"
+        first_log = first.log()
+        tokens = set(TOKEN.findall(first_log))
+        assert len(tokens) == 1, first_log
+        (token,) = tokens
+        async with first.connect(token=token) as alice:
+            assert (await keys_of(alice))[0] == "alice"
+    with start_server(env, transport, tmp_path / "second.log") as second:
+        second_log = second.log()
+
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert not (data_dir / "master.key").exists()
+    assert all(path.name.startswith("secrets.db") for path in data_dir.iterdir())
+    master_key = key_file.read_text().strip()
+    assert len(master_key) == 43
+    assert master_key not in first_log
+    assert master_key not in second_log
+    assert "MCP Inspector" in first_log
+    assert "Claude Desktop" in first_log
+    assert f"Authorization: Bearer {token}" in first_log
+    assert f"store:      SQLite {data_dir / 'secrets.db'}" in first_log
+    assert f"master key: key file {key_file} (generated now)" in first_log
+    assert (tmp_path / "first.stdout").read_text() == ""
+    assert not TOKEN.search(second_log)
+    assert f"master key: key file {key_file}\n" in second_log

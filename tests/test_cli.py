@@ -1,0 +1,177 @@
+"""Every `mcp-secrets` command, run for real as a subprocess with settings confined to tmp_path."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import secrets as _random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import mcp_secrets
+from mcp_secrets.crypto import generate_master_key
+
+TOKEN = re.compile(r"mcps_([0-9a-f]{10})_[A-Za-z0-9_-]{43}")
+EXIT_CONFIGURATION = 2
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The caller's environment minus any MCP_SECRETS_*, with data and config dirs in tmp_path."""
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("MCP_SECRETS_")}
+    return {
+        **clean,
+        "MCP_SECRETS_DATA_DIR": str(tmp_path / "data"),
+        "MCP_SECRETS_CONFIG_DIR": str(tmp_path / "config"),
+        "MCP_SECRETS_MASTER_KEY": generate_master_key(),
+    }
+
+
+def mcp_secrets_cli(
+    env: dict[str, str], *args: str, command: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Run the command (``python -m mcp_secrets`` unless ``command`` says otherwise); stdin is closed."""
+    return subprocess.run(
+        [*(command or (sys.executable, "-m", "mcp_secrets")), *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def created_token(env: dict[str, str], username: str, *options: str) -> tuple[str, str]:
+    """``token create USERNAME [OPTIONS]``: the token and its id."""
+    done = mcp_secrets_cli(env, "token", "create", username, *options)
+    assert done.returncode == 0, done.stderr
+    match = TOKEN.fullmatch(done.stdout.strip())
+    assert match, done.stdout
+    return match.group(0), match.group(1)
+
+
+def test_console_script_prints_the_version(env: dict[str, str]) -> None:
+    script = Path(sys.executable).with_name("mcp-secrets")
+
+    done = mcp_secrets_cli(env, "--version", command=(str(script),))
+
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"mcp-secrets {mcp_secrets.__version__}"
+
+
+def test_python_dash_m_help_lists_the_commands(env: dict[str, str]) -> None:
+    done = mcp_secrets_cli(env, "--help")
+
+    assert done.returncode == 0
+    for command in ("serve", "keygen", "token"):
+        assert command in done.stdout
+
+
+def test_keygen_prints_a_fresh_32_byte_base64url_key_each_run(env: dict[str, str]) -> None:
+    runs = [mcp_secrets_cli(env, "keygen") for _ in range(2)]
+
+    keys = [run.stdout.strip() for run in runs]
+    assert all(run.returncode == 0 for run in runs)
+    assert all(run.stdout == key + "\n" for run, key in zip(runs, keys, strict=True))
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{43}", key) for key in keys)
+    assert all(len(base64.urlsafe_b64decode(key + "=")) == 32 for key in keys)
+    assert keys[0] != keys[1]
+    assert all(key not in run.stderr for run, key in zip(runs, keys, strict=True))
+
+
+def test_token_create_prints_the_token_on_stdout_only(env: dict[str, str]) -> None:
+    done = mcp_secrets_cli(env, "token", "create", "alice")
+
+    assert done.returncode == 0, done.stderr
+    assert TOKEN.fullmatch(done.stdout.strip())
+    assert done.stdout.count("\n") == 1
+    assert done.stdout.strip() not in done.stderr
+    assert "alice" in done.stderr
+
+
+def test_token_list_shows_ids_labels_and_status_but_never_a_token(env: dict[str, str]) -> None:
+    alice_token, alice_id = created_token(env, "alice", "--label", "laptop", "--expires-days", "30")
+    bob_token, bob_id = created_token(env, "bob")
+
+    done = mcp_secrets_cli(env, "token", "list", "--user", "alice")
+
+    assert done.returncode == 0, done.stderr
+    (row,) = [line for line in done.stdout.splitlines() if line.startswith(alice_id)]
+    assert row.split()[1] == "alice"
+    assert row.split()[-2:] == ["live", "laptop"]
+    assert "never" not in row
+    assert bob_id not in done.stdout
+    assert not TOKEN.search(done.stdout + done.stderr)
+    assert alice_token not in done.stdout + done.stderr
+    assert bob_token not in done.stdout + done.stderr
+
+
+def test_token_revoke_makes_the_list_say_revoked(env: dict[str, str]) -> None:
+    _, token_id = created_token(env, "alice")
+
+    revoked = mcp_secrets_cli(env, "token", "revoke", token_id)
+    listed = mcp_secrets_cli(env, "token", "list")
+
+    assert revoked.returncode == 0, revoked.stderr
+    assert token_id in revoked.stderr
+    assert re.search(rf"^{token_id}\s+alice\s.*\brevoked\b", listed.stdout, re.MULTILINE)
+    assert "live" not in listed.stdout
+
+
+def test_revoking_an_unknown_token_fails_without_echoing_it(env: dict[str, str]) -> None:
+    unknown = f"mcps_0123456789_{_random.token_urlsafe(32)}"
+
+    done = mcp_secrets_cli(env, "token", "revoke", unknown)
+
+    assert done.returncode != 0
+    assert "no live token" in done.stderr
+    assert unknown not in done.stdout + done.stderr
+    assert "0123456789" not in done.stdout + done.stderr
+
+
+def test_token_create_refuses_a_bad_username(env: dict[str, str]) -> None:
+    done = mcp_secrets_cli(env, "token", "create", "bad name")
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "username" in done.stderr
+    assert done.stdout == ""
+
+
+def test_serve_refuses_a_malformed_master_key_without_showing_it(env: dict[str, str]) -> None:
+    malformed = f"short{_random.token_hex(4)}"
+    env["MCP_SECRETS_MASTER_KEY"] = malformed
+
+    done = mcp_secrets_cli(env, "serve")
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "MCP_SECRETS_MASTER_KEY" in done.stderr
+    assert "32 random bytes" in done.stderr
+    assert malformed not in done.stdout + done.stderr
+
+
+def test_serve_on_mongodb_without_a_master_key_fails(env: dict[str, str]) -> None:
+    """The store is opened first, so an unreachable MongoDB may be reported before the missing key."""
+    del env["MCP_SECRETS_MASTER_KEY"]
+    env["MCP_SECRETS_DATABASE_URL"] = "mongodb://127.0.0.1:1/x"
+
+    done = mcp_secrets_cli(env, "serve")
+
+    assert done.returncode != 0
+    assert "explicit master key" in done.stderr or "store is unavailable" in done.stderr
+    assert not Path(env["MCP_SECRETS_CONFIG_DIR"], "master.key").exists()
+
+
+def test_serve_refuses_an_unsupported_database_url_without_showing_it(env: dict[str, str]) -> None:
+    password = _random.token_hex(8)
+    env["MCP_SECRETS_DATABASE_URL"] = f"postgresql://admin:{password}@db.example/secrets"
+
+    done = mcp_secrets_cli(env, "serve")
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "MCP_SECRETS_DATABASE_URL" in done.stderr
+    assert password not in done.stdout + done.stderr
