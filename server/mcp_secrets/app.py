@@ -14,15 +14,25 @@ from typing import Annotated, Any, Literal, TypeVar
 import anyio
 from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.settings import AuthSettings
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context, MCPServer, RequestStateSecurity
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp_types import CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
-from pydantic import BaseModel, Field, ValidationError
+from mcp_types import (
+    CallToolResult,
+    ElicitRequest,
+    ElicitRequestURLParams,
+    ElicitResult,
+    InputRequiredResult,
+    TextContent,
+    ToolAnnotations,
+)
+from mcp_types.version import is_version_at_least
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mcp_secrets import __version__
+from mcp_secrets.entry import EntryLink, EntryLinks
 from mcp_secrets.errors import SecretsError
 from mcp_secrets.identity import Identity
-from mcp_secrets.secrets import Secrets
+from mcp_secrets.secrets import Secrets, validate_name
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -51,6 +61,16 @@ class SecretKeyEntry(BaseModel):
     key: str
     created_at: datetime
     updated_at: datetime
+
+
+class SecretRequest(BaseModel):
+    """The outcome of ``request_secret``; never a value."""
+
+    server: str
+    key: str
+    status: Literal["stored", "pending", "declined", "link_sent", "use_terminal"]
+    url: str | None = Field(default=None, description="The entry link, only when the client cannot open it.")
+    expires_at: datetime | None = None
 
 
 class SecretKeyList(BaseModel):
@@ -100,15 +120,98 @@ class _SecretsServer(MCPServer[Any]):
             raise ToolError(f"invalid arguments for {name}: {problems}") from None
 
 
+ENTRY_REQUEST = "secret_entry"
+# The first protocol revision that carries elicitation in an InputRequiredResult, not a request of its own.
+INPUT_REQUIRED_VERSION = "2026-07-28"
+WAIT_POLL_SECONDS = 0.5
+
+
+class EntrySettings(BaseModel):
+    """Where the entry page is served, and how long ``request_secret`` waits for the user."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    links: EntryLinks
+    base_url: str
+    wait_seconds: float = 90.0
+
+
+def _supports_url_elicitation(ctx: Context[Any, Any]) -> bool:
+    capabilities = ctx.client_capabilities
+    return (
+        capabilities is not None
+        and capabilities.elicitation is not None
+        and capabilities.elicitation.url is not None
+    )
+
+
+def _input_required_era(ctx: Context[Any, Any]) -> bool:
+    version = ctx.protocol_version
+    return version is not None and is_version_at_least(version, INPUT_REQUIRED_VERSION)
+
+
+def _terminal_hint(server: str, key: str) -> CallToolResult:
+    text = (
+        f"This mcp-secrets runs over stdio and serves no entry page. To store {key} for {server} without "
+        f"it passing through this chat, ask the user to run in a terminal:  mcp-secrets set {server} {key}  "
+        "(it asks for the value at a hidden prompt). set_secret also works, but its value travels "
+        "through the conversation."
+    )
+    return _result(text, SecretRequest(server=server, key=key, status="use_terminal"))
+
+
+async def _await_entry(entry: EntrySettings, link: EntryLink, ctx: Context[Any, Any]) -> bool:
+    """Wait, polling the store (any replica may serve the page), until the link is used or the wait ends."""
+    waited = 0.0
+    while waited < entry.wait_seconds:
+        state = await _run(lambda: entry.links.state(link.token))
+        if state != "live":
+            return state == "used"
+        await ctx.report_progress(waited, entry.wait_seconds, "Waiting for the secret to be entered")
+        await anyio.sleep(WAIT_POLL_SECONDS)
+        waited += WAIT_POLL_SECONDS
+    return False
+
+
+async def _entry_outcome(
+    entry: EntrySettings, link: EntryLink, action: str, ctx: Context[Any, Any], *, elicitation_id: str | None
+) -> CallToolResult:
+    record = link.record
+    if action != "accept":
+        await _run(lambda: entry.links.cancel(link.token))
+        text = f"The user declined to enter {record.key} for {record.server}; nothing was stored."
+        return _result(text, SecretRequest(server=record.server, key=record.key, status="declined"))
+    if await _await_entry(entry, link, ctx):
+        if elicitation_id is not None:
+            await ctx.request_context.session.send_elicit_complete(
+                elicitation_id, ctx.request_context.request_id
+            )
+        text = f"Secret {record.key} for server {record.server} stored. Its value was never seen here."
+        return _result(text, SecretRequest(server=record.server, key=record.key, status="stored"))
+    text = (
+        f"The entry page for {record.key} ({record.server}) is open but not submitted yet; the link "
+        f"stays valid until {record.expires_at:%H:%M} UTC. list_secret_keys will show it once stored."
+    )
+    return _result(
+        text,
+        SecretRequest(server=record.server, key=record.key, status="pending", expires_at=record.expires_at),
+    )
+
+
 def build_server(
     secrets: Secrets,
     identity: Identity,
     *,
     token_verifier: TokenVerifier | None = None,
     auth: AuthSettings | None = None,
+    entry: EntrySettings | None = None,
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO",
 ) -> MCPServer[Any]:
-    """The mcp-secrets MCP server over ``secrets``, for callers named by ``identity``."""
+    """The mcp-secrets MCP server over ``secrets``, for callers named by ``identity``.
+
+    With ``entry``, ``request_secret`` hands out links to the entry page; without
+    it (stdio), it tells the user to run ``mcp-secrets set``.
+    """
     mcp = _SecretsServer(
         "mcp-secrets",
         title="mcp-secrets",
@@ -117,7 +220,52 @@ def build_server(
         token_verifier=token_verifier,
         auth=auth,
         log_level=log_level,
+        # Keyed from the master key, so any replica can resume another's multi-round request_secret.
+        request_state_security=RequestStateSecurity(keys=[secrets.encryptor.derive_key("request state")]),
     )
+
+    @mcp.tool(
+        annotations=ToolAnnotations(
+            title="Ask the user for a secret", readOnlyHint=False, destructiveHint=True, openWorldHint=False
+        )
+    )
+    async def request_secret(
+        server: Annotated[str, SERVER_ARG], key: Annotated[str, KEY_ARG], ctx: Context[Any, Any]
+    ) -> Annotated[CallToolResult, SecretRequest] | InputRequiredResult:
+        """Ask the user to type a secret into a page served by mcp-secrets, out of the model's sight.
+
+        The recommended way to store a secret: the value never passes through the conversation.
+        The result says whether it was stored, or that the user has not submitted it yet.
+        """
+        username = _caller(identity, ctx)
+        await _run(lambda: (validate_name("server", server), validate_name("key", key)))
+        if entry is None:
+            return _terminal_hint(server, key)
+        if _input_required_era(ctx) and ctx.request_state is not None:
+            link = await _run(lambda: entry.links.resume(ctx.request_state or "", username))
+            response = (ctx.input_responses or {}).get(ENTRY_REQUEST)
+            action = response.action if isinstance(response, ElicitResult) else "cancel"
+            return await _entry_outcome(entry, link, action, ctx, elicitation_id=None)
+        link = await _run(lambda: entry.links.create(username, server, key))
+        url = link.url(entry.base_url)
+        message = (
+            f"Enter the secret {key} for the MCP server {server} in a page of mcp-secrets. "
+            "The value goes straight to the encrypted store, never through the assistant."
+        )
+        if not _supports_url_elicitation(ctx):
+            text = (
+                f"Please open this link in your browser and enter {key} for {server} there: {url}\n"
+                f"It works once, for {username} only, until {link.record.expires_at:%H:%M} UTC."
+            )
+            status = SecretRequest(
+                server=server, key=key, status="link_sent", url=url, expires_at=link.record.expires_at
+            )
+            return _result(text, status)
+        if _input_required_era(ctx):
+            request = ElicitRequest(params=ElicitRequestURLParams(message=message, url=url))
+            return InputRequiredResult(input_requests={ENTRY_REQUEST: request}, request_state=link.token)
+        outcome = await ctx.elicit_url(message, url, link.record.link_id)
+        return await _entry_outcome(entry, link, outcome.action, ctx, elicitation_id=link.record.link_id)
 
     @mcp.tool(
         annotations=ToolAnnotations(

@@ -8,6 +8,7 @@ and, under ``serve --transport stdio``, the MCP protocol itself.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ import anyio
 from pydantic import ValidationError
 
 from mcp_secrets import __version__
-from mcp_secrets.app import build_server
+from mcp_secrets.app import EntrySettings, build_server
 from mcp_secrets.bootstrap import (
     MasterKeys,
     build_secrets,
@@ -27,12 +28,13 @@ from mcp_secrets.bootstrap import (
 )
 from mcp_secrets.config import Settings
 from mcp_secrets.crypto import generate_master_key
+from mcp_secrets.entry import EntryLinks
 from mcp_secrets.errors import ConfigurationError, InvalidInputError, SecretsError, StoreUnavailableError
 from mcp_secrets.identity import BearerIdentity, LocalIdentity, local_username
 from mcp_secrets.logs import configure_logging
 from mcp_secrets.store import SecretStore
 from mcp_secrets.tokens import ApiTokens, NewToken
-from mcp_secrets.web import auth_settings, endpoint_url, http_app, serve_http, token_verifier
+from mcp_secrets.web import auth_settings, base_url, endpoint_url, http_app, serve_http, token_verifier
 
 EXIT_ERROR = 1
 EXIT_CONFIGURATION = 2
@@ -126,18 +128,45 @@ def _serve(args: argparse.Namespace) -> int:
         anyio.run(mcp.run_stdio_async)
         return 0
     tokens = ApiTokens(store)
+    links = EntryLinks(secrets, ttl=timedelta(minutes=settings.entry_link_minutes))
     mcp = build_server(
         secrets,
         BearerIdentity(),
         token_verifier=token_verifier(settings, tokens),
         auth=auth_settings(settings),
+        entry=EntrySettings(
+            links=links, base_url=base_url(settings), wait_seconds=settings.entry_wait_seconds
+        ),
         log_level=settings.log_level,
     )
-    app = http_app(mcp, settings, secrets)
+    app = http_app(mcp, settings, secrets, links)
     _summary(settings, keys, None)
     if not settings.jwks_url and not tokens.has_any():
         _print_first_token(tokens.create(local_username(settings.user), label="first run"), settings)
     anyio.run(serve_http, app, settings)
+    return 0
+
+
+def _read_value(prompt: str) -> str:
+    """The value from a hidden prompt, or from stdin when it is not a terminal; never from argv."""
+    if sys.stdin.isatty():
+        return getpass.getpass(prompt)
+    return sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+
+
+def _set(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    configure_logging(settings.log_level)
+    require_explicit_key(settings)
+    store = open_configured_store(settings)
+    try:
+        secrets, _ = build_secrets(settings, store, generate_key=True)
+        username = args.user or local_username(settings.user)
+        value = _read_value(f"Value of {args.key} for {args.server} (hidden): ")
+        result = secrets.set_secret(username, args.server, args.key, value)
+    finally:
+        store.close()
+    _say(f"Secret {result.key} for server {result.server} {result.status} for {username}.")
     return 0
 
 
@@ -208,6 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
     )
     serve.set_defaults(handler=_serve)
+
+    setter = commands.add_parser(
+        "set",
+        help="store a secret typed at a hidden prompt (or read from stdin), never from the command line",
+    )
+    setter.add_argument("server", help="the MCP server the secret is for")
+    setter.add_argument("key", help="the secret's name")
+    setter.add_argument("--user", help="whose secret (default MCP_SECRETS_USER or your login name)")
+    setter.set_defaults(handler=_set)
 
     keygen = commands.add_parser("keygen", help="print a fresh master key")
     keygen.set_defaults(handler=_keygen)

@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     audience: str | None = Field(default=None, description="Required `aud` of accepted JWTs.")
     username_claim: str = Field(default="sub", description="JWT claim that holds the username.")
 
+    entry_wait_seconds: float = Field(
+        default=90.0, ge=0, description="How long request_secret waits for the user to submit the entry page."
+    )
+    entry_link_minutes: float = Field(
+        default=10.0, gt=0, le=24 * 60, description="How long an entry link works."
+    )
+
     log_level: LogLevel = "INFO"
 
     _split_hosts = field_validator("allowed_hosts", "allowed_origins", mode="before")(_split_commas)

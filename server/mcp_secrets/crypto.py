@@ -123,10 +123,15 @@ class SecretEncryptor:
             if key_id in self._ciphers:
                 raise ConfigurationError(f"master key {key_id} is configured twice")
             self._ciphers[key_id] = AESGCM(_hkdf(master_key, _DATA_KEY_INFO, 32))
+        self._active_master = master_keys[0]
         self._active_key_id = key_id_for(master_keys[0])
         self._active = self._ciphers[self._active_key_id]
         # The original design: AES-256-GCM keyed by SHA-256 of a key string.
         self._legacy = AESGCM(hashlib.sha256(legacy_key.encode("utf-8")).digest()) if legacy_key else None
+
+    def derive_key(self, purpose: str) -> bytes:
+        """A 32-byte key for another use (``purpose`` names it), independent of the data key."""
+        return _hkdf(self._active_master, f"mcp-secrets v1 {purpose}".encode(), 32)
 
     @property
     def active_key_id(self) -> str:

@@ -33,3 +33,11 @@ class UnauthorisedError(SecretsError):
 
 class ConfigurationError(SecretsError):
     """Raised when a setting (master key, database URL, verifier) is missing or malformed, at start-up."""
+
+
+class EntryLinkError(SecretsError):
+    """Raised when an entry link is unknown, expired or already used."""
+
+    def __init__(self, message: str, *, gone: bool) -> None:
+        super().__init__(message)
+        self.gone = gone

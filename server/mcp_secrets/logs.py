@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 # These libraries log raw JSON-RPC messages or request bodies at DEBUG, and a
 # set_secret request carries a value: they never log below INFO, whatever our level.
 PAYLOAD_LOGGERS = ("mcp", "mcp_types", "httpx", "httpx2", "httpcore", "sse_starlette", "uvicorn", "starlette")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_ENTRY_TOKEN = re.compile(r"(/secrets/entry/)[^\s\"'?#/]+")
+
+
+def redact_entry_tokens(record: logging.LogRecord) -> bool:
+    """Replace entry-link tokens in a log record (uvicorn's access log quotes request paths)."""
+    if isinstance(record.msg, str):
+        record.msg = _ENTRY_TOKEN.sub(r"\1…", record.msg)
+    if isinstance(record.args, tuple):
+        record.args = tuple(
+            _ENTRY_TOKEN.sub(r"\1…", arg) if isinstance(arg, str) else arg for arg in record.args
+        )
+    return True
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -18,6 +31,7 @@ def configure_logging(level: str = "INFO") -> None:
         root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(redact_entry_tokens)
     root.addHandler(handler)
     root.setLevel(level)
     floor = max(logging.INFO, logging.getLevelName(level))

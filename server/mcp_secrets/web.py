@@ -21,8 +21,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_secrets.config import Settings
+from mcp_secrets.entry import EntryLinks
+from mcp_secrets.entry_page import entry_routes
 from mcp_secrets.errors import StoreUnavailableError
 from mcp_secrets.identity import ApiTokenVerifier, EitherVerifier, JwtVerifier
+from mcp_secrets.rest import rest_routes
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.tokens import ApiTokens
 
@@ -114,8 +117,10 @@ class HostOriginGuard:
         await self._app(scope, receive, send)
 
 
-def http_app(mcp: MCPServer[Any], settings: Settings, secrets: Secrets) -> ASGIApp:
-    """The ASGI app serving ``mcp`` over the configured HTTP transport."""
+def http_app(
+    mcp: MCPServer[Any], settings: Settings, secrets: Secrets, links: EntryLinks | None = None
+) -> ASGIApp:
+    """The ASGI app serving ``mcp`` over the configured HTTP transport, the entry page and the REST API."""
 
     async def health(_: Request) -> Response:
         try:
@@ -136,6 +141,11 @@ def http_app(mcp: MCPServer[Any], settings: Settings, secrets: Secrets) -> ASGIA
             transport_security=security,
             host=settings.host,
         )
+    # Added after the SDK built its app: they sit behind its bearer middleware, which only identifies;
+    # the REST routes require a token themselves, the entry page is reached by its one-time link.
+    app.router.routes.extend(rest_routes(secrets))
+    if links is not None:
+        app.router.routes.extend(entry_routes(links))
     return HostOriginGuard(app, security)
 
 

@@ -38,6 +38,20 @@ class TokenRecord:
     label: str = ""
 
 
+@dataclass(frozen=True)
+class LinkRecord:
+    """A one-time entry link, kept only as the SHA-256 of its token."""
+
+    link_id: str
+    link_hash: str
+    username: str
+    server: str
+    key: str
+    created_at: datetime
+    expires_at: datetime
+    used_at: datetime | None = None
+
+
 class SecretStore(Protocol):
     """What the ``Secrets`` service and the token verifier need from a database."""
 
@@ -71,6 +85,22 @@ class SecretStore(Protocol):
 
     def revoke_token(self, token_id: str, now: datetime) -> bool:
         """Mark a token revoked; return False when no live token has this id."""
+        ...
+
+    def put_link(self, link: LinkRecord) -> None:
+        """Insert a new entry link, and drop links that expired before ``link.created_at``."""
+        ...
+
+    def find_link(self, link_hash: str) -> LinkRecord | None:
+        """The entry link with this hash, used or not."""
+        ...
+
+    def claim_link(self, link_hash: str, now: datetime) -> bool:
+        """Mark an unused, unexpired link used, atomically; False when it was not."""
+        ...
+
+    def release_link(self, link_hash: str) -> None:
+        """Make a claimed link usable again (its secret could not be stored)."""
         ...
 
     def ping(self) -> None:

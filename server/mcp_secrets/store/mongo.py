@@ -13,11 +13,12 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from pymongo.uri_parser import parse_uri
 
 from mcp_secrets.errors import ConfigurationError, StoreUnavailableError
-from mcp_secrets.store import SecretRecord, TokenRecord
+from mcp_secrets.store import LinkRecord, SecretRecord, TokenRecord
 
 DEFAULT_DATABASE = "mcp_secrets"
 SECRETS_COLLECTION = "user_secrets"
 TOKENS_COLLECTION = "api_tokens"
+LINKS_COLLECTION = "entry_links"
 SERVER_SELECTION_TIMEOUT_MS = 5000
 
 Document = dict[str, Any]
@@ -60,6 +61,19 @@ def _token(document: Document) -> TokenRecord:
     )
 
 
+def _link(document: Document) -> LinkRecord:
+    return LinkRecord(
+        document["link_id"],
+        document["link_hash"],
+        document["username"],
+        document["server"],
+        document["key"],
+        _utc(document["created_at"]) or datetime.now(timezone.utc),
+        _utc(document["expires_at"]) or datetime.now(timezone.utc),
+        _utc(document.get("used_at")),
+    )
+
+
 class MongoStore:
     """A ``SecretStore`` on two MongoDB collections, indexes created at start."""
 
@@ -68,6 +82,7 @@ class MongoStore:
         db = client[database]
         self._secrets: Collection[Document] = db[SECRETS_COLLECTION]
         self._tokens: Collection[Document] = db[TOKENS_COLLECTION]
+        self._links: Collection[Document] = db[LINKS_COLLECTION]
         try:
             self._secrets.create_index(
                 [("username", pymongo.ASCENDING), ("server", pymongo.ASCENDING), ("key", pymongo.ASCENDING)],
@@ -76,6 +91,9 @@ class MongoStore:
             )
             self._tokens.create_index("token_hash", unique=True, name="token_hash_unique")
             self._tokens.create_index("token_id", unique=True, name="token_id_unique")
+            self._links.create_index("link_hash", unique=True, name="link_hash_unique")
+            # MongoDB deletes expired entry links by itself (within a minute of expiry).
+            self._links.create_index("expires_at", expireAfterSeconds=0, name="expires_at_ttl")
         except PyMongoError as exc:
             raise StoreUnavailableError(f"the MongoDB store is unavailable: {type(exc).__name__}") from None
 
@@ -192,6 +210,49 @@ class MongoStore:
         except PyMongoError as exc:
             raise _unavailable(exc) from None
         return result.modified_count > 0
+
+    def put_link(self, link: LinkRecord) -> None:
+        """Insert a new entry link; the TTL index drops expired ones."""
+        document = {
+            "link_id": link.link_id,
+            "link_hash": link.link_hash,
+            "username": link.username,
+            "server": link.server,
+            "key": link.key,
+            "created_at": link.created_at,
+            "expires_at": link.expires_at,
+            "used_at": link.used_at,
+        }
+        try:
+            self._links.insert_one(document)
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+
+    def find_link(self, link_hash: str) -> LinkRecord | None:
+        """The entry link with this hash, used or not."""
+        try:
+            document = self._links.find_one({"link_hash": _text("link_hash", link_hash)}, {"_id": False})
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+        return None if document is None else _link(document)
+
+    def claim_link(self, link_hash: str, now: datetime) -> bool:
+        """Mark an unused, unexpired link used, atomically; False when it was not."""
+        try:
+            result = self._links.update_one(
+                {"link_hash": _text("link_hash", link_hash), "used_at": None, "expires_at": {"$gt": now}},
+                {"$set": {"used_at": now}},
+            )
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+        return result.modified_count > 0
+
+    def release_link(self, link_hash: str) -> None:
+        """Make a claimed link usable again (its secret could not be stored)."""
+        try:
+            self._links.update_one({"link_hash": _text("link_hash", link_hash)}, {"$set": {"used_at": None}})
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
 
     def ping(self) -> None:
         """Raise ``StoreUnavailableError`` unless the server answers."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from mcp_secrets.errors import StoreUnavailableError
-from mcp_secrets.store import SecretRecord, TokenRecord
+from mcp_secrets.store import LinkRecord, SecretRecord, TokenRecord
 
 _T = TypeVar("_T")
 
@@ -35,8 +35,19 @@ CREATE TABLE IF NOT EXISTS api_tokens (
     revoked_at TEXT,
     label      TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS entry_links (
+    link_hash  TEXT PRIMARY KEY,
+    link_id    TEXT NOT NULL,
+    username   TEXT NOT NULL,
+    server     TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    used_at    TEXT
+);
 """
 _SECRET_COLUMNS = "username, server, key, value, created_at, updated_at"  # noqa: S105 - column names
+_LINK_COLUMNS = "link_id, link_hash, username, server, key, created_at, expires_at, used_at"
 _TOKEN_COLUMNS = "token_id, username, token_hash, created_at, expires_at, revoked_at, label"  # noqa: S105 - column names
 BUSY_TIMEOUT_SECONDS = 10.0
 
@@ -66,6 +77,20 @@ def _token(row: tuple[str, str, str, str, str | None, str | None, str]) -> Token
         _moment(expires_at),
         _moment(revoked_at),
         label,
+    )
+
+
+def _link(row: tuple[str, str, str, str, str, str, str, str | None]) -> LinkRecord:
+    link_id, link_hash, username, server, key, created_at, expires_at, used_at = row
+    return LinkRecord(
+        link_id,
+        link_hash,
+        username,
+        server,
+        key,
+        datetime.fromisoformat(created_at),
+        datetime.fromisoformat(expires_at),
+        _moment(used_at),
     )
 
 
@@ -220,6 +245,58 @@ class SQLiteStore:
                     (_iso(now), token_id),
                 ).rowcount
                 > 0
+            )
+        )
+
+    def put_link(self, link: LinkRecord) -> None:
+        """Insert a new entry link, and drop links that expired before ``link.created_at``."""
+
+        def insert(connection: sqlite3.Connection) -> None:
+            connection.execute("DELETE FROM entry_links WHERE expires_at < ?", (_iso(link.created_at),))
+            connection.execute(
+                f"INSERT INTO entry_links ({_LINK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                (
+                    link.link_id,
+                    link.link_hash,
+                    link.username,
+                    link.server,
+                    link.key,
+                    _iso(link.created_at),
+                    _iso(link.expires_at),
+                    _iso(link.used_at),
+                ),
+            )
+
+        self._run(insert)
+
+    def find_link(self, link_hash: str) -> LinkRecord | None:
+        """The entry link with this hash, used or not."""
+        row = self._run(
+            lambda connection: connection.execute(
+                f"SELECT {_LINK_COLUMNS} FROM entry_links WHERE link_hash = ?",  # noqa: S608
+                (link_hash,),
+            ).fetchone()
+        )
+        return None if row is None else _link(row)
+
+    def claim_link(self, link_hash: str, now: datetime) -> bool:
+        """Mark an unused, unexpired link used, atomically; False when it was not."""
+        return self._run(
+            lambda connection: (
+                connection.execute(
+                    "UPDATE entry_links SET used_at = ? "
+                    "WHERE link_hash = ? AND used_at IS NULL AND expires_at > ?",
+                    (_iso(now), link_hash, _iso(now)),
+                ).rowcount
+                > 0
+            )
+        )
+
+    def release_link(self, link_hash: str) -> None:
+        """Make a claimed link usable again (its secret could not be stored)."""
+        self._run(
+            lambda connection: connection.execute(
+                "UPDATE entry_links SET used_at = NULL WHERE link_hash = ?", (link_hash,)
             )
         )
 

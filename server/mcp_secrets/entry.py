@@ -1,0 +1,129 @@
+"""One-time entry links: the user types a secret into a page of ours, out of the model's sight.
+
+A link reads ``<base URL>/secrets/entry/<token>``. The token carries 256 random
+bits and is stored only as its SHA-256, bound to (username, server, key); it
+is single-use, expires after a few minutes, and is never logged (see
+``logs.redact_entry_tokens``). The page itself is in ``entry_page``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets as _random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Literal
+
+from mcp_secrets.errors import EntryLinkError
+from mcp_secrets.secrets import Secrets, validate_name, validate_username, validate_value
+from mcp_secrets.store import LinkRecord
+
+ENTRY_PATH = "/secrets/entry"
+LINK_TTL = timedelta(minutes=10)
+LinkState = Literal["live", "used", "expired", "unknown"]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class EntryLink:
+    """A link just made: ``token`` is the only copy of its secret part."""
+
+    token: str
+    record: LinkRecord
+
+    def url(self, base_url: str) -> str:
+        """The link a user opens."""
+        return f"{base_url.rstrip('/')}{ENTRY_PATH}/{self.token}"
+
+
+class EntryLinks:
+    """Make, inspect and redeem entry links; a redeemed link stores its secret through ``Secrets``."""
+
+    def __init__(
+        self, secrets: Secrets, *, ttl: timedelta = LINK_TTL, clock: Callable[[], datetime] = _utcnow
+    ) -> None:
+        self.secrets = secrets
+        self.ttl = ttl
+        self._clock = clock
+
+    def create(self, username: str, server: str, key: str) -> EntryLink:
+        """A fresh link for one (username, server, key), valid for ``ttl``."""
+        validate_username(username)
+        validate_name("server", server)
+        validate_name("key", key)
+        now = self._clock()
+        token = _random.token_urlsafe(32)
+        record = LinkRecord(
+            link_id=_random.token_hex(8),
+            link_hash=_hash(token),
+            username=username,
+            server=server,
+            key=key,
+            created_at=now,
+            expires_at=now + self.ttl,
+        )
+        self.secrets.store.put_link(record)
+        return EntryLink(token, record)
+
+    def find(self, token: str) -> tuple[LinkRecord | None, LinkState]:
+        """The link of ``token`` and whether it is live, used, expired or unknown."""
+        if not 16 <= len(token) <= 100 or not token.isascii():  # noqa: PLR2004 - far around 43
+            return None, "unknown"
+        link_hash = _hash(token)
+        record = self.secrets.store.find_link(link_hash)
+        # The lookup is by hash; compare again in constant time rather than trust the index.
+        if record is None or not hmac.compare_digest(record.link_hash, link_hash):
+            return None, "unknown"
+        if record.used_at is not None:
+            return record, "used"
+        if record.expires_at <= self._clock():
+            return record, "expired"
+        return record, "live"
+
+    def submit(self, token: str, value: str) -> LinkRecord:
+        """Store ``value`` for the link's own record and use the link up.
+
+        Raises:
+            InvalidInputError: the value is empty, too long or not text; the link stays live.
+            EntryLinkError: the link is unknown, expired or used.
+
+        """
+        validate_value(value)
+        record, state = self.find(token)
+        if record is None or state != "live":
+            raise EntryLinkError("this link is not valid", gone=state in ("used", "expired"))
+        # Claim first, so two submissions of one link cannot both store; give it back if storing fails.
+        if not self.secrets.store.claim_link(record.link_hash, self._clock()):
+            raise EntryLinkError("this link has just been used or has expired", gone=True)
+        try:
+            self.secrets.set_secret(record.username, record.server, record.key, value)
+        except BaseException:
+            self.secrets.store.release_link(record.link_hash)
+            raise
+        return record
+
+    def resume(self, token: str, username: str) -> EntryLink:
+        """The link of a ``request_secret`` round trip, which must belong to ``username``."""
+        record, _ = self.find(token)
+        if record is None or record.username != username:
+            raise EntryLinkError("this entry request is not valid", gone=False)
+        return EntryLink(token, record)
+
+    def cancel(self, token: str) -> None:
+        """Use a link up without storing anything (the user declined)."""
+        record, state = self.find(token)
+        if record is not None and state == "live":
+            self.secrets.store.claim_link(record.link_hash, self._clock())
+
+    def state(self, token: str) -> LinkState:
+        """Whether the link of ``token`` is live, used, expired or unknown."""
+        return self.find(token)[1]

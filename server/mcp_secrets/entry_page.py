@@ -1,0 +1,168 @@
+"""The entry page: one password field, served by our HTTP server, no JavaScript, no external assets.
+
+GET shows the form for a live link; POST stores the value and uses the link up.
+The value arrives only in a POST body and is never echoed, logged or put in a URL.
+A double-submit token (an HttpOnly, SameSite=Strict cookie plus a hidden field)
+guards against cross-site posts, on top of the Host/Origin check every request passes.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets as _random
+from html import escape
+
+import anyio
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from mcp_secrets.entry import ENTRY_PATH, EntryLinks
+from mcp_secrets.errors import EntryLinkError, InvalidInputError, SecretsError, StoreUnavailableError
+from mcp_secrets.store import LinkRecord
+
+logger = logging.getLogger(__name__)
+
+CSRF_COOKIE = "mcp_secrets_csrf"
+MAX_FORM_BYTES = 256 * 1024
+
+_STYLE = """
+body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1b1d21}
+main{max-width:34rem;margin:3rem auto;background:#fff;border:1px solid #d8dbe0;
+border-radius:8px;padding:2rem}
+h1{font-size:1.35rem;margin-top:0}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.25rem 1rem;margin:1rem 0 1.5rem}
+dt{color:#555}dd{margin:0;font-family:ui-monospace,monospace}
+label{display:block;font-weight:600;margin-bottom:.35rem}
+input[type=password]{width:100%;box-sizing:border-box;font-size:1rem;padding:.6rem;
+border:1px solid #8a9099;border-radius:6px}
+input[type=password]:focus{outline:3px solid #2d6cdf;outline-offset:1px}
+button{margin-top:1rem;font-size:1rem;padding:.6rem 1.2rem;border:0;border-radius:6px;
+background:#2d6cdf;color:#fff}
+.note{color:#555;font-size:.9rem}.error{color:#b00020;font-weight:600}
+"""
+
+
+def _page(title: str, body: str, status: int, *, cookie: str | None = None) -> HTMLResponse:
+    nonce = _random.token_urlsafe(16)
+    html = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f'<meta name="referrer" content="no-referrer"><title>{escape(title)} · mcp-secrets</title>'
+        f'<style nonce="{nonce}">{_STYLE}</style></head><body><main>{body}</main></body></html>'
+    )
+    response = HTMLResponse(html, status_code=status)
+    response.headers["Content-Security-Policy"] = (
+        f"default-src 'none'; style-src 'nonce-{nonce}'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    )
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"
+    if cookie is not None:
+        response.set_cookie(CSRF_COOKIE, cookie, path=ENTRY_PATH, httponly=True, samesite="strict")
+    return response
+
+
+def _record_list(record: LinkRecord) -> str:
+    return (
+        f"<dl><dt>Server</dt><dd>{escape(record.server)}</dd>"
+        f"<dt>Key</dt><dd>{escape(record.key)}</dd>"
+        f"<dt>For user</dt><dd>{escape(record.username)}</dd></dl>"
+    )
+
+
+def _form(record: LinkRecord, csrf: str, *, error: str = "", status: int = 200) -> HTMLResponse:
+    problem = f'<p class="error" id="problem" role="alert">{escape(error)}</p>' if error else ""
+    described = "hint problem" if error else "hint"
+    body = (
+        f"<h1>Enter a secret</h1>{_record_list(record)}{problem}"
+        '<form method="post" autocomplete="off">'
+        f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
+        '<label for="value">Secret value</label>'
+        f'<input type="password" id="value" name="value" required autofocus aria-describedby="{described}">'
+        '<p class="note" id="hint">It is stored encrypted for this user only, and never shown again: '
+        "not to you, not to the assistant.</p>"
+        '<button type="submit">Store secret</button></form>'
+        f'<p class="note">This link works once and expires at {record.expires_at:%H:%M} UTC.</p>'
+    )
+    return _page("Enter a secret", body, status, cookie=csrf)
+
+
+def _gone(status: int) -> HTMLResponse:
+    if status == 410:  # noqa: PLR2004 - HTTP status
+        text = "This link has expired or has already been used. Ask the assistant for a new one."
+        return _page("Link expired", f"<h1>Link expired</h1><p>{text}</p>", status)
+    return _page("Link not valid", "<h1>Link not valid</h1><p>This entry link is not valid.</p>", status)
+
+
+def _other_user(request: Request, record: LinkRecord) -> bool:
+    """A request that carries a verified token of someone other than the link's owner."""
+    user = request.scope.get("user")
+    return isinstance(user, AuthenticatedUser) and user.access_token.subject != record.username
+
+
+async def _live_record(links: EntryLinks, request: Request) -> LinkRecord | Response:
+    """The live link of this request's token, or the page that says why there is none."""
+    token = str(request.path_params["token"])
+    try:
+        record, state = await anyio.to_thread.run_sync(links.find, token)
+    except StoreUnavailableError:
+        return _page("Unavailable", "<h1>Try again later</h1><p>The secret store is unavailable.</p>", 503)
+    if record is None or state != "live":
+        return _gone(404 if record is None else 410)
+    if _other_user(request, record):
+        return _page("Not yours", "<h1>Not yours</h1><p>This link belongs to another user.</p>", 403)
+    return record
+
+
+def entry_routes(links: EntryLinks) -> list[Route]:
+    """The GET and POST routes of the entry page."""
+
+    async def show(request: Request) -> Response:
+        record = await _live_record(links, request)
+        if isinstance(record, Response):
+            return record
+        return _form(record, request.cookies.get(CSRF_COOKIE) or _random.token_urlsafe(32))
+
+    async def store(request: Request) -> Response:
+        if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
+            return _page("Too large", "<h1>Too large</h1><p>That value is too large.</p>", 413)
+        form = await request.form(max_files=0, max_fields=4)
+        record = await _live_record(links, request)
+        if isinstance(record, Response):
+            return record
+        sent_csrf, cookie_csrf = form.get("csrf"), request.cookies.get(CSRF_COOKIE, "")
+        if not (isinstance(sent_csrf, str) and cookie_csrf and hmac.compare_digest(sent_csrf, cookie_csrf)):
+            fresh = _random.token_urlsafe(32)
+            return _form(record, fresh, error="The form expired. Please enter the value again.", status=403)
+        value = form.get("value")
+        return await _submit(links, record, str(request.path_params["token"]), value, cookie_csrf)
+
+    path = ENTRY_PATH + "/{token}"
+    return [Route(path, show, methods=["GET"]), Route(path, store, methods=["POST"])]
+
+
+async def _submit(links: EntryLinks, record: LinkRecord, token: str, value: object, csrf: str) -> Response:
+    """Store the submitted value; the answer never contains it."""
+    text = value if isinstance(value, str) else ""
+    try:
+        await anyio.to_thread.run_sync(links.submit, token, text)
+    except InvalidInputError as exc:
+        return _form(record, csrf, error=f"Not stored: {exc}.", status=400)
+    except EntryLinkError as exc:
+        return _gone(410 if exc.gone else 404)
+    except SecretsError:
+        logger.warning("entry page: the secret could not be stored")
+        return _form(record, csrf, error="The secret store is unavailable; try again.", status=503)
+    logger.info(
+        "entry link %s used: secret %s of server %s stored", record.link_id, record.key, record.server
+    )
+    body = (
+        f"<h1>Secret stored</h1>{_record_list(record)}"
+        "<p>You can close this page and return to the assistant. The value will not be shown again.</p>"
+    )
+    return _page("Secret stored", body, 200)

@@ -1,0 +1,193 @@
+"""The original design's REST API, on the same bearer tokens and the same rules as the tools.
+
+``POST /secrets/set`` takes ``{server, key, value, action}`` (action save, update
+or delete) and ``GET /secrets[?server=…]`` lists the caller's key names. No
+answer ever holds a value. ``GET /openapi.json`` documents both.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import anyio
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, RequireAuthMiddleware
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, request_response
+
+from mcp_secrets import __version__
+from mcp_secrets.errors import InvalidInputError, SecretNotFoundError, SecretsError, StoreUnavailableError
+from mcp_secrets.secrets import Secrets
+
+MAX_BODY_BYTES = 256 * 1024
+
+
+class SetSecretRequest(BaseModel):
+    """The body of ``POST /secrets/set``; errors name fields, never values."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, strict=True)
+
+    server: str
+    key: str
+    value: str | None = None
+    action: Literal["save", "update", "delete"] = "save"
+
+
+def _error(status: int, error: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": error, "message": message}, status_code=status)
+
+
+def _username(request: Request) -> str:
+    user = request.scope["user"]
+    assert isinstance(user, AuthenticatedUser)  # noqa: S101 - RequireAuthMiddleware let it through
+    return str(user.access_token.subject)
+
+
+async def _call(work: Any) -> JSONResponse | Any:  # noqa: ANN401 - passes the result through
+    """Run a blocking Secrets call off the loop; map its errors to HTTP answers."""
+    try:
+        return await anyio.to_thread.run_sync(work)
+    except InvalidInputError as exc:
+        return _error(400, "invalid_input", str(exc))
+    except SecretNotFoundError as exc:
+        return _error(404, "not_found", str(exc))
+    except StoreUnavailableError as exc:
+        return _error(503, "store_unavailable", str(exc))
+    except SecretsError as exc:
+        return _error(500, "error", str(exc))
+
+
+def rest_routes(secrets: Secrets) -> list[Route]:
+    """``/secrets/set``, ``/secrets`` (bearer token required) and ``/openapi.json`` (open)."""
+
+    async def set_secret(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            return _error(413, "too_large", "the request body is too large")
+        try:
+            payload = SetSecretRequest.model_validate_json(body)
+        except ValidationError as exc:
+            fields = ", ".join(sorted({".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors()}))
+            return _error(400, "invalid_input", f"invalid or missing fields: {fields}")
+        username = _username(request)
+        result = await _call(
+            lambda: secrets.update_secret(
+                username, payload.server, payload.key, payload.value, payload.action
+            )
+        )
+        if isinstance(result, JSONResponse):
+            return result
+        return JSONResponse({"server": result.server, "key": result.key, "status": result.status})
+
+    async def list_keys(request: Request) -> Response:
+        username = _username(request)
+        server = request.query_params.get("server")
+        infos = await _call(lambda: secrets.list_secret_keys(username, server))
+        if isinstance(infos, JSONResponse):
+            return infos
+        keys = [
+            {
+                "server": info.server,
+                "key": info.key,
+                "created_at": info.created_at.isoformat(),
+                "updated_at": info.updated_at.isoformat(),
+            }
+            for info in infos
+        ]
+        return JSONResponse({"username": username, "keys": keys})
+
+    async def openapi(_: Request) -> Response:
+        return Response(json.dumps(OPENAPI, indent=2), media_type="application/json")
+
+    def protected(endpoint: Any) -> RequireAuthMiddleware:  # noqa: ANN401 - a Starlette endpoint
+        return RequireAuthMiddleware(request_response(endpoint), required_scopes=[])
+
+    return [
+        Route("/secrets/set", protected(set_secret), methods=["POST"]),
+        Route("/secrets", protected(list_keys), methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "mcp-secrets REST API",
+        "version": __version__,
+        "description": "Write-only secrets of the authenticated user. No response ever contains a value.",
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+                "required": ["error", "message"],
+            },
+            "SetSecretRequest": SetSecretRequest.model_json_schema(),
+        },
+    },
+    "security": [{"bearer": []}],
+    "paths": {
+        "/secrets/set": {
+            "post": {
+                "summary": "Save, update or delete one of the caller's secrets",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/SetSecretRequest"}}
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "Done; the value is not echoed",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "server": {"type": "string"},
+                                        "key": {"type": "string"},
+                                        "status": {"enum": ["created", "updated", "deleted"]},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "400": {
+                        "description": "Invalid input",
+                        "content": {"application/json": {"schema": _ERROR}},
+                    },
+                    "401": {"description": "No valid bearer token"},
+                    "404": {
+                        "description": "No such secret",
+                        "content": {"application/json": {"schema": _ERROR}},
+                    },
+                    "503": {
+                        "description": "Store unavailable",
+                        "content": {"application/json": {"schema": _ERROR}},
+                    },
+                },
+            }
+        },
+        "/secrets": {
+            "get": {
+                "summary": "List the caller's secret names and timestamps, never values",
+                "parameters": [
+                    {"name": "server", "in": "query", "required": False, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "The caller's keys"},
+                    "400": {
+                        "description": "Invalid input",
+                        "content": {"application/json": {"schema": _ERROR}},
+                    },
+                    "401": {"description": "No valid bearer token"},
+                },
+            }
+        },
+    },
+}
