@@ -284,7 +284,8 @@ def build_server(
     ) -> Annotated[CallToolResult, SecretChange]:
         """Store one of your secrets for an MCP server, encrypted; replaces an existing one.
 
-        The value is write-only: no tool ever returns it, and it is never logged.
+        The value is write-only: no tool ever returns it, and it is never logged. Prefer
+        request_secret, which lets the user type the value where the conversation never sees it.
         """
         username = _caller(identity, ctx)
         change = await _run(lambda: secrets.set_secret(username, server, key, value))
