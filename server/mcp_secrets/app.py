@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import anyio
 from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.settings import AuthSettings
+from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer, RequestStateSecurity
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import (
@@ -22,6 +23,8 @@ from mcp_types import (
     ElicitRequestURLParams,
     ElicitResult,
     InputRequiredResult,
+    ListToolsResult,
+    PaginatedRequestParams,
     TextContent,
     ToolAnnotations,
 )
@@ -31,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mcp_secrets import __version__
 from mcp_secrets.entry import EntryLink, EntryLinks
 from mcp_secrets.errors import SecretsError
+from mcp_secrets.gateway import Gateway
 from mcp_secrets.identity import Identity
 from mcp_secrets.secrets import Secrets, validate_name
 
@@ -73,11 +77,21 @@ class SecretRequest(BaseModel):
     expires_at: datetime | None = None
 
 
+class ServerSecretsStatus(BaseModel):
+    """For a downstream server of the gateway: the keys it requires and which the caller lacks."""
+
+    server: str
+    description: str
+    required: list[str]
+    missing: list[str]
+
+
 class SecretKeyList(BaseModel):
-    """The caller's stored secret names."""
+    """The caller's stored secret names, and (with the gateway) what each downstream server still needs."""
 
     username: str
     keys: list[SecretKeyEntry]
+    servers: list[ServerSecretsStatus] = Field(default_factory=list)
 
 
 def _result(text: str, structured: BaseModel) -> CallToolResult:
@@ -102,11 +116,33 @@ def _caller(identity: Identity, ctx: Context[Any, Any]) -> str:
 
 
 class _SecretsServer(MCPServer[Any]):
-    """``MCPServer`` whose argument errors name fields but never quote the input."""
+    """``MCPServer`` whose argument errors never quote the input, and which routes gateway tools."""
+
+    gateway: Gateway | None = None
+    identity: Identity | None = None
+
+    async def _handle_list_tools(
+        self,
+        ctx: ServerRequestContext[Any],
+        params: PaginatedRequestParams | None,  # noqa: ARG002 - one page holds every tool
+    ) -> ListToolsResult:
+        tools = await self.list_tools()
+        if self.gateway is not None and self.identity is not None:
+            username = _caller(self.identity, Context(request_context=ctx, mcp_server=self))
+            tools.extend(await self.gateway.list_tools(username))
+        return ListToolsResult(tools=tools)
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
+        if self.gateway is not None and self.identity is not None and self.gateway.owns(name):
+            if context is None:
+                raise ToolError("downstream tools need a request context")
+            username = _caller(self.identity, context)
+            try:
+                return await self.gateway.call_tool(username, name, arguments, context)
+            except SecretsError as exc:
+                raise ToolError(str(exc)) from None
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
@@ -198,6 +234,20 @@ async def _entry_outcome(
     )
 
 
+def missing_secrets_hint(entry: EntrySettings | None) -> Callable[[str, str, list[str]], str]:
+    """How the gateway says to store missing keys: an entry link per key when the page is served."""
+
+    def hint(username: str, server: str, keys: list[str]) -> str:
+        if entry is None:
+            return (
+                f"Store each with request_secret (server {server!r}), or run `mcp-secrets set {server} KEY`."
+            )
+        links = [f"{key}: {entry.links.create(username, server, key).url(entry.base_url)}" for key in keys]
+        return "Open each link to enter it (one use, a few minutes):\n" + "\n".join(links)
+
+    return hint
+
+
 def build_server(
     secrets: Secrets,
     identity: Identity,
@@ -205,12 +255,15 @@ def build_server(
     token_verifier: TokenVerifier | None = None,
     auth: AuthSettings | None = None,
     entry: EntrySettings | None = None,
+    gateway: Gateway | None = None,
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO",
 ) -> MCPServer[Any]:
     """The mcp-secrets MCP server over ``secrets``, for callers named by ``identity``.
 
     With ``entry``, ``request_secret`` hands out links to the entry page; without
-    it (stdio), it tells the user to run ``mcp-secrets set``.
+    it (stdio), it tells the user to run ``mcp-secrets set``. With ``gateway``, the
+    downstream servers' tools are offered too, prefixed ``<server>__``; run the
+    server inside ``gateway.running()``.
     """
     mcp = _SecretsServer(
         "mcp-secrets",
@@ -223,6 +276,8 @@ def build_server(
         # Keyed from the master key, so any replica can resume another's multi-round request_secret.
         request_state_security=RequestStateSecurity(keys=[secrets.encryptor.derive_key("request state")]),
     )
+    mcp.gateway = gateway
+    mcp.identity = identity
 
     @mcp.tool(
         annotations=ToolAnnotations(
@@ -325,6 +380,7 @@ def build_server(
         """List the names of your stored secrets and when each was created and updated; never their values."""
         username = _caller(identity, ctx)
         infos = await _run(lambda: secrets.list_secret_keys(username, server))
+        statuses = [] if gateway is None else await _run(lambda: gateway.status(username))
         entries = [
             SecretKeyEntry(
                 server=info.server, key=info.key, created_at=info.created_at, updated_at=info.updated_at
@@ -339,6 +395,16 @@ def build_server(
         text = f"{len(entries)} secret(s){scope} stored for {username}" + (
             ":\n" + "\n".join(lines) if lines else "."
         )
-        return _result(text, SecretKeyList(username=username, keys=entries))
+        servers = [
+            ServerSecretsStatus(
+                server=st.server, description=st.description, required=st.required, missing=st.missing
+            )
+            for st in statuses
+            if server is None or st.server == server
+        ]
+        needs = [f"- {st.server} still needs: {', '.join(st.missing)}" for st in servers if st.missing]
+        if needs:
+            text += "\nDownstream servers missing secrets:\n" + "\n".join(needs)
+        return _result(text, SecretKeyList(username=username, keys=entries, servers=servers))
 
     return mcp

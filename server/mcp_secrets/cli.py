@@ -11,14 +11,14 @@ import argparse
 import getpass
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
 import anyio
 from pydantic import ValidationError
 
 from mcp_secrets import __version__
-from mcp_secrets.app import EntrySettings, build_server
+from mcp_secrets.app import EntrySettings, build_server, missing_secrets_hint
 from mcp_secrets.bootstrap import (
     MasterKeys,
     build_secrets,
@@ -30,8 +30,11 @@ from mcp_secrets.config import Settings
 from mcp_secrets.crypto import generate_master_key
 from mcp_secrets.entry import EntryLinks
 from mcp_secrets.errors import ConfigurationError, InvalidInputError, SecretsError, StoreUnavailableError
+from mcp_secrets.gateway import Gateway, load_gateway_config
+from mcp_secrets.gateway.pool import DownstreamPool
 from mcp_secrets.identity import BearerIdentity, LocalIdentity, local_username
 from mcp_secrets.logs import configure_logging
+from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import SecretStore
 from mcp_secrets.tokens import ApiTokens, NewToken
 from mcp_secrets.web import auth_settings, base_url, endpoint_url, http_app, serve_http, token_verifier
@@ -59,6 +62,7 @@ def _settings(args: argparse.Namespace) -> Settings:
             "username_claim",
             "log_level",
             "public_url",
+            "servers",
         )
         if getattr(args, name, None) is not None
     }
@@ -96,7 +100,7 @@ Claude Desktop (claude_desktop_config.json), through the mcp-remote bridge:
     )
 
 
-def _summary(settings: Settings, keys: MasterKeys, username: str | None) -> None:
+def _summary(settings: Settings, keys: MasterKeys, username: str | None, gateway: Gateway | None) -> None:
     where = "stdio" if settings.transport == "stdio" else endpoint_url(settings)
     mode = " (stateless)" if settings.stateless_http and settings.transport == "streamable-http" else ""
     _say(f"mcp-secrets {__version__}: serving {settings.transport}{mode} at {where}")
@@ -107,6 +111,8 @@ def _summary(settings: Settings, keys: MasterKeys, username: str | None) -> None
     else:
         verifiers = "API tokens" + (f" and JWTs from {settings.issuer}" if settings.jwks_url else "")
         _say(f"  auth:       bearer {verifiers}")
+    if gateway is not None:
+        _say(f"  gateway:    {', '.join(gateway.config.servers) or 'no servers'} from {gateway.config.path}")
     if keys.generated:
         _say(
             "  A new master key was generated. Back up that file: without it nobody, you included, "
@@ -123,28 +129,49 @@ def _serve(args: argparse.Namespace) -> int:
     secrets, keys = build_secrets(settings, store, generate_key=True)
     if settings.transport == "stdio":
         username = local_username(settings.user)
-        mcp = build_server(secrets, LocalIdentity(username), log_level=settings.log_level)
-        _summary(settings, keys, username)
-        anyio.run(mcp.run_stdio_async)
+        gateway = _gateway(settings, secrets, None)
+        mcp = build_server(secrets, LocalIdentity(username), gateway=gateway, log_level=settings.log_level)
+        _summary(settings, keys, username, gateway)
+        anyio.run(_with_gateway, gateway, mcp.run_stdio_async)
         return 0
     tokens = ApiTokens(store)
     links = EntryLinks(secrets, ttl=timedelta(minutes=settings.entry_link_minutes))
+    entry = EntrySettings(links=links, base_url=base_url(settings), wait_seconds=settings.entry_wait_seconds)
+    gateway = _gateway(settings, secrets, entry)
     mcp = build_server(
         secrets,
         BearerIdentity(),
         token_verifier=token_verifier(settings, tokens),
         auth=auth_settings(settings),
-        entry=EntrySettings(
-            links=links, base_url=base_url(settings), wait_seconds=settings.entry_wait_seconds
-        ),
+        entry=entry,
+        gateway=gateway,
         log_level=settings.log_level,
     )
     app = http_app(mcp, settings, secrets, links)
-    _summary(settings, keys, None)
+    _summary(settings, keys, None, gateway)
     if not settings.jwks_url and not tokens.has_any():
         _print_first_token(tokens.create(local_username(settings.user), label="first run"), settings)
-    anyio.run(serve_http, app, settings)
+    anyio.run(_with_gateway, gateway, lambda: serve_http(app, settings))
     return 0
+
+
+def _gateway(settings: Settings, secrets: Secrets, entry: EntrySettings | None) -> Gateway | None:
+    """The gateway over the ``--servers`` file, checked now so that a bad file stops the start."""
+    if settings.servers is None:
+        return None
+    pool = DownstreamPool(
+        max_live=settings.gateway_max_connections, idle_seconds=settings.gateway_idle_seconds
+    )
+    config = load_gateway_config(settings.servers)
+    return Gateway(config, secrets, pool=pool, missing_hint=missing_secrets_hint(entry))
+
+
+async def _with_gateway(gateway: Gateway | None, serve: Callable[[], Awaitable[None]]) -> None:
+    if gateway is None:
+        await serve()
+        return
+    async with gateway.running():
+        await serve()
 
 
 def _read_value(prompt: str) -> str:
@@ -229,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Streamable HTTP without sessions, so replicas can share one MongoDB behind a load balancer",
     )
     serve.add_argument("--public-url", help="URL clients use to reach this server, when behind a proxy")
+    serve.add_argument(
+        "--servers",
+        metavar="FILE",
+        help='gateway: downstream MCP servers ({"mcpServers": …}) to offer with each caller\'s secrets',
+    )
     serve.add_argument("--jwks-url", help="also accept JWTs signed by a key of this JWKS (OIDC provider)")
     serve.add_argument("--issuer", help="required `iss` of accepted JWTs")
     serve.add_argument("--audience", help="required `aud` of accepted JWTs")

@@ -79,6 +79,14 @@ class Settings(BaseSettings):
         default=10.0, gt=0, le=24 * 60, description="How long an entry link works."
     )
 
+    servers: Path | None = Field(
+        default=None, description="Gateway configuration: downstream MCP servers and the secrets they need."
+    )
+    gateway_max_connections: int = Field(
+        default=32, ge=1, description="Bound on live downstream connections."
+    )
+    gateway_idle_seconds: float = Field(default=300.0, gt=0, description="Idle downstream connections close.")
+
     log_level: LogLevel = "INFO"
 
     _split_hosts = field_validator("allowed_hosts", "allowed_origins", mode="before")(_split_commas)

@@ -8,7 +8,9 @@ import sys
 
 # These libraries log raw JSON-RPC messages or request bodies at DEBUG, and a
 # set_secret request carries a value: they never log below INFO, whatever our level.
-PAYLOAD_LOGGERS = ("mcp", "mcp_types", "httpx", "httpx2", "httpcore", "sse_starlette", "uvicorn", "starlette")
+PAYLOAD_LOGGERS = ("mcp", "mcp_types", "httpcore", "sse_starlette", "uvicorn", "starlette")
+# HTTP clients log each request's URL at INFO, and a gateway URL may carry an injected secret.
+URL_LOGGERS = ("httpx", "httpx2")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _ENTRY_TOKEN = re.compile(r"(/secrets/entry/)[^\s\"'?#/]+")
 
@@ -37,3 +39,5 @@ def configure_logging(level: str = "INFO") -> None:
     floor = max(logging.INFO, logging.getLevelName(level))
     for name in PAYLOAD_LOGGERS:
         logging.getLogger(name).setLevel(floor)
+    for name in URL_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, floor))

@@ -1,0 +1,302 @@
+"""The gateway: downstream MCP servers' tools, called with each caller's own secrets.
+
+For a call of ``github__create_issue`` by alice, the gateway reads alice's
+secrets of server ``github`` (only those), fills the ``${secret:KEY}``
+placeholders of that server's entry, calls the tool on alice's own connection
+to it, and takes every injected value back out of what comes back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets as _random
+import warnings
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx2
+from mcp import Client
+from mcp.client.session import LoggingFnT
+from mcp.client.sse import sse_client
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server.mcpserver import Context
+from mcp.shared.dispatcher import ProgressFnT
+from mcp.shared.exceptions import MCPDeprecationWarning
+from mcp_types import CallToolResult, LoggingMessageNotificationParams, Tool
+
+from mcp_secrets.errors import SecretsError
+from mcp_secrets.gateway.config import SEPARATOR, GatewayConfig, ServerConfig, load_gateway_config, substitute
+from mcp_secrets.gateway.pool import Connection, DownstreamPool, GatewayBusyError
+from mcp_secrets.gateway.redact import Redactor
+from mcp_secrets.secrets import Secrets
+
+__all__ = ["Gateway", "GatewayConfig", "ServerStatus", "load_gateway_config"]
+
+logger = logging.getLogger(__name__)
+REMOTE_TIMEOUT_SECONDS = 30.0
+
+
+class MissingSecretsError(SecretsError):
+    """Raised when a caller lacks secrets a downstream server requires; nothing is started."""
+
+
+class DownstreamError(SecretsError):
+    """Raised when a downstream server cannot be started or reached, or fails mid-call."""
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """Which of a downstream server's required keys a user has stored."""
+
+    server: str
+    description: str
+    required: list[str]
+    missing: list[str]
+
+
+def split_tool_name(name: str) -> tuple[str, str] | None:
+    """``("github", "create_issue")`` for ``github__create_issue``; None for a name without a server."""
+    server, separator, tool = name.partition(SEPARATOR)
+    return (server, tool) if separator and server and tool else None
+
+
+class Gateway:
+    """Lists and calls downstream tools for one caller at a time, with that caller's secrets."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        secrets: Secrets,
+        *,
+        pool: DownstreamPool | None = None,
+        missing_hint: Callable[[str, str, list[str]], str] | None = None,
+    ) -> None:
+        self.config = config
+        self.secrets = secrets
+        self.pool = pool or DownstreamPool()
+        # Says how to store missing keys (with entry links when the entry page is served).
+        self._missing_hint = missing_hint
+        self._fingerprint_salt = _random.token_bytes(16)
+        self._known_tools: dict[str, list[Tool]] = {}
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Gateway]:
+        """Run the connection pool; every downstream is closed on exit."""
+        async with self.pool.running():
+            yield self
+
+    def owns(self, name: str) -> bool:
+        """True when ``name`` is a downstream tool's prefixed name."""
+        parts = split_tool_name(name)
+        return parts is not None and parts[0] in self.config.servers
+
+    def status(self, username: str) -> list[ServerStatus]:
+        """For each configured server, the required keys ``username`` has not stored (blocking)."""
+        stored: dict[str, set[str]] = {}
+        for info in self.secrets.list_secret_keys(username):
+            stored.setdefault(info.server, set()).add(info.key)
+        return [
+            ServerStatus(
+                server=name,
+                description=server.spec.description,
+                required=sorted(server.required),
+                missing=sorted(server.required - stored.get(name, set())),
+            )
+            for name, server in self.config.servers.items()
+        ]
+
+    async def list_tools(self, username: str) -> list[Tool]:
+        """Every downstream tool, prefixed with its server's name, as listed with the caller's secrets.
+
+        A server the caller cannot start yet (missing secrets, or down) shows the tools it
+        listed last, so that a call can say what is missing.
+        """
+        tools: list[Tool] = []
+        for name, server in self.config.servers.items():
+            try:
+                listed = await self._list(username, server)
+            except SecretsError as exc:
+                logger.info("tools of server %s not listed for %s: %s", name, username, type(exc).__name__)
+                listed = self._known_tools.get(name, [])
+            tools.extend(
+                tool.model_copy(
+                    update={
+                        "name": f"{name}{SEPARATOR}{tool.name}",
+                        "description": f"[{name}] {tool.description or ''}",
+                    }
+                )
+                for tool in listed
+            )
+        return tools
+
+    async def call_tool(
+        self, username: str, name: str, arguments: Mapping[str, Any], ctx: Context[Any, Any] | None = None
+    ) -> CallToolResult:
+        """Call a downstream tool as ``username``; the result carries no injected value."""
+        parts = split_tool_name(name)
+        if parts is None or parts[0] not in self.config.servers:
+            raise DownstreamError(f"there is no downstream tool {name!r}")
+        server = self.config.servers[parts[0]]
+        async with self._session(username, server, ctx) as (connection, redactor):
+            assert connection.client is not None  # noqa: S101 - set before the pool hands it out
+            forward = _progress_forwarder(ctx)
+            try:
+                result = await connection.client.call_tool(
+                    parts[1], dict(arguments), progress_callback=forward
+                )
+            except Exception as exc:  # noqa: BLE001 - any downstream failure becomes a tool error
+                self.pool.discard(connection)
+                raise DownstreamError(
+                    redactor.text(
+                        f"downstream server {server.name} failed during {parts[1]}: {_describe(exc)}"
+                    )
+                ) from None
+            return redact_result(result, redactor)
+
+    async def _list(self, username: str, server: ServerConfig) -> list[Tool]:
+        async with self._session(username, server, None) as (connection, redactor):
+            assert connection.client is not None  # noqa: S101
+            try:
+                listed = (await connection.client.list_tools()).tools
+            except Exception as exc:  # noqa: BLE001 - any downstream failure becomes a tool error
+                self.pool.discard(connection)
+                raise DownstreamError(
+                    redactor.text(f"listing {server.name} failed: {_describe(exc)}")
+                ) from None
+        tools = [Tool.model_validate(redactor.data(tool.model_dump(by_alias=True))) for tool in listed]
+        self._known_tools[server.name] = tools
+        return tools
+
+    @asynccontextmanager
+    async def _session(
+        self, username: str, server: ServerConfig, ctx: Context[Any, Any] | None
+    ) -> AsyncIterator[tuple[Connection, Redactor]]:
+        """The caller's connection to ``server``, opened with their secrets of that server only."""
+        values = await anyio.to_thread.run_sync(self.secrets.get_secrets, username, server.name)
+        missing = sorted(server.required - values.keys())
+        if missing:
+            hint = ""
+            if self._missing_hint is not None:
+                hint = await anyio.to_thread.run_sync(self._missing_hint, username, server.name, missing)
+            raise MissingSecretsError(
+                f"server {server.name} needs secret(s) you have not stored: {', '.join(missing)}. "
+                + (hint or f"Store each with request_secret(server={server.name!r}, key=...).")
+            )
+        redactor = Redactor(values)
+        injected = {key: values.get(key, "") for key in server.referenced}
+        opener, fingerprint, holder = self._opener(server, injected)
+        del values, injected  # decrypted values now live only in the opener, for this call
+        try:
+            async with self.pool.connection((username, server.name), fingerprint, opener) as connection:
+                holder["connection"] = connection
+                connection.on_log = _log_forwarder(ctx, redactor)
+                yield connection, redactor
+        except (GatewayBusyError, MissingSecretsError, DownstreamError):
+            raise
+        except SecretsError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any downstream failure becomes a tool error
+            raise DownstreamError(
+                redactor.text(f"downstream server {server.name} could not be started: {_describe(exc)}")
+            ) from None
+
+    def _opener(
+        self, server: ServerConfig, injected: Mapping[str, str]
+    ) -> tuple[Callable[[], AbstractAsyncContextManager[Client]], str, dict[str, Connection]]:
+        spec = server.spec
+
+        def fill(text: str) -> str:
+            return substitute(text, injected)
+
+        args = [fill(arg) for arg in spec.args]
+        env = {name: fill(value) for name, value in spec.env.items()}
+        headers = {name: fill(value) for name, value in spec.headers.items()}
+        url = fill(spec.url) if spec.url is not None else None
+        material = json.dumps([spec.command, args, env, headers, url], sort_keys=True).encode()
+        fingerprint = hashlib.sha256(self._fingerprint_salt + material).hexdigest()
+        holder: dict[str, Connection] = {}
+
+        @asynccontextmanager
+        async def open_stdio() -> AsyncIterator[Client]:
+            assert spec.command is not None  # noqa: S101
+            params = StdioServerParameters(command=spec.command, args=args, env=env, cwd=spec.cwd)
+            # The downstream's stderr could print an injected value: it never reaches our log.
+            with open(os.devnull, "w", encoding="utf-8") as errlog:  # noqa: PTH123, ASYNC230 - never blocks
+                transport = stdio_client(params, errlog=errlog)
+                async with Client(transport, logging_callback=_relay(holder), log_level="debug") as client:
+                    yield client
+
+        @asynccontextmanager
+        async def open_remote() -> AsyncIterator[Client]:
+            assert url is not None  # noqa: S101
+            if server.remote_transport == "sse":
+                async with Client(
+                    sse_client(url, headers=headers), logging_callback=_relay(holder), log_level="debug"
+                ) as client:
+                    yield client
+                return
+            async with (
+                httpx2.AsyncClient(headers=headers, timeout=REMOTE_TIMEOUT_SECONDS) as http,
+                Client(
+                    streamable_http_client(url, http_client=http),
+                    logging_callback=_relay(holder),
+                    log_level="debug",
+                ) as client,
+            ):
+                yield client
+
+        return (open_stdio if server.is_stdio else open_remote), fingerprint, holder
+
+
+def redact_result(result: CallToolResult, redactor: Redactor) -> CallToolResult:
+    """``result`` with every spelling of an injected value replaced: text, structured content, errors."""
+    return CallToolResult.model_validate(redactor.data(result.model_dump(by_alias=True, mode="json")))
+
+
+def _describe(exc: BaseException) -> str:
+    inner = getattr(exc, "exceptions", None)  # an exception group: describe its first member
+    if isinstance(inner, tuple) and inner and isinstance(inner[0], BaseException):
+        return _describe(inner[0])
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _relay(holder: dict[str, Connection]) -> LoggingFnT:
+    async def relay(params: LoggingMessageNotificationParams) -> None:
+        connection = holder.get("connection")
+        if connection is not None and connection.on_log is not None:
+            await connection.on_log(params)
+
+    return relay
+
+
+def _log_forwarder(
+    ctx: Context[Any, Any] | None, redactor: Redactor
+) -> Callable[[LoggingMessageNotificationParams], Any] | None:
+    if ctx is None:
+        return None
+
+    async def forward(params: LoggingMessageNotificationParams) -> None:
+        with warnings.catch_warnings():
+            # Logging is deprecated as of 2026-07-28 but clients still use it: relay it quietly.
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            await ctx.log(params.level, redactor.data(params.data), logger_name=params.logger)
+
+    return forward
+
+
+def _progress_forwarder(ctx: Context[Any, Any] | None) -> ProgressFnT | None:
+    if ctx is None:
+        return None
+
+    async def forward(progress: float, total: float | None, message: str | None) -> None:
+        await ctx.report_progress(progress, total, message)
+
+    return forward

@@ -1,0 +1,201 @@
+"""The gateway's configuration file: downstream MCP servers in the shape MCP clients use.
+
+    {"mcpServers": {
+        "github": {
+            "command": "npx", "args": ["-y", "@modelcontextprotocol/server-github"],
+            "env": {"GITHUB_PERSONAL_ACCESS_TOKEN": "${secret:GITHUB_TOKEN}"},
+            "secrets": {"GITHUB_TOKEN": {"description": "A GitHub personal access token"}}
+        },
+        "linear": {"url": "https://mcp.example.com/mcp", "transport": "streamable-http",
+                   "headers": {"Authorization": "Bearer ${secret:LINEAR_API_KEY}"}}
+    }}
+
+``${secret:KEY}`` stands for the caller's secret KEY of that server (the record
+whose ``server`` is the entry's name), in ``env`` values, ``args``, ``headers``
+and ``url``. ``secrets`` is optional: it describes keys for users and marks
+optional ones (``"required": false``); when present, every referenced key must
+be declared there.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mcp_secrets.errors import ConfigurationError
+from mcp_secrets.secrets import NAME_RULE, validate_name
+
+PLACEHOLDER = re.compile(r"\$\{secret:([^}]*)\}")
+SEPARATOR = "__"
+
+
+class SecretSpec(BaseModel):
+    """What a downstream server's secret is for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = ""
+    required: bool = True
+
+
+class DownstreamServer(BaseModel):
+    """One entry of ``mcpServers``: a stdio command or a remote URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    transport: Literal["streamable-http", "sse"] | None = None
+    type: Literal["stdio", "streamable-http", "http", "sse"] | None = None  # as some clients spell it
+    description: str = ""
+    secrets: dict[str, SecretSpec] | None = None
+
+
+class ServerConfig(BaseModel):
+    """A validated downstream server: its name, how to reach it, and the keys it needs."""
+
+    name: str
+    spec: DownstreamServer
+    referenced: frozenset[str]
+    required: frozenset[str]
+    descriptions: dict[str, str]
+
+    @property
+    def is_stdio(self) -> bool:
+        """True for a command started per user, False for a remote URL."""
+        return self.spec.command is not None
+
+    @property
+    def remote_transport(self) -> Literal["streamable-http", "sse"]:
+        """How to talk to a remote server."""
+        if self.spec.transport is not None:
+            return self.spec.transport
+        return "sse" if self.spec.type == "sse" else "streamable-http"
+
+
+class GatewayConfig(BaseModel):
+    """Every downstream server of one configuration file, by name."""
+
+    path: str
+    servers: dict[str, ServerConfig]
+
+
+def references(text: str) -> set[str]:
+    """The keys ``text`` refers to with ``${secret:KEY}``."""
+    return set(PLACEHOLDER.findall(text))
+
+
+def substitute(text: str, values: Mapping[str, str]) -> str:
+    """``text`` with each ``${secret:KEY}`` replaced by ``values[KEY]`` (all must be present)."""
+    return PLACEHOLDER.sub(lambda match: values[match.group(1)], text)
+
+
+def _fields(spec: DownstreamServer) -> dict[str, str]:
+    """Every text field that may hold placeholders, named as the error messages name them."""
+    named = {f"args[{index}]": arg for index, arg in enumerate(spec.args)}
+    named.update({f"env.{name}": value for name, value in spec.env.items()})
+    named.update({f"headers.{name}": value for name, value in spec.headers.items()})
+    if spec.url is not None:
+        named["url"] = spec.url
+    return named
+
+
+def _check_shape(where: str, name: str, spec: DownstreamServer) -> None:
+    try:
+        validate_name("server", name)
+    except ValueError:
+        raise ConfigurationError(f"{where}: the name must be {NAME_RULE}") from None
+    if SEPARATOR in name:
+        raise ConfigurationError(
+            f"{where}: the name must not contain {SEPARATOR!r}, which separates tool names"
+        )
+    if (spec.command is None) == (spec.url is None):
+        raise ConfigurationError(
+            f"{where}, field command/url: give exactly one of command (stdio) or url (remote)"
+        )
+    if spec.command is not None and (spec.headers or spec.transport):
+        raise ConfigurationError(f"{where}, field headers/transport: only remote (url) servers take these")
+    if spec.command is not None and references(spec.command):
+        raise ConfigurationError(
+            f"{where}, field command: secrets may appear in args, env, headers and url only"
+        )
+    for key in spec.secrets or {}:
+        if not _is_valid_key(key):
+            raise ConfigurationError(f"{where}, field secrets: a declared key must be {NAME_RULE}")
+
+
+def _is_valid_key(key: str) -> bool:
+    try:
+        validate_name("key", key)
+    except ValueError:
+        return False
+    return True
+
+
+def _referenced_keys(where: str, spec: DownstreamServer) -> set[str]:
+    referenced: set[str] = set()
+    for field, text in _fields(spec).items():
+        for key in references(text):
+            if not _is_valid_key(key):
+                raise ConfigurationError(
+                    f"{where}, field {field}: ${{secret:{key}}} does not name a valid key"
+                )
+            if spec.secrets is not None and key not in spec.secrets:
+                raise ConfigurationError(
+                    f"{where}, field {field}: ${{secret:{key}}} is not declared in the server's secrets"
+                )
+            referenced.add(key)
+        if "${secret:" in PLACEHOLDER.sub("", text):
+            raise ConfigurationError(f"{where}, field {field}: holds an unterminated ${{secret: placeholder")
+    return referenced
+
+
+def _server(path: str, name: str, spec: DownstreamServer) -> ServerConfig:
+    where = f"{path}: server {name!r}"
+    _check_shape(where, name, spec)
+    referenced = _referenced_keys(where, spec)
+    declared = spec.secrets or {}
+    required = {key for key in referenced if declared.get(key, SecretSpec()).required}
+    required |= {key for key, secret in declared.items() if secret.required}
+    return ServerConfig(
+        name=name,
+        spec=spec,
+        referenced=frozenset(referenced),
+        required=frozenset(required),
+        descriptions={key: secret.description for key, secret in declared.items()},
+    )
+
+
+def load_gateway_config(path: str | Path) -> GatewayConfig:
+    """Read and check a gateway configuration file; every problem names the file, server and field."""
+    source = Path(path).expanduser()
+    try:
+        document = json.loads(source.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigurationError(f"{source}: cannot be read ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(
+            f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    entries = document.get("mcpServers") if isinstance(document, dict) else None
+    if not isinstance(entries, dict):
+        raise ConfigurationError(f'{source}: needs an object "mcpServers" of downstream servers')
+    servers: dict[str, ServerConfig] = {}
+    for name, raw in entries.items():
+        try:
+            spec = DownstreamServer.model_validate(raw)
+        except ValidationError as exc:
+            error = exc.errors(include_input=False)[0]
+            field = ".".join(str(part) for part in error["loc"]) or "(entry)"
+            raise ConfigurationError(f"{source}: server {name!r}, field {field}: {error['msg']}") from None
+        servers[name] = _server(str(source), name, spec)
+    return GatewayConfig(path=str(source), servers=servers)

@@ -1,0 +1,152 @@
+"""Live connections to downstream MCP servers, one per (username, server), never shared between users.
+
+Each connection runs in its own task of the pool's task group, so the SDK
+client's context managers open and close in one task. Idle connections are
+closed after ``idle_seconds``; at ``max_live`` the least recently used idle one
+makes room. A connection whose process died or whose secrets changed is
+replaced on the next call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from mcp import Client
+
+from mcp_secrets.errors import SecretsError
+
+logger = logging.getLogger(__name__)
+
+PoolKey = tuple[str, str]
+# Opens the transport to one downstream server; called inside the connection's own task.
+Opener = Callable[[], AbstractAsyncContextManager[Client]]
+
+
+class GatewayBusyError(SecretsError):
+    """Raised when every downstream connection is in use and the pool is at its bound."""
+
+
+@dataclass(eq=False)
+class Connection:
+    """One user's live client of one downstream server."""
+
+    key: PoolKey
+    fingerprint: str
+    client: Client | None = None
+    last_used: float = field(default_factory=anyio.current_time)
+    active_calls: int = 0
+    dead: bool = False
+    stop: anyio.Event = field(default_factory=anyio.Event)
+    closed: anyio.Event = field(default_factory=anyio.Event)
+    on_log: Callable[[Any], Awaitable[None]] | None = None
+
+
+class DownstreamPool:
+    """Opens, reuses, bounds and closes downstream connections."""
+
+    def __init__(self, *, max_live: int = 32, idle_seconds: float = 300.0) -> None:
+        self.max_live = max_live
+        self.idle_seconds = idle_seconds
+        self._connections: dict[PoolKey, Connection] = {}
+        self._locks: dict[PoolKey, anyio.Lock] = {}
+        self._task_group: TaskGroup | None = None
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[DownstreamPool]:
+        """Run the pool (and its idle reaper); on exit every downstream connection is closed."""
+        async with anyio.create_task_group() as task_group:
+            self._task_group = task_group
+            task_group.start_soon(self._reap_idle)
+            try:
+                yield self
+            finally:
+                for connection in list(self._connections.values()):
+                    connection.stop.set()
+                self._connections.clear()
+                task_group.cancel_scope.cancel()
+                self._task_group = None
+
+    @property
+    def live(self) -> int:
+        """How many downstream connections are open."""
+        return len(self._connections)
+
+    @asynccontextmanager
+    async def connection(self, key: PoolKey, fingerprint: str, opener: Opener) -> AsyncIterator[Connection]:
+        """A live connection for ``key`` made with ``opener``, held for the duration of one call."""
+        connection = await self._acquire(key, fingerprint, opener)
+        connection.active_calls += 1
+        try:
+            yield connection
+        finally:
+            connection.active_calls -= 1
+            connection.last_used = anyio.current_time()
+
+    def discard(self, connection: Connection) -> None:
+        """Close a connection whose downstream failed; the next call opens a new one."""
+        connection.dead = True
+        connection.stop.set()
+        if self._connections.get(connection.key) is connection:
+            del self._connections[connection.key]
+
+    async def _acquire(self, key: PoolKey, fingerprint: str, opener: Opener) -> Connection:
+        if self._task_group is None:
+            raise RuntimeError("the downstream pool is not running; use `async with pool.running()`")
+        lock = self._locks.setdefault(key, anyio.Lock())
+        async with lock:
+            current = self._connections.get(key)
+            if current is not None and not current.dead and current.fingerprint == fingerprint:
+                return current
+            if current is not None:
+                self.discard(current)
+            self._make_room()
+            connection = Connection(key, fingerprint)
+            await self._task_group.start(self._hold, connection, opener)
+            self._connections[key] = connection
+            return connection
+
+    def _make_room(self) -> None:
+        while len(self._connections) >= self.max_live:
+            idle = [c for c in self._connections.values() if c.active_calls == 0]
+            if not idle:
+                raise GatewayBusyError(
+                    f"all {self.max_live} downstream connections are busy; try again in a moment"
+                )
+            self.discard(min(idle, key=lambda connection: connection.last_used))
+
+    async def _hold(self, connection: Connection, opener: Opener, *, task_status: TaskStatus[None]) -> None:
+        started = False
+        try:
+            async with opener() as client:
+                connection.client = client
+                started = True
+                task_status.started()
+                await connection.stop.wait()
+        except Exception as exc:
+            if not started:
+                raise
+            # Type only: a downstream's message may hold an injected value.
+            logger.info(
+                "downstream connection for server %s ended: %s", connection.key[1], type(exc).__name__
+            )
+        finally:
+            connection.dead = True
+            connection.closed.set()
+            if self._connections.get(connection.key) is connection:
+                del self._connections[connection.key]
+
+    async def _reap_idle(self) -> None:
+        period = max(0.05, min(self.idle_seconds / 2, 30.0))
+        while True:
+            await anyio.sleep(period)
+            now = anyio.current_time()
+            for connection in list(self._connections.values()):
+                if connection.active_calls == 0 and now - connection.last_used >= self.idle_seconds:
+                    logger.debug("closing idle downstream connection for server %s", connection.key[1])
+                    self.discard(connection)
