@@ -1,0 +1,80 @@
+"""The examples run as documented, against a real server and store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from mcp_secrets.gateway import load_gateway_config
+
+from .conftest import Deployment
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _run_example(
+    name: str, env: dict[str, str], *args: str, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_claude_desktop_config_runs_serve_over_stdio() -> None:
+    config = json.loads((EXAMPLES / "claude_desktop_config.json").read_text())
+
+    server = config["mcpServers"]["mcp-secrets"]
+    assert server["command"] == "mcp-secrets"
+    assert server["args"] == ["serve"]
+
+
+def test_gateway_example_is_a_valid_gateway_configuration() -> None:
+    config = load_gateway_config(EXAMPLES / "gateway.json")
+
+    assert config.servers["github"].required == {"GITHUB_TOKEN"}
+    assert config.servers["brave-search"].required == {"BRAVE_API_KEY"}
+
+
+def test_library_example_fetches_key_names_without_printing_values(env: dict[str, str], canary: str) -> None:
+    stored = subprocess.run(
+        [sys.executable, "-m", "mcp_secrets", "set", "github", "GITHUB_TOKEN", "--user", "alice"],
+        input=canary + "\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert stored.returncode == 0, stored.stderr
+
+    done = _run_example("get_secrets.py", env, "alice", "github")
+
+    assert done.returncode == 0, done.stderr
+    assert "1 secret(s) for alice on github: GITHUB_TOKEN" in done.stdout
+    assert canary not in done.stdout + done.stderr
+
+
+def test_http_client_example_stores_lists_and_deletes_with_a_token(
+    streamable_http_deployment: Deployment, canary: str
+) -> None:
+    env = {
+        **streamable_http_deployment.env,
+        "MCP_SECRETS_URL": streamable_http_deployment.endpoint,
+        "MCP_SECRETS_TOKEN": streamable_http_deployment.token("carol"),
+    }
+
+    done = _run_example("http_client.py", env, stdin=canary + "\n")
+
+    assert done.returncode == 0, done.stderr
+    assert "Secret API_KEY for server example created" in done.stdout
+    assert "example/API_KEY" in done.stdout
+    assert "deleted" in done.stdout
+    assert canary not in done.stdout + done.stderr + streamable_http_deployment.log()
