@@ -7,9 +7,11 @@ key, logs at DEBUG to a file the tests read back, and is stopped at teardown.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
@@ -22,6 +24,8 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
 
 from mcp_secrets.crypto import generate_master_key
 
@@ -30,6 +34,19 @@ HTTP_TRANSPORTS = ["streamable-http", "sse"]
 STARTUP_POLLS = 400  # x POLL_INTERVAL: a generous bound on how long a server may take to come up
 POLL_INTERVAL = 0.05
 CLI_TIMEOUT = 60
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    # No update checks, sync or other traffic of its own: the browser talks only to the server under test.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+BROWSER_TIMEOUT = 30
 
 
 @pytest.fixture
@@ -252,3 +269,55 @@ def deployment(request: pytest.FixtureRequest) -> Deployment:
 def http_deployment(request: pytest.FixtureRequest) -> Deployment:
     """Each HTTP transport in turn: Streamable HTTP and SSE."""
     return cast("Deployment", request.getfixturevalue(DEPLOYMENT_FIXTURES[request.param]))
+
+
+async def request_entry_link(deployment: Deployment, username: str, server: str, key: str) -> str:
+    """An entry link from ``request_secret``: a client without elicitation gets the URL in the result."""
+    async with deployment.connect(username) as client:
+        result = await client.call_tool("request_secret", {"server": server, "key": key})
+    assert not result.is_error, result.content
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "link_sent", result.structured_content
+    return str(result.structured_content["url"])
+
+
+def missing_browser() -> str | None:
+    """Why headless Chromium cannot run here, or None when it can."""
+    missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
+    if missing:
+        return f"{' and '.join(missing)} not found (Debian: apt-get install chromium chromium-driver)"
+    return None
+
+
+@contextmanager
+def headless_chromium(width: int = 900, height: int = 700) -> Iterator[webdriver.Chrome]:
+    """The system's Chromium under its own chromedriver, headless, with a throwaway profile.
+
+    Both paths are given, so Selenium Manager never tries to download a browser or a driver.
+    """
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium is not None, missing_browser()
+    assert chromedriver is not None, missing_browser()
+    with tempfile.TemporaryDirectory(prefix="mcp-secrets-chromium-") as profile:
+        options = webdriver.ChromeOptions()
+        options.binary_location = chromium
+        for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"):
+            options.add_argument(flag)
+        driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
+        try:
+            driver.set_page_load_timeout(BROWSER_TIMEOUT)
+            yield driver
+        finally:
+            driver.quit()
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    """Headless Chromium for one test: skipped where it is not installed, failed if CI requires it."""
+    reason = missing_browser()
+    if reason is not None:
+        if os.environ.get("MCP_SECRETS_REQUIRE_BROWSER", "") not in ("", "0"):
+            pytest.fail(f"MCP_SECRETS_REQUIRE_BROWSER is set, but {reason}")
+        pytest.skip(reason)
+    with headless_chromium() as driver:
+        yield driver
