@@ -42,6 +42,7 @@ input[type=password]:focus{outline:3px solid #2d6cdf;outline-offset:1px}
 button{margin-top:1rem;font-size:1rem;padding:.6rem 1.2rem;border:0;border-radius:6px;
 background:#2d6cdf;color:#fff}
 .note{color:#555;font-size:.9rem}.error{color:#b00020;font-weight:600}
+button,input{font:inherit}
 """
 
 
@@ -50,7 +51,7 @@ def _page(title: str, body: str, status: int, *, cookie: str | None = None) -> H
     html = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f'<meta name="referrer" content="no-referrer"><title>{escape(title)} · mcp-secrets</title>'
+        f'<meta name="referrer" content="same-origin"><title>{escape(title)} · mcp-secrets</title>'
         f'<style nonce="{nonce}">{_STYLE}</style></head><body><main>{body}</main></body></html>'
     )
     response = HTMLResponse(html, status_code=status)
@@ -59,7 +60,9 @@ def _page(title: str, body: str, status: int, *, cookie: str | None = None) -> H
         "frame-ancestors 'none'; base-uri 'none'"
     )
     response.headers["Cache-Control"] = "no-store"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    # same-origin, not no-referrer: under no-referrer browsers post the form with "Origin: null",
+    # which the Host/Origin guard refuses. Other sites still get no Referer, so the token stays here.
+    response.headers["Referrer-Policy"] = "same-origin"
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
     if cookie is not None:

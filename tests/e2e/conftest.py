@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import httpx2
 import pytest
@@ -148,8 +148,13 @@ class Deployment:
         return b"".join(path.read_bytes() for path in files)
 
     @asynccontextmanager
-    async def connect(self, username: str = "alice", *, token: str | None = None) -> AsyncIterator[Client]:
-        """An SDK client session acting as ``username`` (or as the holder of ``token``)."""
+    async def connect(
+        self, username: str = "alice", *, token: str | None = None, **client_options: Any
+    ) -> AsyncIterator[Client]:
+        """An SDK client session acting as ``username`` (or as the holder of ``token``).
+
+        ``client_options`` go to ``mcp.Client`` as they are, e.g. ``mode`` or ``elicitation_callback``.
+        """
         if self.transport == "stdio":
             params = StdioServerParameters(
                 command=MCP_SECRETS[0],
@@ -157,17 +162,17 @@ class Deployment:
                 env={**self.env, "MCP_SECRETS_USER": username},
             )
             with self.log_path.open("a", encoding="utf-8") as errlog:
-                async with Client(stdio_client(params, errlog=errlog)) as client:
+                async with Client(stdio_client(params, errlog=errlog), **client_options) as client:
                     yield client
             return
         headers = {"Authorization": f"Bearer {token or self.token(username)}"}
         if self.transport == "sse":
-            async with Client(sse_client(self.endpoint, headers=headers)) as client:
+            async with Client(sse_client(self.endpoint, headers=headers), **client_options) as client:
                 yield client
             return
         async with (
             httpx2.AsyncClient(headers=headers, trust_env=False) as http,
-            Client(streamable_http_client(self.endpoint, http_client=http)) as client,
+            Client(streamable_http_client(self.endpoint, http_client=http), **client_options) as client,
         ):
             yield client
 
@@ -217,9 +222,10 @@ def _module_server(
     transport: str,
     *args: str,
     usernames: tuple[str, ...] = ("alice", "bob"),
+    **settings: str,
 ) -> Iterator[Deployment]:
     root = tmp_path_factory.mktemp(transport)
-    env = isolated_env(root)
+    env = isolated_env(root, **settings)
     # Tokens first, so the server starts as an established deployment rather than a first run.
     tokens = {username: create_token(env, username) for username in usernames}
     with serving(env, transport, root / "server.log", *args) as deployment:
@@ -243,6 +249,18 @@ def sse_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deploym
 def stateless_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """One ``--stateless`` Streamable HTTP server per test module."""
     yield from _module_server(tmp_path_factory, "streamable-http", "--stateless", usernames=("alice",))
+
+
+@pytest.fixture(scope="module")
+def impatient_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """A Streamable HTTP server whose ``request_secret`` waits only 1 s for the entry page."""
+    yield from _module_server(tmp_path_factory, "streamable-http", MCP_SECRETS_ENTRY_WAIT_SECONDS="1")
+
+
+@pytest.fixture(scope="module")
+def short_link_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """A Streamable HTTP server whose entry links expire after about 1.2 s."""
+    yield from _module_server(tmp_path_factory, "streamable-http", MCP_SECRETS_ENTRY_LINK_MINUTES="0.02")
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +311,8 @@ def missing_browser() -> str | None:
 def headless_chromium(width: int = 900, height: int = 700) -> Iterator[webdriver.Chrome]:
     """The system's Chromium under its own chromedriver, headless, with a throwaway profile.
 
-    Both paths are given, so Selenium Manager never tries to download a browser or a driver.
+    Pages see a ``width`` x ``height`` viewport. Both paths are given, so Selenium
+    Manager never tries to download a browser or a driver.
     """
     chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
     assert chromium is not None, missing_browser()
@@ -306,6 +325,9 @@ def headless_chromium(width: int = 900, height: int = 700) -> Iterator[webdriver
         driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
         try:
             driver.set_page_load_timeout(BROWSER_TIMEOUT)
+            # --window-size counts the window's frame too; this sets what the page gets.
+            viewport = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", viewport)
             yield driver
         finally:
             driver.quit()

@@ -1,0 +1,79 @@
+"""The entry page in a real browser: headless Chromium opens a ``request_secret`` link and stores a secret.
+
+Skipped where Chromium and chromedriver are not installed; CI installs them and
+sets MCP_SECRETS_REQUIRE_BROWSER, so there it fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import secrets as _random
+
+import httpx2
+import pytest
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.wait import WebDriverWait
+
+from e2e.conftest import BROWSER_TIMEOUT, Deployment, request_entry_link, stdout_path
+
+pytestmark = [pytest.mark.anyio, pytest.mark.browser]
+
+
+def heading(browser: webdriver.Chrome) -> str:
+    return browser.find_element(By.TAG_NAME, "h1").text
+
+
+async def keys_of(deployment: Deployment, username: str) -> list[tuple[str, str]]:
+    async with deployment.connect(username) as client:
+        listed = await client.call_tool("list_secret_keys", {})
+    assert not listed.is_error, listed.content
+    assert listed.structured_content is not None
+    return [(entry["server"], entry["key"]) for entry in listed.structured_content["keys"]]
+
+
+async def test_user_stores_a_secret_through_the_entry_page_once(
+    browser: webdriver.Chrome, streamable_http_deployment: Deployment, canary: str
+) -> None:
+    deployment = streamable_http_deployment
+    server, key = f"server-{_random.token_hex(4)}", "API_TOKEN"
+    url = await request_entry_link(deployment, "alice", server, key)
+
+    browser.get(url)
+    shown = [term.text for term in browser.find_elements(By.CSS_SELECTOR, "dl dd")]
+    body = browser.find_element(By.TAG_NAME, "body")
+    cookie = browser.get_cookie("mcp_secrets_csrf")
+    assert browser.title.startswith("Enter a secret")
+    assert shown == [server, key, "alice"]
+    # The styles carry a CSP nonce: a computed colour proves the browser applied them.
+    assert body.value_of_css_property("background-color") == "rgba(244, 245, 247, 1)"
+    assert cookie is not None
+    assert cookie["httpOnly"]
+    assert cookie["sameSite"] == "Strict"
+
+    browser.find_element(By.ID, "value").send_keys(canary)
+    submit = browser.find_element(By.XPATH, "//button[normalize-space()='Store secret']")
+    submit.click()
+    WebDriverWait(browser, BROWSER_TIMEOUT).until(expected_conditions.staleness_of(submit))
+    stored_title, stored_page = browser.title, browser.page_source
+
+    assert stored_title.startswith("Secret stored"), browser.find_element(By.TAG_NAME, "body").text
+    assert heading(browser) == "Secret stored"
+    assert canary not in stored_page
+    assert server in stored_page
+    assert (server, key) in await keys_of(deployment, "alice")
+
+    browser.get(url)
+    expired_title, expired_heading = browser.title, heading(browser)
+    with httpx2.Client(trust_env=False, timeout=BROWSER_TIMEOUT) as http:
+        again = http.get(url)
+
+    assert expired_title.startswith("Link expired")
+    assert expired_heading == "Link expired"
+    assert again.status_code == 410
+    assert "Link expired" in again.text
+    log = deployment.log()
+    assert "DEBUG" in log, "the server must have logged at DEBUG for this check to mean anything"
+    assert canary not in log
+    assert url.rsplit("/", 1)[1] not in log, "the entry token must not be logged"
+    assert canary not in stdout_path(deployment.log_path).read_text()
