@@ -161,7 +161,7 @@ class Gateway:
             return redact_result(result, redactor)
 
     async def _list(self, username: str, server: ServerConfig) -> list[Tool]:
-        async with self._session(username, server, None) as (connection, redactor):
+        async with self._session(username, server, None, offer_links=False) as (connection, redactor):
             assert connection.client is not None  # noqa: S101
             try:
                 listed = (await connection.client.list_tools()).tools
@@ -176,14 +176,14 @@ class Gateway:
 
     @asynccontextmanager
     async def _session(
-        self, username: str, server: ServerConfig, ctx: Context[Any, Any] | None
+        self, username: str, server: ServerConfig, ctx: Context[Any, Any] | None, *, offer_links: bool = True
     ) -> AsyncIterator[tuple[Connection, Redactor]]:
         """The caller's connection to ``server``, opened with their secrets of that server only."""
         values = await anyio.to_thread.run_sync(self.secrets.get_secrets, username, server.name)
         missing = sorted(server.required - values.keys())
         if missing:
             hint = ""
-            if self._missing_hint is not None:
+            if self._missing_hint is not None and offer_links:
                 hint = await anyio.to_thread.run_sync(self._missing_hint, username, server.name, missing)
             raise MissingSecretsError(
                 f"server {server.name} needs secret(s) you have not stored: {', '.join(missing)}. "
