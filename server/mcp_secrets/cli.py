@@ -34,6 +34,7 @@ from mcp_secrets.gateway import Gateway, load_gateway_config
 from mcp_secrets.gateway.pool import DownstreamPool
 from mcp_secrets.identity import BearerIdentity, LocalIdentity, local_username
 from mcp_secrets.logs import configure_logging
+from mcp_secrets.rotation import DEFAULT_BATCH_SIZE, rotate
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import SecretStore
 from mcp_secrets.tokens import ApiTokens, NewToken
@@ -197,6 +198,49 @@ def _set(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_bar(done: int, total: int) -> None:
+    """A bar redrawn in place on a terminal; elsewhere (logs, CI) a line at each tenth."""
+    total = max(total, 1)
+    if sys.stderr.isatty():
+        width = 30
+        filled = width * done // total
+        end = "\n" if done >= total else ""
+        print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} records", end=end, file=sys.stderr)
+    elif done * 10 // total != (done - 1) * 10 // total or done == total:
+        _say(f"{done}/{total} records")
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    configure_logging(settings.log_level)
+    require_explicit_key(settings)
+    store = open_configured_store(settings)
+    try:
+        secrets, keys = build_secrets(settings, store)
+        only_legacy = args.command == "migrate-legacy"
+        report = rotate(
+            secrets,
+            only_legacy=only_legacy,
+            dry_run=args.dry_run,
+            batch_size=args.batch_size,
+            on_progress=_progress_bar,
+        )
+    finally:
+        store.close()
+    verb = "would re-encrypt" if args.dry_run else "re-encrypted"
+    what = "legacy records" if only_legacy else "records"
+    _say(
+        f"{report.scanned} records scanned; {verb} {report.rewrapped} {what} to key {report.active_key_id} "
+        f"({keys.source}); {report.already_current} left as they were; "
+        f"{report.changed_meanwhile} changed meanwhile; {len(report.failed)} failed."
+    )
+    for failure in report.failed:
+        _say(
+            f"  failed: user {failure.username}, server {failure.server}, key {failure.key}: {failure.reason}"
+        )
+    return EXIT_ERROR if report.failed else 0
+
+
 def _keygen(_: argparse.Namespace) -> int:
     print(generate_master_key())
     _say("Keep this key safe and out of the database: set MCP_SECRETS_MASTER_KEY or put it in a 0600 file.")
@@ -278,6 +322,20 @@ def build_parser() -> argparse.ArgumentParser:
     setter.add_argument("key", help="the secret's name")
     setter.add_argument("--user", help="whose secret (default MCP_SECRETS_USER or your login name)")
     setter.set_defaults(handler=_set)
+
+    for name, text in (
+        ("rotate", "re-encrypt every record to the active (first) master key, online and resumable"),
+        (
+            "migrate-legacy",
+            "re-encrypt records of the original iv:authTag:ciphertext format to the current one",
+        ),
+    ):
+        rewrap = commands.add_parser(name, help=text)
+        rewrap.add_argument("--dry-run", action="store_true", help="only count what would change")
+        rewrap.add_argument(
+            "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="records read per batch"
+        )
+        rewrap.set_defaults(handler=_rotate)
 
     keygen = commands.add_parser("keygen", help="print a fresh master key")
     keygen.set_defaults(handler=_keygen)

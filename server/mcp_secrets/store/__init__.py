@@ -71,6 +71,14 @@ class SecretStore(Protocol):
         """How many records the store holds, of all users."""
         ...
 
+    def scan_secrets(self, after: tuple[str, str, str] | None, limit: int) -> list[SecretRecord]:
+        """Up to ``limit`` records of all users, in (username, server, key) order, after ``after``."""
+        ...
+
+    def replace_value(self, username: str, server: str, key: str, old: str, new: str) -> bool:
+        """Swap a record's ciphertext ``old`` for ``new``, only if it is still ``old``; timestamps stay."""
+        ...
+
     def put_token(self, token: TokenRecord) -> None:
         """Insert a new API token record."""
         ...

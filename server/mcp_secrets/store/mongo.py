@@ -168,6 +168,43 @@ class MongoStore:
         except PyMongoError as exc:
             raise _unavailable(exc) from None
 
+    def scan_secrets(self, after: tuple[str, str, str] | None, limit: int) -> list[SecretRecord]:
+        """Up to ``limit`` records of all users, in (username, server, key) order, after ``after``."""
+        selector: Document = {}
+        if after is not None:
+            username, server, key = (
+                _text(field, value) for field, value in zip(("username", "server", "key"), after, strict=True)
+            )
+            selector = {
+                "$or": [
+                    {"username": {"$gt": username}},
+                    {"username": username, "server": {"$gt": server}},
+                    {"username": username, "server": server, "key": {"$gt": key}},
+                ]
+            }
+        try:
+            cursor = (
+                self._secrets.find(selector, {"_id": False})
+                .sort([("username", 1), ("server", 1), ("key", 1)])
+                .limit(limit)
+            )
+            return [_secret(document) for document in cursor]
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+
+    def replace_value(self, username: str, server: str, key: str, old: str, new: str) -> bool:
+        """Swap a record's ciphertext ``old`` for ``new``, only if it is still ``old``; timestamps stay."""
+        selector = {
+            "username": _text("username", username),
+            "server": _text("server", server),
+            "key": _text("key", key),
+            "value": old,
+        }
+        try:
+            return self._secrets.update_one(selector, {"$set": {"value": new}}).modified_count > 0
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+
     def put_token(self, token: TokenRecord) -> None:
         """Insert a new API token record."""
         document = {

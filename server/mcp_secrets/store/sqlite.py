@@ -198,6 +198,31 @@ class SQLiteStore:
             )
         )
 
+    def scan_secrets(self, after: tuple[str, str, str] | None, limit: int) -> list[SecretRecord]:
+        """Up to ``limit`` records of all users, in (username, server, key) order, after ``after``."""
+        where, params = ("", ()) if after is None else ("WHERE (username, server, key) > (?, ?, ?)", after)
+        rows = self._run(
+            lambda connection: connection.execute(
+                f"SELECT {_SECRET_COLUMNS} FROM user_secrets {where} "  # noqa: S608 - fixed SQL
+                "ORDER BY username, server, key LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+        )
+        return [_secret(row) for row in rows]
+
+    def replace_value(self, username: str, server: str, key: str, old: str, new: str) -> bool:
+        """Swap a record's ciphertext ``old`` for ``new``, only if it is still ``old``; timestamps stay."""
+        return self._run(
+            lambda connection: (
+                connection.execute(
+                    "UPDATE user_secrets SET value = ? "
+                    "WHERE username = ? AND server = ? AND key = ? AND value = ?",
+                    (new, username, server, key, old),
+                ).rowcount
+                > 0
+            )
+        )
+
     def put_token(self, token: TokenRecord) -> None:
         """Insert a new API token record."""
         self._run(
