@@ -198,16 +198,24 @@ def _set(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress_bar(done: int, total: int) -> None:
+def _progress_bar() -> Callable[[int, int], None]:
     """A bar redrawn in place on a terminal; elsewhere (logs, CI) a line at each tenth."""
-    total = max(total, 1)
-    if sys.stderr.isatty():
-        width = 30
-        filled = width * done // total
-        end = "\n" if done >= total else ""
-        print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} records", end=end, file=sys.stderr)
-    elif done * 10 // total != (done - 1) * 10 // total or done == total:
-        _say(f"{done}/{total} records")
+    shown = {"tenth": -1}
+
+    def show(done: int, total: int) -> None:
+        total = max(total, 1)
+        if sys.stderr.isatty():
+            width = 30
+            filled = width * done // total
+            end = "\n" if done >= total else ""
+            print(
+                f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} records", end=end, file=sys.stderr
+            )
+        elif done * 10 // total > shown["tenth"]:
+            shown["tenth"] = done * 10 // total
+            _say(f"{done}/{total} records")
+
+    return show
 
 
 def _rotate(args: argparse.Namespace) -> int:
@@ -223,7 +231,7 @@ def _rotate(args: argparse.Namespace) -> int:
             only_legacy=only_legacy,
             dry_run=args.dry_run,
             batch_size=args.batch_size,
-            on_progress=_progress_bar,
+            on_progress=_progress_bar(),
         )
     finally:
         store.close()
