@@ -68,7 +68,7 @@ def rotate(
             if not _needs_rewrap(secrets, record, only_legacy=only_legacy):
                 report.already_current += 1
             elif dry_run:
-                report.rewrapped += 1
+                _count(secrets, record, report)
             else:
                 _rewrap(secrets, record, report)
         last = batch[-1]
@@ -76,6 +76,16 @@ def rotate(
         if on_progress is not None:
             on_progress(report.scanned, max(total, report.scanned))
     return report
+
+
+def _count(secrets: Secrets, record: SecretRecord, report: RotationReport) -> None:
+    """Dry run: a record would be re-encrypted unless its key is not configured."""
+    key_id = secrets.encryptor.key_id_of(record.value)
+    if key_id == LEGACY_KEY_ID or key_id in secrets.encryptor.key_ids:
+        report.rewrapped += 1
+        return
+    reason = f"encrypted with master key {key_id}, which is not configured"
+    report.failed.append(RecordFailure(record.username, record.server, record.key, reason))
 
 
 def _rewrap(secrets: Secrets, record: SecretRecord, report: RotationReport) -> None:
