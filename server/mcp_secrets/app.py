@@ -65,6 +65,25 @@ class SecretKeyEntry(BaseModel):
     key: str
     created_at: datetime
     updated_at: datetime
+    last_used_at: datetime | None = None
+
+
+class SecretEventEntry(BaseModel):
+    """One event of the audit trail; it never holds a value."""
+
+    at: datetime
+    action: str
+    server: str
+    key: str
+    transport: str
+    detail: str
+
+
+class SecretEventList(BaseModel):
+    """The caller's audit trail, newest first."""
+
+    username: str
+    events: list[SecretEventEntry]
 
 
 class SecretRequest(BaseModel):
@@ -92,6 +111,11 @@ class SecretKeyList(BaseModel):
     username: str
     keys: list[SecretKeyEntry]
     servers: list[ServerSecretsStatus] = Field(default_factory=list)
+
+
+def _when(entry: SecretKeyEntry) -> str:
+    used = f"last used {entry.last_used_at:%Y-%m-%d %H:%M}" if entry.last_used_at else "never used"
+    return f"updated {entry.updated_at:%Y-%m-%d %H:%M} UTC, {used}"
 
 
 def _result(text: str, structured: BaseModel) -> CallToolResult:
@@ -256,6 +280,7 @@ def build_server(
     auth: AuthSettings | None = None,
     entry: EntrySettings | None = None,
     gateway: Gateway | None = None,
+    transport: str = "in-process",
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO",
 ) -> MCPServer[Any]:
     """The mcp-secrets MCP server over ``secrets``, for callers named by ``identity``.
@@ -279,6 +304,13 @@ def build_server(
     mcp.gateway = gateway
     mcp.identity = identity
 
+    _add_request_secret(mcp, identity, entry)
+    _add_write_tools(mcp, secrets, identity, transport)
+    _add_list_tools(mcp, secrets, identity, gateway)
+    return mcp
+
+
+def _add_request_secret(mcp: MCPServer[Any], identity: Identity, entry: EntrySettings | None) -> None:
     @mcp.tool(
         annotations=ToolAnnotations(
             title="Ask the user for a secret", readOnlyHint=False, destructiveHint=True, openWorldHint=False
@@ -322,6 +354,8 @@ def build_server(
         outcome = await ctx.elicit_url(message, url, link.record.link_id)
         return await _entry_outcome(entry, link, outcome.action, ctx, elicitation_id=link.record.link_id)
 
+
+def _add_write_tools(mcp: MCPServer[Any], secrets: Secrets, identity: Identity, transport: str) -> None:
     @mcp.tool(
         annotations=ToolAnnotations(
             title="Store a secret",
@@ -343,7 +377,7 @@ def build_server(
         request_secret, which lets the user type the value where the conversation never sees it.
         """
         username = _caller(identity, ctx)
-        change = await _run(lambda: secrets.set_secret(username, server, key, value))
+        change = await _run(lambda: secrets.set_secret(username, server, key, value, via=transport))
         return _result(
             f"Secret {change.key} for server {change.server} {change.status}. The value is stored encrypted "
             "and will not be shown again.",
@@ -364,12 +398,16 @@ def build_server(
     ) -> Annotated[CallToolResult, SecretChange]:
         """Delete one of your secrets for an MCP server."""
         username = _caller(identity, ctx)
-        change = await _run(lambda: secrets.delete_secret(username, server, key))
+        change = await _run(lambda: secrets.delete_secret(username, server, key, via=transport))
         return _result(
             f"Secret {change.key} for server {change.server} deleted.",
             SecretChange(server=change.server, key=change.key, status=change.status),
         )
 
+
+def _add_list_tools(
+    mcp: MCPServer[Any], secrets: Secrets, identity: Identity, gateway: Gateway | None
+) -> None:
     @mcp.tool(annotations=ToolAnnotations(title="List secret names", readOnlyHint=True, openWorldHint=False))
     async def list_secret_keys(
         ctx: Context[Any, Any],
@@ -383,15 +421,16 @@ def build_server(
         statuses = [] if gateway is None else await _run(lambda: gateway.status(username))
         entries = [
             SecretKeyEntry(
-                server=info.server, key=info.key, created_at=info.created_at, updated_at=info.updated_at
+                server=info.server,
+                key=info.key,
+                created_at=info.created_at,
+                updated_at=info.updated_at,
+                last_used_at=info.last_used_at,
             )
             for info in infos
         ]
         scope = f" for server {server}" if server else ""
-        lines = [
-            f"- {entry.server}/{entry.key} (updated {entry.updated_at:%Y-%m-%d %H:%M} UTC)"
-            for entry in entries
-        ]
+        lines = [f"- {entry.server}/{entry.key} ({_when(entry)})" for entry in entries]
         text = f"{len(entries)} secret(s){scope} stored for {username}" + (
             ":\n" + "\n".join(lines) if lines else "."
         )
@@ -407,4 +446,36 @@ def build_server(
             text += "\nDownstream servers missing secrets:\n" + "\n".join(needs)
         return _result(text, SecretKeyList(username=username, keys=entries, servers=servers))
 
-    return mcp
+    @mcp.tool(
+        annotations=ToolAnnotations(title="Your secrets' audit trail", readOnlyHint=True, openWorldHint=False)
+    )
+    async def list_secret_events(
+        ctx: Context[Any, Any],
+        server: Annotated[
+            str | None, Field(description="Only this MCP server's events; all when omitted.")
+        ] = None,
+        limit: Annotated[int, Field(description="How many events, newest first (1 to 1000).")] = 50,
+    ) -> Annotated[CallToolResult, SecretEventList]:
+        """Your audit trail, newest first: when each of your secrets was stored, changed, deleted or used.
+
+        Events never hold a value.
+        """
+        username = _caller(identity, ctx)
+        events = await _run(lambda: secrets.list_events(username, server, limit))
+        entries = [
+            SecretEventEntry(
+                at=event.at,
+                action=event.action,
+                server=event.server,
+                key=event.key,
+                transport=event.transport,
+                detail=event.detail,
+            )
+            for event in events
+        ]
+        lines = [
+            f"- {entry.at:%Y-%m-%d %H:%M:%S} {entry.action} {entry.server}/{entry.key} via {entry.transport}"
+            for entry in entries
+        ]
+        text = f"{len(entries)} event(s) for {username}" + (":\n" + "\n".join(lines) if lines else ".")
+        return _result(text, SecretEventList(username=username, events=entries))

@@ -131,7 +131,9 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.transport == "stdio":
         username = local_username(settings.user)
         gateway = _gateway(settings, secrets, None)
-        mcp = build_server(secrets, LocalIdentity(username), gateway=gateway, log_level=settings.log_level)
+        mcp = build_server(
+            secrets, LocalIdentity(username), gateway=gateway, transport="stdio", log_level=settings.log_level
+        )
         _summary(settings, keys, username, gateway)
         anyio.run(_with_gateway, gateway, mcp.run_stdio_async)
         return 0
@@ -146,6 +148,7 @@ def _serve(args: argparse.Namespace) -> int:
         auth=auth_settings(settings),
         entry=entry,
         gateway=gateway,
+        transport=settings.transport,
         log_level=settings.log_level,
     )
     app = http_app(mcp, settings, secrets, links)
@@ -191,7 +194,7 @@ def _set(args: argparse.Namespace) -> int:
         secrets, _ = build_secrets(settings, store, generate_key=True)
         username = args.user or local_username(settings.user)
         value = _read_value(f"Value of {args.key} for {args.server} (hidden): ")
-        result = secrets.set_secret(username, args.server, args.key, value)
+        result = secrets.set_secret(username, args.server, args.key, value, via="cli")
     finally:
         store.close()
     _say(f"Secret {result.key} for server {result.server} {result.status} for {username}.")
@@ -247,6 +250,24 @@ def _rotate(args: argparse.Namespace) -> int:
             f"  failed: user {failure.username}, server {failure.server}, key {failure.key}: {failure.reason}"
         )
     return EXIT_ERROR if report.failed else 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    configure_logging(settings.log_level)
+    require_explicit_key(settings)
+    store = open_configured_store(settings)
+    try:
+        events = store.list_events(args.user, args.server, args.limit)
+    finally:
+        store.close()
+    print(f"{'TIME (UTC)':<21}{'USER':<20}{'ACTION':<16}{'SERVER':<16}{'KEY':<24}{'VIA':<17}DETAIL")
+    for event in events:
+        print(
+            f"{event.at:%Y-%m-%d %H:%M:%S}  {event.actor:<20}{event.action:<16}{event.server:<16}"
+            f"{event.key:<24}{event.transport:<17}{event.detail}"
+        )
+    return 0
 
 
 def _keygen(_: argparse.Namespace) -> int:
@@ -344,6 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="records read per batch"
         )
         rewrap.set_defaults(handler=_rotate)
+
+    audit = commands.add_parser(
+        "audit", help="print the audit trail of every user (newest first; never values)"
+    )
+    audit.add_argument("--user", help="only this user's events")
+    audit.add_argument("--server", help="only this MCP server's events")
+    audit.add_argument("--limit", type=int, default=100, help="how many events (default 100)")
+    audit.set_defaults(handler=_audit)
 
     keygen = commands.add_parser("keygen", help="print a fresh master key")
     keygen.set_defaults(handler=_keygen)

@@ -105,7 +105,7 @@ class EntryLinks:
         if not self.secrets.store.claim_link(record.link_hash, self._clock()):
             raise EntryLinkError("this link has just been used or has expired", gone=True)
         try:
-            self.secrets.set_secret(record.username, record.server, record.key, value)
+            self.secrets.set_secret(record.username, record.server, record.key, value, via="entry-page")
         except BaseException:
             self.secrets.store.release_link(record.link_hash)
             raise

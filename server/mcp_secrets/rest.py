@@ -74,7 +74,7 @@ def rest_routes(secrets: Secrets) -> list[Route]:
         username = _username(request)
         result = await _call(
             lambda: secrets.update_secret(
-                username, payload.server, payload.key, payload.value, payload.action
+                username, payload.server, payload.key, payload.value, payload.action, via="rest"
             )
         )
         if isinstance(result, JSONResponse):

@@ -75,6 +75,12 @@ def rotate(
         after = (last.username, last.server, last.key)
         if on_progress is not None:
             on_progress(report.scanned, max(total, report.scanned))
+    if not dry_run:
+        detail = (
+            f"{report.rewrapped} re-encrypted to key {report.active_key_id}, "
+            f"{report.already_current} current, {len(report.failed)} failed"
+        )
+        secrets.record("admin", "migrated-legacy" if only_legacy else "rotated", via="cli", detail=detail)
     return report
 
 

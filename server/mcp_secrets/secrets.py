@@ -15,7 +15,7 @@ from typing import Literal
 
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.errors import InvalidInputError, SecretNotFoundError
-from mcp_secrets.store import SecretStore
+from mcp_secrets.store import AuditEvent, SecretStore
 
 Action = Literal["save", "update", "delete"]
 ACTIONS: tuple[Action, ...] = ("save", "update", "delete")
@@ -64,6 +64,7 @@ class SecretKeyInfo:
     key: str
     created_at: datetime
     updated_at: datetime
+    last_used_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,12 @@ class Secrets:
         self.encryptor = encryptor
         self._clock = clock
 
-    def get_secrets(self, username: str, server: str) -> dict[str, str]:
+    def get_secrets(
+        self, username: str, server: str, *, via: str = "library", action: str = "used", detail: str = ""
+    ) -> dict[str, str]:
         """One user's decrypted secrets for one MCP server, as ``{key: value}``.
+
+        The use is recorded in the audit trail (``action``, by ``via``) and as each key's last use.
 
         Raises:
             DecryptionError: a record does not decrypt; it names that record's key.
@@ -100,13 +105,52 @@ class Secrets:
         validate_username(username)
         validate_name("server", server)
         decrypt = self.encryptor.decrypt
-        return {
+        values = {
             record.key: decrypt(record.value, username=username, server=server, key=record.key)
             for record in self.store.find_secrets(username, server)
         }
+        if values:
+            now = self._clock()
+            keys = sorted(values)
+            self.store.touch_secrets(username, server, keys, now)
+            self.record(username, action, server, ",".join(keys), via=via, detail=detail, at=now)
+        return values
+
+    def record(
+        self,
+        actor: str,
+        action: str,
+        server: str = "",
+        key: str = "",
+        *,
+        via: str = "",
+        detail: str = "",
+        at: datetime | None = None,
+    ) -> None:
+        """Add one event to the audit trail; callers never pass a value here."""
+        self.store.add_event(AuditEvent(at or self._clock(), actor, action, server, key, via, detail))
+
+    def list_events(
+        self, username: str | None, server: str | None = None, limit: int = 50
+    ) -> list[AuditEvent]:
+        """The audit trail, newest first: one user's (or, with None, everyone's), of one server when given."""
+        if username is not None:
+            validate_username(username)
+        if server is not None:
+            validate_name("server", server)
+        if not 1 <= limit <= 1000:  # noqa: PLR2004 - a page, not a dump
+            raise InvalidInputError("limit must be between 1 and 1000")
+        return self.store.list_events(username, server, limit)
 
     def update_secret(
-        self, username: str, server: str, key: str, value: str | None = None, action: Action = "save"
+        self,
+        username: str,
+        server: str,
+        key: str,
+        value: str | None = None,
+        action: Action = "save",
+        *,
+        via: str = "library",
     ) -> UpdateResult:
         """Save, update or delete one secret of one user.
 
@@ -118,21 +162,26 @@ class Secrets:
         validate_name("server", server)
         validate_name("key", key)
         if action == "delete":
-            return self._delete(username, server, key)
-        if action not in ACTIONS:
+            result = self._delete(username, server, key)
+        elif action not in ACTIONS:
             raise InvalidInputError("action must be one of save, update, delete")
-        plain = validate_value(value)
-        ciphertext = self.encryptor.encrypt(plain, username=username, server=server, key=key)
-        created = self.store.put_secret(username, server, key, ciphertext, self._clock())
-        return UpdateResult(server, key, "created" if created else "updated")
+        else:
+            plain = validate_value(value)
+            ciphertext = self.encryptor.encrypt(plain, username=username, server=server, key=key)
+            created = self.store.put_secret(username, server, key, ciphertext, self._clock())
+            result = UpdateResult(server, key, "created" if created else "updated")
+        self.record(username, result.status, server, key, via=via)
+        return result
 
-    def set_secret(self, username: str, server: str, key: str, value: str) -> UpdateResult:
+    def set_secret(
+        self, username: str, server: str, key: str, value: str, *, via: str = "library"
+    ) -> UpdateResult:
         """Store one secret, creating or replacing it."""
-        return self.update_secret(username, server, key, value, "save")
+        return self.update_secret(username, server, key, value, "save", via=via)
 
-    def delete_secret(self, username: str, server: str, key: str) -> UpdateResult:
+    def delete_secret(self, username: str, server: str, key: str, *, via: str = "library") -> UpdateResult:
         """Delete one secret; ``SecretNotFoundError`` names what was missing."""
-        return self.update_secret(username, server, key, None, "delete")
+        return self.update_secret(username, server, key, None, "delete", via=via)
 
     def list_secret_keys(self, username: str, server: str | None = None) -> list[SecretKeyInfo]:
         """Names and timestamps of one user's secrets, never their values."""
@@ -140,7 +189,9 @@ class Secrets:
         if server is not None:
             validate_name("server", server)
         return [
-            SecretKeyInfo(record.server, record.key, record.created_at, record.updated_at)
+            SecretKeyInfo(
+                record.server, record.key, record.created_at, record.updated_at, record.last_used_at
+            )
             for record in self.store.find_secrets(username, server)
         ]
 

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 from mcp_secrets.errors import InvalidInputError, SecretNotFoundError
 from mcp_secrets.secrets import validate_username
-from mcp_secrets.store import SecretStore, TokenRecord
+from mcp_secrets.store import AuditEvent, SecretStore, TokenRecord
 
 TOKEN_PREFIX = "mcps_"  # noqa: S105 - a public prefix, not a token
 MAX_LABEL_LENGTH = 200
@@ -42,9 +42,12 @@ def _utcnow() -> datetime:
 class ApiTokens:
     """Create, list, revoke and verify API tokens kept in a ``SecretStore``."""
 
-    def __init__(self, store: SecretStore, *, clock: Callable[[], datetime] = _utcnow) -> None:
+    def __init__(
+        self, store: SecretStore, *, clock: Callable[[], datetime] = _utcnow, via: str = "cli"
+    ) -> None:
         self.store = store
         self._clock = clock
+        self.via = via
 
     def create(self, username: str, *, label: str = "", expires_in: timedelta | None = None) -> NewToken:
         """Make a token for ``username``; the returned string is the only copy."""
@@ -65,6 +68,9 @@ class ApiTokens:
             label=label,
         )
         self.store.put_token(record)
+        self.store.add_event(
+            AuditEvent(now, username, "token-created", detail=f"token {token_id}", transport=self.via)
+        )
         return NewToken(record, token)
 
     def list(self, username: str | None = None) -> list[TokenRecord]:
@@ -75,10 +81,16 @@ class ApiTokens:
         """Revoke a live token by its id (or by the whole token); ``SecretNotFoundError`` if none."""
         if token_id.startswith(TOKEN_PREFIX):
             token_id = token_id.removeprefix(TOKEN_PREFIX).split("_", 1)[0]
-        if not self.store.revoke_token(token_id, self._clock()):
+        now = self._clock()
+        if not self.store.revoke_token(token_id, now):
             # Not echoed: a user may have pasted a whole token here.
             raise SecretNotFoundError("there is no live token with that id (see `mcp-secrets token list`)")
-        return next(record for record in self.store.list_tokens() if record.token_id == token_id)
+        record = next(record for record in self.store.list_tokens() if record.token_id == token_id)
+        event = AuditEvent(
+            now, record.username, "token-revoked", detail=f"token {token_id}", transport=self.via
+        )
+        self.store.add_event(event)
+        return record
 
     def verify(self, token: str) -> TokenRecord | None:
         """The live record of ``token``, or None if it is unknown, revoked or expired."""

@@ -68,7 +68,13 @@ async def test_set_list_delete_round_trip(alice: Client) -> None:
 async def test_tools_have_output_schemas_and_say_values_are_write_only(alice: Client) -> None:
     tools = {tool.name: tool for tool in (await alice.list_tools()).tools}
 
-    assert set(tools) == {"set_secret", "delete_secret", "list_secret_keys", "request_secret"}
+    assert set(tools) == {
+        "set_secret",
+        "delete_secret",
+        "list_secret_keys",
+        "request_secret",
+        "list_secret_events",
+    }
     assert all(tool.output_schema and tool.output_schema.get("properties") for tool in tools.values())
     assert all(tool.description for tool in tools.values())
     assert "write-only" in (tools["set_secret"].description or "")

@@ -77,6 +77,7 @@ class Gateway:
         *,
         pool: DownstreamPool | None = None,
         missing_hint: Callable[[str, str, list[str]], str] | None = None,
+        via: str = "gateway",
     ) -> None:
         self.config = config
         self.secrets = secrets
@@ -85,6 +86,7 @@ class Gateway:
         self._missing_hint = missing_hint
         self._fingerprint_salt = _random.token_bytes(16)
         self._known_tools: dict[str, list[Tool]] = {}
+        self._via = via
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
@@ -144,7 +146,10 @@ class Gateway:
         if parts is None or parts[0] not in self.config.servers:
             raise DownstreamError(f"there is no downstream tool {name!r}")
         server = self.config.servers[parts[0]]
-        async with self._session(username, server, ctx) as (connection, redactor):
+        async with self._session(username, server, ctx, purpose=f"tools/call {parts[1]}") as (
+            connection,
+            redactor,
+        ):
             assert connection.client is not None  # noqa: S101 - set before the pool hands it out
             forward = _progress_forwarder(ctx)
             try:
@@ -161,7 +166,8 @@ class Gateway:
             return redact_result(result, redactor)
 
     async def _list(self, username: str, server: ServerConfig) -> list[Tool]:
-        async with self._session(username, server, None, offer_links=False) as (connection, redactor):
+        session = self._session(username, server, None, offer_links=False, purpose="tools/list")
+        async with session as (connection, redactor):
             assert connection.client is not None  # noqa: S101
             try:
                 listed = (await connection.client.list_tools()).tools
@@ -176,10 +182,20 @@ class Gateway:
 
     @asynccontextmanager
     async def _session(
-        self, username: str, server: ServerConfig, ctx: Context[Any, Any] | None, *, offer_links: bool = True
+        self,
+        username: str,
+        server: ServerConfig,
+        ctx: Context[Any, Any] | None,
+        *,
+        purpose: str,
+        offer_links: bool = True,
     ) -> AsyncIterator[tuple[Connection, Redactor]]:
         """The caller's connection to ``server``, opened with their secrets of that server only."""
-        values = await anyio.to_thread.run_sync(self.secrets.get_secrets, username, server.name)
+        values = await anyio.to_thread.run_sync(
+            lambda: self.secrets.get_secrets(
+                username, server.name, via=self._via, action="injected", detail=purpose
+            )
+        )
         missing = sorted(server.required - values.keys())
         if missing:
             hint = ""

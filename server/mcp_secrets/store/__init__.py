@@ -23,6 +23,20 @@ class SecretRecord:
     value: str
     created_at: datetime
     updated_at: datetime
+    last_used_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One change or use of a secret or token, without any value."""
+
+    at: datetime
+    actor: str
+    action: str
+    server: str = ""
+    key: str = ""
+    transport: str = ""
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,20 @@ class SecretStore(Protocol):
 
     def count_secrets(self) -> int:
         """How many records the store holds, of all users."""
+        ...
+
+    def touch_secrets(self, username: str, server: str, keys: list[str], now: datetime) -> None:
+        """Record that these secrets were used (given to a caller) at ``now``."""
+        ...
+
+    def add_event(self, event: AuditEvent) -> None:
+        """Append one event to the audit trail."""
+        ...
+
+    def list_events(
+        self, actor: str | None = None, server: str | None = None, limit: int = 50
+    ) -> list[AuditEvent]:
+        """The newest events first, of one actor and one server when given."""
         ...
 
     def scan_secrets(self, after: tuple[str, str, str] | None, limit: int) -> list[SecretRecord]:

@@ -13,12 +13,13 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from pymongo.uri_parser import parse_uri
 
 from mcp_secrets.errors import ConfigurationError, StoreUnavailableError
-from mcp_secrets.store import LinkRecord, SecretRecord, TokenRecord
+from mcp_secrets.store import AuditEvent, LinkRecord, SecretRecord, TokenRecord
 
 DEFAULT_DATABASE = "mcp_secrets"
 SECRETS_COLLECTION = "user_secrets"
 TOKENS_COLLECTION = "api_tokens"
 LINKS_COLLECTION = "entry_links"
+EVENTS_COLLECTION = "audit_events"
 SERVER_SELECTION_TIMEOUT_MS = 5000
 
 Document = dict[str, Any]
@@ -46,6 +47,19 @@ def _secret(document: Document) -> SecretRecord:
         document["value"],
         _utc(document["created_at"]) or datetime.now(timezone.utc),
         _utc(document["updated_at"]) or datetime.now(timezone.utc),
+        _utc(document.get("last_used_at")),
+    )
+
+
+def _event(document: Document) -> AuditEvent:
+    return AuditEvent(
+        _utc(document["at"]) or datetime.now(timezone.utc),
+        document["actor"],
+        document["action"],
+        document.get("server", ""),
+        document.get("key", ""),
+        document.get("transport", ""),
+        document.get("detail", ""),
     )
 
 
@@ -83,6 +97,7 @@ class MongoStore:
         self._secrets: Collection[Document] = db[SECRETS_COLLECTION]
         self._tokens: Collection[Document] = db[TOKENS_COLLECTION]
         self._links: Collection[Document] = db[LINKS_COLLECTION]
+        self._events: Collection[Document] = db[EVENTS_COLLECTION]
         try:
             self._secrets.create_index(
                 [("username", pymongo.ASCENDING), ("server", pymongo.ASCENDING), ("key", pymongo.ASCENDING)],
@@ -92,6 +107,7 @@ class MongoStore:
             self._tokens.create_index("token_hash", unique=True, name="token_hash_unique")
             self._tokens.create_index("token_id", unique=True, name="token_id_unique")
             self._links.create_index("link_hash", unique=True, name="link_hash_unique")
+            self._events.create_index([("actor", 1), ("at", -1)], name="actor_at")
             # MongoDB deletes expired entry links by itself (within a minute of expiry).
             self._links.create_index("expires_at", expireAfterSeconds=0, name="expires_at_ttl")
         except PyMongoError as exc:
@@ -165,6 +181,51 @@ class MongoStore:
         """How many records the store holds, of all users."""
         try:
             return self._secrets.count_documents({})
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+
+    def touch_secrets(self, username: str, server: str, keys: list[str], now: datetime) -> None:
+        """Record that these secrets were used (given to a caller) at ``now``."""
+        if not keys:
+            return
+        selector = {
+            "username": _text("username", username),
+            "server": _text("server", server),
+            "key": {"$in": [_text("key", key) for key in keys]},
+        }
+        try:
+            self._secrets.update_many(selector, {"$set": {"last_used_at": now}})
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+
+    def add_event(self, event: AuditEvent) -> None:
+        """Append one event to the audit trail."""
+        document = {
+            "at": event.at,
+            "actor": event.actor,
+            "action": event.action,
+            "server": event.server,
+            "key": event.key,
+            "transport": event.transport,
+            "detail": event.detail,
+        }
+        try:
+            self._events.insert_one(document)
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+
+    def list_events(
+        self, actor: str | None = None, server: str | None = None, limit: int = 50
+    ) -> list[AuditEvent]:
+        """The newest events first, of one actor and one server when given."""
+        selector: Document = {}
+        if actor is not None:
+            selector["actor"] = _text("actor", actor)
+        if server is not None:
+            selector["server"] = _text("server", server)
+        try:
+            cursor = self._events.find(selector, {"_id": False}).sort([("at", -1), ("_id", -1)]).limit(limit)
+            return [_event(document) for document in cursor]
         except PyMongoError as exc:
             raise _unavailable(exc) from None
 

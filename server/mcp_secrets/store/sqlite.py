@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from mcp_secrets.errors import StoreUnavailableError
-from mcp_secrets.store import LinkRecord, SecretRecord, TokenRecord
+from mcp_secrets.store import AuditEvent, LinkRecord, SecretRecord, TokenRecord
 
 _T = TypeVar("_T")
 
@@ -35,6 +35,17 @@ CREATE TABLE IF NOT EXISTS api_tokens (
     revoked_at TEXT,
     label      TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS audit_events (
+    id        INTEGER PRIMARY KEY,
+    at        TEXT NOT NULL,
+    actor     TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    server    TEXT NOT NULL DEFAULT '',
+    key       TEXT NOT NULL DEFAULT '',
+    transport TEXT NOT NULL DEFAULT '',
+    detail    TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS audit_events_actor ON audit_events (actor, id);
 CREATE TABLE IF NOT EXISTS entry_links (
     link_hash  TEXT PRIMARY KEY,
     link_id    TEXT NOT NULL,
@@ -46,7 +57,8 @@ CREATE TABLE IF NOT EXISTS entry_links (
     used_at    TEXT
 );
 """
-_SECRET_COLUMNS = "username, server, key, value, created_at, updated_at"  # noqa: S105 - column names
+_SECRET_COLUMNS = "username, server, key, value, created_at, updated_at, last_used_at"  # noqa: S105 - column names
+_EVENT_COLUMNS = "at, actor, action, server, key, transport, detail"
 _LINK_COLUMNS = "link_id, link_hash, username, server, key, created_at, expires_at, used_at"
 _TOKEN_COLUMNS = "token_id, username, token_hash, created_at, expires_at, revoked_at, label"  # noqa: S105 - column names
 BUSY_TIMEOUT_SECONDS = 10.0
@@ -60,11 +72,22 @@ def _moment(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
 
-def _secret(row: tuple[str, str, str, str, str, str]) -> SecretRecord:
-    username, server, key, value, created_at, updated_at = row
+def _secret(row: tuple[str, str, str, str, str, str, str | None]) -> SecretRecord:
+    username, server, key, value, created_at, updated_at, last_used_at = row
     return SecretRecord(
-        username, server, key, value, datetime.fromisoformat(created_at), datetime.fromisoformat(updated_at)
+        username,
+        server,
+        key,
+        value,
+        datetime.fromisoformat(created_at),
+        datetime.fromisoformat(updated_at),
+        _moment(last_used_at),
     )
+
+
+def _event(row: tuple[str, str, str, str, str, str, str]) -> AuditEvent:
+    at, actor, action, server, key, transport, detail = row
+    return AuditEvent(datetime.fromisoformat(at), actor, action, server, key, transport, detail)
 
 
 def _token(row: tuple[str, str, str, str, str | None, str | None, str]) -> TokenRecord:
@@ -119,6 +142,9 @@ class SQLiteStore:
             self._connection.execute("PRAGMA synchronous=NORMAL")
             self._connection.execute("PRAGMA secure_delete=ON")
             self._connection.executescript(_SCHEMA)
+            columns = {row[1] for row in self._connection.execute("PRAGMA table_info(user_secrets)")}
+            if "last_used_at" not in columns:  # a file made before last use was tracked
+                self._connection.execute("ALTER TABLE user_secrets ADD COLUMN last_used_at TEXT")
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailableError(f"the SQLite store at {self.path} cannot be opened: {exc}") from None
 
@@ -197,6 +223,56 @@ class SQLiteStore:
                 lambda connection: connection.execute("SELECT count(*) FROM user_secrets").fetchone()[0]
             )
         )
+
+    def touch_secrets(self, username: str, server: str, keys: list[str], now: datetime) -> None:
+        """Record that these secrets were used (given to a caller) at ``now``."""
+        if not keys:
+            return
+        marks = ", ".join("?" * len(keys))
+        self._run(
+            lambda connection: connection.execute(
+                f"UPDATE user_secrets SET last_used_at = ? "  # noqa: S608 - placeholders only
+                f"WHERE username = ? AND server = ? AND key IN ({marks})",
+                (_iso(now), username, server, *keys),
+            )
+        )
+
+    def add_event(self, event: AuditEvent) -> None:
+        """Append one event to the audit trail."""
+        self._run(
+            lambda connection: connection.execute(
+                f"INSERT INTO audit_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                (
+                    _iso(event.at),
+                    event.actor,
+                    event.action,
+                    event.server,
+                    event.key,
+                    event.transport,
+                    event.detail,
+                ),
+            )
+        )
+
+    def list_events(
+        self, actor: str | None = None, server: str | None = None, limit: int = 50
+    ) -> list[AuditEvent]:
+        """The newest events first, of one actor and one server when given."""
+        conditions, params = [], []
+        if actor is not None:
+            conditions.append("actor = ?")
+            params.append(actor)
+        if server is not None:
+            conditions.append("server = ?")
+            params.append(server)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = self._run(
+            lambda connection: connection.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM audit_events {where} ORDER BY id DESC LIMIT ?",  # noqa: S608
+                (*params, limit),
+            ).fetchall()
+        )
+        return [_event(row) for row in rows]
 
     def scan_secrets(self, after: tuple[str, str, str] | None, limit: int) -> list[SecretRecord]:
         """Up to ``limit`` records of all users, in (username, server, key) order, after ``after``."""
