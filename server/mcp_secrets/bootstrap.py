@@ -104,7 +104,11 @@ def load_master_keys(
 
 def open_configured_store(settings: Settings) -> SecretStore:
     """The store ``MCP_SECRETS_DATABASE_URL`` names, or the embedded SQLite file."""
-    return open_store(settings.database_url_text, default_sqlite_path=str(settings.default_database_path))
+    return open_store(
+        settings.database_url_text,
+        default_sqlite_path=str(settings.default_database_path),
+        busy_timeout=settings.sqlite_busy_timeout,
+    )
 
 
 def build_secrets(

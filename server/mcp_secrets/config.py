@@ -46,6 +46,9 @@ class Settings(BaseSettings):
         default=None,
         description="mongodb://…, mongodb+srv://… or sqlite:///path; unset: the embedded SQLite file.",
     )
+    sqlite_busy_timeout: float = Field(
+        default=10.0, ge=0, description="Seconds a write waits for another process's lock on the SQLite file."
+    )
     user: str | None = Field(default=None, description="Username on stdio; default the OS login name.")
     data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir(APP_NAME)))
     config_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_config_dir(APP_NAME)))

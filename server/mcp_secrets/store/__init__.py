@@ -148,18 +148,20 @@ class SecretStore(Protocol):
         ...
 
 
-def open_store(database_url: str | None, *, default_sqlite_path: str) -> SecretStore:
+def open_store(
+    database_url: str | None, *, default_sqlite_path: str, busy_timeout: float = 10.0
+) -> SecretStore:
     """Open the store named by ``MCP_SECRETS_DATABASE_URL``; SQLite at the default path when unset."""
     url = (database_url or "").strip()
     if not url:
         from mcp_secrets.store.sqlite import SQLiteStore  # noqa: PLC0415 - import only the backend in use
 
-        return SQLiteStore(default_sqlite_path)
+        return SQLiteStore(default_sqlite_path, busy_timeout=busy_timeout)
     if url.startswith("sqlite:///"):
         from mcp_secrets.store.sqlite import SQLiteStore  # noqa: PLC0415
 
         # sqlite:///relative/path and sqlite:////absolute/path, as SQLAlchemy spells them.
-        return SQLiteStore(url[len("sqlite:///") :])
+        return SQLiteStore(url[len("sqlite:///") :], busy_timeout=busy_timeout)
     if url.startswith(("mongodb://", "mongodb+srv://")):
         from mcp_secrets.store.mongo import MongoStore  # noqa: PLC0415
 
