@@ -175,3 +175,103 @@ def test_serve_refuses_an_unsupported_database_url_without_showing_it(env: dict[
     assert done.returncode == EXIT_CONFIGURATION
     assert "MCP_SECRETS_DATABASE_URL" in done.stderr
     assert password not in done.stdout + done.stderr
+
+
+# --- set: the value comes from a hidden prompt or stdin, never from argv ---------------------------
+
+
+def set_from_stdin(env: dict[str, str], stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``mcp-secrets set ARGS`` with ``stdin`` piped in, as a script or `echo … |` would."""
+    return subprocess.run(
+        [sys.executable, "-m", "mcp_secrets", "set", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def stored_secrets(env: dict[str, str], username: str, server: str) -> dict[str, str]:
+    """What the store of ``env`` holds for one user and server, read through the library."""
+    settings = mcp_secrets.Settings(
+        master_key=env["MCP_SECRETS_MASTER_KEY"],
+        data_dir=Path(env["MCP_SECRETS_DATA_DIR"]),
+        config_dir=Path(env["MCP_SECRETS_CONFIG_DIR"]),
+        database_url=None,
+    )
+    secrets = mcp_secrets.open_secrets(settings)
+    try:
+        return secrets.get_secrets(username, server)
+    finally:
+        secrets.store.close()
+
+
+@pytest.mark.parametrize("line_end", ["\n", "\r\n", ""], ids=["lf", "crlf", "no-newline"])
+def test_set_stores_the_value_read_from_stdin_without_printing_it(
+    env: dict[str, str], canary: str, line_end: str
+) -> None:
+    done = set_from_stdin(env, canary + line_end, "github", "TOKEN", "--user", "alice")
+
+    assert done.returncode == 0, done.stderr
+    assert stored_secrets(env, "alice", "github") == {"TOKEN": canary}
+    assert done.stdout == ""
+    assert "TOKEN" in done.stderr
+    assert "created for alice" in done.stderr
+    assert canary not in done.stdout + done.stderr
+
+
+def test_set_again_replaces_the_value_and_says_updated(env: dict[str, str], canary: str) -> None:
+    first = set_from_stdin(env, "old\n", "github", "TOKEN", "--user", "alice")
+
+    second = set_from_stdin(env, canary + "\n", "github", "TOKEN", "--user", "alice")
+
+    assert [first.returncode, second.returncode] == [0, 0]
+    assert "updated for alice" in second.stderr
+    assert stored_secrets(env, "alice", "github") == {"TOKEN": canary}
+
+
+def test_set_stores_for_the_named_user_only(env: dict[str, str], canary: str) -> None:
+    env["MCP_SECRETS_USER"] = "bob"
+
+    done = set_from_stdin(env, canary, "github", "TOKEN", "--user", "alice")
+    defaulted = set_from_stdin(env, "bobs", "github", "OTHER")
+
+    assert [done.returncode, defaulted.returncode] == [0, 0]
+    assert stored_secrets(env, "alice", "github") == {"TOKEN": canary}
+    assert stored_secrets(env, "bob", "github") == {"OTHER": "bobs"}
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        pytest.param(("github", "BAD KEY", "--user", "alice"), "key", id="bad-key"),
+        pytest.param(("git/hub", "TOKEN", "--user", "alice"), "server", id="bad-server"),
+        pytest.param(("github", "TOKEN", "--user", "bad user"), "username", id="bad-user"),
+    ],
+)
+def test_set_with_a_bad_name_exits_2_without_storing_or_echoing_the_value(
+    env: dict[str, str], canary: str, args: tuple[str, ...], field: str
+) -> None:
+    done = set_from_stdin(env, canary + "\n", *args)
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert f"{field} must be" in done.stderr
+    assert canary not in done.stdout + done.stderr
+    assert stored_secrets(env, "alice", "github") == {}
+
+
+def test_set_with_an_empty_value_exits_2(env: dict[str, str]) -> None:
+    done = set_from_stdin(env, "\n", "github", "TOKEN", "--user", "alice")
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "value must not be empty" in done.stderr
+    assert stored_secrets(env, "alice", "github") == {}
+
+
+def test_set_takes_no_value_argument(env: dict[str, str], canary: str) -> None:
+    done = set_from_stdin(env, "", "github", "TOKEN", canary)
+
+    assert done.returncode == EXIT_CONFIGURATION  # argparse's usage error
+    assert "unrecognized arguments" in done.stderr

@@ -1,0 +1,617 @@
+"""``request_secret`` and the one-time entry page over a real ``mcp-secrets serve``.
+
+The tests act as a browser would: GET the link without any bearer token, read
+the hidden ``csrf`` field, POST the form with the cookie the GET set.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets as _random
+from collections.abc import Callable
+from datetime import datetime, timezone
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from mcp_types import CallToolResult, ElicitCompleteNotification, ElicitRequestURLParams, ElicitResult
+
+from mcp_secrets.bootstrap import open_secrets
+from mcp_secrets.config import Settings
+from mcp_secrets.secrets import MAX_VALUE_BYTES
+
+pytestmark = pytest.mark.anyio
+
+ENTRY_PREFIX = "/secrets/entry/"
+CSRF_COOKIE = "mcp_secrets_csrf"
+# (Client mode, the protocol version it negotiates with this server)
+ERAS = [
+    pytest.param(("auto", "2026-07-28"), id="2026-07-28"),
+    pytest.param(("legacy", "2025-11-25"), id="2025-11-25"),
+]
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+def tags_of(html: str) -> list[tuple[str, dict[str, str | None]]]:
+    """Every start tag of a page, with its attributes."""
+    parser = _Tags()
+    parser.feed(html)
+    return parser.tags
+
+
+def inputs_of(html: str) -> list[dict[str, str | None]]:
+    return [attrs for tag, attrs in tags_of(html) if tag == "input"]
+
+
+def csrf_of(html: str) -> str:
+    (field,) = [attrs for attrs in inputs_of(html) if attrs.get("name") == "csrf"]
+    assert field["type"] == "hidden"
+    assert field["value"]
+    return field["value"]
+
+
+def browser() -> httpx2.AsyncClient:
+    """An HTTP client that keeps cookies and carries no bearer token, like the user's browser."""
+    return httpx2.AsyncClient(trust_env=False, timeout=30)
+
+
+async def open_form(http: httpx2.AsyncClient, url: str) -> tuple[httpx2.Response, str]:
+    """GET the entry page; the response and its csrf field."""
+    page = await http.get(url)
+    assert page.status_code == 200, page.text
+    return page, csrf_of(page.text)
+
+
+async def fill_in(url: str, value: str) -> list[httpx2.Response]:
+    """What a user does in a fresh browser: open the link, type the value, submit. Both responses."""
+    async with browser() as http:
+        page, csrf = await open_form(http, url)
+        posted = await http.post(url, data={"csrf": csrf, "value": value})
+    return [page, posted]
+
+
+def token_of(url: str) -> str:
+    assert ENTRY_PREFIX in url
+    return url.rsplit("/", 1)[1]
+
+
+def text_of(result: CallToolResult) -> str:
+    assert result.content[0].type == "text"
+    return result.content[0].text
+
+
+def everything_in(result: CallToolResult) -> str:
+    return json.dumps(result.model_dump(mode="json"))
+
+
+def stored_values(deployment: Any, username: str, server: str) -> dict[str, str]:
+    """What the deployment's store holds for one user and server, read through the library."""
+    env = deployment.env
+    settings = Settings(
+        master_key=env["MCP_SECRETS_MASTER_KEY"],
+        data_dir=Path(env["MCP_SECRETS_DATA_DIR"]),
+        config_dir=Path(env["MCP_SECRETS_CONFIG_DIR"]),
+        database_url=None,
+    )
+    secrets = open_secrets(settings)
+    try:
+        return secrets.get_secrets(username, server)
+    finally:
+        secrets.store.close()
+
+
+async def keys_of(client: Any, server: str) -> tuple[str, list[str]]:
+    """The username a listing is for and the keys it lists for ``server``."""
+    listed = await client.call_tool("list_secret_keys", {"server": server})
+    assert not listed.is_error, text_of(listed)
+    assert listed.structured_content is not None
+    return listed.structured_content["username"], [
+        entry["key"] for entry in listed.structured_content["keys"]
+    ]
+
+
+async def new_link(deployment: Any, server: str, key: str = "API_TOKEN", username: str = "alice") -> str:
+    """An entry link made by ``request_secret`` for a client that cannot open URLs itself."""
+    result = await link_sent(deployment, server, key, username)
+    assert result.structured_content is not None
+    return str(result.structured_content["url"])
+
+
+async def link_sent(deployment: Any, server: str, key: str, username: str = "alice") -> CallToolResult:
+    async with deployment.connect(username) as client:
+        result = await client.call_tool("request_secret", {"server": server, "key": key})
+    assert not result.is_error, text_of(result)
+    return result
+
+
+class Elicitor:
+    """An elicitation callback that records URL requests and answers ``action``, optionally filling in."""
+
+    def __init__(self, action: str = "accept", fill: Callable[[str], Any] | None = None) -> None:
+        self.action = action
+        self.fill = fill
+        self.requests: list[ElicitRequestURLParams] = []
+
+    @property
+    def urls(self) -> list[str]:
+        return [request.url for request in self.requests]
+
+    async def __call__(self, _context: Any, params: Any) -> ElicitResult:
+        assert isinstance(params, ElicitRequestURLParams), type(params)
+        self.requests.append(params)
+        if self.fill is not None:
+            await self.fill(params.url)
+        return ElicitResult(action=self.action)
+
+
+@pytest.fixture
+def server() -> str:
+    """An MCP server name no other test uses, since a module's tests share each deployment's store."""
+    return f"server-{_random.token_hex(4)}"
+
+
+# --- the elicitation round trip -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("era", ERAS)
+@pytest.mark.parametrize("submit_first", [True, False], ids=["submit-then-accept", "accept-then-submit"])
+async def test_request_secret_stores_the_value_typed_into_the_page(
+    http_deployment, server: str, canary: str, era: tuple[str, str], submit_first: bool
+) -> None:
+    mode, version = era
+    pages: list[httpx2.Response] = []
+    completed: list[str] = []
+
+    async def submit(url: str) -> None:
+        pages.extend(await fill_in(url, canary))
+
+    async def on_message(message: object) -> None:
+        if isinstance(message, ElicitCompleteNotification):
+            completed.append(message.params.elicitation_id)
+
+    async with anyio.create_task_group() as tasks:
+
+        async def fill(url: str) -> None:
+            if submit_first:
+                await submit(url)
+            else:
+                tasks.start_soon(submit, url)  # the user types after the client said "accept"
+
+        elicitor = Elicitor("accept", fill)
+        async with http_deployment.connect(
+            "alice", mode=mode, elicitation_callback=elicitor, message_handler=on_message
+        ) as alice:
+            negotiated = alice.protocol_version
+            result = await alice.call_tool("request_secret", {"server": server, "key": "API_TOKEN"})
+            listed_by_alice = await keys_of(alice, server)
+    async with http_deployment.connect("bob") as bob:
+        listed_by_bob = await keys_of(bob, server)
+
+    assert negotiated == version
+    assert not result.is_error, text_of(result)
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "stored"
+    assert (result.structured_content["server"], result.structured_content["key"]) == (server, "API_TOKEN")
+    (url,) = elicitor.urls
+    assert url.startswith(http_deployment.base_url + ENTRY_PREFIX)
+    assert [page.status_code for page in pages] == [200, 200]
+    assert "Secret stored" in pages[1].text
+    assert listed_by_alice == ("alice", ["API_TOKEN"])
+    assert listed_by_bob == ("bob", [])
+    assert stored_values(http_deployment, "alice", server) == {"API_TOKEN": canary}
+    if mode == "legacy":  # the 2025-11-25 era announces the end of the URL elicitation it started
+        assert completed == [elicitor.requests[0].elicitation_id]
+    assert canary not in everything_in(result)
+    assert all(canary not in page.text for page in pages)
+    log = http_deployment.log()
+    assert ENTRY_PREFIX in log, "the access log must show entry requests for this check to mean anything"
+    assert canary not in log
+    assert token_of(url) not in log
+
+
+@pytest.mark.parametrize("era", ERAS)
+@pytest.mark.parametrize("action", ["decline", "cancel"])
+async def test_declining_stores_nothing_and_uses_the_link_up(
+    streamable_http_deployment, server: str, era: tuple[str, str], action: str
+) -> None:
+    mode, version = era
+    elicitor = Elicitor(action)
+
+    async with streamable_http_deployment.connect("alice", mode=mode, elicitation_callback=elicitor) as alice:
+        result = await alice.call_tool("request_secret", {"server": server, "key": "API_TOKEN"})
+        negotiated = alice.protocol_version
+    (url,) = elicitor.urls
+    async with browser() as http:
+        opened = await http.get(url)
+        posted = await http.post(url, data={"csrf": "x", "value": "late"})
+
+    assert negotiated == version
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "declined"
+    assert "declined" in text_of(result)
+    assert [opened.status_code, posted.status_code] == [410, 410]
+    assert stored_values(streamable_http_deployment, "alice", server) == {}
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_no_submission_within_the_wait_is_pending_and_the_link_stays_usable(
+    impatient_deployment, server: str, canary: str, era: tuple[str, str]
+) -> None:
+    mode, version = era
+    elicitor = Elicitor("accept")
+
+    async with impatient_deployment.connect("alice", mode=mode, elicitation_callback=elicitor) as alice:
+        result = await alice.call_tool("request_secret", {"server": server, "key": "API_TOKEN"})
+        negotiated = alice.protocol_version
+    (url,) = elicitor.urls
+    pages = await fill_in(url, canary)
+
+    assert negotiated == version
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "pending"
+    expires_at = datetime.fromisoformat(result.structured_content["expires_at"])
+    assert expires_at.tzinfo is not None
+    assert f"{expires_at.astimezone(timezone.utc):%H:%M} UTC" in text_of(result)
+    assert pages[1].status_code == 200
+    assert stored_values(impatient_deployment, "alice", server) == {"API_TOKEN": canary}
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_client_without_url_elicitation_gets_the_link_to_open(
+    http_deployment, server: str, canary: str, mode: str
+) -> None:
+    async with http_deployment.connect("alice", mode=mode) as alice:
+        result = await alice.call_tool("request_secret", {"server": server, "key": "API_TOKEN"})
+    assert result.structured_content is not None
+    url = result.structured_content["url"]
+    pages = await fill_in(url, canary)
+
+    assert result.structured_content["status"] == "link_sent"
+    assert result.structured_content["expires_at"] is not None
+    assert url.startswith(http_deployment.base_url + ENTRY_PREFIX)
+    assert url in text_of(result)
+    assert [page.status_code for page in pages] == [200, 200]
+    assert stored_values(http_deployment, "alice", server) == {"API_TOKEN": canary}
+    assert stored_values(http_deployment, "bob", server) == {}
+    assert token_of(url) not in http_deployment.log()
+
+
+# --- the link belongs to one user, once, for a while ----------------------------------------------
+
+
+async def test_bob_cannot_open_or_submit_alices_link(
+    streamable_http_deployment, server: str, canary: str
+) -> None:
+    deployment = streamable_http_deployment
+    url = await new_link(deployment, server)
+    bob = {"Authorization": f"Bearer {deployment.token('bob')}"}
+    alice = {"Authorization": f"Bearer {deployment.token('alice')}"}
+
+    async with browser() as http:
+        _, csrf = await open_form(http, url)
+        opened_by_bob = await http.get(url, headers=bob)
+        posted_by_bob = await http.post(url, headers=bob, data={"csrf": csrf, "value": canary})
+        opened_by_alice = await http.get(url, headers=alice)
+
+    assert [opened_by_bob.status_code, posted_by_bob.status_code] == [403, 403]
+    for refused in (opened_by_bob, posted_by_bob):
+        assert "another user" in refused.text
+        assert not inputs_of(refused.text)
+        assert canary not in refused.text
+    assert opened_by_alice.status_code == 200
+    assert stored_values(deployment, "alice", server) == {}
+    assert stored_values(deployment, "bob", server) == {}
+
+
+FORGERIES: dict[str, Callable[[str], str]] = {
+    "one-char-changed": lambda token: token[:-1] + ("A" if token[-1] != "A" else "B"),
+    "truncated": lambda token: token[:-1],
+    "random": lambda _: _random.token_urlsafe(32),
+    "non-ascii": lambda token: token[:-1] + "é",
+    "too-long": lambda token: token * 3,
+}
+
+
+@pytest.mark.parametrize("forge", FORGERIES.values(), ids=FORGERIES.keys())
+async def test_a_forged_link_is_404_without_a_form(
+    streamable_http_deployment, server: str, canary: str, forge: Callable[[str], str]
+) -> None:
+    url = await new_link(streamable_http_deployment, server)
+    forged = url.rsplit("/", 1)[0] + "/" + forge(token_of(url))
+
+    async with browser() as http:
+        _, csrf = await open_form(http, url)
+        opened = await http.get(forged)
+        posted = await http.post(forged, data={"csrf": csrf, "value": canary})
+        still_live = await http.get(url)
+
+    assert [opened.status_code, posted.status_code] == [404, 404]
+    for page in (opened, posted):
+        assert "not valid" in page.text
+        assert "<form" not in page.text
+        assert not inputs_of(page.text)
+    assert still_live.status_code == 200
+    assert stored_values(streamable_http_deployment, "alice", server) == {}
+
+
+async def test_a_used_link_is_410_and_keeps_the_first_value(
+    streamable_http_deployment, server: str, canary: str
+) -> None:
+    url = await new_link(streamable_http_deployment, server)
+    await fill_in(url, canary)
+
+    async with browser() as http:
+        opened = await http.get(url)
+        posted = await http.post(url, data={"csrf": "x", "value": "second"})
+
+    assert [opened.status_code, posted.status_code] == [410, 410]
+    for page in (opened, posted):
+        assert "expired or has already been used" in page.text
+        assert "Ask the assistant for a new one" in page.text
+        assert not inputs_of(page.text)
+    assert stored_values(streamable_http_deployment, "alice", server) == {"API_TOKEN": canary}
+
+
+async def test_an_expired_link_is_410(short_link_deployment, server: str) -> None:
+    result = await link_sent(short_link_deployment, server, "API_TOKEN")
+    assert result.structured_content is not None
+    url = result.structured_content["url"]
+    expires_at = datetime.fromisoformat(result.structured_content["expires_at"])
+    async with browser() as http:
+        _, csrf = await open_form(http, url)
+        # A bounded sleep past the link's own expiry (about 1.2 s on this server).
+        await anyio.sleep(max(0.0, (expires_at - datetime.now(timezone.utc)).total_seconds()) + 0.3)
+        opened = await http.get(url)
+        posted = await http.post(url, data={"csrf": csrf, "value": "too late"})
+
+    assert [opened.status_code, posted.status_code] == [410, 410]
+    assert "expired" in opened.text
+    assert stored_values(short_link_deployment, "alice", server) == {}
+
+
+# --- the page itself ------------------------------------------------------------------------------
+
+
+async def test_the_form_has_one_labelled_password_field_and_names_the_secret(
+    streamable_http_deployment, server: str
+) -> None:
+    url = await new_link(streamable_http_deployment, server, "API_TOKEN")
+
+    async with browser() as http:
+        page, _ = await open_form(http, url)
+    tags = tags_of(page.text)
+    inputs = inputs_of(page.text)
+    (form,) = [attrs for tag, attrs in tags if tag == "form"]
+    (password,) = [attrs for attrs in inputs if attrs.get("type") == "password"]
+    (label,) = [attrs for tag, attrs in tags if tag == "label"]
+    (html,) = [attrs for tag, attrs in tags if tag == "html"]
+
+    assert form["method"] == "post"
+    assert "action" not in form or not form["action"], "the form posts back to its own link"
+    assert [attrs["type"] for attrs in inputs] == ["hidden", "password"]
+    assert password["name"] == "value"
+    assert "value" not in password
+    assert label["for"] == password["id"]
+    assert html["lang"] == "en"
+    assert ">Secret value</label>" in page.text
+    for shown in (server, "API_TOKEN", "alice"):
+        assert f"<dd>{shown}</dd>" in page.text
+
+
+async def test_the_form_uses_no_script_and_no_outside_resource(
+    streamable_http_deployment, server: str
+) -> None:
+    url = await new_link(streamable_http_deployment, server)
+
+    async with browser() as http:
+        page, _ = await open_form(http, url)
+    tags = tags_of(page.text)
+
+    assert "<script" not in page.text.lower()
+    assert not [tag for tag, _ in tags if tag in ("script", "link", "img", "iframe", "object", "embed")]
+    assert not [attrs for _, attrs in tags if "src" in attrs or "href" in attrs]
+    assert "http://" not in page.text
+    assert "https://" not in page.text
+    assert "url(" not in page.text
+
+
+PAGES = ["form", "unknown", "used", "other-user"]
+
+
+@pytest.mark.parametrize("kind", PAGES)
+async def test_every_entry_page_is_locked_down_by_headers(
+    streamable_http_deployment, server: str, kind: str
+) -> None:
+    deployment = streamable_http_deployment
+    url = await new_link(deployment, server)
+    headers = {}
+    if kind == "unknown":
+        url = url.rsplit("/", 1)[0] + "/" + _random.token_urlsafe(32)
+    elif kind == "used":
+        await fill_in(url, "value")
+    elif kind == "other-user":
+        headers = {"Authorization": f"Bearer {deployment.token('bob')}"}
+
+    async with browser() as http:
+        page = await http.get(url, headers=headers)
+
+    assert page.status_code == {"form": 200, "unknown": 404, "used": 410, "other-user": 403}[kind]
+    policy = [part.strip() for part in page.headers["Content-Security-Policy"].split(";")]
+    assert "default-src 'none'" in policy
+    assert "frame-ancestors 'none'" in policy
+    assert "form-action 'self'" in policy
+    assert page.headers["Cache-Control"] == "no-store"
+    # Either keeps the link's token from other sites; same-origin lets browsers send a real Origin on POST.
+    assert page.headers["Referrer-Policy"] in ("no-referrer", "same-origin")
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    assert page.headers["Content-Type"].startswith("text/html")
+
+
+async def test_the_csrf_cookie_is_http_only_strict_and_scoped_to_entry_pages(
+    streamable_http_deployment, server: str
+) -> None:
+    url = await new_link(streamable_http_deployment, server)
+
+    async with browser() as http:
+        page, csrf = await open_form(http, url)
+
+    cookie = page.headers["Set-Cookie"]
+    attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")}
+    assert cookie.startswith(f"{CSRF_COOKIE}={csrf};")
+    assert {"httponly", "samesite", "path"} <= attributes
+    assert "samesite=strict" in cookie.lower()
+    assert "path=/secrets/entry" in cookie.lower()
+
+
+async def test_the_value_travels_in_the_post_body_only(
+    streamable_http_deployment, server: str, canary: str
+) -> None:
+    url = await new_link(streamable_http_deployment, server)
+
+    pages = await fill_in(url, canary)
+
+    assert [page.request.method for page in pages] == ["GET", "POST"]
+    assert all(canary not in str(page.request.url) for page in pages)
+    assert canary in pages[1].request.content.decode()
+    assert stored_values(streamable_http_deployment, "alice", server) == {"API_TOKEN": canary}
+    entry_lines = [line for line in streamable_http_deployment.log().splitlines() if ENTRY_PREFIX in line]
+    assert any('"POST /secrets/entry/' in line for line in entry_lines)
+    assert not [line for line in entry_lines if canary in line or "value=" in line]
+
+
+# --- CSRF -----------------------------------------------------------------------------------------
+
+
+async def _post_without_cookie(http: httpx2.AsyncClient, url: str, csrf: str, value: str) -> httpx2.Response:
+    async with browser() as stranger:
+        return await stranger.post(url, data={"csrf": csrf, "value": value})
+
+
+async def _post_with_wrong_csrf(http: httpx2.AsyncClient, url: str, csrf: str, value: str) -> httpx2.Response:
+    return await http.post(url, data={"csrf": _random.token_urlsafe(32), "value": value})
+
+
+async def _post_without_csrf(http: httpx2.AsyncClient, url: str, csrf: str, value: str) -> httpx2.Response:
+    del csrf
+    return await http.post(url, data={"value": value})
+
+
+async def _post_with_empty_csrf(http: httpx2.AsyncClient, url: str, csrf: str, value: str) -> httpx2.Response:
+    del csrf
+    http.cookies.set(CSRF_COOKIE, "", path=ENTRY_PREFIX.rstrip("/"))
+    return await http.post(url, data={"csrf": "", "value": value})
+
+
+async def _post_from_foreign_origin(
+    http: httpx2.AsyncClient, url: str, csrf: str, value: str
+) -> httpx2.Response:
+    return await http.post(
+        url, data={"csrf": csrf, "value": value}, headers={"Origin": "http://evil.example"}
+    )
+
+
+CSRF_ATTEMPTS = {
+    "no-cookie": _post_without_cookie,
+    "mismatched-field": _post_with_wrong_csrf,
+    "no-field": _post_without_csrf,
+    "empty-cookie-and-field": _post_with_empty_csrf,
+    "foreign-origin": _post_from_foreign_origin,
+}
+
+
+@pytest.mark.parametrize("attempt", CSRF_ATTEMPTS.values(), ids=CSRF_ATTEMPTS.keys())
+async def test_a_cross_site_post_is_refused_and_the_link_stays_live(
+    streamable_http_deployment, server: str, canary: str, attempt: Callable[..., Any]
+) -> None:
+    url = await new_link(streamable_http_deployment, server)
+
+    async with browser() as http:
+        _, csrf = await open_form(http, url)
+        refused = await attempt(http, url, csrf, canary)
+    stored_after_refusal = stored_values(streamable_http_deployment, "alice", server)
+    pages = await fill_in(url, "the real value")
+
+    assert refused.status_code == 403
+    assert canary not in refused.text
+    assert stored_after_refusal == {}
+    assert pages[1].status_code == 200
+    assert stored_values(streamable_http_deployment, "alice", server) == {"API_TOKEN": "the real value"}
+    assert canary not in streamable_http_deployment.log()
+
+
+# --- invalid values -------------------------------------------------------------------------------
+
+INVALID = {
+    "empty": "",
+    "over-64-KiB": "x" * (MAX_VALUE_BYTES + 1),
+    "over-64-KiB-in-UTF-8": "é" * (MAX_VALUE_BYTES // 2 + 1),
+}
+
+
+@pytest.mark.parametrize("value", INVALID.values(), ids=INVALID.keys())
+async def test_an_invalid_value_shows_the_form_again_without_echoing_it(
+    streamable_http_deployment, server: str, value: str
+) -> None:
+    marked = f"canary-{_random.token_hex(8)}{value}" if value else value
+    url = await new_link(streamable_http_deployment, server)
+
+    async with browser() as http:
+        _, csrf = await open_form(http, url)
+        refused = await http.post(url, data={"csrf": csrf, "value": marked})
+    pages = await fill_in(url, "the real value")
+
+    assert refused.status_code == 400
+    assert "Not stored: value must" in refused.text
+    assert [attrs.get("type") for attrs in inputs_of(refused.text)] == ["hidden", "password"]
+    assert "value" not in next(attrs for attrs in inputs_of(refused.text) if attrs.get("type") == "password")
+    if marked:
+        assert marked[:40] not in refused.text
+    assert pages[1].status_code == 200
+    assert stored_values(streamable_http_deployment, "alice", server) == {"API_TOKEN": "the real value"}
+
+
+async def test_a_missing_value_field_is_refused_like_an_empty_one(
+    streamable_http_deployment, server: str
+) -> None:
+    url = await new_link(streamable_http_deployment, server)
+
+    async with browser() as http:
+        _, csrf = await open_form(http, url)
+        refused = await http.post(url, data={"csrf": csrf})
+        still_live = await http.get(url)
+
+    assert refused.status_code == 400
+    assert "value must not be empty" in refused.text
+    assert still_live.status_code == 200
+
+
+async def test_an_oversized_form_is_refused_before_it_is_read(
+    streamable_http_deployment, server: str
+) -> None:
+    url = await new_link(streamable_http_deployment, server)
+    marked = f"canary-{_random.token_hex(8)}" + "x" * (300 * 1024)
+
+    async with browser() as http:
+        _, csrf = await open_form(http, url)
+        refused = await http.post(url, data={"csrf": csrf, "value": marked})
+        still_live = await http.get(url)
+
+    assert refused.status_code == 413
+    assert marked[:40] not in refused.text
+    assert still_live.status_code == 200
+    assert stored_values(streamable_http_deployment, "alice", server) == {}

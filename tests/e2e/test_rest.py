@@ -1,0 +1,318 @@
+"""The REST API (``POST /secrets/set``, ``GET /secrets``, ``GET /openapi.json``) over a real server."""
+
+from __future__ import annotations
+
+import json
+import secrets as _random
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+import pytest
+
+from mcp_secrets.secrets import MAX_VALUE_BYTES
+
+
+class Rest:
+    """The REST API of one deployment, as one user (or as the holder of a given token, or of none)."""
+
+    def __init__(self, deployment: Any, http: httpx2.Client, token: str | None) -> None:
+        self.deployment = deployment
+        self.http = http
+        self.headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+
+    def set(self, **body: Any) -> httpx2.Response:
+        return self.http.post(f"{self.deployment.base_url}/secrets/set", headers=self.headers, json=body)
+
+    def post_raw(self, content: bytes) -> httpx2.Response:
+        headers = {**self.headers, "Content-Type": "application/json"}
+        return self.http.post(f"{self.deployment.base_url}/secrets/set", headers=headers, content=content)
+
+    def list(self, server: str | None = None) -> httpx2.Response:
+        params = {} if server is None else {"server": server}
+        return self.http.get(f"{self.deployment.base_url}/secrets", headers=self.headers, params=params)
+
+    def keys(self, server: str | None = None) -> list[tuple[str, str]]:
+        listed = self.list(server)
+        assert listed.status_code == 200, listed.text
+        return [(entry["server"], entry["key"]) for entry in listed.json()["keys"]]
+
+
+@pytest.fixture
+def http() -> Iterator[httpx2.Client]:
+    with httpx2.Client(trust_env=False, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def alice(streamable_http_deployment, http: httpx2.Client) -> Rest:
+    return Rest(streamable_http_deployment, http, streamable_http_deployment.token("alice"))
+
+
+@pytest.fixture
+def bob(streamable_http_deployment, http: httpx2.Client) -> Rest:
+    return Rest(streamable_http_deployment, http, streamable_http_deployment.token("bob"))
+
+
+@pytest.fixture
+def server() -> str:
+    """An MCP server name no other test uses, since a module's tests share each deployment's store."""
+    return f"server-{_random.token_hex(4)}"
+
+
+# --- save, update, delete, list -------------------------------------------------------------------
+
+
+def test_save_update_and_delete_answer_with_the_right_status(http_deployment, http, server: str) -> None:
+    rest = Rest(http_deployment, http, http_deployment.token("alice"))
+
+    answers = [
+        rest.set(server=server, key="TOKEN", value="one"),
+        rest.set(server=server, key="TOKEN", value="two", action="save"),
+        rest.set(server=server, key="TOKEN", value="three", action="update"),
+        rest.set(server=server, key="OTHER", value="four", action="update"),
+        rest.set(server=server, key="TOKEN", action="delete"),
+    ]
+
+    assert [answer.status_code for answer in answers] == [200] * 5
+    assert [answer.json() for answer in answers] == [
+        {"server": server, "key": "TOKEN", "status": status} for status in ("created", "updated", "updated")
+    ] + [
+        {"server": server, "key": "OTHER", "status": "created"},
+        {"server": server, "key": "TOKEN", "status": "deleted"},
+    ]
+    assert rest.keys(server) == [(server, "OTHER")]
+
+
+def test_list_with_a_server_shows_only_that_servers_keys(alice: Rest, server: str) -> None:
+    other = server + "-other"
+    for name, key in [(server, "B"), (server, "A"), (other, "C")]:
+        assert alice.set(server=name, key=key, value="v").status_code == 200
+
+    one_server = alice.list(server)
+    every_server = alice.list()
+
+    assert one_server.status_code == 200
+    assert one_server.json()["username"] == "alice"
+    assert [(entry["server"], entry["key"]) for entry in one_server.json()["keys"]] == [
+        (server, "A"),
+        (server, "B"),
+    ]
+    listed_everywhere = [(entry["server"], entry["key"]) for entry in every_server.json()["keys"]]
+    assert [pair for pair in listed_everywhere if pair[0] in (server, other)] == [
+        (server, "A"),
+        (server, "B"),
+        (other, "C"),
+    ]
+    entry = one_server.json()["keys"][0]
+    assert set(entry) == {"server", "key", "created_at", "updated_at"}
+
+
+def test_delete_of_a_missing_key_is_404(alice: Rest, server: str) -> None:
+    alice.set(server=server, key="PRESENT", value="v")
+
+    missing_key = alice.set(server=server, key="ABSENT", action="delete")
+    missing_server = alice.set(server=server + "-none", key="ABSENT", action="delete")
+
+    assert [missing_key.status_code, missing_server.status_code] == [404, 404]
+    assert missing_key.json()["error"] == "not_found"
+    assert alice.keys(server) == [(server, "PRESENT")]
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+CANARY = "{canary}"
+BAD_BODIES: dict[str, tuple[dict[str, Any], str]] = {
+    "bad-server-name": ({"server": f"bad {CANARY}", "key": "K", "value": "v"}, "server"),
+    "bad-key-name": ({"server": "s", "key": f"{CANARY}/x", "value": "v"}, "key"),
+    "key-too-long": ({"server": "s", "key": "K" * 129, "value": CANARY}, "key"),
+    "empty-value": ({"server": "s", "key": "K", "value": ""}, "value"),
+    "oversized-value": ({"server": "s", "key": "K", "value": CANARY + "x" * MAX_VALUE_BYTES}, "value"),
+    "no-value-to-save": ({"server": "s", "key": "K"}, "value"),
+    "value-a-number": ({"server": "s", "key": "K", "value": 123}, "value"),
+    "value-an-object": ({"server": "s", "key": "K", "value": {"$ne": CANARY}}, "value"),
+    "server-a-number": ({"server": 7, "key": "K", "value": CANARY}, "server"),
+    "key-a-list": ({"server": "s", "key": [CANARY], "value": "v"}, "key"),
+    "missing-server": ({"key": "K", "value": CANARY}, "server"),
+    "unknown-field": ({"server": "s", "key": "K", "value": "v", "owner": CANARY}, "owner"),
+    "username-field": ({"server": "s", "key": "K", "value": "v", "username": "bob"}, "username"),
+    "unknown-action": ({"server": "s", "key": "K", "value": CANARY, "action": "upsert"}, "action"),
+}
+
+
+def _with_canary(body: Any, canary: str) -> Any:
+    if isinstance(body, str):
+        return body.replace(CANARY, canary)
+    if isinstance(body, dict):
+        return {name: _with_canary(value, canary) for name, value in body.items()}
+    if isinstance(body, list):
+        return [_with_canary(value, canary) for value in body]
+    return body
+
+
+@pytest.mark.parametrize(("body", "field"), BAD_BODIES.values(), ids=BAD_BODIES.keys())
+def test_bad_input_is_400_naming_the_field_but_not_the_value(
+    alice: Rest, canary: str, body: dict[str, Any], field: str
+) -> None:
+    answer = alice.set(**_with_canary(body, canary))
+
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "invalid_input"
+    assert field in answer.json()["message"]
+    assert canary not in answer.text
+    assert alice.keys("s") == []
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b'{"server": "s", "key": "K", "value": "{canary}"', id="truncated-json"),
+        pytest.param(b"{canary}", id="not-json"),
+        pytest.param(b'["s", "K", "{canary}"]', id="json-array"),
+        pytest.param(b"", id="empty-body"),
+        pytest.param(b'{"server": "s", "key": "K", "value": "\xff{canary}"}', id="not-utf-8"),
+    ],
+)
+def test_a_body_that_is_not_a_json_object_is_400(alice: Rest, canary: str, content: bytes) -> None:
+    answer = alice.post_raw(content.replace(b"{canary}", canary.encode()))
+
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "invalid_input"
+    assert canary not in answer.text
+
+
+def test_an_oversized_body_is_refused(alice: Rest, canary: str) -> None:
+    answer = alice.set(server="s", key="K", value=canary + "x" * (300 * 1024))
+
+    assert answer.status_code == 413
+    assert canary not in answer.text
+
+
+def test_list_of_a_bad_server_name_is_400(alice: Rest, canary: str) -> None:
+    answer = alice.list(f"bad {canary}")
+
+    assert answer.status_code == 400
+    assert "server" in answer.json()["message"]
+    assert canary not in answer.text
+
+
+# --- who may do what ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(None, id="no-token"),
+        pytest.param("garbage", id="garbage"),
+        pytest.param("mcps_0123456789_" + "A" * 43, id="well-formed-but-unknown"),
+    ],
+)
+@pytest.mark.parametrize("call", ["set", "list"])
+def test_a_request_without_a_known_token_is_401_with_www_authenticate(
+    streamable_http_deployment, http, server: str, token: str | None, call: str
+) -> None:
+    rest = Rest(streamable_http_deployment, http, token)
+
+    answer = rest.set(server=server, key="K", value="v") if call == "set" else rest.list()
+
+    assert answer.status_code == 401
+    assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+    assert (
+        Rest(streamable_http_deployment, http, streamable_http_deployment.token("alice")).keys(server) == []
+    )
+
+
+def test_bob_cannot_list_or_delete_alices_secrets(alice: Rest, bob: Rest, server: str) -> None:
+    alice.set(server=server, key="TOKEN", value="alices")
+
+    listed_by_bob = bob.list(server)
+    deleted_by_bob = bob.set(server=server, key="TOKEN", action="delete")
+
+    assert listed_by_bob.status_code == 200
+    assert listed_by_bob.json() == {"username": "bob", "keys": []}
+    assert deleted_by_bob.status_code == 404
+    assert "alice" not in deleted_by_bob.text
+    assert alice.keys(server) == [(server, "TOKEN")]
+
+
+def test_each_user_writes_only_their_own_secrets(alice: Rest, bob: Rest, server: str) -> None:
+    bob.set(server=server, key="TOKEN", value="bobs")
+
+    assert alice.keys(server) == []
+    assert bob.keys(server) == [(server, "TOKEN")]
+
+
+def test_a_foreign_origin_is_refused_even_with_a_valid_token(alice: Rest, server: str) -> None:
+    alice.headers["Origin"] = "http://evil.example"
+
+    answer = alice.set(server=server, key="TOKEN", value="v")
+
+    assert answer.status_code == 403
+    del alice.headers["Origin"]
+    assert alice.keys(server) == []
+
+
+def test_no_answer_and_no_log_line_ever_holds_a_value(alice: Rest, server: str, canary: str) -> None:
+    answers = [
+        alice.set(server=server, key="TOKEN", value=canary),
+        alice.set(server=server, key="TOKEN", value=canary, action="update"),
+        alice.set(server=server, key="BAD KEY", value=canary),
+        alice.set(server=server, key="TOKEN", value=[canary]),
+        alice.list(server),
+        alice.list(),
+        alice.set(server=server, key="TOKEN", action="delete"),
+    ]
+
+    assert [answer.status_code for answer in answers] == [200, 200, 400, 400, 200, 200, 200]
+    assert all(canary not in answer.text for answer in answers)
+    log = alice.deployment.log()
+    assert "POST /secrets/set" in log, "the access log must show the requests for this check to mean anything"
+    assert canary not in log
+
+
+# --- OpenAPI --------------------------------------------------------------------------------------
+
+
+def test_openapi_document_is_open_json_naming_both_paths(streamable_http_deployment, http) -> None:
+    answer = http.get(f"{streamable_http_deployment.base_url}/openapi.json")
+
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"].startswith("application/json")
+    document = json.loads(answer.text)
+    assert document["openapi"].startswith("3.")
+    assert {"title", "version"} <= set(document["info"])
+    assert set(document["paths"]) == {"/secrets/set", "/secrets"}
+    assert set(document["paths"]["/secrets/set"]) == {"post"}
+    assert set(document["paths"]["/secrets"]) == {"get"}
+    assert document["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
+    request_schema = document["components"]["schemas"]["SetSecretRequest"]
+    assert set(request_schema["properties"]) == {"server", "key", "value", "action"}
+    assert set(request_schema["required"]) == {"server", "key"}
+    assert request_schema["additionalProperties"] is False
+    for path in document["paths"].values():
+        for operation in path.values():
+            assert {"200", "400", "401"} <= set(operation["responses"])
+
+
+def test_openapi_references_all_resolve(streamable_http_deployment, http) -> None:
+    document = http.get(f"{streamable_http_deployment.base_url}/openapi.json").json()
+
+    def refs(node: Any) -> Iterator[str]:
+        if isinstance(node, dict):
+            for name, value in node.items():
+                if name == "$ref":
+                    yield value
+                else:
+                    yield from refs(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from refs(value)
+
+    found = list(refs(document))
+    assert found
+    for ref in found:
+        assert ref.startswith("#/")
+        target: Any = document
+        for part in ref[2:].split("/"):
+            assert part in target, ref
+            target = target[part]

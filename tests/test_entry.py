@@ -1,0 +1,490 @@
+"""One-time entry links over every store backend, and ``request_secret`` through the in-process client."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from mcp import Client
+from mcp_types import CallToolResult, ElicitRequestURLParams, ElicitResult
+
+from conftest import assert_not_leaked, new_canary
+from mcp_secrets.app import EntrySettings, build_server
+from mcp_secrets.entry import ENTRY_PATH, LINK_TTL, EntryLink, EntryLinks
+from mcp_secrets.errors import EntryLinkError, InvalidInputError, StoreUnavailableError
+from mcp_secrets.identity import LocalIdentity
+from mcp_secrets.secrets import MAX_VALUE_BYTES, Secrets
+from mcp_secrets.store.sqlite import SQLiteStore
+
+BASE_URL = "http://127.0.0.1:8000"
+
+
+class FakeClock:
+    """A clock that moves only when told; it starts at the real present so no store expires links early."""
+
+    def __init__(self) -> None:
+        now = datetime.now(timezone.utc)
+        # Whole milliseconds: a BSON date keeps no finer.
+        self.now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, by: timedelta) -> None:
+        self.now += by
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def links(secrets: Secrets, clock: FakeClock) -> EntryLinks:
+    """Entry links over each backend in turn, on a fake clock."""
+    return EntryLinks(secrets, clock=clock)
+
+
+@pytest.fixture
+def link(links: EntryLinks) -> EntryLink:
+    """A fresh link for alice's github TOKEN."""
+    return links.create("alice", "github", "TOKEN")
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- making and finding links ---------------------------------------------------------------------
+
+
+def test_a_new_link_is_live_and_bound_to_its_username_server_and_key(
+    links: EntryLinks, link: EntryLink, clock: FakeClock
+) -> None:
+    record, state = links.find(link.token)
+
+    assert state == "live"
+    assert record == link.record
+    assert (record.username, record.server, record.key) == ("alice", "github", "TOKEN")
+    assert record.created_at == clock.now
+    assert record.expires_at == clock.now + LINK_TTL
+    assert record.used_at is None
+
+
+def test_link_url_is_the_entry_path_plus_the_token(link: EntryLink) -> None:
+    assert link.url(BASE_URL + "/") == f"{BASE_URL}{ENTRY_PATH}/{link.token}"
+    assert link.url(BASE_URL) == f"{BASE_URL}/secrets/entry/{link.token}"
+
+
+def test_every_link_gets_its_own_unguessable_token(links: EntryLinks) -> None:
+    made = [links.create("alice", "github", "TOKEN") for _ in range(5)]
+
+    assert len({one.token for one in made}) == 5
+    assert len({one.record.link_id for one in made}) == 5
+    assert all(len(one.token) >= 43 for one in made)  # 32 random bytes, base64url
+
+
+@pytest.mark.parametrize(
+    ("username", "server", "key", "field"),
+    [
+        pytest.param("bad name", "github", "TOKEN", "username", id="username"),
+        pytest.param("alice", "git/hub", "TOKEN", "server", id="server"),
+        pytest.param("alice", "github", "", "key", id="key"),
+    ],
+)
+def test_create_refuses_an_invalid_name_naming_the_field(
+    links: EntryLinks, username: str, server: str, key: str, field: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=field):
+        links.create(username, server, key)
+
+
+def _one_char_changed(token: str) -> str:
+    return token[:-1] + ("A" if token[-1] != "A" else "B")
+
+
+FORGERIES: dict[str, Callable[[str], str]] = {
+    "one-char-changed": _one_char_changed,
+    "first-char-changed": lambda token: ("A" if token[0] != "A" else "B") + token[1:],
+    "truncated": lambda token: token[:-1],
+    "truncated-short": lambda token: token[:10],
+    "extended": lambda token: token + "A",
+    "non-ascii": lambda token: token[:-1] + "é",
+    "too-long": lambda token: token * 3,
+    "empty": lambda _: "",
+    "the-hash-itself": sha256,
+    "another-random-token": lambda _: "x" * 43,
+}
+
+
+@pytest.mark.parametrize("forge", FORGERIES.values(), ids=FORGERIES.keys())
+def test_a_forged_or_altered_token_is_unknown_and_stores_nothing(
+    links: EntryLinks, link: EntryLink, secrets: Secrets, forge: Callable[[str], str]
+) -> None:
+    forged = forge(link.token)
+
+    assert links.find(forged) == (None, "unknown")
+    with pytest.raises(EntryLinkError) as refused:
+        links.submit(forged, "value")
+    assert refused.value.gone is False
+    assert secrets.list_secret_keys("alice") == []
+    assert links.state(link.token) == "live"
+
+
+# --- submitting -----------------------------------------------------------------------------------
+
+
+def test_submit_stores_the_value_for_the_links_owner_only(
+    links: EntryLinks, link: EntryLink, secrets: Secrets, canary: str
+) -> None:
+    secrets.set_secret("bob", "github", "OTHER", "bobs")
+
+    stored = links.submit(link.token, canary)
+
+    assert stored.link_hash == link.record.link_hash
+    assert secrets.get_secrets("alice", "github") == {"TOKEN": canary}
+    assert secrets.get_secrets("bob", "github") == {"OTHER": "bobs"}
+    assert links.state(link.token) == "used"
+
+
+def test_a_link_works_once(links: EntryLinks, link: EntryLink, secrets: Secrets) -> None:
+    links.submit(link.token, "first")
+
+    with pytest.raises(EntryLinkError) as second:
+        links.submit(link.token, "second")
+
+    assert second.value.gone is True
+    assert secrets.get_secrets("alice", "github") == {"TOKEN": "first"}
+    record, state = links.find(link.token)
+    assert state == "used"
+    assert record is not None
+    assert record.used_at is not None
+
+
+def test_concurrent_submissions_of_one_link_store_exactly_one_value(
+    links: EntryLinks, link: EntryLink, secrets: Secrets
+) -> None:
+    values = [f"value-{n}" for n in range(8)]
+
+    def attempt(value: str) -> str | bool:
+        """The value when it was stored, else whether the refusal said the link is gone."""
+        try:
+            links.submit(link.token, value)
+        except EntryLinkError as exc:
+            return exc.gone
+        return value
+
+    with ThreadPoolExecutor(max_workers=len(values)) as pool:
+        outcomes = list(pool.map(attempt, values))
+    winners = [outcome for outcome in outcomes if isinstance(outcome, str)]
+
+    assert [outcome for outcome in outcomes if not isinstance(outcome, str)] == [True] * (len(values) - 1)
+    assert len(winners) == 1
+    assert secrets.get_secrets("alice", "github") == {"TOKEN": winners[0]}
+
+
+@pytest.mark.parametrize(
+    "past_expiry", [timedelta(0), timedelta(seconds=1), timedelta(days=1)], ids=["at", "after", "long-after"]
+)
+def test_an_expired_link_refuses_to_store(
+    links: EntryLinks, link: EntryLink, secrets: Secrets, clock: FakeClock, past_expiry: timedelta
+) -> None:
+    clock.advance(LINK_TTL + past_expiry)
+
+    assert links.state(link.token) == "expired"
+    with pytest.raises(EntryLinkError) as refused:
+        links.submit(link.token, "too late")
+    assert refused.value.gone is True
+    assert secrets.list_secret_keys("alice") == []
+
+
+def test_a_link_is_still_live_just_before_it_expires(
+    links: EntryLinks, link: EntryLink, secrets: Secrets, clock: FakeClock
+) -> None:
+    clock.advance(LINK_TTL - timedelta(milliseconds=1))
+
+    links.submit(link.token, "just in time")
+
+    assert secrets.get_secrets("alice", "github") == {"TOKEN": "just in time"}
+
+
+def test_the_ttl_is_configurable(secrets: Secrets, clock: FakeClock) -> None:
+    links = EntryLinks(secrets, ttl=timedelta(seconds=30), clock=clock)
+    made = links.create("alice", "github", "TOKEN")
+
+    clock.advance(timedelta(seconds=29))
+    before = links.state(made.token)
+    clock.advance(timedelta(seconds=1))
+
+    assert made.record.expires_at == made.record.created_at + timedelta(seconds=30)
+    assert (before, links.state(made.token)) == ("live", "expired")
+
+
+INVALID_VALUES = {
+    "empty": "",
+    "over-64-KiB": "x" * (MAX_VALUE_BYTES + 1),
+    "over-64-KiB-in-UTF-8": "é" * (MAX_VALUE_BYTES // 2 + 1),
+    "lone-surrogate": "abc\ud800",
+}
+
+
+@pytest.mark.parametrize("value", INVALID_VALUES.values(), ids=INVALID_VALUES.keys())
+def test_an_invalid_value_is_refused_without_using_the_link_up(
+    links: EntryLinks, link: EntryLink, secrets: Secrets, value: str
+) -> None:
+    marked = new_canary() + value if value else value
+
+    with pytest.raises(InvalidInputError, match="value") as refused:
+        links.submit(link.token, marked)
+
+    if marked:
+        assert_not_leaked(refused.value, marked, marked[:40])
+    assert links.state(link.token) == "live"
+    assert secrets.list_secret_keys("alice") == []
+
+
+def test_a_value_of_exactly_64_kib_is_stored(links: EntryLinks, link: EntryLink, secrets: Secrets) -> None:
+    links.submit(link.token, "x" * MAX_VALUE_BYTES)
+
+    assert secrets.get_secrets("alice", "github") == {"TOKEN": "x" * MAX_VALUE_BYTES}
+
+
+def test_a_store_failure_while_storing_gives_the_link_back(
+    links: EntryLinks, link: EntryLink, secrets: Secrets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unavailable(*_: object, **__: object) -> None:
+        raise StoreUnavailableError("the store is unavailable")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(secrets, "set_secret", unavailable)
+        with pytest.raises(StoreUnavailableError):
+            links.submit(link.token, "value")
+        state_after_failure = links.state(link.token)
+    links.submit(link.token, "value")
+
+    assert state_after_failure == "live"
+    assert secrets.get_secrets("alice", "github") == {"TOKEN": "value"}
+
+
+# --- resume and cancel ----------------------------------------------------------------------------
+
+
+def test_resume_gives_the_owner_back_the_link(links: EntryLinks, link: EntryLink) -> None:
+    assert links.resume(link.token, "alice") == link
+
+
+@pytest.mark.parametrize(
+    ("token", "username"),
+    [
+        pytest.param(None, "bob", id="another-users-link"),
+        pytest.param("x" * 43, "alice", id="unknown-token"),
+        pytest.param("short", "alice", id="malformed-token"),
+    ],
+)
+def test_resume_refuses_a_link_that_is_not_the_callers(
+    links: EntryLinks, link: EntryLink, token: str | None, username: str
+) -> None:
+    with pytest.raises(EntryLinkError) as refused:
+        links.resume(token or link.token, username)
+
+    assert refused.value.gone is False
+    assert links.state(link.token) == "live"
+
+
+def test_cancel_uses_a_live_link_up_without_storing(
+    links: EntryLinks, link: EntryLink, secrets: Secrets
+) -> None:
+    links.cancel(link.token)
+
+    assert links.state(link.token) == "used"
+    with pytest.raises(EntryLinkError):
+        links.submit(link.token, "value")
+    assert secrets.list_secret_keys("alice") == []
+
+
+def test_cancel_leaves_unknown_used_and_expired_links_as_they_are(
+    links: EntryLinks, secrets: Secrets, clock: FakeClock
+) -> None:
+    used = links.create("alice", "github", "USED")
+    links.submit(used.token, "value")
+    expired = links.create("alice", "github", "EXPIRED")
+    clock.advance(LINK_TTL)
+
+    for token in (used.token, expired.token, "x" * 43):
+        links.cancel(token)
+
+    assert [links.state(used.token), links.state(expired.token)] == ["used", "expired"]
+    assert secrets.get_secrets("alice", "github") == {"USED": "value"}
+
+
+# --- what the store holds -------------------------------------------------------------------------
+
+
+def test_the_store_holds_only_the_sha256_of_the_token(secrets: Secrets, link: EntryLink) -> None:
+    record = secrets.store.find_link(sha256(link.token))
+
+    assert record == link.record
+    assert record.link_hash == sha256(link.token)
+    assert all(link.token not in str(field) for field in dataclasses.astuple(record))
+    assert secrets.store.find_link(link.token) is None
+
+
+def test_the_token_is_not_in_the_sqlite_file(sqlite_secrets: Secrets) -> None:
+    links = EntryLinks(sqlite_secrets)
+    made = [links.create("alice", "github", f"KEY{n}") for n in range(3)]
+    links.submit(made[0].token, "value")
+    links.cancel(made[1].token)
+    store = sqlite_secrets.store
+    assert isinstance(store, SQLiteStore)
+
+    raw = b"".join(path.read_bytes() for path in sorted(store.path.parent.glob(store.path.name + "*")))
+
+    assert sha256(made[2].token).encode() in raw, (
+        "the hash must be in the file for this check to mean anything"
+    )
+    for one in made:
+        assert one.token.encode() not in raw
+
+
+# --- request_secret on stdio, and with the entry page in process -----------------------------------
+
+
+def text_of(result: CallToolResult) -> str:
+    assert result.content[0].type == "text"
+    return result.content[0].text
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_request_secret_on_stdio_tells_the_user_to_run_mcp_secrets_set(
+    sqlite_secrets: Secrets, mode: str
+) -> None:
+    async with Client(build_server(sqlite_secrets, LocalIdentity("alice")), mode=mode) as alice:
+        result = await alice.call_tool("request_secret", {"server": "github", "key": "TOKEN"})
+
+    assert not result.is_error, text_of(result)
+    assert result.structured_content == {
+        "server": "github",
+        "key": "TOKEN",
+        "status": "use_terminal",
+        "url": None,
+        "expires_at": None,
+    }
+    assert "mcp-secrets set github TOKEN" in text_of(result)
+    assert sqlite_secrets.list_secret_keys("alice") == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "arguments",
+    [{"server": "git hub", "key": "TOKEN"}, {"server": "github", "key": "a/b"}],
+    ids=["bad-server", "bad-key"],
+)
+async def test_request_secret_refuses_bad_names_naming_the_field(
+    sqlite_secrets: Secrets, arguments: dict[str, str]
+) -> None:
+    async with Client(build_server(sqlite_secrets, LocalIdentity("alice"))) as alice:
+        result = await alice.call_tool("request_secret", arguments)
+
+    assert result.is_error
+    bad_field = "server" if arguments["server"] == "git hub" else "key"
+    assert f"{bad_field} must be" in text_of(result)
+    assert "git hub" not in text_of(result)
+    assert "a/b" not in text_of(result)
+
+
+class Elicitor:
+    """An elicitation callback that records each URL request and answers with ``action``.
+
+    With ``submit``, it first redeems the link directly (the page's own code path) with that value.
+    """
+
+    def __init__(self, links: EntryLinks, action: str, submit: str | None = None) -> None:
+        self.links = links
+        self.action = action
+        self.submit = submit
+        self.urls: list[str] = []
+
+    async def __call__(self, _context: Any, params: Any) -> ElicitResult:
+        assert isinstance(params, ElicitRequestURLParams)
+        self.urls.append(params.url)
+        if self.submit is not None:
+            self.links.submit(params.url.rsplit("/", 1)[1], self.submit)
+        return ElicitResult(action=self.action)
+
+
+@pytest.fixture
+def entry_client(sqlite_secrets: Secrets) -> Callable[..., Client]:
+    """``entry_client(elicitor, mode=, wait_seconds=)``: an in-process client, entry page configured."""
+
+    def make(elicitor: Elicitor, *, mode: str = "auto", wait_seconds: float = 5.0) -> Client:
+        entry = EntrySettings(links=elicitor.links, base_url=BASE_URL, wait_seconds=wait_seconds)
+        mcp = build_server(sqlite_secrets, LocalIdentity("alice"), entry=entry)
+        return Client(mcp, mode=mode, elicitation_callback=elicitor)
+
+    return make
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_request_secret_in_process_stores_what_the_link_received(
+    sqlite_secrets: Secrets, entry_client: Callable[..., Client], mode: str, canary: str
+) -> None:
+    elicitor = Elicitor(EntryLinks(sqlite_secrets), "accept", submit=canary)
+
+    async with entry_client(elicitor, mode=mode) as alice:
+        result = await alice.call_tool("request_secret", {"server": "github", "key": "TOKEN"})
+
+    assert not result.is_error, text_of(result)
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "stored"
+    assert len(elicitor.urls) == 1
+    assert elicitor.urls[0].startswith(f"{BASE_URL}/secrets/entry/")
+    assert sqlite_secrets.get_secrets("alice", "github") == {"TOKEN": canary}
+    assert canary not in json.dumps(result.model_dump(mode="json"))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+@pytest.mark.parametrize("action", ["decline", "cancel"])
+async def test_request_secret_in_process_declined_uses_the_link_up(
+    sqlite_secrets: Secrets, entry_client: Callable[..., Client], mode: str, action: str
+) -> None:
+    links = EntryLinks(sqlite_secrets)
+    elicitor = Elicitor(links, action)
+
+    async with entry_client(elicitor, mode=mode) as alice:
+        result = await alice.call_tool("request_secret", {"server": "github", "key": "TOKEN"})
+
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "declined"
+    assert links.state(elicitor.urls[0].rsplit("/", 1)[1]) == "used"
+    assert sqlite_secrets.list_secret_keys("alice") == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_request_secret_in_process_without_a_submission_is_pending(
+    sqlite_secrets: Secrets, entry_client: Callable[..., Client], mode: str
+) -> None:
+    links = EntryLinks(sqlite_secrets)
+    elicitor = Elicitor(links, "accept")
+
+    async with entry_client(elicitor, mode=mode, wait_seconds=0) as alice:
+        result = await alice.call_tool("request_secret", {"server": "github", "key": "TOKEN"})
+
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "pending"
+    assert result.structured_content["expires_at"] is not None
+    assert links.state(elicitor.urls[0].rsplit("/", 1)[1]) == "live"
