@@ -20,6 +20,7 @@ def _spellings(value: str) -> set[str]:
     raw = value.encode("utf-8")
     forms = {
         value,
+        quote(value),  # "/" left as is, as in URL paths
         quote(value, safe=""),
         quote_plus(value, safe=""),
         raw.hex(),
