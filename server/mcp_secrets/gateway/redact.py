@@ -17,6 +17,8 @@ MIN_REDACTED_LENGTH = 4
 
 
 def _spellings(value: str) -> set[str]:
+    if len(value) < MIN_REDACTED_LENGTH:
+        return set()
     raw = value.encode("utf-8")
     forms = {
         value,
@@ -28,7 +30,7 @@ def _spellings(value: str) -> set[str]:
         base64.urlsafe_b64encode(raw).decode("ascii"),
     }
     forms |= {form.rstrip("=") for form in forms}
-    return {form for form in forms if len(form) >= MIN_REDACTED_LENGTH}
+    return forms
 
 
 class Redactor:
