@@ -309,6 +309,13 @@ def _token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line, for ``main`` and for ``--help`` tests."""
     parser = argparse.ArgumentParser(
@@ -362,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         rewrap = commands.add_parser(name, help=text)
         rewrap.add_argument("--dry-run", action="store_true", help="only count what would change")
         rewrap.add_argument(
-            "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="records read per batch"
+            "--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE, help="records read per batch"
         )
         rewrap.set_defaults(handler=_rotate)
 
@@ -371,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("--user", help="only this user's events")
     audit.add_argument("--server", help="only this MCP server's events")
-    audit.add_argument("--limit", type=int, default=100, help="how many events (default 100)")
+    audit.add_argument("--limit", type=_positive, default=100, help="how many events (default 100)")
     audit.set_defaults(handler=_audit)
 
     keygen = commands.add_parser("keygen", help="print a fresh master key")

@@ -134,6 +134,11 @@ class SecretEncryptor:
         return _hkdf(self._active_master, f"mcp-secrets v1 {purpose}".encode(), 32)
 
     @property
+    def reads_legacy(self) -> bool:
+        """True when a legacy key is configured, so the original format can be read."""
+        return self._legacy is not None
+
+    @property
     def active_key_id(self) -> str:
         """The key id new ciphertexts are written with."""
         return self._active_key_id

@@ -13,11 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mcp_secrets.crypto import LEGACY_KEY_ID
-from mcp_secrets.errors import DecryptionError
+from mcp_secrets.errors import DecryptionError, InvalidInputError
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import SecretRecord
 
 DEFAULT_BATCH_SIZE = 500
+# The actor of events no user caused; parentheses keep it from ever matching a username.
+OPERATOR = "(operator)"
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ def rotate(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> RotationReport:
     """Re-encrypt every record not under the active key (or, ``only_legacy``, every legacy record)."""
+    if batch_size < 1:
+        raise InvalidInputError("the batch size must be at least 1")
     store, encryptor = secrets.store, secrets.encryptor
     report = RotationReport(active_key_id=encryptor.active_key_id)
     total = store.count_secrets()
@@ -80,17 +84,23 @@ def rotate(
             f"{report.rewrapped} re-encrypted to key {report.active_key_id}, "
             f"{report.already_current} current, {len(report.failed)} failed"
         )
-        secrets.record("admin", "migrated-legacy" if only_legacy else "rotated", via="cli", detail=detail)
+        secrets.record(OPERATOR, "migrated-legacy" if only_legacy else "rotated", via="cli", detail=detail)
     return report
 
 
 def _count(secrets: Secrets, record: SecretRecord, report: RotationReport) -> None:
     """Dry run: a record would be re-encrypted unless its key is not configured."""
     key_id = secrets.encryptor.key_id_of(record.value)
-    if key_id == LEGACY_KEY_ID or key_id in secrets.encryptor.key_ids:
+    if key_id == LEGACY_KEY_ID:
+        if secrets.encryptor.reads_legacy:
+            report.rewrapped += 1
+            return
+        reason = "in the legacy format and MCP_SECRETS_LEGACY_KEY is not set"
+    elif key_id in secrets.encryptor.key_ids:
         report.rewrapped += 1
         return
-    reason = f"encrypted with master key {key_id}, which is not configured"
+    else:
+        reason = f"encrypted with master key {key_id}, which is not configured"
     report.failed.append(RecordFailure(record.username, record.server, record.key, reason))
 
 

@@ -1,0 +1,339 @@
+"""The audit trail and last use, on every backend: who changed or used which secret, how, never its value."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, closing
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+
+from conftest import new_canary
+from mcp_secrets.app import build_server
+from mcp_secrets.crypto import SecretEncryptor
+from mcp_secrets.errors import InvalidInputError
+from mcp_secrets.identity import LocalIdentity
+from mcp_secrets.rotation import rotate
+from mcp_secrets.secrets import SecretKeyInfo, Secrets
+from mcp_secrets.store import AuditEvent, SecretStore
+from mcp_secrets.store.sqlite import SQLiteStore
+from mcp_secrets.tokens import ApiTokens
+
+# Whole milliseconds: a BSON date keeps no finer, and these tests run on every backend.
+T0 = datetime(2025, 3, 14, 9, 26, 53, 589000, tzinfo=timezone.utc)
+T1 = T0 + timedelta(minutes=5)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def summary(events: list[AuditEvent]) -> list[tuple[str, str, str, str, str]]:
+    """What an event says, less its time: actor, action, server, key and the transport it came by."""
+    return [(event.actor, event.action, event.server, event.key, event.transport) for event in events]
+
+
+def assert_no_event_holds(events: list[AuditEvent], *values: str) -> None:
+    for event in events:
+        for field in dataclasses.astuple(event):
+            assert not any(value in str(field) for value in values), event
+
+
+# --- what is recorded ----------------------------------------------------------------------------
+
+
+def test_every_change_and_use_is_recorded_newest_first_with_its_transport(secrets: Secrets) -> None:
+    secrets.set_secret("alice", "github", "TOKEN", new_canary(), via="cli")
+    secrets.update_secret("alice", "github", "TOKEN", new_canary(), "update", via="streamable-http")
+    secrets.get_secrets("alice", "github")
+    secrets.delete_secret("alice", "github", "TOKEN", via="stdio")
+
+    events = secrets.list_events("alice")
+
+    assert summary(events) == [
+        ("alice", "deleted", "github", "TOKEN", "stdio"),
+        ("alice", "used", "github", "TOKEN", "library"),
+        ("alice", "updated", "github", "TOKEN", "streamable-http"),
+        ("alice", "created", "github", "TOKEN", "cli"),
+    ]
+    assert [event.at for event in events] == sorted((event.at for event in events), reverse=True)
+
+
+def test_one_use_records_one_event_naming_every_returned_key(secrets: Secrets) -> None:
+    for key in ("USER", "TOKEN"):
+        secrets.set_secret("alice", "github", key, new_canary())
+
+    secrets.get_secrets("alice", "github", via="gateway", action="injected", detail="github__search")
+
+    [newest] = secrets.list_events("alice", limit=1)
+    assert (newest.action, newest.key, newest.transport, newest.detail) == (
+        "injected",
+        "TOKEN,USER",
+        "gateway",
+        "github__search",
+    )
+
+
+def test_reading_a_server_without_secrets_records_nothing(secrets: Secrets) -> None:
+    assert secrets.get_secrets("alice", "github") == {}
+
+    assert secrets.list_events(None) == []
+
+
+def test_token_creation_and_revocation_are_recorded_without_the_token(secrets: Secrets) -> None:
+    tokens = ApiTokens(secrets.store)
+    new = tokens.create("alice", label="laptop")
+
+    tokens.revoke(new.token)  # revoking by the whole token, as a user may paste it
+
+    events = secrets.list_events("alice")
+    assert [(e.actor, e.action, e.transport, e.detail) for e in events] == [
+        ("alice", "token-revoked", "cli", f"token {new.record.token_id}"),
+        ("alice", "token-created", "cli", f"token {new.record.token_id}"),
+    ]
+    assert_no_event_holds(events, new.token, new.record.token_hash)
+
+
+# --- reading the trail ---------------------------------------------------------------------------
+
+
+def write_three(secrets: Secrets) -> None:
+    secrets.set_secret("alice", "github", "TOKEN", new_canary())
+    secrets.set_secret("bob", "github", "TOKEN", new_canary())
+    secrets.set_secret("alice", "slack", "TOKEN", new_canary())
+
+
+@pytest.mark.parametrize(
+    ("username", "server", "expected"),
+    [
+        ("alice", None, [("alice", "slack"), ("alice", "github")]),
+        ("alice", "github", [("alice", "github")]),
+        ("bob", "slack", []),
+        (None, "github", [("bob", "github"), ("alice", "github")]),
+        (None, None, [("alice", "slack"), ("bob", "github"), ("alice", "github")]),
+    ],
+)
+def test_list_events_filters_by_user_and_server(
+    secrets: Secrets, username: str | None, server: str | None, expected: list[tuple[str, str]]
+) -> None:
+    write_three(secrets)
+
+    events = secrets.list_events(username, server)
+
+    assert [(event.actor, event.server) for event in events] == expected
+
+
+@pytest.mark.parametrize("limit", [1, 2, 1000])
+def test_list_events_returns_at_most_limit_newest_events(secrets: Secrets, limit: int) -> None:
+    write_three(secrets)
+
+    events = secrets.list_events(None, limit=limit)
+
+    everything = [("alice", "slack"), ("bob", "github"), ("alice", "github")]
+    assert [(event.actor, event.server) for event in events] == everything[:limit]
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1001])
+def test_list_events_refuses_a_limit_outside_one_to_a_thousand(secrets: Secrets, limit: int) -> None:
+    with pytest.raises(InvalidInputError, match="limit"):
+        secrets.list_events("alice", limit=limit)
+
+
+# --- last use ------------------------------------------------------------------------------------
+
+
+def test_get_secrets_sets_last_used_at_of_exactly_the_returned_keys(
+    store: SecretStore, encryptor: SecretEncryptor
+) -> None:
+    now = [T0]
+    secrets = Secrets(store, encryptor, clock=lambda: now[0])
+    for username, server, key in [
+        ("alice", "github", "TOKEN"),
+        ("alice", "github", "USER"),
+        ("alice", "slack", "TOKEN"),
+        ("bob", "github", "TOKEN"),
+    ]:
+        secrets.set_secret(username, server, key, new_canary())
+    now[0] = T1
+
+    secrets.get_secrets("alice", "github")
+
+    assert secrets.list_secret_keys("alice") == [
+        SecretKeyInfo("github", "TOKEN", T0, T0, T1),
+        SecretKeyInfo("github", "USER", T0, T0, T1),
+        SecretKeyInfo("slack", "TOKEN", T0, T0, None),
+    ]
+    assert secrets.list_secret_keys("bob") == [SecretKeyInfo("github", "TOKEN", T0, T0, None)]
+
+
+# --- never a value -------------------------------------------------------------------------------
+
+
+def exercise(secrets: Secrets) -> list[str]:
+    """Every kind of event, with fresh values; returns what must never show up in the trail."""
+    first, second, third = new_canary(), new_canary(), new_canary()
+    secrets.set_secret("alice", "github", "TOKEN", first, via="cli")
+    secrets.update_secret("alice", "github", "TOKEN", second, "update", via="sse")
+    secrets.set_secret("alice", "github", "USER", third)
+    assert secrets.get_secrets("alice", "github") == {"TOKEN": second, "USER": third}
+    secrets.delete_secret("alice", "github", "USER")
+    tokens = ApiTokens(secrets.store)
+    new = tokens.create("alice")
+    tokens.revoke(new.record.token_id)
+    ciphertexts = [record.value for record in secrets.store.find_secrets("alice")]
+    return [first, second, third, new.token, *ciphertexts]
+
+
+def test_no_field_of_any_event_holds_a_value(secrets: Secrets) -> None:
+    hidden = exercise(secrets)
+
+    events = secrets.list_events(None, limit=1000)
+
+    assert len(events) == 7
+    assert_no_event_holds(events, *hidden)
+
+
+def test_no_raw_row_of_the_sqlite_audit_table_holds_a_value(
+    tmp_path: Path, encryptor: SecretEncryptor
+) -> None:
+    store = SQLiteStore(tmp_path / "secrets.db")
+    hidden = exercise(Secrets(store, encryptor))
+    store.close()
+
+    with closing(sqlite3.connect(tmp_path / "secrets.db")) as connection:
+        rows = connection.execute("SELECT * FROM audit_events").fetchall()
+
+    assert len(rows) == 7
+    assert not [row for row in rows if any(value in str(column) for column in row for value in hidden)]
+
+
+# --- through MCP ---------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def client_of(secrets: Secrets, username: str) -> AsyncIterator[Client]:
+    """An in-process client session of a server instance acting for ``username``."""
+    async with Client(build_server(secrets, LocalIdentity(username))) as client:
+        yield client
+
+
+async def call(client: Client, tool: str, **arguments: Any) -> dict[str, Any]:
+    result = await client.call_tool(tool, arguments)
+    assert not result.is_error, result.content
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+@pytest.mark.anyio
+async def test_list_secret_events_shows_the_callers_own_events_only(secrets: Secrets) -> None:
+    async with client_of(secrets, "bob") as bob:
+        await call(bob, "set_secret", server="github", key="TOKEN", value=new_canary())
+        await call(bob, "set_secret", server="slack", key="TOKEN", value=new_canary())
+    async with client_of(secrets, "alice") as alice:
+        await call(alice, "set_secret", server="github", key="TOKEN", value=new_canary())
+        await call(alice, "delete_secret", server="github", key="TOKEN")
+
+        listed = await call(alice, "list_secret_events")
+        of_slack = await call(alice, "list_secret_events", server="slack")
+        newest = await call(alice, "list_secret_events", limit=1)
+
+    assert listed["username"] == "alice"
+    assert [(e["action"], e["server"], e["key"], e["transport"]) for e in listed["events"]] == [
+        ("deleted", "github", "TOKEN", "in-process"),
+        ("created", "github", "TOKEN", "in-process"),
+    ]
+    assert of_slack["events"] == []
+    assert newest["events"] == listed["events"][:1]
+
+
+@pytest.mark.anyio
+async def test_a_user_named_admin_does_not_see_a_key_rotation_as_their_own_event(secrets: Secrets) -> None:
+    # "admin" is a valid username; an operator's rotation of everyone's records is not this user's doing.
+    secrets.set_secret("bob", "github", "TOKEN", new_canary())
+    rotate(secrets)
+
+    async with client_of(secrets, "admin") as admin:
+        listed = await call(admin, "list_secret_events")
+
+    assert listed["events"] == []
+
+
+@pytest.mark.anyio
+async def test_list_secret_events_refuses_a_limit_out_of_range(secrets: Secrets) -> None:
+    async with client_of(secrets, "alice") as alice:
+        result = await alice.call_tool("list_secret_events", {"limit": 0})
+
+    assert result.is_error
+
+
+@pytest.mark.anyio
+async def test_list_secret_keys_shows_last_used_at_once_a_secret_is_used(secrets: Secrets) -> None:
+    async with client_of(secrets, "alice") as alice:
+        await call(alice, "set_secret", server="github", key="TOKEN", value=new_canary())
+        before = await call(alice, "list_secret_keys")
+
+        secrets.get_secrets("alice", "github")
+        after = await call(alice, "list_secret_keys")
+
+    [stored] = secrets.list_secret_keys("alice")
+    assert stored.last_used_at is not None
+    assert [entry["last_used_at"] for entry in before["keys"]] == [None]
+    assert [datetime.fromisoformat(entry["last_used_at"]) for entry in after["keys"]] == [stored.last_used_at]
+
+
+# --- a store from before last use was tracked ----------------------------------------------------
+
+OLD_SCHEMA = """
+CREATE TABLE user_secrets (
+    username   TEXT NOT NULL,
+    server     TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (username, server, key)
+) WITHOUT ROWID;
+"""
+
+
+def columns_of(path: Path) -> list[str]:
+    with closing(sqlite3.connect(path)) as connection:
+        return [row[1] for row in connection.execute("PRAGMA table_info(user_secrets)")]
+
+
+def test_sqlite_file_without_last_used_at_gains_the_column_and_reads_back(
+    tmp_path: Path, encryptor: SecretEncryptor, canary: str
+) -> None:
+    path = tmp_path / "old.db"
+    ciphertext = encryptor.encrypt(canary, username="alice", server="github", key="TOKEN")
+    with closing(sqlite3.connect(path)) as connection, connection:
+        connection.executescript(OLD_SCHEMA)
+        connection.execute(
+            "INSERT INTO user_secrets VALUES (?, ?, ?, ?, ?, ?)",
+            ("alice", "github", "TOKEN", ciphertext, T0.isoformat(), T0.isoformat()),
+        )
+    now = [T1]
+
+    store = SQLiteStore(path)
+    try:
+        secrets = Secrets(store, encryptor, clock=lambda: now[0])
+        upgraded = columns_of(path)
+        before_use = secrets.list_secret_keys("alice")
+        values = secrets.get_secrets("alice", "github")
+        after_use = secrets.list_secret_keys("alice")
+    finally:
+        store.close()
+
+    assert upgraded[-1] == "last_used_at"
+    assert before_use == [SecretKeyInfo("github", "TOKEN", T0, T0, None)]
+    assert values == {"TOKEN": canary}
+    assert after_use == [SecretKeyInfo("github", "TOKEN", T0, T0, T1)]
+    reopened = SQLiteStore(path)  # the upgrade is done once: opening again changes nothing
+    reopened.close()
+    assert columns_of(path) == upgraded

@@ -1,0 +1,333 @@
+"""Key rotation on every backend: re-encrypt to the active key, resumably, without losing a write."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from conftest import new_canary
+from mcp_secrets.crypto import SecretEncryptor, key_id_for
+from mcp_secrets.rotation import RotationReport, rotate
+from mcp_secrets.secrets import Secrets
+from mcp_secrets.store import SecretRecord, SecretStore
+from test_crypto import fresh_master_key, legacy_ciphertext
+
+Record = tuple[str, str, str]
+
+# Whole milliseconds: a BSON date keeps no finer, and these tests run on every backend.
+T0 = datetime(2025, 3, 14, 9, 26, 53, 589000, tzinfo=timezone.utc)
+UNDER_KEY_A: tuple[Record, ...] = (
+    ("alice", "github", "TOKEN"),
+    ("alice", "github", "USER"),
+    ("alice", "slack", "TOKEN"),
+    ("bob", "github", "TOKEN"),
+)
+LEGACY: tuple[Record, ...] = (("alice", "linear", "OLD"), ("carol", "github", "TOKEN"))
+EVERY_RECORD = len(UNDER_KEY_A) + len(LEGACY)
+
+
+@pytest.fixture
+def legacy_key() -> str:
+    """A key string of the original design: random, so no message can hold it by chance."""
+    return new_canary()
+
+
+@pytest.fixture
+def key_b() -> bytes:
+    """The new master key the rotation moves to; the ``master_key`` fixture (key A) wrote the records."""
+    return fresh_master_key()
+
+
+@pytest.fixture
+def values(secrets: Secrets, legacy_key: str) -> dict[Record, str]:
+    """Records under key A written through ``secrets``, and legacy ones put straight into the store."""
+    written = {record: new_canary() for record in (*UNDER_KEY_A, *LEGACY)}
+    for username, server, key in UNDER_KEY_A:
+        secrets.set_secret(username, server, key, written[username, server, key])
+    for username, server, key in LEGACY:
+        old = legacy_ciphertext(written[username, server, key], legacy_key)
+        secrets.store.put_secret(username, server, key, old, T0)
+    return written
+
+
+@pytest.fixture
+def rotating(secrets: Secrets, master_key: bytes, key_b: bytes, legacy_key: str) -> Secrets:
+    """The service as an operator rotating to key B runs it: keys [B, A] and the legacy key."""
+    return Secrets(secrets.store, SecretEncryptor([key_b, master_key], legacy_key=legacy_key))
+
+
+def stored(store: SecretStore) -> dict[Record, SecretRecord]:
+    return {(r.username, r.server, r.key): r for r in store.scan_secrets(None, 10_000)}
+
+
+def ciphertexts(store: SecretStore) -> dict[Record, str]:
+    return {record: found.value for record, found in stored(store).items()}
+
+
+def key_ids(secrets: Secrets) -> dict[Record, str]:
+    return {
+        record: secrets.encryptor.key_id_of(value) for record, value in ciphertexts(secrets.store).items()
+    }
+
+
+def decrypted(store: SecretStore, encryptor: SecretEncryptor) -> dict[Record, str]:
+    """Every record decrypted with ``encryptor``, read without recording a use."""
+    return {
+        (username, server, key): encryptor.decrypt(value, username=username, server=server, key=key)
+        for (username, server, key), value in ciphertexts(store).items()
+    }
+
+
+def outcome(report: RotationReport) -> tuple[int, int, int, int, int]:
+    return (
+        report.scanned,
+        report.rewrapped,
+        report.already_current,
+        report.changed_meanwhile,
+        len(report.failed),
+    )
+
+
+# --- re-encrypting -------------------------------------------------------------------------------
+
+
+def test_rotation_re_encrypts_every_record_so_the_new_key_alone_reads_them(
+    rotating: Secrets, values: dict[Record, str], key_b: bytes
+) -> None:
+    report = rotate(rotating)
+
+    assert report.active_key_id == key_id_for(key_b)
+    assert outcome(report) == (EVERY_RECORD, EVERY_RECORD, 0, 0, 0)
+    assert set(key_ids(rotating).values()) == {key_id_for(key_b)}
+    assert decrypted(rotating.store, SecretEncryptor([key_b])) == values
+
+
+def test_second_rotation_re_encrypts_nothing_and_leaves_ciphertexts_alone(
+    rotating: Secrets, values: dict[Record, str]
+) -> None:
+    rotate(rotating)
+    after_first = ciphertexts(rotating.store)
+
+    again = rotate(rotating)
+
+    assert outcome(again) == (EVERY_RECORD, 0, EVERY_RECORD, 0, 0)
+    assert ciphertexts(rotating.store) == after_first
+    assert decrypted(rotating.store, rotating.encryptor) == values
+
+
+@pytest.mark.parametrize(
+    ("only_legacy", "would_rewrap"), [(False, EVERY_RECORD), (True, len(LEGACY))], ids=["all", "legacy"]
+)
+def test_dry_run_counts_and_changes_nothing(
+    rotating: Secrets, values: dict[Record, str], only_legacy: bool, would_rewrap: int
+) -> None:
+    before = ciphertexts(rotating.store)
+    events_before = rotating.list_events(None, limit=1000)
+
+    report = rotate(rotating, dry_run=True, only_legacy=only_legacy)
+
+    assert outcome(report) == (EVERY_RECORD, would_rewrap, EVERY_RECORD - would_rewrap, 0, 0)
+    assert ciphertexts(rotating.store) == before
+    assert rotating.list_events(None, limit=1000) == events_before
+    assert decrypted(rotating.store, rotating.encryptor) == values
+
+
+def test_only_legacy_migrates_legacy_records_and_leaves_the_others_under_their_key(
+    secrets: Secrets, values: dict[Record, str], master_key: bytes, key_b: bytes, legacy_key: str
+) -> None:
+    migrating = Secrets(secrets.store, SecretEncryptor([key_b, master_key], legacy_key=legacy_key))
+
+    report = rotate(migrating, only_legacy=True)
+
+    assert outcome(report) == (EVERY_RECORD, len(LEGACY), len(UNDER_KEY_A), 0, 0)
+    assert key_ids(migrating) == {
+        **dict.fromkeys(UNDER_KEY_A, key_id_for(master_key)),
+        **dict.fromkeys(LEGACY, key_id_for(key_b)),
+    }
+    # The legacy key is no longer needed.
+    assert decrypted(secrets.store, SecretEncryptor([key_b, master_key])) == values
+
+
+def test_rotation_keeps_every_records_timestamps(
+    store: SecretStore, master_key: bytes, key_b: bytes, legacy_key: str
+) -> None:
+    now = [T0]
+    writer = Secrets(store, SecretEncryptor([master_key]), clock=lambda: now[0])
+    writer.set_secret("alice", "github", "TOKEN", new_canary())
+    now[0] = T0 + timedelta(minutes=1)
+    writer.set_secret("alice", "github", "TOKEN", new_canary())
+    writer.set_secret("bob", "github", "TOKEN", new_canary())
+    store.put_secret("carol", "github", "TOKEN", legacy_ciphertext(new_canary(), legacy_key), T0)
+    now[0] = T0 + timedelta(minutes=2)
+    writer.get_secrets("alice", "github")
+    before = {record: dataclasses.replace(found, value="") for record, found in stored(store).items()}
+    now[0] = T0 + timedelta(hours=1)
+    rotating = Secrets(
+        store, SecretEncryptor([key_b, master_key], legacy_key=legacy_key), clock=lambda: now[0]
+    )
+
+    assert rotate(rotating).rewrapped == 3
+
+    after = {record: dataclasses.replace(found, value="") for record, found in stored(store).items()}
+    assert after == before
+    assert before["alice", "github", "TOKEN"].last_used_at == T0 + timedelta(minutes=2)
+
+
+# --- records it cannot re-encrypt ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
+def test_record_under_an_unconfigured_key_is_reported_by_key_id_and_the_others_rotate(
+    rotating: Secrets, values: dict[Record, str], key_b: bytes, dry_run: bool
+) -> None:
+    unknown_key = fresh_master_key()
+    value = new_canary()
+    Secrets(rotating.store, SecretEncryptor([unknown_key])).set_secret("bob", "linear", "TOKEN", value)
+    lost = ciphertexts(rotating.store)["bob", "linear", "TOKEN"]
+
+    report = rotate(rotating, dry_run=dry_run)
+
+    assert outcome(report) == (EVERY_RECORD + 1, EVERY_RECORD, 0, 0, 1)
+    [failure] = report.failed
+    assert (failure.username, failure.server, failure.key) == ("bob", "linear", "TOKEN")
+    assert key_id_for(unknown_key) in failure.reason
+    assert value not in failure.reason
+    assert ciphertexts(rotating.store)["bob", "linear", "TOKEN"] == lost
+    if not dry_run:
+        assert {
+            record: key for record, key in key_ids(rotating).items() if record in values
+        } == dict.fromkeys(values, key_id_for(key_b))
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
+def test_legacy_record_without_a_legacy_key_is_reported_failed_by_run_and_dry_run_alike(
+    secrets: Secrets, values: dict[Record, str], master_key: bytes, key_b: bytes, dry_run: bool
+) -> None:
+    # A dry run is how an operator checks a rotation will go through: it must predict these failures.
+    no_legacy_key = Secrets(secrets.store, SecretEncryptor([key_b, master_key]))
+
+    report = rotate(no_legacy_key, dry_run=dry_run)
+
+    assert outcome(report) == (EVERY_RECORD, len(UNDER_KEY_A), 0, 0, len(LEGACY))
+    assert [(f.username, f.server, f.key) for f in report.failed] == sorted(LEGACY)
+    assert all(values[record] not in failure.reason for record in values for failure in report.failed)
+
+
+# --- writes racing the rotation ------------------------------------------------------------------
+
+RACED: Record = ("alice", "github", "USER")
+
+
+@pytest.mark.parametrize("change", ["updated", "deleted"])
+def test_record_changed_between_scan_and_swap_is_counted_and_keeps_the_newer_state(
+    rotating: Secrets,
+    values: dict[Record, str],
+    monkeypatch: pytest.MonkeyPatch,
+    change: str,
+) -> None:
+    store = rotating.store
+    swap = store.replace_value
+    newer = new_canary()
+
+    def write_first(username: str, server: str, key: str, old: str, new: str) -> bool:
+        if (username, server, key) == RACED:
+            # The server, already restarted with [B, A], writes this record after rotation read it.
+            if change == "updated":
+                rotating.set_secret(*RACED, newer)
+            else:
+                rotating.delete_secret(*RACED)
+        return swap(username, server, key, old, new)
+
+    monkeypatch.setattr(store, "replace_value", write_first)
+
+    report = rotate(rotating)
+
+    assert outcome(report) == (EVERY_RECORD, EVERY_RECORD - 1, 0, 1, 0)
+    expected = {record: value for record, value in values.items() if record != RACED}
+    if change == "updated":
+        expected[RACED] = newer
+    assert decrypted(store, rotating.encryptor) == expected
+
+
+def test_record_rewritten_with_the_active_key_mid_run_is_left_as_it_is(
+    rotating: Secrets, values: dict[Record, str]
+) -> None:
+    last = max(values)
+    newer = new_canary()
+
+    def write_last_record(done: int, _total: int) -> None:
+        if done == 1:
+            rotating.set_secret(*last, newer)
+
+    report = rotate(rotating, batch_size=1, on_progress=write_last_record)
+
+    assert outcome(report) == (EVERY_RECORD, EVERY_RECORD - 1, 1, 0, 0)
+    assert decrypted(rotating.store, rotating.encryptor) == {**values, last: newer}
+
+
+# --- batches and progress ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, EVERY_RECORD, 100])
+def test_batch_size_does_not_change_the_result(
+    rotating: Secrets, values: dict[Record, str], key_b: bytes, batch_size: int
+) -> None:
+    report = rotate(rotating, batch_size=batch_size)
+
+    assert outcome(report) == (EVERY_RECORD, EVERY_RECORD, 0, 0, 0)
+    assert set(key_ids(rotating).values()) == {key_id_for(key_b)}
+    assert decrypted(rotating.store, SecretEncryptor([key_b])) == values
+
+
+@pytest.mark.parametrize("batch_size", [0, -1])
+def test_batch_size_below_one_is_refused_before_anything_changes(
+    rotating: Secrets, values: dict[Record, str], batch_size: int
+) -> None:
+    # SQLite reads LIMIT 0 as "no rows" and MongoDB as "no limit": either would misreport a rotation.
+    before = ciphertexts(rotating.store)
+
+    with pytest.raises(ValueError, match="batch"):
+        rotate(rotating, batch_size=batch_size)
+
+    assert ciphertexts(rotating.store) == before
+    assert decrypted(rotating.store, rotating.encryptor) == values
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 4, EVERY_RECORD, 100])
+def test_on_progress_counts_up_to_the_total_a_batch_at_a_time(
+    rotating: Secrets, values: dict[Record, str], batch_size: int
+) -> None:
+    calls: list[tuple[int, int]] = []
+
+    rotate(rotating, batch_size=batch_size, on_progress=lambda done, total: calls.append((done, total)))
+
+    expected_done = [*range(batch_size, len(values), batch_size), len(values)]
+    assert calls == [(done, len(values)) for done in expected_done]
+
+
+def test_rotation_of_an_empty_store_reports_nothing_to_do(rotating: Secrets) -> None:
+    report = rotate(rotating)
+
+    assert outcome(report) == (0, 0, 0, 0, 0)
+
+
+# --- the audit trail -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("only_legacy", "action"), [(False, "rotated"), (True, "migrated-legacy")], ids=["rotate", "migrate"]
+)
+def test_rotation_is_recorded_in_the_audit_trail_without_any_value(
+    rotating: Secrets, values: dict[Record, str], legacy_key: str, only_legacy: bool, action: str
+) -> None:
+    report = rotate(rotating, only_legacy=only_legacy)
+
+    newest = rotating.list_events(None, limit=1)[0]
+    assert (newest.action, newest.transport) == (action, "cli")
+    assert f"{report.rewrapped} re-encrypted to key {report.active_key_id}" in newest.detail
+    hidden = [*values.values(), legacy_key, *ciphertexts(rotating.store).values()]
+    for event in rotating.list_events(None, limit=1000):
+        for field in dataclasses.astuple(event):
+            assert not any(text in str(field) for text in hidden), event
