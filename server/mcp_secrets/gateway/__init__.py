@@ -86,6 +86,7 @@ class Gateway:
         self._missing_hint = missing_hint
         self._fingerprint_salt = _random.token_bytes(16)
         self._known_tools: dict[str, list[Tool]] = {}
+        self._call_locks: dict[tuple[str, str], anyio.Lock] = {}
         self._via = via
 
     @asynccontextmanager
@@ -209,11 +210,18 @@ class Gateway:
         injected = {key: values.get(key, "") for key in server.referenced}
         opener, fingerprint, holder = self._opener(server, injected)
         del values, injected  # decrypted values now live only in the opener, for this call
+        key = (username, server.name)
+        # One call at a time per (user, server): notifications carry no request id, so this is
+        # what keeps each call's log messages with it. Other users and servers run in parallel.
+        lock = self._call_locks.setdefault(key, anyio.Lock())
         try:
-            async with self.pool.connection((username, server.name), fingerprint, opener) as connection:
+            async with lock, self.pool.connection(key, fingerprint, opener) as connection:
                 holder["connection"] = connection
                 connection.on_log = _log_forwarder(ctx, redactor)
-                yield connection, redactor
+                try:
+                    yield connection, redactor
+                finally:
+                    connection.on_log = None
         except (GatewayBusyError, MissingSecretsError, DownstreamError):
             raise
         except SecretsError:

@@ -1,0 +1,648 @@
+"""The gateway through real MCP clients: downstream tools called with each caller's own secrets.
+
+Most tests run against both fixture downstreams (tests/fixtures/downstream_server.py):
+a stdio process the gateway starts per user with the secret in its environment, and
+one Streamable HTTP server that reads the secret from each connection's
+Authorization header. The last ones run the real ``mcp-secrets serve --servers``
+over Streamable HTTP.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import importlib.util
+import json
+import re
+import secrets as _random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+import anyio
+import pytest
+from mcp import Client
+from mcp.server.mcpserver import MCPServer
+from mcp_types import CallToolResult, LoggingMessageNotificationParams
+
+from mcp_secrets.app import build_server, missing_secrets_hint
+from mcp_secrets.gateway import Gateway, load_gateway_config
+from mcp_secrets.gateway.pool import Connection, DownstreamPool
+from mcp_secrets.identity import LocalIdentity
+from mcp_secrets.secrets import Secrets
+
+from .conftest import Deployment, create_token, free_port, isolated_env, serving, stdout_path
+
+pytestmark = pytest.mark.anyio
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "downstream_server.py"
+DOWNSTREAM_TOOLS = {"token_hash", "echo_token", "fail_with_token", "ping", "crash", "work"}
+STDIO_ENTRY: dict[str, Any] = {
+    "command": sys.executable,
+    "args": [str(FIXTURE)],
+    "env": {"DOWNSTREAM_TOKEN": "${secret:TOKEN}"},
+}
+CONCURRENT_CALLS = 5
+# Generous bounds on waits for something to happen, never assertions about how long it took.
+STARTUP_SECONDS = 20.0
+CLOSE_SECONDS = 10.0
+
+
+def sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def fresh_value(label: str) -> str:
+    return f"{label}-{_random.token_hex(12)}"
+
+
+def spellings(value: str) -> dict[str, str]:
+    """How a downstream tool may hand a value back: the forms the gateway must take out."""
+    raw = value.encode()
+    return {
+        "plain": value,
+        "base64": base64.b64encode(raw).decode(),
+        "base64 unpadded": base64.b64encode(raw).decode().rstrip("="),
+        "base64url": base64.urlsafe_b64encode(raw).decode(),
+        "base64url unpadded": base64.urlsafe_b64encode(raw).decode().rstrip("="),
+        "quote": quote(value),
+        "quote_plus": quote_plus(value),
+        "hex": raw.hex(),
+    }
+
+
+def assert_no_spelling_of(value: str, shown: str) -> None:
+    for name, spelled in spellings(value).items():
+        assert spelled not in shown, f"the {name} form of the value got through"
+
+
+def everything_in(result: CallToolResult) -> str:
+    """All a client can read in a result: text, structured content, error flag and meta."""
+    return json.dumps(result.model_dump(mode="json"))
+
+
+def text_of(result: CallToolResult) -> str:
+    return "\n".join(block.text for block in result.content if block.type == "text")
+
+
+def hash_of(result: CallToolResult) -> str:
+    assert not result.is_error, text_of(result)
+    assert result.structured_content is not None
+    return str(result.structured_content["result"])
+
+
+# --- the two fixture downstreams ------------------------------------------------------------------
+
+
+class HttpDownstream:
+    """The fixture downstream over Streamable HTTP on a free port, started again after ``crash``."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def ensure_running(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            return
+        command = [sys.executable, str(FIXTURE), "streamable-http", str(self.port)]
+        with self.log_path.open("a", encoding="utf-8") as log:
+            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"the HTTP downstream exited:\n{self.log_path.read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            except OSError:
+                time.sleep(0.05)
+            else:
+                return
+        pytest.fail(f"the HTTP downstream did not listen:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def http_downstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpDownstream]:
+    """One Streamable HTTP fixture downstream per module."""
+    server = HttpDownstream(tmp_path_factory.mktemp("downstream") / "downstream.log")
+    server.ensure_running()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Downstream:
+    """One way to reach the fixture downstream: its gateway entry, and the HTTP server behind it if any."""
+
+    transport: str
+    entry: dict[str, Any]
+    http: HttpDownstream | None = None
+
+    def revive(self) -> None:
+        """Start the HTTP downstream again after ``crash`` killed it; stdio needs nothing."""
+        if self.http is not None:
+            self.http.ensure_running()
+
+
+@functools.cache
+def load_fixture_server() -> MCPServer[Any]:
+    """The fixture downstream's own MCPServer, for an in-process client: what it lists itself."""
+    spec = importlib.util.spec_from_file_location("gateway_fixture_downstream_server", FIXTURE)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # the SDK resolves the tools' annotations through it
+    spec.loader.exec_module(module)
+    server: MCPServer[Any] = module.mcp
+    return server
+
+
+def http_entry(http: HttpDownstream) -> dict[str, Any]:
+    return {"url": http.url, "headers": {"Authorization": "Bearer ${secret:TOKEN}"}}
+
+
+@pytest.fixture(params=["stdio", "streamable-http"])
+def downstream(request: pytest.FixtureRequest) -> Downstream:
+    """The fixture downstream over each transport in turn: stdio and Streamable HTTP."""
+    if request.param == "stdio":
+        return Downstream("stdio", STDIO_ENTRY)
+    http: HttpDownstream = request.getfixturevalue("http_downstream")
+    http.ensure_running()
+    return Downstream("streamable-http", http_entry(http), http)
+
+
+# --- the gateway in process -----------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def running_gateway(
+    secrets: Secrets, tmp_path: Path, servers: dict[str, Any], **pool_options: Any
+) -> AsyncIterator[Gateway]:
+    """A gateway over ``servers`` (written to a file and loaded as ``serve --servers`` does), running."""
+    path = tmp_path / "servers.json"
+    path.write_text(json.dumps({"mcpServers": servers}), encoding="utf-8")
+    gateway = Gateway(
+        load_gateway_config(path),
+        secrets,
+        pool=DownstreamPool(**pool_options),
+        missing_hint=missing_secrets_hint(None),
+    )
+    async with gateway.running():
+        yield gateway
+
+
+@pytest.fixture
+async def gateway(sqlite_secrets: Secrets, tmp_path: Path, downstream: Downstream) -> AsyncIterator[Gateway]:
+    """A running gateway whose one server, ``down``, is the fixture downstream."""
+    async with running_gateway(sqlite_secrets, tmp_path, {"down": downstream.entry}) as running:
+        yield running
+
+
+def connect(secrets: Secrets, gateway: Gateway, username: str, **client_options: Any) -> Client:
+    """An in-process SDK client of mcp-secrets with ``gateway``, acting for ``username``."""
+    return Client(build_server(secrets, LocalIdentity(username), gateway=gateway), **client_options)
+
+
+def connection_of(gateway: Gateway, username: str, server: str = "down") -> Connection:
+    return gateway.pool._connections[(username, server)]
+
+
+async def call(secrets: Secrets, gateway: Gateway, username: str, tool: str) -> CallToolResult:
+    """One call of ``down__TOOL`` by ``username`` on a client of its own."""
+    async with connect(secrets, gateway, username) as client:
+        return await client.call_tool(f"down__{tool}", {})
+
+
+async def wait_closed(connection: Connection) -> None:
+    with anyio.fail_after(CLOSE_SECONDS):
+        await connection.closed.wait()
+
+
+# --- listing and calling --------------------------------------------------------------------------
+
+
+async def test_downstream_tools_are_listed_prefixed_beside_the_secrets_tools(
+    sqlite_secrets: Secrets, gateway: Gateway
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    async with Client(load_fixture_server()) as direct:
+        originals = {tool.name: tool for tool in (await direct.list_tools()).tools}
+    async with Client(build_server(sqlite_secrets, LocalIdentity("alice"))) as without_gateway:
+        secrets_tools = {tool.name for tool in (await without_gateway.list_tools()).tools}
+
+    async with connect(sqlite_secrets, gateway, "alice") as client:
+        listed = {tool.name: tool for tool in (await client.list_tools()).tools}
+
+    assert set(originals) == DOWNSTREAM_TOOLS
+    assert {"set_secret", "list_secret_keys"} <= secrets_tools
+    assert set(listed) == secrets_tools | {f"down__{name}" for name in originals}
+    for name, original in originals.items():
+        offered = listed[f"down__{name}"]
+        assert offered.description == f"[down] {original.description}"
+        assert offered.input_schema == original.input_schema
+        assert offered.output_schema == original.output_schema
+    assert listed["down__work"].input_schema["properties"]["steps"]["default"] == 3
+
+
+async def test_concurrent_callers_each_get_their_own_hash_over_their_own_connection(
+    sqlite_secrets: Secrets, gateway: Gateway
+) -> None:
+    values = {"alice": fresh_value("alice"), "bob": fresh_value("bob")}
+    for username, value in values.items():
+        sqlite_secrets.set_secret(username, "down", "TOKEN", value)
+    hashes: dict[str, list[str]] = {username: [] for username in values}
+
+    async def call_hash(username: str, client: Client) -> None:
+        hashes[username].append(hash_of(await client.call_tool("down__token_hash", {})))
+
+    async with (
+        connect(sqlite_secrets, gateway, "alice") as alice,
+        connect(sqlite_secrets, gateway, "bob") as bob,
+        anyio.create_task_group() as calls,
+    ):
+        for _ in range(CONCURRENT_CALLS):
+            calls.start_soon(call_hash, "alice", alice)
+            calls.start_soon(call_hash, "bob", bob)
+
+    assert hashes == {username: [sha256(value)] * CONCURRENT_CALLS for username, value in values.items()}
+    # One connection per user, whatever the number of calls; never one shared between users.
+    assert set(gateway.pool._connections) == {("alice", "down"), ("bob", "down")}
+    assert gateway.pool.live == 2
+    assert connection_of(gateway, "alice").client is not connection_of(gateway, "bob").client
+
+
+async def test_only_the_called_servers_secrets_are_injected(
+    sqlite_secrets: Secrets, gateway: Gateway, canary: str
+) -> None:
+    own = fresh_value("down")
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", own)
+    sqlite_secrets.set_secret("alice", "other", "TOKEN", canary)
+
+    hashed = await call(sqlite_secrets, gateway, "alice", "token_hash")
+    echoed = await call(sqlite_secrets, gateway, "alice", "echo_token")
+
+    assert hash_of(hashed) == sha256(own) != sha256(canary)
+    assert not echoed.is_error
+    assert_no_spelling_of(canary, everything_in(echoed))
+
+
+async def test_a_placeholder_is_never_filled_from_another_servers_secrets(
+    sqlite_secrets: Secrets, gateway: Gateway, canary: str
+) -> None:
+    sqlite_secrets.set_secret("alice", "other", "TOKEN", canary)
+
+    result = await call(sqlite_secrets, gateway, "alice", "token_hash")
+
+    assert result.is_error
+    assert "server down needs secret(s) you have not stored: TOKEN." in text_of(result)
+    assert gateway.pool.live == 0
+
+
+async def test_results_and_errors_carry_no_spelling_of_the_injected_secret(
+    sqlite_secrets: Secrets, gateway: Gateway, canary: str
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
+
+    async with connect(sqlite_secrets, gateway, "alice") as client:
+        echoed = await client.call_tool("down__echo_token", {})
+        failed = await client.call_tool("down__fail_with_token", {})
+
+    # The downstream did echo it, in four encodings: each came back as a label.
+    assert echoed.structured_content == {
+        "plain": "my token is [redacted TOKEN]",
+        "base64": "[redacted TOKEN]",
+        "url": "[redacted TOKEN]",
+        "hex": "[redacted TOKEN]",
+    }
+    assert failed.is_error
+    assert_no_spelling_of(canary, everything_in(echoed))
+    assert_no_spelling_of(canary, everything_in(failed))
+
+
+async def test_progress_and_redacted_log_messages_reach_the_client(
+    sqlite_secrets: Secrets, gateway: Gateway, canary: str
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
+    progress: list[tuple[float, float | None, str | None]] = []
+    logs: list[LoggingMessageNotificationParams] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append((done, total, message))
+
+    async def on_log(params: LoggingMessageNotificationParams) -> None:
+        logs.append(params)
+
+    async with connect(
+        sqlite_secrets, gateway, "alice", logging_callback=on_log, log_level="debug"
+    ) as client:
+        result = await client.call_tool("down__work", {"steps": 3}, progress_callback=on_progress)
+
+    assert not result.is_error, text_of(result)
+    assert progress == [(1, 3, "step 1"), (2, 3, "step 2"), (3, 3, "step 3")]
+    assert [(log.level, log.data) for log in logs] == [("info", "working with [redacted TOKEN]")] * 3
+    assert_no_spelling_of(canary, json.dumps([log.model_dump(mode="json") for log in logs]))
+
+
+async def test_each_concurrent_call_gets_its_own_log_messages(
+    sqlite_secrets: Secrets, gateway: Gateway
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    steps = {"first": 2, "second": 5}
+    received: dict[str, list[str]] = {name: [] for name in steps}
+
+    def collect(name: str) -> Any:
+        async def on_log(params: LoggingMessageNotificationParams) -> None:
+            received[name].append(str(params.data))
+
+        return on_log
+
+    # Two sessions of alice (two chats, say) share her one connection to the downstream.
+    async with (
+        connect(
+            sqlite_secrets, gateway, "alice", logging_callback=collect("first"), log_level="debug"
+        ) as first,
+        connect(
+            sqlite_secrets, gateway, "alice", logging_callback=collect("second"), log_level="debug"
+        ) as second,
+    ):
+        hash_of(await first.call_tool("down__token_hash", {}))
+        async with anyio.create_task_group() as calls:
+            calls.start_soon(first.call_tool, "down__work", {"steps": steps["first"]})
+            calls.start_soon(second.call_tool, "down__work", {"steps": steps["second"]})
+
+    assert {name: len(logs) for name, logs in received.items()} == steps
+
+
+# --- missing secrets ------------------------------------------------------------------------------
+
+
+def missing_keys(result: CallToolResult) -> list[str]:
+    """The keys a missing-secrets error names."""
+    assert result.is_error
+    found = re.search(r"needs secret\(s\) you have not stored: ([^.]*)\.", text_of(result))
+    assert found, text_of(result)
+    return found.group(1).split(", ")
+
+
+async def test_missing_secrets_are_a_tool_error_naming_them_and_nothing_is_started(
+    sqlite_secrets: Secrets, tmp_path: Path, downstream: Downstream
+) -> None:
+    entry = {
+        **downstream.entry,
+        "secrets": {
+            "TOKEN": {"description": "The downstream's token"},
+            "ACCOUNT": {"description": "Required, though no placeholder uses it"},
+            "NOTE": {"description": "Optional", "required": False},
+        },
+    }
+    async with running_gateway(sqlite_secrets, tmp_path, {"down": entry}) as gateway:
+        before = await call(sqlite_secrets, gateway, "alice", "token_hash")
+        sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+        after_one = await call(sqlite_secrets, gateway, "alice", "token_hash")
+
+        assert gateway.pool.live == 0
+
+    assert missing_keys(before) == ["ACCOUNT", "TOKEN"]
+    assert missing_keys(after_one) == ["ACCOUNT"]
+    assert "request_secret" in text_of(before)
+    assert "mcp-secrets set down KEY" in text_of(before)
+
+
+# --- failures and connections ---------------------------------------------------------------------
+
+
+async def test_a_crashed_downstream_is_a_tool_error_and_the_next_call_works(
+    sqlite_secrets: Secrets, gateway: Gateway, downstream: Downstream
+) -> None:
+    value = fresh_value("alice")
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", value)
+
+    async with connect(sqlite_secrets, gateway, "alice") as client:
+        crashed = await client.call_tool("down__crash", {})
+        await anyio.to_thread.run_sync(downstream.revive)
+        after = await client.call_tool("down__token_hash", {})
+
+    assert crashed.is_error
+    assert "downstream server down failed during crash" in text_of(crashed)
+    assert hash_of(after) == sha256(value)
+    assert gateway.pool.live == 1
+
+
+async def test_idle_connections_are_closed(
+    sqlite_secrets: Secrets, tmp_path: Path, downstream: Downstream
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+
+    async with running_gateway(sqlite_secrets, tmp_path, {"down": downstream.entry}, idle_seconds=0.2) as gw:
+        hash_of(await call(sqlite_secrets, gw, "alice", "token_hash"))
+        opened = connection_of(gw, "alice")
+        await wait_closed(opened)
+
+        assert gw.pool.live == 0
+
+
+async def test_the_least_recently_used_idle_connection_makes_room_at_the_bound(
+    sqlite_secrets: Secrets, tmp_path: Path, downstream: Downstream
+) -> None:
+    for username in ("alice", "bob", "carol"):
+        sqlite_secrets.set_secret(username, "down", "TOKEN", fresh_value(username))
+
+    async with running_gateway(sqlite_secrets, tmp_path, {"down": downstream.entry}, max_live=2) as gw:
+        for username in ("alice", "bob", "alice"):
+            hash_of(await call(sqlite_secrets, gw, username, "token_hash"))
+        bobs = connection_of(gw, "bob")
+        hash_of(await call(sqlite_secrets, gw, "carol", "token_hash"))
+
+        assert set(gw.pool._connections) == {("alice", "down"), ("carol", "down")}
+        assert gw.pool.live == 2
+        await wait_closed(bobs)
+
+
+async def test_a_changed_secret_is_used_on_the_next_call_through_a_new_connection(
+    sqlite_secrets: Secrets, gateway: Gateway
+) -> None:
+    first, second = fresh_value("first"), fresh_value("second")
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", first)
+
+    async with connect(sqlite_secrets, gateway, "alice") as client:
+        before = await client.call_tool("down__token_hash", {})
+        old = connection_of(gateway, "alice")
+        stored = await client.call_tool("set_secret", {"server": "down", "key": "TOKEN", "value": second})
+        after = await client.call_tool("down__token_hash", {})
+
+    assert not stored.is_error
+    assert (hash_of(before), hash_of(after)) == (sha256(first), sha256(second))
+    assert connection_of(gateway, "alice") is not old
+    assert gateway.pool.live == 1
+    await wait_closed(old)
+
+
+# --- list_secret_keys -----------------------------------------------------------------------------
+
+
+async def test_list_secret_keys_shows_each_servers_required_and_missing_keys(
+    sqlite_secrets: Secrets, tmp_path: Path
+) -> None:
+    # Servers nobody listens on: what is missing comes from the store alone.
+    nowhere = f"http://127.0.0.1:{free_port()}/mcp"
+    servers = {
+        "down": {
+            "url": nowhere,
+            "headers": {"Authorization": "Bearer ${secret:TOKEN}"},
+            "description": "Where tickets live",
+            "secrets": {"TOKEN": {}, "NOTE": {"required": False}},
+        },
+        "other": {
+            "url": nowhere,
+            "headers": {"Authorization": "Bearer ${secret:API_KEY}", "X-Region": "${secret:REGION}"},
+        },
+    }
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    sqlite_secrets.set_secret("alice", "other", "REGION", "eu-west-1")
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, servers) as gw,
+        connect(sqlite_secrets, gw, "alice") as alice,
+        connect(sqlite_secrets, gw, "bob") as bob,
+    ):
+        alices = await alice.call_tool("list_secret_keys", {})
+        bobs = await bob.call_tool("list_secret_keys", {})
+
+    assert alices.structured_content is not None
+    assert alices.structured_content["servers"] == [
+        {"server": "down", "description": "Where tickets live", "required": ["TOKEN"], "missing": []},
+        {"server": "other", "description": "", "required": ["API_KEY", "REGION"], "missing": ["API_KEY"]},
+    ]
+    assert "other still needs: API_KEY" in text_of(alices)
+    assert bobs.structured_content is not None
+    assert [(status["server"], status["missing"]) for status in bobs.structured_content["servers"]] == [
+        ("down", ["TOKEN"]),
+        ("other", ["API_KEY", "REGION"]),
+    ]
+
+
+# --- the real CLI over Streamable HTTP ------------------------------------------------------------
+
+SERVED_NAMES = {"stdio": "down", "streamable-http": "web"}
+
+
+@pytest.fixture(scope="module")
+def gateway_deployment(
+    tmp_path_factory: pytest.TempPathFactory, http_downstream: HttpDownstream
+) -> Iterator[Deployment]:
+    """``mcp-secrets serve --transport streamable-http --servers FILE`` with tokens for alice and bob.
+
+    It serves the fixture downstream as ``down`` (stdio) and ``web`` (HTTP; its URL carries the
+    secret too, so that the log check covers URLs), and as ``licensed``, which needs a key nobody has.
+    """
+    root = tmp_path_factory.mktemp("gateway")
+    web = http_entry(http_downstream)
+    web["url"] += "?probe=${secret:TOKEN}"
+    licensed = {**STDIO_ENTRY, "secrets": {"TOKEN": {}, "LICENCE": {"description": "A licence key"}}}
+    servers = root / "servers.json"
+    servers.write_text(
+        json.dumps({"mcpServers": {"down": STDIO_ENTRY, "web": web, "licensed": licensed}}), encoding="utf-8"
+    )
+    env = isolated_env(root)
+    tokens = {username: create_token(env, username) for username in ("alice", "bob")}
+    with serving(env, "streamable-http", root / "server.log", "--servers", str(servers)) as deployment:
+        deployment.tokens.update(tokens)
+        yield deployment
+
+
+@pytest.fixture
+def served(gateway_deployment: Deployment, downstream: Downstream) -> tuple[Deployment, str]:
+    """The HTTP deployment and the name it serves the fixture downstream under, per transport."""
+    return gateway_deployment, SERVED_NAMES[downstream.transport]
+
+
+async def store_over_mcp(deployment: Deployment, username: str, server: str, value: str) -> None:
+    async with deployment.connect(username) as client:
+        stored = await client.call_tool("set_secret", {"server": server, "key": "TOKEN", "value": value})
+    assert not stored.is_error, text_of(stored)
+
+
+async def test_over_http_each_token_holder_gets_the_hash_of_their_own_secret(
+    served: tuple[Deployment, str],
+) -> None:
+    deployment, server = served
+    values = {"alice": fresh_value("alice"), "bob": fresh_value("bob")}
+    for username, value in values.items():
+        await store_over_mcp(deployment, username, server, value)
+    hashes: dict[str, list[str]] = {username: [] for username in values}
+
+    async def call_hash(username: str, client: Client) -> None:
+        hashes[username].append(hash_of(await client.call_tool(f"{server}__token_hash", {})))
+
+    async with (
+        deployment.connect("alice") as alice,
+        deployment.connect("bob") as bob,
+        anyio.create_task_group() as calls,
+    ):
+        for _ in range(CONCURRENT_CALLS):
+            calls.start_soon(call_hash, "alice", alice)
+            calls.start_soon(call_hash, "bob", bob)
+
+    assert hashes == {username: [sha256(value)] * CONCURRENT_CALLS for username, value in values.items()}
+
+
+async def test_over_http_a_missing_secret_error_offers_an_entry_link_per_key(
+    gateway_deployment: Deployment,
+) -> None:
+    async with gateway_deployment.connect("alice") as alice:
+        result = await alice.call_tool("licensed__token_hash", {})
+
+    assert missing_keys(result) == ["LICENCE", "TOKEN"]
+    for key in ("LICENCE", "TOKEN"):
+        assert re.search(rf"{key}: https?://\S+/secrets/entry/\S+", text_of(result)), text_of(result)
+
+
+async def test_over_http_a_canary_shows_in_no_result_and_no_log(
+    served: tuple[Deployment, str], canary: str
+) -> None:
+    deployment, server = served
+    await store_over_mcp(deployment, "alice", server, canary)
+    logs: list[LoggingMessageNotificationParams] = []
+
+    async def on_log(params: LoggingMessageNotificationParams) -> None:
+        logs.append(params)
+
+    async with deployment.connect("alice", logging_callback=on_log, log_level="debug") as alice:
+        listed = await alice.list_tools()
+        results = [
+            await alice.call_tool(f"{server}__{tool}", {})
+            for tool in ("token_hash", "echo_token", "fail_with_token", "work")
+        ]
+        results.append(await alice.call_tool("list_secret_keys", {}))
+
+    assert hash_of(results[0]) == sha256(canary)
+    assert [result.is_error for result in results] == [False, False, True, False, False]
+    assert f"{server}__echo_token" in {tool.name for tool in listed.tools}
+    assert logs, "the work tool's log messages arrived"
+    shown = json.dumps(
+        [
+            listed.model_dump(mode="json"),
+            *(result.model_dump(mode="json") for result in results),
+            *(log.model_dump(mode="json") for log in logs),
+        ]
+    )
+    assert_no_spelling_of(canary, shown)
+    assert_no_spelling_of(canary, deployment.log())
+    assert_no_spelling_of(canary, stdout_path(deployment.log_path).read_text(encoding="utf-8"))

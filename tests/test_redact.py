@@ -1,0 +1,131 @@
+"""The Redactor takes injected values back out of downstream results, in every spelling a tool may use."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from urllib.parse import quote, quote_plus
+
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from mcp_secrets.gateway.redact import MIN_REDACTED_LENGTH, Redactor
+
+LABEL = "[redacted TOKEN]"
+
+# How a downstream tool may hand a value back, each as the standard library spells it.
+ENCODINGS: dict[str, Callable[[str], str]] = {
+    "plain": lambda value: value,
+    "base64": lambda value: base64.b64encode(value.encode()).decode(),
+    "base64 unpadded": lambda value: base64.b64encode(value.encode()).decode().rstrip("="),
+    "base64url": lambda value: base64.urlsafe_b64encode(value.encode()).decode(),
+    "base64url unpadded": lambda value: base64.urlsafe_b64encode(value.encode()).decode().rstrip("="),
+    "quote": quote,
+    "quote, nothing safe": lambda value: quote(value, safe=""),
+    "quote_plus": quote_plus,
+    "hex": lambda value: value.encode().hex(),
+}
+
+VALUES = [
+    pytest.param("tok-3f9a1c", id="ascii"),
+    # '/', '+', '=' and ' ' make every encoding differ from the value; 'é' is two bytes in UTF-8.
+    pytest.param("p@ss/w+rd= é~", id="url-special"),
+]
+
+
+def spellings(value: str) -> dict[str, str]:
+    """Every encoding of ``value`` by name."""
+    return {name: encode(value) for name, encode in ENCODINGS.items()}
+
+
+@pytest.mark.parametrize("value", VALUES)
+@pytest.mark.parametrize("encoding", list(ENCODINGS))
+def test_each_encoding_of_a_value_is_replaced_by_its_keys_label(value: str, encoding: str) -> None:
+    encoded = ENCODINGS[encoding](value)
+
+    shown = Redactor({"TOKEN": value}).text(f"before {encoded} after")
+
+    assert shown == f"before {LABEL} after"
+
+
+def test_every_occurrence_is_replaced_and_labelled_with_its_own_key() -> None:
+    redactor = Redactor({"GITHUB_TOKEN": "ghp_first_value", "LINEAR_KEY": "lin_second_value"})
+
+    shown = redactor.text("ghp_first_value, lin_second_value and ghp_first_value again")
+
+    assert shown == "[redacted GITHUB_TOKEN], [redacted LINEAR_KEY] and [redacted GITHUB_TOKEN] again"
+
+
+def test_a_value_holding_another_is_replaced_whole() -> None:
+    redactor = Redactor({"SHORT": "abcd", "LONG": "abcdefgh"})
+
+    assert redactor.text("x abcdefgh y abcd") == "x [redacted LONG] y [redacted SHORT]"
+
+
+def test_nested_data_is_redacted_in_values_keys_and_lists() -> None:
+    value = "tok-3f9a1c"
+    hexed = value.encode().hex()
+    document = {
+        "text": f"token={value}",
+        f"key {value}": [value, {"deeper": [hexed, 7]}],
+        "numbers": [1, 2.5, True, None],
+    }
+
+    redacted = Redactor({"TOKEN": value}).data(document)
+
+    assert redacted == {
+        "text": f"token={LABEL}",
+        f"key {LABEL}": [LABEL, {"deeper": [LABEL, 7]}],
+        "numbers": [1, 2.5, True, None],
+    }
+
+
+def test_text_without_a_value_is_returned_unchanged() -> None:
+    text = "nothing secret here: 0123456789abcdef"
+
+    assert Redactor({"TOKEN": "tok-3f9a1c"}).text(text) == text
+    assert Redactor({}).text(text) == text
+
+
+@pytest.mark.parametrize("value", ["a", "12", "abc", "é"])
+def test_values_shorter_than_the_minimum_are_not_redacted_in_any_spelling(value: str) -> None:
+    assert len(value) < MIN_REDACTED_LENGTH
+    text = " ".join(spellings(value).values())
+
+    assert Redactor({"TOKEN": value}).text(text) == text
+
+
+def test_a_value_of_the_minimum_length_is_redacted() -> None:
+    value = "x" * MIN_REDACTED_LENGTH
+
+    assert Redactor({"TOKEN": value}).text(f"<{value}>") == f"<{LABEL}>"
+
+
+# Values from a few characters that make the encodings differ ('/', '+', '=', '%', ' ', 'é'), or from
+# any character a stored value may hold (no lone surrogate) but NUL, which the property below stands
+# in for the labels it takes out.
+secret_values = st.text(st.sampled_from("aZ09/+=% é~-_."), min_size=MIN_REDACTED_LENGTH) | st.text(
+    st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), min_size=MIN_REDACTED_LENGTH
+)
+
+
+@given(value=secret_values, before=st.text(), between=st.text(), after=st.text())
+def test_redacted_text_never_holds_the_value_or_any_encoding_of_it(
+    value: str, before: str, between: str, after: str
+) -> None:
+    text = before + between.join(spellings(value).values()) + after
+
+    shown = Redactor({"TOKEN": value}).text(text)
+
+    # A label may happen to contain the value ("acted"): what counts is the text around the labels.
+    around_labels = shown.replace(LABEL, "\x00")
+    for name, spelled in spellings(value).items():
+        assert spelled not in around_labels, name
+
+
+@given(value=secret_values, text=st.text())
+def test_text_holding_no_spelling_of_the_value_is_untouched(value: str, text: str) -> None:
+    assume(not any(spelled in text for spelled in spellings(value).values()))
+
+    assert Redactor({"TOKEN": value}).text(text) == text
