@@ -124,14 +124,7 @@ def _check_shape(where: str, name: str, spec: DownstreamServer) -> None:
         )
     if spec.command is not None and (spec.headers or spec.transport):
         raise ConfigurationError(f"{where}, field headers/transport: only remote (url) servers take these")
-    for field, text in (("command", spec.command or ""), ("cwd", spec.cwd or "")):
-        if "${secret:" in text:
-            raise ConfigurationError(
-                f"{where}, field {field}: secrets may appear in args, env, headers and url only"
-            )
-    for field, names in (("env", spec.env), ("headers", spec.headers)):
-        if any("${secret:" in name for name in names):
-            raise ConfigurationError(f"{where}, field {field}: secrets may appear in values, not in names")
+    _check_placeholder_places(where, spec)
     for key in spec.secrets or {}:
         if not _is_valid_key(key):
             raise ConfigurationError(f"{where}, field secrets: a declared key must be {NAME_RULE}")
