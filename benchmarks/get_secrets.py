@@ -1,0 +1,170 @@
+"""What ``Secrets.get_secrets`` costs over the raw query and bare decrypts, and where its time goes.
+
+    /tmp/venv/bin/python benchmarks/get_secrets.py [--blocks 15] [--calls 200]
+
+The store is SQLite (a temporary file) holding 20 keys of one user for one MCP
+server, among 2,000 records of other users and servers. Subject:
+``Secrets.get_secrets(username, server)``, which validates its arguments,
+queries, decrypts the 20 values, and records the use: a ``used`` audit event
+and ``last_used_at`` on the 20 records (two writes). Floor: the same query
+through ``store.find_secrets`` plus 20 bare ``AESGCM`` decrypts of values of
+the same size, pre-decoded. The ratio is get_secrets time ÷ floor time, the
+median of block pairs (lower is better; target ≤ 1.5).
+
+The breakdown times each part on its own, each in block pairs against the same
+floor: the query, the 20 decrypts by SecretEncryptor and by bare AESGCM, and
+the two audit writes. The "rest" row is the whole less the named parts: the
+argument checks, the clock, and the parts running back to back rather than
+each alone in a loop. MongoDB is not measured here (and never mongomock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from _harness import block_pairs_sync, machine, micros, table, verdict
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from mcp_secrets.crypto import SecretEncryptor, associated_data
+from mcp_secrets.secrets import Secrets
+from mcp_secrets.store import AuditEvent
+from mcp_secrets.store.sqlite import SQLiteStore
+
+USERNAME = "alice"
+SERVER = "github"
+KEYS = [f"KEY_{index:02d}" for index in range(20)]
+VALUE = "ghp_" + "x" * 36
+TARGET = 1.5
+
+
+def fill(secrets: Secrets) -> None:
+    """The measured user's 20 keys, and 2,000 records of 100 other users on 5 servers, untimed."""
+    for key in KEYS:
+        secrets.set_secret(USERNAME, SERVER, key, VALUE)
+    for index in range(2000):
+        secrets.set_secret(f"user{index // 20:03d}", f"server{index % 5}", f"KEY_{index % 20}", VALUE)
+
+
+class Workload:
+    """The measured user's get_secrets, its floor, and each of its parts, on one store."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.store = store
+        self.encryptor = SecretEncryptor([os.urandom(32)])
+        self.secrets = Secrets(store, self.encryptor)
+        fill(self.secrets)
+        if self.get_secrets() != dict.fromkeys(KEYS, VALUE):
+            raise RuntimeError("get_secrets does not return the 20 values set up")
+        self.records = store.find_secrets(USERNAME, SERVER)
+        self.aes = AESGCM(AESGCM.generate_key(bit_length=256))
+        self.sealed = []
+        for key in KEYS:
+            nonce = os.urandom(12)
+            aad = associated_data(USERNAME, SERVER, key)
+            self.sealed.append((nonce, self.aes.encrypt(nonce, VALUE.encode(), aad), aad))
+
+    def get_secrets(self) -> dict[str, str]:
+        """The subject."""
+        return self.secrets.get_secrets(USERNAME, SERVER)
+
+    def floor(self) -> None:
+        """The raw query, and 20 bare decrypts."""
+        self.query()
+        self.bare_decrypts()
+
+    def query(self) -> None:
+        """The store's one query."""
+        self.store.find_secrets(USERNAME, SERVER)
+
+    def bare_decrypts(self) -> None:
+        """20 AESGCM decrypts of pre-decoded bytes, to text."""
+        for nonce, body, aad in self.sealed:
+            self.aes.decrypt(nonce, body, aad).decode()
+
+    def project_decrypts(self) -> None:
+        """20 ``SecretEncryptor.decrypt`` of the stored ciphertexts."""
+        for record in self.records:
+            self.encryptor.decrypt(record.value, username=USERNAME, server=SERVER, key=record.key)
+
+    def touch(self) -> None:
+        """The last-use write."""
+        self.store.touch_secrets(USERNAME, SERVER, KEYS, datetime.now(timezone.utc))
+
+    def add_event(self) -> None:
+        """The audit event write."""
+        event = AuditEvent(datetime.now(timezone.utc), USERNAME, "used", SERVER, ",".join(KEYS), "library")
+        self.store.add_event(event)
+
+    def audit_writes(self) -> None:
+        """Both writes, as get_secrets makes them."""
+        self.touch()
+        self.add_event()
+
+
+def ratio(work: Workload, blocks: int, calls: int) -> None:
+    """get_secrets against its floor."""
+    pairs = block_pairs_sync(work.floor, work.get_secrets, blocks=blocks, calls=calls)["wall"]
+    cost = pairs.cost_ratio()
+    row = [
+        "get_secrets ÷ (find_secrets + 20 bare decrypts)",
+        micros(pairs.floor_median),
+        micros(pairs.subject_median),
+        str(cost),
+        f"≤ {TARGET}",
+        verdict(cost.median, TARGET, higher_is_better=False),
+    ]
+    table(
+        ["20 keys", "floor/call", "get_secrets/call", "ratio median (p25-p75)", "target", ""],
+        [row],
+        title=f"Secrets.get_secrets, {blocks} block pairs of {calls} calls ({machine()})",
+    )
+
+
+def breakdown(work: Workload, blocks: int, calls: int) -> None:
+    """Each part of get_secrets against the same floor."""
+    parts = {
+        "query: store.find_secrets": work.query,
+        "20 decrypts: SecretEncryptor.decrypt": work.project_decrypts,
+        "20 decrypts: bare AESGCM": work.bare_decrypts,
+        "audit: touch_secrets + add_event": work.audit_writes,
+        "  touch_secrets (last_used_at)": work.touch,
+        "  add_event (used)": work.add_event,
+        "get_secrets, all of it": work.get_secrets,
+    }
+    rows, medians = [], {}
+    for name, part in parts.items():
+        pairs = block_pairs_sync(work.floor, part, blocks=blocks, calls=calls)["wall"]
+        medians[name] = pairs.cost_ratio().median
+        rows.append([name, micros(pairs.subject_median), str(pairs.cost_ratio())])
+    named = (
+        "query: store.find_secrets",
+        "20 decrypts: SecretEncryptor.decrypt",
+        "audit: touch_secrets + add_event",
+    )
+    rest = medians["get_secrets, all of it"] - sum(medians[name] for name in named)
+    rows.insert(-1, ["rest, by difference: checks, clock, parts back to back", "", f"{rest:.2f}"])
+    table(["part", "per call", "÷ floor, median (p25-p75)"], rows, title="Where the time goes")
+
+
+def main(blocks: int, calls: int) -> None:
+    """The ratio, then the breakdown, on a temporary SQLite store."""
+    with tempfile.TemporaryDirectory(prefix="mcp-secrets-bench-") as tmp:
+        store = SQLiteStore(Path(tmp) / "secrets.db")
+        try:
+            work = Workload(store)
+            ratio(work, blocks, calls)
+            breakdown(work, blocks, calls)
+        finally:
+            store.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, default=15, help="block pairs (default 15)")
+    parser.add_argument("--calls", type=int, default=200, help="calls per block (default 200)")
+    options = parser.parse_args()
+    main(options.blocks, options.calls)
