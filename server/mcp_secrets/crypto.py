@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import os
 import struct
@@ -75,18 +76,26 @@ def _b64encode(raw: bytes) -> str:
 def _b64decode_canonical(text: str) -> bytes | None:
     """Decode unpadded base64url, refusing any other spelling of the same bytes."""
     try:
-        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         return None
-    # Unused low bits in the last character would let two strings decode alike.
+    # The lenient decoder skips stray characters, and unused low bits in the last character would let
+    # two strings decode alike: only the one canonical spelling is accepted.
     return raw if _b64encode(raw) == text else None
 
 
-def _text(plain: bytes, where: str) -> str:
+def _where(record: tuple[str, str]) -> str:
+    """How an error names a record (server, key); built only when there is an error."""
+    server, key = record
+    return f"secret {key!r} of server {server!r}"
+
+
+def _text(plain: bytes, record: tuple[str, str] | str) -> str:
     """Decode a plaintext; a UnicodeDecodeError would carry the plaintext bytes, so it never escapes."""
     try:
         return plain.decode("utf-8")
     except UnicodeDecodeError:
+        where = record if isinstance(record, str) else _where(record)
         raise DecryptionError(f"{where} decrypted to bytes that are not UTF-8 text") from None
 
 
@@ -99,6 +108,7 @@ def key_id_for(master_key: bytes) -> str:
     return _hkdf(master_key, _KEY_ID_INFO, 4).hex()
 
 
+@functools.lru_cache(maxsize=4096)
 def associated_data(username: str, server: str, key: str) -> bytes:
     """Bind a ciphertext to its record; length prefixes keep the encoding unambiguous."""
     parts = [_AAD_LABEL, *(part.encode("utf-8") for part in (username, server, key))]
@@ -167,13 +177,12 @@ class SecretEncryptor:
                 key that is not configured, or not a ciphertext at all.
 
         """
-        where = f"secret {key!r} of server {server!r}"
         parts = ciphertext.split(":")
         if len(parts) == 3 and parts[0] == VERSION:  # noqa: PLR2004 - the format has three fields
-            return self._decrypt_v1(parts[1], parts[2], associated_data(username, server, key), where)
+            return self._decrypt_v1(parts[1], parts[2], associated_data(username, server, key), (server, key))
         if len(parts) == 3 and all(part and set(part) <= _HEX_DIGITS for part in parts):  # noqa: PLR2004
-            return self._decrypt_legacy(parts, where)
-        raise DecryptionError(f"{where} is not in a ciphertext format mcp-secrets can read")
+            return self._decrypt_legacy(parts, _where((server, key)))
+        raise DecryptionError(f"{_where((server, key))} is not in a ciphertext format mcp-secrets can read")
 
     def key_id_of(self, ciphertext: str) -> str:
         """The key id a stored ciphertext was written with (``legacy`` for the original format)."""
@@ -182,20 +191,22 @@ class SecretEncryptor:
             return parts[1]
         return LEGACY_KEY_ID
 
-    def _decrypt_v1(self, key_id: str, payload: str, aad: bytes, where: str) -> str:
+    def _decrypt_v1(self, key_id: str, payload: str, aad: bytes, record: tuple[str, str]) -> str:
         cipher = self._ciphers.get(key_id)
         if cipher is None:
-            raise DecryptionError(f"{where} was encrypted with master key {key_id}, which is not configured")
+            raise DecryptionError(
+                f"{_where(record)} was encrypted with master key {key_id}, which is not configured"
+            )
         raw = _b64decode_canonical(payload)
         if raw is None or len(raw) < NONCE_BYTES + TAG_BYTES:
-            raise DecryptionError(f"{where} is damaged: its ciphertext is malformed")
+            raise DecryptionError(f"{_where(record)} is damaged: its ciphertext is malformed")
         try:
             plain = cipher.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], aad)
         except InvalidTag:
             raise DecryptionError(
-                f"{where} does not decrypt: it was altered, or copied from another record"
+                f"{_where(record)} does not decrypt: it was altered, or copied from another record"
             ) from None
-        return _text(plain, where)
+        return _text(plain, record)
 
     def _decrypt_legacy(self, parts: list[str], where: str) -> str:
         if self._legacy is None:

@@ -10,7 +10,6 @@ import logging
 from typing import Any, Protocol
 
 import anyio
-import jwt
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken, TokenVerifier
@@ -106,6 +105,8 @@ class JwtVerifier:
     """Accepts JWTs signed by a key of an OIDC provider's JWKS, for one issuer and audience."""
 
     def __init__(self, jwks_url: str, *, issuer: str, audience: str, username_claim: str = "sub") -> None:
+        import jwt  # noqa: PLC0415 - only servers that accept JWTs pay for importing it
+
         self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300, timeout=10)
         self._issuer = issuer
         self._audience = audience
@@ -116,6 +117,8 @@ class JwtVerifier:
         return await anyio.to_thread.run_sync(self._verify, token)
 
     def _verify(self, token: str) -> AccessToken | None:
+        import jwt  # noqa: PLC0415 - imported once by __init__; this is a dictionary lookup
+
         try:
             signing_key = self._jwks.get_signing_key_from_jwt(token)
             claims: dict[str, Any] = jwt.decode(
