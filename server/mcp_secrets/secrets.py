@@ -112,8 +112,8 @@ class Secrets:
         if values:
             now = self._clock()
             keys = sorted(values)
-            self.store.touch_secrets(username, server, keys, now)
-            self.record(username, action, server, ",".join(keys), via=via, detail=detail, at=now)
+            event = AuditEvent(now, username, action, server, ",".join(keys), via, detail)
+            self.store.touch_secrets(username, server, keys, now, event=event)
         return values
 
     def record(
@@ -161,17 +161,17 @@ class Secrets:
         validate_username(username)
         validate_name("server", server)
         validate_name("key", key)
+        now = self._clock()
+        # The store writes the event with the record, in one transaction where it can.
+        event = AuditEvent(now, username, "deleted", server, key, via)
         if action == "delete":
-            result = self._delete(username, server, key)
-        elif action not in ACTIONS:
+            return self._delete(username, server, key, event)
+        if action not in ACTIONS:
             raise InvalidInputError("action must be one of save, update, delete")
-        else:
-            plain = validate_value(value)
-            ciphertext = self.encryptor.encrypt(plain, username=username, server=server, key=key)
-            created = self.store.put_secret(username, server, key, ciphertext, self._clock())
-            result = UpdateResult(server, key, "created" if created else "updated")
-        self.record(username, result.status, server, key, via=via)
-        return result
+        plain = validate_value(value)
+        ciphertext = self.encryptor.encrypt(plain, username=username, server=server, key=key)
+        created = self.store.put_secret(username, server, key, ciphertext, now, event=event)
+        return UpdateResult(server, key, "created" if created else "updated")
 
     def set_secret(
         self, username: str, server: str, key: str, value: str, *, via: str = "library"
@@ -195,8 +195,8 @@ class Secrets:
             for record in self.store.find_secrets(username, server)
         ]
 
-    def _delete(self, username: str, server: str, key: str) -> UpdateResult:
-        if self.store.delete_secret(username, server, key):
+    def _delete(self, username: str, server: str, key: str, event: AuditEvent) -> UpdateResult:
+        if self.store.delete_secret(username, server, key, event=event):
             return UpdateResult(server, key, "deleted")
         if self.store.find_secrets(username, server):
             raise SecretNotFoundError(f"there is no secret {key!r} for server {server!r}")

@@ -69,12 +69,25 @@ class LinkRecord:
 class SecretStore(Protocol):
     """What the ``Secrets`` service and the token verifier need from a database."""
 
-    def put_secret(self, username: str, server: str, key: str, value: str, now: datetime) -> bool:
-        """Insert or replace one record's ciphertext; return True when it was created."""
+    def put_secret(
+        self,
+        username: str,
+        server: str,
+        key: str,
+        value: str,
+        now: datetime,
+        *,
+        event: AuditEvent | None = None,
+    ) -> bool:
+        """Insert or replace one record's ciphertext; return True when it was created.
+
+        ``event`` goes to the audit trail with its action set to ``created`` or ``updated``
+        (in the same transaction where the database has them).
+        """
         ...
 
-    def delete_secret(self, username: str, server: str, key: str) -> bool:
-        """Remove one record; return False when there was none."""
+    def delete_secret(self, username: str, server: str, key: str, *, event: AuditEvent | None = None) -> bool:
+        """Remove one record, recording ``event`` when it did; return False when there was none."""
         ...
 
     def find_secrets(self, username: str, server: str | None = None) -> list[SecretRecord]:
@@ -85,8 +98,10 @@ class SecretStore(Protocol):
         """How many records the store holds, of all users."""
         ...
 
-    def touch_secrets(self, username: str, server: str, keys: list[str], now: datetime) -> None:
-        """Record that these secrets were used (given to a caller) at ``now``."""
+    def touch_secrets(
+        self, username: str, server: str, keys: list[str], now: datetime, *, event: AuditEvent | None = None
+    ) -> None:
+        """Record that these secrets were used (given to a caller) at ``now``, with ``event`` in the trail."""
         ...
 
     def add_event(self, event: AuditEvent) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -131,8 +132,23 @@ class MongoStore:
             ) from None
         return cls(client, database)
 
-    def put_secret(self, username: str, server: str, key: str, value: str, now: datetime) -> bool:
-        """Insert or replace one record's ciphertext; return True when it was created."""
+    def put_secret(
+        self,
+        username: str,
+        server: str,
+        key: str,
+        value: str,
+        now: datetime,
+        *,
+        event: AuditEvent | None = None,
+    ) -> bool:
+        """Insert or replace one record's ciphertext, then record ``event``; True when it was created."""
+        created = self._upsert(username, server, key, value, now)
+        if event is not None:
+            self.add_event(replace(event, action="created" if created else "updated"))
+        return created
+
+    def _upsert(self, username: str, server: str, key: str, value: str, now: datetime) -> bool:
         selector = {
             "username": _text("username", username),
             "server": _text("server", server),
@@ -154,17 +170,20 @@ class MongoStore:
             raise _unavailable(exc) from None
         return result.upserted_id is not None
 
-    def delete_secret(self, username: str, server: str, key: str) -> bool:
-        """Remove one record; return False when there was none."""
+    def delete_secret(self, username: str, server: str, key: str, *, event: AuditEvent | None = None) -> bool:
+        """Remove one record, recording ``event`` when it did; return False when there was none."""
         selector = {
             "username": _text("username", username),
             "server": _text("server", server),
             "key": _text("key", key),
         }
         try:
-            return self._secrets.delete_one(selector).deleted_count > 0
+            deleted = self._secrets.delete_one(selector).deleted_count > 0
         except PyMongoError as exc:
             raise _unavailable(exc) from None
+        if deleted and event is not None:
+            self.add_event(event)
+        return deleted
 
     def find_secrets(self, username: str, server: str | None = None) -> list[SecretRecord]:
         """One user's records, of one server or of all, in (server, key) order, in one query."""
@@ -184,8 +203,12 @@ class MongoStore:
         except PyMongoError as exc:
             raise _unavailable(exc) from None
 
-    def touch_secrets(self, username: str, server: str, keys: list[str], now: datetime) -> None:
-        """Record that these secrets were used (given to a caller) at ``now``."""
+    def touch_secrets(
+        self, username: str, server: str, keys: list[str], now: datetime, *, event: AuditEvent | None = None
+    ) -> None:
+        """Record that these secrets were used (given to a caller) at ``now``, with ``event`` in the trail."""
+        if event is not None:
+            self.add_event(event)
         if not keys:
             return
         selector = {

@@ -7,6 +7,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
@@ -24,6 +25,8 @@ CREATE TABLE IF NOT EXISTS user_secrets (
     value      TEXT NOT NULL,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
+    last_used_at TEXT,
+    writes     INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (username, server, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS api_tokens (
@@ -117,6 +120,25 @@ def _link(row: tuple[str, str, str, str, str, str, str, str | None]) -> LinkReco
     )
 
 
+@contextmanager
+def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction (the connection is in autocommit mode otherwise)."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def _insert_event(connection: sqlite3.Connection, event: AuditEvent) -> None:
+    connection.execute(
+        f"INSERT INTO audit_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608 - fixed SQL
+        (_iso(event.at), event.actor, event.action, event.server, event.key, event.transport, event.detail),
+    )
+
+
 def _create_private_file(path: Path) -> None:
     """Create the database file readable by its owner only, before SQLite opens it."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -143,8 +165,10 @@ class SQLiteStore:
             self._connection.execute("PRAGMA secure_delete=ON")
             self._connection.executescript(_SCHEMA)
             columns = {row[1] for row in self._connection.execute("PRAGMA table_info(user_secrets)")}
-            if "last_used_at" not in columns:  # a file made before last use was tracked
-                self._connection.execute("ALTER TABLE user_secrets ADD COLUMN last_used_at TEXT")
+            # A file made by an earlier version gains the columns added since.
+            for column, declaration in (("last_used_at", "TEXT"), ("writes", "INTEGER NOT NULL DEFAULT 0")):
+                if column not in columns:
+                    self._connection.execute(f"ALTER TABLE user_secrets ADD COLUMN {column} {declaration}")
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailableError(f"the SQLite store at {self.path} cannot be opened: {exc}") from None
 
@@ -162,44 +186,55 @@ class SQLiteStore:
         with self._cursor() as connection:
             return work(connection)
 
-    def put_secret(self, username: str, server: str, key: str, value: str, now: datetime) -> bool:
-        """Insert or replace one record's ciphertext; return True when it was created."""
+    def put_secret(
+        self,
+        username: str,
+        server: str,
+        key: str,
+        value: str,
+        now: datetime,
+        *,
+        event: AuditEvent | None = None,
+    ) -> bool:
+        """Insert or replace one record's ciphertext; return True when it was created.
+
+        ``event``, with its action set to ``created`` or ``updated``, is written in the same transaction.
+        """
         stamp = _iso(now)
 
         def upsert(connection: sqlite3.Connection) -> bool:
-            # One write transaction, so "created" is exact even with other processes on the file.
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                existed = connection.execute(
-                    "SELECT 1 FROM user_secrets WHERE username = ? AND server = ? AND key = ?",
-                    (username, server, key),
-                ).fetchone()
-                connection.execute(
+            with _transaction(connection):
+                # `writes` counts replacements, so one statement tells an insert (0) from an update.
+                (writes,) = connection.execute(
                     "INSERT INTO user_secrets (username, server, key, value, created_at, updated_at) "
                     "VALUES (?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT (username, server, key) DO UPDATE SET value = excluded.value, "
-                    "updated_at = excluded.updated_at",
+                    "updated_at = excluded.updated_at, writes = writes + 1 RETURNING writes",
                     (username, server, key, value, stamp, stamp),
-                )
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
-            return existed is None
+                ).fetchone()
+                if event is not None:
+                    _insert_event(connection, replace(event, action="created" if writes == 0 else "updated"))
+            return bool(writes == 0)
 
         return self._run(upsert)
 
-    def delete_secret(self, username: str, server: str, key: str) -> bool:
-        """Remove one record; return False when there was none."""
-        return self._run(
-            lambda connection: (
-                connection.execute(
-                    "DELETE FROM user_secrets WHERE username = ? AND server = ? AND key = ?",
-                    (username, server, key),
-                ).rowcount
-                > 0
-            )
-        )
+    def delete_secret(self, username: str, server: str, key: str, *, event: AuditEvent | None = None) -> bool:
+        """Remove one record, writing ``event`` in the same transaction; return False when there was none."""
+
+        def delete(connection: sqlite3.Connection) -> bool:
+            with _transaction(connection):
+                deleted = (
+                    connection.execute(
+                        "DELETE FROM user_secrets WHERE username = ? AND server = ? AND key = ?",
+                        (username, server, key),
+                    ).rowcount
+                    > 0
+                )
+                if deleted and event is not None:
+                    _insert_event(connection, event)
+            return deleted
+
+        return self._run(delete)
 
     def find_secrets(self, username: str, server: str | None = None) -> list[SecretRecord]:
         """One user's records, of one server or of all, in (server, key) order, in one query."""
@@ -224,35 +259,29 @@ class SQLiteStore:
             )
         )
 
-    def touch_secrets(self, username: str, server: str, keys: list[str], now: datetime) -> None:
-        """Record that these secrets were used (given to a caller) at ``now``."""
-        if not keys:
-            return
+    def touch_secrets(
+        self, username: str, server: str, keys: list[str], now: datetime, *, event: AuditEvent | None = None
+    ) -> None:
+        """Record that these secrets were used (given to a caller) at ``now``, with ``event`` in the trail."""
         marks = ", ".join("?" * len(keys))
-        self._run(
-            lambda connection: connection.execute(
-                f"UPDATE user_secrets SET last_used_at = ? "  # noqa: S608 - placeholders only
-                f"WHERE username = ? AND server = ? AND key IN ({marks})",
-                (_iso(now), username, server, *keys),
-            )
-        )
+
+        def touch(connection: sqlite3.Connection) -> None:
+            # One transaction, one commit, for both writes: this runs on every use.
+            with _transaction(connection):
+                if keys:
+                    connection.execute(
+                        f"UPDATE user_secrets SET last_used_at = ? "  # noqa: S608 - placeholders only
+                        f"WHERE username = ? AND server = ? AND key IN ({marks})",
+                        (_iso(now), username, server, *keys),
+                    )
+                if event is not None:
+                    _insert_event(connection, event)
+
+        self._run(touch)
 
     def add_event(self, event: AuditEvent) -> None:
         """Append one event to the audit trail."""
-        self._run(
-            lambda connection: connection.execute(
-                f"INSERT INTO audit_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
-                (
-                    _iso(event.at),
-                    event.actor,
-                    event.action,
-                    event.server,
-                    event.key,
-                    event.transport,
-                    event.detail,
-                ),
-            )
-        )
+        self._run(lambda connection: _insert_event(connection, event))
 
     def list_events(
         self, actor: str | None = None, server: str | None = None, limit: int = 50
