@@ -29,7 +29,7 @@ from mcp_types import (
     ToolAnnotations,
 )
 from mcp_types.version import is_version_at_least
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from mcp_secrets import __version__
 from mcp_secrets.entry import EntryLink, EntryLinks
@@ -47,6 +47,19 @@ Values are write-only: no tool ever returns a stored value, and you never need t
 Secrets belong to the user this session is authenticated as; you cannot reach anyone else's."""
 
 SERVER_ARG = Field(description="Name of the MCP server the secret is for, e.g. 'github'.")
+
+
+def _none_as_all(value: object) -> object:
+    return "" if value is None else value
+
+
+# A plain `str` on purpose: the SDK JSON-decodes string arguments of any other type, which would
+# turn a server named "null" into None ("all servers"). Empty (or null) means all servers.
+ServerFilter = Annotated[
+    str,
+    BeforeValidator(_none_as_all),
+    Field(description="Only this MCP server's entries; all when omitted or empty."),
+]
 KEY_ARG = Field(description="Name of the secret, e.g. 'GITHUB_TOKEN'.")
 
 
@@ -411,13 +424,11 @@ def _add_list_tools(
     @mcp.tool(annotations=ToolAnnotations(title="List secret names", readOnlyHint=True, openWorldHint=False))
     async def list_secret_keys(
         ctx: Context[Any, Any],
-        server: Annotated[
-            str | None, Field(description="Only this MCP server's secrets; all when omitted.")
-        ] = None,
+        server: ServerFilter = "",
     ) -> Annotated[CallToolResult, SecretKeyList]:
         """List the names of your stored secrets and when each was created and updated; never their values."""
         username = _caller(identity, ctx)
-        infos = await _run(lambda: secrets.list_secret_keys(username, server))
+        infos = await _run(lambda: secrets.list_secret_keys(username, server or None))
         statuses = [] if gateway is None else await _run(lambda: gateway.status(username))
         entries = [
             SecretKeyEntry(
@@ -451,9 +462,7 @@ def _add_list_tools(
     )
     async def list_secret_events(
         ctx: Context[Any, Any],
-        server: Annotated[
-            str | None, Field(description="Only this MCP server's events; all when omitted.")
-        ] = None,
+        server: ServerFilter = "",
         limit: Annotated[int, Field(description="How many events, newest first (1 to 1000).")] = 50,
     ) -> Annotated[CallToolResult, SecretEventList]:
         """Your audit trail, newest first: when each of your secrets was stored, changed, deleted or used.
@@ -461,7 +470,7 @@ def _add_list_tools(
         Events never hold a value.
         """
         username = _caller(identity, ctx)
-        events = await _run(lambda: secrets.list_events(username, server, limit))
+        events = await _run(lambda: secrets.list_events(username, server or None, limit))
         entries = [
             SecretEventEntry(
                 at=event.at,

@@ -1,0 +1,195 @@
+"""Store faults: unreachable at start, locked by another process mid-run, locked only briefly.
+
+`mcp-secrets serve` runs as a real subprocess; another process takes SQLite's
+write lock on the same file, as a second replica, a backup or an admin's
+sqlite3 shell would.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp_types import CallToolResult
+
+from .conftest import create_token, free_port, isolated_env, run_cli, serving
+
+pytestmark = pytest.mark.anyio
+
+BRIEF_LOCK_SECONDS = 0.5
+# Holds SQLite's write lock on the file named by argv[1] from its own connection until a line arrives
+# on stdin. Inside the lock it adds an audit event, so the order of events shows who wrote first.
+LOCK_HOLDER = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], timeout=10, isolation_level=None)
+connection.execute("BEGIN EXCLUSIVE")
+connection.execute("INSERT INTO audit_events (at, actor, action) VALUES ('', 'lock-holder', 'locked')")
+print("locked", flush=True)
+sys.stdin.readline()
+connection.execute("COMMIT")
+connection.close()
+"""
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def text_of(result: CallToolResult) -> str:
+    assert result.content[0].type == "text"
+    return result.content[0].text
+
+
+# --- unavailable at start ---------------------------------------------------------------------------
+
+
+def _unreachable_mongodb(root: Path) -> dict[str, str]:
+    return {"MCP_SECRETS_DATABASE_URL": "mongodb://127.0.0.1:1/x"}
+
+
+def _sqlite_under_a_regular_file(root: Path) -> dict[str, str]:
+    regular_file = root / "not-a-directory"
+    regular_file.write_text("")
+    return {"MCP_SECRETS_DATA_DIR": str(regular_file / "data")}
+
+
+@pytest.mark.parametrize(
+    ("settings", "store"),
+    [
+        pytest.param(_unreachable_mongodb, "MongoDB", id="mongodb-on-a-closed-port"),
+        pytest.param(_sqlite_under_a_regular_file, "SQLite", id="sqlite-path-under-a-regular-file"),
+    ],
+)
+def test_serve_exits_with_one_clear_line_when_the_store_is_unavailable_at_start(
+    tmp_path: Path, settings: Callable[[Path], dict[str, str]], store: str
+) -> None:
+    env = isolated_env(tmp_path, MCP_SECRETS_LOG_LEVEL="INFO", **settings(tmp_path))
+
+    served = run_cli(env, "serve", "--transport", "streamable-http", "--port", str(free_port()))
+
+    assert served.returncode == 1, served.stderr
+    assert "Traceback" not in served.stderr
+    last_line = served.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("mcp-secrets: error: ")
+    assert f"the {store} store" in last_line
+    assert env["MCP_SECRETS_MASTER_KEY"] not in served.stderr
+
+
+# --- locked by another process while serving ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def store_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Settings of one SQLite store, shared by the servers of this module's tests."""
+    return isolated_env(tmp_path_factory.mktemp("faults"))
+
+
+@pytest.fixture(scope="module")
+def alice_token(store_env: dict[str, str]) -> str:
+    return create_token(store_env, "alice")
+
+
+def database_of(env: dict[str, str]) -> Path:
+    return Path(env["MCP_SECRETS_DATA_DIR"]) / "secrets.db"
+
+
+class LockHolder:
+    """Another process holding the write lock of a SQLite file until ``release()``."""
+
+    def __init__(self, database: Path) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", LOCK_HOLDER, str(database)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._process.stdout is not None
+        assert self._process.stdout.readline().strip() == "locked"
+
+    def release(self) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.write("release\n")
+        self._process.stdin.close()
+        assert self._process.wait(timeout=30) == 0
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+
+@pytest.fixture
+def lock_holder() -> Iterator[Callable[[Path], LockHolder]]:
+    """``lock_holder(path)`` takes the lock; a holder still running at teardown is killed."""
+    holders: list[LockHolder] = []
+
+    def take(database: Path) -> LockHolder:
+        holders.append(LockHolder(database))
+        return holders[-1]
+
+    yield take
+    for holder in holders:
+        holder.stop()
+
+
+async def test_a_locked_store_fails_a_write_with_a_clear_tool_error_and_recovers_without_restart(
+    store_env: dict[str, str],
+    alice_token: str,
+    tmp_path: Path,
+    lock_holder: Callable[[Path], LockHolder],
+    canary: str,
+) -> None:
+    env = {**store_env, "MCP_SECRETS_SQLITE_BUSY_TIMEOUT": "0.3"}
+    with serving(env, "streamable-http", tmp_path / "server.log") as deployment:
+        async with deployment.connect(token=alice_token) as alice:
+            holder = lock_holder(database_of(env))
+            while_locked = await alice.call_tool(
+                "set_secret", {"server": "s", "key": "LOCKED", "value": canary}
+            )
+            holder.release()
+            after = await alice.call_tool("set_secret", {"server": "s", "key": "LOCKED", "value": "v2"})
+            listed = await alice.call_tool("list_secret_keys", {"server": "s"})
+
+    assert while_locked.is_error
+    assert "store is unavailable" in text_of(while_locked)
+    assert canary not in text_of(while_locked)
+    assert not after.is_error, text_of(after)
+    assert after.structured_content == {"server": "s", "key": "LOCKED", "status": "created"}
+    assert listed.structured_content is not None
+    assert [entry["key"] for entry in listed.structured_content["keys"]] == ["LOCKED"]
+
+
+async def test_a_write_waits_out_a_lock_shorter_than_the_busy_timeout(
+    store_env: dict[str, str], alice_token: str, tmp_path: Path, lock_holder: Callable[[Path], LockHolder]
+) -> None:
+    database = database_of(store_env)
+    with serving(store_env, "streamable-http", tmp_path / "server.log") as deployment:
+        async with deployment.connect(token=alice_token) as alice:
+            holder = lock_holder(database)
+            outcome: list[CallToolResult] = []
+
+            async def write() -> None:
+                arguments = {"server": "s", "key": "WAITED", "value": "v"}
+                outcome.append(await alice.call_tool("set_secret", arguments))
+
+            async with anyio.create_task_group() as calls:
+                calls.start_soon(write)
+                await anyio.sleep(BRIEF_LOCK_SECONDS)
+                # Still waiting: the write cannot have happened while the other process held the lock.
+                assert outcome == []
+                await anyio.to_thread.run_sync(holder.release)
+
+    assert not outcome[0].is_error, text_of(outcome[0])
+    with closing(sqlite3.connect(database)) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        actors = connection.execute(
+            "SELECT actor FROM audit_events WHERE actor = 'lock-holder' OR key = 'WAITED' ORDER BY id"
+        ).fetchall()
+    assert actors[-2:] == [("lock-holder",), ("alice",)]

@@ -1,0 +1,291 @@
+"""Bearer auth on real HTTP servers: who gets in, who gets 401, and the Host/Origin guard.
+
+Every check runs on Streamable HTTP and SSE, and on a server taking API tokens
+only as well as one that also takes JWTs of a (local) OIDC provider's JWKS. All
+servers share one store, so one set of CLI-made tokens serves them all.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+from mcp_types.version import LATEST_HANDSHAKE_VERSION
+
+from .conftest import HTTP_TRANSPORTS, Deployment, create_token, isolated_env, run_cli, serving
+
+pytestmark = pytest.mark.anyio
+
+ISSUER = "https://id.example.com/"
+AUDIENCE = "https://secrets.example.com/mcp"
+KID = "key-2025"
+EXPIRES_DAYS = 0.00001  # 0.864 s
+JSON_POST = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": LATEST_HANDSHAKE_VERSION,
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "0"},
+    },
+}
+MODES = ["api-tokens", "api-tokens-and-jwts"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# --- a local OIDC provider's JWKS (as in tests/test_identity.py) ----------------------------------
+
+
+class _JwksHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body: bytes = self.server.jwks_body  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:
+        """Keep the test output quiet."""
+
+
+@pytest.fixture(scope="module")
+def signing_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def jwks_url(signing_key: rsa.RSAPrivateKey) -> Iterator[str]:
+    """A JWKS holding the public half of ``signing_key``, served on a local port."""
+    jwk = RSAAlgorithm.to_jwk(signing_key.public_key(), as_dict=True)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _JwksHandler)
+    server.jwks_body = json.dumps({"keys": [{**jwk, "kid": KID, "use": "sig", "alg": "RS256"}]}).encode()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def signed_jwt(key: rsa.RSAPrivateKey, **changes: Any) -> str:
+    """A JWT for carol from the provider, with some claims changed."""
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "carol", "iat": now, "exp": now + 300} | changes
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": KID})
+
+
+# --- one store, four servers --------------------------------------------------------------------------
+
+
+@dataclass
+class Tokens:
+    """API tokens of alice made by the CLI: one live, one expiring at once, one revoked."""
+
+    live: str
+    expiring: str
+    expired_after: float  # time.monotonic() by which ``expiring`` has certainly expired
+    revoked: str
+
+    def wait_until_expired(self) -> None:
+        time.sleep(max(0.0, self.expired_after - time.monotonic()))
+
+
+@pytest.fixture(scope="module")
+def store_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return isolated_env(tmp_path_factory.mktemp("auth"))
+
+
+@pytest.fixture(scope="module")
+def tokens(store_env: dict[str, str]) -> Tokens:
+    live = create_token(store_env, "alice")
+    made = run_cli(store_env, "token", "create", "alice", "--expires-days", str(EXPIRES_DAYS))
+    assert made.returncode == 0, made.stderr
+    # The token was made before the command returned, so it expires at most this long after now.
+    expired_after = time.monotonic() + EXPIRES_DAYS * 86400 + 0.1
+    assert made.stdout.startswith("mcps_"), made.stdout  # a well-formed token, refused only once expired
+    revoked = create_token(store_env, "alice")
+    revoking = run_cli(store_env, "token", "revoke", revoked.split("_")[1])
+    assert revoking.returncode == 0, revoking.stderr
+    return Tokens(live, made.stdout.strip(), expired_after, revoked)
+
+
+@pytest.fixture(scope="module")
+def servers(
+    tmp_path_factory: pytest.TempPathFactory, store_env: dict[str, str], tokens: Tokens, jwks_url: str
+) -> Iterator[Callable[[str, str], Deployment]]:
+    """``server(mode, transport)``: started on first use, shared by the module, all on one store."""
+    started: dict[tuple[str, str], Deployment] = {}
+    jwt_settings = {
+        "MCP_SECRETS_JWKS_URL": jwks_url,
+        "MCP_SECRETS_ISSUER": ISSUER,
+        "MCP_SECRETS_AUDIENCE": AUDIENCE,
+    }
+    with ExitStack() as running:
+
+        def server(mode: str, transport: str) -> Deployment:
+            if (mode, transport) not in started:
+                env = {**store_env, **(jwt_settings if mode == "api-tokens-and-jwts" else {})}
+                log = tmp_path_factory.mktemp(f"{mode}-{transport}") / "server.log"
+                started[mode, transport] = running.enter_context(serving(env, transport, log))
+                started[mode, transport].tokens["alice"] = tokens.live
+            return started[mode, transport]
+
+        yield server
+
+
+@pytest.fixture(params=[(mode, transport) for mode in MODES for transport in HTTP_TRANSPORTS], ids="-".join)
+def auth_deployment(request: pytest.FixtureRequest, servers: Callable[[str, str], Deployment]) -> Deployment:
+    """Each auth mode on each HTTP transport in turn."""
+    return servers(*request.param)
+
+
+@pytest.fixture(params=HTTP_TRANSPORTS)
+def jwt_deployment(request: pytest.FixtureRequest, servers: Callable[[str, str], Deployment]) -> Deployment:
+    """A server that also takes JWTs, on each HTTP transport in turn."""
+    return servers("api-tokens-and-jwts", request.param)
+
+
+@dataclass
+class Answer:
+    status: int
+    www_authenticate: str
+
+
+def probe(deployment: Deployment, headers: dict[str, str]) -> Answer:
+    """Open the MCP endpoint as a client would, headers sent byte for byte; the answer, body unread.
+
+    ``http.client`` rather than httpx: it sends a header value such as "Bearer " as it is.
+    """
+    endpoint = urlsplit(deployment.endpoint)
+    connection = http.client.HTTPConnection(endpoint.hostname or "", endpoint.port, timeout=10)
+    try:
+        if deployment.transport == "sse":
+            connection.request("GET", endpoint.path, headers=headers)
+        else:
+            body = json.dumps(INITIALIZE)
+            connection.request("POST", endpoint.path, body, {**JSON_POST, **headers})
+        response = connection.getresponse()
+        return Answer(response.status, response.headers.get("WWW-Authenticate", ""))
+    finally:
+        connection.close()
+
+
+async def username_seen_with(deployment: Deployment, token: str) -> str:
+    async with deployment.connect(token=token) as client:
+        listed = await client.call_tool("list_secret_keys", {})
+    assert not listed.is_error, listed.content
+    assert listed.structured_content is not None
+    return str(listed.structured_content["username"])
+
+
+# --- API tokens and malformed headers -------------------------------------------------------------------
+
+
+def _basic(credentials: str) -> str:
+    return "Basic " + base64.b64encode(credentials.encode()).decode()
+
+
+REFUSED_AUTHORIZATION: dict[str, Callable[[Tokens], str | None]] = {
+    "no-header": lambda _: None,
+    "basic-user-and-password": lambda _: _basic("alice:hunter2"),
+    "basic-carrying-a-live-token": lambda tokens: _basic(tokens.live),
+    "bearer-without-a-token": lambda _: "Bearer",
+    "bearer-with-an-empty-token": lambda _: "Bearer ",
+    "bearer-garbage": lambda _: "Bearer garbage",
+    "bearer-unknown-api-token": lambda _: "Bearer mcps_0123456789_" + "A" * 43,
+    "bearer-live-token-with-one-character-changed": lambda tokens: "Bearer " + tokens.live[:-1] + "?",
+    "bearer-expired-token": lambda tokens: f"Bearer {tokens.expiring}",
+    "bearer-revoked-token": lambda tokens: f"Bearer {tokens.revoked}",
+}
+
+
+@pytest.mark.parametrize("authorization", REFUSED_AUTHORIZATION.values(), ids=REFUSED_AUTHORIZATION.keys())
+def test_a_request_without_a_live_bearer_token_gets_401_with_www_authenticate(
+    auth_deployment: Deployment, tokens: Tokens, authorization: Callable[[Tokens], str | None]
+) -> None:
+    header = authorization(tokens)
+    tokens.wait_until_expired()
+
+    response = probe(auth_deployment, {} if header is None else {"Authorization": header})
+
+    assert response.status == 401
+    assert response.www_authenticate.startswith("Bearer")
+    assert tokens.live not in response.www_authenticate
+
+
+async def test_a_live_api_token_gets_in_as_its_user(auth_deployment: Deployment, tokens: Tokens) -> None:
+    assert await username_seen_with(auth_deployment, tokens.live) == "alice"
+
+
+# --- JWTs of the OIDC provider ------------------------------------------------------------------------
+
+
+async def test_a_valid_jwt_gets_in_as_its_sub(
+    jwt_deployment: Deployment, signing_key: rsa.RSAPrivateKey
+) -> None:
+    assert await username_seen_with(jwt_deployment, signed_jwt(signing_key)) == "carol"
+
+
+REFUSED_JWTS: dict[str, dict[str, Any]] = {
+    "wrong-audience": {"aud": "https://elsewhere.example.com/mcp"},
+    "wrong-issuer": {"iss": "https://evil.example.com/"},
+    "expired": {"exp": int(time.time()) - 3600},
+}
+
+
+@pytest.mark.parametrize("claims", REFUSED_JWTS.values(), ids=REFUSED_JWTS.keys())
+def test_a_jwt_with_a_wrong_audience_issuer_or_expiry_gets_401(
+    jwt_deployment: Deployment, signing_key: rsa.RSAPrivateKey, claims: dict[str, Any]
+) -> None:
+    response = probe(jwt_deployment, {"Authorization": f"Bearer {signed_jwt(signing_key, **claims)}"})
+
+    assert response.status == 401
+    assert response.www_authenticate.startswith("Bearer")
+
+
+def test_a_jwt_signed_by_a_key_outside_the_jwks_gets_401(jwt_deployment: Deployment) -> None:
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    response = probe(jwt_deployment, {"Authorization": f"Bearer {signed_jwt(stranger)}"})
+
+    assert response.status == 401
+
+
+# --- the Host/Origin guard ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        pytest.param({"Host": "evil.example"}, 421, id="foreign-host"),
+        pytest.param({"Host": "127.0.0.1.evil.example:80"}, 421, id="lookalike-host"),
+        pytest.param({"Origin": "http://evil.example"}, 403, id="foreign-origin"),
+        pytest.param({"Origin": "http://127.0.0.1.evil.example"}, 403, id="lookalike-origin"),
+    ],
+)
+def test_a_foreign_host_or_origin_is_refused_even_with_a_live_token(
+    auth_deployment: Deployment, tokens: Tokens, headers: dict[str, str], status: int
+) -> None:
+    response = probe(auth_deployment, {"Authorization": f"Bearer {tokens.live}", **headers})
+
+    assert response.status == status
