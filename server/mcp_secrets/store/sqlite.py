@@ -6,7 +6,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -203,7 +203,8 @@ class SQLiteStore:
         stamp = _iso(now)
 
         def upsert(connection: sqlite3.Connection) -> bool:
-            with _transaction(connection):
+            # Alone, the upsert is its own transaction; with an event, both share one.
+            with _transaction(connection) if event is not None else nullcontext():
                 # `writes` counts replacements, so one statement tells an insert (0) from an update.
                 (writes,) = connection.execute(
                     "INSERT INTO user_secrets (username, server, key, value, created_at, updated_at) "
