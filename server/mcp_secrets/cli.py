@@ -122,10 +122,7 @@ def _summary(settings: Settings, keys: MasterKeys, username: str | None, gateway
 
 
 def _serve(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    configure_logging(settings.log_level)
-    require_explicit_key(settings)
-    store = open_configured_store(settings)
+    settings, store = _open(args)
     store.ping()
     secrets, keys = build_secrets(settings, store, generate_key=True)
     if settings.transport == "stdio":
@@ -186,10 +183,7 @@ def _read_value(prompt: str) -> str:
 
 
 def _set(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    configure_logging(settings.log_level)
-    require_explicit_key(settings)
-    store = open_configured_store(settings)
+    settings, store = _open(args)
     try:
         secrets, _ = build_secrets(settings, store, generate_key=True)
         username = args.user or local_username(settings.user)
@@ -222,10 +216,7 @@ def _progress_bar() -> Callable[[int, int], None]:
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    configure_logging(settings.log_level)
-    require_explicit_key(settings)
-    store = open_configured_store(settings)
+    settings, store = _open(args)
     try:
         secrets, keys = build_secrets(settings, store)
         only_legacy = args.command == "migrate-legacy"
@@ -253,10 +244,7 @@ def _rotate(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    configure_logging(settings.log_level)
-    require_explicit_key(settings)
-    store = open_configured_store(settings)
+    store = _open(args, needs_key=False)[1]  # the trail holds no ciphertexts: no key needed
     try:
         events = store.list_events(args.user, args.server, args.limit)
     finally:
@@ -276,10 +264,18 @@ def _keygen(_: argparse.Namespace) -> int:
     return 0
 
 
-def _token_store(args: argparse.Namespace) -> SecretStore:
+def _open(args: argparse.Namespace, *, needs_key: bool = True) -> tuple[Settings, SecretStore]:
+    """The settings (command line over environment), logging set up, and the store opened."""
     settings = _settings(args)
     configure_logging(settings.log_level)
-    return open_configured_store(settings)
+    if needs_key:
+        require_explicit_key(settings)  # before connecting, so a missing key fails fast
+    return settings, open_configured_store(settings)
+
+
+def _token_store(args: argparse.Namespace) -> SecretStore:
+    # Tokens are hashed, not encrypted: these commands work without the master key.
+    return _open(args, needs_key=False)[1]
 
 
 def _token_create(args: argparse.Namespace) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
@@ -99,7 +101,7 @@ class MongoStore:
         self._tokens: Collection[Document] = db[TOKENS_COLLECTION]
         self._links: Collection[Document] = db[LINKS_COLLECTION]
         self._events: Collection[Document] = db[EVENTS_COLLECTION]
-        try:
+        with _available():
             self._secrets.create_index(
                 [("username", pymongo.ASCENDING), ("server", pymongo.ASCENDING), ("key", pymongo.ASCENDING)],
                 unique=True,
@@ -111,8 +113,6 @@ class MongoStore:
             self._events.create_index([("actor", 1), ("at", -1)], name="actor_at")
             # MongoDB deletes expired entry links by itself (within a minute of expiry).
             self._links.create_index("expires_at", expireAfterSeconds=0, name="expires_at_ttl")
-        except PyMongoError as exc:
-            raise StoreUnavailableError(f"the MongoDB store is unavailable: {type(exc).__name__}") from None
 
     @classmethod
     def from_url(cls, url: str) -> MongoStore:
@@ -154,7 +154,7 @@ class MongoStore:
             "server": _text("server", server),
             "key": _text("key", key),
         }
-        try:
+        with _available():
             try:
                 result = self._secrets.update_one(
                     selector,
@@ -166,8 +166,6 @@ class MongoStore:
                 # this write replaces the winner's value, as a later save would.
                 self._secrets.update_one(selector, {"$set": {"value": value, "updated_at": now}})
                 return False
-        except PyMongoError as exc:
-            raise _unavailable(exc) from None
         return result.upserted_id is not None
 
     def delete_secret(self, username: str, server: str, key: str, *, event: AuditEvent | None = None) -> bool:
@@ -177,10 +175,8 @@ class MongoStore:
             "server": _text("server", server),
             "key": _text("key", key),
         }
-        try:
+        with _available():
             deleted = self._secrets.delete_one(selector).deleted_count > 0
-        except PyMongoError as exc:
-            raise _unavailable(exc) from None
         if deleted and event is not None:
             self.add_event(event)
         return deleted
@@ -190,18 +186,14 @@ class MongoStore:
         selector = {"username": _text("username", username)}
         if server is not None:
             selector["server"] = _text("server", server)
-        try:
+        with _available():
             cursor = self._secrets.find(selector, {"_id": False}).sort([("server", 1), ("key", 1)])
             return [_secret(document) for document in cursor]
-        except PyMongoError as exc:
-            raise _unavailable(exc) from None
 
     def count_secrets(self) -> int:
         """How many records the store holds, of all users."""
-        try:
+        with _available():
             return self._secrets.count_documents({})
-        except PyMongoError as exc:
-            raise _unavailable(exc) from None
 
     def touch_secrets(
         self, username: str, server: str, keys: list[str], now: datetime, *, event: AuditEvent | None = None
@@ -216,10 +208,8 @@ class MongoStore:
             "server": _text("server", server),
             "key": {"$in": [_text("key", key) for key in keys]},
         }
-        try:
+        with _available():
             self._secrets.update_many(selector, {"$set": {"last_used_at": now}})
-        except PyMongoError as exc:
-            raise _unavailable(exc) from None
 
     def add_event(self, event: AuditEvent) -> None:
         """Append one event to the audit trail."""
@@ -232,10 +222,8 @@ class MongoStore:
             "transport": event.transport,
             "detail": event.detail,
         }
-        try:
+        with _available():
             self._events.insert_one(document)
-        except PyMongoError as exc:
-            raise _unavailable(exc) from None
 
     def list_events(
         self, actor: str | None = None, server: str | None = None, limit: int = 50
@@ -246,11 +234,9 @@ class MongoStore:
             selector["actor"] = _text("actor", actor)
         if server is not None:
             selector["server"] = _text("server", server)
-        try:
+        with _available():
             cursor = self._events.find(selector, {"_id": False}).sort([("at", -1), ("_id", -1)]).limit(limit)
             return [_event(document) for document in cursor]
-        except PyMongoError as exc:
-            raise _unavailable(exc) from None
 
     def scan_secrets(self, after: tuple[str, str, str] | None, limit: int) -> list[SecretRecord]:
         """Up to ``limit`` records of all users, in (username, server, key) order, after ``after``."""
@@ -266,15 +252,13 @@ class MongoStore:
                     {"username": username, "server": server, "key": {"$gt": key}},
                 ]
             }
-        try:
+        with _available():
             cursor = (
                 self._secrets.find(selector, {"_id": False})
                 .sort([("username", 1), ("server", 1), ("key", 1)])
                 .limit(limit)
             )
             return [_secret(document) for document in cursor]
-        except PyMongoError as exc:
-            raise _unavailable(exc) from None
 
     def replace_value(self, username: str, server: str, key: str, old: str, new: str) -> bool:
         """Swap a record's ciphertext ``old`` for ``new``, only if it is still ``old``; timestamps stay."""
@@ -284,10 +268,8 @@ class MongoStore:
             "key": _text("key", key),
             "value": old,
         }
-        try:
+        with _available():
             return self._secrets.update_one(selector, {"$set": {"value": new}}).modified_count > 0
-        except PyMongoError as exc:
-            raise _unavailable(exc) from None
 
     def put_token(self, token: TokenRecord) -> None:
         """Insert a new API token record."""
@@ -300,36 +282,28 @@ class MongoStore:
             "revoked_at": token.revoked_at,
             "label": token.label,
         }
-        try:
+        with _available():
             self._tokens.insert_one(document)
-        except PyMongoError as exc:
-            raise _unavailable(exc) from None
 
     def find_token(self, token_hash: str) -> TokenRecord | None:
         """The token record with this hash, revoked or not."""
-        try:
+        with _available():
             document = self._tokens.find_one({"token_hash": _text("token_hash", token_hash)}, {"_id": False})
-        except PyMongoError as exc:
-            raise _unavailable(exc) from None
         return None if document is None else _token(document)
 
     def list_tokens(self, username: str | None = None) -> list[TokenRecord]:
         """Every token record (of one user, when given), oldest first."""
         selector = {} if username is None else {"username": _text("username", username)}
-        try:
+        with _available():
             cursor = self._tokens.find(selector, {"_id": False}).sort([("created_at", 1), ("token_id", 1)])
             return [_token(document) for document in cursor]
-        except PyMongoError as exc:
-            raise _unavailable(exc) from None
 
     def revoke_token(self, token_id: str, now: datetime) -> bool:
         """Mark a token revoked; return False when no live token has this id."""
-        try:
+        with _available():
             result = self._tokens.update_one(
                 {"token_id": _text("token_id", token_id), "revoked_at": None}, {"$set": {"revoked_at": now}}
             )
-        except PyMongoError as exc:
-            raise _unavailable(exc) from None
         return result.modified_count > 0
 
     def put_link(self, link: LinkRecord) -> None:
@@ -344,47 +318,46 @@ class MongoStore:
             "expires_at": link.expires_at,
             "used_at": link.used_at,
         }
-        try:
+        with _available():
             self._links.insert_one(document)
-        except PyMongoError as exc:
-            raise _unavailable(exc) from None
 
     def find_link(self, link_hash: str) -> LinkRecord | None:
         """The entry link with this hash, used or not."""
-        try:
+        with _available():
             document = self._links.find_one({"link_hash": _text("link_hash", link_hash)}, {"_id": False})
-        except PyMongoError as exc:
-            raise _unavailable(exc) from None
         return None if document is None else _link(document)
 
     def claim_link(self, link_hash: str, now: datetime) -> bool:
         """Mark an unused, unexpired link used, atomically; False when it was not."""
-        try:
+        with _available():
             result = self._links.update_one(
                 {"link_hash": _text("link_hash", link_hash), "used_at": None, "expires_at": {"$gt": now}},
                 {"$set": {"used_at": now}},
             )
-        except PyMongoError as exc:
-            raise _unavailable(exc) from None
         return result.modified_count > 0
 
     def release_link(self, link_hash: str) -> None:
         """Make a claimed link usable again (its secret could not be stored)."""
-        try:
+        with _available():
             self._links.update_one({"link_hash": _text("link_hash", link_hash)}, {"$set": {"used_at": None}})
-        except PyMongoError as exc:
-            raise _unavailable(exc) from None
 
     def ping(self) -> None:
         """Raise ``StoreUnavailableError`` unless the server answers."""
-        try:
+        with _available():
             self._client.admin.command("ping")
-        except PyMongoError as exc:
-            raise _unavailable(exc) from None
 
     def close(self) -> None:
         """Close the client's connections."""
         self._client.close()
+
+
+@contextmanager
+def _available() -> Iterator[None]:
+    """Turn any pymongo failure into ``StoreUnavailableError``."""
+    try:
+        yield
+    except PyMongoError as exc:
+        raise _unavailable(exc) from None
 
 
 def _unavailable(exc: PyMongoError) -> StoreUnavailableError:
