@@ -6,6 +6,7 @@ import os
 import secrets as _random
 import traceback
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import mongomock
@@ -95,6 +96,11 @@ def assert_not_leaked(error: BaseException, *values: str) -> None:
     shown = (str(error), repr(error), "".join(traceback.format_exception(error)))
     for value in values:
         assert not any(value in text for text in shown)
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 timestamp as JSON carries it ("Z" included, which Python 3.10 does not read)."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def new_canary() -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from mcp import Client
 
-from conftest import new_canary
+from conftest import new_canary, parse_time
 from mcp_secrets.app import build_server
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.errors import InvalidInputError
@@ -284,7 +284,7 @@ async def test_list_secret_keys_shows_last_used_at_once_a_secret_is_used(secrets
     [stored] = secrets.list_secret_keys("alice")
     assert stored.last_used_at is not None
     assert [entry["last_used_at"] for entry in before["keys"]] == [None]
-    assert [datetime.fromisoformat(entry["last_used_at"]) for entry in after["keys"]] == [stored.last_used_at]
+    assert [parse_time(entry["last_used_at"]) for entry in after["keys"]] == [stored.last_used_at]
 
 
 # --- a store from before last use was tracked ----------------------------------------------------

@@ -19,6 +19,7 @@ import httpx2
 import pytest
 from mcp_types import CallToolResult, ElicitCompleteNotification, ElicitRequestURLParams, ElicitResult
 
+from conftest import parse_time
 from mcp_secrets.bootstrap import open_secrets
 from mcp_secrets.config import Settings
 from mcp_secrets.secrets import MAX_VALUE_BYTES
@@ -263,7 +264,7 @@ async def test_no_submission_within_the_wait_is_pending_and_the_link_stays_usabl
     assert negotiated == version
     assert result.structured_content is not None
     assert result.structured_content["status"] == "pending"
-    expires_at = datetime.fromisoformat(result.structured_content["expires_at"])
+    expires_at = parse_time(result.structured_content["expires_at"])
     assert expires_at.tzinfo is not None
     assert f"{expires_at.astimezone(timezone.utc):%H:%M} UTC" in text_of(result)
     assert pages[1].status_code == 200
@@ -370,7 +371,7 @@ async def test_an_expired_link_is_410(short_link_deployment, server: str) -> Non
     result = await link_sent(short_link_deployment, server, "API_TOKEN")
     assert result.structured_content is not None
     url = result.structured_content["url"]
-    expires_at = datetime.fromisoformat(result.structured_content["expires_at"])
+    expires_at = parse_time(result.structured_content["expires_at"])
     async with browser() as http:
         _, csrf = await open_form(http, url)
         # A bounded sleep past the link's own expiry (about 1.2 s on this server).

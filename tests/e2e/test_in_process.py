@@ -14,6 +14,7 @@ import pytest
 from mcp import Client
 from mcp_types import CallToolResult
 
+from conftest import parse_time
 from mcp_secrets.app import build_server
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.errors import DecryptionError
@@ -94,7 +95,7 @@ async def test_results_are_structured_and_readable_as_text(alice: Client) -> Non
     assert listed.structured_content is not None
     assert listed.structured_content["username"] == "alice"
     entry = listed.structured_content["keys"][0]
-    assert datetime.fromisoformat(entry["updated_at"]).tzinfo is not None
+    assert parse_time(entry["updated_at"]).tzinfo is not None
     assert "alice" in text_of(listed)
     assert "github/TOKEN" in text_of(listed)
 
