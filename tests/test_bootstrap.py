@@ -1,0 +1,146 @@
+"""Start-up: where the master key comes from, first-run generation, and what the summary says."""
+
+from __future__ import annotations
+
+import logging
+import stat
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from mcp_secrets.bootstrap import (
+    build_secrets,
+    describe_store,
+    load_master_keys,
+    open_configured_store,
+    open_secrets,
+    require_explicit_key,
+)
+from mcp_secrets.config import Settings
+from mcp_secrets.crypto import SecretEncryptor, generate_master_key, key_id_for, parse_master_key
+from mcp_secrets.errors import ConfigurationError
+
+
+def settings_in(tmp_path: Path, **fields: object) -> Settings:
+    return Settings(data_dir=tmp_path / "data", config_dir=tmp_path / "config", **fields)  # type: ignore[arg-type]
+
+
+def test_several_keys_in_the_environment_first_writes_all_read(tmp_path: Path) -> None:
+    old, new = generate_master_key(), generate_master_key()
+
+    keys = load_master_keys(settings_in(tmp_path, master_key=SecretStr(f"{new}, {old}")))
+
+    assert keys.keys == [parse_master_key(new), parse_master_key(old)]
+    assert keys.source == "MCP_SECRETS_MASTER_KEY"
+    assert SecretEncryptor(keys.keys).active_key_id == key_id_for(parse_master_key(new))
+
+
+def test_a_key_file_holds_one_key_a_line_with_comments(tmp_path: Path) -> None:
+    new, old = generate_master_key(), generate_master_key()
+    key_file = tmp_path / "keys"
+    key_file.write_text(f"# rotated 2026-11-29\n{new}\n\n{old}\n")
+    key_file.chmod(0o600)
+
+    keys = load_master_keys(settings_in(tmp_path, master_key_file=key_file))
+
+    assert keys.keys == [parse_master_key(new), parse_master_key(old)]
+    assert str(key_file) in keys.source
+
+
+def test_a_key_file_others_can_read_is_used_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = generate_master_key()
+    key_file = tmp_path / "key"
+    key_file.write_text(key + "\n")
+    key_file.chmod(0o644)
+
+    with caplog.at_level(logging.WARNING):
+        load_master_keys(settings_in(tmp_path, master_key_file=key_file))
+
+    assert "readable by other users" in caplog.text
+    assert key not in caplog.text
+
+
+@pytest.mark.parametrize("content", ["", "# nothing here\n", "too-short\n"])
+def test_a_key_file_without_a_valid_key_is_refused_without_quoting_it(tmp_path: Path, content: str) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(content)
+
+    with pytest.raises(ConfigurationError) as raised:
+        load_master_keys(settings_in(tmp_path, master_key_file=key_file))
+
+    assert str(key_file) in str(raised.value)
+    assert "too-short" not in str(raised.value)
+
+
+def test_a_missing_key_file_is_refused_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="cannot be read"):
+        load_master_keys(settings_in(tmp_path, master_key_file=tmp_path / "nowhere"))
+
+
+def test_first_run_on_the_embedded_store_generates_a_private_key_file_in_the_config_dir(
+    tmp_path: Path,
+) -> None:
+    settings = settings_in(tmp_path)
+
+    first = load_master_keys(settings, generate=True)
+    second = load_master_keys(settings, generate=True)
+
+    key_file = tmp_path / "config" / "master.key"
+    assert first.generated
+    assert not second.generated
+    assert first.keys == second.keys
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert not any((tmp_path / "data").glob("*.key"))
+
+
+def test_no_key_is_generated_over_a_store_that_already_holds_secrets(tmp_path: Path) -> None:
+    settings = settings_in(tmp_path)
+    store = open_configured_store(settings)
+    store.put_secret("alice", "github", "TOKEN", "v1:00000000:AAAA", datetime.now(timezone.utc))
+
+    with pytest.raises(ConfigurationError, match="already holds secrets"):
+        load_master_keys(settings, store, generate=True)
+    assert not (tmp_path / "config" / "master.key").exists()
+    store.close()
+
+
+def test_mongodb_needs_an_explicit_master_key(tmp_path: Path) -> None:
+    settings = settings_in(tmp_path, database_url=SecretStr("mongodb://db.example:27017/team"))
+
+    with pytest.raises(ConfigurationError, match="explicit master key"):
+        require_explicit_key(settings)
+    with pytest.raises(ConfigurationError, match="explicit master key"):
+        load_master_keys(settings, generate=True)
+
+
+def test_the_library_entry_point_never_generates_a_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="no master key is configured"):
+        open_secrets(settings_in(tmp_path))
+    assert not (tmp_path / "config" / "master.key").exists()
+
+
+def test_the_library_entry_point_reads_what_the_server_wrote(tmp_path: Path) -> None:
+    settings = settings_in(tmp_path, master_key=SecretStr(generate_master_key()))
+    store = open_configured_store(settings)
+    secrets, _ = build_secrets(settings, store)
+    secrets.set_secret("alice", "github", "TOKEN", "from the server")
+    store.close()
+
+    library = open_secrets(settings)
+
+    assert library.get_secrets("alice", "github") == {"TOKEN": "from the server"}
+    library.store.close()
+
+
+def test_the_store_summary_never_shows_database_credentials(tmp_path: Path) -> None:
+    settings = settings_in(tmp_path, database_url=SecretStr("mongodb://admin:hunter22@db.example:27017/team"))
+
+    summary = describe_store(settings)
+
+    assert summary == "MongoDB db.example:27017, database team"
+    assert "hunter22" not in summary
+    assert repr(settings).count("hunter22") == 0
