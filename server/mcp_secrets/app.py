@@ -450,7 +450,7 @@ def _add_list_tools(
                 server=st.server, description=st.description, required=st.required, missing=st.missing
             )
             for st in statuses
-            if server is None or st.server == server
+            if not server or st.server == server
         ]
         needs = [f"- {st.server} still needs: {', '.join(st.missing)}" for st in servers if st.missing]
         if needs:
