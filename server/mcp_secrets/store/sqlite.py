@@ -67,7 +67,9 @@ BUSY_TIMEOUT_SECONDS = 10.0
 
 
 def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(timezone.utc).isoformat()
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo is timezone.utc else moment.astimezone(timezone.utc)).isoformat()
 
 
 def _moment(text: str | None) -> datetime | None:
@@ -200,19 +202,15 @@ class SQLiteStore:
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailableError(f"the SQLite store at {self.path} cannot be opened: {exc}") from None
 
-    @contextmanager
-    def _cursor(self) -> Iterator[sqlite3.Connection]:
+    def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``work`` on the shared connection, alone; database faults become ``StoreUnavailableError``."""
         with self._lock:
             try:
-                yield self._connection
+                return work(self._connection)
             except sqlite3.IntegrityError:
                 raise  # a broken constraint, not an unavailable store
             except sqlite3.Error as exc:
                 raise StoreUnavailableError(f"the SQLite store is unavailable: {exc}") from None
-
-    def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        with self._cursor() as connection:
-            return work(connection)
 
     def put_secret(
         self,
