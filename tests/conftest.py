@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets as _random
+import threading
 import traceback
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import mongomock
 import pymongo
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 
 from mcp_secrets.crypto import SecretEncryptor, generate_master_key, parse_master_key
 from mcp_secrets.secrets import Secrets
@@ -96,6 +102,35 @@ def assert_not_leaked(error: BaseException, *values: str) -> None:
     shown = (str(error), repr(error), "".join(traceback.format_exception(error)))
     for value in values:
         assert not any(value in text for text in shown)
+
+
+class _JwksHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body: bytes = self.server.jwks_body  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:
+        """Keep the test output quiet."""
+
+
+@contextmanager
+def serving_jwks(public_key: rsa.RSAPublicKey, kid: str) -> Iterator[str]:
+    """A local OIDC provider's JWKS holding ``public_key`` under ``kid``; yields its URL."""
+    jwk = RSAAlgorithm.to_jwk(public_key, as_dict=True)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _JwksHandler)
+    server.jwks_body = json.dumps({"keys": [{**jwk, "kid": kid, "use": "sig", "alg": "RS256"}]}).encode()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def parse_time(text: str) -> datetime:

@@ -8,11 +8,9 @@ import hashlib
 import hmac
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,11 +21,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given
 from hypothesis import strategies as st
-from jwt.algorithms import RSAAlgorithm
 from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 
+from conftest import serving_jwks
 from mcp_secrets.errors import InvalidInputError, UnauthorisedError
 from mcp_secrets.identity import (
     ApiTokenVerifier,
@@ -199,31 +197,11 @@ def other_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-class _JwksHandler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body: bytes = self.server.jwks_body  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_args: object) -> None:
-        """Keep the test output quiet."""
-
-
 @pytest.fixture(scope="module")
 def jwks_url(signing_key: rsa.RSAPrivateKey) -> Iterator[str]:
     """A JWKS holding the public half of ``signing_key``, served on a local port."""
-    jwk = RSAAlgorithm.to_jwk(signing_key.public_key(), as_dict=True)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _JwksHandler)
-    server.jwks_body = json.dumps({"keys": [{**jwk, "kid": KID, "use": "sig", "alg": "RS256"}]}).encode()  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving_jwks(signing_key.public_key(), KID) as url:
+        yield url
 
 
 def _claims(**changes: Any) -> dict[str, Any]:

@@ -10,20 +10,19 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from jwt.algorithms import RSAAlgorithm
 from mcp_types.version import LATEST_HANDSHAKE_VERSION
+
+from conftest import serving_jwks
 
 from .conftest import HTTP_TRANSPORTS, Deployment, create_token, isolated_env, run_cli, serving
 
@@ -55,19 +54,6 @@ def anyio_backend() -> str:
 # --- a local OIDC provider's JWKS (as in tests/test_identity.py) ----------------------------------
 
 
-class _JwksHandler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body: bytes = self.server.jwks_body  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_args: object) -> None:
-        """Keep the test output quiet."""
-
-
 @pytest.fixture(scope="module")
 def signing_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -76,15 +62,8 @@ def signing_key() -> rsa.RSAPrivateKey:
 @pytest.fixture(scope="module")
 def jwks_url(signing_key: rsa.RSAPrivateKey) -> Iterator[str]:
     """A JWKS holding the public half of ``signing_key``, served on a local port."""
-    jwk = RSAAlgorithm.to_jwk(signing_key.public_key(), as_dict=True)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _JwksHandler)
-    server.jwks_body = json.dumps({"keys": [{**jwk, "kid": KID, "use": "sig", "alg": "RS256"}]}).encode()  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving_jwks(signing_key.public_key(), KID) as url:
+        yield url
 
 
 def signed_jwt(key: rsa.RSAPrivateKey, **changes: Any) -> str:
