@@ -24,6 +24,7 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp_types.version import LATEST_HANDSHAKE_VERSION
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
@@ -47,6 +48,19 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
 )
 BROWSER_TIMEOUT = 30
+
+
+# A raw JSON-RPC `initialize` body, for tests that speak HTTP by hand.
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": LATEST_HANDSHAKE_VERSION,
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "0"},
+    },
+}
 
 
 @pytest.fixture

@@ -612,6 +612,10 @@ async def test_over_http_a_missing_secret_error_offers_an_entry_link_per_key(
     assert missing_keys(result) == ["LICENCE", "TOKEN"]
     for key in ("LICENCE", "TOKEN"):
         assert re.search(rf"{key}: https?://\S+/secrets/entry/\S+", text_of(result)), text_of(result)
+    # The error is logged by the SDK; the links' tokens in it must not be.
+    tokens = re.findall(r"/secrets/entry/([A-Za-z0-9_-]+)", text_of(result))
+    assert len(tokens) == 2
+    assert not any(token in gateway_deployment.log() for token in tokens)
 
 
 async def test_over_http_a_canary_shows_in_no_result_and_no_log(

@@ -20,11 +20,10 @@ from urllib.parse import urlsplit
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
 from conftest import serving_jwks
 
-from .conftest import HTTP_TRANSPORTS, Deployment, create_token, isolated_env, run_cli, serving
+from .conftest import HTTP_TRANSPORTS, INITIALIZE, Deployment, create_token, isolated_env, run_cli, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -33,16 +32,6 @@ AUDIENCE = "https://secrets.example.com/mcp"
 KID = "key-2025"
 EXPIRES_DAYS = 0.00001  # 0.864 s
 JSON_POST = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": LATEST_HANDSHAKE_VERSION,
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "0"},
-    },
-}
 MODES = ["api-tokens", "api-tokens-and-jwts"]
 
 

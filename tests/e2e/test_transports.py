@@ -22,20 +22,12 @@ import pytest
 from mcp_types import CallToolResult
 from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
+from .conftest import INITIALIZE
+
 pytestmark = pytest.mark.anyio
 
 TOKEN = re.compile(r"mcps_[0-9a-f]{10}_[A-Za-z0-9_-]{43}")
 ACCEPT = {"Accept": "application/json, text/event-stream"}
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": LATEST_HANDSHAKE_VERSION,
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "0"},
-    },
-}
 LIST_KEYS = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "list_secret_keys"}}
 
 
