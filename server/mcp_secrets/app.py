@@ -36,7 +36,9 @@ from mcp_secrets.entry import EntryLink, EntryLinks
 from mcp_secrets.errors import SecretsError
 from mcp_secrets.gateway import Gateway
 from mcp_secrets.identity import Identity
+from mcp_secrets.offload import run_store_work
 from mcp_secrets.secrets import Secrets, validate_name
+from mcp_secrets.store import SecretStore
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -137,10 +139,10 @@ def _result(text: str, structured: BaseModel) -> CallToolResult:
     )
 
 
-async def _run(work: Callable[[], _T]) -> _T:
-    """Run a blocking ``Secrets`` call off the event loop; its errors become tool errors."""
+async def _run(work: Callable[[], _T], store: SecretStore | None = None) -> _T:
+    """Run blocking work off the loop (on it when ``store`` answers at once); errors become ToolError."""
     try:
-        return await anyio.to_thread.run_sync(work)
+        return await (anyio.to_thread.run_sync(work) if store is None else run_store_work(store, work))
     except SecretsError as exc:
         raise ToolError(str(exc)) from None
 
@@ -390,7 +392,9 @@ def _add_write_tools(mcp: MCPServer[Any], secrets: Secrets, identity: Identity, 
         request_secret, which lets the user type the value where the conversation never sees it.
         """
         username = _caller(identity, ctx)
-        change = await _run(lambda: secrets.set_secret(username, server, key, value, via=transport))
+        change = await _run(
+            lambda: secrets.set_secret(username, server, key, value, via=transport), secrets.store
+        )
         return _result(
             f"Secret {change.key} for server {change.server} {change.status}. The value is stored encrypted "
             "and will not be shown again.",
@@ -411,7 +415,9 @@ def _add_write_tools(mcp: MCPServer[Any], secrets: Secrets, identity: Identity, 
     ) -> Annotated[CallToolResult, SecretChange]:
         """Delete one of your secrets for an MCP server."""
         username = _caller(identity, ctx)
-        change = await _run(lambda: secrets.delete_secret(username, server, key, via=transport))
+        change = await _run(
+            lambda: secrets.delete_secret(username, server, key, via=transport), secrets.store
+        )
         return _result(
             f"Secret {change.key} for server {change.server} deleted.",
             SecretChange(server=change.server, key=change.key, status=change.status),
@@ -428,8 +434,8 @@ def _add_list_tools(
     ) -> Annotated[CallToolResult, SecretKeyList]:
         """List the names of your stored secrets and when each was created and updated; never their values."""
         username = _caller(identity, ctx)
-        infos = await _run(lambda: secrets.list_secret_keys(username, server or None))
-        statuses = [] if gateway is None else await _run(lambda: gateway.status(username))
+        infos = await _run(lambda: secrets.list_secret_keys(username, server or None), secrets.store)
+        statuses = [] if gateway is None else await _run(lambda: gateway.status(username), secrets.store)
         entries = [
             SecretKeyEntry(
                 server=info.server,
@@ -470,7 +476,7 @@ def _add_list_tools(
         Events never hold a value.
         """
         username = _caller(identity, ctx)
-        events = await _run(lambda: secrets.list_events(username, server or None, limit))
+        events = await _run(lambda: secrets.list_events(username, server or None, limit), secrets.store)
         entries = [
             SecretEventEntry(
                 at=event.at,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-import anyio
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, RequireAuthMiddleware
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import Request
@@ -19,7 +18,9 @@ from starlette.routing import Route, request_response
 
 from mcp_secrets import __version__
 from mcp_secrets.errors import InvalidInputError, SecretNotFoundError, SecretsError, StoreUnavailableError
+from mcp_secrets.offload import run_store_work
 from mcp_secrets.secrets import Secrets
+from mcp_secrets.store import SecretStore
 
 MAX_BODY_BYTES = 256 * 1024
 
@@ -45,10 +46,10 @@ def _username(request: Request) -> str:
     return str(user.access_token.subject)
 
 
-async def _call(work: Any) -> JSONResponse | Any:  # noqa: ANN401 - passes the result through
-    """Run a blocking Secrets call off the loop; map its errors to HTTP answers."""
+async def _call(store: SecretStore, work: Any) -> JSONResponse | Any:  # noqa: ANN401 - passes the result through
+    """Run a Secrets call (see ``run_store_work``); map its errors to HTTP answers."""
     try:
-        return await anyio.to_thread.run_sync(work)
+        return await run_store_work(store, work)
     except InvalidInputError as exc:
         return _error(400, "invalid_input", str(exc))
     except SecretNotFoundError as exc:
@@ -73,9 +74,10 @@ def rest_routes(secrets: Secrets) -> list[Route]:
             return _error(400, "invalid_input", f"invalid or missing fields: {fields}")
         username = _username(request)
         result = await _call(
+            secrets.store,
             lambda: secrets.update_secret(
                 username, payload.server, payload.key, payload.value, payload.action, via="rest"
-            )
+            ),
         )
         if isinstance(result, JSONResponse):
             return result
@@ -84,7 +86,7 @@ def rest_routes(secrets: Secrets) -> list[Route]:
     async def list_keys(request: Request) -> Response:
         username = _username(request)
         server = request.query_params.get("server")
-        infos = await _call(lambda: secrets.list_secret_keys(username, server))
+        infos = await _call(secrets.store, lambda: secrets.list_secret_keys(username, server))
         if isinstance(infos, JSONResponse):
             return infos
         keys = [

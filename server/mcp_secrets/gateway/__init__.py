@@ -35,6 +35,7 @@ from mcp_secrets.errors import SecretsError
 from mcp_secrets.gateway.config import SEPARATOR, GatewayConfig, ServerConfig, load_gateway_config, substitute
 from mcp_secrets.gateway.pool import Connection, DownstreamPool, GatewayBusyError
 from mcp_secrets.gateway.redact import Redactor
+from mcp_secrets.offload import run_store_work
 from mcp_secrets.secrets import Secrets
 
 __all__ = ["Gateway", "GatewayConfig", "ServerStatus", "load_gateway_config"]
@@ -192,10 +193,11 @@ class Gateway:
         offer_links: bool = True,
     ) -> AsyncIterator[tuple[Connection, Redactor]]:
         """The caller's connection to ``server``, opened with their secrets of that server only."""
-        values = await anyio.to_thread.run_sync(
+        values = await run_store_work(
+            self.secrets.store,
             lambda: self.secrets.get_secrets(
                 username, server.name, via=self._via, action="injected", detail=purpose
-            )
+            ),
         )
         missing = sorted(server.required - values.keys())
         if missing:

@@ -1,16 +1,43 @@
 """The store protocol: where ciphertexts and token hashes live, and nothing else.
 
-Stores are synchronous and thread-safe; callers on an event loop run them in a
-worker thread. They never see a plaintext: ``SecretRecord.value`` is a ciphertext.
+Stores are synchronous and thread-safe. Callers on an event loop go through
+``mcp_secrets.offload``: a store that answers locally is tried on the loop itself
+under ``nonblocking()``, where it raises ``WouldBlock`` instead of waiting, and the
+call moves to a worker thread. Stores never see a plaintext: ``SecretRecord.value``
+is a ciphertext.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from mcp_secrets.errors import ConfigurationError
+
+_NONBLOCKING: ContextVar[bool] = ContextVar("mcp_secrets_store_nonblocking", default=False)
+
+
+class WouldBlock(Exception):  # noqa: N818 - a signal, not a failure
+    """A store call under ``nonblocking()`` would have to wait (for a lock); nothing was written."""
+
+
+@contextmanager
+def nonblocking() -> Iterator[None]:
+    """Within this block, store calls raise ``WouldBlock`` rather than wait for a lock."""
+    token = _NONBLOCKING.set(True)
+    try:
+        yield
+    finally:
+        _NONBLOCKING.reset(token)
+
+
+def is_nonblocking() -> bool:
+    """True inside ``nonblocking()``."""
+    return _NONBLOCKING.get()
 
 
 @dataclass(frozen=True)
@@ -68,6 +95,10 @@ class LinkRecord:
 
 class SecretStore(Protocol):
     """What the ``Secrets`` service and the token verifier need from a database."""
+
+    #: True when a call never waits on the network, so it may be tried on the event loop under
+    #: ``nonblocking()``; such a store must then raise ``WouldBlock`` instead of waiting for a lock.
+    answers_inline: bool
 
     def put_secret(
         self,

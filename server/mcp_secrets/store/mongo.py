@@ -94,6 +94,8 @@ def _link(document: Document) -> LinkRecord:
 class MongoStore:
     """A ``SecretStore`` on two MongoDB collections, indexes created at start."""
 
+    answers_inline = False  # every call is a network round trip: always from a worker thread
+
     def __init__(self, client: MongoClient[Document], database: str = DEFAULT_DATABASE) -> None:
         self._client = client
         db = client[database]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from mcp_secrets.errors import StoreUnavailableError
-from mcp_secrets.store import AuditEvent, LinkRecord, SecretRecord, TokenRecord
+from mcp_secrets.store import AuditEvent, LinkRecord, SecretRecord, TokenRecord, WouldBlock, is_nonblocking
 
 _T = TypeVar("_T")
 
@@ -64,6 +64,16 @@ _EVENT_COLUMNS = "at, actor, action, server, key, transport, detail"
 _LINK_COLUMNS = "link_id, link_hash, username, server, key, created_at, expires_at, used_at"
 _TOKEN_COLUMNS = "token_id, username, token_hash, created_at, expires_at, revoked_at, label"  # noqa: S105 - column names
 BUSY_TIMEOUT_SECONDS = 10.0
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """True when SQLite refused because another connection holds a lock (it would have waited)."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is None:
+        return "locked" in str(exc)
+    return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -119,6 +129,17 @@ def _link(row: tuple[str, str, str, str, str, str, str, str | None]) -> LinkReco
         datetime.fromisoformat(expires_at),
         _moment(used_at),
     )
+
+
+@contextmanager
+def _faults() -> Iterator[None]:
+    """Database faults become ``StoreUnavailableError``; a broken constraint stays what it is."""
+    try:
+        yield
+    except sqlite3.IntegrityError:
+        raise
+    except sqlite3.Error as exc:
+        raise StoreUnavailableError(f"the SQLite store is unavailable: {exc}") from None
 
 
 @contextmanager
@@ -179,11 +200,19 @@ def _create_private_file(path: Path) -> None:
 
 
 class SQLiteStore:
-    """A ``SecretStore`` on one SQLite file, shared by threads through one locked connection."""
+    """A ``SecretStore`` on one SQLite file, shared by threads through one locked connection.
+
+    A call takes tens of microseconds, less than a hop to a worker thread, so callers on an event
+    loop try it there first (``answers_inline``): under ``nonblocking()`` it runs only if the
+    connection is free and SQLite can lock at once, and raises ``WouldBlock`` otherwise.
+    """
+
+    answers_inline = True
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
         self.path = Path(path).expanduser()
         self._lock = threading.Lock()
+        self._busy_timeout_ms = round(busy_timeout * 1000)
         try:
             _create_private_file(self.path)
             # SQLite gives the -wal and -shm files the database file's own mode (0600).
@@ -204,13 +233,32 @@ class SQLiteStore:
 
     def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``work`` on the shared connection, alone; database faults become ``StoreUnavailableError``."""
-        with self._lock:
-            try:
-                return work(self._connection)
-            except sqlite3.IntegrityError:
-                raise  # a broken constraint, not an unavailable store
-            except sqlite3.Error as exc:
-                raise StoreUnavailableError(f"the SQLite store is unavailable: {exc}") from None
+        if is_nonblocking():
+            return self._run_now(work)
+        with self._lock, _faults():
+            return work(self._connection)
+
+    def _run_now(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``_run`` without any wait: ``WouldBlock`` when the connection or the database is locked."""
+        if not self._lock.acquire(blocking=False):
+            raise WouldBlock
+        connection = self._connection
+        try:
+            with _faults():
+                try:
+                    connection.execute("PRAGMA busy_timeout = 0")
+                    try:
+                        return work(connection)
+                    finally:
+                        connection.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc):
+                        raise
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                    raise WouldBlock from None
+        finally:
+            self._lock.release()
 
     def put_secret(
         self,
