@@ -25,6 +25,7 @@ from mcp_secrets.app import build_server
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.identity import LocalIdentity
 from mcp_secrets.secrets import Secrets
+from mcp_secrets.store import WouldBlock, is_nonblocking
 from mcp_secrets.store.sqlite import SQLiteStore
 
 from .conftest import Deployment, create_token, isolated_env, serving
@@ -52,6 +53,10 @@ def text_of(result: CallToolResult) -> str:
 
 def _gated(put_secret: Callable[..., bool], barrier: threading.Barrier) -> Callable[..., bool]:
     def gated(*args: Any, **kwargs: Any) -> bool:
+        if is_nonblocking():
+            # Tried on the event loop first: refuse as a busy store would, so that every write
+            # moves to a worker thread of its own and they all race there.
+            raise WouldBlock
         barrier.wait()
         return put_secret(*args, **kwargs)
 
