@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from mcp import Client
 from mcp_types import CallToolResult
@@ -82,7 +83,40 @@ async def test_tools_have_output_schemas_and_say_values_are_write_only(alice: Cl
     assert "write-only" in tools["set_secret"].input_schema["properties"]["value"]["description"].lower()
     assert "never their values" in (tools["list_secret_keys"].description or "")
     assert "write-only" in (alice.instructions or "")
-    assert "value" not in tools["list_secret_keys"].output_schema["$defs"]["SecretKeyEntry"]["properties"]
+    keys_schema = tools["list_secret_keys"].output_schema["properties"]["keys"]
+    assert set(keys_schema["$defs"]["SecretKeyEntry"]["properties"]) == {
+        "server",
+        "key",
+        "created_at",
+        "updated_at",
+        "last_used_at",
+    }
+
+
+@pytest.mark.parametrize(
+    ("tool", "field", "item"),
+    [("list_secret_keys", "keys", "SecretKeyEntry"), ("list_secret_events", "events", "SecretEventEntry")],
+)
+async def test_list_items_match_the_item_schema_their_tool_declares(
+    alice: Client, secrets: Secrets, tool: str, field: str, item: str
+) -> None:
+    """The client does not check list items (it would cost more than the call): this test does."""
+    for key in ("USED", "UNUSED"):
+        await alice.call_tool("set_secret", {"server": "github", "key": key, "value": "v"})
+    await alice.call_tool("set_secret", {"server": "other", "key": "USED", "value": "v"})
+    secrets.get_secrets("alice", "other")  # one entry with a last use, one without
+    schema = next(t for t in (await alice.list_tools()).tools if t.name == tool).output_schema
+    assert schema is not None
+    item_schema = schema["properties"][field]["$defs"][item]
+    result = await alice.call_tool(tool, {})
+    assert result.structured_content is not None
+    entries = result.structured_content[field]
+    assert len(entries) >= 3
+    for entry in entries:
+        jsonschema.validate(entry, item_schema)
+        assert set(entry) == set(item_schema["properties"])
+    if field == "keys":
+        assert {entry["last_used_at"] is None for entry in entries} == {True, False}
 
 
 async def test_results_are_structured_and_readable_as_text(alice: Client) -> None:
