@@ -84,16 +84,20 @@ def encryptor(master_key: bytes) -> SecretEncryptor:
 
 
 @pytest.fixture
-def secrets(store: SecretStore, encryptor: SecretEncryptor) -> Secrets:
-    """A Secrets service over each backend in turn."""
-    return Secrets(store, encryptor)
+def secrets(store: SecretStore, encryptor: SecretEncryptor) -> Iterator[Secrets]:
+    """A Secrets service over each backend in turn; closed (its pending uses written) before the store."""
+    service = Secrets(store, encryptor)
+    yield service
+    service.close()
 
 
 @pytest.fixture
 def sqlite_secrets(tmp_path: Path, encryptor: SecretEncryptor) -> Iterator[Secrets]:
     """A Secrets service over SQLite only, for tests about something other than the backend."""
     store = SQLiteStore(tmp_path / "secrets.db")
-    yield Secrets(store, encryptor)
+    service = Secrets(store, encryptor)
+    yield service
+    service.close()
     store.close()
 
 

@@ -19,11 +19,12 @@ import pytest
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.offload import run_store_work
 from mcp_secrets.secrets import Secrets
-from mcp_secrets.store import AuditEvent, SecretStore, WouldBlock, nonblocking
+from mcp_secrets.store import AuditEvent, SecretStore, SecretUse, WouldBlock, nonblocking
 from mcp_secrets.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+USED = AuditEvent(NOW, "alice", "used", "github", "OLD", "library")
 
 
 @pytest.fixture
@@ -83,13 +84,13 @@ async def test_work_moves_to_a_thread_while_another_process_holds_the_lock(sqlit
     assert [event.action for event in secrets.list_events("alice")] == ["created"]
 
 
-@pytest.mark.parametrize("write", ["put", "delete", "touch", "event"])
+@pytest.mark.parametrize("write", ["put", "delete", "uses", "event"])
 def test_a_refused_write_leaves_nothing_and_waits_again_after(sqlite_store: SQLiteStore, write: str) -> None:
     sqlite_store.put_secret("alice", "github", "OLD", "v1:x:y", NOW)
     writes = {
         "put": lambda: sqlite_store.put_secret("alice", "github", "NEW", "v1:x:y", NOW),
         "delete": lambda: sqlite_store.delete_secret("alice", "github", "OLD"),
-        "touch": lambda: sqlite_store.touch_secrets("alice", "github", ["OLD"], NOW),
+        "uses": lambda: sqlite_store.record_uses([SecretUse("alice", "github", ("OLD",), USED)]),
         "event": lambda: sqlite_store.add_event(AuditEvent(NOW, "alice", "created")),
     }
     before = {table: count_rows(sqlite_store.path, table) for table in ("user_secrets", "audit_events")}
@@ -106,7 +107,12 @@ def test_a_refused_write_leaves_nothing_and_waits_again_after(sqlite_store: SQLi
         finally:
             releaser.join()
     after = {table: count_rows(sqlite_store.path, table) for table in ("user_secrets", "audit_events")}
-    grew = {"put": ("user_secrets", 1), "delete": ("user_secrets", -1), "event": ("audit_events", 1)}
+    grew = {
+        "put": ("user_secrets", 1),
+        "delete": ("user_secrets", -1),
+        "uses": ("audit_events", 1),
+        "event": ("audit_events", 1),
+    }
     expected = dict(before)
     if write in grew:
         table, change = grew[write]

@@ -3,6 +3,10 @@
 Every method is synchronous and may block on the database: on an event loop,
 run it in a worker thread (``anyio.to_thread.run_sync``). Decrypted values
 exist only in the dict ``get_secrets`` returns; nothing here logs a value.
+
+Uses are written by a background writer (``mcp_secrets.usage``); every method
+that reads last uses or events, or writes a change, first waits for the uses
+recorded before it, so this process always sees its own uses, in order.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from datetime import datetime, timezone
 from typing import Literal
 
 from mcp_secrets.crypto import SecretEncryptor
-from mcp_secrets.errors import InvalidInputError, SecretNotFoundError
-from mcp_secrets.store import AuditEvent, SecretStore
+from mcp_secrets.errors import InvalidInputError, SecretNotFoundError, StoreUnavailableError
+from mcp_secrets.store import AuditEvent, SecretStore, SecretUse
+from mcp_secrets.usage import FLUSH_TIMEOUT_SECONDS, UseRecorder
 
 Action = Literal["save", "update", "delete"]
 ACTIONS: tuple[Action, ...] = ("save", "update", "delete")
@@ -88,14 +93,24 @@ class Secrets:
     ) -> None:
         self.store = store
         self.encryptor = encryptor
+        self.uses = UseRecorder(store)
         self._clock = clock
+
+    def flush(self, timeout: float = FLUSH_TIMEOUT_SECONDS) -> bool:
+        """Wait until every use recorded so far is in the store; False if the store failed or time ran out."""
+        return self.uses.flush(timeout)
+
+    def close(self) -> None:
+        """Write the uses still pending and stop their writer; call before closing the store. Idempotent."""
+        self.uses.close()
 
     def get_secrets(
         self, username: str, server: str, *, via: str = "library", action: str = "used", detail: str = ""
     ) -> dict[str, str]:
         """One user's decrypted secrets for one MCP server, as ``{key: value}``.
 
-        The use is recorded in the audit trail (``action``, by ``via``) and as each key's last use.
+        The use is recorded in the audit trail (``action``, by ``via``) and as each key's last use,
+        by a background writer within milliseconds: this call does not wait for that write.
 
         Raises:
             DecryptionError: a record does not decrypt; it names that record's key.
@@ -110,10 +125,9 @@ class Secrets:
             for record in self.store.find_secrets(username, server)
         }
         if values:
-            now = self._clock()
-            keys = sorted(values)
-            event = AuditEvent(now, username, action, server, ",".join(keys), via, detail)
-            self.store.touch_secrets(username, server, keys, now, event=event)
+            keys = tuple(sorted(values))
+            event = AuditEvent(self._clock(), username, action, server, ",".join(keys), via, detail)
+            self.uses.record(SecretUse(username, server, keys, event))
         return values
 
     def record(
@@ -128,6 +142,7 @@ class Secrets:
         at: datetime | None = None,
     ) -> None:
         """Add one event to the audit trail; callers never pass a value here."""
+        self._catch_up()
         self.store.add_event(AuditEvent(at or self._clock(), actor, action, server, key, via, detail))
 
     def list_events(
@@ -140,6 +155,7 @@ class Secrets:
             validate_name("server", server)
         if not 1 <= limit <= 1000:  # noqa: PLR2004 - a page, not a dump
             raise InvalidInputError("limit must be between 1 and 1000")
+        self._catch_up()
         return self.store.list_events(username, server, limit)
 
     def update_secret(
@@ -170,6 +186,7 @@ class Secrets:
             raise InvalidInputError("action must be one of save, update, delete")
         plain = validate_value(value)
         ciphertext = self.encryptor.encrypt(plain, username=username, server=server, key=key)
+        self._catch_up()
         created = self.store.put_secret(username, server, key, ciphertext, now, event=event)
         return UpdateResult(server, key, "created" if created else "updated")
 
@@ -188,6 +205,7 @@ class Secrets:
         validate_username(username)
         if server is not None:
             validate_name("server", server)
+        self._catch_up()
         return [
             SecretKeyInfo(
                 record.server, record.key, record.created_at, record.updated_at, record.last_used_at
@@ -195,7 +213,15 @@ class Secrets:
             for record in self.store.find_secrets(username, server)
         ]
 
+    def _catch_up(self) -> None:
+        """Wait for the uses recorded so far to be written: what follows reads them, or comes after them."""
+        if not self.uses.flush():
+            raise StoreUnavailableError(
+                "the store is unavailable: the latest uses of secrets are not written yet"
+            )
+
     def _delete(self, username: str, server: str, key: str, event: AuditEvent) -> UpdateResult:
+        self._catch_up()
         if self.store.delete_secret(username, server, key, event=event):
             return UpdateResult(server, key, "deleted")
         if self.store.find_secrets(username, server):

@@ -9,7 +9,7 @@ is a ciphertext.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -64,6 +64,39 @@ class AuditEvent:
     key: str = ""
     transport: str = ""
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class SecretUse:
+    """Some of one user's secrets of one server, given to a caller: each key's last use, and the event."""
+
+    username: str
+    server: str
+    keys: tuple[str, ...]
+    event: AuditEvent
+
+    @property
+    def at(self) -> datetime:
+        """When the secrets were given."""
+        return self.event.at
+
+
+def latest_uses(uses: Iterable[SecretUse]) -> dict[tuple[str, str, str], datetime]:
+    """The newest use of each (username, server, key) among ``uses``: one ``last_used_at`` per record."""
+    # A batch mostly repeats a few (username, server, keys): compare times once per distinct one.
+    newest: dict[tuple[str, str, tuple[str, ...]], datetime] = {}
+    for use in uses:
+        group = (use.username, use.server, use.keys)
+        at = use.at
+        if group not in newest or newest[group] < at:
+            newest[group] = at
+    latest: dict[tuple[str, str, str], datetime] = {}
+    for (username, server, keys), at in newest.items():
+        for key in keys:
+            record = (username, server, key)
+            if record not in latest or latest[record] < at:
+                latest[record] = at
+    return latest
 
 
 @dataclass(frozen=True)
@@ -129,10 +162,13 @@ class SecretStore(Protocol):
         """How many records the store holds, of all users."""
         ...
 
-    def touch_secrets(
-        self, username: str, server: str, keys: list[str], now: datetime, *, event: AuditEvent | None = None
-    ) -> None:
-        """Record that these secrets were used (given to a caller) at ``now``, with ``event`` in the trail."""
+    def record_uses(self, uses: Sequence[SecretUse]) -> None:
+        """Write a batch of uses: each use's event, and each record's ``last_used_at``.
+
+        ``last_used_at`` only ever moves forward, so batches may land in any order. A batch
+        that raises may be written again whole: where the database has transactions nothing
+        of it was written; elsewhere (MongoDB) a retry can repeat an event, never lose one.
+        """
         ...
 
     def add_event(self, event: AuditEvent) -> None:

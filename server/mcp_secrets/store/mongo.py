@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
 import pymongo
-from pymongo import MongoClient
+from pymongo import MongoClient, UpdateMany
 from pymongo.collection import Collection
 from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 from pymongo.errors import DuplicateKeyError, PyMongoError
 from pymongo.uri_parser import parse_uri
 
 from mcp_secrets.errors import ConfigurationError, StoreUnavailableError
-from mcp_secrets.store import AuditEvent, LinkRecord, SecretRecord, TokenRecord
+from mcp_secrets.store import AuditEvent, LinkRecord, SecretRecord, SecretUse, TokenRecord, latest_uses
 
 DEFAULT_DATABASE = "mcp_secrets"
 SECRETS_COLLECTION = "user_secrets"
@@ -64,6 +64,18 @@ def _event(document: Document) -> AuditEvent:
         document.get("transport", ""),
         document.get("detail", ""),
     )
+
+
+def _event_document(event: AuditEvent) -> Document:
+    return {
+        "at": event.at,
+        "actor": event.actor,
+        "action": event.action,
+        "server": event.server,
+        "key": event.key,
+        "transport": event.transport,
+        "detail": event.detail,
+    }
 
 
 def _token(document: Document) -> TokenRecord:
@@ -197,35 +209,36 @@ class MongoStore:
         with _available():
             return self._secrets.count_documents({})
 
-    def touch_secrets(
-        self, username: str, server: str, keys: list[str], now: datetime, *, event: AuditEvent | None = None
-    ) -> None:
-        """Record that these secrets were used (given to a caller) at ``now``, with ``event`` in the trail."""
-        if event is not None:
-            self.add_event(event)
-        if not keys:
-            return
-        selector = {
-            "username": _text("username", username),
-            "server": _text("server", server),
-            "key": {"$in": [_text("key", key) for key in keys]},
-        }
+    def record_uses(self, uses: Sequence[SecretUse]) -> None:
+        """Write a batch of uses: every record's latest use in one bulk write, then every event at once.
+
+        ``$max`` keeps the later time, so a batch written again or late moves nothing back.
+        """
+        keys_used_at: dict[tuple[str, str, datetime], list[str]] = {}
+        for (username, server, key), at in latest_uses(uses).items():
+            keys_used_at.setdefault((username, server, at), []).append(_text("key", key))
+        updates = [
+            UpdateMany(
+                {
+                    "username": _text("username", username),
+                    "server": _text("server", server),
+                    "key": {"$in": keys},
+                },
+                {"$max": {"last_used_at": at}},
+            )
+            for (username, server, at), keys in keys_used_at.items()
+        ]
+        events = [_event_document(use.event) for use in uses]
         with _available():
-            self._secrets.update_many(selector, {"$set": {"last_used_at": now}})
+            if updates:
+                self._secrets.bulk_write(updates, ordered=False)
+            if events:
+                self._events.insert_many(events)
 
     def add_event(self, event: AuditEvent) -> None:
         """Append one event to the audit trail."""
-        document = {
-            "at": event.at,
-            "actor": event.actor,
-            "action": event.action,
-            "server": event.server,
-            "key": event.key,
-            "transport": event.transport,
-            "detail": event.detail,
-        }
         with _available():
-            self._events.insert_one(document)
+            self._events.insert_one(_event_document(event))
 
     def list_events(
         self, actor: str | None = None, server: str | None = None, limit: int = 50

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import TypeVar
 
 from mcp_secrets.errors import StoreUnavailableError
-from mcp_secrets.store import AuditEvent, LinkRecord, SecretRecord, TokenRecord, WouldBlock, is_nonblocking
+from mcp_secrets.store import (
+    AuditEvent,
+    LinkRecord,
+    SecretRecord,
+    SecretUse,
+    TokenRecord,
+    WouldBlock,
+    is_nonblocking,
+    latest_uses,
+)
 
 _T = TypeVar("_T")
 
@@ -183,11 +192,20 @@ def _write_record(
     return False
 
 
+_INSERT_EVENT = f"INSERT INTO audit_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"  # noqa: S608 - fixed SQL
+# ISO 8601 texts in UTC, as _iso writes them, sort as the times do: the later use wins.
+_MARK_USED = (
+    "UPDATE user_secrets SET last_used_at = ? WHERE username = ? AND server = ? AND key = ? "
+    "AND (last_used_at IS NULL OR last_used_at < ?)"
+)
+
+
+def _event_row(event: AuditEvent) -> tuple[str | None, str, str, str, str, str, str]:
+    return (_iso(event.at), event.actor, event.action, event.server, event.key, event.transport, event.detail)
+
+
 def _insert_event(connection: sqlite3.Connection, event: AuditEvent) -> None:
-    connection.execute(
-        f"INSERT INTO audit_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608 - fixed SQL
-        (_iso(event.at), event.actor, event.action, event.server, event.key, event.transport, event.detail),
-    )
+    connection.execute(_INSERT_EVENT, _event_row(event))
 
 
 def _create_private_file(path: Path) -> None:
@@ -327,25 +345,20 @@ class SQLiteStore:
             )
         )
 
-    def touch_secrets(
-        self, username: str, server: str, keys: list[str], now: datetime, *, event: AuditEvent | None = None
-    ) -> None:
-        """Record that these secrets were used (given to a caller) at ``now``, with ``event`` in the trail."""
-        marks = ", ".join("?" * len(keys))
+    def record_uses(self, uses: Sequence[SecretUse]) -> None:
+        """Write a batch of uses in one transaction: each use's event, and each record's latest use."""
+        marks = []
+        for record, at in latest_uses(uses).items():
+            stamp = _iso(at)
+            marks.append((stamp, *record, stamp))
+        events = [_event_row(use.event) for use in uses]
 
-        def touch(connection: sqlite3.Connection) -> None:
-            # One transaction, one commit, for both writes: this runs on every use.
+        def write(connection: sqlite3.Connection) -> None:
             with _transaction(connection):
-                if keys:
-                    connection.execute(
-                        f"UPDATE user_secrets SET last_used_at = ? "  # noqa: S608 - placeholders only
-                        f"WHERE username = ? AND server = ? AND key IN ({marks})",
-                        (_iso(now), username, server, *keys),
-                    )
-                if event is not None:
-                    _insert_event(connection, event)
+                connection.executemany(_MARK_USED, marks)
+                connection.executemany(_INSERT_EVENT, events)
 
-        self._run(touch)
+        self._run(write)
 
     def add_event(self, event: AuditEvent) -> None:
         """Append one event to the audit trail."""

@@ -1,0 +1,451 @@
+"""Uses of secrets, written off the call path: batched, flushed for readers, kept through faults, bounded."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import new_canary
+from mcp_secrets.crypto import SecretEncryptor
+from mcp_secrets.errors import StoreUnavailableError
+from mcp_secrets.offload import run_store_work
+from mcp_secrets.secrets import Secrets
+from mcp_secrets.store import AuditEvent, SecretStore, SecretUse, WouldBlock, nonblocking
+from mcp_secrets.store.sqlite import SQLiteStore
+from mcp_secrets.usage import UseRecorder
+
+# Whole milliseconds: a BSON date keeps no finer, and these tests run on every backend.
+T0 = datetime(2025, 3, 14, 9, 26, 53, 589000, tzinfo=timezone.utc)
+T1, T2, T3 = (T0 + timedelta(minutes=minutes) for minutes in (1, 2, 3))
+DEADLINE_SECONDS = 30  # generous: only reached when something is broken
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class ControlledStore:
+    """A real store whose ``record_uses`` can be made to fail, to wait, or to break."""
+
+    def __init__(self, store: SecretStore) -> None:
+        self.store = store
+        self.failures = 0  # calls still to refuse with StoreUnavailableError
+        self.broken = False  # raise a plain bug instead
+        self.open = threading.Event()  # cleared: calls wait until it is set again
+        self.open.set()
+        self.batches: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def record_uses(self, uses: Sequence[SecretUse]) -> None:
+        assert self.open.wait(DEADLINE_SECONDS)
+        self.batches.append(len(uses))
+        if self.failures:
+            self.failures -= 1
+            raise StoreUnavailableError("the test store is unavailable")
+        if self.broken:
+            raise RuntimeError("a bug in the store")
+        self.store.record_uses(uses)
+
+
+@pytest.fixture
+def controlled(store: SecretStore) -> ControlledStore:
+    return ControlledStore(store)
+
+
+@pytest.fixture
+def service(controlled: ControlledStore, encryptor: SecretEncryptor) -> Iterator[Secrets]:
+    """A Secrets service over the controlled store, with alice's github TOKEN stored."""
+    secrets = Secrets(controlled, encryptor)  # type: ignore[arg-type]
+    secrets.set_secret("alice", "github", "TOKEN", new_canary())
+    yield secrets
+    controlled.failures, controlled.broken = 0, False
+    controlled.open.set()
+    secrets.close()
+
+
+def a_use(detail: str = "", at: datetime = T0, keys: tuple[str, ...] = ("TOKEN",)) -> SecretUse:
+    event = AuditEvent(at, "alice", "used", "github", ",".join(keys), "library", detail)
+    return SecretUse("alice", "github", keys, event)
+
+
+def eventually(flush: Callable[[], bool]) -> None:
+    """Flush until it succeeds: each failed attempt is reported, and the next one is made at once."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not flush():
+        assert time.monotonic() < deadline, "the uses were never written"
+
+
+def used_details(store: SecretStore) -> Counter[str]:
+    """How often each detail appears among the ``used`` events, read straight from the store."""
+    return Counter(
+        event.detail for event in store.list_events("alice", None, 100_000) if event.action == "used"
+    )
+
+
+def usage_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "mcp_secrets.usage" and record.levelno >= logging.WARNING
+    ]
+
+
+# --- what is written -----------------------------------------------------------------------------
+
+
+def test_a_use_is_in_the_store_with_its_event_and_last_use_once_flushed(
+    store: SecretStore, encryptor: SecretEncryptor
+) -> None:
+    now = [T0]
+    secrets = Secrets(store, encryptor, clock=lambda: now[0])
+    values = {key: new_canary() for key in ("TOKEN", "USER")}
+    for key, value in values.items():
+        secrets.set_secret("alice", "github", key, value)
+    secrets.set_secret("alice", "slack", "TOKEN", new_canary())
+    now[0] = T1
+
+    assert secrets.get_secrets("alice", "github", via="gateway", action="injected", detail="search") == values
+    assert secrets.flush()
+
+    # Read straight from the store: written, not merely shown by the service.
+    assert store.list_events("alice", "github", 1) == [
+        AuditEvent(T1, "alice", "injected", "github", "TOKEN,USER", "gateway", "search")
+    ]
+    assert {(record.server, record.key): record.last_used_at for record in store.find_secrets("alice")} == {
+        ("github", "TOKEN"): T1,
+        ("github", "USER"): T1,
+        ("slack", "TOKEN"): None,
+    }
+    secrets.close()
+
+
+def test_get_secrets_returns_without_waiting_for_the_use_to_be_written(
+    service: Secrets, controlled: ControlledStore
+) -> None:
+    controlled.open.clear()  # every write now waits
+
+    assert list(service.get_secrets("alice", "github", detail="held")) == ["TOKEN"]
+
+    assert used_details(controlled.store) == Counter()
+    controlled.open.set()
+    assert service.flush()
+    assert used_details(controlled.store) == Counter({"held": 1})
+
+
+def test_uses_made_close_together_are_written_in_one_store_call(
+    service: Secrets, controlled: ControlledStore
+) -> None:
+    controlled.open.clear()  # hold the first batch while more uses queue behind it
+    for number in range(10):
+        service.get_secrets("alice", "github", detail=str(number))
+    controlled.open.set()
+
+    assert service.flush()
+
+    assert sum(controlled.batches) == 10
+    assert len(controlled.batches) <= 2
+    assert used_details(controlled.store) == Counter({str(number): 1 for number in range(10)})
+
+
+@pytest.mark.parametrize(("threads", "calls"), [(8, 25), pytest.param(32, 200, marks=pytest.mark.load)])
+def test_concurrent_uses_record_exactly_one_event_per_call(
+    store: SecretStore, encryptor: SecretEncryptor, threads: int, calls: int
+) -> None:
+    secrets = Secrets(store, encryptor)
+    value = new_canary()
+    secrets.set_secret("alice", "github", "TOKEN", value)
+    start = threading.Barrier(threads, timeout=DEADLINE_SECONDS)
+    failures: list[BaseException] = []
+
+    def caller(number: int) -> None:
+        try:
+            start.wait()
+            for call in range(calls):
+                assert secrets.get_secrets("alice", "github", detail=f"{number}-{call}") == {"TOKEN": value}
+        except BaseException as exc:
+            failures.append(exc)
+
+    callers = [threading.Thread(target=caller, args=(number,)) for number in range(threads)]
+    for thread in callers:
+        thread.start()
+    for thread in callers:
+        thread.join(DEADLINE_SECONDS * 4)
+
+    assert failures == []
+    assert secrets.flush()
+    expected = Counter({f"{number}-{call}": 1 for number in range(threads) for call in range(calls)})
+    assert used_details(store) == expected
+    [record] = store.find_secrets("alice", "github")
+    assert record.last_used_at is not None
+    secrets.close()
+
+
+def test_last_used_at_never_goes_back_when_batches_land_out_of_order(store: SecretStore) -> None:
+    store.put_secret("alice", "github", "TOKEN", "v1:x:y", T0)
+    store.put_secret("alice", "github", "USER", "v1:x:y", T0)
+
+    store.record_uses([a_use("newer", T2)])
+    store.record_uses([a_use("older, landing late", T1)])
+    store.record_uses([a_use("newest", T3, ("USER",)), a_use("older in the same batch", T1, ("USER",))])
+
+    assert {record.key: record.last_used_at for record in store.find_secrets("alice")} == {
+        "TOKEN": T2,
+        "USER": T3,
+    }
+    assert sum(used_details(store).values()) == 4
+
+
+def test_a_read_or_a_change_in_this_process_sees_every_use_made_before_it(
+    service: Secrets, controlled: ControlledStore
+) -> None:
+    controlled.open.clear()
+    service.get_secrets("alice", "github")
+    threading.Timer(0.2, controlled.open.set).start()  # the store answers a moment later
+
+    [info] = service.list_secret_keys("alice")
+
+    assert info.last_used_at is not None
+    service.delete_secret("alice", "github", "TOKEN")
+    assert [event.action for event in service.list_events("alice")] == ["deleted", "used", "created"]
+
+
+# --- flush ---------------------------------------------------------------------------------------
+
+
+def test_flush_with_nothing_pending_returns_at_once_without_taking_the_lock(store: SecretStore) -> None:
+    recorder = UseRecorder(store)
+    store.put_secret("alice", "github", "TOKEN", "v1:x:y", T0)
+    recorder.record(a_use())
+    assert recorder.flush()
+    lock, recorder._changed = recorder._changed, None  # type: ignore[assignment]
+
+    assert recorder.flush()
+
+    recorder._changed = lock
+    recorder.close()
+
+
+def test_flush_gives_up_after_its_timeout_while_the_store_hangs(
+    service: Secrets, controlled: ControlledStore
+) -> None:
+    controlled.open.clear()
+    service.get_secrets("alice", "github", detail="late")
+
+    started = time.monotonic()
+    assert service.flush(timeout=0.2) is False
+    assert time.monotonic() - started < DEADLINE_SECONDS / 3
+
+    controlled.open.set()
+    assert service.flush()
+    assert used_details(controlled.store) == Counter({"late": 1})
+
+
+def test_under_nonblocking_a_read_with_uses_pending_refuses_rather_than_wait(
+    service: Secrets, controlled: ControlledStore
+) -> None:
+    controlled.open.clear()
+    service.get_secrets("alice", "github")
+
+    with nonblocking(), pytest.raises(WouldBlock):
+        service.list_secret_keys("alice")
+    with nonblocking(), pytest.raises(WouldBlock):
+        service.set_secret("alice", "github", "OTHER", new_canary())
+
+
+@pytest.mark.anyio
+async def test_from_the_event_loop_a_read_after_a_use_waits_in_a_worker_thread(
+    service: Secrets, controlled: ControlledStore
+) -> None:
+    controlled.open.clear()
+    service.get_secrets("alice", "github")
+    threading.Timer(0.2, controlled.open.set).start()
+    loop_thread = threading.get_ident()
+
+    def read() -> tuple[int, datetime | None]:
+        [info] = service.list_secret_keys("alice")
+        return threading.get_ident(), info.last_used_at
+
+    ran_on, last_used_at = await run_store_work(service.store, read)
+
+    assert last_used_at is not None
+    assert ran_on != loop_thread
+
+
+# --- faults --------------------------------------------------------------------------------------
+
+
+def test_uses_made_while_another_process_locks_sqlite_are_written_once_it_is_free(
+    tmp_path: Path, encryptor: SecretEncryptor, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mcp_secrets.usage")
+    store = SQLiteStore(tmp_path / "secrets.db", busy_timeout=0.05)
+    secrets = Secrets(store, encryptor)
+    value = new_canary()
+    secrets.set_secret("alice", "github", "TOKEN", value)
+    [record] = store.find_secrets("alice")
+    try:
+        with closing(sqlite3.connect(tmp_path / "secrets.db", isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")
+            assert secrets.get_secrets("alice", "github") == {"TOKEN": value}  # reads go on meanwhile
+
+            started = time.monotonic()
+            assert secrets.flush() is False  # a clear answer, long before its timeout
+            assert time.monotonic() - started < DEADLINE_SECONDS / 3
+            with pytest.raises(StoreUnavailableError, match="store is unavailable"):
+                secrets.list_events("alice")
+            other.execute("COMMIT")
+
+        eventually(secrets.flush)
+        assert [event.action for event in secrets.list_events("alice")] == ["used", "created"]
+        assert len(usage_warnings(caplog)) == 1  # one warning for the outage, not one per retry
+        assert value not in caplog.text
+        assert record.value not in caplog.text
+    finally:
+        secrets.close()
+        store.close()
+
+
+def test_uses_are_kept_through_failures_and_written_once_after_recovery(
+    service: Secrets, controlled: ControlledStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    controlled.failures = 3
+    for number in range(5):
+        service.get_secrets("alice", "github", detail=str(number))
+
+    eventually(service.flush)
+
+    assert controlled.failures == 0
+    assert used_details(controlled.store) == Counter({str(number): 1 for number in range(5)})
+    [record] = controlled.store.find_secrets("alice")
+    assert record.last_used_at is not None
+    assert len(usage_warnings(caplog)) == 1
+
+
+def test_beyond_the_bound_the_oldest_uses_are_dropped_counted_and_logged(
+    controlled: ControlledStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    controlled.failures = 1_000_000  # down until further notice
+    recorder = UseRecorder(controlled, max_pending=5)  # type: ignore[arg-type]
+    for number in range(12):
+        recorder.record(a_use(str(number)))
+
+    assert recorder.flush() is False
+    assert (recorder.pending, recorder.dropped) == (5, 7)
+
+    controlled.failures = 0
+    eventually(recorder.flush)
+    assert recorder.close()
+    assert used_details(controlled.store) == Counter({str(number): 1 for number in range(7, 12)})
+    assert any(message.endswith(": 7") and "dropped" in message for message in usage_warnings(caplog))
+
+
+def test_a_bug_in_the_store_drops_that_batch_and_the_writer_goes_on(
+    service: Secrets, controlled: ControlledStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    controlled.broken = True
+    service.get_secrets("alice", "github", detail="lost")
+    assert service.flush()
+    controlled.broken = False
+
+    service.get_secrets("alice", "github", detail="written")
+    assert service.flush()
+
+    assert used_details(controlled.store) == Counter({"written": 1})
+    assert service.uses.dropped == 1
+    assert any("recording having failed: 1" in message for message in usage_warnings(caplog))
+
+
+# --- closing -------------------------------------------------------------------------------------
+
+
+def test_close_writes_every_pending_use_and_later_uses_are_written_at_once(
+    service: Secrets, controlled: ControlledStore
+) -> None:
+    controlled.open.clear()
+    for number in range(5):
+        service.get_secrets("alice", "github", detail=str(number))
+    threading.Timer(0.2, controlled.open.set).start()
+
+    service.close()
+
+    assert used_details(controlled.store) == Counter({str(number): 1 for number in range(5)})
+    service.close()  # again: nothing left to do
+    service.get_secrets("alice", "github", detail="after close")
+    assert used_details(controlled.store)["after close"] == 1
+
+
+EXITS_WITH_A_USE_PENDING = """
+import sys
+from mcp_secrets.crypto import SecretEncryptor
+from mcp_secrets.secrets import Secrets
+from mcp_secrets.store.sqlite import SQLiteStore
+
+secrets = Secrets(SQLiteStore(sys.argv[1]), SecretEncryptor([bytes(32)]))
+secrets.set_secret("alice", "github", "TOKEN", sys.argv[2])
+secrets.get_secrets("alice", "github", detail="just before exit")
+print(secrets.uses.pending)
+"""
+
+
+def test_a_use_still_pending_at_a_clean_exit_is_written(tmp_path: Path) -> None:
+    database, value = tmp_path / "secrets.db", new_canary()
+
+    done = subprocess.run(
+        [sys.executable, "-c", EXITS_WITH_A_USE_PENDING, str(database), value],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_SECONDS * 2,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"  # it was still pending when the script ended
+    with closing(sqlite3.connect(database)) as connection:
+        rows = connection.execute("SELECT action, detail FROM audit_events ORDER BY id").fetchall()
+    assert rows == [("created", ""), ("used", "just before exit")]
+    assert value not in done.stdout + done.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
+def test_a_forked_child_leaves_its_parents_pending_uses_to_the_parent(
+    service: Secrets, controlled: ControlledStore
+) -> None:
+    controlled.open.clear()
+    service.get_secrets("alice", "github", detail="parent's")
+
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through its exit code only
+        os._exit(0 if service.uses.pending == 0 and service.flush(timeout=1) else 1)
+    _, status = os.waitpid(child, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    controlled.open.set()
+    assert service.flush()
+    assert used_details(controlled.store) == Counter({"parent's": 1})
+
+
+def test_events_hold_no_value(service: Secrets, controlled: ControlledStore) -> None:
+    value = new_canary()
+    service.set_secret("alice", "github", "USER", value)
+    service.get_secrets("alice", "github")
+    assert service.flush()
+
+    for event in controlled.store.list_events("alice", None, 100):
+        assert not any(value in str(field) for field in dataclasses.astuple(event))
