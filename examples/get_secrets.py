@@ -22,6 +22,7 @@ def main(username: str, server: str) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
+        secrets.close()  # uses are written in the background: write this one before the store goes
         secrets.store.close()
     # A real caller would pass `values` to the downstream server's environment here, then drop them.
     print(f"{len(values)} secret(s) for {username} on {server}: {', '.join(sorted(values)) or '(none)'}")

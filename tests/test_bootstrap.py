@@ -133,6 +133,7 @@ def test_the_library_entry_point_reads_what_the_server_wrote(tmp_path: Path) -> 
     library = open_secrets(settings)
 
     assert library.get_secrets("alice", "github") == {"TOKEN": "from the server"}
+    library.close()
     library.store.close()
 
 

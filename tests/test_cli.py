@@ -205,6 +205,7 @@ def stored_secrets(env: dict[str, str], username: str, server: str) -> dict[str,
     try:
         return secrets.get_secrets(username, server)
     finally:
+        secrets.close()
         secrets.store.close()
 
 

@@ -124,7 +124,8 @@ def open_secrets(settings: Settings | None = None) -> Secrets:
     """The Secrets service configured by the environment, for Python services and scripts.
 
     Reads the same ``MCP_SECRETS_*`` settings as the server and never generates
-    a master key. Close it with ``secrets.store.close()`` when done.
+    a master key. When done, call ``secrets.close()`` (it writes the uses still
+    pending), then ``secrets.store.close()``.
     """
     settings = settings or Settings()
     store = open_configured_store(settings)

@@ -125,6 +125,15 @@ def _serve(args: argparse.Namespace) -> int:
     settings, store = _open(args)
     store.ping()
     secrets, keys = build_secrets(settings, store, generate_key=True)
+    try:
+        _run_server(settings, store, secrets, keys)
+    finally:
+        _close(store, secrets)
+    return 0
+
+
+def _run_server(settings: Settings, store: SecretStore, secrets: Secrets, keys: MasterKeys) -> None:
+    """Serve MCP on the configured transport until the client or a signal ends it."""
     if settings.transport == "stdio":
         username = local_username(settings.user)
         gateway = _gateway(settings, secrets, None)
@@ -133,7 +142,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
         _summary(settings, keys, username, gateway)
         anyio.run(_with_gateway, gateway, mcp.run_stdio_async)
-        return 0
+        return
     tokens = ApiTokens(store)
     links = EntryLinks(secrets, ttl=timedelta(minutes=settings.entry_link_minutes))
     entry = EntrySettings(links=links, base_url=base_url(settings), wait_seconds=settings.entry_wait_seconds)
@@ -153,7 +162,6 @@ def _serve(args: argparse.Namespace) -> int:
     if not settings.jwks_url and not tokens.has_any():
         _print_first_token(tokens.create(local_username(settings.user), label="first run"), settings)
     anyio.run(_with_gateway, gateway, lambda: serve_http(app, settings))
-    return 0
 
 
 def _gateway(settings: Settings, secrets: Secrets, entry: EntrySettings | None) -> Gateway | None:
@@ -184,13 +192,14 @@ def _read_value(prompt: str) -> str:
 
 def _set(args: argparse.Namespace) -> int:
     settings, store = _open(args)
+    secrets = None
     try:
         secrets, _ = build_secrets(settings, store, generate_key=True)
         username = args.user or local_username(settings.user)
         value = _read_value(f"Value of {args.key} for {args.server} (hidden): ")
         result = secrets.set_secret(username, args.server, args.key, value, via="cli")
     finally:
-        store.close()
+        _close(store, secrets)
     _say(f"Secret {result.key} for server {result.server} {result.status} for {username}.")
     return 0
 
@@ -217,6 +226,7 @@ def _progress_bar() -> Callable[[int, int], None]:
 
 def _rotate(args: argparse.Namespace) -> int:
     settings, store = _open(args)
+    secrets = None
     try:
         secrets, keys = build_secrets(settings, store)
         only_legacy = args.command == "migrate-legacy"
@@ -228,7 +238,7 @@ def _rotate(args: argparse.Namespace) -> int:
             on_progress=_progress_bar(),
         )
     finally:
-        store.close()
+        _close(store, secrets)
     verb = "would re-encrypt" if args.dry_run else "re-encrypted"
     what = "legacy records" if only_legacy else "records"
     _say(
@@ -271,6 +281,13 @@ def _open(args: argparse.Namespace, *, needs_key: bool = True) -> tuple[Settings
     if needs_key:
         require_explicit_key(settings)  # before connecting, so a missing key fails fast
     return settings, open_configured_store(settings)
+
+
+def _close(store: SecretStore, secrets: Secrets | None) -> None:
+    """Close the store, once the Secrets service over it (if any) has written the uses it still holds."""
+    if secrets is not None:
+        secrets.close()
+    store.close()
 
 
 def _token_store(args: argparse.Namespace) -> SecretStore:

@@ -119,16 +119,17 @@ def connection_per_writer(
     tmp_path: Path, encryptor: SecretEncryptor
 ) -> Iterator[Callable[[int], list[Secrets]]]:
     """``open(n)``: n Secrets services on one SQLite file, a connection each, as n processes would be."""
-    opened: list[SQLiteStore] = []
+    opened: list[Secrets] = []
 
     def open_writers(count: int) -> list[Secrets]:
-        stores = [SQLiteStore(tmp_path / "shared.db") for _ in range(count)]
-        opened.extend(stores)
-        return [Secrets(store, encryptor) for store in stores]
+        services = [Secrets(SQLiteStore(tmp_path / "shared.db"), encryptor) for _ in range(count)]
+        opened.extend(services)
+        return services
 
     yield open_writers
-    for store in opened:
-        store.close()
+    for service in opened:
+        service.close()
+        service.store.close()
 
 
 @pytest.mark.parametrize("writers", WRITERS)
@@ -212,6 +213,7 @@ async def test_concurrent_users_each_see_exactly_their_own_secrets(
     try:
         read_back = {username: secrets.get_secrets(username, SERVER) for username in usernames}
     finally:
+        secrets.close()
         secrets.store.close()
     assert read_back == values
     log = deployment.log()

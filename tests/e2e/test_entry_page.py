@@ -112,6 +112,7 @@ def stored_values(deployment: Any, username: str, server: str) -> dict[str, str]
     try:
         return secrets.get_secrets(username, server)
     finally:
+        secrets.close()
         secrets.store.close()
 
 
