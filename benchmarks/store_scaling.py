@@ -50,7 +50,11 @@ FIND_QUERY = (
     "SELECT username, server, key, value, created_at, updated_at, last_used_at FROM user_secrets "
     "WHERE username = ? AND server = ? ORDER BY server, key"
 )
-TOUCH_QUERY = "UPDATE user_secrets SET last_used_at = ? WHERE username = ? AND server = ? AND key IN (?, ?)"
+# The last-use write of SQLiteStore.record_uses, one per record used.
+MARK_USED_QUERY = (
+    "UPDATE user_secrets SET last_used_at = ? WHERE username = ? AND server = ? AND key = ? "
+    "AND (last_used_at IS NULL OR last_used_at < ?)"
+)
 UPSERT = (
     "INSERT INTO user_secrets (username, server, key, value, created_at, updated_at) "
     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (username, server, key) "
@@ -113,7 +117,7 @@ def explain(path: Path) -> None:
     try:
         for name, query, params in (
             ("find_secrets", FIND_QUERY, ("u", SERVER)),
-            ("touch_secrets", TOUCH_QUERY, (STAMP, "u", SERVER, "a", "b")),
+            ("record_uses (last use)", MARK_USED_QUERY, (STAMP, "u", SERVER, "a", STAMP)),
         ):
             plan = connection.execute(f"EXPLAIN QUERY PLAN {query}", params).fetchall()
             print(f"  {name}: " + "; ".join(str(row[-1]) for row in plan))
@@ -160,6 +164,7 @@ def scaling(root: Path, max_records: int, blocks: int, calls: int) -> None:
         )
     finally:
         for secrets in stores.values():
+            secrets.close()
             secrets.store.close()
 
 
