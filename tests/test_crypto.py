@@ -24,6 +24,7 @@ from mcp_secrets.errors import ConfigurationError, DecryptionError, InvalidInput
 
 RECORD = {"username": "alice", "server": "github", "key": "TOKEN"}
 B64URL_ALPHABET = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+STRAY_CHARACTERS = "+/=!. \n\x00é🔑"  # not ":", which splits the ciphertext into more fields
 V1 = re.compile(r"v1:(?P<key_id>[0-9a-f]{8}):(?P<payload>[A-Za-z0-9_-]+)")
 
 
@@ -49,6 +50,32 @@ def unseal(token: str) -> Sealed:
 
 def encode_payload(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def canonical_bytes(payload: str) -> bytes | None:
+    """The reference reading: decode leniently, and only a payload that re-encodes to itself counts."""
+    try:
+        raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    except ValueError:  # binascii.Error, or not ASCII
+        return None
+    return raw if encode_payload(raw) == payload else None
+
+
+def refusal(encryptor: SecretEncryptor, payload: str) -> str:
+    """Why the encryptor refuses a v1 ciphertext with this payload under its active key."""
+    with pytest.raises(DecryptionError) as raised:
+        encryptor.decrypt(f"v1:{encryptor.active_key_id}:{payload}", **RECORD)
+    return str(raised.value)
+
+
+def assert_refused_for_the_right_reason(encryptor: SecretEncryptor, payload: str) -> None:
+    # Only a canonical payload of nonce and tag at least reaches AES-GCM; any other is malformed.
+    raw = canonical_bytes(payload)
+    reason = refusal(encryptor, payload)
+    if raw is not None and len(raw) >= 28:
+        assert "altered, or copied from another record" in reason
+    else:
+        assert "is damaged: its ciphertext is malformed" in reason
 
 
 def legacy_ciphertext(value: str, legacy_key: str) -> str:
@@ -167,6 +194,43 @@ def test_every_flipped_bit_of_the_payload_is_rejected(encryptor: SecretEncryptor
             with pytest.raises(DecryptionError) as raised:
                 encryptor.decrypt(f"{prefix}:{encode_payload(bytes(flipped))}", **RECORD)
             assert_not_leaked(raised.value, canary)
+
+
+# Three lengths again: the last character has 0, 4 and 2 unused low bits, and only zeros are canonical.
+@pytest.mark.parametrize("suffix", ["", "x", "xy"])
+def test_every_other_last_character_is_refused_and_only_non_canonical_ones_as_malformed(
+    encryptor: SecretEncryptor, canary: str, suffix: str
+) -> None:
+    payload = encryptor.encrypt(canary + suffix, **RECORD).rsplit(":", 1)[1]
+    malformed = 0
+
+    for character in B64URL_ALPHABET + STRAY_CHARACTERS:
+        if character != payload[-1]:
+            changed = payload[:-1] + character
+            assert_refused_for_the_right_reason(encryptor, changed)
+            malformed += canonical_bytes(changed) is None
+
+    unused_bits = {0: 0, 2: 4, 3: 2}[len(payload) % 4]
+    assert malformed == len(STRAY_CHARACTERS) + 64 - 2 ** (6 - unused_bits)
+
+
+# A decoder that skips stray characters can still land on a valid-looking length: with four, or two
+# in the right place, the padding works out. Each count and each length must be refused all the same.
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("suffix", ["", "x", "xy"])
+def test_stray_characters_in_any_number_are_refused_as_malformed(
+    encryptor: SecretEncryptor, canary: str, suffix: str, count: int
+) -> None:
+    payload = encryptor.encrypt(canary + suffix, **RECORD).rsplit(":", 1)[1]
+    positions = range(1, len(payload), len(payload) // count)[:count]
+
+    for stray in STRAY_CHARACTERS:
+        replaced, inserted = list(payload), list(payload)
+        for at in reversed(positions):
+            replaced[at] = stray
+            inserted.insert(at, stray)
+        for changed in ("".join(replaced), "".join(inserted)):
+            assert "is damaged: its ciphertext is malformed" in refusal(encryptor, changed)
 
 
 # --- associated data ------------------------------------------------------------------------------
@@ -529,3 +593,21 @@ def test_a_value_with_a_lone_surrogate_is_refused_without_echoing_it(
 
     assert "value" in str(raised.value)
     assert_not_leaked(raised.value, canary)
+
+
+@given(
+    raw=st.binary(min_size=24, max_size=48),
+    edits=st.lists(
+        st.tuples(st.integers(0, 80), st.sampled_from(B64URL_ALPHABET + STRAY_CHARACTERS), st.booleans()),
+        max_size=3,
+    ),
+)
+def test_a_payload_is_read_only_in_its_one_canonical_spelling(
+    raw: bytes, edits: list[tuple[int, str, bool]]
+) -> None:
+    payload = encode_payload(raw)
+    for position, character, insert in edits:
+        at = position % (len(payload) + 1)
+        payload = payload[:at] + character + payload[at + (not insert) :]
+
+    assert_refused_for_the_right_reason(PROPERTY_ENCRYPTOR, payload)
