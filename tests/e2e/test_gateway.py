@@ -39,7 +39,7 @@ from mcp_secrets.gateway.pool import Connection, DownstreamPool
 from mcp_secrets.identity import LocalIdentity
 from mcp_secrets.secrets import Secrets
 
-from .conftest import Deployment, create_token, free_port, isolated_env, serving, stdout_path
+from .conftest import Deployment, create_token, free_port, isolated_env, run_cli, serving, stdout_path
 
 pytestmark = pytest.mark.anyio
 
@@ -54,6 +54,7 @@ CONCURRENT_CALLS = 5
 # Generous bounds on waits for something to happen, never assertions about how long it took.
 STARTUP_SECONDS = 20.0
 CLOSE_SECONDS = 10.0
+AUDIT_SECONDS = 30.0
 
 
 def sha256(value: str) -> str:
@@ -650,3 +651,35 @@ async def test_over_http_a_canary_shows_in_no_result_and_no_log(
     assert_no_spelling_of(canary, shown)
     assert_no_spelling_of(canary, deployment.log())
     assert_no_spelling_of(canary, stdout_path(deployment.log_path).read_text(encoding="utf-8"))
+
+
+def audited_calls(env: dict[str, str], server: str, tool: str) -> int:
+    """How many of alice's gateway calls of ``tool`` ``mcp-secrets audit``, another process, shows."""
+    done = run_cli(env, "audit", "--user", "alice", "--server", server, "--limit", "1000")
+    assert done.returncode == 0, done.stderr
+    rows = done.stdout.splitlines()[1:]
+    return sum(1 for row in rows if " injected " in row and row.endswith(f"tools/call {tool}"))
+
+
+async def test_over_http_a_gateway_call_reaches_another_process_audit_soon_and_surely_at_a_clean_exit(
+    tmp_path: Path, canary: str
+) -> None:
+    servers = tmp_path / "servers.json"
+    servers.write_text(json.dumps({"mcpServers": {"down": STDIO_ENTRY}}), encoding="utf-8")
+    env = isolated_env(tmp_path)
+    token = create_token(env, "alice")
+    with serving(env, "streamable-http", tmp_path / "server.log", "--servers", str(servers)) as deployment:
+        deployment.tokens["alice"] = token
+        await store_over_mcp(deployment, "alice", "down", canary)
+        async with deployment.connect("alice") as alice:
+            assert hash_of(await alice.call_tool("down__token_hash", {})) == sha256(canary)
+            # The server writes uses in the background: another process sees this one within moments.
+            deadline = time.monotonic() + AUDIT_SECONDS
+            while await anyio.to_thread.run_sync(audited_calls, env, "down", "token_hash") < 1:
+                assert time.monotonic() < deadline, "the use never reached the audit trail"
+                await anyio.sleep(0.1)
+            assert hash_of(await alice.call_tool("down__token_hash", {})) == sha256(canary)
+
+    # The server has stopped (SIGTERM, a clean exit): a use still pending was written on the way out.
+    assert audited_calls(env, "down", "token_hash") == 2
+    assert canary not in (tmp_path / "server.log").read_text()
