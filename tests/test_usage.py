@@ -322,6 +322,28 @@ def test_uses_made_while_another_process_locks_sqlite_are_written_once_it_is_fre
         store.close()
 
 
+def test_a_listing_goes_on_while_another_process_locks_sqlite_and_uses_wait(
+    tmp_path: Path, encryptor: SecretEncryptor
+) -> None:
+    """Names still list while uses cannot be written; their last use shows once they are."""
+    store = SQLiteStore(tmp_path / "secrets.db", busy_timeout=0.05)
+    secrets = Secrets(store, encryptor)
+    secrets.set_secret("alice", "github", "TOKEN", new_canary())
+    try:
+        with closing(sqlite3.connect(tmp_path / "secrets.db", isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")
+            secrets.get_secrets("alice", "github")
+            [info] = secrets.list_secret_keys("alice")
+            assert (info.key, info.last_used_at) == ("TOKEN", None)
+            other.execute("COMMIT")
+        eventually(secrets.flush)
+        [info] = secrets.list_secret_keys("alice")
+        assert info.last_used_at is not None
+    finally:
+        secrets.close()
+        store.close()
+
+
 def test_uses_are_kept_through_failures_and_written_once_after_recovery(
     service: Secrets, controlled: ControlledStore, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -26,6 +26,7 @@ Action = Literal["save", "update", "delete"]
 ACTIONS: tuple[Action, ...] = ("save", "update", "delete")
 MAX_NAME_LENGTH = 128
 MAX_VALUE_BYTES = 64 * 1024
+LISTING_FLUSH_SECONDS = 1.0  # how long a listing waits for pending uses before it goes on without them
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 _USERNAME = re.compile(r"[A-Za-z0-9_.@\-]{1,128}")
 NAME_RULE = "1 to 128 characters of letters, digits, '_', '-' or '.'"
@@ -205,7 +206,8 @@ class Secrets:
         validate_username(username)
         if server is not None:
             validate_name("server", server)
-        self._catch_up()
+        # Last uses may lag here rather than fail the listing: the names matter more than the stamps.
+        self.uses.flush(LISTING_FLUSH_SECONDS)
         return [
             SecretKeyInfo(
                 record.server, record.key, record.created_at, record.updated_at, record.last_used_at
