@@ -231,6 +231,7 @@ class SQLiteStore:
         self.path = Path(path).expanduser()
         self._lock = threading.Lock()
         self._busy_timeout_ms = round(busy_timeout * 1000)
+        self._waits = True  # the connection's busy timeout is the configured one (False: 0)
         try:
             _create_private_file(self.path)
             # SQLite gives the -wal and -shm files the database file's own mode (0600).
@@ -254,6 +255,7 @@ class SQLiteStore:
         if is_nonblocking():
             return self._run_now(work)
         with self._lock, _faults():
+            self._wait_for_locks(wait=True)
             return work(self._connection)
 
     def _run_now(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
@@ -263,12 +265,9 @@ class SQLiteStore:
         connection = self._connection
         try:
             with _faults():
+                self._wait_for_locks(wait=False)
                 try:
-                    connection.execute("PRAGMA busy_timeout = 0")
-                    try:
-                        return work(connection)
-                    finally:
-                        connection.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+                    return work(connection)
                 except sqlite3.OperationalError as exc:
                     if not _is_busy(exc):
                         raise
@@ -277,6 +276,12 @@ class SQLiteStore:
                     raise WouldBlock from None
         finally:
             self._lock.release()
+
+    def _wait_for_locks(self, *, wait: bool) -> None:
+        """Set SQLite's busy timeout to the configured one or to 0; only on a change (calls hold the lock)."""
+        if wait != self._waits:
+            self._connection.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms if wait else 0}")
+            self._waits = wait
 
     def put_secret(
         self,
