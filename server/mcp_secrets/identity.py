@@ -16,6 +16,7 @@ from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.mcpserver import Context
 
 from mcp_secrets.errors import InvalidInputError, SecretsError, UnauthorisedError
+from mcp_secrets.offload import run_store_work
 from mcp_secrets.secrets import validate_username
 from mcp_secrets.tokens import TOKEN_PREFIX, ApiTokens
 
@@ -85,7 +86,7 @@ class ApiTokenVerifier:
     async def verify_token(self, token: str) -> AccessToken | None:
         """The token's access info, or None."""
         try:
-            record = await anyio.to_thread.run_sync(self._tokens.verify, token)
+            record = await run_store_work(self._tokens.store, lambda: self._tokens.verify(token))
         except SecretsError as exc:
             logger.warning("API token could not be checked: %s", exc)
             return None
