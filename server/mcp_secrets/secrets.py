@@ -1,7 +1,7 @@
 """The Secrets service: validation, encryption and store calls for one user's secrets.
 
 Every method is synchronous and may block on the database: on an event loop,
-run it in a worker thread (``anyio.to_thread.run_sync``). Decrypted values
+run it through ``mcp_secrets.offload.run_store_work`` (or in a worker thread). Decrypted values
 exist only in the dict ``get_secrets`` returns; nothing here logs a value.
 
 Uses are written by a background writer (``mcp_secrets.usage``); every method
