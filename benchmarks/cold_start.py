@@ -1,6 +1,6 @@
 """Cold start of ``mcp-secrets serve`` over stdio against a trivial server on the same SDK, with hyperfine.
 
-    /tmp/venv/bin/python benchmarks/cold_start.py [--rounds 3] [--runs 6]
+    /tmp/venv/bin/python benchmarks/cold_start.py [--rounds 4] [--runs 6]
     /tmp/venv/bin/python benchmarks/cold_start.py client mcp-secrets|trivial   # one run, as hyperfine does
 
 Each run is a fresh Python client that spawns the server through the SDK's
@@ -9,6 +9,8 @@ with one secret; ``ping`` on ``_trivial_server.py``) and exits. hyperfine
 (``apt-get install hyperfine``) times both commands; the round is repeated with
 the commands' order swapped, and the ratio is the median over rounds of
 mcp-secrets' median time ÷ the trivial server's (lower is better; target ≤ 1.1).
+The command hyperfine runs first is slower by several percent whichever it is,
+so the rounds are even in number: each order counts as much as the other.
 The client's own start-up is in both sides. CPU time (user + system of the
 client and server processes, from hyperfine) is shown too: on a busy machine
 it is steadier than wall-clock time.
@@ -138,7 +140,7 @@ if __name__ == "__main__":
         raise SystemExit(0)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--rounds", type=int, default=3, help="hyperfine rounds, order swapped each (default 3)"
+        "--rounds", type=int, default=4, help="hyperfine rounds, order swapped each; keep it even (default 4)"
     )
     parser.add_argument("--runs", type=int, default=6, help="runs of each command per round (default 6)")
     options = parser.parse_args()
