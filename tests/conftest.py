@@ -18,6 +18,7 @@ import pymongo
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
+from mcp_types import CallToolResult
 
 from mcp_secrets.crypto import SecretEncryptor, generate_master_key, parse_master_key
 from mcp_secrets.secrets import Secrets
@@ -140,6 +141,18 @@ def serving_jwks(public_key: rsa.RSAPublicKey, kid: str) -> Iterator[str]:
 def parse_time(text: str) -> datetime:
     """An ISO 8601 timestamp as JSON carries it ("Z" included, which Python 3.10 does not read)."""
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio, the loop the server runs on."""
+    return "asyncio"
+
+
+def text_of(result: CallToolResult) -> str:
+    """The text of a tool result's first content block."""
+    assert result.content[0].type == "text"
+    return result.content[0].text
 
 
 def new_canary() -> str:

@@ -29,11 +29,6 @@ T0 = datetime(2025, 3, 14, 9, 26, 53, 589000, tzinfo=timezone.utc)
 T1 = T0 + timedelta(minutes=5)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def summary(events: list[AuditEvent]) -> list[tuple[str, str, str, str, str]]:
     """What an event says, less its time: actor, action, server, key and the transport it came by."""
     return [(event.actor, event.action, event.server, event.key, event.transport) for event in events]

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 from mcp import Client
-from mcp_types import CallToolResult, ElicitRequestURLParams, ElicitResult
+from mcp_types import ElicitRequestURLParams, ElicitResult
 
-from conftest import assert_not_leaked, new_canary
+from conftest import assert_not_leaked, new_canary, text_of
 from mcp_secrets.app import EntrySettings, build_server
 from mcp_secrets.entry import ENTRY_PATH, LINK_TTL, EntryLink, EntryLinks
 from mcp_secrets.errors import EntryLinkError, InvalidInputError, StoreUnavailableError
@@ -353,16 +353,6 @@ def test_the_token_is_not_in_the_sqlite_file(sqlite_secrets: Secrets) -> None:
 
 
 # --- request_secret on stdio, and with the entry page in process -----------------------------------
-
-
-def text_of(result: CallToolResult) -> str:
-    assert result.content[0].type == "text"
-    return result.content[0].text
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.mark.anyio

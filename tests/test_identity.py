@@ -44,11 +44,6 @@ KID = "key-2025"
 T0 = datetime(2025, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _context(request: object = None) -> Any:
     """The little of an MCP ``Context`` that ``BearerIdentity`` reads."""
     return SimpleNamespace(request_context=SimpleNamespace(request=request))

@@ -6,9 +6,10 @@ process (a replica, a backup, the CLI) would hold it.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from conftest import new_canary
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.offload import run_store_work
 from mcp_secrets.secrets import Secrets
@@ -28,15 +30,28 @@ USED = AuditEvent(NOW, "alice", "used", "github", "OLD", "library")
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def sqlite_store(tmp_path: Path) -> Iterator[SQLiteStore]:
     opened = SQLiteStore(tmp_path / "secrets.db", busy_timeout=30)
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def service(sqlite_store: SQLiteStore) -> Iterator[Secrets]:
+    opened = Secrets(sqlite_store, SecretEncryptor([b"k" * 32]))
+    yield opened
+    opened.close()
+
+
+def a_set_noting_its_threads(service: Secrets, value: str) -> tuple[Callable[[], None], list[int]]:
+    """A set_secret to pass to run_store_work, and the thread of each attempt at it."""
+    ran_on: list[int] = []
+
+    def work() -> None:
+        ran_on.append(threading.get_ident())
+        service.set_secret("alice", "github", "TOKEN", value)
+
+    return work, ran_on
 
 
 def count_rows(path: Path, table: str) -> int:
@@ -44,29 +59,24 @@ def count_rows(path: Path, table: str) -> int:
         return int(connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # noqa: S608
 
 
-async def test_sqlite_work_runs_on_the_loop_when_nothing_waits(sqlite_store: SQLiteStore) -> None:
-    secrets = Secrets(sqlite_store, SecretEncryptor([b"k" * 32]))
-    loop_thread = threading.get_ident()
-    ran_on: list[int] = []
-
-    def work() -> None:
-        ran_on.append(threading.get_ident())
-        secrets.set_secret("alice", "github", "TOKEN", "value-1")
+async def test_sqlite_work_runs_on_the_loop_when_nothing_waits(
+    sqlite_store: SQLiteStore, service: Secrets
+) -> None:
+    work, ran_on = a_set_noting_its_threads(service, new_canary())
 
     await run_store_work(sqlite_store, work)
-    assert ran_on == [loop_thread]
-    assert [info.key for info in secrets.list_secret_keys("alice")] == ["TOKEN"]
+    assert ran_on == [threading.get_ident()]
+    assert [info.key for info in service.list_secret_keys("alice")] == ["TOKEN"]
 
 
-async def test_work_moves_to_a_thread_while_another_process_holds_the_lock(sqlite_store: SQLiteStore) -> None:
+async def test_work_moves_to_a_thread_while_another_process_holds_the_lock(
+    sqlite_store: SQLiteStore, service: Secrets, caplog: pytest.LogCaptureFixture
+) -> None:
     """The write waits for the lock in a worker thread; the event loop keeps running meanwhile."""
-    secrets = Secrets(sqlite_store, SecretEncryptor([b"k" * 32]))
+    caplog.set_level(logging.DEBUG)
+    value = new_canary()
+    work, ran_on = a_set_noting_its_threads(service, value)
     loop_thread = threading.get_ident()
-    ran_on: list[int] = []
-
-    def work() -> None:
-        ran_on.append(threading.get_ident())
-        secrets.set_secret("alice", "github", "TOKEN", "value-1")
 
     with closing(sqlite3.connect(sqlite_store.path, isolation_level=None)) as other:
         other.execute("BEGIN IMMEDIATE")
@@ -81,7 +91,9 @@ async def test_work_moves_to_a_thread_while_another_process_holds_the_lock(sqlit
     assert len(ran_on) == 2
     assert ran_on[1] != loop_thread
     assert count_rows(sqlite_store.path, "user_secrets") == 1
-    assert [event.action for event in secrets.list_events("alice")] == ["created"]
+    assert [event.action for event in service.list_events("alice")] == ["created"]
+    assert service.get_secrets("alice", "github") == {"TOKEN": value}
+    assert value not in caplog.text  # neither attempt logged it
 
 
 @pytest.mark.parametrize("write", ["put", "delete", "uses", "event"])

@@ -34,11 +34,6 @@ T1, T2, T3 = (T0 + timedelta(minutes=minutes) for minutes in (1, 2, 3))
 DEADLINE_SECONDS = 30  # generous: only reached when something is broken
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class ControlledStore:
     """A real store whose ``record_uses`` can be made to fail, to wait, or to break."""
 

@@ -63,11 +63,6 @@ INITIALIZE = {
 }
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def isolated_env(root: Path, **overrides: str) -> dict[str, str]:
     """The process environment without any MCP_SECRETS_* of the caller, confined to ``root``."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("MCP_SECRETS_")}

@@ -19,7 +19,7 @@ import pytest
 from mcp import Client
 from mcp_types import CallToolResult
 
-from conftest import new_canary
+from conftest import new_canary, text_of
 from mcp_secrets import open_secrets
 from mcp_secrets.app import build_server
 from mcp_secrets.crypto import SecretEncryptor
@@ -36,16 +36,6 @@ SERVER, KEY = "github", "TOKEN"
 BARRIER_SECONDS = 30  # generous: only reached if the writers never all arrive, which fails the test
 WRITERS = [10, pytest.param(50, marks=pytest.mark.load)]
 USERS_AND_SECRETS = [(4, 10), pytest.param(20, 50, marks=pytest.mark.load)]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def text_of(result: CallToolResult) -> str:
-    assert result.content[0].type == "text"
-    return result.content[0].text
 
 
 # --- many writers, one secret -----------------------------------------------------------------------

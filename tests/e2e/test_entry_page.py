@@ -19,7 +19,7 @@ import httpx2
 import pytest
 from mcp_types import CallToolResult, ElicitCompleteNotification, ElicitRequestURLParams, ElicitResult
 
-from conftest import parse_time
+from conftest import parse_time, text_of
 from mcp_secrets.bootstrap import open_secrets
 from mcp_secrets.config import Settings
 from mcp_secrets.secrets import MAX_VALUE_BYTES
@@ -88,11 +88,6 @@ async def fill_in(url: str, value: str) -> list[httpx2.Response]:
 def token_of(url: str) -> str:
     assert ENTRY_PREFIX in url
     return url.rsplit("/", 1)[1]
-
-
-def text_of(result: CallToolResult) -> str:
-    assert result.content[0].type == "text"
-    return result.content[0].text
 
 
 def everything_in(result: CallToolResult) -> str:

@@ -18,6 +18,8 @@ import anyio
 import pytest
 from mcp_types import CallToolResult
 
+from conftest import text_of
+
 from .conftest import create_token, free_port, isolated_env, run_cli, serving
 
 pytestmark = pytest.mark.anyio
@@ -35,16 +37,6 @@ sys.stdin.readline()
 connection.execute("COMMIT")
 connection.close()
 """
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-def text_of(result: CallToolResult) -> str:
-    assert result.content[0].type == "text"
-    return result.content[0].text
 
 
 # --- unavailable at start ---------------------------------------------------------------------------

@@ -35,11 +35,6 @@ JSON_POST = {"Accept": "application/json, text/event-stream", "Content-Type": "a
 MODES = ["api-tokens", "api-tokens-and-jwts"]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # --- a local OIDC provider's JWKS (as in tests/test_identity.py) ----------------------------------
 
 

@@ -19,8 +19,9 @@ from typing import Any
 
 import httpx2
 import pytest
-from mcp_types import CallToolResult
 from mcp_types.version import LATEST_HANDSHAKE_VERSION
+
+from conftest import text_of
 
 from .conftest import INITIALIZE
 
@@ -29,11 +30,6 @@ pytestmark = pytest.mark.anyio
 TOKEN = re.compile(r"mcps_[0-9a-f]{10}_[A-Za-z0-9_-]{43}")
 ACCEPT = {"Accept": "application/json, text/event-stream"}
 LIST_KEYS = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "list_secret_keys"}}
-
-
-def text_of(result: CallToolResult) -> str:
-    assert result.content[0].type == "text"
-    return result.content[0].text
 
 
 async def keys_of(client: Any, server: str | None = None) -> tuple[str, list[tuple[str, str]]]:
