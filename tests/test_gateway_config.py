@@ -217,7 +217,9 @@ def test_invalid_json_is_refused_with_its_line_and_column(tmp_path: Path) -> Non
 
     path, message = startup_error(tmp_path, document)
 
-    assert message == f"{path}: not valid JSON (line 3, column 34)"
+    # Python 3.13 points at the trailing comma itself; earlier versions at the brace after it.
+    column = 33 if sys.version_info >= (3, 13) else 34
+    assert message == f"{path}: not valid JSON (line 3, column {column})"
 
 
 @pytest.mark.parametrize(

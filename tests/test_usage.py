@@ -441,6 +441,8 @@ def test_a_use_still_pending_at_a_clean_exit_is_written(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
+# Forking while the writer thread runs is the case under test; Python 3.12+ warns of it in general.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_forked_child_leaves_its_parents_pending_uses_to_the_parent(
     service: Secrets, controlled: ControlledStore
 ) -> None:
