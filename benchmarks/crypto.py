@@ -4,10 +4,13 @@
 
 Subject: ``SecretEncryptor.encrypt`` then ``decrypt`` of a 64-byte value (text
 in, text out: UTF-8, the record's associated data, base64url, the ``v1:<key id>:``
-prefix and its parsing). Floor: a bare ``AESGCM`` (built once) encrypting and
-decrypting the same 64 bytes with a fresh ``os.urandom(12)`` nonce and no
-associated data. The ratio is project time ÷ bare time, the median of block
-pairs (lower is better; target ≤ 1.5). The two halves are also shown apart.
+prefix and its parsing), called with its keywords spelled out as ``Secrets``
+calls it; unpacking a dict into them (``**record``) adds about 1 µs per call on
+this machine, a cost of the caller's style rather than of the encryptor. Floor:
+a bare ``AESGCM`` (built once) encrypting and decrypting the same 64 bytes with
+a fresh ``os.urandom(12)`` nonce and no associated data. The ratio is project
+time ÷ bare time, the median of block pairs (lower is better; target ≤ 1.5).
+The two halves are also shown apart.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from mcp_secrets.crypto import SecretEncryptor
 
 VALUE = "s" * 64  # 64 bytes in UTF-8
-RECORD = {"username": "alice", "server": "github", "key": "GITHUB_TOKEN"}
+USERNAME, SERVER, KEY = "alice", "github", "GITHUB_TOKEN"
 TARGET = 1.5
 
 
@@ -32,28 +35,33 @@ def main(blocks: int, calls: int) -> None:
     plain = VALUE.encode("utf-8")
     sealed_nonce = os.urandom(12)
     sealed = aes.encrypt(sealed_nonce, plain, None)
-    token = encryptor.encrypt(VALUE, **RECORD)
+    token = encryptor.encrypt(VALUE, username=USERNAME, server=SERVER, key=KEY)
 
     def bare_round_trip() -> None:
         nonce = os.urandom(12)
         aes.decrypt(nonce, aes.encrypt(nonce, plain, None), None)
 
     def project_round_trip() -> None:
-        encryptor.decrypt(encryptor.encrypt(VALUE, **RECORD), **RECORD)
+        encryptor.decrypt(
+            encryptor.encrypt(VALUE, username=USERNAME, server=SERVER, key=KEY),
+            username=USERNAME,
+            server=SERVER,
+            key=KEY,
+        )
 
     def bare_encrypt() -> None:
         aes.encrypt(os.urandom(12), plain, None)
 
     def project_encrypt() -> None:
-        encryptor.encrypt(VALUE, **RECORD)
+        encryptor.encrypt(VALUE, username=USERNAME, server=SERVER, key=KEY)
 
     def bare_decrypt() -> None:
         aes.decrypt(sealed_nonce, sealed, None)
 
     def project_decrypt() -> None:
-        encryptor.decrypt(token, **RECORD)
+        encryptor.decrypt(token, username=USERNAME, server=SERVER, key=KEY)
 
-    if encryptor.decrypt(encryptor.encrypt(VALUE, **RECORD), **RECORD) != VALUE:
+    if encryptor.decrypt(token, username=USERNAME, server=SERVER, key=KEY) != VALUE:
         raise RuntimeError("the round trip does not give the value back")
     rows = []
     for name, bare, project, target in (
