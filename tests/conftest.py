@@ -155,6 +155,18 @@ def text_of(result: CallToolResult) -> str:
     return result.content[0].text
 
 
+def isolated_env(root: Path, **overrides: str) -> dict[str, str]:
+    """The process environment without any MCP_SECRETS_* of the caller, confined to ``root``, with a key."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MCP_SECRETS_")}
+    env.update(
+        MCP_SECRETS_DATA_DIR=str(root / "data"),
+        MCP_SECRETS_CONFIG_DIR=str(root / "config"),
+        MCP_SECRETS_MASTER_KEY=generate_master_key(),
+    )
+    env.update(overrides)
+    return env
+
+
 def new_canary() -> str:
     """A random value that must never show up anywhere but inside the encrypted store."""
     return f"canary-{_random.token_hex(16)}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import os
 import re
 import secrets as _random
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import mcp_secrets
-from mcp_secrets.crypto import generate_master_key
+from conftest import isolated_env
 
 TOKEN = re.compile(r"mcps_([0-9a-f]{10})_[A-Za-z0-9_-]{43}")
 EXIT_CONFIGURATION = 2
@@ -22,13 +21,7 @@ EXIT_CONFIGURATION = 2
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     """The caller's environment minus any MCP_SECRETS_*, with data and config dirs in tmp_path."""
-    clean = {name: value for name, value in os.environ.items() if not name.startswith("MCP_SECRETS_")}
-    return {
-        **clean,
-        "MCP_SECRETS_DATA_DIR": str(tmp_path / "data"),
-        "MCP_SECRETS_CONFIG_DIR": str(tmp_path / "config"),
-        "MCP_SECRETS_MASTER_KEY": generate_master_key(),
-    }
+    return isolated_env(tmp_path)
 
 
 def mcp_secrets_cli(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mcp_secrets.crypto import generate_master_key
+from conftest import isolated_env
 from mcp_secrets.errors import ConfigurationError
 from mcp_secrets.gateway.config import GatewayConfig, load_gateway_config, references, substitute
 
@@ -251,14 +250,7 @@ def test_a_missing_file_is_refused_naming_it(tmp_path: Path) -> None:
 @pytest.fixture
 def cli_env(tmp_path: Path) -> dict[str, str]:
     """The caller's environment minus any MCP_SECRETS_*, confined to tmp_path, with a master key."""
-    clean = {name: value for name, value in os.environ.items() if not name.startswith("MCP_SECRETS_")}
-    return {
-        **clean,
-        "MCP_SECRETS_DATA_DIR": str(tmp_path / "data"),
-        "MCP_SECRETS_CONFIG_DIR": str(tmp_path / "config"),
-        "MCP_SECRETS_MASTER_KEY": generate_master_key(),
-        "MCP_SECRETS_USER": "alice",
-    }
+    return isolated_env(tmp_path, MCP_SECRETS_USER="alice")
 
 
 @pytest.mark.parametrize("given_by", ["option", "environment"])

@@ -28,7 +28,7 @@ from mcp_types.version import LATEST_HANDSHAKE_VERSION
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from mcp_secrets.crypto import generate_master_key
+from conftest import isolated_env as base_isolated_env
 
 MCP_SECRETS = [sys.executable, "-m", "mcp_secrets"]
 HTTP_TRANSPORTS = ["streamable-http", "sse"]
@@ -64,16 +64,8 @@ INITIALIZE = {
 
 
 def isolated_env(root: Path, **overrides: str) -> dict[str, str]:
-    """The process environment without any MCP_SECRETS_* of the caller, confined to ``root``."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("MCP_SECRETS_")}
-    env.update(
-        MCP_SECRETS_DATA_DIR=str(root / "data"),
-        MCP_SECRETS_CONFIG_DIR=str(root / "config"),
-        MCP_SECRETS_MASTER_KEY=generate_master_key(),
-        MCP_SECRETS_LOG_LEVEL="DEBUG",
-    )
-    env.update(overrides)
-    return env
+    """``conftest.isolated_env`` at DEBUG: the leak checks read every log line a server writes."""
+    return base_isolated_env(root, **{"MCP_SECRETS_LOG_LEVEL": "DEBUG", **overrides})
 
 
 @pytest.fixture
