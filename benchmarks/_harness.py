@@ -47,8 +47,18 @@ class Ratio:
     @classmethod
     def of(cls, values: Sequence[float]) -> Ratio:
         """Summarise per-pair ratios."""
+        if len(values) < 2:
+            raise SystemExit("a ratio needs at least 2 block pairs: give --blocks 2 or more")
         p25, median, p75 = statistics.quantiles(values, n=4, method="inclusive")
         return cls(median, p25, p75, len(values))
+
+    @classmethod
+    def per_pair(cls, numerators: Sequence[float], denominators: Sequence[float]) -> Ratio:
+        """Summarise the ratios of paired costs; a block too short for its meter says so."""
+        if min(denominators, default=1.0) <= 0:
+            # /proc counts CPU time in clock ticks (10 ms): a short block can measure none at all.
+            raise SystemExit("a block measured no time on one of its meters: give more --calls per block")
+        return cls.of([n / d for n, d in zip(numerators, denominators, strict=True)])
 
     def __str__(self) -> str:
         return f"{self.median:.2f} ({self.p25:.2f}-{self.p75:.2f})"
@@ -63,11 +73,11 @@ class Pairs:
 
     def ratio(self) -> Ratio:
         """Floor cost ÷ subject cost: 1.0 is free, higher is better."""
-        return Ratio.of([f / s for f, s in zip(self.floor, self.subject, strict=True)])
+        return Ratio.per_pair(self.floor, self.subject)
 
     def cost_ratio(self) -> Ratio:
         """Subject cost ÷ floor cost: how many floors one subject call costs, lower is better."""
-        return Ratio.of([s / f for f, s in zip(self.floor, self.subject, strict=True)])
+        return Ratio.per_pair(self.subject, self.floor)
 
     @property
     def floor_median(self) -> float:

@@ -1,9 +1,12 @@
 """What ``Secrets.get_secrets`` costs over the raw query and bare decrypts, and where its time goes.
 
     /tmp/venv/bin/python benchmarks/get_secrets.py [--blocks 15] [--calls 200]
+    MONGODB_URI=mongodb://… /tmp/venv/bin/python benchmarks/get_secrets.py --store mongodb
 
-The store is SQLite (a temporary file) holding 20 keys of one user for one MCP
-server, among 2,000 records of other users and servers. Subject:
+The store is SQLite (a temporary file) or, with ``--store mongodb``, a
+throwaway database on the real MongoDB server named by ``MONGODB_URI``
+(dropped at the end). It holds 20 keys of one user for one MCP server, among
+2,000 records of other users and servers. Subject:
 ``Secrets.get_secrets(username, server)``, which validates its arguments,
 queries, decrypts the 20 values, and queues the use for the background writer
 (``mcp_secrets.usage``), which writes the ``used`` audit event and
@@ -20,24 +23,29 @@ The use writes are timed too, as the writer makes them for one use
 (``store.record_uses``), though they are no longer on the call path. The
 "rest" row is the whole less the query and the decrypts: the argument checks,
 the clock, queueing the use, the writer thread's share of the machine, and the
-parts running back to back rather than each alone in a loop. MongoDB is not
-measured here (and never mongomock).
+parts running back to back rather than each alone in a loop. There is no way to
+run it on mongomock: an in-memory fake says nothing about a database server.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets as _random
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pymongo
 from _harness import block_pairs_sync, machine, micros, table, verdict
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from mcp_secrets.crypto import SecretEncryptor, associated_data
 from mcp_secrets.secrets import Secrets
-from mcp_secrets.store import AuditEvent, SecretUse
+from mcp_secrets.store import AuditEvent, SecretStore, SecretUse
+from mcp_secrets.store.mongo import MongoStore
 from mcp_secrets.store.sqlite import SQLiteStore
 
 USERNAME = "alice"
@@ -58,8 +66,9 @@ def fill(secrets: Secrets) -> None:
 class Workload:
     """The measured user's get_secrets, its floor, and each of its parts, on one store."""
 
-    def __init__(self, store: SQLiteStore, calls: int) -> None:
+    def __init__(self, store: SecretStore, calls: int) -> None:
         self.store = store
+        self.store_name = "MongoDB" if isinstance(store, MongoStore) else "SQLite"
         self.calls_per_block = calls
         self.calls = 0
         self.encryptor = SecretEncryptor([os.urandom(32)])
@@ -123,7 +132,8 @@ def ratio(work: Workload, blocks: int, calls: int) -> None:
     table(
         ["20 keys", "floor/call", "get_secrets/call", "ratio median (p25-p75)", "target", ""],
         [row],
-        title=f"Secrets.get_secrets, {blocks} block pairs of {calls} calls ({machine()})",
+        title=f"Secrets.get_secrets on {work.store_name}, {blocks} block pairs of {calls} calls "
+        f"({machine()})",
     )
 
 
@@ -147,22 +157,46 @@ def breakdown(work: Workload, blocks: int, calls: int) -> None:
     table(["part", "per call", "÷ floor, median (p25-p75)"], rows, title="Where the time goes")
 
 
-def main(blocks: int, calls: int) -> None:
-    """The ratio, then the breakdown, on a temporary SQLite store."""
-    with tempfile.TemporaryDirectory(prefix="mcp-secrets-bench-") as tmp:
-        store = SQLiteStore(Path(tmp) / "secrets.db")
+@contextmanager
+def opened_store(kind: str) -> Iterator[SecretStore]:
+    """A fresh, empty store: a temporary SQLite file, or a throwaway database on MONGODB_URI's server."""
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="mcp-secrets-bench-") as tmp:
+            store = SQLiteStore(Path(tmp) / "secrets.db")
+            try:
+                yield store
+            finally:
+                store.close()
+        return
+    uri = os.environ.get("MONGODB_URI")
+    if not uri:
+        raise SystemExit("--store mongodb needs MONGODB_URI, the URL of a real MongoDB server")
+    database = f"mcp_secrets_bench_{_random.token_hex(4)}"
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
+        uri, serverSelectionTimeoutMS=5000, tz_aware=True
+    )
+    try:
+        yield MongoStore(client, database)
+    finally:
+        client.drop_database(database)
+        client.close()
+
+
+def main(kind: str, blocks: int, calls: int) -> None:
+    """The ratio, then the breakdown, on a fresh store of ``kind``."""
+    with opened_store(kind) as store:
+        work = Workload(store, calls)
         try:
-            work = Workload(store, calls)
             ratio(work, blocks, calls)
             breakdown(work, blocks, calls)
-            work.secrets.close()
         finally:
-            store.close()
+            work.secrets.close()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", choices=["sqlite", "mongodb"], default="sqlite", help="default sqlite")
     parser.add_argument("--blocks", type=int, default=15, help="block pairs (default 15)")
     parser.add_argument("--calls", type=int, default=200, help="calls per block (default 200)")
     options = parser.parse_args()
-    main(options.blocks, options.calls)
+    main(options.store, options.blocks, options.calls)
