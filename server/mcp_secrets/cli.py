@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import logging
+import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
@@ -39,6 +42,8 @@ from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import SecretStore
 from mcp_secrets.tokens import ApiTokens, NewToken
 from mcp_secrets.web import auth_settings, base_url, endpoint_url, http_app, serve_http, token_verifier
+
+logger = logging.getLogger(__name__)
 
 EXIT_ERROR = 1
 EXIT_CONFIGURATION = 2
@@ -141,7 +146,9 @@ def _run_server(settings: Settings, store: SecretStore, secrets: Secrets, keys: 
             secrets, LocalIdentity(username), gateway=gateway, transport="stdio", log_level=settings.log_level
         )
         _summary(settings, keys, username, gateway)
-        anyio.run(_with_gateway, gateway, mcp.run_stdio_async)
+        anyio.run(
+            _with_gateway, gateway, lambda: _serve_stdio(mcp.run_stdio_async, lambda: _close(store, secrets))
+        )
         return
     tokens = ApiTokens(store)
     links = EntryLinks(secrets, ttl=timedelta(minutes=settings.entry_link_minutes))
@@ -181,6 +188,33 @@ async def _with_gateway(gateway: Gateway | None, serve: Callable[[], Awaitable[N
         return
     async with gateway.running():
         await serve()
+
+
+async def _serve_stdio(serve: Callable[[], Awaitable[None]], close: Callable[[], None]) -> None:
+    """Serve until the client closes stdin; on SIGTERM or SIGHUP, ``close`` and exit at once.
+
+    Python's default for those signals ends the process with no ``finally`` and no ``atexit``:
+    the uses the background writer still held were lost. Cancelling the server instead would hang,
+    since the SDK reads stdin in a worker thread that only a line or EOF frees. So the handler
+    closes what holds data (the uses, then the store) and exits; the gateway's downstream servers
+    read EOF on their stdin as this process ends. (Uvicorn handles these signals itself on HTTP, and
+    Ctrl-C is a KeyboardInterrupt, which runs the ``finally`` blocks.)
+    """
+    if sys.platform == "win32":  # no POSIX signals to receive there
+        await serve()
+        return
+
+    async def close_on_signal() -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as received:
+            async for number in received:
+                logger.info("%s received: writing what is pending, then exiting", signal.Signals(number).name)
+                await anyio.to_thread.run_sync(close)
+                os._exit(0)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(close_on_signal)
+        await serve()
+        group.cancel_scope.cancel()
 
 
 def _read_value(prompt: str) -> str:

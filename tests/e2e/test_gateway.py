@@ -16,6 +16,7 @@ import importlib.util
 import json
 import re
 import secrets as _random
+import signal
 import socket
 import subprocess
 import sys
@@ -39,7 +40,17 @@ from mcp_secrets.gateway.pool import Connection, DownstreamPool
 from mcp_secrets.identity import LocalIdentity
 from mcp_secrets.secrets import Secrets
 
-from .conftest import Deployment, create_token, free_port, isolated_env, run_cli, serving, stdout_path
+from .conftest import (
+    INITIALIZE,
+    MCP_SECRETS,
+    Deployment,
+    create_token,
+    free_port,
+    isolated_env,
+    run_cli,
+    serving,
+    stdout_path,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -683,3 +694,53 @@ async def test_over_http_a_gateway_call_reaches_another_process_audit_soon_and_s
     # The server has stopped (SIGTERM, a clean exit): a use still pending was written on the way out.
     assert audited_calls(env, "down", "token_hash") == 2
     assert canary not in (tmp_path / "server.log").read_text()
+
+
+def test_over_stdio_sigterm_is_a_clean_exit_that_writes_a_pending_use(tmp_path: Path, canary: str) -> None:
+    servers = tmp_path / "servers.json"
+    servers.write_text(json.dumps({"mcpServers": {"down": STDIO_ENTRY}}), encoding="utf-8")
+    env = isolated_env(tmp_path, MCP_SECRETS_USER="alice")
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*MCP_SECRETS, "serve", "--servers", str(servers)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=env,
+            text=True,
+        )
+    assert process.stdin is not None
+    assert process.stdout is not None
+    try:
+        answers: dict[int, dict[str, Any]] = {}
+
+        def request(request_id: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
+            message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+            process.stdin.write(json.dumps(message) + "\n")
+            process.stdin.flush()
+            while request_id not in answers:
+                line = process.stdout.readline()
+                assert line, "the server closed stdout before answering"
+                answer = json.loads(line)
+                answers[answer.get("id", -1)] = answer
+            return answers[request_id]
+
+        request(1, "initialize", INITIALIZE["params"])
+        process.stdin.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n")
+        set_args = {"server": "down", "key": "TOKEN", "value": canary}
+        request(2, "tools/call", {"name": "set_secret", "arguments": set_args})
+        called = request(3, "tools/call", {"name": "down__token_hash", "arguments": {}})
+        assert not called["result"].get("isError"), called
+        # At once, stdin still open: the use is most likely still waiting for the background writer.
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(timeout=CLOSE_SECONDS)
+    finally:
+        process.kill()
+        process.wait()
+        process.stdin.close()
+        process.stdout.close()
+
+    assert returncode == 0
+    assert audited_calls(env, "down", "token_hash") == 1
+    assert canary not in log_path.read_text(encoding="utf-8")
