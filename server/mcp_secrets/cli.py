@@ -191,21 +191,21 @@ async def _with_gateway(gateway: Gateway | None, serve: Callable[[], Awaitable[N
 
 
 async def _serve_stdio(serve: Callable[[], Awaitable[None]], close: Callable[[], None]) -> None:
-    """Serve until the client closes stdin; on SIGTERM or SIGHUP, ``close`` and exit at once.
+    """Serve until the client closes stdin; on SIGTERM, SIGINT or SIGHUP, ``close`` and exit at once.
 
-    Python's default for those signals ends the process with no ``finally`` and no ``atexit``:
-    the uses the background writer still held were lost. Cancelling the server instead would hang,
-    since the SDK reads stdin in a worker thread that only a line or EOF frees. So the handler
-    closes what holds data (the uses, then the store) and exits; the gateway's downstream servers
-    read EOF on their stdin as this process ends. (Uvicorn handles these signals itself on HTTP, and
-    Ctrl-C is a KeyboardInterrupt, which runs the ``finally`` blocks.)
+    Python's default for SIGTERM and SIGHUP ends the process with no ``finally`` and no ``atexit``,
+    losing the uses the background writer still held; on SIGINT (Ctrl-C) the server hung. Cancelling
+    the server cannot work while the client keeps stdin open: the SDK reads stdin in a worker thread
+    that only a line or EOF frees. So the handler closes what holds data (the uses, then the store)
+    and exits; the gateway's downstream servers read EOF on their stdin as this process ends.
+    Uvicorn handles these signals itself on HTTP.
     """
     if sys.platform == "win32":  # no POSIX signals to receive there
         await serve()
         return
 
     async def close_on_signal() -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as received:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
             async for number in received:
                 logger.info("%s received: writing what is pending, then exiting", signal.Signals(number).name)
                 await anyio.to_thread.run_sync(close)

@@ -696,7 +696,10 @@ async def test_over_http_a_gateway_call_reaches_another_process_audit_soon_and_s
     assert canary not in (tmp_path / "server.log").read_text()
 
 
-def test_over_stdio_sigterm_is_a_clean_exit_that_writes_a_pending_use(tmp_path: Path, canary: str) -> None:
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT", "SIGHUP"])
+def test_over_stdio_a_stop_signal_is_a_clean_exit_that_writes_a_pending_use(
+    tmp_path: Path, canary: str, stop: str
+) -> None:
     servers = tmp_path / "servers.json"
     servers.write_text(json.dumps({"mcpServers": {"down": STDIO_ENTRY}}), encoding="utf-8")
     env = isolated_env(tmp_path, MCP_SECRETS_USER="alice")
@@ -733,7 +736,7 @@ def test_over_stdio_sigterm_is_a_clean_exit_that_writes_a_pending_use(tmp_path: 
         called = request(3, "tools/call", {"name": "down__token_hash", "arguments": {}})
         assert not called["result"].get("isError"), called
         # At once, stdin still open: the use is most likely still waiting for the background writer.
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(getattr(signal, stop))
         returncode = process.wait(timeout=CLOSE_SECONDS)
     finally:
         process.kill()
