@@ -8,6 +8,8 @@ is open without a token.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -164,4 +166,21 @@ async def serve_http(app: ASGIApp, settings: Settings) -> None:
         server_header=False,
         lifespan="on",
     )
-    await uvicorn.Server(config).serve()
+    # Uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it found.
+    # Python's default handler would end the process right there, before the gateway stops and the
+    # service writes its pending uses and closes the store; a no-op one lets serve() return instead.
+    # (Signal handlers belong to the main thread; elsewhere uvicorn leaves signals alone too.)
+    previous = (
+        signal.signal(signal.SIGTERM, _stop_requested)
+        if threading.current_thread() is threading.main_thread()
+        else None
+    )
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_requested(number: int, frame: object) -> None:
+    """SIGTERM once uvicorn has shut down: nothing left to do here; ``serve_http`` returns and cleans up."""

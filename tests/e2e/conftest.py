@@ -112,11 +112,19 @@ class Deployment:
     ``MCP_SECRETS_USER``, over HTTP with an API token made by the real CLI.
     """
 
-    def __init__(self, transport: str, env: dict[str, str], log_path: Path, base_url: str | None = None):
+    def __init__(
+        self,
+        transport: str,
+        env: dict[str, str],
+        log_path: Path,
+        base_url: str | None = None,
+        process: subprocess.Popen[bytes] | None = None,
+    ):
         self.transport = transport
         self.env = env
         self.log_path = log_path
         self.base_url = base_url
+        self.process = process  # the HTTP server's process; None on stdio, where each client spawns one
         self.tokens: dict[str, str] = {}
 
     @property
@@ -202,7 +210,7 @@ def serving(env: dict[str, str], transport: str, log_path: Path, *args: str) -> 
     try:
         base_url = f"http://127.0.0.1:{port}"
         _wait_until_healthy(process, base_url, log_path)
-        yield Deployment(transport, env, log_path, base_url)
+        yield Deployment(transport, env, log_path, base_url, process)
     finally:
         process.terminate()
         try:

@@ -10,6 +10,7 @@ over Streamable HTTP.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from mcp_secrets.identity import LocalIdentity
 from mcp_secrets.secrets import Secrets
 
 from .conftest import (
+    HTTP_TRANSPORTS,
     INITIALIZE,
     MCP_SECRETS,
     Deployment,
@@ -693,6 +695,33 @@ async def test_over_http_a_gateway_call_reaches_another_process_audit_soon_and_s
 
     # The server has stopped (SIGTERM, a clean exit): a use still pending was written on the way out.
     assert audited_calls(env, "down", "token_hash") == 2
+    assert canary not in (tmp_path / "server.log").read_text()
+
+
+@pytest.mark.parametrize("transport", HTTP_TRANSPORTS)
+async def test_over_http_sigterm_with_a_session_open_is_a_clean_exit_that_writes_a_pending_use(
+    tmp_path: Path, canary: str, transport: str
+) -> None:
+    servers = tmp_path / "servers.json"
+    servers.write_text(json.dumps({"mcpServers": {"down": STDIO_ENTRY}}), encoding="utf-8")
+    env = isolated_env(tmp_path)
+    token = create_token(env, "alice")
+    with serving(env, transport, tmp_path / "server.log", "--servers", str(servers)) as deployment:
+        assert deployment.process is not None
+        deployment.tokens["alice"] = token
+        await store_over_mcp(deployment, "alice", "down", canary)
+        session = AsyncExitStack()
+        alice = await session.enter_async_context(deployment.connect("alice"))
+        hashed = hash_of(await alice.call_tool("down__token_hash", {}))
+        # At once, the session still open: the use is most likely still waiting for the background writer.
+        deployment.process.send_signal(signal.SIGTERM)
+        returncode = await anyio.to_thread.run_sync(functools.partial(deployment.process.wait, CLOSE_SECONDS))
+        with contextlib.suppress(Exception):  # the server went away under the open session, as meant here
+            await session.aclose()
+
+    assert hashed == sha256(canary)
+    assert returncode == 0
+    assert audited_calls(env, "down", "token_hash") == 1
     assert canary not in (tmp_path / "server.log").read_text()
 
 
