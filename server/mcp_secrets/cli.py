@@ -14,7 +14,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import anyio
@@ -46,6 +47,7 @@ from mcp_secrets.web import auth_settings, base_url, endpoint_url, http_app, ser
 logger = logging.getLogger(__name__)
 
 EXIT_ERROR = 1
+GATEWAY_STOP_SECONDS = 10.0  # the SDK closes a downstream in stages: EOF, then SIGTERM, then SIGKILL
 EXIT_CONFIGURATION = 2
 
 
@@ -146,9 +148,7 @@ def _run_server(settings: Settings, store: SecretStore, secrets: Secrets, keys: 
             secrets, LocalIdentity(username), gateway=gateway, transport="stdio", log_level=settings.log_level
         )
         _summary(settings, keys, username, gateway)
-        anyio.run(
-            _with_gateway, gateway, lambda: _serve_stdio(mcp.run_stdio_async, lambda: _close(store, secrets))
-        )
+        anyio.run(_serve_stdio, mcp.run_stdio_async, gateway, lambda: _close(store, secrets))
         return
     tokens = ApiTokens(store)
     links = EntryLinks(secrets, ttl=timedelta(minutes=settings.entry_link_minutes))
@@ -182,39 +182,52 @@ def _gateway(settings: Settings, secrets: Secrets, entry: EntrySettings | None) 
     return Gateway(config, secrets, pool=pool, missing_hint=missing_secrets_hint(entry))
 
 
-async def _with_gateway(gateway: Gateway | None, serve: Callable[[], Awaitable[None]]) -> None:
+@asynccontextmanager
+async def _gateway_running(gateway: Gateway | None) -> AsyncIterator[None]:
+    """The gateway's downstream pool, running for as long as the server serves (nothing without one)."""
     if gateway is None:
-        await serve()
+        yield
         return
     async with gateway.running():
+        yield
+
+
+async def _with_gateway(gateway: Gateway | None, serve: Callable[[], Awaitable[None]]) -> None:
+    async with _gateway_running(gateway):
         await serve()
 
 
-async def _serve_stdio(serve: Callable[[], Awaitable[None]], close: Callable[[], None]) -> None:
-    """Serve until the client closes stdin; on SIGTERM, SIGINT or SIGHUP, ``close`` and exit at once.
+async def _serve_stdio(
+    serve: Callable[[], Awaitable[None]], gateway: Gateway | None, close: Callable[[], None]
+) -> None:
+    """Serve until the client closes stdin; on SIGTERM, SIGINT or SIGHUP, stop cleanly and exit at once.
 
     Python's default for SIGTERM and SIGHUP ends the process with no ``finally`` and no ``atexit``,
-    losing the uses the background writer still held; on SIGINT (Ctrl-C) the server hung. Cancelling
-    the server cannot work while the client keeps stdin open: the SDK reads stdin in a worker thread
-    that only a line or EOF frees. So the handler closes what holds data (the uses, then the store)
-    and exits; the gateway's downstream servers read EOF on their stdin as this process ends.
-    Uvicorn handles these signals itself on HTTP.
+    losing the uses the background writer still held and leaving the gateway's downstream servers
+    running (many ignore EOF on stdin); on SIGINT (Ctrl-C) the server hung. Cancelling the server
+    cannot work while the client keeps stdin open: the SDK reads stdin in a worker thread that only
+    a line or EOF frees. So on a signal this stops the downstream servers, then ``close`` writes
+    what is pending and closes the store, and the process exits. Uvicorn handles these signals on HTTP.
     """
-    if sys.platform == "win32":  # no POSIX signals to receive there
-        await serve()
-        return
+    async with _gateway_running(gateway):
+        if sys.platform == "win32":  # no POSIX signals to receive there
+            await serve()
+            return
 
-    async def close_on_signal() -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
-            async for number in received:
-                logger.info("%s received: writing what is pending, then exiting", signal.Signals(number).name)
-                await anyio.to_thread.run_sync(close)
-                os._exit(0)
+        async def stop_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
+                async for number in received:
+                    logger.info("%s received: stopping", signal.Signals(number).name)
+                    if gateway is not None:
+                        with anyio.move_on_after(GATEWAY_STOP_SECONDS):
+                            await gateway.stop()
+                    await anyio.to_thread.run_sync(close)
+                    os._exit(0)
 
-    async with anyio.create_task_group() as group:
-        group.start_soon(close_on_signal)
-        await serve()
-        group.cancel_scope.cancel()
+        async with anyio.create_task_group() as group:
+            group.start_soon(stop_on_signal)
+            await serve()
+            group.cancel_scope.cancel()
 
 
 def _read_value(prompt: str) -> str:

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+import os
 import re
 import secrets as _random
 import signal
@@ -698,12 +699,46 @@ async def test_over_http_a_gateway_call_reaches_another_process_audit_soon_and_s
     assert canary not in (tmp_path / "server.log").read_text()
 
 
+def lingering_entry(marker: str) -> dict[str, Any]:
+    """The stdio fixture downstream, marked by ``marker`` in its arguments, outliving the end of its stdin."""
+    return {
+        **STDIO_ENTRY,
+        "args": [*STDIO_ENTRY["args"], marker],
+        "env": {**STDIO_ENTRY["env"], "DOWNSTREAM_IGNORES_EOF": "1"},
+    }
+
+
+def processes_with(marker: str) -> list[int]:
+    """The ids of live processes whose command line holds ``marker`` (Linux /proc)."""
+    return [int(path.parent.name) for path in Path("/proc").glob("[0-9]*/cmdline") if marker in _read(path)]
+
+
+def _read(cmdline: Path) -> str:
+    try:
+        return cmdline.read_bytes().decode(errors="replace")
+    except OSError:  # the process ended meanwhile
+        return ""
+
+
+@pytest.fixture
+def marker() -> Iterator[str]:
+    """A mark for the downstream processes of one test; any left behind are killed afterwards."""
+    mark = f"--test-mark={_random.token_hex(8)}"
+    yield mark
+    for pid in processes_with(mark):
+        os.kill(pid, signal.SIGKILL)
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads processes from /proc")
+
+
+@needs_proc
 @pytest.mark.parametrize("transport", HTTP_TRANSPORTS)
-async def test_over_http_sigterm_with_a_session_open_is_a_clean_exit_that_writes_a_pending_use(
-    tmp_path: Path, canary: str, transport: str
+async def test_over_http_sigterm_with_a_session_open_is_a_clean_exit(
+    tmp_path: Path, canary: str, transport: str, marker: str
 ) -> None:
     servers = tmp_path / "servers.json"
-    servers.write_text(json.dumps({"mcpServers": {"down": STDIO_ENTRY}}), encoding="utf-8")
+    servers.write_text(json.dumps({"mcpServers": {"down": lingering_entry(marker)}}), encoding="utf-8")
     env = isolated_env(tmp_path)
     token = create_token(env, "alice")
     with serving(env, transport, tmp_path / "server.log", "--servers", str(servers)) as deployment:
@@ -722,18 +757,22 @@ async def test_over_http_sigterm_with_a_session_open_is_a_clean_exit_that_writes
     assert hashed == sha256(canary)
     assert returncode == 0
     assert audited_calls(env, "down", "token_hash") == 1
+    assert processes_with(marker) == []  # the downstream server was stopped, though it ignores EOF
     assert canary not in (tmp_path / "server.log").read_text()
 
 
-@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT", "SIGHUP"])
-def test_over_stdio_a_stop_signal_is_a_clean_exit_that_writes_a_pending_use(
-    tmp_path: Path, canary: str, stop: str
-) -> None:
+def serve_stdio_call_then_signal(
+    tmp_path: Path, entry: dict[str, Any], value: str, stop: signal.Signals
+) -> tuple[int, dict[str, str]]:
+    """``serve --servers`` on stdio by hand: store ``value``, one gateway call, then ``stop`` at once.
+
+    Returns the server's exit status and its environment. Stdin is still open when the signal
+    comes, and the call's use most likely still waits for the background writer.
+    """
     servers = tmp_path / "servers.json"
-    servers.write_text(json.dumps({"mcpServers": {"down": STDIO_ENTRY}}), encoding="utf-8")
+    servers.write_text(json.dumps({"mcpServers": {"down": entry}}), encoding="utf-8")
     env = isolated_env(tmp_path, MCP_SECRETS_USER="alice")
-    log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log:
+    with (tmp_path / "server.log").open("wb") as log:
         process = subprocess.Popen(
             [*MCP_SECRETS, "serve", "--servers", str(servers)],
             stdin=subprocess.PIPE,
@@ -744,35 +783,56 @@ def test_over_stdio_a_stop_signal_is_a_clean_exit_that_writes_a_pending_use(
         )
     assert process.stdin is not None
     assert process.stdout is not None
+    answers: dict[int, dict[str, Any]] = {}
+
+    def send(message: dict[str, Any]) -> None:
+        process.stdin.write(json.dumps({"jsonrpc": "2.0", **message}) + "\n")
+        process.stdin.flush()
+
+    def request(request_id: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        send({"id": request_id, "method": method, "params": params})
+        while request_id not in answers:
+            line = process.stdout.readline()
+            assert line, "the server closed stdout before answering"
+            answer = json.loads(line)
+            answers[answer.get("id", -1)] = answer
+        return answers[request_id]
+
     try:
-        answers: dict[int, dict[str, Any]] = {}
-
-        def request(request_id: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
-            message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
-            process.stdin.write(json.dumps(message) + "\n")
-            process.stdin.flush()
-            while request_id not in answers:
-                line = process.stdout.readline()
-                assert line, "the server closed stdout before answering"
-                answer = json.loads(line)
-                answers[answer.get("id", -1)] = answer
-            return answers[request_id]
-
         request(1, "initialize", INITIALIZE["params"])
-        process.stdin.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n")
-        set_args = {"server": "down", "key": "TOKEN", "value": canary}
-        request(2, "tools/call", {"name": "set_secret", "arguments": set_args})
+        send({"method": "notifications/initialized"})
+        request(
+            2,
+            "tools/call",
+            {"name": "set_secret", "arguments": {"server": "down", "key": "TOKEN", "value": value}},
+        )
         called = request(3, "tools/call", {"name": "down__token_hash", "arguments": {}})
-        assert not called["result"].get("isError"), called
-        # At once, stdin still open: the use is most likely still waiting for the background writer.
-        process.send_signal(getattr(signal, stop))
-        returncode = process.wait(timeout=CLOSE_SECONDS)
+        assert called["result"]["content"][0]["text"] == sha256(value), called
+        process.send_signal(stop)
+        return process.wait(timeout=CLOSE_SECONDS), env
     finally:
         process.kill()
         process.wait()
         process.stdin.close()
         process.stdout.close()
 
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda stop: stop.name)
+def test_over_stdio_a_stop_signal_is_a_clean_exit_that_writes_a_pending_use(
+    tmp_path: Path, canary: str, stop: signal.Signals
+) -> None:
+    returncode, env = serve_stdio_call_then_signal(tmp_path, STDIO_ENTRY, canary, stop)
+
     assert returncode == 0
     assert audited_calls(env, "down", "token_hash") == 1
-    assert canary not in log_path.read_text(encoding="utf-8")
+    assert canary not in (tmp_path / "server.log").read_text(encoding="utf-8")
+
+
+@needs_proc
+def test_over_stdio_sigterm_stops_a_downstream_server_that_ignores_the_end_of_its_stdin(
+    tmp_path: Path, canary: str, marker: str
+) -> None:
+    returncode, _ = serve_stdio_call_then_signal(tmp_path, lingering_entry(marker), canary, signal.SIGTERM)
+
+    assert returncode == 0
+    assert processes_with(marker) == []

@@ -96,6 +96,10 @@ class Gateway:
         async with self.pool.running():
             yield self
 
+    async def stop(self) -> None:
+        """Stop every downstream server now (``running()`` does it on exit); for a process about to end."""
+        await self.pool.close_all()
+
     def owns(self, name: str) -> bool:
         """True when ``name`` is a downstream tool's prefixed name."""
         parts = split_tool_name(name)

@@ -88,6 +88,14 @@ class DownstreamPool:
             connection.active_calls -= 1
             connection.last_used = anyio.current_time()
 
+    async def close_all(self) -> None:
+        """Close every live connection now, and wait until each downstream has stopped."""
+        connections = list(self._connections.values())
+        for connection in connections:
+            self.discard(connection)
+        for connection in connections:
+            await connection.closed.wait()
+
     def discard(self, connection: Connection) -> None:
         """Close a connection whose downstream failed; the next call opens a new one."""
         connection.dead = True
