@@ -761,13 +761,14 @@ async def test_over_http_sigterm_with_a_session_open_is_a_clean_exit(
     assert canary not in (tmp_path / "server.log").read_text()
 
 
-def serve_stdio_call_then_signal(
-    tmp_path: Path, entry: dict[str, Any], value: str, stop: signal.Signals
+def serve_stdio_call_then_stop(
+    tmp_path: Path, entry: dict[str, Any], value: str, stop: signal.Signals | None
 ) -> tuple[int, dict[str, str]]:
     """``serve --servers`` on stdio by hand: store ``value``, one gateway call, then ``stop`` at once.
 
-    Returns the server's exit status and its environment. Stdin is still open when the signal
-    comes, and the call's use most likely still waits for the background writer.
+    ``stop`` is a signal, sent with stdin still open (the call's use most likely still waits for the
+    background writer), or None to close stdin, as a client ends a session. Returns the server's exit
+    status and its environment.
     """
     servers = tmp_path / "servers.json"
     servers.write_text(json.dumps({"mcpServers": {"down": entry}}), encoding="utf-8")
@@ -808,12 +809,16 @@ def serve_stdio_call_then_signal(
         )
         called = request(3, "tools/call", {"name": "down__token_hash", "arguments": {}})
         assert called["result"]["content"][0]["text"] == sha256(value), called
-        process.send_signal(stop)
+        if stop is None:
+            process.stdin.close()
+        else:
+            process.send_signal(stop)
         return process.wait(timeout=CLOSE_SECONDS), env
     finally:
         process.kill()
         process.wait()
-        process.stdin.close()
+        if not process.stdin.closed:
+            process.stdin.close()
         process.stdout.close()
 
 
@@ -821,7 +826,7 @@ def serve_stdio_call_then_signal(
 def test_over_stdio_a_stop_signal_is_a_clean_exit_that_writes_a_pending_use(
     tmp_path: Path, canary: str, stop: signal.Signals
 ) -> None:
-    returncode, env = serve_stdio_call_then_signal(tmp_path, STDIO_ENTRY, canary, stop)
+    returncode, env = serve_stdio_call_then_stop(tmp_path, STDIO_ENTRY, canary, stop)
 
     assert returncode == 0
     assert audited_calls(env, "down", "token_hash") == 1
@@ -829,10 +834,11 @@ def test_over_stdio_a_stop_signal_is_a_clean_exit_that_writes_a_pending_use(
 
 
 @needs_proc
-def test_over_stdio_sigterm_stops_a_downstream_server_that_ignores_the_end_of_its_stdin(
-    tmp_path: Path, canary: str, marker: str
+@pytest.mark.parametrize("stop", [signal.SIGTERM, None], ids=["SIGTERM", "stdin-closed"])
+def test_over_stdio_stopping_stops_a_downstream_server_that_ignores_the_end_of_its_stdin(
+    tmp_path: Path, canary: str, marker: str, stop: signal.Signals | None
 ) -> None:
-    returncode, _ = serve_stdio_call_then_signal(tmp_path, lingering_entry(marker), canary, signal.SIGTERM)
+    returncode, _ = serve_stdio_call_then_stop(tmp_path, lingering_entry(marker), canary, stop)
 
     assert returncode == 0
     assert processes_with(marker) == []
