@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     entry_link_minutes: float = Field(
         default=10.0, gt=0, le=24 * 60, description="How long an entry link works."
     )
+    shutdown_grace_seconds: int = Field(
+        default=5,
+        ge=0,
+        description="On SIGTERM over HTTP, how long requests in flight may finish before they are cut.",
+    )
 
     servers: Path | None = Field(
         default=None, description="Gateway configuration: downstream MCP servers and the secrets they need."

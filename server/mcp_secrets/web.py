@@ -165,6 +165,10 @@ async def serve_http(app: ASGIApp, settings: Settings) -> None:
         access_log=True,
         server_header=False,
         lifespan="on",
+        # A request_secret can wait minutes for its entry page: without a bound, a stop would wait for
+        # it, outlast the supervisor's patience (docker stop: 10 s) and end in SIGKILL, before the
+        # pending uses are written and the gateway's downstream servers stopped.
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
     # Uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it found.
     # Python's default handler would end the process right there, before the gateway stops and the

@@ -6,9 +6,13 @@ the hidden ``csrf`` field, POST the form with the cookie the GET set.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import secrets as _random
+import signal
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from datetime import datetime, timezone
 from html.parser import HTMLParser
 from pathlib import Path
@@ -23,6 +27,8 @@ from conftest import parse_time, text_of
 from mcp_secrets.bootstrap import open_secrets
 from mcp_secrets.config import Settings
 from mcp_secrets.secrets import MAX_VALUE_BYTES
+
+from .conftest import create_token, isolated_env, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -612,3 +618,39 @@ async def test_an_oversized_form_is_refused_before_it_is_read(
     assert marked[:40] not in refused.text
     assert still_live.status_code == 200
     assert stored_values(streamable_http_deployment, "alice", server) == {}
+
+
+async def test_over_http_sigterm_cuts_a_request_secret_still_waiting_after_the_grace_period(
+    tmp_path: Path, server: str
+) -> None:
+    env = isolated_env(tmp_path, MCP_SECRETS_ENTRY_WAIT_SECONDS="600", MCP_SECRETS_SHUTDOWN_GRACE_SECONDS="1")
+    token = create_token(env, "alice")
+    elicitor = Elicitor("accept")  # accepts, and never fills the page in: the call keeps waiting
+    waiting = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        waiting.set()  # the server reports progress while it waits for the page
+
+    with serving(env, "streamable-http", tmp_path / "server.log") as deployment:
+        assert deployment.process is not None
+        deployment.tokens["alice"] = token
+        session = AsyncExitStack()
+        alice = await session.enter_async_context(deployment.connect("alice", elicitation_callback=elicitor))
+
+        async def request() -> None:
+            with contextlib.suppress(Exception):  # cut by the shutdown, as meant here
+                arguments = {"server": server, "key": "API_TOKEN"}
+                await alice.call_tool("request_secret", arguments, progress_callback=on_progress)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(request)
+            await waiting.wait()
+            deployment.process.send_signal(signal.SIGTERM)
+            # Far less than the 600 s the call would wait: the 1 s grace period cut it.
+            returncode = await anyio.to_thread.run_sync(functools.partial(deployment.process.wait, 60))
+            group.cancel_scope.cancel()
+        with contextlib.suppress(Exception):  # the server went away under the open session
+            await session.aclose()
+
+    assert returncode == 0
+    assert "timeout graceful shutdown exceeded" in (tmp_path / "server.log").read_text()
