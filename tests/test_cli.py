@@ -269,3 +269,36 @@ def test_set_takes_no_value_argument(env: dict[str, str], canary: str) -> None:
 
     assert done.returncode == EXIT_CONFIGURATION  # argparse's usage error
     assert "unrecognized arguments" in done.stderr
+
+
+STOPS_WITH_A_FAILING_CLOSE = """
+import os, signal, sys
+import anyio
+from mcp_secrets import cli
+from mcp_secrets.logs import configure_logging
+
+def close():
+    raise RuntimeError("the store went away")
+
+async def serve():
+    os.kill(os.getpid(), signal.SIGTERM)
+    await anyio.sleep_forever()
+
+configure_logging("INFO")
+anyio.run(cli._serve_stdio, serve, None, close)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_stop_signal_on_stdio_still_ends_the_process_when_closing_fails(env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", STOPS_WITH_A_FAILING_CLOSE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 1
+    assert "stopping did not finish cleanly" in done.stderr

@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import anyio
+from anyio.abc import TaskStatus
 from pydantic import ValidationError
 
 from mcp_secrets import __version__
@@ -214,18 +215,24 @@ async def _serve_stdio(
             await serve()
             return
 
-        async def stop_on_signal() -> None:
+        async def stop_on_signal(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
+                task_status.started()  # the handlers are in place before anything is served
                 async for number in received:
                     logger.info("%s received: stopping", signal.Signals(number).name)
-                    if gateway is not None:
-                        with anyio.move_on_after(GATEWAY_STOP_SECONDS):
-                            await gateway.stop()
-                    await anyio.to_thread.run_sync(close)
-                    os._exit(0)
+                    status = 0
+                    try:
+                        if gateway is not None:
+                            with anyio.move_on_after(GATEWAY_STOP_SECONDS):
+                                await gateway.stop()
+                        await anyio.to_thread.run_sync(close)
+                    except Exception:  # whatever failed, the process must still end
+                        logger.exception("stopping did not finish cleanly")
+                        status = EXIT_ERROR
+                    os._exit(status)
 
         async with anyio.create_task_group() as group:
-            group.start_soon(stop_on_signal)
+            await group.start(stop_on_signal)
             await serve()
             group.cancel_scope.cancel()
 
