@@ -48,8 +48,8 @@ from mcp_secrets.web import auth_settings, base_url, endpoint_url, http_app, ser
 logger = logging.getLogger(__name__)
 
 EXIT_ERROR = 1
-GATEWAY_STOP_SECONDS = 10.0  # the SDK closes a downstream in stages: EOF, then SIGTERM, then SIGKILL
 EXIT_CONFIGURATION = 2
+GATEWAY_STOP_SECONDS = 10.0  # the SDK closes a downstream in stages: EOF, then SIGTERM, then SIGKILL
 
 
 def _say(message: str = "") -> None:
