@@ -8,6 +8,7 @@ from importlib import metadata
 from pathlib import Path
 
 import mcp_secrets
+from mcp_secrets.config import Settings
 
 
 def test_distribution_is_named_mcp_secrets_with_the_package_version() -> None:
@@ -51,3 +52,11 @@ def test_errors_share_one_base_class() -> None:
     ]
     assert all(issubclass(error, mcp_secrets.SecretsError) for error in errors)
     assert all(error.__doc__ and error.__doc__.startswith("Raised when") for error in errors)
+
+
+def test_the_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+
+    undocumented = [name for name in Settings.model_fields if f"MCP_SECRETS_{name.upper()}" not in readme]
+
+    assert undocumented == []
