@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from datetime import timedelta
 
 import anyio
@@ -39,6 +39,8 @@ from mcp_secrets.gateway import Gateway, load_gateway_config
 from mcp_secrets.gateway.pool import DownstreamPool
 from mcp_secrets.identity import BearerIdentity, LocalIdentity, local_username
 from mcp_secrets.logs import configure_logging
+from mcp_secrets.retention import DEFAULT_BATCH_SIZE as PRUNE_BATCH_SIZE
+from mcp_secrets.retention import archive_file, prune_events
 from mcp_secrets.rotation import DEFAULT_BATCH_SIZE, rotate
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import SecretStore
@@ -258,7 +260,7 @@ def _set(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress_bar() -> Callable[[int, int], None]:
+def _progress_bar(unit: str = "records") -> Callable[[int, int], None]:
     """A bar redrawn in place on a terminal; elsewhere (logs, CI) a line at each tenth."""
     shown = {"tenth": -1}
 
@@ -269,11 +271,11 @@ def _progress_bar() -> Callable[[int, int], None]:
             filled = width * done // total
             end = "\n" if done >= total else ""
             print(
-                f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} records", end=end, file=sys.stderr
+                f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {unit}", end=end, file=sys.stderr
             )
         elif done * 10 // total > shown["tenth"]:
             shown["tenth"] = done * 10 // total
-            _say(f"{done}/{total} records")
+            _say(f"{done}/{total} {unit}")
 
     return show
 
@@ -313,12 +315,40 @@ def _audit(args: argparse.Namespace) -> int:
         events = store.list_events(args.user, args.server, args.limit)
     finally:
         store.close()
+    if args.json:
+        for event in events:
+            print(event.to_json())
+        return 0
     print(f"{'TIME (UTC)':<21}{'USER':<20}{'ACTION':<16}{'SERVER':<16}{'KEY':<24}{'VIA':<17}DETAIL")
     for event in events:
         print(
             f"{event.at:%Y-%m-%d %H:%M:%S}  {event.actor:<20}{event.action:<16}{event.server:<16}"
             f"{event.key:<24}{event.transport:<17}{event.detail}"
         )
+    return 0
+
+
+def _prune_audit(args: argparse.Namespace) -> int:
+    store = _open(args, needs_key=False)[1]  # events only: no key needed
+    try:
+        with archive_file(args.export) if args.export else nullcontext() as keep:
+            report = prune_events(
+                store,
+                timedelta(days=args.older_than),
+                dry_run=args.dry_run,
+                batch_size=args.batch_size,
+                via="cli",
+                keep=keep,
+                on_progress=_progress_bar("events"),
+            )
+    finally:
+        store.close()
+    cutoff = f"{report.before:%Y-%m-%d %H:%M:%S} UTC"
+    if args.dry_run:
+        _say(f"{report.found} audit events happened before {cutoff}; none deleted (dry run).")
+    else:
+        archived = f", each written to {args.export} first" if args.export else ""
+        _say(f"{report.deleted} audit events from before {cutoff} deleted{archived}; the prune is recorded.")
     return 0
 
 
@@ -383,6 +413,33 @@ def _positive(text: str) -> int:
     return number
 
 
+def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``audit`` and ``prune-audit``: reading the trail, and keeping it to a retention period."""
+    audit = commands.add_parser(
+        "audit", help="print the audit trail of every user (newest first; never values)"
+    )
+    audit.add_argument("--user", help="only this user's events")
+    audit.add_argument("--server", help="only this MCP server's events")
+    audit.add_argument("--limit", type=_positive, default=100, help="how many events (default 100)")
+    audit.add_argument("--json", action="store_true", help="one JSON object per line, to ship elsewhere")
+    audit.set_defaults(handler=_audit)
+
+    prune = commands.add_parser(
+        "prune-audit", help="delete the audit events older than a number of days, of every user"
+    )
+    prune.add_argument(
+        "--older-than", metavar="DAYS", type=_positive, required=True, help="keep the last DAYS days"
+    )
+    prune.add_argument(
+        "--export", metavar="FILE", help="append each event to FILE (JSON lines) before deleting it"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    prune.add_argument(
+        "--batch-size", type=_positive, default=PRUNE_BATCH_SIZE, help="events deleted per transaction"
+    )
+    prune.set_defaults(handler=_prune_audit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line, for ``main`` and for ``--help`` tests."""
     parser = argparse.ArgumentParser(
@@ -440,13 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         rewrap.set_defaults(handler=_rotate)
 
-    audit = commands.add_parser(
-        "audit", help="print the audit trail of every user (newest first; never values)"
-    )
-    audit.add_argument("--user", help="only this user's events")
-    audit.add_argument("--server", help="only this MCP server's events")
-    audit.add_argument("--limit", type=_positive, default=100, help="how many events (default 100)")
-    audit.set_defaults(handler=_audit)
+    _add_audit_commands(commands)
 
     keygen = commands.add_parser("keygen", help="print a fresh master key")
     keygen.set_defaults(handler=_keygen)

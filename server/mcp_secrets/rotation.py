@@ -14,12 +14,10 @@ from dataclasses import dataclass, field
 
 from mcp_secrets.crypto import LEGACY_KEY_ID
 from mcp_secrets.errors import DecryptionError, InvalidInputError
-from mcp_secrets.secrets import Secrets
+from mcp_secrets.secrets import OPERATOR, Secrets
 from mcp_secrets.store import SecretRecord
 
 DEFAULT_BATCH_SIZE = 500
-# The actor of events no user caused; parentheses keep it from ever matching a username.
-OPERATOR = "(operator)"
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ Action = Literal["save", "update", "delete"]
 ACTIONS: tuple[Action, ...] = ("save", "update", "delete")
 MAX_NAME_LENGTH = 128
 MAX_VALUE_BYTES = 64 * 1024
+# The actor of events no user caused (rotation, pruning); parentheses keep it from matching a username.
+OPERATOR = "(operator)"
 LISTING_FLUSH_SECONDS = 1.0  # how long a listing waits for pending uses before it goes on without them
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 _USERNAME = re.compile(r"[A-Za-z0-9_.@\-]{1,128}")

@@ -1,7 +1,8 @@
-"""`mcp-secrets rotate`, `migrate-legacy` and `audit`, run for real as subprocesses on an isolated store."""
+"""`mcp-secrets rotate`, `migrate-legacy`, `audit` and `prune-audit`, run for real on an isolated store."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -11,7 +12,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO
 
@@ -21,6 +22,7 @@ from conftest import new_canary
 from e2e.conftest import CLI_TIMEOUT, MCP_SECRETS, isolated_env, run_cli
 from mcp_secrets import Settings, open_secrets
 from mcp_secrets.crypto import SecretEncryptor, generate_master_key, key_id_for, parse_master_key
+from mcp_secrets.store import AuditEvent
 from mcp_secrets.store.sqlite import SQLiteStore
 from test_crypto import legacy_ciphertext
 
@@ -288,6 +290,150 @@ def test_audit_lists_the_events_newest_first_and_never_a_value(
     assert [(user, server, key) for _, _, user, _, server, key, *_ in fields] == expected
     assert {(action, via) for _, _, _, action, _, _, via, *_ in fields} == {("created", "cli")}
     assert not any(value in done.stdout + done.stderr for value in seed.values.values())
+
+
+def audit_json(env: dict[str, str], *options: str) -> list[dict[str, str]]:
+    done = run_cli(env, "audit", "--json", *options)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_audit_json_prints_one_object_per_event_with_every_field_and_never_a_value(
+    env: dict[str, str], seed: Seed
+) -> None:
+    done = run_cli(env, "audit", "--json")
+
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(e["actor"], e["action"], e["server"], e["key"], e["transport"]) for e in events] == [
+        ("bob", "created", "slack", "TOKEN", "cli"),
+        ("alice", "created", "github", "TOKEN", "cli"),
+    ]
+    assert all(
+        set(event) == {"at", "actor", "action", "server", "key", "transport", "detail"} for event in events
+    )
+    assert all(datetime.fromisoformat(event["at"]).utcoffset() == timedelta(0) for event in events)
+    assert not any(value in done.stdout + done.stderr for value in seed.values.values())
+
+
+def backdate(env: dict[str, str], days: range) -> None:
+    """Events of ``days`` and a half ago (clear of a whole-day cut-off), written straight into the store."""
+    store = SQLiteStore(database(env))
+    try:
+        now = datetime.now(timezone.utc)
+        for day in sorted(days, reverse=True):
+            store.add_event(
+                AuditEvent(now - timedelta(days=day), "alice", "used", "github", "TOKEN", "library")
+            )
+    finally:
+        store.close()
+
+
+def test_prune_audit_deletes_older_events_without_the_master_key_and_records_itself(
+    env: dict[str, str], seed: Seed
+) -> None:
+    backdate(env, range(25, 41))  # 16 events, 25.5 to 40.5 days old: 11 older than 30 days
+    keyless = {name: value for name, value in env.items() if name != "MCP_SECRETS_MASTER_KEY"}
+
+    done = run_cli(keyless, "prune-audit", "--older-than", "30", "--batch-size", "4")
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert re.search(r"^11 audit events from before \S+ \S+ UTC deleted", done.stderr, re.MULTILINE)
+    assert re.findall(r"^(\d+)/11 events$", done.stderr, re.MULTILINE) == ["4", "8", "11"]
+    events = audit_json(env)
+    assert (events[0]["actor"], events[0]["action"], events[0]["transport"]) == (
+        "(operator)",
+        "audit-pruned",
+        "cli",
+    )
+    assert events[0]["detail"].startswith("11 events before ")
+    ages = [datetime.now(timezone.utc) - datetime.fromisoformat(event["at"]) for event in events[1:]]
+    assert len(ages) == 2 + 5  # the seed's two changes, and the events 25.5 to 29.5 days old
+    assert max(ages) < timedelta(days=30)
+
+
+def test_prune_audit_export_appends_each_event_to_a_private_file_before_deleting_it(
+    env: dict[str, str], seed: Seed, tmp_path: Path
+) -> None:
+    backdate(env, range(25, 41))
+    older = [event for event in audit_json(env, "--limit", "1000") if event["action"] == "used"][5:]
+    archive = tmp_path / "archive" / "audit.jsonl"
+    archive.parent.mkdir()
+    archive.write_text('{"earlier": "line"}\n', encoding="utf-8")
+
+    done = run_cli(env, "prune-audit", "--older-than", "30", "--batch-size", "4", "--export", str(archive))
+
+    assert done.returncode == 0, done.stderr
+    assert "11 audit events from before" in done.stderr
+    assert f"each written to {archive} first" in done.stderr
+    first, *lines = archive.read_text(encoding="utf-8").splitlines()
+    assert first == '{"earlier": "line"}'  # appended, never overwritten
+    assert [json.loads(line) for line in lines] == sorted(older, key=lambda event: event["at"])
+    assert not [event for event in audit_json(env, "--limit", "1000") if event in older]
+
+
+def test_prune_audit_export_to_a_new_file_creates_it_owner_only(
+    env: dict[str, str], seed: Seed, tmp_path: Path
+) -> None:
+    backdate(env, range(29, 32))
+    archive = tmp_path / "audit.jsonl"
+
+    done = run_cli(env, "prune-audit", "--older-than", "30", "--export", str(archive))
+
+    assert done.returncode == 0, done.stderr
+    assert archive.stat().st_mode & 0o777 == 0o600
+    assert len(archive.read_text(encoding="utf-8").splitlines()) == 2
+
+
+EXPORT_FAILURES = {
+    "cannot-open": ("missing-directory/audit.jsonl", 2, "cannot open the export file"),
+    "disk-full": ("/dev/full", 1, "cannot write the export file"),
+}
+
+
+@pytest.mark.parametrize("failure", EXPORT_FAILURES.values(), ids=EXPORT_FAILURES.keys())
+def test_prune_audit_whose_export_fails_deletes_nothing(
+    env: dict[str, str], seed: Seed, tmp_path: Path, failure: tuple[str, int, str]
+) -> None:
+    target, status, message = failure
+    if not Path(target).is_absolute():
+        target = str(tmp_path / target)
+    elif not Path(target).exists():
+        pytest.skip(f"{target} is Linux's")
+    backdate(env, range(25, 41))
+    before = audit_json(env, "--limit", "1000")
+
+    done = run_cli(env, "prune-audit", "--older-than", "30", "--export", target)
+
+    assert done.returncode == status
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert audit_json(env, "--limit", "1000") == before
+
+
+def test_prune_audit_dry_run_counts_and_deletes_nothing(env: dict[str, str], seed: Seed) -> None:
+    backdate(env, range(25, 41))
+    before = audit_json(env, "--limit", "1000")
+
+    done = run_cli(env, "prune-audit", "--older-than", "30", "--dry-run")
+
+    assert done.returncode == 0, done.stderr
+    assert re.search(
+        r"^11 audit events happened before .+; none deleted \(dry run\)\.$", done.stderr, re.MULTILINE
+    )
+    assert audit_json(env, "--limit", "1000") == before
+
+
+@pytest.mark.parametrize("days", ["0", "-3", "ten"])
+def test_prune_audit_refuses_a_period_below_one_day(env: dict[str, str], seed: Seed, days: str) -> None:
+    before = audit_json(env)
+
+    done = run_cli(env, "prune-audit", "--older-than", days)
+
+    assert done.returncode == 2
+    assert "--older-than" in done.stderr
+    assert audit_json(env) == before
 
 
 # --- a rotation killed half-way ------------------------------------------------------------------

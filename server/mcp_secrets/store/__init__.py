@@ -9,7 +9,9 @@ is a ciphertext.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import dataclasses
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -64,6 +66,10 @@ class AuditEvent:
     key: str = ""
     transport: str = ""
     detail: str = ""
+
+    def to_json(self) -> str:
+        """One line of JSON with every field, the time in ISO 8601: how events are exported."""
+        return json.dumps({**dataclasses.asdict(self), "at": self.at.isoformat()}, ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -179,6 +185,21 @@ class SecretStore(Protocol):
         self, actor: str | None = None, server: str | None = None, limit: int = 50
     ) -> list[AuditEvent]:
         """The newest events first, of one actor and one server when given."""
+        ...
+
+    def count_events(self, before: datetime) -> int:
+        """How many events of the audit trail, of every actor, happened before ``before``."""
+        ...
+
+    def delete_events(
+        self, before: datetime, limit: int, keep: Callable[[list[AuditEvent]], None] | None = None
+    ) -> int:
+        """Delete up to ``limit`` events from before ``before``, first written first; return how many.
+
+        ``keep``, when given, receives the events before they are deleted; if it raises,
+        none of them is. Each call's write is short (one transaction where the database
+        has them), so a large prune, as a loop of calls, never holds the store for long.
+        """
         ...
 
     def scan_secrets(self, after: tuple[str, str, str] | None, limit: int) -> list[SecretRecord]:

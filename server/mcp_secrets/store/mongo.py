@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -32,6 +32,13 @@ def _text(field: str, value: str) -> str:
     """Refuse anything but a plain string where a filter expects one: no operator can slip in."""
     if type(value) is not str:
         raise TypeError(f"{field} must be a string")
+    return value
+
+
+def _time(field: str, value: datetime) -> datetime:
+    """Refuse anything but a datetime where a filter expects a time."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"{field} must be a datetime")
     return value
 
 
@@ -252,6 +259,26 @@ class MongoStore:
         with _available():
             cursor = self._events.find(selector, {"_id": False}).sort([("at", -1), ("_id", -1)]).limit(limit)
             return [_event(document) for document in cursor]
+
+    def count_events(self, before: datetime) -> int:
+        """How many events of the audit trail, of every actor, happened before ``before``."""
+        with _available():
+            return self._events.count_documents({"at": {"$lt": _time("before", before)}})
+
+    def delete_events(
+        self, before: datetime, limit: int, keep: Callable[[list[AuditEvent]], None] | None = None
+    ) -> int:
+        """Delete up to ``limit`` events from before ``before``, first written first; return how many."""
+        selector = {"at": {"$lt": _time("before", before)}}
+        with _available():
+            # Walking ``_id`` (insertion order) finds old events first, without an index on ``at``.
+            documents = list(self._events.find(selector).sort("_id", 1).limit(limit))
+            if not documents:
+                return 0
+            if keep is not None:
+                keep([_event(document) for document in documents])
+            ids = [document["_id"] for document in documents]
+            return int(self._events.delete_many({"_id": {"$in": ids}}).deleted_count)
 
     def scan_secrets(self, after: tuple[str, str, str] | None, limit: int) -> list[SecretRecord]:
         """Up to ``limit`` records of all users, in (username, server, key) order, after ``after``."""

@@ -393,6 +393,41 @@ class SQLiteStore:
         )
         return [_event(row) for row in rows]
 
+    def count_events(self, before: datetime) -> int:
+        """How many events of the audit trail, of every actor, happened before ``before``."""
+        return int(
+            self._run(
+                lambda connection: connection.execute(
+                    "SELECT count(*) FROM audit_events WHERE at < ?", (_iso(before),)
+                ).fetchone()[0]
+            )
+        )
+
+    def delete_events(
+        self, before: datetime, limit: int, keep: Callable[[list[AuditEvent]], None] | None = None
+    ) -> int:
+        """Delete up to ``limit`` events from before ``before``, first written first; return how many."""
+        # Read first, outside any write transaction: in WAL mode a read blocks no writer, however long
+        # it scans. Walking the ids from the oldest finds old events first, without an index on ``at``.
+        rows = self._run(
+            lambda connection: connection.execute(
+                f"SELECT id, {_EVENT_COLUMNS} FROM audit_events WHERE at < ? ORDER BY id LIMIT ?",  # noqa: S608
+                (_iso(before), limit),
+            ).fetchall()
+        )
+        if not rows:
+            return 0
+        if keep is not None:
+            keep([_event(row[1:]) for row in rows])
+
+        def delete(connection: sqlite3.Connection) -> int:
+            with _transaction(connection):
+                return connection.executemany(
+                    "DELETE FROM audit_events WHERE id = ?", [(row[0],) for row in rows]
+                ).rowcount
+
+        return self._run(delete)
+
     def scan_secrets(self, after: tuple[str, str, str] | None, limit: int) -> list[SecretRecord]:
         """Up to ``limit`` records of all users, in (username, server, key) order, after ``after``."""
         where, params = ("", ()) if after is None else ("WHERE (username, server, key) > (?, ?, ?)", after)

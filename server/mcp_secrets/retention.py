@@ -1,0 +1,114 @@
+"""Audit retention: delete the events older than a cut-off, in short batches, and record that it was done.
+
+The trail grows by one event per change and per use, and a gateway adds one per
+downstream call, so a busy deployment needs a retention period. Deletes go
+oldest first, a batch per transaction, so the server keeps serving meanwhile;
+an interrupted prune is simply run again. The prune itself is recorded as an
+``audit-pruned`` event, written after the deletes so that it is never pruned
+by the run it records. It works on the store alone: pruning needs no master key,
+so a scheduled job can run it without one. ``archive_file`` appends each batch to
+a file before it is deleted, for trails that must be kept elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from mcp_secrets.errors import ConfigurationError, InvalidInputError, SecretsError
+from mcp_secrets.secrets import OPERATOR
+from mcp_secrets.store import AuditEvent, SecretStore
+
+DEFAULT_BATCH_SIZE = 5000
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What a prune did, or (dry run) would do."""
+
+    before: datetime
+    found: int
+    deleted: int
+
+
+def prune_events(
+    store: SecretStore,
+    older_than: timedelta,
+    *,
+    dry_run: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    via: str = "library",
+    now: datetime | None = None,
+    keep: Callable[[list[AuditEvent]], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> PruneReport:
+    """Delete every audit event, of every user, that happened more than ``older_than`` before ``now``.
+
+    ``keep`` receives each batch before it is deleted (to archive it); if it raises, that batch
+    stays and the prune stops there.
+    """
+    if older_than <= timedelta(0):
+        raise InvalidInputError("the retention period must be longer than zero")
+    if batch_size < 1:
+        raise InvalidInputError("the batch size must be at least 1")
+    now = now or datetime.now(timezone.utc)
+    before = now - older_than
+    found = store.count_events(before)
+    deleted = 0
+    if dry_run:
+        return PruneReport(before=before, found=found, deleted=deleted)
+    try:
+        while batch := store.delete_events(before, batch_size, keep):
+            deleted += batch
+            if on_progress is not None:
+                on_progress(deleted, max(found, deleted))
+    except BaseException:
+        if deleted:  # what was deleted before the error is recorded too, if the store still answers
+            with suppress(Exception):
+                _record(store, before, deleted, via, stopped=True)
+        raise
+    _record(store, before, deleted, via, stopped=False)
+    return PruneReport(before=before, found=found, deleted=deleted)
+
+
+def _record(store: SecretStore, before: datetime, deleted: int, via: str, *, stopped: bool) -> None:
+    detail = f"{deleted} events before {before:%Y-%m-%d %H:%M:%S} UTC deleted"
+    if stopped:
+        detail += ", then stopped by an error"
+    at = datetime.now(timezone.utc)  # when it happened, after every event it kept
+    store.add_event(AuditEvent(at, OPERATOR, "audit-pruned", transport=via, detail=detail))
+
+
+@contextmanager
+def archive_file(path: str | Path) -> Iterator[Callable[[list[AuditEvent]], None]]:
+    """A ``keep`` for ``prune_events`` that appends each batch to ``path`` as JSON lines, on disk (fsync).
+
+    The file is created owner-only. A batch that cannot be written whole is cut off again, so the
+    file never ends in half a batch, and ``prune_events`` keeps that batch in the store.
+    """
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot open the export file {path}: {exc.strerror}") from None
+
+    def keep(events: list[AuditEvent]) -> None:
+        data = "".join(event.to_json() + "\n" for event in events).encode("utf-8")
+        end = os.lseek(descriptor, 0, os.SEEK_END)
+        try:
+            # Unbuffered: a failed write leaves nothing behind to fail again at closing.
+            while data:
+                data = data[os.write(descriptor, data) :]
+            os.fsync(descriptor)
+        except OSError as exc:
+            with suppress(OSError):
+                os.ftruncate(descriptor, end)  # no half batch, no half line, left in the file
+            raise SecretsError(f"cannot write the export file {path}: {exc.strerror}") from None
+
+    try:
+        yield keep
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,252 @@
+"""Audit retention on every backend: pruning deletes just the events older than the cut-off, and says so."""
+
+from __future__ import annotations
+
+import errno
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from conftest import new_canary
+from mcp_secrets.errors import ConfigurationError, InvalidInputError, SecretsError
+from mcp_secrets.retention import archive_file, prune_events
+from mcp_secrets.secrets import OPERATOR, Secrets
+from mcp_secrets.store import AuditEvent, SecretStore
+
+# Whole milliseconds: a BSON date keeps no finer, and these tests run on every backend.
+NOW = datetime(2026, 6, 1, 12, 0, 0, 250000, tzinfo=timezone.utc)
+KEEP = timedelta(days=90)
+DAYS = 120  # one event a day, the oldest 120 days old
+OLDER = DAYS - 90  # events strictly older than 90 days: days 91 to 120
+
+
+def all_events(store: SecretStore) -> list[AuditEvent]:
+    return store.list_events(None, None, 100_000)
+
+
+@pytest.fixture
+def aged(store: SecretStore) -> SecretStore:
+    """One event a day for 120 days, written in time order and alternating two users, and 3 of today."""
+    for day in range(DAYS, 0, -1):
+        actor = "alice" if day % 2 else "bob"
+        store.add_event(AuditEvent(NOW - timedelta(days=day), actor, "used", "github", "TOKEN", "library"))
+    for minutes in (3, 2, 1):
+        at = NOW - timedelta(minutes=minutes)
+        store.add_event(AuditEvent(at, "carol", "created", "linear", "KEY", "cli"))
+    return store
+
+
+# --- the store ------------------------------------------------------------------------------------
+
+
+def test_count_events_counts_every_users_events_strictly_before_the_cut_off(aged: SecretStore) -> None:
+    assert aged.count_events(NOW - KEEP) == OLDER  # the event exactly 90 days old is not before it
+    assert aged.count_events(NOW - timedelta(days=DAYS)) == 0
+    assert aged.count_events(NOW + timedelta(seconds=1)) == DAYS + 3
+
+
+def test_delete_events_deletes_at_most_limit_of_the_older_events_first_written_first(
+    aged: SecretStore,
+) -> None:
+    cutoff = NOW - KEEP
+
+    assert aged.delete_events(cutoff, 10) == 10
+
+    remaining = all_events(aged)
+    assert len(remaining) == DAYS + 3 - 10
+    assert min(event.at for event in remaining) == NOW - timedelta(days=DAYS - 10)
+    assert aged.count_events(cutoff) == OLDER - 10
+
+
+def test_delete_events_called_until_it_returns_zero_leaves_only_events_from_the_cut_off_on(
+    aged: SecretStore,
+) -> None:
+    cutoff = NOW - KEEP
+    kept_before = [event for event in all_events(aged) if event.at >= cutoff]
+
+    deleted = []
+    while batch := aged.delete_events(cutoff, 7):
+        deleted.append(batch)
+
+    assert deleted == [7, 7, 7, 7, 2]
+    assert all_events(aged) == kept_before
+    assert aged.count_events(cutoff) == 0
+
+
+class RefusedError(Exception):
+    """What a ``keep`` that cannot archive raises in these tests."""
+
+
+def test_keep_receives_exactly_the_events_it_deletes_in_the_order_written(aged: SecretStore) -> None:
+    cutoff = NOW - KEEP
+    older = sorted((event for event in all_events(aged) if event.at < cutoff), key=lambda event: event.at)
+    kept: list[list[AuditEvent]] = []
+
+    while aged.delete_events(cutoff, 7, kept.append):
+        pass
+
+    assert [len(batch) for batch in kept] == [7, 7, 7, 7, 2]
+    assert [event for batch in kept for event in batch] == older
+
+
+def test_a_keep_that_raises_leaves_its_batch_in_the_store(aged: SecretStore) -> None:
+    before = all_events(aged)
+
+    def refuse(_: list[AuditEvent]) -> None:
+        raise RefusedError
+
+    with pytest.raises(RefusedError):
+        aged.delete_events(NOW - KEEP, 7, refuse)
+
+    assert all_events(aged) == before
+
+
+# --- prune_events ---------------------------------------------------------------------------------
+
+
+def test_prune_deletes_the_older_events_in_batches_and_records_itself(aged: SecretStore) -> None:
+    kept = [event for event in all_events(aged) if event.at >= NOW - KEEP]
+    progress: list[tuple[int, int]] = []
+
+    report = prune_events(
+        aged, KEEP, batch_size=7, via="cli", now=NOW, on_progress=lambda *done: progress.append(done)
+    )
+
+    assert (report.before, report.found, report.deleted) == (NOW - KEEP, OLDER, OLDER)
+    assert progress == [(7, OLDER), (14, OLDER), (21, OLDER), (28, OLDER), (OLDER, OLDER)]
+    newest, *rest = all_events(aged)
+    assert rest == kept
+    assert (newest.actor, newest.action, newest.transport, newest.server, newest.key) == (
+        OPERATOR,
+        "audit-pruned",
+        "cli",
+        "",
+        "",
+    )
+    assert newest.detail == f"{OLDER} events before 2026-03-03 12:00:00 UTC deleted"
+    assert newest.at > NOW  # recorded when it happened, after everything it kept
+
+
+def test_prune_dry_run_counts_and_changes_nothing(aged: SecretStore) -> None:
+    before = all_events(aged)
+
+    report = prune_events(aged, KEEP, dry_run=True, now=NOW)
+
+    assert (report.found, report.deleted) == (OLDER, 0)
+    assert all_events(aged) == before
+
+
+def test_a_second_prune_finds_nothing_more_and_keeps_the_first_ones_record(aged: SecretStore) -> None:
+    prune_events(aged, KEEP, now=NOW)
+
+    report = prune_events(aged, KEEP, now=NOW)
+
+    assert (report.found, report.deleted) == (0, 0)
+    assert [event.detail for event in all_events(aged) if event.action == "audit-pruned"] == [
+        "0 events before 2026-03-03 12:00:00 UTC deleted",
+        f"{OLDER} events before 2026-03-03 12:00:00 UTC deleted",
+    ]
+
+
+def test_a_prune_stopped_by_its_archive_keeps_the_rest_and_records_what_it_deleted(aged: SecretStore) -> None:
+    archived: list[AuditEvent] = []
+
+    def archive_two_batches(events: list[AuditEvent]) -> None:
+        if len(archived) == 14:
+            raise RefusedError
+        archived.extend(events)
+
+    with pytest.raises(RefusedError):
+        prune_events(aged, KEEP, batch_size=7, now=NOW, keep=archive_two_batches)
+
+    newest, *rest = all_events(aged)
+    assert (newest.action, newest.detail) == (
+        "audit-pruned",
+        "14 events before 2026-03-03 12:00:00 UTC deleted, then stopped by an error",
+    )
+    assert aged.count_events(NOW - KEEP) == OLDER - 14
+    assert not set(archived) & set(rest)
+    assert len(archived) + len(rest) == DAYS + 3
+
+
+@pytest.mark.parametrize(
+    ("older_than", "batch_size", "message"),
+    [
+        (timedelta(0), 10, "retention period"),
+        (timedelta(days=-1), 10, "retention period"),
+        (KEEP, 0, "batch size"),
+    ],
+)
+def test_prune_refuses_a_period_or_batch_size_below_one_and_deletes_nothing(
+    aged: SecretStore, older_than: timedelta, batch_size: int, message: str
+) -> None:
+    before = all_events(aged)
+
+    with pytest.raises(InvalidInputError, match=message):
+        prune_events(aged, older_than, batch_size=batch_size, now=NOW)
+
+    assert all_events(aged) == before
+
+
+def test_pruning_the_trail_never_touches_a_secret_or_its_last_use(secrets: Secrets) -> None:
+    value = new_canary()
+    secrets.set_secret("alice", "github", "TOKEN", value)
+    assert secrets.get_secrets("alice", "github") == {"TOKEN": value}
+    [info_before] = secrets.list_secret_keys("alice")
+
+    later = datetime.now(timezone.utc) + timedelta(days=2)
+    report = prune_events(secrets.store, timedelta(days=1), now=later)
+
+    assert report.deleted == 2  # created, used
+    assert secrets.list_secret_keys("alice") == [info_before]
+    assert secrets.get_secrets("alice", "github") == {"TOKEN": value}
+    assert [event.action for event in secrets.list_events(None)] == ["used", "audit-pruned"]
+
+
+# --- archive_file ---------------------------------------------------------------------------------
+
+
+def test_archive_file_appends_every_pruned_event_to_an_owner_only_file(
+    aged: SecretStore, tmp_path: Path
+) -> None:
+    older = sorted((event for event in all_events(aged) if event.at < NOW - KEEP), key=lambda event: event.at)
+    path = tmp_path / "audit.jsonl"
+
+    with archive_file(path) as keep:
+        prune_events(aged, KEEP, batch_size=7, now=NOW, keep=keep)
+
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.read_text(encoding="utf-8") == "".join(event.to_json() + "\n" for event in older)
+
+
+def test_a_batch_written_in_part_is_cut_off_again_and_stays_in_the_store(
+    aged: SecretStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A disk filling up half-way through a batch cannot be staged here: the write is cut short instead.
+    path = tmp_path / "audit.jsonl"
+    path.write_text('{"earlier": "line"}\n', encoding="utf-8")
+    write = os.write
+
+    def short_then_full(descriptor: int, data: bytes) -> int:
+        if len(data) > 100:
+            return write(descriptor, data[:100])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    before = all_events(aged)
+    monkeypatch.setattr(os, "write", short_then_full)
+    with archive_file(path) as keep, pytest.raises(SecretsError, match="No space left on device"):
+        prune_events(aged, KEEP, now=NOW, keep=keep)
+    monkeypatch.undo()
+
+    assert path.read_text(encoding="utf-8") == '{"earlier": "line"}\n'
+    assert all_events(aged) == before
+
+
+def test_archive_file_that_cannot_be_opened_says_so_before_anything_is_deleted(tmp_path: Path) -> None:
+    with (
+        pytest.raises(ConfigurationError, match="cannot open the export file"),
+        archive_file(tmp_path / "no" / "f"),
+    ):
+        pytest.fail("an archive that cannot be opened was handed out")
