@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 
 import mcp_secrets
+from mcp_secrets.cli import build_parser
 from mcp_secrets.config import Settings
 
 
@@ -54,9 +56,30 @@ def test_errors_share_one_base_class() -> None:
     assert all(error.__doc__ and error.__doc__.startswith("Raised when") for error in errors)
 
 
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
 def test_the_readme_documents_every_setting() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = README.read_text(encoding="utf-8")
 
     undocumented = [name for name in Settings.model_fields if f"MCP_SECRETS_{name.upper()}" not in readme]
 
     assert undocumented == []
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: str = "mcp-secrets") -> list[str]:
+    """Every leaf command line of ``parser``, as ``mcp-secrets token create``."""
+    actions = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    if not actions:
+        return [prefix]
+    return [line for name, sub in actions[0].choices.items() for line in _commands(sub, f"{prefix} {name}")]
+
+
+def test_the_readme_command_table_has_every_command() -> None:
+    table = README.read_text(encoding="utf-8").split("## Command line", 1)[1].split("\n## ", 1)[0]
+
+    commands = _commands(build_parser())
+    missing = [command for command in commands if f"`{command}" not in table]
+
+    assert "mcp-secrets prune-audit" in commands
+    assert missing == []
