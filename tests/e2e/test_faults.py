@@ -1,4 +1,4 @@
-"""Store faults: unreachable at start, locked by another process mid-run, locked only briefly.
+"""Store faults: unreachable at start, locked by another process mid-run or briefly, pruned while serving.
 
 `mcp-secrets serve` runs as a real subprocess; another process takes SQLite's
 write lock on the same file, as a second replica, a backup or an admin's
@@ -185,3 +185,50 @@ async def test_a_write_waits_out_a_lock_shorter_than_the_busy_timeout(
             "SELECT actor FROM audit_events WHERE actor = 'lock-holder' OR key = 'WAITED' ORDER BY id"
         ).fetchall()
     assert actors[-2:] == [("lock-holder",), ("alice",)]
+
+
+# --- a long prune of the audit trail beside a serving server ----------------------------------------
+
+OLD_EVENTS = 30_000
+
+
+async def test_a_prune_in_short_batches_lets_every_write_of_a_serving_server_through(
+    tmp_path: Path, canary: str
+) -> None:
+    # A write waits at most 2 s for the lock here: no batch of the prune may hold it that long.
+    env = isolated_env(tmp_path, MCP_SECRETS_SQLITE_BUSY_TIMEOUT="2")
+    token = create_token(env, "alice")
+    database = database_of(env)
+    with closing(sqlite3.connect(database)) as connection, connection:
+        connection.executemany(
+            "INSERT INTO audit_events (at, actor, action) VALUES (?, 'old', 'used')",
+            [(f"2020-01-01T00:00:{index % 60:02d}+00:00",) for index in range(OLD_EVENTS)],
+        )
+    pruned: list[subprocess.CompletedProcess[str]] = []
+    writes: list[CallToolResult] = []
+
+    async def prune() -> None:
+        done = await anyio.to_thread.run_sync(
+            lambda: run_cli(env, "prune-audit", "--older-than", "30", "--batch-size", "100")
+        )
+        pruned.append(done)
+
+    with serving(env, "streamable-http", tmp_path / "server.log") as deployment:
+        async with deployment.connect(token=token) as alice, anyio.create_task_group() as tasks:
+            tasks.start_soon(prune)
+            while not pruned:
+                arguments = {"server": "s", "key": f"K{len(writes)}", "value": canary}
+                writes.append(await alice.call_tool("set_secret", arguments))
+
+    [done] = pruned
+    assert done.returncode == 0, done.stderr
+    assert f"{OLD_EVENTS} audit events from before" in done.stderr
+    assert len(writes) > 1  # the server wrote while the prune ran
+    failed = [text_of(result) for result in writes if result.is_error]
+    assert failed == []
+    with closing(sqlite3.connect(database)) as connection:
+        assert connection.execute("SELECT count(*) FROM audit_events WHERE actor = 'old'").fetchone() == (0,)
+        created = connection.execute("SELECT count(*) FROM audit_events WHERE action = 'created'").fetchone()
+        assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    assert created == (len(writes),)
+    assert canary not in (tmp_path / "server.log").read_text(encoding="utf-8")
