@@ -2,8 +2,8 @@
 
 The trail grows by one event per change and per use, and a gateway adds one per
 downstream call, so a busy deployment needs a retention period. Deletes go
-oldest first, a batch per transaction, so the server keeps serving meanwhile;
-an interrupted prune is simply run again. The prune itself is recorded as an
+first written first, a batch per transaction, so the server keeps serving
+meanwhile; an interrupted prune is simply run again. The prune itself is recorded as an
 ``audit-pruned`` event, written after the deletes so that it is never pruned
 by the run it records. It works on the store alone: pruning needs no master key,
 so a scheduled job can run it without one. ``archive_file`` appends each batch to
