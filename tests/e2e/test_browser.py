@@ -11,8 +11,8 @@ import secrets as _random
 import httpx2
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
 from e2e.conftest import BROWSER_TIMEOUT, Deployment, request_entry_link, stdout_path
@@ -54,7 +54,11 @@ async def test_user_stores_a_secret_through_the_entry_page_once(
     browser.find_element(By.ID, "value").send_keys(canary)
     submit = browser.find_element(By.XPATH, "//button[normalize-space()='Store secret']")
     submit.click()
-    WebDriverWait(browser, BROWSER_TIMEOUT).until(expected_conditions.staleness_of(submit))
+    # Wait for the next page. Not by the button going stale: while the page is being replaced,
+    # chromedriver can answer a question about the old button with an "unknown error" instead.
+    WebDriverWait(browser, BROWSER_TIMEOUT, ignored_exceptions=(WebDriverException,)).until(
+        lambda driver: not driver.title.startswith("Enter a secret")
+    )
     stored_title, stored_page = browser.title, browser.page_source
 
     assert stored_title.startswith("Secret stored"), browser.find_element(By.TAG_NAME, "body").text
