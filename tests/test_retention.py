@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -250,3 +251,31 @@ def test_archive_file_that_cannot_be_opened_says_so_before_anything_is_deleted(t
         archive_file(tmp_path / "no" / "f"),
     ):
         pytest.fail("an archive that cannot be opened was handed out")
+
+
+def test_an_archive_of_a_real_trail_holds_names_and_times_never_a_value(
+    secrets: Secrets, tmp_path: Path
+) -> None:
+    first, second = new_canary(), new_canary()
+    secrets.set_secret("alice", "github", "TOKEN", first, via="cli")
+    secrets.update_secret("alice", "github", "TOKEN", second, "update", via="streamable-http")
+    secrets.get_secrets("alice", "github", via="gateway", action="injected", detail="github__search")
+    secrets.delete_secret("alice", "github", "TOKEN", via="stdio")
+    secrets.flush()
+    path = tmp_path / "audit.jsonl"
+
+    with archive_file(path) as keep:
+        report = prune_events(
+            secrets.store, timedelta(days=1), now=datetime.now(timezone.utc) + timedelta(days=2), keep=keep
+        )
+
+    archived = path.read_text(encoding="utf-8")
+    assert report.deleted == 4
+    assert [json.loads(line)["action"] for line in archived.splitlines()] == [
+        "created",
+        "updated",
+        "injected",
+        "deleted",
+    ]
+    assert first not in archived
+    assert second not in archived
