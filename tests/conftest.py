@@ -20,11 +20,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from mcp_types import CallToolResult
 
+import _mongomock_threads
 from mcp_secrets.crypto import SecretEncryptor, generate_master_key, parse_master_key
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import SecretStore
 from mcp_secrets.store.mongo import MongoStore
 from mcp_secrets.store.sqlite import SQLiteStore
+
+_mongomock_threads.install()
 
 MONGODB_URI = os.environ.get("MONGODB_URI")
 

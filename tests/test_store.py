@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import os
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,15 @@ from pymongo.errors import DuplicateKeyError
 
 from conftest import STORE_KINDS
 from mcp_secrets.errors import ConfigurationError, StoreUnavailableError
-from mcp_secrets.store import LinkRecord, SecretRecord, SecretStore, TokenRecord, open_store
+from mcp_secrets.store import (
+    AuditEvent,
+    LinkRecord,
+    SecretRecord,
+    SecretStore,
+    SecretUse,
+    TokenRecord,
+    open_store,
+)
 from mcp_secrets.store.mongo import DEFAULT_DATABASE, MongoStore
 from mcp_secrets.store.sqlite import SQLiteStore
 
@@ -244,6 +253,41 @@ def test_concurrent_puts_leave_exactly_the_expected_records(store: SecretStore) 
         assert [value for _, _, value in _triples(store, "alice", f"thread-{thread}")] == [
             f"{thread}:{n}" for n in range(1, puts, 2)
         ]
+
+
+def test_reads_racing_the_recording_of_uses_see_whole_records(store: SecretStore) -> None:
+    # The service reads on the caller's thread while its use recorder writes on its own.
+    keys = tuple(f"K{n:02}" for n in range(20))
+    for key in keys:
+        store.put_secret("alice", "github", key, f"v-{key}", T0)
+    rounds, stop = 300, threading.Event()
+
+    def record() -> int:
+        recorded = 0
+        while not stop.is_set() and recorded < rounds:
+            at = T1 + timedelta(milliseconds=recorded)
+            event = AuditEvent(at, "alice", "used", "github", ",".join(keys), "library")
+            store.record_uses([SecretUse("alice", "github", keys, event)])
+            recorded += 1
+        return recorded
+
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so that reads and writes interleave
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        recorder = pool.submit(record)
+        try:
+            reads = 0
+            while not recorder.done() or reads < 50:
+                records = store.find_secrets("alice", "github")
+                assert [(record.key, record.value) for record in records] == [(k, f"v-{k}") for k in keys]
+                reads += 1
+        finally:
+            stop.set()
+            sys.setswitchinterval(switch_interval)
+        assert recorder.result() == rounds
+
+    last = T1 + timedelta(milliseconds=rounds - 1)
+    assert {record.last_used_at for record in store.find_secrets("alice", "github")} == {last}
 
 
 # --- tokens, on every backend ---------------------------------------------------------------------
