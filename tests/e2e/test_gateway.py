@@ -351,7 +351,7 @@ async def test_results_and_errors_carry_no_spelling_of_the_injected_secret(
     assert_no_spelling_of(canary, everything_in(failed))
 
 
-async def test_progress_and_redacted_log_messages_reach_the_client(
+async def test_progress_and_log_messages_reach_the_client_redacted(
     sqlite_secrets: Secrets, gateway: Gateway, canary: str
 ) -> None:
     sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
@@ -370,9 +370,13 @@ async def test_progress_and_redacted_log_messages_reach_the_client(
         result = await client.call_tool("down__work", {"steps": 3}, progress_callback=on_progress)
 
     assert not result.is_error, text_of(result)
-    assert progress == [(1, 3, "step 1"), (2, 3, "step 2"), (3, 3, "step 3")]
-    assert [(log.level, log.data) for log in logs] == [("info", "working with [redacted TOKEN]")] * 3
+    label = "[redacted TOKEN]"
+    assert progress == [(step, 3, f"step {step} as {label}") for step in (1, 2, 3)]
+    assert [(log.level, log.logger, log.data) for log in logs] == [
+        ("info", f"auth.{label}", f"working with {label}")
+    ] * 3
     assert_no_spelling_of(canary, json.dumps([log.model_dump(mode="json") for log in logs]))
+    assert_no_spelling_of(canary, json.dumps(progress))
 
 
 async def test_each_concurrent_call_gets_its_own_log_messages(

@@ -157,7 +157,7 @@ class Gateway:
             redactor,
         ):
             assert connection.client is not None  # noqa: S101 - set before the pool hands it out
-            forward = _progress_forwarder(ctx)
+            forward = _progress_forwarder(ctx, redactor)
             try:
                 result = await connection.client.call_tool(
                     parts[1], dict(arguments), progress_callback=forward
@@ -317,16 +317,17 @@ def _log_forwarder(
         with warnings.catch_warnings():
             # Logging is deprecated as of 2026-07-28 but clients still use it: relay it quietly.
             warnings.simplefilter("ignore", MCPDeprecationWarning)
-            await ctx.log(params.level, redactor.data(params.data), logger_name=params.logger)
+            logger_name = redactor.text(params.logger) if params.logger is not None else None
+            await ctx.log(params.level, redactor.data(params.data), logger_name=logger_name)
 
     return forward
 
 
-def _progress_forwarder(ctx: Context[Any, Any] | None) -> ProgressFnT | None:
+def _progress_forwarder(ctx: Context[Any, Any] | None, redactor: Redactor) -> ProgressFnT | None:
     if ctx is None:
         return None
 
     async def forward(progress: float, total: float | None, message: str | None) -> None:
-        await ctx.report_progress(progress, total, message)
+        await ctx.report_progress(progress, total, redactor.text(message) if message is not None else None)
 
     return forward
