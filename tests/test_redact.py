@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+import re
 from collections.abc import Callable
 from urllib.parse import quote, quote_plus
 
@@ -25,12 +27,20 @@ ENCODINGS: dict[str, Callable[[str], str]] = {
     "quote, nothing safe": lambda value: quote(value, safe=""),
     "quote_plus": quote_plus,
     "hex": lambda value: value.encode().hex(),
+    "hex, upper case": lambda value: value.encode().hex().upper(),
+    "quote, lower-case escapes": lambda value: re.sub(
+        r"%[0-9A-F]{2}", lambda escape: escape.group(0).lower(), quote(value, safe="")
+    ),
+    "JSON string": lambda value: json.dumps(value)[1:-1],
+    "JSON string, not ASCII-only": lambda value: json.dumps(value, ensure_ascii=False)[1:-1],
 }
 
 VALUES = [
     pytest.param("tok-3f9a1c", id="ascii"),
     # '/', '+', '=' and ' ' make every encoding differ from the value; 'é' is two bytes in UTF-8.
     pytest.param("p@ss/w+rd= é~", id="url-special"),
+    # JSON escapes '"' and '\\', and a control character as \\n or \\u0001.
+    pytest.param('q"uo\\te\n\x01 é', id="json-special"),
 ]
 
 
@@ -129,3 +139,40 @@ def test_text_holding_no_spelling_of_the_value_is_untouched(value: str, text: st
     assume(not any(spelled in text for spelled in spellings(value).values()))
 
     assert Redactor({"TOKEN": value}).text(text) == text
+
+
+@pytest.mark.parametrize(
+    ("user", "shown"),
+    [
+        # "alice:" fills two groups of 3 bytes: the value's own base64 follows, and goes whole.
+        ("alice", f"YWxpY2U6{LABEL}"),
+        # "bob:" does not: one character at each edge mixes the value's bits with its neighbours'.
+        ("bob", f"Ym9iOn{LABEL}A="),
+    ],
+)
+def test_basic_auth_of_a_value_keeps_the_user_and_no_more_than_the_edges(user: str, shown: str) -> None:
+    value = "tok-3f9a1c-5e7d0"
+    header = "Authorization: Basic " + base64.b64encode(f"{user}:{value}".encode()).decode()
+
+    assert Redactor({"TOKEN": value}).text(header) == f"Authorization: Basic {shown}"
+
+
+@given(
+    value=secret_values,
+    before=st.binary(max_size=5),
+    after=st.binary(max_size=5),
+    alphabet=st.sampled_from([base64.b64encode, base64.urlsafe_b64encode]),
+)
+def test_base64_of_longer_data_keeps_at_most_one_character_of_the_value_at_each_edge(
+    value: str, before: bytes, after: bytes, alphabet: Callable[[bytes], bytes]
+) -> None:
+    raw = value.encode()
+    encoded = alphabet(before + raw + after).decode()
+
+    shown = Redactor({"TOKEN": value}).text(encoded)
+
+    # Of the characters carrying the value's bits, only the two at its edges (each mixing in a
+    # neighbour's bits) may stay; every character carrying its bits alone is gone.
+    assert LABEL in shown
+    carrying = -(-8 * (len(before) + len(raw)) // 6) - 8 * len(before) // 6
+    assert len(encoded) - len(shown.replace(LABEL, "")) >= carrying - 2

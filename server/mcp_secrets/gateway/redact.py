@@ -1,12 +1,15 @@
 """Take injected secret values back out of whatever a downstream server returns.
 
 Exact matches, and the encodings a tool is likely to echo them in: base64
-(standard and URL-safe, with or without padding), URL-encoding and hex.
+(standard and URL-safe, with or without padding, and inside longer base64 text
+such as ``Basic base64(user:token)``), URL-encoding (either case of hex digit),
+hex (either case) and JSON string escapes.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -16,21 +19,50 @@ from urllib.parse import quote, quote_plus
 MIN_REDACTED_LENGTH = 4
 
 
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-F]{2}")
+_TO_URLSAFE = str.maketrans("+/", "-_")
+
+
 def _spellings(value: str) -> set[str]:
     if len(value) < MIN_REDACTED_LENGTH:
         return set()
     raw = value.encode("utf-8")
-    forms = {
-        value,
+    quoted = {
         quote(value),  # "/" left as is, as in URL paths
         quote(value, safe=""),
         quote_plus(value, safe=""),
+    }
+    forms = {
+        value,
+        *quoted,
+        # RFC 3986 lets the hex digits of an escape be either case; Python writes upper case.
+        *(_PERCENT_ESCAPE.sub(lambda escape: escape.group(0).lower(), form) for form in quoted),
         raw.hex(),
+        raw.hex().upper(),
+        json.dumps(value)[1:-1],  # a JSON string's inside: quotes, backslashes, controls, \uXXXX
+        json.dumps(value, ensure_ascii=False)[1:-1],
         base64.b64encode(raw).decode("ascii"),
         base64.urlsafe_b64encode(raw).decode("ascii"),
     }
     forms |= {form.rstrip("=") for form in forms}
-    return forms
+    return forms | _base64_inside(raw)
+
+
+def _base64_inside(raw: bytes) -> set[str]:
+    """What base64 of longer data shows of ``raw``, at each of the 3 places it can start in a group.
+
+    Base64 writes 6 bits per character: the characters whose bits all come from ``raw`` are the
+    same whatever comes before or after it (``Basic base64("user:" + token)``). Only the one
+    character at each edge mixes in the neighbours' bits, and it stays.
+    """
+    inside = set()
+    for offset in range(3):
+        aligned = bytes(offset) + raw
+        encoded = base64.b64encode(aligned + bytes(-len(aligned) % 3)).decode("ascii")
+        first = -(-8 * offset // 6)  # the first character past the offset's bits
+        last = 8 * len(aligned) // 6  # the characters before the last one holding a bit past raw
+        inside |= {encoded[first:last], encoded[first:last].translate(_TO_URLSAFE)}
+    return inside
 
 
 class Redactor:
