@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import traceback
 
 # These libraries log raw JSON-RPC messages or request bodies at DEBUG, and a
 # set_secret request carries a value: they never log below INFO, whatever our level.
-PAYLOAD_LOGGERS = ("mcp", "mcp_types", "httpcore", "sse_starlette", "uvicorn", "starlette")
+PAYLOAD_LOGGERS = ("mcp", "mcp_types", "httpcore", "httpcore2", "sse_starlette", "uvicorn", "starlette")
 # HTTP clients log each request's URL at INFO, and a gateway URL may carry an injected secret.
 URL_LOGGERS = ("httpx", "httpx2")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -26,6 +27,26 @@ def redact_entry_tokens(record: logging.LogRecord) -> bool:
     return True
 
 
+def keep_library_exceptions_to_their_frames(record: logging.LogRecord) -> bool:
+    """Log a library's exception by its frames and type, not its message.
+
+    A library's exception may quote the data it failed on: pydantic's ``input_value`` holds the
+    line a downstream server printed, or the body a client sent, and either can carry a secret.
+    Our own exceptions name fields, never values, and keep their messages.
+    """
+    if record.exc_info and record.exc_info[0] is not None and not record.name.startswith("mcp_secrets"):
+        exc_type, _, frames = record.exc_info
+        record.exc_text = "".join(
+            [
+                "Traceback (most recent call last):\n",
+                *traceback.format_tb(frames),
+                f"{exc_type.__module__}.{exc_type.__qualname__}: (message not logged: it may quote data)",
+            ]
+        )
+        record.exc_info = None
+    return True
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Send every log record to stderr at ``level``; third-party payload loggers stay at INFO or above."""
     root = logging.getLogger()
@@ -34,6 +55,7 @@ def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.addFilter(redact_entry_tokens)
+    handler.addFilter(keep_library_exceptions_to_their_frames)
     root.addHandler(handler)
     root.setLevel(level)
     floor = max(logging.INFO, logging.getLevelName(level))

@@ -36,6 +36,7 @@ from mcp import Client
 from mcp.server.mcpserver import MCPServer
 from mcp_types import CallToolResult, LoggingMessageNotificationParams
 
+from conftest import assert_no_fragment_of
 from mcp_secrets.app import build_server, missing_secrets_hint
 from mcp_secrets.gateway import Gateway, load_gateway_config
 from mcp_secrets.gateway.pool import Connection, DownstreamPool
@@ -96,7 +97,8 @@ def spellings(value: str) -> dict[str, str]:
 
 def assert_no_spelling_of(value: str, shown: str) -> None:
     for name, spelled in spellings(value).items():
-        assert spelled not in shown, f"the {name} form of the value got through"
+        leaked = spelled in shown  # a bare bool: a failure prints neither the value nor where it was
+        assert not leaked, f"the {name} form of the value got through"
 
 
 def everything_in(result: CallToolResult) -> str:
@@ -568,16 +570,19 @@ def gateway_deployment(
 ) -> Iterator[Deployment]:
     """``mcp-secrets serve --transport streamable-http --servers FILE`` with tokens for alice and bob.
 
-    It serves the fixture downstream as ``down`` (stdio) and ``web`` (HTTP; its URL carries the
-    secret too, so that the log check covers URLs), and as ``licensed``, which needs a key nobody has.
+    It serves the fixture downstream as ``down`` (stdio; it prints its secret to stdout before
+    speaking JSON-RPC, so that the log check covers what the SDK logs of a stray line), ``web``
+    (HTTP; its URL carries the secret too, so that the log check covers URLs), and as ``licensed``,
+    which needs a key nobody has.
     """
     root = tmp_path_factory.mktemp("gateway")
+    down = {**STDIO_ENTRY, "env": {**STDIO_ENTRY["env"], "DOWNSTREAM_STRAY_OUTPUT": "1"}}
     web = http_entry(http_downstream)
     web["url"] += "?probe=${secret:TOKEN}"
     licensed = {**STDIO_ENTRY, "secrets": {"TOKEN": {}, "LICENCE": {"description": "A licence key"}}}
     servers = root / "servers.json"
     servers.write_text(
-        json.dumps({"mcpServers": {"down": STDIO_ENTRY, "web": web, "licensed": licensed}}), encoding="utf-8"
+        json.dumps({"mcpServers": {"down": down, "web": web, "licensed": licensed}}), encoding="utf-8"
     )
     env = isolated_env(root)
     tokens = {username: create_token(env, username) for username in ("alice", "bob")}
@@ -668,6 +673,7 @@ async def test_over_http_a_canary_shows_in_no_result_and_no_log(
     )
     assert_no_spelling_of(canary, shown)
     assert_no_spelling_of(canary, deployment.log())
+    assert_no_fragment_of(canary, deployment.log())
     assert_no_spelling_of(canary, stdout_path(deployment.log_path).read_text(encoding="utf-8"))
 
 

@@ -1,0 +1,49 @@
+"""The server's log: stderr only, and no library exception message that could quote a value."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import assert_no_fragment_of, new_canary
+
+LOG_BOTH = """
+import logging, sys
+from mcp_secrets.logs import configure_logging
+
+configure_logging("DEBUG")
+canary = sys.argv[1]
+try:
+    raise ValueError(f"input_value={canary!r}")  # as pydantic quotes what it failed to parse
+except ValueError:
+    logging.getLogger("mcp.client.stdio").exception("Failed to parse JSONRPC message from server")
+try:
+    raise KeyError("record github/TOKEN")
+except KeyError:
+    logging.getLogger("mcp_secrets.usage").exception("uses of secrets dropped")
+"""
+
+
+def run_logging(canary: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", LOG_BOTH, canary], capture_output=True, text=True, timeout=60, check=True
+    )
+
+
+def test_a_library_exception_is_logged_by_its_type_and_frames_never_its_message() -> None:
+    canary = new_canary()
+
+    done = run_logging(canary)
+
+    assert done.stdout == ""  # stdout belongs to the stdio protocol
+    assert_no_fragment_of(canary, done.stderr)
+    assert "ERROR mcp.client.stdio: Failed to parse JSONRPC message from server" in done.stderr
+    assert 'File "<string>", line 8, in <module>' in done.stderr
+    assert "builtins.ValueError: (message not logged: it may quote data)" in done.stderr
+
+
+def test_our_own_exceptions_keep_their_messages_which_name_records_never_values() -> None:
+    done = run_logging(new_canary())
+
+    assert "ERROR mcp_secrets.usage: uses of secrets dropped" in done.stderr
+    assert "KeyError: 'record github/TOKEN'" in done.stderr
