@@ -321,11 +321,18 @@ def _audit(args: argparse.Namespace) -> int:
         return 0
     print(f"{'TIME (UTC)':<21}{'USER':<20}{'ACTION':<16}{'SERVER':<16}{'KEY':<24}{'VIA':<17}DETAIL")
     for event in events:
-        print(
-            f"{event.at:%Y-%m-%d %H:%M:%S}  {event.actor:<20}{event.action:<16}{event.server:<16}"
-            f"{event.key:<24}{event.transport:<17}{event.detail}"
+        actor, action, server, key, via, detail = map(
+            _printable, (event.actor, event.action, event.server, event.key, event.transport, event.detail)
         )
+        print(f"{event.at:%Y-%m-%d %H:%M:%S}  {actor:<20}{action:<16}{server:<16}{key:<24}{via:<17}{detail}")
     return 0
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped: a stored field must not move an admin's terminal cursor."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def _prune_audit(args: argparse.Namespace) -> int:

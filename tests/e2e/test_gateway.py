@@ -278,6 +278,44 @@ async def test_downstream_tools_are_listed_prefixed_beside_the_secrets_tools(
     assert listed["down__work"].input_schema["properties"]["steps"]["default"] == 3
 
 
+async def test_a_user_who_cannot_start_a_server_is_not_shown_the_tools_listed_for_another(
+    sqlite_secrets: Secrets, gateway: Gateway
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    async with connect(sqlite_secrets, gateway, "alice") as alice:
+        alices = {tool.name for tool in (await alice.list_tools()).tools}
+
+    # bob has no TOKEN: the server cannot start for him. What it listed for alice may describe
+    # her account, so bob sees only the secrets tools.
+    async with connect(sqlite_secrets, gateway, "bob") as bob:
+        bobs = {tool.name for tool in (await bob.list_tools()).tools}
+
+    assert {f"down__{name}" for name in DOWNSTREAM_TOOLS} <= alices
+    assert not any(name.startswith("down__") for name in bobs)
+    assert "list_secret_keys" in bobs
+
+
+@pytest.mark.parametrize(
+    "tool",
+    ["x\r\x1b[2K\x1b[1Aforged line", "t" * 129, "two words", ""],
+    ids=["control-characters", "too-long", "space", "empty"],
+)
+async def test_a_malformed_tool_name_is_refused_before_any_secret_is_read(
+    sqlite_secrets: Secrets, gateway: Gateway, tool: str
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+
+    async with connect(sqlite_secrets, gateway, "alice") as alice:
+        result = await alice.call_tool(f"down__{tool}", {})
+
+    assert result.is_error
+    if tool:
+        assert "1 to 128 characters" in text_of(result)
+        assert tool not in text_of(result)
+    assert [event.action for event in sqlite_secrets.list_events("alice")] == ["created"]
+    assert gateway.pool.live == 0
+
+
 async def test_concurrent_callers_each_get_their_own_hash_over_their_own_connection(
     sqlite_secrets: Secrets, gateway: Gateway
 ) -> None:

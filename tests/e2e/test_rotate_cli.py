@@ -292,6 +292,23 @@ def test_audit_lists_the_events_newest_first_and_never_a_value(
     assert not any(value in done.stdout + done.stderr for value in seed.values.values())
 
 
+def test_audit_prints_control_characters_of_a_stored_field_escaped(env: dict[str, str], seed: Seed) -> None:
+    # Written straight into the store, as a foreign or older writer could: erase the line, go up one.
+    forged = "tools/call x\r\x1b[2K\x1b[1Aalice deleted nothing"
+    store = SQLiteStore(database(env))
+    try:
+        store.add_event(AuditEvent(datetime.now(timezone.utc), "alice", "injected", "down", "T", "x", forged))
+    finally:
+        store.close()
+
+    done = run_cli(env, "audit", "--limit", "1")
+
+    assert done.returncode == 0, done.stderr
+    assert not any(char in done.stdout for char in "\r\x1b")
+    assert done.stdout.rstrip("\n").endswith("tools/call x\\r\\x1b[2K\\x1b[1Aalice deleted nothing")
+    assert len(done.stdout.splitlines()) == 2  # the header and the one event
+
+
 def audit_json(env: dict[str, str], *options: str) -> list[dict[str, str]]:
     done = run_cli(env, "audit", "--json", *options)
     assert done.returncode == 0, done.stderr

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets as _random
 import warnings
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -42,6 +43,10 @@ __all__ = ["Gateway", "GatewayConfig", "ServerStatus", "load_gateway_config"]
 
 logger = logging.getLogger(__name__)
 REMOTE_TIMEOUT_SECONDS = 30.0
+# Tool names as the MCP specification recommends them (and '/', which SEP-986 allows). A downstream
+# tool's name is checked before any secret is read: it goes into the audit trail.
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,128}")
+TOOL_NAME_RULE = "1 to 128 characters of letters, digits, '_', '-', '.' or '/'"
 
 
 class MissingSecretsError(SecretsError):
@@ -86,7 +91,9 @@ class Gateway:
         # Says how to store missing keys (with entry links when the entry page is served).
         self._missing_hint = missing_hint
         self._fingerprint_salt = _random.token_bytes(16)
-        self._known_tools: dict[str, list[Tool]] = {}
+        # Each user's own last listing: a tool list made with one user's credentials can describe
+        # that user's account, so it is never shown to another.
+        self._known_tools: dict[tuple[str, str], list[Tool]] = {}
         self._call_locks: dict[tuple[str, str], anyio.Lock] = {}
         self._via = via
 
@@ -123,8 +130,8 @@ class Gateway:
     async def list_tools(self, username: str) -> list[Tool]:
         """Every downstream tool, prefixed with its server's name, as listed with the caller's secrets.
 
-        A server the caller cannot start yet (missing secrets, or down) shows the tools it
-        listed last, so that a call can say what is missing.
+        A server the caller cannot start now (missing secrets, or down) shows the tools it
+        listed last for this caller, if ever; ``list_secret_keys`` says which keys are missing.
         """
         tools: list[Tool] = []
         for name, server in self.config.servers.items():
@@ -132,7 +139,7 @@ class Gateway:
                 listed = await self._list(username, server)
             except SecretsError as exc:
                 logger.info("tools of server %s not listed for %s: %s", name, username, type(exc).__name__)
-                listed = self._known_tools.get(name, [])
+                listed = self._known_tools.get((username, name), [])
             tools.extend(
                 tool.model_copy(
                     update={
@@ -151,6 +158,8 @@ class Gateway:
         parts = split_tool_name(name)
         if parts is None or parts[0] not in self.config.servers:
             raise DownstreamError(f"there is no downstream tool {name!r}")
+        if not _TOOL_NAME.fullmatch(parts[1]):
+            raise DownstreamError(f"a tool name of server {parts[0]} must be {TOOL_NAME_RULE}")
         server = self.config.servers[parts[0]]
         async with self._session(username, server, ctx, purpose=f"tools/call {parts[1]}") as (
             connection,
@@ -183,7 +192,7 @@ class Gateway:
                     redactor.text(f"listing {server.name} failed: {_describe(exc)}")
                 ) from None
         tools = [Tool.model_validate(redactor.data(tool.model_dump(by_alias=True))) for tool in listed]
-        self._known_tools[server.name] = tools
+        self._known_tools[(username, server.name)] = tools
         return tools
 
     @asynccontextmanager
