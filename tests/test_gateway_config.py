@@ -68,6 +68,7 @@ def test_placeholders_are_read_from_args_env_headers_and_url(tmp_path: Path) -> 
             "local": {
                 "command": "npx",
                 "args": ["--key=${secret:ARG_KEY}"],
+                "allowSecretsInArgs": True,
                 "env": {"A": "${secret:ENV_KEY}"},
             },
             "remote": {
@@ -79,6 +80,19 @@ def test_placeholders_are_read_from_args_env_headers_and_url(tmp_path: Path) -> 
 
     assert config.servers["local"].referenced == {"ARG_KEY", "ENV_KEY"}
     assert config.servers["remote"].referenced == {"URL_KEY", "HEADER_KEY"}
+
+
+def test_a_secret_in_args_is_refused_unless_the_entry_accepts_that_any_local_user_can_read_it(
+    tmp_path: Path,
+) -> None:
+    entry = {**STDIO, "args": ["server.js", "postgresql://app:${secret:PASSWORD}@db/app"]}
+
+    path, message = startup_error(tmp_path, {"mcpServers": {"db": entry}})
+    accepted = load(tmp_path, {"db": {**entry, "allowSecretsInArgs": True}})
+
+    assert message.startswith(f"{path}: server 'db', field args[1]: a secret in args can be read by every")
+    assert "pass it in env" in message
+    assert accepted.servers["db"].referenced == {"PASSWORD"}
 
 
 # --- required and optional keys -------------------------------------------------------------------

@@ -37,6 +37,7 @@ from mcp_secrets.entry import EntryLinks
 from mcp_secrets.errors import ConfigurationError, InvalidInputError, SecretsError, StoreUnavailableError
 from mcp_secrets.gateway import Gateway, load_gateway_config
 from mcp_secrets.gateway.pool import DownstreamPool
+from mcp_secrets.hardening import forbid_inspection
 from mcp_secrets.identity import BearerIdentity, LocalIdentity, local_username
 from mcp_secrets.logs import configure_logging
 from mcp_secrets.retention import DEFAULT_BATCH_SIZE as PRUNE_BATCH_SIZE
@@ -527,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; print errors as one line on stderr and return the exit code."""
+    forbid_inspection()  # before any key or value is read: this process will hold them
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:

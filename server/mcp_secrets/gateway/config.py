@@ -11,10 +11,12 @@
     }}
 
 ``${secret:KEY}`` stands for the caller's secret KEY of that server (the record
-whose ``server`` is the entry's name), in ``env`` values, ``args``, ``headers``
-and ``url``. ``secrets`` is optional: it describes keys for users and marks
-optional ones (``"required": false``); when present, every referenced key must
-be declared there.
+whose ``server`` is the entry's name), in ``env`` values, ``headers``, ``url``,
+and in ``args`` only with ``"allowSecretsInArgs": true``: a process's arguments
+are readable by every local user (``ps``, ``/proc/<pid>/cmdline``), so an entry
+has to accept that in so many words. ``secrets`` is optional: it describes keys
+for users and marks optional ones (``"required": false``); when present, every
+referenced key must be declared there.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class DownstreamServer(BaseModel):
     type: Literal["stdio", "streamable-http", "http", "sse"] | None = None  # as some clients spell it
     description: str = ""
     secrets: dict[str, SecretSpec] | None = None
+    allow_secrets_in_args: bool = Field(default=False, alias="allowSecretsInArgs")
 
 
 class ServerConfig(BaseModel):
@@ -161,6 +164,11 @@ def _referenced_keys(where: str, spec: DownstreamServer) -> set[str]:
             if spec.secrets is not None and key not in spec.secrets:
                 raise ConfigurationError(
                     f"{where}, field {field}: ${{secret:{key}}} is not declared in the server's secrets"
+                )
+            if field.startswith("args[") and not spec.allow_secrets_in_args:
+                raise ConfigurationError(
+                    f"{where}, field {field}: a secret in args can be read by every user of this machine "
+                    '(ps, /proc); pass it in env, or set "allowSecretsInArgs": true to accept that'
                 )
             referenced.add(key)
         if "${secret:" in PLACEHOLDER.sub("", text):

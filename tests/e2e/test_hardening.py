@@ -1,0 +1,103 @@
+"""A process of the same OS user cannot read the running server's environment, where its master key may be.
+
+The server marks itself not dumpable (``mcp_secrets.hardening``). Root can still
+read anything, so when the tests run as root the reading side runs as root without
+capabilities (``setpriv``), which is what makes root an ordinary user here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from e2e.conftest import CLI_TIMEOUT, INITIALIZE, MCP_SECRETS, isolated_env
+from mcp_secrets.crypto import generate_master_key
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl and /proc are Linux's")
+
+# Starts the server and a plain Python process with the same environment, waits until each is up,
+# then says whether each one's /proc/<pid>/environ could be read and held the master key.
+PROBE = """
+import json, subprocess, sys
+
+serve, env, key = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+plain = [sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"]
+seen = {}
+for name, command, first in (("serve", serve, sys.argv[4]), ("plain", plain, "")):
+    process = subprocess.Popen(
+        command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    process.stdin.write(first + "\\n")
+    process.stdin.flush()
+    process.stdout.readline()  # the initialize response, or "ready": the process is past its start
+    try:
+        with open(f"/proc/{process.pid}/environ", "rb") as environ:
+            seen[name] = "holds the key" if key.encode() in environ.read() else "read, without the key"
+    except PermissionError:
+        seen[name] = "refused"
+    process.stdin.close()
+    process.wait(30)
+print(json.dumps(seen))
+"""
+
+
+def as_an_ordinary_process() -> list[str]:
+    """The command prefix that runs a process as an ordinary one of this user: root loses its capabilities."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv (util-linux) to drop root's capabilities")
+    return [setpriv, "--bounding-set=-all", "--inh-caps=-all", "--"]
+
+
+def test_the_master_key_in_the_servers_environment_is_out_of_reach_of_the_users_other_processes(
+    tmp_path: Path,
+) -> None:
+    key = generate_master_key()
+    env = isolated_env(tmp_path, MCP_SECRETS_MASTER_KEY=key)
+    serve = [*MCP_SECRETS, "serve"]
+
+    done = subprocess.run(
+        [
+            *as_an_ordinary_process(),
+            sys.executable,
+            "-c",
+            PROBE,
+            json.dumps(serve),
+            json.dumps(env),
+            key,
+            json.dumps(INITIALIZE),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    # The plain process shows the check can see a key; the server's environment stays closed.
+    assert json.loads(done.stdout) == {"serve": "refused", "plain": "holds the key"}
+    assert key not in done.stdout + done.stderr
+
+
+def test_every_cli_command_runs_not_dumpable() -> None:
+    script = (
+        "from mcp_secrets import cli\n"
+        "from mcp_secrets.hardening import is_inspectable\n"
+        "try:\n    cli.main(['--version'])\nexcept SystemExit:\n    pass\n"
+        "print(is_inspectable())\n"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=CLI_TIMEOUT, check=True
+    )
+
+    assert done.stdout.splitlines()[-1] == "False"
