@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import sqlite3
 import sys
@@ -629,6 +630,21 @@ def test_sqlite_creates_its_directory_and_a_private_file(tmp_path: Path) -> None
     assert path.parent.stat().st_mode & 0o777 == 0o700
     assert path.stat().st_mode & 0o777 == 0o600
     opened.close()
+
+
+def test_sqlite_warns_when_an_existing_file_is_readable_by_others_and_leaves_its_mode(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "secrets.db"
+    SQLiteStore(path).close()
+    path.chmod(0o644)
+
+    with caplog.at_level(logging.WARNING, logger="mcp_secrets.store.sqlite"):
+        SQLiteStore(path).close()
+
+    assert f"the database file {path} is readable by other users" in caplog.text
+    assert f"chmod 600 {path}" in caplog.text
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 @pytest.mark.usefixtures("permissive_umask")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -75,6 +77,8 @@ _TOKEN_COLUMNS = "token_id, username, token_hash, created_at, expires_at, revoke
 BUSY_TIMEOUT_SECONDS = 10.0
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
+
+logger = logging.getLogger(__name__)
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -202,12 +206,21 @@ def _insert_event(connection: sqlite3.Connection, event: AuditEvent) -> None:
 
 
 def _create_private_file(path: Path) -> None:
-    """Create the database file readable by its owner only, before SQLite opens it."""
+    """Create the database file readable by its owner only, before SQLite opens it.
+
+    An existing file keeps its mode (its owner chose it), with a warning when others can read it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
-        return
+        if os.name == "posix" and stat.S_IMODE(path.stat().st_mode) & 0o077:
+            logger.warning(
+                "the database file %s is readable by other users (names and times, no values); "
+                "run: chmod 600 %s",
+                path,
+                path,
+            )
 
 
 class SQLiteStore:
