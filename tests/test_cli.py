@@ -116,6 +116,15 @@ def test_token_revoke_makes_the_list_say_revoked(env: dict[str, str]) -> None:
     assert "live" not in listed.stdout
 
 
+def test_token_list_says_expired_once_a_token_is_past_its_expiry(env: dict[str, str]) -> None:
+    _, token_id = created_token(env, "alice", "--expires-days", "1e-9")  # 86 µs
+
+    listed = mcp_secrets_cli(env, "token", "list")
+
+    assert re.search(rf"^{token_id}\s+alice\s.*\bexpired\b", listed.stdout, re.MULTILINE), listed.stdout
+    assert "live" not in listed.stdout
+
+
 def test_revoking_an_unknown_token_fails_without_echoing_it(env: dict[str, str]) -> None:
     unknown = f"mcps_0123456789_{_random.token_urlsafe(32)}"
 

@@ -16,7 +16,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, nullcontext
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import anyio
 from anyio.abc import TaskStatus
@@ -397,13 +397,19 @@ def _token_create(args: argparse.Namespace) -> int:
 
 def _token_list(args: argparse.Namespace) -> int:
     records = ApiTokens(_token_store(args)).list(args.user)
+    now = datetime.now(timezone.utc)
     print(f"{'ID':<12}{'USERNAME':<24}{'CREATED (UTC)':<18}{'EXPIRES (UTC)':<18}{'STATUS':<9}LABEL")
     for record in records:
         expires = f"{record.expires_at:%Y-%m-%d %H:%M}" if record.expires_at else "never"
-        status = "revoked" if record.revoked_at else "live"
+        if record.revoked_at:
+            status = "revoked"
+        elif record.expires_at is not None and record.expires_at <= now:
+            status = "expired"
+        else:
+            status = "live"
         print(
             f"{record.token_id:<12}{record.username:<24}{record.created_at:%Y-%m-%d %H:%M}  "
-            f"{expires:<18}{status:<9}{record.label}"
+            f"{expires:<18}{status:<9}{_printable(record.label)}"
         )
     return 0
 
