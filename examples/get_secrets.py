@@ -30,4 +30,7 @@ def main(username: str, server: str) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(*sys.argv[1:3]))
+    if len(sys.argv) != 3:  # noqa: PLR2004 - the script and its two arguments
+        print("usage: python examples/get_secrets.py USERNAME SERVER", file=sys.stderr)
+        raise SystemExit(2)
+    raise SystemExit(main(sys.argv[1], sys.argv[2]))

@@ -225,6 +225,24 @@ def test_set_stores_the_value_read_from_stdin_without_printing_it(
     assert canary not in done.stdout + done.stderr
 
 
+def test_a_first_set_without_a_key_generates_one_and_says_to_back_it_up_once(
+    env: dict[str, str], canary: str
+) -> None:
+    del env["MCP_SECRETS_MASTER_KEY"]
+    key_file = Path(env["MCP_SECRETS_CONFIG_DIR"]) / "master.key"
+
+    first = set_from_stdin(env, canary + "\n", "github", "TOKEN", "--user", "alice")
+    second = set_from_stdin(env, canary + "\n", "linear", "TOKEN", "--user", "alice")
+
+    assert [first.returncode, second.returncode] == [0, 0], first.stderr + second.stderr
+    assert f"master key: key file {key_file} (generated now)" in first.stderr
+    assert "A new master key was generated. Back up that file" in first.stderr
+    assert "generated" not in second.stderr
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert key_file.read_text(encoding="utf-8").strip() not in first.stdout + first.stderr
+    assert canary not in first.stdout + first.stderr
+
+
 def test_set_again_replaces_the_value_and_says_updated(env: dict[str, str], canary: str) -> None:
     first = set_from_stdin(env, "old\n", "github", "TOKEN", "--user", "alice")
 

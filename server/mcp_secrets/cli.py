@@ -125,9 +125,16 @@ def _summary(settings: Settings, keys: MasterKeys, username: str | None, gateway
         _say(f"  auth:       bearer {verifiers}")
     if gateway is not None:
         _say(f"  gateway:    {', '.join(gateway.config.servers) or 'no servers'} from {gateway.config.path}")
+    _say_if_generated(keys, "  ")
+
+
+def _say_if_generated(keys: MasterKeys, indent: str = "", *, name_it: bool = False) -> None:
+    """The first start makes the master key: say so, and that it needs a backup, whichever command it was."""
     if keys.generated:
+        if name_it:
+            _say(f"{indent}master key: {keys.source}")
         _say(
-            "  A new master key was generated. Back up that file: without it nobody, you included, "
+            f"{indent}A new master key was generated. Back up that file: without it nobody, you included, "
             "can decrypt the stored secrets."
         )
 
@@ -251,7 +258,8 @@ def _set(args: argparse.Namespace) -> int:
     settings, store = _open(args)
     secrets = None
     try:
-        secrets, _ = build_secrets(settings, store, generate_key=True)
+        secrets, keys = build_secrets(settings, store, generate_key=True)
+        _say_if_generated(keys, name_it=True)
         username = args.user or local_username(settings.user)
         value = _read_value(f"Value of {args.key} for {args.server} (hidden): ")
         result = secrets.set_secret(username, args.server, args.key, value, via="cli")

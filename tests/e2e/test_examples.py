@@ -62,6 +62,13 @@ def test_library_example_fetches_key_names_without_printing_values(env: dict[str
     assert canary not in done.stdout + done.stderr
 
 
+def test_library_example_without_its_arguments_prints_its_usage(env: dict[str, str]) -> None:
+    done = _run_example("get_secrets.py", env)
+
+    assert done.returncode == 2
+    assert done.stderr == "usage: python examples/get_secrets.py USERNAME SERVER\n"
+
+
 def test_http_client_example_stores_lists_and_deletes_with_a_token(
     streamable_http_deployment: Deployment, canary: str
 ) -> None:
