@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from mcp_secrets.entry import ENTRY_PATH, EntryLinks
 from mcp_secrets.errors import EntryLinkError, InvalidInputError, SecretsError, StoreUnavailableError
+from mcp_secrets.request_body import read_body, with_body
 from mcp_secrets.store import LinkRecord
 
 logger = logging.getLogger(__name__)
@@ -132,9 +133,10 @@ def entry_routes(links: EntryLinks) -> list[Route]:
         return _form(record, request.cookies.get(CSRF_COOKIE) or _random.token_urlsafe(32))
 
     async def store(request: Request) -> Response:
-        if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
+        body = await read_body(request, MAX_FORM_BYTES)
+        if body is None:
             return _page("Too large", "<h1>Too large</h1><p>That value is too large.</p>", 413)
-        form = await request.form(max_files=0, max_fields=4)
+        form = await with_body(request, body).form(max_files=0, max_fields=4)
         record = await _live_record(links, request)
         if isinstance(record, Response):
             return record

@@ -19,6 +19,7 @@ from starlette.routing import Route, request_response
 from mcp_secrets import __version__
 from mcp_secrets.errors import InvalidInputError, SecretNotFoundError, SecretsError, StoreUnavailableError
 from mcp_secrets.offload import run_store_work
+from mcp_secrets.request_body import read_body
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import SecretStore
 
@@ -64,8 +65,8 @@ def rest_routes(secrets: Secrets) -> list[Route]:
     """``/secrets/set``, ``/secrets`` (bearer token required) and ``/openapi.json`` (open)."""
 
     async def set_secret(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
+        body = await read_body(request, MAX_BODY_BYTES)
+        if body is None:
             return _error(413, "too_large", "the request body is too large")
         try:
             payload = SetSecretRequest.model_validate_json(body)

@@ -11,7 +11,7 @@ import functools
 import json
 import secrets as _random
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from datetime import datetime, timezone
 from html.parser import HTMLParser
@@ -616,6 +616,27 @@ async def test_an_oversized_form_is_refused_before_it_is_read(
 
     assert refused.status_code == 413
     assert marked[:40] not in refused.text
+    assert still_live.status_code == 200
+    assert stored_values(streamable_http_deployment, "alice", server) == {}
+
+
+async def test_an_oversized_form_without_a_declared_length_is_refused_before_it_is_read(
+    streamable_http_deployment, server: str
+) -> None:
+    url = await new_link(streamable_http_deployment, server)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"value="
+        for _ in range(300):  # 300 KiB, chunked: no Content-Length tells the size beforehand
+            yield b"x" * 1024
+
+    async with browser() as http:
+        refused = await http.post(
+            url, content=chunks(), headers={"Content-Type": "application/x-www-form-urlencoded"}
+        )
+        still_live = await http.get(url)
+
+    assert refused.status_code == 413
     assert still_live.status_code == 200
     assert stored_values(streamable_http_deployment, "alice", server) == {}
 
