@@ -3,6 +3,9 @@
 A ``Content-Length`` check alone lets a chunked request through, and Starlette's
 ``body()`` and ``form()`` read all of it into memory: the entry page takes a POST
 from anyone who can reach the server, before it knows whether the link is real.
+The SDK bounds its own endpoints with ``RequestBodyLimitMiddleware``, which answers
+in plain text; the REST API answers in JSON and the entry page in HTML, so they
+read their bodies here and answer in their own form.
 """
 
 from __future__ import annotations
