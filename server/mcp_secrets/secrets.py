@@ -64,7 +64,7 @@ def validate_value(value: object) -> str:
     return value
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen, for the reason SecretRecord is not
 class SecretKeyInfo:
     """A stored secret's name and timestamps: everything but its value."""
 
