@@ -47,3 +47,23 @@ def test_our_own_exceptions_keep_their_messages_which_name_records_never_values(
 
     assert "ERROR mcp_secrets.usage: uses of secrets dropped" in done.stderr
     assert "KeyError: 'record github/TOKEN'" in done.stderr
+
+
+def test_at_debug_the_http_libraries_that_log_headers_and_bodies_stay_at_info() -> None:
+    script = (
+        "import logging\n"
+        "from mcp_secrets.logs import configure_logging\n"
+        "configure_logging('DEBUG')\n"
+        "for name in ('httpcore2', 'httpcore2.http11', 'mcp.client.streamable_http', 'uvicorn.error'):\n"
+        "    print(name, logging.getLevelName(logging.getLogger(name).getEffectiveLevel()))\n"
+        "print('httpx2', logging.getLevelName(logging.getLogger('httpx2').getEffectiveLevel()))\n"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+
+    assert done.stdout.split() == [
+        "httpcore2", "INFO", "httpcore2.http11", "INFO", "mcp.client.streamable_http", "INFO",
+        "uvicorn.error", "INFO", "httpx2", "WARNING",
+    ]  # fmt: skip
