@@ -14,7 +14,9 @@ from typing import NamedTuple
 import cryptography_vectors
 import pytest
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -115,6 +117,54 @@ def test_ciphertext_follows_the_documented_v1_format(encryptor: SecretEncryptor,
     assert len(sealed.tag) == 16
     assert len(sealed.ciphertext) == len(canary.encode("utf-8"))
     assert canary not in token
+
+
+def reference_data_key(master_key: bytes) -> bytes:
+    """The data key as the module docstring specifies it: HKDF-SHA256 of the master key, no salt."""
+    return HKDF(hashes.SHA256(), 32, salt=None, info=b"mcp-secrets v1 data key").derive(master_key)
+
+
+def reference_associated_data(username: str, server: str, key: str) -> bytes:
+    """A label and the record's three names, each with a 4-byte big-endian length in front."""
+    parts = [b"mcp-secrets v1 record", *(part.encode("utf-8") for part in (username, server, key))]
+    return b"".join(len(part).to_bytes(4, "big") + part for part in parts)
+
+
+def test_a_ciphertext_opens_with_the_key_derived_from_the_master_key_and_no_other(canary: str) -> None:
+    master_key = fresh_master_key()
+    sealed = unseal(SecretEncryptor([master_key]).encrypt(canary, **RECORD))
+    aad = reference_associated_data(**RECORD)
+
+    opened = AESGCM(reference_data_key(master_key)).decrypt(sealed.nonce, sealed.ciphertext + sealed.tag, aad)
+
+    assert opened == canary.encode("utf-8")
+    for wrong_key in (reference_data_key(fresh_master_key()), master_key, bytes(32)):
+        with pytest.raises(InvalidTag):
+            AESGCM(wrong_key).decrypt(sealed.nonce, sealed.ciphertext + sealed.tag, aad)
+
+
+def test_a_ciphertext_written_by_the_reference_opens_with_the_encryptor(canary: str) -> None:
+    master_key = fresh_master_key()
+    nonce = os.urandom(12)
+    body = AESGCM(reference_data_key(master_key)).encrypt(
+        nonce, canary.encode("utf-8"), reference_associated_data(**RECORD)
+    )
+    token = f"v1:{key_id_for(master_key)}:{encode_payload(nonce + body)}"
+
+    assert SecretEncryptor([master_key]).decrypt(token, **RECORD) == canary
+
+
+def test_another_key_behind_the_same_key_id_is_refused_as_altered(canary: str) -> None:
+    writer = SecretEncryptor([fresh_master_key()])
+    token = writer.encrypt(canary, **RECORD)
+    impostor = SecretEncryptor([fresh_master_key()])
+    # The other key's id, forged onto the ciphertext: the lookup finds a key, and AES-GCM refuses.
+    forged = token.replace(writer.active_key_id, impostor.active_key_id, 1)
+
+    with pytest.raises(DecryptionError, match="altered, or copied from another record") as raised:
+        impostor.decrypt(forged, **RECORD)
+
+    assert_not_leaked(raised.value, canary)
 
 
 def test_two_encryptions_of_the_same_value_differ_by_a_fresh_nonce(
