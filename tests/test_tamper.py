@@ -237,3 +237,21 @@ def test_every_ciphertext_moved_to_another_record_is_refused_by_the_encryptor(
 
     assert seen == ALL_REFUSED
     assert seen["plaintext"] == 0
+
+
+@pytest.mark.parametrize("field", ["username", "server", "key"])
+def test_a_ciphertext_moved_to_a_record_differing_in_one_name_only_is_refused(
+    encryptor: SecretEncryptor, sealed: list[tuple[Record, str]], rng: random.Random, field: str
+) -> None:
+    """The same user's other key, the same key of another server, another user's same record."""
+    moved = []
+    for index, source in _cycle(RECORDS, rng).items():
+        record, ciphertext = sealed[index]
+        other = sealed[source][0]
+        names = {**record.names, field: other.names[field]}
+        moved.append(functools.partial(encryptor.decrypt, ciphertext, **names))
+
+    seen = outcomes(moved)
+
+    assert seen == ALL_REFUSED
+    assert seen["plaintext"] == 0
