@@ -237,6 +237,48 @@ def test_a_jwt_signed_by_a_key_outside_the_jwks_gets_401(jwt_deployment: Deploym
 # --- the Host/Origin guard ----------------------------------------------------------------------------
 
 
+# Our own routes, beside the SDK's endpoint (which checks Host and Origin itself as well).
+OUR_ROUTES = [
+    pytest.param(("GET", "/healthz"), id="health"),
+    pytest.param(("GET", "/secrets?server=github"), id="rest-list"),
+    pytest.param(("POST", "/secrets/set"), id="rest-set"),
+    pytest.param(("GET", "/secrets/entry/not-a-real-link"), id="entry-page"),
+    pytest.param(("POST", "/secrets/entry/not-a-real-link"), id="entry-post"),
+    pytest.param(("GET", "/openapi.json"), id="openapi"),
+]
+
+
+@pytest.mark.parametrize("route", OUR_ROUTES)
+@pytest.mark.parametrize("with_token", [True, False], ids=["token", "no-token"])
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        pytest.param({"Host": "evil.example"}, 421, id="foreign-host"),
+        pytest.param({"Origin": "http://evil.example"}, 403, id="foreign-origin"),
+    ],
+)
+def test_our_routes_refuse_a_foreign_host_or_origin_before_anything_else(
+    http_deployment: Deployment,
+    route: tuple[str, str],
+    with_token: bool,
+    headers: dict[str, str],
+    status: int,
+) -> None:
+    method, path = route
+    token = {"Authorization": f"Bearer {http_deployment.token('alice')}"} if with_token else {}
+    endpoint = urlsplit(http_deployment.base_url or "")
+    connection = http.client.HTTPConnection(endpoint.hostname or "", endpoint.port, timeout=10)
+    try:
+        body = "{}" if method == "POST" else None
+        connection.request(method, path, body, {**JSON_POST, **token, **headers})
+        answered = connection.getresponse().status
+    finally:
+        connection.close()
+
+    # Never 401 or 404: the guard answers before authentication and routing.
+    assert answered == status
+
+
 @pytest.mark.parametrize(
     ("headers", "status"),
     [
