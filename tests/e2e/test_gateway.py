@@ -59,7 +59,7 @@ from .conftest import (
 pytestmark = pytest.mark.anyio
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "downstream_server.py"
-DOWNSTREAM_TOOLS = {"token_hash", "echo_token", "fail_with_token", "ping", "crash", "work"}
+DOWNSTREAM_TOOLS = {"token_hash", "echo_token", "seen_digests", "fail_with_token", "ping", "crash", "work"}
 STDIO_ENTRY: dict[str, Any] = {
     "command": sys.executable,
     "args": [str(FIXTURE)],
@@ -356,6 +356,31 @@ async def test_only_the_called_servers_secrets_are_injected(
     assert hash_of(hashed) == sha256(own) != sha256(canary)
     assert not echoed.is_error
     assert_no_spelling_of(canary, everything_in(echoed))
+
+
+async def test_the_downstream_is_given_its_referenced_secrets_and_nothing_else_of_the_user(
+    sqlite_secrets: Secrets, gateway: Gateway
+) -> None:
+    own = fresh_value("down")
+    others = {
+        ("down", "UNREFERENCED"): fresh_value("unreferenced"),  # the same server, no placeholder names it
+        ("other", "TOKEN"): fresh_value("other-same-key"),
+        ("other", "OTHER_TOKEN"): fresh_value("other-other-key"),
+    }
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", own)
+    for (server, key), value in others.items():
+        sqlite_secrets.set_secret("alice", server, key, value)
+
+    seen = await call(sqlite_secrets, gateway, "alice", "seen_digests")
+
+    assert not seen.is_error, text_of(seen)
+    assert seen.structured_content is not None
+    given = set(seen.structured_content["env"]) | set(seen.structured_content["headers"])
+    # The positive control: the one referenced secret arrived, in the environment or as a bearer token.
+    assert sha256(own) in given or sha256(f"Bearer {own}") in given
+    for value in others.values():
+        assert sha256(value) not in given
+        assert sha256(f"Bearer {value}") not in given
 
 
 async def test_a_placeholder_is_never_filled_from_another_servers_secrets(
