@@ -15,7 +15,7 @@ import pytest
 from mcp import Client
 from mcp_types import CallToolResult
 
-from conftest import parse_time
+from conftest import assert_no_fragment_of, parse_time
 from mcp_secrets.app import build_server
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.errors import DecryptionError
@@ -186,21 +186,30 @@ async def test_dotted_names_are_valid(alice: Client) -> None:
 @pytest.mark.parametrize(
     ("value", "problem"),
     [
-        pytest.param("", "must not be empty", id="empty"),
+        pytest.param(lambda _canary: "", "must not be empty", id="empty"),
+        # A canary at each end, where a shortened echo (pydantic's input_value) would show it.
         pytest.param(
-            "x" * MAX_VALUE_BYTES + "y", f"at most {MAX_VALUE_BYTES} bytes", id="64KiB-plus-one-byte"
+            lambda canary: canary + "x" * (MAX_VALUE_BYTES - 2 * len(canary) + 1) + canary,
+            f"at most {MAX_VALUE_BYTES} bytes",
+            id="64KiB-plus-one-byte",
         ),
         pytest.param(
-            "é" * (MAX_VALUE_BYTES // 2) + "y", f"at most {MAX_VALUE_BYTES} bytes", id="64KiB-utf8-plus-one"
+            lambda canary: canary + "é" * ((MAX_VALUE_BYTES - 2 * len(canary)) // 2 + 1) + canary,
+            f"at most {MAX_VALUE_BYTES} bytes",
+            id="64KiB-utf8-plus-one",
         ),
     ],
 )
-async def test_bad_value_is_refused_without_echoing_it(alice: Client, value: str, problem: str) -> None:
-    result = await alice.call_tool("set_secret", {"server": "github", "key": "TOKEN", "value": value})
+async def test_bad_value_is_refused_without_echoing_it(
+    alice: Client, value: Callable[[str], str], problem: str, canary: str
+) -> None:
+    sent = value(canary)
+    result = await alice.call_tool("set_secret", {"server": "github", "key": "TOKEN", "value": sent})
 
     assert result.is_error
     assert "value" in text_of(result)
     assert problem in text_of(result)
+    assert_no_fragment_of(canary, everything_in(result))
     assert "x" * 100 not in text_of(result)
     assert "é" * 100 not in text_of(result)
     assert await keys_of(alice) == []
