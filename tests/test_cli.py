@@ -156,15 +156,16 @@ def test_serve_refuses_a_malformed_master_key_without_showing_it(env: dict[str, 
     assert malformed not in done.stdout + done.stderr
 
 
-def test_serve_on_mongodb_without_a_master_key_fails(env: dict[str, str]) -> None:
-    """The store is opened first, so an unreachable MongoDB may be reported before the missing key."""
+def test_serve_on_mongodb_without_a_master_key_fails_before_connecting(env: dict[str, str]) -> None:
+    """The key is checked before the store is opened: nothing listens on port 1, and that never comes up."""
     del env["MCP_SECRETS_MASTER_KEY"]
     env["MCP_SECRETS_DATABASE_URL"] = "mongodb://127.0.0.1:1/x"
 
     done = mcp_secrets_cli(env, "serve")
 
-    assert done.returncode != 0
-    assert "explicit master key" in done.stderr or "store is unavailable" in done.stderr
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "MongoDB needs an explicit master key" in done.stderr
+    assert "unavailable" not in done.stderr
     assert not Path(env["MCP_SECRETS_CONFIG_DIR"], "master.key").exists()
 
 
