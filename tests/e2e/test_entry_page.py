@@ -376,7 +376,7 @@ async def test_an_expired_link_is_410(short_link_deployment, server: str) -> Non
     expires_at = parse_time(result.structured_content["expires_at"])
     async with browser() as http:
         _, csrf = await open_form(http, url)
-        # A bounded sleep past the link's own expiry (about 1.2 s on this server).
+        # A bounded sleep past the link's own expiry (6 s on this server).
         await anyio.sleep(max(0.0, (expires_at - datetime.now(timezone.utc)).total_seconds()) + 0.3)
         opened = await http.get(url)
         posted = await http.post(url, data={"csrf": csrf, "value": "too late"})
