@@ -268,7 +268,7 @@ def impatient_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
 
 @pytest.fixture(scope="module")
 def short_link_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """A Streamable HTTP server whose entry links expire after 6 s: long enough to open one on a loaded machine."""
+    """A Streamable HTTP server whose entry links expire after 6 s, long enough on a loaded machine."""
     yield from _module_server(tmp_path_factory, "streamable-http", MCP_SECRETS_ENTRY_LINK_MINUTES="0.1")
 
 
