@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -16,10 +17,11 @@ from mcp_types import ElicitRequestURLParams, ElicitResult
 
 from conftest import assert_not_leaked, new_canary, text_of
 from mcp_secrets.app import EntrySettings, build_server
-from mcp_secrets.entry import ENTRY_PATH, LINK_TTL, EntryLink, EntryLinks
+from mcp_secrets.entry import ENTRY_PATH, LINK_TTL, EntryLink, EntryLinks, LinkState
 from mcp_secrets.errors import EntryLinkError, InvalidInputError, StoreUnavailableError
 from mcp_secrets.identity import LocalIdentity
 from mcp_secrets.secrets import MAX_VALUE_BYTES, Secrets
+from mcp_secrets.store import LinkRecord
 from mcp_secrets.store.sqlite import SQLiteStore
 
 BASE_URL = "http://127.0.0.1:8000"
@@ -168,9 +170,19 @@ def test_a_link_works_once(links: EntryLinks, link: EntryLink, secrets: Secrets)
 
 
 def test_concurrent_submissions_of_one_link_store_exactly_one_value(
-    links: EntryLinks, link: EntryLink, secrets: Secrets
+    links: EntryLinks, link: EntryLink, secrets: Secrets, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     values = [f"value-{n}" for n in range(8)]
+    # Every submission finds the link live before any claims it: the race is at the claim itself.
+    all_found = threading.Barrier(len(values), timeout=30)
+    find = links.find
+
+    def find_then_wait_for_the_others(token: str) -> tuple[LinkRecord | None, LinkState]:
+        found = find(token)
+        all_found.wait()
+        return found
+
+    monkeypatch.setattr(links, "find", find_then_wait_for_the_others)
 
     def attempt(value: str) -> str | bool:
         """The value when it was stored, else whether the refusal said the link is gone."""
