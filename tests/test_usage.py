@@ -87,6 +87,20 @@ def eventually(flush: Callable[[], bool]) -> None:
         assert time.monotonic() < deadline, "the uses were never written"
 
 
+def open_when_flushed(service: Secrets, controlled: ControlledStore) -> None:
+    """Let the held store answer once something waits for the pending uses, not before, and not by a timer.
+
+    A test that then sees the uses written shows that what it called waited for them.
+    """
+    flush = service.uses.flush
+
+    def opening_flush(timeout: float = DEADLINE_SECONDS) -> bool:
+        controlled.open.set()
+        return flush(timeout)
+
+    service.uses.flush = opening_flush  # type: ignore[method-assign]
+
+
 def used_details(store: SecretStore) -> Counter[str]:
     """How often each detail appears among the ``used`` events, read straight from the store."""
     return Counter(
@@ -212,7 +226,7 @@ def test_a_read_or_a_change_in_this_process_sees_every_use_made_before_it(
 ) -> None:
     controlled.open.clear()
     service.get_secrets("alice", "github")
-    threading.Timer(0.2, controlled.open.set).start()  # the store answers a moment later
+    open_when_flushed(service, controlled)
 
     [info] = service.list_secret_keys("alice")
 
@@ -270,7 +284,7 @@ async def test_from_the_event_loop_a_read_after_a_use_waits_in_a_worker_thread(
 ) -> None:
     controlled.open.clear()
     service.get_secrets("alice", "github")
-    threading.Timer(0.2, controlled.open.set).start()
+    open_when_flushed(service, controlled)
     loop_thread = threading.get_ident()
 
     def read() -> tuple[int, datetime | None]:
@@ -398,7 +412,7 @@ def test_close_writes_every_pending_use_and_later_uses_are_written_at_once(
     controlled.open.clear()
     for number in range(5):
         service.get_secrets("alice", "github", detail=str(number))
-    threading.Timer(0.2, controlled.open.set).start()
+    open_when_flushed(service, controlled)
 
     service.close()
 
