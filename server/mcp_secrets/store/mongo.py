@@ -6,10 +6,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import pymongo
 from pymongo import MongoClient, UpdateMany
+from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 from pymongo.errors import DuplicateKeyError, PyMongoError
@@ -24,8 +25,11 @@ TOKENS_COLLECTION = "api_tokens"
 LINKS_COLLECTION = "entry_links"
 EVENTS_COLLECTION = "audit_events"
 SERVER_SELECTION_TIMEOUT_MS = 5000
+# Deployments with multi-document transactions; a standalone server ("Single") has none.
+TRANSACTION_TOPOLOGIES = frozenset({"ReplicaSetWithPrimary", "Sharded", "LoadBalanced"})
 
 Document = dict[str, Any]
+T = TypeVar("T")
 
 
 def _text(field: str, value: str) -> str:
@@ -40,6 +44,12 @@ def _time(field: str, value: datetime) -> datetime:
     if not isinstance(value, datetime):
         raise TypeError(f"{field} must be a datetime")
     return value
+
+
+def has_transactions(client: MongoClient[Document]) -> bool:
+    """True when the deployment the client has reached runs multi-document transactions."""
+    kind = getattr(getattr(client, "topology_description", None), "topology_type_name", None)
+    return isinstance(kind, str) and kind in TRANSACTION_TOPOLOGIES
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -111,7 +121,12 @@ def _link(document: Document) -> LinkRecord:
 
 
 class MongoStore:
-    """A ``SecretStore`` on two MongoDB collections, indexes created at start."""
+    """A ``SecretStore`` on MongoDB collections, indexes created at start.
+
+    On a replica set or a sharded cluster, a record's change and its audit event are written in one
+    transaction. A standalone server has no transactions: there the event follows the change, and
+    if it cannot be written the caller is told that the change was made without it.
+    """
 
     answers_inline = False  # every call is a network round trip: always from a worker thread
 
@@ -134,6 +149,8 @@ class MongoStore:
             self._events.create_index([("actor", 1), ("at", -1)], name="actor_at")
             # MongoDB deletes expired entry links by itself (within a minute of expiry).
             self._links.create_index("expires_at", expireAfterSeconds=0, name="expires_at_ttl")
+        # Known once the index calls above have reached a server.
+        self.transactions = has_transactions(client)
 
     @classmethod
     def from_url(cls, url: str) -> MongoStore:
@@ -163,44 +180,61 @@ class MongoStore:
         *,
         event: AuditEvent | None = None,
     ) -> bool:
-        """Insert or replace one record's ciphertext, then record ``event``; True when it was created."""
-        created = self._upsert(username, server, key, value, now)
-        if event is not None:
-            self.add_event(replace(event, action="created" if created else "updated"))
-        return created
+        """Insert or replace one record's ciphertext and record ``event``; True when it was created."""
+        selector = _record(username, server, key)
 
-    def _upsert(self, username: str, server: str, key: str, value: str, now: datetime) -> bool:
-        selector = {
-            "username": _text("username", username),
-            "server": _text("server", server),
-            "key": _text("key", key),
-        }
+        def write(session: ClientSession | None) -> bool:
+            result = self._secrets.update_one(
+                selector,
+                {"$set": {"value": value, "updated_at": now}, "$setOnInsert": {"created_at": now}},
+                upsert=True,
+                session=session,
+            )
+            created = result.upserted_id is not None
+            if event is not None:
+                self._record_change(replace(event, action="created" if created else "updated"), session)
+            return created
+
         with _available():
             try:
-                result = self._secrets.update_one(
-                    selector,
-                    {"$set": {"value": value, "updated_at": now}, "$setOnInsert": {"created_at": now}},
-                    upsert=True,
-                )
+                return self._changing(write)
             except DuplicateKeyError:
-                # Two upserts raced to insert the same record and the unique index let one win:
-                # this write replaces the winner's value, as a later save would.
-                self._secrets.update_one(selector, {"$set": {"value": value, "updated_at": now}})
-                return False
-        return result.upserted_id is not None
+                # Two upserts raced to insert the same record and the unique index let the other one
+                # win: written again, this one finds the record and replaces its value, as a later save.
+                return self._changing(write)
 
     def delete_secret(self, username: str, server: str, key: str, *, event: AuditEvent | None = None) -> bool:
         """Remove one record, recording ``event`` when it did; return False when there was none."""
-        selector = {
-            "username": _text("username", username),
-            "server": _text("server", server),
-            "key": _text("key", key),
-        }
+        selector = _record(username, server, key)
+
+        def write(session: ClientSession | None) -> bool:
+            deleted = self._secrets.delete_one(selector, session=session).deleted_count > 0
+            if deleted and event is not None:
+                self._record_change(event, session)
+            return deleted
+
         with _available():
-            deleted = self._secrets.delete_one(selector).deleted_count > 0
-        if deleted and event is not None:
-            self.add_event(event)
-        return deleted
+            return self._changing(write)
+
+    def _changing(self, write: Callable[[ClientSession | None], T]) -> T:
+        """Run ``write`` (a change and its event) in one transaction where the deployment has them."""
+        if not self.transactions:
+            return write(None)
+        with self._client.start_session() as session:
+            result: T = session.with_transaction(write)  # retries transient faults as the driver advises
+        return result
+
+    def _record_change(self, event: AuditEvent, session: ClientSession | None) -> None:
+        """Write a change's event: in its transaction, or (standalone) after it, saying so if it fails."""
+        try:
+            self._events.insert_one(_event_document(event), session=session)
+        except PyMongoError as exc:
+            if session is not None:
+                raise  # the transaction is aborted: the change is undone with the event
+            raise StoreUnavailableError(
+                f"the change was made, but its audit event could not be written ({type(exc).__name__}); "
+                "a standalone MongoDB server has no transactions to make both at once"
+            ) from None
 
     def find_secrets(self, username: str, server: str | None = None) -> list[SecretRecord]:
         """One user's records, of one server or of all, in (server, key) order, in one query."""
@@ -304,12 +338,7 @@ class MongoStore:
 
     def replace_value(self, username: str, server: str, key: str, old: str, new: str) -> bool:
         """Swap a record's ciphertext ``old`` for ``new``, only if it is still ``old``; timestamps stay."""
-        selector = {
-            "username": _text("username", username),
-            "server": _text("server", server),
-            "key": _text("key", key),
-            "value": old,
-        }
+        selector = {**_record(username, server, key), "value": _text("value", old)}
         with _available():
             return self._secrets.update_one(selector, {"$set": {"value": new}}).modified_count > 0
 
@@ -391,6 +420,15 @@ class MongoStore:
     def close(self) -> None:
         """Close the client's connections."""
         self._client.close()
+
+
+def _record(username: str, server: str, key: str) -> Document:
+    """The filter of one record, its names checked to be plain strings."""
+    return {
+        "username": _text("username", username),
+        "server": _text("server", server),
+        "key": _text("key", key),
+    }
 
 
 @contextmanager
