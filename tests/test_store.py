@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import sqlite3
@@ -492,6 +493,46 @@ def test_from_url_refuses_a_malformed_url_without_quoting_it(
 
     assert "s3cretpw" not in str(raised.value)
     assert mongo_clients == []
+
+
+LISTING_SORT = (("at", -1), ("_id", -1))
+
+
+@mongo_backends
+def test_mongo_audit_indexes_serve_each_listing_filter_and_its_sort(mongo_store: MongoStore) -> None:
+    indexes = {tuple(info["key"]) for info in mongo_store._events.index_information().values()}
+
+    for equality in ((("actor", 1),), (("server", 1),), ()):  # one user's, one server's, everyone's
+        assert (*equality, *LISTING_SORT) in indexes
+
+
+def test_mongo_drops_the_audit_index_earlier_versions_made() -> None:
+    client = mongomock.MongoClient(tz_aware=True)
+    client["db"]["audit_events"].create_index([("actor", 1), ("at", -1)], name="actor_at")
+
+    MongoStore(client, "db")
+    MongoStore(client, "db")  # and starts again with it gone
+
+    assert "actor_at" not in client["db"]["audit_events"].index_information()
+
+
+@pytest.mark.mongodb
+@pytest.mark.skipif(not os.environ.get("MONGODB_URI"), reason="explain() needs a real MongoDB")
+@pytest.mark.parametrize("store", ["mongodb"], indirect=True)
+@pytest.mark.parametrize(
+    "selector", [{"actor": "alice"}, {"server": "github"}, {}, {"actor": "alice", "server": "github"}]
+)
+def test_on_a_real_server_a_page_of_events_comes_from_an_index_unsorted(
+    mongo_store: MongoStore, selector: dict[str, str]
+) -> None:
+    for index in range(200):
+        mongo_store.add_event(AuditEvent(T0 + timedelta(seconds=index), f"user{index % 4}", "used", "github"))
+    cursor = mongo_store._events.find(selector).sort(list(LISTING_SORT)).limit(50)
+
+    plan = json.dumps(cursor.explain()["queryPlanner"]["winningPlan"])
+
+    assert "IXSCAN" in plan
+    assert '"SORT"' not in plan
 
 
 UNREACHABLE_URL = "mongodb://user:s3cretpw@127.0.0.1:1/db"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -13,7 +13,7 @@ from pymongo import MongoClient, UpdateMany
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.errors import ConfigurationError as PyMongoConfigurationError
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
 
 from mcp_secrets.errors import ConfigurationError, StoreUnavailableError
@@ -146,7 +146,15 @@ class MongoStore:
             self._tokens.create_index("token_hash", unique=True, name="token_hash_unique")
             self._tokens.create_index("token_id", unique=True, name="token_id_unique")
             self._links.create_index("link_hash", unique=True, name="link_hash_unique")
-            self._events.create_index([("actor", 1), ("at", -1)], name="actor_at")
+            # One index per filter the trail is read by (one user, one server, none), each ending in the
+            # listing's sort, so a page of the newest events reads that page and sorts nothing.
+            for prefix in (["actor"], ["server"], []):
+                keys = [(field, 1) for field in prefix] + [("at", -1), ("_id", -1)]
+                self._events.create_index(keys, name="_".join([*prefix, "at", "id"]))
+            if "actor_at" in self._events.index_information():  # made by earlier versions; now a prefix
+                # Another server starting beside this one may drop it first.
+                with suppress(OperationFailure):
+                    self._events.drop_index("actor_at")
             # MongoDB deletes expired entry links by itself (within a minute of expiry).
             self._links.create_index("expires_at", expireAfterSeconds=0, name="expires_at_ttl")
         # Known once the index calls above have reached a server.
