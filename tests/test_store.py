@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import dns.resolver
 import mongomock
 import pymongo
 import pytest
@@ -493,6 +494,35 @@ def test_from_url_refuses_a_malformed_url_without_quoting_it(
 
     assert "s3cretpw" not in str(raised.value)
     assert mongo_clients == []
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [dns.resolver.NXDOMAIN(), dns.resolver.NoNameservers(), dns.resolver.LifetimeTimeout(timeout=20.0, errors=[])],
+    ids=["nxdomain", "no-nameservers", "timeout"],
+)
+def test_from_url_whose_srv_lookup_fails_reports_the_store_unavailable_not_the_url_wrong(
+    mongo_clients: list[tuple[str, dict[str, Any]]], monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    def resolve(*args: Any, **kwargs: Any) -> Any:
+        raise failure
+
+    monkeypatch.setattr("pymongo.synchronous.srv_resolver._resolve", resolve)
+
+    with pytest.raises(StoreUnavailableError) as raised:
+        MongoStore.from_url("mongodb+srv://user:s3cretpw@cluster0.example.net/db")
+
+    assert f"looked up in DNS ({type(failure).__name__})" in str(raised.value)
+    assert "s3cretpw" not in str(raised.value)
+    assert "cluster0" not in str(raised.value)
+    assert mongo_clients == []
+
+
+def test_from_url_with_a_malformed_srv_url_still_says_the_url_is_wrong(
+    mongo_clients: list[tuple[str, dict[str, Any]]],
+) -> None:
+    with pytest.raises(ConfigurationError, match="not a valid MongoDB URL"):
+        MongoStore.from_url("mongodb+srv://user:s3cretpw@cluster0.example.net:27017/db")  # no port with SRV
 
 
 LISTING_SORT = (("at", -1), ("_id", -1))

@@ -173,6 +173,11 @@ class MongoStore:
             )
         except (PyMongoConfigurationError, ValueError) as exc:
             # pymongo's message can quote the URL, password included: say only what kind of fault it is.
+            lookup = _dns_failure(exc)
+            if lookup is not None:
+                raise StoreUnavailableError(
+                    f"the MongoDB servers of the mongodb+srv:// URL could not be looked up in DNS ({lookup})"
+                ) from None
             raise ConfigurationError(
                 f"MCP_SECRETS_DATABASE_URL is not a valid MongoDB URL ({type(exc).__name__})"
             ) from None
@@ -428,6 +433,18 @@ class MongoStore:
     def close(self) -> None:
         """Close the client's connections."""
         self._client.close()
+
+
+def _dns_failure(exc: BaseException) -> str | None:
+    """The kind of DNS failure behind a mongodb+srv:// lookup's error, or None when it is another fault.
+
+    pymongo reports a failed SRV or TXT lookup as a ConfigurationError, like a malformed URL; the
+    resolver's own exception, its cause, tells a correct URL during a DNS outage from a wrong one.
+    """
+    from dns.exception import DNSException  # noqa: PLC0415 - only when something failed
+
+    cause = exc.__cause__
+    return type(cause).__name__ if isinstance(cause, DNSException) else None
 
 
 def _record(username: str, server: str, key: str) -> Document:
