@@ -7,7 +7,7 @@ import os
 import secrets as _random
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -136,20 +136,40 @@ class _JwksHandler(BaseHTTPRequestHandler):
         """Keep the test output quiet."""
 
 
+def _jwks_body(keys: dict[str, rsa.RSAPublicKey]) -> bytes:
+    published = [
+        {**RSAAlgorithm.to_jwk(key, as_dict=True), "kid": kid, "use": "sig", "alg": "RS256"}
+        for kid, key in keys.items()
+    ]
+    return json.dumps({"keys": published}).encode()
+
+
 @contextmanager
-def serving_jwks(public_key: rsa.RSAPublicKey, kid: str) -> Iterator[str]:
-    """A local OIDC provider's JWKS holding ``public_key`` under ``kid``; yields its URL."""
-    jwk = RSAAlgorithm.to_jwk(public_key, as_dict=True)
+def jwks_provider(
+    keys: dict[str, rsa.RSAPublicKey],
+) -> Iterator[tuple[str, Callable[[dict[str, rsa.RSAPublicKey]], None]]]:
+    """A local OIDC provider's JWKS of ``keys`` by kid; yields its URL, and a function to publish others."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _JwksHandler)
-    server.jwks_body = json.dumps({"keys": [{**jwk, "kid": kid, "use": "sig", "alg": "RS256"}]}).encode()  # type: ignore[attr-defined]
+    server.jwks_body = _jwks_body(keys)  # type: ignore[attr-defined]
+
+    def publish(new_keys: dict[str, rsa.RSAPublicKey]) -> None:
+        server.jwks_body = _jwks_body(new_keys)  # type: ignore[attr-defined]
+
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+        yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json", publish
     finally:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@contextmanager
+def serving_jwks(public_key: rsa.RSAPublicKey, kid: str) -> Iterator[str]:
+    """A local OIDC provider's JWKS holding ``public_key`` under ``kid``; yields its URL."""
+    with jwks_provider({kid: public_key}) as (url, _):
+        yield url
 
 
 def parse_time(text: str) -> datetime:

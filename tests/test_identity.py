@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import anyio
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -25,7 +26,7 @@ from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 
-from conftest import serving_jwks
+from conftest import jwks_provider, serving_jwks
 from mcp_secrets.errors import InvalidInputError, UnauthorisedError
 from mcp_secrets.identity import (
     ApiTokenVerifier,
@@ -254,6 +255,23 @@ async def test_a_configured_username_claim_names_the_user(
 
     assert access is not None
     assert access.subject == "carol@example.com"
+
+
+@pytest.mark.anyio
+async def test_a_signing_key_the_provider_withdraws_is_refused_once_its_key_set_is_fetched_again(
+    signing_key: rsa.RSAPrivateKey, other_key: rsa.RSAPrivateKey
+) -> None:
+    keys = {"k1": signing_key.public_key(), "k2": other_key.public_key()}
+    with jwks_provider(keys) as (url, publish):
+        verifier = JwtVerifier(url, issuer=ISSUER, audience=AUDIENCE, keys_lifespan=0.5)
+        assert await verifier.verify_token(_sign(signing_key, _claims(), kid="k1")) is not None
+
+        publish({"k2": other_key.public_key()})  # k1 leaked: the provider withdraws it
+        await anyio.sleep(0.6)  # the key set this verifier fetched is now older than its lifespan
+
+        assert await verifier.verify_token(_sign(signing_key, _claims(sub="mallory"), kid="k1")) is None
+        assert await verifier.verify_token(_sign(other_key, _claims(), kid="k2")) is not None
+        assert await verifier.verify_token(_sign(signing_key, _claims(sub="mallory"), kid="k1")) is None
 
 
 REFUSED_JWTS: dict[str, Callable[[rsa.RSAPrivateKey, rsa.RSAPrivateKey], str]] = {

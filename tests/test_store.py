@@ -498,7 +498,11 @@ def test_from_url_refuses_a_malformed_url_without_quoting_it(
 
 @pytest.mark.parametrize(
     "failure",
-    [dns.resolver.NXDOMAIN(), dns.resolver.NoNameservers(), dns.resolver.LifetimeTimeout(timeout=20.0, errors=[])],
+    [
+        dns.resolver.NXDOMAIN(),
+        dns.resolver.NoNameservers(),
+        dns.resolver.LifetimeTimeout(timeout=20.0, errors=[]),
+    ],
     ids=["nxdomain", "no-nameservers", "timeout"],
 )
 def test_from_url_whose_srv_lookup_fails_reports_the_store_unavailable_not_the_url_wrong(

@@ -102,13 +102,27 @@ class ApiTokenVerifier:
         )
 
 
+JWKS_LIFESPAN_SECONDS = 300.0  # how long a fetched key set is trusted before it is fetched again
+
+
 class JwtVerifier:
     """Accepts JWTs signed by a key of an OIDC provider's JWKS, for one issuer and audience."""
 
-    def __init__(self, jwks_url: str, *, issuer: str, audience: str, username_claim: str = "sub") -> None:
+    def __init__(
+        self,
+        jwks_url: str,
+        *,
+        issuer: str,
+        audience: str,
+        username_claim: str = "sub",
+        keys_lifespan: float = JWKS_LIFESPAN_SECONDS,
+    ) -> None:
         import jwt  # noqa: PLC0415 - only servers that accept JWTs pay for importing it
 
-        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300, timeout=10)
+        # Keys are found in the key set, which is fetched again once it is older than its lifespan; no
+        # cache of single keys (cache_keys), which never expires, so a key the provider withdraws (it
+        # leaked) is refused here within the lifespan rather than accepted until a restart.
+        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=False, lifespan=keys_lifespan, timeout=10)
         self._issuer = issuer
         self._audience = audience
         self._username_claim = username_claim
