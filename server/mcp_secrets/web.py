@@ -7,9 +7,11 @@ is open without a token.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,7 +22,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_secrets.config import Settings
 from mcp_secrets.entry import EntryLinks
@@ -119,6 +121,64 @@ class HostOriginGuard:
         await self._app(scope, receive, send)
 
 
+INVALID_MESSAGE = (
+    "Validation error: the body is not a valid JSON-RPC message "
+    "(details withheld: they would quote the request, and a request can hold a secret)"
+)
+
+
+class WithheldValidationDetails:
+    """Replace the message of the SDK's 400 for an invalid JSON-RPC body, which quotes the body.
+
+    The Streamable HTTP transport answers a body that is JSON but not JSON-RPC (``"jsonrpc": "1.0"``, a
+    batch) with pydantic's error, whose ``input_value`` holds the request, a ``set_secret``'s value
+    included. Every other response passes through untouched, unbuffered.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on; hold back a 400's body to rewrite its message."""
+        if scope["type"] != "http" or scope["path"] != MCP_PATH:
+            await self._app(scope, receive, send)
+            return
+        start: Message | None = None
+        body = bytearray()
+
+        async def rewriting_send(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start" and message["status"] == HTTPStatus.BAD_REQUEST:
+                start = message
+                return
+            if start is None or message["type"] != "http.response.body":
+                await send(message)
+                return
+            body.extend(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            rewritten = _withhold_details(bytes(body))
+            headers = [(name, value) for name, value in start["headers"] if name.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(rewritten)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": rewritten})
+
+        await self._app(scope, receive, rewriting_send)
+
+
+def _withhold_details(body: bytes) -> bytes:
+    """The body with a validation error's message replaced; any other body as it was."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return body
+    error = document.get("error") if isinstance(document, dict) else None
+    if not isinstance(error, dict) or not str(error.get("message", "")).startswith("Validation error"):
+        return body
+    error["message"] = INVALID_MESSAGE
+    return json.dumps(document).encode()
+
+
 def http_app(
     mcp: MCPServer[Any], settings: Settings, secrets: Secrets, links: EntryLinks | None = None
 ) -> ASGIApp:
@@ -148,7 +208,7 @@ def http_app(
     app.router.routes.extend(rest_routes(secrets))
     if links is not None:
         app.router.routes.extend(entry_routes(links))
-    return HostOriginGuard(app, security)
+    return HostOriginGuard(WithheldValidationDetails(app), security)
 
 
 async def serve_http(app: ASGIApp, settings: Settings) -> None:

@@ -21,7 +21,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from conftest import serving_jwks
+from conftest import assert_no_fragment_of, new_canary, serving_jwks
+from mcp_secrets.web import INVALID_MESSAGE
 
 from .conftest import HTTP_TRANSPORTS, INITIALIZE, Deployment, create_token, isolated_env, run_cli, serving
 
@@ -294,3 +295,38 @@ def test_a_foreign_host_or_origin_is_refused_even_with_a_live_token(
     response = probe(auth_deployment, {"Authorization": f"Bearer {tokens.live}", **headers})
 
     assert response.status == status
+
+
+# --- what the endpoint says about a body that is not JSON-RPC --------------------------------------
+
+
+@pytest.mark.parametrize("shape", ["jsonrpc-1.0", "batch"])
+def test_a_body_that_is_not_json_rpc_is_refused_without_quoting_it(
+    servers: Callable[[str, str], Deployment], tokens: Tokens, shape: str
+) -> None:
+    deployment = servers("api-tokens", "streamable-http")
+    value = new_canary()
+    call = {
+        "jsonrpc": "2.0",
+        "id": 3,
+        "method": "tools/call",
+        "params": {"name": "set_secret", "arguments": {"server": "s", "key": "K", "value": value}},
+    }
+    # The value last: pydantic's shortened input_value keeps both ends of what it quotes.
+    body = json.dumps({**call, "jsonrpc": "1.0"} if shape == "jsonrpc-1.0" else [call])
+    endpoint = urlsplit(deployment.endpoint)
+    connection = http.client.HTTPConnection(endpoint.hostname or "", endpoint.port, timeout=10)
+    try:
+        connection.request(
+            "POST", endpoint.path, body, {**JSON_POST, "Authorization": f"Bearer {tokens.live}"}
+        )
+        response = connection.getresponse()
+        answer = response.read().decode()
+    finally:
+        connection.close()
+
+    assert response.status == 400
+    assert json.loads(answer)["error"]["message"] == INVALID_MESSAGE
+    assert int(response.headers["Content-Length"]) == len(answer.encode())
+    assert_no_fragment_of(value, answer)
+    assert_no_fragment_of(value, deployment.log())
