@@ -16,8 +16,8 @@ from mcp import Client
 from mcp_types import ElicitRequestURLParams, ElicitResult
 
 from conftest import assert_not_leaked, new_canary, text_of
-from mcp_secrets.app import EntrySettings, build_server
-from mcp_secrets.entry import ENTRY_PATH, LINK_TTL, EntryLink, EntryLinks, LinkState
+from mcp_secrets.app import EntrySettings, build_server, missing_secrets_hint
+from mcp_secrets.entry import ENTRY_PATH, LINK_TTL, MAX_LIVE_LINKS, EntryLink, EntryLinks, LinkState
 from mcp_secrets.errors import EntryLinkError, InvalidInputError, StoreUnavailableError
 from mcp_secrets.identity import LocalIdentity
 from mcp_secrets.secrets import MAX_VALUE_BYTES, Secrets
@@ -490,3 +490,55 @@ async def test_request_secret_in_process_without_a_submission_is_pending(
     assert result.structured_content["status"] == "pending"
     assert result.structured_content["expires_at"] is not None
     assert links.state(elicitor.urls[0].rsplit("/", 1)[1]) == "live"
+
+
+# --- how many links one user may have open ---------------------------------------------------------
+
+
+def test_a_user_may_have_at_most_max_live_links_open_and_used_or_expired_ones_do_not_count(
+    links: EntryLinks, clock: FakeClock
+) -> None:
+    made = [links.create("alice", "github", f"KEY_{index}") for index in range(MAX_LIVE_LINKS)]
+
+    with pytest.raises(InvalidInputError, match=f"alice has {MAX_LIVE_LINKS} entry links open already"):
+        links.create("alice", "github", "ONE_TOO_MANY")
+    links.create("bob", "github", "TOKEN")  # another user's links are counted apart
+
+    links.submit(made[0].token, new_canary())  # a used link frees its place
+    links.create("alice", "github", "AFTER_A_USE")
+    with pytest.raises(InvalidInputError):
+        links.create("alice", "github", "ONE_TOO_MANY")
+
+    clock.advance(LINK_TTL + timedelta(seconds=1))  # expired ones free theirs
+    assert links.secrets.store.count_live_links("alice", clock()) == 0
+    links.create("alice", "github", "AFTER_EXPIRY")
+
+
+def test_past_the_limit_the_gateway_hint_says_so_and_how_else_to_store_the_keys(
+    links: EntryLinks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mcp_secrets.entry.MAX_LIVE_LINKS", 1)
+    hint = missing_secrets_hint(EntrySettings(links=links, base_url=BASE_URL))
+
+    with_links = hint("alice", "github", ["TOKEN"])
+    past_the_limit = hint("alice", "github", ["TOKEN"])
+
+    assert f"{BASE_URL}{ENTRY_PATH}/" in with_links
+    assert "entry links open already" in past_the_limit
+    assert "mcp-secrets set github KEY" in past_the_limit
+    assert ENTRY_PATH not in past_the_limit
+
+
+def test_sqlite_finds_expired_and_open_links_by_index(tmp_path: Any) -> None:
+    store = SQLiteStore(tmp_path / "secrets.db")
+    plans = {
+        "DELETE FROM entry_links WHERE expires_at < ?": "entry_links_expires_at",
+        "SELECT count(*) FROM entry_links WHERE username = ? AND used_at IS NULL AND expires_at > ?": (
+            "entry_links_username"
+        ),
+    }
+    for query, index in plans.items():
+        parameters = ("x",) * query.count("?")
+        plan = store._connection.execute(f"EXPLAIN QUERY PLAN {query}", parameters).fetchall()
+        assert any(index in str(step) for step in plan), plan
+    store.close()

@@ -34,7 +34,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from mcp_secrets import __version__
 from mcp_secrets.entry import EntryLink, EntryLinks
-from mcp_secrets.errors import SecretsError
+from mcp_secrets.errors import InvalidInputError, SecretsError
 from mcp_secrets.gateway import Gateway
 from mcp_secrets.identity import Identity
 from mcp_secrets.offload import run_store_work
@@ -332,11 +332,16 @@ def missing_secrets_hint(entry: EntrySettings | None) -> Callable[[str, str, lis
     """How the gateway says to store missing keys: an entry link per key when the page is served."""
 
     def hint(username: str, server: str, keys: list[str]) -> str:
+        without_links = (
+            f"Store each with request_secret (server {server!r}), or run `mcp-secrets set {server} KEY`."
+        )
         if entry is None:
-            return (
-                f"Store each with request_secret (server {server!r}), or run `mcp-secrets set {server} KEY`."
-            )
-        links = [f"{key}: {entry.links.create(username, server, key).url(entry.base_url)}" for key in keys]
+            return without_links
+        try:
+            made = [(key, entry.links.create(username, server, key)) for key in keys]
+        except InvalidInputError as exc:  # too many links open: say so, and how else to store them
+            return f"{exc}. {without_links}"
+        links = [f"{key}: {link.url(entry.base_url)}" for key, link in made]
         return "Open each link to enter it (one use, a few minutes):\n" + "\n".join(links)
 
     return hint
@@ -412,7 +417,8 @@ def _add_request_secret(mcp: MCPServer[Any], identity: Identity, entry: EntrySet
         if not _supports_url_elicitation(ctx):
             text = (
                 f"Please open this link in your browser and enter {key} for {server} there: {url}\n"
-                f"It works once, for {username} only, until {link.record.expires_at:%H:%M} UTC."
+                f"It works once, to store {key} in {username}'s account, until "
+                f"{link.record.expires_at:%H:%M} UTC."
             )
             status = SecretRequest(
                 server=server, key=key, status="link_sent", url=url, expires_at=link.record.expires_at

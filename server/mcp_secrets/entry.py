@@ -16,12 +16,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
-from mcp_secrets.errors import EntryLinkError
+from mcp_secrets.errors import EntryLinkError, InvalidInputError
 from mcp_secrets.secrets import Secrets, validate_name, validate_username, validate_value
 from mcp_secrets.store import LinkRecord
 
 ENTRY_PATH = "/secrets/entry"
 LINK_TTL = timedelta(minutes=10)
+# Open links a user may have at once: far above a person's or a gateway's needs, and a bound on
+# what a client calling request_secret in a loop can pile up in the store.
+MAX_LIVE_LINKS = 200
 LinkState = Literal["live", "used", "expired", "unknown"]
 
 
@@ -61,6 +64,11 @@ class EntryLinks:
         validate_name("server", server)
         validate_name("key", key)
         now = self._clock()
+        if self.secrets.store.count_live_links(username, now) >= MAX_LIVE_LINKS:
+            raise InvalidInputError(
+                f"{username} has {MAX_LIVE_LINKS} entry links open already, the most allowed: "
+                "use some, or wait for them to expire"
+            )
         token = _random.token_urlsafe(32)
         record = LinkRecord(
             link_id=_random.token_hex(8),

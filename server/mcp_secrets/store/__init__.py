@@ -232,6 +232,10 @@ class SecretStore(Protocol):
         """Insert a new entry link, and drop links that expired before ``link.created_at``."""
         ...
 
+    def count_live_links(self, username: str, now: datetime) -> int:
+        """How many of one user's entry links are neither used nor expired at ``now``."""
+        ...
+
     def find_link(self, link_hash: str) -> LinkRecord | None:
         """The entry link with this hash, used or not."""
         ...

@@ -146,6 +146,7 @@ class MongoStore:
             self._tokens.create_index("token_hash", unique=True, name="token_hash_unique")
             self._tokens.create_index("token_id", unique=True, name="token_id_unique")
             self._links.create_index("link_hash", unique=True, name="link_hash_unique")
+            self._links.create_index([("username", 1), ("expires_at", 1)], name="username_expires_at")
             # One index per filter the trail is read by (one user, one server, none), each ending in the
             # listing's sort, so a page of the newest events reads that page and sorts nothing.
             for prefix in (["actor"], ["server"], []):
@@ -404,6 +405,16 @@ class MongoStore:
         }
         with _available():
             self._links.insert_one(document)
+
+    def count_live_links(self, username: str, now: datetime) -> int:
+        """How many of one user's entry links are neither used nor expired at ``now``."""
+        selector = {
+            "username": _text("username", username),
+            "used_at": None,
+            "expires_at": {"$gt": _time("now", now)},
+        }
+        with _available():
+            return self._links.count_documents(selector)
 
     def find_link(self, link_hash: str) -> LinkRecord | None:
         """The entry link with this hash, used or not."""

@@ -69,6 +69,8 @@ CREATE TABLE IF NOT EXISTS entry_links (
     expires_at TEXT NOT NULL,
     used_at    TEXT
 );
+CREATE INDEX IF NOT EXISTS entry_links_expires_at ON entry_links (expires_at);
+CREATE INDEX IF NOT EXISTS entry_links_username ON entry_links (username, expires_at);
 """
 _SECRET_COLUMNS = "username, server, key, value, created_at, updated_at, last_used_at"  # noqa: S105 - column names
 _EVENT_COLUMNS = "at, actor, action, server, key, transport, detail"
@@ -536,6 +538,18 @@ class SQLiteStore:
             )
 
         self._run(insert)
+
+    def count_live_links(self, username: str, now: datetime) -> int:
+        """How many of one user's entry links are neither used nor expired at ``now``."""
+        return int(
+            self._run(
+                lambda connection: connection.execute(
+                    "SELECT count(*) FROM entry_links "
+                    "WHERE username = ? AND used_at IS NULL AND expires_at > ?",
+                    (username, _iso(now)),
+                ).fetchone()[0]
+            )
+        )
 
     def find_link(self, link_hash: str) -> LinkRecord | None:
         """The entry link with this hash, used or not."""
