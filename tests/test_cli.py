@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import mcp_secrets
-from conftest import isolated_env
+from conftest import isolated_env, new_canary
 
 TOKEN = re.compile(r"mcps_([0-9a-f]{10})_[A-Za-z0-9_-]{43}")
 EXIT_CONFIGURATION = 2
@@ -224,6 +224,50 @@ def test_set_stores_the_value_read_from_stdin_without_printing_it(
     assert "TOKEN" in done.stderr
     assert "created for alice" in done.stderr
     assert canary not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("line_end", ["\n", "\r\n", ""], ids=["lf", "crlf", "no-newline"])
+def test_set_keeps_every_line_of_a_piped_multi_line_value(env: dict[str, str], line_end: str) -> None:
+    pem = "-----BEGIN KEY-----\r\n" + new_canary() + "\n" + new_canary() + "\n-----END KEY-----"
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_secrets", "set", "github", "APP_KEY", "--user", "alice"],
+        env=env,
+        input=(pem + line_end).encode(),  # bytes: no newline translation on the way
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert stored_secrets(env, "alice", "github") == {"APP_KEY": pem}  # less the one final line end
+    for line in pem.splitlines():
+        assert line.encode() not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("stdin", "refusal"),
+    [
+        (b"x" * (64 * 1024 + 1), "at most 65536 bytes"),
+        (b"\xff\xfe not utf-8", "UTF-8 text"),
+        (b"\n", "empty"),
+    ],
+    ids=["too-long", "not-utf-8", "empty"],
+)
+def test_set_refuses_a_piped_value_it_cannot_store_and_stores_nothing(
+    env: dict[str, str], stdin: bytes, refusal: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_secrets", "set", "github", "TOKEN", "--user", "alice"],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode != 0
+    assert refusal in done.stderr.decode()
+    assert stored_secrets(env, "alice", "github") == {}
 
 
 def test_a_first_set_without_a_key_generates_one_and_says_to_back_it_up_once(

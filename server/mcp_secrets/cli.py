@@ -43,7 +43,7 @@ from mcp_secrets.logs import configure_logging
 from mcp_secrets.retention import DEFAULT_BATCH_SIZE as PRUNE_BATCH_SIZE
 from mcp_secrets.retention import archive_file, prune_events
 from mcp_secrets.rotation import DEFAULT_BATCH_SIZE, rotate
-from mcp_secrets.secrets import Secrets
+from mcp_secrets.secrets import MAX_VALUE_BYTES, Secrets
 from mcp_secrets.store import SecretStore
 from mcp_secrets.tokens import ApiTokens, NewToken
 from mcp_secrets.web import auth_settings, base_url, endpoint_url, http_app, serve_http, token_verifier
@@ -248,10 +248,21 @@ async def _serve_stdio(
 
 
 def _read_value(prompt: str) -> str:
-    """The value from a hidden prompt, or from stdin when it is not a terminal; never from argv."""
+    """The value from a hidden prompt, or from stdin when it is not a terminal; never from argv.
+
+    Piped, the value is all of stdin, as bytes (a PEM key or a JSON credential keeps its lines and
+    its carriage returns), less one final line end, which ``echo`` and editors add.
+    """
     if sys.stdin.isatty():
         return getpass.getpass(prompt)
-    return sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    raw = sys.stdin.buffer.read(MAX_VALUE_BYTES + len(b"\r\n") + 1)  # enough to tell a value too long
+    raw = raw.removesuffix(b"\n").removesuffix(b"\r") if raw.endswith(b"\n") else raw
+    if len(raw) > MAX_VALUE_BYTES:
+        raise InvalidInputError(f"value must be at most {MAX_VALUE_BYTES} bytes in UTF-8")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInputError("value must be UTF-8 text") from None
 
 
 def _set(args: argparse.Namespace) -> int:
