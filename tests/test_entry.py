@@ -383,7 +383,8 @@ async def test_request_secret_on_stdio_tells_the_user_to_run_mcp_secrets_set(
         "url": None,
         "expires_at": None,
     }
-    assert "mcp-secrets set github TOKEN" in text_of(result)
+    # The user it is for: a terminal's own user (the login name) may not be the server's.
+    assert "mcp-secrets set github TOKEN --user alice" in text_of(result)
     assert sqlite_secrets.list_secret_keys("alice") == []
 
 
@@ -525,7 +526,7 @@ def test_past_the_limit_the_gateway_hint_says_so_and_how_else_to_store_the_keys(
 
     assert f"{BASE_URL}{ENTRY_PATH}/" in with_links
     assert "entry links open already" in past_the_limit
-    assert "mcp-secrets set github KEY" in past_the_limit
+    assert "mcp-secrets set github KEY --user alice" in past_the_limit
     assert ENTRY_PATH not in past_the_limit
 
 

@@ -280,10 +280,16 @@ def _input_required_era(ctx: Context[Any, Any]) -> bool:
     return version is not None and is_version_at_least(version, INPUT_REQUIRED_VERSION)
 
 
-def _terminal_hint(server: str, key: str) -> CallToolResult:
+def set_command(username: str, server: str, key: str) -> str:
+    """The terminal command that stores one secret for ``username``: a terminal's own user may be another."""
+    return f"mcp-secrets set {server} {key} --user {username}"
+
+
+def _terminal_hint(username: str, server: str, key: str) -> CallToolResult:
     text = (
         f"This mcp-secrets runs over stdio and serves no entry page. To store {key} for {server} without "
-        f"it passing through this chat, ask the user to run in a terminal:  mcp-secrets set {server} {key}  "
+        f"it passing through this chat, ask the user to run in a terminal:  "
+        f"{set_command(username, server, key)}  "
         "(it asks for the value at a hidden prompt). set_secret also works, but its value travels "
         "through the conversation."
     )
@@ -333,7 +339,8 @@ def missing_secrets_hint(entry: EntrySettings | None) -> Callable[[str, str, lis
 
     def hint(username: str, server: str, keys: list[str]) -> str:
         without_links = (
-            f"Store each with request_secret (server {server!r}), or run `mcp-secrets set {server} KEY`."
+            f"Store each with request_secret (server {server!r}), "
+            f"or run `{set_command(username, server, 'KEY')}`."
         )
         if entry is None:
             return without_links
@@ -402,7 +409,7 @@ def _add_request_secret(mcp: MCPServer[Any], identity: Identity, entry: EntrySet
         username = _caller(identity, ctx)
         await _run(lambda: (validate_name("server", server), validate_name("key", key)))
         if entry is None:
-            return _terminal_hint(server, key)
+            return _terminal_hint(username, server, key)
         if _input_required_era(ctx) and ctx.request_state is not None:
             link = await _run(lambda: entry.links.resume(ctx.request_state or "", username))
             response = (ctx.input_responses or {}).get(ENTRY_REQUEST)

@@ -506,7 +506,7 @@ async def test_missing_secrets_are_a_tool_error_naming_them_and_nothing_is_start
     assert missing_keys(before) == ["ACCOUNT", "TOKEN"]
     assert missing_keys(after_one) == ["ACCOUNT"]
     assert "request_secret" in text_of(before)
-    assert "mcp-secrets set down KEY" in text_of(before)
+    assert "mcp-secrets set down KEY --user alice" in text_of(before)
 
 
 # --- failures and connections ---------------------------------------------------------------------
