@@ -12,7 +12,7 @@ recorded before it, so this process always sees its own uses, in order.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Literal
@@ -108,12 +108,21 @@ class Secrets:
         self.uses.close()
 
     def get_secrets(
-        self, username: str, server: str, *, via: str = "library", action: str = "used", detail: str = ""
+        self,
+        username: str,
+        server: str,
+        *,
+        via: str = "library",
+        action: str = "used",
+        detail: str = "",
+        record_use: bool = True,
     ) -> dict[str, str]:
         """One user's decrypted secrets for one MCP server, as ``{key: value}``.
 
         The use is recorded in the audit trail (``action``, by ``via``) and as each key's last use,
-        by a background writer within milliseconds: this call does not wait for that write.
+        by a background writer within milliseconds: this call does not wait for that write. A caller
+        that hands on only some of the values, or none, passes ``record_use=False`` and records what it
+        did hand on with ``record_use``.
 
         Raises:
             DecryptionError: a record does not decrypt; it names that record's key.
@@ -127,11 +136,25 @@ class Secrets:
             record.key: decrypt(record.value, username=username, server=server, key=record.key)
             for record in self.store.find_secrets(username, server)
         }
-        if values:
-            keys = tuple(sorted(values))
-            event = AuditEvent(self._clock(), username, action, server, ",".join(keys), via, detail)
-            self.uses.record(SecretUse(username, server, keys, event))
+        if values and record_use:
+            self.record_use(username, server, values, via=via, action=action, detail=detail)
         return values
+
+    def record_use(
+        self,
+        username: str,
+        server: str,
+        keys: Iterable[str],
+        *,
+        via: str,
+        action: str = "used",
+        detail: str = "",
+    ) -> None:
+        """Record that ``keys`` of one user's server were handed on: one event, and each key's last use."""
+        used = tuple(sorted(keys))
+        if used:
+            event = AuditEvent(self._clock(), username, action, server, ",".join(used), via, detail)
+            self.uses.record(SecretUse(username, server, used, event))
 
     def record(
         self,

@@ -383,6 +383,25 @@ async def test_the_downstream_is_given_its_referenced_secrets_and_nothing_else_o
         assert sha256(f"Bearer {value}") not in given
 
 
+async def test_the_trail_records_as_injected_only_what_reached_the_downstream(
+    sqlite_secrets: Secrets, gateway: Gateway
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "UNREFERENCED", fresh_value("unreferenced"))
+    refused = await call(sqlite_secrets, gateway, "alice", "token_hash")  # TOKEN is missing
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("down"))
+    served = await call(sqlite_secrets, gateway, "alice", "token_hash")
+
+    assert refused.is_error
+    assert not served.is_error, text_of(served)
+    injected = [event for event in sqlite_secrets.list_events("alice") if event.action == "injected"]
+    # The served call (and the tool listing it needed), not the refused one; TOKEN only, never UNREFERENCED.
+    assert [event.detail for event in injected].count("tools/call token_hash") == 1
+    assert {(event.server, event.key) for event in injected} == {("down", "TOKEN")}
+    last_used = {info.key: info.last_used_at for info in sqlite_secrets.list_secret_keys("alice", "down")}
+    assert last_used["TOKEN"] is not None
+    assert last_used["UNREFERENCED"] is None
+
+
 async def test_a_placeholder_is_never_filled_from_another_servers_secrets(
     sqlite_secrets: Secrets, gateway: Gateway, canary: str
 ) -> None:

@@ -208,9 +208,7 @@ class Gateway:
         """The caller's connection to ``server``, opened with their secrets of that server only."""
         values = await run_store_work(
             self.secrets.store,
-            lambda: self.secrets.get_secrets(
-                username, server.name, via=self._via, action="injected", detail=purpose
-            ),
+            lambda: self.secrets.get_secrets(username, server.name, record_use=False),
         )
         missing = sorted(server.required - values.keys())
         if missing:
@@ -223,6 +221,15 @@ class Gateway:
             )
         redactor = Redactor(values)
         injected = {key: values.get(key, "") for key in server.referenced}
+        # Only what goes to the downstream is a use: not a refused call, not the keys no placeholder names.
+        self.secrets.record_use(
+            username,
+            server.name,
+            values.keys() & server.referenced,
+            via=self._via,
+            action="injected",
+            detail=purpose,
+        )
         opener, fingerprint, holder = self._opener(server, injected)
         del values, injected  # decrypted values now live only in the opener, for this call
         key = (username, server.name)
