@@ -85,17 +85,28 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise ConfigurationError(f"invalid setting: {fields}") from None
 
 
-def _print_first_token(new: NewToken, settings: Settings) -> None:
-    url = endpoint_url(settings)
-    transport = "SSE" if settings.transport == "sse" else "Streamable HTTP"
-    desktop = {
+def desktop_config(url: str, token: str) -> dict[str, object]:
+    """A Claude Desktop entry running the mcp-remote bridge to ``url`` with ``token``.
+
+    The token goes in the bridge's environment, which mcp-remote substitutes into the header: in its
+    arguments every user of the machine could read it (``ps``). No space around the ``:``, for clients
+    that split arguments on spaces (Claude Desktop on Windows).
+    """
+    return {
         "mcpServers": {
             "mcp-secrets": {
                 "command": "npx",
-                "args": ["-y", "mcp-remote", url, "--header", f"Authorization: Bearer {new.token}"],
+                "args": ["-y", "mcp-remote", url, "--header", "Authorization:${AUTH_HEADER}"],
+                "env": {"AUTH_HEADER": f"Bearer {token}"},
             }
         }
     }
+
+
+def _print_first_token(new: NewToken, settings: Settings) -> None:
+    url = endpoint_url(settings)
+    transport = "SSE" if settings.transport == "sse" else "Streamable HTTP"
+    desktop = desktop_config(url, new.token)
     _say(
         f"""
 No API token existed yet, so one was created for {new.record.username} (id {new.record.token_id}).
@@ -113,16 +124,25 @@ Claude Desktop (claude_desktop_config.json), through the mcp-remote bridge:
 
 
 def _summary(settings: Settings, keys: MasterKeys, username: str | None, gateway: Gateway | None) -> None:
-    where = "stdio" if settings.transport == "stdio" else endpoint_url(settings)
+    where = "" if settings.transport == "stdio" else f" at {endpoint_url(settings)}"
     mode = " (stateless)" if settings.stateless_http and settings.transport == "streamable-http" else ""
-    _say(f"mcp-secrets {__version__}: serving {settings.transport}{mode} at {where}")
+    _say(f"mcp-secrets {__version__}: serving {settings.transport}{mode}{where}")
     _say(f"  store:      {describe_store(settings)}")
     _say(f"  master key: {keys.source}")
     if username is not None:
         _say(f"  user:       {username}")
     else:
         verifiers = "API tokens" + (f" and JWTs from {settings.issuer}" if settings.jwks_url else "")
-        _say(f"  auth:       bearer {verifiers}")
+        _say(
+            f"  auth:       bearer {verifiers} (a token is shown once, when made: `mcp-secrets token create`)"
+        )
+        everywhere = settings.host in ("0.0.0.0", "::", "")  # noqa: S104 - naming the wildcard, not binding it
+        if everywhere and not (settings.public_url or settings.allowed_hosts):
+            _say(
+                "  note:       listening on every interface, but requests must name this machine as "
+                "localhost or 127.0.0.1 (DNS-rebinding protection): set --public-url, or "
+                "MCP_SECRETS_ALLOWED_HOSTS, to the address other machines use"
+            )
     if gateway is not None:
         _say(f"  gateway:    {', '.join(gateway.config.servers) or 'no servers'} from {gateway.config.path}")
     _say_if_generated(keys, "  ")

@@ -27,6 +27,7 @@ from .conftest import INITIALIZE
 
 pytestmark = pytest.mark.anyio
 
+EVERY_INTERFACE = "0.0.0.0"  # noqa: S104 - for seconds, over a fresh store, to read what the start says
 TOKEN = re.compile(r"mcps_[0-9a-f]{10}_[A-Za-z0-9_-]{43}")
 ACCEPT = {"Accept": "application/json, text/event-stream"}
 LIST_KEYS = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "list_secret_keys"}}
@@ -143,7 +144,7 @@ def test_stdio_stdout_carries_only_protocol_and_the_summary_goes_to_stderr(stdio
     assert stored["result"]["structuredContent"] == {"server": "s", "key": "k", "status": "created"}
     assert listed["result"]["structuredContent"]["username"] == "alice"
     summary = log_path.read_text()
-    assert "serving stdio" in summary
+    assert "serving stdio\n" in summary
     assert re.search(r"user:\s+alice", summary)
     assert "master key: MCP_SECRETS_MASTER_KEY" in summary
     assert stdio_deployment.env["MCP_SECRETS_MASTER_KEY"] not in summary
@@ -244,6 +245,25 @@ async def test_stateless_streamable_http_keeps_secrets_across_connections(statel
     assert "(stateless)" in stateless_deployment.log()
 
 
+@pytest.mark.parametrize(
+    ("arguments", "noted"),
+    [
+        (["--host", EVERY_INTERFACE], True),
+        (["--host", EVERY_INTERFACE, "--public-url", "http://192.0.2.1:8000"], False),
+        ([], False),
+    ],
+    ids=["every-interface", "every-interface-with-its-url", "loopback"],
+)
+def test_listening_on_every_interface_says_how_other_machines_get_in(
+    start_server, env, tmp_path: Path, arguments: list[str], noted: bool
+) -> None:
+    with start_server(env, "streamable-http", tmp_path / "server.log", *arguments) as deployment:
+        summary = deployment.log()
+
+    assert ("note:       listening on every interface" in summary) is noted
+    assert ("set --public-url, or MCP_SECRETS_ALLOWED_HOSTS" in summary) is noted
+
+
 @pytest.mark.parametrize("transport", ["streamable-http", "sse"])
 async def test_first_http_run_makes_a_private_key_file_and_shows_one_token_once(
     start_server, env, tmp_path: Path, transport: str
@@ -272,8 +292,15 @@ async def test_first_http_run_makes_a_private_key_file_and_shows_one_token_once(
     assert master_key not in first_log
     assert master_key not in second_log
     assert "MCP Inspector" in first_log
-    assert "Claude Desktop" in first_log
     assert f"Authorization: Bearer {token}" in first_log
+    # The Claude Desktop config keeps the token out of the bridge's arguments, which `ps` shows everyone.
+    intro = "Claude Desktop (claude_desktop_config.json), through the mcp-remote bridge:\n"
+    desktop, _ = json.JSONDecoder().raw_decode(first_log[first_log.index(intro) + len(intro) :])
+    bridge = desktop["mcpServers"]["mcp-secrets"]
+    assert not any(token in argument for argument in bridge["args"])
+    assert bridge["args"][-2:] == ["--header", "Authorization:${AUTH_HEADER}"]
+    assert bridge["env"] == {"AUTH_HEADER": f"Bearer {token}"}
+    assert "mcp-secrets token create" in second_log  # later starts say how to make a token
     assert f"store:      SQLite {data_dir / 'secrets.db'}" in first_log
     assert f"master key: key file {key_file} (generated now)" in first_log
     assert (tmp_path / "first.stdout").read_text() == ""
