@@ -15,6 +15,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import secrets as _random
@@ -639,6 +640,28 @@ async def test_list_secret_keys_shows_each_servers_required_and_missing_keys(
         ("down", ["TOKEN"]),
         ("other", ["API_KEY", "REGION"]),
     ]
+
+
+async def test_a_downstream_that_cannot_be_reached_is_logged_as_a_warning_with_its_cause(
+    sqlite_secrets: Secrets, tmp_path: Path, caplog: pytest.LogCaptureFixture, canary: str
+) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}/mcp"
+    servers = {"down": {"url": nowhere, "headers": {"Authorization": "Bearer ${secret:TOKEN}"}}}
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
+    caplog.set_level(logging.INFO, logger="mcp_secrets.gateway")
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, servers) as gw,
+        connect(sqlite_secrets, gw, "alice") as alice,
+    ):
+        listed = await alice.list_tools()
+
+    assert not [tool.name for tool in listed.tools if tool.name.startswith("down__")]
+    [warning] = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert warning.getMessage().startswith(
+        "tools of server down not listed for alice: downstream server down"
+    )
+    assert_no_fragment_of(canary, caplog.text)
 
 
 # --- the real CLI over Streamable HTTP ------------------------------------------------------------

@@ -137,7 +137,12 @@ class Gateway:
         for name, server in self.config.servers.items():
             try:
                 listed = await self._list(username, server)
-            except SecretsError as exc:
+            except DownstreamError as exc:
+                # The server is down or unreachable: an operator needs to see why. The message is
+                # the one a tool call would return, injected values already taken out of it.
+                logger.warning("tools of server %s not listed for %s: %s", name, username, exc)
+                listed = self._known_tools.get((username, name), [])
+            except SecretsError as exc:  # missing secrets, as list_secret_keys tells the user
                 logger.info("tools of server %s not listed for %s: %s", name, username, type(exc).__name__)
                 listed = self._known_tools.get((username, name), [])
             tools.extend(
