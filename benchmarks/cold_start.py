@@ -1,7 +1,7 @@
 """Cold start of ``mcp-secrets serve`` over stdio against a trivial server on the same SDK, with hyperfine.
 
-    /tmp/venv/bin/python benchmarks/cold_start.py [--rounds 4] [--runs 6]
-    /tmp/venv/bin/python benchmarks/cold_start.py client mcp-secrets|trivial   # one run, as hyperfine does
+    .venv/bin/python benchmarks/cold_start.py [--rounds 4] [--runs 6]
+    .venv/bin/python benchmarks/cold_start.py client mcp-secrets|trivial   # one run, as hyperfine does
 
 Each run is a fresh Python client that spawns the server through the SDK's
 stdio client, initialises, calls one tool (``list_secret_keys`` on a store

@@ -1,6 +1,6 @@
 """What SecretEncryptor costs over bare AES-256-GCM, for a 64-byte value.
 
-    /tmp/venv/bin/python benchmarks/crypto.py [--blocks 21] [--calls 2000]
+    .venv/bin/python benchmarks/crypto.py [--blocks 21] [--calls 2000]
 
 Subject: ``SecretEncryptor.encrypt`` then ``decrypt`` of a 64-byte value (text
 in, text out: UTF-8, the record's associated data, base64url, the ``v1:<key id>:``

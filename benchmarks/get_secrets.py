@@ -1,7 +1,7 @@
 """What ``Secrets.get_secrets`` costs over the raw query and bare decrypts, and where its time goes.
 
-    /tmp/venv/bin/python benchmarks/get_secrets.py [--blocks 15] [--calls 200]
-    MONGODB_URI=mongodb://… /tmp/venv/bin/python benchmarks/get_secrets.py --store mongodb
+    .venv/bin/python benchmarks/get_secrets.py [--blocks 15] [--calls 200]
+    MONGODB_URI=mongodb://… .venv/bin/python benchmarks/get_secrets.py --store mongodb
 
 The store is SQLite (a temporary file) or, with ``--store mongodb``, a
 throwaway database on the real MongoDB server named by ``MONGODB_URI``

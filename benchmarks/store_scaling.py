@@ -1,6 +1,6 @@
 """How the SQLite store scales: get_secrets with 10³ to 10⁶ records, and single-row upserts.
 
-    /tmp/venv/bin/python benchmarks/store_scaling.py [--max-records 1000000] [--blocks 15] [--calls 200]
+    .venv/bin/python benchmarks/store_scaling.py [--max-records 1000000] [--blocks 15] [--calls 200]
 
 1. ``Secrets.get_secrets`` of one user's 20 keys in stores of 10³, 10⁴, 10⁵ and
    10⁶ records (``--max-records`` caps the largest; 10⁶ takes about a minute to

@@ -1,6 +1,6 @@
 """What our MCP tools cost over a trivial tool on the same server, client and transport.
 
-    /tmp/venv/bin/python benchmarks/tools.py [--blocks 15] [--calls 200]
+    .venv/bin/python benchmarks/tools.py [--blocks 15] [--calls 200]
 
 The floor is a tool that returns a constant, registered on the very MCPServer
 ``build_server`` returns (in-process) or that ``mcp-secrets serve`` runs
