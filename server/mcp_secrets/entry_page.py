@@ -100,7 +100,13 @@ def _gone(status: int) -> HTMLResponse:
     if status == 410:  # noqa: PLR2004 - HTTP status
         text = "This link has expired or has already been used. Ask the assistant for a new one."
         return _page("Link expired", f"<h1>Link expired</h1><p>{text}</p>", status)
-    return _page("Link not valid", "<h1>Link not valid</h1><p>This entry link is not valid.</p>", status)
+    # Expired links are deleted soon after (MongoDB's TTL index, SQLite when the next link is made), so
+    # an unknown link may be an old one: the page says so rather than call the link wrong.
+    text = (
+        "This entry link is not valid, or it expired a while ago and is forgotten. "
+        "Check that the whole link was opened, or ask the assistant for a new one."
+    )
+    return _page("Link not valid", f"<h1>Link not valid</h1><p>{text}</p>", status)
 
 
 def _other_user(request: Request, record: LinkRecord) -> bool:

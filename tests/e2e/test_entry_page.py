@@ -345,6 +345,7 @@ async def test_a_forged_link_is_404_without_a_form(
     assert [opened.status_code, posted.status_code] == [404, 404]
     for page in (opened, posted):
         assert "not valid" in page.text
+        assert "ask the assistant for a new one" in page.text  # it may be an expired link, forgotten
         assert "<form" not in page.text
         assert not inputs_of(page.text)
     assert still_live.status_code == 200
