@@ -7,6 +7,7 @@ carries a value: values are write-only.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -43,6 +44,14 @@ from mcp_secrets.store import SecretStore
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _described(tool: _F) -> _F:
+    """Dedent a tool's docstring: the SDK gives clients its description as written, indentation included."""
+    tool.__doc__ = inspect.cleandoc(tool.__doc__ or "")
+    return tool
+
 
 INSTRUCTIONS = """\
 mcp-secrets stores the user's secrets (API keys, passwords, tokens) encrypted, per MCP server.
@@ -398,6 +407,7 @@ def _add_request_secret(mcp: MCPServer[Any], identity: Identity, entry: EntrySet
             title="Ask the user for a secret", readOnlyHint=False, destructiveHint=True, openWorldHint=False
         )
     )
+    @_described
     async def request_secret(
         server: Annotated[str, SERVER_ARG], key: Annotated[str, KEY_ARG], ctx: Context[Any, Any]
     ) -> Annotated[CallToolResult, SecretRequest] | InputRequiredResult:
@@ -448,6 +458,7 @@ def _add_write_tools(mcp: MCPServer[Any], secrets: Secrets, identity: Identity, 
             openWorldHint=False,
         )
     )
+    @_described
     async def set_secret(
         server: Annotated[str, SERVER_ARG],
         key: Annotated[str, KEY_ARG],
@@ -478,6 +489,7 @@ def _add_write_tools(mcp: MCPServer[Any], secrets: Secrets, identity: Identity, 
             openWorldHint=False,
         )
     )
+    @_described
     async def delete_secret(
         server: Annotated[str, SERVER_ARG], key: Annotated[str, KEY_ARG], ctx: Context[Any, Any]
     ) -> Annotated[CallToolResult, SecretChange]:
@@ -496,6 +508,7 @@ def _add_list_tools(
     mcp: _SecretsServer, secrets: Secrets, identity: Identity, gateway: Gateway | None
 ) -> None:
     @mcp.tool(annotations=ToolAnnotations(title="List secret names", readOnlyHint=True, openWorldHint=False))
+    @_described
     async def list_secret_keys(
         ctx: Context[Any, Any],
         server: ServerFilter = "",
@@ -526,6 +539,7 @@ def _add_list_tools(
     @mcp.tool(
         annotations=ToolAnnotations(title="Your secrets' audit trail", readOnlyHint=True, openWorldHint=False)
     )
+    @_described
     async def list_secret_events(
         ctx: Context[Any, Any],
         server: ServerFilter = "",

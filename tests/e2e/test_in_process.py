@@ -79,6 +79,9 @@ async def test_tools_have_output_schemas_and_say_values_are_write_only(alice: Cl
     }
     assert all(tool.output_schema and tool.output_schema.get("properties") for tool in tools.values())
     assert all(tool.description for tool in tools.values())
+    # Written as the docstrings are, not with their source indentation: clients show them as they come.
+    assert not any("\n " in (tool.description or "") for tool in tools.values())
+    assert all((tool.description or "") == (tool.description or "").strip() for tool in tools.values())
     assert "write-only" in (tools["set_secret"].description or "")
     assert "write-only" in tools["set_secret"].input_schema["properties"]["value"]["description"].lower()
     assert "never their values" in (tools["list_secret_keys"].description or "")
