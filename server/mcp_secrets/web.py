@@ -239,8 +239,17 @@ async def serve_http(app: ASGIApp, settings: Settings) -> None:
         if threading.current_thread() is threading.main_thread()
         else None
     )
+    server = uvicorn.Server(config)
     try:
-        await uvicorn.Server(config).serve()
+        await server.serve()
+    except SystemExit:  # uvicorn's own way out of a failed start, having logged the cause
+        if not server.started:
+            logger.error(  # noqa: TRY400 - the cause is logged already, by uvicorn; no traceback to add
+                "could not serve on %s port %d: see the error above (a port in use: choose another, --port)",
+                settings.host,
+                settings.port,
+            )
+        raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

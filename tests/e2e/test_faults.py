@@ -7,6 +7,7 @@ sqlite3 shell would.
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -71,6 +72,22 @@ def test_serve_exits_with_one_clear_line_when_the_store_is_unavailable_at_start(
     last_line = served.stderr.strip().splitlines()[-1]
     assert last_line.startswith("mcp-secrets: error: ")
     assert f"the {store} store" in last_line
+    assert env["MCP_SECRETS_MASTER_KEY"] not in served.stderr
+
+
+def test_serve_on_a_port_in_use_exits_saying_so_without_a_traceback(tmp_path: Path) -> None:
+    env = isolated_env(tmp_path)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        served = run_cli(env, "serve", "--transport", "streamable-http", "--port", str(port))
+
+    assert served.returncode != 0
+    assert "Traceback" not in served.stderr
+    assert "address already in use" in served.stderr
+    assert f"could not serve on 127.0.0.1 port {port}" in served.stderr
     assert env["MCP_SECRETS_MASTER_KEY"] not in served.stderr
 
 
