@@ -126,6 +126,22 @@ def state(client: mongomock.MongoClient) -> tuple[list[tuple[str, str]], list[tu
     return records, events
 
 
+def change_whose_event_fails(
+    client: mongomock.MongoClient,
+    monkeypatch: pytest.MonkeyPatch,
+    change: Callable[[MongoStore], object],
+    *,
+    transactions: bool,
+) -> pytest.ExceptionInfo[StoreUnavailableError]:
+    """Make ``change`` with every event insert failing; the error it raised."""
+    store, owner = watched_store(client, monkeypatch, transactions=transactions)
+    owner.failing_inserts = True
+    with pytest.raises(StoreUnavailableError) as raised:
+        change(store)
+    assert all(carried is transactions for _, _, carried in owner.writes), owner.writes
+    return raised
+
+
 @pytest.fixture
 def stored(client: mongomock.MongoClient) -> None:
     MongoStore(client, "db").put_secret("alice", "github", "TOKEN", "v1:x:old", T0)
@@ -152,11 +168,8 @@ def test_on_a_replica_set_an_event_that_cannot_be_written_undoes_its_change(
     client: mongomock.MongoClient, monkeypatch: pytest.MonkeyPatch, change: Callable[[MongoStore], object]
 ) -> None:
     before = state(client)
-    store, owner = watched_store(client, monkeypatch, transactions=True)
-    owner.failing_inserts = True
 
-    with pytest.raises(StoreUnavailableError) as raised:
-        change(store)
+    raised = change_whose_event_fails(client, monkeypatch, change, transactions=True)
 
     assert state(client) == before == ([("TOKEN", "v1:x:old")], [])
     assert "AutoReconnect" in str(raised.value)
@@ -169,17 +182,13 @@ def test_on_a_standalone_server_a_change_whose_event_is_lost_says_it_was_made(
     client: mongomock.MongoClient, monkeypatch: pytest.MonkeyPatch, change: Callable[[MongoStore], object]
 ) -> None:
     before = state(client)
-    store, owner = watched_store(client, monkeypatch, transactions=False)
-    owner.failing_inserts = True
 
-    with pytest.raises(StoreUnavailableError) as raised:
-        change(store)
+    raised = change_whose_event_fails(client, monkeypatch, change, transactions=False)
 
     records, events = state(client)
     assert records != before[0]  # made: a standalone server cannot undo it
     assert events == []
     assert "the change was made, but its audit event could not be written" in str(raised.value)
-    assert all(not carried for _, _, carried in owner.writes)
 
 
 def test_through_the_service_a_lost_event_names_no_value(
