@@ -104,6 +104,18 @@ def test_token_list_shows_ids_labels_and_status_but_never_a_token(env: dict[str,
     assert bob_token not in done.stdout + done.stderr
 
 
+def test_token_list_keeps_a_long_username_apart_from_the_next_column(env: dict[str, str]) -> None:
+    username = "a" * 128  # the longest a username may be
+    _, token_id = created_token(env, username)
+
+    listed = mcp_secrets_cli(env, "token", "list")
+
+    assert listed.returncode == 0, listed.stderr
+    (row,) = [line for line in listed.stdout.splitlines() if line.startswith(token_id)]
+    assert re.split(" {2,}", row)[:2] == [token_id, username]
+    assert row.split()[-1] == "live"
+
+
 def test_token_revoke_makes_the_list_say_revoked(env: dict[str, str]) -> None:
     _, token_id = created_token(env, "alice")
 

@@ -359,12 +359,13 @@ def _audit(args: argparse.Namespace) -> int:
         for event in events:
             print(event.to_json())
         return 0
-    print(f"{'TIME (UTC)':<21}{'USER':<20}{'ACTION':<16}{'SERVER':<16}{'KEY':<24}{'VIA':<17}DETAIL")
-    for event in events:
-        actor, action, server, key, via, detail = map(
-            _printable, (event.actor, event.action, event.server, event.key, event.transport, event.detail)
-        )
-        print(f"{event.at:%Y-%m-%d %H:%M:%S}  {actor:<20}{action:<16}{server:<16}{key:<24}{via:<17}{detail}")
+    _print_table(
+        ("TIME (UTC)", "USER", "ACTION", "SERVER", "KEY", "VIA", "DETAIL"),
+        [
+            (f"{e.at:%Y-%m-%d %H:%M:%S}", e.actor, e.action, e.server, e.key, e.transport, e.detail)
+            for e in events
+        ],
+    )
     return 0
 
 
@@ -373,6 +374,20 @@ def _printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A plain table on stdout, its cells escaped, each column as wide as its widest cell.
+
+    Two spaces always separate the columns: a gateway use names several keys, and a fixed width
+    let a long cell run into the next one.
+    """
+    shown = [[_printable(cell) for cell in row] for row in (header, *rows)]
+    widths = [max(map(len, column)) for column in zip(*shown, strict=True)]
+    for row in shown:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths[:-1], strict=True)]
+        line = "  ".join([*cells, row[-1]])
+        print(line if row[-1] else line.rstrip())
 
 
 def _prune_audit(args: argparse.Namespace) -> int:
@@ -437,7 +452,7 @@ def _token_create(args: argparse.Namespace) -> int:
 def _token_list(args: argparse.Namespace) -> int:
     records = ApiTokens(_token_store(args)).list(args.user)
     now = datetime.now(timezone.utc)
-    print(f"{'ID':<12}{'USERNAME':<24}{'CREATED (UTC)':<18}{'EXPIRES (UTC)':<18}{'STATUS':<9}LABEL")
+    rows = []
     for record in records:
         expires = f"{record.expires_at:%Y-%m-%d %H:%M}" if record.expires_at else "never"
         if record.revoked_at:
@@ -446,10 +461,9 @@ def _token_list(args: argparse.Namespace) -> int:
             status = "expired"
         else:
             status = "live"
-        print(
-            f"{record.token_id:<12}{record.username:<24}{record.created_at:%Y-%m-%d %H:%M}  "
-            f"{expires:<18}{status:<9}{_printable(record.label)}"
-        )
+        created = f"{record.created_at:%Y-%m-%d %H:%M}"
+        rows.append((record.token_id, record.username, created, expires, status, record.label))
+    _print_table(("ID", "USERNAME", "CREATED (UTC)", "EXPIRES (UTC)", "STATUS", "LABEL"), rows)
     return 0
 
 

@@ -309,6 +309,37 @@ def test_audit_prints_control_characters_of_a_stored_field_escaped(env: dict[str
     assert len(done.stdout.splitlines()) == 2  # the header and the one event
 
 
+def test_audit_keeps_two_spaces_between_columns_however_long_a_field(env: dict[str, str], seed: Seed) -> None:
+    # A gateway use names every key it handed on, comma-separated, in one field.
+    keys = ",".join(f"DOWNSTREAM_KEY_{n}" for n in range(4))
+    long_user = "a.very.long.username@example.org"
+    event = AuditEvent(
+        datetime.now(timezone.utc), long_user, "injected", "a-long-server-name", keys, "streamable-http", "x"
+    )
+    store = SQLiteStore(database(env))
+    try:
+        store.add_event(event)
+    finally:
+        store.close()
+
+    done = run_cli(env, "audit")
+
+    assert done.returncode == 0, done.stderr
+    header, *rows = done.stdout.splitlines()
+    (long_row,) = [row for row in rows if long_user in row]
+    assert re.split(" {2,}", long_row)[1:] == [
+        long_user,
+        "injected",
+        "a-long-server-name",
+        keys,
+        "streamable-http",
+        "x",
+    ]
+    starts = [header.index(name) for name in ("USER", "ACTION", "SERVER", "KEY", "VIA")]
+    for row in rows:  # every column starts where its header does, after at least two spaces
+        assert all(row[start - 2 : start] == "  " and row[start] != " " for start in starts), row
+
+
 def audit_json(env: dict[str, str], *options: str) -> list[dict[str, str]]:
     done = run_cli(env, "audit", "--json", *options)
     assert done.returncode == 0, done.stderr
