@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import secrets as _random
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -353,6 +355,93 @@ def test_set_takes_no_value_argument(env: dict[str, str], canary: str) -> None:
 
     assert done.returncode == EXIT_CONFIGURATION  # argparse's usage error
     assert "unrecognized arguments" in done.stderr
+
+
+# --- list and delete: one user's secrets, by name ---------------------------------------------------
+
+
+LIST_HEADER = ["SERVER", "KEY", "CREATED", "(UTC)", "UPDATED", "(UTC)", "LAST", "USED", "(UTC)"]
+
+
+def stored(env: dict[str, str], *records: tuple[str, str, str]) -> list[str]:
+    """``mcp-secrets set`` each (username, server, key) with a fresh canary; the canaries."""
+    values = []
+    for username, server, key in records:
+        values.append(new_canary())
+        done = set_from_stdin(env, values[-1], server, key, "--user", username)
+        assert done.returncode == 0, done.stderr
+    return values
+
+
+def test_list_shows_one_users_secret_names_and_times_never_a_value(env: dict[str, str]) -> None:
+    values = stored(
+        env, ("alice", "github", "TOKEN"), ("alice", "linear", "API_KEY"), ("bob", "slack", "BOT")
+    )
+    stored_secrets(env, "alice", "github")  # a use: github's TOKEN has a last use, linear's none
+
+    done = mcp_secrets_cli(env, "list", "--user", "alice")
+
+    assert done.returncode == 0, done.stderr
+    header, *rows = done.stdout.splitlines()
+    assert header.split() == LIST_HEADER
+    fields = [row.split() for row in rows]
+    assert [(server, key) for server, key, *_ in fields] == [("github", "TOKEN"), ("linear", "API_KEY")]
+    assert [len(row) for row in fields] == [8, 7]  # two dates and times, then a third or "never"
+    assert fields[1][-1] == "never"
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d", row[2]) for row in fields)
+    assert "slack" not in done.stdout
+    assert not any(value in done.stdout + done.stderr for value in values)
+
+
+def test_list_defaults_to_the_servers_user_and_takes_one_server(env: dict[str, str]) -> None:
+    stored(env, ("alice", "github", "TOKEN"), ("bob", "github", "TOKEN"), ("bob", "slack", "BOT"))
+    env["MCP_SECRETS_USER"] = "bob"
+
+    done = mcp_secrets_cli(env, "list", "--server", "slack")
+
+    assert done.returncode == 0, done.stderr
+    assert [row.split()[:2] for row in done.stdout.splitlines()[1:]] == [["slack", "BOT"]]
+
+
+def test_list_json_prints_one_object_per_secret_and_never_a_value(env: dict[str, str]) -> None:
+    values = stored(env, ("alice", "github", "TOKEN"), ("alice", "linear", "API_KEY"))
+    stored_secrets(env, "alice", "github")
+
+    done = mcp_secrets_cli(env, "list", "--user", "alice", "--json")
+
+    assert done.returncode == 0, done.stderr
+    listed = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(entry["username"], entry["server"], entry["key"]) for entry in listed] == [
+        ("alice", "github", "TOKEN"),
+        ("alice", "linear", "API_KEY"),
+    ]
+    assert all(
+        set(entry) == {"username", "server", "key", "created_at", "updated_at", "last_used_at"}
+        for entry in listed
+    )
+    assert listed[1]["last_used_at"] is None
+    times = [entry[name] for entry in listed for name in ("created_at", "updated_at")]
+    times.append(listed[0]["last_used_at"])
+    assert all(datetime.fromisoformat(time).utcoffset() == timedelta(0) for time in times)
+    assert not any(value in done.stdout + done.stderr for value in values)
+
+
+def test_list_of_a_user_without_secrets_prints_the_header_and_says_so(env: dict[str, str]) -> None:
+    stored(env, ("bob", "github", "TOKEN"))
+
+    done = mcp_secrets_cli(env, "list", "--user", "alice")
+
+    assert done.returncode == 0, done.stderr
+    assert [line.split() for line in done.stdout.splitlines()] == [LIST_HEADER]
+    assert "No secrets stored for alice." in done.stderr
+
+
+def test_list_refuses_a_bad_username(env: dict[str, str]) -> None:
+    done = mcp_secrets_cli(env, "list", "--user", "bad user")
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "username must be" in done.stderr
+    assert done.stdout == ""
 
 
 STOPS_WITH_A_FAILING_CLOSE = """

@@ -1,8 +1,9 @@
 """The ``mcp-secrets`` command: argument parsing and printing only; the library does the work.
 
 Messages for people go to stderr; stdout carries only what a script may
-capture (a key from ``keygen``, a token from ``token create``, the token table)
-and, under ``serve --transport stdio``, the MCP protocol itself.
+capture (a key from ``keygen``, a token from ``token create``, the listings of
+``list``, ``audit`` and ``token list``) and, under ``serve --transport stdio``,
+the MCP protocol itself.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from mcp_secrets.logs import configure_logging
 from mcp_secrets.retention import DEFAULT_BATCH_SIZE as PRUNE_BATCH_SIZE
 from mcp_secrets.retention import archive_file, prune_events
 from mcp_secrets.rotation import DEFAULT_BATCH_SIZE, rotate
-from mcp_secrets.secrets import MAX_VALUE_BYTES, Secrets
+from mcp_secrets.secrets import MAX_VALUE_BYTES, SecretKeyInfo, Secrets
 from mcp_secrets.store import SecretStore
 from mcp_secrets.tokens import ApiTokens, NewToken
 from mcp_secrets.web import auth_settings, base_url, endpoint_url, http_app, serve_http, token_verifier
@@ -300,6 +301,50 @@ def _set(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list(args: argparse.Namespace) -> int:
+    settings, store = _open(args)
+    secrets = None
+    try:
+        secrets = build_secrets(settings, store)[0]  # never generates a key: a listing changes nothing
+        username = args.user or local_username(settings.user)
+        infos = secrets.list_secret_keys(username, args.server)
+    finally:
+        _close(store, secrets)
+    if args.json:
+        for info in infos:
+            print(json.dumps(_key_json(username, info), ensure_ascii=False))
+        return 0
+    _print_table(
+        ("SERVER", "KEY", "CREATED (UTC)", "UPDATED (UTC)", "LAST USED (UTC)"),
+        [
+            (
+                info.server,
+                info.key,
+                f"{info.created_at:%Y-%m-%d %H:%M}",
+                f"{info.updated_at:%Y-%m-%d %H:%M}",
+                f"{info.last_used_at:%Y-%m-%d %H:%M}" if info.last_used_at else "never",
+            )
+            for info in infos
+        ],
+    )
+    if not infos:
+        _say(f"No secrets stored for {username}" + (f" for server {args.server}." if args.server else "."))
+    return 0
+
+
+def _key_json(username: str, info: SecretKeyInfo) -> dict[str, str | None]:
+    """One secret's names and times as ``list --json`` prints them, in ISO 8601 as ``audit --json``."""
+    used = info.last_used_at
+    return {
+        "username": username,
+        "server": info.server,
+        "key": info.key,
+        "created_at": info.created_at.isoformat(),
+        "updated_at": info.updated_at.isoformat(),
+        "last_used_at": None if used is None else used.isoformat(),
+    }
+
+
 def _progress_bar(unit: str = "records") -> Callable[[int, int], None]:
     """A bar redrawn in place on a terminal; elsewhere (logs, CI) a line at each tenth."""
     shown = {"tenth": -1}
@@ -549,6 +594,12 @@ def build_parser() -> argparse.ArgumentParser:
     setter.add_argument("key", help="the secret's name")
     setter.add_argument("--user", help="whose secret (default MCP_SECRETS_USER or your login name)")
     setter.set_defaults(handler=_set)
+
+    lister = commands.add_parser("list", help="list one user's secrets: names and times, never values")
+    lister.add_argument("--user", help="whose secrets (default MCP_SECRETS_USER or your login name)")
+    lister.add_argument("--server", help="only this MCP server's secrets")
+    lister.add_argument("--json", action="store_true", help="one JSON object per line, to ship elsewhere")
+    lister.set_defaults(handler=_list)
 
     for name, text in (
         ("rotate", "re-encrypt every record to the active (first) master key, online and resumable"),
