@@ -444,6 +444,68 @@ def test_list_refuses_a_bad_username(env: dict[str, str]) -> None:
     assert done.stdout == ""
 
 
+def test_delete_removes_one_secret_of_one_user_and_records_it(env: dict[str, str]) -> None:
+    values = stored(
+        env, ("alice", "github", "TOKEN"), ("alice", "github", "OTHER"), ("bob", "github", "TOKEN")
+    )
+
+    done = mcp_secrets_cli(env, "delete", "github", "TOKEN", "--user", "alice")
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert "Secret TOKEN for server github deleted for alice." in done.stderr
+    trail = mcp_secrets_cli(env, "audit", "--json", "--user", "alice", "--limit", "1")
+    (event,) = [json.loads(line) for line in trail.stdout.splitlines()]
+    assert (event["action"], event["server"], event["key"], event["transport"]) == (
+        "deleted",
+        "github",
+        "TOKEN",
+        "cli",
+    )
+    assert not any(value in done.stdout + done.stderr + trail.stdout for value in values)
+    assert stored_secrets(env, "alice", "github") == {"OTHER": values[1]}
+    assert stored_secrets(env, "bob", "github") == {"TOKEN": values[2]}
+
+
+def test_delete_defaults_to_the_servers_user(env: dict[str, str]) -> None:
+    values = stored(env, ("alice", "github", "TOKEN"), ("bob", "github", "TOKEN"))
+    env["MCP_SECRETS_USER"] = "bob"
+
+    done = mcp_secrets_cli(env, "delete", "github", "TOKEN")
+
+    assert done.returncode == 0, done.stderr
+    assert stored_secrets(env, "bob", "github") == {}
+    assert stored_secrets(env, "alice", "github") == {"TOKEN": values[0]}
+
+
+@pytest.mark.parametrize(
+    ("server", "key", "message"),
+    [
+        ("github", "MISSING", "there is no secret 'MISSING' for server 'github' of alice"),
+        ("linear", "TOKEN", "there are no secrets for server 'linear' of alice"),
+    ],
+    ids=["no-such-key", "no-such-server"],
+)
+def test_delete_of_a_secret_that_does_not_exist_fails_and_deletes_nothing(
+    env: dict[str, str], server: str, key: str, message: str
+) -> None:
+    values = stored(env, ("alice", "github", "TOKEN"))
+
+    done = mcp_secrets_cli(env, "delete", server, key, "--user", "alice")
+
+    assert done.returncode == 1
+    assert message in done.stderr
+    assert "nothing deleted" in done.stderr
+    assert stored_secrets(env, "alice", "github") == {"TOKEN": values[0]}
+
+
+def test_delete_refuses_a_bad_key_name(env: dict[str, str]) -> None:
+    done = mcp_secrets_cli(env, "delete", "github", "BAD KEY", "--user", "alice")
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "key must be" in done.stderr
+
+
 STOPS_WITH_A_FAILING_CLOSE = """
 import os, signal, sys
 import anyio

@@ -35,7 +35,13 @@ from mcp_secrets.bootstrap import (
 from mcp_secrets.config import Settings
 from mcp_secrets.crypto import generate_master_key
 from mcp_secrets.entry import EntryLinks
-from mcp_secrets.errors import ConfigurationError, InvalidInputError, SecretsError, StoreUnavailableError
+from mcp_secrets.errors import (
+    ConfigurationError,
+    InvalidInputError,
+    SecretNotFoundError,
+    SecretsError,
+    StoreUnavailableError,
+)
 from mcp_secrets.gateway import Gateway, load_gateway_config
 from mcp_secrets.gateway.pool import DownstreamPool
 from mcp_secrets.hardening import forbid_inspection
@@ -301,6 +307,24 @@ def _set(args: argparse.Namespace) -> int:
     return 0
 
 
+def _delete(args: argparse.Namespace) -> int:
+    settings, store = _open(args)
+    secrets = None
+    try:
+        secrets = build_secrets(settings, store)[0]
+        username = args.user or local_username(settings.user)
+        try:
+            result = secrets.delete_secret(username, args.server, args.key, via="cli")
+        except SecretNotFoundError as exc:  # the library's message does not say whose secrets it looked at
+            raise SecretNotFoundError(
+                f"{exc} of {username}; nothing deleted (`mcp-secrets list --user {username}` shows them)"
+            ) from None
+    finally:
+        _close(store, secrets)
+    _say(f"Secret {result.key} for server {result.server} deleted for {username}.")
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     settings, store = _open(args)
     secrets = None
@@ -525,6 +549,30 @@ def _positive(text: str) -> int:
     return number
 
 
+def _add_secret_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``set``, ``delete`` and ``list``: one user's secrets, by name; no value ever on the command line."""
+    one_secret: tuple[tuple[str, str, Callable[[argparse.Namespace], int]], ...] = (
+        (
+            "set",
+            "store a secret typed at a hidden prompt (or read from stdin), never from the command line",
+            _set,
+        ),
+        ("delete", "delete one secret of one user (recorded in the audit trail)", _delete),
+    )
+    for name, text, handler in one_secret:
+        command = commands.add_parser(name, help=text)
+        command.add_argument("server", help="the MCP server the secret is for")
+        command.add_argument("key", help="the secret's name")
+        command.add_argument("--user", help="whose secret (default MCP_SECRETS_USER or your login name)")
+        command.set_defaults(handler=handler)
+
+    lister = commands.add_parser("list", help="list one user's secrets: names and times, never values")
+    lister.add_argument("--user", help="whose secrets (default MCP_SECRETS_USER or your login name)")
+    lister.add_argument("--server", help="only this MCP server's secrets")
+    lister.add_argument("--json", action="store_true", help="one JSON object per line, to ship elsewhere")
+    lister.set_defaults(handler=_list)
+
+
 def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``audit`` and ``prune-audit``: reading the trail, and keeping it to a retention period."""
     audit = commands.add_parser(
@@ -586,20 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=_serve)
 
-    setter = commands.add_parser(
-        "set",
-        help="store a secret typed at a hidden prompt (or read from stdin), never from the command line",
-    )
-    setter.add_argument("server", help="the MCP server the secret is for")
-    setter.add_argument("key", help="the secret's name")
-    setter.add_argument("--user", help="whose secret (default MCP_SECRETS_USER or your login name)")
-    setter.set_defaults(handler=_set)
-
-    lister = commands.add_parser("list", help="list one user's secrets: names and times, never values")
-    lister.add_argument("--user", help="whose secrets (default MCP_SECRETS_USER or your login name)")
-    lister.add_argument("--server", help="only this MCP server's secrets")
-    lister.add_argument("--json", action="store_true", help="one JSON object per line, to ship elsewhere")
-    lister.set_defaults(handler=_list)
+    _add_secret_commands(commands)
 
     for name, text in (
         ("rotate", "re-encrypt every record to the active (first) master key, online and resumable"),
