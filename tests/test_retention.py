@@ -248,7 +248,30 @@ def test_a_batch_written_in_part_is_cut_off_again_and_stays_in_the_store(
 def test_archive_file_that_cannot_be_opened_says_so_before_anything_is_deleted(tmp_path: Path) -> None:
     with (
         pytest.raises(ConfigurationError, match="cannot open the export file"),
-        archive_file(tmp_path / "no" / "f"),
+        archive_file(tmp_path),  # a directory
+    ):
+        pytest.fail("an archive that cannot be opened was handed out")
+
+
+def test_archive_file_creates_the_missing_directories_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "archive" / "audit" / "audit.jsonl"
+
+    with archive_file(path) as keep:
+        keep([AuditEvent(NOW, "alice", "used", "github", "TOKEN", "library")])
+
+    assert [json.loads(line)["actor"] for line in path.read_text(encoding="utf-8").splitlines()] == ["alice"]
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [directory.stat().st_mode & 0o777 for directory in (path.parent, path.parent.parent)] == [
+        0o700
+    ] * 2
+
+
+def test_archive_file_under_a_file_says_it_cannot_make_the_directory(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("", encoding="utf-8")
+
+    with (
+        pytest.raises(ConfigurationError, match=r"cannot create the directory .* of the export file"),
+        archive_file(tmp_path / "a-file" / "archive" / "audit.jsonl"),
     ):
         pytest.fail("an archive that cannot be opened was handed out")
 

@@ -83,13 +83,31 @@ def _record(store: SecretStore, before: datetime, deleted: int, via: str, *, sto
     store.add_event(AuditEvent(at, OPERATOR, "audit-pruned", transport=via, detail=detail))
 
 
+def _make_directories(path: Path) -> None:
+    """Create the missing directories above ``path``, owner-only, as the file itself is."""
+    missing = []
+    for directory in path.parents:
+        if directory.exists():
+            break
+        missing.append(directory)
+    try:
+        for directory in reversed(missing):
+            directory.mkdir(mode=0o700, exist_ok=True)  # exist_ok: another run may make it meanwhile
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot create the directory {exc.filename} of the export file {path}: {exc.strerror}"
+        ) from None
+
+
 @contextmanager
 def archive_file(path: str | Path) -> Iterator[Callable[[list[AuditEvent]], None]]:
     """A ``keep`` for ``prune_events`` that appends each batch to ``path`` as JSON lines, on disk (fsync).
 
-    The file is created owner-only. A batch that cannot be written whole is cut off again, so the
-    file never ends in half a batch, and ``prune_events`` keeps that batch in the store.
+    The file, and any directory missing above it, is created owner-only. A batch that cannot be
+    written whole is cut off again, so the file never ends in half a batch, and ``prune_events``
+    keeps that batch in the store.
     """
+    _make_directories(Path(path))
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     except OSError as exc:

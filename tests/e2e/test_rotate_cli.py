@@ -434,8 +434,23 @@ def test_prune_audit_export_to_a_new_file_creates_it_owner_only(
     assert len(archive.read_text(encoding="utf-8").splitlines()) == 2
 
 
+def test_prune_audit_export_creates_the_missing_directories_owner_only(
+    env: dict[str, str], seed: Seed, tmp_path: Path
+) -> None:
+    backdate(env, range(29, 32))
+    archive = tmp_path / "archive" / "mcp-secrets" / "audit.jsonl"
+
+    done = run_cli(env, "prune-audit", "--older-than", "30", "--export", str(archive))
+
+    assert done.returncode == 0, done.stderr
+    assert len(archive.read_text(encoding="utf-8").splitlines()) == 2
+    assert archive.stat().st_mode & 0o777 == 0o600
+    assert [path.stat().st_mode & 0o777 for path in (archive.parent, archive.parent.parent)] == [0o700] * 2
+
+
 EXPORT_FAILURES = {
-    "cannot-open": ("missing-directory/audit.jsonl", 2, "cannot open the export file"),
+    "cannot-create-directory": ("a-file/archive/audit.jsonl", 2, "cannot create the directory"),
+    "cannot-open": ("a-directory", 2, "cannot open the export file"),
     "disk-full": ("/dev/full", 1, "cannot write the export file"),
 }
 
@@ -446,6 +461,8 @@ def test_prune_audit_whose_export_fails_deletes_nothing(
 ) -> None:
     target, status, message = failure
     if not Path(target).is_absolute():
+        (tmp_path / "a-file").write_text("", encoding="utf-8")
+        (tmp_path / "a-directory").mkdir()
         target = str(tmp_path / target)
     elif not Path(target).exists():
         pytest.skip(f"{target} is Linux's")
