@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -274,6 +275,26 @@ def test_archive_file_under_a_file_says_it_cannot_make_the_directory(tmp_path: P
         archive_file(tmp_path / "a-file" / "archive" / "audit.jsonl"),
     ):
         pytest.fail("an archive that cannot be opened was handed out")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX")
+def test_a_second_archive_of_the_same_file_is_refused_while_the_first_is_open(
+    aged: SecretStore, tmp_path: Path
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    before = all_events(aged)
+
+    with archive_file(path) as keep:
+        with (
+            pytest.raises(SecretsError, match="in use by another prune; run one at a time"),
+            archive_file(path),
+        ):
+            pytest.fail("a second archive of a file in use was handed out")
+        assert all_events(aged) == before
+        prune_events(aged, KEEP, now=NOW, keep=keep)
+
+    with archive_file(path):  # free again once the first is closed
+        pass
 
 
 def test_an_archive_of_a_real_trail_holds_names_and_times_never_a_value(

@@ -13,6 +13,7 @@ a file before it is deleted, for trails that must be kept elsewhere.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ from pathlib import Path
 from mcp_secrets.errors import ConfigurationError, InvalidInputError, SecretsError
 from mcp_secrets.secrets import OPERATOR
 from mcp_secrets.store import AuditEvent, SecretStore
+
+if sys.platform != "win32":
+    import fcntl
 
 DEFAULT_BATCH_SIZE = 5000
 
@@ -105,13 +109,20 @@ def archive_file(path: str | Path) -> Iterator[Callable[[list[AuditEvent]], None
 
     The file, and any directory missing above it, is created owner-only. A batch that cannot be
     written whole is cut off again, so the file never ends in half a batch, and ``prune_events``
-    keeps that batch in the store.
+    keeps that batch in the store. The file is locked for as long as the archive is open (POSIX
+    only), and a second archive of it is refused: cutting off one run's failed batch would
+    otherwise cut off what another run appended meanwhile.
     """
     _make_directories(Path(path))
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     except OSError as exc:
         raise ConfigurationError(f"cannot open the export file {path}: {exc.strerror}") from None
+    try:
+        _lock(descriptor, path)
+    except BaseException:
+        os.close(descriptor)
+        raise
 
     def keep(events: list[AuditEvent]) -> None:
         data = "".join(event.to_json() + "\n" for event in events).encode("utf-8")
@@ -129,4 +140,16 @@ def archive_file(path: str | Path) -> Iterator[Callable[[list[AuditEvent]], None
     try:
         yield keep
     finally:
-        os.close(descriptor)
+        os.close(descriptor)  # which releases the lock
+
+
+def _lock(descriptor: int, path: str | Path) -> None:
+    """Take the export file for this run alone, or refuse at once if another run holds it."""
+    if sys.platform == "win32":  # no flock there: runs are not kept apart
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SecretsError(f"the export file {path} is in use by another prune; run one at a time") from None
+    except OSError as exc:
+        raise ConfigurationError(f"cannot lock the export file {path}: {exc.strerror}") from None

@@ -448,6 +448,26 @@ def test_prune_audit_export_creates_the_missing_directories_owner_only(
     assert [path.stat().st_mode & 0o777 for path in (archive.parent, archive.parent.parent)] == [0o700] * 2
 
 
+def test_prune_audit_refuses_to_export_to_a_file_another_prune_holds(
+    env: dict[str, str], seed: Seed, tmp_path: Path
+) -> None:
+    fcntl = pytest.importorskip("fcntl", reason="flock is POSIX")
+    backdate(env, range(25, 41))
+    before = audit_json(env, "--limit", "1000")
+    archive = tmp_path / "audit.jsonl"
+    archive.write_text('{"earlier": "line"}\n', encoding="utf-8")
+
+    with archive.open("a", encoding="utf-8") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a run still going holds it
+        done = run_cli(env, "prune-audit", "--older-than", "30", "--export", str(archive))
+
+    assert done.returncode == 1
+    assert f"the export file {archive} is in use by another prune; run one at a time" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert archive.read_text(encoding="utf-8") == '{"earlier": "line"}\n'
+    assert audit_json(env, "--limit", "1000") == before
+
+
 EXPORT_FAILURES = {
     "cannot-create-directory": ("a-file/archive/audit.jsonl", 2, "cannot create the directory"),
     "cannot-open": ("a-directory", 2, "cannot open the export file"),
