@@ -49,7 +49,7 @@ from mcp_secrets.identity import BearerIdentity, LocalIdentity, local_username
 from mcp_secrets.logs import configure_logging
 from mcp_secrets.retention import DEFAULT_BATCH_SIZE as PRUNE_BATCH_SIZE
 from mcp_secrets.retention import archive_file, prune_events
-from mcp_secrets.rotation import DEFAULT_BATCH_SIZE, rotate
+from mcp_secrets.rotation import DEFAULT_BATCH_SIZE, RotationReport, rotate
 from mcp_secrets.secrets import MAX_VALUE_BYTES, SecretKeyInfo, Secrets
 from mcp_secrets.store import SecretStore
 from mcp_secrets.tokens import ApiTokens, NewToken
@@ -395,6 +395,8 @@ def _rotate(args: argparse.Namespace) -> int:
     try:
         secrets, keys = build_secrets(settings, store)
         only_legacy = args.command == "migrate-legacy"
+        if only_legacy and not secrets.encryptor.reads_legacy:
+            return _find_unreadable_legacy(secrets, args.batch_size)
         report = rotate(
             secrets,
             only_legacy=only_legacy,
@@ -411,11 +413,36 @@ def _rotate(args: argparse.Namespace) -> int:
         f"({keys.source}); {report.already_current} left as they were; "
         f"{report.changed_meanwhile} changed meanwhile; {len(report.failed)} failed."
     )
+    _say_failures(report)
+    return EXIT_ERROR if report.failed else 0
+
+
+def _find_unreadable_legacy(secrets: Secrets, batch_size: int) -> int:
+    """``migrate-legacy`` without the legacy key: say it is needed, name each legacy record left unread."""
+    _say(
+        "MCP_SECRETS_LEGACY_KEY is not set: records of the original iv:authTag:ciphertext format cannot "
+        "be read without it, so none can be migrated. Set it to the original key string to migrate them."
+    )
+    # A dry run reads no value: it counts each legacy record as a failure for want of the key.
+    report = rotate(
+        secrets, only_legacy=True, dry_run=True, batch_size=batch_size, on_progress=_progress_bar()
+    )
+    if not report.failed:
+        _say(f"{report.scanned} records scanned; none is in the legacy format: nothing to migrate.")
+        return 0
+    _say(
+        f"{report.scanned} records scanned; {len(report.failed)} in the legacy format cannot be read; "
+        "none re-encrypted."
+    )
+    _say_failures(report)
+    return EXIT_ERROR
+
+
+def _say_failures(report: RotationReport) -> None:
     for failure in report.failed:
         _say(
             f"  failed: user {failure.username}, server {failure.server}, key {failure.key}: {failure.reason}"
         )
-    return EXIT_ERROR if report.failed else 0
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -640,7 +667,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("rotate", "re-encrypt every record to the active (first) master key, online and resumable"),
         (
             "migrate-legacy",
-            "re-encrypt records of the original iv:authTag:ciphertext format to the current one",
+            (
+                "re-encrypt records of the original iv:authTag:ciphertext format to the current one "
+                "(needs MCP_SECRETS_LEGACY_KEY)"
+            ),
         ),
     ):
         rewrap = commands.add_parser(name, help=text)

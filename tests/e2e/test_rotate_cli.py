@@ -266,6 +266,43 @@ def test_migrate_legacy_converts_legacy_records_so_the_legacy_key_can_go(
     assert read_back(env, seed.key_a) == {**seed.values, **legacy_values}
 
 
+@pytest.mark.parametrize("options", [(), ("--dry-run",)], ids=["run", "dry-run"])
+def test_migrate_legacy_without_the_legacy_key_says_so_and_exits_0_when_nothing_needs_it(
+    env: dict[str, str], options: tuple[str, ...]
+) -> None:
+    done = run_cli(env, "migrate-legacy", *options)
+
+    assert done.returncode == 0, done.stderr
+    assert "MCP_SECRETS_LEGACY_KEY is not set: records of the original" in done.stderr
+    assert "cannot be read without it" in done.stderr
+    assert f"{len(SEEDED)} records scanned; none is in the legacy format: nothing to migrate." in done.stderr
+    assert "re-encrypted 0" not in done.stderr
+    assert [event["action"] for event in audit_json(env)].count("migrated-legacy") == 0
+
+
+@pytest.mark.parametrize("options", [(), ("--dry-run",)], ids=["run", "dry-run"])
+def test_migrate_legacy_without_the_legacy_key_names_each_legacy_record_and_exits_1(
+    env: dict[str, str], seed: Seed, legacy_values: dict[Record, str], options: tuple[str, ...]
+) -> None:
+    before = ciphertexts(env)
+
+    done = run_cli(env, "migrate-legacy", *options)
+
+    assert done.returncode == 1
+    assert "MCP_SECRETS_LEGACY_KEY is not set" in done.stderr
+    scanned = len(SEEDED) + len(LEGACY)
+    assert f"{scanned} records scanned; {len(LEGACY)} in the legacy format cannot be read" in done.stderr
+    failures = [line.strip() for line in done.stderr.splitlines() if line.startswith("  failed: ")]
+    assert [line.split(":")[1] for line in failures] == [
+        f" user {username}, server {server}, key {key}" for username, server, key in sorted(LEGACY)
+    ]
+    assert not SUMMARY.search(done.stderr)
+    assert ciphertexts(env) == before
+    assert [event["action"] for event in audit_json(env)].count("migrated-legacy") == 0
+    shown = done.stdout + done.stderr
+    assert not any(value in shown for value in [*seed.values.values(), *legacy_values.values()])
+
+
 # --- audit ---------------------------------------------------------------------------------------
 
 
