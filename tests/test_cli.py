@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import re
@@ -15,6 +16,7 @@ import pytest
 
 import mcp_secrets
 from conftest import isolated_env, new_canary
+from mcp_secrets.cli import build_parser
 
 TOKEN = re.compile(r"mcps_([0-9a-f]{10})_[A-Za-z0-9_-]{43}")
 EXIT_CONFIGURATION = 2
@@ -65,6 +67,38 @@ def test_python_dash_m_help_lists_the_commands(env: dict[str, str]) -> None:
     assert done.returncode == 0
     for command in ("serve", "keygen", "token"):
         assert command in done.stdout
+
+
+def _parsers(
+    parser: argparse.ArgumentParser, name: str = "mcp-secrets"
+) -> dict[str, argparse.ArgumentParser]:
+    """``parser`` and every command's parser under it, by command line."""
+    found = {name: parser}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                found.update(_parsers(sub, f"{name} {sub_name}"))
+    return found
+
+
+def test_every_argument_of_every_command_has_a_help_text() -> None:
+    silent = [
+        f"{command} {action.dest}"
+        for command, parser in _parsers(build_parser()).items()
+        for action in parser._actions
+        if not isinstance(action, argparse._SubParsersAction) and not action.help
+    ]
+
+    assert silent == []
+
+
+def test_token_revoke_help_says_it_takes_the_whole_token_too(env: dict[str, str]) -> None:
+    listed = mcp_secrets_cli(env, "token", "--help")
+    own = mcp_secrets_cli(env, "token", "revoke", "--help")
+
+    assert [listed.returncode, own.returncode] == [0, 0]
+    assert "revoke a token by its id, or by the whole token" in " ".join(listed.stdout.split())
+    assert "ID the token's id (as `token list` shows it), or the whole token" in " ".join(own.stdout.split())
 
 
 def test_keygen_prints_a_fresh_32_byte_base64url_key_each_run(env: dict[str, str]) -> None:
@@ -148,6 +182,27 @@ def test_revoking_an_unknown_token_fails_without_echoing_it(env: dict[str, str])
     assert "no live token" in done.stderr
     assert unknown not in done.stdout + done.stderr
     assert "0123456789" not in done.stdout + done.stderr
+
+
+def test_token_revoke_takes_the_whole_token_and_never_echoes_it(env: dict[str, str]) -> None:
+    token, token_id = created_token(env, "alice")
+
+    revoked = mcp_secrets_cli(env, "token", "revoke", token)
+
+    assert revoked.returncode == 0, revoked.stderr
+    assert f"Token {token_id} of alice revoked." in revoked.stderr
+    assert token not in revoked.stdout + revoked.stderr
+
+
+@pytest.mark.parametrize("days", ["0", "-1", "nan", "inf", "36501"])
+def test_token_create_refuses_an_expiry_out_of_range_naming_the_rule(env: dict[str, str], days: str) -> None:
+    done = mcp_secrets_cli(env, "token", "create", "alice", "--expires-days", days)
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "argument --expires-days: must be more than 0 and at most 36500 (days)" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+    assert mcp_secrets_cli(env, "token", "list").stdout.splitlines()[1:] == []
 
 
 def test_token_create_refuses_a_bad_username(env: dict[str, str]) -> None:

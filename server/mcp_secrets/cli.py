@@ -59,6 +59,7 @@ logger = logging.getLogger(__name__)
 
 EXIT_ERROR = 1
 EXIT_CONFIGURATION = 2
+MAX_TOKEN_DAYS = 36500  # a hundred years: long enough for any token, short enough to stay a date
 GATEWAY_STOP_SECONDS = 10.0  # the SDK closes a downstream in stages: EOF, then SIGTERM, then SIGKILL
 
 
@@ -576,6 +577,14 @@ def _positive(text: str) -> int:
     return number
 
 
+def _days(text: str) -> float:
+    number = float(text)
+    # `not >` refuses NaN too; the bound keeps the expiry a date (infinity was a traceback).
+    if not 0 < number <= MAX_TOKEN_DAYS:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most {MAX_TOKEN_DAYS} (days)")
+    return number
+
+
 def _add_secret_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``set``, ``delete`` and ``list``: one user's secrets, by name; no value ever on the command line."""
     one_secret: tuple[tuple[str, str, Callable[[argparse.Namespace], int]], ...] = (
@@ -657,7 +666,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--audience", help="required `aud` of accepted JWTs")
     serve.add_argument("--username-claim", help="JWT claim holding the username (default sub)")
     serve.add_argument(
-        "--log-level", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+        "--log-level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        help="how much to log to stderr (default MCP_SECRETS_LOG_LEVEL, else INFO)",
     )
     serve.set_defaults(handler=_serve)
 
@@ -688,15 +700,23 @@ def build_parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="create, list and revoke API tokens for the HTTP transports")
     token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     create = token_commands.add_parser("create", help="make a token for USERNAME and print it once")
-    create.add_argument("username")
+    create.add_argument("username", help="whose token: the user it acts as")
     create.add_argument("--label", default="", help="a note to tell tokens apart in `token list`")
-    create.add_argument("--expires-days", type=float, help="the token stops working after this many days")
+    create.add_argument(
+        "--expires-days",
+        type=_days,
+        metavar="DAYS",
+        help=f"the token stops working after DAYS days: more than 0 (0.5 is 12 hours), "
+        f"at most {MAX_TOKEN_DAYS}; without it, never",
+    )
     create.set_defaults(handler=_token_create)
     listing = token_commands.add_parser("list", help="list tokens (ids, owners, status; never the tokens)")
     listing.add_argument("--user", help="only this user's tokens")
     listing.set_defaults(handler=_token_list)
-    revoke = token_commands.add_parser("revoke", help="revoke a token by its id")
-    revoke.add_argument("token_id")
+    revoke = token_commands.add_parser("revoke", help="revoke a token by its id, or by the whole token")
+    revoke.add_argument(
+        "token_id", metavar="ID", help="the token's id (as `token list` shows it), or the whole token"
+    )
     revoke.set_defaults(handler=_token_revoke)
     return parser
 
