@@ -9,6 +9,7 @@ import pytest
 
 from conftest import new_canary
 from mcp_secrets.crypto import SecretEncryptor, key_id_for
+from mcp_secrets.errors import StoreUnavailableError
 from mcp_secrets.rotation import RotationReport, rotate
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import SecretRecord, SecretStore
@@ -332,3 +333,40 @@ def test_rotation_is_recorded_in_the_audit_trail_without_any_value(
     for event in rotating.list_events(None, limit=1000):
         for field in dataclasses.astuple(event):
             assert not any(text in str(field) for text in hidden), event
+
+
+def test_a_rotation_stopped_by_an_error_still_records_what_it_re_encrypted(
+    rotating: Secrets, values: dict[Record, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scan = rotating.store.scan_secrets
+    scans = {"count": 0}
+
+    def failing_after_the_first_batch(after: Record | None, limit: int) -> list[SecretRecord]:
+        scans["count"] += 1
+        if scans["count"] > 1:
+            raise StoreUnavailableError("the store is unavailable")
+        return scan(after, limit)
+
+    monkeypatch.setattr(rotating.store, "scan_secrets", failing_after_the_first_batch)
+
+    with pytest.raises(StoreUnavailableError):
+        rotate(rotating, batch_size=2)
+
+    [event] = [event for event in rotating.list_events(None, limit=100) if event.action == "rotated"]
+    assert event.detail.startswith("2 re-encrypted to key ")
+    assert event.detail.endswith(", then stopped by an error")
+
+
+def test_a_dry_run_or_a_rotation_that_changed_nothing_before_its_error_records_nothing(
+    rotating: Secrets, values: dict[Record, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(after: Record | None, limit: int) -> list[SecretRecord]:
+        raise StoreUnavailableError("the store is unavailable")
+
+    monkeypatch.setattr(rotating.store, "scan_secrets", failing)
+
+    for dry_run in (False, True):
+        with pytest.raises(StoreUnavailableError):
+            rotate(rotating, dry_run=dry_run)
+
+    assert [event for event in rotating.list_events(None, limit=100) if event.action == "rotated"] == []

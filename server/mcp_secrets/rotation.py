@@ -10,6 +10,7 @@ idempotent and an interrupted run resumable: run it again.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 from mcp_secrets.crypto import LEGACY_KEY_ID
@@ -64,26 +65,38 @@ def rotate(
     report = RotationReport(active_key_id=encryptor.active_key_id)
     total = store.count_secrets()
     after: tuple[str, str, str] | None = None
-    while batch := store.scan_secrets(after, batch_size):
-        for record in batch:
-            report.scanned += 1
-            if not _needs_rewrap(secrets, record, only_legacy=only_legacy):
-                report.already_current += 1
-            elif dry_run:
-                _count(secrets, record, report)
-            else:
-                _rewrap(secrets, record, report)
-        last = batch[-1]
-        after = (last.username, last.server, last.key)
-        if on_progress is not None:
-            on_progress(report.scanned, max(total, report.scanned))
+    try:
+        while batch := store.scan_secrets(after, batch_size):
+            for record in batch:
+                report.scanned += 1
+                if not _needs_rewrap(secrets, record, only_legacy=only_legacy):
+                    report.already_current += 1
+                elif dry_run:
+                    _count(secrets, record, report)
+                else:
+                    _rewrap(secrets, record, report)
+            last = batch[-1]
+            after = (last.username, last.server, last.key)
+            if on_progress is not None:
+                on_progress(report.scanned, max(total, report.scanned))
+    except BaseException:
+        if report.rewrapped and not dry_run:  # what was re-encrypted before the error, if the store answers
+            with suppress(Exception):
+                _record(secrets, report, only_legacy=only_legacy, stopped=True)
+        raise
     if not dry_run:
-        detail = (
-            f"{report.rewrapped} re-encrypted to key {report.active_key_id}, "
-            f"{report.already_current} current, {len(report.failed)} failed"
-        )
-        secrets.record(OPERATOR, "migrated-legacy" if only_legacy else "rotated", via="cli", detail=detail)
+        _record(secrets, report, only_legacy=only_legacy, stopped=False)
     return report
+
+
+def _record(secrets: Secrets, report: RotationReport, *, only_legacy: bool, stopped: bool) -> None:
+    detail = (
+        f"{report.rewrapped} re-encrypted to key {report.active_key_id}, "
+        f"{report.already_current} current, {len(report.failed)} failed"
+    )
+    if stopped:
+        detail += ", then stopped by an error"
+    secrets.record(OPERATOR, "migrated-legacy" if only_legacy else "rotated", via="cli", detail=detail)
 
 
 def _count(secrets: Secrets, record: SecretRecord, report: RotationReport) -> None:
