@@ -20,7 +20,9 @@ time, the median of block pairs (lower is better; target ≤ 1.5).
 The breakdown times each part on its own, each in block pairs against the same
 floor: the query, and the 20 decrypts by SecretEncryptor and by bare AESGCM.
 The use writes are timed too, as the writer makes them for one use
-(``store.record_uses``), though they are no longer on the call path. The
+(``store.record_uses``), though they are no longer on the call path, and so is
+``get_secrets`` with its use not recorded at all, which shows what the audit
+trail's use events cost it. The
 "rest" row is the whole less the query and the decrypts: the argument checks,
 the clock, queueing the use, the writer thread's share of the machine, and the
 parts running back to back rather than each alone in a loop. There is no way to
@@ -92,6 +94,10 @@ class Workload:
             raise RuntimeError("the uses of a block were not written")
         return values
 
+    def get_secrets_unrecorded(self) -> None:
+        """The subject without its use: no event, no last use, nothing for the writer."""
+        self.secrets.get_secrets(USERNAME, SERVER, record_use=False)
+
     def floor(self) -> None:
         """The raw query, and 20 bare decrypts."""
         self.query()
@@ -144,6 +150,7 @@ def breakdown(work: Workload, blocks: int, calls: int) -> None:
         "20 decrypts: SecretEncryptor.decrypt": work.project_decrypts,
         "20 decrypts: bare AESGCM": work.bare_decrypts,
         "use writes, off the call path: store.record_uses, 1 use": work.use_writes,
+        "get_secrets, the use not recorded (record_use=False)": work.get_secrets_unrecorded,
         "get_secrets, all of it": work.get_secrets,
     }
     rows, medians = [], {}
