@@ -71,7 +71,10 @@ def rest_routes(secrets: Secrets) -> list[Route]:
         try:
             payload = SetSecretRequest.model_validate_json(body)
         except ValidationError as exc:
-            fields = ", ".join(sorted({".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors()}))
+            errors = exc.errors()
+            if any(error["type"] == "json_invalid" for error in errors):  # its message would quote the body
+                return _error(400, "invalid_input", "the body is not valid JSON")
+            fields = ", ".join(sorted({".".join(str(p) for p in e["loc"]) or "body" for e in errors}))
             return _error(400, "invalid_input", f"invalid or missing fields: {fields}")
         username = _username(request)
         result = await _call(

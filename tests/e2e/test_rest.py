@@ -181,6 +181,15 @@ def test_a_body_that_is_not_a_json_object_is_400(alice: Rest, canary: str, conte
     assert canary not in answer.text
 
 
+@pytest.mark.parametrize("content", [b'{"server": "s", "key": "K", "value": "{canary}"', b"{canary}", b""])
+def test_a_body_that_is_not_json_is_told_so(alice: Rest, canary: str, content: bytes) -> None:
+    answer = alice.post_raw(content.replace(b"{canary}", canary.encode()))
+
+    assert answer.status_code == 400
+    assert answer.json()["message"] == "the body is not valid JSON"
+    assert canary not in answer.text
+
+
 def test_an_oversized_body_is_refused(alice: Rest, canary: str) -> None:
     answer = alice.set(server="s", key="K", value=canary + "x" * (300 * 1024))
 
