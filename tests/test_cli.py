@@ -313,6 +313,21 @@ def test_set_keeps_every_line_of_a_piped_multi_line_value(env: dict[str, str], l
         assert line.encode() not in done.stdout + done.stderr
 
 
+def test_set_keeps_a_final_carriage_return_that_ends_no_line(env: dict[str, str]) -> None:
+    value = new_canary() + "\r"
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_secrets", "set", "github", "TOKEN", "--user", "alice"],
+        env=env,
+        input=value.encode(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert stored_secrets(env, "alice", "github") == {"TOKEN": value}  # only a whole line end goes
+
+
 @pytest.mark.parametrize(
     ("stdin", "refusal"),
     [

@@ -501,7 +501,9 @@ def test_a_user_may_have_at_most_max_live_links_open_and_used_or_expired_ones_do
 ) -> None:
     made = [links.create("alice", "github", f"KEY_{index}") for index in range(MAX_LIVE_LINKS)]
 
-    with pytest.raises(InvalidInputError, match=f"alice has {MAX_LIVE_LINKS} entry links open already"):
+    with pytest.raises(
+        InvalidInputError, match=rf"alice has too many entry links open .*\({MAX_LIVE_LINKS} at most\)"
+    ):
         links.create("alice", "github", "ONE_TOO_MANY")
     links.create("bob", "github", "TOKEN")  # another user's links are counted apart
 
@@ -525,9 +527,23 @@ def test_past_the_limit_the_gateway_hint_says_so_and_how_else_to_store_the_keys(
     past_the_limit = hint("alice", "github", ["TOKEN"])
 
     assert f"{BASE_URL}{ENTRY_PATH}/" in with_links
-    assert "entry links open already" in past_the_limit
+    assert "too many entry links open" in past_the_limit
     assert "mcp-secrets set github KEY --user alice" in past_the_limit
     assert ENTRY_PATH not in past_the_limit
+
+
+def test_the_gateway_hint_makes_a_link_for_every_missing_key_or_for_none(
+    links: EntryLinks, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mcp_secrets.entry.MAX_LIVE_LINKS", 3)
+    hint = missing_secrets_hint(EntrySettings(links=links, base_url=BASE_URL))
+
+    first = hint("alice", "github", ["A", "B"])
+    second = hint("alice", "github", ["A", "B"])  # one place left for two keys
+
+    assert first.count(f"{BASE_URL}{ENTRY_PATH}/") == 2
+    assert "too many entry links open to make 2 more" in second
+    assert links.secrets.store.count_live_links("alice", clock()) == 2  # none made that nobody is shown
 
 
 def test_sqlite_finds_expired_and_open_links_by_index(tmp_path: Any) -> None:

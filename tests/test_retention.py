@@ -277,6 +277,22 @@ def test_archive_file_under_a_file_says_it_cannot_make_the_directory(tmp_path: P
         pytest.fail("an archive that cannot be opened was handed out")
 
 
+def test_archive_file_under_a_directory_it_may_not_search_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As a user without search permission on a parent sees it (root, running the tests, never does).
+    def refused(path: Path) -> bool:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Path, "exists", refused)
+
+    with (
+        pytest.raises(ConfigurationError, match=r"cannot create the directory .*: Permission denied"),
+        archive_file(tmp_path / "locked" / "archive" / "audit.jsonl"),
+    ):
+        pytest.fail("an archive that cannot be opened was handed out")
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX")
 def test_a_second_archive_of_the_same_file_is_refused_while_the_first_is_open(
     aged: SecretStore, tmp_path: Path

@@ -354,10 +354,10 @@ def missing_secrets_hint(entry: EntrySettings | None) -> Callable[[str, str, lis
         if entry is None:
             return without_links
         try:
-            made = [(key, entry.links.create(username, server, key)) for key in keys]
+            made = entry.links.create_many(username, server, keys)  # all, or none past the limit
         except InvalidInputError as exc:  # too many links open: say so, and how else to store them
             return f"{exc}. {without_links}"
-        links = [f"{key}: {link.url(entry.base_url)}" for key, link in made]
+        links = [f"{link.record.key}: {link.url(entry.base_url)}" for link in made]
         return "Open each link to enter it (one use, a few minutes):\n" + "\n".join(links)
 
     return hint

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets as _random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Literal
@@ -60,15 +60,23 @@ class EntryLinks:
 
     def create(self, username: str, server: str, key: str) -> EntryLink:
         """A fresh link for one (username, server, key), valid for ``ttl``."""
+        return self.create_many(username, server, [key])[0]
+
+    def create_many(self, username: str, server: str, keys: Sequence[str]) -> list[EntryLink]:
+        """A fresh link for each of ``keys``: all of them, or none when they would pass the limit."""
         validate_username(username)
         validate_name("server", server)
-        validate_name("key", key)
+        for key in keys:
+            validate_name("key", key)
         now = self._clock()
-        if self.secrets.store.count_live_links(username, now) >= MAX_LIVE_LINKS:
+        if self.secrets.store.count_live_links(username, now) + len(keys) > MAX_LIVE_LINKS:
             raise InvalidInputError(
-                f"{username} has {MAX_LIVE_LINKS} entry links open already, the most allowed: "
-                "use some, or wait for them to expire"
+                f"{username} has too many entry links open to make {len(keys)} more "
+                f"({MAX_LIVE_LINKS} at most): use some, or wait for them to expire"
             )
+        return [self._make(username, server, key, now) for key in keys]
+
+    def _make(self, username: str, server: str, key: str, now: datetime) -> EntryLink:
         token = _random.token_urlsafe(32)
         record = LinkRecord(
             link_id=_random.token_hex(8),

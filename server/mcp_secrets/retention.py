@@ -90,11 +90,11 @@ def _record(store: SecretStore, before: datetime, deleted: int, via: str, *, sto
 def _make_directories(path: Path) -> None:
     """Create the missing directories above ``path``, owner-only, as the file itself is."""
     missing = []
-    for directory in path.parents:
-        if directory.exists():
-            break
-        missing.append(directory)
     try:
+        for directory in path.parents:
+            if directory.exists():  # raises, on Python 3.11, where a parent cannot be searched
+                break
+            missing.append(directory)
         for directory in reversed(missing):
             directory.mkdir(mode=0o700, exist_ok=True)  # exist_ok: another run may make it meanwhile
     except OSError as exc:

@@ -450,7 +450,8 @@ def _dns_failure(exc: BaseException) -> str | None:
     """The kind of DNS failure behind a mongodb+srv:// lookup's error, or None when it is another fault.
 
     pymongo reports a failed SRV or TXT lookup as a ConfigurationError, like a malformed URL; the
-    resolver's own exception, its cause, tells a correct URL during a DNS outage from a wrong one.
+    resolver's own exception, its cause, tells a lookup that failed from a URL that does not parse.
+    A mistyped host fails its lookup too (NXDOMAIN), so the message names the DNS fault.
     """
     from dns.exception import DNSException  # noqa: PLC0415 - only when something failed
 
