@@ -15,8 +15,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager, nullcontext
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
 
 import anyio
@@ -293,48 +293,44 @@ def _read_value(prompt: str) -> str:
         raise InvalidInputError("value must be UTF-8 text") from None
 
 
-def _set(args: argparse.Namespace) -> int:
+@contextmanager
+def _users_secrets(
+    args: argparse.Namespace, *, generate_key: bool = False
+) -> Iterator[tuple[Secrets, str, MasterKeys]]:
+    """The service over the configured store, and the user a command acts for (``--user``); closed after."""
     settings, store = _open(args)
     secrets = None
     try:
-        secrets, keys = build_secrets(settings, store, generate_key=True)
-        _say_if_generated(keys, name_it=True)
-        username = args.user or local_username(settings.user)
-        value = _read_value(f"Value of {args.key} for {args.server} (hidden): ")
-        result = secrets.set_secret(username, args.server, args.key, value, via="cli")
+        secrets, keys = build_secrets(settings, store, generate_key=generate_key)
+        yield secrets, args.user or local_username(settings.user), keys
     finally:
         _close(store, secrets)
+
+
+def _set(args: argparse.Namespace) -> int:
+    with _users_secrets(args, generate_key=True) as (secrets, username, keys):
+        _say_if_generated(keys, name_it=True)
+        value = _read_value(f"Value of {args.key} for {args.server} (hidden): ")
+        result = secrets.set_secret(username, args.server, args.key, value, via="cli")
     _say(f"Secret {result.key} for server {result.server} {result.status} for {username}.")
     return 0
 
 
 def _delete(args: argparse.Namespace) -> int:
-    settings, store = _open(args)
-    secrets = None
-    try:
-        secrets = build_secrets(settings, store)[0]
-        username = args.user or local_username(settings.user)
+    with _users_secrets(args) as (secrets, username, _):
         try:
             result = secrets.delete_secret(username, args.server, args.key, via="cli")
         except SecretNotFoundError as exc:  # the library's message does not say whose secrets it looked at
             raise SecretNotFoundError(
                 f"{exc} of {username}; nothing deleted (`mcp-secrets list --user {username}` shows them)"
             ) from None
-    finally:
-        _close(store, secrets)
     _say(f"Secret {result.key} for server {result.server} deleted for {username}.")
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
-    settings, store = _open(args)
-    secrets = None
-    try:
-        secrets = build_secrets(settings, store)[0]  # never generates a key: a listing changes nothing
-        username = args.user or local_username(settings.user)
+    with _users_secrets(args) as (secrets, username, _):  # never generates a key: a listing changes nothing
         infos = secrets.list_secret_keys(username, args.server)
-    finally:
-        _close(store, secrets)
     if args.json:
         for info in infos:
             print(json.dumps(_key_json(username, info), ensure_ascii=False))
