@@ -265,6 +265,18 @@ def set_from_stdin(env: dict[str, str], stdin: str, *args: str) -> subprocess.Co
     )
 
 
+def set_bytes_from_stdin(env: dict[str, str], stdin: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """``set_from_stdin`` with bytes: no newline translation on the way, any byte sent as it is."""
+    return subprocess.run(
+        [sys.executable, "-m", "mcp_secrets", "set", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def stored_secrets(env: dict[str, str], username: str, server: str) -> dict[str, str]:
     """What the store of ``env`` holds for one user and server, read through the library."""
     settings = mcp_secrets.Settings(
@@ -298,14 +310,7 @@ def test_set_stores_the_value_read_from_stdin_without_printing_it(
 @pytest.mark.parametrize("line_end", ["\n", "\r\n", ""], ids=["lf", "crlf", "no-newline"])
 def test_set_keeps_every_line_of_a_piped_multi_line_value(env: dict[str, str], line_end: str) -> None:
     pem = "-----BEGIN KEY-----\r\n" + new_canary() + "\n" + new_canary() + "\n-----END KEY-----"
-    done = subprocess.run(
-        [sys.executable, "-m", "mcp_secrets", "set", "github", "APP_KEY", "--user", "alice"],
-        env=env,
-        input=(pem + line_end).encode(),  # bytes: no newline translation on the way
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    done = set_bytes_from_stdin(env, (pem + line_end).encode(), "github", "APP_KEY", "--user", "alice")
 
     assert done.returncode == 0, done.stderr
     assert stored_secrets(env, "alice", "github") == {"APP_KEY": pem}  # less the one final line end
@@ -315,17 +320,11 @@ def test_set_keeps_every_line_of_a_piped_multi_line_value(env: dict[str, str], l
 
 def test_set_keeps_a_final_carriage_return_that_ends_no_line(env: dict[str, str]) -> None:
     value = new_canary() + "\r"
-    done = subprocess.run(
-        [sys.executable, "-m", "mcp_secrets", "set", "github", "TOKEN", "--user", "alice"],
-        env=env,
-        input=value.encode(),
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    done = set_bytes_from_stdin(env, value.encode(), "github", "TOKEN", "--user", "alice")
 
     assert done.returncode == 0, done.stderr
     assert stored_secrets(env, "alice", "github") == {"TOKEN": value}  # only a whole line end goes
+    assert value.strip().encode() not in done.stdout + done.stderr
 
 
 @pytest.mark.parametrize(
@@ -340,14 +339,7 @@ def test_set_keeps_a_final_carriage_return_that_ends_no_line(env: dict[str, str]
 def test_set_refuses_a_piped_value_it_cannot_store_and_stores_nothing(
     env: dict[str, str], stdin: bytes, refusal: str
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "mcp_secrets", "set", "github", "TOKEN", "--user", "alice"],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    done = set_bytes_from_stdin(env, stdin, "github", "TOKEN", "--user", "alice")
 
     assert done.returncode != 0
     assert refusal in done.stderr.decode()
