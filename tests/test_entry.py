@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client
 from mcp_types import ElicitRequestURLParams, ElicitResult
@@ -284,6 +285,35 @@ def test_a_store_failure_while_storing_gives_the_link_back(
     assert secrets.get_secrets("alice", "github") == {"TOKEN": "value"}
 
 
+def test_a_links_value_counts_as_stored_only_once_written_after_the_claim(
+    secrets: Secrets, clock: FakeClock
+) -> None:
+    on_clock = Secrets(secrets.store, secrets.encryptor, clock=clock)
+    links = EntryLinks(on_clock, clock=clock)
+    on_clock.set_secret("alice", "github", "TOKEN", "written before the link")
+    link = links.create("alice", "github", "TOKEN")
+    clock.advance(timedelta(seconds=1))
+    assert links.submission(link.token) == "waiting"
+
+    secrets.store.claim_link(link.record.link_hash, clock())  # the page claimed it and is writing
+    claimed = links.submission(link.token)
+    clock.advance(timedelta(seconds=1))
+    on_clock.set_secret("alice", "github", "TOKEN", "written by the page", via="entry-page")
+
+    assert claimed == "waiting"
+    assert links.submission(link.token) == "stored"
+    assert links.submission("x" * 43) == "gone"
+    on_clock.close()
+
+
+def test_an_expired_unused_links_value_will_never_come(
+    links: EntryLinks, link: EntryLink, clock: FakeClock
+) -> None:
+    clock.advance(LINK_TTL)
+
+    assert links.submission(link.token) == "gone"
+
+
 # --- resume and cancel ----------------------------------------------------------------------------
 
 
@@ -491,6 +521,63 @@ async def test_request_secret_in_process_without_a_submission_is_pending(
     assert result.structured_content["status"] == "pending"
     assert result.structured_content["expires_at"] is not None
     assert links.state(elicitor.urls[0].rsplit("/", 1)[1]) == "live"
+
+
+class SlowPage(Elicitor):
+    """An elicitation callback whose user submits the page while the store is slow, then fails.
+
+    It answers once the page has claimed the link and is writing the value; that write waits for
+    ``give_up`` and then fails as an unavailable store does, as ``EntryLinks.submit`` sees it.
+    """
+
+    def __init__(self, links: EntryLinks, value: str) -> None:
+        super().__init__(links, "accept")
+        self.value = value
+        self.writing, self.give_up = threading.Event(), threading.Event()
+        self.page = ThreadPoolExecutor(max_workers=1)
+        self.submissions: list[Any] = []
+
+    def slow_then_unavailable(self, *_: object, **__: object) -> None:
+        self.writing.set()
+        self.give_up.wait()
+        raise StoreUnavailableError("the store is unavailable")
+
+    async def __call__(self, _context: Any, params: Any) -> ElicitResult:
+        assert isinstance(params, ElicitRequestURLParams)
+        self.urls.append(params.url)
+        token = params.url.rsplit("/", 1)[1]
+        self.submissions.append(self.page.submit(self.links.submit, token, self.value))
+        await anyio.to_thread.run_sync(self.writing.wait)
+        return ElicitResult(action=self.action)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_request_secret_says_stored_only_once_the_value_is_written_not_when_the_page_claims_it(
+    sqlite_secrets: Secrets,
+    entry_client: Callable[..., Client],
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+    canary: str,
+) -> None:
+    links = EntryLinks(sqlite_secrets)
+    page = SlowPage(links, canary)
+    monkeypatch.setattr(sqlite_secrets, "set_secret", page.slow_then_unavailable)
+
+    try:
+        async with entry_client(page, mode=mode, wait_seconds=1) as alice:
+            result = await alice.call_tool("request_secret", {"server": "github", "key": "TOKEN"})
+    finally:
+        page.give_up.set()
+        page.page.shutdown()
+    with pytest.raises(StoreUnavailableError):
+        page.submissions[0].result()
+
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "pending", text_of(result)
+    assert links.state(page.urls[0].rsplit("/", 1)[1]) == "live"  # given back: the user may try again
+    assert sqlite_secrets.list_secret_keys("alice") == []
+    assert canary not in json.dumps(result.model_dump(mode="json"))
 
 
 # --- how many links one user may have open ---------------------------------------------------------

@@ -306,12 +306,12 @@ def _terminal_hint(username: str, server: str, key: str) -> CallToolResult:
 
 
 async def _await_entry(entry: EntrySettings, link: EntryLink, ctx: Context[Any, Any]) -> bool:
-    """Wait, polling the store (any replica may serve the page), until the link is used or the wait ends."""
+    """Wait, polling the store (any replica may serve the page), until the value is stored or time is up."""
     waited = 0.0
     while waited < entry.wait_seconds:
-        state = await _run(lambda: entry.links.state(link.token))
-        if state != "live":
-            return state == "used"
+        submission = await _run(lambda: entry.links.submission(link.token))
+        if submission != "waiting":
+            return submission == "stored"
         await ctx.report_progress(waited, entry.wait_seconds, "Waiting for the secret to be entered")
         await anyio.sleep(WAIT_POLL_SECONDS)
         waited += WAIT_POLL_SECONDS

@@ -26,6 +26,8 @@ LINK_TTL = timedelta(minutes=10)
 # what a client calling request_secret in a loop can pile up in the store.
 MAX_LIVE_LINKS = 200
 LinkState = Literal["live", "used", "expired", "unknown"]
+# Whether a link's value is in the store, may still come (the link is live, or being redeemed), or never will.
+Submission = Literal["waiting", "stored", "gone"]
 
 
 def _utcnow() -> datetime:
@@ -139,6 +141,23 @@ class EntryLinks:
         record, state = self.find(token)
         if record is not None and state == "live":
             self.secrets.store.claim_link(record.link_hash, self._clock())
+
+    def submission(self, token: str) -> Submission:
+        """Whether the value of the link of ``token`` is stored, may still come, or never will.
+
+        A submission claims its link before it writes the value, and gives the link back when the
+        write fails: a used link alone does not mean the value is stored, until its record shows a
+        write since the claim.
+        """
+        record, state = self.find(token)
+        if record is None or state in ("expired", "unknown"):
+            return "gone"
+        if record.used_at is None:
+            return "waiting"
+        for stored in self.secrets.store.find_secrets(record.username, record.server):
+            if stored.key == record.key and stored.updated_at >= record.used_at:
+                return "stored"
+        return "waiting"
 
     def state(self, token: str) -> LinkState:
         """Whether the link of ``token`` is live, used, expired or unknown."""
