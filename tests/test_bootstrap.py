@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from conftest import assert_not_leaked
 from mcp_secrets.bootstrap import (
     build_secrets,
     describe_store,
@@ -145,3 +146,27 @@ def test_the_store_summary_never_shows_database_credentials(tmp_path: Path) -> N
     assert summary == "MongoDB db.example:27017, database team"
     assert "hunter22" not in summary
     assert repr(settings).count("hunter22") == 0
+
+
+def test_the_library_entry_point_refuses_mongodb_without_a_master_key_before_connecting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_connection(_: Settings) -> object:
+        raise AssertionError("the store was opened before the settings were checked")
+
+    monkeypatch.setattr("mcp_secrets.bootstrap.open_configured_store", no_connection)
+    settings = settings_in(tmp_path, database_url=SecretStr("mongodb://127.0.0.1:1/team"))
+
+    with pytest.raises(ConfigurationError, match="explicit master key"):
+        open_secrets(settings)
+
+
+def test_the_library_entry_point_reports_a_malformed_setting_as_a_configuration_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, canary: str
+) -> None:
+    monkeypatch.setenv("MCP_SECRETS_SQLITE_BUSY_TIMEOUT", canary)
+
+    with pytest.raises(ConfigurationError, match="sqlite_busy_timeout") as raised:
+        open_secrets()
+
+    assert_not_leaked(raised.value, canary)

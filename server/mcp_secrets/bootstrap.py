@@ -13,7 +13,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from mcp_secrets.config import Settings
+from mcp_secrets.config import Settings, load_settings
 from mcp_secrets.crypto import SecretEncryptor, generate_master_key, parse_master_key
 from mcp_secrets.errors import ConfigurationError
 from mcp_secrets.secrets import Secrets
@@ -127,7 +127,8 @@ def open_secrets(settings: Settings | None = None) -> Secrets:
     a master key. When done, call ``secrets.close()`` (it writes the uses still
     pending), then ``secrets.store.close()``.
     """
-    settings = settings or Settings()
+    settings = settings or load_settings()
+    require_explicit_key(settings)  # before connecting, so a missing key fails fast
     store = open_configured_store(settings)
     try:
         return build_secrets(settings, store)[0]

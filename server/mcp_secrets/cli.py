@@ -21,7 +21,6 @@ from datetime import datetime, timedelta, timezone
 
 import anyio
 from anyio.abc import TaskStatus
-from pydantic import ValidationError
 
 from mcp_secrets import __version__
 from mcp_secrets.app import EntrySettings, build_server, missing_secrets_hint
@@ -32,7 +31,7 @@ from mcp_secrets.bootstrap import (
     open_configured_store,
     require_explicit_key,
 )
-from mcp_secrets.config import Settings
+from mcp_secrets.config import Settings, load_settings
 from mcp_secrets.crypto import generate_master_key
 from mcp_secrets.entry import EntryLinks
 from mcp_secrets.errors import (
@@ -86,11 +85,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         )
         if getattr(args, name, None) is not None
     }
-    try:
-        return Settings(**overrides)
-    except ValidationError as exc:
-        fields = ", ".join(".".join(str(part) for part in error["loc"]) for error in exc.errors())
-        raise ConfigurationError(f"invalid setting: {fields}") from None
+    return load_settings(**overrides)
 
 
 def desktop_config(url: str, token: str) -> dict[str, object]:

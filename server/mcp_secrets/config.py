@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import platformdirs
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from mcp_secrets.errors import ConfigurationError
 
 APP_NAME = "mcp-secrets"
 Transport = Literal["stdio", "sse", "streamable-http"]
@@ -119,3 +121,12 @@ class Settings(BaseSettings):
     def database_url_text(self) -> str | None:
         """The database URL itself, for the one place that opens the store."""
         return self.database_url.get_secret_value() if self.database_url else None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """The environment's settings, ``overrides`` on top; ConfigurationError names a malformed one."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(part) for part in error["loc"]) for error in exc.errors())
+        raise ConfigurationError(f"invalid setting: {fields}") from None
