@@ -15,7 +15,11 @@ from mcp_secrets import SecretsError, open_secrets
 
 
 def main(username: str, server: str) -> int:
-    secrets = open_secrets()
+    try:
+        secrets = open_secrets()  # ConfigurationError: a setting (the master key, say) missing or malformed
+    except SecretsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     try:
         values = secrets.get_secrets(username, server)
     except SecretsError as exc:

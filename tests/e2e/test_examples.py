@@ -69,6 +69,16 @@ def test_library_example_without_its_arguments_prints_its_usage(env: dict[str, s
     assert done.stderr == "usage: python examples/get_secrets.py USERNAME SERVER\n"
 
 
+def test_library_example_without_a_master_key_says_so_in_one_line(env: dict[str, str]) -> None:
+    without_key = {name: value for name, value in env.items() if name != "MCP_SECRETS_MASTER_KEY"}
+
+    done = _run_example("get_secrets.py", without_key, "alice", "github")
+
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: no master key is configured"), done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_http_client_example_stores_lists_and_deletes_with_a_token(
     streamable_http_deployment: Deployment, canary: str
 ) -> None:
