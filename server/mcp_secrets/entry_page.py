@@ -143,11 +143,16 @@ def entry_routes(links: EntryLinks) -> list[Route]:
         if body is None:
             return _page("Too large", "<h1>Too large</h1><p>That value is too large.</p>", 413)
         form = await with_body(request, body).form(max_files=0, max_fields=4)
+        sent_csrf, cookie_csrf = form.get("csrf"), request.cookies.get(CSRF_COOKIE, "")
+        valid_form = (
+            isinstance(sent_csrf, str) and bool(cookie_csrf) and hmac.compare_digest(sent_csrf, cookie_csrf)
+        )
         record = await _live_record(links, request)
         if isinstance(record, Response):
+            if record.status_code == 410 and valid_form:  # noqa: PLR2004 - HTTP status
+                return await _sent_again(links, request) or record
             return record
-        sent_csrf, cookie_csrf = form.get("csrf"), request.cookies.get(CSRF_COOKIE, "")
-        if not (isinstance(sent_csrf, str) and cookie_csrf and hmac.compare_digest(sent_csrf, cookie_csrf)):
+        if not valid_form:
             fresh = _random.token_urlsafe(32)
             return _form(record, fresh, error="The form expired. Please enter the value again.", status=403)
         value = form.get("value")
@@ -155,6 +160,32 @@ def entry_routes(links: EntryLinks) -> list[Route]:
 
     path = ENTRY_PATH + "/{token}"
     return [Route(path, show, methods=["GET"]), Route(path, store, methods=["POST"])]
+
+
+async def _sent_again(links: EntryLinks, request: Request) -> Response | None:
+    """The page for the form of a link whose value is stored already, sent again (a double click).
+
+    A browser shows the answer to the last of the two posts: without this page, a user whose value
+    was stored would read that the link expired, and ask for a new one.
+    """
+    token = str(request.path_params["token"])
+
+    def stored_record() -> LinkRecord | None:
+        return links.find(token)[0] if links.submission(token) == "stored" else None
+
+    try:
+        record = await anyio.to_thread.run_sync(stored_record)
+    except SecretsError:
+        return None
+    if record is None or _other_user(request, record):
+        return None
+    body = (
+        f"<h1>Secret already stored</h1>{_record_list(record)}"
+        "<p>This link has stored its value already; nothing more was stored from this page. "
+        "If you sent the form twice, there is nothing more to do: return to the assistant. "
+        "To change the value, ask the assistant for a new link.</p>"
+    )
+    return _page("Secret already stored", body, 410)
 
 
 async def _submit(links: EntryLinks, record: LinkRecord, token: str, value: object, csrf: str) -> Response:

@@ -370,6 +370,27 @@ async def test_a_used_link_is_410_and_keeps_the_first_value(
     assert stored_values(streamable_http_deployment, "alice", server) == {"API_TOKEN": canary}
 
 
+async def test_a_form_sent_twice_says_the_value_is_stored_not_that_the_link_expired(
+    streamable_http_deployment, server: str, canary: str
+) -> None:
+    url = await new_link(streamable_http_deployment, server)
+
+    async with browser() as http:
+        _, csrf = await open_form(http, url)
+        # A double click on the button: the browser sends the form twice and shows the second answer.
+        first = await http.post(url, data={"csrf": csrf, "value": canary})
+        second = await http.post(url, data={"csrf": csrf, "value": canary})
+
+    assert [first.status_code, second.status_code] == [200, 410]
+    assert "Secret already stored" in second.text
+    assert server in second.text
+    assert "expired" not in second.text
+    assert "Ask the assistant for a new one" not in second.text
+    assert not inputs_of(second.text)
+    assert canary not in first.text + second.text
+    assert stored_values(streamable_http_deployment, "alice", server) == {"API_TOKEN": canary}
+
+
 async def test_an_expired_link_is_410(short_link_deployment, server: str) -> None:
     result = await link_sent(short_link_deployment, server, "API_TOKEN")
     assert result.structured_content is not None
