@@ -508,6 +508,26 @@ async def test_request_secret_in_process_declined_uses_the_link_up(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
+@pytest.mark.parametrize("action", ["decline", "cancel"])
+async def test_request_secret_closed_after_the_page_stored_the_value_says_stored_not_declined(
+    sqlite_secrets: Secrets, entry_client: Callable[..., Client], mode: str, action: str, canary: str
+) -> None:
+    # The user entered the value on the page, then closed the client's dialog rather than confirm it.
+    elicitor = Elicitor(EntryLinks(sqlite_secrets), action, submit=canary)
+
+    async with entry_client(elicitor, mode=mode) as alice:
+        result = await alice.call_tool("request_secret", {"server": "github", "key": "TOKEN"})
+
+    assert not result.is_error, text_of(result)
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "stored", text_of(result)
+    assert "nothing was stored" not in text_of(result)
+    assert sqlite_secrets.get_secrets("alice", "github") == {"TOKEN": canary}
+    assert canary not in json.dumps(result.model_dump(mode="json"))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_request_secret_in_process_without_a_submission_is_pending(
     sqlite_secrets: Secrets, entry_client: Callable[..., Client], mode: str
 ) -> None:

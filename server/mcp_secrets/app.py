@@ -322,8 +322,12 @@ async def _entry_outcome(
     entry: EntrySettings, link: EntryLink, action: str, ctx: Context[Any, Any], *, elicitation_id: str | None
 ) -> CallToolResult:
     record = link.record
+    stored_text = f"Secret {record.key} for server {record.server} stored. Its value was never seen here."
     if action != "accept":
         await _run(lambda: entry.links.cancel(link.token))
+        # The user may have submitted the page before closing the client's dialog.
+        if await _run(lambda: entry.links.submission(link.token)) == "stored":
+            return _result(stored_text, SecretRequest(server=record.server, key=record.key, status="stored"))
         text = f"The user declined to enter {record.key} for {record.server}; nothing was stored."
         return _result(text, SecretRequest(server=record.server, key=record.key, status="declined"))
     if await _await_entry(entry, link, ctx):
@@ -331,8 +335,7 @@ async def _entry_outcome(
             await ctx.request_context.session.send_elicit_complete(
                 elicitation_id, ctx.request_context.request_id
             )
-        text = f"Secret {record.key} for server {record.server} stored. Its value was never seen here."
-        return _result(text, SecretRequest(server=record.server, key=record.key, status="stored"))
+        return _result(stored_text, SecretRequest(server=record.server, key=record.key, status="stored"))
     text = (
         f"The entry page for {record.key} ({record.server}) is open but not submitted yet; the link "
         f"stays valid until {record.expires_at:%H:%M} UTC. list_secret_keys will show it once stored."
