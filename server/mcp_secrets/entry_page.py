@@ -47,7 +47,9 @@ button,input{font:inherit}
 """
 
 
-def _page(title: str, body: str, status: int, *, cookie: str | None = None) -> HTMLResponse:
+def _page(
+    title: str, body: str, status: int, *, cookie: str | None = None, secure: bool = False
+) -> HTMLResponse:
     nonce = _random.token_urlsafe(16)
     html = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
@@ -67,7 +69,9 @@ def _page(title: str, body: str, status: int, *, cookie: str | None = None) -> H
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
     if cookie is not None:
-        response.set_cookie(CSRF_COOKIE, cookie, path=ENTRY_PATH, httponly=True, samesite="strict")
+        response.set_cookie(
+            CSRF_COOKIE, cookie, path=ENTRY_PATH, httponly=True, samesite="strict", secure=secure
+        )
     return response
 
 
@@ -79,7 +83,7 @@ def _record_list(record: LinkRecord) -> str:
     )
 
 
-def _form(record: LinkRecord, csrf: str, *, error: str = "", status: int = 200) -> HTMLResponse:
+def _form(record: LinkRecord, csrf: str, *, secure: bool, error: str = "", status: int = 200) -> HTMLResponse:
     problem = f'<p class="error" id="problem" role="alert">{escape(error)}</p>' if error else ""
     described = "hint problem" if error else "hint"
     body = (
@@ -93,7 +97,7 @@ def _form(record: LinkRecord, csrf: str, *, error: str = "", status: int = 200) 
         '<button type="submit">Store secret</button></form>'
         f'<p class="note">This link works once and expires at {record.expires_at:%H:%M} UTC.</p>'
     )
-    return _page("Enter a secret", body, status, cookie=csrf)
+    return _page("Enter a secret", body, status, cookie=csrf, secure=secure)
 
 
 def _gone(status: int) -> HTMLResponse:
@@ -129,14 +133,22 @@ async def _live_record(links: EntryLinks, request: Request) -> LinkRecord | Resp
     return record
 
 
-def entry_routes(links: EntryLinks) -> list[Route]:
-    """The GET and POST routes of the entry page."""
+def entry_routes(links: EntryLinks, *, secure_cookie: bool = False) -> list[Route]:
+    """The GET and POST routes of the entry page.
+
+    ``secure_cookie``: the page is served over HTTPS (the public URL says so), so the browser is told
+    never to send its CSRF cookie over plain HTTP. A request that came in over HTTPS gets it anyway.
+    """
+
+    def secure(request: Request) -> bool:
+        return secure_cookie or request.url.scheme == "https"
 
     async def show(request: Request) -> Response:
         record = await _live_record(links, request)
         if isinstance(record, Response):
             return record
-        return _form(record, request.cookies.get(CSRF_COOKIE) or _random.token_urlsafe(32))
+        csrf = request.cookies.get(CSRF_COOKIE) or _random.token_urlsafe(32)
+        return _form(record, csrf, secure=secure(request))
 
     async def store(request: Request) -> Response:
         body = await read_body(request, MAX_FORM_BYTES)
@@ -154,9 +166,11 @@ def entry_routes(links: EntryLinks) -> list[Route]:
             return record
         if not valid_form:
             fresh = _random.token_urlsafe(32)
-            return _form(record, fresh, error="The form expired. Please enter the value again.", status=403)
+            error = "The form expired. Please enter the value again."
+            return _form(record, fresh, secure=secure(request), error=error, status=403)
         value = form.get("value")
-        return await _submit(links, record, str(request.path_params["token"]), value, cookie_csrf)
+        token = str(request.path_params["token"])
+        return await _submit(links, record, token, value, cookie_csrf, secure=secure(request))
 
     path = ENTRY_PATH + "/{token}"
     return [Route(path, show, methods=["GET"]), Route(path, store, methods=["POST"])]
@@ -188,18 +202,21 @@ async def _sent_again(links: EntryLinks, request: Request) -> Response | None:
     return _page("Secret already stored", body, 410)
 
 
-async def _submit(links: EntryLinks, record: LinkRecord, token: str, value: object, csrf: str) -> Response:
+async def _submit(
+    links: EntryLinks, record: LinkRecord, token: str, value: object, csrf: str, *, secure: bool
+) -> Response:
     """Store the submitted value; the answer never contains it."""
     text = value if isinstance(value, str) else ""
     try:
         await anyio.to_thread.run_sync(links.submit, token, text)
     except InvalidInputError as exc:
-        return _form(record, csrf, error=f"Not stored: {exc}.", status=400)
+        return _form(record, csrf, secure=secure, error=f"Not stored: {exc}.", status=400)
     except EntryLinkError as exc:
         return _gone(410 if exc.gone else 404)
     except SecretsError:
         logger.warning("entry page: the secret could not be stored")
-        return _form(record, csrf, error="The secret store is unavailable; try again.", status=503)
+        error = "The secret store is unavailable; try again."
+        return _form(record, csrf, secure=secure, error=error, status=503)
     logger.info(
         "entry link %s used: secret %s of server %s stored", record.link_id, record.key, record.server
     )

@@ -207,7 +207,7 @@ def http_app(
     # the REST routes require a token themselves, the entry page is reached by its one-time link.
     app.router.routes.extend(rest_routes(secrets))
     if links is not None:
-        app.router.routes.extend(entry_routes(links))
+        app.router.routes.extend(entry_routes(links, secure_cookie=base_url(settings).startswith("https://")))
     return HostOriginGuard(WithheldValidationDetails(app), security)
 
 

@@ -503,6 +503,29 @@ async def test_the_csrf_cookie_is_http_only_strict_and_scoped_to_entry_pages(
     assert "path=/secrets/entry" in cookie.lower()
 
 
+async def test_behind_an_https_public_url_the_csrf_cookie_is_secure(
+    tmp_path: Path, server: str, start_server: Callable[..., Any]
+) -> None:
+    public = "secrets.example.test"
+    env = isolated_env(tmp_path, MCP_SECRETS_PUBLIC_URL=f"https://{public}")
+    token = create_token(env, "alice")
+    with start_server(env, "streamable-http", tmp_path / "server.log") as deployment:
+        async with deployment.connect(token=token) as alice:
+            sent = await alice.call_tool("request_secret", {"server": server, "key": "API_TOKEN"})
+        assert sent.structured_content is not None, text_of(sent)
+        url = str(sent.structured_content["url"])
+        assert url.startswith(f"https://{public}{ENTRY_PREFIX}")
+        # The proxy in front would forward the request as plain HTTP, with the public Host.
+        async with browser() as http:
+            page = await http.get(
+                deployment.base_url + url.removeprefix(f"https://{public}"), headers={"Host": public}
+            )
+
+    assert page.status_code == 200, page.text
+    attributes = {part.strip().lower() for part in page.headers["Set-Cookie"].split(";")}
+    assert "secure" in attributes
+
+
 async def test_the_value_travels_in_the_post_body_only(
     streamable_http_deployment, server: str, canary: str
 ) -> None:
