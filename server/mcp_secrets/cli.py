@@ -210,7 +210,9 @@ def _gateway(settings: Settings, secrets: Secrets, entry: EntrySettings | None) 
     if settings.servers is None:
         return None
     pool = DownstreamPool(
-        max_live=settings.gateway_max_connections, idle_seconds=settings.gateway_idle_seconds
+        max_live=settings.gateway_max_connections,
+        idle_seconds=settings.gateway_idle_seconds,
+        start_seconds=settings.gateway_start_seconds,
     )
     config = load_gateway_config(settings.servers)
     return Gateway(config, secrets, pool=pool, missing_hint=missing_secrets_hint(entry))

@@ -96,6 +96,9 @@ class Settings(BaseSettings):
         default=32, ge=1, description="Bound on live downstream connections."
     )
     gateway_idle_seconds: float = Field(default=300.0, gt=0, description="Idle downstream connections close.")
+    gateway_start_seconds: float = Field(
+        default=60.0, gt=0, description="How long a downstream may take to start, and to list its tools."
+    )
 
     log_level: LogLevel = "INFO"
 

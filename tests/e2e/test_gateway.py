@@ -60,6 +60,7 @@ from .conftest import (
 pytestmark = pytest.mark.anyio
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "downstream_server.py"
+SILENT_FIXTURE = FIXTURE.with_name("silent_server.py")
 DOWNSTREAM_TOOLS = {"token_hash", "echo_token", "seen_digests", "fail_with_token", "ping", "crash", "work"}
 STDIO_ENTRY: dict[str, Any] = {
     "command": sys.executable,
@@ -71,6 +72,7 @@ CONCURRENT_CALLS = 5
 STARTUP_SECONDS = 20.0
 CLOSE_SECONDS = 10.0
 AUDIT_SECONDS = 30.0
+SILENT_START_SECONDS = 2.0  # how long the gateway waits for a downstream that never answers
 
 
 def sha256(value: str) -> str:
@@ -244,13 +246,42 @@ def connection_of(gateway: Gateway, username: str, server: str = "down") -> Conn
 
 async def call(secrets: Secrets, gateway: Gateway, username: str, tool: str) -> CallToolResult:
     """One call of ``down__TOOL`` by ``username`` on a client of its own."""
+    return await call_server(secrets, gateway, username, f"down__{tool}")
+
+
+async def call_server(secrets: Secrets, gateway: Gateway, username: str, name: str) -> CallToolResult:
+    """One call of the tool ``name`` (prefixed) by ``username`` on a client of its own, without arguments."""
     async with connect(secrets, gateway, username) as client:
-        return await client.call_tool(f"down__{tool}", {})
+        return await client.call_tool(name, {})
 
 
 async def wait_closed(connection: Connection) -> None:
     with anyio.fail_after(CLOSE_SECONDS):
         await connection.closed.wait()
+
+
+def processes_with(marker: str) -> list[int]:
+    """The ids of live processes whose command line holds ``marker`` (Linux /proc)."""
+    return [int(path.parent.name) for path in Path("/proc").glob("[0-9]*/cmdline") if marker in _read(path)]
+
+
+def _read(cmdline: Path) -> str:
+    try:
+        return cmdline.read_bytes().decode(errors="replace")
+    except OSError:  # the process ended meanwhile
+        return ""
+
+
+@pytest.fixture
+def marker() -> Iterator[str]:
+    """A mark for the downstream processes of one test; any left behind are killed afterwards."""
+    mark = f"--test-mark={_random.token_hex(8)}"
+    yield mark
+    for pid in processes_with(mark):
+        os.kill(pid, signal.SIGKILL)
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads processes from /proc")
 
 
 # --- listing and calling --------------------------------------------------------------------------
@@ -598,6 +629,53 @@ async def test_a_changed_secret_is_used_on_the_next_call_through_a_new_connectio
     await wait_closed(old)
 
 
+def silent_entry(silent_from: str, marker: str) -> dict[str, Any]:
+    """A stdio downstream that answers nothing from ``silent_from`` on, marked by ``marker``."""
+    return {"command": sys.executable, "args": [str(SILENT_FIXTURE), silent_from, marker]}
+
+
+@pytest.mark.parametrize("silent_from", ["initialize", "tools/list"])
+async def test_a_downstream_that_stops_answering_leaves_only_its_own_tools_out_of_the_listing(
+    sqlite_secrets: Secrets, tmp_path: Path, silent_from: str, marker: str
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    servers = {"silent": silent_entry(silent_from, marker), "down": STDIO_ENTRY}
+
+    async with running_gateway(sqlite_secrets, tmp_path, servers) as gw:
+        with anyio.fail_after(STARTUP_SECONDS):
+            # down starts first, at the default bound: a real server may take longer than the short one.
+            hash_of(await gw.call_tool("alice", "down__token_hash", {}))
+            gw.pool.start_seconds = SILENT_START_SECONDS
+            async with connect(sqlite_secrets, gw, "alice") as alice:
+                listed = {tool.name for tool in (await alice.list_tools()).tools}
+                hashed = await alice.call_tool("down__token_hash", {})
+        silent_connected = ("alice", "silent") in gw.pool._connections
+
+    assert "list_secret_keys" in listed
+    assert {f"down__{name}" for name in DOWNSTREAM_TOOLS} <= listed
+    assert not any(name.startswith("silent__") for name in listed)
+    assert not hashed.is_error, text_of(hashed)
+    assert not silent_connected
+
+
+@needs_proc
+async def test_a_call_of_a_downstream_that_never_answers_its_start_is_a_tool_error_and_stops_it(
+    sqlite_secrets: Secrets, tmp_path: Path, marker: str
+) -> None:
+    servers = {"silent": silent_entry("initialize", marker)}
+
+    async with running_gateway(sqlite_secrets, tmp_path, servers, start_seconds=SILENT_START_SECONDS) as gw:
+        with anyio.fail_after(STARTUP_SECONDS):
+            called = await call_server(sqlite_secrets, gw, "alice", "silent__anything")
+        live = gw.pool.live
+
+    assert called.is_error
+    expected = f"it did not answer within {SILENT_START_SECONDS:g} seconds"
+    assert f"downstream server silent could not be started: {expected}" in text_of(called)
+    assert live == 0
+    assert processes_with(marker) == []
+
+
 # --- list_secret_keys -----------------------------------------------------------------------------
 
 
@@ -821,30 +899,6 @@ def lingering_entry(marker: str) -> dict[str, Any]:
         "args": [*STDIO_ENTRY["args"], marker],
         "env": {**STDIO_ENTRY["env"], "DOWNSTREAM_IGNORES_EOF": "1"},
     }
-
-
-def processes_with(marker: str) -> list[int]:
-    """The ids of live processes whose command line holds ``marker`` (Linux /proc)."""
-    return [int(path.parent.name) for path in Path("/proc").glob("[0-9]*/cmdline") if marker in _read(path)]
-
-
-def _read(cmdline: Path) -> str:
-    try:
-        return cmdline.read_bytes().decode(errors="replace")
-    except OSError:  # the process ended meanwhile
-        return ""
-
-
-@pytest.fixture
-def marker() -> Iterator[str]:
-    """A mark for the downstream processes of one test; any left behind are killed afterwards."""
-    mark = f"--test-mark={_random.token_hex(8)}"
-    yield mark
-    for pid in processes_with(mark):
-        os.kill(pid, signal.SIGKILL)
-
-
-needs_proc = pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads processes from /proc")
 
 
 @needs_proc

@@ -34,7 +34,7 @@ from mcp_types import CallToolResult, LoggingMessageNotificationParams, Tool
 
 from mcp_secrets.errors import SecretsError
 from mcp_secrets.gateway.config import SEPARATOR, GatewayConfig, ServerConfig, load_gateway_config, substitute
-from mcp_secrets.gateway.pool import Connection, DownstreamPool, GatewayBusyError
+from mcp_secrets.gateway.pool import Connection, DownstreamPool, GatewayBusyError, StartTimeoutError
 from mcp_secrets.gateway.redact import Redactor
 from mcp_secrets.offload import run_store_work
 from mcp_secrets.secrets import Secrets
@@ -132,29 +132,37 @@ class Gateway:
 
         A server the caller cannot start now (missing secrets, or down) shows the tools it
         listed last for this caller, if ever; ``list_secret_keys`` says which keys are missing.
+        Servers are listed in parallel: a slow one delays the listing by its own time only.
         """
-        tools: list[Tool] = []
-        for name, server in self.config.servers.items():
-            try:
-                listed = await self._list(username, server)
-            except DownstreamError as exc:
-                # The server is down or unreachable: an operator needs to see why. The message is
-                # the one a tool call would return, injected values already taken out of it.
-                logger.warning("tools of server %s not listed for %s: %s", name, username, exc)
-                listed = self._known_tools.get((username, name), [])
-            except SecretsError as exc:  # missing secrets, as list_secret_keys tells the user
-                logger.info("tools of server %s not listed for %s: %s", name, username, type(exc).__name__)
-                listed = self._known_tools.get((username, name), [])
-            tools.extend(
-                tool.model_copy(
-                    update={
-                        "name": f"{name}{SEPARATOR}{tool.name}",
-                        "description": f"[{name}] {tool.description or ''}",
-                    }
-                )
-                for tool in listed
+        listed: dict[str, list[Tool]] = {}
+
+        async def list_server(server: ServerConfig) -> None:
+            listed[server.name] = await self._list_or_known(username, server)
+
+        async with anyio.create_task_group() as listings:
+            for server in self.config.servers.values():
+                listings.start_soon(list_server, server)
+        return [
+            tool.model_copy(
+                update={
+                    "name": f"{name}{SEPARATOR}{tool.name}",
+                    "description": f"[{name}] {tool.description or ''}",
+                }
             )
-        return tools
+            for name in self.config.servers
+            for tool in listed[name]
+        ]
+
+    async def _list_or_known(self, username: str, server: ServerConfig) -> list[Tool]:
+        try:
+            return await self._list(username, server)
+        except DownstreamError as exc:
+            # The server is down or unreachable: an operator needs to see why. The message is
+            # the one a tool call would return, injected values already taken out of it.
+            logger.warning("tools of server %s not listed for %s: %s", server.name, username, exc)
+        except SecretsError as exc:  # missing secrets, as list_secret_keys tells the user
+            logger.info("tools of server %s not listed for %s: %s", server.name, username, type(exc).__name__)
+        return self._known_tools.get((username, server.name), [])
 
     async def call_tool(
         self, username: str, name: str, arguments: Mapping[str, Any], ctx: Context[Any, Any] | None = None
@@ -189,13 +197,18 @@ class Gateway:
         session = self._session(username, server, None, offer_links=False, purpose="tools/list")
         async with session as (connection, redactor):
             assert connection.client is not None  # noqa: S101
+            seconds = self.pool.start_seconds
             try:
-                listed = (await connection.client.list_tools()).tools
+                with anyio.fail_after(seconds):
+                    listed = (await connection.client.list_tools()).tools
             except Exception as exc:  # noqa: BLE001 - any downstream failure becomes a tool error
                 self.pool.discard(connection)
-                raise DownstreamError(
-                    redactor.text(f"listing {server.name} failed: {_describe(exc)}")
-                ) from None
+                problem = (
+                    f"it did not answer within {seconds:g} seconds"
+                    if isinstance(exc, TimeoutError)
+                    else _describe(exc)
+                )
+                raise DownstreamError(redactor.text(f"listing {server.name} failed: {problem}")) from None
         tools = [Tool.model_validate(redactor.data(tool.model_dump(by_alias=True))) for tool in listed]
         self._known_tools[(username, server.name)] = tools
         return tools
@@ -251,6 +264,8 @@ class Gateway:
                     connection.on_log = None
         except (GatewayBusyError, MissingSecretsError, DownstreamError):
             raise
+        except StartTimeoutError as exc:
+            raise DownstreamError(f"downstream server {server.name} could not be started: {exc}") from None
         except SecretsError:
             raise
         except Exception as exc:  # noqa: BLE001 - any downstream failure becomes a tool error

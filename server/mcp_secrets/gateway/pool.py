@@ -32,6 +32,10 @@ class GatewayBusyError(SecretsError):
     """Raised when every downstream connection is in use and the pool is at its bound."""
 
 
+class StartTimeoutError(Exception):
+    """Raised when a downstream server does not finish its start in time; it has been stopped."""
+
+
 @dataclass(eq=False)
 class Connection:
     """One user's live client of one downstream server."""
@@ -50,9 +54,13 @@ class Connection:
 class DownstreamPool:
     """Opens, reuses, bounds and closes downstream connections."""
 
-    def __init__(self, *, max_live: int = 32, idle_seconds: float = 300.0) -> None:
+    def __init__(
+        self, *, max_live: int = 32, idle_seconds: float = 300.0, start_seconds: float = 60.0
+    ) -> None:
         self.max_live = max_live
         self.idle_seconds = idle_seconds
+        # How long a downstream may take to start and answer (the handshake; the gateway's listing).
+        self.start_seconds = start_seconds
         self._connections: dict[PoolKey, Connection] = {}
         self._locks: dict[PoolKey, anyio.Lock] = {}
         self._task_group: TaskGroup | None = None
@@ -115,7 +123,11 @@ class DownstreamPool:
                 self.discard(current)
             self._make_room()
             connection = Connection(key, fingerprint)
-            await self._task_group.start(self._hold, connection, opener)
+            # A downstream that never answers would hold this key's lock, and every call waiting on it.
+            with anyio.move_on_after(self.start_seconds) as waited:
+                await self._task_group.start(self._hold, connection, opener)
+            if waited.cancelled_caught:
+                raise StartTimeoutError(f"it did not answer within {self.start_seconds:g} seconds")
             self._connections[key] = connection
             return connection
 
