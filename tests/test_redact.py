@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import secrets
 from collections.abc import Callable
 from urllib.parse import quote, quote_plus
 
@@ -136,7 +137,10 @@ def test_redacted_text_never_holds_the_value_or_any_encoding_of_it(
 
 @given(value=secret_values, text=st.text())
 def test_text_holding_no_spelling_of_the_value_is_untouched(value: str, text: str) -> None:
-    assume(not any(spelled in text for spelled in spellings(value).values()))
+    # The value trimmed, and each of its lines, are redacted too (the tests at the end).
+    parts = {value, value.strip(), *(line.strip() for line in value.splitlines())}
+    shown_parts = [part for part in parts if len(part) >= MIN_REDACTED_LENGTH]
+    assume(not any(spelled in text for part in shown_parts for spelled in spellings(part).values()))
 
     assert Redactor({"TOKEN": value}).text(text) == text
 
@@ -176,3 +180,41 @@ def test_base64_of_longer_data_keeps_at_most_one_character_of_the_value_at_each_
     assert LABEL in shown
     carrying = -(-8 * (len(before) + len(raw)) // 6) - 8 * len(before) // 6
     assert len(encoded) - len(shown.replace(LABEL, "")) >= carrying - 2
+
+
+@pytest.mark.parametrize("stored", ["tok-3f9a1c\n", " tok-3f9a1c ", "\ttok-3f9a1c\r\n"])
+@pytest.mark.parametrize("encoding", list(ENCODINGS))
+def test_a_value_stored_with_surrounding_whitespace_is_replaced_when_shown_trimmed(
+    stored: str, encoding: str
+) -> None:
+    # Programs commonly trim what they read from the environment, then quote it in an error.
+    shown = Redactor({"TOKEN": stored}).text(f"bad credentials: {ENCODINGS[encoding](stored.strip())}")
+
+    assert shown == f"bad credentials: {LABEL}"
+
+
+def pem_key() -> str:
+    lines = [base64.b64encode(secrets.token_bytes(48)).decode() for _ in range(8)]
+    return "\n".join(["-----BEGIN PRIVATE KEY-----", *lines, "-----END PRIVATE KEY-----"]) + "\n"
+
+
+@pytest.mark.parametrize(
+    "reshape",
+    [
+        lambda value: value.replace("\n", "\r\n"),
+        lambda value: "key: |\n" + "".join(f"  {line}\n" for line in value.splitlines()),
+        lambda value: repr(value.splitlines()),
+        lambda value: json.dumps(value.splitlines()[3]),
+    ],
+    ids=["CRLF line ends", "indented YAML block", "list of lines", "one line alone"],
+)
+def test_no_line_of_a_multi_line_value_is_shown_when_the_value_comes_back_reshaped(
+    reshape: Callable[[str], str],
+) -> None:
+    value = pem_key()
+
+    shown = Redactor({"KEY": value}).text(reshape(value))
+
+    body = value.splitlines()[1:-1]
+    leaked = sum(line in shown for line in body)  # a bare count: a failure prints none of the lines
+    assert leaked == 0

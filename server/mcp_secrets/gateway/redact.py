@@ -3,7 +3,10 @@
 Exact matches, and the encodings a tool is likely to echo them in: base64
 (standard and URL-safe, with or without padding, and inside longer base64 text
 such as ``Basic base64(user:token)``), URL-encoding (either case of hex digit),
-hex (either case) and JSON string escapes.
+hex (either case) and JSON string escapes. Of each value, also the value
+trimmed of surrounding whitespace and, for a multi-line value, each of its
+lines: a program may trim what it reads, and may show a PEM key or a JSON
+credential line by line or with other line ends.
 """
 
 from __future__ import annotations
@@ -48,6 +51,11 @@ def _spellings(value: str) -> set[str]:
     return forms | _base64_inside(raw)
 
 
+def _parts(value: str) -> set[str]:
+    """``value``, and what a downstream may show of it alone: it trimmed, and each of its lines trimmed."""
+    return {value, value.strip(), *(line.strip() for line in value.splitlines())}
+
+
 def _base64_inside(raw: bytes) -> set[str]:
     """What base64 of longer data shows of ``raw``, at each of the 3 places it can start in a group.
 
@@ -71,8 +79,9 @@ class Redactor:
     def __init__(self, values: Mapping[str, str]) -> None:
         label_of: dict[str, str] = {}
         for key, value in values.items():
-            for form in _spellings(value):
-                label_of.setdefault(form, f"[redacted {key}]")
+            for part in _parts(value):
+                for form in _spellings(part):
+                    label_of.setdefault(form, f"[redacted {key}]")
         self._label_of = label_of
         # Longest first, so a value is replaced whole before any shorter spelling inside it.
         ordered = sorted(label_of, key=len, reverse=True)
