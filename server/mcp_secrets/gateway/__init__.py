@@ -239,16 +239,25 @@ class Gateway:
             )
         redactor = Redactor(values)
         injected = {key: values.get(key, "") for key in server.referenced}
-        # Only what goes to the downstream is a use: not a refused call, not the keys no placeholder names.
-        self.secrets.record_use(
-            username,
-            server.name,
-            values.keys() & server.referenced,
-            via=self._via,
-            action="injected",
-            detail=purpose,
-        )
-        opener, fingerprint, holder = self._opener(server, injected)
+        handed_on = values.keys() & server.referenced
+        recorded = False
+
+        def record_injected() -> None:
+            # Only what goes to the downstream is a use: not a refused call (missing secrets, or every
+            # connection busy), not the keys no placeholder names. Once per call.
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                self.secrets.record_use(
+                    username, server.name, handed_on, via=self._via, action="injected", detail=purpose
+                )
+
+        made_opener, fingerprint, holder = self._opener(server, injected)
+
+        def opener() -> AbstractAsyncContextManager[Client]:
+            record_injected()  # the values go to a new downstream now, whether or not it starts
+            return made_opener()
+
         del values, injected  # decrypted values now live only in the opener, for this call
         key = (username, server.name)
         # One call at a time per (user, server): notifications carry no request id, so this is
@@ -256,6 +265,7 @@ class Gateway:
         lock = self._call_locks.setdefault(key, anyio.Lock())
         try:
             async with lock, self.pool.connection(key, fingerprint, opener) as connection:
+                record_injected()  # a live connection holds the values: this call uses them
                 holder["connection"] = connection
                 connection.on_log = _log_forwarder(ctx, redactor)
                 try:
