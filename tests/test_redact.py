@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import re
 import secrets
@@ -218,3 +219,16 @@ def test_no_line_of_a_multi_line_value_is_shown_when_the_value_comes_back_reshap
     body = value.splitlines()[1:-1]
     leaked = sum(line in shown for line in body)  # a bare count: a failure prints none of the lines
     assert leaked == 0
+
+
+def test_nothing_of_the_values_outlives_the_redactor_in_a_compiled_pattern() -> None:
+    # ``re`` caches what it compiles, module-wide: a pattern spelling the values would keep them.
+    canary = secrets.token_urlsafe(24)
+    redactor = Redactor({"TOKEN": canary, "KEY": pem_key() + canary})
+    assert canary not in redactor.text(f"echo {canary}")
+    del redactor
+    gc.collect()
+
+    patterns = [item.pattern for item in gc.get_objects() if isinstance(item, re.Pattern)]
+    kept = sum(canary in pattern for pattern in patterns if isinstance(pattern, str))  # a count: prints none
+    assert kept == 0

@@ -74,7 +74,11 @@ def _base64_inside(raw: bytes) -> set[str]:
 
 
 class Redactor:
-    """Replaces every spelling of the given values with ``[redacted KEY]``."""
+    """Replaces every spelling of the given values with ``[redacted KEY]``.
+
+    Plain substring search rather than one regular expression: ``re`` keeps the patterns it compiles
+    in a module-wide cache, and a pattern made of the values would outlive the call that needed them.
+    """
 
     def __init__(self, values: Mapping[str, str]) -> None:
         label_of: dict[str, str] = {}
@@ -83,15 +87,29 @@ class Redactor:
                 for form in _spellings(part):
                     label_of.setdefault(form, f"[redacted {key}]")
         self._label_of = label_of
-        # Longest first, so a value is replaced whole before any shorter spelling inside it.
-        ordered = sorted(label_of, key=len, reverse=True)
-        self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        self._forms = tuple(label_of)
 
     def text(self, text: str) -> str:
         """``text`` with every known spelling replaced."""
-        if self._pattern is None:
+        found: list[
+            tuple[int, int, str]
+        ] = []  # (start, -length, form): sorted, the leftmost first and there the longest
+        for form in self._forms:
+            start = text.find(form)
+            while start != -1:
+                found.append((start, -len(form), form))
+                start = text.find(form, start + 1)
+        if not found:
             return text
-        return self._pattern.sub(lambda match: self._label_of[match.group(0)], text)
+        found.sort()
+        pieces: list[str] = []
+        done = 0
+        for start, negative_length, form in found:
+            if start >= done:  # not inside a spelling replaced already
+                pieces += (text[done:start], self._label_of[form])
+                done = start - negative_length
+        pieces.append(text[done:])
+        return "".join(pieces)
 
     def data(self, value: Any) -> Any:  # noqa: ANN401 - any JSON value
         """A JSON-like value with every string in it (keys included) redacted."""
