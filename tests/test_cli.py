@@ -9,6 +9,7 @@ import re
 import secrets as _random
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -417,6 +418,33 @@ def test_set_takes_no_value_argument(env: dict[str, str], canary: str) -> None:
 
     assert done.returncode == EXIT_CONFIGURATION  # argparse's usage error
     assert "unrecognized arguments" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "misplaced",
+    [
+        pytest.param(lambda value: ("github", "TOKEN", value), id="third-argument"),
+        pytest.param(lambda value: ("github", "TOKEN", f"--value={value}"), id="made-up-option"),
+        pytest.param(lambda value: ("github", "--user", "alice", "TOKEN", value), id="after-an-option"),
+    ],
+)
+def test_set_with_a_value_on_the_command_line_refuses_it_without_repeating_it(
+    env: dict[str, str], canary: str, misplaced: Callable[[str], tuple[str, ...]]
+) -> None:
+    done = set_from_stdin(env, "", *misplaced(canary))
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "unrecognized arguments" in done.stderr
+    assert "hidden prompt" in done.stderr
+    assert canary not in done.stdout + done.stderr
+    assert stored_secrets(env, "alice", "github") == {}
+
+
+def test_other_commands_still_name_an_unrecognized_argument(env: dict[str, str]) -> None:
+    done = mcp_secrets_cli(env, "audit", "--limt", "5")
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "unrecognized arguments: --limt 5" in done.stderr
 
 
 # --- list and delete: one user's secrets, by name ---------------------------------------------------

@@ -717,7 +717,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; print errors as one line on stderr and return the exit code."""
     forbid_inspection()  # before any key or value is read: this process will hold them
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unrecognized = parser.parse_known_args(argv)
+    if unrecognized and args.command == "set":
+        # argparse would repeat them, and a value typed after SERVER KEY would reach stderr and its logs.
+        parser.error(
+            "unrecognized arguments (not repeated here): set takes only SERVER, KEY and --user, "
+            "and reads the value at a hidden prompt or from stdin, never from the command line"
+        )
+    if unrecognized:
+        parser.error(f"unrecognized arguments: {' '.join(unrecognized)}")
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
