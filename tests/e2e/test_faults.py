@@ -21,7 +21,7 @@ from mcp_types import CallToolResult
 
 from conftest import text_of
 
-from .conftest import create_token, free_port, isolated_env, run_cli, serving
+from .conftest import Deployment, create_token, free_port, isolated_env, run_cli, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -202,6 +202,50 @@ async def test_a_write_waits_out_a_lock_shorter_than_the_busy_timeout(
             "SELECT actor FROM audit_events WHERE actor = 'lock-holder' OR key = 'WAITED' ORDER BY id"
         ).fetchall()
     assert actors[-2:] == [("lock-holder",), ("alice",)]
+
+
+# --- the store file deleted or replaced under a serving server --------------------------------------
+
+
+def _delete_the_store(database: Path) -> None:
+    """``rm secrets.db*``, as an admin cleaning up (or a mistyped path) would."""
+    for path in database.parent.glob(f"{database.name}*"):
+        path.unlink()
+
+
+def _restore_a_backup_over_the_store(database: Path) -> None:
+    """A backup renamed over the live file, as a restore with ``mv`` does."""
+    backup = database.with_name("backup.db")
+    with closing(sqlite3.connect(database)) as live, closing(sqlite3.connect(backup)) as copy:
+        live.backup(copy)
+    backup.replace(database)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(_delete_the_store, id="deleted"),
+        pytest.param(_restore_a_backup_over_the_store, id="replaced"),
+    ],
+)
+async def test_a_store_file_deleted_or_replaced_while_serving_refuses_writes_it_would_lose(
+    tmp_path: Path, canary: str, change: Callable[[Path], None]
+) -> None:
+    env = isolated_env(tmp_path)
+    # On stdio the tool answers itself; over HTTP the token check, a read, already refuses (401).
+    async with Deployment("stdio", env, tmp_path / "server.log").connect("alice") as alice:
+        before = await alice.call_tool("set_secret", {"server": "s", "key": "BEFORE", "value": "v"})
+        change(database_of(env))
+        after = await alice.call_tool("set_secret", {"server": "s", "key": "AFTER", "value": canary})
+
+    assert not before.is_error, text_of(before)
+    # Written into a file no longer at the path, the secret would be acknowledged and then gone.
+    assert after.is_error
+    assert "store is unavailable" in text_of(after)
+    assert str(database_of(env)) in text_of(after)
+    assert "restart" in text_of(after)
+    assert canary not in text_of(after)
+    assert canary not in (tmp_path / "server.log").read_text(encoding="utf-8")
 
 
 # --- a long prune of the audit trail beside a serving server ----------------------------------------

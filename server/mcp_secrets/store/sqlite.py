@@ -207,6 +207,11 @@ def _insert_event(connection: sqlite3.Connection, event: AuditEvent) -> None:
     connection.execute(_INSERT_EVENT, _event_row(event))
 
 
+def _identity(status: os.stat_result) -> tuple[int, int]:
+    """What tells one file from another at the same path: its device and inode numbers."""
+    return status.st_dev, status.st_ino
+
+
 def _create_private_file(path: Path) -> None:
     """Create the database file readable by its owner only, before SQLite opens it.
 
@@ -237,6 +242,7 @@ class SQLiteStore:
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
         self.path = Path(path).expanduser()
+        self._path_text = os.fspath(self.path)
         self._lock = threading.Lock()
         self._busy_timeout_ms = round(busy_timeout * 1000)
         self._waits = True  # the connection's busy timeout is the configured one (False: 0)
@@ -255,8 +261,32 @@ class SQLiteStore:
             for column, declaration in (("last_used_at", "TEXT"),):
                 if column not in columns:
                     self._connection.execute(f"ALTER TABLE user_secrets ADD COLUMN {column} {declaration}")
+            self._file = _identity(self.path.stat())
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailableError(f"the SQLite store at {self.path} cannot be opened: {exc}") from None
+
+    def _check_file(self) -> None:
+        """Refuse to go on when the file at the path is no longer the one open: writes would be lost.
+
+        SQLite keeps using a deleted or renamed-over file (in WAL mode it notices neither), so
+        every write would succeed, into a file nobody opens again, and every read would be stale.
+        """
+        try:
+            now = _identity(os.stat(self._path_text))  # noqa: PTH116 - each call: 1.4 µs less than Path.stat
+        except FileNotFoundError:
+            raise StoreUnavailableError(
+                f"the SQLite store is unavailable: its file {self.path} was deleted while in use; "
+                "restart mcp-secrets to open the file now at that path"
+            ) from None
+        except OSError as exc:
+            raise StoreUnavailableError(
+                f"the SQLite store is unavailable: its file {self.path} cannot be checked: {exc.strerror}"
+            ) from None
+        if now != self._file:
+            raise StoreUnavailableError(
+                f"the SQLite store is unavailable: its file {self.path} was replaced by another while in "
+                "use; restart mcp-secrets to open the file now at that path"
+            )
 
     def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``work`` on the shared connection, alone; database faults become ``StoreUnavailableError``."""
@@ -268,6 +298,7 @@ class SQLiteStore:
             try:
                 if not self._waits:
                     self._wait_for_locks(wait=True)
+                self._check_file()
                 return work(self._connection)
             except sqlite3.IntegrityError:
                 raise  # a broken constraint, not an unavailable store
@@ -282,6 +313,7 @@ class SQLiteStore:
         try:
             if self._waits:
                 self._wait_for_locks(wait=False)
+            self._check_file()
             return work(connection)
         except sqlite3.OperationalError as exc:
             if not _is_busy(exc):
