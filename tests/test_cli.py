@@ -7,9 +7,11 @@ import base64
 import json
 import re
 import secrets as _random
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -627,3 +629,61 @@ def test_a_stop_signal_on_stdio_still_ends_the_process_when_closing_fails(env: d
 
     assert done.returncode == 1
     assert "stopping did not finish cleanly" in done.stderr
+
+
+# --- stdout piped into a reader that stops early ------------------------------------------------------
+
+LONG_LISTING = 3000  # rows: far more than a pipe buffers (64 KiB on Linux)
+
+
+def seed_long_listing(env: dict[str, str]) -> None:
+    """Give alice LONG_LISTING secrets and events, written straight into the store: no values involved."""
+    assert mcp_secrets_cli(env, "audit").returncode == 0  # creates the store
+    at = "2026-01-01T00:00:00+00:00"
+    rows = [(f"KEY_{index:05d}", at, at) for index in range(LONG_LISTING)]
+    database = Path(env["MCP_SECRETS_DATA_DIR"]) / "secrets.db"
+    with closing(sqlite3.connect(database)) as connection, connection:
+        connection.executemany(
+            "INSERT INTO user_secrets (username, server, key, value, created_at, updated_at) "
+            "VALUES ('alice', 'github', ?, 'v1:00000000:x', ?, ?)",
+            rows,
+        )
+        connection.executemany(
+            "INSERT INTO audit_events (at, actor, action, server, key) "
+            "VALUES (?, 'alice', 'used', 'github', ?)",
+            [(at, key) for key, at, _ in rows],
+        )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("audit", "--limit", str(LONG_LISTING)),
+        ("audit", "--limit", str(LONG_LISTING), "--json"),
+        ("list", "--user", "alice"),
+        ("list", "--user", "alice", "--json"),
+    ],
+    ids=["audit", "audit-json", "list", "list-json"],
+)
+def test_a_listing_piped_into_a_reader_that_stops_early_ends_quietly(
+    env: dict[str, str], command: tuple[str, ...]
+) -> None:
+    seed_long_listing(env)
+    process = subprocess.Popen(  # as `mcp-secrets audit | head -1`
+        [sys.executable, "-m", "mcp_secrets", *command],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    first = process.stdout.readline()
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    returncode = process.wait(timeout=60)
+
+    assert first.strip()
+    assert "Traceback" not in stderr
+    assert "BrokenPipeError" not in stderr
+    assert returncode == 1  # not all of it was delivered

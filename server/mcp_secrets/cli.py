@@ -732,6 +732,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of stdout stopped early (`| head`): end quietly, not with a traceback, and
+        # point stdout at nothing so that the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
     except (ConfigurationError, InvalidInputError) as exc:
         _say(f"mcp-secrets: error: {exc}")
         return EXIT_CONFIGURATION
