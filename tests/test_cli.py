@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import re
 import secrets as _random
 import sqlite3
@@ -280,6 +281,37 @@ def set_bytes_from_stdin(env: dict[str, str], stdin: bytes, *args: str) -> subpr
     )
 
 
+PROMPT_END = b"(hidden): "
+
+
+def set_at_a_terminal(env: dict[str, str], typed: bytes, *args: str) -> tuple[int, str]:
+    """``mcp-secrets set ARGS`` on a pseudo-terminal, as a person runs it: its exit code and all it showed.
+
+    ``typed`` is sent once the hidden prompt is on the screen (echo is off by then), as keystrokes.
+    """
+    import pty  # noqa: PLC0415 - POSIX only: the module does not import on Windows
+
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: its controlling terminal is the pty
+        os.execve(sys.executable, [sys.executable, "-m", "mcp_secrets", "set", *args], env)  # noqa: S606 - fixed argv
+    shown = b""
+    sent = False
+    while True:
+        try:
+            chunk = os.read(terminal, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+        if not sent and shown.endswith(PROMPT_END):
+            os.write(terminal, typed)
+            sent = True
+    os.close(terminal)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), shown.decode(errors="replace")
+
+
 def stored_secrets(env: dict[str, str], username: str, server: str) -> dict[str, str]:
     """What the store of ``env`` holds for one user and server, read through the library."""
     settings = mcp_secrets.Settings(
@@ -412,6 +444,28 @@ def test_set_with_an_empty_value_exits_2(env: dict[str, str]) -> None:
 
     assert done.returncode == EXIT_CONFIGURATION
     assert "value must not be empty" in done.stderr
+    assert stored_secrets(env, "alice", "github") == {}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a POSIX pseudo-terminal")
+def test_set_at_a_terminal_stores_the_value_typed_at_the_hidden_prompt_and_never_shows_it(
+    env: dict[str, str], canary: str
+) -> None:
+    returncode, shown = set_at_a_terminal(env, canary.encode() + b"\r", "github", "TOKEN", "--user", "alice")
+
+    assert returncode == 0, shown
+    assert "created for alice" in shown
+    assert canary not in shown
+    assert stored_secrets(env, "alice", "github") == {"TOKEN": canary}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a POSIX pseudo-terminal")
+def test_set_at_a_terminal_ended_with_ctrl_d_stores_nothing_and_says_why(env: dict[str, str]) -> None:
+    returncode, shown = set_at_a_terminal(env, b"\x04", "github", "TOKEN", "--user", "alice")
+
+    assert returncode == EXIT_CONFIGURATION
+    assert "Traceback" not in shown
+    assert "no value was entered" in shown
     assert stored_secrets(env, "alice", "github") == {}
 
 

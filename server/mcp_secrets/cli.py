@@ -279,7 +279,11 @@ def _read_value(prompt: str) -> str:
     its carriage returns), less one final line end, which ``echo`` and editors add.
     """
     if sys.stdin.isatty():
-        return getpass.getpass(prompt)
+        try:
+            return getpass.getpass(prompt)
+        except EOFError:  # Ctrl-D at the prompt
+            _say()  # getpass ends the prompt's line only when it reads one
+            raise InvalidInputError("no value was entered (the input ended at the prompt)") from None
     raw = sys.stdin.buffer.read(MAX_VALUE_BYTES + len(b"\r\n") + 1)  # enough to tell a value too long
     raw = raw.removesuffix(b"\n").removesuffix(b"\r") if raw.endswith(b"\n") else raw
     if len(raw) > MAX_VALUE_BYTES:
