@@ -469,6 +469,28 @@ def test_set_at_a_terminal_ended_with_ctrl_d_stores_nothing_and_says_why(env: di
     assert stored_secrets(env, "alice", "github") == {}
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="a POSIX pseudo-terminal")
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        pytest.param(("git/hub", "TOKEN", "--user", "alice"), "server", id="bad-server"),
+        pytest.param(("github", "BAD KEY", "--user", "alice"), "key", id="bad-key"),
+        pytest.param(("github", "TOKEN", "--user", "bad user"), "username", id="bad-user"),
+    ],
+)
+def test_set_at_a_terminal_refuses_a_bad_name_before_asking_for_the_value(
+    env: dict[str, str], canary: str, args: tuple[str, ...], field: str
+) -> None:
+    del env["MCP_SECRETS_MASTER_KEY"]  # a first run: a refused command makes no key either
+
+    returncode, shown = set_at_a_terminal(env, canary.encode() + b"\r", *args)
+
+    assert returncode == EXIT_CONFIGURATION
+    assert f"{field} must be" in shown
+    assert PROMPT_END.decode() not in shown
+    assert not (Path(env["MCP_SECRETS_CONFIG_DIR"]) / "master.key").exists()
+
+
 def test_set_takes_no_value_argument(env: dict[str, str], canary: str) -> None:
     done = set_from_stdin(env, "", "github", "TOKEN", canary)
 

@@ -49,7 +49,7 @@ from mcp_secrets.logs import configure_logging
 from mcp_secrets.retention import DEFAULT_BATCH_SIZE as PRUNE_BATCH_SIZE
 from mcp_secrets.retention import archive_file, prune_events
 from mcp_secrets.rotation import DEFAULT_BATCH_SIZE, RotationReport, rotate
-from mcp_secrets.secrets import MAX_VALUE_BYTES, SecretKeyInfo, Secrets
+from mcp_secrets.secrets import MAX_VALUE_BYTES, SecretKeyInfo, Secrets, validate_name, validate_username
 from mcp_secrets.store import SecretStore
 from mcp_secrets.tokens import ApiTokens, NewToken
 from mcp_secrets.web import auth_settings, base_url, endpoint_url, http_app, serve_http, token_verifier
@@ -309,6 +309,11 @@ def _users_secrets(
 
 
 def _set(args: argparse.Namespace) -> int:
+    # The names first: nobody should type a value, or get a new master key, only to see a name refused.
+    validate_name("server", args.server)
+    validate_name("key", args.key)
+    if args.user is not None:
+        validate_username(args.user)
     with _users_secrets(args, generate_key=True) as (secrets, username, keys):
         _say_if_generated(keys, name_it=True)
         value = _read_value(f"Value of {args.key} for {args.server} (hidden): ")
