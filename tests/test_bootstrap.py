@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import secrets as _random
+import select
+import signal
 import stat
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -170,3 +175,47 @@ def test_the_library_entry_point_reports_a_malformed_setting_as_a_configuration_
         open_secrets()
 
     assert_not_leaked(raised.value, canary)
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX only")
+def test_a_service_forked_after_open_secrets_uses_the_sqlite_store_in_the_child(tmp_path: Path) -> None:
+    # As a pre-forking server does (gunicorn --preload): open the library, then fork workers. Here a
+    # thread of the parent holds the store at the fork, as the use writer may: the child must not
+    # wait for a lock nobody in it will ever release, nor share the parent's SQLite connection.
+    canary, later = _random.token_urlsafe(24), _random.token_urlsafe(24)
+    library = open_secrets(settings_in(tmp_path, master_key=SecretStr(generate_master_key())))
+    library.set_secret("alice", "github", "GITHUB_TOKEN", canary)
+    holding, release = threading.Event(), threading.Event()
+    holder = threading.Thread(
+        target=library.store._run,  # holds the store, as a write in progress does
+        args=(lambda _connection: (holding.set(), release.wait()),),
+    )
+    holder.start()
+    holding.wait()
+    readable, writable = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: report one byte, never the value, then leave without running cleanups
+        outcome = b"?"
+        try:
+            values = library.get_secrets("alice", "github")
+            library.set_secret("alice", "github", "LATER", later)
+            library.close()
+            outcome = b"1" if values == {"GITHUB_TOKEN": canary} else b"0"
+        finally:
+            os.write(writable, outcome)
+            os._exit(0)
+    os.close(writable)
+    release.set()
+    holder.join()
+    ready, _, _ = select.select([readable], [], [], 120)  # a child stuck on the lock never answers
+    if not ready:
+        os.kill(child, signal.SIGKILL)
+    outcome = os.read(readable, 1) if ready else b""
+    os.waitpid(child, 0)
+    os.close(readable)
+
+    assert outcome == b"1"
+    assert library.get_secrets("alice", "github") == {"GITHUB_TOKEN": canary, "LATER": later}
+    library.close()
+    library.store.close()

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import stat
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
@@ -246,15 +247,12 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._busy_timeout_ms = round(busy_timeout * 1000)
         self._waits = True  # the connection's busy timeout is the configured one (False: 0)
+        self._forked = False  # in a forked child, until it opens a connection of its own
         try:
             _create_private_file(self.path)
             # SQLite gives the -wal and -shm files the database file's own mode (0600).
-            self._connection = sqlite3.connect(
-                self.path, timeout=busy_timeout, check_same_thread=False, isolation_level=None
-            )
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.execute("PRAGMA synchronous=NORMAL")
-            self._connection.execute("PRAGMA secure_delete=ON")
+            self._connection = self._connect()
+            self._connection.execute("PRAGMA journal_mode=WAL")  # kept in the file, for every connection
             self._connection.executescript(_SCHEMA)
             columns = {row[1] for row in self._connection.execute("PRAGMA table_info(user_secrets)")}
             # A file made by an earlier version gains the columns added since.
@@ -264,6 +262,32 @@ class SQLiteStore:
             self._file = _identity(self.path.stat())
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailableError(f"the SQLite store at {self.path} cannot be opened: {exc}") from None
+        _OPEN.add(self)
+
+    def _connect(self) -> sqlite3.Connection:
+        """A connection to the file, with the settings each connection needs."""
+        connection = sqlite3.connect(
+            self.path, timeout=self._busy_timeout_ms / 1000, check_same_thread=False, isolation_level=None
+        )
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA secure_delete=ON")
+        return connection
+
+    def _after_fork(self) -> None:
+        """In a forked child: a lock of its own, and a connection of its own at the first call.
+
+        A thread of the parent may have held the lock at the fork, and no thread of the child would
+        ever release it. SQLite must not use a connection across fork(); the inherited one is kept,
+        neither used nor closed, since closing it would close descriptors SQLite's locks rely on.
+        """
+        self._lock = threading.Lock()
+        _INHERITED.append(self._connection)
+        self._forked = True
+
+    def _open_in_child(self) -> None:
+        self._connection = self._connect()
+        self._waits = True
+        self._forked = False
 
     def _check_file(self) -> None:
         """Refuse to go on when the file at the path is no longer the one open: writes would be lost.
@@ -296,6 +320,8 @@ class SQLiteStore:
             return self._run_now(work)
         with self._lock:
             try:
+                if self._forked:
+                    self._open_in_child()
                 if not self._waits:
                     self._wait_for_locks(wait=True)
                 self._check_file()
@@ -309,17 +335,18 @@ class SQLiteStore:
         """``_run`` without any wait: ``WouldBlock`` when the connection or the database is locked."""
         if not self._lock.acquire(blocking=False):
             raise WouldBlock
-        connection = self._connection
         try:
+            if self._forked:
+                self._open_in_child()
             if self._waits:
                 self._wait_for_locks(wait=False)
             self._check_file()
-            return work(connection)
+            return work(self._connection)
         except sqlite3.OperationalError as exc:
             if not _is_busy(exc):
                 raise _unavailable(exc) from None
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
+            if self._connection.in_transaction:
+                self._connection.execute("ROLLBACK")
             raise WouldBlock from None
         except sqlite3.IntegrityError:
             raise
@@ -621,4 +648,19 @@ class SQLiteStore:
     def close(self) -> None:
         """Release the connection."""
         with self._lock:
-            self._connection.close()
+            if not self._forked:  # a child that never opened its own has none to close
+                self._connection.close()
+
+
+# Stores open in this process, and the connections a forked child inherited (see _after_fork).
+_OPEN: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+_INHERITED: list[sqlite3.Connection] = []
+
+
+def _give_children_their_own_connections() -> None:
+    for store in list(_OPEN):
+        store._after_fork()  # noqa: SLF001 - the module's own hook
+
+
+if hasattr(os, "register_at_fork"):  # POSIX only
+    os.register_at_fork(after_in_child=_give_children_their_own_connections)
