@@ -525,6 +525,32 @@ def test_other_commands_still_name_an_unrecognized_argument(env: dict[str, str])
     assert "unrecognized arguments: --limt 5" in done.stderr
 
 
+HUGE = "9" * 20  # past SQLite's integers, C's and dates'
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        pytest.param(("audit", "--limit", HUGE), "--limit", id="audit-limit"),
+        pytest.param(("prune-audit", "--older-than", HUGE, "--dry-run"), "--older-than", id="prune-days"),
+        pytest.param(("prune-audit", "--older-than", "1000000"), "--older-than", id="prune-days-past-year-1"),
+        pytest.param(
+            ("prune-audit", "--older-than", "30", "--batch-size", HUGE), "--batch-size", id="prune-batch"
+        ),
+        pytest.param(("rotate", "--batch-size", HUGE), "--batch-size", id="rotate-batch"),
+        pytest.param(("migrate-legacy", "--batch-size", HUGE), "--batch-size", id="migrate-batch"),
+    ],
+)
+def test_a_number_out_of_range_is_a_usage_error_naming_the_option(
+    env: dict[str, str], args: tuple[str, ...], option: str
+) -> None:
+    done = mcp_secrets_cli(env, *args)
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "Traceback" not in done.stderr
+    assert f"argument {option}: must be at least 1 and at most" in done.stderr
+
+
 # --- list and delete: one user's secrets, by name ---------------------------------------------------
 
 

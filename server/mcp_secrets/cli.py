@@ -59,6 +59,8 @@ logger = logging.getLogger(__name__)
 EXIT_ERROR = 1
 EXIT_CONFIGURATION = 2
 MAX_TOKEN_DAYS = 36500  # a hundred years: long enough for any token, short enough to stay a date
+MAX_RETENTION_DAYS = MAX_TOKEN_DAYS  # and for a retention period: its cut-off must stay a date too
+MAX_COUNT = 1_000_000_000  # beyond any store's rows, well within SQLite's integers
 GATEWAY_STOP_SECONDS = 10.0  # the SDK closes a downstream in stages: EOF, then SIGTERM, then SIGKILL
 
 
@@ -572,11 +574,20 @@ def _token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
+def _bounded(text: str, most: int) -> int:
     number = int(text)
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
+    # Past the bound a number became a traceback: too large for SQLite, C, or a date.
+    if not 1 <= number <= most:
+        raise argparse.ArgumentTypeError(f"must be at least 1 and at most {most}")
     return number
+
+
+def _positive(text: str) -> int:
+    return _bounded(text, MAX_COUNT)
+
+
+def _retention_days(text: str) -> int:
+    return _bounded(text, MAX_RETENTION_DAYS)
 
 
 def _days(text: str) -> float:
@@ -626,7 +637,11 @@ def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "prune-audit", help="delete the audit events older than a number of days, of every user"
     )
     prune.add_argument(
-        "--older-than", metavar="DAYS", type=_positive, required=True, help="keep the last DAYS days"
+        "--older-than",
+        metavar="DAYS",
+        type=_retention_days,
+        required=True,
+        help=f"keep the last DAYS days (at most {MAX_RETENTION_DAYS})",
     )
     prune.add_argument(
         "--export", metavar="FILE", help="append each event to FILE (JSON lines) before deleting it"
