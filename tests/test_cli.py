@@ -399,6 +399,22 @@ def test_a_first_set_without_a_key_generates_one_and_says_to_back_it_up_once(
     assert canary not in first.stdout + first.stderr
 
 
+def test_a_first_set_that_cannot_create_the_key_file_says_so_and_stores_nothing(
+    env: dict[str, str], canary: str, tmp_path: Path
+) -> None:
+    del env["MCP_SECRETS_MASTER_KEY"]
+    regular_file = tmp_path / "not-a-directory"
+    regular_file.write_text("")
+    env["MCP_SECRETS_CONFIG_DIR"] = str(regular_file / "config")
+
+    done = set_from_stdin(env, canary + "\n", "github", "TOKEN", "--user", "alice")
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "Traceback" not in done.stderr
+    assert f"the master key file {regular_file / 'config' / 'master.key'} cannot be created" in done.stderr
+    assert canary not in done.stdout + done.stderr
+
+
 def test_set_again_replaces_the_value_and_says_updated(env: dict[str, str], canary: str) -> None:
     first = set_from_stdin(env, "old\n", "github", "TOKEN", "--user", "alice")
 

@@ -53,10 +53,18 @@ def _read_key_file(path: Path) -> list[bytes]:
 
 
 def _write_new_key_file(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as key_file:
-        key_file.write(generate_master_key() + "\n")
+    """Create ``path`` owner-only with a new key; a file that cannot be written whole is removed."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError as exc:
+        raise ConfigurationError(f"the master key file {path} cannot be created: {exc.strerror}") from None
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as key_file:
+            key_file.write(generate_master_key() + "\n")
+    except OSError as exc:  # a disk full: an empty file would read as "holds no master key" next time
+        path.unlink(missing_ok=True)
+        raise ConfigurationError(f"the master key file {path} cannot be written: {exc.strerror}") from None
 
 
 def require_explicit_key(settings: Settings) -> None:
