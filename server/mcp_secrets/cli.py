@@ -445,9 +445,11 @@ def _find_unreadable_legacy(secrets: Secrets, batch_size: int) -> int:
 
 def _say_failures(report: RotationReport) -> None:
     for failure in report.failed:
-        _say(
-            f"  failed: user {failure.username}, server {failure.server}, key {failure.key}: {failure.reason}"
+        # Escaped as audit's cells are: records older than today's validation may have any names.
+        user, server, key, reason = map(
+            _printable, (failure.username, failure.server, failure.key, failure.reason)
         )
+        _say(f"  failed: user {user}, server {server}, key {key}: {reason}")
 
 
 def _audit(args: argparse.Namespace) -> int:

@@ -303,6 +303,27 @@ def test_migrate_legacy_without_the_legacy_key_names_each_legacy_record_and_exit
     assert not any(value in shown for value in [*seed.values.values(), *legacy_values.values()])
 
 
+def test_a_failed_records_names_reach_the_terminal_with_their_control_characters_escaped(
+    env: dict[str, str], legacy_key: str
+) -> None:
+    # Names are validated on every write now, but a store written before (by the original design) may
+    # hold any: this one would clear the admin's screen, retitle the window and fake a line.
+    hostile = "TOKEN\x1b[2J\x1b]0;owned\x07\n  failed: user root"
+    store = SQLiteStore(database(env))
+    try:
+        old = legacy_ciphertext(new_canary(), legacy_key)
+        store.put_secret("alice", "linear", hostile, old, datetime.now(timezone.utc))
+    finally:
+        store.close()
+
+    done = run_cli(env, "migrate-legacy", "--dry-run")
+
+    assert done.returncode == 1
+    assert "\x1b" not in done.stderr
+    assert "\x07" not in done.stderr
+    assert "key TOKEN\\x1b[2J\\x1b]0;owned\\x07\\n  failed: user root:" in done.stderr
+
+
 # --- audit ---------------------------------------------------------------------------------------
 
 
