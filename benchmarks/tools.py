@@ -122,7 +122,9 @@ def _set_args() -> Iterator[dict[str, Any]]:
 async def in_process(results: Results, root: Path, blocks: int, calls: int) -> None:
     """set_secret, delete_secret and list_secret_keys through ``mcp.Client(server)``, SQLite store."""
     store = SQLiteStore(root / "in-process.db")
-    secrets = Secrets(store, SecretEncryptor([os.urandom(32)]))
+    # Room for one key per timed delete, which may be more than the limit a real user has.
+    room = SET_KEYS + (blocks + 1) * calls
+    secrets = Secrets(store, SecretEncryptor([os.urandom(32)]), max_secrets_per_user=room)
     server = build_server(secrets, LocalIdentity(USERNAME))
     server.add_tool(lambda: "ok", name="floor")
     try:

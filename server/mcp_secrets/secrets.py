@@ -26,6 +26,8 @@ Action = Literal["save", "update", "delete"]
 ACTIONS: tuple[Action, ...] = ("save", "update", "delete")
 MAX_NAME_LENGTH = 128
 MAX_VALUE_BYTES = 64 * 1024
+# Each secret costs up to MAX_VALUE_BYTES: the bound keeps one user (or their model) from filling the disk.
+MAX_SECRETS_PER_USER = 1000
 # The actor of events no user caused (rotation, pruning); parentheses keep it from matching a username.
 OPERATOR = "(operator)"
 LISTING_FLUSH_SECONDS = 1.0  # how long a listing waits for pending uses before it goes on without them
@@ -92,10 +94,16 @@ class Secrets:
     """The one place that reads and writes users' secrets."""
 
     def __init__(
-        self, store: SecretStore, encryptor: SecretEncryptor, *, clock: Callable[[], datetime] = _utcnow
+        self,
+        store: SecretStore,
+        encryptor: SecretEncryptor,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+        max_secrets_per_user: int = MAX_SECRETS_PER_USER,
     ) -> None:
         self.store = store
         self.encryptor = encryptor
+        self.max_secrets_per_user = max_secrets_per_user
         self.uses = UseRecorder(store)
         self._clock = clock
 
@@ -211,6 +219,7 @@ class Secrets:
         if action not in ACTIONS:
             raise InvalidInputError("action must be one of save, update, delete")
         plain = validate_value(value)
+        self._check_room(username, server, key)
         ciphertext = self.encryptor.encrypt(plain, username=username, server=server, key=key)
         self._catch_up()
         created = self.store.put_secret(username, server, key, ciphertext, now, event=event)
@@ -239,6 +248,19 @@ class Secrets:
             )
             for record in self.store.find_secrets(username, server)
         ]
+
+    def _check_room(self, username: str, server: str, key: str) -> None:
+        """Refuse a new secret to a user who has the most allowed; replacing one is always allowed.
+
+        Two writes at once may both find room for the last one: a bound on growth, not an exact count.
+        """
+        if self.store.count_secrets(username) < self.max_secrets_per_user:
+            return
+        if any(record.key == key for record in self.store.find_secrets(username, server)):
+            return
+        raise InvalidInputError(
+            f"a user may keep at most {self.max_secrets_per_user} secrets: delete one before storing another"
+        )
 
     def _catch_up(self) -> None:
         """Wait for the uses recorded so far to be written: what follows reads them, or comes after them."""

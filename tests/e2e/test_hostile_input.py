@@ -24,10 +24,12 @@ from mcp import Client
 from mcp_types import CallToolResult
 from pydantic import TypeAdapter, ValidationError
 
+from conftest import text_of
 from mcp_secrets.app import build_server
 from mcp_secrets.crypto import SecretEncryptor, generate_master_key, parse_master_key
 from mcp_secrets.identity import LocalIdentity
 from mcp_secrets.secrets import MAX_VALUE_BYTES, Secrets
+from mcp_secrets.store import SecretStore
 from mcp_secrets.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
@@ -552,3 +554,45 @@ async def test_a_server_named_null_filters_like_any_other_server_name(
     listed = _structured(result)["keys" if tool == "list_secret_keys" else "events"]
     assert listed
     assert {entry["server"] for entry in listed} == {"null"}
+
+
+# --- one user filling the store -------------------------------------------------------------------
+
+FEW = 3
+
+
+async def test_one_user_cannot_store_more_than_the_limit_of_secrets_but_may_replace_and_delete(
+    store: SecretStore, encryptor: SecretEncryptor, canary: str
+) -> None:
+    # Each new key costs up to 64 KiB: without a bound, one user (or a model they run) fills the disk.
+    limited = Secrets(store, encryptor, max_secrets_per_user=FEW)
+    try:
+        async with (
+            Client(build_server(limited, LocalIdentity("alice"))) as alice,
+            Client(build_server(limited, LocalIdentity("bob"))) as bob,
+        ):
+            for index in range(FEW):
+                stored = await alice.call_tool(
+                    "set_secret", {"server": "s", "key": f"K{index}", "value": "v"}
+                )
+                assert not stored.is_error, text_of(stored)
+
+            one_too_many = await alice.call_tool(
+                "set_secret", {"server": "t", "key": "MORE", "value": canary}
+            )
+            kept = sorted(record.key for record in store.find_secrets("alice"))
+            replaced = await alice.call_tool("set_secret", {"server": "s", "key": "K0", "value": "v2"})
+            bobs = await bob.call_tool("set_secret", {"server": "s", "key": "K0", "value": "v"})
+            await alice.call_tool("delete_secret", {"server": "s", "key": "K1"})
+            after_a_delete = await alice.call_tool("set_secret", {"server": "t", "key": "MORE", "value": "v"})
+    finally:
+        limited.close()
+
+    assert one_too_many.is_error
+    assert f"at most {FEW} secrets" in text_of(one_too_many)
+    assert canary not in text_of(one_too_many)
+    assert kept == ["K0", "K1", "K2"]
+    assert not replaced.is_error, text_of(replaced)
+    assert not bobs.is_error, text_of(bobs)
+    assert not after_a_delete.is_error, text_of(after_a_delete)
+    assert sorted(record.key for record in store.find_secrets("alice")) == ["K0", "K2", "MORE"]

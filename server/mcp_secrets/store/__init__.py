@@ -166,8 +166,8 @@ class SecretStore(Protocol):
         """One user's records, of one server or of all, in (server, key) order, in one query."""
         ...
 
-    def count_secrets(self) -> int:
-        """How many records the store holds, of all users."""
+    def count_secrets(self, username: str | None = None) -> int:
+        """How many records the store holds, of one user or (None) of all."""
         ...
 
     def record_uses(self, uses: Sequence[SecretUse]) -> None:

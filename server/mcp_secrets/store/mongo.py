@@ -259,10 +259,11 @@ class MongoStore:
             cursor = self._secrets.find(selector, {"_id": False}).sort([("server", 1), ("key", 1)])
             return [_secret(document) for document in cursor]
 
-    def count_secrets(self) -> int:
-        """How many records the store holds, of all users."""
+    def count_secrets(self, username: str | None = None) -> int:
+        """How many records the store holds, of one user or (None) of all."""
+        selector = {} if username is None else {"username": _text("username", username)}
         with _available():
-            return self._secrets.count_documents({})
+            return self._secrets.count_documents(selector)
 
     def record_uses(self, uses: Sequence[SecretUse]) -> None:
         """Write a batch of uses: every record's latest use in one bulk write, then every event at once.

@@ -420,11 +420,15 @@ class SQLiteStore:
         )
         return [_secret(row) for row in rows]
 
-    def count_secrets(self) -> int:
-        """How many records the store holds, of all users."""
+    def count_secrets(self, username: str | None = None) -> int:
+        """How many records the store holds, of one user or (None) of all."""
+        where, params = ("", ()) if username is None else ("WHERE username = ?", (username,))
         return int(
             self._run(
-                lambda connection: connection.execute("SELECT count(*) FROM user_secrets").fetchone()[0]
+                lambda connection: connection.execute(
+                    f"SELECT count(*) FROM user_secrets {where}",  # noqa: S608 - fixed SQL
+                    params,
+                ).fetchone()[0]
             )
         )
 
