@@ -425,6 +425,23 @@ def test_set_again_replaces_the_value_and_says_updated(env: dict[str, str], cana
     assert stored_secrets(env, "alice", "github") == {"TOKEN": canary}
 
 
+def test_set_past_the_configured_number_of_secrets_per_user_is_refused(
+    env: dict[str, str], canary: str
+) -> None:
+    limited = {**env, "MCP_SECRETS_MAX_SECRETS_PER_USER": "2"}
+    kept = [set_from_stdin(limited, "v\n", "github", key, "--user", "alice") for key in ("ONE", "TWO")]
+
+    refused = set_from_stdin(limited, canary + "\n", "github", "THREE", "--user", "alice")
+    replaced = set_from_stdin(limited, "v2\n", "github", "TWO", "--user", "alice")
+
+    assert [done.returncode for done in kept] == [0, 0]
+    assert refused.returncode == 2
+    assert "at most 2 secrets" in refused.stderr
+    assert canary not in refused.stdout + refused.stderr
+    assert replaced.returncode == 0, replaced.stderr
+    assert stored_secrets(env, "alice", "github") == {"ONE": "v", "TWO": "v2"}
+
+
 def test_set_stores_for_the_named_user_only(env: dict[str, str], canary: str) -> None:
     env["MCP_SECRETS_USER"] = "bob"
 

@@ -125,7 +125,8 @@ def build_secrets(
     """The Secrets service over ``store``; ``generate_key`` allows a first-run key on the embedded store."""
     master_keys = load_master_keys(settings, store, generate=generate_key)
     legacy_key = settings.legacy_key.get_secret_value() if settings.legacy_key else None
-    return Secrets(store, SecretEncryptor(master_keys.keys, legacy_key=legacy_key)), master_keys
+    encryptor = SecretEncryptor(master_keys.keys, legacy_key=legacy_key)
+    return Secrets(store, encryptor, max_secrets_per_user=settings.max_secrets_per_user), master_keys
 
 
 def open_secrets(settings: Settings | None = None) -> Secrets:

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     sqlite_busy_timeout: float = Field(
         default=10.0, ge=0, description="Seconds a write waits for another process's lock on the SQLite file."
     )
+    max_secrets_per_user: int = Field(
+        default=1000, ge=1, description="How many secrets one user may keep; past it, a new key is refused."
+    )
     user: str | None = Field(default=None, description="Username on stdio; default the OS login name.")
     data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir(APP_NAME)))
     config_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_config_dir(APP_NAME)))
