@@ -614,6 +614,28 @@ async def test_a_call_refused_because_every_connection_is_busy_is_not_recorded_a
     assert [event.action for event in sqlite_secrets.list_events("bob")] == ["created"]
 
 
+async def test_a_downstream_still_starting_counts_against_the_bound(
+    sqlite_secrets: Secrets, tmp_path: Path, marker: str
+) -> None:
+    sqlite_secrets.set_secret("bob", "down", "TOKEN", fresh_value("bob"))
+    servers = {"down": STDIO_ENTRY, "silent": silent_entry("initialize", marker)}
+
+    async with running_gateway(sqlite_secrets, tmp_path, servers, max_live=1) as gw:
+        with anyio.fail_after(STARTUP_SECONDS):
+            async with anyio.create_task_group() as starting:
+                # alice's downstream never finishes its start: it holds the one place while it tries.
+                starting.start_soon(gw.call_tool, "alice", "silent__anything", {})
+                while not processes_with(marker):
+                    await anyio.sleep(0.01)
+                refused = await call(sqlite_secrets, gw, "bob", "token_hash")
+                live = gw.pool.live
+                starting.cancel_scope.cancel()
+
+    assert refused.is_error
+    assert "downstream connections are busy" in text_of(refused)
+    assert live == 0
+
+
 async def test_the_least_recently_used_idle_connection_makes_room_at_the_bound(
     sqlite_secrets: Secrets, tmp_path: Path, downstream: Downstream
 ) -> None:

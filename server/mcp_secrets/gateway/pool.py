@@ -63,6 +63,7 @@ class DownstreamPool:
         self.start_seconds = start_seconds
         self._connections: dict[PoolKey, Connection] = {}
         self._locks: dict[PoolKey, anyio.Lock] = {}
+        self._starting = 0  # connections whose downstream is starting: they count against max_live too
         self._task_group: TaskGroup | None = None
 
     @asynccontextmanager
@@ -124,15 +125,19 @@ class DownstreamPool:
             self._make_room()
             connection = Connection(key, fingerprint)
             # A downstream that never answers would hold this key's lock, and every call waiting on it.
-            with anyio.move_on_after(self.start_seconds) as waited:
-                await self._task_group.start(self._hold, connection, opener)
+            self._starting += 1
+            try:
+                with anyio.move_on_after(self.start_seconds) as waited:
+                    await self._task_group.start(self._hold, connection, opener)
+            finally:
+                self._starting -= 1
             if waited.cancelled_caught:
                 raise StartTimeoutError(f"it did not answer within {self.start_seconds:g} seconds")
             self._connections[key] = connection
             return connection
 
     def _make_room(self) -> None:
-        while len(self._connections) >= self.max_live:
+        while len(self._connections) + self._starting >= self.max_live:
             idle = [c for c in self._connections.values() if c.active_calls == 0]
             if not idle:
                 raise GatewayBusyError(
