@@ -551,6 +551,23 @@ def test_set_with_a_value_on_the_command_line_refuses_it_without_repeating_it(
     assert stored_secrets(env, "alice", "github") == {}
 
 
+@pytest.mark.parametrize("command", [["audit", "--user"], ["list", "--user"], ["token", "revoke"]])
+def test_an_argument_that_is_not_utf8_is_a_usage_error_not_a_traceback(
+    env: dict[str, str], command: list[str]
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_secrets", *command, b"al\xffice"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 2
+    assert b"not valid UTF-8" in done.stderr
+    assert b"Traceback" not in done.stderr
+
+
 def test_other_commands_still_name_an_unrecognized_argument(env: dict[str, str]) -> None:
     done = mcp_secrets_cli(env, "audit", "--limt", "5")
 

@@ -740,6 +740,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_text(arg: str) -> bool:
+    try:
+        arg.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; print errors as one line on stderr and return the exit code."""
     forbid_inspection()  # before any key or value is read: this process will hold them
@@ -753,6 +761,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if unrecognized:
         parser.error(f"unrecognized arguments: {' '.join(unrecognized)}")
+    if not all(_is_text(arg) for arg in (sys.argv[1:] if argv is None else argv)):
+        # Bytes that are not UTF-8 arrive as lone surrogates, which no store or terminal can take.
+        parser.error("an argument is not valid UTF-8 text (not repeated here)")
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
