@@ -683,6 +683,18 @@ def test_open_store_refuses_other_schemes_without_quoting_the_url(tmp_path: Path
     assert "s3cretpw" not in str(raised.value)
 
 
+@pytest.mark.parametrize("url", ["sqlite:///", "sqlite:///:memory:"])
+def test_open_store_refuses_a_sqlite_url_without_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    with pytest.raises(ConfigurationError, match="needs the path of a file"):
+        open_store(url, default_sqlite_path=str(tmp_path / "default.db"))
+
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- SQLite only ----------------------------------------------------------------------------------
 
 

@@ -270,7 +270,11 @@ def open_store(
         from mcp_secrets.store.sqlite import SQLiteStore  # noqa: PLC0415
 
         # sqlite:///relative/path and sqlite:////absolute/path, as SQLAlchemy spells them.
-        return SQLiteStore(url[len("sqlite:///") :], busy_timeout=busy_timeout)
+        path = url[len("sqlite:///") :]
+        if path in ("", ":memory:"):
+            # A store in memory would lose every secret at exit, and SQLite would take ":memory:" as a file.
+            raise ConfigurationError("MCP_SECRETS_DATABASE_URL: sqlite:/// needs the path of a file")
+        return SQLiteStore(path, busy_timeout=busy_timeout)
     if url.startswith(("mongodb://", "mongodb+srv://")):
         from mcp_secrets.store.mongo import MongoStore  # noqa: PLC0415
 
