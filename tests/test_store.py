@@ -805,13 +805,21 @@ def test_a_closed_sqlite_store_reports_unavailable(sqlite_path: Path) -> None:
 
 # --- entry links, on every backend ----------------------------------------------------------------
 
-# Links start at the real present: a real MongoDB's TTL index drops links whose expiry has passed.
-_NOW = datetime.now(timezone.utc)
-L0 = _NOW.replace(microsecond=_NOW.microsecond // 1000 * 1000)
 LINK_TTL = timedelta(minutes=10)
 
 
-def _link(link_hash: str = "hash-1", username: str = "alice", created_at: datetime = L0) -> LinkRecord:
+@pytest.fixture
+def l0() -> datetime:
+    """The present, to the millisecond MongoDB keeps, when the test starts.
+
+    A TTL index (a real MongoDB's, and mongomock's) drops links whose expiry has passed by the clock:
+    links made at import time would be gone in a run slower than their ten minutes.
+    """
+    now = datetime.now(timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def _link(created_at: datetime, link_hash: str = "hash-1", username: str = "alice") -> LinkRecord:
     return LinkRecord(
         link_id=f"id-{link_hash}",
         link_hash=link_hash,
@@ -823,82 +831,82 @@ def _link(link_hash: str = "hash-1", username: str = "alice", created_at: dateti
     )
 
 
-def test_put_link_then_find_link_by_its_hash(store: SecretStore) -> None:
-    store.put_link(_link("hash-1"))
-    store.put_link(_link("hash-2", "bob"))
+def test_put_link_then_find_link_by_its_hash(store: SecretStore, l0: datetime) -> None:
+    store.put_link(_link(l0, "hash-1"))
+    store.put_link(_link(l0, "hash-2", "bob"))
 
-    assert store.find_link("hash-1") == _link("hash-1")
-    assert store.find_link("hash-2") == _link("hash-2", "bob")
+    assert store.find_link("hash-1") == _link(l0, "hash-1")
+    assert store.find_link("hash-2") == _link(l0, "hash-2", "bob")
     assert store.find_link("hash-3") is None
 
 
-def test_claim_link_succeeds_once_and_records_when(store: SecretStore) -> None:
-    store.put_link(_link())
-    claimed_at = L0 + timedelta(minutes=1)
+def test_claim_link_succeeds_once_and_records_when(store: SecretStore, l0: datetime) -> None:
+    store.put_link(_link(l0))
+    claimed_at = l0 + timedelta(minutes=1)
 
     first = store.claim_link("hash-1", claimed_at)
     second = store.claim_link("hash-1", claimed_at + timedelta(seconds=1))
 
     assert (first, second) == (True, False)
-    assert store.find_link("hash-1") == dataclasses.replace(_link(), used_at=claimed_at)
+    assert store.find_link("hash-1") == dataclasses.replace(_link(l0), used_at=claimed_at)
 
 
 @pytest.mark.parametrize("after_expiry", [timedelta(0), timedelta(seconds=1)], ids=["at-expiry", "after"])
-def test_claim_of_an_expired_link_fails(store: SecretStore, after_expiry: timedelta) -> None:
-    store.put_link(_link())
+def test_claim_of_an_expired_link_fails(store: SecretStore, after_expiry: timedelta, l0: datetime) -> None:
+    store.put_link(_link(l0))
 
-    assert store.claim_link("hash-1", L0 + LINK_TTL + after_expiry) is False
+    assert store.claim_link("hash-1", l0 + LINK_TTL + after_expiry) is False
     found = store.find_link("hash-1")
     assert found is not None
     assert found.used_at is None
 
 
-def test_claim_of_an_unknown_link_fails(store: SecretStore) -> None:
-    store.put_link(_link())
+def test_claim_of_an_unknown_link_fails(store: SecretStore, l0: datetime) -> None:
+    store.put_link(_link(l0))
 
-    assert store.claim_link("hash-2", L0) is False
+    assert store.claim_link("hash-2", l0) is False
     assert store.find_link("hash-2") is None
 
 
-def test_release_makes_a_claimed_link_claimable_again(store: SecretStore) -> None:
-    store.put_link(_link())
-    store.claim_link("hash-1", L0 + timedelta(minutes=1))
+def test_release_makes_a_claimed_link_claimable_again(store: SecretStore, l0: datetime) -> None:
+    store.put_link(_link(l0))
+    store.claim_link("hash-1", l0 + timedelta(minutes=1))
 
     store.release_link("hash-1")
     released = store.find_link("hash-1")
-    claimed_again = store.claim_link("hash-1", L0 + timedelta(minutes=2))
+    claimed_again = store.claim_link("hash-1", l0 + timedelta(minutes=2))
 
-    assert released == _link()
+    assert released == _link(l0)
     assert claimed_again is True
 
 
-def test_release_touches_only_its_own_link(store: SecretStore) -> None:
-    store.put_link(_link("hash-1"))
-    store.put_link(_link("hash-2"))
-    store.claim_link("hash-1", L0)
-    store.claim_link("hash-2", L0)
+def test_release_touches_only_its_own_link(store: SecretStore, l0: datetime) -> None:
+    store.put_link(_link(l0, "hash-1"))
+    store.put_link(_link(l0, "hash-2"))
+    store.claim_link("hash-1", l0)
+    store.claim_link("hash-2", l0)
 
     store.release_link("hash-1")
     store.release_link("hash-3")
 
-    assert store.claim_link("hash-1", L0) is True
-    assert store.claim_link("hash-2", L0) is False
+    assert store.claim_link("hash-1", l0) is True
+    assert store.claim_link("hash-2", l0) is False
 
 
-def test_concurrent_claims_of_one_link_succeed_exactly_once(store: SecretStore) -> None:
-    store.put_link(_link())
+def test_concurrent_claims_of_one_link_succeed_exactly_once(store: SecretStore, l0: datetime) -> None:
+    store.put_link(_link(l0))
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda _: store.claim_link("hash-1", L0), range(16)))
+        results = list(pool.map(lambda _: store.claim_link("hash-1", l0), range(16)))
 
     assert results.count(True) == 1
 
 
-def test_sqlite_put_link_drops_links_that_expired_before_it(sqlite_store: SQLiteStore) -> None:
-    sqlite_store.put_link(_link("old"))
-    sqlite_store.put_link(_link("current", created_at=L0 + timedelta(minutes=5)))
+def test_sqlite_put_link_drops_links_that_expired_before_it(sqlite_store: SQLiteStore, l0: datetime) -> None:
+    sqlite_store.put_link(_link(l0, "old"))
+    sqlite_store.put_link(_link(l0 + timedelta(minutes=5), "current"))
 
-    sqlite_store.put_link(_link("new", created_at=L0 + LINK_TTL + timedelta(seconds=1)))
+    sqlite_store.put_link(_link(l0 + LINK_TTL + timedelta(seconds=1), "new"))
 
     assert sqlite_store.find_link("old") is None
     assert sqlite_store.find_link("current") is not None
