@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -593,21 +593,38 @@ async def test_idle_connections_are_closed(
         assert gw.pool.live == 0
 
 
+async def call_while_alice_holds_the_one_place(
+    secrets: Secrets, tmp_path: Path, marker: str, silent_from: str, holding: Callable[[Gateway], bool]
+) -> tuple[CallToolResult, int]:
+    """bob's call of ``down`` while alice's call of a silent downstream holds the pool's one place.
+
+    Also how many connections were live then. alice's call waits until it is cancelled.
+    """
+    secrets.set_secret("bob", "down", "TOKEN", fresh_value("bob"))
+    servers = {"down": STDIO_ENTRY, "silent": silent_entry(silent_from, marker)}
+
+    async with running_gateway(secrets, tmp_path, servers, max_live=1) as gw:
+        with anyio.fail_after(STARTUP_SECONDS):
+            async with anyio.create_task_group() as holder:
+                holder.start_soon(gw.call_tool, "alice", "silent__anything", {})
+                while not holding(gw):
+                    await anyio.sleep(0.01)
+                refused = await call(secrets, gw, "bob", "token_hash")
+                live = gw.pool.live
+                holder.cancel_scope.cancel()
+    return refused, live
+
+
 async def test_a_call_refused_because_every_connection_is_busy_is_not_recorded_as_injected(
     sqlite_secrets: Secrets, tmp_path: Path, marker: str
 ) -> None:
-    sqlite_secrets.set_secret("bob", "down", "TOKEN", fresh_value("bob"))
-    servers = {"down": STDIO_ENTRY, "silent": silent_entry("tools/list", marker)}
-
-    async with running_gateway(sqlite_secrets, tmp_path, servers, max_live=1) as gw:
-        with anyio.fail_after(STARTUP_SECONDS):
-            async with anyio.create_task_group() as busy:
-                # alice's call of the silent server holds the one connection until it is cancelled.
-                busy.start_soon(gw.call_tool, "alice", "silent__anything", {})
-                while not any(connection.active_calls for connection in gw.pool._connections.values()):
-                    await anyio.sleep(0.01)
-                refused = await call(sqlite_secrets, gw, "bob", "token_hash")
-                busy.cancel_scope.cancel()
+    refused, _ = await call_while_alice_holds_the_one_place(
+        sqlite_secrets,
+        tmp_path,
+        marker,
+        "tools/list",  # alice's downstream starts, then her call never ends
+        lambda gw: any(connection.active_calls for connection in gw.pool._connections.values()),
+    )
 
     assert refused.is_error
     assert "downstream connections are busy" in text_of(refused)
@@ -617,19 +634,13 @@ async def test_a_call_refused_because_every_connection_is_busy_is_not_recorded_a
 async def test_a_downstream_still_starting_counts_against_the_bound(
     sqlite_secrets: Secrets, tmp_path: Path, marker: str
 ) -> None:
-    sqlite_secrets.set_secret("bob", "down", "TOKEN", fresh_value("bob"))
-    servers = {"down": STDIO_ENTRY, "silent": silent_entry("initialize", marker)}
-
-    async with running_gateway(sqlite_secrets, tmp_path, servers, max_live=1) as gw:
-        with anyio.fail_after(STARTUP_SECONDS):
-            async with anyio.create_task_group() as starting:
-                # alice's downstream never finishes its start: it holds the one place while it tries.
-                starting.start_soon(gw.call_tool, "alice", "silent__anything", {})
-                while not processes_with(marker):
-                    await anyio.sleep(0.01)
-                refused = await call(sqlite_secrets, gw, "bob", "token_hash")
-                live = gw.pool.live
-                starting.cancel_scope.cancel()
+    refused, live = await call_while_alice_holds_the_one_place(
+        sqlite_secrets,
+        tmp_path,
+        marker,
+        "initialize",  # alice's downstream never finishes its start
+        lambda _: bool(processes_with(marker)),
+    )
 
     assert refused.is_error
     assert "downstream connections are busy" in text_of(refused)
