@@ -453,14 +453,15 @@ def test_set_stores_for_the_named_user_only(env: dict[str, str], canary: str) ->
     assert stored_secrets(env, "bob", "github") == {"OTHER": "bobs"}
 
 
-@pytest.mark.parametrize(
-    ("args", "field"),
-    [
-        pytest.param(("github", "BAD KEY", "--user", "alice"), "key", id="bad-key"),
-        pytest.param(("git/hub", "TOKEN", "--user", "alice"), "server", id="bad-server"),
-        pytest.param(("github", "TOKEN", "--user", "bad user"), "username", id="bad-user"),
-    ],
-)
+# set's arguments with one bad name, and the field its error names
+BAD_NAMES = [
+    pytest.param(("github", "BAD KEY", "--user", "alice"), "key", id="bad-key"),
+    pytest.param(("git/hub", "TOKEN", "--user", "alice"), "server", id="bad-server"),
+    pytest.param(("github", "TOKEN", "--user", "bad user"), "username", id="bad-user"),
+]
+
+
+@pytest.mark.parametrize(("args", "field"), BAD_NAMES)
 def test_set_with_a_bad_name_exits_2_without_storing_or_echoing_the_value(
     env: dict[str, str], canary: str, args: tuple[str, ...], field: str
 ) -> None:
@@ -503,14 +504,7 @@ def test_set_at_a_terminal_ended_with_ctrl_d_stores_nothing_and_says_why(env: di
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="a POSIX pseudo-terminal")
-@pytest.mark.parametrize(
-    ("args", "field"),
-    [
-        pytest.param(("git/hub", "TOKEN", "--user", "alice"), "server", id="bad-server"),
-        pytest.param(("github", "BAD KEY", "--user", "alice"), "key", id="bad-key"),
-        pytest.param(("github", "TOKEN", "--user", "bad user"), "username", id="bad-user"),
-    ],
-)
+@pytest.mark.parametrize(("args", "field"), BAD_NAMES)
 def test_set_at_a_terminal_refuses_a_bad_name_before_asking_for_the_value(
     env: dict[str, str], canary: str, args: tuple[str, ...], field: str
 ) -> None:
