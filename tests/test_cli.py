@@ -256,21 +256,8 @@ def test_serve_refuses_an_unsupported_database_url_without_showing_it(env: dict[
 # --- set: the value comes from a hidden prompt or stdin, never from argv ---------------------------
 
 
-def set_from_stdin(env: dict[str, str], stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``mcp-secrets set ARGS`` with ``stdin`` piped in, as a script or `echo … |` would."""
-    return subprocess.run(
-        [sys.executable, "-m", "mcp_secrets", "set", *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def set_bytes_from_stdin(env: dict[str, str], stdin: bytes, *args: str) -> subprocess.CompletedProcess[bytes]:
-    """``set_from_stdin`` with bytes: no newline translation on the way, any byte sent as it is."""
+    """``mcp-secrets set ARGS`` with ``stdin`` piped in as it is, as a script or `echo … |` would."""
     return subprocess.run(
         [sys.executable, "-m", "mcp_secrets", "set", *args],
         env=env,
@@ -279,6 +266,12 @@ def set_bytes_from_stdin(env: dict[str, str], stdin: bytes, *args: str) -> subpr
         timeout=60,
         check=False,
     )
+
+
+def set_from_stdin(env: dict[str, str], stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``set_bytes_from_stdin`` with text in UTF-8, and its output read back as text."""
+    done = set_bytes_from_stdin(env, stdin.encode(), *args)
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(), done.stderr.decode())
 
 
 PROMPT_END = b"(hidden): "
@@ -545,7 +538,9 @@ def test_set_with_a_value_on_the_command_line_refuses_it_without_repeating_it(
     assert stored_secrets(env, "alice", "github") == {}
 
 
-@pytest.mark.parametrize("command", [["audit", "--user"], ["list", "--user"], ["token", "revoke"]])
+@pytest.mark.parametrize(
+    "command", [["audit", "--user"], ["list", "--user"], ["token", "revoke"], ["audit", "--unknown"]]
+)
 def test_an_argument_that_is_not_utf8_is_a_usage_error_not_a_traceback(
     env: dict[str, str], command: list[str]
 ) -> None:

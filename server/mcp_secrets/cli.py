@@ -753,6 +753,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     forbid_inspection()  # before any key or value is read: this process will hold them
     parser = build_parser()
     args, unrecognized = parser.parse_known_args(argv)
+    if not all(_is_text(arg) for arg in (sys.argv[1:] if argv is None else argv)):
+        # Bytes that are not UTF-8 arrive as lone surrogates, which no store or terminal can take.
+        parser.error("an argument is not valid UTF-8 text (not repeated here)")
     if unrecognized and args.command == "set":
         # argparse would repeat them, and a value typed after SERVER KEY would reach stderr and its logs.
         parser.error(
@@ -761,9 +764,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if unrecognized:
         parser.error(f"unrecognized arguments: {' '.join(unrecognized)}")
-    if not all(_is_text(arg) for arg in (sys.argv[1:] if argv is None else argv)):
-        # Bytes that are not UTF-8 arrive as lone surrogates, which no store or terminal can take.
-        parser.error("an argument is not valid UTF-8 text (not repeated here)")
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

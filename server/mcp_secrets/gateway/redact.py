@@ -91,9 +91,8 @@ class Redactor:
 
     def text(self, text: str) -> str:
         """``text`` with every known spelling replaced."""
-        found: list[
-            tuple[int, int, str]
-        ] = []  # (start, -length, form): sorted, the leftmost first and there the longest
+        # (start, -length, form) of each match: sorted, the leftmost comes first, and there the longest.
+        found: list[tuple[int, int, str]] = []
         for form in self._forms:
             start = text.find(form)
             while start != -1:
