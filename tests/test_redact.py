@@ -114,6 +114,21 @@ def test_a_value_of_the_minimum_length_is_redacted() -> None:
     assert Redactor({"TOKEN": value}).text(f"<{value}>") == f"<{LABEL}>"
 
 
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        # Base64 drops its "=" padding; a value made of "=" has nothing left, which matched everywhere.
+        ("====", ""),
+        ("====", "plain text"),
+        # A value ending in "=" is not base64: without its "=" it is other text.
+        ("tok-3f9a=", "tok-3f9a"),
+    ],
+)
+def test_a_value_ending_in_padding_leaves_text_without_it_untouched(value: str, text: str) -> None:
+    assert Redactor({"TOKEN": value}).text(text) == text
+    assert Redactor({"TOKEN": value}).text(f"<{value}>") == f"<{LABEL}>"
+
+
 # Values from a few characters that make the encodings differ ('/', '+', '=', '%', ' ', 'é'), or from
 # any character a stored value may hold (no lone surrogate) but NUL, which the property below stands
 # in for the labels it takes out.

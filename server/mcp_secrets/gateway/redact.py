@@ -44,11 +44,12 @@ def _spellings(value: str) -> set[str]:
         raw.hex().upper(),
         json.dumps(value)[1:-1],  # a JSON string's inside: quotes, backslashes, controls, \uXXXX
         json.dumps(value, ensure_ascii=False)[1:-1],
-        base64.b64encode(raw).decode("ascii"),
-        base64.urlsafe_b64encode(raw).decode("ascii"),
     }
-    forms |= {form.rstrip("=") for form in forms}
-    return forms | _base64_inside(raw)
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        padded = encode(raw).decode("ascii")
+        forms |= {padded, padded.rstrip("=")}
+    # Only base64 loses its padding: the value itself may end in "=", and stripped it is another text.
+    return {form for form in forms | _base64_inside(raw) if len(form) >= MIN_REDACTED_LENGTH}
 
 
 def _parts(value: str) -> set[str]:
