@@ -375,6 +375,22 @@ async def test_concurrent_callers_each_get_their_own_hash_over_their_own_connect
     assert connection_of(gateway, "alice").client is not connection_of(gateway, "bob").client
 
 
+async def test_the_pool_keeps_nothing_per_user_once_their_connection_is_closed(
+    sqlite_secrets: Secrets, gateway: Gateway
+) -> None:
+    users = [f"user{number}" for number in range(3)]
+    for username in users:
+        sqlite_secrets.set_secret(username, "down", "TOKEN", fresh_value(username))
+        assert not (await call(sqlite_secrets, gateway, username, "token_hash")).is_error
+    assert gateway.pool.live == len(users)
+
+    await gateway.pool.close_all()
+
+    # A long-running gateway sees many users come and go: what it keeps must not grow with them.
+    assert gateway.pool.live == 0
+    assert gateway.pool._turns == {}
+
+
 async def test_only_the_called_servers_secrets_are_injected(
     sqlite_secrets: Secrets, gateway: Gateway, canary: str
 ) -> None:

@@ -51,6 +51,14 @@ class Connection:
     on_log: Callable[[Any], Awaitable[None]] | None = None
 
 
+@dataclass(eq=False)
+class _Turn:
+    """Makes the calls that open one key's connection take turns; kept while any call holds or awaits it."""
+
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    calls: int = 0
+
+
 class DownstreamPool:
     """Opens, reuses, bounds and closes downstream connections."""
 
@@ -62,7 +70,7 @@ class DownstreamPool:
         # How long a downstream may take to start and answer (the handshake; the gateway's listing).
         self.start_seconds = start_seconds
         self._connections: dict[PoolKey, Connection] = {}
-        self._locks: dict[PoolKey, anyio.Lock] = {}
+        self._turns: dict[PoolKey, _Turn] = {}
         self._starting = 0  # connections whose downstream is starting: they count against max_live too
         self._task_group: TaskGroup | None = None
 
@@ -113,28 +121,41 @@ class DownstreamPool:
             del self._connections[connection.key]
 
     async def _acquire(self, key: PoolKey, fingerprint: str, opener: Opener) -> Connection:
-        if self._task_group is None:
+        task_group = self._task_group
+        if task_group is None:
             raise RuntimeError("the downstream pool is not running; use `async with pool.running()`")
-        lock = self._locks.setdefault(key, anyio.Lock())
-        async with lock:
-            current = self._connections.get(key)
-            if current is not None and not current.dead and current.fingerprint == fingerprint:
-                return current
-            if current is not None:
-                self.discard(current)
-            self._make_room()
-            connection = Connection(key, fingerprint)
-            # A downstream that never answers would hold this key's lock, and every call waiting on it.
-            self._starting += 1
-            try:
-                with anyio.move_on_after(self.start_seconds) as waited:
-                    await self._task_group.start(self._hold, connection, opener)
-            finally:
-                self._starting -= 1
-            if waited.cancelled_caught:
-                raise StartTimeoutError(f"it did not answer within {self.start_seconds:g} seconds")
-            self._connections[key] = connection
-            return connection
+        turn = self._turns.setdefault(key, _Turn())
+        turn.calls += 1
+        try:
+            async with turn.lock:
+                return await self._reuse_or_open(task_group, key, fingerprint, opener)
+        finally:
+            turn.calls -= 1
+            if not turn.calls:
+                del self._turns[key]  # one entry per key in use, not per key ever seen
+
+    async def _reuse_or_open(
+        self, task_group: TaskGroup, key: PoolKey, fingerprint: str, opener: Opener
+    ) -> Connection:
+        """The live connection of ``key`` if its secrets are unchanged, else a new one; call in its turn."""
+        current = self._connections.get(key)
+        if current is not None and not current.dead and current.fingerprint == fingerprint:
+            return current
+        if current is not None:
+            self.discard(current)
+        self._make_room()
+        connection = Connection(key, fingerprint)
+        # A downstream that never answers would hold this key's turn, and every call waiting on it.
+        self._starting += 1
+        try:
+            with anyio.move_on_after(self.start_seconds) as waited:
+                await task_group.start(self._hold, connection, opener)
+        finally:
+            self._starting -= 1
+        if waited.cancelled_caught:
+            raise StartTimeoutError(f"it did not answer within {self.start_seconds:g} seconds")
+        self._connections[key] = connection
+        return connection
 
     def _make_room(self) -> None:
         while len(self._connections) + self._starting >= self.max_live:
