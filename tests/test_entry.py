@@ -543,6 +543,38 @@ async def test_request_secret_in_process_without_a_submission_is_pending(
     assert links.state(elicitor.urls[0].rsplit("/", 1)[1]) == "live"
 
 
+class LeftOpen(Elicitor):
+    """An elicitation callback whose user opens the page and leaves it, until the link has expired."""
+
+    def __init__(self, links: EntryLinks, clock: FakeClock) -> None:
+        super().__init__(links, "accept")
+        self.clock = clock
+
+    async def __call__(self, context: Any, params: Any) -> ElicitResult:
+        answer = await super().__call__(context, params)
+        self.clock.advance(LINK_TTL + timedelta(seconds=1))
+        return answer
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_request_secret_whose_link_expires_while_waiting_says_expired_not_pending(
+    sqlite_secrets: Secrets, entry_client: Callable[..., Client], mode: str, clock: FakeClock
+) -> None:
+    # Only a wait set longer than a link's life gets here: "pending until" would name a time gone by.
+    elicitor = LeftOpen(EntryLinks(sqlite_secrets, clock=clock), clock)
+
+    async with entry_client(elicitor, mode=mode) as alice:
+        result = await alice.call_tool("request_secret", {"server": "github", "key": "TOKEN"})
+
+    assert not result.is_error, text_of(result)
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "expired", text_of(result)
+    assert "stays valid" not in text_of(result)
+    assert "request_secret again" in text_of(result)
+    assert sqlite_secrets.list_secret_keys("alice") == []
+
+
 class SlowPage(Elicitor):
     """An elicitation callback whose user submits the page while the store is slow, then fails.
 

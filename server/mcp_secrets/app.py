@@ -34,7 +34,7 @@ from mcp_types.version import is_version_at_least
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from mcp_secrets import __version__
-from mcp_secrets.entry import EntryLink, EntryLinks
+from mcp_secrets.entry import EntryLink, EntryLinks, Submission
 from mcp_secrets.errors import InvalidInputError, SecretsError
 from mcp_secrets.gateway import Gateway
 from mcp_secrets.identity import Identity
@@ -133,7 +133,7 @@ class SecretRequest(BaseModel):
 
     server: str
     key: str
-    status: Literal["stored", "pending", "declined", "link_sent", "use_terminal"]
+    status: Literal["stored", "pending", "expired", "declined", "link_sent", "use_terminal"]
     url: str | None = Field(default=None, description="The entry link, only when the client cannot open it.")
     expires_at: datetime | None = None
 
@@ -305,17 +305,17 @@ def _terminal_hint(username: str, server: str, key: str) -> CallToolResult:
     return _result(text, SecretRequest(server=server, key=key, status="use_terminal"))
 
 
-async def _await_entry(entry: EntrySettings, link: EntryLink, ctx: Context[Any, Any]) -> bool:
+async def _await_entry(entry: EntrySettings, link: EntryLink, ctx: Context[Any, Any]) -> Submission:
     """Wait, polling the store (any replica may serve the page), until the value is stored or time is up."""
     waited = 0.0
     while waited < entry.wait_seconds:
         submission = await _run(lambda: entry.links.submission(link.token))
         if submission != "waiting":
-            return submission == "stored"
+            return submission
         await ctx.report_progress(waited, entry.wait_seconds, "Waiting for the secret to be entered")
         await anyio.sleep(WAIT_POLL_SECONDS)
         waited += WAIT_POLL_SECONDS
-    return False
+    return "waiting"
 
 
 async def _entry_outcome(
@@ -330,12 +330,19 @@ async def _entry_outcome(
             return _result(stored_text, SecretRequest(server=record.server, key=record.key, status="stored"))
         text = f"The user declined to enter {record.key} for {record.server}; nothing was stored."
         return _result(text, SecretRequest(server=record.server, key=record.key, status="declined"))
-    if await _await_entry(entry, link, ctx):
+    submission = await _await_entry(entry, link, ctx)
+    if submission == "stored":
         if elicitation_id is not None:
             await ctx.request_context.session.send_elicit_complete(
                 elicitation_id, ctx.request_context.request_id
             )
         return _result(stored_text, SecretRequest(server=record.server, key=record.key, status="stored"))
+    if submission == "gone":  # the link expired during the wait: only a wait longer than its life
+        text = (
+            f"The entry link for {record.key} ({record.server}) expired before a value was entered; "
+            "nothing was stored. Call request_secret again for a new link."
+        )
+        return _result(text, SecretRequest(server=record.server, key=record.key, status="expired"))
     text = (
         f"The entry page for {record.key} ({record.server}) is open but not submitted yet; the link "
         f"stays valid until {record.expires_at:%H:%M} UTC. list_secret_keys will show it once stored."
