@@ -496,7 +496,7 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 def _prune_audit(args: argparse.Namespace) -> int:
     store = _open(args, needs_key=False)[1]  # events only: no key needed
     try:
-        with archive_file(args.export) if args.export else nullcontext() as keep:
+        with archive_file(args.export) if args.export is not None else nullcontext() as keep:
             report = prune_events(
                 store,
                 timedelta(days=args.older_than),
@@ -592,6 +592,13 @@ def _retention_days(text: str) -> int:
     return _bounded(text, MAX_RETENTION_DAYS)
 
 
+def _export_path(text: str) -> str:
+    # `--export "$ARCHIVE"` with the variable unset would otherwise prune without archiving anything.
+    if not text.strip():
+        raise argparse.ArgumentTypeError("needs the path of a file")
+    return text
+
+
 def _days(text: str) -> float:
     number = float(text)
     # `not >` refuses NaN too; the bound keeps the expiry a date (infinity was a traceback).
@@ -646,7 +653,10 @@ def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         help=f"keep the last DAYS days (at most {MAX_RETENTION_DAYS})",
     )
     prune.add_argument(
-        "--export", metavar="FILE", help="append each event to FILE (JSON lines) before deleting it"
+        "--export",
+        metavar="FILE",
+        type=_export_path,
+        help="append each event to FILE (JSON lines) before deleting it",
     )
     prune.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
     prune.add_argument(

@@ -555,6 +555,22 @@ def test_prune_audit_whose_export_fails_deletes_nothing(
     assert audit_json(env, "--limit", "1000") == before
 
 
+@pytest.mark.parametrize("target", ["", "  "], ids=["empty", "blank"])
+def test_prune_audit_with_an_empty_export_path_is_a_usage_error_and_deletes_nothing(
+    env: dict[str, str], seed: Seed, target: str
+) -> None:
+    # As `--export "$ARCHIVE"` is with the variable unset: the events must not go unarchived.
+    backdate(env, range(25, 41))
+    before = audit_json(env, "--limit", "1000")
+
+    done = run_cli(env, "prune-audit", "--older-than", "30", "--export", target)
+
+    assert done.returncode == 2
+    assert "--export" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert audit_json(env, "--limit", "1000") == before
+
+
 def test_prune_audit_dry_run_counts_and_deletes_nothing(env: dict[str, str], seed: Seed) -> None:
     backdate(env, range(25, 41))
     before = audit_json(env, "--limit", "1000")
