@@ -246,6 +246,24 @@ def test_a_batch_written_in_part_is_cut_off_again_and_stays_in_the_store(
     assert all_events(aged) == before
 
 
+def test_an_archive_left_ending_in_half_a_line_gets_each_new_event_on_a_line_of_its_own(
+    aged: SecretStore, tmp_path: Path
+) -> None:
+    # What a run killed (or a machine losing power) in the middle of a write leaves: its batch is still
+    # in the store, so the next run writes it again, and its first event must not join the half line.
+    older = sorted((event for event in all_events(aged) if event.at < NOW - KEEP), key=lambda event: event.at)
+    path = tmp_path / "audit.jsonl"
+    half = older[0].to_json()[:30]
+    path.write_text('{"earlier": "line"}\n' + half, encoding="utf-8")
+
+    with archive_file(path) as keep:
+        prune_events(aged, KEEP, batch_size=7, now=NOW, keep=keep)
+
+    earlier, cut, *lines = path.read_text(encoding="utf-8").split("\n")
+    assert (earlier, cut) == ('{"earlier": "line"}', half)
+    assert lines == [*(event.to_json() for event in older), ""]
+
+
 def test_archive_file_that_cannot_be_opened_says_so_before_anything_is_deleted(tmp_path: Path) -> None:
     with (
         pytest.raises(ConfigurationError, match="cannot open the export file"),

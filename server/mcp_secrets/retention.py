@@ -109,13 +109,15 @@ def archive_file(path: str | Path) -> Iterator[Callable[[list[AuditEvent]], None
 
     The file, and any directory missing above it, is created owner-only. A batch that cannot be
     written whole is cut off again, so the file never ends in half a batch, and ``prune_events``
-    keeps that batch in the store. The file is locked for as long as the archive is open (POSIX
+    keeps that batch in the store; half a line left by a run killed mid-write is ended before
+    the next batch. The file is locked for as long as the archive is open (POSIX
     only), and a second archive of it is refused: cutting off one run's failed batch would
     otherwise cut off what another run appended meanwhile.
     """
     _make_directories(Path(path))
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        # Readable too: keep() looks at the last byte the file ends with.
+        descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     except OSError as exc:
         raise ConfigurationError(f"cannot open the export file {path}: {exc.strerror}") from None
     try:
@@ -127,6 +129,10 @@ def archive_file(path: str | Path) -> Iterator[Callable[[list[AuditEvent]], None
     def keep(events: list[AuditEvent]) -> None:
         data = "".join(event.to_json() + "\n" for event in events).encode("utf-8")
         end = os.lseek(descriptor, 0, os.SEEK_END)
+        if end and _last_byte(descriptor, end) != b"\n":
+            # Half a line, left by a run that died mid-write (its batch is still in the store): the
+            # batch starts a line of its own rather than joining that line and becoming unreadable.
+            data = b"\n" + data
         try:
             # Unbuffered: a failed write leaves nothing behind to fail again at closing.
             while data:
@@ -141,6 +147,12 @@ def archive_file(path: str | Path) -> Iterator[Callable[[list[AuditEvent]], None
         yield keep
     finally:
         os.close(descriptor)  # which releases the lock
+
+
+def _last_byte(descriptor: int, end: int) -> bytes:
+    """The byte the file ends with (not pread: Windows has none; writes append wherever this leaves off)."""
+    os.lseek(descriptor, end - 1, os.SEEK_SET)
+    return os.read(descriptor, 1)
 
 
 def _lock(descriptor: int, path: str | Path) -> None:
