@@ -496,7 +496,9 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 def _prune_audit(args: argparse.Namespace) -> int:
     store = _open(args, needs_key=False)[1]  # events only: no key needed
     try:
-        with archive_file(args.export) if args.export is not None else nullcontext() as keep:
+        # A dry run writes nothing: it neither creates the export file nor waits on another run's lock.
+        exporting = args.export is not None and not args.dry_run
+        with archive_file(args.export) if exporting else nullcontext() as keep:
             report = prune_events(
                 store,
                 timedelta(days=args.older_than),

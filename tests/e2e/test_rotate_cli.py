@@ -584,6 +584,19 @@ def test_prune_audit_dry_run_counts_and_deletes_nothing(env: dict[str, str], see
     assert audit_json(env, "--limit", "1000") == before
 
 
+def test_prune_audit_dry_run_with_an_export_file_leaves_the_file_system_alone(
+    env: dict[str, str], seed: Seed, tmp_path: Path
+) -> None:
+    backdate(env, range(25, 41))
+    archive = tmp_path / "archive" / "audit.jsonl"
+
+    done = run_cli(env, "prune-audit", "--older-than", "30", "--dry-run", "--export", str(archive))
+
+    assert done.returncode == 0, done.stderr
+    assert "11 audit events happened before" in done.stderr
+    assert not archive.parent.exists()
+
+
 @pytest.mark.parametrize("days", ["0", "-3", "ten"])
 def test_prune_audit_refuses_a_period_below_one_day(env: dict[str, str], seed: Seed, days: str) -> None:
     before = audit_json(env)
