@@ -64,6 +64,32 @@ MAX_COUNT = 1_000_000_000  # beyond any store's rows, well within SQLite's integ
 GATEWAY_STOP_SECONDS = 10.0  # the SDK closes a downstream in stages: EOF, then SIGTERM, then SIGKILL
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM arrived during ``rotate``, ``migrate-legacy`` or ``prune-audit``: it unwinds as Ctrl-C does."""
+
+
+@contextmanager
+def _terminated_as_an_exception() -> Iterator[None]:
+    """Let SIGTERM unwind a run as Ctrl-C does, so that it records what it did before it stops.
+
+    Python's default for SIGTERM ends the process at once: a prune stopped by systemd or a job's
+    time limit left its deleted events without the ``audit-pruned`` event that accounts for them.
+    """
+
+    def stop(_number: int, _frame: object) -> None:
+        raise _Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (main() called from a library): keep the default
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _say(message: str = "") -> None:
     print(message, file=sys.stderr)
 
@@ -402,13 +428,14 @@ def _rotate(args: argparse.Namespace) -> int:
         only_legacy = args.command == "migrate-legacy"
         if only_legacy and not secrets.encryptor.reads_legacy:
             return _find_unreadable_legacy(secrets, args.batch_size)
-        report = rotate(
-            secrets,
-            only_legacy=only_legacy,
-            dry_run=args.dry_run,
-            batch_size=args.batch_size,
-            on_progress=_progress_bar(),
-        )
+        with _terminated_as_an_exception():
+            report = rotate(
+                secrets,
+                only_legacy=only_legacy,
+                dry_run=args.dry_run,
+                batch_size=args.batch_size,
+                on_progress=_progress_bar(),
+            )
     finally:
         _close(store, secrets)
     verb = "would re-encrypt" if args.dry_run else "re-encrypted"
@@ -498,7 +525,10 @@ def _prune_audit(args: argparse.Namespace) -> int:
     try:
         # A dry run writes nothing: it neither creates the export file nor waits on another run's lock.
         exporting = args.export is not None and not args.dry_run
-        with archive_file(args.export) if exporting else nullcontext() as keep:
+        with (
+            _terminated_as_an_exception(),
+            archive_file(args.export) if exporting else nullcontext() as keep,
+        ):
             report = prune_events(
                 store,
                 timedelta(days=args.older_than),
@@ -779,8 +809,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as stop:
+        return 128 + signal.SIGTERM if isinstance(stop, _Terminated) else 130
     except BrokenPipeError:
         # The reader of stdout stopped early (`| head`): end quietly, not with a traceback, and
         # point stdout at nothing so that the flush at exit does not fail again.
