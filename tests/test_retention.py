@@ -105,6 +105,22 @@ def test_a_keep_that_raises_leaves_its_batch_in_the_store(aged: SecretStore) -> 
     assert all_events(aged) == before
 
 
+def test_a_prune_alongside_another_never_deletes_an_event_written_meanwhile(store: SecretStore) -> None:
+    # Every event is old, so once the other prune has taken them all a new event may get an old one's id.
+    for day in range(DAYS, 90, -1):
+        store.add_event(AuditEvent(NOW - timedelta(days=day), "alice", "used", "github", "TOKEN", "library"))
+    written_meanwhile = AuditEvent(NOW, "bob", "created", "linear", "KEY", "cli")
+
+    def another_prune_then_a_new_event(_: list[AuditEvent]) -> None:
+        while store.delete_events(NOW - KEEP, DAYS):
+            pass
+        store.add_event(written_meanwhile)
+
+    store.delete_events(NOW - KEEP, DAYS, another_prune_then_a_new_event)
+
+    assert all_events(store) == [written_meanwhile]
+
+
 # --- prune_events ---------------------------------------------------------------------------------
 
 

@@ -499,9 +499,12 @@ class SQLiteStore:
             keep([_event(row[1:]) for row in rows])
 
         def delete(connection: sqlite3.Connection) -> int:
+            # SQLite hands a deleted row's id to the next insert: a prune running alongside may have
+            # deleted these rows already, and a new event taken one of their ids. Its time tells it apart.
+            cut_off = _iso(before)
             with _transaction(connection):
                 return connection.executemany(
-                    "DELETE FROM audit_events WHERE id = ?", [(row[0],) for row in rows]
+                    "DELETE FROM audit_events WHERE id = ? AND at < ?", [(row[0], cut_off) for row in rows]
                 ).rowcount
 
         return self._run(delete)
