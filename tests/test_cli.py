@@ -576,6 +576,11 @@ HUGE = "9" * 20  # past SQLite's integers, C's and dates'
         pytest.param(
             ("prune-audit", "--older-than", "30", "--batch-size", HUGE), "--batch-size", id="prune-batch"
         ),
+        pytest.param(
+            ("prune-audit", "--older-than", "30", "--batch-size", "100001"),
+            "--batch-size",
+            id="prune-batch-past-one-delete",
+        ),
         pytest.param(("rotate", "--batch-size", HUGE), "--batch-size", id="rotate-batch"),
         pytest.param(("migrate-legacy", "--batch-size", HUGE), "--batch-size", id="migrate-batch"),
     ],

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import new_canary
 from mcp_secrets.errors import ConfigurationError, InvalidInputError, SecretsError
-from mcp_secrets.retention import archive_file, prune_events
+from mcp_secrets.retention import MAX_BATCH_SIZE, archive_file, prune_events
 from mcp_secrets.secrets import OPERATOR, Secrets
 from mcp_secrets.store import AuditEvent, SecretStore
 
@@ -195,9 +195,11 @@ def test_a_prune_stopped_by_its_archive_keeps_the_rest_and_records_what_it_delet
         (timedelta(0), 10, "retention period"),
         (timedelta(days=-1), 10, "retention period"),
         (KEEP, 0, "batch size"),
+        # One batch is one delete: MongoDB sends its ids in one command, whose size is bounded (16 MB).
+        (KEEP, MAX_BATCH_SIZE + 1, "batch size"),
     ],
 )
-def test_prune_refuses_a_period_or_batch_size_below_one_and_deletes_nothing(
+def test_prune_refuses_a_period_or_batch_size_out_of_range_and_deletes_nothing(
     aged: SecretStore, older_than: timedelta, batch_size: int, message: str
 ) -> None:
     before = all_events(aged)

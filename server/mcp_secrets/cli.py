@@ -47,6 +47,7 @@ from mcp_secrets.hardening import forbid_inspection
 from mcp_secrets.identity import BearerIdentity, LocalIdentity, local_username
 from mcp_secrets.logs import configure_logging
 from mcp_secrets.retention import DEFAULT_BATCH_SIZE as PRUNE_BATCH_SIZE
+from mcp_secrets.retention import MAX_BATCH_SIZE as MAX_PRUNE_BATCH_SIZE
 from mcp_secrets.retention import archive_file, prune_events
 from mcp_secrets.rotation import DEFAULT_BATCH_SIZE, RotationReport, rotate
 from mcp_secrets.secrets import MAX_VALUE_BYTES, SecretKeyInfo, Secrets, validate_name, validate_username
@@ -620,6 +621,10 @@ def _positive(text: str) -> int:
     return _bounded(text, MAX_COUNT)
 
 
+def _prune_batch_size(text: str) -> int:
+    return _bounded(text, MAX_PRUNE_BATCH_SIZE)
+
+
 def _retention_days(text: str) -> int:
     return _bounded(text, MAX_RETENTION_DAYS)
 
@@ -692,7 +697,10 @@ def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )
     prune.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
     prune.add_argument(
-        "--batch-size", type=_positive, default=PRUNE_BATCH_SIZE, help="events deleted per transaction"
+        "--batch-size",
+        type=_prune_batch_size,
+        default=PRUNE_BATCH_SIZE,
+        help=f"events deleted per transaction (at most {MAX_PRUNE_BATCH_SIZE})",
     )
     prune.set_defaults(handler=_prune_audit)
 

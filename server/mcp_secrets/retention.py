@@ -28,6 +28,8 @@ if sys.platform != "win32":
     import fcntl
 
 DEFAULT_BATCH_SIZE = 5000
+# A batch is one delete: MongoDB sends its ids in one command, which must stay under 16 MB.
+MAX_BATCH_SIZE = 100_000
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,8 @@ def prune_events(
     """
     if older_than <= timedelta(0):
         raise InvalidInputError("the retention period must be longer than zero")
-    if batch_size < 1:
-        raise InvalidInputError("the batch size must be at least 1")
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise InvalidInputError(f"the batch size must be at least 1 and at most {MAX_BATCH_SIZE}")
     now = now or datetime.now(timezone.utc)
     before = now - older_than
     found = store.count_events(before)
