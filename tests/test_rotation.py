@@ -217,6 +217,31 @@ def test_legacy_record_without_a_legacy_key_is_reported_failed_by_run_and_dry_ru
     assert all(values[record] not in failure.reason for record in values for failure in report.failed)
 
 
+@pytest.mark.parametrize("with_legacy_key", [False, True], ids=["no-legacy-key", "legacy-key"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        {"only_legacy": False, "dry_run": False},
+        {"only_legacy": False, "dry_run": True},
+        {"only_legacy": True, "dry_run": False},
+        {"only_legacy": True, "dry_run": True},
+    ],
+    ids=["rotate", "rotate-dry-run", "migrate-legacy", "migrate-legacy-dry-run"],
+)
+def test_a_record_in_no_known_format_is_reported_as_such_by_run_and_dry_run_alike(
+    rotating: Secrets, master_key: bytes, key_b: bytes, with_legacy_key: bool, how: dict[str, bool]
+) -> None:
+    # Not "in the legacy format": an operator told that would look for a legacy key that cannot help.
+    rotating.store.put_secret("bob", "linear", "TOKEN", "damaged: not a ciphertext", T0)
+    encryptor = rotating.encryptor if with_legacy_key else SecretEncryptor([key_b, master_key])
+
+    report = rotate(Secrets(rotating.store, encryptor), **how)
+
+    [failure] = [f for f in report.failed if (f.username, f.server, f.key) == ("bob", "linear", "TOKEN")]
+    assert "not in a ciphertext format mcp-secrets can read" in failure.reason
+    assert "legacy" not in failure.reason
+
+
 # --- writes racing the rotation ------------------------------------------------------------------
 
 RACED: Record = ("alice", "github", "USER")

@@ -94,6 +94,11 @@ def _where(record: tuple[str, str]) -> str:
     return f"secret {key!r} of server {server!r}"
 
 
+def _is_legacy(parts: list[str]) -> bool:
+    """Whether the ``:``-separated parts of a ciphertext have the original format's form: three hex fields."""
+    return len(parts) == 3 and all(part and set(part) <= _HEX_DIGITS for part in parts)  # noqa: PLR2004
+
+
 def _not_text(where: str) -> DecryptionError:
     """The error for a plaintext that is not UTF-8; a UnicodeDecodeError would carry its bytes."""
     return DecryptionError(f"{where} decrypted to bytes that are not UTF-8 text")
@@ -210,11 +215,27 @@ class SecretEncryptor:
         return self._read_other(ciphertext, _where((server, key)))
 
     def key_id_of(self, ciphertext: str) -> str:
-        """The key id a stored ciphertext was written with (``legacy`` for the original format)."""
+        """The key id a stored ciphertext was written with (``legacy`` for the original format, or none)."""
         parts = ciphertext.split(":")
         if len(parts) == 3 and parts[0] == VERSION:  # noqa: PLR2004
             return parts[1]
         return LEGACY_KEY_ID
+
+    def unreadable_because(self, ciphertext: str) -> str | None:
+        """Why a ciphertext cannot be read, judged by its form and the configured keys, without decrypting.
+
+        None when it may be read; decrypting may still find it altered.
+        """
+        parts = ciphertext.split(":")
+        if len(parts) == 3 and parts[0] == VERSION:  # noqa: PLR2004
+            if parts[1] not in self._ciphers:
+                return f"encrypted with master key {parts[1]}, which is not configured"
+            return None
+        if not _is_legacy(parts):
+            return "not in a ciphertext format mcp-secrets can read"
+        if self._legacy is None:
+            return "in the legacy format and MCP_SECRETS_LEGACY_KEY is not set"
+        return None
 
     def _read_other(self, ciphertext: str, where: str) -> str:
         """Read a legacy ciphertext, or raise the error that says why a ciphertext does not decrypt."""
@@ -226,7 +247,7 @@ class SecretEncryptor:
                 )
             # A configured key: decrypt() refused its payload.
             raise DecryptionError(f"{where} is damaged: its ciphertext is malformed")
-        if len(parts) == 3 and all(part and set(part) <= _HEX_DIGITS for part in parts):  # noqa: PLR2004
+        if _is_legacy(parts):
             return self._decrypt_legacy(parts, where)
         raise DecryptionError(f"{where} is not in a ciphertext format mcp-secrets can read")
 

@@ -100,19 +100,12 @@ def _record(secrets: Secrets, report: RotationReport, *, only_legacy: bool, stop
 
 
 def _count(secrets: Secrets, record: SecretRecord, report: RotationReport) -> None:
-    """Dry run: a record would be re-encrypted unless its key is not configured."""
-    key_id = secrets.encryptor.key_id_of(record.value)
-    if key_id == LEGACY_KEY_ID:
-        if secrets.encryptor.reads_legacy:
-            report.rewrapped += 1
-            return
-        reason = "in the legacy format and MCP_SECRETS_LEGACY_KEY is not set"
-    elif key_id in secrets.encryptor.key_ids:
+    """Dry run: a record would be re-encrypted unless its form or a missing key says it cannot be read."""
+    reason = secrets.encryptor.unreadable_because(record.value)
+    if reason is None:
         report.rewrapped += 1
-        return
     else:
-        reason = f"encrypted with master key {key_id}, which is not configured"
-    report.failed.append(RecordFailure(record.username, record.server, record.key, reason))
+        report.failed.append(RecordFailure(record.username, record.server, record.key, reason))
 
 
 def _rewrap(secrets: Secrets, record: SecretRecord, report: RotationReport) -> None:
