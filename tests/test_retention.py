@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -119,6 +120,23 @@ def test_a_prune_alongside_another_never_deletes_an_event_written_meanwhile(stor
     store.delete_events(NOW - KEEP, DAYS, another_prune_then_a_new_event)
 
     assert all_events(store) == [written_meanwhile]
+
+
+@pytest.mark.skipif(not hasattr(time, "tzset"), reason="needs time.tzset to change the local zone")
+def test_a_time_without_a_zone_is_utc_on_every_store_whatever_the_local_zone(
+    aged: SecretStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pymongo writes a naive datetime as UTC: SQLite read it in the machine's zone, five hours off here,
+    # which took in the event exactly at the cut-off.
+    monkeypatch.setenv("TZ", "EST5")  # POSIX: UTC-5, no time zone database needed
+    time.tzset()
+    try:
+        naive_cutoff = (NOW - KEEP).replace(tzinfo=None)
+        assert aged.count_events(naive_cutoff) == OLDER
+        assert aged.delete_events(naive_cutoff, DAYS) == OLDER
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 # --- prune_events ---------------------------------------------------------------------------------

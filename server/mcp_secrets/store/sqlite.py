@@ -95,6 +95,8 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 def _iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
+    if moment.tzinfo is None:  # UTC, as pymongo takes it: not the machine's zone, as astimezone would
+        return moment.replace(tzinfo=timezone.utc).isoformat()
     return (moment if moment.tzinfo is timezone.utc else moment.astimezone(timezone.utc)).isoformat()
 
 
