@@ -245,6 +245,19 @@ async def test_a_valid_jwt_verifies_as_its_sub(jwks_url: str, signing_key: rsa.R
 
 
 @pytest.mark.anyio
+async def test_a_jwt_issued_by_a_clock_a_few_seconds_ahead_verifies(
+    jwks_url: str, signing_key: rsa.RSAPrivateKey
+) -> None:
+    ahead = int(time.time()) + 5
+    token = _sign(signing_key, _claims(iat=ahead, nbf=ahead))
+
+    access = await JwtVerifier(jwks_url, issuer=ISSUER, audience=AUDIENCE).verify_token(token)
+
+    assert access is not None
+    assert access.subject == "alice"
+
+
+@pytest.mark.anyio
 async def test_a_configured_username_claim_names_the_user(
     jwks_url: str, signing_key: rsa.RSAPrivateKey
 ) -> None:
@@ -280,6 +293,9 @@ REFUSED_JWTS: dict[str, Callable[[rsa.RSAPrivateKey, rsa.RSAPrivateKey], str]] =
     "wrong issuer": lambda key, _: _sign(key, _claims(iss="https://evil.example.com/")),
     "no issuer": lambda key, _: _sign(key, _claims(iss=None)),
     "expired": lambda key, _: _sign(key, _claims(exp=int(time.time()) - 60)),
+    "expired a second ago": lambda key, _: _sign(key, _claims(exp=int(time.time()) - 1)),
+    "valid only in an hour": lambda key, _: _sign(key, _claims(nbf=int(time.time()) + 3600)),
+    "issued in an hour": lambda key, _: _sign(key, _claims(iat=int(time.time()) + 3600)),
     "no expiry": lambda key, _: _sign(key, _claims(exp=None)),
     "signed by another key with the same kid": lambda _, other: _sign(other, _claims()),
     "unknown kid": lambda key, _: _sign(key, _claims(), kid="someone-elses-key"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import time
 from typing import Any, Protocol
 
 import anyio
@@ -103,6 +104,9 @@ class ApiTokenVerifier:
 
 
 JWKS_LIFESPAN_SECONDS = 300.0  # how long a fetched key set is trusted before it is fetched again
+# How far the provider's clock may run ahead of ours: a token it has just issued is valid from its "now"
+# (iat, nbf), which on our clock can be a few seconds away yet.
+JWT_CLOCK_SKEW_SECONDS = 60
 
 
 class JwtVerifier:
@@ -143,12 +147,17 @@ class JwtVerifier:
                 audience=self._audience,
                 issuer=self._issuer,
                 options={"require": ["exp", "iss", "aud"]},
+                leeway=JWT_CLOCK_SKEW_SECONDS,
             )
         except jwt.PyJWKClientConnectionError as exc:
             logger.warning("the JWKS could not be fetched: %s", type(exc).__name__)
             return None
         except jwt.PyJWTError as exc:
             logger.info("JWT refused: %s", type(exc).__name__)
+            return None
+        # PyJWT grants the leeway to exp too; expiry stays exact, as the SDK's bearer middleware keeps it.
+        if int(claims["exp"]) <= time.time():
+            logger.info("JWT refused: ExpiredSignatureError")
             return None
         username = claims.get(self._username_claim)
         if type(username) is not str:

@@ -210,15 +210,26 @@ async def test_a_valid_jwt_gets_in_as_its_sub(
     assert await username_seen_with(jwt_deployment, signed_jwt(signing_key)) == "carol"
 
 
+async def test_a_jwt_from_a_provider_whose_clock_runs_a_few_seconds_ahead_gets_in(
+    jwt_deployment: Deployment, signing_key: rsa.RSAPrivateKey
+) -> None:
+    ahead = int(time.time()) + 5  # issued, and valid from, a few seconds ahead of this machine's clock
+    token = signed_jwt(signing_key, iat=ahead, nbf=ahead)
+
+    assert await username_seen_with(jwt_deployment, token) == "carol"
+
+
 REFUSED_JWTS: dict[str, dict[str, Any]] = {
     "wrong-audience": {"aud": "https://elsewhere.example.com/mcp"},
     "wrong-issuer": {"iss": "https://evil.example.com/"},
     "expired": {"exp": int(time.time()) - 3600},
+    "expired-seconds-ago": {"exp": int(time.time()) - 2},
+    "valid-only-in-an-hour": {"iat": int(time.time()) + 3600, "nbf": int(time.time()) + 3600},
 }
 
 
 @pytest.mark.parametrize("claims", REFUSED_JWTS.values(), ids=REFUSED_JWTS.keys())
-def test_a_jwt_with_a_wrong_audience_issuer_or_expiry_gets_401(
+def test_a_jwt_with_a_wrong_audience_issuer_or_validity_gets_401(
     jwt_deployment: Deployment, signing_key: rsa.RSAPrivateKey, claims: dict[str, Any]
 ) -> None:
     response = probe(jwt_deployment, {"Authorization": f"Bearer {signed_jwt(signing_key, **claims)}"})
