@@ -46,6 +46,11 @@ def base_url(settings: Settings) -> str:
     """The URL clients reach this server at: ``MCP_SECRETS_PUBLIC_URL``, or the bind address."""
     if settings.public_url:
         return settings.public_url.rstrip("/")
+    return _bind_url(settings)
+
+
+def _bind_url(settings: Settings) -> str:
+    """The URL of the address the server listens on (127.0.0.1 for every interface)."""
     host = settings.host
     if host in ("0.0.0.0", "::", ""):  # noqa: S104 - naming the wildcard, not binding it
         host = "127.0.0.1"
@@ -60,13 +65,16 @@ def endpoint_url(settings: Settings) -> str:
 
 
 def transport_security(settings: Settings) -> TransportSecuritySettings:
-    """Accept only Host and Origin headers of this machine, the public URL and configured extras."""
+    """Accept only Host and Origin headers of this machine, its bind address, the public URL and extras."""
     hosts = [*LOCAL_HOSTS, *settings.allowed_hosts]
     origins = [*LOCAL_ORIGINS, *settings.allowed_origins]
-    if settings.public_url:
-        parts = urlsplit(settings.public_url)
-        hosts.append(parts.netloc)
-        origins.append(f"{parts.scheme}://{parts.netloc}")
+    # The address bound (--host 192.0.2.7) is this server's as much as the public URL: the start names
+    # it, and entry links are made on it. A DNS-rebinding page sends its own host name, never these.
+    for url in (_bind_url(settings), settings.public_url):
+        if url:
+            parts = urlsplit(url)
+            hosts.append(parts.netloc)
+            origins.append(f"{parts.scheme}://{parts.netloc}")
     return TransportSecuritySettings(
         enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
     )

@@ -201,14 +201,16 @@ def _wait_until_healthy(process: subprocess.Popen[bytes], base_url: str, log_pat
 
 
 @contextmanager
-def serving(env: dict[str, str], transport: str, log_path: Path, *args: str) -> Iterator[Deployment]:
-    """``mcp-secrets serve --transport TRANSPORT`` on a free port, healthy, stopped on exit."""
+def serving(
+    env: dict[str, str], transport: str, log_path: Path, *args: str, host: str = "127.0.0.1"
+) -> Iterator[Deployment]:
+    """``mcp-secrets serve --transport TRANSPORT`` on a free port of ``host``, healthy, stopped on exit."""
     port = free_port()
-    command = [*MCP_SECRETS, "serve", "--transport", transport, "--port", str(port), *args]
+    command = [*MCP_SECRETS, "serve", "--transport", transport, "--host", host, "--port", str(port), *args]
     with log_path.open("a", encoding="utf-8") as log, stdout_path(log_path).open("a") as out:
         process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=log)
     try:
-        base_url = f"http://127.0.0.1:{port}"
+        base_url = f"http://{host}:{port}"
         _wait_until_healthy(process, base_url, log_path)
         yield Deployment(transport, env, log_path, base_url, process)
     finally:

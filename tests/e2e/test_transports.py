@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import secrets as _random
+import socket
 import stat
 import subprocess
 import sys
@@ -262,6 +263,37 @@ def test_listening_on_every_interface_says_how_other_machines_get_in(
 
     assert ("note:       listening on every interface" in summary) is noted
     assert ("set --public-url, or MCP_SECRETS_ALLOWED_HOSTS" in summary) is noted
+
+
+def _can_bind(address: str) -> bool:
+    try:
+        with socket.socket() as probe:
+            probe.bind((address, 0))
+    except OSError:
+        return False
+    return True
+
+
+ANOTHER_LOOPBACK = "127.0.0.2"  # an address of this machine other than 127.0.0.1, as a LAN address is
+
+
+@pytest.mark.skipif(not _can_bind(ANOTHER_LOOPBACK), reason=f"{ANOTHER_LOOPBACK} is not an address here")
+async def test_a_server_bound_to_one_address_takes_requests_that_name_it(
+    start_server, env, tmp_path: Path
+) -> None:
+    with start_server(env, "streamable-http", tmp_path / "server.log", host=ANOTHER_LOOPBACK) as deployment:
+        summary = deployment.log()
+        async with deployment.connect("alice") as alice:
+            username, _ = await keys_of(alice)
+        with httpx2.Client(trust_env=False, timeout=10) as http:
+            own_origin = http.get(f"{deployment.base_url}/healthz", headers={"Origin": deployment.base_url})
+            other_address = http.get(f"{deployment.base_url}/healthz", headers={"Host": "127.0.0.3"})
+
+    # The start names this URL, and entry links are made on it: a browser sends its Host and Origin.
+    assert f"serving streamable-http at {deployment.endpoint}" in summary
+    assert username == "alice"
+    assert own_origin.status_code == 200
+    assert other_address.status_code == 421
 
 
 @pytest.mark.parametrize("transport", ["streamable-http", "sse"])
