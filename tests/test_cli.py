@@ -253,6 +253,28 @@ def test_serve_refuses_an_unsupported_database_url_without_showing_it(env: dict[
     assert password not in done.stdout + done.stderr
 
 
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        pytest.param(("--public-url", "secrets.example.com"), "--public-url", id="public-url-without-scheme"),
+        pytest.param(("--host", "bad host"), "--host", id="host-with-a-space"),
+        pytest.param(
+            ("--jwks-url", "https://id.example.com/jwks", "--issuer", "id.example.com", "--audience", "a"),
+            "--issuer",
+            id="issuer-without-scheme",
+        ),
+    ],
+)
+def test_serve_over_http_names_an_option_that_makes_no_url(
+    env: dict[str, str], options: tuple[str, ...], named: str
+) -> None:
+    done = mcp_secrets_cli(env, "serve", "--transport", "streamable-http", *options)
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert f"mcp-secrets: error: {named} " in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 # --- set: the value comes from a hidden prompt or stdin, never from argv ---------------------------
 
 

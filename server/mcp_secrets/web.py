@@ -20,6 +20,7 @@ from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mcp_secrets.config import Settings
 from mcp_secrets.entry import EntryLinks
 from mcp_secrets.entry_page import entry_routes
-from mcp_secrets.errors import StoreUnavailableError
+from mcp_secrets.errors import ConfigurationError, StoreUnavailableError
 from mcp_secrets.identity import ApiTokenVerifier, EitherVerifier, JwtVerifier
 from mcp_secrets.rest import rest_routes
 from mcp_secrets.secrets import Secrets
@@ -86,8 +87,6 @@ def token_verifier(settings: Settings, tokens: ApiTokens) -> TokenVerifier:
     if not settings.jwks_url:
         return api_tokens
     if not settings.issuer or not settings.audience:
-        from mcp_secrets.errors import ConfigurationError  # noqa: PLC0415
-
         raise ConfigurationError("--jwks-url needs --issuer and --audience too")
     jwts = JwtVerifier(
         settings.jwks_url,
@@ -100,16 +99,26 @@ def token_verifier(settings: Settings, tokens: ApiTokens) -> TokenVerifier:
 
 def auth_settings(settings: Settings) -> AuthSettings:
     """The SDK's resource-server settings; OIDC deployments advertise their issuer in metadata."""
-    if settings.jwks_url and settings.issuer:
+    oidc = bool(settings.jwks_url and settings.issuer)
+    try:
         # pydantic turns the strings into URLs (and refuses malformed ones).
-        return AuthSettings.model_validate(
-            {
-                "issuer_url": settings.issuer,
-                "resource_server_url": endpoint_url(settings),
-                "validate_token_resource": False,  # JwtVerifier checks the audience itself
-            }
-        )
-    return AuthSettings.model_validate({"issuer_url": base_url(settings), "resource_server_url": None})
+        if oidc:
+            return AuthSettings.model_validate(
+                {
+                    "issuer_url": settings.issuer,
+                    "resource_server_url": endpoint_url(settings),
+                    "validate_token_resource": False,  # JwtVerifier checks the audience itself
+                }
+            )
+        return AuthSettings.model_validate({"issuer_url": base_url(settings), "resource_server_url": None})
+    except ValidationError as exc:
+        # Named by its option: pydantic's own message is a traceback's worth, quoting the input.
+        fields = {error["loc"][0] for error in exc.errors() if error["loc"]}
+        if oidc and "issuer_url" in fields:
+            raise ConfigurationError("--issuer must be an http:// or https:// URL") from None
+        if settings.public_url:
+            raise ConfigurationError("--public-url must be an http:// or https:// URL") from None
+        raise ConfigurationError("--host must be a host name or an IP address") from None
 
 
 class HostOriginGuard:
