@@ -73,12 +73,34 @@ def transport_security(settings: Settings) -> TransportSecuritySettings:
     # it, and entry links are made on it. A DNS-rebinding page sends its own host name, never these.
     for url in (_bind_url(settings), settings.public_url):
         if url:
-            parts = urlsplit(url)
-            hosts.append(parts.netloc)
-            origins.append(f"{parts.scheme}://{parts.netloc}")
+            own_hosts, own_origin = _named(url)
+            hosts.extend(own_hosts)
+            origins.append(own_origin)
     return TransportSecuritySettings(
         enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
     )
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _named(url: str) -> tuple[list[str], str]:
+    """The ``Host`` values and the ``Origin`` naming ``url``'s server, spelled as requests carry them.
+
+    The SDK compares them as strings. Browsers and HTTP clients write the host in lower case and leave
+    the scheme's default port out (a few clients write it), whatever the spelling of the configured URL.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    default = DEFAULT_PORTS.get(parts.scheme)
+    port = default if parts.port is None else parts.port
+    if port is None:
+        return [host], f"{parts.scheme}://{host}"
+    if port == default:
+        return [host, f"{host}:{port}"], f"{parts.scheme}://{host}"
+    return [f"{host}:{port}"], f"{parts.scheme}://{host}:{port}"
 
 
 def token_verifier(settings: Settings, tokens: ApiTokens) -> TokenVerifier:

@@ -296,6 +296,29 @@ async def test_a_server_bound_to_one_address_takes_requests_that_name_it(
     assert other_address.status_code == 421
 
 
+@pytest.mark.parametrize(
+    "public_url",
+    ["https://secrets.example.com", "https://secrets.example.com:443/", "https://Secrets.Example.COM"],
+    ids=["plain", "default-port", "capitals"],
+)
+def test_the_public_url_gets_in_as_browsers_and_clients_name_it(
+    start_server, env, tmp_path: Path, public_url: str
+) -> None:
+    env["MCP_SECRETS_PUBLIC_URL"] = public_url
+    # Browsers and HTTP clients write the host in lower case, and leave out the scheme's default port.
+    named = {"Host": "secrets.example.com", "Origin": "https://secrets.example.com"}
+    with (
+        start_server(env, "streamable-http", tmp_path / "server.log") as deployment,
+        httpx2.Client(trust_env=False, timeout=10) as http,
+    ):
+        answers = [
+            http.get(f"{deployment.base_url}/healthz", headers=headers).status_code
+            for headers in (named, {"Host": "secrets.example.com:443"}, {"Host": "secrets.example.com:8443"})
+        ]
+
+    assert answers == [200, 200, 421]
+
+
 @pytest.mark.parametrize("transport", ["streamable-http", "sse"])
 async def test_first_http_run_makes_a_private_key_file_and_shows_one_token_once(
     start_server, env, tmp_path: Path, transport: str
