@@ -8,6 +8,9 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import pytest
+from packaging.requirements import Requirement
+
 import mcp_secrets
 from mcp_secrets.cli import build_parser
 from mcp_secrets.config import Settings
@@ -54,6 +57,23 @@ def test_errors_share_one_base_class() -> None:
     ]
     assert all(issubclass(error, mcp_secrets.SecretsError) for error in errors)
     assert all(error.__doc__ and error.__doc__.startswith("Raised when") for error in errors)
+
+
+@pytest.mark.parametrize(
+    "release",
+    [
+        pytest.param("2.10.0", id="CVE-2024-53861-issuer-matched-as-a-substring"),
+        pytest.param("2.10.1", id="CVE-2026-32597-unknown-crit-header-accepted"),
+        pytest.param("2.12.1", id="CVE-2026-48523-header-alg-not-bound-to-the-jwks-key"),
+    ],
+)
+def test_pyjwt_cannot_be_a_release_that_accepts_jwts_it_should_refuse(release: str) -> None:
+    (pyjwt,) = [
+        Requirement(line) for line in metadata.requires("mcp-secrets") or [] if line.startswith("pyjwt")
+    ]
+
+    assert not pyjwt.specifier.contains(release)
+    assert pyjwt.specifier.contains("2.13.0")
 
 
 README = Path(__file__).resolve().parent.parent / "README.md"
