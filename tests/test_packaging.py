@@ -64,7 +64,7 @@ def test_errors_share_one_base_class() -> None:
     [
         pytest.param("2.10.0", id="CVE-2024-53861-issuer-matched-as-a-substring"),
         pytest.param("2.10.1", id="CVE-2026-32597-unknown-crit-header-accepted"),
-        pytest.param("2.12.1", id="CVE-2026-48523-header-alg-not-bound-to-the-jwks-key"),
+        pytest.param("2.12.1", id="CVE-2026-48522-to-48526-fixed-in-2.13.0"),
     ],
 )
 def test_pyjwt_cannot_be_a_release_that_accepts_jwts_it_should_refuse(release: str) -> None:
