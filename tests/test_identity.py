@@ -29,6 +29,7 @@ from mcp.server.auth.provider import AccessToken
 from conftest import jwks_provider, serving_jwks
 from mcp_secrets.errors import InvalidInputError, UnauthorisedError
 from mcp_secrets.identity import (
+    JWT_CHECK_THREADS,
     ApiTokenVerifier,
     BearerIdentity,
     EitherVerifier,
@@ -351,6 +352,31 @@ async def test_a_jwt_is_refused_when_the_jwks_cannot_be_fetched(signing_key: rsa
     verifier = JwtVerifier(f"http://127.0.0.1:{closed_port}/jwks.json", issuer=ISSUER, audience=AUDIENCE)
 
     assert await verifier.verify_token(_sign(signing_key, _claims())) is None
+
+
+@pytest.mark.anyio
+async def test_jwts_checked_while_the_jwks_hangs_hold_a_few_worker_threads_not_the_servers_all(
+    signing_key: rsa.RSAPrivateKey,
+) -> None:
+    # Requests carrying any JWT-shaped text each wait on the provider: left to the shared worker
+    # threads, they would hold every one, and the store calls of every other request would wait too.
+    with socket.socket() as hanging:
+        hanging.bind(("127.0.0.1", 0))
+        hanging.listen(64)  # connections are taken into the backlog and never answered
+        url = f"http://127.0.0.1:{hanging.getsockname()[1]}/jwks.json"
+        verifier = JwtVerifier(url, issuer=ISSUER, audience=AUDIENCE, fetch_timeout=0.5)
+        shared = anyio.to_thread.current_default_thread_limiter()
+        token = _sign(signing_key, _claims())
+
+        async with anyio.create_task_group() as checks:
+            for _ in range(3 * JWT_CHECK_THREADS):  # more than its own threads, fewer than the shared
+                checks.start_soon(verifier.verify_token, token)
+            await anyio.wait_all_tasks_blocked()
+            held = shared.borrowed_tokens
+            assert await anyio.to_thread.run_sync(lambda: "a store call") == "a store call"
+            checks.cancel_scope.cancel()
+
+    assert held == 0  # each check waits on the verifier's own few threads
 
 
 # --- routing and the bearer identity --------------------------------------------------------------

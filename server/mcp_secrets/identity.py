@@ -107,6 +107,11 @@ JWKS_LIFESPAN_SECONDS = 300.0  # how long a fetched key set is trusted before it
 # How far the provider's clock may run ahead of ours: a token it has just issued is valid from its "now"
 # (iat, nbf), which on our clock can be a few seconds away yet.
 JWT_CLOCK_SKEW_SECONDS = 60
+JWKS_FETCH_SECONDS = 10.0
+# Worker threads JWT checks may hold at once. A check may wait on the provider for a fetch of its keys;
+# any request can make one (a JWT-shaped header is enough), so they must not take the threads the store
+# calls of every other request need.
+JWT_CHECK_THREADS = 4
 
 
 class JwtVerifier:
@@ -120,20 +125,26 @@ class JwtVerifier:
         audience: str,
         username_claim: str = "sub",
         keys_lifespan: float = JWKS_LIFESPAN_SECONDS,
+        fetch_timeout: float = JWKS_FETCH_SECONDS,
     ) -> None:
         import jwt  # noqa: PLC0415 - only servers that accept JWTs pay for importing it
 
         # Keys are found in the key set, which is fetched again once it is older than its lifespan; no
         # cache of single keys (cache_keys), which never expires, so a key the provider withdraws (it
         # leaked) is refused here within the lifespan rather than accepted until a restart.
-        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=False, lifespan=keys_lifespan, timeout=10)
+        self._jwks = jwt.PyJWKClient(
+            jwks_url, cache_keys=False, lifespan=keys_lifespan, timeout=fetch_timeout
+        )
         self._issuer = issuer
         self._audience = audience
         self._username_claim = username_claim
+        self._threads: anyio.CapacityLimiter | None = None  # made on the event loop that uses it
 
     async def verify_token(self, token: str) -> AccessToken | None:
         """The token's access info, or None when its signature, issuer, audience or expiry is wrong."""
-        return await anyio.to_thread.run_sync(self._verify, token)
+        if self._threads is None:
+            self._threads = anyio.CapacityLimiter(JWT_CHECK_THREADS)
+        return await anyio.to_thread.run_sync(self._verify, token, limiter=self._threads)
 
     def _verify(self, token: str) -> AccessToken | None:
         import jwt  # noqa: PLC0415 - imported once by __init__; this is a dictionary lookup
