@@ -82,6 +82,18 @@ def test_a_key_file_without_a_valid_key_is_refused_without_quoting_it(tmp_path: 
     assert "too-short" not in str(raised.value)
 
 
+def test_a_key_file_of_raw_bytes_is_refused_naming_it_without_quoting_a_byte(tmp_path: Path) -> None:
+    raw = b"\xca" + _random.token_bytes(31)  # as `head -c 32 /dev/urandom > key` writes: not UTF-8
+    key_file = tmp_path / "key"
+    key_file.write_bytes(raw)
+
+    with pytest.raises(ConfigurationError, match="not text") as raised:
+        load_master_keys(settings_in(tmp_path, master_key_file=key_file))
+
+    assert str(key_file) in str(raised.value)
+    assert_not_leaked(raised.value, "0xca", "\\xca", raw.hex()[:8])
+
+
 def test_a_missing_key_file_is_refused_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="cannot be read"):
         load_master_keys(settings_in(tmp_path, master_key_file=tmp_path / "nowhere"))

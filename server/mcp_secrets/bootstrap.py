@@ -47,6 +47,11 @@ def _read_key_file(path: Path) -> list[bytes]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigurationError(f"the master key file {path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError:  # raw key bytes, say: the codec's message would quote one of them
+        raise ConfigurationError(
+            f"the master key file {path} is not text: it holds master keys written as base64, one a line "
+            "(`mcp-secrets keygen` makes one)"
+        ) from None
     if os.name == "posix" and stat.S_IMODE(path.stat().st_mode) & 0o077:
         logger.warning("the master key file %s is readable by other users; run: chmod 600 %s", path, path)
     return _parse_keys(text, f"the master key file {path}")
