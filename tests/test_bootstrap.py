@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from conftest import assert_not_leaked
 from mcp_secrets.bootstrap import (
+    MasterKeys,
     build_secrets,
     describe_store,
     load_master_keys,
@@ -113,6 +114,65 @@ def test_first_run_on_the_embedded_store_generates_a_private_key_file_in_the_con
     assert first.keys == second.keys
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert not any((tmp_path / "data").glob("*.key"))
+
+
+def test_two_first_runs_at_once_both_use_the_one_key_file_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As when a client starts several stdio servers at once on a new machine: the first run is held
+    # while it makes its key, and the second runs from start to end meanwhile.
+    settings = settings_in(tmp_path)
+    first_making_its_key, second_done = threading.Event(), threading.Event()
+
+    def held_generate_master_key() -> str:
+        key = generate_master_key()
+        if not first_making_its_key.is_set():
+            first_making_its_key.set()
+            assert second_done.wait(30)
+        return key
+
+    monkeypatch.setattr("mcp_secrets.bootstrap.generate_master_key", held_generate_master_key)
+    outcome: list[MasterKeys | Exception] = []
+    first_run = threading.Thread(target=lambda: outcome.append(_loaded_or_raised(settings)))
+    first_run.start()
+    assert first_making_its_key.wait(30)
+    try:
+        second = _loaded_or_raised(settings)
+    finally:
+        second_done.set()
+        first_run.join(30)
+
+    [first] = outcome
+    assert isinstance(first, MasterKeys), first
+    assert isinstance(second, MasterKeys), second
+    assert first.keys == second.keys == load_master_keys(settings).keys
+    assert (first.generated, second.generated) == (False, True)
+    assert stat.S_IMODE((tmp_path / "config" / "master.key").stat().st_mode) == 0o600
+    assert [path.name for path in (tmp_path / "config").iterdir()] == ["master.key"]
+
+
+def test_first_run_on_a_file_system_without_hard_links_writes_the_key_file_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_hard_links(*_: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr("mcp_secrets.bootstrap.os.link", no_hard_links)
+
+    generated = load_master_keys(settings_in(tmp_path), generate=True)
+
+    assert generated.generated
+    assert load_master_keys(settings_in(tmp_path)).keys == generated.keys
+    key_file = tmp_path / "config" / "master.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert [path.name for path in key_file.parent.iterdir()] == ["master.key"]
+
+
+def _loaded_or_raised(settings: Settings) -> MasterKeys | Exception:
+    try:
+        return load_master_keys(settings, generate=True)
+    except Exception as exc:  # reported by the test
+        return exc
 
 
 def test_no_key_is_generated_over_a_store_that_already_holds_secrets(tmp_path: Path) -> None:

@@ -57,19 +57,39 @@ def _read_key_file(path: Path) -> list[bytes]:
     return _parse_keys(text, f"the master key file {path}")
 
 
-def _write_new_key_file(path: Path) -> None:
-    """Create ``path`` owner-only with a new key; a file that cannot be written whole is removed."""
+def _write_new_key_file(path: Path) -> bool:
+    """Create ``path`` owner-only with a new key; False when another first run created it meanwhile.
+
+    The key is written to a temporary file beside ``path``, then hard-linked there. A link never
+    replaces a file, so two first runs at once both end up with the one key linked first, and no
+    run reads the file empty or half-written (a crash leaves only the temporary file behind).
+    """
+    temporary = path.with_name(f".{path.name}.{os.urandom(6).hex()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        _write_key(temporary)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: create the file in place instead
+            _write_key(path)
+        finally:
+            temporary.unlink(missing_ok=True)
     except OSError as exc:
         raise ConfigurationError(f"the master key file {path} cannot be created: {exc.strerror}") from None
+    return True
+
+
+def _write_key(path: Path) -> None:
+    """Create ``path`` owner-only, holding a new key; a file that cannot be written whole is removed."""
+    descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as key_file:
             key_file.write(generate_master_key() + "\n")
-    except OSError as exc:  # a disk full: an empty file would read as "holds no master key" next time
+    except OSError:  # a disk full: an empty file would read as "holds no master key" next time
         path.unlink(missing_ok=True)
-        raise ConfigurationError(f"the master key file {path} cannot be written: {exc.strerror}") from None
+        raise
 
 
 def require_explicit_key(settings: Settings) -> None:
@@ -111,7 +131,8 @@ def load_master_keys(
             f"the store already holds secrets but no master key is configured and {path} is missing; "
             "set MCP_SECRETS_MASTER_KEY or MCP_SECRETS_MASTER_KEY_FILE to the key that encrypted them"
         )
-    _write_new_key_file(path)
+    if not _write_new_key_file(path):  # another first run made it meanwhile: its key is the one
+        return MasterKeys(_read_key_file(path), f"key file {path}")
     return MasterKeys(_read_key_file(path), f"key file {path} (generated now)", generated=True)
 
 
