@@ -151,6 +151,28 @@ def test_two_first_runs_at_once_both_use_the_one_key_file_written(
     assert [path.name for path in (tmp_path / "config").iterdir()] == ["master.key"]
 
 
+def test_a_generated_key_file_is_on_disk_before_the_first_run_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Else a power cut soon after could leave the file empty while the database, which syncs
+    # itself, keeps the secrets encrypted under its key.
+    synced: list[int] = []
+    fsync = os.fsync
+
+    def recording_fsync(descriptor: int) -> None:
+        synced.append(os.fstat(descriptor).st_ino)
+        fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+
+    load_master_keys(settings_in(tmp_path), generate=True)
+
+    key_file = tmp_path / "config" / "master.key"
+    assert key_file.stat().st_ino in synced  # its key
+    assert key_file.parent.stat().st_ino in synced  # its name in the directory
+    assert synced.index(key_file.stat().st_ino) < synced.index(key_file.parent.stat().st_ino)
+
+
 def test_first_run_on_a_file_system_without_hard_links_writes_the_key_file_in_place(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -78,6 +78,7 @@ def _write_new_key_file(path: Path) -> bool:
             temporary.unlink(missing_ok=True)
     except OSError as exc:
         raise ConfigurationError(f"the master key file {path} cannot be created: {exc.strerror}") from None
+    _sync_directory(path.parent)
     return True
 
 
@@ -87,9 +88,26 @@ def _write_key(path: Path) -> None:
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as key_file:
             key_file.write(generate_master_key() + "\n")
+            # On disk before any secret is encrypted under it: the database syncs its own writes.
+            key_file.flush()
+            os.fsync(key_file.fileno())
     except OSError:  # a disk full: an empty file would read as "holds no master key" next time
         path.unlink(missing_ok=True)
         raise
+
+
+def _sync_directory(directory: Path) -> None:
+    """Put a new name in ``directory`` on disk where a directory can be synced (POSIX, most file systems)."""
+    if os.name != "posix":
+        return
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    except OSError:  # best effort: the key file is written and readable either way
+        pass
 
 
 def require_explicit_key(settings: Settings) -> None:
