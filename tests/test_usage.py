@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pymongo.errors import AutoReconnect
 
-from conftest import new_canary
+from conftest import make_store, new_canary
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.errors import StoreUnavailableError
 from mcp_secrets.offload import run_store_work
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import AuditEvent, SecretStore, SecretUse, WouldBlock, nonblocking
+from mcp_secrets.store.mongo import MongoStore
 from mcp_secrets.store.sqlite import SQLiteStore
 from mcp_secrets.usage import UseRecorder
 
@@ -367,6 +369,35 @@ def test_uses_are_kept_through_failures_and_written_once_after_recovery(
     [record] = controlled.store.find_secrets("alice")
     assert record.last_used_at is not None
     assert len(usage_warnings(caplog)) == 1
+
+
+def test_a_batch_mongodb_wrote_but_reported_failed_is_written_again_without_a_second_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A connection lost after the server applied the insert, before its reply (a standalone server
+    # has no retryable writes; on a replica set, the driver's one retry failing too).
+    store = make_store("mongomock", tmp_path)
+    assert isinstance(store, MongoStore)
+    store.put_secret("alice", "github", "TOKEN", "v1:x:y", T0)
+    insert_many, lost_replies = store._events.insert_many, [1]
+
+    def insert_then_lose_the_reply(*args: Any, **kwargs: Any) -> Any:
+        result = insert_many(*args, **kwargs)
+        if lost_replies:
+            lost_replies.pop()
+            raise AutoReconnect("connection closed")
+        return result
+
+    monkeypatch.setattr(store._events, "insert_many", insert_then_lose_the_reply)
+    recorder = UseRecorder(store)
+    recorder.record(a_use("once"))
+    recorder.record(a_use("and once more", T1))
+
+    eventually(recorder.flush)
+
+    assert lost_replies == []
+    assert used_details(store) == Counter({"once": 1, "and once more": 1})
+    assert recorder.close()
 
 
 def test_beyond_the_bound_the_oldest_uses_are_dropped_counted_and_logged(

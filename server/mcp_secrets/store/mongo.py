@@ -12,8 +12,8 @@ import pymongo
 from pymongo import MongoClient, UpdateMany
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.errors import ConfigurationError as PyMongoConfigurationError
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 from pymongo.uri_parser import parse_uri
 
 from mcp_secrets.errors import ConfigurationError, StoreUnavailableError
@@ -25,6 +25,7 @@ TOKENS_COLLECTION = "api_tokens"
 LINKS_COLLECTION = "entry_links"
 EVENTS_COLLECTION = "audit_events"
 SERVER_SELECTION_TIMEOUT_MS = 5000
+DUPLICATE_KEY = 11000  # the server's error code for a value a unique index (here ``_id``) holds already
 # Deployments with multi-document transactions; a standalone server ("Single") has none.
 TRANSACTION_TOPOLOGIES = frozenset({"ReplicaSetWithPrimary", "Sharded", "LoadBalanced"})
 
@@ -284,12 +285,18 @@ class MongoStore:
             )
             for (username, server, at), keys in keys_used_at.items()
         ]
-        events = [_event_document(use.event) for use in uses]
+        events = [{"_id": use.use_id, **_event_document(use.event)} for use in uses]
         with _available():
             if updates:
                 self._secrets.bulk_write(updates, ordered=False)
             if events:
-                self._events.insert_many(events)
+                try:
+                    self._events.insert_many(events, ordered=False)
+                except BulkWriteError as exc:
+                    if not _only_duplicates(exc):
+                        raise
+                    # A batch written again after a failure the server had in fact applied: its
+                    # events are there already, under the same ids, and the rest are now written.
 
     def add_event(self, event: AuditEvent) -> None:
         """Append one event to the audit trail."""
@@ -467,6 +474,14 @@ def _record(username: str, server: str, key: str) -> Document:
         "server": _text("server", server),
         "key": _text("key", key),
     }
+
+
+def _only_duplicates(exc: BulkWriteError) -> bool:
+    """True when every document a bulk write refused was refused for an ``_id`` already taken."""
+    details = exc.details
+    return not details.get("writeConcernErrors") and all(
+        error.get("code") == DUPLICATE_KEY for error in details.get("writeErrors", [])
+    )
 
 
 @contextmanager
