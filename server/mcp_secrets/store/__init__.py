@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from bson import ObjectId
-
 from mcp_secrets.errors import ConfigurationError
 
 _NONBLOCKING: ContextVar[bool] = ContextVar("mcp_secrets_store_nonblocking", default=False)
@@ -84,9 +82,10 @@ class SecretUse:
     server: str
     keys: tuple[str, ...]
     event: AuditEvent
-    #: Made with the use, so that a store unsure whether a failed write was applied (MongoDB losing
-    #: its reply) writes it again without a second event; in time order, as the uses are made.
-    use_id: ObjectId = dataclasses.field(default_factory=ObjectId, compare=False, repr=False)
+    #: The event's id in a store that cannot tell whether a failed write was applied (MongoDB losing
+    #: its reply): given at the first try and kept, so a batch written again adds no second event.
+    #: Not made with the use: the call that hands the values on does not pay for it.
+    event_id: object = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def at(self) -> datetime:

@@ -6,9 +6,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pymongo
+from bson import ObjectId
 from pymongo import MongoClient, UpdateMany
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
@@ -285,7 +286,7 @@ class MongoStore:
             )
             for (username, server, at), keys in keys_used_at.items()
         ]
-        events = [{"_id": use.use_id, **_event_document(use.event)} for use in uses]
+        events = [{"_id": _event_id(use), **_event_document(use.event)} for use in uses]
         with _available():
             if updates:
                 self._secrets.bulk_write(updates, ordered=False)
@@ -474,6 +475,13 @@ def _record(username: str, server: str, key: str) -> Document:
         "server": _text("server", server),
         "key": _text("key", key),
     }
+
+
+def _event_id(use: SecretUse) -> ObjectId:
+    """The id of a use's event: made at its first write, in the order uses were made; the same on a retry."""
+    if use.event_id is None:
+        object.__setattr__(use, "event_id", ObjectId())  # a frozen record: its one field set late, once
+    return cast("ObjectId", use.event_id)
 
 
 def _only_duplicates(exc: BulkWriteError) -> bool:
