@@ -95,6 +95,40 @@ def test_a_key_file_of_raw_bytes_is_refused_naming_it_without_quoting_a_byte(tmp
     assert_not_leaked(raised.value, "0xca", "\\xca", raw.hex()[:8])
 
 
+def test_a_key_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    # As Windows editors save UTF-8 text.
+    key = generate_master_key()
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"\xef\xbb\xbf" + key.encode() + b"\r\n")
+
+    assert load_master_keys(settings_in(tmp_path, master_key_file=key_file)).keys == [parse_master_key(key)]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_key_file_that_is_a_named_pipe_is_refused_rather_than_waited_on(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    os.mkfifo(key_file, 0o600)
+
+    with pytest.raises(ConfigurationError, match="not a regular file"):
+        load_master_keys(settings_in(tmp_path, master_key_file=key_file))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_a_first_run_under_a_umask_that_masks_everything_still_makes_a_key_file_it_can_read(
+    tmp_path: Path,
+) -> None:
+    settings = settings_in(tmp_path)
+    previous = os.umask(0o777)
+    try:
+        first = load_master_keys(settings, generate=True)
+    finally:
+        os.umask(previous)
+
+    key_file = tmp_path / "config" / "master.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert load_master_keys(settings).keys == first.keys
+
+
 def test_a_missing_key_file_is_refused_naming_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="cannot be read"):
         load_master_keys(settings_in(tmp_path, master_key_file=tmp_path / "nowhere"))

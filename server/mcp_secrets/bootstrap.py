@@ -44,7 +44,13 @@ def _parse_keys(text: str, where: str) -> list[bytes]:
 
 def _read_key_file(path: Path) -> list[bytes]:
     try:
-        text = path.read_text(encoding="utf-8")
+        # Non-blocking: opening a named pipe would otherwise wait for a writer, and the start with it.
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(descriptor, "rb") as key_file:
+            if not stat.S_ISREG(os.fstat(key_file.fileno()).st_mode):
+                raise ConfigurationError(f"the master key file {path} is not a regular file")
+            # "utf-8-sig": the byte order mark Windows editors put before UTF-8 text is not part of a key.
+            text = key_file.read().decode("utf-8-sig")
     except OSError as exc:
         raise ConfigurationError(f"the master key file {path} cannot be read: {exc.strerror}") from None
     except UnicodeDecodeError:  # raw key bytes, say: the codec's message would quote one of them
@@ -87,6 +93,8 @@ def _write_key(path: Path) -> None:
     descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as key_file:
+            if os.name == "posix":
+                os.fchmod(descriptor, 0o600)  # the umask may have taken the owner's bits too
             key_file.write(generate_master_key() + "\n")
             # On disk before any secret is encrypted under it: the database syncs its own writes.
             key_file.flush()
