@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -503,6 +504,41 @@ def test_a_forked_child_leaves_its_parents_pending_uses_to_the_parent(
     controlled.open.set()
     assert service.flush()
     assert used_details(controlled.store) == Counter({"parent's": 1})
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_child_forked_while_a_thread_holds_a_recorder_without_a_writer_records_its_own_uses(
+    tmp_path: Path,
+) -> None:
+    # A recorder gets its writer thread at its first use: until then, and after close(), it is not
+    # among those a fork resets, yet another thread may hold its lock at the moment of the fork.
+    store = SQLiteStore(tmp_path / "uses.db")
+    recorder = UseRecorder(store)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with recorder._changed:
+            holding.set()
+            release.wait(DEADLINE_SECONDS)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(DEADLINE_SECONDS)
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through its exit code only
+        # A child stuck on the inherited lock ends, and says so through its exit code.
+        signal.signal(signal.SIGALRM, lambda *_: os._exit(2))
+        signal.alarm(DEADLINE_SECONDS)
+        recorder.record(a_use("child's"))
+        os._exit(0 if recorder.close(timeout=DEADLINE_SECONDS) else 1)
+    release.set()
+    holder.join()
+    _, status = os.waitpid(child, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert used_details(store) == Counter({"child's": 1})
+    assert recorder.close()
 
 
 def test_events_hold_no_value(service: Secrets, controlled: ControlledStore) -> None:

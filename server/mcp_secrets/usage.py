@@ -70,6 +70,7 @@ class UseRecorder:
         self._stopping = False
         self._closed = False
         self._thread: threading.Thread | None = None
+        _EVERY.add(self)
 
     @property
     def pending(self) -> int:
@@ -262,6 +263,8 @@ class UseRecorder:
 
 # Recorders with a writer thread; at exit each writes what is pending, if the store still answers.
 _OPEN: weakref.WeakSet[UseRecorder] = weakref.WeakSet()
+# Every recorder: a fork may land while another thread holds any one's lock, writer thread or not.
+_EVERY: weakref.WeakSet[UseRecorder] = weakref.WeakSet()
 
 
 @atexit.register
@@ -271,7 +274,7 @@ def _close_open_recorders() -> None:
 
 
 def _forget_parent_recorders() -> None:
-    for recorder in list(_OPEN):
+    for recorder in list(_EVERY):
         recorder._forget_after_fork()  # noqa: SLF001 - the module's own hook
     _OPEN.clear()
 
