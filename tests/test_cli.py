@@ -253,6 +253,22 @@ def test_serve_refuses_an_unsupported_database_url_without_showing_it(env: dict[
     assert password not in done.stdout + done.stderr
 
 
+@pytest.mark.parametrize("command", [("serve",), ("list",), ("set", "github", "TOKEN")])
+def test_an_unsupported_database_url_without_a_master_key_is_named_as_unsupported(
+    env: dict[str, str], command: tuple[str, ...]
+) -> None:
+    """Not "MongoDB needs an explicit master key": the URL names no MongoDB, and a key would not help."""
+    del env["MCP_SECRETS_MASTER_KEY"]
+    env["MCP_SECRETS_DATABASE_URL"] = "postgresql://db.example/secrets"
+
+    done = mcp_secrets_cli(env, *command)
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "MCP_SECRETS_DATABASE_URL must start with mongodb://" in done.stderr
+    assert "MongoDB needs" not in done.stderr
+    assert not Path(env["MCP_SECRETS_CONFIG_DIR"], "master.key").exists()
+
+
 @pytest.mark.parametrize(
     ("options", "named"),
     [

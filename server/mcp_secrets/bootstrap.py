@@ -119,8 +119,11 @@ def _sync_directory(directory: Path) -> None:
 
 
 def require_explicit_key(settings: Settings) -> None:
-    """Refuse MongoDB without a configured master key, before connecting to it."""
-    if settings.master_key is None and settings.master_key_file is None and not settings.uses_embedded_store:
+    """Refuse MongoDB without a configured master key, before connecting to it.
+
+    A URL that is neither MongoDB's nor SQLite's is left for the store to refuse: no key would help.
+    """
+    if settings.master_key is None and settings.master_key_file is None and settings.uses_mongodb:
         raise ConfigurationError(
             "MongoDB needs an explicit master key, shared by every replica: set MCP_SECRETS_MASTER_KEY "
             "or MCP_SECRETS_MASTER_KEY_FILE (`mcp-secrets keygen` makes one)"

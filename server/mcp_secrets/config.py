@@ -118,10 +118,10 @@ class Settings(BaseSettings):
         return self.config_dir / DEFAULT_KEY_FILE
 
     @property
-    def uses_embedded_store(self) -> bool:
-        """True when no database URL is set, or it names a SQLite file."""
+    def uses_mongodb(self) -> bool:
+        """True when the database URL names a MongoDB server."""
         url = self.database_url.get_secret_value().strip() if self.database_url else ""
-        return not url or url.startswith("sqlite:")
+        return url.startswith(("mongodb://", "mongodb+srv://"))
 
     @property
     def database_url_text(self) -> str | None:
