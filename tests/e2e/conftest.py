@@ -76,8 +76,13 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """Run ``mcp-secrets ARGS`` to completion; stdin is closed so nothing waits on it."""
+    return run_program(env, [*MCP_SECRETS, *args])
+
+
+def run_program(env: dict[str, str], argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` to completion, as ``run_cli`` runs the CLI."""
     return subprocess.run(
-        [*MCP_SECRETS, *args],
+        argv,
         env=env,
         stdin=subprocess.DEVNULL,
         capture_output=True,

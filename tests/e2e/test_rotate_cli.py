@@ -19,7 +19,7 @@ from typing import IO
 import pytest
 
 from conftest import new_canary
-from e2e.conftest import CLI_TIMEOUT, MCP_SECRETS, isolated_env, run_cli
+from e2e.conftest import CLI_TIMEOUT, MCP_SECRETS, isolated_env, run_cli, run_program
 from mcp_secrets import Settings, open_secrets
 from mcp_secrets.crypto import SecretEncryptor, generate_master_key, key_id_for, parse_master_key
 from mcp_secrets.store import AuditEvent
@@ -633,15 +633,7 @@ sys.exit(cli.main(sys.argv[2:]))
 
 
 def run_terminated(env: dict[str, str], method: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [MCP_SECRETS[0], "-c", TERMINATED_ON_SECOND_CALL, method, *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        check=False,
-    )
+    return run_program(env, [MCP_SECRETS[0], "-c", TERMINATED_ON_SECOND_CALL, method, *args])
 
 
 def test_prune_audit_stopped_by_sigterm_still_records_what_it_deleted(
