@@ -108,7 +108,11 @@ class Secrets:
         self._clock = clock
 
     def flush(self, timeout: float = FLUSH_TIMEOUT_SECONDS) -> bool:
-        """Wait until every use recorded so far is in the store; False if the store failed or time ran out."""
+        """Wait until every use recorded so far is written; False if the store failed or time ran out.
+
+        A use dropped rather than written (past ``MAX_PENDING`` waiting, or refused by a store error
+        other than unavailability) counts as done here: it is logged, and counted in ``uses.dropped``.
+        """
         return self.uses.flush(timeout)
 
     def close(self) -> None:
