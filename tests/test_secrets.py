@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -192,6 +194,61 @@ def test_alice_cannot_delete_bobs_secret(secrets: Secrets, canary: str) -> None:
         secrets.delete_secret("alice", "jira", "TOKEN")
 
     assert secrets.get_secrets("bob", "jira") == {"TOKEN": canary}
+
+
+# --- the per-user limit -------------------------------------------------------------------------
+
+
+def test_a_new_key_past_the_limit_is_refused_and_leaves_no_trace(
+    store: SecretStore, encryptor: SecretEncryptor, canary: str
+) -> None:
+    limited = Secrets(store, encryptor, max_secrets_per_user=2)
+    limited.set_secret("alice", "a", "K", new_canary())
+    limited.set_secret("alice", "b", "K", new_canary())
+    events_before = limited.list_events("alice")
+
+    with pytest.raises(InvalidInputError, match="at most 2 secrets") as raised:
+        limited.set_secret("alice", "b", "NEW", canary)
+
+    assert_not_leaked(raised.value, canary)
+    assert [(info.server, info.key) for info in limited.list_secret_keys("alice")] == [("a", "K"), ("b", "K")]
+    assert limited.list_events("alice") == events_before
+    assert limited.set_secret("alice", "b", "K", canary).status == "updated"
+    assert limited.set_secret("bob", "b", "NEW", canary).status == "created"
+    limited.close()
+
+
+def test_writers_on_separate_connections_never_take_more_than_the_limit(
+    tmp_path: Path, encryptor: SecretEncryptor
+) -> None:
+    # Each connection stands for a server process of its own on the same file: only the database
+    # can tell them who took the last place.
+    limit, writers, rounds = 3, 8, 20
+    path = tmp_path / "secrets.db"
+    services = [Secrets(SQLiteStore(path), encryptor, max_secrets_per_user=limit) for _ in range(writers)]
+    start = threading.Barrier(writers)
+
+    def write(writer: int, round_: int) -> bool:
+        start.wait()
+        try:
+            services[writer].set_secret(f"user{round_}", "s", f"K{writer}", "v")
+        except InvalidInputError:
+            return False
+        return True
+
+    try:
+        for round_ in range(rounds):
+            services[0].set_secret(f"user{round_}", "s", "FIRST", "v")
+            services[0].set_secret(f"user{round_}", "s", "SECOND", "v")
+            with ThreadPoolExecutor(max_workers=writers) as pool:
+                stored = list(pool.map(write, range(writers), [round_] * writers))
+
+            assert stored.count(True) == 1, f"round {round_}"
+            assert services[0].store.count_secrets(f"user{round_}") == limit
+    finally:
+        for service in services:
+            service.close()
+            service.store.close()
 
 
 # --- validation -----------------------------------------------------------------------------------

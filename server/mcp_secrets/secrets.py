@@ -19,7 +19,7 @@ from typing import Literal
 
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.errors import InvalidInputError, SecretNotFoundError, StoreUnavailableError
-from mcp_secrets.store import AuditEvent, SecretStore, SecretUse
+from mcp_secrets.store import AuditEvent, LimitReached, SecretStore, SecretUse
 from mcp_secrets.usage import FLUSH_TIMEOUT_SECONDS, UseRecorder
 
 Action = Literal["save", "update", "delete"]
@@ -223,10 +223,18 @@ class Secrets:
         if action not in ACTIONS:
             raise InvalidInputError("action must be one of save, update, delete")
         plain = validate_value(value)
-        self._check_room(username, server, key)
         ciphertext = self.encryptor.encrypt(plain, username=username, server=server, key=key)
         self._catch_up()
-        created = self.store.put_secret(username, server, key, ciphertext, now, event=event)
+        try:
+            created = self.store.put_secret(
+                username, server, key, ciphertext, now, event=event, max_records=self.max_secrets_per_user
+            )
+        except LimitReached:
+            # The store tells a new record from a replacement, which is always allowed.
+            raise InvalidInputError(
+                f"a user may keep at most {self.max_secrets_per_user} secrets: "
+                "delete one before storing another"
+            ) from None
         return UpdateResult(server, key, "created" if created else "updated")
 
     def set_secret(
@@ -252,19 +260,6 @@ class Secrets:
             )
             for record in self.store.find_secrets(username, server)
         ]
-
-    def _check_room(self, username: str, server: str, key: str) -> None:
-        """Refuse a new secret to a user who has the most allowed; replacing one is always allowed.
-
-        Two writes at once may both find room for the last one: a bound on growth, not an exact count.
-        """
-        if self.store.count_secrets(username) < self.max_secrets_per_user:
-            return
-        if any(record.key == key for record in self.store.find_secrets(username, server)):
-            return
-        raise InvalidInputError(
-            f"a user may keep at most {self.max_secrets_per_user} secrets: delete one before storing another"
-        )
 
     def _catch_up(self) -> None:
         """Wait for the uses recorded so far to be written: what follows reads them, or comes after them."""

@@ -27,6 +27,10 @@ class WouldBlock(Exception):  # noqa: N818 - a signal, not a failure
     """A store call under ``nonblocking()`` would have to wait (for a lock); nothing was written."""
 
 
+class LimitReached(Exception):  # noqa: N818 - a refusal the caller words, not a failure
+    """``put_secret`` refused a new record: its user already holds ``max_records``. Nothing was written."""
+
+
 @contextmanager
 def nonblocking() -> Iterator[None]:
     """Within this block, store calls raise ``WouldBlock`` rather than wait for a lock."""
@@ -154,11 +158,13 @@ class SecretStore(Protocol):
         now: datetime,
         *,
         event: AuditEvent | None = None,
+        max_records: int | None = None,
     ) -> bool:
         """Insert or replace one record's ciphertext; return True when it was created.
 
         ``event`` goes to the audit trail with its action set to ``created`` or ``updated``
-        (in the same transaction where the database has them).
+        (in the same transaction where the database has them). With ``max_records``, a new record
+        whose user already holds that many raises ``LimitReached``; a replacement never does.
         """
         ...
 

@@ -18,7 +18,15 @@ from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 from pymongo.uri_parser import parse_uri
 
 from mcp_secrets.errors import ConfigurationError, StoreUnavailableError
-from mcp_secrets.store import AuditEvent, LinkRecord, SecretRecord, SecretUse, TokenRecord, latest_uses
+from mcp_secrets.store import (
+    AuditEvent,
+    LimitReached,
+    LinkRecord,
+    SecretRecord,
+    SecretUse,
+    TokenRecord,
+    latest_uses,
+)
 
 DEFAULT_DATABASE = "mcp_secrets"
 SECRETS_COLLECTION = "user_secrets"
@@ -195,9 +203,19 @@ class MongoStore:
         now: datetime,
         *,
         event: AuditEvent | None = None,
+        max_records: int | None = None,
     ) -> bool:
-        """Insert or replace one record's ciphertext and record ``event``; True when it was created."""
+        """Insert or replace one record's ciphertext and record ``event``; True when it was created.
+
+        ``max_records`` is checked before the write: MongoDB's transactions would not stop two writers
+        at once from both counting room for the last record, so this bounds growth, not an exact count.
+        """
         selector = _record(username, server, key)
+        if max_records is not None:
+            with _available():
+                full = self._secrets.count_documents({"username": selector["username"]}) >= max_records
+                if full and self._secrets.find_one(selector, {"_id": 1}) is None:
+                    raise LimitReached
 
         def write(session: ClientSession | None) -> bool:
             result = self._secrets.update_one(

@@ -18,6 +18,7 @@ from typing import TypeVar
 from mcp_secrets.errors import StoreUnavailableError
 from mcp_secrets.store import (
     AuditEvent,
+    LimitReached,
     LinkRecord,
     SecretRecord,
     SecretUse,
@@ -166,12 +167,17 @@ def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
 
 
 def _write_record(
-    connection: sqlite3.Connection, record: tuple[str, str, str], value: str, stamp: str | None
+    connection: sqlite3.Connection,
+    record: tuple[str, str, str],
+    value: str,
+    stamp: str | None,
+    max_records: int | None = None,
 ) -> bool:
     """Replace or insert a record's value; True when it was inserted.
 
     Three plain statements, each atomic, rather than one upsert with RETURNING, which the
     sqlite3 module makes several times slower; a replacement, the common case, takes one.
+    With ``max_records`` the caller holds a write transaction, so the count stays true until the insert.
     """
     replaced = connection.execute(
         "UPDATE user_secrets SET value = ?, updated_at = ? WHERE username = ? AND server = ? AND key = ?",
@@ -179,6 +185,10 @@ def _write_record(
     ).rowcount
     if replaced:
         return False
+    if max_records is not None:
+        held = connection.execute("SELECT count(*) FROM user_secrets WHERE username = ?", record[:1])
+        if held.fetchone()[0] >= max_records:
+            raise LimitReached
     inserted = connection.execute(
         "INSERT INTO user_secrets (username, server, key, value, created_at, updated_at) "
         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (username, server, key) DO NOTHING",
@@ -372,17 +382,20 @@ class SQLiteStore:
         now: datetime,
         *,
         event: AuditEvent | None = None,
+        max_records: int | None = None,
     ) -> bool:
         """Insert or replace one record's ciphertext; return True when it was created.
 
         ``event``, with its action set to ``created`` or ``updated``, is written in the same transaction.
+        ``max_records`` is checked in it too: two processes at once cannot both take the last place.
         """
         stamp = _iso(now)
+        shared = event is not None or max_records is not None
 
         def upsert(connection: sqlite3.Connection) -> bool:
-            # Alone, the write is its own transaction; with an event, both share one.
-            with _transaction(connection) if event is not None else nullcontext():
-                created = _write_record(connection, (username, server, key), value, stamp)
+            # Alone, the write is its own transaction; with an event or a limit, they share one.
+            with _transaction(connection) if shared else nullcontext():
+                created = _write_record(connection, (username, server, key), value, stamp, max_records)
                 if event is not None:
                     _insert_event(connection, replace(event, action="created" if created else "updated"))
             return created
