@@ -10,6 +10,7 @@ import json
 import socket
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,11 +31,13 @@ from conftest import jwks_provider, serving_jwks
 from mcp_secrets.errors import InvalidInputError, UnauthorisedError
 from mcp_secrets.identity import (
     JWT_CHECK_THREADS,
+    TOKEN_CHECK_OUTAGE,
     ApiTokenVerifier,
     BearerIdentity,
     EitherVerifier,
     JwtVerifier,
     LocalIdentity,
+    TokenCheckOutage,
     local_username,
 )
 from mcp_secrets.store.sqlite import SQLiteStore
@@ -178,7 +181,22 @@ async def test_an_api_token_that_is_not_live_is_refused(
 ) -> None:
     token = spoil(api_tokens, clock, alices_token)
 
-    assert await ApiTokenVerifier(api_tokens).verify_token(token) is None
+    with _checking() as outage:
+        assert await ApiTokenVerifier(api_tokens).verify_token(token) is None
+
+    # Only a token the store could not be asked about is left unjudged (the HTTP layer answers 503).
+    assert (outage.reason == "the secret store is unavailable") is (spoil is _store_unavailable)
+
+
+@contextmanager
+def _checking() -> Iterator[TokenCheckOutage]:
+    """As the HTTP layer checks a request's token: with a mark for a check that could not be made."""
+    outage = TokenCheckOutage()
+    reset = TOKEN_CHECK_OUTAGE.set(outage)
+    try:
+        yield outage
+    finally:
+        TOKEN_CHECK_OUTAGE.reset(reset)
 
 
 # --- JWTs -----------------------------------------------------------------------------------------
@@ -351,7 +369,21 @@ async def test_a_jwt_is_refused_when_the_jwks_cannot_be_fetched(signing_key: rsa
         closed_port = probe.getsockname()[1]
     verifier = JwtVerifier(f"http://127.0.0.1:{closed_port}/jwks.json", issuer=ISSUER, audience=AUDIENCE)
 
-    assert await verifier.verify_token(_sign(signing_key, _claims())) is None
+    with _checking() as outage:
+        assert await verifier.verify_token(_sign(signing_key, _claims())) is None
+
+    # Not judged: the HTTP layer answers 503 (try again), not 401 (this token is no good).
+    assert outage.reason == "the identity provider's key set cannot be fetched"
+
+
+@pytest.mark.anyio
+async def test_a_jwt_refused_on_its_merits_is_judged(jwks_url: str, other_key: rsa.RSAPrivateKey) -> None:
+    verifier = JwtVerifier(jwks_url, issuer=ISSUER, audience=AUDIENCE)
+
+    with _checking() as outage:
+        assert await verifier.verify_token(_sign(other_key, _claims())) is None
+
+    assert outage.reason is None
 
 
 @pytest.mark.anyio

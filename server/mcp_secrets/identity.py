@@ -8,6 +8,7 @@ from __future__ import annotations
 import getpass
 import logging
 import time
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 import anyio
@@ -16,7 +17,7 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.mcpserver import Context
 
-from mcp_secrets.errors import InvalidInputError, SecretsError, UnauthorisedError
+from mcp_secrets.errors import InvalidInputError, SecretsError, StoreUnavailableError, UnauthorisedError
 from mcp_secrets.offload import run_store_work
 from mcp_secrets.secrets import validate_username
 from mcp_secrets.tokens import TOKEN_PREFIX, ApiTokens
@@ -78,6 +79,27 @@ def _request_access_token(ctx: Context[Any, Any]) -> AccessToken | None:
     return user.access_token if isinstance(user, AuthenticatedUser) else None
 
 
+class TokenCheckOutage:
+    """Marks an HTTP request whose token could not be judged: what it needed was unavailable."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+
+# Set for each HTTP request by web.OutageAnswer. The SDK's bearer middleware awaits the verifier in the
+# request's own task (a worker thread gets a copy of its context), so a verifier marks that request.
+TOKEN_CHECK_OUTAGE: ContextVar[TokenCheckOutage | None] = ContextVar("mcp_secrets_token_check", default=None)
+
+
+def _note_outage(reason: str) -> None:
+    """Say why the token of the request being checked could not be judged."""
+    outage = TOKEN_CHECK_OUTAGE.get()
+    if outage is not None:
+        outage.reason = reason
+
+
 class ApiTokenVerifier:
     """Accepts tokens made by ``mcp-secrets token create``: live, unexpired, not revoked."""
 
@@ -90,6 +112,8 @@ class ApiTokenVerifier:
             record = await run_store_work(self._tokens.store, lambda: self._tokens.verify(token))
         except SecretsError as exc:
             logger.warning("API token could not be checked: %s", exc)
+            if isinstance(exc, StoreUnavailableError):
+                _note_outage("the secret store is unavailable")
             return None
         if record is None:
             return None
@@ -162,6 +186,7 @@ class JwtVerifier:
             )
         except jwt.PyJWKClientConnectionError as exc:
             logger.warning("the JWKS could not be fetched: %s", type(exc).__name__)
+            _note_outage("the identity provider's key set cannot be fetched")
             return None
         except jwt.PyJWTError as exc:
             logger.info("JWT refused: %s", type(exc).__name__)

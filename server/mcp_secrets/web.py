@@ -29,7 +29,13 @@ from mcp_secrets.config import Settings
 from mcp_secrets.entry import EntryLinks
 from mcp_secrets.entry_page import entry_routes
 from mcp_secrets.errors import ConfigurationError, StoreUnavailableError
-from mcp_secrets.identity import ApiTokenVerifier, EitherVerifier, JwtVerifier
+from mcp_secrets.identity import (
+    TOKEN_CHECK_OUTAGE,
+    ApiTokenVerifier,
+    EitherVerifier,
+    JwtVerifier,
+    TokenCheckOutage,
+)
 from mcp_secrets.rest import rest_routes
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.tokens import ApiTokens
@@ -41,6 +47,7 @@ LOCAL_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
 MCP_PATH = "/mcp"
 SSE_PATH = "/sse"
 HEALTH_PATH = "/healthz"
+OUTAGE_RETRY_SECONDS = 5  # how long a 503 for a token that could not be checked asks clients to wait
 
 
 def base_url(settings: Settings) -> str:
@@ -160,6 +167,58 @@ class HostOriginGuard:
         await self._app(scope, receive, send)
 
 
+class OutageAnswer:
+    """Answer 503 (try again) rather than 401 for a token that could not be checked.
+
+    That is, when the store or the identity provider's key set was unavailable. The SDK's bearer
+    middleware can only accept a token or refuse it, and refuses it when the check fails. A 401 tells an
+    MCP client that its token is no good, and the client then authorises afresh; a token that was never
+    judged gets "try again later" instead, as ``/healthz`` says.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, marked for the verifier; turn its 401 into a 503 after an outage."""
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        outage = TokenCheckOutage()
+        answered = False
+
+        async def answering_send(message: Message) -> None:
+            nonlocal answered
+            if answered:
+                return  # the 401's body, replaced by the 503's
+            if (
+                message["type"] == "http.response.start"
+                and message["status"] == HTTPStatus.UNAUTHORIZED
+                and outage.reason is not None
+            ):
+                answered = True
+                await _outage_response(outage.reason)(scope, receive, send)
+                return
+            await send(message)
+
+        reset = TOKEN_CHECK_OUTAGE.set(outage)
+        try:
+            await self._app(scope, receive, answering_send)
+        finally:
+            TOKEN_CHECK_OUTAGE.reset(reset)
+
+
+def _outage_response(reason: str) -> Response:
+    return JSONResponse(
+        {
+            "error": "temporarily_unavailable",
+            "error_description": f"{reason}, so the token could not be checked; try again later",
+        },
+        status_code=HTTPStatus.SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(OUTAGE_RETRY_SECONDS), "Cache-Control": "no-store"},
+    )
+
+
 INVALID_MESSAGE = (
     "Validation error: the body is not a valid JSON-RPC message "
     "(details withheld: they would quote the request, and a request can hold a secret)"
@@ -247,7 +306,7 @@ def http_app(
     app.router.routes.extend(rest_routes(secrets))
     if links is not None:
         app.router.routes.extend(entry_routes(links, secure_cookie=base_url(settings).startswith("https://")))
-    return HostOriginGuard(WithheldValidationDetails(app), security)
+    return HostOriginGuard(OutageAnswer(WithheldValidationDetails(app)), security)
 
 
 async def serve_http(app: ASGIApp, settings: Settings) -> None:

@@ -16,6 +16,7 @@ from contextlib import closing
 from pathlib import Path
 
 import anyio
+import httpx2
 import pytest
 from mcp_types import CallToolResult
 
@@ -246,6 +247,45 @@ async def test_a_store_file_deleted_or_replaced_while_serving_refuses_writes_it_
     assert "restart" in text_of(after)
     assert canary not in text_of(after)
     assert canary not in (tmp_path / "server.log").read_text(encoding="utf-8")
+
+
+def test_over_http_a_store_that_cannot_be_read_answers_503_not_401(tmp_path: Path, canary: str) -> None:
+    # A 401 tells a client its token is no good, and MCP clients then start authorising afresh; the
+    # token was never judged, so the answer is "try again later".
+    env = isolated_env(tmp_path)
+    token = create_token(env, "alice")
+    with (
+        serving(env, "streamable-http", tmp_path / "server.log") as deployment,
+        httpx2.Client(trust_env=False, timeout=10) as http,
+    ):
+        assert deployment.base_url is not None
+        bearer = {"Authorization": f"Bearer {token}"}
+        listing = f"{deployment.base_url}/secrets?server=s"
+        assert http.get(listing, headers=bearer).status_code == 200
+        assert http.get(listing, headers={"Authorization": "Bearer mcps_unknown"}).status_code == 401
+        _delete_the_store(database_of(env))
+
+        answers = [
+            http.get(listing, headers=bearer),
+            http.post(
+                deployment.endpoint,
+                headers={**bearer, "Accept": "application/json, text/event-stream"},
+                json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+            ),
+        ]
+        health = http.get(f"{deployment.base_url}/healthz")
+
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert "www-authenticate" not in answer.headers
+        assert answer.headers["retry-after"].isdigit()
+        assert answer.json()["error"] == "temporarily_unavailable"
+        assert "store is unavailable" in answer.json()["error_description"]
+        assert token not in answer.text
+    assert health.status_code == 503
+    log = (tmp_path / "server.log").read_text(encoding="utf-8")
+    assert token not in log
+    assert canary not in log
 
 
 # --- a long prune of the audit trail beside a serving server ----------------------------------------
