@@ -249,13 +249,16 @@ async def test_a_store_file_deleted_or_replaced_while_serving_refuses_writes_it_
     assert canary not in (tmp_path / "server.log").read_text(encoding="utf-8")
 
 
-def test_over_http_a_store_that_cannot_be_read_answers_503_not_401(tmp_path: Path, canary: str) -> None:
+@pytest.mark.parametrize("transport", ["streamable-http", "sse"])
+def test_over_http_a_store_that_cannot_be_read_answers_503_not_401(
+    tmp_path: Path, canary: str, transport: str
+) -> None:
     # A 401 tells a client its token is no good, and MCP clients then start authorising afresh; the
     # token was never judged, so the answer is "try again later".
     env = isolated_env(tmp_path)
     token = create_token(env, "alice")
     with (
-        serving(env, "streamable-http", tmp_path / "server.log") as deployment,
+        serving(env, transport, tmp_path / "server.log") as deployment,
         httpx2.Client(trust_env=False, timeout=10) as http,
     ):
         assert deployment.base_url is not None
@@ -265,14 +268,16 @@ def test_over_http_a_store_that_cannot_be_read_answers_503_not_401(tmp_path: Pat
         assert http.get(listing, headers={"Authorization": "Bearer mcps_unknown"}).status_code == 401
         _delete_the_store(database_of(env))
 
-        answers = [
-            http.get(listing, headers=bearer),
-            http.post(
+        mcp_request = (
+            http.get(deployment.endpoint, headers={**bearer, "Accept": "text/event-stream"})
+            if transport == "sse"
+            else http.post(
                 deployment.endpoint,
                 headers={**bearer, "Accept": "application/json, text/event-stream"},
                 json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
-            ),
-        ]
+            )
+        )
+        answers = [http.get(listing, headers=bearer), mcp_request]
         health = http.get(f"{deployment.base_url}/healthz")
 
     for answer in answers:
