@@ -253,6 +253,21 @@ def test_serve_refuses_an_unsupported_database_url_without_showing_it(env: dict[
     assert password not in done.stdout + done.stderr
 
 
+def test_serve_names_a_database_url_with_surrounding_whitespace_as_the_store_it_opened(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """An env file or a mounted secret often ends the URL with a line end; the store opens it all the same."""
+    database = tmp_path / "elsewhere.db"
+    env["MCP_SECRETS_DATABASE_URL"] = f" sqlite:///{database}\n"
+
+    done = mcp_secrets_cli(env, "serve")  # stdio, stdin closed: it serves nothing and ends
+
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert re.search(rf"store:\s+SQLite {re.escape(str(database))}\n", done.stderr), done.stderr
+    assert database.exists()
+
+
 @pytest.mark.parametrize("command", [("serve",), ("list",), ("set", "github", "TOKEN")])
 def test_an_unsupported_database_url_without_a_master_key_is_named_as_unsupported(
     env: dict[str, str], command: tuple[str, ...]

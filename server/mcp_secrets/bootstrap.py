@@ -203,7 +203,7 @@ def open_secrets(settings: Settings | None = None) -> Secrets:
 
 def describe_store(settings: Settings) -> str:
     """The store for humans, without credentials: a file path, or a MongoDB host and database."""
-    url = settings.database_url_text
+    url = (settings.database_url_text or "").strip()  # as open_store reads it: a line end often follows
     if not url:
         return f"SQLite {settings.default_database_path}"
     if url.startswith("sqlite:///"):
