@@ -7,6 +7,7 @@ import getpass
 import hashlib
 import hmac
 import json
+import pwd
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -100,6 +101,23 @@ def test_a_login_name_that_is_not_a_username_asks_for_mcp_secrets_user(
         local_username(None)
 
     assert "John Doe" not in str(raised.value)
+
+
+@pytest.mark.parametrize("failure", [KeyError("getpwuid(): uid not found: 12345"), OSError("no login name")])
+def test_a_process_without_a_login_name_asks_for_mcp_secrets_user(
+    monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    """A container run as a uid with no passwd entry, and no USER in its environment (docker run --user)."""
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+
+    def no_entry(_uid: int) -> Any:
+        raise failure
+
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+
+    with pytest.raises(InvalidInputError, match="MCP_SECRETS_USER"):
+        local_username(None)
 
 
 def test_a_configured_name_that_is_not_a_username_is_refused() -> None:

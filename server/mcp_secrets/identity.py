@@ -50,7 +50,13 @@ class LocalIdentity:
 
 def local_username(configured: str | None) -> str:
     """``MCP_SECRETS_USER`` when set, else the OS login name; validated either way."""
-    name = configured or getpass.getuser()
+    try:
+        # A uid without a passwd entry and no USER in the environment (docker run --user) has no login name.
+        name = configured or getpass.getuser()
+    except (KeyError, OSError):
+        raise InvalidInputError(
+            "this process has no login name to act for; set MCP_SECRETS_USER to the username"
+        ) from None
     try:
         return validate_username(name)
     except InvalidInputError:
