@@ -268,6 +268,20 @@ def test_serve_names_a_database_url_with_surrounding_whitespace_as_the_store_it_
     assert database.exists()
 
 
+@pytest.mark.parametrize("seconds", ["inf", "1e9"])
+def test_a_sqlite_busy_timeout_sqlite_cannot_keep_is_refused_naming_the_setting(
+    env: dict[str, str], seconds: str
+) -> None:
+    """SQLite keeps it as milliseconds in a C int: past that a write did not wait at all, and inf crashed."""
+    env["MCP_SECRETS_SQLITE_BUSY_TIMEOUT"] = seconds
+
+    done = mcp_secrets_cli(env, "list")
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "mcp-secrets: error: invalid setting: sqlite_busy_timeout" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize("command", [("serve",), ("list",), ("set", "github", "TOKEN")])
 def test_an_unsupported_database_url_without_a_master_key_is_named_as_unsupported(
     env: dict[str, str], command: tuple[str, ...]

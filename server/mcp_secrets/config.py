@@ -21,6 +21,7 @@ Transport = Literal["stdio", "sse", "streamable-http"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 DEFAULT_DATABASE_FILE = "secrets.db"
 DEFAULT_KEY_FILE = "master.key"
+MAX_SQLITE_BUSY_TIMEOUT = 2_147_483  # seconds: 2**31 - 1 milliseconds, rounded down
 
 
 def _split_commas(value: object) -> object:
@@ -49,7 +50,11 @@ class Settings(BaseSettings):
         description="mongodb://…, mongodb+srv://… or sqlite:///path; unset: the embedded SQLite file.",
     )
     sqlite_busy_timeout: float = Field(
-        default=10.0, ge=0, description="Seconds a write waits for another process's lock on the SQLite file."
+        default=10.0,
+        ge=0,
+        # SQLite keeps it in milliseconds in a C int: beyond, a write waits not at all (and inf crashes).
+        le=MAX_SQLITE_BUSY_TIMEOUT,
+        description="Seconds a write waits for another process's lock on the SQLite file.",
     )
     max_secrets_per_user: int = Field(
         default=1000, ge=1, description="How many secrets one user may keep; past it, a new key is refused."
