@@ -268,6 +268,15 @@ def test_serve_names_a_database_url_with_surrounding_whitespace_as_the_store_it_
     assert database.exists()
 
 
+def test_the_log_level_setting_takes_any_case_as_the_option_does(env: dict[str, str]) -> None:
+    env["MCP_SECRETS_LOG_LEVEL"] = "debug"  # `--log-level debug` is accepted
+
+    done = mcp_secrets_cli(env, "serve")  # stdio, stdin closed: it serves nothing and ends
+
+    assert done.returncode == 0, done.stderr
+    assert " DEBUG " in done.stderr
+
+
 @pytest.mark.parametrize("seconds", ["inf", "1e9"])
 def test_a_sqlite_busy_timeout_sqlite_cannot_keep_is_refused_naming_the_setting(
     env: dict[str, str], seconds: str

@@ -30,6 +30,10 @@ def _split_commas(value: object) -> object:
     return value
 
 
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
 class Settings(BaseSettings):
     """mcp-secrets configuration, read from ``MCP_SECRETS_*`` environment variables."""
 
@@ -111,6 +115,8 @@ class Settings(BaseSettings):
     log_level: LogLevel = "INFO"
 
     _split_hosts = field_validator("allowed_hosts", "allowed_origins", mode="before")(_split_commas)
+    # As `--log-level` takes it: `debug` as well as `DEBUG`.
+    _upper_level = field_validator("log_level", mode="before")(_upper)
 
     @property
     def default_database_path(self) -> Path:
