@@ -468,6 +468,31 @@ def test_a_first_set_without_a_key_generates_one_and_says_to_back_it_up_once(
     assert canary not in first.stdout + first.stderr
 
 
+def test_a_first_set_for_a_login_name_that_is_no_username_makes_no_key(env: dict[str, str]) -> None:
+    """Refused before the key is made: a key made then would have been left without its backup reminder."""
+    del env["MCP_SECRETS_MASTER_KEY"]
+    env["LOGNAME"] = "John Doe"  # what getpass reads first; a Windows account name may have a space
+
+    done = set_from_stdin(env, "value\n", "github", "TOKEN")
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "set MCP_SECRETS_USER" in done.stderr
+    assert not Path(env["MCP_SECRETS_CONFIG_DIR"], "master.key").exists()
+
+
+def test_a_first_serve_that_stops_after_making_the_key_still_says_to_back_it_up(env: dict[str, str]) -> None:
+    del env["MCP_SECRETS_MASTER_KEY"]
+    key_file = Path(env["MCP_SECRETS_CONFIG_DIR"]) / "master.key"
+
+    done = mcp_secrets_cli(env, "serve", "--transport", "streamable-http", "--public-url", "example.com")
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "mcp-secrets: error: --public-url " in done.stderr
+    assert key_file.exists()
+    assert f"master key: key file {key_file} (generated now)" in done.stderr
+    assert "A new master key was generated. Back up that file" in done.stderr
+
+
 def test_a_first_set_that_cannot_create_the_key_file_says_so_and_stores_nothing(
     env: dict[str, str], canary: str, tmp_path: Path
 ) -> None:

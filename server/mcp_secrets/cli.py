@@ -177,16 +177,14 @@ def _summary(settings: Settings, keys: MasterKeys, username: str | None, gateway
             )
     if gateway is not None:
         _say(f"  gateway:    {', '.join(gateway.config.servers) or 'no servers'} from {gateway.config.path}")
-    _say_if_generated(keys, "  ")
 
 
-def _say_if_generated(keys: MasterKeys, indent: str = "", *, name_it: bool = False) -> None:
+def _say_if_generated(keys: MasterKeys) -> None:
     """The first start makes the master key: say so, and that it needs a backup, whichever command it was."""
     if keys.generated:
-        if name_it:
-            _say(f"{indent}master key: {keys.source}")
+        _say(f"master key: {keys.source}")
         _say(
-            f"{indent}A new master key was generated. Back up that file: without it nobody, you included, "
+            "A new master key was generated. Back up that file: without it nobody, you included, "
             "can decrypt the stored secrets."
         )
 
@@ -195,6 +193,8 @@ def _serve(args: argparse.Namespace) -> int:
     settings, store = _open(args)
     store.ping()
     secrets, keys = build_secrets(settings, store, generate_key=True)
+    # Said at once: a start that fails later (a bad option, the port in use) would hide it for good.
+    _say_if_generated(keys)
     try:
         _run_server(settings, store, secrets, keys)
     finally:
@@ -331,8 +331,9 @@ def _users_secrets(
     settings, store = _open(args)
     secrets = None
     try:
+        username = args.user or local_username(settings.user)  # refused before any key is made
         secrets, keys = build_secrets(settings, store, generate_key=generate_key)
-        yield secrets, args.user or local_username(settings.user), keys
+        yield secrets, username, keys
     finally:
         _close(store, secrets)
 
@@ -344,7 +345,7 @@ def _set(args: argparse.Namespace) -> int:
     if args.user is not None:
         validate_username(args.user)
     with _users_secrets(args, generate_key=True) as (secrets, username, keys):
-        _say_if_generated(keys, name_it=True)
+        _say_if_generated(keys)
         value = _read_value(f"Value of {args.key} for {args.server} (hidden): ")
         result = secrets.set_secret(username, args.server, args.key, value, via="cli")
     _say(f"Secret {result.key} for server {result.server} {result.status} for {username}.")
