@@ -89,7 +89,8 @@ def rest_routes(secrets: Secrets) -> list[Route]:
 
     async def list_keys(request: Request) -> Response:
         username = _username(request)
-        server = request.query_params.get("server")
+        # Empty means every server, as it does for the list_secret_keys tool (and ``?server=`` of a form).
+        server = request.query_params.get("server") or None
         infos = await _call(secrets.store, lambda: secrets.list_secret_keys(username, server))
         if isinstance(infos, JSONResponse):
             return infos
@@ -183,7 +184,14 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "List the caller's secret names and timestamps, never values",
                 "parameters": [
-                    {"name": "server", "in": "query", "required": False, "schema": {"type": "string"}}
+                    {
+                        "name": "server",
+                        "in": "query",
+                        "required": False,
+                        "allowEmptyValue": True,
+                        "description": "Only this MCP server's keys; all when omitted or empty.",
+                        "schema": {"type": "string"},
+                    }
                 ],
                 "responses": {
                     "200": {"description": "The caller's keys"},

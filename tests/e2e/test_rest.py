@@ -108,6 +108,26 @@ def test_list_with_a_server_shows_only_that_servers_keys(alice: Rest, server: st
     assert set(entry) == {"server", "key", "created_at", "updated_at"}
 
 
+@pytest.mark.anyio
+async def test_an_empty_server_lists_every_server_as_the_tools_do(
+    streamable_http_deployment, alice: Rest, server: str
+) -> None:
+    other = server + "-other"
+    for name in (server, other):
+        assert alice.set(server=name, key="TOKEN", value="v").status_code == 200
+
+    empty = alice.list("")
+    async with streamable_http_deployment.connect("alice") as client:
+        listed = await client.call_tool("list_secret_keys", {"server": ""})
+
+    assert empty.status_code == 200, empty.text
+    assert empty.json() == alice.list().json()
+    assert listed.structured_content is not None
+    by_tool = [(entry["server"], entry["key"]) for entry in listed.structured_content["keys"]]
+    assert alice.keys("") == by_tool
+    assert {(server, "TOKEN"), (other, "TOKEN")} <= set(by_tool)
+
+
 def test_delete_of_a_missing_key_is_404(alice: Rest, server: str) -> None:
     alice.set(server=server, key="PRESENT", value="v")
 
