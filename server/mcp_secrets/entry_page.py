@@ -156,8 +156,11 @@ def entry_routes(links: EntryLinks, *, secure_cookie: bool = False) -> list[Rout
             return _page("Too large", "<h1>Too large</h1><p>That value is too large.</p>", 413)
         form = await with_body(request, body).form(max_files=0, max_fields=4)
         sent_csrf, cookie_csrf = form.get("csrf"), request.cookies.get(CSRF_COOKIE, "")
+        # Compared as bytes: compare_digest raises TypeError for a str that is not ASCII.
         valid_form = (
-            isinstance(sent_csrf, str) and bool(cookie_csrf) and hmac.compare_digest(sent_csrf, cookie_csrf)
+            isinstance(sent_csrf, str)
+            and bool(cookie_csrf)
+            and hmac.compare_digest(sent_csrf.encode(), cookie_csrf.encode())
         )
         record = await _live_record(links, request)
         if isinstance(record, Response):

@@ -565,6 +565,12 @@ async def _post_with_empty_csrf(http: httpx2.AsyncClient, url: str, csrf: str, v
     return await http.post(url, data={"csrf": "", "value": value})
 
 
+async def _post_with_non_ascii_csrf(
+    http: httpx2.AsyncClient, url: str, csrf: str, value: str
+) -> httpx2.Response:
+    return await http.post(url, data={"csrf": csrf[:-1] + "é", "value": value})
+
+
 async def _post_from_foreign_origin(
     http: httpx2.AsyncClient, url: str, csrf: str, value: str
 ) -> httpx2.Response:
@@ -579,6 +585,7 @@ CSRF_ATTEMPTS = {
     "no-field": _post_without_csrf,
     "empty-cookie-and-field": _post_with_empty_csrf,
     "foreign-origin": _post_from_foreign_origin,
+    "non-ascii-field": _post_with_non_ascii_csrf,
 }
 
 
