@@ -11,7 +11,9 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets as _random
+from collections.abc import Mapping
 from html import escape
+from urllib.parse import parse_qsl
 
 import anyio
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
@@ -154,8 +156,9 @@ def entry_routes(links: EntryLinks, *, secure_cookie: bool = False) -> list[Rout
         body = await read_body(request, MAX_FORM_BYTES)
         if body is None:
             return _page("Too large", "<h1>Too large</h1><p>That value is too large.</p>", 413)
-        form = await with_body(request, body).form(max_files=0, max_fields=4)
-        sent_csrf, cookie_csrf = form.get("csrf"), request.cookies.get(CSRF_COOKIE, "")
+        form = await _form_fields(request, body)
+        sent_csrf = None if form is None else form.get("csrf")
+        cookie_csrf = request.cookies.get(CSRF_COOKIE, "")
         # Compared as bytes: compare_digest raises TypeError for a str that is not ASCII.
         valid_form = (
             isinstance(sent_csrf, str)
@@ -167,6 +170,10 @@ def entry_routes(links: EntryLinks, *, secure_cookie: bool = False) -> list[Rout
             if record.status_code == 410 and valid_form:  # noqa: PLR2004 - HTTP status
                 return await _sent_again(links, request) or record
             return record
+        if form is None:
+            error = "Not stored: the form must be sent as UTF-8 text."
+            csrf = cookie_csrf or _random.token_urlsafe(32)
+            return _form(record, csrf, secure=secure(request), error=error, status=400)
         if not valid_form:
             fresh = _random.token_urlsafe(32)
             error = "The form expired. Please enter the value again."
@@ -177,6 +184,21 @@ def entry_routes(links: EntryLinks, *, secure_cookie: bool = False) -> list[Rout
 
     path = ENTRY_PATH + "/{token}"
     return [Route(path, show, methods=["GET"]), Route(path, store, methods=["POST"])]
+
+
+async def _form_fields(request: Request, body: bytes) -> Mapping[str, object] | None:
+    """The posted form's fields; None for a URL-encoded form that is not UTF-8.
+
+    Starlette reads a URL-encoded body's raw bytes as Latin-1 and replaces bad escapes with U+FFFD:
+    a value sent as unescaped UTF-8 (``curl --data``) or as Latin-1 would be stored garbled.
+    """
+    content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        return await with_body(request, body).form(max_files=0, max_fields=4)
+    try:
+        return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict"))
+    except UnicodeDecodeError:
+        return None
 
 
 async def _sent_again(links: EntryLinks, request: Request) -> Response | None:

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import httpx2
@@ -636,6 +637,58 @@ async def test_an_invalid_value_shows_the_form_again_without_echoing_it(
     assert "value" not in next(attrs for attrs in inputs_of(refused.text) if attrs.get("type") == "password")
     if marked:
         assert marked[:40] not in refused.text
+    assert pages[1].status_code == 200
+    assert stored_values(streamable_http_deployment, "alice", server) == {"API_TOKEN": "the real value"}
+
+
+def _urlencoded(csrf: str, value: bytes) -> bytes:
+    return b"csrf=" + csrf.encode() + b"&value=" + value
+
+
+async def test_a_value_sent_as_unescaped_utf_8_is_stored_as_typed(
+    streamable_http_deployment, server: str, canary: str
+) -> None:
+    typed = f"{canary}-pässwörd-秘密"
+    url = await new_link(streamable_http_deployment, server)
+
+    async with browser() as http:
+        _, csrf = await open_form(http, url)
+        posted = await http.post(
+            url,  # as `curl --data` sends it: UTF-8 bytes, not percent-escaped
+            content=_urlencoded(csrf, typed.encode()),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+
+    assert posted.status_code == 200
+    assert stored_values(streamable_http_deployment, "alice", server) == {"API_TOKEN": typed}
+
+
+NOT_UTF_8 = {
+    "escaped-latin-1": quote("café", encoding="latin-1").encode(),
+    "raw-latin-1": "café".encode("latin-1"),
+}
+
+
+@pytest.mark.parametrize("value", NOT_UTF_8.values(), ids=NOT_UTF_8.keys())
+async def test_a_form_that_is_not_utf_8_is_refused_and_the_link_stays_live(
+    streamable_http_deployment, server: str, value: bytes
+) -> None:
+    url = await new_link(streamable_http_deployment, server)
+
+    async with browser() as http:
+        _, csrf = await open_form(http, url)
+        refused = await http.post(
+            url,
+            content=_urlencoded(csrf, value),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+    stored_after_refusal = stored_values(streamable_http_deployment, "alice", server)
+    pages = await fill_in(url, "the real value")
+
+    assert refused.status_code == 400
+    assert "UTF-8" in refused.text
+    assert [attrs.get("type") for attrs in inputs_of(refused.text)] == ["hidden", "password"]
+    assert stored_after_refusal == {}
     assert pages[1].status_code == 200
     assert stored_values(streamable_http_deployment, "alice", server) == {"API_TOKEN": "the real value"}
 
