@@ -152,6 +152,10 @@ def entry_routes(links: EntryLinks, *, secure_cookie: bool = False) -> list[Rout
         csrf = request.cookies.get(CSRF_COOKIE) or _random.token_urlsafe(32)
         return _form(record, csrf, secure=secure(request))
 
+    # The posts of one link are answered one at a time (in this process): the second post of a double
+    # click then finds the first one's value stored, instead of a link that is being used ("expired").
+    posting: dict[str, anyio.Lock] = {}
+
     async def store(request: Request) -> Response:
         body = await read_body(request, MAX_FORM_BYTES)
         if body is None:
@@ -165,25 +169,47 @@ def entry_routes(links: EntryLinks, *, secure_cookie: bool = False) -> list[Rout
             and bool(cookie_csrf)
             and hmac.compare_digest(sent_csrf.encode(), cookie_csrf.encode())
         )
-        record = await _live_record(links, request)
-        if isinstance(record, Response):
-            if record.status_code == 410 and valid_form:  # noqa: PLR2004 - HTTP status
-                return await _sent_again(links, request) or record
-            return record
-        if form is None:
-            error = "Not stored: the form must be sent as UTF-8 text."
-            csrf = cookie_csrf or _random.token_urlsafe(32)
-            return _form(record, csrf, secure=secure(request), error=error, status=400)
-        if not valid_form:
-            fresh = _random.token_urlsafe(32)
-            error = "The form expired. Please enter the value again."
-            return _form(record, fresh, secure=secure(request), error=error, status=403)
-        value = form.get("value")
         token = str(request.path_params["token"])
-        return await _submit(links, record, token, value, cookie_csrf, secure=secure(request))
+        lock = posting.setdefault(token, anyio.Lock())
+        try:
+            async with lock:
+                return await _answer(
+                    links, request, form, cookie_csrf, valid_form=valid_form, secure=secure(request)
+                )
+        finally:
+            if not lock.locked() and posting.get(token) is lock:
+                del posting[token]
 
     path = ENTRY_PATH + "/{token}"
     return [Route(path, show, methods=["GET"]), Route(path, store, methods=["POST"])]
+
+
+async def _answer(
+    links: EntryLinks,
+    request: Request,
+    form: Mapping[str, object] | None,
+    cookie_csrf: str,
+    *,
+    valid_form: bool,
+    secure: bool,
+) -> Response:
+    """Store the value of a posted form, or say why not."""
+    record = await _live_record(links, request)
+    if isinstance(record, Response):
+        if record.status_code == 410 and valid_form:  # noqa: PLR2004 - HTTP status
+            return await _sent_again(links, request) or record
+        return record
+    if form is None:
+        error = "Not stored: the form must be sent as UTF-8 text."
+        csrf = cookie_csrf or _random.token_urlsafe(32)
+        return _form(record, csrf, secure=secure, error=error, status=400)
+    if not valid_form:
+        fresh = _random.token_urlsafe(32)
+        error = "The form expired. Please enter the value again."
+        return _form(record, fresh, secure=secure, error=error, status=403)
+    value = form.get("value")
+    token = str(request.path_params["token"])
+    return await _submit(links, record, token, value, cookie_csrf, secure=secure)
 
 
 async def _form_fields(request: Request, body: bytes) -> Mapping[str, object] | None:

@@ -392,6 +392,38 @@ async def test_a_form_sent_twice_says_the_value_is_stored_not_that_the_link_expi
     assert stored_values(streamable_http_deployment, "alice", server) == {"API_TOKEN": canary}
 
 
+async def _post_into(
+    answers: list[httpx2.Response], http: httpx2.AsyncClient, url: str, form: dict[str, str]
+) -> None:
+    answers.append(await http.post(url, data=form))
+
+
+async def test_a_form_sent_twice_at_once_stores_once_and_says_so_both_times(
+    streamable_http_deployment, server: str, canary: str
+) -> None:
+    # Each round races two posts of one form, as a double click on a busy server does; a few rounds,
+    # since either post may reach the server first.
+    keys = [f"KEY_{round_}" for round_ in range(12)]
+    answers: list[list[httpx2.Response]] = []
+    for key in keys:
+        url = await new_link(streamable_http_deployment, server, key)
+        async with browser() as http:
+            _, csrf = await open_form(http, url)
+            posted: list[httpx2.Response] = []
+            form = {"csrf": csrf, "value": canary}
+            async with anyio.create_task_group() as posts:
+                posts.start_soon(_post_into, posted, http, url, form)
+                posts.start_soon(_post_into, posted, http, url, form)
+        answers.append(sorted(posted, key=lambda answer: answer.status_code))
+
+    for stored, again in answers:
+        assert [stored.status_code, again.status_code] == [200, 410]
+        assert "Secret stored" in stored.text
+        assert "Secret already stored" in again.text, again.text
+        assert canary not in stored.text + again.text
+    assert stored_values(streamable_http_deployment, "alice", server) == dict.fromkeys(keys, canary)
+
+
 async def test_an_expired_link_is_410(short_link_deployment, server: str) -> None:
     result = await link_sent(short_link_deployment, server, "API_TOKEN")
     assert result.structured_content is not None
