@@ -173,6 +173,10 @@ OPENAPI: dict[str, Any] = {
                         "description": "No such secret",
                         "content": {"application/json": {"schema": _ERROR}},
                     },
+                    "413": {
+                        "description": f"The body is over {MAX_BODY_BYTES // 1024} KiB",
+                        "content": {"application/json": {"schema": _ERROR}},
+                    },
                     "503": {
                         "description": "Store unavailable",
                         "content": {"application/json": {"schema": _ERROR}},
@@ -200,6 +204,10 @@ OPENAPI: dict[str, Any] = {
                         "content": {"application/json": {"schema": _ERROR}},
                     },
                     "401": {"description": "No valid bearer token"},
+                    "503": {
+                        "description": "Store unavailable",
+                        "content": {"application/json": {"schema": _ERROR}},
+                    },
                 },
             }
         },

@@ -323,6 +323,14 @@ def test_openapi_document_is_open_json_naming_both_paths(streamable_http_deploym
             assert {"200", "400", "401"} <= set(operation["responses"])
 
 
+def test_openapi_documents_every_error_status_the_api_answers(streamable_http_deployment, http) -> None:
+    paths = http.get(f"{streamable_http_deployment.base_url}/openapi.json").json()["paths"]
+
+    # 413: a body over the limit (test_an_oversized_body_is_refused); 503: the store is unavailable.
+    assert {"400", "401", "404", "413", "503"} <= set(paths["/secrets/set"]["post"]["responses"])
+    assert {"400", "401", "503"} <= set(paths["/secrets"]["get"]["responses"])
+
+
 def test_openapi_references_all_resolve(streamable_http_deployment, http) -> None:
     document = http.get(f"{streamable_http_deployment.base_url}/openapi.json").json()
 
