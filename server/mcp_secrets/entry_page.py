@@ -2,8 +2,8 @@
 
 GET shows the form for a live link; POST stores the value and uses the link up.
 The value arrives only in a POST body and is never echoed, logged or put in a URL.
-A double-submit token (an HttpOnly, SameSite=Strict cookie plus a hidden field)
-guards against cross-site posts, on top of the Host/Origin check every request passes.
+A double-submit token (an HttpOnly, SameSite=Strict cookie of the link's own path
+plus a hidden field) guards against cross-site posts, on top of the Host/Origin check every request passes.
 """
 
 from __future__ import annotations
@@ -50,7 +50,13 @@ button,input{font:inherit}
 
 
 def _page(
-    title: str, body: str, status: int, *, cookie: str | None = None, secure: bool = False
+    title: str,
+    body: str,
+    status: int,
+    *,
+    cookie: str | None = None,
+    cookie_path: str = ENTRY_PATH,
+    secure: bool = False,
 ) -> HTMLResponse:
     nonce = _random.token_urlsafe(16)
     html = (
@@ -72,7 +78,7 @@ def _page(
     response.headers["X-Frame-Options"] = "DENY"
     if cookie is not None:
         response.set_cookie(
-            CSRF_COOKIE, cookie, path=ENTRY_PATH, httponly=True, samesite="strict", secure=secure
+            CSRF_COOKIE, cookie, path=cookie_path, httponly=True, samesite="strict", secure=secure
         )
     return response
 
@@ -85,7 +91,14 @@ def _record_list(record: LinkRecord) -> str:
     )
 
 
-def _form(record: LinkRecord, csrf: str, *, secure: bool, error: str = "", status: int = 200) -> HTMLResponse:
+def _form(
+    record: LinkRecord, csrf: str, *, path: str, secure: bool, error: str = "", status: int = 200
+) -> HTMLResponse:
+    """The form of a live link, its CSRF cookie scoped to the link's own ``path``.
+
+    A cookie shared by all links would fail the forms already open: a page opened from another site
+    (a web chat) gets no SameSite=Strict cookie with its request, so it sets a new one in their place.
+    """
     problem = f'<p class="error" id="problem" role="alert">{escape(error)}</p>' if error else ""
     described = "hint problem" if error else "hint"
     body = (
@@ -99,7 +112,7 @@ def _form(record: LinkRecord, csrf: str, *, secure: bool, error: str = "", statu
         '<button type="submit">Store secret</button></form>'
         f'<p class="note">This link works once and expires at {record.expires_at:%H:%M} UTC.</p>'
     )
-    return _page("Enter a secret", body, status, cookie=csrf, secure=secure)
+    return _page("Enter a secret", body, status, cookie=csrf, cookie_path=path, secure=secure)
 
 
 def _gone(status: int) -> HTMLResponse:
@@ -150,7 +163,7 @@ def entry_routes(links: EntryLinks, *, secure_cookie: bool = False) -> list[Rout
         if isinstance(record, Response):
             return record
         csrf = request.cookies.get(CSRF_COOKIE) or _random.token_urlsafe(32)
-        return _form(record, csrf, secure=secure(request))
+        return _form(record, csrf, path=request.url.path, secure=secure(request))
 
     # The posts of one link are answered one at a time (in this process): the second post of a double
     # click then finds the first one's value stored, instead of a link that is being used ("expired").
@@ -162,13 +175,13 @@ def entry_routes(links: EntryLinks, *, secure_cookie: bool = False) -> list[Rout
             return _page("Too large", "<h1>Too large</h1><p>That value is too large.</p>", 413)
         form = await _form_fields(request, body)
         sent_csrf = None if form is None else form.get("csrf")
-        cookie_csrf = request.cookies.get(CSRF_COOKIE, "")
+        cookies = _csrf_cookies(request)
         # Compared as bytes: compare_digest raises TypeError for a str that is not ASCII.
-        valid_form = (
-            isinstance(sent_csrf, str)
-            and bool(cookie_csrf)
-            and hmac.compare_digest(sent_csrf.encode(), cookie_csrf.encode())
+        valid_form = isinstance(sent_csrf, str) and any(
+            hmac.compare_digest(sent_csrf.encode(), cookie.encode()) for cookie in cookies
         )
+        # What a form shown again carries: the token this post proved, else one the browser holds.
+        cookie_csrf = sent_csrf if valid_form and isinstance(sent_csrf, str) else next(iter(cookies), "")
         token = str(request.path_params["token"])
         lock = posting.setdefault(token, anyio.Lock())
         try:
@@ -202,14 +215,14 @@ async def _answer(
     if form is None:
         error = "Not stored: the form must be sent as UTF-8 text."
         csrf = cookie_csrf or _random.token_urlsafe(32)
-        return _form(record, csrf, secure=secure, error=error, status=400)
+        return _form(record, csrf, path=request.url.path, secure=secure, error=error, status=400)
     if not valid_form:
         fresh = _random.token_urlsafe(32)
         error = "The form expired. Please enter the value again."
-        return _form(record, fresh, secure=secure, error=error, status=403)
+        return _form(record, fresh, path=request.url.path, secure=secure, error=error, status=403)
     value = form.get("value")
     token = str(request.path_params["token"])
-    return await _submit(links, record, token, value, cookie_csrf, secure=secure)
+    return await _submit(links, record, token, value, cookie_csrf, path=request.url.path, secure=secure)
 
 
 async def _form_fields(request: Request, body: bytes) -> Mapping[str, object] | None:
@@ -225,6 +238,21 @@ async def _form_fields(request: Request, body: bytes) -> Mapping[str, object] | 
         return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict"))
     except UnicodeDecodeError:
         return None
+
+
+def _csrf_cookies(request: Request) -> list[str]:
+    """Every non-empty CSRF cookie the request carries.
+
+    The link's own, and maybe one of the whole entry path that an older version set, which
+    Starlette's ``request.cookies`` (the last of a name) would pick instead.
+    """
+    found = []
+    for header in request.headers.getlist("cookie"):
+        for pair in header.split(";"):
+            name, _, value = pair.partition("=")
+            if name.strip() == CSRF_COOKIE and value.strip():
+                found.append(value.strip())
+    return found
 
 
 async def _sent_again(links: EntryLinks, request: Request) -> Response | None:
@@ -254,20 +282,27 @@ async def _sent_again(links: EntryLinks, request: Request) -> Response | None:
 
 
 async def _submit(
-    links: EntryLinks, record: LinkRecord, token: str, value: object, csrf: str, *, secure: bool
+    links: EntryLinks,
+    record: LinkRecord,
+    token: str,
+    value: object,
+    csrf: str,
+    *,
+    path: str,
+    secure: bool,
 ) -> Response:
     """Store the submitted value; the answer never contains it."""
     text = value if isinstance(value, str) else ""
     try:
         await anyio.to_thread.run_sync(links.submit, token, text)
     except InvalidInputError as exc:
-        return _form(record, csrf, secure=secure, error=f"Not stored: {exc}.", status=400)
+        return _form(record, csrf, path=path, secure=secure, error=f"Not stored: {exc}.", status=400)
     except EntryLinkError as exc:
         return _gone(410 if exc.gone else 404)
     except SecretsError:
         logger.warning("entry page: the secret could not be stored")
         error = "The secret store is unavailable; try again."
-        return _form(record, csrf, secure=secure, error=error, status=503)
+        return _form(record, csrf, path=path, secure=secure, error=error, status=503)
     logger.info(
         "entry link %s used: secret %s of server %s stored", record.link_id, record.key, record.server
     )

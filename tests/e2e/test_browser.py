@@ -7,6 +7,7 @@ sets MCP_SECRETS_REQUIRE_BROWSER, so there it fails instead of skipping.
 from __future__ import annotations
 
 import secrets as _random
+from urllib.parse import quote
 
 import httpx2
 import pytest
@@ -81,3 +82,41 @@ async def test_user_stores_a_secret_through_the_entry_page_once(
     assert canary not in log
     assert url.rsplit("/", 1)[1] not in log, "the entry token must not be logged"
     assert canary not in stdout_path(deployment.log_path).read_text()
+
+
+async def test_two_links_opened_from_another_site_each_store_their_secret(
+    browser: webdriver.Chrome, streamable_http_deployment: Deployment, canary: str
+) -> None:
+    # A web chat shows two links (a gateway asks for two keys); the user opens both, then fills each in.
+    # The navigations come from another site, so the browser sends neither tab's SameSite=Strict cookie.
+    deployment = streamable_http_deployment
+    server, keys = f"server-{_random.token_hex(4)}", ["FIRST", "SECOND"]
+    urls = [await request_entry_link(deployment, "alice", server, key) for key in keys]
+    links = zip(keys, urls, strict=True)
+    chat = "".join(f'<a id="{key}" href="{url}" target="_blank">{key}</a> ' for key, url in links)
+    browser.get("data:text/html," + quote(chat))
+    chat_tab = browser.current_window_handle
+    for opened, key in enumerate(keys, start=2):
+        browser.switch_to.window(chat_tab)
+        browser.find_element(By.ID, key).click()
+        tabs_open = WebDriverWait(browser, BROWSER_TIMEOUT)
+        tabs_open.until(lambda driver, n=opened: len(driver.window_handles) == n)
+    entry_tabs = [handle for handle in browser.window_handles if handle != chat_tab]
+
+    headings = []
+    for tab in entry_tabs:
+        browser.switch_to.window(tab)
+        WebDriverWait(browser, BROWSER_TIMEOUT).until(lambda driver: driver.find_elements(By.ID, "value"))
+        browser.find_element(By.ID, "value").send_keys(canary)
+        browser.find_element(By.XPATH, "//button[normalize-space()='Store secret']").click()
+        WebDriverWait(browser, BROWSER_TIMEOUT, ignored_exceptions=(WebDriverException,)).until(
+            lambda driver: (
+                driver.find_element(By.TAG_NAME, "h1").text != "Enter a secret"
+                or driver.find_elements(By.ID, "problem")
+            )
+        )
+        headings.append(heading(browser))
+
+    assert len(entry_tabs) == len(keys)
+    assert headings == ["Secret stored"] * len(keys)
+    assert {(server, key) for key in keys} <= set(await keys_of(deployment, "alice"))
