@@ -148,22 +148,28 @@ async def _live_record(links: EntryLinks, request: Request) -> LinkRecord | Resp
     return record
 
 
-def entry_routes(links: EntryLinks, *, secure_cookie: bool = False) -> list[Route]:
+def entry_routes(links: EntryLinks, *, secure_cookie: bool = False, path_prefix: str = "") -> list[Route]:
     """The GET and POST routes of the entry page.
 
     ``secure_cookie``: the page is served over HTTPS (the public URL says so), so the browser is told
     never to send its CSRF cookie over plain HTTP. A request that came in over HTTPS gets it anyway.
+    ``path_prefix``: the path of the public URL (``/team-a``), which the proxy in front takes off; the
+    browser's links, and so the paths its cookies must name, carry it.
     """
 
     def secure(request: Request) -> bool:
         return secure_cookie or request.url.scheme == "https"
+
+    def link_path(request: Request) -> str:
+        """The link's path as the browser sees it, for its CSRF cookie."""
+        return f"{path_prefix}{ENTRY_PATH}/{request.path_params['token']}"
 
     async def show(request: Request) -> Response:
         record = await _live_record(links, request)
         if isinstance(record, Response):
             return record
         csrf = request.cookies.get(CSRF_COOKIE) or _random.token_urlsafe(32)
-        return _form(record, csrf, path=request.url.path, secure=secure(request))
+        return _form(record, csrf, path=link_path(request), secure=secure(request))
 
     # The posts of one link are answered one at a time (in this process): the second post of a double
     # click then finds the first one's value stored, instead of a link that is being used ("expired").
@@ -187,7 +193,13 @@ def entry_routes(links: EntryLinks, *, secure_cookie: bool = False) -> list[Rout
         try:
             async with lock:
                 return await _answer(
-                    links, request, form, cookie_csrf, valid_form=valid_form, secure=secure(request)
+                    links,
+                    request,
+                    form,
+                    cookie_csrf,
+                    valid_form=valid_form,
+                    path=link_path(request),
+                    secure=secure(request),
                 )
         finally:
             if not lock.locked() and posting.get(token) is lock:
@@ -204,6 +216,7 @@ async def _answer(
     cookie_csrf: str,
     *,
     valid_form: bool,
+    path: str,
     secure: bool,
 ) -> Response:
     """Store the value of a posted form, or say why not."""
@@ -215,14 +228,14 @@ async def _answer(
     if form is None:
         error = "Not stored: the form must be sent as UTF-8 text."
         csrf = cookie_csrf or _random.token_urlsafe(32)
-        return _form(record, csrf, path=request.url.path, secure=secure, error=error, status=400)
+        return _form(record, csrf, path=path, secure=secure, error=error, status=400)
     if not valid_form:
         fresh = _random.token_urlsafe(32)
         error = "The form expired. Please enter the value again."
-        return _form(record, fresh, path=request.url.path, secure=secure, error=error, status=403)
+        return _form(record, fresh, path=path, secure=secure, error=error, status=403)
     value = form.get("value")
     token = str(request.path_params["token"])
-    return await _submit(links, record, token, value, cookie_csrf, path=request.url.path, secure=secure)
+    return await _submit(links, record, token, value, cookie_csrf, path=path, secure=secure)
 
 
 async def _form_fields(request: Request, body: bytes) -> Mapping[str, object] | None:

@@ -305,7 +305,10 @@ def http_app(
     # the REST routes require a token themselves, the entry page is reached by its one-time link.
     app.router.routes.extend(rest_routes(secrets))
     if links is not None:
-        app.router.routes.extend(entry_routes(links, secure_cookie=base_url(settings).startswith("https://")))
+        public = urlsplit(base_url(settings))
+        app.router.routes.extend(
+            entry_routes(links, secure_cookie=public.scheme == "https", path_prefix=public.path.rstrip("/"))
+        )
     return HostOriginGuard(OutageAnswer(WithheldValidationDetails(app)), security)
 
 

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import anyio
 import httpx2
@@ -557,6 +557,38 @@ async def test_behind_an_https_public_url_the_csrf_cookie_is_secure(
     assert page.status_code == 200, page.text
     attributes = {part.strip().lower() for part in page.headers["Set-Cookie"].split(";")}
     assert "secure" in attributes
+
+
+def cookie_path_matches(cookie_path: str, request_path: str) -> bool:
+    """Whether a browser sends a cookie of ``cookie_path`` with a request for ``request_path`` (RFC 6265)."""
+    return request_path == cookie_path or request_path.startswith(cookie_path.rstrip("/") + "/")
+
+
+async def test_behind_a_public_url_with_a_path_the_browser_sends_the_csrf_cookie_back(
+    tmp_path: Path, server: str, start_server: Callable[..., Any]
+) -> None:
+    public = "https://secrets.example.test/team-a"
+    env = isolated_env(tmp_path, MCP_SECRETS_PUBLIC_URL=public)
+    token = create_token(env, "alice")
+    with start_server(env, "streamable-http", tmp_path / "server.log") as deployment:
+        async with deployment.connect(token=token) as alice:
+            sent = await alice.call_tool("request_secret", {"server": server, "key": "API_TOKEN"})
+        assert sent.structured_content is not None, text_of(sent)
+        url = str(sent.structured_content["url"])
+        assert url.startswith(f"{public}{ENTRY_PREFIX}")
+        # The proxy in front takes the public path's prefix off, as it does for /team-a/mcp.
+        async with browser() as http:
+            page = await http.get(
+                deployment.base_url + url.removeprefix(public), headers={"Host": "secrets.example.test"}
+            )
+
+    assert page.status_code == 200, page.text
+    attributes = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (part.partition("=") for part in page.headers["Set-Cookie"].split(";"))
+    }
+    # The browser posts the form to the link it opened, under /team-a: the cookie must go with it.
+    assert cookie_path_matches(attributes["path"], urlsplit(url).path)
 
 
 async def test_the_value_travels_in_the_post_body_only(
