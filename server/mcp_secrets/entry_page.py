@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 CSRF_COOKIE = "mcp_secrets_csrf"
 MAX_FORM_BYTES = 256 * 1024
+MAX_FORM_FIELDS = 4  # the form has two: a body of many more is not from it, and costs time to parse
 
 _STYLE = """
 body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1b1d21}
@@ -226,7 +227,7 @@ async def _answer(
             return await _sent_again(links, request) or record
         return record
     if form is None:
-        error = "Not stored: the form must be sent as UTF-8 text."
+        error = "Not stored: the form could not be read; it must be sent as this page sends it, in UTF-8."
         csrf = cookie_csrf or _random.token_urlsafe(32)
         return _form(record, csrf, path=path, secure=secure, error=error, status=400)
     if not valid_form:
@@ -239,17 +240,18 @@ async def _answer(
 
 
 async def _form_fields(request: Request, body: bytes) -> Mapping[str, object] | None:
-    """The posted form's fields; None for a URL-encoded form that is not UTF-8.
+    """The posted form's fields; None for a URL-encoded form that is not UTF-8, or not ours.
 
     Starlette reads a URL-encoded body's raw bytes as Latin-1 and replaces bad escapes with U+FFFD:
     a value sent as unescaped UTF-8 (``curl --data``) or as Latin-1 would be stored garbled.
     """
     content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
-        return await with_body(request, body).form(max_files=0, max_fields=4)
+        return await with_body(request, body).form(max_files=0, max_fields=MAX_FORM_FIELDS)
     try:
-        return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict"))
-    except UnicodeDecodeError:
+        text = body.decode("utf-8")
+        return dict(parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=MAX_FORM_FIELDS))
+    except ValueError:  # not UTF-8 (UnicodeDecodeError), or more fields than the form has
         return None
 
 

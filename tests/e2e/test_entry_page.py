@@ -757,6 +757,29 @@ async def test_a_form_that_is_not_utf_8_is_refused_and_the_link_stays_live(
     assert stored_values(streamable_http_deployment, "alice", server) == {"API_TOKEN": "the real value"}
 
 
+async def test_a_form_of_many_more_fields_than_the_pages_is_refused_and_the_link_stays_live(
+    streamable_http_deployment, server: str, canary: str
+) -> None:
+    url = await new_link(streamable_http_deployment, server)
+
+    async with browser() as http:
+        _, csrf = await open_form(http, url)
+        padding = b"&x=" * 50_000  # costly to parse whole, and no form of this page
+        refused = await http.post(
+            url,
+            content=_urlencoded(csrf, canary.encode()) + padding,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+    stored_after_refusal = stored_values(streamable_http_deployment, "alice", server)
+    pages = await fill_in(url, "the real value")
+
+    assert refused.status_code == 400
+    assert refused.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    assert canary not in refused.text
+    assert stored_after_refusal == {}
+    assert pages[1].status_code == 200
+
+
 async def test_a_missing_value_field_is_refused_like_an_empty_one(
     streamable_http_deployment, server: str
 ) -> None:
