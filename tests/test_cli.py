@@ -742,6 +742,21 @@ def test_list_defaults_to_the_servers_user_and_takes_one_server(env: dict[str, s
     assert [row.split()[:2] for row in done.stdout.splitlines()[1:]] == [["slack", "BOT"]]
 
 
+def test_list_and_audit_read_an_empty_server_as_every_server_as_the_tools_do(env: dict[str, str]) -> None:
+    # `--server "$SERVER"` with SERVER unset: the tools and the REST API list every server for "" too.
+    stored(env, ("bob", "github", "TOKEN"), ("bob", "slack", "BOT"))
+    env["MCP_SECRETS_USER"] = "bob"
+
+    listed = mcp_secrets_cli(env, "list", "--server", "")
+    audited = mcp_secrets_cli(env, "audit", "--user", "bob", "--server", "", "--json")
+
+    assert listed.returncode == 0, listed.stderr
+    rows = [row.split()[:2] for row in listed.stdout.splitlines()[1:]]
+    assert rows == [["github", "TOKEN"], ["slack", "BOT"]]
+    assert audited.returncode == 0, audited.stderr
+    assert sorted(json.loads(line)["server"] for line in audited.stdout.splitlines()) == ["github", "slack"]
+
+
 def test_list_json_prints_one_object_per_secret_and_never_a_value(env: dict[str, str]) -> None:
     values = stored(env, ("alice", "github", "TOKEN"), ("alice", "linear", "API_KEY"))
     stored_secrets(env, "alice", "github")

@@ -366,7 +366,8 @@ def _delete(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     with _users_secrets(args) as (secrets, username, _):  # never generates a key: a listing changes nothing
-        infos = secrets.list_secret_keys(username, args.server)
+        # An empty server means every server (`--server "$SERVER"` unset), as for the tools and REST.
+        infos = secrets.list_secret_keys(username, args.server or None)
     if args.json:
         for info in infos:
             print(json.dumps(_key_json(username, info), ensure_ascii=False))
@@ -484,7 +485,7 @@ def _say_failures(report: RotationReport) -> None:
 def _audit(args: argparse.Namespace) -> int:
     store = _open(args, needs_key=False)[1]  # the trail holds no ciphertexts: no key needed
     try:
-        events = store.list_events(args.user, args.server, args.limit)
+        events = store.list_events(args.user, args.server or None, args.limit)  # "": every server, as in list
     finally:
         store.close()
     if args.json:
