@@ -93,6 +93,17 @@ def test_nested_data_is_redacted_in_values_keys_and_lists() -> None:
     }
 
 
+def test_a_number_spelling_a_value_is_replaced_in_data() -> None:
+    # An account id or PIN is often all digits, and a tool's structured output may give it as a number.
+    value = str(secrets.randbelow(10**12) + 10**11)
+
+    redacted = Redactor({"ACCOUNT": value}).data({"account": int(value), "other": 7, "flag": True})
+
+    leaked = value in json.dumps(redacted)  # a bare bool: a failure prints neither the value nor where it was
+    assert not leaked
+    assert redacted == {"account": "[redacted ACCOUNT]", "other": 7, "flag": True}
+
+
 def test_text_without_a_value_is_returned_unchanged() -> None:
     text = "nothing secret here: 0123456789abcdef"
 

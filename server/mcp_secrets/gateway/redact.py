@@ -115,6 +115,10 @@ class Redactor:
         """A JSON-like value with every string in it (keys included) redacted."""
         if isinstance(value, str):
             return self.text(value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # A value of digits (an account id, a PIN) may come back as a number in structured data.
+            shown = self.text(str(value))
+            return value if shown == str(value) else shown
         if isinstance(value, Mapping):
             return {self.text(str(key)): self.data(item) for key, item in value.items()}
         if isinstance(value, Iterable) and not isinstance(value, bytes | bytearray):
