@@ -75,6 +75,18 @@ def test_a_value_holding_another_is_replaced_whole() -> None:
     assert redactor.text("x abcdefgh y abcd") == "x [redacted LONG] y [redacted SHORT]"
 
 
+def test_values_overlapping_in_the_text_are_both_replaced_whole() -> None:
+    # The end of one value is the start of the other: the text holds both, sharing that piece.
+    head, shared, tail = (secrets.token_hex(6) for _ in range(3))
+    redactor = Redactor({"FIRST": head + shared, "SECOND": shared + tail})
+
+    shown = redactor.text(f"<{head}{shared}{tail}>")
+
+    leaked = tail in shown  # a bare bool: a failure prints neither value
+    assert not leaked
+    assert shown == "<[redacted FIRST]>"
+
+
 def test_nested_data_is_redacted_in_values_keys_and_lists() -> None:
     value = "tok-3f9a1c"
     hexed = value.encode().hex()

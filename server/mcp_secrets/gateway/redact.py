@@ -105,9 +105,12 @@ class Redactor:
         pieces: list[str] = []
         done = 0
         for start, negative_length, form in found:
+            end = start - negative_length
             if start >= done:  # not inside a spelling replaced already
                 pieces += (text[done:start], self._label_of[form])
-                done = start - negative_length
+                done = end
+            elif end > done:  # it overlaps the one just replaced and goes on: its rest goes with it
+                done = end
         pieces.append(text[done:])
         return "".join(pieces)
 
