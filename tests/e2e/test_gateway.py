@@ -61,7 +61,16 @@ pytestmark = pytest.mark.anyio
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "downstream_server.py"
 SILENT_FIXTURE = FIXTURE.with_name("silent_server.py")
-DOWNSTREAM_TOOLS = {"token_hash", "echo_token", "seen_digests", "fail_with_token", "ping", "crash", "work"}
+DOWNSTREAM_TOOLS = {
+    "token_hash",
+    "echo_token",
+    "seen_digests",
+    "fail_with_token",
+    "ping",
+    "crash",
+    "work",
+    "hang",
+}
 STDIO_ENTRY: dict[str, Any] = {
     "command": sys.executable,
     "args": [str(FIXTURE)],
@@ -325,6 +334,34 @@ async def test_a_user_who_cannot_start_a_server_is_not_shown_the_tools_listed_fo
     assert {f"down__{name}" for name in DOWNSTREAM_TOOLS} <= alices
     assert not any(name.startswith("down__") for name in bobs)
     assert "list_secret_keys" in bobs
+
+
+async def test_a_listing_does_not_wait_for_a_call_of_the_same_user_still_running(
+    sqlite_secrets: Secrets, gateway: Gateway
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    started = anyio.Event()
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        started.set()
+
+    # Two clients of alice (two chats, say): one runs a long call while the other lists the tools.
+    async with (
+        connect(sqlite_secrets, gateway, "alice") as first,
+        connect(sqlite_secrets, gateway, "alice") as second,
+    ):
+        before = {tool.name for tool in (await first.list_tools()).tools}
+        async with anyio.create_task_group() as calls:
+            calls.start_soon(
+                functools.partial(first.call_tool, "down__hang", {}, progress_callback=on_progress)
+            )
+            with anyio.fail_after(STARTUP_SECONDS):
+                await started.wait()
+                during = {tool.name for tool in (await second.list_tools()).tools}
+            calls.cancel_scope.cancel()
+
+    assert during == before
+    assert {f"down__{name}" for name in DOWNSTREAM_TOOLS} <= during
 
 
 @pytest.mark.parametrize(

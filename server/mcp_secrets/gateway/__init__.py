@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import secrets as _random
@@ -55,6 +56,10 @@ class MissingSecretsError(SecretsError):
 
 class DownstreamError(SecretsError):
     """Raised when a downstream server cannot be started or reached, or fails mid-call."""
+
+
+class CallRunningError(SecretsError):
+    """Raised when a listing would wait too long on the caller's call to that server; nothing is started."""
 
 
 @dataclass(frozen=True)
@@ -194,7 +199,12 @@ class Gateway:
             return redact_result(result, redactor)
 
     async def _list(self, username: str, server: ServerConfig) -> list[Tool]:
-        session = self._session(username, server, None, offer_links=False, purpose="tools/list")
+        # A call of this user to this server may run for long: what it listed for them last will do.
+        known = (username, server.name) in self._known_tools
+        wait_seconds = 0 if known else self.pool.start_seconds
+        session = self._session(
+            username, server, None, offer_links=False, purpose="tools/list", wait_seconds=wait_seconds
+        )
         async with session as (connection, redactor):
             assert connection.client is not None  # noqa: S101
             seconds = self.pool.start_seconds
@@ -222,8 +232,12 @@ class Gateway:
         *,
         purpose: str,
         offer_links: bool = True,
+        wait_seconds: float = math.inf,
     ) -> AsyncIterator[tuple[Connection, Redactor]]:
-        """The caller's connection to ``server``, opened with their secrets of that server only."""
+        """The caller's connection to ``server``, opened with their secrets of that server only.
+
+        ``wait_seconds`` bounds the wait for a call of the same caller to the same server to end.
+        """
         values = await run_store_work(
             self.secrets.store,
             lambda: self.secrets.get_secrets(username, server.name, record_use=False),
@@ -263,8 +277,9 @@ class Gateway:
         # One call at a time per (user, server): notifications carry no request id, so this is
         # what keeps each call's log messages with it. Other users and servers run in parallel.
         lock = self._call_locks.setdefault(key, anyio.Lock())
+        await _take_turn(lock, wait_seconds, server.name)
         try:
-            async with lock, self.pool.connection(key, fingerprint, opener) as connection:
+            async with self.pool.connection(key, fingerprint, opener) as connection:
                 record_injected()  # a live connection holds the values: this call uses them
                 holder["connection"] = connection
                 connection.on_log = _log_forwarder(ctx, redactor)
@@ -282,6 +297,8 @@ class Gateway:
             raise DownstreamError(
                 redactor.text(f"downstream server {server.name} could not be started: {_describe(exc)}")
             ) from None
+        finally:
+            lock.release()
 
     def _opener(
         self, server: ServerConfig, injected: Mapping[str, str]
@@ -334,6 +351,17 @@ class Gateway:
 def redact_result(result: CallToolResult, redactor: Redactor) -> CallToolResult:
     """``result`` with every spelling of an injected value replaced: text, structured content, errors."""
     return CallToolResult.model_validate(redactor.data(result.model_dump(by_alias=True, mode="json")))
+
+
+async def _take_turn(lock: anyio.Lock, seconds: float, server: str) -> None:
+    """Take ``lock`` now if it is free, else within ``seconds``, or raise CallRunningError."""
+    try:
+        lock.acquire_nowait()
+    except anyio.WouldBlock:
+        with anyio.move_on_after(seconds):
+            await lock.acquire()
+            return
+        raise CallRunningError(f"a call of yours to server {server} is still running") from None
 
 
 def _describe(exc: BaseException) -> str:
