@@ -64,6 +64,6 @@ def test_at_debug_the_http_libraries_that_log_headers_and_bodies_stay_at_info() 
     )
 
     assert done.stdout.split() == [
-        "httpcore2", "INFO", "httpcore2.http11", "INFO", "mcp.client.streamable_http", "INFO",
+        "httpcore2", "INFO", "httpcore2.http11", "INFO", "mcp.client.streamable_http", "ERROR",
         "uvicorn.error", "INFO", "httpx2", "WARNING",
     ]  # fmt: skip

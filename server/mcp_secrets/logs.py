@@ -12,6 +12,9 @@ import traceback
 PAYLOAD_LOGGERS = ("mcp", "mcp_types", "httpcore", "httpcore2", "sse_starlette", "uvicorn", "starlette")
 # HTTP clients log each request's URL at INFO, and a gateway URL may carry an injected secret.
 URL_LOGGERS = ("httpx", "httpx2")
+# The SDK's HTTP client transports warn of a redirect they do not follow by its URL, whose path may hold
+# a gateway secret (some services put a key there); the gateway logs such a failure itself, redacted.
+CLIENT_TRANSPORT_LOGGERS = ("mcp.client.streamable_http", "mcp.client.sse")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _ENTRY_TOKEN = re.compile(r"(/secrets/entry/)[^\s\"'?#/]+")
 
@@ -63,3 +66,5 @@ def configure_logging(level: str = "INFO") -> None:
         logging.getLogger(name).setLevel(floor)
     for name in URL_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.WARNING, floor))
+    for name in CLIENT_TRANSPORT_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.ERROR, floor))

@@ -23,10 +23,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -965,6 +967,66 @@ async def test_over_http_a_canary_shows_in_no_result_and_no_log(
     assert_no_spelling_of(canary, deployment.log())
     assert_no_fragment_of(canary, deployment.log())
     assert_no_spelling_of(canary, stdout_path(deployment.log_path).read_text(encoding="utf-8"))
+
+
+class _MovedHandler(BaseHTTPRequestHandler):
+    """Answers every request with a redirect to the same path on another origin (localhost for 127.0.0.1)."""
+
+    def do_POST(self) -> None:
+        self.send_response(307)
+        self.send_header("Location", f"http://localhost:{self.server.server_address[1]}{self.path}/")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self.do_POST()
+
+    def do_DELETE(self) -> None:
+        self.do_POST()
+
+    def log_message(self, *_args: object) -> None:
+        """Keep the test output quiet."""
+
+
+@contextlib.contextmanager
+def moved_endpoint() -> Iterator[str]:
+    """A remote MCP endpoint that has moved to another origin; yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _MovedHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+async def test_over_http_a_redirect_of_a_url_holding_a_secret_in_its_path_is_logged_without_it(
+    tmp_path: Path, canary: str
+) -> None:
+    # Some services give a key in the URL path (https://…/mcp/KEY/sse); the SDK's transport names a
+    # redirect it does not follow, path and all.
+    with moved_endpoint() as base:
+        servers = tmp_path / "servers.json"
+        entry = {"url": base + "/mcp/${secret:TOKEN}"}
+        servers.write_text(json.dumps({"mcpServers": {"moved": entry}}), encoding="utf-8")
+        env = isolated_env(tmp_path)
+        token = create_token(env, "alice")
+        with serving(
+            env, "streamable-http", tmp_path / "server.log", "--servers", str(servers)
+        ) as deployment:
+            deployment.tokens["alice"] = token
+            await store_over_mcp(deployment, "alice", "moved", canary)
+            async with deployment.connect("alice") as alice:
+                await alice.list_tools()
+                called = await alice.call_tool("moved__anything", {})
+            log = deployment.log()
+
+    assert called.is_error
+    assert "/mcp/[redacted TOKEN]/ not followed" in text_of(called)
+    assert "tools of server moved not listed for alice" in log
+    assert_no_fragment_of(canary, log)
 
 
 def audited_calls(env: dict[str, str], server: str, tool: str) -> int:
