@@ -225,6 +225,16 @@ def test_a_name_with_the_tool_separator_says_why_it_is_refused(tmp_path: Path) -
     assert "tool names" in message
 
 
+def test_a_name_ending_in_an_underscore_is_refused_as_its_tool_names_would_split_wrongly(
+    tmp_path: Path,
+) -> None:
+    # "git_" + "__" + "create" reads as server "git", tool "_create": its tools could never be called.
+    path, message = startup_error(tmp_path, {"mcpServers": {"git_": STDIO}})
+
+    assert message.startswith(f"{path}: server 'git_': the name must not end in '_'")
+    assert "tool names" in message
+
+
 def test_invalid_json_is_refused_with_its_line_and_column(tmp_path: Path) -> None:
     document = '{\n  "mcpServers": {\n    "down": {"command": "python",}\n  }\n}\n'
 

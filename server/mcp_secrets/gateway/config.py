@@ -121,6 +121,11 @@ def _check_shape(where: str, name: str, spec: DownstreamServer) -> None:
         raise ConfigurationError(
             f"{where}: the name must not contain {SEPARATOR!r}, which separates tool names"
         )
+    if name.endswith("_"):
+        # "git_" + "__" + "create" would read as server "git" and tool "_create".
+        raise ConfigurationError(
+            f"{where}: the name must not end in '_', or its tool names would split at the wrong {SEPARATOR!r}"
+        )
     if (spec.command is None) == (spec.url is None):
         raise ConfigurationError(
             f"{where}, field command/url: give exactly one of command (stdio) or url (remote)"
