@@ -35,6 +35,11 @@ ENCODINGS: dict[str, Callable[[str], str]] = {
     ),
     "JSON string": lambda value: json.dumps(value)[1:-1],
     "JSON string, not ASCII-only": lambda value: json.dumps(value, ensure_ascii=False)[1:-1],
+    # Go's encoding/json, as MCP servers written in Go use it: '&', '<', '>' and two line separators
+    # as \\u escapes.
+    "JSON string, HTML-safe": lambda value: json.dumps(value, ensure_ascii=False)[1:-1].translate(
+        {ord(char): f"\\u{ord(char):04x}" for char in "&<>\u2028\u2029"}
+    ),
 }
 
 VALUES = [
@@ -43,6 +48,8 @@ VALUES = [
     pytest.param("p@ss/w+rd= é~", id="url-special"),
     # JSON escapes '"' and '\\', and a control character as \\n or \\u0001.
     pytest.param('q"uo\\te\n\x01 é', id="json-special"),
+    # Go's JSON escapes these three, which passwords often hold.
+    pytest.param("p&ss<w>rd", id="html-special"),
 ]
 
 

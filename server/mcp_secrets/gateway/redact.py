@@ -3,7 +3,7 @@
 Exact matches, and the encodings a tool is likely to echo them in: base64
 (standard and URL-safe, with or without padding, and inside longer base64 text
 such as ``Basic base64(user:token)``), URL-encoding (either case of hex digit),
-hex (either case) and JSON string escapes. Of each value, also the value
+hex (either case) and JSON string escapes (Go's too). Of each value, also the value
 trimmed of surrounding whitespace and, for a multi-line value, each of its
 lines: a program may trim what it reads, and may show a PEM key or a JSON
 credential line by line or with other line ends.
@@ -24,6 +24,8 @@ MIN_REDACTED_LENGTH = 4
 
 _PERCENT_ESCAPE = re.compile(r"%[0-9A-F]{2}")
 _TO_URLSAFE = str.maketrans("+/", "-_")
+# Go's encoding/json (MCP servers written in Go) escapes these in every string, for embedding in HTML.
+_JSON_HTML_SAFE = {ord(char): f"\\u{ord(char):04x}" for char in "&<>\u2028\u2029"}
 
 
 def _spellings(value: str) -> set[str]:
@@ -44,6 +46,7 @@ def _spellings(value: str) -> set[str]:
         raw.hex().upper(),
         json.dumps(value)[1:-1],  # a JSON string's inside: quotes, backslashes, controls, \uXXXX
         json.dumps(value, ensure_ascii=False)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1].translate(_JSON_HTML_SAFE),
     }
     for encode in (base64.b64encode, base64.urlsafe_b64encode):
         padded = encode(raw).decode("ascii")
