@@ -40,6 +40,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp_types import CallToolResult, LoggingMessageNotificationParams
 
 from conftest import assert_no_fragment_of
+from mcp_secrets import gateway as gateway_module
 from mcp_secrets.app import build_server, missing_secrets_hint
 from mcp_secrets.gateway import Gateway, load_gateway_config
 from mcp_secrets.gateway.pool import Connection, DownstreamPool
@@ -260,10 +261,12 @@ async def call(secrets: Secrets, gateway: Gateway, username: str, tool: str) -> 
     return await call_server(secrets, gateway, username, f"down__{tool}")
 
 
-async def call_server(secrets: Secrets, gateway: Gateway, username: str, name: str) -> CallToolResult:
-    """One call of the tool ``name`` (prefixed) by ``username`` on a client of its own, without arguments."""
+async def call_server(
+    secrets: Secrets, gateway: Gateway, username: str, name: str, arguments: dict[str, Any] | None = None
+) -> CallToolResult:
+    """One call of the tool ``name`` (prefixed) by ``username`` on a client of its own."""
     async with connect(secrets, gateway, username) as client:
-        return await client.call_tool(name, {})
+        return await client.call_tool(name, arguments or {})
 
 
 async def wait_closed(connection: Connection) -> None:
@@ -364,6 +367,21 @@ async def test_a_listing_does_not_wait_for_a_call_of_the_same_user_still_running
 
     assert during == before
     assert {f"down__{name}" for name in DOWNSTREAM_TOOLS} <= during
+
+
+async def test_a_remote_call_may_take_longer_than_the_connect_timeout(
+    sqlite_secrets: Secrets, tmp_path: Path, http_downstream: HttpDownstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A tool call has no bound: silence while a remote tool works is not a timeout.
+    monkeypatch.setattr(gateway_module, "REMOTE_TIMEOUT_SECONDS", 0.5)
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    http_downstream.ensure_running()
+
+    async with running_gateway(sqlite_secrets, tmp_path, {"down": http_entry(http_downstream)}) as gw:
+        answered = await call_server(sqlite_secrets, gw, "alice", "down__hang", {"seconds": 2})
+
+    assert not answered.is_error, text_of(answered)
+    assert text_of(answered) == "answered after 2 seconds"
 
 
 @pytest.mark.parametrize(

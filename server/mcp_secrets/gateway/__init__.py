@@ -43,7 +43,9 @@ from mcp_secrets.secrets import Secrets
 __all__ = ["Gateway", "GatewayConfig", "ServerStatus", "load_gateway_config"]
 
 logger = logging.getLogger(__name__)
-REMOTE_TIMEOUT_SECONDS = 30.0
+REMOTE_TIMEOUT_SECONDS = 30.0  # to connect and to send
+# How long a remote downstream's reply may stay silent, as the SDK's own client allows: a tool may work long.
+REMOTE_READ_SECONDS = 300.0
 # Tool names as the MCP specification recommends them (and '/', which SEP-986 allows). A downstream
 # tool's name is checked before any secret is read: it goes into the audit trail.
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,128}")
@@ -336,7 +338,10 @@ class Gateway:
                     yield client
                 return
             async with (
-                httpx2.AsyncClient(headers=headers, timeout=REMOTE_TIMEOUT_SECONDS) as http,
+                httpx2.AsyncClient(
+                    headers=headers,
+                    timeout=httpx2.Timeout(REMOTE_TIMEOUT_SECONDS, read=REMOTE_READ_SECONDS),
+                ) as http,
                 Client(
                     streamable_http_client(url, http_client=http),
                     logging_callback=_relay(holder),
