@@ -28,6 +28,8 @@ ENCODINGS: dict[str, Callable[[str], str]] = {
     "quote": quote,
     "quote, nothing safe": lambda value: quote(value, safe=""),
     "quote_plus": quote_plus,
+    # JavaScript's encodeURIComponent, as MCP servers written for Node use it: it leaves !'()* as they are.
+    "encodeURIComponent": lambda value: quote(value, safe="!'()*"),
     "hex": lambda value: value.encode().hex(),
     "hex, upper case": lambda value: value.encode().hex().upper(),
     "quote, lower-case escapes": lambda value: re.sub(
@@ -50,6 +52,8 @@ VALUES = [
     pytest.param('q"uo\\te\n\x01 é', id="json-special"),
     # Go's JSON escapes these three, which passwords often hold.
     pytest.param("p&ss<w>rd", id="html-special"),
+    # JavaScript's encodeURIComponent leaves these as they are, where Python escapes them.
+    pytest.param("Pa55 w0rd!(*)'", id="uri-component-special"),
 ]
 
 
