@@ -37,6 +37,8 @@ ENCODINGS: dict[str, Callable[[str], str]] = {
     ),
     "JSON string": lambda value: json.dumps(value)[1:-1],
     "JSON string, not ASCII-only": lambda value: json.dumps(value, ensure_ascii=False)[1:-1],
+    # Python's repr, as in f"{value!r}" and pydantic's input_value: it escapes "'" when both quotes are in.
+    "Python repr": lambda value: repr(value)[1:-1],
     # Go's encoding/json, as MCP servers written in Go use it: '&', '<', '>' and two line separators
     # as \\u escapes.
     "JSON string, HTML-safe": lambda value: json.dumps(value, ensure_ascii=False)[1:-1].translate(
@@ -50,6 +52,8 @@ VALUES = [
     pytest.param("p@ss/w+rd= é~", id="url-special"),
     # JSON escapes '"' and '\\', and a control character as \\n or \\u0001.
     pytest.param('q"uo\\te\n\x01 é', id="json-special"),
+    # Both quotes: Python's repr escapes one of them, JSON the other.
+    pytest.param("p\"a'ss-w0rd", id="both-quotes"),
     # Go's JSON escapes these three, which passwords often hold.
     pytest.param("p&ss<w>rd", id="html-special"),
     # JavaScript's encodeURIComponent leaves these as they are, where Python escapes them.

@@ -3,10 +3,10 @@
 Exact matches, and the encodings a tool is likely to echo them in: base64
 (standard and URL-safe, with or without padding, and inside longer base64 text
 such as ``Basic base64(user:token)``), URL-encoding (Python's and JavaScript's,
-either case of hex digit), hex (either case) and JSON string escapes (Go's too).
-Of each value, also the value trimmed of surrounding whitespace and, for a
-multi-line value, each of its lines: a program may trim what it reads, and may
-show a PEM key or a JSON credential line by line or with other line ends.
+either case of hex digit), hex (either case), JSON string escapes (Go's too) and
+Python's repr. Of each value, also the value trimmed of surrounding whitespace
+and, for a multi-line value, each of its lines: a program may trim what it reads,
+and may show a PEM key or a JSON credential line by line or with other line ends.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def _spellings(value: str) -> set[str]:
         json.dumps(value)[1:-1],  # a JSON string's inside: quotes, backslashes, controls, \uXXXX
         json.dumps(value, ensure_ascii=False)[1:-1],
         json.dumps(value, ensure_ascii=False)[1:-1].translate(_JSON_HTML_SAFE),
+        repr(value)[1:-1],  # Python's f"{value!r}" and pydantic's input_value escape "'" and controls
     }
     for encode in (base64.b64encode, base64.urlsafe_b64encode):
         padded = encode(raw).decode("ascii")
