@@ -190,6 +190,9 @@ class Downstream:
     def revive(self) -> None:
         """Start the HTTP downstream again after ``crash`` killed it; stdio needs nothing."""
         if self.http is not None:
+            # Its connections close while the process ends: until it has, it still looks alive.
+            if self.http.process is not None:
+                self.http.process.wait(timeout=CLOSE_SECONDS)
             self.http.ensure_running()
 
 
