@@ -180,6 +180,8 @@ ENTRY_ERRORS = [
         {**STDIO, "headers": {"Authorization": "x"}}, "field headers/transport", "remote", id="stdio-headers"
     ),
     pytest.param({**STDIO, "transport": "sse"}, "field headers/transport", "remote", id="stdio-transport"),
+    pytest.param({**STDIO, "type": "sse"}, "field type", "command", id="stdio-of-type-sse"),
+    pytest.param({**REMOTE, "type": "stdio"}, "field type", "url", id="remote-of-type-stdio"),
     pytest.param(
         {"command": "${secret:BINARY}"}, "field command", "args, env, headers and url", id="command"
     ),

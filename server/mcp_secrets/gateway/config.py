@@ -132,6 +132,9 @@ def _check_shape(where: str, name: str, spec: DownstreamServer) -> None:
         )
     if spec.command is not None and (spec.headers or spec.transport):
         raise ConfigurationError(f"{where}, field headers/transport: only remote (url) servers take these")
+    if spec.type is not None and (spec.type == "stdio") != (spec.command is not None):
+        given = "command (stdio)" if spec.command is not None else "url (remote)"
+        raise ConfigurationError(f"{where}, field type: {spec.type!r} contradicts the entry's {given}")
     _check_placeholder_places(where, spec)
     for key in spec.secrets or {}:
         if not _is_valid_key(key):
