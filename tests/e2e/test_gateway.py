@@ -759,6 +759,24 @@ async def test_a_changed_secret_is_used_on_the_next_call_through_a_new_connectio
     await wait_closed(old)
 
 
+async def test_a_deleted_secret_closes_the_connection_holding_it_at_the_next_call(
+    sqlite_secrets: Secrets, gateway: Gateway
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+
+    async with connect(sqlite_secrets, gateway, "alice") as client:
+        hash_of(await client.call_tool("down__token_hash", {}))
+        old = connection_of(gateway, "alice")
+        deleted = await client.call_tool("delete_secret", {"server": "down", "key": "TOKEN"})
+        refused = await client.call_tool("down__token_hash", {})
+
+    assert not deleted.is_error, text_of(deleted)
+    assert missing_keys(refused) == ["TOKEN"]
+    # The downstream still held the deleted value: it does not wait for the idle timeout to end.
+    await wait_closed(old)
+    assert gateway.pool.live == 0
+
+
 def silent_entry(silent_from: str, marker: str) -> dict[str, Any]:
     """A stdio downstream that answers nothing from ``silent_from`` on, marked by ``marker``."""
     return {"command": sys.executable, "args": [str(SILENT_FIXTURE), silent_from, marker]}

@@ -246,6 +246,8 @@ class Gateway:
         )
         missing = sorted(server.required - values.keys())
         if missing:
+            # A live downstream of this user's may hold a value deleted since: it has no more use.
+            self.pool.close_idle((username, server.name))
             hint = ""
             if self._missing_hint is not None and offer_links:
                 hint = await anyio.to_thread.run_sync(self._missing_hint, username, server.name, missing)

@@ -120,6 +120,12 @@ class DownstreamPool:
         if self._connections.get(connection.key) is connection:
             del self._connections[connection.key]
 
+    def close_idle(self, key: PoolKey) -> None:
+        """Close the connection of ``key`` now, unless a call is using it."""
+        connection = self._connections.get(key)
+        if connection is not None and connection.active_calls == 0:
+            self.discard(connection)
+
     async def _acquire(self, key: PoolKey, fingerprint: str, opener: Opener) -> Connection:
         task_group = self._task_group
         if task_group is None:
