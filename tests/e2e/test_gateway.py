@@ -449,6 +449,7 @@ async def test_the_pool_keeps_nothing_per_user_once_their_connection_is_closed(
     # A long-running gateway sees many users come and go: what it keeps must not grow with them.
     assert gateway.pool.live == 0
     assert gateway.pool._turns == {}
+    assert gateway._call_turns == {}
 
 
 async def test_only_the_called_servers_secrets_are_injected(

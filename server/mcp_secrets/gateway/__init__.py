@@ -35,7 +35,7 @@ from mcp_types import CallToolResult, LoggingMessageNotificationParams, Tool
 
 from mcp_secrets.errors import SecretsError
 from mcp_secrets.gateway.config import SEPARATOR, GatewayConfig, ServerConfig, load_gateway_config, substitute
-from mcp_secrets.gateway.pool import Connection, DownstreamPool, GatewayBusyError, StartTimeoutError
+from mcp_secrets.gateway.pool import Connection, DownstreamPool, GatewayBusyError, StartTimeoutError, _Turn
 from mcp_secrets.gateway.redact import Redactor
 from mcp_secrets.offload import run_store_work
 from mcp_secrets.secrets import Secrets
@@ -101,7 +101,7 @@ class Gateway:
         # Each user's own last listing: a tool list made with one user's credentials can describe
         # that user's account, so it is never shown to another.
         self._known_tools: dict[tuple[str, str], list[Tool]] = {}
-        self._call_locks: dict[tuple[str, str], anyio.Lock] = {}
+        self._call_turns: dict[tuple[str, str], _Turn] = {}
         self._via = via
 
     @asynccontextmanager
@@ -280,10 +280,11 @@ class Gateway:
         key = (username, server.name)
         # One call at a time per (user, server): notifications carry no request id, so this is
         # what keeps each call's log messages with it. Other users and servers run in parallel.
-        lock = self._call_locks.setdefault(key, anyio.Lock())
-        await _take_turn(lock, wait_seconds, server.name)
         try:
-            async with self.pool.connection(key, fingerprint, opener) as connection:
+            async with (
+                self._turn(key, wait_seconds, server.name),
+                self.pool.connection(key, fingerprint, opener) as connection,
+            ):
                 record_injected()  # a live connection holds the values: this call uses them
                 holder["connection"] = connection
                 connection.on_log = _log_forwarder(ctx, redactor)
@@ -301,8 +302,22 @@ class Gateway:
             raise DownstreamError(
                 redactor.text(f"downstream server {server.name} could not be started: {_describe(exc)}")
             ) from None
+
+    @asynccontextmanager
+    async def _turn(self, key: tuple[str, str], wait_seconds: float, server: str) -> AsyncIterator[None]:
+        """One user's turn at one server, waited for at most ``wait_seconds`` (else CallRunningError)."""
+        turn = self._call_turns.setdefault(key, _Turn())
+        turn.calls += 1
+        try:
+            await _take_turn(turn.lock, wait_seconds, server)
+            try:
+                yield
+            finally:
+                turn.lock.release()
         finally:
-            lock.release()
+            turn.calls -= 1
+            if not turn.calls:
+                del self._call_turns[key]  # one entry per key in use, not per user ever seen
 
     def _opener(
         self, server: ServerConfig, injected: Mapping[str, str]

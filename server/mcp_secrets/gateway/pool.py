@@ -53,7 +53,7 @@ class Connection:
 
 @dataclass(eq=False)
 class _Turn:
-    """Makes the calls that open one key's connection take turns; kept while any call holds or awaits it."""
+    """Makes the calls of one key take turns (to open, or to call); kept while any call holds or awaits it."""
 
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     calls: int = 0
