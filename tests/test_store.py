@@ -174,6 +174,31 @@ def test_records_are_isolated_per_username_server_and_key(
     assert _triples(store, "alice", "github") == [("github", "TOKEN", "alices-ciphertext")]
 
 
+@pytest.mark.parametrize(
+    "other",
+    [
+        ("bob", "github", "TOKEN"),
+        ("Alice", "github", "TOKEN"),
+        ("alice", "gitlab", "TOKEN"),
+        ("alice", "github", "USER"),
+    ],
+    ids=["other-user", "username-case", "other-server", "other-key"],
+)
+def test_replace_value_swaps_only_the_record_it_names(
+    store: SecretStore, other: tuple[str, str, str]
+) -> None:
+    # The swap is checked on the ciphertext too, but a row copied to another record holds the same text.
+    store.put_secret("alice", "github", "TOKEN", "same-ciphertext", T0)
+    store.put_secret(*other, "same-ciphertext", T0)
+
+    assert store.replace_value(*other, "same-ciphertext", "new-ciphertext") is True
+
+    values = {
+        (r.username, r.server, r.key): r.value for u in ("alice", other[0]) for r in store.find_secrets(u)
+    }
+    assert values == {("alice", "github", "TOKEN"): "same-ciphertext", other: "new-ciphertext"}
+
+
 def test_delete_secret_removes_exactly_that_record(seeded: SecretStore) -> None:
     assert seeded.delete_secret("alice", "github", "TOKEN") is True
 
@@ -390,6 +415,16 @@ MONGO_CALLS: dict[str, Callable[[MongoStore, Any], object]] = {
     "revoke_token": lambda store, bad: store.revoke_token(bad, T0),
     "count_events": lambda store, bad: store.count_events(bad),
     "delete_events": lambda store, bad: store.delete_events(bad, 10),
+    "count_secrets": lambda store, bad: store.count_secrets(bad),
+    "list_events actor": lambda store, bad: store.list_events(bad),
+    "list_events server": lambda store, bad: store.list_events("alice", bad),
+    "replace_value key": lambda store, bad: store.replace_value("alice", "github", bad, "old", "new"),
+    "replace_value old": lambda store, bad: store.replace_value("alice", "github", "TOKEN", bad, "new"),
+    "scan_secrets": lambda store, bad: store.scan_secrets(("alice", bad, "TOKEN"), 10),
+    "find_link": lambda store, bad: store.find_link(bad),
+    "claim_link": lambda store, bad: store.claim_link(bad, T0),
+    "release_link": lambda store, bad: store.release_link(bad),
+    "count_live_links": lambda store, bad: store.count_live_links(bad, T0),
 }
 
 
@@ -401,6 +436,7 @@ def test_mongo_store_refuses_a_non_string_filter_value_before_any_query(
     monkeypatch.setattr(mongo_store, "_secrets", _Unqueried())
     monkeypatch.setattr(mongo_store, "_tokens", _Unqueried())
     monkeypatch.setattr(mongo_store, "_events", _Unqueried())
+    monkeypatch.setattr(mongo_store, "_links", _Unqueried())
 
     with pytest.raises(TypeError, match=r"must be a (string|datetime)"):
         call(mongo_store, {"$ne": None})
@@ -757,6 +793,43 @@ def test_sqlite_stores_the_ciphertext_as_given(sqlite_store: SQLiteStore, sqlite
     with contextlib.closing(sqlite3.connect(sqlite_path)) as connection:
         rows = connection.execute("SELECT username, server, key, value FROM user_secrets").fetchall()
     assert rows == [("alice", "github", "TOKEN", "v1:nonce:ciphertext")]
+
+
+def test_sqlite_overwrites_a_deleted_ciphertext_in_its_file(sqlite_path: Path, canary: str) -> None:
+    # Left in a free page, a deleted record's ciphertext would open again with the master key.
+    opened = SQLiteStore(sqlite_path)
+    opened.put_secret("alice", "github", "KEPT", "another-ciphertext", T0)
+    opened.put_secret("alice", "github", "TOKEN", f"v1:00000000:{canary}", T0)
+    assert opened.delete_secret("alice", "github", "TOKEN")
+    opened.close()
+
+    files = b"".join(path.read_bytes() for path in _database_files(sqlite_path))
+    assert b"another-ciphertext" in files
+    assert canary.encode() not in files
+
+
+def _database_files(database: Path) -> list[Path]:
+    """The database file and its -wal and -shm companions, those that exist."""
+    return sorted(database.parent.glob(database.name + "*"))
+
+
+@pytest.mark.parametrize("change", ["deleted", "replaced"])
+def test_sqlite_refuses_every_call_once_its_file_is_deleted_or_replaced(
+    sqlite_store: SQLiteStore, sqlite_path: Path, change: str
+) -> None:
+    sqlite_store.put_secret("alice", "github", "TOKEN", "ciphertext", T0)
+    if change == "deleted":
+        for path in _database_files(sqlite_path):
+            path.unlink()
+    else:
+        backup = sqlite_path.with_name("backup.db")
+        SQLiteStore(backup).close()
+        backup.replace(sqlite_path)
+
+    with pytest.raises(StoreUnavailableError, match=f"was {change}"):
+        sqlite_store.put_secret("alice", "github", "TOKEN", "lost-ciphertext", T1)
+    with pytest.raises(StoreUnavailableError, match=f"was {change}"):
+        sqlite_store.find_secrets("alice")
 
 
 def test_two_sqlite_stores_on_one_file_see_each_others_writes(
