@@ -399,6 +399,29 @@ def test_key_derivation_is_deterministic(canary: str) -> None:
     assert key_id_for(fresh_master_key()) != key_id_for(master_key)
 
 
+def test_the_key_id_is_hkdf_of_the_master_key_under_its_own_label() -> None:
+    # Published in every record: derived apart from the data key, it says nothing about it.
+    master_key = fresh_master_key()
+
+    expected = HKDF(hashes.SHA256(), 4, salt=None, info=b"mcp-secrets v1 key id").derive(master_key)
+
+    assert key_id_for(master_key) == expected.hex()
+    assert not reference_data_key(master_key).startswith(expected)
+
+
+def test_a_key_derived_for_another_use_is_its_own_and_not_the_data_key() -> None:
+    master_key = fresh_master_key()
+    encryptor = SecretEncryptor([master_key, fresh_master_key()])
+
+    derived = encryptor.derive_key("request state")
+
+    assert derived == HKDF(hashes.SHA256(), 32, salt=None, info=b"mcp-secrets v1 request state").derive(
+        master_key
+    )
+    assert derived != reference_data_key(master_key)
+    assert derived != encryptor.derive_key("another use")
+
+
 # --- master key parsing ---------------------------------------------------------------------------
 
 
@@ -483,6 +506,12 @@ def test_legacy_ciphertext_without_a_legacy_key_names_the_setting(
     assert_not_leaked(raised.value, canary, legacy_key)
 
 
+def _move_legacy_tag_boundary(token: str) -> str:
+    """``iv:tag:body`` with the body's last byte moved to the front of the tag: the same bytes in all."""
+    iv, tag, body = token.split(":")
+    return f"{iv}:{body[-2:]}{tag}:{body[:-2]}"
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -491,6 +520,10 @@ def test_legacy_ciphertext_without_a_legacy_key_names_the_setting(
             lambda token: token.split(":", 1)[1] + ":" + token.split(":", 1)[0], id="fields-swapped"
         ),
         pytest.param(lambda token: "0" + token, id="odd-length-hex"),
+        # AES-GCM takes no nonce under 8 bytes: it would raise ValueError, not DecryptionError.
+        pytest.param(lambda token: "00112233:" + token.split(":", 1)[1], id="4-byte-iv"),
+        # The same bytes with the last of the body read as the tag's first: the tag is 16 bytes or nothing.
+        pytest.param(_move_legacy_tag_boundary, id="tag-boundary-moved"),
     ],
 )
 def test_damaged_legacy_ciphertext_is_rejected(
@@ -503,6 +536,18 @@ def test_damaged_legacy_ciphertext_is_rejected(
         encryptor.decrypt(token, **RECORD)
 
     assert_not_leaked(raised.value, canary)
+
+
+@pytest.mark.parametrize("with_legacy_key", [False, True], ids=["no-legacy-key", "legacy-key"])
+@pytest.mark.parametrize("ciphertext", ["v2:0123abcd:payload", "iv:tag:body", "0a1b:0a1g:0a1b"])
+def test_three_fields_not_all_hex_are_in_no_readable_format_not_the_legacy_one(
+    master_key: bytes, legacy_key: str, with_legacy_key: bool, ciphertext: str
+) -> None:
+    encryptor = SecretEncryptor([master_key], legacy_key=legacy_key if with_legacy_key else None)
+
+    assert encryptor.unreadable_because(ciphertext) == "not in a ciphertext format mcp-secrets can read"
+    with pytest.raises(DecryptionError, match="not in a ciphertext format mcp-secrets can read"):
+        encryptor.decrypt(ciphertext, **RECORD)
 
 
 def test_legacy_ciphertext_with_the_wrong_legacy_key_is_rejected(
