@@ -140,6 +140,24 @@ def test_list_events_refuses_a_limit_outside_one_to_a_thousand(secrets: Secrets,
         secrets.list_events("alice", limit=limit)
 
 
+@pytest.mark.parametrize(
+    ("username", "server", "field"),
+    [
+        ("a b", None, "username"),
+        ({"$ne": ""}, None, "username"),
+        ("alice", "a b", "server"),
+        ("alice", {"$ne": ""}, "server"),
+    ],
+)
+def test_list_events_refuses_a_username_or_server_outside_the_rules(
+    secrets: Secrets, username: Any, server: Any, field: str
+) -> None:
+    secrets.set_secret("alice", "github", "TOKEN", "v")
+
+    with pytest.raises(InvalidInputError, match=field):
+        secrets.list_events(username, server)
+
+
 # --- last use ------------------------------------------------------------------------------------
 
 

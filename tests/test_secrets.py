@@ -251,6 +251,39 @@ def test_writers_on_separate_connections_never_take_more_than_the_limit(
             service.store.close()
 
 
+def test_a_store_query_that_forgets_the_username_still_hands_alice_none_of_bobs_values(
+    secrets: Secrets, monkeypatch: pytest.MonkeyPatch, canary: str
+) -> None:
+    # Each ciphertext is bound to its username: a broken query returns records that do not decrypt.
+    secrets.set_secret("bob", "github", "TOKEN", canary)
+    find = secrets.store.find_secrets
+    monkeypatch.setattr(secrets.store, "find_secrets", lambda _username, server=None: find("bob", server))
+
+    with pytest.raises(DecryptionError) as raised:
+        secrets.get_secrets("alice", "github")
+
+    assert_not_leaked(raised.value, canary)
+
+
+def test_at_the_limit_a_known_key_name_on_another_server_is_still_a_new_secret(
+    store: SecretStore, encryptor: SecretEncryptor, canary: str
+) -> None:
+    limited = Secrets(store, encryptor, max_secrets_per_user=2)
+    try:
+        limited.set_secret("alice", "github", "TOKEN", "v")
+        limited.set_secret("alice", "github", "USER", "v")
+
+        with pytest.raises(InvalidInputError, match="at most 2 secrets") as raised:
+            limited.set_secret("alice", "linear", "TOKEN", canary)
+        replaced = limited.set_secret("alice", "github", "TOKEN", "v2")
+
+        assert limited.get_secrets("alice", "linear") == {}
+    finally:
+        limited.close()
+    assert_not_leaked(raised.value, canary)
+    assert replaced.status == "updated"
+
+
 # --- validation -----------------------------------------------------------------------------------
 
 BAD_NAMES = [
