@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import secrets as _random
@@ -78,6 +79,13 @@ def test_sqlite_file_never_holds_the_token(tmp_path: Path) -> None:
 
     assert new.record.token_hash.encode() in on_disk
     assert new.token.split("_", 2)[2].encode() not in on_disk  # the random part, which may hold "_"
+
+
+def test_the_random_part_of_a_token_carries_256_bits(tokens: ApiTokens) -> None:
+    # A plain SHA-256 is a safe lookup key only for a token nobody can guess by brute force.
+    secret_part = tokens.create("alice").token.split("_", 2)[2]  # the random part may hold "_"
+
+    assert len(base64.urlsafe_b64decode(secret_part + "=")) == 32
 
 
 def test_each_token_is_different(tokens: ApiTokens) -> None:
