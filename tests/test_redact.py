@@ -58,6 +58,8 @@ VALUES = [
     pytest.param("p&ss<w>rd", id="html-special"),
     # JavaScript's encodeURIComponent leaves these as they are, where Python escapes them.
     pytest.param("Pa55 w0rd!(*)'", id="uri-component-special"),
+    # Its base64 holds "+" and "/", so standard and URL-safe base64 differ, and ends in "=".
+    pytest.param("a?>~b?>~", id="base64-special"),
 ]
 
 
