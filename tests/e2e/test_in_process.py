@@ -143,6 +143,8 @@ async def test_no_tool_result_contains_the_value(alice: Client, canary: str) -> 
         ("set_secret", {"server": "github", "key": "TOKEN", "value": canary + "-2"}),
         ("list_secret_keys", {}),
         ("list_secret_keys", {"server": "github"}),
+        ("list_secret_events", {}),
+        ("list_secret_events", {"server": "github"}),
         ("set_secret", {"server": "a b", "key": "TOKEN", "value": canary}),
         ("set_secret", {"server": "github", "key": "", "value": canary}),
         (
@@ -158,7 +160,7 @@ async def test_no_tool_result_contains_the_value(alice: Client, canary: str) -> 
 
     results = [await alice.call_tool(name, arguments) for name, arguments in calls]
 
-    assert [result.is_error for result in results] == [False] * 4 + [True] * 6 + [False, True]
+    assert [result.is_error for result in results] == [False] * 6 + [True] * 6 + [False, True]
     for result in results:
         assert canary not in everything_in(result)
 
