@@ -636,6 +636,15 @@ async def _post_with_non_ascii_csrf(
     return await http.post(url, data={"csrf": csrf[:-1] + "é", "value": value})
 
 
+async def _post_empty_csrf_as_multipart_without_cookie(
+    http: httpx2.AsyncClient, url: str, csrf: str, value: str
+) -> httpx2.Response:
+    # A cross-site form may post multipart, whose parser keeps an empty field, and sends no cookie.
+    del csrf
+    async with browser() as stranger:
+        return await stranger.post(url, files={"csrf": (None, ""), "value": (None, value)})
+
+
 async def _post_from_foreign_origin(
     http: httpx2.AsyncClient, url: str, csrf: str, value: str
 ) -> httpx2.Response:
@@ -649,6 +658,7 @@ CSRF_ATTEMPTS = {
     "mismatched-field": _post_with_wrong_csrf,
     "no-field": _post_without_csrf,
     "empty-cookie-and-field": _post_with_empty_csrf,
+    "empty-field-multipart-no-cookie": _post_empty_csrf_as_multipart_without_cookie,
     "foreign-origin": _post_from_foreign_origin,
     "non-ascii-field": _post_with_non_ascii_csrf,
 }
