@@ -69,6 +69,7 @@ DOWNSTREAM_TOOLS = {
     "echo_token",
     "seen_digests",
     "fail_with_token",
+    "refuse_with_token",
     "ping",
     "crash",
     "work",
@@ -531,6 +532,7 @@ async def test_results_and_errors_carry_no_spelling_of_the_injected_secret(
     async with connect(sqlite_secrets, gateway, "alice") as client:
         echoed = await client.call_tool("down__echo_token", {})
         failed = await client.call_tool("down__fail_with_token", {})
+        refused = await client.call_tool("down__refuse_with_token", {})
 
     # The downstream did echo it, in four encodings: each came back as a label.
     assert echoed.structured_content == {
@@ -542,6 +544,9 @@ async def test_results_and_errors_carry_no_spelling_of_the_injected_secret(
     assert failed.is_error
     assert_no_spelling_of(canary, everything_in(echoed))
     assert_no_spelling_of(canary, everything_in(failed))
+    assert refused.is_error
+    assert "refused credentials: [redacted TOKEN]" in everything_in(refused)
+    assert_no_spelling_of(canary, everything_in(refused))
 
 
 async def test_progress_and_log_messages_reach_the_client_redacted(
