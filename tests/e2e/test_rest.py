@@ -271,6 +271,33 @@ def test_each_user_writes_only_their_own_secrets(alice: Rest, bob: Rest, server:
     assert bob.keys(server) == [(server, "TOKEN")]
 
 
+# Headers a proxy or a client might use to name a user: the verified token alone says who calls.
+USER_HEADERS = (
+    "X-User",
+    "X-Username",
+    "X-Forwarded-User",
+    "X-Remote-User",
+    "Remote-User",
+    "X-Auth-Request-User",
+)
+
+
+def test_a_header_naming_another_user_changes_nothing(alice: Rest, bob: Rest, server: str) -> None:
+    bob.set(server=server, key="TOKEN", value="bobs")
+    as_bob = dict.fromkeys(USER_HEADERS, "bob")
+    alice.headers.update(as_bob)
+
+    listed = alice.list(server)
+    deleted = alice.set(server=server, key="TOKEN", action="delete")
+    stored = alice.set(server=server, key="ALICES", value="alices")
+
+    assert listed.json() == {"username": "alice", "keys": []}
+    assert deleted.status_code == 404
+    assert stored.status_code == 200
+    assert bob.keys(server) == [(server, "TOKEN")]
+    assert alice.keys(server) == [(server, "ALICES")]
+
+
 def test_a_foreign_origin_is_refused_even_with_a_valid_token(alice: Rest, server: str) -> None:
     alice.headers["Origin"] = "http://evil.example"
 
