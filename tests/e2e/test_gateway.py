@@ -667,7 +667,9 @@ async def test_idle_connections_are_closed(
 ) -> None:
     sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
 
-    async with running_gateway(sqlite_secrets, tmp_path, {"down": downstream.entry}, idle_seconds=0.2) as gw:
+    # Idle long enough to outlast closing the calling client on a loaded machine: the connection must
+    # still be there to be looked at (at 0.2 s it was once gone already, and the lookup failed).
+    async with running_gateway(sqlite_secrets, tmp_path, {"down": downstream.entry}, idle_seconds=1.0) as gw:
         hash_of(await call(sqlite_secrets, gw, "alice", "token_hash"))
         opened = connection_of(gw, "alice")
         await wait_closed(opened)
