@@ -219,8 +219,14 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 
 async def main(pairs: int, calls: int) -> None:
+    """Measure in a temporary directory, removed at the end: it holds stores and a master key."""
+    with tempfile.TemporaryDirectory(prefix="mcp-secrets-gateway-bench-") as root:
+        await measure(Path(root), pairs, calls)
+
+
+async def measure(root: Path, pairs: int, calls: int) -> None:
+    """Every path's block pairs against the direct calls, then the table."""
     logging.disable(logging.INFO)  # the HTTP clients log every request at INFO
-    root = Path(tempfile.mkdtemp(prefix="mcp-secrets-gateway-bench-"))
     token = f"bench-{_random.token_hex(16)}"
     port = free_port()
     url = f"http://127.0.0.1:{port}/mcp"

@@ -46,10 +46,15 @@ def run_benchmark(tmp_path: Path, *args: str, **env: str) -> subprocess.Complete
     ids=lambda value: value[0] if isinstance(value, list) else "",
 )
 def test_a_benchmark_runs_and_prints_its_table(tmp_path: Path, args: list[str], printed: str) -> None:
-    done = run_benchmark(tmp_path, *args)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+
+    done = run_benchmark(tmp_path, *args, TMPDIR=str(scratch))
 
     assert done.returncode == 0, done.stderr[-3000:]
     assert printed in done.stdout
+    # Its stores and keys were temporary: none is left behind, run after run.
+    assert sorted(path.name for path in scratch.iterdir()) == []
 
 
 @pytest.mark.parametrize("server", ["mcp-secrets", "trivial"])
