@@ -328,6 +328,25 @@ async def test_downstream_tools_are_listed_prefixed_beside_the_secrets_tools(
     assert listed["down__work"].input_schema["properties"]["steps"]["default"] == 3
 
 
+async def test_a_tool_listing_that_names_the_secret_shows_its_label_instead(
+    sqlite_secrets: Secrets, tmp_path: Path
+) -> None:
+    value = fresh_value("alice")
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", value)
+    describing = {**STDIO_ENTRY, "env": {**STDIO_ENTRY["env"], "DOWNSTREAM_DESCRIBES_TOKEN": "1"}}
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": describing}) as gw,
+        connect(sqlite_secrets, gw, "alice") as client,
+    ):
+        listed = {tool.name: tool for tool in (await client.list_tools()).tools}
+
+    account = listed["down__account"]
+    assert account.description == "[down] Acts for the account of token [redacted TOKEN]"
+    assert account.title == "Acts for the account of token [redacted TOKEN]"
+    assert value not in json.dumps([tool.model_dump(mode="json") for tool in listed.values()])
+
+
 async def test_a_user_who_cannot_start_a_server_is_not_shown_the_tools_listed_for_another(
     sqlite_secrets: Secrets, gateway: Gateway
 ) -> None:
