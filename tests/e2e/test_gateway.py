@@ -472,6 +472,20 @@ async def test_the_pool_keeps_nothing_per_user_once_their_connection_is_closed(
     assert gateway._call_turns == {}
 
 
+async def test_the_gateway_keeps_the_last_listings_of_a_bounded_number_of_users(
+    sqlite_secrets: Secrets, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway_module, "KNOWN_LISTINGS", 2)
+    users = [f"user{number}" for number in range(3)]
+    for username in users:
+        sqlite_secrets.set_secret(username, "down", "TOKEN", fresh_value(username))
+        async with connect(sqlite_secrets, gateway, username) as client:
+            assert "down__ping" in {tool.name for tool in (await client.list_tools()).tools}
+
+    # Each listing is kept for its user only; a gateway that many users pass through keeps the latest.
+    assert list(gateway._known_tools) == [("user1", "down"), ("user2", "down")]
+
+
 async def test_only_the_called_servers_secrets_are_injected(
     sqlite_secrets: Secrets, gateway: Gateway, canary: str
 ) -> None:

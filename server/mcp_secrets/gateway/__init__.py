@@ -48,6 +48,9 @@ REMOTE_TIMEOUT_SECONDS = 30.0  # to connect and to send
 REMOTE_READ_SECONDS = 300.0
 # Tool names as the MCP specification recommends them (and '/', which SEP-986 allows). A downstream
 # tool's name is checked before any secret is read: it goes into the audit trail.
+# (user, server) tool listings kept to answer a listing while that user's call holds the downstream;
+# a long-running gateway meets many users, so the least recently listed goes past this many.
+KNOWN_LISTINGS = 1024
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,128}")
 TOOL_NAME_RULE = "1 to 128 characters of letters, digits, '_', '-', '.' or '/'"
 
@@ -222,7 +225,11 @@ class Gateway:
                 )
                 raise DownstreamError(redactor.text(f"listing {server.name} failed: {problem}")) from None
         tools = [Tool.model_validate(redactor.data(tool.model_dump(by_alias=True))) for tool in listed]
-        self._known_tools[(username, server.name)] = tools
+        known_tools = self._known_tools
+        known_tools.pop((username, server.name), None)  # moved to the end: the most recent
+        known_tools[(username, server.name)] = tools
+        while len(known_tools) > KNOWN_LISTINGS:
+            del known_tools[next(iter(known_tools))]
         return tools
 
     @asynccontextmanager
