@@ -21,7 +21,7 @@ from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from pydantic import ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -301,6 +301,7 @@ def http_app(
             transport_security=security,
             host=settings.host,
         )
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     # Added after the SDK built its app: they sit behind its bearer middleware, which only identifies;
     # the REST routes require a token themselves, the entry page is reached by its one-time link.
     app.router.routes.extend(rest_routes(secrets))
@@ -310,6 +311,15 @@ def http_app(
             entry_routes(links, secure_cookie=public.scheme == "https", path_prefix=public.path.rstrip("/"))
         )
     return HostOriginGuard(OutageAnswer(WithheldValidationDetails(app)), security)
+
+
+async def _client_gone(_request: Request, _exc: Exception) -> Response:
+    """A client hung up before its body was read: one line, not the traceback of an unhandled error.
+
+    Anyone can send half a body and go; as an error each one would put a traceback in the log.
+    """
+    logger.info("a client went away before its request body was read")
+    return Response(status_code=HTTPStatus.BAD_REQUEST)  # nobody is there to read it
 
 
 async def serve_http(app: ASGIApp, settings: Settings) -> None:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import secrets as _random
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 import pytest
 
 from mcp_secrets.secrets import MAX_VALUE_BYTES
+
+from .conftest import POLL_INTERVAL, STARTUP_POLLS, Deployment
 
 
 class Rest:
@@ -215,6 +220,40 @@ def test_an_oversized_body_is_refused(alice: Rest, canary: str) -> None:
 
     assert answer.status_code == 413
     assert canary not in answer.text
+
+
+GONE_LINE = "a client went away before its request body was read"
+
+
+@pytest.mark.parametrize("path", ["/secrets/set", "/secrets/entry/not-a-link"])
+def test_a_client_that_goes_away_mid_body_leaves_one_line_in_the_log_not_a_traceback(
+    streamable_http_deployment: Deployment, path: str, canary: str
+) -> None:
+    # Anyone can send half a body and hang up: that must not fill the log with errors.
+    deployment = streamable_http_deployment
+    log = deployment.log_path
+    assert deployment.base_url is not None
+    start = log.stat().st_size
+    host, port = urlsplit(deployment.base_url).hostname, urlsplit(deployment.base_url).port
+    body = json.dumps({"server": "s", "key": "K", "value": canary}).encode()
+    with socket.create_connection((str(host), int(port or 80)), timeout=30) as half:
+        half.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Authorization: Bearer {deployment.token('alice')}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body) * 2}\r\n\r\n".encode()
+            + body
+        )
+
+    written = ""
+    for _ in range(STARTUP_POLLS):  # a bound on the wait for the line, never a time asserted
+        written = log.read_bytes()[start:].decode("utf-8", "replace")
+        if GONE_LINE in written:
+            break
+        time.sleep(POLL_INTERVAL)
+    assert GONE_LINE in written
+    assert "Traceback" not in written
+    assert "Exception in ASGI application" not in written
+    assert canary not in written
 
 
 def test_list_of_a_bad_server_name_is_400(alice: Rest, canary: str) -> None:
