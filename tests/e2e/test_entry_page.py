@@ -539,24 +539,34 @@ async def test_the_csrf_cookie_is_http_only_strict_and_scoped_to_entry_pages(
 async def test_behind_an_https_public_url_the_csrf_cookie_is_secure(
     tmp_path: Path, server: str, start_server: Callable[..., Any]
 ) -> None:
-    public = "secrets.example.test"
-    env = isolated_env(tmp_path, MCP_SECRETS_PUBLIC_URL=f"https://{public}")
+    _, page = await entry_page_behind("https://secrets.example.test", tmp_path, server, start_server)
+
+    assert page.status_code == 200, page.text
+    attributes = {part.strip().lower() for part in page.headers["Set-Cookie"].split(";")}
+    assert "secure" in attributes
+
+
+async def entry_page_behind(
+    public: str, tmp_path: Path, server: str, start_server: Callable[..., Any]
+) -> tuple[str, httpx2.Response]:
+    """An entry link made by a server with the public URL ``public``, and its page fetched as a proxy would.
+
+    The proxy in front forwards the request as plain HTTP with the public Host, the public URL's path
+    taken off (as it does for ``/team-a/mcp``).
+    """
+    env = isolated_env(tmp_path, MCP_SECRETS_PUBLIC_URL=public)
     token = create_token(env, "alice")
     with start_server(env, "streamable-http", tmp_path / "server.log") as deployment:
         async with deployment.connect(token=token) as alice:
             sent = await alice.call_tool("request_secret", {"server": server, "key": "API_TOKEN"})
         assert sent.structured_content is not None, text_of(sent)
         url = str(sent.structured_content["url"])
-        assert url.startswith(f"https://{public}{ENTRY_PREFIX}")
-        # The proxy in front would forward the request as plain HTTP, with the public Host.
+        assert url.startswith(f"{public}{ENTRY_PREFIX}")
         async with browser() as http:
             page = await http.get(
-                deployment.base_url + url.removeprefix(f"https://{public}"), headers={"Host": public}
+                deployment.base_url + url.removeprefix(public), headers={"Host": urlsplit(public).netloc}
             )
-
-    assert page.status_code == 200, page.text
-    attributes = {part.strip().lower() for part in page.headers["Set-Cookie"].split(";")}
-    assert "secure" in attributes
+    return url, page
 
 
 def cookie_path_matches(cookie_path: str, request_path: str) -> bool:
@@ -567,20 +577,7 @@ def cookie_path_matches(cookie_path: str, request_path: str) -> bool:
 async def test_behind_a_public_url_with_a_path_the_browser_sends_the_csrf_cookie_back(
     tmp_path: Path, server: str, start_server: Callable[..., Any]
 ) -> None:
-    public = "https://secrets.example.test/team-a"
-    env = isolated_env(tmp_path, MCP_SECRETS_PUBLIC_URL=public)
-    token = create_token(env, "alice")
-    with start_server(env, "streamable-http", tmp_path / "server.log") as deployment:
-        async with deployment.connect(token=token) as alice:
-            sent = await alice.call_tool("request_secret", {"server": server, "key": "API_TOKEN"})
-        assert sent.structured_content is not None, text_of(sent)
-        url = str(sent.structured_content["url"])
-        assert url.startswith(f"{public}{ENTRY_PREFIX}")
-        # The proxy in front takes the public path's prefix off, as it does for /team-a/mcp.
-        async with browser() as http:
-            page = await http.get(
-                deployment.base_url + url.removeprefix(public), headers={"Host": "secrets.example.test"}
-            )
+    url, page = await entry_page_behind("https://secrets.example.test/team-a", tmp_path, server, start_server)
 
     assert page.status_code == 200, page.text
     attributes = {
