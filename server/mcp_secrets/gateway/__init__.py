@@ -35,7 +35,7 @@ from mcp_types import CallToolResult, LoggingMessageNotificationParams, Tool
 
 from mcp_secrets.errors import SecretsError
 from mcp_secrets.gateway.config import SEPARATOR, GatewayConfig, ServerConfig, load_gateway_config, substitute
-from mcp_secrets.gateway.pool import Connection, DownstreamPool, GatewayBusyError, StartTimeoutError, _Turn
+from mcp_secrets.gateway.pool import Connection, DownstreamPool, GatewayBusyError, StartTimeoutError, Turn
 from mcp_secrets.gateway.redact import Redactor
 from mcp_secrets.offload import run_store_work
 from mcp_secrets.secrets import Secrets
@@ -46,11 +46,11 @@ logger = logging.getLogger(__name__)
 REMOTE_TIMEOUT_SECONDS = 30.0  # to connect and to send
 # How long a remote downstream's reply may stay silent, as the SDK's own client allows: a tool may work long.
 REMOTE_READ_SECONDS = 300.0
-# Tool names as the MCP specification recommends them (and '/', which SEP-986 allows). A downstream
-# tool's name is checked before any secret is read: it goes into the audit trail.
 # (user, server) tool listings kept to answer a listing while that user's call holds the downstream;
 # a long-running gateway meets many users, so the least recently listed goes past this many.
 KNOWN_LISTINGS = 1024
+# Tool names as the MCP specification recommends them (and '/', which SEP-986 allows). A downstream
+# tool's name is checked before any secret is read: it goes into the audit trail.
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,128}")
 TOOL_NAME_RULE = "1 to 128 characters of letters, digits, '_', '-', '.' or '/'"
 
@@ -104,7 +104,7 @@ class Gateway:
         # Each user's own last listing: a tool list made with one user's credentials can describe
         # that user's account, so it is never shown to another.
         self._known_tools: dict[tuple[str, str], list[Tool]] = {}
-        self._call_turns: dict[tuple[str, str], _Turn] = {}
+        self._call_turns: dict[tuple[str, str], Turn] = {}
         self._via = via
 
     @asynccontextmanager
@@ -313,7 +313,7 @@ class Gateway:
     @asynccontextmanager
     async def _turn(self, key: tuple[str, str], wait_seconds: float, server: str) -> AsyncIterator[None]:
         """One user's turn at one server, waited for at most ``wait_seconds`` (else CallRunningError)."""
-        turn = self._call_turns.setdefault(key, _Turn())
+        turn = self._call_turns.setdefault(key, Turn())
         turn.calls += 1
         try:
             await _take_turn(turn.lock, wait_seconds, server)

@@ -52,7 +52,7 @@ class Connection:
 
 
 @dataclass(eq=False)
-class _Turn:
+class Turn:
     """Makes the calls of one key take turns (to open, or to call); kept while any call holds or awaits it."""
 
     lock: anyio.Lock = field(default_factory=anyio.Lock)
@@ -70,7 +70,7 @@ class DownstreamPool:
         # How long a downstream may take to start and answer (the handshake; the gateway's listing).
         self.start_seconds = start_seconds
         self._connections: dict[PoolKey, Connection] = {}
-        self._turns: dict[PoolKey, _Turn] = {}
+        self._turns: dict[PoolKey, Turn] = {}
         self._starting = 0  # connections whose downstream is starting: they count against max_live too
         self._task_group: TaskGroup | None = None
 
@@ -130,7 +130,7 @@ class DownstreamPool:
         task_group = self._task_group
         if task_group is None:
             raise RuntimeError("the downstream pool is not running; use `async with pool.running()`")
-        turn = self._turns.setdefault(key, _Turn())
+        turn = self._turns.setdefault(key, Turn())
         turn.calls += 1
         try:
             async with turn.lock:
