@@ -21,6 +21,7 @@ import pytest
 import mcp_secrets
 from conftest import isolated_env, new_canary
 from mcp_secrets.cli import build_parser
+from mcp_secrets.store.sqlite import SQLiteStore
 
 TOKEN = re.compile(r"mcps_([0-9a-f]{10})_[A-Za-z0-9_-]{43}")
 EXIT_CONFIGURATION = 2
@@ -178,6 +179,7 @@ def test_token_list_says_expired_once_a_token_is_past_its_expiry(env: dict[str, 
 
 
 def test_revoking_an_unknown_token_fails_without_echoing_it(env: dict[str, str]) -> None:
+    created_token(env, "alice")  # a store with a token, just not this one
     unknown = f"mcps_0123456789_{_random.token_urlsafe(32)}"
 
     done = mcp_secrets_cli(env, "token", "revoke", unknown)
@@ -639,6 +641,18 @@ def test_set_with_a_value_on_the_command_line_refuses_it_without_repeating_it(
     assert stored_secrets(env, "alice", "github") == {}
 
 
+@pytest.mark.parametrize("option", ["-h{}", "--help={}", "--user=alice -h{}"])
+def test_set_with_a_value_given_to_help_refuses_it_without_repeating_it(
+    env: dict[str, str], canary: str, option: str
+) -> None:
+    done = set_from_stdin(env, "", "github", "TOKEN", *option.format(canary).split())
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "takes no value" in done.stderr
+    assert canary not in done.stdout + done.stderr
+    assert stored_secrets(env, "alice", "github") == {}
+
+
 @pytest.mark.parametrize(
     "command", [["audit", "--user"], ["list", "--user"], ["token", "revoke"], ["audit", "--unknown"]]
 )
@@ -790,6 +804,51 @@ def test_list_of_a_user_without_secrets_prints_the_header_and_says_so(env: dict[
     assert "No secrets stored for alice." in done.stderr
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["list"],
+        ["delete", "github", "TOKEN"],
+        ["audit"],
+        ["prune-audit", "--older-than", "1"],
+        ["rotate", "--dry-run"],
+        ["migrate-legacy"],
+        ["token", "list"],
+        ["token", "revoke", "0123456789"],
+    ],
+)
+def test_a_command_that_stores_nothing_makes_no_store_where_there_is_none(
+    env: dict[str, str], command: list[str]
+) -> None:
+    # A mistyped database path would otherwise get an empty store, and every listing of it say "none".
+    database = Path(env["MCP_SECRETS_DATA_DIR"]) / "elsewhere.db"
+    env["MCP_SECRETS_DATABASE_URL"] = f"sqlite:///{database}"
+
+    done = mcp_secrets_cli(env, *command)
+
+    assert done.returncode == 1
+    assert f"there is no SQLite store at {database}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not database.exists()
+    assert not Path(env["MCP_SECRETS_DATA_DIR"]).exists()
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        pytest.param(lambda env: mcp_secrets_cli(env, "token", "create", "alice"), id="token-create"),
+        pytest.param(lambda env: set_from_stdin(env, new_canary(), "github", "TOKEN"), id="set"),
+    ],
+)
+def test_a_command_that_stores_something_makes_the_store_at_its_first_run(
+    env: dict[str, str], run: Callable[[dict[str, str]], subprocess.CompletedProcess[str]]
+) -> None:
+    done = run(env)
+
+    assert done.returncode == 0, done.stderr
+    assert (Path(env["MCP_SECRETS_DATA_DIR"]) / "secrets.db").exists()
+
+
 def test_list_refuses_a_bad_username(env: dict[str, str]) -> None:
     done = mcp_secrets_cli(env, "list", "--user", "bad user")
 
@@ -900,10 +959,10 @@ LONG_LISTING = 3000  # rows: far more than a pipe buffers (64 KiB on Linux)
 
 def seed_long_listing(env: dict[str, str]) -> None:
     """Give alice LONG_LISTING secrets and events, written straight into the store: no values involved."""
-    assert mcp_secrets_cli(env, "audit").returncode == 0  # creates the store
+    database = Path(env["MCP_SECRETS_DATA_DIR"]) / "secrets.db"
+    SQLiteStore(database).close()  # the schema
     at = "2026-01-01T00:00:00+00:00"
     rows = [(f"KEY_{index:05d}", at, at) for index in range(LONG_LISTING)]
-    database = Path(env["MCP_SECRETS_DATA_DIR"]) / "secrets.db"
     with closing(sqlite3.connect(database)) as connection, connection:
         connection.executemany(
             "INSERT INTO user_secrets (username, server, key, value, created_at, updated_at) "

@@ -165,12 +165,13 @@ def load_master_keys(
     return MasterKeys(_read_key_file(path), f"key file {path} (generated now)", generated=True)
 
 
-def open_configured_store(settings: Settings) -> SecretStore:
-    """The store ``MCP_SECRETS_DATABASE_URL`` names, or the embedded SQLite file."""
+def open_configured_store(settings: Settings, *, create: bool = True) -> SecretStore:
+    """The store ``MCP_SECRETS_DATABASE_URL`` names, or the embedded SQLite file (made if ``create``)."""
     return open_store(
         settings.database_url_text,
         default_sqlite_path=str(settings.default_database_path),
         busy_timeout=settings.sqlite_busy_timeout,
+        create=create,
     )
 
 

@@ -13,11 +13,13 @@ import getpass
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
+from typing import NoReturn
 
 import anyio
 from anyio.abc import TaskStatus
@@ -190,7 +192,7 @@ def _say_if_generated(keys: MasterKeys) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    settings, store = _open(args)
+    settings, store = _open(args, create=True)
     store.ping()
     secrets, keys = build_secrets(settings, store, generate_key=True)
     # Said at once: a start that fails later (a bad option, the port in use) would hide it for good.
@@ -328,10 +330,11 @@ def _users_secrets(
     args: argparse.Namespace, *, generate_key: bool = False
 ) -> Iterator[tuple[Secrets, str, MasterKeys]]:
     """The service over the configured store, and the user a command acts for (``--user``); closed after."""
-    settings, store = _open(args)
+    settings = _prepared(args)
+    username = validate_username(args.user or local_username(settings.user))  # before any key or store
+    store = open_configured_store(settings, create=generate_key)  # only `set` makes the key and the store
     secrets = None
     try:
-        username = args.user or local_username(settings.user)  # refused before any key is made
         secrets, keys = build_secrets(settings, store, generate_key=generate_key)
         yield secrets, username, keys
     finally:
@@ -342,8 +345,6 @@ def _set(args: argparse.Namespace) -> int:
     # The names first: nobody should type a value, or get a new master key, only to see a name refused.
     validate_name("server", args.server)
     validate_name("key", args.key)
-    if args.user is not None:
-        validate_username(args.user)
     with _users_secrets(args, generate_key=True) as (secrets, username, keys):
         _say_if_generated(keys)
         value = _read_value(f"Value of {args.key} for {args.server} (hidden): ")
@@ -353,6 +354,8 @@ def _set(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
+    validate_name("server", args.server)  # a mistyped name is told as such, wherever the store is
+    validate_name("key", args.key)
     with _users_secrets(args) as (secrets, username, _):
         try:
             result = secrets.delete_secret(username, args.server, args.key, via="cli")
@@ -365,6 +368,8 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    if args.server:
+        validate_name("server", args.server)
     with _users_secrets(args) as (secrets, username, _):  # never generates a key: a listing changes nothing
         # An empty server means every server (`--server "$SERVER"` unset), as for the tools and REST.
         infos = secrets.list_secret_keys(username, args.server or None)
@@ -558,13 +563,24 @@ def _keygen(_: argparse.Namespace) -> int:
     return 0
 
 
-def _open(args: argparse.Namespace, *, needs_key: bool = True) -> tuple[Settings, SecretStore]:
-    """The settings (command line over environment), logging set up, and the store opened."""
+def _prepared(args: argparse.Namespace, *, needs_key: bool = True) -> Settings:
+    """The settings (command line over environment), with logging set up."""
     settings = _settings(args)
     configure_logging(settings.log_level)
     if needs_key:
         require_explicit_key(settings)  # before connecting, so a missing key fails fast
-    return settings, open_configured_store(settings)
+    return settings
+
+
+def _open(
+    args: argparse.Namespace, *, needs_key: bool = True, create: bool = False
+) -> tuple[Settings, SecretStore]:
+    """The settings and the store opened.
+
+    Only the commands that store something (``create``) make a SQLite file that does not exist yet.
+    """
+    settings = _prepared(args, needs_key=needs_key)
+    return settings, open_configured_store(settings, create=create)
 
 
 def _close(store: SecretStore, secrets: Secrets | None) -> None:
@@ -574,14 +590,16 @@ def _close(store: SecretStore, secrets: Secrets | None) -> None:
     store.close()
 
 
-def _token_store(args: argparse.Namespace) -> SecretStore:
+def _token_store(args: argparse.Namespace, *, create: bool = False) -> SecretStore:
     # Tokens are hashed, not encrypted: these commands work without the master key.
-    return _open(args, needs_key=False)[1]
+    return _open(args, needs_key=False, create=create)[1]
 
 
 def _token_create(args: argparse.Namespace) -> int:
     expires = None if args.expires_days is None else timedelta(days=args.expires_days)
-    new = ApiTokens(_token_store(args)).create(args.username, label=args.label, expires_in=expires)
+    validate_username(args.username)  # before a store is made for it
+    tokens = ApiTokens(_token_store(args, create=True))
+    new = tokens.create(args.username, label=args.label, expires_in=expires)
     print(new.token)
     _say(f"Token {new.record.token_id} for {new.record.username} created. It is shown only this once.")
     return 0
@@ -646,7 +664,22 @@ def _days(text: str) -> float:
     return number
 
 
-def _add_secret_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+# argparse's error for `-hTEXT` or `--help=TEXT`, which quotes TEXT.
+_EXPLICIT_ARGUMENT = re.compile(r"ignored explicit argument .*", re.DOTALL)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that its errors never quote what was typed after an option that takes no value.
+
+    ``set SERVER KEY -hVALUE``, a value typed in the wrong place, would otherwise reach stderr.
+    Every command's parser is one of these: argparse makes subparsers of their parent's class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        super().error(_EXPLICIT_ARGUMENT.sub("takes no value (what followed it is not repeated)", message))
+
+
+def _add_secret_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
     """``set``, ``delete`` and ``list``: one user's secrets, by name; no value ever on the command line."""
     one_secret: tuple[tuple[str, str, Callable[[argparse.Namespace], int]], ...] = (
         (
@@ -670,7 +703,7 @@ def _add_secret_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     lister.set_defaults(handler=_list)
 
 
-def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_audit_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
     """``audit`` and ``prune-audit``: reading the trail, and keeping it to a retention period."""
     audit = commands.add_parser(
         "audit", help="print the audit trail of every user (newest first; never values)"
@@ -709,7 +742,7 @@ def _add_audit_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line, for ``main`` and for ``--help`` tests."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mcp-secrets", description="Per-user encrypted secrets for MCP servers, served over MCP."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -268,14 +268,17 @@ class SecretStore(Protocol):
 
 
 def open_store(
-    database_url: str | None, *, default_sqlite_path: str, busy_timeout: float = 10.0
+    database_url: str | None, *, default_sqlite_path: str, busy_timeout: float = 10.0, create: bool = True
 ) -> SecretStore:
-    """Open the store named by ``MCP_SECRETS_DATABASE_URL``; SQLite at the default path when unset."""
+    """Open the store named by ``MCP_SECRETS_DATABASE_URL``; SQLite at the default path when unset.
+
+    ``create=False`` refuses a SQLite file that does not exist yet instead of creating it.
+    """
     url = (database_url or "").strip()
     if not url:
         from mcp_secrets.store.sqlite import SQLiteStore  # noqa: PLC0415 - import only the backend in use
 
-        return SQLiteStore(default_sqlite_path, busy_timeout=busy_timeout)
+        return SQLiteStore(default_sqlite_path, busy_timeout=busy_timeout, create=create)
     if url.startswith("sqlite:///"):
         from mcp_secrets.store.sqlite import SQLiteStore  # noqa: PLC0415
 
@@ -284,7 +287,7 @@ def open_store(
         if path in ("", ":memory:"):
             # A store in memory would lose every secret at exit, and SQLite would take ":memory:" as a file.
             raise ConfigurationError("MCP_SECRETS_DATABASE_URL: sqlite:/// needs the path of a file")
-        return SQLiteStore(path, busy_timeout=busy_timeout)
+        return SQLiteStore(path, busy_timeout=busy_timeout, create=create)
     if url.startswith(("mongodb://", "mongodb+srv://")):
         from mcp_secrets.store.mongo import MongoStore  # noqa: PLC0415
 

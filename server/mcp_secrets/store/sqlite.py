@@ -253,8 +253,16 @@ class SQLiteStore:
 
     answers_inline = True
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, busy_timeout: float = BUSY_TIMEOUT_SECONDS, create: bool = True
+    ) -> None:
         self.path = Path(path).expanduser()
+        if not create and not self.path.exists():
+            # A command that only reads or removes must not leave an empty store at a mistyped path.
+            raise StoreUnavailableError(
+                f"there is no SQLite store at {self.path}: nothing is stored yet, "
+                "or MCP_SECRETS_DATABASE_URL names another file"
+            )
         self._path_text = os.fspath(self.path)
         self._lock = threading.Lock()
         self._busy_timeout_ms = round(busy_timeout * 1000)
