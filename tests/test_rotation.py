@@ -217,6 +217,24 @@ def test_legacy_record_without_a_legacy_key_is_reported_failed_by_run_and_dry_ru
     assert all(values[record] not in failure.reason for record in values for failure in report.failed)
 
 
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
+def test_records_that_do_not_decrypt_are_reported_failed_by_run_and_dry_run_alike(
+    secrets: Secrets, values: dict[Record, str], master_key: bytes, key_b: bytes, dry_run: bool
+) -> None:
+    # A mistyped legacy key, and a record altered in the store: both have a readable form, but
+    # neither decrypts, and a dry run that counted them as re-encryptable would promise a clean run.
+    altered = UNDER_KEY_A[0]
+    value = ciphertexts(secrets.store)[altered]
+    secrets.store.replace_value(*altered, value, value[:-2] + ("AA" if value[-2:] != "AA" else "BA"))
+    wrong_legacy_key = Secrets(secrets.store, SecretEncryptor([key_b, master_key], legacy_key=new_canary()))
+
+    report = rotate(wrong_legacy_key, dry_run=dry_run)
+
+    assert outcome(report) == (EVERY_RECORD, len(UNDER_KEY_A) - 1, 0, 0, len(LEGACY) + 1)
+    assert [(f.username, f.server, f.key) for f in report.failed] == sorted([*LEGACY, altered])
+    assert all(values[record] not in failure.reason for record in values for failure in report.failed)
+
+
 @pytest.mark.parametrize("with_legacy_key", [False, True], ids=["no-legacy-key", "legacy-key"])
 @pytest.mark.parametrize(
     "how",

@@ -463,7 +463,7 @@ def _find_unreadable_legacy(secrets: Secrets, batch_size: int) -> int:
         "MCP_SECRETS_LEGACY_KEY is not set: records of the original iv:authTag:ciphertext format cannot "
         "be read without it, so none can be migrated. Set it to the original key string to migrate them."
     )
-    # A dry run reads no value: it counts each legacy record as a failure for want of the key.
+    # A dry run changes nothing: it counts each legacy record as a failure for want of the key.
     report = rotate(
         secrets, only_legacy=True, dry_run=True, batch_size=batch_size, on_progress=_progress_bar()
     )

@@ -100,21 +100,30 @@ def _record(secrets: Secrets, report: RotationReport, *, only_legacy: bool, stop
 
 
 def _count(secrets: Secrets, record: SecretRecord, report: RotationReport) -> None:
-    """Dry run: a record would be re-encrypted unless its form or a missing key says it cannot be read."""
-    reason = secrets.encryptor.unreadable_because(record.value)
-    if reason is None:
+    """Dry run: a record would be re-encrypted if it decrypts, which is what the run itself tries first.
+
+    Its form alone is not enough: a mistyped legacy key, or a record altered in the store, reads as
+    re-encryptable by its form and fails in the run.
+    """
+    if _decrypt(secrets, record, report) is not None:
         report.rewrapped += 1
-    else:
-        report.failed.append(RecordFailure(record.username, record.server, record.key, reason))
+
+
+def _decrypt(secrets: Secrets, record: SecretRecord, report: RotationReport) -> str | None:
+    """The record's value, or None when it does not decrypt (then ``report`` has the failure)."""
+    where = {"username": record.username, "server": record.server, "key": record.key}
+    try:
+        return secrets.encryptor.decrypt(record.value, **where)
+    except DecryptionError as exc:
+        report.failed.append(RecordFailure(record.username, record.server, record.key, str(exc)))
+        return None
 
 
 def _rewrap(secrets: Secrets, record: SecretRecord, report: RotationReport) -> None:
-    where = {"username": record.username, "server": record.server, "key": record.key}
-    try:
-        plain = secrets.encryptor.decrypt(record.value, **where)
-    except DecryptionError as exc:
-        report.failed.append(RecordFailure(record.username, record.server, record.key, str(exc)))
+    plain = _decrypt(secrets, record, report)
+    if plain is None:
         return
+    where = {"username": record.username, "server": record.server, "key": record.key}
     fresh = secrets.encryptor.encrypt(plain, **where)
     del plain
     if secrets.store.replace_value(record.username, record.server, record.key, record.value, fresh):

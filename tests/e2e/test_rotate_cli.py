@@ -267,6 +267,25 @@ def test_migrate_legacy_converts_legacy_records_so_the_legacy_key_can_go(
 
 
 @pytest.mark.parametrize("options", [(), ("--dry-run",)], ids=["run", "dry-run"])
+def test_migrate_legacy_with_a_wrong_legacy_key_names_each_legacy_record_and_exits_1(
+    env: dict[str, str], seed: Seed, legacy_values: dict[Record, str], options: tuple[str, ...]
+) -> None:
+    before = ciphertexts(env)
+
+    done = run_cli({**env, "MCP_SECRETS_LEGACY_KEY": new_canary()}, "migrate-legacy", *options)
+
+    assert done.returncode == 1, done.stderr
+    verb = "would re-encrypt" if options else "re-encrypted"
+    assert summary_of(done.stderr) == Summary(
+        len(SEEDED) + len(LEGACY), verb, 0, key_id(seed.key_a), len(SEEDED), 0, len(LEGACY)
+    )
+    failures = [line.strip() for line in done.stderr.splitlines() if line.startswith("  failed: ")]
+    assert len(failures) == len(LEGACY)
+    assert all("does not decrypt with the legacy key" in line for line in failures)
+    assert ciphertexts(env) == before
+
+
+@pytest.mark.parametrize("options", [(), ("--dry-run",)], ids=["run", "dry-run"])
 def test_migrate_legacy_without_the_legacy_key_says_so_and_exits_0_when_nothing_needs_it(
     env: dict[str, str], options: tuple[str, ...]
 ) -> None:
