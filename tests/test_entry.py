@@ -14,16 +14,19 @@ from typing import Any
 import anyio
 import pytest
 from mcp import Client
-from mcp_types import ElicitRequestURLParams, ElicitResult
+from mcp.server.mcpserver import MCPServer
+from mcp_types import ElicitRequest, ElicitRequestURLParams, ElicitResult, InputRequiredResult
 
 from conftest import assert_not_leaked, new_canary, text_of
-from mcp_secrets.app import EntrySettings, build_server, missing_secrets_hint
+from mcp_secrets.app import ENTRY_REQUEST, EntrySettings, build_server, missing_secrets_hint
+from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.entry import ENTRY_PATH, LINK_TTL, MAX_LIVE_LINKS, EntryLink, EntryLinks, LinkState
 from mcp_secrets.errors import EntryLinkError, InvalidInputError, StoreUnavailableError
 from mcp_secrets.identity import LocalIdentity
 from mcp_secrets.secrets import MAX_VALUE_BYTES, Secrets
 from mcp_secrets.store import LinkRecord
 from mcp_secrets.store.sqlite import SQLiteStore
+from test_crypto import fresh_master_key
 
 BASE_URL = "http://127.0.0.1:8000"
 
@@ -541,6 +544,40 @@ async def test_request_secret_in_process_without_a_submission_is_pending(
     assert result.structured_content["status"] == "pending"
     assert result.structured_content["expires_at"] is not None
     assert links.state(elicitor.urls[0].rsplit("/", 1)[1]) == "live"
+
+
+@pytest.mark.anyio
+async def test_request_secret_resumes_on_a_server_restarted_with_a_new_master_key_first(
+    sqlite_secrets: Secrets, master_key: bytes, canary: str
+) -> None:
+    # Rotation step one: the server restarts with keys [new, old] while a user has the page open.
+    def server_with(*master_keys: bytes) -> MCPServer[Any]:
+        secrets = Secrets(sqlite_secrets.store, SecretEncryptor(master_keys))
+        entry = EntrySettings(links=EntryLinks(secrets), base_url=BASE_URL, wait_seconds=5.0)
+        return build_server(secrets, LocalIdentity("alice"), entry=entry)
+
+    arguments = {"server": "github", "key": "TOKEN"}
+    elicitor = Elicitor(EntryLinks(sqlite_secrets), "accept")  # declares URL elicitation; the test answers
+    async with Client(server_with(master_key), elicitation_callback=elicitor) as before:
+        asked = await before.session.call_tool("request_secret", arguments, allow_input_required=True)
+    assert isinstance(asked, InputRequiredResult)
+    [request] = asked.input_requests.values()
+    assert isinstance(request, ElicitRequest)
+    assert isinstance(request.params, ElicitRequestURLParams)
+    EntryLinks(sqlite_secrets).submit(request.params.url.rsplit("/", 1)[1], canary)
+
+    async with Client(server_with(fresh_master_key(), master_key), elicitation_callback=elicitor) as after:
+        result = await after.call_tool(
+            "request_secret",
+            arguments,
+            input_responses={ENTRY_REQUEST: ElicitResult(action="accept")},
+            request_state=asked.request_state,
+        )
+
+    assert not result.is_error, text_of(result)
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "stored"
+    assert sqlite_secrets.get_secrets("alice", "github") == {"TOKEN": canary}
 
 
 class LeftOpen(Elicitor):

@@ -399,8 +399,9 @@ def build_server(
         token_verifier=token_verifier,
         auth=auth,
         log_level=log_level,
-        # Keyed from the master key, so any replica can resume another's multi-round request_secret.
-        request_state_security=RequestStateSecurity(keys=[secrets.encryptor.derive_key("request state")]),
+        # Keyed from the master keys, so any replica can resume another's multi-round request_secret,
+        # and one restarted with a new key first still opens what the old key sealed.
+        request_state_security=RequestStateSecurity(keys=secrets.encryptor.derive_keys("request state")),
     )
     mcp.gateway = gateway
     mcp.identity = identity

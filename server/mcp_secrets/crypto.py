@@ -138,6 +138,7 @@ class SecretEncryptor:
             if key_id in self._ciphers:
                 raise ConfigurationError(f"master key {key_id} is configured twice")
             self._ciphers[key_id] = AESGCM(_hkdf(master_key, _DATA_KEY_INFO, 32))
+        self._masters = tuple(master_keys)
         self._active_master = master_keys[0]
         self._active_key_id = key_id_for(master_keys[0])
         self._active = self._ciphers[self._active_key_id]
@@ -150,6 +151,10 @@ class SecretEncryptor:
     def derive_key(self, purpose: str) -> bytes:
         """A 32-byte key for another use (``purpose`` names it), independent of the data key."""
         return _hkdf(self._active_master, f"mcp-secrets v1 {purpose}".encode(), 32)
+
+    def derive_keys(self, purpose: str) -> list[bytes]:
+        """``derive_key`` of each master key, the active one first: what an old key sealed still opens."""
+        return [_hkdf(master_key, f"mcp-secrets v1 {purpose}".encode(), 32) for master_key in self._masters]
 
     @property
     def reads_legacy(self) -> bool:
