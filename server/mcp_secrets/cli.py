@@ -408,11 +408,14 @@ def _key_json(username: str, info: SecretKeyInfo) -> dict[str, str | None]:
     }
 
 
-def _progress_bar(unit: str = "records") -> Callable[[int, int], None]:
+@contextmanager
+def _progress_bar(unit: str = "records") -> Iterator[Callable[[int, int], None]]:
     """A bar redrawn in place on a terminal; elsewhere (logs, CI) a line at each tenth."""
     shown = {"tenth": -1}
+    line_open = False
 
     def show(done: int, total: int) -> None:
+        nonlocal line_open
         total = max(total, 1)
         if sys.stderr.isatty():
             width = 30
@@ -421,11 +424,17 @@ def _progress_bar(unit: str = "records") -> Callable[[int, int], None]:
             print(
                 f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {unit}", end=end, file=sys.stderr
             )
+            line_open = not end
         elif done * 10 // total > shown["tenth"]:
             shown["tenth"] = done * 10 // total
             _say(f"{done}/{total} {unit}")
 
-    return show
+    try:
+        yield show
+    finally:
+        # Stopped short of the total (an error, or records deleted meanwhile): what follows needs a line.
+        if line_open:
+            print(file=sys.stderr)
 
 
 def _rotate(args: argparse.Namespace) -> int:
@@ -436,13 +445,13 @@ def _rotate(args: argparse.Namespace) -> int:
         only_legacy = args.command == "migrate-legacy"
         if only_legacy and not secrets.encryptor.reads_legacy:
             return _find_unreadable_legacy(secrets, args.batch_size)
-        with _terminated_as_an_exception():
+        with _terminated_as_an_exception(), _progress_bar() as progress:
             report = rotate(
                 secrets,
                 only_legacy=only_legacy,
                 dry_run=args.dry_run,
                 batch_size=args.batch_size,
-                on_progress=_progress_bar(),
+                on_progress=progress,
             )
     finally:
         _close(store, secrets)
@@ -464,9 +473,8 @@ def _find_unreadable_legacy(secrets: Secrets, batch_size: int) -> int:
         "be read without it, so none can be migrated. Set it to the original key string to migrate them."
     )
     # A dry run changes nothing: it counts each legacy record as a failure for want of the key.
-    report = rotate(
-        secrets, only_legacy=True, dry_run=True, batch_size=batch_size, on_progress=_progress_bar()
-    )
+    with _progress_bar() as progress:
+        report = rotate(secrets, only_legacy=True, dry_run=True, batch_size=batch_size, on_progress=progress)
     if not report.failed:
         _say(f"{report.scanned} records scanned; none is in the legacy format: nothing to migrate.")
         return 0
@@ -536,6 +544,7 @@ def _prune_audit(args: argparse.Namespace) -> int:
         with (
             _terminated_as_an_exception(),
             archive_file(args.export) if exporting else nullcontext() as keep,
+            _progress_bar("events") as progress,
         ):
             report = prune_events(
                 store,
@@ -544,7 +553,7 @@ def _prune_audit(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 via="cli",
                 keep=keep,
-                on_progress=_progress_bar("events"),
+                on_progress=progress,
             )
     finally:
         store.close()

@@ -686,6 +686,57 @@ def test_rotate_stopped_by_sigterm_still_records_what_it_re_encrypted(
     assert read_back(env, f"{key_b},{seed.key_a}") == seed.values
 
 
+# Runs the CLI with the store failing at its second scan: after one batch, as a store lost mid-run.
+UNAVAILABLE_ON_SECOND_SCAN = """
+import sys
+from mcp_secrets import cli
+from mcp_secrets.errors import StoreUnavailableError
+from mcp_secrets.store.sqlite import SQLiteStore
+
+original = SQLiteStore.scan_secrets
+calls = []
+
+def unavailable_on_second_scan(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        raise StoreUnavailableError("the store is unavailable")
+    return original(self, *args, **kwargs)
+
+SQLiteStore.scan_secrets = unavailable_on_second_scan
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_an_error_mid_run_starts_a_line_of_its_own_after_the_progress_bar_on_a_terminal(
+    env: dict[str, str], seed: Seed, key_b: str
+) -> None:
+    import pty  # noqa: PLC0415 - POSIX only: the module does not import on Windows
+
+    env["MCP_SECRETS_MASTER_KEY"] = f"{key_b},{seed.key_a}"
+    terminal, stderr = pty.openpty()
+    process = subprocess.Popen(
+        [MCP_SECRETS[0], "-c", UNAVAILABLE_ON_SECOND_SCAN, "rotate", "--batch-size", "1"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )
+    os.close(stderr)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(terminal, 4096)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(terminal)
+
+    assert process.wait(timeout=CLI_TIMEOUT) == 1
+    assert f"] 1/{len(SEEDED)} records\r\nmcp-secrets: error: the store is unavailable" in shown.decode()
+
+
 # --- a rotation killed half-way ------------------------------------------------------------------
 
 
