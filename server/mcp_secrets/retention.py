@@ -109,9 +109,9 @@ def _make_directories(path: Path) -> None:
 def archive_file(path: str | Path) -> Iterator[Callable[[list[AuditEvent]], None]]:
     """A ``keep`` for ``prune_events`` that appends each batch to ``path`` as JSON lines, on disk (fsync).
 
-    The file, and any directory missing above it, is created owner-only. A batch that cannot be
-    written whole is cut off again, so the file never ends in half a batch, and ``prune_events``
-    keeps that batch in the store; half a line left by a run killed mid-write is ended before
+    The file, and any directory missing above it, is created owner-only; a pipe is refused. A batch
+    that cannot be written whole is cut off again, so the file never ends in half a batch, and
+    ``prune_events`` keeps that batch in the store; half a line left by a run killed mid-write is ended before
     the next batch. The file is locked for as long as the archive is open (POSIX
     only), and a second archive of it is refused: cutting off one run's failed batch would
     otherwise cut off what another run appended meanwhile.
@@ -123,6 +123,7 @@ def archive_file(path: str | Path) -> Iterator[Callable[[list[AuditEvent]], None
     except OSError as exc:
         raise ConfigurationError(f"cannot open the export file {path}: {exc.strerror}") from None
     try:
+        _require_a_file(descriptor, path)
         _lock(descriptor, path)
     except BaseException:
         os.close(descriptor)
@@ -155,6 +156,16 @@ def _last_byte(descriptor: int, end: int) -> bytes:
     """The byte the file ends with (not pread: Windows has none; writes append wherever this leaves off)."""
     os.lseek(descriptor, end - 1, os.SEEK_SET)
     return os.read(descriptor, 1)
+
+
+def _require_a_file(descriptor: int, path: str | Path) -> None:
+    """Refuse a pipe or a terminal: a batch sent there can be neither cut off again nor kept on disk."""
+    try:
+        os.lseek(descriptor, 0, os.SEEK_END)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"the export file {path} must be a file, not a pipe or a terminal ({exc.strerror})"
+        ) from None
 
 
 def _lock(descriptor: int, path: str | Path) -> None:

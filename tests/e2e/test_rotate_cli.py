@@ -549,6 +549,8 @@ EXPORT_FAILURES = {
     "cannot-create-directory": ("a-file/archive/audit.jsonl", 2, "cannot create the directory"),
     "cannot-open": ("a-directory", 2, "cannot open the export file"),
     "disk-full": ("/dev/full", 1, "cannot write the export file"),
+    # `--export /dev/stdout` into a pipe: nothing there to append to, cut back or flush to disk.
+    "pipe": ("a-pipe", 2, "must be a file"),
 }
 
 
@@ -560,6 +562,10 @@ def test_prune_audit_whose_export_fails_deletes_nothing(
     if not Path(target).is_absolute():
         (tmp_path / "a-file").write_text("", encoding="utf-8")
         (tmp_path / "a-directory").mkdir()
+        if hasattr(os, "mkfifo"):  # POSIX only
+            os.mkfifo(tmp_path / "a-pipe")
+        elif target == "a-pipe":
+            pytest.skip("named pipes are POSIX")
         target = str(tmp_path / target)
     elif not Path(target).exists():
         pytest.skip(f"{target} is Linux's")
