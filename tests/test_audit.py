@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from mcp import Client
 
-from conftest import new_canary, parse_time
+from conftest import new_canary, parse_time, text_of
 from mcp_secrets.app import build_server
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.errors import InvalidInputError
@@ -263,6 +263,18 @@ async def test_list_secret_events_shows_the_callers_own_events_only(secrets: Sec
     ]
     assert of_slack["events"] == []
     assert newest["events"] == listed["events"][:1]
+
+
+@pytest.mark.anyio
+async def test_list_secret_events_text_says_its_times_are_utc(secrets: Secrets) -> None:
+    # The text is what a model reads and repeats: a bare time reads as the user's own zone.
+    async with client_of(secrets, "alice") as alice:
+        await call(alice, "set_secret", server="github", key="TOKEN", value=new_canary())
+        result = await alice.call_tool("list_secret_events", {})
+
+    assert result.structured_content is not None
+    [event] = result.structured_content["events"]
+    assert f"- {parse_time(event['at']):%Y-%m-%d %H:%M:%S} UTC created github/TOKEN" in text_of(result)
 
 
 @pytest.mark.anyio

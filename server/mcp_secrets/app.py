@@ -574,7 +574,8 @@ def _add_list_tools(
             for event in events
         ]
         lines = [
-            f"- {entry.at:%Y-%m-%d %H:%M:%S} {entry.action} {entry.server}/{entry.key} via {entry.transport}"
+            f"- {entry.at:%Y-%m-%d %H:%M:%S} UTC {entry.action} {entry.server}/{entry.key} "
+            f"via {entry.transport}"
             for entry in entries
         ]
         text = f"{len(entries)} event(s) for {username}" + (":\n" + "\n".join(lines) if lines else ".")
