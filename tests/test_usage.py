@@ -372,6 +372,29 @@ def test_uses_are_kept_through_failures_and_written_once_after_recovery(
     assert len(usage_warnings(caplog)) == 1
 
 
+def test_a_writer_thread_that_cannot_start_leaves_the_use_queued_for_the_next_read_to_write(
+    service: Secrets, controlled: ControlledStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A process at its limit of threads (a container's pids limit) cannot start one for a moment.
+    start = threading.Thread.start
+    refused = []
+
+    def start_unless_first_writer(thread: threading.Thread) -> None:
+        if thread.name == "mcp-secrets-uses" and not refused:
+            refused.append(thread)
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_unless_first_writer)
+
+    assert list(service.get_secrets("alice", "github", detail="kept")) == ["TOKEN"]
+    listed = service.list_events("alice")
+
+    assert refused
+    assert [(event.action, event.detail) for event in listed][:1] == [("used", "kept")]
+    assert used_details(controlled.store) == Counter({"kept": 1})
+
+
 def test_a_batch_mongodb_wrote_but_reported_failed_is_written_again_without_a_second_event(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

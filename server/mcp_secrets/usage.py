@@ -114,6 +114,8 @@ class UseRecorder:
             raise WouldBlock
         deadline = time.monotonic() + timeout
         with self._changed:
+            if self._thread is None and self._pending and not self._closed:
+                self._start_writer()  # the last use could not start it
             failures = self._failures
             self._hurry = True  # cut a backoff short: the caller is waiting now
             self._changed.notify_all()
@@ -155,9 +157,15 @@ class UseRecorder:
         return not lost and not unfinished
 
     def _start_writer(self) -> None:
+        """Start the writer thread; if none can start now, the uses wait for the next use or flush to try."""
         self._stopping = False
-        self._thread = threading.Thread(target=self._write_pending, name="mcp-secrets-uses", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._write_pending, name="mcp-secrets-uses", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:  # the process is at its limit of threads: a moment, or until it exits
+            logger.warning("uses of secrets cannot be recorded now (%s); kept and retried", exc)
+            return
+        self._thread = thread
         _OPEN.add(self)
 
     def _settle(self) -> None:
