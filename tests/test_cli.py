@@ -771,6 +771,16 @@ def test_list_and_audit_read_an_empty_server_as_every_server_as_the_tools_do(env
     assert sorted(json.loads(line)["server"] for line in audited.stdout.splitlines()) == ["github", "slack"]
 
 
+def test_audit_reads_an_empty_user_as_every_user_as_it_reads_an_empty_server(env: dict[str, str]) -> None:
+    # `--user "$AUDITED"` with AUDITED unset showed an empty trail, as if nobody had done anything.
+    stored(env, ("alice", "github", "TOKEN"), ("bob", "slack", "BOT"))
+
+    audited = mcp_secrets_cli(env, "audit", "--user", "", "--json")
+
+    assert audited.returncode == 0, audited.stderr
+    assert sorted(json.loads(line)["actor"] for line in audited.stdout.splitlines()) == ["alice", "bob"]
+
+
 def test_list_json_prints_one_object_per_secret_and_never_a_value(env: dict[str, str]) -> None:
     values = stored(env, ("alice", "github", "TOKEN"), ("alice", "linear", "API_KEY"))
     stored_secrets(env, "alice", "github")

@@ -498,7 +498,8 @@ def _say_failures(report: RotationReport) -> None:
 def _audit(args: argparse.Namespace) -> int:
     store = _open(args, needs_key=False)[1]  # the trail holds no ciphertexts: no key needed
     try:
-        events = store.list_events(args.user, args.server or None, args.limit)  # "": every server, as in list
+        # "" is every user and every server, as an option not given (`--user "$AUDITED"` unset).
+        events = store.list_events(args.user or None, args.server or None, args.limit)
     finally:
         store.close()
     if args.json:
