@@ -3,7 +3,7 @@
 A link reads ``<base URL>/secrets/entry/<token>``. The token carries 256 random
 bits and is stored only as its SHA-256, bound to (username, server, key); it
 is single-use, expires after a few minutes, and is never logged (see
-``logs.redact_entry_tokens``). The page itself is in ``entry_page``.
+``logs.redact_tokens``). The page itself is in ``entry_page``.
 """
 
 from __future__ import annotations

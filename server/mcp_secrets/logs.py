@@ -17,16 +17,22 @@ URL_LOGGERS = ("httpx", "httpx2")
 CLIENT_TRANSPORT_LOGGERS = ("mcp.client.streamable_http", "mcp.client.sse")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _ENTRY_TOKEN = re.compile(r"(/secrets/entry/)[^\s\"'?#/]+")
+# A client that puts its bearer token in the URL (?access_token=…) is refused, but the access log quotes
+# the URL: an API token keeps its public id there, a JWT nothing.
+_API_TOKEN = re.compile(r"(mcps_[0-9a-f]+_)[A-Za-z0-9_-]+")
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
 
 
-def redact_entry_tokens(record: logging.LogRecord) -> bool:
-    """Replace entry-link tokens in a log record (uvicorn's access log quotes request paths)."""
+def _redacted(text: str) -> str:
+    return _JWT.sub("…", _API_TOKEN.sub(r"\1…", _ENTRY_TOKEN.sub(r"\1…", text)))
+
+
+def redact_tokens(record: logging.LogRecord) -> bool:
+    """Replace entry-link tokens and bearer tokens in a log record (uvicorn's access log quotes URLs)."""
     if isinstance(record.msg, str):
-        record.msg = _ENTRY_TOKEN.sub(r"\1…", record.msg)
+        record.msg = _redacted(record.msg)
     if isinstance(record.args, tuple):
-        record.args = tuple(
-            _ENTRY_TOKEN.sub(r"\1…", arg) if isinstance(arg, str) else arg for arg in record.args
-        )
+        record.args = tuple(_redacted(arg) if isinstance(arg, str) else arg for arg in record.args)
     return True
 
 
@@ -57,7 +63,7 @@ def configure_logging(level: str = "INFO") -> None:
         root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT))
-    handler.addFilter(redact_entry_tokens)
+    handler.addFilter(redact_tokens)
     handler.addFilter(keep_library_exceptions_to_their_frames)
     root.addHandler(handler)
     root.setLevel(level)

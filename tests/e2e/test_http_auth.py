@@ -135,19 +135,20 @@ class Answer:
     www_authenticate: str
 
 
-def probe(deployment: Deployment, headers: dict[str, str]) -> Answer:
+def probe(deployment: Deployment, headers: dict[str, str], query: str = "") -> Answer:
     """Open the MCP endpoint as a client would, headers sent byte for byte; the answer, body unread.
 
     ``http.client`` rather than httpx: it sends a header value such as "Bearer " as it is.
     """
     endpoint = urlsplit(deployment.endpoint)
+    path = f"{endpoint.path}?{query}" if query else endpoint.path
     connection = http.client.HTTPConnection(endpoint.hostname or "", endpoint.port, timeout=10)
     try:
         if deployment.transport == "sse":
-            connection.request("GET", endpoint.path, headers=headers)
+            connection.request("GET", path, headers=headers)
         else:
             body = json.dumps(INITIALIZE)
-            connection.request("POST", endpoint.path, body, {**JSON_POST, **headers})
+            connection.request("POST", path, body, {**JSON_POST, **headers})
         response = connection.getresponse()
         return Answer(response.status, response.headers.get("WWW-Authenticate", ""))
     finally:
@@ -201,6 +202,23 @@ async def test_a_live_api_token_gets_in_as_its_user(auth_deployment: Deployment,
     assert await username_seen_with(auth_deployment, tokens.live) == "alice"
 
 
+@pytest.mark.parametrize("parameter", ["access_token", "token"])
+def test_an_api_token_in_the_url_is_refused_and_the_log_shows_only_its_id(
+    auth_deployment: Deployment, parameter: str
+) -> None:
+    token = create_token(auth_deployment.env, "alice")  # live, and sent nowhere else
+
+    response = probe(auth_deployment, {}, query=f"{parameter}={token}")
+
+    # Refused, as a token belongs in the Authorization header; but the access log quotes the URL.
+    assert response.status == 401
+    token_id, random_part = token.removeprefix("mcps_").split("_", 1)
+    log = auth_deployment.log()
+    id_shown = f"{parameter}=mcps_{token_id}_…" in log  # a bare bool: a failure prints no log line
+    assert id_shown
+    assert_no_fragment_of(random_part, log)
+
+
 # --- JWTs of the OIDC provider ------------------------------------------------------------------------
 
 
@@ -236,6 +254,17 @@ def test_a_jwt_with_a_wrong_audience_issuer_or_validity_gets_401(
 
     assert response.status == 401
     assert response.www_authenticate.startswith("Bearer")
+
+
+def test_a_jwt_in_the_url_is_refused_and_kept_out_of_the_log(
+    jwt_deployment: Deployment, signing_key: rsa.RSAPrivateKey
+) -> None:
+    token = signed_jwt(signing_key, jti=new_canary())  # valid, and unlike any other JWT sent
+
+    response = probe(jwt_deployment, {}, query=f"access_token={token}")
+
+    assert response.status == 401
+    assert_no_fragment_of(token.split(".", 1)[1], jwt_deployment.log())  # its claims and signature
 
 
 def test_a_jwt_signed_by_a_key_outside_the_jwks_gets_401(jwt_deployment: Deployment) -> None:
