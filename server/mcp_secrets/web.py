@@ -21,8 +21,10 @@ from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from pydantic import ValidationError
+from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_secrets.config import Settings
@@ -292,8 +294,10 @@ def http_app(
     mcp.custom_route(HEALTH_PATH, methods=["GET"])(health)
 
     security = transport_security(settings)
+    public = urlsplit(base_url(settings))
     if settings.transport == "sse":
         app = mcp.sse_app(sse_path=SSE_PATH, transport_security=security, host=settings.host)
+        _announce_messages_under(app, public.path.rstrip("/"))
     else:
         app = mcp.streamable_http_app(
             streamable_http_path=MCP_PATH,
@@ -306,11 +310,29 @@ def http_app(
     # the REST routes require a token themselves, the entry page is reached by its one-time link.
     app.router.routes.extend(rest_routes(secrets))
     if links is not None:
-        public = urlsplit(base_url(settings))
         app.router.routes.extend(
             entry_routes(links, secure_cookie=public.scheme == "https", path_prefix=public.path.rstrip("/"))
         )
     return HostOriginGuard(OutageAnswer(WithheldValidationDetails(app)), security)
+
+
+def _announce_messages_under(app: Starlette, path: str) -> None:
+    """Have the SSE endpoint tell clients to post their messages under the public URL's path.
+
+    The SDK announces ``root_path`` + ``/messages/``, and a client resolves it against the URL it
+    connected to: behind a proxy that takes the public URL's path (``/team-a``) off, the path must be in
+    it, or the client posts outside the proxy's path. Set for this route only: routing never sees it.
+    """
+    if not path:
+        return
+    for route in app.router.routes:
+        if isinstance(route, Route) and route.path == SSE_PATH:
+            sse = route.app
+
+            async def announcing(scope: Scope, receive: Receive, send: Send, sse: ASGIApp = sse) -> None:
+                await sse({**scope, "root_path": scope.get("root_path", "") + path}, receive, send)
+
+            route.app = announcing
 
 
 async def _client_gone(_request: Request, _exc: Exception) -> Response:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import httpx2
 import pytest
@@ -24,7 +25,7 @@ from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
 from conftest import text_of
 
-from .conftest import INITIALIZE
+from .conftest import INITIALIZE, create_token
 
 pytestmark = pytest.mark.anyio
 
@@ -317,6 +318,31 @@ def test_the_public_url_gets_in_as_browsers_and_clients_name_it(
         ]
 
     assert answers == [200, 200, 421]
+
+
+def test_behind_a_public_url_with_a_path_sse_clients_post_their_messages_under_it(
+    start_server, env, tmp_path: Path
+) -> None:
+    public = "https://secrets.example.com/team-a"
+    env["MCP_SECRETS_PUBLIC_URL"] = public
+    token = create_token(env, "alice")
+    # The proxy in front takes /team-a off and forwards the request with the public Host.
+    headers = {"Authorization": f"Bearer {token}", "Host": "secrets.example.com"}
+    with (
+        start_server(env, "sse", tmp_path / "server.log") as deployment,
+        httpx2.Client(trust_env=False, timeout=10) as http,
+        http.stream("GET", f"{deployment.base_url}/sse", headers=headers) as events,
+    ):
+        lines = events.iter_lines()  # kept: closing the line iterator would close the stream, and the session
+        endpoint = next(line for line in lines if line.startswith("data:"))
+        # As the SDK's client resolves the endpoint it is sent: against the URL it connected to.
+        message_url = urljoin(f"{public}/sse", endpoint.removeprefix("data:").strip())
+        assert message_url.startswith(f"{public}/messages/"), "the endpoint is outside the public URL"
+        posted = http.post(
+            deployment.base_url + message_url.removeprefix(public), headers=headers, json=INITIALIZE
+        )
+
+    assert posted.status_code == 202, posted.text
 
 
 @pytest.mark.parametrize("transport", ["streamable-http", "sse"])
