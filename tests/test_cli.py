@@ -319,6 +319,16 @@ def test_an_unsupported_database_url_without_a_master_key_is_named_as_unsupporte
             "--issuer",
             id="issuer-without-scheme",
         ),
+        pytest.param(
+            ("--jwks-url", "id.example.com/jwks", "--issuer", "https://id.example.com", "--audience", "a"),
+            "--jwks-url",
+            id="jwks-url-without-scheme",
+        ),
+        pytest.param(
+            ("--jwks-url", "file:///etc/jwks.json", "--issuer", "https://id.example.com", "--audience", "a"),
+            "--jwks-url",
+            id="jwks-url-of-a-file",
+        ),
     ],
 )
 def test_serve_over_http_names_an_option_that_makes_no_url(

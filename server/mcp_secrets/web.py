@@ -119,6 +119,9 @@ def token_verifier(settings: Settings, tokens: ApiTokens) -> TokenVerifier:
         return api_tokens
     if not settings.issuer or not settings.audience:
         raise ConfigurationError("--jwks-url needs --issuer and --audience too")
+    # Checked here, by its option: PyJWT refuses any other scheme too, but with a traceback.
+    if urlsplit(settings.jwks_url).scheme not in ("http", "https"):
+        raise ConfigurationError("--jwks-url must be an http:// or https:// URL")
     jwts = JwtVerifier(
         settings.jwks_url,
         issuer=settings.issuer,
