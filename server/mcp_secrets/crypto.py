@@ -108,6 +108,11 @@ def _hkdf(master_key: bytes, info: bytes, length: int) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(master_key)
 
 
+def _derived(master_key: bytes, purpose: str) -> bytes:
+    """A 32-byte key of ``master_key`` for the use ``purpose`` names."""
+    return _hkdf(master_key, f"mcp-secrets v1 {purpose}".encode(), 32)
+
+
 def key_id_for(master_key: bytes) -> str:
     """The public id of a master key, as written into every record it encrypts."""
     return _hkdf(master_key, _KEY_ID_INFO, 4).hex()
@@ -150,11 +155,11 @@ class SecretEncryptor:
 
     def derive_key(self, purpose: str) -> bytes:
         """A 32-byte key for another use (``purpose`` names it), independent of the data key."""
-        return _hkdf(self._active_master, f"mcp-secrets v1 {purpose}".encode(), 32)
+        return _derived(self._active_master, purpose)
 
     def derive_keys(self, purpose: str) -> list[bytes]:
         """``derive_key`` of each master key, the active one first: what an old key sealed still opens."""
-        return [_hkdf(master_key, f"mcp-secrets v1 {purpose}".encode(), 32) for master_key in self._masters]
+        return [_derived(master_key, purpose) for master_key in self._masters]
 
     @property
     def reads_legacy(self) -> bool:
