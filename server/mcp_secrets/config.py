@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     max_secrets_per_user: int = Field(
         default=1000, ge=1, description="How many secrets one user may keep; past it, a new key is refused."
     )
+    max_sessions_per_user: int = Field(
+        default=100,
+        ge=1,
+        description="How many HTTP sessions one user may keep open; past it, a new one is refused.",
+    )
     user: str | None = Field(default=None, description="Username on stdio; default the OS login name.")
     data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir(APP_NAME)))
     config_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_config_dir(APP_NAME)))

@@ -11,6 +11,7 @@ import json
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,6 +41,7 @@ from mcp_secrets.identity import (
 )
 from mcp_secrets.rest import rest_routes
 from mcp_secrets.secrets import Secrets
+from mcp_secrets.session_quota import SseStreamQuota, StreamableSessionQuota
 from mcp_secrets.tokens import ApiTokens
 
 logger = logging.getLogger(__name__)
@@ -298,9 +300,11 @@ def http_app(
 
     security = transport_security(settings)
     public = urlsplit(base_url(settings))
+    most = settings.max_sessions_per_user
     if settings.transport == "sse":
         app = mcp.sse_app(sse_path=SSE_PATH, transport_security=security, host=settings.host)
         _announce_messages_under(app, public.path.rstrip("/"))
+        _wrap_route(app, SSE_PATH, lambda sse: SseStreamQuota(sse, most))
     else:
         app = mcp.streamable_http_app(
             streamable_http_path=MCP_PATH,
@@ -308,6 +312,9 @@ def http_app(
             transport_security=security,
             host=settings.host,
         )
+        if not settings.stateless_http:  # stateless: no session outlives its request
+            manager = mcp.session_manager
+            _wrap_route(app, MCP_PATH, lambda inner: StreamableSessionQuota(inner, manager, most))
     app.add_exception_handler(ClientDisconnect, _client_gone)
     # Added after the SDK built its app: they sit behind its bearer middleware, which only identifies;
     # the REST routes require a token themselves, the entry page is reached by its one-time link.
@@ -328,14 +335,21 @@ def _announce_messages_under(app: Starlette, path: str) -> None:
     """
     if not path:
         return
+
+    def announcing(sse: ASGIApp) -> ASGIApp:
+        async def announce(scope: Scope, receive: Receive, send: Send) -> None:
+            await sse({**scope, "root_path": scope.get("root_path", "") + path}, receive, send)
+
+        return announce
+
+    _wrap_route(app, SSE_PATH, announcing)
+
+
+def _wrap_route(app: Starlette, path: str, wrap: Callable[[ASGIApp], ASGIApp]) -> None:
+    """Put ``wrap`` around the SDK's app at ``path``, inside its bearer check: the user is known there."""
     for route in app.router.routes:
-        if isinstance(route, Route) and route.path == SSE_PATH:
-            sse = route.app
-
-            async def announcing(scope: Scope, receive: Receive, send: Send, sse: ASGIApp = sse) -> None:
-                await sse({**scope, "root_path": scope.get("root_path", "") + path}, receive, send)
-
-            route.app = announcing
+        if isinstance(route, Route) and route.path == path:
+            route.app = wrap(route.app)
 
 
 async def _client_gone(_request: Request, _exc: Exception) -> Response:

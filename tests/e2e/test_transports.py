@@ -13,8 +13,10 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
@@ -25,7 +27,7 @@ from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
 from conftest import text_of
 
-from .conftest import INITIALIZE, create_token
+from .conftest import INITIALIZE, create_token, isolated_env
 
 pytestmark = pytest.mark.anyio
 
@@ -179,6 +181,53 @@ def session_of(deployment, http: httpx2.Client, token: str) -> Iterator[tuple[st
         "mcp-protocol-version": LATEST_HANDSHAKE_VERSION,
     }
     yield deployment.endpoint, {**ACCEPT, **session}
+    http.delete(deployment.endpoint, headers={**session, **authorization})  # ended, as a client ends it
+
+
+def opening(deployment, http: httpx2.Client, token: str) -> httpx2.Response:
+    """The answer to a request that would open a session for ``token``; an SSE stream let in is closed."""
+    authorization = {"Authorization": f"Bearer {token}"}
+    if deployment.transport == "sse":
+        with http.stream("GET", deployment.endpoint, headers=authorization) as events:
+            if events.status_code != HTTPStatus.OK:
+                events.read()  # a refusal is short; a stream let in would never end
+            return events
+    return http.post(deployment.endpoint, headers={**ACCEPT, **authorization}, json=INITIALIZE)
+
+
+SESSION_BOUND = 2
+
+
+@pytest.mark.parametrize("transport", ["streamable-http", "sse"])
+def test_a_user_at_the_session_bound_gets_no_new_session_and_other_users_still_do(
+    tmp_path: Path, start_server, transport: str
+) -> None:
+    env = isolated_env(tmp_path, MCP_SECRETS_MAX_SESSIONS_PER_USER=str(SESSION_BOUND))
+    alice, bob = create_token(env, "alice"), create_token(env, "bob")
+    with (
+        start_server(env, transport, tmp_path / "server.log") as deployment,
+        httpx2.Client(trust_env=False, timeout=10) as http,
+    ):
+        with ExitStack() as sessions:
+            for _ in range(SESSION_BOUND):
+                url, headers = sessions.enter_context(session_of(deployment, http, alice))
+            refused = opening(deployment, http, alice)
+            in_use = http.post(url, headers={**headers, "Authorization": f"Bearer {alice}"}, json=LIST_KEYS)
+            with session_of(deployment, http, bob) as (url, headers):
+                as_bob = http.post(url, headers={**headers, "Authorization": f"Bearer {bob}"}, json=LIST_KEYS)
+        # Once one of hers ends, alice may open one again; an SSE server sees a stream end a moment later.
+        again = [opening(deployment, http, alice).status_code]
+        while again[-1] == HTTPStatus.TOO_MANY_REQUESTS and len(again) < 200:
+            time.sleep(0.05)
+            again.append(opening(deployment, http, alice).status_code)
+
+    assert refused.status_code == HTTPStatus.TOO_MANY_REQUESTS
+    assert f"too many open sessions for this user (at most {SESSION_BOUND})" in refused.text
+    assert in_use.status_code in (200, 202), in_use.text  # the sessions she has go on
+    assert as_bob.status_code in (200, 202), as_bob.text
+    assert again[-1] == HTTPStatus.OK
+    assert "refused a new session of alice" in deployment.log()
+    assert alice not in deployment.log()
 
 
 def test_bob_cannot_post_into_alices_session(http_deployment) -> None:

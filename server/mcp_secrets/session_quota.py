@@ -1,0 +1,98 @@
+"""A bound on the sessions one user keeps open over HTTP, so that no one user can take them all.
+
+The SDK bounds the sessions of a Streamable HTTP server as a whole (10,000), not per user: one token
+holder opening sessions and leaving them would fill the server until they idle out (30 minutes), and
+every other user would be refused meanwhile. SSE has no bound at all: each stream holds a connection
+and a task for as long as the client keeps it. Past the bound a user's new session is refused with 429;
+the sessions already open, and every other user's, go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from http import HTTPStatus
+
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+
+_INVALID_REQUEST = -32600  # JSON-RPC, as the SDK answers its own session limit
+
+
+def _username(scope: Scope) -> str | None:
+    """The verified token's user, as the tools take it; None before authentication (the SDK refuses it)."""
+    user = scope.get("user")
+    if isinstance(user, AuthenticatedUser) and user.access_token.subject:
+        return user.access_token.subject
+    return None
+
+
+async def _refuse(username: str, most: int, scope: Scope, receive: Receive, send: Send) -> None:
+    logger.warning("refused a new session of %s: %d sessions of that user are open already", username, most)
+    message = (
+        f"too many open sessions for this user (at most {most}): close one (DELETE on Streamable HTTP, "
+        "or end an SSE stream), or wait until an idle one ends"
+    )
+    body = {"jsonrpc": "2.0", "id": None, "error": {"code": _INVALID_REQUEST, "message": message}}
+    await JSONResponse(body, status_code=HTTPStatus.TOO_MANY_REQUESTS)(scope, receive, send)
+
+
+class StreamableSessionQuota:
+    """In front of ``/mcp``: refuses a request that would open one session more than a user may keep."""
+
+    def __init__(self, app: ASGIApp, manager: StreamableHTTPSessionManager, most: int) -> None:
+        self.app = app
+        self.manager = manager
+        self.most = most
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse a POST without a session id, the only request that opens a session, past the bound."""
+        if scope["type"] == "http" and scope["method"] == "POST":
+            username = _username(scope)
+            headers = dict(scope["headers"])
+            opens = MCP_SESSION_ID_HEADER.encode() not in headers
+            if username is not None and opens and self._open(username) >= self.most:
+                await _refuse(username, self.most, scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _open(self, username: str) -> int:
+        # The manager's own record of who opened each live session: it forgets a session however it
+        # ends (DELETE, idle timeout, crash), which no layer in front of it can see. No public API has it.
+        owners = self.manager._session_owners  # noqa: SLF001
+        return sum(1 for owner in owners.values() if owner["subject"] == username)
+
+
+class SseStreamQuota:
+    """In front of ``/sse``: refuses a stream that would be one more than a user may keep open.
+
+    An SSE session lives exactly as long as the GET request of its stream, so counting the requests in
+    flight counts the sessions.
+    """
+
+    def __init__(self, app: ASGIApp, most: int) -> None:
+        self.app = app
+        self.most = most
+        self._open: Counter[str] = Counter()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the stream, counted for its user while it lasts, unless the user is at the bound."""
+        username = _username(scope) if scope["type"] == "http" else None
+        if username is None:
+            await self.app(scope, receive, send)
+            return
+        if self._open[username] >= self.most:
+            await _refuse(username, self.most, scope, receive, send)
+            return
+        self._open[username] += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._open[username] -= 1
+            if not self._open[username]:
+                del self._open[username]
