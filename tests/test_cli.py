@@ -329,6 +329,14 @@ def test_an_unsupported_database_url_without_a_master_key_is_named_as_unsupporte
             "--jwks-url",
             id="jwks-url-of-a-file",
         ),
+        pytest.param(
+            ("--jwks-url", "https://[::1/jwks", "--issuer", "https://id.example.com", "--audience", "a"),
+            "--jwks-url",
+            id="jwks-url-with-an-unclosed-bracket",
+        ),
+        pytest.param(
+            ("--public-url", "https://[::1/mcp"), "--public-url", id="public-url-with-an-unclosed-bracket"
+        ),
     ],
 )
 def test_serve_over_http_names_an_option_that_makes_no_url(

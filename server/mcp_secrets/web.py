@@ -122,7 +122,11 @@ def token_verifier(settings: Settings, tokens: ApiTokens) -> TokenVerifier:
     if not settings.issuer or not settings.audience:
         raise ConfigurationError("--jwks-url needs --issuer and --audience too")
     # Checked here, by its option: PyJWT refuses any other scheme too, but with a traceback.
-    if urlsplit(settings.jwks_url).scheme not in ("http", "https"):
+    try:
+        scheme = urlsplit(settings.jwks_url).scheme
+    except ValueError:  # an unclosed IPv6 bracket
+        scheme = ""
+    if scheme not in ("http", "https"):
         raise ConfigurationError("--jwks-url must be an http:// or https:// URL")
     jwts = JwtVerifier(
         settings.jwks_url,
