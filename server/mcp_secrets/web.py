@@ -78,8 +78,9 @@ def endpoint_url(settings: Settings) -> str:
 
 def transport_security(settings: Settings) -> TransportSecuritySettings:
     """Accept only Host and Origin headers of this machine, its bind address, the public URL and extras."""
-    hosts = [*LOCAL_HOSTS, *settings.allowed_hosts]
-    origins = [*LOCAL_ORIGINS, *settings.allowed_origins]
+    # The SDK compares strings; requests carry host names in lower case and an origin has no path.
+    hosts = [*LOCAL_HOSTS, *(host.lower() for host in settings.allowed_hosts)]
+    origins = [*LOCAL_ORIGINS, *(origin.lower().rstrip("/") for origin in settings.allowed_origins)]
     # The address bound (--host 192.0.2.7) is this server's as much as the public URL: the start names
     # it, and entry links are made on it. A DNS-rebinding page sends its own host name, never these.
     for url in (_bind_url(settings), settings.public_url):

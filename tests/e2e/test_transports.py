@@ -289,6 +289,23 @@ def test_foreign_host_or_origin_is_refused_even_with_a_valid_token(http_deployme
     assert response.status_code == status
 
 
+def test_allowed_hosts_and_origins_match_as_browsers_send_them_however_they_are_spelled(
+    start_server, env, tmp_path: Path
+) -> None:
+    env["MCP_SECRETS_ALLOWED_HOSTS"] = "Secrets.Example.COM:*"
+    env["MCP_SECRETS_ALLOWED_ORIGINS"] = "https://Secrets.Example.COM/"
+    token = create_token(env, "alice")
+    with start_server(env, "streamable-http", tmp_path / "server.log") as deployment:
+        # What a browser sends: the host in lower case, an origin without a path.
+        admitted = probe(
+            deployment, token, Host="secrets.example.com:443", Origin="https://secrets.example.com"
+        )
+        foreign = probe(deployment, token, Host="evil.example.com:443")
+
+    assert admitted.status_code == HTTPStatus.OK, admitted.text
+    assert foreign.status_code == HTTPStatus.MISDIRECTED_REQUEST
+
+
 async def test_stateless_streamable_http_keeps_secrets_across_connections(stateless_deployment) -> None:
     async with stateless_deployment.connect("alice") as first:
         stored = await first.call_tool("set_secret", {"server": "github", "key": "TOKEN", "value": "v"})
