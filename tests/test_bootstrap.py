@@ -56,6 +56,25 @@ def test_a_key_file_holds_one_key_a_line_with_comments(tmp_path: Path) -> None:
     assert str(key_file) in keys.source
 
 
+def test_a_key_in_the_environment_and_a_key_file_together_are_refused_without_quoting_either(
+    tmp_path: Path,
+) -> None:
+    in_environment, in_file = generate_master_key(), generate_master_key()
+    key_file = tmp_path / "keys"
+    key_file.write_text(f"{in_file}\n")
+    key_file.chmod(0o600)
+    settings = settings_in(tmp_path, master_key=SecretStr(in_environment), master_key_file=key_file)
+
+    # Editing one of two places that may hold the keys, and finding the other one used, is how a
+    # rotation goes wrong: say which two, and use neither.
+    with pytest.raises(ConfigurationError, match="both set") as refused:
+        load_master_keys(settings)
+
+    assert "MCP_SECRETS_MASTER_KEY_FILE" in str(refused.value)
+    assert in_environment not in str(refused.value)
+    assert in_file not in str(refused.value)
+
+
 def test_a_key_file_others_can_read_is_used_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

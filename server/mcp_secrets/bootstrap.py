@@ -138,6 +138,11 @@ def load_master_keys(
     ``store`` lets a first run refuse to generate a key over secrets that an
     earlier, now missing, key encrypted.
     """
+    if settings.master_key is not None and settings.master_key_file is not None:
+        raise ConfigurationError(
+            "MCP_SECRETS_MASTER_KEY and MCP_SECRETS_MASTER_KEY_FILE are both set: set one, so the keys "
+            "in use are the ones you edit"
+        )
     if settings.master_key is not None:
         return MasterKeys(
             _parse_keys(settings.master_key.get_secret_value(), "MCP_SECRETS_MASTER_KEY"),
