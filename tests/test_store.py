@@ -527,6 +527,24 @@ def test_from_url_refuses_a_malformed_url_without_quoting_it(
     assert mongo_clients == []
 
 
+@pytest.mark.parametrize("option", ["tlsCAFile", "tlsCertificateKeyFile", "tlsCRLFile"])
+def test_from_url_naming_a_file_that_cannot_be_read_is_refused_without_quoting_it(
+    mongo_clients: list[tuple[str, dict[str, Any]]], tmp_path: Path, canary: str, option: str
+) -> None:
+    missing = tmp_path / "missing.pem"
+
+    with pytest.raises(ConfigurationError) as raised:
+        open_store(
+            f"mongodb://user:{canary}@localhost:1/db?tls=true&{option}={missing}",
+            default_sqlite_path=str(tmp_path / "unused.db"),
+        )
+
+    assert "names a file that cannot be used" in str(raised.value)
+    assert option.lower() in str(raised.value)
+    assert canary not in str(raised.value)
+    assert mongo_clients == []
+
+
 @pytest.mark.parametrize(
     "failure",
     [

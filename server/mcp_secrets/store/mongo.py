@@ -192,6 +192,13 @@ class MongoStore:
             raise ConfigurationError(
                 f"MCP_SECRETS_DATABASE_URL is not a valid MongoDB URL ({type(exc).__name__})"
             ) from None
+        except OSError as exc:
+            # A TLS file the URL names (tlsCAFile=…) that cannot be read, or holds no certificate: the
+            # error's strerror names the option or the TLS fault, never the URL.
+            raise ConfigurationError(
+                f"MCP_SECRETS_DATABASE_URL names a file that cannot be used ({type(exc).__name__}: "
+                f"{exc.strerror})"
+            ) from None
         return cls(client, database)
 
     def put_secret(
