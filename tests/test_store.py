@@ -857,6 +857,29 @@ def test_two_sqlite_stores_on_one_file_see_each_others_writes(
     other.close()
 
 
+def test_sqlite_opened_while_another_process_writes_the_new_file_waits_for_it(sqlite_path: Path) -> None:
+    # Two mcp-secrets starting at once on a new file: while one holds the write lock of a file not
+    # yet in WAL mode, SQLite refuses the other's switch to WAL at once instead of waiting for it.
+    sqlite_path.touch(mode=0o600)  # as the other one made it
+    other = sqlite3.connect(sqlite_path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    # The other process's write ends at some point within the busy timeout (10 s): nothing here can
+    # tell when the store has started waiting for it, so it ends a moment after the store starts.
+    done = threading.Timer(0.2, lambda: other.execute("COMMIT"))
+    done.start()
+    try:
+        opened = SQLiteStore(sqlite_path)
+    finally:
+        done.join()
+        other.close()
+
+    opened.put_secret("alice", "github", "TOKEN", "ciphertext", T0)
+    assert _triples(opened, "alice") == [("github", "TOKEN", "ciphertext")]
+    with contextlib.closing(sqlite3.connect(sqlite_path)) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    opened.close()
+
+
 def _a_directory(tmp_path: Path) -> Path:
     return tmp_path
 

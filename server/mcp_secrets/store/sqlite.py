@@ -7,6 +7,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -220,6 +221,27 @@ def _insert_event(connection: sqlite3.Connection, event: AuditEvent) -> None:
     connection.execute(_INSERT_EVENT, _event_row(event))
 
 
+def _use_wal(connection: sqlite3.Connection, timeout: float) -> None:
+    """Put the file in WAL mode (kept in the file, for every connection), waiting for other writers.
+
+    While another connection holds the write lock of a file not yet in WAL mode (another process
+    creating the same new store), SQLite refuses the switch at once rather than call its busy
+    handler. Taking the write lock waits for that connection; the switch is then tried again, and
+    is a no-op if the other connection made it. Past ``timeout`` seconds the refusal stands.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() >= deadline:
+                raise
+        else:
+            return
+        connection.execute("BEGIN IMMEDIATE")  # waits up to the busy timeout, as a write would
+        connection.execute("ROLLBACK")
+
+
 def _identity(status: os.stat_result) -> tuple[int, int]:
     """What tells one file from another at the same path: its device and inode numbers."""
     return status.st_dev, status.st_ino
@@ -272,7 +294,7 @@ class SQLiteStore:
             _create_private_file(self.path)
             # SQLite gives the -wal and -shm files the database file's own mode (0600).
             self._connection = self._connect()
-            self._connection.execute("PRAGMA journal_mode=WAL")  # kept in the file, for every connection
+            _use_wal(self._connection, busy_timeout)
             self._connection.executescript(_SCHEMA)
             columns = {row[1] for row in self._connection.execute("PRAGMA table_info(user_secrets)")}
             # A file made by an earlier version gains the columns added since.
