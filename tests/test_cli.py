@@ -529,6 +529,39 @@ def test_a_first_set_that_cannot_create_the_key_file_says_so_and_stores_nothing(
     assert canary not in done.stdout + done.stderr
 
 
+def test_directories_under_the_home_directory_are_found_from_any_working_directory(
+    env: dict[str, str], canary: str, tmp_path: Path
+) -> None:
+    """``~`` in a directory setting is the home directory, as in the key file's: no shell expands it in a
+    client's config file, and a key made under a literal ``~`` beside the working directory was lost."""
+    del env["MCP_SECRETS_MASTER_KEY"]
+    home = tmp_path / "home"
+    env.update(HOME=str(home), MCP_SECRETS_CONFIG_DIR="~/config", MCP_SECRETS_DATA_DIR="~/data")
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+
+    runs = [
+        subprocess.run(
+            [sys.executable, "-m", "mcp_secrets", "set", "github", "TOKEN", "--user", "alice"],
+            env=env,
+            cwd=cwd,
+            input=canary + "\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        for cwd in (first, second)
+    ]
+
+    assert [run.returncode for run in runs] == [0, 0], runs[1].stderr
+    assert f"key file {home / 'config' / 'master.key'} (generated now)" in runs[0].stderr
+    assert "updated for alice" in runs[1].stderr
+    assert not (first / "~").exists()
+    assert canary not in "".join(run.stdout + run.stderr for run in runs)
+
+
 def test_set_again_replaces_the_value_and_says_updated(env: dict[str, str], canary: str) -> None:
     first = set_from_stdin(env, "old\n", "github", "TOKEN", "--user", "alice")
 

@@ -34,6 +34,10 @@ def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 
 
+def _expand_home(value: Path) -> Path:
+    return value.expanduser()
+
+
 class Settings(BaseSettings):
     """mcp-secrets configuration, read from ``MCP_SECRETS_*`` environment variables."""
 
@@ -122,6 +126,9 @@ class Settings(BaseSettings):
     _split_hosts = field_validator("allowed_hosts", "allowed_origins", mode="before")(_split_commas)
     # As `--log-level` takes it: `debug` as well as `DEBUG`.
     _upper_level = field_validator("log_level", mode="before")(_upper)
+    # `~/…` as the key file's setting takes it: no shell expands it in a client's config file, and a
+    # key generated under a literal `~` beside the working directory was not found from another one.
+    _expand_dirs = field_validator("data_dir", "config_dir")(_expand_home)
 
     @property
     def default_database_path(self) -> Path:
