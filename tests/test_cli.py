@@ -106,6 +106,22 @@ def test_token_revoke_help_says_it_takes_the_whole_token_too(env: dict[str, str]
     assert "ID the token's id (as `token list` shows it), or the whole token" in " ".join(own.stdout.split())
 
 
+def test_serve_help_names_the_variable_each_default_comes_from(env: dict[str, str]) -> None:
+    """The environment sets these defaults: `--port` said "default 8000" while MCP_SECRETS_PORT said 9000."""
+    done = mcp_secrets_cli({**env, "MCP_SECRETS_PORT": "9000"}, "serve", "--help")
+
+    text = " ".join(done.stdout.split())
+    assert done.returncode == 0
+    for variable, default in (
+        ("TRANSPORT", "stdio"),
+        ("HOST", "127.0.0.1"),
+        ("PORT", "8000"),
+        ("USERNAME_CLAIM", "sub"),
+        ("LOG_LEVEL", "INFO"),
+    ):
+        assert f"(default MCP_SECRETS_{variable}, else {default})" in text
+
+
 def test_keygen_prints_a_fresh_32_byte_base64url_key_each_run(env: dict[str, str]) -> None:
     runs = [mcp_secrets_cli(env, "keygen") for _ in range(2)]
 

@@ -759,9 +759,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the MCP server (stdio by default)")
-    serve.add_argument("--transport", choices=["stdio", "sse", "streamable-http"], help="default: stdio")
-    serve.add_argument("--host", help="address to bind for HTTP transports (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port for HTTP transports (default 8000)")
+    # The environment sets each default, and the options override it (README, Configuration).
+    serve.add_argument(
+        "--transport",
+        choices=["stdio", "sse", "streamable-http"],
+        help="the transport (default MCP_SECRETS_TRANSPORT, else stdio)",
+    )
+    serve.add_argument(
+        "--host", help="address to bind for HTTP transports (default MCP_SECRETS_HOST, else 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--port", type=int, help="port for HTTP transports (default MCP_SECRETS_PORT, else 8000)"
+    )
     serve.add_argument(
         "--stateless",
         dest="stateless_http",
@@ -778,7 +787,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--jwks-url", help="also accept JWTs signed by a key of this JWKS (OIDC provider)")
     serve.add_argument("--issuer", help="required `iss` of accepted JWTs")
     serve.add_argument("--audience", help="required `aud` of accepted JWTs")
-    serve.add_argument("--username-claim", help="JWT claim holding the username (default sub)")
+    serve.add_argument(
+        "--username-claim",
+        help="JWT claim holding the username (default MCP_SECRETS_USERNAME_CLAIM, else sub)",
+    )
     serve.add_argument(
         "--log-level",
         type=str.upper,
