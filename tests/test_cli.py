@@ -365,6 +365,15 @@ def test_serve_over_http_names_an_option_that_makes_no_url(
     assert "Traceback" not in done.stderr
 
 
+def test_serve_refuses_port_0_whose_urls_would_name_no_port(env: dict[str, str]) -> None:
+    """Port 0 binds any free port, but the start's URL, the client configs and every entry link said :0."""
+    done = mcp_secrets_cli(env, "serve", "--transport", "streamable-http", "--port", "0")
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "mcp-secrets: error: invalid setting: port" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 # --- set: the value comes from a hidden prompt or stdin, never from argv ---------------------------
 
 

@@ -78,7 +78,8 @@ class Settings(BaseSettings):
 
     transport: Transport = "stdio"
     host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
+    # Not 0 (any free port): the start's URL, the client configs it prints and entry links name the port.
+    port: int = Field(default=8000, ge=1, le=65535)
     stateless_http: bool = Field(
         default=False, description="Serve Streamable HTTP without sessions, for replicas."
     )
