@@ -5,10 +5,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
+import shlex
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -17,9 +22,9 @@ from mcp import Client
 from mcp.server.mcpserver import MCPServer
 from mcp_types import ElicitRequest, ElicitRequestURLParams, ElicitResult, InputRequiredResult
 
-from conftest import assert_not_leaked, new_canary, text_of
+from conftest import assert_not_leaked, isolated_env, new_canary, text_of
 from mcp_secrets.app import ENTRY_REQUEST, EntrySettings, build_server, missing_secrets_hint
-from mcp_secrets.crypto import SecretEncryptor
+from mcp_secrets.crypto import SecretEncryptor, generate_master_key, parse_master_key
 from mcp_secrets.entry import ENTRY_PATH, LINK_TTL, MAX_LIVE_LINKS, EntryLink, EntryLinks, LinkState
 from mcp_secrets.errors import EntryLinkError, InvalidInputError, StoreUnavailableError
 from mcp_secrets.identity import LocalIdentity
@@ -419,6 +424,47 @@ async def test_request_secret_on_stdio_tells_the_user_to_run_mcp_secrets_set(
     # The user it is for: a terminal's own user (the login name) may not be the server's.
     assert "mcp-secrets set github TOKEN --user alice" in text_of(result)
     assert sqlite_secrets.list_secret_keys("alice") == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("username", "server", "key"),
+    [("alice", "github", "TOKEN"), ("-alice", "-github", "-TOKEN")],
+    ids=["plain", "names-starting-with-a-dash"],
+)
+async def test_the_terminal_command_request_secret_gives_on_stdio_stores_the_secret(
+    tmp_path: Path, canary: str, username: str, server: str, key: str
+) -> None:
+    """A name may start with `-`, which the command line read as an option: the command failed."""
+    master_key = generate_master_key()
+    store = SQLiteStore(tmp_path / "secrets.db")
+    service = Secrets(store, SecretEncryptor([parse_master_key(master_key)]))
+    try:
+        async with Client(build_server(service, LocalIdentity(username))) as user:
+            result = await user.call_tool("request_secret", {"server": server, "key": key})
+        command = re.search(r"terminal:  mcp-secrets (.+?)  \(", text_of(result))
+        assert command, text_of(result)
+        env = isolated_env(
+            tmp_path,
+            MCP_SECRETS_MASTER_KEY=master_key,
+            MCP_SECRETS_DATABASE_URL=f"sqlite:///{tmp_path / 'secrets.db'}",
+        )
+
+        done = subprocess.run(
+            [sys.executable, "-m", "mcp_secrets", *shlex.split(command.group(1))],
+            input=canary + "\n",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+        assert done.returncode == 0, done.stderr
+        assert service.get_secrets(username, server) == {key: canary}
+    finally:
+        service.close()
+        store.close()
 
 
 @pytest.mark.anyio

@@ -291,7 +291,10 @@ def _input_required_era(ctx: Context[Any, Any]) -> bool:
 
 def set_command(username: str, server: str, key: str) -> str:
     """The terminal command that stores one secret for ``username``: a terminal's own user may be another."""
-    return f"mcp-secrets set {server} {key} --user {username}"
+    if not any(name.startswith("-") for name in (username, server, key)):
+        return f"mcp-secrets set {server} {key} --user {username}"
+    # A name may start with `-`, which the command line reads as an option: `=` and `--` keep it a name.
+    return f"mcp-secrets set --user={username} -- {server} {key}"
 
 
 def _terminal_hint(username: str, server: str, key: str) -> CallToolResult:
