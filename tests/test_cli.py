@@ -8,6 +8,7 @@ import json
 import os
 import re
 import secrets as _random
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from mcp_secrets.store.sqlite import SQLiteStore
 
 TOKEN = re.compile(r"mcps_([0-9a-f]{10})_[A-Za-z0-9_-]{43}")
 EXIT_CONFIGURATION = 2
+UVICORN_STARTUP_FAILURE = 3  # the exit status of a serve that could not start listening
 
 
 @pytest.fixture
@@ -372,6 +374,28 @@ def test_serve_refuses_port_0_whose_urls_would_name_no_port(env: dict[str, str])
     assert done.returncode == EXIT_CONFIGURATION
     assert "mcp-secrets: error: invalid setting: port" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("gateway", [False, True], ids=["alone", "with-a-gateway"])
+def test_serve_on_a_port_in_use_says_so_in_one_line(
+    env: dict[str, str], tmp_path: Path, gateway: bool
+) -> None:
+    """With a gateway, uvicorn's exit came out of the gateway's task group as a traceback instead."""
+    options: list[str] = []
+    if gateway:
+        servers = tmp_path / "servers.json"
+        servers.write_text('{"mcpServers": {}}', encoding="utf-8")
+        options = ["--servers", str(servers)]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        done = mcp_secrets_cli(env, "serve", "--transport", "streamable-http", "--port", str(port), *options)
+
+    assert f"could not serve on 127.0.0.1 port {port}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.returncode == UVICORN_STARTUP_FAILURE
 
 
 # --- set: the value comes from a hidden prompt or stdin, never from argv ---------------------------

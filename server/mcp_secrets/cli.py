@@ -260,8 +260,16 @@ async def _gateway_running(gateway: Gateway | None) -> AsyncIterator[None]:
 
 
 async def _with_gateway(gateway: Gateway | None, serve: Callable[[], Awaitable[None]]) -> None:
+    failed_start: SystemExit | None = None
     async with _gateway_running(gateway):
-        await serve()
+        try:
+            await serve()
+        except SystemExit as stop:
+            # Uvicorn's way out of a failed start (a port in use), logged already: raised inside the
+            # gateway's task group, it came out wrapped in an exception group, a traceback.
+            failed_start = stop
+    if failed_start is not None:
+        raise failed_start
 
 
 async def _serve_stdio(
