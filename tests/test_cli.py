@@ -611,6 +611,20 @@ def test_directories_under_the_home_directory_are_found_from_any_working_directo
     assert canary not in "".join(run.stdout + run.stderr for run in runs)
 
 
+@pytest.mark.parametrize("setting", ["config_dir", "data_dir", "master_key_file"])
+def test_a_path_under_the_home_of_no_such_user_is_an_invalid_setting(
+    env: dict[str, str], setting: str
+) -> None:
+    """`~name/…` of an unknown name ended in a traceback."""
+    env[f"MCP_SECRETS_{setting.upper()}"] = f"~no-such-user-{_random.token_hex(4)}/mcp-secrets"
+
+    done = mcp_secrets_cli(env, "list", "--user", "alice")
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert f"mcp-secrets: error: invalid setting: {setting}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_set_again_replaces_the_value_and_says_updated(env: dict[str, str], canary: str) -> None:
     first = set_from_stdin(env, "old\n", "github", "TOKEN", "--user", "alice")
 

@@ -34,8 +34,11 @@ def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 
 
-def _expand_home(value: Path) -> Path:
-    return value.expanduser()
+def _expand_home(value: Path | None) -> Path | None:
+    try:
+        return None if value is None else value.expanduser()
+    except RuntimeError:  # `~name` of no such user; as a ValueError it is reported naming the setting
+        raise ValueError("no such home directory") from None
 
 
 class Settings(BaseSettings):
@@ -129,7 +132,7 @@ class Settings(BaseSettings):
     _upper_level = field_validator("log_level", mode="before")(_upper)
     # `~/…` as the key file's setting takes it: no shell expands it in a client's config file, and a
     # key generated under a literal `~` beside the working directory was not found from another one.
-    _expand_dirs = field_validator("data_dir", "config_dir")(_expand_home)
+    _expand_dirs = field_validator("data_dir", "config_dir", "master_key_file")(_expand_home)
 
     @property
     def default_database_path(self) -> Path:
