@@ -19,8 +19,12 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _ENTRY_TOKEN = re.compile(r"(/secrets/entry/)[^\s\"'?#/]+")
 # A client that puts its bearer token in the URL (?access_token=…) is refused, but the access log quotes
 # the URL: an API token keeps its public id there, a JWT nothing.
-_API_TOKEN = re.compile(r"(mcps_[0-9a-f]+_)[A-Za-z0-9_-]+")
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
+# A URL may carry any of a token's characters as its %XX escape (mcps%5F…, a JWT's dots as %2E).
+_TOKEN_CHAR = r"(?:[A-Za-z0-9_-]|%[0-9A-Fa-f]{2})"  # noqa: S105 - a pattern, not a password
+_UNDERSCORE = r"(?:_|%5[Ff])"
+_DOT = r"(?:\.|%2[Ee])"
+_API_TOKEN = re.compile(rf"(mcps{_UNDERSCORE}[0-9a-f]+{_UNDERSCORE}){_TOKEN_CHAR}+")
+_JWT = re.compile(rf"eyJ{_TOKEN_CHAR}*{_DOT}{_TOKEN_CHAR}*{_DOT}{_TOKEN_CHAR}*")
 
 
 def _redacted(text: str) -> str:

@@ -219,6 +219,25 @@ def test_an_api_token_in_the_url_is_refused_and_the_log_shows_only_its_id(
     assert_no_fragment_of(random_part, log)
 
 
+def percent_encoded(text: str, characters: str) -> str:
+    """``text`` with each of ``characters`` sent as its %XX escape, as a URL may legally carry it."""
+    return "".join(f"%{ord(c):02X}" if c in characters else c for c in text)
+
+
+def test_an_api_token_in_the_url_with_escaped_characters_is_kept_out_of_the_log(
+    auth_deployment: Deployment,
+) -> None:
+    token = create_token(auth_deployment.env, "alice")  # live, and sent nowhere else
+
+    response = probe(auth_deployment, {}, query=f"access_token={percent_encoded(token, '_-')}")
+
+    assert response.status == 401
+    random_part = token.removeprefix("mcps_").split("_", 1)[1]
+    log = auth_deployment.log()
+    assert_no_fragment_of(random_part, log)
+    assert_no_fragment_of(percent_encoded(random_part, "_-"), log)
+
+
 # --- JWTs of the OIDC provider ------------------------------------------------------------------------
 
 
@@ -265,6 +284,20 @@ def test_a_jwt_in_the_url_is_refused_and_kept_out_of_the_log(
 
     assert response.status == 401
     assert_no_fragment_of(token.split(".", 1)[1], jwt_deployment.log())  # its claims and signature
+
+
+def test_a_jwt_in_the_url_with_escaped_dots_is_kept_out_of_the_log(
+    jwt_deployment: Deployment, signing_key: rsa.RSAPrivateKey
+) -> None:
+    token = signed_jwt(signing_key, jti=new_canary())  # valid, and unlike any other JWT sent
+
+    response = probe(jwt_deployment, {}, query=f"access_token={percent_encoded(token, '.')}")
+
+    assert response.status == 401
+    claims_and_signature = token.split(".", 1)[1]
+    log = jwt_deployment.log()
+    assert_no_fragment_of(claims_and_signature, log)
+    assert_no_fragment_of(percent_encoded(claims_and_signature, "."), log)
 
 
 def test_a_jwt_signed_by_a_key_outside_the_jwks_gets_401(jwt_deployment: Deployment) -> None:
