@@ -17,7 +17,7 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
@@ -49,17 +49,42 @@ class StreamableSessionQuota:
         self.app = app
         self.manager = manager
         self.most = most
+        # Requests that may open a session and are not answered yet: the manager records a session only
+        # after an await, so requests sent at once would all pass a count of the recorded ones alone.
+        self._opening: Counter[str] = Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Refuse a POST without a session id, the only request that opens a session, past the bound."""
-        if scope["type"] == "http" and scope["method"] == "POST":
-            username = _username(scope)
-            headers = dict(scope["headers"])
-            opens = MCP_SESSION_ID_HEADER.encode() not in headers
-            if username is not None and opens and self._open(username) >= self.most:
-                await _refuse(username, self.most, scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        username = _username(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if username is None or MCP_SESSION_ID_HEADER.encode() in dict(scope["headers"]):
+            await self.app(scope, receive, send)
+            return
+        # Counted with the ones not answered yet, which the manager may have recorded already: while
+        # requests are in flight the bound may be reached early, never passed.
+        if self._open(username) + self._opening[username] >= self.most:
+            await _refuse(username, self.most, scope, receive, send)
+            return
+        self._opening[username] += 1
+        in_flight = True
+
+        def answered() -> None:
+            nonlocal in_flight
+            in_flight = False
+            self._opening[username] -= 1
+            if not self._opening[username]:
+                del self._opening[username]
+
+        async def send_answer(message: Message) -> None:
+            # The manager records a session before it answers: from here on, its own count has it.
+            if in_flight and message["type"] == "http.response.start":
+                answered()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_answer)
+        finally:
+            if in_flight:
+                answered()
 
     def _open(self, username: str) -> int:
         # The manager's own record of who opened each live session: it forgets a session however it

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
+import anyio
 import httpx2
 import pytest
 from mcp_types.version import LATEST_HANDSHAKE_VERSION
@@ -228,6 +229,30 @@ def test_a_user_at_the_session_bound_gets_no_new_session_and_other_users_still_d
     assert again[-1] == HTTPStatus.OK
     assert "refused a new session of alice" in deployment.log()
     assert alice not in deployment.log()
+
+
+async def test_many_sessions_opened_at_once_by_one_user_stay_within_the_bound(
+    tmp_path: Path, start_server
+) -> None:
+    env = isolated_env(tmp_path, MCP_SECRETS_MAX_SESSIONS_PER_USER=str(SESSION_BOUND))
+    alice = create_token(env, "alice")
+    headers = {**ACCEPT, "Authorization": f"Bearer {alice}"}
+    at_once = 20
+    with start_server(env, "streamable-http", tmp_path / "server.log") as deployment:
+        limits = httpx2.Limits(max_connections=at_once)
+        async with httpx2.AsyncClient(trust_env=False, timeout=30, limits=limits) as http:
+            statuses: list[int] = []
+
+            async def open_one() -> None:
+                response = await http.post(deployment.endpoint, headers=headers, json=INITIALIZE)
+                statuses.append(response.status_code)
+
+            async with anyio.create_task_group() as openings:
+                for _ in range(at_once):
+                    openings.start_soon(open_one)
+
+    assert statuses.count(HTTPStatus.OK) == SESSION_BOUND, statuses
+    assert statuses.count(HTTPStatus.TOO_MANY_REQUESTS) == at_once - SESSION_BOUND, statuses
 
 
 def test_bob_cannot_post_into_alices_session(http_deployment) -> None:
