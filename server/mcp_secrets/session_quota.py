@@ -16,6 +16,8 @@ from http import HTTPStatus
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -56,7 +58,12 @@ class StreamableSessionQuota:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Refuse a POST without a session id, the only request that opens a session, past the bound."""
         username = _username(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if username is None or MCP_SESSION_ID_HEADER.encode() in dict(scope["headers"]):
+        headers = dict(scope["headers"])
+        version = headers.get(MCP_PROTOCOL_VERSION_HEADER.encode())
+        # As the manager routes it: a request of a later protocol than the handshake's (2026-07-28)
+        # stands alone and opens no session.
+        sessionless = version is not None and version.decode("latin-1") not in HANDSHAKE_PROTOCOL_VERSIONS
+        if username is None or sessionless or MCP_SESSION_ID_HEADER.encode() in headers:
             await self.app(scope, receive, send)
             return
         # Counted with the ones not answered yet, which the manager may have recorded already: while

@@ -255,6 +255,25 @@ async def test_many_sessions_opened_at_once_by_one_user_stay_within_the_bound(
     assert statuses.count(HTTPStatus.TOO_MANY_REQUESTS) == at_once - SESSION_BOUND, statuses
 
 
+async def test_a_user_at_the_session_bound_is_still_served_over_the_sessionless_protocol(
+    tmp_path: Path, start_server
+) -> None:
+    env = isolated_env(tmp_path, MCP_SECRETS_MAX_SESSIONS_PER_USER=str(SESSION_BOUND))
+    alice = create_token(env, "alice")
+    with (
+        start_server(env, "streamable-http", tmp_path / "server.log") as deployment,
+        httpx2.Client(trust_env=False, timeout=10) as http,
+        ExitStack() as sessions,
+    ):
+        for _ in range(SESSION_BOUND):
+            sessions.enter_context(session_of(deployment, http, alice))
+        # 2026-07-28 opens no session: each request stands alone, so the bound is not its to refuse.
+        async with deployment.connect(token=alice, mode="auto") as client:
+            listed = await client.call_tool("list_secret_keys", {})
+
+    assert not listed.is_error, text_of(listed)
+
+
 def test_bob_cannot_post_into_alices_session(http_deployment) -> None:
     alice = {"Authorization": f"Bearer {http_deployment.token('alice')}"}
     bob = {"Authorization": f"Bearer {http_deployment.token('bob')}"}
