@@ -172,11 +172,19 @@ class HostOriginGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer 421/403 for a foreign Host/Origin; pass everything else on."""
         if scope["type"] == "http":
+            # Host names are the same in any case, and the allowed ones are in lower case: so is what is
+            # compared, here and by the SDK's own check behind (curl sends the host as the URL spells it).
+            scope = {**scope, "headers": [_lower_case_host(header) for header in scope["headers"]]}
             refusal = await self._checker.validate_request(Request(scope), is_post=False)
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
         await self._app(scope, receive, send)
+
+
+def _lower_case_host(header: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+    name, value = header
+    return (name, value.lower()) if name in (b"host", b"origin") else header
 
 
 class OutageAnswer:

@@ -350,6 +350,21 @@ def test_allowed_hosts_and_origins_match_as_browsers_send_them_however_they_are_
     assert foreign.status_code == HTTPStatus.MISDIRECTED_REQUEST
 
 
+def test_a_host_and_origin_written_as_configured_in_mixed_case_are_still_allowed(
+    start_server, env, tmp_path: Path
+) -> None:
+    env["MCP_SECRETS_ALLOWED_HOSTS"] = "Secrets.Example.COM:*"
+    env["MCP_SECRETS_ALLOWED_ORIGINS"] = "https://Secrets.Example.COM"
+    token = create_token(env, "alice")
+    with start_server(env, "streamable-http", tmp_path / "server.log") as deployment:
+        # What curl sends for the URL as it is written: host names are the same in any case.
+        admitted = probe(
+            deployment, token, Host="Secrets.Example.COM:443", Origin="https://Secrets.Example.COM"
+        )
+
+    assert admitted.status_code == HTTPStatus.OK, admitted.text
+
+
 async def test_stateless_streamable_http_keeps_secrets_across_connections(stateless_deployment) -> None:
     async with stateless_deployment.connect("alice") as first:
         stored = await first.call_tool("set_secret", {"server": "github", "key": "TOKEN", "value": "v"})
