@@ -683,6 +683,30 @@ def test_set_with_a_bad_name_exits_2_without_storing_or_echoing_the_value(
     assert stored_secrets(env, "alice", "github") == {}
 
 
+@pytest.mark.parametrize("command", [("set", "github", "TOKEN"), ("delete", "github", "TOKEN"), ("list",)])
+def test_an_empty_user_is_refused_not_read_as_the_login_name(
+    env: dict[str, str], canary: str, command: tuple[str, ...]
+) -> None:
+    # `--user "$TARGET"` with the variable unset must not act on the operator's own secrets.
+    env["MCP_SECRETS_USER"] = "bob"
+    assert set_from_stdin(env, "bobs", "github", "TOKEN").returncode == 0
+
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_secrets", *command, "--user", ""],
+        env=env,
+        input=canary,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "username must be" in done.stderr
+    assert canary not in done.stdout + done.stderr
+    assert stored_secrets(env, "bob", "github") == {"TOKEN": "bobs"}
+
+
 def test_set_with_an_empty_value_exits_2(env: dict[str, str]) -> None:
     done = set_from_stdin(env, "\n", "github", "TOKEN", "--user", "alice")
 

@@ -339,7 +339,8 @@ def _users_secrets(
 ) -> Iterator[tuple[Secrets, str, MasterKeys]]:
     """The service over the configured store, and the user a command acts for (``--user``); closed after."""
     settings = _prepared(args)
-    username = validate_username(args.user or local_username(settings.user))  # before any key or store
+    # Checked before any key or store; an empty --user (`--user "$TARGET"` unset) is refused, not one's own.
+    username = validate_username(local_username(settings.user) if args.user is None else args.user)
     store = open_configured_store(settings, create=generate_key)  # only `set` makes the key and the store
     secrets = None
     try:
