@@ -625,6 +625,19 @@ def test_a_path_under_the_home_of_no_such_user_is_an_invalid_setting(
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("command", [("serve",), ("list",), ("token", "list")])
+def test_a_sqlite_url_under_the_home_of_no_such_user_is_a_configuration_error(
+    env: dict[str, str], command: tuple[str, ...]
+) -> None:
+    env["MCP_SECRETS_DATABASE_URL"] = f"sqlite:///~no-such-user-{_random.token_hex(4)}/secrets.db"
+
+    done = mcp_secrets_cli(env, *command)
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "mcp-secrets: error: MCP_SECRETS_DATABASE_URL" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_set_again_replaces_the_value_and_says_updated(env: dict[str, str], canary: str) -> None:
     first = set_from_stdin(env, "old\n", "github", "TOKEN", "--user", "alice")
 

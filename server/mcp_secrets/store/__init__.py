@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Protocol
 
 from mcp_secrets.errors import ConfigurationError
@@ -287,7 +288,13 @@ def open_store(
         if path in ("", ":memory:"):
             # A store in memory would lose every secret at exit, and SQLite would take ":memory:" as a file.
             raise ConfigurationError("MCP_SECRETS_DATABASE_URL: sqlite:/// needs the path of a file")
-        return SQLiteStore(path, busy_timeout=busy_timeout, create=create)
+        try:
+            expanded = Path(path).expanduser()
+        except RuntimeError:  # `~name/…` of no such user: Path says so in a traceback
+            raise ConfigurationError(
+                "MCP_SECRETS_DATABASE_URL: its path is under no such home directory"
+            ) from None
+        return SQLiteStore(expanded, busy_timeout=busy_timeout, create=create)
     if url.startswith(("mongodb://", "mongodb+srv://")):
         from mcp_secrets.store.mongo import MongoStore  # noqa: PLC0415
 
