@@ -395,6 +395,24 @@ def test_a_writer_thread_that_cannot_start_leaves_the_use_queued_for_the_next_re
     assert used_details(controlled.store) == Counter({"kept": 1})
 
 
+def test_close_writes_a_use_whose_writer_thread_never_could_start(
+    service: Secrets, controlled: ControlledStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start = threading.Thread.start
+
+    def start_unless_writer(thread: threading.Thread) -> None:
+        if thread.name == "mcp-secrets-uses":
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_unless_writer)
+
+    assert list(service.get_secrets("alice", "github", detail="kept")) == ["TOKEN"]
+    service.close()
+
+    assert used_details(controlled.store) == Counter({"kept": 1})
+
+
 def test_a_batch_mongodb_wrote_but_reported_failed_is_written_again_without_a_second_event(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -142,6 +142,8 @@ class UseRecorder:
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+        elif thread is None:
+            self._write_here()  # no writer thread could start: what it would have written is written here
         _OPEN.discard(self)
         self._report_drops(force=True)
         with self._changed:
@@ -159,6 +161,7 @@ class UseRecorder:
     def _start_writer(self) -> None:
         """Start the writer thread; if none can start now, the uses wait for the next use or flush to try."""
         self._stopping = False
+        _OPEN.add(self)  # closed at exit even if no writer starts: close() then writes what is kept
         thread = threading.Thread(target=self._write_pending, name="mcp-secrets-uses", daemon=True)
         try:
             thread.start()
@@ -166,7 +169,24 @@ class UseRecorder:
             logger.warning("uses of secrets cannot be recorded now (%s); kept and retried", exc)
             return
         self._thread = thread
-        _OPEN.add(self)
+
+    def _write_here(self) -> None:
+        """Write the pending uses in the calling thread, batch by batch; a failed batch stays pending."""
+        while True:
+            with self._changed:
+                count = min(len(self._pending), self._max_batch)
+                self._writing = [self._pending.popleft() for _ in range(count)]
+            if not count:
+                return
+            failure = self._write([use for _, use in self._writing])
+            with self._changed:
+                if failure is not None:
+                    self._pending.extendleft(reversed(self._writing))
+                self._writing = []
+                self._settle()
+                self._changed.notify_all()
+            if failure is not None:
+                return
 
     def _settle(self) -> None:
         """Move the mark below which every use is written or dropped: just below the oldest still waiting."""
