@@ -720,6 +720,20 @@ def test_an_empty_user_is_refused_not_read_as_the_login_name(
     assert stored_secrets(env, "bob", "github") == {"TOKEN": "bobs"}
 
 
+@pytest.mark.parametrize(("args", "field"), BAD_NAMES)
+def test_set_names_a_bad_name_before_a_missing_master_key(
+    env: dict[str, str], canary: str, args: tuple[str, ...], field: str
+) -> None:
+    del env["MCP_SECRETS_MASTER_KEY"]
+    env["MCP_SECRETS_DATABASE_URL"] = "mongodb://127.0.0.1:9/mcp_secrets"
+
+    done = set_from_stdin(env, canary + "\n", *args)
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert f"{field} must be" in done.stderr
+    assert canary not in done.stdout + done.stderr
+
+
 def test_set_with_an_empty_value_exits_2(env: dict[str, str]) -> None:
     done = set_from_stdin(env, "\n", "github", "TOKEN", "--user", "alice")
 

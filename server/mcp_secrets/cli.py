@@ -338,9 +338,10 @@ def _users_secrets(
     args: argparse.Namespace, *, generate_key: bool = False
 ) -> Iterator[tuple[Secrets, str, MasterKeys]]:
     """The service over the configured store, and the user a command acts for (``--user``); closed after."""
-    settings = _prepared(args)
     # Checked before any key or store; an empty --user (`--user "$TARGET"` unset) is refused, not one's own.
-    username = validate_username(local_username(settings.user) if args.user is None else args.user)
+    username = None if args.user is None else validate_username(args.user)
+    settings = _prepared(args)
+    username = username or validate_username(local_username(settings.user))
     store = open_configured_store(settings, create=generate_key)  # only `set` makes the key and the store
     secrets = None
     try:
