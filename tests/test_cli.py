@@ -1008,6 +1008,21 @@ def test_a_command_that_stores_nothing_makes_no_store_where_there_is_none(
     assert not Path(env["MCP_SECRETS_DATA_DIR"]).exists()
 
 
+@pytest.mark.parametrize("command", [["list"], ["audit"], ["token", "list"], ["serve"]])
+def test_a_sqlite_path_that_cannot_be_looked_at_is_a_store_error_not_a_traceback(
+    env: dict[str, str], command: list[str]
+) -> None:
+    Path(env["MCP_SECRETS_DATA_DIR"]).mkdir(parents=True)
+    database = Path(env["MCP_SECRETS_DATA_DIR"]) / ("d" * 300) / "secrets.db"  # a name too long
+    env["MCP_SECRETS_DATABASE_URL"] = f"sqlite:///{database}"
+
+    done = mcp_secrets_cli(env, *command)
+
+    assert done.returncode == 1
+    assert f"the SQLite store at {database} cannot be opened" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize(
     "run",
     [

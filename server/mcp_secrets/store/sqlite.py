@@ -279,18 +279,19 @@ class SQLiteStore:
         self, path: str | os.PathLike[str], *, busy_timeout: float = BUSY_TIMEOUT_SECONDS, create: bool = True
     ) -> None:
         self.path = Path(path).expanduser()
-        if not create and not self.path.exists():
-            # A command that only reads or removes must not leave an empty store at a mistyped path.
-            raise StoreUnavailableError(
-                f"there is no SQLite store at {self.path}: nothing is stored yet, "
-                "or MCP_SECRETS_DATABASE_URL names another file"
-            )
         self._path_text = os.fspath(self.path)
         self._lock = threading.Lock()
         self._busy_timeout_ms = round(busy_timeout * 1000)
         self._waits = True  # the connection's busy timeout is the configured one (False: 0)
         self._forked = False  # in a forked child, until it opens a connection of its own
         try:
+            # In the try: a path that cannot be looked at (a name too long) is one that cannot be opened.
+            if not create and not self.path.exists():
+                # A command that only reads or removes must not leave an empty store at a mistyped path.
+                raise StoreUnavailableError(
+                    f"there is no SQLite store at {self.path}: nothing is stored yet, "
+                    "or MCP_SECRETS_DATABASE_URL names another file"
+                )
             _create_private_file(self.path)
             # SQLite gives the -wal and -shm files the database file's own mode (0600).
             self._connection = self._connect()
