@@ -638,6 +638,21 @@ def test_a_sqlite_url_under_the_home_of_no_such_user_is_a_configuration_error(
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("given", ["environment", "option"])
+def test_a_gateway_file_under_the_home_of_no_such_user_is_an_invalid_setting(
+    env: dict[str, str], given: str
+) -> None:
+    servers = f"~no-such-user-{_random.token_hex(4)}/servers.json"
+    if given == "environment":
+        env["MCP_SECRETS_SERVERS"] = servers
+
+    done = mcp_secrets_cli(env, "serve", *(["--servers", servers] if given == "option" else []))
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "mcp-secrets: error: invalid setting: servers" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_set_again_replaces_the_value_and_says_updated(env: dict[str, str], canary: str) -> None:
     first = set_from_stdin(env, "old\n", "github", "TOKEN", "--user", "alice")
 

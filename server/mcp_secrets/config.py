@@ -132,7 +132,7 @@ class Settings(BaseSettings):
     _upper_level = field_validator("log_level", mode="before")(_upper)
     # `~/…` as the key file's setting takes it: no shell expands it in a client's config file, and a
     # key generated under a literal `~` beside the working directory was not found from another one.
-    _expand_dirs = field_validator("data_dir", "config_dir", "master_key_file")(_expand_home)
+    _expand_dirs = field_validator("data_dir", "config_dir", "master_key_file", "servers")(_expand_home)
 
     @property
     def default_database_path(self) -> Path:
