@@ -22,6 +22,7 @@ import pytest
 import mcp_secrets
 from conftest import isolated_env, new_canary
 from mcp_secrets.cli import build_parser
+from mcp_secrets.crypto import generate_master_key
 from mcp_secrets.store.sqlite import SQLiteStore
 
 TOKEN = re.compile(r"mcps_([0-9a-f]{10})_[A-Za-z0-9_-]{43}")
@@ -247,6 +248,24 @@ def test_serve_refuses_a_malformed_master_key_without_showing_it(env: dict[str, 
     assert "MCP_SECRETS_MASTER_KEY" in done.stderr
     assert "32 random bytes" in done.stderr
     assert malformed not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("command", [["serve"], ["set", "github", "TOKEN"], ["list"]])
+def test_a_key_in_the_environment_and_a_key_file_together_are_refused_before_a_store_is_made(
+    env: dict[str, str], command: list[str]
+) -> None:
+    key_file = Path(env["MCP_SECRETS_CONFIG_DIR"]) / "keys"
+    key_file.parent.mkdir(parents=True)
+    key_file.write_text(generate_master_key() + "\n")
+    key_file.chmod(0o600)
+    env["MCP_SECRETS_MASTER_KEY_FILE"] = str(key_file)
+
+    done = mcp_secrets_cli(env, *command)
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "are both set" in done.stderr
+    assert env["MCP_SECRETS_MASTER_KEY"] not in done.stdout + done.stderr
+    assert not Path(env["MCP_SECRETS_DATA_DIR"]).exists()
 
 
 def test_serve_on_mongodb_without_a_master_key_fails_before_connecting(env: dict[str, str]) -> None:

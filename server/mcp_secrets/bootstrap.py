@@ -119,10 +119,15 @@ def _sync_directory(directory: Path) -> None:
 
 
 def require_explicit_key(settings: Settings) -> None:
-    """Refuse MongoDB without a configured master key, before connecting to it.
+    """Refuse keys configured twice, or MongoDB without a configured key, before a store is opened.
 
     A URL that is neither MongoDB's nor SQLite's is left for the store to refuse: no key would help.
     """
+    if settings.master_key is not None and settings.master_key_file is not None:
+        raise ConfigurationError(
+            "MCP_SECRETS_MASTER_KEY and MCP_SECRETS_MASTER_KEY_FILE are both set: set one, so the keys "
+            "in use are the ones you edit"
+        )
     if settings.master_key is None and settings.master_key_file is None and settings.uses_mongodb:
         raise ConfigurationError(
             "MongoDB needs an explicit master key, shared by every replica: set MCP_SECRETS_MASTER_KEY "
@@ -138,11 +143,7 @@ def load_master_keys(
     ``store`` lets a first run refuse to generate a key over secrets that an
     earlier, now missing, key encrypted.
     """
-    if settings.master_key is not None and settings.master_key_file is not None:
-        raise ConfigurationError(
-            "MCP_SECRETS_MASTER_KEY and MCP_SECRETS_MASTER_KEY_FILE are both set: set one, so the keys "
-            "in use are the ones you edit"
-        )
+    require_explicit_key(settings)
     if settings.master_key is not None:
         return MasterKeys(
             _parse_keys(settings.master_key.get_secret_value(), "MCP_SECRETS_MASTER_KEY"),
@@ -151,7 +152,6 @@ def load_master_keys(
     if settings.master_key_file is not None:
         path = settings.master_key_file.expanduser()
         return MasterKeys(_read_key_file(path), f"key file {path}")
-    require_explicit_key(settings)
     path = settings.default_key_file
     if path.exists():
         return MasterKeys(_read_key_file(path), f"key file {path}")
