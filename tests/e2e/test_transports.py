@@ -333,36 +333,34 @@ def test_foreign_host_or_origin_is_refused_even_with_a_valid_token(http_deployme
     assert response.status_code == status
 
 
-def test_allowed_hosts_and_origins_match_as_browsers_send_them_however_they_are_spelled(
-    start_server, env, tmp_path: Path
+@pytest.mark.parametrize(
+    "spelling",  # the allowed origin configured; the Host and Origin sent
+    [
+        # What a browser sends: the host in lower case, an origin without a path.
+        pytest.param(
+            ("https://Secrets.Example.COM/", "secrets.example.com:443", "https://secrets.example.com"),
+            id="as-browsers-send-them",
+        ),
+        # What curl sends for the URL as it is written: host names are the same in any case.
+        pytest.param(
+            ("https://Secrets.Example.COM", "Secrets.Example.COM:443", "https://Secrets.Example.COM"),
+            id="in-mixed-case-as-configured",
+        ),
+    ],
+)
+def test_allowed_hosts_and_origins_match_however_either_side_spells_them(
+    start_server, env, tmp_path: Path, spelling: tuple[str, str, str]
 ) -> None:
+    allowed_origin, host, origin = spelling
     env["MCP_SECRETS_ALLOWED_HOSTS"] = "Secrets.Example.COM:*"
-    env["MCP_SECRETS_ALLOWED_ORIGINS"] = "https://Secrets.Example.COM/"
+    env["MCP_SECRETS_ALLOWED_ORIGINS"] = allowed_origin
     token = create_token(env, "alice")
     with start_server(env, "streamable-http", tmp_path / "server.log") as deployment:
-        # What a browser sends: the host in lower case, an origin without a path.
-        admitted = probe(
-            deployment, token, Host="secrets.example.com:443", Origin="https://secrets.example.com"
-        )
+        admitted = probe(deployment, token, Host=host, Origin=origin)
         foreign = probe(deployment, token, Host="evil.example.com:443")
 
     assert admitted.status_code == HTTPStatus.OK, admitted.text
     assert foreign.status_code == HTTPStatus.MISDIRECTED_REQUEST
-
-
-def test_a_host_and_origin_written_as_configured_in_mixed_case_are_still_allowed(
-    start_server, env, tmp_path: Path
-) -> None:
-    env["MCP_SECRETS_ALLOWED_HOSTS"] = "Secrets.Example.COM:*"
-    env["MCP_SECRETS_ALLOWED_ORIGINS"] = "https://Secrets.Example.COM"
-    token = create_token(env, "alice")
-    with start_server(env, "streamable-http", tmp_path / "server.log") as deployment:
-        # What curl sends for the URL as it is written: host names are the same in any case.
-        admitted = probe(
-            deployment, token, Host="Secrets.Example.COM:443", Origin="https://Secrets.Example.COM"
-        )
-
-    assert admitted.status_code == HTTPStatus.OK, admitted.text
 
 
 async def test_stateless_streamable_http_keeps_secrets_across_connections(stateless_deployment) -> None:
