@@ -130,6 +130,9 @@ def _link(document: Document) -> LinkRecord:
     )
 
 
+_TLS_FILE_OPTIONS = ("tlscafile", "tlscertificatekeyfile", "tlscrlfile")  # as pymongo spells them
+
+
 class MongoStore:
     """A ``SecretStore`` on MongoDB collections, indexes created at start.
 
@@ -193,11 +196,13 @@ class MongoStore:
                 f"MCP_SECRETS_DATABASE_URL is not a valid MongoDB URL ({type(exc).__name__})"
             ) from None
         except OSError as exc:
-            # A TLS file the URL names (tlsCAFile=…) that cannot be read, or holds no certificate: the
-            # error's strerror names the option or the TLS fault, never the URL.
+            # A TLS file the URL names (tlsCAFile=…) that cannot be read, or holds no certificate. Named
+            # here by its option, since older pymongo does not name it; the error's strerror never has
+            # the URL.
+            options = [option for option in _TLS_FILE_OPTIONS if f"{option}=" in url.lower()]
             raise ConfigurationError(
-                f"MCP_SECRETS_DATABASE_URL names a file that cannot be used ({type(exc).__name__}: "
-                f"{exc.strerror})"
+                f"MCP_SECRETS_DATABASE_URL names a file that cannot be used ({', '.join(options)}: "
+                f"{type(exc).__name__}: {exc.strerror})"
             ) from None
         return cls(client, database)
 
