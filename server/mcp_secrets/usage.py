@@ -180,13 +180,19 @@ class UseRecorder:
                 return
             failure = self._write([use for _, use in self._writing])
             with self._changed:
-                if failure is not None:
-                    self._pending.extendleft(reversed(self._writing))
-                self._writing = []
-                self._settle()
-                self._changed.notify_all()
+                self._written(failure)
             if failure is not None:
                 return
+
+    def _written(self, failure: str | None) -> None:
+        """Under the lock, after a batch: a failed one goes back to the front; either way the mark moves."""
+        if failure is not None:
+            self._failures += 1
+            self._pending.extendleft(reversed(self._writing))
+            self._drop_overflow()
+        self._writing = []
+        self._settle()
+        self._changed.notify_all()
 
     def _settle(self) -> None:
         """Move the mark below which every use is written or dropped: just below the oldest still waiting."""
@@ -207,13 +213,7 @@ class UseRecorder:
                 return
             failure = self._write(batch)
             with self._changed:
-                if failure is not None:
-                    self._failures += 1
-                    self._pending.extendleft(reversed(self._writing))
-                    self._drop_overflow()
-                self._writing = []
-                self._settle()
-                self._changed.notify_all()
+                self._written(failure)
                 if failure is not None and self._stopping:
                     self._thread = None  # closing: what is left is counted as lost
                     return
