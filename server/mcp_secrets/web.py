@@ -359,7 +359,10 @@ def _announce_messages_under(app: Starlette, path: str) -> None:
 
 
 def _wrap_route(app: Starlette, path: str, wrap: Callable[[ASGIApp], ASGIApp]) -> None:
-    """Put ``wrap`` around the SDK's app at ``path``, inside its bearer check: the user is known there."""
+    """Put ``wrap`` around the SDK's app at ``path``: behind the bearer middleware, so the user is known.
+
+    It sits in front of the SDK's token requirement, which still refuses a request without one.
+    """
     for route in app.router.routes:
         if isinstance(route, Route) and route.path == path:
             route.app = wrap(route.app)
