@@ -201,6 +201,34 @@ def test_text_holding_no_spelling_of_the_value_is_untouched(value: str, text: st
     assert Redactor({"TOKEN": value}).text(text) == text
 
 
+def test_a_value_cut_across_texts_is_labelled_where_it_begins_and_cut_from_the_rest() -> None:
+    redactor = Redactor({"TOKEN": "tok-3f9a1c"})
+
+    shown = redactor.texts(["nothing here", "my token is tok-", "3f9a", "1c and more", "tok-3f9a1c"])
+
+    assert shown == ["nothing here", f"my token is {LABEL}", "", " and more", LABEL]
+
+
+@given(
+    value=secret_values,
+    before=st.text(),
+    after=st.text(),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8),
+)
+def test_texts_cut_anywhere_read_together_as_the_whole_text_redacted(
+    value: str, before: str, after: str, cuts: list[int]
+) -> None:
+    text = before + value + after
+    points = sorted(min(cut, len(text)) for cut in cuts)
+    pieces = [text[start:end] for start, end in zip([0, *points], [*points, len(text)], strict=True)]
+    redactor = Redactor({"TOKEN": value})
+
+    shown = redactor.texts(pieces)
+
+    assert len(shown) == len(pieces)
+    assert "".join(shown) == redactor.text(text)
+
+
 @pytest.mark.parametrize(
     ("user", "shown"),
     [

@@ -37,7 +37,7 @@ import anyio
 import pytest
 from mcp import Client
 from mcp.server.mcpserver import MCPServer
-from mcp_types import CallToolResult, LoggingMessageNotificationParams
+from mcp_types import CallToolResult, LoggingMessageNotificationParams, TextContent
 
 from conftest import assert_no_fragment_of
 from mcp_secrets import gateway as gateway_module
@@ -67,6 +67,7 @@ SILENT_FIXTURE = FIXTURE.with_name("silent_server.py")
 DOWNSTREAM_TOOLS = {
     "token_hash",
     "echo_token",
+    "echo_token_in_chunks",
     "seen_digests",
     "fail_with_token",
     "refuse_with_token",
@@ -580,6 +581,22 @@ async def test_results_and_errors_carry_no_spelling_of_the_injected_secret(
     assert refused.is_error
     assert "refused credentials: [redacted TOKEN]" in everything_in(refused)
     assert_no_spelling_of(canary, everything_in(refused))
+
+
+@pytest.mark.parametrize("size", [1, 5, 13])
+async def test_a_secret_cut_across_text_blocks_is_redacted_across_them(
+    sqlite_secrets: Secrets, gateway: Gateway, canary: str, size: int
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
+
+    result = await call_server(sqlite_secrets, gateway, "alice", "down__echo_token_in_chunks", {"size": size})
+
+    # The downstream cut "my token is SECRET" into blocks of ``size`` characters; a reader joins them.
+    blocks = [block.text for block in result.content if isinstance(block, TextContent)]
+    assert len(blocks) == len(result.content) > 1
+    assert_no_spelling_of(canary, "".join(blocks))  # first: a failure below may print the blocks
+    assert_no_spelling_of(canary, everything_in(result))
+    assert "".join(blocks) == "my token is [redacted TOKEN]"
 
 
 async def test_progress_and_log_messages_reach_the_client_redacted(

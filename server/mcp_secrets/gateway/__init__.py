@@ -378,8 +378,15 @@ class Gateway:
 
 
 def redact_result(result: CallToolResult, redactor: Redactor) -> CallToolResult:
-    """``result`` with every spelling of an injected value replaced: text, structured content, errors."""
-    return CallToolResult.model_validate(redactor.data(result.model_dump(by_alias=True, mode="json")))
+    """``result`` with every spelling of an injected value replaced: text, structured content, errors.
+
+    The text blocks are read as one text first, so that a value cut across blocks is replaced too.
+    """
+    dumped = result.model_dump(by_alias=True, mode="json")
+    blocks = [block for block in dumped["content"] if block.get("type") == "text"]
+    for block, text in zip(blocks, redactor.texts([block["text"] for block in blocks]), strict=True):
+        block["text"] = text
+    return CallToolResult.model_validate(redactor.data(dumped))
 
 
 async def _take_turn(lock: anyio.Lock, seconds: float, server: str) -> None:

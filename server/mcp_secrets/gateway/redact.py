@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -97,6 +97,39 @@ class Redactor:
 
     def text(self, text: str) -> str:
         """``text`` with every known spelling replaced."""
+        return self.texts([text])[0]
+
+    def texts(self, texts: Sequence[str]) -> list[str]:
+        """Texts a reader sees one after another (a result's text blocks), each with every spelling replaced.
+
+        A spelling split across texts, as by a tool that writes its output in fixed-size chunks, is
+        replaced too: its label goes where it begins, and its rest is cut from the texts that follow.
+        """
+        spans = self._spans("".join(texts))
+        if not spans:
+            return list(texts)
+        shown: list[str] = []
+        offset = 0
+        index = 0  # the first span not yet wholly behind the current text
+        for text in texts:
+            end_of_text = offset + len(text)
+            pieces: list[str] = []
+            done = offset
+            while index < len(spans) and spans[index][0] < end_of_text:
+                start, end, label = spans[index]
+                if start >= done:  # it begins in this text
+                    pieces += (text[done - offset : start - offset], label)
+                done = max(done, min(end, end_of_text))
+                if end > end_of_text:
+                    break  # it goes on in the next text
+                index += 1
+            pieces.append(text[done - offset :])
+            shown.append("".join(pieces))
+            offset = end_of_text
+        return shown
+
+    def _spans(self, text: str) -> list[tuple[int, int, str]]:
+        """(start, end, label) of each spelling to replace in ``text``, in order and without overlaps."""
         # (start, -length, form) of each match: sorted, the leftmost comes first, and there the longest.
         found: list[tuple[int, int, str]] = []
         for form in self._forms:
@@ -104,20 +137,15 @@ class Redactor:
             while start != -1:
                 found.append((start, -len(form), form))
                 start = text.find(form, start + 1)
-        if not found:
-            return text
         found.sort()
-        pieces: list[str] = []
-        done = 0
+        spans: list[tuple[int, int, str]] = []
         for start, negative_length, form in found:
             end = start - negative_length
-            if start >= done:  # not inside a spelling replaced already
-                pieces += (text[done:start], self._label_of[form])
-                done = end
-            elif end > done:  # it overlaps the one just replaced and goes on: its rest goes with it
-                done = end
-        pieces.append(text[done:])
-        return "".join(pieces)
+            if not spans or start >= spans[-1][1]:  # not inside a spelling replaced already
+                spans.append((start, end, self._label_of[form]))
+            elif end > spans[-1][1]:  # it overlaps the one just replaced and goes on: its rest goes with it
+                spans[-1] = (spans[-1][0], end, spans[-1][2])
+        return spans
 
     def data(self, value: Any) -> Any:  # noqa: ANN401 - any JSON value
         """A JSON-like value with every string in it (keys included) redacted."""
