@@ -142,6 +142,8 @@ JWKS_FETCH_SECONDS = 10.0
 # any request can make one (a JWT-shaped header is enough), so they must not take the threads the store
 # calls of every other request need.
 JWT_CHECK_THREADS = 4
+# The "typ" header values of a JWT access token, lower case: RFC 9068's, and the generic one.
+ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "jwt"})
 
 
 class JwtVerifier:
@@ -197,18 +199,18 @@ class JwtVerifier:
         except jwt.PyJWTError as exc:
             logger.info("JWT refused: %s", type(exc).__name__)
             return None
+        # Signed, so the provider set it: a JWT typed as anything but an access token (a logout or DPoP
+        # proof token, RFC 8725 3.11) is not one, whatever its claims. Many providers type theirs "JWT".
+        typ = jwt.get_unverified_header(token).get("typ", "JWT")
+        if type(typ) is not str or typ.lower().removeprefix("application/") not in ACCESS_TOKEN_TYPES:
+            logger.info("JWT refused: its typ header is not an access token's")
+            return None
         # PyJWT grants the leeway to exp too; expiry stays exact, as the SDK's bearer middleware keeps it.
         if int(claims["exp"]) <= time.time():
             logger.info("JWT refused: ExpiredSignatureError")
             return None
-        username = claims.get(self._username_claim)
-        if type(username) is not str:
-            logger.info("JWT refused: no string claim %r", self._username_claim)
-            return None
-        try:
-            validate_username(username)
-        except InvalidInputError:
-            logger.info("JWT refused: claim %r is not a valid username", self._username_claim)
+        username = self._username_in(claims)
+        if username is None:
             return None
         return AccessToken(
             token=token,
@@ -219,6 +221,19 @@ class JwtVerifier:
             subject=username,
             claims={"iss": claims["iss"]},
         )
+
+    def _username_in(self, claims: dict[str, Any]) -> str | None:
+        """The username the configured claim holds; None (logged) when it holds none."""
+        username = claims.get(self._username_claim)
+        if type(username) is not str:
+            logger.info("JWT refused: no string claim %r", self._username_claim)
+            return None
+        try:
+            validate_username(username)
+        except InvalidInputError:
+            logger.info("JWT refused: claim %r is not a valid username", self._username_claim)
+            return None
+        return username
 
 
 class EitherVerifier:

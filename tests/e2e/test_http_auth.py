@@ -51,11 +51,12 @@ def jwks_url(signing_key: rsa.RSAPrivateKey) -> Iterator[str]:
         yield url
 
 
-def signed_jwt(key: rsa.RSAPrivateKey, **changes: Any) -> str:
-    """A JWT for carol from the provider, with some claims changed."""
+def signed_jwt(key: rsa.RSAPrivateKey, typ: str | None = "JWT", **changes: Any) -> str:
+    """A JWT for carol from the provider, typed ``typ`` (None: no typ), with some claims changed."""
     now = int(time.time())
     claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "carol", "iat": now, "exp": now + 300} | changes
-    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": KID})
+    headers = {"kid": KID} if typ is None else {"kid": KID, "typ": typ}
+    return jwt.encode(claims, key, algorithm="RS256", headers=headers)
 
 
 # --- one store, four servers --------------------------------------------------------------------------
@@ -254,6 +255,23 @@ async def test_a_jwt_from_a_provider_whose_clock_runs_a_few_seconds_ahead_gets_i
     token = signed_jwt(signing_key, iat=ahead, nbf=ahead)
 
     assert await username_seen_with(jwt_deployment, token) == "carol"
+
+
+@pytest.mark.parametrize("typ", ["JWT", "jwt", "at+jwt", "application/at+jwt", "AT+JWT", None])
+async def test_a_jwt_typed_as_an_access_token_or_untyped_gets_in(
+    jwt_deployment: Deployment, signing_key: rsa.RSAPrivateKey, typ: str | None
+) -> None:
+    assert await username_seen_with(jwt_deployment, signed_jwt(signing_key, typ=typ)) == "carol"
+
+
+@pytest.mark.parametrize("typ", ["logout+jwt", "dpop+jwt", "application/secevent+jwt", "id_token+jwt"])
+def test_a_jwt_typed_as_another_kind_of_token_gets_401(
+    jwt_deployment: Deployment, signing_key: rsa.RSAPrivateKey, typ: str
+) -> None:
+    # Signed by the provider, for this audience and issuer, and live: only its type is wrong.
+    response = probe(jwt_deployment, {"Authorization": f"Bearer {signed_jwt(signing_key, typ=typ)}"})
+
+    assert response.status == 401
 
 
 REFUSED_JWTS: dict[str, dict[str, Any]] = {
