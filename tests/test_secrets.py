@@ -324,6 +324,28 @@ def test_invalid_name_is_refused_naming_the_field_not_the_input(
     assert secrets.store.count_secrets() == 0
 
 
+@pytest.mark.parametrize("bad", BAD_NAMES)
+@pytest.mark.parametrize("field", ["username", "server", "key"])
+def test_record_use_refuses_an_invalid_name_and_records_nothing(
+    secrets: Secrets, field: str, bad: object
+) -> None:
+    names: dict[str, Any] = {"username": "alice", "server": "github", "key": "TOKEN"}
+    names[field] = bad
+
+    with pytest.raises(InvalidInputError, match=f"^{field} must be"):
+        secrets.record_use(names["username"], names["server"], [names["key"]], via="library")
+
+    assert secrets.flush()
+    assert secrets.list_events(None) == []
+
+
+def test_record_use_refuses_one_string_for_its_keys(secrets: Secrets) -> None:
+    with pytest.raises(InvalidInputError, match=r"^keys must be"):
+        secrets.record_use("alice", "github", "TOKEN", via="library")
+
+    assert secrets.list_events(None) == []
+
+
 @pytest.mark.parametrize("field", ["server", "key"])
 def test_at_sign_is_for_usernames_only(secrets: Secrets, canary: str, field: str) -> None:
     with pytest.raises(InvalidInputError, match=f"^{field} must be"):

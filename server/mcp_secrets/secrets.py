@@ -149,7 +149,7 @@ class Secrets:
             for record in self.store.find_secrets(username, server)
         }
         if values and record_use:
-            self.record_use(username, server, values, via=via, action=action, detail=detail)
+            self._record_use(username, server, values, via=via, action=action, detail=detail)
         return values
 
     def record_use(
@@ -163,6 +163,25 @@ class Secrets:
         detail: str = "",
     ) -> None:
         """Record that ``keys`` of one user's server were handed on: one event, and each key's last use."""
+        # Checked here, not by the writer thread: there a bad name would be dropped with the uses batched
+        # beside it, or block them all, and the caller would not hear of it.
+        validate_username(username)
+        validate_name("server", server)
+        if isinstance(keys, str):  # its characters would be taken for keys
+            raise InvalidInputError("keys must be a collection of key names, not one string")
+        self._record_use(
+            username,
+            server,
+            [validate_name("key", key) for key in keys],
+            via=via,
+            action=action,
+            detail=detail,
+        )
+
+    def _record_use(
+        self, username: str, server: str, keys: Iterable[str], *, via: str, action: str, detail: str
+    ) -> None:
+        """``record_use`` of names known to be valid: those ``get_secrets`` has just read."""
         used = tuple(sorted(keys))
         if used:
             event = AuditEvent(self._clock(), username, action, server, ",".join(used), via, detail)
