@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
 import os
 import signal
 import sqlite3
@@ -580,6 +581,30 @@ def test_a_child_forked_while_a_thread_holds_a_recorder_without_a_writer_records
     assert os.waitstatus_to_exitcode(status) == 0
     assert used_details(store) == Counter({"child's": 1})
     assert recorder.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_use_still_pending_when_a_multiprocessing_worker_ends_is_written(
+    tmp_path: Path, encryptor: SecretEncryptor
+) -> None:
+    # A multiprocessing child ends by os._exit, past atexit: a pre-forking pool's worker, say.
+    controlled = ControlledStore(SQLiteStore(tmp_path / "secrets.db"))
+    service = Secrets(controlled, encryptor)  # type: ignore[arg-type]
+    service.set_secret("alice", "github", "TOKEN", new_canary())
+
+    def worker() -> None:
+        controlled.open.clear()
+        open_when_flushed(service, controlled)  # written only if something flushes at the exit
+        service.get_secrets("alice", "github", detail="worker's")
+
+    process = multiprocessing.get_context("fork").Process(target=worker)
+    process.start()
+    process.join(DEADLINE_SECONDS)
+
+    assert process.exitcode == 0
+    assert used_details(controlled.store) == Counter({"worker's": 1})
+    service.close()
 
 
 def test_events_hold_no_value(service: Secrets, controlled: ControlledStore) -> None:

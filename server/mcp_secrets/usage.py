@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -162,6 +163,7 @@ class UseRecorder:
         """Start the writer thread; if none can start now, the uses wait for the next use or flush to try."""
         self._stopping = False
         _OPEN.add(self)  # closed at exit even if no writer starts: close() then writes what is kept
+        _close_at_multiprocessing_exit()
         thread = threading.Thread(target=self._write_pending, name="mcp-secrets-uses", daemon=True)
         try:
             thread.start()
@@ -299,6 +301,23 @@ _EVERY: weakref.WeakSet[UseRecorder] = weakref.WeakSet()
 def _close_open_recorders() -> None:
     for recorder in list(_OPEN):
         recorder.close(timeout=5.0)
+
+
+_exit_hook_pid = 0  # the process that has asked multiprocessing to close the recorders at its exit
+
+
+def _close_at_multiprocessing_exit() -> None:
+    """Have multiprocessing close the open recorders at this process's exit, as atexit does.
+
+    A multiprocessing child ends by ``os._exit`` once its target returns: atexit hooks never run,
+    only the finalizers registered in the child itself (those inherited are cleared as it starts).
+    Without multiprocessing loaded this process is none of its children, and atexit is enough.
+    """
+    global _exit_hook_pid  # noqa: PLW0603 - once per process
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None and _exit_hook_pid != os.getpid():
+        _exit_hook_pid = os.getpid()
+        util.Finalize(None, _close_open_recorders, exitpriority=0)
 
 
 def _forget_parent_recorders() -> None:
