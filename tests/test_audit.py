@@ -140,6 +140,14 @@ def test_list_events_refuses_a_limit_outside_one_to_a_thousand(secrets: Secrets,
         secrets.list_events("alice", limit=limit)
 
 
+@pytest.mark.parametrize("limit", [2.5, 2.0, "2", None, True])
+def test_list_events_refuses_a_limit_that_is_not_a_whole_number(secrets: Secrets, limit: object) -> None:
+    write_three(secrets)
+
+    with pytest.raises(InvalidInputError, match="limit"):
+        secrets.list_events("alice", limit=limit)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("username", "server", "field"),
     [

@@ -210,8 +210,9 @@ class Secrets:
             validate_username(username)
         if server is not None:
             validate_name("server", server)
-        if not 1 <= limit <= 1000:  # noqa: PLR2004 - a page, not a dump
-            raise InvalidInputError("limit must be between 1 and 1000")
+        # A whole number: a float or a string would reach the store, and fail there as no SecretsError.
+        if type(limit) is not int or not 1 <= limit <= 1000:  # noqa: PLR2004 - a page, not a dump
+            raise InvalidInputError("limit must be a whole number between 1 and 1000")
         self._catch_up()
         return self.store.list_events(username, server, limit)
 
