@@ -346,6 +346,29 @@ def test_record_use_refuses_one_string_for_its_keys(secrets: Secrets) -> None:
     assert secrets.list_events(None) == []
 
 
+USE_CALLS: list[Any] = [
+    pytest.param(lambda s, texts: s.get_secrets("alice", "github", **texts), id="get_secrets"),
+    pytest.param(lambda s, texts: s.record_use("alice", "github", ["TOKEN"], **texts), id="record_use"),
+]
+
+
+@pytest.mark.parametrize("call", USE_CALLS)
+@pytest.mark.parametrize("bad", [None, 5, {"$ne": ""}])
+@pytest.mark.parametrize("field", ["via", "action", "detail"])
+def test_a_use_whose_via_action_or_detail_is_not_text_is_refused_and_records_nothing(
+    secrets: Secrets, canary: str, field: str, bad: object, call: Callable[[Secrets, dict[str, Any]], object]
+) -> None:
+    secrets.set_secret("alice", "github", "TOKEN", canary)
+    texts: dict[str, Any] = {"via": "library", field: bad}
+
+    with pytest.raises(InvalidInputError, match=f"^{field} must be") as raised:
+        call(secrets, texts)
+
+    assert_not_leaked(raised.value, canary)
+    assert secrets.flush()
+    assert [event.action for event in secrets.list_events(None)] == ["created"]
+
+
 @pytest.mark.parametrize("field", ["server", "key"])
 def test_at_sign_is_for_usernames_only(secrets: Secrets, canary: str, field: str) -> None:
     with pytest.raises(InvalidInputError, match=f"^{field} must be"):

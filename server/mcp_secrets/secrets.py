@@ -51,6 +51,13 @@ def validate_name(field: str, name: object) -> str:
     return name
 
 
+def _validate_use_texts(via: object, action: object, detail: object) -> None:
+    """Refuse a use's free texts unless each is a string: the writer thread could not write it."""
+    for field, text in (("via", via), ("action", action), ("detail", detail)):
+        if type(text) is not str:
+            raise InvalidInputError(f"{field} must be a string")
+
+
 def validate_value(value: object) -> str:
     """Return a valid secret value: a string of 1 byte to 64 KiB in UTF-8."""
     if type(value) is not str:
@@ -143,6 +150,7 @@ class Secrets:
         """
         validate_username(username)
         validate_name("server", server)
+        _validate_use_texts(via, action, detail)
         decrypt = self.encryptor.decrypt
         values = {
             record.key: decrypt(record.value, username=username, server=server, key=record.key)
@@ -167,6 +175,7 @@ class Secrets:
         # beside it, or block them all, and the caller would not hear of it.
         validate_username(username)
         validate_name("server", server)
+        _validate_use_texts(via, action, detail)
         if isinstance(keys, str):  # its characters would be taken for keys
             raise InvalidInputError("keys must be a collection of key names, not one string")
         self._record_use(
