@@ -577,6 +577,24 @@ async def test_request_secret_closed_after_the_page_stored_the_value_says_stored
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_request_secret_that_does_not_wait_still_says_stored_when_the_page_was_submitted_first(
+    sqlite_secrets: Secrets, entry_client: Callable[..., Client], mode: str, canary: str
+) -> None:
+    # MCP_SECRETS_ENTRY_WAIT_SECONDS=0: the user filled in the page before confirming the client's dialog.
+    elicitor = Elicitor(EntryLinks(sqlite_secrets), "accept", submit=canary)
+
+    async with entry_client(elicitor, mode=mode, wait_seconds=0) as alice:
+        result = await alice.call_tool("request_secret", {"server": "github", "key": "TOKEN"})
+
+    assert not result.is_error, text_of(result)
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "stored", text_of(result)
+    assert sqlite_secrets.get_secrets("alice", "github") == {"TOKEN": canary}
+    assert canary not in json.dumps(result.model_dump(mode="json"))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_request_secret_in_process_without_a_submission_is_pending(
     sqlite_secrets: Secrets, entry_client: Callable[..., Client], mode: str
 ) -> None:

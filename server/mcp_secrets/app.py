@@ -311,14 +311,14 @@ def _terminal_hint(username: str, server: str, key: str) -> CallToolResult:
 async def _await_entry(entry: EntrySettings, link: EntryLink, ctx: Context[Any, Any]) -> Submission:
     """Wait, polling the store (any replica may serve the page), until the value is stored or time is up."""
     waited = 0.0
-    while waited < entry.wait_seconds:
+    while True:
+        # Looked at once more when the time is up (and once with no wait): the page may be submitted already.
         submission = await _run(lambda: entry.links.submission(link.token))
-        if submission != "waiting":
+        if submission != "waiting" or waited >= entry.wait_seconds:
             return submission
         await ctx.report_progress(waited, entry.wait_seconds, "Waiting for the secret to be entered")
         await anyio.sleep(WAIT_POLL_SECONDS)
         waited += WAIT_POLL_SECONDS
-    return "waiting"
 
 
 async def _entry_outcome(
