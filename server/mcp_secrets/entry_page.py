@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import secrets as _random
 from collections.abc import Mapping
 from html import escape
@@ -31,6 +32,13 @@ logger = logging.getLogger(__name__)
 CSRF_COOKIE = "mcp_secrets_csrf"
 MAX_FORM_BYTES = 256 * 1024
 MAX_FORM_FIELDS = 4  # the form has two: a body of many more is not from it, and costs time to parse
+# A one-line field turns the line breaks of a pasted PEM key into spaces, or drops them: the key would be
+# stored broken, and nobody would see it until it failed. A PEM armor line in a value of one line tells.
+_PEM_ARMOR = re.compile(r"-----BEGIN [^\r\n-]*-----")
+FLATTENED_PEM = (
+    "Not stored: this key of several lines (PEM) lost its line breaks in the field, and would not work. "
+    "Store it in a way that keeps them: mcp-secrets set, or the REST API (POST /secrets/set)."
+)
 
 _STYLE = """
 body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1b1d21}
@@ -308,6 +316,8 @@ async def _submit(
 ) -> Response:
     """Store the submitted value; the answer never contains it."""
     text = value if isinstance(value, str) else ""
+    if _PEM_ARMOR.search(text) and "\n" not in text and "\r" not in text:
+        return _form(record, csrf, path=path, secure=secure, error=FLATTENED_PEM, status=400)
     try:
         await anyio.to_thread.run_sync(links.submit, token, text)
     except InvalidInputError as exc:

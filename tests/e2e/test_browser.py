@@ -120,3 +120,25 @@ async def test_two_links_opened_from_another_site_each_store_their_secret(
     assert len(entry_tabs) == len(keys)
     assert headings == ["Secret stored"] * len(keys)
     assert {(server, key) for key in keys} <= set(await keys_of(deployment, "alice"))
+
+
+async def test_a_pem_key_pasted_into_the_field_is_refused_not_stored_without_its_line_breaks(
+    browser: webdriver.Chrome, streamable_http_deployment: Deployment, canary: str
+) -> None:
+    deployment = streamable_http_deployment
+    server, key = f"server-{_random.token_hex(4)}", "PRIVATE_KEY"
+    url = await request_entry_link(deployment, "alice", server, key)
+    pem = f"-----BEGIN PRIVATE KEY-----\n{canary}\n{canary}\n-----END PRIVATE KEY-----"
+
+    browser.get(url)
+    browser.find_element(By.ID, "value").click()
+    browser.execute_cdp_cmd("Input.insertText", {"text": pem})  # as a paste types it
+    browser.find_element(By.XPATH, "//button[normalize-space()='Store secret']").click()
+    WebDriverWait(browser, BROWSER_TIMEOUT, ignored_exceptions=(WebDriverException,)).until(
+        lambda driver: driver.find_elements(By.ID, "problem")
+    )
+    problem = browser.find_element(By.ID, "problem").text
+
+    assert "line breaks" in problem
+    assert canary not in browser.page_source
+    assert (server, key) not in await keys_of(deployment, "alice")

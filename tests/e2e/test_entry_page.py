@@ -712,6 +712,40 @@ async def test_an_invalid_value_shows_the_form_again_without_echoing_it(
     assert stored_values(streamable_http_deployment, "alice", server) == {"API_TOKEN": "the real value"}
 
 
+def pem_of(body: str) -> str:
+    """A private key in PEM: its body in lines of 64 characters between the armor lines."""
+    lines = [body[start : start + 64] for start in range(0, len(body), 64)]
+    return "\n".join(["-----BEGIN PRIVATE KEY-----", *lines, "-----END PRIVATE KEY-----"])
+
+
+# What a browser's one-line field makes of a pasted multi-line value: its line breaks as spaces
+# (Chromium, Firefox), or dropped (a value set by a script, some password managers).
+FLATTENED = {"spaces": " ", "dropped": ""}
+
+
+@pytest.mark.parametrize("joiner", FLATTENED.values(), ids=FLATTENED.keys())
+async def test_a_pem_key_whose_line_breaks_the_field_lost_is_refused_and_the_link_stays_live(
+    streamable_http_deployment, server: str, canary: str, joiner: str
+) -> None:
+    key = pem_of(canary * 4)
+    url = await new_link(streamable_http_deployment, server)
+
+    async with browser() as http:
+        _, csrf = await open_form(http, url)
+        refused = await http.post(url, data={"csrf": csrf, "value": joiner.join(key.splitlines())})
+    stored_after_refusal = stored_values(streamable_http_deployment, "alice", server)
+    pages = await fill_in(url, key)  # a client that keeps the line breaks
+
+    assert refused.status_code == 400
+    assert "line breaks" in refused.text
+    assert "mcp-secrets set" in refused.text
+    assert [attrs.get("type") for attrs in inputs_of(refused.text)] == ["hidden", "password"]
+    assert canary not in refused.text
+    assert stored_after_refusal == {}
+    assert pages[1].status_code == 200
+    assert stored_values(streamable_http_deployment, "alice", server) == {"API_TOKEN": key}
+
+
 def _urlencoded(csrf: str, value: bytes) -> bytes:
     return b"csrf=" + csrf.encode() + b"&value=" + value
 
