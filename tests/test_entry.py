@@ -10,15 +10,18 @@ import shlex
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
 import pytest
 from mcp import Client
+from mcp.server import request_state
 from mcp.server.mcpserver import MCPServer
 from mcp_types import ElicitRequest, ElicitRequestURLParams, ElicitResult, InputRequiredResult
 
@@ -642,6 +645,38 @@ async def test_request_secret_resumes_on_a_server_restarted_with_a_new_master_ke
     assert result.structured_content is not None
     assert result.structured_content["status"] == "stored"
     assert sqlite_secrets.get_secrets("alice", "github") == {"TOKEN": canary}
+
+
+@pytest.mark.anyio
+async def test_request_secret_resumes_within_a_link_lifetime_set_longer_than_ten_minutes(
+    sqlite_secrets: Secrets, monkeypatch: pytest.MonkeyPatch, canary: str
+) -> None:
+    # MCP_SECRETS_ENTRY_LINK_MINUTES=30: the user confirms the client's dialog 15 minutes on, link still live.
+    links = EntryLinks(sqlite_secrets, ttl=timedelta(minutes=30))
+    entry = EntrySettings(links=links, base_url=BASE_URL, wait_seconds=5.0)
+    arguments = {"server": "github", "key": "TOKEN"}
+    elicitor = Elicitor(links, "accept")  # declares URL elicitation; the test answers
+    async with Client(
+        build_server(sqlite_secrets, LocalIdentity("alice"), entry=entry), elicitation_callback=elicitor
+    ) as alice:
+        asked = await alice.session.call_tool("request_secret", arguments, allow_input_required=True)
+        assert isinstance(asked, InputRequiredResult)
+        [request] = asked.input_requests.values()
+        assert isinstance(request, ElicitRequest)
+        assert isinstance(request.params, ElicitRequestURLParams)
+        links.submit(request.params.url.rsplit("/", 1)[1], canary)
+        later = time.time() + timedelta(minutes=15).total_seconds()
+        monkeypatch.setattr(request_state, "time", SimpleNamespace(time=lambda: later))
+        result = await alice.call_tool(
+            "request_secret",
+            arguments,
+            input_responses={ENTRY_REQUEST: ElicitResult(action="accept")},
+            request_state=asked.request_state,
+        )
+
+    assert not result.is_error, text_of(result)
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "stored"
 
 
 class LeftOpen(Elicitor):

@@ -263,6 +263,7 @@ ENTRY_REQUEST = "secret_entry"
 # The first protocol revision that carries elicitation in an InputRequiredResult, not a request of its own.
 INPUT_REQUIRED_VERSION = "2026-07-28"
 WAIT_POLL_SECONDS = 0.5
+REQUEST_STATE_SECONDS = 600.0  # the SDK's default life of a requestState
 
 
 class EntrySettings(BaseModel):
@@ -394,6 +395,8 @@ def build_server(
     downstream servers' tools are offered too, prefixed ``<server>__``; run the
     server inside ``gateway.running()``.
     """
+    # A request_secret round trip may come back as long as its link works, past the SDK's ten minutes.
+    link_seconds = 0.0 if entry is None else entry.links.ttl.total_seconds()
     mcp = _SecretsServer(
         "mcp-secrets",
         title="mcp-secrets",
@@ -404,7 +407,10 @@ def build_server(
         log_level=log_level,
         # Keyed from the master keys, so any replica can resume another's multi-round request_secret,
         # and one restarted with a new key first still opens what the old key sealed.
-        request_state_security=RequestStateSecurity(keys=secrets.encryptor.derive_keys("request state")),
+        request_state_security=RequestStateSecurity(
+            keys=secrets.encryptor.derive_keys("request state"),
+            ttl=max(REQUEST_STATE_SECONDS, link_seconds),
+        ),
     )
     mcp.gateway = gateway
     mcp.identity = identity
