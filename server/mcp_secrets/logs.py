@@ -16,7 +16,9 @@ URL_LOGGERS = ("httpx", "httpx2")
 # a gateway secret (some services put a key there); the gateway logs such a failure itself, redacted.
 CLIENT_TRANSPORT_LOGGERS = ("mcp.client.streamable_http", "mcp.client.sse")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-_ENTRY_TOKEN = re.compile(r"(/secrets/entry/)[^\s\"'?#/]+")
+# All that follows an entry link's path, its query too: the page never uses one, so one can only hold
+# a value sent there by mistake (HTTPie's `value==…`, `curl -G`), quotes and all.
+_ENTRY_TOKEN = re.compile(r"(/secrets/entry/)\S+")
 # A client that puts its bearer token in the URL (?access_token=…) is refused, but the access log quotes
 # the URL: an API token keeps its public id there, a JWT nothing.
 # A URL may carry any of a token's characters as its %XX escape (mcps%5F…, a JWT's dots as %2E).

@@ -604,6 +604,26 @@ async def test_the_value_travels_in_the_post_body_only(
     assert not [line for line in entry_lines if canary in line or "value=" in line]
 
 
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_a_value_put_in_the_links_query_by_mistake_is_not_stored_and_stays_out_of_the_log(
+    streamable_http_deployment, server: str, canary: str, method: str
+) -> None:
+    # As `curl -G --data-urlencode value=…` or HTTPie's `value==…` send it: the page reads only the body.
+    # The value holds a quote, which ends a link in the text of other log lines, but not here.
+    url = await new_link(streamable_http_deployment, server)
+
+    async with browser() as http:
+        _, csrf = await open_form(http, url)
+        answer = await http.request(method, url + f"?csrf={csrf}&value={canary}'{canary}")
+
+    assert answer.status_code in (200, 403)
+    assert canary not in answer.text
+    assert stored_values(streamable_http_deployment, "alice", server) == {}
+    log = streamable_http_deployment.log()
+    assert f'"{method} /secrets/entry/' in log
+    assert canary not in log
+
+
 # --- CSRF -----------------------------------------------------------------------------------------
 
 
