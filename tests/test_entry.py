@@ -26,7 +26,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp_types import ElicitRequest, ElicitRequestURLParams, ElicitResult, InputRequiredResult
 
 from conftest import assert_not_leaked, isolated_env, new_canary, text_of
-from mcp_secrets.app import ENTRY_REQUEST, EntrySettings, build_server, missing_secrets_hint
+from mcp_secrets.app import ENTRY_REQUEST, GATEWAY_LINKS, EntrySettings, build_server, missing_secrets_hint
 from mcp_secrets.crypto import SecretEncryptor, generate_master_key, parse_master_key
 from mcp_secrets.entry import ENTRY_PATH, LINK_TTL, MAX_LIVE_LINKS, EntryLink, EntryLinks, LinkState
 from mcp_secrets.errors import EntryLinkError, InvalidInputError, StoreUnavailableError
@@ -795,7 +795,7 @@ def test_a_user_may_have_at_most_max_live_links_open_and_used_or_expired_ones_do
 def test_past_the_limit_the_gateway_hint_says_so_and_how_else_to_store_the_keys(
     links: EntryLinks, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("mcp_secrets.entry.MAX_LIVE_LINKS", 1)
+    monkeypatch.setattr("mcp_secrets.app.GATEWAY_LINKS", 1)
     hint = missing_secrets_hint(EntrySettings(links=links, base_url=BASE_URL))
 
     with_links = hint("alice", "github", ["TOKEN"])
@@ -810,7 +810,7 @@ def test_past_the_limit_the_gateway_hint_says_so_and_how_else_to_store_the_keys(
 def test_the_gateway_hint_makes_a_link_for_every_missing_key_or_for_none(
     links: EntryLinks, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("mcp_secrets.entry.MAX_LIVE_LINKS", 3)
+    monkeypatch.setattr("mcp_secrets.app.GATEWAY_LINKS", 3)
     hint = missing_secrets_hint(EntrySettings(links=links, base_url=BASE_URL))
 
     first = hint("alice", "github", ["A", "B"])
@@ -819,6 +819,23 @@ def test_the_gateway_hint_makes_a_link_for_every_missing_key_or_for_none(
     assert first.count(f"{BASE_URL}{ENTRY_PATH}/") == 2
     assert "too many entry links open to make 2 more" in second
     assert links.secrets.store.count_live_links("alice", clock()) == 2  # none made that nobody is shown
+
+
+def test_gateway_calls_failing_in_a_loop_fill_only_their_share_and_request_secret_still_gets_links(
+    links: EntryLinks, clock: FakeClock
+) -> None:
+    hint = missing_secrets_hint(EntrySettings(links=links, base_url=BASE_URL))
+
+    hints = [hint("alice", "github", ["TOKEN"]) for _ in range(MAX_LIVE_LINKS)]  # an agent retrying a call
+
+    made = sum(f"{BASE_URL}{ENTRY_PATH}/" in shown for shown in hints)
+    assert made == GATEWAY_LINKS < MAX_LIVE_LINKS
+    assert all("too many entry links open" in refused for refused in hints[made:])
+    assert links.secrets.store.count_live_links("alice", clock()) == made
+    for index in range(MAX_LIVE_LINKS - made):  # request_secret's own links: the rest
+        links.create("alice", "github", f"KEY_{index}")
+    with pytest.raises(InvalidInputError, match=rf"\({MAX_LIVE_LINKS} at most\)"):
+        links.create("alice", "github", "ONE_TOO_MANY")
 
 
 def test_sqlite_finds_expired_and_open_links_by_index(tmp_path: Any) -> None:

@@ -263,6 +263,9 @@ ENTRY_REQUEST = "secret_entry"
 # The first protocol revision that carries elicitation in an InputRequiredResult, not a request of its own.
 INPUT_REQUIRED_VERSION = "2026-07-28"
 WAIT_POLL_SECONDS = 0.5
+# The live entry links a user's failed gateway calls may fill, of the MAX_LIVE_LINKS: each failed call
+# makes links, and an agent retrying one in a loop must leave room for request_secret.
+GATEWAY_LINKS = 100
 REQUEST_STATE_SECONDS = 600.0  # the SDK's default life of a requestState
 
 
@@ -368,7 +371,8 @@ def missing_secrets_hint(entry: EntrySettings | None) -> Callable[[str, str, lis
         if entry is None:
             return without_links
         try:
-            made = entry.links.create_many(username, server, keys)  # all, or none past the limit
+            # All, or none past the gateway's share of the limit.
+            made = entry.links.create_many(username, server, keys, within=GATEWAY_LINKS)
         except InvalidInputError as exc:  # too many links open: say so, and how else to store them
             return f"{exc}. {without_links}"
         links = [f"{link.record.key}: {link.url(entry.base_url)}" for link in made]

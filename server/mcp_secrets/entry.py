@@ -64,17 +64,24 @@ class EntryLinks:
         """A fresh link for one (username, server, key), valid for ``ttl``."""
         return self.create_many(username, server, [key])[0]
 
-    def create_many(self, username: str, server: str, keys: Sequence[str]) -> list[EntryLink]:
-        """A fresh link for each of ``keys``: all of them, or none when they would pass the limit."""
+    def create_many(
+        self, username: str, server: str, keys: Sequence[str], *, within: int | None = None
+    ) -> list[EntryLink]:
+        """A fresh link for each of ``keys``: all of them, or none when they would pass the limit.
+
+        The limit is ``MAX_LIVE_LINKS`` live links of the user, or ``within`` for a caller given a
+        smaller share of them.
+        """
         validate_username(username)
         validate_name("server", server)
         for key in keys:
             validate_name("key", key)
+        limit = MAX_LIVE_LINKS if within is None else min(within, MAX_LIVE_LINKS)
         now = self._clock()
-        if self.secrets.store.count_live_links(username, now) + len(keys) > MAX_LIVE_LINKS:
+        if self.secrets.store.count_live_links(username, now) + len(keys) > limit:
             raise InvalidInputError(
                 f"{username} has too many entry links open to make {len(keys)} more "
-                f"({MAX_LIVE_LINKS} at most): use some, or wait for them to expire"
+                f"({limit} at most): use some, or wait for them to expire"
             )
         return [self._make(username, server, key, now) for key in keys]
 
