@@ -141,7 +141,7 @@ class Settings(BaseSettings):
 
     @property
     def default_key_file(self) -> Path:
-        """Where a generated master key is kept: the config directory, not beside the database."""
+        """Where a generated master key is kept: the config directory (the data one too on macOS, Windows)."""
         return self.config_dir / DEFAULT_KEY_FILE
 
     @property
