@@ -18,6 +18,7 @@ from mcp_secrets.crypto import SecretEncryptor, generate_master_key, parse_maste
 from mcp_secrets.errors import ConfigurationError
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import SecretStore, open_store
+from mcp_secrets.store.sqlite import make_private_directories
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def _write_new_key_file(path: Path) -> bool:
     """
     temporary = path.with_name(f".{path.name}.{os.urandom(6).hex()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_directories(path.parent)
         _write_key(temporary)
         try:
             os.link(temporary, path)

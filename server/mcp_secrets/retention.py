@@ -23,6 +23,7 @@ from pathlib import Path
 from mcp_secrets.errors import ConfigurationError, InvalidInputError, SecretsError
 from mcp_secrets.secrets import OPERATOR
 from mcp_secrets.store import AuditEvent, SecretStore
+from mcp_secrets.store.sqlite import make_private_directories
 
 if sys.platform != "win32":
     import fcntl
@@ -91,14 +92,8 @@ def _record(store: SecretStore, before: datetime, deleted: int, via: str, *, sto
 
 def _make_directories(path: Path) -> None:
     """Create the missing directories above ``path``, owner-only, as the file itself is."""
-    missing = []
     try:
-        for directory in path.parents:
-            if directory.exists():  # raises, on Python 3.11, where a parent cannot be searched
-                break
-            missing.append(directory)
-        for directory in reversed(missing):
-            directory.mkdir(mode=0o700, exist_ok=True)  # exist_ok: another run may make it meanwhile
+        make_private_directories(path.parent)
     except OSError as exc:
         raise ConfigurationError(
             f"cannot create the directory {exc.filename} of the export file {path}: {exc.strerror}"

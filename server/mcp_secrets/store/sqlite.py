@@ -247,12 +247,27 @@ def _identity(status: os.stat_result) -> tuple[int, int]:
     return status.st_dev, status.st_ino
 
 
+def make_private_directories(directory: Path) -> None:
+    """Create ``directory`` and every missing directory above it owner-only, as the XDG spec asks.
+
+    ``mkdir(parents=True)`` makes the ones above by the umask: under umask 000, world-writable, and
+    another user could swap the directory holding the database or the master key for one of theirs.
+    """
+    missing: list[Path] = []
+    for path in (directory, *directory.parents):
+        if path.exists():  # raises, on Python 3.11, where a parent cannot be searched
+            break
+        missing.append(path)
+    for path in reversed(missing):
+        path.mkdir(mode=0o700, exist_ok=True)  # exist_ok: another run may make it meanwhile
+
+
 def _create_private_file(path: Path) -> None:
     """Create the database file readable by its owner only, before SQLite opens it.
 
     An existing file keeps its mode (its owner chose it), with a warning when others can read it.
     """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_directories(path.parent)
     try:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
