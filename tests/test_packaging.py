@@ -20,6 +20,13 @@ def test_distribution_is_named_mcp_secrets_with_the_package_version() -> None:
     assert metadata.version("mcp-secrets") == mcp_secrets.__version__
 
 
+def test_the_licence_is_an_spdx_expression_and_no_licence_classifier_contradicts_it() -> None:
+    # PEP 639: PyPI refuses an upload that has both a License-Expression and a "License ::" classifier.
+    installed = metadata.metadata("mcp-secrets")
+    assert installed["License-Expression"] == "MIT"
+    assert not [name for name in installed.get_all("Classifier") or [] if name.startswith("License ::")]
+
+
 def test_console_script_points_at_the_cli() -> None:
     scripts = {ep.name: ep.value for ep in metadata.entry_points(group="console_scripts")}
     assert scripts["mcp-secrets"] == "mcp_secrets.cli:main"
