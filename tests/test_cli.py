@@ -681,6 +681,40 @@ def test_a_path_under_the_home_of_no_such_user_is_an_invalid_setting(
     assert "Traceback" not in done.stderr
 
 
+# A container's arbitrary uid: no entry in /etc/passwd, and (here) no HOME either.
+WITHOUT_A_HOME = (
+    sys.executable,
+    "-c",
+    (
+        "import pwd, sys\n"
+        "def no_entry(uid): raise KeyError(uid)\n"
+        "pwd.getpwuid = no_entry\n"
+        "from mcp_secrets.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))"
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    ("given", "missing"), [({}, "DATA_DIR"), ({"MCP_SECRETS_DATA_DIR": "data"}, "CONFIG_DIR")]
+)
+def test_a_user_without_a_home_directory_is_told_which_setting_to_give(
+    env: dict[str, str], tmp_path: Path, given: dict[str, str], missing: str
+) -> None:
+    homes = ("HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME", "MCP_SECRETS_DATA_DIR", "MCP_SECRETS_CONFIG_DIR")
+    for name in homes:
+        env.pop(name, None)
+    env.update({name: str(tmp_path / value) for name, value in given.items()})
+
+    done = mcp_secrets_cli(env, "list", "--user", "alice", command=WITHOUT_A_HOME)
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert done.stderr == (
+        "mcp-secrets: error: no home directory to keep mcp-secrets' files under: "
+        f"set HOME, or MCP_SECRETS_{missing}\n"
+    )
+
+
 @pytest.mark.parametrize("command", [("serve",), ("list",), ("token", "list")])
 def test_a_sqlite_url_under_the_home_of_no_such_user_is_a_configuration_error(
     env: dict[str, str], command: tuple[str, ...]

@@ -7,6 +7,7 @@ Nothing else in the package reads ``os.environ``. Secrets among the settings
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -22,6 +23,16 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 DEFAULT_DATABASE_FILE = "secrets.db"
 DEFAULT_KEY_FILE = "master.key"
 MAX_SQLITE_BUSY_TIMEOUT = 2_147_483  # seconds: 2**31 - 1 milliseconds, rounded down
+
+
+def _under_home(directory_of: Callable[[str], str], setting: str) -> Path:
+    """The default directory ``directory_of`` gives, which is under the user's home directory."""
+    try:
+        return Path(directory_of(APP_NAME))
+    except RuntimeError:  # no HOME, and no passwd entry for this uid (a container's arbitrary user)
+        raise ConfigurationError(
+            f"no home directory to keep mcp-secrets' files under: set HOME, or MCP_SECRETS_{setting}"
+        ) from None
 
 
 def _split_commas(value: object) -> object:
@@ -76,8 +87,8 @@ class Settings(BaseSettings):
         description="How many HTTP sessions one user may keep open; past it, a new one is refused.",
     )
     user: str | None = Field(default=None, description="Username on stdio; default the OS login name.")
-    data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir(APP_NAME)))
-    config_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_config_dir(APP_NAME)))
+    data_dir: Path = Field(default_factory=lambda: _under_home(platformdirs.user_data_dir, "DATA_DIR"))
+    config_dir: Path = Field(default_factory=lambda: _under_home(platformdirs.user_config_dir, "CONFIG_DIR"))
 
     transport: Transport = "stdio"
     host: str = "127.0.0.1"
