@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import itertools
 import json
 import logging
 import os
@@ -865,12 +866,15 @@ def _is_text(arg: str) -> bool:
     return True
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; print errors as one line on stderr and return the exit code."""
-    forbid_inspection()  # before any key or value is read: this process will hold them
-    parser = build_parser()
-    args, unrecognized = parser.parse_known_args(argv)
-    if not all(_is_text(arg) for arg in (sys.argv[1:] if argv is None else argv)):
+def _parsed(parser: argparse.ArgumentParser, arguments: list[str]) -> argparse.Namespace:
+    """The command line's arguments; a usage error (exit 2) that repeats no value typed in it."""
+    # Python 3.13's argparse reads -hVALUE as a request for help, earlier ones as an error: it is an
+    # error on each, so that a value typed there is refused the same way everywhere.
+    for argument in itertools.takewhile(lambda argument: argument != "--", arguments):
+        if (argument.startswith("-h") and argument != "-h") or argument.startswith("--help="):
+            parser.error("argument -h/--help: takes no value (what followed it is not repeated)")
+    args, unrecognized = parser.parse_known_args(arguments)
+    if not all(_is_text(arg) for arg in arguments):
         # Bytes that are not UTF-8 arrive as lone surrogates, which no store or terminal can take.
         parser.error("an argument is not valid UTF-8 text (not repeated here)")
     if unrecognized and args.command == "set":
@@ -881,6 +885,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if unrecognized:
         parser.error(f"unrecognized arguments: {' '.join(unrecognized)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; print errors as one line on stderr and return the exit code."""
+    forbid_inspection()  # before any key or value is read: this process will hold them
+    args = _parsed(build_parser(), sys.argv[1:] if argv is None else list(argv))
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
