@@ -348,6 +348,21 @@ async def test_a_tool_listing_that_names_the_secret_shows_its_label_instead(
     assert value not in json.dumps([tool.model_dump(mode="json") for tool in listed.values()])
 
 
+async def test_every_page_of_a_downstreams_tool_listing_is_offered(
+    sqlite_secrets: Secrets, tmp_path: Path
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    paged = {**STDIO_ENTRY, "env": {**STDIO_ENTRY["env"], "DOWNSTREAM_PAGED": "1"}}
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": paged}) as gw,
+        connect(sqlite_secrets, gw, "alice") as client,
+    ):
+        listed = {tool.name for tool in (await client.list_tools()).tools}
+
+    assert {f"down__{name}" for name in DOWNSTREAM_TOOLS} <= listed
+
+
 async def test_a_user_who_cannot_start_a_server_is_not_shown_the_tools_listed_for_another(
     sqlite_secrets: Secrets, gateway: Gateway
 ) -> None:

@@ -49,6 +49,8 @@ REMOTE_READ_SECONDS = 300.0
 # (user, server) tool listings kept to answer a listing while that user's call holds the downstream;
 # a long-running gateway meets many users, so the least recently listed goes past this many.
 KNOWN_LISTINGS = 1024
+# Pages of a downstream's tool listing read at most: one handing out cursors for ever would fill memory.
+LISTING_PAGES = 100
 # Tool names as the MCP specification recommends them (and '/', which SEP-986 allows). A downstream
 # tool's name is checked before any secret is read: it goes into the audit trail.
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,128}")
@@ -215,7 +217,7 @@ class Gateway:
             seconds = self.pool.start_seconds
             try:
                 with anyio.fail_after(seconds):
-                    listed = (await connection.client.list_tools()).tools
+                    listed = await _every_tool(connection.client)
             except Exception as exc:  # noqa: BLE001 - any downstream failure becomes a tool error
                 self.pool.discard(connection)
                 problem = (
@@ -387,6 +389,18 @@ def redact_result(result: CallToolResult, redactor: Redactor) -> CallToolResult:
     for block, text in zip(blocks, redactor.texts([block["text"] for block in blocks]), strict=True):
         block["text"] = text
     return CallToolResult.model_validate(redactor.data(dumped))
+
+
+async def _every_tool(client: Client) -> list[Tool]:
+    """Every tool ``client``'s server lists, page after page, up to ``LISTING_PAGES`` pages."""
+    page = await client.list_tools()
+    tools = list(page.tools)
+    for _ in range(LISTING_PAGES - 1):
+        if page.next_cursor is None:
+            break
+        page = await client.list_tools(cursor=page.next_cursor)
+        tools += page.tools
+    return tools
 
 
 async def _take_turn(lock: anyio.Lock, seconds: float, server: str) -> None:
