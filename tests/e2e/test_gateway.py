@@ -1292,3 +1292,47 @@ def test_over_stdio_stopping_stops_a_downstream_server_that_ignores_the_end_of_i
 
     assert returncode == 0
     assert processes_with(marker) == []
+
+
+@needs_proc
+def test_over_stdio_a_stop_signal_stops_a_downstream_server_still_starting(
+    tmp_path: Path, marker: str
+) -> None:
+    entry = {**silent_entry("initialize", marker), "env": {"SILENT_IGNORES_EOF": "1"}}
+    servers = tmp_path / "servers.json"
+    servers.write_text(json.dumps({"mcpServers": {"silent": entry}}), encoding="utf-8")
+    env = isolated_env(tmp_path, MCP_SECRETS_USER="alice")
+    with (tmp_path / "server.log").open("wb") as log:
+        process = subprocess.Popen(
+            [*MCP_SECRETS, "serve", "--servers", str(servers)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=env,
+            text=True,
+        )
+    assert process.stdin is not None
+    assert process.stdout is not None
+    try:
+        for message in (
+            {"id": 1, "method": "initialize", "params": INITIALIZE["params"]},
+            {"method": "notifications/initialized"},
+            {"id": 2, "method": "tools/call", "params": {"name": "silent__anything", "arguments": {}}},
+        ):
+            process.stdin.write(json.dumps({"jsonrpc": "2.0", **message}) + "\n")
+            process.stdin.flush()
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while not processes_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert processes_with(marker), "the downstream server was not started"
+        # Its start never ends: the server stops with the downstream still starting.
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(timeout=CLOSE_SECONDS)
+    finally:
+        process.kill()
+        process.wait()
+        process.stdin.close()
+        process.stdout.close()
+
+    assert returncode == 0
+    assert processes_with(marker) == []

@@ -33,7 +33,10 @@ class GatewayBusyError(SecretsError):
 
 
 class StartTimeoutError(Exception):
-    """Raised when a downstream server does not finish its start in time; it has been stopped."""
+    """Raised when a downstream server does not finish its start in time; it has been stopped.
+
+    Also when the gateway stops while the server starts.
+    """
 
 
 @dataclass(eq=False)
@@ -48,6 +51,8 @@ class Connection:
     dead: bool = False
     stop: anyio.Event = field(default_factory=anyio.Event)
     closed: anyio.Event = field(default_factory=anyio.Event)
+    # Cancelled to stop a downstream still starting: until it has started, it does not wait on ``stop``.
+    starting: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     on_log: Callable[[Any], Awaitable[None]] | None = None
 
 
@@ -71,7 +76,8 @@ class DownstreamPool:
         self.start_seconds = start_seconds
         self._connections: dict[PoolKey, Connection] = {}
         self._turns: dict[PoolKey, Turn] = {}
-        self._starting = 0  # connections whose downstream is starting: they count against max_live too
+        # Connections whose downstream is starting: they count against max_live too.
+        self._starting: set[Connection] = set()
         self._task_group: TaskGroup | None = None
 
     @asynccontextmanager
@@ -106,10 +112,13 @@ class DownstreamPool:
             connection.last_used = anyio.current_time()
 
     async def close_all(self) -> None:
-        """Close every live connection now, and wait until each downstream has stopped."""
-        connections = list(self._connections.values())
+        """Close every connection now, live or still starting, and wait until each downstream has stopped."""
+        starting = list(self._starting)
+        connections = [*self._connections.values(), *starting]
         for connection in connections:
             self.discard(connection)
+        for connection in starting:
+            connection.starting.cancel()
         for connection in connections:
             await connection.closed.wait()
 
@@ -152,19 +161,19 @@ class DownstreamPool:
         self._make_room()
         connection = Connection(key, fingerprint)
         # A downstream that never answers would hold this key's turn, and every call waiting on it.
-        self._starting += 1
+        self._starting.add(connection)
         try:
             with anyio.move_on_after(self.start_seconds) as waited:
                 await task_group.start(self._hold, connection, opener)
         finally:
-            self._starting -= 1
+            self._starting.discard(connection)
         if waited.cancelled_caught:
             raise StartTimeoutError(f"it did not answer within {self.start_seconds:g} seconds")
         self._connections[key] = connection
         return connection
 
     def _make_room(self) -> None:
-        while len(self._connections) + self._starting >= self.max_live:
+        while len(self._connections) + len(self._starting) >= self.max_live:
             idle = [c for c in self._connections.values() if c.active_calls == 0]
             if not idle:
                 raise GatewayBusyError(
@@ -175,11 +184,12 @@ class DownstreamPool:
     async def _hold(self, connection: Connection, opener: Opener, *, task_status: TaskStatus[None]) -> None:
         started = False
         try:
-            async with opener() as client:
-                connection.client = client
-                started = True
-                task_status.started()
-                await connection.stop.wait()
+            with connection.starting:
+                async with opener() as client:
+                    connection.client = client
+                    started = True
+                    task_status.started()
+                    await connection.stop.wait()
         except Exception as exc:
             if not started:
                 raise
@@ -192,6 +202,8 @@ class DownstreamPool:
             connection.closed.set()
             if self._connections.get(connection.key) is connection:
                 del self._connections[connection.key]
+        if not started:  # close_all() ended its start
+            raise StartTimeoutError("the gateway stopped it while it started")
 
     async def _reap_idle(self) -> None:
         period = max(0.05, min(self.idle_seconds / 2, 30.0))
