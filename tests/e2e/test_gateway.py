@@ -45,6 +45,7 @@ from mcp_secrets.app import build_server, missing_secrets_hint
 from mcp_secrets.gateway import Gateway, load_gateway_config
 from mcp_secrets.gateway.pool import Connection, DownstreamPool
 from mcp_secrets.identity import LocalIdentity
+from mcp_secrets.logs import URL_LOGGERS
 from mcp_secrets.secrets import Secrets
 
 from .conftest import (
@@ -961,6 +962,31 @@ async def test_a_downstream_that_cannot_be_reached_is_logged_as_a_warning_with_i
         "tools of server down not listed for alice: downstream server down"
     )
     assert_no_fragment_of(canary, caplog.text)
+
+
+async def test_an_http_error_of_a_remote_downstream_is_shown_without_its_url_holding_a_secret(
+    sqlite_secrets: Secrets, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # httpx writes a URL its own way, a space as %20 but ':' as it is: a spelling no redaction looks for.
+    value = f"pass phrase:{_random.token_hex(12)}"
+    sqlite_secrets.set_secret("alice", "moved", "TOKEN", value)
+    caplog.set_level(logging.INFO)
+    for name in URL_LOGGERS:  # as served: they log each request's URL at INFO
+        caplog.set_level(logging.WARNING, logger=name)
+
+    with moved_endpoint() as base:
+        servers = {"moved": {"url": base + "/mcp/${secret:TOKEN}/sse", "transport": "sse"}}
+        async with (
+            running_gateway(sqlite_secrets, tmp_path, servers) as gw,
+            connect(sqlite_secrets, gw, "alice") as alice,
+        ):
+            await alice.list_tools()
+            called = await alice.call_tool("moved__anything", {})
+
+    assert called.is_error
+    assert_no_fragment_of(value, text_of(called))
+    assert_no_fragment_of(value, caplog.text)
+    assert "HTTPStatusError: 307 Temporary Redirect" in text_of(called)
 
 
 # --- the real CLI over Streamable HTTP ------------------------------------------------------------

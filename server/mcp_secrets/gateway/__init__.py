@@ -418,6 +418,10 @@ def _describe(exc: BaseException) -> str:
     inner = getattr(exc, "exceptions", None)  # an exception group: describe its first member
     if isinstance(inner, tuple) and inner and isinstance(inner[0], BaseException):
         return _describe(inner[0])
+    if isinstance(exc, httpx2.HTTPStatusError):
+        # Its message quotes the URL as httpx writes it (a space as %20 but ':' as it is), a spelling of
+        # an injected value the redactor does not know: the status says what went wrong.
+        return f"{type(exc).__name__}: {exc.response.status_code} {exc.response.reason_phrase}"
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
