@@ -248,6 +248,20 @@ def test_invalid_json_is_refused_with_its_line_and_column(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize(
+    ("document", "name"),
+    [
+        pytest.param('{"mcpServers": {"down": {"command": "a"}, "down": {}}}', "down", id="server"),
+        pytest.param('{"mcpServers": {"down": {"command": "a", "env": {"T": "1", "T": ""}}}}', "T", id="env"),
+    ],
+)
+def test_a_name_given_twice_in_one_object_is_refused(tmp_path: Path, document: str, name: str) -> None:
+    # JSON keeps the last of two members of one name: a server copied and not renamed would vanish.
+    path, message = startup_error(tmp_path, document)
+
+    assert message == f"{path}: the name {name!r} is given twice in one object"
+
+
+@pytest.mark.parametrize(
     "document",
     [
         pytest.param({"servers": {"down": STDIO}}, id="missing"),

@@ -21,11 +21,12 @@ referenced key must be declared there.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -200,11 +201,23 @@ def _server(path: str, name: str, spec: DownstreamServer) -> ServerConfig:
     )
 
 
+def _members(source: Path, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object of the file; a name given twice is refused, as JSON would keep the last silently."""
+    members = dict(pairs)
+    if len(members) < len(pairs):
+        names = [name for name, _ in pairs]
+        twice = next(name for name in names if names.count(name) > 1)
+        raise ConfigurationError(f"{source}: the name {twice!r} is given twice in one object")
+    return members
+
+
 def load_gateway_config(path: str | Path) -> GatewayConfig:
     """Read and check a gateway configuration file; every problem names the file, server and field."""
     source = Path(path).expanduser()
     try:
-        document = json.loads(source.read_text(encoding="utf-8"))
+        document = json.loads(
+            source.read_text(encoding="utf-8"), object_pairs_hook=functools.partial(_members, source)
+        )
     except OSError as exc:
         raise ConfigurationError(f"{source}: cannot be read ({exc.strerror})") from None
     except json.JSONDecodeError as exc:
