@@ -188,6 +188,11 @@ ENTRY_ERRORS = [
     pytest.param(
         {**STDIO, "cwd": "/srv/${secret:TENANT}"}, "field cwd", "args, env, headers and url", id="cwd"
     ),
+    pytest.param({**STDIO, "env": {"TOKEN=": "x"}}, "field env", "without '='", id="env-name-with-equals"),
+    pytest.param({**STDIO, "env": {"": "x"}}, "field env", "non-empty", id="env-name-empty"),
+    pytest.param(
+        {**REMOTE, "headers": {"Authorization: Bearer": "x"}}, "field headers", "HTTP token", id="header-name"
+    ),
     pytest.param({**STDIO, "enviroment": {}}, "field enviroment", "Extra inputs", id="unknown-field"),
     pytest.param({**STDIO, "args": "server.py"}, "field args", "valid list", id="args-not-a-list"),
     pytest.param({**STDIO, "env": {"PORT": 8080}}, "field env.PORT", "valid string", id="env-not-text"),

@@ -35,6 +35,10 @@ from mcp_secrets.secrets import NAME_RULE, validate_name
 
 PLACEHOLDER = re.compile(r"\$\{secret:([^}]*)\}")
 SEPARATOR = "__"
+# The names a process environment and an HTTP request can carry (RFC 9110's token for a header):
+# with any other, every call of the server failed as it started.
+_ENV_NAME = re.compile(r"[^=\x00]+")
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class SecretSpec(BaseModel):
@@ -137,6 +141,7 @@ def _check_shape(where: str, name: str, spec: DownstreamServer) -> None:
         given = "command (stdio)" if spec.command is not None else "url (remote)"
         raise ConfigurationError(f"{where}, field type: {spec.type!r} contradicts the entry's {given}")
     _check_placeholder_places(where, spec)
+    _check_names(where, spec)
     for key in spec.secrets or {}:
         if not _is_valid_key(key):
             raise ConfigurationError(f"{where}, field secrets: a declared key must be {NAME_RULE}")
@@ -152,6 +157,16 @@ def _check_placeholder_places(where: str, spec: DownstreamServer) -> None:
     for field, names in (("env", spec.env), ("headers", spec.headers)):
         if any("${secret:" in name for name in names):
             raise ConfigurationError(f"{where}, field {field}: secrets may appear in values, not in names")
+
+
+def _check_names(where: str, spec: DownstreamServer) -> None:
+    """Env and header names a process environment and an HTTP request can carry."""
+    if not all(_ENV_NAME.fullmatch(name) for name in spec.env):
+        raise ConfigurationError(f"{where}, field env: a variable name must be non-empty, without '=' or NUL")
+    if not all(_HEADER_NAME.fullmatch(name) for name in spec.headers):
+        raise ConfigurationError(
+            f"{where}, field headers: a header name must be an HTTP token (letters, digits, !#$%&'*+-.^_`|~)"
+        )
 
 
 def _is_valid_key(key: str) -> bool:
