@@ -711,6 +711,27 @@ async def test_missing_secrets_are_a_tool_error_naming_them_and_nothing_is_start
 # --- failures and connections ---------------------------------------------------------------------
 
 
+async def test_an_error_answer_of_a_downstream_keeps_its_connection(
+    sqlite_secrets: Secrets, gateway: Gateway
+) -> None:
+    # Many servers answer a failed call (a 404 of the API behind them, bad input) with a JSON-RPC
+    # error: the server is well, and restarting it would cost a start and what it holds (a browser).
+    value = fresh_value("alice")
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", value)
+
+    async with connect(sqlite_secrets, gateway, "alice") as client:
+        hash_of(await client.call_tool("down__token_hash", {}))
+        before = connection_of(gateway, "alice")
+        refused = await client.call_tool("down__refuse_with_token", {})
+        after = await client.call_tool("down__token_hash", {})
+
+    assert refused.is_error
+    assert "refused credentials: [redacted TOKEN]" in text_of(refused)
+    assert hash_of(after) == sha256(value)
+    assert connection_of(gateway, "alice") is before
+    assert not before.dead
+
+
 async def test_a_crashed_downstream_is_a_tool_error_and_the_next_call_works(
     sqlite_secrets: Secrets, gateway: Gateway, downstream: Downstream
 ) -> None:

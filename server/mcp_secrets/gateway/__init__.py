@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 REMOTE_TIMEOUT_SECONDS = 30.0  # to connect and to send
 # How long a remote downstream's reply may stay silent, as the SDK's own client allows: a tool may work long.
 REMOTE_READ_SECONDS = 300.0
+# How long a downstream whose call failed may take to show it is still well, before it is replaced.
+ALIVE_SECONDS = 10.0
 # (user, server) tool listings kept to answer a listing while that user's call holds the downstream;
 # a long-running gateway meets many users, so the least recently listed goes past this many.
 KNOWN_LISTINGS = 1024
@@ -197,7 +199,10 @@ class Gateway:
                     parts[1], dict(arguments), progress_callback=forward
                 )
             except Exception as exc:  # noqa: BLE001 - any downstream failure becomes a tool error
-                self.pool.discard(connection)
+                # A server that answered with an error is well: restarting it would cost a start and
+                # what it holds (a browser, a session). One that is gone or stuck is replaced.
+                if not await _still_answers(connection.client):
+                    self.pool.discard(connection)
                 raise DownstreamError(
                     redactor.text(
                         f"downstream server {server.name} failed during {parts[1]}: {_describe(exc)}"
@@ -389,6 +394,20 @@ def redact_result(result: CallToolResult, redactor: Redactor) -> CallToolResult:
     for block, text in zip(blocks, redactor.texts([block["text"] for block in blocks]), strict=True):
         block["text"] = text
     return CallToolResult.model_validate(redactor.data(dumped))
+
+
+async def _still_answers(client: Client) -> bool:
+    """True when ``client``'s server answers a listing of its tools within ``ALIVE_SECONDS``.
+
+    A listing, not a ping: ping is gone as of protocol 2026-07-28. Never from the client's cache.
+    """
+    with anyio.move_on_after(ALIVE_SECONDS):
+        try:
+            await client.list_tools(cache_mode="bypass")
+        except Exception:  # noqa: BLE001 - no answer, whatever the reason
+            return False
+        return True
+    return False
 
 
 async def _every_tool(client: Client) -> list[Tool]:
