@@ -1383,3 +1383,34 @@ def test_over_stdio_a_stop_signal_stops_a_downstream_server_still_starting(
 
     assert returncode == 0
     assert processes_with(marker) == []
+
+
+@needs_proc
+async def test_a_call_waiting_its_turn_as_the_gateway_stops_starts_no_downstream_server(
+    sqlite_secrets: Secrets, tmp_path: Path, marker: str
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    outcomes: dict[str, CallToolResult | Exception] = {}
+
+    async def call_tool(gw: Gateway, tool: str) -> None:
+        try:
+            outcomes[tool] = await gw.call_tool("alice", f"down__{tool}", {})
+        except gateway_module.DownstreamError as exc:
+            outcomes[tool] = exc
+
+    async with running_gateway(sqlite_secrets, tmp_path, {"down": lingering_entry(marker)}) as gw:
+        with anyio.fail_after(STARTUP_SECONDS):
+            async with anyio.create_task_group() as calls:
+                calls.start_soon(call_tool, gw, "hang")
+                while not any(connection.active_calls for connection in gw.pool._connections.values()):
+                    await anyio.sleep(0.01)
+                # A second call of alice's waits for the first: stopping ends the first, not the second.
+                calls.start_soon(call_tool, gw, "token_hash")
+                while gw._call_turns[("alice", "down")].calls < 2:
+                    await anyio.sleep(0.01)
+                await gw.stop()
+        left = processes_with(marker)
+
+    assert isinstance(outcomes["token_hash"], gateway_module.DownstreamError)
+    assert "the gateway is stopping" in str(outcomes["token_hash"])
+    assert left == []

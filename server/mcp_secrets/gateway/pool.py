@@ -78,6 +78,7 @@ class DownstreamPool:
         self._turns: dict[PoolKey, Turn] = {}
         # Connections whose downstream is starting: they count against max_live too.
         self._starting: set[Connection] = set()
+        self._stopping = False  # set by close_all(): no downstream starts after it
         self._task_group: TaskGroup | None = None
 
     @asynccontextmanager
@@ -112,7 +113,12 @@ class DownstreamPool:
             connection.last_used = anyio.current_time()
 
     async def close_all(self) -> None:
-        """Close every connection now, live or still starting, and wait until each downstream has stopped."""
+        """Close every connection now, live or starting, and wait until each downstream has stopped.
+
+        For a process about to end: no downstream starts afterwards.
+        """
+        # A call waiting its turn behind one closed here would start another, left behind by an exit.
+        self._stopping = True
         starting = list(self._starting)
         connections = [*self._connections.values(), *starting]
         for connection in connections:
@@ -158,6 +164,8 @@ class DownstreamPool:
             return current
         if current is not None:
             self.discard(current)
+        if self._stopping:
+            raise StartTimeoutError("the gateway is stopping")
         self._make_room()
         connection = Connection(key, fingerprint)
         # A downstream that never answers would hold this key's turn, and every call waiting on it.
