@@ -30,6 +30,9 @@ ENCODINGS: dict[str, Callable[[str], str]] = {
     "quote_plus": quote_plus,
     # JavaScript's encodeURIComponent, as MCP servers written for Node use it: it leaves !'()* as they are.
     "encodeURIComponent": lambda value: quote(value, safe="!'()*"),
+    # A URL's path and query as httpx (and a browser's URL parser) write them: RFC 3986 leaves these as is.
+    "URL path": lambda value: quote(value, safe="!$&'()*+,;=:@/"),
+    "URL query": lambda value: quote(value, safe="!$&'()*+,;=:@/?"),
     "hex": lambda value: value.encode().hex(),
     "hex, upper case": lambda value: value.encode().hex().upper(),
     "quote, lower-case escapes": lambda value: re.sub(

@@ -2,11 +2,12 @@
 
 Exact matches, and the encodings a tool is likely to echo them in: base64
 (standard and URL-safe, with or without padding, and inside longer base64 text
-such as ``Basic base64(user:token)``), URL-encoding (Python's and JavaScript's,
-either case of hex digit), hex (either case), JSON string escapes (Go's too) and
-Python's repr. Of each value, also the value trimmed of surrounding whitespace
-and, for a multi-line value, each of its lines: a program may trim what it reads,
-and may show a PEM key or a JSON credential line by line or with other line ends.
+such as ``Basic base64(user:token)``), URL-encoding (Python's, JavaScript's, and
+a URL's path and query as httpx writes them; either case of hex digit), hex
+(either case), JSON string escapes (Go's too) and Python's repr. Of each value,
+also the value trimmed of surrounding whitespace and, for a multi-line value,
+each of its lines: a program may trim what it reads, and may show a PEM key or a
+JSON credential line by line or with other line ends.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ def _spellings(value: str) -> set[str]:
         quote(value),  # "/" left as is, as in URL paths
         quote(value, safe=""),
         quote(value, safe="!'()*"),  # JavaScript's encodeURIComponent (servers written for Node)
+        # A URL's path and query as httpx and browsers write them (an error quoting a downstream's URL):
+        # RFC 3986 leaves these characters as they are there.
+        quote(value, safe="!$&'()*+,;=:@/"),
+        quote(value, safe="!$&'()*+,;=:@/?"),
         quote_plus(value, safe=""),
     }
     forms = {
