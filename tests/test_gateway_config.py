@@ -154,6 +154,28 @@ def test_remote_servers_use_streamable_http_unless_told_sse(
     assert server.remote_transport == transport
 
 
+@pytest.mark.parametrize(
+    ("url", "fixed"),
+    [
+        pytest.param("https://mcp.example.com/mcp", ("https", "mcp.example.com", None), id="no-placeholder"),
+        pytest.param(
+            "https://${secret:USER}:${secret:PASS}@mcp.example.com:8443/mcp/${secret:ID}?key=${secret:KEY}",
+            ("https", "mcp.example.com", 8443),
+            id="user-part-path-and-query",
+        ),
+        pytest.param("${secret:ENDPOINT}", None, id="whole-url"),
+        pytest.param("https://${secret:HOST}/mcp", None, id="host"),
+        pytest.param("https://mcp.example.com:${secret:PORT}/mcp", None, id="port"),
+    ],
+)
+def test_a_remote_url_keeps_its_host_fixed_unless_a_placeholder_is_in_the_host_itself(
+    tmp_path: Path, url: str, fixed: tuple[str, str, int | None] | None
+) -> None:
+    server = load(tmp_path, {"remote": {"url": url}}).servers["remote"]
+
+    assert server.fixed_origin == fixed
+
+
 # --- start-up errors name the file, the server and the field --------------------------------------
 
 ENTRY_ERRORS = [

@@ -615,6 +615,36 @@ async def test_a_secret_cut_across_text_blocks_is_redacted_across_them(
     assert "".join(blocks) == "my token is [redacted TOKEN]"
 
 
+async def test_a_stored_value_that_would_move_a_remote_url_to_another_host_is_refused_before_connecting(
+    sqlite_secrets: Secrets, tmp_path: Path, http_downstream: HttpDownstream, canary: str
+) -> None:
+    http_downstream.ensure_running()
+    # The configured host is the downstream; a placeholder sits in the URL's user part.
+    entry = {
+        "url": f"http://${{secret:USER}}@127.0.0.1:{http_downstream.port}/mcp",
+        "headers": {"Authorization": "Bearer ${secret:TOKEN}"},
+    }
+    with socket.socket() as elsewhere:  # where alice's stored USER would send her call, and its header
+        elsewhere.bind(("127.0.0.1", 0))
+        elsewhere.listen()
+        elsewhere.setblocking(False)  # noqa: FBT003 - the socket API
+        sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
+        sqlite_secrets.set_secret("alice", "down", "USER", f"127.0.0.1:{elsewhere.getsockname()[1]}/x")
+        sqlite_secrets.set_secret("bob", "down", "TOKEN", fresh_value("bob"))
+        sqlite_secrets.set_secret("bob", "down", "USER", "bob")  # a user part that stays one
+
+        async with running_gateway(sqlite_secrets, tmp_path, {"down": entry}) as gateway:
+            refused = await call(sqlite_secrets, gateway, "alice", "token_hash")
+            served = await call(sqlite_secrets, gateway, "bob", "token_hash")
+
+        with pytest.raises(BlockingIOError):
+            elsewhere.accept()  # nobody came: the call was refused before connecting
+    assert refused.is_error
+    assert "would send it to another host than its configured one" in text_of(refused)
+    assert_no_spelling_of(canary, everything_in(refused))
+    assert not served.is_error, text_of(served)  # reached the downstream (which reads the user part as auth)
+
+
 async def test_progress_and_log_messages_reach_the_client_redacted(
     sqlite_secrets: Secrets, gateway: Gateway, canary: str
 ) -> None:

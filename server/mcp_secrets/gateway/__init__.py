@@ -34,7 +34,14 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types import CallToolResult, LoggingMessageNotificationParams, Tool
 
 from mcp_secrets.errors import SecretsError
-from mcp_secrets.gateway.config import SEPARATOR, GatewayConfig, ServerConfig, load_gateway_config, substitute
+from mcp_secrets.gateway.config import (
+    SEPARATOR,
+    GatewayConfig,
+    ServerConfig,
+    load_gateway_config,
+    origin,
+    substitute,
+)
 from mcp_secrets.gateway.pool import Connection, DownstreamPool, GatewayBusyError, StartTimeoutError, Turn
 from mcp_secrets.gateway.redact import Redactor
 from mcp_secrets.offload import run_store_work
@@ -345,6 +352,12 @@ class Gateway:
         env = {name: fill(value) for name, value in spec.env.items()}
         headers = {name: fill(value) for name, value in spec.headers.items()}
         url = fill(spec.url) if spec.url is not None else None
+        fixed = server.fixed_origin
+        if url is not None and fixed is not None and origin(url) != fixed:
+            raise DownstreamError(
+                f"the stored secrets of server {server.name} would send it to another host than its "
+                "configured one: check what is stored for it (a value in a URL may need %-escapes)"
+            )
         material = json.dumps([spec.command, args, env, headers, url], sort_keys=True).encode()
         fingerprint = hashlib.sha256(self._fingerprint_salt + material).hexdigest()
         holder: dict[str, Connection] = {}

@@ -27,6 +27,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -83,6 +84,20 @@ class ServerConfig(BaseModel):
         return self.spec.command is not None
 
     @property
+    def fixed_origin(self) -> Origin | None:
+        """The scheme, host and port of a remote URL when no placeholder is in them; else None.
+
+        A placeholder elsewhere (a path, a query, a password) may hold any value, but none may move the
+        connection, with the configured headers, to another host: ``https://${secret:K}@host/`` with
+        ``evil.example/`` stored as K would.
+        """
+        if self.spec.url is None:
+            return None
+        ones, others = (origin(PLACEHOLDER.sub(filler, self.spec.url)) for filler in ("a", "b"))
+        # No host without the values: the whole URL is a placeholder, or its start is.
+        return ones if ones == others and ones is not None and ones[1] is not None else None
+
+    @property
     def remote_transport(self) -> Literal["streamable-http", "sse"]:
         """How to talk to a remote server."""
         if self.spec.transport is not None:
@@ -95,6 +110,19 @@ class GatewayConfig(BaseModel):
 
     path: str
     servers: dict[str, ServerConfig]
+
+
+# A URL's scheme, host and port.
+Origin = tuple[str, str | None, int | None]
+
+
+def origin(url: str) -> Origin | None:
+    """The scheme, host and port of ``url``; None when they do not parse (a port that is no number)."""
+    try:
+        parts = urlsplit(url)
+        return parts.scheme.lower(), parts.hostname, parts.port
+    except ValueError:
+        return None
 
 
 def references(text: str) -> set[str]:
