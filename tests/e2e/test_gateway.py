@@ -1288,6 +1288,25 @@ async def test_over_http_sigterm_with_a_session_open_is_a_clean_exit(
     assert canary not in (tmp_path / "server.log").read_text()
 
 
+def serve_stdio_by_hand(
+    tmp_path: Path, servers: dict[str, Any]
+) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """``serve --servers`` over ``servers`` on stdio, for alice, driven by hand; and its environment."""
+    path = tmp_path / "servers.json"
+    path.write_text(json.dumps({"mcpServers": servers}), encoding="utf-8")
+    env = isolated_env(tmp_path, MCP_SECRETS_USER="alice")
+    with (tmp_path / "server.log").open("wb") as log:
+        process = subprocess.Popen(
+            [*MCP_SECRETS, "serve", "--servers", str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=env,
+            text=True,
+        )
+    return process, env
+
+
 def serve_stdio_call_then_stop(
     tmp_path: Path, entry: dict[str, Any], value: str, stop: signal.Signals | None
 ) -> tuple[int, dict[str, str]]:
@@ -1297,18 +1316,7 @@ def serve_stdio_call_then_stop(
     background writer), or None to close stdin, as a client ends a session. Returns the server's exit
     status and its environment.
     """
-    servers = tmp_path / "servers.json"
-    servers.write_text(json.dumps({"mcpServers": {"down": entry}}), encoding="utf-8")
-    env = isolated_env(tmp_path, MCP_SECRETS_USER="alice")
-    with (tmp_path / "server.log").open("wb") as log:
-        process = subprocess.Popen(
-            [*MCP_SECRETS, "serve", "--servers", str(servers)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            env=env,
-            text=True,
-        )
+    process, env = serve_stdio_by_hand(tmp_path, {"down": entry})
     assert process.stdin is not None
     assert process.stdout is not None
     answers: dict[int, dict[str, Any]] = {}
@@ -1376,18 +1384,7 @@ def test_over_stdio_a_stop_signal_stops_a_downstream_server_still_starting(
     tmp_path: Path, marker: str
 ) -> None:
     entry = {**silent_entry("initialize", marker), "env": {"SILENT_IGNORES_EOF": "1"}}
-    servers = tmp_path / "servers.json"
-    servers.write_text(json.dumps({"mcpServers": {"silent": entry}}), encoding="utf-8")
-    env = isolated_env(tmp_path, MCP_SECRETS_USER="alice")
-    with (tmp_path / "server.log").open("wb") as log:
-        process = subprocess.Popen(
-            [*MCP_SECRETS, "serve", "--servers", str(servers)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            env=env,
-            text=True,
-        )
+    process, _ = serve_stdio_by_hand(tmp_path, {"silent": entry})
     assert process.stdin is not None
     assert process.stdout is not None
     try:
