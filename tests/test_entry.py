@@ -23,7 +23,7 @@ import pytest
 from mcp import Client
 from mcp.server import request_state
 from mcp.server.mcpserver import MCPServer
-from mcp_types import ElicitRequest, ElicitRequestURLParams, ElicitResult, InputRequiredResult
+from mcp_types import CallToolResult, ElicitRequest, ElicitRequestURLParams, ElicitResult, InputRequiredResult
 
 from conftest import assert_not_leaked, isolated_env, new_canary, text_of
 from mcp_secrets.app import ENTRY_REQUEST, GATEWAY_LINKS, EntrySettings, build_server, missing_secrets_hint
@@ -613,6 +613,28 @@ async def test_request_secret_in_process_without_a_submission_is_pending(
     assert links.state(elicitor.urls[0].rsplit("/", 1)[1]) == "live"
 
 
+async def first_round(client: Client, arguments: dict[str, Any]) -> tuple[InputRequiredResult, str]:
+    """A request_secret of protocol 2026-07-28 asking for input: that result, and its link's token."""
+    asked = await client.session.call_tool("request_secret", arguments, allow_input_required=True)
+    assert isinstance(asked, InputRequiredResult)
+    [request] = asked.input_requests.values()
+    assert isinstance(request, ElicitRequest)
+    assert isinstance(request.params, ElicitRequestURLParams)
+    return asked, request.params.url.rsplit("/", 1)[1]
+
+
+async def second_round(
+    client: Client, arguments: dict[str, Any], asked: InputRequiredResult
+) -> CallToolResult:
+    """The same call again, the user having accepted to open the link."""
+    return await client.call_tool(
+        "request_secret",
+        arguments,
+        input_responses={ENTRY_REQUEST: ElicitResult(action="accept")},
+        request_state=asked.request_state,
+    )
+
+
 @pytest.mark.anyio
 async def test_request_secret_resumes_on_a_server_restarted_with_a_new_master_key_first(
     sqlite_secrets: Secrets, master_key: bytes, canary: str
@@ -626,20 +648,11 @@ async def test_request_secret_resumes_on_a_server_restarted_with_a_new_master_ke
     arguments = {"server": "github", "key": "TOKEN"}
     elicitor = Elicitor(EntryLinks(sqlite_secrets), "accept")  # declares URL elicitation; the test answers
     async with Client(server_with(master_key), elicitation_callback=elicitor) as before:
-        asked = await before.session.call_tool("request_secret", arguments, allow_input_required=True)
-    assert isinstance(asked, InputRequiredResult)
-    [request] = asked.input_requests.values()
-    assert isinstance(request, ElicitRequest)
-    assert isinstance(request.params, ElicitRequestURLParams)
-    EntryLinks(sqlite_secrets).submit(request.params.url.rsplit("/", 1)[1], canary)
+        asked, token = await first_round(before, arguments)
+    EntryLinks(sqlite_secrets).submit(token, canary)
 
     async with Client(server_with(fresh_master_key(), master_key), elicitation_callback=elicitor) as after:
-        result = await after.call_tool(
-            "request_secret",
-            arguments,
-            input_responses={ENTRY_REQUEST: ElicitResult(action="accept")},
-            request_state=asked.request_state,
-        )
+        result = await second_round(after, arguments, asked)
 
     assert not result.is_error, text_of(result)
     assert result.structured_content is not None
@@ -659,20 +672,11 @@ async def test_request_secret_resumes_within_a_link_lifetime_set_longer_than_ten
     async with Client(
         build_server(sqlite_secrets, LocalIdentity("alice"), entry=entry), elicitation_callback=elicitor
     ) as alice:
-        asked = await alice.session.call_tool("request_secret", arguments, allow_input_required=True)
-        assert isinstance(asked, InputRequiredResult)
-        [request] = asked.input_requests.values()
-        assert isinstance(request, ElicitRequest)
-        assert isinstance(request.params, ElicitRequestURLParams)
-        links.submit(request.params.url.rsplit("/", 1)[1], canary)
+        asked, token = await first_round(alice, arguments)
+        links.submit(token, canary)
         later = time.time() + timedelta(minutes=15).total_seconds()
         monkeypatch.setattr(request_state, "time", SimpleNamespace(time=lambda: later))
-        result = await alice.call_tool(
-            "request_secret",
-            arguments,
-            input_responses={ENTRY_REQUEST: ElicitResult(action="accept")},
-            request_state=asked.request_state,
-        )
+        result = await second_round(alice, arguments, asked)
 
     assert not result.is_error, text_of(result)
     assert result.structured_content is not None
