@@ -284,32 +284,42 @@ async def _serve_stdio(
     cannot work while the client keeps stdin open: the SDK reads stdin in a worker thread that only
     a line or EOF frees. So on a signal this stops the downstream servers, then ``close`` writes
     what is pending and closes the store, and the process exits. Uvicorn handles these signals on HTTP.
+    Once stdin has ended, the same stop runs here, and a signal no longer cuts it short.
     """
-    async with _gateway_running(gateway):
-        if sys.platform == "win32":  # no POSIX signals to receive there
+    if sys.platform == "win32":  # no POSIX signals to receive there
+        async with _gateway_running(gateway):
             await serve()
-            return
+        return
+    stdin_ended = False
 
-        async def stop_on_signal(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
-                task_status.started()  # the handlers are in place before anything is served
-                async for number in received:
-                    logger.info("%s received: stopping", signal.Signals(number).name)
-                    status = 0
-                    try:
-                        if gateway is not None:
-                            with anyio.move_on_after(GATEWAY_STOP_SECONDS):
-                                await gateway.stop()
-                        await anyio.to_thread.run_sync(close)
-                    except Exception:  # whatever failed, the process must still end
-                        logger.exception("stopping did not finish cleanly")
-                        status = EXIT_ERROR
-                    os._exit(status)
+    async def stop_on_signal(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
+            task_status.started()  # the handlers are in place before anything is served
+            async for number in received:
+                if stdin_ended:
+                    # Clients send SIGTERM to a server still there a moment after they closed its stdin
+                    # (the SDK's after two seconds): the stop under way must finish, not be cut short.
+                    logger.info("%s received: already stopping", signal.Signals(number).name)
+                    continue
+                logger.info("%s received: stopping", signal.Signals(number).name)
+                status = 0
+                try:
+                    if gateway is not None:
+                        with anyio.move_on_after(GATEWAY_STOP_SECONDS):
+                            await gateway.stop()
+                    await anyio.to_thread.run_sync(close)
+                except Exception:  # whatever failed, the process must still end
+                    logger.exception("stopping did not finish cleanly")
+                    status = EXIT_ERROR
+                os._exit(status)
 
-        async with anyio.create_task_group() as group:
-            await group.start(stop_on_signal)
+    async with anyio.create_task_group() as group:
+        await group.start(stop_on_signal)
+        async with _gateway_running(gateway):
             await serve()
-            group.cancel_scope.cancel()
+            stdin_ended = True
+        await anyio.to_thread.run_sync(close)
+        group.cancel_scope.cancel()
 
 
 def _read_value(prompt: str) -> str:

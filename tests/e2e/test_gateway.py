@@ -1380,6 +1380,59 @@ def test_over_stdio_stopping_stops_a_downstream_server_that_ignores_the_end_of_i
 
 
 @needs_proc
+def test_over_stdio_a_stop_signal_while_stopping_after_stdin_ended_lets_the_stop_finish(
+    tmp_path: Path, canary: str, marker: str
+) -> None:
+    """As the SDK's client does: close stdin, then send SIGTERM when the server has not exited yet."""
+    stdin_ended = tmp_path / "downstream-stdin-ended"
+    entry = lingering_entry(marker)
+    entry = {**entry, "env": {**entry["env"], "DOWNSTREAM_EOF_FILE": str(stdin_ended)}}
+    servers = tmp_path / "servers.json"
+    servers.write_text(json.dumps({"mcpServers": {"down": entry}}), encoding="utf-8")
+    env = isolated_env(tmp_path, MCP_SECRETS_USER="alice")
+    with (tmp_path / "server.log").open("wb") as log:
+        process = subprocess.Popen(
+            [*MCP_SECRETS, "serve", "--servers", str(servers)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=env,
+            text=True,
+        )
+    assert process.stdin is not None
+    assert process.stdout is not None
+    store = {"name": "set_secret", "arguments": {"server": "down", "key": "TOKEN", "value": canary}}
+    try:
+        for message in (
+            {"id": 1, "method": "initialize", "params": INITIALIZE["params"]},
+            {"method": "notifications/initialized"},
+            {"id": 2, "method": "tools/call", "params": store},
+            {"id": 3, "method": "tools/call", "params": {"name": "down__token_hash", "arguments": {}}},
+        ):
+            process.stdin.write(json.dumps({"jsonrpc": "2.0", **message}) + "\n")
+            process.stdin.flush()
+        answers = [json.loads(process.stdout.readline()) for _ in range(3)]
+        assert answers[-1]["result"]["content"][0]["text"] == sha256(canary), answers
+        process.stdin.close()
+        deadline = time.monotonic() + CLOSE_SECONDS
+        while not stdin_ended.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stdin_ended.exists(), "the server did not start stopping its downstream server"
+        # The server is stopping its downstream server, which ignores the end of its stdin.
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(timeout=CLOSE_SECONDS)
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
+
+    assert returncode == 0
+    assert processes_with(marker) == []
+    assert audited_calls(env, "down", "token_hash") == 1
+    assert canary not in (tmp_path / "server.log").read_text(encoding="utf-8")
+
+
+@needs_proc
 def test_over_stdio_a_stop_signal_stops_a_downstream_server_still_starting(
     tmp_path: Path, marker: str
 ) -> None:
