@@ -273,6 +273,24 @@ async def _with_gateway(gateway: Gateway | None, serve: Callable[[], Awaitable[N
         raise failed_start
 
 
+def _client_left(exc: BaseException) -> bool:
+    """Whether ``exc`` is only the client's end of stdout closed, alone or in exception groups."""
+    if isinstance(exc, BrokenPipeError):
+        return True
+    inner = getattr(exc, "exceptions", None)  # an exception group, Python 3.10's (anyio's backport) too
+    return isinstance(inner, tuple) and bool(inner) and all(_client_left(each) for each in inner)
+
+
+async def _serve_until_the_client_leaves(serve: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await serve()
+    except Exception as exc:
+        if not _client_left(exc):
+            raise
+        # The client quit or died with an answer still to write: its session is over, as at EOF.
+        logger.info("the client closed its end of stdout: stopping")
+
+
 async def _serve_stdio(
     serve: Callable[[], Awaitable[None]], gateway: Gateway | None, close: Callable[[], None]
 ) -> None:
@@ -284,19 +302,19 @@ async def _serve_stdio(
     cannot work while the client keeps stdin open: the SDK reads stdin in a worker thread that only
     a line or EOF frees. So on a signal this stops the downstream servers, then ``close`` writes
     what is pending and closes the store, and the process exits. Uvicorn handles these signals on HTTP.
-    Once stdin has ended, the same stop runs here, and a signal no longer cuts it short.
+    Once the session has ended, the same stop runs here, and a signal no longer cuts it short.
     """
     if sys.platform == "win32":  # no POSIX signals to receive there
         async with _gateway_running(gateway):
-            await serve()
+            await _serve_until_the_client_leaves(serve)
         return
-    stdin_ended = False
+    session_ended = False
 
     async def stop_on_signal(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
             task_status.started()  # the handlers are in place before anything is served
             async for number in received:
-                if stdin_ended:
+                if session_ended:
                     # Clients send SIGTERM to a server still there a moment after they closed its stdin
                     # (the SDK's after two seconds): the stop under way must finish, not be cut short.
                     logger.info("%s received: already stopping", signal.Signals(number).name)
@@ -316,8 +334,8 @@ async def _serve_stdio(
     async with anyio.create_task_group() as group:
         await group.start(stop_on_signal)
         async with _gateway_running(gateway):
-            await serve()
-            stdin_ended = True
+            await _serve_until_the_client_leaves(serve)
+            session_ended = True
         await anyio.to_thread.run_sync(close)
         group.cancel_scope.cancel()
 

@@ -155,6 +155,40 @@ def test_stdio_stdout_carries_only_protocol_and_the_summary_goes_to_stderr(stdio
     assert stdio_deployment.env["MCP_SECRETS_MASTER_KEY"] not in summary
 
 
+def test_stdio_a_client_gone_before_its_answer_is_written_is_a_clean_exit(stdio_deployment) -> None:
+    """As when the client quits or dies with a call in flight: its ends of both pipes close."""
+    log_path = stdio_deployment.log_path.with_name("client-gone.log")
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mcp_secrets", "serve"],
+            env={**stdio_deployment.env, "MCP_SECRETS_USER": "alice"},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+    assert process.stdin is not None
+    assert process.stdout is not None
+    try:
+        process.stdin.write(json.dumps({**INITIALIZE, "id": 1}) + "\n")
+        process.stdin.flush()
+        assert json.loads(process.stdout.readline())["id"] == 1
+        process.stdout.close()
+        for message in (
+            {"method": "notifications/initialized"},
+            {"id": 2, "method": "tools/call", "params": {"name": "list_secret_keys", "arguments": {}}},
+        ):
+            process.stdin.write(json.dumps({"jsonrpc": "2.0", **message}) + "\n")
+        process.stdin.close()
+        returncode = process.wait(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+
+    assert returncode == 0
+    assert "Traceback" not in log_path.read_text()
+
+
 def probe(deployment, token: str | None, **headers: str) -> httpx2.Response:
     """One plain HTTP request to the MCP endpoint that is answered at once unless it is let in."""
     if token is not None:
