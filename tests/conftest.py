@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets as _random
 import threading
 import traceback
@@ -13,6 +14,7 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import jsonschema
 import mongomock
 import pymongo
 import pytest
@@ -181,6 +183,20 @@ def parse_time(text: str) -> datetime:
 def anyio_backend() -> str:
     """Async tests run on asyncio, the loop the server runs on."""
     return "asyncio"
+
+
+def _ecma_pattern(
+    validator: jsonschema.protocols.Validator, pattern: str, instance: object, _schema: object
+) -> Iterator[jsonschema.ValidationError]:
+    """JSON Schema's ``pattern`` as ECMA-262 reads it: a final ``$`` ends the string (Python's also
+    matches before a final newline)."""
+    python_pattern = re.sub(r"\$$", r"\\Z", pattern)
+    if validator.is_type(instance, "string") and not re.search(python_pattern, str(instance)):
+        yield jsonschema.ValidationError(f"does not match {pattern!r}")
+
+
+# Checks arguments against a tool's input schema as a client would.
+SchemaValidator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _ecma_pattern})
 
 
 def text_of(result: CallToolResult) -> str:

@@ -31,7 +31,7 @@ from mcp_types import (
     ToolAnnotations,
 )
 from mcp_types.version import is_version_at_least
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, ValidationError, WithJsonSchema
 
 from mcp_secrets import __version__
 from mcp_secrets.entry import EntryLink, EntryLinks, Submission
@@ -39,7 +39,7 @@ from mcp_secrets.errors import InvalidInputError, SecretsError
 from mcp_secrets.gateway import Gateway
 from mcp_secrets.identity import Identity
 from mcp_secrets.offload import run_store_work
-from mcp_secrets.secrets import SecretKeyInfo, Secrets, validate_name
+from mcp_secrets.secrets import MAX_VALUE_BYTES, NAME_PATTERN, SecretKeyInfo, Secrets, validate_name
 from mcp_secrets.store import SecretStore
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,12 @@ mcp-secrets stores the user's secrets (API keys, passwords, tokens) encrypted, p
 Values are write-only: no tool ever returns a stored value, and you never need to read one.
 Secrets belong to the user this session is authenticated as; you cannot reach anyone else's."""
 
-SERVER_ARG = Field(description="Name of the MCP server the secret is for, e.g. 'github'.")
+# The name rule in each input schema, so a client or model knows it before a call is refused for it;
+# the tools still check it themselves (schema-only here, so their errors keep naming the rule).
+NAME_SCHEMA: dict[str, JsonValue] = {"pattern": f"^{NAME_PATTERN}$"}
+SERVER_ARG = Field(
+    description="Name of the MCP server the secret is for, e.g. 'github'.", json_schema_extra=NAME_SCHEMA
+)
 
 
 def _none_as_all(value: object) -> object:
@@ -70,9 +75,12 @@ def _none_as_all(value: object) -> object:
 ServerFilter = Annotated[
     str,
     BeforeValidator(_none_as_all),
-    Field(description="Only this MCP server's entries; all when omitted or empty."),
+    Field(
+        description="Only this MCP server's entries; all when omitted or empty.",
+        json_schema_extra={"pattern": f"^({NAME_PATTERN})?$"},
+    ),
 ]
-KEY_ARG = Field(description="Name of the secret, e.g. 'GITHUB_TOKEN'.")
+KEY_ARG = Field(description="Name of the secret, e.g. 'GITHUB_TOKEN'.", json_schema_extra=NAME_SCHEMA)
 
 
 class SecretChange(BaseModel):
@@ -486,7 +494,14 @@ def _add_write_tools(mcp: MCPServer[Any], secrets: Secrets, identity: Identity, 
     async def set_secret(
         server: Annotated[str, SERVER_ARG],
         key: Annotated[str, KEY_ARG],
-        value: Annotated[str, Field(description="The secret value. Write-only: it is never shown again.")],
+        value: Annotated[
+            str,
+            Field(
+                description=f"The secret value, 1 to {MAX_VALUE_BYTES} bytes in UTF-8. "
+                "Write-only: it is never shown again.",
+                json_schema_extra={"minLength": 1},
+            ),
+        ],
         ctx: Context[Any, Any],
     ) -> Annotated[CallToolResult, SecretChange]:
         """Store one of your secrets for an MCP server, encrypted; replaces an existing one.
@@ -567,7 +582,13 @@ def _add_list_tools(
     async def list_secret_events(
         ctx: Context[Any, Any],
         server: ServerFilter = "",
-        limit: Annotated[int, Field(description="How many events, newest first (1 to 1000).")] = 50,
+        limit: Annotated[
+            int,
+            Field(
+                description="How many events, newest first (1 to 1000).",
+                json_schema_extra={"minimum": 1, "maximum": 1000},
+            ),
+        ] = 50,
     ) -> Annotated[CallToolResult, SecretEventList]:
         """Your audit trail, newest first: when each of your secrets was stored, changed, deleted or used.
 

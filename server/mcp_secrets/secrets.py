@@ -31,7 +31,9 @@ MAX_SECRETS_PER_USER = 1000
 # The actor of events no user caused (rotation, pruning); parentheses keep it from matching a username.
 OPERATOR = "(operator)"
 LISTING_FLUSH_SECONDS = 1.0  # how long a listing waits for pending uses before it goes on without them
-_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+# Also published in the tools' input schemas, anchored there: JSON Schema regexes are not.
+NAME_PATTERN = r"[A-Za-z0-9_.\-]{1,128}"
+_NAME = re.compile(NAME_PATTERN)
 _USERNAME = re.compile(r"[A-Za-z0-9_.@\-]{1,128}")
 NAME_RULE = "1 to 128 characters of letters, digits, '_', '-' or '.'"
 USERNAME_RULE = "1 to 128 characters of letters, digits, '_', '-', '.' or '@'"

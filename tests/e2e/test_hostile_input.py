@@ -24,7 +24,7 @@ from mcp import Client
 from mcp_types import CallToolResult
 from pydantic import TypeAdapter, ValidationError
 
-from conftest import text_of
+from conftest import SchemaValidator, text_of
 from mcp_secrets.app import build_server
 from mcp_secrets.crypto import SecretEncryptor, generate_master_key, parse_master_key
 from mcp_secrets.identity import LocalIdentity
@@ -335,6 +335,10 @@ async def call_and_check(
     else:
         expected.check_error_text(error_text(result))
         echoed = list(echoed_on_error)
+        # A name or limit the tool refuses, its input schema refuses too (a value's bytes it cannot count).
+        if expected.rule_error not in (None, "value"):
+            schema = next(t for t in (await client.list_tools()).tools if t.name == tool).input_schema
+            assert not SchemaValidator(schema).is_valid(arguments), arguments
     assert_nothing_quoted(
         result, _never_shown(tool, arguments, refused=not expected.succeeds), echoed, vocabulary
     )

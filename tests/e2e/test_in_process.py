@@ -15,7 +15,7 @@ import pytest
 from mcp import Client
 from mcp_types import CallToolResult
 
-from conftest import assert_no_fragment_of, parse_time
+from conftest import SchemaValidator, assert_no_fragment_of, parse_time
 from mcp_secrets.app import build_server
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.errors import DecryptionError
@@ -179,6 +179,55 @@ async def test_bad_name_is_refused_naming_the_field_not_the_input(
     assert field in text_of(result)
     assert not name or name not in text_of(result)
     assert await keys_of(alice) == []
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments"),
+    [
+        pytest.param("set_secret", {"server": "a b", "key": "TOKEN", "value": "v"}, id="server-space"),
+        pytest.param("set_secret", {"server": "github", "key": "k" * 129, "value": "v"}, id="key-too-long"),
+        pytest.param("set_secret", {"server": "github", "key": "", "value": "v"}, id="key-empty"),
+        pytest.param("set_secret", {"server": "github", "key": "TOKEN", "value": ""}, id="value-empty"),
+        pytest.param("delete_secret", {"server": "github", "key": "ключ"}, id="key-cyrillic"),
+        pytest.param("delete_secret", {"server": "github", "key": "TOKEN\n"}, id="key-final-newline"),
+        pytest.param("request_secret", {"server": "git/hub", "key": "TOKEN"}, id="server-slash"),
+        pytest.param("list_secret_keys", {"server": "$where"}, id="filter-operator"),
+        pytest.param("list_secret_events", {"server": "a b"}, id="events-filter-space"),
+        pytest.param("list_secret_events", {"limit": 0}, id="limit-zero"),
+        pytest.param("list_secret_events", {"limit": 1001}, id="limit-over"),
+    ],
+)
+async def test_input_schemas_refuse_what_the_tools_refuse(
+    alice: Client, tool: str, arguments: dict[str, Any]
+) -> None:
+    """A client or model reading the schema learns the rules before a call fails on them."""
+    schema = next(t for t in (await alice.list_tools()).tools if t.name == tool).input_schema
+
+    result = await alice.call_tool(tool, arguments)
+
+    assert result.is_error
+    assert not SchemaValidator(schema).is_valid(arguments)
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments"),
+    [
+        ("set_secret", {"server": "a.b-c_D9", "key": "k" * 128, "value": "v"}),
+        ("request_secret", {"server": "github", "key": "TOKEN"}),
+        ("list_secret_keys", {"server": ""}),
+        ("list_secret_events", {"server": "github", "limit": 1000}),
+        ("list_secret_events", {"limit": 1}),
+    ],
+)
+async def test_input_schemas_accept_what_the_tools_accept(
+    alice: Client, tool: str, arguments: dict[str, Any]
+) -> None:
+    schema = next(t for t in (await alice.list_tools()).tools if t.name == tool).input_schema
+
+    result = await alice.call_tool(tool, arguments)
+
+    assert not result.is_error, text_of(result)
+    SchemaValidator(schema).validate(arguments)
 
 
 async def test_dotted_names_are_valid(alice: Client) -> None:
