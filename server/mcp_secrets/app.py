@@ -552,7 +552,10 @@ def _add_list_tools(
         ctx: Context[Any, Any],
         server: ServerFilter = "",
     ) -> Annotated[CallToolResult, SecretKeyList]:
-        """List the names of your stored secrets and when each was created and updated; never their values."""
+        """List your stored secrets: names, when each was created, updated and last used; never their values.
+
+        Through the gateway, also which secrets each downstream server still needs before its tools work.
+        """
         username = _caller(identity, ctx)
         infos = await _run(lambda: secrets.list_secret_keys(username, server or None), secrets.store)
         statuses = [] if gateway is None else await _run(lambda: gateway.status(username), secrets.store)

@@ -96,6 +96,15 @@ async def test_tools_have_output_schemas_and_say_values_are_write_only(alice: Cl
     }
 
 
+async def test_list_secret_keys_description_names_all_it_lists(alice: Client) -> None:
+    """A model finds the missing secrets of a downstream server only if it knows where to look."""
+    tools = {tool.name: tool for tool in (await alice.list_tools()).tools}
+    description = tools["list_secret_keys"].description or ""
+
+    assert "last used" in description
+    assert "downstream server" in description
+
+
 @pytest.mark.parametrize(
     ("tool", "field", "item"),
     [("list_secret_keys", "keys", "SecretKeyEntry"), ("list_secret_events", "events", "SecretEventEntry")],
