@@ -19,6 +19,7 @@ from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer, RequestStateSecurity
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.shared.exceptions import MCPError
 from mcp_types import (
     CallToolResult,
     ElicitRequest,
@@ -464,20 +465,29 @@ def _add_request_secret(mcp: MCPServer[Any], identity: Identity, entry: EntrySet
             "The value goes straight to the encrypted store, never through the assistant."
         )
         if not _supports_url_elicitation(ctx):
-            text = (
-                f"Please open this link in your browser and enter {key} for {server} there: {url}\n"
-                f"It works once, to store {key} in {username}'s account, until "
-                f"{link.record.expires_at:%H:%M} UTC."
-            )
-            status = SecretRequest(
-                server=server, key=key, status="link_sent", url=url, expires_at=link.record.expires_at
-            )
-            return _result(text, status)
+            return _link_sent(username, link, url)
         if _input_required_era(ctx):
             request = ElicitRequest(params=ElicitRequestURLParams(message=message, url=url))
             return InputRequiredResult(input_requests={ENTRY_REQUEST: request}, request_state=link.token)
-        outcome = await ctx.elicit_url(message, url, link.record.link_id)
+        try:
+            outcome = await ctx.elicit_url(message, url, link.record.link_id)
+        except MCPError:
+            # It said it opens URLs, but the request found no way to it or got an error: give the link.
+            return _link_sent(username, link, url)
         return await _entry_outcome(entry, link, outcome.action, ctx, elicitation_id=link.record.link_id)
+
+
+def _link_sent(username: str, link: EntryLink, url: str) -> CallToolResult:
+    """The entry link in the result, for the user to open: the client did not open it."""
+    server, key = link.record.server, link.record.key
+    text = (
+        f"Please open this link in your browser and enter {key} for {server} there: {url}\n"
+        f"It works once, to store {key} in {username}'s account, until {link.record.expires_at:%H:%M} UTC."
+    )
+    status = SecretRequest(
+        server=server, key=key, status="link_sent", url=url, expires_at=link.record.expires_at
+    )
+    return _result(text, status)
 
 
 def _add_write_tools(mcp: MCPServer[Any], secrets: Secrets, identity: Identity, transport: str) -> None:

@@ -22,7 +22,14 @@ from urllib.parse import quote, urlsplit
 import anyio
 import httpx2
 import pytest
-from mcp_types import CallToolResult, ElicitCompleteNotification, ElicitRequestURLParams, ElicitResult
+from mcp_types import (
+    INVALID_REQUEST,
+    CallToolResult,
+    ElicitCompleteNotification,
+    ElicitRequestURLParams,
+    ElicitResult,
+    ErrorData,
+)
 
 from conftest import parse_time, text_of
 from mcp_secrets.bootstrap import open_secrets
@@ -292,6 +299,28 @@ async def test_a_client_without_url_elicitation_gets_the_link_to_open(
     assert stored_values(http_deployment, "alice", server) == {"API_TOKEN": canary}
     assert stored_values(http_deployment, "bob", server) == {}
     assert token_of(url) not in http_deployment.log()
+
+
+async def test_a_client_whose_url_elicitation_fails_gets_the_link_to_open(
+    streamable_http_deployment, server: str, canary: str
+) -> None:
+    """It said it opens URLs but answered the request with an error: the link comes in the result."""
+
+    async def refuse(_context: Any, _params: Any) -> ErrorData:
+        return ErrorData(code=INVALID_REQUEST, message="cannot open links here")
+
+    deployment = streamable_http_deployment
+    async with deployment.connect("alice", mode="legacy", elicitation_callback=refuse) as alice:
+        result = await alice.call_tool("request_secret", {"server": server, "key": "API_TOKEN"})
+    assert not result.is_error, text_of(result)
+    assert result.structured_content is not None
+    url = result.structured_content["url"]
+    pages = await fill_in(url, canary)
+
+    assert result.structured_content["status"] == "link_sent"
+    assert url in text_of(result)
+    assert [page.status_code for page in pages] == [200, 200]
+    assert stored_values(deployment, "alice", server) == {"API_TOKEN": canary}
 
 
 # --- the link belongs to one user, once, for a while ----------------------------------------------
