@@ -870,6 +870,20 @@ def test_set_at_a_terminal_ended_with_ctrl_d_stores_nothing_and_says_why(env: di
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="a POSIX pseudo-terminal")
+def test_set_at_a_terminal_refuses_bytes_that_are_not_utf8_in_one_line(
+    env: dict[str, str], canary: str
+) -> None:
+    typed = canary.encode() + b"\xff\xfe\r"
+    returncode, shown = set_at_a_terminal(env, typed, "github", "TOKEN", "--user", "alice")
+
+    assert returncode == EXIT_CONFIGURATION
+    assert "Traceback" not in shown
+    assert "value must be UTF-8 text" in shown
+    assert canary not in shown
+    assert stored_secrets(env, "alice", "github") == {}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a POSIX pseudo-terminal")
 @pytest.mark.parametrize(("args", "field"), BAD_NAMES)
 def test_set_at_a_terminal_refuses_a_bad_name_before_asking_for_the_value(
     env: dict[str, str], canary: str, args: tuple[str, ...], field: str

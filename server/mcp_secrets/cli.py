@@ -352,6 +352,9 @@ def _read_value(prompt: str) -> str:
         except EOFError:  # Ctrl-D at the prompt
             _say()  # getpass ends the prompt's line only when it reads one
             raise InvalidInputError("no value was entered (the input ended at the prompt)") from None
+        except UnicodeDecodeError:  # the terminal's bytes, decoded strictly: refused as piped ones are
+            _say()
+            raise InvalidInputError("value must be UTF-8 text") from None
     raw = sys.stdin.buffer.read(MAX_VALUE_BYTES + len(b"\r\n") + 1)  # enough to tell a value too long
     raw = raw.removesuffix(b"\n").removesuffix(b"\r") if raw.endswith(b"\n") else raw
     if len(raw) > MAX_VALUE_BYTES:
