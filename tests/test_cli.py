@@ -870,6 +870,37 @@ def test_set_at_a_terminal_ended_with_ctrl_d_stores_nothing_and_says_why(env: di
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="a POSIX pseudo-terminal")
+@pytest.mark.parametrize("last_line_end", [b"\r", b""], ids=["ended", "unended"])
+def test_set_at_a_terminal_refuses_a_pasted_multi_line_value_instead_of_keeping_its_first_line(
+    env: dict[str, str], canary: str, last_line_end: bytes
+) -> None:
+    pasted = (
+        b"-----BEGIN PRIVATE KEY-----\r" + canary.encode() + b"\r-----END PRIVATE KEY-----" + last_line_end
+    )
+
+    returncode, shown = set_at_a_terminal(env, pasted, "github", "PEM", "--user", "alice")
+
+    assert returncode == EXIT_CONFIGURATION
+    assert "pipe it on stdin" in shown
+    assert canary not in shown
+    assert stored_secrets(env, "alice", "github") == {}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's terminal line limit")
+def test_set_at_a_terminal_refuses_a_value_the_terminal_may_have_cut_short(
+    env: dict[str, str], canary: str
+) -> None:
+    typed = (canary * 200).encode()[:5000] + b"\r"  # past the 4095 bytes a Linux terminal keeps of a line
+
+    returncode, shown = set_at_a_terminal(env, typed, "github", "TOKEN", "--user", "alice")
+
+    assert returncode == EXIT_CONFIGURATION
+    assert "pipe it on stdin" in shown
+    assert canary not in shown
+    assert stored_secrets(env, "alice", "github") == {}
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a POSIX pseudo-terminal")
 def test_set_at_a_terminal_refuses_bytes_that_are_not_utf8_in_one_line(
     env: dict[str, str], canary: str
 ) -> None:

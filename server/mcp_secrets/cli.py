@@ -347,22 +347,84 @@ def _read_value(prompt: str) -> str:
     its carriage returns), less one final line end, which ``echo`` and editors add.
     """
     if sys.stdin.isatty():
-        try:
-            return getpass.getpass(prompt)
-        except EOFError:  # Ctrl-D at the prompt
-            _say()  # getpass ends the prompt's line only when it reads one
-            raise InvalidInputError("no value was entered (the input ended at the prompt)") from None
-        except UnicodeDecodeError:  # the terminal's bytes, decoded strictly: refused as piped ones are
-            _say()
-            raise InvalidInputError("value must be UTF-8 text") from None
-    raw = sys.stdin.buffer.read(MAX_VALUE_BYTES + len(b"\r\n") + 1)  # enough to tell a value too long
-    raw = raw.removesuffix(b"\n").removesuffix(b"\r") if raw.endswith(b"\n") else raw
+        if sys.platform == "win32":
+            return _getpass(prompt)
+        raw = _read_hidden_line(prompt)
+    else:
+        raw = sys.stdin.buffer.read(MAX_VALUE_BYTES + len(b"\r\n") + 1)  # enough to tell a value too long
+        raw = raw.removesuffix(b"\n").removesuffix(b"\r") if raw.endswith(b"\n") else raw
     if len(raw) > MAX_VALUE_BYTES:
         raise InvalidInputError(f"value must be at most {MAX_VALUE_BYTES} bytes in UTF-8")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidInputError("value must be UTF-8 text") from None
+
+
+def _getpass(prompt: str) -> str:
+    try:
+        return getpass.getpass(prompt)
+    except EOFError:  # Ctrl-D at the prompt
+        _say()  # getpass ends the prompt's line only when it reads one
+        raise InvalidInputError("no value was entered (the input ended at the prompt)") from None
+    except UnicodeDecodeError:  # the terminal's bytes, decoded strictly: refused as piped ones are
+        _say()
+        raise InvalidInputError("value must be UTF-8 text") from None
+
+
+if sys.platform != "win32":
+    import termios
+
+    TERMINAL_LINE_BYTES = 4095  # what Linux keeps of a line typed at a terminal, dropping the rest silently
+    PASTE_TENTHS = 1  # how long, in tenths of a second, the rest of a paste may take to follow its first line
+
+    def _read_hidden_line(prompt: str) -> bytes:
+        """One line typed at the terminal with echo off, less its line end; refused if it may be cut short.
+
+        getpass kept the first line of a pasted PEM key and discarded the rest, and a line past the
+        terminal's limit lost its end: either was stored, cut short, as if it were the whole value.
+        """
+        try:
+            tty = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+        except OSError:  # no controlling terminal after all: getpass warns, and reads stdin
+            return _getpass(prompt).encode("utf-8", "surrogateescape")
+        try:
+            shown = termios.tcgetattr(tty)
+            hidden = [*shown[:3], shown[3] & ~termios.ECHO, *shown[4:6], list(shown[6])]
+            termios.tcsetattr(tty, termios.TCSAFLUSH, hidden)
+            try:
+                os.write(tty, prompt.encode())
+                line = b""
+                while not line.endswith(b"\n"):
+                    chunk = os.read(tty, MAX_VALUE_BYTES)
+                    if not chunk:  # Ctrl-D
+                        break
+                    line += chunk
+                # Whatever follows the line within a moment (a paste's next lines, ended or not) is
+                # readable once the terminal stops waiting for whole lines.
+                hidden[3] &= ~termios.ICANON
+                hidden[6][termios.VMIN], hidden[6][termios.VTIME] = 0, PASTE_TENTHS
+                termios.tcsetattr(tty, termios.TCSANOW, hidden)
+                more = bool(line) and bool(os.read(tty, 1))
+            finally:
+                # Flushing: what is left of a paste must not reach the shell, echoed and run as commands.
+                termios.tcsetattr(tty, termios.TCSAFLUSH, shown)
+                os.write(tty, b"\n")
+        finally:
+            os.close(tty)
+        if not line:
+            raise InvalidInputError("no value was entered (the input ended at the prompt)")
+        if more:
+            raise InvalidInputError(
+                "the value is more than one line, which a prompt reads only the first of: pipe it on stdin"
+            )
+        line = line.removesuffix(b"\n")
+        if len(line) >= TERMINAL_LINE_BYTES:
+            raise InvalidInputError(
+                f"a value of {TERMINAL_LINE_BYTES} bytes or more may be cut short by the terminal: "
+                "pipe it on stdin"
+            )
+        return line
 
 
 @contextmanager
