@@ -1348,3 +1348,51 @@ def test_a_listing_piped_into_a_reader_that_stops_early_ends_quietly(
     assert "Traceback" not in stderr
     assert "BrokenPipeError" not in stderr
     assert returncode == 1  # not all of it was delivered
+
+
+def run_with_stdout(env: dict[str, str], stdout: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The command with its stdout on a full disk (``/dev/full``) or closed (``>&-``)."""
+    redirect = ">/dev/full" if stdout == "full" else ">&-"
+    script = f'exec "$0" -m mcp_secrets "$@" {redirect}'
+    return mcp_secrets_cli(env, *args, command=("sh", "-c", script, sys.executable))
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+def test_a_token_that_cannot_be_printed_is_revoked_and_said_in_one_line(
+    env: dict[str, str], stdout: str
+) -> None:
+    done = run_with_stdout(env, stdout, "token", "create", "alice")
+
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 2  # the error, and that the token was revoked
+    assert "revoked" in done.stderr
+    assert not TOKEN.search(done.stderr)
+    listing = mcp_secrets_cli(env, "token", "list")
+    assert "alice" in listing.stdout
+    assert " live " not in listing.stdout
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+def test_a_key_that_cannot_be_printed_is_an_error_not_a_success(env: dict[str, str], stdout: str) -> None:
+    done = run_with_stdout(env, stdout, "keygen")
+
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "error" in done.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("command", [("list", "--user", "alice"), ("audit",)], ids=["list", "audit"])
+def test_a_listing_that_cannot_be_written_fails_in_one_line(
+    env: dict[str, str], command: tuple[str, ...]
+) -> None:
+    set_from_stdin(env, new_canary(), "github", "TOKEN", "--user", "alice")
+
+    done = run_with_stdout(env, "full", *command)
+
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1

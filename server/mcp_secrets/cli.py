@@ -9,6 +9,7 @@ the MCP protocol itself.
 from __future__ import annotations
 
 import argparse
+import errno
 import getpass
 import itertools
 import json
@@ -671,8 +672,15 @@ def _prune_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_once(text: str) -> None:
+    """Print what is never shown again (a key, a token), making sure that it reached stdout."""
+    if sys.stdout is None:  # started with stdout closed, where print drops what it is given
+        raise OSError(errno.EBADF, "stdout is closed")
+    print(text, flush=True)
+
+
 def _keygen(_: argparse.Namespace) -> int:
-    print(generate_master_key())
+    _print_once(generate_master_key())
     _say("Keep this key safe and out of the database: set MCP_SECRETS_MASTER_KEY or put it in a 0600 file.")
     return 0
 
@@ -714,7 +722,12 @@ def _token_create(args: argparse.Namespace) -> int:
     validate_username(args.username)  # before a store is made for it
     tokens = ApiTokens(_token_store(args, create=True))
     new = tokens.create(args.username, label=args.label, expires_in=expires)
-    print(new.token)
+    try:
+        _print_once(new.token)
+    except OSError:  # nobody has it, and it cannot be shown again: it must not stay live
+        tokens.revoke(new.record.token_id)
+        _say(f"Token {new.record.token_id} for {new.record.username} was revoked: it could not be shown.")
+        raise
     _say(f"Token {new.record.token_id} for {new.record.username} created. It is shown only this once.")
     return 0
 
@@ -981,6 +994,12 @@ def _parsed(parser: argparse.ArgumentParser, arguments: list[str]) -> argparse.N
     return args
 
 
+def _discard_stdout() -> None:
+    """Point stdout at nothing, so that the flush at exit does not fail again with a traceback."""
+    if sys.stdout is not None:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; print errors as one line on stderr and return the exit code."""
     forbid_inspection()  # before any key or value is read: this process will hold them
@@ -990,10 +1009,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt as stop:
         return 128 + signal.SIGTERM if isinstance(stop, _Terminated) else 130
-    except BrokenPipeError:
-        # The reader of stdout stopped early (`| head`): end quietly, not with a traceback, and
-        # point stdout at nothing so that the flush at exit does not fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as exc:
+        # stdout could not be written. A reader that stopped early (`| head`) ends it quietly; a full
+        # disk, an I/O error or a closed stdout is said in one line; neither with a traceback.
+        _discard_stdout()
+        if not isinstance(exc, BrokenPipeError):
+            _say(f"mcp-secrets: error: the output could not be written: {exc.strerror or exc}")
         return EXIT_ERROR
     except (ConfigurationError, InvalidInputError) as exc:
         _say(f"mcp-secrets: error: {exc}")
