@@ -613,6 +613,51 @@ async def test_request_secret_in_process_without_a_submission_is_pending(
     assert links.state(elicitor.urls[0].rsplit("/", 1)[1]) == "live"
 
 
+class SlowToConfirm(Elicitor):
+    """A user who takes ``seconds`` (of ``clock``) to confirm the client's dialog, then accepts."""
+
+    def __init__(self, links: EntryLinks, clock: list[float], seconds: float) -> None:
+        super().__init__(links, "accept")
+        self.clock = clock
+        self.seconds = seconds
+
+    async def __call__(self, context: Any, params: Any) -> ElicitResult:
+        self.clock[0] += self.seconds
+        return await super().__call__(context, params)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("confirmed_after", "waits"), [(60.0, False), (20.0, True)])
+async def test_request_secret_waits_for_the_page_counting_from_the_call_not_from_the_dialog(
+    sqlite_secrets: Secrets, confirmed_after: float, waits: bool
+) -> None:
+    # A client that gives up on a request after 60 s must get the answer first: the dialog's time counts.
+    # Protocol 2025-11-25, where the dialog is a request inside the call (in 2026-07-28 it is between two).
+    now = [1000.0]
+    links = EntryLinks(sqlite_secrets)
+    entry = EntrySettings(links=links, base_url=BASE_URL, wait_seconds=50.0, clock=lambda: now[0])
+    elicitor = SlowToConfirm(links, now, confirmed_after)
+    progress: list[float] = []
+
+    async def on_progress(done: float, _total: float | None, _message: str | None) -> None:
+        progress.append(done)
+        now[0] += 10.0  # the wait goes on: ten seconds pass between two looks at the store
+
+    async with Client(
+        build_server(sqlite_secrets, LocalIdentity("alice"), entry=entry),
+        mode="legacy",
+        elicitation_callback=elicitor,
+    ) as alice:
+        result = await alice.call_tool(
+            "request_secret", {"server": "github", "key": "TOKEN"}, progress_callback=on_progress
+        )
+
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "pending"
+    # Past 50 s from the call's start, it answers at once; before, it waits out the rest, and no more.
+    assert progress == ([20.0, 30.0, 40.0] if waits else [])
+
+
 async def first_round(client: Client, arguments: dict[str, Any]) -> tuple[InputRequiredResult, str]:
     """A request_secret of protocol 2026-07-28 asking for input: that result, and its link's token."""
     asked = await client.session.call_tool("request_secret", arguments, allow_input_required=True)

@@ -35,6 +35,7 @@ from mcp_types.version import is_version_at_least
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, ValidationError, WithJsonSchema
 
 from mcp_secrets import __version__
+from mcp_secrets.config import ENTRY_WAIT_SECONDS
 from mcp_secrets.entry import EntryLink, EntryLinks, Submission
 from mcp_secrets.errors import InvalidInputError, SecretsError
 from mcp_secrets.gateway import Gateway
@@ -285,7 +286,8 @@ class EntrySettings(BaseModel):
 
     links: EntryLinks
     base_url: str
-    wait_seconds: float = 90.0
+    wait_seconds: float = ENTRY_WAIT_SECONDS
+    clock: Callable[[], float] = anyio.current_time  # seconds, for the wait's deadline
 
 
 def _supports_url_elicitation(ctx: Context[Any, Any]) -> bool:
@@ -321,21 +323,33 @@ def _terminal_hint(username: str, server: str, key: str) -> CallToolResult:
     return _result(text, SecretRequest(server=server, key=key, status="use_terminal"))
 
 
-async def _await_entry(entry: EntrySettings, link: EntryLink, ctx: Context[Any, Any]) -> Submission:
-    """Wait, polling the store (any replica may serve the page), until the value is stored or time is up."""
-    waited = 0.0
+async def _await_entry(
+    entry: EntrySettings, link: EntryLink, ctx: Context[Any, Any], *, started: float
+) -> Submission:
+    """Wait, polling the store (any replica may serve the page), until the value is stored or time is up.
+
+    The time counts from ``started``, when the call came in: the user's time in the client's dialog is
+    part of it, so that the call answers before the client's own timeout for it runs out.
+    """
+    deadline = started + entry.wait_seconds
     while True:
         # Looked at once more when the time is up (and once with no wait): the page may be submitted already.
         submission = await _run(lambda: entry.links.submission(link.token))
-        if submission != "waiting" or waited >= entry.wait_seconds:
+        now = entry.clock()
+        if submission != "waiting" or now >= deadline:
             return submission
-        await ctx.report_progress(waited, entry.wait_seconds, "Waiting for the secret to be entered")
-        await anyio.sleep(WAIT_POLL_SECONDS)
-        waited += WAIT_POLL_SECONDS
+        await ctx.report_progress(now - started, entry.wait_seconds, "Waiting for the secret to be entered")
+        await anyio.sleep(min(WAIT_POLL_SECONDS, deadline - now))
 
 
 async def _entry_outcome(
-    entry: EntrySettings, link: EntryLink, action: str, ctx: Context[Any, Any], *, elicitation_id: str | None
+    entry: EntrySettings,
+    link: EntryLink,
+    action: str,
+    ctx: Context[Any, Any],
+    *,
+    elicitation_id: str | None,
+    started: float,
 ) -> CallToolResult:
     record = link.record
     stored_text = f"Secret {record.key} for server {record.server} stored. Its value was never seen here."
@@ -346,7 +360,7 @@ async def _entry_outcome(
             return _result(stored_text, SecretRequest(server=record.server, key=record.key, status="stored"))
         text = f"The user declined to enter {record.key} for {record.server}; nothing was stored."
         return _result(text, SecretRequest(server=record.server, key=record.key, status="declined"))
-    submission = await _await_entry(entry, link, ctx)
+    submission = await _await_entry(entry, link, ctx, started=started)
     if submission == "stored":
         if elicitation_id is not None:
             await ctx.request_context.session.send_elicit_complete(
@@ -453,11 +467,12 @@ def _add_request_secret(mcp: MCPServer[Any], identity: Identity, entry: EntrySet
         await _run(lambda: (validate_name("server", server), validate_name("key", key)))
         if entry is None:
             return _terminal_hint(username, server, key)
+        started = entry.clock()
         if _input_required_era(ctx) and ctx.request_state is not None:
             link = await _run(lambda: entry.links.resume(ctx.request_state or "", username))
             response = (ctx.input_responses or {}).get(ENTRY_REQUEST)
             action = response.action if isinstance(response, ElicitResult) else "cancel"
-            return await _entry_outcome(entry, link, action, ctx, elicitation_id=None)
+            return await _entry_outcome(entry, link, action, ctx, elicitation_id=None, started=started)
         link = await _run(lambda: entry.links.create(username, server, key))
         url = link.url(entry.base_url)
         message = (
@@ -474,7 +489,9 @@ def _add_request_secret(mcp: MCPServer[Any], identity: Identity, entry: EntrySet
         except MCPError:
             # It said it opens URLs, but the request found no way to it or got an error: give the link.
             return _link_sent(username, link, url)
-        return await _entry_outcome(entry, link, outcome.action, ctx, elicitation_id=link.record.link_id)
+        return await _entry_outcome(
+            entry, link, outcome.action, ctx, elicitation_id=link.record.link_id, started=started
+        )
 
 
 def _link_sent(username: str, link: EntryLink, url: str) -> CallToolResult:

@@ -23,6 +23,10 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 DEFAULT_DATABASE_FILE = "secrets.db"
 DEFAULT_KEY_FILE = "master.key"
 MAX_SQLITE_BUSY_TIMEOUT = 2_147_483  # seconds: 2**31 - 1 milliseconds, rounded down
+# How long request_secret waits for the entry page, from the call's start: under the 60 s after which
+# clients on the TypeScript SDK give up on a request, so that they get its answer (stored, or not yet)
+# rather than a timeout.
+ENTRY_WAIT_SECONDS = 50.0
 
 
 def _under_home(directory_of: Callable[[str], str], setting: str) -> Path:
@@ -114,7 +118,9 @@ class Settings(BaseSettings):
     username_claim: str = Field(default="sub", description="JWT claim that holds the username.")
 
     entry_wait_seconds: float = Field(
-        default=90.0, ge=0, description="How long request_secret waits for the user to submit the entry page."
+        default=ENTRY_WAIT_SECONDS,
+        ge=0,
+        description="How long request_secret waits for the entry page to be sent, from the call's start.",
     )
     entry_link_minutes: float = Field(
         default=10.0, gt=0, le=24 * 60, description="How long an entry link works."
