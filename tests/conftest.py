@@ -149,13 +149,15 @@ def _jwks_body(keys: dict[str, rsa.RSAPublicKey]) -> bytes:
 @contextmanager
 def jwks_provider(
     keys: dict[str, rsa.RSAPublicKey],
-) -> Iterator[tuple[str, Callable[[dict[str, rsa.RSAPublicKey]], None]]]:
-    """A local OIDC provider's JWKS of ``keys`` by kid; yields its URL, and a function to publish others."""
+) -> Iterator[tuple[str, Callable[[dict[str, rsa.RSAPublicKey] | bytes], None]]]:
+    """A local OIDC provider's JWKS of ``keys`` by kid; yields its URL, and a function to publish others
+    (or any body, as bytes)."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _JwksHandler)
     server.jwks_body = _jwks_body(keys)  # type: ignore[attr-defined]
 
-    def publish(new_keys: dict[str, rsa.RSAPublicKey]) -> None:
-        server.jwks_body = _jwks_body(new_keys)  # type: ignore[attr-defined]
+    def publish(new_keys: dict[str, rsa.RSAPublicKey] | bytes) -> None:
+        body = new_keys if isinstance(new_keys, bytes) else _jwks_body(new_keys)
+        server.jwks_body = body  # type: ignore[attr-defined]
 
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -395,6 +395,22 @@ async def test_a_jwt_is_refused_when_the_jwks_cannot_be_fetched(signing_key: rsa
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("body", [b"<html>Down for maintenance</html>", b'{"keys": [', b"\xff\xfe"])
+async def test_a_jwt_is_left_unjudged_when_the_jwks_answers_with_something_not_json(
+    signing_key: rsa.RSAPrivateKey, body: bytes
+) -> None:
+    # A maintenance page answered with 200, or a body cut short: the key set could not be read.
+    with jwks_provider({KID: signing_key.public_key()}) as (url, publish):
+        publish(body)
+        verifier = JwtVerifier(url, issuer=ISSUER, audience=AUDIENCE)
+
+        with _checking() as outage:
+            assert await verifier.verify_token(_sign(signing_key, _claims())) is None
+
+    assert outage.reason == "the identity provider's key set cannot be fetched"
+
+
+@pytest.mark.anyio
 async def test_a_jwt_refused_on_its_merits_is_judged(jwks_url: str, other_key: rsa.RSAPrivateKey) -> None:
     verifier = JwtVerifier(jwks_url, issuer=ISSUER, audience=AUDIENCE)
 

@@ -192,7 +192,9 @@ class JwtVerifier:
                 options={"require": ["exp", "iss", "aud"]},
                 leeway=JWT_CLOCK_SKEW_SECONDS,
             )
-        except jwt.PyJWKClientConnectionError as exc:
+        except (jwt.PyJWKClientConnectionError, ValueError) as exc:
+            # ValueError: the key set's answer was not JSON (a maintenance page, a body cut short). PyJWT
+            # turns whatever it reads of the token into its own errors, so this comes from the fetch.
             logger.warning("the JWKS could not be fetched: %s", type(exc).__name__)
             _note_outage("the identity provider's key set cannot be fetched")
             return None
