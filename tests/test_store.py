@@ -516,6 +516,37 @@ def test_from_url_takes_the_database_from_the_url_path(
     assert options["tz_aware"] is True
 
 
+def test_from_url_keeps_the_server_selection_timeout_and_app_name_the_url_sets(
+    mongo_clients: list[tuple[str, dict[str, Any]]],
+) -> None:
+    url = "mongodb://localhost:1/db?serverSelectionTimeoutMS=30000&appName=billing"
+
+    MongoStore.from_url(url)
+
+    # pymongo lets a keyword win over the URL: the client the store would build, as it would build it.
+    [(called_url, options)] = mongo_clients
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(called_url, connect=False, **options)
+    try:
+        assert client.options.server_selection_timeout == 30
+        assert client.options.pool_options.metadata["application"] == {"name": "billing"}
+    finally:
+        client.close()
+
+
+def test_from_url_without_those_options_gets_the_stores_defaults(
+    mongo_clients: list[tuple[str, dict[str, Any]]],
+) -> None:
+    MongoStore.from_url("mongodb://localhost:1/db")
+
+    [(called_url, options)] = mongo_clients
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(called_url, connect=False, **options)
+    try:
+        assert client.options.server_selection_timeout == 5
+        assert client.options.pool_options.metadata["application"] == {"name": "mcp-secrets"}
+    finally:
+        client.close()
+
+
 @pytest.mark.parametrize("url", ["mongodb://user:s3cretpw@localhost:notaport/db", "mongodb://user:s3cretpw@"])
 def test_from_url_refuses_a_malformed_url_without_quoting_it(
     mongo_clients: list[tuple[str, dict[str, Any]]], url: str

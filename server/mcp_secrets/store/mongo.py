@@ -178,12 +178,18 @@ class MongoStore:
     def from_url(cls, url: str) -> MongoStore:
         """Connect to the server of a ``mongodb://`` URL; the database comes from its path."""
         try:
-            database = parse_uri(url).get("database") or DEFAULT_DATABASE
+            parsed = parse_uri(url)
+            database = parsed.get("database") or DEFAULT_DATABASE
+            # Defaults only: pymongo lets a keyword win over the URL, which would drop the URL's own.
+            given = {option.lower() for option in parsed["options"]}
+            defaults: dict[str, Any] = {
+                "serverSelectionTimeoutMS": SERVER_SELECTION_TIMEOUT_MS,
+                "appname": "mcp-secrets",
+            }
             client: MongoClient[Document] = MongoClient(
                 url,
-                serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
                 tz_aware=True,
-                appname="mcp-secrets",
+                **{option: value for option, value in defaults.items() if option.lower() not in given},
             )
         except (PyMongoConfigurationError, ValueError) as exc:
             # pymongo's message can quote the URL, password included: say only what kind of fault it is.
