@@ -558,6 +558,19 @@ def test_from_url_refuses_a_malformed_url_without_quoting_it(
     assert mongo_clients == []
 
 
+@pytest.mark.parametrize("database", ["a%5Cb", "a%00b"], ids=["backslash", "nul"])
+def test_from_url_naming_a_database_mongodb_forbids_is_refused_without_quoting_it(
+    tmp_path: Path, canary: str, database: str
+) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        open_store(
+            f"mongodb://user:{canary}@localhost:1/{database}", default_sqlite_path=str(tmp_path / "unused.db")
+        )
+
+    assert "names a database MongoDB does not allow" in str(raised.value)
+    assert canary not in str(raised.value)
+
+
 @pytest.mark.parametrize("option", ["tlsCAFile", "tlsCertificateKeyFile", "tlsCRLFile"])
 def test_from_url_naming_a_file_that_cannot_be_read_is_refused_without_quoting_it(
     mongo_clients: list[tuple[str, dict[str, Any]]], tmp_path: Path, canary: str, option: str

@@ -13,7 +13,7 @@ from bson import ObjectId
 from pymongo import MongoClient, UpdateMany
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, InvalidName, OperationFailure, PyMongoError
 from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 from pymongo.uri_parser import parse_uri
 
@@ -210,7 +210,14 @@ class MongoStore:
                 f"MCP_SECRETS_DATABASE_URL names a file that cannot be used ({', '.join(options)}: "
                 f"{type(exc).__name__}: {exc.strerror})"
             ) from None
-        return cls(client, database)
+        try:
+            return cls(client, database)
+        except InvalidName:
+            client.close()
+            # A character MongoDB forbids in a database name (a backslash, a NUL), decoded from the path.
+            raise ConfigurationError(
+                "MCP_SECRETS_DATABASE_URL names a database MongoDB does not allow (InvalidName)"
+            ) from None
 
     def put_secret(
         self,
