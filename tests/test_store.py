@@ -889,6 +889,76 @@ def test_sqlite_refuses_every_call_once_its_file_is_deleted_or_replaced(
         sqlite_store.find_secrets("alice")
 
 
+# user_secrets as the first version made it, before last uses were kept.
+_FIRST_USER_SECRETS = """
+CREATE TABLE user_secrets (
+    username TEXT NOT NULL, server TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (username, server, key)
+) WITHOUT ROWID;
+"""
+
+
+def _first_version_file(path: Path) -> None:
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.executescript(_FIRST_USER_SECRETS)
+    connection.execute(
+        "INSERT INTO user_secrets VALUES ('alice', 'github', 'TOKEN', 'ciphertext', ?, ?)",
+        (T0.isoformat(), T0.isoformat()),
+    )
+    connection.close()
+    path.chmod(0o600)
+
+
+def _use(at: datetime) -> SecretUse:
+    return SecretUse("alice", "github", ("TOKEN",), AuditEvent(at, "alice", "used", "github", "TOKEN"))
+
+
+def test_sqlite_opens_a_file_an_earlier_version_made_and_keeps_last_uses_in_it(sqlite_path: Path) -> None:
+    _first_version_file(sqlite_path)
+
+    opened = SQLiteStore(sqlite_path)
+    opened.record_uses([_use(T1)])
+
+    [record] = opened.find_secrets("alice")
+    assert (record.value, record.created_at, record.last_used_at) == ("ciphertext", T0, T1)
+    opened.close()
+
+
+def test_sqlite_opened_while_another_process_upgrades_the_same_earlier_file_opens(
+    sqlite_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two servers starting at once after an upgrade: the other adds the new column between this
+    # one's look at the columns and its own change.
+    _first_version_file(sqlite_path)
+    connect = SQLiteStore._connect
+    looked, came_in = threading.Event(), threading.Event()
+
+    def connect_with_the_other_process_in_between(store: SQLiteStore) -> sqlite3.Connection:
+        connection = connect(store)
+
+        def trace(statement: str) -> None:
+            if looked.is_set() and not came_in.is_set():  # the statement right after the first look
+                came_in.set()
+                other = sqlite3.connect(sqlite_path, isolation_level=None)
+                other.execute("ALTER TABLE user_secrets ADD COLUMN last_used_at TEXT")
+                other.close()
+            elif statement.startswith("PRAGMA table_info(user_secrets)"):
+                looked.set()
+
+        connection.set_trace_callback(trace)
+        return connection
+
+    monkeypatch.setattr(SQLiteStore, "_connect", connect_with_the_other_process_in_between)
+
+    opened = SQLiteStore(sqlite_path)
+    opened.record_uses([_use(T1)])
+
+    assert came_in.is_set()
+    assert [record.last_used_at for record in opened.find_secrets("alice")] == [T1]
+    opened.close()
+
+
 def test_two_sqlite_stores_on_one_file_see_each_others_writes(
     sqlite_store: SQLiteStore, sqlite_path: Path
 ) -> None:

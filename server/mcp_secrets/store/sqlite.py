@@ -242,6 +242,16 @@ def _use_wal(connection: sqlite3.Connection, timeout: float) -> None:
         connection.execute("ROLLBACK")
 
 
+# Columns of user_secrets added since the first version, with their declarations.
+_ADDED_COLUMNS = (("last_used_at", "TEXT"),)
+
+
+def _missing_columns(connection: sqlite3.Connection) -> list[tuple[str, str]]:
+    """The added columns a file made by an earlier version does not have yet."""
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(user_secrets)")}
+    return [(column, declaration) for column, declaration in _ADDED_COLUMNS if column not in columns]
+
+
 def _identity(status: os.stat_result) -> tuple[int, int]:
     """What tells one file from another at the same path: its device and inode numbers."""
     return status.st_dev, status.st_ino
@@ -312,11 +322,13 @@ class SQLiteStore:
             self._connection = self._connect()
             _use_wal(self._connection, busy_timeout)
             self._connection.executescript(_SCHEMA)
-            columns = {row[1] for row in self._connection.execute("PRAGMA table_info(user_secrets)")}
-            # A file made by an earlier version gains the columns added since.
-            for column, declaration in (("last_used_at", "TEXT"),):
-                if column not in columns:
-                    self._connection.execute(f"ALTER TABLE user_secrets ADD COLUMN {column} {declaration}")
+            # A file made by an earlier version gains the columns added since. Looked at again under the
+            # write lock: another process opening the same file may be adding them at this moment.
+            if _missing_columns(self._connection):
+                with _transaction(self._connection):
+                    for column, declaration in _missing_columns(self._connection):
+                        alter = f"ALTER TABLE user_secrets ADD COLUMN {column} {declaration}"
+                        self._connection.execute(alter)
             self._file = _identity(self.path.stat())
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailableError(f"the SQLite store at {self.path} cannot be opened: {exc}") from None
