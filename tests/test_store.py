@@ -194,6 +194,14 @@ def test_replace_value_swaps_only_the_record_it_names(
     assert values == {("alice", "github", "TOKEN"): "same-ciphertext", other: "new-ciphertext"}
 
 
+def test_replace_value_with_the_value_it_already_holds_reports_the_swap(store: SecretStore) -> None:
+    # The record still held ``old``: that is what the answer says, on every backend.
+    store.put_secret("alice", "github", "TOKEN", "ciphertext", T0)
+
+    assert store.replace_value("alice", "github", "TOKEN", "ciphertext", "ciphertext") is True
+    assert store.replace_value("alice", "github", "TOKEN", "other-ciphertext", "ciphertext") is False
+
+
 def test_delete_secret_removes_exactly_that_record(seeded: SecretStore) -> None:
     assert seeded.delete_secret("alice", "github", "TOKEN") is True
 

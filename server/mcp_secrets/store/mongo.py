@@ -406,7 +406,8 @@ class MongoStore:
         """Swap a record's ciphertext ``old`` for ``new``, only if it is still ``old``; timestamps stay."""
         selector = {**_record(username, server, key), "value": _text("value", old)}
         with _available():
-            return self._secrets.update_one(selector, {"$set": {"value": new}}).modified_count > 0
+            # Matched, not modified: MongoDB counts a write of the value already there as no change.
+            return self._secrets.update_one(selector, {"$set": {"value": new}}).matched_count > 0
 
     def put_token(self, token: TokenRecord) -> None:
         """Insert a new API token record."""
