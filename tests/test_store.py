@@ -202,6 +202,18 @@ def test_replace_value_with_the_value_it_already_holds_reports_the_swap(store: S
     assert store.replace_value("alice", "github", "TOKEN", "other-ciphertext", "ciphertext") is False
 
 
+@pytest.mark.parametrize("limit", [0, -1])
+def test_a_limit_below_one_reads_and_deletes_nothing(seeded: SecretStore, limit: int) -> None:
+    # Left to the databases, MongoDB reads a limit of 0 as none, and SQLite a negative one.
+    seeded.add_event(AuditEvent(T0, "alice", "created", "github", "TOKEN"))
+    seeded.add_event(AuditEvent(T0, "alice", "updated", "github", "TOKEN"))
+
+    assert seeded.list_events(None, None, limit) == []
+    assert seeded.scan_secrets(None, limit) == []
+    assert seeded.delete_events(T2, limit) == 0
+    assert seeded.count_events(T2) == 2
+
+
 def test_delete_secret_removes_exactly_that_record(seeded: SecretStore) -> None:
     assert seeded.delete_secret("alice", "github", "TOKEN") is True
 

@@ -351,6 +351,8 @@ class MongoStore:
         self, actor: str | None = None, server: str | None = None, limit: int = 50
     ) -> list[AuditEvent]:
         """The newest events first, of one actor and one server when given."""
+        if limit < 1:  # pymongo reads 0 as no limit at all
+            return []
         selector: Document = {}
         if actor is not None:
             selector["actor"] = _text("actor", actor)
@@ -369,6 +371,8 @@ class MongoStore:
         self, before: datetime, limit: int, keep: Callable[[list[AuditEvent]], None] | None = None
     ) -> int:
         """Delete up to ``limit`` events from before ``before``, first written first; return how many."""
+        if limit < 1:  # pymongo reads 0 as no limit at all: every old event would go
+            return 0
         selector = {"at": {"$lt": _time("before", before)}}
         with _available():
             # Walking ``_id`` (insertion order) finds old events first, without an index on ``at``.
@@ -382,6 +386,8 @@ class MongoStore:
 
     def scan_secrets(self, after: tuple[str, str, str] | None, limit: int) -> list[SecretRecord]:
         """Up to ``limit`` records of all users, in (username, server, key) order, after ``after``."""
+        if limit < 1:  # pymongo reads 0 as no limit at all
+            return []
         selector: Document = {}
         if after is not None:
             username, server, key = (

@@ -539,7 +539,7 @@ class SQLiteStore:
         rows = self._run(
             lambda connection: connection.execute(
                 f"SELECT {_EVENT_COLUMNS} FROM audit_events {where} ORDER BY id DESC LIMIT ?",  # noqa: S608
-                (*params, limit),
+                (*params, max(limit, 0)),  # SQLite reads a negative limit as no limit at all
             ).fetchall()
         )
         return [_event(row) for row in rows]
@@ -563,7 +563,7 @@ class SQLiteStore:
         rows = self._run(
             lambda connection: connection.execute(
                 f"SELECT id, {_EVENT_COLUMNS} FROM audit_events WHERE at < ? ORDER BY id LIMIT ?",  # noqa: S608
-                (_iso(before), limit),
+                (_iso(before), max(limit, 0)),  # a negative one is no limit to SQLite
             ).fetchall()
         )
         if not rows:
@@ -589,7 +589,7 @@ class SQLiteStore:
             lambda connection: connection.execute(
                 f"SELECT {_SECRET_COLUMNS} FROM user_secrets {where} "  # noqa: S608 - fixed SQL
                 "ORDER BY username, server, key LIMIT ?",
-                (*params, limit),
+                (*params, max(limit, 0)),  # a negative one is no limit to SQLite
             ).fetchall()
         )
         return [_secret(row) for row in rows]
