@@ -18,6 +18,10 @@ import mongomock
 import pymongo
 import pytest
 from pymongo.errors import AutoReconnect
+from pymongo.hello import Hello
+from pymongo.server_description import ServerDescription
+from pymongo.synchronous.settings import TopologySettings
+from pymongo.topology_description import TOPOLOGY_TYPE, TopologyDescription
 
 from conftest import new_canary
 from mcp_secrets.crypto import SecretEncryptor
@@ -244,6 +248,29 @@ def test_an_insert_race_lost_to_the_unique_index_is_written_again_as_an_update(
 )
 def test_transactions_are_used_on_the_deployments_that_have_them(kind: str, expected: bool) -> None:
     client = SimpleNamespace(topology_description=SimpleNamespace(topology_type_name=kind))
+
+    assert has_transactions(client) is expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("hello", "expected"),
+    [
+        ({"isWritablePrimary": True, "setName": "rs0", "hosts": ["db.example:27017"]}, True),
+        ({"isWritablePrimary": True, "msg": "isdbgrid"}, True),
+        ({"isWritablePrimary": True}, False),
+    ],
+    ids=["replica-set-primary", "mongos", "standalone"],
+)
+def test_a_direct_connection_has_transactions_when_its_server_does(
+    hello: dict[str, Any], expected: bool
+) -> None:
+    # directConnection=true (as MongoDB Compass writes URLs) makes the topology "Single" on any server.
+    address = ("db.example", 27017)
+    server = ServerDescription(address, Hello({"ok": 1, "maxWireVersion": 21, **hello}))
+    topology = TopologyDescription(
+        TOPOLOGY_TYPE.Single, {address: server}, None, None, None, TopologySettings(direct_connection=True)
+    )
+    client = SimpleNamespace(topology_description=topology)
 
     assert has_transactions(client) is expected  # type: ignore[arg-type]
 

@@ -15,6 +15,8 @@ from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, InvalidName, OperationFailure, PyMongoError
 from pymongo.errors import ConfigurationError as PyMongoConfigurationError
+from pymongo.server_description import ServerDescription
+from pymongo.server_type import SERVER_TYPE
 from pymongo.uri_parser import parse_uri
 
 from mcp_secrets.errors import ConfigurationError, StoreUnavailableError
@@ -37,6 +39,8 @@ SERVER_SELECTION_TIMEOUT_MS = 5000
 DUPLICATE_KEY = 11000  # the server's error code for a value a unique index (here ``_id``) holds already
 # Deployments with multi-document transactions; a standalone server ("Single") has none.
 TRANSACTION_TOPOLOGIES = frozenset({"ReplicaSetWithPrimary", "Sharded", "LoadBalanced"})
+# The servers with them, when a client is connected straight to one: a replica set's primary, a mongos.
+TRANSACTION_SERVERS = frozenset({SERVER_TYPE.RSPrimary, SERVER_TYPE.Mongos})
 
 Document = dict[str, Any]
 T = TypeVar("T")
@@ -58,7 +62,11 @@ def _time(field: str, value: datetime) -> datetime:
 
 def has_transactions(client: MongoClient[Document]) -> bool:
     """True when the deployment the client has reached runs multi-document transactions."""
-    kind = getattr(getattr(client, "topology_description", None), "topology_type_name", None)
+    description = getattr(client, "topology_description", None)
+    kind = getattr(description, "topology_type_name", None)
+    if kind == "Single":  # directConnection=true makes any one server "Single": its own type tells
+        servers: dict[Any, ServerDescription] = getattr(description, "server_descriptions", dict)()
+        return any(server.server_type in TRANSACTION_SERVERS for server in servers.values())
     return isinstance(kind, str) and kind in TRANSACTION_TOPOLOGIES
 
 
