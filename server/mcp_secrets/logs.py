@@ -19,6 +19,8 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # All that follows an entry link's path, its query too: the page never uses one, so one can only hold
 # a value sent there by mistake (HTTPie's `value==…`, `curl -G`), quotes and all.
 _ENTRY_TOKEN = re.compile(r"(/secrets/entry/)\S+")
+# The REST API's write takes its value in the body and never reads a query: one there is a value too.
+_SET_QUERY = re.compile(r"(/secrets/set/?\?)\S+")
 # A client that puts its bearer token in the URL (?access_token=…) is refused, but the access log quotes
 # the URL: an API token keeps its public id there, a JWT nothing.
 # A URL may carry any of a token's characters as its %XX escape (mcps%5F…, a JWT's dots as %2E).
@@ -30,7 +32,8 @@ _JWT = re.compile(rf"eyJ{_TOKEN_CHAR}*{_DOT}{_TOKEN_CHAR}*{_DOT}{_TOKEN_CHAR}*")
 
 
 def _redacted(text: str) -> str:
-    return _JWT.sub("…", _API_TOKEN.sub(r"\1…", _ENTRY_TOKEN.sub(r"\1…", text)))
+    text = _SET_QUERY.sub(r"\1…", _ENTRY_TOKEN.sub(r"\1…", text))
+    return _JWT.sub("…", _API_TOKEN.sub(r"\1…", text))
 
 
 def redact_tokens(record: logging.LogRecord) -> bool:

@@ -365,6 +365,19 @@ def test_no_answer_and_no_log_line_ever_holds_a_value(alice: Rest, server: str, 
     assert canary not in log
 
 
+@pytest.mark.parametrize("path", ["/secrets/set", "/secrets/set/"])
+def test_a_value_sent_in_the_query_by_mistake_is_not_logged(alice: Rest, canary: str, path: str) -> None:
+    # HTTPie's `value==…` and `curl -G -d value=…` put the value in the URL, which the access log quotes.
+    url = f"{alice.deployment.base_url}{path}"
+    params = {"server": "s", "key": "K", "value": canary}
+    answer = alice.http.post(url, headers=alice.headers, params=params, json={"server": "s", "key": "K"})
+
+    assert canary not in answer.text
+    log = alice.deployment.log()
+    assert f"POST {path}?" in log, "the access log must show the request for this check to mean anything"
+    assert canary not in log
+
+
 # --- OpenAPI --------------------------------------------------------------------------------------
 
 
