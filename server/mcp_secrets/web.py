@@ -328,6 +328,10 @@ def http_app(
         if not settings.stateless_http:  # stateless: no session outlives its request
             manager = mcp.session_manager
             _wrap_route(app, MCP_PATH, lambda inner: StreamableSessionQuota(inner, manager, most))
+    # Starlette would redirect /secrets/set/ to /secrets/set, built from the Host and scheme it sees, not
+    # the public URL: behind a proxy that is plain http without the path prefix, and a 307 has the client
+    # send its body, a value included, there. A path with a slash too many is just not found.
+    app.router.redirect_slashes = False
     app.add_exception_handler(ClientDisconnect, _client_gone)
     # Added after the SDK built its app: they sit behind its bearer middleware, which only identifies;
     # the REST routes require a token themselves, the entry page is reached by its one-time link.

@@ -7,6 +7,7 @@ import secrets as _random
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,7 +16,7 @@ import pytest
 
 from mcp_secrets.secrets import MAX_VALUE_BYTES
 
-from .conftest import POLL_INTERVAL, STARTUP_POLLS, Deployment
+from .conftest import POLL_INTERVAL, STARTUP_POLLS, Deployment, create_token
 
 
 class Rest:
@@ -376,6 +377,27 @@ def test_a_value_sent_in_the_query_by_mistake_is_not_logged(alice: Rest, canary:
     log = alice.deployment.log()
     assert f"POST {path}?" in log, "the access log must show the request for this check to mean anything"
     assert canary not in log
+
+
+@pytest.mark.parametrize("path", ["/secrets/set/", "/secrets/"])
+def test_a_trailing_slash_behind_a_proxy_is_not_redirected_off_the_public_url(
+    start_server, env: dict[str, str], tmp_path: Path, canary: str, path: str
+) -> None:
+    # A redirect is built from what the server sees (plain http, no path prefix), not the public URL;
+    # a 307 has the client send its body again, a value included, there: in the clear, past the proxy.
+    env["MCP_SECRETS_PUBLIC_URL"] = "https://secrets.example.com/team-a"
+    token = create_token(env, "alice")
+    headers = {"Authorization": f"Bearer {token}", "Host": "secrets.example.com"}
+    body = {"server": "s", "key": "K", "value": canary}
+    with (
+        start_server(env, "streamable-http", tmp_path / "server.log") as deployment,
+        httpx2.Client(trust_env=False, timeout=10) as http,
+    ):
+        answer = http.post(f"{deployment.base_url}{path}", headers=headers, json=body)
+
+    assert answer.status_code == 404
+    assert "location" not in answer.headers
+    assert canary not in answer.text
 
 
 # --- OpenAPI --------------------------------------------------------------------------------------
