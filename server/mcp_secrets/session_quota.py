@@ -58,7 +58,11 @@ class StreamableSessionQuota:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Refuse a POST without a session id, the only request that opens a session, past the bound."""
         username = _username(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
-        headers = dict(scope["headers"])
+        # The first of a repeated header, as the manager reads it (a dict would keep the last): a second
+        # version header must not make a request that opens a session look sessionless here.
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name, value)
         version = headers.get(MCP_PROTOCOL_VERSION_HEADER.encode())
         # As the manager routes it: a request of a later protocol than the handshake's (2026-07-28)
         # stands alone and opens no session.

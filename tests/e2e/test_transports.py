@@ -308,6 +308,30 @@ async def test_a_user_at_the_session_bound_is_still_served_over_the_sessionless_
     assert not listed.is_error, text_of(listed)
 
 
+def test_a_second_protocol_version_header_does_not_get_past_the_session_bound(
+    tmp_path: Path, start_server
+) -> None:
+    # The SDK routes by the first header: a handshake version there opens a session whatever follows it.
+    env = isolated_env(tmp_path, MCP_SECRETS_MAX_SESSIONS_PER_USER=str(SESSION_BOUND))
+    alice = create_token(env, "alice")
+    headers = [
+        *ACCEPT.items(),
+        ("Authorization", f"Bearer {alice}"),
+        ("mcp-protocol-version", LATEST_HANDSHAKE_VERSION),
+        ("mcp-protocol-version", "2026-07-28"),
+    ]
+    with (
+        start_server(env, "streamable-http", tmp_path / "server.log") as deployment,
+        httpx2.Client(trust_env=False, timeout=10) as http,
+    ):
+        statuses = [
+            http.post(deployment.endpoint, headers=headers, json=INITIALIZE).status_code
+            for _ in range(SESSION_BOUND + 1)
+        ]
+
+    assert statuses == [HTTPStatus.OK] * SESSION_BOUND + [HTTPStatus.TOO_MANY_REQUESTS]
+
+
 def test_bob_cannot_post_into_alices_session(http_deployment) -> None:
     alice = {"Authorization": f"Bearer {http_deployment.token('alice')}"}
     bob = {"Authorization": f"Bearer {http_deployment.token('bob')}"}
