@@ -119,6 +119,15 @@ def rest_routes(secrets: Secrets) -> list[Route]:
 
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+# A 503 comes from the token check (the store it looks tokens up in is down) before it comes from the
+# API: in the OAuth form, as a 401 would, with Retry-After (see ``web.OutageAnswer``).
+_UNAVAILABLE = {
+    "description": "Store unavailable; OAuth form with Retry-After when the token could not be checked",
+    "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    "content": {
+        "application/json": {"schema": {"anyOf": [_ERROR, {"$ref": "#/components/schemas/TokenCheckOutage"}]}}
+    },
+}
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -133,6 +142,14 @@ OPENAPI: dict[str, Any] = {
                 "type": "object",
                 "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
                 "required": ["error", "message"],
+            },
+            "TokenCheckOutage": {
+                "type": "object",
+                "properties": {
+                    "error": {"const": "temporarily_unavailable"},
+                    "error_description": {"type": "string"},
+                },
+                "required": ["error", "error_description"],
             },
             "SetSecretRequest": SetSecretRequest.model_json_schema(),
         },
@@ -177,10 +194,7 @@ OPENAPI: dict[str, Any] = {
                         "description": f"The body is over {MAX_BODY_BYTES // 1024} KiB",
                         "content": {"application/json": {"schema": _ERROR}},
                     },
-                    "503": {
-                        "description": "Store unavailable",
-                        "content": {"application/json": {"schema": _ERROR}},
-                    },
+                    "503": _UNAVAILABLE,
                 },
             }
         },
@@ -204,10 +218,7 @@ OPENAPI: dict[str, Any] = {
                         "content": {"application/json": {"schema": _ERROR}},
                     },
                     "401": {"description": "No valid bearer token"},
-                    "503": {
-                        "description": "Store unavailable",
-                        "content": {"application/json": {"schema": _ERROR}},
-                    },
+                    "503": _UNAVAILABLE,
                 },
             }
         },

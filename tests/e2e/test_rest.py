@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx2
+import jsonschema
 import pytest
 
 from mcp_secrets.secrets import MAX_VALUE_BYTES
@@ -430,6 +431,35 @@ def test_openapi_documents_every_error_status_the_api_answers(streamable_http_de
     # 413: a body over the limit (test_an_oversized_body_is_refused); 503: the store is unavailable.
     assert {"400", "401", "404", "413", "503"} <= set(paths["/secrets/set"]["post"]["responses"])
     assert {"400", "401", "503"} <= set(paths["/secrets"]["get"]["responses"])
+
+
+def test_the_503s_a_client_gets_while_the_store_is_unavailable_are_as_the_openapi_document_says(
+    start_server, env: dict[str, str], tmp_path: Path, canary: str
+) -> None:
+    token = create_token(env, "alice")
+    bearer = {"Authorization": f"Bearer {token}"}
+    with (
+        start_server(env, "streamable-http", tmp_path / "server.log") as deployment,
+        httpx2.Client(trust_env=False, timeout=10) as http,
+    ):
+        document = http.get(f"{deployment.base_url}/openapi.json").json()
+        for path in Path(env["MCP_SECRETS_DATA_DIR"]).glob("secrets.db*"):
+            path.unlink()  # the store gone while serving: the token can no longer be checked
+        answers = {
+            ("/secrets", "get"): http.get(f"{deployment.base_url}/secrets", headers=bearer),
+            ("/secrets/set", "post"): http.post(
+                f"{deployment.base_url}/secrets/set",
+                headers=bearer,
+                json={"server": "s", "key": "K", "value": canary},
+            ),
+        }
+
+    for (path, method), answer in answers.items():
+        assert answer.status_code == 503, answer.text
+        documented = document["paths"][path][method]["responses"]["503"]["content"]["application/json"]
+        # The document's own references resolve against its root.
+        jsonschema.validate(answer.json(), {**documented["schema"], "components": document["components"]})
+        assert canary not in answer.text
 
 
 def test_openapi_references_all_resolve(streamable_http_deployment, http) -> None:
