@@ -103,7 +103,8 @@ def rest_routes(secrets: Secrets) -> list[Route]:
             }
             for info in infos
         ]
-        return JSONResponse({"username": username, "keys": keys})
+        # A caching proxy may key by URL alone, Authorization aside: a listing is the caller's only.
+        return JSONResponse({"username": username, "keys": keys}, headers={"Cache-Control": "no-store"})
 
     async def openapi(_: Request) -> Response:
         return Response(json.dumps(OPENAPI, indent=2), media_type="application/json")

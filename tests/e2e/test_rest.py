@@ -115,6 +115,17 @@ def test_list_with_a_server_shows_only_that_servers_keys(alice: Rest, server: st
     assert set(entry) == {"server", "key", "created_at", "updated_at"}
 
 
+def test_a_listing_is_not_kept_by_a_cache_between_the_client_and_the_server(alice: Rest, server: str) -> None:
+    # A caching proxy (nginx's proxy_cache) keys by URL and ignores Authorization: one user's listing
+    # would be served to the next caller of the same URL, whoever that is.
+    assert alice.set(server=server, key="TOKEN", value="v").status_code == 200
+
+    listed = alice.list(server)
+
+    assert listed.status_code == 200
+    assert "no-store" in listed.headers.get("cache-control", "")
+
+
 @pytest.mark.anyio
 async def test_an_empty_server_lists_every_server_as_the_tools_do(
     streamable_http_deployment, alice: Rest, server: str
