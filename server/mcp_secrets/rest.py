@@ -61,8 +61,14 @@ async def _call(store: SecretStore, work: Any) -> JSONResponse | Any:  # noqa: A
         return _error(500, "error", str(exc))
 
 
-def rest_routes(secrets: Secrets) -> list[Route]:
-    """``/secrets/set``, ``/secrets`` (bearer token required) and ``/openapi.json`` (open)."""
+def rest_routes(secrets: Secrets, public_url: str | None = None) -> list[Route]:
+    """``/secrets/set``, ``/secrets`` (bearer token required) and ``/openapi.json`` (open).
+
+    ``public_url`` (``--public-url``) is the document's server: without one, clients resolve the paths
+    against the host's root, outside a proxy's path prefix.
+    """
+    document = OPENAPI if not public_url else {**OPENAPI, "servers": [{"url": public_url}]}
+    served = json.dumps(document, indent=2)
 
     async def set_secret(request: Request) -> Response:
         body = await read_body(request, MAX_BODY_BYTES)
@@ -107,7 +113,7 @@ def rest_routes(secrets: Secrets) -> list[Route]:
         return JSONResponse({"username": username, "keys": keys}, headers={"Cache-Control": "no-store"})
 
     async def openapi(_: Request) -> Response:
-        return Response(json.dumps(OPENAPI, indent=2), media_type="application/json")
+        return Response(served, media_type="application/json")
 
     def protected(endpoint: Any) -> RequireAuthMiddleware:  # noqa: ANN401 - a Starlette endpoint
         return RequireAuthMiddleware(request_response(endpoint), required_scopes=[])

@@ -335,7 +335,7 @@ def http_app(
     app.add_exception_handler(ClientDisconnect, _client_gone)
     # Added after the SDK built its app: they sit behind its bearer middleware, which only identifies;
     # the REST routes require a token themselves, the entry page is reached by its one-time link.
-    app.router.routes.extend(rest_routes(secrets))
+    app.router.routes.extend(rest_routes(secrets, base_url(settings) if settings.public_url else None))
     if links is not None:
         app.router.routes.extend(
             entry_routes(links, secure_cookie=public.scheme == "https", path_prefix=public.path.rstrip("/"))

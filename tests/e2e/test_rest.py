@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx2
 import jsonschema
@@ -471,6 +471,25 @@ def test_the_503s_a_client_gets_while_the_store_is_unavailable_are_as_the_openap
         # The document's own references resolve against its root.
         jsonschema.validate(answer.json(), {**documented["schema"], "components": document["components"]})
         assert canary not in answer.text
+
+
+def test_behind_a_public_url_with_a_path_the_openapi_document_points_clients_under_it(
+    start_server, env: dict[str, str], tmp_path: Path
+) -> None:
+    public = "https://secrets.example.com/team-a"
+    env["MCP_SECRETS_PUBLIC_URL"] = public
+    # The proxy in front takes /team-a off and forwards the request with the public Host.
+    with (
+        start_server(env, "streamable-http", tmp_path / "server.log") as deployment,
+        httpx2.Client(trust_env=False, timeout=10) as http,
+    ):
+        answer = http.get(f"{deployment.base_url}/openapi.json", headers={"Host": "secrets.example.com"})
+    document = answer.json()
+
+    # As OpenAPI resolves a path: under the first server's URL, itself relative to the document's, "/"
+    # when none is given.
+    server_url = urljoin(f"{public}/openapi.json", document.get("servers", [{"url": "/"}])[0]["url"])
+    assert server_url.rstrip("/") + "/secrets/set" == f"{public}/secrets/set"
 
 
 def test_openapi_references_all_resolve(streamable_http_deployment, http) -> None:
