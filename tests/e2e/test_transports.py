@@ -101,18 +101,23 @@ async def test_canary_appears_in_no_result_log_or_database_file(deployment, serv
     assert canary.encode() not in deployment.database_bytes()
 
 
-def test_stdio_stdout_carries_only_protocol_and_the_summary_goes_to_stderr(stdio_deployment) -> None:
-    """Talk JSON-RPC by hand, so every byte the server writes to stdout is seen."""
-    log_path = stdio_deployment.log_path.with_name("raw-stdio.log")
+def raw_stdio_serve(deployment: Any, log_path: Path) -> subprocess.Popen[str]:
+    """``serve`` on stdio for alice, talked to by hand; its stderr goes to ``log_path``."""
     with log_path.open("w") as log:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "mcp_secrets", "serve"],
-            env={**stdio_deployment.env, "MCP_SECRETS_USER": "alice"},
+            env={**deployment.env, "MCP_SECRETS_USER": "alice"},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
         )
+
+
+def test_stdio_stdout_carries_only_protocol_and_the_summary_goes_to_stderr(stdio_deployment) -> None:
+    """Talk JSON-RPC by hand, so every byte the server writes to stdout is seen."""
+    log_path = stdio_deployment.log_path.with_name("raw-stdio.log")
+    process = raw_stdio_serve(stdio_deployment, log_path)
     assert process.stdin is not None
     assert process.stdout is not None
 
@@ -158,15 +163,7 @@ def test_stdio_stdout_carries_only_protocol_and_the_summary_goes_to_stderr(stdio
 def test_stdio_a_client_gone_before_its_answer_is_written_is_a_clean_exit(stdio_deployment) -> None:
     """As when the client quits or dies with a call in flight: its ends of both pipes close."""
     log_path = stdio_deployment.log_path.with_name("client-gone.log")
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mcp_secrets", "serve"],
-            env={**stdio_deployment.env, "MCP_SECRETS_USER": "alice"},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-        )
+    process = raw_stdio_serve(stdio_deployment, log_path)
     assert process.stdin is not None
     assert process.stdout is not None
     try:
