@@ -183,7 +183,8 @@ class JwtVerifier:
 
         try:
             signing_key = self._jwks.get_signing_key_from_jwt(token)
-            claims: dict[str, Any] = jwt.decode(
+            # The header with the claims: its typ is checked below, and this reads the token once.
+            decoded: dict[str, Any] = jwt.decode_complete(
                 token,
                 signing_key,
                 algorithms=JWT_ALGORITHMS,
@@ -203,7 +204,8 @@ class JwtVerifier:
             return None
         # Signed, so the provider set it: a JWT typed as anything but an access token (a logout or DPoP
         # proof token, RFC 8725 3.11) is not one, whatever its claims. Many providers type theirs "JWT".
-        typ = jwt.get_unverified_header(token).get("typ", "JWT")
+        claims: dict[str, Any] = decoded["payload"]
+        typ = decoded["header"].get("typ", "JWT")
         if type(typ) is not str or typ.lower().removeprefix("application/") not in ACCESS_TOKEN_TYPES:
             logger.info("JWT refused: its typ header is not an access token's")
             return None
