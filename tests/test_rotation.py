@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime, timedelta, timezone
 
+import mongomock
 import pytest
 
 from conftest import new_canary
@@ -13,6 +14,7 @@ from mcp_secrets.errors import StoreUnavailableError
 from mcp_secrets.rotation import RotationReport, rotate
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import SecretRecord, SecretStore
+from mcp_secrets.store.mongo import MongoStore
 from test_crypto import fresh_master_key, legacy_ciphertext
 
 Record = tuple[str, str, str]
@@ -413,3 +415,27 @@ def test_a_dry_run_or_a_rotation_that_changed_nothing_before_its_error_records_n
             rotate(rotating, dry_run=dry_run)
 
     assert [event for event in rotating.list_events(None, limit=100) if event.action == "rotated"] == []
+
+
+def test_migrate_legacy_reads_mongodb_documents_the_original_design_wrote_without_times(
+    master_key: bytes, legacy_key: str
+) -> None:
+    # The original design wrote {username, server, key, value} and nothing else: no created_at, updated_at.
+    value = new_canary()
+    client = mongomock.MongoClient(tz_aware=True)
+    original = {"username": "alice", "server": "github", "key": "TOKEN"}
+    client["db"]["user_secrets"].insert_one({**original, "value": legacy_ciphertext(value, legacy_key)})
+    store = MongoStore(client, "db")
+    migrating = Secrets(store, SecretEncryptor([master_key], legacy_key=legacy_key))
+    try:
+        listed = migrating.list_secret_keys("alice")
+        assert [(info.server, info.key) for info in listed] == [("github", "TOKEN")]
+        assert migrating.get_secrets("alice", "github") == {"TOKEN": value}
+
+        report = rotate(migrating, only_legacy=True)
+
+        assert outcome(report) == (1, 1, 0, 0, 0)
+        assert decrypted(store, SecretEncryptor([master_key])) == {("alice", "github", "TOKEN"): value}
+    finally:
+        migrating.close()
+        store.close()

@@ -78,13 +78,15 @@ def _utc(moment: datetime | None) -> datetime | None:
 
 
 def _secret(document: Document) -> SecretRecord:
+    # The original design wrote no times at all, and an update sets only updated_at: read what there is.
+    updated_at = _utc(document.get("updated_at")) or datetime.now(timezone.utc)
     return SecretRecord(
         document["username"],
         document["server"],
         document["key"],
         document["value"],
-        _utc(document["created_at"]) or datetime.now(timezone.utc),
-        _utc(document["updated_at"]) or datetime.now(timezone.utc),
+        _utc(document.get("created_at")) or updated_at,
+        updated_at,
         _utc(document.get("last_used_at")),
     )
 
