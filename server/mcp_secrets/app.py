@@ -25,9 +25,11 @@ from mcp_types import (
     ElicitRequest,
     ElicitRequestURLParams,
     ElicitResult,
+    EmptyResult,
     InputRequiredResult,
     ListToolsResult,
     PaginatedRequestParams,
+    SetLevelRequestParams,
     TextContent,
     ToolAnnotations,
 )
@@ -38,7 +40,7 @@ from mcp_secrets import __version__
 from mcp_secrets.config import ENTRY_WAIT_SECONDS
 from mcp_secrets.entry import EntryLink, EntryLinks, Submission
 from mcp_secrets.errors import InvalidInputError, SecretsError
-from mcp_secrets.gateway import Gateway
+from mcp_secrets.gateway import Gateway, set_log_level
 from mcp_secrets.identity import Identity
 from mcp_secrets.offload import run_store_work
 from mcp_secrets.secrets import MAX_VALUE_BYTES, NAME_PATTERN, SecretKeyInfo, Secrets, validate_name
@@ -234,6 +236,10 @@ class _SecretsServer(MCPServer[Any]):
             tools.extend(await self.gateway.list_tools(username))
         return ListToolsResult(tools=tools)
 
+    def relay_logs(self) -> None:
+        """Declare the logging capability and take logging/setLevel: the gateway relays downstream logs."""
+        self._lowlevel_server.add_request_handler("logging/setLevel", SetLevelRequestParams, _set_log_level)
+
     def publish_unchecked(self, name: str) -> None:
         """Publish tool ``name``'s output schema but skip the SDK's check of each result against its model.
 
@@ -267,6 +273,11 @@ class _SecretsServer(MCPServer[Any]):
                 for error in exc.__cause__.errors(include_input=False, include_url=False)
             )
             raise ToolError(f"invalid arguments for {name}: {problems}") from None
+
+
+async def _set_log_level(ctx: ServerRequestContext[Any], params: SetLevelRequestParams) -> EmptyResult:
+    set_log_level(ctx.session, params.level)
+    return EmptyResult()
 
 
 ENTRY_REQUEST = "secret_entry"
@@ -441,6 +452,8 @@ def build_server(
     )
     mcp.gateway = gateway
     mcp.identity = identity
+    if gateway is not None:
+        mcp.relay_logs()
 
     _add_request_secret(mcp, identity, entry)
     _add_write_tools(mcp, secrets, identity, transport)

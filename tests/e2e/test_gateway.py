@@ -703,6 +703,30 @@ async def test_each_concurrent_call_gets_its_own_log_messages(
     assert {name: len(logs) for name, logs in received.items()} == steps
 
 
+# logging/setLevel, deprecated as of 2026-07-28, is what the handshake protocols' clients send.
+@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+async def test_log_messages_are_relayed_under_a_declared_logging_capability_at_the_level_set(
+    sqlite_secrets: Secrets, gateway: Gateway
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    levels: list[str] = []
+
+    async def on_log(params: LoggingMessageNotificationParams) -> None:
+        levels.append(params.level)
+
+    # A client of the initialize handshake sets one level for its session with logging/setLevel.
+    async with connect(sqlite_secrets, gateway, "alice", logging_callback=on_log, mode="legacy") as client:
+        assert client.server_capabilities.logging is not None
+        await client.set_logging_level("warning")
+        quiet = await client.call_tool("down__work", {"steps": 2})
+        await client.set_logging_level("info")
+        heard = await client.call_tool("down__work", {"steps": 2})
+
+    assert not quiet.is_error, text_of(quiet)
+    assert not heard.is_error, text_of(heard)
+    assert levels == ["info", "info"]  # the downstream logs at info: only the second call's
+
+
 # --- missing secrets ------------------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import anyio
 import httpx2
@@ -29,9 +29,10 @@ from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import Context
+from mcp.server.session import ServerSession
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPDeprecationWarning
-from mcp_types import CallToolResult, LoggingMessageNotificationParams, Tool
+from mcp_types import CallToolResult, LoggingLevel, LoggingMessageNotificationParams, Tool
 
 from mcp_secrets.errors import SecretsError
 from mcp_secrets.gateway.config import (
@@ -64,6 +65,10 @@ LISTING_PAGES = 100
 # tool's name is checked before any secret is read: it goes into the audit trail.
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,128}")
 TOOL_NAME_RULE = "1 to 128 characters of letters, digits, '_', '-', '.' or '/'"
+# Where a connection keeps the level its client set with logging/setLevel (the handshake protocols;
+# from 2026-07-28 each request asks for its own, and the SDK drops what is below it).
+LOG_LEVEL_STATE = "mcp_secrets.log_level"
+LOG_LEVELS: tuple[LoggingLevel, ...] = get_args(LoggingLevel)  # least severe first
 
 
 class MissingSecretsError(SecretsError):
@@ -467,13 +472,23 @@ def _relay(holder: dict[str, Connection]) -> LoggingFnT:
     return relay
 
 
+def set_log_level(session: ServerSession, level: LoggingLevel) -> None:
+    """Relay the downstreams' log messages on ``session``'s connection from ``level`` up."""
+    # The SDK's per-connection state has no public way in from a request's session.
+    session._connection.state[LOG_LEVEL_STATE] = level  # noqa: SLF001
+
+
 def _log_forwarder(
     ctx: Context[Any, Any] | None, redactor: Redactor
 ) -> Callable[[LoggingMessageNotificationParams], Any] | None:
     if ctx is None:
         return None
 
+    state = ctx.request_context.session._connection.state  # noqa: SLF001 - as in set_log_level
+
     async def forward(params: LoggingMessageNotificationParams) -> None:
+        if LOG_LEVELS.index(params.level) < LOG_LEVELS.index(state.get(LOG_LEVEL_STATE, LOG_LEVELS[0])):
+            return  # below the level the client set
         with warnings.catch_warnings():
             # Logging is deprecated as of 2026-07-28 but clients still use it: relay it quietly.
             warnings.simplefilter("ignore", MCPDeprecationWarning)
