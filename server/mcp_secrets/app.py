@@ -31,8 +31,10 @@ from mcp_types import (
     PaginatedRequestParams,
     SetLevelRequestParams,
     TextContent,
+    Tool,
     ToolAnnotations,
 )
+from mcp_types.methods import validate_server_result
 from mcp_types.version import is_version_at_least
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, ValidationError, WithJsonSchema
 
@@ -219,6 +221,21 @@ def _caller(identity: Identity, ctx: Context[Any, Any]) -> str:
         raise ToolError(str(exc)) from None
 
 
+def _describable(tool: Tool, version: str) -> bool:
+    """True when protocol ``version`` can describe downstream ``tool``.
+
+    A downstream speaking 2026-07-28 may list a tool whose input or output schema is not an object,
+    which earlier revisions cannot carry: the SDK would refuse the whole listing for that one tool.
+    """
+    listing = ListToolsResult(tools=[tool]).model_dump(by_alias=True, mode="json", exclude_none=True)
+    try:
+        validate_server_result("tools/list", version, listing)
+    except ValidationError:
+        logger.warning("tool %r left out of a listing: protocol %s cannot describe it", tool.name, version)
+        return False
+    return True
+
+
 class _SecretsServer(MCPServer[Any]):
     """``MCPServer`` whose argument errors never quote the input, and which routes gateway tools."""
 
@@ -233,7 +250,8 @@ class _SecretsServer(MCPServer[Any]):
         tools = await self.list_tools()
         if self.gateway is not None and self.identity is not None:
             username = _caller(self.identity, Context(request_context=ctx, mcp_server=self))
-            tools.extend(await self.gateway.list_tools(username))
+            downstream = await self.gateway.list_tools(username)
+            tools.extend(tool for tool in downstream if _describable(tool, ctx.protocol_version))
         return ListToolsResult(tools=tools)
 
     def relay_logs(self) -> None:

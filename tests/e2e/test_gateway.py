@@ -330,6 +330,25 @@ async def test_downstream_tools_are_listed_prefixed_beside_the_secrets_tools(
     assert listed["down__work"].input_schema["properties"]["steps"]["default"] == 3
 
 
+async def test_a_downstream_tool_the_clients_protocol_cannot_describe_is_left_out_of_its_listing_alone(
+    sqlite_secrets: Secrets, tmp_path: Path
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    arrays = {**STDIO_ENTRY, "env": {**STDIO_ENTRY["env"], "DOWNSTREAM_LISTS_ARRAY_OUTPUT": "1"}}
+
+    async with running_gateway(sqlite_secrets, tmp_path, {"down": arrays}) as gw:
+        # The downstream speaks 2026-07-28, where an output schema may be an array; 2025-11-25 requires an
+        # object, so a client of the initialize handshake cannot be shown that tool, only the others.
+        async with connect(sqlite_secrets, gw, "alice", mode="legacy") as handshake:
+            on_handshake = {tool.name for tool in (await handshake.list_tools()).tools}
+        async with connect(sqlite_secrets, gw, "alice") as modern:
+            on_modern = {tool.name for tool in (await modern.list_tools()).tools}
+
+    assert "down__names" in on_modern
+    assert on_handshake == on_modern - {"down__names"}
+    assert {"set_secret", "down__token_hash"} <= on_handshake
+
+
 async def test_a_tool_listing_that_names_the_secret_shows_its_label_instead(
     sqlite_secrets: Secrets, tmp_path: Path
 ) -> None:
