@@ -264,6 +264,15 @@ def test_a_name_ending_in_an_underscore_is_refused_as_its_tool_names_would_split
     assert "tool names" in message
 
 
+def test_a_name_too_long_to_leave_room_for_its_tool_names_is_refused(tmp_path: Path) -> None:
+    # "<server>__<tool>" must fit in 128 characters, with room for a shortened tool name.
+    assert load(tmp_path, {"s" * 110: STDIO}).servers
+    path, message = startup_error(tmp_path, {"mcpServers": {"s" * 111: STDIO}})
+
+    assert message.startswith(f"{path}: server {'s' * 111!r}: the name must be at most 110 characters")
+    assert "tool names" in message
+
+
 def test_invalid_json_is_refused_with_its_line_and_column(tmp_path: Path) -> None:
     document = '{\n  "mcpServers": {\n    "down": {"command": "python",}\n  }\n}\n'
 

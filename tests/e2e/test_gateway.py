@@ -383,6 +383,36 @@ async def test_every_page_of_a_downstreams_tool_listing_is_offered(
     assert {f"down__{name}" for name in DOWNSTREAM_TOOLS} <= listed
 
 
+async def test_long_tool_names_are_offered_within_128_characters_unique_and_stable_and_called_by_them(
+    sqlite_secrets: Secrets, tmp_path: Path
+) -> None:
+    # The fixture lists token_hash and ping under 150-character names that differ in their last one.
+    server = "a-downstream-server-with-a-long-name"
+    value = fresh_value("alice")
+    sqlite_secrets.set_secret("alice", server, "TOKEN", value)
+    long_names = {**STDIO_ENTRY, "env": {**STDIO_ENTRY["env"], "DOWNSTREAM_LONG_NAMES": "1"}}
+    whole = {f"{server}__{name}" for name in DOWNSTREAM_TOOLS}
+
+    async def offered() -> list[str]:
+        async with (
+            running_gateway(sqlite_secrets, tmp_path, {server: long_names}) as gw,
+            connect(sqlite_secrets, gw, "alice") as client,
+        ):
+            return [tool.name for tool in (await client.list_tools()).tools]
+
+    first, again = await offered(), await offered()
+    shortened = sorted(name for name in first if name.startswith(f"{server}__") and name not in whole)
+    assert whole <= set(first)
+    assert len(shortened) == 2
+    assert all(len(name) <= 128 for name in first)
+    assert len(set(first)) == len(first)
+    assert sorted(again) == sorted(first)
+    # A fresh gateway, which has listed nothing yet, routes each shortened name to its own tool.
+    async with running_gateway(sqlite_secrets, tmp_path, {server: long_names}) as gw:
+        answers = [await call_server(sqlite_secrets, gw, "alice", name) for name in shortened]
+    assert sorted(text_of(answer) for answer in answers) == sorted([sha256(value), "pong"])
+
+
 async def test_a_user_who_cannot_start_a_server_is_not_shown_the_tools_listed_for_another(
     sqlite_secrets: Secrets, gateway: Gateway
 ) -> None:

@@ -36,6 +36,7 @@ from mcp_types import CallToolResult, LoggingLevel, LoggingMessageNotificationPa
 
 from mcp_secrets.errors import SecretsError
 from mcp_secrets.gateway.config import (
+    MAX_TOOL_NAME_LENGTH,
     SEPARATOR,
     GatewayConfig,
     ServerConfig,
@@ -69,6 +70,9 @@ TOOL_NAME_RULE = "1 to 128 characters of letters, digits, '_', '-', '.' or '/'"
 # from 2026-07-28 each request asks for its own, and the SDK drops what is below it).
 LOG_LEVEL_STATE = "mcp_secrets.log_level"
 LOG_LEVELS: tuple[LoggingLevel, ...] = get_args(LoggingLevel)  # least severe first
+# A tool name cut to fit ends in '-' and this many hex digits of the SHA-256 of the downstream's name.
+_CUT_HASH_CHARS = 8
+_CUT = re.compile(rf"-[0-9a-f]{{{_CUT_HASH_CHARS}}}\Z")
 
 
 class MissingSecretsError(SecretsError):
@@ -97,6 +101,18 @@ def split_tool_name(name: str) -> tuple[str, str] | None:
     """``("github", "create_issue")`` for ``github__create_issue``; None for a name without a server."""
     server, separator, tool = name.partition(SEPARATOR)
     return (server, tool) if separator and server and tool else None
+
+
+def offered_name(server: str, tool: str) -> str:
+    """``<server>__<tool>``, cut to ``MAX_TOOL_NAME_LENGTH`` when longer and then ended by a hash of ``tool``.
+
+    The hash keeps apart names that differ past the cut, and is the same at every start.
+    """
+    name = f"{server}{SEPARATOR}{tool}"
+    if len(name) <= MAX_TOOL_NAME_LENGTH:
+        return name
+    digest = hashlib.sha256(tool.encode()).hexdigest()[:_CUT_HASH_CHARS]
+    return f"{name[: MAX_TOOL_NAME_LENGTH - _CUT_HASH_CHARS - 1]}-{digest}"
 
 
 class Gateway:
@@ -171,7 +187,7 @@ class Gateway:
         return [
             tool.model_copy(
                 update={
-                    "name": f"{name}{SEPARATOR}{tool.name}",
+                    "name": offered_name(name, tool.name),
                     "description": f"[{name}] {tool.description or ''}",
                 }
             )
@@ -207,9 +223,8 @@ class Gateway:
             assert connection.client is not None  # noqa: S101 - set before the pool hands it out
             forward = _progress_forwarder(ctx, redactor)
             try:
-                result = await connection.client.call_tool(
-                    parts[1], dict(arguments), progress_callback=forward
-                )
+                tool = await self._downstream_name(username, server, name, connection.client)
+                result = await connection.client.call_tool(tool, dict(arguments), progress_callback=forward)
             except Exception as exc:  # noqa: BLE001 - any downstream failure becomes a tool error
                 # A server that answered with an error is well: restarting it would cost a start and
                 # what it holds (a browser, a session). One that is gone or stuck is replaced.
@@ -221,6 +236,17 @@ class Gateway:
                     )
                 ) from None
             return redact_result(result, redactor)
+
+    async def _downstream_name(self, username: str, server: ServerConfig, name: str, client: Client) -> str:
+        """The downstream's own name of the tool offered as ``name``; a cut one is found in its listing."""
+        tool = name.removeprefix(f"{server.name}{SEPARATOR}")
+        if len(name) < MAX_TOOL_NAME_LENGTH or not _CUT.search(name):
+            return tool  # never cut
+        found = _uncut(server.name, name, self._known_tools.get((username, server.name), []))
+        if found is None:  # not in this user's last listing (a client's listing outlives a restart)
+            with anyio.fail_after(self.pool.start_seconds):
+                found = _uncut(server.name, name, await _every_tool(client))
+        return found or tool
 
     async def _list(self, username: str, server: ServerConfig) -> list[Tool]:
         # A call of this user to this server may run for long: what it listed for them last will do.
@@ -412,6 +438,13 @@ def redact_result(result: CallToolResult, redactor: Redactor) -> CallToolResult:
     for block, text in zip(blocks, redactor.texts([block["text"] for block in blocks]), strict=True):
         block["text"] = text
     return CallToolResult.model_validate(redactor.data(dumped))
+
+
+def _uncut(server: str, name: str, tools: list[Tool]) -> str | None:
+    """The name among ``tools`` offered as ``name``; one that fits whole wins over one cut to it."""
+    matches = [tool.name for tool in tools if offered_name(server, tool.name) == name]
+    whole = name.removeprefix(f"{server}{SEPARATOR}")
+    return whole if whole in matches else next(iter(matches), None)
 
 
 async def _still_answers(client: Client) -> bool:

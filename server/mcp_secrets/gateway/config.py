@@ -36,6 +36,11 @@ from mcp_secrets.secrets import NAME_RULE, validate_name
 
 PLACEHOLDER = re.compile(r"\$\{secret:([^}]*)\}")
 SEPARATOR = "__"
+# Offered tool names, "<server>__<tool>", stay within the length the MCP specification recommends; a
+# longer tool name is cut and given a hash of itself (see the gateway), which needs this much room.
+MAX_TOOL_NAME_LENGTH = 128
+MIN_TOOL_PART_LENGTH = 16
+MAX_SERVER_NAME_LENGTH = MAX_TOOL_NAME_LENGTH - len(SEPARATOR) - MIN_TOOL_PART_LENGTH
 # The names a process environment and an HTTP request can carry (RFC 9110's token for a header):
 # with any other, every call of the server failed as it started.
 _ENV_NAME = re.compile(r"[^=\x00]+")
@@ -153,6 +158,11 @@ def _check_shape(where: str, name: str, spec: DownstreamServer) -> None:
     if SEPARATOR in name:
         raise ConfigurationError(
             f"{where}: the name must not contain {SEPARATOR!r}, which separates tool names"
+        )
+    if len(name) > MAX_SERVER_NAME_LENGTH:
+        raise ConfigurationError(
+            f"{where}: the name must be at most {MAX_SERVER_NAME_LENGTH} characters, "
+            f"so that its tool names fit in {MAX_TOOL_NAME_LENGTH}"
         )
     if name.endswith("_"):
         # "git_" + "__" + "create" would read as server "git" and tool "_create".
