@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jsonschema
 import mongomock
@@ -125,8 +126,14 @@ def assert_no_fragment_of(value: str, shown: str) -> None:
         assert not leaked, f"the piece of the value at character {start} got through"
 
 
+JWKS_PATH = "/.well-known/jwks.json"
+
+
 class _JwksHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
+        if urlsplit(self.path).path != JWKS_PATH:
+            self.send_error(404)
+            return
         body: bytes = self.server.jwks_body  # type: ignore[attr-defined]
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -162,7 +169,7 @@ def jwks_provider(
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json", publish
+        yield f"http://127.0.0.1:{server.server_address[1]}{JWKS_PATH}", publish
     finally:
         server.shutdown()
         server.server_close()

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import pwd
+import secrets
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -408,6 +409,46 @@ async def test_a_jwt_is_left_unjudged_when_the_jwks_answers_with_something_not_j
             assert await verifier.verify_token(_sign(signing_key, _claims())) is None
 
     assert outage.reason == "the identity provider's key set cannot be fetched"
+
+
+@contextmanager
+def _unfetchable_jwks(problem: str, key: rsa.RSAPublicKey) -> Iterator[str]:
+    """The URL of a key set that cannot be fetched for ``problem``."""
+    if problem == "connection refused":
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed_port = probe.getsockname()[1]
+        yield f"http://127.0.0.1:{closed_port}/jwks.json"
+    elif problem == "timed out":
+        with socket.socket() as hanging:
+            hanging.bind(("127.0.0.1", 0))
+            hanging.listen(1)  # the connection is taken into the backlog and never answered
+            yield f"http://127.0.0.1:{hanging.getsockname()[1]}/jwks.json"
+    else:
+        with jwks_provider({KID: key}) as (url, publish):
+            publish(b"<html>Down for maintenance</html>")
+            yield url.replace("jwks.json", "keys.json") if problem == "HTTP 404" else url
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("problem", ["HTTP 404", "timed out", "connection refused", "not JSON"])
+async def test_a_jwks_that_cannot_be_fetched_is_logged_saying_why_without_the_token_or_the_query(
+    signing_key: rsa.RSAPrivateKey, caplog: pytest.LogCaptureFixture, problem: str
+) -> None:
+    # A URL's query may carry a credential of the provider's (an API key): it is never logged.
+    canary = secrets.token_urlsafe(16)
+    token = _sign(signing_key, _claims())
+    with _unfetchable_jwks(problem, signing_key.public_key()) as url:
+        verifier = JwtVerifier(f"{url}?key={canary}", issuer=ISSUER, audience=AUDIENCE, fetch_timeout=0.5)
+        with caplog.at_level("INFO"), _checking():
+            assert await verifier.verify_token(token) is None
+
+    logged = caplog.text
+    assert problem.lower() in logged.lower()
+    assert url.split("?")[0] in logged  # the origin and path say which provider
+    assert canary not in logged
+    assert token not in logged
+    assert token.split(".")[1] not in logged
 
 
 @pytest.mark.anyio

@@ -10,6 +10,8 @@ import logging
 import time
 from contextvars import ContextVar
 from typing import Any, Protocol
+from urllib.error import HTTPError, URLError
+from urllib.parse import urlsplit
 
 import anyio
 from mcp.server.auth.middleware.auth_context import get_access_token
@@ -167,6 +169,9 @@ class JwtVerifier:
         self._jwks = jwt.PyJWKClient(
             jwks_url, cache_keys=False, lifespan=keys_lifespan, timeout=fetch_timeout
         )
+        # For the log: a URL's query (or user info) may carry a credential of the provider's.
+        parts = urlsplit(jwks_url)
+        self._jwks_place = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
         self._issuer = issuer
         self._audience = audience
         self._username_claim = username_claim
@@ -196,7 +201,7 @@ class JwtVerifier:
         except (jwt.PyJWKClientConnectionError, ValueError) as exc:
             # ValueError: the key set's answer was not JSON (a maintenance page, a body cut short). PyJWT
             # turns whatever it reads of the token into its own errors, so this comes from the fetch.
-            logger.warning("the JWKS could not be fetched: %s", type(exc).__name__)
+            logger.warning("the JWKS could not be fetched from %s: %s", self._jwks_place, _fetch_problem(exc))
             _note_outage("the identity provider's key set cannot be fetched")
             return None
         except jwt.PyJWTError as exc:
@@ -238,6 +243,21 @@ class JwtVerifier:
             logger.info("JWT refused: claim %r is not a valid username", self._username_claim)
             return None
         return username
+
+
+def _fetch_problem(exc: BaseException) -> str:
+    """Why the key set was not fetched (an HTTP status, a timeout, a refused connection), without its URL."""
+    cause = exc.__cause__ if exc.__cause__ is not None else exc  # PyJWT wraps urllib's error
+    if isinstance(cause, HTTPError):
+        return f"HTTP {cause.code}"
+    reason = cause.reason if isinstance(cause, URLError) else cause
+    if isinstance(reason, TimeoutError):
+        return "timed out"
+    if isinstance(reason, ValueError):  # a maintenance page, a body cut short
+        return "the answer is not JSON"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror.lower()  # connection refused, name or service not known, ...
+    return type(reason).__name__
 
 
 class EitherVerifier:
