@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import secrets
 import sqlite3
 import sys
 import threading
@@ -24,6 +25,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pymongo.errors import DuplicateKeyError
 
+from _mongo_wire import mongo_wire_server
 from conftest import STORE_KINDS
 from mcp_secrets.errors import ConfigurationError, StoreUnavailableError
 from mcp_secrets.store import (
@@ -702,6 +704,20 @@ def test_mongo_store_on_an_unreachable_server_is_unavailable(
 
     assert "s3cretpw" not in str(raised.value)
     assert raised.value.__cause__ is None
+
+
+def test_mongo_store_whose_login_is_refused_says_so_without_the_password() -> None:
+    password = secrets.token_urlsafe(16)
+
+    def refuse_login(command: dict[str, Any]) -> dict[str, Any]:
+        # What a server answers a SCRAM exchange with a wrong user name or password.
+        return {"ok": 0, "errmsg": "Authentication failed.", "code": 18, "codeName": "AuthenticationFailed"}
+
+    with mongo_wire_server(refuse_login) as port, pytest.raises(StoreUnavailableError) as raised:
+        MongoStore.from_url(f"mongodb://alice:{password}@127.0.0.1:{port}/db")
+
+    assert "refused the login" in str(raised.value)
+    assert password not in str(raised.value)
 
 
 UNREACHABLE_CALLS: dict[str, Callable[[MongoStore], object]] = {

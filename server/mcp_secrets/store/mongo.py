@@ -36,6 +36,7 @@ TOKENS_COLLECTION = "api_tokens"
 LINKS_COLLECTION = "entry_links"
 EVENTS_COLLECTION = "audit_events"
 SERVER_SELECTION_TIMEOUT_MS = 5000
+AUTHENTICATION_FAILED = 18  # the server's error code for a refused login: wrong user, password or mechanism
 DUPLICATE_KEY = 11000  # the server's error code for a value a unique index (here ``_id``) holds already
 # Deployments with multi-document transactions; a standalone server ("Single") has none.
 TRANSACTION_TOPOLOGIES = frozenset({"ReplicaSetWithPrimary", "Sharded", "LoadBalanced"})
@@ -563,4 +564,9 @@ def _available() -> Iterator[None]:
 
 def _unavailable(exc: PyMongoError) -> StoreUnavailableError:
     # Name the fault's kind only: pymongo messages can quote hosts and credentials.
+    if isinstance(exc, OperationFailure) and exc.code == AUTHENTICATION_FAILED:
+        return StoreUnavailableError(
+            "the MongoDB server refused the login (AuthenticationFailed): "
+            "check the user name and password in MCP_SECRETS_DATABASE_URL"
+        )
     return StoreUnavailableError(f"the MongoDB store is unavailable ({type(exc).__name__})")

@@ -1,0 +1,86 @@
+"""A stand-in for a MongoDB server on a local port: pymongo's own client talks to it over the wire protocol.
+
+It answers the handshake as a standalone server and every other command with what ``answer`` returns,
+so a test can give pymongo the server's real error replies (a refused login, a missing privilege).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import bson
+
+Document = dict[str, Any]
+OP_REPLY, OP_QUERY, OP_MSG = 1, 2004, 2013
+HELLO: Document = {
+    "ok": 1,
+    "isWritablePrimary": True,
+    "ismaster": True,
+    "maxWireVersion": 21,
+    "minWireVersion": 0,
+    "maxBsonObjectSize": 16 * 1024 * 1024,
+    "maxMessageSizeBytes": 48_000_000,
+    "maxWriteBatchSize": 100_000,
+    "saslSupportedMechs": ["SCRAM-SHA-256"],
+}
+
+
+def _first_document(data: bytes) -> Document:
+    return bson.decode(data[: struct.unpack("<i", data[:4])[0]])
+
+
+def _serve_connection(connection: socket.socket, answer: Callable[[Document], Document]) -> None:
+    with connection:
+        while True:
+            header = connection.recv(16, socket.MSG_WAITALL)
+            if len(header) < 16:
+                return
+            length, request_id, _, opcode = struct.unpack("<iiii", header)
+            body = connection.recv(length - 16, socket.MSG_WAITALL)
+            if opcode == OP_QUERY:  # the handshake: flags, collection name, skip and limit, then the command
+                after_name = body.index(b"\0", 4) + 1 + 8
+                command = _first_document(body[after_name:])
+                reply = struct.pack("<iqii", 0, 0, 0, 1) + bson.encode(_reply(command, answer))
+                opcode = OP_REPLY
+            elif opcode == OP_MSG:  # flags, then a section of kind 0: the command
+                command = _first_document(body[5:])
+                reply = struct.pack("<IB", 0, 0) + bson.encode(_reply(command, answer))
+            else:
+                return
+            connection.sendall(struct.pack("<iiii", 16 + len(reply), 0, request_id, opcode) + reply)
+
+
+def _reply(command: Document, answer: Callable[[Document], Document]) -> Document:
+    name = next(iter(command)).lower()
+    return HELLO if name in {"hello", "ismaster"} else answer(command)
+
+
+@contextmanager
+def mongo_wire_server(answer: Callable[[Document], Document]) -> Iterator[int]:
+    """Serve on a free port, answering each command after the handshake with ``answer``; yield the port."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+
+    def accept() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            threading.Thread(target=_serve_connection, args=(connection, answer), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        with suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() waiting in the thread
+        listener.close()
+        thread.join()
