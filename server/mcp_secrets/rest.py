@@ -8,10 +8,12 @@ answer ever holds a value. ``GET /openapi.json`` documents both.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, RequireAuthMiddleware
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import ErrorDetails
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, request_response
@@ -24,6 +26,9 @@ from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import SecretStore
 
 MAX_BODY_BYTES = 256 * 1024
+# An unknown field is named in a 400 when its name reads as one (a typo, "owner"): a client that sent a
+# value as a name ({"<value>": ...}) must not have it quoted back. Tokens are longer, or hold '-'.
+_QUOTABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,23}")
 
 
 class SetSecretRequest(BaseModel):
@@ -39,6 +44,22 @@ class SetSecretRequest(BaseModel):
 
 def _error(status: int, error: str, message: str) -> JSONResponse:
     return JSONResponse({"error": error, "message": message}, status_code=status)
+
+
+def _fields(errors: list[ErrorDetails]) -> str:
+    """The fields a validation error names; an unknown one by its name only when that reads as a name."""
+    names: set[str] = set()
+    unnamed = 0
+    for error in errors:
+        name = ".".join(str(part) for part in error["loc"]) or "body"
+        if error["type"] == "extra_forbidden" and not _QUOTABLE_NAME.fullmatch(name):
+            unnamed += 1
+        else:
+            names.add(name)
+    described = sorted(names)
+    if unnamed:
+        described.append(f"{unnamed} unknown field(s), not named as a name may be a value sent by mistake")
+    return ", ".join(described)
 
 
 def _username(request: Request) -> str:
@@ -80,8 +101,7 @@ def rest_routes(secrets: Secrets, public_url: str | None = None) -> list[Route]:
             errors = exc.errors()
             if any(error["type"] == "json_invalid" for error in errors):  # its message would quote the body
                 return _error(400, "invalid_input", "the body is not valid JSON")
-            fields = ", ".join(sorted({".".join(str(p) for p in e["loc"]) or "body" for e in errors}))
-            return _error(400, "invalid_input", f"invalid or missing fields: {fields}")
+            return _error(400, "invalid_input", f"invalid or missing fields: {_fields(errors)}")
         username = _username(request)
         result = await _call(
             secrets.store,

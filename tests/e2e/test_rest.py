@@ -201,6 +201,22 @@ def test_bad_input_is_400_naming_the_field_but_not_the_value(
     assert alice.keys("s") == []
 
 
+@pytest.mark.parametrize("prefix", ["", "ghp_"], ids=["canary", "token-shaped"])
+@pytest.mark.parametrize("beside", [{}, {"value": "v"}], ids=["instead-of-value", "beside-value"])
+def test_a_value_sent_as_a_field_name_by_mistake_is_not_quoted_back(
+    alice: Rest, canary: str, prefix: str, beside: dict[str, str]
+) -> None:
+    # {"<value>": ""}: a client mixing up a name and a value; a GitHub token is letters, digits and '_'.
+    name = prefix + canary.replace("-", "_") if prefix else canary
+    answer = alice.set(server="s", key="K", **beside, **{name: ""})
+
+    assert answer.status_code == 400
+    assert "unknown field" in answer.json()["message"]
+    assert name not in answer.text
+    assert name[:16] not in answer.text
+    assert alice.keys("s") == []
+
+
 @pytest.mark.parametrize(
     "content",
     [
