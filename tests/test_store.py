@@ -720,6 +720,65 @@ def test_mongo_store_whose_login_is_refused_says_so_without_the_password() -> No
     assert password not in str(raised.value)
 
 
+def _read_only_server(indexes: dict[str, list[dict[str, Any]]]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """As a server answers a user of the ``read`` role: the collections' ``indexes``, no documents."""
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        name, collection = next(iter(command.items()))
+        if name in {"find", "aggregate", "listIndexes"}:
+            batch = indexes.get(collection, []) if name == "listIndexes" else []
+            return {"ok": 1, "cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": batch}}
+        if name in {"count", "endSessions"}:
+            return {"ok": 1, "n": 0}
+        # createIndexes, insert, update, delete...: as a real server, which quotes the command it refuses.
+        refused = f"not authorized on db to execute command {{ {name}: {collection!r} ... }}"
+        return {"ok": 0, "errmsg": refused, "code": 13, "codeName": "Unauthorized"}
+
+    return answer
+
+
+def _indexes_of(store: MongoStore) -> dict[str, list[dict[str, Any]]]:
+    collections = (store._secrets, store._tokens, store._links, store._events)
+    return {
+        collection.name: [{**index, "key": dict(index["key"])} for index in collection.list_indexes()]
+        for collection in collections
+    }
+
+
+def test_mongo_store_of_a_read_only_user_opens_where_its_indexes_exist_and_refuses_writes() -> None:
+    # An operator's read-only account (MongoDB's read role), for list and audit: it may not create indexes.
+    made = _indexes_of(MongoStore(mongomock.MongoClient(tz_aware=True), "db"))
+
+    with mongo_wire_server(_read_only_server(made)) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db")
+        try:
+            assert store.find_secrets("alice") == []
+            assert store.list_events("alice") == []
+            with pytest.raises(StoreUnavailableError) as refused:
+                store.put_secret("alice", "github", "TOKEN", "ciphertext", T0)
+        finally:
+            store.close()
+
+    assert "not allowed" in str(refused.value)
+    assert "put_secret" not in str(refused.value)
+    assert "user_secrets" not in str(refused.value)
+
+
+def test_mongo_store_of_a_read_only_user_without_its_indexes_says_so() -> None:
+    only_ids = {
+        name: [{"v": 2, "key": {"_id": 1}, "name": "_id_"}] for name in ("user_secrets", "api_tokens")
+    }
+
+    with (
+        mongo_wire_server(_read_only_server(only_ids)) as port,
+        pytest.raises(StoreUnavailableError) as refused,
+    ):
+        MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db")
+
+    assert "indexes" in str(refused.value)
+    assert "not allowed" in str(refused.value)
+
+
 UNREACHABLE_CALLS: dict[str, Callable[[MongoStore], object]] = {
     "put_secret": lambda store: store.put_secret("alice", "github", "TOKEN", "ciphertext", T0),
     "find_secrets": lambda store: store.find_secrets("alice"),

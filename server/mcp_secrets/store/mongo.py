@@ -37,6 +37,7 @@ LINKS_COLLECTION = "entry_links"
 EVENTS_COLLECTION = "audit_events"
 SERVER_SELECTION_TIMEOUT_MS = 5000
 AUTHENTICATION_FAILED = 18  # the server's error code for a refused login: wrong user, password or mechanism
+UNAUTHORIZED = 13  # the server's error code for a command the user has no privilege for
 DUPLICATE_KEY = 11000  # the server's error code for a value a unique index (here ``_id``) holds already
 # Deployments with multi-document transactions; a standalone server ("Single") has none.
 TRANSACTION_TOPOLOGIES = frozenset({"ReplicaSetWithPrimary", "Sharded", "LoadBalanced"})
@@ -162,28 +163,49 @@ class MongoStore:
         self._links: Collection[Document] = db[LINKS_COLLECTION]
         self._events: Collection[Document] = db[EVENTS_COLLECTION]
         with _available():
-            self._secrets.create_index(
-                [("username", pymongo.ASCENDING), ("server", pymongo.ASCENDING), ("key", pymongo.ASCENDING)],
-                unique=True,
-                name="username_server_key_unique",
-            )
-            self._tokens.create_index("token_hash", unique=True, name="token_hash_unique")
-            self._tokens.create_index("token_id", unique=True, name="token_id_unique")
-            self._links.create_index("link_hash", unique=True, name="link_hash_unique")
-            self._links.create_index([("username", 1), ("expires_at", 1)], name="username_expires_at")
-            # One index per filter the trail is read by (one user, one server, none), each ending in the
-            # listing's sort, so a page of the newest events reads that page and sorts nothing.
-            for prefix in (["actor"], ["server"], []):
-                keys = [(field, 1) for field in prefix] + [("at", -1), ("_id", -1)]
-                self._events.create_index(keys, name="_".join([*prefix, "at", "id"]))
-            if "actor_at" in self._events.index_information():  # made by earlier versions; now a prefix
-                # Another server starting beside this one may drop it first.
-                with suppress(OperationFailure):
-                    self._events.drop_index("actor_at")
-            # MongoDB deletes expired entry links by itself (within a minute of expiry).
-            self._links.create_index("expires_at", expireAfterSeconds=0, name="expires_at_ttl")
+            try:
+                self._create_indexes()
+            except OperationFailure as exc:
+                # A user of the read role (an operator's, for list and audit) may not create indexes, even
+                # those that exist: the ones an earlier start made serve it; its writes are refused.
+                if exc.code != UNAUTHORIZED:
+                    raise
+                if not self._has_indexes():
+                    raise StoreUnavailableError(
+                        "the MongoDB user is not allowed to create the store's indexes, and they do not "
+                        "exist yet: open the store once as a user with the readWrite role"
+                    ) from None
         # Known once the index calls above have reached a server.
         self.transactions = has_transactions(client)
+
+    def _create_indexes(self) -> None:
+        self._secrets.create_index(
+            [("username", pymongo.ASCENDING), ("server", pymongo.ASCENDING), ("key", pymongo.ASCENDING)],
+            unique=True,
+            name="username_server_key_unique",
+        )
+        self._tokens.create_index("token_hash", unique=True, name="token_hash_unique")
+        self._tokens.create_index("token_id", unique=True, name="token_id_unique")
+        self._links.create_index("link_hash", unique=True, name="link_hash_unique")
+        self._links.create_index([("username", 1), ("expires_at", 1)], name="username_expires_at")
+        # One index per filter the trail is read by (one user, one server, none), each ending in the
+        # listing's sort, so a page of the newest events reads that page and sorts nothing.
+        for prefix in (["actor"], ["server"], []):
+            keys = [(field, 1) for field in prefix] + [("at", -1), ("_id", -1)]
+            self._events.create_index(keys, name="_".join([*prefix, "at", "id"]))
+        if "actor_at" in self._events.index_information():  # made by earlier versions; now a prefix
+            # Another server starting beside this one may drop it first.
+            with suppress(OperationFailure):
+                self._events.drop_index("actor_at")
+        # MongoDB deletes expired entry links by itself (within a minute of expiry).
+        self._links.create_index("expires_at", expireAfterSeconds=0, name="expires_at_ttl")
+
+    def _has_indexes(self) -> bool:
+        """True when the unique indexes the store's records rely on exist (made by an earlier start)."""
+        return "username_server_key_unique" in self._secrets.index_information() and {
+            "token_hash_unique",
+            "token_id_unique",
+        } <= set(self._tokens.index_information())
 
     @classmethod
     def from_url(cls, url: str) -> MongoStore:
@@ -568,5 +590,9 @@ def _unavailable(exc: PyMongoError) -> StoreUnavailableError:
         return StoreUnavailableError(
             "the MongoDB server refused the login (AuthenticationFailed): "
             "check the user name and password in MCP_SECRETS_DATABASE_URL"
+        )
+    if isinstance(exc, OperationFailure) and exc.code == UNAUTHORIZED:
+        return StoreUnavailableError(
+            "the MongoDB user is not allowed to do this (Unauthorized): changes need the readWrite role"
         )
     return StoreUnavailableError(f"the MongoDB store is unavailable ({type(exc).__name__})")
