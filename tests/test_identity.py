@@ -452,6 +452,28 @@ async def test_a_jwks_that_cannot_be_fetched_is_logged_saying_why_without_the_to
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    "body",
+    [b"[]", b"null", b'{"keys": []}', b'{"error": "rate limited"}'],
+    ids=["list", "null", "no-keys", "error"],
+)
+async def test_a_jwt_is_left_unjudged_when_the_jwks_answers_with_json_that_is_no_key_set(
+    signing_key: rsa.RSAPrivateKey, caplog: pytest.LogCaptureFixture, body: bytes
+) -> None:
+    # A provider's proxy answering 200 with its own JSON, or a key set emptied by mistake: every token
+    # would be refused as bad (401), the log saying so at INFO, as if each were at fault.
+    with jwks_provider({KID: signing_key.public_key()}) as (url, publish):
+        publish(body)
+        verifier = JwtVerifier(url, issuer=ISSUER, audience=AUDIENCE)
+
+        with caplog.at_level("INFO"), _checking() as outage:
+            assert await verifier.verify_token(_sign(signing_key, _claims())) is None
+
+    assert outage.reason == "the identity provider's key set cannot be fetched"
+    assert "not a key set" in caplog.text
+
+
+@pytest.mark.anyio
 async def test_a_jwt_refused_on_its_merits_is_judged(jwks_url: str, other_key: rsa.RSAPrivateKey) -> None:
     verifier = JwtVerifier(jwks_url, issuer=ISSUER, audience=AUDIENCE)
 

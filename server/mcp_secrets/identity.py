@@ -183,9 +183,16 @@ class JwtVerifier:
             self._threads = anyio.CapacityLimiter(JWT_CHECK_THREADS)
         return await anyio.to_thread.run_sync(self._verify, token, limiter=self._threads)
 
-    def _verify(self, token: str) -> AccessToken | None:
+    def _verify(self, token: str) -> AccessToken | None:  # noqa: PLR0911 - one return per reason to refuse
         import jwt  # noqa: PLC0415 - imported once by __init__; this is a dictionary lookup
 
+        try:
+            # The key set first (cached while it lasts): a fault of its own, JSON that is no key set or
+            # holds no signing key, is the provider's and leaves the token unjudged, as no answer does.
+            self._jwks.get_signing_keys()
+        except (jwt.PyJWKClientError, jwt.PyJWKSetError, ValueError) as exc:
+            self._unjudged(exc)
+            return None
         try:
             signing_key = self._jwks.get_signing_key_from_jwt(token)
             # The header with the claims: its typ is checked below, and this reads the token once.
@@ -201,8 +208,7 @@ class JwtVerifier:
         except (jwt.PyJWKClientConnectionError, ValueError) as exc:
             # ValueError: the key set's answer was not JSON (a maintenance page, a body cut short). PyJWT
             # turns whatever it reads of the token into its own errors, so this comes from the fetch.
-            logger.warning("the JWKS could not be fetched from %s: %s", self._jwks_place, _fetch_problem(exc))
-            _note_outage("the identity provider's key set cannot be fetched")
+            self._unjudged(exc)
             return None
         except jwt.PyJWTError as exc:
             logger.info("JWT refused: %s", type(exc).__name__)
@@ -231,6 +237,11 @@ class JwtVerifier:
             claims={"iss": claims["iss"]},
         )
 
+    def _unjudged(self, exc: Exception) -> None:
+        """Say why the key set could not be had; the HTTP layer answers 503 (try again), not 401."""
+        logger.warning("the JWKS could not be fetched from %s: %s", self._jwks_place, _fetch_problem(exc))
+        _note_outage("the identity provider's key set cannot be fetched")
+
     def _username_in(self, claims: dict[str, Any]) -> str | None:
         """The username the configured claim holds; None (logged) when it holds none."""
         username = claims.get(self._username_claim)
@@ -257,6 +268,8 @@ def _fetch_problem(exc: BaseException) -> str:
         return "the answer is not JSON"
     if isinstance(reason, OSError) and reason.strerror:
         return reason.strerror.lower()  # connection refused, name or service not known, ...
+    if cause is exc and not isinstance(exc, OSError):  # PyJWT's own: JSON, but no key set of signing keys
+        return "the answer is not a key set with signing keys"
     return type(reason).__name__
 
 
