@@ -720,6 +720,29 @@ def test_mongo_store_whose_login_is_refused_says_so_without_the_password() -> No
     assert password not in str(raised.value)
 
 
+def test_from_url_closes_its_client_when_the_store_cannot_be_opened(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A service retrying open_secrets() while the database refuses it would gather clients, each with its
+    # monitor threads and sockets, for as long as it runs.
+    made: list[pymongo.MongoClient[dict[str, Any]]] = []
+
+    def recorded(url: str, **options: Any) -> pymongo.MongoClient[dict[str, Any]]:
+        made.append(pymongo.MongoClient(url, **options))
+        return made[-1]
+
+    monkeypatch.setattr("mcp_secrets.store.mongo.MongoClient", recorded)
+
+    def refuse_login(command: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": 0, "errmsg": "Authentication failed.", "code": 18, "codeName": "AuthenticationFailed"}
+
+    with mongo_wire_server(refuse_login) as port, pytest.raises(StoreUnavailableError):
+        MongoStore.from_url(f"mongodb://alice:pw@127.0.0.1:{port}/db")
+    with pytest.raises(StoreUnavailableError):
+        MongoStore.from_url("mongodb://127.0.0.1:1/db?serverSelectionTimeoutMS=200")
+
+    assert len(made) == 2
+    assert all(client._closed for client in made)
+
+
 def _read_only_server(indexes: dict[str, list[dict[str, Any]]]) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """As a server answers a user of the ``read`` role: the collections' ``indexes``, no documents."""
 

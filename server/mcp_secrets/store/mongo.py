@@ -251,6 +251,10 @@ class MongoStore:
             raise ConfigurationError(
                 "MCP_SECRETS_DATABASE_URL names a database MongoDB does not allow (InvalidName)"
             ) from None
+        except BaseException:
+            # Its monitor threads and sockets would outlive the failure: a caller retrying gathers them.
+            client.close()
+            raise
 
     def put_secret(
         self,
