@@ -17,6 +17,28 @@ from hypothesis import strategies as st
 from mcp_secrets.gateway.redact import MIN_REDACTED_LENGTH, Redactor
 
 LABEL = "[redacted TOKEN]"
+_JSON_SHORT_ESCAPES = {"\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def dotnet_json(value: str) -> str:
+    """A JSON string's inside as .NET's System.Text.Json writes it by default (MCP servers in C#).
+
+    Its encoder writes '"', the HTML-sensitive characters, '+', '`' and everything but printable ASCII
+    as \\uXXXX escapes in upper-case hex, each UTF-16 unit on its own.
+    """
+    units = value.encode("utf-16-be")
+    shown = []
+    for index in range(0, len(units), 2):
+        code = int.from_bytes(units[index : index + 2], "big")
+        char = chr(code)
+        if char in _JSON_SHORT_ESCAPES:
+            shown.append(_JSON_SHORT_ESCAPES[char])
+        elif 0x20 <= code < 0x7F and char not in "\"&'+<>`":
+            shown.append(char)
+        else:
+            shown.append(f"\\u{code:04X}")
+    return "".join(shown)
+
 
 # How a downstream tool may hand a value back, each as the standard library spells it.
 ENCODINGS: dict[str, Callable[[str], str]] = {
@@ -47,6 +69,16 @@ ENCODINGS: dict[str, Callable[[str], str]] = {
     "JSON string, HTML-safe": lambda value: json.dumps(value, ensure_ascii=False)[1:-1].translate(
         {ord(char): f"\\u{ord(char):04x}" for char in "&<>\u2028\u2029"}
     ),
+    # PHP's json_encode, as MCP servers written in PHP use it: '/' as '\\/' too, which JSON allows.
+    "JSON string, slashes escaped": lambda value: json.dumps(value)[1:-1].replace("/", "\\/"),
+    "JSON string, slashes escaped, not ASCII-only": lambda value: json.dumps(value, ensure_ascii=False)[
+        1:-1
+    ].replace("/", "\\/"),
+    "JSON string, .NET": dotnet_json,
+    # Java's Gson, HTML-safe by default: '=' and "'" as well as Go's three, in lower-case hex.
+    "JSON string, Gson": lambda value: json.dumps(value, ensure_ascii=False)[1:-1].translate(
+        {ord(char): f"\\u{ord(char):04x}" for char in "&<>='\u2028\u2029"}
+    ),
 }
 
 VALUES = [
@@ -63,6 +95,8 @@ VALUES = [
     pytest.param("Pa55 w0rd!(*)'", id="uri-component-special"),
     # Its base64 holds "+" and "/", so standard and URL-safe base64 differ, and ends in "=".
     pytest.param("a?>~b?>~", id="base64-special"),
+    # A key written in base64 (a cloud storage account's, say): "+", "/" and its "=" padding.
+    pytest.param("Eby8vdM02xNOcqFl+/k7gG==", id="base64-key"),
 ]
 
 
@@ -246,6 +280,17 @@ def test_basic_auth_of_a_value_keeps_the_user_and_no_more_than_the_edges(user: s
     header = "Authorization: Basic " + base64.b64encode(f"{user}:{value}".encode()).decode()
 
     assert Redactor({"TOKEN": value}).text(header) == f"Authorization: Basic {shown}"
+
+
+@pytest.mark.parametrize("writer", ["JSON string, slashes escaped", "JSON string, .NET"])
+def test_base64_of_a_value_in_json_text_of_other_writers_is_replaced(writer: str) -> None:
+    # Its base64 holds "+" and "/", which PHP writes as "\\/" and .NET as "\\u002B".
+    value = "a?>~b?>~c?>~"
+    encoded = ENCODINGS[writer](base64.b64encode(value.encode()).decode())
+
+    shown = Redactor({"TOKEN": value}).text(f"before {encoded} after")
+
+    assert shown == f"before {LABEL} after"
 
 
 @given(

@@ -4,10 +4,10 @@ Exact matches, and the encodings a tool is likely to echo them in: base64
 (standard and URL-safe, with or without padding, and inside longer base64 text
 such as ``Basic base64(user:token)``), URL-encoding (Python's, JavaScript's, and
 a URL's path and query as httpx writes them; either case of hex digit), hex
-(either case), JSON string escapes (Go's too) and Python's repr. Of each value,
-also the value trimmed of surrounding whitespace and, for a multi-line value,
-each of its lines: a program may trim what it reads, and may show a PEM key or a
-JSON credential line by line or with other line ends.
+(either case), JSON string escapes (Go's, Gson's, PHP's and .NET's too) and
+Python's repr. Of each value, also the value trimmed of surrounding whitespace
+and, for a multi-line value, each of its lines: a program may trim what it reads,
+and may show a PEM key or a JSON credential line by line or with other line ends.
 """
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ _PERCENT_ESCAPE = re.compile(r"%[0-9A-F]{2}")
 _TO_URLSAFE = str.maketrans("+/", "-_")
 # Go's encoding/json (MCP servers written in Go) escapes these in every string, for embedding in HTML.
 _JSON_HTML_SAFE = {ord(char): f"\\u{ord(char):04x}" for char in "&<>\u2028\u2029"}
+# Java's Gson, HTML-safe by default, escapes "=" (base64 padding) and "'" as well.
+_JSON_GSON_SAFE = {ord(char): f"\\u{ord(char):04x}" for char in "&<>='\u2028\u2029"}
+# Python's ASCII-only JSON, escape by escape (an escaped backslash before "u" starts no \\u escape), and
+# the characters .NET's System.Text.Json (MCP servers written in C#) escapes too, for embedding in HTML.
+_DOTNET_ESCAPES = re.compile(r"\\(?:u[0-9a-f]{4}|.)|[&'+<>`\x7f]", re.DOTALL)
 
 
 def _spellings(value: str) -> set[str]:
@@ -59,7 +64,32 @@ def _spellings(value: str) -> set[str]:
         padded = encode(raw).decode("ascii")
         forms |= {padded, padded.rstrip("=")}
     # Only base64 loses its padding: the value itself may end in "=", and stripped it is another text.
-    return {form for form in forms | _base64_inside(raw) if len(form) >= MIN_REDACTED_LENGTH}
+    forms |= _base64_inside(raw)
+    # Any of them may come back in JSON text written by a server in PHP, C# or Java, which escape more.
+    forms |= {escaped for form in forms for escaped in _in_other_json(form)}
+    return {form for form in forms if len(form) >= MIN_REDACTED_LENGTH}
+
+
+def _in_other_json(text: str) -> set[str]:
+    """``text`` inside a JSON string as PHP's json_encode, .NET's System.Text.Json and Gson write it."""
+    ascii_only = json.dumps(text)[1:-1]
+    unicode = json.dumps(text, ensure_ascii=False)[1:-1]
+    return {
+        ascii_only.replace("/", "\\/"),  # PHP: "/" as "\\/", which JSON allows
+        unicode.replace("/", "\\/"),
+        _DOTNET_ESCAPES.sub(_dotnet_escape, ascii_only),
+        unicode.translate(_JSON_GSON_SAFE),
+    }
+
+
+def _dotnet_escape(match: re.Match[str]) -> str:
+    r"""One escape or character of Python's ASCII-only JSON as .NET writes it: \uXXXX, hex in upper case."""
+    found = match.group(0)
+    if found.startswith("\\u"):
+        return "\\u" + found[2:].upper()
+    if found == '\\"':
+        return "\\u0022"
+    return found if found.startswith("\\") else f"\\u{ord(found):04X}"
 
 
 def _parts(value: str) -> set[str]:
