@@ -386,6 +386,20 @@ def test_serve_over_http_names_an_option_that_makes_no_url(
     assert "Traceback" not in done.stderr
 
 
+def test_serve_refuses_a_public_url_holding_a_password_which_its_links_would_publish(
+    env: dict[str, str],
+) -> None:
+    """Entry links, the start's summary and the open /openapi.json all name the public URL."""
+    password = new_canary()
+    env["MCP_SECRETS_PUBLIC_URL"] = f"https://proxy:{password}@example.com"
+
+    done = mcp_secrets_cli(env, "serve", "--transport", "streamable-http")
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "mcp-secrets: error: --public-url must not hold a user name or password" in done.stderr
+    assert password not in done.stdout + done.stderr
+
+
 def test_serve_refuses_port_0_whose_urls_would_name_no_port(env: dict[str, str]) -> None:
     """Port 0 binds any free port, but the start's URL, the client configs and every entry link said :0."""
     done = mcp_secrets_cli(env, "serve", "--transport", "streamable-http", "--port", "0")

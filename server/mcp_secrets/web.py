@@ -140,6 +140,9 @@ def token_verifier(settings: Settings, tokens: ApiTokens) -> TokenVerifier:
 
 def auth_settings(settings: Settings) -> AuthSettings:
     """The SDK's resource-server settings; OIDC deployments advertise their issuer in metadata."""
+    if settings.public_url and _holds_credentials(settings.public_url):
+        # Entry links (handed to the model), the start's summary and the open /openapi.json name it.
+        raise ConfigurationError("--public-url must not hold a user name or password")
     oidc = bool(settings.jwks_url and settings.issuer)
     try:
         # pydantic turns the strings into URLs (and refuses malformed ones).
@@ -160,6 +163,13 @@ def auth_settings(settings: Settings) -> AuthSettings:
         if settings.public_url:
             raise ConfigurationError("--public-url must be an http:// or https:// URL") from None
         raise ConfigurationError("--host must be a host name or an IP address") from None
+
+
+def _holds_credentials(url: str) -> bool:
+    try:
+        return "@" in urlsplit(url).netloc
+    except ValueError:  # not a URL at all: refused as such
+        return False
 
 
 class HostOriginGuard:
