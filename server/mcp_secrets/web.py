@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
+from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -414,12 +416,17 @@ async def serve_http(app: ASGIApp, settings: Settings) -> None:
     # Python's default handler would end the process right there, before the gateway stops and the
     # service writes its pending uses and closes the store; a no-op one lets serve() return instead.
     # (Signal handlers belong to the main thread; elsewhere uvicorn leaves signals alone too.)
-    previous = (
-        signal.signal(signal.SIGTERM, _stop_requested)
-        if threading.current_thread() is threading.main_thread()
-        else None
-    )
     server = uvicorn.Server(config)
+    previous: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {}
+    if threading.current_thread() is threading.main_thread():
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _stop_requested)
+        if sys.platform != "win32":
+            # A closed terminal sends SIGHUP, which uvicorn leaves to Python's default: the process would
+            # end at once, its pending uses unwritten and the gateway's downstream servers (in sessions
+            # of their own, out of the hangup's reach) left running. It stops as for SIGTERM instead.
+            previous[signal.SIGHUP] = signal.signal(
+                signal.SIGHUP, lambda _number, frame: server.handle_exit(signal.SIGTERM, frame)
+            )
     try:
         await server.serve()
     except SystemExit:  # uvicorn's own way out of a failed start, having logged the cause
@@ -431,8 +438,8 @@ async def serve_http(app: ASGIApp, settings: Settings) -> None:
             )
         raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _stop_requested(number: int, frame: object) -> None:

@@ -1333,10 +1333,12 @@ def lingering_entry(marker: str) -> dict[str, Any]:
 
 
 @needs_proc
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda stop: stop.name)
 @pytest.mark.parametrize("transport", HTTP_TRANSPORTS)
-async def test_over_http_sigterm_with_a_session_open_is_a_clean_exit(
-    tmp_path: Path, canary: str, transport: str, marker: str
+async def test_over_http_a_stop_signal_with_a_session_open_is_a_clean_exit(
+    tmp_path: Path, canary: str, transport: str, marker: str, stop: signal.Signals
 ) -> None:
+    """SIGHUP too: a closing terminal sends it, and the downstream servers run in sessions of their own."""
     servers = tmp_path / "servers.json"
     servers.write_text(json.dumps({"mcpServers": {"down": lingering_entry(marker)}}), encoding="utf-8")
     env = isolated_env(tmp_path)
@@ -1349,13 +1351,13 @@ async def test_over_http_sigterm_with_a_session_open_is_a_clean_exit(
         alice = await session.enter_async_context(deployment.connect("alice"))
         hashed = hash_of(await alice.call_tool("down__token_hash", {}))
         # At once, the session still open: the use is most likely still waiting for the background writer.
-        deployment.process.send_signal(signal.SIGTERM)
+        deployment.process.send_signal(stop)
         returncode = await anyio.to_thread.run_sync(functools.partial(deployment.process.wait, CLOSE_SECONDS))
         with contextlib.suppress(Exception):  # the server went away under the open session, as meant here
             await session.aclose()
 
     assert hashed == sha256(canary)
-    assert returncode == 0
+    assert returncode == (130 if stop == signal.SIGINT else 0)  # Ctrl-C, as on the command line
     assert audited_calls(env, "down", "token_hash") == 1
     assert processes_with(marker) == []  # the downstream server was stopped, though it ignores EOF
     assert canary not in (tmp_path / "server.log").read_text()
