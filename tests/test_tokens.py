@@ -213,6 +213,18 @@ def test_list_filters_by_username(tokens: ApiTokens) -> None:
     assert tokens.list("carol") == []
 
 
+def test_live_ids_are_a_users_tokens_neither_revoked_nor_expired(tokens: ApiTokens, clock: Clock) -> None:
+    kept = tokens.create("alice")
+    revoked = tokens.create("alice")
+    expiring = tokens.create("alice", expires_in=timedelta(hours=1))
+    tokens.create("bob")
+    tokens.revoke(revoked.record.token_id)
+    clock.now = T0 + timedelta(hours=1)
+
+    assert tokens.live_ids("alice") == {kept.record.token_id}
+    assert expiring.record.token_id not in tokens.live_ids("alice")
+
+
 def test_has_any_counts_revoked_tokens(tokens: ApiTokens) -> None:
     assert tokens.has_any() is False
     new = tokens.create("alice")

@@ -27,6 +27,7 @@ from mcp_secrets.tokens import TOKEN_PREFIX, ApiTokens
 logger = logging.getLogger(__name__)
 
 API_TOKEN_ISSUER = "mcp-secrets"  # noqa: S105 - an issuer name, not a password
+API_TOKEN_CLIENT = "api-token:"  # noqa: S105 - the prefix of an API token's client id, then its id
 # Asymmetric algorithms only: a JWKS publishes public keys, and "none" or HMAC must never verify.
 JWT_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 
@@ -127,7 +128,7 @@ class ApiTokenVerifier:
             return None
         return AccessToken(
             token=token,
-            client_id=f"api-token:{record.token_id}",
+            client_id=f"{API_TOKEN_CLIENT}{record.token_id}",
             scopes=[],
             expires_at=None if record.expires_at is None else int(record.expires_at.timestamp()),
             subject=record.username,

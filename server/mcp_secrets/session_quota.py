@@ -4,7 +4,9 @@ The SDK bounds the sessions of a Streamable HTTP server as a whole (10,000), not
 holder opening sessions and leaving them would fill the server until they idle out (30 minutes), and
 every other user would be refused meanwhile. SSE has no bound at all: each stream holds a connection
 and a task for as long as the client keeps it. Past the bound a user's new session is refused with 429;
-the sessions already open, and every other user's, go on.
+the sessions already open, and every other user's, go on. Sessions opened with an API token revoked (or
+expired) since do not count: no request can use them again, and a leaked token, once revoked, must not
+keep its user out.
 """
 
 from __future__ import annotations
@@ -13,13 +15,22 @@ import logging
 from collections import Counter
 from http import HTTPStatus
 
-from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.middleware.bearer_auth import (
+    AuthenticatedUser,
+    AuthorizationContext,
+    authorization_context,
+)
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mcp_secrets.errors import SecretsError
+from mcp_secrets.identity import API_TOKEN_CLIENT, API_TOKEN_ISSUER
+from mcp_secrets.offload import run_store_work
+from mcp_secrets.tokens import ApiTokens
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +43,22 @@ def _username(scope: Scope) -> str | None:
     if isinstance(user, AuthenticatedUser) and user.access_token.subject:
         return user.access_token.subject
     return None
+
+
+async def _live_tokens(tokens: ApiTokens, username: str) -> set[str] | None:
+    """The ids of the user's API tokens that still work; None when the store cannot say (all count)."""
+    try:
+        return await run_store_work(tokens.store, lambda: tokens.live_ids(username))
+    except SecretsError:
+        return None
+
+
+def _counts(owner: AuthorizationContext, live: set[str] | None) -> bool:
+    """Whether a session of ``owner`` counts: all do, but those of an API token that no longer works."""
+    client_id = owner["client_id"]
+    if live is None or owner["issuer"] != API_TOKEN_ISSUER or not client_id.startswith(API_TOKEN_CLIENT):
+        return True
+    return client_id.removeprefix(API_TOKEN_CLIENT) in live
 
 
 async def _refuse(username: str, most: int, scope: Scope, receive: Receive, send: Send) -> None:
@@ -47,10 +74,13 @@ async def _refuse(username: str, most: int, scope: Scope, receive: Receive, send
 class StreamableSessionQuota:
     """In front of ``/mcp``: refuses a request that would open one session more than a user may keep."""
 
-    def __init__(self, app: ASGIApp, manager: StreamableHTTPSessionManager, most: int) -> None:
+    def __init__(
+        self, app: ASGIApp, manager: StreamableHTTPSessionManager, most: int, tokens: ApiTokens
+    ) -> None:
         self.app = app
         self.manager = manager
         self.most = most
+        self.tokens = tokens
         # Requests that may open a session and are not answered yet: the manager records a session only
         # after an await, so requests sent at once would all pass a count of the recorded ones alone.
         self._opening: Counter[str] = Counter()
@@ -73,8 +103,12 @@ class StreamableSessionQuota:
         # Counted with the ones not answered yet, which the manager may have recorded already: while
         # requests are in flight the bound may be reached early, never passed.
         if self._open(username) + self._opening[username] >= self.most:
-            await _refuse(username, self.most, scope, receive, send)
-            return
+            # Looked at only here, at the bound: it takes a store call. No await between this count and
+            # the one taken below, so requests at once still cannot pass the bound.
+            live = await _live_tokens(self.tokens, username)
+            if self._open(username, live) + self._opening[username] >= self.most:
+                await _refuse(username, self.most, scope, receive, send)
+                return
         self._opening[username] += 1
         in_flight = True
 
@@ -97,11 +131,11 @@ class StreamableSessionQuota:
             if in_flight:
                 answered()
 
-    def _open(self, username: str) -> int:
+    def _open(self, username: str, live: set[str] | None = None) -> int:
         # The manager's own record of who opened each live session: it forgets a session however it
         # ends (DELETE, idle timeout, crash), which no layer in front of it can see. No public API has it.
         owners = self.manager._session_owners  # noqa: SLF001
-        return sum(1 for owner in owners.values() if owner["subject"] == username)
+        return sum(1 for owner in owners.values() if owner["subject"] == username and _counts(owner, live))
 
 
 class SseStreamQuota:
@@ -111,10 +145,11 @@ class SseStreamQuota:
     flight counts the sessions.
     """
 
-    def __init__(self, app: ASGIApp, most: int) -> None:
+    def __init__(self, app: ASGIApp, most: int, tokens: ApiTokens) -> None:
         self.app = app
         self.most = most
-        self._open: Counter[str] = Counter()
+        self.tokens = tokens
+        self._open: dict[str, list[AuthorizationContext]] = {}  # who opened each stream, by user
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve the stream, counted for its user while it lasts, unless the user is at the bound."""
@@ -122,13 +157,17 @@ class SseStreamQuota:
         if username is None:
             await self.app(scope, receive, send)
             return
-        if self._open[username] >= self.most:
-            await _refuse(username, self.most, scope, receive, send)
-            return
-        self._open[username] += 1
+        if len(self._open.get(username, ())) >= self.most:
+            live = await _live_tokens(self.tokens, username)  # at the bound only, as for Streamable HTTP
+            if sum(_counts(owner, live) for owner in self._open.get(username, ())) >= self.most:
+                await _refuse(username, self.most, scope, receive, send)
+                return
+        owner = authorization_context(scope["user"])
+        streams = self._open.setdefault(username, [])
+        streams.append(owner)
         try:
             await self.app(scope, receive, send)
         finally:
-            self._open[username] -= 1
-            if not self._open[username]:
+            streams.remove(owner)
+            if not streams and self._open.get(username) is streams:
                 del self._open[username]

@@ -103,6 +103,15 @@ class ApiTokens:
             return None
         return record
 
+    def live_ids(self, username: str) -> set[str]:
+        """The ids of ``username``'s tokens that still work: neither revoked nor expired."""
+        now = self._clock()
+        return {
+            record.token_id
+            for record in self.store.list_tokens(username)
+            if record.revoked_at is None and (record.expires_at is None or record.expires_at > now)
+        }
+
     def has_any(self) -> bool:
         """True once any token, live or revoked, exists."""
         return bool(self.store.list_tokens())

@@ -326,10 +326,11 @@ def http_app(
     security = transport_security(settings)
     public = urlsplit(base_url(settings))
     most = settings.max_sessions_per_user
+    tokens = ApiTokens(secrets.store)  # the bound counts no session of a token that no longer works
     if settings.transport == "sse":
         app = mcp.sse_app(sse_path=SSE_PATH, transport_security=security, host=settings.host)
         _announce_messages_under(app, public.path.rstrip("/"))
-        _wrap_route(app, SSE_PATH, lambda sse: SseStreamQuota(sse, most))
+        _wrap_route(app, SSE_PATH, lambda sse: SseStreamQuota(sse, most, tokens))
     else:
         app = mcp.streamable_http_app(
             streamable_http_path=MCP_PATH,
@@ -339,7 +340,7 @@ def http_app(
         )
         if not settings.stateless_http:  # stateless: no session outlives its request
             manager = mcp.session_manager
-            _wrap_route(app, MCP_PATH, lambda inner: StreamableSessionQuota(inner, manager, most))
+            _wrap_route(app, MCP_PATH, lambda inner: StreamableSessionQuota(inner, manager, most, tokens))
     # Starlette would redirect /secrets/set/ to /secrets/set, built from the Host and scheme it sees, not
     # the public URL: behind a proxy that is plain http without the path prefix, and a 307 has the client
     # send its body, a value included, there. A path with a slash too many is just not found.

@@ -329,6 +329,30 @@ def test_a_second_protocol_version_header_does_not_get_past_the_session_bound(
     assert statuses == [HTTPStatus.OK] * SESSION_BOUND + [HTTPStatus.TOO_MANY_REQUESTS]
 
 
+@pytest.mark.parametrize("transport", ["streamable-http", "sse"])
+def test_sessions_left_open_by_a_revoked_token_do_not_keep_its_user_from_opening_new_ones(
+    tmp_path: Path, start_server, transport: str
+) -> None:
+    # A leaked token revoked: whoever holds it can use none of its sessions, nor keep alice out of hers.
+    env = isolated_env(tmp_path, MCP_SECRETS_MAX_SESSIONS_PER_USER=str(SESSION_BOUND))
+    leaked = create_token(env, "alice")
+    with (
+        start_server(env, transport, tmp_path / "server.log") as deployment,
+        httpx2.Client(trust_env=False, timeout=10) as http,
+        ExitStack() as sessions,
+    ):
+        for _ in range(SESSION_BOUND):
+            sessions.enter_context(session_of(deployment, http, leaked))
+        revoked = deployment.cli("token", "revoke", leaked)
+        fresh = create_token(env, "alice")
+        opened = opening(deployment, http, fresh)
+        refused = opening(deployment, http, leaked)
+
+    assert revoked.returncode == 0, revoked.stderr
+    assert opened.status_code == HTTPStatus.OK, opened.text
+    assert refused.status_code == HTTPStatus.UNAUTHORIZED
+
+
 def test_bob_cannot_post_into_alices_session(http_deployment) -> None:
     alice = {"Authorization": f"Bearer {http_deployment.token('alice')}"}
     bob = {"Authorization": f"Bearer {http_deployment.token('bob')}"}
