@@ -70,29 +70,38 @@ GATEWAY_STOP_SECONDS = 10.0  # the SDK closes a downstream in stages: EOF, then 
 
 
 class _Terminated(KeyboardInterrupt):
-    """SIGTERM arrived during ``rotate``, ``migrate-legacy`` or ``prune-audit``: it unwinds as Ctrl-C does."""
+    """SIGTERM or SIGHUP during ``rotate``, ``migrate-legacy`` or ``prune-audit``: unwound as Ctrl-C is."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(number)
+        self.number = number
+
+
+# SIGHUP too: a terminal that closes (an ssh connection lost) ends a run started by hand with it.
+_STOP_SIGNALS = (signal.SIGTERM,) if sys.platform == "win32" else (signal.SIGTERM, signal.SIGHUP)
 
 
 @contextmanager
 def _terminated_as_an_exception() -> Iterator[None]:
-    """Let SIGTERM unwind a run as Ctrl-C does, so that it records what it did before it stops.
+    """Let SIGTERM and SIGHUP unwind a run as Ctrl-C does, so that it records what it did before it stops.
 
-    Python's default for SIGTERM ends the process at once: a prune stopped by systemd or a job's
+    Python's default for them ends the process at once: a prune stopped by systemd or a job's
     time limit left its deleted events without the ``audit-pruned`` event that accounts for them.
     """
 
-    def stop(_number: int, _frame: object) -> None:
-        raise _Terminated
+    def stop(number: int, _frame: object) -> None:
+        raise _Terminated(number)
 
     try:
-        previous = signal.signal(signal.SIGTERM, stop)
+        previous = {number: signal.signal(number, stop) for number in _STOP_SIGNALS}
     except ValueError:  # not the main thread (main() called from a library): keep the default
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _say(message: str = "") -> None:
@@ -1008,7 +1017,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except KeyboardInterrupt as stop:
-        return 128 + signal.SIGTERM if isinstance(stop, _Terminated) else 130
+        return 128 + stop.number if isinstance(stop, _Terminated) else 130
     except OSError as exc:
         # stdout could not be written. A reader that stopped early (`| head`) ends it quietly; a full
         # disk, an I/O error or a closed stdout is said in one line; neither with a traceback.

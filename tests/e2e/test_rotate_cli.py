@@ -633,42 +633,49 @@ def test_prune_audit_refuses_a_period_below_one_day(env: dict[str, str], seed: S
     assert audit_json(env) == before
 
 
-# --- a run stopped by SIGTERM (systemd, a job's time limit, `timeout`) ----------------------------
+# --- a run stopped by SIGTERM (systemd, a job's time limit, `timeout`) or SIGHUP (a closed terminal) -
 
-# Runs the CLI with one store method sending SIGTERM to the process as it is called the second time:
+# Runs the CLI with one store method sending a signal to the process as it is called the second time:
 # after one batch is done, as a signal from outside would land mid-run.
 TERMINATED_ON_SECOND_CALL = """
 import os, signal, sys
 from mcp_secrets import cli
 from mcp_secrets.store.sqlite import SQLiteStore
 
-method = sys.argv[1]
+stop = getattr(signal, sys.argv[1])
+method = sys.argv[2]
 original = getattr(SQLiteStore, method)
 calls = []
 
 def terminated_on_second_call(self, *args, **kwargs):
     calls.append(method)
     if len(calls) == 2:
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), stop)
     return original(self, *args, **kwargs)
 
 setattr(SQLiteStore, method, terminated_on_second_call)
-sys.exit(cli.main(sys.argv[2:]))
+sys.exit(cli.main(sys.argv[3:]))
 """
+STOPS = pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=lambda stop: stop.name)
 
 
-def run_terminated(env: dict[str, str], method: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_program(env, [MCP_SECRETS[0], "-c", TERMINATED_ON_SECOND_CALL, method, *args])
+def run_terminated(
+    env: dict[str, str], stop: signal.Signals, method: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    return run_program(env, [MCP_SECRETS[0], "-c", TERMINATED_ON_SECOND_CALL, stop.name, method, *args])
 
 
-def test_prune_audit_stopped_by_sigterm_still_records_what_it_deleted(
-    env: dict[str, str], seed: Seed
+@STOPS
+def test_prune_audit_stopped_by_a_signal_still_records_what_it_deleted(
+    env: dict[str, str], seed: Seed, stop: signal.Signals
 ) -> None:
     backdate(env, range(25, 41))
 
-    done = run_terminated(env, "delete_events", "prune-audit", "--older-than", "30", "--batch-size", "4")
+    done = run_terminated(
+        env, stop, "delete_events", "prune-audit", "--older-than", "30", "--batch-size", "4"
+    )
 
-    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert done.returncode == 128 + stop, done.stderr
     assert "Traceback" not in done.stderr
     events = audit_json(env, "--limit", "1000")
     assert (events[0]["actor"], events[0]["action"]) == ("(operator)", "audit-pruned")
@@ -677,14 +684,15 @@ def test_prune_audit_stopped_by_sigterm_still_records_what_it_deleted(
     assert len(events) == 1 + 2 + 16 - 4  # the prune, the seed's two changes, the events it left
 
 
-def test_rotate_stopped_by_sigterm_still_records_what_it_re_encrypted(
-    env: dict[str, str], seed: Seed, key_b: str
+@STOPS
+def test_rotate_stopped_by_a_signal_still_records_what_it_re_encrypted(
+    env: dict[str, str], seed: Seed, key_b: str, stop: signal.Signals
 ) -> None:
     env["MCP_SECRETS_MASTER_KEY"] = f"{key_b},{seed.key_a}"
 
-    done = run_terminated(env, "replace_value", "rotate", "--batch-size", "1")
+    done = run_terminated(env, stop, "replace_value", "rotate", "--batch-size", "1")
 
-    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert done.returncode == 128 + stop, done.stderr
     assert "Traceback" not in done.stderr
     [event] = [event for event in audit_json(env) if event["action"] == "rotated"]
     assert event["detail"].startswith(f"1 re-encrypted to key {key_id(key_b)}, ")
