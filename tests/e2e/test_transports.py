@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import secrets as _random
+import signal
 import socket
 import stat
 import subprocess
@@ -28,7 +29,7 @@ from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
 from conftest import text_of
 
-from .conftest import INITIALIZE, create_token, isolated_env
+from .conftest import INITIALIZE, Deployment, create_token, isolated_env
 
 pytestmark = pytest.mark.anyio
 
@@ -184,6 +185,51 @@ def test_stdio_a_client_gone_before_its_answer_is_written_is_a_clean_exit(stdio_
 
     assert returncode == 0
     assert "Traceback" not in log_path.read_text()
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.mark.parametrize(
+    ("transport", "stop", "code"),
+    [
+        ("streamable-http", signal.SIGTERM, 0),
+        ("sse", signal.SIGTERM, 0),
+        ("streamable-http", signal.SIGINT, 130),
+        ("stdio", signal.SIGTERM, 0),
+        ("stdio", signal.SIGINT, 0),
+        ("stdio", signal.SIGHUP, 0),
+    ],
+    ids=lambda value: value.name if isinstance(value, signal.Signals) else str(value),
+)
+def test_serve_stopped_by_a_signal_exits_with_the_code_the_readme_gives(
+    start_server, tmp_path: Path, transport: str, stop: signal.Signals, code: int
+) -> None:
+    """Supervisors and clients stop a server with SIGTERM: a clean stop (exit 0), not a command's 143."""
+    env = isolated_env(tmp_path)
+    if transport == "stdio":
+        process = raw_stdio_serve(Deployment("stdio", env, tmp_path / "server.log"), tmp_path / "server.log")
+        assert process.stdin is not None
+        assert process.stdout is not None
+        try:
+            # An answer to initialize: the server is serving, its signal handlers in place.
+            process.stdin.write(json.dumps(INITIALIZE) + "\n")
+            process.stdin.flush()
+            assert json.loads(process.stdout.readline())["id"] == 1
+            process.send_signal(stop)
+            returncode = process.wait(timeout=30)
+        finally:
+            process.kill()
+            process.wait()
+    else:
+        with start_server(env, transport, tmp_path / "server.log") as deployment:
+            assert deployment.process is not None
+            deployment.process.send_signal(stop)
+            returncode = deployment.process.wait(timeout=30)
+
+    assert returncode == code
+    exit_codes = README.read_text(encoding="utf-8").split("\nExit codes:", 1)[1].split("\n\n", 1)[0]
+    assert "`serve` stops cleanly on SIGTERM and exits 0" in " ".join(exit_codes.split())
 
 
 def probe(deployment, token: str | None, **headers: str) -> httpx2.Response:
