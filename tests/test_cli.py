@@ -570,6 +570,26 @@ def test_a_first_set_without_a_key_generates_one_and_says_to_back_it_up_once(
     assert canary not in first.stdout + first.stderr
 
 
+def test_a_store_restored_without_its_key_is_told_to_configure_that_key_not_to_generate_one(
+    env: dict[str, str], canary: str
+) -> None:
+    """A database restored before its master key: `serve` refuses to generate a key over it, so no command
+    may send the user there; each names the settings that take the key that encrypted them."""
+    stored = set_from_stdin(env, canary + "\n", "github", "TOKEN", "--user", "alice")
+    assert stored.returncode == 0, stored.stderr
+    del env["MCP_SECRETS_MASTER_KEY"]
+
+    listed = mcp_secrets_cli(env, "list", "--user", "alice")
+    served = mcp_secrets_cli(env, "serve")
+
+    assert [listed.returncode, served.returncode] == [EXIT_CONFIGURATION, EXIT_CONFIGURATION]
+    assert "to generate" not in listed.stderr
+    assert "MCP_SECRETS_MASTER_KEY_FILE to the key that encrypted them" in listed.stderr
+    assert "MCP_SECRETS_MASTER_KEY_FILE to the key that encrypted them" in served.stderr
+    assert not Path(env["MCP_SECRETS_CONFIG_DIR"], "master.key").exists()
+    assert canary not in listed.stdout + listed.stderr + served.stdout + served.stderr
+
+
 @pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
 def test_a_first_set_under_a_permissive_umask_makes_every_missing_directory_owner_only(
     env: dict[str, str], canary: str, tmp_path: Path

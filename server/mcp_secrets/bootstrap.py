@@ -156,15 +156,16 @@ def load_master_keys(
     path = settings.default_key_file
     if path.exists():
         return MasterKeys(_read_key_file(path), f"key file {path}")
-    if not generate:
-        raise ConfigurationError(
-            f"no master key is configured: set MCP_SECRETS_MASTER_KEY or MCP_SECRETS_MASTER_KEY_FILE, "
-            f"or run `mcp-secrets serve` once to generate {path}"
-        )
+    # Before the hint to generate one: over secrets (a database restored without its key) serve refuses to.
     if store is not None and store.count_secrets() > 0:
         raise ConfigurationError(
             f"the store already holds secrets but no master key is configured and {path} is missing; "
             "set MCP_SECRETS_MASTER_KEY or MCP_SECRETS_MASTER_KEY_FILE to the key that encrypted them"
+        )
+    if not generate:
+        raise ConfigurationError(
+            f"no master key is configured: set MCP_SECRETS_MASTER_KEY or MCP_SECRETS_MASTER_KEY_FILE, "
+            f"or run `mcp-secrets serve` once to generate {path}"
         )
     if not _write_new_key_file(path):  # another first run made it meanwhile: its key is the one
         return MasterKeys(_read_key_file(path), f"key file {path}")
