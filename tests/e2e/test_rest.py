@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets as _random
+import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,6 +92,48 @@ def test_save_update_and_delete_answer_with_the_right_status(http_deployment, ht
         {"server": server, "key": "TOKEN", "status": "deleted"},
     ]
     assert rest.keys(server) == [(server, "OTHER")]
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.mark.skipif(not (shutil.which("curl") and shutil.which("bash")), reason="needs curl and bash")
+def test_the_readme_curl_examples_work_and_keep_the_token_and_value_out_of_curls_arguments(
+    alice: Rest, server: str, canary: str, tmp_path: Path
+) -> None:
+    """A process's arguments are readable by every user of the machine (`ps`): the README says so of
+    mcp-remote's token, and its own REST examples must not teach putting a token or a value there."""
+    section = README.read_text(encoding="utf-8").split("\n## REST API\n", 1)[1]
+    script = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    script = script.replace("http://127.0.0.1:8000", alice.deployment.base_url)
+    script = script.replace('"value": "…"', f'"value": "{canary}"').replace("github", server)
+    real_curl = shutil.which("curl")
+    shim = tmp_path / "bin" / "curl"
+    shim.parent.mkdir()
+    # Records every argument curl gets, then runs the real one.
+    shim.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> "{tmp_path}/argv"\nexec "{real_curl}" "$@"\n')
+    shim.chmod(0o700)
+    token = alice.headers["Authorization"].removeprefix("Bearer ")
+    env = {"PATH": f"{shim.parent}:{os.environ['PATH']}", "TOKEN": token}
+
+    done = subprocess.run(
+        [str(shutil.which("bash")), "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert f'{{"server":"{server}","key":"TOKEN","status":"created"}}' in done.stdout
+    assert f'"username":"alice","keys":[{{"server":"{server}","key":"TOKEN",' in done.stdout
+    arguments = (tmp_path / "argv").read_text()
+    assert arguments.count(alice.deployment.base_url) == 2  # both examples ran through the shim
+    token_shown = token in arguments  # bare bools: a failure prints neither the token nor the value
+    value_shown = canary in arguments + done.stdout + done.stderr
+    assert not token_shown, "the token was one of curl's arguments"
+    assert not value_shown, "the value was one of curl's arguments, or in its output"
 
 
 def test_list_with_a_server_shows_only_that_servers_keys(alice: Rest, server: str) -> None:
