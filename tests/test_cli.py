@@ -1059,6 +1059,28 @@ def test_a_number_out_of_range_is_a_usage_error_naming_the_option(
     assert f"argument {option}: must be at least 1 and at most" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        pytest.param(("prune-audit", "--older-than", "1.5"), "--older-than", id="prune-half-days"),
+        pytest.param(("audit", "--limit", "ten"), "--limit", id="audit-limit-word"),
+        pytest.param(("rotate", "--batch-size", "1e3"), "--batch-size", id="rotate-batch-float"),
+        pytest.param(
+            ("token", "create", "alice", "--expires-days", "week"), "--expires-days", id="expiry-word"
+        ),
+    ],
+)
+def test_a_number_that_is_not_one_is_a_usage_error_saying_what_the_option_takes(
+    env: dict[str, str], args: tuple[str, ...], option: str
+) -> None:
+    """argparse named the CLI's own converter ("invalid _positive value"), which tells a user nothing."""
+    done = mcp_secrets_cli(env, *args)
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert f"argument {option}: must be " in done.stderr
+    assert "invalid _" not in done.stderr
+
+
 # --- list and delete: one user's secrets, by name ---------------------------------------------------
 
 

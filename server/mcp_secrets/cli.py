@@ -766,7 +766,10 @@ def _token_revoke(args: argparse.Namespace) -> int:
 
 
 def _bounded(text: str, most: int) -> int:
-    number = int(text)
+    try:
+        number = int(text)
+    except ValueError:  # argparse's own message would name this module's converter, not the rule
+        raise argparse.ArgumentTypeError(f"must be a whole number, at least 1 and at most {most}") from None
     # Past the bound a number became a traceback: too large for SQLite, C, or a date.
     if not 1 <= number <= most:
         raise argparse.ArgumentTypeError(f"must be at least 1 and at most {most}")
@@ -793,7 +796,10 @@ def _export_path(text: str) -> str:
 
 
 def _days(text: str) -> float:
-    number = float(text)
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most {MAX_TOKEN_DAYS} (days)") from None
     # `not >` refuses NaN too; the bound keeps the expiry a date (infinity was a traceback).
     if not 0 < number <= MAX_TOKEN_DAYS:
         raise argparse.ArgumentTypeError(f"must be more than 0 and at most {MAX_TOKEN_DAYS} (days)")
