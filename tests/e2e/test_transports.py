@@ -102,6 +102,22 @@ async def test_canary_appears_in_no_result_log_or_database_file(deployment, serv
     assert canary.encode() not in deployment.database_bytes()
 
 
+async def test_request_secret_on_stdio_gives_the_terminal_command_the_readme_promises(
+    stdio_deployment, server: str
+) -> None:
+    """stdio is the default transport, with no page of ours to link to: the README's first advice says so."""
+    async with stdio_deployment.connect("alice") as alice:
+        result = await alice.call_tool("request_secret", {"server": server, "key": "API_KEY"})
+
+    assert not result.is_error, text_of(result)
+    assert f"mcp-secrets set {server} API_KEY --user alice" in text_of(result)
+    assert "http" not in text_of(result)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    recommended = readme.split("**Store secrets the recommended way:**", 1)[1].split("\n\n", 1)[0]
+    assert "On stdio" in recommended
+    assert "`mcp-secrets set`" in recommended
+
+
 def raw_stdio_serve(deployment: Any, log_path: Path) -> subprocess.Popen[str]:
     """``serve`` on stdio for alice, talked to by hand; its stderr goes to ``log_path``."""
     with log_path.open("w") as log:
