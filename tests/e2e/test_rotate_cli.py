@@ -19,7 +19,7 @@ from typing import IO
 import pytest
 
 from conftest import new_canary
-from e2e.conftest import CLI_TIMEOUT, MCP_SECRETS, isolated_env, run_cli, run_program
+from e2e.conftest import CLI_TIMEOUT, MCP_SECRETS, isolated_env, run_cli, run_program, serving
 from mcp_secrets import Settings, open_secrets
 from mcp_secrets.crypto import SecretEncryptor, generate_master_key, key_id_for, parse_master_key
 from mcp_secrets.store import AuditEvent
@@ -201,6 +201,40 @@ def test_rotate_without_the_old_key_names_it_for_each_record_and_exits_1(
     assert all(f"master key {key_id(seed.key_a)}, which is not configured" in line for line in failures)
     assert not any(value in done.stderr for value in seed.values.values())
     assert ciphertexts(env) == before
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="the README's backup runs the sqlite3 shell")
+def test_the_readme_backup_of_a_running_servers_store_restores_every_secret(tmp_path: Path) -> None:
+    """While the server runs, its latest writes sit in secrets.db-wal: a copy of secrets.db alone can hold
+    none of them. The backup the README gives must, and restore with the key as the README says."""
+    section = README.read_text(encoding="utf-8").split("\n## Key rotation, backup and recovery\n", 1)[1]
+    backup_command = re.search(r"`(sqlite3 [^`]+)`", section)
+    assert backup_command, "the README gives no way to back up the SQLite store"
+    env = isolated_env(tmp_path / "live")
+    backup = tmp_path / "backups" / "secrets.db"
+    backup.parent.mkdir()
+    command = backup_command.group(1).replace("~/.local/share/mcp-secrets/secrets.db", str(database(env)))
+    command = command.replace("/backups/secrets.db", str(backup))
+    values = {("alice", "github", key): new_canary() for key in ("A", "B", "C")}
+
+    with serving(env, "streamable-http", tmp_path / "server.log"):
+        for (username, server, key), value in values.items():
+            cli_set(env, username, server, key, value)
+        done = subprocess.run(
+            ["sh", "-c", command], env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT, check=False
+        )
+    assert done.returncode == 0, done.stderr
+    restored = isolated_env(tmp_path / "restored")
+    database(restored).parent.mkdir(parents=True)
+    shutil.copyfile(backup, database(restored))
+
+    read = read_back(restored, env["MCP_SECRETS_MASTER_KEY"])
+    assert sorted(read) == sorted(values)
+    same = read == values  # a bare bool: a failure prints no value
+    assert same, "a restored secret does not decrypt to what was stored"
 
 
 def test_rotate_against_an_unreachable_store_says_it_is_unavailable(tmp_path: Path) -> None:
