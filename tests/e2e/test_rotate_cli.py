@@ -8,9 +8,11 @@ import queue
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -235,6 +237,36 @@ def test_the_readme_backup_of_a_running_servers_store_restores_every_secret(tmp_
     assert sorted(read) == sorted(values)
     same = read == values  # a bare bool: a failure prints no value
     assert same, "a restored secret does not decrypt to what was stored"
+
+
+def test_a_restore_as_the_readme_says_gives_the_backup_not_the_last_writes_of_a_killed_server(
+    tmp_path: Path,
+) -> None:
+    """A server killed with SIGKILL leaves secrets.db-wal behind, and SQLite replays it onto whatever file
+    is then at secrets.db: the README's restore removes it first, so the store is the backup and only it."""
+    section = README.read_text(encoding="utf-8").split("\n## Key rotation, backup and recovery\n", 1)[1]
+    restore_steps = " ".join(section.split("\n## ", 1)[0].split())
+    assert "delete `secrets.db-wal` and `secrets.db-shm`" in restore_steps
+    env = isolated_env(tmp_path)
+    backup = tmp_path / "backup.db"
+    before, after = new_canary(), new_canary()
+
+    with serving(env, "streamable-http", tmp_path / "server.log") as deployment:
+        assert deployment.process is not None
+        cli_set(env, "alice", "github", "BEFORE", before)
+        with closing(sqlite3.connect(database(env))) as live, closing(sqlite3.connect(backup)) as copy:
+            live.backup(copy)
+        cli_set(env, "alice", "github", "AFTER", after)
+        deployment.process.kill()
+        deployment.process.wait()
+    wal = database(env).with_name("secrets.db-wal")
+    assert wal.exists()  # what the killed server left: the write of AFTER, at least
+    for leftover in (wal, database(env).with_name("secrets.db-shm")):
+        leftover.unlink()
+    shutil.copyfile(backup, database(env))
+
+    restored = read_back(env, env["MCP_SECRETS_MASTER_KEY"])
+    assert sorted(restored) == [("alice", "github", "BEFORE")]
 
 
 def test_rotate_against_an_unreachable_store_says_it_is_unavailable(tmp_path: Path) -> None:
