@@ -211,6 +211,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
     [
         ("streamable-http", signal.SIGTERM, 0),
         ("sse", signal.SIGTERM, 0),
+        ("streamable-http", signal.SIGHUP, 0),
+        ("sse", signal.SIGHUP, 0),
         ("streamable-http", signal.SIGINT, 130),
         ("stdio", signal.SIGTERM, 0),
         ("stdio", signal.SIGINT, 0),
