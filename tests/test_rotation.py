@@ -439,3 +439,21 @@ def test_migrate_legacy_reads_mongodb_documents_the_original_design_wrote_withou
     finally:
         migrating.close()
         store.close()
+
+
+def test_original_design_documents_twice_for_one_record_are_named_as_the_reason_the_store_cannot_open(
+    legacy_key: str,
+) -> None:
+    # The original design had no unique index: two saves at once could leave two documents for one key.
+    client = mongomock.MongoClient(tz_aware=True)
+    original = {"username": "alice", "server": "github", "key": "TOKEN"}
+    for _ in range(2):
+        value = legacy_ciphertext(new_canary(), legacy_key)
+        client["db"]["user_secrets"].insert_one({**original, "value": value})
+
+    with pytest.raises(StoreUnavailableError) as refused:
+        MongoStore(client, "db")
+
+    message = str(refused.value)
+    assert "more than one document for one (username, server, key)" in message
+    assert "user_secrets" in message

@@ -37,6 +37,7 @@ LINKS_COLLECTION = "entry_links"
 EVENTS_COLLECTION = "audit_events"
 SERVER_SELECTION_TIMEOUT_MS = 5000
 AUTHENTICATION_FAILED = 18  # the server's error code for a refused login: wrong user, password or mechanism
+DUPLICATE_KEY = 11000  # the server's error code for a unique index that two documents break
 UNAUTHORIZED = 13  # the server's error code for a command the user has no privilege for
 DUPLICATE_KEY = 11000  # the server's error code for a value a unique index (here ``_id``) holds already
 # Deployments with multi-document transactions; a standalone server ("Single") has none.
@@ -179,11 +180,21 @@ class MongoStore:
         self.transactions = has_transactions(client)
 
     def _create_indexes(self) -> None:
-        self._secrets.create_index(
-            [("username", pymongo.ASCENDING), ("server", pymongo.ASCENDING), ("key", pymongo.ASCENDING)],
-            unique=True,
-            name="username_server_key_unique",
-        )
+        try:
+            self._secrets.create_index(
+                [("username", pymongo.ASCENDING), ("server", pymongo.ASCENDING), ("key", pymongo.ASCENDING)],
+                unique=True,
+                name="username_server_key_unique",
+            )
+        except OperationFailure as exc:
+            # Data written without this index (the original design had none) may hold a record twice.
+            if exc.code != DUPLICATE_KEY:
+                raise
+            raise StoreUnavailableError(
+                f"the collection {SECRETS_COLLECTION} holds more than one document for one (username, "
+                "server, key), so its unique index cannot be made: keep one of each (README, Storage) and "
+                "start again"
+            ) from None
         self._tokens.create_index("token_hash", unique=True, name="token_hash_unique")
         self._tokens.create_index("token_id", unique=True, name="token_id_unique")
         self._links.create_index("link_hash", unique=True, name="link_hash_unique")
