@@ -9,6 +9,7 @@ the MCP protocol itself.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import getpass
 import itertools
@@ -244,7 +245,12 @@ def _run_server(settings: Settings, store: SecretStore, secrets: Secrets, keys: 
     _summary(settings, keys, None, gateway)
     if not settings.jwks_url and not tokens.has_any():
         _print_first_token(tokens.create(local_username(settings.user), label="first run"), settings)
-    anyio.run(_with_gateway, gateway, lambda: serve_http(app, settings))
+    try:
+        anyio.run(_with_gateway, gateway, lambda: serve_http(app, settings))
+    except asyncio.CancelledError:
+        # Python 3.10: anyio's runner reports Ctrl-C as the main task cancelled (3.11 tasks can tell it
+        # apart and raise KeyboardInterrupt). Uvicorn has stopped cleanly by then: exit as Ctrl-C does.
+        raise KeyboardInterrupt from None
 
 
 def _gateway(settings: Settings, secrets: Secrets, entry: EntrySettings | None) -> Gateway | None:
