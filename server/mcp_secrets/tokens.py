@@ -97,21 +97,18 @@ class ApiTokens:
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:  # noqa: PLR2004 - far above a real token
             return None
         record = self.store.find_token(hash_token(token))
-        if record is None or record.revoked_at is not None:
-            return None
-        if record.expires_at is not None and record.expires_at <= self._clock():
-            return None
-        return record
+        return record if record is not None and _is_live(record, self._clock()) else None
 
     def live_ids(self, username: str) -> set[str]:
         """The ids of ``username``'s tokens that still work: neither revoked nor expired."""
         now = self._clock()
-        return {
-            record.token_id
-            for record in self.store.list_tokens(username)
-            if record.revoked_at is None and (record.expires_at is None or record.expires_at > now)
-        }
+        return {record.token_id for record in self.store.list_tokens(username) if _is_live(record, now)}
 
     def has_any(self) -> bool:
         """True once any token, live or revoked, exists."""
         return bool(self.store.list_tokens())
+
+
+def _is_live(record: TokenRecord, now: datetime) -> bool:
+    """Whether a token still works at ``now``: neither revoked nor expired."""
+    return record.revoked_at is None and (record.expires_at is None or record.expires_at > now)
