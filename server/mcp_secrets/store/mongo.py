@@ -37,9 +37,9 @@ LINKS_COLLECTION = "entry_links"
 EVENTS_COLLECTION = "audit_events"
 SERVER_SELECTION_TIMEOUT_MS = 5000
 AUTHENTICATION_FAILED = 18  # the server's error code for a refused login: wrong user, password or mechanism
-DUPLICATE_KEY = 11000  # the server's error code for a unique index that two documents break
 UNAUTHORIZED = 13  # the server's error code for a command the user has no privilege for
-DUPLICATE_KEY = 11000  # the server's error code for a value a unique index (here ``_id``) holds already
+# The server's error code for a value a unique index holds already (a write's, or a new index's).
+DUPLICATE_KEY = 11000
 # Deployments with multi-document transactions; a standalone server ("Single") has none.
 TRANSACTION_TOPOLOGIES = frozenset({"ReplicaSetWithPrimary", "Sharded", "LoadBalanced"})
 # The servers with them, when a client is connected straight to one: a replica set's primary, a mongos.
