@@ -173,9 +173,14 @@ def test_records_are_isolated_per_username_server_and_key(
     mine = ("alice", "github", "TOKEN")
     assert store.put_secret(*mine, "alices-ciphertext", T0) is True
     assert store.put_secret(*other, "other-ciphertext", T1) is True
+    written = {mine: "alices-ciphertext", other: "other-ciphertext"}
 
-    assert ("github", "TOKEN", "alices-ciphertext") in _triples(store, "alice", "github")
-    assert (other[1], other[2], "other-ciphertext") in _triples(store, other[0], other[1])
+    for username, server, _ in written:
+        listed = [(r.username, r.server, r.key, r.value) for r in store.find_secrets(username, server)]
+        # Exactly that user's records of that server: a query matching a name loosely would list more.
+        assert sorted(listed) == sorted(
+            (*record, value) for record, value in written.items() if record[:2] == (username, server)
+        )
     assert store.delete_secret(*other) is True
     assert _triples(store, "alice", "github") == [("github", "TOKEN", "alices-ciphertext")]
 
