@@ -60,6 +60,7 @@ from .conftest import (
     serving,
     stdout_path,
 )
+from .test_hardening import as_an_ordinary_process
 
 pytestmark = pytest.mark.anyio
 
@@ -70,6 +71,7 @@ DOWNSTREAM_TOOLS = {
     "echo_token",
     "echo_token_in_chunks",
     "seen_digests",
+    "environ_digests",
     "fail_with_token",
     "refuse_with_token",
     "ping",
@@ -590,6 +592,33 @@ async def test_the_downstream_is_given_its_referenced_secrets_and_nothing_else_o
     for value in others.values():
         assert sha256(value) not in given
         assert sha256(f"Bearer {value}") not in given
+
+
+@needs_proc
+async def test_a_stdio_downstream_can_read_another_users_downstream_environment_as_the_readme_warns(
+    sqlite_secrets: Secrets, tmp_path: Path, marker: str
+) -> None:
+    # Each user has a process of their own, but all of them run as one OS user, as ordinary processes.
+    command = [*as_an_ordinary_process(), sys.executable, str(FIXTURE), marker]
+    entry = {**STDIO_ENTRY, "command": command[0], "args": command[1:]}
+    values = {"alice": fresh_value("alice"), "bob": fresh_value("bob")}
+    for username, value in values.items():
+        sqlite_secrets.set_secret(username, "down", "TOKEN", value)
+
+    async with running_gateway(sqlite_secrets, tmp_path, {"down": entry}) as running:
+        assert not (await call(sqlite_secrets, running, "alice", "ping")).is_error
+        [alices] = processes_with(marker)
+        by_bob = await call_server(sqlite_secrets, running, "bob", "down__environ_digests", {"pid": alices})
+
+    assert not by_bob.is_error, text_of(by_bob)
+    assert by_bob.structured_content is not None
+    read_alices = (
+        sha256(values["alice"]) in by_bob.structured_content["result"]
+    )  # a bare bool: no value shown
+    assert read_alices
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    threat_model = " ".join(readme.split("## Threat model", 1)[1].split("\n## ", 1)[0].split())
+    assert "(`/proc/<pid>/environ`) of every other stdio downstream" in threat_model
 
 
 async def test_the_trail_records_as_injected_only_what_reached_the_downstream(
