@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import gc
+import html
+import html.entities
 import json
 import re
 import secrets
@@ -79,6 +81,28 @@ ENCODINGS: dict[str, Callable[[str], str]] = {
     "JSON string, Gson": lambda value: json.dumps(value, ensure_ascii=False)[1:-1].translate(
         {ord(char): f"\\u{ord(char):04x}" for char in "&<>='\u2028\u2029"}
     ),
+    # HTML, as a tool that writes a page or an HTML error may escape it: Python's html.escape,
+    "HTML": html.escape,
+    # Go's html.EscapeString, Jinja2's and lodash's quotes as numeric entities,
+    "HTML, quotes as &#34; and &#39;": lambda value: html.escape(value, quote=False).translate(
+        {ord('"'): "&#34;", ord("'"): "&#39;"}
+    ),
+    # PHP's htmlspecialchars, with "'" as &#039;, and its htmlentities, with named entities for accents,
+    "HTML, PHP": lambda value: html.escape(value).replace("&#x27;", "&#039;"),
+    "HTML, named entities": lambda value: "".join(
+        f"&{html.entities.codepoint2name[ord(char)]};" if ord(char) in html.entities.codepoint2name else char
+        for char in value
+    ),
+    # OWASP's encoders, which escape "/" as &#x2F; too,
+    "HTML, OWASP": lambda value: html.escape(value).replace("/", "&#x2F;"),
+    # .NET's HtmlEncoder, every character but plain ASCII as &#xHH; in upper case,
+    "HTML, .NET": lambda value: "".join(
+        char if char.isascii() and char.isprintable() and char not in "&<>\"'+" else f"&#x{ord(char):X};"
+        for char in value
+    ),
+    # and every character as a numeric entity, in decimal or hex, as e-mail addresses are hidden from bots.
+    "HTML, decimal entities": lambda value: "".join(f"&#{ord(char)};" for char in value),
+    "HTML, hex entities": lambda value: "".join(f"&#x{ord(char):x};" for char in value),
 }
 
 VALUES = [
@@ -291,6 +315,48 @@ def test_base64_of_a_value_in_json_text_of_other_writers_is_replaced(writer: str
     shown = Redactor({"TOKEN": value}).text(f"before {encoded} after")
 
     assert shown == f"before {LABEL} after"
+
+
+@given(value=secret_values, data=st.data())
+def test_a_value_with_any_characters_as_html_entities_is_replaced(value: str, data: st.DataObject) -> None:
+    # An escaper picks its own characters to write as entities (.NET every non-ASCII one, ESAPI all but
+    # letters and digits): any character may come as a decimal or hex entity, any other as is (but "&").
+    spell = st.sampled_from([str, lambda char: f"&#{ord(char)};", lambda char: f"&#X{ord(char):04X};"])
+    spelled = "".join(
+        html.escape(char, quote=False) if char == "&" else data.draw(spell)(char) for char in value
+    )
+
+    shown = Redactor({"TOKEN": value}).text(f"before {spelled} after")
+
+    assert shown == f"before {LABEL} after"
+
+
+def test_html_entities_around_a_value_are_kept() -> None:
+    value = secrets.token_urlsafe(16)
+    text = f"<p title=&quot;{html.escape(value)}&quot;>a &amp; b &lt;c&gt; &#39;d&#x27; &copy;&nbsp;e</p>"
+
+    shown = Redactor({"TOKEN": value}).text(text)
+
+    kept = shown == f"<p title=&quot;{LABEL}&quot;>a &amp; b &lt;c&gt; &#39;d&#x27; &copy;&nbsp;e</p>"
+    assert kept  # a bare bool: a failure prints no value
+
+
+@pytest.mark.parametrize("width", [64, 76], ids=["PEM", "MIME"])
+@pytest.mark.parametrize("line_end", ["\n", "\r\n"], ids=["LF", "CRLF"])
+def test_base64_of_a_value_wrapped_into_lines_is_replaced(width: int, line_end: str) -> None:
+    # A value longer than a line of base64 (a key file, a service account), as MIME and PEM wrap it.
+    value = secrets.token_urlsafe(96) + "/+é"
+    encoded = base64.b64encode(value.encode()).decode()
+    lines = [encoded[start : start + width] for start in range(0, len(encoded), width)]
+    wrapped = line_end.join(lines) + line_end
+
+    redactor = Redactor({"TOKEN": value})
+    shown = [redactor.text(f"before {wrapped}after"), redactor.text(json.dumps({"body": wrapped}))]
+
+    leaked = sum(line in text for line in lines for text in shown)  # a bare count: prints none of them
+    assert leaked == 0
+    replaced = shown == [f"before {LABEL}{line_end}after", json.dumps({"body": LABEL + line_end})]
+    assert replaced
 
 
 @given(

@@ -4,8 +4,10 @@ Exact matches, and the encodings a tool is likely to echo them in: base64
 (standard and URL-safe, with or without padding, and inside longer base64 text
 such as ``Basic base64(user:token)``), URL-encoding (Python's, JavaScript's, and
 a URL's path and query as httpx writes them; either case of hex digit), hex
-(either case), JSON string escapes (Go's, Gson's, PHP's and .NET's too) and
-Python's repr. Of each value, also the value trimmed of surrounding whitespace
+(either case), JSON string escapes (Go's, Gson's, PHP's and .NET's too),
+Python's repr, base64 wrapped into MIME's or PEM's lines, and any of these with
+any of its characters as an HTML character reference (``&lt;``, ``&#39;``,
+``&#x2F;``). Of each value, also the value trimmed of surrounding whitespace
 and, for a multi-line value, each of its lines: a program may trim what it reads,
 and may show a PEM key or a JSON credential line by line or with other line ends.
 """
@@ -15,7 +17,10 @@ from __future__ import annotations
 import base64
 import json
 import re
+import sys
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
+from html.entities import html5
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -32,6 +37,11 @@ _JSON_GSON_SAFE = {ord(char): f"\\u{ord(char):04x}" for char in "&<>='\u2028\u20
 # Python's ASCII-only JSON, escape by escape (an escaped backslash before "u" starts no \\u escape), and
 # the characters .NET's System.Text.Json (MCP servers written in C#) escapes too, for embedding in HTML.
 _DOTNET_ESCAPES = re.compile(r"\\(?:u[0-9a-f]{4}|.)|[&'+<>`\x7f]", re.DOTALL)
+# An HTML character reference as escapers write them: named ones end in ";" (what follows a bare "&name"
+# is ordinary text), numeric ones may not. The bounded digits keep int() cheap and within range.
+_CHARACTER_REFERENCE = re.compile(r"&(?:#[0-9]{1,8};?|#[xX][0-9a-fA-F]{1,6};?|[A-Za-z][A-Za-z0-9]{1,31};)")
+# MIME writes base64 in lines of 76 characters, PEM in lines of 64.
+_BASE64_LINE_WIDTHS = (64, 76)
 
 
 def _spellings(value: str) -> set[str]:
@@ -63,6 +73,7 @@ def _spellings(value: str) -> set[str]:
     for encode in (base64.b64encode, base64.urlsafe_b64encode):
         padded = encode(raw).decode("ascii")
         forms |= {padded, padded.rstrip("=")}
+    forms |= _base64_wrapped(base64.b64encode(raw).decode("ascii"))
     # Only base64 loses its padding: the value itself may end in "=", and stripped it is another text.
     forms |= _base64_inside(raw)
     # Any of them may come back in JSON text written by a server in PHP, C# or Java, which escape more.
@@ -95,6 +106,17 @@ def _dotnet_escape(match: re.Match[str]) -> str:
 def _parts(value: str) -> set[str]:
     """``value``, and what a downstream may show of it alone: it trimmed, and each of its lines trimmed."""
     return {value, value.strip(), *(line.strip() for line in value.splitlines())}
+
+
+def _base64_wrapped(encoded: str) -> set[str]:
+    """``encoded`` broken into MIME's and PEM's lines, with either line end, and inside a JSON string."""
+    wrapped = {
+        line_end.join(encoded[start : start + width] for start in range(0, len(encoded), width))
+        for width in _BASE64_LINE_WIDTHS
+        if len(encoded) > width
+        for line_end in ("\n", "\r\n")
+    }
+    return wrapped | {json.dumps(form)[1:-1] for form in wrapped}
 
 
 def _base64_inside(raw: bytes) -> set[str]:
@@ -165,22 +187,34 @@ class Redactor:
 
     def _spans(self, text: str) -> list[tuple[int, int, str]]:
         """(start, end, label) of each spelling to replace in ``text``, in order and without overlaps."""
-        # (start, -length, form) of each match: sorted, the leftmost comes first, and there the longest.
+        # (start, -length, label) of each match: sorted, the leftmost comes first, and there the longest.
+        found = [(start, start - end, label) for start, end, label in self._matches(text)]
+        unescaped = _HtmlUnescaped.of(text) if "&" in text else None
+        if unescaped is not None:
+            # The same search in the text with its character references decoded, each match widened
+            # to the whole references it covers.
+            for start, end, label in self._matches(unescaped.text):
+                begin = unescaped.begin(start)
+                found.append((begin, begin - unescaped.end(end - 1), label))
+        found.sort()
+        spans: list[tuple[int, int, str]] = []
+        for start, negative_length, label in found:
+            end = start - negative_length
+            if not spans or start >= spans[-1][1]:  # not inside a spelling replaced already
+                spans.append((start, end, label))
+            elif end > spans[-1][1]:  # it overlaps the one just replaced and goes on: its rest goes with it
+                spans[-1] = (spans[-1][0], end, spans[-1][2])
+        return spans
+
+    def _matches(self, text: str) -> list[tuple[int, int, str]]:
+        """(start, end, label) of every occurrence of every spelling in ``text``, overlapping or not."""
         found: list[tuple[int, int, str]] = []
         for form in self._forms:
             start = text.find(form)
             while start != -1:
-                found.append((start, -len(form), form))
+                found.append((start, start + len(form), self._label_of[form]))
                 start = text.find(form, start + 1)
-        found.sort()
-        spans: list[tuple[int, int, str]] = []
-        for start, negative_length, form in found:
-            end = start - negative_length
-            if not spans or start >= spans[-1][1]:  # not inside a spelling replaced already
-                spans.append((start, end, self._label_of[form]))
-            elif end > spans[-1][1]:  # it overlaps the one just replaced and goes on: its rest goes with it
-                spans[-1] = (spans[-1][0], end, spans[-1][2])
-        return spans
+        return found
 
     def data(self, value: Any) -> Any:  # noqa: ANN401 - any JSON value
         """A JSON-like value with every string in it (keys included) redacted."""
@@ -195,3 +229,62 @@ class Redactor:
         if isinstance(value, Iterable) and not isinstance(value, bytes | bytearray):
             return [self.data(item) for item in value]
         return value
+
+
+class _HtmlUnescaped:
+    """A text with its HTML character references decoded, and where each character came from."""
+
+    def __init__(self, text: str, references: list[tuple[int, int, int, int]]) -> None:
+        self.text = text
+        # (start in the decoded text, length there, start, end in the original) of each reference.
+        self._references = references
+        self._starts = [reference[0] for reference in references]
+
+    @classmethod
+    def of(cls, text: str) -> _HtmlUnescaped | None:
+        """``text`` decoded, or None when it holds no character reference."""
+        pieces: list[str] = []
+        references: list[tuple[int, int, int, int]] = []
+        done = 0
+        length = 0
+        for match in _CHARACTER_REFERENCE.finditer(text):
+            decoded = _decoded(match.group(0))
+            if decoded is None:
+                continue
+            start, end = match.span()
+            pieces += (text[done:start], decoded)
+            length += start - done
+            references.append((length, len(decoded), start, end))
+            length += len(decoded)
+            done = end
+        if not references:
+            return None
+        pieces.append(text[done:])
+        return cls("".join(pieces), references)
+
+    def begin(self, index: int) -> int:
+        """Where the character at ``index`` of the decoded text begins in the original."""
+        return self._locate(index)[0]
+
+    def end(self, index: int) -> int:
+        """Where the character at ``index`` of the decoded text ends in the original."""
+        return self._locate(index)[1]
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        found = bisect_right(self._starts, index) - 1
+        if found < 0:
+            return index, index + 1
+        decoded_start, decoded_length, start, end = self._references[found]
+        if index < decoded_start + decoded_length:  # a character of the reference: all of it
+            return start, end
+        original = end + index - decoded_start - decoded_length
+        return original, original + 1
+
+
+def _decoded(reference: str) -> str | None:
+    """What a character reference stands for, or None if it names nothing."""
+    if not reference.startswith("&#"):
+        return html5.get(reference[1:])
+    digits = reference[2:].rstrip(";")
+    code = int(digits[1:], 16) if digits[0] in "xX" else int(digits)
+    return chr(code) if code <= sys.maxunicode else None
