@@ -324,6 +324,38 @@ def test_the_library_entry_point_reports_a_malformed_setting_as_a_configuration_
     assert_not_leaked(raised.value, canary)
 
 
+# The settings a malformed value can make invalid: numbers, choices, flags, and paths (by "~name/…" of
+# no such user); the others take any text.
+MALFORMED_SETTINGS = [
+    *("port", "sqlite_busy_timeout", "max_secrets_per_user", "max_sessions_per_user", "entry_wait_seconds"),
+    *("entry_link_minutes", "shutdown_grace_seconds", "gateway_max_connections", "gateway_idle_seconds"),
+    *("gateway_start_seconds", "transport", "stateless_http", "log_level"),
+    *("data_dir", "config_dir", "master_key_file", "servers"),
+]
+ANY_TEXT_SETTINGS = [
+    *("master_key", "legacy_key", "database_url", "user", "host", "public_url", "allowed_hosts"),
+    *("allowed_origins", "jwks_url", "issuer", "audience", "username_claim"),
+]
+
+
+def test_every_setting_is_tried_malformed_or_takes_any_text() -> None:
+    assert sorted(MALFORMED_SETTINGS + ANY_TEXT_SETTINGS) == sorted(Settings.model_fields)
+
+
+@pytest.mark.parametrize("setting", MALFORMED_SETTINGS)
+def test_a_malformed_setting_is_named_by_the_environment_variable_that_holds_it(
+    monkeypatch: pytest.MonkeyPatch, canary: str, setting: str
+) -> None:
+    variable = f"MCP_SECRETS_{setting.upper()}"
+    monkeypatch.setenv(variable, f"~{canary}/x" if setting.endswith(("_dir", "_file", "servers")) else canary)
+
+    with pytest.raises(ConfigurationError) as raised:
+        open_secrets()
+
+    assert variable in str(raised.value)
+    assert_not_leaked(raised.value, canary)
+
+
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX only")
 def test_a_service_forked_after_open_secrets_uses_the_sqlite_store_in_the_child(tmp_path: Path) -> None:

@@ -409,6 +409,24 @@ def test_serve_refuses_port_0_whose_urls_would_name_no_port(env: dict[str, str])
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("given", ["environment", "option"])
+def test_an_invalid_port_is_named_as_the_user_gave_it(env: dict[str, str], given: str) -> None:
+    """Not by the setting's name inside mcp-secrets ("port") alone, which the user never typed."""
+    canary = new_canary()
+    if given == "environment":
+        env["MCP_SECRETS_PORT"] = canary
+    options = ["--port", "0"] if given == "option" else []
+
+    done = mcp_secrets_cli(env, "serve", "--transport", "streamable-http", *options)
+
+    assert done.returncode == EXIT_CONFIGURATION
+    named = "MCP_SECRETS_PORT" if given == "environment" else "--port"
+    assert f"mcp-secrets: error: invalid setting: port ({named}): " in done.stderr
+    leaked = canary in done.stderr  # a bare bool: a failure prints no value
+    assert not leaked
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize("gateway", [False, True], ids=["alone", "with-a-gateway"])
 def test_serve_on_a_port_in_use_says_so_in_one_line(
     env: dict[str, str], tmp_path: Path, gateway: bool

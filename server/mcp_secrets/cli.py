@@ -109,26 +109,28 @@ def _say(message: str = "") -> None:
     print(message, file=sys.stderr)
 
 
+# The settings `serve` takes as options, by option: an invalid one is named as the user typed it.
+_SETTING_OPTIONS = {
+    "transport": "--transport",
+    "host": "--host",
+    "port": "--port",
+    "stateless_http": "--stateless",
+    "jwks_url": "--jwks-url",
+    "issuer": "--issuer",
+    "audience": "--audience",
+    "username_claim": "--username-claim",
+    "log_level": "--log-level",
+    "public_url": "--public-url",
+    "servers": "--servers",
+}
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     """Environment settings, with the options given on the command line on top."""
     overrides = {
-        name: getattr(args, name)
-        for name in (
-            "transport",
-            "host",
-            "port",
-            "stateless_http",
-            "jwks_url",
-            "issuer",
-            "audience",
-            "username_claim",
-            "log_level",
-            "public_url",
-            "servers",
-        )
-        if getattr(args, name, None) is not None
+        name: getattr(args, name) for name in _SETTING_OPTIONS if getattr(args, name, None) is not None
     }
-    return load_settings(**overrides)
+    return load_settings(given_as={name: _SETTING_OPTIONS[name] for name in overrides}, **overrides)
 
 
 def desktop_config(url: str, token: str) -> dict[str, object]:

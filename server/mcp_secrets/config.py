@@ -7,7 +7,7 @@ Nothing else in the package reads ``os.environ``. Secrets among the settings
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -173,10 +173,19 @@ class Settings(BaseSettings):
         return self.database_url.get_secret_value() if self.database_url else None
 
 
-def load_settings(**overrides: object) -> Settings:
-    """The environment's settings, ``overrides`` on top; ConfigurationError names a malformed one."""
+def load_settings(*, given_as: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """The environment's settings, ``overrides`` on top; ConfigurationError names a malformed one.
+
+    The error names each setting as the user gave it: by ``given_as`` (a command-line option, say) for
+    an override, else by its environment variable. Pydantic's messages say what was expected, never
+    what was given (a master key or a database URL may be the malformed one).
+    """
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        fields = ", ".join(".".join(str(part) for part in error["loc"]) for error in exc.errors())
-        raise ConfigurationError(f"invalid setting: {fields}") from None
+        problems = []
+        for error in exc.errors():
+            setting = str(error["loc"][0])
+            named = (given_as or {}).get(setting, f"{Settings.model_config['env_prefix']}{setting.upper()}")
+            problems.append(f"{setting} ({named}): {error['msg']}")
+        raise ConfigurationError(f"invalid setting: {'; '.join(problems)}") from None
