@@ -46,6 +46,7 @@ from mcp_secrets.gateway import Gateway, set_log_level
 from mcp_secrets.identity import Identity
 from mcp_secrets.offload import run_store_work
 from mcp_secrets.secrets import MAX_VALUE_BYTES, NAME_PATTERN, SecretKeyInfo, Secrets, validate_name
+from mcp_secrets.stdio import serve_stdio
 from mcp_secrets.store import SecretStore
 
 logger = logging.getLogger(__name__)
@@ -253,6 +254,10 @@ class _SecretsServer(MCPServer[Any]):
             downstream = await self.gateway.list_tools(username)
             tools.extend(tool for tool in downstream if _describable(tool, ctx.protocol_version))
         return ListToolsResult(tools=tools)
+
+    async def run_stdio_async(self) -> None:
+        """Serve on stdio as the SDK does, but read no incoming message past a bound (``stdio``)."""
+        await serve_stdio(self._lowlevel_server)
 
     def relay_logs(self) -> None:
         """Declare the logging capability and take logging/setLevel: the gateway relays downstream logs."""

@@ -203,6 +203,88 @@ def test_stdio_a_client_gone_before_its_answer_is_written_is_a_clean_exit(stdio_
     assert "Traceback" not in log_path.read_text()
 
 
+@pytest.mark.parametrize("line_end", [True, False], ids=["ended", "then-eof"])
+def test_stdio_a_message_over_the_bound_is_refused_and_the_session_goes_on(
+    stdio_deployment, server: str, canary: str, line_end: bool
+) -> None:
+    """The SDK held a whole line in memory however long it grew: a client could exhaust the server's."""
+    log_path = stdio_deployment.log_path.with_name(f"over-long-{line_end}.log")
+    process = raw_stdio_serve(stdio_deployment, log_path)
+    assert process.stdin is not None
+    assert process.stdout is not None
+    # A set_secret whose value is the canary, padded past the bound (the README's 4 MiB).
+    value = canary + "x" * (4 * 1024 * 1024)
+    arguments = {"server": server, "key": "TOKEN", "value": value}
+    over = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "set_secret", "arguments": arguments},
+    }
+    try:
+        process.stdin.write(json.dumps({**INITIALIZE, "id": 1}) + "\n")
+        process.stdin.flush()
+        assert json.loads(process.stdout.readline())["id"] == 1
+        process.stdin.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n")
+        process.stdin.write(json.dumps(over) + ("\n" if line_end else ""))
+        if line_end:
+            listing = {"name": "list_secret_keys", "arguments": {"server": server}}
+            process.stdin.write(json.dumps({**LIST_KEYS, "id": 3, "params": listing}) + "\n")
+        process.stdin.close()
+        answers = [json.loads(line) for line in process.stdout.read().splitlines()]
+        returncode = process.wait(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+
+    refused, *rest = answers
+    assert refused["id"] == 2
+    assert refused["error"]["code"] == -32600  # Invalid Request
+    assert "over 4194304 bytes" in refused["error"]["message"]
+    if line_end:
+        assert [answer["id"] for answer in rest] == [3]
+        assert rest[0]["result"]["structuredContent"]["keys"] == []
+    assert returncode == 0
+    log = log_path.read_text()
+    assert "Traceback" not in log
+    assert "over 4194304 bytes" in log
+    leaked = canary in log or any(canary in json.dumps(answer) for answer in answers)  # a bare bool
+    assert not leaked
+
+
+def test_stdio_a_message_of_exactly_the_bound_is_read(stdio_deployment, server: str) -> None:
+    log_path = stdio_deployment.log_path.with_name("at-the-bound.log")
+    process = raw_stdio_serve(stdio_deployment, log_path)
+    assert process.stdin is not None
+    assert process.stdout is not None
+
+    def set_secret(value: str) -> str:
+        arguments = {"server": server, "key": "TOKEN", "value": value}
+        params = {"name": "set_secret", "arguments": arguments}
+        return json.dumps({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params}) + "\n"
+
+    bound = 4 * 1024 * 1024  # the README's, its line end included
+    line = set_secret("x" * (bound - len(set_secret(""))))
+    assert len(line.encode()) == bound
+    try:
+        process.stdin.write(json.dumps({**INITIALIZE, "id": 1}) + "\n")
+        process.stdin.flush()
+        assert json.loads(process.stdout.readline())["id"] == 1
+        process.stdin.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n")
+        process.stdin.write(line)
+        process.stdin.close()
+        answers = [json.loads(line) for line in process.stdout.read().splitlines()]
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+
+    # Read and answered by the tool itself, which refuses a value over 64 KiB.
+    assert [answer["id"] for answer in answers] == [2]
+    assert answers[0]["result"]["isError"] is True
+    assert "value" in answers[0]["result"]["content"][0]["text"]
+
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 

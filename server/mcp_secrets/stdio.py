@@ -1,0 +1,100 @@
+"""The SDK's stdio server, reading no incoming message past a bound.
+
+The SDK reads stdin a line at a time, each line whole whatever its length: a
+client, or anything else writing to the server's stdin, could make one line
+(and the server's memory) grow without end. Here a line is read up to
+``MAX_MESSAGE_BYTES``; a longer one is skipped to its end, a bounded piece at a
+time, and answered with an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from typing import Any, BinaryIO, cast
+
+import anyio
+from mcp.server.lowlevel import Server
+from mcp.server.stdio import _claim_fd, _open_stdin_diversion, stdio_server
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
+from mcp.shared.message import SessionMessage
+from mcp_types import INVALID_REQUEST, ErrorData, JSONRPCError
+
+logger = logging.getLogger(__name__)
+
+# As much as the SDK accepts as a request body over HTTP.
+MAX_MESSAGE_BYTES = DEFAULT_MAX_REQUEST_BODY_SIZE
+# The id of a request, read from the start of its line: clients write "jsonrpc" and "id" first. An
+# over-long request answered with its own id fails at once, where one answered with null would wait.
+_LEADING_ID = re.compile(
+    rb'\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(-?[0-9]{1,15}|"[^"\\]{0,64}")\s*,'
+)
+
+
+class _BoundedLines:
+    """The lines of ``wire`` for the SDK's stdio server to read, each at most ``MAX_MESSAGE_BYTES``."""
+
+    def __init__(self, wire: BinaryIO) -> None:
+        self._wire = wire
+        # Sends the error that refuses an over-long message: set as soon as the SDK makes its stream.
+        self.reply: Callable[[SessionMessage], Awaitable[None]] | None = None
+
+    def __aiter__(self) -> _BoundedLines:
+        return self
+
+    async def __anext__(self) -> str:
+        while True:
+            line, over = await anyio.to_thread.run_sync(self._read_line)
+            if not line:
+                raise StopAsyncIteration
+            if not over:
+                # As the SDK decodes stdin: a byte that is not UTF-8 fails that message, not the session.
+                return line.decode("utf-8", errors="replace")
+            await self._refuse(line)
+
+    def _read_line(self) -> tuple[bytes, bool]:
+        """The next line; or, when it is over the bound, its start and True, its rest read and dropped."""
+        line = self._wire.readline(MAX_MESSAGE_BYTES + 1)
+        if len(line) <= MAX_MESSAGE_BYTES or line.endswith(b"\n"):
+            return line, False
+        rest = line
+        while rest and not rest.endswith(b"\n"):
+            rest = self._wire.readline(MAX_MESSAGE_BYTES)
+        return line[:256], True
+
+    async def _refuse(self, start: bytes) -> None:
+        message = f"message too long: over {MAX_MESSAGE_BYTES} bytes, refused unread"
+        logger.error("stdin: %s", message)  # and nothing of the message: it may hold a value
+        if self.reply is None:
+            return
+        found = _LEADING_ID.match(start)
+        request_id = None if found is None else _request_id(found.group(1))
+        error = JSONRPCError(
+            jsonrpc="2.0", id=request_id, error=ErrorData(code=INVALID_REQUEST, message=message)
+        )
+        # A session already over has nobody to tell.
+        with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await self.reply(SessionMessage(error))
+
+
+def _request_id(found: bytes) -> int | str:
+    return found[1:-1].decode("utf-8", errors="replace") if found.startswith(b'"') else int(found)
+
+
+async def serve_stdio(server: Server[Any]) -> None:
+    """Serve ``server`` on stdio as ``MCPServer.run_stdio_async`` does, refusing a message over the bound."""
+    # The SDK's own claim of stdin, which it skips for a stdin it is given: fd 0 reads the null device
+    # meanwhile, so that a child process or a library reading stdin gets EOF, not the client's messages.
+    wire, release = _claim_fd(0, sys.stdin, "rb", _open_stdin_diversion)
+    lines = _BoundedLines(wire)
+    try:
+        # The SDK only iterates its stdin, for lines of text as an AsyncFile gives them.
+        async with stdio_server(stdin=cast("anyio.AsyncFile[str]", lines)) as (read_stream, write_stream):
+            lines.reply = write_stream.send
+            await server.run(read_stream, write_stream, server.create_initialization_options())
+    finally:
+        if release is not None:
+            release()
