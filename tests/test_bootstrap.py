@@ -27,7 +27,7 @@ from mcp_secrets.bootstrap import (
 )
 from mcp_secrets.config import Settings
 from mcp_secrets.crypto import SecretEncryptor, generate_master_key, key_id_for, parse_master_key
-from mcp_secrets.errors import ConfigurationError
+from mcp_secrets.errors import ConfigurationError, StoreUnavailableError
 
 
 def settings_in(tmp_path: Path, **fields: object) -> Settings:
@@ -286,6 +286,35 @@ def test_the_library_entry_point_reads_what_the_server_wrote(tmp_path: Path) -> 
     library = open_secrets(settings)
 
     assert library.get_secrets("alice", "github") == {"TOKEN": "from the server"}
+    library.close()
+    library.store.close()
+
+
+@pytest.mark.parametrize("named_by", ["default path", "database URL"])
+def test_the_library_entry_point_can_refuse_a_missing_store_instead_of_creating_an_empty_one(
+    tmp_path: Path, named_by: str
+) -> None:
+    # A mistyped path would otherwise read as a store holding no secrets (the CLI's reading commands refuse).
+    url = None if named_by == "default path" else SecretStr(f"sqlite:///{tmp_path / 'mistyped.db'}")
+    settings = settings_in(tmp_path, master_key=SecretStr(generate_master_key()), database_url=url)
+
+    with pytest.raises(StoreUnavailableError, match="there is no SQLite store at"):
+        open_secrets(settings, create=False)
+
+    assert not (tmp_path / "mistyped.db").exists()
+    assert not settings.default_database_path.exists()
+
+
+def test_the_library_entry_point_told_not_to_create_opens_a_store_that_exists(tmp_path: Path) -> None:
+    settings = settings_in(tmp_path, master_key=SecretStr(generate_master_key()))
+    first = open_secrets(settings)  # the default creates it
+    first.set_secret("alice", "github", "TOKEN", "stored before")
+    first.close()
+    first.store.close()
+
+    library = open_secrets(settings, create=False)
+
+    assert library.get_secrets("alice", "github") == {"TOKEN": "stored before"}
     library.close()
     library.store.close()
 

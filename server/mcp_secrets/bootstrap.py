@@ -192,16 +192,18 @@ def build_secrets(
     return Secrets(store, encryptor, max_secrets_per_user=settings.max_secrets_per_user), master_keys
 
 
-def open_secrets(settings: Settings | None = None) -> Secrets:
+def open_secrets(settings: Settings | None = None, *, create: bool = True) -> Secrets:
     """The Secrets service configured by the environment, for Python services and scripts.
 
     Reads the same ``MCP_SECRETS_*`` settings as the server and never generates
-    a master key. When done, call ``secrets.close()`` (it writes the uses still
-    pending), then ``secrets.store.close()``.
+    a master key. With ``create=False`` a SQLite file that does not exist raises
+    StoreUnavailableError instead of being created empty, so that a mistyped path
+    fails rather than reads as a store holding no secrets. When done, call
+    ``secrets.close()`` (it writes the uses still pending), then ``secrets.store.close()``.
     """
     settings = settings or load_settings()
     require_explicit_key(settings)  # before connecting, so a missing key fails fast
-    store = open_configured_store(settings)
+    store = open_configured_store(settings, create=create)
     try:
         return build_secrets(settings, store)[0]
     except BaseException:
