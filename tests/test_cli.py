@@ -386,6 +386,40 @@ def test_serve_over_http_names_an_option_that_makes_no_url(
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("environment", "named"),
+    [
+        pytest.param(
+            {"MCP_SECRETS_PUBLIC_URL": "secrets.example.com"}, "MCP_SECRETS_PUBLIC_URL", id="public-url"
+        ),
+        pytest.param({"MCP_SECRETS_HOST": "bad host"}, "MCP_SECRETS_HOST", id="host"),
+        pytest.param(
+            {"MCP_SECRETS_JWKS_URL": "file:///etc/jwks.json", "MCP_SECRETS_ISSUER": "https://id.example.com"}
+            | {"MCP_SECRETS_AUDIENCE": "a"},
+            "MCP_SECRETS_JWKS_URL",
+            id="jwks-url",
+        ),
+        pytest.param(
+            {"MCP_SECRETS_JWKS_URL": "https://id.example.com/jwks", "MCP_SECRETS_ISSUER": "id.example.com"}
+            | {"MCP_SECRETS_AUDIENCE": "a"},
+            "MCP_SECRETS_ISSUER",
+            id="issuer",
+        ),
+    ],
+)
+def test_serve_over_http_names_a_setting_that_makes_no_url_by_its_environment_variable(
+    env: dict[str, str], environment: dict[str, str], named: str
+) -> None:
+    """Not by the option the user never gave."""
+    env.update(environment)
+
+    done = mcp_secrets_cli(env, "serve", "--transport", "streamable-http")
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert f"mcp-secrets: error: {named} " in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_serve_refuses_a_public_url_holding_a_password_which_its_links_would_publish(
     env: dict[str, str],
 ) -> None:
@@ -396,7 +430,7 @@ def test_serve_refuses_a_public_url_holding_a_password_which_its_links_would_pub
     done = mcp_secrets_cli(env, "serve", "--transport", "streamable-http")
 
     assert done.returncode == EXIT_CONFIGURATION
-    assert "mcp-secrets: error: --public-url must not hold a user name or password" in done.stderr
+    assert "mcp-secrets: error: MCP_SECRETS_PUBLIC_URL must not hold a user name or password" in done.stderr
     assert password not in done.stdout + done.stderr
 
 

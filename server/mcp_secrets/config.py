@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import platformdirs
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from mcp_secrets.errors import ConfigurationError
@@ -151,6 +151,13 @@ class Settings(BaseSettings):
     # key generated under a literal `~` beside the working directory was not found from another one.
     _expand_dirs = field_validator("data_dir", "config_dir", "master_key_file", "servers")(_expand_home)
 
+    # The command-line option each override was given as, by setting (load_settings): errors name it.
+    _given_as: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def named(self, setting: str) -> str:
+        """``setting`` as the user gave it: its command-line option, or else its environment variable."""
+        return _named(setting, self._given_as)
+
     @property
     def default_database_path(self) -> Path:
         """The embedded SQLite file, in the user's data directory."""
@@ -180,12 +187,18 @@ def load_settings(*, given_as: Mapping[str, str] | None = None, **overrides: obj
     an override, else by its environment variable. Pydantic's messages say what was expected, never
     what was given (a master key or a database URL may be the malformed one).
     """
+    given_as = dict(given_as or {})
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
             setting = str(error["loc"][0])
-            named = (given_as or {}).get(setting, f"{Settings.model_config['env_prefix']}{setting.upper()}")
-            problems.append(f"{setting} ({named}): {error['msg']}")
+            problems.append(f"{setting} ({_named(setting, given_as)}): {error['msg']}")
         raise ConfigurationError(f"invalid setting: {'; '.join(problems)}") from None
+    settings._given_as = given_as  # noqa: SLF001 - set by the one function that knows it
+    return settings
+
+
+def _named(setting: str, given_as: Mapping[str, str]) -> str:
+    return given_as.get(setting, f"{Settings.model_config['env_prefix']}{setting.upper()}")

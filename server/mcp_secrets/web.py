@@ -123,14 +123,17 @@ def token_verifier(settings: Settings, tokens: ApiTokens) -> TokenVerifier:
     if not settings.jwks_url:
         return api_tokens
     if not settings.issuer or not settings.audience:
-        raise ConfigurationError("--jwks-url needs --issuer and --audience too")
+        raise ConfigurationError(
+            f"{settings.named('jwks_url')} needs an issuer and an audience too: --issuer and --audience, "
+            "or MCP_SECRETS_ISSUER and MCP_SECRETS_AUDIENCE"
+        )
     # Checked here, by its option: PyJWT refuses any other scheme too, but with a traceback.
     try:
         scheme = urlsplit(settings.jwks_url).scheme
     except ValueError:  # an unclosed IPv6 bracket
         scheme = ""
     if scheme not in ("http", "https"):
-        raise ConfigurationError("--jwks-url must be an http:// or https:// URL")
+        raise ConfigurationError(f"{settings.named('jwks_url')} must be an http:// or https:// URL")
     jwts = JwtVerifier(
         settings.jwks_url,
         issuer=settings.issuer,
@@ -144,7 +147,7 @@ def auth_settings(settings: Settings) -> AuthSettings:
     """The SDK's resource-server settings; OIDC deployments advertise their issuer in metadata."""
     if settings.public_url and _holds_credentials(settings.public_url):
         # Entry links (handed to the model), the start's summary and the open /openapi.json name it.
-        raise ConfigurationError("--public-url must not hold a user name or password")
+        raise ConfigurationError(f"{settings.named('public_url')} must not hold a user name or password")
     oidc = bool(settings.jwks_url and settings.issuer)
     try:
         # pydantic turns the strings into URLs (and refuses malformed ones).
@@ -161,10 +164,14 @@ def auth_settings(settings: Settings) -> AuthSettings:
         # Named by its option: pydantic's own message is a traceback's worth, quoting the input.
         fields = {error["loc"][0] for error in exc.errors() if error["loc"]}
         if oidc and "issuer_url" in fields:
-            raise ConfigurationError("--issuer must be an http:// or https:// URL") from None
+            raise ConfigurationError(
+                f"{settings.named('issuer')} must be an http:// or https:// URL"
+            ) from None
         if settings.public_url:
-            raise ConfigurationError("--public-url must be an http:// or https:// URL") from None
-        raise ConfigurationError("--host must be a host name or an IP address") from None
+            raise ConfigurationError(
+                f"{settings.named('public_url')} must be an http:// or https:// URL"
+            ) from None
+        raise ConfigurationError(f"{settings.named('host')} must be a host name or an IP address") from None
 
 
 def _holds_credentials(url: str) -> bool:
