@@ -66,7 +66,7 @@ class _BoundedLines:
         return line[:256], True
 
     async def _refuse(self, start: bytes) -> None:
-        message = f"message too long: over {MAX_MESSAGE_BYTES} bytes, refused unread"
+        message = f"message too long: over {MAX_MESSAGE_BYTES} bytes, refused"
         logger.error("stdin: %s", message)  # and nothing of the message: it may hold a value
         if self.reply is None:
             return

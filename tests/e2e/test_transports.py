@@ -227,11 +227,15 @@ def test_stdio_a_message_over_the_bound_is_refused_and_the_session_goes_on(
         assert json.loads(process.stdout.readline())["id"] == 1
         process.stdin.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n")
         process.stdin.write(json.dumps(over) + ("\n" if line_end else ""))
+        answers = []
         if line_end:
             listing = {"name": "list_secret_keys", "arguments": {"server": server}}
             process.stdin.write(json.dumps({**LIST_KEYS, "id": 3, "params": listing}) + "\n")
+            process.stdin.flush()
+            # Both answers before end-of-input: a call still running at EOF is dropped, as the SDK does.
+            answers = [json.loads(process.stdout.readline()) for _ in range(2)]
         process.stdin.close()
-        answers = [json.loads(line) for line in process.stdout.read().splitlines()]
+        answers += [json.loads(line) for line in process.stdout.read().splitlines()]
         returncode = process.wait(timeout=30)
     finally:
         process.kill()
