@@ -21,6 +21,7 @@ from mcp.server.mcpserver import Context, MCPServer, RequestStateSecurity
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
+    INVALID_PARAMS,
     CallToolResult,
     ElicitRequest,
     ElicitRequestURLParams,
@@ -244,10 +245,12 @@ class _SecretsServer(MCPServer[Any]):
     identity: Identity | None = None
 
     async def _handle_list_tools(
-        self,
-        ctx: ServerRequestContext[Any],
-        params: PaginatedRequestParams | None,  # noqa: ARG002 - one page holds every tool
+        self, ctx: ServerRequestContext[Any], params: PaginatedRequestParams | None
     ) -> ListToolsResult:
+        if params is not None and params.cursor is not None:
+            # One page holds every tool and hands out no cursor: any cursor is one we never made, which
+            # the specification answers with Invalid params rather than the first page again.
+            raise MCPError(INVALID_PARAMS, "unknown cursor: every tool is listed on one page, without one")
         tools = await self.list_tools()
         if self.gateway is not None and self.identity is not None:
             username = _caller(self.identity, Context(request_context=ctx, mcp_server=self))

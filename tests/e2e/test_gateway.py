@@ -37,7 +37,8 @@ import anyio
 import pytest
 from mcp import Client
 from mcp.server.mcpserver import MCPServer
-from mcp_types import CallToolResult, LoggingMessageNotificationParams, TextContent
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, CallToolResult, LoggingMessageNotificationParams, TextContent
 
 from conftest import assert_no_fragment_of
 from mcp_secrets import gateway as gateway_module
@@ -383,6 +384,30 @@ async def test_every_page_of_a_downstreams_tool_listing_is_offered(
         listed = {tool.name for tool in (await client.list_tools()).tools}
 
     assert {f"down__{name}" for name in DOWNSTREAM_TOOLS} <= listed
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_listing_with_a_cursor_the_gateway_never_handed_out_is_invalid_params(
+    sqlite_secrets: Secrets, tmp_path: Path, mode: str
+) -> None:
+    # The gateway reads every page of each downstream and offers them all on one page, without a cursor.
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    paged = {**STDIO_ENTRY, "env": {**STDIO_ENTRY["env"], "DOWNSTREAM_PAGED": "1"}}
+    cursor = _random.token_urlsafe(16)
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": paged}) as gw,
+        connect(sqlite_secrets, gw, "alice", mode=mode) as client,
+    ):
+        with pytest.raises(MCPError) as refused:
+            await client.list_tools(cursor=cursor)
+        listed = await client.list_tools()
+
+    assert refused.value.code == INVALID_PARAMS
+    assert "cursor" in refused.value.message
+    assert cursor not in refused.value.message
+    assert listed.next_cursor is None
+    assert {f"down__{name}" for name in DOWNSTREAM_TOOLS} <= {tool.name for tool in listed.tools}
 
 
 async def test_long_tool_names_are_offered_within_128_characters_unique_and_stable_and_called_by_them(

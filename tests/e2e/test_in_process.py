@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets as _random
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timezone
@@ -13,7 +14,8 @@ from typing import Any
 import jsonschema
 import pytest
 from mcp import Client
-from mcp_types import CallToolResult
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, CallToolResult
 
 from conftest import SchemaValidator, assert_no_fragment_of, parse_time
 from mcp_secrets.app import build_server
@@ -94,6 +96,24 @@ async def test_tools_have_output_schemas_and_say_values_are_write_only(alice: Cl
         "updated_at",
         "last_used_at",
     }
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_tool_listing_with_a_cursor_it_never_handed_out_is_invalid_params(
+    sqlite_secrets: Secrets, mode: str
+) -> None:
+    # Every tool is on the one page, which has no nextCursor: any cursor is one this server never made.
+    cursor = _random.token_urlsafe(16)
+
+    async with Client(build_server(sqlite_secrets, LocalIdentity("alice")), mode=mode) as alice:
+        with pytest.raises(MCPError) as refused:
+            await alice.list_tools(cursor=cursor)
+        listed = await alice.list_tools()
+
+    assert refused.value.code == INVALID_PARAMS
+    assert "cursor" in refused.value.message
+    assert cursor not in refused.value.message
+    assert listed.next_cursor is None
 
 
 async def test_list_secret_keys_description_names_all_it_lists(alice: Client) -> None:
