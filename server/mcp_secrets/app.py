@@ -17,6 +17,7 @@ import anyio
 from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import NotificationOptions
 from mcp.server.mcpserver import Context, MCPServer, RequestStateSecurity
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
@@ -36,7 +37,7 @@ from mcp_types import (
     ToolAnnotations,
 )
 from mcp_types.methods import validate_server_result
-from mcp_types.version import is_version_at_least
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, is_version_at_least
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, ValidationError, WithJsonSchema
 
 from mcp_secrets import __version__
@@ -44,6 +45,7 @@ from mcp_secrets.config import ENTRY_WAIT_SECONDS
 from mcp_secrets.entry import EntryLink, EntryLinks, Submission
 from mcp_secrets.errors import InvalidInputError, SecretsError
 from mcp_secrets.gateway import Gateway, set_log_level
+from mcp_secrets.gateway.changes import LISTENING_USER
 from mcp_secrets.identity import Identity
 from mcp_secrets.offload import run_store_work
 from mcp_secrets.secrets import MAX_VALUE_BYTES, NAME_PATTERN, SecretKeyInfo, Secrets, validate_name
@@ -254,6 +256,9 @@ class _SecretsServer(MCPServer[Any]):
         tools = await self.list_tools()
         if self.gateway is not None and self.identity is not None:
             username = _caller(self.identity, Context(request_context=ctx, mcp_server=self))
+            if ctx.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS:  # from 2026-07-28: subscriptions/listen
+                # The SDK's connection has no public way in from a request's session.
+                self.gateway.changes.watch(username, ctx.session._connection)  # noqa: SLF001
             downstream = await self.gateway.list_tools(username)
             tools.extend(tool for tool in downstream if _describable(tool, ctx.protocol_version))
         return ListToolsResult(tools=tools)
@@ -261,6 +266,33 @@ class _SecretsServer(MCPServer[Any]):
     async def run_stdio_async(self) -> None:
         """Serve on stdio as the SDK does, but read no incoming message past a bound (``stdio``)."""
         await serve_stdio(self._lowlevel_server)
+
+    def tell_tool_list_changes(self) -> None:
+        """Declare tools.listChanged, and know each subscriptions/listen stream by its caller.
+
+        The gateway tells a user's clients, and only theirs, when that user's secrets change their tools.
+        """
+        lowlevel = self._lowlevel_server
+        # The handshake's capabilities come from this call's arguments, and every transport makes it with
+        # none; from 2026-07-28 the SDK declares listChanged itself, as it serves subscriptions/listen.
+        lowlevel.create_initialization_options = functools.partial(  # type: ignore[method-assign]
+            lowlevel.create_initialization_options, NotificationOptions(tools_changed=True)
+        )
+        listen = lowlevel.get_request_handler("subscriptions/listen")
+        if listen is None:
+            raise LookupError("the SDK serves no subscriptions/listen")
+        serve_stream = listen.handler
+
+        async def listen_as_caller(ctx: ServerRequestContext[Any], params: BaseModel) -> Any:  # noqa: ANN401
+            assert self.identity is not None  # noqa: S101 - set with the gateway
+            username = _caller(self.identity, Context(request_context=ctx, mcp_server=self))
+            listening = LISTENING_USER.set(username)  # read as the stream subscribes, in this task
+            try:
+                return await serve_stream(ctx, params)
+            finally:
+                LISTENING_USER.reset(listening)
+
+        lowlevel.add_request_handler("subscriptions/listen", listen.params_type, listen_as_caller)
 
     def relay_logs(self) -> None:
         """Declare the logging capability and take logging/setLevel: the gateway relays downstream logs."""
@@ -475,11 +507,14 @@ def build_server(
             keys=secrets.encryptor.derive_keys("request state"),
             ttl=max(REQUEST_STATE_SECONDS, link_seconds),
         ),
+        # The SDK's own bus would tell every listening client of any user's change.
+        subscriptions=None if gateway is None else gateway.changes.bus,
     )
     mcp.gateway = gateway
     mcp.identity = identity
     if gateway is not None:
         mcp.relay_logs()
+        mcp.tell_tool_list_changes()
 
     _add_request_secret(mcp, identity, entry)
     _add_write_tools(mcp, secrets, identity, transport)

@@ -115,6 +115,26 @@ class Secrets:
         self.max_secrets_per_user = max_secrets_per_user
         self.uses = UseRecorder(store)
         self._clock = clock
+        self._change_listeners: dict[object, Callable[[str, str], None]] = {}
+
+    def on_change(self, listener: Callable[[str, str], None]) -> Callable[[], None]:
+        """Call ``listener(username, server)`` after each secret this service writes or deletes.
+
+        It is called on the thread that wrote, which may be an event loop's, and must not raise. Only
+        this service's writes: another process's (the CLI, another replica) are not seen. Returns a
+        function that removes the listener.
+        """
+        mark = object()
+        self._change_listeners[mark] = listener
+
+        def remove() -> None:
+            self._change_listeners.pop(mark, None)
+
+        return remove
+
+    def _changed(self, username: str, server: str) -> None:
+        for listener in list(self._change_listeners.values()):
+            listener(username, server)
 
     def flush(self, timeout: float = FLUSH_TIMEOUT_SECONDS) -> bool:
         """Wait until every use recorded so far is written; False if the store failed or time ran out.
@@ -266,6 +286,7 @@ class Secrets:
                 f"a user may keep at most {self.max_secrets_per_user} secrets: "
                 "delete one before storing another"
             ) from None
+        self._changed(username, server)
         return UpdateResult(server, key, "created" if created else "updated")
 
     def set_secret(
@@ -302,6 +323,7 @@ class Secrets:
     def _delete(self, username: str, server: str, key: str, event: AuditEvent) -> UpdateResult:
         self._catch_up()
         if self.store.delete_secret(username, server, key, event=event):
+            self._changed(username, server)
             return UpdateResult(server, key, "deleted")
         if self.store.find_secrets(username, server):
             raise SecretNotFoundError(f"there is no secret {key!r} for server {server!r}")

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,11 +34,20 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 import anyio
+import httpx2
 import pytest
+from anyio.streams.memory import MemoryObjectReceiveStream
 from mcp import Client
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, CallToolResult, LoggingMessageNotificationParams, TextContent
+from mcp.shared.subscriptions import ToolsListChanged
+from mcp_types import (
+    INVALID_PARAMS,
+    CallToolResult,
+    LoggingMessageNotificationParams,
+    TextContent,
+    ToolListChangedNotification,
+)
 
 from conftest import assert_no_fragment_of
 from mcp_secrets import gateway as gateway_module
@@ -307,6 +316,53 @@ def marker() -> Iterator[str]:
 needs_proc = pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads processes from /proc")
 
 
+@asynccontextmanager
+async def watching(
+    connect_client: Callable[..., AbstractAsyncContextManager[Client]], mode: str
+) -> AsyncIterator[tuple[Client, MemoryObjectReceiveStream[None]]]:
+    """A client of protocol ``mode`` that has listed its tools, and an item on a stream each time it is
+    told they changed: on its session before 2026-07-28, on a subscriptions/listen stream from then."""
+    send, changes = anyio.create_memory_object_stream[None](100)
+
+    async def on_message(message: object) -> None:
+        if mode == "legacy" and isinstance(message, ToolListChangedNotification):
+            send.send_nowait(None)
+
+    async with connect_client(mode=mode, message_handler=on_message) as client:
+        await client.list_tools()
+        if mode == "legacy":
+            assert client.server_capabilities.tools is not None
+            assert client.server_capabilities.tools.list_changed
+            yield client, changes
+            return
+        async with client.listen(tools_list_changed=True) as subscription, anyio.create_task_group() as tasks:
+
+            async def forward() -> None:
+                async for event in subscription:
+                    if isinstance(event, ToolsListChanged):
+                        send.send_nowait(None)
+
+            tasks.start_soon(forward)
+            try:
+                yield client, changes
+            finally:
+                tasks.cancel_scope.cancel()
+
+
+async def told_of_a_change(changes: MemoryObjectReceiveStream[None]) -> None:
+    with anyio.fail_after(STARTUP_SECONDS):
+        await changes.receive()
+
+
+def untold(changes: MemoryObjectReceiveStream[None]) -> int:
+    """How many notices of a change are waiting on ``changes``, unread."""
+    return changes.statistics().current_buffer_used
+
+
+def down_tools(listed: list[Any]) -> set[str]:
+    return {tool.name for tool in listed if tool.name.startswith("down__")}
+
+
 # --- listing and calling --------------------------------------------------------------------------
 
 
@@ -455,6 +511,36 @@ async def test_a_user_who_cannot_start_a_server_is_not_shown_the_tools_listed_fo
     assert {f"down__{name}" for name in DOWNSTREAM_TOOLS} <= alices
     assert not any(name.startswith("down__") for name in bobs)
     assert "list_secret_keys" in bobs
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_change_of_a_users_secrets_tells_that_users_clients_and_no_others_that_their_tools_changed(
+    sqlite_secrets: Secrets, tmp_path: Path, mode: str
+) -> None:
+    tokens = {"alice": fresh_value("alice"), "bob": fresh_value("bob")}
+
+    async def store(client: Client, username: str) -> None:
+        arguments = {"server": "down", "key": "TOKEN", "value": tokens[username]}
+        assert not (await client.call_tool("set_secret", arguments)).is_error
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": STDIO_ENTRY}) as gw,
+        watching(functools.partial(connect, sqlite_secrets, gw, "alice"), mode) as (alice, alices),
+        watching(functools.partial(connect, sqlite_secrets, gw, "bob"), mode) as (bob, bobs),
+    ):
+        before = down_tools((await alice.list_tools()).tools)
+        await store(alice, "alice")  # the server's tools become alice's to see
+        await told_of_a_change(alices)
+        after = down_tools((await alice.list_tools()).tools)
+        # bob is told of his own change only: alice's, even the news that she made one, is hers.
+        await store(bob, "bob")
+        await told_of_a_change(bobs)
+        assert not (await alice.call_tool("delete_secret", {"server": "down", "key": "TOKEN"})).is_error
+        await told_of_a_change(alices)
+
+    assert before == set()
+    assert after == {f"down__{name}" for name in DOWNSTREAM_TOOLS}
+    assert (untold(alices), untold(bobs)) == (0, 0)
 
 
 async def test_a_listing_does_not_wait_for_a_call_of_the_same_user_still_running(
@@ -1233,6 +1319,51 @@ async def test_over_http_each_token_holder_gets_the_hash_of_their_own_secret(
             calls.start_soon(call_hash, "bob", bob)
 
     assert hashes == {username: [sha256(value)] * CONCURRENT_CALLS for username, value in values.items()}
+
+
+async def store_by(how: str, deployment: Deployment, username: str) -> None:
+    """Store ``username``'s TOKEN of ``down`` as a user would by the REST API, or on the entry page."""
+    value = fresh_value(username)
+    if how == "rest":
+        async with httpx2.AsyncClient(trust_env=False, timeout=30) as http:
+            stored = await http.post(
+                f"{deployment.base_url}/secrets/set",
+                json={"server": "down", "key": "TOKEN", "value": value, "action": "save"},
+                headers={"Authorization": f"Bearer {deployment.token(username)}"},
+            )
+        assert stored.status_code == 200, stored.text
+        return
+    async with deployment.connect(username) as client:  # it cannot open URLs: the link comes in the result
+        requested = await client.call_tool("request_secret", {"server": "down", "key": "TOKEN"})
+    assert requested.structured_content is not None, text_of(requested)
+    url = str(requested.structured_content["url"])
+    async with httpx2.AsyncClient(trust_env=False, timeout=30) as browser:
+        page = await browser.get(url)
+        found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert found is not None, page.status_code
+        posted = await browser.post(url, data={"csrf": found.group(1), "value": value})
+    assert posted.status_code == 200, posted.status_code
+
+
+@pytest.mark.parametrize("how", ["rest", "entry page"])
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_over_http_a_secret_stored_elsewhere_than_the_tools_tells_only_its_users_clients(
+    gateway_deployment: Deployment, how: str, mode: str
+) -> None:
+    deployment = gateway_deployment
+
+    async with (
+        watching(functools.partial(deployment.connect, "alice"), mode) as (_, alices),
+        watching(functools.partial(deployment.connect, "bob"), mode) as (_, bobs),
+    ):
+        await store_by(how, deployment, "alice")
+        await told_of_a_change(alices)
+        await store_by(how, deployment, "bob")
+        await told_of_a_change(bobs)
+        await store_by(how, deployment, "alice")
+        await told_of_a_change(alices)
+
+    assert (untold(alices), untold(bobs)) == (0, 0)
 
 
 async def test_over_http_a_missing_secret_error_offers_an_entry_link_per_key(

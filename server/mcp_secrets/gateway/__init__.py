@@ -35,6 +35,7 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types import CallToolResult, LoggingLevel, LoggingMessageNotificationParams, Tool
 
 from mcp_secrets.errors import SecretsError
+from mcp_secrets.gateway.changes import ToolListChanges
 from mcp_secrets.gateway.config import (
     MAX_TOOL_NAME_LENGTH,
     SEPARATOR,
@@ -138,12 +139,22 @@ class Gateway:
         self._known_tools: dict[tuple[str, str], list[Tool]] = {}
         self._call_turns: dict[tuple[str, str], Turn] = {}
         self._via = via
+        # A user's tools follow that user's secrets: a change of them is told to that user's clients.
+        self.changes = ToolListChanges()
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
-        """Run the connection pool; every downstream is closed on exit."""
-        async with self.pool.running():
-            yield self
+        """Run the connection pool, and tell clients of changes; every downstream is closed on exit."""
+        async with self.pool.running(), self.changes.running():
+            stop_watching = self.secrets.on_change(self._secrets_changed)
+            try:
+                yield self
+            finally:
+                stop_watching()
+
+    def _secrets_changed(self, username: str, server: str) -> None:
+        if server in self.config.servers:  # the secrets of any other server change no tool
+            self.changes.changed(username)
 
     async def stop(self) -> None:
         """Stop every downstream server now (``running()`` does it on exit); for a process about to end."""

@@ -1,0 +1,123 @@
+"""Telling a user's clients that their tool list changed, and no other user's clients.
+
+A user's downstream tools depend on that user's secrets, so a change of them is news for that user's
+clients only: even the bare notice that something changed would tell another user that this one acted.
+Clients of the handshake revisions are told on their connection; clients of 2026-07-28 on the
+``subscriptions/listen`` streams they opened, each stream known by the user who opened it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import TaskGroup
+from anyio.from_thread import BlockingPortal
+from mcp.server.connection import Connection
+from mcp.shared.subscriptions import ServerEvent, ToolsListChanged
+
+logger = logging.getLogger(__name__)
+
+# The user whose subscriptions/listen request is being served: the bus reads it as the stream subscribes.
+LISTENING_USER: ContextVar[str | None] = ContextVar("mcp_secrets_listening_user", default=None)
+
+
+class UserSubscriptionBus:
+    """A ``SubscriptionBus`` that knows whose each listen stream is: ``publish_to`` reaches one user's."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[object, tuple[str | None, Callable[[ServerEvent], None]]] = {}
+
+    async def publish(self, event: ServerEvent) -> None:
+        """Deliver ``event`` to every stream, whoever opened it (the SDK's ``ctx.notify_*``)."""
+        self._deliver(event, None)
+        await anyio.lowlevel.checkpoint()
+
+    async def publish_to(self, username: str, event: ServerEvent) -> None:
+        """Deliver ``event`` to the streams ``username`` opened, and to no other."""
+        self._deliver(event, username)
+        await anyio.lowlevel.checkpoint()
+
+    def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
+        """Register the listener of a stream, as its user's (set in ``LISTENING_USER``)."""
+        mark = object()
+        self._listeners[mark] = (LISTENING_USER.get(), listener)
+
+        def unsubscribe() -> None:
+            self._listeners.pop(mark, None)
+
+        return unsubscribe
+
+    def _deliver(self, event: ServerEvent, username: str | None) -> None:
+        for owner, listener in list(self._listeners.values()):
+            if username is not None and owner != username:
+                continue
+            try:
+                listener(event)
+            except Exception:  # as the SDK's own bus: one failing stream must not starve the others
+                logger.exception("a subscription listener failed")
+
+
+class ToolListChanges:
+    """Sends ``notifications/tools/list_changed`` to the clients of one user."""
+
+    def __init__(self) -> None:
+        self.bus = UserSubscriptionBus()
+        # Handshake-era connections that listed tools, and whose they are; an ended one drops out.
+        self._connections: weakref.WeakKeyDictionary[Connection, str] = weakref.WeakKeyDictionary()
+        self._task_group: TaskGroup | None = None
+        self._portal: BlockingPortal | None = None  # the way in from the threads that write secrets
+        self._loop_thread: int | None = None
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Send notifications while inside; ``changed`` does nothing outside."""
+        async with BlockingPortal() as portal, anyio.create_task_group() as task_group:
+            self._portal = portal
+            self._loop_thread = threading.get_ident()
+            self._task_group = task_group
+            try:
+                yield
+            finally:
+                self._task_group = None
+                task_group.cancel_scope.cancel()
+
+    def watch(self, username: str, connection: Connection) -> None:
+        """Tell ``connection``, a handshake-era client of ``username``, of changes from now on."""
+        self._connections[connection] = username
+
+    def changed(self, username: str) -> None:
+        """Tell ``username``'s clients that their tools may have changed; from any thread, never raises."""
+        portal = self._portal
+        if self._task_group is None or portal is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._notify_soon(username)
+            return
+        try:
+            portal.call(self._notify_soon, username)
+        except RuntimeError:  # the portal stopped meanwhile: nobody is left to tell
+            logger.debug("tool list change not sent: the server is stopping")
+
+    def _notify_soon(self, username: str) -> None:
+        task_group = self._task_group
+        if task_group is None:
+            return
+        # Each in a task of its own: a client that reads slowly delays nobody else's notice.
+        for connection, owner in list(self._connections.items()):
+            if owner == username:
+                task_group.start_soon(_tell, connection)
+        task_group.start_soon(self.bus.publish_to, username, ToolsListChanged())
+
+
+async def _tell(connection: Connection) -> None:
+    try:
+        await connection.send_tool_list_changed()
+    except Exception:  # noqa: BLE001 - a notice is worth no more than its client: the others' go on
+        logger.debug("tool list change not sent: the connection failed")
