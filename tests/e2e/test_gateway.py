@@ -543,6 +543,40 @@ async def test_a_change_of_a_users_secrets_tells_that_users_clients_and_no_other
     assert (untold(alices), untold(bobs)) == (0, 0)
 
 
+async def test_clients_of_one_user_that_list_again_at_once_when_told_of_a_change_all_get_the_new_tools(
+    sqlite_secrets: Secrets, tmp_path: Path
+) -> None:
+    # The optional EXTRA makes the downstream list one more tool: its change changes alice's tools.
+    growing = {
+        **STDIO_ENTRY,
+        "env": {**STDIO_ENTRY["env"], "DOWNSTREAM_LISTS_ARRAY_OUTPUT": "${secret:EXTRA}"},
+        "secrets": {"TOKEN": {}, "EXTRA": {"required": False}},
+    }
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    listings: list[set[str]] = []
+
+    async def list_again(client: Client) -> None:
+        listings.append(down_tools((await client.list_tools()).tools))
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": growing}) as gw,
+        watching(functools.partial(connect, sqlite_secrets, gw, "alice"), "auto") as (first, firsts),
+        watching(functools.partial(connect, sqlite_secrets, gw, "alice"), "auto") as (second, seconds),
+    ):
+        before = down_tools((await first.list_tools()).tools)
+        stored = await first.call_tool("set_secret", {"server": "down", "key": "EXTRA", "value": "1234"})
+        assert not stored.is_error, text_of(stored)
+        await told_of_a_change(firsts)
+        await told_of_a_change(seconds)
+        # Two chats of alice's, told together, list together: neither may be shown the tools of before.
+        async with anyio.create_task_group() as both:
+            both.start_soon(list_again, first)
+            both.start_soon(list_again, second)
+
+    assert "down__names" not in before
+    assert listings == [before | {"down__names"}] * 2
+
+
 async def test_a_listing_does_not_wait_for_a_call_of_the_same_user_still_running(
     sqlite_secrets: Secrets, gateway: Gateway
 ) -> None:

@@ -264,7 +264,13 @@ class Gateway:
         known = (username, server.name) in self._known_tools
         wait_seconds = 0 if known else self.pool.start_seconds
         session = self._session(
-            username, server, None, offer_links=False, purpose="tools/list", wait_seconds=wait_seconds
+            username,
+            server,
+            None,
+            offer_links=False,
+            purpose="tools/list",
+            wait_seconds=wait_seconds,
+            listing=True,
         )
         async with session as (connection, redactor):
             assert connection.client is not None  # noqa: S101
@@ -298,10 +304,12 @@ class Gateway:
         purpose: str,
         offer_links: bool = True,
         wait_seconds: float = math.inf,
+        listing: bool = False,
     ) -> AsyncIterator[tuple[Connection, Redactor]]:
         """The caller's connection to ``server``, opened with their secrets of that server only.
 
-        ``wait_seconds`` bounds the wait for a call of the same caller to the same server to end.
+        ``wait_seconds`` bounds the wait for a call of the same caller to the same server to end; a
+        ``listing`` waits for another listing up to the start bound.
         """
         values = await run_store_work(
             self.secrets.store,
@@ -345,7 +353,7 @@ class Gateway:
         # what keeps each call's log messages with it. Other users and servers run in parallel.
         try:
             async with (
-                self._turn(key, wait_seconds, server.name),
+                self._turn(key, wait_seconds, server.name, listing=listing),
                 self.pool.connection(key, fingerprint, opener) as connection,
             ):
                 record_injected()  # a live connection holds the values: this call uses them
@@ -367,15 +375,24 @@ class Gateway:
             ) from None
 
     @asynccontextmanager
-    async def _turn(self, key: tuple[str, str], wait_seconds: float, server: str) -> AsyncIterator[None]:
+    async def _turn(
+        self, key: tuple[str, str], wait_seconds: float, server: str, *, listing: bool
+    ) -> AsyncIterator[None]:
         """One user's turn at one server, waited for at most ``wait_seconds`` (else CallRunningError)."""
         turn = self._call_turns.setdefault(key, Turn())
         turn.calls += 1
         try:
+            if turn.listing:
+                # Another listing is bounded (a start, a listing) and lists what the caller's secrets
+                # give now: clients of a user told of a change list again at once, and none may be shown
+                # the tools of before.
+                wait_seconds = max(wait_seconds, self.pool.start_seconds)
             await _take_turn(turn.lock, wait_seconds, server)
+            turn.listing = listing
             try:
                 yield
             finally:
+                turn.listing = False
                 turn.lock.release()
         finally:
             turn.calls -= 1

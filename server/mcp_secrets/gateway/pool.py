@@ -62,6 +62,7 @@ class Turn:
 
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     calls: int = 0
+    listing: bool = False  # the holder is the gateway's listing of the key's tools, not a call
 
 
 class DownstreamPool:
