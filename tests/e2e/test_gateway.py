@@ -1149,6 +1149,22 @@ async def test_a_deleted_secret_closes_the_connection_holding_it_at_the_next_cal
     assert gateway.pool.live == 0
 
 
+async def test_a_server_whose_secret_was_deleted_still_shows_its_last_listing_and_its_calls_name_the_key(
+    sqlite_secrets: Secrets, gateway: Gateway
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+
+    async with connect(sqlite_secrets, gateway, "alice") as client:
+        before = down_tools((await client.list_tools()).tools)
+        deleted = await client.call_tool("delete_secret", {"server": "down", "key": "TOKEN"})
+        after = down_tools((await client.list_tools()).tools)
+        refused = await client.call_tool("down__ping", {})
+
+    assert not deleted.is_error, text_of(deleted)
+    assert after == before == {f"down__{name}" for name in DOWNSTREAM_TOOLS}
+    assert missing_keys(refused) == ["TOKEN"]
+
+
 def silent_entry(silent_from: str, marker: str) -> dict[str, Any]:
     """A stdio downstream that answers nothing from ``silent_from`` on, marked by ``marker``."""
     return {"command": sys.executable, "args": [str(SILENT_FIXTURE), silent_from, marker]}
