@@ -597,3 +597,39 @@ def test_reading_with_any_names_returns_nothing_foreign_or_refuses(
         return
 
     assert username == "bob" or (listed == [] and found == {})
+
+
+def test_change_listeners_hear_of_each_write_and_delete_and_nothing_else(
+    secrets: Secrets, canary: str
+) -> None:
+    heard: list[tuple[str, str]] = []
+    stop = secrets.on_change(lambda username, server: heard.append((username, server)))
+
+    secrets.set_secret("alice", "github", "TOKEN", canary)
+    secrets.set_secret("alice", "github", "TOKEN", canary + "2")
+    with pytest.raises(SecretNotFoundError):
+        secrets.delete_secret("alice", "github", "OTHER")
+    with pytest.raises(InvalidInputError):
+        secrets.set_secret("alice", "github", "bad name", canary)
+    secrets.delete_secret("alice", "github", "TOKEN")
+    stop()
+    secrets.set_secret("bob", "linear", "TOKEN", canary)
+
+    assert heard == [("alice", "github")] * 3
+
+
+def test_a_failing_change_listener_fails_no_write(
+    secrets: Secrets, canary: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(username: str, server: str) -> None:
+        raise RuntimeError("listener broke")
+
+    secrets.on_change(broken)
+
+    result = secrets.set_secret("alice", "github", "TOKEN", canary)
+
+    assert result.status == "created"
+    assert secrets.get_secrets("alice", "github") == {"TOKEN": canary}
+    assert "listener broke" in caplog.text
+    leaked = canary in caplog.text  # a bare bool: the log is not shown
+    assert not leaked

@@ -11,6 +11,7 @@ recorded before it, so this process always sees its own uses, in order.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.errors import InvalidInputError, SecretNotFoundError, StoreUnavailableError
 from mcp_secrets.store import AuditEvent, LimitReached, SecretStore, SecretUse
 from mcp_secrets.usage import FLUSH_TIMEOUT_SECONDS, UseRecorder
+
+logger = logging.getLogger(__name__)
 
 Action = Literal["save", "update", "delete"]
 ACTIONS: tuple[Action, ...] = ("save", "update", "delete")
@@ -120,9 +123,9 @@ class Secrets:
     def on_change(self, listener: Callable[[str, str], None]) -> Callable[[], None]:
         """Call ``listener(username, server)`` after each secret this service writes or deletes.
 
-        It is called on the thread that wrote, which may be an event loop's, and must not raise. Only
-        this service's writes: another process's (the CLI, another replica) are not seen. Returns a
-        function that removes the listener.
+        It is called on the thread that wrote, which may be an event loop's; what it raises is logged,
+        and the write stands. Only this service's writes: another process's (the CLI, another replica)
+        are not seen. Returns a function that removes the listener.
         """
         mark = object()
         self._change_listeners[mark] = listener
@@ -134,7 +137,11 @@ class Secrets:
 
     def _changed(self, username: str, server: str) -> None:
         for listener in list(self._change_listeners.values()):
-            listener(username, server)
+            try:
+                listener(username, server)
+            except Exception:  # noqa: PERF203 - one listener's failure must not skip the others
+                # The write is done and stays done: a listener's failure must not report it as failed.
+                logger.exception("a listener of secret changes failed")
 
     def flush(self, timeout: float = FLUSH_TIMEOUT_SECONDS) -> bool:
         """Wait until every use recorded so far is written; False if the store failed or time ran out.
