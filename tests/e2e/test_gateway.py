@@ -39,10 +39,11 @@ import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
 from mcp import Client
 from mcp.server.mcpserver import MCPServer
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPError, UrlElicitationRequiredError
 from mcp.shared.subscriptions import ToolsListChanged
 from mcp_types import (
     INVALID_PARAMS,
+    URL_ELICITATION_REQUIRED,
     CallToolResult,
     LoggingMessageNotificationParams,
     TextContent,
@@ -88,6 +89,9 @@ DOWNSTREAM_TOOLS = {
     "crash",
     "work",
     "hang",
+    "sign_in_first",
+    "ask",
+    "open_page",
 }
 STDIO_ENTRY: dict[str, Any] = {
     "command": sys.executable,
@@ -1210,6 +1214,36 @@ async def test_a_call_of_a_downstream_that_never_answers_its_start_is_a_tool_err
     assert f"downstream server silent could not be started: {expected}" in text_of(called)
     assert live == 0
     assert processes_with(marker) == []
+
+
+# --- a downstream that needs its user ---------------------------------------------------------------
+
+
+async def test_a_url_elicitation_required_error_reaches_the_client_with_its_elicitations(
+    sqlite_secrets: Secrets, gateway: Gateway
+) -> None:
+    value = fresh_value("alice")
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", value)
+
+    # The downstream says the user must sign in at a URL first (-32042, 2025-11-25): the client opens
+    # the URL and retries, so the gateway must hand on that error, not turn it into a tool error.
+    async with connect(sqlite_secrets, gateway, "alice", mode="legacy") as alice:
+        with pytest.raises(MCPError) as raised:
+            await alice.call_tool("down__sign_in_first", {"elicitation_id": "sign-in-42"})
+        retried = await alice.call_tool("down__token_hash", {})
+
+    required = UrlElicitationRequiredError.from_error(raised.value.error)
+    assert required.code == URL_ELICITATION_REQUIRED
+    assert [(e.url, e.elicitation_id) for e in required.elicitations] == [
+        ("https://auth.example.com/sign-in?elicitation=sign-in-42", "sign-in-42")
+    ]
+    # It says which server asks; its message named the secret, as a careless server's may: not any more.
+    assert required.elicitations[0].message == (
+        "[down] Sign in to the service again: [redacted TOKEN] has expired"
+    )
+    assert_no_spelling_of(value, json.dumps(raised.value.error.model_dump(mode="json")))
+    # The downstream answered: it is well, and stays.
+    assert hash_of(retried) == sha256(value)
 
 
 # --- list_secret_keys -----------------------------------------------------------------------------

@@ -31,8 +31,16 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import Context
 from mcp.server.session import ServerSession
 from mcp.shared.dispatcher import ProgressFnT
-from mcp.shared.exceptions import MCPDeprecationWarning
-from mcp_types import CallToolResult, LoggingLevel, LoggingMessageNotificationParams, Tool
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError, UrlElicitationRequiredError
+from mcp_types import (
+    URL_ELICITATION_REQUIRED,
+    CallToolResult,
+    ErrorData,
+    LoggingLevel,
+    LoggingMessageNotificationParams,
+    Tool,
+)
+from pydantic import ValidationError
 
 from mcp_secrets.errors import SecretsError
 from mcp_secrets.gateway.changes import ToolListChanges
@@ -237,6 +245,9 @@ class Gateway:
                 tool = await self._downstream_name(username, server, name, connection.client)
                 result = await connection.client.call_tool(tool, dict(arguments), progress_callback=forward)
             except Exception as exc:  # noqa: BLE001 - any downstream failure becomes a tool error
+                required = _url_elicitation_required(exc, redactor, server.name)
+                if required is not None:
+                    raise required from None
                 # A server that answered with an error is well: restarting it would cost a start and
                 # what it holds (a browser, a session). One that is gone or stuck is replaced.
                 if not await _still_answers(connection.client):
@@ -363,7 +374,7 @@ class Gateway:
                     yield connection, redactor
                 finally:
                     connection.on_log = None
-        except (GatewayBusyError, MissingSecretsError, DownstreamError):
+        except (GatewayBusyError, MissingSecretsError, DownstreamError, UrlElicitationRequiredError):
             raise
         except StartTimeoutError as exc:
             raise DownstreamError(f"downstream server {server.name} could not be started: {exc}") from None
@@ -510,6 +521,29 @@ async def _take_turn(lock: anyio.Lock, seconds: float, server: str) -> None:
             await lock.acquire()
             return
         raise CallRunningError(f"a call of yours to server {server} is still running") from None
+
+
+def _url_elicitation_required(
+    exc: Exception, redactor: Redactor, server: str
+) -> UrlElicitationRequiredError | None:
+    """The downstream's -32042 error as the client is to see it, or None for any other failure.
+
+    The user must open a URL (to sign in, say) before the call can work: the client shows it and
+    retries, so the error goes on as it is, each message saying which server asks, injected values out.
+    """
+    if not isinstance(exc, MCPError) or exc.code != URL_ELICITATION_REQUIRED:
+        return None
+    try:
+        required = UrlElicitationRequiredError.from_error(
+            ErrorData.model_validate(redactor.data(exc.error.model_dump(by_alias=True, mode="json")))
+        )
+    except ValidationError:  # not the shape the specification gives it: an ordinary failure
+        return None
+    elicitations = [
+        elicitation.model_copy(update={"message": f"[{server}] {elicitation.message}"})
+        for elicitation in required.elicitations
+    ]
+    return UrlElicitationRequiredError(elicitations, required.message)
 
 
 def _describe(exc: BaseException) -> str:
