@@ -30,7 +30,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, quote_plus
 
 import anyio
@@ -38,6 +38,7 @@ import httpx2
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
 from mcp import Client
+from mcp.client.session import ClientRequestContext
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError, UrlElicitationRequiredError
 from mcp.shared.subscriptions import ToolsListChanged
@@ -45,12 +46,17 @@ from mcp_types import (
     INVALID_PARAMS,
     URL_ELICITATION_REQUIRED,
     CallToolResult,
+    ElicitCompleteNotification,
+    ElicitRequestFormParams,
+    ElicitRequestParams,
+    ElicitRequestURLParams,
+    ElicitResult,
     LoggingMessageNotificationParams,
     TextContent,
     ToolListChangedNotification,
 )
 
-from conftest import assert_no_fragment_of
+from conftest import assert_no_fragment_of, new_canary
 from mcp_secrets import gateway as gateway_module
 from mcp_secrets.app import build_server, missing_secrets_hint
 from mcp_secrets.gateway import Gateway, load_gateway_config
@@ -1246,6 +1252,154 @@ async def test_a_url_elicitation_required_error_reaches_the_client_with_its_elic
     assert hash_of(retried) == sha256(value)
 
 
+@pytest.fixture(params=["stdio", "stdio-handshake-only", "streamable-http"])
+def asking_downstream(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The fixture downstream: it asks by InputRequiredResult (2026-07-28) or by request (handshake)."""
+    if request.param == "stdio":
+        return STDIO_ENTRY
+    if request.param == "stdio-handshake-only":
+        return {**STDIO_ENTRY, "env": {**STDIO_ENTRY["env"], "DOWNSTREAM_HANDSHAKE_ONLY": "1"}}
+    http: HttpDownstream = request.getfixturevalue("http_downstream")
+    http.ensure_running()
+    return http_entry(http)
+
+
+class User:
+    """A user's client side of elicitation: what it was asked, what it answers, what it was told."""
+
+    def __init__(self, answer: str = "", action: Literal["accept", "decline", "cancel"] = "accept") -> None:
+        self.answer = answer
+        self.action = action
+        self.asked: list[ElicitRequestParams] = []
+        self.completed: list[str] = []
+        self.asking = anyio.Event()  # set while a question waits for ``go_on``
+        self.go_on = anyio.Event()
+        self.go_on.set()
+
+    async def elicit(self, _context: ClientRequestContext, params: ElicitRequestParams) -> ElicitResult:
+        self.asked.append(params)
+        self.asking.set()
+        await self.go_on.wait()
+        if isinstance(params, ElicitRequestURLParams) or self.action != "accept":
+            return ElicitResult(action=self.action)
+        return ElicitResult(action="accept", content={"answer": self.answer})
+
+    async def notice(self, message: object) -> None:
+        if isinstance(message, ElicitCompleteNotification):
+            self.completed.append(message.params.elicitation_id)
+
+    def options(self) -> dict[str, Any]:
+        return {"elicitation_callback": self.elicit, "message_handler": self.notice}
+
+
+async def test_a_downstreams_form_question_reaches_its_caller_and_the_answer_only_the_downstream(
+    sqlite_secrets: Secrets,
+    tmp_path: Path,
+    asking_downstream: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+    canary: str,
+) -> None:
+    # As `serve --log-level DEBUG` logs: the SDK's payload loggers stay at INFO (see mcp_secrets.logs).
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="mcp_secrets")
+    value = fresh_value("alice")
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", value)
+    alice = User(answer=canary)  # an answer may be a secret the downstream needs
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": asking_downstream}) as gw,
+        connect(sqlite_secrets, gw, "alice", mode="legacy", **alice.options()) as client,
+    ):
+        result = await client.call_tool("down__ask", {"question": "Which project?"})
+
+    [asked] = alice.asked
+    assert isinstance(asked, ElicitRequestFormParams)
+    # It says which server asks, and shows no injected value; the form is the downstream's.
+    assert asked.message == "[down] Which project? (asked with [redacted TOKEN])"
+    assert asked.requested_schema["properties"]["answer"]["type"] == "string"
+    # The downstream got the answer (it says its hash), but the answer goes no further than the downstream.
+    assert not result.is_error, text_of(result)
+    assert text_of(result).startswith("accept: ")
+    assert text_of(result).endswith(f"({sha256(canary)})")
+    assert_no_spelling_of(canary, everything_in(result))
+    assert_no_fragment_of(canary, caplog.text)
+    assert_no_spelling_of(value, caplog.text)
+
+
+async def test_a_downstreams_url_question_reaches_its_caller_with_the_url_and_its_completion(
+    sqlite_secrets: Secrets, tmp_path: Path, asking_downstream: dict[str, Any]
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    alice = User()
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": asking_downstream}) as gw,
+        connect(sqlite_secrets, gw, "alice", mode="legacy", **alice.options()) as client,
+    ):
+        result = await client.call_tool("down__open_page", {"elicitation_id": "page-7"})
+
+    [asked] = alice.asked
+    assert isinstance(asked, ElicitRequestURLParams)
+    assert asked.url == "https://page.example.com/form?elicitation=page-7"
+    assert asked.message == "[down] Fill in the form on this page"
+    assert asked.elicitation_id
+    assert text_of(result) == "accept"
+    if asking_downstream.get("env", {}).get("DOWNSTREAM_HANDSHAKE_ONLY"):
+        # On the handshake protocols the downstream says when the page is done: the client hears it.
+        assert alice.completed == ["page-7"]
+
+
+async def test_a_downstream_is_refused_what_its_callers_client_cannot_ask_and_the_answer_is_passed_on(
+    sqlite_secrets: Secrets, tmp_path: Path, asking_downstream: dict[str, Any]
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    declining = User(action="decline")
+
+    async with running_gateway(sqlite_secrets, tmp_path, {"down": asking_downstream}) as gw:
+        # A client that declares no elicitation is never sent one: the downstream hears a refusal.
+        async with connect(sqlite_secrets, gw, "alice", mode="legacy") as mute:
+            refused = await mute.call_tool("down__ask", {})
+        async with connect(sqlite_secrets, gw, "alice", mode="legacy", **declining.options()) as client:
+            declined = await client.call_tool("down__ask", {})
+            after = await client.call_tool("down__ping", {})
+
+    assert refused.is_error
+    assert text_of(declined).startswith("decline: ")
+    assert len(declining.asked) == 1
+    assert text_of(after) == "pong"
+
+
+async def test_a_downstreams_question_reaches_only_the_client_whose_call_asked_it(
+    sqlite_secrets: Secrets, tmp_path: Path, asking_downstream: dict[str, Any]
+) -> None:
+    users = {"alice": User(answer=fresh_value("alice-answer")), "bob": User(answer=fresh_value("bob-answer"))}
+    for username, user in users.items():
+        sqlite_secrets.set_secret(username, "down", "TOKEN", fresh_value(username))
+        user.go_on = anyio.Event()  # each answers only once both have been asked: two questions at once
+    results: dict[str, CallToolResult] = {}
+
+    async def ask(username: str, client: Client) -> None:
+        results[username] = await client.call_tool("down__ask", {"question": f"Question for {username}?"})
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": asking_downstream}) as gw,
+        connect(sqlite_secrets, gw, "alice", mode="legacy", **users["alice"].options()) as alice,
+        connect(sqlite_secrets, gw, "bob", mode="legacy", **users["bob"].options()) as bob,
+        anyio.create_task_group() as calls,
+    ):
+        calls.start_soon(ask, "alice", alice)
+        calls.start_soon(ask, "bob", bob)
+        with anyio.fail_after(STARTUP_SECONDS):
+            for user in users.values():
+                await user.asking.wait()
+        for user in users.values():
+            user.go_on.set()
+
+    for username, user in users.items():
+        assert [asked.message.split(" (")[0] for asked in user.asked] == [f"[down] Question for {username}?"]
+        assert text_of(results[username]).endswith(f"({sha256(user.answer)})")
+
+
 # --- list_secret_keys -----------------------------------------------------------------------------
 
 
@@ -1498,6 +1652,41 @@ async def test_over_http_a_canary_shows_in_no_result_and_no_log(
     assert_no_spelling_of(canary, deployment.log())
     assert_no_fragment_of(canary, deployment.log())
     assert_no_spelling_of(canary, stdout_path(deployment.log_path).read_text(encoding="utf-8"))
+
+
+async def test_over_http_two_users_asked_at_once_each_get_only_their_own_question(
+    served: tuple[Deployment, str],
+) -> None:
+    deployment, server = served
+    users = {"alice": User(answer=new_canary()), "bob": User(answer=new_canary())}
+    for username, user in users.items():
+        await store_over_mcp(deployment, username, server, fresh_value(username))
+        user.go_on = anyio.Event()  # each answers only once both have been asked
+    results: dict[str, CallToolResult] = {}
+
+    async def ask(username: str, client: Client) -> None:
+        question = {"question": f"Question for {username}?"}
+        results[username] = await client.call_tool(f"{server}__ask", question)
+
+    async with (
+        deployment.connect("alice", mode="legacy", **users["alice"].options()) as alice,
+        deployment.connect("bob", mode="legacy", **users["bob"].options()) as bob,
+        anyio.create_task_group() as calls,
+    ):
+        calls.start_soon(ask, "alice", alice)
+        calls.start_soon(ask, "bob", bob)
+        with anyio.fail_after(STARTUP_SECONDS):
+            for user in users.values():
+                await user.asking.wait()
+        for user in users.values():
+            user.go_on.set()
+
+    for username, user in users.items():
+        questions = [asked.message.split(" (")[0] for asked in user.asked]
+        assert questions == [f"[{server}] Question for {username}?"]
+        assert text_of(results[username]).endswith(f"({sha256(user.answer)})")
+        assert_no_spelling_of(user.answer, everything_in(results[username]))
+        assert_no_fragment_of(user.answer, deployment.log())
 
 
 class _MovedHandler(BaseHTTPRequestHandler):

@@ -16,15 +16,15 @@ import os
 import re
 import secrets as _random
 import warnings
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import anyio
 import httpx2
 from mcp import Client
-from mcp.client.session import LoggingFnT
+from mcp.client.session import ClientRequestContext, ElicitationFnT, IncomingMessage, LoggingFnT
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -32,9 +32,17 @@ from mcp.server.mcpserver import Context
 from mcp.server.session import ServerSession
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError, UrlElicitationRequiredError
+from mcp.shared.message import ServerMessageMetadata
 from mcp_types import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
     URL_ELICITATION_REQUIRED,
     CallToolResult,
+    ElicitCompleteNotification,
+    ElicitRequest,
+    ElicitRequestParams,
+    ElicitRequestURLParams,
+    ElicitResult,
     ErrorData,
     LoggingLevel,
     LoggingMessageNotificationParams,
@@ -370,10 +378,12 @@ class Gateway:
                 record_injected()  # a live connection holds the values: this call uses them
                 holder["connection"] = connection
                 connection.on_log = _log_forwarder(ctx, redactor)
+                connection.on_elicit = _elicitation_forwarder(ctx, redactor, server.name)
+                connection.on_elicit_complete = _completion_forwarder(ctx)
                 try:
                     yield connection, redactor
                 finally:
-                    connection.on_log = None
+                    connection.on_log = connection.on_elicit = connection.on_elicit_complete = None
         except (GatewayBusyError, MissingSecretsError, DownstreamError, UrlElicitationRequiredError):
             raise
         except StartTimeoutError as exc:
@@ -439,16 +449,14 @@ class Gateway:
             # The downstream's stderr could print an injected value: it never reaches our log.
             with open(os.devnull, "w", encoding="utf-8") as errlog:  # noqa: PTH123, ASYNC230 - never blocks
                 transport = stdio_client(params, errlog=errlog)
-                async with Client(transport, logging_callback=_relay(holder), log_level="debug") as client:
+                async with Client(transport, **_relays(holder)) as client:
                     yield client
 
         @asynccontextmanager
         async def open_remote() -> AsyncIterator[Client]:
             assert url is not None  # noqa: S101
             if server.remote_transport == "sse":
-                async with Client(
-                    sse_client(url, headers=headers), logging_callback=_relay(holder), log_level="debug"
-                ) as client:
+                async with Client(sse_client(url, headers=headers), **_relays(holder)) as client:
                     yield client
                 return
             async with (
@@ -456,11 +464,7 @@ class Gateway:
                     headers=headers,
                     timeout=httpx2.Timeout(REMOTE_TIMEOUT_SECONDS, read=REMOTE_READ_SECONDS),
                 ) as http,
-                Client(
-                    streamable_http_client(url, http_client=http),
-                    logging_callback=_relay(holder),
-                    log_level="debug",
-                ) as client,
+                Client(streamable_http_client(url, http_client=http), **_relays(holder)) as client,
             ):
                 yield client
 
@@ -558,13 +562,42 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _relay(holder: dict[str, Connection]) -> LoggingFnT:
-    async def relay(params: LoggingMessageNotificationParams) -> None:
+def _relays(holder: dict[str, Connection]) -> dict[str, Any]:
+    """A downstream client's callbacks: each hands what the downstream sends to the call it is for."""
+
+    async def relay_log(params: LoggingMessageNotificationParams) -> None:
         connection = holder.get("connection")
         if connection is not None and connection.on_log is not None:
             await connection.on_log(params)
 
-    return relay
+    async def relay_elicitation(
+        context: ClientRequestContext,  # noqa: ARG001 - the SDK's callback signature, by name
+        params: ElicitRequestParams,
+    ) -> ElicitResult | ErrorData:
+        connection = holder.get("connection")
+        if connection is None or connection.on_elicit is None:
+            # Between calls (or in a listing) there is no user's client to ask.
+            return ErrorData(code=INVALID_REQUEST, message="no call is running to ask the user for")
+        answer: ElicitResult | ErrorData = await connection.on_elicit(params)
+        return answer
+
+    async def relay_notice(message: IncomingMessage) -> None:
+        connection = holder.get("connection")
+        if (
+            isinstance(message, ElicitCompleteNotification)
+            and connection is not None
+            and connection.on_elicit_complete is not None
+        ):
+            await connection.on_elicit_complete(message.params.elicitation_id)
+
+    relay_elicitation_fn: ElicitationFnT = relay_elicitation
+    relay_log_fn: LoggingFnT = relay_log
+    return {
+        "logging_callback": relay_log_fn,
+        "log_level": "debug",
+        "elicitation_callback": relay_elicitation_fn,
+        "message_handler": relay_notice,
+    }
 
 
 def set_log_level(session: ServerSession, level: LoggingLevel) -> None:
@@ -589,6 +622,63 @@ def _log_forwarder(
             warnings.simplefilter("ignore", MCPDeprecationWarning)
             logger_name = redactor.text(params.logger) if params.logger is not None else None
             await ctx.log(params.level, redactor.data(params.data), logger_name=logger_name)
+
+    return forward
+
+
+def _takes_elicitation(ctx: Context[Any, Any], mode: Literal["form", "url"]) -> bool:
+    """True when the client of ``ctx`` declared elicitation in ``mode``."""
+    capabilities = ctx.client_capabilities
+    elicitation = capabilities.elicitation if capabilities is not None else None
+    if elicitation is None:
+        return False
+    if mode == "url":
+        return elicitation.url is not None
+    return elicitation.form is not None or elicitation.url is None  # {} means form, as the specification says
+
+
+def _elicitation_forwarder(
+    ctx: Context[Any, Any] | None, redactor: Redactor, server: str
+) -> Callable[[ElicitRequestParams], Awaitable[ElicitResult | ErrorData]] | None:
+    if ctx is None:
+        return None
+
+    async def forward(params: ElicitRequestParams) -> ElicitResult | ErrorData:
+        mode: Literal["form", "url"] = "url" if isinstance(params, ElicitRequestURLParams) else "form"
+        if not _takes_elicitation(ctx, mode):
+            # What a client answers when asked in a mode it did not declare (-32602).
+            return ErrorData(
+                code=INVALID_PARAMS, message=f"the user's client does not take {mode} elicitation"
+            )
+        # As shown to the user: which server asks, and no injected value. The answer goes back as it is.
+        shown = redactor.data(params.model_dump(by_alias=True, mode="json", exclude_none=True))
+        shown["message"] = f"[{server}] {shown['message']}"
+        if mode == "url" and "elicitationId" not in shown:  # 2026-07-28 has none; 2025-11-25 needs one
+            shown["elicitationId"] = _random.token_urlsafe(16)
+        request = ElicitRequest(params=type(params).model_validate(shown))
+        session = ctx.request_context.session
+        try:
+            answer = await session.send_request(
+                request, ElicitResult, metadata=ServerMessageMetadata(related_request_id=ctx.request_id)
+            )
+        except MCPError as exc:  # the client's refusal is the downstream's to handle
+            return exc.error
+        if answer.action == "accept" and answer.content:
+            # A form's answer may be a secret meant for the downstream: it goes no further than that.
+            redactor.add(
+                {f"answer {name}": text for name, text in answer.content.items() if isinstance(text, str)}
+            )
+        return answer
+
+    return forward
+
+
+def _completion_forwarder(ctx: Context[Any, Any] | None) -> Callable[[str], Awaitable[None]] | None:
+    if ctx is None:
+        return None
+
+    async def forward(elicitation_id: str) -> None:
+        await ctx.request_context.session.send_elicit_complete(elicitation_id, ctx.request_id)
 
     return forward
 

@@ -54,6 +54,10 @@ class Connection:
     # Cancelled to stop a downstream still starting: until it has started, it does not wait on ``stop``.
     starting: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     on_log: Callable[[Any], Awaitable[None]] | None = None
+    # Set for the length of one call: where the downstream's questions to its user, and word that a
+    # URL-mode one is done, go (the client of that call).
+    on_elicit: Callable[[Any], Awaitable[Any]] | None = None
+    on_elicit_complete: Callable[[str], Awaitable[None]] | None = None
 
 
 @dataclass(eq=False)

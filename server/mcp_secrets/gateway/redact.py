@@ -144,13 +144,17 @@ class Redactor:
     """
 
     def __init__(self, values: Mapping[str, str]) -> None:
-        label_of: dict[str, str] = {}
+        self._label_of: dict[str, str] = {}
+        self._forms: tuple[str, ...] = ()
+        self.add(values)
+
+    def add(self, values: Mapping[str, str]) -> None:
+        """Replace these values too from now on, each labelled with its key."""
         for key, value in values.items():
             for part in _parts(value):
                 for form in _spellings(part):
-                    label_of.setdefault(form, f"[redacted {key}]")
-        self._label_of = label_of
-        self._forms = tuple(label_of)
+                    self._label_of.setdefault(form, f"[redacted {key}]")
+        self._forms = tuple(self._label_of)
 
     def text(self, text: str) -> str:
         """``text`` with every known spelling replaced."""
