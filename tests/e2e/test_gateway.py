@@ -38,11 +38,12 @@ import httpx2
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
 from mcp import Client
-from mcp.client.session import ClientRequestContext
+from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError, UrlElicitationRequiredError
 from mcp.shared.subscriptions import ToolsListChanged
 from mcp_types import (
+    HEADER_MISMATCH,
     INVALID_PARAMS,
     URL_ELICITATION_REQUIRED,
     CallToolResult,
@@ -51,6 +52,7 @@ from mcp_types import (
     ElicitRequestParams,
     ElicitRequestURLParams,
     ElicitResult,
+    InputRequiredResult,
     LoggingMessageNotificationParams,
     TextContent,
     ToolListChangedNotification,
@@ -1252,16 +1254,46 @@ async def test_a_url_elicitation_required_error_reaches_the_client_with_its_elic
     assert hash_of(retried) == sha256(value)
 
 
-@pytest.fixture(params=["stdio", "stdio-handshake-only", "streamable-http"])
-def asking_downstream(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """The fixture downstream: it asks by InputRequiredResult (2026-07-28) or by request (handshake)."""
-    if request.param == "stdio":
+# How each kind of downstream asks, and how each kind of client is asked: the downstream by an
+# InputRequiredResult (2026-07-28) or by an elicitation/create request (handshake only), the client by a
+# request (handshake, "legacy") or an InputRequiredResult ("auto" negotiates 2026-07-28).
+ASKING = {
+    "stdio-legacy": ("stdio", "legacy"),
+    "stdio-2026": ("stdio", "auto"),
+    "handshake-only-legacy": ("stdio-handshake-only", "legacy"),
+    "http-legacy": ("streamable-http", "legacy"),
+    "http-2026": ("streamable-http", "auto"),
+}
+
+
+@dataclass
+class Asking:
+    """A downstream that asks its user, and the protocol mode of the client asked."""
+
+    entry: dict[str, Any]
+    mode: str
+
+    @property
+    def says_when_done(self) -> bool:
+        """Only on the handshake protocols does the downstream send notifications/elicitation/complete."""
+        return bool(self.entry.get("env", {}).get("DOWNSTREAM_HANDSHAKE_ONLY"))
+
+
+def asking_entry(request: pytest.FixtureRequest, transport: str) -> dict[str, Any]:
+    if transport == "stdio":
         return STDIO_ENTRY
-    if request.param == "stdio-handshake-only":
+    if transport == "stdio-handshake-only":
         return {**STDIO_ENTRY, "env": {**STDIO_ENTRY["env"], "DOWNSTREAM_HANDSHAKE_ONLY": "1"}}
     http: HttpDownstream = request.getfixturevalue("http_downstream")
     http.ensure_running()
     return http_entry(http)
+
+
+@pytest.fixture(params=list(ASKING))
+def asking(request: pytest.FixtureRequest) -> Asking:
+    """The fixture downstream over each transport and era, with a client of each era."""
+    transport, mode = ASKING[request.param]
+    return Asking(asking_entry(request, transport), mode)
 
 
 class User:
@@ -1295,7 +1327,7 @@ class User:
 async def test_a_downstreams_form_question_reaches_its_caller_and_the_answer_only_the_downstream(
     sqlite_secrets: Secrets,
     tmp_path: Path,
-    asking_downstream: dict[str, Any],
+    asking: Asking,
     caplog: pytest.LogCaptureFixture,
     canary: str,
 ) -> None:
@@ -1307,8 +1339,8 @@ async def test_a_downstreams_form_question_reaches_its_caller_and_the_answer_onl
     alice = User(answer=canary)  # an answer may be a secret the downstream needs
 
     async with (
-        running_gateway(sqlite_secrets, tmp_path, {"down": asking_downstream}) as gw,
-        connect(sqlite_secrets, gw, "alice", mode="legacy", **alice.options()) as client,
+        running_gateway(sqlite_secrets, tmp_path, {"down": asking.entry}) as gw,
+        connect(sqlite_secrets, gw, "alice", mode=asking.mode, **alice.options()) as client,
     ):
         result = await client.call_tool("down__ask", {"question": "Which project?"})
 
@@ -1327,14 +1359,14 @@ async def test_a_downstreams_form_question_reaches_its_caller_and_the_answer_onl
 
 
 async def test_a_downstreams_url_question_reaches_its_caller_with_the_url_and_its_completion(
-    sqlite_secrets: Secrets, tmp_path: Path, asking_downstream: dict[str, Any]
+    sqlite_secrets: Secrets, tmp_path: Path, asking: Asking
 ) -> None:
     sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
     alice = User()
 
     async with (
-        running_gateway(sqlite_secrets, tmp_path, {"down": asking_downstream}) as gw,
-        connect(sqlite_secrets, gw, "alice", mode="legacy", **alice.options()) as client,
+        running_gateway(sqlite_secrets, tmp_path, {"down": asking.entry}) as gw,
+        connect(sqlite_secrets, gw, "alice", mode=asking.mode, **alice.options()) as client,
     ):
         result = await client.call_tool("down__open_page", {"elicitation_id": "page-7"})
 
@@ -1342,24 +1374,25 @@ async def test_a_downstreams_url_question_reaches_its_caller_with_the_url_and_it
     assert isinstance(asked, ElicitRequestURLParams)
     assert asked.url == "https://page.example.com/form?elicitation=page-7"
     assert asked.message == "[down] Fill in the form on this page"
-    assert asked.elicitation_id
+    if asking.mode == "legacy":  # 2025-11-25 gives each URL question an id (one of the gateway's, if need be)
+        assert asked.elicitation_id
     assert text_of(result) == "accept"
-    if asking_downstream.get("env", {}).get("DOWNSTREAM_HANDSHAKE_ONLY"):
+    if asking.says_when_done:
         # On the handshake protocols the downstream says when the page is done: the client hears it.
         assert alice.completed == ["page-7"]
 
 
 async def test_a_downstream_is_refused_what_its_callers_client_cannot_ask_and_the_answer_is_passed_on(
-    sqlite_secrets: Secrets, tmp_path: Path, asking_downstream: dict[str, Any]
+    sqlite_secrets: Secrets, tmp_path: Path, asking: Asking
 ) -> None:
     sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
     declining = User(action="decline")
 
-    async with running_gateway(sqlite_secrets, tmp_path, {"down": asking_downstream}) as gw:
+    async with running_gateway(sqlite_secrets, tmp_path, {"down": asking.entry}) as gw:
         # A client that declares no elicitation is never sent one: the downstream hears a refusal.
-        async with connect(sqlite_secrets, gw, "alice", mode="legacy") as mute:
+        async with connect(sqlite_secrets, gw, "alice", mode=asking.mode) as mute:
             refused = await mute.call_tool("down__ask", {})
-        async with connect(sqlite_secrets, gw, "alice", mode="legacy", **declining.options()) as client:
+        async with connect(sqlite_secrets, gw, "alice", mode=asking.mode, **declining.options()) as client:
             declined = await client.call_tool("down__ask", {})
             after = await client.call_tool("down__ping", {})
 
@@ -1370,7 +1403,7 @@ async def test_a_downstream_is_refused_what_its_callers_client_cannot_ask_and_th
 
 
 async def test_a_downstreams_question_reaches_only_the_client_whose_call_asked_it(
-    sqlite_secrets: Secrets, tmp_path: Path, asking_downstream: dict[str, Any]
+    sqlite_secrets: Secrets, tmp_path: Path, asking: Asking
 ) -> None:
     users = {"alice": User(answer=fresh_value("alice-answer")), "bob": User(answer=fresh_value("bob-answer"))}
     for username, user in users.items():
@@ -1382,9 +1415,9 @@ async def test_a_downstreams_question_reaches_only_the_client_whose_call_asked_i
         results[username] = await client.call_tool("down__ask", {"question": f"Question for {username}?"})
 
     async with (
-        running_gateway(sqlite_secrets, tmp_path, {"down": asking_downstream}) as gw,
-        connect(sqlite_secrets, gw, "alice", mode="legacy", **users["alice"].options()) as alice,
-        connect(sqlite_secrets, gw, "bob", mode="legacy", **users["bob"].options()) as bob,
+        running_gateway(sqlite_secrets, tmp_path, {"down": asking.entry}) as gw,
+        connect(sqlite_secrets, gw, "alice", mode=asking.mode, **users["alice"].options()) as alice,
+        connect(sqlite_secrets, gw, "bob", mode=asking.mode, **users["bob"].options()) as bob,
         anyio.create_task_group() as calls,
     ):
         calls.start_soon(ask, "alice", alice)
@@ -1398,6 +1431,61 @@ async def test_a_downstreams_question_reaches_only_the_client_whose_call_asked_i
     for username, user in users.items():
         assert [asked.message.split(" (")[0] for asked in user.asked] == [f"[down] Question for {username}?"]
         assert text_of(results[username]).endswith(f"({sha256(user.answer)})")
+
+
+async def test_a_question_by_request_is_refused_for_a_client_on_2026_07_28_which_takes_none(
+    sqlite_secrets: Secrets, tmp_path: Path
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    handshake_only = {**STDIO_ENTRY, "env": {**STDIO_ENTRY["env"], "DOWNSTREAM_HANDSHAKE_ONLY": "1"}}
+    alice = User()
+
+    # A downstream of the handshake asks in the middle of its call; a client on 2026-07-28 is asked
+    # only in a result, which would end that call: the downstream hears a refusal instead.
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": handshake_only}) as gw,
+        connect(sqlite_secrets, gw, "alice", mode="auto", **alice.options()) as client,
+    ):
+        assert client.protocol_version == "2026-07-28"
+        refused = await client.call_tool("down__ask", {})
+        after = await client.call_tool("down__ping", {})
+
+    assert refused.is_error
+    assert alice.asked == []
+    assert text_of(after) == "pong"
+
+
+async def test_a_call_refused_for_a_stale_tool_listing_is_sent_again_after_listing_anew(
+    sqlite_secrets: Secrets, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    value = fresh_value("alice")
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", value)
+    sent = ClientSession.call_tool
+    refusals = [MCPError(HEADER_MISMATCH, "Mcp-Param header missing")]
+    listings: list[str] = []
+    listed = ClientSession.list_tools
+
+    # A downstream on 2026-07-28 refuses a call whose headers do not match the tool it listed (SEP-2243):
+    # the SDK's Client lists again and resends once, and so does the gateway for a client asked by result.
+    async def refuse_once(self: ClientSession, *args: Any, **kwargs: Any) -> Any:
+        if refusals and args[0] == "token_hash":  # the downstream's own name: the gateway's call of it
+            raise refusals.pop()
+        return await sent(self, *args, **kwargs)
+
+    async def list_tools(self: ClientSession, *args: Any, **kwargs: Any) -> Any:
+        listings.append("tools/list")
+        return await listed(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClientSession, "call_tool", refuse_once)
+    monkeypatch.setattr(ClientSession, "list_tools", list_tools)
+    async with connect(sqlite_secrets, gateway, "alice", mode="auto") as alice:
+        assert alice.protocol_version == "2026-07-28"
+        listings.clear()
+        result = await alice.call_tool("down__token_hash", {})
+
+    assert hash_of(result) == sha256(value)
+    assert refusals == []
+    assert listings  # the downstream's listing was asked for again, not served from a cache
 
 
 # --- list_secret_keys -----------------------------------------------------------------------------
@@ -1654,8 +1742,9 @@ async def test_over_http_a_canary_shows_in_no_result_and_no_log(
     assert_no_spelling_of(canary, stdout_path(deployment.log_path).read_text(encoding="utf-8"))
 
 
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
 async def test_over_http_two_users_asked_at_once_each_get_only_their_own_question(
-    served: tuple[Deployment, str],
+    served: tuple[Deployment, str], mode: str
 ) -> None:
     deployment, server = served
     users = {"alice": User(answer=new_canary()), "bob": User(answer=new_canary())}
@@ -1669,8 +1758,8 @@ async def test_over_http_two_users_asked_at_once_each_get_only_their_own_questio
         results[username] = await client.call_tool(f"{server}__ask", question)
 
     async with (
-        deployment.connect("alice", mode="legacy", **users["alice"].options()) as alice,
-        deployment.connect("bob", mode="legacy", **users["bob"].options()) as bob,
+        deployment.connect("alice", mode=mode, **users["alice"].options()) as alice,
+        deployment.connect("bob", mode=mode, **users["bob"].options()) as bob,
         anyio.create_task_group() as calls,
     ):
         calls.start_soon(ask, "alice", alice)
@@ -1687,6 +1776,34 @@ async def test_over_http_two_users_asked_at_once_each_get_only_their_own_questio
         assert text_of(results[username]).endswith(f"({sha256(user.answer)})")
         assert_no_spelling_of(user.answer, everything_in(results[username]))
         assert_no_fragment_of(user.answer, deployment.log())
+
+
+async def test_over_http_one_users_question_state_cannot_be_answered_by_another(
+    served: tuple[Deployment, str],
+) -> None:
+    deployment, server = served
+    for username in ("alice", "bob"):
+        await store_over_mcp(deployment, username, server, fresh_value(username))
+    answer = {"ask": ElicitResult(action="accept", content={"answer": new_canary()})}
+
+    # On 2026-07-28 the question comes back in a result whose state the client echoes: one user's
+    # state is bound to that user, so another cannot answer (or learn) that user's question.
+    asker = User().options()  # declares elicitation; each round is driven by hand here
+    async with deployment.connect("alice", **asker) as alice:
+        asked = await alice.session.call_tool(f"{server}__ask", {}, allow_input_required=True)
+    assert isinstance(asked, InputRequiredResult)
+    assert asked.request_state is not None
+    async with deployment.connect("bob", **asker) as bob:
+        with pytest.raises(MCPError) as refused:
+            await bob.session.call_tool(
+                f"{server}__ask", {}, input_responses=answer, request_state=asked.request_state
+            )
+    assert refused.value.code == INVALID_PARAMS
+    async with deployment.connect("alice", **asker) as alice:
+        answered = await alice.session.call_tool(
+            f"{server}__ask", {}, input_responses=answer, request_state=asked.request_state
+        )
+    assert text_of(answered).startswith("accept: ")
 
 
 class _MovedHandler(BaseHTTPRequestHandler):

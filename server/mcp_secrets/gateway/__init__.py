@@ -24,6 +24,7 @@ from typing import Any, Literal, get_args
 import anyio
 import httpx2
 from mcp import Client
+from mcp.client.caching import CacheMode
 from mcp.client.session import ClientRequestContext, ElicitationFnT, IncomingMessage, LoggingFnT
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
@@ -34,6 +35,7 @@ from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError, UrlElicitationRequiredError
 from mcp.shared.message import ServerMessageMetadata
 from mcp_types import (
+    HEADER_MISMATCH,
     INVALID_PARAMS,
     INVALID_REQUEST,
     URL_ELICITATION_REQUIRED,
@@ -44,10 +46,13 @@ from mcp_types import (
     ElicitRequestURLParams,
     ElicitResult,
     ErrorData,
+    InputRequest,
+    InputRequiredResult,
     LoggingLevel,
     LoggingMessageNotificationParams,
     Tool,
 )
+from mcp_types.version import is_version_at_least
 from pydantic import ValidationError
 
 from mcp_secrets.errors import SecretsError
@@ -87,6 +92,8 @@ TOOL_NAME_RULE = "1 to 128 characters of letters, digits, '_', '-', '.' or '/'"
 # from 2026-07-28 each request asks for its own, and the SDK drops what is below it).
 LOG_LEVEL_STATE = "mcp_secrets.log_level"
 LOG_LEVELS: tuple[LoggingLevel, ...] = get_args(LoggingLevel)  # least severe first
+# The first protocol revision whose clients are asked in a call's result, not by a request.
+INPUT_REQUIRED_VERSION = "2026-07-28"
 # A tool name cut to fit ends in '-' and this many hex digits of the SHA-256 of the downstream's name.
 _CUT_HASH_CHARS = 8
 _CUT = re.compile(rf"-[0-9a-f]{{{_CUT_HASH_CHARS}}}\Z")
@@ -235,8 +242,12 @@ class Gateway:
 
     async def call_tool(
         self, username: str, name: str, arguments: Mapping[str, Any], ctx: Context[Any, Any] | None = None
-    ) -> CallToolResult:
-        """Call a downstream tool as ``username``; the result carries no injected value."""
+    ) -> CallToolResult | InputRequiredResult:
+        """Call a downstream tool as ``username``; the result carries no injected value.
+
+        For a client on 2026-07-28, the downstream's questions to its user come back as an
+        ``InputRequiredResult``, and the client's retry carries the answers on to the downstream.
+        """
         parts = split_tool_name(name)
         if parts is None or parts[0] not in self.config.servers:
             raise DownstreamError(f"there is no downstream tool {name!r}")
@@ -250,8 +261,12 @@ class Gateway:
             assert connection.client is not None  # noqa: S101 - set before the pool hands it out
             forward = _progress_forwarder(ctx, redactor)
             try:
-                tool = await self._downstream_name(username, server, name, connection.client)
-                result = await connection.client.call_tool(tool, dict(arguments), progress_callback=forward)
+                client = connection.client
+                tool = await self._downstream_name(username, server, name, client)
+                if ctx is not None and _asks_by_result(ctx):
+                    result = await _call_round(client, tool, dict(arguments), ctx, redactor, forward=forward)
+                else:
+                    result = await client.call_tool(tool, dict(arguments), progress_callback=forward)
             except Exception as exc:  # noqa: BLE001 - any downstream failure becomes a tool error
                 required = _url_elicitation_required(exc, redactor, server.name)
                 if required is not None:
@@ -265,6 +280,9 @@ class Gateway:
                         f"downstream server {server.name} failed during {parts[1]}: {_describe(exc)}"
                     )
                 ) from None
+            if isinstance(result, InputRequiredResult):
+                assert ctx is not None  # noqa: S101 - only a call with a client is asked by result
+                return _questions(result, ctx, redactor, server.name)
             return redact_result(result, redactor)
 
     async def _downstream_name(self, username: str, server: ServerConfig, name: str, client: Client) -> str:
@@ -483,6 +501,69 @@ def redact_result(result: CallToolResult, redactor: Redactor) -> CallToolResult:
     return CallToolResult.model_validate(redactor.data(dumped))
 
 
+def _asks_by_result(ctx: Context[Any, Any]) -> bool:
+    """True for a client on 2026-07-28 or later: it is asked in a call's result, never by a request."""
+    version = ctx.protocol_version
+    return version is not None and is_version_at_least(version, INPUT_REQUIRED_VERSION)
+
+
+async def _call_round(
+    client: Client,
+    tool: str,
+    arguments: dict[str, Any],
+    ctx: Context[Any, Any],
+    redactor: Redactor,
+    *,
+    forward: ProgressFnT | None,
+) -> CallToolResult | InputRequiredResult:
+    """One round of a call whose client is asked by result: the answers it brings go on to the downstream.
+
+    The downstream's request state goes to the client as the gateway's own, which the SDK seals and
+    binds to this user, tool and arguments; nothing of the round is kept here.
+    """
+    for response in (ctx.input_responses or {}).values():
+        if isinstance(response, ElicitResult):
+            redactor.add(_answer_texts(response))
+
+    async def send() -> CallToolResult | InputRequiredResult:
+        return await client.session.call_tool(
+            tool,
+            arguments,
+            progress_callback=forward,
+            input_responses=ctx.input_responses,
+            request_state=ctx.request_state,
+            allow_input_required=True,
+        )
+
+    try:
+        return await send()
+    except MCPError as exc:
+        if exc.code != HEADER_MISMATCH:
+            raise
+        # What the SDK's Client.call_tool does: the listing of the tool is missing or stale; list, send again.
+        await _every_tool(client, cache_mode="refresh")
+        return await send()
+
+
+def _questions(
+    result: InputRequiredResult, ctx: Context[Any, Any], redactor: Redactor, server: str
+) -> InputRequiredResult:
+    """The downstream's questions as its user's client is to see them; DownstreamError if it cannot."""
+    shown: dict[str, InputRequest] = {}
+    for key, request in (result.input_requests or {}).items():
+        if not isinstance(request, ElicitRequest):  # sampling or roots: never declared to a downstream
+            raise DownstreamError(
+                f"downstream server {server} asked for {request.method}, which is not relayed"
+            )
+        mode = _mode(request.params)
+        if not _takes_elicitation(ctx, mode):
+            raise DownstreamError(
+                f"downstream server {server} asks its user in {mode} mode; this client has none"
+            )
+        shown[key] = ElicitRequest(params=_shown_question(request.params, redactor, server))
+    return InputRequiredResult(input_requests=shown or None, request_state=result.request_state)
+
+
 def _uncut(server: str, name: str, tools: list[Tool]) -> str | None:
     """The name among ``tools`` offered as ``name``; one that fits whole wins over one cut to it."""
     matches = [tool.name for tool in tools if offered_name(server, tool.name) == name]
@@ -504,14 +585,14 @@ async def _still_answers(client: Client) -> bool:
     return False
 
 
-async def _every_tool(client: Client) -> list[Tool]:
+async def _every_tool(client: Client, cache_mode: CacheMode = "use") -> list[Tool]:
     """Every tool ``client``'s server lists, page after page, up to ``LISTING_PAGES`` pages."""
-    page = await client.list_tools()
+    page = await client.list_tools(cache_mode=cache_mode)
     tools = list(page.tools)
     for _ in range(LISTING_PAGES - 1):
         if page.next_cursor is None:
             break
-        page = await client.list_tools(cursor=page.next_cursor)
+        page = await client.list_tools(cursor=page.next_cursor, cache_mode=cache_mode)
         tools += page.tools
     return tools
 
@@ -644,33 +725,49 @@ def _elicitation_forwarder(
         return None
 
     async def forward(params: ElicitRequestParams) -> ElicitResult | ErrorData:
-        mode: Literal["form", "url"] = "url" if isinstance(params, ElicitRequestURLParams) else "form"
+        mode = _mode(params)
         if not _takes_elicitation(ctx, mode):
             # What a client answers when asked in a mode it did not declare (-32602).
+            return ErrorData(code=INVALID_PARAMS, message=f"the client does not take {mode} elicitation")
+        if _asks_by_result(ctx):
+            # Such a client is asked in a call's result, which would end the call that asks.
             return ErrorData(
-                code=INVALID_PARAMS, message=f"the user's client does not take {mode} elicitation"
+                code=INVALID_REQUEST, message="the client takes questions only in a call's result"
             )
-        # As shown to the user: which server asks, and no injected value. The answer goes back as it is.
-        shown = redactor.data(params.model_dump(by_alias=True, mode="json", exclude_none=True))
-        shown["message"] = f"[{server}] {shown['message']}"
-        if mode == "url" and "elicitationId" not in shown:  # 2026-07-28 has none; 2025-11-25 needs one
-            shown["elicitationId"] = _random.token_urlsafe(16)
-        request = ElicitRequest(params=type(params).model_validate(shown))
+        shown = _shown_question(params, redactor, server)
+        if isinstance(shown, ElicitRequestURLParams) and shown.elicitation_id is None:
+            shown.elicitation_id = _random.token_urlsafe(16)  # 2026-07-28 has none; 2025-11-25 needs one
         session = ctx.request_context.session
         try:
             answer = await session.send_request(
-                request, ElicitResult, metadata=ServerMessageMetadata(related_request_id=ctx.request_id)
+                ElicitRequest(params=shown),
+                ElicitResult,
+                metadata=ServerMessageMetadata(related_request_id=ctx.request_id),
             )
         except MCPError as exc:  # the client's refusal is the downstream's to handle
             return exc.error
-        if answer.action == "accept" and answer.content:
-            # A form's answer may be a secret meant for the downstream: it goes no further than that.
-            redactor.add(
-                {f"answer {name}": text for name, text in answer.content.items() if isinstance(text, str)}
-            )
+        redactor.add(_answer_texts(answer))
         return answer
 
     return forward
+
+
+def _mode(params: ElicitRequestParams) -> Literal["form", "url"]:
+    return "url" if isinstance(params, ElicitRequestURLParams) else "form"
+
+
+def _shown_question(params: ElicitRequestParams, redactor: Redactor, server: str) -> ElicitRequestParams:
+    """A downstream's question as its user sees it: which server asks first, no injected value in it."""
+    shown = redactor.data(params.model_dump(by_alias=True, mode="json", exclude_none=True))
+    shown["message"] = f"[{server}] {shown['message']}"
+    return type(params).model_validate(shown)
+
+
+def _answer_texts(answer: ElicitResult) -> dict[str, str]:
+    """An accepted form's text values, labelled: an answer may be a secret meant for the downstream alone."""
+    if answer.action != "accept" or not answer.content:
+        return {}
+    return {f"answer {name}": text for name, text in answer.content.items() if isinstance(text, str)}
 
 
 def _completion_forwarder(ctx: Context[Any, Any] | None) -> Callable[[str], Awaitable[None]] | None:
