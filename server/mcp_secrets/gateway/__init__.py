@@ -264,7 +264,7 @@ class Gateway:
                 client = connection.client
                 tool = await self._downstream_name(username, server, name, client)
                 if ctx is not None and _asks_by_result(ctx):
-                    result = await _call_round(client, tool, dict(arguments), ctx, redactor, forward=forward)
+                    result = await _call_round(client, tool, dict(arguments), ctx, forward=forward)
                 else:
                     result = await client.call_tool(tool, dict(arguments), progress_callback=forward)
             except Exception as exc:  # noqa: BLE001 - any downstream failure becomes a tool error
@@ -512,7 +512,6 @@ async def _call_round(
     tool: str,
     arguments: dict[str, Any],
     ctx: Context[Any, Any],
-    redactor: Redactor,
     *,
     forward: ProgressFnT | None,
 ) -> CallToolResult | InputRequiredResult:
@@ -521,9 +520,6 @@ async def _call_round(
     The downstream's request state goes to the client as the gateway's own, which the SDK seals and
     binds to this user, tool and arguments; nothing of the round is kept here.
     """
-    for response in (ctx.input_responses or {}).values():
-        if isinstance(response, ElicitResult):
-            redactor.add(_answer_texts(response))
 
     async def send() -> CallToolResult | InputRequiredResult:
         return await client.session.call_tool(
@@ -746,7 +742,8 @@ def _elicitation_forwarder(
             )
         except MCPError as exc:  # the client's refusal is the downstream's to handle
             return exc.error
-        redactor.add(_answer_texts(answer))
+        # The answer goes back as it came, and is logged nowhere. It is not redacted from what the call
+        # returns: it came from this client, and form mode may not ask for secrets (URL mode is for those).
         return answer
 
     return forward
@@ -761,13 +758,6 @@ def _shown_question(params: ElicitRequestParams, redactor: Redactor, server: str
     shown = redactor.data(params.model_dump(by_alias=True, mode="json", exclude_none=True))
     shown["message"] = f"[{server}] {shown['message']}"
     return type(params).model_validate(shown)
-
-
-def _answer_texts(answer: ElicitResult) -> dict[str, str]:
-    """An accepted form's text values, labelled: an answer may be a secret meant for the downstream alone."""
-    if answer.action != "accept" or not answer.content:
-        return {}
-    return {f"answer {name}": text for name, text in answer.content.items() if isinstance(text, str)}
 
 
 def _completion_forwarder(ctx: Context[Any, Any] | None) -> Callable[[str], Awaitable[None]] | None:

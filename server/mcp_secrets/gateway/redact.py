@@ -144,17 +144,13 @@ class Redactor:
     """
 
     def __init__(self, values: Mapping[str, str]) -> None:
-        self._label_of: dict[str, str] = {}
-        self._forms: tuple[str, ...] = ()
-        self.add(values)
-
-    def add(self, values: Mapping[str, str]) -> None:
-        """Replace these values too from now on, each labelled with its key."""
+        label_of: dict[str, str] = {}
         for key, value in values.items():
             for part in _parts(value):
                 for form in _spellings(part):
-                    self._label_of.setdefault(form, f"[redacted {key}]")
-        self._forms = tuple(self._label_of)
+                    label_of.setdefault(form, f"[redacted {key}]")
+        self._label_of = label_of
+        self._forms = tuple(label_of)
 
     def text(self, text: str) -> str:
         """``text`` with every known spelling replaced."""
