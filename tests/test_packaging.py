@@ -27,9 +27,9 @@ def test_the_licence_is_an_spdx_expression_and_no_licence_classifier_contradicts
     assert not [name for name in installed.get_all("Classifier") or [] if name.startswith("License ::")]
 
 
-def test_console_script_points_at_the_cli() -> None:
+def test_console_script_points_at_the_launcher_which_closes_the_process_before_the_cli() -> None:
     scripts = {ep.name: ep.value for ep in metadata.entry_points(group="console_scripts")}
-    assert scripts["mcp-secrets"] == "mcp_secrets.cli:main"
+    assert scripts["mcp-secrets"] == "mcp_secrets.launch:main"
 
 
 def test_package_is_marked_typed() -> None:
@@ -110,3 +110,11 @@ def test_the_readme_command_table_has_every_command() -> None:
 
     assert "mcp-secrets prune-audit" in commands
     assert missing == []
+
+
+def test_every_public_name_is_there_when_asked_for() -> None:
+    # The package imports them when first used (see mcp_secrets.launch): each must still be found.
+    for name in mcp_secrets.__all__:
+        assert getattr(mcp_secrets, name) is not None
+    with pytest.raises(AttributeError):
+        _ = mcp_secrets.no_such_name  # type: ignore[attr-defined]

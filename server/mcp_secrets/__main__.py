@@ -1,3 +1,3 @@
-from mcp_secrets.cli import main
+from mcp_secrets.launch import main
 
 raise SystemExit(main())

@@ -105,3 +105,44 @@ def test_every_cli_command_runs_not_dumpable() -> None:
     )
 
     assert done.stdout.splitlines()[-1] == "False"
+
+
+# Put first on the path of a started `mcp-secrets`: it watches every import, and notes each module of a
+# library imported while the process could still be read by another (its environment holds the key).
+WATCH_IMPORTS = """
+import atexit, ctypes, os, sys
+
+LIBRARIES = {"anyio", "cryptography", "httpx", "mcp", "pydantic", "pydantic_settings", "pymongo", "starlette"}
+prctl = ctypes.CDLL(None).prctl
+seen = []
+
+def watch(event, args):
+    if event == "import" and args[0].partition(".")[0] in LIBRARIES and prctl(3, 0, 0, 0, 0) != 0:
+        seen.append(args[0])
+
+sys.addaudithook(watch)
+atexit.register(lambda: open(os.environ["WATCH_REPORT"], "w").write("\\n".join(seen)))
+"""
+
+
+@pytest.mark.parametrize("command", [["mcp-secrets"], MCP_SECRETS], ids=["console-script", "python-m"])
+def test_a_started_process_is_closed_before_it_imports_any_library(
+    tmp_path: Path, command: list[str]
+) -> None:
+    # The imports are most of a start (about 0.7 s): until the process is closed, another process of its
+    # user can read its environment, MCP_SECRETS_MASTER_KEY included. Closed first, that window is the
+    # interpreter's own start.
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    (watch / "sitecustomize.py").write_text(WATCH_IMPORTS, encoding="utf-8")
+    report = tmp_path / "report"
+    if command == ["mcp-secrets"]:
+        command = [str(Path(sys.executable).with_name("mcp-secrets"))]
+    env = isolated_env(tmp_path, PYTHONPATH=str(watch), WATCH_REPORT=str(report))
+
+    done = subprocess.run(
+        [*command, "--version"], env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT, check=False
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert report.read_text(encoding="utf-8").split() == []
