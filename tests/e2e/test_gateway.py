@@ -1324,6 +1324,26 @@ class User:
         return {"elicitation_callback": self.elicit, "message_handler": self.notice}
 
 
+async def asked_at_once(
+    users: dict[str, User], clients: dict[str, Client], tool: str
+) -> dict[str, CallToolResult]:
+    """Each user's client calls ``tool`` with a question of its own; each answers once all are asked."""
+    results: dict[str, CallToolResult] = {}
+
+    async def ask(username: str) -> None:
+        results[username] = await clients[username].call_tool(tool, {"question": f"Question for {username}?"})
+
+    async with anyio.create_task_group() as calls:
+        for username in users:
+            calls.start_soon(ask, username)
+        with anyio.fail_after(STARTUP_SECONDS):
+            for user in users.values():
+                await user.asking.wait()
+        for user in users.values():
+            user.go_on.set()
+    return results
+
+
 async def test_a_downstreams_form_question_reaches_its_caller_and_its_answer_the_downstream_and_no_log(
     sqlite_secrets: Secrets,
     tmp_path: Path,
@@ -1409,24 +1429,13 @@ async def test_a_downstreams_question_reaches_only_the_client_whose_call_asked_i
     for username, user in users.items():
         sqlite_secrets.set_secret(username, "down", "TOKEN", fresh_value(username))
         user.go_on = anyio.Event()  # each answers only once both have been asked: two questions at once
-    results: dict[str, CallToolResult] = {}
-
-    async def ask(username: str, client: Client) -> None:
-        results[username] = await client.call_tool("down__ask", {"question": f"Question for {username}?"})
 
     async with (
         running_gateway(sqlite_secrets, tmp_path, {"down": asking.entry}) as gw,
         connect(sqlite_secrets, gw, "alice", mode=asking.mode, **users["alice"].options()) as alice,
         connect(sqlite_secrets, gw, "bob", mode=asking.mode, **users["bob"].options()) as bob,
-        anyio.create_task_group() as calls,
     ):
-        calls.start_soon(ask, "alice", alice)
-        calls.start_soon(ask, "bob", bob)
-        with anyio.fail_after(STARTUP_SECONDS):
-            for user in users.values():
-                await user.asking.wait()
-        for user in users.values():
-            user.go_on.set()
+        results = await asked_at_once(users, {"alice": alice, "bob": bob}, "down__ask")
 
     for username, user in users.items():
         assert [asked.message.split(" (")[0] for asked in user.asked] == [f"[down] Question for {username}?"]
@@ -1751,24 +1760,12 @@ async def test_over_http_two_users_asked_at_once_each_get_only_their_own_questio
     for username, user in users.items():
         await store_over_mcp(deployment, username, server, fresh_value(username))
         user.go_on = anyio.Event()  # each answers only once both have been asked
-    results: dict[str, CallToolResult] = {}
-
-    async def ask(username: str, client: Client) -> None:
-        question = {"question": f"Question for {username}?"}
-        results[username] = await client.call_tool(f"{server}__ask", question)
 
     async with (
         deployment.connect("alice", mode=mode, **users["alice"].options()) as alice,
         deployment.connect("bob", mode=mode, **users["bob"].options()) as bob,
-        anyio.create_task_group() as calls,
     ):
-        calls.start_soon(ask, "alice", alice)
-        calls.start_soon(ask, "bob", bob)
-        with anyio.fail_after(STARTUP_SECONDS):
-            for user in users.values():
-                await user.asking.wait()
-        for user in users.values():
-            user.go_on.set()
+        results = await asked_at_once(users, {"alice": alice, "bob": bob}, f"{server}__ask")
 
     for username, user in users.items():
         questions = [asked.message.split(" (")[0] for asked in user.asked]
