@@ -1360,6 +1360,29 @@ def test_delete_of_a_secret_that_does_not_exist_fails_and_deletes_nothing(
     assert stored_secrets(env, "alice", "github") == {"TOKEN": values[0]}
 
 
+def test_the_list_command_a_failed_delete_suggests_lists_that_user_in_a_shell(env: dict[str, str]) -> None:
+    username = "auth0|5f7c8ec7c33c6c004bbafe82"  # a shell would read the bar as a pipe
+    stored(env, (username, "github", "TOKEN"), ("auth0", "github", "OTHER"))
+    failed = mcp_secrets_cli(env, "delete", "github", "MISSING", "--user", username)
+    command = re.search(r"`(mcp-secrets list .+?)`", failed.stderr)
+    assert command, failed.stderr
+
+    # As the user pastes it into a terminal: through a shell, which finds mcp-secrets on the PATH.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    listed = subprocess.run(
+        ["/bin/sh", "-c", command.group(1) + " --json"],
+        env={**env, "PATH": path},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert listed.returncode == 0, listed.stderr
+    assert [json.loads(line)["username"] for line in listed.stdout.splitlines()] == [username]
+
+
 def test_delete_refuses_a_bad_key_name(env: dict[str, str]) -> None:
     done = mcp_secrets_cli(env, "delete", "github", "BAD KEY", "--user", "alice")
 

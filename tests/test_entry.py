@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -465,6 +466,62 @@ async def test_the_terminal_command_request_secret_gives_on_stdio_stores_the_sec
 
         assert done.returncode == 0, done.stderr
         assert service.get_secrets(username, server) == {key: canary}
+    finally:
+        service.close()
+        store.close()
+
+
+AUTH0_USERNAME = "auth0|5f7c8ec7c33c6c004bbafe82"  # a username a shell would read as a pipe
+
+
+async def _request_secret_command(service: Secrets, username: str) -> str:
+    async with Client(build_server(service, LocalIdentity(username))) as user:
+        result = await user.call_tool("request_secret", {"server": "github", "key": "KEY"})
+    command = re.search(r"terminal:  (mcp-secrets .+?)  \(", text_of(result))
+    assert command, text_of(result)
+    return command.group(1)
+
+
+async def _gateway_hint_command(_service: Secrets, username: str) -> str:
+    hint = missing_secrets_hint(None)(username, "github", ["KEY"])
+    command = re.search(r"run `(mcp-secrets .+?)`", hint)
+    assert command, hint
+    return command.group(1)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "given_by", [_request_secret_command, _gateway_hint_command], ids=["request-secret-on-stdio", "gateway"]
+)
+async def test_the_printed_command_run_in_a_shell_stores_for_that_user_alone(
+    tmp_path: Path, canary: str, given_by: Callable[[Secrets, str], Any]
+) -> None:
+    master_key = generate_master_key()
+    store = SQLiteStore(tmp_path / "secrets.db")
+    service = Secrets(store, SecretEncryptor([parse_master_key(master_key)]))
+    try:
+        command = await given_by(service, AUTH0_USERNAME)
+        env = isolated_env(
+            tmp_path,
+            MCP_SECRETS_MASTER_KEY=master_key,
+            MCP_SECRETS_DATABASE_URL=f"sqlite:///{tmp_path / 'secrets.db'}",
+        )
+        # As the user pastes it into a terminal: through a shell, which finds mcp-secrets on the PATH.
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+
+        done = subprocess.run(
+            ["/bin/sh", "-c", command],
+            input=canary + "\n",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+        assert done.returncode == 0, done.stderr
+        assert service.get_secrets(AUTH0_USERNAME, "github") == {"KEY": canary}
+        assert store.count_secrets() == 1  # nobody else's, "auth0" before the bar included
     finally:
         service.close()
         store.close()

@@ -59,7 +59,46 @@ def _context(request: object = None) -> Any:
 # --- the local user -------------------------------------------------------------------------------
 
 MCP_STYLE_USERNAMES = ["alice", "alice@example.com", "svc-bot_01.prod", "ci.runner-7", "A" * 128]
-NOT_USERNAMES = ["", "a b", "alice/bob", "alice\n", "élodie", "A" * 129, "carol;drop", None]
+# Subjects of common OIDC providers: Auth0's (strategy|id, strategy|connection|id), Okta's, Google's,
+# Entra ID's pairwise one, Keycloak's and Cognito's UUIDs.
+PROVIDER_SUBJECTS = [
+    "auth0|5f7c8ec7c33c6c004bbafe82",
+    "google-oauth2|103547991597142817347",
+    "samlp|Customer1|jane@example.com",
+    "apple|001234.abcdef0123456789abcdef0123456789.1234",
+    "00uid4BxXw6I6TV4m0g3",
+    "103547991597142817347",
+    "AAAAAAAAAAAAAAAAAAAAAIkzqFVrSaSaFHy782bbtaQ",
+    "f81d4fae-7dec-11d0-a765-00a0c91e6bf6",
+]
+# Shell, path and URL syntax, whitespace, control characters and non-ASCII stay out of usernames: they
+# are printed in commands for a terminal, and compared as they are.
+NOT_USERNAMES = [
+    "",
+    "a b",
+    "a\tb",
+    "alice/bob",
+    "alice\n",
+    "a\x00b",
+    "a\x1bb",
+    "élodie",
+    "A" * 129,
+    "carol;drop",
+    "a'b",
+    'a"b',
+    "a$b",
+    "a`b",
+    "a&b",
+    "a<b",
+    "a>b",
+    "a(b)",
+    "a\\b",
+    "a*b",
+    "repo:octo-org/octo-repo:ref:refs/heads/main",
+    "a:b",
+    "a%7Cb",
+    None,
+]
 
 
 @pytest.mark.parametrize("name", MCP_STYLE_USERNAMES)
@@ -67,7 +106,12 @@ def test_local_identity_accepts_mcp_style_usernames(name: str) -> None:
     assert LocalIdentity(name).username(_context()) == name
 
 
-@given(st.from_regex(r"[A-Za-z0-9_.@\-]{1,128}", fullmatch=True))
+@pytest.mark.parametrize("name", PROVIDER_SUBJECTS)
+def test_local_identity_accepts_the_subjects_of_common_oidc_providers(name: str) -> None:
+    assert LocalIdentity(name).username(_context()) == name
+
+
+@given(st.from_regex(r"[A-Za-z0-9_.@|\-]{1,128}", fullmatch=True))
 def test_local_identity_accepts_any_name_of_the_username_alphabet(name: str) -> None:
     assert LocalIdentity(name).username(_context()) == name
 
@@ -296,6 +340,19 @@ async def test_a_jwt_issued_by_a_clock_a_few_seconds_ahead_verifies(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("sub", PROVIDER_SUBJECTS)
+async def test_a_jwt_whose_sub_is_a_common_providers_subject_names_that_user(
+    jwks_url: str, signing_key: rsa.RSAPrivateKey, sub: str
+) -> None:
+    token = _sign(signing_key, _claims(sub=sub))
+
+    access = await JwtVerifier(jwks_url, issuer=ISSUER, audience=AUDIENCE).verify_token(token)
+
+    assert access is not None
+    assert access.subject == sub
+
+
+@pytest.mark.anyio
 async def test_a_configured_username_claim_names_the_user(
     jwks_url: str, signing_key: rsa.RSAPrivateKey
 ) -> None:
@@ -366,6 +423,11 @@ NOT_USERNAME_CLAIMS = {
     "empty": "",
     "too long": "A" * 129,
     "path": "alice/../bob",
+    "pipe-and-semicolon": "auth0|x;rm",
+    "quote": "auth0|x'y",
+    "dollar": "auth0|$HOME",
+    "newline": "auth0|x\ny",
+    "non-ascii": "auth0|élodie",
 }
 
 

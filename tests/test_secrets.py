@@ -91,6 +91,7 @@ def test_timestamps_keep_creation_and_follow_updates(store: SecretStore, encrypt
         ("alice@example.com", "my-server.v2", "API_KEY"),
         ("_", ".", "-"),
         ("0", "..", "9"),
+        ("samlp|Customer1|jane@example.com", "github", "TOKEN"),
     ],
 )
 def test_names_at_the_edges_of_the_rules_are_accepted(
@@ -99,6 +100,22 @@ def test_names_at_the_edges_of_the_rules_are_accepted(
     secrets.set_secret(username, server, key, canary)
 
     assert secrets.get_secrets(username, server) == {key: canary}
+
+
+def test_an_auth0_subject_is_a_user_apart_from_its_strategy_and_its_neighbours(secrets: Secrets) -> None:
+    """A '|' has no meaning to a store: no pattern, no operator, nothing that matches a prefix."""
+    users = ["auth0|5f7c8ec7c33c6c004bbafe82", "auth0", "auth0|5f7c8ec7c33c6c004bbafe8", "auth0||"]
+    values = {username: new_canary() for username in users}
+    for username, value in values.items():
+        secrets.set_secret(username, "github", "TOKEN", value)
+
+    secrets.delete_secret(users[0], "github", "TOKEN")
+
+    assert secrets.get_secrets(users[0], "github") == {}
+    assert secrets.list_secret_keys(users[0]) == []
+    for username in users[1:]:
+        assert secrets.get_secrets(username, "github") == {"TOKEN": values[username]}
+    assert [event.action for event in secrets.list_events(users[0])] == ["deleted", "created"]
 
 
 # --- whose secrets --------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import shlex
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -375,10 +376,12 @@ def _input_required_era(ctx: Context[Any, Any]) -> bool:
 
 def set_command(username: str, server: str, key: str) -> str:
     """The terminal command that stores one secret for ``username``: a terminal's own user may be another."""
+    # Quoted for the shell: a username may hold '|' (auth0|…), which would pipe the command elsewhere.
+    user = shlex.quote(username)
     if not any(name.startswith("-") for name in (username, server, key)):
-        return f"mcp-secrets set {server} {key} --user {username}"
+        return f"mcp-secrets set {server} {key} --user {user}"
     # A name may start with `-`, which the command line reads as an option: `=` and `--` keep it a name.
-    return f"mcp-secrets set --user={username} -- {server} {key}"
+    return f"mcp-secrets set --user={user} -- {server} {key}"
 
 
 def _terminal_hint(username: str, server: str, key: str) -> CallToolResult:

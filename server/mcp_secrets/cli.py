@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -482,8 +483,9 @@ def _delete(args: argparse.Namespace) -> int:
         try:
             result = secrets.delete_secret(username, args.server, args.key, via="cli")
         except SecretNotFoundError as exc:  # the library's message does not say whose secrets it looked at
+            listing = f"mcp-secrets list --user {shlex.quote(username)}"  # quoted: a username may hold '|'
             raise SecretNotFoundError(
-                f"{exc} of {username}; nothing deleted (`mcp-secrets list --user {username}` shows them)"
+                f"{exc} of {username}; nothing deleted (`{listing}` shows them)"
             ) from None
     _say(f"Secret {result.key} for server {result.server} deleted for {username}.")
     return 0

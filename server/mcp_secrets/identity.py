@@ -21,7 +21,7 @@ from mcp.server.mcpserver import Context
 
 from mcp_secrets.errors import InvalidInputError, SecretsError, StoreUnavailableError, UnauthorisedError
 from mcp_secrets.offload import run_store_work
-from mcp_secrets.secrets import validate_username
+from mcp_secrets.secrets import USERNAME_RULE, validate_username
 from mcp_secrets.tokens import TOKEN_PREFIX, ApiTokens
 
 logger = logging.getLogger(__name__)
@@ -64,8 +64,7 @@ def local_username(configured: str | None) -> str:
         return validate_username(name)
     except InvalidInputError:
         raise InvalidInputError(
-            "the local username is not a valid username; set MCP_SECRETS_USER to "
-            "1 to 128 characters of letters, digits, '_', '-', '.' or '@'"
+            f"the local username is not a valid username; set MCP_SECRETS_USER to {USERNAME_RULE}"
         ) from None
 
 

@@ -37,9 +37,11 @@ LISTING_FLUSH_SECONDS = 1.0  # how long a listing waits for pending uses before 
 # Also published in the tools' input schemas, anchored there: JSON Schema regexes are not.
 NAME_PATTERN = r"[A-Za-z0-9_.\-]{1,128}"
 _NAME = re.compile(NAME_PATTERN)
-_USERNAME = re.compile(r"[A-Za-z0-9_.@\-]{1,128}")
+# '|' for OIDC subjects such as Auth0's (auth0|5f7c…, samlp|Customer1|…); a shell would read it as a pipe,
+# so a command printed for a user quotes the username. No other shell, path or URL syntax.
+_USERNAME = re.compile(r"[A-Za-z0-9_.@|\-]{1,128}")
 NAME_RULE = "1 to 128 characters of letters, digits, '_', '-' or '.'"
-USERNAME_RULE = "1 to 128 characters of letters, digits, '_', '-', '.' or '@'"
+USERNAME_RULE = "1 to 128 characters of letters, digits, '_', '-', '.', '@' or '|'"
 
 
 def validate_username(username: object) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import secrets as _random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx2
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -314,6 +316,49 @@ def test_a_jwt_signed_by_a_key_outside_the_jwks_gets_401(jwt_deployment: Deploym
     response = probe(jwt_deployment, {"Authorization": f"Bearer {signed_jwt(stranger)}"})
 
     assert response.status == 401
+
+
+# Subjects as Auth0 makes them: the connection's strategy (and, for an enterprise one, its name), a bar,
+# then the user's id at that connection. {} is a fresh id, as the servers share one store.
+AUTH0_SUBJECTS = {
+    "database": "auth0|{}",
+    "social": "google-oauth2|{}",
+    "enterprise": "samlp|Customer1|{}@example.com",
+}
+
+
+@pytest.mark.parametrize("pattern", AUTH0_SUBJECTS.values(), ids=AUTH0_SUBJECTS.keys())
+async def test_a_jwt_with_an_auth0_subject_acts_for_that_user_everywhere(
+    jwt_deployment: Deployment, signing_key: rsa.RSAPrivateKey, pattern: str
+) -> None:
+    username = pattern.format(_random.token_hex(12))
+    token = signed_jwt(signing_key, sub=username)
+    canary = new_canary()
+
+    async with jwt_deployment.connect(token=token) as client:
+        stored = await client.call_tool("set_secret", {"server": "github", "key": "TOKEN", "value": canary})
+        listed = await client.call_tool("list_secret_keys", {})
+        events = await client.call_tool("list_secret_events", {})
+    with httpx2.Client(base_url=jwt_deployment.base_url or "", timeout=10) as http:
+        rest = http.get("/secrets", headers={"Authorization": f"Bearer {token}"})
+    audit = jwt_deployment.cli("audit", "--user", username, "--json")
+    cli_list = jwt_deployment.cli("list", "--user", username, "--json")
+
+    assert not stored.is_error, stored.content
+    assert listed.structured_content is not None
+    assert listed.structured_content["username"] == username
+    assert [entry["key"] for entry in listed.structured_content["keys"]] == ["TOKEN"]
+    assert events.structured_content is not None
+    assert events.structured_content["username"] == username
+    assert [event["action"] for event in events.structured_content["events"]] == ["created"]
+    assert rest.status_code == 200, rest.text
+    assert rest.json()["username"] == username
+    assert [key["key"] for key in rest.json()["keys"]] == ["TOKEN"]
+    assert audit.returncode == 0, audit.stderr
+    assert [json.loads(line)["actor"] for line in audit.stdout.splitlines()] == [username]
+    assert cli_list.returncode == 0, cli_list.stderr
+    assert [json.loads(line)["key"] for line in cli_list.stdout.splitlines()] == ["TOKEN"]
+    assert canary not in jwt_deployment.log()
 
 
 # --- the Host/Origin guard ----------------------------------------------------------------------------
