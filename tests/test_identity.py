@@ -382,6 +382,31 @@ async def test_a_signing_key_the_provider_withdraws_is_refused_once_its_key_set_
         assert await verifier.verify_token(_sign(signing_key, _claims(sub="mallory"), kid="k1")) is None
 
 
+@pytest.mark.anyio
+async def test_tokens_with_unknown_key_ids_do_not_each_fetch_the_key_set(
+    signing_key: rsa.RSAPrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Anyone can send a JWT naming a key id the provider never had: were each one to fetch the key set
+    # again, the server would fetch the provider's for every such request, as often as sent.
+    fetches = 0
+    fetch = jwt.PyJWKClient.fetch_data
+
+    def counted(client: jwt.PyJWKClient) -> Any:
+        nonlocal fetches
+        fetches += 1
+        return fetch(client)
+
+    monkeypatch.setattr(jwt.PyJWKClient, "fetch_data", counted)
+    with jwks_provider({KID: signing_key.public_key()}) as (url, _):
+        verifier = JwtVerifier(url, issuer=ISSUER, audience=AUDIENCE)
+        assert await verifier.verify_token(_sign(signing_key, _claims())) is not None
+        for _ in range(20):
+            forged = _sign(signing_key, _claims(), kid=secrets.token_hex(8))
+            assert await verifier.verify_token(forged) is None
+
+    assert fetches <= 2  # the first, and at most one more to look for a key the provider just added
+
+
 REFUSED_JWTS: dict[str, Callable[[rsa.RSAPrivateKey, rsa.RSAPrivateKey], str]] = {
     "wrong audience": lambda key, _: _sign(key, _claims(aud="https://other.example.com/")),
     "no audience": lambda key, _: _sign(key, _claims(aud=None)),
