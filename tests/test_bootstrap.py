@@ -358,7 +358,7 @@ def test_the_library_entry_point_reports_a_malformed_setting_as_a_configuration_
 MALFORMED_SETTINGS = [
     *("port", "sqlite_busy_timeout", "max_secrets_per_user", "max_sessions_per_user", "entry_wait_seconds"),
     *("entry_link_minutes", "shutdown_grace_seconds", "gateway_max_connections", "gateway_idle_seconds"),
-    *("gateway_start_seconds", "transport", "stateless_http", "log_level"),
+    *("gateway_start_seconds", "max_listen_streams_per_user", "transport", "stateless_http", "log_level"),
     *("data_dir", "config_dir", "master_key_file", "servers"),
 ]
 ANY_TEXT_SETTINGS = [

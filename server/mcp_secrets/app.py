@@ -15,6 +15,12 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
+from mcp.server.auth.middleware.auth_context import auth_context_var
+from mcp.server.auth.middleware.bearer_auth import (
+    AuthenticatedUser,
+    AuthorizationContext,
+    authorization_context,
+)
 from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import ServerRequestContext
@@ -24,6 +30,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
     INVALID_PARAMS,
+    INVALID_REQUEST,
     CallToolResult,
     ElicitRequest,
     ElicitRequestURLParams,
@@ -42,7 +49,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, is_version_at_least
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, ValidationError, WithJsonSchema
 
 from mcp_secrets import __version__
-from mcp_secrets.config import ENTRY_WAIT_SECONDS
+from mcp_secrets.config import ENTRY_WAIT_SECONDS, LISTEN_STREAMS_PER_USER
 from mcp_secrets.entry import EntryLink, EntryLinks, Submission
 from mcp_secrets.errors import InvalidInputError, SecretsError
 from mcp_secrets.gateway import Gateway, set_log_level
@@ -50,8 +57,10 @@ from mcp_secrets.gateway.changes import LISTENING_USER
 from mcp_secrets.identity import Identity
 from mcp_secrets.offload import run_store_work
 from mcp_secrets.secrets import MAX_VALUE_BYTES, NAME_PATTERN, SecretKeyInfo, Secrets, validate_name
+from mcp_secrets.session_quota import OpenStreams
 from mcp_secrets.stdio import serve_stdio
 from mcp_secrets.store import SecretStore
+from mcp_secrets.tokens import ApiTokens
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -226,6 +235,13 @@ def _caller(identity: Identity, ctx: Context[Any, Any]) -> str:
         raise ToolError(str(exc)) from None
 
 
+def _stream_owner(ctx: ServerRequestContext[Any]) -> AuthorizationContext | None:
+    """Who opened a listen stream, as the session bound tells tokens apart; None without a token (stdio)."""
+    scope = getattr(ctx.request, "scope", None)
+    user = scope.get("user") if isinstance(scope, dict) else auth_context_var.get()
+    return authorization_context(user) if isinstance(user, AuthenticatedUser) else None
+
+
 def _describable(tool: Tool, version: str) -> bool:
     """True when protocol ``version`` can describe downstream ``tool``.
 
@@ -294,6 +310,37 @@ class _SecretsServer(MCPServer[Any]):
                 LISTENING_USER.reset(listening)
 
         lowlevel.add_request_handler("subscriptions/listen", listen.params_type, listen_as_caller)
+
+    def bound_listen_streams(self, streams: OpenStreams) -> None:
+        """Refuse a user one subscriptions/listen stream more than ``streams`` lets them keep open.
+
+        The SDK bounds the streams of the whole server (1,024), not per user: one token holder could
+        open them all, and no other user would be told of a change meanwhile.
+        """
+        lowlevel = self._lowlevel_server
+        listen = lowlevel.get_request_handler("subscriptions/listen")
+        if listen is None:
+            raise LookupError("the SDK serves no subscriptions/listen")
+        serve_stream = listen.handler
+
+        async def listen_within_bound(ctx: ServerRequestContext[Any], params: BaseModel) -> Any:  # noqa: ANN401
+            assert self.identity is not None  # noqa: S101 - set as the server is built
+            username = _caller(self.identity, Context(request_context=ctx, mcp_server=self))
+            # No await between the count of full() and the one counted() adds: streams at once cannot pass.
+            if await streams.full(username):
+                logger.warning(
+                    "refused a listen stream of %s: %d listen streams of that user are open already",
+                    username,
+                    streams.most,
+                )
+                message = (
+                    f"too many open listen streams for this user (at most {streams.most}): end one first"
+                )
+                raise MCPError(INVALID_REQUEST, message)
+            with streams.counted(username, _stream_owner(ctx)):
+                return await serve_stream(ctx, params)
+
+        lowlevel.add_request_handler("subscriptions/listen", listen.params_type, listen_within_bound)
 
     def relay_logs(self) -> None:
         """Declare the logging capability and take logging/setLevel: the gateway relays downstream logs."""
@@ -486,6 +533,7 @@ def build_server(
     gateway: Gateway | None = None,
     transport: str = "in-process",
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO",
+    listen_streams_per_user: int = LISTEN_STREAMS_PER_USER,
 ) -> MCPServer[Any]:
     """The mcp-secrets MCP server over ``secrets``, for callers named by ``identity``.
 
@@ -518,6 +566,8 @@ def build_server(
     if gateway is not None:
         mcp.relay_logs()
         mcp.tell_tool_list_changes()
+    # Revoked tokens' streams do not count, as for sessions: a leaked token must not keep its user out.
+    mcp.bound_listen_streams(OpenStreams(listen_streams_per_user, ApiTokens(secrets.store)))
 
     _add_request_secret(mcp, identity, entry)
     _add_write_tools(mcp, secrets, identity, transport)

@@ -225,7 +225,12 @@ def _run_server(settings: Settings, store: SecretStore, secrets: Secrets, keys: 
         username = local_username(settings.user)
         gateway = _gateway(settings, secrets, None)
         mcp = build_server(
-            secrets, LocalIdentity(username), gateway=gateway, transport="stdio", log_level=settings.log_level
+            secrets,
+            LocalIdentity(username),
+            gateway=gateway,
+            transport="stdio",
+            log_level=settings.log_level,
+            listen_streams_per_user=settings.max_listen_streams_per_user,
         )
         _summary(settings, keys, username, gateway)
         anyio.run(_serve_stdio, mcp.run_stdio_async, gateway, lambda: _close(store, secrets))
@@ -243,6 +248,7 @@ def _run_server(settings: Settings, store: SecretStore, secrets: Secrets, keys: 
         gateway=gateway,
         transport=settings.transport,
         log_level=settings.log_level,
+        listen_streams_per_user=settings.max_listen_streams_per_user,
     )
     app = http_app(mcp, settings, secrets, links)
     _summary(settings, keys, None, gateway)

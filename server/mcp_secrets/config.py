@@ -27,6 +27,8 @@ MAX_SQLITE_BUSY_TIMEOUT = 2_147_483  # seconds: 2**31 - 1 milliseconds, rounded 
 # clients on the TypeScript SDK give up on a request, so that they get its answer (stored, or not yet)
 # rather than a timeout.
 ENTRY_WAIT_SECONDS = 50.0
+# A client holds one subscriptions/listen stream, as it holds one session: as many as the session bound.
+LISTEN_STREAMS_PER_USER = 100
 
 
 def _under_home(directory_of: Callable[[str], str], setting: str) -> Path:
@@ -89,6 +91,11 @@ class Settings(BaseSettings):
         default=100,
         ge=1,
         description="How many HTTP sessions one user may keep open; past it, a new one is refused.",
+    )
+    max_listen_streams_per_user: int = Field(
+        default=LISTEN_STREAMS_PER_USER,
+        ge=1,
+        description="How many subscriptions/listen streams one user may keep open; past it, one is refused.",
     )
     user: str | None = Field(default=None, description="Username on stdio; default the OS login name.")
     data_dir: Path = Field(default_factory=lambda: _under_home(platformdirs.user_data_dir, "DATA_DIR"))

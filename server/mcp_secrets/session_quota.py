@@ -6,13 +6,16 @@ every other user would be refused meanwhile. SSE has no bound at all: each strea
 and a task for as long as the client keeps it. Past the bound a user's new session is refused with 429;
 the sessions already open, and every other user's, go on. Sessions opened with an API token revoked (or
 expired) since do not count: no request can use them again, and a leaked token, once revoked, must not
-keep its user out.
+keep its user out. The ``subscriptions/listen`` streams of protocol 2026-07-28, which has no sessions,
+are bounded per user the same way (the SDK takes 1,024 in all), by ``OpenStreams``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http import HTTPStatus
 
 from mcp.server.auth.middleware.bearer_auth import (
@@ -53,8 +56,10 @@ async def _live_tokens(tokens: ApiTokens, username: str) -> set[str] | None:
         return None
 
 
-def _counts(owner: AuthorizationContext, live: set[str] | None) -> bool:
+def _counts(owner: AuthorizationContext | None, live: set[str] | None) -> bool:
     """Whether a session of ``owner`` counts: all do, but those of an API token that no longer works."""
+    if owner is None:
+        return True
     client_id = owner["client_id"]
     if live is None or owner["issuer"] != API_TOKEN_ISSUER or not client_id.startswith(API_TOKEN_CLIENT):
         return True
@@ -138,6 +143,34 @@ class StreamableSessionQuota:
         return sum(1 for owner in owners.values() if owner["subject"] == username and _counts(owner, live))
 
 
+class OpenStreams:
+    """Who opened each stream a user has open, to keep each user within ``most`` of them."""
+
+    def __init__(self, most: int, tokens: ApiTokens) -> None:
+        self.most = most
+        self.tokens = tokens
+        self._open: dict[str, list[AuthorizationContext | None]] = {}  # by user; None: no token (stdio)
+
+    async def full(self, username: str) -> bool:
+        """Whether ``username`` has as many streams open as they may; those of a dead token not counted."""
+        if len(self._open.get(username, ())) < self.most:
+            return False
+        live = await _live_tokens(self.tokens, username)  # at the bound only: it takes a store call
+        return sum(_counts(owner, live) for owner in self._open.get(username, ())) >= self.most
+
+    @contextmanager
+    def counted(self, username: str, owner: AuthorizationContext | None) -> Iterator[None]:
+        """Count a stream of ``username`` opened by ``owner`` while inside, however it ends."""
+        streams = self._open.setdefault(username, [])
+        streams.append(owner)
+        try:
+            yield
+        finally:
+            streams.remove(owner)
+            if not streams and self._open.get(username) is streams:
+                del self._open[username]
+
+
 class SseStreamQuota:
     """In front of ``/sse``: refuses a stream that would be one more than a user may keep open.
 
@@ -147,9 +180,7 @@ class SseStreamQuota:
 
     def __init__(self, app: ASGIApp, most: int, tokens: ApiTokens) -> None:
         self.app = app
-        self.most = most
-        self.tokens = tokens
-        self._open: dict[str, list[AuthorizationContext]] = {}  # who opened each stream, by user
+        self.streams = OpenStreams(most, tokens)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve the stream, counted for its user while it lasts, unless the user is at the bound."""
@@ -157,17 +188,9 @@ class SseStreamQuota:
         if username is None:
             await self.app(scope, receive, send)
             return
-        if len(self._open.get(username, ())) >= self.most:
-            live = await _live_tokens(self.tokens, username)  # at the bound only, as for Streamable HTTP
-            if sum(_counts(owner, live) for owner in self._open.get(username, ())) >= self.most:
-                await _refuse(username, self.most, scope, receive, send)
-                return
-        owner = authorization_context(scope["user"])
-        streams = self._open.setdefault(username, [])
-        streams.append(owner)
-        try:
+        # No await between the count of full() and the one counted() adds: streams at once cannot pass.
+        if await self.streams.full(username):
+            await _refuse(username, self.streams.most, scope, receive, send)
+            return
+        with self.streams.counted(username, authorization_context(scope["user"])):
             await self.app(scope, receive, send)
-        finally:
-            streams.remove(owner)
-            if not streams and self._open.get(username) is streams:
-                del self._open[username]

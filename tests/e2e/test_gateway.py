@@ -1701,6 +1701,92 @@ async def test_over_http_a_secret_stored_elsewhere_than_the_tools_tells_only_its
     assert (untold(alices), untold(bobs)) == (0, 0)
 
 
+LISTEN_BOUND = 2
+
+
+@pytest.fixture
+def listen_bound_deployment(tmp_path: Path, start_server: Callable[..., Any]) -> Iterator[Deployment]:
+    """``mcp-secrets serve --servers`` over Streamable HTTP letting each user keep two listen streams."""
+    servers = tmp_path / "servers.json"
+    servers.write_text(json.dumps({"mcpServers": {"down": STDIO_ENTRY}}), encoding="utf-8")
+    env = isolated_env(tmp_path, MCP_SECRETS_MAX_LISTEN_STREAMS_PER_USER=str(LISTEN_BOUND))
+    tokens = {username: create_token(env, username) for username in ("alice", "bob")}
+    with start_server(
+        env, "streamable-http", tmp_path / "server.log", "--servers", str(servers)
+    ) as deployment:
+        deployment.tokens.update(tokens)
+        yield deployment
+
+
+async def refused_listening(deployment: Deployment, token: str) -> MCPError:
+    """The error a client of ``token``'s holder gets for one listen stream more."""
+    async with deployment.connect(token=token, mode="auto") as client:
+        with pytest.raises(MCPError) as refused:
+            async with client.listen(tools_list_changed=True):
+                pass
+    return refused.value
+
+
+async def test_over_http_a_user_at_the_listen_stream_bound_gets_no_new_one_and_other_users_still_are_told(
+    listen_bound_deployment: Deployment,
+) -> None:
+    deployment = listen_bound_deployment
+    as_alice = functools.partial(deployment.connect, "alice")
+    async with AsyncExitStack() as streams:
+        alices: list[MemoryObjectReceiveStream[None]] = []
+        for _ in range(LISTEN_BOUND):
+            _, changes = await streams.enter_async_context(watching(as_alice, "auto"))
+            alices.append(changes)
+        refused = await refused_listening(deployment, deployment.token("alice"))
+        async with watching(functools.partial(deployment.connect, "bob"), "auto") as (_, bobs):
+            await store_by("rest", deployment, "bob")
+            await told_of_a_change(bobs)
+        await store_by("rest", deployment, "alice")  # the streams she has go on
+        for told in alices:
+            await told_of_a_change(told)
+
+    async def listens() -> bool:
+        async with as_alice(mode="auto") as client:
+            try:
+                async with client.listen(tools_list_changed=True):
+                    return True
+            except MCPError:
+                return False
+
+    # Once hers end she may listen again: the server sees a stream end a moment after its client goes.
+    for _ in range(200):
+        if await listens():
+            break
+        await anyio.sleep(0.05)
+    else:
+        pytest.fail("listen streams that ended still count against their user")
+
+    assert f"too many open listen streams for this user (at most {LISTEN_BOUND})" in refused.error.message
+    assert "bob" not in refused.error.message
+    assert "refused a listen stream of alice" in deployment.log()
+    assert not any(token in deployment.log() for token in deployment.tokens.values())
+
+
+async def test_over_http_listen_streams_of_a_revoked_token_do_not_keep_its_user_from_listening(
+    listen_bound_deployment: Deployment,
+) -> None:
+    # A leaked token revoked: whoever holds it must not keep alice from being told of her changes.
+    deployment = listen_bound_deployment
+    leaked = deployment.token("alice")
+    async with AsyncExitStack() as streams:
+        for _ in range(LISTEN_BOUND):
+            await streams.enter_async_context(
+                watching(functools.partial(deployment.connect, token=leaked), "auto")
+            )
+        revoked = deployment.cli("token", "revoke", leaked)
+        deployment.tokens["alice"] = create_token(deployment.env, "alice")
+        async with watching(functools.partial(deployment.connect, "alice"), "auto") as (_, alices):
+            await store_by("rest", deployment, "alice")
+            await told_of_a_change(alices)
+
+    assert revoked.returncode == 0, revoked.stderr
+
+
 async def test_over_http_a_missing_secret_error_offers_an_entry_link_per_key(
     gateway_deployment: Deployment,
 ) -> None:
