@@ -275,7 +275,8 @@ class _SecretsServer(MCPServer[Any]):
             username = _caller(self.identity, Context(request_context=ctx, mcp_server=self))
             if ctx.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS:  # from 2026-07-28: subscriptions/listen
                 # The SDK's connection has no public way in from a request's session.
-                self.gateway.changes.watch(username, ctx.session._connection)  # noqa: SLF001
+                caller = (username, _stream_owner(ctx))
+                self.gateway.changes.watch(caller, ctx.session._connection)  # noqa: SLF001
             downstream = await self.gateway.list_tools(username)
             tools.extend(tool for tool in downstream if _describable(tool, ctx.protocol_version))
         return ListToolsResult(tools=tools)
@@ -303,7 +304,8 @@ class _SecretsServer(MCPServer[Any]):
         async def listen_as_caller(ctx: ServerRequestContext[Any], params: BaseModel) -> Any:  # noqa: ANN401
             assert self.identity is not None  # noqa: S101 - set with the gateway
             username = _caller(self.identity, Context(request_context=ctx, mcp_server=self))
-            listening = LISTENING_USER.set(username)  # read as the stream subscribes, in this task
+            # Read as the stream subscribes, in this task.
+            listening = LISTENING_USER.set((username, _stream_owner(ctx)))
             try:
                 return await serve_stream(ctx, params)
             finally:

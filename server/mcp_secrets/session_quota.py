@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http import HTTPStatus
 
@@ -64,6 +64,12 @@ def _counts(owner: AuthorizationContext | None, live: set[str] | None) -> bool:
     if live is None or owner["issuer"] != API_TOKEN_ISSUER or not client_id.startswith(API_TOKEN_CLIENT):
         return True
     return client_id.removeprefix(API_TOKEN_CLIENT) in live
+
+
+async def token_check(tokens: ApiTokens, username: str) -> Callable[[AuthorizationContext | None], bool]:
+    """Whether what ``owner`` opened for ``username`` is still theirs: not if their API token has died."""
+    live = await _live_tokens(tokens, username)
+    return lambda owner: _counts(owner, live)
 
 
 async def _refuse(username: str, most: int, scope: Scope, receive: Receive, send: Send) -> None:

@@ -1787,6 +1787,25 @@ async def test_over_http_listen_streams_of_a_revoked_token_do_not_keep_its_user_
     assert revoked.returncode == 0, revoked.stderr
 
 
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_over_http_a_client_of_a_revoked_token_is_no_longer_told_of_its_users_changes(
+    listen_bound_deployment: Deployment, mode: str
+) -> None:
+    # Whoever holds a leaked token, once revoked, must not go on learning when its user changes secrets.
+    deployment = listen_bound_deployment
+    leaked = deployment.token("alice")
+    async with watching(functools.partial(deployment.connect, token=leaked), mode) as (_, leakeds):
+        revoked = deployment.cli("token", "revoke", leaked)
+        deployment.tokens["alice"] = create_token(deployment.env, "alice")
+        async with watching(functools.partial(deployment.connect, "alice"), mode) as (_, alices):
+            for _ in range(2):
+                await store_by("rest", deployment, "alice")
+                await told_of_a_change(alices)
+
+    assert revoked.returncode == 0, revoked.stderr
+    assert (untold(leakeds), untold(alices)) == (0, 0)
+
+
 async def test_over_http_a_missing_secret_error_offers_an_entry_link_per_key(
     gateway_deployment: Deployment,
 ) -> None:

@@ -70,6 +70,7 @@ from mcp_secrets.gateway.pool import Connection, DownstreamPool, GatewayBusyErro
 from mcp_secrets.gateway.redact import Redactor
 from mcp_secrets.offload import run_store_work
 from mcp_secrets.secrets import Secrets
+from mcp_secrets.tokens import ApiTokens
 
 __all__ = ["Gateway", "GatewayConfig", "ServerStatus", "load_gateway_config"]
 
@@ -163,7 +164,7 @@ class Gateway:
         self._call_turns: dict[tuple[str, str], Turn] = {}
         self._via = via
         # A user's tools follow that user's secrets: a change of them is told to that user's clients.
-        self.changes = ToolListChanges()
+        self.changes = ToolListChanges(ApiTokens(secrets.store))
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:

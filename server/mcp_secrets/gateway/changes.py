@@ -3,7 +3,8 @@
 A user's downstream tools depend on that user's secrets, so a change of them is news for that user's
 clients only: even the bare notice that something changed would tell another user that this one acted.
 Clients of the handshake revisions are told on their connection; clients of 2026-07-28 on the
-``subscriptions/listen`` streams they opened, each stream known by the user who opened it.
+``subscriptions/listen`` streams they opened, each stream known by the user who opened it. A client
+connected with an API token revoked (or expired) since is no longer told: it is no longer that user's.
 """
 
 from __future__ import annotations
@@ -19,29 +20,52 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 from anyio.from_thread import BlockingPortal
+from mcp.server.auth.middleware.bearer_auth import AuthorizationContext
 from mcp.server.connection import Connection
 from mcp.shared.subscriptions import ServerEvent, ToolsListChanged
 
+from mcp_secrets.session_quota import token_check
+from mcp_secrets.tokens import ApiTokens
+
 logger = logging.getLogger(__name__)
 
-# The user whose subscriptions/listen request is being served: the bus reads it as the stream subscribes.
-LISTENING_USER: ContextVar[str | None] = ContextVar("mcp_secrets_listening_user", default=None)
+# Who a client is: its user, and the token it connected with (None without one, on stdio).
+Caller = tuple[str, AuthorizationContext | None]
+# The caller whose subscriptions/listen request is being served: the bus reads it as the stream subscribes.
+LISTENING_USER: ContextVar[Caller | None] = ContextVar("mcp_secrets_listening_user", default=None)
+
+
+StillTheirs = Callable[[AuthorizationContext | None], bool]
+
+
+def _anyone(_owner: object) -> bool:
+    return True
 
 
 class UserSubscriptionBus:
     """A ``SubscriptionBus`` that knows whose each listen stream is: ``publish_to`` reaches one user's."""
 
     def __init__(self) -> None:
-        self._listeners: dict[object, tuple[str | None, Callable[[ServerEvent], None]]] = {}
+        self._listeners: dict[object, tuple[Caller | None, Callable[[ServerEvent], None]]] = {}
 
     async def publish(self, event: ServerEvent) -> None:
         """Deliver ``event`` to every stream, whoever opened it (the SDK's ``ctx.notify_*``)."""
-        self._deliver(event, None)
+        self._deliver(event, _anyone)
         await anyio.lowlevel.checkpoint()
 
-    async def publish_to(self, username: str, event: ServerEvent) -> None:
-        """Deliver ``event`` to the streams ``username`` opened, and to no other."""
-        self._deliver(event, username)
+    async def publish_to(
+        self,
+        username: str,
+        event: ServerEvent,
+        still_theirs: StillTheirs = _anyone,
+    ) -> None:
+        """Deliver ``event`` to the streams ``username`` opened, and to no other.
+
+        ``still_theirs`` says which of those are still the user's, by the token each was opened with.
+        """
+        self._deliver(
+            event, lambda caller: caller is not None and caller[0] == username and still_theirs(caller[1])
+        )
         await anyio.lowlevel.checkpoint()
 
     def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
@@ -54,9 +78,9 @@ class UserSubscriptionBus:
 
         return unsubscribe
 
-    def _deliver(self, event: ServerEvent, username: str | None) -> None:
-        for owner, listener in list(self._listeners.values()):
-            if username is not None and owner != username:
+    def _deliver(self, event: ServerEvent, reaches: Callable[[Caller | None], bool]) -> None:
+        for caller, listener in list(self._listeners.values()):
+            if not reaches(caller):
                 continue
             try:
                 listener(event)
@@ -67,10 +91,11 @@ class UserSubscriptionBus:
 class ToolListChanges:
     """Sends ``notifications/tools/list_changed`` to the clients of one user."""
 
-    def __init__(self) -> None:
+    def __init__(self, tokens: ApiTokens) -> None:
         self.bus = UserSubscriptionBus()
+        self._tokens = tokens
         # Handshake-era connections that listed tools, and whose they are; an ended one drops out.
-        self._connections: weakref.WeakKeyDictionary[Connection, str] = weakref.WeakKeyDictionary()
+        self._connections: weakref.WeakKeyDictionary[Connection, Caller] = weakref.WeakKeyDictionary()
         self._task_group: TaskGroup | None = None
         self._portal: BlockingPortal | None = None  # the way in from the threads that write secrets
         self._loop_thread: int | None = None
@@ -88,9 +113,9 @@ class ToolListChanges:
                 self._task_group = None
                 task_group.cancel_scope.cancel()
 
-    def watch(self, username: str, connection: Connection) -> None:
-        """Tell ``connection``, a handshake-era client of ``username``, of changes from now on."""
-        self._connections[connection] = username
+    def watch(self, caller: Caller, connection: Connection) -> None:
+        """Tell ``connection``, a handshake-era client of ``caller``, of changes from now on."""
+        self._connections[connection] = caller
 
     def changed(self, username: str) -> None:
         """Tell ``username``'s clients that their tools may have changed; from any thread, never raises."""
@@ -109,11 +134,15 @@ class ToolListChanges:
         task_group = self._task_group
         if task_group is None:
             return
+        task_group.start_soon(self._tell_user, task_group, username)
+
+    async def _tell_user(self, task_group: TaskGroup, username: str) -> None:
+        still_theirs = await token_check(self._tokens, username)
         # Each in a task of its own: a client that reads slowly delays nobody else's notice.
-        for connection, owner in list(self._connections.items()):
-            if owner == username:
+        for connection, (name, owner) in list(self._connections.items()):
+            if name == username and still_theirs(owner):
                 task_group.start_soon(_tell, connection)
-        task_group.start_soon(self.bus.publish_to, username, ToolsListChanged())
+        await self.bus.publish_to(username, ToolsListChanged(), still_theirs)
 
 
 async def _tell(connection: Connection) -> None:
