@@ -76,6 +76,13 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def typed_into(command: list[str], value: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``command`` run as a user runs a printed one, typing ``value`` at its prompt."""
+    return subprocess.run(
+        command, input=value + "\n", env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
 # --- making and finding links ---------------------------------------------------------------------
 
 
@@ -454,15 +461,7 @@ async def test_the_terminal_command_request_secret_gives_on_stdio_stores_the_sec
             MCP_SECRETS_DATABASE_URL=f"sqlite:///{tmp_path / 'secrets.db'}",
         )
 
-        done = subprocess.run(
-            [sys.executable, "-m", "mcp_secrets", *shlex.split(command.group(1))],
-            input=canary + "\n",
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = typed_into([sys.executable, "-m", "mcp_secrets", *shlex.split(command.group(1))], canary, env)
 
         assert done.returncode == 0, done.stderr
         assert service.get_secrets(username, server) == {key: canary}
@@ -509,15 +508,7 @@ async def test_the_printed_command_run_in_a_shell_stores_for_that_user_alone(
         # As the user pastes it into a terminal: through a shell, which finds mcp-secrets on the PATH.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
 
-        done = subprocess.run(
-            ["/bin/sh", "-c", command],
-            input=canary + "\n",
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = typed_into(["/bin/sh", "-c", command], canary, env)
 
         assert done.returncode == 0, done.stderr
         assert service.get_secrets(AUTH0_USERNAME, "github") == {"KEY": canary}
