@@ -10,7 +10,7 @@ import functools
 import inspect
 import logging
 import shlex
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -64,6 +64,9 @@ from mcp_secrets.tokens import ApiTokens
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
+# What serves one subscriptions/listen stream, and what a server puts around it (_around_listen).
+_Serve = Callable[[], Awaitable[Any]]
+_AroundListen = Callable[[str, ServerRequestContext[Any], _Serve], Awaitable[Any]]
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -296,22 +299,16 @@ class _SecretsServer(MCPServer[Any]):
         lowlevel.create_initialization_options = functools.partial(  # type: ignore[method-assign]
             lowlevel.create_initialization_options, NotificationOptions(tools_changed=True)
         )
-        listen = lowlevel.get_request_handler("subscriptions/listen")
-        if listen is None:
-            raise LookupError("the SDK serves no subscriptions/listen")
-        serve_stream = listen.handler
 
-        async def listen_as_caller(ctx: ServerRequestContext[Any], params: BaseModel) -> Any:  # noqa: ANN401
-            assert self.identity is not None  # noqa: S101 - set with the gateway
-            username = _caller(self.identity, Context(request_context=ctx, mcp_server=self))
+        async def as_caller(username: str, ctx: ServerRequestContext[Any], serve: _Serve) -> Any:  # noqa: ANN401
             # Read as the stream subscribes, in this task.
             listening = LISTENING_USER.set((username, _stream_owner(ctx)))
             try:
-                return await serve_stream(ctx, params)
+                return await serve()
             finally:
                 LISTENING_USER.reset(listening)
 
-        lowlevel.add_request_handler("subscriptions/listen", listen.params_type, listen_as_caller)
+        self._around_listen(as_caller)
 
     def bound_listen_streams(self, streams: OpenStreams) -> None:
         """Refuse a user one subscriptions/listen stream more than ``streams`` lets them keep open.
@@ -319,15 +316,8 @@ class _SecretsServer(MCPServer[Any]):
         The SDK bounds the streams of the whole server (1,024), not per user: one token holder could
         open them all, and no other user would be told of a change meanwhile.
         """
-        lowlevel = self._lowlevel_server
-        listen = lowlevel.get_request_handler("subscriptions/listen")
-        if listen is None:
-            raise LookupError("the SDK serves no subscriptions/listen")
-        serve_stream = listen.handler
 
-        async def listen_within_bound(ctx: ServerRequestContext[Any], params: BaseModel) -> Any:  # noqa: ANN401
-            assert self.identity is not None  # noqa: S101 - set as the server is built
-            username = _caller(self.identity, Context(request_context=ctx, mcp_server=self))
+        async def within_bound(username: str, ctx: ServerRequestContext[Any], serve: _Serve) -> Any:  # noqa: ANN401
             # No await between the count of full() and the one counted() adds: streams at once cannot pass.
             if await streams.full(username):
                 logger.warning(
@@ -340,9 +330,24 @@ class _SecretsServer(MCPServer[Any]):
                 )
                 raise MCPError(INVALID_REQUEST, message)
             with streams.counted(username, _stream_owner(ctx)):
-                return await serve_stream(ctx, params)
+                return await serve()
 
-        lowlevel.add_request_handler("subscriptions/listen", listen.params_type, listen_within_bound)
+        self._around_listen(within_bound)
+
+    def _around_listen(self, around: _AroundListen) -> None:
+        """Serve each subscriptions/listen request through ``around(caller's username, ctx, serve)``."""
+        lowlevel = self._lowlevel_server
+        listen = lowlevel.get_request_handler("subscriptions/listen")
+        if listen is None:
+            raise LookupError("the SDK serves no subscriptions/listen")
+        serve_stream = listen.handler
+
+        async def listen_through(ctx: ServerRequestContext[Any], params: BaseModel) -> Any:  # noqa: ANN401
+            assert self.identity is not None  # noqa: S101 - set as the server is built
+            username = _caller(self.identity, Context(request_context=ctx, mcp_server=self))
+            return await around(username, ctx, lambda: serve_stream(ctx, params))
+
+        lowlevel.add_request_handler("subscriptions/listen", listen.params_type, listen_through)
 
     def relay_logs(self) -> None:
         """Declare the logging capability and take logging/setLevel: the gateway relays downstream logs."""
