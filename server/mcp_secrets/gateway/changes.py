@@ -78,6 +78,10 @@ class UserSubscriptionBus:
 
         return unsubscribe
 
+    def listens(self, username: str) -> bool:
+        """Whether ``username`` has a stream open."""
+        return any(caller is not None and caller[0] == username for caller, _ in self._listeners.values())
+
     def _deliver(self, event: ServerEvent, reaches: Callable[[Caller | None], bool]) -> None:
         for caller, listener in list(self._listeners.values()):
             if not reaches(caller):
@@ -137,10 +141,15 @@ class ToolListChanges:
         task_group.start_soon(self._tell_user, task_group, username)
 
     async def _tell_user(self, task_group: TaskGroup, username: str) -> None:
+        theirs = [
+            (connection, owner) for connection, (name, owner) in self._connections.items() if name == username
+        ]
+        if not theirs and not self.bus.listens(username):
+            return  # nobody to tell: whose tokens still work need not be asked of the store
         still_theirs = await token_check(self._tokens, username)
         # Each in a task of its own: a client that reads slowly delays nobody else's notice.
-        for connection, (name, owner) in list(self._connections.items()):
-            if name == username and still_theirs(owner):
+        for connection, owner in theirs:
+            if still_theirs(owner):
                 task_group.start_soon(_tell, connection)
         await self.bus.publish_to(username, ToolsListChanged(), still_theirs)
 

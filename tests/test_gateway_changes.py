@@ -1,0 +1,72 @@
+"""Telling a user's clients that their tools changed (mcp_secrets.gateway.changes), without a transport."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp.shared.subscriptions import ServerEvent, ToolsListChanged
+
+from mcp_secrets.gateway.changes import LISTENING_USER, ToolListChanges
+from mcp_secrets.store.sqlite import SQLiteStore
+from mcp_secrets.tokens import ApiTokens
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ApiTokens, list[str]]]:
+    """API tokens on a real store, and the users whose live tokens were looked up, in order."""
+    store = SQLiteStore(tmp_path / "secrets.db")
+    tokens = ApiTokens(store)
+    looked_up: list[str] = []
+    live_ids = tokens.live_ids
+
+    def counted(username: str) -> set[str]:
+        looked_up.append(username)
+        return live_ids(username)
+
+    monkeypatch.setattr(tokens, "live_ids", counted)
+    try:
+        yield tokens, looked_up
+    finally:
+        store.close()
+
+
+async def test_a_change_is_told_to_its_users_stream_and_not_to_anothers(
+    tokens: tuple[ApiTokens, list[str]],
+) -> None:
+    changes = ToolListChanges(tokens[0])
+    heard: dict[str, list[ServerEvent]] = {"alice": [], "bob": []}
+    told = anyio.Event()
+    for username, events in heard.items():
+        listening = LISTENING_USER.set((username, None))
+        changes.bus.subscribe(lambda event, events=events: (events.append(event), told.set()))
+        LISTENING_USER.reset(listening)
+
+    async with changes.running():
+        changes.changed("alice")
+        with anyio.fail_after(10):
+            await told.wait()
+
+    assert heard == {"alice": [ToolsListChanged()], "bob": []}
+
+
+async def test_a_change_of_a_user_with_no_client_listening_asks_the_store_nothing(
+    tokens: tuple[ApiTokens, list[str]],
+) -> None:
+    # Whose tokens still work is asked only to choose among the user's clients: with none, not at all.
+    api_tokens, looked_up = tokens
+    changes = ToolListChanges(api_tokens)
+    listening = LISTENING_USER.set(("bob", None))
+    changes.bus.subscribe(lambda _event: None)
+    LISTENING_USER.reset(listening)
+
+    async with changes.running():
+        changes.changed("alice")
+        await anyio.wait_all_tasks_blocked()
+        looked_up_meanwhile = list(looked_up)
+
+    assert looked_up_meanwhile == []
