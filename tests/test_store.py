@@ -807,6 +807,148 @@ def test_mongo_store_of_a_read_only_user_without_its_indexes_says_so() -> None:
     assert "not allowed" in str(refused.value)
 
 
+def _index_conflict(wanted: dict[str, Any], held: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A real server's refusal of the index ``wanted`` beside ``held``; None when it made it or has it."""
+    for index in held:
+        same_name = index["name"] == wanted["name"]
+        same_keys = list(index["key"].items()) == list(wanted["key"].items())
+        same_options = {k: v for k, v in index.items() if k != "v"} == wanted
+        if same_name and same_keys and same_options:
+            return None
+        if same_name and not same_keys:
+            errmsg = "An existing index has the same name as the requested index"
+            return {"ok": 0, "errmsg": errmsg, "code": 86, "codeName": "IndexKeySpecsConflict"}
+        if same_name or same_keys:
+            errmsg = f"Index already exists with a different name: {index['name']}"
+            return {"ok": 0, "errmsg": errmsg, "code": 85, "codeName": "IndexOptionsConflict"}
+    held.append({"v": 2, **wanted})
+    return None
+
+
+def _server_keeping_indexes(
+    indexes: dict[str, list[dict[str, Any]]],
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """As a real server keeps indexes (its own tests say so): one per key pattern and one per name.
+
+    An index asked for again, same keys, name and options, is there already; one whose keys an index of
+    another name has, or whose name one of other options has, is IndexOptionsConflict; one whose name an
+    index of other keys has, IndexKeySpecsConflict. mongomock makes the second index instead.
+    """
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        name, collection = next(iter(command.items()))
+        held = indexes.setdefault(collection, [{"v": 2, "key": {"_id": 1}, "name": "_id_"}])
+        if name == "createIndexes":
+            for wanted in command["indexes"]:
+                refused = _index_conflict({**wanted, "key": dict(wanted["key"])}, held)
+                if refused is not None:
+                    return refused
+            return {"ok": 1}
+        if name in {"find", "aggregate", "listIndexes"}:
+            batch = held if name == "listIndexes" else []
+            return {"ok": 1, "cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": batch}}
+        return {"ok": 1}
+
+    return answer
+
+
+def _record_index(name: str, **options: Any) -> dict[str, Any]:
+    return {"v": 2, "key": {"username": 1, "server": 1, "key": 1}, "name": name, **options}
+
+
+def test_the_stand_in_server_refuses_a_second_index_of_the_same_keys_as_a_real_one() -> None:
+    indexes = {"c": [{"v": 2, "key": {"_id": 1}, "name": "_id_"}]}
+    with mongo_wire_server(_server_keeping_indexes(indexes)) as port:
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(f"mongodb://127.0.0.1:{port}")
+        try:
+            client["db"]["c"].create_index([("a", 1)], unique=True)
+            client["db"]["c"].create_index([("a", 1)], unique=True)  # the same again: there already
+            with pytest.raises(pymongo.errors.OperationFailure) as refused:
+                client["db"]["c"].create_index([("a", 1)], unique=True, name="another")
+        finally:
+            client.close()
+
+    assert refused.value.code == 85
+    assert [index["name"] for index in indexes["c"]] == ["_id_", "a_1"]
+
+
+@pytest.mark.parametrize(
+    ("collection", "existing"),
+    [
+        ("user_secrets", _record_index("username_1_server_1_key_1", unique=True)),
+        ("entry_links", {"v": 2, "key": {"expires_at": 1}, "name": "expires_at_1", "expireAfterSeconds": 0}),
+    ],
+    ids=["unique-record-index", "ttl-index"],
+)
+def test_mongo_store_takes_the_index_an_operator_made_under_another_name(
+    collection: str, existing: dict[str, Any]
+) -> None:
+    # The shell names an index after its keys: an operator adding the unique index to the original design's
+    # data by hand gets username_1_server_1_key_1, and a real server makes no second one beside it.
+    indexes = {collection: [{"v": 2, "key": {"_id": 1}, "name": "_id_"}, existing]}
+
+    with mongo_wire_server(_server_keeping_indexes(indexes)) as port:
+        MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db").close()
+
+    assert [index["name"] for index in indexes[collection] if index["key"] == existing["key"]] == [
+        existing["name"]
+    ]
+
+
+def test_mongo_store_refuses_to_open_where_the_records_fields_have_an_index_that_is_not_unique() -> None:
+    # The store would go on without the index that keeps one document per record: it names what is wrong.
+    indexes = {"user_secrets": [{"v": 2, "key": {"_id": 1}, "name": "_id_"}, _record_index("by_record")]}
+
+    with (
+        mongo_wire_server(_server_keeping_indexes(indexes)) as port,
+        pytest.raises(StoreUnavailableError) as refused,
+    ):
+        MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db")
+
+    assert "the collection user_secrets has an index in the way" in str(refused.value)
+    assert "username_server_key_unique" in str(refused.value)
+
+
+def test_mongo_store_of_a_read_only_user_opens_where_the_unique_index_has_another_name() -> None:
+    made = _indexes_of(MongoStore(mongomock.MongoClient(tz_aware=True), "db"))
+    made["user_secrets"] = [
+        {"v": 2, "key": {"_id": 1}, "name": "_id_"},
+        _record_index("username_1_server_1_key_1", unique=True),
+    ]
+
+    with mongo_wire_server(_read_only_server(made)) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db")
+        try:
+            assert store.find_secrets("alice") == []
+        finally:
+            store.close()
+
+
+@pytest.mark.mongodb
+@pytest.mark.skipif(not os.environ.get("MONGODB_URI"), reason="set MONGODB_URI to run against a real MongoDB")
+def test_on_a_real_server_the_store_opens_beside_a_unique_index_an_operator_made() -> None:
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        os.environ["MONGODB_URI"], serverSelectionTimeoutMS=5000, tz_aware=True
+    )
+    database = f"mcp_secrets_test_{secrets.token_hex(4)}"
+    try:
+        client[database]["user_secrets"].create_index(
+            [("username", 1), ("server", 1), ("key", 1)], unique=True
+        )
+        store = MongoStore(client, database)
+        store.put_secret("alice", "github", "TOKEN", "ciphertext-1", T0)
+        store.put_secret("alice", "github", "TOKEN", "ciphertext-2", T1)
+
+        assert store.count_secrets() == 1
+        assert set(client[database]["user_secrets"].index_information()) == {
+            "_id_",
+            "username_1_server_1_key_1",
+        }
+    finally:
+        client.drop_database(database)
+        client.close()
+
+
 UNREACHABLE_CALLS: dict[str, Callable[[MongoStore], object]] = {
     "put_secret": lambda store: store.put_secret("alice", "github", "TOKEN", "ciphertext", T0),
     "find_secrets": lambda store: store.find_secrets("alice"),

@@ -8,7 +8,6 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, TypeVar, cast
 
-import pymongo
 from bson import ObjectId
 from pymongo import MongoClient, UpdateMany
 from pymongo.client_session import ClientSession
@@ -40,12 +39,19 @@ AUTHENTICATION_FAILED = 18  # the server's error code for a refused login: wrong
 UNAUTHORIZED = 13  # the server's error code for a command the user has no privilege for
 # The server's error code for a value a unique index holds already (a write's, or a new index's).
 DUPLICATE_KEY = 11000
+# The server's error codes for an index asked for whose keys an index of another name has already, or
+# whose name one of other options (85) or other keys (86) has: the server keeps the one there.
+INDEX_CONFLICTS = frozenset({85, 86})
+# What an index may carry beside its keys and the options the store asks for, and still serve as asked.
+_INDEX_BOOKKEEPING = frozenset({"key", "v", "ns", "background"})
+_INDEX_FLAGS = frozenset({"unique", "sparse", "hidden"})  # false is as good as absent
 # Deployments with multi-document transactions; a standalone server ("Single") has none.
 TRANSACTION_TOPOLOGIES = frozenset({"ReplicaSetWithPrimary", "Sharded", "LoadBalanced"})
 # The servers with them, when a client is connected straight to one: a replica set's primary, a mongos.
 TRANSACTION_SERVERS = frozenset({SERVER_TYPE.RSPrimary, SERVER_TYPE.Mongos})
 
 Document = dict[str, Any]
+IndexKeys = list[tuple[str, int]]
 T = TypeVar("T")
 
 
@@ -181,11 +187,7 @@ class MongoStore:
 
     def _create_indexes(self) -> None:
         try:
-            self._secrets.create_index(
-                [("username", pymongo.ASCENDING), ("server", pymongo.ASCENDING), ("key", pymongo.ASCENDING)],
-                unique=True,
-                name="username_server_key_unique",
-            )
+            _ensure_index(self._secrets, _RECORD_KEYS, "username_server_key_unique", {"unique": True})
         except OperationFailure as exc:
             # Data written without this index (the original design had none) may hold a record twice.
             if exc.code != DUPLICATE_KEY:
@@ -195,28 +197,29 @@ class MongoStore:
                 "server, key), so its unique index cannot be made: keep one of each (README, Storage) and "
                 "start again"
             ) from None
-        self._tokens.create_index("token_hash", unique=True, name="token_hash_unique")
-        self._tokens.create_index("token_id", unique=True, name="token_id_unique")
-        self._links.create_index("link_hash", unique=True, name="link_hash_unique")
-        self._links.create_index([("username", 1), ("expires_at", 1)], name="username_expires_at")
+        _ensure_index(self._tokens, [("token_hash", 1)], "token_hash_unique", {"unique": True})
+        _ensure_index(self._tokens, [("token_id", 1)], "token_id_unique", {"unique": True})
+        _ensure_index(self._links, [("link_hash", 1)], "link_hash_unique", {"unique": True})
+        _ensure_index(self._links, [("username", 1), ("expires_at", 1)], "username_expires_at")
         # One index per filter the trail is read by (one user, one server, none), each ending in the
         # listing's sort, so a page of the newest events reads that page and sorts nothing.
         for prefix in (["actor"], ["server"], []):
             keys = [(field, 1) for field in prefix] + [("at", -1), ("_id", -1)]
-            self._events.create_index(keys, name="_".join([*prefix, "at", "id"]))
+            _ensure_index(self._events, keys, "_".join([*prefix, "at", "id"]))
         if "actor_at" in self._events.index_information():  # made by earlier versions; now a prefix
             # Another server starting beside this one may drop it first.
             with suppress(OperationFailure):
                 self._events.drop_index("actor_at")
         # MongoDB deletes expired entry links by itself (within a minute of expiry).
-        self._links.create_index("expires_at", expireAfterSeconds=0, name="expires_at_ttl")
+        _ensure_index(self._links, [("expires_at", 1)], "expires_at_ttl", {"expireAfterSeconds": 0})
 
     def _has_indexes(self) -> bool:
         """True when the unique indexes the store's records rely on exist (made by an earlier start)."""
-        return "username_server_key_unique" in self._secrets.index_information() and {
-            "token_hash_unique",
-            "token_id_unique",
-        } <= set(self._tokens.index_information())
+        return (
+            _find_index(self._secrets, _RECORD_KEYS, {"unique": True}) is not None
+            and _find_index(self._tokens, [("token_hash", 1)], {"unique": True}) is not None
+            and _find_index(self._tokens, [("token_id", 1)], {"unique": True}) is not None
+        )
 
     @classmethod
     def from_url(cls, url: str) -> MongoStore:
@@ -564,6 +567,44 @@ def _dns_failure(exc: BaseException) -> str | None:
 
     cause = exc.__cause__
     return type(cause).__name__ if isinstance(cause, DNSException) else None
+
+
+_RECORD_KEYS: IndexKeys = [("username", 1), ("server", 1), ("key", 1)]
+
+
+def _ensure_index(
+    collection: Collection[Document], keys: IndexKeys, name: str, options: Document | None = None
+) -> None:
+    """Make an index, or take the one of the same keys and options that exists under another name.
+
+    An operator may have made one by hand (the shell names it ``username_1_server_1_key_1``): a real server
+    makes no second index of the same keys, whatever its name, and refuses with IndexOptionsConflict.
+    """
+    options = options or {}
+    try:
+        collection.create_index(keys, name=name, **options)
+    except OperationFailure as exc:
+        if exc.code not in INDEX_CONFLICTS:
+            raise
+        if _find_index(collection, keys, options) is None:
+            raise StoreUnavailableError(
+                f"the collection {collection.name} has an index in the way of the store's index {name} (of "
+                "its fields or its name, with other options): drop that index and start again"
+            ) from None
+
+
+def _find_index(collection: Collection[Document], keys: IndexKeys, options: Document) -> str | None:
+    """The name of an index on exactly ``keys`` with exactly ``options`` (unique, TTL), whatever its name."""
+    for name, index in collection.index_information().items():
+        extra = {
+            option: value
+            for option, value in index.items()
+            if option not in _INDEX_BOOKKEEPING and (value or option not in _INDEX_FLAGS)
+        }
+        # The shell writes 1 for true and 1.0 for 1: compare values, not types.
+        if list(index["key"]) == keys and extra == options:
+            return name
+    return None
 
 
 def _record(username: str, server: str, key: str) -> Document:
