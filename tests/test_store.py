@@ -949,6 +949,23 @@ def test_on_a_real_server_the_store_opens_beside_a_unique_index_an_operator_made
         client.close()
 
 
+def test_mongo_store_refuses_unacknowledged_writes_before_sending_any_command() -> None:
+    # With w=0 pymongo sends a write and reads no reply: asked whether a record was created (upserted_id) or
+    # a link claimed (modified_count), it raises. Every change would be made, then reported failed.
+    commands: list[str] = []
+    keeping = _server_keeping_indexes({})
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        commands.append(next(iter(command)))
+        return keeping(command)
+
+    with mongo_wire_server(answer) as port, pytest.raises(ConfigurationError) as refused:
+        MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db?w=0")
+
+    assert "w=0" in str(refused.value)
+    assert commands == []
+
+
 UNREACHABLE_CALLS: dict[str, Callable[[MongoStore], object]] = {
     "put_secret": lambda store: store.put_secret("alice", "github", "TOKEN", "ciphertext", T0),
     "find_secrets": lambda store: store.find_secrets("alice"),

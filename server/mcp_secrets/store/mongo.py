@@ -17,6 +17,7 @@ from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 from pymongo.server_description import ServerDescription
 from pymongo.server_type import SERVER_TYPE
 from pymongo.uri_parser import parse_uri
+from pymongo.write_concern import WriteConcern
 
 from mcp_secrets.errors import ConfigurationError, StoreUnavailableError
 from mcp_secrets.store import (
@@ -163,6 +164,13 @@ class MongoStore:
     answers_inline = False  # every call is a network round trip: always from a worker thread
 
     def __init__(self, client: MongoClient[Document], database: str = DEFAULT_DATABASE) -> None:
+        concern = getattr(client, "write_concern", None)
+        if isinstance(concern, WriteConcern) and not concern.acknowledged:
+            # pymongo would make each write, then fail asking how it went: a change made would be
+            # reported failed, its audit event never written, a claimed link left claimed.
+            raise ConfigurationError(
+                "MongoDB writes must be acknowledged: remove w=0 from MCP_SECRETS_DATABASE_URL"
+            )
         self._client = client
         db = client[database]
         self._secrets: Collection[Document] = db[SECRETS_COLLECTION]
