@@ -1,7 +1,8 @@
 """A stand-in for a MongoDB server on a local port: pymongo's own client talks to it over the wire protocol.
 
-It answers the handshake as a standalone server and every other command with what ``answer`` returns,
-so a test can give pymongo the server's real error replies (a refused login, a missing privilege).
+It answers the handshake as a standalone server (or with ``hello``: ``MONGOS_HELLO`` for a sharded
+cluster's router) and every other command with what ``answer`` returns, so a test can give pymongo the
+server's real error replies (a refused login, a missing privilege).
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ HELLO: Document = {
     "maxWriteBatchSize": 100_000,
     "saslSupportedMechs": ["SCRAM-SHA-256"],
 }
+MONGOS_HELLO: Document = {**HELLO, "msg": "isdbgrid"}  # how a mongos says what it is
 
 
 def _first_document(data: bytes) -> Document:
     return bson.decode(data[: struct.unpack("<i", data[:4])[0]])
 
 
-def _serve_connection(connection: socket.socket, answer: Callable[[Document], Document]) -> None:
+def _serve_connection(
+    connection: socket.socket, answer: Callable[[Document], Document], hello: Document
+) -> None:
     with connection:
         while True:
             header = connection.recv(16, socket.MSG_WAITALL)
@@ -45,23 +49,23 @@ def _serve_connection(connection: socket.socket, answer: Callable[[Document], Do
             if opcode == OP_QUERY:  # the handshake: flags, collection name, skip and limit, then the command
                 after_name = body.index(b"\0", 4) + 1 + 8
                 command = _first_document(body[after_name:])
-                reply = struct.pack("<iqii", 0, 0, 0, 1) + bson.encode(_reply(command, answer))
+                reply = struct.pack("<iqii", 0, 0, 0, 1) + bson.encode(_reply(command, answer, hello))
                 opcode = OP_REPLY
             elif opcode == OP_MSG:  # flags, then a section of kind 0: the command
                 command = _first_document(body[5:])
-                reply = struct.pack("<IB", 0, 0) + bson.encode(_reply(command, answer))
+                reply = struct.pack("<IB", 0, 0) + bson.encode(_reply(command, answer, hello))
             else:
                 return
             connection.sendall(struct.pack("<iiii", 16 + len(reply), 0, request_id, opcode) + reply)
 
 
-def _reply(command: Document, answer: Callable[[Document], Document]) -> Document:
+def _reply(command: Document, answer: Callable[[Document], Document], hello: Document) -> Document:
     name = next(iter(command)).lower()
-    return HELLO if name in {"hello", "ismaster"} else answer(command)
+    return hello if name in {"hello", "ismaster"} else answer(command)
 
 
 @contextmanager
-def mongo_wire_server(answer: Callable[[Document], Document]) -> Iterator[int]:
+def mongo_wire_server(answer: Callable[[Document], Document], hello: Document = HELLO) -> Iterator[int]:
     """Serve on a free port, answering each command after the handshake with ``answer``; yield the port."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -73,7 +77,7 @@ def mongo_wire_server(answer: Callable[[Document], Document]) -> Iterator[int]:
                 connection, _ = listener.accept()
             except OSError:  # closed: the test is over
                 return
-            threading.Thread(target=_serve_connection, args=(connection, answer), daemon=True).start()
+            threading.Thread(target=_serve_connection, args=(connection, answer, hello), daemon=True).start()
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()

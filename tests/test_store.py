@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pymongo.errors import DuplicateKeyError
 
-from _mongo_wire import mongo_wire_server
+from _mongo_wire import MONGOS_HELLO, mongo_wire_server
 from conftest import STORE_KINDS
 from mcp_secrets.errors import ConfigurationError, StoreUnavailableError
 from mcp_secrets.store import (
@@ -964,6 +964,42 @@ def test_mongo_store_refuses_unacknowledged_writes_before_sending_any_command() 
 
     assert "w=0" in str(refused.value)
     assert commands == []
+
+
+STORE_READS: dict[str, Callable[[MongoStore], object]] = {
+    "find_secrets": lambda store: store.find_secrets("alice"),
+    "count_secrets": lambda store: store.count_secrets("alice"),
+    "scan_secrets": lambda store: store.scan_secrets(None, 10),
+    "list_events": lambda store: store.list_events("alice"),
+    "find_token": lambda store: store.find_token("hash"),
+    "list_tokens": lambda store: store.list_tokens(),
+    "find_link": lambda store: store.find_link("hash"),
+    "count_live_links": lambda store: store.count_live_links("alice", T0),
+}
+
+
+@pytest.mark.parametrize("read", STORE_READS.values(), ids=STORE_READS.keys())
+def test_mongo_store_reads_from_the_primary_whatever_read_preference_the_url_sets(
+    read: Callable[[MongoStore], object],
+) -> None:
+    # A secondary may not have a token's revocation yet, nor the secret an entry page has just saved: the
+    # store would accept the revoked token, or find no secret, for as long as the secondary lags.
+    asked: list[object] = []
+    keeping = _server_keeping_indexes({})
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        if next(iter(command)) in {"find", "aggregate"}:
+            asked.append(command.get("$readPreference", {"mode": "primary"}))
+        return keeping(command)
+
+    with mongo_wire_server(answer, hello=MONGOS_HELLO) as port:  # a mongos passes the preference on
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db?readPreference=secondaryPreferred")
+        try:
+            read(store)
+        finally:
+            store.close()
+
+    assert asked == [{"mode": "primary"}]
 
 
 UNREACHABLE_CALLS: dict[str, Callable[[MongoStore], object]] = {

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar, cast
 
 from bson import ObjectId
-from pymongo import MongoClient, UpdateMany
+from pymongo import MongoClient, ReadPreference, UpdateMany
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, InvalidName, OperationFailure, PyMongoError
@@ -172,7 +172,9 @@ class MongoStore:
                 "MongoDB writes must be acknowledged: remove w=0 from MCP_SECRETS_DATABASE_URL"
             )
         self._client = client
-        db = client[database]
+        # Whatever readPreference the URL sets: a secondary may not have a token's revocation yet, nor a
+        # secret just saved, and the store answers as SQLite does, with what was last written.
+        db = client.get_database(database, read_preference=ReadPreference.PRIMARY)
         self._secrets: Collection[Document] = db[SECRETS_COLLECTION]
         self._tokens: Collection[Document] = db[TOKENS_COLLECTION]
         self._links: Collection[Document] = db[LINKS_COLLECTION]
