@@ -509,6 +509,38 @@ def test_mongo_documents_hold_the_user_secret_fields(mongo_store: MongoStore) ->
     assert isinstance(document["updated_at"], datetime)
 
 
+@mongo_backends
+def test_mongo_updates_never_name_one_field_under_two_operators(
+    mongo_store: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A real server refuses an update naming a field (or a field and one inside it) under two operators,
+    # $set and $setOnInsert say (ConflictingUpdateOperators); mongomock applies one of them and goes on.
+    sent: list[dict[str, dict[str, Any]]] = []
+    for collection in (mongo_store._secrets, mongo_store._tokens, mongo_store._links):
+
+        def recording(
+            selector: Any, update: Any, *args: Any, _real: Any = collection.update_one, **kwargs: Any
+        ) -> Any:
+            sent.append(update)
+            return _real(selector, update, *args, **kwargs)
+
+        monkeypatch.setattr(collection, "update_one", recording)
+    mongo_store.put_secret("alice", "github", "TOKEN", "ciphertext-1", T0)  # created
+    mongo_store.put_secret("alice", "github", "TOKEN", "ciphertext-2", T1)  # replaced
+    mongo_store.replace_value("alice", "github", "TOKEN", "ciphertext-2", "ciphertext-3")
+    mongo_store.put_token(_token("t1"))
+    mongo_store.revoke_token("t1", T1)
+    mongo_store.put_link(LinkRecord("l1", "hash-1", "alice", "github", "TOKEN", T0, T2))
+    mongo_store.claim_link("hash-1", T1)
+    mongo_store.release_link("hash-1")
+
+    assert len(sent) == 6
+    for update in sent:
+        paths = [path for fields in update.values() for path in fields]
+        assert len(paths) == len(set(paths)), update
+        assert not [path for path in paths for other in paths if other.startswith(f"{path}.")], update
+
+
 @pytest.fixture
 def mongo_clients(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
     """Make ``MongoStore.from_url`` build mongomock clients, and record how it called ``MongoClient``."""
