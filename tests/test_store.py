@@ -1034,6 +1034,48 @@ def test_mongo_store_reads_from_the_primary_whatever_read_preference_the_url_set
     assert asked == [{"mode": "primary"}]
 
 
+@pytest.mark.parametrize(
+    ("code", "name", "errmsg"),
+    [
+        (
+            13297,
+            "DatabaseDifferCase",
+            "db already exists with different case already have: [team] trying to create [Team]",
+        ),
+        (73, "InvalidNamespace", "Invalid database name"),
+    ],
+    ids=["differs-in-case", "too-long"],
+)
+def test_mongo_store_on_a_database_name_the_server_refuses_says_the_url_is_wrong(
+    code: int, name: str, errmsg: str
+) -> None:
+    # pymongo takes any case and any length; the server refuses a name too long, or differing only in case
+    # from a database it has. Retrying would not help: a configuration error (exit 2), not the store down.
+    def refuse_database(command: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": 0, "errmsg": errmsg, "code": code, "codeName": name}
+
+    with mongo_wire_server(refuse_database) as port, pytest.raises(ConfigurationError) as refused:
+        MongoStore.from_url(f"mongodb://127.0.0.1:{port}/Team")
+
+    assert f"refuses the database name ({name})" in str(refused.value)
+
+
+@pytest.mark.mongodb
+@pytest.mark.skipif(not os.environ.get("MONGODB_URI"), reason="set MONGODB_URI to run against a real MongoDB")
+def test_on_a_real_server_a_database_differing_only_in_case_is_a_configuration_error() -> None:
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        os.environ["MONGODB_URI"], serverSelectionTimeoutMS=5000, tz_aware=True
+    )
+    database = f"mcp_secrets_test_{secrets.token_hex(4)}"
+    try:
+        MongoStore(client, database)
+        with pytest.raises(ConfigurationError, match="DatabaseDifferCase"):
+            MongoStore(client, database.upper())
+    finally:
+        client.drop_database(database)
+        client.close()
+
+
 UNREACHABLE_CALLS: dict[str, Callable[[MongoStore], object]] = {
     "put_secret": lambda store: store.put_secret("alice", "github", "TOKEN", "ciphertext", T0),
     "find_secrets": lambda store: store.find_secrets("alice"),

@@ -38,6 +38,9 @@ EVENTS_COLLECTION = "audit_events"
 SERVER_SELECTION_TIMEOUT_MS = 5000
 AUTHENTICATION_FAILED = 18  # the server's error code for a refused login: wrong user, password or mechanism
 UNAUTHORIZED = 13  # the server's error code for a command the user has no privilege for
+# The server's error codes for a database name it refuses though pymongo takes it: too long (or a character
+# only the server forbids), or a database of the same name in other case exists already.
+DATABASE_NAME_REFUSED = {73: "InvalidNamespace", 13297: "DatabaseDifferCase"}
 # The server's error code for a value a unique index holds already (a write's, or a new index's).
 DUPLICATE_KEY = 11000
 # The server's error codes for an index asked for whose keys an index of another name has already, or
@@ -183,6 +186,11 @@ class MongoStore:
             try:
                 self._create_indexes()
             except OperationFailure as exc:
+                if exc.code in DATABASE_NAME_REFUSED:
+                    raise ConfigurationError(
+                        f"the MongoDB server refuses the database name ({DATABASE_NAME_REFUSED[exc.code]}): "
+                        "check the database that MCP_SECRETS_DATABASE_URL names (its case, its length)"
+                    ) from None
                 # A user of the read role (an operator's, for list and audit) may not create indexes, even
                 # those that exist: the ones an earlier start made serve it; its writes are refused.
                 if exc.code != UNAUTHORIZED:
