@@ -282,3 +282,22 @@ def test_mongomock_and_an_unreached_server_have_none(client: mongomock.MongoClie
     )
     assert has_transactions(unreached) is False
     unreached.close()
+
+
+@pytest.mark.usefixtures("stored")
+def test_a_replica_set_without_a_primary_when_the_store_opened_gets_transactions_once_it_has_one(
+    client: mongomock.MongoClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The topology the store sees at start is "ReplicaSetNoPrimary" if an election began after its indexes
+    # were made: taken for no transactions then, a replica set's changes went without them for good.
+    store, owner = watched_store(client, monkeypatch, transactions=False)
+    primary_back = SimpleNamespace(topology_type_name="ReplicaSetWithPrimary")
+    monkeypatch.setattr(owner, "topology_description", primary_back, raising=False)
+
+    CHANGES["update"](store)
+
+    assert store.transactions is True
+    assert [(collection, carried) for collection, _, carried in owner.writes] == [
+        ("user_secrets", True),
+        ("audit_events", True),
+    ]

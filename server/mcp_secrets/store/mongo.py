@@ -347,6 +347,10 @@ class MongoStore:
     def _changing(self, write: Callable[[ClientSession | None], T]) -> T:
         """Run ``write`` (a change and its event) in one transaction where the deployment has them."""
         if not self.transactions:
+            # A replica set between two primaries when the store opened looked like no replica set: asked
+            # again, once a primary is back it says so, and from then on each change is one transaction.
+            self.transactions = has_transactions(self._client)
+        if not self.transactions:
             return write(None)
         with self._client.start_session() as session:
             result: T = session.with_transaction(write)  # retries transient faults as the driver advises
