@@ -12,6 +12,7 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
+import dns.resolver
 import pytest
 from pydantic import SecretStr
 
@@ -327,6 +328,26 @@ def test_the_store_summary_never_shows_database_credentials(tmp_path: Path) -> N
     assert summary == "MongoDB db.example:27017, database team"
     assert "hunter22" not in summary
     assert repr(settings).count("hunter22") == 0
+
+
+def test_the_store_summary_of_a_srv_url_looks_nothing_up_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # serve prints it once the store is open, whose opening has just looked the SRV record up: a DNS fault
+    # at this moment stopped a server that was ready, with a traceback.
+    password = _random.token_urlsafe(16)
+    url = f"mongodb+srv://admin:{password}@cluster0.example.net/team?retryWrites=true"
+    settings = settings_in(tmp_path, database_url=SecretStr(url))
+
+    def resolve(*_args: object, **_kwargs: object) -> object:
+        raise dns.resolver.NXDOMAIN
+
+    monkeypatch.setattr("pymongo.synchronous.srv_resolver._resolve", resolve)
+
+    summary = describe_store(settings)
+
+    assert summary == "MongoDB cluster0.example.net (SRV), database team"
+    assert (password in summary) is False
 
 
 def test_the_library_entry_point_refuses_mongodb_without_a_master_key_before_connecting(

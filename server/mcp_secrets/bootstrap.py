@@ -12,6 +12,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from mcp_secrets.config import Settings, load_settings
 from mcp_secrets.crypto import SecretEncryptor, generate_master_key, parse_master_key
@@ -218,8 +219,13 @@ def describe_store(settings: Settings) -> str:
         return f"SQLite {settings.default_database_path}"
     if url.startswith("sqlite:///"):
         return f"SQLite {url[len('sqlite:///') :]}"
+    if url.startswith("mongodb+srv://"):
+        # parse_uri would look the SRV record up again, just after the store did: a DNS fault then would
+        # stop a server whose store is open. The name the URL gives says where the servers are.
+        parts = urlsplit(url)
+        return f"MongoDB {parts.hostname} (SRV), database {unquote(parts.path[1:]) or 'mcp_secrets'}"
     from pymongo.uri_parser import parse_uri  # noqa: PLC0415 - only needed for MongoDB
 
     parsed = parse_uri(url, validate=False, warn=True)
-    hosts = ",".join(f"{host}:{port}" for host, port in parsed["nodelist"]) or "(srv)"
+    hosts = ",".join(f"{host}:{port}" for host, port in parsed["nodelist"])
     return f"MongoDB {hosts}, database {parsed.get('database') or 'mcp_secrets'}"
