@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 import mongomock
 import pymongo
 import pytest
+from bson import ObjectId
 from pymongo.errors import AutoReconnect
 from pymongo.hello import Hello
 from pymongo.server_description import ServerDescription
 from pymongo.synchronous.settings import TopologySettings
 from pymongo.topology_description import TOPOLOGY_TYPE, TopologyDescription
 
+from _mongo_wire import MONGOS_HELLO, mongo_wire_server
 from conftest import new_canary
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.errors import StoreUnavailableError
@@ -60,7 +62,7 @@ class Session:
     def __exit__(self, *exc_info: object) -> None:
         return None
 
-    def with_transaction(self, callback: Callable[[Session], Any]) -> Any:
+    def with_transaction(self, callback: Callable[[Session], Any], **_options: object) -> Any:
         database = self.owner.database
         saved = {name: list(database[name].find()) for name in database.list_collection_names()}
         self.owner.active = self
@@ -301,3 +303,31 @@ def test_a_replica_set_without_a_primary_when_the_store_opened_gets_transactions
         ("user_secrets", True),
         ("audit_events", True),
     ]
+
+
+@pytest.mark.parametrize("level", ["linearizable", "available"])
+def test_a_change_starts_its_transaction_with_a_read_concern_transactions_take(level: str) -> None:
+    # A server refuses to start a transaction at these levels (InvalidOptions), which a URL may set for its
+    # reads: every change would fail. A change's transaction reads nothing, so "local" costs it nothing.
+    started: list[object] = []
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        name = next(iter(command))
+        if command.get("startTransaction"):
+            started.append(command.get("readConcern"))
+        if name in {"find", "aggregate", "listIndexes"}:
+            return {"ok": 1, "cursor": {"id": 0, "ns": "db.x", "firstBatch": []}}
+        if name == "update":
+            return {"ok": 1, "n": 1, "nModified": 0, "upserted": [{"index": 0, "_id": ObjectId()}]}
+        return {"ok": 1, "n": 1}
+
+    mongos = {**MONGOS_HELLO, "logicalSessionTimeoutMinutes": 30}  # a sharded cluster's: transactions
+    with mongo_wire_server(answer, hello=mongos) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db?readConcernLevel={level}")
+        try:
+            assert store.transactions is True
+            store.put_secret("alice", "github", "TOKEN", "v1:x:new", T1, event=created())
+        finally:
+            store.close()
+
+    assert started == [{"level": "local"}]

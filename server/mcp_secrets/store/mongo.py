@@ -14,6 +14,7 @@ from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, DuplicateKeyError, InvalidName, OperationFailure, PyMongoError
 from pymongo.errors import ConfigurationError as PyMongoConfigurationError
+from pymongo.read_concern import ReadConcern
 from pymongo.server_description import ServerDescription
 from pymongo.server_type import SERVER_TYPE
 from pymongo.uri_parser import parse_uri
@@ -53,6 +54,9 @@ _INDEX_FLAGS = frozenset({"unique", "sparse", "hidden"})  # false is as good as 
 TRANSACTION_TOPOLOGIES = frozenset({"ReplicaSetWithPrimary", "Sharded", "LoadBalanced"})
 # The servers with them, when a client is connected straight to one: a replica set's primary, a mongos.
 TRANSACTION_SERVERS = frozenset({SERVER_TYPE.RSPrimary, SERVER_TYPE.Mongos})
+
+# The read concern of a change's transaction, which reads nothing.
+_IN_TRANSACTION = ReadConcern("local")
 
 Document = dict[str, Any]
 IndexKeys = list[tuple[str, int]]
@@ -353,7 +357,9 @@ class MongoStore:
         if not self.transactions:
             return write(None)
         with self._client.start_session() as session:
-            result: T = session.with_transaction(write)  # retries transient faults as the driver advises
+            # Retries transient faults as the driver advises. It reads nothing: "local" whatever the URL
+            # sets, since a server starts no transaction at the levels linearizable and available.
+            result: T = session.with_transaction(write, read_concern=_IN_TRANSACTION)
         return result
 
     def _record_change(self, event: AuditEvent, session: ClientSession | None) -> None:
