@@ -417,6 +417,22 @@ def test_an_operator_in_place_of_a_name_reaches_no_record(store: SecretStore, ho
     assert [(token.token_id, token.revoked_at) for token in store.list_tokens()] == [("t1", None)]
 
 
+@pytest.mark.parametrize("name", ["$ne", "$where", "$regex", "a.b", "$**", "$"])
+def test_a_name_spelled_like_an_operator_or_a_path_is_only_a_name(store: SecretStore, name: str) -> None:
+    # MongoDB takes a string in a filter's value, or in $in, as itself: only a document could be an operator.
+    store.put_secret("alice", "github", "TOKEN", "alices-ciphertext", T0)
+    store.put_secret(name, name, name, "its-own-ciphertext", T0)
+    store.record_uses([SecretUse(name, name, (name,), AuditEvent(T1, name, "used", name, name))])
+
+    assert store.find_secrets(name) == [SecretRecord(name, name, name, "its-own-ciphertext", T0, T0, T1)]
+    assert _triples(store, "alice", name) == []
+    assert store.count_secrets(name) == 1
+    assert store.list_events(name) == [AuditEvent(T1, name, "used", name, name)]
+    assert store.replace_value("alice", "github", name, "alices-ciphertext", "replaced") is False
+    assert store.delete_secret(name, name, name) is True
+    assert _triples(store, "alice") == [("github", "TOKEN", "alices-ciphertext")]
+
+
 class _Unqueried:
     """Stands in for a collection that must not be queried: every method call fails the test."""
 
