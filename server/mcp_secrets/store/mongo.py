@@ -236,7 +236,7 @@ class MongoStore:
         _ensure_index(self._links, [("expires_at", 1)], "expires_at_ttl", {"expireAfterSeconds": 0})
 
     def _has_indexes(self) -> bool:
-        """True when the unique indexes the store's records rely on exist (made by an earlier start)."""
+        """True when the unique indexes the store's records rely on exist, whatever their names."""
         return (
             _find_index(self._secrets, _RECORD_KEYS, {"unique": True}) is not None
             and _find_index(self._tokens, [("token_hash", 1)], {"unique": True}) is not None
