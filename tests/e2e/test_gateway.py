@@ -164,9 +164,10 @@ def hash_of(result: CallToolResult) -> str:
 class HttpDownstream:
     """The fixture downstream over Streamable HTTP on a free port, started again after ``crash``."""
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.log_path = log_path
+        self.env = env or {}  # options of the fixture, as DOWNSTREAM_UNLOCKS
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -178,7 +179,9 @@ class HttpDownstream:
             return
         command = [sys.executable, str(FIXTURE), "streamable-http", str(self.port)]
         with self.log_path.open("a", encoding="utf-8") as log:
-            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env={**os.environ, **self.env}
+            )
         deadline = time.monotonic() + STARTUP_SECONDS
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -587,6 +590,67 @@ async def test_clients_of_one_user_that_list_again_at_once_when_told_of_a_change
 
     assert "down__names" not in before
     assert listings == [before | {"down__names"}] * 2
+
+
+def unlocking_entry(era: str) -> dict[str, Any]:
+    """The stdio fixture downstream with its ``unlock`` tool, speaking 2026-07-28 or only the handshake."""
+    env = {**STDIO_ENTRY["env"], "DOWNSTREAM_UNLOCKS": "1"}
+    if era == "handshake":
+        env["DOWNSTREAM_HANDSHAKE_ONLY"] = "1"
+    return {**STDIO_ENTRY, "env": env}
+
+
+@pytest.mark.parametrize("era", ["2026-07-28", "handshake"])
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_downstream_whose_tools_changed_tells_its_users_clients_and_no_others(
+    sqlite_secrets: Secrets, tmp_path: Path, mode: str, era: str
+) -> None:
+    # A downstream says so on a subscriptions/listen stream from 2026-07-28, on its session before.
+    for username in ("alice", "bob"):
+        sqlite_secrets.set_secret(username, "down", "TOKEN", fresh_value(username))
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": unlocking_entry(era)}) as gw,
+        watching(functools.partial(connect, sqlite_secrets, gw, "alice"), mode) as (alice, alices),
+        watching(functools.partial(connect, sqlite_secrets, gw, "bob"), mode) as (bob, bobs),
+    ):
+        before = down_tools((await alice.list_tools()).tools)
+        unlocked = await alice.call_tool("down__unlock", {})
+        assert not unlocked.is_error, text_of(unlocked)
+        await told_of_a_change(alices)
+        alices_after = down_tools((await alice.list_tools()).tools)
+        # bob's downstream is his own process, which changed nothing: neither its tools nor the news are his.
+        bobs_after = down_tools((await bob.list_tools()).tools)
+        assert not (await bob.call_tool("down__unlock", {})).is_error
+        await told_of_a_change(bobs)
+
+    assert "down__unlocked" not in before
+    assert alices_after == before | {"down__unlocked"}
+    assert bobs_after == before
+    assert (untold(alices), untold(bobs)) == (0, 0)
+
+
+async def test_a_remote_downstream_whose_tools_changed_tells_its_users_clients(
+    sqlite_secrets: Secrets, tmp_path: Path
+) -> None:
+    # Over Streamable HTTP on 2026-07-28, the gateway hears it on a subscriptions/listen stream.
+    http = HttpDownstream(tmp_path / "downstream.log", {"DOWNSTREAM_UNLOCKS": "1"})
+    http.ensure_running()
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    try:
+        async with (
+            running_gateway(sqlite_secrets, tmp_path, {"down": http_entry(http)}) as gw,
+            watching(functools.partial(connect, sqlite_secrets, gw, "alice"), "auto") as (alice, alices),
+        ):
+            before = down_tools((await alice.list_tools()).tools)
+            assert not (await alice.call_tool("down__unlock", {})).is_error
+            await told_of_a_change(alices)
+            after = down_tools((await alice.list_tools()).tools)
+    finally:
+        http.stop()
+
+    assert after == before | {"down__unlocked"}
+    assert untold(alices) == 0
 
 
 async def test_a_listing_does_not_wait_for_a_call_of_the_same_user_still_running(

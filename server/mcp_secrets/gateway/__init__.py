@@ -8,6 +8,7 @@ to it, and takes every injected value back out of what comes back.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -17,7 +18,7 @@ import re
 import secrets as _random
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -29,6 +30,7 @@ from mcp.client.session import ClientRequestContext, ElicitationFnT, IncomingMes
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.client.subscriptions import SubscriptionLost
 from mcp.server.mcpserver import Context
 from mcp.server.session import ServerSession
 from mcp.shared.dispatcher import ProgressFnT
@@ -51,8 +53,9 @@ from mcp_types import (
     LoggingLevel,
     LoggingMessageNotificationParams,
     Tool,
+    ToolListChangedNotification,
 )
-from mcp_types.version import is_version_at_least
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS, is_version_at_least
 from pydantic import ValidationError
 
 from mcp_secrets.errors import SecretsError
@@ -80,6 +83,9 @@ REMOTE_TIMEOUT_SECONDS = 30.0  # to connect and to send
 REMOTE_READ_SECONDS = 300.0
 # How long a downstream whose call failed may take to show it is still well, before it is replaced.
 ALIVE_SECONDS = 10.0
+# How long a downstream on 2026-07-28 may take to open the subscriptions/listen stream on which the
+# gateway hears that its tools changed; past it, the gateway goes on without hearing it.
+LISTEN_SECONDS = 10.0
 # (user, server) tool listings kept to answer a listing while that user's call holds the downstream;
 # a long-running gateway meets many users, so the least recently listed goes past this many.
 KNOWN_LISTINGS = 1024
@@ -379,7 +385,9 @@ class Gateway:
                     username, server.name, handed_on, via=self._via, action="injected", detail=purpose
                 )
 
-        made_opener, fingerprint, holder = self._opener(server, injected)
+        # Its word that its tools changed is this user's news, and no other's.
+        tools_changed = functools.partial(self.changes.changed, username)
+        made_opener, fingerprint, holder = self._opener(server, injected, tools_changed)
 
         def opener() -> AbstractAsyncContextManager[Client]:
             record_injected()  # the values go to a new downstream now, whether or not it starts
@@ -440,8 +448,9 @@ class Gateway:
                 del self._call_turns[key]  # one entry per key in use, not per user ever seen
 
     def _opener(
-        self, server: ServerConfig, injected: Mapping[str, str]
+        self, server: ServerConfig, injected: Mapping[str, str], tools_changed: Callable[[], None]
     ) -> tuple[Callable[[], AbstractAsyncContextManager[Client]], str, dict[str, Connection]]:
+        """Opens a client of ``server`` with ``injected``, calling ``tools_changed`` when its tools change."""
         spec = server.spec
 
         def fill(text: str) -> str:
@@ -460,6 +469,7 @@ class Gateway:
         material = json.dumps([spec.command, args, env, headers, url], sort_keys=True).encode()
         fingerprint = hashlib.sha256(self._fingerprint_salt + material).hexdigest()
         holder: dict[str, Connection] = {}
+        relays = _relays(holder, tools_changed)
 
         @asynccontextmanager
         async def open_stdio() -> AsyncIterator[Client]:
@@ -468,14 +478,20 @@ class Gateway:
             # The downstream's stderr could print an injected value: it never reaches our log.
             with open(os.devnull, "w", encoding="utf-8") as errlog:  # noqa: PTH123, ASYNC230 - never blocks
                 transport = stdio_client(params, errlog=errlog)
-                async with Client(transport, **_relays(holder)) as client:
+                async with (
+                    Client(transport, **relays) as client,
+                    _listening_for_tool_changes(client, server.name),
+                ):
                     yield client
 
         @asynccontextmanager
         async def open_remote() -> AsyncIterator[Client]:
             assert url is not None  # noqa: S101
             if server.remote_transport == "sse":
-                async with Client(sse_client(url, headers=headers), **_relays(holder)) as client:
+                async with (
+                    Client(sse_client(url, headers=headers), **relays) as client,
+                    _listening_for_tool_changes(client, server.name),
+                ):
                     yield client
                 return
             async with (
@@ -483,7 +499,8 @@ class Gateway:
                     headers=headers,
                     timeout=httpx2.Timeout(REMOTE_TIMEOUT_SECONDS, read=REMOTE_READ_SECONDS),
                 ) as http,
-                Client(streamable_http_client(url, http_client=http), **_relays(holder)) as client,
+                Client(streamable_http_client(url, http_client=http), **relays) as client,
+                _listening_for_tool_changes(client, server.name),
             ):
                 yield client
 
@@ -640,8 +657,31 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _relays(holder: dict[str, Connection]) -> dict[str, Any]:
-    """A downstream client's callbacks: each hands what the downstream sends to the call it is for."""
+@asynccontextmanager
+async def _listening_for_tool_changes(client: Client, server: str) -> AsyncIterator[None]:
+    """While inside, a server on 2026-07-28 that declares ``tools.listChanged`` can say its tools changed.
+
+    It says so on a ``subscriptions/listen`` stream, which the SDK also hands to the message handler of
+    ``_relays``; a server of the handshake says so on its session, straight to that handler.
+    """
+    tools = client.server_capabilities.tools
+    if client.protocol_version not in MODERN_PROTOCOL_VERSIONS or tools is None or not tools.list_changed:
+        yield
+        return
+    async with AsyncExitStack() as stack:
+        try:
+            with anyio.fail_after(LISTEN_SECONDS):
+                await stack.enter_async_context(client.listen(tools_list_changed=True))
+        except (MCPError, SubscriptionLost, TimeoutError) as exc:  # its tools work all the same
+            logger.info("tool changes of server %s will not be heard: %s", server, type(exc).__name__)
+        yield
+
+
+def _relays(holder: dict[str, Connection], tools_changed: Callable[[], None]) -> dict[str, Any]:
+    """A downstream client's callbacks: each hands what the downstream sends to the call it is for.
+
+    Word that its tools changed is for its user's clients, whichever call, if any, is running.
+    """
 
     async def relay_log(params: LoggingMessageNotificationParams) -> None:
         connection = holder.get("connection")
@@ -660,6 +700,9 @@ def _relays(holder: dict[str, Connection]) -> dict[str, Any]:
         return answer
 
     async def relay_notice(message: IncomingMessage) -> None:
+        if isinstance(message, ToolListChangedNotification):  # on the session, or on a listen stream
+            tools_changed()
+            return
         connection = holder.get("connection")
         if (
             isinstance(message, ElicitCompleteNotification)
