@@ -653,6 +653,38 @@ async def test_a_remote_downstream_whose_tools_changed_tells_its_users_clients(
     assert untold(alices) == 0
 
 
+async def test_a_listing_after_a_downstream_said_its_tools_changed_waits_for_the_call_still_running(
+    sqlite_secrets: Secrets, tmp_path: Path
+) -> None:
+    # What the downstream listed before is no longer what it lists: a client told so must not be shown it.
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    listings: list[set[str]] = []
+    call = anyio.CancelScope()
+
+    async def unlock_and_hold(client: Client) -> None:
+        with call:
+            await client.call_tool("down__unlock", {"hold": True})
+
+    async def list_again(client: Client) -> None:
+        listings.append(down_tools((await client.list_tools()).tools))
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": unlocking_entry("2026-07-28")}) as gw,
+        watching(functools.partial(connect, sqlite_secrets, gw, "alice"), "auto") as (alice, alices),
+    ):
+        before = down_tools((await alice.list_tools()).tools)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(unlock_and_hold, alice)
+            await told_of_a_change(alices)
+            tasks.start_soon(list_again, alice)
+            await anyio.wait_all_tasks_blocked()
+            while_the_call_runs = list(listings)
+            call.cancel()
+
+    assert while_the_call_runs == []
+    assert listings == [before | {"down__unlocked"}]
+
+
 async def test_a_listing_does_not_wait_for_a_call_of_the_same_user_still_running(
     sqlite_secrets: Secrets, gateway: Gateway
 ) -> None:

@@ -186,6 +186,13 @@ class Gateway:
         if server in self.config.servers:  # the secrets of any other server change no tool
             self.changes.changed(username)
 
+    def _downstream_tools_changed(self, username: str, server: str) -> None:
+        """``username``'s connection to ``server`` says its tools changed: tell that user's clients."""
+        # What it listed before is not what it lists now: a listing waits for a running call rather
+        # than show it to clients told to list again.
+        self._known_tools.pop((username, server), None)
+        self.changes.changed(username)
+
     async def stop(self) -> None:
         """Stop every downstream server now (``running()`` does it on exit); for a process about to end."""
         await self.pool.close_all()
@@ -385,8 +392,7 @@ class Gateway:
                     username, server.name, handed_on, via=self._via, action="injected", detail=purpose
                 )
 
-        # Its word that its tools changed is this user's news, and no other's.
-        tools_changed = functools.partial(self.changes.changed, username)
+        tools_changed = functools.partial(self._downstream_tools_changed, username, server.name)
         made_opener, fingerprint, holder = self._opener(server, injected, tools_changed)
 
         def opener() -> AbstractAsyncContextManager[Client]:
