@@ -9,7 +9,8 @@ import anyio
 import pytest
 from mcp.shared.subscriptions import ServerEvent, ToolsListChanged
 
-from mcp_secrets.gateway.changes import LISTENING_USER, ToolListChanges
+from mcp_secrets.gateway import changes as changes_module
+from mcp_secrets.gateway.changes import LISTENING_USER, StillTheirs, ToolListChanges
 from mcp_secrets.store.sqlite import SQLiteStore
 from mcp_secrets.tokens import ApiTokens
 
@@ -70,3 +71,41 @@ async def test_a_change_of_a_user_with_no_client_listening_asks_the_store_nothin
         looked_up_meanwhile = list(looked_up)
 
     assert looked_up_meanwhile == []
+
+
+async def test_changes_of_a_user_while_their_clients_are_being_told_are_told_once_more_after(
+    tokens: tuple[ApiTokens, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A downstream may say its tools changed a thousand times at once: each notice only says "list again".
+    checks = {"running": 0, "most": 0}
+    release = anyio.Event()
+
+    async def slow_check(_tokens: ApiTokens, _username: str) -> StillTheirs:
+        checks["running"] += 1
+        checks["most"] = max(checks["most"], checks["running"])
+        await release.wait()
+        checks["running"] -= 1
+        return lambda _owner: True
+
+    monkeypatch.setattr(changes_module, "token_check", slow_check)
+    changes = ToolListChanges(tokens[0])
+    heard: list[ServerEvent] = []
+    listening = LISTENING_USER.set(("alice", None))
+    changes.bus.subscribe(heard.append)
+    LISTENING_USER.reset(listening)
+
+    async with changes.running():
+        changes.changed("alice")
+        await anyio.wait_all_tasks_blocked()  # her clients are being told
+        for _ in range(100):
+            changes.changed("alice")
+        await anyio.wait_all_tasks_blocked()
+        release.set()
+        await anyio.wait_all_tasks_blocked()
+        told_after_the_first = list(heard)
+        changes.changed("alice")  # one made after every notice went is told again
+        await anyio.wait_all_tasks_blocked()
+
+    assert checks["most"] == 1
+    assert told_after_the_first == [ToolsListChanged()] * 2
+    assert heard == [ToolsListChanged()] * 3

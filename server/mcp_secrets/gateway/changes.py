@@ -103,6 +103,10 @@ class ToolListChanges:
         self._task_group: TaskGroup | None = None
         self._portal: BlockingPortal | None = None  # the way in from the threads that write secrets
         self._loop_thread: int | None = None
+        # Users whose clients are being told, and those of them with a change since that round began: a
+        # notice only says "list again", so one more round after it tells of all those changes.
+        self._telling: set[str] = set()
+        self._changed_again: set[str] = set()
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -138,7 +142,24 @@ class ToolListChanges:
         task_group = self._task_group
         if task_group is None:
             return
-        task_group.start_soon(self._tell_user, task_group, username)
+        if username in self._telling:
+            # A downstream saying so in a loop keeps one round of this user's going, not a thousand at once.
+            self._changed_again.add(username)
+            return
+        self._telling.add(username)
+        task_group.start_soon(self._tell_until_told, task_group, username)
+
+    async def _tell_until_told(self, task_group: TaskGroup, username: str) -> None:
+        """Tell ``username``'s clients, and again while changes came meanwhile; one at a time per user."""
+        try:
+            while True:
+                self._changed_again.discard(username)  # the round starting now tells of every change so far
+                await self._tell_user(task_group, username)
+                if username not in self._changed_again:
+                    return
+        finally:
+            self._telling.discard(username)
+            self._changed_again.discard(username)
 
     async def _tell_user(self, task_group: TaskGroup, username: str) -> None:
         theirs = [
