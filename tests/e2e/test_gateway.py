@@ -592,9 +592,13 @@ async def test_clients_of_one_user_that_list_again_at_once_when_told_of_a_change
     assert listings == [before | {"down__names"}] * 2
 
 
+# A downstream with ``unlock``, whose listing a client of 2026-07-28 may keep for an hour unless told.
+UNLOCKING = {"DOWNSTREAM_UNLOCKS": "1", "DOWNSTREAM_LISTING_TTL_MS": "3600000"}
+
+
 def unlocking_entry(era: str) -> dict[str, Any]:
     """The stdio fixture downstream with its ``unlock`` tool, speaking 2026-07-28 or only the handshake."""
-    env = {**STDIO_ENTRY["env"], "DOWNSTREAM_UNLOCKS": "1"}
+    env = {**STDIO_ENTRY["env"], **UNLOCKING}
     if era == "handshake":
         env["DOWNSTREAM_HANDSHAKE_ONLY"] = "1"
     return {**STDIO_ENTRY, "env": env}
@@ -634,7 +638,7 @@ async def test_a_remote_downstream_whose_tools_changed_tells_its_users_clients(
     sqlite_secrets: Secrets, tmp_path: Path
 ) -> None:
     # Over Streamable HTTP on 2026-07-28, the gateway hears it on a subscriptions/listen stream.
-    http = HttpDownstream(tmp_path / "downstream.log", {"DOWNSTREAM_UNLOCKS": "1"})
+    http = HttpDownstream(tmp_path / "downstream.log", UNLOCKING)
     http.ensure_running()
     sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
     try:
