@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -212,6 +213,18 @@ def text_of(result: CallToolResult) -> str:
     """The text of a tool result's first content block."""
     assert result.content[0].type == "text"
     return result.content[0].text
+
+
+def command_parsers(
+    parser: argparse.ArgumentParser, name: str = "mcp-secrets"
+) -> dict[str, argparse.ArgumentParser]:
+    """``parser`` and every command's parser under it, by command line (``mcp-secrets token create``)."""
+    found = {name: parser}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                found.update(command_parsers(sub, f"{name} {sub_name}"))
+    return found
 
 
 def isolated_env(root: Path, **overrides: str) -> dict[str, str]:

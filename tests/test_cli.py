@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import mcp_secrets
-from conftest import isolated_env, new_canary
+from conftest import command_parsers, isolated_env, new_canary
 from mcp_secrets.cli import build_parser
 from mcp_secrets.crypto import generate_master_key
 from mcp_secrets.store.sqlite import SQLiteStore
@@ -77,22 +77,10 @@ def test_python_dash_m_help_lists_the_commands(env: dict[str, str]) -> None:
         assert command in done.stdout
 
 
-def _parsers(
-    parser: argparse.ArgumentParser, name: str = "mcp-secrets"
-) -> dict[str, argparse.ArgumentParser]:
-    """``parser`` and every command's parser under it, by command line."""
-    found = {name: parser}
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub_name, sub in action.choices.items():
-                found.update(_parsers(sub, f"{name} {sub_name}"))
-    return found
-
-
 def test_every_argument_of_every_command_has_a_help_text() -> None:
     silent = [
         f"{command} {action.dest}"
-        for command, parser in _parsers(build_parser()).items()
+        for command, parser in command_parsers(build_parser()).items()
         for action in parser._actions
         if not isinstance(action, argparse._SubParsersAction) and not action.help
     ]
@@ -123,6 +111,48 @@ def test_serve_help_names_the_variable_each_default_comes_from(env: dict[str, st
         ("LOG_LEVEL", "INFO"),
     ):
         assert f"(default MCP_SECRETS_{variable}, else {default})" in text
+
+
+def test_serve_help_names_the_variable_behind_every_option() -> None:
+    """Every setting is an environment variable that the option overrides (README, Configuration)."""
+    serve = command_parsers(build_parser())["mcp-secrets serve"]
+
+    unnamed = [
+        action.option_strings[0]
+        for action in serve._actions
+        if action.dest != "help" and f"MCP_SECRETS_{action.dest.upper()}" not in (action.help or "")
+    ]
+
+    assert unnamed == []
+
+
+def test_each_commands_help_opens_with_what_the_command_does() -> None:
+    """``mcp-secrets set --help`` said nothing of where the value comes from; the overview did."""
+    parsers = command_parsers(build_parser())
+    listed = {
+        f"{line} {choice.dest}": choice.help
+        for line, parser in parsers.items()
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for choice in action._choices_actions
+    }
+
+    undescribed = [
+        line
+        for line, text in listed.items()
+        if not (text and text[1:] in " ".join(parsers[line].format_help().split()))
+    ]
+
+    assert undescribed == []
+
+
+def test_set_help_says_the_value_is_typed_at_a_hidden_prompt_or_piped(env: dict[str, str]) -> None:
+    done = mcp_secrets_cli(env, "set", "--help")
+
+    text = " ".join(done.stdout.split())
+    assert done.returncode == 0
+    assert text.startswith("usage: mcp-secrets set [-h] [--user USERNAME] SERVER KEY ")
+    assert "hidden prompt (or read from stdin), never from the command line" in text
 
 
 def test_keygen_prints_a_fresh_32_byte_base64url_key_each_run(env: dict[str, str]) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import itertools
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -12,6 +14,7 @@ import pytest
 from packaging.requirements import Requirement
 
 import mcp_secrets
+from conftest import command_parsers
 from mcp_secrets.cli import build_parser
 from mcp_secrets.config import Settings
 
@@ -112,6 +115,39 @@ def test_the_readme_command_table_has_every_command() -> None:
 
     assert "mcp-secrets prune-audit" in commands
     assert missing == []
+
+
+_PLACEHOLDER = re.compile(r"[A-Z][A-Z_]*")
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        line.split("`")[1]
+        for line in README.read_text(encoding="utf-8").split("## Command line", 1)[1].splitlines()
+        if line.startswith("| `mcp-secrets ")
+    ],
+)
+def test_a_command_table_row_reads_as_its_commands_usage_line(row: str) -> None:
+    """Each positional and ``--option PLACEHOLDER`` a row shows is what the command's ``--help`` shows."""
+    words = row.replace("\\|", "|").replace("[", " ").replace("]", " ").split()
+    parsers = command_parsers(build_parser())
+    command = " ".join(
+        max((words[:end] for end in range(1, len(words) + 1) if " ".join(words[:end]) in parsers), key=len)
+    )
+    parser = parsers[command]
+    rest = words[len(command.split()) :]
+    usage = " ".join(parser.format_usage().split())
+
+    positionals = list(itertools.takewhile(_PLACEHOLDER.fullmatch, rest))
+    options = [
+        f"{word} {after}"
+        for word, after in itertools.pairwise(rest)
+        if word.startswith("--") and _PLACEHOLDER.fullmatch(after)
+    ]
+
+    assert positionals == [action.metavar for action in parser._actions if not action.option_strings]
+    assert [option for option in options if not re.search(rf"{re.escape(option)}\b", usage)] == []
 
 
 def test_every_public_name_is_there_when_asked_for() -> None:

@@ -837,6 +837,11 @@ class _Parser(argparse.ArgumentParser):
         super().error(_EXPLICIT_ARGUMENT.sub("takes no value (what followed it is not repeated)", message))
 
 
+def _command(commands: argparse._SubParsersAction[_Parser], name: str, text: str) -> _Parser:
+    """A command that ``text`` describes in the overview and atop its own ``--help``."""
+    return commands.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}.")
+
+
 def _add_secret_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
     """``set``, ``delete`` and ``list``: one user's secrets, by name; no value ever on the command line."""
     one_secret: tuple[tuple[str, str, Callable[[argparse.Namespace], int]], ...] = (
@@ -848,14 +853,18 @@ def _add_secret_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
         ("delete", "delete one secret of one user (recorded in the audit trail)", _delete),
     )
     for name, text, handler in one_secret:
-        command = commands.add_parser(name, help=text)
-        command.add_argument("server", help="the MCP server the secret is for")
-        command.add_argument("key", help="the secret's name")
-        command.add_argument("--user", help="whose secret (default MCP_SECRETS_USER or your login name)")
+        command = _command(commands, name, text)
+        command.add_argument("server", metavar="SERVER", help="the MCP server the secret is for")
+        command.add_argument("key", metavar="KEY", help="the secret's name")
+        command.add_argument(
+            "--user", metavar="USERNAME", help="whose secret (default MCP_SECRETS_USER or your login name)"
+        )
         command.set_defaults(handler=handler)
 
-    lister = commands.add_parser("list", help="list one user's secrets: names and times, never values")
-    lister.add_argument("--user", help="whose secrets (default MCP_SECRETS_USER or your login name)")
+    lister = _command(commands, "list", "list one user's secrets: names and times, never values")
+    lister.add_argument(
+        "--user", metavar="USERNAME", help="whose secrets (default MCP_SECRETS_USER or your login name)"
+    )
     lister.add_argument("--server", help="only this MCP server's secrets")
     lister.add_argument("--json", action="store_true", help="one JSON object per line, to ship elsewhere")
     lister.set_defaults(handler=_list)
@@ -863,17 +872,17 @@ def _add_secret_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
 
 def _add_audit_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
     """``audit`` and ``prune-audit``: reading the trail, and keeping it to a retention period."""
-    audit = commands.add_parser(
-        "audit", help="print the audit trail of every user (newest first; never values)"
-    )
-    audit.add_argument("--user", help="only this user's events")
+    audit = _command(commands, "audit", "print the audit trail of every user (newest first; never values)")
+    audit.add_argument("--user", metavar="USERNAME", help="only this user's events")
     audit.add_argument("--server", help="only this MCP server's events")
-    audit.add_argument("--limit", type=_positive, default=100, help="how many events (default 100)")
+    audit.add_argument(
+        "--limit", metavar="N", type=_positive, default=100, help="how many events (default 100)"
+    )
     audit.add_argument("--json", action="store_true", help="one JSON object per line, to ship elsewhere")
     audit.set_defaults(handler=_audit)
 
-    prune = commands.add_parser(
-        "prune-audit", help="delete the audit events older than a number of days, of every user"
+    prune = _command(
+        commands, "prune-audit", "delete the audit events older than a number of days, of every user"
     )
     prune.add_argument(
         "--older-than",
@@ -891,9 +900,10 @@ def _add_audit_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
     prune.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
     prune.add_argument(
         "--batch-size",
+        metavar="N",
         type=_prune_batch_size,
         default=PRUNE_BATCH_SIZE,
-        help=f"events deleted per transaction (at most {MAX_PRUNE_BATCH_SIZE})",
+        help=f"events deleted per transaction (default {PRUNE_BATCH_SIZE}, at most {MAX_PRUNE_BATCH_SIZE})",
     )
     prune.set_defaults(handler=_prune_audit)
 
@@ -906,7 +916,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the MCP server (stdio by default)")
+    serve = _command(commands, "serve", "run the MCP server (stdio by default)")
     # The environment sets each default, and the options override it (README, Configuration).
     serve.add_argument(
         "--transport",
@@ -924,26 +934,45 @@ def build_parser() -> argparse.ArgumentParser:
         dest="stateless_http",
         action="store_const",
         const=True,
-        help="Streamable HTTP without sessions, so replicas can share one MongoDB behind a load balancer",
+        help=(
+            "Streamable HTTP without sessions, so replicas can share one MongoDB behind a load balancer "
+            "(default MCP_SECRETS_STATELESS_HTTP, else off)"
+        ),
     )
-    serve.add_argument("--public-url", help="URL clients use to reach this server, when behind a proxy")
+    serve.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="URL clients use to reach this server, when behind a proxy (default MCP_SECRETS_PUBLIC_URL)",
+    )
     serve.add_argument(
         "--servers",
         metavar="FILE",
-        help='gateway: downstream MCP servers ({"mcpServers": …}) to offer with each caller\'s secrets',
+        help=(
+            'gateway: downstream MCP servers ({"mcpServers": …}) to offer with each caller\'s secrets '
+            "(default MCP_SECRETS_SERVERS)"
+        ),
     )
-    serve.add_argument("--jwks-url", help="also accept JWTs signed by a key of this JWKS (OIDC provider)")
-    serve.add_argument("--issuer", help="required `iss` of accepted JWTs")
-    serve.add_argument("--audience", help="required `aud` of accepted JWTs")
+    serve.add_argument(
+        "--jwks-url",
+        metavar="URL",
+        help="also accept JWTs signed by a key of this OIDC provider's JWKS (default MCP_SECRETS_JWKS_URL)",
+    )
+    serve.add_argument("--issuer", help="required `iss` of accepted JWTs (default MCP_SECRETS_ISSUER)")
+    serve.add_argument("--audience", help="required `aud` of accepted JWTs (default MCP_SECRETS_AUDIENCE)")
     serve.add_argument(
         "--username-claim",
+        metavar="CLAIM",
         help="JWT claim holding the username (default MCP_SECRETS_USERNAME_CLAIM, else sub)",
     )
     serve.add_argument(
         "--log-level",
+        metavar="LEVEL",
         type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
-        help="how much to log to stderr (default MCP_SECRETS_LOG_LEVEL, else INFO)",
+        help=(
+            "how much to log to stderr: DEBUG, INFO, WARNING, ERROR or CRITICAL "
+            "(default MCP_SECRETS_LOG_LEVEL, else INFO)"
+        ),
     )
     serve.set_defaults(handler=_serve)
 
@@ -959,23 +988,29 @@ def build_parser() -> argparse.ArgumentParser:
             ),
         ),
     ):
-        rewrap = commands.add_parser(name, help=text)
+        rewrap = _command(commands, name, text)
         rewrap.add_argument("--dry-run", action="store_true", help="only count what would change")
         rewrap.add_argument(
-            "--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE, help="records read per batch"
+            "--batch-size",
+            metavar="N",
+            type=_positive,
+            default=DEFAULT_BATCH_SIZE,
+            help=f"records read per batch (default {DEFAULT_BATCH_SIZE})",
         )
         rewrap.set_defaults(handler=_rotate)
 
     _add_audit_commands(commands)
 
-    keygen = commands.add_parser("keygen", help="print a fresh master key")
+    keygen = _command(commands, "keygen", "print a fresh master key")
     keygen.set_defaults(handler=_keygen)
 
-    token = commands.add_parser("token", help="create, list and revoke API tokens for the HTTP transports")
+    token = _command(commands, "token", "create, list and revoke API tokens for the HTTP transports")
     token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
-    create = token_commands.add_parser("create", help="make a token for USERNAME and print it once")
-    create.add_argument("username", help="whose token: the user it acts as")
-    create.add_argument("--label", default="", help="a note to tell tokens apart in `token list`")
+    create = _command(token_commands, "create", "make a token for USERNAME and print it once")
+    create.add_argument("username", metavar="USERNAME", help="whose token: the user it acts as")
+    create.add_argument(
+        "--label", metavar="TEXT", default="", help="a note to tell tokens apart in `token list`"
+    )
     create.add_argument(
         "--expires-days",
         type=_days,
@@ -984,10 +1019,10 @@ def build_parser() -> argparse.ArgumentParser:
         f"at most {MAX_TOKEN_DAYS}; without it, never",
     )
     create.set_defaults(handler=_token_create)
-    listing = token_commands.add_parser("list", help="list tokens (ids, owners, status; never the tokens)")
-    listing.add_argument("--user", help="only this user's tokens")
+    listing = _command(token_commands, "list", "list tokens (ids, owners, status; never the tokens)")
+    listing.add_argument("--user", metavar="USERNAME", help="only this user's tokens")
     listing.set_defaults(handler=_token_list)
-    revoke = token_commands.add_parser("revoke", help="revoke a token by its id, or by the whole token")
+    revoke = _command(token_commands, "revoke", "revoke a token by its id, or by the whole token")
     revoke.add_argument(
         "token_id", metavar="ID", help="the token's id (as `token list` shows it), or the whole token"
     )
