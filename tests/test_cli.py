@@ -167,6 +167,23 @@ def test_keygen_prints_a_fresh_32_byte_base64url_key_each_run(env: dict[str, str
     assert all(key not in run.stderr for run, key in zip(runs, keys, strict=True))
 
 
+def test_keygen_says_which_settings_take_the_key(env: dict[str, str]) -> None:
+    """A key file is read only when MCP_SECRETS_MASTER_KEY_FILE names it: "a 0600 file" alone said not how."""
+    done = mcp_secrets_cli(env, "keygen")
+
+    assert done.returncode == 0
+    assert "set MCP_SECRETS_MASTER_KEY, or put it in a 0600 file named by MCP_SECRETS_MASTER_KEY_FILE" in (
+        " ".join(done.stderr.split())
+    )
+
+
+def test_help_says_where_the_settings_come_from(env: dict[str, str]) -> None:
+    done = mcp_secrets_cli(env, "--help")
+
+    assert done.returncode == 0
+    assert "Settings come from MCP_SECRETS_* environment variables" in " ".join(done.stdout.split())
+
+
 def test_token_create_prints_the_token_on_stdout_only(env: dict[str, str]) -> None:
     done = mcp_secrets_cli(env, "token", "create", "alice")
 

@@ -706,7 +706,10 @@ def _print_once(text: str) -> None:
 
 def _keygen(_: argparse.Namespace) -> int:
     _print_once(generate_master_key())
-    _say("Keep this key safe and out of the database: set MCP_SECRETS_MASTER_KEY or put it in a 0600 file.")
+    _say(
+        "Keep this key safe and out of the database: set MCP_SECRETS_MASTER_KEY, or put it in a 0600 file "
+        "named by MCP_SECRETS_MASTER_KEY_FILE."
+    )
     return 0
 
 
@@ -911,7 +914,12 @@ def _add_audit_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line, for ``main`` and for ``--help`` tests."""
     parser = _Parser(
-        prog="mcp-secrets", description="Per-user encrypted secrets for MCP servers, served over MCP."
+        prog="mcp-secrets",
+        description="Per-user encrypted secrets for MCP servers, served over MCP.",
+        epilog=(
+            "Settings come from MCP_SECRETS_* environment variables (the master key, the database URL, …); "
+            "`serve` options override them. `mcp-secrets COMMAND --help` describes each command."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
