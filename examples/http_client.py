@@ -29,8 +29,11 @@ async def main() -> None:
         else sys.stdin.readline().rstrip("\n")
     )
     headers = {"Authorization": f"Bearer {token}"}
+    # The SDK's own client's timeouts: httpx's default of 5 s would end a call that waits for a busy
+    # store or a gateway's downstream server.
+    timeout = httpx2.Timeout(30, read=300)
     async with (
-        httpx2.AsyncClient(headers=headers) as http,
+        httpx2.AsyncClient(headers=headers, timeout=timeout) as http,
         Client(streamable_http_client(url, http_client=http)) as client,
     ):
         stored = await client.call_tool("set_secret", {"server": "example", "key": "API_KEY", "value": value})

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
+from conftest import isolated_env
 from mcp_secrets.gateway import load_gateway_config
 
 from .conftest import Deployment
@@ -95,3 +100,45 @@ def test_http_client_example_stores_lists_and_deletes_with_a_token(
     assert "example/API_KEY" in done.stdout
     assert "deleted" in done.stdout
     assert canary not in done.stdout + done.stderr + streamable_http_deployment.log()
+
+
+def test_http_client_example_waits_while_another_process_holds_the_store(
+    start_server: Callable[..., AbstractContextManager[Deployment]], tmp_path: Path, canary: str
+) -> None:
+    """It gave up after httpx's 5 s default, with a traceback, where the SDK's own client waits minutes."""
+    env = isolated_env(tmp_path, MCP_SECRETS_SQLITE_BUSY_TIMEOUT="600")
+    with start_server(env, "streamable-http", tmp_path / "server.log") as deployment:
+        example_env = {
+            **deployment.env,
+            "MCP_SECRETS_URL": deployment.endpoint,
+            "MCP_SECRETS_TOKEN": deployment.token("carol"),
+        }
+        # Another process writing (`mcp-secrets rotate`, a backup): set_secret waits for its lock.
+        holder = sqlite3.connect(deployment.data_dir / "secrets.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            with (tmp_path / "out").open("w") as out, (tmp_path / "err").open("w") as err:
+                example = subprocess.Popen(
+                    [sys.executable, str(EXAMPLES / "http_client.py")],
+                    stdin=subprocess.PIPE,
+                    stdout=out,
+                    stderr=err,
+                    text=True,
+                    env=example_env,
+                )
+            assert example.stdin is not None
+            example.stdin.write(canary + "\n")
+            example.stdin.close()
+            # Once the session is initialised, set_secret follows at once, and waits for the lock.
+            while '"POST /mcp HTTP/1.1" 200' not in deployment.log() and example.poll() is None:
+                time.sleep(0.1)
+            time.sleep(6)  # longer than httpx's default read timeout
+        finally:
+            holder.execute("COMMIT")
+            holder.close()
+        example.wait(timeout=60)
+        stdout, stderr = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
+
+        assert example.returncode == 0, stderr
+        assert "Secret API_KEY for server example created" in stdout
+        assert (canary in stdout + stderr + deployment.log()) is False
