@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import re
 import subprocess
 import sys
@@ -15,8 +16,9 @@ from packaging.requirements import Requirement
 
 import mcp_secrets
 from conftest import command_parsers
-from mcp_secrets.cli import build_parser
+from mcp_secrets.cli import build_parser, desktop_config
 from mcp_secrets.config import Settings
+from mcp_secrets.gateway import load_gateway_config
 
 
 def test_distribution_is_named_mcp_secrets_with_the_package_version() -> None:
@@ -148,6 +150,36 @@ def test_a_command_table_row_reads_as_its_commands_usage_line(row: str) -> None:
 
     assert positionals == [action.metavar for action in parser._actions if not action.option_strings]
     assert [option for option in options if not re.search(rf"{re.escape(option)}\b", usage)] == []
+
+
+def _json_block_after(marker: str) -> object:
+    """The first ```json block of the README after ``marker``, parsed."""
+    after = README.read_text(encoding="utf-8").split(marker, 1)[1]
+    return json.loads(after.split("```json\n", 1)[1].split("```", 1)[0])
+
+
+def test_the_readme_claude_desktop_http_config_is_the_one_the_first_start_prints() -> None:
+    shown = _json_block_after("**Claude Desktop (HTTP server).**")
+
+    assert shown == desktop_config("http://127.0.0.1:8000/mcp", "mcps_…")
+
+
+def test_the_readme_claude_desktop_stdio_config_is_the_examples_without_its_user() -> None:
+    shown = _json_block_after("**Claude Desktop (stdio).**")
+    example = json.loads((README.parent / "examples" / "claude_desktop_config.json").read_text())
+
+    del example["mcpServers"]["mcp-secrets"]["env"]
+    assert shown == example
+
+
+def test_the_readme_gateway_file_is_a_valid_gateway_configuration(tmp_path: Path) -> None:
+    gateway_file = tmp_path / "gateway.json"
+    gateway_file.write_text(json.dumps(_json_block_after("\n## Gateway\n")), encoding="utf-8")
+
+    config = load_gateway_config(gateway_file)
+
+    assert config.servers["github"].required == {"GITHUB_TOKEN"}
+    assert config.servers["linear"].required == {"LINEAR_API_KEY"}
 
 
 def test_every_public_name_is_there_when_asked_for() -> None:
