@@ -10,8 +10,9 @@ import functools
 import inspect
 import logging
 import shlex
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
+from types import MappingProxyType
 from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
@@ -428,21 +429,30 @@ def _input_required_era(ctx: Context[Any, Any]) -> bool:
     return version is not None and is_version_at_least(version, INPUT_REQUIRED_VERSION)
 
 
-def set_command(username: str, server: str, key: str) -> str:
-    """The terminal command that stores one secret for ``username``: a terminal's own user may be another."""
+# No variables for a terminal command to repeat: it finds the store and key where this server did.
+NO_SETTINGS: Mapping[str, str] = MappingProxyType({})
+
+
+def set_command(username: str, server: str, key: str, settings: Mapping[str, str] = NO_SETTINGS) -> str:
+    """The terminal command that stores one secret for ``username``: a terminal's own user may be another.
+
+    ``settings`` go before it, as variables: a terminal's environment is not the one a client config
+    gave this server, and without them the command would store the value in another store.
+    """
     # Quoted for the shell: a username may hold '|' (auth0|…), which would pipe the command elsewhere.
     user = shlex.quote(username)
+    variables = "".join(f"{name}={shlex.quote(value)} " for name, value in settings.items())
     if not any(name.startswith("-") for name in (username, server, key)):
-        return f"mcp-secrets set {server} {key} --user {user}"
+        return f"{variables}mcp-secrets set {server} {key} --user {user}"
     # A name may start with `-`, which the command line reads as an option: `=` and `--` keep it a name.
-    return f"mcp-secrets set --user={user} -- {server} {key}"
+    return f"{variables}mcp-secrets set --user={user} -- {server} {key}"
 
 
-def _terminal_hint(username: str, server: str, key: str) -> CallToolResult:
+def _terminal_hint(username: str, server: str, key: str, settings: Mapping[str, str]) -> CallToolResult:
     text = (
         f"This mcp-secrets runs over stdio and serves no entry page. To store {key} for {server} without "
         f"it passing through this chat, ask the user to run in a terminal:  "
-        f"{set_command(username, server, key)}  "
+        f"{set_command(username, server, key, settings)}  "
         "(it asks for the value at a hidden prompt). set_secret also works, but its value travels "
         "through the conversation."
     )
@@ -509,13 +519,18 @@ async def _entry_outcome(
     )
 
 
-def missing_secrets_hint(entry: EntrySettings | None) -> Callable[[str, str, list[str]], str]:
-    """How the gateway says to store missing keys: an entry link per key when the page is served."""
+def missing_secrets_hint(
+    entry: EntrySettings | None, store_settings: Mapping[str, str] = NO_SETTINGS
+) -> Callable[[str, str, list[str]], str]:
+    """How the gateway says to store missing keys: an entry link per key when the page is served.
+
+    ``store_settings``: as for ``build_server``.
+    """
 
     def hint(username: str, server: str, keys: list[str]) -> str:
         without_links = (
             f"Store each with request_secret (server {server!r}), "
-            f"or run `{set_command(username, server, 'KEY')}`."
+            f"or run `{set_command(username, server, 'KEY', store_settings)}`."
         )
         if entry is None:
             return without_links
@@ -541,13 +556,15 @@ def build_server(
     transport: str = "in-process",
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO",
     listen_streams_per_user: int = LISTEN_STREAMS_PER_USER,
+    store_settings: Mapping[str, str] = NO_SETTINGS,
 ) -> MCPServer[Any]:
     """The mcp-secrets MCP server over ``secrets``, for callers named by ``identity``.
 
     With ``entry``, ``request_secret`` hands out links to the entry page; without
-    it (stdio), it tells the user to run ``mcp-secrets set``. With ``gateway``, the
-    downstream servers' tools are offered too, prefixed ``<server>__``; run the
-    server inside ``gateway.running()``.
+    it (stdio), it tells the user to run ``mcp-secrets set``, preceded by
+    ``store_settings`` (variables that locate this server's store and key). With
+    ``gateway``, the downstream servers' tools are offered too, prefixed
+    ``<server>__``; run the server inside ``gateway.running()``.
     """
     # A request_secret round trip may come back as long as its link works, past the SDK's ten minutes.
     link_seconds = 0.0 if entry is None else entry.links.ttl.total_seconds()
@@ -576,13 +593,15 @@ def build_server(
     # Revoked tokens' streams do not count, as for sessions: a leaked token must not keep its user out.
     mcp.bound_listen_streams(OpenStreams(listen_streams_per_user, ApiTokens(secrets.store)))
 
-    _add_request_secret(mcp, identity, entry)
+    _add_request_secret(mcp, identity, entry, store_settings)
     _add_write_tools(mcp, secrets, identity, transport)
     _add_list_tools(mcp, secrets, identity, gateway)
     return mcp
 
 
-def _add_request_secret(mcp: MCPServer[Any], identity: Identity, entry: EntrySettings | None) -> None:
+def _add_request_secret(
+    mcp: MCPServer[Any], identity: Identity, entry: EntrySettings | None, store_settings: Mapping[str, str]
+) -> None:
     @mcp.tool(
         annotations=ToolAnnotations(
             title="Ask the user for a secret", readOnlyHint=False, destructiveHint=True, openWorldHint=False
@@ -600,7 +619,7 @@ def _add_request_secret(mcp: MCPServer[Any], identity: Identity, entry: EntrySet
         username = _caller(identity, ctx)
         await _run(lambda: (validate_name("server", server), validate_name("key", key)))
         if entry is None:
-            return _terminal_hint(username, server, key)
+            return _terminal_hint(username, server, key, store_settings)
         started = entry.clock()
         if _input_required_era(ctx) and ctx.request_state is not None:
             link = await _run(lambda: entry.links.resume(ctx.request_state or "", username))

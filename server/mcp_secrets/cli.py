@@ -231,6 +231,7 @@ def _run_server(settings: Settings, store: SecretStore, secrets: Secrets, keys: 
             transport="stdio",
             log_level=settings.log_level,
             listen_streams_per_user=settings.max_listen_streams_per_user,
+            store_settings=settings.store_location(),
         )
         _summary(settings, keys, username, gateway)
         anyio.run(_serve_stdio, mcp.run_stdio_async, gateway, lambda: _close(store, secrets))
@@ -272,7 +273,9 @@ def _gateway(settings: Settings, secrets: Secrets, entry: EntrySettings | None) 
         start_seconds=settings.gateway_start_seconds,
     )
     config = load_gateway_config(settings.servers)
-    return Gateway(config, secrets, pool=pool, missing_hint=missing_secrets_hint(entry))
+    # stdio only, whose client is this machine's user: an HTTP caller has no need to know where the files are.
+    hint = missing_secrets_hint(entry, settings.store_location() if entry is None else {})
+    return Gateway(config, secrets, pool=pool, missing_hint=hint)
 
 
 @asynccontextmanager

@@ -175,6 +175,25 @@ class Settings(BaseSettings):
         """Where a generated master key is kept: the config directory (the data one too on macOS, Windows)."""
         return self.config_dir / DEFAULT_KEY_FILE
 
+    def store_location(self) -> dict[str, str]:
+        """The variables given to this process that say where its store and key file are, with their values.
+
+        For a command run elsewhere (a terminal) to reach the same store with the same key; never one
+        that holds a secret (a master key, a MongoDB URL that may carry a password). Paths are made
+        absolute, as that command's working directory may be another.
+        """
+        location: dict[str, str] = {}
+        url = (self.database_url_text or "").strip()
+        if url.startswith("sqlite:///"):
+            location["MCP_SECRETS_DATABASE_URL"] = f"sqlite:///{Path(url[len('sqlite:///') :]).absolute()}"
+        elif not url and "data_dir" in self.model_fields_set:
+            location["MCP_SECRETS_DATA_DIR"] = str(self.data_dir.absolute())
+        if self.master_key_file is not None:
+            location["MCP_SECRETS_MASTER_KEY_FILE"] = str(self.master_key_file.absolute())
+        elif self.master_key is None and "config_dir" in self.model_fields_set:
+            location["MCP_SECRETS_CONFIG_DIR"] = str(self.config_dir.absolute())
+        return location
+
     @property
     def uses_mongodb(self) -> bool:
         """True when the database URL names a MongoDB server."""

@@ -7,6 +7,7 @@ bearer tokens made by the real CLI and the Host/Origin guard.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets as _random
 import signal
@@ -28,6 +29,7 @@ import pytest
 from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
 from conftest import text_of
+from mcp_secrets.crypto import generate_master_key
 
 from .conftest import INITIALIZE, Deployment, create_token, isolated_env
 
@@ -743,3 +745,41 @@ async def test_first_http_run_makes_a_private_key_file_and_shows_one_token_once(
     assert (tmp_path / "first.stdout").read_text() == ""
     assert not TOKEN.search(second_log)
     assert f"master key: key file {key_file}\n" in second_log
+
+
+async def test_the_terminal_command_request_secret_gives_on_stdio_reaches_the_servers_store(
+    tmp_path: Path, canary: str
+) -> None:
+    """A client config's MCP_SECRETS_* are not the terminal's: the command stored the value elsewhere."""
+    key_file = tmp_path / "keys" / "master.key"
+    key_file.parent.mkdir()
+    key_file.write_text(generate_master_key() + "\n", encoding="utf-8")
+    key_file.chmod(0o600)
+    env = isolated_env(tmp_path / "server", MCP_SECRETS_MASTER_KEY_FILE=str(key_file))
+    del env["MCP_SECRETS_MASTER_KEY"]
+    deployment = Deployment("stdio", env, tmp_path / "server.log")
+    async with deployment.connect("alice") as alice:
+        asked = await alice.call_tool("request_secret", {"server": "github", "key": "TOKEN"})
+    command = re.search(r"terminal:  (.+?)  \(", text_of(asked))
+    assert command, text_of(asked)
+    # The user's own terminal: none of the server's settings, and a home of its own.
+    terminal = {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "HOME": str(tmp_path / "home"),
+    }
+
+    done = subprocess.run(
+        ["bash", "-c", command.group(1)],
+        input=canary + "\n",
+        env=terminal,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    async with deployment.connect("alice") as alice:
+        listed = await alice.call_tool("list_secret_keys", {"server": "github"})
+    assert listed.structured_content is not None
+    assert [entry["key"] for entry in listed.structured_content["keys"]] == ["TOKEN"]

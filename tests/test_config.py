@@ -1,0 +1,67 @@
+"""Settings: what a terminal command is told of this process's store and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import new_canary
+from mcp_secrets.config import load_settings
+from mcp_secrets.crypto import generate_master_key
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_of_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DATA_DIR", "CONFIG_DIR", "DATABASE_URL", "MASTER_KEY", "MASTER_KEY_FILE"):
+        monkeypatch.delenv(f"MCP_SECRETS_{name}", raising=False)
+
+
+def test_the_store_location_names_the_given_data_dir_and_key_file_as_absolute_paths(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MCP_SECRETS_DATA_DIR", "data")
+    monkeypatch.setenv("MCP_SECRETS_MASTER_KEY_FILE", "keys/master.key")
+
+    location = load_settings().store_location()
+
+    assert location == {
+        "MCP_SECRETS_DATA_DIR": str(tmp_path / "data"),
+        "MCP_SECRETS_MASTER_KEY_FILE": str(tmp_path / "keys" / "master.key"),
+    }
+
+
+def test_the_store_location_of_a_relative_sqlite_url_is_absolute(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MCP_SECRETS_DATABASE_URL", "sqlite:///db/secrets.db")
+    monkeypatch.setenv("MCP_SECRETS_CONFIG_DIR", str(tmp_path / "config"))
+
+    location = load_settings().store_location()
+
+    assert location == {
+        "MCP_SECRETS_DATABASE_URL": f"sqlite:///{tmp_path / 'db' / 'secrets.db'}",
+        "MCP_SECRETS_CONFIG_DIR": str(tmp_path / "config"),
+    }
+
+
+def test_the_store_location_never_holds_a_master_key_or_a_mongodb_url(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    password, master_key = new_canary(), generate_master_key()
+    monkeypatch.setenv("MCP_SECRETS_DATABASE_URL", f"mongodb://alice:{password}@db.example/secrets")
+    monkeypatch.setenv("MCP_SECRETS_MASTER_KEY", master_key)
+    monkeypatch.setenv("MCP_SECRETS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MCP_SECRETS_CONFIG_DIR", str(tmp_path / "config"))
+
+    location = load_settings().store_location()
+
+    assert (password in repr(location)) is False
+    assert (master_key in repr(location)) is False
+    assert list(location) == []  # names only, should it fail
+
+
+def test_nothing_given_leaves_the_store_location_empty() -> None:
+    assert load_settings().store_location() == {}
