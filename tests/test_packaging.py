@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 import mcp_secrets
 from conftest import command_parsers
@@ -88,6 +89,30 @@ def test_pyjwt_cannot_be_a_release_that_accepts_jwts_it_should_refuse(release: s
 
     assert not pyjwt.specifier.contains(release)
     assert pyjwt.specifier.contains("2.14.0")
+
+
+def _requirement(name: str) -> Requirement:
+    """mcp-secrets' requirement of ``name``, a runtime one or one of an extra's."""
+    (requirement,) = [
+        requirement
+        for requirement in map(Requirement, metadata.requires("mcp-secrets") or [])
+        if canonicalize_name(requirement.name) == canonicalize_name(name)
+    ]
+    return requirement
+
+
+# Each the newest release that fails, and the oldest that works; `.ci/floors` runs the suite at the floors.
+@pytest.mark.parametrize(
+    ("name", "failing", "floor"),
+    [
+        pytest.param("pydantic-settings", "2.6.1", "2.7.0", id="pydantic-settings-NoDecode-from-2.7"),
+    ],
+)
+def test_a_requirement_excludes_the_releases_that_fail(name: str, failing: str, floor: str) -> None:
+    requirement = _requirement(name)
+
+    assert not requirement.specifier.contains(failing)
+    assert requirement.specifier.contains(floor)
 
 
 README = Path(__file__).resolve().parent.parent / "README.md"
