@@ -110,6 +110,9 @@ def _requirement(name: str) -> Requirement:
         pytest.param("pymongo", "4.15.5", "4.16.0", id="pymongo-srv-lookup-error-keeps-its-cause-from-4.16"),
         # Before 4.12, no home gave "~/…" instead of an error: the wrong message (test_cli.py).
         pytest.param("platformdirs", "4.11.15", "4.12.0", id="platformdirs-raises-without-a-home-from-4.12"),
+        # No older release installs with mcp 2.3 (anyio through httpx2): the suite never ran on one.
+        pytest.param("pydantic", "2.11.10", "2.12.0", id="pydantic-2.12-as-mcp-requires"),
+        pytest.param("anyio", "4.9.0", "4.10.0", id="anyio-4.10-as-mcp-requires"),
     ],
 )
 def test_a_requirement_excludes_the_releases_that_fail(name: str, failing: str, floor: str) -> None:
