@@ -113,6 +113,10 @@ def _requirement(name: str) -> Requirement:
         # No older release installs with mcp 2.3 (anyio through httpx2): the suite never ran on one.
         pytest.param("pydantic", "2.11.10", "2.12.0", id="pydantic-2.12-as-mcp-requires"),
         pytest.param("anyio", "4.9.0", "4.10.0", id="anyio-4.10-as-mcp-requires"),
+        # The test extra: test_crypto.py reads the vectors, .ci/run lints and type-checks with these.
+        pytest.param("cryptography-vectors", "0.6.1", "0.7", id="vectors-open-with-a-mode-from-0.7"),
+        pytest.param("ruff", "0.12.3", "0.12.4", id="ruff-check-passes-from-0.12.4"),
+        pytest.param("mypy", "1.16.1", "1.17.0", id="mypy-passes-from-1.17"),
     ],
 )
 def test_a_requirement_excludes_the_releases_that_fail(name: str, failing: str, floor: str) -> None:
