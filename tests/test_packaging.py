@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import itertools
 import json
 import re
@@ -124,6 +125,38 @@ def test_a_requirement_excludes_the_releases_that_fail(name: str, failing: str, 
 
     assert not requirement.specifier.contains(failing)
     assert requirement.specifier.contains(floor)
+
+
+def _imported_top_level_modules(package: Path) -> set[str]:
+    """Every top-level module a file of ``package`` imports, absolute imports only."""
+    modules: set[str] = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.partition(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.partition(".")[0])
+    return modules
+
+
+def test_every_distribution_the_package_imports_is_a_requirement_of_its_own() -> None:
+    # One that only comes through another's requirements can go with that one's next release.
+    package = Path(mcp_secrets.__file__).resolve().parent
+    providers = metadata.packages_distributions()
+    declared = {
+        canonicalize_name(Requirement(line).name)
+        for line in metadata.requires("mcp-secrets") or []
+        if "extra ==" not in line
+    }
+    imported = _imported_top_level_modules(package) - set(sys.stdlib_module_names) - {"mcp_secrets"}
+
+    undeclared = {
+        module: providers.get(module)
+        for module in imported
+        if not {canonicalize_name(name) for name in providers.get(module, [])} & declared
+    }
+    assert undeclared == {}
+    assert {"mcp", "starlette", "bson", "dns"} <= imported  # the walk found the imports at all
 
 
 README = Path(__file__).resolve().parent.parent / "README.md"
