@@ -1502,6 +1502,30 @@ async def test_a_downstreams_url_question_reaches_its_caller_with_the_url_and_it
         assert alice.completed == ["page-7"]
 
 
+async def test_an_elicitation_id_naming_the_secret_reaches_the_client_redacted_in_question_and_completion(
+    sqlite_secrets: Secrets, tmp_path: Path, canary: str
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
+    handshake_only = {**STDIO_ENTRY, "env": {**STDIO_ENTRY["env"], "DOWNSTREAM_HANDSHAKE_ONLY": "1"}}
+    alice = User()
+
+    # The downstream's notifications/elicitation/complete names the id it chose: one holding its secret.
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": handshake_only}) as gw,
+        connect(sqlite_secrets, gw, "alice", mode="legacy", **alice.options()) as client,
+    ):
+        result = await client.call_tool("down__open_page", {"elicitation_id": "page", "id_names_token": True})
+
+    [asked] = alice.asked
+    assert isinstance(asked, ElicitRequestURLParams)
+    assert_no_spelling_of(canary, json.dumps(alice.completed))
+    assert_no_spelling_of(canary, asked.model_dump_json())
+    assert asked.elicitation_id == "page-[redacted TOKEN]"
+    # The completion names the question as the client was shown it.
+    assert alice.completed == [asked.elicitation_id]
+    assert text_of(result) == "accept"
+
+
 async def test_a_downstream_is_refused_what_its_callers_client_cannot_ask_and_the_answer_is_passed_on(
     sqlite_secrets: Secrets, tmp_path: Path, asking: Asking
 ) -> None:

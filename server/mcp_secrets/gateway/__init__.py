@@ -412,7 +412,7 @@ class Gateway:
                 holder["connection"] = connection
                 connection.on_log = _log_forwarder(ctx, redactor)
                 connection.on_elicit = _elicitation_forwarder(ctx, redactor, server.name)
-                connection.on_elicit_complete = _completion_forwarder(ctx)
+                connection.on_elicit_complete = _completion_forwarder(ctx, redactor)
                 try:
                     yield connection, redactor
                 finally:
@@ -810,12 +810,16 @@ def _shown_question(params: ElicitRequestParams, redactor: Redactor, server: str
     return type(params).model_validate(shown)
 
 
-def _completion_forwarder(ctx: Context[Any, Any] | None) -> Callable[[str], Awaitable[None]] | None:
+def _completion_forwarder(
+    ctx: Context[Any, Any] | None, redactor: Redactor
+) -> Callable[[str], Awaitable[None]] | None:
     if ctx is None:
         return None
 
     async def forward(elicitation_id: str) -> None:
-        await ctx.request_context.session.send_elicit_complete(elicitation_id, ctx.request_id)
+        # Redacted as the question's id was, so that the client finds the question it was shown.
+        shown = redactor.text(elicitation_id)
+        await ctx.request_context.session.send_elicit_complete(shown, ctx.request_id)
 
     return forward
 
