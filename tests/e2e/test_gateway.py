@@ -62,6 +62,7 @@ from conftest import assert_no_fragment_of, new_canary
 from mcp_secrets import gateway as gateway_module
 from mcp_secrets.app import build_server, missing_secrets_hint
 from mcp_secrets.gateway import Gateway, load_gateway_config
+from mcp_secrets.gateway import stdio as gateway_stdio
 from mcp_secrets.gateway.pool import Connection, DownstreamPool
 from mcp_secrets.identity import LocalIdentity
 from mcp_secrets.logs import URL_LOGGERS
@@ -1136,6 +1137,36 @@ async def test_a_crashed_downstream_is_a_tool_error_and_the_next_call_works(
     assert "downstream server down failed during crash" in text_of(crashed)
     assert hash_of(after) == sha256(value)
     assert gateway.pool.live == 1
+
+
+@pytest.mark.parametrize("answer", [True, False], ids=["one huge answer", "output without end"])
+async def test_a_stdio_downstream_writing_a_message_past_the_bound_is_a_tool_error_and_others_go_on(
+    sqlite_secrets: Secrets, tmp_path: Path, canary: str, caplog: pytest.LogCaptureFixture, answer: bool
+) -> None:
+    caplog.set_level(logging.INFO)
+    value = fresh_value("alice")
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
+    sqlite_secrets.set_secret("bob", "down", "TOKEN", value)
+    floods = {**STDIO_ENTRY, "env": {**STDIO_ENTRY["env"], "DOWNSTREAM_FLOODS": "1"}}
+    megabytes = gateway_stdio.MAX_MESSAGE_BYTES // (1 << 20) + 1
+
+    async with running_gateway(sqlite_secrets, tmp_path, {"down": floods}) as gw:
+        async with connect(sqlite_secrets, gw, "bob") as bob:
+            hash_of(await bob.call_tool("down__token_hash", {}))
+            flooded = await call_server(
+                sqlite_secrets, gw, "alice", "down__flood", {"megabytes": megabytes, "answer": answer}
+            )
+            after_bob = await bob.call_tool("down__token_hash", {})
+        after = await call(sqlite_secrets, gw, "alice", "token_hash")
+
+    # The gateway read no more of that line than its bound, ended that connection, and started
+    # another for the next call; bob's own downstream never noticed.
+    assert_no_spelling_of(canary, everything_in(flooded))  # first: a failure below may print the result
+    assert flooded.is_error
+    assert f"sent a message over {gateway_stdio.MAX_MESSAGE_BYTES} bytes" in caplog.text
+    assert_no_spelling_of(canary, caplog.text)
+    assert hash_of(after) == sha256(canary)
+    assert hash_of(after_bob) == sha256(value)
 
 
 async def test_idle_connections_are_closed(

@@ -28,7 +28,7 @@ from mcp import Client
 from mcp.client.caching import CacheMode
 from mcp.client.session import ClientRequestContext, ElicitationFnT, IncomingMessage, LoggingFnT
 from mcp.client.sse import sse_client
-from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import SubscriptionLost
 from mcp.server.mcpserver import Context
@@ -71,6 +71,7 @@ from mcp_secrets.gateway.config import (
 )
 from mcp_secrets.gateway.pool import Connection, DownstreamPool, GatewayBusyError, StartTimeoutError, Turn
 from mcp_secrets.gateway.redact import Redactor
+from mcp_secrets.gateway.stdio import stdio_client
 from mcp_secrets.offload import run_store_work
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.tokens import ApiTokens
@@ -483,7 +484,7 @@ class Gateway:
             params = StdioServerParameters(command=spec.command, args=args, env=env, cwd=spec.cwd)
             # The downstream's stderr could print an injected value: it never reaches our log.
             with open(os.devnull, "w", encoding="utf-8") as errlog:  # noqa: PTH123, ASYNC230 - never blocks
-                transport = stdio_client(params, errlog=errlog)
+                transport = stdio_client(params, errlog, name=server.name)
                 async with (
                     Client(transport, **relays) as client,
                     _listening_for_tool_changes(client, server.name),
