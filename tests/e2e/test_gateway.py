@@ -45,14 +45,17 @@ from mcp.shared.subscriptions import ToolsListChanged
 from mcp_types import (
     HEADER_MISMATCH,
     INVALID_PARAMS,
+    INVALID_REQUEST,
     URL_ELICITATION_REQUIRED,
     CallToolResult,
+    CreateMessageResult,
     ElicitCompleteNotification,
     ElicitRequestFormParams,
     ElicitRequestParams,
     ElicitRequestURLParams,
     ElicitResult,
     InputRequiredResult,
+    ListRootsResult,
     LoggingMessageNotificationParams,
     TextContent,
     ToolListChangedNotification,
@@ -101,6 +104,7 @@ DOWNSTREAM_TOOLS = {
     "sign_in_first",
     "ask",
     "open_page",
+    "ask_client",
 }
 STDIO_ENTRY: dict[str, Any] = {
     "command": sys.executable,
@@ -1616,6 +1620,50 @@ async def test_a_question_by_request_is_refused_for_a_client_on_2026_07_28_which
 
     assert refused.is_error
     assert alice.asked == []
+    assert text_of(after) == "pong"
+
+
+@pytest.mark.parametrize("what", ["sampling", "roots"])
+async def test_a_downstreams_request_for_the_callers_model_or_roots_is_refused_and_never_reaches_the_client(
+    sqlite_secrets: Secrets, tmp_path: Path, asking: Asking, canary: str, what: str
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
+    reached: list[str] = []
+
+    async def sample(_context: ClientRequestContext, _params: Any) -> CreateMessageResult:
+        reached.append("sampling")
+        return CreateMessageResult(role="assistant", content=TextContent(type="text", text="ok"), model="m")
+
+    async def list_roots(_context: ClientRequestContext) -> ListRootsResult:
+        reached.append("roots")
+        return ListRootsResult(roots=[])
+
+    # The caller's client offers both: a downstream is still not let talk to its model (a prompt of the
+    # downstream's choosing, at the user's cost) or read where the user works.
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": asking.entry}) as gw,
+        connect(
+            sqlite_secrets,
+            gw,
+            "alice",
+            mode=asking.mode,
+            sampling_callback=sample,
+            list_roots_callback=list_roots,
+        ) as client,
+    ):
+        result = await client.call_tool("down__ask_client", {"what": what})
+        after = await client.call_tool("down__ping", {})
+
+    assert_no_spelling_of(canary, everything_in(result))
+    assert reached == []
+    if asking.entry.get("env", {}).get("DOWNSTREAM_HANDSHAKE_ONLY"):  # it asks by a request
+        # It hears the refusal of a client without the capability, and goes on.
+        assert text_of(result) == f"refused: {INVALID_REQUEST}"
+    else:
+        # Asked in an InputRequiredResult, which has no refusal to give back: the call is a tool error.
+        assert result.is_error
+        refusal = "which is not relayed" if asking.mode == "auto" else "not supported"
+        assert refusal in text_of(result)
     assert text_of(after) == "pong"
 
 
