@@ -46,6 +46,7 @@ from mcp_types import (
     HEADER_MISMATCH,
     INVALID_PARAMS,
     INVALID_REQUEST,
+    SERVER_INFO_META_KEY,
     URL_ELICITATION_REQUIRED,
     CallToolResult,
     CreateMessageResult,
@@ -937,6 +938,24 @@ async def test_results_and_errors_carry_no_spelling_of_the_injected_secret(
     assert refused.is_error
     assert "refused credentials: [redacted TOKEN]" in everything_in(refused)
     assert_no_spelling_of(canary, everything_in(refused))
+
+
+async def test_a_downstream_result_is_stamped_with_the_gateways_server_info_not_the_downstreams(
+    sqlite_secrets: Secrets, gateway: Gateway
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+
+    # On 2026-07-28 a result's _meta names the server that answered; the client's server is the gateway.
+    async with connect(sqlite_secrets, gateway, "alice") as client:
+        own = await client.call_tool("list_secret_keys", {})
+        relayed = await client.call_tool("down__ping", {})
+        server_info = client.server_info
+
+    assert server_info is not None
+    assert server_info.name == "mcp-secrets"
+    assert relayed.meta is not None
+    assert own.meta is not None
+    assert relayed.meta[SERVER_INFO_META_KEY] == own.meta[SERVER_INFO_META_KEY]
 
 
 @pytest.mark.parametrize("size", [1, 5, 13])

@@ -40,6 +40,7 @@ from mcp_types import (
     HEADER_MISMATCH,
     INVALID_PARAMS,
     INVALID_REQUEST,
+    SERVER_INFO_META_KEY,
     URL_ELICITATION_REQUIRED,
     CallToolResult,
     ElicitCompleteNotification,
@@ -520,6 +521,10 @@ def redact_result(result: CallToolResult, redactor: Redactor) -> CallToolResult:
     The text blocks are read as one text first, so that a value cut across blocks is replaced too.
     """
     dumped = result.model_dump(by_alias=True, mode="json")
+    if isinstance(dumped.get("_meta"), dict):
+        # The downstream's stamp of who answered (2026-07-28): the client's server is the gateway, whose
+        # own stamp the SDK adds where there is none.
+        dumped["_meta"].pop(SERVER_INFO_META_KEY, None)
     blocks = [block for block in dumped["content"] if block.get("type") == "text"]
     for block, text in zip(blocks, redactor.texts([block["text"] for block in blocks]), strict=True):
         block["text"] = text
