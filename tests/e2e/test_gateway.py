@@ -1822,7 +1822,7 @@ def gateway_deployment(
     """``mcp-secrets serve --transport streamable-http --servers FILE`` with tokens for alice and bob.
 
     It serves the fixture downstream as ``down`` (stdio; it prints its secret to stdout before
-    speaking JSON-RPC, so that the log check covers what the SDK logs of a stray line), ``web``
+    speaking JSON-RPC, so that the log check covers what the SDK logs of a stray line, and to stderr), ``web``
     (HTTP; its URL carries the secret too, so that the log check covers URLs), and as ``licensed``,
     which needs a key nobody has.
     """
