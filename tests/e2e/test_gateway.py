@@ -170,9 +170,10 @@ def hash_of(result: CallToolResult) -> str:
 class HttpDownstream:
     """The fixture downstream over Streamable HTTP on a free port, started again after ``crash``."""
 
-    def __init__(self, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, log_path: Path, *options: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.log_path = log_path
+        self.options = options
         self.env = env or {}  # options of the fixture, as DOWNSTREAM_UNLOCKS
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -183,7 +184,7 @@ class HttpDownstream:
     def ensure_running(self) -> None:
         if self.process is not None and self.process.poll() is None:
             return
-        command = [sys.executable, str(FIXTURE), "streamable-http", str(self.port)]
+        command = [sys.executable, str(FIXTURE), "streamable-http", str(self.port), *self.options]
         with self.log_path.open("a", encoding="utf-8") as log:
             self.process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env={**os.environ, **self.env}
@@ -1188,6 +1189,35 @@ async def test_a_stdio_downstream_writing_a_message_past_the_bound_is_a_tool_err
     assert flooded.is_error
     assert f"sent a message over {gateway_stdio.MAX_MESSAGE_BYTES} bytes" in caplog.text
     assert_no_spelling_of(canary, caplog.text)
+    assert hash_of(after) == sha256(canary)
+    assert hash_of(after_bob) == sha256(value)
+
+
+async def test_a_remote_downstreams_answer_past_the_bound_is_a_tool_error_and_others_go_on(
+    sqlite_secrets: Secrets, tmp_path: Path, canary: str
+) -> None:
+    value = fresh_value("bob")
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
+    sqlite_secrets.set_secret("bob", "down", "TOKEN", value)
+    # One JSON body per answer: the SDK bounds the events of a stream, not a body.
+    http = HttpDownstream(tmp_path / "downstream.log", "json", env={"DOWNSTREAM_FLOODS": "1"})
+    http.ensure_running()
+    megabytes = gateway_stdio.MAX_MESSAGE_BYTES // (1 << 20) + 1
+    try:
+        async with running_gateway(sqlite_secrets, tmp_path, {"down": http_entry(http)}) as gw:
+            async with connect(sqlite_secrets, gw, "bob") as bob:
+                hash_of(await bob.call_tool("down__token_hash", {}))
+                flooded = await call_server(
+                    sqlite_secrets, gw, "alice", "down__flood", {"megabytes": megabytes}
+                )
+                after_bob = await bob.call_tool("down__token_hash", {})
+            after = await call(sqlite_secrets, gw, "alice", "token_hash")
+    finally:
+        http.stop()
+
+    assert_no_spelling_of(canary, everything_in(flooded))  # first: a failure below may print the result
+    assert flooded.is_error
+    assert f"a message over {gateway_stdio.MAX_MESSAGE_BYTES} bytes" in text_of(flooded)
     assert hash_of(after) == sha256(canary)
     assert hash_of(after_bob) == sha256(value)
 

@@ -72,7 +72,7 @@ from mcp_secrets.gateway.config import (
 )
 from mcp_secrets.gateway.pool import Connection, DownstreamPool, GatewayBusyError, StartTimeoutError, Turn
 from mcp_secrets.gateway.redact import Redactor
-from mcp_secrets.gateway.stdio import stdio_client
+from mcp_secrets.gateway.stdio import MAX_MESSAGE_BYTES, stdio_client
 from mcp_secrets.offload import run_store_work
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.tokens import ApiTokens
@@ -506,6 +506,7 @@ class Gateway:
                 httpx2.AsyncClient(
                     headers=headers,
                     timeout=httpx2.Timeout(REMOTE_TIMEOUT_SECONDS, read=REMOTE_READ_SECONDS),
+                    event_hooks={"response": [_bound_body]},
                 ) as http,
                 Client(streamable_http_client(url, http_client=http), **relays) as client,
                 _listening_for_tool_changes(client, server.name),
@@ -513,6 +514,31 @@ class Gateway:
                 yield client
 
         return (open_stdio if server.is_stdio else open_remote), fingerprint, holder
+
+
+class _BoundedBody(httpx2.AsyncByteStream):
+    """A response body read up to ``MAX_MESSAGE_BYTES``; past it, ``httpx2.StreamError``."""
+
+    def __init__(self, body: httpx2.AsyncByteStream) -> None:
+        self._body = body
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        size = 0
+        async for chunk in self._body:
+            size += len(chunk)
+            if size > MAX_MESSAGE_BYTES:
+                raise httpx2.StreamError(f"a message over {MAX_MESSAGE_BYTES} bytes")
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._body.aclose()
+
+
+async def _bound_body(response: httpx2.Response) -> None:
+    """Bound a remote downstream's answer that is one body; the SDK bounds each event of an event stream."""
+    events = response.headers.get("content-type", "").startswith("text/event-stream")
+    if not events and isinstance(response.stream, httpx2.AsyncByteStream):
+        response.stream = _BoundedBody(response.stream)
 
 
 def redact_result(result: CallToolResult, redactor: Redactor) -> CallToolResult:
