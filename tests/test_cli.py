@@ -27,7 +27,7 @@ from mcp_secrets.store.sqlite import SQLiteStore
 
 TOKEN = re.compile(r"mcps_([0-9a-f]{10})_[A-Za-z0-9_-]{43}")
 EXIT_CONFIGURATION = 2
-UVICORN_STARTUP_FAILURE = 3  # the exit status of a serve that could not start listening
+UVICORN_STARTUP_FAILURE = 3  # the exit status of a serve that could not start listening, whichever uvicorn
 
 
 @pytest.fixture

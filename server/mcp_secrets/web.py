@@ -401,6 +401,10 @@ async def _client_gone(_request: Request, _exc: Exception) -> Response:
     return Response(status_code=HTTPStatus.BAD_REQUEST)  # nobody is there to read it
 
 
+# The exit status of a serve that could not start listening (a port in use), as the README says.
+COULD_NOT_LISTEN = 3
+
+
 async def serve_http(app: ASGIApp, settings: Settings) -> None:
     """Run ``app`` with uvicorn; its logs go through ours, to stderr."""
     import uvicorn  # noqa: PLC0415 - stdio never needs it
@@ -444,6 +448,8 @@ async def serve_http(app: ASGIApp, settings: Settings) -> None:
                 settings.host,
                 settings.port,
             )
+            # The README's code, whichever uvicorn: releases before 0.50 exit 1 here, later ones 3.
+            raise SystemExit(COULD_NOT_LISTEN) from None
         raise
     finally:
         for number, handler in previous.items():
