@@ -645,7 +645,7 @@ async def test_a_remote_downstream_whose_tools_changed_tells_its_users_clients(
     sqlite_secrets: Secrets, tmp_path: Path
 ) -> None:
     # Over Streamable HTTP on 2026-07-28, the gateway hears it on a subscriptions/listen stream.
-    http = HttpDownstream(tmp_path / "downstream.log", UNLOCKING)
+    http = HttpDownstream(tmp_path / "downstream.log", env=UNLOCKING)
     http.ensure_running()
     sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
     try:
