@@ -1222,6 +1222,33 @@ async def test_a_remote_downstreams_answer_past_the_bound_is_a_tool_error_and_ot
     assert hash_of(after_bob) == sha256(value)
 
 
+async def test_a_remote_downstreams_streamed_answer_is_read_up_to_the_same_bound_as_a_body(
+    sqlite_secrets: Secrets, tmp_path: Path, canary: str
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
+    # Each answer as an event of an event stream, which the SDK alone would cut at 1 MiB.
+    http = HttpDownstream(tmp_path / "downstream.log", env={"DOWNSTREAM_FLOODS": "1"})
+    http.ensure_running()
+    megabytes = gateway_stdio.MAX_MESSAGE_BYTES // (1 << 20)
+    try:
+        async with running_gateway(sqlite_secrets, tmp_path, {"down": http_entry(http)}) as gw:
+            within = await call_server(sqlite_secrets, gw, "alice", "down__flood_streamed", {"megabytes": 2})
+            past = await call_server(
+                sqlite_secrets, gw, "alice", "down__flood_streamed", {"megabytes": megabytes + 1}
+            )
+            after = await call(sqlite_secrets, gw, "alice", "token_hash")
+    finally:
+        http.stop()
+
+    assert_no_spelling_of(canary, everything_in(within))  # first: a failure below may print the result
+    assert_no_spelling_of(canary, everything_in(past))
+    assert within.is_error is False
+    assert len(text_of(within)) > 2 << 20
+    assert past.is_error
+    assert f"{gateway_stdio.MAX_MESSAGE_BYTES} byte" in text_of(past)
+    assert hash_of(after) == sha256(canary)
+
+
 async def test_idle_connections_are_closed(
     sqlite_secrets: Secrets, tmp_path: Path, downstream: Downstream
 ) -> None:

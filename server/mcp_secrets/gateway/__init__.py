@@ -508,7 +508,11 @@ class Gateway:
                     timeout=httpx2.Timeout(REMOTE_TIMEOUT_SECONDS, read=REMOTE_READ_SECONDS),
                     event_hooks={"response": [_bound_body]},
                 ) as http,
-                Client(streamable_http_client(url, http_client=http), **relays) as client,
+                Client(
+                    # An event of a stream is bounded as a body is, not at the SDK's 1 MiB.
+                    streamable_http_client(url, http_client=http, max_sse_event_size=MAX_MESSAGE_BYTES),
+                    **relays,
+                ) as client,
                 _listening_for_tool_changes(client, server.name),
             ):
                 yield client
