@@ -1189,6 +1189,11 @@ async def test_a_stdio_downstream_writing_a_message_past_the_bound_is_a_tool_err
     assert flooded.is_error
     assert f"sent a message over {gateway_stdio.MAX_MESSAGE_BYTES} bytes" in caplog.text
     assert_no_spelling_of(canary, caplog.text)
+    # The user is told why, not only that the connection closed.
+    assert (
+        f"downstream server down failed during flood: it sent a message over "
+        f"{gateway_stdio.MAX_MESSAGE_BYTES} bytes" in text_of(flooded)
+    )
     assert hash_of(after) == sha256(canary)
     assert hash_of(after_bob) == sha256(value)
 

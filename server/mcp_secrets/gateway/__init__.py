@@ -291,10 +291,9 @@ class Gateway:
                 # what it holds (a browser, a session). One that is gone or stuck is replaced.
                 if not await _still_answers(connection.client):
                     self.pool.discard(connection)
+                problem = connection.fault or _describe(exc)
                 raise DownstreamError(
-                    redactor.text(
-                        f"downstream server {server.name} failed during {parts[1]}: {_describe(exc)}"
-                    )
+                    redactor.text(f"downstream server {server.name} failed during {parts[1]}: {problem}")
                 ) from None
             if isinstance(result, InputRequiredResult):
                 assert ctx is not None  # noqa: S101 - only a call with a client is asked by result
@@ -336,7 +335,7 @@ class Gateway:
                 problem = (
                     f"it did not answer within {seconds:g} seconds"
                     if isinstance(exc, TimeoutError)
-                    else _describe(exc)
+                    else connection.fault or _describe(exc)
                 )
                 raise DownstreamError(redactor.text(f"listing {server.name} failed: {problem}")) from None
         tools = [Tool.model_validate(redactor.data(tool.model_dump(by_alias=True))) for tool in listed]
@@ -485,7 +484,9 @@ class Gateway:
             params = StdioServerParameters(command=spec.command, args=args, env=env, cwd=spec.cwd)
             # The downstream's stderr could print an injected value: it never reaches our log.
             with open(os.devnull, "w", encoding="utf-8") as errlog:  # noqa: PTH123, ASYNC230 - never blocks
-                transport = stdio_client(params, errlog, name=server.name)
+                transport = stdio_client(
+                    params, errlog, name=server.name, over_bound=functools.partial(_over_bound, holder)
+                )
                 async with (
                     Client(transport, **relays) as client,
                     _listening_for_tool_changes(client, server.name),
@@ -543,6 +544,13 @@ async def _bound_body(response: httpx2.Response) -> None:
     events = response.headers.get("content-type", "").startswith("text/event-stream")
     if not events and isinstance(response.stream, httpx2.AsyncByteStream):
         response.stream = _BoundedBody(response.stream)
+
+
+def _over_bound(holder: dict[str, Connection]) -> None:
+    """Mark the connection in ``holder`` as ended for a message over ``MAX_MESSAGE_BYTES``."""
+    connection = holder.get("connection")
+    if connection is not None:
+        connection.fault = f"it sent a message over {MAX_MESSAGE_BYTES} bytes, the most the gateway reads"
 
 
 def redact_result(result: CallToolResult, redactor: Redactor) -> CallToolResult:

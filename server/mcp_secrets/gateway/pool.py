@@ -58,6 +58,9 @@ class Connection:
     # URL-mode one is done, go (the client of that call).
     on_elicit: Callable[[Any], Awaitable[Any]] | None = None
     on_elicit_complete: Callable[[str], Awaitable[None]] | None = None
+    # Why the downstream's connection ended, when the gateway ended it (a message over the bound): a call
+    # that fails on it says so rather than "Connection closed". Never anything of what was sent.
+    fault: str | None = None
 
 
 @dataclass(eq=False)

@@ -9,6 +9,7 @@ stdout. Spawning, parsing and shutdown are the SDK's own.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -71,6 +72,8 @@ async def _relay_stdout(
     server: StdioServerParameters,
     name: str,
     shutting_down: Callable[[], bool],
+    *,
+    over_bound: Callable[[], None],
 ) -> None:
     """The SDK's reader of the server's stdout, a line at a time, up to the bound."""
     assert process.stdout, "Opened process is missing stdout"  # noqa: S101 - as in the SDK
@@ -85,6 +88,7 @@ async def _relay_stdout(
                             name,
                             MAX_MESSAGE_BYTES,
                         )
+                        over_bound()
                         # Ended now, not after the drain below: the session is to see it before the
                         # downstream stops writing.
                         await reader.aclose()
@@ -128,9 +132,16 @@ async def _relay_stdin(
 
 @asynccontextmanager
 async def stdio_client(
-    server: StdioServerParameters, errlog: TextIO, *, name: str
+    server: StdioServerParameters,
+    errlog: TextIO,
+    *,
+    name: str,
+    over_bound: Callable[[], None] = lambda: None,
 ) -> AsyncGenerator[TransportStreams, None]:
-    """The SDK's ``stdio_client``, ending the connection at a message over the bound; ``name`` names it."""
+    """The SDK's ``stdio_client``, ending the connection at a message over the bound; ``name`` names it.
+
+    ``over_bound`` is called then, before the connection ends: a call that fails on it can say why.
+    """
     command = await _get_executable_command(server.command)
     process = await _create_platform_compatible_process(
         command=command,
@@ -159,7 +170,8 @@ async def stdio_client(
         await anyio.lowlevel.checkpoint()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_relay_stdout, process, read_stream_writer, server, name, lambda: shutting_down)
+        relay_stdout = functools.partial(_relay_stdout, over_bound=over_bound)
+        tg.start_soon(relay_stdout, process, read_stream_writer, server, name, lambda: shutting_down)
         tg.start_soon(_relay_stdin, process, write_stream_reader, read_stream_writer, server, writer_done)
         try:
             yield read_stream, write_stream
