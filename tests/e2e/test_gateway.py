@@ -68,6 +68,7 @@ from mcp_secrets.app import build_server, missing_secrets_hint
 from mcp_secrets.gateway import Gateway, load_gateway_config
 from mcp_secrets.gateway import stdio as gateway_stdio
 from mcp_secrets.gateway.pool import Connection, DownstreamPool
+from mcp_secrets.gateway.redact import Redactor
 from mcp_secrets.identity import LocalIdentity
 from mcp_secrets.logs import URL_LOGGERS
 from mcp_secrets.secrets import Secrets
@@ -1196,6 +1197,35 @@ async def test_a_stdio_downstream_writing_a_message_past_the_bound_is_a_tool_err
     )
     assert hash_of(after) == sha256(canary)
     assert hash_of(after_bob) == sha256(value)
+
+
+async def test_a_large_result_is_redacted_off_the_event_loop_and_a_small_one_on_it(
+    sqlite_secrets: Secrets, tmp_path: Path, canary: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
+    floods = {**STDIO_ENTRY, "env": {**STDIO_ENTRY["env"], "DOWNSTREAM_FLOODS": "1"}}
+    # Which thread redacted texts of which size: on the loop's, no other user's call could go on.
+    redacted_on: list[tuple[int, bool]] = []
+    texts = Redactor.texts
+
+    def spied_texts(self: Redactor, shown: list[str]) -> list[str]:
+        redacted_on.append((sum(map(len, shown)), threading.current_thread() is loop_thread))
+        return texts(self, shown)
+
+    monkeypatch.setattr(Redactor, "texts", spied_texts)
+    loop_thread = threading.current_thread()
+    async with running_gateway(sqlite_secrets, tmp_path, {"down": floods}) as gw:
+        small = await call(sqlite_secrets, gw, "alice", "token_hash")
+        redacted_small = list(redacted_on)
+        redacted_on.clear()
+        large = await call_server(sqlite_secrets, gw, "alice", "down__flood", {"megabytes": 1})
+
+    assert_no_spelling_of(canary, everything_in(large))  # first: a failure below may print the result
+    assert large.is_error is False
+    assert "[redacted TOKEN]" in text_of(large)
+    assert hash_of(small) == sha256(canary)
+    assert {on_loop for size, on_loop in redacted_on if size > 1 << 20} == {False}
+    assert {on_loop for _, on_loop in redacted_small} == {True}
 
 
 async def test_a_remote_downstreams_answer_past_the_bound_is_a_tool_error_and_others_go_on(
