@@ -465,6 +465,31 @@ async def test_every_page_of_a_downstreams_tool_listing_is_offered(
     assert {f"down__{name}" for name in DOWNSTREAM_TOOLS} <= listed
 
 
+async def test_a_downstreams_listing_past_the_bound_in_all_its_pages_leaves_its_tools_out_with_a_warning(
+    sqlite_secrets: Secrets, tmp_path: Path, canary: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
+    sqlite_secrets.set_secret("alice", "small", "TOKEN", fresh_value("alice"))
+    pages = gateway_module.LISTING_CHARS // (1 << 20) + 1  # each page well within the bound of one message
+    bulky = {**STDIO_ENTRY, "env": {**STDIO_ENTRY["env"], "DOWNSTREAM_BULKY_PAGES": str(pages)}}
+    within = {**STDIO_ENTRY, "env": {**STDIO_ENTRY["env"], "DOWNSTREAM_BULKY_PAGES": "2"}}
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": bulky, "small": within}) as gw,
+        connect(sqlite_secrets, gw, "alice") as client,
+    ):
+        listed = {tool.name for tool in (await client.list_tools()).tools}
+
+    assert_no_spelling_of(canary, caplog.text)  # first: a failure below may print the log
+    assert not any(name.startswith("down__") for name in listed)
+    assert {"small__token_hash", "small__bulky1", "small__bulky2"} <= listed
+    assert (
+        f"tools of server down not listed for alice: listing down failed: DownstreamError: its tool listing "
+        f"holds over {gateway_module.LISTING_CHARS} characters" in caplog.text
+    )
+
+
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_a_listing_with_a_cursor_the_gateway_never_handed_out_is_invalid_params(
     sqlite_secrets: Secrets, tmp_path: Path, mode: str

@@ -57,7 +57,7 @@ from mcp_types import (
     ToolListChangedNotification,
 )
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS, is_version_at_least
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from mcp_secrets.errors import SecretsError
 from mcp_secrets.gateway.changes import ToolListChanges
@@ -97,6 +97,9 @@ KNOWN_LISTINGS = 1024
 REDACT_INLINE_CHARS = 8 * 1024
 # Pages of a downstream's tool listing read at most: one handing out cursors for ever would fill memory.
 LISTING_PAGES = 100
+# Characters of a downstream's tool listing read at most, all its pages together: each page may be a
+# message of up to MAX_MESSAGE_BYTES, and a hundred of them held at once would fill memory.
+LISTING_CHARS = MAX_MESSAGE_BYTES
 # Tool names as the MCP specification recommends them (and '/', which SEP-986 allows). A downstream
 # tool's name is checked before any secret is read: it goes into the audit trail.
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,128}")
@@ -575,9 +578,15 @@ def _result_strings(result: CallToolResult) -> Iterator[Any]:
 
 
 def _chars_within(values: Iterable[Any], limit: int) -> bool:
-    """True when the strings in ``values`` (JSON-like, nested) hold at most ``limit`` characters.
+    """True when the strings in ``values`` (JSON-like, nested) hold at most ``limit`` characters."""
+    return _chars_up_to(values, limit) <= limit
 
-    Stops counting past ``limit``: a huge value costs no more than a small one to find out about.
+
+def _chars_up_to(values: Iterable[Any], limit: int) -> int:
+    """The characters of the strings in ``values`` (JSON-like or models, nested), up to past ``limit``.
+
+    Each item of a list or mapping counts one more. Stops counting past ``limit``: a huge value costs no
+    more than a small one to find out about.
     """
     pending = list(values)
     count = 0
@@ -585,6 +594,8 @@ def _chars_within(values: Iterable[Any], limit: int) -> bool:
         value = pending.pop()
         if isinstance(value, str):
             count += len(value)
+        elif isinstance(value, BaseModel):
+            pending += vars(value).values()
         elif isinstance(value, Mapping | list | tuple):
             count += len(value)
             if count > limit:
@@ -592,7 +603,7 @@ def _chars_within(values: Iterable[Any], limit: int) -> bool:
             pending += [*value.keys(), *value.values()] if isinstance(value, Mapping) else value
         else:
             count += 1
-    return count <= limit
+    return count
 
 
 def redact_result(result: CallToolResult, redactor: Redactor) -> CallToolResult:
@@ -692,14 +703,22 @@ async def _still_answers(client: Client) -> bool:
 
 
 async def _every_tool(client: Client, cache_mode: CacheMode = "use") -> list[Tool]:
-    """Every tool ``client``'s server lists, page after page, up to ``LISTING_PAGES`` pages."""
-    page = await client.list_tools(cache_mode=cache_mode)
-    tools = list(page.tools)
-    for _ in range(LISTING_PAGES - 1):
-        if page.next_cursor is None:
-            break
-        page = await client.list_tools(cursor=page.next_cursor, cache_mode=cache_mode)
+    """Every tool ``client``'s server lists, page after page, up to ``LISTING_PAGES`` pages.
+
+    DownstreamError when the pages together hold over ``LISTING_CHARS`` characters.
+    """
+    tools: list[Tool] = []
+    chars = 0
+    cursor = None
+    for _ in range(LISTING_PAGES):
+        page = await client.list_tools(cursor=cursor, cache_mode=cache_mode)
+        chars += _chars_up_to(page.tools, LISTING_CHARS - chars)
+        if chars > LISTING_CHARS:
+            raise DownstreamError(f"its tool listing holds over {LISTING_CHARS} characters, the most it may")
         tools += page.tools
+        cursor = page.next_cursor
+        if cursor is None:
+            break
     return tools
 
 
