@@ -1253,6 +1253,40 @@ async def test_a_large_result_is_redacted_off_the_event_loop_and_a_small_one_on_
     assert {on_loop for _, on_loop in redacted_small} == {True}
 
 
+async def test_a_large_listing_is_redacted_off_the_event_loop_and_a_small_one_on_it(
+    sqlite_secrets: Secrets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    sqlite_secrets.set_secret("alice", "bulky", "TOKEN", fresh_value("alice"))
+    bulky = {**STDIO_ENTRY, "env": {**STDIO_ENTRY["env"], "DOWNSTREAM_BULKY_PAGES": "2"}}
+    redacted_on: dict[str, set[bool]] = {}
+    text = Redactor.text
+
+    def spied_text(self: Redactor, shown: str) -> str:
+        if shown.startswith(("SHA-256 of the secret", "x" * 1024)):
+            redacted_on.setdefault(shown[:3], set()).add(threading.current_thread() is loop_thread)
+        return text(self, shown)
+
+    monkeypatch.setattr(Redactor, "text", spied_text)
+    loop_thread = threading.current_thread()
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": STDIO_ENTRY}) as small_gw,
+        connect(sqlite_secrets, small_gw, "alice") as client,
+    ):
+        small = {tool.name for tool in (await client.list_tools()).tools}
+    redacted_small = redacted_on.pop("SHA")
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"bulky": bulky}) as large_gw,
+        connect(sqlite_secrets, large_gw, "alice") as client,
+    ):
+        large = {tool.name for tool in (await client.list_tools()).tools}
+
+    assert "down__token_hash" in small
+    assert {"bulky__token_hash", "bulky__bulky2"} <= large
+    assert redacted_small == {True}
+    assert redacted_on["xxx"] == {False}
+
+
 async def test_a_remote_downstreams_answer_past_the_bound_is_a_tool_error_and_others_go_on(
     sqlite_secrets: Secrets, tmp_path: Path, canary: str
 ) -> None:

@@ -345,7 +345,10 @@ class Gateway:
                     else connection.fault or _describe(exc)
                 )
                 raise DownstreamError(redactor.text(f"listing {server.name} failed: {problem}")) from None
-        tools = [Tool.model_validate(redactor.data(tool.model_dump(by_alias=True))) for tool in listed]
+        if _chars_within(listed, REDACT_INLINE_CHARS):
+            tools = _redact_tools(listed, redactor)
+        else:  # as a large result is: other users' calls go on meanwhile
+            tools = await anyio.to_thread.run_sync(_redact_tools, listed, redactor)
         known_tools = self._known_tools
         known_tools.pop((username, server.name), None)  # moved to the end: the most recent
         known_tools[(username, server.name)] = tools
@@ -558,6 +561,10 @@ def _over_bound(holder: dict[str, Connection]) -> None:
     connection = holder.get("connection")
     if connection is not None:
         connection.fault = f"it sent a message over {MAX_MESSAGE_BYTES} bytes, the most the gateway reads"
+
+
+def _redact_tools(tools: list[Tool], redactor: Redactor) -> list[Tool]:
+    return [Tool.model_validate(redactor.data(tool.model_dump(by_alias=True))) for tool in tools]
 
 
 async def redact_result_off_loop(result: CallToolResult, redactor: Redactor) -> CallToolResult:
