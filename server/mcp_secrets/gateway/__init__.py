@@ -93,7 +93,7 @@ LISTEN_SECONDS = 10.0
 KNOWN_LISTINGS = 1024
 # Characters of a downstream's result past which it is redacted in a worker thread, so that other users'
 # calls go on meanwhile: a hop there and back costs about what redacting 8 KiB of plain text does (70 µs,
-# measured), and text full of HTML character references costs 30 times as much.
+# measured), and text full of HTML character references costs 10 to 100 times as much.
 REDACT_INLINE_CHARS = 8 * 1024
 # Pages of a downstream's tool listing read at most: one handing out cursors for ever would fill memory.
 LISTING_PAGES = 100
