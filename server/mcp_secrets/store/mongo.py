@@ -454,7 +454,8 @@ class MongoStore:
             return 0
         selector = {"at": {"$lt": _time("before", before)}}
         with _available():
-            # Walking ``_id`` (insertion order) finds old events first, without an index on ``at``.
+            # The ``at_id`` index finds the events before ``before``; the first written (``_id``, insertion
+            # order) go first, ``limit`` at a time.
             documents = list(self._events.find(selector).sort("_id", 1).limit(limit))
             if not documents:
                 return 0
