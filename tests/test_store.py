@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import bson
 import dns.resolver
 import mongomock
 import pymongo
@@ -1116,6 +1117,134 @@ def test_mongo_store_whose_server_went_away_reports_unavailable(
         call(opened)
 
     assert "s3cretpw" not in str(raised.value)
+
+
+def _server_holding(documents: dict[str, list[dict[str, Any]]]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A server whose collections hold ``documents``: a find answers those equal to its filter's strings."""
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        name, collection = next(iter(command.items()))
+        if name in {"find", "listIndexes"}:
+            wanted = {
+                field: value for field, value in command.get("filter", {}).items() if isinstance(value, str)
+            }
+            held = documents.get(collection, []) if name == "find" else []
+            batch = [document for document in held if all(document.get(f) == v for f, v in wanted.items())]
+            return {"ok": 1, "cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": batch}}
+        return {"ok": 1, "n": 0}
+
+    return answer
+
+
+def test_mongo_store_names_a_document_another_tool_wrote_that_it_cannot_read_and_reads_the_others(
+    canary: str,
+) -> None:
+    # A date past year 9999 (mongosh writes one as easily as any other): BSON holds it, datetime cannot.
+    far = bson.DatetimeMS(2**62)
+    good = {"value": "ciphertext", "created_at": T0, "updated_at": T0}
+    documents = {
+        "user_secrets": [
+            {"_id": bson.ObjectId(), "username": "alice", "server": "github", "key": "A", **good},
+            {
+                "_id": bson.ObjectId(),
+                "username": "alice",
+                "server": "github",
+                "key": "B",
+                **good,
+                "value": canary,
+                "updated_at": far,
+            },
+            {"_id": bson.ObjectId(), "username": "alice", "server": "gitlab", "key": "A", **good},
+        ],
+        "api_tokens": [
+            {
+                "_id": bson.ObjectId(),
+                "token_id": "t1",
+                "username": "bob",
+                "token_hash": canary,
+                "created_at": T0,
+                "expires_at": far,
+                "label": "",
+            },
+        ],
+        "audit_events": [
+            {
+                "_id": bson.ObjectId(),
+                "at": far,
+                "actor": "carol",
+                "action": "updated",
+                "server": "jira",
+                "key": "K",
+                "detail": canary,
+            },
+        ],
+    }
+
+    with mongo_wire_server(_server_holding(documents)) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db")
+        try:
+            with pytest.raises(StoreUnavailableError) as secret:
+                store.find_secrets("alice", "github")
+            with pytest.raises(StoreUnavailableError) as token:
+                store.find_token(canary)
+            with pytest.raises(StoreUnavailableError) as event:
+                store.list_events("carol")
+            readable = _triples(store, "alice", "gitlab")
+        finally:
+            store.close()
+
+    assert "the document of username 'alice', server 'github', key 'B' in the collection user_secrets" in str(
+        secret.value
+    )
+    assert "the document of token_id 't1', username 'bob' in the collection api_tokens" in str(token.value)
+    assert "the document of actor 'carol', server 'jira', key 'K' in the collection audit_events" in str(
+        event.value
+    )
+    for raised in (secret, token, event):
+        assert "(InvalidBSON)" in str(raised.value)
+        assert (canary in str(raised.value)) is False
+        assert raised.value.__cause__ is None
+    assert readable == [("gitlab", "A", "ciphertext")]
+
+
+@pytest.mark.parametrize(
+    ("call", "collection", "kind"),
+    [
+        (
+            lambda store, canary: store.put_secret("alice", "github", "K", f"\ud800{canary}", T0),
+            "user_secrets",
+            "UnicodeEncodeError",
+        ),
+        (
+            lambda store, canary: store.put_secret("alice", "github", "K", canary * 2**20, T0),
+            "user_secrets",
+            "DocumentTooLarge",
+        ),
+        (
+            lambda store, canary: store.put_token(_token("t1", label=[canary, object()])),
+            "api_tokens",
+            "InvalidDocument",
+        ),
+        (lambda store, canary: store.list_events(canary, limit=2**64), "audit_events", "OverflowError"),
+    ],
+    ids=["lone-surrogate", "too-large", "no-bson-type", "int-past-8-bytes"],
+)
+def test_mongo_store_refuses_what_bson_cannot_hold_as_unavailable_naming_the_collection_not_the_value(
+    call: Callable[[MongoStore, str], object], collection: str, kind: str, canary: str
+) -> None:
+    # Reached by library callers of the store: the tools validate their input first.
+    with mongo_wire_server(_server_holding({})) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db")
+        try:
+            with pytest.raises(StoreUnavailableError) as refused:
+                call(store, canary)
+        finally:
+            store.close()
+
+    assert f"of the collection {collection} ({kind})" in str(refused.value)
+    assert (canary in str(refused.value)) is False
+    assert refused.value.__cause__ is None
+    assert refused.value.__context__ is None or (canary in str(refused.value.__context__)) is False
 
 
 # --- open_store -----------------------------------------------------------------------------------

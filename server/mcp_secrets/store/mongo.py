@@ -8,10 +8,15 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, TypeVar, cast
 
+import bson
 from bson import ObjectId
+from bson.codec_options import CodecOptions, DatetimeConversion
+from bson.errors import InvalidBSON, InvalidDocument
+from bson.raw_bson import RawBSONDocument
 from pymongo import MongoClient, ReadPreference, UpdateMany
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
+from pymongo.cursor import Cursor
 from pymongo.errors import BulkWriteError, DuplicateKeyError, InvalidName, OperationFailure, PyMongoError
 from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 from pymongo.read_concern import ReadConcern
@@ -61,6 +66,20 @@ _IN_TRANSACTION = ReadConcern("local")
 Document = dict[str, Any]
 IndexKeys = list[tuple[str, int]]
 T = TypeVar("T")
+Query = Callable[[Collection[Any]], Cursor[Any]]
+
+# What pymongo's BSON codec raises, outside ``PyMongoError``, for what it cannot encode: a document past
+# 16 MiB, a value BSON has no type for, an int past 8 bytes, a string with a lone surrogate.
+_ENCODE_ERRORS = (InvalidDocument, OverflowError, UnicodeEncodeError)
+# And for a document it cannot decode (written by another tool): a date outside years 1 to 9999, say.
+_DECODE_ERRORS = (InvalidBSON, UnicodeDecodeError)
+# The fields that name a document of each collection in an error: never a value, a hash or a detail.
+_NAMES = {
+    SECRETS_COLLECTION: ("username", "server", "key"),
+    TOKENS_COLLECTION: ("token_id", "username"),
+    LINKS_COLLECTION: ("link_id", "username", "server", "key"),
+    EVENTS_COLLECTION: ("actor", "server", "key"),
+}
 
 
 def _text(field: str, value: str) -> str:
@@ -310,7 +329,7 @@ class MongoStore:
         """
         selector = _record(username, server, key)
         if max_records is not None:
-            with _available():
+            with _available(SECRETS_COLLECTION):
                 full = self._secrets.count_documents({"username": selector["username"]}) >= max_records
                 if full and self._secrets.find_one(selector, {"_id": 1}) is None:
                     raise LimitReached
@@ -327,7 +346,7 @@ class MongoStore:
                 self._record_change(replace(event, action="created" if created else "updated"), session)
             return created
 
-        with _available():
+        with _available(SECRETS_COLLECTION):
             try:
                 return self._changing(write)
             except DuplicateKeyError:
@@ -345,7 +364,7 @@ class MongoStore:
                 self._record_change(event, session)
             return deleted
 
-        with _available():
+        with _available(SECRETS_COLLECTION):
             return self._changing(write)
 
     def _changing(self, write: Callable[[ClientSession | None], T]) -> T:
@@ -366,7 +385,7 @@ class MongoStore:
         """Write a change's event: in its transaction, or (standalone) after it, saying so if it fails."""
         try:
             self._events.insert_one(_event_document(event), session=session)
-        except PyMongoError as exc:
+        except (PyMongoError, *_ENCODE_ERRORS) as exc:
             if session is not None:
                 raise  # the transaction is aborted: the change is undone with the event
             raise StoreUnavailableError(
@@ -379,14 +398,16 @@ class MongoStore:
         selector = {"username": _text("username", username)}
         if server is not None:
             selector["server"] = _text("server", server)
-        with _available():
-            cursor = self._secrets.find(selector, {"_id": False}).sort([("server", 1), ("key", 1)])
-            return [_secret(document) for document in cursor]
+        documents = _read(
+            self._secrets,
+            lambda secrets: secrets.find(selector, {"_id": False}).sort([("server", 1), ("key", 1)]),
+        )
+        return [_secret(document) for document in documents]
 
     def count_secrets(self, username: str | None = None) -> int:
         """How many records the store holds, of one user or (None) of all."""
         selector = {} if username is None else {"username": _text("username", username)}
-        with _available():
+        with _available(SECRETS_COLLECTION):
             return self._secrets.count_documents(selector)
 
     def record_uses(self, uses: Sequence[SecretUse]) -> None:
@@ -423,7 +444,7 @@ class MongoStore:
 
     def add_event(self, event: AuditEvent) -> None:
         """Append one event to the audit trail."""
-        with _available():
+        with _available(EVENTS_COLLECTION):
             self._events.insert_one(_event_document(event))
 
     def list_events(
@@ -437,13 +458,15 @@ class MongoStore:
             selector["actor"] = _text("actor", actor)
         if server is not None:
             selector["server"] = _text("server", server)
-        with _available():
-            cursor = self._events.find(selector, {"_id": False}).sort([("at", -1), ("_id", -1)]).limit(limit)
-            return [_event(document) for document in cursor]
+        documents = _read(
+            self._events,
+            lambda events: events.find(selector, {"_id": False}).sort([("at", -1), ("_id", -1)]).limit(limit),
+        )
+        return [_event(document) for document in documents]
 
     def count_events(self, before: datetime) -> int:
         """How many events of the audit trail, of every actor, happened before ``before``."""
-        with _available():
+        with _available(EVENTS_COLLECTION):
             return self._events.count_documents({"at": {"$lt": _time("before", before)}})
 
     def delete_events(
@@ -453,10 +476,10 @@ class MongoStore:
         if limit < 1:  # pymongo reads 0 as no limit at all: every old event would go
             return 0
         selector = {"at": {"$lt": _time("before", before)}}
-        with _available():
+        with _available(EVENTS_COLLECTION):
             # The ``at_id`` index finds the events before ``before``; the first written (``_id``, insertion
             # order) go first, ``limit`` at a time.
-            documents = list(self._events.find(selector).sort("_id", 1).limit(limit))
+            documents = _read(self._events, lambda events: events.find(selector).sort("_id", 1).limit(limit))
             if not documents:
                 return 0
             if keep is not None:
@@ -480,18 +503,20 @@ class MongoStore:
                     {"username": username, "server": server, "key": {"$gt": key}},
                 ]
             }
-        with _available():
-            cursor = (
-                self._secrets.find(selector, {"_id": False})
+        documents = _read(
+            self._secrets,
+            lambda secrets: (
+                secrets.find(selector, {"_id": False})
                 .sort([("username", 1), ("server", 1), ("key", 1)])
                 .limit(limit)
-            )
-            return [_secret(document) for document in cursor]
+            ),
+        )
+        return [_secret(document) for document in documents]
 
     def replace_value(self, username: str, server: str, key: str, old: str, new: str) -> bool:
         """Swap a record's ciphertext ``old`` for ``new``, only if it is still ``old``; timestamps stay."""
         selector = {**_record(username, server, key), "value": _text("value", old)}
-        with _available():
+        with _available(SECRETS_COLLECTION):
             # Matched, not modified: MongoDB counts a write of the value already there as no change.
             return self._secrets.update_one(selector, {"$set": {"value": new}}).matched_count > 0
 
@@ -506,25 +531,27 @@ class MongoStore:
             "revoked_at": token.revoked_at,
             "label": token.label,
         }
-        with _available():
+        with _available(TOKENS_COLLECTION):
             self._tokens.insert_one(document)
 
     def find_token(self, token_hash: str) -> TokenRecord | None:
         """The token record with this hash, revoked or not."""
-        with _available():
-            document = self._tokens.find_one({"token_hash": _text("token_hash", token_hash)}, {"_id": False})
-        return None if document is None else _token(document)
+        selector = {"token_hash": _text("token_hash", token_hash)}
+        documents = _read(self._tokens, lambda tokens: tokens.find(selector, {"_id": False}).limit(1))
+        return _token(documents[0]) if documents else None
 
     def list_tokens(self, username: str | None = None) -> list[TokenRecord]:
         """Every token record (of one user, when given), oldest first."""
         selector = {} if username is None else {"username": _text("username", username)}
-        with _available():
-            cursor = self._tokens.find(selector, {"_id": False}).sort([("created_at", 1), ("token_id", 1)])
-            return [_token(document) for document in cursor]
+        documents = _read(
+            self._tokens,
+            lambda tokens: tokens.find(selector, {"_id": False}).sort([("created_at", 1), ("token_id", 1)]),
+        )
+        return [_token(document) for document in documents]
 
     def revoke_token(self, token_id: str, now: datetime) -> bool:
         """Mark a token revoked; return False when no live token has this id."""
-        with _available():
+        with _available(TOKENS_COLLECTION):
             result = self._tokens.update_one(
                 {"token_id": _text("token_id", token_id), "revoked_at": None}, {"$set": {"revoked_at": now}}
             )
@@ -542,7 +569,7 @@ class MongoStore:
             "expires_at": link.expires_at,
             "used_at": link.used_at,
         }
-        with _available():
+        with _available(LINKS_COLLECTION):
             self._links.insert_one(document)
 
     def count_live_links(self, username: str, now: datetime) -> int:
@@ -552,18 +579,18 @@ class MongoStore:
             "used_at": None,
             "expires_at": {"$gt": _time("now", now)},
         }
-        with _available():
+        with _available(LINKS_COLLECTION):
             return self._links.count_documents(selector)
 
     def find_link(self, link_hash: str) -> LinkRecord | None:
         """The entry link with this hash, used or not."""
-        with _available():
-            document = self._links.find_one({"link_hash": _text("link_hash", link_hash)}, {"_id": False})
-        return None if document is None else _link(document)
+        selector = {"link_hash": _text("link_hash", link_hash)}
+        documents = _read(self._links, lambda links: links.find(selector, {"_id": False}).limit(1))
+        return _link(documents[0]) if documents else None
 
     def claim_link(self, link_hash: str, now: datetime) -> bool:
         """Mark an unused, unexpired link used, atomically; False when it was not."""
-        with _available():
+        with _available(LINKS_COLLECTION):
             result = self._links.update_one(
                 {"link_hash": _text("link_hash", link_hash), "used_at": None, "expires_at": {"$gt": now}},
                 {"$set": {"used_at": now}},
@@ -572,7 +599,7 @@ class MongoStore:
 
     def release_link(self, link_hash: str) -> None:
         """Make a claimed link usable again (its secret could not be stored)."""
-        with _available():
+        with _available(LINKS_COLLECTION):
             self._links.update_one({"link_hash": _text("link_hash", link_hash)}, {"$set": {"used_at": None}})
 
     def ping(self) -> None:
@@ -660,13 +687,75 @@ def _only_duplicates(exc: BulkWriteError) -> bool:
     )
 
 
+def _read(collection: Collection[Document], query: Query) -> list[Document]:
+    """The documents of ``query`` on ``collection``; one that does not decode is named in the error."""
+    with _available(collection.name):
+        try:
+            return list(query(collection))
+        except _DECODE_ERRORS as exc:
+            # pymongo decodes a whole batch at once: read it again undecoded, to find which document it was.
+            raw = collection.with_options(
+                codec_options=collection.codec_options.with_options(document_class=RawBSONDocument)
+            )
+            raise _unreadable(collection, query(raw), type(exc).__name__) from None
+
+
+def _unreadable(collection: Collection[Document], documents: Cursor[Any], kind: str) -> StoreUnavailableError:
+    """Say which of ``documents`` does not decode, by the fields that name it where they can be read."""
+    # A date out of range comes back as a number and a broken string with replacement characters: enough
+    # to read the names by, never to use.
+    lenient = collection.codec_options.with_options(
+        datetime_conversion=DatetimeConversion.DATETIME_AUTO, unicode_decode_error_handler="replace"
+    )
+    which = "a document"
+    broken = next(
+        (document for document in documents if _decoded(document, collection.codec_options) is None), None
+    )
+    fields = None if broken is None else _decoded(broken, lenient)
+    if fields is not None:
+        which = "the document of " + ", ".join(
+            f"{name} {fields.get(name)!r}" for name in _NAMES.get(collection.name, ())
+        )
+    return StoreUnavailableError(
+        f"{which} in the collection {collection.name} cannot be read ({kind}): it holds what no record of "
+        "this store holds, such as a date outside years 1 to 9999 or a string that is not UTF-8; correct "
+        "or remove it (README, Storage)"
+    )
+
+
+def _decoded(document: RawBSONDocument, options: CodecOptions[Any]) -> Document | None:
+    """A raw document decoded with ``options``, or None where it does not decode."""
+    try:
+        return dict(bson.decode(document.raw, options))
+    except _DECODE_ERRORS:
+        return None
+
+
 @contextmanager
-def _available() -> Iterator[None]:
-    """Turn any pymongo failure into ``StoreUnavailableError``."""
+def _available(collection: str | None = None) -> Iterator[None]:
+    """Turn any pymongo failure, and a document BSON cannot hold, into ``StoreUnavailableError``."""
     try:
         yield
     except PyMongoError as exc:
         raise _unavailable(exc) from None
+    except _DECODE_ERRORS as exc:
+        where = "" if collection is None else f" in the collection {collection}"
+        raise StoreUnavailableError(f"a document{where} cannot be read ({type(exc).__name__})") from None
+    except _ENCODE_ERRORS as exc:
+        # Never the exception's text: it can quote the value (a UnicodeEncodeError quotes the string).
+        where = "" if collection is None else f" of the collection {collection}"
+        raise StoreUnavailableError(
+            f"the MongoDB store cannot send a command{where} ({type(exc).__name__}): "
+            f"{_UNENCODABLE.get(type(exc).__name__, _UNENCODABLE['InvalidDocument'])}"
+        ) from None
+
+
+_UNENCODABLE = {
+    "DocumentTooLarge": "a document is larger than MongoDB's limit of 16 MiB",
+    "OverflowError": "an integer is larger than BSON's 8 bytes",
+    "UnicodeEncodeError": "a string holds a character UTF-8 cannot encode (a lone surrogate)",
+    "InvalidDocument": "a field holds a value BSON has no type for",
+}
 
 
 def _unavailable(exc: PyMongoError) -> StoreUnavailableError:
