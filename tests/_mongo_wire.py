@@ -1,8 +1,9 @@
 """A stand-in for a MongoDB server on a local port: pymongo's own client talks to it over the wire protocol.
 
 It answers the handshake as a standalone server (or with ``hello``: ``MONGOS_HELLO`` for a sharded
-cluster's router) and every other command with what ``answer`` returns, so a test can give pymongo the
-server's real error replies (a refused login, a missing privilege).
+cluster's router, ``PRIMARY_HELLO`` for a replica set's primary reached with ``directConnection=true``)
+and every other command with what ``answer`` returns, so a test can give pymongo the server's real error
+replies (a refused login, a missing privilege, a write concern not met).
 """
 
 from __future__ import annotations
@@ -30,10 +31,27 @@ HELLO: Document = {
     "saslSupportedMechs": ["SCRAM-SHA-256"],
 }
 MONGOS_HELLO: Document = {**HELLO, "msg": "isdbgrid"}  # how a mongos says what it is
+PRIMARY_HELLO: Document = {**HELLO, "setName": "rs0"}  # a member of a replica set, writable: its primary
 
 
 def _first_document(data: bytes) -> Document:
     return bson.decode(data[: struct.unpack("<i", data[:4])[0]])
+
+
+def _command(body: bytes) -> Document:
+    """An OP_MSG's command, with the documents of its sections of kind 1 (an insert's) under their names."""
+    command = _first_document(body[5:])
+    at = 5 + struct.unpack("<i", body[5:9])[0]
+    while at < len(body) and body[at] == 1:  # kind 1: size, a name, then documents to the section's end
+        end = at + 1 + struct.unpack("<i", body[at + 1 : at + 5])[0]
+        name_end = body.index(b"\0", at + 5)
+        name = body[at + 5 : name_end].decode()
+        documents, at = [], name_end + 1
+        while at < end:
+            documents.append(_first_document(body[at:end]))
+            at += struct.unpack("<i", body[at : at + 4])[0]
+        command[name] = documents
+    return command
 
 
 def _serve_connection(
@@ -52,7 +70,7 @@ def _serve_connection(
                 reply = struct.pack("<iqii", 0, 0, 0, 1) + bson.encode(_reply(command, answer, hello))
                 opcode = OP_REPLY
             elif opcode == OP_MSG:  # flags, then a section of kind 0: the command
-                command = _first_document(body[5:])
+                command = _command(body)
                 reply = struct.pack("<IB", 0, 0) + bson.encode(_reply(command, answer, hello))
             else:
                 return

@@ -28,8 +28,11 @@ from pymongo.errors import DuplicateKeyError
 
 from _mongo_wire import MONGOS_HELLO, mongo_wire_server
 from conftest import STORE_KINDS
-from mcp_secrets.errors import ConfigurationError, StoreUnavailableError
+from mcp_secrets.crypto import SecretEncryptor
+from mcp_secrets.errors import ConfigurationError, StoreUnavailableError, WriteUnconfirmedError
+from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import (
+    UNCONFIRMED,
     AuditEvent,
     LinkRecord,
     SecretRecord,
@@ -1245,6 +1248,89 @@ def test_mongo_store_refuses_what_bson_cannot_hold_as_unavailable_naming_the_col
     assert (canary in str(refused.value)) is False
     assert refused.value.__cause__ is None
     assert refused.value.__context__ is None or (canary in str(refused.value.__context__)) is False
+
+
+# What a server answers a write it made but could not have replicated as the URL asks (w, wtimeoutMS).
+WTIMEOUT: dict[str, Any] = {
+    "code": 64,
+    "codeName": "WriteConcernFailed",
+    "errmsg": "waiting for replication timed out",
+    "errInfo": {"wtimeout": True},
+}
+
+
+def test_a_change_made_outside_a_transaction_but_not_confirmed_is_reported_and_recorded_so(
+    encryptor: SecretEncryptor, canary: str
+) -> None:
+    # Outside a transaction: a standalone server, or a replica set the store found without a primary.
+    held: list[dict[str, Any]] = []
+    inserted: list[dict[str, Any]] = []
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        name, collection = next(iter(command.items()))
+        if name == "update":  # the upsert is made, its write concern not met
+            update = command["updates"][0]
+            held[:] = [{**update["q"], **update["u"]["$setOnInsert"], **update["u"]["$set"]}]
+            upserted = [{"index": 0, "_id": bson.ObjectId()}]
+            return {"ok": 1, "n": 1, "nModified": 0, "upserted": upserted, "writeConcernError": WTIMEOUT}
+        if name == "delete":
+            held.clear()
+            return {"ok": 1, "n": 1, "writeConcernError": WTIMEOUT}
+        if name == "insert":
+            inserted.extend(command["documents"])
+        if name in {"find", "aggregate", "listIndexes"}:
+            batch = held if (name, collection) == ("find", "user_secrets") else []
+            return {"ok": 1, "cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": batch}}
+        return {"ok": 1, "n": 1}
+
+    with mongo_wire_server(answer) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db?w=majority&wtimeoutMS=1000")
+        service = Secrets(store, encryptor)
+        changes: list[tuple[str, str]] = []
+        service.on_change(lambda username, server: changes.append((username, server)))
+        try:
+            with pytest.raises(WriteUnconfirmedError) as saved:
+                service.set_secret("alice", "github", "TOKEN", canary)
+            with pytest.raises(WriteUnconfirmedError) as deleted:
+                service.delete_secret("alice", "github", "TOKEN")
+        finally:
+            service.close()
+            store.close()
+
+    for raised in (saved, deleted):
+        message = str(raised.value)
+        assert "made the change but did not confirm it" in message
+        assert "may or may not last" in message
+        assert "unavailable" not in message
+        assert (canary in message) is False
+    assert [(event["action"], event["server"], event["key"], event["detail"]) for event in inserted] == [
+        ("created", "github", "TOKEN", UNCONFIRMED),
+        ("deleted", "github", "TOKEN", UNCONFIRMED),
+    ]
+    assert changes == [("alice", "github"), ("alice", "github")]
+
+
+@pytest.mark.parametrize("command", ["update", "insert"])
+def test_mongo_store_says_a_batch_of_uses_was_written_but_not_confirmed(command: str) -> None:
+    # Two bulk writes (last uses, then events): pymongo reports their write concern in a BulkWriteError.
+    def answer(sent: dict[str, Any]) -> dict[str, Any]:
+        name, collection = next(iter(sent.items()))
+        if name == "listIndexes":
+            return {"ok": 1, "cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": []}}
+        reply = {"ok": 1, "n": 1, "nModified": 1} if name == "update" else {"ok": 1, "n": 1}
+        return {**reply, **({"writeConcernError": WTIMEOUT} if name == command else {})}
+
+    use = SecretUse("alice", "github", ("TOKEN",), AuditEvent(T0, "alice", "used", "github", "TOKEN"))
+    with mongo_wire_server(answer) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db?w=majority&wtimeoutMS=1000")
+        try:
+            with pytest.raises(WriteUnconfirmedError) as unconfirmed:
+                store.record_uses([use])
+        finally:
+            store.close()
+
+    assert "(BulkWriteError)" in str(unconfirmed.value)
+    assert "may or may not last" in str(unconfirmed.value)
 
 
 # --- open_store -----------------------------------------------------------------------------------

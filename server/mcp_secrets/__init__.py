@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         SecretsError,
         StoreUnavailableError,
         UnauthorisedError,
+        WriteUnconfirmedError,
     )
     from mcp_secrets.secrets import SecretKeyInfo, Secrets, UpdateResult
 
@@ -41,6 +42,7 @@ _HOMES = {
     "StoreUnavailableError": "errors",
     "UnauthorisedError": "errors",
     "UpdateResult": "secrets",
+    "WriteUnconfirmedError": "errors",
     "generate_master_key": "crypto",
     "open_secrets": "bootstrap",
 }
@@ -58,6 +60,7 @@ __all__ = [
     "StoreUnavailableError",
     "UnauthorisedError",
     "UpdateResult",
+    "WriteUnconfirmedError",
     "__version__",
     "generate_master_key",
     "open_secrets",

@@ -23,6 +23,10 @@ class StoreUnavailableError(SecretsError):
     """Raised when the secret store (SQLite file or MongoDB server) cannot be reached."""
 
 
+class WriteUnconfirmedError(StoreUnavailableError):
+    """Raised when MongoDB made a change but did not confirm it as its write concern asks: it may not last."""
+
+
 class DecryptionError(SecretsError):
     """Raised when a stored ciphertext does not decrypt: tampered, moved to another record, or wrong key."""
 

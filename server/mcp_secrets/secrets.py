@@ -19,7 +19,12 @@ from datetime import datetime, timezone
 from typing import Literal
 
 from mcp_secrets.crypto import SecretEncryptor
-from mcp_secrets.errors import InvalidInputError, SecretNotFoundError, StoreUnavailableError
+from mcp_secrets.errors import (
+    InvalidInputError,
+    SecretNotFoundError,
+    StoreUnavailableError,
+    WriteUnconfirmedError,
+)
 from mcp_secrets.store import AuditEvent, LimitReached, SecretStore, SecretUse
 from mcp_secrets.usage import FLUSH_TIMEOUT_SECONDS, UseRecorder
 
@@ -295,6 +300,9 @@ class Secrets:
                 f"a user may keep at most {self.max_secrets_per_user} secrets: "
                 "delete one before storing another"
             ) from None
+        except WriteUnconfirmedError:
+            self._changed(username, server)  # made, if not confirmed: what holds the old value lets it go
+            raise
         self._changed(username, server)
         return UpdateResult(server, key, "created" if created else "updated")
 
@@ -331,7 +339,12 @@ class Secrets:
 
     def _delete(self, username: str, server: str, key: str, event: AuditEvent) -> UpdateResult:
         self._catch_up()
-        if self.store.delete_secret(username, server, key, event=event):
+        try:
+            deleted = self.store.delete_secret(username, server, key, event=event)
+        except WriteUnconfirmedError:
+            self._changed(username, server)  # made, if not confirmed: what holds the old value lets it go
+            raise
+        if deleted:
             self._changed(username, server)
             return UpdateResult(server, key, "deleted")
         if self.store.find_secrets(username, server):

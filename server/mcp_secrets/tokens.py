@@ -14,9 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from mcp_secrets.errors import InvalidInputError, SecretNotFoundError
+from mcp_secrets.errors import (
+    InvalidInputError,
+    SecretNotFoundError,
+    StoreUnavailableError,
+    WriteUnconfirmedError,
+)
 from mcp_secrets.secrets import validate_username
-from mcp_secrets.store import AuditEvent, SecretStore, TokenRecord
+from mcp_secrets.store import UNCONFIRMED, AuditEvent, SecretStore, TokenRecord
 
 TOKEN_PREFIX = "mcps_"  # noqa: S105 - a public prefix, not a token
 MAX_LABEL_LENGTH = 200
@@ -82,14 +87,34 @@ class ApiTokens:
         if token_id.startswith(TOKEN_PREFIX):
             token_id = token_id.removeprefix(TOKEN_PREFIX).split("_", 1)[0]
         now = self._clock()
-        if not self.store.revoke_token(token_id, now):
+        try:
+            revoked = self.store.revoke_token(token_id, now)
+        except WriteUnconfirmedError:
+            # Made on the database, and likely to last: the trail records it, saying it is unconfirmed.
+            try:
+                self._record_revocation(token_id, now, f"token {token_id}; {UNCONFIRMED}")
+                recorded = ""
+            except StoreUnavailableError:
+                recorded = "; its audit event could not be written"
+            raise WriteUnconfirmedError(
+                "the token was revoked but the database did not confirm it as its write concern asks: treat "
+                "the token as revoked, and revoke it again (once that says there is no live token with that "
+                f"id, the revocation is confirmed){recorded}"
+            ) from None
+        if not revoked:
             # Not echoed: a user may have pasted a whole token here.
             raise SecretNotFoundError("there is no live token with that id (see `mcp-secrets token list`)")
-        record = next(record for record in self.store.list_tokens() if record.token_id == token_id)
-        event = AuditEvent(
-            now, record.username, "token-revoked", detail=f"token {token_id}", transport=self.via
-        )
-        self.store.add_event(event)
+        record = self._record_revocation(token_id, now, f"token {token_id}")
+        if record is None:  # deleted between the two calls, by hand
+            raise SecretNotFoundError("there is no live token with that id (see `mcp-secrets token list`)")
+        return record
+
+    def _record_revocation(self, token_id: str, now: datetime, detail: str) -> TokenRecord | None:
+        """Write a revocation's audit event; the token's record, or None when there is none."""
+        record = next((record for record in self.store.list_tokens() if record.token_id == token_id), None)
+        if record is not None:
+            event = AuditEvent(now, record.username, "token-revoked", detail=detail, transport=self.via)
+            self.store.add_event(event)
         return record
 
     def verify(self, token: str) -> TokenRecord | None:

@@ -62,6 +62,11 @@ class SecretRecord:
     last_used_at: datetime | None = None
 
 
+# The detail of a change's audit event when the database made it but did not confirm it as its write concern
+# asks (WriteUnconfirmedError): it may or may not last.
+UNCONFIRMED = "not confirmed by the database"
+
+
 @dataclass(frozen=True)
 class AuditEvent:
     """One change or use of a secret or token, without any value."""

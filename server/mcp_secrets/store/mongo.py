@@ -17,7 +17,14 @@ from pymongo import MongoClient, ReadPreference, UpdateMany
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.cursor import Cursor
-from pymongo.errors import BulkWriteError, DuplicateKeyError, InvalidName, OperationFailure, PyMongoError
+from pymongo.errors import (
+    BulkWriteError,
+    DuplicateKeyError,
+    InvalidName,
+    OperationFailure,
+    PyMongoError,
+    WriteConcernError,
+)
 from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 from pymongo.read_concern import ReadConcern
 from pymongo.server_description import ServerDescription
@@ -25,8 +32,9 @@ from pymongo.server_type import SERVER_TYPE
 from pymongo.uri_parser import parse_uri
 from pymongo.write_concern import WriteConcern
 
-from mcp_secrets.errors import ConfigurationError, StoreUnavailableError
+from mcp_secrets.errors import ConfigurationError, StoreUnavailableError, WriteUnconfirmedError
 from mcp_secrets.store import (
+    UNCONFIRMED,
     AuditEvent,
     LimitReached,
     LinkRecord,
@@ -125,6 +133,11 @@ def _secret(document: Document) -> SecretRecord:
         updated_at,
         _utc(document.get("last_used_at")),
     )
+
+
+def _to_milliseconds(moment: datetime) -> datetime:
+    """A time as BSON keeps it: to the millisecond."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 def _event(document: Document) -> AuditEvent:
@@ -335,12 +348,21 @@ class MongoStore:
                     raise LimitReached
 
         def write(session: ClientSession | None) -> bool:
-            result = self._secrets.update_one(
-                selector,
-                {"$set": {"value": value, "updated_at": now}, "$setOnInsert": {"created_at": now}},
-                upsert=True,
-                session=session,
-            )
+            try:
+                result = self._secrets.update_one(
+                    selector,
+                    {"$set": {"value": value, "updated_at": now}, "$setOnInsert": {"created_at": now}},
+                    upsert=True,
+                    session=session,
+                )
+            except WriteConcernError:
+                # Outside a transaction (in one, the commit carries the write concern): the change was made.
+                if event is not None:
+                    found = self._secrets.find_one(selector, {"created_at": True})
+                    made = _utc(found.get("created_at")) if found is not None else None
+                    action = "created" if made == _to_milliseconds(now) else "updated"
+                    self._record_change(replace(event, action=action, detail=UNCONFIRMED), session)
+                raise
             created = result.upserted_id is not None
             if event is not None:
                 self._record_change(replace(event, action="created" if created else "updated"), session)
@@ -359,7 +381,12 @@ class MongoStore:
         selector = _record(username, server, key)
 
         def write(session: ClientSession | None) -> bool:
-            deleted = self._secrets.delete_one(selector, session=session).deleted_count > 0
+            try:
+                deleted = self._secrets.delete_one(selector, session=session).deleted_count > 0
+            except WriteConcernError:
+                if event is not None and self._secrets.find_one(selector, {"_id": True}) is None:
+                    self._record_change(replace(event, detail=UNCONFIRMED), session)
+                raise
             if deleted and event is not None:
                 self._record_change(event, session)
             return deleted
@@ -679,6 +706,17 @@ def _event_id(use: SecretUse) -> ObjectId:
     return cast("ObjectId", use.event_id)
 
 
+def _unconfirmed(exc: PyMongoError) -> bool:
+    """True when a write was made but not confirmed to its write concern, and nothing else went wrong."""
+    if isinstance(exc, WriteConcernError):
+        return True
+    return (
+        isinstance(exc, BulkWriteError)
+        and bool(exc.details.get("writeConcernErrors"))
+        and not exc.details.get("writeErrors")
+    )
+
+
 def _only_duplicates(exc: BulkWriteError) -> bool:
     """True when every document a bulk write refused was refused for an ``_id`` already taken."""
     details = exc.details
@@ -760,6 +798,14 @@ _UNENCODABLE = {
 
 def _unavailable(exc: PyMongoError) -> StoreUnavailableError:
     # Name the fault's kind only: pymongo messages can quote hosts and credentials.
+    if _unconfirmed(exc):
+        # The primary made the change and then could not have it replicated as asked (w, wtimeoutMS) in
+        # time: a later election may roll it back, or not. Not "unavailable" as if nothing was written.
+        return WriteUnconfirmedError(
+            f"the MongoDB server made the change but did not confirm it as the write concern of "
+            f"MCP_SECRETS_DATABASE_URL asks ({type(exc).__name__}): it may or may not last; where making "
+            "it again is safe (saving or deleting a secret, revoking a token), do, to confirm it"
+        )
     if isinstance(exc, OperationFailure) and exc.code == AUTHENTICATION_FAILED:
         return StoreUnavailableError(
             "the MongoDB server refused the login (AuthenticationFailed): "
