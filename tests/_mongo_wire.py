@@ -32,6 +32,14 @@ HELLO: Document = {
 }
 MONGOS_HELLO: Document = {**HELLO, "msg": "isdbgrid"}  # how a mongos says what it is
 PRIMARY_HELLO: Document = {**HELLO, "setName": "rs0"}  # a member of a replica set, writable: its primary
+# The ``writeConcernError`` of a write the server made but could not have replicated as asked (``w``) within
+# ``wtimeoutMS``.
+WTIMEOUT: Document = {
+    "code": 64,
+    "codeName": "WriteConcernFailed",
+    "errmsg": "waiting for replication timed out",
+    "errInfo": {"wtimeout": True},
+}
 
 
 def _first_document(data: bytes) -> Document:

@@ -14,12 +14,14 @@ import subprocess
 import sys
 from collections.abc import Callable
 from contextlib import closing
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import mcp_secrets
+from _mongo_wire import PRIMARY_HELLO, WTIMEOUT, mongo_wire_server
 from conftest import command_parsers, isolated_env, new_canary
 from mcp_secrets.cli import build_parser
 from mcp_secrets.crypto import generate_master_key
@@ -254,6 +256,36 @@ def test_revoking_an_unknown_token_fails_without_echoing_it(env: dict[str, str])
     assert "no live token" in done.stderr
     assert unknown not in done.stdout + done.stderr
     assert "0123456789" not in done.stdout + done.stderr
+
+
+def test_token_revoke_the_replica_set_did_not_confirm_says_to_treat_it_as_revoked_and_records_it(
+    env: dict[str, str],
+) -> None:
+    created = datetime(2025, 3, 14, tzinfo=timezone.utc)
+    token = {"token_id": "t1", "username": "alice", "token_hash": "h", "created_at": created, "label": ""}
+    inserted: list[dict[str, Any]] = []
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        name, collection = next(iter(command.items()))
+        if name in {"find", "listIndexes"}:
+            batch = [token] if (name, collection) == ("find", "api_tokens") else []
+            return {"ok": 1, "cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": batch}}
+        if name == "update":  # made on the primary, not replicated to a majority within wtimeoutMS
+            return {"ok": 1, "n": 1, "nModified": 1, "writeConcernError": WTIMEOUT}
+        if name == "insert":
+            inserted.extend(command["documents"])
+        return {"ok": 1, "n": 1}
+
+    with mongo_wire_server(answer, hello=PRIMARY_HELLO) as port:
+        url = f"mongodb://127.0.0.1:{port}/db?directConnection=true&w=majority&wtimeoutMS=1000"
+        done = mcp_secrets_cli({**env, "MCP_SECRETS_DATABASE_URL": url}, "token", "revoke", "t1")
+
+    assert done.returncode == 1, done.stderr
+    assert "treat the token as revoked, and revoke it again" in done.stderr
+    assert "unavailable" not in done.stderr
+    assert [(event["actor"], event["action"], event["detail"]) for event in inserted] == [
+        ("alice", "token-revoked", "token t1; not confirmed by the database")
+    ]
 
 
 def test_token_revoke_takes_the_whole_token_and_never_echoes_it(env: dict[str, str]) -> None:

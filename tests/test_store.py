@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pymongo.errors import DuplicateKeyError
 
-from _mongo_wire import MONGOS_HELLO, mongo_wire_server
+from _mongo_wire import MONGOS_HELLO, WTIMEOUT, mongo_wire_server
 from conftest import STORE_KINDS
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.errors import ConfigurationError, StoreUnavailableError, WriteUnconfirmedError
@@ -1248,15 +1248,6 @@ def test_mongo_store_refuses_what_bson_cannot_hold_as_unavailable_naming_the_col
     assert (canary in str(refused.value)) is False
     assert refused.value.__cause__ is None
     assert refused.value.__context__ is None or (canary in str(refused.value.__context__)) is False
-
-
-# What a server answers a write it made but could not have replicated as the URL asks (w, wtimeoutMS).
-WTIMEOUT: dict[str, Any] = {
-    "code": 64,
-    "codeName": "WriteConcernFailed",
-    "errmsg": "waiting for replication timed out",
-    "errInfo": {"wtimeout": True},
-}
 
 
 def test_a_change_made_outside_a_transaction_but_not_confirmed_is_reported_and_recorded_so(
