@@ -14,10 +14,7 @@ from typing import Any
 
 import pytest
 
-from mcp_secrets.errors import (
-    InvalidInputError,
-    SecretNotFoundError,
-)
+from mcp_secrets.errors import InvalidInputError, SecretNotFoundError
 from mcp_secrets.store import SecretStore
 from mcp_secrets.store.sqlite import SQLiteStore
 from mcp_secrets.tokens import ApiTokens
