@@ -95,6 +95,10 @@ class StreamableSessionQuota:
         # Requests that may open a session and are not answered yet: the manager records a session only
         # after an await, so requests sent at once would all pass a count of the recorded ones alone.
         self._opening: Counter[str] = Counter()
+        # Sessions whose opening request has been answered. One recorded while its request is still in
+        # flight is counted in _opening, not again among the recorded: counted twice, it would make a
+        # request sent meanwhile meet the bound early, refused below it.
+        self._answered: set[str] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Refuse a POST without a session id, the only request that opens a session, past the bound."""
@@ -111,8 +115,7 @@ class StreamableSessionQuota:
         if username is None or sessionless or MCP_SESSION_ID_HEADER.encode() in headers:
             await self.app(scope, receive, send)
             return
-        # Counted with the ones not answered yet, which the manager may have recorded already: while
-        # requests are in flight the bound may be reached early, never passed.
+        # Counted with the ones not answered yet, each once, whether or not the manager has recorded it.
         if self._open(username) + self._opening[username] >= self.most:
             # Looked at only here, at the bound: it takes a store call. No await between this count and
             # the one taken below, so requests at once still cannot pass the bound.
@@ -123,30 +126,54 @@ class StreamableSessionQuota:
         self._opening[username] += 1
         in_flight = True
 
-        def answered() -> None:
+        def answered(session_id: str | None) -> None:
             nonlocal in_flight
             in_flight = False
-            self._opening[username] -= 1
-            if not self._opening[username]:
-                del self._opening[username]
+            self._settle(username, session_id)
 
         async def send_answer(message: Message) -> None:
             # The manager records a session before it answers: from here on, its own count has it.
             if in_flight and message["type"] == "http.response.start":
-                answered()
+                answered(_session_id(message))
             await send(message)
 
         try:
             await self.app(scope, receive, send_answer)
         finally:
             if in_flight:
-                answered()
+                answered(None)
+
+    def _settle(self, username: str, session_id: str | None) -> None:
+        """One of ``username``'s requests in flight is answered, with the session it opened if any."""
+        self._opening[username] -= 1
+        owners = self.manager._session_owners  # noqa: SLF001 - see _open
+        self._answered &= owners.keys()  # those the manager has forgotten go
+        if session_id is not None:
+            self._answered.add(session_id)
+        if not self._opening[username]:
+            del self._opening[username]
+            # None of theirs in flight: whatever of theirs is recorded is answered (one whose request
+            # failed before its answer included).
+            self._answered.update(sid for sid, owner in owners.items() if owner["subject"] == username)
 
     def _open(self, username: str, live: set[str] | None = None) -> int:
+        """The user's sessions whose opening request was answered; those in flight are in ``_opening``."""
         # The manager's own record of who opened each live session: it forgets a session however it
         # ends (DELETE, idle timeout, crash), which no layer in front of it can see. No public API has it.
         owners = self.manager._session_owners  # noqa: SLF001
-        return sum(1 for owner in owners.values() if owner["subject"] == username and _counts(owner, live))
+        return sum(
+            1
+            for session_id, owner in owners.items()
+            if owner["subject"] == username and session_id in self._answered and _counts(owner, live)
+        )
+
+
+def _session_id(start: Message) -> str | None:
+    """The session id an answer's headers give, if any."""
+    for name, value in start.get("headers", ()):
+        if name.lower() == MCP_SESSION_ID_HEADER.encode():
+            return bytes(value).decode("latin-1")
+    return None
 
 
 class OpenStreams:
