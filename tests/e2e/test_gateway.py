@@ -1253,6 +1253,31 @@ async def test_a_large_result_is_redacted_off_the_event_loop_and_a_small_one_on_
     assert {on_loop for _, on_loop in redacted_small} == {True}
 
 
+async def test_a_result_whose_meta_is_large_is_redacted_off_the_event_loop(
+    sqlite_secrets: Secrets, tmp_path: Path, canary: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A downstream may put its bulk in the result's _meta rather than its content: it is redacted too.
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
+    floods = {**STDIO_ENTRY, "env": {**STDIO_ENTRY["env"], "DOWNSTREAM_FLOODS": "1"}}
+    redacted_on: list[tuple[int, bool]] = []
+    texts = Redactor.texts
+
+    def spied_texts(self: Redactor, shown: list[str]) -> list[str]:
+        redacted_on.append((sum(map(len, shown)), threading.current_thread() is loop_thread))
+        return texts(self, shown)
+
+    monkeypatch.setattr(Redactor, "texts", spied_texts)
+    loop_thread = threading.current_thread()
+    async with running_gateway(sqlite_secrets, tmp_path, {"down": floods}) as gw:
+        large = await call_server(sqlite_secrets, gw, "alice", "down__flood_meta", {"megabytes": 1})
+
+    assert_no_spelling_of(canary, everything_in(large))  # first: a failure below may print the result
+    assert large.is_error is False
+    assert large.meta is not None
+    assert str(large.meta["detail"]).startswith("[redacted TOKEN]")
+    assert {on_loop for size, on_loop in redacted_on if size > 1 << 20} == {False}
+
+
 async def test_a_large_listing_is_redacted_off_the_event_loop_and_a_small_one_on_it(
     sqlite_secrets: Secrets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

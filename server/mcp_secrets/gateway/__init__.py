@@ -575,13 +575,14 @@ async def redact_result_off_loop(result: CallToolResult, redactor: Redactor) -> 
 
 
 def _result_strings(result: CallToolResult) -> Iterator[Any]:
-    """What of ``result`` is redacted: its content blocks' fields and its structured content."""
+    """What of ``result`` is redacted: its content blocks' fields, structured content and ``_meta``."""
     for block in result.content:
         yield from vars(block).values()
         resource = getattr(block, "resource", None)
         if resource is not None:
             yield from vars(resource).values()
     yield result.structured_content
+    yield result.meta
 
 
 def _chars_within(values: Iterable[Any], limit: int) -> bool:
