@@ -139,10 +139,29 @@ def _imported_top_level_modules(package: Path) -> set[str]:
     return modules
 
 
+def _providers() -> dict[str, list[str]]:
+    """Which installed distributions hold each top-level module, read from their lists of files.
+
+    ``metadata.packages_distributions()`` does this from 3.11 on; on 3.10 it reads only ``top_level.txt``,
+    which wheels built by most backends no longer have.
+    """
+    providers: dict[str, list[str]] = {}
+    for distribution in metadata.distributions():
+        for file in distribution.files or []:
+            top = file.parts[0]
+            if top.endswith((".dist-info", ".data")) or top in {"..", "__pycache__"}:
+                continue
+            module = top.removesuffix(".py") if len(file.parts) == 1 else top
+            providers.setdefault(module, [])
+            if distribution.metadata["Name"] not in providers[module]:
+                providers[module].append(distribution.metadata["Name"])
+    return providers
+
+
 def test_every_distribution_the_package_imports_is_a_requirement_of_its_own() -> None:
     # One that only comes through another's requirements can go with that one's next release.
     package = Path(mcp_secrets.__file__).resolve().parent
-    providers = metadata.packages_distributions()
+    providers = _providers()
     declared = {
         canonicalize_name(Requirement(line).name)
         for line in metadata.requires("mcp-secrets") or []
