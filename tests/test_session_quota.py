@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import anyio
 import pytest
+from anyio.abc import TaskGroup
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.auth.provider import AccessToken
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
@@ -84,6 +85,23 @@ def quota_and_app(tmp_path: Path) -> tuple[StreamableSessionQuota, App]:
     return quota, app
 
 
+async def open_and_hold(
+    requests: TaskGroup, quota: StreamableSessionQuota, app: App, statuses: list[int]
+) -> None:
+    """Send one request of alice's that opens a session; return once it is recorded and held unanswered.
+
+    Its status goes to ``statuses`` when it is answered, or at once when the bound refuses it.
+    """
+
+    async def open_one() -> None:
+        statuses.append(await status_of(quota, opening("alice")))
+        app.recorded.set()  # refused, it is never recorded: what waits for it goes on all the same
+
+    requests.start_soon(open_one)
+    await app.recorded.wait()
+    app.recorded = anyio.Event()
+
+
 async def test_a_session_recorded_but_not_yet_answered_counts_once(
     quota_and_app: tuple[StreamableSessionQuota, App],
 ) -> None:
@@ -92,16 +110,9 @@ async def test_a_session_recorded_but_not_yet_answered_counts_once(
     quota, app = quota_and_app
     statuses: list[int] = []
 
-    async def open_one() -> None:
-        statuses.append(await status_of(quota, opening("alice")))
-        app.recorded.set()  # refused, it is never recorded: what waits for it goes on all the same
-
     async with anyio.create_task_group() as requests:
-        requests.start_soon(open_one)
-        await app.recorded.wait()  # the first is recorded and not answered
-        app.recorded = anyio.Event()
-        requests.start_soon(open_one)
-        await app.recorded.wait()  # the second passed the bound and is recorded too
+        await open_and_hold(requests, quota, app, statuses)  # recorded, not answered
+        await open_and_hold(requests, quota, app, statuses)  # must pass the bound and be recorded too
         app.answer.set()
 
     assert statuses == [200, 200]
@@ -113,15 +124,9 @@ async def test_requests_in_flight_still_cannot_pass_the_bound(
     quota, app = quota_and_app
     statuses: list[int] = []
 
-    async def open_one() -> None:
-        statuses.append(await status_of(quota, opening("alice")))
-        app.recorded.set()  # refused, it is never recorded: what waits for it goes on all the same
-
     async with anyio.create_task_group() as requests:
         for _ in range(BOUND):
-            requests.start_soon(open_one)
-            await app.recorded.wait()
-            app.recorded = anyio.Event()
+            await open_and_hold(requests, quota, app, statuses)
         third = await status_of(quota, opening("alice"))  # both others in flight, recorded, unanswered
         app.answer.set()
     fourth = await status_of(quota, opening("alice"))  # both answered and open

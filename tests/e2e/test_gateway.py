@@ -1224,21 +1224,27 @@ async def test_a_stdio_downstream_writing_a_message_past_the_bound_is_a_tool_err
     assert hash_of(after_bob) == sha256(value)
 
 
-async def test_a_large_result_is_redacted_off_the_event_loop_and_a_small_one_on_it(
-    sqlite_secrets: Secrets, tmp_path: Path, canary: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
-    floods = {**STDIO_ENTRY, "env": {**STDIO_ENTRY["env"], "DOWNSTREAM_FLOODS": "1"}}
+@pytest.fixture
+def redacted_on(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
+    """(characters, on the event loop's thread) of each text redaction from here on, in the test's thread."""
     # Which thread redacted texts of which size: on the loop's, no other user's call could go on.
-    redacted_on: list[tuple[int, bool]] = []
+    redactions: list[tuple[int, bool]] = []
     texts = Redactor.texts
+    loop_thread = threading.current_thread()
 
     def spied_texts(self: Redactor, shown: list[str]) -> list[str]:
-        redacted_on.append((sum(map(len, shown)), threading.current_thread() is loop_thread))
+        redactions.append((sum(map(len, shown)), threading.current_thread() is loop_thread))
         return texts(self, shown)
 
     monkeypatch.setattr(Redactor, "texts", spied_texts)
-    loop_thread = threading.current_thread()
+    return redactions
+
+
+async def test_a_large_result_is_redacted_off_the_event_loop_and_a_small_one_on_it(
+    sqlite_secrets: Secrets, tmp_path: Path, canary: str, redacted_on: list[tuple[int, bool]]
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
+    floods = {**STDIO_ENTRY, "env": {**STDIO_ENTRY["env"], "DOWNSTREAM_FLOODS": "1"}}
     async with running_gateway(sqlite_secrets, tmp_path, {"down": floods}) as gw:
         small = await call(sqlite_secrets, gw, "alice", "token_hash")
         redacted_small = list(redacted_on)
@@ -1254,20 +1260,11 @@ async def test_a_large_result_is_redacted_off_the_event_loop_and_a_small_one_on_
 
 
 async def test_a_result_whose_meta_is_large_is_redacted_off_the_event_loop(
-    sqlite_secrets: Secrets, tmp_path: Path, canary: str, monkeypatch: pytest.MonkeyPatch
+    sqlite_secrets: Secrets, tmp_path: Path, canary: str, redacted_on: list[tuple[int, bool]]
 ) -> None:
     # A downstream may put its bulk in the result's _meta rather than its content: it is redacted too.
     sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
     floods = {**STDIO_ENTRY, "env": {**STDIO_ENTRY["env"], "DOWNSTREAM_FLOODS": "1"}}
-    redacted_on: list[tuple[int, bool]] = []
-    texts = Redactor.texts
-
-    def spied_texts(self: Redactor, shown: list[str]) -> list[str]:
-        redacted_on.append((sum(map(len, shown)), threading.current_thread() is loop_thread))
-        return texts(self, shown)
-
-    monkeypatch.setattr(Redactor, "texts", spied_texts)
-    loop_thread = threading.current_thread()
     async with running_gateway(sqlite_secrets, tmp_path, {"down": floods}) as gw:
         large = await call_server(sqlite_secrets, gw, "alice", "down__flood_meta", {"megabytes": 1})
 
