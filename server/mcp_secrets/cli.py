@@ -23,7 +23,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
@@ -62,6 +62,7 @@ from mcp_secrets.tokens import ApiTokens, NewToken
 from mcp_secrets.web import auth_settings, base_url, endpoint_url, http_app, serve_http, token_verifier
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXIT_ERROR = 1
 EXIT_CONFIGURATION = 2
@@ -256,11 +257,13 @@ def _run_server(settings: Settings, store: SecretStore, secrets: Secrets, keys: 
     if not settings.jwks_url and not tokens.has_any():
         _print_first_token(tokens.create(local_username(settings.user), label="first run"), settings)
     try:
-        anyio.run(_with_gateway, gateway, lambda: serve_http(app, settings))
+        interrupted = anyio.run(_with_gateway, gateway, lambda: serve_http(app, settings))
     except asyncio.CancelledError:
-        # Python 3.10: anyio's runner reports Ctrl-C as the main task cancelled (3.11 tasks can tell it
-        # apart and raise KeyboardInterrupt). Uvicorn has stopped cleanly by then: exit as Ctrl-C does.
+        # Ctrl-C before uvicorn started, on Python 3.10: anyio's runner reports it as the main task
+        # cancelled (3.11 tasks can tell it apart and raise KeyboardInterrupt). Exit as Ctrl-C does.
         raise KeyboardInterrupt from None
+    if interrupted:  # stopped cleanly, all written and closed: the exit status a shell expects of Ctrl-C
+        raise KeyboardInterrupt
 
 
 def _gateway(settings: Settings, secrets: Secrets, entry: EntrySettings | None) -> Gateway | None:
@@ -288,17 +291,15 @@ async def _gateway_running(gateway: Gateway | None) -> AsyncIterator[None]:
         yield
 
 
-async def _with_gateway(gateway: Gateway | None, serve: Callable[[], Awaitable[None]]) -> None:
-    failed_start: SystemExit | None = None
+async def _with_gateway(gateway: Gateway | None, serve: Callable[[], Awaitable[T]]) -> T:
     async with _gateway_running(gateway):
         try:
-            await serve()
+            return await serve()
         except SystemExit as stop:
             # Uvicorn's way out of a failed start (a port in use), logged already: raised inside the
             # gateway's task group, it came out wrapped in an exception group, a traceback.
             failed_start = stop
-    if failed_start is not None:
-        raise failed_start
+    raise failed_start
 
 
 def _client_left(exc: BaseException) -> bool:

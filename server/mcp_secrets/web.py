@@ -405,8 +405,8 @@ async def _client_gone(_request: Request, _exc: Exception) -> Response:
 COULD_NOT_LISTEN = 3
 
 
-async def serve_http(app: ASGIApp, settings: Settings) -> None:
-    """Run ``app`` with uvicorn; its logs go through ours, to stderr."""
+async def serve_http(app: ASGIApp, settings: Settings) -> bool:
+    """Run ``app`` with uvicorn; its logs go through ours, to stderr. Returns whether Ctrl-C stopped it."""
     import uvicorn  # noqa: PLC0415 - stdio never needs it
 
     config = uvicorn.Config(
@@ -429,8 +429,19 @@ async def serve_http(app: ASGIApp, settings: Settings) -> None:
     # service writes its pending uses and closes the store; a no-op one lets serve() return instead.
     # (Signal handlers belong to the main thread; elsewhere uvicorn leaves signals alone too.)
     server = uvicorn.Server(config)
+    interrupted = threading.Event()
+
+    def ctrl_c(_number: int, frame: FrameType | None) -> None:
+        # Raised again by uvicorn once it has shut down, into the handler it found: Python's own, or
+        # none at all when the process started with SIGINT ignored (a script's `serve &`), since uvicorn
+        # stops on it all the same. Either way the caller is told, and exits as Ctrl-C does (130).
+        interrupted.set()
+        if not server.should_exit:  # come before uvicorn took SIGINT over: it stops as soon as it starts
+            server.handle_exit(signal.SIGINT, frame)
+
     previous: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {}
     if threading.current_thread() is threading.main_thread():
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, ctrl_c)
         previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _stop_requested)
         if sys.platform != "win32":
             # A closed terminal sends SIGHUP, which uvicorn leaves to Python's default: the process would
@@ -454,6 +465,7 @@ async def serve_http(app: ASGIApp, settings: Settings) -> None:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+    return interrupted.is_set()
 
 
 def _stop_requested(number: int, frame: object) -> None:

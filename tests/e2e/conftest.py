@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +32,11 @@ from selenium.webdriver.chrome.service import Service
 from conftest import isolated_env as base_isolated_env
 
 MCP_SECRETS = [sys.executable, "-m", "mcp_secrets"]
+# Sets SIGINT's disposition (argv[1]), then becomes the command that follows: an exec keeps it when ignored.
+_WITH_CTRL_C = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, int(sys.argv[1])); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
 HTTP_TRANSPORTS = ["streamable-http", "sse"]
 STARTUP_POLLS = 400  # x POLL_INTERVAL: a generous bound on how long a server may take to come up
 POLL_INTERVAL = 0.05
@@ -205,13 +211,31 @@ def _wait_until_healthy(process: subprocess.Popen[bytes], base_url: str, log_pat
     pytest.fail(f"mcp-secrets serve did not answer /healthz:\n{log_path.read_text()}")
 
 
+def with_ctrl_c(disposition: signal.Handlers, command: list[str]) -> list[str]:
+    """``command`` (a path first) started with SIGINT at ``disposition``, not at what this test run inherited.
+
+    A shell script's ``cmd &`` starts ``cmd`` with SIGINT ignored, and so would every server a test
+    run started that way spawns; the default is what a terminal gives.
+    """
+    return [sys.executable, "-c", _WITH_CTRL_C, str(int(disposition)), *command]
+
+
 @contextmanager
 def serving(
-    env: dict[str, str], transport: str, log_path: Path, *args: str, host: str = "127.0.0.1"
+    env: dict[str, str],
+    transport: str,
+    log_path: Path,
+    *args: str,
+    host: str = "127.0.0.1",
+    ctrl_c: signal.Handlers = signal.SIG_DFL,
 ) -> Iterator[Deployment]:
-    """``mcp-secrets serve --transport TRANSPORT`` on a free port of ``host``, healthy, stopped on exit."""
+    """``mcp-secrets serve --transport TRANSPORT`` on a free port of ``host``, healthy, stopped on exit.
+
+    ``ctrl_c`` is the SIGINT disposition it starts with (see ``with_ctrl_c``).
+    """
     port = free_port()
-    command = [*MCP_SECRETS, "serve", "--transport", transport, "--host", host, "--port", str(port), *args]
+    serve = [*MCP_SECRETS, "serve", "--transport", transport, "--host", host, "--port", str(port), *args]
+    command = with_ctrl_c(ctrl_c, serve)
     with log_path.open("a", encoding="utf-8") as log, stdout_path(log_path).open("a") as out:
         process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=log)
     try:

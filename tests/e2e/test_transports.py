@@ -31,7 +31,7 @@ from mcp_types.version import LATEST_HANDSHAKE_VERSION
 from conftest import text_of
 from mcp_secrets.crypto import generate_master_key
 
-from .conftest import INITIALIZE, Deployment, create_token, isolated_env
+from .conftest import INITIALIZE, MCP_SECRETS, Deployment, create_token, isolated_env, with_ctrl_c
 
 pytestmark = pytest.mark.anyio
 
@@ -120,11 +120,16 @@ async def test_request_secret_on_stdio_gives_the_terminal_command_the_readme_pro
     assert "`mcp-secrets set`" in recommended
 
 
-def raw_stdio_serve(deployment: Any, log_path: Path) -> subprocess.Popen[str]:
-    """``serve`` on stdio for alice, talked to by hand; its stderr goes to ``log_path``."""
+def raw_stdio_serve(
+    deployment: Any, log_path: Path, ctrl_c: signal.Handlers = signal.SIG_DFL
+) -> subprocess.Popen[str]:
+    """``serve`` on stdio for alice, talked to by hand; its stderr goes to ``log_path``.
+
+    ``ctrl_c`` is the SIGINT disposition it starts with (see ``with_ctrl_c``).
+    """
     with log_path.open("w") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "mcp_secrets", "serve"],
+            with_ctrl_c(ctrl_c, [*MCP_SECRETS, "serve"]),
             env={**deployment.env, "MCP_SECRETS_USER": "alice"},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -308,13 +313,16 @@ README = Path(__file__).resolve().parents[2] / "README.md"
     ],
     ids=lambda value: value.name if isinstance(value, signal.Signals) else str(value),
 )
+# A script's `serve &` starts it with Ctrl-C ignored; it stops on SIGINT all the same, so the same code.
+@pytest.mark.parametrize("ctrl_c", [signal.SIG_DFL, signal.SIG_IGN], ids=["terminal", "ctrl-c-ignored"])
 def test_serve_stopped_by_a_signal_exits_with_the_code_the_readme_gives(
-    start_server, tmp_path: Path, transport: str, stop: signal.Signals, code: int
+    start_server, tmp_path: Path, transport: str, *, stop: signal.Signals, code: int, ctrl_c: signal.Handlers
 ) -> None:
     """Supervisors and clients stop a server with SIGTERM: a clean stop (exit 0), not a command's 143."""
     env = isolated_env(tmp_path)
     if transport == "stdio":
-        process = raw_stdio_serve(Deployment("stdio", env, tmp_path / "server.log"), tmp_path / "server.log")
+        deployment = Deployment("stdio", env, tmp_path / "server.log")
+        process = raw_stdio_serve(deployment, tmp_path / "server.log", ctrl_c)
         assert process.stdin is not None
         assert process.stdout is not None
         try:
@@ -328,7 +336,7 @@ def test_serve_stopped_by_a_signal_exits_with_the_code_the_readme_gives(
             process.kill()
             process.wait()
     else:
-        with start_server(env, transport, tmp_path / "server.log") as deployment:
+        with start_server(env, transport, tmp_path / "server.log", ctrl_c=ctrl_c) as deployment:
             assert deployment.process is not None
             deployment.process.send_signal(stop)
             returncode = deployment.process.wait(timeout=30)
