@@ -1250,8 +1250,13 @@ def test_mongo_store_refuses_what_bson_cannot_hold_as_unavailable_naming_the_col
     assert refused.value.__context__ is None or (canary in str(refused.value.__context__)) is False
 
 
+# What the audit event of an unconfirmed change meets: nothing wrong, or a failure of its insert, or of
+# the read that tells what the change did ("created" or "updated", whether the record is gone).
+@pytest.mark.parametrize(
+    "audit_fault", [None, "insert", "find"], ids=["recorded", "insert-fails", "read-fails"]
+)
 def test_a_change_made_outside_a_transaction_but_not_confirmed_is_reported_and_recorded_so(
-    encryptor: SecretEncryptor, canary: str
+    encryptor: SecretEncryptor, canary: str, audit_fault: str | None
 ) -> None:
     # Outside a transaction: a standalone server, or a replica set the store found without a primary.
     held: list[dict[str, Any]] = []
@@ -1259,6 +1264,8 @@ def test_a_change_made_outside_a_transaction_but_not_confirmed_is_reported_and_r
 
     def answer(command: dict[str, Any]) -> dict[str, Any]:
         name, collection = next(iter(command.items()))
+        if name == audit_fault and collection in {"audit_events", "user_secrets"}:
+            return {"ok": 0, "code": 2, "codeName": "BadValue", "errmsg": "refused"}
         if name == "update":  # the upsert is made, its write concern not met
             update = command["updates"][0]
             held[:] = [{**update["q"], **update["u"]["$setOnInsert"], **update["u"]["$set"]}]
@@ -1293,11 +1300,17 @@ def test_a_change_made_outside_a_transaction_but_not_confirmed_is_reported_and_r
         assert "made the change but did not confirm it" in message
         assert "may or may not last" in message
         assert "unavailable" not in message
+        assert ("its audit event could not be written" in message) is (audit_fault is not None)
         assert (canary in message) is False
-    assert [(event["action"], event["server"], event["key"], event["detail"]) for event in inserted] == [
-        ("created", "github", "TOKEN", UNCONFIRMED),
-        ("deleted", "github", "TOKEN", UNCONFIRMED),
-    ]
+    recorded = [(event["action"], event["server"], event["key"], event["detail"]) for event in inserted]
+    if audit_fault is None:
+        assert recorded == [
+            ("created", "github", "TOKEN", UNCONFIRMED),
+            ("deleted", "github", "TOKEN", UNCONFIRMED),
+        ]
+    else:
+        assert recorded == []
+    # Made, if not confirmed: whatever holds the old value lets it go, whether or not the trail says so.
     assert changes == [("alice", "github"), ("alice", "github")]
 
 

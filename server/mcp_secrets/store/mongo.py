@@ -355,13 +355,17 @@ class MongoStore:
                     upsert=True,
                     session=session,
                 )
-            except WriteConcernError:
+            except WriteConcernError as exc:
                 # Outside a transaction (in one, the commit carries the write concern): the change was made.
                 if event is not None:
-                    found = self._secrets.find_one(selector, {"created_at": True})
-                    made = _utc(found.get("created_at")) if found is not None else None
-                    action = "created" if made == _to_milliseconds(now) else "updated"
-                    self._record_change(replace(event, action=action, detail=UNCONFIRMED), session)
+
+                    def record() -> None:
+                        found = self._secrets.find_one(selector, {"created_at": True})
+                        made = _utc(found.get("created_at")) if found is not None else None
+                        action = "created" if made == _to_milliseconds(now) else "updated"
+                        self._record_change(replace(event, action=action, detail=UNCONFIRMED), session)
+
+                    _recording_unconfirmed(exc, record)
                 raise
             created = result.upserted_id is not None
             if event is not None:
@@ -383,9 +387,14 @@ class MongoStore:
         def write(session: ClientSession | None) -> bool:
             try:
                 deleted = self._secrets.delete_one(selector, session=session).deleted_count > 0
-            except WriteConcernError:
-                if event is not None and self._secrets.find_one(selector, {"_id": True}) is None:
-                    self._record_change(replace(event, detail=UNCONFIRMED), session)
+            except WriteConcernError as exc:
+                if event is not None:
+
+                    def record() -> None:
+                        if self._secrets.find_one(selector, {"_id": True}) is None:
+                            self._record_change(replace(event, detail=UNCONFIRMED), session)
+
+                    _recording_unconfirmed(exc, record)
                 raise
             if deleted and event is not None:
                 self._record_change(event, session)
@@ -794,6 +803,19 @@ _UNENCODABLE = {
     "UnicodeEncodeError": "a string holds a character UTF-8 cannot encode (a lone surrogate)",
     "InvalidDocument": "a field holds a value BSON has no type for",
 }
+
+
+def _recording_unconfirmed(exc: WriteConcernError, record: Callable[[], None]) -> None:
+    """Run ``record``, the audit event of a change made but not confirmed (``exc``), or say it failed.
+
+    Its own failure must not stand for the change's: a plain "unavailable" would tell the caller that
+    nothing was written, and whatever holds the old value would keep it.
+    """
+    try:
+        record()
+    except (PyMongoError, StoreUnavailableError, *_DECODE_ERRORS, *_ENCODE_ERRORS):
+        unconfirmed = _unavailable(exc)
+        raise type(unconfirmed)(f"{unconfirmed}; its audit event could not be written") from None
 
 
 def _unavailable(exc: PyMongoError) -> StoreUnavailableError:
