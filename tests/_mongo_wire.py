@@ -114,3 +114,20 @@ def mongo_wire_server(answer: Callable[[Document], Document], hello: Document = 
             listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() waiting in the thread
         listener.close()
         thread.join()
+
+
+def server_holding(documents: dict[str, list[Document]]) -> Callable[[Document], Document]:
+    """A server whose collections hold ``documents``: a find answers those equal to its filter's strings."""
+
+    def answer(command: Document) -> Document:
+        name, collection = next(iter(command.items()))
+        if name in {"find", "listIndexes"}:
+            wanted = {
+                field: value for field, value in command.get("filter", {}).items() if isinstance(value, str)
+            }
+            held = documents.get(collection, []) if name == "find" else []
+            batch = [document for document in held if all(document.get(f) == v for f, v in wanted.items())]
+            return {"ok": 1, "cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": batch}}
+        return {"ok": 1, "n": 0}
+
+    return answer

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import mcp_secrets
-from _mongo_wire import PRIMARY_HELLO, WTIMEOUT, mongo_wire_server
+from _mongo_wire import PRIMARY_HELLO, WTIMEOUT, mongo_wire_server, server_holding
 from conftest import command_parsers, isolated_env, new_canary
 from mcp_secrets.cli import build_parser
 from mcp_secrets.crypto import generate_master_key
@@ -705,20 +705,25 @@ def test_a_store_restored_without_its_key_is_told_to_configure_that_key_not_to_g
     env: dict[str, str], canary: str
 ) -> None:
     """A database restored before its master key: `serve` refuses to generate a key over it, so no command
-    may send the user there; each names the settings that take the key that encrypted them."""
+    may send the user there; each that needs the key names the settings that take the one that encrypted
+    them. A listing needs none: it shows what is there."""
     stored = set_from_stdin(env, canary + "\n", "github", "TOKEN", "--user", "alice")
     assert stored.returncode == 0, stored.stderr
     del env["MCP_SECRETS_MASTER_KEY"]
 
-    listed = mcp_secrets_cli(env, "list", "--user", "alice")
+    written = set_from_stdin(env, canary + "\n", "github", "OTHER", "--user", "alice")
     served = mcp_secrets_cli(env, "serve")
+    listed = mcp_secrets_cli(env, "list", "--user", "alice")
 
-    assert [listed.returncode, served.returncode] == [EXIT_CONFIGURATION, EXIT_CONFIGURATION]
-    assert "to generate" not in listed.stderr
-    assert "MCP_SECRETS_MASTER_KEY_FILE to the key that encrypted them" in listed.stderr
-    assert "MCP_SECRETS_MASTER_KEY_FILE to the key that encrypted them" in served.stderr
+    assert [written.returncode, served.returncode] == [EXIT_CONFIGURATION, EXIT_CONFIGURATION]
+    for refused in (written, served):
+        assert "to generate" not in refused.stderr
+        assert "MCP_SECRETS_MASTER_KEY_FILE to the key that encrypted them" in refused.stderr
     assert not Path(env["MCP_SECRETS_CONFIG_DIR"], "master.key").exists()
-    assert canary not in listed.stdout + listed.stderr + served.stdout + served.stderr
+    assert listed.returncode == 0, listed.stderr
+    assert [row.split()[:2] for row in listed.stdout.splitlines()[1:]] == [["github", "TOKEN"]]
+    outputs = [written.stdout, written.stderr, served.stdout, served.stderr, listed.stdout, listed.stderr]
+    assert (canary in "".join(outputs)) is False
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
@@ -1246,6 +1251,50 @@ def test_list_shows_one_users_secret_names_and_times_never_a_value(env: dict[str
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\d", row[2]) for row in fields)
     assert "slack" not in done.stdout
     assert not any(value in done.stdout + done.stderr for value in values)
+
+
+def test_list_and_delete_need_no_master_key_where_writing_a_value_does(env: dict[str, str]) -> None:
+    """They never read a value: an administrator's shell need not hold the key, and a lost key still lets
+    a user see what to store again, and clear what cannot be read any more."""
+    values = stored(env, ("alice", "github", "TOKEN"), ("alice", "github", "OLD"))
+    del env["MCP_SECRETS_MASTER_KEY"]  # and no key file: nothing in the environment holds a key
+
+    listed = mcp_secrets_cli(env, "list", "--user", "alice")
+    deleted = mcp_secrets_cli(env, "delete", "github", "OLD", "--user", "alice")
+    left = mcp_secrets_cli(env, "list", "--user", "alice", "--json")
+    trail = mcp_secrets_cli(env, "audit", "--user", "alice", "--json")
+    written = set_from_stdin(env, new_canary() + "\n", "github", "NEW", "--user", "alice")
+
+    assert listed.returncode == 0, listed.stderr
+    rows = [row.split()[:2] for row in listed.stdout.splitlines()[1:]]
+    assert rows == [["github", "OLD"], ["github", "TOKEN"]]
+    assert deleted.returncode == 0, deleted.stderr
+    assert "Secret OLD for server github deleted for alice." in deleted.stderr
+    assert [json.loads(line)["key"] for line in left.stdout.splitlines()] == ["TOKEN"]
+    newest = json.loads(trail.stdout.splitlines()[0])
+    assert (newest["action"], newest["key"], newest["transport"]) == ("deleted", "OLD", "cli")
+    # Writing a value still needs the key, and says so; it does not make a new one over these secrets.
+    assert written.returncode == EXIT_CONFIGURATION
+    assert "MCP_SECRETS_MASTER_KEY" in written.stderr
+    assert not Path(env["MCP_SECRETS_CONFIG_DIR"], "master.key").exists()
+    outputs = "".join(done.stdout + done.stderr for done in (listed, deleted, left, trail, written))
+    assert any(value in outputs for value in values) is False
+
+
+def test_list_on_mongodb_needs_no_master_key(env: dict[str, str]) -> None:
+    """MongoDB refuses to start without an explicit key; a listing, which decrypts nothing, does not."""
+    del env["MCP_SECRETS_MASTER_KEY"]
+    at = datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc)
+    held = {"username": "alice", "server": "github", "key": "TOKEN", "value": "v1:x:y"}
+    documents = {"user_secrets": [{**held, "created_at": at, "updated_at": at}]}
+    with mongo_wire_server(server_holding(documents)) as port:
+        env["MCP_SECRETS_DATABASE_URL"] = f"mongodb://127.0.0.1:{port}/db"
+        listed = mcp_secrets_cli(env, "list", "--user", "alice", "--json")
+
+    assert listed.returncode == 0, listed.stderr
+    assert [(row["server"], row["key"]) for row in map(json.loads, listed.stdout.splitlines())] == [
+        ("github", "TOKEN")
+    ]
 
 
 def test_list_defaults_to_the_servers_user_and_takes_one_server(env: dict[str, str]) -> None:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from conftest import assert_not_leaked, new_canary
 from mcp_secrets.crypto import SecretEncryptor
-from mcp_secrets.errors import DecryptionError, InvalidInputError, SecretNotFoundError
+from mcp_secrets.errors import ConfigurationError, DecryptionError, InvalidInputError, SecretNotFoundError
 from mcp_secrets.secrets import ACTIONS, SecretKeyInfo, Secrets, UpdateResult
 from mcp_secrets.store import SecretStore
 from mcp_secrets.store.sqlite import SQLiteStore
@@ -133,6 +133,30 @@ def seeded(secrets: Secrets) -> dict[tuple[str, str, str], str]:
     for (username, server, key), value in records.items():
         secrets.set_secret(username, server, key, value)
     return records
+
+
+def test_a_service_without_a_master_key_lists_deletes_and_reads_the_trail_but_never_a_value(
+    secrets: Secrets, seeded: dict[tuple[str, str, str], str]
+) -> None:
+    keyless = Secrets(secrets.store, None)
+    try:
+        listed = [(info.server, info.key) for info in keyless.list_secret_keys("alice")]
+        deleted = keyless.delete_secret("alice", "github", "OTHER")
+        newest = keyless.list_events("alice", limit=1)[0]
+        with pytest.raises(ConfigurationError) as read:
+            keyless.get_secrets("alice", "github")
+        with pytest.raises(ConfigurationError) as written:
+            keyless.set_secret("alice", "github", "NEW", new_canary())
+    finally:
+        keyless.close()
+
+    assert listed == [("github", "OTHER"), ("github", "TOKEN"), ("linear", "TOKEN")]
+    assert deleted == UpdateResult("github", "OTHER", "deleted")
+    assert (newest.action, newest.key) == ("deleted", "OTHER")
+    for refused in (read, written):
+        assert "needs the master key" in str(refused.value)
+        assert_not_leaked(refused.value, *seeded.values())
+    assert [info.key for info in secrets.list_secret_keys("alice", "github")] == ["TOKEN"]
 
 
 def test_get_secrets_returns_only_that_users_secrets_for_that_server(

@@ -120,16 +120,21 @@ def _sync_directory(directory: Path) -> None:
         pass
 
 
-def require_explicit_key(settings: Settings) -> None:
-    """Refuse keys configured twice, or MongoDB without a configured key, before a store is opened.
-
-    A URL that is neither MongoDB's nor SQLite's is left for the store to refuse: no key would help.
-    """
+def refuse_keys_set_twice(settings: Settings) -> None:
+    """Refuse a master key in the environment and a key file at once: which one is in use is unclear."""
     if settings.master_key is not None and settings.master_key_file is not None:
         raise ConfigurationError(
             "MCP_SECRETS_MASTER_KEY and MCP_SECRETS_MASTER_KEY_FILE are both set: set one, so the keys "
             "in use are the ones you edit"
         )
+
+
+def require_explicit_key(settings: Settings) -> None:
+    """Refuse keys configured twice, or MongoDB without a configured key, before a store is opened.
+
+    A URL that is neither MongoDB's nor SQLite's is left for the store to refuse: no key would help.
+    """
+    refuse_keys_set_twice(settings)
     if settings.master_key is None and settings.master_key_file is None and settings.uses_mongodb:
         raise ConfigurationError(
             "MongoDB needs an explicit master key, shared by every replica: set MCP_SECRETS_MASTER_KEY "
@@ -191,6 +196,15 @@ def build_secrets(
     legacy_key = settings.legacy_key.get_secret_value() if settings.legacy_key else None
     encryptor = SecretEncryptor(master_keys.keys, legacy_key=legacy_key)
     return Secrets(store, encryptor, max_secrets_per_user=settings.max_secrets_per_user), master_keys
+
+
+def keyless_secrets(settings: Settings, store: SecretStore) -> Secrets:
+    """The Secrets service over ``store`` without a master key: it lists names and deletes, never a value.
+
+    The commands that need no value (``list``, ``delete``) run with this, so an administrator's shell
+    holds no key for them, and a lost key still lets one see what must be stored again.
+    """
+    return Secrets(store, None, max_secrets_per_user=settings.max_secrets_per_user)
 
 
 def open_secrets(settings: Settings | None = None, *, create: bool = True) -> Secrets:

@@ -34,7 +34,9 @@ from mcp_secrets.bootstrap import (
     MasterKeys,
     build_secrets,
     describe_store,
+    keyless_secrets,
     open_configured_store,
+    refuse_keys_set_twice,
     require_explicit_key,
 )
 from mcp_secrets.config import Settings, load_settings
@@ -457,19 +459,26 @@ if sys.platform != "win32":
 
 
 @contextmanager
-def _users_secrets(
-    args: argparse.Namespace, *, generate_key: bool = False
-) -> Iterator[tuple[Secrets, str, MasterKeys]]:
-    """The service over the configured store, and the user a command acts for (``--user``); closed after."""
+def _users_secrets(args: argparse.Namespace, *, writes_values: bool = False) -> Iterator[tuple[Secrets, str]]:
+    """The service over the configured store, and the user a command acts for (``--user``); closed after.
+
+    Only a command that ``writes_values`` loads the master key (and makes it, and the store, on a first
+    run); the others never read one, so they work without it, a lost one included.
+    """
     # Checked before any key or store; an empty --user (`--user "$TARGET"` unset) is refused, not one's own.
     username = None if args.user is None else validate_username(args.user)
-    settings = _prepared(args)
+    settings = _prepared(args, needs_key=writes_values)
+    refuse_keys_set_twice(settings)  # unread here, but a key set twice is a mistake to say at once
     username = username or validate_username(local_username(settings.user))
-    store = open_configured_store(settings, create=generate_key)  # only `set` makes the key and the store
+    store = open_configured_store(settings, create=writes_values)
     secrets = None
     try:
-        secrets, keys = build_secrets(settings, store, generate_key=generate_key)
-        yield secrets, username, keys
+        if writes_values:
+            secrets, keys = build_secrets(settings, store, generate_key=True)
+            _say_if_generated(keys)
+        else:
+            secrets = keyless_secrets(settings, store)
+        yield secrets, username
     finally:
         _close(store, secrets)
 
@@ -478,8 +487,7 @@ def _set(args: argparse.Namespace) -> int:
     # The names first: nobody should type a value, or get a new master key, only to see a name refused.
     validate_name("server", args.server)
     validate_name("key", args.key)
-    with _users_secrets(args, generate_key=True) as (secrets, username, keys):
-        _say_if_generated(keys)
+    with _users_secrets(args, writes_values=True) as (secrets, username):
         value = _read_value(f"Value of {args.key} for {args.server} (hidden): ")
         result = secrets.set_secret(username, args.server, args.key, value, via="cli")
     _say(f"Secret {result.key} for server {result.server} {result.status} for {username}.")
@@ -489,7 +497,7 @@ def _set(args: argparse.Namespace) -> int:
 def _delete(args: argparse.Namespace) -> int:
     validate_name("server", args.server)  # a mistyped name is told as such, wherever the store is
     validate_name("key", args.key)
-    with _users_secrets(args) as (secrets, username, _):
+    with _users_secrets(args) as (secrets, username):
         try:
             result = secrets.delete_secret(username, args.server, args.key, via="cli")
         except SecretNotFoundError as exc:  # the library's message does not say whose secrets it looked at
@@ -504,7 +512,7 @@ def _delete(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     if args.server:
         validate_name("server", args.server)
-    with _users_secrets(args) as (secrets, username, _):  # never generates a key: a listing changes nothing
+    with _users_secrets(args) as (secrets, username):
         # An empty server means every server (`--server "$SERVER"` unset), as for the tools and REST.
         infos = secrets.list_secret_keys(username, args.server or None)
     if args.json:

@@ -20,6 +20,7 @@ from typing import Literal
 
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.errors import (
+    ConfigurationError,
     InvalidInputError,
     SecretNotFoundError,
     StoreUnavailableError,
@@ -115,17 +116,31 @@ class Secrets:
     def __init__(
         self,
         store: SecretStore,
-        encryptor: SecretEncryptor,
+        encryptor: SecretEncryptor | None,
         *,
         clock: Callable[[], datetime] = _utcnow,
         max_secrets_per_user: int = MAX_SECRETS_PER_USER,
     ) -> None:
+        """The service over ``store``; with no ``encryptor``, one that never reads or writes a value.
+
+        That one lists names and timestamps, deletes and reads the trail, for a process that holds no
+        master key; reading or writing a value then says the key is needed.
+        """
         self.store = store
-        self.encryptor = encryptor
+        self._encryptor = encryptor
         self.max_secrets_per_user = max_secrets_per_user
         self.uses = UseRecorder(store)
         self._clock = clock
         self._change_listeners: dict[object, Callable[[str, str], None]] = {}
+
+    @property
+    def encryptor(self) -> SecretEncryptor:
+        """The encryptor of values; ``ConfigurationError`` for a service made without a master key."""
+        if self._encryptor is None:
+            raise ConfigurationError(
+                "this needs the master key: set MCP_SECRETS_MASTER_KEY or MCP_SECRETS_MASTER_KEY_FILE"
+            )
+        return self._encryptor
 
     def on_change(self, listener: Callable[[str, str], None]) -> Callable[[], None]:
         """Call ``listener(username, server)`` after each secret this service writes or deletes.
