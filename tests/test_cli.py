@@ -25,6 +25,7 @@ from _mongo_wire import PRIMARY_HELLO, WTIMEOUT, mongo_wire_server, server_holdi
 from conftest import command_parsers, isolated_env, new_canary
 from mcp_secrets.cli import build_parser
 from mcp_secrets.crypto import generate_master_key
+from mcp_secrets.store import UNCONFIRMED
 from mcp_secrets.store.sqlite import SQLiteStore
 
 TOKEN = re.compile(r"mcps_([0-9a-f]{10})_[A-Za-z0-9_-]{43}")
@@ -286,6 +287,42 @@ def test_token_revoke_the_replica_set_did_not_confirm_says_to_treat_it_as_revoke
     assert [(event["actor"], event["action"], event["detail"]) for event in inserted] == [
         ("alice", "token-revoked", "token t1; not confirmed by the database")
     ]
+
+
+def test_token_create_the_replica_set_did_not_confirm_revokes_the_token_it_never_shows(
+    env: dict[str, str],
+) -> None:
+    """Perhaps made, and nobody would ever hold it: it must not stay live, unknown and without an event."""
+    inserted: dict[str, list[dict[str, Any]]] = {}
+    updates: list[dict[str, Any]] = []
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        name, collection = next(iter(command.items()))
+        if name in {"find", "listIndexes"}:
+            return {"ok": 1, "cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": []}}
+        if name == "insert":
+            inserted.setdefault(collection, []).extend(command["documents"])
+            if collection == "api_tokens":  # made on the primary, not replicated as asked within wtimeoutMS
+                return {"ok": 1, "n": 1, "writeConcernError": WTIMEOUT}
+        if name == "update":
+            updates.extend(command["updates"])
+            return {"ok": 1, "n": 1, "nModified": 1}
+        return {"ok": 1, "n": 1}
+
+    with mongo_wire_server(answer, hello=PRIMARY_HELLO) as port:
+        url = f"mongodb://127.0.0.1:{port}/db?directConnection=true&w=majority&wtimeoutMS=1000"
+        done = mcp_secrets_cli({**env, "MCP_SECRETS_DATABASE_URL": url}, "token", "create", "alice")
+
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    [token] = inserted["api_tokens"]
+    assert f"token {token['token_id']} was revoked" in done.stderr
+    assert "not shown" in done.stderr
+    assert [update["q"]["token_id"] for update in updates] == [token["token_id"]]
+    assert [(event["actor"], event["action"]) for event in inserted["audit_events"]] == [
+        ("alice", "token-revoked")
+    ]
+    assert UNCONFIRMED in inserted["audit_events"][0]["detail"]
 
 
 def test_token_revoke_takes_the_whole_token_and_never_echoes_it(env: dict[str, str]) -> None:

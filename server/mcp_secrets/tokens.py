@@ -13,6 +13,7 @@ import secrets as _random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import NoReturn
 
 from mcp_secrets.errors import (
     InvalidInputError,
@@ -72,11 +73,38 @@ class ApiTokens:
             expires_at=None if expires_in is None else now + expires_in,
             label=label,
         )
-        self.store.put_token(record)
+        try:
+            self.store.put_token(record)
+        except WriteUnconfirmedError:
+            self._revoke_unshown(record)
         self.store.add_event(
             AuditEvent(now, username, "token-created", detail=f"token {token_id}", transport=self.via)
         )
         return NewToken(record, token)
+
+    def _revoke_unshown(self, record: TokenRecord) -> NoReturn:
+        """Revoke a token the database made but did not confirm, and raise: it is never shown.
+
+        It may be live, and nobody would ever hold it or see it listed with an event: revoked at once,
+        it cannot stay so. The caller makes another.
+        """
+        now = self._clock()
+        detail = f"token {record.token_id}; its creation was {UNCONFIRMED}, so it was revoked, never shown"
+        try:
+            self.store.revoke_token(record.token_id, now)
+            self.store.add_event(
+                AuditEvent(now, record.username, "token-revoked", detail=detail, transport=self.via)
+            )
+        except StoreUnavailableError:
+            raise WriteUnconfirmedError(
+                f"the database did not confirm the new token {record.token_id} as its write concern asks, "
+                f"and it could not be revoked: it was not shown; revoke token {record.token_id}, then "
+                "create another"
+            ) from None
+        raise WriteUnconfirmedError(
+            f"the database did not confirm the new token as its write concern asks: token "
+            f"{record.token_id} was revoked and not shown; create another"
+        )
 
     def list(self, username: str | None = None) -> list[TokenRecord]:
         """Every token record, of one user when given; hashes only."""
