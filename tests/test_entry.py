@@ -30,7 +30,7 @@ from conftest import assert_not_leaked, isolated_env, new_canary, text_of
 from mcp_secrets.app import ENTRY_REQUEST, GATEWAY_LINKS, EntrySettings, build_server, missing_secrets_hint
 from mcp_secrets.crypto import SecretEncryptor, generate_master_key, parse_master_key
 from mcp_secrets.entry import ENTRY_PATH, LINK_TTL, MAX_LIVE_LINKS, EntryLink, EntryLinks, LinkState
-from mcp_secrets.errors import EntryLinkError, InvalidInputError, StoreUnavailableError
+from mcp_secrets.errors import EntryLinkError, InvalidInputError, StoreUnavailableError, WriteUnconfirmedError
 from mcp_secrets.identity import LocalIdentity
 from mcp_secrets.secrets import MAX_VALUE_BYTES, Secrets
 from mcp_secrets.store import LinkRecord
@@ -187,6 +187,29 @@ def test_a_link_works_once(links: EntryLinks, link: EntryLink, secrets: Secrets)
     assert state == "used"
     assert record is not None
     assert record.used_at is not None
+
+
+def test_a_claim_the_database_did_not_confirm_gives_the_link_back_to_submit_again(
+    links: EntryLinks, link: EntryLink, secrets: Secrets, canary: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MongoDB outside a transaction: the claim is made on the primary, then not replicated as asked in
+    # time. The link must not stay used up with nothing stored: the user could only ask for another.
+    claim = secrets.store.claim_link
+
+    def claimed_but_unconfirmed(link_hash: str, now: datetime) -> bool:
+        claim(link_hash, now)
+        raise WriteUnconfirmedError("the MongoDB server made the change but did not confirm it")
+
+    monkeypatch.setattr(secrets.store, "claim_link", claimed_but_unconfirmed)
+    with pytest.raises(WriteUnconfirmedError) as unconfirmed:
+        links.submit(link.token, canary)
+    monkeypatch.undo()
+
+    assert links.state(link.token) == "live"
+    assert secrets.get_secrets("alice", "github") == {}
+    links.submit(link.token, canary)  # the user's second try
+    assert secrets.get_secrets("alice", "github") == {"TOKEN": canary}
+    assert_not_leaked(unconfirmed.value, canary)
 
 
 def test_concurrent_submissions_of_one_link_store_exactly_one_value(

@@ -12,11 +12,12 @@ import hashlib
 import hmac
 import secrets as _random
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
-from mcp_secrets.errors import EntryLinkError, InvalidInputError
+from mcp_secrets.errors import EntryLinkError, InvalidInputError, StoreUnavailableError, WriteUnconfirmedError
 from mcp_secrets.secrets import Secrets, validate_name, validate_username, validate_value
 from mcp_secrets.store import LinkRecord
 
@@ -127,7 +128,14 @@ class EntryLinks:
         if record is None or state != "live":
             raise EntryLinkError("this link is not valid", gone=state in ("used", "expired"))
         # Claim first, so two submissions of one link cannot both store; give it back if storing fails.
-        if not self.secrets.store.claim_link(record.link_hash, self._clock()):
+        try:
+            claimed = self.secrets.store.claim_link(record.link_hash, self._clock())
+        except WriteUnconfirmedError:
+            # Perhaps made: given back, so a second try can store, instead of finding the link used up.
+            with suppress(StoreUnavailableError):
+                self.secrets.store.release_link(record.link_hash)
+            raise
+        if not claimed:
             raise EntryLinkError("this link has just been used or has expired", gone=True)
         try:
             self.secrets.set_secret(record.username, record.server, record.key, value, via="entry-page")
