@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
@@ -66,6 +66,7 @@ from conftest import assert_no_fragment_of, new_canary
 from mcp_secrets import gateway as gateway_module
 from mcp_secrets.app import build_server, missing_secrets_hint
 from mcp_secrets.gateway import Gateway, load_gateway_config
+from mcp_secrets.gateway import relay as relay_module
 from mcp_secrets.gateway import stdio as gateway_stdio
 from mcp_secrets.gateway.pool import Connection, DownstreamPool
 from mcp_secrets.gateway.redact import Redactor
@@ -1087,6 +1088,99 @@ async def test_each_concurrent_call_gets_its_own_log_messages(
             calls.start_soon(second.call_tool, "down__work", {"steps": steps["second"]})
 
     assert {name: len(logs) for name, logs in received.items()} == steps
+
+
+@dataclass
+class Heard:
+    """What one client was sent during its calls: log messages and progress; an event at its first log."""
+
+    logs: list[LoggingMessageNotificationParams] = field(default_factory=list)
+    progress: list[tuple[float, float | None, str | None]] = field(default_factory=list)
+    first_log: anyio.Event = field(default_factory=anyio.Event)
+
+    async def on_log(self, params: LoggingMessageNotificationParams) -> None:
+        self.logs.append(params)
+        self.first_log.set()
+
+    async def on_progress(self, done: float, total: float | None, message: str | None) -> None:
+        self.progress.append((done, total, message))
+
+
+FLOOD_STEPS = 1000  # far past what a call has relayed at once
+
+
+async def test_a_downstream_flooding_a_call_with_logs_and_progress_reaches_its_client_within_the_bounds(
+    sqlite_secrets: Secrets, gateway: Gateway, canary: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing is allowed again while the call runs: a client gets what is relayed at once and no more,
+    # however long the flood takes.
+    monkeypatch.setattr(relay_module, "LOG_MESSAGES_PER_SECOND", 0)
+    monkeypatch.setattr(relay_module, "PROGRESS_PER_SECOND", 0)
+    at_once = relay_module.LOG_MESSAGES_AT_ONCE
+    progress_at_once = relay_module.PROGRESS_AT_ONCE
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
+    sqlite_secrets.set_secret("bob", "down", "TOKEN", fresh_value("bob"))
+    heard = {"alice": Heard(), "bob": Heard()}
+    results: dict[str, CallToolResult] = {}
+
+    async with (
+        connect(
+            sqlite_secrets, gateway, "alice", logging_callback=heard["alice"].on_log, log_level="debug"
+        ) as alice,
+        connect(
+            sqlite_secrets, gateway, "bob", logging_callback=heard["bob"].on_log, log_level="debug"
+        ) as bob,
+    ):
+
+        async def flood() -> None:
+            results["flood"] = await alice.call_tool(
+                "down__work", {"steps": FLOOD_STEPS}, progress_callback=heard["alice"].on_progress
+            )
+
+        async with anyio.create_task_group() as calls:
+            calls.start_soon(flood)
+            with anyio.fail_after(STARTUP_SECONDS):
+                await heard["alice"].first_log.wait()
+            # bob's call runs meanwhile, on his own connection, with his own bounds.
+            results["bob"] = await bob.call_tool(
+                "down__work", {"steps": 3}, progress_callback=heard["bob"].on_progress
+            )
+        flooded = Heard(list(heard["alice"].logs), list(heard["alice"].progress))
+        # The bounds are per call: alice's next call is relayed whole.
+        results["again"] = await alice.call_tool(
+            "down__work", {"steps": 3}, progress_callback=heard["alice"].on_progress
+        )
+
+    label = "[redacted TOKEN]"
+    assert [text_of(results[name]) for name in ("flood", "bob", "again")] == [
+        f"done in {FLOOD_STEPS} steps",
+        "done in 3 steps",
+        "done in 3 steps",
+    ]
+    *relayed, dropped = flooded.logs
+    assert [(log.level, log.data) for log in relayed] == [("info", f"working with {label}")] * at_once
+    assert dropped.level == "warning"
+    assert f"{FLOOD_STEPS - at_once} log messages" in str(dropped.data)
+    assert len(flooded.progress) == progress_at_once + 1
+    assert flooded.progress[:progress_at_once] == [
+        (step, FLOOD_STEPS, f"step {step} as {label}") for step in range(1, progress_at_once + 1)
+    ]
+    assert flooded.progress[-1] == (
+        FLOOD_STEPS,
+        FLOOD_STEPS,
+        f"step {FLOOD_STEPS} as {label}",
+    )  # the last one
+    assert [log.data for log in heard["alice"].logs[len(flooded.logs) :]] == [f"working with {label}"] * 3
+    assert heard["alice"].progress[len(flooded.progress) :] == [
+        (step, 3, f"step {step} as {label}") for step in (1, 2, 3)
+    ]
+    assert [log.data for log in heard["bob"].logs] == [f"working with {label}"] * 3
+    assert heard["bob"].progress == [(step, 3, f"step {step} as {label}") for step in (1, 2, 3)]
+    shown = json.dumps([log.model_dump(mode="json") for log in heard["alice"].logs]) + json.dumps(
+        heard["alice"].progress
+    )
+    assert_no_spelling_of(canary, shown)
+    assert_no_spelling_of(canary, everything_in(results["flood"]))
 
 
 # logging/setLevel, deprecated as of 2026-07-28, is what the handshake protocols' clients send.

@@ -16,11 +16,10 @@ import math
 import os
 import re
 import secrets as _random
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import anyio
 import httpx2
@@ -32,9 +31,8 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import SubscriptionLost
 from mcp.server.mcpserver import Context
-from mcp.server.session import ServerSession
 from mcp.shared.dispatcher import ProgressFnT
-from mcp.shared.exceptions import MCPDeprecationWarning, MCPError, UrlElicitationRequiredError
+from mcp.shared.exceptions import MCPError, UrlElicitationRequiredError
 from mcp.shared.message import ServerMessageMetadata
 from mcp_types import (
     HEADER_MISMATCH,
@@ -51,7 +49,6 @@ from mcp_types import (
     ErrorData,
     InputRequest,
     InputRequiredResult,
-    LoggingLevel,
     LoggingMessageNotificationParams,
     Tool,
     ToolListChangedNotification,
@@ -72,12 +69,13 @@ from mcp_secrets.gateway.config import (
 )
 from mcp_secrets.gateway.pool import Connection, DownstreamPool, GatewayBusyError, StartTimeoutError, Turn
 from mcp_secrets.gateway.redact import Redactor
+from mcp_secrets.gateway.relay import CallRelay, set_log_level
 from mcp_secrets.gateway.stdio import MAX_MESSAGE_BYTES, stdio_client
 from mcp_secrets.offload import run_store_work
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.tokens import ApiTokens
 
-__all__ = ["Gateway", "GatewayConfig", "ServerStatus", "load_gateway_config"]
+__all__ = ["Gateway", "GatewayConfig", "ServerStatus", "load_gateway_config", "set_log_level"]
 
 logger = logging.getLogger(__name__)
 REMOTE_TIMEOUT_SECONDS = 30.0  # to connect and to send
@@ -104,10 +102,6 @@ LISTING_CHARS = MAX_MESSAGE_BYTES
 # tool's name is checked before any secret is read: it goes into the audit trail.
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,128}")
 TOOL_NAME_RULE = "1 to 128 characters of letters, digits, '_', '-', '.' or '/'"
-# Where a connection keeps the level its client set with logging/setLevel (the handshake protocols;
-# from 2026-07-28 each request asks for its own, and the SDK drops what is below it).
-LOG_LEVEL_STATE = "mcp_secrets.log_level"
-LOG_LEVELS: tuple[LoggingLevel, ...] = get_args(LoggingLevel)  # least severe first
 # The first protocol revision whose clients are asked in a call's result, not by a request.
 INPUT_REQUIRED_VERSION = "2026-07-28"
 # A tool name cut to fit ends in '-' and this many hex digits of the SHA-256 of the downstream's name.
@@ -280,9 +274,10 @@ class Gateway:
         async with self._session(username, server, ctx, purpose=f"tools/call {parts[1]}") as (
             connection,
             redactor,
+            relay,
         ):
             assert connection.client is not None  # noqa: S101 - set before the pool hands it out
-            forward = _progress_forwarder(ctx, redactor)
+            forward = relay.progress if relay is not None else None
             try:
                 client = connection.client
                 tool = await self._downstream_name(username, server, name, client)
@@ -331,7 +326,7 @@ class Gateway:
             wait_seconds=wait_seconds,
             listing=True,
         )
-        async with session as (connection, redactor):
+        async with session as (connection, redactor, _):
             assert connection.client is not None  # noqa: S101
             seconds = self.pool.start_seconds
             try:
@@ -367,9 +362,10 @@ class Gateway:
         offer_links: bool = True,
         wait_seconds: float = math.inf,
         listing: bool = False,
-    ) -> AsyncIterator[tuple[Connection, Redactor]]:
+    ) -> AsyncIterator[tuple[Connection, Redactor, CallRelay | None]]:
         """The caller's connection to ``server``, opened with their secrets of that server only.
 
+        With it, what relays the call's log messages and progress to the client of ``ctx``, if any.
         ``wait_seconds`` bounds the wait for a call of the same caller to the same server to end; a
         ``listing`` waits for another listing up to the start bound.
         """
@@ -421,13 +417,8 @@ class Gateway:
             ):
                 record_injected()  # a live connection holds the values: this call uses them
                 holder["connection"] = connection
-                connection.on_log = _log_forwarder(ctx, redactor)
-                connection.on_elicit = _elicitation_forwarder(ctx, redactor, server.name)
-                connection.on_elicit_complete = _completion_forwarder(ctx, redactor)
-                try:
-                    yield connection, redactor
-                finally:
-                    connection.on_log = connection.on_elicit = connection.on_elicit_complete = None
+                async with _relaying(connection, ctx, redactor, server.name) as relay:
+                    yield connection, redactor, relay
         except (GatewayBusyError, MissingSecretsError, DownstreamError, UrlElicitationRequiredError):
             raise
         except StartTimeoutError as exc:
@@ -840,30 +831,29 @@ def _relays(holder: dict[str, Connection], tools_changed: Callable[[], None]) ->
     }
 
 
-def set_log_level(session: ServerSession, level: LoggingLevel) -> None:
-    """Relay the downstreams' log messages on ``session``'s connection from ``level`` up."""
-    # The SDK's per-connection state has no public way in from a request's session.
-    session._connection.state[LOG_LEVEL_STATE] = level  # noqa: SLF001
+@asynccontextmanager
+async def _relaying(
+    connection: Connection, ctx: Context[Any, Any] | None, redactor: Redactor, server: str
+) -> AsyncIterator[CallRelay | None]:
+    """While inside, what ``connection``'s downstream sends goes to the client of ``ctx``'s call, if any.
 
-
-def _log_forwarder(
-    ctx: Context[Any, Any] | None, redactor: Redactor
-) -> Callable[[LoggingMessageNotificationParams], Any] | None:
-    if ctx is None:
-        return None
-
-    state = ctx.request_context.session._connection.state  # noqa: SLF001 - as in set_log_level
-
-    async def forward(params: LoggingMessageNotificationParams) -> None:
-        if LOG_LEVELS.index(params.level) < LOG_LEVELS.index(state.get(LOG_LEVEL_STATE, LOG_LEVELS[0])):
-            return  # below the level the client set
-        with warnings.catch_warnings():
-            # Logging is deprecated as of 2026-07-28 but clients still use it: relay it quietly.
-            warnings.simplefilter("ignore", MCPDeprecationWarning)
-            logger_name = redactor.text(params.logger) if params.logger is not None else None
-            await ctx.log(params.level, redactor.data(params.data), logger_name=logger_name)
-
-    return forward
+    At the end, the call's client is sent what its relay held back, before its result or error.
+    """
+    relay = CallRelay(ctx, redactor, server) if ctx is not None else None
+    connection.on_log = relay.log if relay is not None else None
+    connection.on_elicit = _elicitation_forwarder(ctx, redactor, server)
+    connection.on_elicit_complete = _completion_forwarder(ctx, redactor)
+    try:
+        try:
+            yield relay
+        except Exception:
+            if relay is not None:  # a failed call's client is told too; a cancelled one is gone
+                await relay.finish()
+            raise
+        if relay is not None:
+            await relay.finish()
+    finally:
+        connection.on_log = connection.on_elicit = connection.on_elicit_complete = None
 
 
 def _takes_elicitation(ctx: Context[Any, Any], mode: Literal["form", "url"]) -> bool:
@@ -933,15 +923,5 @@ def _completion_forwarder(
         # Redacted as the question's id was, so that the client finds the question it was shown.
         shown = redactor.text(elicitation_id)
         await ctx.request_context.session.send_elicit_complete(shown, ctx.request_id)
-
-    return forward
-
-
-def _progress_forwarder(ctx: Context[Any, Any] | None, redactor: Redactor) -> ProgressFnT | None:
-    if ctx is None:
-        return None
-
-    async def forward(progress: float, total: float | None, message: str | None) -> None:
-        await ctx.report_progress(progress, total, redactor.text(message) if message is not None else None)
 
     return forward

@@ -1,0 +1,135 @@
+"""What a downstream sends during a call, relayed to that call's client: redacted, and bounded.
+
+A downstream may send log messages and progress without end during a call. Each one relayed costs a
+redaction and a message to the client, so a call relays a burst of them at once and then a few a second:
+a long task still keeps its client informed, and a flood reaches it as a trickle.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any, get_args
+
+import anyio
+from mcp.server.mcpserver import Context
+from mcp.server.session import ServerSession
+from mcp.shared.exceptions import MCPDeprecationWarning
+from mcp_types import LoggingLevel, LoggingMessageNotificationParams
+
+from mcp_secrets.gateway.redact import Redactor
+
+# A call's log messages relayed at once, then each second: past them, the rest are dropped and the client
+# is told how many at the end of the call (nothing of what they said).
+LOG_MESSAGES_AT_ONCE = 100
+LOG_MESSAGES_PER_SECOND = 10.0
+# Progress only says how far a call got, and a client shows the latest: the ones in between may go, but
+# the furthest one is relayed before the result. Some clients take progress as a sign of life that
+# extends a call's timeout, so it keeps coming, a few a second, through a long call.
+PROGRESS_AT_ONCE = 20
+PROGRESS_PER_SECOND = 4.0
+# Where a connection keeps the level its client set with logging/setLevel (the handshake protocols;
+# from 2026-07-28 each request asks for its own, and the SDK drops what is below it).
+LOG_LEVEL_STATE = "mcp_secrets.log_level"
+LOG_LEVELS: tuple[LoggingLevel, ...] = get_args(LoggingLevel)  # least severe first
+# The logger name of the gateway's own word to a client about its call.
+GATEWAY_LOGGER = "mcp-secrets"
+
+
+def set_log_level(session: ServerSession, level: LoggingLevel) -> None:
+    """Relay the downstreams' log messages on ``session``'s connection from ``level`` up."""
+    # The SDK's per-connection state has no public way in from a request's session.
+    session._connection.state[LOG_LEVEL_STATE] = level  # noqa: SLF001
+
+
+class Allowance:
+    """Lets ``at_once`` events through at once, then ``per_second`` more each second (of ``clock``)."""
+
+    def __init__(
+        self, at_once: int, per_second: float, clock: Callable[[], float] = anyio.current_time
+    ) -> None:
+        self._at_once = at_once
+        self._per_second = per_second
+        self._clock = clock
+        self._left = float(at_once)
+        self._since = clock()
+
+    def take(self) -> bool:
+        """True when one more event may go through now."""
+        now = self._clock()
+        self._left = min(self._at_once, self._left + (now - self._since) * self._per_second)
+        self._since = now
+        if self._left < 1:
+            return False
+        self._left -= 1
+        return True
+
+
+class CallRelay:
+    """One call's log messages and progress, relayed to its client redacted, within the bounds above."""
+
+    def __init__(self, ctx: Context[Any, Any], redactor: Redactor, server: str) -> None:
+        self._ctx = ctx
+        self._redactor = redactor
+        self._server = server
+        self._session = ctx.request_context.session
+        self._logs = Allowance(LOG_MESSAGES_AT_ONCE, LOG_MESSAGES_PER_SECOND)
+        self._progress = Allowance(PROGRESS_AT_ONCE, PROGRESS_PER_SECOND)
+        self._dropped_logs = 0
+        self._furthest = -math.inf
+        self._held_back: tuple[float, float | None, str | None] | None = None
+        self._finished = False
+
+    async def log(self, params: LoggingMessageNotificationParams) -> None:
+        """Relay a downstream's log message, unless it is below the client's level or past the bound."""
+        if self._finished or not self._wanted(params.level):
+            return
+        if not self._logs.take():
+            self._dropped_logs += 1  # dropped before it is redacted: a flood costs a count, not a redaction
+            return
+        logger_name = self._redactor.text(params.logger) if params.logger is not None else None
+        await self._send_log(params.level, self._redactor.data(params.data), logger_name)
+
+    async def progress(self, progress: float, total: float | None, message: str | None) -> None:
+        """Relay a downstream's progress when it moved on, unless past the bound (then it is held back)."""
+        if self._finished or progress <= self._furthest:
+            return  # progress must grow: one that does not says nothing new
+        self._furthest = progress
+        if not self._progress.take():
+            self._held_back = (progress, total, message)
+            return
+        self._held_back = None
+        await self._send_progress(progress, total, message)
+
+    async def finish(self) -> None:
+        """Relay the furthest progress held back, and say how many log messages were dropped; then no more."""
+        self._finished = True
+        held_back, self._held_back = self._held_back, None
+        if held_back is not None:
+            await self._send_progress(*held_back)
+        if self._dropped_logs and self._wanted("warning"):
+            await self._send_log(
+                "warning",
+                f"{self._dropped_logs} log messages of downstream server {self._server} were dropped: a call "
+                f"relays {LOG_MESSAGES_AT_ONCE} at once, then {LOG_MESSAGES_PER_SECOND:g} a second",
+                GATEWAY_LOGGER,
+            )
+
+    def _wanted(self, level: LoggingLevel) -> bool:
+        """True when the client takes a message at ``level``: its level or above, opted in on 2026-07-28."""
+        state = self._session._connection.state  # noqa: SLF001 - as in set_log_level
+        if LOG_LEVELS.index(level) < LOG_LEVELS.index(state.get(LOG_LEVEL_STATE, LOG_LEVELS[0])):
+            return False
+        # The SDK would drop it unsent; the check costs less than redacting it first.
+        return level in self._session._allowed_log_levels  # noqa: SLF001
+
+    async def _send_log(self, level: LoggingLevel, data: object, logger_name: str | None) -> None:
+        with warnings.catch_warnings():
+            # Logging is deprecated as of 2026-07-28 but clients still use it: relay it quietly.
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            await self._ctx.log(level, data, logger_name=logger_name)
+
+    async def _send_progress(self, progress: float, total: float | None, message: str | None) -> None:
+        shown = self._redactor.text(message) if message is not None else None
+        await self._ctx.report_progress(progress, total, shown)
