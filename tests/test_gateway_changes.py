@@ -11,6 +11,7 @@ from mcp.shared.subscriptions import ServerEvent, ToolsListChanged
 
 from mcp_secrets.gateway import changes as changes_module
 from mcp_secrets.gateway.changes import LISTENING_USER, StillTheirs, ToolListChanges
+from mcp_secrets.gateway.listen import FIRST_PAUSE_SECONDS, LIVED_LONG_SECONDS, LONGEST_PAUSE_SECONDS, Backoff
 from mcp_secrets.store.sqlite import SQLiteStore
 from mcp_secrets.tokens import ApiTokens
 
@@ -109,3 +110,17 @@ async def test_changes_of_a_user_while_their_clients_are_being_told_are_told_onc
     assert checks["most"] == 1
     assert told_after_the_first == [ToolsListChanged()] * 2
     assert heard == [ToolsListChanged()] * 3
+
+
+def test_the_pause_before_listening_again_doubles_up_to_the_longest_and_starts_over_after_a_long_stream() -> (
+    None
+):
+    backoff = Backoff()
+
+    at_once = [backoff.pause_after(0.0) for _ in range(8)]
+    after_a_long_stream = backoff.pause_after(LIVED_LONG_SECONDS)
+    then_at_once = backoff.pause_after(0.5)
+
+    assert at_once == [min(FIRST_PAUSE_SECONDS * 2**n, LONGEST_PAUSE_SECONDS) for n in range(8)]
+    assert at_once[-1] == LONGEST_PAUSE_SECONDS
+    assert (after_a_long_stream, then_at_once) == (FIRST_PAUSE_SECONDS, 2 * FIRST_PAUSE_SECONDS)

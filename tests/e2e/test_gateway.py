@@ -66,6 +66,7 @@ from conftest import assert_no_fragment_of, new_canary
 from mcp_secrets import gateway as gateway_module
 from mcp_secrets.app import build_server, missing_secrets_hint
 from mcp_secrets.gateway import Gateway, load_gateway_config
+from mcp_secrets.gateway import listen as listen_module
 from mcp_secrets.gateway import relay as relay_module
 from mcp_secrets.gateway import stdio as gateway_stdio
 from mcp_secrets.gateway.pool import Connection, DownstreamPool
@@ -689,6 +690,81 @@ async def test_a_remote_downstream_whose_tools_changed_tells_its_users_clients(
 
     assert after == before | {"down__unlocked"}
     assert untold(alices) == 0
+
+
+def closing_listen_entry(closes: str, listens: Path) -> dict[str, Any]:
+    """The unlocking downstream on 2026-07-28, closing its ``once`` first or ``always`` every listen stream at
+    once, and adding a line to ``listens`` at each listen request it is sent."""
+    entry = unlocking_entry("2026-07-28")
+    env = {**entry["env"], "DOWNSTREAM_CLOSES_LISTEN": closes, "DOWNSTREAM_LISTEN_FILE": str(listens)}
+    return {**entry, "env": env}
+
+
+def listen_requests(listens: Path) -> int:
+    return len(listens.read_text(encoding="utf-8").splitlines()) if listens.exists() else 0
+
+
+async def test_a_downstreams_listen_stream_that_it_closed_is_opened_again_and_its_changes_still_told(
+    sqlite_secrets: Secrets, tmp_path: Path
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    listens = tmp_path / "listens"
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": closing_listen_entry("once", listens)}) as gw,
+        watching(functools.partial(connect, sqlite_secrets, gw, "alice"), "auto") as (alice, alices),
+    ):
+        before = down_tools((await alice.list_tools()).tools)
+        with anyio.fail_after(STARTUP_SECONDS):
+            while listen_requests(listens) < 2:  # the downstream's own count: the gateway listened again
+                await anyio.sleep(0.05)
+        assert not (await alice.call_tool("down__unlock", {})).is_error
+        await told_of_a_change(alices)
+        after = down_tools((await alice.list_tools()).tools)
+
+    assert after == before | {"down__unlocked"}
+    assert untold(alices) == 0
+
+
+async def test_a_downstream_closing_every_listen_stream_at_once_is_listened_to_after_longer_and_longer_pauses(
+    sqlite_secrets: Secrets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    listens = tmp_path / "listens"
+    pauses: list[float] = []
+    all_paused = anyio.Event()
+    stopped = anyio.Event()
+    watched = 8  # pauses until the longest, and one more
+
+    async def pause(seconds: float) -> None:
+        # The pauses are recorded, not waited out; the last one lasts until the connection closes.
+        pauses.append(seconds)
+        if len(pauses) < watched:
+            return
+        all_paused.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            stopped.set()
+
+    monkeypatch.setattr(listen_module, "pause_before_listening_again", pause)
+    async with running_gateway(
+        sqlite_secrets, tmp_path, {"down": closing_listen_entry("always", listens)}
+    ) as gw:
+        hash_of(await call(sqlite_secrets, gw, "alice", "token_hash"))  # opens alice's connection
+        with anyio.fail_after(STARTUP_SECONDS):
+            await all_paused.wait()
+        requests = listen_requests(listens)
+        gw.pool.close_idle(("alice", "down"))
+        with anyio.fail_after(CLOSE_SECONDS):
+            await stopped.wait()  # closing the connection ends its listening
+
+    # One listen request before each pause, none in between: no busy loop, whatever the downstream does.
+    assert requests == watched
+    first, longest = listen_module.FIRST_PAUSE_SECONDS, listen_module.LONGEST_PAUSE_SECONDS
+    doubling = [min(first * 2**n, longest) for n in range(watched)]
+    assert pauses == doubling
+    assert pauses[-2:] == [longest, longest]
 
 
 async def test_a_listing_after_a_downstream_said_its_tools_changed_waits_for_the_call_still_running(

@@ -17,7 +17,7 @@ import os
 import re
 import secrets as _random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,7 +29,6 @@ from mcp.client.session import ClientRequestContext, ElicitationFnT, IncomingMes
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
-from mcp.client.subscriptions import SubscriptionLost
 from mcp.server.mcpserver import Context
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError, UrlElicitationRequiredError
@@ -53,7 +52,7 @@ from mcp_types import (
     Tool,
     ToolListChangedNotification,
 )
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS, is_version_at_least
+from mcp_types.version import is_version_at_least
 from pydantic import BaseModel, ValidationError
 
 from mcp_secrets.errors import SecretsError
@@ -67,6 +66,7 @@ from mcp_secrets.gateway.config import (
     origin,
     substitute,
 )
+from mcp_secrets.gateway.listen import listening_for_tool_changes
 from mcp_secrets.gateway.pool import Connection, DownstreamPool, GatewayBusyError, StartTimeoutError, Turn
 from mcp_secrets.gateway.redact import Redactor
 from mcp_secrets.gateway.relay import CallRelay, set_log_level
@@ -83,9 +83,6 @@ REMOTE_TIMEOUT_SECONDS = 30.0  # to connect and to send
 REMOTE_READ_SECONDS = 300.0
 # How long a downstream whose call failed may take to show it is still well, before it is replaced.
 ALIVE_SECONDS = 10.0
-# How long a downstream on 2026-07-28 may take to open the subscriptions/listen stream on which the
-# gateway hears that its tools changed; past it, the gateway goes on without hearing it.
-LISTEN_SECONDS = 10.0
 # (user, server) tool listings kept to answer a listing while that user's call holds the downstream;
 # a long-running gateway meets many users, so the least recently listed goes past this many.
 KNOWN_LISTINGS = 1024
@@ -490,7 +487,7 @@ class Gateway:
                 )
                 async with (
                     Client(transport, **relays) as client,
-                    _listening_for_tool_changes(client, server.name),
+                    listening_for_tool_changes(client, server.name),
                 ):
                     yield client
 
@@ -500,7 +497,7 @@ class Gateway:
             if server.remote_transport == "sse":
                 async with (
                     Client(sse_client(url, headers=headers), **relays) as client,
-                    _listening_for_tool_changes(client, server.name),
+                    listening_for_tool_changes(client, server.name),
                 ):
                     yield client
                 return
@@ -515,7 +512,7 @@ class Gateway:
                     streamable_http_client(url, http_client=http, max_sse_event_size=MAX_MESSAGE_BYTES),
                     **relays,
                 ) as client,
-                _listening_for_tool_changes(client, server.name),
+                listening_for_tool_changes(client, server.name),
             ):
                 yield client
 
@@ -765,26 +762,6 @@ def _describe(exc: BaseException) -> str:
         return f"{type(exc).__name__}: {exc.response.status_code} {exc.response.reason_phrase}"
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-@asynccontextmanager
-async def _listening_for_tool_changes(client: Client, server: str) -> AsyncIterator[None]:
-    """While inside, a server on 2026-07-28 that declares ``tools.listChanged`` can say its tools changed.
-
-    It says so on a ``subscriptions/listen`` stream, which the SDK also hands to the message handler of
-    ``_relays``; a server of the handshake says so on its session, straight to that handler.
-    """
-    tools = client.server_capabilities.tools
-    if client.protocol_version not in MODERN_PROTOCOL_VERSIONS or tools is None or not tools.list_changed:
-        yield
-        return
-    async with AsyncExitStack() as stack:
-        try:
-            with anyio.fail_after(LISTEN_SECONDS):
-                await stack.enter_async_context(client.listen(tools_list_changed=True))
-        except (MCPError, SubscriptionLost, TimeoutError) as exc:  # its tools work all the same
-            logger.info("tool changes of server %s will not be heard: %s", server, type(exc).__name__)
-        yield
 
 
 def _relays(holder: dict[str, Connection], tools_changed: Callable[[], None]) -> dict[str, Any]:
