@@ -27,9 +27,14 @@ from hypothesis import strategies as st
 from pymongo.errors import DuplicateKeyError
 
 from _mongo_wire import MONGOS_HELLO, WTIMEOUT, mongo_wire_server
-from conftest import STORE_KINDS
+from conftest import STORE_KINDS, assert_not_leaked
 from mcp_secrets.crypto import SecretEncryptor
-from mcp_secrets.errors import ConfigurationError, StoreUnavailableError, WriteUnconfirmedError
+from mcp_secrets.errors import (
+    ConfigurationError,
+    StoreUnavailableError,
+    UnreadableRecordError,
+    WriteUnconfirmedError,
+)
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import (
     UNCONFIRMED,
@@ -48,6 +53,7 @@ from mcp_secrets.store.sqlite import SQLiteStore
 T0 = datetime(2025, 3, 14, 9, 26, 53, 589000, tzinfo=timezone.utc)
 T1 = T0 + timedelta(minutes=5)
 T2 = T0 + timedelta(hours=1)
+FAR_AHEAD = datetime(2999, 1, 1, tzinfo=timezone.utc)
 
 mongo_backends = pytest.mark.parametrize(
     "store", [kind for kind in STORE_KINDS if kind != "sqlite"], indirect=True
@@ -389,6 +395,141 @@ def test_revoke_token_succeeds_once_and_the_record_stays_findable(store: SecretS
     assert revoked is not None
     assert revoked.revoked_at == T1
     assert [token.revoked_at for token in store.list_tokens()] == [T1, None]
+
+
+# --- records another tool wrote, on every backend -------------------------------------------------
+
+_UNSET = object()  # the field taken out of the document (MongoDB; SQLite's columns are always there)
+
+
+def alter_stored(store: SecretStore, table: str, match: dict[str, str], field: str, value: object) -> None:
+    """Change one stored field behind the store's back, as another tool (sqlite3, mongosh) would."""
+    if isinstance(store, SQLiteStore):
+        where = " AND ".join(f"{name} = ?" for name in match)
+        with contextlib.closing(sqlite3.connect(store.path)) as database, database:
+            database.execute(f"UPDATE {table} SET {field} = ? WHERE {where}", (value, *match.values()))  # noqa: S608
+        return
+    assert isinstance(store, MongoStore)
+    change = {"$unset": {field: ""}} if value is _UNSET else {"$set": {field: value}}
+    assert store._secrets.database[table].update_one(match, change).matched_count == 1
+
+
+@pytest.fixture
+def two_of_each(store: SecretStore) -> SecretStore:
+    """Alice's and Bob's records, tokens, events and links: Alice's are the ones a test alters."""
+    for username, server, key in [("alice", "github", "B"), ("alice", "gitlab", "A"), ("bob", "github", "B")]:
+        store.put_secret(username, server, key, f"ciphertext of {username}/{server}/{key}", T0)
+    store.put_token(_token("t1", "alice"))
+    store.put_token(_token("t2", "bob"))
+    store.add_event(AuditEvent(T0, "alice", "updated", "github", "B"))
+    store.add_event(AuditEvent(T0, "bob", "updated", "github", "B"))
+    for link_id, username in [("l1", "alice"), ("l2", "bob")]:
+        # Far ahead: mongomock, like MongoDB, drops an expired link by its TTL index.
+        store.put_link(
+            LinkRecord(link_id, f"sha256-of-{link_id}", username, "github", "TOKEN", T0, FAR_AHEAD)
+        )
+    return store
+
+
+_ALICES_SECRET = {"username": "alice", "server": "github", "key": "B"}
+_SECRET_NAMED = "username 'alice', server 'github', key 'B'"
+_TOKEN_NAMED = "token_id 't1', username 'alice'"
+_EVENT_NAMED = "actor 'alice', server 'github', key 'B'"
+_LINK_NAMED = "link_id 'l1', username 'alice', server 'github', key 'TOKEN'"
+# Each: the table, the record, the field, what SQLite then holds, what MongoDB then holds, how the record
+# is named, a read that includes it, and reads that do not.
+MALFORMED: dict[str, tuple[Any, ...]] = {
+    "secret-value-not-text": (
+        "user_secrets", _ALICES_SECRET, "value",
+        lambda canary: canary.encode(), lambda canary: {"ciphertext": canary},
+        _SECRET_NAMED, lambda store: store.find_secrets("alice", "github"),
+    ),
+    "secret-server-missing": (
+        "user_secrets", _ALICES_SECRET, "server",
+        lambda canary: canary.encode(), lambda _: _UNSET,
+        None, lambda store: store.find_secrets("alice"),
+    ),
+    "secret-updated_at-not-a-date": (
+        "user_secrets", _ALICES_SECRET, "updated_at",
+        lambda canary: canary, lambda canary: canary,
+        _SECRET_NAMED, lambda store: store.find_secrets("alice", "github"),
+    ),
+    "secret-last_used_at-not-a-date": (
+        "user_secrets", _ALICES_SECRET, "last_used_at",
+        lambda canary: canary, lambda _: 12345,
+        _SECRET_NAMED, lambda store: store.scan_secrets(None, 10),
+    ),
+    "token-hash-missing": (
+        "api_tokens", {"token_id": "t1"}, "token_hash",
+        lambda canary: canary.encode(), lambda _: _UNSET,
+        _TOKEN_NAMED, lambda store: store.list_tokens(),
+    ),
+    "token-created_at-not-a-date": (
+        "api_tokens", {"token_id": "t1"}, "created_at",
+        lambda canary: canary, lambda canary: canary,
+        _TOKEN_NAMED, lambda store: store.find_token("sha256-of-t1"),
+    ),
+    "event-at-not-a-date": (
+        "audit_events", {"actor": "alice"}, "at",
+        lambda canary: canary, lambda canary: canary,
+        _EVENT_NAMED, lambda store: store.list_events(),
+    ),
+    "event-detail-not-text": (
+        "audit_events", {"actor": "alice"}, "detail",
+        lambda canary: canary.encode(), lambda canary: [canary],
+        _EVENT_NAMED, lambda store: store.list_events("alice"),
+    ),
+    "link-expires_at-not-a-date": (
+        "entry_links", {"link_id": "l1"}, "expires_at",
+        lambda canary: canary, lambda canary: canary,
+        _LINK_NAMED, lambda store: store.find_link("sha256-of-l1"),
+    ),
+    "link-used_at-not-a-date": (
+        "entry_links", {"link_id": "l1"}, "used_at",
+        lambda canary: canary, lambda canary: {"at": canary},
+        _LINK_NAMED, lambda store: store.find_link("sha256-of-l1"),
+    ),
+}  # fmt: skip
+
+
+def _reads_of_the_others(store: SecretStore) -> list[object]:
+    """What Bob, and Alice's other server, read: none of it includes an altered record."""
+    return [
+        _triples(store, "alice", "gitlab"),
+        _triples(store, "bob"),
+        [token.token_id for token in store.list_tokens("bob")],
+        store.find_token("sha256-of-t2") is not None,
+        [event.actor for event in store.list_events("bob")],
+        store.find_link("sha256-of-l2") is not None,
+    ]
+
+
+@pytest.mark.parametrize("case", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_record_of_the_wrong_shape_fails_the_reads_that_include_it_naming_it_and_no_other(
+    two_of_each: SecretStore, case: tuple[Any, ...], canary: str
+) -> None:
+    table, match, field, in_sqlite, in_mongo, named, read = case
+    store = two_of_each
+    sqlite = isinstance(store, SQLiteStore)
+    expected = _reads_of_the_others(store)
+    alter_stored(store, table, match, field, (in_sqlite if sqlite else in_mongo)(canary))
+
+    with pytest.raises(UnreadableRecordError) as raised:
+        read(store)
+
+    where = f"the table {table}" if sqlite else f"the collection {table}"
+    if named is None:  # the field that names it is the one gone: named by what is left
+        named = (
+            "username 'alice', server of type bytes, key 'B'"
+            if sqlite
+            else "username 'alice', server missing, key 'B'"
+        )
+    assert f"{named} in {where} cannot be read" in str(raised.value)
+    assert f"its field {field} holds " in str(raised.value)
+    assert isinstance(raised.value, StoreUnavailableError)
+    assert_not_leaked(raised.value, canary)
+    assert raised.value.__cause__ is None
+    assert _reads_of_the_others(store) == expected
 
 
 # --- operator injection ---------------------------------------------------------------------------

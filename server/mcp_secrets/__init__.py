@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         SecretsError,
         StoreUnavailableError,
         UnauthorisedError,
+        UnreadableRecordError,
         WriteUnconfirmedError,
     )
     from mcp_secrets.secrets import SecretKeyInfo, Secrets, UpdateResult
@@ -41,6 +42,7 @@ _HOMES = {
     "Settings": "config",
     "StoreUnavailableError": "errors",
     "UnauthorisedError": "errors",
+    "UnreadableRecordError": "errors",
     "UpdateResult": "secrets",
     "WriteUnconfirmedError": "errors",
     "generate_master_key": "crypto",
@@ -59,6 +61,7 @@ __all__ = [
     "Settings",
     "StoreUnavailableError",
     "UnauthorisedError",
+    "UnreadableRecordError",
     "UpdateResult",
     "WriteUnconfirmedError",
     "__version__",

@@ -27,6 +27,18 @@ class WriteUnconfirmedError(StoreUnavailableError):
     """Raised when MongoDB made a change but did not confirm it as its write concern asks: it may not last."""
 
 
+class UnreadableRecordError(StoreUnavailableError):
+    """Raised when a stored record has a field missing or of another type: another tool wrote it.
+
+    The message names the record by its names (username, server, key; a token's id), never by a value;
+    ``record`` holds those names when each is a string, so that a caller can read on after it.
+    """
+
+    def __init__(self, message: str, *, record: tuple[str, ...] | None = None) -> None:
+        super().__init__(message)
+        self.record = record
+
+
 class DecryptionError(SecretsError):
     """Raised when a stored ciphertext does not decrypt: tampered, moved to another record, or wrong key."""
 

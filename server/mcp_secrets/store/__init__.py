@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from mcp_secrets.errors import ConfigurationError
+from mcp_secrets.errors import ConfigurationError, UnreadableRecordError
 
 _NONBLOCKING: ContextVar[bool] = ContextVar("mcp_secrets_store_nonblocking", default=False)
 
@@ -119,6 +119,60 @@ def latest_uses(uses: Iterable[SecretUse]) -> dict[tuple[str, str, str], datetim
             if record not in latest or latest[record] < at:
                 latest[record] = at
     return latest
+
+
+# The fields that name a record of each table (SQLite) or collection (MongoDB) in an error: never a value, a
+# hash or a detail.
+RECORD_NAMES = {
+    "user_secrets": ("username", "server", "key"),
+    "api_tokens": ("token_id", "username"),
+    "entry_links": ("link_id", "username", "server", "key"),
+    "audit_events": ("actor", "server", "key"),
+}
+
+
+class FieldError(Exception):
+    """A stored record's field is missing or of a type no record of this store holds; raised while reading."""
+
+    def __init__(self, field: str, found: object, expected: str) -> None:
+        # The type of what was found, never what it is: it may be (or hold) a value.
+        kind = "nothing" if found is None else _KINDS.get(type(found).__name__, f"a {type(found).__name__}")
+        super().__init__(f"its field {field} holds {kind}, not {expected}")
+
+
+_KINDS = {"str": "a string", "bytes": "bytes", "int": "an integer", "float": "a number", "dict": "a document"}
+
+
+def _named(found: object) -> str:
+    if type(found) is str:
+        return repr(found)
+    return "missing" if found is None else f"of type {type(found).__name__}"
+
+
+def record_names(table: str, fields: Mapping[str, object]) -> tuple[str, tuple[str, ...] | None]:
+    """How to name a record of ``table`` holding ``fields`` in an error, and its names when all are strings.
+
+    Only the fields of ``RECORD_NAMES`` are shown, and only those that are strings: another type may hold
+    anything, a value included.
+    """
+    names = RECORD_NAMES.get(table, ())
+    found = [fields.get(name) for name in names]
+    which = ", ".join(f"{name} {_named(value)}" for name, value in zip(names, found, strict=True))
+    texts = [value for value in found if type(value) is str]
+    return which, tuple(texts) if len(texts) == len(found) else None
+
+
+def unreadable_record(
+    where: str, table: str, fields: Mapping[str, object], fault: FieldError
+) -> UnreadableRecordError:
+    """The error for a record of ``table`` that cannot be read; ``where`` is "row" or "document"."""
+    which, record = record_names(table, fields)
+    container = "table" if where == "row" else "collection"
+    return UnreadableRecordError(
+        f"the {where} of {which} in the {container} {table} cannot be read ({fault}): correct or remove it "
+        "(README, Storage)",
+        record=record,
+    )
 
 
 @dataclass(frozen=True)

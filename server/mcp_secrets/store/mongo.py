@@ -32,16 +32,24 @@ from pymongo.server_type import SERVER_TYPE
 from pymongo.uri_parser import parse_uri
 from pymongo.write_concern import WriteConcern
 
-from mcp_secrets.errors import ConfigurationError, StoreUnavailableError, WriteUnconfirmedError
+from mcp_secrets.errors import (
+    ConfigurationError,
+    StoreUnavailableError,
+    UnreadableRecordError,
+    WriteUnconfirmedError,
+)
 from mcp_secrets.store import (
     UNCONFIRMED,
     AuditEvent,
+    FieldError,
     LimitReached,
     LinkRecord,
     SecretRecord,
     SecretUse,
     TokenRecord,
     latest_uses,
+    record_names,
+    unreadable_record,
 )
 
 DEFAULT_DATABASE = "mcp_secrets"
@@ -81,13 +89,6 @@ Query = Callable[[Collection[Any]], Cursor[Any]]
 _ENCODE_ERRORS = (InvalidDocument, OverflowError, UnicodeEncodeError)
 # And for a document it cannot decode (written by another tool): a date outside years 1 to 9999, say.
 _DECODE_ERRORS = (InvalidBSON, UnicodeDecodeError)
-# The fields that name a document of each collection in an error: never a value, a hash or a detail.
-_NAMES = {
-    SECRETS_COLLECTION: ("username", "server", "key"),
-    TOKENS_COLLECTION: ("token_id", "username"),
-    LINKS_COLLECTION: ("link_id", "username", "server", "key"),
-    EVENTS_COLLECTION: ("actor", "server", "key"),
-}
 
 
 def _text(field: str, value: str) -> str:
@@ -121,17 +122,57 @@ def _utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=timezone.utc)
 
 
+def _stored_text(document: Document, field: str, default: str | None = None) -> str:
+    """A string field of a stored document; ``default`` where it is missing or null, if given."""
+    stored = document.get(field)
+    if stored is None and default is not None:
+        return default
+    if type(stored) is not str:  # another tool may have written any type, or none
+        raise FieldError(field, stored, "a string")
+    return stored
+
+
+def _stored_time(document: Document, field: str) -> datetime | None:
+    """A date field of a stored document, in UTC; None where it is missing or null."""
+    stored = document.get(field)
+    if stored is None:
+        return None
+    if not isinstance(stored, datetime):
+        raise FieldError(field, stored, "a date")
+    return _utc(stored)
+
+
+def _required_time(document: Document, field: str) -> datetime:
+    """A date field every document of its collection has, in UTC."""
+    stored = _stored_time(document, field)
+    if stored is None:
+        raise FieldError(field, stored, "a date")
+    return stored
+
+
+def _converted(collection: str, document: Document, convert: Callable[[Document], T]) -> T:
+    """``convert(document)``; a field of the wrong shape fails naming the document, never its value."""
+    try:
+        return convert(document)
+    except FieldError as fault:
+        raise unreadable_record("document", collection, document, fault) from None
+
+
 def _secret(document: Document) -> SecretRecord:
+    return _converted(SECRETS_COLLECTION, document, _secret_of)
+
+
+def _secret_of(document: Document) -> SecretRecord:
     # The original design wrote no times at all, and an update sets only updated_at: read what there is.
-    updated_at = _utc(document.get("updated_at")) or datetime.now(timezone.utc)
+    updated_at = _stored_time(document, "updated_at") or datetime.now(timezone.utc)
     return SecretRecord(
-        document["username"],
-        document["server"],
-        document["key"],
-        document["value"],
-        _utc(document.get("created_at")) or updated_at,
+        _stored_text(document, "username"),
+        _stored_text(document, "server"),
+        _stored_text(document, "key"),
+        _stored_text(document, "value"),
+        _stored_time(document, "created_at") or updated_at,
         updated_at,
-        _utc(document.get("last_used_at")),
+        _stored_time(document, "last_used_at"),
     )
 
 
@@ -141,14 +182,18 @@ def _to_milliseconds(moment: datetime) -> datetime:
 
 
 def _event(document: Document) -> AuditEvent:
+    return _converted(EVENTS_COLLECTION, document, _event_of)
+
+
+def _event_of(document: Document) -> AuditEvent:
     return AuditEvent(
-        _utc(document["at"]) or datetime.now(timezone.utc),
-        document["actor"],
-        document["action"],
-        document.get("server", ""),
-        document.get("key", ""),
-        document.get("transport", ""),
-        document.get("detail", ""),
+        _required_time(document, "at"),
+        _stored_text(document, "actor"),
+        _stored_text(document, "action"),
+        _stored_text(document, "server", ""),
+        _stored_text(document, "key", ""),
+        _stored_text(document, "transport", ""),
+        _stored_text(document, "detail", ""),
     )
 
 
@@ -165,27 +210,35 @@ def _event_document(event: AuditEvent) -> Document:
 
 
 def _token(document: Document) -> TokenRecord:
+    return _converted(TOKENS_COLLECTION, document, _token_of)
+
+
+def _token_of(document: Document) -> TokenRecord:
     return TokenRecord(
-        document["token_id"],
-        document["username"],
-        document["token_hash"],
-        _utc(document["created_at"]) or datetime.now(timezone.utc),
-        _utc(document.get("expires_at")),
-        _utc(document.get("revoked_at")),
-        document.get("label", ""),
+        _stored_text(document, "token_id"),
+        _stored_text(document, "username"),
+        _stored_text(document, "token_hash"),
+        _required_time(document, "created_at"),
+        _stored_time(document, "expires_at"),
+        _stored_time(document, "revoked_at"),
+        _stored_text(document, "label", ""),
     )
 
 
 def _link(document: Document) -> LinkRecord:
+    return _converted(LINKS_COLLECTION, document, _link_of)
+
+
+def _link_of(document: Document) -> LinkRecord:
     return LinkRecord(
-        document["link_id"],
-        document["link_hash"],
-        document["username"],
-        document["server"],
-        document["key"],
-        _utc(document["created_at"]) or datetime.now(timezone.utc),
-        _utc(document["expires_at"]) or datetime.now(timezone.utc),
-        _utc(document.get("used_at")),
+        _stored_text(document, "link_id"),
+        _stored_text(document, "link_hash"),
+        _stored_text(document, "username"),
+        _stored_text(document, "server"),
+        _stored_text(document, "key"),
+        _required_time(document, "created_at"),
+        _required_time(document, "expires_at"),
+        _stored_time(document, "used_at"),
     )
 
 
@@ -747,26 +800,26 @@ def _read(collection: Collection[Document], query: Query) -> list[Document]:
             raise _unreadable(collection, query(raw), type(exc).__name__) from None
 
 
-def _unreadable(collection: Collection[Document], documents: Cursor[Any], kind: str) -> StoreUnavailableError:
+def _unreadable(collection: Collection[Document], documents: Cursor[Any], kind: str) -> UnreadableRecordError:
     """Say which of ``documents`` does not decode, by the fields that name it where they can be read."""
     # A date out of range comes back as a number and a broken string with replacement characters: enough
     # to read the names by, never to use.
     lenient = collection.codec_options.with_options(
         datetime_conversion=DatetimeConversion.DATETIME_AUTO, unicode_decode_error_handler="replace"
     )
-    which = "a document"
+    which, record = "a document", None
     broken = next(
         (document for document in documents if _decoded(document, collection.codec_options) is None), None
     )
     fields = None if broken is None else _decoded(broken, lenient)
     if fields is not None:
-        which = "the document of " + ", ".join(
-            f"{name} {fields.get(name)!r}" for name in _NAMES.get(collection.name, ())
-        )
-    return StoreUnavailableError(
+        names, record = record_names(collection.name, fields)
+        which = f"the document of {names}"
+    return UnreadableRecordError(
         f"{which} in the collection {collection.name} cannot be read ({kind}): it holds what no record of "
         "this store holds, such as a date outside years 1 to 9999 or a string that is not UTF-8; correct "
-        "or remove it (README, Storage)"
+        "or remove it (README, Storage)",
+        record=record,
     )
 
 

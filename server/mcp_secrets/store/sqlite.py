@@ -16,9 +16,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
 
-from mcp_secrets.errors import StoreUnavailableError
+from mcp_secrets.errors import StoreUnavailableError, UnreadableRecordError
 from mcp_secrets.store import (
     AuditEvent,
+    FieldError,
     LimitReached,
     LinkRecord,
     SecretRecord,
@@ -27,6 +28,7 @@ from mcp_secrets.store import (
     WouldBlock,
     is_nonblocking,
     latest_uses,
+    unreadable_record,
 )
 
 _T = TypeVar("_T")
@@ -102,53 +104,97 @@ def _iso(moment: datetime | None) -> str | None:
     return (moment if moment.tzinfo is timezone.utc else moment.astimezone(timezone.utc)).isoformat()
 
 
-def _moment(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
+def _text(field: str, stored: object) -> str:
+    if type(stored) is not str:  # SQLite keeps whatever another tool wrote: a BLOB, say
+        raise FieldError(field, stored, "text")
+    return stored
 
 
-def _secret(row: tuple[str, str, str, str, str, str, str | None]) -> SecretRecord:
+def _moment(field: str, stored: object) -> datetime:
+    if type(stored) is str:
+        try:
+            moment = datetime.fromisoformat(stored)
+        except ValueError:
+            pass  # named below, never quoted: a field of the wrong shape may hold a value
+        else:
+            # Without an offset (written by hand), UTC: as _iso reads a naive time.
+            return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+    raise FieldError(field, stored, "a time in ISO 8601")
+
+
+def _moment_or_none(field: str, stored: object) -> datetime | None:
+    return None if stored is None else _moment(field, stored)
+
+
+def _unreadable_row(
+    table: str, columns: str, row: Sequence[object], fault: FieldError
+) -> UnreadableRecordError:
+    return unreadable_record("row", table, dict(zip(columns.split(", "), row, strict=True)), fault)
+
+
+def _secret(row: Sequence[object]) -> SecretRecord:
     username, server, key, value, created_at, updated_at, last_used_at = row
-    return SecretRecord(
-        username,
-        server,
-        key,
-        value,
-        datetime.fromisoformat(created_at),
-        datetime.fromisoformat(updated_at),
-        _moment(last_used_at),
-    )
+    try:
+        return SecretRecord(
+            _text("username", username),
+            _text("server", server),
+            _text("key", key),
+            _text("value", value),
+            _moment("created_at", created_at),
+            _moment("updated_at", updated_at),
+            _moment_or_none("last_used_at", last_used_at),
+        )
+    except FieldError as fault:
+        raise _unreadable_row("user_secrets", _SECRET_COLUMNS, row, fault) from None
 
 
-def _event(row: tuple[str, str, str, str, str, str, str]) -> AuditEvent:
+def _event(row: Sequence[object]) -> AuditEvent:
     at, actor, action, server, key, transport, detail = row
-    return AuditEvent(datetime.fromisoformat(at), actor, action, server, key, transport, detail)
+    try:
+        return AuditEvent(
+            _moment("at", at),
+            _text("actor", actor),
+            _text("action", action),
+            _text("server", server),
+            _text("key", key),
+            _text("transport", transport),
+            _text("detail", detail),
+        )
+    except FieldError as fault:
+        raise _unreadable_row("audit_events", _EVENT_COLUMNS, row, fault) from None
 
 
-def _token(row: tuple[str, str, str, str, str | None, str | None, str]) -> TokenRecord:
+def _token(row: Sequence[object]) -> TokenRecord:
     token_id, username, token_hash, created_at, expires_at, revoked_at, label = row
-    return TokenRecord(
-        token_id,
-        username,
-        token_hash,
-        datetime.fromisoformat(created_at),
-        _moment(expires_at),
-        _moment(revoked_at),
-        label,
-    )
+    try:
+        return TokenRecord(
+            _text("token_id", token_id),
+            _text("username", username),
+            _text("token_hash", token_hash),
+            _moment("created_at", created_at),
+            _moment_or_none("expires_at", expires_at),
+            _moment_or_none("revoked_at", revoked_at),
+            _text("label", label),
+        )
+    except FieldError as fault:
+        raise _unreadable_row("api_tokens", _TOKEN_COLUMNS, row, fault) from None
 
 
-def _link(row: tuple[str, str, str, str, str, str, str, str | None]) -> LinkRecord:
+def _link(row: Sequence[object]) -> LinkRecord:
     link_id, link_hash, username, server, key, created_at, expires_at, used_at = row
-    return LinkRecord(
-        link_id,
-        link_hash,
-        username,
-        server,
-        key,
-        datetime.fromisoformat(created_at),
-        datetime.fromisoformat(expires_at),
-        _moment(used_at),
-    )
+    try:
+        return LinkRecord(
+            _text("link_id", link_id),
+            _text("link_hash", link_hash),
+            _text("username", username),
+            _text("server", server),
+            _text("key", key),
+            _moment("created_at", created_at),
+            _moment("expires_at", expires_at),
+            _moment_or_none("used_at", used_at),
+        )
+    except FieldError as fault:
+        raise _unreadable_row("entry_links", _LINK_COLUMNS, row, fault) from None
 
 
 def _unavailable(exc: sqlite3.Error) -> StoreUnavailableError:
