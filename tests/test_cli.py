@@ -1588,6 +1588,36 @@ def test_a_stop_signal_on_stdio_still_ends_the_process_when_closing_fails(env: d
     assert "stopping did not finish cleanly" in done.stderr
 
 
+def test_a_row_another_tool_altered_fails_the_commands_that_read_it_naming_it_and_no_others(
+    env: dict[str, str], canary: str
+) -> None:
+    for username, server in [("alice", "github"), ("alice", "gitlab"), ("bob", "github")]:
+        stored = set_from_stdin(env, new_canary() + "\n", server, "TOKEN", "--user", username)
+        assert stored.returncode == 0, stored.stderr
+    database = Path(env["MCP_SECRETS_DATA_DIR"]) / "secrets.db"
+    with closing(sqlite3.connect(database)) as connection, connection:
+        connection.execute(
+            "UPDATE user_secrets SET updated_at = ? WHERE username = 'alice' AND server = 'github'", (canary,)
+        )
+
+    listed = mcp_secrets_cli(env, "list", "--user", "alice")
+    others = mcp_secrets_cli(env, "list", "--user", "bob")
+    rotated = mcp_secrets_cli(env, "rotate")
+
+    named = "the row of username 'alice', server 'github', key 'TOKEN' in the table user_secrets"
+    assert listed.returncode == 1
+    assert listed.stderr.startswith(f"mcp-secrets: error: {named} cannot be read (its field updated_at")
+    assert len(listed.stderr.splitlines()) == 1  # no traceback
+    assert others.returncode == 0, others.stderr
+    assert "github" in others.stdout
+    assert rotated.returncode == 1, rotated.stderr
+    assert "3 records scanned" in rotated.stderr
+    assert "1 failed" in rotated.stderr
+    assert f"failed: user alice, server github, key TOKEN: {named}" in rotated.stderr
+    for done in (listed, others, rotated):
+        assert (canary in done.stdout + done.stderr) is False
+
+
 # --- stdout piped into a reader that stops early ------------------------------------------------------
 
 LONG_LISTING = 3000  # rows: far more than a pipe buffers (64 KiB on Linux)

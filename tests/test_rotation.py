@@ -15,7 +15,9 @@ from mcp_secrets.rotation import RotationReport, rotate
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import SecretRecord, SecretStore
 from mcp_secrets.store.mongo import MongoStore
+from mcp_secrets.store.sqlite import SQLiteStore
 from test_crypto import fresh_master_key, legacy_ciphertext
+from test_store import alter_stored
 
 Record = tuple[str, str, str]
 
@@ -260,6 +262,41 @@ def test_a_record_in_no_known_format_is_reported_as_such_by_run_and_dry_run_alik
     [failure] = [f for f in report.failed if (f.username, f.server, f.key) == ("bob", "linear", "TOKEN")]
     assert "not in a ciphertext format mcp-secrets can read" in failure.reason
     assert "legacy" not in failure.reason
+
+
+@pytest.mark.usefixtures("values")
+@pytest.mark.parametrize("batch_size", [1, 2, 500])
+@pytest.mark.parametrize("field", ["value", "updated_at"])
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
+def test_a_record_another_tool_left_unreadable_is_reported_and_the_others_rotate(
+    rotating: Secrets, key_b: bytes, batch_size: int, field: str, dry_run: bool
+) -> None:
+    # Not a stop at the first batch holding it: a run would stop there again, each time it is run.
+    broken = ("alice", "slack", "TOKEN")
+    canary = new_canary()
+    sqlite = isinstance(rotating.store, SQLiteStore)
+    held = {"value": canary.encode() if sqlite else [canary], "updated_at": canary}[field]
+    alter_stored(
+        rotating.store,
+        "user_secrets",
+        dict(zip(("username", "server", "key"), broken, strict=True)),
+        field,
+        held,
+    )
+
+    report = rotate(rotating, dry_run=dry_run, batch_size=batch_size)
+
+    assert outcome(report) == (EVERY_RECORD, EVERY_RECORD - 1, 0, 0, 1)
+    [failure] = report.failed
+    assert (failure.username, failure.server, failure.key) == broken
+    assert f"cannot be read (its field {field} holds " in failure.reason
+    assert (canary in failure.reason) is False
+    others = [("alice", "github"), ("alice", "linear"), ("bob", "github"), ("carol", "github")]
+    readable = [record for where in others for record in rotating.store.find_secrets(*where)]
+    assert len(readable) == EVERY_RECORD - 1
+    wanted = key_id_for(key_b) if not dry_run else None
+    if wanted is not None:
+        assert {rotating.encryptor.key_id_of(record.value) for record in readable} == {wanted}
 
 
 # --- writes racing the rotation ------------------------------------------------------------------

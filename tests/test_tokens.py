@@ -18,6 +18,7 @@ from mcp_secrets.errors import InvalidInputError, SecretNotFoundError
 from mcp_secrets.store import SecretStore
 from mcp_secrets.store.sqlite import SQLiteStore
 from mcp_secrets.tokens import ApiTokens
+from test_store import alter_stored
 
 # Whole milliseconds: a BSON date keeps no finer, and these tests run on every backend.
 T0 = datetime(2025, 3, 14, 9, 26, 53, 589000, tzinfo=timezone.utc)
@@ -229,6 +230,16 @@ def test_has_any_counts_revoked_tokens(tokens: ApiTokens) -> None:
     assert tokens.has_any() is False
     new = tokens.create("alice")
     tokens.revoke(new.record.token_id)
+
+    assert tokens.has_any() is True
+
+
+def test_has_any_counts_a_token_whose_record_another_tool_left_unreadable(
+    tokens: ApiTokens, store: SecretStore
+) -> None:
+    # Asked as an HTTP server starts: it must neither fail to start nor offer a first token over it.
+    new = tokens.create("alice")
+    alter_stored(store, "api_tokens", {"token_id": new.record.token_id}, "created_at", "not a time")
 
     assert tokens.has_any() is True
 

@@ -14,11 +14,13 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 
 from mcp_secrets.crypto import LEGACY_KEY_ID
-from mcp_secrets.errors import DecryptionError, InvalidInputError
+from mcp_secrets.errors import DecryptionError, InvalidInputError, UnreadableRecordError
 from mcp_secrets.secrets import OPERATOR, Secrets
 from mcp_secrets.store import SecretRecord
 
 DEFAULT_BATCH_SIZE = 500
+
+Names = tuple[str, str, str]  # a record's username, server and key
 
 
 @dataclass(frozen=True)
@@ -64,19 +66,17 @@ def rotate(
     store, encryptor = secrets.store, secrets.encryptor
     report = RotationReport(active_key_id=encryptor.active_key_id)
     total = store.count_secrets()
-    after: tuple[str, str, str] | None = None
+    after: Names | None = None
     try:
-        while batch := store.scan_secrets(after, batch_size):
+        while True:
+            batch, last = _next_batch(secrets, after, batch_size, report)
+            if last is None:
+                break
             for record in batch:
                 report.scanned += 1
-                if not _needs_rewrap(secrets, record, only_legacy=only_legacy):
-                    report.already_current += 1
-                elif dry_run:
-                    _count(secrets, record, report)
-                else:
-                    _rewrap(secrets, record, report)
-            last = batch[-1]
-            after = (last.username, last.server, last.key)
+                if record is not None:  # None cannot be read: report.failed has it already
+                    _handle(secrets, record, report, only_legacy=only_legacy, dry_run=dry_run)
+            after = last
             if on_progress is not None:
                 on_progress(report.scanned, max(total, report.scanned))
     except BaseException:
@@ -87,6 +87,59 @@ def rotate(
     if not dry_run:
         _record(secrets, report, only_legacy=only_legacy, stopped=False)
     return report
+
+
+def _handle(
+    secrets: Secrets, record: SecretRecord, report: RotationReport, *, only_legacy: bool, dry_run: bool
+) -> None:
+    """Re-encrypt one record (a dry run: count it) if it needs it."""
+    if not _needs_rewrap(secrets, record, only_legacy=only_legacy):
+        report.already_current += 1
+    elif dry_run:
+        _count(secrets, record, report)
+    else:
+        _rewrap(secrets, record, report)
+
+
+def _next_batch(
+    secrets: Secrets, after: Names | None, limit: int, report: RotationReport
+) -> tuple[list[SecretRecord | None], Names | None]:
+    """Up to ``limit`` records after ``after``, and the names of the last; None when there are none left.
+
+    A record that cannot be read is None in the list, and in ``report.failed``: passed over, not stopped at,
+    since a run stopped there would stop there again each time it was run.
+    """
+    try:
+        records = secrets.store.scan_secrets(after, limit)
+    except UnreadableRecordError:
+        return _read_one_at_a_time(secrets, after, limit, report)
+    if not records:
+        return [], None
+    last = records[-1]
+    return [*records], (last.username, last.server, last.key)
+
+
+def _read_one_at_a_time(
+    secrets: Secrets, after: Names | None, limit: int, report: RotationReport
+) -> tuple[list[SecretRecord | None], Names | None]:
+    """``_next_batch`` of a stretch holding a record that cannot be read: each record asked for alone."""
+    batch: list[SecretRecord | None] = []
+    while len(batch) < limit:
+        try:
+            found = secrets.store.scan_secrets(after, 1)
+        except UnreadableRecordError as exc:
+            if exc.record is None or len(exc.record) != len(("username", "server", "key")):
+                raise  # its names cannot be read either: there is nothing to read on after
+            username, server, key = exc.record
+            report.failed.append(RecordFailure(username, server, key, str(exc)))
+            batch.append(None)
+            after = (username, server, key)
+            continue
+        if not found:
+            break
+        batch.append(found[0])
+        after = (found[0].username, found[0].server, found[0].key)
+    return batch, after if batch else None
 
 
 def _record(secrets: Secrets, report: RotationReport, *, only_legacy: bool, stopped: bool) -> None:

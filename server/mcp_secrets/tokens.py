@@ -19,6 +19,7 @@ from mcp_secrets.errors import (
     InvalidInputError,
     SecretNotFoundError,
     StoreUnavailableError,
+    UnreadableRecordError,
     WriteUnconfirmedError,
 )
 from mcp_secrets.secrets import validate_username
@@ -159,7 +160,10 @@ class ApiTokens:
 
     def has_any(self) -> bool:
         """True once any token, live or revoked, exists."""
-        return bool(self.store.list_tokens())
+        try:
+            return bool(self.store.list_tokens())
+        except UnreadableRecordError:
+            return True  # one that cannot be read is still a token: the server starts, offering no new one
 
 
 def _is_live(record: TokenRecord, now: datetime) -> bool:
