@@ -273,6 +273,10 @@ def test_token_revoke_the_replica_set_did_not_confirm_says_to_treat_it_as_revoke
             return {"ok": 1, "cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": batch}}
         if name == "update":  # made on the primary, not replicated to a majority within wtimeoutMS
             return {"ok": 1, "n": 1, "nModified": 1, "writeConcernError": WTIMEOUT}
+        if name == "findAndModify":  # the same, answered as findAndModify answers: with the document
+            revoked = {**token, "revoked_at": created}
+            lasterror = {"n": 1, "updatedExisting": True}
+            return {"ok": 1, "lastErrorObject": lasterror, "value": revoked, "writeConcernError": WTIMEOUT}
         if name == "insert":
             inserted.extend(command["documents"])
         return {"ok": 1, "n": 1}

@@ -387,9 +387,9 @@ def test_revoke_token_succeeds_once_and_the_record_stays_findable(store: SecretS
     store.put_token(_token("t1"))
     store.put_token(_token("t2"))
 
-    assert store.revoke_token("t1", T1) is True
-    assert store.revoke_token("t1", T2) is False
-    assert store.revoke_token("no-such-token", T1) is False
+    assert store.revoke_token("t1", T1) == _token("t1", revoked_at=T1)
+    assert store.revoke_token("t1", T2) is None
+    assert store.revoke_token("no-such-token", T1) is None
 
     revoked = store.find_token("sha256-of-t1")
     assert revoked is not None
@@ -532,6 +532,32 @@ def test_a_record_of_the_wrong_shape_fails_the_reads_that_include_it_naming_it_a
     assert _reads_of_the_others(store) == expected
 
 
+def test_find_token_by_id_finds_one_token_revoked_or_not(store: SecretStore) -> None:
+    store.put_token(_token("t1"))
+    store.put_token(_token("t2", "bob"))
+    store.revoke_token("t2", T1)
+
+    assert store.find_token_by_id("t1") == _token("t1")
+    assert store.find_token_by_id("t2") == _token("t2", "bob", revoked_at=T1)
+    assert store.find_token_by_id("t3") is None
+
+
+def test_a_token_revokes_and_is_found_by_id_while_another_tokens_record_cannot_be_read(
+    two_of_each: SecretStore,
+) -> None:
+    store = two_of_each
+    alter_stored(
+        store,
+        "api_tokens",
+        {"token_id": "t2"},
+        "token_hash",
+        b"" if isinstance(store, SQLiteStore) else _UNSET,
+    )
+
+    assert store.find_token_by_id("t1") == _token("t1")
+    assert store.revoke_token("t1", T1) == _token("t1", revoked_at=T1)
+
+
 # --- operator injection ---------------------------------------------------------------------------
 
 HOSTILE = [{"$ne": "x"}, {"$ne": None}, {"$gt": ""}, {"$regex": ".*"}]
@@ -557,6 +583,7 @@ def test_an_operator_in_place_of_a_name_reaches_no_record(store: SecretStore, ho
     assert not _attempt(lambda: store.find_token(hostile))
     assert not _attempt(lambda: store.list_tokens(hostile))
     assert not _attempt(lambda: store.revoke_token(hostile, T1))
+    assert not _attempt(lambda: store.find_token_by_id(hostile))
 
     assert _triples(store, "alice") == [("github", "TOKEN", "alices-ciphertext")]
     assert [(token.token_id, token.revoked_at) for token in store.list_tokens()] == [("t1", None)]
@@ -596,6 +623,7 @@ MONGO_CALLS: dict[str, Callable[[MongoStore, Any], object]] = {
     "find_token": lambda store, bad: store.find_token(bad),
     "list_tokens": lambda store, bad: store.list_tokens(bad),
     "revoke_token": lambda store, bad: store.revoke_token(bad, T0),
+    "find_token_by_id": lambda store, bad: store.find_token_by_id(bad),
     "count_events": lambda store, bad: store.count_events(bad),
     "delete_events": lambda store, bad: store.delete_events(bad, 10),
     "count_secrets": lambda store, bad: store.count_secrets(bad),
@@ -678,14 +706,14 @@ def test_mongo_updates_never_name_one_field_under_two_operators(
     # $set and $setOnInsert say (ConflictingUpdateOperators); mongomock applies one of them and goes on.
     sent: list[dict[str, dict[str, Any]]] = []
     for collection in (mongo_store._secrets, mongo_store._tokens, mongo_store._links):
+        for method in ("update_one", "find_one_and_update"):
+            real = getattr(collection, method)
 
-        def recording(
-            selector: Any, update: Any, *args: Any, _real: Any = collection.update_one, **kwargs: Any
-        ) -> Any:
-            sent.append(update)
-            return _real(selector, update, *args, **kwargs)
+            def recording(selector: Any, update: Any, *args: Any, _real: Any = real, **kwargs: Any) -> Any:
+                sent.append(update)
+                return _real(selector, update, *args, **kwargs)
 
-        monkeypatch.setattr(collection, "update_one", recording)
+            monkeypatch.setattr(collection, method, recording)
     mongo_store.put_secret("alice", "github", "TOKEN", "ciphertext-1", T0)  # created
     mongo_store.put_secret("alice", "github", "TOKEN", "ciphertext-2", T1)  # replaced
     mongo_store.replace_value("alice", "github", "TOKEN", "ciphertext-2", "ciphertext-3")
@@ -1165,6 +1193,7 @@ STORE_READS: dict[str, Callable[[MongoStore], object]] = {
     "scan_secrets": lambda store: store.scan_secrets(None, 10),
     "list_events": lambda store: store.list_events("alice"),
     "find_token": lambda store: store.find_token("hash"),
+    "find_token_by_id": lambda store: store.find_token_by_id("t1"),
     "list_tokens": lambda store: store.list_tokens(),
     "find_link": lambda store: store.find_link("hash"),
     "count_live_links": lambda store: store.count_live_links("alice", T0),

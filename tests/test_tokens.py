@@ -234,6 +234,21 @@ def test_has_any_counts_revoked_tokens(tokens: ApiTokens) -> None:
     assert tokens.has_any() is True
 
 
+def test_a_token_revokes_while_another_tokens_record_cannot_be_read(
+    tokens: ApiTokens, store: SecretStore
+) -> None:
+    # Revoking read every token to find the one revoked: one unreadable record stopped every revocation.
+    kept, other = tokens.create("alice"), tokens.create("bob")
+    alter_stored(store, "api_tokens", {"token_id": other.record.token_id}, "created_at", "not a time")
+
+    revoked = tokens.revoke(kept.record.token_id)
+
+    assert revoked == dataclasses.replace(kept.record, revoked_at=T0)
+    assert tokens.verify(kept.token) is None
+    [event] = store.list_events("alice", limit=1)
+    assert (event.action, event.detail) == ("token-revoked", f"token {kept.record.token_id}")
+
+
 def test_has_any_counts_a_token_whose_record_another_tool_left_unreadable(
     tokens: ApiTokens, store: SecretStore
 ) -> None:

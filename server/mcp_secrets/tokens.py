@@ -117,11 +117,13 @@ class ApiTokens:
             token_id = token_id.removeprefix(TOKEN_PREFIX).split("_", 1)[0]
         now = self._clock()
         try:
-            revoked = self.store.revoke_token(token_id, now)
+            record = self.store.revoke_token(token_id, now)
         except WriteUnconfirmedError:
             # Made on the database, and likely to last: the trail records it, saying it is unconfirmed.
             try:
-                self._record_revocation(token_id, now, f"token {token_id}; {UNCONFIRMED}")
+                # Its record is read by its id: the unconfirmed write returned none.
+                found = self.store.find_token_by_id(token_id)
+                self._record_revocation(found, now, f"token {token_id}; {UNCONFIRMED}")
                 recorded = ""
             except StoreUnavailableError:
                 recorded = "; its audit event could not be written"
@@ -130,21 +132,17 @@ class ApiTokens:
                 "the token as revoked, and revoke it again (once that says there is no live token with that "
                 f"id, the revocation is confirmed){recorded}"
             ) from None
-        if not revoked:
+        if record is None:
             # Not echoed: a user may have pasted a whole token here.
             raise SecretNotFoundError("there is no live token with that id (see `mcp-secrets token list`)")
-        record = self._record_revocation(token_id, now, f"token {token_id}")
-        if record is None:  # deleted between the two calls, by hand
-            raise SecretNotFoundError("there is no live token with that id (see `mcp-secrets token list`)")
+        self._record_revocation(record, now, f"token {token_id}")
         return record
 
-    def _record_revocation(self, token_id: str, now: datetime, detail: str) -> TokenRecord | None:
-        """Write a revocation's audit event; the token's record, or None when there is none."""
-        record = next((record for record in self.store.list_tokens() if record.token_id == token_id), None)
+    def _record_revocation(self, record: TokenRecord | None, now: datetime, detail: str) -> None:
+        """Write a revocation's audit event, as its token's owner's; none for a token no longer there."""
         if record is not None:
             event = AuditEvent(now, record.username, "token-revoked", detail=detail, transport=self.via)
             self.store.add_event(event)
-        return record
 
     def verify(self, token: str) -> TokenRecord | None:
         """The live record of ``token``, or None if it is unknown, revoked or expired."""

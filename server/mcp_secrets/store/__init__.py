@@ -290,12 +290,19 @@ class SecretStore(Protocol):
         """The token record with this hash, revoked or not."""
         ...
 
+    def find_token_by_id(self, token_id: str) -> TokenRecord | None:
+        """The token record with this id, revoked or not."""
+        ...
+
     def list_tokens(self, username: str | None = None) -> list[TokenRecord]:
         """Every token record (of one user, when given), oldest first."""
         ...
 
-    def revoke_token(self, token_id: str, now: datetime) -> bool:
-        """Mark a token revoked; return False when no live token has this id."""
+    def revoke_token(self, token_id: str, now: datetime) -> TokenRecord | None:
+        """Mark a live token revoked, and return its record as revoked; None when no live token has this id.
+
+        One atomic step, which reads no other token.
+        """
         ...
 
     def put_link(self, link: LinkRecord) -> None:

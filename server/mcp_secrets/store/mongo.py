@@ -13,7 +13,7 @@ from bson import ObjectId
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.errors import InvalidBSON, InvalidDocument
 from bson.raw_bson import RawBSONDocument
-from pymongo import MongoClient, ReadPreference, UpdateMany
+from pymongo import MongoClient, ReadPreference, ReturnDocument, UpdateMany
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.cursor import Cursor
@@ -629,6 +629,12 @@ class MongoStore:
         documents = _read(self._tokens, lambda tokens: tokens.find(selector, {"_id": False}).limit(1))
         return _token(documents[0]) if documents else None
 
+    def find_token_by_id(self, token_id: str) -> TokenRecord | None:
+        """The token record with this id, revoked or not."""
+        selector = {"token_id": _text("token_id", token_id)}
+        documents = _read(self._tokens, lambda tokens: tokens.find(selector, {"_id": False}).limit(1))
+        return _token(documents[0]) if documents else None
+
     def list_tokens(self, username: str | None = None) -> list[TokenRecord]:
         """Every token record (of one user, when given), oldest first."""
         selector = {} if username is None else {"username": _text("username", username)}
@@ -638,13 +644,16 @@ class MongoStore:
         )
         return [_token(document) for document in documents]
 
-    def revoke_token(self, token_id: str, now: datetime) -> bool:
-        """Mark a token revoked; return False when no live token has this id."""
+    def revoke_token(self, token_id: str, now: datetime) -> TokenRecord | None:
+        """Mark a live token revoked; its record as revoked, or None when no live token has this id."""
         with _available(TOKENS_COLLECTION):
-            result = self._tokens.update_one(
-                {"token_id": _text("token_id", token_id), "revoked_at": None}, {"$set": {"revoked_at": now}}
+            document = self._tokens.find_one_and_update(
+                {"token_id": _text("token_id", token_id), "revoked_at": None},
+                {"$set": {"revoked_at": now}},
+                # No projection: mongomock, which the tests run on, finds the document again by its _id.
+                return_document=ReturnDocument.AFTER,
             )
-        return result.modified_count > 0
+        return None if document is None else _token(document)
 
     def put_link(self, link: LinkRecord) -> None:
         """Insert a new entry link; the TTL index drops expired ones."""

@@ -680,6 +680,16 @@ class SQLiteStore:
         )
         return None if row is None else _token(row)
 
+    def find_token_by_id(self, token_id: str) -> TokenRecord | None:
+        """The token record with this id, revoked or not."""
+        row = self._run(
+            lambda connection: connection.execute(
+                f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE token_id = ?",  # noqa: S608
+                (token_id,),
+            ).fetchone()
+        )
+        return None if row is None else _token(row)
+
     def list_tokens(self, username: str | None = None) -> list[TokenRecord]:
         """Every token record (of one user, when given), oldest first."""
         where, params = ("", ()) if username is None else ("WHERE username = ?", (username,))
@@ -691,17 +701,27 @@ class SQLiteStore:
         )
         return [_token(row) for row in rows]
 
-    def revoke_token(self, token_id: str, now: datetime) -> bool:
-        """Mark a token revoked; return False when no live token has this id."""
-        return self._run(
-            lambda connection: (
-                connection.execute(
+    def revoke_token(self, token_id: str, now: datetime) -> TokenRecord | None:
+        """Mark a live token revoked; its record as revoked, or None when no live token has this id."""
+
+        def revoke(connection: sqlite3.Connection) -> Sequence[object] | None:
+            # The row read back in the same transaction: UPDATE ... RETURNING needs SQLite 3.35, which
+            # the sqlite3 module of older systems' Pythons lacks.
+            with _transaction(connection):
+                revoked = connection.execute(
                     "UPDATE api_tokens SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL",
                     (_iso(now), token_id),
                 ).rowcount
-                > 0
-            )
-        )
+                if not revoked:
+                    return None
+                row: Sequence[object] = connection.execute(
+                    f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE token_id = ?",  # noqa: S608
+                    (token_id,),
+                ).fetchone()
+            return row
+
+        row = self._run(revoke)
+        return None if row is None else _token(row)
 
     def put_link(self, link: LinkRecord) -> None:
         """Insert a new entry link, and drop links that expired before ``link.created_at``."""
