@@ -1588,6 +1588,40 @@ def test_open_store_refuses_a_sqlite_url_without_a_file(
 # --- SQLite only ----------------------------------------------------------------------------------
 
 
+NOT_UTF8 = {
+    "secret": ("user_secrets", "value", "username = 'alice' AND server = 'github'", _SECRET_NAMED),
+    "token": ("api_tokens", "label", "token_id = 't1'", _TOKEN_NAMED),
+}
+
+
+@pytest.mark.parametrize("case", NOT_UTF8.values(), ids=NOT_UTF8.keys())
+def test_sqlite_a_text_that_is_not_utf8_fails_naming_its_row_never_quoting_it(
+    sqlite_store: SQLiteStore, case: tuple[str, str, str, str], canary: str
+) -> None:
+    # sqlite3's own error quotes the text it could not decode, and became the message of the store's error.
+    table, field, match, named = case
+    store = sqlite_store
+    for username, server in [("alice", "github"), ("alice", "gitlab"), ("bob", "github")]:
+        store.put_secret(username, server, "B", f"ciphertext of {username}/{server}", T0)
+    store.put_token(_token("t1", "alice"))
+    store.put_token(_token("t2", "bob"))
+    with contextlib.closing(sqlite3.connect(store.path)) as database, database:
+        database.execute(
+            f"UPDATE {table} SET {field} = CAST(? AS TEXT) WHERE {match}",  # noqa: S608
+            (b"\xff" + canary.encode(),),
+        )
+
+    with pytest.raises(UnreadableRecordError) as raised:
+        store.find_secrets("alice") if table == "user_secrets" else store.list_tokens()
+
+    assert f"the row of {named} in the table {table} cannot be read (its field {field} holds bytes" in str(
+        raised.value
+    )
+    assert_not_leaked(raised.value, canary)
+    assert _triples(store, "alice", "gitlab") == [("gitlab", "B", "ciphertext of alice/gitlab")]
+    assert [token.token_id for token in store.list_tokens("bob")] == ["t2"]
+
+
 @pytest.fixture
 def permissive_umask() -> Iterator[None]:
     """A umask that hides nothing, so only the store's own care keeps its files private."""

@@ -197,6 +197,18 @@ def _link(row: Sequence[object]) -> LinkRecord:
         raise _unreadable_row("entry_links", _LINK_COLUMNS, row, fault) from None
 
 
+def _undecodable(exc: sqlite3.OperationalError) -> bool:
+    """True when sqlite3 could not decode a stored text as UTF-8 (another tool wrote it)."""
+    return str(exc).startswith("Could not decode to UTF-8")
+
+
+def _text_or_bytes(raw: bytes) -> str | bytes:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw  # as a BLOB would be: the conversion to a record names its field and row
+
+
 def _unavailable(exc: sqlite3.Error) -> StoreUnavailableError:
     return StoreUnavailableError(f"the SQLite store is unavailable: {exc}")
 
@@ -441,7 +453,7 @@ class SQLiteStore:
                 if not self._waits:
                     self._wait_for_locks(wait=True)
                 self._check_file()
-                return work(self._connection)
+                return self._work(work)
             except sqlite3.IntegrityError:
                 raise  # a broken constraint, not an unavailable store
             except sqlite3.Error as exc:
@@ -457,7 +469,7 @@ class SQLiteStore:
             if self._waits:
                 self._wait_for_locks(wait=False)
             self._check_file()
-            return work(self._connection)
+            return self._work(work)
         except sqlite3.OperationalError as exc:
             if not _is_busy(exc):
                 raise _unavailable(exc) from None
@@ -470,6 +482,22 @@ class SQLiteStore:
             raise _unavailable(exc) from None
         finally:
             self._lock.release()
+
+    def _work(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``work(connection)``; where a text is not UTF-8, again with it read as bytes, to name its record.
+
+        sqlite3's own error quotes the text. ``work`` has undone its transaction, if any, as it failed.
+        """
+        try:
+            return work(self._connection)
+        except sqlite3.OperationalError as exc:
+            if not _undecodable(exc):
+                raise
+        self._connection.text_factory = _text_or_bytes
+        try:
+            return work(self._connection)
+        finally:
+            self._connection.text_factory = str
 
     def _wait_for_locks(self, *, wait: bool) -> None:
         """Set SQLite's busy timeout to the configured one or to 0; only on a change (calls hold the lock)."""
