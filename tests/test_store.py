@@ -1484,6 +1484,38 @@ def test_a_change_made_outside_a_transaction_but_not_confirmed_is_reported_and_r
     assert changes == [("alice", "github"), ("alice", "github")]
 
 
+def test_an_unconfirmed_replacement_of_a_document_of_the_wrong_shape_is_still_reported_and_recorded(
+    canary: str,
+) -> None:
+    # After an unconfirmed write the store reads the record's created_at, to tell a creation from a
+    # replacement; another tool's document may hold anything there.
+    held = {"username": "alice", "server": "github", "key": "TOKEN", "value": "old", "created_at": canary}
+    inserted: list[dict[str, Any]] = []
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        name, collection = next(iter(command.items()))
+        if name == "update":  # replaced, its write concern not met
+            return {"ok": 1, "n": 1, "nModified": 1, "writeConcernError": WTIMEOUT}
+        if name == "insert":
+            inserted.extend(command["documents"])
+        if name in {"find", "listIndexes"}:
+            batch = [held] if (name, collection) == ("find", "user_secrets") else []
+            return {"ok": 1, "cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": batch}}
+        return {"ok": 1, "n": 1}
+
+    with mongo_wire_server(answer) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db?w=majority&wtimeoutMS=1000")
+        try:
+            event = AuditEvent(T1, "alice", "", "github", "TOKEN")
+            with pytest.raises(WriteUnconfirmedError) as saved:
+                store.put_secret("alice", "github", "TOKEN", "new", T1, event=event)
+        finally:
+            store.close()
+
+    assert_not_leaked(saved.value, canary)
+    assert [(event["action"], event["detail"]) for event in inserted] == [("updated", UNCONFIRMED)]
+
+
 @pytest.mark.parametrize("command", ["update", "insert"])
 def test_mongo_store_says_a_batch_of_uses_was_written_but_not_confirmed(command: str) -> None:
     # Two bulk writes (last uses, then events): pymongo reports their write concern in a BulkWriteError.

@@ -414,8 +414,10 @@ class MongoStore:
 
                     def record() -> None:
                         found = self._secrets.find_one(selector, {"created_at": True})
-                        made = _utc(found.get("created_at")) if found is not None else None
-                        action = "created" if made == _to_milliseconds(now) else "updated"
+                        made = None if found is None else found.get("created_at")
+                        # Another tool's document may hold anything there: it was not created now.
+                        created = isinstance(made, datetime) and _utc(made) == _to_milliseconds(now)
+                        action = "created" if created else "updated"
                         self._record_change(replace(event, action=action, detail=UNCONFIRMED), session)
 
                     _recording_unconfirmed(exc, record)
