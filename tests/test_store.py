@@ -532,6 +532,24 @@ def test_a_record_of_the_wrong_shape_fails_the_reads_that_include_it_naming_it_a
     assert _reads_of_the_others(store) == expected
 
 
+def test_a_prune_keeping_events_stops_at_one_it_cannot_read_and_one_keeping_none_deletes_it(
+    two_of_each: SecretStore,
+) -> None:
+    # Kept (exported) events are deleted once kept: one that cannot be read would be lost from the export.
+    store = two_of_each
+    no_text = b"" if isinstance(store, SQLiteStore) else 5
+    alter_stored(store, "audit_events", {"actor": "alice"}, "action", no_text)
+    kept: list[AuditEvent] = []
+
+    with pytest.raises(UnreadableRecordError) as raised:
+        store.delete_events(FAR_AHEAD, 10, kept.extend)
+
+    assert f"{_EVENT_NAMED} in the " in str(raised.value)
+    assert kept == []
+    assert store.delete_events(FAR_AHEAD, 10) == len(["alice's", "bob's"])
+    assert store.list_events() == []
+
+
 def test_find_token_by_id_finds_one_token_revoked_or_not(store: SecretStore) -> None:
     store.put_token(_token("t1"))
     store.put_token(_token("t2", "bob"))
