@@ -298,7 +298,7 @@ def test_token_create_the_replica_set_did_not_confirm_revokes_the_token_it_never
 ) -> None:
     """Perhaps made, and nobody would ever hold it: it must not stay live, unknown and without an event."""
     inserted: dict[str, list[dict[str, Any]]] = {}
-    updates: list[dict[str, Any]] = []
+    revokes: list[dict[str, Any]] = []
 
     def answer(command: dict[str, Any]) -> dict[str, Any]:
         name, collection = next(iter(command.items()))
@@ -308,9 +308,10 @@ def test_token_create_the_replica_set_did_not_confirm_revokes_the_token_it_never
             inserted.setdefault(collection, []).extend(command["documents"])
             if collection == "api_tokens":  # made on the primary, not replicated as asked within wtimeoutMS
                 return {"ok": 1, "n": 1, "writeConcernError": WTIMEOUT}
-        if name == "update":
-            updates.extend(command["updates"])
-            return {"ok": 1, "n": 1, "nModified": 1}
+        if name == "findAndModify":  # the revoke, answered with the revoked document
+            revokes.append(command["query"])
+            revoked = {**inserted["api_tokens"][0], "revoked_at": command["update"]["$set"]["revoked_at"]}
+            return {"ok": 1, "lastErrorObject": {"n": 1, "updatedExisting": True}, "value": revoked}
         return {"ok": 1, "n": 1}
 
     with mongo_wire_server(answer, hello=PRIMARY_HELLO) as port:
@@ -322,7 +323,7 @@ def test_token_create_the_replica_set_did_not_confirm_revokes_the_token_it_never
     [token] = inserted["api_tokens"]
     assert f"token {token['token_id']} was revoked" in done.stderr
     assert "not shown" in done.stderr
-    assert [update["q"]["token_id"] for update in updates] == [token["token_id"]]
+    assert [query["token_id"] for query in revokes] == [token["token_id"]]
     assert [(event["actor"], event["action"]) for event in inserted["audit_events"]] == [
         ("alice", "token-revoked")
     ]

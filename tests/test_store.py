@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pymongo.errors import DuplicateKeyError
 
-from _mongo_wire import MONGOS_HELLO, WTIMEOUT, mongo_wire_server
+from _mongo_wire import MONGOS_HELLO, WTIMEOUT, mongo_wire_server, server_holding
 from conftest import STORE_KINDS, assert_not_leaked
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.errors import (
@@ -1310,23 +1310,6 @@ def test_mongo_store_whose_server_went_away_reports_unavailable(
     assert "s3cretpw" not in str(raised.value)
 
 
-def _server_holding(documents: dict[str, list[dict[str, Any]]]) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """A server whose collections hold ``documents``: a find answers those equal to its filter's strings."""
-
-    def answer(command: dict[str, Any]) -> dict[str, Any]:
-        name, collection = next(iter(command.items()))
-        if name in {"find", "listIndexes"}:
-            wanted = {
-                field: value for field, value in command.get("filter", {}).items() if isinstance(value, str)
-            }
-            held = documents.get(collection, []) if name == "find" else []
-            batch = [document for document in held if all(document.get(f) == v for f, v in wanted.items())]
-            return {"ok": 1, "cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": batch}}
-        return {"ok": 1, "n": 0}
-
-    return answer
-
-
 def test_mongo_store_names_a_document_another_tool_wrote_that_it_cannot_read_and_reads_the_others(
     canary: str,
 ) -> None:
@@ -1371,7 +1354,7 @@ def test_mongo_store_names_a_document_another_tool_wrote_that_it_cannot_read_and
         ],
     }
 
-    with mongo_wire_server(_server_holding(documents)) as port:
+    with mongo_wire_server(server_holding(documents)) as port:
         store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db")
         try:
             with pytest.raises(StoreUnavailableError) as secret:
@@ -1424,7 +1407,7 @@ def test_mongo_store_refuses_what_bson_cannot_hold_as_unavailable_naming_the_col
     call: Callable[[MongoStore, str], object], collection: str, kind: str, canary: str
 ) -> None:
     # Reached by library callers of the store: the tools validate their input first.
-    with mongo_wire_server(_server_holding({})) as port:
+    with mongo_wire_server(server_holding({})) as port:
         store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db")
         try:
             with pytest.raises(StoreUnavailableError) as refused:
