@@ -38,6 +38,9 @@ _WITH_CTRL_C = (
     "os.execv(sys.argv[2], sys.argv[2:])"
 )
 HTTP_TRANSPORTS = ["streamable-http", "sse"]
+# The timeouts of the SDK's own HTTP client (30 s, and 300 s to read a stream), as clients run it: httpx's
+# default 5 s read would end a listen stream told nothing for 5 s, as a client of a revoked token is.
+SDK_CLIENT_TIMEOUT = httpx2.Timeout(30, read=300)
 STARTUP_POLLS = 400  # x POLL_INTERVAL: a generous bound on how long a server may take to come up
 POLL_INTERVAL = 0.05
 CLI_TIMEOUT = 60
@@ -191,7 +194,7 @@ class Deployment:
                 yield client
             return
         async with (
-            httpx2.AsyncClient(headers=headers, trust_env=False) as http,
+            httpx2.AsyncClient(headers=headers, trust_env=False, timeout=SDK_CLIENT_TIMEOUT) as http,
             Client(streamable_http_client(self.endpoint, http_client=http), **client_options) as client,
         ):
             yield client
