@@ -22,6 +22,7 @@ import dns.resolver
 import mongomock
 import pymongo
 import pytest
+from bson.raw_bson import RawBSONDocument
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pymongo.errors import DuplicateKeyError
@@ -1308,6 +1309,28 @@ def test_mongo_store_whose_server_went_away_reports_unavailable(
         call(opened)
 
     assert "s3cretpw" not in str(raised.value)
+
+
+@pytest.mark.parametrize("broken", ["username", "value"])
+def test_mongo_store_gives_the_names_of_an_undecodable_document_to_read_on_after_only_when_they_are_exact(
+    broken: str,
+) -> None:
+    # rotate reads on after a record it cannot read, by its names. A name read with its invalid bytes
+    # replaced is not the stored one: as a cursor it would find the same document again, for ever, or
+    # pass over the records between the two spellings.
+    fields = {"username": "uXX", "server": "s", "key": "k", "value": "vXX", "created_at": T0}
+    fields["updated_at"] = T0
+    encoded = bson.encode(fields).replace(b"uXX" if broken == "username" else b"vXX", b"u\xffX")
+    with mongo_wire_server(server_holding({"user_secrets": [RawBSONDocument(encoded)]})) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db")
+        try:
+            with pytest.raises(UnreadableRecordError) as unreadable:
+                store.scan_secrets(None, 10)
+        finally:
+            store.close()
+
+    assert unreadable.value.record == (None if broken == "username" else ("uXX", "s", "k"))
+    assert "(InvalidBSON)" in str(unreadable.value)
 
 
 def test_mongo_store_names_a_document_another_tool_wrote_that_it_cannot_read_and_reads_the_others(

@@ -813,10 +813,10 @@ def _read(collection: Collection[Document], query: Query) -> list[Document]:
 
 def _unreadable(collection: Collection[Document], documents: Cursor[Any], kind: str) -> UnreadableRecordError:
     """Say which of ``documents`` does not decode, by the fields that name it where they can be read."""
-    # A date out of range comes back as a number and a broken string with replacement characters: enough
-    # to read the names by, never to use.
+    # A date out of range comes back as a number and a broken string with its bytes escaped: enough to
+    # read the names by, never to use.
     lenient = collection.codec_options.with_options(
-        datetime_conversion=DatetimeConversion.DATETIME_AUTO, unicode_decode_error_handler="replace"
+        datetime_conversion=DatetimeConversion.DATETIME_AUTO, unicode_decode_error_handler="surrogateescape"
     )
     which, record = "a document", None
     broken = next(
@@ -826,12 +826,25 @@ def _unreadable(collection: Collection[Document], documents: Cursor[Any], kind: 
     if fields is not None:
         names, record = record_names(collection.name, fields)
         which = f"the document of {names}"
+        if record is not None and not all(_is_utf8(name) for name in record):
+            # A name not as stored: as a cursor to read on after (rotate), the same document would come
+            # back for ever, or the records between its two spellings would be passed over.
+            record = None
     return UnreadableRecordError(
         f"{which} in the collection {collection.name} cannot be read ({kind}): it holds what no record of "
         "this store holds, such as a date outside years 1 to 9999 or a string that is not UTF-8; correct "
         "or remove it (README, Storage)",
         record=record,
     )
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` is as stored: no byte of it was escaped as it was decoded."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _decoded(document: RawBSONDocument, options: CodecOptions[Any]) -> Document | None:
