@@ -212,6 +212,31 @@ def test_a_claim_the_database_did_not_confirm_gives_the_link_back_to_submit_agai
     assert_not_leaked(unconfirmed.value, canary)
 
 
+def test_an_unconfirmed_claim_that_changed_nothing_leaves_another_submissions_claim_in_place(
+    links: EntryLinks, link: EntryLink, secrets: Secrets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MongoDB answers a claim that matched nothing (the link just used by another submission) with the
+    # same unconfirmed write concern: giving "its" claim back must not make the used link live again.
+    claim = secrets.store.claim_link
+
+    def matched_nothing_unconfirmed(link_hash: str, now: datetime) -> bool:
+        # Another submission, a moment earlier, after this one found the link live: it claims and stores.
+        assert claim(link_hash, now - timedelta(milliseconds=1)) is True
+        secrets.set_secret("alice", "github", "TOKEN", "first", via="entry-page")
+        assert claim(link_hash, now) is False
+        raise WriteUnconfirmedError("the MongoDB server made the change but did not confirm it")
+
+    monkeypatch.setattr(secrets.store, "claim_link", matched_nothing_unconfirmed)
+    with pytest.raises(WriteUnconfirmedError):
+        links.submit(link.token, "second")
+    monkeypatch.undo()
+
+    assert links.state(link.token) == "used"
+    with pytest.raises(EntryLinkError):
+        links.submit(link.token, "third")
+    assert secrets.get_secrets("alice", "github") == {"TOKEN": "first"}
+
+
 def test_concurrent_submissions_of_one_link_store_exactly_one_value(
     links: EntryLinks, link: EntryLink, secrets: Secrets, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -653,7 +653,7 @@ MONGO_CALLS: dict[str, Callable[[MongoStore, Any], object]] = {
     "scan_secrets": lambda store, bad: store.scan_secrets(("alice", bad, "TOKEN"), 10),
     "find_link": lambda store, bad: store.find_link(bad),
     "claim_link": lambda store, bad: store.claim_link(bad, T0),
-    "release_link": lambda store, bad: store.release_link(bad),
+    "release_link": lambda store, bad: store.release_link(bad, T1),
     "count_live_links": lambda store, bad: store.count_live_links(bad, T0),
 }
 
@@ -740,7 +740,7 @@ def test_mongo_updates_never_name_one_field_under_two_operators(
     mongo_store.revoke_token("t1", T1)
     mongo_store.put_link(LinkRecord("l1", "hash-1", "alice", "github", "TOKEN", T0, T2))
     mongo_store.claim_link("hash-1", T1)
-    mongo_store.release_link("hash-1")
+    mongo_store.release_link("hash-1", T1)
 
     assert len(sent) == 6
     for update in sent:
@@ -1982,7 +1982,7 @@ def test_release_makes_a_claimed_link_claimable_again(store: SecretStore, l0: da
     store.put_link(_link(l0))
     store.claim_link("hash-1", l0 + timedelta(minutes=1))
 
-    store.release_link("hash-1")
+    store.release_link("hash-1", l0 + timedelta(minutes=1))
     released = store.find_link("hash-1")
     claimed_again = store.claim_link("hash-1", l0 + timedelta(minutes=2))
 
@@ -1996,11 +1996,27 @@ def test_release_touches_only_its_own_link(store: SecretStore, l0: datetime) -> 
     store.claim_link("hash-1", l0)
     store.claim_link("hash-2", l0)
 
-    store.release_link("hash-1")
-    store.release_link("hash-3")
+    store.release_link("hash-1", l0)
+    store.release_link("hash-3", l0)
 
     assert store.claim_link("hash-1", l0) is True
     assert store.claim_link("hash-2", l0) is False
+
+
+def test_release_gives_back_only_the_claim_it_names_never_another_submissions(
+    store: SecretStore, l0: datetime
+) -> None:
+    # A submission whose claim failed (or was not confirmed) gives back its own claim: never the claim
+    # another submission made meanwhile, which stored its value. That would make a used link live again.
+    store.put_link(_link(l0))
+    store.claim_link("hash-1", l0 + timedelta(minutes=1))
+
+    store.release_link("hash-1", l0 + timedelta(minutes=2))  # a claim that was never made
+
+    assert store.claim_link("hash-1", l0 + timedelta(minutes=3)) is False
+    found = store.find_link("hash-1")
+    assert found is not None
+    assert found.used_at == l0 + timedelta(minutes=1)
 
 
 def test_concurrent_claims_of_one_link_succeed_exactly_once(store: SecretStore, l0: datetime) -> None:

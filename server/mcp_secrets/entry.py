@@ -128,19 +128,21 @@ class EntryLinks:
         if record is None or state != "live":
             raise EntryLinkError("this link is not valid", gone=state in ("used", "expired"))
         # Claim first, so two submissions of one link cannot both store; give it back if storing fails.
+        # Only this claim, by its time: another submission's claim, which stored, must stay.
+        now = self._clock()
         try:
-            claimed = self.secrets.store.claim_link(record.link_hash, self._clock())
+            claimed = self.secrets.store.claim_link(record.link_hash, now)
         except WriteUnconfirmedError:
             # Perhaps made: given back, so a second try can store, instead of finding the link used up.
             with suppress(StoreUnavailableError):
-                self.secrets.store.release_link(record.link_hash)
+                self.secrets.store.release_link(record.link_hash, now)
             raise
         if not claimed:
             raise EntryLinkError("this link has just been used or has expired", gone=True)
         try:
             self.secrets.set_secret(record.username, record.server, record.key, value, via="entry-page")
         except BaseException:
-            self.secrets.store.release_link(record.link_hash)
+            self.secrets.store.release_link(record.link_hash, now)
             raise
         return record
 

@@ -321,8 +321,11 @@ class SecretStore(Protocol):
         """Mark an unused, unexpired link used, atomically; False when it was not."""
         ...
 
-    def release_link(self, link_hash: str) -> None:
-        """Make a claimed link usable again (its secret could not be stored)."""
+    def release_link(self, link_hash: str, claimed_at: datetime) -> None:
+        """Make a link claimed at ``claimed_at`` usable again (its secret could not be stored).
+
+        A claim made at another time, another submission's, stays: that one stored its value.
+        """
         ...
 
     def ping(self) -> None:

@@ -697,10 +697,13 @@ class MongoStore:
             )
         return result.modified_count > 0
 
-    def release_link(self, link_hash: str) -> None:
-        """Make a claimed link usable again (its secret could not be stored)."""
+    def release_link(self, link_hash: str, claimed_at: datetime) -> None:
+        """Make a link claimed at ``claimed_at`` usable again; another submission's claim stays."""
         with _available(LINKS_COLLECTION):
-            self._links.update_one({"link_hash": _text("link_hash", link_hash)}, {"$set": {"used_at": None}})
+            self._links.update_one(
+                {"link_hash": _text("link_hash", link_hash), "used_at": claimed_at},
+                {"$set": {"used_at": None}},
+            )
 
     def ping(self) -> None:
         """Raise ``StoreUnavailableError`` unless the server answers."""

@@ -820,11 +820,12 @@ class SQLiteStore:
             )
         )
 
-    def release_link(self, link_hash: str) -> None:
-        """Make a claimed link usable again (its secret could not be stored)."""
+    def release_link(self, link_hash: str, claimed_at: datetime) -> None:
+        """Make a link claimed at ``claimed_at`` usable again; another submission's claim stays."""
         self._run(
             lambda connection: connection.execute(
-                "UPDATE entry_links SET used_at = NULL WHERE link_hash = ?", (link_hash,)
+                "UPDATE entry_links SET used_at = NULL WHERE link_hash = ? AND used_at = ?",
+                (link_hash, _iso(claimed_at)),
             )
         )
 
