@@ -321,8 +321,8 @@ def test_token_create_the_replica_set_did_not_confirm_revokes_the_token_it_never
     assert done.returncode == 1, done.stderr
     assert done.stdout == ""
     [token] = inserted["api_tokens"]
-    assert f"token {token['token_id']} was revoked" in done.stderr
-    assert "not shown" in done.stderr
+    assert f"the new token {token['token_id']} was not shown" in done.stderr
+    assert "it was revoked; create another" in done.stderr
     assert [query["token_id"] for query in revokes] == [token["token_id"]]
     assert [(event["actor"], event["action"]) for event in inserted["audit_events"]] == [
         ("alice", "token-revoked")

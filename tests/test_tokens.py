@@ -14,8 +14,13 @@ from typing import Any
 
 import pytest
 
-from mcp_secrets.errors import InvalidInputError, SecretNotFoundError
-from mcp_secrets.store import SecretStore
+from mcp_secrets.errors import (
+    InvalidInputError,
+    SecretNotFoundError,
+    StoreUnavailableError,
+    UnreadableRecordError,
+)
+from mcp_secrets.store import AuditEvent, SecretStore
 from mcp_secrets.store.sqlite import SQLiteStore
 from mcp_secrets.tokens import ApiTokens
 from test_store import alter_stored
@@ -247,6 +252,54 @@ def test_a_token_revokes_while_another_tokens_record_cannot_be_read(
     assert tokens.verify(kept.token) is None
     [event] = store.list_events("alice", limit=1)
     assert (event.action, event.detail) == ("token-revoked", f"token {kept.record.token_id}")
+
+
+def test_a_token_whose_own_record_cannot_be_read_is_revoked_recorded_and_said_so(
+    tokens: ApiTokens, store: SecretStore
+) -> None:
+    # The revoke is made; only its record cannot be read back. Told "failed", with no event, and then
+    # "no live token" on a second try, the operator would never see it recorded.
+    new = tokens.create("alice")
+    alter_stored(store, "api_tokens", {"token_id": new.record.token_id}, "created_at", "not a time")
+
+    with pytest.raises(UnreadableRecordError) as unreadable:
+        tokens.revoke(new.record.token_id)
+
+    assert f"token {new.record.token_id} was revoked" in str(unreadable.value)
+    assert "the document" in str(unreadable.value) or "the row" in str(unreadable.value)
+    with pytest.raises(UnreadableRecordError):  # still refused, as it was before the revoke
+        tokens.verify(new.token)
+    [event] = store.list_events("alice", limit=1)
+    assert event.action == "token-revoked"
+    assert event.detail.startswith(f"token {new.record.token_id}")
+    assert (new.token in str(unreadable.value)) is False
+
+
+def test_a_token_whose_created_event_cannot_be_written_is_revoked_and_never_shown(
+    tokens: ApiTokens, store: SecretStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Written, but its creation not in the trail, and never shown: it must not stay live, unrecorded.
+    add_event = store.add_event
+
+    def refusing_created(event: AuditEvent) -> None:
+        if event.action == "token-created":
+            raise StoreUnavailableError("the store is unavailable")
+        add_event(event)
+
+    monkeypatch.setattr(store, "add_event", refusing_created)
+    with pytest.raises(StoreUnavailableError) as refused:
+        tokens.create("alice")
+    monkeypatch.undo()
+
+    [record] = tokens.list("alice")
+    assert record.revoked_at is not None
+    assert f"the new token {record.token_id} was not shown" in str(refused.value)
+    assert "it was revoked; create another" in str(refused.value)
+    [event] = store.list_events("alice", limit=1)
+    assert (event.action, event.detail) == (
+        "token-revoked",
+        f"token {record.token_id}; its audit event could not be written, so it was revoked, never shown",
+    )
 
 
 def test_has_any_counts_a_token_whose_record_another_tool_left_unreadable(

@@ -77,35 +77,36 @@ class ApiTokens:
         try:
             self.store.put_token(record)
         except WriteUnconfirmedError:
-            self._revoke_unshown(record)
-        self.store.add_event(
-            AuditEvent(now, username, "token-created", detail=f"token {token_id}", transport=self.via)
-        )
+            self._revoke_unshown(record, f"its creation was {UNCONFIRMED}", WriteUnconfirmedError)
+        try:
+            self.store.add_event(
+                AuditEvent(now, username, "token-created", detail=f"token {token_id}", transport=self.via)
+            )
+        except StoreUnavailableError:
+            self._revoke_unshown(record, "its audit event could not be written", StoreUnavailableError)
         return NewToken(record, token)
 
-    def _revoke_unshown(self, record: TokenRecord) -> NoReturn:
-        """Revoke a token the database made but did not confirm, and raise: it is never shown.
+    def _revoke_unshown(self, record: TokenRecord, why: str, error: type[StoreUnavailableError]) -> NoReturn:
+        """Revoke a new token that will not be shown (``why``), and raise ``error``.
 
-        It may be live, and nobody would ever hold it or see it listed with an event: revoked at once,
+        It may be live, and nobody would ever hold it or see it listed with its event: revoked at once,
         it cannot stay so. The caller makes another.
         """
         now = self._clock()
-        detail = f"token {record.token_id}; its creation was {UNCONFIRMED}, so it was revoked, never shown"
+        token_id = record.token_id
         try:
-            self.store.revoke_token(record.token_id, now)
-            self.store.add_event(
-                AuditEvent(now, record.username, "token-revoked", detail=detail, transport=self.via)
-            )
+            revoked = self.store.revoke_token(token_id, now)
+            if revoked is not None:
+                detail = f"token {token_id}; {why}, so it was revoked, never shown"
+                event = AuditEvent(now, record.username, "token-revoked", detail=detail, transport=self.via)
+                self.store.add_event(event)
         except StoreUnavailableError:
-            raise WriteUnconfirmedError(
-                f"the database did not confirm the new token {record.token_id} as its write concern asks, "
-                f"and it could not be revoked: it was not shown; revoke token {record.token_id}, then "
-                "create another"
+            raise error(
+                f"the new token {token_id} was not shown: {why}, and it could not be revoked; revoke token "
+                f"{token_id} (`mcp-secrets token revoke {token_id}`), then create another"
             ) from None
-        raise WriteUnconfirmedError(
-            f"the database did not confirm the new token as its write concern asks: token "
-            f"{record.token_id} was revoked and not shown; create another"
-        )
+        done = "it was revoked" if revoked is not None else "it is not in the store"
+        raise error(f"the new token {token_id} was not shown: {why}; {done}; create another")
 
     def list(self, username: str | None = None) -> list[TokenRecord]:
         """Every token record, of one user when given; hashes only."""
@@ -132,11 +133,29 @@ class ApiTokens:
                 "the token as revoked, and revoke it again (once that says there is no live token with that "
                 f"id, the revocation is confirmed){recorded}"
             ) from None
+        except UnreadableRecordError as exc:
+            # Revoked: only its record, which another tool left of the wrong shape, could not be read back.
+            raise self._revoked_unreadable(token_id, now, exc) from None
         if record is None:
             # Not echoed: a user may have pasted a whole token here.
             raise SecretNotFoundError("there is no live token with that id (see `mcp-secrets token list`)")
         self._record_revocation(record, now, f"token {token_id}")
         return record
+
+    def _revoked_unreadable(
+        self, token_id: str, now: datetime, exc: UnreadableRecordError
+    ) -> UnreadableRecordError:
+        """The error for a token revoked whose record cannot be read, once its revocation is recorded."""
+        owner = None if exc.record is None else exc.record[1]  # (token_id, username): its names
+        recorded = "" if owner is not None else "; its audit event could not be written: it names no user"
+        if owner is not None:
+            detail = f"token {token_id}; its record cannot be read"
+            event = AuditEvent(now, owner, "token-revoked", detail=detail, transport=self.via)
+            try:
+                self.store.add_event(event)
+            except StoreUnavailableError:
+                recorded = "; its audit event could not be written"
+        return UnreadableRecordError(f"token {token_id} was revoked, but {exc}{recorded}", record=exc.record)
 
     def _record_revocation(self, record: TokenRecord | None, now: datetime, detail: str) -> None:
         """Write a revocation's audit event, as its token's owner's; none for a token no longer there."""
