@@ -1429,6 +1429,28 @@ async def test_a_large_result_is_redacted_off_the_event_loop_and_a_small_one_on_
     assert {on_loop for _, on_loop in redacted_small} == {True}
 
 
+async def test_a_large_log_message_is_redacted_off_the_event_loop(
+    sqlite_secrets: Secrets, tmp_path: Path, canary: str, redacted_on: list[tuple[int, bool]]
+) -> None:
+    # A call relays up to a hundred log messages at once, each up to the 16 MiB a message may hold.
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
+    logs: list[LoggingMessageNotificationParams] = []
+
+    async def on_log(params: LoggingMessageNotificationParams) -> None:
+        logs.append(params)
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": STDIO_ENTRY}) as gw,
+        connect(sqlite_secrets, gw, "alice", logging_callback=on_log, log_level="debug") as client,
+    ):
+        result = await client.call_tool("down__work", {"steps": 1, "log_kilobytes": 1100})
+
+    assert_no_spelling_of(canary, json.dumps([log.model_dump(mode="json") for log in logs]))
+    assert result.is_error is False
+    assert [str(log.data).startswith("working with [redacted TOKEN]") for log in logs] == [True]
+    assert {on_loop for size, on_loop in redacted_on if size > 1 << 20} == {False}
+
+
 async def test_a_result_whose_meta_is_large_is_redacted_off_the_event_loop(
     sqlite_secrets: Secrets, tmp_path: Path, canary: str, redacted_on: list[tuple[int, bool]]
 ) -> None:

@@ -16,7 +16,7 @@ import math
 import os
 import re
 import secrets as _random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -53,7 +53,7 @@ from mcp_types import (
     ToolListChangedNotification,
 )
 from mcp_types.version import is_version_at_least
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from mcp_secrets.errors import SecretsError
 from mcp_secrets.gateway.changes import ToolListChanges
@@ -68,7 +68,7 @@ from mcp_secrets.gateway.config import (
 )
 from mcp_secrets.gateway.listen import listening_for_tool_changes
 from mcp_secrets.gateway.pool import Connection, DownstreamPool, GatewayBusyError, StartTimeoutError, Turn
-from mcp_secrets.gateway.redact import Redactor
+from mcp_secrets.gateway.redact import REDACT_INLINE_CHARS, Redactor, chars_up_to, chars_within
 from mcp_secrets.gateway.relay import CallRelay, set_log_level
 from mcp_secrets.gateway.stdio import MAX_MESSAGE_BYTES, stdio_client
 from mcp_secrets.offload import run_store_work
@@ -86,10 +86,6 @@ ALIVE_SECONDS = 10.0
 # (user, server) tool listings kept to answer a listing while that user's call holds the downstream;
 # a long-running gateway meets many users, so the least recently listed goes past this many.
 KNOWN_LISTINGS = 1024
-# Characters of a downstream's result past which it is redacted in a worker thread, so that other users'
-# calls go on meanwhile: a hop there and back costs about what redacting 8 KiB of plain text does (70 µs,
-# measured), and text full of HTML character references costs 10 to 100 times as much.
-REDACT_INLINE_CHARS = 8 * 1024
 # Pages of a downstream's tool listing read at most: one handing out cursors for ever would fill memory.
 LISTING_PAGES = 100
 # Characters of a downstream's tool listing read at most, all its pages together: each page may be a
@@ -337,7 +333,7 @@ class Gateway:
                     else connection.fault or _describe(exc)
                 )
                 raise DownstreamError(redactor.text(f"listing {server.name} failed: {problem}")) from None
-        if _chars_within(listed, REDACT_INLINE_CHARS):
+        if chars_within(listed, REDACT_INLINE_CHARS):
             tools = _redact_tools(listed, redactor)
         else:  # as a large result is: other users' calls go on meanwhile
             tools = await anyio.to_thread.run_sync(_redact_tools, listed, redactor)
@@ -557,7 +553,7 @@ def _redact_tools(tools: list[Tool], redactor: Redactor) -> list[Tool]:
 
 async def redact_result_off_loop(result: CallToolResult, redactor: Redactor) -> CallToolResult:
     """``redact_result``, in a worker thread for a result over ``REDACT_INLINE_CHARS``."""
-    if _chars_within(_result_strings(result), REDACT_INLINE_CHARS):
+    if chars_within(_result_strings(result), REDACT_INLINE_CHARS):
         return redact_result(result, redactor)
     return await anyio.to_thread.run_sync(redact_result, result, redactor)
 
@@ -571,35 +567,6 @@ def _result_strings(result: CallToolResult) -> Iterator[Any]:
             yield from vars(resource).values()
     yield result.structured_content
     yield result.meta
-
-
-def _chars_within(values: Iterable[Any], limit: int) -> bool:
-    """True when the strings in ``values`` (JSON-like, nested) hold at most ``limit`` characters."""
-    return _chars_up_to(values, limit) <= limit
-
-
-def _chars_up_to(values: Iterable[Any], limit: int) -> int:
-    """The characters of the strings in ``values`` (JSON-like or models, nested), up to past ``limit``.
-
-    Each item of a list or mapping counts one more. Stops counting past ``limit``: a huge value costs no
-    more than a small one to find out about.
-    """
-    pending = list(values)
-    count = 0
-    while pending and count <= limit:
-        value = pending.pop()
-        if isinstance(value, str):
-            count += len(value)
-        elif isinstance(value, BaseModel):
-            pending += vars(value).values()
-        elif isinstance(value, Mapping | list | tuple):
-            count += len(value)
-            if count > limit:
-                break  # not copied into pending: it may hold millions of items
-            pending += [*value.keys(), *value.values()] if isinstance(value, Mapping) else value
-        else:
-            count += 1
-    return count
 
 
 def redact_result(result: CallToolResult, redactor: Redactor) -> CallToolResult:
@@ -708,7 +675,7 @@ async def _every_tool(client: Client, cache_mode: CacheMode = "use") -> list[Too
     cursor = None
     for _ in range(LISTING_PAGES):
         page = await client.list_tools(cursor=cursor, cache_mode=cache_mode)
-        chars += _chars_up_to(page.tools, LISTING_CHARS - chars)
+        chars += chars_up_to(page.tools, LISTING_CHARS - chars)
         if chars > LISTING_CHARS:
             raise DownstreamError(f"its tool listing holds over {LISTING_CHARS} characters, the most it may")
         tools += page.tools

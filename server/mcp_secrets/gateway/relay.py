@@ -18,7 +18,7 @@ from mcp.server.session import ServerSession
 from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types import LoggingLevel, LoggingMessageNotificationParams
 
-from mcp_secrets.gateway.redact import Redactor
+from mcp_secrets.gateway.redact import REDACT_INLINE_CHARS, Redactor, chars_within
 
 # A call's log messages relayed at once, then each second: past them, the rest are dropped and the client
 # is told how many at the end of the call (nothing of what they said).
@@ -88,8 +88,17 @@ class CallRelay:
         if not self._logs.take():
             self._dropped_logs += 1  # dropped before it is redacted: a flood costs a count, not a redaction
             return
+        if chars_within((params.data, params.logger), REDACT_INLINE_CHARS):
+            data, logger_name = self._redacted_log(params)
+        else:  # up to a hundred at once, each up to 16 MiB: other users' calls go on meanwhile
+            data, logger_name = await anyio.to_thread.run_sync(self._redacted_log, params)
+            if self._finished:  # the call answered meanwhile: nothing of it is relayed after its result
+                return
+        await self._send_log(params.level, data, logger_name)
+
+    def _redacted_log(self, params: LoggingMessageNotificationParams) -> tuple[Any, str | None]:
         logger_name = self._redactor.text(params.logger) if params.logger is not None else None
-        await self._send_log(params.level, self._redactor.data(params.data), logger_name)
+        return self._redactor.data(params.data), logger_name
 
     async def progress(self, progress: float, total: float | None, message: str | None) -> None:
         """Relay a downstream's progress when it moved on, unless past the bound (then it is held back)."""
