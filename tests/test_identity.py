@@ -44,6 +44,7 @@ from mcp_secrets.identity import (
 )
 from mcp_secrets.store.sqlite import SQLiteStore
 from mcp_secrets.tokens import ApiTokens, NewToken
+from test_store import alter_stored
 
 ISSUER = "https://id.example.com/"
 AUDIENCE = "https://secrets.example.com/mcp"
@@ -234,8 +235,17 @@ def _store_unavailable(tokens: ApiTokens, clock: _Clock, new: NewToken) -> str:
     return new.token
 
 
+def _record_unreadable(tokens: ApiTokens, clock: _Clock, new: NewToken) -> str:
+    # Another tool left its record of the wrong shape: asking again will not help (503 says it would),
+    # and the token is refused until someone corrects or removes the record.
+    alter_stored(tokens.store, "api_tokens", {"token_id": new.record.token_id}, "created_at", "not a time")
+    return new.token
+
+
 @pytest.mark.anyio
-@pytest.mark.parametrize("spoil", [_revoked, _expired, _unknown, _tampered, _store_unavailable])
+@pytest.mark.parametrize(
+    "spoil", [_revoked, _expired, _unknown, _tampered, _store_unavailable, _record_unreadable]
+)
 async def test_an_api_token_that_is_not_live_is_refused(
     api_tokens: ApiTokens,
     clock: _Clock,

@@ -19,7 +19,13 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.mcpserver import Context
 
-from mcp_secrets.errors import InvalidInputError, SecretsError, StoreUnavailableError, UnauthorisedError
+from mcp_secrets.errors import (
+    InvalidInputError,
+    SecretsError,
+    StoreUnavailableError,
+    UnauthorisedError,
+    UnreadableRecordError,
+)
 from mcp_secrets.offload import run_store_work
 from mcp_secrets.secrets import USERNAME_RULE, validate_username
 from mcp_secrets.tokens import TOKEN_PREFIX, ApiTokens
@@ -120,7 +126,9 @@ class ApiTokenVerifier:
             record = await run_store_work(self._tokens.store, lambda: self._tokens.verify(token))
         except SecretsError as exc:
             logger.warning("API token could not be checked: %s", exc)
-            if isinstance(exc, StoreUnavailableError):
+            # A record of the wrong shape (it names itself in the log) fails every check alike: refused
+            # (401) until someone corrects it, where "unavailable" (503) would ask for retries in vain.
+            if isinstance(exc, StoreUnavailableError) and not isinstance(exc, UnreadableRecordError):
                 _note_outage("the secret store is unavailable")
             return None
         if record is None:
