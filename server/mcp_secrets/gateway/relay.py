@@ -7,9 +7,10 @@ a long task still keeps its client informed, and a flood reaches it as a trickle
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, get_args
 
 import anyio
@@ -19,6 +20,8 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types import LoggingLevel, LoggingMessageNotificationParams
 
 from mcp_secrets.gateway.redact import REDACT_INLINE_CHARS, Redactor, chars_within
+
+logger = logging.getLogger(__name__)
 
 # A call's log messages relayed at once, then each second: past them, the rest are dropped and the client
 # is told how many at the end of the call (nothing of what they said).
@@ -112,17 +115,23 @@ class CallRelay:
         await self._send_progress(progress, total, message)
 
     async def finish(self) -> None:
-        """Relay the furthest progress held back, and say how many log messages were dropped; then no more."""
+        """Relay the furthest progress held back, and say how many log messages were dropped; then no more.
+
+        Never raises for a message its client did not take: the call's own result or error comes next,
+        and must not be replaced by the failure to send what came before it (its client may have gone).
+        """
         self._finished = True
         held_back, self._held_back = self._held_back, None
         if held_back is not None:
-            await self._send_progress(*held_back)
+            await _unless_gone(self._send_progress(*held_back))
         if self._dropped_logs and self._wanted("warning"):
-            await self._send_log(
-                "warning",
-                f"{self._dropped_logs} log messages of downstream server {self._server} were dropped: a call "
-                f"relays {LOG_MESSAGES_AT_ONCE} at once, then {LOG_MESSAGES_PER_SECOND:g} a second",
-                GATEWAY_LOGGER,
+            await _unless_gone(
+                self._send_log(
+                    "warning",
+                    f"{self._dropped_logs} log messages of downstream server {self._server} were dropped: a "
+                    f"call relays {LOG_MESSAGES_AT_ONCE} at once, then {LOG_MESSAGES_PER_SECOND:g} a second",
+                    GATEWAY_LOGGER,
+                )
             )
 
     def _wanted(self, level: LoggingLevel) -> bool:
@@ -142,3 +151,11 @@ class CallRelay:
     async def _send_progress(self, progress: float, total: float | None, message: str | None) -> None:
         shown = self._redactor.text(message) if message is not None else None
         await self._ctx.report_progress(progress, total, shown)
+
+
+async def _unless_gone(send: Awaitable[None]) -> None:
+    """Await ``send``, a message to a call's client; a failure is logged (by type only, never by text)."""
+    try:
+        await send
+    except Exception as exc:  # noqa: BLE001 - a send error's text could quote what it sent
+        logger.debug("a message to a call's client was not sent: %s", type(exc).__name__)
