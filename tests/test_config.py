@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import new_canary
-from mcp_secrets.config import load_settings
+from mcp_secrets.config import StoreLocation, load_settings
 from mcp_secrets.crypto import generate_master_key
 
 
@@ -26,10 +26,12 @@ def test_the_store_location_names_the_given_data_dir_and_key_file_as_absolute_pa
 
     location = load_settings().store_location()
 
-    assert location == {
-        "MCP_SECRETS_DATA_DIR": str(tmp_path / "data"),
-        "MCP_SECRETS_MASTER_KEY_FILE": str(tmp_path / "keys" / "master.key"),
-    }
+    assert location == StoreLocation(
+        {
+            "MCP_SECRETS_DATA_DIR": str(tmp_path / "data"),
+            "MCP_SECRETS_MASTER_KEY_FILE": str(tmp_path / "keys" / "master.key"),
+        }
+    )
 
 
 def test_the_store_location_of_a_relative_sqlite_url_is_absolute(
@@ -41,10 +43,12 @@ def test_the_store_location_of_a_relative_sqlite_url_is_absolute(
 
     location = load_settings().store_location()
 
-    assert location == {
-        "MCP_SECRETS_DATABASE_URL": f"sqlite:///{tmp_path / 'db' / 'secrets.db'}",
-        "MCP_SECRETS_CONFIG_DIR": str(tmp_path / "config"),
-    }
+    assert location == StoreLocation(
+        {
+            "MCP_SECRETS_DATABASE_URL": f"sqlite:///{tmp_path / 'db' / 'secrets.db'}",
+            "MCP_SECRETS_CONFIG_DIR": str(tmp_path / "config"),
+        }
+    )
 
 
 def test_the_store_location_never_holds_a_master_key_or_a_mongodb_url(
@@ -60,8 +64,10 @@ def test_the_store_location_never_holds_a_master_key_or_a_mongodb_url(
 
     assert (password in repr(location)) is False
     assert (master_key in repr(location)) is False
-    assert list(location) == []  # names only, should it fail
+    assert list(location.variables) == []  # names only, should it fail
+    # Named, so that a terminal's command is told it needs them too.
+    assert location.withheld == ("MCP_SECRETS_DATABASE_URL", "MCP_SECRETS_MASTER_KEY")
 
 
 def test_nothing_given_leaves_the_store_location_empty() -> None:
-    assert load_settings().store_location() == {}
+    assert load_settings().store_location() == StoreLocation()

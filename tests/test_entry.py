@@ -28,6 +28,7 @@ from mcp_types import CallToolResult, ElicitRequest, ElicitRequestURLParams, Eli
 
 from conftest import assert_not_leaked, isolated_env, new_canary, text_of
 from mcp_secrets.app import ENTRY_REQUEST, GATEWAY_LINKS, EntrySettings, build_server, missing_secrets_hint
+from mcp_secrets.config import StoreLocation
 from mcp_secrets.crypto import SecretEncryptor, generate_master_key, parse_master_key
 from mcp_secrets.entry import ENTRY_PATH, LINK_TTL, MAX_LIVE_LINKS, EntryLink, EntryLinks, LinkState
 from mcp_secrets.errors import EntryLinkError, InvalidInputError, StoreUnavailableError, WriteUnconfirmedError
@@ -996,3 +997,17 @@ def test_sqlite_finds_expired_and_open_links_by_index(tmp_path: Any) -> None:
         plan = store._connection.execute(f"EXPLAIN QUERY PLAN {query}", parameters).fetchall()
         assert any(index in str(step) for step in plan), plan
     store.close()
+
+
+@pytest.mark.anyio
+async def test_both_terminal_hints_name_the_secret_settings_they_cannot_show(sqlite_secrets: Secrets) -> None:
+    """A command for a terminal that lacks the MongoDB URL or master key stores the value elsewhere."""
+    location = StoreLocation({"MCP_SECRETS_DATA_DIR": "/srv/data"}, ("MCP_SECRETS_DATABASE_URL",))
+    async with Client(build_server(sqlite_secrets, LocalIdentity("alice"), store_settings=location)) as alice:
+        result = await alice.call_tool("request_secret", {"server": "github", "key": "KEY"})
+
+    for hint in (text_of(result), missing_secrets_hint(None, location)("alice", "github", ["KEY"])):
+        assert "MCP_SECRETS_DATA_DIR=/srv/data mcp-secrets set github KEY --user alice" in hint
+        assert (
+            "The terminal needs MCP_SECRETS_DATABASE_URL set as this server's configuration sets it" in hint
+        )

@@ -10,9 +10,8 @@ import functools
 import inspect
 import logging
 import shlex
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from types import MappingProxyType
 from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
@@ -50,7 +49,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, is_version_at_least
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, ValidationError, WithJsonSchema
 
 from mcp_secrets import __version__
-from mcp_secrets.config import ENTRY_WAIT_SECONDS, LISTEN_STREAMS_PER_USER
+from mcp_secrets.config import ENTRY_WAIT_SECONDS, LISTEN_STREAMS_PER_USER, StoreLocation
 from mcp_secrets.entry import EntryLink, EntryLinks, Submission
 from mcp_secrets.errors import InvalidInputError, SecretsError
 from mcp_secrets.gateway import Gateway, set_log_level
@@ -429,32 +428,33 @@ def _input_required_era(ctx: Context[Any, Any]) -> bool:
     return version is not None and is_version_at_least(version, INPUT_REQUIRED_VERSION)
 
 
-# No variables for a terminal command to repeat: it finds the store and key where this server did.
-NO_SETTINGS: Mapping[str, str] = MappingProxyType({})
+# Nothing for a terminal command to repeat: it finds the store and key where this server did.
+NO_SETTINGS = StoreLocation()
 
 
-def set_command(username: str, server: str, key: str, settings: Mapping[str, str] = NO_SETTINGS) -> str:
+def set_command(username: str, server: str, key: str, settings: StoreLocation = NO_SETTINGS) -> str:
     """The terminal command that stores one secret for ``username``: a terminal's own user may be another.
 
     ``settings`` go before it, as variables: a terminal's environment is not the one a client config
-    gave this server, and without them the command would store the value in another store.
+    gave this server, and without them the command would store the value in another store. Those it
+    withholds, the sentence of ``settings.needs()`` names.
     """
     # Quoted for the shell: a username may hold '|' (auth0|…), which would pipe the command elsewhere.
     user = shlex.quote(username)
-    variables = "".join(f"{name}={shlex.quote(value)} " for name, value in settings.items())
+    variables = "".join(f"{name}={shlex.quote(value)} " for name, value in settings.variables.items())
     if not any(name.startswith("-") for name in (username, server, key)):
         return f"{variables}mcp-secrets set {server} {key} --user {user}"
     # A name may start with `-`, which the command line reads as an option: `=` and `--` keep it a name.
     return f"{variables}mcp-secrets set --user={user} -- {server} {key}"
 
 
-def _terminal_hint(username: str, server: str, key: str, settings: Mapping[str, str]) -> CallToolResult:
+def _terminal_hint(username: str, server: str, key: str, settings: StoreLocation) -> CallToolResult:
     text = (
         f"This mcp-secrets runs over stdio and serves no entry page. To store {key} for {server} without "
         f"it passing through this chat, ask the user to run in a terminal:  "
         f"{set_command(username, server, key, settings)}  "
-        "(it asks for the value at a hidden prompt). set_secret also works, but its value travels "
-        "through the conversation."
+        f"(it asks for the value at a hidden prompt).{settings.needs()} set_secret also works, but its "
+        "value travels through the conversation."
     )
     return _result(text, SecretRequest(server=server, key=key, status="use_terminal"))
 
@@ -520,7 +520,7 @@ async def _entry_outcome(
 
 
 def missing_secrets_hint(
-    entry: EntrySettings | None, store_settings: Mapping[str, str] = NO_SETTINGS
+    entry: EntrySettings | None, store_settings: StoreLocation = NO_SETTINGS
 ) -> Callable[[str, str, list[str]], str]:
     """How the gateway says to store missing keys: an entry link per key when the page is served.
 
@@ -530,7 +530,7 @@ def missing_secrets_hint(
     def hint(username: str, server: str, keys: list[str]) -> str:
         without_links = (
             f"Store each with request_secret (server {server!r}), "
-            f"or run `{set_command(username, server, 'KEY', store_settings)}`."
+            f"or run `{set_command(username, server, 'KEY', store_settings)}`.{store_settings.needs()}"
         )
         if entry is None:
             return without_links
@@ -556,7 +556,7 @@ def build_server(
     transport: str = "in-process",
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO",
     listen_streams_per_user: int = LISTEN_STREAMS_PER_USER,
-    store_settings: Mapping[str, str] = NO_SETTINGS,
+    store_settings: StoreLocation = NO_SETTINGS,
 ) -> MCPServer[Any]:
     """The mcp-secrets MCP server over ``secrets``, for callers named by ``identity``.
 
@@ -600,7 +600,7 @@ def build_server(
 
 
 def _add_request_secret(
-    mcp: MCPServer[Any], identity: Identity, entry: EntrySettings | None, store_settings: Mapping[str, str]
+    mcp: MCPServer[Any], identity: Identity, entry: EntrySettings | None, store_settings: StoreLocation
 ) -> None:
     @mcp.tool(
         annotations=ToolAnnotations(

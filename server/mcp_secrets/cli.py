@@ -39,7 +39,7 @@ from mcp_secrets.bootstrap import (
     refuse_keys_set_twice,
     require_explicit_key,
 )
-from mcp_secrets.config import Settings, load_settings
+from mcp_secrets.config import Settings, StoreLocation, load_settings
 from mcp_secrets.crypto import generate_master_key
 from mcp_secrets.entry import EntryLinks
 from mcp_secrets.errors import (
@@ -279,7 +279,7 @@ def _gateway(settings: Settings, secrets: Secrets, entry: EntrySettings | None) 
     )
     config = load_gateway_config(settings.servers)
     # stdio only, whose client is this machine's user: an HTTP caller has no need to know where the files are.
-    hint = missing_secrets_hint(entry, settings.store_location() if entry is None else {})
+    hint = missing_secrets_hint(entry, settings.store_location() if entry is None else StoreLocation())
     return Gateway(config, secrets, pool=pool, missing_hint=hint)
 
 

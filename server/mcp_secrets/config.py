@@ -8,6 +8,7 @@ Nothing else in the package reads ``os.environ``. Secrets among the settings
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -56,6 +57,25 @@ def _expand_home(value: Path | None) -> Path | None:
         return None if value is None else value.expanduser()
     except RuntimeError:  # `~name` of no such user; as a ValueError it is reported naming the setting
         raise ValueError("no such home directory") from None
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """What a command run elsewhere (a terminal) must be given to reach a process's store and key."""
+
+    variables: Mapping[str, str] = field(default_factory=dict)  # shown, with their values
+    withheld: tuple[str, ...] = ()  # needed too, but they hold secrets: named, never shown
+
+    def needs(self) -> str:
+        """A sentence naming the withheld variables, or "" when there are none."""
+        if not self.withheld:
+            return ""
+        names = " and ".join(self.withheld)
+        return (
+            f" The terminal needs {names} set as this server's configuration sets "
+            f"{'it' if len(self.withheld) == 1 else 'them'} (not shown here: "
+            f"{'it holds a secret' if len(self.withheld) == 1 else 'they hold secrets'})."
+        )
 
 
 class Settings(BaseSettings):
@@ -175,24 +195,29 @@ class Settings(BaseSettings):
         """Where a generated master key is kept: the config directory (the data one too on macOS, Windows)."""
         return self.config_dir / DEFAULT_KEY_FILE
 
-    def store_location(self) -> dict[str, str]:
-        """The variables given to this process that say where its store and key file are, with their values.
+    def store_location(self) -> StoreLocation:
+        """Where this process's store and key are, for a command run elsewhere (a terminal) to reach them.
 
-        For a command run elsewhere (a terminal) to reach the same store with the same key; never one
-        that holds a secret (a master key, a MongoDB URL that may carry a password). Paths are made
-        absolute, as that command's working directory may be another.
+        The variables given for them, with their values, but for those that hold a secret (a master key,
+        a MongoDB URL that may carry a password): those are only named. Paths are made absolute, as that
+        command's working directory may be another.
         """
         location: dict[str, str] = {}
+        withheld: list[str] = []
         url = (self.database_url_text or "").strip()
         if url.startswith("sqlite:///"):
             location["MCP_SECRETS_DATABASE_URL"] = f"sqlite:///{Path(url[len('sqlite:///') :]).absolute()}"
-        elif not url and "data_dir" in self.model_fields_set:
+        elif url:
+            withheld.append("MCP_SECRETS_DATABASE_URL")
+        elif "data_dir" in self.model_fields_set:
             location["MCP_SECRETS_DATA_DIR"] = str(self.data_dir.absolute())
         if self.master_key_file is not None:
             location["MCP_SECRETS_MASTER_KEY_FILE"] = str(self.master_key_file.absolute())
-        elif self.master_key is None and "config_dir" in self.model_fields_set:
+        elif self.master_key is not None:
+            withheld.append("MCP_SECRETS_MASTER_KEY")
+        elif "config_dir" in self.model_fields_set:
             location["MCP_SECRETS_CONFIG_DIR"] = str(self.config_dir.absolute())
-        return location
+        return StoreLocation(location, tuple(withheld))
 
     @property
     def uses_mongodb(self) -> bool:

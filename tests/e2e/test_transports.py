@@ -791,3 +791,40 @@ async def test_the_terminal_command_request_secret_gives_on_stdio_reaches_the_se
         listed = await alice.call_tool("list_secret_keys", {"server": "github"})
     assert listed.structured_content is not None
     assert [entry["key"] for entry in listed.structured_content["keys"]] == ["TOKEN"]
+
+
+async def test_the_terminal_command_on_stdio_names_the_secret_settings_it_cannot_show(
+    tmp_path: Path, canary: str
+) -> None:
+    """A master key given in the environment: the command stored the value in a store of its own."""
+    master_key = generate_master_key()
+    env = isolated_env(tmp_path / "server", MCP_SECRETS_MASTER_KEY=master_key)
+    deployment = Deployment("stdio", env, tmp_path / "server.log")
+    async with deployment.connect("alice") as alice:
+        asked = await alice.call_tool("request_secret", {"server": "github", "key": "TOKEN"})
+    command = re.search(r"terminal:  (.+?)  \(", text_of(asked))
+    assert command, text_of(asked)
+    assert "MCP_SECRETS_MASTER_KEY" in text_of(asked)
+    assert (master_key in text_of(asked)) is False
+    # The user's own terminal, with the master key set as the hint asks.
+    terminal = {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "HOME": str(tmp_path / "home"),
+        "MCP_SECRETS_MASTER_KEY": master_key,
+    }
+
+    done = subprocess.run(
+        ["bash", "-c", command.group(1)],
+        input=canary + "\n",
+        env=terminal,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    async with deployment.connect("alice") as alice:
+        listed = await alice.call_tool("list_secret_keys", {"server": "github"})
+    assert listed.structured_content is not None
+    assert [entry["key"] for entry in listed.structured_content["keys"]] == ["TOKEN"]
