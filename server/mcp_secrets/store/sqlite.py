@@ -313,14 +313,17 @@ def _use_wal(connection: sqlite3.Connection, timeout: float) -> None:
         connection.execute("ROLLBACK")
 
 
-# Columns of user_secrets added since the first version, with their declarations.
-_ADDED_COLUMNS = (("last_used_at", "TEXT"),)
+# Columns added since the first version, by table, with their declarations.
+_ADDED_COLUMNS = {"user_secrets": (("last_used_at", "TEXT"),)}
 
 
-def _missing_columns(connection: sqlite3.Connection) -> list[tuple[str, str]]:
-    """The added columns a file made by an earlier version does not have yet."""
-    columns = {row[1] for row in connection.execute("PRAGMA table_info(user_secrets)")}
-    return [(column, declaration) for column, declaration in _ADDED_COLUMNS if column not in columns]
+def _missing_columns(connection: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    """The added columns (table, column, declaration) a file made by an earlier version does not have yet."""
+    missing: list[tuple[str, str, str]] = []
+    for table, added in _ADDED_COLUMNS.items():
+        columns = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+        missing += [(table, column, declaration) for column, declaration in added if column not in columns]
+    return missing
 
 
 def _identity(status: os.stat_result) -> tuple[int, int]:
@@ -397,9 +400,8 @@ class SQLiteStore:
             # write lock: another process opening the same file may be adding them at this moment.
             if _missing_columns(self._connection):
                 with _transaction(self._connection):
-                    for column, declaration in _missing_columns(self._connection):
-                        alter = f"ALTER TABLE user_secrets ADD COLUMN {column} {declaration}"
-                        self._connection.execute(alter)
+                    for table, column, declaration in _missing_columns(self._connection):
+                        self._connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
             self._file = _identity(self.path.stat())
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailableError(f"the SQLite store at {self.path} cannot be opened: {exc}") from None
