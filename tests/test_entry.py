@@ -197,8 +197,8 @@ def test_a_claim_the_database_did_not_confirm_gives_the_link_back_to_submit_agai
     # time. The link must not stay used up with nothing stored: the user could only ask for another.
     claim = secrets.store.claim_link
 
-    def claimed_but_unconfirmed(link_hash: str, now: datetime) -> bool:
-        claim(link_hash, now)
+    def claimed_but_unconfirmed(link_hash: str, now: datetime, claim_id: str) -> bool:
+        claim(link_hash, now, claim_id)
         raise WriteUnconfirmedError("the MongoDB server made the change but did not confirm it")
 
     monkeypatch.setattr(secrets.store, "claim_link", claimed_but_unconfirmed)
@@ -220,11 +220,38 @@ def test_an_unconfirmed_claim_that_changed_nothing_leaves_another_submissions_cl
     # same unconfirmed write concern: giving "its" claim back must not make the used link live again.
     claim = secrets.store.claim_link
 
-    def matched_nothing_unconfirmed(link_hash: str, now: datetime) -> bool:
+    def matched_nothing_unconfirmed(link_hash: str, now: datetime, claim_id: str) -> bool:
         # Another submission, a moment earlier, after this one found the link live: it claims and stores.
-        assert claim(link_hash, now - timedelta(milliseconds=1)) is True
+        assert claim(link_hash, now - timedelta(milliseconds=1), "claim-of-the-other") is True
         secrets.set_secret("alice", "github", "TOKEN", "first", via="entry-page")
-        assert claim(link_hash, now) is False
+        assert claim(link_hash, now, claim_id) is False
+        raise WriteUnconfirmedError("the MongoDB server made the change but did not confirm it")
+
+    monkeypatch.setattr(secrets.store, "claim_link", matched_nothing_unconfirmed)
+    with pytest.raises(WriteUnconfirmedError):
+        links.submit(link.token, "second")
+    monkeypatch.undo()
+
+    assert links.state(link.token) == "used"
+    with pytest.raises(EntryLinkError):
+        links.submit(link.token, "third")
+    assert secrets.get_secrets("alice", "github") == {"TOKEN": "first"}
+
+
+@pytest.mark.parametrize(
+    "apart", [timedelta(0), timedelta(microseconds=500)], ids=["same-instant", "same-millisecond"]
+)
+def test_an_unconfirmed_claim_that_changed_nothing_leaves_a_claim_made_in_the_same_millisecond(
+    links: EntryLinks, link: EntryLink, secrets: Secrets, monkeypatch: pytest.MonkeyPatch, apart: timedelta
+) -> None:
+    # MongoDB keeps times to the millisecond: another submission's claim within the same one holds the
+    # same used_at as this one's would have. Giving this claim back must still leave that one in place.
+    claim = secrets.store.claim_link
+
+    def matched_nothing_unconfirmed(link_hash: str, now: datetime, claim_id: str) -> bool:
+        assert claim(link_hash, now + apart, "claim-of-the-other") is True
+        secrets.set_secret("alice", "github", "TOKEN", "first", via="entry-page")
+        assert claim(link_hash, now, claim_id) is False
         raise WriteUnconfirmedError("the MongoDB server made the change but did not confirm it")
 
     monkeypatch.setattr(secrets.store, "claim_link", matched_nothing_unconfirmed)
@@ -363,7 +390,7 @@ def test_a_links_value_counts_as_stored_only_once_written_after_the_claim(
     clock.advance(timedelta(seconds=1))
     assert links.submission(link.token) == "waiting"
 
-    secrets.store.claim_link(link.record.link_hash, clock())  # the page claimed it and is writing
+    secrets.store.claim_link(link.record.link_hash, clock(), "claim-1")  # the page claimed it and is writing
     claimed = links.submission(link.token)
     clock.advance(timedelta(seconds=1))
     on_clock.set_secret("alice", "github", "TOKEN", "written by the page", via="entry-page")

@@ -652,8 +652,10 @@ MONGO_CALLS: dict[str, Callable[[MongoStore, Any], object]] = {
     "replace_value old": lambda store, bad: store.replace_value("alice", "github", "TOKEN", bad, "new"),
     "scan_secrets": lambda store, bad: store.scan_secrets(("alice", bad, "TOKEN"), 10),
     "find_link": lambda store, bad: store.find_link(bad),
-    "claim_link": lambda store, bad: store.claim_link(bad, T0),
-    "release_link": lambda store, bad: store.release_link(bad, T1),
+    "claim_link": lambda store, bad: store.claim_link(bad, T0, "claim-1"),
+    "claim_link claim_id": lambda store, bad: store.claim_link("hash-1", T0, bad),
+    "release_link": lambda store, bad: store.release_link(bad, "claim-1"),
+    "release_link claim_id": lambda store, bad: store.release_link("hash-1", bad),
     "count_live_links": lambda store, bad: store.count_live_links(bad, T0),
 }
 
@@ -739,8 +741,8 @@ def test_mongo_updates_never_name_one_field_under_two_operators(
     mongo_store.put_token(_token("t1"))
     mongo_store.revoke_token("t1", T1)
     mongo_store.put_link(LinkRecord("l1", "hash-1", "alice", "github", "TOKEN", T0, T2))
-    mongo_store.claim_link("hash-1", T1)
-    mongo_store.release_link("hash-1", T1)
+    mongo_store.claim_link("hash-1", T1, "claim-1")
+    mongo_store.release_link("hash-1", "claim-1")
 
     assert len(sent) == 6
     for update in sent:
@@ -1954,8 +1956,8 @@ def test_claim_link_succeeds_once_and_records_when(store: SecretStore, l0: datet
     store.put_link(_link(l0))
     claimed_at = l0 + timedelta(minutes=1)
 
-    first = store.claim_link("hash-1", claimed_at)
-    second = store.claim_link("hash-1", claimed_at + timedelta(seconds=1))
+    first = store.claim_link("hash-1", claimed_at, "claim-1")
+    second = store.claim_link("hash-1", claimed_at + timedelta(seconds=1), "claim-2")
 
     assert (first, second) == (True, False)
     assert store.find_link("hash-1") == dataclasses.replace(_link(l0), used_at=claimed_at)
@@ -1965,7 +1967,7 @@ def test_claim_link_succeeds_once_and_records_when(store: SecretStore, l0: datet
 def test_claim_of_an_expired_link_fails(store: SecretStore, after_expiry: timedelta, l0: datetime) -> None:
     store.put_link(_link(l0))
 
-    assert store.claim_link("hash-1", l0 + LINK_TTL + after_expiry) is False
+    assert store.claim_link("hash-1", l0 + LINK_TTL + after_expiry, "claim-1") is False
     found = store.find_link("hash-1")
     assert found is not None
     assert found.used_at is None
@@ -1974,17 +1976,17 @@ def test_claim_of_an_expired_link_fails(store: SecretStore, after_expiry: timede
 def test_claim_of_an_unknown_link_fails(store: SecretStore, l0: datetime) -> None:
     store.put_link(_link(l0))
 
-    assert store.claim_link("hash-2", l0) is False
+    assert store.claim_link("hash-2", l0, "claim-1") is False
     assert store.find_link("hash-2") is None
 
 
 def test_release_makes_a_claimed_link_claimable_again(store: SecretStore, l0: datetime) -> None:
     store.put_link(_link(l0))
-    store.claim_link("hash-1", l0 + timedelta(minutes=1))
+    store.claim_link("hash-1", l0 + timedelta(minutes=1), "claim-1")
 
-    store.release_link("hash-1", l0 + timedelta(minutes=1))
+    store.release_link("hash-1", "claim-1")
     released = store.find_link("hash-1")
-    claimed_again = store.claim_link("hash-1", l0 + timedelta(minutes=2))
+    claimed_again = store.claim_link("hash-1", l0 + timedelta(minutes=2), "claim-2")
 
     assert released == _link(l0)
     assert claimed_again is True
@@ -1993,14 +1995,14 @@ def test_release_makes_a_claimed_link_claimable_again(store: SecretStore, l0: da
 def test_release_touches_only_its_own_link(store: SecretStore, l0: datetime) -> None:
     store.put_link(_link(l0, "hash-1"))
     store.put_link(_link(l0, "hash-2"))
-    store.claim_link("hash-1", l0)
-    store.claim_link("hash-2", l0)
+    store.claim_link("hash-1", l0, "claim-1")
+    store.claim_link("hash-2", l0, "claim-2")
 
-    store.release_link("hash-1", l0)
-    store.release_link("hash-3", l0)
+    store.release_link("hash-1", "claim-1")
+    store.release_link("hash-3", "claim-2")
 
-    assert store.claim_link("hash-1", l0) is True
-    assert store.claim_link("hash-2", l0) is False
+    assert store.claim_link("hash-1", l0, "claim-3") is True
+    assert store.claim_link("hash-2", l0, "claim-4") is False
 
 
 def test_release_gives_back_only_the_claim_it_names_never_another_submissions(
@@ -2009,23 +2011,116 @@ def test_release_gives_back_only_the_claim_it_names_never_another_submissions(
     # A submission whose claim failed (or was not confirmed) gives back its own claim: never the claim
     # another submission made meanwhile, which stored its value. That would make a used link live again.
     store.put_link(_link(l0))
-    store.claim_link("hash-1", l0 + timedelta(minutes=1))
+    store.claim_link("hash-1", l0 + timedelta(minutes=1), "claim-1")
 
-    store.release_link("hash-1", l0 + timedelta(minutes=2))  # a claim that was never made
+    store.release_link("hash-1", "claim-never-made")
 
-    assert store.claim_link("hash-1", l0 + timedelta(minutes=3)) is False
+    assert store.claim_link("hash-1", l0 + timedelta(minutes=3), "claim-2") is False
     found = store.find_link("hash-1")
     assert found is not None
     assert found.used_at == l0 + timedelta(minutes=1)
+
+
+@pytest.mark.parametrize(
+    "apart", [timedelta(0), timedelta(microseconds=500)], ids=["same-instant", "same-millisecond"]
+)
+def test_release_by_another_claim_id_leaves_a_claim_made_in_the_same_millisecond(
+    store: SecretStore, l0: datetime, apart: timedelta
+) -> None:
+    # MongoDB keeps times to the millisecond: a claim's time cannot tell two claims within one apart.
+    claimed_at = l0 + timedelta(minutes=1)
+    store.put_link(_link(l0))
+    store.claim_link("hash-1", claimed_at + apart, "claim-of-the-submission-that-stored")
+
+    store.release_link("hash-1", "claim-of-the-submission-that-matched-nothing")
+
+    assert store.claim_link("hash-1", claimed_at, "claim-3") is False
+    found = store.find_link("hash-1")
+    assert found is not None
+    assert found.used_at is not None
+    store.release_link("hash-1", "claim-of-the-submission-that-stored")
+    assert store.find_link("hash-1") == _link(l0)
 
 
 def test_concurrent_claims_of_one_link_succeed_exactly_once(store: SecretStore, l0: datetime) -> None:
     store.put_link(_link(l0))
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda _: store.claim_link("hash-1", l0), range(16)))
+        results = list(pool.map(lambda n: store.claim_link("hash-1", l0, f"claim-{n}"), range(16)))
 
     assert results.count(True) == 1
+
+
+# entry_links as versions before claim ids made it.
+_ENTRY_LINKS_WITHOUT_CLAIM_IDS = """
+CREATE TABLE entry_links (
+    link_hash TEXT PRIMARY KEY, link_id TEXT NOT NULL, username TEXT NOT NULL, server TEXT NOT NULL,
+    key TEXT NOT NULL, created_at TEXT NOT NULL, expires_at TEXT NOT NULL, used_at TEXT
+);
+"""
+
+
+def test_sqlite_opens_a_file_with_links_from_before_claim_ids_and_claims_and_releases_them(
+    sqlite_path: Path, l0: datetime
+) -> None:
+    connection = sqlite3.connect(sqlite_path, isolation_level=None)
+    connection.executescript(_ENTRY_LINKS_WITHOUT_CLAIM_IDS)
+    for link_hash, used_at in (("live", None), ("used-before", l0.isoformat())):
+        connection.execute(
+            "INSERT INTO entry_links VALUES (?, 'l1', 'alice', 'github', 'TOKEN', ?, ?, ?)",
+            (link_hash, l0.isoformat(), (l0 + LINK_TTL).isoformat(), used_at),
+        )
+    connection.close()
+    sqlite_path.chmod(0o600)
+
+    opened = SQLiteStore(sqlite_path)
+    claimed = opened.claim_link("live", l0 + timedelta(minutes=1), "claim-1")
+    opened.release_link("live", "claim-2")
+    used_by_another = opened.find_link("live")
+    opened.release_link("live", "claim-1")
+    opened.release_link("used-before", "claim-1")
+
+    assert claimed is True
+    assert used_by_another is not None
+    assert used_by_another.used_at == l0 + timedelta(minutes=1)
+    assert opened.find_link("live") == dataclasses.replace(_link(l0), link_id="l1", link_hash="live")
+    used_before = opened.find_link("used-before")
+    assert used_before is not None
+    assert used_before.used_at == l0
+    opened.close()
+
+
+@mongo_backends
+def test_mongo_reads_claims_and_releases_links_written_before_claim_ids(
+    mongo_store: MongoStore, l0: datetime
+) -> None:
+    for link_hash, used_at in (("live", None), ("used-before", l0)):
+        mongo_store._links.insert_one(
+            {
+                "link_id": "l1",
+                "link_hash": link_hash,
+                "username": "alice",
+                "server": "github",
+                "key": "TOKEN",
+                "created_at": l0,
+                "expires_at": l0 + LINK_TTL,
+                "used_at": used_at,
+            }
+        )
+
+    claimed = mongo_store.claim_link("live", l0 + timedelta(minutes=1), "claim-1")
+    mongo_store.release_link("live", "claim-2")
+    used_by_another = mongo_store.find_link("live")
+    mongo_store.release_link("live", "claim-1")
+    mongo_store.release_link("used-before", "claim-1")
+
+    assert claimed is True
+    assert used_by_another is not None
+    assert used_by_another.used_at == l0 + timedelta(minutes=1)
+    assert mongo_store.find_link("live") == dataclasses.replace(_link(l0), link_id="l1", link_hash="live")
+    used_before = mongo_store.find_link("used-before")
+    assert used_before is not None
+    assert used_before.used_at == l0
 
 
 def test_sqlite_put_link_drops_links_that_expired_before_it(sqlite_store: SQLiteStore, l0: datetime) -> None:

@@ -35,6 +35,11 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _new_claim_id() -> str:
+    """A random id for one claim of a link: releasing it gives back that claim and no other."""
+    return _random.token_hex(16)
+
+
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -128,21 +133,22 @@ class EntryLinks:
         if record is None or state != "live":
             raise EntryLinkError("this link is not valid", gone=state in ("used", "expired"))
         # Claim first, so two submissions of one link cannot both store; give it back if storing fails.
-        # Only this claim, by its time: another submission's claim, which stored, must stay.
-        now = self._clock()
+        # Only this claim, by its own id: another submission's claim, which stored, must stay, and its
+        # time may equal this one's (MongoDB keeps milliseconds).
+        claim_id = _new_claim_id()
         try:
-            claimed = self.secrets.store.claim_link(record.link_hash, now)
+            claimed = self.secrets.store.claim_link(record.link_hash, self._clock(), claim_id)
         except WriteUnconfirmedError:
             # Perhaps made: given back, so a second try can store, instead of finding the link used up.
             with suppress(StoreUnavailableError):
-                self.secrets.store.release_link(record.link_hash, now)
+                self.secrets.store.release_link(record.link_hash, claim_id)
             raise
         if not claimed:
             raise EntryLinkError("this link has just been used or has expired", gone=True)
         try:
             self.secrets.set_secret(record.username, record.server, record.key, value, via="entry-page")
         except BaseException:
-            self.secrets.store.release_link(record.link_hash, now)
+            self.secrets.store.release_link(record.link_hash, claim_id)
             raise
         return record
 
@@ -157,7 +163,7 @@ class EntryLinks:
         """Use a link up without storing anything (the user declined)."""
         record, state = self.find(token)
         if record is not None and state == "live":
-            self.secrets.store.claim_link(record.link_hash, self._clock())
+            self.secrets.store.claim_link(record.link_hash, self._clock(), _new_claim_id())
 
     def submission(self, token: str) -> Submission:
         """Whether the value of the link of ``token`` is stored, may still come, or never will.

@@ -317,14 +317,18 @@ class SecretStore(Protocol):
         """The entry link with this hash, used or not."""
         ...
 
-    def claim_link(self, link_hash: str, now: datetime) -> bool:
-        """Mark an unused, unexpired link used, atomically; False when it was not."""
+    def claim_link(self, link_hash: str, now: datetime, claim_id: str) -> bool:
+        """Mark an unused, unexpired link used at ``now`` by ``claim_id``, atomically; False when it was not.
+
+        ``claim_id`` is a random id of one submission, kept with the link and never in a ``LinkRecord``.
+        """
         ...
 
-    def release_link(self, link_hash: str, claimed_at: datetime) -> None:
-        """Make a link claimed at ``claimed_at`` usable again (its secret could not be stored).
+    def release_link(self, link_hash: str, claim_id: str) -> None:
+        """Make a link claimed by ``claim_id`` usable again (its secret could not be stored).
 
-        A claim made at another time, another submission's, stays: that one stored its value.
+        Any other claim, another submission's, stays, even one made in the same instant: that one stored
+        its value. A link claimed before claim ids were kept is never given back.
         """
         ...
 

@@ -668,6 +668,7 @@ class MongoStore:
             "created_at": link.created_at,
             "expires_at": link.expires_at,
             "used_at": link.used_at,
+            "claim_id": None,
         }
         with _available(LINKS_COLLECTION):
             self._links.insert_one(document)
@@ -688,22 +689,23 @@ class MongoStore:
         documents = _read(self._links, lambda links: links.find(selector, {"_id": False}).limit(1))
         return _link(documents[0]) if documents else None
 
-    def claim_link(self, link_hash: str, now: datetime) -> bool:
-        """Mark an unused, unexpired link used, atomically; False when it was not."""
+    def claim_link(self, link_hash: str, now: datetime, claim_id: str) -> bool:
+        """Mark an unused, unexpired link used by ``claim_id``, atomically; False when it was not."""
+        selector = {"link_hash": _text("link_hash", link_hash), "used_at": None, "expires_at": {"$gt": now}}
         with _available(LINKS_COLLECTION):
             result = self._links.update_one(
-                {"link_hash": _text("link_hash", link_hash), "used_at": None, "expires_at": {"$gt": now}},
-                {"$set": {"used_at": now}},
+                selector, {"$set": {"used_at": now, "claim_id": _text("claim_id", claim_id)}}
             )
         return result.modified_count > 0
 
-    def release_link(self, link_hash: str, claimed_at: datetime) -> None:
-        """Make a link claimed at ``claimed_at`` usable again; another submission's claim stays."""
+    def release_link(self, link_hash: str, claim_id: str) -> None:
+        """Make a link claimed by ``claim_id`` usable again; any other claim stays.
+
+        By the claim's id, not its time: a BSON date keeps milliseconds, which two claims can share.
+        """
+        selector = {"link_hash": _text("link_hash", link_hash), "claim_id": _text("claim_id", claim_id)}
         with _available(LINKS_COLLECTION):
-            self._links.update_one(
-                {"link_hash": _text("link_hash", link_hash), "used_at": claimed_at},
-                {"$set": {"used_at": None}},
-            )
+            self._links.update_one(selector, {"$set": {"used_at": None, "claim_id": None}})
 
     def ping(self) -> None:
         """Raise ``StoreUnavailableError`` unless the server answers."""

@@ -72,7 +72,8 @@ CREATE TABLE IF NOT EXISTS entry_links (
     key        TEXT NOT NULL,
     created_at TEXT NOT NULL,
     expires_at TEXT NOT NULL,
-    used_at    TEXT
+    used_at    TEXT,
+    claim_id   TEXT
 );
 CREATE INDEX IF NOT EXISTS entry_links_expires_at ON entry_links (expires_at);
 CREATE INDEX IF NOT EXISTS entry_links_username ON entry_links (username, expires_at);
@@ -314,7 +315,7 @@ def _use_wal(connection: sqlite3.Connection, timeout: float) -> None:
 
 
 # Columns added since the first version, by table, with their declarations.
-_ADDED_COLUMNS = {"user_secrets": (("last_used_at", "TEXT"),)}
+_ADDED_COLUMNS = {"user_secrets": (("last_used_at", "TEXT"),), "entry_links": (("claim_id", "TEXT"),)}
 
 
 def _missing_columns(connection: sqlite3.Connection) -> list[tuple[str, str, str]]:
@@ -809,25 +810,25 @@ class SQLiteStore:
         )
         return None if row is None else _link(row)
 
-    def claim_link(self, link_hash: str, now: datetime) -> bool:
-        """Mark an unused, unexpired link used, atomically; False when it was not."""
+    def claim_link(self, link_hash: str, now: datetime, claim_id: str) -> bool:
+        """Mark an unused, unexpired link used by ``claim_id``, atomically; False when it was not."""
         return self._run(
             lambda connection: (
                 connection.execute(
-                    "UPDATE entry_links SET used_at = ? "
+                    "UPDATE entry_links SET used_at = ?, claim_id = ? "
                     "WHERE link_hash = ? AND used_at IS NULL AND expires_at > ?",
-                    (_iso(now), link_hash, _iso(now)),
+                    (_iso(now), claim_id, link_hash, _iso(now)),
                 ).rowcount
                 > 0
             )
         )
 
-    def release_link(self, link_hash: str, claimed_at: datetime) -> None:
-        """Make a link claimed at ``claimed_at`` usable again; another submission's claim stays."""
+    def release_link(self, link_hash: str, claim_id: str) -> None:
+        """Make a link claimed by ``claim_id`` usable again; any other claim stays."""
         self._run(
             lambda connection: connection.execute(
-                "UPDATE entry_links SET used_at = NULL WHERE link_hash = ? AND used_at = ?",
-                (link_hash, _iso(claimed_at)),
+                "UPDATE entry_links SET used_at = NULL, claim_id = NULL WHERE link_hash = ? AND claim_id = ?",
+                (link_hash, claim_id),
             )
         )
 
