@@ -2060,6 +2060,23 @@ CREATE TABLE entry_links (
 """
 
 
+def claims_and_releases_links_from_before_claim_ids(store: SecretStore, l0: datetime) -> None:
+    """``store`` holds a live link ``live`` and one ``used-before``, both written before claim ids."""
+    claimed = store.claim_link("live", l0 + timedelta(minutes=1), "claim-1")
+    store.release_link("live", "claim-2")
+    used_by_another = store.find_link("live")
+    store.release_link("live", "claim-1")
+    store.release_link("used-before", "claim-1")
+
+    assert claimed is True
+    assert used_by_another is not None
+    assert used_by_another.used_at == l0 + timedelta(minutes=1)
+    assert store.find_link("live") == dataclasses.replace(_link(l0), link_id="l1", link_hash="live")
+    used_before = store.find_link("used-before")
+    assert used_before is not None
+    assert used_before.used_at == l0  # claimed by an earlier version, with no id to give it back by
+
+
 def test_sqlite_opens_a_file_with_links_from_before_claim_ids_and_claims_and_releases_them(
     sqlite_path: Path, l0: datetime
 ) -> None:
@@ -2074,20 +2091,10 @@ def test_sqlite_opens_a_file_with_links_from_before_claim_ids_and_claims_and_rel
     sqlite_path.chmod(0o600)
 
     opened = SQLiteStore(sqlite_path)
-    claimed = opened.claim_link("live", l0 + timedelta(minutes=1), "claim-1")
-    opened.release_link("live", "claim-2")
-    used_by_another = opened.find_link("live")
-    opened.release_link("live", "claim-1")
-    opened.release_link("used-before", "claim-1")
-
-    assert claimed is True
-    assert used_by_another is not None
-    assert used_by_another.used_at == l0 + timedelta(minutes=1)
-    assert opened.find_link("live") == dataclasses.replace(_link(l0), link_id="l1", link_hash="live")
-    used_before = opened.find_link("used-before")
-    assert used_before is not None
-    assert used_before.used_at == l0
-    opened.close()
+    try:
+        claims_and_releases_links_from_before_claim_ids(opened, l0)
+    finally:
+        opened.close()
 
 
 @mongo_backends
@@ -2108,19 +2115,7 @@ def test_mongo_reads_claims_and_releases_links_written_before_claim_ids(
             }
         )
 
-    claimed = mongo_store.claim_link("live", l0 + timedelta(minutes=1), "claim-1")
-    mongo_store.release_link("live", "claim-2")
-    used_by_another = mongo_store.find_link("live")
-    mongo_store.release_link("live", "claim-1")
-    mongo_store.release_link("used-before", "claim-1")
-
-    assert claimed is True
-    assert used_by_another is not None
-    assert used_by_another.used_at == l0 + timedelta(minutes=1)
-    assert mongo_store.find_link("live") == dataclasses.replace(_link(l0), link_id="l1", link_hash="live")
-    used_before = mongo_store.find_link("used-before")
-    assert used_before is not None
-    assert used_before.used_at == l0
+    claims_and_releases_links_from_before_claim_ids(mongo_store, l0)
 
 
 def test_sqlite_put_link_drops_links_that_expired_before_it(sqlite_store: SQLiteStore, l0: datetime) -> None:

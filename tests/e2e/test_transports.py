@@ -755,6 +755,41 @@ async def test_first_http_run_makes_a_private_key_file_and_shows_one_token_once(
     assert f"master key: key file {key_file}\n" in second_log
 
 
+async def stored_from_a_terminal(
+    deployment: Deployment, home: Path, value: str, **terminal_env: str
+) -> tuple[str, list[str]]:
+    """Ask alice's stdio server for the terminal command, run it in a terminal of its own, and list.
+
+    The terminal has none of the server's settings, a home of its own, and ``terminal_env``. Returns the
+    server's answer and the keys it then lists for ``github``.
+    """
+    async with deployment.connect("alice") as alice:
+        asked = await alice.call_tool("request_secret", {"server": "github", "key": "TOKEN"})
+    command = re.search(r"terminal:  (.+?)  \(", text_of(asked))
+    assert command, text_of(asked)
+    terminal = {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "HOME": str(home),
+        **terminal_env,
+    }
+
+    done = subprocess.run(
+        ["bash", "-c", command.group(1)],
+        input=value + "\n",
+        env=terminal,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    async with deployment.connect("alice") as alice:
+        listed = await alice.call_tool("list_secret_keys", {"server": "github"})
+    assert listed.structured_content is not None
+    return text_of(asked), [entry["key"] for entry in listed.structured_content["keys"]]
+
+
 async def test_the_terminal_command_request_secret_gives_on_stdio_reaches_the_servers_store(
     tmp_path: Path, canary: str
 ) -> None:
@@ -766,31 +801,10 @@ async def test_the_terminal_command_request_secret_gives_on_stdio_reaches_the_se
     env = isolated_env(tmp_path / "server", MCP_SECRETS_MASTER_KEY_FILE=str(key_file))
     del env["MCP_SECRETS_MASTER_KEY"]
     deployment = Deployment("stdio", env, tmp_path / "server.log")
-    async with deployment.connect("alice") as alice:
-        asked = await alice.call_tool("request_secret", {"server": "github", "key": "TOKEN"})
-    command = re.search(r"terminal:  (.+?)  \(", text_of(asked))
-    assert command, text_of(asked)
-    # The user's own terminal: none of the server's settings, and a home of its own.
-    terminal = {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "HOME": str(tmp_path / "home"),
-    }
 
-    done = subprocess.run(
-        ["bash", "-c", command.group(1)],
-        input=canary + "\n",
-        env=terminal,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    _, listed = await stored_from_a_terminal(deployment, tmp_path / "home", canary)
 
-    assert done.returncode == 0, done.stderr
-    async with deployment.connect("alice") as alice:
-        listed = await alice.call_tool("list_secret_keys", {"server": "github"})
-    assert listed.structured_content is not None
-    assert [entry["key"] for entry in listed.structured_content["keys"]] == ["TOKEN"]
+    assert listed == ["TOKEN"]
 
 
 async def test_the_terminal_command_on_stdio_names_the_secret_settings_it_cannot_show(
@@ -800,31 +814,12 @@ async def test_the_terminal_command_on_stdio_names_the_secret_settings_it_cannot
     master_key = generate_master_key()
     env = isolated_env(tmp_path / "server", MCP_SECRETS_MASTER_KEY=master_key)
     deployment = Deployment("stdio", env, tmp_path / "server.log")
-    async with deployment.connect("alice") as alice:
-        asked = await alice.call_tool("request_secret", {"server": "github", "key": "TOKEN"})
-    command = re.search(r"terminal:  (.+?)  \(", text_of(asked))
-    assert command, text_of(asked)
-    assert "MCP_SECRETS_MASTER_KEY" in text_of(asked)
-    assert (master_key in text_of(asked)) is False
-    # The user's own terminal, with the master key set as the hint asks.
-    terminal = {
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "HOME": str(tmp_path / "home"),
-        "MCP_SECRETS_MASTER_KEY": master_key,
-    }
 
-    done = subprocess.run(
-        ["bash", "-c", command.group(1)],
-        input=canary + "\n",
-        env=terminal,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    # The terminal sets the master key, as the answer says it must.
+    answer, listed = await stored_from_a_terminal(
+        deployment, tmp_path / "home", canary, MCP_SECRETS_MASTER_KEY=master_key
     )
 
-    assert done.returncode == 0, done.stderr
-    async with deployment.connect("alice") as alice:
-        listed = await alice.call_tool("list_secret_keys", {"server": "github"})
-    assert listed.structured_content is not None
-    assert [entry["key"] for entry in listed.structured_content["keys"]] == ["TOKEN"]
+    assert "The terminal needs MCP_SECRETS_MASTER_KEY set as this server's configuration sets it" in answer
+    assert (master_key in answer) is False
+    assert listed == ["TOKEN"]
