@@ -29,6 +29,8 @@ MAX_LIVE_LINKS = 200
 LinkState = Literal["live", "used", "expired", "unknown"]
 # Whether a link's value is in the store, may still come (the link is live, or being redeemed), or never will.
 Submission = Literal["waiting", "stored", "gone"]
+# What became of a link a submission claimed: "storing" until its value is in (or the link is given back).
+ClaimOutcome = Literal["live", "storing", "stored", "gone"]
 
 
 def _utcnow() -> datetime:
@@ -172,15 +174,25 @@ class EntryLinks:
         write fails: a used link alone does not mean the value is stored, until its record shows a
         write since the claim.
         """
+        outcome = self.claim_outcome(token)
+        if outcome == "live" or outcome == "storing":  # noqa: PLR1714 - so that mypy narrows it
+            return "waiting"
+        return outcome
+
+    def claim_outcome(self, token: str) -> ClaimOutcome:
+        """What became of the link of ``token``: live, claimed with its value not in yet, stored, or gone.
+
+        "storing" is also what a link used up without a value (declined) stays, as is one whose claimer died.
+        """
         record, state = self.find(token)
         if record is None or state in ("expired", "unknown"):
             return "gone"
         if record.used_at is None:
-            return "waiting"
+            return "live"
         for stored in self.secrets.store.find_secrets(record.username, record.server):
             if stored.key == record.key and stored.updated_at >= record.used_at:
                 return "stored"
-        return "waiting"
+        return "storing"
 
     def state(self, token: str) -> LinkState:
         """Whether the link of ``token`` is live, used, expired or unknown."""

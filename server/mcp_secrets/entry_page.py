@@ -34,6 +34,11 @@ MAX_FORM_BYTES = 256 * 1024
 MAX_FORM_FIELDS = 4  # the form has two: a body of many more is not from it, and costs time to parse
 # A one-line field turns the line breaks of a pasted PEM key into spaces, or drops them: the key would be
 # stored broken, and nobody would see it until it failed. A PEM armor line in a value of one line tells.
+# How long a post of a link used by another post waits for that one's value to be stored, looking every
+# SENT_AGAIN_POLL_SECONDS: the two posts of a double click may reach two replicas, and the second one's
+# answer, which the browser shows, should say "stored". As long as a write waits for the SQLite lock.
+SENT_AGAIN_WAIT_SECONDS = 10.0
+SENT_AGAIN_POLL_SECONDS = 0.05
 _PEM_ARMOR = re.compile(r"-----BEGIN [^\r\n-]*-----")
 FLATTENED_PEM = (
     "Not stored: this key of several lines (PEM) lost its line breaks in the field, and would not work. "
@@ -229,22 +234,32 @@ async def _answer(
     secure: bool,
 ) -> Response:
     """Store the value of a posted form, or say why not."""
-    record = await _live_record(links, request)
-    if isinstance(record, Response):
-        if record.status_code == 410 and valid_form:  # noqa: PLR2004 - HTTP status
-            return await _sent_again(links, request) or record
-        return record
-    if form is None:
-        error = "Not stored: the form could not be read; it must be sent as this page sends it, in UTF-8."
-        csrf = cookie_csrf or _random.token_urlsafe(32)
-        return _form(record, csrf, path=path, secure=secure, error=error, status=400)
-    if not valid_form:
-        fresh = _random.token_urlsafe(32)
-        error = "The form expired. Please enter the value again."
-        return _form(record, fresh, path=path, secure=secure, error=error, status=403)
-    value = form.get("value")
     token = str(request.path_params["token"])
-    return await _submit(links, record, token, value, cookie_csrf, path=path, secure=secure)
+    # Twice at most: a second time when a post of the same form to another replica gave the link back.
+    for _ in range(2):
+        record = await _live_record(links, request)
+        if isinstance(record, Response):
+            if record.status_code != 410 or not valid_form:  # noqa: PLR2004 - HTTP status
+                return record
+        elif form is None:
+            error = "Not stored: the form could not be read; it must be sent as this page sends it, in UTF-8."
+            csrf = cookie_csrf or _random.token_urlsafe(32)
+            return _form(record, csrf, path=path, secure=secure, error=error, status=400)
+        elif not valid_form:
+            fresh = _random.token_urlsafe(32)
+            error = "The form expired. Please enter the value again."
+            return _form(record, fresh, path=path, secure=secure, error=error, status=403)
+        else:
+            submitted = await _submit(
+                links, record, token, form.get("value"), cookie_csrf, path=path, secure=secure
+            )
+            if submitted is not None:
+                return submitted
+        # The link is used: by this form sent before (a double click), perhaps to another replica.
+        again = await _sent_again(links, request)
+        if again is not None:
+            return again
+    return _gone(410)
 
 
 async def _form_fields(request: Request, body: bytes) -> Mapping[str, object] | None:
@@ -279,22 +294,33 @@ def _csrf_cookies(request: Request) -> list[str]:
 
 
 async def _sent_again(links: EntryLinks, request: Request) -> Response | None:
-    """The page for the form of a link whose value is stored already, sent again (a double click).
+    """The page for the form of a used link, sent again (a double click); None when the link is live again.
 
     A browser shows the answer to the last of the two posts: without this page, a user whose value
-    was stored would read that the link expired, and ask for a new one.
+    was stored would read that the link expired, and ask for a new one. The first post may have
+    reached another replica, and be storing the value still: this one waits for it, and when that
+    post gives the link back (its write failed), the caller stores this post's value instead.
     """
     token = str(request.path_params["token"])
-
-    def stored_record() -> LinkRecord | None:
-        return links.find(token)[0] if links.submission(token) == "stored" else None
-
+    deadline = anyio.current_time() + SENT_AGAIN_WAIT_SECONDS
+    while True:
+        try:
+            outcome = await anyio.to_thread.run_sync(links.claim_outcome, token)
+        except SecretsError:
+            return _gone(410)
+        if outcome != "storing" or anyio.current_time() >= deadline:
+            break
+        await anyio.sleep(SENT_AGAIN_POLL_SECONDS)
+    if outcome == "live":
+        return None
+    if outcome != "stored":
+        return _gone(410)
     try:
-        record = await anyio.to_thread.run_sync(stored_record)
+        record = (await anyio.to_thread.run_sync(links.find, token))[0]
     except SecretsError:
-        return None
+        return _gone(410)
     if record is None or _other_user(request, record):
-        return None
+        return _gone(410)
     body = (
         f"<h1>Secret already stored</h1>{_record_list(record)}"
         "<p>This link has stored its value already; nothing more was stored from this page. "
@@ -313,8 +339,8 @@ async def _submit(
     *,
     path: str,
     secure: bool,
-) -> Response:
-    """Store the submitted value; the answer never contains it."""
+) -> Response | None:
+    """Store the submitted value; the answer never contains it. None when the link was used meanwhile."""
     text = value if isinstance(value, str) else ""
     if _PEM_ARMOR.search(text) and "\n" not in text and "\r" not in text:
         return _form(record, csrf, path=path, secure=secure, error=FLATTENED_PEM, status=400)
@@ -323,7 +349,9 @@ async def _submit(
     except InvalidInputError as exc:
         return _form(record, csrf, path=path, secure=secure, error=f"Not stored: {exc}.", status=400)
     except EntryLinkError as exc:
-        return _gone(410 if exc.gone else 404)
+        if exc.gone:  # used meanwhile, perhaps by this form sent to another replica: the caller looks
+            return None
+        return _gone(404)
     except SecretsError:
         logger.warning("entry page: the secret could not be stored")
         error = "The secret store is unavailable; try again."
