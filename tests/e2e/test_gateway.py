@@ -700,8 +700,13 @@ def closing_listen_entry(closes: str, listens: Path) -> dict[str, Any]:
     return {**entry, "env": env}
 
 
+def listen_file(listens: Path) -> list[str]:
+    """The requests the downstream noted in ``listens``, in order: ``listen`` and ``list``."""
+    return listens.read_text(encoding="utf-8").splitlines() if listens.exists() else []
+
+
 def listen_requests(listens: Path) -> int:
-    return len(listens.read_text(encoding="utf-8").splitlines()) if listens.exists() else 0
+    return listen_file(listens).count("listen")
 
 
 async def test_a_downstreams_listen_stream_that_it_closed_is_opened_again_and_its_changes_still_told(
