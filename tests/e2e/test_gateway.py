@@ -1456,6 +1456,44 @@ async def test_a_large_log_message_is_redacted_off_the_event_loop(
     assert {on_loop for size, on_loop in redacted_on if size > 1 << 20} == {False}
 
 
+async def test_a_large_log_message_sent_before_the_result_reaches_the_client_before_it(
+    sqlite_secrets: Secrets, tmp_path: Path, canary: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its redaction, in a worker thread, is made to end only once the call's result came back.
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
+    answered = threading.Event()
+    redacted_log = relay_module.CallRelay._redacted_log
+    finish = relay_module.CallRelay.finish
+
+    def redacted_once_answered(relay: relay_module.CallRelay, params: Any) -> tuple[Any, str | None]:
+        answered.wait(STARTUP_SECONDS)
+        return redacted_log(relay, params)
+
+    async def finish_answered(relay: relay_module.CallRelay) -> None:
+        answered.set()
+        await finish(relay)
+
+    monkeypatch.setattr(relay_module.CallRelay, "_redacted_log", redacted_once_answered)
+    monkeypatch.setattr(relay_module.CallRelay, "finish", finish_answered)
+    logs: list[LoggingMessageNotificationParams] = []
+
+    async def on_log(params: LoggingMessageNotificationParams) -> None:
+        logs.append(params)
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": STDIO_ENTRY}) as gw,
+        connect(sqlite_secrets, gw, "alice", logging_callback=on_log, log_level="debug") as client,
+    ):
+        result = await client.call_tool("down__work", {"steps": 1, "log_kilobytes": 64})
+        logged_before_the_result = len(logs)
+
+    assert_no_spelling_of(canary, json.dumps([log.model_dump(mode="json") for log in logs]))
+    assert result.is_error is False
+    assert answered.is_set()
+    assert logged_before_the_result == 1
+    assert str(logs[0].data).startswith("working with [redacted TOKEN]")
+
+
 async def test_a_result_whose_meta_is_large_is_redacted_off_the_event_loop(
     sqlite_secrets: Secrets, tmp_path: Path, canary: str, redacted_on: list[tuple[int, bool]]
 ) -> None:

@@ -83,6 +83,9 @@ class CallRelay:
         self._furthest = -math.inf
         self._held_back: tuple[float, float | None, str | None] | None = None
         self._finished = False
+        # Log messages taken and not yet sent (one redacted in a worker thread may take a while).
+        self._sending = 0
+        self._all_sent = anyio.Event()
 
     async def log(self, params: LoggingMessageNotificationParams) -> None:
         """Relay a downstream's log message, unless it is below the client's level or past the bound."""
@@ -91,13 +94,17 @@ class CallRelay:
         if not self._logs.take():
             self._dropped_logs += 1  # dropped before it is redacted: a flood costs a count, not a redaction
             return
-        if chars_within((params.data, params.logger), REDACT_INLINE_CHARS):
-            data, logger_name = self._redacted_log(params)
-        else:  # up to a hundred at once, each up to 16 MiB: other users' calls go on meanwhile
-            data, logger_name = await anyio.to_thread.run_sync(self._redacted_log, params)
-            if self._finished:  # the call answered meanwhile: nothing of it is relayed after its result
-                return
-        await self._send_log(params.level, data, logger_name)
+        self._sending += 1
+        try:
+            if chars_within((params.data, params.logger), REDACT_INLINE_CHARS):
+                data, logger_name = self._redacted_log(params)
+            else:  # up to a hundred at once, each up to 16 MiB: other users' calls go on meanwhile
+                data, logger_name = await anyio.to_thread.run_sync(self._redacted_log, params)
+            await self._send_log(params.level, data, logger_name)
+        finally:
+            self._sending -= 1
+            if not self._sending:
+                self._all_sent.set()
 
     def _redacted_log(self, params: LoggingMessageNotificationParams) -> tuple[Any, str | None]:
         logger_name = self._redactor.text(params.logger) if params.logger is not None else None
@@ -115,12 +122,16 @@ class CallRelay:
         await self._send_progress(progress, total, message)
 
     async def finish(self) -> None:
-        """Relay the furthest progress held back, and say how many log messages were dropped; then no more.
+        """Relay what was taken or held back, and say how many log messages were dropped; then no more.
 
         Never raises for a message its client did not take: the call's own result or error comes next,
         and must not be replaced by the failure to send what came before it (its client may have gone).
         """
         self._finished = True
+        # Sent before the call's result, as the downstream sent them; none is taken from now on.
+        while self._sending:
+            self._all_sent = anyio.Event()
+            await self._all_sent.wait()
         held_back, self._held_back = self._held_back, None
         if held_back is not None:
             await _unless_gone(self._send_progress(*held_back))
