@@ -709,6 +709,13 @@ def listen_requests(listens: Path) -> int:
     return listen_file(listens).count("listen")
 
 
+def listed_on_listening_again(listens: Path) -> bool:
+    """True once the downstream listed its tools after its second listen request."""
+    noted = listen_file(listens)
+    listening = [index for index, request in enumerate(noted) if request == "listen"]
+    return len(listening) >= 2 and "list" in noted[listening[1] :]
+
+
 async def test_a_downstreams_listen_stream_that_it_closed_is_opened_again_and_its_changes_still_told(
     sqlite_secrets: Secrets, tmp_path: Path
 ) -> None:
@@ -721,7 +728,8 @@ async def test_a_downstreams_listen_stream_that_it_closed_is_opened_again_and_it
     ):
         before = down_tools((await alice.list_tools()).tools)
         with anyio.fail_after(STARTUP_SECONDS):
-            while listen_requests(listens) < 2:  # the downstream's own count: the gateway listened again
+            # The downstream's own record: the gateway listened again, and listed what it offers then.
+            while not listed_on_listening_again(listens):
                 await anyio.sleep(0.05)
         assert not (await alice.call_tool("down__unlock", {})).is_error
         await told_of_a_change(alices)
@@ -770,6 +778,129 @@ async def test_a_downstream_closing_every_listen_stream_at_once_is_listened_to_a
     doubling = [min(first * 2**n, longest) for n in range(watched)]
     assert pauses == doubling
     assert pauses[-2:] == [longest, longest]
+
+
+class ListenPauses:
+    """Stands in for the pauses between a connection's listen streams: none is slept.
+
+    Each connection's first pause lasts until ``reopen`` is set, and its ``last`` one until the connection
+    closes; ``taken`` says how many each connection (known by its listening task) took so far.
+    """
+
+    def __init__(self, last: int) -> None:
+        self.last = last
+        self.reopen = anyio.Event()
+        self.taken: dict[int, int] = {}
+        self._paused = anyio.Event()
+
+    async def pause(self, seconds: float) -> None:  # noqa: ARG002 - pause_before_listening_again's signature
+        listener = anyio.get_current_task().id
+        taken = self.taken[listener] = self.taken.get(listener, 0) + 1
+        self._paused.set()
+        if taken == 1:
+            await self.reopen.wait()
+        if taken >= self.last:
+            await anyio.sleep_forever()
+
+    async def until_each_took(self, pauses: int, connections: int) -> None:
+        """Wait until ``connections`` connections each took ``pauses`` pauses: each stream before ended."""
+        with anyio.fail_after(STARTUP_SECONDS):
+            while sum(taken >= pauses for taken in self.taken.values()) < connections:
+                self._paused = anyio.Event()
+                await self._paused.wait()
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_downstreams_tools_changed_while_no_listen_stream_was_open_are_told_once_one_is_opened_again(
+    sqlite_secrets: Secrets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    for username in ("alice", "bob"):
+        sqlite_secrets.set_secret(username, "down", "TOKEN", fresh_value(username))
+    pauses = ListenPauses(last=2)
+    monkeypatch.setattr(listen_module, "pause_before_listening_again", pauses.pause)
+    entry = closing_listen_entry("always", tmp_path / "listens")
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": entry}) as gw,
+        watching(functools.partial(connect, sqlite_secrets, gw, "alice"), mode) as (alice, alices),
+        watching(functools.partial(connect, sqlite_secrets, gw, "bob"), mode) as (bob, bobs),
+    ):
+        await pauses.until_each_took(1, connections=2)  # no stream open on either connection
+        before = down_tools((await alice.list_tools()).tools)
+        # The downstream says nothing: it would tell open streams only, and there is none.
+        unlocked = await alice.call_tool("down__unlock", {"quietly": True})
+        assert not unlocked.is_error, text_of(unlocked)
+        pauses.reopen.set()
+        await pauses.until_each_took(2, connections=2)  # each listened again, and its stream ended again
+        await told_of_a_change(alices)
+        alices_after = down_tools((await alice.list_tools()).tools)
+        # bob's downstream is his own process, whose tools did not change: he is told only of his own change.
+        sqlite_secrets.set_secret("bob", "down", "TOKEN", fresh_value("bob"))
+        await told_of_a_change(bobs)
+        bobs_after = down_tools((await bob.list_tools()).tools)
+
+    assert "down__unlocked" not in before
+    assert alices_after == before | {"down__unlocked"}
+    assert bobs_after == before
+    assert (untold(alices), untold(bobs)) == (0, 0)
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_downstream_closing_its_listen_streams_without_changing_its_tools_has_no_client_told(
+    sqlite_secrets: Secrets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    # Told at every reopen, a client behind a proxy that ends idle streams would list again every minute.
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    listens = tmp_path / "listens"
+    reopens = 5
+    pauses = ListenPauses(last=reopens + 1)
+    pauses.reopen.set()
+    monkeypatch.setattr(listen_module, "pause_before_listening_again", pauses.pause)
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": closing_listen_entry("always", listens)}) as gw,
+        watching(functools.partial(connect, sqlite_secrets, gw, "alice"), mode) as (alice, alices),
+    ):
+        await pauses.until_each_took(reopens + 1, connections=1)
+        requests = listen_requests(listens)
+        # A change of her own after all those reopens: the one notice she is sent.
+        sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+        await told_of_a_change(alices)
+        listed = down_tools((await alice.list_tools()).tools)
+
+    assert requests == reopens + 1
+    assert "down__unlock" in listed
+    assert untold(alices) == 0
+
+
+async def test_a_downstreams_listing_past_the_bound_at_its_listen_streams_is_logged_by_type_only(
+    sqlite_secrets: Secrets,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    canary: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
+    pauses = ListenPauses(last=2)
+    pauses.reopen.set()
+    monkeypatch.setattr(listen_module, "pause_before_listening_again", pauses.pause)
+    entry = closing_listen_entry("always", tmp_path / "listens")
+    # Its first page describes its token; the pages after it hold more than the gateway reads of a listing.
+    pages = gateway_module.LISTING_CHARS // (1 << 20) + 1
+    entry["env"] |= {"DOWNSTREAM_DESCRIBES_TOKEN": "1", "DOWNSTREAM_BULKY_PAGES": str(pages)}
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": entry}) as gw,
+        watching(functools.partial(connect, sqlite_secrets, gw, "alice"), "auto") as (_, alices),
+    ):
+        # A connection that stays open: a listing past the bound, as the client's was, ends the connection.
+        hash_of(await gw.call_tool("alice", "down__token_hash", {}))
+        await pauses.until_each_took(2, connections=1)  # listed, and failed, at two streams
+
+    assert_no_spelling_of(canary, caplog.text)  # first: a failure below may print the log
+    assert "tools of server down not listed at a listen stream: DownstreamError" in caplog.text
+    assert untold(alices) == 0
 
 
 async def test_a_listing_after_a_downstream_said_its_tools_changed_waits_for_the_call_still_running(

@@ -472,6 +472,11 @@ class Gateway:
         holder: dict[str, Connection] = {}
         relays = _relays(holder, tools_changed)
 
+        def listening(client: Client) -> AbstractAsyncContextManager[None]:
+            # Listed past the client's cache: a change no stream told of left the cached listing as it was.
+            every_tool = functools.partial(_every_tool, client, cache_mode="refresh")
+            return listening_for_tool_changes(client, server.name, tools_changed, every_tool)
+
         @asynccontextmanager
         async def open_stdio() -> AsyncIterator[Client]:
             assert spec.command is not None  # noqa: S101
@@ -483,7 +488,7 @@ class Gateway:
                 )
                 async with (
                     Client(transport, **relays) as client,
-                    listening_for_tool_changes(client, server.name),
+                    listening(client),
                 ):
                     yield client
 
@@ -493,7 +498,7 @@ class Gateway:
             if server.remote_transport == "sse":
                 async with (
                     Client(sse_client(url, headers=headers), **relays) as client,
-                    listening_for_tool_changes(client, server.name),
+                    listening(client),
                 ):
                     yield client
                 return
@@ -508,7 +513,7 @@ class Gateway:
                     streamable_http_client(url, http_client=http, max_sse_event_size=MAX_MESSAGE_BYTES),
                     **relays,
                 ) as client,
-                listening_for_tool_changes(client, server.name),
+                listening(client),
             ):
                 yield client
 
