@@ -2232,30 +2232,37 @@ async def test_a_call_refused_for_a_stale_tool_listing_is_sent_again_after_listi
     sqlite_secrets.set_secret("alice", "down", "TOKEN", value)
     sent = ClientSession.call_tool
     refusals = [MCPError(HEADER_MISMATCH, "Mcp-Param header missing")]
-    listings: list[str] = []
+    # Each call of the tool and each listing, with the task it ran in: the connection lists its tools
+    # in a task of its own too (at each listen stream), which must not pass for the call's listing.
+    events: list[tuple[str, int]] = []
     listed = ClientSession.list_tools
 
     # A downstream on 2026-07-28 refuses a call whose headers do not match the tool it listed (SEP-2243):
     # the SDK's Client lists again and resends once, and so does the gateway for a client asked by result.
     async def refuse_once(self: ClientSession, *args: Any, **kwargs: Any) -> Any:
-        if refusals and args[0] == "token_hash":  # the downstream's own name: the gateway's call of it
-            raise refusals.pop()
+        if args[0] == "token_hash":  # the downstream's own name: the gateway's call of it
+            events.append(("call", anyio.get_current_task().id))
+            if refusals:
+                raise refusals.pop()
         return await sent(self, *args, **kwargs)
 
     async def list_tools(self: ClientSession, *args: Any, **kwargs: Any) -> Any:
-        listings.append("tools/list")
+        events.append(("list", anyio.get_current_task().id))
         return await listed(self, *args, **kwargs)
 
     monkeypatch.setattr(ClientSession, "call_tool", refuse_once)
     monkeypatch.setattr(ClientSession, "list_tools", list_tools)
     async with connect(sqlite_secrets, gateway, "alice", mode="auto") as alice:
         assert alice.protocol_version == "2026-07-28"
-        listings.clear()
         result = await alice.call_tool("down__token_hash", {})
 
     assert hash_of(result) == sha256(value)
     assert refusals == []
-    assert listings  # the downstream's listing was asked for again, not served from a cache
+    calls = [index for index, (kind, _) in enumerate(events) if kind == "call"]
+    assert len(calls) == 2
+    refused_in = events[calls[0]][1]
+    # The call itself asked for the downstream's listing again, between the refusal and the resend.
+    assert ("list", refused_in) in events[calls[0] + 1 : calls[1]]
 
 
 # --- list_secret_keys -----------------------------------------------------------------------------
