@@ -51,6 +51,21 @@ def test_the_store_location_of_a_relative_sqlite_url_is_absolute(
     )
 
 
+def test_the_store_location_of_a_sqlite_url_under_home_names_the_file_the_store_opens(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A client config's env is not expanded by a shell: the store expands the `~` itself, and the
+    # terminal's command must name that file, not a `~` directory beside the server's working directory.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MCP_SECRETS_DATABASE_URL", "sqlite:///~/db/secrets.db")
+
+    location = load_settings().store_location()
+
+    opened = tmp_path / "home" / "db" / "secrets.db"
+    assert location.variables == {"MCP_SECRETS_DATABASE_URL": f"sqlite:///{opened}"}
+
+
 def test_the_store_location_never_holds_a_master_key_or_a_mongodb_url(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -59,6 +59,14 @@ def _expand_home(value: Path | None) -> Path | None:
         raise ValueError("no such home directory") from None
 
 
+def _sqlite_file(path: str) -> Path:
+    """The absolute file of a ``sqlite:///`` URL's path, with ``~`` expanded as the store expands it."""
+    try:
+        return Path(path).expanduser().absolute()
+    except RuntimeError:  # `~name/…` of no such user: the store refuses it at start
+        return Path(path).absolute()
+
+
 @dataclass(frozen=True)
 class StoreLocation:
     """What a command run elsewhere (a terminal) must be given to reach a process's store and key."""
@@ -206,7 +214,7 @@ class Settings(BaseSettings):
         withheld: list[str] = []
         url = (self.database_url_text or "").strip()
         if url.startswith("sqlite:///"):
-            location["MCP_SECRETS_DATABASE_URL"] = f"sqlite:///{Path(url[len('sqlite:///') :]).absolute()}"
+            location["MCP_SECRETS_DATABASE_URL"] = f"sqlite:///{_sqlite_file(url[len('sqlite:///') :])}"
         elif url:
             withheld.append("MCP_SECRETS_DATABASE_URL")
         elif "data_dir" in self.model_fields_set:
