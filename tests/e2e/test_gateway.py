@@ -1595,6 +1595,9 @@ async def test_a_large_log_message_sent_before_the_result_reaches_the_client_bef
     answered = threading.Event()
     redacted_log = relay_module.CallRelay._redacted_log
     finish = relay_module.CallRelay.finish
+    send_log = relay_module.CallRelay._send_log
+    # The gateway's own order: whether the message was sent once the relay's end (then the result) came.
+    sent: list[str] = []
 
     def redacted_once_answered(relay: relay_module.CallRelay, params: Any) -> tuple[Any, str | None]:
         answered.wait(STARTUP_SECONDS)
@@ -1603,9 +1606,15 @@ async def test_a_large_log_message_sent_before_the_result_reaches_the_client_bef
     async def finish_answered(relay: relay_module.CallRelay) -> None:
         answered.set()
         await finish(relay)
+        sent.append("finished")
+
+    async def noted_send_log(relay: relay_module.CallRelay, *args: Any) -> None:
+        await send_log(relay, *args)
+        sent.append("log")
 
     monkeypatch.setattr(relay_module.CallRelay, "_redacted_log", redacted_once_answered)
     monkeypatch.setattr(relay_module.CallRelay, "finish", finish_answered)
+    monkeypatch.setattr(relay_module.CallRelay, "_send_log", noted_send_log)
     logs: list[LoggingMessageNotificationParams] = []
 
     async def on_log(params: LoggingMessageNotificationParams) -> None:
@@ -1622,6 +1631,7 @@ async def test_a_large_log_message_sent_before_the_result_reaches_the_client_bef
     assert result.is_error is False
     assert answered.is_set()
     assert logged_before_the_result == 1
+    assert sent == ["log", "finished"]
     assert str(logs[0].data).startswith("working with [redacted TOKEN]")
 
 
