@@ -32,13 +32,13 @@ logger = logging.getLogger(__name__)
 CSRF_COOKIE = "mcp_secrets_csrf"
 MAX_FORM_BYTES = 256 * 1024
 MAX_FORM_FIELDS = 4  # the form has two: a body of many more is not from it, and costs time to parse
-# A one-line field turns the line breaks of a pasted PEM key into spaces, or drops them: the key would be
-# stored broken, and nobody would see it until it failed. A PEM armor line in a value of one line tells.
 # How long a post of a link used by another post waits for that one's value to be stored, looking every
 # SENT_AGAIN_POLL_SECONDS: the two posts of a double click may reach two replicas, and the second one's
 # answer, which the browser shows, should say "stored". As long as a write waits for the SQLite lock.
 SENT_AGAIN_WAIT_SECONDS = 10.0
 SENT_AGAIN_POLL_SECONDS = 0.05
+# A one-line field turns the line breaks of a pasted PEM key into spaces, or drops them: the key would be
+# stored broken, and nobody would see it until it failed. A PEM armor line in a value of one line tells.
 _PEM_ARMOR = re.compile(r"-----BEGIN [^\r\n-]*-----")
 FLATTENED_PEM = (
     "Not stored: this key of several lines (PEM) lost its line breaks in the field, and would not work. "
