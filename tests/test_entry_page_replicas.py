@@ -204,3 +204,39 @@ async def test_a_form_sent_again_to_another_replica_whose_first_post_failed_stor
     assert (canary in first.text + second.text) is False
     assert stored == {"TOKEN": canary}
     assert state == "used"
+
+
+async def test_a_form_sent_again_while_the_store_is_unavailable_says_to_try_again_not_that_the_link_expired(
+    tmp_path: Path, encryptor: SecretEncryptor, canary: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # B cannot tell whether A's value is in: "expired, ask for a new link" would send the user for a
+    # link they may not need; the store being unavailable is what B knows.
+    answers: dict[str, httpx2.Response] = {}
+    async with (
+        replica(tmp_path / "secrets.db", encryptor, HeldSecrets) as a,
+        replica(tmp_path / "secrets.db", encryptor) as b,
+    ):
+        assert isinstance(a.secrets, HeldSecrets)
+        path = f"{ENTRY_PATH}/{a.links.create('alice', 'github', 'TOKEN').token}"
+        find_link = b.store.find_link
+        lookups: list[str] = []
+
+        def unavailable_after_the_first(link_hash: str) -> Any:
+            lookups.append(link_hash)
+            if len(lookups) > 1:
+                raise StoreUnavailableError("the SQLite store is unavailable: held by the test")
+            return find_link(link_hash)
+
+        monkeypatch.setattr(b.store, "find_link", unavailable_after_the_first)
+        with anyio.fail_after(WAIT_SECONDS):
+            async with anyio.create_task_group() as posts:
+                posts.start_soon(post_into, answers, "first", lambda: a.post(path, canary))
+                await wait_for(a.secrets.storing)
+                answers["second"] = await b.post(path, canary)
+                a.secrets.let_go.set()
+
+    first, second = answers["first"], answers["second"]
+    assert (first.status_code, second.status_code) == (200, 503)
+    assert "Try again later" in second.text, second.text
+    assert "expired" not in second.text.lower()
+    assert (canary in first.text + second.text) is False

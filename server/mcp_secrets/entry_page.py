@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from mcp_secrets.entry import ENTRY_PATH, EntryLinks
+from mcp_secrets.entry import ENTRY_PATH, ClaimOutcome, EntryLinks
 from mcp_secrets.errors import EntryLinkError, InvalidInputError, SecretsError, StoreUnavailableError
 from mcp_secrets.request_body import read_body, with_body
 from mcp_secrets.store import LinkRecord
@@ -142,6 +142,10 @@ def _gone(status: int) -> HTMLResponse:
     return _page("Link not valid", f"<h1>Link not valid</h1><p>{text}</p>", status)
 
 
+def _unavailable() -> HTMLResponse:
+    return _page("Unavailable", "<h1>Try again later</h1><p>The secret store is unavailable.</p>", 503)
+
+
 def _other_user(request: Request, record: LinkRecord) -> bool:
     """A request that carries a verified token of someone other than the link's owner."""
     user = request.scope.get("user")
@@ -154,7 +158,7 @@ async def _live_record(links: EntryLinks, request: Request) -> LinkRecord | Resp
     try:
         record, state = await anyio.to_thread.run_sync(links.find, token)
     except StoreUnavailableError:
-        return _page("Unavailable", "<h1>Try again later</h1><p>The secret store is unavailable.</p>", 503)
+        return _unavailable()
     if record is None or state != "live":
         return _gone(404 if record is None else 410)
     if _other_user(request, record):
@@ -302,23 +306,15 @@ async def _sent_again(links: EntryLinks, request: Request) -> Response | None:
     post gives the link back (its write failed), the caller stores this post's value instead.
     """
     token = str(request.path_params["token"])
-    deadline = anyio.current_time() + SENT_AGAIN_WAIT_SECONDS
-    while True:
-        try:
-            outcome = await anyio.to_thread.run_sync(links.claim_outcome, token)
-        except SecretsError:
-            return _gone(410)
-        if outcome != "storing" or anyio.current_time() >= deadline:
-            break
-        await anyio.sleep(SENT_AGAIN_POLL_SECONDS)
-    if outcome == "live":
-        return None
-    if outcome != "stored":
-        return _gone(410)
     try:
-        record = (await anyio.to_thread.run_sync(links.find, token))[0]
+        outcome = await _settled_outcome(links, token)
+        record = (await anyio.to_thread.run_sync(links.find, token))[0] if outcome == "stored" else None
+    except StoreUnavailableError:  # the first post's value may be in: not "expired, ask for another"
+        return _unavailable()
     except SecretsError:
         return _gone(410)
+    if outcome == "live":
+        return None
     if record is None or _other_user(request, record):
         return _gone(410)
     body = (
@@ -328,6 +324,16 @@ async def _sent_again(links: EntryLinks, request: Request) -> Response | None:
         "To change the value, ask the assistant for a new link.</p>"
     )
     return _page("Secret already stored", body, 410)
+
+
+async def _settled_outcome(links: EntryLinks, token: str) -> ClaimOutcome:
+    """What became of the link's claim: once it is no longer "storing", or after SENT_AGAIN_WAIT_SECONDS."""
+    deadline = anyio.current_time() + SENT_AGAIN_WAIT_SECONDS
+    while True:
+        outcome = await anyio.to_thread.run_sync(links.claim_outcome, token)
+        if outcome != "storing" or anyio.current_time() >= deadline:
+            return outcome
+        await anyio.sleep(SENT_AGAIN_POLL_SECONDS)
 
 
 async def _submit(
