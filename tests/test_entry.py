@@ -1017,3 +1017,21 @@ async def test_both_terminal_hints_name_the_secret_settings_they_cannot_show(sql
         assert (
             "The terminal needs MCP_SECRETS_DATABASE_URL set as this server's configuration sets it" in hint
         )
+
+
+def test_a_failed_write_whose_link_cannot_be_given_back_raises_the_writes_own_error(
+    links: EntryLinks, link: EntryLink, secrets: Secrets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def write_fails(*_args: object, **_kwargs: object) -> None:
+        raise StoreUnavailableError("the store is unavailable: the write failed")
+
+    def release_fails(*_args: object) -> None:
+        raise StoreUnavailableError("the store is unavailable: the release failed")
+
+    monkeypatch.setattr(secrets, "set_secret", write_fails)
+    monkeypatch.setattr(secrets.store, "release_link", release_fails)
+
+    with pytest.raises(StoreUnavailableError) as raised:
+        links.submit(link.token, "value")
+
+    assert str(raised.value) == "the store is unavailable: the write failed"

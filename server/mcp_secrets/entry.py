@@ -150,7 +150,9 @@ class EntryLinks:
         try:
             self.secrets.set_secret(record.username, record.server, record.key, value, via="entry-page")
         except BaseException:
-            self.secrets.store.release_link(record.link_hash, claim_id)
+            # Given back if the store lets it be; either way, the error the user sees is the write's own.
+            with suppress(StoreUnavailableError):
+                self.secrets.store.release_link(record.link_hash, claim_id)
             raise
         return record
 
