@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Literal
 
 import platformdirs
@@ -71,7 +72,8 @@ def _sqlite_file(path: str) -> Path:
 class StoreLocation:
     """What a command run elsewhere (a terminal) must be given to reach a process's store and key."""
 
-    variables: Mapping[str, str] = field(default_factory=dict)  # shown, with their values
+    # Shown, with their values; read-only, as the empty default is shared.
+    variables: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     withheld: tuple[str, ...] = ()  # needed too, but they hold secrets: named, never shown
 
     def needs(self) -> str:

@@ -34,7 +34,8 @@ MAX_FORM_BYTES = 256 * 1024
 MAX_FORM_FIELDS = 4  # the form has two: a body of many more is not from it, and costs time to parse
 # How long a post of a link used by another post waits for that one's value to be stored, looking every
 # SENT_AGAIN_POLL_SECONDS: the two posts of a double click may reach two replicas, and the second one's
-# answer, which the browser shows, should say "stored". As long as a write waits for the SQLite lock.
+# answer, which the browser shows, should say "stored". A write that takes longer (one waiting out a longer
+# MCP_SECRETS_SQLITE_BUSY_TIMEOUT) leaves the second post the page of a used link.
 SENT_AGAIN_WAIT_SECONDS = 10.0
 SENT_AGAIN_POLL_SECONDS = 0.05
 # A one-line field turns the line breaks of a pasted PEM key into spaces, or drops them: the key would be
@@ -239,6 +240,8 @@ async def _answer(
 ) -> Response:
     """Store the value of a posted form, or say why not."""
     token = str(request.path_params["token"])
+    # One wait in all, however many times the link is looked at again.
+    deadline = anyio.current_time() + SENT_AGAIN_WAIT_SECONDS
     # Twice at most: a second time when a post of the same form to another replica gave the link back.
     for _ in range(2):
         record = await _live_record(links, request)
@@ -260,7 +263,7 @@ async def _answer(
             if submitted is not None:
                 return submitted
         # The link is used: by this form sent before (a double click), perhaps to another replica.
-        again = await _sent_again(links, request)
+        again = await _sent_again(links, request, deadline)
         if again is not None:
             return again
     return _gone(410)
@@ -297,17 +300,18 @@ def _csrf_cookies(request: Request) -> list[str]:
     return found
 
 
-async def _sent_again(links: EntryLinks, request: Request) -> Response | None:
+async def _sent_again(links: EntryLinks, request: Request, deadline: float) -> Response | None:
     """The page for the form of a used link, sent again (a double click); None when the link is live again.
 
     A browser shows the answer to the last of the two posts: without this page, a user whose value
     was stored would read that the link expired, and ask for a new one. The first post may have
-    reached another replica, and be storing the value still: this one waits for it, and when that
-    post gives the link back (its write failed), the caller stores this post's value instead.
+    reached another replica, and be storing the value still: this one waits for it (until ``deadline``,
+    on anyio's clock), and when that post gives the link back (its write failed), the caller stores this
+    post's value instead.
     """
     token = str(request.path_params["token"])
     try:
-        outcome = await _settled_outcome(links, token)
+        outcome = await _settled_outcome(links, token, deadline)
         record = (await anyio.to_thread.run_sync(links.find, token))[0] if outcome == "stored" else None
     except StoreUnavailableError:  # the first post's value may be in: not "expired, ask for another"
         return _unavailable()
@@ -326,9 +330,8 @@ async def _sent_again(links: EntryLinks, request: Request) -> Response | None:
     return _page("Secret already stored", body, 410)
 
 
-async def _settled_outcome(links: EntryLinks, token: str) -> ClaimOutcome:
-    """What became of the link's claim: once it is no longer "storing", or after SENT_AGAIN_WAIT_SECONDS."""
-    deadline = anyio.current_time() + SENT_AGAIN_WAIT_SECONDS
+async def _settled_outcome(links: EntryLinks, token: str, deadline: float) -> ClaimOutcome:
+    """What became of the link's claim: once it is no longer "storing", or at ``deadline``."""
     while True:
         outcome = await anyio.to_thread.run_sync(links.claim_outcome, token)
         if outcome != "storing" or anyio.current_time() >= deadline:
