@@ -109,27 +109,42 @@ async def post_into(answers: dict[str, httpx2.Response], name: str, post: Callab
     answers[name] = await post()
 
 
-async def test_a_form_sent_again_to_another_replica_while_the_first_stores_says_it_is_stored(
-    tmp_path: Path, encryptor: SecretEncryptor, canary: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    answers: dict[str, httpx2.Response] = {}
+@asynccontextmanager
+async def two_replicas(
+    tmp_path: Path, encryptor: SecretEncryptor
+) -> AsyncIterator[tuple[Replica, HeldSecrets, Replica, str]]:
+    """Replica A, whose write is held (its ``HeldSecrets`` given apart), replica B, and a link's path."""
     async with (
         replica(tmp_path / "secrets.db", encryptor, HeldSecrets) as a,
         replica(tmp_path / "secrets.db", encryptor) as b,
     ):
         assert isinstance(a.secrets, HeldSecrets)
-        path = f"{ENTRY_PATH}/{a.links.create('alice', 'github', 'TOKEN').token}"
-        b_looked = after_its_next_store_read(b.store, monkeypatch)
-        with anyio.fail_after(WAIT_SECONDS):
-            async with anyio.create_task_group() as posts:
-                posts.start_soon(post_into, answers, "first", lambda: a.post(path, canary))
-                await wait_for(a.secrets.storing)  # A claimed the link, and is storing its value
-                posts.start_soon(post_into, answers, "second", lambda: b.post(path, canary))
-                await wait_for(b_looked)  # B found the link used, its value not in yet
-                a.secrets.let_go.set()
+        yield a, a.secrets, b, f"{ENTRY_PATH}/{a.links.create('alice', 'github', 'TOKEN').token}"
+
+
+async def sent_to_a_then_to_b(
+    a: Replica, held: HeldSecrets, b: Replica, path: str, value: str, *, b_looked: Callable[[], bool]
+) -> tuple[httpx2.Response, httpx2.Response]:
+    """The form posted to A, then, while A stores, to B; A is let go once ``b_looked`` or B answered."""
+    answers: dict[str, httpx2.Response] = {}
+    with anyio.fail_after(WAIT_SECONDS):
+        async with anyio.create_task_group() as posts:
+            posts.start_soon(post_into, answers, "first", lambda: a.post(path, value))
+            await wait_for(held.storing)  # A claimed the link, and is storing its value
+            posts.start_soon(post_into, answers, "second", lambda: b.post(path, value))
+            await until(lambda: b_looked() or "second" in answers)
+            held.let_go.set()
+    return answers["first"], answers["second"]
+
+
+async def test_a_form_sent_again_to_another_replica_while_the_first_stores_says_it_is_stored(
+    tmp_path: Path, encryptor: SecretEncryptor, canary: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with two_replicas(tmp_path, encryptor) as (a, held, b, path):
+        b_looked = after_its_next_store_read(b.store, monkeypatch)  # the link used, its value not in yet
+        first, second = await sent_to_a_then_to_b(a, held, b, path, canary, b_looked=b_looked.is_set)
         stored = b.secrets.get_secrets("alice", "github")
 
-    first, second = answers["first"], answers["second"]
     assert (first.status_code, second.status_code) == (200, 410)
     assert "Secret already stored" in second.text, second.text
     assert "expired" not in second.text
@@ -142,18 +157,13 @@ async def test_a_form_sent_again_to_another_replica_that_lost_the_claim_says_it_
 ) -> None:
     # Both found the link live; A claimed it first, so B's claim finds it used.
     answers: dict[str, httpx2.Response] = {}
-    async with (
-        replica(tmp_path / "secrets.db", encryptor, HeldSecrets) as a,
-        replica(tmp_path / "secrets.db", encryptor) as b,
-    ):
-        assert isinstance(a.secrets, HeldSecrets)
-        path = f"{ENTRY_PATH}/{a.links.create('alice', 'github', 'TOKEN').token}"
+    async with two_replicas(tmp_path, encryptor) as (a, held, b, path):
         b_claiming = threading.Event()
         claim_link = b.store.claim_link
 
         def claim_after_a(*args: Any) -> bool:
             b_claiming.set()
-            a.secrets.storing.wait(WAIT_SECONDS)  # type: ignore[attr-defined]
+            held.storing.wait(WAIT_SECONDS)
             return claim_link(*args)
 
         monkeypatch.setattr(b.store, "claim_link", claim_after_a)
@@ -165,7 +175,7 @@ async def test_a_form_sent_again_to_another_replica_that_lost_the_claim_says_it_
                 posts.start_soon(post_into, answers, "first", lambda: a.post(path, canary))
                 # B's claim found the link used, and B looked whether its value is in (or answered already).
                 await until(lambda: b_looked.is_set() or "second" in answers)
-                a.secrets.let_go.set()
+                held.let_go.set()
         stored = b.secrets.get_secrets("alice", "github")
 
     first, second = answers["first"], answers["second"]
@@ -179,26 +189,13 @@ async def test_a_form_sent_again_to_another_replica_whose_first_post_failed_stor
     tmp_path: Path, encryptor: SecretEncryptor, canary: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A could not store, and gave the link back: B's post, the one the browser shows, stores the value.
-    answers: dict[str, httpx2.Response] = {}
-    async with (
-        replica(tmp_path / "secrets.db", encryptor, HeldSecrets) as a,
-        replica(tmp_path / "secrets.db", encryptor) as b,
-    ):
-        assert isinstance(a.secrets, HeldSecrets)
-        a.secrets.fail = True
-        path = f"{ENTRY_PATH}/{a.links.create('alice', 'github', 'TOKEN').token}"
+    async with two_replicas(tmp_path, encryptor) as (a, held, b, path):
+        held.fail = True
         b_looked = after_its_next_store_read(b.store, monkeypatch)
-        with anyio.fail_after(WAIT_SECONDS):
-            async with anyio.create_task_group() as posts:
-                posts.start_soon(post_into, answers, "first", lambda: a.post(path, canary))
-                await wait_for(a.secrets.storing)
-                posts.start_soon(post_into, answers, "second", lambda: b.post(path, canary))
-                await wait_for(b_looked)
-                a.secrets.let_go.set()
+        first, second = await sent_to_a_then_to_b(a, held, b, path, canary, b_looked=b_looked.is_set)
         stored = b.secrets.get_secrets("alice", "github")
         state = b.links.state(path.rsplit("/", 1)[1])
 
-    first, second = answers["first"], answers["second"]
     assert (first.status_code, second.status_code) == (503, 200)
     assert "Secret stored" in second.text, second.text
     assert (canary in first.text + second.text) is False
@@ -211,13 +208,7 @@ async def test_a_form_sent_again_while_the_store_is_unavailable_says_to_try_agai
 ) -> None:
     # B cannot tell whether A's value is in: "expired, ask for a new link" would send the user for a
     # link they may not need; the store being unavailable is what B knows.
-    answers: dict[str, httpx2.Response] = {}
-    async with (
-        replica(tmp_path / "secrets.db", encryptor, HeldSecrets) as a,
-        replica(tmp_path / "secrets.db", encryptor) as b,
-    ):
-        assert isinstance(a.secrets, HeldSecrets)
-        path = f"{ENTRY_PATH}/{a.links.create('alice', 'github', 'TOKEN').token}"
+    async with two_replicas(tmp_path, encryptor) as (a, held, b, path):
         find_link = b.store.find_link
         lookups: list[str] = []
 
@@ -228,14 +219,9 @@ async def test_a_form_sent_again_while_the_store_is_unavailable_says_to_try_agai
             return find_link(link_hash)
 
         monkeypatch.setattr(b.store, "find_link", unavailable_after_the_first)
-        with anyio.fail_after(WAIT_SECONDS):
-            async with anyio.create_task_group() as posts:
-                posts.start_soon(post_into, answers, "first", lambda: a.post(path, canary))
-                await wait_for(a.secrets.storing)
-                answers["second"] = await b.post(path, canary)
-                a.secrets.let_go.set()
+        # A is let go once B answered.
+        first, second = await sent_to_a_then_to_b(a, held, b, path, canary, b_looked=lambda: False)
 
-    first, second = answers["first"], answers["second"]
     assert (first.status_code, second.status_code) == (200, 503)
     assert "Try again later" in second.text, second.text
     assert "expired" not in second.text.lower()
