@@ -1565,21 +1565,33 @@ async def test_a_large_result_is_redacted_off_the_event_loop_and_a_small_one_on_
     assert {on_loop for _, on_loop in redacted_small} == {True}
 
 
-async def test_a_large_log_message_is_redacted_off_the_event_loop(
-    sqlite_secrets: Secrets, tmp_path: Path, canary: str, redacted_on: list[tuple[int, bool]]
-) -> None:
-    # A call relays up to a hundred log messages at once, each up to the 16 MiB a message may hold.
-    sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
+async def work_logged(
+    secrets: Secrets, tmp_path: Path, *, log_kilobytes: int
+) -> tuple[CallToolResult, list[LoggingMessageNotificationParams], int]:
+    """alice's call of one step of ``down__work``, logging that much, through a gateway of her own.
+
+    Returns its result, the log messages her client got, and how many of them came before the result.
+    """
     logs: list[LoggingMessageNotificationParams] = []
 
     async def on_log(params: LoggingMessageNotificationParams) -> None:
         logs.append(params)
 
     async with (
-        running_gateway(sqlite_secrets, tmp_path, {"down": STDIO_ENTRY}) as gw,
-        connect(sqlite_secrets, gw, "alice", logging_callback=on_log, log_level="debug") as client,
+        running_gateway(secrets, tmp_path, {"down": STDIO_ENTRY}) as gw,
+        connect(secrets, gw, "alice", logging_callback=on_log, log_level="debug") as client,
     ):
-        result = await client.call_tool("down__work", {"steps": 1, "log_kilobytes": 1100})
+        result = await client.call_tool("down__work", {"steps": 1, "log_kilobytes": log_kilobytes})
+        before_the_result = len(logs)
+    return result, logs, before_the_result
+
+
+async def test_a_large_log_message_is_redacted_off_the_event_loop(
+    sqlite_secrets: Secrets, tmp_path: Path, canary: str, redacted_on: list[tuple[int, bool]]
+) -> None:
+    # A call relays up to a hundred log messages at once, each up to the 16 MiB a message may hold.
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
+    result, logs, _ = await work_logged(sqlite_secrets, tmp_path, log_kilobytes=1100)
 
     assert_no_spelling_of(canary, json.dumps([log.model_dump(mode="json") for log in logs]))
     assert result.is_error is False
@@ -1615,17 +1627,7 @@ async def test_a_large_log_message_sent_before_the_result_reaches_the_client_bef
     monkeypatch.setattr(relay_module.CallRelay, "_redacted_log", redacted_once_answered)
     monkeypatch.setattr(relay_module.CallRelay, "finish", finish_answered)
     monkeypatch.setattr(relay_module.CallRelay, "_send_log", noted_send_log)
-    logs: list[LoggingMessageNotificationParams] = []
-
-    async def on_log(params: LoggingMessageNotificationParams) -> None:
-        logs.append(params)
-
-    async with (
-        running_gateway(sqlite_secrets, tmp_path, {"down": STDIO_ENTRY}) as gw,
-        connect(sqlite_secrets, gw, "alice", logging_callback=on_log, log_level="debug") as client,
-    ):
-        result = await client.call_tool("down__work", {"steps": 1, "log_kilobytes": 64})
-        logged_before_the_result = len(logs)
+    result, logs, logged_before_the_result = await work_logged(sqlite_secrets, tmp_path, log_kilobytes=64)
 
     assert_no_spelling_of(canary, json.dumps([log.model_dump(mode="json") for log in logs]))
     assert result.is_error is False
