@@ -903,6 +903,32 @@ async def test_a_downstreams_listing_past_the_bound_at_its_listen_streams_is_log
     assert untold(alices) == 0
 
 
+async def test_the_listing_at_a_listen_stream_has_the_time_the_setting_gives_a_listing(
+    sqlite_secrets: Secrets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # MCP_SECRETS_GATEWAY_START_SECONDS bounds a downstream's start and each listing of its tools.
+    caplog.set_level(logging.INFO)
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    every_tool = gateway_module._every_tool
+    # Time enough for the downstream to start on a busy machine; the wait below ends before the 60 s
+    # a bound of the listing's own would have had.
+    start_seconds = 10.0
+
+    async def stuck_at_streams(client: Client, **options: Any) -> Any:
+        if options.get("cache_mode") == "refresh":  # the listing at a listen stream
+            await anyio.sleep_forever()
+        return await every_tool(client, **options)
+
+    monkeypatch.setattr(gateway_module, "_every_tool", stuck_at_streams)
+    async with running_gateway(
+        sqlite_secrets, tmp_path, {"down": unlocking_entry("2026-07-28")}, start_seconds=start_seconds
+    ) as gw:
+        hash_of(await gw.call_tool("alice", "down__token_hash", {}))
+        with anyio.fail_after(start_seconds + 35):
+            while "not listed at a listen stream: TimeoutError" not in caplog.text:
+                await anyio.sleep(0.05)
+
+
 async def test_a_listing_after_a_downstream_said_its_tools_changed_waits_for_the_call_still_running(
     sqlite_secrets: Secrets, tmp_path: Path
 ) -> None:

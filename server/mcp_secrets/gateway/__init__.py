@@ -473,8 +473,12 @@ class Gateway:
         relays = _relays(holder, tools_changed)
 
         def listening(client: Client) -> AbstractAsyncContextManager[None]:
-            # Listed past the client's cache: a change no stream told of left the cached listing as it was.
-            every_tool = functools.partial(_every_tool, client, cache_mode="refresh")
+            async def every_tool() -> list[Tool]:
+                # Within the time any listing of it has; past the client's cache, which a change no
+                # stream told of left as it was.
+                with anyio.fail_after(self.pool.start_seconds):
+                    return await _every_tool(client, cache_mode="refresh")
+
             return listening_for_tool_changes(client, server.name, tools_changed, every_tool)
 
         @asynccontextmanager

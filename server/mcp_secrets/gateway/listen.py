@@ -39,10 +39,8 @@ FIRST_PAUSE_SECONDS = 1.0
 LONGEST_PAUSE_SECONDS = 60.0
 # A stream that lived this long ended for a reason of its own (a proxy's idle timeout, say), not at once.
 LIVED_LONG_SECONDS = 60.0
-# How long the listing at an acknowledged stream may take; past it, the listing before stands.
-LISTING_SECONDS = 60.0
-
-# Every tool a downstream lists, all pages, bounded as the gateway's own listings are.
+# Every tool a downstream lists, all pages, bounded in size and time as the gateway's own listings are
+# (a listing past the time raises TimeoutError; the listing before then stands).
 ListTools = Callable[[], Awaitable[list[Tool]]]
 
 
@@ -102,8 +100,7 @@ class _ListingWatch:
     async def stream_acknowledged(self) -> None:
         """List the tools; call ``tools_changed`` if they differ from the last listing that worked."""
         try:
-            with anyio.fail_after(LISTING_SECONDS):
-                tools = await self._list_tools()
+            tools = await self._list_tools()
             if chars_within(tools, REDACT_INLINE_CHARS):
                 fingerprint = _fingerprint(tools)
             else:  # as a large listing is redacted: other users' calls go on meanwhile
