@@ -11,6 +11,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import httpx2
 import pytest
 from starlette.applications import Starlette
 
+from mcp_secrets import entry_page
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.entry import ENTRY_PATH, EntryLinks
 from mcp_secrets.entry_page import CSRF_COOKIE, entry_routes
@@ -226,3 +228,38 @@ async def test_a_form_sent_again_while_the_store_is_unavailable_says_to_try_agai
     assert "Try again later" in second.text, second.text
     assert "expired" not in second.text.lower()
     assert (canary in first.text + second.text) is False
+
+
+async def test_a_form_sent_to_a_link_declined_a_while_ago_is_answered_at_once(
+    tmp_path: Path, encryptor: SecretEncryptor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The user declined in their client, then sent the page they had open: that claim stores nothing, ever.
+    declined_at = datetime.now(timezone.utc)
+    clock = [declined_at]
+    store = SQLiteStore(tmp_path / "secrets.db")
+    secrets = Secrets(store, encryptor)
+    links = EntryLinks(secrets, clock=lambda: clock[0])
+    token = links.create("alice", "github", "TOKEN").token
+    links.cancel(token)
+    clock[0] = declined_at + timedelta(seconds=entry_page.SENT_AGAIN_WAIT_SECONDS + 1)
+    looks: list[str] = []
+    claim_outcome = links.claim_outcome
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        looks.append("look")
+        return claim_outcome(*args, **kwargs)
+
+    monkeypatch.setattr(links, "claim_outcome", counted)
+    app = Starlette(routes=entry_routes(links))
+    try:
+        async with httpx2.AsyncClient(
+            transport=httpx2.ASGITransport(app=app), base_url="http://127.0.0.1", cookies={CSRF_COOKIE: CSRF}
+        ) as http:
+            answer = await http.post(f"{ENTRY_PATH}/{token}", data={"csrf": CSRF, "value": "too late"})
+    finally:
+        secrets.close()
+        store.close()
+
+    assert answer.status_code == 410
+    assert "Link expired" in answer.text
+    assert looks == ["look"]  # not looked at again and again for a value that will not come

@@ -181,10 +181,11 @@ class EntryLinks:
             return "waiting"
         return outcome
 
-    def claim_outcome(self, token: str) -> ClaimOutcome:
+    def claim_outcome(self, token: str, *, stale_after: timedelta | None = None) -> ClaimOutcome:
         """What became of the link of ``token``: live, claimed with its value not in yet, stored, or gone.
 
-        "storing" is also what a link used up without a value (declined) stays, as is one whose claimer died.
+        "storing" is also what a link used up without a value (declined) stays, as is one whose claimer
+        died; with ``stale_after``, a claim older than that is taken for one of those, and is "gone".
         """
         record, state = self.find(token)
         if record is None or state in ("expired", "unknown"):
@@ -194,6 +195,8 @@ class EntryLinks:
         for stored in self.secrets.store.find_secrets(record.username, record.server):
             if stored.key == record.key and stored.updated_at >= record.used_at:
                 return "stored"
+        if stale_after is not None and record.used_at <= self._clock() - stale_after:
+            return "gone"
         return "storing"
 
     def state(self, token: str) -> LinkState:

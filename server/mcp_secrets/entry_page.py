@@ -8,11 +8,13 @@ plus a hidden field) guards against cross-site posts, on top of the Host/Origin 
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import re
 import secrets as _random
 from collections.abc import Mapping
+from datetime import timedelta
 from html import escape
 from urllib.parse import parse_qsl
 
@@ -38,6 +40,7 @@ MAX_FORM_FIELDS = 4  # the form has two: a body of many more is not from it, and
 # MCP_SECRETS_SQLITE_BUSY_TIMEOUT) leaves the second post the page of a used link.
 SENT_AGAIN_WAIT_SECONDS = 10.0
 SENT_AGAIN_POLL_SECONDS = 0.05
+_WAIT = timedelta(seconds=SENT_AGAIN_WAIT_SECONDS)
 # A one-line field turns the line breaks of a pasted PEM key into spaces, or drops them: the key would be
 # stored broken, and nobody would see it until it failed. A PEM armor line in a value of one line tells.
 _PEM_ARMOR = re.compile(r"-----BEGIN [^\r\n-]*-----")
@@ -333,7 +336,10 @@ async def _sent_again(links: EntryLinks, request: Request, deadline: float) -> R
 async def _settled_outcome(links: EntryLinks, token: str, deadline: float) -> ClaimOutcome:
     """What became of the link's claim: once it is no longer "storing", or at ``deadline``."""
     while True:
-        outcome = await anyio.to_thread.run_sync(links.claim_outcome, token)
+        # A claim older than the wait will not store any more (declined, or its submission died).
+        outcome = await anyio.to_thread.run_sync(
+            functools.partial(links.claim_outcome, token, stale_after=_WAIT)
+        )
         if outcome != "storing" or anyio.current_time() >= deadline:
             return outcome
         await anyio.sleep(SENT_AGAIN_POLL_SECONDS)
