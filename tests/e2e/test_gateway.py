@@ -929,6 +929,33 @@ async def test_the_listing_at_a_listen_stream_has_the_time_the_setting_gives_a_l
                 await anyio.sleep(0.05)
 
 
+async def test_a_listing_during_which_the_downstream_said_its_tools_changed_is_not_kept_as_its_last(
+    sqlite_secrets: Secrets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The listing read the tools of before; kept, it would stand for the downstream's tools while a call
+    # of the user runs, or while the downstream is down, although its clients were told to list again.
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    every_tool = gateway_module._every_tool
+
+    async with running_gateway(sqlite_secrets, tmp_path, {"down": STDIO_ENTRY}) as gw:
+
+        async def changed_meanwhile(client: Client, **options: Any) -> Any:
+            listed = await every_tool(client, **options)
+            if not options:  # the user's listing, not the one at a listen stream
+                gw._downstream_tools_changed("alice", "down")  # as the downstream's notice does
+            return listed
+
+        monkeypatch.setattr(gateway_module, "_every_tool", changed_meanwhile)
+        listed = await gw.list_tools("alice")
+        kept = ("alice", "down") in gw._known_tools
+        monkeypatch.undo()
+        listed_again = await gw.list_tools("alice")
+
+    assert {tool.name for tool in listed} == {tool.name for tool in listed_again}
+    assert kept is False
+    assert ("alice", "down") in gw._known_tools  # a listing with no change meanwhile is kept
+
+
 async def test_a_listing_after_a_downstream_said_its_tools_changed_waits_for_the_call_still_running(
     sqlite_secrets: Secrets, tmp_path: Path
 ) -> None:

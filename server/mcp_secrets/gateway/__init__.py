@@ -16,8 +16,9 @@ import math
 import os
 import re
 import secrets as _random
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -163,6 +164,10 @@ class Gateway:
         # Each user's own last listing: a tool list made with one user's credentials can describe
         # that user's account, so it is never shown to another.
         self._known_tools: dict[tuple[str, str], list[Tool]] = {}
+        # Listings under way, by (user, server), and those of them during which the downstream said its
+        # tools changed: such a listing may hold the tools of before, and is not kept as the last.
+        self._listings: Counter[tuple[str, str]] = Counter()
+        self._changed_while_listing: set[tuple[str, str]] = set()
         self._call_turns: dict[tuple[str, str], Turn] = {}
         self._via = via
         # A user's tools follow that user's secrets: a change of them is told to that user's clients.
@@ -187,6 +192,8 @@ class Gateway:
         # What it listed before is not what it lists now: a listing waits for a running call rather
         # than show it to clients told to list again.
         self._known_tools.pop((username, server), None)
+        if self._listings[(username, server)]:
+            self._changed_while_listing.add((username, server))
         self.changes.changed(username)
 
     async def stop(self) -> None:
@@ -307,9 +314,9 @@ class Gateway:
         return found or tool
 
     async def _list(self, username: str, server: ServerConfig) -> list[Tool]:
+        key = (username, server.name)
         # A call of this user to this server may run for long: what it listed for them last will do.
-        known = (username, server.name) in self._known_tools
-        wait_seconds = 0 if known else self.pool.start_seconds
+        wait_seconds = 0 if key in self._known_tools else self.pool.start_seconds
         session = self._session(
             username,
             server,
@@ -319,30 +326,48 @@ class Gateway:
             wait_seconds=wait_seconds,
             listing=True,
         )
-        async with session as (connection, redactor, _):
-            assert connection.client is not None  # noqa: S101
-            seconds = self.pool.start_seconds
-            try:
-                with anyio.fail_after(seconds):
-                    listed = await _every_tool(connection.client)
-            except Exception as exc:  # noqa: BLE001 - any downstream failure becomes a tool error
-                self.pool.discard(connection)
-                problem = (
-                    f"it did not answer within {seconds:g} seconds"
-                    if isinstance(exc, TimeoutError)
-                    else connection.fault or _describe(exc)
-                )
-                raise DownstreamError(redactor.text(f"listing {server.name} failed: {problem}")) from None
-        if chars_within(listed, REDACT_INLINE_CHARS):
-            tools = _redact_tools(listed, redactor)
-        else:  # as a large result is: other users' calls go on meanwhile
-            tools = await anyio.to_thread.run_sync(_redact_tools, listed, redactor)
+        with self._listing(key) as changed_meanwhile:
+            async with session as (connection, redactor, _):
+                assert connection.client is not None  # noqa: S101
+                seconds = self.pool.start_seconds
+                try:
+                    with anyio.fail_after(seconds):
+                        listed = await _every_tool(connection.client)
+                except Exception as exc:  # noqa: BLE001 - any downstream failure becomes a tool error
+                    self.pool.discard(connection)
+                    problem = (
+                        f"it did not answer within {seconds:g} seconds"
+                        if isinstance(exc, TimeoutError)
+                        else connection.fault or _describe(exc)
+                    )
+                    raise DownstreamError(redactor.text(f"listing {server.name} failed: {problem}")) from None
+            if chars_within(listed, REDACT_INLINE_CHARS):
+                tools = _redact_tools(listed, redactor)
+            else:  # as a large result is: other users' calls go on meanwhile
+                tools = await anyio.to_thread.run_sync(_redact_tools, listed, redactor)
+            if changed_meanwhile():
+                return tools  # its clients were told to list again: the next listing is the one to keep
         known_tools = self._known_tools
-        known_tools.pop((username, server.name), None)  # moved to the end: the most recent
-        known_tools[(username, server.name)] = tools
+        known_tools.pop(key, None)  # moved to the end: the most recent
+        known_tools[key] = tools
         while len(known_tools) > KNOWN_LISTINGS:
             del known_tools[next(iter(known_tools))]
         return tools
+
+    @contextmanager
+    def _listing(self, key: tuple[str, str]) -> Iterator[Callable[[], bool]]:
+        """While inside, a listing of ``key`` is under way; yields whether its tools changed meanwhile.
+
+        Changed: the downstream said so during this listing, or during another of ``key`` under way with it.
+        """
+        self._listings[key] += 1
+        try:
+            yield lambda: key in self._changed_while_listing
+        finally:
+            self._listings[key] -= 1
+            if not self._listings[key]:
+                del self._listings[key]
+                self._changed_while_listing.discard(key)
 
     @asynccontextmanager
     async def _session(
