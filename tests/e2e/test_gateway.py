@@ -929,6 +929,40 @@ async def test_the_listing_at_a_listen_stream_has_the_time_the_setting_gives_a_l
                 await anyio.sleep(0.05)
 
 
+async def test_the_listing_at_a_listen_stream_waits_for_the_users_call_to_end(
+    sqlite_secrets: Secrets, tmp_path: Path
+) -> None:
+    # Made during the call, its answer could be written amid the call's own output (a downstream printing
+    # without end), and whatever the downstream said while listing would reach the call's client.
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    listens = tmp_path / "listens"
+    entry = unlocking_entry("2026-07-28")
+    entry["env"] = {**entry["env"], "DOWNSTREAM_LISTEN_FILE": str(listens)}
+    held = anyio.CancelScope()
+
+    async def unlock_and_hold() -> None:
+        with held:
+            await gw.call_tool("alice", "down__unlock", {"hold": True, "quietly": True})
+
+    async with running_gateway(sqlite_secrets, tmp_path, {"down": entry}) as gw:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(
+                unlock_and_hold
+            )  # opens alice's connection, whose first stream is then acknowledged
+            with anyio.fail_after(STARTUP_SECONDS):
+                while listen_requests(listens) < 1:
+                    await anyio.sleep(0.05)
+            # Time for a listing that would not wait to be made (a slow machine can only make this pass).
+            await anyio.sleep(0.5)
+            listed_during_the_call = listen_file(listens).count("list")
+            held.cancel()
+        with anyio.fail_after(STARTUP_SECONDS):
+            while listen_file(listens).count("list") < 1:
+                await anyio.sleep(0.05)
+
+    assert listed_during_the_call == 0
+
+
 async def test_a_listing_during_which_the_downstream_said_its_tools_changed_is_not_kept_as_its_last(
     sqlite_secrets: Secrets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -418,14 +418,17 @@ class Gateway:
                 )
 
         tools_changed = functools.partial(self._downstream_tools_changed, username, server.name)
-        made_opener, fingerprint, holder = self._opener(server, injected, tools_changed)
+        # The listing at each listen stream waits for the user's call to this server to end: whatever the
+        # downstream says while it lists belongs to no call, and its answer is not sent amid a call's output.
+        key = (username, server.name)
+        listing_turn = functools.partial(self._turn, key, math.inf, server.name, listing=True)
+        made_opener, fingerprint, holder = self._opener(server, injected, tools_changed, listing_turn)
 
         def opener() -> AbstractAsyncContextManager[Client]:
             record_injected()  # the values go to a new downstream now, whether or not it starts
             return made_opener()
 
         del values, injected  # decrypted values now live only in the opener, for this call
-        key = (username, server.name)
         # One call at a time per (user, server): notifications carry no request id, so this is
         # what keeps each call's log messages with it. Other users and servers run in parallel.
         try:
@@ -474,9 +477,16 @@ class Gateway:
                 del self._call_turns[key]  # one entry per key in use, not per user ever seen
 
     def _opener(
-        self, server: ServerConfig, injected: Mapping[str, str], tools_changed: Callable[[], None]
+        self,
+        server: ServerConfig,
+        injected: Mapping[str, str],
+        tools_changed: Callable[[], None],
+        listing_turn: Callable[[], AbstractAsyncContextManager[None]],
     ) -> tuple[Callable[[], AbstractAsyncContextManager[Client]], str, dict[str, Connection]]:
-        """Opens a client of ``server`` with ``injected``, calling ``tools_changed`` when its tools change."""
+        """Opens a client of ``server`` with ``injected``, calling ``tools_changed`` when its tools change.
+
+        The listing at each of its listen streams is made within ``listing_turn``.
+        """
         spec = server.spec
 
         def fill(text: str) -> str:
@@ -501,8 +511,9 @@ class Gateway:
             async def every_tool() -> list[Tool]:
                 # Within the time any listing of it has; past the client's cache, which a change no
                 # stream told of left as it was.
-                with anyio.fail_after(self.pool.start_seconds):
-                    return await _every_tool(client, cache_mode="refresh")
+                async with listing_turn():
+                    with anyio.fail_after(self.pool.start_seconds):
+                        return await _every_tool(client, cache_mode="refresh")
 
             return listening_for_tool_changes(client, server.name, tools_changed, every_tool)
 
