@@ -63,6 +63,69 @@ def created_token(env: dict[str, str], username: str, *options: str) -> tuple[st
     return match.group(0), match.group(1)
 
 
+# What serving needs and no other command does: the MCP SDK, the web stack, and the modules built on them.
+SERVING_ONLY = (
+    "mcp",
+    "mcp_types",
+    "starlette",
+    "uvicorn",
+    "sse_starlette",
+    "httpx",
+    "jwt",
+)
+SERVING_MODULES = ("mcp_secrets.app", "mcp_secrets.web", "mcp_secrets.gateway", "mcp_secrets.serving")
+
+
+def modules_loaded(env: dict[str, str], *args: str, stdin: bytes = b"") -> tuple[int, set[str]]:
+    """Run a command (or ``-c CODE``) with ``-X importtime``: its exit status and every module it imported."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *(args if args[0] == "-c" else ("-m", "mcp_secrets", *args))],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    lines = done.stderr.decode(errors="replace").splitlines()
+    return done.returncode, {
+        line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")
+    }
+
+
+def serving_modules(modules: set[str]) -> set[str]:
+    """Those of ``modules`` that only serving should load."""
+    return {
+        module
+        for module in modules
+        if module.split(".")[0] in SERVING_ONLY or module.startswith(SERVING_MODULES)
+    }
+
+
+def test_the_commands_that_do_not_serve_load_neither_the_sdk_nor_the_web_stack(
+    env: dict[str, str], canary: str
+) -> None:
+    # They start in a quarter of the time: the SDK and the web stack are most of a start.
+    assert serving_modules(modules_loaded(env, "-c", "import mcp_secrets.serving")[1]) >= {"mcp", "uvicorn"}
+    commands: list[tuple[str, ...]] = [
+        ("--help",),
+        ("keygen",),
+        ("set", "github", "TOKEN", "--user", "alice"),
+        ("list", "--user", "alice"),
+        ("audit",),
+        ("token", "create", "alice"),
+        ("token", "list"),
+        ("rotate", "--dry-run"),
+        ("prune-audit", "--older-than", "1", "--dry-run"),
+        ("delete", "github", "TOKEN", "--user", "alice"),
+    ]
+    loaded = {}
+    for command in commands:
+        status, modules = modules_loaded(env, *command, stdin=canary.encode())
+        loaded[command] = (status, sorted(serving_modules(modules)))
+
+    assert loaded == {command: (0, []) for command in commands}
+
+
 def test_console_script_prints_the_version(env: dict[str, str]) -> None:
     script = Path(sys.executable).with_name("mcp-secrets")
 
@@ -1563,7 +1626,7 @@ def test_delete_refuses_a_bad_key_name(env: dict[str, str]) -> None:
 STOPS_WITH_A_FAILING_CLOSE = """
 import os, signal, sys
 import anyio
-from mcp_secrets import cli
+from mcp_secrets import serving
 from mcp_secrets.logs import configure_logging
 
 def close():
@@ -1574,7 +1637,7 @@ async def serve():
     await anyio.sleep_forever()
 
 configure_logging("INFO")
-anyio.run(cli._serve_stdio, serve, None, close)
+anyio.run(serving._serve_stdio, serve, None, close)
 """
 
 

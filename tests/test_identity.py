@@ -40,8 +40,8 @@ from mcp_secrets.identity import (
     JwtVerifier,
     LocalIdentity,
     TokenCheckOutage,
-    local_username,
 )
+from mcp_secrets.local_user import local_username
 from mcp_secrets.store.sqlite import SQLiteStore
 from mcp_secrets.tokens import ApiTokens, NewToken
 from test_store import alter_stored

@@ -18,7 +18,8 @@ from packaging.utils import canonicalize_name
 
 import mcp_secrets
 from conftest import command_parsers
-from mcp_secrets.cli import build_parser, desktop_config
+from mcp_secrets.cli import build_parser
+from mcp_secrets.serving import desktop_config
 from mcp_secrets.config import Settings
 from mcp_secrets.gateway import load_gateway_config
 

@@ -9,7 +9,6 @@ the MCP protocol itself.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import errno
 import getpass
 import itertools
@@ -20,58 +19,48 @@ import re
 import shlex
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
 from typing import NoReturn, TypeVar
 
-import anyio
-from anyio.abc import TaskStatus
-
 from mcp_secrets import __version__
-from mcp_secrets.app import EntrySettings, build_server, missing_secrets_hint
 from mcp_secrets.bootstrap import (
     MasterKeys,
     build_secrets,
-    describe_store,
     keyless_secrets,
     open_configured_store,
     refuse_keys_set_twice,
     require_explicit_key,
 )
-from mcp_secrets.config import Settings, StoreLocation, load_settings
+from mcp_secrets.config import Settings, load_settings
 from mcp_secrets.crypto import generate_master_key
-from mcp_secrets.entry import EntryLinks
 from mcp_secrets.errors import (
+    EXIT_CONFIGURATION,
+    EXIT_ERROR,
     ConfigurationError,
     InvalidInputError,
     SecretNotFoundError,
     SecretsError,
     StoreUnavailableError,
 )
-from mcp_secrets.gateway import Gateway, load_gateway_config
-from mcp_secrets.gateway.pool import DownstreamPool
 from mcp_secrets.hardening import forbid_inspection
-from mcp_secrets.identity import BearerIdentity, LocalIdentity, local_username
-from mcp_secrets.logs import configure_logging
+from mcp_secrets.local_user import local_username
+from mcp_secrets.logs import configure_logging, say
 from mcp_secrets.retention import DEFAULT_BATCH_SIZE as PRUNE_BATCH_SIZE
 from mcp_secrets.retention import MAX_BATCH_SIZE as MAX_PRUNE_BATCH_SIZE
 from mcp_secrets.retention import archive_file, prune_events
 from mcp_secrets.rotation import DEFAULT_BATCH_SIZE, RotationReport, rotate
 from mcp_secrets.secrets import MAX_VALUE_BYTES, SecretKeyInfo, Secrets, validate_name, validate_username
 from mcp_secrets.store import SecretStore
-from mcp_secrets.tokens import ApiTokens, NewToken
-from mcp_secrets.web import auth_settings, base_url, endpoint_url, http_app, serve_http, token_verifier
+from mcp_secrets.tokens import ApiTokens
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-EXIT_ERROR = 1
-EXIT_CONFIGURATION = 2
 MAX_TOKEN_DAYS = 36500  # a hundred years: long enough for any token, short enough to stay a date
 MAX_RETENTION_DAYS = MAX_TOKEN_DAYS  # and for a retention period: its cut-off must stay a date too
 MAX_COUNT = 1_000_000_000  # beyond any store's rows, well within SQLite's integers
-GATEWAY_STOP_SECONDS = 10.0  # the SDK closes a downstream in stages: EOF, then SIGTERM, then SIGKILL
 
 
 class _Terminated(KeyboardInterrupt):
@@ -109,10 +98,6 @@ def _terminated_as_an_exception() -> Iterator[None]:
             signal.signal(number, handler)
 
 
-def _say(message: str = "") -> None:
-    print(message, file=sys.stderr)
-
-
 # The settings `serve` takes as options, by option: an invalid one is named as the user typed it.
 _SETTING_OPTIONS = {
     "transport": "--transport",
@@ -137,73 +122,11 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(given_as={name: _SETTING_OPTIONS[name] for name in overrides}, **overrides)
 
 
-def desktop_config(url: str, token: str) -> dict[str, object]:
-    """A Claude Desktop entry running the mcp-remote bridge to ``url`` with ``token``.
-
-    The token goes in the bridge's environment, which mcp-remote substitutes into the header: in its
-    arguments every user of the machine could read it (``ps``). No space around the ``:``, for clients
-    that split arguments on spaces (Claude Desktop on Windows).
-    """
-    return {
-        "mcpServers": {
-            "mcp-secrets": {
-                "command": "npx",
-                "args": ["-y", "mcp-remote", url, "--header", "Authorization:${AUTH_HEADER}"],
-                "env": {"AUTH_HEADER": f"Bearer {token}"},
-            }
-        }
-    }
-
-
-def _print_first_token(new: NewToken, settings: Settings) -> None:
-    url = endpoint_url(settings)
-    transport = "SSE" if settings.transport == "sse" else "Streamable HTTP"
-    desktop = desktop_config(url, new.token)
-    _say(
-        f"""
-No API token existed yet, so one was created for {new.record.username} (id {new.record.token_id}).
-It is shown only this once; `mcp-secrets token create USERNAME` makes more, `token revoke ID` ends one.
-
-    {new.token}
-
-MCP Inspector (npx @modelcontextprotocol/inspector): transport {transport}, URL {url},
-    header  Authorization: Bearer {new.token}
-
-Claude Desktop (claude_desktop_config.json), through the mcp-remote bridge:
-{json.dumps(desktop, indent=2)}
-"""
-    )
-
-
-def _summary(settings: Settings, keys: MasterKeys, username: str | None, gateway: Gateway | None) -> None:
-    where = "" if settings.transport == "stdio" else f" at {endpoint_url(settings)}"
-    mode = " (stateless)" if settings.stateless_http and settings.transport == "streamable-http" else ""
-    _say(f"mcp-secrets {__version__}: serving {settings.transport}{mode}{where}")
-    _say(f"  store:      {describe_store(settings)}")
-    _say(f"  master key: {keys.source}")
-    if username is not None:
-        _say(f"  user:       {username}")
-    else:
-        verifiers = "API tokens" + (f" and JWTs from {settings.issuer}" if settings.jwks_url else "")
-        _say(
-            f"  auth:       bearer {verifiers} (a token is shown once, when made: `mcp-secrets token create`)"
-        )
-        everywhere = settings.host in ("0.0.0.0", "::", "")  # noqa: S104 - naming the wildcard, not binding it
-        if everywhere and not (settings.public_url or settings.allowed_hosts):
-            _say(
-                "  note:       listening on every interface, but requests must name this machine as "
-                "localhost or 127.0.0.1 (DNS-rebinding protection): set --public-url, or "
-                "MCP_SECRETS_ALLOWED_HOSTS, to the address other machines use"
-            )
-    if gateway is not None:
-        _say(f"  gateway:    {', '.join(gateway.config.servers) or 'no servers'} from {gateway.config.path}")
-
-
 def _say_if_generated(keys: MasterKeys) -> None:
     """The first start makes the master key: say so, and that it needs a backup, whichever command it was."""
     if keys.generated:
-        _say(f"master key: {keys.source}")
-        _say(
+        say(f"master key: {keys.source}")
+        say(
             "A new master key was generated. Back up that file: without it nobody, you included, "
             "can decrypt the stored secrets."
         )
@@ -215,160 +138,14 @@ def _serve(args: argparse.Namespace) -> int:
     secrets, keys = build_secrets(settings, store, generate_key=True)
     # Said at once: a start that fails later (a bad option, the port in use) would hide it for good.
     _say_if_generated(keys)
+    # Imported only here: the SDK and the web stack take most of a start, and no other command needs them.
+    from mcp_secrets.serving import run_server  # noqa: PLC0415
+
     try:
-        _run_server(settings, store, secrets, keys)
+        run_server(settings, store, secrets, keys, lambda: _close(store, secrets))
     finally:
         _close(store, secrets)
     return 0
-
-
-def _run_server(settings: Settings, store: SecretStore, secrets: Secrets, keys: MasterKeys) -> None:
-    """Serve MCP on the configured transport until the client or a signal ends it."""
-    if settings.transport == "stdio":
-        username = local_username(settings.user)
-        gateway = _gateway(settings, secrets, None)
-        mcp = build_server(
-            secrets,
-            LocalIdentity(username),
-            gateway=gateway,
-            transport="stdio",
-            log_level=settings.log_level,
-            listen_streams_per_user=settings.max_listen_streams_per_user,
-            store_settings=settings.store_location(),
-        )
-        _summary(settings, keys, username, gateway)
-        anyio.run(_serve_stdio, mcp.run_stdio_async, gateway, lambda: _close(store, secrets))
-        return
-    tokens = ApiTokens(store)
-    links = EntryLinks(secrets, ttl=timedelta(minutes=settings.entry_link_minutes))
-    entry = EntrySettings(links=links, base_url=base_url(settings), wait_seconds=settings.entry_wait_seconds)
-    gateway = _gateway(settings, secrets, entry)
-    mcp = build_server(
-        secrets,
-        BearerIdentity(),
-        token_verifier=token_verifier(settings, tokens),
-        auth=auth_settings(settings),
-        entry=entry,
-        gateway=gateway,
-        transport=settings.transport,
-        log_level=settings.log_level,
-        listen_streams_per_user=settings.max_listen_streams_per_user,
-    )
-    app = http_app(mcp, settings, secrets, links)
-    _summary(settings, keys, None, gateway)
-    if not settings.jwks_url and not tokens.has_any():
-        _print_first_token(tokens.create(local_username(settings.user), label="first run"), settings)
-    try:
-        interrupted = anyio.run(_with_gateway, gateway, lambda: serve_http(app, settings))
-    except asyncio.CancelledError:
-        # Ctrl-C before uvicorn started, on Python 3.10: anyio's runner reports it as the main task
-        # cancelled (3.11 tasks can tell it apart and raise KeyboardInterrupt). Exit as Ctrl-C does.
-        raise KeyboardInterrupt from None
-    if interrupted:  # stopped cleanly, all written and closed: the exit status a shell expects of Ctrl-C
-        raise KeyboardInterrupt
-
-
-def _gateway(settings: Settings, secrets: Secrets, entry: EntrySettings | None) -> Gateway | None:
-    """The gateway over the ``--servers`` file, checked now so that a bad file stops the start."""
-    if settings.servers is None:
-        return None
-    pool = DownstreamPool(
-        max_live=settings.gateway_max_connections,
-        idle_seconds=settings.gateway_idle_seconds,
-        start_seconds=settings.gateway_start_seconds,
-    )
-    config = load_gateway_config(settings.servers)
-    # stdio only, whose client is this machine's user: an HTTP caller has no need to know where the files are.
-    hint = missing_secrets_hint(entry, settings.store_location() if entry is None else StoreLocation())
-    return Gateway(config, secrets, pool=pool, missing_hint=hint)
-
-
-@asynccontextmanager
-async def _gateway_running(gateway: Gateway | None) -> AsyncIterator[None]:
-    """The gateway's downstream pool, running for as long as the server serves (nothing without one)."""
-    if gateway is None:
-        yield
-        return
-    async with gateway.running():
-        yield
-
-
-async def _with_gateway(gateway: Gateway | None, serve: Callable[[], Awaitable[T]]) -> T:
-    async with _gateway_running(gateway):
-        try:
-            return await serve()
-        except SystemExit as stop:
-            # Uvicorn's way out of a failed start (a port in use), logged already: raised inside the
-            # gateway's task group, it came out wrapped in an exception group, a traceback.
-            failed_start = stop
-    raise failed_start
-
-
-def _client_left(exc: BaseException) -> bool:
-    """Whether ``exc`` is only the client's end of stdout closed, alone or in exception groups."""
-    if isinstance(exc, BrokenPipeError):
-        return True
-    inner = getattr(exc, "exceptions", None)  # an exception group, Python 3.10's (anyio's backport) too
-    return isinstance(inner, tuple) and bool(inner) and all(_client_left(each) for each in inner)
-
-
-async def _serve_until_the_client_leaves(serve: Callable[[], Awaitable[None]]) -> None:
-    try:
-        await serve()
-    except Exception as exc:
-        if not _client_left(exc):
-            raise
-        # The client quit or died with an answer still to write: its session is over, as at EOF.
-        logger.info("the client closed its end of stdout: stopping")
-
-
-async def _serve_stdio(
-    serve: Callable[[], Awaitable[None]], gateway: Gateway | None, close: Callable[[], None]
-) -> None:
-    """Serve until the client closes stdin; on SIGTERM, SIGINT or SIGHUP, stop cleanly and exit at once.
-
-    Python's default for SIGTERM and SIGHUP ends the process with no ``finally`` and no ``atexit``,
-    losing the uses the background writer still held and leaving the gateway's downstream servers
-    running (many ignore EOF on stdin); on SIGINT (Ctrl-C) the server hung. Cancelling the server
-    cannot work while the client keeps stdin open: the SDK reads stdin in a worker thread that only
-    a line or EOF frees. So on a signal this stops the downstream servers, then ``close`` writes
-    what is pending and closes the store, and the process exits. Uvicorn handles these signals on HTTP.
-    Once the session has ended, the same stop runs here, and a signal no longer cuts it short.
-    """
-    if sys.platform == "win32":  # no POSIX signals to receive there
-        async with _gateway_running(gateway):
-            await _serve_until_the_client_leaves(serve)
-        return
-    session_ended = False
-
-    async def stop_on_signal(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
-            task_status.started()  # the handlers are in place before anything is served
-            async for number in received:
-                if session_ended:
-                    # Clients send SIGTERM to a server still there a moment after they closed its stdin
-                    # (the SDK's after two seconds): the stop under way must finish, not be cut short.
-                    logger.info("%s received: already stopping", signal.Signals(number).name)
-                    continue
-                logger.info("%s received: stopping", signal.Signals(number).name)
-                status = 0
-                try:
-                    if gateway is not None:
-                        with anyio.move_on_after(GATEWAY_STOP_SECONDS):
-                            await gateway.stop()
-                    await anyio.to_thread.run_sync(close)
-                except Exception:  # whatever failed, the process must still end
-                    logger.exception("stopping did not finish cleanly")
-                    status = EXIT_ERROR
-                os._exit(status)
-
-    async with anyio.create_task_group() as group:
-        await group.start(stop_on_signal)
-        async with _gateway_running(gateway):
-            await _serve_until_the_client_leaves(serve)
-            session_ended = True
-        await anyio.to_thread.run_sync(close)
-        group.cancel_scope.cancel()
 
 
 def _read_value(prompt: str) -> str:
@@ -396,10 +173,10 @@ def _getpass(prompt: str) -> str:
     try:
         return getpass.getpass(prompt)
     except EOFError:  # Ctrl-D at the prompt
-        _say()  # getpass ends the prompt's line only when it reads one
+        say()  # getpass ends the prompt's line only when it reads one
         raise InvalidInputError("no value was entered (the input ended at the prompt)") from None
     except UnicodeDecodeError:  # the terminal's bytes, decoded strictly: refused as piped ones are
-        _say()
+        say()
         raise InvalidInputError("value must be UTF-8 text") from None
 
 
@@ -490,7 +267,7 @@ def _set(args: argparse.Namespace) -> int:
     with _users_secrets(args, writes_values=True) as (secrets, username):
         value = _read_value(f"Value of {args.key} for {args.server} (hidden): ")
         result = secrets.set_secret(username, args.server, args.key, value, via="cli")
-    _say(f"Secret {result.key} for server {result.server} {result.status} for {username}.")
+    say(f"Secret {result.key} for server {result.server} {result.status} for {username}.")
     return 0
 
 
@@ -505,7 +282,7 @@ def _delete(args: argparse.Namespace) -> int:
             raise SecretNotFoundError(
                 f"{exc} of {username}; nothing deleted (`{listing}` shows them)"
             ) from None
-    _say(f"Secret {result.key} for server {result.server} deleted for {username}.")
+    say(f"Secret {result.key} for server {result.server} deleted for {username}.")
     return 0
 
 
@@ -533,7 +310,7 @@ def _list(args: argparse.Namespace) -> int:
         ],
     )
     if not infos:
-        _say(f"No secrets stored for {username}" + (f" for server {args.server}." if args.server else "."))
+        say(f"No secrets stored for {username}" + (f" for server {args.server}." if args.server else "."))
     return 0
 
 
@@ -569,7 +346,7 @@ def _progress_bar(unit: str = "records") -> Iterator[Callable[[int, int], None]]
             line_open = not end
         elif done * 10 // total > shown["tenth"]:
             shown["tenth"] = done * 10 // total
-            _say(f"{done}/{total} {unit}")
+            say(f"{done}/{total} {unit}")
 
     try:
         yield show
@@ -599,7 +376,7 @@ def _rotate(args: argparse.Namespace) -> int:
         _close(store, secrets)
     verb = "would re-encrypt" if args.dry_run else "re-encrypted"
     what = "legacy records" if only_legacy else "records"
-    _say(
+    say(
         f"{report.scanned} records scanned; {verb} {report.rewrapped} {what} to key {report.active_key_id} "
         f"({keys.source}); {report.already_current} left as they were; "
         f"{report.changed_meanwhile} changed meanwhile; {len(report.failed)} failed."
@@ -610,7 +387,7 @@ def _rotate(args: argparse.Namespace) -> int:
 
 def _find_unreadable_legacy(secrets: Secrets, batch_size: int) -> int:
     """``migrate-legacy`` without the legacy key: say it is needed, name each legacy record left unread."""
-    _say(
+    say(
         "MCP_SECRETS_LEGACY_KEY is not set: records of the original iv:authTag:ciphertext format cannot "
         "be read without it, so none can be migrated. Set it to the original key string to migrate them."
     )
@@ -618,9 +395,9 @@ def _find_unreadable_legacy(secrets: Secrets, batch_size: int) -> int:
     with _progress_bar() as progress:
         report = rotate(secrets, only_legacy=True, dry_run=True, batch_size=batch_size, on_progress=progress)
     if not report.failed:
-        _say(f"{report.scanned} records scanned; none is in the legacy format: nothing to migrate.")
+        say(f"{report.scanned} records scanned; none is in the legacy format: nothing to migrate.")
         return 0
-    _say(
+    say(
         f"{report.scanned} records scanned; {len(report.failed)} in the legacy format cannot be read; "
         "none re-encrypted."
     )
@@ -634,7 +411,7 @@ def _say_failures(report: RotationReport) -> None:
         user, server, key, reason = map(
             _printable, (failure.username, failure.server, failure.key, failure.reason)
         )
-        _say(f"  failed: user {user}, server {server}, key {key}: {reason}")
+        say(f"  failed: user {user}, server {server}, key {key}: {reason}")
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -702,10 +479,10 @@ def _prune_audit(args: argparse.Namespace) -> int:
         store.close()
     cutoff = f"{report.before:%Y-%m-%d %H:%M:%S} UTC"
     if args.dry_run:
-        _say(f"{report.found} audit events happened before {cutoff}; none deleted (dry run).")
+        say(f"{report.found} audit events happened before {cutoff}; none deleted (dry run).")
     else:
         archived = f", each written to {args.export} first" if args.export else ""
-        _say(f"{report.deleted} audit events from before {cutoff} deleted{archived}; the prune is recorded.")
+        say(f"{report.deleted} audit events from before {cutoff} deleted{archived}; the prune is recorded.")
     return 0
 
 
@@ -718,7 +495,7 @@ def _print_once(text: str) -> None:
 
 def _keygen(_: argparse.Namespace) -> int:
     _print_once(generate_master_key())
-    _say(
+    say(
         "Keep this key safe and out of the database: set MCP_SECRETS_MASTER_KEY, or put it in a 0600 file "
         "named by MCP_SECRETS_MASTER_KEY_FILE."
     )
@@ -766,9 +543,9 @@ def _token_create(args: argparse.Namespace) -> int:
         _print_once(new.token)
     except OSError:  # nobody has it, and it cannot be shown again: it must not stay live
         tokens.revoke(new.record.token_id)
-        _say(f"Token {new.record.token_id} for {new.record.username} was revoked: it could not be shown.")
+        say(f"Token {new.record.token_id} for {new.record.username} was revoked: it could not be shown.")
         raise
-    _say(f"Token {new.record.token_id} for {new.record.username} created. It is shown only this once.")
+    say(f"Token {new.record.token_id} for {new.record.username} created. It is shown only this once.")
     return 0
 
 
@@ -792,7 +569,7 @@ def _token_list(args: argparse.Namespace) -> int:
 
 def _token_revoke(args: argparse.Namespace) -> int:
     record = ApiTokens(_token_store(args)).revoke(args.token_id)
-    _say(f"Token {record.token_id} of {record.username} revoked.")
+    say(f"Token {record.token_id} of {record.username} revoked.")
     return 0
 
 
@@ -1100,14 +877,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # disk, an I/O error or a closed stdout is said in one line; neither with a traceback.
         _discard_stdout()
         if not isinstance(exc, BrokenPipeError):
-            _say(f"mcp-secrets: error: the output could not be written: {exc.strerror or exc}")
+            say(f"mcp-secrets: error: the output could not be written: {exc.strerror or exc}")
         return EXIT_ERROR
     except (ConfigurationError, InvalidInputError) as exc:
-        _say(f"mcp-secrets: error: {exc}")
+        say(f"mcp-secrets: error: {exc}")
         return EXIT_CONFIGURATION
     except StoreUnavailableError as exc:
-        _say(f"mcp-secrets: error: {exc}")
+        say(f"mcp-secrets: error: {exc}")
         return EXIT_ERROR
     except SecretsError as exc:
-        _say(f"mcp-secrets: error: {exc}")
+        say(f"mcp-secrets: error: {exc}")
         return EXIT_ERROR

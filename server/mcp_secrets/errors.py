@@ -6,6 +6,10 @@ so any of these can be shown to a user, returned as a tool error or logged.
 
 from __future__ import annotations
 
+# The command's exit statuses: any error, and a configuration or input the command refuses (argparse's 2).
+EXIT_ERROR = 1
+EXIT_CONFIGURATION = 2
+
 
 class SecretsError(Exception):
     """Base class of every error raised on purpose by mcp-secrets."""

@@ -5,7 +5,6 @@ The username always comes from here, never from tool arguments or headers.
 
 from __future__ import annotations
 
-import getpass
 import logging
 import time
 from contextvars import ContextVar
@@ -27,7 +26,7 @@ from mcp_secrets.errors import (
     UnreadableRecordError,
 )
 from mcp_secrets.offload import run_store_work
-from mcp_secrets.secrets import USERNAME_RULE, validate_username
+from mcp_secrets.secrets import validate_username
 from mcp_secrets.tokens import TOKEN_PREFIX, ApiTokens
 
 logger = logging.getLogger(__name__)
@@ -55,23 +54,6 @@ class LocalIdentity:
     def username(self, ctx: Context[Any, Any]) -> str:  # noqa: ARG002 - same for every request
         """The process's user."""
         return self._username
-
-
-def local_username(configured: str | None) -> str:
-    """``MCP_SECRETS_USER`` when set, else the OS login name; validated either way."""
-    try:
-        # A uid without a passwd entry and no USER in the environment (docker run --user) has no login name.
-        name = configured or getpass.getuser()
-    except (KeyError, OSError):
-        raise InvalidInputError(
-            "this process has no login name to act for; set MCP_SECRETS_USER to the username"
-        ) from None
-    try:
-        return validate_username(name)
-    except InvalidInputError:
-        raise InvalidInputError(
-            f"the local username is not a valid username; set MCP_SECRETS_USER to {USERNAME_RULE}"
-        ) from None
 
 
 class BearerIdentity:

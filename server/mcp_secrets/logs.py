@@ -83,3 +83,8 @@ def configure_logging(level: str = "INFO") -> None:
         logging.getLogger(name).setLevel(max(logging.WARNING, floor))
     for name in CLIENT_TRANSPORT_LOGGERS:
         logging.getLogger(name).setLevel(max(logging.ERROR, floor))
+
+
+def say(message: str = "") -> None:
+    """A message for the person at the terminal: on stderr, as logs are; stdout is for what scripts read."""
+    print(message, file=sys.stderr)  # noqa: T201 - for a person to read, not a log record

@@ -1,0 +1,259 @@
+"""The ``serve`` command's work: the MCP server over the store, run until its client or a signal stops it.
+
+Only ``serve`` imports this module. The SDK and the web stack it needs take most of
+a start (about 0.6 s here), and every other command runs without loading them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import TypeVar
+
+import anyio
+from anyio.abc import TaskStatus
+
+from mcp_secrets import __version__
+from mcp_secrets.app import EntrySettings, build_server, missing_secrets_hint
+from mcp_secrets.bootstrap import MasterKeys, describe_store
+from mcp_secrets.config import Settings, StoreLocation
+from mcp_secrets.entry import EntryLinks
+from mcp_secrets.errors import EXIT_ERROR
+from mcp_secrets.gateway import Gateway, load_gateway_config
+from mcp_secrets.gateway.pool import DownstreamPool
+from mcp_secrets.identity import BearerIdentity, LocalIdentity
+from mcp_secrets.local_user import local_username
+from mcp_secrets.logs import say
+from mcp_secrets.secrets import Secrets
+from mcp_secrets.store import SecretStore
+from mcp_secrets.tokens import ApiTokens, NewToken
+from mcp_secrets.web import auth_settings, base_url, endpoint_url, http_app, serve_http, token_verifier
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+GATEWAY_STOP_SECONDS = 10.0  # the SDK closes a downstream in stages: EOF, then SIGTERM, then SIGKILL
+
+
+def desktop_config(url: str, token: str) -> dict[str, object]:
+    """A Claude Desktop entry running the mcp-remote bridge to ``url`` with ``token``.
+
+    The token goes in the bridge's environment, which mcp-remote substitutes into the header: in its
+    arguments every user of the machine could read it (``ps``). No space around the ``:``, for clients
+    that split arguments on spaces (Claude Desktop on Windows).
+    """
+    return {
+        "mcpServers": {
+            "mcp-secrets": {
+                "command": "npx",
+                "args": ["-y", "mcp-remote", url, "--header", "Authorization:${AUTH_HEADER}"],
+                "env": {"AUTH_HEADER": f"Bearer {token}"},
+            }
+        }
+    }
+
+
+def _print_first_token(new: NewToken, settings: Settings) -> None:
+    url = endpoint_url(settings)
+    transport = "SSE" if settings.transport == "sse" else "Streamable HTTP"
+    desktop = desktop_config(url, new.token)
+    say(
+        f"""
+No API token existed yet, so one was created for {new.record.username} (id {new.record.token_id}).
+It is shown only this once; `mcp-secrets token create USERNAME` makes more, `token revoke ID` ends one.
+
+    {new.token}
+
+MCP Inspector (npx @modelcontextprotocol/inspector): transport {transport}, URL {url},
+    header  Authorization: Bearer {new.token}
+
+Claude Desktop (claude_desktop_config.json), through the mcp-remote bridge:
+{json.dumps(desktop, indent=2)}
+"""
+    )
+
+
+def _summary(settings: Settings, keys: MasterKeys, username: str | None, gateway: Gateway | None) -> None:
+    where = "" if settings.transport == "stdio" else f" at {endpoint_url(settings)}"
+    mode = " (stateless)" if settings.stateless_http and settings.transport == "streamable-http" else ""
+    say(f"mcp-secrets {__version__}: serving {settings.transport}{mode}{where}")
+    say(f"  store:      {describe_store(settings)}")
+    say(f"  master key: {keys.source}")
+    if username is not None:
+        say(f"  user:       {username}")
+    else:
+        verifiers = "API tokens" + (f" and JWTs from {settings.issuer}" if settings.jwks_url else "")
+        say(
+            f"  auth:       bearer {verifiers} (a token is shown once, when made: `mcp-secrets token create`)"
+        )
+        everywhere = settings.host in ("0.0.0.0", "::", "")  # noqa: S104 - naming the wildcard, not binding it
+        if everywhere and not (settings.public_url or settings.allowed_hosts):
+            say(
+                "  note:       listening on every interface, but requests must name this machine as "
+                "localhost or 127.0.0.1 (DNS-rebinding protection): set --public-url, or "
+                "MCP_SECRETS_ALLOWED_HOSTS, to the address other machines use"
+            )
+    if gateway is not None:
+        say(f"  gateway:    {', '.join(gateway.config.servers) or 'no servers'} from {gateway.config.path}")
+
+
+def run_server(
+    settings: Settings, store: SecretStore, secrets: Secrets, keys: MasterKeys, close: Callable[[], None]
+) -> None:
+    """Serve MCP on the configured transport until the client or a signal ends it.
+
+    On stdio, ``close`` (which writes what is pending and closes the store) runs before the process
+    exits; a signal there ends the process at once, without returning here.
+    """
+    if settings.transport == "stdio":
+        username = local_username(settings.user)
+        gateway = _gateway(settings, secrets, None)
+        mcp = build_server(
+            secrets,
+            LocalIdentity(username),
+            gateway=gateway,
+            transport="stdio",
+            log_level=settings.log_level,
+            listen_streams_per_user=settings.max_listen_streams_per_user,
+            store_settings=settings.store_location(),
+        )
+        _summary(settings, keys, username, gateway)
+        anyio.run(_serve_stdio, mcp.run_stdio_async, gateway, close)
+        return
+    tokens = ApiTokens(store)
+    links = EntryLinks(secrets, ttl=timedelta(minutes=settings.entry_link_minutes))
+    entry = EntrySettings(links=links, base_url=base_url(settings), wait_seconds=settings.entry_wait_seconds)
+    gateway = _gateway(settings, secrets, entry)
+    mcp = build_server(
+        secrets,
+        BearerIdentity(),
+        token_verifier=token_verifier(settings, tokens),
+        auth=auth_settings(settings),
+        entry=entry,
+        gateway=gateway,
+        transport=settings.transport,
+        log_level=settings.log_level,
+        listen_streams_per_user=settings.max_listen_streams_per_user,
+    )
+    app = http_app(mcp, settings, secrets, links)
+    _summary(settings, keys, None, gateway)
+    if not settings.jwks_url and not tokens.has_any():
+        _print_first_token(tokens.create(local_username(settings.user), label="first run"), settings)
+    try:
+        interrupted = anyio.run(_with_gateway, gateway, lambda: serve_http(app, settings))
+    except asyncio.CancelledError:
+        # Ctrl-C before uvicorn started, on Python 3.10: anyio's runner reports it as the main task
+        # cancelled (3.11 tasks can tell it apart and raise KeyboardInterrupt). Exit as Ctrl-C does.
+        raise KeyboardInterrupt from None
+    if interrupted:  # stopped cleanly, all written and closed: the exit status a shell expects of Ctrl-C
+        raise KeyboardInterrupt
+
+
+def _gateway(settings: Settings, secrets: Secrets, entry: EntrySettings | None) -> Gateway | None:
+    """The gateway over the ``--servers`` file, checked now so that a bad file stops the start."""
+    if settings.servers is None:
+        return None
+    pool = DownstreamPool(
+        max_live=settings.gateway_max_connections,
+        idle_seconds=settings.gateway_idle_seconds,
+        start_seconds=settings.gateway_start_seconds,
+    )
+    config = load_gateway_config(settings.servers)
+    # stdio only, whose client is this machine's user: an HTTP caller has no need to know where the files are.
+    hint = missing_secrets_hint(entry, settings.store_location() if entry is None else StoreLocation())
+    return Gateway(config, secrets, pool=pool, missing_hint=hint)
+
+
+@asynccontextmanager
+async def _gateway_running(gateway: Gateway | None) -> AsyncIterator[None]:
+    """The gateway's downstream pool, running for as long as the server serves (nothing without one)."""
+    if gateway is None:
+        yield
+        return
+    async with gateway.running():
+        yield
+
+
+async def _with_gateway(gateway: Gateway | None, serve: Callable[[], Awaitable[T]]) -> T:
+    async with _gateway_running(gateway):
+        try:
+            return await serve()
+        except SystemExit as stop:
+            # Uvicorn's way out of a failed start (a port in use), logged already: raised inside the
+            # gateway's task group, it came out wrapped in an exception group, a traceback.
+            failed_start = stop
+    raise failed_start
+
+
+def _client_left(exc: BaseException) -> bool:
+    """Whether ``exc`` is only the client's end of stdout closed, alone or in exception groups."""
+    if isinstance(exc, BrokenPipeError):
+        return True
+    inner = getattr(exc, "exceptions", None)  # an exception group, Python 3.10's (anyio's backport) too
+    return isinstance(inner, tuple) and bool(inner) and all(_client_left(each) for each in inner)
+
+
+async def _serve_until_the_client_leaves(serve: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await serve()
+    except Exception as exc:
+        if not _client_left(exc):
+            raise
+        # The client quit or died with an answer still to write: its session is over, as at EOF.
+        logger.info("the client closed its end of stdout: stopping")
+
+
+async def _serve_stdio(
+    serve: Callable[[], Awaitable[None]], gateway: Gateway | None, close: Callable[[], None]
+) -> None:
+    """Serve until the client closes stdin; on SIGTERM, SIGINT or SIGHUP, stop cleanly and exit at once.
+
+    Python's default for SIGTERM and SIGHUP ends the process with no ``finally`` and no ``atexit``,
+    losing the uses the background writer still held and leaving the gateway's downstream servers
+    running (many ignore EOF on stdin); on SIGINT (Ctrl-C) the server hung. Cancelling the server
+    cannot work while the client keeps stdin open: the SDK reads stdin in a worker thread that only
+    a line or EOF frees. So on a signal this stops the downstream servers, then ``close`` writes
+    what is pending and closes the store, and the process exits. Uvicorn handles these signals on HTTP.
+    Once the session has ended, the same stop runs here, and a signal no longer cuts it short.
+    """
+    if sys.platform == "win32":  # no POSIX signals to receive there
+        async with _gateway_running(gateway):
+            await _serve_until_the_client_leaves(serve)
+        return
+    session_ended = False
+
+    async def stop_on_signal(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
+            task_status.started()  # the handlers are in place before anything is served
+            async for number in received:
+                if session_ended:
+                    # Clients send SIGTERM to a server still there a moment after they closed its stdin
+                    # (the SDK's after two seconds): the stop under way must finish, not be cut short.
+                    logger.info("%s received: already stopping", signal.Signals(number).name)
+                    continue
+                logger.info("%s received: stopping", signal.Signals(number).name)
+                status = 0
+                try:
+                    if gateway is not None:
+                        with anyio.move_on_after(GATEWAY_STOP_SECONDS):
+                            await gateway.stop()
+                    await anyio.to_thread.run_sync(close)
+                except Exception:  # whatever failed, the process must still end
+                    logger.exception("stopping did not finish cleanly")
+                    status = EXIT_ERROR
+                os._exit(status)
+
+    async with anyio.create_task_group() as group:
+        await group.start(stop_on_signal)
+        async with _gateway_running(gateway):
+            await _serve_until_the_client_leaves(serve)
+            session_ended = True
+        await anyio.to_thread.run_sync(close)
+        group.cancel_scope.cancel()
