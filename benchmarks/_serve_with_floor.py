@@ -5,7 +5,7 @@
 Not a benchmark itself: ``tools.py`` starts it as the server subprocess. The
 server cannot be patched from outside its process, and the benchmarks need a
 floor tool on the very server they measure, called through the same client and
-transport; so this wraps the ``build_server`` the CLI calls, adds the floor to
+transport; so this wraps the ``build_server`` the ``serve`` command calls, adds the floor to
 the server it returns, and hands over to the CLI's own ``serve`` command.
 Everything else (settings, store, master key, auth, logging, uvicorn) is the CLI's.
 """
@@ -18,7 +18,7 @@ from typing import Any, ParamSpec
 
 from mcp.server.mcpserver import MCPServer
 
-from mcp_secrets import app, cli
+from mcp_secrets import app, cli, serving
 
 FLOOR = "floor"
 P = ParamSpec("P")
@@ -37,5 +37,5 @@ def with_floor(build: Callable[P, MCPServer[Any]]) -> Callable[P, MCPServer[Any]
 
 
 if __name__ == "__main__":
-    cli.build_server = with_floor(app.build_server)  # type: ignore[attr-defined]
+    serving.build_server = with_floor(app.build_server)  # type: ignore[attr-defined]
     raise SystemExit(cli.main(["serve", *sys.argv[1:]]))
