@@ -19,9 +19,9 @@ from packaging.utils import canonicalize_name
 import mcp_secrets
 from conftest import command_parsers
 from mcp_secrets.cli import build_parser
-from mcp_secrets.serving import desktop_config
 from mcp_secrets.config import Settings
 from mcp_secrets.gateway import load_gateway_config
+from mcp_secrets.serving import desktop_config
 
 
 def test_distribution_is_named_mcp_secrets_with_the_package_version() -> None:
