@@ -84,7 +84,7 @@ def _terminated_as_an_exception() -> Iterator[None]:
     """
 
     def stop(number: int, _frame: object) -> None:
-        raise _Terminated(number)
+        raise _stop(number)
 
     try:
         previous = {number: signal.signal(number, stop) for number in _STOP_SIGNALS}
@@ -456,6 +456,39 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         print(line if row[-1] else line.rstrip())
 
 
+@contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Hold back Ctrl-C, SIGTERM and SIGHUP until the block ends, then stop; a second one stops at once.
+
+    An exported batch of ``prune-audit`` is written to the file, then deleted from the store: a run
+    stopped in between left it in both, and the next run wrote it to the file again.
+    """
+    held: list[int] = []
+
+    def hold(number: int, _frame: object) -> None:
+        if held:  # asked twice: stop now, whatever it leaves behind
+            raise _stop(number)
+        held.append(number)
+
+    try:
+        previous = {number: signal.signal(number, hold) for number in (signal.SIGINT, *_STOP_SIGNALS)}
+    except ValueError:  # not the main thread (main() called from a library): nothing can be held
+        yield
+        return
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if held:
+        raise _stop(held[0])
+
+
+def _stop(number: int) -> KeyboardInterrupt:
+    """What a stop signal unwinds a run with: Ctrl-C's own exception, or one that says which signal."""
+    return KeyboardInterrupt() if number == signal.SIGINT else _Terminated(number)
+
+
 def _prune_audit(args: argparse.Namespace) -> int:
     store = _open(args, needs_key=False)[1]  # events only: no key needed
     try:
@@ -474,6 +507,7 @@ def _prune_audit(args: argparse.Namespace) -> int:
                 via="cli",
                 keep=keep,
                 on_progress=progress,
+                uninterrupted=_stop_signals_held if exporting else nullcontext,
             )
     finally:
         store.close()

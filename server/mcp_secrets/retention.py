@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -52,11 +52,13 @@ def prune_events(
     now: datetime | None = None,
     keep: Callable[[list[AuditEvent]], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    uninterrupted: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> PruneReport:
     """Delete every audit event, of every user, that happened more than ``older_than`` before ``now``.
 
     ``keep`` receives each batch before it is deleted (to archive it); if it raises, that batch
-    stays and the prune stops there.
+    stays and the prune stops there. Each batch, kept and deleted, runs inside ``uninterrupted()``:
+    the CLI holds back stop signals there, since a batch kept but not deleted would be kept again.
     """
     if older_than <= timedelta(0):
         raise InvalidInputError("the retention period must be longer than zero")
@@ -69,8 +71,12 @@ def prune_events(
     if dry_run:
         return PruneReport(before=before, found=found, deleted=deleted)
     try:
-        while batch := store.delete_events(before, batch_size, keep):
-            deleted += batch
+        while True:
+            with uninterrupted():  # a stop it held back is raised as it ends, once the batch is counted
+                batch = store.delete_events(before, batch_size, keep)
+                deleted += batch
+            if not batch:
+                break
             if on_progress is not None:
                 on_progress(deleted, max(found, deleted))
     except BaseException:

@@ -766,6 +766,88 @@ def test_rotate_stopped_by_a_signal_still_records_what_it_re_encrypted(
     assert read_back(env, f"{key_b},{seed.key_a}") == seed.values
 
 
+# Runs the CLI with a signal sent to the process as soon as the first batch is written to the export
+# file, before the store deletes it: where a stop would leave that batch in both.
+SIGNALLED_ONCE_A_BATCH_IS_EXPORTED = """
+import os, signal, sys
+from mcp_secrets import cli
+from mcp_secrets.store.sqlite import SQLiteStore
+
+stop = getattr(signal, sys.argv[1])
+times = int(sys.argv[2])
+original = SQLiteStore.delete_events
+sent = []
+
+def delete_events(self, before, limit, keep=None):
+    def keep_then_signal(events):
+        keep(events)
+        if not sent:
+            sent.append(stop)
+            for _ in range(times):
+                os.kill(os.getpid(), stop)
+    return original(self, before, limit, None if keep is None else keep_then_signal)
+
+SQLiteStore.delete_events = delete_events
+sys.exit(cli.main(sys.argv[3:]))
+"""
+
+
+@dataclass
+class SignalledExport:
+    """A prune exporting in batches of 4, signalled as its first batch is written; and what it left."""
+
+    stopped: subprocess.CompletedProcess[str]
+    older: list[dict[str, str]]  # the events older than the cut-off, before the prune
+    archive: Path
+    prune: tuple[str, ...]
+
+    def exported(self) -> list[dict[str, str]]:
+        return [json.loads(line) for line in self.archive.read_text(encoding="utf-8").splitlines()]
+
+    def left(self, env: dict[str, str]) -> list[dict[str, str]]:
+        return [event for event in audit_json(env, "--limit", "1000") if event in self.older]
+
+
+def signalled_export(
+    env: dict[str, str], tmp_path: Path, stop: signal.Signals, times: int
+) -> SignalledExport:
+    backdate(env, range(25, 41))
+    older = [event for event in audit_json(env, "--limit", "1000") if event["action"] == "used"][5:]
+    archive = tmp_path / "audit.jsonl"
+    prune = ("prune-audit", "--older-than", "30", "--batch-size", "4", "--export", str(archive))
+    script = [MCP_SECRETS[0], "-c", SIGNALLED_ONCE_A_BATCH_IS_EXPORTED, stop.name, str(times)]
+    return SignalledExport(run_program(env, [*script, *prune]), older, archive, prune)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda stop: stop.name)
+def test_prune_audit_export_stopped_by_a_signal_finishes_its_batch_so_a_rerun_writes_each_event_once(
+    env: dict[str, str], seed: Seed, tmp_path: Path, stop: signal.Signals
+) -> None:
+    run = signalled_export(env, tmp_path, stop, times=1)
+    exported_then, left_then = len(run.exported()), len(run.left(env))
+    recorded = audit_json(env)[0]
+    rerun = run_cli(env, *run.prune)
+
+    assert run.stopped.returncode == 128 + stop, run.stopped.stderr
+    assert "Traceback" not in run.stopped.stderr
+    assert (exported_then, left_then) == (4, len(run.older) - 4)  # the batch in hand, written and deleted
+    assert (recorded["action"], recorded["detail"][:16]) == ("audit-pruned", "4 events before ")
+    assert rerun.returncode == 0, rerun.stderr
+    assert run.exported() == sorted(run.older, key=lambda event: event["at"])
+
+
+def test_prune_audit_export_stopped_twice_stops_at_once(
+    env: dict[str, str], seed: Seed, tmp_path: Path
+) -> None:
+    # A batch whose delete waits on a busy store can still be stopped: by a second Ctrl-C.
+    run = signalled_export(env, tmp_path, signal.SIGINT, times=2)
+
+    assert run.stopped.returncode == 130, run.stopped.stderr
+    assert "Traceback" not in run.stopped.stderr
+    assert len(run.exported()) == 4
+    assert run.left(env) == run.older  # none deleted
+
+
 # Runs the CLI with the store failing at its second scan: after one batch, as a store lost mid-run.
 UNAVAILABLE_ON_SECOND_SCAN = """
 import sys
