@@ -13,7 +13,6 @@ import errno
 import getpass
 import itertools
 import json
-import logging
 import os
 import re
 import shlex
@@ -22,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
-from typing import NoReturn, TypeVar
+from typing import NoReturn
 
 from mcp_secrets import __version__
 from mcp_secrets.bootstrap import (
@@ -54,9 +53,6 @@ from mcp_secrets.rotation import DEFAULT_BATCH_SIZE, RotationReport, rotate
 from mcp_secrets.secrets import MAX_VALUE_BYTES, SecretKeyInfo, Secrets, validate_name, validate_username
 from mcp_secrets.store import SecretStore
 from mcp_secrets.tokens import ApiTokens
-
-logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 MAX_TOKEN_DAYS = 36500  # a hundred years: long enough for any token, short enough to stay a date
 MAX_RETENTION_DAYS = MAX_TOKEN_DAYS  # and for a retention period: its cut-off must stay a date too
