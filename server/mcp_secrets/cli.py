@@ -82,16 +82,23 @@ def _terminated_as_an_exception() -> Iterator[None]:
     def stop(number: int, _frame: object) -> None:
         raise _stop(number)
 
+    with _handling(_STOP_SIGNALS, stop):
+        yield
+
+
+@contextmanager
+def _handling(numbers: Sequence[int], handler: Callable[[int, object], None]) -> Iterator[None]:
+    """``handler`` for the signals ``numbers`` while the block runs, then the handlers there were before."""
     try:
-        previous = {number: signal.signal(number, stop) for number in _STOP_SIGNALS}
-    except ValueError:  # not the main thread (main() called from a library): keep the default
+        previous = {number: signal.signal(number, handler) for number in numbers}
+    except ValueError:  # not the main thread (main() called from a library): keep the handlers there are
         yield
         return
     try:
         yield
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        for number, earlier in previous.items():
+            signal.signal(number, earlier)
 
 
 # The settings `serve` takes as options, by option: an invalid one is named as the user typed it.
@@ -466,16 +473,8 @@ def _stop_signals_held() -> Iterator[None]:
             raise _stop(number)
         held.append(number)
 
-    try:
-        previous = {number: signal.signal(number, hold) for number in (signal.SIGINT, *_STOP_SIGNALS)}
-    except ValueError:  # not the main thread (main() called from a library): nothing can be held
+    with _handling((signal.SIGINT, *_STOP_SIGNALS), hold):
         yield
-        return
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
     if held:
         raise _stop(held[0])
 
