@@ -47,6 +47,7 @@ class Transactions:
         self.active: Session | None = None
         self.writes: list[tuple[str, str, bool]] = []  # (collection, method, carried the active session)
         self.failing_inserts = False
+        self.options = SimpleNamespace(timeout=None)  # a client's options: no timeoutMS in its URL
 
     def start_session(self) -> Session:
         return Session(self)

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pymongo.errors import DuplicateKeyError
 
-from _mongo_wire import MONGOS_HELLO, WTIMEOUT, mongo_wire_server, server_holding
+from _mongo_wire import MONGOS_HELLO, PRIMARY_HELLO, WTIMEOUT, mongo_wire_server, server_holding
 from conftest import STORE_KINDS, assert_not_leaked
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.errors import (
@@ -1508,6 +1508,70 @@ def test_a_change_made_outside_a_transaction_but_not_confirmed_is_reported_and_r
         assert recorded == []
     # Made, if not confirmed: whatever holds the old value lets it go, whether or not the trail says so.
     assert changes == [("alice", "github"), ("alice", "github")]
+
+
+# A replica set's primary that runs transactions: a session timeout is what tells pymongo it has sessions.
+TRANSACTIONS_HELLO = {**PRIMARY_HELLO, "logicalSessionTimeoutMinutes": 30}
+
+
+def _committing_server(
+    commits: list[dict[str, Any]], unconfirmed: int
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A primary that makes each write of a transaction, and answers its first ``unconfirmed`` commits
+    with a write concern not met, as one whose secondaries lag."""
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        name, collection = next(iter(command.items()))
+        if name == "commitTransaction":
+            commits.append(command)
+            return {"ok": 1, **({"writeConcernError": WTIMEOUT} if len(commits) <= unconfirmed else {})}
+        if name in {"find", "listIndexes"}:
+            return {"ok": 1, "cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": []}}
+        if name == "update":
+            return {"ok": 1, "n": 1, "nModified": 0, "upserted": [{"index": 0, "_id": bson.ObjectId()}]}
+        return {"ok": 1, "n": 1}
+
+    return answer
+
+
+def test_a_transaction_whose_commit_is_confirmed_on_a_retry_is_a_change_made(canary: str) -> None:
+    commits: list[dict[str, Any]] = []
+    with mongo_wire_server(_committing_server(commits, unconfirmed=1), hello=TRANSACTIONS_HELLO) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db?directConnection=true&w=majority")
+        try:
+            event = AuditEvent(T1, "alice", "", "github", "TOKEN")
+            created = store.put_secret("alice", "github", "TOKEN", canary, T1, event=event)
+        finally:
+            store.close()
+
+    assert store.transactions is True
+    assert created is True
+    assert len(commits) == 2
+
+
+@pytest.mark.parametrize("limit", ["timeoutMS", "the driver's"])
+def test_a_transaction_whose_commit_is_never_confirmed_is_reported_as_unconfirmed_not_unavailable(
+    canary: str, limit: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The driver retries the commit until its time limit (the URL's timeoutMS, else its own 120 s, cut to
+    # 1 s here), then raises a timeout of its own that keeps the commit's label: made, or not.
+    if limit != "timeoutMS":
+        driver = pytest.importorskip("pymongo.client_session_shared")
+        monkeypatch.setattr(driver, "_WITH_TRANSACTION_RETRY_TIME_LIMIT", 1)
+    commits: list[dict[str, Any]] = []
+    with mongo_wire_server(_committing_server(commits, unconfirmed=10**6), hello=TRANSACTIONS_HELLO) as port:
+        url = f"mongodb://127.0.0.1:{port}/db?directConnection=true&w=majority"
+        store = MongoStore.from_url(url + ("&timeoutMS=1000" if limit == "timeoutMS" else ""))
+        try:
+            with pytest.raises(WriteUnconfirmedError) as saved:
+                store.put_secret("alice", "github", "TOKEN", canary, T1, event=AuditEvent(T1, "alice", ""))
+        finally:
+            store.close()
+
+    assert len(commits) > 1  # retried, as the driver does
+    assert "did not confirm" in str(saved.value)
+    assert "unavailable" not in str(saved.value)
+    assert_not_leaked(saved.value, canary)
 
 
 def test_an_unconfirmed_replacement_of_a_document_of_the_wrong_shape_is_still_reported_and_recorded(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, TypeVar, cast
@@ -13,7 +13,7 @@ from bson import ObjectId
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.errors import InvalidBSON, InvalidDocument
 from bson.raw_bson import RawBSONDocument
-from pymongo import MongoClient, ReadPreference, ReturnDocument, UpdateMany
+from pymongo import MongoClient, ReadPreference, ReturnDocument, UpdateMany, timeout
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.cursor import Cursor
@@ -466,7 +466,10 @@ class MongoStore:
             self.transactions = has_transactions(self._client)
         if not self.transactions:
             return write(None)
-        with self._client.start_session() as session:
+        # The driver retries a commit it cannot confirm for 120 s unless a time limit is in force: the
+        # URL's timeoutMS bounds the whole change, retries included, as it bounds any other operation.
+        limit = self._client.options.timeout
+        with self._client.start_session() as session, timeout(limit) if limit is not None else nullcontext():
             # Retries transient faults as the driver advises. It reads nothing: "local" whatever the URL
             # sets, since a server starts no transaction at the levels linearizable and available.
             result: T = session.with_transaction(write, read_concern=_IN_TRANSACTION)
@@ -900,8 +903,20 @@ def _recording_unconfirmed(exc: WriteConcernError, record: Callable[[], None]) -
         raise type(unconfirmed)(f"{unconfirmed}; its audit event could not be written") from None
 
 
+# The driver's label of a transaction commit whose outcome it could not learn.
+_UNKNOWN_COMMIT = "UnknownTransactionCommitResult"
+
+
 def _unavailable(exc: PyMongoError) -> StoreUnavailableError:
     # Name the fault's kind only: pymongo messages can quote hosts and credentials.
+    if exc.has_error_label(_UNKNOWN_COMMIT) and not isinstance(exc, WriteConcernError):
+        # The driver gave up retrying a commit whose outcome it could not learn, with an error of its own
+        # (a timeout) that keeps the commit's label: made, or not. Not "unavailable" either.
+        return WriteUnconfirmedError(
+            f"the MongoDB server did not confirm the change: the commit of its transaction has no known "
+            f"result ({type(exc).__name__}), so it may or may not have been made; where making it again is "
+            "safe (saving or deleting a secret, revoking a token), do, to confirm it"
+        )
     if _unconfirmed(exc):
         # The primary made the change and then could not have it replicated as asked (w, wtimeoutMS) in
         # time: a later election may roll it back, or not. Not "unavailable" as if nothing was written.
