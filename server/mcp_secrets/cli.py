@@ -141,10 +141,10 @@ def _serve(args: argparse.Namespace) -> int:
     secrets, keys = build_secrets(settings, store, generate_key=True)
     # Said at once: a start that fails later (a bad option, the port in use) would hide it for good.
     _say_if_generated(keys)
-    # Imported only here: the SDK and the web stack take most of a start, and no other command needs them.
-    from mcp_secrets.serving import run_server  # noqa: PLC0415
-
     try:
+        # Imported only here: the SDK and the web stack take most of a start, and no other command needs them.
+        from mcp_secrets.serving import run_server  # noqa: PLC0415
+
         run_server(settings, store, secrets, keys, lambda: _close(store, secrets))
     finally:
         _close(store, secrets)
