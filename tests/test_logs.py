@@ -67,3 +67,42 @@ def test_at_debug_the_http_libraries_that_log_headers_and_bodies_stay_at_info() 
         "httpcore2", "INFO", "httpcore2.http11", "INFO", "mcp.client.streamable_http", "ERROR",
         "uvicorn.error", "INFO", "httpx2", "WARNING",
     ]  # fmt: skip
+
+
+HANG_UP = """
+import logging, sys
+from starlette.requests import ClientDisconnect
+from mcp_secrets.logs import configure_logging
+
+configure_logging(sys.argv[1])
+log = logging.getLogger("mcp.server.streamable_http")
+for fault in (ClientDisconnect(), ConnectionResetError()):
+    try:
+        raise fault
+    except Exception:
+        log.exception("Error handling POST request")
+"""
+
+
+def test_a_client_hang_up_the_sdk_logs_as_an_error_is_one_info_line_and_other_errors_stay_errors() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", HANG_UP, "INFO"], capture_output=True, text=True, timeout=60, check=True
+    )
+
+    lines = [line.split(" ", 2)[2] for line in done.stderr.splitlines() if line.startswith("20")]
+    assert lines == [
+        "INFO mcp.server.streamable_http: a client went away before its request body was read",
+        "ERROR mcp.server.streamable_http: Error handling POST request",
+    ]
+    assert done.stderr.count("Traceback") == 1
+    assert "builtins.ConnectionResetError" in done.stderr
+
+
+def test_a_client_hang_up_is_not_logged_at_all_above_info() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", HANG_UP, "WARNING"], capture_output=True, text=True, timeout=60, check=True
+    )
+
+    assert "went away" not in done.stderr
+    assert "ERROR mcp.server.streamable_http: Error handling POST request" in done.stderr
+    assert "builtins.ConnectionResetError" in done.stderr

@@ -31,6 +31,12 @@ _API_TOKEN = re.compile(rf"(mcps{_UNDERSCORE}[0-9a-f]+{_UNDERSCORE}){_TOKEN_CHAR
 _JWT = re.compile(rf"eyJ{_TOKEN_CHAR}*{_DOT}{_TOKEN_CHAR}*{_DOT}{_TOKEN_CHAR}*")
 
 
+# What a client's hang-up before its body was read is logged as, wherever it is caught.
+CLIENT_WENT_AWAY = "a client went away before its request body was read"
+# Starlette's exception for it, named rather than imported: only serve loads Starlette.
+_CLIENT_DISCONNECT = ("starlette.requests", "ClientDisconnect")
+
+
 def _redacted(text: str) -> str:
     text = _SET_QUERY.sub(r"\1…", _ENTRY_TOKEN.sub(r"\1…", text))
     return _JWT.sub("…", _API_TOKEN.sub(r"\1…", text))
@@ -42,6 +48,22 @@ def redact_tokens(record: logging.LogRecord) -> bool:
         record.msg = _redacted(record.msg)
     if isinstance(record.args, tuple):
         record.args = tuple(_redacted(arg) if isinstance(arg, str) else arg for arg in record.args)
+    return True
+
+
+def quiet_client_hang_ups(record: logging.LogRecord) -> bool:
+    """Log a client's hang-up mid-body as one INFO line, as our routes do, not as an error with a traceback.
+
+    The SDK catches it on its MCP endpoint and logs it as an error, but anyone can send half a body and
+    go: that is nothing for an operator to act on.
+    """
+    exc_type = record.exc_info[0] if record.exc_info else None
+    if exc_type is None or (exc_type.__module__, exc_type.__qualname__) != _CLIENT_DISCONNECT:
+        return True
+    if not logging.getLogger(record.name).isEnabledFor(logging.INFO):
+        return False
+    record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+    record.msg, record.args, record.exc_info, record.exc_text = CLIENT_WENT_AWAY, (), None, None
     return True
 
 
@@ -73,6 +95,7 @@ def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.addFilter(redact_tokens)
+    handler.addFilter(quiet_client_hang_ups)
     handler.addFilter(keep_library_exceptions_to_their_frames)
     root.addHandler(handler)
     root.setLevel(level)

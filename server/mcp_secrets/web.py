@@ -41,6 +41,7 @@ from mcp_secrets.identity import (
     JwtVerifier,
     TokenCheckOutage,
 )
+from mcp_secrets.logs import CLIENT_WENT_AWAY
 from mcp_secrets.rest import rest_routes
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.session_quota import SseStreamQuota, StreamableSessionQuota
@@ -397,7 +398,7 @@ async def _client_gone(_request: Request, _exc: Exception) -> Response:
 
     Anyone can send half a body and go; as an error each one would put a traceback in the log.
     """
-    logger.info("a client went away before its request body was read")
+    logger.info(CLIENT_WENT_AWAY)
     return Response(status_code=HTTPStatus.BAD_REQUEST)  # nobody is there to read it
 
 

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -299,33 +300,69 @@ def test_an_oversized_body_is_refused(alice: Rest, canary: str) -> None:
 GONE_LINE = "a client went away before its request body was read"
 
 
-@pytest.mark.parametrize("path", ["/secrets/set", "/secrets/entry/not-a-link"])
+def _legacy_sse_messages_path(deployment: Deployment, host: str, port: int, held: ExitStack) -> str:
+    """The path a legacy SSE stream of alice's names for her messages; ``held`` keeps the stream open."""
+    stream = held.enter_context(socket.create_connection((host, port), timeout=30))
+    stream.sendall(
+        f"GET /sse HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {deployment.token('alice')}\r\n"
+        "Accept: text/event-stream\r\n\r\n".encode()
+    )
+    received = b""
+    while b"session_id=" not in received or not received.split(b"session_id=", 1)[1].strip():
+        chunk = stream.recv(4096)
+        assert chunk, "the SSE stream ended before its endpoint event"
+        received += chunk
+    path = received.split(b"data: ", 1)[1].split(b"\r\n", 1)[0].split(b"\n", 1)[0]
+    return path.decode()
+
+
+@pytest.mark.parametrize(
+    ("transport", "path"),
+    [
+        ("streamable_http_deployment", "/secrets/set"),
+        ("streamable_http_deployment", "/secrets/entry/not-a-link"),
+        ("streamable_http_deployment", "/mcp"),
+        ("stateless_deployment", "/mcp"),
+        ("sse_deployment", "/messages/"),
+    ],
+)
 def test_a_client_that_goes_away_mid_body_leaves_one_line_in_the_log_not_a_traceback(
-    streamable_http_deployment: Deployment, path: str, canary: str
+    request: pytest.FixtureRequest, transport: str, path: str, canary: str
 ) -> None:
-    # Anyone can send half a body and hang up: that must not fill the log with errors.
-    deployment = streamable_http_deployment
+    # Anyone can send half a body and hang up: that must not fill the log with errors. The SDK reads
+    # the MCP endpoints' bodies itself, and logs such a request on /mcp as an error of its own.
+    deployment: Deployment = request.getfixturevalue(transport)
     log = deployment.log_path
     assert deployment.base_url is not None
     start = log.stat().st_size
-    host, port = urlsplit(deployment.base_url).hostname, urlsplit(deployment.base_url).port
-    body = json.dumps({"server": "s", "key": "K", "value": canary}).encode()
-    with socket.create_connection((str(host), int(port or 80)), timeout=30) as half:
-        half.sendall(
-            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            f"Authorization: Bearer {deployment.token('alice')}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body) * 2}\r\n\r\n".encode()
-            + body
-        )
+    host, port = str(urlsplit(deployment.base_url).hostname), int(urlsplit(deployment.base_url).port or 80)
+    arguments = {"server": "s", "key": "K", "value": canary}
+    if path.startswith("/secrets/"):
+        body = json.dumps(arguments).encode()
+    else:
+        call = {"name": "set_secret", "arguments": arguments}
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": call}).encode()
+    with ExitStack() as held:  # a legacy SSE stream stays open until the line is read
+        if path == "/messages/":
+            path = _legacy_sse_messages_path(deployment, host, port, held)
+        with socket.create_connection((host, port), timeout=30) as half:
+            half.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                f"Authorization: Bearer {deployment.token('alice')}\r\n"
+                "Accept: application/json, text/event-stream\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body) * 2}\r\n\r\n".encode()
+                + body
+            )
 
-    written = ""
-    for _ in range(STARTUP_POLLS):  # a bound on the wait for the line, never a time asserted
-        written = log.read_bytes()[start:].decode("utf-8", "replace")
-        if GONE_LINE in written:
-            break
-        time.sleep(POLL_INTERVAL)
+        written = ""
+        for _ in range(STARTUP_POLLS):  # a bound on the wait for the line, never a time asserted
+            written = log.read_bytes()[start:].decode("utf-8", "replace")
+            if GONE_LINE in written:
+                break
+            time.sleep(POLL_INTERVAL)
     assert GONE_LINE in written
     assert "Traceback" not in written
+    assert "ERROR" not in written
     assert "Exception in ASGI application" not in written
     assert canary not in written
 
