@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -330,6 +330,22 @@ def deployment(request: pytest.FixtureRequest) -> Deployment:
 def http_deployment(request: pytest.FixtureRequest) -> Deployment:
     """Each HTTP transport in turn: Streamable HTTP and SSE."""
     return cast("Deployment", request.getfixturevalue(DEPLOYMENT_FIXTURES[request.param]))
+
+
+def legacy_sse_messages_path(token: str, host: str, port: int, held: ExitStack) -> str:
+    """The path a legacy SSE stream opened with ``token`` names for its messages; ``held`` keeps it open."""
+    stream = held.enter_context(socket.create_connection((host, port), timeout=30))
+    stream.sendall(
+        f"GET /sse HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
+        "Accept: text/event-stream\r\n\r\n".encode()
+    )
+    received = b""
+    while b"session_id=" not in received or not received.split(b"session_id=", 1)[1].strip():
+        chunk = stream.recv(4096)
+        assert chunk, "the SSE stream ended before its endpoint event"
+        received += chunk
+    path = received.split(b"data: ", 1)[1].split(b"\r\n", 1)[0].split(b"\n", 1)[0]
+    return path.decode()
 
 
 async def request_entry_link(deployment: Deployment, username: str, server: str, key: str) -> str:

@@ -21,7 +21,7 @@ import pytest
 
 from mcp_secrets.secrets import MAX_VALUE_BYTES
 
-from .conftest import POLL_INTERVAL, STARTUP_POLLS, Deployment, create_token
+from .conftest import POLL_INTERVAL, STARTUP_POLLS, Deployment, create_token, legacy_sse_messages_path
 
 
 class Rest:
@@ -300,22 +300,6 @@ def test_an_oversized_body_is_refused(alice: Rest, canary: str) -> None:
 GONE_LINE = "a client went away before its request body was read"
 
 
-def _legacy_sse_messages_path(deployment: Deployment, host: str, port: int, held: ExitStack) -> str:
-    """The path a legacy SSE stream of alice's names for her messages; ``held`` keeps the stream open."""
-    stream = held.enter_context(socket.create_connection((host, port), timeout=30))
-    stream.sendall(
-        f"GET /sse HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {deployment.token('alice')}\r\n"
-        "Accept: text/event-stream\r\n\r\n".encode()
-    )
-    received = b""
-    while b"session_id=" not in received or not received.split(b"session_id=", 1)[1].strip():
-        chunk = stream.recv(4096)
-        assert chunk, "the SSE stream ended before its endpoint event"
-        received += chunk
-    path = received.split(b"data: ", 1)[1].split(b"\r\n", 1)[0].split(b"\n", 1)[0]
-    return path.decode()
-
-
 @pytest.mark.parametrize(
     ("transport", "path"),
     [
@@ -344,7 +328,7 @@ def test_a_client_that_goes_away_mid_body_leaves_one_line_in_the_log_not_a_trace
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": call}).encode()
     with ExitStack() as held:  # a legacy SSE stream stays open until the line is read
         if path == "/messages/":
-            path = _legacy_sse_messages_path(deployment, host, port, held)
+            path = legacy_sse_messages_path(deployment.token("alice"), host, port, held)
         with socket.create_connection((host, port), timeout=30) as half:
             half.sendall(
                 f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"

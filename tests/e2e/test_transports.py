@@ -21,17 +21,27 @@ from contextlib import ExitStack, contextmanager
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import anyio
 import httpx2
 import pytest
+from mcp import Client, MCPError
+from mcp.client.streamable_http import streamable_http_client
 from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
 from conftest import text_of
 from mcp_secrets.crypto import generate_master_key
 
-from .conftest import INITIALIZE, MCP_SECRETS, Deployment, create_token, isolated_env, with_ctrl_c
+from .conftest import (
+    INITIALIZE,
+    MCP_SECRETS,
+    Deployment,
+    create_token,
+    isolated_env,
+    legacy_sse_messages_path,
+    with_ctrl_c,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -555,6 +565,72 @@ async def test_revoked_token_gets_401(http_deployment) -> None:
 
     assert revoked.returncode == 0, revoked.stderr
     assert probe(http_deployment, token).status_code == 401
+
+
+async def test_a_session_its_token_opened_can_make_no_call_once_the_token_is_revoked(
+    streamable_http_deployment: Deployment, canary: str
+) -> None:
+    # Revocation must not wait for the sessions a leaked token opened: each request is checked anew.
+    deployment = streamable_http_deployment
+    token = deployment.cli("token", "create", "frank").stdout.strip()
+    statuses: list[int] = []
+
+    async def note_status(response: httpx2.Response) -> None:
+        statuses.append(response.status_code)
+
+    refused: list[BaseException] = []
+    async with (
+        httpx2.AsyncClient(
+            headers={"Authorization": f"Bearer {token}"},
+            trust_env=False,
+            event_hooks={"response": [note_status]},
+        ) as http,
+        Client(streamable_http_client(deployment.endpoint, http_client=http)) as frank,
+    ):
+        assert (await keys_of(frank))[0] == "frank"
+        revoked = deployment.cli("token", "revoke", token.split("_")[1])
+        answered = len(statuses)
+        try:
+            result = await frank.call_tool("set_secret", {"server": "s", "key": "K", "value": canary})
+        except MCPError as error:  # the SDK client's word for a 401
+            refused.append(error)
+        else:
+            pytest.fail(f"a call on a revoked token's session was answered: {text_of(result)}")
+
+    assert revoked.returncode == 0, revoked.stderr
+    assert len(refused) == 1
+    assert HTTPStatus.UNAUTHORIZED in statuses[answered:]
+    await _frank_holds_nothing(deployment, canary)
+
+
+def test_an_sse_stream_its_token_opened_takes_no_message_once_the_token_is_revoked(
+    sse_deployment: Deployment, canary: str
+) -> None:
+    # The SDK's SSE client waits on a refused message instead of failing: asked at the HTTP level.
+    deployment = sse_deployment
+    token = deployment.cli("token", "create", "frank").stdout.strip()
+    assert deployment.base_url is not None
+    host, port = str(urlsplit(deployment.base_url).hostname), int(urlsplit(deployment.base_url).port or 80)
+    call = {"name": "set_secret", "arguments": {"server": "s", "key": "K", "value": canary}}
+    message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": call}
+    with ExitStack() as held, httpx2.Client(trust_env=False, timeout=30) as http:
+        path = legacy_sse_messages_path(token, host, port, held)
+        revoked = deployment.cli("token", "revoke", token.split("_")[1])
+        bearer = {"Authorization": f"Bearer {token}"}
+        answer = http.post(urljoin(deployment.base_url, path), headers=bearer, json=message)
+
+    assert revoked.returncode == 0, revoked.stderr
+    assert answer.status_code == 401
+    assert canary not in answer.text
+    anyio.run(_frank_holds_nothing, deployment, canary)
+
+
+async def _frank_holds_nothing(deployment: Deployment, canary: str) -> None:
+    """With a new token, frank's keys: none, since the refused call stored nothing; the log has no canary."""
+    token = deployment.cli("token", "create", "frank").stdout.strip()
+    async with deployment.connect(token=token) as frank:
+        assert await keys_of(frank) == ("frank", [])
+    assert canary not in deployment.log()
 
 
 @pytest.mark.parametrize(
