@@ -606,7 +606,8 @@ async def test_a_session_its_token_opened_can_make_no_call_once_the_token_is_rev
 def test_an_sse_stream_its_token_opened_takes_no_message_once_the_token_is_revoked(
     sse_deployment: Deployment, canary: str
 ) -> None:
-    # The SDK's SSE client waits on a refused message instead of failing: asked at the HTTP level.
+    # The SDK's SSE client does not fail a call whose message is refused (modelcontextprotocol/python-sdk
+    # issue 2110): it waits. So this is asked at the HTTP level.
     deployment = sse_deployment
     token = deployment.cli("token", "create", "frank").stdout.strip()
     assert deployment.base_url is not None
