@@ -393,8 +393,22 @@ USE_CALLS: list[Any] = [
 ]
 
 
+# Texts an event cannot hold: not strings; a lone surrogate (a file name decoded with surrogateescape), which
+# neither BSON nor SQLite's UTF-8 can encode; a control character, which `mcp-secrets audit` would print to
+# a terminal; and more than a label's length.
+BAD_EVENT_TEXTS: list[Any] = [
+    pytest.param(None, id="none"),
+    pytest.param(5, id="int"),
+    pytest.param(b"rest", id="bytes"),
+    pytest.param({"$ne": ""}, id="dict"),
+    pytest.param("rest\udcff", id="lone-surrogate"),
+    pytest.param("rest\x1b[2J", id="escape"),
+    pytest.param("r" * 1025, id="1025-characters"),
+]
+
+
 @pytest.mark.parametrize("call", USE_CALLS)
-@pytest.mark.parametrize("bad", [None, 5, {"$ne": ""}])
+@pytest.mark.parametrize("bad", BAD_EVENT_TEXTS)
 @pytest.mark.parametrize("field", ["via", "action", "detail"])
 def test_a_use_whose_via_action_or_detail_is_not_text_is_refused_and_records_nothing(
     secrets: Secrets, canary: str, field: str, bad: object, call: Callable[[Secrets, dict[str, Any]], object]
@@ -408,6 +422,49 @@ def test_a_use_whose_via_action_or_detail_is_not_text_is_refused_and_records_not
     assert_not_leaked(raised.value, canary)
     assert secrets.flush()
     assert [event.action for event in secrets.list_events(None)] == ["created"]
+
+
+def test_a_use_of_bob_batched_after_alices_refused_one_is_recorded(secrets: Secrets, canary: str) -> None:
+    secrets.set_secret("bob", "github", "TOKEN", canary)
+
+    with pytest.raises(InvalidInputError):
+        secrets.get_secrets("bob", "github", detail="rest\udcff")
+    secrets.get_secrets("bob", "github", detail="after")
+
+    assert secrets.flush()
+    assert [(event.action, event.detail) for event in secrets.list_events("bob")] == [
+        ("used", "after"),
+        ("created", ""),
+    ]
+    assert secrets.store.count_secrets() == 1
+    secrets.set_secret("bob", "github", "OTHER", new_canary())  # the writer is not stuck: changes go on
+
+
+CHANGE_CALLS: list[Any] = [
+    pytest.param(lambda s, value, via: s.set_secret("alice", "github", "TOKEN", value, via=via), id="set"),
+    pytest.param(
+        lambda s, value, via: s.update_secret("alice", "github", "TOKEN", value, "update", via=via),
+        id="update",
+    ),
+    pytest.param(lambda s, _, via: s.delete_secret("alice", "github", "TOKEN", via=via), id="delete"),
+]
+
+
+@pytest.mark.parametrize("call", CHANGE_CALLS)
+@pytest.mark.parametrize("bad", BAD_EVENT_TEXTS)
+def test_a_change_whose_via_is_not_text_is_refused_and_changes_nothing(
+    secrets: Secrets, canary: str, bad: object, call: Callable[[Secrets, str, object], object]
+) -> None:
+    kept = new_canary()
+    secrets.set_secret("alice", "github", "TOKEN", kept)
+
+    with pytest.raises(InvalidInputError, match=r"^via must be") as raised:
+        call(secrets, canary, bad)
+
+    assert_not_leaked(raised.value, canary, kept)
+    assert secrets.get_secrets("alice", "github", record_use=False) == {"TOKEN": kept}
+    # The trail still reads: no event of another type was written to it.
+    assert [event.action for event in secrets.list_events("alice")] == ["created"]
 
 
 @pytest.mark.parametrize("field", ["server", "key"])

@@ -46,6 +46,7 @@ _NAME = re.compile(NAME_PATTERN)
 # '|' for OIDC subjects such as Auth0's (auth0|5f7c…, samlp|Customer1|…); a shell would read it as a pipe,
 # so a command printed for a user quotes the username. No other shell, path or URL syntax.
 _USERNAME = re.compile(r"[A-Za-z0-9_.@|\-]{1,128}")
+MAX_EVENT_TEXT = 1024  # characters of an event's via, action or detail: a label, not a document
 NAME_RULE = "1 to 128 characters of letters, digits, '_', '-' or '.'"
 USERNAME_RULE = "1 to 128 characters of letters, digits, '_', '-', '.', '@' or '|'"
 
@@ -64,11 +65,18 @@ def validate_name(field: str, name: object) -> str:
     return name
 
 
-def _validate_use_texts(via: object, action: object, detail: object) -> None:
-    """Refuse a use's free texts unless each is a string: the writer thread could not write it."""
-    for field, text in (("via", via), ("action", action), ("detail", detail)):
+def _validate_event_texts(**texts: object) -> None:
+    """Refuse an event's free texts (via, action, detail) unless each is a short printable string.
+
+    Checked before anything is written or queued: a use's texts are written by the writer thread, which
+    could not report a text the store cannot hold, and would drop or retry it with other users' uses.
+    Printable, since ``mcp-secrets audit`` prints them to a terminal.
+    """
+    for field, text in texts.items():
         if type(text) is not str:
             raise InvalidInputError(f"{field} must be a string")
+        if len(text) > MAX_EVENT_TEXT or not text.isprintable():
+            raise InvalidInputError(f"{field} must be printable text of at most {MAX_EVENT_TEXT} characters")
 
 
 def validate_value(value: object) -> str:
@@ -201,7 +209,7 @@ class Secrets:
         """
         validate_username(username)
         validate_name("server", server)
-        _validate_use_texts(via, action, detail)
+        _validate_event_texts(via=via, action=action, detail=detail)
         decrypt = self.encryptor.decrypt
         values = {
             record.key: decrypt(record.value, username=username, server=server, key=record.key)
@@ -226,7 +234,7 @@ class Secrets:
         # beside it, or block them all, and the caller would not hear of it.
         validate_username(username)
         validate_name("server", server)
-        _validate_use_texts(via, action, detail)
+        _validate_event_texts(via=via, action=action, detail=detail)
         if isinstance(keys, str):  # its characters would be taken for keys
             raise InvalidInputError("keys must be a collection of key names, not one string")
         self._record_use(
@@ -295,6 +303,7 @@ class Secrets:
         validate_username(username)
         validate_name("server", server)
         validate_name("key", key)
+        _validate_event_texts(via=via)
         now = self._clock()
         # The store writes the event with the record, in one transaction where it can.
         event = AuditEvent(now, username, "deleted", server, key, via)
