@@ -332,3 +332,22 @@ def test_a_change_starts_its_transaction_with_a_read_concern_transactions_take(l
             store.close()
 
     assert started == [{"level": "local"}]
+
+
+def test_through_the_service_a_change_whose_event_is_lost_is_heard_by_its_listeners(
+    client: mongomock.MongoClient, monkeypatch: pytest.MonkeyPatch, encryptor: SecretEncryptor
+) -> None:
+    # Made, if not recorded: whatever holds the old value (a gateway's downstream) must let it go.
+    store, owner = watched_store(client, monkeypatch, transactions=False)
+    secrets = Secrets(store, encryptor)
+    heard: list[tuple[str, str]] = []
+    secrets.on_change(lambda username, server: heard.append((username, server)))
+    owner.failing_inserts = True
+
+    with pytest.raises(StoreUnavailableError, match="the change was made"):
+        secrets.set_secret("alice", "github", "TOKEN", new_canary())
+    with pytest.raises(StoreUnavailableError, match="the change was made"):
+        secrets.delete_secret("alice", "github", "TOKEN")
+
+    assert heard == [("alice", "github"), ("alice", "github")]
+    assert secrets.get_secrets("alice", "github") == {}

@@ -24,7 +24,6 @@ from mcp_secrets.errors import (
     InvalidInputError,
     SecretNotFoundError,
     StoreUnavailableError,
-    WriteUnconfirmedError,
 )
 from mcp_secrets.store import AuditEvent, LimitReached, SecretStore, SecretUse
 from mcp_secrets.usage import FLUSH_TIMEOUT_SECONDS, UseRecorder
@@ -324,8 +323,11 @@ class Secrets:
                 f"a user may keep at most {self.max_secrets_per_user} secrets: "
                 "delete one before storing another"
             ) from None
-        except WriteUnconfirmedError:
-            self._changed(username, server)  # made, if not confirmed: what holds the old value lets it go
+        except StoreUnavailableError:
+            # Perhaps made all the same: unconfirmed (WriteUnconfirmedError), or made on a standalone MongoDB
+            # server that then lost its audit event. What holds the old value lets it go; when nothing was
+            # made, the notice costs a client one listing.
+            self._changed(username, server)
             raise
         self._changed(username, server)
         return UpdateResult(server, key, "created" if created else "updated")
@@ -365,8 +367,8 @@ class Secrets:
         self._catch_up()
         try:
             deleted = self.store.delete_secret(username, server, key, event=event)
-        except WriteUnconfirmedError:
-            self._changed(username, server)  # made, if not confirmed: what holds the old value lets it go
+        except StoreUnavailableError:
+            self._changed(username, server)  # perhaps made all the same, as in update_secret
             raise
         if deleted:
             self._changed(username, server)
