@@ -40,12 +40,13 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def mcp_secrets_cli(
-    env: dict[str, str], *args: str, command: tuple[str, ...] = ()
+    env: dict[str, str], *args: str, command: tuple[str, ...] = (), cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run the command (``python -m mcp_secrets`` unless ``command`` says otherwise); stdin is closed."""
     return subprocess.run(
         [*(command or (sys.executable, "-m", "mcp_secrets")), *args],
         env=env,
+        cwd=cwd,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -954,6 +955,24 @@ def test_a_path_under_the_home_of_no_such_user_is_an_invalid_setting(
     assert done.returncode == EXIT_CONFIGURATION
     assert f"mcp-secrets: error: invalid setting: {setting}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("setting", ["config_dir", "data_dir", "master_key_file", "servers"])
+def test_an_empty_path_setting_is_invalid_rather_than_the_working_directory(
+    env: dict[str, str], tmp_path: Path, setting: str
+) -> None:
+    """An empty variable was the working directory: the key and the store were made side by side there."""
+    env[f"MCP_SECRETS_{setting.upper()}"] = ""
+    work = tmp_path / "checkout"
+    work.mkdir()
+
+    done = mcp_secrets_cli(env, "token", "create", "alice", cwd=work)
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert f"mcp-secrets: error: invalid setting: {setting}" in done.stderr
+    assert f"MCP_SECRETS_{setting.upper()}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(work.iterdir()) == []
 
 
 # A container's arbitrary uid: no entry in /etc/passwd, and (here) no HOME either.

@@ -53,6 +53,14 @@ def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 
 
+def _refuse_empty(value: object) -> object:
+    # Path("") is the working directory: the key and the store would be made side by side in whatever
+    # directory a command ran in, a different one each time.
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("it is empty: give a path, or unset it for the default")
+    return value
+
+
 def _expand_home(value: Path | None) -> Path | None:
     try:
         return None if value is None else value.expanduser()
@@ -187,6 +195,9 @@ class Settings(BaseSettings):
     # `~/…` as the key file's setting takes it: no shell expands it in a client's config file, and a
     # key generated under a literal `~` beside the working directory was not found from another one.
     _expand_dirs = field_validator("data_dir", "config_dir", "master_key_file", "servers")(_expand_home)
+    _no_empty_paths = field_validator("data_dir", "config_dir", "master_key_file", "servers", mode="before")(
+        _refuse_empty
+    )
 
     # The command-line option each override was given as, by setting (load_settings): errors name it.
     _given_as: dict[str, str] = PrivateAttr(default_factory=dict)
