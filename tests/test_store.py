@@ -1656,6 +1656,26 @@ def test_open_store_takes_a_relative_sqlite_path(tmp_path: Path, monkeypatch: py
     opened.close()
 
 
+@pytest.mark.parametrize("name", ["file:secrets.db?mode=memory", "file:secrets.db"])
+def test_a_relative_sqlite_path_that_reads_as_an_sqlite_uri_is_the_file_it_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # SQLite built with URI filenames (Debian's is) took "file:…" for a URI: a store in memory, whose
+    # secrets were lost at exit, or another file than the private one made for it, under the umask.
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{name}"
+    opened = open_store(url, default_sqlite_path=str(tmp_path / "default.db"))
+    opened.put_secret("alice", "github", "TOKEN", "v1:x:ciphertext", datetime.now(timezone.utc))
+    opened.close()
+
+    reopened = open_store(url, default_sqlite_path=str(tmp_path / "default.db"), create=False)
+
+    assert [record.value for record in reopened.find_secrets("alice")] == ["v1:x:ciphertext"]
+    reopened.close()
+    assert sorted(path.name for path in tmp_path.iterdir()) == [name]
+    assert (tmp_path / name).stat().st_mode & 0o777 == 0o600
+
+
 def test_open_store_takes_an_absolute_sqlite_path(tmp_path: Path) -> None:
     absolute = tmp_path / "abs" / "path.db"
     assert str(absolute).startswith("/")

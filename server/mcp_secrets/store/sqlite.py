@@ -379,12 +379,14 @@ class SQLiteStore:
         self, path: str | os.PathLike[str], *, busy_timeout: float = BUSY_TIMEOUT_SECONDS, create: bool = True
     ) -> None:
         self.path = Path(path).expanduser()
-        self._path_text = os.fspath(self.path)
         self._lock = threading.Lock()
         self._busy_timeout_ms = round(busy_timeout * 1000)
         self._waits = True  # the connection's busy timeout is the configured one (False: 0)
         self._forked = False  # in a forked child, until it opens a connection of its own
         try:
+            # Absolute, so that SQLite never takes a relative "file:…" for a URI (a store in memory, or
+            # another file), and a later chdir never points a check or a new connection elsewhere.
+            self._path_text = os.fspath(self.path.absolute())
             # In the try: a path that cannot be looked at (a name too long) is one that cannot be opened.
             if not create and not self.path.exists():
                 # A command that only reads or removes must not leave an empty store at a mistyped path.
@@ -411,7 +413,10 @@ class SQLiteStore:
     def _connect(self) -> sqlite3.Connection:
         """A connection to the file, with the settings each connection needs."""
         connection = sqlite3.connect(
-            self.path, timeout=self._busy_timeout_ms / 1000, check_same_thread=False, isolation_level=None
+            self._path_text,
+            timeout=self._busy_timeout_ms / 1000,
+            check_same_thread=False,
+            isolation_level=None,
         )
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute("PRAGMA secure_delete=ON")
