@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from conftest import assert_no_fragment_of, new_canary
 
 LOG_BOTH = """
@@ -106,3 +108,53 @@ def test_a_client_hang_up_is_not_logged_at_all_above_info() -> None:
     assert "went away" not in done.stderr
     assert "ERROR mcp.server.streamable_http: Error handling POST request" in done.stderr
     assert "builtins.ConnectionResetError" in done.stderr
+
+
+# As the SDK's client side logs what a downstream server sent (mcp/client/session.py, streamable_http.py,
+# sse.py): the gateway's connections run on it, and a downstream holds its user's secrets.
+DOWNSTREAM_TEXT = """
+import logging, sys
+from mcp_secrets.logs import configure_logging
+
+configure_logging(sys.argv[2])
+canary = sys.argv[1]
+logging.getLogger("client").warning(
+    "dropping tool %r: invalid x-mcp-header (%s)", "leak", f"x-mcp-header 'bad {canary}' is not a token"
+)
+logging.getLogger("client").debug("dropped %r: not defined at %s", f"notifications/{canary}", "2026-07-28")
+logging.getLogger("mcp.client.streamable_http").error(f"Unexpected content type: text/plain; token={canary}")
+logging.getLogger("mcp.client.sse").error(f"Endpoint origin does not match connection origin: /{canary}")
+logging.getLogger("mcp.client.stdio").warning(
+    "MCP server process %d is still alive after the kill escalation; abandoning it", 4242
+)
+try:
+    raise ValueError(canary)
+except ValueError:
+    logging.getLogger("mcp.client.stdio").exception("Failed to parse JSONRPC message from server")
+"""
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "INFO"])
+def test_what_a_downstream_sent_is_withheld_from_the_sdk_client_sides_log_lines(level: str) -> None:
+    canary = new_canary()
+
+    done = subprocess.run(
+        [sys.executable, "-c", DOWNSTREAM_TEXT, canary, level],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+    assert_no_fragment_of(canary, done.stderr)
+    lines = [line.split(" ", 2)[2] for line in done.stderr.splitlines() if line[:4].isdigit()]
+    assert lines == [
+        "WARNING client: dropping tool '…': invalid x-mcp-header (…)",
+        "ERROR mcp.client.streamable_http: Unexpected content type: …",
+        "ERROR mcp.client.sse: Endpoint origin does not match connection origin: …",
+        (
+            "WARNING mcp.client.stdio: MCP server process 4242 is still alive after the kill escalation; "
+            "abandoning it"
+        ),
+        "ERROR mcp.client.stdio: Failed to parse JSONRPC message from server",
+    ]

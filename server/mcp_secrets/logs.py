@@ -9,7 +9,17 @@ import traceback
 
 # These libraries log raw JSON-RPC messages or request bodies at DEBUG, and a
 # set_secret request carries a value: they never log below INFO, whatever our level.
-PAYLOAD_LOGGERS = ("mcp", "mcp_types", "httpcore", "httpcore2", "sse_starlette", "uvicorn", "starlette")
+# ("client" is the SDK's client session's: at DEBUG it logs the method of each notification it drops.)
+PAYLOAD_LOGGERS = (
+    "mcp",
+    "mcp_types",
+    "client",
+    "httpcore",
+    "httpcore2",
+    "sse_starlette",
+    "uvicorn",
+    "starlette",
+)
 # HTTP clients log each request's URL at INFO, and a gateway URL may carry an injected secret.
 URL_LOGGERS = ("httpx", "httpx2")
 # The SDK's HTTP client transports warn of a redirect they do not follow by its URL, whose path may hold
@@ -31,6 +41,12 @@ _API_TOKEN = re.compile(rf"(mcps{_UNDERSCORE}[0-9a-f]+{_UNDERSCORE}){_TOKEN_CHAR
 _JWT = re.compile(rf"eyJ{_TOKEN_CHAR}*{_DOT}{_TOKEN_CHAR}*{_DOT}{_TOKEN_CHAR}*")
 
 
+# The SDK's client side, which the gateway's connections to downstream servers run on, logs what a
+# downstream sent: a tool's name and header (the session's logger is named "client"), a content type, an
+# SSE endpoint, a notification's method. A downstream holds its user's secrets and may put one there.
+_DOWNSTREAM_TEXT_LOGGER = re.compile(r"client|mcp\.client(?:\..*)?")
+WITHHELD = "…"
+
 # What a client's hang-up before its body was read is logged as, wherever it is caught.
 CLIENT_WENT_AWAY = "a client went away before its request body was read"
 # Starlette's exception for it, named rather than imported: only serve loads Starlette.
@@ -48,6 +64,25 @@ def redact_tokens(record: logging.LogRecord) -> bool:
         record.msg = _redacted(record.msg)
     if isinstance(record.args, tuple):
         record.args = tuple(_redacted(arg) if isinstance(arg, str) else arg for arg in record.args)
+    return True
+
+
+def withhold_downstream_text(record: logging.LogRecord) -> bool:
+    """Log a record of the SDK's client side in its own words only, withholding what it quotes.
+
+    Its arguments are withheld, numbers aside; of a message formatted in advance (an f-string), all that
+    follows its first ": ". The gateway reports a downstream's failure itself, redacted.
+    """
+    if not _DOWNSTREAM_TEXT_LOGGER.fullmatch(record.name):
+        return True
+    if record.args:
+        args = record.args if isinstance(record.args, tuple) else (record.args,)
+        record.args = tuple(arg if isinstance(arg, int | float) else WITHHELD for arg in args)
+    elif isinstance(record.msg, str):
+        words, colon, _ = record.msg.partition(": ")
+        record.msg = f"{words}{colon}{WITHHELD}" if colon else words
+    else:
+        record.msg = WITHHELD
     return True
 
 
@@ -95,6 +130,7 @@ def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.addFilter(redact_tokens)
+    handler.addFilter(withhold_downstream_text)
     handler.addFilter(quiet_client_hang_ups)
     handler.addFilter(keep_library_exceptions_to_their_frames)
     root.addHandler(handler)
