@@ -2170,6 +2170,31 @@ async def test_a_downstreams_form_question_reaches_its_caller_and_its_answer_the
     assert_no_spelling_of(value, caplog.text)
 
 
+@pytest.mark.parametrize("transport", ["stdio", "streamable-http"])
+async def test_a_downstreams_question_whose_key_holds_the_secret_is_refused_and_shows_it_nowhere(
+    sqlite_secrets: Secrets, tmp_path: Path, request: pytest.FixtureRequest, transport: str
+) -> None:
+    # The client answers under the key it was shown, and the downstream looks its answer up by its own: a
+    # key cannot be redacted and still work.
+    value = fresh_value("alice")
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", value)
+    alice = User(answer=new_canary())
+    entry = asking_entry(request, transport)
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": entry}) as gw,
+        connect(sqlite_secrets, gw, "alice", mode="auto", **alice.options()) as client,
+    ):
+        result = await client.call_tool("down__ask", {"key_names_token": True})
+        after = await client.call_tool("down__ask", {})
+
+    assert result.is_error
+    assert "downstream server down named its question with an injected secret" in text_of(result)
+    assert_no_spelling_of(value, everything_in(result))
+    assert len(alice.asked) == 1  # the second call's question only
+    assert text_of(after).startswith("accept: ")
+
+
 async def test_a_downstreams_url_question_reaches_its_caller_with_the_url_and_its_completion(
     sqlite_secrets: Secrets, tmp_path: Path, asking: Asking
 ) -> None:

@@ -680,6 +680,10 @@ def _questions(
             raise DownstreamError(
                 f"downstream server {server} asked for {request.method}, which is not relayed"
             )
+        if redactor.text(key) != key:
+            # The client answers under the key it was shown, and the downstream finds its answer by its own
+            # key: one redacted would never be answered.
+            raise DownstreamError(f"downstream server {server} named its question with an injected secret")
         mode = _mode(request.params)
         if not _takes_elicitation(ctx, mode):
             raise DownstreamError(
