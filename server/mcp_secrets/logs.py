@@ -26,11 +26,27 @@ URL_LOGGERS = ("httpx", "httpx2")
 # a gateway secret (some services put a key there); the gateway logs such a failure itself, redacted.
 CLIENT_TRANSPORT_LOGGERS = ("mcp.client.streamable_http", "mcp.client.sse")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _any_spelling(path: str) -> str:
+    """A pattern of ``path`` as a request may spell it and the access log quotes it.
+
+    Any character as its %XX escape (Starlette routes on the path decoded), in any case, and between
+    segments any run of slashes and "." segments: a link's token must stay out of the log whichever
+    spelling opened the page, or failed to.
+    """
+    slash = r"(?:/|%2f)(?:(?:\.|%2e)?(?:/|%2f))*"
+    segments = [
+        "".join(f"(?:{re.escape(char)}|%{ord(char):02x})" for char in segment) for segment in path.split("/")
+    ]
+    return slash.join(segments)
+
+
 # All that follows an entry link's path, its query too: the page never uses one, so one can only hold
 # a value sent there by mistake (HTTPie's `value==…`, `curl -G`), quotes and all.
-_ENTRY_TOKEN = re.compile(r"(/secrets/entry/)\S+")
+_ENTRY_TOKEN = re.compile(rf"({_any_spelling('/secrets/entry/')})\S+", re.IGNORECASE)
 # The REST API's write takes its value in the body and never reads a query: one there is a value too.
-_SET_QUERY = re.compile(r"(/secrets/set/?\?)\S+")
+_SET_QUERY = re.compile(rf"({_any_spelling('/secrets/set')}(?:/|%2f)?\?)\S+", re.IGNORECASE)
 # A client that puts its bearer token in the URL (?access_token=…) is refused, but the access log quotes
 # the URL: an API token keeps its public id there, a JWT nothing.
 # A URL may carry any of a token's characters as its %XX escape (mcps%5F…, a JWT's dots as %2E).
