@@ -417,8 +417,19 @@ def test_rotation_is_recorded_in_the_audit_trail_without_any_value(
             assert not any(text in str(field) for text in hidden), event
 
 
-def test_a_rotation_stopped_by_an_error_still_records_what_it_re_encrypted(
-    rotating: Secrets, values: dict[Record, str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("stop", "said"),
+    [
+        pytest.param(StoreUnavailableError("the store is unavailable"), "an error", id="error"),
+        pytest.param(KeyboardInterrupt(), "SIGINT", id="ctrl-c"),  # SIGTERM, SIGHUP: test_rotate_cli.py
+    ],
+)
+def test_a_rotation_stopped_by_an_error_or_ctrl_c_still_records_what_it_re_encrypted(
+    rotating: Secrets,
+    values: dict[Record, str],
+    monkeypatch: pytest.MonkeyPatch,
+    stop: BaseException,
+    said: str,
 ) -> None:
     scan = rotating.store.scan_secrets
     scans = {"count": 0}
@@ -426,17 +437,17 @@ def test_a_rotation_stopped_by_an_error_still_records_what_it_re_encrypted(
     def failing_after_the_first_batch(after: Record | None, limit: int) -> list[SecretRecord]:
         scans["count"] += 1
         if scans["count"] > 1:
-            raise StoreUnavailableError("the store is unavailable")
+            raise stop
         return scan(after, limit)
 
     monkeypatch.setattr(rotating.store, "scan_secrets", failing_after_the_first_batch)
 
-    with pytest.raises(StoreUnavailableError):
+    with pytest.raises(type(stop)):
         rotate(rotating, batch_size=2)
 
     [event] = [event for event in rotating.list_events(None, limit=100) if event.action == "rotated"]
     assert event.detail.startswith("2 re-encrypted to key ")
-    assert event.detail.endswith(", then stopped by an error")
+    assert event.detail.endswith(f", then stopped by {said}")
 
 
 def test_a_dry_run_or_a_rotation_that_changed_nothing_before_its_error_records_nothing(

@@ -6,6 +6,8 @@ so any of these can be shown to a user, returned as a tool error or logged.
 
 from __future__ import annotations
 
+import signal
+
 # The command's exit statuses: any error, and a configuration or input the command refuses (argparse's 2).
 EXIT_ERROR = 1
 EXIT_CONFIGURATION = 2
@@ -61,3 +63,13 @@ class EntryLinkError(SecretsError):
     def __init__(self, message: str, *, gone: bool) -> None:
         super().__init__(message)
         self.gone = gone
+
+
+def how_it_stopped(stop: BaseException) -> str:
+    """What ended a long run early, for its audit event: a signal (Ctrl-C's is SIGINT) or an error.
+
+    The CLI raises SIGTERM and SIGHUP as a ``KeyboardInterrupt`` carrying the signal's ``number``.
+    """
+    if isinstance(stop, KeyboardInterrupt):
+        return f"stopped by {signal.Signals(getattr(stop, 'number', signal.SIGINT)).name}"
+    return "stopped by an error"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from mcp_secrets.errors import ConfigurationError, InvalidInputError, SecretsError
+from mcp_secrets.errors import ConfigurationError, InvalidInputError, SecretsError, how_it_stopped
 from mcp_secrets.secrets import OPERATOR
 from mcp_secrets.store import AuditEvent, SecretStore
 from mcp_secrets.store.sqlite import make_private_directories
@@ -79,19 +79,21 @@ def prune_events(
                 break
             if on_progress is not None:
                 on_progress(deleted, max(found, deleted))
-    except BaseException:
-        if deleted:  # what was deleted before the error is recorded too, if the store still answers
+    except BaseException as stop:
+        if deleted:  # what was deleted before the stop is recorded too, if the store still answers
             with suppress(Exception):
-                _record(store, before, deleted, via, stopped=True)
+                _record(store, before, deleted, via, stopped=stop)
         raise
-    _record(store, before, deleted, via, stopped=False)
+    _record(store, before, deleted, via, stopped=None)
     return PruneReport(before=before, found=found, deleted=deleted)
 
 
-def _record(store: SecretStore, before: datetime, deleted: int, via: str, *, stopped: bool) -> None:
+def _record(
+    store: SecretStore, before: datetime, deleted: int, via: str, *, stopped: BaseException | None
+) -> None:
     detail = f"{deleted} events before {before:%Y-%m-%d %H:%M:%S} UTC deleted"
-    if stopped:
-        detail += ", then stopped by an error"
+    if stopped is not None:
+        detail += f", then {how_it_stopped(stopped)}"
     at = datetime.now(timezone.utc)  # when it happened, after every event it kept
     store.add_event(AuditEvent(at, OPERATOR, "audit-pruned", transport=via, detail=detail))
 

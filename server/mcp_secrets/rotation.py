@@ -14,7 +14,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 
 from mcp_secrets.crypto import LEGACY_KEY_ID
-from mcp_secrets.errors import DecryptionError, InvalidInputError, UnreadableRecordError
+from mcp_secrets.errors import DecryptionError, InvalidInputError, UnreadableRecordError, how_it_stopped
 from mcp_secrets.secrets import OPERATOR, Secrets
 from mcp_secrets.store import SecretRecord
 
@@ -79,13 +79,13 @@ def rotate(
             after = last
             if on_progress is not None:
                 on_progress(report.scanned, max(total, report.scanned))
-    except BaseException:
-        if report.rewrapped and not dry_run:  # what was re-encrypted before the error, if the store answers
+    except BaseException as stop:
+        if report.rewrapped and not dry_run:  # what was re-encrypted before the stop, if the store answers
             with suppress(Exception):
-                _record(secrets, report, only_legacy=only_legacy, stopped=True)
+                _record(secrets, report, only_legacy=only_legacy, stopped=stop)
         raise
     if not dry_run:
-        _record(secrets, report, only_legacy=only_legacy, stopped=False)
+        _record(secrets, report, only_legacy=only_legacy, stopped=None)
     return report
 
 
@@ -142,13 +142,15 @@ def _read_one_at_a_time(
     return batch, after if batch else None
 
 
-def _record(secrets: Secrets, report: RotationReport, *, only_legacy: bool, stopped: bool) -> None:
+def _record(
+    secrets: Secrets, report: RotationReport, *, only_legacy: bool, stopped: BaseException | None
+) -> None:
     detail = (
         f"{report.rewrapped} re-encrypted to key {report.active_key_id}, "
         f"{report.already_current} current, {len(report.failed)} failed"
     )
-    if stopped:
-        detail += ", then stopped by an error"
+    if stopped is not None:
+        detail += f", then {how_it_stopped(stopped)}"
     secrets.record(OPERATOR, "migrated-legacy" if only_legacy else "rotated", via="cli", detail=detail)
 
 

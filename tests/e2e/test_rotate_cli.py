@@ -746,7 +746,7 @@ def test_prune_audit_stopped_by_a_signal_still_records_what_it_deleted(
     events = audit_json(env, "--limit", "1000")
     assert (events[0]["actor"], events[0]["action"]) == ("(operator)", "audit-pruned")
     assert events[0]["detail"].startswith("4 events before ")
-    assert events[0]["detail"].endswith(", then stopped by an error")
+    assert events[0]["detail"].endswith(f", then stopped by {stop.name}")
     assert len(events) == 1 + 2 + 16 - 4  # the prune, the seed's two changes, the events it left
 
 
@@ -762,7 +762,7 @@ def test_rotate_stopped_by_a_signal_still_records_what_it_re_encrypted(
     assert "Traceback" not in done.stderr
     [event] = [event for event in audit_json(env) if event["action"] == "rotated"]
     assert event["detail"].startswith(f"1 re-encrypted to key {key_id(key_b)}, ")
-    assert event["detail"].endswith(", then stopped by an error")
+    assert event["detail"].endswith(f", then stopped by {stop.name}")
     assert read_back(env, f"{key_b},{seed.key_a}") == seed.values
 
 
