@@ -15,8 +15,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from mcp_secrets.config import Settings, load_settings
-from mcp_secrets.crypto import SecretEncryptor, generate_master_key, parse_master_key
-from mcp_secrets.errors import ConfigurationError
+from mcp_secrets.crypto import SecretEncryptor, generate_master_key, is_legacy_ciphertext, parse_master_key
+from mcp_secrets.errors import ConfigurationError, UnreadableRecordError
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import SecretStore, open_store
 from mcp_secrets.store.sqlite import make_private_directories
@@ -164,6 +164,13 @@ def load_master_keys(
         return MasterKeys(_read_key_file(path), f"key file {path}")
     # Before the hint to generate one: over secrets (a database restored without its key) serve refuses to.
     if store is not None and store.count_secrets() > 0:
+        if settings.legacy_key is not None and _legacy_only(store):
+            # The legacy key encrypted them, and migrate-legacy re-encrypts them to a master key.
+            raise ConfigurationError(
+                "the store holds records of the original iv:authTag:ciphertext format only, and no master "
+                "key to re-encrypt them to is configured: make one (`mcp-secrets keygen`) and set "
+                "MCP_SECRETS_MASTER_KEY or MCP_SECRETS_MASTER_KEY_FILE to it"
+            )
         raise ConfigurationError(
             f"the store already holds secrets but no master key is configured and {path} is missing; "
             "set MCP_SECRETS_MASTER_KEY or MCP_SECRETS_MASTER_KEY_FILE to the key that encrypted them"
@@ -176,6 +183,19 @@ def load_master_keys(
     if not _write_new_key_file(path):  # another first run made it meanwhile: its key is the one
         return MasterKeys(_read_key_file(path), f"key file {path}")
     return MasterKeys(_read_key_file(path), f"key file {path} (generated now)", generated=True)
+
+
+def _legacy_only(store: SecretStore, batch_size: int = 1000) -> bool:
+    """True when every record of ``store`` is of the original format (read only when no key is found)."""
+    after = None
+    try:
+        while batch := store.scan_secrets(after, batch_size):
+            if not all(is_legacy_ciphertext(record.value) for record in batch):
+                return False
+            after = (batch[-1].username, batch[-1].server, batch[-1].key)
+    except UnreadableRecordError:
+        return False
+    return True
 
 
 def open_configured_store(settings: Settings, *, create: bool = True) -> SecretStore:

@@ -99,6 +99,11 @@ def _is_legacy(parts: list[str]) -> bool:
     return len(parts) == 3 and all(part and set(part) <= _HEX_DIGITS for part in parts)  # noqa: PLR2004
 
 
+def is_legacy_ciphertext(ciphertext: str) -> bool:
+    """Whether a stored ciphertext has the original design's ``iv:authTag:ciphertext`` form."""
+    return _is_legacy(ciphertext.split(":"))
+
+
 def _not_text(where: str) -> DecryptionError:
     """The error for a plaintext that is not UTF-8; a UnicodeDecodeError would carry its bytes."""
     return DecryptionError(f"{where} decrypted to bytes that are not UTF-8 text")

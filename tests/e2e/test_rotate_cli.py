@@ -301,6 +301,35 @@ def legacy_values(env: dict[str, str], legacy_key: str) -> dict[Record, str]:
     return values
 
 
+def test_a_store_of_legacy_records_only_is_told_to_make_a_master_key_and_then_migrates(
+    tmp_path: Path, legacy_key: str
+) -> None:
+    # As one coming from the original design starts: its records, its legacy key, no master key yet.
+    env = {**isolated_env(tmp_path), "MCP_SECRETS_LEGACY_KEY": legacy_key}
+    env.pop("MCP_SECRETS_MASTER_KEY", None)
+    values = {record: new_canary() for record in LEGACY}
+    store = SQLiteStore(database(env))
+    try:
+        for (username, server, key), value in values.items():
+            store.put_secret(
+                username, server, key, legacy_ciphertext(value, legacy_key), datetime.now(timezone.utc)
+            )
+    finally:
+        store.close()
+
+    refused = run_cli(env, "migrate-legacy")
+    made = run_cli(env, "keygen")
+    done = run_cli({**env, "MCP_SECRETS_MASTER_KEY": made.stdout.strip()}, "migrate-legacy")
+
+    assert refused.returncode == 2
+    assert "to the key that encrypted them" not in refused.stderr  # none did: the legacy key did
+    assert "`mcp-secrets keygen`" in refused.stderr
+    assert done.returncode == 0, done.stderr
+    assert read_back(env, made.stdout.strip()) == values
+    for run in (refused, made, done):
+        assert not any(value in run.stdout + run.stderr for value in values.values())
+
+
 def test_migrate_legacy_dry_run_counts_legacy_records_and_changes_nothing(
     env: dict[str, str], seed: Seed, legacy_key: str, legacy_values: dict[Record, str]
 ) -> None:
