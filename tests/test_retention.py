@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import sys
 import time
@@ -257,6 +258,22 @@ def test_archive_file_appends_every_pruned_event_to_an_owner_only_file(
 
     assert path.stat().st_mode & 0o777 == 0o600
     assert path.read_text(encoding="utf-8") == "".join(event.to_json() + "\n" for event in older)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="modes are POSIX")
+def test_archive_file_appends_to_an_existing_file_others_can_read_with_a_warning_keeping_its_mode(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    path.write_text("", encoding="utf-8")
+    path.chmod(0o644)  # its owner chose it: kept, as the store keeps its file's
+
+    with caplog.at_level(logging.WARNING, logger="mcp_secrets"), archive_file(path) as keep:
+        keep([AuditEvent(NOW, "alice", "used", "github", "TOKEN", "library")])
+
+    assert path.stat().st_mode & 0o777 == 0o644
+    warning = f"the export file {path} is readable by other users (names and times, no values); "
+    assert [record.getMessage() for record in caplog.records] == [f"{warning}run: chmod 600 {path}"]
 
 
 def test_a_batch_written_in_part_is_cut_off_again_and_stays_in_the_store(

@@ -12,7 +12,9 @@ a file before it is deleted, for trails that must be kept elsewhere.
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
@@ -27,6 +29,8 @@ from mcp_secrets.store.sqlite import make_private_directories
 
 if sys.platform != "win32":
     import fcntl
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 5000
 # A batch is one delete: MongoDB sends its ids in one command, which must stay under 16 MB.
@@ -128,6 +132,7 @@ def archive_file(path: str | Path) -> Iterator[Callable[[list[AuditEvent]], None
     try:
         _require_a_file(descriptor, path)
         _lock(descriptor, path)
+        _warn_if_shared(descriptor, path)
     except BaseException:
         os.close(descriptor)
         raise
@@ -169,6 +174,17 @@ def _require_a_file(descriptor: int, path: str | Path) -> None:
         raise ConfigurationError(
             f"the export file {path} must be a file, not a pipe or a terminal ({exc.strerror})"
         ) from None
+
+
+def _warn_if_shared(descriptor: int, path: str | Path) -> None:
+    """Warn of an existing file others can read: it keeps its mode (its owner chose it), as the store does."""
+    mode = os.fstat(descriptor).st_mode
+    if os.name == "posix" and stat.S_ISREG(mode) and stat.S_IMODE(mode) & 0o077:
+        logger.warning(
+            "the export file %s is readable by other users (names and times, no values); run: chmod 600 %s",
+            path,
+            path,
+        )
 
 
 def _lock(descriptor: int, path: str | Path) -> None:
