@@ -70,7 +70,7 @@ from mcp_secrets.gateway import listen as listen_module
 from mcp_secrets.gateway import relay as relay_module
 from mcp_secrets.gateway import stdio as gateway_stdio
 from mcp_secrets.gateway.pool import Connection, DownstreamPool
-from mcp_secrets.gateway.redact import Redactor
+from mcp_secrets.gateway.redact import REDACT_INLINE_CHARS, Redactor
 from mcp_secrets.identity import LocalIdentity
 from mcp_secrets.logs import URL_LOGGERS
 from mcp_secrets.secrets import Secrets
@@ -1676,14 +1676,29 @@ async def work_logged(
 async def test_a_large_log_message_is_redacted_off_the_event_loop(
     sqlite_secrets: Secrets, tmp_path: Path, canary: str, redacted_on: list[tuple[int, bool]]
 ) -> None:
-    # A call relays up to a hundred log messages at once, each up to the 16 MiB a message may hold.
+    # A call relays up to a hundred log messages at once, each up to relay.LOG_MESSAGE_CHARS.
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
+    result, logs, _ = await work_logged(sqlite_secrets, tmp_path, log_kilobytes=12)
+
+    assert_no_spelling_of(canary, json.dumps([log.model_dump(mode="json") for log in logs]))
+    assert result.is_error is False
+    assert [str(log.data).startswith("working with [redacted TOKEN]") for log in logs] == [True]
+    assert {on_loop for size, on_loop in redacted_on if size > REDACT_INLINE_CHARS} == {False}
+
+
+async def test_a_log_message_past_the_bound_reaches_the_client_as_a_notice_without_being_redacted(
+    sqlite_secrets: Secrets, tmp_path: Path, canary: str, redacted_on: list[tuple[int, bool]]
+) -> None:
     sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
     result, logs, _ = await work_logged(sqlite_secrets, tmp_path, log_kilobytes=1100)
 
     assert_no_spelling_of(canary, json.dumps([log.model_dump(mode="json") for log in logs]))
     assert result.is_error is False
-    assert [str(log.data).startswith("working with [redacted TOKEN]") for log in logs] == [True]
-    assert {on_loop for size, on_loop in redacted_on if size > 1 << 20} == {False}
+    notice, summary = logs
+    assert (notice.level, notice.logger) == ("info", "auth.[redacted TOKEN]")
+    assert "was withheld" in str(notice.data)
+    assert "1 log messages of downstream server down were withheld" in str(summary.data)
+    assert max(size for size, _ in redacted_on) <= REDACT_INLINE_CHARS
 
 
 async def test_a_large_log_message_sent_before_the_result_reaches_the_client_before_it(
@@ -1714,7 +1729,7 @@ async def test_a_large_log_message_sent_before_the_result_reaches_the_client_bef
     monkeypatch.setattr(relay_module.CallRelay, "_redacted_log", redacted_once_answered)
     monkeypatch.setattr(relay_module.CallRelay, "finish", finish_answered)
     monkeypatch.setattr(relay_module.CallRelay, "_send_log", noted_send_log)
-    result, logs, logged_before_the_result = await work_logged(sqlite_secrets, tmp_path, log_kilobytes=64)
+    result, logs, logged_before_the_result = await work_logged(sqlite_secrets, tmp_path, log_kilobytes=12)
 
     assert_no_spelling_of(canary, json.dumps([log.model_dump(mode="json") for log in logs]))
     assert result.is_error is False

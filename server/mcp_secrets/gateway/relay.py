@@ -2,7 +2,8 @@
 
 A downstream may send log messages and progress without end during a call. Each one relayed costs a
 redaction and a message to the client, so a call relays a burst of them at once and then a few a second:
-a long task still keeps its client informed, and a flood reaches it as a trickle.
+a long task still keeps its client informed, and a flood reaches it as a trickle. A message too long
+to redact at little cost is withheld whole, and its client told so in its place.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from mcp.server.session import ServerSession
 from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types import LoggingLevel, LoggingMessageNotificationParams
 
-from mcp_secrets.gateway.redact import REDACT_INLINE_CHARS, Redactor, chars_within
+from mcp_secrets.gateway.redact import REDACT_INLINE_CHARS, Redactor, chars_up_to
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,13 @@ LOG_MESSAGES_PER_SECOND = 10.0
 # extends a call's timeout, so it keeps coming, a few a second, through a long call.
 PROGRESS_AT_ONCE = 20
 PROGRESS_PER_SECOND = 4.0
+# Characters of a log message's data and logger name (as chars_up_to counts them) past which it is withheld
+# unredacted, a notice relayed in its place. Text dense with HTML character references takes about 0.4 µs
+# a character to redact (measured: 7 s for one of 16 MiB); at this bound, under 10 ms, and a hundred at once
+# under a second. Cut instead, a message could show part of a value at the cut, where no spelling matched.
+LOG_MESSAGE_CHARS = 16 * 1024
+# A progress message is redacted inline, to keep progress in order: past what is redacted inline, the same.
+PROGRESS_MESSAGE_CHARS = REDACT_INLINE_CHARS
 # Where a connection keeps the level its client set with logging/setLevel (the handshake protocols;
 # from 2026-07-28 each request asks for its own, and the SDK drops what is below it).
 LOG_LEVEL_STATE = "mcp_secrets.log_level"
@@ -80,6 +88,7 @@ class CallRelay:
         self._logs = Allowance(LOG_MESSAGES_AT_ONCE, LOG_MESSAGES_PER_SECOND)
         self._progress = Allowance(PROGRESS_AT_ONCE, PROGRESS_PER_SECOND)
         self._dropped_logs = 0
+        self._withheld_logs = 0
         self._furthest = -math.inf
         self._held_back: tuple[float, float | None, str | None] | None = None
         self._finished = False
@@ -96,9 +105,13 @@ class CallRelay:
             return
         self._sending += 1
         try:
-            if chars_within((params.data, params.logger), REDACT_INLINE_CHARS):
+            chars = chars_up_to((params.data, params.logger), LOG_MESSAGE_CHARS)
+            if chars > LOG_MESSAGE_CHARS:
+                self._withheld_logs += 1
+                data, logger_name = self._withheld_log(params.logger)
+            elif chars <= REDACT_INLINE_CHARS:
                 data, logger_name = self._redacted_log(params)
-            else:  # up to a hundred at once, each up to 16 MiB: other users' calls go on meanwhile
+            else:  # up to a hundred at once: other users' calls go on meanwhile
                 data, logger_name = await anyio.to_thread.run_sync(self._redacted_log, params)
             await self._send_log(params.level, data, logger_name)
         finally:
@@ -110,10 +123,33 @@ class CallRelay:
         logger_name = self._redactor.text(params.logger) if params.logger is not None else None
         return self._redactor.data(params.data), logger_name
 
+    def _withheld_log(self, logger_name: str | None) -> tuple[str, str | None]:
+        """The notice relayed in place of a log message over the bound, with its logger name redacted."""
+        if logger_name is not None:  # a name too long to redact inline is what is over the bound
+            too_long = len(logger_name) > REDACT_INLINE_CHARS
+            logger_name = GATEWAY_LOGGER if too_long else self._redactor.text(logger_name)
+        return self._withheld("log message", LOG_MESSAGE_CHARS), logger_name
+
+    def _withheld(self, what: str, limit: int) -> str:
+        return (
+            f"a {what} of downstream server {self._server} was withheld: it holds over {limit} characters, "
+            "the most the gateway relays in one"
+        )
+
     async def progress(self, progress: float, total: float | None, message: str | None) -> None:
         """Relay a downstream's progress when it moved on, unless past the bound (then it is held back)."""
         if self._finished or progress <= self._furthest:
             return  # progress must grow: one that does not says nothing new
+        # A numeric value (an account id) may come back as a number. Any other number in its place would
+        # mislead the client, so a progress that spells one is dropped: the next one moves its view on.
+        # A total that does becomes none: the client shows progress of an unknown total, as a downstream
+        # that gives none has it do.
+        if self._spells_a_value(progress):
+            return
+        if total is not None and self._spells_a_value(total):
+            total = None
+        if message is not None and len(message) > PROGRESS_MESSAGE_CHARS:
+            message = self._withheld("progress message", PROGRESS_MESSAGE_CHARS)
         self._furthest = progress
         if not self._progress.take():
             self._held_back = (progress, total, message)
@@ -122,7 +158,7 @@ class CallRelay:
         await self._send_progress(progress, total, message)
 
     async def finish(self) -> None:
-        """Relay what was taken or held back, and say how many log messages were dropped; then no more.
+        """Relay what was taken or held back, and say how many log messages went untold; then no more.
 
         Never raises for a message its client did not take: the call's own result or error comes next,
         and must not be replaced by the failure to send what came before it (its client may have gone).
@@ -135,15 +171,24 @@ class CallRelay:
         held_back, self._held_back = self._held_back, None
         if held_back is not None:
             await _unless_gone(self._send_progress(*held_back))
-        if self._dropped_logs and self._wanted("warning"):
-            await _unless_gone(
-                self._send_log(
-                    "warning",
-                    f"{self._dropped_logs} log messages of downstream server {self._server} were dropped: a "
-                    f"call relays {LOG_MESSAGES_AT_ONCE} at once, then {LOG_MESSAGES_PER_SECOND:g} a second",
-                    GATEWAY_LOGGER,
-                )
+        rate = f"a call relays {LOG_MESSAGES_AT_ONCE} at once, then {LOG_MESSAGES_PER_SECOND:g} a second"
+        untold = [
+            f"{count} log messages of downstream server {self._server} were {what}"
+            for count, what in (
+                (self._dropped_logs, f"dropped: {rate}"),
+                (self._withheld_logs, f"withheld: each held over {LOG_MESSAGE_CHARS} characters"),
             )
+            if count
+        ]
+        if untold and self._wanted("warning"):
+            await _unless_gone(self._send_log("warning", "; ".join(untold), GATEWAY_LOGGER))
+
+    def _spells_a_value(self, number: float) -> bool:
+        """True when ``number`` as a client reads it holds an injected value, as ``Redactor.data`` checks."""
+        spelled = {str(number)}
+        if float(number).is_integer():  # past 1e16 a float prints as 1.2e+18, which a client reads whole
+            spelled.add(f"{number:.0f}")
+        return any(self._redactor.text(text) != text for text in spelled)
 
     def _wanted(self, level: LoggingLevel) -> bool:
         """True when the client takes a message at ``level``: its level or above, opted in on 2026-07-28."""
