@@ -13,8 +13,11 @@ from collections.abc import Callable
 from urllib.parse import quote, quote_plus
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from pydantic import BaseModel, ValidationError
 
 from mcp_secrets.gateway.redact import MIN_REDACTED_LENGTH, Redactor
 
@@ -429,3 +432,102 @@ def test_nothing_of_the_values_outlives_the_redactor_in_a_compiled_pattern() -> 
     patterns = [item.pattern for item in gc.get_objects() if isinstance(item, re.Pattern)]
     kept = sum(canary in pattern for pattern in patterns if isinstance(pattern, str))  # a count: prints none
     assert kept == 0
+
+
+def service_account_key() -> str:
+    """A key file shaped as a Google service account's: JSON, its private key a PEM with escaped line ends."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    project = f"project-{secrets.token_hex(6)}"
+    document = {
+        "type": "service_account",
+        "project_id": project,
+        "private_key_id": secrets.token_hex(20),
+        "private_key": pem,
+        "client_email": f"bot-{secrets.token_hex(4)}@{project}.iam.gserviceaccount.com",
+        "client_id": str(secrets.randbelow(10**20) + 10**20),
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    return json.dumps(document, indent=2) + "\n"
+
+
+@pytest.mark.parametrize(
+    "show",
+    [
+        lambda creds: creds["private_key"],
+        lambda creds: creds["private_key"].strip(),
+        lambda creds: creds["private_key"].splitlines()[5],
+        lambda creds: "\n".join(f"  {line}" for line in creds["private_key"].splitlines()),
+        repr,
+        json.dumps,
+        lambda creds: f"key {creds['private_key_id']} of {creds['client_email']}",
+    ],
+    ids=["private key", "private key trimmed", "one line", "indented lines", "repr", "compact JSON", "ids"],
+)
+def test_no_string_of_a_json_value_is_shown_when_a_program_parses_it_and_shows_a_field(
+    show: Callable[[dict[str, str]], str],
+) -> None:
+    value = service_account_key()
+    creds = json.loads(value)
+
+    shown = Redactor({"KEY": value}).text(f"before {show(creds)} after")
+
+    private_key = creds["private_key"]
+    pieces = [
+        private_key,
+        *private_key.splitlines()[1:-1],
+        repr(creds),
+        creds["private_key_id"],
+        creds["client_email"],
+    ]
+    leaked = sum(piece in shown for piece in pieces)  # a bare count: a failure prints none of them
+    assert leaked == 0
+    assert shown.startswith("before ")
+    assert shown.endswith(" after")
+
+
+def test_the_keys_of_a_json_value_are_kept_and_its_strings_replaced_in_a_repr() -> None:
+    token = secrets.token_urlsafe(16)
+    value = json.dumps({"auth": {"tokens": [token, {"refresh": token[::-1]}], "expires": 3600}})
+
+    shown = Redactor({"KEY": value}).text(repr(json.loads(value)))
+
+    label = "[redacted KEY]"
+    replaced = shown == f"{{'auth': {{'tokens': ['{label}', {{'refresh': '{label}'}}], 'expires': 3600}}}}"
+    assert replaced  # a bare bool: a failure prints no value
+
+
+@pytest.mark.parametrize("value", ["{not json " + "x" * 12, "[" * 100_000, ' {"a": 1}'])
+def test_a_value_that_only_looks_like_json_is_redacted_as_text(value: str) -> None:
+    assert Redactor({"TOKEN": value}).text(f"<{value}>") == f"<{LABEL}>"
+
+
+class Limits(BaseModel):
+    limit: int
+
+
+@pytest.mark.parametrize("length", [49, 51, 60, 300])
+@pytest.mark.parametrize("edges", ["", "é'\""], ids=["ascii", "quotes-and-accents"])
+@pytest.mark.parametrize("show", [str, lambda error: json.dumps({"error": error})], ids=["text", "in JSON"])
+def test_a_value_pydantic_shortens_in_a_validation_error_shows_no_piece_of_it(
+    length: int, edges: str, show: Callable[[str], str]
+) -> None:
+    # pydantic shows a long input_value as the start and end of its repr around "...".
+    value = edges + secrets.token_hex(length)[: length - 2 * len(edges)] + edges
+    assert len(value) == length
+    with pytest.raises(ValidationError) as caught:
+        Limits(limit=value)  # type: ignore[arg-type]
+    error = str(caught.value)
+    assert "..." in error  # shortened
+
+    shown = Redactor({"TOKEN": value}).text(show(error))
+
+    around_labels = shown.replace(LABEL, "\x00")
+    width = MIN_REDACTED_LENGTH + 1  # any piece longer than the shortest value redacted
+    pieces = {value[start : start + width] for start in range(len(value) - width + 1)}
+    leaked = sum(piece in around_labels for piece in pieces)  # a bare count: a failure prints none of them
+    assert leaked == 0
+    assert "input_value=" in shown
+    assert "input_type=str" in shown

@@ -5,11 +5,19 @@ Exact matches, and the encodings a tool is likely to echo them in: base64
 such as ``Basic base64(user:token)``), URL-encoding (Python's, JavaScript's, and
 a URL's path and query as httpx writes them; either case of hex digit), hex
 (either case), JSON string escapes (Go's, Gson's, PHP's and .NET's too),
-Python's repr, base64 wrapped into MIME's or PEM's lines, and any of these with
-any of its characters as an HTML character reference (``&lt;``, ``&#39;``,
-``&#x2F;``). Of each value, also the value trimmed of surrounding whitespace
-and, for a multi-line value, each of its lines: a program may trim what it reads,
-and may show a PEM key or a JSON credential line by line or with other line ends.
+Python's repr, pydantic's ``input_value`` (shortened to the start and end of the
+repr around "..." when long, as pydantic_core cuts it), base64 wrapped into MIME's
+or PEM's lines, and any of these with any of its characters as an HTML character
+reference (``&lt;``, ``&#39;``, ``&#x2F;``). Of each value, also the value trimmed
+of surrounding whitespace and, for a multi-line value, each of its lines: a program
+may trim what it reads, and may show a PEM key or a JSON credential line by line or
+with other line ends. Of a value that is a JSON object or array (a service account's
+key file), also each string in it, at any depth, and each of its lines: a program
+parses the file and shows one field (the private key, with real line ends) or the
+parsed object's repr. Every such string counts, public ones too (a key file's
+``"service_account"`` and its URLs are redacted wherever they appear). Not covered:
+a value shortened inside a longer repr (pydantic's ``input_value`` of a dict holding
+it), and, as for every form, a string shorter than ``MIN_REDACTED_LENGTH``.
 """
 
 from __future__ import annotations
@@ -50,6 +58,10 @@ _DOTNET_ESCAPES = re.compile(r"\\(?:u[0-9a-f]{4}|.)|[&'+<>`\x7f]", re.DOTALL)
 _CHARACTER_REFERENCE = re.compile(r"&(?:#[0-9]{1,8};?|#[xX][0-9a-fA-F]{1,6};?|[A-Za-z][A-Za-z0-9]{1,31};)")
 # MIME writes base64 in lines of 76 characters, PEM in lines of 64.
 _BASE64_LINE_WIDTHS = (64, 76)
+# pydantic_core shows an input_value whose repr is longer than 50 bytes of UTF-8 as its first 25 bytes,
+# "..." and its last 24, each cut to whole characters (write_truncated_to_limited_bytes).
+_PYDANTIC_SHOWN_BYTES = 50
+_PYDANTIC_HEAD_BYTES = 25
 
 
 def _spellings(value: str) -> set[str]:
@@ -73,11 +85,13 @@ def _spellings(value: str) -> set[str]:
         *(_PERCENT_ESCAPE.sub(lambda escape: escape.group(0).lower(), form) for form in quoted),
         raw.hex(),
         raw.hex().upper(),
-        json.dumps(value)[1:-1],  # a JSON string's inside: quotes, backslashes, controls, \uXXXX
-        json.dumps(value, ensure_ascii=False)[1:-1],
-        json.dumps(value, ensure_ascii=False)[1:-1].translate(_JSON_HTML_SAFE),
+        *_json_insides(value),
         repr(value)[1:-1],  # Python's f"{value!r}" and pydantic's input_value escape "'" and controls
     }
+    shortened = _pydantic_shortened(value)
+    if shortened is not None:
+        # A downstream's error may be JSON text too: its own spellings there, not those of its pieces.
+        forms |= {shortened, *_json_insides(shortened)}
     for encode in (base64.b64encode, base64.urlsafe_b64encode):
         padded = encode(raw).decode("ascii")
         forms |= {padded, padded.rstrip("=")}
@@ -87,6 +101,26 @@ def _spellings(value: str) -> set[str]:
     # Any of them may come back in JSON text written by a server in PHP, C# or Java, which escape more.
     forms |= {escaped for form in forms for escaped in _in_other_json(form)}
     return {form for form in forms if len(form) >= MIN_REDACTED_LENGTH}
+
+
+def _json_insides(text: str) -> set[str]:
+    """``text`` inside a JSON string as Python (ASCII-only or not) and Go write it."""
+    unicode = json.dumps(text, ensure_ascii=False)[1:-1]  # quotes, backslashes, controls
+    return {json.dumps(text)[1:-1], unicode, unicode.translate(_JSON_HTML_SAFE)}
+
+
+def _pydantic_shortened(value: str) -> str | None:
+    """``value``'s repr as pydantic's ValidationError shows a long ``input_value``, or None if not shortened.
+
+    Cut by bytes of UTF-8, then to whole characters: the head drops a character it would split, the tail
+    starts at the next whole one, as "ignore" decoding does.
+    """
+    shown = repr(value).encode("utf-8")  # repr escapes lone surrogates: it always encodes
+    if len(shown) <= _PYDANTIC_SHOWN_BYTES:
+        return None
+    head = shown[:_PYDANTIC_HEAD_BYTES].decode("utf-8", "ignore")
+    tail = shown[len(shown) - (_PYDANTIC_HEAD_BYTES - 1) :].decode("utf-8", "ignore")
+    return f"{head}...{tail}"
 
 
 def _in_other_json(text: str) -> set[str]:
@@ -112,8 +146,37 @@ def _dotnet_escape(match: re.Match[str]) -> str:
 
 
 def _parts(value: str) -> set[str]:
-    """``value``, and what a downstream may show of it alone: it trimmed, and each of its lines trimmed."""
-    return {value, value.strip(), *(line.strip() for line in value.splitlines())}
+    """``value``, and what a downstream may show of it alone: it trimmed, and each of its lines trimmed.
+
+    Of a JSON object or array, also each string in it with its own parts, themselves parsed if JSON.
+    """
+    parts: set[str] = set()
+    pending = [value]
+    while pending:
+        text = pending.pop()
+        trimmed = text.strip()
+        parts |= {text, trimmed, *(line.strip() for line in text.splitlines())}
+        if trimmed[:1] in ("{", "["):  # only then parse: every other value costs a slice
+            pending += _json_strings(trimmed)
+    return parts
+
+
+def _json_strings(text: str) -> list[str]:
+    """The strings in JSON ``text`` at any depth (values and items, not keys); none if it is not JSON."""
+    try:
+        pending: list[Any] = [json.loads(text)]
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
+        return []
+    strings: list[str] = []
+    while pending:  # a loop: the parser nests nearly as deep as Python's stack, which recursion would add to
+        item = pending.pop()
+        if isinstance(item, str):
+            strings.append(item)
+        elif isinstance(item, dict):
+            pending += item.values()
+        elif isinstance(item, list):
+            pending += item
+    return strings
 
 
 def _base64_wrapped(encoded: str) -> set[str]:
