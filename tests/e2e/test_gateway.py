@@ -1652,6 +1652,35 @@ async def test_a_large_result_is_redacted_off_the_event_loop_and_a_small_one_on_
     assert {on_loop for _, on_loop in redacted_small} == {True}
 
 
+@pytest.mark.parametrize("long", [False, True], ids=["token", "key-file"])
+async def test_a_long_values_redactor_is_built_off_the_event_loop_and_a_short_ones_on_it(
+    sqlite_secrets: Secrets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, long: bool
+) -> None:
+    # A key file or a PEM key takes milliseconds to spell every way: other users' calls go on meanwhile.
+    fields = {"type": "service_account", "private_key_id": new_canary(), "client_email": new_canary()}
+    value = (
+        json.dumps({**fields, "private_key": "\n".join(new_canary() for _ in range(20))})
+        if long
+        else new_canary()
+    )
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", value)
+    loop_thread = threading.current_thread()
+    built_on_loop: list[bool] = []
+
+    class SpiedRedactor(Redactor):
+        def __init__(self, values: dict[str, str]) -> None:
+            built_on_loop.append(threading.current_thread() is loop_thread)
+            super().__init__(values)
+
+    monkeypatch.setattr(gateway_module, "Redactor", SpiedRedactor)
+    async with running_gateway(sqlite_secrets, tmp_path, {"down": STDIO_ENTRY}) as gw:
+        result = await call(sqlite_secrets, gw, "alice", "token_hash")
+
+    assert hash_of(result) == sha256(value)
+    assert built_on_loop  # one for the listing the call needs, one for the call
+    assert set(built_on_loop) == {not long}
+
+
 async def work_logged(
     secrets: Secrets, tmp_path: Path, *, log_kilobytes: int
 ) -> tuple[CallToolResult, list[LoggingMessageNotificationParams], int]:

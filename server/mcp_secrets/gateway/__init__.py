@@ -69,7 +69,13 @@ from mcp_secrets.gateway.config import (
 )
 from mcp_secrets.gateway.listen import listening_for_tool_changes
 from mcp_secrets.gateway.pool import Connection, DownstreamPool, GatewayBusyError, StartTimeoutError, Turn
-from mcp_secrets.gateway.redact import REDACT_INLINE_CHARS, Redactor, chars_up_to, chars_within
+from mcp_secrets.gateway.redact import (
+    BUILD_INLINE_CHARS,
+    REDACT_INLINE_CHARS,
+    Redactor,
+    chars_up_to,
+    chars_within,
+)
 from mcp_secrets.gateway.relay import CallRelay, set_log_level
 from mcp_secrets.gateway.stdio import MAX_MESSAGE_BYTES, stdio_client
 from mcp_secrets.offload import run_store_work
@@ -402,7 +408,7 @@ class Gateway:
                 f"server {server.name} needs secret(s) you have not stored: {', '.join(missing)}. "
                 + (hint or f"Store each with request_secret(server={server.name!r}, key=...).")
             )
-        redactor = Redactor(values)
+        redactor = await _redactor_of(values)
         injected = {key: values.get(key, "") for key in server.referenced}
         handed_on = values.keys() & server.referenced
         recorded = False
@@ -668,6 +674,13 @@ async def _call_round(
         # What the SDK's Client.call_tool does: the listing of the tool is missing or stale; list, send again.
         await _every_tool(client, cache_mode="refresh")
         return await send()
+
+
+async def _redactor_of(values: dict[str, str]) -> Redactor:
+    """The Redactor of ``values``; of long ones (a PEM key, a key file), built off the event loop."""
+    if sum(map(len, values.values())) <= BUILD_INLINE_CHARS:
+        return Redactor(values)
+    return await anyio.to_thread.run_sync(Redactor, values)
 
 
 def _questions(
