@@ -4,7 +4,8 @@ The SDK reads stdin a line at a time, each line whole whatever its length: a
 client, or anything else writing to the server's stdin, could make one line
 (and the server's memory) grow without end. Here a line is read up to
 ``MAX_MESSAGE_BYTES``; a longer one is skipped to its end, a bounded piece at a
-time, and answered with an error.
+time, and answered with an error. A line that is not UTF-8 is answered with an
+error too, where the SDK would decode it with U+FFFD in place of each bad byte.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from mcp.server.lowlevel import Server
 from mcp.server.stdio import _claim_fd, _open_stdin_diversion, stdio_server
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 from mcp.shared.message import SessionMessage
-from mcp_types import INVALID_REQUEST, ErrorData, JSONRPCError
+from mcp_types import INVALID_REQUEST, PARSE_ERROR, ErrorData, JSONRPCError
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +51,15 @@ class _BoundedLines:
             line, over = await anyio.to_thread.run_sync(self._read_line)
             if not line:
                 raise StopAsyncIteration
-            if not over:
-                # As the SDK decodes stdin: a byte that is not UTF-8 fails that message, not the session.
-                return line.decode("utf-8", errors="replace")
-            await self._refuse(line)
+            if over:
+                await self._refuse(line, INVALID_REQUEST, f"message too long: over {MAX_MESSAGE_BYTES} bytes")
+                continue
+            try:
+                return line.decode("utf-8")
+            except UnicodeDecodeError:
+                # The SDK would decode it with U+FFFD in place of the byte, and a value would be stored
+                # altered. Refused, as the SDK refuses such a body over HTTP; the session goes on.
+                await self._refuse(line[:256], PARSE_ERROR, "Parse error: the message is not UTF-8")
 
     def _read_line(self) -> tuple[bytes, bool]:
         """The next line; or, when it is over the bound, its start and True, its rest read and dropped."""
@@ -65,16 +71,15 @@ class _BoundedLines:
             rest = self._wire.readline(MAX_MESSAGE_BYTES)
         return line[:256], True
 
-    async def _refuse(self, start: bytes) -> None:
-        message = f"message too long: over {MAX_MESSAGE_BYTES} bytes, refused"
+    async def _refuse(self, start: bytes, code: int, why: str) -> None:
+        """Answer the message ``start`` begins with an error, by its id when it leads: ``why``, refused."""
+        message = f"{why}, refused"
         logger.error("stdin: %s", message)  # and nothing of the message: it may hold a value
         if self.reply is None:
             return
         found = _LEADING_ID.match(start)
         request_id = None if found is None else _request_id(found.group(1))
-        error = JSONRPCError(
-            jsonrpc="2.0", id=request_id, error=ErrorData(code=INVALID_REQUEST, message=message)
-        )
+        error = JSONRPCError(jsonrpc="2.0", id=request_id, error=ErrorData(code=code, message=message))
         # A session already over has nobody to tell.
         with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
             await self.reply(SessionMessage(error))

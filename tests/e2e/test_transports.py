@@ -273,6 +273,52 @@ def test_stdio_a_message_over_the_bound_is_refused_and_the_session_goes_on(
     assert not leaked
 
 
+def test_stdio_a_message_that_is_not_utf8_is_refused_not_stored_altered(
+    stdio_deployment, server: str, canary: str
+) -> None:
+    """A value sent in Latin-1 was decoded with U+FFFD in place of its byte, stored so, and called created."""
+    log_path = stdio_deployment.log_path.with_name("not-utf8.log")
+    process = raw_stdio_serve(stdio_deployment, log_path)
+    assert process.stdin is not None
+    assert process.stdout is not None
+    arguments = {"server": server, "key": "TOKEN", "value": f"{canary}-pass\u00e9word"}
+    call = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "set_secret", "arguments": arguments},
+    }
+    latin1 = json.dumps(call, ensure_ascii=False).encode("latin-1") + b"\n"
+    try:
+        process.stdin.write(json.dumps({**INITIALIZE, "id": 1}) + "\n")
+        process.stdin.flush()
+        assert json.loads(process.stdout.readline())["id"] == 1
+        process.stdin.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n")
+        process.stdin.flush()
+        process.stdin.buffer.write(latin1)
+        process.stdin.buffer.flush()
+        listing = {"name": "list_secret_keys", "arguments": {"server": server}}
+        process.stdin.write(json.dumps({**LIST_KEYS, "id": 3, "params": listing}) + "\n")
+        process.stdin.flush()
+        answers = [json.loads(process.stdout.readline()) for _ in range(2)]
+        process.stdin.close()
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+
+    refused, listed = answers
+    assert refused["id"] == 2
+    assert refused["error"]["code"] == -32700  # Parse error, as the SDK answers it over HTTP
+    assert "not UTF-8" in refused["error"]["message"]
+    assert listed["id"] == 3
+    assert listed["result"]["structuredContent"]["keys"] == []
+    log = log_path.read_text()
+    assert "Traceback" not in log
+    leaked = canary in log or any(canary in json.dumps(answer) for answer in answers)  # a bare bool
+    assert not leaked
+
+
 def test_stdio_a_message_of_exactly_the_bound_is_read(stdio_deployment, server: str) -> None:
     log_path = stdio_deployment.log_path.with_name("at-the-bound.log")
     process = raw_stdio_serve(stdio_deployment, log_path)
