@@ -40,6 +40,7 @@ from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import (
     UNCONFIRMED,
     AuditEvent,
+    LimitReached,
     LinkRecord,
     SecretRecord,
     SecretStore,
@@ -2034,6 +2035,47 @@ def test_put_link_then_find_link_by_its_hash(store: SecretStore, l0: datetime) -
     assert store.find_link("hash-1") == _link(l0, "hash-1")
     assert store.find_link("hash-2") == _link(l0, "hash-2", "bob")
     assert store.find_link("hash-3") is None
+
+
+def test_put_links_inserts_all_within_the_limit_and_none_past_it(store: SecretStore, l0: datetime) -> None:
+    store.put_link(_link(l0, "hash-0"))
+    store.put_link(_link(l0, "bobs", "bob"))  # another user's count for nothing
+
+    store.put_links([_link(l0, "hash-1"), _link(l0, "hash-2")], max_live=3)
+    with pytest.raises(LimitReached):
+        store.put_links([_link(l0, "hash-3"), _link(l0, "hash-4")], max_live=4)
+
+    assert [store.find_link(f"hash-{n}") is not None for n in range(5)] == [True, True, True, False, False]
+    assert store.count_live_links("alice", l0) == 3
+
+
+def test_sqlite_put_links_on_separate_connections_never_take_more_than_the_limit(tmp_path: Path) -> None:
+    # Each connection stands for a server process of its own on the same file: only the database can
+    # tell them who took the last place. A count made before the insert let every one of them in.
+    limit, writers, rounds = 3, 8, 10
+    path = tmp_path / "secrets.db"
+    stores = [SQLiteStore(path) for _ in range(writers)]
+    start = threading.Barrier(writers)
+    now = datetime.now(timezone.utc)
+
+    def put(writer: int, round_: int) -> bool:
+        start.wait()
+        try:
+            stores[writer].put_links([_link(now, f"{round_}-{writer}", f"user{round_}")], max_live=limit)
+        except LimitReached:
+            return False
+        return True
+
+    try:
+        for round_ in range(rounds):
+            with ThreadPoolExecutor(max_workers=writers) as pool:
+                stored = list(pool.map(put, range(writers), [round_] * writers))
+
+            assert stored.count(True) == limit, f"round {round_}"
+            assert stores[0].count_live_links(f"user{round_}", now) == limit
+    finally:
+        for store in stores:
+            store.close()
 
 
 def test_claim_link_succeeds_once_and_records_when(store: SecretStore, l0: datetime) -> None:

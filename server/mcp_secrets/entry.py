@@ -19,7 +19,7 @@ from typing import Literal
 
 from mcp_secrets.errors import EntryLinkError, InvalidInputError, StoreUnavailableError, WriteUnconfirmedError
 from mcp_secrets.secrets import Secrets, validate_name, validate_username, validate_value
-from mcp_secrets.store import LinkRecord
+from mcp_secrets.store import LimitReached, LinkRecord
 
 ENTRY_PATH = "/secrets/entry"
 LINK_TTL = timedelta(minutes=10)
@@ -86,14 +86,18 @@ class EntryLinks:
             validate_name("key", key)
         limit = MAX_LIVE_LINKS if within is None else min(within, MAX_LIVE_LINKS)
         now = self._clock()
-        if self.secrets.store.count_live_links(username, now) + len(keys) > limit:
+        links = [self._new(username, server, key, now) for key in keys]
+        try:
+            # Counted where they are inserted: calls at once cannot all take the last places.
+            self.secrets.store.put_links([link.record for link in links], max_live=limit)
+        except LimitReached:
             raise InvalidInputError(
                 f"{username} has too many entry links open to make {len(keys)} more "
                 f"({limit} at most): use some, or wait for them to expire"
-            )
-        return [self._make(username, server, key, now) for key in keys]
+            ) from None
+        return links
 
-    def _make(self, username: str, server: str, key: str, now: datetime) -> EntryLink:
+    def _new(self, username: str, server: str, key: str, now: datetime) -> EntryLink:
         token = _random.token_urlsafe(32)
         record = LinkRecord(
             link_id=_random.token_hex(8),
@@ -104,7 +108,6 @@ class EntryLinks:
             created_at=now,
             expires_at=now + self.ttl,
         )
-        self.secrets.store.put_link(record)
         return EntryLink(token, record)
 
     def find(self, token: str) -> tuple[LinkRecord | None, LinkState]:

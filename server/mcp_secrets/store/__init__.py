@@ -309,6 +309,13 @@ class SecretStore(Protocol):
         """Insert a new entry link, and drop links that expired before ``link.created_at``."""
         ...
 
+    def put_links(self, links: Sequence[LinkRecord], *, max_live: int | None = None) -> None:
+        """Insert new entry links of one user, all or none: ``put_link`` of each.
+
+        With ``max_live``, ``LimitReached`` when that user would then hold more live links, none inserted.
+        """
+        ...
+
     def count_live_links(self, username: str, now: datetime) -> int:
         """How many of one user's entry links are neither used nor expired at ``now``."""
         ...

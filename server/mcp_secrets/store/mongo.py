@@ -662,19 +662,37 @@ class MongoStore:
 
     def put_link(self, link: LinkRecord) -> None:
         """Insert a new entry link; the TTL index drops expired ones."""
-        document = {
-            "link_id": link.link_id,
-            "link_hash": link.link_hash,
-            "username": link.username,
-            "server": link.server,
-            "key": link.key,
-            "created_at": link.created_at,
-            "expires_at": link.expires_at,
-            "used_at": link.used_at,
-            "claim_id": None,
-        }
+        self.put_links([link])
+
+    def put_links(self, links: Sequence[LinkRecord], *, max_live: int | None = None) -> None:
+        """Insert new entry links of one user in one insert; ``max_live`` is checked before it.
+
+        Checked before the insert, as ``put_secret`` checks its limit: this bounds growth, not an exact
+        count.
+        """
+        if not links:
+            return
+        first = links[0]
+        if max_live is not None and self.count_live_links(first.username, first.created_at) + len(links) > (
+            max_live
+        ):
+            raise LimitReached
+        documents = [
+            {
+                "link_id": link.link_id,
+                "link_hash": link.link_hash,
+                "username": link.username,
+                "server": link.server,
+                "key": link.key,
+                "created_at": link.created_at,
+                "expires_at": link.expires_at,
+                "used_at": link.used_at,
+                "claim_id": None,
+            }
+            for link in links
+        ]
         with _available(LINKS_COLLECTION):
-            self._links.insert_one(document)
+            self._links.insert_many(documents)
 
     def count_live_links(self, username: str, now: datetime) -> int:
         """How many of one user's entry links are neither used nor expired at ``now``."""

@@ -239,6 +239,15 @@ def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
     connection.execute("COMMIT")
 
 
+def _live_links(connection: sqlite3.Connection, username: str, now: datetime) -> int:
+    return int(
+        connection.execute(
+            "SELECT count(*) FROM entry_links WHERE username = ? AND used_at IS NULL AND expires_at > ?",
+            (username, _iso(now)),
+        ).fetchone()[0]
+    )
+
+
 def _write_record(
     connection: sqlite3.Connection,
     record: tuple[str, str, str],
@@ -774,36 +783,48 @@ class SQLiteStore:
 
     def put_link(self, link: LinkRecord) -> None:
         """Insert a new entry link, and drop links that expired before ``link.created_at``."""
+        self.put_links([link])
+
+    def put_links(self, links: Sequence[LinkRecord], *, max_live: int | None = None) -> None:
+        """Insert new entry links of one user, all or none; ``max_live`` is checked in the same transaction.
+
+        Two processes at once cannot both take the last places, nor two threads of one.
+        """
+        if not links:
+            return
+        first = links[0]
+        rows = [
+            (
+                link.link_id,
+                link.link_hash,
+                link.username,
+                link.server,
+                link.key,
+                _iso(link.created_at),
+                _iso(link.expires_at),
+                _iso(link.used_at),
+            )
+            for link in links
+        ]
 
         def insert(connection: sqlite3.Connection) -> None:
-            connection.execute("DELETE FROM entry_links WHERE expires_at < ?", (_iso(link.created_at),))
-            connection.execute(
-                f"INSERT INTO entry_links ({_LINK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
-                (
-                    link.link_id,
-                    link.link_hash,
-                    link.username,
-                    link.server,
-                    link.key,
-                    _iso(link.created_at),
-                    _iso(link.expires_at),
-                    _iso(link.used_at),
-                ),
-            )
+            with _transaction(connection):
+                connection.execute("DELETE FROM entry_links WHERE expires_at < ?", (_iso(first.created_at),))
+                if (
+                    max_live is not None
+                    and _live_links(connection, first.username, first.created_at) + len(links) > max_live
+                ):
+                    raise LimitReached
+                connection.executemany(
+                    f"INSERT INTO entry_links ({_LINK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                    rows,
+                )
 
         self._run(insert)
 
     def count_live_links(self, username: str, now: datetime) -> int:
         """How many of one user's entry links are neither used nor expired at ``now``."""
-        return int(
-            self._run(
-                lambda connection: connection.execute(
-                    "SELECT count(*) FROM entry_links "
-                    "WHERE username = ? AND used_at IS NULL AND expires_at > ?",
-                    (username, _iso(now)),
-                ).fetchone()[0]
-            )
-        )
+        return self._run(lambda connection: _live_links(connection, username, now))
 
     def find_link(self, link_hash: str) -> LinkRecord | None:
         """The entry link with this hash, used or not."""
