@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from conftest import assert_not_leaked, new_canary
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.errors import ConfigurationError, DecryptionError, InvalidInputError, SecretNotFoundError
-from mcp_secrets.secrets import ACTIONS, SecretKeyInfo, Secrets, UpdateResult
+from mcp_secrets.secrets import ACTIONS, OPERATOR, SecretKeyInfo, Secrets, UpdateResult
 from mcp_secrets.store import SecretStore
 from mcp_secrets.store.sqlite import SQLiteStore
 
@@ -385,6 +385,48 @@ def test_record_use_refuses_one_string_for_its_keys(secrets: Secrets) -> None:
         secrets.record_use("alice", "github", "TOKEN", via="library")
 
     assert secrets.list_events(None) == []
+
+
+@pytest.mark.parametrize("keys", [None, 5], ids=["none", "int"])
+def test_record_use_refuses_keys_that_are_no_collection(secrets: Secrets, keys: Any) -> None:
+    with pytest.raises(InvalidInputError, match=r"^keys must be a collection of key names$"):
+        secrets.record_use("alice", "github", keys, via="library")
+
+    assert secrets.list_events(None) == []
+
+
+RECORD_CALLS: list[Any] = [
+    pytest.param(lambda s: s.record(None, "rotated"), "username must be", id="actor-none"),
+    pytest.param(lambda s: s.record({"$ne": ""}, "rotated"), "username must be", id="actor-dict"),
+    pytest.param(lambda s: s.record("alice", 5), "action must be", id="action-int"),
+    pytest.param(lambda s: s.record("alice", "x", detail="d" * 1025), "detail must be", id="detail-long"),
+    pytest.param(lambda s: s.record("alice", "x", via="cli\x1b[2J"), "via must be", id="via-escape"),
+    pytest.param(lambda s: s.record("alice", "x", server="a/b"), "server must be", id="server-slash"),
+    pytest.param(lambda s: s.record("alice", "x", key=5), "key must be", id="key-int"),
+    pytest.param(lambda s: s.record("alice", "x", at="yesterday"), "at must be", id="at-text"),
+    pytest.param(
+        lambda s: s.record("alice", "x", at=datetime(2026, 1, 1)),  # noqa: DTZ001 - naive, on purpose
+        "at must be",
+        id="at-naive",
+    ),
+]
+
+
+@pytest.mark.parametrize(("call", "reason"), RECORD_CALLS)
+def test_record_refuses_what_the_trail_cannot_hold_and_writes_nothing(
+    secrets: Secrets, call: Callable[[Secrets], object], reason: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=f"^{reason}"):
+        call(secrets)
+
+    assert secrets.list_events(None) == []
+
+
+def test_record_takes_the_operator_and_names_left_empty(secrets: Secrets) -> None:
+    secrets.record(OPERATOR, "rotated", via="cli", detail="3 re-encrypted")
+
+    [event] = secrets.list_events(None)
+    assert (event.actor, event.action, event.server, event.key) == (OPERATOR, "rotated", "", "")
 
 
 USE_CALLS: list[Any] = [

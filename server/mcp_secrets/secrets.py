@@ -236,6 +236,8 @@ class Secrets:
         _validate_event_texts(via=via, action=action, detail=detail)
         if isinstance(keys, str):  # its characters would be taken for keys
             raise InvalidInputError("keys must be a collection of key names, not one string")
+        if not isinstance(keys, Iterable):
+            raise InvalidInputError("keys must be a collection of key names")
         self._record_use(
             username,
             server,
@@ -266,6 +268,14 @@ class Secrets:
         at: datetime | None = None,
     ) -> None:
         """Add one event to the audit trail; callers never pass a value here."""
+        if actor != OPERATOR:
+            validate_username(actor)
+        for field, name in (("server", server), ("key", key)):
+            if name != "":
+                validate_name(field, name)
+        _validate_event_texts(action=action, via=via, detail=detail)
+        if at is not None and (not isinstance(at, datetime) or at.tzinfo is None):
+            raise InvalidInputError("at must be a datetime with its time zone")
         self._catch_up()
         self.store.add_event(AuditEvent(at or self._clock(), actor, action, server, key, via, detail))
 
