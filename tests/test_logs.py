@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import assert_no_fragment_of, new_canary
+from mcp_secrets import logs
 
 LOG_BOTH = """
 import logging, sys
@@ -26,26 +28,29 @@ except KeyError:
 """
 
 
-def run_logging(canary: str) -> subprocess.CompletedProcess[str]:
+def run_script(script: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` from a file, as a library's module logs from one (the log reads its source)."""
+    path = tmp_path / "logging_script.py"
+    path.write_text(script, encoding="utf-8")
     return subprocess.run(
-        [sys.executable, "-c", LOG_BOTH, canary], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, str(path), *args], capture_output=True, text=True, timeout=60, check=True
     )
 
 
-def test_a_library_exception_is_logged_by_its_type_and_frames_never_its_message() -> None:
+def test_a_library_exception_is_logged_by_its_type_and_frames_never_its_message(tmp_path: Path) -> None:
     canary = new_canary()
 
-    done = run_logging(canary)
+    done = run_script(LOG_BOTH, tmp_path, canary)
 
     assert done.stdout == ""  # stdout belongs to the stdio protocol
     assert_no_fragment_of(canary, done.stderr)
     assert "ERROR mcp.client.stdio: Failed to parse JSONRPC message from server" in done.stderr
-    assert 'File "<string>", line 8, in <module>' in done.stderr
+    assert f'File "{tmp_path / "logging_script.py"}", line 8, in <module>' in done.stderr
     assert "builtins.ValueError: (message not logged: it may quote data)" in done.stderr
 
 
-def test_our_own_exceptions_keep_their_messages_which_name_records_never_values() -> None:
-    done = run_logging(new_canary())
+def test_our_own_exceptions_keep_their_messages_which_name_records_never_values(tmp_path: Path) -> None:
+    done = run_script(LOG_BOTH, tmp_path, new_canary())
 
     assert "ERROR mcp_secrets.usage: uses of secrets dropped" in done.stderr
     assert "KeyError: 'record github/TOKEN'" in done.stderr
@@ -127,6 +132,8 @@ logging.getLogger("mcp.client.sse").error(f"Endpoint origin does not match conne
 logging.getLogger("mcp.client.stdio").warning(
     "MCP server process %d is still alive after the kill escalation; abandoning it", 4242
 )
+logging.getLogger("client").warning(f"Tool {canary} not listed by server, cannot validate its output")
+logging.getLogger("client").warning("dropped %(method)s", {"method": f"notifications/{canary}"})
 try:
     raise ValueError(canary)
 except ValueError:
@@ -135,16 +142,12 @@ except ValueError:
 
 
 @pytest.mark.parametrize("level", ["DEBUG", "INFO"])
-def test_what_a_downstream_sent_is_withheld_from_the_sdk_client_sides_log_lines(level: str) -> None:
+def test_what_a_downstream_sent_is_withheld_from_the_sdk_client_sides_log_lines(
+    tmp_path: Path, level: str
+) -> None:
     canary = new_canary()
 
-    done = subprocess.run(
-        [sys.executable, "-c", DOWNSTREAM_TEXT, canary, level],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    done = run_script(DOWNSTREAM_TEXT, tmp_path, canary, level)
 
     assert_no_fragment_of(canary, done.stderr)
     lines = [line.split(" ", 2)[2] for line in done.stderr.splitlines() if line[:4].isdigit()]
@@ -156,5 +159,30 @@ def test_what_a_downstream_sent_is_withheld_from_the_sdk_client_sides_log_lines(
             "WARNING mcp.client.stdio: MCP server process 4242 is still alive after the kill escalation; "
             "abandoning it"
         ),
+        "WARNING client: Tool …",
+        "WARNING client: dropped …",
+        # A constant of its module's source, kept; its frames and the exception's type follow.
         "ERROR mcp.client.stdio: Failed to parse JSONRPC message from server",
     ]
+    assert "Logging error" not in done.stderr
+
+
+# A run of separators, then the entry path: a match may start at the run's first slash, never inside it.
+SEPARATOR_RUNS = ["/", "%2F", "%2f", "/.", "/%2e", "%2f.", "%2F%2E"]
+
+
+@pytest.mark.parametrize("run", SEPARATOR_RUNS)
+def test_an_entry_path_is_matched_from_the_start_of_its_run_of_slashes_only(run: str) -> None:
+    """Tried at every slash of a run, each try read the rest of it: a path of 15,000 slashes, which
+    anyone can send, held the event loop for 16 s. Matched from a run's start only, it reads it once."""
+    separators = run * 50 + "/"
+    text = f"GET {separators}secrets/entry/TOKEN HTTP/1.1"
+    start = len("GET ")
+
+    found = logs._ENTRY_TOKEN.search(text)
+
+    assert found is not None
+    assert found.start() == start
+    assert logs._redacted(text) == f"GET {separators}secrets/entry/… HTTP/1.1"
+    inside = [pos for pos in range(start + 1, start + len(separators)) if logs._ENTRY_TOKEN.match(text, pos)]
+    assert inside == []

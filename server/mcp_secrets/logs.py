@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
 import traceback
+from collections.abc import Mapping
+from pathlib import Path
 
 # These libraries log raw JSON-RPC messages or request bodies at DEBUG, and a
 # set_secret request carries a value: they never log below INFO, whatever our level.
@@ -33,9 +36,13 @@ def _any_spelling(path: str) -> str:
 
     Any character as its %XX escape (Starlette routes on the path decoded), in any case, and between
     segments any run of slashes and "." segments: a link's token must stay out of the log whichever
-    spelling opened the page, or failed to.
+    spelling opened the page, or failed to. A match starts only where such a run starts: tried at each
+    slash of a long run, each try would read the rest of it, and a path of slashes would take time
+    growing with its square (anyone can send one, and the filter runs on the event loop).
     """
-    slash = r"(?:/|%2f)(?:(?:\.|%2e)?(?:/|%2f))*"
+    run_inside = ("/", "%2f", "/.", "%2f.", "/%2e", "%2f%2e")  # what precedes a slash inside a run
+    starts_a_run = "".join(f"(?<!{re.escape(before)})" for before in run_inside)
+    slash = starts_a_run + r"(?:/|%2f)(?:(?:\.|%2e)?(?:/|%2f))*"
     segments = [
         "".join(f"(?:{re.escape(char)}|%{ord(char):02x})" for char in segment) for segment in path.split("/")
     ]
@@ -86,20 +93,39 @@ def redact_tokens(record: logging.LogRecord) -> bool:
 def withhold_downstream_text(record: logging.LogRecord) -> bool:
     """Log a record of the SDK's client side in its own words only, withholding what it quotes.
 
-    Its arguments are withheld, numbers aside; of a message formatted in advance (an f-string), all that
-    follows its first ": ". The gateway reports a downstream's failure itself, redacted.
+    Its arguments are withheld, numbers aside. A message without them is kept when its module's source
+    holds it as it is (a constant); one formatted in advance (an f-string, which may quote anywhere:
+    "Tool {name} not listed…") keeps what comes before its first ": ", or else its first word. The gateway
+    reports a downstream's failure itself, redacted.
     """
     if not _DOWNSTREAM_TEXT_LOGGER.fullmatch(record.name):
         return True
-    if record.args:
+    if isinstance(record.args, Mapping):  # "%(name)s" formatting: its keys are the SDK's own
+        record.args = {name: _withheld(arg) for name, arg in record.args.items()}
+    elif record.args:
         args = record.args if isinstance(record.args, tuple) else (record.args,)
-        record.args = tuple(arg if isinstance(arg, int | float) else WITHHELD for arg in args)
+        record.args = tuple(_withheld(arg) for arg in args)
+    elif isinstance(record.msg, str) and record.msg in _source_of(record.pathname):
+        pass
     elif isinstance(record.msg, str):
         words, colon, _ = record.msg.partition(": ")
-        record.msg = f"{words}{colon}{WITHHELD}" if colon else words
+        record.msg = f"{words}{colon}{WITHHELD}" if colon else f"{record.msg.split(' ', 1)[0]} {WITHHELD}"
     else:
         record.msg = WITHHELD
     return True
+
+
+def _withheld(arg: object) -> object:
+    return arg if isinstance(arg, int | float) else WITHHELD
+
+
+@functools.lru_cache(maxsize=64)
+def _source_of(path: str) -> str:
+    """The text of the module at ``path``, read once; empty when it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def quiet_client_hang_ups(record: logging.LogRecord) -> bool:
