@@ -488,6 +488,19 @@ def test_no_string_of_a_json_value_is_shown_when_a_program_parses_it_and_shows_a
     assert shown.endswith(" after")
 
 
+def test_the_strings_of_a_json_value_that_read_as_words_leave_a_tool_listing_whole() -> None:
+    # A listing of a server for Google Cloud, to a user whose key file is injected: had "service_account"
+    # been taken out, the tool and its property would be renamed, and neither called nor filled.
+    value = service_account_key()
+    tool = {
+        "name": "create_service_account",
+        "description": "Creates a service_account in a project on googleapis.com.",
+        "inputSchema": {"type": "object", "properties": {"service_account": {"type": "string"}}},
+    }
+
+    assert Redactor({"KEY": value}).data(tool) == tool
+
+
 def test_the_keys_of_a_json_value_are_kept_and_its_strings_replaced_in_a_repr() -> None:
     token = secrets.token_urlsafe(16)
     value = json.dumps({"auth": {"tokens": [token, {"refresh": token[::-1]}], "expires": 3600}})

@@ -14,8 +14,9 @@ may trim what it reads, and may show a PEM key or a JSON credential line by line
 with other line ends. Of a value that is a JSON object or array (a service account's
 key file), also each string in it, at any depth, and each of its lines: a program
 parses the file and shows one field (the private key, with real line ends) or the
-parsed object's repr. Every such string counts, public ones too (a key file's
-``"service_account"`` and its URLs are redacted wherever they appear). Not covered:
+parsed object's repr. Every such string counts, public ones too (a key file's URLs
+are redacted wherever they appear), but those that read as words (its type,
+``service_account``), which tools and schemas are named with. Not covered:
 a value shortened inside a longer repr (pydantic's ``input_value`` of a dict holding
 it), and, as for every form, a string shorter than ``MIN_REDACTED_LENGTH``.
 """
@@ -64,6 +65,8 @@ _CHARACTER_REFERENCE = re.compile(r"&(?:#[0-9]{1,8};?|#[xX][0-9a-fA-F]{1,6};?|[A
 _BASE64_LINE_WIDTHS = (64, 76)
 # pydantic_core shows an input_value whose repr is longer than 50 bytes of UTF-8 as its first 25 bytes,
 # "..." and its last 24, each cut to whole characters (write_truncated_to_limited_bytes).
+# A string of a JSON value that reads as words, kept out of its values (_json_strings).
+_WORDS = re.compile(r"[a-z]+(?:[_.\-][a-z]+)*")
 _PYDANTIC_SHOWN_BYTES = 50
 _PYDANTIC_HEAD_BYTES = 25
 
@@ -166,7 +169,12 @@ def _parts(value: str) -> set[str]:
 
 
 def _json_strings(text: str) -> list[str]:
-    """The strings in JSON ``text`` at any depth (values and items, not keys); none if it is not JSON."""
+    """The strings in JSON ``text`` at any depth (values and items, not keys); none if it is not JSON.
+
+    Not those that read as words (lower-case letters joined by "_", "." or "-": a key file's type
+    ``service_account``, its ``googleapis.com``): taken out wherever they appear, they would rename a
+    tool (``create_service_account``) or a schema's property, which could then not be called or filled.
+    """
     try:
         pending: list[Any] = [json.loads(text)]
     except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
@@ -175,7 +183,8 @@ def _json_strings(text: str) -> list[str]:
     while pending:  # a loop: the parser nests nearly as deep as Python's stack, which recursion would add to
         item = pending.pop()
         if isinstance(item, str):
-            strings.append(item)
+            if not _WORDS.fullmatch(item):
+                strings.append(item)
         elif isinstance(item, dict):
             pending += item.values()
         elif isinstance(item, list):
