@@ -19,7 +19,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from mcp_secrets.gateway.redact import MIN_REDACTED_LENGTH, Redactor
+from mcp_secrets.gateway.redact import MIN_REDACTED_LENGTH, REDACT_INLINE_CHARS, Redactor
 
 LABEL = "[redacted TOKEN]"
 _JSON_SHORT_ESCAPES = {"\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -499,6 +499,14 @@ def test_the_strings_of_a_json_value_that_read_as_words_leave_a_tool_listing_who
     }
 
     assert Redactor({"KEY": value}).data(tool) == tool
+
+
+def test_values_of_more_spellings_are_redacted_inline_in_shorter_texts() -> None:
+    token, pem = Redactor({"TOKEN": secrets.token_urlsafe(30)}), Redactor({"KEY": pem_key()})
+    lines = Redactor({"LINES": "\n".join(secrets.token_hex(4) for _ in range(2000))})
+
+    assert token.inline_chars == REDACT_INLINE_CHARS
+    assert REDACT_INLINE_CHARS > pem.inline_chars > lines.inline_chars > 0
 
 
 def test_the_keys_of_a_json_value_are_kept_and_its_strings_replaced_in_a_repr() -> None:

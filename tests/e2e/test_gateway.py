@@ -1681,6 +1681,21 @@ async def test_a_long_values_redactor_is_built_off_the_event_loop_and_a_short_on
     assert set(built_on_loop) == {not long}
 
 
+async def test_a_small_result_is_redacted_off_the_event_loop_for_values_of_many_spellings(
+    sqlite_secrets: Secrets, tmp_path: Path, redacted_on: list[tuple[int, bool]]
+) -> None:
+    # Redacting costs about as much per spelling searched: 2,000 short lines have some ten thousand, and
+    # even a small text would hold other users' calls for tens of milliseconds on the loop.
+    value = "\n".join(new_canary()[:12] for _ in range(2000))
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", value)
+    async with running_gateway(sqlite_secrets, tmp_path, {"down": STDIO_ENTRY}) as gw:
+        result = await call(sqlite_secrets, gw, "alice", "token_hash")
+
+    assert hash_of(result) == sha256(value)
+    assert redacted_on  # the listing the call needs, and the result
+    assert {on_loop for _, on_loop in redacted_on} == {False}
+
+
 async def work_logged(
     secrets: Secrets, tmp_path: Path, *, log_kilobytes: int
 ) -> tuple[CallToolResult, list[LoggingMessageNotificationParams], int]:

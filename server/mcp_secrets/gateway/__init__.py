@@ -71,7 +71,6 @@ from mcp_secrets.gateway.listen import listening_for_tool_changes
 from mcp_secrets.gateway.pool import Connection, DownstreamPool, GatewayBusyError, StartTimeoutError, Turn
 from mcp_secrets.gateway.redact import (
     BUILD_INLINE_CHARS,
-    REDACT_INLINE_CHARS,
     Redactor,
     chars_up_to,
     chars_within,
@@ -347,7 +346,7 @@ class Gateway:
                         else connection.fault or _describe(exc)
                     )
                     raise DownstreamError(redactor.text(f"listing {server.name} failed: {problem}")) from None
-            if chars_within(listed, REDACT_INLINE_CHARS):
+            if chars_within(listed, redactor.inline_chars):
                 tools = _redact_tools(listed, redactor)
             else:  # as a large result is: other users' calls go on meanwhile
                 tools = await anyio.to_thread.run_sync(_redact_tools, listed, redactor)
@@ -603,8 +602,8 @@ def _redact_tools(tools: list[Tool], redactor: Redactor) -> list[Tool]:
 
 
 async def redact_result_off_loop(result: CallToolResult, redactor: Redactor) -> CallToolResult:
-    """``redact_result``, in a worker thread for a result over ``REDACT_INLINE_CHARS``."""
-    if chars_within(_result_strings(result), REDACT_INLINE_CHARS):
+    """``redact_result``, in a worker thread for a result over ``redactor.inline_chars``."""
+    if chars_within(_result_strings(result), redactor.inline_chars):
         return redact_result(result, redactor)
     return await anyio.to_thread.run_sync(redact_result, result, redactor)
 

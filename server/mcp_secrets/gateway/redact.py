@@ -43,6 +43,10 @@ MIN_REDACTED_LENGTH = 4
 # redacting 8 KiB of plain text does (70 µs, measured), and text full of HTML character references costs
 # 10 to 100 times as much.
 REDACT_INLINE_CHARS = 8 * 1024
+# Spellings of the usual values (a token or two: about 30 each), at which REDACT_INLINE_CHARS was measured.
+# A text costs about as much to redact per spelling searched: for values with more (a PEM key has about
+# a thousand, 6,000 short lines forty thousand), each Redactor says how much less to redact inline.
+USUAL_SPELLINGS = 64
 # Characters of injected values past which their Redactor is built in a worker thread: spelling values
 # every way costs about 50 µs, then 0.6 µs a character (measured: 1 KiB, 0.63 ms; a service account's key
 # file, 15 ms), where the hop costs about 70 µs.
@@ -235,6 +239,8 @@ class Redactor:
                     label_of.setdefault(form, f"[redacted {key}]")
         self._label_of = label_of
         self._forms = tuple(label_of)
+        # Characters of a text past which it is redacted in a worker thread, for these values.
+        self.inline_chars = REDACT_INLINE_CHARS * USUAL_SPELLINGS // max(USUAL_SPELLINGS, len(self._forms))
 
     def text(self, text: str) -> str:
         """``text`` with every known spelling replaced."""

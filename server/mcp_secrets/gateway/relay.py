@@ -109,7 +109,7 @@ class CallRelay:
             if chars > LOG_MESSAGE_CHARS:
                 self._withheld_logs += 1
                 data, logger_name = self._withheld_log(params.logger)
-            elif chars <= REDACT_INLINE_CHARS:
+            elif chars <= self._redactor.inline_chars:
                 data, logger_name = self._redacted_log(params)
             else:  # up to a hundred at once: other users' calls go on meanwhile
                 data, logger_name = await anyio.to_thread.run_sync(self._redacted_log, params)
@@ -148,8 +148,9 @@ class CallRelay:
             return
         if total is not None and self._spells_a_value(total):
             total = None
-        if message is not None and len(message) > PROGRESS_MESSAGE_CHARS:
-            message = self._withheld("progress message", PROGRESS_MESSAGE_CHARS)
+        limit = min(PROGRESS_MESSAGE_CHARS, self._redactor.inline_chars)  # less for values of many spellings
+        if message is not None and len(message) > limit:
+            message = self._withheld("progress message", limit)
         self._furthest = progress
         if not self._progress.take():
             self._held_back = (progress, total, message)
