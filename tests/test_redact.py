@@ -9,6 +9,7 @@ import html.entities
 import json
 import re
 import secrets
+import string
 from collections.abc import Callable
 from urllib.parse import quote, quote_plus
 
@@ -507,6 +508,18 @@ def test_values_of_more_spellings_are_redacted_inline_in_shorter_texts() -> None
 
     assert token.inline_chars == REDACT_INLINE_CHARS
     assert REDACT_INLINE_CHARS > pem.inline_chars > lines.inline_chars > 0
+
+
+def test_a_json_values_strings_of_lower_case_words_are_values_still() -> None:
+    words = "-".join("".join(secrets.choice(string.ascii_lowercase) for _ in range(7)) for _ in range(4))
+    letters = "".join(secrets.choice(string.ascii_lowercase) for _ in range(32))
+    value = json.dumps({"type": "basic", "username": "bob", "password": words, "api_key": letters})
+
+    shown = Redactor({"CREDS": value}).text(f"password {words}, key={letters}, {json.loads(value)!r}")
+
+    leaked = words in shown or letters in shown  # a bare bool: a failure prints neither
+    assert not leaked
+    assert "'type': 'basic'" in shown  # a type names the document's kind: no secret
 
 
 def test_the_keys_of_a_json_value_are_kept_and_its_strings_replaced_in_a_repr() -> None:

@@ -15,8 +15,8 @@ with other line ends. Of a value that is a JSON object or array (a service accou
 key file), also each string in it, at any depth, and each of its lines: a program
 parses the file and shows one field (the private key, with real line ends) or the
 parsed object's repr. Every such string counts, public ones too (a key file's URLs
-are redacted wherever they appear), but those that read as words (its type,
-``service_account``), which tools and schemas are named with. Not covered:
+are redacted wherever they appear), but a ``type``'s (``service_account``), which
+tools and schemas are named with. Not covered:
 a value shortened inside a longer repr (pydantic's ``input_value`` of a dict holding
 it), and, as for every form, a string shorter than ``MIN_REDACTED_LENGTH``.
 """
@@ -69,8 +69,6 @@ _CHARACTER_REFERENCE = re.compile(r"&(?:#[0-9]{1,8};?|#[xX][0-9a-fA-F]{1,6};?|[A
 _BASE64_LINE_WIDTHS = (64, 76)
 # pydantic_core shows an input_value whose repr is longer than 50 bytes of UTF-8 as its first 25 bytes,
 # "..." and its last 24, each cut to whole characters (write_truncated_to_limited_bytes).
-# A string of a JSON value that reads as words, kept out of its values (_json_strings).
-_WORDS = re.compile(r"[a-z]+(?:[_.\-][a-z]+)*")
 _PYDANTIC_SHOWN_BYTES = 50
 _PYDANTIC_HEAD_BYTES = 25
 
@@ -175,9 +173,9 @@ def _parts(value: str) -> set[str]:
 def _json_strings(text: str) -> list[str]:
     """The strings in JSON ``text`` at any depth (values and items, not keys); none if it is not JSON.
 
-    Not those that read as words (lower-case letters joined by "_", "." or "-": a key file's type
-    ``service_account``, its ``googleapis.com``): taken out wherever they appear, they would rename a
-    tool (``create_service_account``) or a schema's property, which could then not be called or filled.
+    Not a ``type``'s: a tag naming the document's kind (a key file's ``service_account``) is no secret,
+    and taken out wherever it appears it would rename a tool (``create_service_account``) or a schema's
+    property, which could then not be called or filled.
     """
     try:
         pending: list[Any] = [json.loads(text)]
@@ -187,10 +185,9 @@ def _json_strings(text: str) -> list[str]:
     while pending:  # a loop: the parser nests nearly as deep as Python's stack, which recursion would add to
         item = pending.pop()
         if isinstance(item, str):
-            if not _WORDS.fullmatch(item):
-                strings.append(item)
+            strings.append(item)
         elif isinstance(item, dict):
-            pending += item.values()
+            pending += (value for name, value in item.items() if name != "type" or not isinstance(value, str))
         elif isinstance(item, list):
             pending += item
     return strings
