@@ -20,6 +20,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
+from mcp_secrets.gateway import redact as redact_module
 from mcp_secrets.gateway.redact import MIN_REDACTED_LENGTH, REDACT_INLINE_CHARS, Redactor
 
 LABEL = "[redacted TOKEN]"
@@ -520,6 +521,22 @@ def test_a_json_values_strings_of_lower_case_words_are_values_still() -> None:
     leaked = words in shown or letters in shown  # a bare bool: a failure prints neither
     assert not leaked
     assert "'type': 'basic'" in shown  # a type names the document's kind: no secret
+
+
+def test_a_short_text_is_redacted_alike_looked_up_piece_by_piece_or_searched_spelling_by_spelling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Thousands of spellings (a value of many short lines): a short text is looked up piece by piece.
+    lines = [secrets.token_hex(3) for _ in range(3000)]
+    redactor = Redactor({"LINES": "\n".join(lines)})
+    texts = ["", "ok", lines[7], f"x{lines[7]}y", lines[1] + lines[2], f"é{lines[3]}&amp;", "z" * 32]
+
+    looked_up = [redactor.text(text) for text in texts]
+    monkeypatch.setattr(redact_module, "SHORT_TEXT_CHARS", -1)
+    searched = [redactor.text(text) for text in texts]
+
+    assert looked_up == searched
+    assert looked_up[:4] == ["", "ok", "[redacted LINES]", "x[redacted LINES]y"]
 
 
 def test_the_keys_of_a_json_value_are_kept_and_its_strings_replaced_in_a_repr() -> None:
