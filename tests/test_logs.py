@@ -134,6 +134,7 @@ logging.getLogger("mcp.client.stdio").warning(
 )
 logging.getLogger("client").warning(f"Tool {canary} not listed by server, cannot validate its output")
 logging.getLogger("client").warning("dropped %(method)s", {"method": f"notifications/{canary}"})
+logging.getLogger("client").warning("Unexpected message: %s", {f"k{canary}": 1})
 try:
     raise ValueError(canary)
 except ValueError:
@@ -161,6 +162,7 @@ def test_what_a_downstream_sent_is_withheld_from_the_sdk_client_sides_log_lines(
         ),
         "WARNING client: Tool …",
         "WARNING client: dropped …",
+        "WARNING client: Unexpected message: …",
         # A constant of its module's source, kept; its frames and the exception's type follow.
         "ERROR mcp.client.stdio: Failed to parse JSONRPC message from server",
     ]
@@ -185,4 +187,14 @@ def test_an_entry_path_is_matched_from_the_start_of_its_run_of_slashes_only(run:
     assert found.start() == start
     assert logs._redacted(text) == f"GET {separators}secrets/entry/… HTTP/1.1"
     inside = [pos for pos in range(start + 1, start + len(separators)) if logs._ENTRY_TOKEN.match(text, pos)]
+    assert inside == []
+
+
+def test_a_jwt_is_matched_from_the_start_of_its_run_of_token_characters_only() -> None:
+    """As an entry path's slashes: tried at each "eyJ" of a long run, each try read the rest of it."""
+    text = "GET /mcp?access_token=" + "eyJ" * 50 + ".payload.signature HTTP/1.1"
+    start = text.index("eyJ")
+
+    assert logs._redacted(text) == "GET /mcp?access_token=… HTTP/1.1"
+    inside = [pos for pos in range(start + 1, text.index(" HTTP")) if logs._JWT.match(text, pos)]
     assert inside == []

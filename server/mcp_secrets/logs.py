@@ -61,7 +61,9 @@ _TOKEN_CHAR = r"(?:[A-Za-z0-9_-]|%[0-9A-Fa-f]{2})"  # noqa: S105 - a pattern, no
 _UNDERSCORE = r"(?:_|%5[Ff])"
 _DOT = r"(?:\.|%2[Ee])"
 _API_TOKEN = re.compile(rf"(mcps{_UNDERSCORE}[0-9a-f]+{_UNDERSCORE}){_TOKEN_CHAR}+")
-_JWT = re.compile(rf"eyJ{_TOKEN_CHAR}*{_DOT}{_TOKEN_CHAR}*{_DOT}{_TOKEN_CHAR}*")
+# Only where a run of token characters starts: tried at each "eyJ" of a long run without dots, each try
+# would read the rest of it, in time growing with the square of the run (the access log quotes any path).
+_JWT = re.compile(rf"(?<![A-Za-z0-9_-])eyJ{_TOKEN_CHAR}*{_DOT}{_TOKEN_CHAR}*{_DOT}{_TOKEN_CHAR}*")
 
 
 # The SDK's client side, which the gateway's connections to downstream servers run on, logs what a
@@ -100,8 +102,10 @@ def withhold_downstream_text(record: logging.LogRecord) -> bool:
     """
     if not _DOWNSTREAM_TEXT_LOGGER.fullmatch(record.name):
         return True
-    if isinstance(record.args, Mapping):  # "%(name)s" formatting: its keys are the SDK's own
+    if isinstance(record.args, Mapping) and "%(" in str(record.msg):  # its keys are the SDK's own
         record.args = {name: _withheld(arg) for name, arg in record.args.items()}
+    elif isinstance(record.args, Mapping):  # one mapping, formatted whole by "%s"
+        record.args = (WITHHELD,)
     elif record.args:
         args = record.args if isinstance(record.args, tuple) else (record.args,)
         record.args = tuple(_withheld(arg) for arg in args)
