@@ -2049,6 +2049,15 @@ def test_put_links_inserts_all_within_the_limit_and_none_past_it(store: SecretSt
     assert store.count_live_links("alice", l0) == 3
 
 
+def test_put_links_that_fail_part_way_leave_none_of_theirs(store: SecretStore, l0: datetime) -> None:
+    store.put_link(_link(l0, "hash-2"))
+
+    with pytest.raises((StoreUnavailableError, sqlite3.IntegrityError)):
+        store.put_links([_link(l0, "hash-1"), _link(l0, "hash-2"), _link(l0, "hash-3")])
+
+    assert [store.find_link(f"hash-{n}") is not None for n in (1, 2, 3)] == [False, True, False]
+
+
 def test_sqlite_put_links_on_separate_connections_never_take_more_than_the_limit(tmp_path: Path) -> None:
     # Each connection stands for a server process of its own on the same file: only the database can
     # tell them who took the last place. A count made before the insert let every one of them in.

@@ -665,7 +665,7 @@ class MongoStore:
         self.put_links([link])
 
     def put_links(self, links: Sequence[LinkRecord], *, max_live: int | None = None) -> None:
-        """Insert new entry links of one user in one insert; ``max_live`` is checked before it.
+        """Insert new entry links of one user, all or none; ``max_live`` is checked before the insert.
 
         Checked before the insert, as ``put_secret`` checks its limit: this bounds growth, not an exact
         count.
@@ -692,7 +692,15 @@ class MongoStore:
             for link in links
         ]
         with _available(LINKS_COLLECTION):
-            self._links.insert_many(documents)
+            try:
+                self._links.insert_many(documents)
+            except PyMongoError:
+                # One insert, but not all or none: what it inserted before it failed goes again (by the ids
+                # the driver gave the documents), or would hold places for ten minutes with unknown tokens.
+                inserted = [document["_id"] for document in documents if "_id" in document]
+                with suppress(PyMongoError):
+                    self._links.delete_many({"_id": {"$in": inserted}})
+                raise
 
     def count_live_links(self, username: str, now: datetime) -> int:
         """How many of one user's entry links are neither used nor expired at ``now``."""
