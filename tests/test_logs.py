@@ -198,3 +198,22 @@ def test_a_jwt_is_matched_from_the_start_of_its_run_of_token_characters_only() -
     assert logs._redacted(text) == "GET /mcp?access_token=… HTTP/1.1"
     inside = [pos for pos in range(start + 1, text.index(" HTTP")) if logs._JWT.match(text, pos)]
     assert inside == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/mcp?access_token={jwt}",
+        "/mcp?authorization=Bearer%20{jwt}",  # after the escape of a character no token holds
+        "/cb?next=%2Fmcp%3Faccess_token%3D{jwt}",
+        "/mcp?access_token={escaped}",  # its dots as %2E
+    ],
+)
+def test_a_jwt_in_a_url_is_kept_out_of_the_log_after_a_separator_or_its_escape(url: str) -> None:
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJjYXJvbCJ9.c2lnbmF0dXJl"
+    text = "GET " + url.format(jwt=jwt, escaped=jwt.replace(".", "%2E")) + " HTTP/1.1"
+
+    shown = logs._redacted(text)
+
+    assert "c2lnbmF0dXJl" not in shown
+    assert shown.endswith("… HTTP/1.1")

@@ -57,13 +57,19 @@ _SET_QUERY = re.compile(rf"({_any_spelling('/secrets/set')}(?:/|%2f)?\?)\S+", re
 # A client that puts its bearer token in the URL (?access_token=…) is refused, but the access log quotes
 # the URL: an API token keeps its public id there, a JWT nothing.
 # A URL may carry any of a token's characters as its %XX escape (mcps%5F…, a JWT's dots as %2E).
-_TOKEN_CHAR = r"(?:[A-Za-z0-9_-]|%[0-9A-Fa-f]{2})"  # noqa: S105 - a pattern, not a password
+# The escapes of "-", digits, letters and "_": those of a token's characters.
+_ESCAPED_TOKEN_CHAR = r"%(?:2[Dd]|3[0-9]|[46][1-9A-Fa-f]|[57][0-9Aa]|5[Ff])"  # noqa: S105 - a pattern
+_TOKEN_CHAR = rf"(?:[A-Za-z0-9_-]|{_ESCAPED_TOKEN_CHAR})"
 _UNDERSCORE = r"(?:_|%5[Ff])"
 _DOT = r"(?:\.|%2[Ee])"
 _API_TOKEN = re.compile(rf"(mcps{_UNDERSCORE}[0-9a-f]+{_UNDERSCORE}){_TOKEN_CHAR}+")
-# Only where a run of token characters starts: tried at each "eyJ" of a long run without dots, each try
-# would read the rest of it, in time growing with the square of the run (the access log quotes any path).
-_JWT = re.compile(rf"(?<![A-Za-z0-9_-])eyJ{_TOKEN_CHAR}*{_DOT}{_TOKEN_CHAR}*{_DOT}{_TOKEN_CHAR}*")
+# Only where a run of token characters starts, after a character or the escape of one that cannot be in a
+# token (Bearer%20eyJ…, %3DeyJ…): tried at each "eyJ" of a long run without dots, each try would read the
+# rest of it, in time growing with the square of the run (the access log quotes any path).
+_SEPARATOR_ESCAPE = r"%(?:[01][0-9A-Fa-f]|2[0-9A-Ca-cFf]|3[A-Fa-f]|40|5[B-Eb-e]|60|7[B-Fb-f])"
+_JWT = re.compile(
+    rf"(?:(?<![A-Za-z0-9_-])|(?<={_SEPARATOR_ESCAPE}))eyJ{_TOKEN_CHAR}*{_DOT}{_TOKEN_CHAR}*{_DOT}{_TOKEN_CHAR}*"
+)
 
 
 # The SDK's client side, which the gateway's connections to downstream servers run on, logs what a

@@ -126,7 +126,7 @@ class CallRelay:
     def _withheld_log(self, logger_name: str | None) -> tuple[str, str | None]:
         """The notice relayed in place of a log message over the bound, with its logger name redacted."""
         if logger_name is not None:  # a name too long to redact inline is what is over the bound
-            too_long = len(logger_name) > REDACT_INLINE_CHARS
+            too_long = len(logger_name) > self._redactor.inline_chars
             logger_name = GATEWAY_LOGGER if too_long else self._redactor.text(logger_name)
         return self._withheld("log message", LOG_MESSAGE_CHARS), logger_name
 
