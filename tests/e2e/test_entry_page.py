@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import anyio
 import httpx2
@@ -686,7 +686,9 @@ async def test_a_link_requested_by_another_spelling_of_its_path_stays_out_of_the
 
     assert answer.startswith(b"HTTP/1.1 ")
     log = streamable_http_deployment.log()
-    assert f'"GET {path.split(token)[0]}… HTTP/1.1"' in log  # the request is logged, its token withheld
+    # The request is logged, its token withheld; uvicorn quotes its path as sent (0.55) or decoded (0.54).
+    sent = path.split(token)[0]
+    assert any(f'"GET {shown}… HTTP/1.1"' in log for shown in (sent, unquote(sent)))
     assert token not in log
     assert token[:12] not in log
 
