@@ -127,12 +127,15 @@ logging.getLogger("client").warning(
     "dropping tool %r: invalid x-mcp-header (%s)", "leak", f"x-mcp-header 'bad {canary}' is not a token"
 )
 logging.getLogger("client").debug("dropped %r: not defined at %s", f"notifications/{canary}", "2026-07-28")
-logging.getLogger("mcp.client.streamable_http").error(f"Unexpected content type: text/plain; token={canary}")
-logging.getLogger("mcp.client.sse").error(f"Endpoint origin does not match connection origin: /{canary}")
+content_type, location = f"text/plain; token={canary}", f"https://api.example.com/{canary}/mcp"
+logging.getLogger("mcp.client.streamable_http").error(f"Unexpected content type: {content_type}")
+logging.getLogger("mcp.client.streamable_http").error(f"Redirect to {location} not followed: use that URL")
+logging.getLogger("mcp.client.sse").error(f"Endpoint origin does not match connection origin: {location}")
 logging.getLogger("mcp.client.stdio").warning(
     "MCP server process %d is still alive after the kill escalation; abandoning it", 4242
 )
 logging.getLogger("client").warning(f"Tool {canary} not listed by server, cannot validate its output")
+logging.getLogger("client").warning(f"{canary} was not listed")
 logging.getLogger("client").warning("dropped %(method)s", {"method": f"notifications/{canary}"})
 logging.getLogger("client").warning("Unexpected message: %s", {f"k{canary}": 1})
 try:
@@ -155,12 +158,14 @@ def test_what_a_downstream_sent_is_withheld_from_the_sdk_client_sides_log_lines(
     assert lines == [
         "WARNING client: dropping tool '…': invalid x-mcp-header (…)",
         "ERROR mcp.client.streamable_http: Unexpected content type: …",
+        "ERROR mcp.client.streamable_http: Redirect to …",
         "ERROR mcp.client.sse: Endpoint origin does not match connection origin: …",
         (
             "WARNING mcp.client.stdio: MCP server process 4242 is still alive after the kill escalation; "
             "abandoning it"
         ),
         "WARNING client: Tool …",
+        "WARNING client: …",
         "WARNING client: dropped …",
         "WARNING client: Unexpected message: …",
         # A constant of its module's source, kept; its frames and the exception's type follow.

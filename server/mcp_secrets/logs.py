@@ -101,10 +101,11 @@ def redact_tokens(record: logging.LogRecord) -> bool:
 def withhold_downstream_text(record: logging.LogRecord) -> bool:
     """Log a record of the SDK's client side in its own words only, withholding what it quotes.
 
-    Its arguments are withheld, numbers aside. A message without them is kept when its module's source
-    holds it as it is (a constant); one formatted in advance (an f-string, which may quote anywhere:
-    "Tool {name} not listed…") keeps what comes before its first ": ", or else its first word. The gateway
-    reports a downstream's failure itself, redacted.
+    Its arguments are withheld, numbers aside. Of a message without them, formatted in advance (an
+    f-string, which may quote anywhere: "Tool {name} not listed…", "Redirect to {url} not followed: …"),
+    only its longest start of whole words that its module's source holds is kept: a constant is kept
+    whole, and what the SDK filled in is cut at its first word. The gateway reports a downstream's failure
+    itself, redacted.
     """
     if not _DOWNSTREAM_TEXT_LOGGER.fullmatch(record.name):
         return True
@@ -115,14 +116,22 @@ def withhold_downstream_text(record: logging.LogRecord) -> bool:
     elif record.args:
         args = record.args if isinstance(record.args, tuple) else (record.args,)
         record.args = tuple(_withheld(arg) for arg in args)
-    elif isinstance(record.msg, str) and record.msg in _source_of(record.pathname):
-        pass
     elif isinstance(record.msg, str):
-        words, colon, _ = record.msg.partition(": ")
-        record.msg = f"{words}{colon}{WITHHELD}" if colon else f"{record.msg.split(' ', 1)[0]} {WITHHELD}"
+        record.msg = _in_its_own_words(record.msg, _source_of(record.pathname))
     else:
         record.msg = WITHHELD
     return True
+
+
+def _in_its_own_words(message: str, source: str) -> str:
+    """``message`` cut after its longest start of whole words that ``source`` holds, "…" for the rest."""
+    words = message.split(" ")
+    kept = 0
+    while kept < len(words) and " ".join(words[: kept + 1]) in source:
+        kept += 1
+    if kept == len(words):
+        return message
+    return " ".join([*words[:kept], WITHHELD])
 
 
 def _withheld(arg: object) -> object:
