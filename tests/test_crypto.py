@@ -21,7 +21,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import assert_not_leaked, new_canary
-from mcp_secrets.crypto import SecretEncryptor, generate_master_key, key_id_for, parse_master_key
+from mcp_secrets.crypto import (
+    LEGACY_KEY_ID,
+    SecretEncryptor,
+    generate_master_key,
+    key_id_for,
+    parse_master_key,
+)
 from mcp_secrets.errors import ConfigurationError, DecryptionError, InvalidInputError
 
 RECORD = {"username": "alice", "server": "github", "key": "TOKEN"}
@@ -706,3 +712,55 @@ def test_a_payload_is_read_only_in_its_one_canonical_spelling(
         payload = payload[:at] + character + payload[at + (not insert) :]
 
     assert_refused_for_the_right_reason(PROPERTY_ENCRYPTOR, payload)
+
+
+WRONG_TYPES = [None, 7, 1.5, ["x"], {"x": 1}]
+
+
+@pytest.mark.parametrize("field", ["value", "username", "server", "key"])
+@pytest.mark.parametrize("wrong", [*WRONG_TYPES, b"bytes"], ids=repr)
+def test_encrypt_of_an_argument_that_is_not_text_names_it(
+    encryptor: SecretEncryptor, field: str, wrong: object
+) -> None:
+    """Python's own TypeError or AttributeError named an attribute, not the argument."""
+    arguments: dict[str, object] = {"value": "some value", **RECORD, field: wrong}
+    value = arguments.pop("value")
+
+    with pytest.raises(InvalidInputError, match=f"^{field} must be text"):
+        encryptor.encrypt(value, **arguments)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("field", ["username", "server", "key"])
+@pytest.mark.parametrize("wrong", [*WRONG_TYPES, b"bytes"], ids=repr)
+def test_decrypt_of_a_record_name_that_is_not_text_names_it(
+    encryptor: SecretEncryptor, field: str, wrong: object
+) -> None:
+    token = encryptor.encrypt("some value", **RECORD)
+
+    with pytest.raises(InvalidInputError, match=f"^{field} must be text"):
+        encryptor.decrypt(token, **{**RECORD, field: wrong})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("wrong", WRONG_TYPES, ids=repr)
+def test_a_ciphertext_that_is_not_text_is_a_damaged_record_whatever_its_type(
+    encryptor: SecretEncryptor, wrong: object
+) -> None:
+    refusal = "secret 'TOKEN' of server 'github' is damaged: its ciphertext is not text"
+    with pytest.raises(DecryptionError, match=f"^{re.escape(refusal)}"):
+        encryptor.decrypt(wrong, **RECORD)  # type: ignore[arg-type]
+    assert encryptor.key_id_of(wrong) == LEGACY_KEY_ID  # type: ignore[arg-type]
+    reason = encryptor.unreadable_because(wrong)  # type: ignore[arg-type]
+    assert reason == f"damaged: its ciphertext is not text but {type(wrong).__name__}"
+
+
+def test_a_ciphertext_stored_as_bytes_is_damaged_without_its_bytes_in_the_error(
+    encryptor: SecretEncryptor, canary: str
+) -> None:
+    """Bytes of a v1 token, as a store that kept binary would hand them back: refused, never read."""
+    token = encryptor.encrypt(canary, **RECORD).encode("ascii")
+
+    with pytest.raises(DecryptionError, match="its ciphertext is not text") as raised:
+        encryptor.decrypt(token, **RECORD)  # type: ignore[arg-type]
+
+    assert_not_leaked(raised.value, canary)
+    assert_not_leaked(raised.value, token.decode("ascii"))

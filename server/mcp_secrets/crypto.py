@@ -104,9 +104,20 @@ def is_legacy_ciphertext(ciphertext: str) -> bool:
     return _is_legacy(ciphertext.split(":"))
 
 
-def _not_text(where: str) -> DecryptionError:
+def _not_utf8(where: str) -> DecryptionError:
     """The error for a plaintext that is not UTF-8; a UnicodeDecodeError would carry its bytes."""
     return DecryptionError(f"{where} decrypted to bytes that are not UTF-8 text")
+
+
+def _not_text(**arguments: object) -> InvalidInputError:
+    """The error for the first argument that is not a ``str``; called once Python has refused one."""
+    name, argument = next((name, a) for name, a in arguments.items() if not isinstance(a, str))
+    return InvalidInputError(f"{name} must be text, not {type(argument).__name__}")
+
+
+def _not_a_ciphertext(stored: object) -> str:
+    """Why a stored ciphertext that is not a ``str`` cannot be read; only its type is named."""
+    return f"damaged: its ciphertext is not text but {type(stored).__name__}"
 
 
 def _hkdf(master_key: bytes, info: bytes, length: int) -> bytes:
@@ -185,11 +196,14 @@ class SecretEncryptor:
         """Encrypt ``value`` for the record (username, server, key) with the active key."""
         try:
             plain = value.encode("utf-8")
+            aad = associated_data(username, server, key)
         except UnicodeEncodeError:
             # The exception would quote the value: replace it with one that names the field only.
             raise InvalidInputError("value must be valid Unicode text (it holds a lone surrogate)") from None
+        except (AttributeError, TypeError):  # Python's own names an attribute, not the argument
+            raise _not_text(value=value, username=username, server=server, key=key) from None
         nonce = os.urandom(NONCE_BYTES)
-        sealed = self._active.encrypt(nonce, plain, associated_data(username, server, key))
+        sealed = self._active.encrypt(nonce, plain, aad)
         # One translate makes it base64url and drops padding and newline; base64's helpers cost twice that.
         encoded = binascii.b2a_base64(nonce + sealed).translate(_TO_URLSAFE, b"=\n")
         return self._active_prefix + encoded.decode("ascii")
@@ -202,10 +216,15 @@ class SecretEncryptor:
                 key that is not configured, or not a ciphertext at all.
 
         """
-        aad = associated_data(username, server, key)
         # The v1 read is inline because it is the hot path, where each extra call shows. Whatever it
         # does not read goes to _read_other, which reads the legacy format or says what is wrong.
-        cipher = self._readers.get(ciphertext[:_V1_PREFIX_CHARS])
+        try:
+            aad = associated_data(username, server, key)
+            cipher = self._readers.get(ciphertext[:_V1_PREFIX_CHARS])
+        except (AttributeError, TypeError):  # an argument that is not text; bytes reach _read_other
+            if not all(isinstance(name, str) for name in (username, server, key)):
+                raise _not_text(username=username, server=server, key=key) from None
+            raise DecryptionError(f"{_where((server, key))} is {_not_a_ciphertext(ciphertext)}") from None
         if cipher is not None:
             chars = len(ciphertext) - _V1_PREFIX_CHARS
             padding, last = _TAILS[chars & 3]
@@ -226,12 +245,12 @@ class SecretEncryptor:
                             f"{where} does not decrypt: it was altered, or copied from another record"
                         ) from None
                     except UnicodeDecodeError:
-                        raise _not_text(_where((server, key))) from None
+                        raise _not_utf8(_where((server, key))) from None
         return self._read_other(ciphertext, _where((server, key)))
 
     def key_id_of(self, ciphertext: str) -> str:
         """The key id a stored ciphertext was written with (``legacy`` for the original format, or none)."""
-        parts = ciphertext.split(":")
+        parts = ciphertext.split(":") if isinstance(ciphertext, str) else []
         if len(parts) == 3 and parts[0] == VERSION:  # noqa: PLR2004
             return parts[1]
         return LEGACY_KEY_ID
@@ -241,6 +260,8 @@ class SecretEncryptor:
 
         None when it may be read; decrypting may still find it altered.
         """
+        if not isinstance(ciphertext, str):
+            return _not_a_ciphertext(ciphertext)
         parts = ciphertext.split(":")
         if len(parts) == 3 and parts[0] == VERSION:  # noqa: PLR2004
             if parts[1] not in self._ciphers:
@@ -279,4 +300,4 @@ def _decrypt_legacy(legacy: AESGCM, parts: list[str], where: str) -> str:
     try:
         return plain.decode("utf-8")
     except UnicodeDecodeError:
-        raise _not_text(where) from None
+        raise _not_utf8(where) from None
