@@ -25,6 +25,7 @@ from jwt.algorithms import RSAAlgorithm
 from mcp_types import CallToolResult
 
 import _mongomock_threads
+import _mongomock_update_sort
 from mcp_secrets.crypto import SecretEncryptor, generate_master_key, parse_master_key
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import SecretStore
@@ -32,6 +33,7 @@ from mcp_secrets.store.mongo import MongoStore
 from mcp_secrets.store.sqlite import SQLiteStore
 
 _mongomock_threads.install()
+_mongomock_update_sort.install()
 
 MONGODB_URI = os.environ.get("MONGODB_URI")
 

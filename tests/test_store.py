@@ -1630,6 +1630,74 @@ def test_mongo_store_says_a_batch_of_uses_was_written_but_not_confirmed(command:
     assert "may or may not last" in str(unconfirmed.value)
 
 
+# A primary stepping down refuses a write with this, and the driver retries a retryable write once.
+STEPPED_DOWN: dict[str, Any] = {
+    "ok": 0,
+    "code": 10107,
+    "codeName": "NotWritablePrimary",
+    "errmsg": "not primary",
+    "errorLabels": ["RetryableWriteError"],
+}
+
+
+def test_mongo_store_writes_a_batch_of_uses_through_a_primary_stepping_down() -> None:
+    """A bulk write with an update of many documents is not retryable: the batch failed, and waited."""
+    updates: list[dict[str, Any]] = []
+
+    def answer(sent: dict[str, Any]) -> dict[str, Any]:
+        name, collection = next(iter(sent.items()))
+        if name == "listIndexes":
+            return {"ok": 1, "cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": []}}
+        if name == "update":
+            updates.append(sent)
+            return STEPPED_DOWN if len(updates) == 1 else {"ok": 1, "n": 2, "nModified": 2}
+        return {"ok": 1, "n": 1}
+
+    use = SecretUse("alice", "github", ("A", "B"), AuditEvent(T0, "alice", "used", "github", "A,B"))
+    with mongo_wire_server(answer, hello=TRANSACTIONS_HELLO) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db?directConnection=true")
+        try:
+            store.record_uses([use])
+        finally:
+            store.close()
+
+    assert len(updates) == 2
+    assert updates[0]["txnNumber"] == updates[1]["txnNumber"]  # the same write, retried
+    assert [(update["q"]["key"], update.get("multi", False)) for update in updates[1]["updates"]] == [
+        ("A", False),
+        ("B", False),
+    ]
+
+
+def test_mongo_store_links_made_then_taken_back_are_not_reported_as_made(canary: str) -> None:
+    """A write concern not met on the insert: the links were made, then deleted again, so none stands."""
+    sent_commands: list[str] = []
+
+    def answer(sent: dict[str, Any]) -> dict[str, Any]:
+        name, collection = next(iter(sent.items()))
+        sent_commands.append(f"{name} {collection}")
+        if name in {"find", "listIndexes"}:
+            return {"ok": 1, "cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": []}}
+        if name == "insert":
+            return {"ok": 1, "n": len(sent["documents"]), "writeConcernError": WTIMEOUT}
+        return {"ok": 1, "n": 1}
+
+    link = LinkRecord("link-1", canary, "alice", "github", "TOKEN", T0, T0 + timedelta(minutes=10))
+    with mongo_wire_server(answer) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db?w=majority&wtimeoutMS=1000")
+        try:
+            with pytest.raises(StoreUnavailableError) as refused:
+                store.put_links([link])
+        finally:
+            store.close()
+
+    assert not isinstance(refused.value, WriteUnconfirmedError)
+    assert "entry links" in str(refused.value)
+    assert "may or may not" not in str(refused.value)
+    assert sent_commands[-2:] == ["insert entry_links", "delete entry_links"]
+    assert_not_leaked(refused.value, canary)
+
+
 # --- open_store -----------------------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from bson import ObjectId
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.errors import InvalidBSON, InvalidDocument
 from bson.raw_bson import RawBSONDocument
-from pymongo import MongoClient, ReadPreference, ReturnDocument, UpdateMany, timeout
+from pymongo import MongoClient, ReadPreference, ReturnDocument, UpdateOne, timeout
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.cursor import Cursor
@@ -509,19 +509,18 @@ class MongoStore:
 
         ``$max`` keeps the later time, so a batch written again or late moves nothing back.
         """
-        keys_used_at: dict[tuple[str, str, datetime], list[str]] = {}
-        for (username, server, key), at in latest_uses(uses).items():
-            keys_used_at.setdefault((username, server, at), []).append(_text("key", key))
+        # One update per record, never one of many documents: a bulk write holding that is not retryable,
+        # so a primary stepping down would fail the whole batch instead of the driver retrying it.
         updates = [
-            UpdateMany(
+            UpdateOne(
                 {
                     "username": _text("username", username),
                     "server": _text("server", server),
-                    "key": {"$in": keys},
+                    "key": _text("key", key),
                 },
                 {"$max": {"last_used_at": at}},
             )
-            for (username, server, at), keys in keys_used_at.items()
+            for (username, server, key), at in latest_uses(uses).items()
         ]
         events = [{"_id": _event_id(use), **_event_document(use.event)} for use in uses]
         with _available():
@@ -571,8 +570,8 @@ class MongoStore:
             return 0
         selector = {"at": {"$lt": _time("before", before)}}
         with _available(EVENTS_COLLECTION):
-            # The ``at_id`` index finds the events before ``before``; the first written (``_id``, insertion
-            # order) go first, ``limit`` at a time.
+            # The first written (``_id``, insertion order) go first, ``limit`` at a time: walking ``_id``
+            # from the oldest meets old events first, whichever index the server's planner picks.
             documents = _read(self._events, lambda events: events.find(selector).sort("_id", 1).limit(limit))
             if not documents:
                 return 0
@@ -694,13 +693,16 @@ class MongoStore:
         with _available(LINKS_COLLECTION):
             try:
                 self._links.insert_many(documents)
-            except PyMongoError:
+            except PyMongoError as exc:
                 # One insert, but not all or none: what it inserted before it failed goes again (by the ids
                 # the driver gave the documents), or would hold places for ten minutes with unknown tokens.
                 inserted = [document["_id"] for document in documents if "_id" in document]
                 with suppress(PyMongoError):
                     self._links.delete_many({"_id": {"$in": inserted}})
-                raise
+                # Not "made but unconfirmed", as a write concern not met would say: they were taken back.
+                raise StoreUnavailableError(
+                    f"the entry links could not be created ({type(exc).__name__}); none is handed out"
+                ) from None
 
     def count_live_links(self, username: str, now: datetime) -> int:
         """How many of one user's entry links are neither used nor expired at ``now``."""
