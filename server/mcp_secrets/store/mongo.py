@@ -770,7 +770,8 @@ def _ensure_index(
     """Make an index, or take the one of the same keys and options that exists under another name.
 
     An operator may have made one by hand (the shell names it ``username_1_server_1_key_1``): a real server
-    makes no second index of the same keys, whatever its name, and refuses with IndexOptionsConflict.
+    makes no second index of the same keys and uniqueness (5.0 and later also tell sparseness, partial
+    filter and collation apart), whatever its name, and refuses with IndexOptionsConflict.
     """
     options = options or {}
     try:
