@@ -221,7 +221,8 @@ class SecretEncryptor:
         try:
             aad = associated_data(username, server, key)
             cipher = self._readers.get(ciphertext[:_V1_PREFIX_CHARS])
-        except (AttributeError, TypeError):  # an argument that is not text; bytes reach _read_other
+        # An argument that is not text (bytes reach _read_other). A mapping sliced is a KeyError on 3.12+.
+        except (AttributeError, KeyError, TypeError):
             if not all(isinstance(name, str) for name in (username, server, key)):
                 raise _not_text(username=username, server=server, key=key) from None
             raise DecryptionError(f"{_where((server, key))} is {_not_a_ciphertext(ciphertext)}") from None
