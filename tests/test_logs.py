@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +115,49 @@ def test_a_client_hang_up_is_not_logged_at_all_above_info() -> None:
     assert "went away" not in done.stderr
     assert "ERROR mcp.server.streamable_http: Error handling POST request" in done.stderr
     assert "builtins.ConnectionResetError" in done.stderr
+
+
+# A server whose descriptors run out: asyncio's accept() fails for each connection waiting, and logs each.
+ACCEPT_FAILURES = """
+import asyncio, logging, os, resource, sys
+from mcp_secrets.logs import configure_logging
+
+configure_logging("INFO")
+
+
+async def main() -> None:
+    held = []
+    server = await asyncio.start_server(lambda _, writer: held.append(writer), "127.0.0.1", 0, backlog=64)
+    open_now = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + 8, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.sleep(float(sys.argv[1]))  # asyncio tries to accept again each second meanwhile
+    print(len(held), flush=True)
+
+
+asyncio.run(main())
+"""
+
+
+def test_a_failed_accept_for_want_of_descriptors_is_one_line_not_one_traceback_per_connection() -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-c", ACCEPT_FAILURES, "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    port = int(server.stdout.readline())
+    with contextlib.ExitStack() as connections:
+        for _ in range(40):
+            connections.enter_context(socket.create_connection(("127.0.0.1", port)))
+        stdout, stderr = server.communicate(timeout=60)
+
+    assert int(stdout) < 40  # the descriptors did run out
+    lines = [line.split(" ", 2)[2] for line in stderr.splitlines() if line.startswith("20")]
+    failed = "new connections wait: accept() failed (Too many open files); logged at most once a minute"
+    assert lines == [f"ERROR asyncio: {failed}"]
+    assert "Traceback" not in stderr
 
 
 # As the SDK's client side logs what a downstream server sent (mcp/client/session.py, streamable_http.py,

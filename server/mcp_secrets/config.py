@@ -175,6 +175,12 @@ class Settings(BaseSettings):
         ge=0,
         description="On SIGTERM over HTTP, how long requests in flight may finish before they are cut.",
     )
+    request_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Over HTTP, how long a request (its headers and body) may take to arrive whole.",
+    )
 
     servers: Path | None = Field(
         default=None, description="Gateway configuration: downstream MCP servers and the secrets they need."

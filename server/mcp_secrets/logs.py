@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import sys
+import time
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
@@ -163,6 +165,41 @@ def quiet_client_hang_ups(record: logging.LogRecord) -> bool:
     return True
 
 
+_ACCEPT_FAILED = "socket.accept() out of system resource"  # asyncio's words
+ACCEPT_FAILURE_SECONDS = 60.0  # at most one line this often
+
+
+class _AcceptFailures:
+    """When the last failed ``accept()`` was logged, and how many have been withheld since."""
+
+    logged_at = -ACCEPT_FAILURE_SECONDS
+    withheld = 0
+
+
+def quiet_accept_failures(record: logging.LogRecord) -> bool:
+    """Log asyncio's failed ``accept()`` (the descriptors ran out) once a minute, as one line.
+
+    Asyncio logs it with a traceback once per connection waiting: thousands of records a second, for as
+    long as the descriptors stay taken. One line says it all, with how many were left out.
+    """
+    if record.name != "asyncio" or not str(record.msg).startswith(_ACCEPT_FAILED):
+        return True
+    now = time.monotonic()
+    if now - _AcceptFailures.logged_at < ACCEPT_FAILURE_SECONDS:
+        _AcceptFailures.withheld += 1
+        return False
+    fault = record.exc_info[1] if record.exc_info else None
+    reason = os.strerror(fault.errno) if isinstance(fault, OSError) and fault.errno else "out of resources"
+    record.msg = "new connections wait: accept() failed (%s); logged at most once a minute"
+    record.args = (reason,)
+    if _AcceptFailures.withheld:
+        record.msg += ", %d times not logged since the last line"
+        record.args = (reason, _AcceptFailures.withheld)
+    record.exc_info, record.exc_text = None, None
+    _AcceptFailures.logged_at, _AcceptFailures.withheld = now, 0
+    return True
+
+
 def keep_library_exceptions_to_their_frames(record: logging.LogRecord) -> bool:
     """Log a library's exception by its frames and type, not its message.
 
@@ -193,6 +230,7 @@ def configure_logging(level: str = "INFO") -> None:
     handler.addFilter(redact_tokens)
     handler.addFilter(withhold_downstream_text)
     handler.addFilter(quiet_client_hang_ups)
+    handler.addFilter(quiet_accept_failures)
     handler.addFilter(keep_library_exceptions_to_their_frames)
     root.addHandler(handler)
     root.setLevel(level)

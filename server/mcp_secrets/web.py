@@ -410,10 +410,16 @@ async def serve_http(app: ASGIApp, settings: Settings) -> bool:
     """Run ``app`` with uvicorn; its logs go through ours, to stderr. Returns whether Ctrl-C stopped it."""
     import uvicorn  # noqa: PLC0415 - stdio never needs it
 
+    from mcp_secrets.http_connections import descriptor_bounds, guarded_protocol  # noqa: PLC0415
+
+    max_connections, backlog = descriptor_bounds()
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        # Uvicorn's h11 protocol, with a bound on how long a request takes to arrive and on open connections.
+        http=guarded_protocol(settings.request_timeout_seconds, max_connections),
+        backlog=backlog,
         log_config=None,
         # Never below INFO: uvicorn's lower levels dump ASGI messages, request bodies included.
         log_level="info" if settings.log_level == "DEBUG" else settings.log_level.lower(),

@@ -37,6 +37,11 @@ _WITH_CTRL_C = (
     "import os, signal, sys; signal.signal(signal.SIGINT, int(sys.argv[1])); "
     "os.execv(sys.argv[2], sys.argv[2:])"
 )
+# Exec a command with at most this many file descriptors open (its soft and hard RLIMIT_NOFILE).
+_WITH_NOFILE = (
+    "import os, resource, sys; n = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
 HTTP_TRANSPORTS = ["streamable-http", "sse"]
 # The timeouts of the SDK's own HTTP client (30 s, and 300 s to read a stream), as clients run it: httpx's
 # default 5 s read would end a listen stream told nothing for 5 s, as a client of a revoked token is.
@@ -231,14 +236,18 @@ def serving(
     *args: str,
     host: str = "127.0.0.1",
     ctrl_c: signal.Handlers = signal.SIG_DFL,
+    nofile: int | None = None,
 ) -> Iterator[Deployment]:
     """``mcp-secrets serve --transport TRANSPORT`` on a free port of ``host``, healthy, stopped on exit.
 
-    ``ctrl_c`` is the SIGINT disposition it starts with (see ``with_ctrl_c``).
+    ``ctrl_c`` is the SIGINT disposition it starts with (see ``with_ctrl_c``); ``nofile``, when given, the
+    number of file descriptors it may open.
     """
     port = free_port()
     serve = [*MCP_SECRETS, "serve", "--transport", transport, "--host", host, "--port", str(port), *args]
     command = with_ctrl_c(ctrl_c, serve)
+    if nofile is not None:
+        command = [sys.executable, "-c", _WITH_NOFILE, str(nofile), *command]
     with log_path.open("a", encoding="utf-8") as log, stdout_path(log_path).open("a") as out:
         process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=log)
     try:
