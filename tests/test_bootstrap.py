@@ -378,9 +378,9 @@ def test_the_library_entry_point_reports_a_malformed_setting_as_a_configuration_
 # no such user); the others take any text.
 MALFORMED_SETTINGS = [
     *("port", "sqlite_busy_timeout", "max_secrets_per_user", "max_sessions_per_user", "entry_wait_seconds"),
-    *("entry_link_minutes", "shutdown_grace_seconds", "gateway_max_connections", "gateway_idle_seconds"),
-    *("gateway_start_seconds", "max_listen_streams_per_user", "transport", "stateless_http", "log_level"),
-    *("data_dir", "config_dir", "master_key_file", "servers"),
+    *("entry_link_minutes", "shutdown_grace_seconds", "request_timeout_seconds", "gateway_max_connections"),
+    *("gateway_idle_seconds", "gateway_start_seconds", "max_listen_streams_per_user", "transport"),
+    *("stateless_http", "log_level", "data_dir", "config_dir", "master_key_file", "servers"),
 ]
 ANY_TEXT_SETTINGS = [
     *("master_key", "legacy_key", "database_url", "user", "host", "public_url", "allowed_hosts"),
