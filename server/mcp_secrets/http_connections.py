@@ -72,6 +72,15 @@ class GuardedH11Protocol(H11Protocol):
         else:  # a request started, on a connection that had answered one before: timed from here
             self._await_request()
 
+    def on_response_complete(self) -> None:
+        """Await the next request if part of it came while this one was answered (pipelined)."""
+        super().on_response_complete()
+        # Uvicorn's keep-alive timer no longer runs once a next request has begun: only this one does.
+        if not self.transport.is_closing() and (
+            self.conn.their_state is h11.SEND_BODY or self.conn.trailing_data[0]
+        ):
+            self._await_request()
+
     def connection_lost(self, exc: Exception | None) -> None:
         """Nothing more to wait for."""
         self._stop_waiting()

@@ -107,14 +107,24 @@ def test_requests_that_never_arrive_whole_are_closed_without_an_error_or_their_b
     kept_alive = _send(port, _head(port, "GET", "/healthz"))
     assert _whole_response(kept_alive).startswith(b"HTTP/1.1 200")
     kept_alive.sendall(f"GET /healthz HTTP/1.1\r\nX-Note: {canary}".encode())
+    # One request, and half the next, sent at once: the second is read only once the first is answered.
+    pipelined = _send(
+        port,
+        _head(port, "GET", "/healthz")
+        + _head(port, "POST", "/secrets/entry/not-a-link", "Content-Length: 1000")
+        + f"value={canary}".encode(),
+    )
     connections = {what: _send(port, data) for what, data in stalled.items()}
 
     answers = {what: _until_closed(connection) for what, connection in connections.items()}
     answers["next request unfinished"] = _until_closed(kept_alive)
+    pipelined_answer = _until_closed(pipelined)
 
     assert answers == dict.fromkeys([*stalled, "next request unfinished"], b"")  # closed, unanswered
+    assert pipelined_answer.startswith(b"HTTP/1.1 200")
+    assert pipelined_answer.count(b"HTTP/1.1") == 1
     log = guarded.log()
-    assert log.count(TOO_SLOW) >= len(answers)
+    assert log.count(TOO_SLOW) >= len(answers) + 1
     assert " ERROR " not in log
     assert "Traceback" not in log
     assert (canary in log) is False
