@@ -1709,6 +1709,25 @@ def test_mongo_store_writes_a_batch_of_uses_through_a_primary_stepping_down() ->
     ]
 
 
+def test_mongo_store_links_refused_for_want_of_a_privilege_say_so() -> None:
+    def answer(sent: dict[str, Any]) -> dict[str, Any]:
+        name, collection = next(iter(sent.items()))
+        if name in {"find", "listIndexes"}:
+            return {"ok": 1, "cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": []}}
+        if name == "insert":
+            return {"ok": 0, "code": 13, "codeName": "Unauthorized", "errmsg": "not authorized on db"}
+        return {"ok": 1, "n": 1}
+
+    link = LinkRecord("link-1", "hash-1", "alice", "github", "TOKEN", T0, T0 + timedelta(minutes=10))
+    with mongo_wire_server(answer) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db")
+        try:
+            with pytest.raises(StoreUnavailableError, match=r"not allowed to do this \(Unauthorized\)"):
+                store.put_links([link])
+        finally:
+            store.close()
+
+
 def test_mongo_store_links_made_then_taken_back_are_not_reported_as_made(canary: str) -> None:
     """A write concern not met on the insert: the links were made, then deleted again, so none stands."""
     sent_commands: list[str] = []

@@ -699,6 +699,8 @@ class MongoStore:
                 inserted = [document["_id"] for document in documents if "_id" in document]
                 with suppress(PyMongoError):
                     self._links.delete_many({"_id": {"$in": inserted}})
+                if not _unconfirmed(exc):
+                    raise
                 # Not "made but unconfirmed", as a write concern not met would say: they were taken back.
                 raise StoreUnavailableError(
                     f"the entry links could not be created ({type(exc).__name__}); none is handed out"
