@@ -5,7 +5,9 @@ request, or none, holds its connection for good. Enough of them take every file 
 has: then nobody else gets in, and asyncio logs each failed ``accept()``, thousands a second. Here:
 
 - a request (its headers and its body) must arrive whole within ``request_seconds`` of its first byte,
-  or of the connection's start, or the connection is closed;
+  or of the connection's start, or the connection is closed; so must the client read again within as
+  long once it has stopped reading what is sent to it (a stream included), and the rest of a body
+  answered early (413) is taken in for ``LINGER_SECONDS`` at most;
 - at most ``max_connections`` are open at once (half the descriptors the process may open): one more is
   answered 503 and closed, and the listen backlog is a sixteenth of them, so the descriptors never run out.
 """
@@ -28,6 +30,7 @@ _ARRIVED = frozenset({h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR})
 _BUSY = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 BUSY_WARNING_SECONDS = 60.0  # at most one warning this often while connections are refused
 MIN_CONNECTIONS = 64
+LINGER_SECONDS = 2.0  # how long a body is still taken in, to be dropped, once its request is answered
 UVICORN_BACKLOG = 2048  # uvicorn's own, where the descriptors are no bound
 
 
@@ -53,6 +56,7 @@ class GuardedH11Protocol(H11Protocol):
     request_seconds: ClassVar[float] = 30.0
     max_connections: ClassVar[int | None] = None
     _arrival: asyncio.TimerHandle | None = None  # running while a request is awaited
+    _unread: asyncio.TimerHandle | None = None  # running while the client reads nothing of the answer
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Refuse the connection past the bound; otherwise await its first request."""
@@ -73,17 +77,42 @@ class GuardedH11Protocol(H11Protocol):
             self._await_request()
 
     def on_response_complete(self) -> None:
-        """Await the next request if part of it came while this one was answered (pipelined)."""
+        """Drop the rest of a body answered early, for a moment; time a next request begun meanwhile."""
         super().on_response_complete()
-        # Uvicorn's keep-alive timer no longer runs once a next request has begun: only this one does.
-        if not self.transport.is_closing() and (
-            self.conn.their_state is h11.SEND_BODY or self.conn.trailing_data[0]
-        ):
+        if self.transport.is_closing():
+            return
+        state = self.conn.their_state
+        if self.conn.our_state is h11.DONE and state is h11.SEND_BODY:
+            # Answered before its body came whole (413, 401): what still comes is read only to be dropped,
+            # for a moment, so that the client sees the answer rather than a reset.
+            self._stop_waiting()
+            linger = min(self.request_seconds, LINGER_SECONDS)
+            self._arrival = self.loop.call_later(linger, self.transport.close)
+        elif state in _ARRIVED:  # a next request, pipelined, came whole
+            self._stop_waiting()
+        elif state is h11.SEND_BODY or self.conn.trailing_data[0]:
+            # A next request begun (pipelined): uvicorn's keep-alive timer no longer runs, only this one does.
             self._await_request()
+
+    def pause_writing(self) -> None:
+        """The client has stopped reading for now: it must read again within the bound."""
+        super().pause_writing()
+        if self._unread is None:
+            self._unread = self.loop.call_later(self.request_seconds, self._not_reading)
+
+    def resume_writing(self) -> None:
+        """The client reads again."""
+        super().resume_writing()
+        if self._unread is not None:
+            self._unread.cancel()
+            self._unread = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Nothing more to wait for."""
         self._stop_waiting()
+        if self._unread is not None:
+            self._unread.cancel()
+            self._unread = None
         super().connection_lost(exc)
 
     def _await_request(self) -> None:
@@ -104,6 +133,11 @@ class GuardedH11Protocol(H11Protocol):
             return
         logger.info("closed a connection: its request did not arrive whole within %g s", self.request_seconds)
         self.transport.close()
+
+    def _not_reading(self) -> None:
+        self._unread = None
+        logger.info("closed a connection: its client read nothing for %g s", self.request_seconds)
+        self.transport.abort()  # close() would wait for the client to read what is left to send
 
 
 def guarded_protocol(request_seconds: float, max_connections: int | None) -> type[GuardedH11Protocol]:

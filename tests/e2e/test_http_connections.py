@@ -6,6 +6,7 @@ the process had no file descriptor left: nobody else got in, and the log filled 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from e2e.conftest import Deployment, _module_server, isolated_env
 pytestmark = pytest.mark.anyio
 
 REQUEST_SECONDS = 2  # the server's bound in this module: short, so that a test waits little
-CLOSE_WAIT_SECONDS = 120  # how long a test waits for the server to close a connection: a failure, not a limit
+CLOSE_WAIT_SECONDS = 100  # how long a test waits for the server to close a connection: a failure, not a limit
 TOO_SLOW = "closed a connection: its request did not arrive whole within 2 s"
 BUSY = "connections are open, as many as allowed"
 
@@ -128,6 +129,54 @@ def test_requests_that_never_arrive_whole_are_closed_without_an_error_or_their_b
     assert " ERROR " not in log
     assert "Traceback" not in log
     assert (canary in log) is False
+
+
+def _wait_for_log(deployment: Deployment, line: str) -> bool:
+    for _ in range(int(CLOSE_WAIT_SECONDS / 0.1)):
+        if line in deployment.log():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_client_that_stops_reading_what_it_asked_for_is_cut_off(guarded: Deployment) -> None:
+    """Its requests arrived whole: only the bound on reading the answers ends it, or it holds on for good."""
+    port = _port(guarded)
+    connection = socket.socket()
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    connection.connect(("127.0.0.1", port))
+    # Some 40 MB of answers, never read: more than the kernel's buffers hold, so the server must wait.
+    connection.sendall(_head(port, "GET", "/openapi.json") * 6000)
+
+    cut_off = _wait_for_log(guarded, "closed a connection: its client read nothing for 2 s")
+    connection.settimeout(CLOSE_WAIT_SECONDS)
+    with connection, contextlib.suppress(ConnectionResetError):  # aborted: the kernel may say so
+        while connection.recv(65536):
+            pass
+
+    assert cut_off
+
+
+def test_the_rest_of_a_body_answered_early_is_dropped_only_for_a_moment(
+    start_server: Callable[..., AbstractContextManager[Deployment]], tmp_path: Path
+) -> None:
+    # No bound on a request's arrival that could end it first: only the linger after the answer does.
+    env = isolated_env(tmp_path, MCP_SECRETS_REQUEST_TIMEOUT_SECONDS="3600")
+    with start_server(env, "streamable-http", tmp_path / "server.log") as deployment:
+        port = _port(deployment)
+        connection = _send(port, _head(port, "POST", "/secrets/set", "Content-Length: 100000000000"))
+        connection.settimeout(CLOSE_WAIT_SECONDS)
+        answer = connection.recv(65536)  # without a token: 401 at once, the body unread
+        chunk, sent, refused = b"x" * 65536, 0, False
+        with connection:
+            try:
+                for _ in range(200_000):  # 13 GB: far longer than any linger
+                    sent += connection.send(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                refused = True
+
+    assert answer.startswith(b"HTTP/1.1 401")
+    assert refused, f"{sent} bytes taken in after the answer, and the connection still open"
 
 
 def test_a_slow_request_that_arrives_whole_in_time_is_answered(guarded: Deployment) -> None:
