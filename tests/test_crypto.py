@@ -764,3 +764,13 @@ def test_a_ciphertext_stored_as_bytes_is_damaged_without_its_bytes_in_the_error(
 
     assert_not_leaked(raised.value, canary)
     assert_not_leaked(raised.value, token.decode("ascii"))
+
+
+def test_a_value_given_as_bytes_is_refused_without_its_bytes_in_the_error(
+    encryptor: SecretEncryptor, canary: str
+) -> None:
+    """A caller that encoded the value first gets the error naming the field, never the value back."""
+    with pytest.raises(InvalidInputError, match=r"^value must be text, not bytes$") as raised:
+        encryptor.encrypt(canary.encode(), **RECORD)  # type: ignore[arg-type]
+
+    assert_not_leaked(raised.value, canary)
