@@ -179,7 +179,7 @@ class Settings(BaseSettings):
         default=30.0,
         gt=0,
         le=3600,
-        description="Over HTTP, how long a request (its headers and body) may take to arrive whole.",
+        description="Over HTTP, how long a request may take to arrive whole, and a client may read nothing.",
     )
 
     servers: Path | None = Field(
