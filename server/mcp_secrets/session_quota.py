@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 _INVALID_REQUEST = -32600  # JSON-RPC, as the SDK answers its own session limit
 
 
-def _username(scope: Scope) -> str | None:
+def token_username(scope: Scope) -> str | None:
     """The verified token's user, as the tools take it; None before authentication (the SDK refuses it)."""
     user = scope.get("user")
     if isinstance(user, AuthenticatedUser) and user.access_token.subject:
@@ -102,7 +102,7 @@ class StreamableSessionQuota:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Refuse a POST without a session id, the only request that opens a session, past the bound."""
-        username = _username(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
+        username = token_username(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
         # The first of a repeated header, as the manager reads it (a dict would keep the last): a second
         # version header must not make a request that opens a session look sessionless here.
         headers: dict[bytes, bytes] = {}
@@ -217,7 +217,7 @@ class SseStreamQuota:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve the stream, counted for its user while it lasts, unless the user is at the bound."""
-        username = _username(scope) if scope["type"] == "http" else None
+        username = token_username(scope) if scope["type"] == "http" else None
         if username is None:
             await self.app(scope, receive, send)
             return

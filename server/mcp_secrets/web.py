@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_secrets.config import Settings
@@ -45,6 +45,7 @@ from mcp_secrets.logs import CLIENT_WENT_AWAY
 from mcp_secrets.rest import rest_routes
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.session_quota import SseStreamQuota, StreamableSessionQuota
+from mcp_secrets.sse_backlog import SseBacklog
 from mcp_secrets.tokens import ApiTokens
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ LOCAL_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*"]
 LOCAL_ORIGINS = ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
 MCP_PATH = "/mcp"
 SSE_PATH = "/sse"
+MESSAGES_PATH = "/messages"  # the SDK's, where legacy SSE clients post (a mount: no trailing slash)
 HEALTH_PATH = "/healthz"
 OUTAGE_RETRY_SECONDS = 5  # how long a 503 for a token that could not be checked asks clients to wait
 
@@ -339,6 +341,9 @@ def http_app(
         app = mcp.sse_app(sse_path=SSE_PATH, transport_security=security, host=settings.host)
         _announce_messages_under(app, public.path.rstrip("/"))
         _wrap_route(app, SSE_PATH, lambda sse: SseStreamQuota(sse, most, tokens))
+        backlog = SseBacklog()  # answers held for streams their clients do not read
+        _wrap_route(app, SSE_PATH, backlog.stream)
+        _wrap_route(app, MESSAGES_PATH, backlog.posts)
     else:
         app = mcp.streamable_http_app(
             streamable_http_path=MCP_PATH,
@@ -389,7 +394,7 @@ def _wrap_route(app: Starlette, path: str, wrap: Callable[[ASGIApp], ASGIApp]) -
     It sits in front of the SDK's token requirement, which still refuses a request without one.
     """
     for route in app.router.routes:
-        if isinstance(route, Route) and route.path == path:
+        if isinstance(route, Route | Mount) and route.path == path:
             route.app = wrap(route.app)
 
 

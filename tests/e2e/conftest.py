@@ -343,7 +343,21 @@ def http_deployment(request: pytest.FixtureRequest) -> Deployment:
 
 def legacy_sse_messages_path(token: str, host: str, port: int, held: ExitStack) -> str:
     """The path a legacy SSE stream opened with ``token`` names for its messages; ``held`` keeps it open."""
-    stream = held.enter_context(socket.create_connection((host, port), timeout=30))
+    return legacy_sse_stream(token, host, port, held)[1]
+
+
+def legacy_sse_stream(
+    token: str, host: str, port: int, held: ExitStack, receive_buffer: int | None = None
+) -> tuple[socket.socket, str]:
+    """A legacy SSE stream opened with ``token`` on a raw socket, and the path it names for messages.
+
+    ``held`` keeps it open; ``receive_buffer`` sets the socket's (small: the server's sends soon wait).
+    """
+    stream = held.enter_context(socket.socket())
+    if receive_buffer is not None:
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    stream.settimeout(30)
+    stream.connect((host, port))
     stream.sendall(
         f"GET /sse HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
         "Accept: text/event-stream\r\n\r\n".encode()
@@ -354,7 +368,7 @@ def legacy_sse_messages_path(token: str, host: str, port: int, held: ExitStack) 
         assert chunk, "the SSE stream ended before its endpoint event"
         received += chunk
     path = received.split(b"data: ", 1)[1].split(b"\r\n", 1)[0].split(b"\n", 1)[0]
-    return path.decode()
+    return stream, path.decode()
 
 
 async def request_entry_link(deployment: Deployment, username: str, server: str, key: str) -> str:
