@@ -1518,6 +1518,35 @@ def test_a_command_that_stores_nothing_makes_no_store_where_there_is_none(
     assert not Path(env["MCP_SECRETS_DATA_DIR"]).exists()
 
 
+@pytest.mark.parametrize("holding", ["another program's tables", "nothing"])
+@pytest.mark.parametrize(
+    "command",
+    [["list", "--user", "alice"], ["audit"], ["token", "list"], ["delete", "s", "K", "--user", "alice"]],
+)
+def test_a_command_that_stores_nothing_leaves_a_file_that_is_not_a_store_as_it_was(
+    env: dict[str, str], tmp_path: Path, holding: str, command: list[str]
+) -> None:
+    # A database URL naming another program's SQLite file (or an empty file) must not have the store's
+    # tables written into it, nor the file switched to WAL, by a command that only reads or removes.
+    database = tmp_path / "other.db"
+    if holding == "nothing":
+        database.touch()
+    else:
+        with closing(sqlite3.connect(database)) as other:
+            other.execute("CREATE TABLE notes (body TEXT)")
+            other.commit()
+    before = database.read_bytes()
+    env["MCP_SECRETS_DATABASE_URL"] = f"sqlite:///{database}"
+
+    done = mcp_secrets_cli(env, *command)
+
+    assert done.returncode == 1
+    assert f"the file {database} is not an mcp-secrets store" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert database.read_bytes() == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["other.db"]  # no -wal, no -shm
+
+
 @pytest.mark.parametrize("command", [["list"], ["audit"], ["token", "list"], ["serve"]])
 def test_a_sqlite_path_that_cannot_be_looked_at_is_a_store_error_not_a_traceback(
     env: dict[str, str], command: list[str]

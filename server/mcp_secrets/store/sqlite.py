@@ -302,6 +302,14 @@ def _insert_event(connection: sqlite3.Connection, event: AuditEvent) -> None:
     connection.execute(_INSERT_EVENT, _event_row(event))
 
 
+def _holds_a_store(connection: sqlite3.Connection) -> bool:
+    """Whether the file holds this project's tables (read only: nothing is written to find out)."""
+    found = connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'user_secrets'"
+    ).fetchone()
+    return found is not None
+
+
 def _use_wal(connection: sqlite3.Connection, timeout: float) -> None:
     """Put the file in WAL mode (kept in the file, for every connection), waiting for other writers.
 
@@ -406,6 +414,13 @@ class SQLiteStore:
             _create_private_file(self.path)
             # SQLite gives the -wal and -shm files the database file's own mode (0600).
             self._connection = self._connect()
+            if not create and not _holds_a_store(self._connection):
+                # Nor make one in another program's database, or in an empty file, by writing our schema.
+                self._connection.close()
+                raise StoreUnavailableError(
+                    f"the file {self.path} is not an mcp-secrets store (it has no user_secrets table): "
+                    "MCP_SECRETS_DATABASE_URL may name another file"
+                )
             _use_wal(self._connection, busy_timeout)
             self._connection.executescript(_SCHEMA)
             # A file made by an earlier version gains the columns added since. Looked at again under the
