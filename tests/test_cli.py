@@ -394,6 +394,52 @@ def test_token_create_the_replica_set_did_not_confirm_revokes_the_token_it_never
     assert UNCONFIRMED in inserted["audit_events"][0]["detail"]
 
 
+def _refusing(env: dict[str, str], trigger: str) -> None:
+    """The default store, made, with a year-old event and a trigger that refuses some writes (a later
+    version's, an admin's)."""
+    assert mcp_secrets_cli(env, "token", "create", "bob").returncode == 0
+    with closing(sqlite3.connect(Path(env["MCP_SECRETS_DATA_DIR"]) / "secrets.db")) as database:
+        database.execute(
+            "INSERT INTO audit_events (at, actor, action) VALUES ('2025-12-01T00:00:00+00:00', 'bob', 'set')"
+        )
+        database.execute(trigger)
+        database.commit()
+
+
+def test_token_create_whose_event_the_store_refuses_revokes_the_token_without_a_traceback(
+    env: dict[str, str],
+) -> None:
+    _refusing(
+        env,
+        "CREATE TRIGGER only_later BEFORE INSERT ON audit_events WHEN NEW.action = 'token-created' "
+        "BEGIN SELECT RAISE(ABORT, 'written by a later version only'); END",
+    )
+
+    done = mcp_secrets_cli(env, "token", "create", "alice")
+    listed = mcp_secrets_cli(env, "token", "list", "--user", "alice")
+
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    assert "was not shown: its audit event could not be written; it was revoked" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "revoked" in listed.stdout
+    assert "live" not in listed.stdout
+
+
+def test_prune_audit_the_store_refuses_says_so_without_a_traceback(env: dict[str, str]) -> None:
+    _refusing(
+        env,
+        "CREATE TRIGGER append_only BEFORE DELETE ON audit_events "
+        "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END",
+    )
+
+    done = mcp_secrets_cli(env, "prune-audit", "--older-than", "30")
+
+    assert done.returncode == 1, done.stderr
+    assert "the SQLite store refused a write: the audit trail is append-only" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_token_revoke_takes_the_whole_token_and_never_echoes_it(env: dict[str, str]) -> None:
     token, token_id = created_token(env, "alice")
 

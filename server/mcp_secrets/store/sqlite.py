@@ -224,6 +224,10 @@ def _text_or_bytes(raw: bytes) -> str | bytes:
 
 
 def _unavailable(exc: sqlite3.Error) -> StoreUnavailableError:
+    if isinstance(exc, sqlite3.IntegrityError):
+        # The file's schema or a trigger of its own refused the write (a schema of a later version, an
+        # append-only trigger): it names the constraint, never a value.
+        return StoreUnavailableError(f"the SQLite store refused a write: {exc}")
     return StoreUnavailableError(f"the SQLite store is unavailable: {exc}")
 
 
@@ -499,8 +503,6 @@ class SQLiteStore:
                     self._wait_for_locks(wait=True)
                 self._check_file()
                 return self._work(work)
-            except sqlite3.IntegrityError:
-                raise  # a broken constraint, not an unavailable store
             except sqlite3.Error as exc:
                 raise _unavailable(exc) from None
 
@@ -521,8 +523,6 @@ class SQLiteStore:
             if self._connection.in_transaction:
                 self._connection.execute("ROLLBACK")
             raise WouldBlock from None
-        except sqlite3.IntegrityError:
-            raise
         except sqlite3.Error as exc:
             raise _unavailable(exc) from None
         finally:
