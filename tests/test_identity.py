@@ -398,15 +398,7 @@ async def test_tokens_with_unknown_key_ids_do_not_each_fetch_the_key_set(
 ) -> None:
     # Anyone can send a JWT naming a key id the provider never had: were each one to fetch the key set
     # again, the server would fetch the provider's for every such request, as often as sent.
-    fetches = 0
-    fetch = jwt.PyJWKClient.fetch_data
-
-    def counted(client: jwt.PyJWKClient) -> Any:
-        nonlocal fetches
-        fetches += 1
-        return fetch(client)
-
-    monkeypatch.setattr(jwt.PyJWKClient, "fetch_data", counted)
+    fetches = _counting_fetches(monkeypatch)
     with jwks_provider({KID: signing_key.public_key()}) as (url, _):
         verifier = JwtVerifier(url, issuer=ISSUER, audience=AUDIENCE)
         assert await verifier.verify_token(_sign(signing_key, _claims())) is not None
@@ -414,7 +406,7 @@ async def test_tokens_with_unknown_key_ids_do_not_each_fetch_the_key_set(
             forged = _sign(signing_key, _claims(), kid=secrets.token_hex(8))
             assert await verifier.verify_token(forged) is None
 
-    assert fetches <= 2  # the first, and at most one more to look for a key the provider just added
+    assert len(fetches) <= 2  # the first, and at most one more to look for a key the provider just added
 
 
 REFUSED_JWTS: dict[str, Callable[[rsa.RSAPrivateKey, rsa.RSAPrivateKey], str]] = {
@@ -490,6 +482,62 @@ async def test_a_jwt_is_refused_when_the_jwks_cannot_be_fetched(signing_key: rsa
 
     # Not judged: the HTTP layer answers 503 (try again), not 401 (this token is no good).
     assert outage.reason == "the identity provider's key set cannot be fetched"
+
+
+def _counting_fetches(monkeypatch: pytest.MonkeyPatch) -> list[None]:
+    """Each fetch of a key set by any ``PyJWKClient`` appends to the list returned."""
+    fetches: list[None] = []
+    fetch = jwt.PyJWKClient.fetch_data
+
+    def counted(client: jwt.PyJWKClient) -> Any:
+        fetches.append(None)
+        return fetch(client)
+
+    monkeypatch.setattr(jwt.PyJWKClient, "fetch_data", counted)
+    return fetches
+
+
+@pytest.mark.anyio
+async def test_while_the_jwks_cannot_be_fetched_requests_do_not_each_fetch_it_or_log(
+    signing_key: rsa.RSAPrivateKey, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Anyone can send a bearer string: while the provider is down, each one fetched its key set again
+    # and logged a warning, as often as sent. Text that is no JWT at all needs no key set to refuse.
+    fetches = _counting_fetches(monkeypatch)
+    with jwks_provider({KID: signing_key.public_key()}) as (url, publish):
+        publish(b"<html>Down for maintenance</html>")
+        verifier = JwtVerifier(url, issuer=ISSUER, audience=AUDIENCE)
+        outages = []
+        with caplog.at_level("WARNING"):
+            for _ in range(20):
+                with _checking() as outage:
+                    assert await verifier.verify_token(_sign(signing_key, _claims())) is None
+                outages.append(outage.reason)
+            with _checking() as not_a_jwt:
+                assert await verifier.verify_token("x") is None
+
+    assert len(fetches) == 1
+    assert outages == ["the identity provider's key set cannot be fetched"] * 20  # 503, try again
+    assert caplog.text.count("the JWKS could not be fetched") == 1
+    assert not_a_jwt.reason is None  # judged: 401
+
+
+@pytest.mark.anyio
+async def test_the_jwks_is_fetched_again_once_the_retry_time_has_passed(
+    signing_key: rsa.RSAPrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fetches = _counting_fetches(monkeypatch)
+    with jwks_provider({KID: signing_key.public_key()}) as (url, publish):
+        publish(b"<html>Down for maintenance</html>")
+        verifier = JwtVerifier(url, issuer=ISSUER, audience=AUDIENCE, fetch_retry=0.2)
+        with _checking():
+            assert await verifier.verify_token(_sign(signing_key, _claims())) is None
+        publish({KID: signing_key.public_key()})  # back
+        await anyio.sleep(0.3)
+        access = await verifier.verify_token(_sign(signing_key, _claims()))
+
+    assert access is not None
+    assert len(fetches) == 2
 
 
 @pytest.mark.anyio

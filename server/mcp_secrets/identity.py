@@ -130,6 +130,9 @@ JWKS_LIFESPAN_SECONDS = 300.0  # how long a fetched key set is trusted before it
 # (iat, nbf), which on our clock can be a few seconds away yet.
 JWT_CLOCK_SKEW_SECONDS = 60
 JWKS_FETCH_SECONDS = 10.0
+# After a failed fetch of the key set, JWTs are left unjudged (503) for this long without another: each
+# request with any JWT-shaped text would otherwise fetch the provider's key set and log a warning.
+JWKS_RETRY_SECONDS = 5.0
 # Worker threads JWT checks may hold at once. A check may wait on the provider for a fetch of its keys;
 # any request can make one (a JWT-shaped header is enough), so they must not take the threads the store
 # calls of every other request need.
@@ -150,6 +153,7 @@ class JwtVerifier:
         username_claim: str = "sub",
         keys_lifespan: float = JWKS_LIFESPAN_SECONDS,
         fetch_timeout: float = JWKS_FETCH_SECONDS,
+        fetch_retry: float = JWKS_RETRY_SECONDS,
     ) -> None:
         import jwt  # noqa: PLC0415 - only servers that accept JWTs pay for importing it
 
@@ -166,6 +170,8 @@ class JwtVerifier:
         self._audience = audience
         self._username_claim = username_claim
         self._threads: anyio.CapacityLimiter | None = None  # made on the event loop that uses it
+        self._fetch_retry = fetch_retry
+        self._unfetched_until = 0.0  # monotonic time until which a failed fetch is not tried again
 
     async def verify_token(self, token: str) -> AccessToken | None:
         """The token's access info, or None when its signature, issuer, audience or expiry is wrong."""
@@ -176,6 +182,14 @@ class JwtVerifier:
     def _verify(self, token: str) -> AccessToken | None:  # noqa: PLR0911 - one return per reason to refuse
         import jwt  # noqa: PLC0415 - imported once by __init__; this is a dictionary lookup
 
+        try:
+            jwt.get_unverified_header(token)  # text that is no JWT at all is refused without the key set
+        except jwt.PyJWTError as exc:
+            logger.info("JWT refused: %s", type(exc).__name__)
+            return None
+        if time.monotonic() < self._unfetched_until:  # the provider failed a moment ago: not asked again
+            _note_outage(_KEY_SET_OUTAGE)
+            return None
         try:
             # The key set first (cached while it lasts): a fault of its own, JSON that is no key set or
             # holds no signing key, is the provider's and leaves the token unjudged, as no answer does.
@@ -229,8 +243,9 @@ class JwtVerifier:
 
     def _unjudged(self, exc: Exception) -> None:
         """Say why the key set could not be had; the HTTP layer answers 503 (try again), not 401."""
+        self._unfetched_until = time.monotonic() + self._fetch_retry
         logger.warning("the JWKS could not be fetched from %s: %s", self._jwks_place, _fetch_problem(exc))
-        _note_outage("the identity provider's key set cannot be fetched")
+        _note_outage(_KEY_SET_OUTAGE)
 
     def _username_in(self, claims: dict[str, Any]) -> str | None:
         """The username the configured claim holds; None (logged) when it holds none."""
@@ -244,6 +259,9 @@ class JwtVerifier:
             logger.info("JWT refused: claim %r is not a valid username", self._username_claim)
             return None
         return username
+
+
+_KEY_SET_OUTAGE = "the identity provider's key set cannot be fetched"
 
 
 def _fetch_problem(exc: BaseException) -> str:
