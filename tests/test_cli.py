@@ -426,6 +426,31 @@ def test_token_create_whose_event_the_store_refuses_revokes_the_token_without_a_
     assert "live" not in listed.stdout
 
 
+def test_prune_audit_and_audit_read_times_written_by_hand_as_times_in_utc(env: dict[str, str]) -> None:
+    # Events imported by hand, a few hours inside the 30 days kept: one with a space for the "T" and no
+    # offset (UTC), one with an offset of its own. As text both sorted before the cut-off, and went.
+    assert mcp_secrets_cli(env, "token", "create", "bob").returncode == 0
+    inside = datetime.now(timezone.utc) - timedelta(days=30) + timedelta(hours=3)
+    naive = f"{inside:%Y-%m-%d %H:%M:%S}"
+    offset = inside.astimezone(timezone(timedelta(hours=-8))).isoformat()
+    with closing(sqlite3.connect(Path(env["MCP_SECRETS_DATA_DIR"]) / "secrets.db")) as database:
+        database.executemany(
+            "INSERT INTO audit_events (at, actor, action) VALUES (?, 'bob', ?)",
+            [(naive, "naive"), (offset, "offset"), ("2025-01-01 00:00:00", "old")],
+        )
+        database.commit()
+
+    pruned = mcp_secrets_cli(env, "prune-audit", "--older-than", "30")
+    listed = mcp_secrets_cli(env, "audit", "--user", "bob")
+
+    assert pruned.returncode == 0, pruned.stderr
+    rows = [line.split() for line in listed.stdout.splitlines()[1:]]
+    assert {row[3] for row in rows} >= {"naive", "offset"}
+    assert "old" not in {row[3] for row in rows}
+    shown = {row[3]: f"{row[0]} {row[1]}" for row in rows}
+    assert shown["naive"] == shown["offset"] == f"{inside:%Y-%m-%d %H:%M:%S}"  # both in UTC, as headed
+
+
 def test_prune_audit_the_store_refuses_says_so_without_a_traceback(env: dict[str, str]) -> None:
     _refusing(
         env,

@@ -118,8 +118,10 @@ def _moment(field: str, stored: object) -> datetime:
         except ValueError:
             pass  # named below, never quoted: a field of the wrong shape may hold a value
         else:
-            # Without an offset (written by hand), UTC: as _iso reads a naive time.
-            return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+            if moment.tzinfo is timezone.utc:  # as _iso writes it
+                return moment
+            # Written by hand: without an offset, UTC, as _iso reads a naive time; with another, in UTC.
+            return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
     raise FieldError(field, stored, "a time in ISO 8601")
 
 
@@ -304,6 +306,11 @@ def _event_row(event: AuditEvent) -> tuple[str | None, str, str, str, str, str, 
 
 def _insert_event(connection: sqlite3.Connection, event: AuditEvent) -> None:
     connection.execute(_INSERT_EVENT, _event_row(event))
+
+
+# An event's time against a cut-off, as times rather than texts: one written by hand may have a space for
+# the "T", no offset (UTC) or another offset, and sort as text before the cut-off while it is after it.
+_BEFORE = "julianday(at) < julianday(?)"
 
 
 def _holds_a_store(connection: sqlite3.Connection) -> bool:
@@ -668,7 +675,8 @@ class SQLiteStore:
         return int(
             self._run(
                 lambda connection: connection.execute(
-                    "SELECT count(*) FROM audit_events WHERE at < ?", (_iso(before),)
+                    f"SELECT count(*) FROM audit_events WHERE {_BEFORE}",  # noqa: S608
+                    (_iso(before),),
                 ).fetchone()[0]
             )
         )
@@ -681,7 +689,7 @@ class SQLiteStore:
         # it scans. Walking the ids from the oldest finds old events first, without an index on ``at``.
         rows = self._run(
             lambda connection: connection.execute(
-                f"SELECT id, {_EVENT_COLUMNS} FROM audit_events WHERE at < ? ORDER BY id LIMIT ?",  # noqa: S608
+                f"SELECT id, {_EVENT_COLUMNS} FROM audit_events WHERE {_BEFORE} ORDER BY id LIMIT ?",  # noqa: S608
                 (_iso(before), max(limit, 0)),  # a negative one is no limit to SQLite
             ).fetchall()
         )
@@ -696,7 +704,8 @@ class SQLiteStore:
             cut_off = _iso(before)
             with _transaction(connection):
                 return connection.executemany(
-                    "DELETE FROM audit_events WHERE id = ? AND at < ?", [(row[0], cut_off) for row in rows]
+                    f"DELETE FROM audit_events WHERE id = ? AND {_BEFORE}",  # noqa: S608
+                    [(row[0], cut_off) for row in rows],
                 ).rowcount
 
         return self._run(delete)
