@@ -22,7 +22,7 @@ import pytest
 
 import mcp_secrets
 from _mongo_wire import PRIMARY_HELLO, WTIMEOUT, mongo_wire_server, server_holding
-from conftest import command_parsers, isolated_env, new_canary
+from conftest import as_an_ordinary_process, command_parsers, isolated_env, new_canary
 from mcp_secrets.cli import build_parser
 from mcp_secrets.crypto import generate_master_key
 from mcp_secrets.store import UNCONFIRMED
@@ -424,6 +424,34 @@ def test_token_create_whose_event_the_store_refuses_revokes_the_token_without_a_
     assert "Traceback" not in done.stderr
     assert "revoked" in listed.stdout
     assert "live" not in listed.stdout
+
+
+@pytest.mark.parametrize("command", [["serve"], ["set", "s", "K"], ["token", "create", "alice"]])
+def test_a_command_that_writes_refuses_at_once_a_store_it_can_only_read(
+    env: dict[str, str], command: list[str]
+) -> None:
+    # A server on a store whose file it cannot write served reads, and said so only at the first write:
+    # every use it could not record, lost. Root passes any file mode: it runs without its capabilities.
+    assert mcp_secrets_cli(env, "token", "create", "bob").returncode == 0
+    database = Path(env["MCP_SECRETS_DATA_DIR"]) / "secrets.db"
+    for path in database.parent.glob("secrets.db*"):
+        path.chmod(0o400)
+    before = database.read_bytes()
+
+    done = subprocess.run(
+        [*as_an_ordinary_process(), sys.executable, "-m", "mcp_secrets", *command],
+        env=env,
+        input=new_canary(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode != 0
+    assert f"the SQLite store at {database} can be read but not written" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert database.read_bytes() == before
 
 
 def test_prune_audit_and_audit_read_times_written_by_hand_as_times_in_utc(env: dict[str, str]) -> None:

@@ -313,6 +313,23 @@ def _insert_event(connection: sqlite3.Connection, event: AuditEvent) -> None:
 _BEFORE = "julianday(at) < julianday(?)"
 
 
+def _check_writable(connection: sqlite3.Connection, path: Path) -> None:
+    """Refuse a file SQLite opened for reading only (its mode, a read-only filesystem): said at the start.
+
+    Otherwise the first write fails, and a server serves reads while no use of theirs can be recorded. A
+    statement that writes nothing still needs a writable file; SQLite's own check stays silent.
+    """
+    try:
+        connection.execute("UPDATE user_secrets SET username = username WHERE 0")
+    except sqlite3.OperationalError as exc:
+        if "readonly" not in str(exc):  # SQLITE_READONLY's message (its code is not on 3.10's errors)
+            raise
+        raise StoreUnavailableError(
+            f"the SQLite store at {path} can be read but not written ({exc}): check the permissions of the "
+            "file, its -wal and -shm files and its directory, and that its filesystem is not read-only"
+        ) from None
+
+
 def _holds_a_store(connection: sqlite3.Connection) -> bool:
     """Whether the file holds this project's tables (read only: nothing is written to find out)."""
     found = connection.execute(
@@ -440,6 +457,8 @@ class SQLiteStore:
                 with _transaction(self._connection):
                     for table, column, declaration in _missing_columns(self._connection):
                         self._connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            if create:
+                _check_writable(self._connection, self.path)
             self._file = _identity(self.path.stat())
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailableError(f"the SQLite store at {self.path} cannot be opened: {exc}") from None
