@@ -7,9 +7,10 @@ reading its stream and goes on posting, has the server hold a task and an answer
 posts in 20 s took a process to 1.1 GB, and it kept 580 MB after. (On Streamable HTTP each request
 waits on a connection of its own, and connections are bounded.)
 
-Here each request a user posts is counted until its answer is sent on its stream, or it is cancelled,
-or the stream ends; past ``MOST_WAITING`` of a user's, a new request is refused with 429. Notifications
-and answers to the server's own requests always pass: a client at the bound can still cancel.
+Here each request a user posts is counted until its answer is sent on its stream, or it is cancelled
+(while the stream is being read: the answer of a request cancelled too late still waits for it), or the
+stream ends; past ``MOST_WAITING`` of a user's, a new request is refused with 429. Notifications and
+answers to the server's own requests always pass: a client at the bound can still cancel.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ _TOO_LARGE = Response("Request body too large", HTTPStatus.REQUEST_ENTITY_TOO_LA
 class _Stream:
     username: str
     waiting: Counter[RequestId] = field(default_factory=Counter)  # request ids posted, not yet answered
+    sending: int = 0  # sends to the client under way: past an await, it has stopped taking what is sent
 
 
 class SseBacklog:
@@ -72,7 +74,11 @@ class SseBacklog:
 
             async def watching(message: Message) -> None:
                 nonlocal session_id
-                await send(message)
+                stream.sending += 1
+                try:
+                    await send(message)
+                finally:
+                    stream.sending -= 1
                 body = message.get("body", b"") if message["type"] == "http.response.body" else b""
                 if session_id is None:
                     if announced := _ANNOUNCED.search(body):
@@ -104,8 +110,11 @@ class SseBacklog:
                 await _TOO_LARGE(scope, receive, send)  # as the SDK would answer it
                 return
             request_id, cancelled = _posted(body)
-            if cancelled is not None:
-                self._settle(stream, cancelled)  # a cancelled request is never answered
+            if cancelled is not None and not stream.sending:
+                # A request cancelled in time is never answered. One answered already has its answer
+                # waiting for the stream all the same: while its client is not taking what is sent, the
+                # request stays counted until its answer goes, or the stream does.
+                self._settle(stream, cancelled)
             if request_id is None:
                 await app(scope, _replaying(body, receive), send)
             elif self._waiting[stream.username] >= self.most:

@@ -31,7 +31,7 @@ WARNED = "refused requests of alice on legacy SSE: 100 of that user's are waitin
 
 @pytest.fixture(scope="module")
 def sse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    yield from _module_server(tmp_path_factory, "sse")
+    yield from _module_server(tmp_path_factory, "sse", usernames=("alice", "bob", "carol"))
 
 
 def _port(deployment: Deployment) -> int:
@@ -81,9 +81,14 @@ def test_requests_to_a_stream_nobody_reads_are_refused_past_the_bound_until_it_e
             sse.token("alice"), "127.0.0.1", _port(sse), held, receive_buffer=4096
         )
         _initialized(http, path)
-        answers = [http.post(path, json=_message(10 + n, "tools/list")) for n in range(POSTS)]
+        answers = []
+        for n in range(POSTS):
+            answers.append(http.post(path, json=_message(10 + n, "tools/list")))
+            if answers[-1].status_code == 429:
+                break
         statuses = [answer.status_code for answer in answers]
-        refused = next(answer for answer in answers if answer.status_code == 429)
+        refused = answers[-1]
+        still = {http.post(path, json=_message(POSTS + n, "tools/list")).status_code for n in range(20)}
         # The same user's other requests wait on that stream's answers: refused too, while it lasts.
         with _posting(sse, "alice") as elsewhere:
             _, other_path = legacy_sse_stream(sse.token("alice"), "127.0.0.1", _port(sse), held)
@@ -99,13 +104,31 @@ def test_requests_to_a_stream_nobody_reads_are_refused_past_the_bound_until_it_e
         stream.close()  # its answers go with it
         after = _retried_until_accepted(http, sse, held)
 
-    assert 429 in statuses
-    assert statuses.index(429) >= MOST_WAITING  # at least as many were taken first
+    assert statuses[-1] == 429
+    assert len(statuses) > MOST_WAITING  # at least as many were taken first
+    assert still == {429}
     assert refused.text.startswith(REFUSED)
     assert other_initialize.status_code == 429
     assert bob_statuses == {202}
     assert after == 202
     assert sse.log().count(WARNED) == 1  # one warning a minute, not one per refusal
+
+
+def test_cancelling_requests_to_a_stream_nobody_reads_does_not_lift_the_bound(sse: Deployment) -> None:
+    # Answered before the cancel came, a request's answer still waits for the stream: a cancel then
+    # frees nothing, and must not count the request off while the stream is not being read.
+    with ExitStack() as held, _posting(sse, "carol") as http:
+        _, path = legacy_sse_stream(sse.token("carol"), "127.0.0.1", _port(sse), held, receive_buffer=4096)
+        _initialized(http, path)
+        statuses = []
+        for n in range(POSTS):
+            statuses.append(http.post(path, json=_message(10 + n, "tools/list")).status_code)
+            cancel = _message(None, "notifications/cancelled", {"requestId": 10 + n})
+            assert http.post(path, json=cancel).status_code == 202  # a cancel always passes
+            if statuses[-1] == 429:
+                break
+
+    assert statuses[-1] == 429
 
 
 def _retried_until_accepted(http: httpx2.Client, deployment: Deployment, held: ExitStack) -> int:
