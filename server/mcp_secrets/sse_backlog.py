@@ -42,6 +42,10 @@ MOST_WAITING = 100  # requests of one user waiting for their answers, over all t
 WARNING_SECONDS = 60.0  # at most one warning this often per user while their requests are refused
 _ANNOUNCED = re.compile(rb"session_id=([0-9a-f]{32})")
 _CANCELLED = "notifications/cancelled"
+# An SSE event holding an answer as the SDK writes it: its id (a number, or a string with its escapes).
+_ANSWER = re.compile(
+    rb'event: message\r\ndata: \{"jsonrpc":"2\.0","id":(-?\d+|"(?:[^"\\]|\\.)*"),"(?:result|error)":'
+)
 _TOO_LARGE = Response("Request body too large", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
 
 
@@ -223,15 +227,13 @@ def _posted(body: bytes) -> tuple[RequestId | None, RequestId | None]:
 
 
 def _answered(event: bytes) -> RequestId | None:
-    """The id of the request an SSE event answers; None for any other event (a notification, a ping)."""
-    if not event.startswith(b"event: message\r\n"):
+    """The id of the request an SSE event answers; None for any other event (a notification, a ping).
+
+    Read from the start of the SDK's own output (``{"jsonrpc":"2.0","id":…,"result":…}``): an answer may
+    be megabytes, not to be parsed again on the event loop.
+    """
+    answer = _ANSWER.match(event)
+    if answer is None:
         return None
-    data = b"\n".join(line[6:] for line in event.split(b"\r\n") if line.startswith(b"data: "))
-    try:
-        message = json.loads(data)  # the SDK's own output
-    except ValueError:
-        return None
-    if not isinstance(message, dict) or "method" in message:
-        return None  # a request or notification of the server's
-    request_id = as_request_id(message.get("id"))
+    request_id = as_request_id(json.loads(answer.group(1)))
     return None if request_id is None else coerce_request_id(request_id)  # "7" and 7 are one to the SDK
