@@ -464,7 +464,8 @@ def _stop_signals_held() -> Iterator[None]:
     """Hold back Ctrl-C, SIGTERM and SIGHUP until the block ends, then stop; a second one stops at once.
 
     An exported batch of ``prune-audit`` is written to the file, then deleted from the store: a run
-    stopped in between left it in both, and the next run wrote it to the file again.
+    stopped in between left it in both, and the next run wrote it to the file again. Without an export,
+    a stop just after a batch's delete committed left that batch out of the ``audit-pruned`` count.
     """
     held: list[int] = []
 
@@ -502,7 +503,7 @@ def _prune_audit(args: argparse.Namespace) -> int:
                 via="cli",
                 keep=keep,
                 on_progress=progress,
-                uninterrupted=_stop_signals_held if exporting else nullcontext,
+                uninterrupted=_stop_signals_held,
             )
     finally:
         store.close()

@@ -774,9 +774,10 @@ def test_prune_audit_stopped_by_a_signal_still_records_what_it_deleted(
     assert "Traceback" not in done.stderr
     events = audit_json(env, "--limit", "1000")
     assert (events[0]["actor"], events[0]["action"]) == ("(operator)", "audit-pruned")
-    assert events[0]["detail"].startswith("4 events before ")
+    # Signalled as its second batch began: that batch is finished first, as an exported one is.
+    assert events[0]["detail"].startswith("8 events before ")
     assert events[0]["detail"].endswith(f", then stopped by {stop.name}")
-    assert len(events) == 1 + 2 + 16 - 4  # the prune, the seed's two changes, the events it left
+    assert len(events) == 1 + 2 + 16 - 8  # the prune, the seed's two changes, the events it left
 
 
 @STOPS
@@ -793,6 +794,59 @@ def test_rotate_stopped_by_a_signal_still_records_what_it_re_encrypted(
     assert event["detail"].startswith(f"1 re-encrypted to key {key_id(key_b)}, ")
     assert event["detail"].endswith(f", then stopped by {stop.name}")
     assert read_back(env, f"{key_b},{seed.key_a}") == seed.values
+
+
+# Runs the CLI with a signal sent to the process once the first call of a store method has returned:
+# its write committed, and not yet counted by the caller.
+SIGNALLED_ONCE_THE_FIRST_CALL_IS_DONE = """
+import os, signal, sys
+from mcp_secrets import cli
+from mcp_secrets.store.sqlite import SQLiteStore
+
+stop = getattr(signal, sys.argv[1])
+method = sys.argv[2]
+original = getattr(SQLiteStore, method)
+calls = []
+
+def signalled_once_done(self, *args, **kwargs):
+    result = original(self, *args, **kwargs)
+    calls.append(method)
+    if len(calls) == 1:
+        os.kill(os.getpid(), stop)
+    return result
+
+setattr(SQLiteStore, method, signalled_once_done)
+sys.exit(cli.main(sys.argv[3:]))
+"""
+ALL_STOPS = pytest.mark.parametrize(
+    "stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda stop: stop.name
+)
+
+
+def run_signalled_once_done(
+    env: dict[str, str], stop: signal.Signals, method: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    return run_program(
+        env, [MCP_SECRETS[0], "-c", SIGNALLED_ONCE_THE_FIRST_CALL_IS_DONE, stop.name, method, *args]
+    )
+
+
+@ALL_STOPS
+def test_prune_audit_stopped_just_after_a_delete_counts_that_batch_in_its_event(
+    env: dict[str, str], seed: Seed, stop: signal.Signals
+) -> None:
+    backdate(env, range(25, 41))
+
+    done = run_signalled_once_done(
+        env, stop, "delete_events", "prune-audit", "--older-than", "30", "--batch-size", "4"
+    )
+
+    assert done.returncode == 128 + stop, done.stderr
+    assert "Traceback" not in done.stderr
+    events = audit_json(env, "--limit", "1000")
+    assert (events[0]["actor"], events[0]["action"]) == ("(operator)", "audit-pruned")
+    assert events[0]["detail"].startswith("4 events before ")
+    assert len(events) == 1 + 2 + 16 - 4  # the prune, the seed's two changes, the events it left
 
 
 # Runs the CLI with a signal sent to the process as soon as the first batch is written to the export
