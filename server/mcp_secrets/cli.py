@@ -374,6 +374,7 @@ def _rotate(args: argparse.Namespace) -> int:
                 dry_run=args.dry_run,
                 batch_size=args.batch_size,
                 on_progress=progress,
+                uninterrupted=_stop_signals_held,
             )
     finally:
         _close(store, secrets)
@@ -465,7 +466,8 @@ def _stop_signals_held() -> Iterator[None]:
 
     An exported batch of ``prune-audit`` is written to the file, then deleted from the store: a run
     stopped in between left it in both, and the next run wrote it to the file again. Without an export,
-    a stop just after a batch's delete committed left that batch out of the ``audit-pruned`` count.
+    a stop just after a batch's delete committed left that batch out of the ``audit-pruned`` count; and
+    one just after a ``rotate`` swap committed left that record out of the ``rotated`` count.
     """
     held: list[int] = []
 

@@ -10,7 +10,7 @@ idempotent and an interrupted run resumable: run it again.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import suppress
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, field
 
 from mcp_secrets.crypto import LEGACY_KEY_ID
@@ -59,8 +59,13 @@ def rotate(
     dry_run: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_progress: Callable[[int, int], None] | None = None,
+    uninterrupted: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> RotationReport:
-    """Re-encrypt every record not under the active key (or, ``only_legacy``, every legacy record)."""
+    """Re-encrypt every record not under the active key (or, ``only_legacy``, every legacy record).
+
+    Each record's swap and its count run inside ``uninterrupted()``: the CLI holds back stop signals
+    there, since a record swapped but not counted would be missing from the event that records the run.
+    """
     if batch_size < 1:
         raise InvalidInputError("the batch size must be at least 1")
     store, encryptor = secrets.store, secrets.encryptor
@@ -75,7 +80,14 @@ def rotate(
             for record in batch:
                 report.scanned += 1
                 if record is not None:  # None cannot be read: report.failed has it already
-                    _handle(secrets, record, report, only_legacy=only_legacy, dry_run=dry_run)
+                    _handle(
+                        secrets,
+                        record,
+                        report,
+                        only_legacy=only_legacy,
+                        dry_run=dry_run,
+                        uninterrupted=uninterrupted,
+                    )
             after = last
             if on_progress is not None:
                 on_progress(report.scanned, max(total, report.scanned))
@@ -90,7 +102,13 @@ def rotate(
 
 
 def _handle(
-    secrets: Secrets, record: SecretRecord, report: RotationReport, *, only_legacy: bool, dry_run: bool
+    secrets: Secrets,
+    record: SecretRecord,
+    report: RotationReport,
+    *,
+    only_legacy: bool,
+    dry_run: bool,
+    uninterrupted: Callable[[], AbstractContextManager[object]],
 ) -> None:
     """Re-encrypt one record (a dry run: count it) if it needs it."""
     if not _needs_rewrap(secrets, record, only_legacy=only_legacy):
@@ -98,7 +116,7 @@ def _handle(
     elif dry_run:
         _count(secrets, record, report)
     else:
-        _rewrap(secrets, record, report)
+        _rewrap(secrets, record, report, uninterrupted)
 
 
 def _next_batch(
@@ -174,15 +192,21 @@ def _decrypt(secrets: Secrets, record: SecretRecord, report: RotationReport) -> 
         return None
 
 
-def _rewrap(secrets: Secrets, record: SecretRecord, report: RotationReport) -> None:
+def _rewrap(
+    secrets: Secrets,
+    record: SecretRecord,
+    report: RotationReport,
+    uninterrupted: Callable[[], AbstractContextManager[object]],
+) -> None:
     plain = _decrypt(secrets, record, report)
     if plain is None:
         return
     where = {"username": record.username, "server": record.server, "key": record.key}
     fresh = secrets.encryptor.encrypt(plain, **where)
     del plain
-    if secrets.store.replace_value(record.username, record.server, record.key, record.value, fresh):
-        report.rewrapped += 1
-    else:
-        # Written or deleted since it was read: a write always uses the active key already.
-        report.changed_meanwhile += 1
+    with uninterrupted():  # a stop it held back is raised as it ends, once the swap is counted
+        if secrets.store.replace_value(record.username, record.server, record.key, record.value, fresh):
+            report.rewrapped += 1
+        else:
+            # Written or deleted since it was read: a write always uses the active key already.
+            report.changed_meanwhile += 1

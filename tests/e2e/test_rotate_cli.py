@@ -791,7 +791,8 @@ def test_rotate_stopped_by_a_signal_still_records_what_it_re_encrypted(
     assert done.returncode == 128 + stop, done.stderr
     assert "Traceback" not in done.stderr
     [event] = [event for event in audit_json(env) if event["action"] == "rotated"]
-    assert event["detail"].startswith(f"1 re-encrypted to key {key_id(key_b)}, ")
+    # Signalled as its second swap began: that swap is finished first, and counted.
+    assert event["detail"].startswith(f"2 re-encrypted to key {key_id(key_b)}, ")
     assert event["detail"].endswith(f", then stopped by {stop.name}")
     assert read_back(env, f"{key_b},{seed.key_a}") == seed.values
 
@@ -847,6 +848,38 @@ def test_prune_audit_stopped_just_after_a_delete_counts_that_batch_in_its_event(
     assert (events[0]["actor"], events[0]["action"]) == ("(operator)", "audit-pruned")
     assert events[0]["detail"].startswith("4 events before ")
     assert len(events) == 1 + 2 + 16 - 4  # the prune, the seed's two changes, the events it left
+
+
+@ALL_STOPS
+def test_rotate_stopped_just_after_a_swap_counts_that_record_in_its_event(
+    env: dict[str, str], seed: Seed, key_b: str, stop: signal.Signals
+) -> None:
+    env["MCP_SECRETS_MASTER_KEY"] = f"{key_b},{seed.key_a}"
+
+    done = run_signalled_once_done(env, stop, "replace_value", "rotate", "--batch-size", "1")
+
+    assert done.returncode == 128 + stop, done.stderr
+    assert "Traceback" not in done.stderr
+    [event] = [event for event in audit_json(env) if event["action"] == "rotated"]
+    assert event["detail"].startswith(f"1 re-encrypted to key {key_id(key_b)}, ")
+    under_b = [value for value in ciphertexts(env).values() if value.startswith(f"v1:{key_id(key_b)}:")]
+    assert len(under_b) == 1
+    assert read_back(env, f"{key_b},{seed.key_a}") == seed.values
+
+
+@ALL_STOPS
+def test_migrate_legacy_stopped_just_after_a_swap_counts_that_record_in_its_event(
+    env: dict[str, str], seed: Seed, legacy_key: str, legacy_values: dict[Record, str], stop: signal.Signals
+) -> None:
+    env["MCP_SECRETS_LEGACY_KEY"] = legacy_key
+
+    done = run_signalled_once_done(env, stop, "replace_value", "migrate-legacy", "--batch-size", "1")
+
+    assert done.returncode == 128 + stop, done.stderr
+    assert "Traceback" not in done.stderr
+    [event] = [event for event in audit_json(env) if event["action"] == "migrated-legacy"]
+    assert event["detail"].startswith(f"1 re-encrypted to key {key_id(seed.key_a)}, ")
+    assert len([value for value in ciphertexts(env).values() if not value.startswith("v1:")]) == 1
 
 
 # Runs the CLI with a signal sent to the process as soon as the first batch is written to the export
