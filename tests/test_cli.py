@@ -1141,6 +1141,23 @@ def test_set_with_an_empty_value_exits_2(env: dict[str, str]) -> None:
     assert stored_secrets(env, "alice", "github") == {}
 
 
+def test_set_with_stdin_closed_says_there_is_no_value_and_makes_no_key(env: dict[str, str]) -> None:
+    done = mcp_secrets_cli(
+        env,
+        "set",
+        "github",
+        "TOKEN",
+        command=("sh", "-c", 'exec "$0" -m mcp_secrets "$@" <&-', sys.executable),
+    )
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert (
+        done.stderr
+        == "mcp-secrets: error: no value: stdin is closed; pipe the value in, or run this at a terminal\n"
+    )
+    assert not (Path(env["MCP_SECRETS_CONFIG_DIR"]) / "master.key").exists()
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="a POSIX pseudo-terminal")
 def test_set_at_a_terminal_stores_the_value_typed_at_the_hidden_prompt_and_never_shows_it(
     env: dict[str, str], canary: str

@@ -267,6 +267,8 @@ def _set(args: argparse.Namespace) -> int:
     # The names first: nobody should type a value, or get a new master key, only to see a name refused.
     validate_name("server", args.server)
     validate_name("key", args.key)
+    if sys.stdin is None:  # started with stdin closed (`<&-`): Python has no stdin to read, nor a terminal
+        raise InvalidInputError("no value: stdin is closed; pipe the value in, or run this at a terminal")
     with _users_secrets(args, writes_values=True) as (secrets, username):
         value = _read_value(f"Value of {args.key} for {args.server} (hidden): ")
         result = secrets.set_secret(username, args.server, args.key, value, via="cli")
