@@ -302,6 +302,26 @@ def test_token_revoke_makes_the_list_say_revoked(env: dict[str, str]) -> None:
     assert "live" not in listed.stdout
 
 
+# Characters a terminal acts on: C0 and C1 controls (U+009B is CSI), a bidi override, and DEL.
+TERMINAL_MOVES = "\x1b\r\x9b\u202e\x7f"
+
+
+def test_token_revoke_prints_a_stored_username_with_its_control_characters_escaped(
+    env: dict[str, str],
+) -> None:
+    _, token_id = created_token(env, "alice")
+    hostile = f"alice{TERMINAL_MOVES}"  # written by hand, or by an older release
+    database = Path(env["MCP_SECRETS_DATA_DIR"]) / "secrets.db"
+    with closing(sqlite3.connect(database)) as connection, connection:
+        connection.execute("UPDATE api_tokens SET username = ?", (hostile,))
+
+    done = mcp_secrets_cli(env, "token", "revoke", token_id)
+
+    assert done.returncode == 0, done.stderr
+    assert not any(char in done.stderr for char in TERMINAL_MOVES)
+    assert "of alice\\x1b\\r\\x9b\\u202e\\x7f revoked" in done.stderr
+
+
 def test_token_list_says_expired_once_a_token_is_past_its_expiry(env: dict[str, str]) -> None:
     _, token_id = created_token(env, "alice", "--expires-days", "1e-9")  # 86 µs
 
@@ -1494,6 +1514,21 @@ def test_list_json_prints_one_object_per_secret_and_never_a_value(env: dict[str,
     times.append(listed[0]["last_used_at"])
     assert all(datetime.fromisoformat(time).utcoffset() == timedelta(0) for time in times)
     assert not any(value in done.stdout + done.stderr for value in values)
+
+
+def test_list_json_escapes_what_a_terminal_would_act_on_and_still_reads_back(env: dict[str, str]) -> None:
+    hostile = f"TOKEN{TERMINAL_MOVES}[2K"
+    stored(env, ("alice", "github", "TOKEN"))
+    database = Path(env["MCP_SECRETS_DATA_DIR"]) / "secrets.db"
+    with closing(sqlite3.connect(database)) as connection, connection:
+        connection.execute("UPDATE user_secrets SET key = ?", (hostile,))
+
+    done = mcp_secrets_cli(env, "list", "--user", "alice", "--json")
+
+    assert done.returncode == 0, done.stderr
+    [line] = done.stdout.splitlines()
+    assert line.isprintable()
+    assert json.loads(line)["key"] == hostile
 
 
 def test_list_of_a_user_without_secrets_prints_the_header_and_says_so(env: dict[str, str]) -> None:

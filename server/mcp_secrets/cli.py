@@ -12,7 +12,6 @@ import argparse
 import errno
 import getpass
 import itertools
-import json
 import os
 import re
 import shlex
@@ -51,7 +50,7 @@ from mcp_secrets.retention import MAX_BATCH_SIZE as MAX_PRUNE_BATCH_SIZE
 from mcp_secrets.retention import archive_file, prune_events
 from mcp_secrets.rotation import DEFAULT_BATCH_SIZE, RotationReport, rotate
 from mcp_secrets.secrets import MAX_VALUE_BYTES, SecretKeyInfo, Secrets, validate_name, validate_username
-from mcp_secrets.store import SecretStore
+from mcp_secrets.store import SecretStore, printable_json
 from mcp_secrets.tokens import ApiTokens
 
 MAX_TOKEN_DAYS = 36500  # a hundred years: long enough for any token, short enough to stay a date
@@ -299,7 +298,7 @@ def _list(args: argparse.Namespace) -> int:
         infos = secrets.list_secret_keys(username, args.server or None)
     if args.json:
         for info in infos:
-            print(json.dumps(_key_json(username, info), ensure_ascii=False))
+            print(printable_json(_key_json(username, info)))
         return 0
     _print_table(
         ("SERVER", "KEY", "CREATED (UTC)", "UPDATED (UTC)", "LAST USED (UTC)"),
@@ -603,7 +602,7 @@ def _token_list(args: argparse.Namespace) -> int:
 
 def _token_revoke(args: argparse.Namespace) -> int:
     record = ApiTokens(_token_store(args)).revoke(args.token_id)
-    say(f"Token {record.token_id} of {record.username} revoked.")
+    say(f"Token {record.token_id} of {_printable(record.username)} revoked.")  # stored: may be any text
     return 0
 
 

@@ -481,6 +481,25 @@ def test_audit_prints_control_characters_of_a_stored_field_escaped(env: dict[str
     assert len(done.stdout.splitlines()) == 2  # the header and the one event
 
 
+def test_audit_json_escapes_what_a_terminal_would_act_on_and_still_reads_back(
+    env: dict[str, str], seed: Seed
+) -> None:
+    # C1 controls (U+009B is a terminal's CSI) and bidi overrides pass ensure_ascii=False unescaped.
+    forged = "tools/call x\x9b2K\x9b1A\u202eecnalab\x7f \U000e0041"
+    store = SQLiteStore(database(env))
+    try:
+        store.add_event(AuditEvent(datetime.now(timezone.utc), "alice", "injected", "down", "T", "x", forged))
+    finally:
+        store.close()
+
+    done = run_cli(env, "audit", "--limit", "1", "--json")
+
+    assert done.returncode == 0, done.stderr
+    [line] = done.stdout.splitlines()
+    assert line.isprintable()
+    assert json.loads(line)["detail"] == forged
+
+
 def test_audit_keeps_two_spaces_between_columns_however_long_a_field(env: dict[str, str], seed: Seed) -> None:
     # A gateway use names every key it handed on, comma-separated, in one field.
     keys = ",".join(f"DOWNSTREAM_KEY_{n}" for n in range(4))
