@@ -1850,13 +1850,25 @@ def test_a_key_that_cannot_be_printed_is_an_error_not_a_success(env: dict[str, s
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
-@pytest.mark.parametrize("command", [("list", "--user", "alice"), ("audit",)], ids=["list", "audit"])
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("list", "--user", "alice"),
+        ("list", "--user", "alice", "--json"),
+        ("audit",),
+        ("audit", "--json"),
+        ("token", "list"),
+    ],
+    ids=["list", "list-json", "audit", "audit-json", "token-list"],
+)
 def test_a_listing_that_cannot_be_written_fails_in_one_line(
-    env: dict[str, str], command: tuple[str, ...]
+    env: dict[str, str], command: tuple[str, ...], stdout: str
 ) -> None:
     set_from_stdin(env, new_canary(), "github", "TOKEN", "--user", "alice")
+    created_token(env, "alice")
 
-    done = run_with_stdout(env, "full", *command)
+    done = run_with_stdout(env, stdout, *command)
 
     assert done.returncode == 1
     assert "Traceback" not in done.stderr

@@ -17,7 +17,7 @@ import re
 import shlex
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
 from typing import NoReturn
@@ -297,8 +297,7 @@ def _list(args: argparse.Namespace) -> int:
         # An empty server means every server (`--server "$SERVER"` unset), as for the tools and REST.
         infos = secrets.list_secret_keys(username, args.server or None)
     if args.json:
-        for info in infos:
-            print(printable_json(_key_json(username, info)))
+        _write_out(printable_json(_key_json(username, info)) for info in infos)
         return 0
     _print_table(
         ("SERVER", "KEY", "CREATED (UTC)", "UPDATED (UTC)", "LAST USED (UTC)"),
@@ -427,8 +426,7 @@ def _audit(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        for event in events:
-            print(event.to_json())
+        _write_out(event.to_json() for event in events)
         return 0
     _print_table(
         ("TIME (UTC)", "USER", "ACTION", "SERVER", "KEY", "VIA", "DETAIL"),
@@ -455,10 +453,24 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """
     shown = [[_printable(cell) for cell in row] for row in (header, *rows)]
     widths = [max(map(len, column)) for column in zip(*shown, strict=True)]
+    lines = []
     for row in shown:
         cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths[:-1], strict=True)]
         line = "  ".join([*cells, row[-1]])
-        print(line if row[-1] else line.rstrip())
+        lines.append(line if row[-1] else line.rstrip())
+    _write_out(lines)
+
+
+def _write_out(lines: Iterable[str]) -> None:
+    """Print ``lines`` on stdout and flush them: every command's output, an error if it cannot be written.
+
+    A closed stdout (``>&-``) made ``list``, ``audit`` and ``token list`` print nothing and exit 0.
+    """
+    if sys.stdout is None:  # started with stdout closed, where print drops what it is given
+        raise OSError(errno.EBADF, "stdout is closed")
+    for line in lines:
+        print(line)
+    sys.stdout.flush()
 
 
 @contextmanager
@@ -519,15 +531,8 @@ def _prune_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_once(text: str) -> None:
-    """Print what is never shown again (a key, a token), making sure that it reached stdout."""
-    if sys.stdout is None:  # started with stdout closed, where print drops what it is given
-        raise OSError(errno.EBADF, "stdout is closed")
-    print(text, flush=True)
-
-
 def _keygen(_: argparse.Namespace) -> int:
-    _print_once(generate_master_key())
+    _write_out([generate_master_key()])
     say(
         "Keep this key safe and out of the database: set MCP_SECRETS_MASTER_KEY, or put it in a 0600 file "
         "named by MCP_SECRETS_MASTER_KEY_FILE."
@@ -573,7 +578,7 @@ def _token_create(args: argparse.Namespace) -> int:
     tokens = ApiTokens(_token_store(args, create=True))
     new = tokens.create(args.username, label=args.label, expires_in=expires)
     try:
-        _print_once(new.token)
+        _write_out([new.token])  # never shown again: an error if it did not reach stdout
     except OSError:  # nobody has it, and it cannot be shown again: it must not stay live
         tokens.revoke(new.record.token_id)
         say(f"Token {new.record.token_id} for {new.record.username} was revoked: it could not be shown.")
