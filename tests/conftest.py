@@ -7,6 +7,8 @@ import json
 import os
 import re
 import secrets as _random
+import shutil
+import subprocess
 import threading
 import traceback
 from collections.abc import Callable, Iterator
@@ -249,3 +251,22 @@ def new_canary() -> str:
 @pytest.fixture
 def canary() -> str:
     return new_canary()
+
+
+def as_an_ordinary_process() -> list[str]:
+    """The command prefix that runs a process as an ordinary one of this user: root loses its capabilities.
+
+    Root reads and writes anything: without them, it meets file permissions as any user does.
+    """
+    if not hasattr(os, "geteuid"):
+        pytest.skip("no POSIX users here")
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv (util-linux) to drop root's capabilities")
+    prefix = [setpriv, "--bounding-set=-all", "--inh-caps=-all", "--"]
+    # Dropping the bounding set needs CAP_SETPCAP, which some containers take from root.
+    if subprocess.run([*prefix, "true"], capture_output=True, timeout=60, check=False).returncode:
+        pytest.skip("running as root in a container where setpriv may not drop root's capabilities")
+    return prefix

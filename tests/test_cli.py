@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import errno
+import io
 import json
 import os
 import re
@@ -22,9 +24,10 @@ import pytest
 
 import mcp_secrets
 from _mongo_wire import PRIMARY_HELLO, WTIMEOUT, mongo_wire_server, server_holding
-from conftest import command_parsers, isolated_env, new_canary
-from mcp_secrets.cli import build_parser
+from conftest import as_an_ordinary_process, command_parsers, isolated_env, new_canary
+from mcp_secrets.cli import _read_value, build_parser
 from mcp_secrets.crypto import generate_master_key
+from mcp_secrets.errors import InvalidInputError
 from mcp_secrets.store import UNCONFIRMED
 from mcp_secrets.store.sqlite import SQLiteStore
 
@@ -930,6 +933,37 @@ def test_a_first_set_that_cannot_create_the_key_file_says_so_and_stores_nothing(
     assert canary not in done.stdout + done.stderr
 
 
+def test_a_config_dir_this_user_cannot_look_in_is_a_configuration_error_naming_it(
+    env: dict[str, str], tmp_path: Path, canary: str
+) -> None:
+    # As MCP_SECRETS_CONFIG_DIR under /root for another user: it was "the output could not be written".
+    prefix = as_an_ordinary_process()
+    locked = tmp_path / "locked"
+    config = locked / "mcp-secrets"
+    config.mkdir(parents=True)
+    env["MCP_SECRETS_CONFIG_DIR"] = str(config)
+    del env["MCP_SECRETS_MASTER_KEY"]  # the key file there is the one to look for
+    locked.chmod(0)
+    try:
+        done = subprocess.run(
+            [*prefix, sys.executable, "-m", "mcp_secrets", "set", "github", "TOKEN"],
+            env=env,
+            input=canary,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        locked.chmod(0o700)
+
+    assert done.returncode == EXIT_CONFIGURATION, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"mcp-secrets: error: MCP_SECRETS_CONFIG_DIR {config} cannot be looked in ")
+    assert "Permission denied" in line
+    assert canary not in done.stdout + done.stderr
+
+
 def test_directories_under_the_home_directory_are_found_from_any_working_directory(
     env: dict[str, str], canary: str, tmp_path: Path
 ) -> None:
@@ -1176,6 +1210,23 @@ def test_set_with_stdin_closed_says_there_is_no_value_and_makes_no_key(env: dict
         == "mcp-secrets: error: no value: stdin is closed; pipe the value in, or run this at a terminal\n"
     )
     assert not (Path(env["MCP_SECRETS_CONFIG_DIR"]) / "master.key").exists()
+
+
+def test_a_stdin_that_fails_to_read_is_an_input_error_not_an_output_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Read in-process: no stdin a real process can be given fails to read before Python starts.
+    class Failing(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, _: Any) -> int:
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(Failing())))
+
+    with pytest.raises(InvalidInputError, match=r"^no value: stdin cannot be read \(Input/output error\)$"):
+        _read_value("Value (hidden): ")
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="a POSIX pseudo-terminal")

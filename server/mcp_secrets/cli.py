@@ -58,6 +58,14 @@ MAX_RETENTION_DAYS = MAX_TOKEN_DAYS  # and for a retention period: its cut-off m
 MAX_COUNT = 1_000_000_000  # beyond any store's rows, well within SQLite's integers
 
 
+class _UnwritableOutput(Exception):  # noqa: N818 - named for what happened, as _Terminated is
+    """stdout could not be written (``error`` says why): a command's output did not all reach it."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM or SIGHUP during ``rotate``, ``migrate-legacy`` or ``prune-audit``: unwound as Ctrl-C is."""
 
@@ -161,7 +169,10 @@ def _read_value(prompt: str) -> str:
             return _getpass(prompt)
         raw = _read_hidden_line(prompt)
     else:
-        raw = sys.stdin.buffer.read(MAX_VALUE_BYTES + len(b"\r\n") + 1)  # enough to tell a value too long
+        try:
+            raw = sys.stdin.buffer.read(MAX_VALUE_BYTES + len(b"\r\n") + 1)  # enough to tell a value too long
+        except OSError as exc:  # `< directory`, an I/O error
+            raise InvalidInputError(f"no value: stdin cannot be read ({exc.strerror})") from None
         raw = raw.removesuffix(b"\n").removesuffix(b"\r") if raw.endswith(b"\n") else raw
     if len(raw) > MAX_VALUE_BYTES:
         raise InvalidInputError(f"value must be at most {MAX_VALUE_BYTES} bytes in UTF-8")
@@ -467,10 +478,13 @@ def _write_out(lines: Iterable[str]) -> None:
     A closed stdout (``>&-``) made ``list``, ``audit`` and ``token list`` print nothing and exit 0.
     """
     if sys.stdout is None:  # started with stdout closed, where print drops what it is given
-        raise OSError(errno.EBADF, "stdout is closed")
-    for line in lines:
-        print(line)
-    sys.stdout.flush()
+        raise _UnwritableOutput(OSError(errno.EBADF, "stdout is closed"))
+    try:
+        for line in lines:
+            print(line)
+        sys.stdout.flush()
+    except OSError as exc:  # only these: an OSError raised anywhere else is no output error
+        raise _UnwritableOutput(exc) from None
 
 
 @contextmanager
@@ -579,7 +593,7 @@ def _token_create(args: argparse.Namespace) -> int:
     new = tokens.create(args.username, label=args.label, expires_in=expires)
     try:
         _write_out([new.token])  # never shown again: an error if it did not reach stdout
-    except OSError:  # nobody has it, and it cannot be shown again: it must not stay live
+    except _UnwritableOutput:  # nobody has it, and it cannot be shown again: it must not stay live
         tokens.revoke(new.record.token_id)
         say(f"Token {new.record.token_id} for {new.record.username} was revoked: it could not be shown.")
         raise
@@ -910,10 +924,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt as stop:
         return 128 + stop.number if isinstance(stop, _Terminated) else 130
-    except OSError as exc:
-        # stdout could not be written. A reader that stopped early (`| head`) ends it quietly; a full
-        # disk, an I/O error or a closed stdout is said in one line; neither with a traceback.
+    except _UnwritableOutput as unwritable:
+        # A reader that stopped early (`| head`) ends it quietly; a full disk, an I/O error or a closed
+        # stdout is said in one line; neither with a traceback.
         _discard_stdout()
+        exc = unwritable.error
         if not isinstance(exc, BrokenPipeError):
             say(f"mcp-secrets: error: the output could not be written: {exc.strerror or exc}")
         return EXIT_ERROR

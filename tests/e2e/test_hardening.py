@@ -8,14 +8,13 @@ capabilities (``setpriv``), which is what makes root an ordinary user here.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import as_an_ordinary_process
 from e2e.conftest import CLI_TIMEOUT, INITIALIZE, MCP_SECRETS, isolated_env
 from mcp_secrets.crypto import generate_master_key
 
@@ -45,20 +44,6 @@ for name, command, first in (("serve", serve, sys.argv[4]), ("plain", plain, "")
     process.wait(30)
 print(json.dumps(seen))
 """
-
-
-def as_an_ordinary_process() -> list[str]:
-    """The command prefix that runs a process as an ordinary one of this user: root loses its capabilities."""
-    if os.geteuid() != 0:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("running as root without setpriv (util-linux) to drop root's capabilities")
-    prefix = [setpriv, "--bounding-set=-all", "--inh-caps=-all", "--"]
-    # Dropping the bounding set needs CAP_SETPCAP, which some containers take from root.
-    if subprocess.run([*prefix, "true"], capture_output=True, timeout=CLI_TIMEOUT, check=False).returncode:
-        pytest.skip("running as root in a container where setpriv may not drop root's capabilities")
-    return prefix
 
 
 def test_the_master_key_in_the_servers_environment_is_out_of_reach_of_the_users_other_processes(
