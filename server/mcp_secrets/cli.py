@@ -48,7 +48,7 @@ from mcp_secrets.logs import configure_logging, say
 from mcp_secrets.retention import DEFAULT_BATCH_SIZE as PRUNE_BATCH_SIZE
 from mcp_secrets.retention import MAX_BATCH_SIZE as MAX_PRUNE_BATCH_SIZE
 from mcp_secrets.retention import archive_file, prune_events
-from mcp_secrets.rotation import DEFAULT_BATCH_SIZE, RotationReport, rotate
+from mcp_secrets.rotation import DEFAULT_BATCH_SIZE, RecordFailure, RotationReport, rotate
 from mcp_secrets.secrets import MAX_VALUE_BYTES, SecretKeyInfo, Secrets, validate_name, validate_username
 from mcp_secrets.store import SecretStore, printable_json
 from mcp_secrets.tokens import ApiTokens
@@ -397,6 +397,7 @@ def _rotate(args: argparse.Namespace) -> int:
         f"{report.changed_meanwhile} changed meanwhile; {len(report.failed)} failed."
     )
     _say_failures(report)
+    _say_unreadable(report)
     return EXIT_ERROR if report.failed else 0
 
 
@@ -411,22 +412,38 @@ def _find_unreadable_legacy(secrets: Secrets, batch_size: int) -> int:
         report = rotate(secrets, only_legacy=True, dry_run=True, batch_size=batch_size, on_progress=progress)
     if not report.failed:
         say(f"{report.scanned} records scanned; none is in the legacy format: nothing to migrate.")
+        _say_unreadable(report)
         return 0
     say(
         f"{report.scanned} records scanned; {len(report.failed)} in the legacy format cannot be read; "
         "none re-encrypted."
     )
     _say_failures(report)
+    _say_unreadable(report)
     return EXIT_ERROR
 
 
 def _say_failures(report: RotationReport) -> None:
-    for failure in report.failed:
+    _say_records("failed", report.failed)
+
+
+def _say_unreadable(report: RotationReport) -> None:
+    """``migrate-legacy``: the records in no format it knows, neither migrated nor counted as legacy."""
+    if report.unreadable:
+        say(
+            f"{len(report.unreadable)} records are in neither the legacy nor the current format, so not "
+            "migrated and left as they are: correct or remove them (README, Storage)."
+        )
+        _say_records("unreadable", report.unreadable)
+
+
+def _say_records(label: str, failures: list[RecordFailure]) -> None:
+    for failure in failures:
         # Escaped as audit's cells are: records older than today's validation may have any names.
         user, server, key, reason = map(
             _printable, (failure.username, failure.server, failure.key, failure.reason)
         )
-        say(f"  failed: user {user}, server {server}, key {key}: {reason}")
+        say(f"  {label}: user {user}, server {server}, key {key}: {reason}")
 
 
 def _audit(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, field
 
-from mcp_secrets.crypto import LEGACY_KEY_ID
+from mcp_secrets.crypto import LEGACY_KEY_ID, is_legacy_ciphertext
 from mcp_secrets.errors import DecryptionError, InvalidInputError, UnreadableRecordError, how_it_stopped
 from mcp_secrets.secrets import OPERATOR, Secrets
 from mcp_secrets.store import SecretRecord
@@ -43,13 +43,21 @@ class RotationReport:
     already_current: int = 0
     changed_meanwhile: int = 0
     failed: list[RecordFailure] = field(default_factory=list)
+    #: ``only_legacy``: records in no format that can be read (not legacy, so not failures), left alone.
+    unreadable: list[RecordFailure] = field(default_factory=list)
 
 
 def _needs_rewrap(secrets: Secrets, record: SecretRecord, *, only_legacy: bool) -> bool:
-    key_id = secrets.encryptor.key_id_of(record.value)
-    if only_legacy:
-        return key_id == LEGACY_KEY_ID
-    return key_id != secrets.encryptor.active_key_id
+    if only_legacy:  # by its form: key_id_of says legacy of anything that is not v1, garbage included
+        return is_legacy_ciphertext(record.value)
+    return secrets.encryptor.key_id_of(record.value) != secrets.encryptor.active_key_id
+
+
+def _in_no_format(secrets: Secrets, record: SecretRecord) -> str | None:
+    """Why a record is neither legacy nor v1 (never its value); None when it is one of them."""
+    if is_legacy_ciphertext(record.value) or secrets.encryptor.key_id_of(record.value) != LEGACY_KEY_ID:
+        return None
+    return secrets.encryptor.unreadable_because(record.value)
 
 
 def rotate(
@@ -74,12 +82,14 @@ def rotate(
     after: Names | None = None
     try:
         while True:
-            batch, last = _next_batch(secrets, after, batch_size, report)
+            # What the store cannot read is no legacy record either: migrating, it is not a failure.
+            unread = report.unreadable if only_legacy else report.failed
+            batch, last = _next_batch(secrets, after, batch_size, unread)
             if last is None:
                 break
             for record in batch:
                 report.scanned += 1
-                if record is not None:  # None cannot be read: report.failed has it already
+                if record is not None:  # None cannot be read: report.failed (or .unreadable) has it already
                     _handle(
                         secrets,
                         record,
@@ -111,7 +121,10 @@ def _handle(
     uninterrupted: Callable[[], AbstractContextManager[object]],
 ) -> None:
     """Re-encrypt one record (a dry run: count it) if it needs it."""
-    if not _needs_rewrap(secrets, record, only_legacy=only_legacy):
+    reason = _in_no_format(secrets, record) if only_legacy else None
+    if reason is not None:
+        report.unreadable.append(RecordFailure(record.username, record.server, record.key, reason))
+    elif not _needs_rewrap(secrets, record, only_legacy=only_legacy):
         report.already_current += 1
     elif dry_run:
         _count(secrets, record, report)
@@ -120,17 +133,17 @@ def _handle(
 
 
 def _next_batch(
-    secrets: Secrets, after: Names | None, limit: int, report: RotationReport
+    secrets: Secrets, after: Names | None, limit: int, unread: list[RecordFailure]
 ) -> tuple[list[SecretRecord | None], Names | None]:
     """Up to ``limit`` records after ``after``, and the names of the last; None when there are none left.
 
-    A record that cannot be read is None in the list, and in ``report.failed``: passed over, not stopped at,
+    A record that cannot be read is None in the list, and in ``unread``: passed over, not stopped at,
     since a run stopped there would stop there again each time it was run.
     """
     try:
         records = secrets.store.scan_secrets(after, limit)
     except UnreadableRecordError:
-        return _read_one_at_a_time(secrets, after, limit, report)
+        return _read_one_at_a_time(secrets, after, limit, unread)
     if not records:
         return [], None
     last = records[-1]
@@ -138,7 +151,7 @@ def _next_batch(
 
 
 def _read_one_at_a_time(
-    secrets: Secrets, after: Names | None, limit: int, report: RotationReport
+    secrets: Secrets, after: Names | None, limit: int, unread: list[RecordFailure]
 ) -> tuple[list[SecretRecord | None], Names | None]:
     """``_next_batch`` of a stretch holding a record that cannot be read: each record asked for alone."""
     batch: list[SecretRecord | None] = []
@@ -149,7 +162,7 @@ def _read_one_at_a_time(
             if exc.record is None or len(exc.record) != len(("username", "server", "key")):
                 raise  # its names cannot be read either: there is nothing to read on after
             username, server, key = exc.record
-            report.failed.append(RecordFailure(username, server, key, str(exc)))
+            unread.append(RecordFailure(username, server, key, str(exc)))
             batch.append(None)
             after = (username, server, key)
             continue

@@ -417,6 +417,63 @@ def test_migrate_legacy_without_the_legacy_key_names_each_legacy_record_and_exit
     assert not any(value in shown for value in [*seed.values.values(), *legacy_values.values()])
 
 
+def store_records_in_no_format(env: dict[str, str], value: str) -> list[Record]:
+    """Rows holding, in place of a ciphertext, text of no format, a BLOB and bytes that are not UTF-8."""
+    at = datetime.now(timezone.utc).isoformat()
+    rows = [
+        (("dave", "github", "GARBAGE"), "?", f"not-a-ciphertext-{value}"),
+        (("dave", "github", "BLOB"), "?", value.encode()),
+        (("dave", "github", "LATIN1"), "CAST(? AS TEXT)", b"\xff" + value.encode()),
+    ]
+    with closing(sqlite3.connect(database(env))) as connection, connection:
+        for (username, server, key), cell, stored in rows:
+            connection.execute(
+                "INSERT INTO user_secrets (username, server, key, value, created_at, updated_at) "  # noqa: S608
+                f"VALUES (?, ?, ?, {cell}, ?, ?)",
+                (username, server, key, stored, at, at),
+            )
+    return sorted(record for record, _, _ in rows)
+
+
+@pytest.mark.parametrize("options", [(), ("--dry-run",)], ids=["run", "dry-run"])
+def test_migrate_legacy_without_the_legacy_key_tells_records_of_no_format_apart_and_exits_0(
+    env: dict[str, str], canary: str, options: tuple[str, ...]
+) -> None:
+    garbled = store_records_in_no_format(env, canary)
+
+    done = run_cli(env, "migrate-legacy", *options)
+
+    assert done.returncode == 0, done.stderr
+    scanned = len(SEEDED) + len(garbled)
+    assert f"{scanned} records scanned; none is in the legacy format: nothing to migrate." in done.stderr
+    assert f"{len(garbled)} records are in neither the legacy nor the current format" in done.stderr
+    listed = [line.strip() for line in done.stderr.splitlines() if line.startswith("  unreadable: ")]
+    assert sorted(line.split(":")[1] for line in listed) == [
+        f" user {username}, server {server}, key {key}" for username, server, key in garbled
+    ]
+    assert "failed:" not in done.stderr
+    assert canary not in done.stdout + done.stderr
+
+
+def test_migrate_legacy_migrates_the_legacy_records_and_leaves_records_of_no_format_alone(
+    env: dict[str, str], seed: Seed, legacy_key: str, legacy_values: dict[Record, str], canary: str
+) -> None:
+    garbled = store_records_in_no_format(env, canary)
+    env["MCP_SECRETS_LEGACY_KEY"] = legacy_key
+
+    done = run_cli(env, "migrate-legacy")
+
+    assert done.returncode == 0, done.stderr
+    summary = summary_of(done.stderr)
+    assert (summary.rewrapped, summary.current, summary.failed) == (len(LEGACY), len(SEEDED), 0)
+    assert done.stderr.count("  unreadable: user dave, server github, key ") == len(garbled)
+    assert canary not in done.stdout + done.stderr
+    del env["MCP_SECRETS_LEGACY_KEY"]
+    after = run_cli(env, "migrate-legacy", "--dry-run")
+    assert after.returncode == 0, after.stderr
+    assert "none is in the legacy format: nothing to migrate." in after.stderr
+
+
 def test_a_failed_records_names_reach_the_terminal_with_their_control_characters_escaped(
     env: dict[str, str], legacy_key: str
 ) -> None:
