@@ -1652,6 +1652,16 @@ def test_a_command_that_stores_something_makes_the_store_at_its_first_run(
     assert (Path(env["MCP_SECRETS_DATA_DIR"]) / "secrets.db").exists()
 
 
+def test_an_invalid_mcp_secrets_user_is_named_as_the_setting_at_fault(env: dict[str, str]) -> None:
+    env["MCP_SECRETS_USER"] = "bad user"
+
+    done = mcp_secrets_cli(env, "list")
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert done.stderr.startswith("mcp-secrets: error: MCP_SECRETS_USER is not a valid username: it must be ")
+    assert "local username" not in done.stderr
+
+
 def test_list_refuses_a_bad_username(env: dict[str, str]) -> None:
     done = mcp_secrets_cli(env, "list", "--user", "bad user")
 
