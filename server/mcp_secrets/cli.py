@@ -171,7 +171,7 @@ def _read_value(prompt: str) -> str:
     else:
         try:
             raw = sys.stdin.buffer.read(MAX_VALUE_BYTES + len(b"\r\n") + 1)  # enough to tell a value too long
-        except OSError as exc:  # `< directory`, an I/O error
+        except OSError as exc:  # an I/O error (Python refuses a directory as stdin before this runs)
             raise InvalidInputError(f"no value: stdin cannot be read ({exc.strerror})") from None
         raw = raw.removesuffix(b"\n").removesuffix(b"\r") if raw.endswith(b"\n") else raw
     if len(raw) > MAX_VALUE_BYTES:
