@@ -243,8 +243,23 @@ def isolated_env(root: Path, **overrides: str) -> dict[str, str]:
     return env
 
 
+def new_canary() -> str:
+    """A random value that must never show up anywhere but inside the encrypted store."""
+    return f"canary-{_random.token_hex(16)}"
+
+
+@pytest.fixture
+def canary() -> str:
+    return new_canary()
+
+
 def as_an_ordinary_process() -> list[str]:
-    """The command prefix that runs a process as an ordinary one of this user: root loses its capabilities."""
+    """The command prefix that runs a process as an ordinary one of this user: root loses its capabilities.
+
+    Root reads and writes anything: without them, it meets file permissions as any user does.
+    """
+    if not hasattr(os, "geteuid"):
+        pytest.skip("no POSIX users here")
     if os.geteuid() != 0:
         return []
     setpriv = shutil.which("setpriv")
@@ -255,13 +270,3 @@ def as_an_ordinary_process() -> list[str]:
     if subprocess.run([*prefix, "true"], capture_output=True, timeout=60, check=False).returncode:
         pytest.skip("running as root in a container where setpriv may not drop root's capabilities")
     return prefix
-
-
-def new_canary() -> str:
-    """A random value that must never show up anywhere but inside the encrypted store."""
-    return f"canary-{_random.token_hex(16)}"
-
-
-@pytest.fixture
-def canary() -> str:
-    return new_canary()

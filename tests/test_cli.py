@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import errno
+import io
 import json
 import os
 import re
@@ -23,8 +25,9 @@ import pytest
 import mcp_secrets
 from _mongo_wire import PRIMARY_HELLO, WTIMEOUT, mongo_wire_server, server_holding
 from conftest import as_an_ordinary_process, command_parsers, isolated_env, new_canary
-from mcp_secrets.cli import build_parser
+from mcp_secrets.cli import _read_value, build_parser
 from mcp_secrets.crypto import generate_master_key
+from mcp_secrets.errors import InvalidInputError
 from mcp_secrets.store import UNCONFIRMED
 from mcp_secrets.store.sqlite import SQLiteStore
 
@@ -300,6 +303,26 @@ def test_token_revoke_makes_the_list_say_revoked(env: dict[str, str]) -> None:
     assert token_id in revoked.stderr
     assert re.search(rf"^{token_id}\s+alice\s.*\brevoked\b", listed.stdout, re.MULTILINE)
     assert "live" not in listed.stdout
+
+
+# Characters a terminal acts on: C0 and C1 controls (U+009B is CSI), a bidi override, and DEL.
+TERMINAL_MOVES = "\x1b\r\x9b\u202e\x7f"
+
+
+def test_token_revoke_prints_a_stored_username_with_its_control_characters_escaped(
+    env: dict[str, str],
+) -> None:
+    _, token_id = created_token(env, "alice")
+    hostile = f"alice{TERMINAL_MOVES}"  # written by hand, or by an older release
+    database = Path(env["MCP_SECRETS_DATA_DIR"]) / "secrets.db"
+    with closing(sqlite3.connect(database)) as connection, connection:
+        connection.execute("UPDATE api_tokens SET username = ?", (hostile,))
+
+    done = mcp_secrets_cli(env, "token", "revoke", token_id)
+
+    assert done.returncode == 0, done.stderr
+    assert not any(char in done.stderr for char in TERMINAL_MOVES)
+    assert "of alice\\x1b\\r\\x9b\\u202e\\x7f revoked" in done.stderr
 
 
 def test_token_list_says_expired_once_a_token_is_past_its_expiry(env: dict[str, str]) -> None:
@@ -1009,6 +1032,37 @@ def test_a_first_set_that_cannot_create_the_key_file_says_so_and_stores_nothing(
     assert canary not in done.stdout + done.stderr
 
 
+def test_a_config_dir_this_user_cannot_look_in_is_a_configuration_error_naming_it(
+    env: dict[str, str], tmp_path: Path, canary: str
+) -> None:
+    # As MCP_SECRETS_CONFIG_DIR under /root for another user: it was "the output could not be written".
+    prefix = as_an_ordinary_process()
+    locked = tmp_path / "locked"
+    config = locked / "mcp-secrets"
+    config.mkdir(parents=True)
+    env["MCP_SECRETS_CONFIG_DIR"] = str(config)
+    del env["MCP_SECRETS_MASTER_KEY"]  # the key file there is the one to look for
+    locked.chmod(0)
+    try:
+        done = subprocess.run(
+            [*prefix, sys.executable, "-m", "mcp_secrets", "set", "github", "TOKEN"],
+            env=env,
+            input=canary,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        locked.chmod(0o700)
+
+    assert done.returncode == EXIT_CONFIGURATION, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"mcp-secrets: error: MCP_SECRETS_CONFIG_DIR {config} cannot be looked in ")
+    assert "Permission denied" in line
+    assert canary not in done.stdout + done.stderr
+
+
 def test_directories_under_the_home_directory_are_found_from_any_working_directory(
     env: dict[str, str], canary: str, tmp_path: Path
 ) -> None:
@@ -1238,6 +1292,40 @@ def test_set_with_an_empty_value_exits_2(env: dict[str, str]) -> None:
     assert done.returncode == EXIT_CONFIGURATION
     assert "value must not be empty" in done.stderr
     assert stored_secrets(env, "alice", "github") == {}
+
+
+def test_set_with_stdin_closed_says_there_is_no_value_and_makes_no_key(env: dict[str, str]) -> None:
+    done = mcp_secrets_cli(
+        env,
+        "set",
+        "github",
+        "TOKEN",
+        command=("sh", "-c", 'exec "$0" -m mcp_secrets "$@" <&-', sys.executable),
+    )
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert (
+        done.stderr
+        == "mcp-secrets: error: no value: stdin is closed; pipe the value in, or run this at a terminal\n"
+    )
+    assert not (Path(env["MCP_SECRETS_CONFIG_DIR"]) / "master.key").exists()
+
+
+def test_a_stdin_that_fails_to_read_is_an_input_error_not_an_output_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Read in-process: no stdin a real process can be given fails to read before Python starts.
+    class Failing(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, _: Any) -> int:
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(Failing())))
+
+    with pytest.raises(InvalidInputError, match=r"^no value: stdin cannot be read \(Input/output error\)$"):
+        _read_value("Value (hidden): ")
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="a POSIX pseudo-terminal")
@@ -1578,6 +1666,21 @@ def test_list_json_prints_one_object_per_secret_and_never_a_value(env: dict[str,
     assert not any(value in done.stdout + done.stderr for value in values)
 
 
+def test_list_json_escapes_what_a_terminal_would_act_on_and_still_reads_back(env: dict[str, str]) -> None:
+    hostile = f"TOKEN{TERMINAL_MOVES}[2K"
+    stored(env, ("alice", "github", "TOKEN"))
+    database = Path(env["MCP_SECRETS_DATA_DIR"]) / "secrets.db"
+    with closing(sqlite3.connect(database)) as connection, connection:
+        connection.execute("UPDATE user_secrets SET key = ?", (hostile,))
+
+    done = mcp_secrets_cli(env, "list", "--user", "alice", "--json")
+
+    assert done.returncode == 0, done.stderr
+    [line] = done.stdout.splitlines()
+    assert line.isprintable()
+    assert json.loads(line)["key"] == hostile
+
+
 def test_list_of_a_user_without_secrets_prints_the_header_and_says_so(env: dict[str, str]) -> None:
     stored(env, ("bob", "github", "TOKEN"))
 
@@ -1675,6 +1778,16 @@ def test_a_command_that_stores_something_makes_the_store_at_its_first_run(
 
     assert done.returncode == 0, done.stderr
     assert (Path(env["MCP_SECRETS_DATA_DIR"]) / "secrets.db").exists()
+
+
+def test_an_invalid_mcp_secrets_user_is_named_as_the_setting_at_fault(env: dict[str, str]) -> None:
+    env["MCP_SECRETS_USER"] = "bad user"
+
+    done = mcp_secrets_cli(env, "list")
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert done.stderr.startswith("mcp-secrets: error: MCP_SECRETS_USER is not a valid username: it must be ")
+    assert "local username" not in done.stderr
 
 
 def test_list_refuses_a_bad_username(env: dict[str, str]) -> None:
@@ -1926,13 +2039,25 @@ def test_a_key_that_cannot_be_printed_is_an_error_not_a_success(env: dict[str, s
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
-@pytest.mark.parametrize("command", [("list", "--user", "alice"), ("audit",)], ids=["list", "audit"])
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("list", "--user", "alice"),
+        ("list", "--user", "alice", "--json"),
+        ("audit",),
+        ("audit", "--json"),
+        ("token", "list"),
+    ],
+    ids=["list", "list-json", "audit", "audit-json", "token-list"],
+)
 def test_a_listing_that_cannot_be_written_fails_in_one_line(
-    env: dict[str, str], command: tuple[str, ...]
+    env: dict[str, str], command: tuple[str, ...], stdout: str
 ) -> None:
     set_from_stdin(env, new_canary(), "github", "TOKEN", "--user", "alice")
+    created_token(env, "alice")
 
-    done = run_with_stdout(env, "full", *command)
+    done = run_with_stdout(env, stdout, *command)
 
     assert done.returncode == 1
     assert "Traceback" not in done.stderr

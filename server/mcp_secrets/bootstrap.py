@@ -160,7 +160,7 @@ def load_master_keys(
         path = settings.master_key_file.expanduser()
         return MasterKeys(_read_key_file(path), f"key file {path}")
     path = settings.default_key_file
-    if path.exists():
+    if _key_file_exists(path):
         return MasterKeys(_read_key_file(path), f"key file {path}")
     # Before the hint to generate one: over secrets (a database restored without its key) serve refuses to.
     if store is not None and store.count_secrets() > 0:
@@ -183,6 +183,24 @@ def load_master_keys(
     if not _write_new_key_file(path):  # another first run made it meanwhile: its key is the one
         return MasterKeys(_read_key_file(path), f"key file {path}")
     return MasterKeys(_read_key_file(path), f"key file {path} (generated now)", generated=True)
+
+
+def _key_file_exists(path: Path) -> bool:
+    """Whether the generated key file is there; a config directory this user cannot look in is said so.
+
+    ``Path.exists`` raised PermissionError there, which the CLI took for stdout that could not be written.
+    """
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):  # missing: one is made there, or making it says why not
+        return False
+    except OSError as exc:
+        raise ConfigurationError(
+            f"MCP_SECRETS_CONFIG_DIR {path.parent} cannot be looked in for the master key file "
+            f"({exc.strerror}): make it a directory this user can read, or set MCP_SECRETS_MASTER_KEY or "
+            "MCP_SECRETS_MASTER_KEY_FILE"
+        ) from None
+    return True
 
 
 def _legacy_only(store: SecretStore, batch_size: int = 1000) -> bool:

@@ -12,13 +12,12 @@ import argparse
 import errno
 import getpass
 import itertools
-import json
 import os
 import re
 import shlex
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
 from typing import NoReturn
@@ -49,14 +48,22 @@ from mcp_secrets.logs import configure_logging, say
 from mcp_secrets.retention import DEFAULT_BATCH_SIZE as PRUNE_BATCH_SIZE
 from mcp_secrets.retention import MAX_BATCH_SIZE as MAX_PRUNE_BATCH_SIZE
 from mcp_secrets.retention import archive_file, prune_events
-from mcp_secrets.rotation import DEFAULT_BATCH_SIZE, RotationReport, rotate
+from mcp_secrets.rotation import DEFAULT_BATCH_SIZE, RecordFailure, RotationReport, rotate
 from mcp_secrets.secrets import MAX_VALUE_BYTES, SecretKeyInfo, Secrets, validate_name, validate_username
-from mcp_secrets.store import SecretStore
+from mcp_secrets.store import SecretStore, printable_json
 from mcp_secrets.tokens import ApiTokens
 
 MAX_TOKEN_DAYS = 36500  # a hundred years: long enough for any token, short enough to stay a date
 MAX_RETENTION_DAYS = MAX_TOKEN_DAYS  # and for a retention period: its cut-off must stay a date too
 MAX_COUNT = 1_000_000_000  # beyond any store's rows, well within SQLite's integers
+
+
+class _UnwritableOutput(Exception):  # noqa: N818 - named for what happened, as _Terminated is
+    """stdout could not be written (``error`` says why): a command's output did not all reach it."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 class _Terminated(KeyboardInterrupt):
@@ -162,7 +169,10 @@ def _read_value(prompt: str) -> str:
             return _getpass(prompt)
         raw = _read_hidden_line(prompt)
     else:
-        raw = sys.stdin.buffer.read(MAX_VALUE_BYTES + len(b"\r\n") + 1)  # enough to tell a value too long
+        try:
+            raw = sys.stdin.buffer.read(MAX_VALUE_BYTES + len(b"\r\n") + 1)  # enough to tell a value too long
+        except OSError as exc:  # an I/O error (Python refuses a directory as stdin before this runs)
+            raise InvalidInputError(f"no value: stdin cannot be read ({exc.strerror})") from None
         raw = raw.removesuffix(b"\n").removesuffix(b"\r") if raw.endswith(b"\n") else raw
     if len(raw) > MAX_VALUE_BYTES:
         raise InvalidInputError(f"value must be at most {MAX_VALUE_BYTES} bytes in UTF-8")
@@ -267,6 +277,8 @@ def _set(args: argparse.Namespace) -> int:
     # The names first: nobody should type a value, or get a new master key, only to see a name refused.
     validate_name("server", args.server)
     validate_name("key", args.key)
+    if sys.stdin is None:  # started with stdin closed (`<&-`): Python has no stdin to read, nor a terminal
+        raise InvalidInputError("no value: stdin is closed; pipe the value in, or run this at a terminal")
     with _users_secrets(args, writes_values=True) as (secrets, username):
         value = _read_value(f"Value of {args.key} for {args.server} (hidden): ")
         result = secrets.set_secret(username, args.server, args.key, value, via="cli")
@@ -296,8 +308,7 @@ def _list(args: argparse.Namespace) -> int:
         # An empty server means every server (`--server "$SERVER"` unset), as for the tools and REST.
         infos = secrets.list_secret_keys(username, args.server or None)
     if args.json:
-        for info in infos:
-            print(json.dumps(_key_json(username, info), ensure_ascii=False))
+        _write_out(printable_json(_key_json(username, info)) for info in infos)
         return 0
     _print_table(
         ("SERVER", "KEY", "CREATED (UTC)", "UPDATED (UTC)", "LAST USED (UTC)"),
@@ -374,6 +385,7 @@ def _rotate(args: argparse.Namespace) -> int:
                 dry_run=args.dry_run,
                 batch_size=args.batch_size,
                 on_progress=progress,
+                uninterrupted=_stop_signals_held,
             )
     finally:
         _close(store, secrets)
@@ -385,6 +397,7 @@ def _rotate(args: argparse.Namespace) -> int:
         f"{report.changed_meanwhile} changed meanwhile; {len(report.failed)} failed."
     )
     _say_failures(report)
+    _say_unreadable(report)
     return EXIT_ERROR if report.failed else 0
 
 
@@ -399,22 +412,38 @@ def _find_unreadable_legacy(secrets: Secrets, batch_size: int) -> int:
         report = rotate(secrets, only_legacy=True, dry_run=True, batch_size=batch_size, on_progress=progress)
     if not report.failed:
         say(f"{report.scanned} records scanned; none is in the legacy format: nothing to migrate.")
+        _say_unreadable(report)
         return 0
     say(
         f"{report.scanned} records scanned; {len(report.failed)} in the legacy format cannot be read; "
         "none re-encrypted."
     )
     _say_failures(report)
+    _say_unreadable(report)
     return EXIT_ERROR
 
 
 def _say_failures(report: RotationReport) -> None:
-    for failure in report.failed:
+    _say_records("failed", report.failed)
+
+
+def _say_unreadable(report: RotationReport) -> None:
+    """``migrate-legacy``: the records in no format it knows, neither migrated nor counted as legacy."""
+    if report.unreadable:
+        say(
+            f"{len(report.unreadable)} records are in neither the legacy nor the current format, so not "
+            "migrated and left as they are: correct or remove them (README, Storage)."
+        )
+        _say_records("unreadable", report.unreadable)
+
+
+def _say_records(label: str, failures: list[RecordFailure]) -> None:
+    for failure in failures:
         # Escaped as audit's cells are: records older than today's validation may have any names.
         user, server, key, reason = map(
             _printable, (failure.username, failure.server, failure.key, failure.reason)
         )
-        say(f"  failed: user {user}, server {server}, key {key}: {reason}")
+        say(f"  {label}: user {user}, server {server}, key {key}: {reason}")
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -425,8 +454,7 @@ def _audit(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        for event in events:
-            print(event.to_json())
+        _write_out(event.to_json() for event in events)
         return 0
     _print_table(
         ("TIME (UTC)", "USER", "ACTION", "SERVER", "KEY", "VIA", "DETAIL"),
@@ -453,10 +481,27 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """
     shown = [[_printable(cell) for cell in row] for row in (header, *rows)]
     widths = [max(map(len, column)) for column in zip(*shown, strict=True)]
+    lines = []
     for row in shown:
         cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths[:-1], strict=True)]
         line = "  ".join([*cells, row[-1]])
-        print(line if row[-1] else line.rstrip())
+        lines.append(line if row[-1] else line.rstrip())
+    _write_out(lines)
+
+
+def _write_out(lines: Iterable[str]) -> None:
+    """Print ``lines`` on stdout and flush them: every command's output, an error if it cannot be written.
+
+    A closed stdout (``>&-``) made ``list``, ``audit`` and ``token list`` print nothing and exit 0.
+    """
+    if sys.stdout is None:  # started with stdout closed, where print drops what it is given
+        raise _UnwritableOutput(OSError(errno.EBADF, "stdout is closed"))
+    try:
+        for line in lines:
+            print(line)
+        sys.stdout.flush()
+    except OSError as exc:  # only these: an OSError raised anywhere else is no output error
+        raise _UnwritableOutput(exc) from None
 
 
 @contextmanager
@@ -464,7 +509,9 @@ def _stop_signals_held() -> Iterator[None]:
     """Hold back Ctrl-C, SIGTERM and SIGHUP until the block ends, then stop; a second one stops at once.
 
     An exported batch of ``prune-audit`` is written to the file, then deleted from the store: a run
-    stopped in between left it in both, and the next run wrote it to the file again.
+    stopped in between left it in both, and the next run wrote it to the file again. Without an export,
+    a stop just after a batch's delete committed left that batch out of the ``audit-pruned`` count; and
+    one just after a ``rotate`` swap committed left that record out of the ``rotated`` count.
     """
     held: list[int] = []
 
@@ -502,7 +549,7 @@ def _prune_audit(args: argparse.Namespace) -> int:
                 via="cli",
                 keep=keep,
                 on_progress=progress,
-                uninterrupted=_stop_signals_held if exporting else nullcontext,
+                uninterrupted=_stop_signals_held,
             )
     finally:
         store.close()
@@ -515,15 +562,8 @@ def _prune_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_once(text: str) -> None:
-    """Print what is never shown again (a key, a token), making sure that it reached stdout."""
-    if sys.stdout is None:  # started with stdout closed, where print drops what it is given
-        raise OSError(errno.EBADF, "stdout is closed")
-    print(text, flush=True)
-
-
 def _keygen(_: argparse.Namespace) -> int:
-    _print_once(generate_master_key())
+    _write_out([generate_master_key()])
     say(
         "Keep this key safe and out of the database: set MCP_SECRETS_MASTER_KEY, or put it in a 0600 file "
         "named by MCP_SECRETS_MASTER_KEY_FILE."
@@ -569,8 +609,8 @@ def _token_create(args: argparse.Namespace) -> int:
     tokens = ApiTokens(_token_store(args, create=True))
     new = tokens.create(args.username, label=args.label, expires_in=expires)
     try:
-        _print_once(new.token)
-    except OSError:  # nobody has it, and it cannot be shown again: it must not stay live
+        _write_out([new.token])  # never shown again: an error if it did not reach stdout
+    except _UnwritableOutput:  # nobody has it, and it cannot be shown again: it must not stay live
         tokens.revoke(new.record.token_id)
         say(f"Token {new.record.token_id} for {new.record.username} was revoked: it could not be shown.")
         raise
@@ -598,7 +638,7 @@ def _token_list(args: argparse.Namespace) -> int:
 
 def _token_revoke(args: argparse.Namespace) -> int:
     record = ApiTokens(_token_store(args)).revoke(args.token_id)
-    say(f"Token {record.token_id} of {record.username} revoked.")
+    say(f"Token {record.token_id} of {_printable(record.username)} revoked.")  # stored: may be any text
     return 0
 
 
@@ -901,10 +941,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt as stop:
         return 128 + stop.number if isinstance(stop, _Terminated) else 130
-    except OSError as exc:
-        # stdout could not be written. A reader that stopped early (`| head`) ends it quietly; a full
-        # disk, an I/O error or a closed stdout is said in one line; neither with a traceback.
+    except _UnwritableOutput as unwritable:
+        # A reader that stopped early (`| head`) ends it quietly; a full disk, an I/O error or a closed
+        # stdout is said in one line; neither with a traceback.
         _discard_stdout()
+        exc = unwritable.error
         if not isinstance(exc, BrokenPipeError):
             say(f"mcp-secrets: error: the output could not be written: {exc.strerror or exc}")
         return EXIT_ERROR

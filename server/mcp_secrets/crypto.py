@@ -250,7 +250,10 @@ class SecretEncryptor:
         return self._read_other(ciphertext, _where((server, key)))
 
     def key_id_of(self, ciphertext: str) -> str:
-        """The key id a stored ciphertext was written with (``legacy`` for the original format, or none)."""
+        """The key id a stored ciphertext was written with; ``legacy`` for any other form, none included.
+
+        ``is_legacy_ciphertext`` tells the original format from a ciphertext of no format.
+        """
         parts = ciphertext.split(":") if isinstance(ciphertext, str) else []
         if len(parts) == 3 and parts[0] == VERSION:  # noqa: PLR2004
             return parts[1]

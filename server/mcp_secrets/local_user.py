@@ -24,6 +24,10 @@ def local_username(configured: str | None) -> str:
     try:
         return validate_username(name)
     except InvalidInputError:
+        if configured:  # the setting is what to correct, not the login name it stands in for
+            raise InvalidInputError(
+                f"MCP_SECRETS_USER is not a valid username: it must be {USERNAME_RULE}"
+            ) from None
         raise InvalidInputError(
             f"the local username is not a valid username; set MCP_SECRETS_USER to {USERNAME_RULE}"
         ) from None

@@ -61,8 +61,9 @@ def prune_events(
     """Delete every audit event, of every user, that happened more than ``older_than`` before ``now``.
 
     ``keep`` receives each batch before it is deleted (to archive it); if it raises, that batch
-    stays and the prune stops there. Each batch, kept and deleted, runs inside ``uninterrupted()``:
-    the CLI holds back stop signals there, since a batch kept but not deleted would be kept again.
+    stays and the prune stops there. Each batch, kept, deleted and counted, runs inside
+    ``uninterrupted()``: the CLI holds back stop signals there, since a batch kept but not deleted would
+    be kept again, and one deleted but not counted would be missing from the ``audit-pruned`` event.
     """
     if older_than <= timedelta(0):
         raise InvalidInputError("the retention period must be longer than zero")

@@ -10,10 +10,10 @@ idempotent and an interrupted run resumable: run it again.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import suppress
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, field
 
-from mcp_secrets.crypto import LEGACY_KEY_ID
+from mcp_secrets.crypto import LEGACY_KEY_ID, is_legacy_ciphertext
 from mcp_secrets.errors import DecryptionError, InvalidInputError, UnreadableRecordError, how_it_stopped
 from mcp_secrets.secrets import OPERATOR, Secrets
 from mcp_secrets.store import SecretRecord
@@ -43,13 +43,21 @@ class RotationReport:
     already_current: int = 0
     changed_meanwhile: int = 0
     failed: list[RecordFailure] = field(default_factory=list)
+    #: ``only_legacy``: records in no format that can be read (not legacy, so not failures), left alone.
+    unreadable: list[RecordFailure] = field(default_factory=list)
 
 
 def _needs_rewrap(secrets: Secrets, record: SecretRecord, *, only_legacy: bool) -> bool:
-    key_id = secrets.encryptor.key_id_of(record.value)
-    if only_legacy:
-        return key_id == LEGACY_KEY_ID
-    return key_id != secrets.encryptor.active_key_id
+    if only_legacy:  # by its form: key_id_of says legacy of anything that is not v1, garbage included
+        return is_legacy_ciphertext(record.value)
+    return secrets.encryptor.key_id_of(record.value) != secrets.encryptor.active_key_id
+
+
+def _in_no_format(secrets: Secrets, record: SecretRecord) -> str | None:
+    """Why a record is neither legacy nor v1 (never its value); None when it is one of them."""
+    if is_legacy_ciphertext(record.value) or secrets.encryptor.key_id_of(record.value) != LEGACY_KEY_ID:
+        return None
+    return secrets.encryptor.unreadable_because(record.value)
 
 
 def rotate(
@@ -59,8 +67,13 @@ def rotate(
     dry_run: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_progress: Callable[[int, int], None] | None = None,
+    uninterrupted: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> RotationReport:
-    """Re-encrypt every record not under the active key (or, ``only_legacy``, every legacy record)."""
+    """Re-encrypt every record not under the active key (or, ``only_legacy``, every legacy record).
+
+    Each record's swap and its count run inside ``uninterrupted()``: the CLI holds back stop signals
+    there, since a record swapped but not counted would be missing from the event that records the run.
+    """
     if batch_size < 1:
         raise InvalidInputError("the batch size must be at least 1")
     store, encryptor = secrets.store, secrets.encryptor
@@ -69,13 +82,22 @@ def rotate(
     after: Names | None = None
     try:
         while True:
-            batch, last = _next_batch(secrets, after, batch_size, report)
+            # What the store cannot read is no legacy record either: migrating, it is not a failure.
+            unread = report.unreadable if only_legacy else report.failed
+            batch, last = _next_batch(secrets, after, batch_size, unread)
             if last is None:
                 break
             for record in batch:
                 report.scanned += 1
-                if record is not None:  # None cannot be read: report.failed has it already
-                    _handle(secrets, record, report, only_legacy=only_legacy, dry_run=dry_run)
+                if record is not None:  # None cannot be read: report.failed (or .unreadable) has it already
+                    _handle(
+                        secrets,
+                        record,
+                        report,
+                        only_legacy=only_legacy,
+                        dry_run=dry_run,
+                        uninterrupted=uninterrupted,
+                    )
             after = last
             if on_progress is not None:
                 on_progress(report.scanned, max(total, report.scanned))
@@ -90,29 +112,38 @@ def rotate(
 
 
 def _handle(
-    secrets: Secrets, record: SecretRecord, report: RotationReport, *, only_legacy: bool, dry_run: bool
+    secrets: Secrets,
+    record: SecretRecord,
+    report: RotationReport,
+    *,
+    only_legacy: bool,
+    dry_run: bool,
+    uninterrupted: Callable[[], AbstractContextManager[object]],
 ) -> None:
     """Re-encrypt one record (a dry run: count it) if it needs it."""
-    if not _needs_rewrap(secrets, record, only_legacy=only_legacy):
+    reason = _in_no_format(secrets, record) if only_legacy else None
+    if reason is not None:
+        report.unreadable.append(RecordFailure(record.username, record.server, record.key, reason))
+    elif not _needs_rewrap(secrets, record, only_legacy=only_legacy):
         report.already_current += 1
     elif dry_run:
         _count(secrets, record, report)
     else:
-        _rewrap(secrets, record, report)
+        _rewrap(secrets, record, report, uninterrupted)
 
 
 def _next_batch(
-    secrets: Secrets, after: Names | None, limit: int, report: RotationReport
+    secrets: Secrets, after: Names | None, limit: int, unread: list[RecordFailure]
 ) -> tuple[list[SecretRecord | None], Names | None]:
     """Up to ``limit`` records after ``after``, and the names of the last; None when there are none left.
 
-    A record that cannot be read is None in the list, and in ``report.failed``: passed over, not stopped at,
+    A record that cannot be read is None in the list, and in ``unread``: passed over, not stopped at,
     since a run stopped there would stop there again each time it was run.
     """
     try:
         records = secrets.store.scan_secrets(after, limit)
     except UnreadableRecordError:
-        return _read_one_at_a_time(secrets, after, limit, report)
+        return _read_one_at_a_time(secrets, after, limit, unread)
     if not records:
         return [], None
     last = records[-1]
@@ -120,7 +151,7 @@ def _next_batch(
 
 
 def _read_one_at_a_time(
-    secrets: Secrets, after: Names | None, limit: int, report: RotationReport
+    secrets: Secrets, after: Names | None, limit: int, unread: list[RecordFailure]
 ) -> tuple[list[SecretRecord | None], Names | None]:
     """``_next_batch`` of a stretch holding a record that cannot be read: each record asked for alone."""
     batch: list[SecretRecord | None] = []
@@ -131,7 +162,7 @@ def _read_one_at_a_time(
             if exc.record is None or len(exc.record) != len(("username", "server", "key")):
                 raise  # its names cannot be read either: there is nothing to read on after
             username, server, key = exc.record
-            report.failed.append(RecordFailure(username, server, key, str(exc)))
+            unread.append(RecordFailure(username, server, key, str(exc)))
             batch.append(None)
             after = (username, server, key)
             continue
@@ -174,15 +205,21 @@ def _decrypt(secrets: Secrets, record: SecretRecord, report: RotationReport) -> 
         return None
 
 
-def _rewrap(secrets: Secrets, record: SecretRecord, report: RotationReport) -> None:
+def _rewrap(
+    secrets: Secrets,
+    record: SecretRecord,
+    report: RotationReport,
+    uninterrupted: Callable[[], AbstractContextManager[object]],
+) -> None:
     plain = _decrypt(secrets, record, report)
     if plain is None:
         return
     where = {"username": record.username, "server": record.server, "key": record.key}
     fresh = secrets.encryptor.encrypt(plain, **where)
     del plain
-    if secrets.store.replace_value(record.username, record.server, record.key, record.value, fresh):
-        report.rewrapped += 1
-    else:
-        # Written or deleted since it was read: a write always uses the active key already.
-        report.changed_meanwhile += 1
+    with uninterrupted():  # a stop it held back is raised as it ends, once the swap is counted
+        if secrets.store.replace_value(record.username, record.server, record.key, record.value, fresh):
+            report.rewrapped += 1
+        else:
+            # Written or deleted since it was read: a write always uses the active key already.
+            report.changed_meanwhile += 1

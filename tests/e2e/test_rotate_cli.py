@@ -417,6 +417,63 @@ def test_migrate_legacy_without_the_legacy_key_names_each_legacy_record_and_exit
     assert not any(value in shown for value in [*seed.values.values(), *legacy_values.values()])
 
 
+def store_records_in_no_format(env: dict[str, str], value: str) -> list[Record]:
+    """Rows holding, in place of a ciphertext, text of no format, a BLOB and bytes that are not UTF-8."""
+    at = datetime.now(timezone.utc).isoformat()
+    rows = [
+        (("dave", "github", "GARBAGE"), "?", f"not-a-ciphertext-{value}"),
+        (("dave", "github", "BLOB"), "?", value.encode()),
+        (("dave", "github", "LATIN1"), "CAST(? AS TEXT)", b"\xff" + value.encode()),
+    ]
+    with closing(sqlite3.connect(database(env))) as connection, connection:
+        for (username, server, key), cell, stored in rows:
+            connection.execute(
+                "INSERT INTO user_secrets (username, server, key, value, created_at, updated_at) "  # noqa: S608
+                f"VALUES (?, ?, ?, {cell}, ?, ?)",
+                (username, server, key, stored, at, at),
+            )
+    return sorted(record for record, _, _ in rows)
+
+
+@pytest.mark.parametrize("options", [(), ("--dry-run",)], ids=["run", "dry-run"])
+def test_migrate_legacy_without_the_legacy_key_tells_records_of_no_format_apart_and_exits_0(
+    env: dict[str, str], canary: str, options: tuple[str, ...]
+) -> None:
+    garbled = store_records_in_no_format(env, canary)
+
+    done = run_cli(env, "migrate-legacy", *options)
+
+    assert done.returncode == 0, done.stderr
+    scanned = len(SEEDED) + len(garbled)
+    assert f"{scanned} records scanned; none is in the legacy format: nothing to migrate." in done.stderr
+    assert f"{len(garbled)} records are in neither the legacy nor the current format" in done.stderr
+    listed = [line.strip() for line in done.stderr.splitlines() if line.startswith("  unreadable: ")]
+    assert sorted(line.split(":")[1] for line in listed) == [
+        f" user {username}, server {server}, key {key}" for username, server, key in garbled
+    ]
+    assert "failed:" not in done.stderr
+    assert canary not in done.stdout + done.stderr
+
+
+def test_migrate_legacy_migrates_the_legacy_records_and_leaves_records_of_no_format_alone(
+    env: dict[str, str], seed: Seed, legacy_key: str, legacy_values: dict[Record, str], canary: str
+) -> None:
+    garbled = store_records_in_no_format(env, canary)
+    env["MCP_SECRETS_LEGACY_KEY"] = legacy_key
+
+    done = run_cli(env, "migrate-legacy")
+
+    assert done.returncode == 0, done.stderr
+    summary = summary_of(done.stderr)
+    assert (summary.rewrapped, summary.current, summary.failed) == (len(LEGACY), len(SEEDED), 0)
+    assert done.stderr.count("  unreadable: user dave, server github, key ") == len(garbled)
+    assert canary not in done.stdout + done.stderr
+    del env["MCP_SECRETS_LEGACY_KEY"]
+    after = run_cli(env, "migrate-legacy", "--dry-run")
+    assert after.returncode == 0, after.stderr
+    assert "none is in the legacy format: nothing to migrate." in after.stderr
+
+
 def test_a_failed_records_names_reach_the_terminal_with_their_control_characters_escaped(
     env: dict[str, str], legacy_key: str
 ) -> None:
@@ -479,6 +536,25 @@ def test_audit_prints_control_characters_of_a_stored_field_escaped(env: dict[str
     assert not any(char in done.stdout for char in "\r\x1b")
     assert done.stdout.rstrip("\n").endswith("tools/call x\\r\\x1b[2K\\x1b[1Aalice deleted nothing")
     assert len(done.stdout.splitlines()) == 2  # the header and the one event
+
+
+def test_audit_json_escapes_what_a_terminal_would_act_on_and_still_reads_back(
+    env: dict[str, str], seed: Seed
+) -> None:
+    # C1 controls (U+009B is a terminal's CSI) and bidi overrides pass ensure_ascii=False unescaped.
+    forged = "tools/call x\x9b2K\x9b1A\u202eecnalab\x7f \U000e0041"
+    store = SQLiteStore(database(env))
+    try:
+        store.add_event(AuditEvent(datetime.now(timezone.utc), "alice", "injected", "down", "T", "x", forged))
+    finally:
+        store.close()
+
+    done = run_cli(env, "audit", "--limit", "1", "--json")
+
+    assert done.returncode == 0, done.stderr
+    [line] = done.stdout.splitlines()
+    assert line.isprintable()
+    assert json.loads(line)["detail"] == forged
 
 
 def test_audit_keeps_two_spaces_between_columns_however_long_a_field(env: dict[str, str], seed: Seed) -> None:
@@ -774,9 +850,10 @@ def test_prune_audit_stopped_by_a_signal_still_records_what_it_deleted(
     assert "Traceback" not in done.stderr
     events = audit_json(env, "--limit", "1000")
     assert (events[0]["actor"], events[0]["action"]) == ("(operator)", "audit-pruned")
-    assert events[0]["detail"].startswith("4 events before ")
+    # Signalled as its second batch began: that batch is finished first, as an exported one is.
+    assert events[0]["detail"].startswith("8 events before ")
     assert events[0]["detail"].endswith(f", then stopped by {stop.name}")
-    assert len(events) == 1 + 2 + 16 - 4  # the prune, the seed's two changes, the events it left
+    assert len(events) == 1 + 2 + 16 - 8  # the prune, the seed's two changes, the events it left
 
 
 @STOPS
@@ -790,9 +867,95 @@ def test_rotate_stopped_by_a_signal_still_records_what_it_re_encrypted(
     assert done.returncode == 128 + stop, done.stderr
     assert "Traceback" not in done.stderr
     [event] = [event for event in audit_json(env) if event["action"] == "rotated"]
-    assert event["detail"].startswith(f"1 re-encrypted to key {key_id(key_b)}, ")
+    # Signalled as its second swap began: that swap is finished first, and counted.
+    assert event["detail"].startswith(f"2 re-encrypted to key {key_id(key_b)}, ")
     assert event["detail"].endswith(f", then stopped by {stop.name}")
     assert read_back(env, f"{key_b},{seed.key_a}") == seed.values
+
+
+# Runs the CLI with a signal sent to the process once the first call of a store method has returned:
+# its write committed, and not yet counted by the caller.
+SIGNALLED_ONCE_THE_FIRST_CALL_IS_DONE = """
+import os, signal, sys
+from mcp_secrets import cli
+from mcp_secrets.store.sqlite import SQLiteStore
+
+stop = getattr(signal, sys.argv[1])
+method = sys.argv[2]
+original = getattr(SQLiteStore, method)
+calls = []
+
+def signalled_once_done(self, *args, **kwargs):
+    result = original(self, *args, **kwargs)
+    calls.append(method)
+    if len(calls) == 1:
+        os.kill(os.getpid(), stop)
+    return result
+
+setattr(SQLiteStore, method, signalled_once_done)
+sys.exit(cli.main(sys.argv[3:]))
+"""
+ALL_STOPS = pytest.mark.parametrize(
+    "stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda stop: stop.name
+)
+
+
+def run_signalled_once_done(
+    env: dict[str, str], stop: signal.Signals, method: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    return run_program(
+        env, [MCP_SECRETS[0], "-c", SIGNALLED_ONCE_THE_FIRST_CALL_IS_DONE, stop.name, method, *args]
+    )
+
+
+@ALL_STOPS
+def test_prune_audit_stopped_just_after_a_delete_counts_that_batch_in_its_event(
+    env: dict[str, str], seed: Seed, stop: signal.Signals
+) -> None:
+    backdate(env, range(25, 41))
+
+    done = run_signalled_once_done(
+        env, stop, "delete_events", "prune-audit", "--older-than", "30", "--batch-size", "4"
+    )
+
+    assert done.returncode == 128 + stop, done.stderr
+    assert "Traceback" not in done.stderr
+    events = audit_json(env, "--limit", "1000")
+    assert (events[0]["actor"], events[0]["action"]) == ("(operator)", "audit-pruned")
+    assert events[0]["detail"].startswith("4 events before ")
+    assert len(events) == 1 + 2 + 16 - 4  # the prune, the seed's two changes, the events it left
+
+
+@ALL_STOPS
+def test_rotate_stopped_just_after_a_swap_counts_that_record_in_its_event(
+    env: dict[str, str], seed: Seed, key_b: str, stop: signal.Signals
+) -> None:
+    env["MCP_SECRETS_MASTER_KEY"] = f"{key_b},{seed.key_a}"
+
+    done = run_signalled_once_done(env, stop, "replace_value", "rotate", "--batch-size", "1")
+
+    assert done.returncode == 128 + stop, done.stderr
+    assert "Traceback" not in done.stderr
+    [event] = [event for event in audit_json(env) if event["action"] == "rotated"]
+    assert event["detail"].startswith(f"1 re-encrypted to key {key_id(key_b)}, ")
+    under_b = [value for value in ciphertexts(env).values() if value.startswith(f"v1:{key_id(key_b)}:")]
+    assert len(under_b) == 1
+    assert read_back(env, f"{key_b},{seed.key_a}") == seed.values
+
+
+@ALL_STOPS
+def test_migrate_legacy_stopped_just_after_a_swap_counts_that_record_in_its_event(
+    env: dict[str, str], seed: Seed, legacy_key: str, legacy_values: dict[Record, str], stop: signal.Signals
+) -> None:
+    env["MCP_SECRETS_LEGACY_KEY"] = legacy_key
+
+    done = run_signalled_once_done(env, stop, "replace_value", "migrate-legacy", "--batch-size", "1")
+
+    assert done.returncode == 128 + stop, done.stderr
+    assert "Traceback" not in done.stderr
+    [event] = [event for event in audit_json(env) if event["action"] == "migrated-legacy"]
+    assert event["detail"].startswith(f"1 re-encrypted to key {key_id(seed.key_a)}, ")
+    assert len([value for value in ciphertexts(env).values() if not value.startswith("v1:")]) == 1
 
 
 # Runs the CLI with a signal sent to the process as soon as the first batch is written to the export

@@ -81,7 +81,30 @@ class AuditEvent:
 
     def to_json(self) -> str:
         """One line of JSON with every field, the time in ISO 8601: how events are exported."""
-        return json.dumps({**dataclasses.asdict(self), "at": self.at.isoformat()}, ensure_ascii=False)
+        return printable_json({**dataclasses.asdict(self), "at": self.at.isoformat()})
+
+
+def printable_json(data: object) -> str:
+    """``data`` as one line of JSON, UTF-8 text kept, every character that is not printable escaped.
+
+    ``ensure_ascii=False`` escapes only C0 controls: a stored name's C1 control (U+009B, a terminal's
+    CSI) or bidi override (U+202E) reached the terminal of whoever read the output, and moved its cursor
+    or reordered the line. Escaped, it is the same JSON value.
+    """
+    text = json.dumps(data, ensure_ascii=False)
+    if text.isprintable():
+        return text
+    # JSON's own characters are printable ASCII: whatever is not printable sits inside a string.
+    return "".join(char if char.isprintable() else _json_escape(char) for char in text)
+
+
+def _json_escape(char: str) -> str:
+    """JSON's escape of ``char``: its code point, or its UTF-16 surrogate pair beyond the first plane."""
+    code = ord(char)
+    if code <= 0xFFFF:  # noqa: PLR2004 - the end of the Basic Multilingual Plane
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 @dataclass(frozen=True)
