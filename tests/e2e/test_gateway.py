@@ -72,7 +72,7 @@ from mcp_secrets.gateway import stdio as gateway_stdio
 from mcp_secrets.gateway.pool import Connection, DownstreamPool
 from mcp_secrets.gateway.redact import REDACT_INLINE_CHARS, Redactor
 from mcp_secrets.identity import LocalIdentity
-from mcp_secrets.logs import URL_LOGGERS
+from mcp_secrets.logs import CLIENT_TRANSPORT_LOGGERS, PAYLOAD_LOGGERS, URL_LOGGERS
 from mcp_secrets.secrets import Secrets
 
 from .conftest import (
@@ -2537,6 +2537,155 @@ async def test_an_http_error_of_a_remote_downstream_is_shown_without_its_url_hol
     assert_no_fragment_of(value, text_of(called))
     assert_no_fragment_of(value, caplog.text)
     assert "HTTPStatusError: 307 Temporary Redirect" in text_of(called)
+
+
+RAW_FIXTURE = FIXTURE.with_name("raw_server.py")
+
+
+def raw_entry(mode: str) -> dict[str, Any]:
+    """The hand-written stdio downstream (tests/fixtures/raw_server.py), answering as ``mode`` says."""
+    return {
+        "command": sys.executable,
+        "args": [str(RAW_FIXTURE), mode],
+        "env": {"DOWNSTREAM_TOKEN": "${secret:TOKEN}"},
+    }
+
+
+def log_as_served(caplog: pytest.LogCaptureFixture) -> None:
+    """Capture what ``serve`` logs at DEBUG, its libraries' loggers at the levels it sets them to."""
+    for name in PAYLOAD_LOGGERS:
+        caplog.set_level(logging.INFO, logger=name)
+    for name in URL_LOGGERS:
+        caplog.set_level(logging.WARNING, logger=name)
+    for name in CLIENT_TRANSPORT_LOGGERS:
+        caplog.set_level(logging.ERROR, logger=name)
+    caplog.set_level(logging.DEBUG)  # last: each call sets the capturing handler's level too
+
+
+def logged_messages(caplog: pytest.LogCaptureFixture) -> str:
+    """Every record's message; a library's traceback is the log handler's to cut (logs.py), not caplog's."""
+    return "\n".join(record.getMessage() for record in caplog.records)
+
+
+async def test_a_result_the_sdk_cannot_read_is_a_tool_error_saying_where_and_quoting_none_of_it(
+    sqlite_secrets: Secrets, tmp_path: Path, caplog: pytest.LogCaptureFixture, canary: str
+) -> None:
+    sqlite_secrets.set_secret("alice", "raw", "TOKEN", canary)
+    log_as_served(caplog)
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"raw": raw_entry("unknown-block")}) as gw,
+        connect(sqlite_secrets, gw, "alice") as alice,
+    ):
+        called = await alice.call_tool("raw__run", {})
+
+    # pydantic's error quotes the block, shortened to the start and end of its repr: the end of the secret.
+    assert called.is_error
+    assert_no_fragment_of(canary, text_of(called))
+    assert_no_fragment_of(canary, logged_messages(caplog))
+    assert "input_value" not in text_of(called)
+    assert "content.0" in text_of(called)  # where the result went wrong
+
+
+async def test_a_tool_listing_the_sdk_cannot_read_is_logged_saying_where_and_quoting_none_of_it(
+    sqlite_secrets: Secrets, tmp_path: Path, caplog: pytest.LogCaptureFixture, canary: str
+) -> None:
+    sqlite_secrets.set_secret("alice", "raw", "TOKEN", canary)
+    log_as_served(caplog)
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"raw": raw_entry("bad-tool")}) as gw,
+        connect(sqlite_secrets, gw, "alice") as alice,
+    ):
+        listed = await alice.list_tools()
+
+    assert not [tool.name for tool in listed.tools if tool.name.startswith("raw__")]
+    [warning] = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert warning.getMessage().startswith("tools of server raw not listed for alice: ")
+    assert "tools.1.inputSchema" in warning.getMessage()
+    assert_no_fragment_of(canary, logged_messages(caplog))
+
+
+class _EchoingHandler(BaseHTTPRequestHandler):
+    """Answers every request 200 with a JSON body that is no JSON-RPC, quoting the Authorization it was sent.
+
+    As a service (or a proxy before it) answers a key it refuses: ``{"error": "invalid api key", "key": …}``;
+    with ``server.html`` set, an HTML page, still called JSON.
+    """
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        key = self.headers.get("Authorization", "").partition(" ")[2]
+        if self.server.html:  # type: ignore[attr-defined]
+            body = f"<html><body>invalid api key {key}</body></html>".encode()
+        else:
+            body = json.dumps({"error": "invalid api key", "key": key}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self.do_POST()
+
+    def do_DELETE(self) -> None:
+        self.do_POST()
+
+    def log_message(self, *_args: object) -> None:
+        """Keep the test output quiet."""
+
+
+@contextlib.contextmanager
+def echoing_endpoint(*, html: bool) -> Iterator[str]:
+    """A remote endpoint answering every request with the key it was sent; yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoingHandler)
+    server.html = html  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize(
+    ("sent", "body"),
+    [("bearer", "json"), ("bearer", "html"), ("basic", "json")],
+    ids=["bearer-json", "bearer-html", "basic-json"],
+)
+async def test_a_remote_downstreams_body_that_is_no_json_rpc_is_shown_quoting_none_of_the_key_it_echoes(
+    sqlite_secrets: Secrets, tmp_path: Path, caplog: pytest.LogCaptureFixture, sent: str, body: str
+) -> None:
+    value = _random.token_hex(20)
+    sqlite_secrets.set_secret("alice", "remote", "TOKEN", value)
+    log_as_served(caplog)
+
+    with echoing_endpoint(html=body == "html") as base:
+        if sent == "bearer":
+            entry: dict[str, Any] = {
+                "url": base + "/mcp",
+                "headers": {"Authorization": "Bearer ${secret:TOKEN}"},
+            }
+            echoed = value
+        else:  # httpx sends the URL's user part as Basic base64("user:value")
+            entry = {"url": base.replace("//", "//user:${secret:TOKEN}@") + "/mcp"}
+            echoed = base64.b64encode(f"user:{value}".encode()).decode()
+        async with (
+            running_gateway(sqlite_secrets, tmp_path, {"remote": entry}) as gw,
+            connect(sqlite_secrets, gw, "alice") as alice,
+        ):
+            await alice.list_tools()
+            called = await alice.call_tool("remote__anything", {})
+
+    assert called.is_error
+    assert "Failed to parse JSON response" in text_of(called)
+    for shown in (text_of(called), logged_messages(caplog)):
+        assert_no_fragment_of(echoed, shown)
+        assert_no_fragment_of(value, shown)
+    assert "input_value" not in text_of(called)
 
 
 # --- the real CLI over Streamable HTTP ------------------------------------------------------------

@@ -106,6 +106,13 @@ INPUT_REQUIRED_VERSION = "2026-07-28"
 # A tool name cut to fit ends in '-' and this many hex digits of the SHA-256 of the downstream's name.
 _CUT_HASH_CHARS = 8
 _CUT = re.compile(rf"-[0-9a-f]{{{_CUT_HASH_CHARS}}}\Z")
+# pydantic's "input_value=<repr>, input_type=<type>", the repr shortened to about 50 characters: one on a
+# line, the last ", input_type=" within reach ending it (the repr may hold one).
+_INPUT_VALUE = re.compile(r"input_value=[^\n]{0,200}, (input_type=\w+)")
+# Exceptions of a chain looked at for one a library raised quoting the downstream's data.
+_CAUSES_SEEN = 8
+# Problems of a pydantic ValidationError shown (a result of an unknown content type has twelve).
+_PROBLEMS_SHOWN = 3
 
 
 class MissingSecretsError(SecretsError):
@@ -781,6 +788,7 @@ def _url_elicitation_required(
 
 
 def _describe(exc: BaseException) -> str:
+    """What went wrong, for the caller and the log, quoting nothing a library quoted of the downstream."""
     inner = getattr(exc, "exceptions", None)  # an exception group: describe its first member
     if isinstance(inner, tuple) and inner and isinstance(inner[0], BaseException):
         return _describe(inner[0])
@@ -789,7 +797,37 @@ def _describe(exc: BaseException) -> str:
         # an injected value the redactor does not know: the status says what went wrong.
         return f"{type(exc).__name__}: {exc.response.status_code} {exc.response.reason_phrase}"
     text = str(exc)
+    for cause in _causes(exc):
+        if isinstance(cause, ValidationError):
+            # Its text quotes what it failed on shortened (a dict's repr cut to its start and end), which
+            # no spelling of a value matches: where and what is enough.
+            shown = _validation_problems(cause)
+            text = shown if cause is exc else text.replace(str(cause), shown)
+    # The SDK passes some such texts on inside its own message (an MCPError), without the error itself.
+    text = _INPUT_VALUE.sub(r"\1", text)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what it was raised from or while handling, and so on, up to ``_CAUSES_SEEN``."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(seen) < _CAUSES_SEEN and current not in seen:
+        seen.append(current)
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _validation_problems(error: ValidationError) -> str:
+    """A pydantic ValidationError as where and what each problem is, without the input or a link."""
+    problems = error.errors(include_url=False, include_context=False, include_input=False)
+    shown = "; ".join(
+        f"{'.'.join(map(str, problem['loc'])) or 'the whole'}: {problem['msg']}"
+        for problem in problems[:_PROBLEMS_SHOWN]
+    )
+    more = f"; and {len(problems) - _PROBLEMS_SHOWN} more" if len(problems) > _PROBLEMS_SHOWN else ""
+    count = f"{len(problems)} validation error{'s' if len(problems) != 1 else ''}"
+    return f"{count} for {error.title}: {shown}{more}"
 
 
 def _relays(holder: dict[str, Connection], tools_changed: Callable[[], None]) -> dict[str, Any]:

@@ -18,7 +18,8 @@ parsed object's repr. Every such string counts, public ones too (a key file's UR
 are redacted wherever they appear), but a ``type``'s (``service_account``), which
 tools and schemas are named with. Not covered:
 a value shortened inside a longer repr (pydantic's ``input_value`` of a dict holding
-it), and, as for every form, a string shorter than ``MIN_REDACTED_LENGTH``.
+it: the gateway drops those from the errors it shows), and, as for every form, a string shorter than
+``MIN_REDACTED_LENGTH``.
 """
 
 from __future__ import annotations
