@@ -2606,6 +2606,28 @@ async def test_a_tool_listing_the_sdk_cannot_read_is_logged_saying_where_and_quo
     assert_no_fragment_of(canary, logged_messages(caplog))
 
 
+async def test_structured_content_its_schema_refuses_is_a_tool_error_saying_where_and_quoting_none_of_it(
+    sqlite_secrets: Secrets, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    passphrase = " ".join(_random.token_hex(4) for _ in range(12))  # long, with spaces: a seed phrase
+    sqlite_secrets.set_secret("alice", "raw", "TOKEN", passphrase)
+    log_as_served(caplog)
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"raw": raw_entry("off-schema")}) as gw,
+        connect(sqlite_secrets, gw, "alice") as alice,
+    ):
+        await alice.list_tools()  # the client checks a result against the schema listed
+        called = await alice.call_tool("raw__run", {})
+
+    # jsonschema's error pretty-prints the value, a long string cut at its spaces into quoted pieces.
+    assert called.is_error
+    for shown in (text_of(called), logged_messages(caplog)):
+        leaked = sum(word in shown for word in passphrase.split())
+        assert leaked == 0  # a bare count: a failure prints no word of it
+    assert "the value at $.balance fails the schema's 'type': 'number'" in text_of(called)
+
+
 class _EchoingHandler(BaseHTTPRequestHandler):
     """Answers every request 200 with a JSON body that is no JSON-RPC, quoting the Authorization it was sent.
 

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import anyio
 import httpx2
+from jsonschema.exceptions import ValidationError as SchemaValidationError
 from mcp import Client
 from mcp.client.caching import CacheMode
 from mcp.client.session import ClientRequestContext, ElicitationFnT, IncomingMessage, LoggingFnT
@@ -802,7 +803,13 @@ def _describe(exc: BaseException) -> str:
             # Its text quotes what it failed on shortened (a dict's repr cut to its start and end), which
             # no spelling of a value matches: where and what is enough.
             shown = _validation_problems(cause)
-            text = shown if cause is exc else text.replace(str(cause), shown)
+        elif isinstance(cause, SchemaValidationError):
+            # Its text pretty-prints the instance, a long string cut at its spaces into quoted pieces: a
+            # passphrase there is whole, in no spelling the redactor knows. Its message quotes it too.
+            shown = _schema_problem(cause)
+        else:
+            continue
+        text = shown if cause is exc else text.replace(str(cause), shown)
     # The SDK passes some such texts on inside its own message (an MCPError), without the error itself.
     text = _INPUT_VALUE.sub(r"\1", text)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -816,6 +823,14 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         seen.append(current)
         yield current
         current = current.__cause__ or current.__context__
+
+
+def _schema_problem(error: SchemaValidationError) -> str:
+    """A jsonschema ValidationError as where the instance fails which keyword of the schema, without it."""
+    keyword = f"{error.validator!r}"
+    if isinstance(error.validator_value, str | int | float | bool):  # not a whole subschema
+        keyword += f": {error.validator_value!r}"
+    return f"the value at {error.json_path} fails the schema's {keyword}"
 
 
 def _validation_problems(error: ValidationError) -> str:
