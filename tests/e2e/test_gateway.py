@@ -97,6 +97,7 @@ DOWNSTREAM_TOOLS = {
     "token_hash",
     "echo_token",
     "echo_token_in_chunks",
+    "echo_token_in_form",
     "seen_digests",
     "environ_digests",
     "fail_with_token",
@@ -1299,6 +1300,20 @@ async def test_a_secret_cut_across_text_blocks_is_redacted_across_them(
     assert_no_spelling_of(canary, "".join(blocks))  # first: a failure below may print the blocks
     assert_no_spelling_of(canary, everything_in(result))
     assert "".join(blocks) == "my token is [redacted TOKEN]"
+
+
+async def test_a_secret_in_a_form_body_as_node_writes_it_is_redacted(
+    sqlite_secrets: Secrets, gateway: Gateway
+) -> None:
+    # The shape of an Azure AD client secret: URLSearchParams escapes its "~" as %7E, which Python never does.
+    value = f"Xq8Q~{_random.token_urlsafe(24)}*"
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", value)
+
+    result = await call(sqlite_secrets, gateway, "alice", "echo_token_in_form")
+
+    leaked = "%7E" in everything_in(result)  # a bare bool: a failure prints no value
+    assert not leaked
+    assert text_of(result) == "grant_type=client_credentials&client_secret=[redacted TOKEN]"
 
 
 async def test_a_stored_value_that_would_move_a_remote_url_to_another_host_is_refused_before_connecting(

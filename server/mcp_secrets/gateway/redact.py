@@ -2,8 +2,9 @@
 
 Exact matches, and the encodings a tool is likely to echo them in: base64
 (standard and URL-safe, with or without padding, and inside longer base64 text
-such as ``Basic base64(user:token)``), URL-encoding (Python's, JavaScript's, and
-a URL's path and query as httpx writes them; either case of hex digit), hex
+such as ``Basic base64(user:token)``), URL-encoding (Python's, JavaScript's, a
+form body's as the URL standard and PHP write it, and a URL's path and query as
+httpx writes them; either case of hex digit), hex
 (either case), JSON string escapes (Go's, Gson's, PHP's and .NET's too),
 Python's repr, pydantic's ``input_value`` (shortened to the start and end of the
 repr around "..." when long, as pydantic_core cuts it), base64 wrapped into MIME's
@@ -90,6 +91,11 @@ def _spellings(value: str) -> set[str]:
         quote(value, safe="!$&'()*+,;=:@/"),
         quote(value, safe="!$&'()*+,;=:@/?"),
         quote_plus(value, safe=""),
+        # A form body as the URL standard writes it (URLSearchParams in Node and browsers, Java's
+        # URLEncoder: "*" kept) and PHP's urlencode: "~" escaped, which Python never escapes. Spelled
+        # apart from quote_plus's only for a value holding "~" or "*".
+        quote_plus(value, safe="*").replace("~", "%7E"),
+        quote_plus(value, safe="").replace("~", "%7E"),
     }
     forms = {
         value,
