@@ -598,3 +598,17 @@ def test_a_value_pydantic_shortens_in_a_validation_error_shows_no_piece_of_it(
     assert leaked == 0
     assert "input_value=" in shown
     assert "input_type=str" in shown
+
+
+def test_a_value_cut_across_structured_strings_is_replaced_and_keys_and_numbers_each_alone() -> None:
+    value = secrets.token_hex(12)
+    data = {
+        "chunks": [value[:5], {"more": value[5:17]}],
+        "count": 3,
+        "last": value[17:],
+        value: int(value[:8], 16),
+    }
+
+    shown = Redactor({"TOKEN": value}).data_read_in_order(data)
+
+    assert shown == {"chunks": [LABEL, {"more": ""}], "count": 3, "last": "", LABEL: int(value[:8], 16)}

@@ -98,6 +98,7 @@ DOWNSTREAM_TOOLS = {
     "echo_token",
     "echo_token_in_chunks",
     "echo_token_in_form",
+    "echo_token_split",
     "seen_digests",
     "environ_digests",
     "fail_with_token",
@@ -1300,6 +1301,21 @@ async def test_a_secret_cut_across_text_blocks_is_redacted_across_them(
     assert_no_spelling_of(canary, "".join(blocks))  # first: a failure below may print the blocks
     assert_no_spelling_of(canary, everything_in(result))
     assert "".join(blocks) == "my token is [redacted TOKEN]"
+
+
+@pytest.mark.parametrize("into", ["resource", "structured"])
+async def test_a_secret_cut_between_a_text_block_and_a_resource_or_between_structured_strings_is_redacted(
+    sqlite_secrets: Secrets, gateway: Gateway, canary: str, into: str
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
+
+    result = await call_server(sqlite_secrets, gateway, "alice", "down__echo_token_split", {"into": into})
+
+    head, tail = canary[: len(canary) // 2], canary[len(canary) // 2 :]
+    shown = everything_in(result)
+    leaked = head in shown or tail in shown  # a bare bool: a failure prints neither half
+    assert not leaked
+    assert "[redacted TOKEN]" in shown
 
 
 async def test_a_secret_in_a_form_body_as_node_writes_it_is_redacted(

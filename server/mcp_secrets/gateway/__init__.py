@@ -630,17 +630,29 @@ def _result_strings(result: CallToolResult) -> Iterator[Any]:
 def redact_result(result: CallToolResult, redactor: Redactor) -> CallToolResult:
     """``result`` with every spelling of an injected value replaced: text, structured content, errors.
 
-    The text blocks are read as one text first, so that a value cut across blocks is replaced too.
+    The texts of its text blocks and embedded resources are read as one text first, and so are the strings
+    of its structured content, so that a value cut across them is replaced too.
     """
     dumped = result.model_dump(by_alias=True, mode="json")
     if isinstance(dumped.get("_meta"), dict):
         # The downstream's stamp of who answered (2026-07-28): the client's server is the gateway, whose
         # own stamp the SDK adds where there is none.
         dumped["_meta"].pop(SERVER_INFO_META_KEY, None)
-    blocks = [block for block in dumped["content"] if block.get("type") == "text"]
-    for block, text in zip(blocks, redactor.texts([block["text"] for block in blocks]), strict=True):
-        block["text"] = text
-    return CallToolResult.model_validate(redactor.data(dumped))
+    holders = [holder for holder in map(_text_holder, dumped["content"]) if holder is not None]
+    for holder, text in zip(holders, redactor.texts([holder["text"] for holder in holders]), strict=True):
+        holder["text"] = text
+    structured = dumped.pop("structuredContent", None)
+    shown = redactor.data(dumped)
+    shown["structuredContent"] = redactor.data_read_in_order(structured)
+    return CallToolResult.model_validate(shown)
+
+
+def _text_holder(block: dict[str, Any]) -> dict[str, Any] | None:
+    """What holds the text a reader reads of a dumped content block: it, its embedded resource, or None."""
+    if block.get("type") == "text":
+        return block
+    resource = block.get("resource") if block.get("type") == "resource" else None
+    return resource if isinstance(resource, dict) and isinstance(resource.get("text"), str) else None
 
 
 def _asks_by_result(ctx: Context[Any, Any]) -> bool:

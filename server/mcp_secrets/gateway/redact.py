@@ -30,7 +30,7 @@ import json
 import re
 import sys
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from html.entities import html5
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -327,6 +327,26 @@ class Redactor:
                 start = text.find(form, start + 1)
         return found
 
+    def data_read_in_order(self, value: Any) -> Any:  # noqa: ANN401 - any JSON value
+        """``data``, but its strings read one after another, as ``texts`` reads them.
+
+        A value cut across them (structured content holding a tool's output in chunks) is replaced too.
+        Keys and numbers are redacted each on its own, as ``data`` does.
+        """
+        strings: list[str] = []
+        _collect_strings(value, strings)
+        return self._rebuilt(value, iter(self.texts(strings)))
+
+    def _rebuilt(self, value: Any, shown: Iterator[str]) -> Any:  # noqa: ANN401 - any JSON value
+        """``value`` with its strings taken from ``shown`` in ``_collect_strings``'s order."""
+        if isinstance(value, str):
+            return next(shown)
+        if isinstance(value, Mapping):
+            return {self.text(str(key)): self._rebuilt(item, shown) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._rebuilt(item, shown) for item in value]
+        return self.data(value)
+
     def data(self, value: Any) -> Any:  # noqa: ANN401 - any JSON value
         """A JSON-like value with every string in it (keys included) redacted."""
         if isinstance(value, str):
@@ -340,6 +360,18 @@ class Redactor:
         if isinstance(value, Iterable) and not isinstance(value, bytes | bytearray):
             return [self.data(item) for item in value]
         return value
+
+
+def _collect_strings(value: Any, strings: list[str]) -> None:  # noqa: ANN401 - any JSON value
+    """Append the strings in JSON-like ``value`` (not its keys) to ``strings``, in the order they are read."""
+    if isinstance(value, str):
+        strings.append(value)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _collect_strings(item, strings)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _collect_strings(item, strings)
 
 
 class _HtmlUnescaped:
