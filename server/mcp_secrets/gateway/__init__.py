@@ -821,7 +821,10 @@ def _describe(exc: BaseException) -> str:
             shown = _schema_problem(cause)
         else:
             continue
-        text = shown if cause is exc else text.replace(str(cause), shown)
+        if cause is exc:
+            text = shown
+        elif str(cause):  # inside a wrapper's own message, where it quotes it
+            text = text.replace(str(cause), shown)
     # The SDK passes some such texts on inside its own message (an MCPError), without the error itself.
     text = _INPUT_VALUE.sub(r"\1", text)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
