@@ -1,26 +1,25 @@
 """Take injected secret values back out of whatever a downstream server returns.
 
-Exact matches, and the encodings a tool is likely to echo them in: base64
-(standard and URL-safe, with or without padding, and inside longer base64 text
-such as ``Basic base64(user:token)``), URL-encoding (Python's, JavaScript's, a
-form body's as the URL standard and PHP write it, and a URL's path and query as
-httpx writes them; either case of hex digit), hex
-(either case), JSON string escapes (Go's, Gson's, PHP's and .NET's too),
-Python's repr, pydantic's ``input_value`` (shortened to the start and end of the
-repr around "..." when long, as pydantic_core cuts it), base64 wrapped into MIME's
-or PEM's lines, and any of these with any of its characters as an HTML character
-reference (``&lt;``, ``&#39;``, ``&#x2F;``). Of each value, also the value trimmed
-of surrounding whitespace and, for a multi-line value, each of its lines: a program
-may trim what it reads, and may show a PEM key or a JSON credential line by line or
-with other line ends. Of a value that is a JSON object or array (a service account's
-key file), also each string in it, at any depth, and each of its lines: a program
-parses the file and shows one field (the private key, with real line ends) or the
-parsed object's repr. Every such string counts, public ones too (a key file's URLs
-are redacted wherever they appear), but a ``type``'s (``service_account``), which
-tools and schemas are named with. Not covered:
-a value shortened inside a longer repr (pydantic's ``input_value`` of a dict holding
-it: the gateway drops those from the errors it shows), and, as for every form, a string shorter than
-``MIN_REDACTED_LENGTH``.
+Exact matches, and the encodings a tool is likely to echo them in: base64 (standard
+and URL-safe, with or without padding, and inside longer base64 text such as ``Basic
+base64(user:token)``), URL-encoding (Python's, JavaScript's, a form body's as the
+URL standard and PHP write it, and a URL's path and query as httpx writes them;
+either case of hex digit), hex (either case), JSON string escapes (Go's, Gson's,
+PHP's and .NET's too), Python's repr, pydantic's ``input_value`` (shortened to the
+start and end of the repr around "..." when long, as pydantic_core cuts it), base64
+wrapped into MIME's or PEM's lines, and any of these with any of its characters as
+an HTML character reference (``&lt;``, ``&#39;``, ``&#x2F;``). Of each value, also
+the value trimmed of surrounding whitespace and, for a multi-line value, each of its
+lines: a program may trim what it reads, and may show a PEM key or a JSON credential
+line by line or with other line ends. Of a value that is a JSON object or array (a
+service account's key file), also each string in it, at any depth, and each of its
+lines: a program parses the file and shows one field (the private key, with real
+line ends) or the parsed object's repr. Every such string counts, public ones too (a
+key file's URLs are redacted wherever they appear), but a ``type``'s
+(``service_account``), which tools and schemas are named with. Not covered: a value
+shortened inside a longer repr (pydantic's ``input_value`` of a dict holding it: the
+gateway drops those from the errors it shows), and, as for every form, a string
+shorter than ``MIN_REDACTED_LENGTH``.
 """
 
 from __future__ import annotations
