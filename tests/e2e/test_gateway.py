@@ -2706,23 +2706,27 @@ def echoing_endpoint(*, html: bool) -> Iterator[str]:
 
 @pytest.mark.parametrize(
     ("sent", "body"),
-    [("bearer", "json"), ("bearer", "html"), ("basic", "json")],
-    ids=["bearer-json", "bearer-html", "basic-json"],
+    [("bearer", "json"), ("bearer", "html"), ("basic", "json"), ("bearer holding input_type", "json")],
+    ids=["bearer-json", "bearer-html", "basic-json", "bearer-holding-input_type-json"],
 )
 async def test_a_remote_downstreams_body_that_is_no_json_rpc_is_shown_quoting_none_of_the_key_it_echoes(
     sqlite_secrets: Secrets, tmp_path: Path, caplog: pytest.LogCaptureFixture, sent: str, body: str
 ) -> None:
-    value = _random.token_hex(20)
+    # A value holding what ends pydantic's input_value: what follows it in the value must go too. The tail
+    # is short enough for both to be within the end of the body that pydantic shows.
+    middle = ", input_type=x" if sent.endswith("holding input_type") else ""
+    head, tail = _random.token_hex(20), _random.token_hex(4)
+    value = head + middle + tail
     sqlite_secrets.set_secret("alice", "remote", "TOKEN", value)
     log_as_served(caplog)
 
     with echoing_endpoint(html=body == "html") as base:
-        if sent == "bearer":
+        if sent.startswith("bearer"):
             entry: dict[str, Any] = {
                 "url": base + "/mcp",
                 "headers": {"Authorization": "Bearer ${secret:TOKEN}"},
             }
-            echoed = value
+            echoed = head
         else:  # httpx sends the URL's user part as Basic base64("user:value")
             entry = {"url": base.replace("//", "//user:${secret:TOKEN}@") + "/mcp"}
             echoed = base64.b64encode(f"user:{value}".encode()).decode()
@@ -2737,7 +2741,8 @@ async def test_a_remote_downstreams_body_that_is_no_json_rpc_is_shown_quoting_no
     assert "Failed to parse JSON response" in text_of(called)
     for shown in (text_of(called), logged_messages(caplog)):
         assert_no_fragment_of(echoed, shown)
-        assert_no_fragment_of(value, shown)
+        leaked = head in shown or tail in shown  # a bare bool: a failure prints neither
+        assert not leaked
     assert "input_value" not in text_of(called)
 
 
