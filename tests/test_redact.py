@@ -47,6 +47,18 @@ def dotnet_json(value: str) -> str:
     return "".join(shown)
 
 
+def form_encoded(value: str, kept: str) -> str:
+    """``value`` in a form body: ASCII letters, digits and ``kept`` as they are, a space as "+", else %XX."""
+    return "".join(
+        chr(byte)
+        if chr(byte) in string.ascii_letters + string.digits + kept
+        else "+"
+        if byte == 0x20
+        else f"%{byte:02X}"
+        for byte in value.encode()
+    )
+
+
 # How a downstream tool may hand a value back, each as the standard library spells it.
 ENCODINGS: dict[str, Callable[[str], str]] = {
     "plain": lambda value: value,
@@ -62,6 +74,10 @@ ENCODINGS: dict[str, Callable[[str], str]] = {
     # A URL's path and query as httpx (and a browser's URL parser) write them: RFC 3986 leaves these as is.
     "URL path": lambda value: quote(value, safe="!$&'()*+,;=:@/"),
     "URL query": lambda value: quote(value, safe="!$&'()*+,;=:@/?"),
+    # A form body (application/x-www-form-urlencoded) as the URL standard writes it: URLSearchParams (Node,
+    # browsers) and Java's URLEncoder, which escape "~" and leave "*"; and PHP's urlencode, "*" escaped.
+    "form, URL standard": lambda value: form_encoded(value, kept="*-._"),
+    "form, PHP urlencode": lambda value: form_encoded(value, kept="-._"),
     "hex": lambda value: value.encode().hex(),
     "hex, upper case": lambda value: value.encode().hex().upper(),
     "quote, lower-case escapes": lambda value: re.sub(
@@ -582,3 +598,17 @@ def test_a_value_pydantic_shortens_in_a_validation_error_shows_no_piece_of_it(
     assert leaked == 0
     assert "input_value=" in shown
     assert "input_type=str" in shown
+
+
+def test_a_value_cut_across_structured_strings_is_replaced_and_keys_and_numbers_each_alone() -> None:
+    value = secrets.token_hex(12)
+    data = {
+        "chunks": [value[:5], {"more": value[5:17]}],
+        "count": 3,
+        "last": value[17:],
+        value: int(value[:8], 16),
+    }
+
+    shown = Redactor({"TOKEN": value}).data_read_in_order(data)
+
+    assert shown == {"chunks": [LABEL, {"more": ""}], "count": 3, "last": "", LABEL: int(value[:8], 16)}

@@ -72,7 +72,7 @@ from mcp_secrets.gateway import stdio as gateway_stdio
 from mcp_secrets.gateway.pool import Connection, DownstreamPool
 from mcp_secrets.gateway.redact import REDACT_INLINE_CHARS, Redactor
 from mcp_secrets.identity import LocalIdentity
-from mcp_secrets.logs import URL_LOGGERS
+from mcp_secrets.logs import CLIENT_TRANSPORT_LOGGERS, PAYLOAD_LOGGERS, URL_LOGGERS
 from mcp_secrets.secrets import Secrets
 
 from .conftest import (
@@ -97,6 +97,8 @@ DOWNSTREAM_TOOLS = {
     "token_hash",
     "echo_token",
     "echo_token_in_chunks",
+    "echo_token_in_form",
+    "echo_token_split",
     "seen_digests",
     "environ_digests",
     "fail_with_token",
@@ -1299,6 +1301,35 @@ async def test_a_secret_cut_across_text_blocks_is_redacted_across_them(
     assert_no_spelling_of(canary, "".join(blocks))  # first: a failure below may print the blocks
     assert_no_spelling_of(canary, everything_in(result))
     assert "".join(blocks) == "my token is [redacted TOKEN]"
+
+
+@pytest.mark.parametrize("into", ["resource", "structured"])
+async def test_a_secret_cut_between_a_text_block_and_a_resource_or_between_structured_strings_is_redacted(
+    sqlite_secrets: Secrets, gateway: Gateway, canary: str, into: str
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", canary)
+
+    result = await call_server(sqlite_secrets, gateway, "alice", "down__echo_token_split", {"into": into})
+
+    head, tail = canary[: len(canary) // 2], canary[len(canary) // 2 :]
+    shown = everything_in(result)
+    leaked = head in shown or tail in shown  # a bare bool: a failure prints neither half
+    assert not leaked
+    assert "[redacted TOKEN]" in shown
+
+
+async def test_a_secret_in_a_form_body_as_node_writes_it_is_redacted(
+    sqlite_secrets: Secrets, gateway: Gateway
+) -> None:
+    # The shape of an Azure AD client secret: URLSearchParams escapes its "~" as %7E, which Python never does.
+    value = f"Xq8Q~{_random.token_urlsafe(24)}*"
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", value)
+
+    result = await call(sqlite_secrets, gateway, "alice", "echo_token_in_form")
+
+    leaked = "%7E" in everything_in(result)  # a bare bool: a failure prints no value
+    assert not leaked
+    assert text_of(result) == "grant_type=client_credentials&client_secret=[redacted TOKEN]"
 
 
 async def test_a_stored_value_that_would_move_a_remote_url_to_another_host_is_refused_before_connecting(
@@ -2537,6 +2568,182 @@ async def test_an_http_error_of_a_remote_downstream_is_shown_without_its_url_hol
     assert_no_fragment_of(value, text_of(called))
     assert_no_fragment_of(value, caplog.text)
     assert "HTTPStatusError: 307 Temporary Redirect" in text_of(called)
+
+
+RAW_FIXTURE = FIXTURE.with_name("raw_server.py")
+
+
+def raw_entry(mode: str) -> dict[str, Any]:
+    """The hand-written stdio downstream (tests/fixtures/raw_server.py), answering as ``mode`` says."""
+    return {
+        "command": sys.executable,
+        "args": [str(RAW_FIXTURE), mode],
+        "env": {"DOWNSTREAM_TOKEN": "${secret:TOKEN}"},
+    }
+
+
+def log_as_served(caplog: pytest.LogCaptureFixture) -> None:
+    """Capture what ``serve`` logs at DEBUG, its libraries' loggers at the levels it sets them to."""
+    for name in PAYLOAD_LOGGERS:
+        caplog.set_level(logging.INFO, logger=name)
+    for name in URL_LOGGERS:
+        caplog.set_level(logging.WARNING, logger=name)
+    for name in CLIENT_TRANSPORT_LOGGERS:
+        caplog.set_level(logging.ERROR, logger=name)
+    caplog.set_level(logging.DEBUG)  # last: each call sets the capturing handler's level too
+
+
+def logged_messages(caplog: pytest.LogCaptureFixture) -> str:
+    """Every record's message; a library's traceback is the log handler's to cut (logs.py), not caplog's."""
+    return "\n".join(record.getMessage() for record in caplog.records)
+
+
+async def test_a_result_the_sdk_cannot_read_is_a_tool_error_saying_where_and_quoting_none_of_it(
+    sqlite_secrets: Secrets, tmp_path: Path, caplog: pytest.LogCaptureFixture, canary: str
+) -> None:
+    sqlite_secrets.set_secret("alice", "raw", "TOKEN", canary)
+    log_as_served(caplog)
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"raw": raw_entry("unknown-block")}) as gw,
+        connect(sqlite_secrets, gw, "alice") as alice,
+    ):
+        called = await alice.call_tool("raw__run", {})
+
+    # pydantic's error quotes the block, shortened to the start and end of its repr: the end of the secret.
+    assert called.is_error
+    assert_no_fragment_of(canary, text_of(called))
+    assert_no_fragment_of(canary, logged_messages(caplog))
+    assert "input_value" not in text_of(called)
+    assert "content.0" in text_of(called)  # where the result went wrong
+
+
+async def test_a_tool_listing_the_sdk_cannot_read_is_logged_saying_where_and_quoting_none_of_it(
+    sqlite_secrets: Secrets, tmp_path: Path, caplog: pytest.LogCaptureFixture, canary: str
+) -> None:
+    sqlite_secrets.set_secret("alice", "raw", "TOKEN", canary)
+    log_as_served(caplog)
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"raw": raw_entry("bad-tool")}) as gw,
+        connect(sqlite_secrets, gw, "alice") as alice,
+    ):
+        listed = await alice.list_tools()
+
+    assert not [tool.name for tool in listed.tools if tool.name.startswith("raw__")]
+    [warning] = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert warning.getMessage().startswith("tools of server raw not listed for alice: ")
+    assert "tools.1.inputSchema" in warning.getMessage()
+    assert_no_fragment_of(canary, logged_messages(caplog))
+
+
+async def test_structured_content_its_schema_refuses_is_a_tool_error_saying_where_and_quoting_none_of_it(
+    sqlite_secrets: Secrets, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    passphrase = " ".join(_random.token_hex(4) for _ in range(12))  # long, with spaces: a seed phrase
+    sqlite_secrets.set_secret("alice", "raw", "TOKEN", passphrase)
+    log_as_served(caplog)
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"raw": raw_entry("off-schema")}) as gw,
+        connect(sqlite_secrets, gw, "alice") as alice,
+    ):
+        await alice.list_tools()  # the client checks a result against the schema listed
+        called = await alice.call_tool("raw__run", {})
+
+    # jsonschema's error pretty-prints the value, a long string cut at its spaces into quoted pieces.
+    assert called.is_error
+    for shown in (text_of(called), logged_messages(caplog)):
+        leaked = sum(word in shown for word in passphrase.split())
+        assert leaked == 0  # a bare count: a failure prints no word of it
+    assert "the value at $.balance fails the schema's 'type': 'number'" in text_of(called)
+
+
+class _EchoingHandler(BaseHTTPRequestHandler):
+    """Answers every request 200 with a JSON body that is no JSON-RPC, quoting the Authorization it was sent.
+
+    As a service (or a proxy before it) answers a key it refuses: ``{"error": "invalid api key", "key": …}``;
+    with ``server.html`` set, an HTML page, still called JSON.
+    """
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        key = self.headers.get("Authorization", "").partition(" ")[2]
+        if self.server.html:  # type: ignore[attr-defined]
+            body = f"<html><body>invalid api key {key}</body></html>".encode()
+        else:
+            body = json.dumps({"error": "invalid api key", "key": key}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self.do_POST()
+
+    def do_DELETE(self) -> None:
+        self.do_POST()
+
+    def log_message(self, *_args: object) -> None:
+        """Keep the test output quiet."""
+
+
+@contextlib.contextmanager
+def echoing_endpoint(*, html: bool) -> Iterator[str]:
+    """A remote endpoint answering every request with the key it was sent; yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoingHandler)
+    server.html = html  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize(
+    ("sent", "body"),
+    [("bearer", "json"), ("bearer", "html"), ("basic", "json"), ("bearer holding input_type", "json")],
+    ids=["bearer-json", "bearer-html", "basic-json", "bearer-holding-input_type-json"],
+)
+async def test_a_remote_downstreams_body_that_is_no_json_rpc_is_shown_quoting_none_of_the_key_it_echoes(
+    sqlite_secrets: Secrets, tmp_path: Path, caplog: pytest.LogCaptureFixture, sent: str, body: str
+) -> None:
+    # A value holding what ends pydantic's input_value: what follows it in the value must go too. The tail
+    # is short enough for both to be within the end of the body that pydantic shows.
+    middle = ", input_type=x" if sent.endswith("holding input_type") else ""
+    head, tail = _random.token_hex(20), _random.token_hex(4)
+    value = head + middle + tail
+    sqlite_secrets.set_secret("alice", "remote", "TOKEN", value)
+    log_as_served(caplog)
+
+    with echoing_endpoint(html=body == "html") as base:
+        if sent.startswith("bearer"):
+            entry: dict[str, Any] = {
+                "url": base + "/mcp",
+                "headers": {"Authorization": "Bearer ${secret:TOKEN}"},
+            }
+            echoed = head
+        else:  # httpx sends the URL's user part as Basic base64("user:value")
+            entry = {"url": base.replace("//", "//user:${secret:TOKEN}@") + "/mcp"}
+            echoed = base64.b64encode(f"user:{value}".encode()).decode()
+        async with (
+            running_gateway(sqlite_secrets, tmp_path, {"remote": entry}) as gw,
+            connect(sqlite_secrets, gw, "alice") as alice,
+        ):
+            await alice.list_tools()
+            called = await alice.call_tool("remote__anything", {})
+
+    assert called.is_error
+    assert "Failed to parse JSON response" in text_of(called)
+    for shown in (text_of(called), logged_messages(caplog)):
+        assert_no_fragment_of(echoed, shown)
+        leaked = head in shown or tail in shown  # a bare bool: a failure prints neither
+        assert not leaked
+    assert "input_value" not in text_of(called)
 
 
 # --- the real CLI over Streamable HTTP ------------------------------------------------------------

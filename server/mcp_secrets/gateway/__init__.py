@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import anyio
 import httpx2
+from jsonschema.exceptions import ValidationError as SchemaValidationError
 from mcp import Client
 from mcp.client.caching import CacheMode
 from mcp.client.session import ClientRequestContext, ElicitationFnT, IncomingMessage, LoggingFnT
@@ -106,6 +107,13 @@ INPUT_REQUIRED_VERSION = "2026-07-28"
 # A tool name cut to fit ends in '-' and this many hex digits of the SHA-256 of the downstream's name.
 _CUT_HASH_CHARS = 8
 _CUT = re.compile(rf"-[0-9a-f]{{{_CUT_HASH_CHARS}}}\Z")
+# pydantic's "input_value=<repr>, input_type=<type>", the repr shortened to about 50 characters: one on a
+# line, the last ", input_type=" within reach ending it (the repr may hold one).
+_INPUT_VALUE = re.compile(r"input_value=[^\n]{0,200}, (input_type=\w+)")
+# Exceptions of a chain looked at for one a library raised quoting the downstream's data.
+_CAUSES_SEEN = 8
+# Problems of a pydantic ValidationError shown (a result of an unknown content type has twelve).
+_PROBLEMS_SHOWN = 3
 
 
 class MissingSecretsError(SecretsError):
@@ -622,17 +630,29 @@ def _result_strings(result: CallToolResult) -> Iterator[Any]:
 def redact_result(result: CallToolResult, redactor: Redactor) -> CallToolResult:
     """``result`` with every spelling of an injected value replaced: text, structured content, errors.
 
-    The text blocks are read as one text first, so that a value cut across blocks is replaced too.
+    The texts of its text blocks and embedded resources are read as one text first, and so are the strings
+    of its structured content, so that a value cut across them is replaced too.
     """
     dumped = result.model_dump(by_alias=True, mode="json")
     if isinstance(dumped.get("_meta"), dict):
         # The downstream's stamp of who answered (2026-07-28): the client's server is the gateway, whose
         # own stamp the SDK adds where there is none.
         dumped["_meta"].pop(SERVER_INFO_META_KEY, None)
-    blocks = [block for block in dumped["content"] if block.get("type") == "text"]
-    for block, text in zip(blocks, redactor.texts([block["text"] for block in blocks]), strict=True):
-        block["text"] = text
-    return CallToolResult.model_validate(redactor.data(dumped))
+    holders = [holder for holder in map(_text_holder, dumped["content"]) if holder is not None]
+    for holder, text in zip(holders, redactor.texts([holder["text"] for holder in holders]), strict=True):
+        holder["text"] = text
+    structured = dumped.pop("structuredContent", None)
+    shown = redactor.data(dumped)
+    shown["structuredContent"] = redactor.data_read_in_order(structured)
+    return CallToolResult.model_validate(shown)
+
+
+def _text_holder(block: dict[str, Any]) -> dict[str, Any] | None:
+    """What holds the text a reader reads of a dumped content block: it, its embedded resource, or None."""
+    if block.get("type") == "text":
+        return block
+    resource = block.get("resource") if block.get("type") == "resource" else None
+    return resource if isinstance(resource, dict) and isinstance(resource.get("text"), str) else None
 
 
 def _asks_by_result(ctx: Context[Any, Any]) -> bool:
@@ -781,6 +801,7 @@ def _url_elicitation_required(
 
 
 def _describe(exc: BaseException) -> str:
+    """What went wrong, for the caller and the log, quoting nothing a library quoted of the downstream."""
     inner = getattr(exc, "exceptions", None)  # an exception group: describe its first member
     if isinstance(inner, tuple) and inner and isinstance(inner[0], BaseException):
         return _describe(inner[0])
@@ -789,7 +810,54 @@ def _describe(exc: BaseException) -> str:
         # an injected value the redactor does not know: the status says what went wrong.
         return f"{type(exc).__name__}: {exc.response.status_code} {exc.response.reason_phrase}"
     text = str(exc)
+    for cause in _causes(exc):
+        if isinstance(cause, ValidationError):
+            # Its text quotes what it failed on shortened (a dict's repr cut to its start and end), which
+            # no spelling of a value matches: where and what is enough.
+            shown = _validation_problems(cause)
+        elif isinstance(cause, SchemaValidationError):
+            # Its text pretty-prints the instance, a long string cut at its spaces into quoted pieces: a
+            # passphrase there is whole, in no spelling the redactor knows. Its message quotes it too.
+            shown = _schema_problem(cause)
+        else:
+            continue
+        if cause is exc:
+            text = shown
+        elif str(cause):  # inside a wrapper's own message, where it quotes it
+            text = text.replace(str(cause), shown)
+    # The SDK passes some such texts on inside its own message (an MCPError), without the error itself.
+    text = _INPUT_VALUE.sub(r"\1", text)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what it was raised from or while handling, and so on, up to ``_CAUSES_SEEN``."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(seen) < _CAUSES_SEEN and current not in seen:
+        seen.append(current)
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _schema_problem(error: SchemaValidationError) -> str:
+    """A jsonschema ValidationError as where the instance fails which keyword of the schema, without it."""
+    keyword = f"{error.validator!r}"
+    if isinstance(error.validator_value, str | int | float | bool):  # not a whole subschema
+        keyword += f": {error.validator_value!r}"
+    return f"the value at {error.json_path} fails the schema's {keyword}"
+
+
+def _validation_problems(error: ValidationError) -> str:
+    """A pydantic ValidationError as where and what each problem is, without the input or a link."""
+    problems = error.errors(include_url=False, include_context=False, include_input=False)
+    shown = "; ".join(
+        f"{'.'.join(map(str, problem['loc'])) or 'the whole'}: {problem['msg']}"
+        for problem in problems[:_PROBLEMS_SHOWN]
+    )
+    more = f"; and {len(problems) - _PROBLEMS_SHOWN} more" if len(problems) > _PROBLEMS_SHOWN else ""
+    count = f"{len(problems)} validation error{'s' if len(problems) != 1 else ''}"
+    return f"{count} for {error.title}: {shown}{more}"
 
 
 def _relays(holder: dict[str, Connection], tools_changed: Callable[[], None]) -> dict[str, Any]:

@@ -1,24 +1,25 @@
 """Take injected secret values back out of whatever a downstream server returns.
 
-Exact matches, and the encodings a tool is likely to echo them in: base64
-(standard and URL-safe, with or without padding, and inside longer base64 text
-such as ``Basic base64(user:token)``), URL-encoding (Python's, JavaScript's, and
-a URL's path and query as httpx writes them; either case of hex digit), hex
-(either case), JSON string escapes (Go's, Gson's, PHP's and .NET's too),
-Python's repr, pydantic's ``input_value`` (shortened to the start and end of the
-repr around "..." when long, as pydantic_core cuts it), base64 wrapped into MIME's
-or PEM's lines, and any of these with any of its characters as an HTML character
-reference (``&lt;``, ``&#39;``, ``&#x2F;``). Of each value, also the value trimmed
-of surrounding whitespace and, for a multi-line value, each of its lines: a program
-may trim what it reads, and may show a PEM key or a JSON credential line by line or
-with other line ends. Of a value that is a JSON object or array (a service account's
-key file), also each string in it, at any depth, and each of its lines: a program
-parses the file and shows one field (the private key, with real line ends) or the
-parsed object's repr. Every such string counts, public ones too (a key file's URLs
-are redacted wherever they appear), but a ``type``'s (``service_account``), which
-tools and schemas are named with. Not covered:
-a value shortened inside a longer repr (pydantic's ``input_value`` of a dict holding
-it), and, as for every form, a string shorter than ``MIN_REDACTED_LENGTH``.
+Exact matches, and the encodings a tool is likely to echo them in: base64 (standard
+and URL-safe, with or without padding, and inside longer base64 text such as ``Basic
+base64(user:token)``), URL-encoding (Python's, JavaScript's, a form body's as the
+URL standard and PHP write it, and a URL's path and query as httpx writes them;
+either case of hex digit), hex (either case), JSON string escapes (Go's, Gson's,
+PHP's and .NET's too), Python's repr, pydantic's ``input_value`` (shortened to the
+start and end of the repr around "..." when long, as pydantic_core cuts it), base64
+wrapped into MIME's or PEM's lines, and any of these with any of its characters as
+an HTML character reference (``&lt;``, ``&#39;``, ``&#x2F;``). Of each value, also
+the value trimmed of surrounding whitespace and, for a multi-line value, each of its
+lines: a program may trim what it reads, and may show a PEM key or a JSON credential
+line by line or with other line ends. Of a value that is a JSON object or array (a
+service account's key file), also each string in it, at any depth, and each of its
+lines: a program parses the file and shows one field (the private key, with real
+line ends) or the parsed object's repr. Every such string counts, public ones too (a
+key file's URLs are redacted wherever they appear), but a ``type``'s
+(``service_account``), which tools and schemas are named with. Not covered: a value
+shortened inside a longer repr (pydantic's ``input_value`` of a dict holding it: the
+gateway drops those from the errors it shows), and, as for every form, a string
+shorter than ``MIN_REDACTED_LENGTH``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import json
 import re
 import sys
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from html.entities import html5
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -89,6 +90,11 @@ def _spellings(value: str) -> set[str]:
         quote(value, safe="!$&'()*+,;=:@/"),
         quote(value, safe="!$&'()*+,;=:@/?"),
         quote_plus(value, safe=""),
+        # A form body as the URL standard writes it (URLSearchParams in Node and browsers, Java's
+        # URLEncoder: "*" kept) and PHP's urlencode: "~" escaped, which Python never escapes. Spelled
+        # apart from quote_plus's only for a value holding "~" or "*".
+        quote_plus(value, safe="*").replace("~", "%7E"),
+        quote_plus(value, safe="").replace("~", "%7E"),
     }
     forms = {
         value,
@@ -320,6 +326,26 @@ class Redactor:
                 start = text.find(form, start + 1)
         return found
 
+    def data_read_in_order(self, value: Any) -> Any:  # noqa: ANN401 - any JSON value
+        """``data``, but its strings read one after another, as ``texts`` reads them.
+
+        A value cut across them (structured content holding a tool's output in chunks) is replaced too.
+        Keys and numbers are redacted each on its own, as ``data`` does.
+        """
+        strings: list[str] = []
+        _collect_strings(value, strings)
+        return self._rebuilt(value, iter(self.texts(strings)))
+
+    def _rebuilt(self, value: Any, shown: Iterator[str]) -> Any:  # noqa: ANN401 - any JSON value
+        """``value`` with its strings taken from ``shown`` in ``_collect_strings``'s order."""
+        if isinstance(value, str):
+            return next(shown)
+        if isinstance(value, Mapping):
+            return {self.text(str(key)): self._rebuilt(item, shown) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._rebuilt(item, shown) for item in value]
+        return self.data(value)
+
     def data(self, value: Any) -> Any:  # noqa: ANN401 - any JSON value
         """A JSON-like value with every string in it (keys included) redacted."""
         if isinstance(value, str):
@@ -333,6 +359,18 @@ class Redactor:
         if isinstance(value, Iterable) and not isinstance(value, bytes | bytearray):
             return [self.data(item) for item in value]
         return value
+
+
+def _collect_strings(value: Any, strings: list[str]) -> None:  # noqa: ANN401 - any JSON value
+    """Append the strings in JSON-like ``value`` (not its keys) to ``strings``, in the order they are read."""
+    if isinstance(value, str):
+        strings.append(value)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _collect_strings(item, strings)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _collect_strings(item, strings)
 
 
 class _HtmlUnescaped:
