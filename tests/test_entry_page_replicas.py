@@ -44,13 +44,13 @@ class HeldSecrets(Secrets):
         self.fail = False
 
     def set_secret(
-        self, username: str, server: str, key: str, value: str, *, via: str = "library"
+        self, username: str, server: str, key: str, value: str, *, via: str = "library", detail: str = ""
     ) -> UpdateResult:
         self.storing.set()
         self.let_go.wait(WAIT_SECONDS)
         if self.fail:
             raise StoreUnavailableError("the SQLite store is unavailable: held by the test")
-        return super().set_secret(username, server, key, value, via=via)
+        return super().set_secret(username, server, key, value, via=via, detail=detail)
 
 
 @dataclass

@@ -2164,6 +2164,17 @@ def test_put_link_then_find_link_by_its_hash(store: SecretStore, l0: datetime) -
     assert store.find_link("hash-3") is None
 
 
+def test_a_link_keeps_the_id_of_the_api_token_that_made_it(store: SecretStore, l0: datetime) -> None:
+    made_with_token = dataclasses.replace(_link(l0, "hash-1"), token_id="abc123")
+    store.put_links([made_with_token, _link(l0, "hash-2")])
+    store.claim_link("hash-1", l0, "claim-1")
+
+    assert store.find_link("hash-1") == dataclasses.replace(made_with_token, used_at=l0)
+    found = store.find_link("hash-2")
+    assert found is not None
+    assert found.token_id is None
+
+
 def test_put_links_inserts_all_within_the_limit_and_none_past_it(store: SecretStore, l0: datetime) -> None:
     store.put_link(_link(l0, "hash-0"))
     store.put_link(_link(l0, "bobs", "bob"))  # another user's count for nothing
@@ -2355,6 +2366,39 @@ def test_sqlite_opens_a_file_with_links_from_before_claim_ids_and_claims_and_rel
     opened = SQLiteStore(sqlite_path)
     try:
         claims_and_releases_links_from_before_claim_ids(opened, l0)
+    finally:
+        opened.close()
+
+
+_ENTRY_LINKS_WITHOUT_TOKEN_IDS = """
+CREATE TABLE entry_links (
+    link_hash TEXT PRIMARY KEY, link_id TEXT NOT NULL, username TEXT NOT NULL, server TEXT NOT NULL,
+    key TEXT NOT NULL, created_at TEXT NOT NULL, expires_at TEXT NOT NULL, used_at TEXT, claim_id TEXT
+);
+"""
+
+
+def test_sqlite_opens_a_file_with_links_from_before_token_ids_and_keeps_token_ids_of_new_ones(
+    sqlite_path: Path, l0: datetime
+) -> None:
+    connection = sqlite3.connect(sqlite_path, isolation_level=None)
+    connection.executescript(_ENTRY_LINKS_WITHOUT_TOKEN_IDS)
+    connection.execute(
+        "INSERT INTO entry_links VALUES ('old', 'l1', 'alice', 'github', 'TOKEN', ?, ?, NULL, NULL)",
+        (l0.isoformat(), (l0 + LINK_TTL).isoformat()),
+    )
+    connection.close()
+    sqlite_path.chmod(0o600)
+
+    opened = SQLiteStore(sqlite_path)
+    try:
+        new = dataclasses.replace(_link(l0, "new"), token_id="abc123")
+        opened.put_link(new)
+
+        # Made before links named their token: it names none, and lives out its time.
+        assert opened.find_link("old") == dataclasses.replace(_link(l0), link_id="l1", link_hash="old")
+        assert opened.find_link("new") == new
+        assert opened.claim_link("old", l0, "claim-1") is True
     finally:
         opened.close()
 

@@ -168,12 +168,12 @@ class ApiTokens:
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:  # noqa: PLR2004 - far above a real token
             return None
         record = self.store.find_token(hash_token(token))
-        return record if record is not None and _is_live(record, self._clock()) else None
+        return record if record is not None and is_live(record, self._clock()) else None
 
     def live_ids(self, username: str) -> set[str]:
         """The ids of ``username``'s tokens that still work: neither revoked nor expired."""
         now = self._clock()
-        return {record.token_id for record in self.store.list_tokens(username) if _is_live(record, now)}
+        return {record.token_id for record in self.store.list_tokens(username) if is_live(record, now)}
 
     def has_any(self) -> bool:
         """True once any token, live or revoked, exists."""
@@ -183,6 +183,6 @@ class ApiTokens:
             return True  # one that cannot be read is still a token: the server starts, offering no new one
 
 
-def _is_live(record: TokenRecord, now: datetime) -> bool:
+def is_live(record: TokenRecord, now: datetime) -> bool:
     """Whether a token still works at ``now``: neither revoked nor expired."""
     return record.revoked_at is None and (record.expires_at is None or record.expires_at > now)

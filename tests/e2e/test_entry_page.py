@@ -400,6 +400,33 @@ async def test_a_used_link_is_410_and_keeps_the_first_value(
     assert stored_values(streamable_http_deployment, "alice", server) == {"API_TOKEN": canary}
 
 
+async def test_a_link_made_with_a_token_since_revoked_is_410_and_stores_nothing(
+    streamable_http_deployment, server: str, canary: str
+) -> None:
+    deployment = streamable_http_deployment
+    async with deployment.connect("alice") as client:
+        await client.call_tool("set_secret", {"server": server, "key": "API_TOKEN", "value": canary})
+    # A second token of alice's leaks; its holder asks for a link to her key, and she revokes the token.
+    leaked = create_token(deployment.env, "alice")
+    async with deployment.connect("alice", token=leaked) as client:
+        result = await client.call_tool("request_secret", {"server": server, "key": "API_TOKEN"})
+    assert result.structured_content is not None
+    url = result.structured_content["url"]
+    async with browser() as http:
+        _, csrf = await open_form(http, url)
+        revoked = deployment.cli("token", "revoke", leaked.split("_")[1])
+        assert revoked.returncode == 0, revoked.stderr
+        opened = await http.get(url)
+        posted = await http.post(url, data={"csrf": csrf, "value": "attacker-value"})
+
+    assert [opened.status_code, posted.status_code] == [410, 410]
+    for page in (opened, posted):
+        assert "expired or has already been used" in page.text
+        assert not inputs_of(page.text)
+    assert stored_values(deployment, "alice", server) == {"API_TOKEN": canary}
+    assert token_of(url) not in deployment.log()
+
+
 async def test_a_form_sent_twice_says_the_value_is_stored_not_that_the_link_expired(
     streamable_http_deployment, server: str, canary: str
 ) -> None:

@@ -200,6 +200,10 @@ class LinkRecord:
     created_at: datetime
     expires_at: datetime
     used_at: datetime | None = None
+    #: The id of the API token whose caller made the link: the link works only while that token does.
+    #: None for a caller without an API token (a JWT, which cannot be revoked here) and for a link made
+    #: before links recorded it.
+    token_id: str | None = None
 
 
 class SecretStore(Protocol):

@@ -132,6 +132,11 @@ def _stored_text(document: Document, field: str, default: str | None = None) -> 
     return stored
 
 
+def _stored_optional_text(document: Document, field: str) -> str | None:
+    """A string field of a stored document that may be missing or null: None then."""
+    return None if document.get(field) is None else _stored_text(document, field)
+
+
 def _stored_time(document: Document, field: str) -> datetime | None:
     """A date field of a stored document, in UTC; None where it is missing or null."""
     stored = document.get(field)
@@ -239,6 +244,8 @@ def _link_of(document: Document) -> LinkRecord:
         _required_time(document, "created_at"),
         _required_time(document, "expires_at"),
         _stored_time(document, "used_at"),
+        # Missing in a link made before links recorded their token: it names none.
+        _stored_optional_text(document, "token_id"),
     )
 
 
@@ -687,6 +694,7 @@ class MongoStore:
                 "expires_at": link.expires_at,
                 "used_at": link.used_at,
                 "claim_id": None,
+                "token_id": link.token_id,
             }
             for link in links
         ]

@@ -73,14 +73,15 @@ CREATE TABLE IF NOT EXISTS entry_links (
     created_at TEXT NOT NULL,
     expires_at TEXT NOT NULL,
     used_at    TEXT,
-    claim_id   TEXT
+    claim_id   TEXT,
+    token_id   TEXT
 );
 CREATE INDEX IF NOT EXISTS entry_links_expires_at ON entry_links (expires_at);
 CREATE INDEX IF NOT EXISTS entry_links_username ON entry_links (username, expires_at);
 """
 _SECRET_COLUMNS = "username, server, key, value, created_at, updated_at, last_used_at"  # noqa: S105 - column names
 _EVENT_COLUMNS = "at, actor, action, server, key, transport, detail"
-_LINK_COLUMNS = "link_id, link_hash, username, server, key, created_at, expires_at, used_at"
+_LINK_COLUMNS = "link_id, link_hash, username, server, key, created_at, expires_at, used_at, token_id"
 _TOKEN_COLUMNS = "token_id, username, token_hash, created_at, expires_at, revoked_at, label"  # noqa: S105 - column names
 BUSY_TIMEOUT_SECONDS = 10.0
 _SQLITE_BUSY = 5
@@ -109,6 +110,10 @@ def _text(field: str, stored: object) -> str:
     if type(stored) is not str:  # SQLite keeps whatever another tool wrote: a BLOB, say
         raise FieldError(field, stored, "text")
     return stored
+
+
+def _text_or_none(field: str, stored: object) -> str | None:
+    return None if stored is None else _text(field, stored)
 
 
 def _moment(field: str, stored: object) -> datetime:
@@ -195,7 +200,7 @@ def _token(row: Sequence[object]) -> TokenRecord:
 
 
 def _link(row: Sequence[object]) -> LinkRecord:
-    link_id, link_hash, username, server, key, created_at, expires_at, used_at = row
+    link_id, link_hash, username, server, key, created_at, expires_at, used_at, token_id = row
     try:
         return LinkRecord(
             _text("link_id", link_id),
@@ -206,6 +211,7 @@ def _link(row: Sequence[object]) -> LinkRecord:
             _moment("created_at", created_at),
             _moment("expires_at", expires_at),
             _moment_or_none("used_at", used_at),
+            _text_or_none("token_id", token_id),
         )
     except FieldError as fault:
         raise _unreadable_row("entry_links", _LINK_COLUMNS, row, fault) from None
@@ -324,7 +330,11 @@ def _use_wal(connection: sqlite3.Connection, timeout: float) -> None:
 
 
 # Columns added since the first version, by table, with their declarations.
-_ADDED_COLUMNS = {"user_secrets": (("last_used_at", "TEXT"),), "entry_links": (("claim_id", "TEXT"),)}
+_ADDED_COLUMNS = {
+    "user_secrets": (("last_used_at", "TEXT"),),
+    # token_id stays NULL in links made before it: they name no token, and live out their time.
+    "entry_links": (("claim_id", "TEXT"), ("token_id", "TEXT")),
+}
 
 
 def _missing_columns(connection: sqlite3.Connection) -> list[tuple[str, str, str]]:
@@ -803,6 +813,7 @@ class SQLiteStore:
                 _iso(link.created_at),
                 _iso(link.expires_at),
                 _iso(link.used_at),
+                link.token_id,
             )
             for link in links
         ]
@@ -816,7 +827,7 @@ class SQLiteStore:
                 ):
                     raise LimitReached
                 connection.executemany(
-                    f"INSERT INTO entry_links ({_LINK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                    f"INSERT INTO entry_links ({_LINK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
                     rows,
                 )
 
