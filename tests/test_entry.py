@@ -198,8 +198,8 @@ def test_a_claim_the_database_did_not_confirm_gives_the_link_back_to_submit_agai
     # time. The link must not stay used up with nothing stored: the user could only ask for another.
     claim = secrets.store.claim_link
 
-    def claimed_but_unconfirmed(link_hash: str, now: datetime, claim_id: str) -> bool:
-        claim(link_hash, now, claim_id)
+    def claimed_but_unconfirmed(link_hash: str, now: datetime, claim_id: str, **form: str | None) -> bool:
+        claim(link_hash, now, claim_id, **form)
         raise WriteUnconfirmedError("the MongoDB server made the change but did not confirm it")
 
     monkeypatch.setattr(secrets.store, "claim_link", claimed_but_unconfirmed)
@@ -227,11 +227,11 @@ def test_an_unconfirmed_claim_that_changed_nothing_leaves_another_submissions_cl
     # MongoDB keeps times to the millisecond, so the other claim's time may be this one's too.
     claim = secrets.store.claim_link
 
-    def matched_nothing_unconfirmed(link_hash: str, now: datetime, claim_id: str) -> bool:
+    def matched_nothing_unconfirmed(link_hash: str, now: datetime, claim_id: str, **form: str | None) -> bool:
         # Another submission, after this one found the link live: it claims and stores.
         assert claim(link_hash, now + apart, "claim-of-the-other") is True
         secrets.set_secret("alice", "github", "TOKEN", "first", via="entry-page")
-        assert claim(link_hash, now, claim_id) is False
+        assert claim(link_hash, now, claim_id, **form) is False
         raise WriteUnconfirmedError("the MongoDB server made the change but did not confirm it")
 
     monkeypatch.setattr(secrets.store, "claim_link", matched_nothing_unconfirmed)
@@ -275,6 +275,28 @@ def test_concurrent_submissions_of_one_link_store_exactly_one_value(
     assert [outcome for outcome in outcomes if not isinstance(outcome, str)] == [True] * (len(values) - 1)
     assert len(winners) == 1
     assert secrets.get_secrets("alice", "github") == {"TOKEN": winners[0]}
+
+
+def test_a_submission_keeps_only_the_hash_of_its_forms_csrf_token_to_tell_that_form_again(
+    links: EntryLinks, link: EntryLink
+) -> None:
+    links.submit(link.token, "value", form="csrf-of-the-users-form")
+
+    record, state = links.find(link.token)
+    assert state == "used"
+    assert record is not None
+    assert record.claimed_by == sha256("csrf-of-the-users-form")
+    assert links.stored_by_form(record, "csrf-of-the-users-form") is True
+    assert links.stored_by_form(record, "csrf-of-another-form") is False
+
+
+def test_a_link_claimed_without_a_form_is_taken_for_no_forms(links: EntryLinks, link: EntryLink) -> None:
+    links.submit(link.token, "value")  # as the library does, and as claims made before forms were kept
+
+    record, _ = links.find(link.token)
+    assert record is not None
+    assert record.claimed_by is None
+    assert links.stored_by_form(record, "any-form") is False
 
 
 @pytest.mark.parametrize(

@@ -655,6 +655,7 @@ MONGO_CALLS: dict[str, Callable[[MongoStore, Any], object]] = {
     "find_link": lambda store, bad: store.find_link(bad),
     "claim_link": lambda store, bad: store.claim_link(bad, T0, "claim-1"),
     "claim_link claim_id": lambda store, bad: store.claim_link("hash-1", T0, bad),
+    "claim_link form": lambda store, bad: store.claim_link("hash-1", T0, "claim-1", form=bad),
     "release_link": lambda store, bad: store.release_link(bad, "claim-1"),
     "release_link claim_id": lambda store, bad: store.release_link("hash-1", bad),
     "count_live_links": lambda store, bad: store.count_live_links(bad, T0),
@@ -2246,6 +2247,17 @@ def test_claim_of_an_expired_link_fails(store: SecretStore, after_expiry: timede
     assert found.used_at is None
 
 
+def test_a_claim_keeps_its_forms_hash_and_its_release_forgets_it(store: SecretStore, l0: datetime) -> None:
+    store.put_link(_link(l0))
+
+    store.claim_link("hash-1", l0, "claim-1", form="hash-of-a-form")
+    claimed = store.find_link("hash-1")
+    store.release_link("hash-1", "claim-1")
+
+    assert claimed == dataclasses.replace(_link(l0), used_at=l0, claimed_by="hash-of-a-form")
+    assert store.find_link("hash-1") == _link(l0)
+
+
 def test_claim_of_an_unknown_link_fails(store: SecretStore, l0: datetime) -> None:
     store.put_link(_link(l0))
 
@@ -2398,7 +2410,10 @@ def test_sqlite_opens_a_file_with_links_from_before_token_ids_and_keeps_token_id
         # Made before links named their token: it names none, and lives out its time.
         assert opened.find_link("old") == dataclasses.replace(_link(l0), link_id="l1", link_hash="old")
         assert opened.find_link("new") == new
-        assert opened.claim_link("old", l0, "claim-1") is True
+        assert opened.claim_link("old", l0, "claim-1", form="hash-of-a-form") is True
+        claimed = opened.find_link("old")
+        assert claimed is not None
+        assert claimed.claimed_by == "hash-of-a-form"
     finally:
         opened.close()
 

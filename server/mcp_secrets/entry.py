@@ -164,8 +164,11 @@ class EntryLinks:
             return False  # refused, as the token itself is, until its record is corrected
         return token is not None and is_live(token, now)
 
-    def submit(self, token: str, value: str) -> LinkRecord:
+    def submit(self, token: str, value: str, *, form: str | None = None) -> LinkRecord:
         """Store ``value`` for the link's own record and use the link up.
+
+        ``form``: the CSRF token of the submitting form; only its hash is kept, to tell a post of the same
+        form (``stored_by_form``) from another's.
 
         Raises:
             InvalidInputError: the value is empty, too long or not text; the link stays live.
@@ -181,7 +184,9 @@ class EntryLinks:
         # time may equal this one's (MongoDB keeps milliseconds).
         claim_id = _new_claim_id()
         try:
-            claimed = self.secrets.store.claim_link(record.link_hash, self._clock(), claim_id)
+            claimed = self.secrets.store.claim_link(
+                record.link_hash, self._clock(), claim_id, form=None if form is None else _hash(form)
+            )
         except WriteUnconfirmedError:
             # Perhaps made: given back, so a second try can store, instead of finding the link used up.
             with suppress(StoreUnavailableError):
@@ -199,6 +204,14 @@ class EntryLinks:
                 self.secrets.store.release_link(record.link_hash, claim_id)
             raise
         return record
+
+    def stored_by_form(self, record: LinkRecord, form: str) -> bool:
+        """Whether the link of ``record`` was claimed by a submission of the form of CSRF token ``form``.
+
+        False for a link claimed without a form, or before claims recorded theirs: the caller cannot
+        tell that post from another's.
+        """
+        return record.claimed_by is not None and hmac.compare_digest(record.claimed_by, _hash(form))
 
     def resume(self, token: str, username: str) -> EntryLink:
         """The link of a ``request_secret`` round trip, which must belong to ``username``."""

@@ -448,6 +448,54 @@ async def test_a_form_sent_twice_says_the_value_is_stored_not_that_the_link_expi
     assert stored_values(streamable_http_deployment, "alice", server) == {"API_TOKEN": canary}
 
 
+async def test_a_form_posted_after_another_form_used_the_link_says_its_value_was_not_stored(
+    streamable_http_deployment, server: str, canary: str
+) -> None:
+    url = await new_link(streamable_http_deployment, server)
+
+    # The link leaked: someone else opens it too, and submits before its user does.
+    async with browser() as user, browser() as someone_else:
+        _, users_csrf = await open_form(user, url)
+        _, their_csrf = await open_form(someone_else, url)
+        theirs = await someone_else.post(url, data={"csrf": their_csrf, "value": "someone-elses-value"})
+        users = await user.post(url, data={"csrf": users_csrf, "value": canary})
+
+    assert [theirs.status_code, users.status_code] == [200, 409]
+    assert "NOT stored" in users.text
+    assert "used by another submission" in users.text
+    assert "treat the secret as replaced" in users.text
+    assert "new link" in users.text
+    assert "already stored" not in users.text
+    assert "nothing more to do" not in users.text
+    assert not inputs_of(users.text)
+    assert canary not in users.text
+    assert canary not in streamable_http_deployment.log()
+    assert stored_values(streamable_http_deployment, "alice", server) == {"API_TOKEN": "someone-elses-value"}
+
+
+async def test_two_forms_posted_at_once_store_one_value_and_tell_the_other_it_was_not_stored(
+    streamable_http_deployment, server: str, canary: str
+) -> None:
+    keys = [f"KEY_{round_}" for round_ in range(6)]
+    answers: list[list[httpx2.Response]] = []
+    for key in keys:
+        url = await new_link(streamable_http_deployment, server, key)
+        async with browser() as one, browser() as other:
+            _, one_csrf = await open_form(one, url)
+            _, other_csrf = await open_form(other, url)
+            posted: list[httpx2.Response] = []
+            async with anyio.create_task_group() as posts:
+                posts.start_soon(_post_into, posted, one, url, {"csrf": one_csrf, "value": canary})
+                posts.start_soon(_post_into, posted, other, url, {"csrf": other_csrf, "value": canary})
+        answers.append(sorted(posted, key=lambda answer: answer.status_code))
+
+    for stored, refused in answers:
+        assert [stored.status_code, refused.status_code] == [200, 409]
+        assert "Secret stored" in stored.text
+        assert "NOT stored" in refused.text, refused.text
+    assert stored_values(streamable_http_deployment, "alice", server) == dict.fromkeys(keys, canary)
+
+
 async def _post_into(
     answers: list[httpx2.Response], http: httpx2.AsyncClient, url: str, form: dict[str, str]
 ) -> None:

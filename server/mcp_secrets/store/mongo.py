@@ -246,6 +246,8 @@ def _link_of(document: Document) -> LinkRecord:
         _stored_time(document, "used_at"),
         # Missing in a link made before links recorded their token: it names none.
         _stored_optional_text(document, "token_id"),
+        # Missing in a link claimed before claims recorded their form.
+        _stored_optional_text(document, "claimed_by"),
     )
 
 
@@ -695,6 +697,7 @@ class MongoStore:
                 "used_at": link.used_at,
                 "claim_id": None,
                 "token_id": link.token_id,
+                "claimed_by": link.claimed_by,
             }
             for link in links
         ]
@@ -730,13 +733,13 @@ class MongoStore:
         documents = _read(self._links, lambda links: links.find(selector, {"_id": False}).limit(1))
         return _link(documents[0]) if documents else None
 
-    def claim_link(self, link_hash: str, now: datetime, claim_id: str) -> bool:
-        """Mark an unused, unexpired link used by ``claim_id``, atomically; False when it was not."""
+    def claim_link(self, link_hash: str, now: datetime, claim_id: str, *, form: str | None = None) -> bool:
+        """Mark an unused, unexpired link used by ``claim_id`` of ``form``, atomically; False if not."""
         selector = {"link_hash": _text("link_hash", link_hash), "used_at": None, "expires_at": {"$gt": now}}
+        claimed_by = None if form is None else _text("form", form)
+        claim = {"used_at": now, "claim_id": _text("claim_id", claim_id), "claimed_by": claimed_by}
         with _available(LINKS_COLLECTION):
-            result = self._links.update_one(
-                selector, {"$set": {"used_at": now, "claim_id": _text("claim_id", claim_id)}}
-            )
+            result = self._links.update_one(selector, {"$set": claim})
         return result.modified_count > 0
 
     def release_link(self, link_hash: str, claim_id: str) -> None:
@@ -746,7 +749,9 @@ class MongoStore:
         """
         selector = {"link_hash": _text("link_hash", link_hash), "claim_id": _text("claim_id", claim_id)}
         with _available(LINKS_COLLECTION):
-            self._links.update_one(selector, {"$set": {"used_at": None, "claim_id": None}})
+            self._links.update_one(
+                selector, {"$set": {"used_at": None, "claim_id": None, "claimed_by": None}}
+            )
 
     def ping(self) -> None:
         """Raise ``StoreUnavailableError`` unless the server answers."""
