@@ -659,6 +659,7 @@ MONGO_CALLS: dict[str, Callable[[MongoStore, Any], object]] = {
     "release_link": lambda store, bad: store.release_link(bad, "claim-1"),
     "release_link claim_id": lambda store, bad: store.release_link("hash-1", bad),
     "count_live_links": lambda store, bad: store.count_live_links(bad, T0),
+    "end_token_links": lambda store, bad: store.end_token_links(bad, T0),
 }
 
 
@@ -2174,6 +2175,24 @@ def test_a_link_keeps_the_id_of_the_api_token_that_made_it(store: SecretStore, l
     found = store.find_link("hash-2")
     assert found is not None
     assert found.token_id is None
+
+
+def test_end_token_links_ends_only_the_open_links_of_that_token(store: SecretStore, l0: datetime) -> None:
+    of_token = [dataclasses.replace(_link(l0, f"t1-{n}"), token_id="t1") for n in range(3)]
+    others = [dataclasses.replace(_link(l0, "t2"), token_id="t2"), _link(l0, "none")]
+    store.put_links([*of_token, *others])
+    store.claim_link("t1-2", l0, "claim-1")  # used: its value may be in, and it stays as it is
+    ended_at = l0 + timedelta(minutes=1)
+
+    assert store.end_token_links("t1", ended_at) == 2
+    assert store.end_token_links("t1", ended_at) == 0
+
+    assert [store.find_link(f"t1-{n}") for n in range(2)] == [
+        dataclasses.replace(link, expires_at=ended_at) for link in of_token[:2]
+    ]
+    assert store.find_link("t1-2") == dataclasses.replace(of_token[2], used_at=l0)
+    assert [store.find_link(link.link_hash) for link in others] == others
+    assert store.count_live_links("alice", ended_at) == 2
 
 
 def test_put_links_inserts_all_within_the_limit_and_none_past_it(store: SecretStore, l0: datetime) -> None:

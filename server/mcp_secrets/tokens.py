@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import secrets as _random
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import NoReturn
@@ -140,6 +141,10 @@ class ApiTokens:
             # Not echoed: a user may have pasted a whole token here.
             raise SecretNotFoundError("there is no live token with that id (see `mcp-secrets token list`)")
         self._record_revocation(record, now, f"token {token_id}")
+        # Its open entry links would hold places of its user's link limit until they expire. Only that:
+        # each is refused as soon as its token is dead, so a failure here leaves no link working.
+        with suppress(StoreUnavailableError):
+            self.store.end_token_links(token_id, now)
         return record
 
     def _revoked_unreadable(

@@ -34,6 +34,7 @@ from mcp_types import (
 from conftest import parse_time, text_of
 from mcp_secrets.bootstrap import open_secrets
 from mcp_secrets.config import Settings
+from mcp_secrets.entry import MAX_LIVE_LINKS
 from mcp_secrets.secrets import MAX_VALUE_BYTES
 
 from .conftest import create_token, isolated_env, serving
@@ -425,6 +426,33 @@ async def test_a_link_made_with_a_token_since_revoked_is_410_and_stores_nothing(
         assert not inputs_of(page.text)
     assert stored_values(deployment, "alice", server) == {"API_TOKEN": canary}
     assert token_of(url) not in deployment.log()
+
+
+async def test_once_a_token_that_filled_its_users_links_is_revoked_the_user_gets_links_again(
+    streamable_http_deployment, server: str
+) -> None:
+    deployment = streamable_http_deployment
+    # A user of its own: the module's other tests leave alice's links open, and must not meet her limit.
+    username = f"user-{_random.token_hex(4)}"
+    leaked = create_token(deployment.env, username)
+    async with deployment.connect(username, token=leaked) as client:
+        made = [
+            await client.call_tool("request_secret", {"server": server, "key": f"KEY_{n}"})
+            for n in range(MAX_LIVE_LINKS)
+        ]
+        refused = await client.call_tool("request_secret", {"server": server, "key": "ONE_MORE"})
+    assert not any(result.is_error for result in made)
+    assert refused.is_error
+    assert "too many entry links open" in text_of(refused)
+
+    revoked = deployment.cli("token", "revoke", leaked.split("_")[1])
+    assert revoked.returncode == 0, revoked.stderr
+    result = await link_sent(deployment, server, "API_TOKEN", username)
+
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "link_sent"
+    async with browser() as http:
+        await open_form(http, result.structured_content["url"])
 
 
 async def test_a_form_sent_twice_says_the_value_is_stored_not_that_the_link_expired(

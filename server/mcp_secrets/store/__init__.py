@@ -326,6 +326,10 @@ class SecretStore(Protocol):
         """
         ...
 
+    def end_token_links(self, token_id: str, now: datetime) -> int:
+        """Make the open links of API token ``token_id`` expire at ``now``; return how many there were."""
+        ...
+
     def count_live_links(self, username: str, now: datetime) -> int:
         """How many of one user's entry links are neither used nor expired at ``now``."""
         ...

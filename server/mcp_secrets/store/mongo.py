@@ -717,6 +717,19 @@ class MongoStore:
                     f"the entry links could not be created ({type(exc).__name__}); none is handed out"
                 ) from None
 
+    def end_token_links(self, token_id: str, now: datetime) -> int:
+        """Make the open links of API token ``token_id`` expire at ``now``; return how many there were.
+
+        No index on token_id: a revocation is rare, and the TTL index keeps the collection to live links.
+        """
+        selector = {
+            "token_id": _text("token_id", token_id),
+            "used_at": None,
+            "expires_at": {"$gt": _time("now", now)},
+        }
+        with _available(LINKS_COLLECTION):
+            return self._links.update_many(selector, {"$set": {"expires_at": now}}).modified_count
+
     def count_live_links(self, username: str, now: datetime) -> int:
         """How many of one user's entry links are neither used nor expired at ``now``."""
         selector = {

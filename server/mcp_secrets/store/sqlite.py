@@ -839,6 +839,18 @@ class SQLiteStore:
 
         self._run(insert)
 
+    def end_token_links(self, token_id: str, now: datetime) -> int:
+        """Make the open links of API token ``token_id`` expire at ``now``; return how many there were."""
+        return self._run(
+            lambda connection: (
+                connection.execute(
+                    "UPDATE entry_links SET expires_at = ? "
+                    "WHERE token_id = ? AND used_at IS NULL AND expires_at > ?",
+                    (_iso(now), token_id, _iso(now)),
+                ).rowcount
+            )
+        )
+
     def count_live_links(self, username: str, now: datetime) -> int:
         """How many of one user's entry links are neither used nor expired at ``now``."""
         return self._run(lambda connection: _live_links(connection, username, now))
