@@ -36,6 +36,7 @@ from mcp_secrets.identity import LocalIdentity
 from mcp_secrets.secrets import MAX_VALUE_BYTES, Secrets
 from mcp_secrets.store import LinkRecord
 from mcp_secrets.store.sqlite import SQLiteStore
+from mcp_secrets.tokens import ApiTokens
 from test_crypto import fresh_master_key
 
 BASE_URL = "http://127.0.0.1:8000"
@@ -197,8 +198,8 @@ def test_a_claim_the_database_did_not_confirm_gives_the_link_back_to_submit_agai
     # time. The link must not stay used up with nothing stored: the user could only ask for another.
     claim = secrets.store.claim_link
 
-    def claimed_but_unconfirmed(link_hash: str, now: datetime, claim_id: str) -> bool:
-        claim(link_hash, now, claim_id)
+    def claimed_but_unconfirmed(link_hash: str, now: datetime, claim_id: str, **form: str | None) -> bool:
+        claim(link_hash, now, claim_id, **form)
         raise WriteUnconfirmedError("the MongoDB server made the change but did not confirm it")
 
     monkeypatch.setattr(secrets.store, "claim_link", claimed_but_unconfirmed)
@@ -226,11 +227,11 @@ def test_an_unconfirmed_claim_that_changed_nothing_leaves_another_submissions_cl
     # MongoDB keeps times to the millisecond, so the other claim's time may be this one's too.
     claim = secrets.store.claim_link
 
-    def matched_nothing_unconfirmed(link_hash: str, now: datetime, claim_id: str) -> bool:
+    def matched_nothing_unconfirmed(link_hash: str, now: datetime, claim_id: str, **form: str | None) -> bool:
         # Another submission, after this one found the link live: it claims and stores.
         assert claim(link_hash, now + apart, "claim-of-the-other") is True
         secrets.set_secret("alice", "github", "TOKEN", "first", via="entry-page")
-        assert claim(link_hash, now, claim_id) is False
+        assert claim(link_hash, now, claim_id, **form) is False
         raise WriteUnconfirmedError("the MongoDB server made the change but did not confirm it")
 
     monkeypatch.setattr(secrets.store, "claim_link", matched_nothing_unconfirmed)
@@ -276,6 +277,28 @@ def test_concurrent_submissions_of_one_link_store_exactly_one_value(
     assert secrets.get_secrets("alice", "github") == {"TOKEN": winners[0]}
 
 
+def test_a_submission_keeps_only_the_hash_of_its_forms_csrf_token_to_tell_that_form_again(
+    links: EntryLinks, link: EntryLink
+) -> None:
+    links.submit(link.token, "value", form="csrf-of-the-users-form")
+
+    record, state = links.find(link.token)
+    assert state == "used"
+    assert record is not None
+    assert record.claimed_by == sha256("csrf-of-the-users-form")
+    assert links.stored_by_form(record, "csrf-of-the-users-form") is True
+    assert links.stored_by_form(record, "csrf-of-another-form") is False
+
+
+def test_a_link_claimed_without_a_form_is_taken_for_no_forms(links: EntryLinks, link: EntryLink) -> None:
+    links.submit(link.token, "value")  # as the library does, and as claims made before forms were kept
+
+    record, _ = links.find(link.token)
+    assert record is not None
+    assert record.claimed_by is None
+    assert links.stored_by_form(record, "any-form") is False
+
+
 @pytest.mark.parametrize(
     "past_expiry", [timedelta(0), timedelta(seconds=1), timedelta(days=1)], ids=["at", "after", "long-after"]
 )
@@ -289,6 +312,78 @@ def test_an_expired_link_refuses_to_store(
         links.submit(link.token, "too late")
     assert refused.value.gone is True
     assert secrets.list_secret_keys("alice") == []
+
+
+@pytest.fixture
+def tokens(secrets: Secrets, clock: FakeClock) -> ApiTokens:
+    return ApiTokens(secrets.store, clock=clock)
+
+
+@pytest.mark.parametrize("death", ["revoked", "expired"])
+def test_a_link_made_with_an_api_token_stores_nothing_once_that_token_no_longer_works(
+    links: EntryLinks, secrets: Secrets, tokens: ApiTokens, clock: FakeClock, death: str
+) -> None:
+    # A leaked token's holder made the link; its user revoked the token (or it ran out) while the link lived.
+    secrets.set_secret("alice", "github", "TOKEN", "the-real-one")
+    leaked = tokens.create("alice", expires_in=timedelta(minutes=5)).record
+    link = links.create("alice", "github", "TOKEN", token_id=leaked.token_id)
+    assert links.state(link.token) == "live"
+    if death == "revoked":
+        tokens.revoke(leaked.token_id)
+    else:
+        clock.advance(timedelta(minutes=5))
+
+    # Revoked, the link is ended too: MongoDB's TTL index may then have dropped it already.
+    assert links.state(link.token) in (("expired", "unknown") if death == "revoked" else ("expired",))
+    with pytest.raises(EntryLinkError):
+        links.submit(link.token, "attacker-value")
+    assert links.claim_outcome(link.token) == "gone"
+    assert secrets.get_secrets("alice", "github") == {"TOKEN": "the-real-one"}
+
+
+def test_revoking_one_token_leaves_the_links_of_the_users_other_tokens_and_of_no_token_working(
+    links: EntryLinks, secrets: Secrets, tokens: ApiTokens
+) -> None:
+    kept = tokens.create("alice").record
+    revoked = tokens.create("alice").record
+    of_kept = links.create("alice", "github", "KEPT", token_id=kept.token_id)
+    of_none = links.create("alice", "github", "JWT")  # a JWT's caller, or a link made before tokens were kept
+    tokens.revoke(revoked.token_id)
+
+    links.submit(of_kept.token, "one")
+    links.submit(of_none.token, "two")
+
+    assert secrets.get_secrets("alice", "github") == {"JWT": "two", "KEPT": "one"}
+
+
+def test_a_link_of_a_token_that_is_not_in_the_store_stores_nothing(
+    links: EntryLinks, secrets: Secrets
+) -> None:
+    link = links.create("alice", "github", "TOKEN", token_id="0123456789")
+
+    assert links.state(link.token) == "expired"
+    with pytest.raises(EntryLinkError):
+        links.submit(link.token, "value")
+    assert secrets.list_secret_keys("alice") == []
+
+
+def test_the_audit_trail_names_the_link_and_the_token_that_made_it_never_the_links_token(
+    links: EntryLinks, secrets: Secrets, tokens: ApiTokens
+) -> None:
+    made_with = tokens.create("alice").record
+    link = links.create("alice", "github", "TOKEN", token_id=made_with.token_id)
+    without = links.create("alice", "github", "OTHER")
+
+    links.submit(link.token, "value")
+    links.submit(without.token, "value")
+
+    events = {event.key: event for event in secrets.store.list_events("alice") if event.action == "created"}
+    assert events["TOKEN"].transport == "entry-page"
+    assert events["TOKEN"].detail == f"entry link {link.record.link_id} of token {made_with.token_id}"
+    assert events["OTHER"].detail == f"entry link {without.record.link_id}"
+    for event in events.values():
+        assert link.token not in event.to_json()
+        assert without.token not in event.to_json()
 
 
 def test_a_link_is_still_live_just_before_it_expires(
@@ -942,6 +1037,40 @@ def test_a_user_may_have_at_most_max_live_links_open_and_used_or_expired_ones_do
     clock.advance(LINK_TTL + timedelta(seconds=1))  # expired ones free theirs
     assert links.secrets.store.count_live_links("alice", clock()) == 0
     links.create("alice", "github", "AFTER_EXPIRY")
+
+
+def test_the_gateway_hints_links_work_only_while_the_callers_api_token_does(
+    links: EntryLinks, tokens: ApiTokens, secrets: Secrets
+) -> None:
+    leaked = tokens.create("alice").record
+    hint = missing_secrets_hint(EntrySettings(links=links, base_url=BASE_URL))
+
+    text = hint("alice", "github", ["A", "B"], leaked.token_id)
+    tokens.revoke(leaked.token_id)
+
+    made = re.findall(rf"{re.escape(BASE_URL + ENTRY_PATH)}/([A-Za-z0-9_-]+)", text)
+    assert len(made) == 2
+    for token in made:
+        assert links.state(token) in ("expired", "unknown")  # MongoDB's TTL index drops an ended link
+        with pytest.raises(EntryLinkError):
+            links.submit(token, "attacker-value")
+    assert secrets.list_secret_keys("alice") == []
+
+
+def test_revoking_a_token_frees_the_places_its_open_links_held(
+    links: EntryLinks, tokens: ApiTokens, clock: FakeClock
+) -> None:
+    # A leaked token's holder fills the user's links; once it is revoked, the user can ask for links again.
+    leaked = tokens.create("alice").record
+    for n in range(MAX_LIVE_LINKS):
+        links.create("alice", "github", f"KEY{n}", token_id=leaked.token_id)
+    with pytest.raises(InvalidInputError):
+        links.create("alice", "github", "TOKEN")
+
+    tokens.revoke(leaked.token_id)
+
+    assert links.secrets.store.count_live_links("alice", clock()) == 0
+    assert links.state(links.create("alice", "github", "TOKEN").token) == "live"
 
 
 def test_past_the_limit_the_gateway_hint_says_so_and_how_else_to_store_the_keys(

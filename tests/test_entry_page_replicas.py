@@ -44,13 +44,13 @@ class HeldSecrets(Secrets):
         self.fail = False
 
     def set_secret(
-        self, username: str, server: str, key: str, value: str, *, via: str = "library"
+        self, username: str, server: str, key: str, value: str, *, via: str = "library", detail: str = ""
     ) -> UpdateResult:
         self.storing.set()
         self.let_go.wait(WAIT_SECONDS)
         if self.fail:
             raise StoreUnavailableError("the SQLite store is unavailable: held by the test")
-        return super().set_secret(username, server, key, value, via=via)
+        return super().set_secret(username, server, key, value, via=via, detail=detail)
 
 
 @dataclass
@@ -163,10 +163,10 @@ async def test_a_form_sent_again_to_another_replica_that_lost_the_claim_says_it_
         b_claiming = threading.Event()
         claim_link = b.store.claim_link
 
-        def claim_after_a(*args: Any) -> bool:
+        def claim_after_a(*args: Any, **form: Any) -> bool:
             b_claiming.set()
             held.storing.wait(WAIT_SECONDS)
-            return claim_link(*args)
+            return claim_link(*args, **form)
 
         monkeypatch.setattr(b.store, "claim_link", claim_after_a)
         b_looked = after_its_next_store_read(b.store, monkeypatch)

@@ -655,9 +655,11 @@ MONGO_CALLS: dict[str, Callable[[MongoStore, Any], object]] = {
     "find_link": lambda store, bad: store.find_link(bad),
     "claim_link": lambda store, bad: store.claim_link(bad, T0, "claim-1"),
     "claim_link claim_id": lambda store, bad: store.claim_link("hash-1", T0, bad),
+    "claim_link form": lambda store, bad: store.claim_link("hash-1", T0, "claim-1", form=bad),
     "release_link": lambda store, bad: store.release_link(bad, "claim-1"),
     "release_link claim_id": lambda store, bad: store.release_link("hash-1", bad),
     "count_live_links": lambda store, bad: store.count_live_links(bad, T0),
+    "end_token_links": lambda store, bad: store.end_token_links(bad, T0),
 }
 
 
@@ -2164,6 +2166,35 @@ def test_put_link_then_find_link_by_its_hash(store: SecretStore, l0: datetime) -
     assert store.find_link("hash-3") is None
 
 
+def test_a_link_keeps_the_id_of_the_api_token_that_made_it(store: SecretStore, l0: datetime) -> None:
+    made_with_token = dataclasses.replace(_link(l0, "hash-1"), token_id="abc123")
+    store.put_links([made_with_token, _link(l0, "hash-2")])
+    store.claim_link("hash-1", l0, "claim-1")
+
+    assert store.find_link("hash-1") == dataclasses.replace(made_with_token, used_at=l0)
+    found = store.find_link("hash-2")
+    assert found is not None
+    assert found.token_id is None
+
+
+def test_end_token_links_ends_only_the_open_links_of_that_token(store: SecretStore, l0: datetime) -> None:
+    of_token = [dataclasses.replace(_link(l0, f"t1-{n}"), token_id="t1") for n in range(3)]
+    others = [dataclasses.replace(_link(l0, "t2"), token_id="t2"), _link(l0, "none")]
+    store.put_links([*of_token, *others])
+    store.claim_link("t1-2", l0, "claim-1")  # used: its value may be in, and it stays as it is
+    ended_at = l0 + timedelta(minutes=1)
+
+    assert store.end_token_links("t1", ended_at) == 2
+    assert store.end_token_links("t1", ended_at) == 0
+
+    assert [store.find_link(f"t1-{n}") for n in range(2)] == [
+        dataclasses.replace(link, expires_at=ended_at) for link in of_token[:2]
+    ]
+    assert store.find_link("t1-2") == dataclasses.replace(of_token[2], used_at=l0)
+    assert [store.find_link(link.link_hash) for link in others] == others
+    assert store.count_live_links("alice", ended_at) == 2
+
+
 def test_put_links_inserts_all_within_the_limit_and_none_past_it(store: SecretStore, l0: datetime) -> None:
     store.put_link(_link(l0, "hash-0"))
     store.put_link(_link(l0, "bobs", "bob"))  # another user's count for nothing
@@ -2233,6 +2264,17 @@ def test_claim_of_an_expired_link_fails(store: SecretStore, after_expiry: timede
     found = store.find_link("hash-1")
     assert found is not None
     assert found.used_at is None
+
+
+def test_a_claim_keeps_its_forms_hash_and_its_release_forgets_it(store: SecretStore, l0: datetime) -> None:
+    store.put_link(_link(l0))
+
+    store.claim_link("hash-1", l0, "claim-1", form="hash-of-a-form")
+    claimed = store.find_link("hash-1")
+    store.release_link("hash-1", "claim-1")
+
+    assert claimed == dataclasses.replace(_link(l0), used_at=l0, claimed_by="hash-of-a-form")
+    assert store.find_link("hash-1") == _link(l0)
 
 
 def test_claim_of_an_unknown_link_fails(store: SecretStore, l0: datetime) -> None:
@@ -2355,6 +2397,42 @@ def test_sqlite_opens_a_file_with_links_from_before_claim_ids_and_claims_and_rel
     opened = SQLiteStore(sqlite_path)
     try:
         claims_and_releases_links_from_before_claim_ids(opened, l0)
+    finally:
+        opened.close()
+
+
+_ENTRY_LINKS_WITHOUT_TOKEN_IDS = """
+CREATE TABLE entry_links (
+    link_hash TEXT PRIMARY KEY, link_id TEXT NOT NULL, username TEXT NOT NULL, server TEXT NOT NULL,
+    key TEXT NOT NULL, created_at TEXT NOT NULL, expires_at TEXT NOT NULL, used_at TEXT, claim_id TEXT
+);
+"""
+
+
+def test_sqlite_opens_a_file_with_links_from_before_token_ids_and_keeps_token_ids_of_new_ones(
+    sqlite_path: Path, l0: datetime
+) -> None:
+    connection = sqlite3.connect(sqlite_path, isolation_level=None)
+    connection.executescript(_ENTRY_LINKS_WITHOUT_TOKEN_IDS)
+    connection.execute(
+        "INSERT INTO entry_links VALUES ('old', 'l1', 'alice', 'github', 'TOKEN', ?, ?, NULL, NULL)",
+        (l0.isoformat(), (l0 + LINK_TTL).isoformat()),
+    )
+    connection.close()
+    sqlite_path.chmod(0o600)
+
+    opened = SQLiteStore(sqlite_path)
+    try:
+        new = dataclasses.replace(_link(l0, "new"), token_id="abc123")
+        opened.put_link(new)
+
+        # Made before links named their token: it names none, and lives out its time.
+        assert opened.find_link("old") == dataclasses.replace(_link(l0), link_id="l1", link_hash="old")
+        assert opened.find_link("new") == new
+        assert opened.claim_link("old", l0, "claim-1", form="hash-of-a-form") is True
+        claimed = opened.find_link("old")
+        assert claimed is not None
+        assert claimed.claimed_by == "hash-of-a-form"
     finally:
         opened.close()
 

@@ -54,7 +54,7 @@ from mcp_secrets.entry import EntryLink, EntryLinks, Submission
 from mcp_secrets.errors import InvalidInputError, SecretsError
 from mcp_secrets.gateway import Gateway, set_log_level
 from mcp_secrets.gateway.changes import LISTENING_USER
-from mcp_secrets.identity import Identity
+from mcp_secrets.identity import Identity, api_token_id
 from mcp_secrets.offload import run_store_work
 from mcp_secrets.secrets import MAX_VALUE_BYTES, NAME_PATTERN, SecretKeyInfo, Secrets, validate_name
 from mcp_secrets.session_quota import OpenStreams
@@ -521,13 +521,14 @@ async def _entry_outcome(
 
 def missing_secrets_hint(
     entry: EntrySettings | None, store_settings: StoreLocation = NO_SETTINGS
-) -> Callable[[str, str, list[str]], str]:
+) -> Callable[[str, str, list[str], str | None], str]:
     """How the gateway says to store missing keys: an entry link per key when the page is served.
 
-    ``store_settings``: as for ``build_server``.
+    ``store_settings``: as for ``build_server``. The hint's last argument is the caller's API token id,
+    for the links to work only while that token does.
     """
 
-    def hint(username: str, server: str, keys: list[str]) -> str:
+    def hint(username: str, server: str, keys: list[str], token_id: str | None = None) -> str:
         without_links = (
             f"Store each with request_secret (server {server!r}), "
             f"or run `{set_command(username, server, 'KEY', store_settings)}`.{store_settings.needs()}"
@@ -536,7 +537,7 @@ def missing_secrets_hint(
             return without_links
         try:
             # All, or none past the gateway's share of the limit.
-            made = entry.links.create_many(username, server, keys, within=GATEWAY_LINKS)
+            made = entry.links.create_many(username, server, keys, within=GATEWAY_LINKS, token_id=token_id)
         except InvalidInputError as exc:  # too many links open: say so, and how else to store them
             return f"{exc}. {without_links}"
         links = [f"{link.record.key}: {link.url(entry.base_url)}" for link in made]
@@ -626,7 +627,9 @@ def _add_request_secret(
             response = (ctx.input_responses or {}).get(ENTRY_REQUEST)
             action = response.action if isinstance(response, ElicitResult) else "cancel"
             return await _entry_outcome(entry, link, action, ctx, elicitation_id=None, started=started)
-        link = await _run(lambda: entry.links.create(username, server, key))
+        # A link made with an API token works only while the token does: revoked, it must write nothing.
+        token_id = api_token_id(ctx)
+        link = await _run(lambda: entry.links.create(username, server, key, token_id=token_id))
         url = link.url(entry.base_url)
         message = (
             f"Enter the secret {key} for the MCP server {server} in a page of mcp-secrets. "

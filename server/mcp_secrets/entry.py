@@ -17,9 +17,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
-from mcp_secrets.errors import EntryLinkError, InvalidInputError, StoreUnavailableError, WriteUnconfirmedError
+from mcp_secrets.errors import (
+    EntryLinkError,
+    InvalidInputError,
+    StoreUnavailableError,
+    UnreadableRecordError,
+    WriteUnconfirmedError,
+)
 from mcp_secrets.secrets import Secrets, validate_name, validate_username, validate_value
 from mcp_secrets.store import LimitReached, LinkRecord
+from mcp_secrets.tokens import is_live
 
 ENTRY_PATH = "/secrets/entry"
 LINK_TTL = timedelta(minutes=10)
@@ -46,6 +53,13 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def _made_by(record: LinkRecord) -> str:
+    """The audit detail of a value stored through a link: the link's id and the API token that made it."""
+    if record.token_id is None:
+        return f"entry link {record.link_id}"
+    return f"entry link {record.link_id} of token {record.token_id}"
+
+
 @dataclass(frozen=True)
 class EntryLink:
     """A link just made: ``token`` is the only copy of its secret part."""
@@ -68,17 +82,26 @@ class EntryLinks:
         self.ttl = ttl
         self._clock = clock
 
-    def create(self, username: str, server: str, key: str) -> EntryLink:
-        """A fresh link for one (username, server, key), valid for ``ttl``."""
-        return self.create_many(username, server, [key])[0]
+    def create(self, username: str, server: str, key: str, *, token_id: str | None = None) -> EntryLink:
+        """A fresh link for one (username, server, key), valid for ``ttl``.
+
+        ``token_id``: the API token of the caller asking for it; the link works only while that token does.
+        """
+        return self.create_many(username, server, [key], token_id=token_id)[0]
 
     def create_many(
-        self, username: str, server: str, keys: Sequence[str], *, within: int | None = None
+        self,
+        username: str,
+        server: str,
+        keys: Sequence[str],
+        *,
+        within: int | None = None,
+        token_id: str | None = None,
     ) -> list[EntryLink]:
         """A fresh link for each of ``keys``: all of them, or none when they would pass the limit.
 
         The limit is ``MAX_LIVE_LINKS`` live links of the user, or ``within`` for a caller given a
-        smaller share of them.
+        smaller share of them. ``token_id`` as for ``create``.
         """
         validate_username(username)
         validate_name("server", server)
@@ -86,7 +109,7 @@ class EntryLinks:
             validate_name("key", key)
         limit = MAX_LIVE_LINKS if within is None else min(within, MAX_LIVE_LINKS)
         now = self._clock()
-        links = [self._new(username, server, key, now) for key in keys]
+        links = [self._new(username, server, key, now, token_id) for key in keys]
         try:
             # Counted where they are inserted: calls at once cannot all take the last places.
             self.secrets.store.put_links([link.record for link in links], max_live=limit)
@@ -97,7 +120,7 @@ class EntryLinks:
             ) from None
         return links
 
-    def _new(self, username: str, server: str, key: str, now: datetime) -> EntryLink:
+    def _new(self, username: str, server: str, key: str, now: datetime, token_id: str | None) -> EntryLink:
         token = _random.token_urlsafe(32)
         record = LinkRecord(
             link_id=_random.token_hex(8),
@@ -107,6 +130,7 @@ class EntryLinks:
             key=key,
             created_at=now,
             expires_at=now + self.ttl,
+            token_id=token_id,
         )
         return EntryLink(token, record)
 
@@ -121,12 +145,30 @@ class EntryLinks:
             return None, "unknown"
         if record.used_at is not None:
             return record, "used"
-        if record.expires_at <= self._clock():
+        now = self._clock()
+        if record.expires_at <= now or not self._made_by_live_token(record, now):
             return record, "expired"
         return record, "live"
 
-    def submit(self, token: str, value: str) -> LinkRecord:
+    def _made_by_live_token(self, record: LinkRecord, now: datetime) -> bool:
+        """Whether the API token that made the link still works; True for a link that names none.
+
+        A token revoked (it leaked) or expired takes its links with it: they would still write its user's
+        secrets otherwise, for as long as they live.
+        """
+        if record.token_id is None:
+            return True
+        try:
+            token = self.secrets.store.find_token_by_id(record.token_id)
+        except UnreadableRecordError:
+            return False  # refused, as the token itself is, until its record is corrected
+        return token is not None and is_live(token, now)
+
+    def submit(self, token: str, value: str, *, form: str | None = None) -> LinkRecord:
         """Store ``value`` for the link's own record and use the link up.
+
+        ``form``: the CSRF token of the submitting form; only its hash is kept, to tell a post of the same
+        form (``stored_by_form``) from another's.
 
         Raises:
             InvalidInputError: the value is empty, too long or not text; the link stays live.
@@ -142,7 +184,9 @@ class EntryLinks:
         # time may equal this one's (MongoDB keeps milliseconds).
         claim_id = _new_claim_id()
         try:
-            claimed = self.secrets.store.claim_link(record.link_hash, self._clock(), claim_id)
+            claimed = self.secrets.store.claim_link(
+                record.link_hash, self._clock(), claim_id, form=None if form is None else _hash(form)
+            )
         except WriteUnconfirmedError:
             # Perhaps made: given back, so a second try can store, instead of finding the link used up.
             with suppress(StoreUnavailableError):
@@ -151,13 +195,23 @@ class EntryLinks:
         if not claimed:
             raise EntryLinkError("this link has just been used or has expired", gone=True)
         try:
-            self.secrets.set_secret(record.username, record.server, record.key, value, via="entry-page")
+            self.secrets.set_secret(
+                record.username, record.server, record.key, value, via="entry-page", detail=_made_by(record)
+            )
         except BaseException:
             # Given back if the store lets it be; either way, the error the user sees is the write's own.
             with suppress(StoreUnavailableError):
                 self.secrets.store.release_link(record.link_hash, claim_id)
             raise
         return record
+
+    def stored_by_form(self, record: LinkRecord, form: str) -> bool:
+        """Whether the link of ``record`` was claimed by a submission of the form of CSRF token ``form``.
+
+        False for a link claimed without a form, or before claims recorded theirs: the caller cannot
+        tell that post from another's.
+        """
+        return record.claimed_by is not None and hmac.compare_digest(record.claimed_by, _hash(form))
 
     def resume(self, token: str, username: str) -> EntryLink:
         """The link of a ``request_secret`` round trip, which must belong to ``username``."""

@@ -265,8 +265,9 @@ async def _answer(
             )
             if submitted is not None:
                 return submitted
-        # The link is used: by this form sent before (a double click), perhaps to another replica.
-        again = await _sent_again(links, request, deadline)
+        # The link is used: by this form sent before (a double click), perhaps to another replica, or by
+        # another form (someone else holds the link).
+        again = await _sent_again(links, request, deadline, cookie_csrf)
         if again is not None:
             return again
     return _gone(410)
@@ -303,14 +304,15 @@ def _csrf_cookies(request: Request) -> list[str]:
     return found
 
 
-async def _sent_again(links: EntryLinks, request: Request, deadline: float) -> Response | None:
-    """The page for the form of a used link, sent again (a double click); None when the link is live again.
+async def _sent_again(links: EntryLinks, request: Request, deadline: float, csrf: str) -> Response | None:
+    """The page for a valid form (CSRF token ``csrf``) of a used link; None when the link is live again.
 
-    A browser shows the answer to the last of the two posts: without this page, a user whose value
-    was stored would read that the link expired, and ask for a new one. The first post may have
-    reached another replica, and be storing the value still: this one waits for it (until ``deadline``,
-    on anyio's clock), and when that post gives the link back (its write failed), the caller stores this
-    post's value instead.
+    Sent again (a double click): a browser shows the answer to the last of the two posts, and without
+    this page a user whose value was stored would read that the link expired, and ask for a new one.
+    The first post may have reached another replica, and be storing the value still: this one waits for
+    it (until ``deadline``, on anyio's clock), and when that post gives the link back (its write failed),
+    the caller stores this post's value instead. A link whose value another form stored gets a page of
+    its own: this user's value is not the one stored, and the other may be someone else's.
     """
     token = str(request.path_params["token"])
     try:
@@ -324,6 +326,11 @@ async def _sent_again(links: EntryLinks, request: Request, deadline: float) -> R
         return None
     if record is None or _other_user(request, record):
         return _gone(410)
+    if not links.stored_by_form(record, csrf):
+        logger.warning(
+            "entry link %s: a post of another form came after the link stored its value", record.link_id
+        )
+        return _used_by_another(record)
     body = (
         f"<h1>Secret already stored</h1>{_record_list(record)}"
         "<p>This link has stored its value already; nothing more was stored from this page. "
@@ -331,6 +338,18 @@ async def _sent_again(links: EntryLinks, request: Request, deadline: float) -> R
         "To change the value, ask the assistant for a new link.</p>"
     )
     return _page("Secret already stored", body, 410)
+
+
+def _used_by_another(record: LinkRecord) -> HTMLResponse:
+    """The answer to a form whose link another form's submission used: its value is not the one stored."""
+    body = (
+        f"<h1>Not stored: link used by another submission</h1>{_record_list(record)}"
+        '<p class="error" role="alert">The value you entered was NOT stored. This link was used by another '
+        "submission, from another browser or device, whose value was stored instead.</p>"
+        "<p>If that was not you, someone else has this link: treat the secret as replaced by theirs. Ask "
+        "the assistant for a new link, and enter your value there.</p>"
+    )
+    return _page("Not stored: link used by another submission", body, 409)
 
 
 async def _settled_outcome(links: EntryLinks, token: str, deadline: float) -> ClaimOutcome:
@@ -360,7 +379,7 @@ async def _submit(
     if _PEM_ARMOR.search(text) and "\n" not in text and "\r" not in text:
         return _form(record, csrf, path=path, secure=secure, error=FLATTENED_PEM, status=400)
     try:
-        await anyio.to_thread.run_sync(links.submit, token, text)
+        await anyio.to_thread.run_sync(functools.partial(links.submit, token, text, form=csrf))
     except InvalidInputError as exc:
         return _form(record, csrf, path=path, secure=secure, error=f"Not stored: {exc}.", status=400)
     except EntryLinkError as exc:

@@ -67,6 +67,15 @@ class BearerIdentity:
         return access_token.subject
 
 
+def api_token_id(ctx: Context[Any, Any] | None) -> str | None:
+    """The id of the API token the request of ``ctx`` carries; None for a JWT, or without a token (stdio)."""
+    access_token = (None if ctx is None else _request_access_token(ctx)) or get_access_token()
+    if access_token is None or (access_token.claims or {}).get("iss") != API_TOKEN_ISSUER:
+        return None
+    client_id = access_token.client_id
+    return client_id.removeprefix(API_TOKEN_CLIENT) if client_id.startswith(API_TOKEN_CLIENT) else None
+
+
 def _request_access_token(ctx: Context[Any, Any]) -> AccessToken | None:
     """The token verified for the HTTP request that carried this message, if any."""
     request = ctx.request_context.request

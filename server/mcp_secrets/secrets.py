@@ -302,20 +302,22 @@ class Secrets:
         action: Action = "save",
         *,
         via: str = "library",
+        detail: str = "",
     ) -> UpdateResult:
         """Save, update or delete one secret of one user.
 
         ``save`` and ``update`` both write the value (an upsert, as in the original
         design) and report whether the record was created or updated; ``delete``
         removes the record and raises ``SecretNotFoundError`` when there is none.
+        ``detail`` goes to the change's audit event.
         """
         validate_username(username)
         validate_name("server", server)
         validate_name("key", key)
-        _validate_event_texts(via=via)
+        _validate_event_texts(via=via, detail=detail)
         now = self._clock()
         # The store writes the event with the record, in one transaction where it can.
-        event = AuditEvent(now, username, "deleted", server, key, via)
+        event = AuditEvent(now, username, "deleted", server, key, via, detail)
         if action == "delete":
             return self._delete(username, server, key, event)
         if action not in ACTIONS:
@@ -343,10 +345,10 @@ class Secrets:
         return UpdateResult(server, key, "created" if created else "updated")
 
     def set_secret(
-        self, username: str, server: str, key: str, value: str, *, via: str = "library"
+        self, username: str, server: str, key: str, value: str, *, via: str = "library", detail: str = ""
     ) -> UpdateResult:
         """Store one secret, creating or replacing it."""
-        return self.update_secret(username, server, key, value, "save", via=via)
+        return self.update_secret(username, server, key, value, "save", via=via, detail=detail)
 
     def delete_secret(self, username: str, server: str, key: str, *, via: str = "library") -> UpdateResult:
         """Delete one secret; ``SecretNotFoundError`` names what was missing."""

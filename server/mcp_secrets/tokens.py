@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import secrets as _random
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import NoReturn
@@ -140,6 +141,10 @@ class ApiTokens:
             # Not echoed: a user may have pasted a whole token here.
             raise SecretNotFoundError("there is no live token with that id (see `mcp-secrets token list`)")
         self._record_revocation(record, now, f"token {token_id}")
+        # Its open entry links would hold places of its user's link limit until they expire. Only that:
+        # each is refused as soon as its token is dead, so a failure here leaves no link working.
+        with suppress(StoreUnavailableError):
+            self.store.end_token_links(token_id, now)
         return record
 
     def _revoked_unreadable(
@@ -168,12 +173,12 @@ class ApiTokens:
         if not token.startswith(TOKEN_PREFIX) or len(token) > 200:  # noqa: PLR2004 - far above a real token
             return None
         record = self.store.find_token(hash_token(token))
-        return record if record is not None and _is_live(record, self._clock()) else None
+        return record if record is not None and is_live(record, self._clock()) else None
 
     def live_ids(self, username: str) -> set[str]:
         """The ids of ``username``'s tokens that still work: neither revoked nor expired."""
         now = self._clock()
-        return {record.token_id for record in self.store.list_tokens(username) if _is_live(record, now)}
+        return {record.token_id for record in self.store.list_tokens(username) if is_live(record, now)}
 
     def has_any(self) -> bool:
         """True once any token, live or revoked, exists."""
@@ -183,6 +188,6 @@ class ApiTokens:
             return True  # one that cannot be read is still a token: the server starts, offering no new one
 
 
-def _is_live(record: TokenRecord, now: datetime) -> bool:
+def is_live(record: TokenRecord, now: datetime) -> bool:
     """Whether a token still works at ``now``: neither revoked nor expired."""
     return record.revoked_at is None and (record.expires_at is None or record.expires_at > now)

@@ -34,6 +34,7 @@ from mcp_types import (
 from conftest import parse_time, text_of
 from mcp_secrets.bootstrap import open_secrets
 from mcp_secrets.config import Settings
+from mcp_secrets.entry import MAX_LIVE_LINKS
 from mcp_secrets.secrets import MAX_VALUE_BYTES
 
 from .conftest import create_token, isolated_env, serving
@@ -400,6 +401,60 @@ async def test_a_used_link_is_410_and_keeps_the_first_value(
     assert stored_values(streamable_http_deployment, "alice", server) == {"API_TOKEN": canary}
 
 
+async def test_a_link_made_with_a_token_since_revoked_is_410_and_stores_nothing(
+    streamable_http_deployment, server: str, canary: str
+) -> None:
+    deployment = streamable_http_deployment
+    async with deployment.connect("alice") as client:
+        await client.call_tool("set_secret", {"server": server, "key": "API_TOKEN", "value": canary})
+    # A second token of alice's leaks; its holder asks for a link to her key, and she revokes the token.
+    leaked = create_token(deployment.env, "alice")
+    async with deployment.connect("alice", token=leaked) as client:
+        result = await client.call_tool("request_secret", {"server": server, "key": "API_TOKEN"})
+    assert result.structured_content is not None
+    url = result.structured_content["url"]
+    async with browser() as http:
+        _, csrf = await open_form(http, url)
+        revoked = deployment.cli("token", "revoke", leaked.split("_")[1])
+        assert revoked.returncode == 0, revoked.stderr
+        opened = await http.get(url)
+        posted = await http.post(url, data={"csrf": csrf, "value": "attacker-value"})
+
+    assert [opened.status_code, posted.status_code] == [410, 410]
+    for page in (opened, posted):
+        assert "expired or has already been used" in page.text
+        assert not inputs_of(page.text)
+    assert stored_values(deployment, "alice", server) == {"API_TOKEN": canary}
+    assert token_of(url) not in deployment.log()
+
+
+async def test_once_a_token_that_filled_its_users_links_is_revoked_the_user_gets_links_again(
+    streamable_http_deployment, server: str
+) -> None:
+    deployment = streamable_http_deployment
+    # A user of its own: the module's other tests leave alice's links open, and must not meet her limit.
+    username = f"user-{_random.token_hex(4)}"
+    leaked = create_token(deployment.env, username)
+    async with deployment.connect(username, token=leaked) as client:
+        made = [
+            await client.call_tool("request_secret", {"server": server, "key": f"KEY_{n}"})
+            for n in range(MAX_LIVE_LINKS)
+        ]
+        refused = await client.call_tool("request_secret", {"server": server, "key": "ONE_MORE"})
+    assert not any(result.is_error for result in made)
+    assert refused.is_error
+    assert "too many entry links open" in text_of(refused)
+
+    revoked = deployment.cli("token", "revoke", leaked.split("_")[1])
+    assert revoked.returncode == 0, revoked.stderr
+    result = await link_sent(deployment, server, "API_TOKEN", username)
+
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "link_sent"
+    async with browser() as http:
+        await open_form(http, result.structured_content["url"])
+
+
 async def test_a_form_sent_twice_says_the_value_is_stored_not_that_the_link_expired(
     streamable_http_deployment, server: str, canary: str
 ) -> None:
@@ -419,6 +474,54 @@ async def test_a_form_sent_twice_says_the_value_is_stored_not_that_the_link_expi
     assert not inputs_of(second.text)
     assert canary not in first.text + second.text
     assert stored_values(streamable_http_deployment, "alice", server) == {"API_TOKEN": canary}
+
+
+async def test_a_form_posted_after_another_form_used_the_link_says_its_value_was_not_stored(
+    streamable_http_deployment, server: str, canary: str
+) -> None:
+    url = await new_link(streamable_http_deployment, server)
+
+    # The link leaked: someone else opens it too, and submits before its user does.
+    async with browser() as user, browser() as someone_else:
+        _, users_csrf = await open_form(user, url)
+        _, their_csrf = await open_form(someone_else, url)
+        theirs = await someone_else.post(url, data={"csrf": their_csrf, "value": "someone-elses-value"})
+        users = await user.post(url, data={"csrf": users_csrf, "value": canary})
+
+    assert [theirs.status_code, users.status_code] == [200, 409]
+    assert "NOT stored" in users.text
+    assert "used by another submission" in users.text
+    assert "treat the secret as replaced" in users.text
+    assert "new link" in users.text
+    assert "already stored" not in users.text
+    assert "nothing more to do" not in users.text
+    assert not inputs_of(users.text)
+    assert canary not in users.text
+    assert canary not in streamable_http_deployment.log()
+    assert stored_values(streamable_http_deployment, "alice", server) == {"API_TOKEN": "someone-elses-value"}
+
+
+async def test_two_forms_posted_at_once_store_one_value_and_tell_the_other_it_was_not_stored(
+    streamable_http_deployment, server: str, canary: str
+) -> None:
+    keys = [f"KEY_{round_}" for round_ in range(6)]
+    answers: list[list[httpx2.Response]] = []
+    for key in keys:
+        url = await new_link(streamable_http_deployment, server, key)
+        async with browser() as one, browser() as other:
+            _, one_csrf = await open_form(one, url)
+            _, other_csrf = await open_form(other, url)
+            posted: list[httpx2.Response] = []
+            async with anyio.create_task_group() as posts:
+                posts.start_soon(_post_into, posted, one, url, {"csrf": one_csrf, "value": canary})
+                posts.start_soon(_post_into, posted, other, url, {"csrf": other_csrf, "value": canary})
+        answers.append(sorted(posted, key=lambda answer: answer.status_code))
+
+    for stored, refused in answers:
+        assert [stored.status_code, refused.status_code] == [200, 409]
+        assert "Secret stored" in stored.text
+        assert "NOT stored" in refused.text, refused.text
+    assert stored_values(streamable_http_deployment, "alice", server) == dict.fromkeys(keys, canary)
 
 
 async def _post_into(

@@ -78,6 +78,7 @@ from mcp_secrets.gateway.redact import (
 )
 from mcp_secrets.gateway.relay import CallRelay, set_log_level
 from mcp_secrets.gateway.stdio import MAX_MESSAGE_BYTES, stdio_client
+from mcp_secrets.identity import api_token_id
 from mcp_secrets.offload import run_store_work
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.tokens import ApiTokens
@@ -165,7 +166,7 @@ class Gateway:
         secrets: Secrets,
         *,
         pool: DownstreamPool | None = None,
-        missing_hint: Callable[[str, str, list[str]], str] | None = None,
+        missing_hint: Callable[[str, str, list[str], str | None], str] | None = None,
         via: str = "gateway",
     ) -> None:
         self.config = config
@@ -410,7 +411,9 @@ class Gateway:
             self.pool.close_idle((username, server.name))
             hint = ""
             if self._missing_hint is not None and offer_links:
-                hint = await anyio.to_thread.run_sync(self._missing_hint, username, server.name, missing)
+                hint = await anyio.to_thread.run_sync(
+                    self._missing_hint, username, server.name, missing, api_token_id(ctx)
+                )
             raise MissingSecretsError(
                 f"server {server.name} needs secret(s) you have not stored: {', '.join(missing)}. "
                 + (hint or f"Store each with request_secret(server={server.name!r}, key=...).")

@@ -223,6 +223,14 @@ class LinkRecord:
     created_at: datetime
     expires_at: datetime
     used_at: datetime | None = None
+    #: The id of the API token whose caller made the link: the link works only while that token does.
+    #: None for a caller without an API token (a JWT, which cannot be revoked here) and for a link made
+    #: before links recorded it.
+    token_id: str | None = None
+    #: The SHA-256 of the CSRF token of the form whose submission claimed the link: a post of the same
+    #: form (a double click) is told apart from another's. None when no form claimed it, or one did
+    #: before claims recorded their form.
+    claimed_by: str | None = None
 
 
 class SecretStore(Protocol):
@@ -341,6 +349,10 @@ class SecretStore(Protocol):
         """
         ...
 
+    def end_token_links(self, token_id: str, now: datetime) -> int:
+        """Make the open links of API token ``token_id`` expire at ``now``; return how many there were."""
+        ...
+
     def count_live_links(self, username: str, now: datetime) -> int:
         """How many of one user's entry links are neither used nor expired at ``now``."""
         ...
@@ -349,10 +361,11 @@ class SecretStore(Protocol):
         """The entry link with this hash, used or not."""
         ...
 
-    def claim_link(self, link_hash: str, now: datetime, claim_id: str) -> bool:
+    def claim_link(self, link_hash: str, now: datetime, claim_id: str, *, form: str | None = None) -> bool:
         """Mark an unused, unexpired link used at ``now`` by ``claim_id``, atomically; False when it was not.
 
         ``claim_id`` is a random id of one submission, kept with the link and never in a ``LinkRecord``.
+        ``form``, the hash of the submitting form's CSRF token, becomes the link's ``claimed_by``.
         """
         ...
 

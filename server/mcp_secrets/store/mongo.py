@@ -132,6 +132,11 @@ def _stored_text(document: Document, field: str, default: str | None = None) -> 
     return stored
 
 
+def _stored_optional_text(document: Document, field: str) -> str | None:
+    """A string field of a stored document that may be missing or null: None then."""
+    return None if document.get(field) is None else _stored_text(document, field)
+
+
 def _stored_time(document: Document, field: str) -> datetime | None:
     """A date field of a stored document, in UTC; None where it is missing or null."""
     stored = document.get(field)
@@ -239,6 +244,10 @@ def _link_of(document: Document) -> LinkRecord:
         _required_time(document, "created_at"),
         _required_time(document, "expires_at"),
         _stored_time(document, "used_at"),
+        # Missing in a link made before links recorded their token: it names none.
+        _stored_optional_text(document, "token_id"),
+        # Missing in a link claimed before claims recorded their form.
+        _stored_optional_text(document, "claimed_by"),
     )
 
 
@@ -687,6 +696,8 @@ class MongoStore:
                 "expires_at": link.expires_at,
                 "used_at": link.used_at,
                 "claim_id": None,
+                "token_id": link.token_id,
+                "claimed_by": link.claimed_by,
             }
             for link in links
         ]
@@ -706,6 +717,19 @@ class MongoStore:
                     f"the entry links could not be created ({type(exc).__name__}); none is handed out"
                 ) from None
 
+    def end_token_links(self, token_id: str, now: datetime) -> int:
+        """Make the open links of API token ``token_id`` expire at ``now``; return how many there were.
+
+        No index on token_id: a revocation is rare, and the TTL index keeps the collection to live links.
+        """
+        selector = {
+            "token_id": _text("token_id", token_id),
+            "used_at": None,
+            "expires_at": {"$gt": _time("now", now)},
+        }
+        with _available(LINKS_COLLECTION):
+            return self._links.update_many(selector, {"$set": {"expires_at": now}}).modified_count
+
     def count_live_links(self, username: str, now: datetime) -> int:
         """How many of one user's entry links are neither used nor expired at ``now``."""
         selector = {
@@ -722,13 +746,13 @@ class MongoStore:
         documents = _read(self._links, lambda links: links.find(selector, {"_id": False}).limit(1))
         return _link(documents[0]) if documents else None
 
-    def claim_link(self, link_hash: str, now: datetime, claim_id: str) -> bool:
-        """Mark an unused, unexpired link used by ``claim_id``, atomically; False when it was not."""
+    def claim_link(self, link_hash: str, now: datetime, claim_id: str, *, form: str | None = None) -> bool:
+        """Mark an unused, unexpired link used by ``claim_id`` of ``form``, atomically; False if not."""
         selector = {"link_hash": _text("link_hash", link_hash), "used_at": None, "expires_at": {"$gt": now}}
+        claimed_by = None if form is None else _text("form", form)
+        claim = {"used_at": now, "claim_id": _text("claim_id", claim_id), "claimed_by": claimed_by}
         with _available(LINKS_COLLECTION):
-            result = self._links.update_one(
-                selector, {"$set": {"used_at": now, "claim_id": _text("claim_id", claim_id)}}
-            )
+            result = self._links.update_one(selector, {"$set": claim})
         return result.modified_count > 0
 
     def release_link(self, link_hash: str, claim_id: str) -> None:
@@ -738,7 +762,9 @@ class MongoStore:
         """
         selector = {"link_hash": _text("link_hash", link_hash), "claim_id": _text("claim_id", claim_id)}
         with _available(LINKS_COLLECTION):
-            self._links.update_one(selector, {"$set": {"used_at": None, "claim_id": None}})
+            self._links.update_one(
+                selector, {"$set": {"used_at": None, "claim_id": None, "claimed_by": None}}
+            )
 
     def ping(self) -> None:
         """Raise ``StoreUnavailableError`` unless the server answers."""

@@ -73,14 +73,18 @@ CREATE TABLE IF NOT EXISTS entry_links (
     created_at TEXT NOT NULL,
     expires_at TEXT NOT NULL,
     used_at    TEXT,
-    claim_id   TEXT
+    claim_id   TEXT,
+    token_id   TEXT,
+    claimed_by TEXT
 );
 CREATE INDEX IF NOT EXISTS entry_links_expires_at ON entry_links (expires_at);
 CREATE INDEX IF NOT EXISTS entry_links_username ON entry_links (username, expires_at);
 """
 _SECRET_COLUMNS = "username, server, key, value, created_at, updated_at, last_used_at"  # noqa: S105 - column names
 _EVENT_COLUMNS = "at, actor, action, server, key, transport, detail"
-_LINK_COLUMNS = "link_id, link_hash, username, server, key, created_at, expires_at, used_at"
+_LINK_COLUMNS = (
+    "link_id, link_hash, username, server, key, created_at, expires_at, used_at, token_id, claimed_by"
+)
 _TOKEN_COLUMNS = "token_id, username, token_hash, created_at, expires_at, revoked_at, label"  # noqa: S105 - column names
 BUSY_TIMEOUT_SECONDS = 10.0
 _SQLITE_BUSY = 5
@@ -109,6 +113,10 @@ def _text(field: str, stored: object) -> str:
     if type(stored) is not str:  # SQLite keeps whatever another tool wrote: a BLOB, say
         raise FieldError(field, stored, "text")
     return stored
+
+
+def _text_or_none(field: str, stored: object) -> str | None:
+    return None if stored is None else _text(field, stored)
 
 
 def _moment(field: str, stored: object) -> datetime:
@@ -197,7 +205,7 @@ def _token(row: Sequence[object]) -> TokenRecord:
 
 
 def _link(row: Sequence[object]) -> LinkRecord:
-    link_id, link_hash, username, server, key, created_at, expires_at, used_at = row
+    link_id, link_hash, username, server, key, created_at, expires_at, used_at, token_id, claimed_by = row
     try:
         return LinkRecord(
             _text("link_id", link_id),
@@ -208,6 +216,8 @@ def _link(row: Sequence[object]) -> LinkRecord:
             _moment("created_at", created_at),
             _moment("expires_at", expires_at),
             _moment_or_none("used_at", used_at),
+            _text_or_none("token_id", token_id),
+            _text_or_none("claimed_by", claimed_by),
         )
     except FieldError as fault:
         raise _unreadable_row("entry_links", _LINK_COLUMNS, row, fault) from None
@@ -360,7 +370,12 @@ def _use_wal(connection: sqlite3.Connection, timeout: float) -> None:
 
 
 # Columns added since the first version, by table, with their declarations.
-_ADDED_COLUMNS = {"user_secrets": (("last_used_at", "TEXT"),), "entry_links": (("claim_id", "TEXT"),)}
+_ADDED_COLUMNS = {
+    "user_secrets": (("last_used_at", "TEXT"),),
+    # token_id stays NULL in links made before it: they name no token, and live out their time. So does
+    # claimed_by in links claimed before it: no later post is taken for the same form's.
+    "entry_links": (("claim_id", "TEXT"), ("token_id", "TEXT"), ("claimed_by", "TEXT")),
+}
 
 
 def _missing_columns(connection: sqlite3.Connection) -> list[tuple[str, str, str]]:
@@ -846,6 +861,8 @@ class SQLiteStore:
                 _iso(link.created_at),
                 _iso(link.expires_at),
                 _iso(link.used_at),
+                link.token_id,
+                link.claimed_by,
             )
             for link in links
         ]
@@ -859,11 +876,23 @@ class SQLiteStore:
                 ):
                     raise LimitReached
                 connection.executemany(
-                    f"INSERT INTO entry_links ({_LINK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                    f"INSERT INTO entry_links ({_LINK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
                     rows,
                 )
 
         self._run(insert)
+
+    def end_token_links(self, token_id: str, now: datetime) -> int:
+        """Make the open links of API token ``token_id`` expire at ``now``; return how many there were."""
+        return self._run(
+            lambda connection: (
+                connection.execute(
+                    "UPDATE entry_links SET expires_at = ? "
+                    "WHERE token_id = ? AND used_at IS NULL AND expires_at > ?",
+                    (_iso(now), token_id, _iso(now)),
+                ).rowcount
+            )
+        )
 
     def count_live_links(self, username: str, now: datetime) -> int:
         """How many of one user's entry links are neither used nor expired at ``now``."""
@@ -879,14 +908,14 @@ class SQLiteStore:
         )
         return None if row is None else _link(row)
 
-    def claim_link(self, link_hash: str, now: datetime, claim_id: str) -> bool:
-        """Mark an unused, unexpired link used by ``claim_id``, atomically; False when it was not."""
+    def claim_link(self, link_hash: str, now: datetime, claim_id: str, *, form: str | None = None) -> bool:
+        """Mark an unused, unexpired link used by ``claim_id`` of ``form``, atomically; False if not."""
         return self._run(
             lambda connection: (
                 connection.execute(
-                    "UPDATE entry_links SET used_at = ?, claim_id = ? "
+                    "UPDATE entry_links SET used_at = ?, claim_id = ?, claimed_by = ? "
                     "WHERE link_hash = ? AND used_at IS NULL AND expires_at > ?",
-                    (_iso(now), claim_id, link_hash, _iso(now)),
+                    (_iso(now), claim_id, form, link_hash, _iso(now)),
                 ).rowcount
                 > 0
             )
@@ -896,7 +925,8 @@ class SQLiteStore:
         """Make a link claimed by ``claim_id`` usable again; any other claim stays."""
         self._run(
             lambda connection: connection.execute(
-                "UPDATE entry_links SET used_at = NULL, claim_id = NULL WHERE link_hash = ? AND claim_id = ?",
+                "UPDATE entry_links SET used_at = NULL, claim_id = NULL, claimed_by = NULL "
+                "WHERE link_hash = ? AND claim_id = ?",
                 (link_hash, claim_id),
             )
         )
