@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl
 
 import anyio
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
@@ -274,14 +275,17 @@ async def _answer(
 
 
 async def _form_fields(request: Request, body: bytes) -> Mapping[str, object] | None:
-    """The posted form's fields; None for a URL-encoded form that is not UTF-8, or not ours.
+    """The posted form's fields; None for a form that is not UTF-8, cannot be read, or is not ours.
 
     Starlette reads a URL-encoded body's raw bytes as Latin-1 and replaces bad escapes with U+FFFD:
     a value sent as unescaped UTF-8 (``curl --data``) or as Latin-1 would be stored garbled.
     """
     content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
-        return await with_body(request, body).form(max_files=0, max_fields=MAX_FORM_FIELDS)
+        try:
+            return await with_body(request, body).form(max_files=0, max_fields=MAX_FORM_FIELDS)
+        except HTTPException:  # multipart without a boundary, with a file: answered by this page, headers too
+            return None
     try:
         text = body.decode("utf-8")
         return dict(parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=MAX_FORM_FIELDS))

@@ -834,12 +834,46 @@ async def _post_empty_csrf_as_multipart_without_cookie(
         return await stranger.post(url, files={"csrf": (None, ""), "value": (None, value)})
 
 
+async def _post_multipart_without_a_boundary(
+    http: httpx2.AsyncClient, url: str, csrf: str, value: str
+) -> httpx2.Response:
+    # Starlette cannot read it: answered by its own 400, in plain text, without the page's headers.
+    body = f"csrf={csrf}&value={value}"
+    return await http.post(url, content=body, headers={"Content-Type": "multipart/form-data"})
+
+
+async def _post_multipart_with_a_file(
+    http: httpx2.AsyncClient, url: str, csrf: str, value: str
+) -> httpx2.Response:
+    return await http.post(url, files={"csrf": (None, csrf), "value": ("value.txt", value.encode())})
+
+
 async def _post_from_foreign_origin(
     http: httpx2.AsyncClient, url: str, csrf: str, value: str
 ) -> httpx2.Response:
     return await http.post(
         url, data={"csrf": csrf, "value": value}, headers={"Origin": "http://evil.example"}
     )
+
+
+@pytest.mark.parametrize("attempt", [_post_multipart_without_a_boundary, _post_multipart_with_a_file])
+async def test_a_multipart_body_that_is_no_form_is_answered_by_the_page_with_its_headers(
+    streamable_http_deployment, server: str, canary: str, attempt: Callable[..., Any]
+) -> None:
+    # Starlette answered these itself, in plain text, without the page's CSP, framing and caching rules.
+    url = await new_link(streamable_http_deployment, server)
+
+    async with browser() as http:
+        _, csrf = await open_form(http, url)
+        refused = await attempt(http, url, csrf, canary)
+    pages = await fill_in(url, "the real value")
+
+    assert refused.status_code == 400
+    assert "the form could not be read" in refused.text
+    assert "frame-ancestors 'none'" in refused.headers["content-security-policy"]
+    assert refused.headers["cache-control"] == "no-store"
+    assert canary not in refused.text
+    assert pages[-1].status_code == 200  # the link is still live
 
 
 CSRF_ATTEMPTS = {
