@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from collections import Counter
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from uuid import UUID
 
+from mcp.server.auth.middleware.bearer_auth import AuthorizationContext, authorization_context
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 from mcp.shared.dispatcher import as_request_id, coerce_request_id
 from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
@@ -47,13 +49,22 @@ _ANSWER = re.compile(
     rb'event: message\r\ndata: \{"jsonrpc":"2\.0","id":(-?\d+|"(?:[^"\\]|\\.)*"),"(?:result|error)":'
 )
 _TOO_LARGE = Response("Request body too large", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+_DUPLICATE = PlainTextResponse(
+    "a request with this id is waiting for its answer already: each request needs an id of its own",
+    HTTPStatus.CONFLICT,
+)
+STALL_SECONDS = 0.05  # a send that took longer had to wait for the client to read
+CANCEL_GRACE_SECONDS = 5.0  # how long a stream flows before the requests cancelled as it stalled count off
 
 
 @dataclass
 class _Stream:
     username: str
+    owner: AuthorizationContext  # the credential that opened it: the SDK takes posts of that one only
     waiting: Counter[RequestId] = field(default_factory=Counter)  # request ids posted, not yet answered
+    cancelled: Counter[RequestId] = field(default_factory=Counter)  # of those, cancelled while it stalled
     sending: int = 0  # sends to the client under way: past an await, it has stopped taking what is sent
+    stalled_at: float = -math.inf  # when a send last had to wait for the client
 
 
 class SseBacklog:
@@ -69,20 +80,23 @@ class SseBacklog:
         """The SSE stream route, watched for the answers it sends."""
 
         async def watched(scope: Scope, receive: Receive, send: Send) -> None:
-            username = token_username(scope) if scope["type"] == "http" else None
-            if username is None:  # refused by the SDK: there is no stream to watch
+            username, owner = token_username(scope), _credential(scope)
+            if username is None or owner is None:  # refused by the SDK: there is no stream to watch
                 await app(scope, receive, send)
                 return
-            stream = _Stream(username)
+            stream = _Stream(username, owner)
             session_id: str | None = None
 
             async def watching(message: Message) -> None:
                 nonlocal session_id
                 stream.sending += 1
+                began = time.monotonic()
                 try:
                     await send(message)
                 finally:
                     stream.sending -= 1
+                    if time.monotonic() - began > STALL_SECONDS:
+                        stream.stalled_at = time.monotonic()
                 body = message.get("body", b"") if message["type"] == "http.response.body" else b""
                 if session_id is None:
                     if announced := _ANNOUNCED.search(body):
@@ -96,8 +110,8 @@ class SseBacklog:
             finally:
                 if session_id is not None:
                     self._streams.pop(session_id, None)
-                self._waiting[username] -= stream.waiting.total()
-                self._forget(username)
+                self._waiting[stream.username] -= stream.waiting.total()
+                self._forget(stream.username)
 
         return watched
 
@@ -114,41 +128,57 @@ class SseBacklog:
                 await _TOO_LARGE(scope, receive, send)  # as the SDK would answer it
                 return
             request_id, cancelled = _posted(body)
-            if cancelled is not None and not stream.sending:
-                # A request cancelled in time is never answered. One answered already has its answer
-                # waiting for the stream all the same: while its client is not taking what is sent, the
-                # request stays counted until its answer goes, or the stream does.
-                self._settle(stream, cancelled)
+            self._release_cancelled(stream)
+            replay = _replaying(body, receive)
             if request_id is None:
-                await app(scope, _replaying(body, receive), send)
+                if await _accepted(app, scope, replay, send) and cancelled is not None:
+                    self._cancel(stream, cancelled)  # taken by the SDK: it may stop the request
             elif self._waiting[stream.username] >= self.most:
                 await self._refuse(stream.username, scope, receive, send)
+            elif stream.waiting[request_id]:
+                # JSON-RPC ids are unique among requests in flight; the SDK would let the second take the
+                # first one's place, and a cancel stop only one of them.
+                await _DUPLICATE(scope, receive, send)
             else:
-                await self._counted(app, stream, request_id)(scope, _replaying(body, receive), send)
+                # Counted from before the SDK has it: its answer may come before this call returns.
+                stream.waiting[request_id] += 1
+                self._waiting[stream.username] += 1
+                accepted = False
+                try:
+                    accepted = await _accepted(app, scope, replay, send)
+                finally:
+                    if not accepted:  # refused by the SDK: it will never be answered
+                        self._settle(stream, request_id)
 
         return bounded
 
-    def _counted(self, app: ASGIApp, stream: _Stream, request_id: RequestId) -> ASGIApp:
-        """``app`` with the request counted from the start (later, its answer could come first)."""
+    def _cancel(self, stream: _Stream, request_id: RequestId) -> None:
+        """The client cancelled a request: it is never answered, unless it was answered already.
 
-        async def counted(scope: Scope, receive: Receive, send: Send) -> None:
-            stream.waiting[request_id] += 1
-            self._waiting[stream.username] += 1
-            delivered = False
+        An answer written before the cancel came waits for the stream all the same: while the stream
+        stalls, the request stays counted, until its answer goes or the stream has flowed for a while.
+        """
+        if stream.cancelled[request_id] >= stream.waiting[request_id]:
+            return  # not waiting, or cancelled already
+        if stream.sending or time.monotonic() - stream.stalled_at < CANCEL_GRACE_SECONDS:
+            stream.cancelled[request_id] += 1
+        else:
+            self._settle(stream, request_id)
 
-            async def noting(message: Message) -> None:
-                nonlocal delivered
-                if message["type"] == "http.response.start":
-                    delivered = message["status"] == HTTPStatus.ACCEPTED
-                await send(message)
+    def _release_cancelled(self, stream: _Stream) -> None:
+        """Count off the requests cancelled while the stream stalled, once it has flowed for a while.
 
-            try:
-                await app(scope, receive, noting)
-            finally:
-                if not delivered:  # refused by the SDK: it will never be answered
-                    self._settle(stream, request_id)
-
-        return counted
+        Each send that had to wait meanwhile starts the while anew: a client that does not read keeps
+        them counted, and one that reads has had their answers, if any, sent.
+        """
+        if not stream.cancelled or stream.sending:
+            return
+        if time.monotonic() - stream.stalled_at < CANCEL_GRACE_SECONDS:
+            return
+        for request_id, count in list(stream.cancelled.items()):
+            for _ in range(count):
+                self._settle(stream, request_id)
+        stream.cancelled.clear()
 
     def _own_stream(self, scope: Scope) -> _Stream | None:
         """The stream a post names, when the poster is its user; None otherwise."""
@@ -160,8 +190,8 @@ class SseBacklog:
         except ValueError:
             return None
         stream = self._streams.get(session_id) if session_id is not None else None
-        if stream is None or stream.username != token_username(scope):
-            return None
+        if stream is None or _credential(scope) != stream.owner:
+            return None  # as the SDK, which answers 404: the same user's other token is not its owner
         return stream
 
     def _settle(self, stream: _Stream, request_id: RequestId) -> None:
@@ -171,6 +201,10 @@ class SseBacklog:
         stream.waiting[request_id] -= 1
         if not stream.waiting[request_id]:
             del stream.waiting[request_id]
+        if stream.cancelled[request_id] > stream.waiting[request_id]:  # its answer went: no longer pending
+            stream.cancelled[request_id] -= 1
+        if stream.cancelled[request_id] <= 0:
+            stream.cancelled.pop(request_id, None)
         self._waiting[stream.username] -= 1
         self._forget(stream.username)
 
@@ -192,6 +226,27 @@ class SseBacklog:
             "on the SSE stream, or cancel some, before sending more"
         )
         await PlainTextResponse(message, HTTPStatus.TOO_MANY_REQUESTS)(scope, receive, send)
+
+
+def _credential(scope: Scope) -> AuthorizationContext | None:
+    """The verified credential of a request, as the SDK ties a session to it; None before authentication."""
+    if scope["type"] != "http" or token_username(scope) is None:
+        return None
+    return authorization_context(scope["user"])
+
+
+async def _accepted(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> bool:
+    """Pass a post to the SDK; whether it took the message (202)."""
+    accepted = False
+
+    async def noting(message: Message) -> None:
+        nonlocal accepted
+        if message["type"] == "http.response.start":
+            accepted = message["status"] == HTTPStatus.ACCEPTED
+        await send(message)
+
+    await app(scope, receive, noting)
+    return accepted
 
 
 def _replaying(body: bytes, receive: Receive) -> Receive:

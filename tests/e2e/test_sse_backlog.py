@@ -19,7 +19,7 @@ import httpx2
 import pytest
 
 from conftest import text_of
-from e2e.conftest import INITIALIZE, Deployment, _module_server, legacy_sse_stream
+from e2e.conftest import INITIALIZE, Deployment, _module_server, create_token, legacy_sse_stream
 
 pytestmark = pytest.mark.anyio
 
@@ -31,7 +31,7 @@ WARNED = "refused requests of alice on legacy SSE: 100 of that user's are waitin
 
 @pytest.fixture(scope="module")
 def sse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    yield from _module_server(tmp_path_factory, "sse", usernames=("alice", "bob", "carol"))
+    yield from _module_server(tmp_path_factory, "sse", usernames=("alice", "bob", "carol", "dave", "erin"))
 
 
 def _port(deployment: Deployment) -> int:
@@ -129,6 +129,86 @@ def test_cancelling_requests_to_a_stream_nobody_reads_does_not_lift_the_bound(ss
                 break
 
     assert statuses[-1] == 429
+
+
+def _filled(http: httpx2.Client, path: str, first_id: int = 10) -> list[int]:
+    """Post requests to an unread stream until the bound refuses one; the ids it took."""
+    taken = []
+    for n in range(POSTS):
+        if http.post(path, json=_message(first_id + n, "tools/list")).status_code == 429:
+            return taken
+        taken.append(first_id + n)
+    raise AssertionError("the bound never refused a request")
+
+
+def test_cancels_posted_with_another_token_of_the_same_user_change_nothing(sse: Deployment) -> None:
+    # The SDK takes a session's posts from the credential that opened it only: another token of the same
+    # user is answered 404, and its cancels must not count that session's requests off either, or they
+    # could be posted without end while the SDK went on with every one.
+    other = create_token(sse.env, "dave")
+    capabilities = {"elicitation": {"url": {}}}  # request_secret then waits on the user
+    with ExitStack() as held, _posting(sse, "dave") as http, _posting(sse, "dave") as elsewhere:
+        elsewhere.headers["Authorization"] = f"Bearer {other}"
+        stream, path = legacy_sse_stream(sse.token("dave"), "127.0.0.1", _port(sse), held)
+        _drained(stream)
+        _initialized(http, path, capabilities)
+        calls = [
+            _message(1000 + n, "tools/call", {"name": "request_secret", "arguments": _names(n)})
+            for n in range(MOST_WAITING)
+        ]
+        taken = {http.post(path, json=call).status_code for call in calls}
+        cancels = {
+            elsewhere.post(
+                path, json=_message(None, "notifications/cancelled", {"requestId": 1000 + n})
+            ).status_code
+            for n in range(MOST_WAITING)
+        }
+        after = http.post(path, json=_message(5000, "tools/list"))
+
+    assert taken == {202}
+    assert cancels == {404}
+    assert after.status_code == 429
+
+
+def test_a_second_request_with_the_id_of_one_waiting_is_refused(sse: Deployment) -> None:
+    # The SDK would let it take the first one's place, and a cancel of that id stop only one of them.
+    with ExitStack() as held, _posting(sse, "erin") as http:
+        _, path = legacy_sse_stream(sse.token("erin"), "127.0.0.1", _port(sse), held)  # never read
+        _initialized(http, path, {"elicitation": {"url": {}}})
+        call = _message(7, "tools/call", {"name": "request_secret", "arguments": _names(7)})
+        first, second = http.post(path, json=call), http.post(path, json=call)
+
+    assert first.status_code == 202
+    assert second.status_code == 409
+    assert "each request needs an id of its own" in second.text
+
+
+def test_requests_cancelled_while_the_stream_stalled_count_off_once_it_flows(sse: Deployment) -> None:
+    # Cancelled in time, they are never answered: counted until the stream ends, a client that cancels
+    # now and then as a large answer goes out would be refused at last, for as long as it stays.
+    capabilities = {"elicitation": {"url": {}}}  # request_secret then waits on the user, until cancelled
+    waiting = [
+        _message(1000 + n, "tools/call", {"name": "request_secret", "arguments": _names(n)}) for n in range(3)
+    ]
+    with ExitStack() as held, _posting(sse, "alice") as http:
+        stream, path = legacy_sse_stream(
+            sse.token("alice"), "127.0.0.1", _port(sse), held, receive_buffer=4096
+        )
+        _initialized(http, path, capabilities)
+        assert {http.post(path, json=call).status_code for call in waiting} == {202}
+        _filled(http, path, first_id=100)  # the stream stalls: nothing of it is read
+        for call in waiting:
+            cancel = _message(None, "notifications/cancelled", {"requestId": call["id"]})
+            assert http.post(path, json=cancel).status_code == 202
+        _drained(stream)
+        time.sleep(6)  # the stream flows for longer than the grace
+        more = [
+            _message(10_000 + n, "tools/call", {"name": "request_secret", "arguments": _names(100 + n)})
+            for n in range(MOST_WAITING - 2)
+        ]
+        statuses = {http.post(path, json=call).status_code for call in more}
+
+    assert statuses == {202}  # 98 waiting, not 101: the three cancelled no longer count
 
 
 def _retried_until_accepted(http: httpx2.Client, deployment: Deployment, held: ExitStack) -> int:
