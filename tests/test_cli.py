@@ -460,11 +460,12 @@ def test_a_command_that_writes_refuses_at_once_a_store_it_can_only_read(
     for path in database.parent.glob("secrets.db*"):
         path.chmod(0o400)
     before = database.read_bytes()
+    value = new_canary()
 
     done = subprocess.run(
         [*as_an_ordinary_process(), sys.executable, "-m", "mcp_secrets", *command],
         env=env,
-        input=new_canary(),
+        input=value,
         capture_output=True,
         text=True,
         timeout=60,
@@ -474,6 +475,7 @@ def test_a_command_that_writes_refuses_at_once_a_store_it_can_only_read(
     assert done.returncode != 0
     assert f"the SQLite store at {database} can be read but not written" in done.stderr
     assert "Traceback" not in done.stderr
+    assert value not in done.stdout + done.stderr
     assert database.read_bytes() == before
 
 

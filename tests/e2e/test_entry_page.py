@@ -861,19 +861,31 @@ async def test_a_multipart_body_that_is_no_form_is_answered_by_the_page_with_its
     streamable_http_deployment, server: str, canary: str, attempt: Callable[..., Any]
 ) -> None:
     # Starlette answered these itself, in plain text, without the page's CSP, framing and caching rules.
-    url = await new_link(streamable_http_deployment, server)
-
-    async with browser() as http:
-        _, csrf = await open_form(http, url)
-        refused = await attempt(http, url, csrf, canary)
-    pages = await fill_in(url, "the real value")
+    refused, stored_after_refusal, pages = await _refused_then_filled_in(
+        streamable_http_deployment, server, canary, attempt
+    )
 
     assert refused.status_code == 400
     assert "the form could not be read" in refused.text
     assert "frame-ancestors 'none'" in refused.headers["content-security-policy"]
     assert refused.headers["cache-control"] == "no-store"
     assert canary not in refused.text
-    assert pages[-1].status_code == 200  # the link is still live
+    assert stored_after_refusal == {}
+    assert pages[1].status_code == 200  # the link was still live
+    assert canary not in streamable_http_deployment.log()
+
+
+async def _refused_then_filled_in(
+    deployment: Any, server: str, canary: str, attempt: Callable[..., Any]
+) -> tuple[httpx2.Response, dict[str, str], list[httpx2.Response]]:
+    """A new link's form posted by ``attempt`` with ``canary``, what was stored then, and the pages of
+    filling the form in properly afterwards."""
+    url = await new_link(deployment, server)
+    async with browser() as http:
+        _, csrf = await open_form(http, url)
+        refused = await attempt(http, url, csrf, canary)
+    stored_after_refusal = stored_values(deployment, "alice", server)
+    return refused, stored_after_refusal, await fill_in(url, "the real value")
 
 
 CSRF_ATTEMPTS = {
@@ -891,13 +903,9 @@ CSRF_ATTEMPTS = {
 async def test_a_cross_site_post_is_refused_and_the_link_stays_live(
     streamable_http_deployment, server: str, canary: str, attempt: Callable[..., Any]
 ) -> None:
-    url = await new_link(streamable_http_deployment, server)
-
-    async with browser() as http:
-        _, csrf = await open_form(http, url)
-        refused = await attempt(http, url, csrf, canary)
-    stored_after_refusal = stored_values(streamable_http_deployment, "alice", server)
-    pages = await fill_in(url, "the real value")
+    refused, stored_after_refusal, pages = await _refused_then_filled_in(
+        streamable_http_deployment, server, canary, attempt
+    )
 
     assert refused.status_code == 403
     assert canary not in refused.text
