@@ -43,14 +43,21 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def mcp_secrets_cli(
-    env: dict[str, str], *args: str, command: tuple[str, ...] = (), cwd: Path | None = None
+    env: dict[str, str],
+    *args: str,
+    command: tuple[str, ...] = (),
+    cwd: Path | None = None,
+    prefix: tuple[str, ...] = (),
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the command (``python -m mcp_secrets`` unless ``command`` says otherwise); stdin is closed."""
+    """Run the command (``python -m mcp_secrets`` unless ``command`` says otherwise), after ``prefix`` (as
+    ``as_an_ordinary_process`` gives it); stdin is ``stdin``'s text, or closed."""
     return subprocess.run(
-        [*(command or (sys.executable, "-m", "mcp_secrets")), *args],
+        [*prefix, *(command or (sys.executable, "-m", "mcp_secrets")), *args],
         env=env,
         cwd=cwd,
-        stdin=subprocess.DEVNULL,
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,  # with input, subprocess makes the pipe
         capture_output=True,
         text=True,
         timeout=60,
@@ -462,15 +469,7 @@ def test_a_command_that_writes_refuses_at_once_a_store_it_can_only_read(
     before = database.read_bytes()
     value = new_canary()
 
-    done = subprocess.run(
-        [*as_an_ordinary_process(), sys.executable, "-m", "mcp_secrets", *command],
-        env=env,
-        input=value,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = mcp_secrets_cli(env, *command, prefix=tuple(as_an_ordinary_process()), stdin=value)
 
     assert done.returncode != 0
     assert f"the SQLite store at {database} can be read but not written" in done.stderr
@@ -1038,7 +1037,7 @@ def test_a_config_dir_this_user_cannot_look_in_is_a_configuration_error_naming_i
     env: dict[str, str], tmp_path: Path, canary: str
 ) -> None:
     # As MCP_SECRETS_CONFIG_DIR under /root for another user: it was "the output could not be written".
-    prefix = as_an_ordinary_process()
+    prefix = tuple(as_an_ordinary_process())
     locked = tmp_path / "locked"
     config = locked / "mcp-secrets"
     config.mkdir(parents=True)
@@ -1046,15 +1045,7 @@ def test_a_config_dir_this_user_cannot_look_in_is_a_configuration_error_naming_i
     del env["MCP_SECRETS_MASTER_KEY"]  # the key file there is the one to look for
     locked.chmod(0)
     try:
-        done = subprocess.run(
-            [*prefix, sys.executable, "-m", "mcp_secrets", "set", "github", "TOKEN"],
-            env=env,
-            input=canary,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = mcp_secrets_cli(env, "set", "github", "TOKEN", prefix=prefix, stdin=canary)
     finally:
         locked.chmod(0o700)
 
@@ -1258,15 +1249,7 @@ def test_an_empty_user_is_refused_not_read_as_the_login_name(
     env["MCP_SECRETS_USER"] = "bob"
     assert set_from_stdin(env, "bobs", "github", "TOKEN").returncode == 0
 
-    done = subprocess.run(
-        [sys.executable, "-m", "mcp_secrets", *command, "--user", ""],
-        env=env,
-        input=canary,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = mcp_secrets_cli(env, *command, "--user", "", stdin=canary)
 
     assert done.returncode == EXIT_CONFIGURATION
     assert "username must be" in done.stderr
