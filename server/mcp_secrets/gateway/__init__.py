@@ -17,47 +17,39 @@ import os
 import re
 import secrets as _random
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import httpx2
-from jsonschema.exceptions import ValidationError as SchemaValidationError
 from mcp import Client
 from mcp.client.caching import CacheMode
-from mcp.client.session import ClientRequestContext, ElicitationFnT, IncomingMessage, LoggingFnT
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import Context
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError, UrlElicitationRequiredError
-from mcp.shared.message import ServerMessageMetadata
 from mcp_types import (
     HEADER_MISMATCH,
-    INVALID_PARAMS,
-    INVALID_REQUEST,
     SERVER_INFO_META_KEY,
-    URL_ELICITATION_REQUIRED,
     CallToolResult,
-    ElicitCompleteNotification,
     ElicitRequest,
-    ElicitRequestParams,
-    ElicitRequestURLParams,
-    ElicitResult,
-    ErrorData,
     InputRequest,
     InputRequiredResult,
-    LoggingMessageNotificationParams,
     Tool,
-    ToolListChangedNotification,
 )
-from mcp_types.version import is_version_at_least
-from pydantic import ValidationError
 
 from mcp_secrets.errors import SecretsError
+from mcp_secrets.gateway.asking import (
+    asks_by_result,
+    mode_of,
+    shown_question,
+    takes_elicitation,
+    url_elicitation_required,
+)
 from mcp_secrets.gateway.changes import ToolListChanges
 from mcp_secrets.gateway.config import (
     MAX_TOOL_NAME_LENGTH,
@@ -68,6 +60,7 @@ from mcp_secrets.gateway.config import (
     origin,
     substitute,
 )
+from mcp_secrets.gateway.describe import describe
 from mcp_secrets.gateway.listen import listening_for_tool_changes
 from mcp_secrets.gateway.pool import Connection, DownstreamPool, GatewayBusyError, StartTimeoutError, Turn
 from mcp_secrets.gateway.redact import (
@@ -76,7 +69,7 @@ from mcp_secrets.gateway.redact import (
     chars_up_to,
     chars_within,
 )
-from mcp_secrets.gateway.relay import CallRelay, set_log_level
+from mcp_secrets.gateway.relay import CallRelay, downstream_callbacks, relaying, set_log_level
 from mcp_secrets.gateway.stdio import MAX_MESSAGE_BYTES, stdio_client
 from mcp_secrets.identity import api_token_id
 from mcp_secrets.offload import run_store_work
@@ -103,18 +96,9 @@ LISTING_CHARS = MAX_MESSAGE_BYTES
 # tool's name is checked before any secret is read: it goes into the audit trail.
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,128}")
 TOOL_NAME_RULE = "1 to 128 characters of letters, digits, '_', '-', '.' or '/'"
-# The first protocol revision whose clients are asked in a call's result, not by a request.
-INPUT_REQUIRED_VERSION = "2026-07-28"
 # A tool name cut to fit ends in '-' and this many hex digits of the SHA-256 of the downstream's name.
 _CUT_HASH_CHARS = 8
 _CUT = re.compile(rf"-[0-9a-f]{{{_CUT_HASH_CHARS}}}\Z")
-# pydantic's "input_value=<repr>, input_type=<type>", the repr shortened to about 50 characters: one on a
-# line, the last ", input_type=" within reach ending it (the repr may hold one).
-_INPUT_VALUE = re.compile(r"input_value=[^\n]{0,200}, (input_type=\w+)")
-# Exceptions of a chain looked at for one a library raised quoting the downstream's data.
-_CAUSES_SEEN = 8
-# Problems of a pydantic ValidationError shown (a result of an unknown content type has twelve).
-_PROBLEMS_SHOWN = 3
 
 
 class MissingSecretsError(SecretsError):
@@ -295,19 +279,19 @@ class Gateway:
             try:
                 client = connection.client
                 tool = await self._downstream_name(username, server, name, client)
-                if ctx is not None and _asks_by_result(ctx):
+                if ctx is not None and asks_by_result(ctx):
                     result = await _call_round(client, tool, dict(arguments), ctx, forward=forward)
                 else:
                     result = await client.call_tool(tool, dict(arguments), progress_callback=forward)
             except Exception as exc:  # noqa: BLE001 - any downstream failure becomes a tool error
-                required = _url_elicitation_required(exc, redactor, server.name)
+                required = url_elicitation_required(exc, redactor, server.name)
                 if required is not None:
                     raise required from None
                 # A server that answered with an error is well: restarting it would cost a start and
                 # what it holds (a browser, a session). One that is gone or stuck is replaced.
                 if not await _still_answers(connection.client):
                     self.pool.discard(connection)
-                problem = connection.fault or _describe(exc)
+                problem = connection.fault or describe(exc)
                 raise DownstreamError(
                     redactor.text(f"downstream server {server.name} failed during {parts[1]}: {problem}")
                 ) from None
@@ -352,7 +336,7 @@ class Gateway:
                     problem = (
                         f"it did not answer within {seconds:g} seconds"
                         if isinstance(exc, TimeoutError)
-                        else connection.fault or _describe(exc)
+                        else connection.fault or describe(exc)
                     )
                     raise DownstreamError(redactor.text(f"listing {server.name} failed: {problem}")) from None
             if chars_within(listed, redactor.inline_chars):
@@ -454,7 +438,7 @@ class Gateway:
             ):
                 record_injected()  # a live connection holds the values: this call uses them
                 holder["connection"] = connection
-                async with _relaying(connection, ctx, redactor, server.name) as relay:
+                async with relaying(connection, ctx, redactor, server.name) as relay:
                     yield connection, redactor, relay
         except (GatewayBusyError, MissingSecretsError, DownstreamError, UrlElicitationRequiredError):
             raise
@@ -464,7 +448,7 @@ class Gateway:
             raise
         except Exception as exc:  # noqa: BLE001 - any downstream failure becomes a tool error
             raise DownstreamError(
-                redactor.text(f"downstream server {server.name} could not be started: {_describe(exc)}")
+                redactor.text(f"downstream server {server.name} could not be started: {describe(exc)}")
             ) from None
 
     @asynccontextmanager
@@ -521,7 +505,7 @@ class Gateway:
         material = json.dumps([spec.command, args, env, headers, url], sort_keys=True).encode()
         fingerprint = hashlib.sha256(self._fingerprint_salt + material).hexdigest()
         holder: dict[str, Connection] = {}
-        relays = _relays(holder, tools_changed)
+        relays = downstream_callbacks(holder, tools_changed)
 
         def listening(client: Client) -> AbstractAsyncContextManager[None]:
             async def every_tool() -> list[Tool]:
@@ -658,12 +642,6 @@ def _text_holder(block: dict[str, Any]) -> dict[str, Any] | None:
     return resource if isinstance(resource, dict) and isinstance(resource.get("text"), str) else None
 
 
-def _asks_by_result(ctx: Context[Any, Any]) -> bool:
-    """True for a client on 2026-07-28 or later: it is asked in a call's result, never by a request."""
-    version = ctx.protocol_version
-    return version is not None and is_version_at_least(version, INPUT_REQUIRED_VERSION)
-
-
 async def _call_round(
     client: Client,
     tool: str,
@@ -719,12 +697,12 @@ def _questions(
             # The client answers under the key it was shown, and the downstream finds its answer by its own
             # key: one redacted would never be answered.
             raise DownstreamError(f"downstream server {server} named its question with an injected secret")
-        mode = _mode(request.params)
-        if not _takes_elicitation(ctx, mode):
+        mode = mode_of(request.params)
+        if not takes_elicitation(ctx, mode):
             raise DownstreamError(
                 f"downstream server {server} asks its user in {mode} mode; this client has none"
             )
-        shown[key] = ElicitRequest(params=_shown_question(request.params, redactor, server))
+        shown[key] = ElicitRequest(params=shown_question(request.params, redactor, server))
     return InputRequiredResult(input_requests=shown or None, request_state=result.request_state)
 
 
@@ -778,226 +756,3 @@ async def _take_turn(lock: anyio.Lock, seconds: float, server: str) -> None:
             await lock.acquire()
             return
         raise CallRunningError(f"a call of yours to server {server} is still running") from None
-
-
-def _url_elicitation_required(
-    exc: Exception, redactor: Redactor, server: str
-) -> UrlElicitationRequiredError | None:
-    """The downstream's -32042 error as the client is to see it, or None for any other failure.
-
-    The user must open a URL (to sign in, say) before the call can work: the client shows it and
-    retries, so the error goes on as it is, each message saying which server asks, injected values out.
-    """
-    if not isinstance(exc, MCPError) or exc.code != URL_ELICITATION_REQUIRED:
-        return None
-    try:
-        required = UrlElicitationRequiredError.from_error(
-            ErrorData.model_validate(redactor.data(exc.error.model_dump(by_alias=True, mode="json")))
-        )
-    except ValidationError:  # not the shape the specification gives it: an ordinary failure
-        return None
-    elicitations = [
-        elicitation.model_copy(update={"message": f"[{server}] {elicitation.message}"})
-        for elicitation in required.elicitations
-    ]
-    return UrlElicitationRequiredError(elicitations, required.message)
-
-
-def _describe(exc: BaseException) -> str:
-    """What went wrong, for the caller and the log, quoting nothing a library quoted of the downstream."""
-    inner = getattr(exc, "exceptions", None)  # an exception group: describe its first member
-    if isinstance(inner, tuple) and inner and isinstance(inner[0], BaseException):
-        return _describe(inner[0])
-    if isinstance(exc, httpx2.HTTPStatusError):
-        # Its message quotes the URL as httpx writes it (a space as %20 but ':' as it is), a spelling of
-        # an injected value the redactor does not know: the status says what went wrong.
-        return f"{type(exc).__name__}: {exc.response.status_code} {exc.response.reason_phrase}"
-    text = str(exc)
-    for cause in _causes(exc):
-        if isinstance(cause, ValidationError):
-            # Its text quotes what it failed on shortened (a dict's repr cut to its start and end), which
-            # no spelling of a value matches: where and what is enough.
-            shown = _validation_problems(cause)
-        elif isinstance(cause, SchemaValidationError):
-            # Its text pretty-prints the instance, a long string cut at its spaces into quoted pieces: a
-            # passphrase there is whole, in no spelling the redactor knows. Its message quotes it too.
-            shown = _schema_problem(cause)
-        else:
-            continue
-        if cause is exc:
-            text = shown
-        elif str(cause):  # inside a wrapper's own message, where it quotes it
-            text = text.replace(str(cause), shown)
-    # The SDK passes some such texts on inside its own message (an MCPError), without the error itself.
-    text = _INPUT_VALUE.sub(r"\1", text)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """``exc``, then what it was raised from or while handling, and so on, up to ``_CAUSES_SEEN``."""
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and len(seen) < _CAUSES_SEEN and current not in seen:
-        seen.append(current)
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-def _schema_problem(error: SchemaValidationError) -> str:
-    """A jsonschema ValidationError as where the instance fails which keyword of the schema, without it."""
-    keyword = f"{error.validator!r}"
-    if isinstance(error.validator_value, str | int | float | bool):  # not a whole subschema
-        keyword += f": {error.validator_value!r}"
-    return f"the value at {error.json_path} fails the schema's {keyword}"
-
-
-def _validation_problems(error: ValidationError) -> str:
-    """A pydantic ValidationError as where and what each problem is, without the input or a link."""
-    problems = error.errors(include_url=False, include_context=False, include_input=False)
-    shown = "; ".join(
-        f"{'.'.join(map(str, problem['loc'])) or 'the whole'}: {problem['msg']}"
-        for problem in problems[:_PROBLEMS_SHOWN]
-    )
-    more = f"; and {len(problems) - _PROBLEMS_SHOWN} more" if len(problems) > _PROBLEMS_SHOWN else ""
-    count = f"{len(problems)} validation error{'s' if len(problems) != 1 else ''}"
-    return f"{count} for {error.title}: {shown}{more}"
-
-
-def _relays(holder: dict[str, Connection], tools_changed: Callable[[], None]) -> dict[str, Any]:
-    """A downstream client's callbacks: each hands what the downstream sends to the call it is for.
-
-    Word that its tools changed is for its user's clients, whichever call, if any, is running.
-    """
-
-    async def relay_log(params: LoggingMessageNotificationParams) -> None:
-        connection = holder.get("connection")
-        if connection is not None and connection.on_log is not None:
-            await connection.on_log(params)
-
-    async def relay_elicitation(
-        context: ClientRequestContext,  # noqa: ARG001 - the SDK's callback signature, by name
-        params: ElicitRequestParams,
-    ) -> ElicitResult | ErrorData:
-        connection = holder.get("connection")
-        if connection is None or connection.on_elicit is None:
-            # Between calls (or in a listing) there is no user's client to ask.
-            return ErrorData(code=INVALID_REQUEST, message="no call is running to ask the user for")
-        answer: ElicitResult | ErrorData = await connection.on_elicit(params)
-        return answer
-
-    async def relay_notice(message: IncomingMessage) -> None:
-        if isinstance(message, ToolListChangedNotification):  # on the session, or on a listen stream
-            tools_changed()
-            return
-        connection = holder.get("connection")
-        if (
-            isinstance(message, ElicitCompleteNotification)
-            and connection is not None
-            and connection.on_elicit_complete is not None
-        ):
-            await connection.on_elicit_complete(message.params.elicitation_id)
-
-    relay_elicitation_fn: ElicitationFnT = relay_elicitation
-    relay_log_fn: LoggingFnT = relay_log
-    return {
-        "logging_callback": relay_log_fn,
-        "log_level": "debug",
-        "elicitation_callback": relay_elicitation_fn,
-        "message_handler": relay_notice,
-    }
-
-
-@asynccontextmanager
-async def _relaying(
-    connection: Connection, ctx: Context[Any, Any] | None, redactor: Redactor, server: str
-) -> AsyncIterator[CallRelay | None]:
-    """While inside, what ``connection``'s downstream sends goes to the client of ``ctx``'s call, if any.
-
-    At the end, the call's client is sent what its relay held back, before its result or error.
-    """
-    relay = CallRelay(ctx, redactor, server) if ctx is not None else None
-    connection.on_log = relay.log if relay is not None else None
-    connection.on_elicit = _elicitation_forwarder(ctx, redactor, server)
-    connection.on_elicit_complete = _completion_forwarder(ctx, redactor)
-    try:
-        try:
-            yield relay
-        except Exception:
-            if relay is not None:  # a failed call's client is told too; a cancelled one is gone
-                await relay.finish()
-            raise
-        if relay is not None:
-            await relay.finish()
-    finally:
-        connection.on_log = connection.on_elicit = connection.on_elicit_complete = None
-
-
-def _takes_elicitation(ctx: Context[Any, Any], mode: Literal["form", "url"]) -> bool:
-    """True when the client of ``ctx`` declared elicitation in ``mode``."""
-    capabilities = ctx.client_capabilities
-    elicitation = capabilities.elicitation if capabilities is not None else None
-    if elicitation is None:
-        return False
-    if mode == "url":
-        return elicitation.url is not None
-    return elicitation.form is not None or elicitation.url is None  # {} means form, as the specification says
-
-
-def _elicitation_forwarder(
-    ctx: Context[Any, Any] | None, redactor: Redactor, server: str
-) -> Callable[[ElicitRequestParams], Awaitable[ElicitResult | ErrorData]] | None:
-    if ctx is None:
-        return None
-
-    async def forward(params: ElicitRequestParams) -> ElicitResult | ErrorData:
-        mode = _mode(params)
-        if not _takes_elicitation(ctx, mode):
-            # What a client answers when asked in a mode it did not declare (-32602).
-            return ErrorData(code=INVALID_PARAMS, message=f"the client does not take {mode} elicitation")
-        if _asks_by_result(ctx):
-            # Such a client is asked in a call's result, which would end the call that asks.
-            return ErrorData(
-                code=INVALID_REQUEST, message="the client takes questions only in a call's result"
-            )
-        shown = _shown_question(params, redactor, server)
-        if isinstance(shown, ElicitRequestURLParams) and shown.elicitation_id is None:
-            shown.elicitation_id = _random.token_urlsafe(16)  # 2026-07-28 has none; 2025-11-25 needs one
-        session = ctx.request_context.session
-        try:
-            answer = await session.send_request(
-                ElicitRequest(params=shown),
-                ElicitResult,
-                metadata=ServerMessageMetadata(related_request_id=ctx.request_id),
-            )
-        except MCPError as exc:  # the client's refusal is the downstream's to handle
-            return exc.error
-        # The answer goes back as it came, and is logged nowhere. It is not redacted from what the call
-        # returns: it came from this client, and form mode may not ask for secrets (URL mode is for those).
-        return answer
-
-    return forward
-
-
-def _mode(params: ElicitRequestParams) -> Literal["form", "url"]:
-    return "url" if isinstance(params, ElicitRequestURLParams) else "form"
-
-
-def _shown_question(params: ElicitRequestParams, redactor: Redactor, server: str) -> ElicitRequestParams:
-    """A downstream's question as its user sees it: which server asks first, no injected value in it."""
-    shown = redactor.data(params.model_dump(by_alias=True, mode="json", exclude_none=True))
-    shown["message"] = f"[{server}] {shown['message']}"
-    return type(params).model_validate(shown)
-
-
-def _completion_forwarder(
-    ctx: Context[Any, Any] | None, redactor: Redactor
-) -> Callable[[str], Awaitable[None]] | None:
-    if ctx is None:
-        return None
-
-    async def forward(elicitation_id: str) -> None:
-        # Redacted as the question's id was, so that the client finds the question it was shown.
-        shown = redactor.text(elicitation_id)
-        await ctx.request_context.session.send_elicit_complete(shown, ctx.request_id)
-
-    return forward

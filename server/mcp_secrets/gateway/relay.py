@@ -4,6 +4,9 @@ A downstream may send log messages and progress without end during a call. Each 
 redaction and a message to the client, so a call relays a burst of them at once and then a few a second:
 a long task still keeps its client informed, and a flood reaches it as a trickle. A message too long
 to redact at little cost is withheld whole, and its client told so in its place.
+
+``downstream_callbacks`` are a downstream client's callbacks, and ``relaying`` points them, for the length
+of one call, at that call's client: its logs and progress here, its questions through ``asking``.
 """
 
 from __future__ import annotations
@@ -11,15 +14,28 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, get_args
 
 import anyio
+from mcp.client.session import ClientRequestContext, ElicitationFnT, IncomingMessage, LoggingFnT
 from mcp.server.mcpserver import Context
 from mcp.server.session import ServerSession
 from mcp.shared.exceptions import MCPDeprecationWarning
-from mcp_types import LoggingLevel, LoggingMessageNotificationParams
+from mcp_types import (
+    INVALID_REQUEST,
+    ElicitCompleteNotification,
+    ElicitRequestParams,
+    ElicitResult,
+    ErrorData,
+    LoggingLevel,
+    LoggingMessageNotificationParams,
+    ToolListChangedNotification,
+)
 
+from mcp_secrets.gateway.asking import completion_forwarder, elicitation_forwarder
+from mcp_secrets.gateway.pool import Connection
 from mcp_secrets.gateway.redact import REDACT_INLINE_CHARS, Redactor, chars_up_to
 
 logger = logging.getLogger(__name__)
@@ -216,3 +232,72 @@ async def _unless_gone(send: Awaitable[None]) -> None:
         await send
     except Exception as exc:  # noqa: BLE001 - a send error's text could quote what it sent
         logger.debug("a message to a call's client was not sent: %s", type(exc).__name__)
+
+
+def downstream_callbacks(holder: dict[str, Connection], tools_changed: Callable[[], None]) -> dict[str, Any]:
+    """A downstream client's callbacks: each hands what the downstream sends to the call it is for.
+
+    Word that its tools changed is for its user's clients, whichever call, if any, is running.
+    """
+
+    async def relay_log(params: LoggingMessageNotificationParams) -> None:
+        connection = holder.get("connection")
+        if connection is not None and connection.on_log is not None:
+            await connection.on_log(params)
+
+    async def relay_elicitation(
+        context: ClientRequestContext,  # noqa: ARG001 - the SDK's callback signature, by name
+        params: ElicitRequestParams,
+    ) -> ElicitResult | ErrorData:
+        connection = holder.get("connection")
+        if connection is None or connection.on_elicit is None:
+            # Between calls (or in a listing) there is no user's client to ask.
+            return ErrorData(code=INVALID_REQUEST, message="no call is running to ask the user for")
+        answer: ElicitResult | ErrorData = await connection.on_elicit(params)
+        return answer
+
+    async def relay_notice(message: IncomingMessage) -> None:
+        if isinstance(message, ToolListChangedNotification):  # on the session, or on a listen stream
+            tools_changed()
+            return
+        connection = holder.get("connection")
+        if (
+            isinstance(message, ElicitCompleteNotification)
+            and connection is not None
+            and connection.on_elicit_complete is not None
+        ):
+            await connection.on_elicit_complete(message.params.elicitation_id)
+
+    relay_elicitation_fn: ElicitationFnT = relay_elicitation
+    relay_log_fn: LoggingFnT = relay_log
+    return {
+        "logging_callback": relay_log_fn,
+        "log_level": "debug",
+        "elicitation_callback": relay_elicitation_fn,
+        "message_handler": relay_notice,
+    }
+
+
+@asynccontextmanager
+async def relaying(
+    connection: Connection, ctx: Context[Any, Any] | None, redactor: Redactor, server: str
+) -> AsyncIterator[CallRelay | None]:
+    """While inside, what ``connection``'s downstream sends goes to the client of ``ctx``'s call, if any.
+
+    At the end, the call's client is sent what its relay held back, before its result or error.
+    """
+    relay = CallRelay(ctx, redactor, server) if ctx is not None else None
+    connection.on_log = relay.log if relay is not None else None
+    connection.on_elicit = elicitation_forwarder(ctx, redactor, server)
+    connection.on_elicit_complete = completion_forwarder(ctx, redactor)
+    try:
+        try:
+            yield relay
+        except Exception:
+            if relay is not None:  # a failed call's client is told too; a cancelled one is gone
+                await relay.finish()
+            raise
+        if relay is not None:
+            await relay.finish()
+    finally:
+        connection.on_log = connection.on_elicit = connection.on_elicit_complete = None
