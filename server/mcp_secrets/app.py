@@ -45,11 +45,12 @@ from mcp_types import (
     ToolAnnotations,
 )
 from mcp_types.methods import validate_server_result
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, is_version_at_least
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, ValidationError, WithJsonSchema
 
 from mcp_secrets import __version__
 from mcp_secrets.config import ENTRY_WAIT_SECONDS, LISTEN_STREAMS_PER_USER, StoreLocation
+from mcp_secrets.elicitation import asks_by_result, takes_elicitation
 from mcp_secrets.entry import EntryLink, EntryLinks, Submission
 from mcp_secrets.errors import InvalidInputError, SecretsError
 from mcp_secrets.gateway import Gateway, set_log_level
@@ -394,8 +395,6 @@ async def _set_log_level(ctx: ServerRequestContext[Any], params: SetLevelRequest
 
 
 ENTRY_REQUEST = "secret_entry"
-# The first protocol revision that carries elicitation in an InputRequiredResult, not a request of its own.
-INPUT_REQUIRED_VERSION = "2026-07-28"
 WAIT_POLL_SECONDS = 0.5
 # The live entry links a user's failed gateway calls may fill, of the MAX_LIVE_LINKS: each failed call
 # makes links, and an agent retrying one in a loop must leave room for request_secret.
@@ -412,20 +411,6 @@ class EntrySettings(BaseModel):
     base_url: str
     wait_seconds: float = ENTRY_WAIT_SECONDS
     clock: Callable[[], float] = anyio.current_time  # seconds, for the wait's deadline
-
-
-def _supports_url_elicitation(ctx: Context[Any, Any]) -> bool:
-    capabilities = ctx.client_capabilities
-    return (
-        capabilities is not None
-        and capabilities.elicitation is not None
-        and capabilities.elicitation.url is not None
-    )
-
-
-def _input_required_era(ctx: Context[Any, Any]) -> bool:
-    version = ctx.protocol_version
-    return version is not None and is_version_at_least(version, INPUT_REQUIRED_VERSION)
 
 
 # Nothing for a terminal command to repeat: it finds the store and key where this server did.
@@ -622,7 +607,7 @@ def _add_request_secret(
         if entry is None:
             return _terminal_hint(username, server, key, store_settings)
         started = entry.clock()
-        if _input_required_era(ctx) and ctx.request_state is not None:
+        if asks_by_result(ctx) and ctx.request_state is not None:
             link = await _run(lambda: entry.links.resume(ctx.request_state or "", username))
             response = (ctx.input_responses or {}).get(ENTRY_REQUEST)
             action = response.action if isinstance(response, ElicitResult) else "cancel"
@@ -635,9 +620,9 @@ def _add_request_secret(
             f"Enter the secret {key} for the MCP server {server} in a page of mcp-secrets. "
             "The value goes straight to the encrypted store, never through the assistant."
         )
-        if not _supports_url_elicitation(ctx):
+        if not takes_elicitation(ctx, "url"):
             return _link_sent(username, link, url)
-        if _input_required_era(ctx):
+        if asks_by_result(ctx):
             request = ElicitRequest(params=ElicitRequestURLParams(message=message, url=url))
             return InputRequiredResult(input_requests={ENTRY_REQUEST: request}, request_state=link.token)
         try:

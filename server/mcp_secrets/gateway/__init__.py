@@ -42,14 +42,9 @@ from mcp_types import (
     Tool,
 )
 
+from mcp_secrets.elicitation import asks_by_result, takes_elicitation
 from mcp_secrets.errors import SecretsError
-from mcp_secrets.gateway.asking import (
-    asks_by_result,
-    mode_of,
-    shown_question,
-    takes_elicitation,
-    url_elicitation_required,
-)
+from mcp_secrets.gateway.asking import mode_of, shown_question, url_elicitation_required
 from mcp_secrets.gateway.changes import ToolListChanges
 from mcp_secrets.gateway.config import (
     MAX_TOOL_NAME_LENGTH,
