@@ -20,7 +20,7 @@ from mcp_secrets.errors import InvalidInputError
 from mcp_secrets.identity import LocalIdentity
 from mcp_secrets.rotation import rotate
 from mcp_secrets.secrets import SecretKeyInfo, Secrets
-from mcp_secrets.store import AuditEvent, SecretStore
+from mcp_secrets.store import AuditEvent, SecretStore, SecretUse
 from mcp_secrets.store.sqlite import SQLiteStore
 from mcp_secrets.tokens import ApiTokens
 
@@ -191,6 +191,28 @@ def test_get_secrets_sets_last_used_at_of_exactly_the_returned_keys(
         SecretKeyInfo("slack", "TOKEN", T0, T0, None),
     ]
     assert secrets.list_secret_keys("bob") == [SecretKeyInfo("github", "TOKEN", T0, T0, None)]
+
+
+def test_a_use_written_late_never_marks_the_record_stored_anew_after_it(
+    store: SecretStore, encryptor: SecretEncryptor
+) -> None:
+    # A server's writer writes a use a moment after it, or seconds later while the store is busy; another
+    # process (the CLI) may meanwhile delete the key and store it again. That use was of the deleted record.
+    now = [T0]
+    cli = Secrets(store, encryptor, clock=lambda: now[0])
+    cli.set_secret("alice", "github", "TOKEN", new_canary())
+    used = AuditEvent(T0 + timedelta(seconds=1), "alice", "used", "github", "TOKEN", "stdio")
+    now[0] = T1
+    cli.delete_secret("alice", "github", "TOKEN")
+    cli.set_secret("alice", "github", "TOKEN", new_canary())
+
+    store.record_uses([SecretUse("alice", "github", ("TOKEN",), used)])
+
+    assert cli.list_secret_keys("alice") == [SecretKeyInfo("github", "TOKEN", T1, T1, None)]
+    assert used in cli.list_events("alice")  # the use itself stays in the trail
+    again = AuditEvent(T1 + timedelta(seconds=1), "alice", "used", "github", "TOKEN", "stdio")
+    store.record_uses([SecretUse("alice", "github", ("TOKEN",), again)])
+    assert cli.list_secret_keys("alice") == [SecretKeyInfo("github", "TOKEN", T1, T1, again.at)]
 
 
 # --- never a value -------------------------------------------------------------------------------

@@ -303,10 +303,13 @@ def _write_record(
 
 
 _INSERT_EVENT = f"INSERT INTO audit_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"  # noqa: S608 - fixed SQL
-# ISO 8601 texts in UTC, as _iso writes them, sort as the times do: the later use wins.
+# ISO 8601 texts in UTC, as _iso writes them, sort as the times do: the later use wins. A use from before
+# the record was created was a use of another record, deleted since (one written late, by another process's
+# writer): it is not this one's last use. A creation time SQLite cannot read stops no use from counting.
 _MARK_USED = (
     "UPDATE user_secrets SET last_used_at = ? WHERE username = ? AND server = ? AND key = ? "
-    "AND (last_used_at IS NULL OR last_used_at < ?)"
+    "AND (last_used_at IS NULL OR last_used_at < ?) "
+    "AND (julianday(created_at) IS NULL OR julianday(created_at) <= julianday(?))"
 )
 
 
@@ -670,7 +673,7 @@ class SQLiteStore:
         marks = []
         for record, at in latest_uses(uses).items():
             stamp = _iso(at)
-            marks.append((stamp, *record, stamp))
+            marks.append((stamp, *record, stamp, stamp))
         events = [_event_row(use.event) for use in uses]
 
         def write(connection: sqlite3.Connection) -> None:
