@@ -134,6 +134,26 @@ def test_list_events_returns_at_most_limit_newest_events(secrets: Secrets, limit
     assert [(event.actor, event.server) for event in events] == everything[:limit]
 
 
+@pytest.mark.parametrize(
+    ("username", "server"), [("alice", None), ("alice", "github"), (None, None), (None, "github")]
+)
+def test_a_use_written_after_a_later_change_is_listed_after_it_newest_first(
+    store: SecretStore, encryptor: SecretEncryptor, username: str | None, server: str | None
+) -> None:
+    # A server's writer writes a use a moment after it, or seconds later while the store is busy; a change
+    # made meanwhile by another process (the CLI) is written at once, before it. Newest first is by time.
+    cli = Secrets(store, encryptor, clock=lambda: T1)
+    cli.set_secret("alice", "github", "TOKEN", new_canary())
+    used = AuditEvent(T0, "alice", "used", "github", "TOKEN", "stdio")
+    store.record_uses([SecretUse("alice", "github", ("TOKEN",), used)])
+
+    events = cli.list_events(username, server)
+    newest = cli.list_events(username, server, limit=1)
+
+    assert [(event.action, event.at) for event in events] == [("created", T1), ("used", T0)]
+    assert [(event.action, event.at) for event in newest] == [("created", T1)]
+
+
 @pytest.mark.parametrize("limit", [0, -1, 1001])
 def test_list_events_refuses_a_limit_outside_one_to_a_thousand(secrets: Secrets, limit: int) -> None:
     with pytest.raises(InvalidInputError, match="limit"):
@@ -392,3 +412,21 @@ def test_sqlite_file_without_last_used_at_gains_the_column_and_reads_back(
     reopened = SQLiteStore(path)  # the upgrade is done once: opening again changes nothing
     reopened.close()
     assert columns_of(path) == upgraded
+
+
+def test_sqlite_file_with_the_trail_indexed_by_insertion_gets_it_indexed_by_time(tmp_path: Path) -> None:
+    # Earlier versions listed the trail by insertion order, over an index of (actor, id).
+    path = tmp_path / "old.db"
+    SQLiteStore(path).close()
+    with closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute("DROP INDEX audit_events_actor_time")
+        connection.execute("DROP INDEX audit_events_time")
+        connection.execute("CREATE INDEX audit_events_actor ON audit_events (actor, id)")
+
+    SQLiteStore(path).close()
+
+    with closing(sqlite3.connect(path)) as connection:
+        indexes = connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'audit_events' ORDER BY name"
+        ).fetchall()
+    assert indexes == [("audit_events_actor_time",), ("audit_events_time",)]
