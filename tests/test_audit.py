@@ -316,6 +316,26 @@ async def test_list_secret_events_shows_the_callers_own_events_only(secrets: Sec
 
 
 @pytest.mark.anyio
+async def test_list_secret_events_shows_a_use_written_late_after_the_later_change(
+    store: SecretStore, encryptor: SecretEncryptor
+) -> None:
+    # The server's own use, written late, beside a change another process made meanwhile.
+    secrets = Secrets(store, encryptor, clock=lambda: T1)
+    secrets.set_secret("alice", "github", "TOKEN", new_canary(), via="cli")
+    used = AuditEvent(T0, "alice", "used", "github", "TOKEN", "in-process")
+    store.record_uses([SecretUse("alice", "github", ("TOKEN",), used)])
+
+    async with client_of(secrets, "alice") as alice:
+        listed = await call(alice, "list_secret_events")
+        newest = await call(alice, "list_secret_events", limit=1)
+        keys = await call(alice, "list_secret_keys")
+
+    assert [(e["action"], parse_time(e["at"])) for e in listed["events"]] == [("created", T1), ("used", T0)]
+    assert newest["events"] == listed["events"][:1]
+    assert [entry["last_used_at"] for entry in keys["keys"]] == [None]  # used before this record was made
+
+
+@pytest.mark.anyio
 async def test_list_secret_events_text_says_its_times_are_utc(secrets: Secrets) -> None:
     # The text is what a model reads and repeats: a bare time reads as the user's own zone.
     async with client_of(secrets, "alice") as alice:
