@@ -20,7 +20,7 @@ from mcp_secrets.errors import InvalidInputError
 from mcp_secrets.identity import LocalIdentity
 from mcp_secrets.rotation import rotate
 from mcp_secrets.secrets import SecretKeyInfo, Secrets
-from mcp_secrets.store import AuditEvent, SecretStore
+from mcp_secrets.store import AuditEvent, SecretStore, SecretUse
 from mcp_secrets.store.sqlite import SQLiteStore
 from mcp_secrets.tokens import ApiTokens
 
@@ -134,6 +134,26 @@ def test_list_events_returns_at_most_limit_newest_events(secrets: Secrets, limit
     assert [(event.actor, event.server) for event in events] == everything[:limit]
 
 
+@pytest.mark.parametrize(
+    ("username", "server"), [("alice", None), ("alice", "github"), (None, None), (None, "github")]
+)
+def test_a_use_written_after_a_later_change_is_listed_after_it_newest_first(
+    store: SecretStore, encryptor: SecretEncryptor, username: str | None, server: str | None
+) -> None:
+    # A server's writer writes a use a moment after it, or seconds later while the store is busy; a change
+    # made meanwhile by another process (the CLI) is written at once, before it. Newest first is by time.
+    cli = Secrets(store, encryptor, clock=lambda: T1)
+    cli.set_secret("alice", "github", "TOKEN", new_canary())
+    used = AuditEvent(T0, "alice", "used", "github", "TOKEN", "stdio")
+    store.record_uses([SecretUse("alice", "github", ("TOKEN",), used)])
+
+    events = cli.list_events(username, server)
+    newest = cli.list_events(username, server, limit=1)
+
+    assert [(event.action, event.at) for event in events] == [("created", T1), ("used", T0)]
+    assert [(event.action, event.at) for event in newest] == [("created", T1)]
+
+
 @pytest.mark.parametrize("limit", [0, -1, 1001])
 def test_list_events_refuses_a_limit_outside_one_to_a_thousand(secrets: Secrets, limit: int) -> None:
     with pytest.raises(InvalidInputError, match="limit"):
@@ -191,6 +211,28 @@ def test_get_secrets_sets_last_used_at_of_exactly_the_returned_keys(
         SecretKeyInfo("slack", "TOKEN", T0, T0, None),
     ]
     assert secrets.list_secret_keys("bob") == [SecretKeyInfo("github", "TOKEN", T0, T0, None)]
+
+
+def test_a_use_written_late_never_marks_the_record_stored_anew_after_it(
+    store: SecretStore, encryptor: SecretEncryptor
+) -> None:
+    # A server's writer writes a use a moment after it, or seconds later while the store is busy; another
+    # process (the CLI) may meanwhile delete the key and store it again. That use was of the deleted record.
+    now = [T0]
+    cli = Secrets(store, encryptor, clock=lambda: now[0])
+    cli.set_secret("alice", "github", "TOKEN", new_canary())
+    used = AuditEvent(T0 + timedelta(seconds=1), "alice", "used", "github", "TOKEN", "stdio")
+    now[0] = T1
+    cli.delete_secret("alice", "github", "TOKEN")
+    cli.set_secret("alice", "github", "TOKEN", new_canary())
+
+    store.record_uses([SecretUse("alice", "github", ("TOKEN",), used)])
+
+    assert cli.list_secret_keys("alice") == [SecretKeyInfo("github", "TOKEN", T1, T1, None)]
+    assert used in cli.list_events("alice")  # the use itself stays in the trail
+    again = AuditEvent(T1 + timedelta(seconds=1), "alice", "used", "github", "TOKEN", "stdio")
+    store.record_uses([SecretUse("alice", "github", ("TOKEN",), again)])
+    assert cli.list_secret_keys("alice") == [SecretKeyInfo("github", "TOKEN", T1, T1, again.at)]
 
 
 # --- never a value -------------------------------------------------------------------------------
@@ -271,6 +313,26 @@ async def test_list_secret_events_shows_the_callers_own_events_only(secrets: Sec
     ]
     assert of_slack["events"] == []
     assert newest["events"] == listed["events"][:1]
+
+
+@pytest.mark.anyio
+async def test_list_secret_events_shows_a_use_written_late_after_the_later_change(
+    store: SecretStore, encryptor: SecretEncryptor
+) -> None:
+    # The server's own use, written late, beside a change another process made meanwhile.
+    secrets = Secrets(store, encryptor, clock=lambda: T1)
+    secrets.set_secret("alice", "github", "TOKEN", new_canary(), via="cli")
+    used = AuditEvent(T0, "alice", "used", "github", "TOKEN", "in-process")
+    store.record_uses([SecretUse("alice", "github", ("TOKEN",), used)])
+
+    async with client_of(secrets, "alice") as alice:
+        listed = await call(alice, "list_secret_events")
+        newest = await call(alice, "list_secret_events", limit=1)
+        keys = await call(alice, "list_secret_keys")
+
+    assert [(e["action"], parse_time(e["at"])) for e in listed["events"]] == [("created", T1), ("used", T0)]
+    assert newest["events"] == listed["events"][:1]
+    assert [entry["last_used_at"] for entry in keys["keys"]] == [None]  # used before this record was made
 
 
 @pytest.mark.anyio
@@ -370,3 +432,21 @@ def test_sqlite_file_without_last_used_at_gains_the_column_and_reads_back(
     reopened = SQLiteStore(path)  # the upgrade is done once: opening again changes nothing
     reopened.close()
     assert columns_of(path) == upgraded
+
+
+def test_sqlite_file_with_the_trail_indexed_by_insertion_gets_it_indexed_by_time(tmp_path: Path) -> None:
+    # Earlier versions listed the trail by insertion order, over an index of (actor, id).
+    path = tmp_path / "old.db"
+    SQLiteStore(path).close()
+    with closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute("DROP INDEX audit_events_actor_time")
+        connection.execute("DROP INDEX audit_events_time")
+        connection.execute("CREATE INDEX audit_events_actor ON audit_events (actor, id)")
+
+    SQLiteStore(path).close()
+
+    with closing(sqlite3.connect(path)) as connection:
+        indexes = connection.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'audit_events' ORDER BY name"
+        ).fetchall()
+    assert indexes == [("audit_events_actor_time",), ("audit_events_time",)]

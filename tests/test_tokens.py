@@ -275,6 +275,33 @@ def test_a_token_whose_own_record_cannot_be_read_is_revoked_recorded_and_said_so
     assert (new.token in str(unreadable.value)) is False
 
 
+def test_a_revocation_whose_event_cannot_be_written_says_the_token_is_revoked(
+    tokens: ApiTokens, store: SecretStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Told only "the store is unavailable", and then "no live token" on a second try, the operator would
+    # take it for a revocation that never happened.
+    new = tokens.create("alice")
+    add_event = store.add_event
+
+    def refusing_revoked(event: AuditEvent) -> None:
+        if event.action == "token-revoked":
+            raise StoreUnavailableError("the store is unavailable")
+        add_event(event)
+
+    monkeypatch.setattr(store, "add_event", refusing_revoked)
+    with pytest.raises(StoreUnavailableError) as refused:
+        tokens.revoke(new.record.token_id)
+    monkeypatch.undo()
+
+    assert f"token {new.record.token_id} was revoked, but writing its audit event failed" in str(
+        refused.value
+    )
+    assert_not_echoed(refused.value, new.token)
+    assert tokens.verify(new.token) is None
+    with pytest.raises(SecretNotFoundError, match="no live token"):
+        tokens.revoke(new.record.token_id)
+
+
 def test_a_token_whose_created_event_cannot_be_written_is_revoked_and_never_shown(
     tokens: ApiTokens, store: SecretStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

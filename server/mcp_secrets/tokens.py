@@ -140,11 +140,22 @@ class ApiTokens:
         if record is None:
             # Not echoed: a user may have pasted a whole token here.
             raise SecretNotFoundError("there is no live token with that id (see `mcp-secrets token list`)")
-        self._record_revocation(record, now, f"token {token_id}")
+        try:
+            self._record_revocation(record, now, f"token {token_id}")
+        except StoreUnavailableError as exc:
+            # Revoked all the same: told only "failed", and then "no live token" on a second try, the
+            # operator would take it for a revocation that did not happen, and never see it recorded.
+            unrecorded: StoreUnavailableError | None = exc
+        else:
+            unrecorded = None
         # Its open entry links would hold places of its user's link limit until they expire. Only that:
         # each is refused as soon as its token is dead, so a failure here leaves no link working.
         with suppress(StoreUnavailableError):
             self.store.end_token_links(token_id, now)
+        if unrecorded is not None:
+            raise type(unrecorded)(
+                f"token {token_id} was revoked, but writing its audit event failed: {unrecorded}"
+            ) from None
         return record
 
     def _revoked_unreadable(

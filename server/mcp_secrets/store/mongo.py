@@ -526,6 +526,9 @@ class MongoStore:
                     "username": _text("username", username),
                     "server": _text("server", server),
                     "key": _text("key", key),
+                    # A use from before the record was created was a use of another record, deleted since
+                    # (one written late, by another process's writer): not this one's last use.
+                    "$or": [{"created_at": {"$lte": at}}, {"created_at": {"$not": {"$type": "date"}}}],
                 },
                 {"$max": {"last_used_at": at}},
             )

@@ -63,7 +63,9 @@ CREATE TABLE IF NOT EXISTS audit_events (
     transport TEXT NOT NULL DEFAULT '',
     detail    TEXT NOT NULL DEFAULT ''
 );
-CREATE INDEX IF NOT EXISTS audit_events_actor ON audit_events (actor, id);
+CREATE INDEX IF NOT EXISTS audit_events_actor_time ON audit_events (actor, julianday(at));
+CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events (julianday(at));
+DROP INDEX IF EXISTS audit_events_actor;
 CREATE TABLE IF NOT EXISTS entry_links (
     link_hash  TEXT PRIMARY KEY,
     link_id    TEXT NOT NULL,
@@ -303,10 +305,13 @@ def _write_record(
 
 
 _INSERT_EVENT = f"INSERT INTO audit_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"  # noqa: S608 - fixed SQL
-# ISO 8601 texts in UTC, as _iso writes them, sort as the times do: the later use wins.
+# ISO 8601 texts in UTC, as _iso writes them, sort as the times do: the later use wins. A use from before
+# the record was created was a use of another record, deleted since (one written late, by another process's
+# writer): it is not this one's last use. A creation time SQLite cannot read stops no use from counting.
 _MARK_USED = (
     "UPDATE user_secrets SET last_used_at = ? WHERE username = ? AND server = ? AND key = ? "
-    "AND (last_used_at IS NULL OR last_used_at < ?)"
+    "AND (last_used_at IS NULL OR last_used_at < ?) "
+    "AND (julianday(created_at) IS NULL OR julianday(created_at) <= julianday(?))"
 )
 
 
@@ -321,6 +326,7 @@ def _insert_event(connection: sqlite3.Connection, event: AuditEvent) -> None:
 # An event's time against a cut-off, as times rather than texts: one written by hand may have a space for
 # the "T", no offset (UTC) or another offset, and sort as text before the cut-off while it is after it.
 _BEFORE = "julianday(at) < julianday(?)"
+_NEWEST_FIRST = "julianday(at) DESC, id DESC"  # the order of the indexes audit_events_actor_time and _time
 
 
 def _check_writable(connection: sqlite3.Connection, path: Path) -> None:
@@ -670,7 +676,7 @@ class SQLiteStore:
         marks = []
         for record, at in latest_uses(uses).items():
             stamp = _iso(at)
-            marks.append((stamp, *record, stamp))
+            marks.append((stamp, *record, stamp, stamp))
         events = [_event_row(use.event) for use in uses]
 
         def write(connection: sqlite3.Connection) -> None:
@@ -696,9 +702,12 @@ class SQLiteStore:
             conditions.append("server = ?")
             params.append(server)
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        # Newest first by time, as MongoDB lists them, not as written: a use is written a moment after it,
+        # by a background writer, and another process's change made meanwhile may be written first. Times
+        # as times, as for _BEFORE; the indexes hold them, so a page is read without a sort.
         rows = self._run(
             lambda connection: connection.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM audit_events {where} ORDER BY id DESC LIMIT ?",  # noqa: S608
+                f"SELECT {_EVENT_COLUMNS} FROM audit_events {where} ORDER BY {_NEWEST_FIRST} LIMIT ?",  # noqa: S608
                 (*params, max(limit, 0)),  # SQLite reads a negative limit as no limit at all
             ).fetchall()
         )
