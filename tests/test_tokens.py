@@ -275,20 +275,25 @@ def test_a_token_whose_own_record_cannot_be_read_is_revoked_recorded_and_said_so
     assert (new.token in str(unreadable.value)) is False
 
 
+def refuse_events(monkeypatch: pytest.MonkeyPatch, store: SecretStore, action: str) -> None:
+    """Make ``store`` refuse to write audit events of ``action``, as an unavailable store would."""
+    add_event = store.add_event
+
+    def refusing(event: AuditEvent) -> None:
+        if event.action == action:
+            raise StoreUnavailableError("the store is unavailable")
+        add_event(event)
+
+    monkeypatch.setattr(store, "add_event", refusing)
+
+
 def test_a_revocation_whose_event_cannot_be_written_says_the_token_is_revoked(
     tokens: ApiTokens, store: SecretStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Told only "the store is unavailable", and then "no live token" on a second try, the operator would
     # take it for a revocation that never happened.
     new = tokens.create("alice")
-    add_event = store.add_event
-
-    def refusing_revoked(event: AuditEvent) -> None:
-        if event.action == "token-revoked":
-            raise StoreUnavailableError("the store is unavailable")
-        add_event(event)
-
-    monkeypatch.setattr(store, "add_event", refusing_revoked)
+    refuse_events(monkeypatch, store, "token-revoked")
     with pytest.raises(StoreUnavailableError) as refused:
         tokens.revoke(new.record.token_id)
     monkeypatch.undo()
@@ -306,14 +311,7 @@ def test_a_token_whose_created_event_cannot_be_written_is_revoked_and_never_show
     tokens: ApiTokens, store: SecretStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Written, but its creation not in the trail, and never shown: it must not stay live, unrecorded.
-    add_event = store.add_event
-
-    def refusing_created(event: AuditEvent) -> None:
-        if event.action == "token-created":
-            raise StoreUnavailableError("the store is unavailable")
-        add_event(event)
-
-    monkeypatch.setattr(store, "add_event", refusing_created)
+    refuse_events(monkeypatch, store, "token-created")
     with pytest.raises(StoreUnavailableError) as refused:
         tokens.create("alice")
     monkeypatch.undo()
