@@ -10,6 +10,7 @@ error too, where the SDK would decode it with U+FFFD in place of each bad byte.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -22,7 +23,8 @@ from mcp.server.lowlevel import Server
 from mcp.server.stdio import _claim_fd, _open_stdin_diversion, stdio_server
 from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 from mcp.shared.message import SessionMessage
-from mcp_types import INVALID_REQUEST, PARSE_ERROR, ErrorData, JSONRPCError
+from mcp_types import INVALID_REQUEST, PARSE_ERROR, ErrorData, JSONRPCError, jsonrpc_message_adapter
+from pydantic import ValidationError
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +57,19 @@ class _BoundedLines:
                 await self._refuse(line, INVALID_REQUEST, f"message too long: over {MAX_MESSAGE_BYTES} bytes")
                 continue
             try:
-                return line.decode("utf-8")
+                text = line.decode("utf-8")
             except UnicodeDecodeError:
                 # The SDK would decode it with U+FFFD in place of the byte, and a value would be stored
                 # altered. Refused, as the SDK refuses such a body over HTTP; the session goes on.
                 await self._refuse(line[:256], PARSE_ERROR, "Parse error: the message is not UTF-8")
+                continue
+            if not text.strip():  # a blank line between messages: nothing to answer
+                continue
+            unread = _unreadable(text)
+            if unread is None:
+                return text
+            code, why, request_id = unread
+            await self._refuse(line[:256], code, why, request_id=request_id)
 
     def _read_line(self) -> tuple[bytes, bool]:
         """The next line; or, when it is over the bound, its start and True, its rest read and dropped."""
@@ -71,18 +81,70 @@ class _BoundedLines:
             rest = self._wire.readline(MAX_MESSAGE_BYTES)
         return line[:256], True
 
-    async def _refuse(self, start: bytes, code: int, why: str) -> None:
-        """Answer the message ``start`` begins with an error, by its id when it leads: ``why``, refused."""
+    async def _refuse(
+        self, start: bytes, code: int, why: str, *, request_id: int | str | None = None
+    ) -> None:
+        """Answer the message ``start`` begins with an error, refusing it for ``why``.
+
+        By its id: ``request_id`` when known, else the one that leads the message, if any.
+        """
         message = f"{why}, refused"
         logger.error("stdin: %s", message)  # and nothing of the message: it may hold a value
         if self.reply is None:
             return
-        found = _LEADING_ID.match(start)
-        request_id = None if found is None else _request_id(found.group(1))
+        if request_id is None:
+            found = _LEADING_ID.match(start)
+            request_id = None if found is None else _request_id(found.group(1))
         error = JSONRPCError(jsonrpc="2.0", id=request_id, error=ErrorData(code=code, message=message))
         # A session already over has nobody to tell.
         with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
             await self.reply(SessionMessage(error))
+
+
+def _unreadable(text: str) -> tuple[int, str, int | str | None] | None:
+    """Why the SDK cannot read ``text`` as a JSON-RPC message, or None when it can.
+
+    As (error code, why, the request's id when it can be read). The SDK parses the message again: a few
+    microseconds a message, against a request dropped without a word, which its client would wait on.
+    """
+    try:
+        jsonrpc_message_adapter.validate_json(text, by_name=False)
+    except ValidationError as exc:
+        # Only the parser's own words (what it expected, where): never the input, which may be a value.
+        problems = exc.errors(include_input=False, include_url=False, include_context=False)
+        parse_problems = [problem["msg"] for problem in problems if problem["type"] == "json_invalid"]
+    else:
+        return None
+    python_reads, request_id = _id_in(text)
+    if not parse_problems:
+        why = "Invalid Request: not a JSON-RPC 2.0 request, notification or response (a batch is not taken)"
+        return INVALID_REQUEST, why, request_id
+    why = f"Parse error: {parse_problems[0]}"
+    if python_reads:  # JSON all the same, of a kind the SDK's parser does not read
+        why += f" ({_UNREAD_JSON})"
+    return PARSE_ERROR, why, request_id
+
+
+# What Python's JSON parser reads and the SDK's (pydantic's) does not.
+_UNREAD_JSON = (
+    "a string may hold no lone surrogate (\\ud800 to \\udfff unpaired), a number no thousands of digits, "
+    "and nesting may go about 200 levels deep at most"
+)
+
+
+def _id_in(text: str) -> tuple[bool, int | str | None]:
+    """Whether Python's parser reads ``text``; and if so the id it holds when that is a number or string."""
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError):
+        return False, None
+    request_id = message.get("id") if isinstance(message, dict) else None
+    if type(request_id) is int or (type(request_id) is str and len(request_id) <= _MAX_ID_CHARACTERS):
+        return True, request_id
+    return True, None
+
+
+_MAX_ID_CHARACTERS = 64  # as _LEADING_ID reads at most: an id is a counter or a UUID, not a document
 
 
 def _request_id(found: bytes) -> int | str:

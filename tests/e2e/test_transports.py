@@ -16,7 +16,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from http import HTTPStatus
 from pathlib import Path
@@ -315,6 +315,87 @@ def test_stdio_a_message_that_is_not_utf8_is_refused_not_stored_altered(
     assert listed["result"]["structuredContent"]["keys"] == []
     log = log_path.read_text()
     assert "Traceback" not in log
+    leaked = canary in log or any(canary in json.dumps(answer) for answer in answers)  # a bare bool
+    assert not leaked
+
+
+def _call_line(request_id: object, arguments: str) -> str:
+    """A tools/call of set_secret by hand: ``arguments`` is JSON text, as a hostile client writes it."""
+    params = f'{{"name": "set_secret", "arguments": {arguments}}}'
+    return f'{{"jsonrpc": "2.0", "id": {json.dumps(request_id)}, "method": "tools/call", "params": {params}}}'
+
+
+# Lines the SDK's parser cannot read as a JSON-RPC message: (the line, the error code, the id answered).
+# The SDK dropped each without a word (its log stays at INFO), and the client waited on it for ever.
+UNREADABLE_LINES = {
+    "json cut short": (lambda canary: _call_line(2, f'{{"value": "{canary}"')[:-5], -32700, 2),
+    "lone surrogate": (
+        lambda canary: _call_line(2, f'{{"server": "s", "key": "K", "value": "{canary}\\ud800"}}'),
+        -32700,
+        2,
+    ),
+    "nested 300 deep": (
+        lambda canary: _call_line(
+            2, f'{{"server": "s", "key": "K", "value": {"[" * 300}"{canary}"{"]" * 300}}}'
+        ),
+        -32700,
+        2,
+    ),
+    "a 5000-digit number": (
+        lambda canary: _call_line(2, f'{{"value": "{canary}", "n": {"9" * 5000}}}'),
+        -32700,
+        2,
+    ),
+    "a batch": (lambda canary: f"[{_call_line(2, json.dumps({'value': canary}))}]", -32600, None),
+    "json-rpc 1.0": (
+        lambda canary: _call_line(2, json.dumps({"value": canary})).replace('"2.0"', '"1.0"'),
+        -32600,
+        2,
+    ),
+    "params not an object": (
+        lambda canary: f'{{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": ["{canary}"]}}',
+        -32600,
+        2,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", UNREADABLE_LINES.values(), ids=UNREADABLE_LINES.keys())
+def test_stdio_a_line_that_is_no_readable_json_rpc_message_is_answered_and_the_session_goes_on(
+    stdio_deployment, server: str, canary: str, case: tuple[Callable[[str], str], int, int | None]
+) -> None:
+    make_line, code, request_id = case
+    log_path = stdio_deployment.log_path.with_name(f"unreadable-{_random.token_hex(4)}.log")
+    process = raw_stdio_serve(stdio_deployment, log_path)
+    assert process.stdin is not None
+    assert process.stdout is not None
+    listing = {"name": "list_secret_keys", "arguments": {"server": server}}
+    try:
+        process.stdin.write(json.dumps({**INITIALIZE, "id": 1}) + "\n")
+        process.stdin.flush()
+        assert json.loads(process.stdout.readline())["id"] == 1
+        process.stdin.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n")
+        process.stdin.write("\n")  # a blank line is no message, and is not answered
+        process.stdin.write(make_line(canary).replace('"s"', json.dumps(server)) + "\n")
+        process.stdin.write(json.dumps({**LIST_KEYS, "id": 3, "params": listing}) + "\n")
+        process.stdin.flush()
+        answers = [json.loads(process.stdout.readline()) for _ in range(2)]
+        process.stdin.close()
+        answers += [json.loads(line) for line in process.stdout.read().splitlines()]
+        returncode = process.wait(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+
+    refused, listed = answers
+    assert refused["id"] == request_id
+    assert refused["error"]["code"] == code
+    assert listed["id"] == 3
+    assert listed["result"]["structuredContent"]["keys"] == []
+    assert returncode == 0
+    log = log_path.read_text()
+    assert "Traceback" not in log
+    assert "refused" in log
     leaked = canary in log or any(canary in json.dumps(answer) for answer in answers)  # a bare bool
     assert not leaked
 
