@@ -1194,6 +1194,55 @@ def test_mongo_store_refuses_to_open_where_an_index_is_in_the_way_of_its_own(
     assert wanted in str(refused.value)
 
 
+def _server_with_default_collation(
+    indexes: dict[str, list[dict[str, Any]]], collection: str, collation: dict[str, Any]
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """As a real server keeps the indexes of ``collection``, made with a default ``collation``: an index
+    asked for without one gets that one."""
+    keeping = _server_keeping_indexes(indexes)
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        if next(iter(command)) == "createIndexes" and command["createIndexes"] == collection:
+            wanted = [
+                index if "collation" in index else {**index, "collation": collation}
+                for index in command["indexes"]
+            ]
+            command = {**command, "indexes": wanted}
+        return keeping(command)
+
+    return answer
+
+
+CASE_INSENSITIVE = {"locale": "en", "strength": 2, "caseLevel": False, "version": "57.1"}
+
+
+@pytest.mark.parametrize("collection", ["user_secrets", "api_tokens", "entry_links", "audit_events"])
+def test_mongo_store_refuses_a_collection_whose_default_collation_would_match_alice_for_alice(
+    collection: str,
+) -> None:
+    # Every filter of such a collection compares under its collation: "Alice" would list, overwrite and
+    # delete alice's records, and read her trail.
+    indexes: dict[str, list[dict[str, Any]]] = {}
+
+    with (
+        mongo_wire_server(_server_with_default_collation(indexes, collection, CASE_INSENSITIVE)) as port,
+        pytest.raises(ConfigurationError) as refused,
+    ):
+        MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db")
+
+    assert f"collection {collection} has a default collation" in str(refused.value)
+
+
+def test_mongo_store_opens_on_collections_whose_default_collation_is_the_binary_one() -> None:
+    indexes: dict[str, list[dict[str, Any]]] = {}
+    binary = {"locale": "simple"}
+
+    with mongo_wire_server(_server_with_default_collation(indexes, "user_secrets", binary)) as port:
+        MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db").close()
+
+    assert "username_server_key_unique" in [index["name"] for index in indexes["user_secrets"]]
+
+
 def test_mongo_store_of_a_read_only_user_opens_where_the_unique_index_has_another_name() -> None:
     made = _indexes_of(MongoStore(mongomock.MongoClient(tz_aware=True), "db"))
     made["user_secrets"] = [

@@ -298,6 +298,7 @@ class MongoStore:
                         "the MongoDB user is not allowed to create the store's indexes, and they do not "
                         "exist yet: open the store once as a user with the readWrite role"
                     ) from None
+            self._refuse_collations()
         # Known once the index calls above have reached a server.
         self.transactions = has_transactions(client)
 
@@ -328,6 +329,24 @@ class MongoStore:
                 self._events.drop_index("actor_at")
         # MongoDB deletes expired entry links by itself (within a minute of expiry).
         _ensure_index(self._links, [("expires_at", 1)], "expires_at_ttl", {"expireAfterSeconds": 0})
+
+    def _refuse_collations(self) -> None:
+        """Refuse collections made with a default collation other than the binary one.
+
+        Every filter and index of such a collection would use it: with a case-insensitive one (strength 1
+        or 2), "Alice" would list, overwrite and delete alice's records, and read her audit trail. The
+        store's own indexes are made without a collation, so they carry the collection's default.
+        """
+        for collection, names in _OWN_INDEXES.items():
+            for name, index in self._secrets.database[collection].index_information().items():
+                collation = index.get("collation")
+                if name in names and isinstance(collation, dict) and collation.get("locale") != "simple":
+                    raise ConfigurationError(
+                        f"the MongoDB collection {collection} has a default collation (locale "
+                        f"{collation.get('locale')!r}), under which usernames and names differing in case "
+                        "or accents could match one another: the store needs the binary one; move its "
+                        "documents to a collection made without a collation"
+                    )
 
     def _has_indexes(self) -> bool:
         """True when the unique indexes the store's records rely on exist, whatever their names."""
@@ -793,6 +812,13 @@ def _dns_failure(exc: BaseException) -> str | None:
 
 
 _RECORD_KEYS: IndexKeys = [("username", 1), ("server", 1), ("key", 1)]
+# The indexes the store makes, by collection: made without a collation, they show the collection's default.
+_OWN_INDEXES = {
+    SECRETS_COLLECTION: frozenset({"username_server_key_unique"}),
+    TOKENS_COLLECTION: frozenset({"token_hash_unique", "token_id_unique"}),
+    LINKS_COLLECTION: frozenset({"link_hash_unique", "username_expires_at", "expires_at_ttl"}),
+    EVENTS_COLLECTION: frozenset({"actor_at_id", "server_at_id", "at_id"}),
+}
 
 
 def _ensure_index(
