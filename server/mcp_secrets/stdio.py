@@ -69,7 +69,7 @@ class _BoundedLines:
             if unread is None:
                 return text
             code, why, request_id = unread
-            await self._refuse(line[:256], code, why, request_id=request_id)
+            await self._refuse(line[:256], code, why, request_id=request_id, find_id=False)
 
     def _read_line(self) -> tuple[bytes, bool]:
         """The next line; or, when it is over the bound, its start and True, its rest read and dropped."""
@@ -82,19 +82,18 @@ class _BoundedLines:
         return line[:256], True
 
     async def _refuse(
-        self, start: bytes, code: int, why: str, *, request_id: int | str | None = None
+        self, start: bytes, code: int, why: str, *, request_id: int | str | None = None, find_id: bool = True
     ) -> None:
         """Answer the message ``start`` begins with an error, refusing it for ``why``.
 
-        By its id: ``request_id`` when known, else the one that leads the message, if any.
+        By ``request_id``; or, with ``find_id``, by the id that leads the message, if any.
         """
         message = f"{why}, refused"
         logger.error("stdin: %s", message)  # and nothing of the message: it may hold a value
         if self.reply is None:
             return
-        if request_id is None:
-            found = _LEADING_ID.match(start)
-            request_id = None if found is None else _request_id(found.group(1))
+        if find_id:
+            request_id = _leading_id(start)
         error = JSONRPCError(jsonrpc="2.0", id=request_id, error=ErrorData(code=code, message=message))
         # A session already over has nobody to tell.
         with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -104,8 +103,8 @@ class _BoundedLines:
 def _unreadable(text: str) -> tuple[int, str, int | str | None] | None:
     """Why the SDK cannot read ``text`` as a JSON-RPC message, or None when it can.
 
-    As (error code, why, the request's id when it can be read). The SDK parses the message again: a few
-    microseconds a message, against a request dropped without a word, which its client would wait on.
+    As (error code, why, the id to answer by). The SDK parses the message again: a few microseconds a
+    message, against a request dropped without a word, which its client would wait on.
     """
     try:
         jsonrpc_message_adapter.validate_json(text, by_name=False)
@@ -115,14 +114,16 @@ def _unreadable(text: str) -> tuple[int, str, int | str | None] | None:
         parse_problems = [problem["msg"] for problem in problems if problem["type"] == "json_invalid"]
     else:
         return None
-    python_reads, request_id = _id_in(text)
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError):  # not JSON to Python either: the id that leads it, if any
+        return PARSE_ERROR, f"Parse error: {parse_problems[0]}", _leading_id(text[:256].encode("utf-8"))
+    request_id = _request_id_in(message)
     if not parse_problems:
         why = "Invalid Request: not a JSON-RPC 2.0 request, notification or response (a batch is not taken)"
         return INVALID_REQUEST, why, request_id
-    why = f"Parse error: {parse_problems[0]}"
-    if python_reads:  # JSON all the same, of a kind the SDK's parser does not read
-        why += f" ({_UNREAD_JSON})"
-    return PARSE_ERROR, why, request_id
+    # JSON all the same, of a kind the SDK's parser does not read.
+    return PARSE_ERROR, f"Parse error: {parse_problems[0]} ({_UNREAD_JSON})", request_id
 
 
 # What Python's JSON parser reads and the SDK's (pydantic's) does not.
@@ -130,21 +131,27 @@ _UNREAD_JSON = (
     "a string may hold no lone surrogate (\\ud800 to \\udfff unpaired), a number no thousands of digits, "
     "and nesting may go about 200 levels deep at most"
 )
-
-
-def _id_in(text: str) -> tuple[bool, int | str | None]:
-    """Whether Python's parser reads ``text``; and if so the id it holds when that is a number or string."""
-    try:
-        message = json.loads(text)
-    except (ValueError, RecursionError):
-        return False, None
-    request_id = message.get("id") if isinstance(message, dict) else None
-    if type(request_id) is int or (type(request_id) is str and len(request_id) <= _MAX_ID_CHARACTERS):
-        return True, request_id
-    return True, None
-
-
 _MAX_ID_CHARACTERS = 64  # as _LEADING_ID reads at most: an id is a counter or a UUID, not a document
+
+
+def _request_id_in(message: object) -> int | str | None:
+    """The id of the request ``message`` is, when it is one whose id is a number or a string.
+
+    Not a response's (no method): its id is one of this server's requests, and an answer by it would
+    reach the client as the answer to its own request of that number.
+    """
+    if not isinstance(message, dict) or "method" not in message:
+        return None
+    request_id = message.get("id")
+    if type(request_id) is int or (type(request_id) is str and len(request_id) <= _MAX_ID_CHARACTERS):
+        return request_id
+    return None
+
+
+def _leading_id(start: bytes) -> int | str | None:
+    """The id a message's line starts with, as clients write it: before its method or anything else."""
+    found = _LEADING_ID.match(start)
+    return None if found is None else _request_id(found.group(1))
 
 
 def _request_id(found: bytes) -> int | str:

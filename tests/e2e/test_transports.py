@@ -352,6 +352,12 @@ UNREADABLE_LINES = {
         -32600,
         2,
     ),
+    # A response whose id is the client's next request's: answered by it, it would answer that request.
+    "a response": (
+        lambda canary: f'{{"jsonrpc": "2.0", "id": 3, "result": {{"v": "{canary}\\ud800"}}}}',
+        -32700,
+        None,
+    ),
     "params not an object": (
         lambda canary: f'{{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": ["{canary}"]}}',
         -32600,
