@@ -267,3 +267,47 @@ def test_a_jwt_in_a_url_is_kept_out_of_the_log_after_a_separator_or_its_escape(u
 
     assert "c2lnbmF0dXJl" not in shown
     assert shown.endswith("… HTTP/1.1")
+
+
+def test_say_without_a_stderr_writes_nothing_to_stdout(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Started with stderr closed (2>&-), Python's stderr is None, and print() would fall back to stdout:
+    # a script's output, or on stdio the MCP protocol's channel.
+    monkeypatch.setattr(sys, "stderr", None)
+
+    logs.say("mcp-secrets 0.1.0: serving stdio")
+
+    assert capsys.readouterr().out == ""
+
+
+class _Unwritable:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def write(self, _text: str) -> int:
+        raise self.error
+
+    def flush(self) -> None:
+        raise self.error
+
+    def isatty(self) -> bool:
+        raise self.error
+
+    def fileno(self) -> int:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [BrokenPipeError(32, "Broken pipe"), OSError(28, "No space left on device"), ValueError("closed")],
+)
+def test_say_to_a_stderr_that_cannot_be_written_drops_the_message_and_goes_on(
+    monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    monkeypatch.setattr(sys, "stderr", _Unwritable(error))
+
+    logs.say("a message for nobody")
+    logs.say("\r[###] 1/2 records", end="")
+
+    assert not logs.stderr_is_a_terminal()

@@ -44,7 +44,7 @@ from mcp_secrets.errors import (
 )
 from mcp_secrets.hardening import forbid_inspection
 from mcp_secrets.local_user import local_username
-from mcp_secrets.logs import configure_logging, say
+from mcp_secrets.logs import configure_logging, say, stderr_is_a_terminal
 from mcp_secrets.retention import DEFAULT_BATCH_SIZE as PRUNE_BATCH_SIZE
 from mcp_secrets.retention import MAX_BATCH_SIZE as MAX_PRUNE_BATCH_SIZE
 from mcp_secrets.retention import archive_file, prune_events
@@ -350,13 +350,11 @@ def _progress_bar(unit: str = "records") -> Iterator[Callable[[int, int], None]]
     def show(done: int, total: int) -> None:
         nonlocal line_open
         total = max(total, 1)
-        if sys.stderr.isatty():
+        if stderr_is_a_terminal():
             width = 30
             filled = width * done // total
             end = "\n" if done >= total else ""
-            print(
-                f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {unit}", end=end, file=sys.stderr
-            )
+            say(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {unit}", end=end)
             line_open = not end
         elif done * 10 // total > shown["tenth"]:
             shown["tenth"] = done * 10 // total
@@ -367,7 +365,7 @@ def _progress_bar(unit: str = "records") -> Iterator[Callable[[int, int], None]]
     finally:
         # Stopped short of the total (an error, or records deleted meanwhile): what follows needs a line.
         if line_open:
-            print(file=sys.stderr)
+            say()
 
 
 def _rotate(args: argparse.Namespace) -> int:

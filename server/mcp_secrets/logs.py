@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -243,6 +244,25 @@ def configure_logging(level: str = "INFO") -> None:
         logging.getLogger(name).setLevel(max(logging.ERROR, floor))
 
 
-def say(message: str = "") -> None:
-    """A message for the person at the terminal: on stderr, as logs are; stdout is for what scripts read."""
-    print(message, file=sys.stderr)  # noqa: T201 - for a person to read, not a log record
+def say(message: str = "", *, end: str = "\n") -> None:
+    """A message for the person at the terminal: on stderr, as logs are; stdout is for what scripts read.
+
+    A stderr there is no writing to drops the message, and what the command does goes on: closed at
+    start (``2>&-``, where ``print`` would fall back to stdout, a script's or the stdio protocol's), a
+    reader gone (``2>&1 | head``), a full disk. A rotation stopped by its progress bar had re-encrypted
+    one batch, and said nothing of why.
+    """
+    stream = sys.stderr
+    if stream is None:
+        return
+    # Dropped, not redirected: a full disk may free up, and the log lines of `serve` go on to stderr.
+    with contextlib.suppress(OSError, ValueError):  # ValueError: a stream closed in this process
+        print(message, end=end, file=stream)
+
+
+def stderr_is_a_terminal() -> bool:
+    """Whether stderr is a terminal, so that a line may be redrawn in place; False when there is none."""
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (OSError, ValueError):
+        return False

@@ -1158,3 +1158,45 @@ def test_rotation_killed_mid_run_loses_nothing_and_a_rerun_completes_it(tmp_path
         MANY, "re-encrypted", MANY - rewrapped, key_id(key_b), rewrapped, 0, 0
     )
     assert read_back(env, key_b) == values
+
+
+# --- a stderr there is no writing to -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stderr", ["closed", "full", "reader-gone"])
+def test_a_rotation_whose_progress_cannot_be_shown_still_re_encrypts_every_record(
+    tmp_path: Path, stderr: str
+) -> None:
+    # The progress bar is for a person: its first write failing stopped the run after one batch, and said
+    # nothing (nowhere to say it). Closed at start (2>&-), a full disk, or a reader that went (| head).
+    if stderr == "full" and not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    key_a, key_b = generate_master_key(), generate_master_key()
+    env = isolated_env(tmp_path, MCP_SECRETS_MASTER_KEY=f"{key_b},{key_a}")
+    values = fill(env, key_a, MANY)
+    command = [*MCP_SECRETS, "rotate", "--batch-size", "50"]
+    if stderr == "reader-gone":
+        process = subprocess.Popen(
+            command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert process.stderr is not None
+        process.stderr.close()  # before the first batch: Python alone takes longer to start
+        out, _ = process.communicate(timeout=CLI_TIMEOUT)
+        returncode = process.returncode
+    else:
+        redirect = "2>&-" if stderr == "closed" else "2>/dev/full"
+        done = subprocess.run(
+            ["sh", "-c", f'exec "$@" {redirect}', "sh", *command],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=CLI_TIMEOUT,
+            check=False,
+        )
+        out, returncode = done.stdout, done.returncode
+
+    assert returncode == 0
+    assert out == b""  # nothing meant for stderr went to stdout instead
+    assert read_back(env, key_b) == values
+    audit = run_cli(env, "audit", "--limit", "1")
+    assert f"{MANY} re-encrypted to key {key_id(key_b)}, 0 current, 0 failed" in audit.stdout
