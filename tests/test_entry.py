@@ -24,6 +24,7 @@ import pytest
 from mcp import Client
 from mcp.server import request_state
 from mcp.server.mcpserver import MCPServer
+from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, ElicitRequest, ElicitRequestURLParams, ElicitResult, InputRequiredResult
 
 from conftest import assert_not_leaked, isolated_env, new_canary, text_of
@@ -172,7 +173,7 @@ def test_submit_stores_the_value_for_the_links_owner_only(
     stored = links.submit(link.token, canary)
 
     assert stored.link_hash == link.record.link_hash
-    assert secrets.get_secrets("alice", "github") == {"TOKEN": canary}
+    assert secrets.get_secrets("alice", "github", record_use=False) == {"TOKEN": canary}
     assert secrets.get_secrets("bob", "github") == {"OTHER": "bobs"}
     assert links.state(link.token) == "used"
 
@@ -210,7 +211,7 @@ def test_a_claim_the_database_did_not_confirm_gives_the_link_back_to_submit_agai
     assert links.state(link.token) == "live"
     assert secrets.get_secrets("alice", "github") == {}
     links.submit(link.token, canary)  # the user's second try
-    assert secrets.get_secrets("alice", "github") == {"TOKEN": canary}
+    assert secrets.get_secrets("alice", "github", record_use=False) == {"TOKEN": canary}
     assert_not_leaked(unconfirmed.value, canary)
 
 
@@ -901,6 +902,31 @@ async def test_request_secret_resumes_on_a_server_restarted_with_a_new_master_ke
     assert result.structured_content is not None
     assert result.structured_content["status"] == "stored"
     assert sqlite_secrets.get_secrets("alice", "github") == {"TOKEN": canary}
+
+
+@pytest.mark.anyio
+async def test_a_round_trip_begun_under_a_master_key_since_removed_is_refused_and_the_value_still_stored(
+    sqlite_secrets: Secrets, master_key: bytes, canary: str
+) -> None:
+    # What the README's rotation says to wait out before removing the old key: its request states.
+    def server_with(*master_keys: bytes) -> tuple[MCPServer[Any], Secrets]:
+        secrets = Secrets(sqlite_secrets.store, SecretEncryptor(master_keys))
+        entry = EntrySettings(links=EntryLinks(secrets), base_url=BASE_URL, wait_seconds=5.0)
+        return build_server(secrets, LocalIdentity("alice"), entry=entry), secrets
+
+    arguments = {"server": "github", "key": "TOKEN"}
+    elicitor = Elicitor(EntryLinks(sqlite_secrets), "accept")  # declares URL elicitation; the test answers
+    async with Client(server_with(master_key)[0], elicitation_callback=elicitor) as before:
+        asked, token = await first_round(before, arguments)
+    new_key = fresh_master_key()
+    server, secrets = server_with(new_key)  # rotated, and the old key removed
+    EntryLinks(secrets).submit(token, canary)
+
+    async with Client(server, elicitation_callback=elicitor) as after:
+        with pytest.raises(MCPError, match="requestState"):
+            await second_round(after, arguments, asked)
+
+    assert secrets.get_secrets("alice", "github", record_use=False) == {"TOKEN": canary}
 
 
 @pytest.mark.anyio
