@@ -63,7 +63,8 @@ def prune_events(
     ``keep`` receives each batch before it is deleted (to archive it); if it raises, that batch
     stays and the prune stops there. Each batch, kept, deleted and counted, runs inside
     ``uninterrupted()``: the CLI holds back stop signals there, since a batch kept but not deleted would
-    be kept again, and one deleted but not counted would be missing from the ``audit-pruned`` event.
+    be kept again, and one deleted but not counted would be missing from the ``audit-pruned`` event;
+    so does that event's write.
     """
     if older_than <= timedelta(0):
         raise InvalidInputError("the retention period must be longer than zero")
@@ -89,7 +90,9 @@ def prune_events(
             with suppress(Exception):
                 _record(store, before, deleted, via, stopped=stop)
         raise
-    _record(store, before, deleted, via, stopped=None)
+    # Held back as a batch is: a stop before the event is written would leave the whole run out of it.
+    with uninterrupted():
+        _record(store, before, deleted, via, stopped=None)
     return PruneReport(before=before, found=found, deleted=deleted)
 
 

@@ -71,8 +71,9 @@ def rotate(
 ) -> RotationReport:
     """Re-encrypt every record not under the active key (or, ``only_legacy``, every legacy record).
 
-    Each record's swap and its count run inside ``uninterrupted()``: the CLI holds back stop signals
-    there, since a record swapped but not counted would be missing from the event that records the run.
+    Each record's swap and its count, and the event that records the run, run inside ``uninterrupted()``:
+    the CLI holds back stop signals there, since a record swapped but not counted would be missing from
+    that event.
     """
     if batch_size < 1:
         raise InvalidInputError("the batch size must be at least 1")
@@ -107,7 +108,9 @@ def rotate(
                 _record(secrets, report, only_legacy=only_legacy, stopped=stop)
         raise
     if not dry_run:
-        _record(secrets, report, only_legacy=only_legacy, stopped=None)
+        # Held back as a swap is: a stop before the event is written would leave the whole run out of it.
+        with uninterrupted():
+            _record(secrets, report, only_legacy=only_legacy, stopped=None)
     return report
 
 

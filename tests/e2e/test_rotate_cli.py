@@ -875,25 +875,28 @@ def test_rotate_stopped_by_a_signal_still_records_what_it_re_encrypted(
 
 # Runs the CLI with a signal sent to the process once the first call of a store method has returned:
 # its write committed, and not yet counted by the caller.
-SIGNALLED_ONCE_THE_FIRST_CALL_IS_DONE = """
+# The store method's first call is signalled as it ends ("done") or as it starts ("starts").
+SIGNALLED_ONCE = """
 import os, signal, sys
 from mcp_secrets import cli
 from mcp_secrets.store.sqlite import SQLiteStore
 
 stop = getattr(signal, sys.argv[1])
-method = sys.argv[2]
+method, when = sys.argv[2], sys.argv[3]
 original = getattr(SQLiteStore, method)
 calls = []
 
-def signalled_once_done(self, *args, **kwargs):
-    result = original(self, *args, **kwargs)
+def signalled_once(self, *args, **kwargs):
     calls.append(method)
-    if len(calls) == 1:
+    if when == "starts" and len(calls) == 1:
+        os.kill(os.getpid(), stop)
+    result = original(self, *args, **kwargs)
+    if when == "done" and len(calls) == 1:
         os.kill(os.getpid(), stop)
     return result
 
-setattr(SQLiteStore, method, signalled_once_done)
-sys.exit(cli.main(sys.argv[3:]))
+setattr(SQLiteStore, method, signalled_once)
+sys.exit(cli.main(sys.argv[4:]))
 """
 ALL_STOPS = pytest.mark.parametrize(
     "stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda stop: stop.name
@@ -903,9 +906,53 @@ ALL_STOPS = pytest.mark.parametrize(
 def run_signalled_once_done(
     env: dict[str, str], stop: signal.Signals, method: str, *args: str
 ) -> subprocess.CompletedProcess[str]:
-    return run_program(
-        env, [MCP_SECRETS[0], "-c", SIGNALLED_ONCE_THE_FIRST_CALL_IS_DONE, stop.name, method, *args]
+    return run_program(env, [MCP_SECRETS[0], "-c", SIGNALLED_ONCE, stop.name, method, "done", *args])
+
+
+def run_signalled_as_it_starts(
+    env: dict[str, str], stop: signal.Signals, method: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    return run_program(env, [MCP_SECRETS[0], "-c", SIGNALLED_ONCE, stop.name, method, "starts", *args])
+
+
+@ALL_STOPS
+@pytest.mark.parametrize("command", ["rotate", "migrate-legacy"])
+def test_a_run_stopped_as_its_event_is_written_still_writes_it(
+    env: dict[str, str], seed: Seed, key_b: str, legacy_key: str, *, stop: signal.Signals, command: str
+) -> None:
+    # The stop lands after the last swap, before the event: every swap made, none of them in the trail.
+    env["MCP_SECRETS_MASTER_KEY"] = f"{key_b},{seed.key_a}"
+    env["MCP_SECRETS_LEGACY_KEY"] = legacy_key
+    store = SQLiteStore(database(env))
+    try:
+        store.put_secret(*LEGACY[0], legacy_ciphertext(new_canary(), legacy_key), datetime.now(timezone.utc))
+    finally:
+        store.close()
+    rewrapped = 1 if command == "migrate-legacy" else len(SEEDED) + 1
+
+    done = run_signalled_as_it_starts(env, stop, "add_event", command, "--batch-size", "1")
+
+    assert done.returncode == 128 + stop, done.stderr
+    assert "Traceback" not in done.stderr
+    action = "migrated-legacy" if command == "migrate-legacy" else "rotated"
+    [event] = [event for event in audit_json(env) if event["action"] == action]
+    assert event["detail"].startswith(f"{rewrapped} re-encrypted to key {key_id(key_b)}, ")
+
+
+@ALL_STOPS
+def test_prune_audit_stopped_as_its_event_is_written_still_writes_it(
+    env: dict[str, str], seed: Seed, stop: signal.Signals
+) -> None:
+    backdate(env, range(25, 41))
+
+    done = run_signalled_as_it_starts(
+        env, stop, "add_event", "prune-audit", "--older-than", "30", "--batch-size", "4"
     )
+
+    assert done.returncode == 128 + stop, done.stderr
+    events = audit_json(env, "--limit", "1000")
+    assert (events[0]["actor"], events[0]["action"]) == ("(operator)", "audit-pruned")
+    assert events[0]["detail"].startswith("11 events before ")
 
 
 @ALL_STOPS
