@@ -11,7 +11,7 @@ import pytest
 from conftest import new_canary
 from mcp_secrets.crypto import SecretEncryptor, key_id_for
 from mcp_secrets.errors import StoreUnavailableError
-from mcp_secrets.rotation import RotationReport, rotate
+from mcp_secrets.rotation import RotationReport, rotate, verify
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import SecretRecord, SecretStore
 from mcp_secrets.store.mongo import MongoStore
@@ -400,6 +400,81 @@ def test_rotation_of_an_empty_store_reports_nothing_to_do(rotating: Secrets) -> 
     report = rotate(rotating)
 
     assert outcome(report) == (0, 0, 0, 0, 0)
+
+
+# --- verifying -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 500])
+def test_verify_counts_every_record_that_decrypts_by_key_id_and_changes_nothing(
+    rotating: Secrets, values: dict[Record, str], master_key: bytes, key_b: bytes, batch_size: int
+) -> None:
+    rotating.set_secret("dave", "github", "TOKEN", new_canary())  # under key B, the active one
+    before = stored(rotating.store)
+
+    report = verify(rotating, batch_size=batch_size)
+
+    assert report.scanned == EVERY_RECORD + 1
+    assert report.readable == {key_id_for(key_b): 1, key_id_for(master_key): len(UNDER_KEY_A), "legacy": 2}
+    assert report.failed == []
+    assert stored(rotating.store) == before
+
+
+def test_verify_names_each_record_that_does_not_decrypt_even_under_the_active_key(
+    secrets: Secrets, values: dict[Record, str], master_key: bytes, key_b: bytes
+) -> None:
+    # What a rotation's dry run passes over: it reads no record already under the active key.
+    altered = UNDER_KEY_A[0]
+    value = ciphertexts(secrets.store)[altered]
+    secrets.store.replace_value(*altered, value, value[:-2] + ("AA" if value[-2:] != "AA" else "BA"))
+    secrets.store.put_secret("bob", "linear", "TOKEN", f"v1:{key_id_for(key_b)}:{'A' * 60}", T0)
+    assert outcome(rotate(secrets, dry_run=True))[1:] == (0, len(UNDER_KEY_A), 0, len(LEGACY) + 1)
+
+    report = verify(secrets)
+
+    assert report.readable == {key_id_for(master_key): len(UNDER_KEY_A) - 1}
+    failures = {(f.username, f.server, f.key): f.reason for f in report.failed}
+    assert sorted(failures) == sorted([altered, ("bob", "linear", "TOKEN"), *LEGACY])
+    assert "it was altered, or copied from another record" in failures[altered]
+    assert f"master key {key_id_for(key_b)}, which is not configured" in failures["bob", "linear", "TOKEN"]
+    assert "MCP_SECRETS_LEGACY_KEY is not set" in failures[LEGACY[0]]
+    assert not any(value in reason for value in values.values() for reason in failures.values())
+
+
+@pytest.mark.usefixtures("values")
+def test_verify_passes_over_a_record_the_store_cannot_read_and_names_it(rotating: Secrets) -> None:
+    broken = ("alice", "slack", "TOKEN")
+    canary = new_canary()
+    held = canary.encode() if isinstance(rotating.store, SQLiteStore) else [canary]
+    alter_stored(
+        rotating.store,
+        "user_secrets",
+        dict(zip(("username", "server", "key"), broken, strict=True)),
+        "value",
+        held,
+    )
+
+    report = verify(rotating, batch_size=2)
+
+    assert (report.scanned, report.readable.total()) == (EVERY_RECORD, EVERY_RECORD - 1)
+    [failure] = report.failed
+    assert (failure.username, failure.server, failure.key) == broken
+    assert (canary in failure.reason) is False
+
+
+def test_verify_is_recorded_in_the_audit_trail_with_its_counts_and_never_a_value(
+    rotating: Secrets, values: dict[Record, str]
+) -> None:
+    verify(rotating)
+
+    newest = rotating.list_events(None, limit=1)[0]
+    assert (newest.actor, newest.action, newest.transport) == ("(operator)", "verified", "cli")
+    assert newest.detail == f"{EVERY_RECORD} of {EVERY_RECORD} records decrypt, 0 do not"
+    for event in rotating.list_events(None, limit=1000):
+        assert not any(
+            value in str(field) for value in values.values() for field in dataclasses.astuple(event)
+        )
+    assert all(info.last_used_at is None for info in rotating.list_secret_keys("alice"))  # no value handed on
 
 
 # --- the audit trail -----------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from mcp_secrets.bootstrap import (
     require_explicit_key,
 )
 from mcp_secrets.config import Settings, load_settings
-from mcp_secrets.crypto import generate_master_key
+from mcp_secrets.crypto import LEGACY_KEY_ID, generate_master_key
 from mcp_secrets.errors import (
     EXIT_CONFIGURATION,
     EXIT_ERROR,
@@ -48,7 +48,7 @@ from mcp_secrets.logs import configure_logging, say, stderr_is_a_terminal
 from mcp_secrets.retention import DEFAULT_BATCH_SIZE as PRUNE_BATCH_SIZE
 from mcp_secrets.retention import MAX_BATCH_SIZE as MAX_PRUNE_BATCH_SIZE
 from mcp_secrets.retention import archive_file, prune_events
-from mcp_secrets.rotation import DEFAULT_BATCH_SIZE, RecordFailure, RotationReport, rotate
+from mcp_secrets.rotation import DEFAULT_BATCH_SIZE, RecordFailure, RotationReport, rotate, verify
 from mcp_secrets.secrets import MAX_VALUE_BYTES, SecretKeyInfo, Secrets, validate_name, validate_username
 from mcp_secrets.store import SecretStore, printable_json
 from mcp_secrets.tokens import ApiTokens
@@ -397,6 +397,33 @@ def _rotate(args: argparse.Namespace) -> int:
     _say_failures(report)
     _say_unreadable(report)
     return EXIT_ERROR if report.failed else 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    settings, store = _open(args)
+    secrets = None
+    try:
+        secrets, keys = build_secrets(settings, store)
+        active = secrets.encryptor.active_key_id
+        with _terminated_as_an_exception(), _progress_bar() as progress:
+            report = verify(secrets, batch_size=args.batch_size, on_progress=progress)
+    finally:
+        _close(store, secrets)
+    under = ", ".join(
+        f"{count} under {_key_named(key_id, active)}" for key_id, count in sorted(report.readable.items())
+    )
+    readable = f"{report.readable.total()} decrypt" + (f" ({under})" if under else "")
+    say(f"{report.scanned} records scanned; {readable}; {len(report.failed)} do not.")
+    _say_records("does not decrypt", report.failed)
+    if report.failed and not report.readable:
+        say(f"None decrypts: are these the master keys this store was written with ({keys.source})?")
+    return EXIT_ERROR if report.failed else 0
+
+
+def _key_named(key_id: str, active: str) -> str:
+    if key_id == LEGACY_KEY_ID:
+        return "the legacy key"
+    return f"key {key_id} (active)" if key_id == active else f"key {key_id}"
 
 
 def _find_unreadable_legacy(secrets: Secrets, batch_size: int) -> int:
@@ -767,6 +794,16 @@ def _add_audit_commands(commands: argparse._SubParsersAction[_Parser]) -> None:
     prune.set_defaults(handler=_prune_audit)
 
 
+def _add_batch_size(command: _Parser) -> None:
+    command.add_argument(
+        "--batch-size",
+        metavar="N",
+        type=_positive,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"records read per batch (default {DEFAULT_BATCH_SIZE})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line, for ``main`` and for ``--help`` tests."""
     parser = _Parser(
@@ -854,14 +891,15 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         rewrap = _command(commands, name, text)
         rewrap.add_argument("--dry-run", action="store_true", help="only count what would change")
-        rewrap.add_argument(
-            "--batch-size",
-            metavar="N",
-            type=_positive,
-            default=DEFAULT_BATCH_SIZE,
-            help=f"records read per batch (default {DEFAULT_BATCH_SIZE})",
-        )
+        _add_batch_size(rewrap)
         rewrap.set_defaults(handler=_rotate)
+    check = _command(
+        commands,
+        "verify",
+        "decrypt every record with the configured master keys and name any that does not, changing nothing",
+    )
+    _add_batch_size(check)
+    check.set_defaults(handler=_verify)
 
     _add_audit_commands(commands)
 

@@ -1,14 +1,16 @@
-"""Key rotation: re-encrypt stored records to the active master key, online.
+"""Key rotation: re-encrypt stored records to the active master key, online; and verify that all decrypt.
 
 Records are read in (username, server, key) order, a batch at a time, and each
 one is swapped only if its ciphertext is still the one that was read (a
 compare-and-swap), so the server can keep serving and writing meanwhile. A
 record already under the active key is left alone, which makes a run
-idempotent and an interrupted run resumable: run it again.
+idempotent and an interrupted run resumable: run it again. ``verify`` reads
+the same way and decrypts every record, changing nothing.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, field
@@ -45,6 +47,15 @@ class RotationReport:
     failed: list[RecordFailure] = field(default_factory=list)
     #: ``only_legacy``: records in no format that can be read (not legacy, so not failures), left alone.
     unreadable: list[RecordFailure] = field(default_factory=list)
+
+
+@dataclass
+class VerificationReport:
+    """What a verification found: the records that decrypt, by key id, and those that do not."""
+
+    scanned: int = 0
+    readable: Counter[str] = field(default_factory=Counter)
+    failed: list[RecordFailure] = field(default_factory=list)
 
 
 def _needs_rewrap(secrets: Secrets, record: SecretRecord, *, only_legacy: bool) -> bool:
@@ -194,17 +205,17 @@ def _count(secrets: Secrets, record: SecretRecord, report: RotationReport) -> No
     Its form alone is not enough: a mistyped legacy key, or a record altered in the store, reads as
     re-encryptable by its form and fails in the run.
     """
-    if _decrypt(secrets, record, report) is not None:
+    if _decrypt(secrets, record, report.failed) is not None:
         report.rewrapped += 1
 
 
-def _decrypt(secrets: Secrets, record: SecretRecord, report: RotationReport) -> str | None:
-    """The record's value, or None when it does not decrypt (then ``report`` has the failure)."""
+def _decrypt(secrets: Secrets, record: SecretRecord, failed: list[RecordFailure]) -> str | None:
+    """The record's value, or None when it does not decrypt (then ``failed`` has the failure)."""
     where = {"username": record.username, "server": record.server, "key": record.key}
     try:
         return secrets.encryptor.decrypt(record.value, **where)
     except DecryptionError as exc:
-        report.failed.append(RecordFailure(record.username, record.server, record.key, str(exc)))
+        failed.append(RecordFailure(record.username, record.server, record.key, str(exc)))
         return None
 
 
@@ -214,7 +225,7 @@ def _rewrap(
     report: RotationReport,
     uninterrupted: Callable[[], AbstractContextManager[object]],
 ) -> None:
-    plain = _decrypt(secrets, record, report)
+    plain = _decrypt(secrets, record, report.failed)
     if plain is None:
         return
     where = {"username": record.username, "server": record.server, "key": record.key}
@@ -226,3 +237,50 @@ def _rewrap(
         else:
             # Written or deleted since it was read: a write always uses the active key already.
             report.changed_meanwhile += 1
+
+
+def verify(
+    secrets: Secrets,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> VerificationReport:
+    """Decrypt every record with the configured keys: count those that do by key id, name those that do not.
+
+    What a rotation's dry run cannot show: a record under the active key is left alone by a rotation, read
+    or not. Nothing is changed, and each value is dropped as soon as it is decrypted. The run is recorded,
+    since it reads every value, with its counts.
+    """
+    if batch_size < 1:
+        raise InvalidInputError("the batch size must be at least 1")
+    report = VerificationReport()
+    total = secrets.store.count_secrets()
+    after: Names | None = None
+    try:
+        while True:
+            batch, last = _next_batch(secrets, after, batch_size, report.failed)
+            if last is None:
+                break
+            for record in batch:
+                report.scanned += 1
+                if record is not None and _decrypt(secrets, record, report.failed) is not None:
+                    report.readable[secrets.encryptor.key_id_of(record.value)] += 1
+            after = last
+            if on_progress is not None:
+                on_progress(report.scanned, max(total, report.scanned))
+    except BaseException as stop:
+        if report.scanned:  # what was read before the stop, if the store answers
+            with suppress(Exception):
+                _record_verification(secrets, report, stopped=stop)
+        raise
+    _record_verification(secrets, report, stopped=None)
+    return report
+
+
+def _record_verification(
+    secrets: Secrets, report: VerificationReport, *, stopped: BaseException | None
+) -> None:
+    detail = f"{report.readable.total()} of {report.scanned} records decrypt, {len(report.failed)} do not"
+    if stopped is not None:
+        detail += f", then {how_it_stopped(stopped)}"
+    secrets.record(OPERATOR, "verified", via="cli", detail=detail)

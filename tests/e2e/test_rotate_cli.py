@@ -205,6 +205,58 @@ def test_rotate_without_the_old_key_names_it_for_each_record_and_exits_1(
     assert ciphertexts(env) == before
 
 
+# --- verify --------------------------------------------------------------------------------------
+
+
+def test_verify_counts_the_records_that_decrypt_by_key_and_names_each_that_does_not(
+    env: dict[str, str], seed: Seed, key_b: str
+) -> None:
+    both = {**env, "MCP_SECRETS_MASTER_KEY": f"{key_b},{seed.key_a}"}
+    newer = new_canary()
+    cli_set(both, "dave", "github", "TOKEN", newer)
+
+    done = run_cli(both, "verify")
+
+    assert (done.returncode, done.stdout) == (0, "")
+    assert done.stderr.splitlines()[-1] == (
+        f"3 records scanned; 3 decrypt (1 under key {key_id(key_b)} (active), 2 under key "
+        f"{key_id(seed.key_a)}); 0 do not."
+    )
+    # A record altered in the store, under the active key: a rotation would leave it as it is, unread.
+    with closing(sqlite3.connect(database(env))) as connection, connection:
+        connection.execute(
+            "UPDATE user_secrets SET value = substr(value, 1, length(value) - 4) || "
+            "CASE WHEN substr(value, -4) = 'AAAA' THEN 'BAAA' ELSE 'AAAA' END WHERE username = 'dave'"
+        )
+    assert summary_of(run_cli(both, "rotate", "--dry-run").stderr).rewrapped == 2
+
+    done = run_cli(both, "verify")
+
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert f"3 records scanned; 2 decrypt (2 under key {key_id(seed.key_a)}); 1 do not." in lines
+    named = "  does not decrypt: user dave, server github, key TOKEN: secret 'TOKEN' of server 'github' "
+    assert [line for line in lines if line.startswith("  does not decrypt: ")] == [
+        named + "does not decrypt: it was altered, or copied from another record"
+    ]
+    assert not any(value in done.stderr for value in [newer, *seed.values.values()])
+
+
+def test_verify_with_none_of_the_stores_keys_asks_whether_they_are_the_right_ones(
+    env: dict[str, str], seed: Seed, key_b: str
+) -> None:
+    # A restore with the wrong key file: every record fails, and the operator is told where to look.
+    done = run_cli({**env, "MCP_SECRETS_MASTER_KEY": key_b}, "verify")
+
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert f"{len(SEEDED)} records scanned; 0 decrypt; {len(SEEDED)} do not." in lines
+    assert lines[-1] == (
+        "None decrypts: are these the master keys this store was written with (MCP_SECRETS_MASTER_KEY)?"
+    )
+    assert not any(value in done.stderr for value in seed.values.values())
+
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
