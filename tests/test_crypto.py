@@ -25,6 +25,7 @@ from mcp_secrets.crypto import (
     LEGACY_KEY_ID,
     SecretEncryptor,
     generate_master_key,
+    is_legacy_ciphertext,
     key_id_for,
     parse_master_key,
 )
@@ -501,6 +502,21 @@ def test_legacy_ciphertext_decrypts_with_the_legacy_key(
     # The legacy format has no associated data: any record reads it.
     assert encryptor.decrypt(token, **RECORD) == canary
     assert encryptor.decrypt(token, username="bob", server="linear", key="K") == canary
+
+
+def test_legacy_ciphertext_of_an_empty_value_reads_as_the_empty_value(
+    master_key: bytes, legacy_key: str
+) -> None:
+    # The original design wrote an empty value as "iv:authTag:", its ciphertext field empty.
+    encryptor = SecretEncryptor([master_key], legacy_key=legacy_key)
+    token = legacy_ciphertext("", legacy_key)
+    assert token.endswith(":")
+
+    assert is_legacy_ciphertext(token)
+    assert encryptor.unreadable_because(token) is None
+    assert encryptor.decrypt(token, **RECORD) == ""
+    with pytest.raises(DecryptionError, match="altered or wrong key"):
+        SecretEncryptor([master_key], legacy_key=new_canary()).decrypt(token, **RECORD)
 
 
 def test_legacy_ciphertext_without_a_legacy_key_names_the_setting(

@@ -155,6 +155,18 @@ def test_only_legacy_migrates_legacy_records_and_leaves_the_others_under_their_k
     assert decrypted(secrets.store, SecretEncryptor([key_b, master_key])) == values
 
 
+def test_a_legacy_record_of_an_empty_value_is_migrated_as_the_empty_value(
+    rotating: Secrets, master_key: bytes, key_b: bytes, legacy_key: str
+) -> None:
+    # "iv:authTag:", the original design's empty value: neither left behind nor called unreadable.
+    rotating.store.put_secret("erin", "github", "EMPTY", legacy_ciphertext("", legacy_key), T0)
+
+    report = rotate(rotating, only_legacy=True)
+
+    assert (report.rewrapped, report.failed, report.unreadable) == (1, [], [])
+    assert decrypted(rotating.store, SecretEncryptor([key_b])) == {("erin", "github", "EMPTY"): ""}
+
+
 def test_rotation_keeps_every_records_timestamps(
     store: SecretStore, master_key: bytes, key_b: bytes, legacy_key: str
 ) -> None:

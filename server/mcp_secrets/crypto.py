@@ -95,8 +95,14 @@ def _where(record: tuple[str, str]) -> str:
 
 
 def _is_legacy(parts: list[str]) -> bool:
-    """Whether the ``:``-separated parts of a ciphertext have the original format's form: three hex fields."""
-    return len(parts) == 3 and all(part and set(part) <= _HEX_DIGITS for part in parts)  # noqa: PLR2004
+    """Whether the ``:``-separated parts of a ciphertext have the original format's form: three hex fields.
+
+    The last may be empty: the original design wrote an empty value as ``iv:authTag:``.
+    """
+    if len(parts) != 3:  # noqa: PLR2004
+        return False
+    iv, tag, body = parts
+    return bool(iv) and bool(tag) and set(iv + tag + body) <= _HEX_DIGITS
 
 
 def is_legacy_ciphertext(ciphertext: str) -> bool:
