@@ -367,6 +367,19 @@ def test_record_written_with_a_key_not_configured_names_that_key_id(canary: str)
     assert_not_leaked(raised.value, canary)
 
 
+@pytest.mark.parametrize("key_id", ["zz", "0123abcd0", "0123ABCD", "", "{canary}"])
+def test_a_v1_record_whose_key_id_is_no_key_id_is_in_no_format_and_never_quoted(
+    encryptor: SecretEncryptor, canary: str, key_id: str
+) -> None:
+    # Text put into the store by hand, a plaintext even: quoted as "master key ...", it would reach a log.
+    ciphertext = f"v1:{key_id.format(canary=canary)}:{'A' * 60}"
+
+    assert encryptor.unreadable_because(ciphertext) == "not in a ciphertext format mcp-secrets can read"
+    with pytest.raises(DecryptionError, match="not in a ciphertext format mcp-secrets can read") as raised:
+        encryptor.decrypt(ciphertext, **RECORD)
+    assert_not_leaked(raised.value, canary)
+
+
 def test_key_id_of_reports_the_writing_key(canary: str) -> None:
     key_a, key_b = fresh_master_key(), fresh_master_key()
     encryptor = SecretEncryptor([key_a, key_b])

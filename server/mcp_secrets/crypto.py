@@ -46,6 +46,8 @@ _DATA_KEY_INFO = b"mcp-secrets v1 data key"
 _KEY_ID_INFO = b"mcp-secrets v1 key id"
 _AAD_LABEL = b"mcp-secrets v1 record"
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_LOWER_HEX = frozenset("0123456789abcdef")
+_KEY_ID_CHARS = 8  # 4 bytes of HKDF output, in lowercase hex
 _V1_PREFIX_CHARS = len("v1:01234567:")
 _MIN_PAYLOAD_CHARS = 38  # base64 of the shortest payload, nonce and tag: 28 bytes
 _BASE64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -103,6 +105,19 @@ def _is_legacy(parts: list[str]) -> bool:
         return False
     iv, tag, body = parts
     return bool(iv) and bool(tag) and set(iv + tag + body) <= _HEX_DIGITS
+
+
+def _is_v1(parts: list[str]) -> bool:
+    """Whether the ``:``-separated parts of a ciphertext have the v1 form, a key id's included.
+
+    Only then is the key id quoted in an error: text of another form may be anything, a plaintext even.
+    """
+    return (
+        len(parts) == 3  # noqa: PLR2004
+        and parts[0] == VERSION
+        and len(parts[1]) == _KEY_ID_CHARS
+        and set(parts[1]) <= _LOWER_HEX
+    )
 
 
 def is_legacy_ciphertext(ciphertext: str) -> bool:
@@ -261,9 +276,7 @@ class SecretEncryptor:
         ``is_legacy_ciphertext`` tells the original format from a ciphertext of no format.
         """
         parts = ciphertext.split(":") if isinstance(ciphertext, str) else []
-        if len(parts) == 3 and parts[0] == VERSION:  # noqa: PLR2004
-            return parts[1]
-        return LEGACY_KEY_ID
+        return parts[1] if _is_v1(parts) else LEGACY_KEY_ID
 
     def unreadable_because(self, ciphertext: str) -> str | None:
         """Why a ciphertext cannot be read, judged by its form and the configured keys, without decrypting.
@@ -273,7 +286,7 @@ class SecretEncryptor:
         if not isinstance(ciphertext, str):
             return _not_a_ciphertext(ciphertext)
         parts = ciphertext.split(":")
-        if len(parts) == 3 and parts[0] == VERSION:  # noqa: PLR2004
+        if _is_v1(parts):
             if parts[1] not in self._ciphers:
                 return f"encrypted with master key {parts[1]}, which is not configured"
             return None
