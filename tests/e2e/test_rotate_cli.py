@@ -888,6 +888,17 @@ def run_terminated(
     return run_program(env, [MCP_SECRETS[0], "-c", TERMINATED_ON_SECOND_CALL, stop.name, method, *args])
 
 
+def events_after_a_stopped_prune(
+    env: dict[str, str], done: subprocess.CompletedProcess[str], stop: signal.Signals
+) -> list[dict[str, str]]:
+    """The whole trail after a ``prune-audit`` that ``stop`` ended: it said so, and recorded itself last."""
+    assert done.returncode == 128 + stop, done.stderr
+    assert "Traceback" not in done.stderr
+    events = audit_json(env, "--limit", "1000")
+    assert (events[0]["actor"], events[0]["action"]) == ("(operator)", "audit-pruned")
+    return events
+
+
 @STOPS
 def test_prune_audit_stopped_by_a_signal_still_records_what_it_deleted(
     env: dict[str, str], seed: Seed, stop: signal.Signals
@@ -898,10 +909,7 @@ def test_prune_audit_stopped_by_a_signal_still_records_what_it_deleted(
         env, stop, "delete_events", "prune-audit", "--older-than", "30", "--batch-size", "4"
     )
 
-    assert done.returncode == 128 + stop, done.stderr
-    assert "Traceback" not in done.stderr
-    events = audit_json(env, "--limit", "1000")
-    assert (events[0]["actor"], events[0]["action"]) == ("(operator)", "audit-pruned")
+    events = events_after_a_stopped_prune(env, done, stop)
     # Signalled as its second batch began: that batch is finished first, as an exported one is.
     assert events[0]["detail"].startswith("8 events before ")
     assert events[0]["detail"].endswith(f", then stopped by {stop.name}")
@@ -1001,9 +1009,7 @@ def test_prune_audit_stopped_as_its_event_is_written_still_writes_it(
         env, stop, "add_event", "prune-audit", "--older-than", "30", "--batch-size", "4"
     )
 
-    assert done.returncode == 128 + stop, done.stderr
-    events = audit_json(env, "--limit", "1000")
-    assert (events[0]["actor"], events[0]["action"]) == ("(operator)", "audit-pruned")
+    events = events_after_a_stopped_prune(env, done, stop)
     assert events[0]["detail"].startswith("11 events before ")
 
 
@@ -1017,10 +1023,7 @@ def test_prune_audit_stopped_just_after_a_delete_counts_that_batch_in_its_event(
         env, stop, "delete_events", "prune-audit", "--older-than", "30", "--batch-size", "4"
     )
 
-    assert done.returncode == 128 + stop, done.stderr
-    assert "Traceback" not in done.stderr
-    events = audit_json(env, "--limit", "1000")
-    assert (events[0]["actor"], events[0]["action"]) == ("(operator)", "audit-pruned")
+    events = events_after_a_stopped_prune(env, done, stop)
     assert events[0]["detail"].startswith("4 events before ")
     assert len(events) == 1 + 2 + 16 - 4  # the prune, the seed's two changes, the events it left
 

@@ -130,6 +130,25 @@ async def test_request_secret_on_stdio_gives_the_terminal_command_the_readme_pro
     assert "`mcp-secrets set`" in recommended
 
 
+def raw_handshake(process: subprocess.Popen[str]) -> None:
+    """Initialize a session of ``raw_stdio_serve`` by hand, as a client does, up to its next message."""
+    assert process.stdin is not None
+    assert process.stdout is not None
+    process.stdin.write(json.dumps({**INITIALIZE, "id": 1}) + "\n")
+    process.stdin.flush()
+    assert json.loads(process.stdout.readline())["id"] == 1
+    process.stdin.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n")
+
+
+def rest_of_session(process: subprocess.Popen[str]) -> tuple[list[dict[str, Any]], int]:
+    """End a session of ``raw_stdio_serve`` (its stdin closed): every answer it still gives, its exit code."""
+    assert process.stdin is not None
+    assert process.stdout is not None
+    process.stdin.close()
+    answers = [json.loads(line) for line in process.stdout.read().splitlines()]
+    return answers, process.wait(timeout=30)
+
+
 def raw_stdio_serve(
     deployment: Any, log_path: Path, ctrl_c: signal.Handlers = signal.SIG_DFL
 ) -> subprocess.Popen[str]:
@@ -239,10 +258,7 @@ def test_stdio_a_message_over_the_bound_is_refused_and_the_session_goes_on(
         "params": {"name": "set_secret", "arguments": arguments},
     }
     try:
-        process.stdin.write(json.dumps({**INITIALIZE, "id": 1}) + "\n")
-        process.stdin.flush()
-        assert json.loads(process.stdout.readline())["id"] == 1
-        process.stdin.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n")
+        raw_handshake(process)
         process.stdin.write(json.dumps(over) + ("\n" if line_end else ""))
         answers = []
         if line_end:
@@ -251,9 +267,8 @@ def test_stdio_a_message_over_the_bound_is_refused_and_the_session_goes_on(
             process.stdin.flush()
             # Both answers before end-of-input: a call still running at EOF is dropped, as the SDK does.
             answers = [json.loads(process.stdout.readline()) for _ in range(2)]
-        process.stdin.close()
-        answers += [json.loads(line) for line in process.stdout.read().splitlines()]
-        returncode = process.wait(timeout=30)
+        remaining, returncode = rest_of_session(process)
+        answers += remaining
     finally:
         process.kill()
         process.wait()
@@ -290,10 +305,7 @@ def test_stdio_a_message_that_is_not_utf8_is_refused_not_stored_altered(
     }
     latin1 = json.dumps(call, ensure_ascii=False).encode("latin-1") + b"\n"
     try:
-        process.stdin.write(json.dumps({**INITIALIZE, "id": 1}) + "\n")
-        process.stdin.flush()
-        assert json.loads(process.stdout.readline())["id"] == 1
-        process.stdin.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n")
+        raw_handshake(process)
         process.stdin.flush()
         process.stdin.buffer.write(latin1)
         process.stdin.buffer.flush()
@@ -377,18 +389,14 @@ def test_stdio_a_line_that_is_no_readable_json_rpc_message_is_answered_and_the_s
     assert process.stdout is not None
     listing = {"name": "list_secret_keys", "arguments": {"server": server}}
     try:
-        process.stdin.write(json.dumps({**INITIALIZE, "id": 1}) + "\n")
-        process.stdin.flush()
-        assert json.loads(process.stdout.readline())["id"] == 1
-        process.stdin.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n")
+        raw_handshake(process)
         process.stdin.write("\n")  # a blank line is no message, and is not answered
         process.stdin.write(make_line(canary).replace('"s"', json.dumps(server)) + "\n")
         process.stdin.write(json.dumps({**LIST_KEYS, "id": 3, "params": listing}) + "\n")
         process.stdin.flush()
         answers = [json.loads(process.stdout.readline()) for _ in range(2)]
-        process.stdin.close()
-        answers += [json.loads(line) for line in process.stdout.read().splitlines()]
-        returncode = process.wait(timeout=30)
+        remaining, returncode = rest_of_session(process)
+        answers += remaining
     finally:
         process.kill()
         process.wait()
@@ -421,10 +429,7 @@ def test_stdio_a_message_of_exactly_the_bound_is_read(stdio_deployment, server: 
     line = set_secret("x" * (bound - len(set_secret(""))))
     assert len(line.encode()) == bound
     try:
-        process.stdin.write(json.dumps({**INITIALIZE, "id": 1}) + "\n")
-        process.stdin.flush()
-        assert json.loads(process.stdout.readline())["id"] == 1
-        process.stdin.write(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}) + "\n")
+        raw_handshake(process)
         process.stdin.write(line)
         process.stdin.close()
         answers = [json.loads(line) for line in process.stdout.read().splitlines()]
