@@ -9,15 +9,13 @@ the MCP protocol itself.
 from __future__ import annotations
 
 import argparse
-import errno
 import getpass
 import itertools
 import os
 import re
 import shlex
-import signal
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
 from typing import NoReturn
@@ -44,68 +42,20 @@ from mcp_secrets.errors import (
 )
 from mcp_secrets.hardening import forbid_inspection
 from mcp_secrets.local_user import local_username
-from mcp_secrets.logs import configure_logging, say, stderr_is_a_terminal
+from mcp_secrets.logs import configure_logging, say
 from mcp_secrets.retention import DEFAULT_BATCH_SIZE as PRUNE_BATCH_SIZE
 from mcp_secrets.retention import MAX_BATCH_SIZE as MAX_PRUNE_BATCH_SIZE
 from mcp_secrets.retention import archive_file, prune_events
 from mcp_secrets.rotation import DEFAULT_BATCH_SIZE, RecordFailure, RotationReport, rotate, verify
 from mcp_secrets.secrets import MAX_VALUE_BYTES, SecretKeyInfo, Secrets, validate_name, validate_username
+from mcp_secrets.stop_signals import Terminated, stop_signals_held, terminated_as_an_exception
 from mcp_secrets.store import SecretStore, printable_json
+from mcp_secrets.terminal import UnwritableOutput, print_table, printable, progress_bar, write_out
 from mcp_secrets.tokens import ApiTokens
 
 MAX_TOKEN_DAYS = 36500  # a hundred years: long enough for any token, short enough to stay a date
 MAX_RETENTION_DAYS = MAX_TOKEN_DAYS  # and for a retention period: its cut-off must stay a date too
 MAX_COUNT = 1_000_000_000  # beyond any store's rows, well within SQLite's integers
-
-
-class _UnwritableOutput(Exception):  # noqa: N818 - named for what happened, as _Terminated is
-    """stdout could not be written (``error`` says why): a command's output did not all reach it."""
-
-    def __init__(self, error: OSError) -> None:
-        super().__init__(error)
-        self.error = error
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP during ``rotate``, ``migrate-legacy`` or ``prune-audit``: unwound as Ctrl-C is."""
-
-    def __init__(self, number: int) -> None:
-        super().__init__(number)
-        self.number = number
-
-
-# SIGHUP too: a terminal that closes (an ssh connection lost) ends a run started by hand with it.
-_STOP_SIGNALS = (signal.SIGTERM,) if sys.platform == "win32" else (signal.SIGTERM, signal.SIGHUP)
-
-
-@contextmanager
-def _terminated_as_an_exception() -> Iterator[None]:
-    """Let SIGTERM and SIGHUP unwind a run as Ctrl-C does, so that it records what it did before it stops.
-
-    Python's default for them ends the process at once: a prune stopped by systemd or a job's
-    time limit left its deleted events without the ``audit-pruned`` event that accounts for them.
-    """
-
-    def stop(number: int, _frame: object) -> None:
-        raise _stop(number)
-
-    with _handling(_STOP_SIGNALS, stop):
-        yield
-
-
-@contextmanager
-def _handling(numbers: Sequence[int], handler: Callable[[int, object], None]) -> Iterator[None]:
-    """``handler`` for the signals ``numbers`` while the block runs, then the handlers there were before."""
-    try:
-        previous = {number: signal.signal(number, handler) for number in numbers}
-    except ValueError:  # not the main thread (main() called from a library): keep the handlers there are
-        yield
-        return
-    try:
-        yield
-    finally:
-        for number, earlier in previous.items():
-            signal.signal(number, earlier)
 
 
 # The settings `serve` takes as options, by option: an invalid one is named as the user typed it.
@@ -308,9 +258,9 @@ def _list(args: argparse.Namespace) -> int:
         # An empty server means every server (`--server "$SERVER"` unset), as for the tools and REST.
         infos = secrets.list_secret_keys(username, args.server or None)
     if args.json:
-        _write_out(printable_json(_key_json(username, info)) for info in infos)
+        write_out(printable_json(_key_json(username, info)) for info in infos)
         return 0
-    _print_table(
+    print_table(
         ("SERVER", "KEY", "CREATED (UTC)", "UPDATED (UTC)", "LAST USED (UTC)"),
         [
             (
@@ -341,33 +291,6 @@ def _key_json(username: str, info: SecretKeyInfo) -> dict[str, str | None]:
     }
 
 
-@contextmanager
-def _progress_bar(unit: str = "records") -> Iterator[Callable[[int, int], None]]:
-    """A bar redrawn in place on a terminal; elsewhere (logs, CI) a line at each tenth."""
-    shown = {"tenth": -1}
-    line_open = False
-
-    def show(done: int, total: int) -> None:
-        nonlocal line_open
-        total = max(total, 1)
-        if stderr_is_a_terminal():
-            width = 30
-            filled = width * done // total
-            end = "\n" if done >= total else ""
-            say(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {unit}", end=end)
-            line_open = not end
-        elif done * 10 // total > shown["tenth"]:
-            shown["tenth"] = done * 10 // total
-            say(f"{done}/{total} {unit}")
-
-    try:
-        yield show
-    finally:
-        # Stopped short of the total (an error, or records deleted meanwhile): what follows needs a line.
-        if line_open:
-            say()
-
-
 def _rotate(args: argparse.Namespace) -> int:
     settings, store = _open(args)
     secrets = None
@@ -376,14 +299,14 @@ def _rotate(args: argparse.Namespace) -> int:
         only_legacy = args.command == "migrate-legacy"
         if only_legacy and not secrets.encryptor.reads_legacy:
             return _find_unreadable_legacy(secrets, args.batch_size)
-        with _terminated_as_an_exception(), _progress_bar() as progress:
+        with terminated_as_an_exception(), progress_bar() as progress:
             report = rotate(
                 secrets,
                 only_legacy=only_legacy,
                 dry_run=args.dry_run,
                 batch_size=args.batch_size,
                 on_progress=progress,
-                uninterrupted=_stop_signals_held,
+                uninterrupted=stop_signals_held,
             )
     finally:
         _close(store, secrets)
@@ -405,7 +328,7 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         secrets, keys = build_secrets(settings, store)
         active = secrets.encryptor.active_key_id
-        with _terminated_as_an_exception(), _progress_bar() as progress:
+        with terminated_as_an_exception(), progress_bar() as progress:
             report = verify(secrets, batch_size=args.batch_size, on_progress=progress)
     finally:
         _close(store, secrets)
@@ -433,7 +356,7 @@ def _find_unreadable_legacy(secrets: Secrets, batch_size: int) -> int:
         "be read without it, so none can be migrated. Set it to the original key string to migrate them."
     )
     # A dry run changes nothing: it counts each legacy record as a failure for want of the key.
-    with _progress_bar() as progress:
+    with progress_bar() as progress:
         report = rotate(secrets, only_legacy=True, dry_run=True, batch_size=batch_size, on_progress=progress)
     if not report.failed:
         say(f"{report.scanned} records scanned; none is in the legacy format: nothing to migrate.")
@@ -466,7 +389,7 @@ def _say_records(label: str, failures: list[RecordFailure]) -> None:
     for failure in failures:
         # Escaped as audit's cells are: records older than today's validation may have any names.
         user, server, key, reason = map(
-            _printable, (failure.username, failure.server, failure.key, failure.reason)
+            printable, (failure.username, failure.server, failure.key, failure.reason)
         )
         say(f"  {label}: user {user}, server {server}, key {key}: {reason}")
 
@@ -479,9 +402,9 @@ def _audit(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        _write_out(event.to_json() for event in events)
+        write_out(event.to_json() for event in events)
         return 0
-    _print_table(
+    print_table(
         ("TIME (UTC)", "USER", "ACTION", "SERVER", "KEY", "VIA", "DETAIL"),
         [
             (f"{e.at:%Y-%m-%d %H:%M:%S}", e.actor, e.action, e.server, e.key, e.transport, e.detail)
@@ -491,80 +414,15 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _printable(text: str) -> str:
-    """``text`` with control characters escaped: a stored field must not move an admin's terminal cursor."""
-    if text.isprintable():
-        return text
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
-
-
-def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """A plain table on stdout, its cells escaped, each column as wide as its widest cell.
-
-    Two spaces always separate the columns: a gateway use names several keys, and a fixed width
-    let a long cell run into the next one.
-    """
-    shown = [[_printable(cell) for cell in row] for row in (header, *rows)]
-    widths = [max(map(len, column)) for column in zip(*shown, strict=True)]
-    lines = []
-    for row in shown:
-        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths[:-1], strict=True)]
-        line = "  ".join([*cells, row[-1]])
-        lines.append(line if row[-1] else line.rstrip())
-    _write_out(lines)
-
-
-def _write_out(lines: Iterable[str]) -> None:
-    """Print ``lines`` on stdout and flush them: every command's output, an error if it cannot be written.
-
-    A closed stdout (``>&-``) made ``list``, ``audit`` and ``token list`` print nothing and exit 0.
-    """
-    if sys.stdout is None:  # started with stdout closed, where print drops what it is given
-        raise _UnwritableOutput(OSError(errno.EBADF, "stdout is closed"))
-    try:
-        for line in lines:
-            print(line)
-        sys.stdout.flush()
-    except OSError as exc:  # only these: an OSError raised anywhere else is no output error
-        raise _UnwritableOutput(exc) from None
-
-
-@contextmanager
-def _stop_signals_held() -> Iterator[None]:
-    """Hold back Ctrl-C, SIGTERM and SIGHUP until the block ends, then stop; a second one stops at once.
-
-    An exported batch of ``prune-audit`` is written to the file, then deleted from the store: a run
-    stopped in between left it in both, and the next run wrote it to the file again. Without an export,
-    a stop just after a batch's delete committed left that batch out of the ``audit-pruned`` count; and
-    one just after a ``rotate`` swap committed left that record out of the ``rotated`` count.
-    """
-    held: list[int] = []
-
-    def hold(number: int, _frame: object) -> None:
-        if held:  # asked twice: stop now, whatever it leaves behind
-            raise _stop(number)
-        held.append(number)
-
-    with _handling((signal.SIGINT, *_STOP_SIGNALS), hold):
-        yield
-    if held:
-        raise _stop(held[0])
-
-
-def _stop(number: int) -> KeyboardInterrupt:
-    """What a stop signal unwinds a run with: Ctrl-C's own exception, or one that says which signal."""
-    return KeyboardInterrupt() if number == signal.SIGINT else _Terminated(number)
-
-
 def _prune_audit(args: argparse.Namespace) -> int:
     store = _open(args, needs_key=False)[1]  # events only: no key needed
     try:
         # A dry run writes nothing: it neither creates the export file nor waits on another run's lock.
         exporting = args.export is not None and not args.dry_run
         with (
-            _terminated_as_an_exception(),
+            terminated_as_an_exception(),
             archive_file(args.export) if exporting else nullcontext() as keep,
-            _progress_bar("events") as progress,
+            progress_bar("events") as progress,
         ):
             report = prune_events(
                 store,
@@ -574,7 +432,7 @@ def _prune_audit(args: argparse.Namespace) -> int:
                 via="cli",
                 keep=keep,
                 on_progress=progress,
-                uninterrupted=_stop_signals_held,
+                uninterrupted=stop_signals_held,
             )
     finally:
         store.close()
@@ -588,7 +446,7 @@ def _prune_audit(args: argparse.Namespace) -> int:
 
 
 def _keygen(_: argparse.Namespace) -> int:
-    _write_out([generate_master_key()])
+    write_out([generate_master_key()])
     say(
         "Keep this key safe and out of the database: set MCP_SECRETS_MASTER_KEY, or put it in a 0600 file "
         "named by MCP_SECRETS_MASTER_KEY_FILE."
@@ -634,8 +492,8 @@ def _token_create(args: argparse.Namespace) -> int:
     tokens = ApiTokens(_token_store(args, create=True))
     new = tokens.create(args.username, label=args.label, expires_in=expires)
     try:
-        _write_out([new.token])  # never shown again: an error if it did not reach stdout
-    except _UnwritableOutput:  # nobody has it, and it cannot be shown again: it must not stay live
+        write_out([new.token])  # never shown again: an error if it did not reach stdout
+    except UnwritableOutput:  # nobody has it, and it cannot be shown again: it must not stay live
         tokens.revoke(new.record.token_id)
         say(f"Token {new.record.token_id} for {new.record.username} was revoked: it could not be shown.")
         raise
@@ -657,13 +515,13 @@ def _token_list(args: argparse.Namespace) -> int:
             status = "live"
         created = f"{record.created_at:%Y-%m-%d %H:%M}"
         rows.append((record.token_id, record.username, created, expires, status, record.label))
-    _print_table(("ID", "USERNAME", "CREATED (UTC)", "EXPIRES (UTC)", "STATUS", "LABEL"), rows)
+    print_table(("ID", "USERNAME", "CREATED (UTC)", "EXPIRES (UTC)", "STATUS", "LABEL"), rows)
     return 0
 
 
 def _token_revoke(args: argparse.Namespace) -> int:
     record = ApiTokens(_token_store(args)).revoke(args.token_id)
-    say(f"Token {record.token_id} of {_printable(record.username)} revoked.")  # stored: may be any text
+    say(f"Token {record.token_id} of {printable(record.username)} revoked.")  # stored: may be any text
     return 0
 
 
@@ -976,8 +834,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except KeyboardInterrupt as stop:
-        return 128 + stop.number if isinstance(stop, _Terminated) else 130
-    except _UnwritableOutput as unwritable:
+        return 128 + stop.number if isinstance(stop, Terminated) else 130
+    except UnwritableOutput as unwritable:
         # A reader that stopped early (`| head`) ends it quietly; a full disk, an I/O error or a closed
         # stdout is said in one line; neither with a traceback.
         _discard_stdout()
