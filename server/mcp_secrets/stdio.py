@@ -31,9 +31,12 @@ logger = logging.getLogger(__name__)
 # As much as the SDK accepts as a request body over HTTP.
 MAX_MESSAGE_BYTES = DEFAULT_MAX_REQUEST_BODY_SIZE
 # The id of a request, read from the start of its line: clients write "jsonrpc" and "id" first. An
-# over-long request answered with its own id fails at once, where one answered with null would wait.
+# over-long request answered with its own id fails at once, where one answered with null would wait. Only
+# a request's, its "method" next: a response's id numbers one of this server's requests, and an answer by
+# it would reach the client as the answer to its own request of that number.
 _LEADING_ID = re.compile(
     rb'\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(-?[0-9]{1,15}|"[^"\\]{0,64}")\s*,'
+    rb'\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"method"\s*:'
 )
 
 
@@ -149,7 +152,7 @@ def _request_id_in(message: object) -> int | str | None:
 
 
 def _leading_id(start: bytes) -> int | str | None:
-    """The id a message's line starts with, as clients write it: before its method or anything else."""
+    """The id a request's line starts with, as clients write it: before its method, which follows it."""
     found = _LEADING_ID.match(start)
     return None if found is None else _request_id(found.group(1))
 

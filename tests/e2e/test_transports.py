@@ -370,6 +370,12 @@ UNREADABLE_LINES = {
         -32700,
         None,
     ),
+    # Its id leads its line as a request's does: read from there, it would answer the request of that id.
+    "a response cut short": (
+        lambda canary: f'{{"jsonrpc": "2.0", "id": 3, "result": {{"v": "{canary}"}}}}'[:-3],
+        -32700,
+        None,
+    ),
     "params not an object": (
         lambda canary: f'{{"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": ["{canary}"]}}',
         -32600,
