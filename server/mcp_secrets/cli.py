@@ -329,7 +329,9 @@ def _verify(args: argparse.Namespace) -> int:
         secrets, keys = build_secrets(settings, store)
         active = secrets.encryptor.active_key_id
         with terminated_as_an_exception(), progress_bar() as progress:
-            report = verify(secrets, batch_size=args.batch_size, on_progress=progress)
+            report = verify(
+                secrets, batch_size=args.batch_size, on_progress=progress, uninterrupted=stop_signals_held
+            )
     finally:
         _close(store, secrets)
     under = ", ".join(

@@ -1014,6 +1014,20 @@ def test_prune_audit_stopped_as_its_event_is_written_still_writes_it(
 
 
 @ALL_STOPS
+def test_verify_stopped_as_its_event_is_written_still_writes_it(
+    env: dict[str, str], seed: Seed, stop: signal.Signals
+) -> None:
+    # The stop lands after every value was read, before the event: a run that read them all, unrecorded.
+    done = run_signalled_as_it_starts(env, stop, "add_event", "verify", "--batch-size", "1")
+
+    assert done.returncode == 128 + stop, done.stderr
+    assert "Traceback" not in done.stderr
+    [event] = [event for event in audit_json(env) if event["action"] == "verified"]
+    assert event["detail"] == f"{len(SEEDED)} of {len(SEEDED)} records decrypt, 0 do not"
+    assert not any(value in done.stderr + done.stdout for value in seed.values.values())
+
+
+@ALL_STOPS
 def test_prune_audit_stopped_just_after_a_delete_counts_that_batch_in_its_event(
     env: dict[str, str], seed: Seed, stop: signal.Signals
 ) -> None:
