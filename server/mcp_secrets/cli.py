@@ -334,9 +334,9 @@ def _verify(args: argparse.Namespace) -> int:
             )
     finally:
         _close(store, secrets)
-    under = ", ".join(
-        f"{count} under {_key_named(key_id, active)}" for key_id, count in sorted(report.readable.items())
-    )
+    # The active key first, then the others that rotate would re-encrypt, the legacy key last.
+    order = sorted(report.readable, key=lambda key_id: (key_id != active, key_id == LEGACY_KEY_ID, key_id))
+    under = ", ".join(f"{report.readable[key_id]} under {_key_named(key_id, active)}" for key_id in order)
     readable = f"{report.readable.total()} decrypt" + (f" ({under})" if under else "")
     say(f"{report.scanned} records scanned; {readable}; {len(report.failed)} do not.")
     _say_records("does not decrypt", report.failed)
