@@ -154,6 +154,29 @@ def test_a_use_written_after_a_later_change_is_listed_after_it_newest_first(
     assert [(event.action, event.at) for event in newest] == [("created", T1)]
 
 
+def test_on_sqlite_a_use_written_after_a_change_later_in_the_same_millisecond_is_listed_after_it(
+    tmp_path: Path, encryptor: SecretEncryptor
+) -> None:
+    # SQLite's julianday() keeps milliseconds: within one, the order is the times' own, not the order
+    # written, which another process's background writer makes the reverse of the times' (MongoDB keeps
+    # milliseconds only, so its two times would be one).
+    store = SQLiteStore(tmp_path / "secrets.db")
+    used_at = datetime(2026, 3, 4, 5, 6, 7, 100, tzinfo=timezone.utc)
+    changed_at = used_at + timedelta(microseconds=300)
+    cli = Secrets(store, encryptor, clock=lambda: changed_at)
+    cli.set_secret("alice", "github", "TOKEN", new_canary())
+    used = AuditEvent(used_at, "alice", "used", "github", "TOKEN", "stdio")
+    store.record_uses([SecretUse("alice", "github", ("TOKEN",), used)])
+    on_the_second = AuditEvent(used_at.replace(microsecond=0), "alice", "used", "github", "TOKEN", "stdio")
+    store.record_uses([SecretUse("alice", "github", ("TOKEN",), on_the_second)])
+
+    for username in ("alice", None):
+        events = cli.list_events(username)
+        assert [event.at for event in events] == [changed_at, used_at, used_at.replace(microsecond=0)]
+        assert [event.at for event in cli.list_events(username, limit=1)] == [changed_at]
+    store.close()
+
+
 @pytest.mark.parametrize("limit", [0, -1, 1001])
 def test_list_events_refuses_a_limit_outside_one_to_a_thousand(secrets: Secrets, limit: int) -> None:
     with pytest.raises(InvalidInputError, match="limit"):

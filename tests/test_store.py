@@ -2527,3 +2527,22 @@ def test_mongo_expires_links_with_a_ttl_index(mongo_store: MongoStore) -> None:
         for index in indexes.values()
     )
     assert any(index["key"] == [("link_hash", 1)] and index.get("unique") for index in indexes.values())
+
+
+def test_a_sqlite_disk_full_in_a_transaction_says_so_and_the_next_write_goes_through(tmp_path: Path) -> None:
+    # SQLite rolls a transaction back itself when a write in it finds the disk full (here, the file may not
+    # grow): the error must be that one, not the "no transaction is active" of a ROLLBACK after it.
+    store = SQLiteStore(tmp_path / "secrets.db")
+    connection = store._connection
+    pages = connection.execute("PRAGMA page_count").fetchone()[0]
+    connection.execute(f"PRAGMA max_page_count = {pages}").fetchone()
+    event = AuditEvent(T0, "alice", "created", "github", "TOKEN", "cli")
+
+    with pytest.raises(StoreUnavailableError, match="database or disk is full"):
+        store.put_secret("alice", "github", "TOKEN", "x" * 3000, T0, event=event)
+    assert not connection.in_transaction
+
+    connection.execute("PRAGMA max_page_count = 1073741823").fetchone()
+    assert store.put_secret("alice", "github", "TOKEN", "x" * 3000, T0, event=event) is True
+    assert [event.action for event in store.list_events("alice")] == ["created"]
+    store.close()

@@ -10,7 +10,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -251,10 +251,23 @@ def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
     connection.execute("BEGIN IMMEDIATE")
     try:
         yield
+        connection.execute("COMMIT")
     except BaseException:
-        connection.execute("ROLLBACK")
+        _roll_back(connection)
         raise
-    connection.execute("COMMIT")
+
+
+def _roll_back(connection: sqlite3.Connection) -> None:
+    """End a failed transaction, if SQLite has not: the error that failed it is the one to raise.
+
+    After a disk full (a page the file cannot grow by, a WAL it cannot extend), an I/O error or an
+    interrupt, SQLite may have rolled the whole transaction back itself: a ROLLBACK then fails with
+    "no transaction is active", which would replace the error that says why. One still open after a
+    failed COMMIT would keep the write lock, and every other process on the file would wait on it.
+    """
+    if connection.in_transaction:
+        with suppress(sqlite3.Error):  # the connection's next BEGIN says so, if it is still open
+            connection.execute("ROLLBACK")
 
 
 def _live_links(connection: sqlite3.Connection, username: str, now: datetime) -> int:
@@ -326,7 +339,11 @@ def _insert_event(connection: sqlite3.Connection, event: AuditEvent) -> None:
 # An event's time against a cut-off, as times rather than texts: one written by hand may have a space for
 # the "T", no offset (UTC) or another offset, and sort as text before the cut-off while it is after it.
 _BEFORE = "julianday(at) < julianday(?)"
-_NEWEST_FIRST = "julianday(at) DESC, id DESC"  # the order of the indexes audit_events_actor_time and _time
+# julianday() keeps milliseconds: within one, the texts (as _iso writes them, microseconds included) tell
+# which came first, not the ids: another process's background writer writes a use some milliseconds after
+# it happened, after a change made later in the same millisecond. The indexes give the order to the
+# millisecond (audit_events_actor_time and _time); SQLite sorts only within each millisecond after that.
+_NEWEST_FIRST = "julianday(at) DESC, at DESC, id DESC"
 
 
 def _check_writable(connection: sqlite3.Connection, path: Path) -> None:
@@ -704,7 +721,8 @@ class SQLiteStore:
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         # Newest first by time, as MongoDB lists them, not as written: a use is written a moment after it,
         # by a background writer, and another process's change made meanwhile may be written first. Times
-        # as times, as for _BEFORE; the indexes hold them, so a page is read without a sort.
+        # as times, as for _BEFORE; the indexes hold them, so a page is read without a sort, save within a
+        # millisecond (see _NEWEST_FIRST).
         rows = self._run(
             lambda connection: connection.execute(
                 f"SELECT {_EVENT_COLUMNS} FROM audit_events {where} ORDER BY {_NEWEST_FIRST} LIMIT ?",  # noqa: S608
