@@ -747,7 +747,8 @@ class SQLiteStore:
     ) -> int:
         """Delete up to ``limit`` events from before ``before``, first written first; return how many."""
         # Read first, outside any write transaction: in WAL mode a read blocks no writer, however long
-        # it scans. Walking the ids from the oldest finds old events first, without an index on ``at``.
+        # it scans. Walking the ids from the oldest finds old events first: SQLite does that here rather than
+        # sort all that the index on time finds before the cut-off, when a batch wants only the first few.
         rows = self._run(
             lambda connection: connection.execute(
                 f"SELECT id, {_EVENT_COLUMNS} FROM audit_events WHERE {_BEFORE} ORDER BY id LIMIT ?",  # noqa: S608
