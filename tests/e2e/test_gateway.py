@@ -2043,6 +2043,52 @@ async def test_a_deleted_secret_closes_the_connection_holding_it_at_the_next_cal
     assert gateway.pool.live == 0
 
 
+@pytest.mark.parametrize("change", ["changed", "deleted"])
+async def test_a_call_that_waited_for_the_users_call_before_it_is_made_with_what_is_stored_as_it_starts(
+    sqlite_secrets: Secrets, tmp_path: Path, change: str
+) -> None:
+    old, new = fresh_value("old"), fresh_value("new")
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", old)
+    # Of the handshake: no listen stream's listing waits its turn beside the second call.
+    entry = {**STDIO_ENTRY, "env": {**STDIO_ENTRY["env"], "DOWNSTREAM_HANDSHAKE_ONLY": "1"}}
+    started = anyio.Event()
+    waited: list[CallToolResult] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        started.set()
+
+    async def call_waiting(client: Client) -> None:
+        waited.append(await client.call_tool("down__token_hash", {}))
+
+    # Two clients of alice: the second's call waits for the first's, and her secret changes meanwhile.
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": entry}) as gateway,
+        connect(sqlite_secrets, gateway, "alice") as first,
+        connect(sqlite_secrets, gateway, "alice") as second,
+    ):
+        with anyio.fail_after(STARTUP_SECONDS):
+            async with anyio.create_task_group() as calls, anyio.create_task_group() as long_call:
+                long_call.start_soon(
+                    functools.partial(first.call_tool, "down__hang", {}, progress_callback=on_progress)
+                )
+                await started.wait()
+                calls.start_soon(call_waiting, second)
+                while gateway._call_turns[("alice", "down")].calls < 2:
+                    await anyio.sleep(0.01)
+                if change == "changed":
+                    sqlite_secrets.set_secret("alice", "down", "TOKEN", new)
+                else:
+                    sqlite_secrets.delete_secret("alice", "down", "TOKEN")
+                long_call.cancel_scope.cancel()
+
+    [result] = waited
+    if change == "changed":
+        assert hash_of(result) == sha256(new)
+    else:
+        assert missing_keys(result) == ["TOKEN"]
+    assert_no_spelling_of(old, everything_in(result))
+
+
 async def test_a_server_whose_secret_was_deleted_still_shows_its_last_listing_and_its_calls_name_the_key(
     sqlite_secrets: Secrets, gateway: Gateway
 ) -> None:

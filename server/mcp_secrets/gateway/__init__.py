@@ -380,6 +380,27 @@ class Gateway:
         ``wait_seconds`` bounds the wait for a call of the same caller to the same server to end; a
         ``listing`` waits for another listing up to the start bound.
         """
+        # One call at a time per (user, server): notifications carry no request id, so this is what keeps
+        # each call's log messages with it. Other users and servers run in parallel. The secrets are read
+        # in the turn: a call that waited for another is made with what is stored as it starts, never with
+        # a value changed or deleted while it waited.
+        async with (
+            self._turn((username, server.name), wait_seconds, server.name, listing=listing),
+            self._session_in_turn(username, server, ctx, purpose=purpose, offer_links=offer_links) as session,
+        ):
+            yield session
+
+    @asynccontextmanager
+    async def _session_in_turn(
+        self,
+        username: str,
+        server: ServerConfig,
+        ctx: Context[Any, Any] | None,
+        *,
+        purpose: str,
+        offer_links: bool,
+    ) -> AsyncIterator[tuple[Connection, Redactor, CallRelay | None]]:
+        """``_session`` once the caller's turn at ``server`` is taken."""
         values = await run_store_work(
             self.secrets.store,
             lambda: self.secrets.get_secrets(username, server.name, record_use=False),
@@ -424,13 +445,8 @@ class Gateway:
             return made_opener()
 
         del values, injected  # decrypted values now live only in the opener, for this call
-        # One call at a time per (user, server): notifications carry no request id, so this is
-        # what keeps each call's log messages with it. Other users and servers run in parallel.
         try:
-            async with (
-                self._turn(key, wait_seconds, server.name, listing=listing),
-                self.pool.connection(key, fingerprint, opener) as connection,
-            ):
+            async with self.pool.connection(key, fingerprint, opener) as connection:
                 record_injected()  # a live connection holds the values: this call uses them
                 holder["connection"] = connection
                 async with relaying(connection, ctx, redactor, server.name) as relay:
