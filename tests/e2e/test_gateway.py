@@ -2006,6 +2006,27 @@ async def test_the_least_recently_used_idle_connection_makes_room_at_the_bound(
         await wait_closed(bobs)
 
 
+@needs_proc
+async def test_a_connection_making_room_at_the_bound_has_stopped_before_another_starts(
+    sqlite_secrets: Secrets, tmp_path: Path, marker: str
+) -> None:
+    for username in ("alice", "bob"):
+        sqlite_secrets.set_secret(username, "down", "TOKEN", fresh_value(username))
+    # A downstream that outlives the end of its stdin stops only at a signal, seconds later.
+    servers = {"down": lingering_entry(marker)}
+
+    async with running_gateway(sqlite_secrets, tmp_path, servers, max_live=1) as gw:
+        hash_of(await call(sqlite_secrets, gw, "alice", "token_hash"))
+        alices = processes_with(marker)
+        hash_of(await call(sqlite_secrets, gw, "bob", "token_hash"))
+        running = processes_with(marker)
+
+    # The bound is on downstreams running, each holding its user's secrets, not only on those in use.
+    assert len(alices) == 1
+    assert len(running) == 1
+    assert not set(alices) & set(running)
+
+
 async def test_a_changed_secret_is_used_on_the_next_call_through_a_new_connection(
     sqlite_secrets: Secrets, gateway: Gateway
 ) -> None:

@@ -4,7 +4,9 @@ Each connection runs in its own task of the pool's task group, so the SDK
 client's context managers open and close in one task. Idle connections are
 closed after ``idle_seconds``; at ``max_live`` the least recently used idle one
 makes room. A connection whose process died or whose secrets changed is
-replaced on the next call.
+replaced on the next call. One being closed counts against ``max_live`` until its
+downstream has stopped: a downstream may take seconds to stop (one that ignores
+the end of its stdin waits for a signal), and each holds its user's secrets.
 """
 
 from __future__ import annotations
@@ -84,8 +86,9 @@ class DownstreamPool:
         self.start_seconds = start_seconds
         self._connections: dict[PoolKey, Connection] = {}
         self._turns: dict[PoolKey, Turn] = {}
-        # Connections whose downstream is starting: they count against max_live too.
+        # Connections whose downstream is starting, or stopping: they count against max_live too.
         self._starting: set[Connection] = set()
+        self._closing: set[Connection] = set()
         self._stopping = False  # set by close_all(): no downstream starts after it
         self._task_group: TaskGroup | None = None
 
@@ -140,6 +143,8 @@ class DownstreamPool:
         """Close a connection whose downstream failed; the next call opens a new one."""
         connection.dead = True
         connection.stop.set()
+        if not connection.closed.is_set():
+            self._closing.add(connection)
         if self._connections.get(connection.key) is connection:
             del self._connections[connection.key]
 
@@ -174,7 +179,9 @@ class DownstreamPool:
             self.discard(current)
         if self._stopping:
             raise StartTimeoutError("the gateway is stopping")
-        self._make_room()
+        await self._make_room()
+        if self._stopping:  # while it waited for room
+            raise StartTimeoutError("the gateway is stopping")
         connection = Connection(key, fingerprint)
         # A downstream that never answers would hold this key's turn, and every call waiting on it.
         self._starting.add(connection)
@@ -188,14 +195,19 @@ class DownstreamPool:
         self._connections[key] = connection
         return connection
 
-    def _make_room(self) -> None:
-        while len(self._connections) + len(self._starting) >= self.max_live:
+    async def _make_room(self) -> None:
+        while len(self._connections) + len(self._starting) + len(self._closing) >= self.max_live:
+            if self._closing:
+                # Room is coming without closing another: a stop is bounded (EOF, SIGTERM, then SIGKILL).
+                await next(iter(self._closing)).closed.wait()
+                continue
             idle = [c for c in self._connections.values() if c.active_calls == 0]
-            if not idle:
+            if idle:
+                self.discard(min(idle, key=lambda connection: connection.last_used))
+            else:
                 raise GatewayBusyError(
                     f"all {self.max_live} downstream connections are busy; try again in a moment"
                 )
-            self.discard(min(idle, key=lambda connection: connection.last_used))
 
     async def _hold(self, connection: Connection, opener: Opener, *, task_status: TaskStatus[None]) -> None:
         started = False
@@ -215,6 +227,7 @@ class DownstreamPool:
             )
         finally:
             connection.dead = True
+            self._closing.discard(connection)
             connection.closed.set()
             if self._connections.get(connection.key) is connection:
                 del self._connections[connection.key]
