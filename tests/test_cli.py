@@ -1453,6 +1453,36 @@ def test_an_argument_that_is_not_utf8_is_a_usage_error_not_a_traceback(
     assert b"Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(
+    "setting", ["MCP_SECRETS_LEGACY_KEY", "MCP_SECRETS_DATABASE_URL", "MCP_SECRETS_MASTER_KEY"]
+)
+def test_a_secret_setting_that_is_not_utf8_is_named_without_a_traceback_or_its_bytes(
+    env: dict[str, str], setting: str
+) -> None:
+    canary, master_key = new_canary(), generate_master_key()
+    given = {"MCP_SECRETS_MASTER_KEY": master_key}
+    given[setting] = "mongodb://u:" if setting == "MCP_SECRETS_DATABASE_URL" else ""
+    raw_env = {name.encode(): value.encode() for name, value in {**env, **given}.items()}
+    raw_env[setting.encode()] += canary.encode() + b"\xff\xfe@localhost/db"
+
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_secrets", "set", "github", "TOKEN"],
+        env=raw_env,
+        input=b"value",
+        capture_output=True,
+        check=False,
+    )
+
+    assert done.returncode == EXIT_CONFIGURATION, done.stderr
+    assert f"({setting}): Value error, it is not UTF-8 text".encode() in done.stderr
+    assert b"Traceback" not in done.stderr
+    for output in (done.stdout, done.stderr):
+        assert canary.encode() not in output
+        assert b"\\udcff" not in output
+        assert b"\xff" not in output
+        assert master_key.encode() not in output
+
+
 def test_other_commands_still_name_an_unrecognized_argument(env: dict[str, str]) -> None:
     done = mcp_secrets_cli(env, "audit", "--limt", "5")
 

@@ -49,6 +49,17 @@ def _split_commas(value: object) -> object:
     return value
 
 
+def _refuse_undecodable(value: object) -> object:
+    # The environment's bytes that are not UTF-8 arrive as lone surrogates: the legacy key's hash and
+    # a MongoDB URL's driver would fail on them later, with a traceback that quotes one of those bytes.
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("it is not UTF-8 text") from None
+    return value
+
+
 def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 
@@ -195,6 +206,9 @@ class Settings(BaseSettings):
 
     log_level: LogLevel = "INFO"
 
+    _utf8_secrets = field_validator("master_key", "legacy_key", "database_url", mode="before")(
+        _refuse_undecodable
+    )
     _split_hosts = field_validator("allowed_hosts", "allowed_origins", mode="before")(_split_commas)
     # As `--log-level` takes it: `debug` as well as `DEBUG`.
     _upper_level = field_validator("log_level", mode="before")(_upper)
