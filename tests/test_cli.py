@@ -1483,6 +1483,33 @@ def test_a_secret_setting_that_is_not_utf8_is_named_without_a_traceback_or_its_b
         assert master_key.encode() not in output
 
 
+@pytest.mark.parametrize("where", ["MCP_SECRETS_MASTER_KEY", "MCP_SECRETS_MASTER_KEY_FILE"])
+def test_a_master_key_given_twice_is_refused_naming_where_it_is_given(
+    env: dict[str, str], tmp_path: Path, where: str
+) -> None:
+    master_key, other = generate_master_key(), generate_master_key()
+    keys = f"{master_key}\n{other}\n# the old one again\n{master_key}\n"
+    if where == "MCP_SECRETS_MASTER_KEY":
+        env[where] = keys.replace("\n", ",")
+        named = where
+    else:
+        key_file = tmp_path / "keys"
+        key_file.write_text(keys)
+        key_file.chmod(0o600)
+        del env["MCP_SECRETS_MASTER_KEY"]
+        env[where] = str(key_file)
+        named = f"the master key file {key_file}"
+
+    done = mcp_secrets_cli(env, "set", "github", "TOKEN", stdin="value")
+
+    assert done.returncode == EXIT_CONFIGURATION, done.stderr
+    assert f"{named} holds master key " in done.stderr
+    assert "twice: keep one" in done.stderr
+    for output in (done.stdout, done.stderr):
+        assert master_key not in output
+        assert other not in output
+
+
 def test_other_commands_still_name_an_unrecognized_argument(env: dict[str, str]) -> None:
     done = mcp_secrets_cli(env, "audit", "--limt", "5")
 

@@ -15,7 +15,13 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from mcp_secrets.config import Settings, load_settings
-from mcp_secrets.crypto import SecretEncryptor, generate_master_key, is_legacy_ciphertext, parse_master_key
+from mcp_secrets.crypto import (
+    SecretEncryptor,
+    generate_master_key,
+    is_legacy_ciphertext,
+    key_id_for,
+    parse_master_key,
+)
 from mcp_secrets.errors import ConfigurationError, UnreadableRecordError
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import SecretStore, open_store
@@ -39,9 +45,14 @@ def _parse_keys(text: str, where: str) -> list[bytes]:
     if not entries:
         raise ConfigurationError(f"{where} holds no master key")
     try:
-        return [parse_master_key(entry) for entry in entries]
+        keys = [parse_master_key(entry) for entry in entries]
     except ConfigurationError as exc:
         raise ConfigurationError(f"{where}: {exc}") from None
+    # Refused here rather than by the encryptor only, so that the message says where to remove it.
+    for index, key in enumerate(keys):
+        if key in keys[:index]:
+            raise ConfigurationError(f"{where} holds master key {key_id_for(key)} twice: keep one")
+    return keys
 
 
 def _read_key_file(path: Path) -> list[bytes]:
