@@ -1822,6 +1822,29 @@ def test_a_command_that_stores_something_makes_the_store_at_its_first_run(
     assert (Path(env["MCP_SECRETS_DATA_DIR"]) / "secrets.db").exists()
 
 
+def test_directories_given_with_a_crlf_line_end_are_the_directories_named(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # As an env file saved on Windows gives them (docker --env-file, a client config's env block).
+    config, data = tmp_path / "config", tmp_path / "data"
+    del env["MCP_SECRETS_MASTER_KEY"]
+    env["MCP_SECRETS_CONFIG_DIR"], env["MCP_SECRETS_DATA_DIR"] = f"{config}\r\n", f"{data} \r"
+
+    first = set_from_stdin(env, new_canary(), "github", "TOKEN")
+
+    assert first.returncode == 0, first.stderr
+    assert f"master key: key file {config / 'master.key'} (generated now)\n" in first.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["config", "data"]
+    assert (data / "secrets.db").is_file()
+    env["MCP_SECRETS_MASTER_KEY_FILE"] = f"{config / 'master.key'}\r\n"
+    del env["MCP_SECRETS_CONFIG_DIR"]
+
+    verified = mcp_secrets_cli(env, "verify")  # the key just made, through the key file's setting
+
+    assert verified.returncode == 0, verified.stderr
+    assert "1 record" in verified.stderr
+
+
 def test_an_invalid_mcp_secrets_user_is_named_as_the_setting_at_fault(env: dict[str, str]) -> None:
     env["MCP_SECRETS_USER"] = "bad user"
 

@@ -64,12 +64,19 @@ def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 
 
-def _refuse_empty(value: object) -> object:
+def _path_text(value: object) -> object:
+    """A path setting without the spaces and line end around it, as the database URL and keys are read.
+
+    An env file saved with CRLF line ends gives every value a trailing CR: a first run made its key in a
+    directory named with it, and said so on a line the CR broke.
+    """
+    if not isinstance(value, str):
+        return value
     # Path("") is the working directory: the key and the store would be made side by side in whatever
     # directory a command ran in, a different one each time.
-    if isinstance(value, str) and not value.strip():
+    if not value.strip():
         raise ValueError("it is empty: give a path, or unset it for the default")
-    return value
+    return value.strip()
 
 
 def _expand_home(value: Path | None) -> Path | None:
@@ -215,8 +222,8 @@ class Settings(BaseSettings):
     # `~/…` as the key file's setting takes it: no shell expands it in a client's config file, and a
     # key generated under a literal `~` beside the working directory was not found from another one.
     _expand_dirs = field_validator("data_dir", "config_dir", "master_key_file", "servers")(_expand_home)
-    _no_empty_paths = field_validator("data_dir", "config_dir", "master_key_file", "servers", mode="before")(
-        _refuse_empty
+    _trimmed_paths = field_validator("data_dir", "config_dir", "master_key_file", "servers", mode="before")(
+        _path_text
     )
 
     # The command-line option each override was given as, by setting (load_settings): errors name it.
