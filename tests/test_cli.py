@@ -24,7 +24,13 @@ import pytest
 
 import mcp_secrets
 from _mongo_wire import PRIMARY_HELLO, WTIMEOUT, mongo_wire_server, server_holding
-from conftest import as_an_ordinary_process, command_parsers, isolated_env, new_canary
+from conftest import (
+    as_an_ordinary_process,
+    assert_no_fragment_of,
+    command_parsers,
+    isolated_env,
+    new_canary,
+)
 from mcp_secrets.cli import _read_value, build_parser
 from mcp_secrets.crypto import generate_master_key
 from mcp_secrets.errors import InvalidInputError
@@ -1481,6 +1487,23 @@ def test_a_secret_setting_that_is_not_utf8_is_named_without_a_traceback_or_its_b
         assert b"\\udcff" not in output
         assert b"\xff" not in output
         assert master_key.encode() not in output
+
+
+@pytest.mark.parametrize("spelling", ["base64url", "base64"])
+def test_a_master_key_given_as_the_key_files_path_is_refused_without_quoting_it(
+    env: dict[str, str], spelling: str
+) -> None:
+    raw = os.urandom(32)
+    master_key = generate_master_key() if spelling == "base64url" else base64.b64encode(raw).decode()
+    del env["MCP_SECRETS_MASTER_KEY"]
+    env["MCP_SECRETS_MASTER_KEY_FILE"] = master_key
+
+    done = mcp_secrets_cli(env, "serve")
+
+    assert done.returncode == EXIT_CONFIGURATION, done.stderr
+    assert "(MCP_SECRETS_MASTER_KEY_FILE): Value error, it holds a master key, not the path" in done.stderr
+    for output in (done.stdout, done.stderr):
+        assert_no_fragment_of(master_key, output)
 
 
 @pytest.mark.parametrize("where", ["MCP_SECRETS_MASTER_KEY", "MCP_SECRETS_MASTER_KEY_FILE"])

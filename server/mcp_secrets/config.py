@@ -7,6 +7,7 @@ Nothing else in the package reads ``os.environ``. Secrets among the settings
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ import platformdirs
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from mcp_secrets.crypto import parse_master_key
 from mcp_secrets.errors import ConfigurationError
 
 APP_NAME = "mcp-secrets"
@@ -57,6 +59,21 @@ def _refuse_undecodable(value: object) -> object:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError("it is not UTF-8 text") from None
+    return value
+
+
+def _refuse_a_key_for_a_path(value: object) -> object:
+    # The two key settings are easily swapped: a key given as the key file's path was quoted whole by
+    # the refusal to read that file, into the logs of the client that started the server.
+    if isinstance(value, str) and not os.path.lexists(value.strip()):
+        try:
+            parse_master_key(value)
+        except ConfigurationError:
+            return value
+        raise ValueError(
+            "it holds a master key, not the path of a file: set MCP_SECRETS_MASTER_KEY to the key, or "
+            "this setting to a file holding it"
+        )
     return value
 
 
@@ -216,6 +233,7 @@ class Settings(BaseSettings):
     _utf8_secrets = field_validator("master_key", "legacy_key", "database_url", mode="before")(
         _refuse_undecodable
     )
+    _not_a_key = field_validator("master_key_file", mode="before")(_refuse_a_key_for_a_path)
     _split_hosts = field_validator("allowed_hosts", "allowed_origins", mode="before")(_split_commas)
     # As `--log-level` takes it: `debug` as well as `DEBUG`.
     _upper_level = field_validator("log_level", mode="before")(_upper)
