@@ -1868,6 +1868,22 @@ def test_directories_given_with_a_crlf_line_end_are_the_directories_named(
     assert "1 record" in verified.stderr
 
 
+@pytest.mark.parametrize("setting", ["MCP_SECRETS_DATA_DIR", "MCP_SECRETS_CONFIG_DIR"])
+def test_a_database_url_given_as_a_directory_is_refused_without_quoting_its_password(
+    env: dict[str, str], tmp_path: Path, setting: str
+) -> None:
+    password = new_canary()
+    env[setting] = f"mongodb://alice:{password}@db.example:27017/mcp"
+
+    done = mcp_secrets_cli(env, "serve", cwd=tmp_path)
+
+    assert done.returncode == EXIT_CONFIGURATION, done.stderr
+    assert f"({setting}): Value error, it is a URL, not a path" in done.stderr
+    for output in (done.stdout, done.stderr):
+        assert password not in output
+    assert not any(password in str(path) for path in tmp_path.rglob("*"))
+
+
 def test_an_invalid_mcp_secrets_user_is_named_as_the_setting_at_fault(env: dict[str, str]) -> None:
     env["MCP_SECRETS_USER"] = "bad user"
 

@@ -8,6 +8,7 @@ Nothing else in the package reads ``os.environ``. Secrets among the settings
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,9 @@ def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 
 
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+://")
+
+
 def _path_text(value: object) -> object:
     """A path setting without the spaces and line end around it, as the database URL and keys are read.
 
@@ -93,6 +97,10 @@ def _path_text(value: object) -> object:
     # directory a command ran in, a different one each time.
     if not value.strip():
         raise ValueError("it is empty: give a path, or unset it for the default")
+    # A database URL set here by mistake made a local store under a directory named by it, and the start
+    # printed that path, a MongoDB password and all. Two letters at least: `C://` is a Windows drive.
+    if _URL.match(value.strip()):
+        raise ValueError("it is a URL, not a path (a database URL goes in MCP_SECRETS_DATABASE_URL)")
     return value.strip()
 
 
