@@ -31,6 +31,7 @@ from conftest import (
     isolated_env,
     new_canary,
 )
+from mcp_secrets.bootstrap import MAX_KEY_FILE_BYTES
 from mcp_secrets.cli import _read_value, build_parser
 from mcp_secrets.crypto import generate_master_key
 from mcp_secrets.errors import InvalidInputError
@@ -1487,6 +1488,23 @@ def test_a_secret_setting_that_is_not_utf8_is_named_without_a_traceback_or_its_b
         assert b"\\udcff" not in output
         assert b"\xff" not in output
         assert master_key.encode() not in output
+
+
+def test_a_key_file_too_large_to_be_one_is_refused_unread(env: dict[str, str], tmp_path: Path) -> None:
+    master_key = generate_master_key()
+    key_file = tmp_path / "disk.img"
+    with key_file.open("wb") as image:
+        image.write(f"{master_key}\n".encode())
+        image.truncate(MAX_KEY_FILE_BYTES + 1)  # sparse: no disk taken
+    key_file.chmod(0o600)
+    del env["MCP_SECRETS_MASTER_KEY"]
+    env["MCP_SECRETS_MASTER_KEY_FILE"] = str(key_file)
+
+    done = mcp_secrets_cli(env, "set", "github", "TOKEN", stdin="value")
+
+    assert done.returncode == EXIT_CONFIGURATION, done.stderr
+    assert f"the master key file {key_file} is larger than a key file can be" in done.stderr
+    assert master_key not in done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("spelling", ["base64url", "base64"])

@@ -28,6 +28,9 @@ from mcp_secrets.store import SecretStore, open_store
 from mcp_secrets.store.sqlite import make_private_directories
 
 logger = logging.getLogger(__name__)
+# Thousands of keys and comments: a larger file was named by mistake (a disk image, a log), and was read
+# whole into memory.
+MAX_KEY_FILE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -62,8 +65,14 @@ def _read_key_file(path: Path) -> list[bytes]:
         with os.fdopen(descriptor, "rb") as key_file:
             if not stat.S_ISREG(os.fstat(key_file.fileno()).st_mode):
                 raise ConfigurationError(f"the master key file {path} is not a regular file")
+            content = key_file.read(MAX_KEY_FILE_BYTES + 1)
+            if len(content) > MAX_KEY_FILE_BYTES:
+                raise ConfigurationError(
+                    f"the master key file {path} is larger than a key file can be "
+                    f"({MAX_KEY_FILE_BYTES} bytes): is it the right file?"
+                )
             # "utf-8-sig": the byte order mark Windows editors put before UTF-8 text is not part of a key.
-            text = key_file.read().decode("utf-8-sig")
+            text = content.decode("utf-8-sig")
     except OSError as exc:
         raise ConfigurationError(f"the master key file {path} cannot be read: {exc.strerror}") from None
     except UnicodeDecodeError:  # raw key bytes, say: the codec's message would quote one of them
