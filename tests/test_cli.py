@@ -1490,6 +1490,30 @@ def test_a_secret_setting_that_is_not_utf8_is_named_without_a_traceback_or_its_b
         assert master_key.encode() not in output
 
 
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda _path: None, "cannot be read: No such file or directory"),
+        (lambda path: path.mkdir(), "cannot be read: Is a directory"),
+        (os.mkfifo, "is not a regular file"),
+        (lambda path: os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)), "holds no master key"),
+    ],
+)
+def test_a_key_file_that_gives_no_key_is_refused_naming_its_setting(
+    env: dict[str, str], tmp_path: Path, make: Callable[[Path], object], why: str
+) -> None:
+    key_file = tmp_path / "master.key"
+    make(key_file)
+    del env["MCP_SECRETS_MASTER_KEY"]
+    env["MCP_SECRETS_MASTER_KEY_FILE"] = str(key_file)
+
+    done = mcp_secrets_cli(env, "serve")
+
+    assert done.returncode == EXIT_CONFIGURATION, done.stderr
+    assert done.stderr == f"mcp-secrets: error: MCP_SECRETS_MASTER_KEY_FILE {key_file} {why}\n"
+    assert done.stdout == ""
+
+
 def test_a_key_file_too_large_to_be_one_is_refused_unread(env: dict[str, str], tmp_path: Path) -> None:
     master_key = generate_master_key()
     key_file = tmp_path / "disk.img"
@@ -1503,7 +1527,7 @@ def test_a_key_file_too_large_to_be_one_is_refused_unread(env: dict[str, str], t
     done = mcp_secrets_cli(env, "set", "github", "TOKEN", stdin="value")
 
     assert done.returncode == EXIT_CONFIGURATION, done.stderr
-    assert f"the master key file {key_file} is larger than a key file can be" in done.stderr
+    assert f"MCP_SECRETS_MASTER_KEY_FILE {key_file} is larger than a key file can be" in done.stderr
     assert master_key not in done.stdout + done.stderr
 
 
@@ -1539,7 +1563,7 @@ def test_a_master_key_given_twice_is_refused_naming_where_it_is_given(
         key_file.chmod(0o600)
         del env["MCP_SECRETS_MASTER_KEY"]
         env[where] = str(key_file)
-        named = f"the master key file {key_file}"
+        named = f"MCP_SECRETS_MASTER_KEY_FILE {key_file}"
 
     done = mcp_secrets_cli(env, "set", "github", "TOKEN", stdin="value")
 
