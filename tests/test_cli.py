@@ -24,7 +24,14 @@ import pytest
 
 import mcp_secrets
 from _mongo_wire import PRIMARY_HELLO, WTIMEOUT, mongo_wire_server, server_holding
-from conftest import as_an_ordinary_process, command_parsers, isolated_env, new_canary
+from conftest import (
+    as_an_ordinary_process,
+    assert_no_fragment_of,
+    command_parsers,
+    isolated_env,
+    new_canary,
+)
+from mcp_secrets.bootstrap import MAX_KEY_FILE_BYTES
 from mcp_secrets.cli import _read_value, build_parser
 from mcp_secrets.crypto import generate_master_key
 from mcp_secrets.errors import InvalidInputError
@@ -1453,6 +1460,121 @@ def test_an_argument_that_is_not_utf8_is_a_usage_error_not_a_traceback(
     assert b"Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(
+    "setting", ["MCP_SECRETS_LEGACY_KEY", "MCP_SECRETS_DATABASE_URL", "MCP_SECRETS_MASTER_KEY"]
+)
+def test_a_secret_setting_that_is_not_utf8_is_named_without_a_traceback_or_its_bytes(
+    env: dict[str, str], setting: str
+) -> None:
+    canary, master_key = new_canary(), generate_master_key()
+    given = {"MCP_SECRETS_MASTER_KEY": master_key}
+    given[setting] = "mongodb://u:" if setting == "MCP_SECRETS_DATABASE_URL" else ""
+    raw_env = {name.encode(): value.encode() for name, value in {**env, **given}.items()}
+    raw_env[setting.encode()] += canary.encode() + b"\xff\xfe@localhost/db"
+
+    done = subprocess.run(
+        [sys.executable, "-m", "mcp_secrets", "set", "github", "TOKEN"],
+        env=raw_env,
+        input=b"value",
+        capture_output=True,
+        check=False,
+    )
+
+    assert done.returncode == EXIT_CONFIGURATION, done.stderr
+    assert f"({setting}): Value error, it is not UTF-8 text".encode() in done.stderr
+    assert b"Traceback" not in done.stderr
+    for output in (done.stdout, done.stderr):
+        assert canary.encode() not in output
+        assert b"\\udcff" not in output
+        assert b"\xff" not in output
+        assert master_key.encode() not in output
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda _path: None, "cannot be read: No such file or directory"),
+        (lambda path: path.mkdir(), "cannot be read: Is a directory"),
+        (os.mkfifo, "is not a regular file"),
+        (lambda path: os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)), "holds no master key"),
+    ],
+)
+def test_a_key_file_that_gives_no_key_is_refused_naming_its_setting(
+    env: dict[str, str], tmp_path: Path, make: Callable[[Path], object], why: str
+) -> None:
+    key_file = tmp_path / "master.key"
+    make(key_file)
+    del env["MCP_SECRETS_MASTER_KEY"]
+    env["MCP_SECRETS_MASTER_KEY_FILE"] = str(key_file)
+
+    done = mcp_secrets_cli(env, "serve")
+
+    assert done.returncode == EXIT_CONFIGURATION, done.stderr
+    assert done.stderr == f"mcp-secrets: error: MCP_SECRETS_MASTER_KEY_FILE {key_file} {why}\n"
+    assert done.stdout == ""
+
+
+def test_a_key_file_too_large_to_be_one_is_refused_unread(env: dict[str, str], tmp_path: Path) -> None:
+    master_key = generate_master_key()
+    key_file = tmp_path / "disk.img"
+    with key_file.open("wb") as image:
+        image.write(f"{master_key}\n".encode())
+        image.truncate(MAX_KEY_FILE_BYTES + 1)  # sparse: no disk taken
+    key_file.chmod(0o600)
+    del env["MCP_SECRETS_MASTER_KEY"]
+    env["MCP_SECRETS_MASTER_KEY_FILE"] = str(key_file)
+
+    done = mcp_secrets_cli(env, "set", "github", "TOKEN", stdin="value")
+
+    assert done.returncode == EXIT_CONFIGURATION, done.stderr
+    assert f"MCP_SECRETS_MASTER_KEY_FILE {key_file} is larger than a key file can be" in done.stderr
+    assert master_key not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("spelling", ["base64url", "base64"])
+def test_a_master_key_given_as_the_key_files_path_is_refused_without_quoting_it(
+    env: dict[str, str], spelling: str
+) -> None:
+    raw = os.urandom(32)
+    master_key = generate_master_key() if spelling == "base64url" else base64.b64encode(raw).decode()
+    del env["MCP_SECRETS_MASTER_KEY"]
+    env["MCP_SECRETS_MASTER_KEY_FILE"] = master_key
+
+    done = mcp_secrets_cli(env, "serve")
+
+    assert done.returncode == EXIT_CONFIGURATION, done.stderr
+    assert "(MCP_SECRETS_MASTER_KEY_FILE): Value error, it holds a master key, not the path" in done.stderr
+    for output in (done.stdout, done.stderr):
+        assert_no_fragment_of(master_key, output)
+
+
+@pytest.mark.parametrize("where", ["MCP_SECRETS_MASTER_KEY", "MCP_SECRETS_MASTER_KEY_FILE"])
+def test_a_master_key_given_twice_is_refused_naming_where_it_is_given(
+    env: dict[str, str], tmp_path: Path, where: str
+) -> None:
+    master_key, other = generate_master_key(), generate_master_key()
+    keys = f"{master_key}\n{other}\n# the old one again\n{master_key}\n"
+    if where == "MCP_SECRETS_MASTER_KEY":
+        env[where] = keys.replace("\n", ",")
+        named = where
+    else:
+        key_file = tmp_path / "keys"
+        key_file.write_text(keys)
+        key_file.chmod(0o600)
+        del env["MCP_SECRETS_MASTER_KEY"]
+        env[where] = str(key_file)
+        named = f"MCP_SECRETS_MASTER_KEY_FILE {key_file}"
+
+    done = mcp_secrets_cli(env, "set", "github", "TOKEN", stdin="value")
+
+    assert done.returncode == EXIT_CONFIGURATION, done.stderr
+    assert f"{named} holds master key " in done.stderr
+    assert "twice: keep one" in done.stderr
+    for output in (done.stdout, done.stderr):
+        assert master_key not in output
+        assert other not in output
+
+
 def test_other_commands_still_name_an_unrecognized_argument(env: dict[str, str]) -> None:
     done = mcp_secrets_cli(env, "audit", "--limt", "5")
 
@@ -1763,6 +1885,45 @@ def test_a_command_that_stores_something_makes_the_store_at_its_first_run(
 
     assert done.returncode == 0, done.stderr
     assert (Path(env["MCP_SECRETS_DATA_DIR"]) / "secrets.db").exists()
+
+
+def test_directories_given_with_a_crlf_line_end_are_the_directories_named(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # As an env file saved on Windows gives them (docker --env-file, a client config's env block).
+    config, data = tmp_path / "config", tmp_path / "data"
+    del env["MCP_SECRETS_MASTER_KEY"]
+    env["MCP_SECRETS_CONFIG_DIR"], env["MCP_SECRETS_DATA_DIR"] = f"{config}\r\n", f"{data} \r"
+
+    first = set_from_stdin(env, new_canary(), "github", "TOKEN")
+
+    assert first.returncode == 0, first.stderr
+    assert f"master key: key file {config / 'master.key'} (generated now)\n" in first.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["config", "data"]
+    assert (data / "secrets.db").is_file()
+    env["MCP_SECRETS_MASTER_KEY_FILE"] = f"{config / 'master.key'}\r\n"
+    del env["MCP_SECRETS_CONFIG_DIR"]
+
+    verified = mcp_secrets_cli(env, "verify")  # the key just made, through the key file's setting
+
+    assert verified.returncode == 0, verified.stderr
+    assert "1 record" in verified.stderr
+
+
+@pytest.mark.parametrize("setting", ["MCP_SECRETS_DATA_DIR", "MCP_SECRETS_CONFIG_DIR"])
+def test_a_database_url_given_as_a_directory_is_refused_without_quoting_its_password(
+    env: dict[str, str], tmp_path: Path, setting: str
+) -> None:
+    password = new_canary()
+    env[setting] = f"mongodb://alice:{password}@db.example:27017/mcp"
+
+    done = mcp_secrets_cli(env, "serve", cwd=tmp_path)
+
+    assert done.returncode == EXIT_CONFIGURATION, done.stderr
+    assert f"({setting}): Value error, it is a URL, not a path" in done.stderr
+    for output in (done.stdout, done.stderr):
+        assert password not in output
+    assert not any(password in str(path) for path in tmp_path.rglob("*"))
 
 
 def test_an_invalid_mcp_secrets_user_is_named_as_the_setting_at_fault(env: dict[str, str]) -> None:

@@ -20,9 +20,9 @@ from mcp_secrets.errors import (
     StoreUnavailableError,
     UnreadableRecordError,
 )
-from mcp_secrets.store import AuditEvent, SecretStore
+from mcp_secrets.store import AuditEvent, SecretStore, TokenRecord
 from mcp_secrets.store.sqlite import SQLiteStore
-from mcp_secrets.tokens import ApiTokens
+from mcp_secrets.tokens import ApiTokens, NewToken
 from test_store import alter_stored
 
 # Whole milliseconds: a BSON date keeps no finer, and these tests run on every backend.
@@ -237,6 +237,42 @@ def test_has_any_counts_revoked_tokens(tokens: ApiTokens) -> None:
     tokens.revoke(new.record.token_id)
 
     assert tokens.has_any() is True
+
+
+def test_a_first_token_is_made_only_while_the_store_holds_none(tokens: ApiTokens) -> None:
+    first = tokens.create_first("alice", label="first run")
+    assert first is not None
+    tokens.revoke(first.record.token_id)
+
+    assert tokens.create_first("alice", label="first run") is None
+    assert [record.token_id for record in tokens.list()] == [first.record.token_id]
+
+
+def test_two_servers_starting_at_once_on_a_new_store_make_one_first_token(
+    store: SecretStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each start reads the store empty before either puts its token, as replicas on a new database do.
+    first_start, second_start = ApiTokens(store, clock=clock), ApiTokens(store, clock=clock)
+    list_tokens = store.list_tokens
+    made_meanwhile: list[NewToken | None] = []
+
+    def second_start_runs_meanwhile(username: str | None = None) -> list[TokenRecord]:
+        listed = list_tokens(username)
+        if not made_meanwhile:
+            made_meanwhile.append(None)
+            made_meanwhile[0] = second_start.create_first("bob", label="first run")
+        return listed
+
+    monkeypatch.setattr(store, "list_tokens", second_start_runs_meanwhile)
+
+    made = first_start.create_first("alice", label="first run")
+
+    [meanwhile] = made_meanwhile
+    assert meanwhile is not None
+    assert made is None
+    assert [record.token_id for record in list_tokens()] == [meanwhile.record.token_id]
+    assert first_start.verify(meanwhile.token) is not None
+    assert [event.action for event in store.list_events()] == ["token-created"]
 
 
 def test_a_token_revokes_while_another_tokens_record_cannot_be_read(

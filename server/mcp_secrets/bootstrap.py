@@ -15,13 +15,22 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from mcp_secrets.config import Settings, load_settings
-from mcp_secrets.crypto import SecretEncryptor, generate_master_key, is_legacy_ciphertext, parse_master_key
+from mcp_secrets.crypto import (
+    SecretEncryptor,
+    generate_master_key,
+    is_legacy_ciphertext,
+    key_id_for,
+    parse_master_key,
+)
 from mcp_secrets.errors import ConfigurationError, UnreadableRecordError
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import SecretStore, open_store
 from mcp_secrets.store.sqlite import make_private_directories
 
 logger = logging.getLogger(__name__)
+# Thousands of keys and comments: a larger file was named by mistake (a disk image, a log), and was read
+# whole into memory.
+MAX_KEY_FILE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -39,30 +48,43 @@ def _parse_keys(text: str, where: str) -> list[bytes]:
     if not entries:
         raise ConfigurationError(f"{where} holds no master key")
     try:
-        return [parse_master_key(entry) for entry in entries]
+        keys = [parse_master_key(entry) for entry in entries]
     except ConfigurationError as exc:
         raise ConfigurationError(f"{where}: {exc}") from None
+    # Refused here rather than by the encryptor only, so that the message says where to remove it.
+    for index, key in enumerate(keys):
+        if key in keys[:index]:
+            raise ConfigurationError(f"{where} holds master key {key_id_for(key)} twice: keep one")
+    return keys
 
 
-def _read_key_file(path: Path) -> list[bytes]:
+def _read_key_file(path: Path, setting: str | None = None) -> list[bytes]:
+    """The keys in ``path``; a refusal names it by ``setting``, the variable that gave it, if any."""
+    named = f"{setting} {path}" if setting else f"the master key file {path}"
     try:
         # Non-blocking: opening a named pipe would otherwise wait for a writer, and the start with it.
         descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         with os.fdopen(descriptor, "rb") as key_file:
             if not stat.S_ISREG(os.fstat(key_file.fileno()).st_mode):
-                raise ConfigurationError(f"the master key file {path} is not a regular file")
+                raise ConfigurationError(f"{named} is not a regular file")
+            content = key_file.read(MAX_KEY_FILE_BYTES + 1)
+            if len(content) > MAX_KEY_FILE_BYTES:
+                raise ConfigurationError(
+                    f"{named} is larger than a key file can be "
+                    f"({MAX_KEY_FILE_BYTES} bytes): is it the right file?"
+                )
             # "utf-8-sig": the byte order mark Windows editors put before UTF-8 text is not part of a key.
-            text = key_file.read().decode("utf-8-sig")
+            text = content.decode("utf-8-sig")
     except OSError as exc:
-        raise ConfigurationError(f"the master key file {path} cannot be read: {exc.strerror}") from None
+        raise ConfigurationError(f"{named} cannot be read: {exc.strerror}") from None
     except UnicodeDecodeError:  # raw key bytes, say: the codec's message would quote one of them
         raise ConfigurationError(
-            f"the master key file {path} is not text: it holds master keys written as base64, one a line "
+            f"{named} is not text: it holds master keys written as base64, one a line "
             "(`mcp-secrets keygen` makes one)"
         ) from None
     if os.name == "posix" and stat.S_IMODE(path.stat().st_mode) & 0o077:
         logger.warning("the master key file %s is readable by other users; run: chmod 600 %s", path, path)
-    return _parse_keys(text, f"the master key file {path}")
+    return _parse_keys(text, named)
 
 
 def _write_new_key_file(path: Path) -> bool:
@@ -158,7 +180,7 @@ def load_master_keys(
         )
     if settings.master_key_file is not None:
         path = settings.master_key_file.expanduser()
-        return MasterKeys(_read_key_file(path), f"key file {path}")
+        return MasterKeys(_read_key_file(path, "MCP_SECRETS_MASTER_KEY_FILE"), f"key file {path}")
     path = settings.default_key_file
     if _key_file_exists(path):
         return MasterKeys(_read_key_file(path), f"key file {path}")

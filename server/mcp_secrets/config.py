@@ -7,6 +7,8 @@ Nothing else in the package reads ``os.environ``. Secrets among the settings
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,7 @@ import platformdirs
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from mcp_secrets.crypto import parse_master_key
 from mcp_secrets.errors import ConfigurationError
 
 APP_NAME = "mcp-secrets"
@@ -49,16 +52,56 @@ def _split_commas(value: object) -> object:
     return value
 
 
+def _refuse_undecodable(value: object) -> object:
+    # The environment's bytes that are not UTF-8 arrive as lone surrogates: the legacy key's hash and
+    # a MongoDB URL's driver would fail on them later, with a traceback that quotes one of those bytes.
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("it is not UTF-8 text") from None
+    return value
+
+
+def _refuse_a_key_for_a_path(value: object) -> object:
+    # The two key settings are easily swapped: a key given as the key file's path was quoted whole by
+    # the refusal to read that file, into the logs of the client that started the server.
+    if isinstance(value, str) and not os.path.lexists(value.strip()):
+        try:
+            parse_master_key(value)
+        except ConfigurationError:
+            return value
+        raise ValueError(
+            "it holds a master key, not the path of a file: set MCP_SECRETS_MASTER_KEY to the key, or "
+            "this setting to a file holding it"
+        )
+    return value
+
+
 def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 
 
-def _refuse_empty(value: object) -> object:
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+://")
+
+
+def _path_text(value: object) -> object:
+    """A path setting without the spaces and line end around it, as the database URL and keys are read.
+
+    An env file saved with CRLF line ends gives every value a trailing CR: a first run made its key in a
+    directory named with it, and said so on a line the CR broke.
+    """
+    if not isinstance(value, str):
+        return value
     # Path("") is the working directory: the key and the store would be made side by side in whatever
     # directory a command ran in, a different one each time.
-    if isinstance(value, str) and not value.strip():
+    if not value.strip():
         raise ValueError("it is empty: give a path, or unset it for the default")
-    return value
+    # A database URL set here by mistake made a local store under a directory named by it, and the start
+    # printed that path, a MongoDB password and all. Two letters at least: `C://` is a Windows drive.
+    if _URL.match(value.strip()):
+        raise ValueError("it is a URL, not a path (a database URL goes in MCP_SECRETS_DATABASE_URL)")
+    return value.strip()
 
 
 def _expand_home(value: Path | None) -> Path | None:
@@ -195,14 +238,18 @@ class Settings(BaseSettings):
 
     log_level: LogLevel = "INFO"
 
+    _utf8_secrets = field_validator("master_key", "legacy_key", "database_url", mode="before")(
+        _refuse_undecodable
+    )
+    _not_a_key = field_validator("master_key_file", mode="before")(_refuse_a_key_for_a_path)
     _split_hosts = field_validator("allowed_hosts", "allowed_origins", mode="before")(_split_commas)
     # As `--log-level` takes it: `debug` as well as `DEBUG`.
     _upper_level = field_validator("log_level", mode="before")(_upper)
     # `~/…` as the key file's setting takes it: no shell expands it in a client's config file, and a
     # key generated under a literal `~` beside the working directory was not found from another one.
     _expand_dirs = field_validator("data_dir", "config_dir", "master_key_file", "servers")(_expand_home)
-    _no_empty_paths = field_validator("data_dir", "config_dir", "master_key_file", "servers", mode="before")(
-        _refuse_empty
+    _trimmed_paths = field_validator("data_dir", "config_dir", "master_key_file", "servers", mode="before")(
+        _path_text
     )
 
     # The command-line option each override was given as, by setting (load_settings): errors name it.

@@ -144,8 +144,10 @@ def run_server(
     )
     app = http_app(mcp, settings, secrets, links)
     _summary(settings, keys, None, gateway)
-    if not settings.jwks_url and not tokens.has_any():
-        _print_first_token(tokens.create(local_username(settings.user), label="first run"), settings)
+    if not settings.jwks_url:
+        first = tokens.create_first(local_username(settings.user), label="first run")
+        if first is not None:
+            _print_first_token(first, settings)
     try:
         interrupted = anyio.run(_with_gateway, gateway, lambda: serve_http(app, settings))
     except asyncio.CancelledError:

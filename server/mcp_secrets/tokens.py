@@ -59,6 +59,25 @@ class ApiTokens:
 
     def create(self, username: str, *, label: str = "", expires_in: timedelta | None = None) -> NewToken:
         """Make a token for ``username``; the returned string is the only copy."""
+        record, token = self._new(username, label, expires_in)
+        self._put(record, first=False)
+        return self._recorded(record, token)
+
+    def create_first(self, username: str, *, label: str = "") -> NewToken | None:
+        """Make a token for ``username`` while the store holds none; None when it holds one.
+
+        Servers started at once on a new store all find none: the store puts only one of their tokens,
+        so that one token is made and shown, not one per server.
+        """
+        if self.has_any():
+            return None
+        record, token = self._new(username, label, None)
+        if not self._put(record, first=True):
+            return None
+        return self._recorded(record, token)
+
+    def _new(self, username: str, label: str, expires_in: timedelta | None) -> tuple[TokenRecord, str]:
+        """A new token and its record, not yet stored."""
         validate_username(username)
         if len(label) > MAX_LABEL_LENGTH or not label.isprintable():
             raise InvalidInputError(f"label must be at most {MAX_LABEL_LENGTH} printable characters")
@@ -75,13 +94,26 @@ class ApiTokens:
             expires_at=None if expires_in is None else now + expires_in,
             label=label,
         )
+        return record, token
+
+    def _put(self, record: TokenRecord, *, first: bool) -> bool:
+        """Store ``record`` (with ``first``, only while the store holds no token); whether it was."""
         try:
-            self.store.put_token(record)
+            return self.store.put_token(record, first=first)
         except WriteUnconfirmedError:
             self._revoke_unshown(record, f"its creation was {UNCONFIRMED}", WriteUnconfirmedError)
+
+    def _recorded(self, record: TokenRecord, token: str) -> NewToken:
+        """The new token, once its audit event is written."""
         try:
             self.store.add_event(
-                AuditEvent(now, username, "token-created", detail=f"token {token_id}", transport=self.via)
+                AuditEvent(
+                    record.created_at,
+                    record.username,
+                    "token-created",
+                    detail=f"token {record.token_id}",
+                    transport=self.via,
+                )
             )
         except StoreUnavailableError:
             self._revoke_unshown(record, "its audit event could not be written", StoreUnavailableError)

@@ -315,8 +315,12 @@ class SecretStore(Protocol):
         """Swap a record's ciphertext ``old`` for ``new``, only if it is still ``old``; timestamps stay."""
         ...
 
-    def put_token(self, token: TokenRecord) -> None:
-        """Insert a new API token record."""
+    def put_token(self, token: TokenRecord, *, first: bool = False) -> bool:
+        """Insert a new API token record; True.
+
+        With ``first``, only while the store holds no token: False when it holds one, or when another
+        process's first token was put meanwhile.
+        """
         ...
 
     def find_token(self, token_hash: str) -> TokenRecord | None:

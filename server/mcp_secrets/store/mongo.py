@@ -55,6 +55,7 @@ from mcp_secrets.store import (
 DEFAULT_DATABASE = "mcp_secrets"
 SECRETS_COLLECTION = "user_secrets"
 TOKENS_COLLECTION = "api_tokens"
+FIRST_TOKEN_ID = "first-token"  # noqa: S105 - the _id of the token a first start makes: only one can hold it
 LINKS_COLLECTION = "entry_links"
 EVENTS_COLLECTION = "audit_events"
 SERVER_SELECTION_TIMEOUT_MS = 5000
@@ -644,8 +645,12 @@ class MongoStore:
             # Matched, not modified: MongoDB counts a write of the value already there as no change.
             return self._secrets.update_one(selector, {"$set": {"value": new}}).matched_count > 0
 
-    def put_token(self, token: TokenRecord) -> None:
-        """Insert a new API token record."""
+    def put_token(self, token: TokenRecord, *, first: bool = False) -> bool:
+        """Insert a new API token record; with ``first``, only while the collection holds none.
+
+        A first token takes one fixed ``_id``, unique in every collection: of replicas starting at once on
+        a new database, only one puts its token, whatever they read before.
+        """
         document = {
             "token_id": token.token_id,
             "username": token.username,
@@ -655,8 +660,18 @@ class MongoStore:
             "revoked_at": token.revoked_at,
             "label": token.label,
         }
+        if not first:
+            with _available(TOKENS_COLLECTION):
+                self._tokens.insert_one(document)
+            return True
         with _available(TOKENS_COLLECTION):
-            self._tokens.insert_one(document)
+            if self._tokens.find_one({}, {"_id": True}) is not None:
+                return False
+            try:
+                self._tokens.insert_one({"_id": FIRST_TOKEN_ID, **document})
+            except DuplicateKeyError:
+                return False
+        return True
 
     def find_token(self, token_hash: str) -> TokenRecord | None:
         """The token record with this hash, revoked or not."""

@@ -797,22 +797,29 @@ class SQLiteStore:
             )
         )
 
-    def put_token(self, token: TokenRecord) -> None:
-        """Insert a new API token record."""
-        self._run(
-            lambda connection: connection.execute(
-                f"INSERT INTO api_tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
-                (
-                    token.token_id,
-                    token.username,
-                    token.token_hash,
-                    _iso(token.created_at),
-                    _iso(token.expires_at),
-                    _iso(token.revoked_at),
-                    token.label,
-                ),
+    def put_token(self, token: TokenRecord, *, first: bool = False) -> bool:
+        """Insert a new API token record; with ``first``, only while the table holds none.
+
+        One statement, run under SQLite's write lock: of two first starts at once, only one puts its token.
+        """
+        only_first = " WHERE NOT EXISTS (SELECT 1 FROM api_tokens)" if first else ""
+        inserted = self._run(
+            lambda connection: (
+                connection.execute(
+                    f"INSERT INTO api_tokens ({_TOKEN_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?{only_first}",
+                    (
+                        token.token_id,
+                        token.username,
+                        token.token_hash,
+                        _iso(token.created_at),
+                        _iso(token.expires_at),
+                        _iso(token.revoked_at),
+                        token.label,
+                    ),
+                ).rowcount
             )
         )
+        return inserted == 1
 
     def find_token(self, token_hash: str) -> TokenRecord | None:
         """The token record with this hash, revoked or not."""
