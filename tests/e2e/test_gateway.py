@@ -2726,7 +2726,23 @@ async def test_structured_content_its_schema_refuses_is_a_tool_error_saying_wher
     assert "the value at $.balance fails the schema's 'type': 'number'" in text_of(called)
 
 
-class _EchoingHandler(BaseHTTPRequestHandler):
+class _AnswersAlike(BaseHTTPRequestHandler):
+    """A quiet test endpoint answering GET and DELETE as its ``do_POST`` answers POST."""
+
+    def do_POST(self) -> None:
+        raise NotImplementedError
+
+    def do_GET(self) -> None:
+        self.do_POST()
+
+    def do_DELETE(self) -> None:
+        self.do_POST()
+
+    def log_message(self, *_args: object) -> None:
+        """Keep the test output quiet."""
+
+
+class _EchoingHandler(_AnswersAlike):
     """Answers every request 200 with a JSON body that is no JSON-RPC, quoting the Authorization it was sent.
 
     As a service (or a proxy before it) answers a key it refuses: ``{"error": "invalid api key", "key": …}``;
@@ -2745,15 +2761,6 @@ class _EchoingHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-
-    def do_GET(self) -> None:
-        self.do_POST()
-
-    def do_DELETE(self) -> None:
-        self.do_POST()
-
-    def log_message(self, *_args: object) -> None:
-        """Keep the test output quiet."""
 
 
 @contextlib.contextmanager
@@ -3135,7 +3142,7 @@ async def test_over_http_one_users_question_state_cannot_be_answered_by_another(
     assert text_of(answered).startswith("accept: ")
 
 
-class _MovedHandler(BaseHTTPRequestHandler):
+class _MovedHandler(_AnswersAlike):
     """Answers every request with a redirect to the same path on another origin (localhost for 127.0.0.1)."""
 
     def do_POST(self) -> None:
@@ -3143,15 +3150,6 @@ class _MovedHandler(BaseHTTPRequestHandler):
         self.send_header("Location", f"http://localhost:{self.server.server_address[1]}{self.path}/")
         self.send_header("Content-Length", "0")
         self.end_headers()
-
-    def do_GET(self) -> None:
-        self.do_POST()
-
-    def do_DELETE(self) -> None:
-        self.do_POST()
-
-    def log_message(self, *_args: object) -> None:
-        """Keep the test output quiet."""
 
 
 @contextlib.contextmanager
