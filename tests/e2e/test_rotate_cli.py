@@ -888,6 +888,16 @@ def run_terminated(
     return run_program(env, [MCP_SECRETS[0], "-c", TERMINATED_ON_SECOND_CALL, stop.name, method, *args])
 
 
+def the_event_of_a_stopped_run(
+    env: dict[str, str], done: subprocess.CompletedProcess[str], stop: signal.Signals, action: str
+) -> dict[str, str]:
+    """The one ``action`` event of a run that ``stop`` ended: it exited as stopped, and recorded itself."""
+    assert done.returncode == 128 + stop, done.stderr
+    assert "Traceback" not in done.stderr
+    [event] = [event for event in audit_json(env) if event["action"] == action]
+    return event
+
+
 def events_after_a_stopped_prune(
     env: dict[str, str], done: subprocess.CompletedProcess[str], stop: signal.Signals
 ) -> list[dict[str, str]]:
@@ -924,9 +934,7 @@ def test_rotate_stopped_by_a_signal_still_records_what_it_re_encrypted(
 
     done = run_terminated(env, stop, "replace_value", "rotate", "--batch-size", "1")
 
-    assert done.returncode == 128 + stop, done.stderr
-    assert "Traceback" not in done.stderr
-    [event] = [event for event in audit_json(env) if event["action"] == "rotated"]
+    event = the_event_of_a_stopped_run(env, done, stop, "rotated")
     # Signalled as its second swap began: that swap is finished first, and counted.
     assert event["detail"].startswith(f"2 re-encrypted to key {key_id(key_b)}, ")
     assert event["detail"].endswith(f", then stopped by {stop.name}")
@@ -992,10 +1000,8 @@ def test_a_run_stopped_as_its_event_is_written_still_writes_it(
 
     done = run_signalled_as_it_starts(env, stop, "add_event", command, "--batch-size", "1")
 
-    assert done.returncode == 128 + stop, done.stderr
-    assert "Traceback" not in done.stderr
     action = "migrated-legacy" if command == "migrate-legacy" else "rotated"
-    [event] = [event for event in audit_json(env) if event["action"] == action]
+    event = the_event_of_a_stopped_run(env, done, stop, action)
     assert event["detail"].startswith(f"{rewrapped} re-encrypted to key {key_id(key_b)}, ")
 
 
@@ -1020,9 +1026,7 @@ def test_verify_stopped_as_its_event_is_written_still_writes_it(
     # The stop lands after every value was read, before the event: a run that read them all, unrecorded.
     done = run_signalled_as_it_starts(env, stop, "add_event", "verify", "--batch-size", "1")
 
-    assert done.returncode == 128 + stop, done.stderr
-    assert "Traceback" not in done.stderr
-    [event] = [event for event in audit_json(env) if event["action"] == "verified"]
+    event = the_event_of_a_stopped_run(env, done, stop, "verified")
     assert event["detail"] == f"{len(SEEDED)} of {len(SEEDED)} records decrypt, 0 do not"
     assert not any(value in done.stderr + done.stdout for value in seed.values.values())
 
@@ -1050,9 +1054,7 @@ def test_rotate_stopped_just_after_a_swap_counts_that_record_in_its_event(
 
     done = run_signalled_once_done(env, stop, "replace_value", "rotate", "--batch-size", "1")
 
-    assert done.returncode == 128 + stop, done.stderr
-    assert "Traceback" not in done.stderr
-    [event] = [event for event in audit_json(env) if event["action"] == "rotated"]
+    event = the_event_of_a_stopped_run(env, done, stop, "rotated")
     assert event["detail"].startswith(f"1 re-encrypted to key {key_id(key_b)}, ")
     under_b = [value for value in ciphertexts(env).values() if value.startswith(f"v1:{key_id(key_b)}:")]
     assert len(under_b) == 1
@@ -1067,9 +1069,7 @@ def test_migrate_legacy_stopped_just_after_a_swap_counts_that_record_in_its_even
 
     done = run_signalled_once_done(env, stop, "replace_value", "migrate-legacy", "--batch-size", "1")
 
-    assert done.returncode == 128 + stop, done.stderr
-    assert "Traceback" not in done.stderr
-    [event] = [event for event in audit_json(env) if event["action"] == "migrated-legacy"]
+    event = the_event_of_a_stopped_run(env, done, stop, "migrated-legacy")
     assert event["detail"].startswith(f"1 re-encrypted to key {key_id(seed.key_a)}, ")
     assert len([value for value in ciphertexts(env).values() if not value.startswith("v1:")]) == 1
 
