@@ -1531,6 +1531,47 @@ def test_a_key_file_too_large_to_be_one_is_refused_unread(env: dict[str, str], t
     assert master_key not in done.stdout + done.stderr
 
 
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_a_database_others_can_write_is_named_as_open_to_their_tokens(env: dict[str, str]) -> None:
+    # Whoever can write the file can add a token for any user: "names and times, no values" undersold it.
+    canary = new_canary()
+    assert set_from_stdin(env, canary, "github", "TOKEN", "--user", "alice").returncode == 0
+    database = Path(env["MCP_SECRETS_DATA_DIR"]) / "secrets.db"
+    database.chmod(0o666)
+
+    done = mcp_secrets_cli(env, "list", "--user", "alice")
+
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"the database file {database} is writable by other users, who can add API tokens for any user "
+        f"and change or delete records; run: chmod 600 {database}"
+    ) in done.stderr
+    assert "readable by other users" not in done.stderr
+    assert canary not in done.stdout + done.stderr
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_a_key_file_others_can_write_is_named_as_open_to_their_key(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    master_key = env.pop("MCP_SECRETS_MASTER_KEY")
+    key_file = tmp_path / "master.key"
+    key_file.write_text(master_key + "\n")
+    key_file.chmod(0o622)  # not readable by others, but writable: a key of theirs would encrypt what comes
+    env["MCP_SECRETS_MASTER_KEY_FILE"] = str(key_file)
+    canary = new_canary()
+
+    done = set_from_stdin(env, canary, "github", "TOKEN", "--user", "alice")
+
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"the master key file {key_file} is writable by other users, who can put a key of theirs in it; "
+        f"run: chmod 600 {key_file}"
+    ) in done.stderr
+    assert master_key not in done.stdout + done.stderr
+    assert canary not in done.stdout + done.stderr
+
+
 @pytest.mark.parametrize("spelling", ["base64url", "base64"])
 def test_a_master_key_given_as_the_key_files_path_is_refused_without_quoting_it(
     env: dict[str, str], spelling: str

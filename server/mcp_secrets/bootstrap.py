@@ -23,6 +23,7 @@ from mcp_secrets.crypto import (
     parse_master_key,
 )
 from mcp_secrets.errors import ConfigurationError, UnreadableRecordError
+from mcp_secrets.file_modes import others_may_read, others_may_write
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import SecretStore, open_store
 from mcp_secrets.store.sqlite import make_private_directories
@@ -82,7 +83,15 @@ def _read_key_file(path: Path, setting: str | None = None) -> list[bytes]:
             f"{named} is not text: it holds master keys written as base64, one a line "
             "(`mcp-secrets keygen` makes one)"
         ) from None
-    if os.name == "posix" and stat.S_IMODE(path.stat().st_mode) & 0o077:
+    mode = path.stat().st_mode
+    if others_may_write(mode):  # values stored from then on would be encrypted under a key they know
+        logger.warning(
+            "the master key file %s is writable by other users, who can put a key of theirs in it; "
+            "run: chmod 600 %s",
+            path,
+            path,
+        )
+    elif others_may_read(mode):
         logger.warning("the master key file %s is readable by other users; run: chmod 600 %s", path, path)
     return _parse_keys(text, named)
 

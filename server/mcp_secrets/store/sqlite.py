@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import stat
 import threading
 import time
 import weakref
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from mcp_secrets.errors import StoreUnavailableError, UnreadableRecordError
+from mcp_secrets.file_modes import others_may_read, others_may_write
 from mcp_secrets.store import (
     AuditEvent,
     FieldError,
@@ -439,7 +439,15 @@ def _create_private_file(path: Path) -> None:
     try:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
-        if os.name == "posix" and stat.S_IMODE(path.stat().st_mode) & 0o077:
+        mode = path.stat().st_mode
+        if others_may_write(mode):  # worse than reading: a row of theirs in api_tokens is a token of any user
+            logger.warning(
+                "the database file %s is writable by other users, who can add API tokens for any user "
+                "and change or delete records; run: chmod 600 %s",
+                path,
+                path,
+            )
+        elif others_may_read(mode):
             logger.warning(
                 "the database file %s is readable by other users (names and times, no values); "
                 "run: chmod 600 %s",
