@@ -553,6 +553,25 @@ def test_token_create_refuses_a_bad_username(env: dict[str, str]) -> None:
     assert done.stdout == ""
 
 
+def test_an_error_is_one_line_and_a_usage_errors_line_follows_the_commands_usage(
+    env: dict[str, str], canary: str
+) -> None:
+    # As the README's exit codes say: scripts read the last line of stderr as the error.
+    input_error = set_from_stdin(env, canary + "\n", "bad name", "TOKEN")
+    usage_error = mcp_secrets_cli(env, "token", "create", "alice", "--expires-days", "0")
+
+    assert input_error.returncode == usage_error.returncode == EXIT_CONFIGURATION
+    assert input_error.stderr.splitlines() == [
+        "mcp-secrets: error: server must be 1 to 128 characters of letters, digits, '_', '-' or '.'"
+    ]
+    *usage, error = usage_error.stderr.splitlines()
+    assert " ".join(" ".join(usage).split()) == (
+        "usage: mcp-secrets token create [-h] [--label TEXT] [--expires-days DAYS] USERNAME"
+    )
+    assert error.startswith("mcp-secrets token create: error: argument --expires-days: ")
+    assert canary not in input_error.stdout + input_error.stderr
+
+
 def test_serve_refuses_a_malformed_master_key_without_showing_it(env: dict[str, str]) -> None:
     malformed = f"short{_random.token_hex(4)}"
     env["MCP_SECRETS_MASTER_KEY"] = malformed

@@ -600,6 +600,7 @@ async def test_the_form_has_one_labelled_password_field_and_names_the_secret(
     assert ">Secret value</label>" in page.text
     for shown in (server, "API_TOKEN", "alice"):
         assert f"<dd>{shown}</dd>" in page.text
+    assert "<dt>For user</dt><dd>alice</dd>" in page.text  # the account, as the README quotes it
 
 
 async def test_the_form_uses_no_script_and_no_outside_resource(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets as _random
 import shutil
 import socket
@@ -127,6 +128,11 @@ def test_the_readme_curl_examples_work_and_keep_the_token_and_value_out_of_curls
     )
 
     assert done.returncode == 0, done.stderr
+    # What the README quotes each example answering, its `…` standing for a time.
+    quoted = [line[2:].split("  ")[0] for line in script.splitlines() if line.startswith("# {")]
+    answers = "".join('[^"]+'.join(map(re.escape, answer.split("…"))) for answer in quoted)
+    assert len(quoted) == 2
+    assert re.fullmatch(answers, done.stdout)
     assert f'{{"server":"{server}","key":"TOKEN","status":"created"}}' in done.stdout
     assert f'"username":"alice","keys":[{{"server":"{server}","key":"TOKEN",' in done.stdout
     arguments = (tmp_path / "argv").read_text()
