@@ -65,6 +65,7 @@ from mcp_types import (
 from conftest import assert_no_fragment_of, new_canary
 from mcp_secrets import gateway as gateway_module
 from mcp_secrets.app import build_server, missing_secrets_hint
+from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.gateway import Gateway, load_gateway_config
 from mcp_secrets.gateway import listen as listen_module
 from mcp_secrets.gateway import relay as relay_module
@@ -74,6 +75,7 @@ from mcp_secrets.gateway.redact import REDACT_INLINE_CHARS, Redactor
 from mcp_secrets.identity import LocalIdentity
 from mcp_secrets.logs import CLIENT_TRANSPORT_LOGGERS, PAYLOAD_LOGGERS, URL_LOGGERS
 from mcp_secrets.secrets import Secrets
+from mcp_secrets.store.sqlite import SQLiteStore
 
 from .conftest import (
     HTTP_TRANSPORTS,
@@ -2221,6 +2223,29 @@ async def test_a_secret_changed_in_process_closes_its_users_idle_connection_at_o
 
     assert live == 0
     assert (hash_of(before), hash_of(after)) == (sha256(first), sha256(second))
+
+
+@needs_proc
+async def test_a_secret_deleted_by_another_process_closes_the_downstream_holding_it_at_the_next_call(
+    sqlite_secrets: Secrets, encryptor: SecretEncryptor, tmp_path: Path, marker: str
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", new_canary())
+    # Another replica over the same database (or the CLI): its writes are not seen by this process.
+    replica_store = SQLiteStore(tmp_path / "secrets.db")
+    replica = Secrets(replica_store, encryptor)
+
+    async with running_gateway(sqlite_secrets, tmp_path, {"down": marked_entry(marker)}) as gw:
+        pid = await started_for(sqlite_secrets, gw, "alice", marker)
+        connection = connection_of(gw, "alice")
+        await anyio.to_thread.run_sync(replica.delete_secret, "alice", "down", "TOKEN")
+        unseen = not connection.dead and pid in processes_with(marker)
+        refused = await call(sqlite_secrets, gw, "alice", "token_hash")
+        await ended(pid, marker)
+    replica.close()
+    replica_store.close()
+
+    assert unseen
+    assert missing_keys(refused) == ["TOKEN"]
 
 
 @pytest.mark.parametrize("change", ["changed", "deleted"])
