@@ -3117,6 +3117,34 @@ async def test_over_http_a_secret_stored_elsewhere_than_the_tools_tells_only_its
     assert (untold(alices), untold(bobs)) == (0, 0)
 
 
+@needs_proc
+async def test_over_http_a_secret_deleted_by_the_rest_api_stops_its_users_idle_downstream_at_once(
+    tmp_path: Path, marker: str
+) -> None:
+    servers = tmp_path / "servers.json"
+    servers.write_text(json.dumps({"mcpServers": {"down": marked_entry(marker)}}), encoding="utf-8")
+    env = isolated_env(tmp_path)
+    value = new_canary()
+
+    with serving(env, "streamable-http", tmp_path / "server.log", "--servers", str(servers)) as deployment:
+        await store_over_mcp(deployment, "alice", "down", value)
+        async with deployment.connect("alice") as client:
+            hashed = hash_of(await client.call_tool("down__token_hash", {}))
+        [pid] = processes_with(marker)
+        async with httpx2.AsyncClient(trust_env=False, timeout=30) as http:
+            deleted = await http.post(
+                f"{deployment.base_url}/secrets/set",
+                json={"server": "down", "key": "TOKEN", "action": "delete"},
+                headers={"Authorization": f"Bearer {deployment.token('alice')}"},
+            )
+        await ended(pid, marker)
+
+    assert hashed == sha256(value)
+    assert deleted.status_code == 200, deleted.status_code
+    shown = deleted.text + deployment.log() + stdout_path(deployment.log_path).read_text(encoding="utf-8")
+    assert_no_fragment_of(value, shown)
+
+
 LISTEN_BOUND = 2
 
 
