@@ -2206,6 +2206,59 @@ async def test_a_call_running_as_its_users_secret_is_deleted_ends_with_its_answe
     assert_no_fragment_of(value, everything_in(result) + caplog.text)
 
 
+@needs_proc
+async def test_a_secret_deleted_after_a_call_read_it_stops_the_downstream_that_call_started_once_it_ends(
+    sqlite_secrets: Secrets,
+    tmp_path: Path,
+    marker: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    value = new_canary()
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", value)
+    entry = marked_entry(marker, DOWNSTREAM_HANDSHAKE_ONLY="1")
+    alice = User(answer="the answer")
+    alice.go_on = anyio.Event()
+    read, deleted = anyio.Event(), anyio.Event()
+    redactor_of = gateway_module._redactor_of
+
+    async def read_then_wait(values: dict[str, str]) -> Redactor:
+        # Between the call's read of the secrets and its start of a downstream with them.
+        read.set()
+        await deleted.wait()
+        return await redactor_of(values)
+
+    results: list[CallToolResult] = []
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": entry}) as gw,
+        connect(sqlite_secrets, gw, "alice", mode="legacy", **alice.options()) as client,
+    ):
+        await client.list_tools()  # as clients do: no listing after the call (see delete_alices_token)
+        monkeypatch.setattr(gateway_module, "_redactor_of", read_then_wait)
+
+        async def ask() -> None:
+            results.append(await client.call_tool("down__ask", {"question": "Which project?"}))
+
+        async with anyio.create_task_group() as calls:
+            calls.start_soon(ask)
+            with anyio.fail_after(STARTUP_SECONDS):
+                await read.wait()
+            await anyio.to_thread.run_sync(sqlite_secrets.delete_secret, "alice", "down", "TOKEN")
+            deleted.set()
+            with anyio.fail_after(STARTUP_SECONDS):
+                await alice.asking.wait()
+            [pid] = processes_with(marker)
+            alice.go_on.set()
+        # The call was made with what it read, and then nothing keeps the value deleted meanwhile.
+        await ended(pid, marker)
+
+        assert gw.pool.live == 0
+    [result] = results
+    assert not result.is_error, text_of(result)
+    assert_no_fragment_of(value, everything_in(result) + caplog.text)
+
+
 async def test_a_secret_changed_in_process_closes_its_users_idle_connection_at_once(
     sqlite_secrets: Secrets, gateway: Gateway
 ) -> None:

@@ -187,6 +187,9 @@ class Gateway:
         # The user's downstream holds the values of before, a deleted one too: it has no more use. The
         # next call starts one with what is stored then.
         self.pool.close_when_idle((username, server))
+        turn = self._call_turns.get((username, server))
+        if turn is not None:  # a call in it may have read the values of before, and not yet opened its own
+            turn.secret_changes += 1
         self.changes.changed(username)
 
     def _downstream_tools_changed(self, username: str, server: str) -> None:
@@ -393,11 +396,18 @@ class Gateway:
         # each call's log messages with it. Other users and servers run in parallel. The secrets are read
         # in the turn: a call that waited for another is made with what is stored as it starts, never with
         # a value changed or deleted while it waited.
-        async with (
-            self._turn((username, server.name), wait_seconds, server.name, listing=listing),
-            self._session_in_turn(username, server, ctx, purpose=purpose, offer_links=offer_links) as session,
-        ):
-            yield session
+        key = (username, server.name)
+        async with self._turn(key, wait_seconds, server.name, listing=listing):
+            turn = self._call_turns[key]
+            changes = turn.secret_changes
+            async with self._session_in_turn(
+                username, server, ctx, purpose=purpose, offer_links=offer_links
+            ) as session:
+                if turn.secret_changes != changes:
+                    # They changed after this call read them, before it held a connection to close: the one
+                    # it holds now has the values of before.
+                    session[0].close_after_call = True
+                yield session
 
     @asynccontextmanager
     async def _session_in_turn(

@@ -76,6 +76,9 @@ class Turn:
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     calls: int = 0
     listing: bool = False  # the holder is the gateway's listing of the key's tools, not a call
+    # The gateway's count of changes of the key's secrets while it is kept: a call that read them before
+    # one closes the connection it used once it ends.
+    secret_changes: int = 0
 
 
 class DownstreamPool:
