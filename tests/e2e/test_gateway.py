@@ -65,6 +65,7 @@ from mcp_types import (
 from conftest import assert_no_fragment_of, new_canary
 from mcp_secrets import gateway as gateway_module
 from mcp_secrets.app import build_server, missing_secrets_hint
+from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.gateway import Gateway, load_gateway_config
 from mcp_secrets.gateway import listen as listen_module
 from mcp_secrets.gateway import relay as relay_module
@@ -74,6 +75,7 @@ from mcp_secrets.gateway.redact import REDACT_INLINE_CHARS, Redactor
 from mcp_secrets.identity import LocalIdentity
 from mcp_secrets.logs import CLIENT_TRANSPORT_LOGGERS, PAYLOAD_LOGGERS, URL_LOGGERS
 from mcp_secrets.secrets import Secrets
+from mcp_secrets.store.sqlite import SQLiteStore
 
 from .conftest import (
     HTTP_TRANSPORTS,
@@ -2064,6 +2066,241 @@ async def test_a_deleted_secret_closes_the_connection_holding_it_at_the_next_cal
     assert gateway.pool.live == 0
 
 
+def marked_entry(marker: str, **env: str) -> dict[str, Any]:
+    """The stdio fixture downstream, marked by ``marker`` in its arguments, with ``env`` added."""
+    return {**STDIO_ENTRY, "args": [*STDIO_ENTRY["args"], marker], "env": {**STDIO_ENTRY["env"], **env}}
+
+
+async def started_for(secrets: Secrets, gateway: Gateway, username: str, marker: str) -> int:
+    """The process id of the downstream that a call of ``username``'s starts, left idle after it."""
+    before = set(processes_with(marker))
+    hash_of(await call(secrets, gateway, username, "token_hash"))
+    [pid] = set(processes_with(marker)) - before
+    return pid
+
+
+async def ended(pid: int, marker: str) -> None:
+    """Wait until the downstream ``pid`` has exited."""
+    with anyio.fail_after(CLOSE_SECONDS):
+        while pid in processes_with(marker):
+            await anyio.sleep(0.01)
+
+
+async def delete_alices_token(how: str, secrets: Secrets, gateway: Gateway) -> str:
+    """Delete alice's TOKEN of ``down`` in this process, ``how``; what a client was shown, if any."""
+    if how == "tool":
+        async with connect(secrets, gateway, "alice") as client:
+            # Listed first, as clients do: the SDK's client lists after a call of a tool it never listed,
+            # and a listing with the secret gone closes the downstream that held it, as a call does.
+            await client.list_tools()
+            deleted = await client.call_tool("delete_secret", {"server": "down", "key": "TOKEN"})
+        assert not deleted.is_error, text_of(deleted)
+        return everything_in(deleted)
+    delete = functools.partial(secrets.update_secret, "alice", "down", "TOKEN", action="delete")
+    if how == "worker-thread":
+        await anyio.to_thread.run_sync(delete)
+    else:  # on the event loop's thread, as a store that answers at once is written
+        delete()
+    return ""
+
+
+@needs_proc
+@pytest.mark.parametrize("how", ["tool", "worker-thread", "event-loop"])
+async def test_a_secret_deleted_in_process_stops_its_users_idle_downstream_at_once_and_no_other(
+    sqlite_secrets: Secrets, tmp_path: Path, marker: str, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    values = {username: new_canary() for username in ("alice", "bob")}
+    for username, value in values.items():
+        sqlite_secrets.set_secret(username, "down", "TOKEN", value)
+
+    async with running_gateway(sqlite_secrets, tmp_path, {"down": marked_entry(marker)}) as gw:
+        alices = await started_for(sqlite_secrets, gw, "alice", marker)
+        bobs = await started_for(sqlite_secrets, gw, "bob", marker)
+        alices_connection, bobs_connection = connection_of(gw, "alice"), connection_of(gw, "bob")
+        shown = await delete_alices_token(how, sqlite_secrets, gw)
+        # No call of alice's since, and far within the idle timeout: the process that held the value is gone.
+        await ended(alices, marker)
+        await wait_closed(alices_connection)
+        running = processes_with(marker)
+        again = await call(sqlite_secrets, gw, "bob", "token_hash")
+
+        assert set(gw.pool._connections) == {("bob", "down")}
+        assert connection_of(gw, "bob") is bobs_connection
+    assert running == [bobs]
+    assert hash_of(again) == sha256(values["bob"])
+    for value in values.values():
+        assert_no_fragment_of(value, shown + everything_in(again) + caplog.text)
+
+
+@needs_proc
+async def test_a_change_of_a_server_the_gateway_does_not_proxy_stops_no_downstream(
+    sqlite_secrets: Secrets, tmp_path: Path, marker: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    values = {username: new_canary() for username in ("alice", "bob")}
+    for username, value in values.items():
+        sqlite_secrets.set_secret(username, "down", "TOKEN", value)
+    elsewhere = new_canary()
+
+    async with running_gateway(sqlite_secrets, tmp_path, {"down": marked_entry(marker)}) as gw:
+        alices = await started_for(sqlite_secrets, gw, "alice", marker)
+        bobs = await started_for(sqlite_secrets, gw, "bob", marker)
+        alices_connection = connection_of(gw, "alice")
+        sqlite_secrets.set_secret("alice", "elsewhere", "TOKEN", elsewhere)
+        await anyio.to_thread.run_sync(sqlite_secrets.delete_secret, "alice", "elsewhere", "TOKEN")
+        # bob's deletion comes after alice's changes: once it has stopped his downstream, a stop of hers
+        # that they caused would have come too.
+        await anyio.to_thread.run_sync(sqlite_secrets.delete_secret, "bob", "down", "TOKEN")
+        await ended(bobs, marker)
+        running = processes_with(marker)
+        again = await call(sqlite_secrets, gw, "alice", "token_hash")
+
+        assert connection_of(gw, "alice") is alices_connection
+    assert running == [alices]
+    assert hash_of(again) == sha256(values["alice"])
+    for value in (*values.values(), elsewhere):
+        assert_no_fragment_of(value, everything_in(again) + caplog.text)
+
+
+@needs_proc
+async def test_a_call_running_as_its_users_secret_is_deleted_ends_with_its_answer_and_then_its_downstream(
+    sqlite_secrets: Secrets, tmp_path: Path, marker: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    value = new_canary()
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", value)
+    # The downstream asks alice in the middle of its call, which runs until she answers.
+    entry = marked_entry(marker, DOWNSTREAM_HANDSHAKE_ONLY="1")
+    alice = User(answer="the answer")
+    alice.go_on = anyio.Event()
+    results: list[CallToolResult] = []
+
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": entry}) as gw,
+        connect(sqlite_secrets, gw, "alice", mode="legacy", **alice.options()) as client,
+    ):
+        await client.list_tools()  # as clients do: no listing after the call (see delete_alices_token)
+
+        async def ask() -> None:
+            results.append(await client.call_tool("down__ask", {"question": "Which project?"}))
+
+        async with anyio.create_task_group() as calls:
+            calls.start_soon(ask)
+            with anyio.fail_after(STARTUP_SECONDS):
+                await alice.asking.wait()
+            [pid] = processes_with(marker)
+            connection = connection_of(gw, "alice")
+            await anyio.to_thread.run_sync(sqlite_secrets.delete_secret, "alice", "down", "TOKEN")
+            cut = connection.dead
+            alice.go_on.set()
+        # Once the call has ended, the downstream holding the deleted value stops without a next call.
+        await ended(pid, marker)
+        await wait_closed(connection)
+
+        assert gw.pool.live == 0
+    [result] = results
+    assert not cut
+    assert not result.is_error, text_of(result)
+    assert text_of(result) == f"accept: the answer ({sha256('the answer')})"
+    assert_no_fragment_of(value, everything_in(result) + caplog.text)
+
+
+@needs_proc
+async def test_a_secret_deleted_after_a_call_read_it_stops_the_downstream_that_call_started_once_it_ends(
+    sqlite_secrets: Secrets,
+    tmp_path: Path,
+    marker: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    value = new_canary()
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", value)
+    entry = marked_entry(marker, DOWNSTREAM_HANDSHAKE_ONLY="1")
+    alice = User(answer="the answer")
+    alice.go_on = anyio.Event()
+    read, deleted = anyio.Event(), anyio.Event()
+    redactor_of = gateway_module._redactor_of
+
+    async def read_then_wait(values: dict[str, str]) -> Redactor:
+        # Between the call's read of the secrets and its start of a downstream with them.
+        read.set()
+        await deleted.wait()
+        return await redactor_of(values)
+
+    results: list[CallToolResult] = []
+    async with (
+        running_gateway(sqlite_secrets, tmp_path, {"down": entry}) as gw,
+        connect(sqlite_secrets, gw, "alice", mode="legacy", **alice.options()) as client,
+    ):
+        await client.list_tools()  # as clients do: no listing after the call (see delete_alices_token)
+        monkeypatch.setattr(gateway_module, "_redactor_of", read_then_wait)
+
+        async def ask() -> None:
+            results.append(await client.call_tool("down__ask", {"question": "Which project?"}))
+
+        async with anyio.create_task_group() as calls:
+            calls.start_soon(ask)
+            with anyio.fail_after(STARTUP_SECONDS):
+                await read.wait()
+            await anyio.to_thread.run_sync(sqlite_secrets.delete_secret, "alice", "down", "TOKEN")
+            deleted.set()
+            with anyio.fail_after(STARTUP_SECONDS):
+                await alice.asking.wait()
+            [pid] = processes_with(marker)
+            alice.go_on.set()
+        # The call was made with what it read, and then nothing keeps the value deleted meanwhile.
+        await ended(pid, marker)
+
+        assert gw.pool.live == 0
+    [result] = results
+    assert not result.is_error, text_of(result)
+    assert_no_fragment_of(value, everything_in(result) + caplog.text)
+
+
+async def test_a_secret_changed_in_process_closes_its_users_idle_connection_at_once(
+    sqlite_secrets: Secrets, gateway: Gateway
+) -> None:
+    first, second = fresh_value("first"), fresh_value("second")
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", first)
+
+    async with connect(sqlite_secrets, gateway, "alice") as client:
+        before = await client.call_tool("down__token_hash", {})
+        old = connection_of(gateway, "alice")
+        await anyio.to_thread.run_sync(sqlite_secrets.set_secret, "alice", "down", "TOKEN", second)
+        # Its process or HTTP connection, with the value of before in its environment or headers, is gone.
+        await wait_closed(old)
+        live = gateway.pool.live
+        after = await client.call_tool("down__token_hash", {})
+
+    assert live == 0
+    assert (hash_of(before), hash_of(after)) == (sha256(first), sha256(second))
+
+
+@needs_proc
+async def test_a_secret_deleted_by_another_process_closes_the_downstream_holding_it_at_the_next_call(
+    sqlite_secrets: Secrets, encryptor: SecretEncryptor, tmp_path: Path, marker: str
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", new_canary())
+    # Another replica over the same database (or the CLI): its writes are not seen by this process.
+    replica_store = SQLiteStore(tmp_path / "secrets.db")
+    replica = Secrets(replica_store, encryptor)
+
+    async with running_gateway(sqlite_secrets, tmp_path, {"down": marked_entry(marker)}) as gw:
+        pid = await started_for(sqlite_secrets, gw, "alice", marker)
+        connection = connection_of(gw, "alice")
+        await anyio.to_thread.run_sync(replica.delete_secret, "alice", "down", "TOKEN")
+        unseen = not connection.dead and pid in processes_with(marker)
+        refused = await call(sqlite_secrets, gw, "alice", "token_hash")
+        await ended(pid, marker)
+    replica.close()
+    replica_store.close()
+
+    assert unseen
+    assert missing_keys(refused) == ["TOKEN"]
+
+
 @pytest.mark.parametrize("change", ["changed", "deleted"])
 async def test_a_call_that_waited_for_the_users_call_before_it_is_made_with_what_is_stored_as_it_starts(
     sqlite_secrets: Secrets, tmp_path: Path, change: str
@@ -2931,6 +3168,34 @@ async def test_over_http_a_secret_stored_elsewhere_than_the_tools_tells_only_its
         await told_of_a_change(alices)
 
     assert (untold(alices), untold(bobs)) == (0, 0)
+
+
+@needs_proc
+async def test_over_http_a_secret_deleted_by_the_rest_api_stops_its_users_idle_downstream_at_once(
+    tmp_path: Path, marker: str
+) -> None:
+    servers = tmp_path / "servers.json"
+    servers.write_text(json.dumps({"mcpServers": {"down": marked_entry(marker)}}), encoding="utf-8")
+    env = isolated_env(tmp_path)
+    value = new_canary()
+
+    with serving(env, "streamable-http", tmp_path / "server.log", "--servers", str(servers)) as deployment:
+        await store_over_mcp(deployment, "alice", "down", value)
+        async with deployment.connect("alice") as client:
+            hashed = hash_of(await client.call_tool("down__token_hash", {}))
+        [pid] = processes_with(marker)
+        async with httpx2.AsyncClient(trust_env=False, timeout=30) as http:
+            deleted = await http.post(
+                f"{deployment.base_url}/secrets/set",
+                json={"server": "down", "key": "TOKEN", "action": "delete"},
+                headers={"Authorization": f"Bearer {deployment.token('alice')}"},
+            )
+        await ended(pid, marker)
+
+    assert hashed == sha256(value)
+    assert deleted.status_code == 200, deleted.status_code
+    shown = deleted.text + deployment.log() + stdout_path(deployment.log_path).read_text(encoding="utf-8")
+    assert_no_fragment_of(value, shown)
 
 
 LISTEN_BOUND = 2

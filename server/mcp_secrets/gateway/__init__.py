@@ -57,6 +57,7 @@ from mcp_secrets.gateway.config import (
 )
 from mcp_secrets.gateway.describe import describe
 from mcp_secrets.gateway.listen import listening_for_tool_changes
+from mcp_secrets.gateway.loop import LoopEntry
 from mcp_secrets.gateway.pool import Connection, DownstreamPool, GatewayBusyError, StartTimeoutError, Turn
 from mcp_secrets.gateway.redact import (
     BUILD_INLINE_CHARS,
@@ -165,11 +166,12 @@ class Gateway:
         self._via = via
         # A user's tools follow that user's secrets: a change of them is told to that user's clients.
         self.changes = ToolListChanges(ApiTokens(secrets.store))
+        self._loop = LoopEntry()  # the way in from the threads that write secrets
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
         """Run the connection pool, and tell clients of changes; every downstream is closed on exit."""
-        async with self.pool.running(), self.changes.running():
+        async with self.pool.running(), self.changes.running(), self._loop.running():
             stop_watching = self.secrets.on_change(self._secrets_changed)
             try:
                 yield self
@@ -177,8 +179,18 @@ class Gateway:
                 stop_watching()
 
     def _secrets_changed(self, username: str, server: str) -> None:
-        if server in self.config.servers:  # the secrets of any other server change no tool
-            self.changes.changed(username)
+        """Called on the thread that wrote: the pool is the event loop's alone."""
+        if server in self.config.servers:  # the secrets of any other server are in no downstream
+            self._loop.call(functools.partial(self._close_and_tell, username, server))
+
+    def _close_and_tell(self, username: str, server: str) -> None:
+        # The user's downstream holds the values of before, a deleted one too: it has no more use. The
+        # next call starts one with what is stored then.
+        self.pool.close_when_idle((username, server))
+        turn = self._call_turns.get((username, server))
+        if turn is not None:  # a call in it may have read the values of before, and not yet opened its own
+            turn.secret_changes += 1
+        self.changes.changed(username)
 
     def _downstream_tools_changed(self, username: str, server: str) -> None:
         """``username``'s connection to ``server`` says its tools changed: tell that user's clients."""
@@ -384,11 +396,18 @@ class Gateway:
         # each call's log messages with it. Other users and servers run in parallel. The secrets are read
         # in the turn: a call that waited for another is made with what is stored as it starts, never with
         # a value changed or deleted while it waited.
-        async with (
-            self._turn((username, server.name), wait_seconds, server.name, listing=listing),
-            self._session_in_turn(username, server, ctx, purpose=purpose, offer_links=offer_links) as session,
-        ):
-            yield session
+        key = (username, server.name)
+        async with self._turn(key, wait_seconds, server.name, listing=listing):
+            turn = self._call_turns[key]
+            changes = turn.secret_changes
+            async with self._session_in_turn(
+                username, server, ctx, purpose=purpose, offer_links=offer_links
+            ) as session:
+                if turn.secret_changes != changes:
+                    # They changed after this call read them, before it held a connection to close: the one
+                    # it holds now has the values of before.
+                    session[0].close_after_call = True
+                yield session
 
     @asynccontextmanager
     async def _session_in_turn(

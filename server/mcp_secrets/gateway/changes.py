@@ -9,8 +9,8 @@ connected with an API token revoked (or expired) since is no longer told: it is 
 
 from __future__ import annotations
 
+import functools
 import logging
-import threading
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,11 +19,11 @@ from contextvars import ContextVar
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
-from anyio.from_thread import BlockingPortal
 from mcp.server.auth.middleware.bearer_auth import AuthorizationContext
 from mcp.server.connection import Connection
 from mcp.shared.subscriptions import ServerEvent, ToolsListChanged
 
+from mcp_secrets.gateway.loop import LoopEntry
 from mcp_secrets.session_quota import token_check
 from mcp_secrets.tokens import ApiTokens
 
@@ -101,8 +101,7 @@ class ToolListChanges:
         # Handshake-era connections that listed tools, and whose they are; an ended one drops out.
         self._connections: weakref.WeakKeyDictionary[Connection, Caller] = weakref.WeakKeyDictionary()
         self._task_group: TaskGroup | None = None
-        self._portal: BlockingPortal | None = None  # the way in from the threads that write secrets
-        self._loop_thread: int | None = None
+        self._loop = LoopEntry()  # the way in from the threads that write secrets
         # Users whose clients are being told, and those of them with a change since that round began: a
         # notice only says "list again", so one more round after it tells of all those changes.
         self._telling: set[str] = set()
@@ -111,9 +110,7 @@ class ToolListChanges:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Send notifications while inside; ``changed`` does nothing outside."""
-        async with BlockingPortal() as portal, anyio.create_task_group() as task_group:
-            self._portal = portal
-            self._loop_thread = threading.get_ident()
+        async with self._loop.running(), anyio.create_task_group() as task_group:
             self._task_group = task_group
             try:
                 yield
@@ -127,16 +124,8 @@ class ToolListChanges:
 
     def changed(self, username: str) -> None:
         """Tell ``username``'s clients that their tools may have changed; from any thread, never raises."""
-        portal = self._portal
-        if self._task_group is None or portal is None:
-            return
-        if threading.get_ident() == self._loop_thread:
-            self._notify_soon(username)
-            return
-        try:
-            portal.call(self._notify_soon, username)
-        except RuntimeError:  # the portal stopped meanwhile: nobody is left to tell
-            logger.debug("tool list change not sent: the server is stopping")
+        if self._task_group is not None:
+            self._loop.call(functools.partial(self._notify_soon, username))
 
     def _notify_soon(self, username: str) -> None:
         task_group = self._task_group

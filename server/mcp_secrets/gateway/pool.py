@@ -4,9 +4,11 @@ Each connection runs in its own task of the pool's task group, so the SDK
 client's context managers open and close in one task. Idle connections are
 closed after ``idle_seconds``; at ``max_live`` the least recently used idle one
 makes room. A connection whose process died or whose secrets changed is
-replaced on the next call. One being closed counts against ``max_live`` until its
-downstream has stopped: a downstream may take seconds to stop (one that ignores
-the end of its stdin waits for a signal), and each holds its user's secrets.
+replaced on the next call; ``close_when_idle`` closes one whose secrets the
+gateway saw change without waiting for that call. One being closed counts
+against ``max_live`` until its downstream has stopped: a downstream may take
+seconds to stop (one that ignores the end of its stdin waits for a signal), and
+each holds its user's secrets.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class Connection:
     # Why the downstream's connection ended, when the gateway ended it (a message over the bound): a call
     # that fails on it says so rather than "Connection closed". Never anything of what was sent.
     fault: str | None = None
+    # Its user's secrets changed while a call used it, or while it started: it holds the values of before.
+    close_after_call: bool = False
 
 
 @dataclass(eq=False)
@@ -72,6 +76,9 @@ class Turn:
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     calls: int = 0
     listing: bool = False  # the holder is the gateway's listing of the key's tools, not a call
+    # The gateway's count of changes of the key's secrets while it is kept: a call that read them before
+    # one closes the connection it used once it ends.
+    secret_changes: int = 0
 
 
 class DownstreamPool:
@@ -122,6 +129,8 @@ class DownstreamPool:
         finally:
             connection.active_calls -= 1
             connection.last_used = anyio.current_time()
+            if connection.close_after_call and not connection.active_calls:
+                self.discard(connection)
 
     async def close_all(self) -> None:
         """Close every connection now, live or starting, and wait until each downstream has stopped.
@@ -153,6 +162,21 @@ class DownstreamPool:
         connection = self._connections.get(key)
         if connection is not None and connection.active_calls == 0:
             self.discard(connection)
+
+    def close_when_idle(self, key: PoolKey) -> None:
+        """Close the connection of ``key`` now if no call is using it, else once its calls end.
+
+        One still starting is closed once the call that starts it ends.
+        """
+        connection = self._connections.get(key)
+        if connection is not None:
+            if connection.active_calls:
+                connection.close_after_call = True  # a running call is not cut
+            else:
+                self.discard(connection)
+        for starting in self._starting:
+            if starting.key == key:
+                starting.close_after_call = True
 
     async def _acquire(self, key: PoolKey, fingerprint: str, opener: Opener) -> Connection:
         task_group = self._task_group
