@@ -720,6 +720,60 @@ def test_serve_over_http_names_an_option_that_makes_no_url(
     assert "Traceback" not in done.stderr
 
 
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param(("--public-url", "secrets.example.com"), id="public-url"),
+        pytest.param(("--host", "bad host"), id="host"),
+        pytest.param(
+            ("--jwks-url", "https://id.example.com/jwks", "--issuer", "id.example.com", "--audience", "a"),
+            id="issuer",
+        ),
+        pytest.param(("--jwks-url", "https://id.example.com/jwks"), id="jwks-url-alone"),
+        pytest.param(("--issuer", "https://id.example.com"), id="issuer-without-jwks-url"),
+    ],
+)
+def test_a_first_start_refused_for_an_option_makes_no_master_key_and_no_store(
+    env: dict[str, str], options: tuple[str, ...]
+) -> None:
+    """A refused option is corrected and the start run again: it must not leave a key file behind,
+    said to be the one to back up, nor a store, before the start that counts."""
+    del env["MCP_SECRETS_MASTER_KEY"]
+
+    done = mcp_secrets_cli(env, "serve", "--transport", "streamable-http", *options)
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert "mcp-secrets: error: " in done.stderr
+    assert "generated" not in done.stderr
+    assert not Path(env["MCP_SECRETS_CONFIG_DIR"], "master.key").exists()
+    assert not Path(env["MCP_SECRETS_DATA_DIR"], "secrets.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("given", "named"),
+    [
+        pytest.param(("--issuer", "https://id.example.com"), "--issuer", id="issuer"),
+        pytest.param(("--audience", "secrets"), "--audience", id="audience"),
+        pytest.param({"MCP_SECRETS_ISSUER": "https://id.example.com"}, "MCP_SECRETS_ISSUER", id="env-issuer"),
+        pytest.param({"MCP_SECRETS_AUDIENCE": "secrets"}, "MCP_SECRETS_AUDIENCE", id="env-audience"),
+    ],
+)
+def test_serve_over_http_refuses_a_jwt_setting_without_a_jwks_url_rather_than_ignore_it(
+    env: dict[str, str], given: tuple[str, ...] | dict[str, str], named: str
+) -> None:
+    """Without a JWKS URL no JWT is accepted: a server started so would refuse every JWT the user meant
+    to let in, its summary saying only "bearer API tokens"."""
+    options = given if isinstance(given, tuple) else ()
+    if isinstance(given, dict):
+        env.update(given)
+
+    done = mcp_secrets_cli(env, "serve", "--transport", "streamable-http", *options)
+
+    assert done.returncode == EXIT_CONFIGURATION
+    assert f"mcp-secrets: error: {named} is only used with " in done.stderr
+    assert "Traceback" not in done.stderr
+
 @pytest.mark.parametrize(
     ("environment", "named"),
     [
@@ -1031,13 +1085,18 @@ def test_a_first_set_for_a_login_name_that_is_no_username_makes_no_key(env: dict
 
 
 def test_a_first_serve_that_stops_after_making_the_key_still_says_to_back_it_up(env: dict[str, str]) -> None:
+    """A port in use stops a start only once it listens, after the key is made (a bad option, before)."""
     del env["MCP_SECRETS_MASTER_KEY"]
     key_file = Path(env["MCP_SECRETS_CONFIG_DIR"]) / "master.key"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
 
-    done = mcp_secrets_cli(env, "serve", "--transport", "streamable-http", "--public-url", "example.com")
+        done = mcp_secrets_cli(env, "serve", "--transport", "streamable-http", "--port", port)
 
-    assert done.returncode == EXIT_CONFIGURATION
-    assert "mcp-secrets: error: --public-url " in done.stderr
+    assert done.returncode == UVICORN_STARTUP_FAILURE
+    assert f"could not serve on 127.0.0.1 port {port}" in done.stderr
     assert key_file.exists()
     assert f"master key: key file {key_file} (generated now)" in done.stderr
     assert "A new master key was generated. Back up that file" in done.stderr

@@ -93,15 +93,17 @@ def _say_if_generated(keys: MasterKeys) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    settings, store = _open(args, create=True)
+    settings = _prepared(args)
+    # Imported only here: the SDK and the web stack take most of a start, and no other command needs them.
+    from mcp_secrets.serving import check_settings, run_server  # noqa: PLC0415
+
+    check_settings(settings)
+    store = open_configured_store(settings, create=True)
     store.ping()
     secrets, keys = build_secrets(settings, store, generate_key=True)
-    # Said at once: a start that fails later (a bad option, the port in use) would hide it for good.
+    # Said at once: a start that fails later (the port in use) would hide it for good.
     _say_if_generated(keys)
     try:
-        # Imported only here: the SDK and the web stack take most of a start, and no other command needs them.
-        from mcp_secrets.serving import run_server  # noqa: PLC0415
-
         run_server(settings, store, secrets, keys, lambda: _close(store, secrets))
     finally:
         _close(store, secrets)

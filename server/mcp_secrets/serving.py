@@ -34,7 +34,15 @@ from mcp_secrets.logs import say
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import SecretStore
 from mcp_secrets.tokens import ApiTokens, NewToken
-from mcp_secrets.web import auth_settings, base_url, endpoint_url, http_app, serve_http, token_verifier
+from mcp_secrets.web import (
+    auth_settings,
+    base_url,
+    check_http_settings,
+    endpoint_url,
+    http_app,
+    serve_http,
+    token_verifier,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -102,6 +110,20 @@ def _summary(settings: Settings, keys: MasterKeys, username: str | None, gateway
             )
     if gateway is not None:
         say(f"  gateway:    {', '.join(gateway.config.servers) or 'no servers'} from {gateway.config.path}")
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse the settings this start would stop on, before it makes anything: a store, a master key file.
+
+    A refused start is corrected and run again; a key file made by it would be announced as the one to
+    back up, by a start that served nothing.
+    """
+    if settings.transport == "stdio":
+        local_username(settings.user)
+    else:
+        check_http_settings(settings)
+    if settings.servers is not None:
+        load_gateway_config(settings.servers)
 
 
 def run_server(

@@ -120,11 +120,28 @@ def _named(url: str) -> tuple[list[str], str]:
     return [f"{host}:{port}"], f"{parts.scheme}://{host}:{port}"
 
 
-def token_verifier(settings: Settings, tokens: ApiTokens) -> TokenVerifier:
-    """API tokens always; JWTs of an OIDC provider too when ``--jwks-url`` is set."""
-    api_tokens = ApiTokenVerifier(tokens)
+def check_http_settings(settings: Settings) -> None:
+    """Refuse the settings an HTTP start would stop on, before the start makes anything (a store, a key).
+
+    Raises:
+        ConfigurationError: naming the option or variable to correct.
+
+    """
+    _check_jwt_settings(settings)
+    auth_settings(settings)
+
+
+def _check_jwt_settings(settings: Settings) -> None:
     if not settings.jwks_url:
-        return api_tokens
+        # No JWT is accepted without keys to check it by: a server started anyway would refuse every JWT
+        # its user meant to let in.
+        for setting in ("issuer", "audience"):
+            if getattr(settings, setting):
+                raise ConfigurationError(
+                    f"{settings.named(setting)} is only used with a JWKS URL to check JWTs by: "
+                    "--jwks-url or MCP_SECRETS_JWKS_URL"
+                )
+        return
     if not settings.issuer or not settings.audience:
         raise ConfigurationError(
             f"{settings.named('jwks_url')} needs an issuer and an audience too: --issuer and --audience, "
@@ -137,6 +154,14 @@ def token_verifier(settings: Settings, tokens: ApiTokens) -> TokenVerifier:
         scheme = ""
     if scheme not in ("http", "https"):
         raise ConfigurationError(f"{settings.named('jwks_url')} must be an http:// or https:// URL")
+
+
+def token_verifier(settings: Settings, tokens: ApiTokens) -> TokenVerifier:
+    """API tokens always; JWTs of an OIDC provider too when ``--jwks-url`` is set."""
+    _check_jwt_settings(settings)
+    api_tokens = ApiTokenVerifier(tokens)
+    if not settings.jwks_url or not settings.issuer or not settings.audience:
+        return api_tokens
     jwts = JwtVerifier(
         settings.jwks_url,
         issuer=settings.issuer,
