@@ -720,7 +720,6 @@ def test_serve_over_http_names_an_option_that_makes_no_url(
     assert "Traceback" not in done.stderr
 
 
-
 @pytest.mark.parametrize(
     "options",
     [
@@ -773,6 +772,7 @@ def test_serve_over_http_refuses_a_jwt_setting_without_a_jwks_url_rather_than_ig
     assert done.returncode == EXIT_CONFIGURATION
     assert f"mcp-secrets: error: {named} is only used with " in done.stderr
     assert "Traceback" not in done.stderr
+
 
 @pytest.mark.parametrize(
     ("environment", "named"),
@@ -1559,7 +1559,7 @@ def test_a_secret_setting_that_is_not_utf8_is_named_without_a_traceback_or_its_b
     )
 
     assert done.returncode == EXIT_CONFIGURATION, done.stderr
-    assert f"({setting}): Value error, it is not UTF-8 text".encode() in done.stderr
+    assert f"({setting}): it is not UTF-8 text".encode() in done.stderr
     assert b"Traceback" not in done.stderr
     for output in (done.stdout, done.stderr):
         assert canary.encode() not in output
@@ -1662,7 +1662,7 @@ def test_a_master_key_given_as_the_key_files_path_is_refused_without_quoting_it(
     done = mcp_secrets_cli(env, "serve")
 
     assert done.returncode == EXIT_CONFIGURATION, done.stderr
-    assert "(MCP_SECRETS_MASTER_KEY_FILE): Value error, it holds a master key, not the path" in done.stderr
+    assert "(MCP_SECRETS_MASTER_KEY_FILE): it holds a master key, not the path" in done.stderr
     for output in (done.stdout, done.stderr):
         assert_no_fragment_of(master_key, output)
 
@@ -2039,7 +2039,7 @@ def test_a_database_url_given_as_a_directory_is_refused_without_quoting_its_pass
     done = mcp_secrets_cli(env, "serve", cwd=tmp_path)
 
     assert done.returncode == EXIT_CONFIGURATION, done.stderr
-    assert f"({setting}): Value error, it is a URL, not a path" in done.stderr
+    assert f"({setting}): it is a URL, not a path" in done.stderr
     for output in (done.stdout, done.stderr):
         assert password not in output
     assert not any(password in str(path) for path in tmp_path.rglob("*"))

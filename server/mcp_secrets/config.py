@@ -319,7 +319,11 @@ def load_settings(*, given_as: Mapping[str, str] | None = None, **overrides: obj
         problems = []
         for error in exc.errors():
             setting = str(error["loc"][0])
-            problems.append(f"{setting} ({_named(setting, given_as)}): {error['msg']}")
+            # A validator's own message, without the "Value error, " pydantic puts before it.
+            message = (
+                error["msg"].removeprefix("Value error, ") if error["type"] == "value_error" else error["msg"]
+            )
+            problems.append(f"{setting} ({_named(setting, given_as)}): {message}")
         raise ConfigurationError(f"invalid setting: {'; '.join(problems)}") from None
     settings._given_as = given_as  # noqa: SLF001 - set by the one function that knows it
     return settings
