@@ -167,7 +167,10 @@ def run_server(
     app = http_app(mcp, settings, secrets, links)
     _summary(settings, keys, None, gateway)
     if not settings.jwks_url:
-        first = tokens.create_first(local_username(settings.user), label="first run")
+        # Recorded as made by this server, over its transport: no command made it.
+        first = ApiTokens(store, via=settings.transport).create_first(
+            local_username(settings.user), label="first run"
+        )
         if first is not None:
             _print_first_token(first, settings)
     try:

@@ -40,6 +40,7 @@ from .conftest import (
     create_token,
     isolated_env,
     legacy_sse_messages_path,
+    run_cli,
     with_ctrl_c,
 )
 
@@ -973,6 +974,13 @@ async def test_first_http_run_makes_a_private_key_file_and_shows_one_token_once(
     assert f"master key: key file {key_file} (generated now)" in first_log
     assert (tmp_path / "first.stdout").read_text() == ""
     assert not TOKEN.search(second_log)
+    # Made by the server at its start, not by the token command: the trail says which.
+    audit = run_cli(env, "audit", "--json")
+    assert audit.returncode == 0, audit.stderr
+    created = [json.loads(line) for line in audit.stdout.splitlines()]
+    assert [(e["actor"], e["action"], e["transport"]) for e in created] == [
+        ("alice", "token-created", transport)
+    ]
     assert f"master key: key file {key_file}\n" in second_log
 
 
