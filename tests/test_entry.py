@@ -520,6 +520,16 @@ def test_cancel_uses_a_live_link_up_without_storing(
     assert secrets.list_secret_keys("alice") == []
 
 
+def test_a_declined_links_value_will_never_come_even_just_after_the_no(
+    links: EntryLinks, link: EntryLink
+) -> None:
+    # Not "storing" for the next ten seconds, as a page's claim is: nothing is writing a value for it.
+    links.cancel(link.token)
+
+    assert links.claim_outcome(link.token) == "gone"
+    assert links.submission(link.token) == "gone"
+
+
 def test_cancel_leaves_unknown_used_and_expired_links_as_they_are(
     links: EntryLinks, secrets: Secrets, clock: FakeClock
 ) -> None:
@@ -877,6 +887,40 @@ async def second_round(
         input_responses={ENTRY_REQUEST: ElicitResult(action="accept")},
         request_state=asked.request_state,
     )
+
+
+def alices_entry_client(links: EntryLinks, wait_seconds: float = 5.0) -> Client:
+    """An in-process client of protocol 2026-07-28 acting as alice, whose answers the test sends itself."""
+    entry = EntrySettings(links=links, base_url=BASE_URL, wait_seconds=wait_seconds)
+    server = build_server(links.secrets, LocalIdentity("alice"), entry=entry)
+    return Client(server, elicitation_callback=Elicitor(links, "accept"))  # declares URL elicitation
+
+
+@pytest.mark.anyio
+async def test_a_round_trip_sent_again_with_accept_after_the_user_declined_says_nothing_is_stored(
+    sqlite_secrets: Secrets,
+) -> None:
+    # The client sends the answered round again, same requestState, now accepting: the no used the link up.
+    links = EntryLinks(sqlite_secrets)
+    arguments = {"server": "github", "key": "TOKEN"}
+    async with alices_entry_client(links, wait_seconds=0) as alice:
+        asked, token = await first_round(alice, arguments)
+        declined = await alice.call_tool(
+            "request_secret",
+            arguments,
+            input_responses={ENTRY_REQUEST: ElicitResult(action="decline")},
+            request_state=asked.request_state,
+        )
+        again = await second_round(alice, arguments, asked)
+
+    assert declined.structured_content is not None
+    assert declined.structured_content["status"] == "declined"
+    assert again.structured_content is not None
+    assert again.structured_content["status"] == "declined", text_of(again)
+    assert "stays valid" not in text_of(again)
+    assert "request_secret again" in text_of(again)
+    assert links.state(token) == "used"
+    assert sqlite_secrets.list_secret_keys("alice") == []
 
 
 @pytest.mark.anyio

@@ -488,6 +488,13 @@ async def _entry_outcome(
                 elicitation_id, ctx.request_context.request_id
             )
         return _result(stored_text, SecretRequest(server=record.server, key=record.key, status="stored"))
+    if submission == "gone" and await _run(lambda: entry.links.state(link.token)) == "used":
+        # Declined in an earlier answer of this round trip, which the client sends again accepting.
+        text = (
+            f"The entry link for {record.key} ({record.server}) was declined and is used up; nothing was "
+            "stored. Call request_secret again for a new link."
+        )
+        return _result(text, SecretRequest(server=record.server, key=record.key, status="declined"))
     if submission == "gone":  # the link expired during the wait: only a wait longer than its life
         text = (
             f"The entry link for {record.key} ({record.server}) expired before a value was entered; "

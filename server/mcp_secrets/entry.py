@@ -38,6 +38,8 @@ LinkState = Literal["live", "used", "expired", "unknown"]
 Submission = Literal["waiting", "stored", "gone"]
 # What became of a link a submission claimed: "storing" until its value is in (or the link is given back).
 ClaimOutcome = Literal["live", "storing", "stored", "gone"]
+# What a declined link's claim keeps in place of a form's hash: no SHA-256, so no form's, and no value comes.
+_DECLINED = "declined"
 
 
 def _utcnow() -> datetime:
@@ -224,7 +226,7 @@ class EntryLinks:
         """Use a link up without storing anything (the user declined)."""
         record, state = self.find(token)
         if record is not None and state == "live":
-            self.secrets.store.claim_link(record.link_hash, self._clock(), _new_claim_id())
+            self.secrets.store.claim_link(record.link_hash, self._clock(), _new_claim_id(), form=_DECLINED)
 
     def submission(self, token: str) -> Submission:
         """Whether the value of the link of ``token`` is stored, may still come, or never will.
@@ -241,8 +243,8 @@ class EntryLinks:
     def claim_outcome(self, token: str, *, stale_after: timedelta | None = None) -> ClaimOutcome:
         """What became of the link of ``token``: live, claimed with its value not in yet, stored, or gone.
 
-        "storing" is also what a link used up without a value (declined) stays, as is one whose claimer
-        died; with ``stale_after``, a claim older than that is taken for one of those, and is "gone".
+        A link declined (``cancel``) is "gone" at once. "storing" is also what a link whose claimer died
+        stays; with ``stale_after``, a claim older than that is taken for one, and is "gone".
         """
         record, state = self.find(token)
         if record is None or state in ("expired", "unknown"):
@@ -252,6 +254,8 @@ class EntryLinks:
         for stored in self.secrets.store.find_secrets(record.username, record.server):
             if stored.key == record.key and stored.updated_at >= record.used_at:
                 return "stored"
+        if record.claimed_by == _DECLINED:
+            return "gone"
         if stale_after is not None and record.used_at <= self._clock() - stale_after:
             return "gone"
         return "storing"
