@@ -25,7 +25,15 @@ from mcp import Client
 from mcp.server import request_state
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
-from mcp_types import CallToolResult, ElicitRequest, ElicitRequestURLParams, ElicitResult, InputRequiredResult
+from mcp_types import (
+    CallToolResult,
+    CreateMessageResult,
+    ElicitRequest,
+    ElicitRequestURLParams,
+    ElicitResult,
+    InputRequiredResult,
+    TextContent,
+)
 
 from conftest import assert_not_leaked, isolated_env, new_canary, text_of
 from mcp_secrets.app import ENTRY_REQUEST, GATEWAY_LINKS, EntrySettings, build_server, missing_secrets_hint
@@ -921,6 +929,47 @@ async def test_a_round_trip_sent_again_with_accept_after_the_user_declined_says_
     assert "request_secret again" in text_of(again)
     assert links.state(token) == "used"
     assert sqlite_secrets.list_secret_keys("alice") == []
+
+
+SAMPLED = CreateMessageResult(role="assistant", content=TextContent(type="text", text="yes"), model="m")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "responses",
+    [None, {"another_question": ElicitResult(action="accept")}, {ENTRY_REQUEST: SAMPLED}],
+    ids=["none", "under-another-key", "not-an-elicitation-result"],
+)
+async def test_a_round_trip_without_an_answer_to_its_question_asks_it_again_and_keeps_the_link(
+    sqlite_secrets: Secrets, responses: dict[str, Any] | None, canary: str
+) -> None:
+    # A client's slip is no "no": taken for one, it used the link up and told the model the user declined.
+    links = EntryLinks(sqlite_secrets)
+    arguments = {"server": "github", "key": "TOKEN"}
+    async with alices_entry_client(links) as alice:
+        asked, token = await first_round(alice, arguments)
+        again = await alice.session.call_tool(
+            "request_secret",
+            arguments,
+            input_responses=responses,
+            request_state=asked.request_state,
+            allow_input_required=True,
+        )
+        assert isinstance(again, InputRequiredResult), again
+        assert again.input_requests is not None
+        request = again.input_requests[ENTRY_REQUEST]
+        assert isinstance(request, ElicitRequest)
+        assert isinstance(request.params, ElicitRequestURLParams)
+        assert request.params.url == f"{BASE_URL}{ENTRY_PATH}/{token}"
+        assert links.state(token) == "live"
+        links.submit(token, canary)
+        result = await second_round(alice, arguments, again)
+
+    assert not result.is_error, text_of(result)
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "stored"
+    assert sqlite_secrets.get_secrets("alice", "github") == {"TOKEN": canary}
+    assert canary not in json.dumps(result.model_dump(mode="json"))
 
 
 @pytest.mark.anyio

@@ -614,24 +614,20 @@ def _add_request_secret(
         if entry is None:
             return _terminal_hint(username, server, key, store_settings)
         started = entry.clock()
-        if asks_by_result(ctx) and ctx.request_state is not None:
-            link = await _run(lambda: entry.links.resume(ctx.request_state or "", username))
-            response = (ctx.input_responses or {}).get(ENTRY_REQUEST)
-            action = response.action if isinstance(response, ElicitResult) else "cancel"
-            return await _entry_outcome(entry, link, action, ctx, elicitation_id=None, started=started)
-        # A link made with an API token works only while the token does: revoked, it must write nothing.
-        token_id = api_token_id(ctx)
-        link = await _run(lambda: entry.links.create(username, server, key, token_id=token_id))
-        url = link.url(entry.base_url)
         message = (
             f"Enter the secret {key} for the MCP server {server} in a page of mcp-secrets. "
             "The value goes straight to the encrypted store, never through the assistant."
         )
+        if asks_by_result(ctx) and ctx.request_state is not None:
+            return await _resumed(entry, username, message, ctx, started=started)
+        # A link made with an API token works only while the token does: revoked, it must write nothing.
+        token_id = api_token_id(ctx)
+        link = await _run(lambda: entry.links.create(username, server, key, token_id=token_id))
+        url = link.url(entry.base_url)
         if not takes_elicitation(ctx, "url"):
             return _link_sent(username, link, url)
         if asks_by_result(ctx):
-            request = ElicitRequest(params=ElicitRequestURLParams(message=message, url=url))
-            return InputRequiredResult(input_requests={ENTRY_REQUEST: request}, request_state=link.token)
+            return _entry_question(message, link, entry.base_url)
         try:
             outcome = await ctx.elicit_url(message, url, link.record.link_id)
         except MCPError:
@@ -640,6 +636,27 @@ def _add_request_secret(
         return await _entry_outcome(
             entry, link, outcome.action, ctx, elicitation_id=link.record.link_id, started=started
         )
+
+
+async def _resumed(
+    entry: EntrySettings, username: str, message: str, ctx: Context[Any, Any], *, started: float
+) -> CallToolResult | InputRequiredResult:
+    """The second round of a request_secret of 2026-07-28: its request state is the link's token."""
+    link = await _run(lambda: entry.links.resume(ctx.request_state or "", username))
+    response = (ctx.input_responses or {}).get(ENTRY_REQUEST)
+    if isinstance(response, ElicitResult):
+        return await _entry_outcome(entry, link, response.action, ctx, elicitation_id=None, started=started)
+    # No answer to the question asked is a client's slip, not the user's no: asked again while the link
+    # can take a value; otherwise the result says what became of it.
+    if await _run(lambda: entry.links.state(link.token)) == "live":
+        return _entry_question(message, link, entry.base_url)
+    return await _entry_outcome(entry, link, "accept", ctx, elicitation_id=None, started=started)
+
+
+def _entry_question(message: str, link: EntryLink, base_url: str) -> InputRequiredResult:
+    """The client asked, in the call's result, to open the link; the state that comes back is its token."""
+    request = ElicitRequest(params=ElicitRequestURLParams(message=message, url=link.url(base_url)))
+    return InputRequiredResult(input_requests={ENTRY_REQUEST: request}, request_state=link.token)
 
 
 def _link_sent(username: str, link: EntryLink, url: str) -> CallToolResult:
