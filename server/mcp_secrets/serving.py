@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from typing import TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
+from starlette.types import ASGIApp
 
 from mcp_secrets import __version__
 from mcp_secrets.app import EntrySettings, build_server, missing_secrets_hint
@@ -40,6 +42,7 @@ from mcp_secrets.web import (
     check_http_settings,
     endpoint_url,
     http_app,
+    listening,
     serve_http,
     token_verifier,
 )
@@ -166,21 +169,27 @@ def run_server(
     )
     app = http_app(mcp, settings, secrets, links)
     _summary(settings, keys, None, gateway)
-    if not settings.jwks_url:
-        # Recorded as made by this server, over its transport: no command made it.
-        first = ApiTokens(store, via=settings.transport).create_first(
-            local_username(settings.user), label="first run"
-        )
-        if first is not None:
-            _print_first_token(first, settings)
+    with listening(settings) as sockets:  # the port held before the token only this start will show
+        if not settings.jwks_url:
+            # Recorded as made by this server, over its transport: no command made it.
+            first = ApiTokens(store, via=settings.transport).create_first(
+                local_username(settings.user), label="first run"
+            )
+            if first is not None:
+                _print_first_token(first, settings)
+        interrupted = _serve(app, settings, sockets, gateway)
+    if interrupted:  # stopped cleanly, all written and closed: the exit status a shell expects of Ctrl-C
+        raise KeyboardInterrupt
+
+
+def _serve(app: ASGIApp, settings: Settings, sockets: list[socket.socket], gateway: Gateway | None) -> bool:
+    """Serve ``app`` on ``sockets`` with the gateway running; say whether Ctrl-C stopped it."""
     try:
-        interrupted = anyio.run(_with_gateway, gateway, lambda: serve_http(app, settings))
+        return anyio.run(_with_gateway, gateway, lambda: serve_http(app, settings, sockets))
     except asyncio.CancelledError:
         # Ctrl-C before uvicorn started, on Python 3.10: anyio's runner reports it as the main task
         # cancelled (3.11 tasks can tell it apart and raise KeyboardInterrupt). Exit as Ctrl-C does.
         raise KeyboardInterrupt from None
-    if interrupted:  # stopped cleanly, all written and closed: the exit status a shell expects of Ctrl-C
-        raise KeyboardInterrupt
 
 
 def _gateway(settings: Settings, secrets: Secrets, entry: EntrySettings | None) -> Gateway | None:

@@ -7,15 +7,18 @@ is open without a token.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http import HTTPStatus
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import anyio
@@ -41,6 +44,7 @@ from mcp_secrets.identity import (
     JwtVerifier,
     TokenCheckOutage,
 )
+from mcp_secrets.listening import listening_sockets, named
 from mcp_secrets.logs import CLIENT_WENT_AWAY
 from mcp_secrets.rest import rest_routes
 from mcp_secrets.secrets import Secrets
@@ -436,8 +440,40 @@ async def _client_gone(_request: Request, _exc: Exception) -> Response:
 COULD_NOT_LISTEN = 3
 
 
-async def serve_http(app: ASGIApp, settings: Settings) -> bool:
-    """Run ``app`` with uvicorn; its logs go through ours, to stderr. Returns whether Ctrl-C stopped it."""
+@contextmanager
+def listening(settings: Settings) -> Iterator[list[socket.socket]]:
+    """The sockets ``serve_http`` serves on, listening at the configured host and port; closed at the end.
+
+    Taken before the start makes what it shows only once (the first API token): a start that then could
+    not listen left that token valid, unseen by the next start, on a free port, which made none.
+
+    Raises:
+        SystemExit: ``COULD_NOT_LISTEN``, the reason logged in one line.
+
+    """
+    from mcp_secrets.http_connections import descriptor_bounds  # noqa: PLC0415 - it loads uvicorn
+
+    try:
+        sockets = listening_sockets(settings.host, settings.port, descriptor_bounds()[1])
+    except OSError as exc:  # a port in use, an address not this machine's, a host name not found
+        reason = exc.strerror or str(exc)
+        hint = " (choose another port: --port)" if exc.errno == errno.EADDRINUSE else ""
+        _could_not_listen(settings, f"{reason[:1].lower()}{reason[1:]}{hint}")
+    try:
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _could_not_listen(settings: Settings, reason: str) -> NoReturn:
+    logger.error("could not serve on %s port %d: %s", settings.host, settings.port, reason)
+    # The README's code, whichever uvicorn: releases before 0.50 exit 1 at a failed start, later ones 3.
+    raise SystemExit(COULD_NOT_LISTEN) from None
+
+
+async def serve_http(app: ASGIApp, settings: Settings, sockets: list[socket.socket]) -> bool:
+    """Run ``app`` with uvicorn on ``sockets``, logging through our logs; return whether Ctrl-C stopped it."""
     import uvicorn  # noqa: PLC0415 - stdio never needs it
 
     from mcp_secrets.http_connections import descriptor_bounds, guarded_protocol  # noqa: PLC0415
@@ -487,17 +523,13 @@ async def serve_http(app: ASGIApp, settings: Settings) -> bool:
             previous[signal.SIGHUP] = signal.signal(
                 signal.SIGHUP, lambda _number, frame: server.handle_exit(signal.SIGTERM, frame)
             )
+    # Uvicorn says where it listens only of the sockets it binds itself.
+    logger.info("listening on %s (Press CTRL+C to quit)", named(sockets))
     try:
-        await server.serve()
-    except SystemExit:  # uvicorn's own way out of a failed start, having logged the cause
+        await server.serve(sockets=sockets)
+    except SystemExit:  # uvicorn's own way out of a failed start (the app's), having logged the cause
         if not server.started:
-            logger.error(  # noqa: TRY400 - the cause is logged already, by uvicorn; no traceback to add
-                "could not serve on %s port %d: see the error above (a port in use: choose another, --port)",
-                settings.host,
-                settings.port,
-            )
-            # The README's code, whichever uvicorn: releases before 0.50 exit 1 here, later ones 3.
-            raise SystemExit(COULD_NOT_LISTEN) from None
+            _could_not_listen(settings, "see the error above")
         raise
     finally:
         for number, handler in previous.items():

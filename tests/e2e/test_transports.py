@@ -48,6 +48,7 @@ pytestmark = pytest.mark.anyio
 
 EVERY_INTERFACE = "0.0.0.0"  # noqa: S104 - for seconds, over a fresh store, to read what the start says
 TOKEN = re.compile(r"mcps_[0-9a-f]{10}_[A-Za-z0-9_-]{43}")
+COULD_NOT_LISTEN = 3  # the exit status the README gives a serve that could not listen
 ACCEPT = {"Accept": "application/json, text/event-stream"}
 LIST_KEYS = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "list_secret_keys"}}
 
@@ -982,6 +983,37 @@ async def test_first_http_run_makes_a_private_key_file_and_shows_one_token_once(
         ("alice", "token-created", transport)
     ]
     assert f"master key: key file {key_file}\n" in second_log
+
+
+@pytest.mark.parametrize("transport", ["streamable-http", "sse"])
+async def test_a_first_http_run_on_a_port_in_use_makes_no_token_and_the_next_start_shows_one(
+    start_server, env, tmp_path: Path, transport: str
+) -> None:
+    """It made and showed one before it failed to listen: left valid, and no later start showed one."""
+    env["MCP_SECRETS_USER"] = "alice"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+
+        refused = run_cli(env, "serve", "--transport", transport, "--port", port)
+
+    shown = TOKEN.search(refused.stdout + refused.stderr) is not None  # a bare bool: a failure shows no token
+    assert not shown
+    assert "No API token existed yet" not in refused.stderr
+    assert f"could not serve on 127.0.0.1 port {port}" in refused.stderr
+    assert refused.returncode == COULD_NOT_LISTEN
+    listed = run_cli(env, "token", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[1:] == []  # the header alone
+    with start_server(env, transport, tmp_path / "next.log") as next_start:
+        tokens = set(TOKEN.findall(next_start.log()))
+        made = len(tokens)
+        assert made == 1
+        (token,) = tokens
+        async with next_start.connect(token=token) as alice:
+            assert (await keys_of(alice))[0] == "alice"
+    assert "No API token existed yet, so one was created for alice" in next_start.log()
 
 
 async def stored_from_a_terminal(
