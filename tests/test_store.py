@@ -1602,6 +1602,64 @@ def test_a_change_made_outside_a_transaction_but_not_confirmed_is_reported_and_r
     assert changes == [("alice", "github"), ("alice", "github")]
 
 
+def _lagging_replica_set(
+    held: list[dict[str, Any]], inserted: list[dict[str, Any]], *, changes: bool
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A standalone-looking server whose secondaries lag: every insert, and each change when ``changes``,
+    is made but its write concern not met."""
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        name, collection = next(iter(command.items()))
+        unconfirmed = {"writeConcernError": WTIMEOUT} if changes else {}
+        if name == "update":
+            update = command["updates"][0]
+            held[:] = [{**update["q"], **update["u"]["$setOnInsert"], **update["u"]["$set"]}]
+            upserted = [{"index": 0, "_id": bson.ObjectId()}]
+            return {"ok": 1, "n": 1, "nModified": 0, "upserted": upserted, **unconfirmed}
+        if name == "delete":
+            held.clear()
+            return {"ok": 1, "n": 1, **unconfirmed}
+        if name == "insert":
+            inserted.extend(command["documents"])
+            return {"ok": 1, "n": len(command["documents"]), "writeConcernError": WTIMEOUT}
+        if name in {"find", "aggregate", "listIndexes"}:
+            batch = held if (name, collection) == ("find", "user_secrets") else []
+            return {"ok": 1, "cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": batch}}
+        return {"ok": 1, "n": 1}
+
+    return answer
+
+
+@pytest.mark.parametrize("changes", [True, False], ids=["change-unconfirmed", "change-confirmed"])
+def test_a_change_whose_audit_event_is_written_but_not_confirmed_never_says_the_event_was_not_written(
+    encryptor: SecretEncryptor, canary: str, changes: bool
+) -> None:
+    # Secondaries that lag leave every write unconfirmed, the event's as the change's: both are made.
+    held: list[dict[str, Any]] = []
+    inserted: list[dict[str, Any]] = []
+    with mongo_wire_server(_lagging_replica_set(held, inserted, changes=changes)) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db?w=majority&wtimeoutMS=1000")
+        service = Secrets(store, encryptor)
+        try:
+            with pytest.raises(WriteUnconfirmedError) as saved:
+                service.set_secret("alice", "github", "TOKEN", canary)
+            with pytest.raises(WriteUnconfirmedError) as deleted:
+                service.delete_secret("alice", "github", "TOKEN")
+        finally:
+            service.close()
+            store.close()
+
+    for raised in (saved, deleted):
+        message = str(raised.value)
+        assert "could not be written" not in message
+        assert "unavailable" not in message
+        assert "did not confirm" in message
+        assert canary not in message
+    recorded = [(event["action"], event["detail"]) for event in inserted]
+    detail = UNCONFIRMED if changes else ""
+    assert recorded == [("created", detail), ("deleted", detail)]
+
+
 # A replica set's primary that runs transactions: a session timeout is what tells pymongo it has sessions.
 TRANSACTIONS_HELLO = {**PRIMARY_HELLO, "logicalSessionTimeoutMinutes": 30}
 

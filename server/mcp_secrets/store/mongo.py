@@ -511,6 +511,13 @@ class MongoStore:
         except (PyMongoError, *_ENCODE_ERRORS) as exc:
             if session is not None:
                 raise  # the transaction is aborted: the change is undone with the event
+            if isinstance(exc, WriteConcernError):
+                # Written, as lagging secondaries leave every write: not lost, only not yet replicated.
+                raise WriteUnconfirmedError(
+                    f"the change was made, and its audit event written, but the MongoDB server did not "
+                    f"confirm the event as the write concern of MCP_SECRETS_DATABASE_URL asks "
+                    f"({type(exc).__name__}): it may or may not last"
+                ) from None
             raise StoreUnavailableError(
                 f"the change was made, but its audit event could not be written ({type(exc).__name__}); "
                 "a standalone MongoDB server has no transactions to make both at once"
@@ -999,6 +1006,8 @@ def _recording_unconfirmed(exc: WriteConcernError, record: Callable[[], None]) -
     """
     try:
         record()
+    except WriteUnconfirmedError:
+        return  # the event was written, as unconfirmed as the change it records (its detail says so)
     except (PyMongoError, StoreUnavailableError, *_DECODE_ERRORS, *_ENCODE_ERRORS):
         unconfirmed = _unavailable(exc)
         raise type(unconfirmed)(f"{unconfirmed}; its audit event could not be written") from None
