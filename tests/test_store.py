@@ -32,6 +32,7 @@ from conftest import STORE_KINDS, assert_not_leaked
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.errors import (
     ConfigurationError,
+    SecretNotFoundError,
     StoreUnavailableError,
     UnreadableRecordError,
     WriteUnconfirmedError,
@@ -1658,6 +1659,35 @@ def test_a_change_whose_audit_event_is_written_but_not_confirmed_never_says_the_
     recorded = [(event["action"], event["detail"]) for event in inserted]
     detail = UNCONFIRMED if changes else ""
     assert recorded == [("created", detail), ("deleted", detail)]
+
+
+def test_a_delete_of_no_secret_whose_write_concern_is_not_met_records_no_deletion(
+    encryptor: SecretEncryptor,
+) -> None:
+    # A server waits for the write concern of a write that changed nothing too, and can time out on it.
+    inserted: list[dict[str, Any]] = []
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        name, collection = next(iter(command.items()))
+        if name == "delete":
+            return {"ok": 1, "n": 0, "writeConcernError": WTIMEOUT}
+        if name == "insert":
+            inserted.extend(command["documents"])
+        if name in {"find", "aggregate", "listIndexes"}:
+            return {"ok": 1, "cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": []}}
+        return {"ok": 1, "n": 1}
+
+    with mongo_wire_server(answer) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db?w=majority&wtimeoutMS=1000")
+        service = Secrets(store, encryptor)
+        try:
+            with pytest.raises(SecretNotFoundError):
+                service.delete_secret("alice", "github", "TOKEN")
+        finally:
+            service.close()
+            store.close()
+
+    assert inserted == []
 
 
 # A replica set's primary that runs transactions: a session timeout is what tells pymongo it has sessions.

@@ -13,7 +13,7 @@ from bson import ObjectId
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.errors import InvalidBSON, InvalidDocument
 from bson.raw_bson import RawBSONDocument
-from pymongo import MongoClient, ReadPreference, ReturnDocument, UpdateOne, timeout
+from pymongo import DeleteOne, MongoClient, ReadPreference, ReturnDocument, UpdateOne, timeout
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.cursor import Cursor
@@ -470,8 +470,14 @@ class MongoStore:
 
         def write(session: ClientSession | None) -> bool:
             try:
-                deleted = self._secrets.delete_one(selector, session=session).deleted_count > 0
-            except WriteConcernError as exc:
+                # One delete as a bulk write: its error says how many it deleted, delete_one's does not.
+                deleted = self._secrets.bulk_write([DeleteOne(selector)], session=session).deleted_count > 0
+            except BulkWriteError as exc:
+                if not _unconfirmed(exc):
+                    raise
+                if not exc.details.get("nRemoved"):
+                    # The server waits for the write concern of a write that changed nothing too.
+                    return False
                 if event is not None:
 
                     def record() -> None:
@@ -998,7 +1004,7 @@ _UNENCODABLE = {
 }
 
 
-def _recording_unconfirmed(exc: WriteConcernError, record: Callable[[], None]) -> None:
+def _recording_unconfirmed(exc: PyMongoError, record: Callable[[], None]) -> None:
     """Run ``record``, the audit event of a change made but not confirmed (``exc``), or say it failed.
 
     Its own failure must not stand for the change's: a plain "unavailable" would tell the caller that
