@@ -1131,6 +1131,39 @@ def test_the_stand_in_server_refuses_a_second_index_of_the_same_keys_as_a_real_o
 
 
 @pytest.mark.parametrize(
+    ("index", "code", "said"),
+    [
+        ("token_hash_unique", 11000, "api_tokens holds more than one document for one (token_hash)"),
+        ("token_id_unique", 11000, "api_tokens holds more than one document for one (token_id)"),
+        ("link_hash_unique", 11000, "entry_links holds more than one document for one (link_hash)"),
+        ("username_server_key_unique", 166, "user_secrets is a view"),
+        ("expires_at_ttl", 67, "entry_links refuses the store's index expires_at_ttl (CannotCreateIndex)"),
+    ],
+    ids=["tokens-twice", "token-ids-twice", "links-twice", "view", "capped"],
+)
+def test_mongo_store_that_cannot_make_an_index_names_its_collection_and_why(
+    index: str, code: int, said: str
+) -> None:
+    # What a real server answers: duplicates under a new unique index, an index asked of a view, a TTL
+    # index asked of a capped collection.
+    names = {11000: "DuplicateKey", 166: "CommandNotSupportedOnView", 67: "CannotCreateIndex"}
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        name, collection = next(iter(command.items()))
+        if name == "createIndexes" and command["indexes"][0]["name"] == index:
+            return {"ok": 0, "errmsg": "refused", "code": code, "codeName": names[code]}
+        if name in {"find", "listIndexes"}:
+            return {"ok": 1, "cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": []}}
+        return {"ok": 1, "n": 0}
+
+    with mongo_wire_server(answer) as port, pytest.raises(StoreUnavailableError) as refused:
+        MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db")
+
+    assert said in str(refused.value)
+    assert "unavailable" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
     ("collection", "existing"),
     [
         ("user_secrets", _record_index("username_1_server_1_key_1", unique=True)),

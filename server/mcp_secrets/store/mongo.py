@@ -66,6 +66,10 @@ UNAUTHORIZED = 13  # the server's error code for a command the user has no privi
 DATABASE_NAME_REFUSED = {73: "InvalidNamespace", 13297: "DatabaseDifferCase"}
 # The server's error code for a value a unique index holds already (a write's, or a new index's).
 DUPLICATE_KEY = 11000
+# The server's error codes for an index asked of a view, and for one it cannot make on its collection (a TTL
+# index on a capped collection).
+NOT_ON_VIEW = 166
+CANNOT_CREATE_INDEX = 67
 # The server's error codes for an index asked for whose keys an index of another name has already, or
 # whose name one of other options (85) or other keys (86) has: the server keeps the one there.
 INDEX_CONFLICTS = frozenset({85, 86})
@@ -304,17 +308,7 @@ class MongoStore:
         self.transactions = has_transactions(client)
 
     def _create_indexes(self) -> None:
-        try:
-            _ensure_index(self._secrets, _RECORD_KEYS, "username_server_key_unique", {"unique": True})
-        except OperationFailure as exc:
-            # Data written without this index (the original design had none) may hold a record twice.
-            if exc.code != DUPLICATE_KEY:
-                raise
-            raise StoreUnavailableError(
-                f"the collection {SECRETS_COLLECTION} holds more than one document for one (username, "
-                "server, key), so its unique index cannot be made: keep one of each (README, Storage) and "
-                "start again"
-            ) from None
+        _ensure_index(self._secrets, _RECORD_KEYS, "username_server_key_unique", {"unique": True})
         _ensure_index(self._tokens, [("token_hash", 1)], "token_hash_unique", {"unique": True})
         _ensure_index(self._tokens, [("token_id", 1)], "token_id_unique", {"unique": True})
         _ensure_index(self._links, [("link_hash", 1)], "link_hash_unique", {"unique": True})
@@ -862,6 +856,24 @@ def _ensure_index(
     try:
         collection.create_index(keys, name=name, **options)
     except OperationFailure as exc:
+        if exc.code == DUPLICATE_KEY:
+            # Data written without this index (the original design had none) may hold a record twice.
+            fields = ", ".join(field for field, _ in keys)
+            raise StoreUnavailableError(
+                f"the collection {collection.name} holds more than one document for one ({fields}), so its "
+                "unique index cannot be made: keep one of each (README, Storage) and start again"
+            ) from None
+        if exc.code == NOT_ON_VIEW:
+            raise StoreUnavailableError(
+                f"the collection {collection.name} is a view, which takes no index: the store needs a "
+                "collection of its own there"
+            ) from None
+        if exc.code == CANNOT_CREATE_INDEX:
+            raise StoreUnavailableError(
+                f"the collection {collection.name} refuses the store's index {name} (CannotCreateIndex): a "
+                "capped collection, for one, takes no TTL index; the store needs a collection made as it "
+                "makes them"
+            ) from None
         if exc.code not in INDEX_CONFLICTS:
             raise
         if _find_index(collection, keys, options) is None:
