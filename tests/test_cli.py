@@ -394,6 +394,38 @@ def test_token_revoke_the_replica_set_did_not_confirm_says_to_treat_it_as_revoke
     ]
 
 
+@pytest.mark.parametrize("revoked_before", [True, False], ids=["revoked-before", "unknown"])
+def test_token_revoke_that_revoked_nothing_and_whose_write_concern_is_not_met_says_no_live_token(
+    env: dict[str, str], revoked_before: bool
+) -> None:
+    # The server waits for the write concern of a findAndModify that matched nothing too.
+    created = datetime(2025, 3, 14, tzinfo=timezone.utc)
+    token = {"token_id": "t1", "username": "alice", "token_hash": "h", "created_at": created, "label": ""}
+    stored = [{**token, "revoked_at": created + timedelta(days=1)}] if revoked_before else []
+    inserted: list[dict[str, Any]] = []
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        name, collection = next(iter(command.items()))
+        if name in {"find", "listIndexes"}:
+            batch = stored if (name, collection) == ("find", "api_tokens") else []
+            return {"ok": 1, "cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": batch}}
+        if name == "findAndModify":  # no live token of that id: nothing matched, nothing changed
+            lasterror = {"n": 0, "updatedExisting": False}
+            return {"ok": 1, "lastErrorObject": lasterror, "value": None, "writeConcernError": WTIMEOUT}
+        if name == "insert":
+            inserted.extend(command["documents"])
+        return {"ok": 1, "n": 1}
+
+    with mongo_wire_server(answer, hello=PRIMARY_HELLO) as port:
+        url = f"mongodb://127.0.0.1:{port}/db?directConnection=true&w=majority&wtimeoutMS=1000"
+        done = mcp_secrets_cli({**env, "MCP_SECRETS_DATABASE_URL": url}, "token", "revoke", "t1")
+
+    assert done.returncode == 1, done.stderr
+    assert "there is no live token with that id (see" in done.stderr
+    assert "treat the token as revoked" not in done.stderr
+    assert inserted == []
+
+
 def test_token_create_the_replica_set_did_not_confirm_revokes_the_token_it_never_shows(
     env: dict[str, str],
 ) -> None:

@@ -32,6 +32,7 @@ from conftest import STORE_KINDS, assert_not_leaked
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.errors import (
     ConfigurationError,
+    SecretNotFoundError,
     StoreUnavailableError,
     UnreadableRecordError,
     WriteUnconfirmedError,
@@ -1130,6 +1131,39 @@ def test_the_stand_in_server_refuses_a_second_index_of_the_same_keys_as_a_real_o
 
 
 @pytest.mark.parametrize(
+    ("index", "code", "said"),
+    [
+        ("token_hash_unique", 11000, "api_tokens holds more than one document for one (token_hash)"),
+        ("token_id_unique", 11000, "api_tokens holds more than one document for one (token_id)"),
+        ("link_hash_unique", 11000, "entry_links holds more than one document for one (link_hash)"),
+        ("username_server_key_unique", 166, "user_secrets is a view"),
+        ("expires_at_ttl", 67, "entry_links refuses the store's index expires_at_ttl (CannotCreateIndex)"),
+    ],
+    ids=["tokens-twice", "token-ids-twice", "links-twice", "view", "capped"],
+)
+def test_mongo_store_that_cannot_make_an_index_names_its_collection_and_why(
+    index: str, code: int, said: str
+) -> None:
+    # What a real server answers: duplicates under a new unique index, an index asked of a view, a TTL
+    # index asked of a capped collection.
+    names = {11000: "DuplicateKey", 166: "CommandNotSupportedOnView", 67: "CannotCreateIndex"}
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        name, collection = next(iter(command.items()))
+        if name == "createIndexes" and command["indexes"][0]["name"] == index:
+            return {"ok": 0, "errmsg": "refused", "code": code, "codeName": names[code]}
+        if name in {"find", "listIndexes"}:
+            return {"ok": 1, "cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": []}}
+        return {"ok": 1, "n": 0}
+
+    with mongo_wire_server(answer) as port, pytest.raises(StoreUnavailableError) as refused:
+        MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db")
+
+    assert said in str(refused.value)
+    assert "unavailable" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
     ("collection", "existing"),
     [
         ("user_secrets", _record_index("username_1_server_1_key_1", unique=True)),
@@ -1600,6 +1634,93 @@ def test_a_change_made_outside_a_transaction_but_not_confirmed_is_reported_and_r
         assert recorded == []
     # Made, if not confirmed: whatever holds the old value lets it go, whether or not the trail says so.
     assert changes == [("alice", "github"), ("alice", "github")]
+
+
+def _lagging_replica_set(
+    held: list[dict[str, Any]], inserted: list[dict[str, Any]], *, changes: bool
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A standalone-looking server whose secondaries lag: every insert, and each change when ``changes``,
+    is made but its write concern not met."""
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        name, collection = next(iter(command.items()))
+        unconfirmed = {"writeConcernError": WTIMEOUT} if changes else {}
+        if name == "update":
+            update = command["updates"][0]
+            held[:] = [{**update["q"], **update["u"]["$setOnInsert"], **update["u"]["$set"]}]
+            upserted = [{"index": 0, "_id": bson.ObjectId()}]
+            return {"ok": 1, "n": 1, "nModified": 0, "upserted": upserted, **unconfirmed}
+        if name == "delete":
+            held.clear()
+            return {"ok": 1, "n": 1, **unconfirmed}
+        if name == "insert":
+            inserted.extend(command["documents"])
+            return {"ok": 1, "n": len(command["documents"]), "writeConcernError": WTIMEOUT}
+        if name in {"find", "aggregate", "listIndexes"}:
+            batch = held if (name, collection) == ("find", "user_secrets") else []
+            return {"ok": 1, "cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": batch}}
+        return {"ok": 1, "n": 1}
+
+    return answer
+
+
+@pytest.mark.parametrize("changes", [True, False], ids=["change-unconfirmed", "change-confirmed"])
+def test_a_change_whose_audit_event_is_written_but_not_confirmed_never_says_the_event_was_not_written(
+    encryptor: SecretEncryptor, canary: str, changes: bool
+) -> None:
+    # Secondaries that lag leave every write unconfirmed, the event's as the change's: both are made.
+    held: list[dict[str, Any]] = []
+    inserted: list[dict[str, Any]] = []
+    with mongo_wire_server(_lagging_replica_set(held, inserted, changes=changes)) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db?w=majority&wtimeoutMS=1000")
+        service = Secrets(store, encryptor)
+        try:
+            with pytest.raises(WriteUnconfirmedError) as saved:
+                service.set_secret("alice", "github", "TOKEN", canary)
+            with pytest.raises(WriteUnconfirmedError) as deleted:
+                service.delete_secret("alice", "github", "TOKEN")
+        finally:
+            service.close()
+            store.close()
+
+    for raised in (saved, deleted):
+        message = str(raised.value)
+        assert "could not be written" not in message
+        assert "unavailable" not in message
+        assert "did not confirm" in message
+        assert canary not in message
+    recorded = [(event["action"], event["detail"]) for event in inserted]
+    detail = UNCONFIRMED if changes else ""
+    assert recorded == [("created", detail), ("deleted", detail)]
+
+
+def test_a_delete_of_no_secret_whose_write_concern_is_not_met_records_no_deletion(
+    encryptor: SecretEncryptor,
+) -> None:
+    # A server waits for the write concern of a write that changed nothing too, and can time out on it.
+    inserted: list[dict[str, Any]] = []
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        name, collection = next(iter(command.items()))
+        if name == "delete":
+            return {"ok": 1, "n": 0, "writeConcernError": WTIMEOUT}
+        if name == "insert":
+            inserted.extend(command["documents"])
+        if name in {"find", "aggregate", "listIndexes"}:
+            return {"ok": 1, "cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": []}}
+        return {"ok": 1, "n": 1}
+
+    with mongo_wire_server(answer) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db?w=majority&wtimeoutMS=1000")
+        service = Secrets(store, encryptor)
+        try:
+            with pytest.raises(SecretNotFoundError):
+                service.delete_secret("alice", "github", "TOKEN")
+        finally:
+            service.close()
+            store.close()
+
+    assert inserted == []
 
 
 # A replica set's primary that runs transactions: a session timeout is what tells pymongo it has sessions.

@@ -19,6 +19,7 @@ from typing import NoReturn
 from mcp_secrets.errors import (
     InvalidInputError,
     SecretNotFoundError,
+    SecretsError,
     StoreUnavailableError,
     UnreadableRecordError,
     WriteUnconfirmedError,
@@ -28,6 +29,8 @@ from mcp_secrets.store import UNCONFIRMED, AuditEvent, SecretStore, TokenRecord
 
 TOKEN_PREFIX = "mcps_"  # noqa: S105 - a public prefix, not a token
 MAX_LABEL_LENGTH = 200
+# Not naming the id: a user may have pasted a whole token as one.
+NO_LIVE_TOKEN = "there is no live token with that id (see `mcp-secrets token list`)"  # noqa: S105 - a message
 
 
 def hash_token(token: str) -> str:
@@ -153,25 +156,13 @@ class ApiTokens:
         try:
             record = self.store.revoke_token(token_id, now)
         except WriteUnconfirmedError:
-            # Made on the database, and likely to last: the trail records it, saying it is unconfirmed.
-            try:
-                # Its record is read by its id: the unconfirmed write returned none.
-                found = self.store.find_token_by_id(token_id)
-                self._record_revocation(found, now, f"token {token_id}; {UNCONFIRMED}")
-                recorded = ""
-            except StoreUnavailableError:
-                recorded = "; its audit event could not be written"
-            raise WriteUnconfirmedError(
-                "the token was revoked but the database did not confirm it as its write concern asks: treat "
-                "the token as revoked, and revoke it again (once that says there is no live token with that "
-                f"id, the revocation is confirmed){recorded}"
-            ) from None
+            raise self._unconfirmed_revocation(token_id, now) from None
         except UnreadableRecordError as exc:
             # Revoked: only its record, which another tool left of the wrong shape, could not be read back.
             raise self._revoked_unreadable(token_id, now, exc) from None
         if record is None:
             # Not echoed: a user may have pasted a whole token here.
-            raise SecretNotFoundError("there is no live token with that id (see `mcp-secrets token list`)")
+            raise SecretNotFoundError(NO_LIVE_TOKEN)
         try:
             self._record_revocation(record, now, f"token {token_id}")
         except StoreUnavailableError as exc:
@@ -189,6 +180,29 @@ class ApiTokens:
                 f"token {token_id} was revoked, but writing its audit event failed: {unrecorded}"
             ) from None
         return record
+
+    def _unconfirmed_revocation(self, token_id: str, now: datetime) -> SecretsError:
+        """The error of a revocation at ``now`` not confirmed by the database, recorded if it was made."""
+        # Made on the database, and likely to last: the trail records it, saying it is unconfirmed.
+        try:
+            # Its record is read by its id: the unconfirmed write returned none.
+            found = self.store.find_token_by_id(token_id)
+        except StoreUnavailableError:
+            recorded = "; its audit event could not be written"
+        else:
+            if _revoked_before(found, now):
+                # The database waits for the write concern of a write that matched nothing too.
+                return SecretNotFoundError(NO_LIVE_TOKEN)
+            try:
+                self._record_revocation(found, now, f"token {token_id}; {UNCONFIRMED}")
+                recorded = ""
+            except StoreUnavailableError:
+                recorded = "; its audit event could not be written"
+        return WriteUnconfirmedError(
+            "the token was revoked but the database did not confirm it as its write concern asks: treat "
+            "the token as revoked, and revoke it again (once that says there is no live token with that "
+            f"id, the revocation is confirmed){recorded}"
+        )
 
     def _revoked_unreadable(
         self, token_id: str, now: datetime, exc: UnreadableRecordError
@@ -229,6 +243,16 @@ class ApiTokens:
             return bool(self.store.list_tokens())
         except UnreadableRecordError:
             return True  # one that cannot be read is still a token: the server starts, offering no new one
+
+
+def _revoked_before(record: TokenRecord | None, now: datetime) -> bool:
+    """Whether no revocation at ``now`` can have been made: no such token, or one revoked at another time.
+
+    To the millisecond, as MongoDB keeps a time.
+    """
+    if record is None:
+        return True
+    return record.revoked_at is not None and abs(record.revoked_at - now) >= timedelta(milliseconds=1)
 
 
 def is_live(record: TokenRecord, now: datetime) -> bool:

@@ -13,7 +13,7 @@ from bson import ObjectId
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.errors import InvalidBSON, InvalidDocument
 from bson.raw_bson import RawBSONDocument
-from pymongo import MongoClient, ReadPreference, ReturnDocument, UpdateOne, timeout
+from pymongo import DeleteOne, MongoClient, ReadPreference, ReturnDocument, UpdateOne, timeout
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.cursor import Cursor
@@ -66,6 +66,10 @@ UNAUTHORIZED = 13  # the server's error code for a command the user has no privi
 DATABASE_NAME_REFUSED = {73: "InvalidNamespace", 13297: "DatabaseDifferCase"}
 # The server's error code for a value a unique index holds already (a write's, or a new index's).
 DUPLICATE_KEY = 11000
+# The server's error codes for an index asked of a view, and for one it cannot make on its collection (a TTL
+# index on a capped collection).
+NOT_ON_VIEW = 166
+CANNOT_CREATE_INDEX = 67
 # The server's error codes for an index asked for whose keys an index of another name has already, or
 # whose name one of other options (85) or other keys (86) has: the server keeps the one there.
 INDEX_CONFLICTS = frozenset({85, 86})
@@ -304,17 +308,7 @@ class MongoStore:
         self.transactions = has_transactions(client)
 
     def _create_indexes(self) -> None:
-        try:
-            _ensure_index(self._secrets, _RECORD_KEYS, "username_server_key_unique", {"unique": True})
-        except OperationFailure as exc:
-            # Data written without this index (the original design had none) may hold a record twice.
-            if exc.code != DUPLICATE_KEY:
-                raise
-            raise StoreUnavailableError(
-                f"the collection {SECRETS_COLLECTION} holds more than one document for one (username, "
-                "server, key), so its unique index cannot be made: keep one of each (README, Storage) and "
-                "start again"
-            ) from None
+        _ensure_index(self._secrets, _RECORD_KEYS, "username_server_key_unique", {"unique": True})
         _ensure_index(self._tokens, [("token_hash", 1)], "token_hash_unique", {"unique": True})
         _ensure_index(self._tokens, [("token_id", 1)], "token_id_unique", {"unique": True})
         _ensure_index(self._links, [("link_hash", 1)], "link_hash_unique", {"unique": True})
@@ -470,8 +464,14 @@ class MongoStore:
 
         def write(session: ClientSession | None) -> bool:
             try:
-                deleted = self._secrets.delete_one(selector, session=session).deleted_count > 0
-            except WriteConcernError as exc:
+                # One delete as a bulk write: its error says how many it deleted, delete_one's does not.
+                deleted = self._secrets.bulk_write([DeleteOne(selector)], session=session).deleted_count > 0
+            except BulkWriteError as exc:
+                if not _unconfirmed(exc):
+                    raise
+                if not exc.details.get("nRemoved"):
+                    # The server waits for the write concern of a write that changed nothing too.
+                    return False
                 if event is not None:
 
                     def record() -> None:
@@ -511,6 +511,13 @@ class MongoStore:
         except (PyMongoError, *_ENCODE_ERRORS) as exc:
             if session is not None:
                 raise  # the transaction is aborted: the change is undone with the event
+            if isinstance(exc, WriteConcernError):
+                # Written, as lagging secondaries leave every write: not lost, only not yet replicated.
+                raise WriteUnconfirmedError(
+                    f"the change was made, and its audit event written, but the MongoDB server did not "
+                    f"confirm the event as the write concern of MCP_SECRETS_DATABASE_URL asks "
+                    f"({type(exc).__name__}): it may or may not last"
+                ) from None
             raise StoreUnavailableError(
                 f"the change was made, but its audit event could not be written ({type(exc).__name__}); "
                 "a standalone MongoDB server has no transactions to make both at once"
@@ -849,6 +856,24 @@ def _ensure_index(
     try:
         collection.create_index(keys, name=name, **options)
     except OperationFailure as exc:
+        if exc.code == DUPLICATE_KEY:
+            # Data written without this index (the original design had none) may hold a record twice.
+            fields = ", ".join(field for field, _ in keys)
+            raise StoreUnavailableError(
+                f"the collection {collection.name} holds more than one document for one ({fields}), so its "
+                "unique index cannot be made: keep one of each (README, Storage) and start again"
+            ) from None
+        if exc.code == NOT_ON_VIEW:
+            raise StoreUnavailableError(
+                f"the collection {collection.name} is a view, which takes no index: the store needs a "
+                "collection of its own there"
+            ) from None
+        if exc.code == CANNOT_CREATE_INDEX:
+            raise StoreUnavailableError(
+                f"the collection {collection.name} refuses the store's index {name} (CannotCreateIndex): a "
+                "capped collection, for one, takes no TTL index; the store needs a collection made as it "
+                "makes them"
+            ) from None
         if exc.code not in INDEX_CONFLICTS:
             raise
         if _find_index(collection, keys, options) is None:
@@ -991,7 +1016,7 @@ _UNENCODABLE = {
 }
 
 
-def _recording_unconfirmed(exc: WriteConcernError, record: Callable[[], None]) -> None:
+def _recording_unconfirmed(exc: PyMongoError, record: Callable[[], None]) -> None:
     """Run ``record``, the audit event of a change made but not confirmed (``exc``), or say it failed.
 
     Its own failure must not stand for the change's: a plain "unavailable" would tell the caller that
@@ -999,6 +1024,8 @@ def _recording_unconfirmed(exc: WriteConcernError, record: Callable[[], None]) -
     """
     try:
         record()
+    except WriteUnconfirmedError:
+        return  # the event was written, as unconfirmed as the change it records (its detail says so)
     except (PyMongoError, StoreUnavailableError, *_DECODE_ERRORS, *_ENCODE_ERRORS):
         unconfirmed = _unavailable(exc)
         raise type(unconfirmed)(f"{unconfirmed}; its audit event could not be written") from None
