@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets as secrets_module
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,9 +10,12 @@ import anyio
 import pytest
 from mcp.shared.subscriptions import ServerEvent, ToolsListChanged
 
+from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.gateway import changes as changes_module
 from mcp_secrets.gateway.changes import LISTENING_USER, StillTheirs, ToolListChanges
 from mcp_secrets.gateway.listen import FIRST_PAUSE_SECONDS, LIVED_LONG_SECONDS, LONGEST_PAUSE_SECONDS, Backoff
+from mcp_secrets.offload import run_store_work
+from mcp_secrets.secrets import Secrets
 from mcp_secrets.store.sqlite import SQLiteStore
 from mcp_secrets.tokens import ApiTokens
 
@@ -124,3 +128,37 @@ def test_the_pause_before_listening_again_doubles_up_to_the_longest_and_starts_o
     assert at_once == [min(FIRST_PAUSE_SECONDS * 2**n, LONGEST_PAUSE_SECONDS) for n in range(8)]
     assert at_once[-1] == LONGEST_PAUSE_SECONDS
     assert (after_a_long_stream, then_at_once) == (FIRST_PAUSE_SECONDS, 2 * FIRST_PAUSE_SECONDS)
+
+
+async def test_a_change_written_on_the_event_loop_is_told_though_the_store_is_busy_as_its_round_starts(
+    tmp_path: Path,
+) -> None:
+    # A write SQLite takes at once runs on the loop under nonblocking(), and calls its listeners there: the
+    # round they start outlives that write, and must wait for the store as any other work does.
+    store = SQLiteStore(tmp_path / "secrets.db")
+    secrets = Secrets(store, SecretEncryptor([b"k" * 32]))
+    changes = ToolListChanges(ApiTokens(store))
+    secrets.on_change(lambda username, _server: changes.changed(username))
+    heard: list[ServerEvent] = []
+    told = anyio.Event()
+    listening = LISTENING_USER.set(("alice", None))
+    changes.bus.subscribe(lambda event: (heard.append(event), told.set()))
+    LISTENING_USER.reset(listening)
+    value = secrets_module.token_urlsafe(16)
+
+    try:
+        async with changes.running():
+            await run_store_work(store, lambda: secrets.set_secret("alice", "github", "TOKEN", value))
+            # The shared connection taken before the round asks whose tokens still work, as the writer of
+            # uses or a write waiting for another process's lock takes it from a thread of its own.
+            store._lock.acquire()
+            try:
+                await anyio.wait_all_tasks_blocked()
+            finally:
+                store._lock.release()
+            await told.wait()
+    finally:
+        secrets.close()
+        store.close()
+
+    assert heard == [ToolsListChanged()]

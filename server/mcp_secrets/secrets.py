@@ -25,7 +25,7 @@ from mcp_secrets.errors import (
     SecretNotFoundError,
     StoreUnavailableError,
 )
-from mcp_secrets.store import AuditEvent, LimitReached, SecretStore, SecretUse
+from mcp_secrets.store import AuditEvent, LimitReached, SecretStore, SecretUse, waiting
 from mcp_secrets.usage import FLUSH_TIMEOUT_SECONDS, UseRecorder
 
 logger = logging.getLogger(__name__)
@@ -165,12 +165,15 @@ class Secrets:
         return remove
 
     def _changed(self, username: str, server: str) -> None:
-        for listener in list(self._change_listeners.values()):
-            try:
-                listener(username, server)
-            except Exception:  # noqa: PERF203 - one listener's failure must not skip the others
-                # The write is done and stays done: a listener's failure must not report it as failed.
-                logger.exception("a listener of secret changes failed")
+        # Not under the nonblocking() of a write made on the event loop: a task a listener starts keeps the
+        # context it started in, and its store calls must wait for a busy store, not fail.
+        with waiting():
+            for listener in list(self._change_listeners.values()):
+                try:
+                    listener(username, server)
+                except Exception:  # noqa: PERF203 - one listener's failure must not skip the others
+                    # The write is done and stays done: a listener's failure must not report it as failed.
+                    logger.exception("a listener of secret changes failed")
 
     def flush(self, timeout: float = FLUSH_TIMEOUT_SECONDS) -> bool:
         """Wait until every use recorded so far is written; False if the store failed or time ran out.

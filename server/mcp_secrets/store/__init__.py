@@ -42,6 +42,16 @@ def nonblocking() -> Iterator[None]:
         _NONBLOCKING.reset(token)
 
 
+@contextmanager
+def waiting() -> Iterator[None]:
+    """Within this block, store calls wait for their lock again, even inside ``nonblocking()``."""
+    token = _NONBLOCKING.set(False)
+    try:
+        yield
+    finally:
+        _NONBLOCKING.reset(token)
+
+
 def is_nonblocking() -> bool:
     """True inside ``nonblocking()``."""
     return _NONBLOCKING.get()
