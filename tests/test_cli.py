@@ -37,6 +37,7 @@ from mcp_secrets.crypto import generate_master_key
 from mcp_secrets.errors import InvalidInputError
 from mcp_secrets.store import UNCONFIRMED
 from mcp_secrets.store.sqlite import SQLiteStore
+from mcp_secrets.tokens import TOKEN_PREFIX
 
 TOKEN = re.compile(r"mcps_([0-9a-f]{10})_[A-Za-z0-9_-]{43}")
 EXIT_CONFIGURATION = 2
@@ -901,6 +902,20 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(
     assert f"could not serve on 127.0.0.1 port {port}" in done.stderr
     assert "Traceback" not in done.stderr
     assert done.returncode == UVICORN_STARTUP_FAILURE
+
+
+def test_serve_on_a_host_name_no_resolver_takes_says_so_in_one_line_and_makes_no_token(
+    env: dict[str, str],
+) -> None:
+    # A label over 63 characters is refused by the name's encoding before any lookup, not as one not found.
+    host = "a" * 64 + ".example"
+
+    done = mcp_secrets_cli(env, "serve", "--transport", "streamable-http", "--host", host, "--port", "8000")
+
+    assert f"could not serve on {host} port 8000: " in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.returncode == UVICORN_STARTUP_FAILURE
+    assert TOKEN_PREFIX not in done.stdout + done.stderr
 
 
 # --- set: the value comes from a hidden prompt or stdin, never from argv ---------------------------

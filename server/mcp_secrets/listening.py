@@ -22,6 +22,7 @@ def listening_sockets(host: str, port: int, backlog: int) -> list[socket.socket]
 
     Raises:
         OSError: the host name did not resolve, or an address could not be bound (a port in use).
+        UnicodeError: the host name cannot be encoded to be looked up (a label over 63 characters).
 
     """
     found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)

@@ -459,6 +459,8 @@ def listening(settings: Settings) -> Iterator[list[socket.socket]]:
         reason = exc.strerror or str(exc)
         hint = " (choose another port: --port)" if exc.errno == errno.EADDRINUSE else ""
         _could_not_listen(settings, f"{reason[:1].lower()}{reason[1:]}{hint}")
+    except UnicodeError:  # a name IDNA cannot encode (a label over 63 characters), refused before any lookup
+        _could_not_listen(settings, "the host name is not a valid one (a part over 63 characters, or empty)")
     try:
         yield sockets
     finally:
