@@ -1,8 +1,9 @@
 """The sockets ``serve`` listens on over HTTP, taken before the start makes anything it shows only once.
 
-Bound as uvicorn binds them when it is given a host and a port (asyncio's ``create_server``), so that
-handing them to uvicorn changes nothing a client sees: one socket for each address the host name has,
-IPv6 ones for IPv6 alone, and on POSIX the address reused at once after a restart.
+Bound as uvicorn binds them when it is given a host and a port (asyncio's ``create_server``): one socket
+for each address the host name has, IPv6 ones for IPv6 alone, and on POSIX the address reused at once
+after a restart. One difference: among a name's several addresses, one this machine lacks (``localhost``'s
+``::1`` without IPv6) is skipped, where asyncio failed the whole start.
 """
 
 from __future__ import annotations
