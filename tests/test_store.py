@@ -1603,22 +1603,10 @@ def test_a_change_made_outside_a_transaction_but_not_confirmed_is_reported_and_r
             return {"ok": 1, "cursor": {"id": 0, "ns": f"db.{collection}", "firstBatch": batch}}
         return {"ok": 1, "n": 1}
 
-    with mongo_wire_server(answer) as port:
-        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db?w=majority&wtimeoutMS=1000")
-        service = Secrets(store, encryptor)
-        changes: list[tuple[str, str]] = []
-        service.on_change(lambda username, server: changes.append((username, server)))
-        try:
-            with pytest.raises(WriteUnconfirmedError) as saved:
-                service.set_secret("alice", "github", "TOKEN", canary)
-            with pytest.raises(WriteUnconfirmedError) as deleted:
-                service.delete_secret("alice", "github", "TOKEN")
-        finally:
-            service.close()
-            store.close()
+    changes: list[tuple[str, str]] = []
+    raised = _set_then_delete_unconfirmed(answer, encryptor, canary, changes.append)
 
-    for raised in (saved, deleted):
-        message = str(raised.value)
+    for message in raised:
         assert "made the change but did not confirm it" in message
         assert "may or may not last" in message
         assert "unavailable" not in message
@@ -1634,6 +1622,30 @@ def test_a_change_made_outside_a_transaction_but_not_confirmed_is_reported_and_r
         assert recorded == []
     # Made, if not confirmed: whatever holds the old value lets it go, whether or not the trail says so.
     assert changes == [("alice", "github"), ("alice", "github")]
+
+
+def _set_then_delete_unconfirmed(
+    answer: Callable[[dict[str, Any]], dict[str, Any]],
+    encryptor: SecretEncryptor,
+    value: str,
+    changed: Callable[[tuple[str, str]], None] | None = None,
+) -> list[str]:
+    """Set ``value`` then delete it through ``Secrets`` on a server answering with ``answer``, each write
+    refused as unconfirmed; the two messages. ``changed`` hears each change the service announces."""
+    with mongo_wire_server(answer) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db?w=majority&wtimeoutMS=1000")
+        service = Secrets(store, encryptor)
+        if changed is not None:
+            service.on_change(lambda username, server: changed((username, server)))
+        try:
+            with pytest.raises(WriteUnconfirmedError) as saved:
+                service.set_secret("alice", "github", "TOKEN", value)
+            with pytest.raises(WriteUnconfirmedError) as deleted:
+                service.delete_secret("alice", "github", "TOKEN")
+        finally:
+            service.close()
+            store.close()
+    return [str(saved.value), str(deleted.value)]
 
 
 def _lagging_replica_set(
@@ -1671,20 +1683,11 @@ def test_a_change_whose_audit_event_is_written_but_not_confirmed_never_says_the_
     # Secondaries that lag leave every write unconfirmed, the event's as the change's: both are made.
     held: list[dict[str, Any]] = []
     inserted: list[dict[str, Any]] = []
-    with mongo_wire_server(_lagging_replica_set(held, inserted, changes=changes)) as port:
-        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db?w=majority&wtimeoutMS=1000")
-        service = Secrets(store, encryptor)
-        try:
-            with pytest.raises(WriteUnconfirmedError) as saved:
-                service.set_secret("alice", "github", "TOKEN", canary)
-            with pytest.raises(WriteUnconfirmedError) as deleted:
-                service.delete_secret("alice", "github", "TOKEN")
-        finally:
-            service.close()
-            store.close()
+    raised = _set_then_delete_unconfirmed(
+        _lagging_replica_set(held, inserted, changes=changes), encryptor, canary
+    )
 
-    for raised in (saved, deleted):
-        message = str(raised.value)
+    for message in raised:
         assert "could not be written" not in message
         assert "unavailable" not in message
         assert "did not confirm" in message
