@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,23 +33,22 @@ class LimitReached(Exception):  # noqa: N818 - a refusal the caller words, not a
 
 
 @contextmanager
-def nonblocking() -> Iterator[None]:
+def _calls_block(blocking: bool) -> Iterator[None]:
+    token = _NONBLOCKING.set(not blocking)
+    try:
+        yield
+    finally:
+        _NONBLOCKING.reset(token)
+
+
+def nonblocking() -> AbstractContextManager[None]:
     """Within this block, store calls raise ``WouldBlock`` rather than wait for a lock."""
-    token = _NONBLOCKING.set(True)
-    try:
-        yield
-    finally:
-        _NONBLOCKING.reset(token)
+    return _calls_block(blocking=False)
 
 
-@contextmanager
-def waiting() -> Iterator[None]:
+def waiting() -> AbstractContextManager[None]:
     """Within this block, store calls wait for their lock again, even inside ``nonblocking()``."""
-    token = _NONBLOCKING.set(False)
-    try:
-        yield
-    finally:
-        _NONBLOCKING.reset(token)
+    return _calls_block(blocking=True)
 
 
 def is_nonblocking() -> bool:
