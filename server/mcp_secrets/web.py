@@ -436,6 +436,40 @@ async def _client_gone(_request: Request, _exc: Exception) -> Response:
     return Response(status_code=HTTPStatus.BAD_REQUEST)  # nobody is there to read it
 
 
+class QuietLifespanCut:
+    """Say in one line that the app's shutdown was skipped, where Starlette logs a CancelledError's traceback.
+
+    A second Ctrl-C while uvicorn waits for requests to finish forces it out at once, without telling the
+    app to shut down; the event loop then cancels the lifespan still waiting to be told, and Starlette
+    reports that as a failed shutdown with the traceback. The stop goes on as it should (the gateway
+    stops, the pending uses are written, the store closed). A shutdown that fails once asked still says why.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass everything on; report a lifespan cancelled before any shutdown was asked in one line."""
+        if scope["type"] != "lifespan":
+            await self._app(scope, receive, send)
+            return
+        asked = False
+
+        async def receiving() -> Message:
+            nonlocal asked
+            message = await receive()
+            asked = asked or message["type"] == "lifespan.shutdown"
+            return message
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.failed" and not asked:
+                logger.info("forced to stop at once: the application's shutdown was skipped")
+                message = {**message, "message": ""}  # uvicorn logs a failure's message, when it has one
+            await send(message)
+
+        await self._app(scope, receiving, sending)
+
+
 # The exit status of a serve that could not start listening (a port in use), as the README says.
 COULD_NOT_LISTEN = 3
 
@@ -482,7 +516,7 @@ async def serve_http(app: ASGIApp, settings: Settings, sockets: list[socket.sock
 
     max_connections, backlog = descriptor_bounds()
     config = uvicorn.Config(
-        app,
+        QuietLifespanCut(app),
         host=settings.host,
         port=settings.port,
         # Uvicorn's h11 protocol, with a bound on how long a request takes to arrive and on open connections.

@@ -48,6 +48,7 @@ pytestmark = pytest.mark.anyio
 
 EVERY_INTERFACE = "0.0.0.0"  # noqa: S104 - for seconds, over a fresh store, to read what the start says
 TOKEN = re.compile(r"mcps_[0-9a-f]{10}_[A-Za-z0-9_-]{43}")
+STOP_POLLS = 400  # x 0.05 s: a generous bound on how long a stop may take to get under way
 COULD_NOT_LISTEN = 3  # the exit status the README gives a serve that could not listen
 ACCEPT = {"Accept": "application/json, text/event-stream"}
 LIST_KEYS = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "list_secret_keys"}}
@@ -500,6 +501,51 @@ def test_serve_stopped_by_a_signal_exits_with_the_code_the_readme_gives(
     assert returncode == code
     exit_codes = README.read_text(encoding="utf-8").split("\nExit codes:", 1)[1].split("\n\n", 1)[0]
     assert "`serve` stops cleanly on SIGTERM and exits 0" in " ".join(exit_codes.split())
+
+
+@pytest.mark.parametrize("transport", ["streamable-http", "sse"])
+def test_a_second_ctrl_c_while_requests_finish_stops_at_once_without_the_lifespans_traceback(
+    start_server, tmp_path: Path, transport: str
+) -> None:
+    """Uvicorn forces its way out on a second Ctrl-C ("CTRL+C to force quit"), skipping the app's shutdown.
+
+    The lifespan it leaves behind is cancelled with the event loop, which Starlette reported as a failed
+    shutdown, a traceback in the log, though the stop went as it should. The request cut keeps uvicorn's
+    own error, as when the grace period ends.
+    """
+    env = isolated_env(tmp_path)
+    token = create_token(env, "alice")
+    canary = f"canary-{_random.token_hex(16)}"
+    path = "/mcp" if transport == "streamable-http" else "/secrets/set"
+    log_path = tmp_path / "server.log"
+    with start_server(env, transport, log_path) as deployment:
+        assert deployment.process is not None
+        host, port = urlsplit(deployment.base_url).hostname, urlsplit(deployment.base_url).port
+        with socket.create_connection((host, port)) as unfinished:
+            # A request whose body never ends: uvicorn waits for it before the app's shutdown.
+            body = json.dumps({"server": "s", "key": "K", "value": canary}).encode()
+            unfinished.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
+                f"Content-Type: application/json\r\nAccept: {ACCEPT['Accept']}\r\n"
+                f"Content-Length: {len(body) + 100}\r\n\r\n".encode()
+                + body
+            )
+            deployment.process.send_signal(signal.SIGINT)
+            for _ in range(STOP_POLLS):
+                if "Waiting for connections to close" in log_path.read_text(encoding="utf-8"):
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail(f"the server did not wait for the request:\n{log_path.read_text()}")
+            deployment.process.send_signal(signal.SIGINT)
+            returncode = deployment.process.wait(timeout=30)
+
+    log = log_path.read_text(encoding="utf-8")
+    assert returncode == 130
+    errors = [line for line in log.splitlines() if " ERROR " in line]
+    assert all("Exception in ASGI application" in line for line in errors), errors
+    assert "the application's shutdown was skipped" in log
+    assert canary not in log
 
 
 def probe(deployment, token: str | None, **headers: str) -> httpx2.Response:
