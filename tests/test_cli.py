@@ -361,6 +361,15 @@ def test_revoking_an_unknown_token_fails_without_echoing_it(env: dict[str, str])
     assert "0123456789" not in done.stdout + done.stderr
 
 
+def cli_on_a_lagging_replica_set(
+    env: dict[str, str], answer: Callable[[dict[str, Any]], dict[str, Any]], *args: str
+) -> subprocess.CompletedProcess[str]:
+    """``mcp-secrets ARGS`` on a primary that answers with ``answer``, asked for a majority within 1 s."""
+    with mongo_wire_server(answer, hello=PRIMARY_HELLO) as port:
+        url = f"mongodb://127.0.0.1:{port}/db?directConnection=true&w=majority&wtimeoutMS=1000"
+        return mcp_secrets_cli({**env, "MCP_SECRETS_DATABASE_URL": url}, *args)
+
+
 def test_token_revoke_the_replica_set_did_not_confirm_says_to_treat_it_as_revoked_and_records_it(
     env: dict[str, str],
 ) -> None:
@@ -383,9 +392,7 @@ def test_token_revoke_the_replica_set_did_not_confirm_says_to_treat_it_as_revoke
             inserted.extend(command["documents"])
         return {"ok": 1, "n": 1}
 
-    with mongo_wire_server(answer, hello=PRIMARY_HELLO) as port:
-        url = f"mongodb://127.0.0.1:{port}/db?directConnection=true&w=majority&wtimeoutMS=1000"
-        done = mcp_secrets_cli({**env, "MCP_SECRETS_DATABASE_URL": url}, "token", "revoke", "t1")
+    done = cli_on_a_lagging_replica_set(env, answer, "token", "revoke", "t1")
 
     assert done.returncode == 1, done.stderr
     assert "treat the token as revoked, and revoke it again" in done.stderr
@@ -417,9 +424,7 @@ def test_token_revoke_that_revoked_nothing_and_whose_write_concern_is_not_met_sa
             inserted.extend(command["documents"])
         return {"ok": 1, "n": 1}
 
-    with mongo_wire_server(answer, hello=PRIMARY_HELLO) as port:
-        url = f"mongodb://127.0.0.1:{port}/db?directConnection=true&w=majority&wtimeoutMS=1000"
-        done = mcp_secrets_cli({**env, "MCP_SECRETS_DATABASE_URL": url}, "token", "revoke", "t1")
+    done = cli_on_a_lagging_replica_set(env, answer, "token", "revoke", "t1")
 
     assert done.returncode == 1, done.stderr
     assert "there is no live token with that id (see" in done.stderr
@@ -448,9 +453,7 @@ def test_token_create_the_replica_set_did_not_confirm_revokes_the_token_it_never
             return {"ok": 1, "lastErrorObject": {"n": 1, "updatedExisting": True}, "value": revoked}
         return {"ok": 1, "n": 1}
 
-    with mongo_wire_server(answer, hello=PRIMARY_HELLO) as port:
-        url = f"mongodb://127.0.0.1:{port}/db?directConnection=true&w=majority&wtimeoutMS=1000"
-        done = mcp_secrets_cli({**env, "MCP_SECRETS_DATABASE_URL": url}, "token", "create", "alice")
+    done = cli_on_a_lagging_replica_set(env, answer, "token", "create", "alice")
 
     assert done.returncode == 1, done.stderr
     assert done.stdout == ""
