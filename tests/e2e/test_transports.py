@@ -543,7 +543,10 @@ def test_a_second_ctrl_c_while_requests_finish_stops_at_once_without_the_lifespa
     log = log_path.read_text(encoding="utf-8")
     assert returncode == 130
     errors = [line for line in log.splitlines() if " ERROR " in line]
-    assert all("Exception in ASGI application" in line for line in errors), errors
+    # The request cut, as uvicorn reports it. From Python 3.12.1 asyncio's wait_closed() waits for open
+    # connections even once forced out, so the cut comes at the end of the grace period, which says so.
+    cut = ("Exception in ASGI application", "timeout graceful shutdown exceeded")
+    assert all(any(report in line for report in cut) for line in errors), errors
     assert "the application's shutdown was skipped" in log
     assert canary not in log
 
