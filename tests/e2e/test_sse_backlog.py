@@ -141,6 +141,21 @@ def _filled(http: httpx2.Client, path: str, first_id: int = 10) -> list[int]:
     raise AssertionError("the bound never refused a request")
 
 
+def _read_answers(stream: socket.socket, request_ids: list[int]) -> None:
+    """Read ``stream`` until the answers to ``request_ids`` have gone by, with room to read them at speed.
+
+    Through the 4 KiB receive buffer a stalled stream was given, its answers came 2 KB at a time, about
+    200 ms apart (TCP's zero-window probes): a hundred answers would take about a minute.
+    """
+    stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    answers = {b'"id":%d,"result"' % request_id for request_id in request_ids}
+    received = b""
+    while not all(answer in received for answer in answers):
+        chunk = stream.recv(65536)
+        assert chunk, "the SSE stream ended before the answers it owed"
+        received += chunk
+
+
 def test_cancels_posted_with_another_token_of_the_same_user_change_nothing(sse: Deployment) -> None:
     # The SDK takes a session's posts from the credential that opened it only: another token of the same
     # user is answered 404, and its cancels must not count that session's requests off either, or they
@@ -196,12 +211,13 @@ def test_requests_cancelled_while_the_stream_stalled_count_off_once_it_flows(sse
         )
         _initialized(http, path, capabilities)
         assert {http.post(path, json=call).status_code for call in waiting} == {202}
-        _filled(http, path, first_id=100)  # the stream stalls: nothing of it is read
+        taken = _filled(http, path, first_id=100)  # the stream stalls: nothing of it is read
         for call in waiting:
             cancel = _message(None, "notifications/cancelled", {"requestId": call["id"]})
             assert http.post(path, json=cancel).status_code == 202
+        _read_answers(stream, taken)  # the stream flows again
         _drained(stream)
-        time.sleep(6)  # the stream flows for longer than the grace
+        time.sleep(6)  # for longer than the grace
         more = [
             _message(10_000 + n, "tools/call", {"name": "request_secret", "arguments": _names(100 + n)})
             for n in range(MOST_WAITING - 2)
