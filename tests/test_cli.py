@@ -1884,6 +1884,28 @@ def test_list_on_mongodb_needs_no_master_key(env: dict[str, str]) -> None:
     ]
 
 
+def test_debug_logging_keeps_the_mongodb_driver_s_command_documents_out(env: dict[str, str]) -> None:
+    """pymongo logs each command and reply whole at DEBUG: a secret's ciphertext, a token's hash."""
+    written: list[dict[str, Any]] = []
+    holding = server_holding({})
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        if "update" in command:
+            written.extend(command["updates"])
+        return holding(command)
+
+    with mongo_wire_server(answer) as port:
+        env["MCP_SECRETS_DATABASE_URL"] = f"mongodb://127.0.0.1:{port}/db"
+        env["MCP_SECRETS_LOG_LEVEL"] = "DEBUG"
+        done = mcp_secrets_cli(env, "set", "github", "TOKEN", "--user", "alice", stdin=new_canary() + "\n")
+
+    ciphertexts = [update["u"]["$set"]["value"] for update in written if "value" in update["u"]["$set"]]
+    assert ciphertexts, (done.returncode, done.stderr)
+    assert "pymongo.topology" in done.stderr  # the driver's other DEBUG logs still come: DEBUG was on
+    assert "Command started" not in done.stderr
+    assert any(ciphertext in done.stderr for ciphertext in ciphertexts) is False
+
+
 def test_list_defaults_to_the_servers_user_and_takes_one_server(env: dict[str, str]) -> None:
     stored(env, ("alice", "github", "TOKEN"), ("bob", "github", "TOKEN"), ("bob", "slack", "BOT"))
     env["MCP_SECRETS_USER"] = "bob"

@@ -25,6 +25,9 @@ PAYLOAD_LOGGERS = (
     "sse_starlette",
     "uvicorn",
     "starlette",
+    # The MongoDB driver logs each command and reply whole: a secret's ciphertext, a token's or link's hash.
+    # Its other loggers (topology, server selection, connections) quote no document and keep DEBUG.
+    "pymongo.command",
 )
 # HTTP clients log each request's URL at INFO, and a gateway URL may carry an injected secret.
 URL_LOGGERS = ("httpx", "httpx2")
