@@ -1700,6 +1700,111 @@ def test_a_key_file_others_can_write_is_named_as_open_to_their_key(
     assert canary not in done.stdout + done.stderr
 
 
+ANOTHER_UID = 4242  # a user with no name here: the warning names it by its number
+needs_root_to_give_files_away = pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0, reason="only root can give a file to another user"
+)
+
+
+@needs_root_to_give_files_away
+def test_a_key_file_another_user_owns_is_named_as_open_to_their_key(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # Its owner may rewrite it whatever its mode: a key of theirs would encrypt what comes.
+    master_key = env.pop("MCP_SECRETS_MASTER_KEY")
+    key_file = tmp_path / "keys" / "master.key"
+    key_file.parent.mkdir(mode=0o700)
+    key_file.write_text(master_key + "\n")
+    key_file.chmod(0o600)
+    env["MCP_SECRETS_MASTER_KEY_FILE"] = str(key_file)
+    canary = new_canary()
+
+    unowned = set_from_stdin(env, canary, "github", "TOKEN", "--user", "alice")
+    os.chown(key_file, ANOTHER_UID, -1)
+    owned_by_another = set_from_stdin(env, canary, "github", "TOKEN", "--user", "alice")
+    os.chown(key_file, 0, -1)
+    os.chown(key_file.parent, ANOTHER_UID, -1)  # the directory's owner can put another file in its place
+    in_their_directory = set_from_stdin(env, canary, "github", "TOKEN", "--user", "alice")
+
+    assert (unowned.returncode, owned_by_another.returncode, in_their_directory.returncode) == (0, 0, 0)
+    assert "owned by" not in unowned.stderr
+    assert (
+        f"the master key file {key_file} is owned by another user (uid {ANOTHER_UID}), who can put a key "
+        "of theirs in it"
+    ) in owned_by_another.stderr
+    assert (
+        f"the master key file {key_file} is in {key_file.parent}, owned by another user (uid {ANOTHER_UID}), "
+        "who can put a key of theirs in it"
+    ) in in_their_directory.stderr
+    outputs = "".join(done.stdout + done.stderr for done in (unowned, owned_by_another, in_their_directory))
+    assert master_key not in outputs
+    assert canary not in outputs
+
+
+@needs_root_to_give_files_away
+def test_a_database_another_user_owns_is_named_as_open_to_their_tokens(env: dict[str, str]) -> None:
+    canary = new_canary()
+    assert set_from_stdin(env, canary, "github", "TOKEN", "--user", "alice").returncode == 0
+    data_dir = Path(env["MCP_SECRETS_DATA_DIR"])
+    database = data_dir / "secrets.db"
+
+    os.chown(database, ANOTHER_UID, -1)
+    owned_by_another = mcp_secrets_cli(env, "list", "--user", "alice")
+    os.chown(database, 0, -1)
+    os.chown(data_dir, ANOTHER_UID, -1)
+    in_their_directory = mcp_secrets_cli(env, "list", "--user", "alice")
+
+    assert (owned_by_another.returncode, in_their_directory.returncode) == (0, 0)
+    assert (
+        f"the database file {database} is owned by another user (uid {ANOTHER_UID}), who can add API tokens "
+        "for any user and change or delete records"
+    ) in owned_by_another.stderr
+    assert (
+        f"the database file {database} is in {data_dir}, owned by another user (uid {ANOTHER_UID}), who can "
+        "add API tokens for any user and change or delete records"
+    ) in in_their_directory.stderr
+    assert canary not in owned_by_another.stdout + owned_by_another.stderr + in_their_directory.stderr
+
+
+GATEWAY_OPEN_TO = "who can have users' secrets sent to a program of theirs"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_a_gateway_file_others_can_write_is_named_as_open_to_their_programs(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # A downstream's command is run with its users' secrets: whoever writes the file chooses the command.
+    servers = tmp_path / "servers.json"
+    servers.write_text('{"mcpServers": {}}', encoding="utf-8")
+    servers.chmod(0o644)
+    kept = mcp_secrets_cli(env, "serve", "--servers", str(servers))
+    servers.chmod(0o664)
+    open_to_others = mcp_secrets_cli(env, "serve", "--servers", str(servers))
+
+    assert (kept.returncode, open_to_others.returncode) == (0, 0), open_to_others.stderr
+    assert GATEWAY_OPEN_TO not in kept.stderr
+    assert (
+        f"the gateway file {servers} is writable by other users, {GATEWAY_OPEN_TO}; run: chmod go-w {servers}"
+    ) in open_to_others.stderr
+    assert open_to_others.stderr.count(GATEWAY_OPEN_TO) == 1  # read twice at the start, named once
+
+
+@needs_root_to_give_files_away
+def test_a_gateway_file_another_user_owns_is_named_as_open_to_their_programs(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    servers = tmp_path / "servers.json"
+    servers.write_text('{"mcpServers": {}}', encoding="utf-8")
+    os.chown(servers, ANOTHER_UID, -1)
+
+    done = mcp_secrets_cli(env, "serve", "--servers", str(servers))
+
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"the gateway file {servers} is owned by another user (uid {ANOTHER_UID}), {GATEWAY_OPEN_TO}"
+    ) in done.stderr
+
+
 @pytest.mark.parametrize("spelling", ["base64url", "base64"])
 def test_a_master_key_given_as_the_key_files_path_is_refused_without_quoting_it(
     env: dict[str, str], spelling: str

@@ -23,7 +23,7 @@ from mcp_secrets.crypto import (
     parse_master_key,
 )
 from mcp_secrets.errors import ConfigurationError, UnreadableRecordError
-from mcp_secrets.file_modes import others_may_read, others_may_write
+from mcp_secrets.file_modes import others_may_read, others_may_write, owned_elsewhere
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import SecretStore, open_store
 from mcp_secrets.store.sqlite import make_private_directories
@@ -93,6 +93,8 @@ def _read_key_file(path: Path, setting: str | None = None) -> list[bytes]:
         )
     elif others_may_read(mode):
         logger.warning("the master key file %s is readable by other users; run: chmod 600 %s", path, path)
+    if (elsewhere := owned_elsewhere(path)) is not None:
+        logger.warning("the master key file %s %s, who can put a key of theirs in it", path, elsewhere)
     return _parse_keys(text, named)
 
 

@@ -29,6 +29,7 @@ from mcp_secrets.config import Settings, StoreLocation
 from mcp_secrets.entry import EntryLinks
 from mcp_secrets.errors import EXIT_ERROR
 from mcp_secrets.gateway import Gateway, load_gateway_config
+from mcp_secrets.gateway.config import warn_of_other_writers
 from mcp_secrets.gateway.pool import DownstreamPool
 from mcp_secrets.identity import BearerIdentity, LocalIdentity
 from mcp_secrets.local_user import local_username
@@ -202,6 +203,7 @@ def _gateway(settings: Settings, secrets: Secrets, entry: EntrySettings | None) 
         start_seconds=settings.gateway_start_seconds,
     )
     config = load_gateway_config(settings.servers)
+    warn_of_other_writers(config)  # here, not in check_settings: once a start
     # stdio only, whose client is this machine's user: an HTTP caller has no need to know where the files are.
     hint = missing_secrets_hint(entry, settings.store_location() if entry is None else StoreLocation())
     return Gateway(config, secrets, pool=pool, missing_hint=hint)

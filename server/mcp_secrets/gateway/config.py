@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,7 +33,10 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mcp_secrets.errors import ConfigurationError
+from mcp_secrets.file_modes import others_may_write, owned_elsewhere
 from mcp_secrets.secrets import NAME_RULE, validate_name
+
+logger = logging.getLogger(__name__)
 
 PLACEHOLDER = re.compile(r"\$\{secret:([^}]*)\}")
 SEPARATOR = "__"
@@ -290,3 +294,23 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
             raise ConfigurationError(f"{source}: server {name!r}, field {field}: {error['msg']}") from None
         servers[name] = _server(str(source), name, spec)
     return GatewayConfig(path=str(source), servers=servers)
+
+
+def warn_of_other_writers(config: GatewayConfig) -> None:
+    """Warn when users other than this one may change the gateway file.
+
+    A downstream's command runs with its users' secrets in its environment, and its URL gets them in its
+    headers: whoever changes the file chooses where they go.
+    """
+    path = Path(config.path)
+    power = "who can have users' secrets sent to a program of theirs"
+    try:
+        writable = others_may_write(path.stat().st_mode)
+    except OSError:  # gone since it was read: the start reads it no more
+        writable = False
+    if writable:
+        logger.warning(
+            "the gateway file %s is writable by other users, %s; run: chmod go-w %s", path, power, path
+        )
+    if (elsewhere := owned_elsewhere(path)) is not None:
+        logger.warning("the gateway file %s %s, %s", path, elsewhere, power)

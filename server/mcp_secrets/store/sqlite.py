@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from mcp_secrets.errors import StoreUnavailableError, UnreadableRecordError
-from mcp_secrets.file_modes import others_may_read, others_may_write
+from mcp_secrets.file_modes import others_may_read, others_may_write, owned_elsewhere
 from mcp_secrets.store import (
     AuditEvent,
     FieldError,
@@ -433,7 +433,8 @@ def make_private_directories(directory: Path) -> None:
 def _create_private_file(path: Path) -> None:
     """Create the database file readable by its owner only, before SQLite opens it.
 
-    An existing file keeps its mode (its owner chose it), with a warning when others can read it.
+    An existing file keeps its mode (its owner chose it), with a warning when others can read it, and
+    either way a warning when another user owns it or a directory above it.
     """
     make_private_directories(path.parent)
     try:
@@ -454,6 +455,12 @@ def _create_private_file(path: Path) -> None:
                 path,
                 path,
             )
+    if (elsewhere := owned_elsewhere(path)) is not None:
+        logger.warning(
+            "the database file %s %s, who can add API tokens for any user and change or delete records",
+            path,
+            elsewhere,
+        )
 
 
 class SQLiteStore:
