@@ -3,7 +3,8 @@
 It answers the handshake as a standalone server (or with ``hello``: ``MONGOS_HELLO`` for a sharded
 cluster's router, ``PRIMARY_HELLO`` for a replica set's primary reached with ``directConnection=true``)
 and every other command with what ``answer`` returns, so a test can give pymongo the server's real error
-replies (a refused login, a missing privilege, a write concern not met).
+replies (a refused login, a missing privilege, a write concern not met), or none: ``DROP`` closes the
+connection instead, as a server that fails, or a network that breaks, once a command has reached it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ WTIMEOUT: Document = {
     "errmsg": "waiting for replication timed out",
     "errInfo": {"wtimeout": True},
 }
+# What ``answer`` returns for a command it leaves unanswered: its connection is closed.
+DROP: Document = {}
 
 
 def _first_document(data: bytes) -> Document:
@@ -74,14 +77,16 @@ def _serve_connection(
             body = connection.recv(length - 16, socket.MSG_WAITALL)
             if opcode == OP_QUERY:  # the handshake: flags, collection name, skip and limit, then the command
                 after_name = body.index(b"\0", 4) + 1 + 8
-                command = _first_document(body[after_name:])
-                reply = struct.pack("<iqii", 0, 0, 0, 1) + bson.encode(_reply(command, answer, hello))
-                opcode = OP_REPLY
+                answered = _reply(_first_document(body[after_name:]), answer, hello)
+                prefix, opcode = struct.pack("<iqii", 0, 0, 0, 1), OP_REPLY
             elif opcode == OP_MSG:  # flags, then a section of kind 0: the command
-                command = _command(body)
-                reply = struct.pack("<IB", 0, 0) + bson.encode(_reply(command, answer, hello))
+                answered = _reply(_command(body), answer, hello)
+                prefix = struct.pack("<IB", 0, 0)
             else:
                 return
+            if answered is DROP:
+                return
+            reply = prefix + bson.encode(answered)
             connection.sendall(struct.pack("<iiii", 16 + len(reply), 0, request_id, opcode) + reply)
 
 

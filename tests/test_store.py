@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pymongo.errors import DuplicateKeyError
 
-from _mongo_wire import MONGOS_HELLO, PRIMARY_HELLO, WTIMEOUT, mongo_wire_server, server_holding
+from _mongo_wire import DROP, MONGOS_HELLO, PRIMARY_HELLO, WTIMEOUT, mongo_wire_server, server_holding
 from conftest import STORE_KINDS, assert_not_leaked
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.errors import (
@@ -1930,6 +1930,140 @@ def test_mongo_store_links_made_then_taken_back_are_not_reported_as_made(canary:
     assert "may or may not" not in str(refused.value)
     assert sent_commands[-2:] == ["insert entry_links", "delete entry_links"]
     assert_not_leaked(refused.value, canary)
+
+
+# The commands of the store's writes: a server that has received one may have made it.
+WRITES = frozenset({"insert", "update", "delete", "findAndModify"})
+
+
+def _server_losing_writes(received: list[str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A standalone server that receives each write (``received`` names it) and loses its connection before
+    it answers, as one that fails or a network that breaks then; other commands it answers."""
+    holding = server_holding({})
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        name, collection = next(iter(command.items()))
+        if name in WRITES:
+            received.append(f"{name} {collection}")
+            return DROP
+        return holding(command)
+
+    return answer
+
+
+LINK = LinkRecord("link-1", "hash-1", "alice", "github", "TOKEN", T0, T0 + timedelta(minutes=10))
+# Every call of the store that writes, but put_links: links whose writes are lost are said to be unmade,
+# since no token of theirs is ever handed out (see the test of them taken back).
+LOSABLE_WRITES: dict[str, tuple[str, Callable[[MongoStore], object]]] = {
+    "put_secret": (
+        "update user_secrets",
+        lambda store: store.put_secret(
+            "alice", "github", "TOKEN", "v1:k:c", T1, event=AuditEvent(T1, "alice", "")
+        ),
+    ),
+    "delete_secret": (
+        "delete user_secrets",
+        lambda store: store.delete_secret(
+            "alice", "github", "TOKEN", event=AuditEvent(T1, "alice", "deleted")
+        ),
+    ),
+    "put_token": ("insert api_tokens", lambda store: store.put_token(TokenRecord("t1", "alice", "h", T1))),
+    "put_token first": (
+        "insert api_tokens",
+        lambda store: store.put_token(TokenRecord("t1", "alice", "h", T1), first=True),
+    ),
+    "revoke_token": ("findAndModify api_tokens", lambda store: store.revoke_token("t1", T1)),
+    "add_event": ("insert audit_events", lambda store: store.add_event(AuditEvent(T1, "alice", "set"))),
+    "record_uses": (
+        "update user_secrets",
+        lambda store: store.record_uses(
+            [SecretUse("alice", "github", ("TOKEN",), AuditEvent(T1, "alice", "used", "github", "TOKEN"))]
+        ),
+    ),
+    "replace_value": (
+        "update user_secrets",
+        lambda store: store.replace_value("alice", "github", "TOKEN", "v1:k:old", "v2:k:new"),
+    ),
+    "claim_link": ("update entry_links", lambda store: store.claim_link("hash-1", T1, "claim-1")),
+    "release_link": ("update entry_links", lambda store: store.release_link("hash-1", "claim-1")),
+    "end_token_links": ("update entry_links", lambda store: store.end_token_links("t1", T1)),
+}
+
+
+@pytest.mark.parametrize("call", LOSABLE_WRITES)
+def test_a_write_whose_connection_fails_once_it_was_sent_may_or_may_not_have_been_made(call: str) -> None:
+    # A standalone server: no transaction, no retried write. The server got the write; whether it made it,
+    # nobody can tell, so it must not read as an unavailable store, which would say that nothing was made.
+    password = secrets.token_urlsafe(16)
+    received: list[str] = []
+    command, write = LOSABLE_WRITES[call]
+    with mongo_wire_server(_server_losing_writes(received)) as port:
+        store = MongoStore.from_url(f"mongodb://alice:{password}@127.0.0.1:{port}/db?authMechanism=PLAIN")
+        try:
+            with pytest.raises(WriteUnconfirmedError) as lost:
+                write(store)
+        finally:
+            store.close()
+
+    assert received == [command]
+    assert "the connection to the MongoDB server failed during the write (AutoReconnect)" in str(lost.value)
+    assert "may or may not have been made" in str(lost.value)
+    assert "unavailable" not in str(lost.value)
+    assert_not_leaked(lost.value, password, str(port))
+
+
+def test_a_write_to_a_server_that_cannot_be_reached_is_unavailable_and_was_never_sent() -> None:
+    # Server selection fails before any write is sent: pymongo's ServerSelectionTimeoutError is an
+    # AutoReconnect too, but nothing was made. So is a read whose connection fails: it changed nothing.
+    received: list[str] = []
+    gone = threading.Event()
+    losing = _server_losing_writes(received)
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        return DROP if gone.is_set() else losing(command)
+
+    with mongo_wire_server(answer) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db?serverSelectionTimeoutMS=200")
+    try:
+        gone.set()  # the server stops: its connections close, and none can be made
+        with pytest.raises(StoreUnavailableError) as read:
+            store.find_token_by_id("t1")
+        with pytest.raises(StoreUnavailableError) as written:
+            store.put_token(TokenRecord("t1", "alice", "h", T1))
+    finally:
+        store.close()
+
+    assert received == []
+    for refused in (read.value, written.value):
+        assert not isinstance(refused, WriteUnconfirmedError)
+        assert "unavailable" in str(refused)
+    assert "(ServerSelectionTimeoutError)" in str(written.value)
+
+
+def test_a_change_whose_audit_event_is_lost_on_its_way_says_the_event_may_not_have_been_written(
+    canary: str,
+) -> None:
+    # Standalone: the change is made and answered, then the event's insert reaches the server unanswered.
+    received: list[str] = []
+    losing = _server_losing_writes(received)
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        if "update" in command:
+            return {"ok": 1, "n": 1, "nModified": 0, "upserted": [{"index": 0, "_id": bson.ObjectId()}]}
+        return losing(command)
+
+    with mongo_wire_server(answer) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db")
+        try:
+            with pytest.raises(StoreUnavailableError) as lost:
+                store.put_secret("alice", "github", "TOKEN", canary, T1, event=AuditEvent(T1, "alice", ""))
+        finally:
+            store.close()
+
+    assert received == ["insert audit_events"]
+    assert "the change was made" in str(lost.value)
+    assert "the event may or may not have been written" in str(lost.value)
+    assert_not_leaked(lost.value, canary)
 
 
 # --- open_store -----------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import replace
@@ -13,12 +14,14 @@ from bson import ObjectId
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.errors import InvalidBSON, InvalidDocument
 from bson.raw_bson import RawBSONDocument
-from pymongo import DeleteOne, MongoClient, ReadPreference, ReturnDocument, UpdateOne, timeout
+from pymongo import DeleteOne, MongoClient, ReadPreference, ReturnDocument, UpdateOne, monitoring, timeout
+from pymongo.client_options import ClientOptions
 from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 from pymongo.cursor import Cursor
 from pymongo.errors import (
     BulkWriteError,
+    ConnectionFailure,
     DuplicateKeyError,
     InvalidName,
     OperationFailure,
@@ -256,6 +259,44 @@ def _link_of(document: Document) -> LinkRecord:
     )
 
 
+# The commands that change a collection: any of them sent and left unanswered may or may not have been made.
+_WRITE_COMMANDS = frozenset({"insert", "update", "delete", "findAndModify"})
+
+
+class _UnansweredWrites(monitoring.CommandListener):
+    """Tells, in each thread, whether the last command it sent was a write that got no answer.
+
+    pymongo raises ``AutoReconnect`` alike for a connection that could not be made, where nothing was sent,
+    and for one that broke after a write was sent, which the server may have made: only whether the write
+    was started tells them apart. pymongo publishes a command's events in the thread that runs it.
+    """
+
+    def __init__(self) -> None:
+        self._thread = threading.local()
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self._thread.unanswered = event.command_name in _WRITE_COMMANDS
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:  # noqa: ARG002 - only that it was
+        self._thread.unanswered = False
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        # A server's error reply is a document with "ok"; pymongo's own failures (a connection lost) are not.
+        if "ok" in event.failure:
+            self._thread.unanswered = False
+
+    def forget(self) -> None:
+        """Start afresh: a write of an earlier call, lost, is not this call's."""
+        self._thread.unanswered = False
+
+    def unanswered(self) -> bool:
+        """Whether this thread's last command was a write sent and never answered."""
+        return bool(getattr(self._thread, "unanswered", False))
+
+
+# One for every client the store makes: its state is per thread, and a thread runs one command at a time.
+_UNANSWERED = _UnansweredWrites()
+
 _TLS_FILE_OPTIONS = ("tlscafile", "tlscertificatekeyfile", "tlscrlfile")  # as pymongo spells them
 
 
@@ -278,6 +319,14 @@ class MongoStore:
                 "MongoDB writes must be acknowledged: remove w=0 from MCP_SECRETS_DATABASE_URL"
             )
         self._client = client
+        # A client made elsewhere, without the listener, cannot tell a write sent from one never sent: its
+        # connection failures read as an unavailable store, as they did before the store could tell.
+        options = getattr(client, "options", None)
+        self._tells_sent = isinstance(options, ClientOptions) and any(
+            # The listeners as given, whatever pymongo's annotation says.
+            listener is _UNANSWERED
+            for listener in cast("list[object]", options.event_listeners)
+        )
         # Whatever readPreference the URL sets: a secondary may not have a token's revocation yet, nor a
         # secret just saved, and the store answers as SQLite does, with what was last written.
         db = client.get_database(database, read_preference=ReadPreference.PRIMARY)
@@ -366,6 +415,7 @@ class MongoStore:
             client: MongoClient[Document] = MongoClient(
                 url,
                 tz_aware=True,
+                event_listeners=[_UNANSWERED],
                 **{option: value for option, value in defaults.items() if option.lower() not in given},
             )
         except (PyMongoConfigurationError, ValueError) as exc:
@@ -450,7 +500,7 @@ class MongoStore:
                 self._record_change(replace(event, action="created" if created else "updated"), session)
             return created
 
-        with _available(SECRETS_COLLECTION):
+        with self._writing(SECRETS_COLLECTION):
             try:
                 return self._changing(write)
             except DuplicateKeyError:
@@ -484,7 +534,7 @@ class MongoStore:
                 self._record_change(event, session)
             return deleted
 
-        with _available(SECRETS_COLLECTION):
+        with self._writing(SECRETS_COLLECTION):
             return self._changing(write)
 
     def _changing(self, write: Callable[[ClientSession | None], T]) -> T:
@@ -504,6 +554,25 @@ class MongoStore:
             result: T = session.with_transaction(write, read_concern=_IN_TRANSACTION)
         return result
 
+    @contextmanager
+    def _writing(self, collection: str | None = None) -> Iterator[None]:
+        """``_available`` for a call that writes: a write sent whose connection then failed is not undone."""
+        _UNANSWERED.forget()
+        with _available(collection):
+            try:
+                yield
+            except ConnectionFailure as exc:
+                if not self._lost(exc):
+                    raise
+                raise _lost_write(exc) from None
+
+    def _lost(self, exc: ConnectionFailure) -> bool:
+        """Whether ``exc`` broke a write the server had been sent, which it may or may not have made."""
+        if exc.has_error_label(_UNKNOWN_COMMIT) or exc.has_error_label("TransientTransactionError"):
+            # A transaction's: a commit of no known result is said as such; one not committed made nothing.
+            return False
+        return self._tells_sent and _UNANSWERED.unanswered()
+
     def _record_change(self, event: AuditEvent, session: ClientSession | None) -> None:
         """Write a change's event: in its transaction, or (standalone) after it, saying so if it fails."""
         try:
@@ -517,6 +586,12 @@ class MongoStore:
                     f"the change was made, and its audit event written, but the MongoDB server did not "
                     f"confirm the event as the write concern of MCP_SECRETS_DATABASE_URL asks "
                     f"({type(exc).__name__}): it may or may not last"
+                ) from None
+            if isinstance(exc, ConnectionFailure) and self._lost(exc):
+                raise StoreUnavailableError(
+                    f"the change was made, but the connection to the MongoDB server failed as its audit "
+                    f"event was written ({type(exc).__name__}): the event may or may not have been written; "
+                    "a standalone MongoDB server has no transactions to make both at once"
                 ) from None
             raise StoreUnavailableError(
                 f"the change was made, but its audit event could not be written ({type(exc).__name__}); "
@@ -562,7 +637,7 @@ class MongoStore:
             for (username, server, key), at in latest_uses(uses).items()
         ]
         events = [{"_id": _event_id(use), **_event_document(use.event)} for use in uses]
-        with _available():
+        with self._writing():
             if updates:
                 self._secrets.bulk_write(updates, ordered=False)
             if events:
@@ -576,7 +651,7 @@ class MongoStore:
 
     def add_event(self, event: AuditEvent) -> None:
         """Append one event to the audit trail."""
-        with _available(EVENTS_COLLECTION):
+        with self._writing(EVENTS_COLLECTION):
             self._events.insert_one(_event_document(event))
 
     def list_events(
@@ -608,7 +683,7 @@ class MongoStore:
         if limit < 1:  # pymongo reads 0 as no limit at all: every old event would go
             return 0
         selector = {"at": {"$lt": _time("before", before)}}
-        with _available(EVENTS_COLLECTION):
+        with self._writing(EVENTS_COLLECTION):
             # The first written (``_id``, insertion order) go first, ``limit`` at a time: walking ``_id``
             # from the oldest meets old events first, whichever index the server's planner picks.
             documents = _read(self._events, lambda events: events.find(selector).sort("_id", 1).limit(limit))
@@ -648,7 +723,7 @@ class MongoStore:
     def replace_value(self, username: str, server: str, key: str, old: str, new: str) -> bool:
         """Swap a record's ciphertext ``old`` for ``new``, only if it is still ``old``; timestamps stay."""
         selector = {**_record(username, server, key), "value": _text("value", old)}
-        with _available(SECRETS_COLLECTION):
+        with self._writing(SECRETS_COLLECTION):
             # Matched, not modified: MongoDB counts a write of the value already there as no change.
             return self._secrets.update_one(selector, {"$set": {"value": new}}).matched_count > 0
 
@@ -668,10 +743,10 @@ class MongoStore:
             "label": token.label,
         }
         if not first:
-            with _available(TOKENS_COLLECTION):
+            with self._writing(TOKENS_COLLECTION):
                 self._tokens.insert_one(document)
             return True
-        with _available(TOKENS_COLLECTION):
+        with self._writing(TOKENS_COLLECTION):
             if self._tokens.find_one({}, {"_id": True}) is not None:
                 return False
             try:
@@ -703,7 +778,7 @@ class MongoStore:
 
     def revoke_token(self, token_id: str, now: datetime) -> TokenRecord | None:
         """Mark a live token revoked; its record as revoked, or None when no live token has this id."""
-        with _available(TOKENS_COLLECTION):
+        with self._writing(TOKENS_COLLECTION):
             document = self._tokens.find_one_and_update(
                 {"token_id": _text("token_id", token_id), "revoked_at": None},
                 {"$set": {"revoked_at": now}},
@@ -771,7 +846,7 @@ class MongoStore:
             "used_at": None,
             "expires_at": {"$gt": _time("now", now)},
         }
-        with _available(LINKS_COLLECTION):
+        with self._writing(LINKS_COLLECTION):
             return self._links.update_many(selector, {"$set": {"expires_at": now}}).modified_count
 
     def count_live_links(self, username: str, now: datetime) -> int:
@@ -795,7 +870,7 @@ class MongoStore:
         selector = {"link_hash": _text("link_hash", link_hash), "used_at": None, "expires_at": {"$gt": now}}
         claimed_by = None if form is None else _text("form", form)
         claim = {"used_at": now, "claim_id": _text("claim_id", claim_id), "claimed_by": claimed_by}
-        with _available(LINKS_COLLECTION):
+        with self._writing(LINKS_COLLECTION):
             result = self._links.update_one(selector, {"$set": claim})
         return result.modified_count > 0
 
@@ -805,7 +880,7 @@ class MongoStore:
         By the claim's id, not its time: a BSON date keeps milliseconds, which two claims can share.
         """
         selector = {"link_hash": _text("link_hash", link_hash), "claim_id": _text("claim_id", claim_id)}
-        with _available(LINKS_COLLECTION):
+        with self._writing(LINKS_COLLECTION):
             self._links.update_one(
                 selector, {"$set": {"used_at": None, "claim_id": None, "claimed_by": None}}
             )
@@ -1033,6 +1108,15 @@ def _recording_unconfirmed(exc: PyMongoError, record: Callable[[], None]) -> Non
 
 # The driver's label of a transaction commit whose outcome it could not learn.
 _UNKNOWN_COMMIT = "UnknownTransactionCommitResult"
+
+
+def _lost_write(exc: ConnectionFailure) -> WriteUnconfirmedError:
+    """The error of a write sent whose connection failed before the server answered: made, or not."""
+    return WriteUnconfirmedError(
+        f"the connection to the MongoDB server failed during the write ({type(exc).__name__}), so the change "
+        "may or may not have been made; where making it again is safe (saving or deleting a secret, revoking "
+        "a token), do, to confirm it"
+    )
 
 
 def _unavailable(exc: PyMongoError) -> StoreUnavailableError:
