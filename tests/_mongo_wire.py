@@ -136,3 +136,25 @@ def server_holding(documents: dict[str, list[Document]]) -> Callable[[Document],
         return {"ok": 1, "n": 0}
 
     return answer
+
+
+# The commands that change a collection: a server that has received one may have made it.
+WRITES = frozenset({"insert", "update", "delete", "findAndModify"})
+
+
+def server_losing_writes(
+    received: list[str], documents: dict[str, list[Document]] | None = None
+) -> Callable[[Document], Document]:
+    """A server that receives each write (``received`` names it: "insert api_tokens") and loses its connection
+    before it answers, as one that fails or a network that breaks then; it answers reads as
+    ``server_holding(documents)``."""
+    holding = server_holding(documents or {})
+
+    def answer(command: Document) -> Document:
+        name, collection = next(iter(command.items()))
+        if name in WRITES:
+            received.append(f"{name} {collection}")
+            return DROP
+        return holding(command)
+
+    return answer

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import mcp_secrets
-from _mongo_wire import PRIMARY_HELLO, WTIMEOUT, mongo_wire_server, server_holding
+from _mongo_wire import PRIMARY_HELLO, WTIMEOUT, mongo_wire_server, server_holding, server_losing_writes
 from conftest import (
     as_an_ordinary_process,
     assert_no_fragment_of,
@@ -465,6 +465,89 @@ def test_token_create_the_replica_set_did_not_confirm_revokes_the_token_it_never
         ("alice", "token-revoked")
     ]
     assert UNCONFIRMED in inserted["audit_events"][0]["detail"]
+
+
+def cli_losing_writes(
+    env: dict[str, str],
+    received: list[str],
+    *args: str,
+    documents: dict[str, list[dict[str, Any]]] | None = None,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``mcp-secrets ARGS`` on a standalone server holding ``documents`` that loses the connection of each
+    write it receives (``received`` names them), logged in to with a random password, found in no output."""
+    password = new_canary()
+    with mongo_wire_server(server_losing_writes(received, documents)) as port:
+        url = f"mongodb://alice:{password}@127.0.0.1:{port}/db?authMechanism=PLAIN"
+        done = mcp_secrets_cli({**env, "MCP_SECRETS_DATABASE_URL": url}, *args, stdin=stdin)
+    assert password not in done.stdout + done.stderr
+    return done
+
+
+def test_set_whose_write_is_lost_on_its_way_says_it_may_or_may_not_have_been_made(
+    env: dict[str, str],
+) -> None:
+    received: list[str] = []
+    value = new_canary()
+
+    done = cli_losing_writes(env, received, "set", "github", "TOKEN", "--user", "alice", stdin=value + "\n")
+
+    assert done.returncode == 1, done.stderr
+    assert received == ["update user_secrets"]
+    assert "the connection to the MongoDB server failed during the write" in done.stderr
+    assert "may or may not have been made" in done.stderr
+    assert "unavailable" not in done.stderr
+    assert value not in done.stdout + done.stderr
+
+
+def test_token_create_whose_write_is_lost_names_the_token_that_may_exist_and_how_to_revoke_it(
+    env: dict[str, str],
+) -> None:
+    """Perhaps made: a live token nobody was shown, that its revocation, lost as well, may not have ended."""
+    received: list[str] = []
+
+    done = cli_losing_writes(env, received, "token", "create", "alice")
+
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    assert received == ["insert api_tokens", "findAndModify api_tokens"]
+    named = re.search(r"the new token (\w+) was not shown: its creation was not confirmed", done.stderr)
+    assert named, done.stderr
+    assert f"it could not be revoked; revoke token {named[1]} (`mcp-secrets token revoke {named[1]}`)" in (
+        done.stderr
+    )
+    assert "unavailable" not in done.stderr
+
+
+def test_token_revoke_whose_write_is_lost_and_that_reads_the_token_live_says_to_revoke_again_unrecorded(
+    env: dict[str, str],
+) -> None:
+    created = datetime(2025, 3, 14, tzinfo=timezone.utc)
+    token = {"token_id": "t1", "username": "alice", "token_hash": "h", "created_at": created, "label": ""}
+    received: list[str] = []
+
+    done = cli_losing_writes(env, received, "token", "revoke", "t1", documents={"api_tokens": [token]})
+
+    assert done.returncode == 1, done.stderr
+    assert "the token was still live when read back: revoke it again" in done.stderr
+    assert "unavailable" not in done.stderr
+    assert received == ["findAndModify api_tokens"]  # no revocation recorded: none was made
+
+
+def test_token_create_on_a_server_that_cannot_be_reached_says_the_store_is_unavailable(
+    env: dict[str, str],
+) -> None:
+    password = new_canary()
+    with mongo_wire_server(server_holding({})) as port:
+        pass  # closed: nothing listens on its port
+    url = f"mongodb://alice:{password}@127.0.0.1:{port}/db?authMechanism=PLAIN&serverSelectionTimeoutMS=200"
+
+    done = mcp_secrets_cli({**env, "MCP_SECRETS_DATABASE_URL": url}, "token", "create", "alice")
+
+    assert done.returncode == 1, done.stderr
+    assert "the MongoDB store is unavailable (ServerSelectionTimeoutError)" in done.stderr
+    assert "may or may not" not in done.stderr
+    assert password not in done.stdout + done.stderr
 
 
 def _refusing(env: dict[str, str], trigger: str) -> None:

@@ -27,7 +27,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pymongo.errors import DuplicateKeyError
 
-from _mongo_wire import DROP, MONGOS_HELLO, PRIMARY_HELLO, WTIMEOUT, mongo_wire_server, server_holding
+from _mongo_wire import (
+    DROP,
+    MONGOS_HELLO,
+    PRIMARY_HELLO,
+    WTIMEOUT,
+    mongo_wire_server,
+    server_holding,
+    server_losing_writes,
+)
 from conftest import STORE_KINDS, assert_not_leaked
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.errors import (
@@ -1932,25 +1940,6 @@ def test_mongo_store_links_made_then_taken_back_are_not_reported_as_made(canary:
     assert_not_leaked(refused.value, canary)
 
 
-# The commands of the store's writes: a server that has received one may have made it.
-WRITES = frozenset({"insert", "update", "delete", "findAndModify"})
-
-
-def _server_losing_writes(received: list[str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """A standalone server that receives each write (``received`` names it) and loses its connection before
-    it answers, as one that fails or a network that breaks then; other commands it answers."""
-    holding = server_holding({})
-
-    def answer(command: dict[str, Any]) -> dict[str, Any]:
-        name, collection = next(iter(command.items()))
-        if name in WRITES:
-            received.append(f"{name} {collection}")
-            return DROP
-        return holding(command)
-
-    return answer
-
-
 LINK = LinkRecord("link-1", "hash-1", "alice", "github", "TOKEN", T0, T0 + timedelta(minutes=10))
 # Every call of the store that writes, but put_links: links whose writes are lost are said to be unmade,
 # since no token of theirs is ever handed out (see the test of them taken back).
@@ -1997,7 +1986,7 @@ def test_a_write_whose_connection_fails_once_it_was_sent_may_or_may_not_have_bee
     password = secrets.token_urlsafe(16)
     received: list[str] = []
     command, write = LOSABLE_WRITES[call]
-    with mongo_wire_server(_server_losing_writes(received)) as port:
+    with mongo_wire_server(server_losing_writes(received)) as port:
         store = MongoStore.from_url(f"mongodb://alice:{password}@127.0.0.1:{port}/db?authMechanism=PLAIN")
         try:
             with pytest.raises(WriteUnconfirmedError) as lost:
@@ -2017,7 +2006,7 @@ def test_a_write_to_a_server_that_cannot_be_reached_is_unavailable_and_was_never
     # AutoReconnect too, but nothing was made. So is a read whose connection fails: it changed nothing.
     received: list[str] = []
     gone = threading.Event()
-    losing = _server_losing_writes(received)
+    losing = server_losing_writes(received)
 
     def answer(command: dict[str, Any]) -> dict[str, Any]:
         return DROP if gone.is_set() else losing(command)
@@ -2045,7 +2034,7 @@ def test_a_change_whose_audit_event_is_lost_on_its_way_says_the_event_may_not_ha
 ) -> None:
     # Standalone: the change is made and answered, then the event's insert reaches the server unanswered.
     received: list[str] = []
-    losing = _server_losing_writes(received)
+    losing = server_losing_writes(received)
 
     def answer(command: dict[str, Any]) -> dict[str, Any]:
         if "update" in command:

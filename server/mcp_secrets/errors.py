@@ -30,7 +30,14 @@ class StoreUnavailableError(SecretsError):
 
 
 class WriteUnconfirmedError(StoreUnavailableError):
-    """Raised when MongoDB made a change but did not confirm it as its write concern asks: it may not last."""
+    """Raised when MongoDB made a change but did not confirm it as its write concern asks: it may not last.
+
+    Or when the connection failed once the change was sent (``made`` False): it may not have been made.
+    """
+
+    def __init__(self, message: str, *, made: bool = True) -> None:
+        super().__init__(message)
+        self.made = made
 
 
 class UnreadableRecordError(StoreUnavailableError):

@@ -155,8 +155,8 @@ class ApiTokens:
         now = self._clock()
         try:
             record = self.store.revoke_token(token_id, now)
-        except WriteUnconfirmedError:
-            raise self._unconfirmed_revocation(token_id, now) from None
+        except WriteUnconfirmedError as exc:
+            raise self._unconfirmed_revocation(token_id, now, made=exc.made) from None
         except UnreadableRecordError as exc:
             # Revoked: only its record, which another tool left of the wrong shape, could not be read back.
             raise self._revoked_unreadable(token_id, now, exc) from None
@@ -181,9 +181,18 @@ class ApiTokens:
             ) from None
         return record
 
-    def _unconfirmed_revocation(self, token_id: str, now: datetime) -> SecretsError:
-        """The error of a revocation at ``now`` not confirmed by the database, recorded if it was made."""
+    def _unconfirmed_revocation(self, token_id: str, now: datetime, *, made: bool) -> SecretsError:
+        """The error of a revocation at ``now`` not confirmed by the database, recorded if it was made.
+
+        ``made`` False: the connection failed once the revocation was sent, so it may not have been made.
+        """
         # Made on the database, and likely to last: the trail records it, saying it is unconfirmed.
+        said = (
+            "the token was revoked but the database did not confirm it as its write concern asks"
+            if made
+            else "the connection to the database failed during the revocation, so the token may or may not "
+            "have been revoked"
+        )
         try:
             # Its record is read by its id: the unconfirmed write returned none.
             found = self.store.find_token_by_id(token_id)
@@ -193,15 +202,25 @@ class ApiTokens:
             if _revoked_before(found, now):
                 # The database waits for the write concern of a write that matched nothing too.
                 return SecretNotFoundError(NO_LIVE_TOKEN)
+            if not made and found is not None and found.revoked_at is None:
+                # Read back live: the revocation was not made, and the trail must not say it was.
+                return WriteUnconfirmedError(
+                    "the connection to the database failed during the revocation, and the token was still "
+                    "live when read back: revoke it again (once that says there is no live token with that "
+                    "id, it is revoked)",
+                    made=False,
+                )
+            if not made:
+                said = "the token was revoked, but the connection to the database failed before it answered"
             try:
                 self._record_revocation(found, now, f"token {token_id}; {UNCONFIRMED}")
                 recorded = ""
             except StoreUnavailableError:
                 recorded = "; its audit event could not be written"
         return WriteUnconfirmedError(
-            "the token was revoked but the database did not confirm it as its write concern asks: treat "
-            "the token as revoked, and revoke it again (once that says there is no live token with that "
-            f"id, the revocation is confirmed){recorded}"
+            f"{said}: treat the token as revoked, and revoke it again (once that says there is no live "
+            f"token with that id, the revocation is confirmed){recorded}",
+            made=made,
         )
 
     def _revoked_unreadable(

@@ -1115,7 +1115,8 @@ def _lost_write(exc: ConnectionFailure) -> WriteUnconfirmedError:
     return WriteUnconfirmedError(
         f"the connection to the MongoDB server failed during the write ({type(exc).__name__}), so the change "
         "may or may not have been made; where making it again is safe (saving or deleting a secret, revoking "
-        "a token), do, to confirm it"
+        "a token), do, to confirm it",
+        made=False,
     )
 
 
