@@ -158,3 +158,37 @@ def server_losing_writes(
         return holding(command)
 
     return answer
+
+
+def duplicate_key(collection: str, index: str, key_value: Document) -> Document:
+    """The error of a write a unique index refuses, as MongoDB 6 and 7 send it: the index's keys, and the
+    duplicate values both in ``keyValue`` and in its message."""
+    shown = ", ".join(f'{field}: "{value}"' for field, value in key_value.items())
+    return {
+        "code": 11000,
+        "errmsg": f"E11000 duplicate key error collection: db.{collection} index: {index} "
+        f"dup key: {{ {shown} }}",
+        "keyPattern": dict.fromkeys(key_value, 1),
+        "keyValue": key_value,
+    }
+
+
+def server_refusing_duplicates(
+    refused: str, error: Document, documents: dict[str, list[Document]] | None = None
+) -> Callable[[Document], Document]:
+    """A server that refuses each write ``refused`` names ("insert audit_events") with ``error``, as a unique
+    index of its collection does, and makes every other; it answers reads as ``server_holding(documents)``."""
+    holding = server_holding(documents or {})
+
+    def answer(command: Document) -> Document:
+        name, collection = next(iter(command.items()))
+        if f"{name} {collection}" != refused:
+            return {"ok": 1, "n": 1, "nModified": 1} if name in WRITES else holding(command)
+        if name == "findAndModify":  # a command's error, not a write error
+            return {"ok": 0, "codeName": "DuplicateKey", **error}
+        # An ordered write stops at its first error; an unordered one has every document refused.
+        refusals = len(command.get("documents", [None])) if command.get("ordered") is False else 1
+        counts = {"n": 0, "nModified": 0} if name == "update" else {"n": 0}
+        return {"ok": 1, **counts, "writeErrors": [{"index": at, **error} for at in range(refusals)]}
+
+    return answer

@@ -23,7 +23,15 @@ from typing import Any
 import pytest
 
 import mcp_secrets
-from _mongo_wire import PRIMARY_HELLO, WTIMEOUT, mongo_wire_server, server_holding, server_losing_writes
+from _mongo_wire import (
+    PRIMARY_HELLO,
+    WTIMEOUT,
+    duplicate_key,
+    mongo_wire_server,
+    server_holding,
+    server_losing_writes,
+    server_refusing_duplicates,
+)
 from conftest import (
     as_an_ordinary_process,
     assert_no_fragment_of,
@@ -548,6 +556,41 @@ def test_token_create_on_a_server_that_cannot_be_reached_says_the_store_is_unava
     assert "the MongoDB store is unavailable (ServerSelectionTimeoutError)" in done.stderr
     assert "may or may not" not in done.stderr
     assert password not in done.stdout + done.stderr
+
+
+def test_set_refused_by_a_unique_index_the_store_did_not_make_names_it_in_one_line_never_the_value(
+    env: dict[str, str],
+) -> None:
+    """An operator's unique index on `value` refuses the save, quoting the ciphertext it holds already."""
+    value = new_canary()
+    sent: list[str] = []
+    holding = server_holding({})
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        if "update" not in command:
+            return holding(command)
+        sent.extend(update["u"]["$set"]["value"] for update in command["updates"])
+        refused = server_refusing_duplicates(
+            "update user_secrets", duplicate_key("user_secrets", "value_1", {"value": sent[-1]})
+        )
+        return refused(command)
+
+    with mongo_wire_server(answer) as port:
+        env["MCP_SECRETS_DATABASE_URL"] = f"mongodb://127.0.0.1:{port}/db"
+        done = mcp_secrets_cli(env, "set", "github", "TOKEN", "--user", "alice", stdin=value + "\n")
+
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(
+        "mcp-secrets: error: the MongoDB server refused the write: a unique index of "
+    )
+    assert "the collection user_secrets, `value_1` (on value), that mcp-secrets did not make" in done.stderr
+    assert "drop that index or make it non-unique" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sent
+    for shown in [value, *sent]:
+        assert_no_fragment_of(shown, done.stdout + done.stderr)
 
 
 def _refusing(env: dict[str, str], trigger: str) -> None:

@@ -32,9 +32,11 @@ from _mongo_wire import (
     MONGOS_HELLO,
     PRIMARY_HELLO,
     WTIMEOUT,
+    duplicate_key,
     mongo_wire_server,
     server_holding,
     server_losing_writes,
+    server_refusing_duplicates,
 )
 from conftest import STORE_KINDS, assert_not_leaked
 from mcp_secrets.crypto import SecretEncryptor
@@ -2053,6 +2055,147 @@ def test_a_change_whose_audit_event_is_lost_on_its_way_says_the_event_may_not_ha
     assert "the change was made" in str(lost.value)
     assert "the event may or may not have been written" in str(lost.value)
     assert_not_leaked(lost.value, canary)
+
+
+# Every write of the store that a unique index an operator added can refuse: the command refused, the index
+# (its collection, name and field), and the call.
+FOREIGN_INDEX_WRITES: dict[str, tuple[str, str, str, Callable[[MongoStore], object]]] = {
+    "put_secret": (
+        "update user_secrets",
+        "value_1",
+        "value",
+        lambda store: store.put_secret("alice", "github", "TOKEN", "v1:k:c", T1),
+    ),
+    "put_secret's event": (
+        "insert audit_events",
+        "actor_1",
+        "actor",
+        lambda store: store.put_secret(
+            "alice", "github", "TOKEN", "v1:k:c", T1, event=AuditEvent(T1, "alice", "")
+        ),
+    ),
+    "delete_secret's event": (
+        "insert audit_events",
+        "actor_1",
+        "actor",
+        lambda store: store.delete_secret(
+            "alice", "github", "TOKEN", event=AuditEvent(T1, "alice", "deleted")
+        ),
+    ),
+    "replace_value": (
+        "update user_secrets",
+        "value_1",
+        "value",
+        lambda store: store.replace_value("alice", "github", "TOKEN", "v1:k:old", "v2:k:new"),
+    ),
+    "put_token": (
+        "insert api_tokens",
+        "username_1",
+        "username",
+        lambda store: store.put_token(TokenRecord("t1", "alice", "h", T1)),
+    ),
+    "revoke_token": (
+        "findAndModify api_tokens",
+        "revoked_at_1",
+        "revoked_at",
+        lambda store: store.revoke_token("t1", T1),
+    ),
+    "put_links": ("insert entry_links", "username_1", "username", lambda store: store.put_links([LINK])),
+    "add_event": (
+        "insert audit_events",
+        "actor_1",
+        "actor",
+        lambda store: store.add_event(AuditEvent(T1, "alice", "set")),
+    ),
+    "record_uses, last use": (
+        "update user_secrets",
+        "last_used_at_1",
+        "last_used_at",
+        lambda store: store.record_uses([_use(T1)]),
+    ),
+}
+
+
+@pytest.mark.parametrize("call", FOREIGN_INDEX_WRITES)
+def test_a_write_refused_by_a_unique_index_the_store_did_not_make_names_the_index_never_its_values(
+    call: str, canary: str
+) -> None:
+    # Not an unavailable store, which sends an operator looking at the network: the server answered.
+    refused, index, field, write = FOREIGN_INDEX_WRITES[call]
+    collection = refused.split()[1]
+    error = duplicate_key(collection, index, {field: canary})
+    with mongo_wire_server(server_refusing_duplicates(refused, error)) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db")
+        try:
+            with pytest.raises(StoreUnavailableError) as raised:
+                write(store)
+        finally:
+            store.close()
+
+    message = str(raised.value)
+    assert (
+        f"a unique index of the collection {collection}, `{index}` (on {field}), that mcp-secrets did not "
+        "make, holds another document with the same values; drop that index or make it non-unique"
+    ) in message
+    assert "unavailable" not in message
+    assert "\n" not in message
+    assert_not_leaked(raised.value, canary, "E11000")
+
+
+def test_a_change_whose_event_a_foreign_unique_index_refuses_in_a_transaction_is_not_written_again(
+    canary: str,
+) -> None:
+    # In a transaction the event's refusal aborts the change with it: not a race of the record's own index
+    # to write again, but the index to name.
+    refusing = server_refusing_duplicates(
+        "insert audit_events", duplicate_key("audit_events", "actor_1", {"actor": canary})
+    )
+    updates: list[dict[str, Any]] = []
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        if "update" in command:
+            updates.append(command)
+            return {"ok": 1, "n": 1, "nModified": 0, "upserted": [{"index": 0, "_id": bson.ObjectId()}]}
+        return refusing(command)
+
+    with mongo_wire_server(answer, hello=TRANSACTIONS_HELLO) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db?directConnection=true")
+        try:
+            with pytest.raises(StoreUnavailableError) as raised:
+                store.put_secret("alice", "github", "TOKEN", "v1:k:c", T1, event=AuditEvent(T1, "alice", ""))
+        finally:
+            store.close()
+
+    assert len(updates) == 1
+    assert "a unique index of the collection audit_events, `actor_1` (on actor)" in str(raised.value)
+    assert "the change was made" not in str(raised.value)
+    assert_not_leaked(raised.value, canary)
+
+
+def test_an_upsert_that_loses_a_race_on_the_records_own_unique_index_is_written_again(canary: str) -> None:
+    # The server's reply names the store's own index: another writer inserted the record first.
+    own = duplicate_key(
+        "user_secrets", "username_server_key_unique", {"username": "alice", "server": "github", "key": canary}
+    )
+    refusing = server_refusing_duplicates("update user_secrets", own)
+    updates: list[dict[str, Any]] = []
+
+    def answer(command: dict[str, Any]) -> dict[str, Any]:
+        if "update" in command:
+            updates.append(command)
+            if len(updates) > 1:
+                return {"ok": 1, "n": 1, "nModified": 1}
+        return refusing(command)
+
+    with mongo_wire_server(answer) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db")
+        try:
+            created = store.put_secret("alice", "github", canary, "v1:k:c", T1)
+        finally:
+            store.close()
+
+    assert created is False
+    assert len(updates) == 2
 
 
 # --- open_store -----------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -503,7 +503,9 @@ class MongoStore:
         with self._writing(SECRETS_COLLECTION):
             try:
                 return self._changing(write)
-            except DuplicateKeyError:
+            except DuplicateKeyError as exc:
+                if _foreign_index(exc) is not None:
+                    raise  # written again, it would be refused again
                 # Two upserts raced to insert the same record and the unique index let the other one
                 # win: written again, this one finds the record and replaces its value, as a later save.
                 return self._changing(write)
@@ -592,6 +594,12 @@ class MongoStore:
                     f"the change was made, but the connection to the MongoDB server failed as its audit "
                     f"event was written ({type(exc).__name__}): the event may or may not have been written; "
                     "a standalone MongoDB server has no transactions to make both at once"
+                ) from None
+            foreign = _foreign_index(exc) if isinstance(exc, PyMongoError) else None
+            if foreign is not None:
+                raise StoreUnavailableError(
+                    "the change was made, but its audit event could not be written (a standalone MongoDB "
+                    f"server has no transactions to make both at once): {foreign}"
                 ) from None
             raise StoreUnavailableError(
                 f"the change was made, but its audit event could not be written ({type(exc).__name__}); "
@@ -916,6 +924,13 @@ _OWN_INDEXES = {
     LINKS_COLLECTION: frozenset({"link_hash_unique", "username_expires_at", "expires_at_ttl"}),
     EVENTS_COLLECTION: frozenset({"actor_at_id", "server_at_id", "at_id"}),
 }
+# The keys of its unique indexes, whatever their names: a duplicate of these is the store's own to settle
+# (two upserts of one record racing) or to report as any other fault.
+_OWN_UNIQUE_KEYS = {
+    SECRETS_COLLECTION: frozenset({tuple(field for field, _ in _RECORD_KEYS)}),
+    TOKENS_COLLECTION: frozenset({("token_hash",), ("token_id",)}),
+    LINKS_COLLECTION: frozenset({("link_hash",)}),
+}
 
 
 def _ensure_index(
@@ -1004,6 +1019,38 @@ def _only_duplicates(exc: BulkWriteError) -> bool:
     details = exc.details
     return not details.get("writeConcernErrors") and all(
         error.get("code") == DUPLICATE_KEY for error in details.get("writeErrors", [])
+    )
+
+
+def _foreign_index(exc: PyMongoError) -> str | None:
+    """What a unique index the store did not make says in refusing a write, or None for any other error."""
+    if isinstance(exc, BulkWriteError):
+        errors = exc.details.get("writeErrors", [])
+    elif isinstance(exc, DuplicateKeyError) and isinstance(exc.details, Mapping):
+        errors = [exc.details]
+    else:
+        return None
+    return next(filter(None, map(_foreign_duplicate, errors)), None)
+
+
+def _foreign_duplicate(error: Mapping[str, Any]) -> str | None:
+    """One write error's index, where it is a unique index the store did not make; never its values.
+
+    The server names the index's keys in ``keyPattern`` and its collection and name in the message,
+    before "dup key"; what follows, and ``keyValue``, quote the values: a ciphertext, a hash, a name.
+    """
+    keys, message = error.get("keyPattern"), error.get("errmsg")
+    if error.get("code") != DUPLICATE_KEY or not isinstance(keys, Mapping) or not isinstance(message, str):
+        return None  # no keys named (mongomock): whose index it is cannot be told
+    namespace, _, index = message.partition(" dup key")[0].partition(" collection: ")[2].partition(" index: ")
+    collection = namespace.partition(".")[2]  # after the database's name, which holds no dot
+    fields = tuple(str(field) for field in keys)
+    if not collection or fields == ("_id",) or fields in _OWN_UNIQUE_KEYS.get(collection, frozenset()):
+        return None
+    named = f", `{index}`" if index else ""
+    return (
+        f"a unique index of the collection {collection}{named} (on {', '.join(fields)}), that mcp-secrets "
+        "did not make, holds another document with the same values; drop that index or make it non-unique"
     )
 
 
@@ -1138,6 +1185,10 @@ def _unavailable(exc: PyMongoError) -> StoreUnavailableError:
             f"MCP_SECRETS_DATABASE_URL asks ({type(exc).__name__}): it may or may not last; where making "
             "it again is safe (saving or deleting a secret, revoking a token), do, to confirm it"
         )
+    foreign = _foreign_index(exc)
+    if foreign is not None:
+        # The server answered, and will refuse the write again: not a network fault to look for.
+        return StoreUnavailableError(f"the MongoDB server refused the write: {foreign}")
     if isinstance(exc, OperationFailure) and exc.code == AUTHENTICATION_FAILED:
         return StoreUnavailableError(
             "the MongoDB server refused the login (AuthenticationFailed): "
