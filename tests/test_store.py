@@ -2113,6 +2113,12 @@ FOREIGN_INDEX_WRITES: dict[str, tuple[str, str, str, Callable[[MongoStore], obje
         "last_used_at",
         lambda store: store.record_uses([_use(T1)]),
     ),
+    "record_uses, events": (
+        "insert audit_events",
+        "actor_1",
+        "actor",
+        lambda store: store.record_uses([_use(T1)]),
+    ),
 }
 
 
@@ -2196,6 +2202,18 @@ def test_an_upsert_that_loses_a_race_on_the_records_own_unique_index_is_written_
 
     assert created is False
     assert len(updates) == 2
+
+
+def test_a_batch_of_uses_written_again_takes_its_events_refused_on_their_own_ids() -> None:
+    # Written again after a failure the server had in fact applied: the events are there, by their _id.
+    use = _use(T1)
+    refused = duplicate_key("audit_events", "_id_", {"_id": "6b13ef43cb1c28b8503d2a89"})
+    with mongo_wire_server(server_refusing_duplicates("insert audit_events", refused)) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db")
+        try:
+            store.record_uses([use])
+        finally:
+            store.close()
 
 
 # --- open_store -----------------------------------------------------------------------------------

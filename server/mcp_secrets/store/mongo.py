@@ -1015,10 +1015,14 @@ def _unconfirmed(exc: PyMongoError) -> bool:
 
 
 def _only_duplicates(exc: BulkWriteError) -> bool:
-    """True when every document a bulk write refused was refused for an ``_id`` already taken."""
+    """True when every document a bulk write refused was refused for an ``_id`` already taken.
+
+    An error that names no index keys (mongomock's) is taken as one of ``_id``.
+    """
     details = exc.details
     return not details.get("writeConcernErrors") and all(
-        error.get("code") == DUPLICATE_KEY for error in details.get("writeErrors", [])
+        error.get("code") == DUPLICATE_KEY and list(error.get("keyPattern", {"_id": 1})) == ["_id"]
+        for error in details.get("writeErrors", [])
     )
 
 
