@@ -2148,6 +2148,41 @@ def test_a_write_refused_by_a_unique_index_the_store_did_not_make_names_the_inde
     assert_not_leaked(raised.value, canary, "E11000")
 
 
+@pytest.mark.parametrize(
+    ("errmsg", "said"),
+    [
+        (
+            (
+                "E11000 duplicate key error collection: db.user_secrets index: value_1 collation: "
+                '{ locale: "en", strength: 2 } dup key: { value: "CANARY" }'
+            ),
+            "a unique index of the collection user_secrets, `value_1` (on value), that mcp-secrets did not",
+        ),
+        # Not as any server words it: no part of it can be told from the values, so none is quoted.
+        (
+            "E11000 duplicate key error collection: db.user_secrets index: value_1 CANARY",
+            "(DuplicateKeyError)",
+        ),
+    ],
+    ids=["with a collation", "of another form"],
+)
+def test_a_foreign_unique_index_is_named_only_by_what_its_message_says_before_the_values(
+    errmsg: str, said: str, canary: str
+) -> None:
+    error = {"code": 11000, "errmsg": errmsg.replace("CANARY", canary), "keyPattern": {"value": 1}}
+    with mongo_wire_server(server_refusing_duplicates("update user_secrets", error)) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db")
+        try:
+            with pytest.raises(StoreUnavailableError) as raised:
+                store.replace_value("alice", "github", "TOKEN", "v1:k:old", "v2:k:new")
+        finally:
+            store.close()
+
+    assert said in str(raised.value)
+    assert "collation" not in str(raised.value)
+    assert_not_leaked(raised.value, canary)
+
+
 def test_a_change_whose_event_a_foreign_unique_index_refuses_in_a_transaction_is_not_written_again(
     canary: str,
 ) -> None:

@@ -1046,8 +1046,12 @@ def _foreign_duplicate(error: Mapping[str, Any]) -> str | None:
     keys, message = error.get("keyPattern"), error.get("errmsg")
     if error.get("code") != DUPLICATE_KEY or not isinstance(keys, Mapping) or not isinstance(message, str):
         return None  # no keys named (mongomock): whose index it is cannot be told
-    namespace, _, index = message.partition(" dup key")[0].partition(" collection: ")[2].partition(" index: ")
+    names, values_follow, _ = message.partition(" dup key")
+    namespace, _, index = names.partition(" collection: ")[2].partition(" index: ")
     collection = namespace.partition(".")[2]  # after the database's name, which holds no dot
+    index = index.partition(" collation: ")[0]  # an index with a collation has it named next
+    if not values_follow:
+        return None  # a message of another form: nothing of it can be told apart from the values
     fields = tuple(str(field) for field in keys)
     if not collection or fields == ("_id",) or fields in _OWN_UNIQUE_KEYS.get(collection, frozenset()):
         return None
