@@ -625,6 +625,34 @@ def test_token_create_whose_event_the_store_refuses_revokes_the_token_without_a_
     assert "live" not in listed.stdout
 
 
+def test_token_create_whose_events_the_store_all_refuses_says_the_token_was_revoked_unrecorded(
+    env: dict[str, str],
+) -> None:
+    # Its revocation is made, and only that revocation's event refused: "it could not be revoked; revoke
+    # it" would have the operator revoke it again, and be told there is no live token.
+    _refusing(
+        env,
+        "CREATE TRIGGER only_later BEFORE INSERT ON audit_events WHEN NEW.action LIKE 'token-%' "
+        "BEGIN SELECT RAISE(ABORT, 'written by a later version only'); END",
+    )
+
+    done = mcp_secrets_cli(env, "token", "create", "alice")
+    listed = mcp_secrets_cli(env, "token", "list", "--user", "alice")
+
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    named = re.search(r"the new token (\w+) was not shown: its audit event could not be written", done.stderr)
+    assert named, done.stderr
+    assert "it was revoked, but its revocation's audit event could not be written either" in done.stderr
+    assert done.stderr.rstrip().endswith(
+        "create another (the SQLite store refused a write: written by a later version only)"
+    )
+    assert "could not be revoked" not in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "revoked" in listed.stdout
+    assert "live" not in listed.stdout
+
+
 @pytest.mark.parametrize("command", [["serve"], ["set", "s", "K"], ["token", "create", "alice"]])
 def test_a_command_that_writes_refuses_at_once_a_store_it_can_only_read(
     env: dict[str, str], command: list[str]

@@ -118,12 +118,18 @@ class ApiTokens:
                     transport=self.via,
                 )
             )
-        except StoreUnavailableError:
-            self._revoke_unshown(record, "its audit event could not be written", StoreUnavailableError)
+        except StoreUnavailableError as exc:
+            self._revoke_unshown(record, "its audit event could not be written", StoreUnavailableError, exc)
         return NewToken(record, token)
 
-    def _revoke_unshown(self, record: TokenRecord, why: str, error: type[StoreUnavailableError]) -> NoReturn:
-        """Revoke a new token that will not be shown (``why``), and raise ``error``.
+    def _revoke_unshown(
+        self,
+        record: TokenRecord,
+        why: str,
+        error: type[StoreUnavailableError],
+        cause: StoreUnavailableError | None = None,
+    ) -> NoReturn:
+        """Revoke a new token that will not be shown (``why``; the store's error ``cause``); raise ``error``.
 
         It may be live, and nobody would ever hold it or see it listed with its event: revoked at once,
         it cannot stay so. The caller makes another.
@@ -132,17 +138,22 @@ class ApiTokens:
         token_id = record.token_id
         try:
             revoked = self.store.revoke_token(token_id, now)
-            if revoked is not None:
-                detail = f"token {token_id}; {why}, so it was revoked, never shown"
-                event = AuditEvent(now, record.username, "token-revoked", detail=detail, transport=self.via)
-                self.store.add_event(event)
         except StoreUnavailableError:
             raise error(
                 f"the new token {token_id} was not shown: {why}, and it could not be revoked; revoke token "
                 f"{token_id} (`mcp-secrets token revoke {token_id}`), then create another"
             ) from None
         done = "it was revoked" if revoked is not None else "it is not in the store"
-        raise error(f"the new token {token_id} was not shown: {why}; {done}; create another")
+        if revoked is not None:
+            detail = f"token {token_id}; {why}, so it was revoked, never shown"
+            event = AuditEvent(now, record.username, "token-revoked", detail=detail, transport=self.via)
+            try:
+                self.store.add_event(event)
+            except StoreUnavailableError:
+                # Revoked all the same: told to revoke it, the operator would be told there is no live token.
+                done = "it was revoked, but its revocation's audit event could not be written either"
+        said = "" if cause is None else f" ({cause})"
+        raise error(f"the new token {token_id} was not shown: {why}; {done}; create another{said}")
 
     def list(self, username: str | None = None) -> list[TokenRecord]:
         """Every token record, of one user when given; hashes only."""
