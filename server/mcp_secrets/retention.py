@@ -122,10 +122,10 @@ def archive_file(path: str | Path) -> Iterator[Callable[[list[AuditEvent]], None
 
     The file, and any directory missing above it, is created owner-only; a pipe is refused. A batch
     that cannot be written whole is cut off again, so the file never ends in half a batch, and
-    ``prune_events`` keeps that batch in the store; half a line left by a run killed mid-write is ended before
-    the next batch. The file is locked for as long as the archive is open (POSIX
-    only), and a second archive of it is refused: cutting off one run's failed batch would
-    otherwise cut off what another run appended meanwhile.
+    ``prune_events`` keeps that batch in the store, as it does a batch written to the file once it
+    was deleted; half a line left by a run killed mid-write is ended before the next batch. The file
+    is locked for as long as the archive is open (POSIX only), and a second archive of it is refused:
+    cutting off one run's failed batch would otherwise cut off what another run appended meanwhile.
     """
     _make_directories(Path(path))
     try:
@@ -157,6 +157,13 @@ def archive_file(path: str | Path) -> Iterator[Callable[[list[AuditEvent]], None
             with suppress(OSError):
                 os.ftruncate(descriptor, end)  # no half batch, no half line, left in the file
             raise SecretsError(f"cannot write the export file {path}: {exc.strerror}") from None
+        if os.fstat(descriptor).st_nlink == 0:
+            # Deleted since it was opened (a clean-up job): what is written now goes with it, so this
+            # batch, and every one after, stays in the store.
+            raise SecretsError(
+                f"the export file {path} was deleted during the run, with what it held; "
+                "the events not yet deleted stay in the store"
+            )
 
     try:
         yield keep

@@ -1156,6 +1156,53 @@ def test_prune_audit_export_stopped_twice_stops_at_once(
     assert run.left(env) == run.older  # none deleted
 
 
+# Runs the CLI with its export file deleted as soon as the first batch is written to it, as a clean-up
+# job might: what that batch left in the file is copied beside it first, for the test to read.
+EXPORT_DELETED_AFTER_ITS_FIRST_BATCH = """
+import os, shutil, sys
+from mcp_secrets import cli
+from mcp_secrets.store.sqlite import SQLiteStore
+
+archive = sys.argv[1]
+original = SQLiteStore.delete_events
+done = []
+
+def delete_events(self, before, limit, keep=None):
+    def keep_then_delete_the_file(events):
+        keep(events)
+        if not done:
+            done.append(archive)
+            shutil.copyfile(archive, archive + ".copy")
+            os.unlink(archive)
+    return original(self, before, limit, None if keep is None else keep_then_delete_the_file)
+
+SQLiteStore.delete_events = delete_events
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+def test_prune_audit_whose_export_file_is_deleted_mid_run_stops_and_keeps_the_rest_in_the_store(
+    env: dict[str, str], seed: Seed, tmp_path: Path
+) -> None:
+    # Written on into the deleted file, every later batch went with it: deleted from the store, kept nowhere.
+    backdate(env, range(25, 41))
+    older = [event for event in audit_json(env, "--limit", "1000") if event["action"] == "used"][5:]
+    archive = tmp_path / "audit.jsonl"
+    prune = ("prune-audit", "--older-than", "30", "--batch-size", "4", "--export", str(archive))
+    script = [MCP_SECRETS[0], "-c", EXPORT_DELETED_AFTER_ITS_FIRST_BATCH, str(archive)]
+
+    done = run_program(env, [*script, *prune])
+
+    assert done.returncode == 1, done.stderr
+    assert f"the export file {archive} was deleted during the run" in done.stderr
+    assert "Traceback" not in done.stderr
+    first = [json.loads(line) for line in Path(f"{archive}.copy").read_text(encoding="utf-8").splitlines()]
+    left = [event for event in audit_json(env, "--limit", "1000") if event in older]
+    assert len(first) == 4
+    assert sorted(first + left, key=lambda event: event["at"]) == sorted(older, key=lambda event: event["at"])
+    assert audit_json(env)[0]["detail"].startswith("4 events before ")
+
+
 # Runs the CLI with the store failing at its second scan: after one batch, as a store lost mid-run.
 UNAVAILABLE_ON_SECOND_SCAN = """
 import sys
