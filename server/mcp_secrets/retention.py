@@ -23,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from mcp_secrets.errors import ConfigurationError, InvalidInputError, SecretsError, how_it_stopped
+from mcp_secrets.file_modes import owned_elsewhere
 from mcp_secrets.secrets import OPERATOR
 from mcp_secrets.store import AuditEvent, SecretStore
 from mcp_secrets.store.sqlite import make_private_directories
@@ -188,13 +189,23 @@ def _require_a_file(descriptor: int, path: str | Path) -> None:
 
 
 def _warn_if_shared(descriptor: int, path: str | Path) -> None:
-    """Warn of an existing file others can read: it keeps its mode (its owner chose it), as the store does."""
+    """Warn of an existing file others can read: it keeps its mode (its owner chose it), as the store does.
+
+    And of one another user owns, or that sits in a directory another user owns, whatever its mode, as
+    the store's file is warned of.
+    """
     mode = os.fstat(descriptor).st_mode
     if os.name == "posix" and stat.S_ISREG(mode) and stat.S_IMODE(mode) & 0o077:
         logger.warning(
             "the export file %s is readable by other users (names and times, no values); run: chmod 600 %s",
             path,
             path,
+        )
+    if (elsewhere := owned_elsewhere(Path(path))) is not None:
+        logger.warning(
+            "the export file %s %s, who can read every user's archived events, and change or delete them",
+            path,
+            elsewhere,
         )
 
 

@@ -26,6 +26,7 @@ from mcp_secrets import Settings, open_secrets
 from mcp_secrets.crypto import SecretEncryptor, generate_master_key, key_id_for, parse_master_key
 from mcp_secrets.store import AuditEvent
 from mcp_secrets.store.sqlite import SQLiteStore
+from test_cli import ANOTHER_UID, needs_root_to_give_files_away
 from test_crypto import legacy_ciphertext
 
 Record = tuple[str, str, str]
@@ -766,6 +767,42 @@ def test_prune_audit_refuses_to_export_to_a_file_another_prune_holds(
     assert "Traceback" not in done.stderr
     assert archive.read_text(encoding="utf-8") == '{"earlier": "line"}\n'
     assert audit_json(env, "--limit", "1000") == before
+
+
+@needs_root_to_give_files_away
+def test_prune_audit_export_to_a_file_another_user_owns_is_named_in_a_warning(
+    env: dict[str, str], seed: Seed, tmp_path: Path
+) -> None:
+    # Whatever its mode, its owner reads every user's archived names and times, and may rewrite them.
+    backdate(env, range(25, 41))
+    theirs = tmp_path / "theirs.jsonl"
+    theirs.write_text("", encoding="utf-8")
+    theirs.chmod(0o600)
+    os.chown(theirs, ANOTHER_UID, -1)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(theirs)
+    their_directory = tmp_path / "theirs"
+    their_directory.mkdir(mode=0o700)
+    os.chown(their_directory, ANOTHER_UID, -1)
+    in_theirs = their_directory / "audit.jsonl"
+    ours = tmp_path / "ours.jsonl"
+
+    owned, linked, inside, unowned = (
+        run_cli(env, "prune-audit", "--older-than", days, "--export", str(target))
+        for days, target in (("38", theirs), ("36", link), ("34", in_theirs), ("30", ours))
+    )
+
+    assert [done.returncode for done in (owned, linked, inside, unowned)] == [0] * 4, owned.stderr
+    power = "who can read every user's archived events, and change or delete them"
+    assert f"the export file {theirs} is owned by another user (uid {ANOTHER_UID}), {power}" in owned.stderr
+    assert f"the export file {link} is owned by another user (uid {ANOTHER_UID}), {power}" in linked.stderr
+    assert (
+        f"the export file {in_theirs} is in {their_directory}, owned by another user (uid {ANOTHER_UID}), "
+        f"{power}"
+    ) in inside.stderr
+    assert "owned by" not in unowned.stderr
+    outputs = "".join(done.stdout + done.stderr for done in (owned, linked, inside, unowned))
+    assert not any(value in outputs for value in seed.values.values())
 
 
 EXPORT_FAILURES = {
