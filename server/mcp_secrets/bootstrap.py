@@ -26,7 +26,7 @@ from mcp_secrets.errors import ConfigurationError, UnreadableRecordError
 from mcp_secrets.file_modes import others_may_read, others_may_write, owned_elsewhere
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import SecretStore, open_store
-from mcp_secrets.store.sqlite import make_private_directories
+from mcp_secrets.store.sqlite import make_private_directories, sync_directory
 
 logger = logging.getLogger(__name__)
 # Thousands of keys and comments: a larger file was named by mistake (a disk image, a log), and was read
@@ -119,7 +119,7 @@ def _write_new_key_file(path: Path) -> bool:
             temporary.unlink(missing_ok=True)
     except OSError as exc:
         raise ConfigurationError(f"the master key file {path} cannot be created: {exc.strerror}") from None
-    _sync_directory(path.parent)
+    sync_directory(path.parent)
     return True
 
 
@@ -137,20 +137,6 @@ def _write_key(path: Path) -> None:
     except OSError:  # a disk full: an empty file would read as "holds no master key" next time
         path.unlink(missing_ok=True)
         raise
-
-
-def _sync_directory(directory: Path) -> None:
-    """Put a new name in ``directory`` on disk where a directory can be synced (POSIX, most file systems)."""
-    if os.name != "posix":
-        return
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-    except OSError:  # best effort: the key file is written and readable either way
-        pass
 
 
 def refuse_keys_set_twice(settings: Settings) -> None:

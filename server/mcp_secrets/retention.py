@@ -26,7 +26,7 @@ from mcp_secrets.errors import ConfigurationError, InvalidInputError, SecretsErr
 from mcp_secrets.file_modes import owned_elsewhere
 from mcp_secrets.secrets import OPERATOR
 from mcp_secrets.store import AuditEvent, SecretStore
-from mcp_secrets.store.sqlite import make_private_directories
+from mcp_secrets.store.sqlite import make_private_directories, sync_directory
 
 if sys.platform != "win32":
     import fcntl
@@ -107,10 +107,10 @@ def _record(
     store.add_event(AuditEvent(at, OPERATOR, "audit-pruned", transport=via, detail=detail))
 
 
-def _make_directories(path: Path) -> None:
-    """Create the missing directories above ``path``, owner-only, as the file itself is."""
+def _make_directories(path: Path) -> list[Path]:
+    """Create the missing directories above ``path``, owner-only, as the file itself is; return them."""
     try:
-        make_private_directories(path.parent)
+        return make_private_directories(path.parent)
     except OSError as exc:
         raise ConfigurationError(
             f"cannot create the directory {exc.filename} of the export file {path}: {exc.strerror}"
@@ -128,7 +128,7 @@ def archive_file(path: str | Path) -> Iterator[Callable[[list[AuditEvent]], None
     is locked for as long as the archive is open (POSIX only), and a second archive of it is refused:
     cutting off one run's failed batch would otherwise cut off what another run appended meanwhile.
     """
-    _make_directories(Path(path))
+    made = _make_directories(Path(path))
     try:
         # Readable too: keep() looks at the last byte the file ends with.
         descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
@@ -138,6 +138,10 @@ def archive_file(path: str | Path) -> Iterator[Callable[[list[AuditEvent]], None
         _require_a_file(descriptor, path)
         _lock(descriptor, path)
         _warn_if_shared(descriptor, path)
+        # The file's fsync puts its data on disk, not its name: without these, a power cut could keep the
+        # deletes and lose a new file, or a new directory, with every event written to it.
+        for directory in (made[0].parent, *made) if made else (Path(path).parent,):
+            sync_directory(directory)
     except BaseException:
         os.close(descriptor)
         raise

@@ -749,6 +749,61 @@ def test_prune_audit_export_creates_the_missing_directories_owner_only(
     assert [path.stat().st_mode & 0o777 for path in (archive.parent, archive.parent.parent)] == [0o700] * 2
 
 
+# Runs the CLI noting in the file argv[1], in order, the path of each descriptor os.fsync is called on
+# and each call of delete_events (Linux: a descriptor's path is read from /proc).
+SYNCS_NOTED = """
+import os, sys
+from mcp_secrets import cli
+from mcp_secrets.store.sqlite import SQLiteStore
+
+notes = open(sys.argv[1], "w", encoding="utf-8")
+fsync, delete_events = os.fsync, SQLiteStore.delete_events
+
+def noted_fsync(descriptor):
+    notes.write("fsync " + os.readlink(f"/proc/self/fd/{descriptor}") + "\\n")
+    return fsync(descriptor)
+
+def noted_delete_events(self, *args, **kwargs):
+    notes.write("delete_events\\n")
+    return delete_events(self, *args, **kwargs)
+
+os.fsync = noted_fsync
+SQLiteStore.delete_events = noted_delete_events
+try:
+    sys.exit(cli.main(sys.argv[2:]))
+finally:
+    notes.close()
+"""
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/fd").is_dir(), reason="a descriptor's path is read from Linux's /proc"
+)
+def test_prune_audit_export_puts_a_new_file_and_its_new_directories_on_disk_before_deleting_anything(
+    env: dict[str, str], seed: Seed, tmp_path: Path
+) -> None:
+    # A file's fsync does not put its name in its directory on disk: after a power cut the deletes could
+    # stay while the new file, and with it the events, was never there.
+    backdate(env, range(29, 32))
+    root = tmp_path.resolve()
+    archive = root / "archive" / "mcp-secrets" / "audit.jsonl"
+    notes = root / "notes"
+    script = [MCP_SECRETS[0], "-c", SYNCS_NOTED, str(notes)]
+
+    done = run_program(env, [*script, "prune-audit", "--older-than", "30", "--export", str(archive)])
+
+    assert done.returncode == 0, done.stderr
+    noted = notes.read_text(encoding="utf-8").splitlines()
+    before_any_delete = noted[: noted.index("delete_events")]
+    directories = [
+        root,
+        archive.parent.parent,
+        archive.parent,
+    ]  # each holds the next's name, the last the file's
+    assert {f"fsync {directory}" for directory in directories} <= set(before_any_delete)
+    assert len(archive.read_text(encoding="utf-8").splitlines()) == 2
+
+
 def test_prune_audit_refuses_to_export_to_a_file_another_prune_holds(
     env: dict[str, str], seed: Seed, tmp_path: Path
 ) -> None:

@@ -415,11 +415,12 @@ def _identity(status: os.stat_result) -> tuple[int, int]:
     return status.st_dev, status.st_ino
 
 
-def make_private_directories(directory: Path) -> None:
+def make_private_directories(directory: Path) -> list[Path]:
     """Create ``directory`` and every missing directory above it owner-only, as the XDG spec asks.
 
     ``mkdir(parents=True)`` makes the ones above by the umask: under umask 000, world-writable, and
     another user could swap the directory holding the database or the master key for one of theirs.
+    Returns the directories it made, the topmost first.
     """
     missing: list[Path] = []
     for path in (directory, *directory.parents):
@@ -428,6 +429,21 @@ def make_private_directories(directory: Path) -> None:
         missing.append(path)
     for path in reversed(missing):
         path.mkdir(mode=0o700, exist_ok=True)  # exist_ok: another run may make it meanwhile
+    return missing[::-1]
+
+
+def sync_directory(directory: Path) -> None:
+    """Put a new name in ``directory`` on disk where a directory can be synced (POSIX, most file systems)."""
+    if os.name != "posix":
+        return
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    except OSError:  # best effort: the file is written and readable either way
+        pass
 
 
 def _create_private_file(path: Path) -> None:
