@@ -700,6 +700,36 @@ def test_prune_audit_and_audit_read_times_written_by_hand_as_times_in_utc(env: d
     assert shown["naive"] == shown["offset"] == f"{inside:%Y-%m-%d %H:%M:%S}"  # both in UTC, as headed
 
 
+@pytest.mark.parametrize(
+    ("at", "pruned_status"),
+    [("0001-01-01T00:00:00+05:00", 1), ("9999-12-31T23:00:00-05:00", 0)],  # the second is not prunable
+    ids=["year-1", "year-9999"],
+)
+def test_audit_and_prune_audit_name_an_event_whose_time_falls_outside_the_years_utc_can_hold(
+    env: dict[str, str], tmp_path: Path, at: str, pruned_status: int
+) -> None:
+    # Imported by hand: a time of ISO 8601 that, in UTC, is in year 0 or 10000. Each command that read it
+    # ended in a traceback, where an event it cannot read is named.
+    assert mcp_secrets_cli(env, "token", "create", "bob").returncode == 0
+    with closing(sqlite3.connect(Path(env["MCP_SECRETS_DATA_DIR"]) / "secrets.db")) as database:
+        database.execute("INSERT INTO audit_events (at, actor, action) VALUES (?, 'bob', 'imported')", (at,))
+        database.commit()
+    archive = tmp_path / "audit.jsonl"
+
+    listed = mcp_secrets_cli(env, "audit")
+    pruned = mcp_secrets_cli(env, "prune-audit", "--older-than", "30", "--export", str(archive))
+
+    named = (
+        "the row of actor 'bob', server '', key '' in the table audit_events cannot be read "
+        "(its field at holds a string, not a time within the years 1 to 9999 in UTC)"
+    )
+    assert (listed.returncode, pruned.returncode) == (1, pruned_status), listed.stderr + pruned.stderr
+    assert named in listed.stderr
+    assert (named in pruned.stderr) == bool(pruned_status)
+    assert "Traceback" not in listed.stderr + pruned.stderr
+    assert archive.read_text(encoding="utf-8") == ""
+
+
 def test_prune_audit_the_store_refuses_says_so_without_a_traceback(env: dict[str, str]) -> None:
     _refusing(
         env,

@@ -130,8 +130,12 @@ def _moment(field: str, stored: object) -> datetime:
         else:
             if moment.tzinfo is timezone.utc:  # as _iso writes it
                 return moment
-            # Written by hand: without an offset, UTC, as _iso reads a naive time; with another, in UTC.
-            return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+            if not moment.tzinfo:  # written by hand without an offset: UTC, as _iso reads a naive time
+                return moment.replace(tzinfo=timezone.utc)
+            try:  # with another offset, in UTC
+                return moment.astimezone(timezone.utc)
+            except OverflowError:  # year 1 ahead of UTC, or 9999 behind it
+                raise FieldError(field, stored, "a time within the years 1 to 9999 in UTC") from None
     raise FieldError(field, stored, "a time in ISO 8601")
 
 
