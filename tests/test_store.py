@@ -2407,6 +2407,28 @@ def test_sqlite_creates_its_directory_and_a_private_file(tmp_path: Path) -> None
     opened.close()
 
 
+def test_sqlite_puts_the_directories_it_makes_for_a_new_file_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite syncs the directory holding its file as it makes its journal, not the ones above: after a
+    # power cut a new directory, and the database in it, could be gone while the key file stayed.
+    synced: list[int] = []
+    fsync = os.fsync
+
+    def recording_fsync(descriptor: int) -> None:
+        synced.append(os.fstat(descriptor).st_ino)
+        fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    path = tmp_path / "new" / "dir" / "secrets.db"
+
+    opened = SQLiteStore(path)
+    opened.close()
+
+    for directory in (tmp_path, tmp_path / "new", path.parent):
+        assert directory.stat().st_ino in synced, directory
+
+
 def test_sqlite_warns_when_an_existing_file_is_readable_by_others_and_leaves_its_mode(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -26,7 +26,7 @@ from mcp_secrets.errors import ConfigurationError, UnreadableRecordError
 from mcp_secrets.file_modes import others_may_read, others_may_write, owned_elsewhere
 from mcp_secrets.secrets import Secrets
 from mcp_secrets.store import SecretStore, open_store
-from mcp_secrets.store.sqlite import make_private_directories, sync_directory
+from mcp_secrets.store.sqlite import make_private_directories, sync_new_names
 
 logger = logging.getLogger(__name__)
 # Thousands of keys and comments: a larger file was named by mistake (a disk image, a log), and was read
@@ -107,7 +107,7 @@ def _write_new_key_file(path: Path) -> bool:
     """
     temporary = path.with_name(f".{path.name}.{os.urandom(6).hex()}")
     try:
-        make_private_directories(path.parent)
+        made = make_private_directories(path.parent)
         _write_key(temporary)
         try:
             os.link(temporary, path)
@@ -119,7 +119,7 @@ def _write_new_key_file(path: Path) -> bool:
             temporary.unlink(missing_ok=True)
     except OSError as exc:
         raise ConfigurationError(f"the master key file {path} cannot be created: {exc.strerror}") from None
-    sync_directory(path.parent)
+    sync_new_names(path.parent, made)
     return True
 
 

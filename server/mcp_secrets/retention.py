@@ -26,7 +26,7 @@ from mcp_secrets.errors import ConfigurationError, InvalidInputError, SecretsErr
 from mcp_secrets.file_modes import owned_elsewhere
 from mcp_secrets.secrets import OPERATOR
 from mcp_secrets.store import AuditEvent, SecretStore
-from mcp_secrets.store.sqlite import make_private_directories, sync_directory
+from mcp_secrets.store.sqlite import make_private_directories, sync_new_names
 
 if sys.platform != "win32":
     import fcntl
@@ -140,8 +140,7 @@ def archive_file(path: str | Path) -> Iterator[Callable[[list[AuditEvent]], None
         _warn_if_shared(descriptor, path)
         # The file's fsync puts its data on disk, not its name: without these, a power cut could keep the
         # deletes and lose a new file, or a new directory, with every event written to it.
-        for directory in (made[0].parent, *made) if made else (Path(path).parent,):
-            sync_directory(directory)
+        sync_new_names(Path(path).parent, made)
     except BaseException:
         os.close(descriptor)
         raise

@@ -436,7 +436,17 @@ def make_private_directories(directory: Path) -> list[Path]:
     return missing[::-1]
 
 
-def sync_directory(directory: Path) -> None:
+def sync_new_names(directory: Path, made: list[Path]) -> None:
+    """Put on disk a new file's name in ``directory``, and the names of the directories ``made`` for it.
+
+    ``made`` is what ``make_private_directories`` returned: a new directory's name is in its parent, so
+    each is synced from the parent of the topmost down, and a power cut cannot take the file with one.
+    """
+    for each in (made[0].parent, *made) if made else (directory,):
+        _sync_directory(each)
+
+
+def _sync_directory(directory: Path) -> None:
     """Put a new name in ``directory`` on disk where a directory can be synced (POSIX, most file systems)."""
     if os.name != "posix":
         return
@@ -456,9 +466,11 @@ def _create_private_file(path: Path) -> None:
     An existing file keeps its mode (its owner chose it), with a warning when others can read it, and
     either way a warning when another user owns it or a directory above it.
     """
-    make_private_directories(path.parent)
+    made = make_private_directories(path.parent)
     try:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        if made:  # SQLite syncs the file's own directory as it makes its journal, not the ones above it
+            sync_new_names(path.parent, made)
     except FileExistsError:
         mode = path.stat().st_mode
         if others_may_write(mode):  # worse than reading: a row of theirs in api_tokens is a token of any user
