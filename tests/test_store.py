@@ -31,6 +31,7 @@ from _mongo_wire import (
     DROP,
     MONGOS_HELLO,
     PRIMARY_HELLO,
+    WRITES,
     WTIMEOUT,
     duplicate_key,
     mongo_wire_server,
@@ -1998,6 +1999,52 @@ def test_a_write_whose_connection_fails_once_it_was_sent_may_or_may_not_have_bee
 
     assert received == [command]
     assert "the connection to the MongoDB server failed during the write (AutoReconnect)" in str(lost.value)
+    assert "may or may not have been made" in str(lost.value)
+    assert "unavailable" not in str(lost.value)
+    assert_not_leaked(lost.value, password, str(port))
+
+
+# The writes pymongo retries once on a replica set, when the first try's connection fails.
+RETRIED_WRITES = {call: LOSABLE_WRITES[call] for call in ("add_event", "revoke_token", "claim_link")}
+
+
+# How a retry can be refused: by a primary stepping down (pymongo's NotPrimaryError, a ConnectionFailure),
+# or by a mongos that cannot reach the shard (an OperationFailure).
+RETRY_REFUSALS = {
+    "NotWritablePrimary": {"ok": 0, "code": 10107, "codeName": "NotWritablePrimary", "errmsg": "not primary"},
+    "HostUnreachable": {"ok": 0, "code": 6, "codeName": "HostUnreachable", "errmsg": "shard unreachable"},
+}
+
+
+@pytest.mark.parametrize("refusal", RETRY_REFUSALS)
+@pytest.mark.parametrize("call", RETRIED_WRITES)
+def test_a_retried_write_whose_first_try_was_lost_may_or_may_not_have_been_made_whatever_the_retry_says(
+    call: str, refusal: str
+) -> None:
+    # The first try reaches the server and its connection closes unanswered; pymongo raises the retry's
+    # refusal, which says nothing of the first. That may have been made.
+    password = secrets.token_urlsafe(16)
+    command, write = RETRIED_WRITES[call]
+    tries: list[str] = []
+    losing = server_losing_writes(tries)
+
+    def answer(sent: dict[str, Any]) -> dict[str, Any]:
+        if tries and next(iter(sent)) in WRITES:
+            tries.append("refused")
+            return RETRY_REFUSALS[refusal]
+        return losing(sent)
+
+    url = "mongodb://alice:{}@127.0.0.1:{}/db?authMechanism=PLAIN&directConnection=true"
+    with mongo_wire_server(answer, hello=TRANSACTIONS_HELLO) as port:
+        store = MongoStore.from_url(url.format(password, port))
+        try:
+            with pytest.raises(WriteUnconfirmedError) as lost:
+                write(store)
+        finally:
+            store.close()
+
+    assert tries == [command, "refused"]
+    assert lost.value.made is False
     assert "may or may not have been made" in str(lost.value)
     assert "unavailable" not in str(lost.value)
     assert_not_leaked(lost.value, password, str(port))

@@ -27,6 +27,7 @@ from pymongo.errors import (
     OperationFailure,
     PyMongoError,
     WriteConcernError,
+    WriteError,
 )
 from pymongo.errors import ConfigurationError as PyMongoConfigurationError
 from pymongo.read_concern import ReadConcern
@@ -269,29 +270,32 @@ class _UnansweredWrites(monitoring.CommandListener):
     pymongo raises ``AutoReconnect`` alike for a connection that could not be made, where nothing was sent,
     and for one that broke after a write was sent, which the server may have made: only whether the write
     was started tells them apart. pymongo publishes a command's events in the thread that runs it.
+    A write once lost stays so until ``forget``: on a replica set pymongo retries it, and raises the
+    retry's error (a NotWritablePrimary refusal), which says nothing of the first try.
     """
 
     def __init__(self) -> None:
         self._thread = threading.local()
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self._thread.unanswered = event.command_name in _WRITE_COMMANDS
+        self._thread.pending = event.command_name in _WRITE_COMMANDS
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:  # noqa: ARG002 - only that it was
-        self._thread.unanswered = False
+        self._thread.pending = False
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         # A server's error reply is a document with "ok"; pymongo's own failures (a connection lost) are not.
-        if "ok" in event.failure:
-            self._thread.unanswered = False
+        if "ok" not in event.failure:
+            self._thread.lost = self.unanswered()
+        self._thread.pending = False
 
     def forget(self) -> None:
         """Start afresh: a write of an earlier call, lost, is not this call's."""
-        self._thread.unanswered = False
+        self._thread.pending = self._thread.lost = False
 
     def unanswered(self) -> bool:
-        """Whether this thread's last command was a write sent and never answered."""
-        return bool(getattr(self._thread, "unanswered", False))
+        """Whether a write of this thread's call was sent and never answered."""
+        return bool(getattr(self._thread, "pending", False) or getattr(self._thread, "lost", False))
 
 
 # One for every client the store makes: its state is per thread, and a thread runs one command at a time.
@@ -563,12 +567,14 @@ class MongoStore:
         with _available(collection):
             try:
                 yield
-            except ConnectionFailure as exc:
-                if not self._lost(exc):
+            except (ConnectionFailure, OperationFailure) as exc:
+                # The server's word on the write itself (a write error, a write concern not met) stands; any
+                # other refusal may be a retry's, which says nothing of a first try lost on its way.
+                if isinstance(exc, WriteError | BulkWriteError | WriteConcernError) or not self._lost(exc):
                     raise
                 raise _lost_write(exc) from None
 
-    def _lost(self, exc: ConnectionFailure) -> bool:
+    def _lost(self, exc: PyMongoError) -> bool:
         """Whether ``exc`` broke a write the server had been sent, which it may or may not have made."""
         if exc.has_error_label(_UNKNOWN_COMMIT) or exc.has_error_label("TransientTransactionError"):
             # A transaction's: a commit of no known result is said as such; one not committed made nothing.
@@ -1165,7 +1171,7 @@ def _recording_unconfirmed(exc: PyMongoError, record: Callable[[], None]) -> Non
 _UNKNOWN_COMMIT = "UnknownTransactionCommitResult"
 
 
-def _lost_write(exc: ConnectionFailure) -> WriteUnconfirmedError:
+def _lost_write(exc: PyMongoError) -> WriteUnconfirmedError:
     """The error of a write sent whose connection failed before the server answered: made, or not."""
     return WriteUnconfirmedError(
         f"the connection to the MongoDB server failed during the write ({type(exc).__name__}), so the change "
