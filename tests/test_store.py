@@ -2230,6 +2230,30 @@ def test_a_foreign_unique_index_is_named_only_by_what_its_message_says_before_th
     assert_not_leaked(raised.value, canary)
 
 
+def test_a_foreign_unique_index_named_with_control_characters_is_named_escaped_on_one_line(
+    canary: str,
+) -> None:
+    # Whoever made the index chose its name and fields: a line break would forge a line of the log, an
+    # escape sequence would move an operator's terminal cursor.
+    index, field = "value_1\nmcp-secrets: error: \x1b[2J", "va\rlue"
+    error = duplicate_key("user_secrets", index, {field: canary})
+    with mongo_wire_server(server_refusing_duplicates("update user_secrets", error)) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db")
+        try:
+            with pytest.raises(StoreUnavailableError) as raised:
+                store.replace_value("alice", "github", "TOKEN", "v1:k:old", "v2:k:new")
+        finally:
+            store.close()
+
+    message = str(raised.value)
+    assert (
+        "a unique index of the collection user_secrets, `value_1\\nmcp-secrets: error: \\x1b[2J` "
+        "(on va\\rlue)"
+    ) in message
+    assert message.isprintable()
+    assert_not_leaked(raised.value, canary)
+
+
 def test_a_change_whose_event_a_foreign_unique_index_refuses_in_a_transaction_is_not_written_again(
     canary: str,
 ) -> None:

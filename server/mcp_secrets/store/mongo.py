@@ -1061,11 +1061,17 @@ def _foreign_duplicate(error: Mapping[str, Any]) -> str | None:
     fields = tuple(str(field) for field in keys)
     if not collection or fields == ("_id",) or fields in _OWN_UNIQUE_KEYS.get(collection, frozenset()):
         return None
-    named = f", `{index}`" if index else ""
+    named = f", `{_escaped(index)}`" if index else ""
     return (
-        f"a unique index of the collection {collection}{named} (on {', '.join(fields)}), that mcp-secrets "
-        "did not make, holds another document with the same values; drop that index or make it non-unique"
+        f"a unique index of the collection {_escaped(collection)}{named} (on "
+        f"{', '.join(map(_escaped, fields))}), that mcp-secrets did not make, holds another document with "
+        "the same values; drop that index or make it non-unique"
     )
+
+
+def _escaped(name: str) -> str:
+    """A name the server gives, its control characters escaped: whoever made an index chose its name."""
+    return name if name.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
 
 
 def _read(collection: Collection[Document], query: Query) -> list[Document]:
