@@ -1926,6 +1926,35 @@ def test_a_key_file_another_user_owns_is_named_as_open_to_their_key(
 
 
 @needs_root_to_give_files_away
+def test_a_key_file_named_by_a_link_in_a_directory_another_user_owns_is_named_as_open_to_their_key(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # The file and the directories it really is in are this user's, but the link naming it is not: the
+    # directory's owner can point it at a key of theirs.
+    master_key = env.pop("MCP_SECRETS_MASTER_KEY")
+    key_file = tmp_path / "keys" / "master.key"
+    key_file.parent.mkdir(mode=0o700)
+    key_file.write_text(master_key + "\n")
+    key_file.chmod(0o600)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "master.key").symlink_to(key_file)
+    os.chown(theirs, ANOTHER_UID, -1)
+    env["MCP_SECRETS_MASTER_KEY_FILE"] = str(theirs / "master.key")
+    canary = new_canary()
+
+    done = set_from_stdin(env, canary, "github", "TOKEN", "--user", "alice")
+
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"the master key file {theirs / 'master.key'} is in {theirs}, owned by another user "
+        f"(uid {ANOTHER_UID}), who can put a key of theirs in it"
+    ) in done.stderr
+    assert master_key not in done.stdout + done.stderr
+    assert canary not in done.stdout + done.stderr
+
+
+@needs_root_to_give_files_away
 def test_a_database_another_user_owns_is_named_as_open_to_their_tokens(env: dict[str, str]) -> None:
     canary = new_canary()
     assert set_from_stdin(env, canary, "github", "TOKEN", "--user", "alice").returncode == 0

@@ -22,13 +22,14 @@ def owned_elsewhere(path: Path) -> str | None:
 
     The owner of a file may rewrite it, and the owner of a directory above it may put another file in its
     place. Owners other than this process's user and root are named: a service account reading a key root
-    keeps is as it should be. Checked on the real path, its links followed.
+    keeps is as it should be. Checked on the real path, its links followed, and on the directories of the
+    path as given: the owner of one holding a link can point it elsewhere.
     """
     if os.name != "posix":
         return None
     trusted = {0, os.geteuid()}
     real = path.resolve()
-    for each in (real, *real.parents):
+    for each in dict.fromkeys((real, *real.parents, *path.absolute().parents)):
         try:
             owner = each.stat().st_uid
         except OSError:  # not there (yet), or not searchable: nothing to say of it
