@@ -249,6 +249,20 @@ def new_canary() -> str:
 
 
 @pytest.fixture
+def synced_inodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The inode of every file and directory ``os.fsync`` is called on from now, in order."""
+    synced: list[int] = []
+    fsync = os.fsync
+
+    def recording_fsync(descriptor: int) -> None:
+        synced.append(os.fstat(descriptor).st_ino)
+        fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    return synced
+
+
+@pytest.fixture
 def canary() -> str:
     return new_canary()
 

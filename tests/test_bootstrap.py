@@ -206,46 +206,30 @@ def test_two_first_runs_at_once_both_use_the_one_key_file_written(
 
 
 def test_a_generated_key_file_is_on_disk_before_the_first_run_goes_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, synced_inodes: list[int]
 ) -> None:
     # Else a power cut soon after could leave the file empty while the database, which syncs
     # itself, keeps the secrets encrypted under its key.
-    synced: list[int] = []
-    fsync = os.fsync
-
-    def recording_fsync(descriptor: int) -> None:
-        synced.append(os.fstat(descriptor).st_ino)
-        fsync(descriptor)
-
-    monkeypatch.setattr(os, "fsync", recording_fsync)
 
     load_master_keys(settings_in(tmp_path), generate=True)
 
     key_file = tmp_path / "config" / "master.key"
-    assert key_file.stat().st_ino in synced  # its key
-    assert key_file.parent.stat().st_ino in synced  # its name in the directory
-    assert synced.index(key_file.stat().st_ino) < synced.index(key_file.parent.stat().st_ino)
+    assert key_file.stat().st_ino in synced_inodes  # its key
+    assert key_file.parent.stat().st_ino in synced_inodes  # its name in the directory
+    assert synced_inodes.index(key_file.stat().st_ino) < synced_inodes.index(key_file.parent.stat().st_ino)
 
 
 def test_the_directories_a_first_run_makes_for_its_key_file_are_on_disk_too(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, synced_inodes: list[int]
 ) -> None:
     # A new directory's name is in its parent: unsynced, a power cut could take the directory, and the key
     # file with it, while the database kept the secrets it encrypted.
-    synced: list[int] = []
-    fsync = os.fsync
-
-    def recording_fsync(descriptor: int) -> None:
-        synced.append(os.fstat(descriptor).st_ino)
-        fsync(descriptor)
-
-    monkeypatch.setattr(os, "fsync", recording_fsync)
     config_dir = tmp_path / "home" / ".config" / "mcp-secrets"
 
     load_master_keys(Settings(data_dir=tmp_path / "data", config_dir=config_dir), generate=True)
 
     for directory in (tmp_path, tmp_path / "home", tmp_path / "home" / ".config", config_dir):
-        assert directory.stat().st_ino in synced, directory
+        assert directory.stat().st_ino in synced_inodes, directory
 
 
 def test_first_run_on_a_file_system_without_hard_links_writes_the_key_file_in_place(

@@ -605,17 +605,25 @@ def _refusing(env: dict[str, str], trigger: str) -> None:
         database.commit()
 
 
+def _token_create_refused(
+    env: dict[str, str], refused: str
+) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+    """``token create alice`` where the store refuses the audit events ``refused`` (an SQL condition on
+    ``NEW``), then ``token list --user alice``."""
+    _refusing(
+        env,
+        f"CREATE TRIGGER only_later BEFORE INSERT ON audit_events WHEN {refused} "
+        "BEGIN SELECT RAISE(ABORT, 'written by a later version only'); END",
+    )
+    return mcp_secrets_cli(env, "token", "create", "alice"), mcp_secrets_cli(
+        env, "token", "list", "--user", "alice"
+    )
+
+
 def test_token_create_whose_event_the_store_refuses_revokes_the_token_without_a_traceback(
     env: dict[str, str],
 ) -> None:
-    _refusing(
-        env,
-        "CREATE TRIGGER only_later BEFORE INSERT ON audit_events WHEN NEW.action = 'token-created' "
-        "BEGIN SELECT RAISE(ABORT, 'written by a later version only'); END",
-    )
-
-    done = mcp_secrets_cli(env, "token", "create", "alice")
-    listed = mcp_secrets_cli(env, "token", "list", "--user", "alice")
+    done, listed = _token_create_refused(env, "NEW.action = 'token-created'")
 
     assert done.returncode == 1, done.stderr
     assert done.stdout == ""
@@ -630,14 +638,7 @@ def test_token_create_whose_events_the_store_all_refuses_says_the_token_was_revo
 ) -> None:
     # Its revocation is made, and only that revocation's event refused: "it could not be revoked; revoke
     # it" would have the operator revoke it again, and be told there is no live token.
-    _refusing(
-        env,
-        "CREATE TRIGGER only_later BEFORE INSERT ON audit_events WHEN NEW.action LIKE 'token-%' "
-        "BEGIN SELECT RAISE(ABORT, 'written by a later version only'); END",
-    )
-
-    done = mcp_secrets_cli(env, "token", "create", "alice")
-    listed = mcp_secrets_cli(env, "token", "list", "--user", "alice")
+    done, listed = _token_create_refused(env, "NEW.action LIKE 'token-%'")
 
     assert done.returncode == 1, done.stderr
     assert done.stdout == ""
@@ -1862,15 +1863,23 @@ def test_a_database_others_can_write_is_named_as_open_to_their_tokens(env: dict[
     assert canary not in done.stdout + done.stderr
 
 
+def _key_in_a_file(env: dict[str, str], directory: Path) -> tuple[str, Path]:
+    """Move the master key of ``env`` to a 0600 file in a new owner-only ``directory``: the key, the file."""
+    master_key = env.pop("MCP_SECRETS_MASTER_KEY")
+    key_file = directory / "master.key"
+    directory.mkdir(mode=0o700)
+    key_file.write_text(master_key + "\n")
+    key_file.chmod(0o600)
+    env["MCP_SECRETS_MASTER_KEY_FILE"] = str(key_file)
+    return master_key, key_file
+
+
 @pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
 def test_a_key_file_others_can_write_is_named_as_open_to_their_key(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    master_key = env.pop("MCP_SECRETS_MASTER_KEY")
-    key_file = tmp_path / "master.key"
-    key_file.write_text(master_key + "\n")
+    master_key, key_file = _key_in_a_file(env, tmp_path / "keys")
     key_file.chmod(0o622)  # not readable by others, but writable: a key of theirs would encrypt what comes
-    env["MCP_SECRETS_MASTER_KEY_FILE"] = str(key_file)
     canary = new_canary()
 
     done = set_from_stdin(env, canary, "github", "TOKEN", "--user", "alice")
@@ -1895,12 +1904,7 @@ def test_a_key_file_another_user_owns_is_named_as_open_to_their_key(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     # Its owner may rewrite it whatever its mode: a key of theirs would encrypt what comes.
-    master_key = env.pop("MCP_SECRETS_MASTER_KEY")
-    key_file = tmp_path / "keys" / "master.key"
-    key_file.parent.mkdir(mode=0o700)
-    key_file.write_text(master_key + "\n")
-    key_file.chmod(0o600)
-    env["MCP_SECRETS_MASTER_KEY_FILE"] = str(key_file)
+    master_key, key_file = _key_in_a_file(env, tmp_path / "keys")
     canary = new_canary()
 
     unowned = set_from_stdin(env, canary, "github", "TOKEN", "--user", "alice")
@@ -1931,11 +1935,7 @@ def test_a_key_file_named_by_a_link_in_a_directory_another_user_owns_is_named_as
 ) -> None:
     # The file and the directories it really is in are this user's, but the link naming it is not: the
     # directory's owner can point it at a key of theirs.
-    master_key = env.pop("MCP_SECRETS_MASTER_KEY")
-    key_file = tmp_path / "keys" / "master.key"
-    key_file.parent.mkdir(mode=0o700)
-    key_file.write_text(master_key + "\n")
-    key_file.chmod(0o600)
+    master_key, key_file = _key_in_a_file(env, tmp_path / "keys")
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "master.key").symlink_to(key_file)

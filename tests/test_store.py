@@ -2195,6 +2195,18 @@ def test_a_write_refused_by_a_unique_index_the_store_did_not_make_names_the_inde
     assert_not_leaked(raised.value, canary, "E11000")
 
 
+def _replace_value_refused(error: dict[str, Any]) -> pytest.ExceptionInfo[StoreUnavailableError]:
+    """``replace_value`` on a server that refuses its update with the duplicate-key ``error``."""
+    with mongo_wire_server(server_refusing_duplicates("update user_secrets", error)) as port:
+        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db")
+        try:
+            with pytest.raises(StoreUnavailableError) as raised:
+                store.replace_value("alice", "github", "TOKEN", "v1:k:old", "v2:k:new")
+        finally:
+            store.close()
+    return raised
+
+
 @pytest.mark.parametrize(
     ("errmsg", "said"),
     [
@@ -2217,13 +2229,7 @@ def test_a_foreign_unique_index_is_named_only_by_what_its_message_says_before_th
     errmsg: str, said: str, canary: str
 ) -> None:
     error = {"code": 11000, "errmsg": errmsg.replace("CANARY", canary), "keyPattern": {"value": 1}}
-    with mongo_wire_server(server_refusing_duplicates("update user_secrets", error)) as port:
-        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db")
-        try:
-            with pytest.raises(StoreUnavailableError) as raised:
-                store.replace_value("alice", "github", "TOKEN", "v1:k:old", "v2:k:new")
-        finally:
-            store.close()
+    raised = _replace_value_refused(error)
 
     assert said in str(raised.value)
     assert "collation" not in str(raised.value)
@@ -2237,13 +2243,7 @@ def test_a_foreign_unique_index_named_with_control_characters_is_named_escaped_o
     # escape sequence would move an operator's terminal cursor.
     index, field = "value_1\nmcp-secrets: error: \x1b[2J", "va\rlue"
     error = duplicate_key("user_secrets", index, {field: canary})
-    with mongo_wire_server(server_refusing_duplicates("update user_secrets", error)) as port:
-        store = MongoStore.from_url(f"mongodb://127.0.0.1:{port}/db")
-        try:
-            with pytest.raises(StoreUnavailableError) as raised:
-                store.replace_value("alice", "github", "TOKEN", "v1:k:old", "v2:k:new")
-        finally:
-            store.close()
+    raised = _replace_value_refused(error)
 
     message = str(raised.value)
     assert (
@@ -2479,25 +2479,17 @@ def test_sqlite_creates_its_directory_and_a_private_file(tmp_path: Path) -> None
 
 
 def test_sqlite_puts_the_directories_it_makes_for_a_new_file_on_disk(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, synced_inodes: list[int]
 ) -> None:
     # SQLite syncs the directory holding its file as it makes its journal, not the ones above: after a
     # power cut a new directory, and the database in it, could be gone while the key file stayed.
-    synced: list[int] = []
-    fsync = os.fsync
-
-    def recording_fsync(descriptor: int) -> None:
-        synced.append(os.fstat(descriptor).st_ino)
-        fsync(descriptor)
-
-    monkeypatch.setattr(os, "fsync", recording_fsync)
     path = tmp_path / "new" / "dir" / "secrets.db"
 
     opened = SQLiteStore(path)
     opened.close()
 
     for directory in (tmp_path, tmp_path / "new", path.parent):
-        assert directory.stat().st_ino in synced, directory
+        assert directory.stat().st_ino in synced_inodes, directory
 
 
 def test_sqlite_warns_when_an_existing_file_is_readable_by_others_and_leaves_its_mode(
