@@ -62,6 +62,39 @@ def _fields(errors: list[ErrorDetails]) -> str:
     return ", ".join(described)
 
 
+def _repeated_fields(body: bytes) -> list[str]:
+    """The top-level fields of a valid body that it gives more than once, which pydantic reads as the last.
+
+    Only called once the body validated: a flat object of known fields, which ``json.loads`` reads safely.
+    """
+    counts: dict[str, int] = {}
+
+    def count(pairs: list[tuple[str, Any]]) -> None:
+        for name, _ in pairs:
+            counts[name] = counts.get(name, 0) + 1
+
+    json.loads(body, object_pairs_hook=count)
+    return sorted(name for name, seen in counts.items() if seen > 1)
+
+
+async def _read_set_request(request: Request) -> SetSecretRequest | JSONResponse:
+    """The body of ``POST /secrets/set``, or the 4xx that says why it is refused."""
+    body = await read_body(request, MAX_BODY_BYTES)
+    if body is None:
+        return _error(413, "too_large", "the request body is too large")
+    try:
+        payload = SetSecretRequest.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors()
+        if any(error["type"] == "json_invalid" for error in errors):  # its message would quote the body
+            return _error(400, "invalid_input", "the body is not valid JSON")
+        return _error(400, "invalid_input", f"invalid or missing fields: {_fields(errors)}")
+    # A proxy or library reading the first of two would check or log another body than is stored.
+    if repeated := _repeated_fields(body):
+        return _error(400, "invalid_input", f"fields given more than once: {', '.join(repeated)}")
+    return payload
+
+
 def _username(request: Request) -> str:
     user = request.scope["user"]
     assert isinstance(user, AuthenticatedUser)  # noqa: S101 - RequireAuthMiddleware let it through
@@ -92,16 +125,9 @@ def rest_routes(secrets: Secrets, public_url: str | None = None) -> list[Route]:
     served = json.dumps(document, indent=2)
 
     async def set_secret(request: Request) -> Response:
-        body = await read_body(request, MAX_BODY_BYTES)
-        if body is None:
-            return _error(413, "too_large", "the request body is too large")
-        try:
-            payload = SetSecretRequest.model_validate_json(body)
-        except ValidationError as exc:
-            errors = exc.errors()
-            if any(error["type"] == "json_invalid" for error in errors):  # its message would quote the body
-                return _error(400, "invalid_input", "the body is not valid JSON")
-            return _error(400, "invalid_input", f"invalid or missing fields: {_fields(errors)}")
+        payload = await _read_set_request(request)
+        if isinstance(payload, JSONResponse):
+            return payload
         username = _username(request)
         result = await _call(
             secrets.store,
