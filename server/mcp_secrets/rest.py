@@ -29,6 +29,8 @@ MAX_BODY_BYTES = 256 * 1024
 # An unknown field is named in a 400 when its name reads as one (a typo, "owner"): a client that sent a
 # value as a name ({"<value>": ...}) must not have it quoted back. Tokens are longer, or hold '-'.
 _QUOTABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,23}")
+# JSON in UTF-8 (RFC 8259 has no other charset), in any case, a charset named or not.
+_JSON_MEDIA_TYPE = re.compile(r'application/json\s*(?:;\s*charset="?utf-8"?\s*)?', re.IGNORECASE)
 
 
 class SetSecretRequest(BaseModel):
@@ -79,6 +81,9 @@ def _repeated_fields(body: bytes) -> list[str]:
 
 async def _read_set_request(request: Request) -> SetSecretRequest | JSONResponse:
     """The body of ``POST /secrets/set``, or the 4xx that says why it is refused."""
+    # Never guessed from the body: a browser sends text/plain and forms across origins without asking.
+    if not _JSON_MEDIA_TYPE.fullmatch(request.headers.get("content-type", "")):
+        return _error(415, "unsupported_media_type", "the body must be sent as application/json in UTF-8")
     body = await read_body(request, MAX_BODY_BYTES)
     if body is None:
         return _error(413, "too_large", "the request body is too large")
@@ -245,6 +250,10 @@ OPENAPI: dict[str, Any] = {
                     },
                     "413": {
                         "description": f"The body is over {MAX_BODY_BYTES // 1024} KiB",
+                        "content": {"application/json": {"schema": _ERROR}},
+                    },
+                    "415": {
+                        "description": "The body is not sent as application/json in UTF-8",
                         "content": {"application/json": {"schema": _ERROR}},
                     },
                     "503": _UNAVAILABLE,

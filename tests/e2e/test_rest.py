@@ -324,6 +324,45 @@ def test_a_field_given_twice_is_400_rather_than_the_last_one_taken(
     assert canary not in alice.deployment.log()
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/json; charset=utf-16",
+        "application/jsonx",
+        None,
+    ],
+)
+def test_a_body_not_declared_as_utf_8_json_is_415(
+    alice: Rest, canary: str, server: str, content_type: str | None
+) -> None:
+    # A browser sends text/plain and forms across origins without asking first; the API reads JSON only.
+    body = json.dumps({"server": server, "key": "K", "value": canary}).encode()
+    headers = {**alice.headers, **({} if content_type is None else {"Content-Type": content_type})}
+    answer = alice.http.post(f"{alice.deployment.base_url}/secrets/set", headers=headers, content=body)
+
+    assert answer.status_code == 415
+    assert answer.json()["error"] == "unsupported_media_type"
+    assert "application/json" in answer.json()["message"]
+    assert alice.keys(server) == []
+    assert canary not in answer.text
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "Application/JSON; charset=UTF-8", 'application/json;charset="utf-8"'],
+)
+def test_json_is_taken_in_any_spelling_of_its_media_type(alice: Rest, server: str, content_type: str) -> None:
+    body = json.dumps({"server": server, "key": "K", "value": "v"}).encode()
+    headers = {**alice.headers, "Content-Type": content_type}
+    answer = alice.http.post(f"{alice.deployment.base_url}/secrets/set", headers=headers, content=body)
+
+    assert answer.status_code == 200, answer.text
+    assert alice.keys(server) == [(server, "K")]
+
+
 def test_an_oversized_body_is_refused(alice: Rest, canary: str) -> None:
     answer = alice.set(server="s", key="K", value=canary + "x" * (300 * 1024))
 
