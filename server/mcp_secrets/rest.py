@@ -146,6 +146,9 @@ def rest_routes(secrets: Secrets, public_url: str | None = None) -> list[Route]:
 
     async def list_keys(request: Request) -> Response:
         username = _username(request)
+        # Starlette takes the last of two: a proxy reading the first would check or log another listing.
+        if len(request.query_params.getlist("server")) > 1:
+            return _error(400, "invalid_input", "server given more than once")
         # Empty means every server, as it does for the list_secret_keys tool (and ``?server=`` of a form).
         server = request.query_params.get("server") or None
         infos = await _call(secrets.store, lambda: secrets.list_secret_keys(username, server))

@@ -432,6 +432,18 @@ def test_list_of_a_bad_server_name_is_400(alice: Rest, canary: str) -> None:
     assert canary not in answer.text
 
 
+def test_a_server_given_twice_in_the_query_is_400_rather_than_the_last_one_listed(
+    alice: Rest, server: str
+) -> None:
+    # As with a body's field: a proxy reading the first of two would log or check another listing.
+    assert alice.set(server=server, key="K", value="v").status_code == 200
+    url = f"{alice.deployment.base_url}/secrets"
+    answer = alice.http.get(url, headers=alice.headers, params=[("server", "other"), ("server", server)])
+
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "invalid_input", "message": "server given more than once"}
+
+
 # --- who may do what ------------------------------------------------------------------------------
 
 
