@@ -51,16 +51,22 @@ def _error(status: int, error: str, message: str) -> JSONResponse:
 def _fields(errors: list[ErrorDetails]) -> str:
     """The fields a validation error names; an unknown one by its name only when that reads as a name."""
     names: set[str] = set()
-    unnamed = 0
+    unknown: list[str] = []
     for error in errors:
         name = ".".join(str(part) for part in error["loc"]) or "body"
-        if error["type"] == "extra_forbidden" and not _QUOTABLE_NAME.fullmatch(name):
-            unnamed += 1
+        if error["type"] == "extra_forbidden":
+            unknown.append(name)
         else:
             names.add(name)
-    described = sorted(names)
-    if unnamed:
-        described.append(f"{unnamed} unknown field(s), not named as a name may be a value sent by mistake")
+    return _named(sorted(names), unknown, "unknown field(s)")
+
+
+def _named(known: list[str], unknown: list[str], what: str) -> str:
+    """``known`` and ``unknown`` names, the unknown ones only when they read as names, else counted."""
+    quotable = sorted(name for name in unknown if _QUOTABLE_NAME.fullmatch(name))
+    described = sorted({*known, *quotable})
+    if unnamed := len(unknown) - len(quotable):
+        described.append(f"{unnamed} {what}, not named as a name may be a value sent by mistake")
     return ", ".join(described)
 
 
@@ -146,6 +152,10 @@ def rest_routes(secrets: Secrets, public_url: str | None = None) -> list[Route]:
 
     async def list_keys(request: Request) -> Response:
         username = _username(request)
+        # As a body's unknown field is: ?sever=github must not list every server's keys.
+        if unknown := sorted(set(request.query_params) - {"server"}):
+            named = _named([], unknown, "parameter(s)")
+            return _error(400, "invalid_input", f"unknown query parameters: {named}")
         # Starlette takes the last of two: a proxy reading the first would check or log another listing.
         if len(request.query_params.getlist("server")) > 1:
             return _error(400, "invalid_input", "server given more than once")

@@ -444,6 +444,28 @@ def test_a_server_given_twice_in_the_query_is_400_rather_than_the_last_one_liste
     assert answer.json() == {"error": "invalid_input", "message": "server given more than once"}
 
 
+@pytest.mark.parametrize("name", ["sever", "Server", "servers"])
+def test_a_misspelt_query_parameter_is_400_rather_than_a_listing_of_every_server(
+    alice: Rest, server: str, name: str
+) -> None:
+    # As with a body's unknown field: ?sever=github would otherwise list every server's keys.
+    assert alice.set(server=server, key="K", value="v").status_code == 200
+    url = f"{alice.deployment.base_url}/secrets"
+    answer = alice.http.get(url, headers=alice.headers, params={name: server})
+
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "invalid_input", "message": f"unknown query parameters: {name}"}
+
+
+def test_a_value_sent_as_a_query_parameter_name_is_not_quoted_back(alice: Rest, canary: str) -> None:
+    url = f"{alice.deployment.base_url}/secrets"
+    answer = alice.http.get(url, headers=alice.headers, params={canary: ""})
+
+    assert answer.status_code == 400
+    assert "unknown query parameter" in answer.json()["message"]
+    assert canary not in answer.text
+
+
 # --- who may do what ------------------------------------------------------------------------------
 
 
