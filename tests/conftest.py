@@ -114,8 +114,16 @@ def sqlite_secrets(tmp_path: Path, encryptor: SecretEncryptor) -> Iterator[Secre
 
 
 def assert_not_leaked(error: BaseException, *values: str) -> None:
-    """Neither the message, the repr nor the printed traceback of ``error`` holds a value."""
-    shown = (str(error), repr(error), "".join(traceback.format_exception(error)))
+    """Neither the message, the repr nor the printed traceback of ``error`` holds a value, nor those of
+    an exception it carries as its ``__cause__`` or ``__context__`` (``from None`` only hides the latter
+    from a printed traceback: whatever walks the chain, an error reporter, still finds it)."""
+    shown: list[str] = []
+    seen: list[BaseException] = []
+    link: BaseException | None = error
+    while link is not None and not any(link is earlier for earlier in seen):
+        seen.append(link)
+        shown += [str(link), repr(link), "".join(traceback.format_exception(link))]
+        link = link.__cause__ or link.__context__
     for value in values:
         assert not any(value in text for text in shown)
 

@@ -609,6 +609,23 @@ def test_legacy_plaintext_that_is_not_utf8_is_a_decryption_error_without_its_byt
     assert_not_leaked(raised.value, canary)
 
 
+def test_a_plaintext_that_is_not_utf8_is_a_decryption_error_without_its_bytes(
+    master_key: bytes, canary: str
+) -> None:
+    # Authentic under a configured key (whoever holds it can write one), but not text.
+    data_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"mcp-secrets v1 data key")
+    parts = (b"mcp-secrets v1 record", b"alice", b"github", b"TOKEN")
+    aad = b"".join(len(part).to_bytes(4, "big") + part for part in parts)
+    nonce = os.urandom(12)
+    sealed = AESGCM(data_key.derive(master_key)).encrypt(nonce, b"\xff" + canary.encode(), aad)
+    token = f"v1:{key_id_for(master_key)}:{encode_payload(nonce + sealed)}"
+
+    with pytest.raises(DecryptionError, match="not UTF-8") as raised:
+        SecretEncryptor([master_key]).decrypt(token, **RECORD)
+
+    assert_not_leaked(raised.value, canary)
+
+
 def test_new_writes_never_use_the_legacy_format(master_key: bytes, canary: str, legacy_key: str) -> None:
     encryptor = SecretEncryptor([master_key], legacy_key=legacy_key)
 

@@ -75,14 +75,16 @@ def _read_key_file(path: Path, setting: str | None = None) -> list[bytes]:
                     f"({MAX_KEY_FILE_BYTES} bytes): is it the right file?"
                 )
             # "utf-8-sig": the byte order mark Windows editors put before UTF-8 text is not part of a key.
-            text = content.decode("utf-8-sig")
+            text: str | None = content.decode("utf-8-sig")
     except OSError as exc:
         raise ConfigurationError(f"{named} cannot be read: {exc.strerror}") from None
     except UnicodeDecodeError:  # raw key bytes, say: the codec's message would quote one of them
+        text = None  # refused out of this block: the codec's error holds the file's bytes, every key in it
+    if text is None:
         raise ConfigurationError(
             f"{named} is not text: it holds master keys written as base64, one a line "
             "(`mcp-secrets keygen` makes one)"
-        ) from None
+        )
     mode = path.stat().st_mode
     if others_may_write(mode):  # values stored from then on would be encrypted under a key they know
         logger.warning(

@@ -126,7 +126,11 @@ def is_legacy_ciphertext(ciphertext: str) -> bool:
 
 
 def _not_utf8(where: str) -> DecryptionError:
-    """The error for a plaintext that is not UTF-8; a UnicodeDecodeError would carry its bytes."""
+    """The error for a plaintext that is not UTF-8; a UnicodeDecodeError would carry its bytes.
+
+    Raise it outside the ``except`` block that caught the codec's error: within it, ``from None`` hides that
+    error from a printed traceback, but the new one still carries it as its ``__context__``.
+    """
     return DecryptionError(f"{where} decrypted to bytes that are not UTF-8 text")
 
 
@@ -219,10 +223,13 @@ class SecretEncryptor:
             plain = value.encode("utf-8")
             aad = associated_data(username, server, key)
         except UnicodeEncodeError:
-            # The exception would quote the value: replace it with one that names the field only.
-            raise InvalidInputError("value must be valid Unicode text (it holds a lone surrogate)") from None
+            # The exception holds the value: the refusal, naming the field only, is raised out of this
+            # block, so that it does not carry that exception as its __context__ either.
+            plain = None
         except (AttributeError, TypeError):  # Python's own names an attribute, not the argument
             raise _not_text(value=value, username=username, server=server, key=key) from None
+        if plain is None:
+            raise InvalidInputError("value must be valid Unicode text (it holds a lone surrogate)")
         nonce = os.urandom(NONCE_BYTES)
         sealed = self._active.encrypt(nonce, plain, aad)
         # One translate makes it base64url and drops padding and newline; base64's helpers cost twice that.
@@ -267,7 +274,8 @@ class SecretEncryptor:
                             f"{where} does not decrypt: it was altered, or copied from another record"
                         ) from None
                     except UnicodeDecodeError:
-                        raise _not_utf8(_where((server, key))) from None
+                        pass  # refused out of this block, so that its error does not carry the plaintext
+                    raise _not_utf8(_where((server, key)))
         return self._read_other(ciphertext, _where((server, key)))
 
     def key_id_of(self, ciphertext: str) -> str:
@@ -323,4 +331,5 @@ def _decrypt_legacy(legacy: AESGCM, parts: list[str], where: str) -> str:
     try:
         return plain.decode("utf-8")
     except UnicodeDecodeError:
-        raise _not_utf8(where) from None
+        pass  # refused out of this block, so that its error does not carry the plaintext
+    raise _not_utf8(where)

@@ -84,8 +84,10 @@ def validate_value(value: object) -> str:
         raise InvalidInputError("value must be a string")
     try:
         size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InvalidInputError("value must be valid Unicode text (it holds a lone surrogate)") from None
+    except UnicodeEncodeError:  # refused below, out of this block: the codec's error holds the whole value
+        size = -1
+    if size < 0:
+        raise InvalidInputError("value must be valid Unicode text (it holds a lone surrogate)")
     if size == 0:
         raise InvalidInputError("value must not be empty")
     if size > MAX_VALUE_BYTES:

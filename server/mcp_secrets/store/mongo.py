@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 import bson
 from bson import ObjectId
@@ -38,6 +39,7 @@ from pymongo.write_concern import WriteConcern
 
 from mcp_secrets.errors import (
     ConfigurationError,
+    SecretsError,
     StoreUnavailableError,
     UnreadableRecordError,
     WriteUnconfirmedError,
@@ -303,7 +305,44 @@ _UNANSWERED = _UnansweredWrites()
 
 _TLS_FILE_OPTIONS = ("tlscafile", "tlscertificatekeyfile", "tlscrlfile")  # as pymongo spells them
 
+_P = ParamSpec("_P")
+_C = TypeVar("_C", bound=type)
 
+
+def _without_hidden_context(method: Callable[_P, T]) -> Callable[_P, T]:
+    """``method``, whose errors raised ``from None`` no longer carry the error they replaced.
+
+    ``from None`` keeps the driver's error out of a printed traceback, not out of the new error's
+    ``__context__``, where whatever walks the chain (an error reporter) finds it: it can quote the values
+    a unique index refused, or the document a write sent. Within the ``except`` or ``with`` that caught
+    it nothing else can drop it, so it is dropped here, where nothing is being handled.
+    """
+
+    @functools.wraps(method)
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except SecretsError as exc:
+            if not exc.__suppress_context__:
+                raise
+            error = exc
+        error.__context__ = None
+        raise error
+
+    return call
+
+
+def _hiding_replaced_errors(cls: _C) -> _C:
+    """``cls`` with ``_without_hidden_context`` around its constructor and every public method."""
+    for name, member in list(vars(cls).items()):
+        if isinstance(member, classmethod):
+            setattr(cls, name, classmethod(_without_hidden_context(member.__func__)))
+        elif callable(member) and (name == "__init__" or not name.startswith("_")):
+            setattr(cls, name, _without_hidden_context(member))
+    return cls
+
+
+@_hiding_replaced_errors
 class MongoStore:
     """A ``SecretStore`` on MongoDB collections, indexes created at start.
 
