@@ -335,6 +335,42 @@ def test_uses_made_while_another_process_locks_sqlite_are_written_once_it_is_fre
         store.close()
 
 
+def test_a_read_does_not_wait_behind_a_use_that_waits_for_another_process_to_unlock_sqlite(
+    tmp_path: Path, encryptor: SecretEncryptor
+) -> None:
+    """get_secrets never waits for a write: nor for the writer's, which waits for another process's lock."""
+    store = SQLiteStore(tmp_path / "secrets.db", busy_timeout=2 * DEADLINE_SECONDS)
+    secrets = Secrets(store, encryptor)
+    value = new_canary()
+    secrets.set_secret("alice", "github", "TOKEN", value)
+    writing = threading.Event()
+    store._connection.set_trace_callback(lambda statement: statement == "BEGIN IMMEDIATE" and writing.set())
+    read: list[dict[str, str]] = []
+    answered = threading.Event()
+
+    def read_again() -> None:
+        read.append(secrets.get_secrets("alice", "github", record_use=False))
+        answered.set()
+
+    reader = threading.Thread(target=read_again)
+    try:
+        with closing(sqlite3.connect(tmp_path / "secrets.db", isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")
+            secrets.get_secrets("alice", "github")
+            writing.wait()  # the writer is in its write, which waits for `other`
+            reader.start()
+            answered_while_locked = answered.wait(DEADLINE_SECONDS)
+            other.execute("COMMIT")
+        reader.join()
+        assert answered_while_locked
+        assert read == [{"TOKEN": value}]
+        eventually(secrets.flush)
+        assert [event.action for event in secrets.list_events("alice")] == ["used", "created"]
+    finally:
+        secrets.close()
+        store.close()
+
+
 def test_a_listing_goes_on_while_another_process_locks_sqlite_and_uses_wait(
     tmp_path: Path, encryptor: SecretEncryptor
 ) -> None:

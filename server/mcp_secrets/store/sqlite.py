@@ -89,6 +89,9 @@ _LINK_COLUMNS = (
 )
 _TOKEN_COLUMNS = "token_id, username, token_hash, created_at, expires_at, revoked_at, label"  # noqa: S105 - column names
 BUSY_TIMEOUT_SECONDS = 10.0
+# How often a batch of uses tries again while another process holds the lock: as SQLite's busy handler does.
+_FIRST_PAUSE_SECONDS = 0.001
+_LAST_PAUSE_SECONDS = 0.025
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 
@@ -617,9 +620,12 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 raise _unavailable(exc) from None
 
-    def _run_now(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
-        """``_run`` without any wait: ``WouldBlock`` when the connection or the database is locked."""
-        if not self._lock.acquire(blocking=False):
+    def _run_now(self, work: Callable[[sqlite3.Connection], _T], *, queue: bool = False) -> _T:
+        """``_run`` without any wait: ``WouldBlock`` when the connection or the database is locked.
+
+        With ``queue``, it waits for the connection (another thread's call here), not for the database.
+        """
+        if not self._lock.acquire(blocking=queue):
             raise WouldBlock
         try:
             if self._forked:
@@ -748,7 +754,27 @@ class SQLiteStore:
                 connection.executemany(_MARK_USED, marks)
                 connection.executemany(_INSERT_EVENT, events)
 
-        self._run(write)
+        if is_nonblocking():
+            self._run(write)
+            return
+        # The wait for another process's lock is made here, not in SQLite's busy handler, which waits
+        # holding the connection: every other call of this process (a get_secrets) would wait behind
+        # the uses, for as long as the busy timeout.
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        pause = _FIRST_PAUSE_SECONDS
+        while True:
+            try:
+                self._run_now(write, queue=True)
+            except WouldBlock:  # noqa: PERF203 - a retry, each after a pause far longer than the try
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise StoreUnavailableError(
+                        "the SQLite store is unavailable: database is locked"
+                    ) from None
+                time.sleep(min(pause, remaining))
+                pause = min(2 * pause, _LAST_PAUSE_SECONDS)
+            else:
+                return
 
     def add_event(self, event: AuditEvent) -> None:
         """Append one event to the audit trail."""
