@@ -61,6 +61,28 @@ def test_public_api_is_exported() -> None:
         assert hasattr(mcp_secrets, name)
 
 
+def test_a_name_the_package_does_not_have_fails_type_checking_and_those_it_has_pass(tmp_path: Path) -> None:
+    # The public names are imported when first used, through a module __getattr__: seen by mypy, its
+    # Any made every name pass, a misspelt one (`open_secret`) among them, which failed only when run.
+    service = tmp_path / "service.py"
+    service.write_text(
+        "from mcp_secrets import Secrets, SecretsError, open_secret, open_secrets\n"
+        "secrets: Secrets = open_secrets()\n"
+        "values: dict[str, str] = secrets.get_secrets('alice', 'github')\n"
+        "error: type[Exception] = SecretsError\n",
+        encoding="utf-8",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache"), str(service)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    errors = [line for line in done.stdout.splitlines() if ": error:" in line]
+    typo = 'Module "mcp_secrets" has no attribute "open_secret"; maybe "open_secrets"?  [attr-defined]'
+    assert errors == [f"{service}:1: error: {typo}"], done.stdout
+
+
 def test_errors_share_one_base_class() -> None:
     errors = [
         mcp_secrets.InvalidInputError,

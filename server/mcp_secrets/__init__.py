@@ -70,13 +70,17 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:  # noqa: ANN401 - any of the public names
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'mcp_secrets' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"mcp_secrets.{home}"), name)
-    globals()[name] = value  # looked up once
-    return value
+# Hidden from type checkers, which know the names from the imports above: to them a module __getattr__
+# would make every name exist, a misspelt one included.
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:  # noqa: ANN401 - any of the public names
+        home = _HOMES.get(name)
+        if home is None:
+            raise AttributeError(f"module 'mcp_secrets' has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"mcp_secrets.{home}"), name)
+        globals()[name] = value  # looked up once
+        return value
 
 
 def __dir__() -> list[str]:
