@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from pathlib import Path
 
 import pytest
@@ -86,3 +88,25 @@ def test_the_store_location_never_holds_a_master_key_or_a_mongodb_url(
 
 def test_nothing_given_leaves_the_store_location_empty() -> None:
     assert load_settings().store_location() == StoreLocation()
+
+
+def test_settings_holding_keys_are_shown_masked_and_refuse_to_be_pickled_without_quoting_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    key, legacy_key, password = generate_master_key(), new_canary(), new_canary()
+    monkeypatch.setenv("MCP_SECRETS_MASTER_KEY", key)
+    monkeypatch.setenv("MCP_SECRETS_LEGACY_KEY", legacy_key)
+    monkeypatch.setenv("MCP_SECRETS_DATABASE_URL", f"mongodb://app:{password}@db.example/secrets")
+    monkeypatch.setenv("MCP_SECRETS_DATA_DIR", str(tmp_path))
+    settings = load_settings()
+
+    # A pickle is a copy in the clear, kept wherever it is sent (a task queue, a cache, a file).
+    with pytest.raises(TypeError, match="load_settings") as refused:
+        pickle.dumps(settings)
+
+    shown = [repr(settings), str(settings), settings.model_dump_json(), str(refused.value)]
+    for secret in (key, legacy_key, password):
+        assert not any(secret in text for text in shown)
+    for copied in (copy.copy(settings), copy.deepcopy(settings)):  # in memory, as the settings are
+        assert copied.master_key is not None
+        assert copied.master_key.get_secret_value() == key

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import platformdirs
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
@@ -254,6 +254,17 @@ class Settings(BaseSettings):
 
     # The command-line option each override was given as, by setting (load_settings): errors name it.
     _given_as: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def __getstate__(self) -> dict[Any, Any]:
+        """Refuse to be pickled: a pickle holds the master keys and the database URL in the clear.
+
+        Whatever a pickle is sent to (a task queue, a cache, a file) would keep them. A process that needs
+        the settings reads them itself, with ``load_settings()``.
+        """
+        raise TypeError(
+            "Settings hold the master keys and the database URL, and are not pickled: "
+            "call mcp_secrets.config.load_settings() in the process that needs them"
+        )
 
     def named(self, setting: str) -> str:
         """``setting`` as the user gave it: its command-line option, or else its environment variable."""
