@@ -11,6 +11,7 @@ import pytest
 from conftest import new_canary
 from mcp_secrets.config import StoreLocation, load_settings
 from mcp_secrets.crypto import generate_master_key
+from mcp_secrets.errors import ConfigurationError
 
 
 @pytest.fixture(autouse=True)
@@ -110,3 +111,26 @@ def test_settings_holding_keys_are_shown_masked_and_refuse_to_be_pickled_without
     for copied in (copy.copy(settings), copy.deepcopy(settings)):  # in memory, as the settings are
         assert copied.master_key is not None
         assert copied.master_key.get_secret_value() == key
+
+
+@pytest.mark.parametrize(
+    ("variable", "given"),
+    [
+        pytest.param("MCP_SECRETS_MASTER_KEY", "{key}\udcff", id="master-key-not-utf8"),
+        pytest.param("MCP_SECRETS_DATA_DIR", "mongodb://app:{key}@db.example/", id="data-dir-a-url"),
+        pytest.param("MCP_SECRETS_PORT", "{key}", id="port-not-a-number"),
+    ],
+)
+def test_a_malformed_setting_is_refused_by_an_error_carrying_none_that_holds_what_was_given(
+    monkeypatch: pytest.MonkeyPatch, variable: str, given: str
+) -> None:
+    key = generate_master_key()
+    monkeypatch.setenv(variable, given.format(key=key))
+
+    with pytest.raises(ConfigurationError, match=variable) as raised:
+        load_settings()
+
+    # Pydantic's error keeps what was given (its `input`), whatever its message shows.
+    assert raised.value.__cause__ is None
+    assert raised.value.__context__ is None
+    assert key not in str(raised.value)

@@ -324,10 +324,10 @@ def load_settings(*, given_as: Mapping[str, str] | None = None, **overrides: obj
     what was given (a master key or a database URL may be the malformed one).
     """
     given_as = dict(given_as or {})
+    problems = []
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = []
         for error in exc.errors():
             setting = str(error["loc"][0])
             # A validator's own message, without the "Value error, " pydantic puts before it.
@@ -335,7 +335,10 @@ def load_settings(*, given_as: Mapping[str, str] | None = None, **overrides: obj
                 error["msg"].removeprefix("Value error, ") if error["type"] == "value_error" else error["msg"]
             )
             problems.append(f"{setting} ({_named(setting, given_as)}): {message}")
-        raise ConfigurationError(f"invalid setting: {'; '.join(problems)}") from None
+    if problems:
+        # Raised out of the except block: pydantic's error, which would be its __context__, keeps what was
+        # given (a master key, a database URL) whatever its message shows.
+        raise ConfigurationError(f"invalid setting: {'; '.join(problems)}")
     settings._given_as = given_as  # noqa: SLF001 - set by the one function that knows it
     return settings
 
