@@ -35,6 +35,7 @@ from _mongo_wire import (
 from conftest import (
     as_an_ordinary_process,
     assert_no_fragment_of,
+    assert_not_leaked,
     command_parsers,
     isolated_env,
     new_canary,
@@ -1631,6 +1632,18 @@ def test_a_stdin_that_fails_to_read_is_an_input_error_not_an_output_one(
 
     with pytest.raises(InvalidInputError, match=r"^no value: stdin cannot be read \(Input/output error\)$"):
         _read_value("Value (hidden): ")
+
+
+def test_a_piped_value_that_is_not_utf8_is_refused_by_an_error_carrying_none_of_its_bytes(
+    monkeypatch: pytest.MonkeyPatch, canary: str
+) -> None:
+    piped = io.BytesIO(canary.encode() + b"\xff\xfe")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(piped))
+
+    with pytest.raises(InvalidInputError, match="value must be UTF-8 text") as raised:
+        _read_value("Value (hidden): ")
+
+    assert_not_leaked(raised.value, canary)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="a POSIX pseudo-terminal")

@@ -131,7 +131,8 @@ def _read_value(prompt: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise InvalidInputError("value must be UTF-8 text") from None
+        pass  # refused out of this block: the codec's error holds the value's bytes
+    raise InvalidInputError("value must be UTF-8 text")
 
 
 def _getpass(prompt: str) -> str:
