@@ -60,6 +60,7 @@ from mcp_secrets.store import (
     TokenRecord,
     open_store,
 )
+from mcp_secrets.store import mongo as mongo_module
 from mcp_secrets.store.mongo import DEFAULT_DATABASE, MongoStore
 from mcp_secrets.store.sqlite import SQLiteStore
 
@@ -3074,3 +3075,29 @@ def test_a_sqlite_disk_full_in_a_transaction_says_so_and_the_next_write_goes_thr
     assert store.put_secret("alice", "github", "TOKEN", "x" * 3000, T0, event=event) is True
     assert [event.action for event in store.list_events("alice")] == ["created"]
     store.close()
+
+
+def test_mongo_stores_errors_carry_no_replaced_error_whatever_kind_of_method_raised_them() -> None:
+    canary = secrets.token_urlsafe(16)
+
+    @mongo_module._hiding_replaced_errors
+    class Store:
+        def read(self) -> int:
+            try:
+                int(canary)  # a ValueError quoting it
+            except ValueError:
+                raise StoreUnavailableError("the store is unavailable") from None
+
+        @staticmethod
+        def parse(text: str) -> int:
+            return int(text)
+
+        @classmethod
+        def open(cls) -> Store:
+            return cls()
+
+    assert Store.open().parse("41") + Store.parse("1") == 42
+    with pytest.raises(StoreUnavailableError) as refused:
+        Store().read()
+    assert refused.value.__context__ is None
+    assert_not_leaked(refused.value, canary)

@@ -337,6 +337,8 @@ def _hiding_replaced_errors(cls: _C) -> _C:
     for name, member in list(vars(cls).items()):
         if isinstance(member, classmethod):
             setattr(cls, name, classmethod(_without_hidden_context(member.__func__)))
+        elif isinstance(member, staticmethod):  # callable itself, but wrapped as one it would take self
+            setattr(cls, name, staticmethod(_without_hidden_context(member.__func__)))
         elif callable(member) and (name == "__init__" or not name.startswith("_")):
             setattr(cls, name, _without_hidden_context(member))
     return cls
