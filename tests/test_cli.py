@@ -677,6 +677,48 @@ def test_a_command_that_writes_refuses_at_once_a_store_it_can_only_read(
     assert database.read_bytes() == before
 
 
+# The tables of the first version, before entry links, the audit trail and last uses.
+_FIRST_VERSION_SCHEMA = """
+CREATE TABLE user_secrets (
+    username TEXT NOT NULL, server TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+    created_at TEXT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (username, server, key)
+) WITHOUT ROWID;
+CREATE TABLE api_tokens (
+    token_id TEXT PRIMARY KEY, username TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL, expires_at TEXT, revoked_at TEXT, label TEXT NOT NULL DEFAULT ''
+);
+"""
+
+
+@pytest.mark.parametrize("command", [["list", "--user", "alice"], ["audit"], ["token", "list"]])
+def test_a_command_that_only_reads_says_an_earlier_versions_store_it_cannot_write_needs_opening_by_its_owner(
+    env: dict[str, str], command: list[str]
+) -> None:
+    # A file an earlier version made gains tables, columns and indexes when it is opened, which a process
+    # that can only read it cannot do: it said "cannot be opened: attempt to write a readonly database".
+    database = Path(env["MCP_SECRETS_DATA_DIR"]) / "secrets.db"
+    database.parent.mkdir(parents=True)
+    with closing(sqlite3.connect(database, isolation_level=None)) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.executescript(_FIRST_VERSION_SCHEMA)
+        now = datetime.now(timezone.utc).isoformat()
+        connection.execute(
+            "INSERT INTO user_secrets VALUES ('alice', 'github', 'TOKEN', 'v1:00000000:AAAA', ?, ?)",
+            (now, now),
+        )
+    for path in database.parent.glob("secrets.db*"):
+        path.chmod(0o400)
+    before = database.read_bytes()
+
+    done = mcp_secrets_cli(env, *command, prefix=tuple(as_an_ordinary_process()))
+
+    assert done.returncode == 1
+    assert f"the SQLite store at {database} was made by an earlier version of mcp-secrets" in done.stderr
+    assert "open it once as a user who can write it" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert database.read_bytes() == before
+
+
 def test_prune_audit_and_audit_read_times_written_by_hand_as_times_in_utc(env: dict[str, str]) -> None:
     # Events imported by hand, a few hours inside the 30 days kept: one with a space for the "T" and no
     # offset (UTC), one with an offset of its own. As text both sorted before the cut-off, and went.

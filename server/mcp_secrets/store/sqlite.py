@@ -408,6 +408,28 @@ _ADDED_COLUMNS = {
 }
 
 
+def _make_schema(connection: sqlite3.Connection, path: Path) -> None:
+    """Create the tables and indexes a file lacks; a file made by an earlier version gains those added since.
+
+    On a file of this version nothing is written, so a process that can only read it opens it.
+    """
+    try:
+        connection.executescript(_SCHEMA)
+        # Looked at again under the write lock: another process opening the same file may be adding them.
+        if _missing_columns(connection):
+            with _transaction(connection):
+                for table, column, declaration in _missing_columns(connection):
+                    connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    except sqlite3.OperationalError as exc:
+        if "readonly" not in str(exc):  # SQLITE_READONLY's message (its code is not on 3.10's errors)
+            raise
+        raise StoreUnavailableError(
+            f"the SQLite store at {path} was made by an earlier version of mcp-secrets, and gains the "
+            f"tables, columns and indexes added since when it is opened; this process can read it but not "
+            f"write it ({exc}): open it once as a user who can write it (any mcp-secrets command does)"
+        ) from None
+
+
 def _missing_columns(connection: sqlite3.Connection) -> list[tuple[str, str, str]]:
     """The added columns (table, column, declaration) a file made by an earlier version does not have yet."""
     missing: list[tuple[str, str, str]] = []
@@ -538,13 +560,7 @@ class SQLiteStore:
                     "MCP_SECRETS_DATABASE_URL may name another file"
                 )
             _use_wal(self._connection, busy_timeout)
-            self._connection.executescript(_SCHEMA)
-            # A file made by an earlier version gains the columns added since. Looked at again under the
-            # write lock: another process opening the same file may be adding them at this moment.
-            if _missing_columns(self._connection):
-                with _transaction(self._connection):
-                    for table, column, declaration in _missing_columns(self._connection):
-                        self._connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            _make_schema(self._connection, self.path)
             if create:
                 _check_writable(self._connection, self.path)
             self._file = _identity(self.path.stat())
