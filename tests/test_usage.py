@@ -532,6 +532,21 @@ def test_close_writes_every_pending_use_and_later_uses_are_written_at_once(
     assert used_details(controlled.store)["after close"] == 1
 
 
+def test_closing_the_store_alone_first_writes_the_uses_still_pending(
+    service: Secrets, controlled: ControlledStore
+) -> None:
+    # As the library's docs said before Secrets.close() existed, and code written then still does:
+    # open_secrets(), get_secrets(), then secrets.store.close(). Each such run lost its use, logged.
+    controlled.open.clear()
+    service.get_secrets("alice", "github", detail="before the store closed")
+    open_when_flushed(service, controlled)
+
+    controlled.close()
+
+    assert controlled.batches == [1]
+    assert service.uses.pending == 0
+
+
 EXITS_WITH_A_USE_PENDING = """
 import sys
 from mcp_secrets.crypto import SecretEncryptor

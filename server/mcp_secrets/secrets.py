@@ -139,6 +139,8 @@ class Secrets:
         self._encryptor = encryptor
         self.max_secrets_per_user = max_secrets_per_user
         self.uses = UseRecorder(store)
+        # Code written before close() existed closes only the store: its uses are written all the same.
+        store.before_close(self.uses.close)
         self._clock = clock
         self._change_listeners: dict[object, Callable[[str, str], None]] = {}
 
@@ -186,7 +188,7 @@ class Secrets:
         return self.uses.flush(timeout)
 
     def close(self) -> None:
-        """Write the uses still pending and stop their writer; call before closing the store. Idempotent."""
+        """Write the uses still pending and stop their writer; closing the store does it first. Idempotent."""
         self.uses.close()
 
     def get_secrets(

@@ -394,8 +394,12 @@ class SecretStore(Protocol):
         """Raise ``StoreUnavailableError`` unless the database answers."""
         ...
 
+    def before_close(self, callback: Callable[[], object]) -> None:
+        """Have ``close()`` call ``callback`` first, so that a writer of pending uses can still write them."""
+        ...
+
     def close(self) -> None:
-        """Release connections."""
+        """Release connections, once the callbacks given to ``before_close`` have run."""
         ...
 
 

@@ -538,6 +538,7 @@ class SQLiteStore:
         self._busy_timeout_ms = round(busy_timeout * 1000)
         self._waits = True  # the connection's busy timeout is the configured one (False: 0)
         self._forked = False  # in a forked child, until it opens a connection of its own
+        self._before_close: list[Callable[[], object]] = []
         try:
             # Absolute, so that SQLite never takes a relative "file:…" for a URI (a store in memory, or
             # another file), and a later chdir never points a check or a new connection elsewhere.
@@ -1059,8 +1060,14 @@ class SQLiteStore:
         """Raise ``StoreUnavailableError`` unless the database answers."""
         self._run(lambda connection: connection.execute("SELECT 1").fetchone())
 
+    def before_close(self, callback: Callable[[], object]) -> None:
+        """Have ``close()`` call ``callback`` first, so that a writer of pending uses can still write them."""
+        self._before_close.append(callback)
+
     def close(self) -> None:
-        """Release the connection."""
+        """Release the connection, once the callbacks given to ``before_close`` have run."""
+        for callback in self._before_close:
+            callback()
         with self._lock:
             if not self._forked:  # a child that never opened its own has none to close
                 self._connection.close()
