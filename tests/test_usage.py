@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import multiprocessing
 import os
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
@@ -545,6 +547,17 @@ def test_closing_the_store_alone_first_writes_the_uses_still_pending(
 
     assert controlled.batches == [1]
     assert service.uses.pending == 0
+
+
+def test_a_store_keeps_no_recorder_alive_of_a_service_made_over_it(
+    store: SecretStore, encryptor: SecretEncryptor
+) -> None:
+    recorder = weakref.ref(Secrets(store, encryptor).uses)
+
+    gc.collect()
+
+    assert recorder() is None
+    store.close()
 
 
 EXITS_WITH_A_USE_PENDING = """

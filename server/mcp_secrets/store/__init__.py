@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
@@ -22,6 +23,24 @@ from typing import Protocol
 from mcp_secrets.errors import ConfigurationError, UnreadableRecordError
 
 _NONBLOCKING: ContextVar[bool] = ContextVar("mcp_secrets_store_nonblocking", default=False)
+
+
+class CloseCallbacks:
+    """The bound methods a store calls as it closes, held weakly: they keep no owner of theirs alive."""
+
+    def __init__(self) -> None:
+        self._methods: list[weakref.WeakMethod[Callable[[], object]]] = []
+
+    def add(self, method: Callable[[], object]) -> None:
+        """Call ``method`` at close, while its owner lives."""
+        self._methods = [held for held in self._methods if held() is not None]
+        self._methods.append(weakref.WeakMethod(method))
+
+    def run(self) -> None:
+        """Call each method whose owner still lives, in the order added."""
+        for held in self._methods:
+            if (method := held()) is not None:
+                method()
 
 
 class WouldBlock(Exception):  # noqa: N818 - a signal, not a failure
@@ -394,8 +413,8 @@ class SecretStore(Protocol):
         """Raise ``StoreUnavailableError`` unless the database answers."""
         ...
 
-    def before_close(self, callback: Callable[[], object]) -> None:
-        """Have ``close()`` call ``callback`` first, so that a writer of pending uses can still write them."""
+    def before_close(self, method: Callable[[], object]) -> None:
+        """Have ``close()`` first call a bound method (held weakly): pending uses are written while it can."""
         ...
 
     def close(self) -> None:

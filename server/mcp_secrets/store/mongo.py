@@ -47,6 +47,7 @@ from mcp_secrets.errors import (
 from mcp_secrets.store import (
     UNCONFIRMED,
     AuditEvent,
+    CloseCallbacks,
     FieldError,
     LimitReached,
     LinkRecord,
@@ -364,7 +365,7 @@ class MongoStore:
                 "MongoDB writes must be acknowledged: remove w=0 from MCP_SECRETS_DATABASE_URL"
             )
         self._client = client
-        self._before_close: list[Callable[[], object]] = []
+        self._before_close = CloseCallbacks()
         # A client made elsewhere, without the listener, cannot tell a write sent from one never sent: its
         # connection failures read as an unavailable store, as they did before the store could tell.
         options = getattr(client, "options", None)
@@ -946,14 +947,13 @@ class MongoStore:
         with _available():
             self._client.admin.command("ping")
 
-    def before_close(self, callback: Callable[[], object]) -> None:
-        """Have ``close()`` call ``callback`` first, so that a writer of pending uses can still write them."""
-        self._before_close.append(callback)
+    def before_close(self, method: Callable[[], object]) -> None:
+        """Have ``close()`` first call a bound method (held weakly): pending uses are written while it can."""
+        self._before_close.add(method)
 
     def close(self) -> None:
         """Close the client's connections, once the callbacks given to ``before_close`` have run."""
-        for callback in self._before_close:
-            callback()
+        self._before_close.run()
         self._client.close()
 
 

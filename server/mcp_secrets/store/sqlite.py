@@ -19,6 +19,7 @@ from mcp_secrets.errors import StoreUnavailableError, UnreadableRecordError
 from mcp_secrets.file_modes import others_may_read, others_may_write, owned_elsewhere
 from mcp_secrets.store import (
     AuditEvent,
+    CloseCallbacks,
     FieldError,
     LimitReached,
     LinkRecord,
@@ -538,7 +539,7 @@ class SQLiteStore:
         self._busy_timeout_ms = round(busy_timeout * 1000)
         self._waits = True  # the connection's busy timeout is the configured one (False: 0)
         self._forked = False  # in a forked child, until it opens a connection of its own
-        self._before_close: list[Callable[[], object]] = []
+        self._before_close = CloseCallbacks()
         try:
             # Absolute, so that SQLite never takes a relative "file:…" for a URI (a store in memory, or
             # another file), and a later chdir never points a check or a new connection elsewhere.
@@ -1060,14 +1061,13 @@ class SQLiteStore:
         """Raise ``StoreUnavailableError`` unless the database answers."""
         self._run(lambda connection: connection.execute("SELECT 1").fetchone())
 
-    def before_close(self, callback: Callable[[], object]) -> None:
-        """Have ``close()`` call ``callback`` first, so that a writer of pending uses can still write them."""
-        self._before_close.append(callback)
+    def before_close(self, method: Callable[[], object]) -> None:
+        """Have ``close()`` first call a bound method (held weakly): pending uses are written while it can."""
+        self._before_close.add(method)
 
     def close(self) -> None:
         """Release the connection, once the callbacks given to ``before_close`` have run."""
-        for callback in self._before_close:
-            callback()
+        self._before_close.run()
         with self._lock:
             if not self._forked:  # a child that never opened its own has none to close
                 self._connection.close()
