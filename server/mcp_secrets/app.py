@@ -428,9 +428,9 @@ def set_command(username: str, server: str, key: str, settings: StoreLocation = 
     user = shlex.quote(username)
     variables = "".join(f"{name}={shlex.quote(value)} " for name, value in settings.variables.items())
     if not any(name.startswith("-") for name in (username, server, key)):
-        return f"{variables}mcp-secrets set {server} {key} --user {user}"
+        return f"{variables}{settings.program} set {server} {key} --user {user}"
     # A name may start with `-`, which the command line reads as an option: `=` and `--` keep it a name.
-    return f"{variables}mcp-secrets set --user={user} -- {server} {key}"
+    return f"{variables}{settings.program} set --user={user} -- {server} {key}"
 
 
 def _terminal_hint(username: str, server: str, key: str, settings: StoreLocation) -> CallToolResult:

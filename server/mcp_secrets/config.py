@@ -126,6 +126,7 @@ class StoreLocation:
     # Shown, with their values; read-only, as the empty default is shared.
     variables: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     withheld: tuple[str, ...] = ()  # needed too, but they hold secrets: named, never shown
+    program: str = "mcp-secrets"  # the command, for the shell: a path when a terminal's PATH may not find it
 
     def needs(self) -> str:
         """A sentence naming the withheld variables, or "" when there are none."""

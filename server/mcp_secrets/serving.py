@@ -7,15 +7,19 @@ a start (about 0.6 s here), and every other command runs without loading them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
+import shlex
+import shutil
 import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import TypeVar
 
 import anyio
@@ -148,7 +152,7 @@ def run_server(
             transport="stdio",
             log_level=settings.log_level,
             listen_streams_per_user=settings.max_listen_streams_per_user,
-            store_settings=settings.store_location(),
+            store_settings=_terminal_location(settings),
         )
         _summary(settings, keys, username, gateway)
         anyio.run(_serve_stdio, mcp.run_stdio_async, gateway, close)
@@ -205,8 +209,27 @@ def _gateway(settings: Settings, secrets: Secrets, entry: EntrySettings | None) 
     config = load_gateway_config(settings.servers)
     warn_of_other_writers(config)  # here, not in check_settings: once a start
     # stdio only, whose client is this machine's user: an HTTP caller has no need to know where the files are.
-    hint = missing_secrets_hint(entry, settings.store_location() if entry is None else StoreLocation())
+    hint = missing_secrets_hint(entry, _terminal_location(settings) if entry is None else StoreLocation())
     return Gateway(config, secrets, pool=pool, missing_hint=hint)
+
+
+def _terminal_location(settings: Settings) -> StoreLocation:
+    """What a terminal's ``mcp-secrets set`` needs to reach this server's store: settings, and this program.
+
+    A client config may start the command by its path (``.venv/bin/mcp-secrets``), which a terminal's PATH
+    need not find, or may find as another install: then the command is named by that path.
+    """
+    location = settings.store_location()
+    started = Path(sys.argv[0])
+    if started.name != location.program:  # `python -m mcp_secrets`, or a program of its own: no path to give
+        return location
+    found = shutil.which(location.program)
+    try:
+        if found is not None and started.samefile(found):
+            return location
+    except OSError:  # the program moved, or a PATH entry is unreadable: its path, as it was started by
+        pass
+    return dataclasses.replace(location, program=shlex.quote(str(started.absolute())))
 
 
 @asynccontextmanager

@@ -133,6 +133,27 @@ async def test_request_secret_on_stdio_gives_the_terminal_command_the_readme_pro
     assert "`mcp-secrets set`" in recommended
 
 
+@pytest.mark.parametrize("on_path", [False, True], ids=["by-its-path", "on-the-path"])
+async def test_request_secret_on_stdio_names_the_command_by_the_path_it_was_started_by(
+    tmp_path: Path, on_path: bool
+) -> None:
+    """A client config may name ``.venv/bin/mcp-secrets`` by its path, as the README offers: a terminal's
+    ``mcp-secrets`` may then be none, or another install with another store."""
+    from mcp.client.stdio import StdioServerParameters, stdio_client  # noqa: PLC0415
+
+    script = Path(sys.executable).parent / "mcp-secrets"
+    path = os.pathsep.join([*([str(script.parent)] if on_path else []), "/usr/bin", "/bin"])
+    env = {**isolated_env(tmp_path), "MCP_SECRETS_USER": "alice", "PATH": path}
+    params = StdioServerParameters(command=str(script), args=["serve"], env=env)
+    with (tmp_path / "serve.log").open("a", encoding="utf-8") as errlog:
+        async with Client(stdio_client(params, errlog=errlog)) as alice:
+            result = await alice.call_tool("request_secret", {"server": "github", "key": "API_KEY"})
+
+    assert not result.is_error, text_of(result)
+    program = "mcp-secrets" if on_path else str(script)
+    assert f" {program} set github API_KEY --user alice  " in text_of(result)
+
+
 def raw_handshake(process: subprocess.Popen[str]) -> None:
     """Initialize a session of ``raw_stdio_serve`` by hand, as a client does, up to its next message."""
     assert process.stdin is not None
