@@ -246,6 +246,34 @@ def test_a_limit_below_one_reads_and_deletes_nothing(seeded: SecretStore, limit:
     assert seeded.count_events(T2) == 2
 
 
+def test_sample_ciphertexts_are_those_at_each_end_of_the_store_each_once(store: SecretStore) -> None:
+    # Written in (username, server, key) order: the first and last by SQLite's primary key are then also
+    # the oldest and newest by MongoDB's _id.
+    for number in range(10):
+        store.put_secret(f"user{number}", "github", "TOKEN", f"ciphertext-{number}", T0)
+
+    assert sorted(store.sample_ciphertexts(2)) == sorted(f"ciphertext-{n}" for n in (0, 1, 8, 9))
+    assert sorted(store.sample_ciphertexts(6)) == sorted(f"ciphertext-{n}" for n in range(10))
+
+
+def test_sample_ciphertexts_of_an_empty_store_are_none(store: SecretStore) -> None:
+    assert store.sample_ciphertexts(3) == []
+    assert store.sample_ciphertexts(0) == []
+
+
+def test_sample_ciphertexts_leave_out_a_value_that_is_not_text_and_read_no_other_field(
+    store: SecretStore,
+) -> None:
+    store.put_secret("alice", "github", "A", "ciphertext-a", T0)
+    store.put_secret("alice", "github", "B", "ciphertext-b", T0)
+    not_text = b"\xff ciphertext" if isinstance(store, SQLiteStore) else {"ciphertext": "b"}
+    alice = {"username": "alice", "server": "github"}
+    alter_stored(store, "user_secrets", {**alice, "key": "B"}, "value", not_text)
+    alter_stored(store, "user_secrets", {**alice, "key": "A"}, "updated_at", "not a date")
+
+    assert store.sample_ciphertexts(2) == ["ciphertext-a"]
+
+
 def test_delete_secret_removes_exactly_that_record(seeded: SecretStore) -> None:
     assert seeded.delete_secret("alice", "github", "TOKEN") is True
 

@@ -339,6 +339,14 @@ class SecretStore(Protocol):
         """Up to ``limit`` records of all users, in (username, server, key) order, after ``after``."""
         ...
 
+    def sample_ciphertexts(self, count: int) -> list[str]:
+        """The ciphertexts of up to ``count`` records at each end of an index, each once; cheap on any store.
+
+        Never a scan: SQLite reads the first and last by primary key (the table has no rowid), MongoDB
+        the oldest and newest by ``_id``. A stored value that is not text is left out.
+        """
+        ...
+
     def replace_value(self, username: str, server: str, key: str, old: str, new: str) -> bool:
         """Swap a record's ciphertext ``old`` for ``new``, only if it is still ``old``; timestamps stay."""
         ...

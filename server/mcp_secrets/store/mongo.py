@@ -777,6 +777,27 @@ class MongoStore:
         )
         return [_secret(document) for document in documents]
 
+    def sample_ciphertexts(self, count: int) -> list[str]:
+        """The ciphertexts of up to ``count`` records at each end of ``_id`` (oldest, newest), each once.
+
+        Read by the ``_id`` index, never a scan, and only their values: a document's other fields may hold
+        anything another tool wrote.
+        """
+        if count < 1:  # pymongo reads 0 as no limit at all
+            return []
+
+        def end(order: int) -> Query:
+            return lambda secrets: secrets.find({}, {"value": True}).sort("_id", order).limit(count)
+
+        documents = [*_read(self._secrets, end(1)), *_read(self._secrets, end(-1))]
+        ids: list[object] = []  # compared, not hashed: another tool's _id may be a document
+        values = []
+        for document in documents:
+            if document["_id"] not in ids:
+                ids.append(document["_id"])
+                values.append(document.get("value"))
+        return [value for value in values if type(value) is str]
+
     def replace_value(self, username: str, server: str, key: str, old: str, new: str) -> bool:
         """Swap a record's ciphertext ``old`` for ``new``, only if it is still ``old``; timestamps stay."""
         selector = {**_record(username, server, key), "value": _text("value", old)}

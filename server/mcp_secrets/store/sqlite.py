@@ -325,6 +325,13 @@ def _write_record(
     return False
 
 
+_FIRST_RECORDS = (
+    "SELECT username, server, key, value FROM user_secrets ORDER BY username, server, key LIMIT ?"
+)
+_LAST_RECORDS = (
+    "SELECT username, server, key, value FROM user_secrets "
+    "ORDER BY username DESC, server DESC, key DESC LIMIT ?"
+)
 _INSERT_EVENT = f"INSERT INTO audit_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"  # noqa: S608 - fixed SQL
 # ISO 8601 texts in UTC, as _iso writes them, sort as the times do: the later use wins. A use from before
 # the record was created was a use of another record, deleted since (one written late, by another process's
@@ -874,6 +881,23 @@ class SQLiteStore:
             ).fetchall()
         )
         return [_secret(row) for row in rows]
+
+    def sample_ciphertexts(self, count: int) -> list[str]:
+        """The ciphertexts of up to ``count`` records at each end of the primary key, each once.
+
+        The table has no rowid: its primary key is its one index, and each end is read from an edge of
+        that B-tree, whatever the number of records.
+        """
+        limit = max(count, 0)  # a negative one is no limit to SQLite
+
+        def read(connection: sqlite3.Connection) -> list[tuple[object, ...]]:
+            return [
+                *connection.execute(_FIRST_RECORDS, (limit,)).fetchall(),
+                *connection.execute(_LAST_RECORDS, (limit,)).fetchall(),
+            ]
+
+        values = {tuple(row[:3]): row[3] for row in self._run(read)}
+        return [value for value in values.values() if type(value) is str]
 
     def replace_value(self, username: str, server: str, key: str, old: str, new: str) -> bool:
         """Swap a record's ciphertext ``old`` for ``new``, only if it is still ``old``; timestamps stay."""
