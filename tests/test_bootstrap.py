@@ -29,6 +29,9 @@ from mcp_secrets.bootstrap import (
 from mcp_secrets.config import Settings
 from mcp_secrets.crypto import SecretEncryptor, generate_master_key, key_id_for, parse_master_key
 from mcp_secrets.errors import ConfigurationError, StoreUnavailableError
+from mcp_secrets.secrets import Secrets
+from mcp_secrets.store import SecretStore
+from test_crypto import legacy_ciphertext
 
 
 def settings_in(tmp_path: Path, **fields: object) -> Settings:
@@ -453,3 +456,144 @@ def test_a_service_forked_after_open_secrets_uses_the_sqlite_store_in_the_child(
     assert library.get_secrets("alice", "github") == {"GITHUB_TOKEN": canary, "LATER": later}
     library.close()
     library.store.close()
+
+
+# --- a master key that is not the store's -------------------------------------------------------
+
+RECORDS = [(f"user{number}", "github", "TOKEN") for number in range(8)]  # written in this, the index's, order
+
+
+def _key_id(key: str) -> str:
+    return key_id_for(parse_master_key(key))
+
+
+def _store_under(store: SecretStore, keys: list[str], value: str) -> None:
+    """``RECORDS`` in order, the n-th encrypted under ``keys[n % len(keys)]``."""
+    for number, (username, server, name) in enumerate(RECORDS):
+        writer = Secrets(store, SecretEncryptor([parse_master_key(keys[number % len(keys)])]))
+        writer.set_secret(username, server, name, value)
+        writer.close()
+
+
+def _key_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "mcp_secrets.bootstrap" and "mcp-secrets verify" in record.getMessage()
+    ]
+
+
+@pytest.mark.parametrize("configured_by", ["environment", "key file"])
+def test_a_wrong_master_key_on_a_store_holding_secrets_is_warned_of_once_by_key_ids_only(
+    store: SecretStore, tmp_path: Path, caplog: pytest.LogCaptureFixture, canary: str, configured_by: str
+) -> None:
+    right, wrong = generate_master_key(), generate_master_key()
+    _store_under(store, [right], canary)
+    if configured_by == "environment":
+        settings, source = settings_in(tmp_path, master_key=SecretStr(wrong)), "MCP_SECRETS_MASTER_KEY"
+    else:
+        key_file = tmp_path / "master.key"
+        key_file.write_text(wrong + "\n")
+        key_file.chmod(0o600)
+        settings, source = settings_in(tmp_path, master_key_file=key_file), str(key_file)
+
+    with caplog.at_level(logging.WARNING):
+        secrets, _ = build_secrets(settings, store)
+    secrets.close()
+
+    [warning] = _key_warnings(caplog)
+    assert f"master key {_key_id(right)}, " in warning
+    assert _key_id(wrong) in warning
+    assert source in warning
+    for never_shown in (right, wrong, canary):
+        assert never_shown not in caplog.text
+
+
+KEY_SETS = {
+    "the right key": (["OLD"], ["OLD"]),
+    "rotation: the new key readable everywhere first": (["OLD"], ["OLD", "NEW"]),
+    "rotation: the new key put first": (["OLD"], ["NEW", "OLD"]),
+    "rotation: a replica reading both, another writing under the new key": (["OLD", "NEW"], ["OLD", "NEW"]),
+    "rotation: half re-encrypted": (["NEW", "OLD"], ["NEW", "OLD"]),
+    "rotation: done, the old key still configured": (["NEW"], ["NEW", "OLD"]),
+    "an empty store": ([], ["OLD"]),
+}
+
+
+@pytest.mark.parametrize(("written", "configured"), KEY_SETS.values(), ids=KEY_SETS.keys())
+def test_no_warning_while_every_record_read_is_under_a_configured_key(
+    store: SecretStore,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    written: list[str],
+    configured: list[str],
+) -> None:
+    keys = {"OLD": generate_master_key(), "NEW": generate_master_key()}
+    if written:
+        _store_under(store, [keys[name] for name in written], "value")
+    settings = settings_in(tmp_path, master_key=SecretStr(",".join(keys[name] for name in configured)))
+
+    with caplog.at_level(logging.WARNING):
+        secrets, _ = build_secrets(settings, store)
+    secrets.close()
+
+    assert _key_warnings(caplog) == []
+
+
+def test_records_of_the_legacy_format_or_of_no_format_have_no_key_id_to_warn_of(
+    store: SecretStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A store of the original design, about to be migrated: no record is under any master key yet.
+    now = datetime.now(timezone.utc)
+    store.put_secret("alice", "github", "TOKEN", legacy_ciphertext("value", "the legacy key"), now)
+    store.put_secret("bob", "github", "TOKEN", "not a ciphertext", now)
+    settings = settings_in(
+        tmp_path, master_key=SecretStr(generate_master_key()), legacy_key=SecretStr("the legacy key")
+    )
+
+    with caplog.at_level(logging.WARNING):
+        secrets, _ = build_secrets(settings, store)
+    secrets.close()
+
+    assert _key_warnings(caplog) == []
+
+
+@pytest.mark.parametrize("end", ["first", "last"])
+def test_a_record_under_a_key_not_configured_at_either_end_of_the_store_is_warned_of(
+    store: SecretStore, tmp_path: Path, caplog: pytest.LogCaptureFixture, end: str
+) -> None:
+    # A store already under two keys: the one configured, and one that wrote its first or newest record.
+    right, other = generate_master_key(), generate_master_key()
+    _store_under(store, [right], "value")
+    username, server, name = RECORDS[0 if end == "first" else -1]
+    writer = Secrets(store, SecretEncryptor([parse_master_key(other)]))
+    writer.set_secret(username, server, name, "value")
+    writer.close()
+
+    with caplog.at_level(logging.WARNING):
+        secrets, _ = build_secrets(settings_in(tmp_path, master_key=SecretStr(right)), store)
+    secrets.close()
+
+    [warning] = _key_warnings(caplog)
+    assert f"master key {_key_id(other)}, " in warning
+
+
+def test_the_library_entry_point_warns_of_a_master_key_that_is_not_the_stores(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, canary: str
+) -> None:
+    right, wrong = generate_master_key(), generate_master_key()
+    written = open_secrets(settings_in(tmp_path, master_key=SecretStr(right)))
+    written.set_secret("alice", "github", "TOKEN", canary)
+    written.close()
+    written.store.close()
+
+    with caplog.at_level(logging.WARNING):
+        library = open_secrets(settings_in(tmp_path, master_key=SecretStr(wrong)))
+    library.close()
+    library.store.close()
+
+    [warning] = _key_warnings(caplog)
+    assert _key_id(right) in warning
+    assert _key_id(wrong) in warning
+    for never_shown in (right, wrong, canary):
+        assert never_shown not in caplog.text

@@ -248,13 +248,52 @@ def open_configured_store(settings: Settings, *, create: bool = True) -> SecretS
 
 
 def build_secrets(
-    settings: Settings, store: SecretStore, *, generate_key: bool = False
+    settings: Settings, store: SecretStore, *, generate_key: bool = False, check_key_ids: bool = True
 ) -> tuple[Secrets, MasterKeys]:
-    """The Secrets service over ``store``; ``generate_key`` allows a first-run key on the embedded store."""
+    """The Secrets service over ``store``; ``generate_key`` allows a first-run key on the embedded store.
+
+    ``check_key_ids`` warns of records under a master key not configured (see ``warn_of_unconfigured_keys``):
+    left to the commands that read every record and name each such key themselves (verify, rotate).
+    """
     master_keys = load_master_keys(settings, store, generate=generate_key)
     legacy_key = settings.legacy_key.get_secret_value() if settings.legacy_key else None
     encryptor = SecretEncryptor(master_keys.keys, legacy_key=legacy_key)
-    return Secrets(store, encryptor, max_secrets_per_user=settings.max_secrets_per_user), master_keys
+    secrets = Secrets(store, encryptor, max_secrets_per_user=settings.max_secrets_per_user)
+    if check_key_ids:
+        warn_of_unconfigured_keys(secrets, master_keys)
+    return secrets, master_keys
+
+
+def warn_of_unconfigured_keys(secrets: Secrets, master_keys: MasterKeys) -> None:
+    """Warn when a record at either end of the store is under a master key that is not configured.
+
+    A wrong key (a typo, another machine's, an old backup's) would otherwise go unnoticed until reads
+    fail one by one, while new values are stored under it. A warning, not a refusal: the README's
+    recovery from a lost key serves a new key over the old records until they are stored again, and a
+    few records read are a hint, not proof. A correct rotation raises none, since every process reads
+    the new key before any writes with it, and the old one stays until no record is under it.
+    """
+    try:
+        found = secrets.unconfigured_key_ids()
+    except UnreadableRecordError:
+        return  # a record another tool broke: verify names it, and it stops no start
+    if not found:
+        return
+    source = master_keys.source
+    where = source if source.startswith("MCP_SECRETS_") else f"the {source}"
+    several = len(found) > 1
+    logger.warning(
+        "the store holds records under master key%s %s, which %s not configured (%s holds %s): those "
+        "records do not decrypt, and values stored now are encrypted under %s. If these are not the keys "
+        "the store was written with, run `mcp-secrets verify` and check %s",
+        "s" if several else "",
+        ", ".join(found),
+        "are" if several else "is",
+        where,
+        ", ".join(secrets.encryptor.key_ids),
+        secrets.encryptor.active_key_id,
+        where,
+    )
 
 
 def keyless_secrets(settings: Settings, store: SecretStore) -> Secrets:

@@ -297,9 +297,11 @@ def _key_json(username: str, info: SecretKeyInfo) -> dict[str, str | None]:
 def _rotate(args: argparse.Namespace) -> int:
     settings, store = _open(args)
     secrets = None
+    only_legacy = args.command == "migrate-legacy"
     try:
-        secrets, keys = build_secrets(settings, store)
-        only_legacy = args.command == "migrate-legacy"
+        # rotate names each record under a key not configured; migrate-legacy passes them over, and would
+        # re-encrypt the legacy records under a wrong key without a word.
+        secrets, keys = build_secrets(settings, store, check_key_ids=only_legacy)
         if only_legacy and not secrets.encryptor.reads_legacy:
             return _find_unreadable_legacy(secrets, args.batch_size)
         with terminated_as_an_exception(), progress_bar() as progress:
@@ -329,7 +331,7 @@ def _verify(args: argparse.Namespace) -> int:
     settings, store = _open(args)
     secrets = None
     try:
-        secrets, keys = build_secrets(settings, store)
+        secrets, keys = build_secrets(settings, store, check_key_ids=False)  # it counts every record's key
         active = secrets.encryptor.active_key_id
         with terminated_as_an_exception(), progress_bar() as progress:
             report = verify(

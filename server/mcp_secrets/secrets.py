@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Literal
 
-from mcp_secrets.crypto import SecretEncryptor
+from mcp_secrets.crypto import LEGACY_KEY_ID, SecretEncryptor
 from mcp_secrets.errors import (
     ConfigurationError,
     InvalidInputError,
@@ -38,6 +38,9 @@ MAX_VALUE_BYTES = 64 * 1024
 MAX_SECRETS_PER_USER = 1000
 # The actor of events no user caused (rotation, pruning); parentheses keep it from matching a username.
 OPERATOR = "(operator)"
+# Records read at each end of the store at start, for their key ids: enough to catch a wrong master key
+# (every record is then under another), never a scan.
+KEY_ID_SAMPLE = 3
 LISTING_FLUSH_SECONDS = 1.0  # how long a listing waits for pending uses before it goes on without them
 # Also published in the tools' input schemas, anchored there: JSON Schema regexes are not.
 NAME_PATTERN = r"[A-Za-z0-9_.\-]{1,128}"
@@ -374,6 +377,17 @@ class Secrets:
             )
             for record in self.store.find_secrets(username, server)
         ]
+
+    def unconfigured_key_ids(self, count: int = KEY_ID_SAMPLE) -> list[str]:
+        """The key ids, sorted, of the records at each end of the store that no configured master key reads.
+
+        Only ``count`` records at each end are read, by index: a check cheap enough for every start,
+        whatever the store holds, not a verification. A record of the legacy format or of no format has
+        no key id.
+        """
+        encryptor = self.encryptor
+        found = {encryptor.key_id_of(ciphertext) for ciphertext in self.store.sample_ciphertexts(count)}
+        return sorted(found - {LEGACY_KEY_ID, *encryptor.key_ids})
 
     def _catch_up(self) -> None:
         """Wait for the uses recorded so far to be written: what follows reads them, or comes after them."""
