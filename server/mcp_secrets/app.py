@@ -375,18 +375,21 @@ class _SecretsServer(MCPServer[Any]):
             try:
                 return await self.gateway.call_tool(username, name, arguments, context)
             except SecretsError as exc:
-                raise ToolError(str(exc)) from None
+                # Its message is redacted; the downstream's error it replaced, its __context__, is not.
+                refusal = str(exc)
+            raise ToolError(refusal)  # out of the except block, so that it carries none of that
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
             if not isinstance(exc.__cause__, ValidationError):
                 raise
-            # pydantic's message quotes the rejected input, which may be a secret value.
-            problems = "; ".join(
+            # pydantic's message quotes the rejected input, which may be a secret value; so does the SDK's
+            # error around it, which the refusal, raised out of this block, does not carry as its context.
+            refusal = "; ".join(
                 f"{'.'.join(str(part) for part in error['loc']) or 'arguments'}: {error['msg']}"
                 for error in exc.__cause__.errors(include_input=False, include_url=False)
             )
-            raise ToolError(f"invalid arguments for {name}: {problems}") from None
+        raise ToolError(f"invalid arguments for {name}: {refusal}")
 
 
 async def _set_log_level(ctx: ServerRequestContext[Any], params: SetLevelRequestParams) -> EmptyResult:

@@ -14,13 +14,16 @@ from typing import Any
 import jsonschema
 import pytest
 from mcp import Client
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult
 
-from conftest import SchemaValidator, assert_no_fragment_of, parse_time
+from conftest import SchemaValidator, assert_no_fragment_of, assert_not_leaked, parse_time
 from mcp_secrets.app import build_server
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.errors import DecryptionError
+from mcp_secrets.gateway import DownstreamError
 from mcp_secrets.identity import LocalIdentity
 from mcp_secrets.logs import PAYLOAD_LOGGERS
 from mcp_secrets.secrets import MAX_VALUE_BYTES, Secrets
@@ -482,3 +485,44 @@ async def test_canary_stays_out_of_results_logs_and_the_database_file(
     assert canary not in debug_logs.text
     assert all(canary not in str(record.args) for record in debug_logs.records)
     assert canary.encode() not in database
+
+
+async def test_a_tool_error_for_arguments_quoting_a_value_carries_no_error_that_quotes_it(
+    secrets: Secrets, canary: str
+) -> None:
+    # The SDK's own ToolError quotes the arguments pydantic refused: raised within its except block, ours
+    # carried it as its __context__, which a printed traceback hides and an error reporter finds.
+    server = build_server(secrets, LocalIdentity("alice"))
+
+    with pytest.raises(ToolError, match="invalid arguments for set_secret: value") as refused:
+        await server.call_tool("set_secret", {"server": "github", "key": "TOKEN", "value": [canary]})
+
+    assert_not_leaked(refused.value, canary)
+
+
+class _DownstreamQuotingItsSecret:
+    """A gateway whose downstream fails quoting the secret it was given, refused as the gateway does."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+
+    def owns(self, name: str) -> bool:
+        return name.startswith("probe__")
+
+    async def call_tool(self, *_: object) -> CallToolResult:
+        try:
+            int(self.secret)  # a ValueError quoting it, as a downstream's error may
+        except ValueError:
+            raise DownstreamError("downstream server probe failed during run: (redacted)") from None
+
+
+async def test_a_tool_error_of_a_downstream_failure_carries_no_error_of_the_downstream(
+    secrets: Secrets, canary: str
+) -> None:
+    server = build_server(secrets, LocalIdentity("alice"))
+    server.gateway = _DownstreamQuotingItsSecret(canary)  # type: ignore[attr-defined]
+
+    with pytest.raises(ToolError, match="downstream server probe failed") as refused:
+        await server.call_tool("probe__run", {}, Context(mcp_server=server))
+
+    assert_not_leaked(refused.value, canary)
