@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import base64
 import errno
+import getpass
 import io
 import json
 import os
@@ -41,7 +42,7 @@ from conftest import (
     new_canary,
 )
 from mcp_secrets.bootstrap import MAX_KEY_FILE_BYTES
-from mcp_secrets.cli import _read_value, build_parser
+from mcp_secrets.cli import _getpass, _read_value, build_parser
 from mcp_secrets.crypto import generate_master_key
 from mcp_secrets.errors import InvalidInputError
 from mcp_secrets.store import UNCONFIRMED
@@ -1684,6 +1685,20 @@ def test_a_piped_value_that_is_not_utf8_is_refused_by_an_error_carrying_none_of_
 
     with pytest.raises(InvalidInputError, match="value must be UTF-8 text") as raised:
         _read_value("Value (hidden): ")
+
+    assert_not_leaked(raised.value, canary)
+
+
+def test_a_value_read_by_getpass_that_is_not_utf8_is_refused_by_an_error_carrying_none_of_its_bytes(
+    monkeypatch: pytest.MonkeyPatch, canary: str
+) -> None:
+    # getpass reads the prompt's line (on Windows, or with no controlling terminal) as text, decoded
+    # strictly: the codec's error holds the line's bytes.
+    typed = io.TextIOWrapper(io.BytesIO(canary.encode() + b"\xff\n"), encoding="utf-8", errors="strict")
+    monkeypatch.setattr(getpass, "getpass", lambda _prompt: typed.readline())
+
+    with pytest.raises(InvalidInputError, match="value must be UTF-8 text") as raised:
+        _getpass("Value (hidden): ")
 
     assert_not_leaked(raised.value, canary)
 

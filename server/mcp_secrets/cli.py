@@ -142,8 +142,8 @@ def _getpass(prompt: str) -> str:
         say()  # getpass ends the prompt's line only when it reads one
         raise InvalidInputError("no value was entered (the input ended at the prompt)") from None
     except UnicodeDecodeError:  # the terminal's bytes, decoded strictly: refused as piped ones are
-        say()
-        raise InvalidInputError("value must be UTF-8 text") from None
+        say()  # and out of this block: the codec's error holds the bytes typed
+    raise InvalidInputError("value must be UTF-8 text")
 
 
 if sys.platform != "win32":
