@@ -776,6 +776,20 @@ def test_encrypt_of_an_argument_that_is_not_text_names_it(
         encryptor.encrypt(value, **arguments)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("wrap", [str.encode, lambda text: [text]], ids=["bytes", "list"])
+def test_encrypt_of_a_value_that_is_not_text_carries_no_error_holding_it(
+    encryptor: SecretEncryptor, canary: str, wrap: Callable[[str], object]
+) -> None:
+    # Python's AttributeError (`'bytes' object has no attribute 'encode'`) keeps the object as its `obj`.
+    value = wrap(canary)
+
+    with pytest.raises(InvalidInputError, match=r"^value must be text") as raised:
+        encryptor.encrypt(value, **RECORD)  # type: ignore[arg-type]
+
+    assert raised.value.__cause__ is None
+    assert raised.value.__context__ is None
+
+
 @pytest.mark.parametrize("field", ["username", "server", "key"])
 @pytest.mark.parametrize("wrong", [*WRONG_TYPES, b"bytes"], ids=repr)
 def test_decrypt_of_a_record_name_that_is_not_text_names_it(

@@ -219,17 +219,19 @@ class SecretEncryptor:
 
     def encrypt(self, value: str, *, username: str, server: str, key: str) -> str:
         """Encrypt ``value`` for the record (username, server, key) with the active key."""
+        # Each exception holds the value (a codec's as its object, an AttributeError as its obj): the
+        # refusal, naming the field only, is raised out of the block, so that it does not carry that
+        # exception as its __context__ either.
+        refusal = None
         try:
             plain = value.encode("utf-8")
             aad = associated_data(username, server, key)
         except UnicodeEncodeError:
-            # The exception holds the value: the refusal, naming the field only, is raised out of this
-            # block, so that it does not carry that exception as its __context__ either.
-            plain = None
+            refusal = InvalidInputError("value must be valid Unicode text (it holds a lone surrogate)")
         except (AttributeError, TypeError):  # Python's own names an attribute, not the argument
-            raise _not_text(value=value, username=username, server=server, key=key) from None
-        if plain is None:
-            raise InvalidInputError("value must be valid Unicode text (it holds a lone surrogate)")
+            refusal = _not_text(value=value, username=username, server=server, key=key)
+        if refusal is not None:
+            raise refusal
         nonce = os.urandom(NONCE_BYTES)
         sealed = self._active.encrypt(nonce, plain, aad)
         # One translate makes it base64url and drops padding and newline; base64's helpers cost twice that.
