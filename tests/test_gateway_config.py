@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conftest import isolated_env
+from conftest import assert_not_leaked, isolated_env, new_canary
 from mcp_secrets.errors import ConfigurationError
 from mcp_secrets.gateway.config import GatewayConfig, load_gateway_config, references, substitute
 
@@ -174,6 +174,22 @@ def test_a_remote_url_keeps_its_host_fixed_unless_a_placeholder_is_in_the_host_i
     server = load(tmp_path, {"remote": {"url": url}}).servers["remote"]
 
     assert server.fixed_origin == fixed
+
+
+@pytest.mark.parametrize("fault", ["not-json", "headers-not-an-object"])
+def test_a_file_refused_carries_no_error_holding_what_it_has_in_the_clear(tmp_path: Path, fault: str) -> None:
+    # A header may be given as it is, a token in it: json's error keeps the whole file as its `doc`,
+    # pydantic's the field it refused as its input.
+    token = new_canary()
+    header = f"Authorization: Bearer {token}"
+    headers = header if fault == "headers-not-an-object" else dict([header.split(": ")])
+    text = json.dumps({"mcpServers": {"api": {**REMOTE, "headers": headers}}})
+
+    with pytest.raises(ConfigurationError) as refused:
+        load_gateway_config(write(tmp_path, text + "," if fault == "not-json" else text))
+
+    assert refused.value.__context__ is None
+    assert_not_leaked(refused.value, token)
 
 
 # --- start-up errors name the file, the server and the field --------------------------------------

@@ -271,6 +271,9 @@ def _members(source: Path, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def load_gateway_config(path: str | Path) -> GatewayConfig:
     """Read and check a gateway configuration file; every problem names the file, server and field."""
     source = Path(path).expanduser()
+    # Refused out of the except blocks below: json's error keeps the whole file, pydantic's the field it
+    # refused, either of which may hold a header's or a variable's value given as it is.
+    problem = None
     try:
         document = json.loads(
             source.read_text(encoding="utf-8"), object_pairs_hook=functools.partial(_members, source)
@@ -278,9 +281,9 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
     except OSError as exc:
         raise ConfigurationError(f"{source}: cannot be read ({exc.strerror})") from None
     except json.JSONDecodeError as exc:
-        raise ConfigurationError(
-            f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno})"
-        ) from None
+        problem = f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno})"
+    if problem is not None:
+        raise ConfigurationError(problem)
     entries = document.get("mcpServers") if isinstance(document, dict) else None
     if not isinstance(entries, dict):
         raise ConfigurationError(f'{source}: needs an object "mcpServers" of downstream servers')
@@ -291,7 +294,9 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
         except ValidationError as exc:
             error = exc.errors(include_input=False)[0]
             field = ".".join(str(part) for part in error["loc"]) or "(entry)"
-            raise ConfigurationError(f"{source}: server {name!r}, field {field}: {error['msg']}") from None
+            problem = f"{source}: server {name!r}, field {field}: {error['msg']}"
+        if problem is not None:
+            raise ConfigurationError(problem)
         servers[name] = _server(str(source), name, spec)
     return GatewayConfig(path=str(source), servers=servers)
 
