@@ -560,6 +560,23 @@ def test_a_store_keeps_no_recorder_alive_of_a_service_made_over_it(
     store.close()
 
 
+class _FailsAtClose:
+    def close(self) -> None:
+        raise StoreUnavailableError("the store is unavailable: the uses could not be written")
+
+
+def test_a_store_closes_its_connections_even_when_a_callback_before_it_fails(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "secrets.db")
+    failing = _FailsAtClose()
+    store.before_close(failing.close)
+
+    with pytest.raises(StoreUnavailableError, match="could not be written"):
+        store.close()
+
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        store._connection.execute("SELECT 1")
+
+
 EXITS_WITH_A_USE_PENDING = """
 import sys
 from mcp_secrets.crypto import SecretEncryptor

@@ -974,8 +974,10 @@ class MongoStore:
 
     def close(self) -> None:
         """Close the client's connections, once the callbacks given to ``before_close`` have run."""
-        self._before_close.run()
-        self._client.close()
+        try:
+            self._before_close.run()
+        finally:  # a callback that failed leaves no connection open
+            self._client.close()
 
 
 def _dns_failure(exc: BaseException) -> str | None:

@@ -1091,10 +1091,12 @@ class SQLiteStore:
 
     def close(self) -> None:
         """Release the connection, once the callbacks given to ``before_close`` have run."""
-        self._before_close.run()
-        with self._lock:
-            if not self._forked:  # a child that never opened its own has none to close
-                self._connection.close()
+        try:
+            self._before_close.run()
+        finally:  # a callback that failed leaves no connection open
+            with self._lock:
+                if not self._forked:  # a child that never opened its own has none to close
+                    self._connection.close()
 
 
 # Stores open in this process, and the connections a forked child inherited (see _after_fork).
