@@ -12,7 +12,7 @@ import re
 from typing import Any, Literal
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, RequireAuthMiddleware
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -22,7 +22,7 @@ from mcp_secrets import __version__
 from mcp_secrets.errors import InvalidInputError, SecretNotFoundError, SecretsError, StoreUnavailableError
 from mcp_secrets.offload import run_store_work
 from mcp_secrets.request_body import read_body
-from mcp_secrets.secrets import Secrets
+from mcp_secrets.secrets import MAX_NAME_LENGTH, MAX_VALUE_BYTES, NAME_PATTERN, NAME_RULE, Secrets
 from mcp_secrets.store import SecretStore
 
 MAX_BODY_BYTES = 256 * 1024
@@ -33,14 +33,35 @@ _QUOTABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,23}")
 _JSON_MEDIA_TYPE = re.compile(r'application/json\s*(?:;\s*charset="?utf-8"?\s*)?', re.IGNORECASE)
 
 
+# The rules Secrets checks, published in the document so that a client knows them before a call is refused
+# for them: schema-only here, so that the errors keep naming the rule (as the tools' input schemas do).
+_NAME_SCHEMA: dict[str, Any] = {"pattern": f"^{NAME_PATTERN}$", "minLength": 1, "maxLength": MAX_NAME_LENGTH}
+# A value's bound is in bytes of UTF-8, which JSON Schema cannot count: as many characters is the most
+# it can hold, and the description says the rest.
+_WRITTEN_VALUE: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": MAX_VALUE_BYTES}
+
+
 class SetSecretRequest(BaseModel):
     """The body of ``POST /secrets/set``; errors name fields, never values."""
 
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, strict=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        hide_input_in_errors=True,
+        strict=True,
+        # save and update write a value, which delete has no use for.
+        json_schema_extra={
+            "if": {"properties": {"action": {"const": "delete"}}, "required": ["action"]},
+            "else": {"properties": {"value": _WRITTEN_VALUE}, "required": ["value"]},
+        },
+    )
 
-    server: str
-    key: str
-    value: str | None = None
+    server: str = Field(description=f"The MCP server, {NAME_RULE}.", json_schema_extra=_NAME_SCHEMA)
+    key: str = Field(description=f"The secret's name, {NAME_RULE}.", json_schema_extra=_NAME_SCHEMA)
+    value: str | None = Field(
+        default=None,
+        description=f"The secret, 1 to {MAX_VALUE_BYTES} bytes in UTF-8: required to save or update, "
+        "ignored by delete. Never shown again.",
+    )
     action: Literal["save", "update", "delete"] = "save"
 
 
@@ -190,14 +211,45 @@ def rest_routes(secrets: Secrets, public_url: str | None = None) -> list[Route]:
 
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(description: str, schema: dict[str, Any], **more: object) -> dict[str, Any]:
+    """A response of ``description`` with a JSON body of ``schema``; ``more`` (headers) as it is."""
+    return {"description": description, "content": {"application/json": {"schema": schema}}, **more}
+
+
+_STRING = {"type": "string"}
+# The SDK's bearer middleware answers a missing or refused token in the OAuth form (RFC 6750).
+_UNAUTHORISED = _json(
+    "No valid bearer token",
+    {"$ref": "#/components/schemas/OAuthError"},
+    headers={"WWW-Authenticate": {"required": True, "schema": _STRING}},
+)
+# Answered before any route, in plain text, by the DNS-rebinding check every request passes.
+_FOREIGN_ORIGIN = {
+    "description": "An Origin header of another site",
+    "content": {"text/plain": {"schema": _STRING}},
+}
+_FOREIGN_HOST = {
+    "description": "A Host header not this server's",
+    "content": {"text/plain": {"schema": _STRING}},
+}
 # A 503 comes from the token check (the store it looks tokens up in is down) before it comes from the
 # API: in the OAuth form, as a 401 would, with Retry-After (see ``web.OutageAnswer``).
-_UNAVAILABLE = {
-    "description": "Store unavailable; OAuth form with Retry-After when the token could not be checked",
-    "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-    "content": {
-        "application/json": {"schema": {"anyOf": [_ERROR, {"$ref": "#/components/schemas/TokenCheckOutage"}]}}
+_UNAVAILABLE = _json(
+    "Store unavailable; OAuth form with Retry-After when the token could not be checked",
+    {"anyOf": [_ERROR, {"$ref": "#/components/schemas/OAuthError"}]},
+    headers={"Retry-After": {"schema": {"type": "integer"}}},
+)
+_KEY_INFO = {
+    "type": "object",
+    "properties": {
+        "server": _STRING,
+        "key": _STRING,
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"},
     },
+    "required": ["server", "key", "created_at", "updated_at"],
 }
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -211,14 +263,14 @@ OPENAPI: dict[str, Any] = {
         "schemas": {
             "Error": {
                 "type": "object",
-                "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+                "properties": {"error": _STRING, "message": _STRING},
                 "required": ["error", "message"],
             },
-            "TokenCheckOutage": {
+            "OAuthError": {
                 "type": "object",
                 "properties": {
-                    "error": {"const": "temporarily_unavailable"},
-                    "error_description": {"type": "string"},
+                    "error": {"enum": ["invalid_token", "temporarily_unavailable"]},
+                    "error_description": _STRING,
                 },
                 "required": ["error", "error_description"],
             },
@@ -237,38 +289,28 @@ OPENAPI: dict[str, Any] = {
                     },
                 },
                 "responses": {
-                    "200": {
-                        "description": "Done; the value is not echoed",
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "server": {"type": "string"},
-                                        "key": {"type": "string"},
-                                        "status": {"enum": ["created", "updated", "deleted"]},
-                                    },
-                                }
-                            }
+                    "200": _json(
+                        "Done; the value is not echoed",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "server": _STRING,
+                                "key": _STRING,
+                                "status": {"enum": ["created", "updated", "deleted"]},
+                            },
+                            "required": ["server", "key", "status"],
                         },
-                    },
-                    "400": {
-                        "description": "Invalid input",
-                        "content": {"application/json": {"schema": _ERROR}},
-                    },
-                    "401": {"description": "No valid bearer token"},
-                    "404": {
-                        "description": "No such secret",
-                        "content": {"application/json": {"schema": _ERROR}},
-                    },
-                    "413": {
-                        "description": f"The body is over {MAX_BODY_BYTES // 1024} KiB",
-                        "content": {"application/json": {"schema": _ERROR}},
-                    },
-                    "415": {
-                        "description": "The body is not sent as application/json in UTF-8",
-                        "content": {"application/json": {"schema": _ERROR}},
-                    },
+                    ),
+                    "400": _json(
+                        "Invalid input: the message names the field, never its value; a field given twice",
+                        _ERROR,
+                    ),
+                    "401": _UNAUTHORISED,
+                    "403": _FOREIGN_ORIGIN,
+                    "404": _json("No such secret (delete)", _ERROR),
+                    "413": _json(f"The body is over {MAX_BODY_BYTES // 1024} KiB", _ERROR),
+                    "415": _json("The body is not sent as application/json in UTF-8", _ERROR),
+                    "421": _FOREIGN_HOST,
                     "503": _UNAVAILABLE,
                 },
             }
@@ -276,23 +318,38 @@ OPENAPI: dict[str, Any] = {
         "/secrets": {
             "get": {
                 "summary": "List the caller's secret names and timestamps, never values",
+                "description": "Any other query parameter, or server given twice, is refused (400).",
                 "parameters": [
                     {
                         "name": "server",
                         "in": "query",
                         "required": False,
                         "allowEmptyValue": True,
-                        "description": "Only this MCP server's keys; all when omitted or empty.",
-                        "schema": {"type": "string"},
+                        "description": f"Only this MCP server's keys ({NAME_RULE}); all when empty.",
+                        "schema": {
+                            "type": "string",
+                            "pattern": f"^({NAME_PATTERN})?$",
+                            "maxLength": MAX_NAME_LENGTH,
+                        },
                     }
                 ],
                 "responses": {
-                    "200": {"description": "The caller's keys"},
-                    "400": {
-                        "description": "Invalid input",
-                        "content": {"application/json": {"schema": _ERROR}},
-                    },
-                    "401": {"description": "No valid bearer token"},
+                    "200": _json(
+                        "The caller's keys",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "username": _STRING,
+                                "keys": {"type": "array", "items": _KEY_INFO},
+                            },
+                            "required": ["username", "keys"],
+                        },
+                        headers={"Cache-Control": {"required": True, "schema": {"const": "no-store"}}},
+                    ),
+                    "400": _json("Invalid input: the message names the parameter, never its value", _ERROR),
+                    "401": _UNAUTHORISED,
+                    "403": _FOREIGN_ORIGIN,
+                    "421": _FOREIGN_HOST,
                     "503": _UNAVAILABLE,
                 },
             }

@@ -19,7 +19,10 @@ from urllib.parse import urljoin, urlsplit
 import httpx2
 import jsonschema
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from conftest import SchemaValidator
 from mcp_secrets.secrets import MAX_VALUE_BYTES
 
 from .conftest import POLL_INTERVAL, STARTUP_POLLS, Deployment, create_token, legacy_sse_messages_path
@@ -703,3 +706,121 @@ def test_openapi_references_all_resolve(streamable_http_deployment, http) -> Non
         for part in ref[2:].split("/"):
             assert part in target, ref
             target = target[part]
+
+
+def _documented(document: dict[str, Any], path: str, method: str, answer: httpx2.Response) -> None:
+    """Assert that the document gives ``answer`` for the operation: status, content type, body, headers."""
+    responses = document["paths"][path][method]["responses"]
+    assert str(answer.status_code) in responses, f"{method} {path}: {answer.status_code} is not documented"
+    response = responses[str(answer.status_code)]
+    for name, header in response.get("headers", {}).items():
+        assert not header.get("required") or name in answer.headers, f"{method} {path}: no {name} header"
+    media_type = answer.headers.get("content-type", "").partition(";")[0].strip()
+    content = response.get("content", {})
+    assert media_type in content, f"{method} {path}: {answer.status_code} as {media_type} is not documented"
+    body = answer.json() if media_type == "application/json" else answer.text
+    # The document's own references resolve against its root.
+    schema = {**content[media_type]["schema"], "components": document["components"]}
+    SchemaValidator(schema).validate(body)
+
+
+def test_every_answer_of_the_api_is_documented_with_its_status_content_type_and_body(
+    alice: Rest, server: str, canary: str
+) -> None:
+    document = alice.http.get(f"{alice.deployment.base_url}/openapi.json").json()
+    anonymous = Rest(alice.deployment, alice.http, None)
+    unknown = Rest(alice.deployment, alice.http, "mcps_0123456789_" + "A" * 43)
+    url = f"{alice.deployment.base_url}/secrets/set"
+    posts = [
+        alice.set(server=server, key="K", value=canary),
+        alice.set(server=server, key="K", value=canary, action="update"),
+        alice.set(server=server, key="K", action="delete"),
+        alice.set(server=server, key="K", action="delete"),  # 404
+        alice.set(server=f"bad {canary}", key="K", value=canary),
+        alice.post_raw(canary.encode()),
+        alice.set(server=server, key="K", value=canary + "x" * (300 * 1024)),
+        alice.http.post(url, headers={**alice.headers, "Content-Type": "text/plain"}, content=b"{}"),
+        anonymous.set(server=server, key="K", value=canary),
+        unknown.set(server=server, key="K", value=canary),
+    ]
+    lists = [
+        alice.list(),
+        alice.list(server),
+        alice.list(f"bad {canary}"),
+        alice.http.get(f"{alice.deployment.base_url}/secrets", headers=alice.headers, params={"sever": "s"}),
+        anonymous.list(),
+        unknown.list(),
+    ]
+
+    assert {answer.status_code for answer in posts} == {200, 400, 401, 404, 413, 415}
+    assert {answer.status_code for answer in lists} == {200, 400, 401}
+    for answer in posts:
+        _documented(document, "/secrets/set", "post", answer)
+    for answer in lists:
+        _documented(document, "/secrets", "get", answer)
+    assert all(canary not in answer.text for answer in posts + lists)
+
+
+# Names as the server takes them, near misses, and text of any kind; values of each JSON type.
+_NAMES = st.one_of(
+    st.from_regex(r"[A-Za-z0-9_.\-]{1,128}", fullmatch=True),
+    st.sampled_from(["", " ", "a b", "a/b", "a\n", "é", "A" * 128, "A" * 129, "$ne", "..", "null"]),
+    st.text(max_size=20),
+)
+_VALUES = st.one_of(st.text(max_size=50), st.none(), st.integers(), st.lists(st.text(max_size=5), max_size=2))
+_MISSING = object()
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    body=st.fixed_dictionaries(
+        {},
+        optional={
+            "server": st.one_of(_NAMES, _VALUES),
+            "key": _NAMES,
+            "value": _VALUES,
+            "action": st.sampled_from(["save", "update", "delete", "upsert", "", None]),
+            "owner": _NAMES,
+        },
+    )
+)
+def test_a_body_the_openapi_document_allows_is_taken_and_any_other_refused(
+    streamable_http_deployment, http, body: dict[str, Any]
+) -> None:
+    # A client generated from the document refuses before sending what the server would refuse, and sends
+    # everything it would take: the document states the server's own rules, limits included.
+    # A user of its own: the names drawn ("s") are those other tests of the module expect alice not to have.
+    rest = Rest(streamable_http_deployment, http, streamable_http_deployment.token("carol"))
+    document = http.get(f"{rest.deployment.base_url}/openapi.json").json()
+    schema = {"$ref": "#/components/schemas/SetSecretRequest", "components": document["components"]}
+    allowed = SchemaValidator(schema).is_valid(body)
+
+    answer = rest.set(**body)
+    if answer.status_code == 200 and body.get("action") != "delete":  # within carol's 1000 secrets
+        assert rest.set(server=body["server"], key=body["key"], action="delete").status_code == 200
+
+    # 404: a delete, valid, of a secret carol does not have.
+    assert answer.status_code in ((200, 404) if allowed else (400,)), (body, answer.text)
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(server=_NAMES)
+def test_a_server_the_openapi_document_allows_in_a_listing_is_taken_and_any_other_refused(
+    streamable_http_deployment, http, server: str
+) -> None:
+    rest = Rest(streamable_http_deployment, http, streamable_http_deployment.token("carol"))
+    document = http.get(f"{rest.deployment.base_url}/openapi.json").json()
+    (parameter,) = document["paths"]["/secrets"]["get"]["parameters"]
+    allowed = SchemaValidator(parameter["schema"]).is_valid(server)
+
+    answer = rest.list(server)
+
+    assert answer.status_code == (200 if allowed else 400), (server, answer.text)
