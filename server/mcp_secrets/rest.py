@@ -219,6 +219,9 @@ def _json(description: str, schema: dict[str, Any], **more: object) -> dict[str,
 
 
 _STRING = {"type": "string"}
+# A 400 or 503 comes from the API in its own form, or before it in the OAuth form: a 400 for two
+# Authorization headers (see ``web.OneAuthorization``), a 503 from the token check.
+_EITHER_FORM = {"anyOf": [_ERROR, {"$ref": "#/components/schemas/OAuthError"}]}
 # The SDK's bearer middleware answers a missing or refused token in the OAuth form (RFC 6750).
 _UNAUTHORISED = _json(
     "No valid bearer token",
@@ -238,7 +241,7 @@ _FOREIGN_HOST = {
 # API: in the OAuth form, as a 401 would, with Retry-After (see ``web.OutageAnswer``).
 _UNAVAILABLE = _json(
     "Store unavailable; OAuth form with Retry-After when the token could not be checked",
-    {"anyOf": [_ERROR, {"$ref": "#/components/schemas/OAuthError"}]},
+    _EITHER_FORM,
     headers={"Retry-After": {"schema": {"type": "integer"}}},
 )
 _KEY_INFO = {
@@ -269,7 +272,7 @@ OPENAPI: dict[str, Any] = {
             "OAuthError": {
                 "type": "object",
                 "properties": {
-                    "error": {"enum": ["invalid_token", "temporarily_unavailable"]},
+                    "error": {"enum": ["invalid_request", "invalid_token", "temporarily_unavailable"]},
                     "error_description": _STRING,
                 },
                 "required": ["error", "error_description"],
@@ -302,8 +305,9 @@ OPENAPI: dict[str, Any] = {
                         },
                     ),
                     "400": _json(
-                        "Invalid input: the message names the field, never its value; a field given twice",
-                        _ERROR,
+                        "Invalid input: the message names the field, never its value; a field given twice; "
+                        "OAuth form for two Authorization headers",
+                        _EITHER_FORM,
                     ),
                     "401": _UNAUTHORISED,
                     "403": _FOREIGN_ORIGIN,
@@ -346,7 +350,11 @@ OPENAPI: dict[str, Any] = {
                         },
                         headers={"Cache-Control": {"required": True, "schema": {"const": "no-store"}}},
                     ),
-                    "400": _json("Invalid input: the message names the parameter, never its value", _ERROR),
+                    "400": _json(
+                        "Invalid input: the message names the parameter, never its value; "
+                        "OAuth form for two Authorization headers",
+                        _EITHER_FORM,
+                    ),
                     "401": _UNAUTHORISED,
                     "403": _FOREIGN_ORIGIN,
                     "421": _FOREIGN_HOST,

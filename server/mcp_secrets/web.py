@@ -238,6 +238,40 @@ def _lower_case_host(header: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
     return (name, value.lower()) if name in (b"host", b"origin") else header
 
 
+class OneAuthorization:
+    """Refuse a request that carries more than one ``Authorization`` header, before anything reads one.
+
+    The SDK reads the first; a proxy in front may check or log the last, and each would then act for
+    another credential. RFC 6750 answers a request that sends its token more than one way with 400
+    ``invalid_request``; two headers are two ways.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer 400 to two Authorization headers; pass everything else on."""
+        if (
+            scope["type"] == "http"
+            and sum(name.lower() == b"authorization" for name, _ in scope["headers"]) > 1
+        ):
+            await _two_credentials_response()(scope, receive, send)
+            return
+        await self._app(scope, receive, send)
+
+
+def _two_credentials_response() -> Response:
+    described = "the request carries more than one Authorization header"
+    return JSONResponse(
+        {"error": "invalid_request", "error_description": described},
+        status_code=HTTPStatus.BAD_REQUEST,
+        headers={
+            "WWW-Authenticate": f'Bearer error="invalid_request", error_description="{described}"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
 class OutageAnswer:
     """Answer 503 (try again) rather than 401 for a token that could not be checked.
 
@@ -395,7 +429,7 @@ def http_app(
         app.router.routes.extend(
             entry_routes(links, secure_cookie=public.scheme == "https", path_prefix=public.path.rstrip("/"))
         )
-    return HostOriginGuard(OutageAnswer(WithheldValidationDetails(app)), security)
+    return HostOriginGuard(OneAuthorization(OutageAnswer(WithheldValidationDetails(app))), security)
 
 
 def _announce_messages_under(app: Starlette, path: str) -> None:

@@ -201,6 +201,27 @@ def test_a_request_without_a_live_bearer_token_gets_401_with_www_authenticate(
     assert tokens.live not in response.www_authenticate
 
 
+@pytest.mark.parametrize("second", ["live", "garbage"])
+def test_a_request_with_two_authorization_headers_is_refused_rather_than_one_taken(
+    auth_deployment: Deployment, tokens: Tokens, second: str
+) -> None:
+    # A proxy that checks the other header than the SDK reads would let in, or log, another user.
+    headers = [("Authorization", f"Bearer {tokens.live}")]
+    headers.append(("Authorization", f"Bearer {tokens.live if second == 'live' else 'garbage'}"))
+    headers.append(("Accept", "application/json, text/event-stream"))
+    with httpx2.Client(trust_env=False, timeout=10) as http:
+        if auth_deployment.transport == "sse":
+            with http.stream("GET", auth_deployment.endpoint, headers=headers) as answer:
+                status, challenge = answer.status_code, answer.headers.get("WWW-Authenticate", "")
+        else:
+            answer = http.post(auth_deployment.endpoint, headers=headers, json=INITIALIZE)
+            status, challenge = answer.status_code, answer.headers.get("WWW-Authenticate", "")
+
+    assert status == 400
+    assert challenge.startswith('Bearer error="invalid_request"')
+    assert tokens.live not in challenge
+
+
 async def test_a_live_api_token_gets_in_as_its_user(auth_deployment: Deployment, tokens: Tokens) -> None:
     assert await username_seen_with(auth_deployment, tokens.live) == "alice"
 

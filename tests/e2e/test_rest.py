@@ -526,6 +526,34 @@ USER_HEADERS = (
 )
 
 
+TWO_HOLDERS = [("alice", "bob"), ("bob", "alice"), ("alice", "garbage"), ("garbage", "alice")]
+
+
+@pytest.mark.parametrize("order", TWO_HOLDERS, ids="-then-".join)
+@pytest.mark.parametrize("call", ["set", "list"])
+def test_two_authorization_headers_are_refused_rather_than_one_of_them_taken(
+    alice: Rest, bob: Rest, server: str, order: tuple[str, str], call: str
+) -> None:
+    # A proxy that checks or logs the other header than the server reads would answer for another user.
+    header = {"alice": alice.headers, "bob": bob.headers, "garbage": {"Authorization": "Bearer garbage"}}
+    both = [("Authorization", header[name]["Authorization"]) for name in order]
+    document = alice.http.get(f"{alice.deployment.base_url}/openapi.json").json()
+    url = alice.deployment.base_url
+
+    if call == "set":
+        body = {"server": server, "key": "K", "value": _random.token_urlsafe(24)}
+        answer = alice.http.post(f"{url}/secrets/set", headers=both, json=body)
+    else:
+        answer = alice.http.get(f"{url}/secrets", headers=both, params={"server": server})
+
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "invalid_request"
+    assert answer.headers["WWW-Authenticate"].startswith('Bearer error="invalid_request"')
+    _documented(document, *(("/secrets/set", "post") if call == "set" else ("/secrets", "get")), answer)
+    assert alice.keys(server) == []
+    assert bob.keys(server) == []
+
+
 def test_a_header_naming_another_user_changes_nothing(alice: Rest, bob: Rest, server: str) -> None:
     bob.set(server=server, key="TOKEN", value="bobs")
     as_bob = dict.fromkeys(USER_HEADERS, "bob")
