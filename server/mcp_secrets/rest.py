@@ -106,11 +106,22 @@ def _repeated_fields(body: bytes) -> list[str]:
     return sorted(name for name, seen in counts.items() if seen > 1)
 
 
-async def _read_set_request(request: Request) -> SetSecretRequest | JSONResponse:
-    """The body of ``POST /secrets/set``, or the 4xx that says why it is refused."""
+def _unsupported_media_type(request: Request) -> JSONResponse | None:
+    """The 415 for a body not sent as plain JSON in UTF-8; None for one that is."""
     # Never guessed from the body: a browser sends text/plain and forms across origins without asking.
     if not _JSON_MEDIA_TYPE.fullmatch(request.headers.get("content-type", "")):
         return _error(415, "unsupported_media_type", "the body must be sent as application/json in UTF-8")
+    # Nothing here decompresses: a body read as it came would be refused as not JSON, or, plain but declared
+    # compressed, stored as no proxy that decompresses it could have read it.
+    if request.headers.get("content-encoding", "identity").strip().lower() != "identity":
+        return _error(415, "unsupported_media_type", "the body must be sent without a Content-Encoding")
+    return None
+
+
+async def _read_set_request(request: Request) -> SetSecretRequest | JSONResponse:
+    """The body of ``POST /secrets/set``, or the 4xx that says why it is refused."""
+    if refused := _unsupported_media_type(request):
+        return refused
     body = await read_body(request, MAX_BODY_BYTES)
     if body is None:
         return _error(413, "too_large", "the request body is too large")
@@ -313,7 +324,10 @@ OPENAPI: dict[str, Any] = {
                     "403": _FOREIGN_ORIGIN,
                     "404": _json("No such secret (delete)", _ERROR),
                     "413": _json(f"The body is over {MAX_BODY_BYTES // 1024} KiB", _ERROR),
-                    "415": _json("The body is not sent as application/json in UTF-8", _ERROR),
+                    "415": _json(
+                        "The body is not sent as application/json in UTF-8, or has a Content-Encoding",
+                        _ERROR,
+                    ),
                     "421": _FOREIGN_HOST,
                     "503": _UNAVAILABLE,
                 },

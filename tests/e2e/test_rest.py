@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -351,6 +352,34 @@ def test_a_body_not_declared_as_utf_8_json_is_415(
     assert "application/json" in answer.json()["message"]
     assert alice.keys(server) == []
     assert canary not in answer.text
+
+
+@pytest.mark.parametrize("compressed", [True, False], ids=["gzip-body", "plain-body"])
+@pytest.mark.parametrize("encoding", ["gzip", "deflate, gzip", "br"])
+def test_a_body_declared_as_compressed_is_415_rather_than_read_as_it_came(
+    alice: Rest, canary: str, server: str, encoding: str, compressed: bool
+) -> None:
+    # The API does not decompress: read as sent, a gzip body is "not JSON", and a plain one declared as gzip
+    # would be stored as a proxy that decompresses it could never have read it.
+    body = json.dumps({"server": server, "key": "K", "value": canary}).encode()
+    headers = {**alice.headers, "Content-Type": "application/json", "Content-Encoding": encoding}
+    content = gzip.compress(body) if compressed else body
+    answer = alice.http.post(f"{alice.deployment.base_url}/secrets/set", headers=headers, content=content)
+
+    assert answer.status_code == 415
+    assert answer.json()["error"] == "unsupported_media_type"
+    assert "Content-Encoding" in answer.json()["message"]
+    assert alice.keys(server) == []
+    assert canary not in answer.text
+
+
+def test_a_body_declared_as_identity_encoded_is_taken(alice: Rest, server: str) -> None:
+    body = json.dumps({"server": server, "key": "K", "value": "v"}).encode()
+    headers = {**alice.headers, "Content-Type": "application/json", "Content-Encoding": "identity"}
+    answer = alice.http.post(f"{alice.deployment.base_url}/secrets/set", headers=headers, content=body)
+
+    assert answer.status_code == 200, answer.text
+    assert alice.keys(server) == [(server, "K")]
 
 
 @pytest.mark.parametrize(
