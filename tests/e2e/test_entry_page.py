@@ -383,6 +383,21 @@ async def test_a_forged_link_is_404_without_a_form(
     assert stored_values(streamable_http_deployment, "alice", server) == {}
 
 
+@pytest.mark.parametrize("method", ["OPTIONS", "PUT", "DELETE", "PATCH"])
+async def test_another_method_on_a_link_is_405_naming_every_method_the_page_takes(
+    streamable_http_deployment, server: str, method: str
+) -> None:
+    url = await new_link(streamable_http_deployment, server)
+
+    async with browser() as http:
+        answer = await http.request(method, url)
+        still_live = await http.get(url)
+
+    assert answer.status_code == 405
+    assert {name.strip() for name in answer.headers["Allow"].split(",")} == {"GET", "HEAD", "POST"}
+    assert still_live.status_code == 200
+
+
 async def test_a_used_link_is_410_and_keeps_the_first_value(
     streamable_http_deployment, server: str, canary: str
 ) -> None:
