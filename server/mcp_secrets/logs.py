@@ -60,6 +60,11 @@ def _any_spelling(path: str) -> str:
 _ENTRY_TOKEN = re.compile(rf"({_any_spelling('/secrets/entry/')})\S+", re.IGNORECASE)
 # The REST API's write takes its value in the body and never reads a query: one there is a value too.
 _SET_QUERY = re.compile(rf"({_any_spelling('/secrets/set')}(?:/|%2f)?\?)\S+", re.IGNORECASE)
+# The listing reads only ?server=, a name: any other query (?value=…, a parameter named by a value, a server
+# that is no name) may hold a value, which its 400 names only when it reads as a name.
+_LIST_QUERY = re.compile(
+    rf"({_any_spelling('/secrets')}(?:/|%2f)?\?)(?!server=[A-Za-z0-9_.\-]{{0,128}}(?:\s|$))\S+", re.IGNORECASE
+)
 # A client that puts its bearer token in the URL (?access_token=…) is refused, but the access log quotes
 # the URL: an API token keeps its public id there, a JWT nothing.
 # A URL may carry any of a token's characters as its %XX escape (mcps%5F…, a JWT's dots as %2E).
@@ -91,7 +96,7 @@ _CLIENT_DISCONNECT = ("starlette.requests", "ClientDisconnect")
 
 
 def _redacted(text: str) -> str:
-    text = _SET_QUERY.sub(r"\1…", _ENTRY_TOKEN.sub(r"\1…", text))
+    text = _LIST_QUERY.sub(r"\1…", _SET_QUERY.sub(r"\1…", _ENTRY_TOKEN.sub(r"\1…", text)))
     return _JWT.sub("…", _API_TOKEN.sub(r"\1…", text))
 
 

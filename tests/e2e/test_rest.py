@@ -640,6 +640,36 @@ def test_a_value_sent_in_the_query_by_mistake_is_not_logged(alice: Rest, canary:
     assert canary not in log
 
 
+LISTING_QUERIES = {
+    "value-beside-server": [("server", "s"), ("value", "{canary}")],
+    "value-as-a-parameter-name": [("{canary}", "")],
+    "value-as-the-server": [("server", "{canary} x")],
+    "value-as-a-server-too-long-for-a-name": [("server", "{canary}" + "x" * 128)],
+    "server-twice": [("server", "s"), ("server", "{canary}!")],
+}
+
+
+@pytest.mark.parametrize("path", ["/secrets", "/secrets/"])
+@pytest.mark.parametrize("query", LISTING_QUERIES.values(), ids=LISTING_QUERIES.keys())
+def test_a_value_sent_in_a_listings_query_by_mistake_is_not_logged(
+    alice: Rest, canary: str, path: str, query: list[tuple[str, str]]
+) -> None:
+    # The answer names no parameter that could be a value (see above); the access log quotes the URL.
+    params = [(name.replace("{canary}", canary), value.replace("{canary}", canary)) for name, value in query]
+    answer = alice.http.get(f"{alice.deployment.base_url}{path}", headers=alice.headers, params=params)
+
+    assert answer.status_code in {400, 404}
+    log = alice.deployment.log()
+    assert f"GET {path}?" in log, "the access log must show the request for this check to mean anything"
+    assert canary not in log
+
+
+def test_a_listings_server_stays_in_the_access_log(alice: Rest, server: str) -> None:
+    assert alice.list(server).status_code == 200
+
+    assert f"GET /secrets?server={server} " in alice.deployment.log()
+
+
 @pytest.mark.parametrize("path", ["/secrets/set/", "/secrets/"])
 def test_a_trailing_slash_behind_a_proxy_is_not_redirected_off_the_public_url(
     start_server, env: dict[str, str], tmp_path: Path, canary: str, path: str
