@@ -8,6 +8,7 @@ plus a hidden field) guards against cross-site posts, on top of the Host/Origin 
 
 from __future__ import annotations
 
+import codecs
 import functools
 import hmac
 import logging
@@ -280,20 +281,50 @@ async def _answer(
 async def _form_fields(request: Request, body: bytes) -> Mapping[str, object] | None:
     """The posted form's fields; None for a form that is not UTF-8, cannot be read, or is not ours.
 
-    Starlette reads a URL-encoded body's raw bytes as Latin-1 and replaces bad escapes with U+FFFD:
-    a value sent as unescaped UTF-8 (``curl --data``) or as Latin-1 would be stored garbled.
+    Starlette reads a URL-encoded body's raw bytes as Latin-1 and replaces bad escapes with U+FFFD, and a
+    multipart part that is not UTF-8 as Latin-1, or in the charset the request names: a value sent as
+    unescaped UTF-8 (``curl --data``) or in another encoding would be stored garbled. A field given twice,
+    which the page's form never sends, would be taken as its last: a proxy reading the first would check
+    or log another value than is stored.
     """
-    content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if content_type != "application/x-www-form-urlencoded":
-        try:
-            return await with_body(request, body).form(max_files=0, max_fields=MAX_FORM_FIELDS)
-        except HTTPException:  # multipart without a boundary, with a file: answered by this page, headers too
-            return None
+    media_type, _, parameters = request.headers.get("content-type", "").partition(";")
     try:
         text = body.decode("utf-8")
-        return dict(parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=MAX_FORM_FIELDS))
-    except ValueError:  # not UTF-8 (UnicodeDecodeError), or more fields than the form has
+    except UnicodeDecodeError:
         return None
+    fields: list[tuple[str, object]]
+    if media_type.strip().lower() == "application/x-www-form-urlencoded":
+        try:
+            fields = [
+                *parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=MAX_FORM_FIELDS)
+            ]
+        except ValueError:  # a bad escape (not UTF-8), or more fields than the form has
+            return None
+    else:
+        if not _names_utf_8(parameters):
+            return None
+        try:
+            form = await with_body(request, body).form(max_files=0, max_fields=MAX_FORM_FIELDS)
+        except HTTPException:  # multipart without a boundary, with a file: answered by this page, headers too
+            return None
+        fields = [*form.multi_items()]
+    if len({name for name, _ in fields}) < len(fields):
+        return None
+    return dict(fields)
+
+
+_CHARSET = re.compile(r'(?:^|;)\s*charset\s*=\s*"?([^";\s]*)', re.IGNORECASE)
+
+
+def _names_utf_8(parameters: str) -> bool:
+    """Whether a Content-Type's ``parameters`` name no charset, or UTF-8 by any of its names."""
+    named = _CHARSET.search(parameters)
+    if named is None:
+        return True
+    try:
+        return codecs.lookup(named.group(1)).name == "utf-8"
+    except LookupError:
+        return False
 
 
 def _csrf_cookies(request: Request) -> list[str]:

@@ -1048,6 +1048,77 @@ async def test_a_form_that_is_not_utf_8_is_refused_and_the_link_stays_live(
     assert stored_values(streamable_http_deployment, "alice", server) == {"API_TOKEN": "the real value"}
 
 
+def _multipart(fields: list[tuple[str, bytes]]) -> bytes:
+    parts = [
+        b'--B\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (n.encode(), v) for n, v in fields
+    ]
+    return b"".join(parts) + b"--B--\r\n"
+
+
+MULTIPART_NOT_UTF_8 = {
+    "raw-latin-1": ("multipart/form-data; boundary=B", "café".encode("latin-1")),
+    "utf-8-declared-as-utf-16": ("multipart/form-data; boundary=B; charset=utf-16", "café".encode()),
+}
+
+
+@pytest.mark.parametrize(
+    ("content_type", "value"), MULTIPART_NOT_UTF_8.values(), ids=MULTIPART_NOT_UTF_8.keys()
+)
+async def test_a_multipart_form_that_is_not_utf_8_is_refused_and_the_link_stays_live(
+    streamable_http_deployment, server: str, canary: str, content_type: str, value: bytes
+) -> None:
+    # Starlette reads a part that is not UTF-8 as Latin-1, and a part of a declared charset in that one.
+    url = await new_link(streamable_http_deployment, server)
+
+    async with browser() as http:
+        _, csrf = await open_form(http, url)
+        body = _multipart([("csrf", csrf.encode()), ("value", canary.encode() + value)])
+        refused = await http.post(url, content=body, headers={"Content-Type": content_type})
+    stored_after_refusal = stored_values(streamable_http_deployment, "alice", server)
+    pages = await fill_in(url, "the real value")
+
+    assert refused.status_code == 400
+    assert "UTF-8" in refused.text
+    assert canary not in refused.text
+    assert stored_after_refusal == {}
+    assert pages[1].status_code == 200
+    assert stored_values(streamable_http_deployment, "alice", server) == {"API_TOKEN": "the real value"}
+
+
+TWICE = {
+    "value-urlencoded": ("application/x-www-form-urlencoded", "value"),
+    "csrf-urlencoded": ("application/x-www-form-urlencoded", "csrf"),
+    "value-multipart": ("multipart/form-data; boundary=B", "value"),
+}
+
+
+@pytest.mark.parametrize(("content_type", "field"), TWICE.values(), ids=TWICE.keys())
+async def test_a_form_giving_a_field_twice_is_refused_rather_than_its_last_taken_and_the_link_stays_live(
+    streamable_http_deployment, server: str, canary: str, content_type: str, field: str
+) -> None:
+    # The page's form sends each field once; a proxy or filter reading the first of two would check or
+    # log another value than is stored.
+    url = await new_link(streamable_http_deployment, server)
+
+    async with browser() as http:
+        _, csrf = await open_form(http, url)
+        fields = {"csrf": csrf, "value": canary}
+        sent = [(name, text.encode()) for name, text in fields.items()] + [(field, fields[field].encode())]
+        if content_type.startswith("multipart/"):
+            body = _multipart(sent)
+        else:
+            body = b"&".join(name.encode() + b"=" + quote(text).encode() for name, text in sent)
+        refused = await http.post(url, content=body, headers={"Content-Type": content_type})
+    stored_after_refusal = stored_values(streamable_http_deployment, "alice", server)
+    pages = await fill_in(url, "the real value")
+
+    assert refused.status_code == 400
+    assert "the form could not be read" in refused.text
+    assert canary not in refused.text
+    assert stored_after_refusal == {}
+    assert pages[1].status_code == 200
+
+
 async def test_a_form_of_many_more_fields_than_the_pages_is_refused_and_the_link_stays_live(
     streamable_http_deployment, server: str, canary: str
 ) -> None:
