@@ -25,7 +25,9 @@ from mcp_secrets.request_body import read_body
 from mcp_secrets.secrets import MAX_NAME_LENGTH, MAX_VALUE_BYTES, NAME_PATTERN, NAME_RULE, Secrets
 from mcp_secrets.store import SecretStore
 
-MAX_BODY_BYTES = 256 * 1024
+# Room for a value at its limit however a JSON encoder escapes it (a control character as \u0001: six bytes
+# for one), its names and action beside it; past that, a body is no request of this API.
+MAX_BODY_BYTES = 6 * MAX_VALUE_BYTES + 16 * 1024
 # An unknown field is named in a 400 when its name reads as one (a typo, "owner"): a client that sent a
 # value as a name ({"<value>": ...}) must not have it quoted back. Tokens are longer, or hold '-'.
 _QUOTABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,23}")

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import SchemaValidator
+from mcp_secrets.rest import MAX_BODY_BYTES
 from mcp_secrets.secrets import MAX_VALUE_BYTES
 
 from .conftest import POLL_INTERVAL, STARTUP_POLLS, Deployment, create_token, legacy_sse_messages_path
@@ -395,8 +396,21 @@ def test_json_is_taken_in_any_spelling_of_its_media_type(alice: Rest, server: st
     assert alice.keys(server) == [(server, "K")]
 
 
+@pytest.mark.parametrize("char", ["\x01", '"', "😀"], ids=["control", "quote", "astral"])
+def test_a_value_at_the_limit_is_taken_however_json_escapes_it(
+    alice: Rest, canary: str, server: str, char: str
+) -> None:
+    # A JSON encoder may write each byte of a value as six (\u0001): the body limit leaves room for that.
+    value = canary + char * ((MAX_VALUE_BYTES - len(canary)) // len(char.encode("utf-8")))
+    answer = alice.set(server=server, key="K", value=value)  # escaped as json.dumps does, ASCII only
+
+    assert answer.status_code == 200, answer.text
+    assert alice.keys(server) == [(server, "K")]
+    assert canary not in answer.text
+
+
 def test_an_oversized_body_is_refused(alice: Rest, canary: str) -> None:
-    answer = alice.set(server="s", key="K", value=canary + "x" * (300 * 1024))
+    answer = alice.set(server="s", key="K", value=canary + "x" * MAX_BODY_BYTES)
 
     assert answer.status_code == 413
     assert canary not in answer.text
@@ -825,7 +839,7 @@ def test_every_answer_of_the_api_is_documented_with_its_status_content_type_and_
         alice.set(server=server, key="K", action="delete"),  # 404
         alice.set(server=f"bad {canary}", key="K", value=canary),
         alice.post_raw(canary.encode()),
-        alice.set(server=server, key="K", value=canary + "x" * (300 * 1024)),
+        alice.set(server=server, key="K", value=canary + "x" * MAX_BODY_BYTES),
         alice.http.post(url, headers={**alice.headers, "Content-Type": "text/plain"}, content=b"{}"),
         anonymous.set(server=server, key="K", value=canary),
         unknown.set(server=server, key="K", value=canary),
