@@ -1055,6 +1055,22 @@ def _multipart(fields: list[tuple[str, bytes]]) -> bytes:
     return b"".join(parts) + b"--B--\r\n"
 
 
+async def _post_refused_then_filled_in(
+    deployment: Any, server: str, form: Callable[[str], tuple[str, bytes]]
+) -> tuple[httpx2.Response, dict[str, str], list[httpx2.Response]]:
+    """A new link posted ``form(csrf)`` (content type, body), then filled in by the page's own form.
+
+    What the post got, what was stored right after it, and the pages of the fill-in.
+    """
+    url = await new_link(deployment, server)
+    async with browser() as http:
+        _, csrf = await open_form(http, url)
+        content_type, body = form(csrf)
+        refused = await http.post(url, content=body, headers={"Content-Type": content_type})
+    stored_after_refusal = stored_values(deployment, "alice", server)
+    return refused, stored_after_refusal, await fill_in(url, "the real value")
+
+
 MULTIPART_NOT_UTF_8 = {
     "raw-latin-1": ("multipart/form-data; boundary=B", "café".encode("latin-1")),
     "utf-8-declared-as-utf-16": ("multipart/form-data; boundary=B; charset=utf-16", "café".encode()),
@@ -1068,14 +1084,14 @@ async def test_a_multipart_form_that_is_not_utf_8_is_refused_and_the_link_stays_
     streamable_http_deployment, server: str, canary: str, content_type: str, value: bytes
 ) -> None:
     # Starlette reads a part that is not UTF-8 as Latin-1, and a part of a declared charset in that one.
-    url = await new_link(streamable_http_deployment, server)
-
-    async with browser() as http:
-        _, csrf = await open_form(http, url)
-        body = _multipart([("csrf", csrf.encode()), ("value", canary.encode() + value)])
-        refused = await http.post(url, content=body, headers={"Content-Type": content_type})
-    stored_after_refusal = stored_values(streamable_http_deployment, "alice", server)
-    pages = await fill_in(url, "the real value")
+    refused, stored_after_refusal, pages = await _post_refused_then_filled_in(
+        streamable_http_deployment,
+        server,
+        lambda csrf: (
+            content_type,
+            _multipart([("csrf", csrf.encode()), ("value", canary.encode() + value)]),
+        ),
+    )
 
     assert refused.status_code == 400
     assert "UTF-8" in refused.text
@@ -1098,19 +1114,16 @@ async def test_a_form_giving_a_field_twice_is_refused_rather_than_its_last_taken
 ) -> None:
     # The page's form sends each field once; a proxy or filter reading the first of two would check or
     # log another value than is stored.
-    url = await new_link(streamable_http_deployment, server)
-
-    async with browser() as http:
-        _, csrf = await open_form(http, url)
+    def form(csrf: str) -> tuple[str, bytes]:
         fields = {"csrf": csrf, "value": canary}
         sent = [(name, text.encode()) for name, text in fields.items()] + [(field, fields[field].encode())]
         if content_type.startswith("multipart/"):
-            body = _multipart(sent)
-        else:
-            body = b"&".join(name.encode() + b"=" + quote(text).encode() for name, text in sent)
-        refused = await http.post(url, content=body, headers={"Content-Type": content_type})
-    stored_after_refusal = stored_values(streamable_http_deployment, "alice", server)
-    pages = await fill_in(url, "the real value")
+            return content_type, _multipart(sent)
+        return content_type, b"&".join(name.encode() + b"=" + quote(text).encode() for name, text in sent)
+
+    refused, stored_after_refusal, pages = await _post_refused_then_filled_in(
+        streamable_http_deployment, server, form
+    )
 
     assert refused.status_code == 400
     assert "the form could not be read" in refused.text

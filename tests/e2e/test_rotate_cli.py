@@ -57,10 +57,12 @@ def database(env: dict[str, str]) -> Path:
     return Path(env["MCP_SECRETS_DATA_DIR"]) / "secrets.db"
 
 
-def cli_set(env: dict[str, str], username: str, server: str, key: str, value: str) -> None:
-    """``mcp-secrets set SERVER KEY --user USERNAME`` with the value on stdin, as a script would."""
-    done = subprocess.run(
-        [*MCP_SECRETS, "set", server, key, "--user", username],
+def cli_set_run(
+    env: dict[str, str], value: str, *names: str, username: str = "alice"
+) -> subprocess.CompletedProcess[str]:
+    """``mcp-secrets set NAMES --user USERNAME`` with ``value`` on stdin, as a script would; not checked."""
+    return subprocess.run(
+        [*MCP_SECRETS, "set", *names, "--user", username],
         env=env,
         input=value + "\n",
         capture_output=True,
@@ -68,6 +70,11 @@ def cli_set(env: dict[str, str], username: str, server: str, key: str, value: st
         timeout=CLI_TIMEOUT,
         check=False,
     )
+
+
+def cli_set(env: dict[str, str], username: str, server: str, key: str, value: str) -> None:
+    """``mcp-secrets set SERVER KEY --user USERNAME`` with the value on stdin, which must succeed."""
+    done = cli_set_run(env, value, server, key, username=username)
     assert done.returncode == 0, done.stderr
 
 

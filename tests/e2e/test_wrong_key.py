@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
@@ -13,24 +12,11 @@ from bson import ObjectId
 
 from _mongo_wire import mongo_wire_server, server_holding
 from conftest import new_canary
-from e2e.conftest import CLI_TIMEOUT, HTTP_TRANSPORTS, MCP_SECRETS, Deployment, isolated_env, run_cli
-from e2e.test_rotate_cli import cli_set, key_id
+from e2e.conftest import HTTP_TRANSPORTS, Deployment, isolated_env, run_cli
+from e2e.test_rotate_cli import cli_set, cli_set_run, key_id
 from mcp_secrets.crypto import SecretEncryptor, generate_master_key, parse_master_key
 
 WARNING = "WARNING mcp_secrets.bootstrap: the store holds records under master key"
-
-
-def set_value(env: dict[str, str], value: str, *names: str) -> subprocess.CompletedProcess[str]:
-    """``mcp-secrets set NAMES --user alice`` with ``value`` piped on stdin."""
-    return subprocess.run(
-        [*MCP_SECRETS, "set", *names, "--user", "alice"],
-        env=env,
-        input=value + "\n",
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        check=False,
-    )
 
 
 def warnings_in(text: str) -> list[str]:
@@ -100,7 +86,7 @@ def test_set_with_a_wrong_master_key_warns_and_stores_under_it(
     wrong = generate_master_key()
     later = new_canary()
 
-    done = set_value({**env, "MCP_SECRETS_MASTER_KEY": wrong}, later, "github", "LATER")
+    done = cli_set_run({**env, "MCP_SECRETS_MASTER_KEY": wrong}, later, "github", "LATER")
 
     assert done.returncode == 0, done.stderr
     [warning] = warnings_in(done.stderr)
@@ -151,7 +137,7 @@ def test_set_warns_of_nothing_while_the_keys_are_right(
     env, keys = _rotation_env(tmp_path, written)
     given = ",".join(keys[name] for name in configured)
 
-    done = set_value({**env, "MCP_SECRETS_MASTER_KEY": given}, "value", "github", "LATER")
+    done = cli_set_run({**env, "MCP_SECRETS_MASTER_KEY": given}, "value", "github", "LATER")
 
     assert done.returncode == 0, done.stderr
     assert warnings_in(done.stderr) == []
@@ -205,7 +191,7 @@ def test_set_on_mongodb_warns_of_a_master_key_that_is_not_the_stores(tmp_path: P
             MCP_SECRETS_DATABASE_URL=f"mongodb://127.0.0.1:{port}/db",
             MCP_SECRETS_MASTER_KEY=key,
         )
-        done = set_value(env, new_canary(), "github", "LATER")
+        done = cli_set_run(env, new_canary(), "github", "LATER")
 
     assert done.returncode == 0, done.stderr
     warnings = warnings_in(done.stderr)
