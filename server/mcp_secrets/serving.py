@@ -216,20 +216,31 @@ def _gateway(settings: Settings, secrets: Secrets, entry: EntrySettings | None) 
 def _terminal_location(settings: Settings) -> StoreLocation:
     """What a terminal's ``mcp-secrets set`` needs to reach this server's store: settings, and this program.
 
-    A client config may start the command by its path (``.venv/bin/mcp-secrets``), which a terminal's PATH
-    need not find, or may find as another install: then the command is named by that path.
+    A client config may start the command by its path (``.venv/bin/mcp-secrets``) or as ``python -m
+    mcp_secrets``, which a terminal's PATH need not find, or may find as another install: then the command
+    is named as it was started.
     """
     location = settings.store_location()
     started = Path(sys.argv[0])
-    if started.name != location.program:  # `python -m mcp_secrets`, or a program of its own: no path to give
-        return location
-    found = shutil.which(location.program)
-    try:
-        if found is not None and started.samefile(found):
+    if started.name == "__main__.py" and started.parent.name == "mcp_secrets":  # python -m mcp_secrets
+        # The install's own script sits beside its interpreter: PATH finding that one is as good.
+        if _found_on_path(location.program, Path(sys.executable).parent / location.program):
             return location
-    except OSError:  # the program moved, or a PATH entry is unreadable: its path, as it was started by
-        pass
+        return dataclasses.replace(location, program=f"{shlex.quote(sys.executable)} -m mcp_secrets")
+    if started.name != location.program:  # a program of its own: no command to give but the usual one
+        return location
+    if _found_on_path(location.program, started):
+        return location
     return dataclasses.replace(location, program=shlex.quote(str(started.absolute())))
+
+
+def _found_on_path(program: str, expected: Path) -> bool:
+    """Whether a terminal's ``program``, as the PATH finds it, is the file ``expected``."""
+    found = shutil.which(program)
+    try:
+        return found is not None and expected.samefile(found)
+    except OSError:  # the program moved, or a PATH entry is unreadable: not the same one, as far as known
+        return False
 
 
 @asynccontextmanager

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import secrets as _random
+import shlex
 import signal
 import socket
 import stat
@@ -121,7 +122,11 @@ async def test_request_secret_on_stdio_gives_the_terminal_command_the_readme_pro
     stdio_deployment, server: str
 ) -> None:
     """stdio is the default transport, with no page of ours to link to: the README's first advice says so."""
-    async with stdio_deployment.connect("alice") as alice:
+    # The install on the PATH, as after activating its virtual environment (else the hint names it by path).
+    env = stdio_deployment.env
+    path = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    deployment = Deployment("stdio", {**env, "PATH": path}, stdio_deployment.log_path)
+    async with deployment.connect("alice") as alice:
         result = await alice.call_tool("request_secret", {"server": server, "key": "API_KEY"})
 
     assert not result.is_error, text_of(result)
@@ -133,24 +138,30 @@ async def test_request_secret_on_stdio_gives_the_terminal_command_the_readme_pro
     assert "`mcp-secrets set`" in recommended
 
 
-@pytest.mark.parametrize("on_path", [False, True], ids=["by-its-path", "on-the-path"])
+@pytest.mark.parametrize("on_path", [False, True], ids=["off-the-path", "on-the-path"])
+@pytest.mark.parametrize("started_as", ["script", "module"], ids=["by-its-path", "python-m"])
 async def test_request_secret_on_stdio_names_the_command_by_the_path_it_was_started_by(
-    tmp_path: Path, on_path: bool
+    tmp_path: Path, on_path: bool, started_as: str
 ) -> None:
-    """A client config may name ``.venv/bin/mcp-secrets`` by its path, as the README offers: a terminal's
-    ``mcp-secrets`` may then be none, or another install with another store."""
+    """A client config may name ``.venv/bin/mcp-secrets`` by its path, as the README offers, or start
+    ``python -m mcp_secrets``: a terminal's ``mcp-secrets`` may then be none, or another install with another
+    store."""
     from mcp.client.stdio import StdioServerParameters, stdio_client  # noqa: PLC0415
 
     script = Path(sys.executable).parent / "mcp-secrets"
     path = os.pathsep.join([*([str(script.parent)] if on_path else []), "/usr/bin", "/bin"])
     env = {**isolated_env(tmp_path), "MCP_SECRETS_USER": "alice", "PATH": path}
-    params = StdioServerParameters(command=str(script), args=["serve"], env=env)
+    if started_as == "script":
+        params = StdioServerParameters(command=str(script), args=["serve"], env=env)
+    else:
+        params = StdioServerParameters(command=sys.executable, args=["-m", "mcp_secrets", "serve"], env=env)
     with (tmp_path / "serve.log").open("a", encoding="utf-8") as errlog:
         async with Client(stdio_client(params, errlog=errlog)) as alice:
             result = await alice.call_tool("request_secret", {"server": "github", "key": "API_KEY"})
 
     assert not result.is_error, text_of(result)
-    program = "mcp-secrets" if on_path else str(script)
+    by_path = str(script) if started_as == "script" else f"{shlex.quote(sys.executable)} -m mcp_secrets"
+    program = "mcp-secrets" if on_path else by_path
     assert f" {program} set github API_KEY --user alice  " in text_of(result)
 
 
