@@ -437,6 +437,22 @@ async def test_a_downstream_tool_the_clients_protocol_cannot_describe_is_left_ou
     assert {"set_secret", "down__token_hash"} <= on_handshake
 
 
+async def test_a_downstream_tool_that_only_runs_as_a_task_is_left_out_of_every_listing(
+    sqlite_secrets: Secrets, tmp_path: Path
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    env = {**STDIO_ENTRY["env"], "DOWNSTREAM_HANDSHAKE_ONLY": "1", "DOWNSTREAM_TASK_TOOLS": "1"}
+
+    async with running_gateway(sqlite_secrets, tmp_path, {"down": {**STDIO_ENTRY, "env": env}}) as gw:
+        # The gateway relays no task (SEP-1686), and declares none: a tool the downstream runs only as one
+        # fails at every call, on every protocol revision. One that may run either way is called as usual.
+        for mode in ("legacy", "auto"):
+            async with connect(sqlite_secrets, gw, "alice", mode=mode) as client:
+                listed = {tool.name for tool in (await client.list_tools()).tools}
+            assert "down__research" not in listed, mode
+            assert {"down__lookup", "down__token_hash"} <= listed, mode
+
+
 async def test_a_tool_listing_that_names_the_secret_shows_its_label_instead(
     sqlite_secrets: Secrets, tmp_path: Path
 ) -> None:

@@ -31,11 +31,11 @@ READS_BACK = (
 )
 
 
-def npx() -> str:
-    """The ``npx`` to run the Inspector with: skipped where there is none, failed where CI requires one."""
+def npx(runs: str = "the MCP Inspector") -> str:
+    """The ``npx`` to run ``runs`` with: skipped where there is none, failed where CI requires one."""
     found = shutil.which("npx")
     if found is None:
-        reason = "npx not found (Node.js and npm run the MCP Inspector)"
+        reason = f"npx not found (Node.js and npm run {runs})"
         if os.environ.get("MCP_SECRETS_REQUIRE_INSPECTOR", "") not in ("", "0"):
             pytest.fail(f"MCP_SECRETS_REQUIRE_INSPECTOR is set, but {reason}")
         pytest.skip(reason)

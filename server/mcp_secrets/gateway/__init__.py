@@ -249,6 +249,7 @@ class Gateway:
             )
             for name in self.config.servers
             for tool in listed[name]
+            if _callable(tool, name)
         ]
 
     async def _list_or_known(self, username: str, server: ServerConfig) -> list[Tool]:
@@ -734,6 +735,14 @@ def _questions(
             )
         shown[key] = ElicitRequest(params=shown_question(request.params, redactor, server))
     return InputRequiredResult(input_requests=shown or None, request_state=result.request_state)
+
+
+def _callable(tool: Tool, server: str) -> bool:
+    """False for a tool that ``server`` runs only as a task (SEP-1686), which the gateway does not relay."""
+    if tool.execution is None or tool.execution.task_support != "required":
+        return True
+    logger.info("tool %r of server %s left out of a listing: it runs only as a task", tool.name, server)
+    return False
 
 
 def _uncut(server: str, name: str, tools: list[Tool]) -> str | None:
