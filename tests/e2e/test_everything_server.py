@@ -83,9 +83,11 @@ async def direct(command: str, env: dict[str, str]) -> AsyncIterator[Client]:
 # pytest-timeout's bound, for a run that has to fetch the server first.
 @pytest.mark.timeout(INSPECTOR_TIMEOUT)
 async def test_the_reference_server_answers_through_the_gateway_as_without_it_less_the_injected_values(
-    sqlite_secrets: Secrets, tmp_path: Path, canary: str
+    sqlite_secrets: Secrets, tmp_path: Path, canary: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     command = npx("the MCP reference server")
+    # The gateway's own settings are no downstream's business: the canary, the TOKEN, is looked for below.
+    monkeypatch.setenv("MCP_SECRETS_DATABASE_URL", f"sqlite:///{tmp_path}/{canary}.db")
     values = {"TOKEN": canary, "PEM": pem()}
     for key, value in values.items():
         sqlite_secrets.set_secret("alice", "everything", key, value)
