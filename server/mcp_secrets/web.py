@@ -110,6 +110,7 @@ def _named(url: str) -> tuple[list[str], str]:
 
     The SDK compares them as strings. Browsers and HTTP clients write the host in lower case and leave
     the scheme's default port out (a few clients write it), whatever the spelling of the configured URL.
+    A proxy in front may forward the host name alone (nginx's ``$host``), whatever port its clients named.
     """
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -121,7 +122,7 @@ def _named(url: str) -> tuple[list[str], str]:
         return [host], f"{parts.scheme}://{host}"
     if port == default:
         return [host, f"{host}:{port}"], f"{parts.scheme}://{host}"
-    return [f"{host}:{port}"], f"{parts.scheme}://{host}:{port}"
+    return [f"{host}:{port}", host], f"{parts.scheme}://{host}:{port}"
 
 
 def check_http_settings(settings: Settings) -> None:

@@ -990,6 +990,23 @@ def test_the_public_url_gets_in_as_browsers_and_clients_name_it(
     assert answers == [200, 200, 421]
 
 
+def test_a_public_url_on_its_own_port_gets_in_by_its_host_name_as_a_proxy_forwards_it(
+    start_server, env, tmp_path: Path
+) -> None:
+    env["MCP_SECRETS_PUBLIC_URL"] = "https://secrets.example.com:8443/team-a"
+    # nginx's `proxy_set_header Host $host` forwards the host name without the port the client named.
+    with (
+        start_server(env, "streamable-http", tmp_path / "server.log") as deployment,
+        httpx2.Client(trust_env=False, timeout=10) as http,
+    ):
+        hosts = ["secrets.example.com", "secrets.example.com:8443", "evil.example", "evil.example:8443"]
+        answers = [
+            http.get(f"{deployment.base_url}/healthz", headers={"Host": host}).status_code for host in hosts
+        ]
+
+    assert answers == [200, 200, 421, 421]
+
+
 def test_behind_a_public_url_with_a_path_sse_clients_post_their_messages_under_it(
     start_server, env, tmp_path: Path
 ) -> None:
