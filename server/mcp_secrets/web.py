@@ -561,6 +561,10 @@ async def serve_http(app: ASGIApp, settings: Settings, sockets: list[socket.sock
         # Never below INFO: uvicorn's lower levels dump ASGI messages, request bodies included.
         log_level="info" if settings.log_level == "DEBUG" else settings.log_level.lower(),
         access_log=True,
+        # Uvicorn would take the client's address (and scheme) from X-Forwarded-For (and -Proto) of any
+        # request from 127.0.0.1: a proxy there passes on what its clients send, and a local client sends
+        # what it likes. The access log names the address that connected.
+        proxy_headers=False,
         server_header=False,
         lifespan="on",
         # A request_secret can wait minutes for its entry page: without a bound, a stop would wait for

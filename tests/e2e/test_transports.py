@@ -1007,6 +1007,27 @@ def test_a_public_url_on_its_own_port_gets_in_by_its_host_name_as_a_proxy_forwar
     assert answers == [200, 200, 421, 421]
 
 
+def test_the_access_log_names_the_address_that_connected_not_one_a_header_claims(
+    start_server, env, tmp_path: Path
+) -> None:
+    claimed = "203.0.113.66"  # what any client, or one through a proxy that passes the header on, can send
+    with (
+        start_server(env, "streamable-http", tmp_path / "server.log") as deployment,
+        httpx2.Client(trust_env=False, timeout=10) as http,
+    ):
+        answer = http.get(
+            f"{deployment.base_url}/healthz",
+            headers={"X-Forwarded-For": claimed, "X-Forwarded-Proto": "https", "Forwarded": f"for={claimed}"},
+        )
+        log = deployment.log()
+
+    assert answer.status_code == 200
+    access = [line for line in log.splitlines() if '"GET /healthz' in line]
+    assert access
+    assert all("uvicorn.access: 127.0.0.1:" in line for line in access)
+    assert claimed not in log
+
+
 def test_behind_a_public_url_with_a_path_sse_clients_post_their_messages_under_it(
     start_server, env, tmp_path: Path
 ) -> None:
