@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from mcp_secrets.gateway import load_gateway_config
 from .conftest import Deployment
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+README = EXAMPLES.parent / "README.md"
 
 
 def _run_example(
@@ -142,3 +144,10 @@ def test_http_client_example_waits_while_another_process_holds_the_store(
         assert example.returncode == 0, stderr
         assert "Secret API_KEY for server example created" in stdout
         assert (canary in stdout + stderr + deployment.log()) is False
+
+
+def test_the_readme_shows_the_server_block_of_the_nginx_example_that_test_nginx_runs() -> None:
+    example = (EXAMPLES / "nginx.conf").read_text(encoding="utf-8")
+    blocks = re.findall(r"```nginx\n(.*?)```", README.read_text(encoding="utf-8"), re.DOTALL)
+
+    assert example[example.index("server {") :] in blocks
