@@ -12,7 +12,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,6 +30,7 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 
 from conftest import jwks_provider, serving_jwks
+from mcp_secrets import identity
 from mcp_secrets.errors import InvalidInputError, UnauthorisedError
 from mcp_secrets.identity import (
     JWT_CHECK_THREADS,
@@ -407,6 +408,87 @@ async def test_tokens_with_unknown_key_ids_do_not_each_fetch_the_key_set(
             assert await verifier.verify_token(forged) is None
 
     assert len(fetches) <= 2  # the first, and at most one more to look for a key the provider just added
+
+
+@pytest.fixture
+def later(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
+    """Moves on the monotonic clock the JWT checks read, ours and that of PyJWT's key set client and cache."""
+    offset = [0.0]
+    clock = SimpleNamespace(monotonic=lambda: time.monotonic() + offset[0], time=time.time)
+    for module in (identity, jwt.jwks_client, jwt.jwk_set_cache, jwt.api_jwk):
+        monkeypatch.setattr(module, "time", clock)
+
+    def advance(seconds: float) -> None:
+        offset[0] += seconds
+
+    return advance
+
+
+@pytest.mark.anyio
+async def test_a_token_of_a_key_the_provider_has_just_added_verifies_at_once(
+    signing_key: rsa.RSAPrivateKey, other_key: rsa.RSAPrivateKey
+) -> None:
+    # oidc-provider (restarted with a new key first) and Keycloak (a new key of higher priority) sign
+    # with a key as soon as they publish it: the key set fetched a moment ago lacks it.
+    with jwks_provider({"k1": signing_key.public_key()}) as (url, publish):
+        verifier = JwtVerifier(url, issuer=ISSUER, audience=AUDIENCE)
+        assert await verifier.verify_token(_sign(signing_key, _claims(), kid="k1")) is not None
+
+        publish({"k2": other_key.public_key(), "k1": signing_key.public_key()})
+        access = await verifier.verify_token(_sign(other_key, _claims(), kid="k2"))
+
+    assert access is not None
+    assert access.subject == "alice"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("body", [b"[]", b"{}", b'{"keys": []}', b'{"error": "rate limited"}'])
+async def test_tokens_with_unknown_key_ids_do_not_each_fetch_a_key_set_answered_with_json_that_is_none(
+    signing_key: rsa.RSAPrivateKey,
+    monkeypatch: pytest.MonkeyPatch,
+    later: Callable[[float], None],
+    body: bytes,
+) -> None:
+    # A failed fetch for an unknown key id started no wait before the next: while the provider answered
+    # so, each token naming a key id it never had fetched its key set again, as often as anyone sent one.
+    fetches = _counting_fetches(monkeypatch)
+    with jwks_provider({KID: signing_key.public_key()}) as (url, publish):
+        verifier = JwtVerifier(url, issuer=ISSUER, audience=AUDIENCE)
+        assert await verifier.verify_token(_sign(signing_key, _claims())) is not None
+        later(60)  # the key set was fetched a minute ago: good for four more
+        publish(body)
+        for _ in range(20):
+            forged = _sign(signing_key, _claims(), kid=secrets.token_hex(8))
+            with _checking():
+                assert await verifier.verify_token(forged) is None
+
+    assert len(fetches) <= 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("down", [b"<html>Down for maintenance</html>", b"[]", "connection refused"])
+async def test_a_token_with_an_unknown_key_id_while_the_provider_is_down_leaves_others_verifying(
+    signing_key: rsa.RSAPrivateKey, later: Callable[[float], None], down: bytes | str
+) -> None:
+    # The key set fetched a minute ago is good for its lifespan. A failed fetch for one token's unknown
+    # key id left every JWT unjudged (503) for the retry time: anyone could keep them so all along.
+    with ExitStack() as provider:
+        url, publish = provider.enter_context(jwks_provider({KID: signing_key.public_key()}))
+        verifier = JwtVerifier(url, issuer=ISSUER, audience=AUDIENCE)
+        assert await verifier.verify_token(_sign(signing_key, _claims())) is not None
+        later(60)  # the key set was fetched a minute ago: good for four more
+        if isinstance(down, bytes):
+            publish(down)
+        else:
+            provider.close()  # its server stops: connections are refused
+        with _checking() as unknown:
+            assert await verifier.verify_token(_sign(signing_key, _claims(), kid="key-2026")) is None
+        with _checking() as known:
+            access = await verifier.verify_token(_sign(signing_key, _claims()))
+
+    assert access is not None
+    assert known.reason is None
+    assert unknown.reason == "the identity provider's key set cannot be fetched"  # 503: perhaps its new key
 
 
 REFUSED_JWTS: dict[str, Callable[[rsa.RSAPrivateKey, rsa.RSAPrivateKey], str]] = {

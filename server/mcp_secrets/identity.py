@@ -6,9 +6,10 @@ The username always comes from here, never from tool arguments or headers.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
 
@@ -28,6 +29,9 @@ from mcp_secrets.errors import (
 from mcp_secrets.offload import run_store_work
 from mcp_secrets.secrets import validate_username
 from mcp_secrets.tokens import TOKEN_PREFIX, ApiTokens
+
+if TYPE_CHECKING:
+    from jwt import PyJWK
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +146,9 @@ JWKS_FETCH_SECONDS = 10.0
 # After a failed fetch of the key set, JWTs are left unjudged (503) for this long without another: each
 # request with any JWT-shaped text would otherwise fetch the provider's key set and log a warning.
 JWKS_RETRY_SECONDS = 5.0
+# After a fetch of the key set for a key id it lacked (a provider's new key), the next such fetch waits
+# this long, whatever the first brought: anyone can send a token naming a key id the provider never had.
+JWKS_REFETCH_SECONDS = 30.0
 # Worker threads JWT checks may hold at once. A check may wait on the provider for a fetch of its keys;
 # any request can make one (a JWT-shaped header is enough), so they must not take the threads the store
 # calls of every other request need.
@@ -181,6 +188,8 @@ class JwtVerifier:
         self._threads: anyio.CapacityLimiter | None = None  # made on the event loop that uses it
         self._fetch_retry = fetch_retry
         self._unfetched_until = 0.0  # monotonic time until which a failed fetch is not tried again
+        self._refetched_at = -JWKS_REFETCH_SECONDS  # monotonic time of the last fetch for an unknown key id
+        self._refetch_lock = threading.Lock()
 
     async def verify_token(self, token: str) -> AccessToken | None:
         """The token's access info, or None when its signature, issuer, audience or expiry is wrong."""
@@ -192,22 +201,32 @@ class JwtVerifier:
         import jwt  # noqa: PLC0415 - imported once by __init__; this is a dictionary lookup
 
         try:
-            jwt.get_unverified_header(token)  # text that is no JWT at all is refused without the key set
+            # Text that is no JWT at all is refused without the key set.
+            header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
             logger.info("JWT refused: %s", type(exc).__name__)
             return None
-        if time.monotonic() < self._unfetched_until:  # the provider failed a moment ago: not asked again
+        # While the provider fails (a moment ago), the key set it gave before is used as long as it lasts.
+        cache = self._jwks.jwk_set_cache
+        if time.monotonic() < self._unfetched_until and (cache is None or cache.get() is None):
             _note_outage(_KEY_SET_OUTAGE)
             return None
         try:
-            # The key set first (cached while it lasts): a fault of its own, JSON that is no key set or
-            # holds no signing key, is the provider's and leaves the token unjudged, as no answer does.
-            self._jwks.get_signing_keys()
+            # A fault of the key set's own, JSON that is no key set or holds no signing key, is the
+            # provider's and leaves the token unjudged, as no answer does; so does a body not JSON
+            # (ValueError: a maintenance page, a body cut short).
+            kid = header.get("kid")
+            signing_key = self._signing_key(kid if isinstance(kid, str) else "")
         except (jwt.PyJWKClientError, jwt.PyJWKSetError, ValueError) as exc:
             self._unjudged(exc)
             return None
+        if signing_key is None:
+            if time.monotonic() < self._unfetched_until:  # the provider may have a new key it cannot give
+                _note_outage(_KEY_SET_OUTAGE)
+            else:
+                logger.info("JWT refused: its kid names no key of the provider's")
+            return None
         try:
-            signing_key = self._jwks.get_signing_key_from_jwt(token)
             # The header with the claims: its typ is checked below, and this reads the token once.
             decoded: dict[str, Any] = jwt.decode_complete(
                 token,
@@ -218,11 +237,6 @@ class JwtVerifier:
                 options={"require": ["exp", "iss", "aud"]},
                 leeway=JWT_CLOCK_SKEW_SECONDS,
             )
-        except (jwt.PyJWKClientConnectionError, ValueError) as exc:
-            # ValueError: the key set's answer was not JSON (a maintenance page, a body cut short). PyJWT
-            # turns whatever it reads of the token into its own errors, so this comes from the fetch.
-            self._unjudged(exc)
-            return None
         except jwt.PyJWTError as exc:
             logger.info("JWT refused: %s", type(exc).__name__)
             return None
@@ -249,6 +263,22 @@ class JwtVerifier:
             subject=username,
             claims={"iss": claims["iss"]},
         )
+
+    def _signing_key(self, kid: str) -> PyJWK | None:
+        """The provider's key ``kid`` names, from its key set while that lasts; None when it has none.
+
+        A key id the key set lacks fetches it again (a new key), at most once in ``JWKS_REFETCH_SECONDS``
+        and not while the provider fails.
+        """
+        key = self._jwks.match_kid(self._jwks.get_signing_keys(), kid)
+        if key is not None:
+            return key
+        with self._refetch_lock:
+            now = time.monotonic()
+            if now < self._unfetched_until or now < self._refetched_at + JWKS_REFETCH_SECONDS:
+                return None
+            self._refetched_at = now  # before fetching: a fetch that fails waits as long
+        return self._jwks.match_kid(self._jwks.get_signing_keys(refresh=True), kid)
 
     def _unjudged(self, exc: Exception) -> None:
         """Say why the key set could not be had; the HTTP layer answers 503 (try again), not 401."""
