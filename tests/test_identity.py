@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given
 from hypothesis import strategies as st
+from jwt.algorithms import RSAAlgorithm
 from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
@@ -806,3 +807,22 @@ def test_bearer_identity_of_a_token_without_a_subject_is_unauthorised() -> None:
 
     with pytest.raises(UnauthorisedError):
         BearerIdentity().username(_context(request))
+
+
+@pytest.mark.anyio
+async def test_a_key_set_whose_keys_have_no_kid_is_said_to_hold_no_signing_key(
+    signing_key: rsa.RSAPrivateKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    # PyJWT's key set client uses only keys with a kid, as every major provider publishes them: a key set of
+    # keys without one is the provider's fault to fix (503, try again), and the warning says which.
+    unnamed = {**RSAAlgorithm.to_jwk(signing_key.public_key(), as_dict=True), "use": "sig", "alg": "RS256"}
+    with jwks_provider({}) as (url, publish):
+        publish(json.dumps({"keys": [unnamed]}).encode())
+        verifier = JwtVerifier(url, issuer=ISSUER, audience=AUDIENCE)
+
+        with _checking() as outage:
+            access = await verifier.verify_token(jwt.encode(_claims(), signing_key, algorithm="RS256"))
+
+    assert access is None
+    assert outage.reason == "the identity provider's key set cannot be fetched"
+    assert "the answer is not a key set with signing keys" in caplog.text
