@@ -6,6 +6,7 @@ import errno
 import json
 import logging
 import os
+import sqlite3
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -17,7 +18,7 @@ from conftest import new_canary
 from mcp_secrets.errors import ConfigurationError, InvalidInputError, SecretsError
 from mcp_secrets.retention import MAX_BATCH_SIZE, archive_file, prune_events
 from mcp_secrets.secrets import OPERATOR, Secrets
-from mcp_secrets.store import AuditEvent, SecretStore
+from mcp_secrets.store import AuditEvent, SecretStore, SecretUse
 
 # Whole milliseconds: a BSON date keeps no finer, and these tests run on every backend.
 NOW = datetime(2026, 6, 1, 12, 0, 0, 250000, tzinfo=timezone.utc)
@@ -410,3 +411,27 @@ def test_an_archive_of_a_real_trail_holds_names_and_times_never_a_value(
     ]
     assert first not in archived
     assert second not in archived
+
+
+def test_a_sqlite_prune_leaves_no_part_of_the_wal_it_wrote_to_the_servers_on_the_file(tmp_path: Path) -> None:
+    # A server's connection that committed after a batch checkpointed what the prune wrote, under the lock
+    # its other calls wait on, and the WAL, never started over, grew to four times the database (README).
+    from mcp_secrets.store.sqlite import SQLiteStore  # noqa: PLC0415 - SQLite only
+
+    path = tmp_path / "secrets.db"
+    store = SQLiteStore(path)
+    server = sqlite3.connect(path, isolation_level=None)
+    try:
+        uses = [
+            SecretUse(f"user{n}", "github", ("TOKEN",), AuditEvent(NOW - timedelta(days=200), f"user{n}", "used"))
+            for n in range(2000)
+        ]
+        store.record_uses(uses)
+        assert store.delete_events(NOW - KEEP, 1500) == 1500
+        server.execute("INSERT INTO audit_events (at, actor, action) VALUES (?, 'bob', 'used')", (NOW.isoformat(),))
+        _, frames, _ = server.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    finally:
+        server.close()
+        store.close()
+    # The server's one event is all the WAL holds: the prune's batch went into the database, by the prune.
+    assert frames <= 4

@@ -361,6 +361,26 @@ _BEFORE = "julianday(at) < julianday(?)"
 _NEWEST_FIRST = "julianday(at) DESC, at DESC, id DESC"
 
 
+# How long a prune's checkpoint waits for other connections' readers and writer before it copies what it can.
+_CHECKPOINT_WAIT_MS = 100
+
+
+def _checkpoint(connection: sqlite3.Connection) -> None:
+    """Copy the WAL into the database now, and have the next write start the WAL over: after a prune's batch.
+
+    A batch rewrites thousands of index pages. Left to SQLite's automatic checkpoint, that copy fell to
+    whichever connection committed next, often a server's, under the lock all its calls wait on (another
+    user's get_secrets waited 1.3 s), and with a server reading all along the WAL was never started over:
+    it grew to four times the database. Waiting only briefly: past that, it copies what it can (PASSIVE).
+    """
+    waits = connection.execute("PRAGMA busy_timeout").fetchone()[0]
+    connection.execute(f"PRAGMA busy_timeout = {min(waits, _CHECKPOINT_WAIT_MS)}")
+    try:
+        connection.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+    finally:
+        connection.execute(f"PRAGMA busy_timeout = {waits}")
+
+
 def _check_writable(connection: sqlite3.Connection, path: Path) -> None:
     """Refuse a file SQLite opened for reading only (its mode, a read-only filesystem): said at the start.
 
@@ -863,10 +883,12 @@ class SQLiteStore:
             # deleted these rows already, and a new event taken one of their ids. Its time tells it apart.
             cut_off = _iso(before)
             with _transaction(connection):
-                return connection.executemany(
+                deleted = connection.executemany(
                     f"DELETE FROM audit_events WHERE id = ? AND {_BEFORE}",  # noqa: S608
                     [(row[0], cut_off) for row in rows],
                 ).rowcount
+            _checkpoint(connection)
+            return deleted
 
         return self._run(delete)
 
