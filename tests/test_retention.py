@@ -423,12 +423,16 @@ def test_a_sqlite_prune_leaves_no_part_of_the_wal_it_wrote_to_the_servers_on_the
     server = sqlite3.connect(path, isolation_level=None)
     try:
         uses = [
-            SecretUse(f"user{n}", "github", ("TOKEN",), AuditEvent(NOW - timedelta(days=200), f"user{n}", "used"))
+            SecretUse(
+                f"user{n}", "github", ("TOKEN",), AuditEvent(NOW - timedelta(days=200), f"user{n}", "used")
+            )
             for n in range(2000)
         ]
         store.record_uses(uses)
         assert store.delete_events(NOW - KEEP, 1500) == 1500
-        server.execute("INSERT INTO audit_events (at, actor, action) VALUES (?, 'bob', 'used')", (NOW.isoformat(),))
+        server.execute(
+            "INSERT INTO audit_events (at, actor, action) VALUES (?, 'bob', 'used')", (NOW.isoformat(),)
+        )
         _, frames, _ = server.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     finally:
         server.close()

@@ -105,6 +105,12 @@ ServerFilter = Annotated[
     ),
 ]
 KEY_ARG = Field(description="Name of the secret, e.g. 'GITHUB_TOKEN'.", json_schema_extra=NAME_SCHEMA)
+# Keys in one answer of list_secret_keys: as many as a user may keep by default, so that only a deployment
+# that raises MCP_SECRETS_MAX_SECRETS_PER_USER sees a second page. 10,000 keys were 2.3 MB in one answer,
+# 690,000 characters of text for the model, read on the event loop while every other call waited.
+KEYS_PER_LISTING = 1000
+# A cursor is the last (server, key) a page showed, as `server/key`: no name holds a '/'.
+CURSOR_PATTERN = f"^({NAME_PATTERN}/{NAME_PATTERN})?$"
 
 
 class SecretChange(BaseModel):
@@ -185,6 +191,10 @@ class SecretKeyList(BaseModel):
     username: str
     keys: Annotated[list[SecretKeyEntry], _items_of(SecretKeyEntry)]
     servers: list[ServerSecretsStatus] = Field(default_factory=list)
+    next_cursor: str | None = Field(
+        default=None,
+        description=f"Set when more keys follow the {KEYS_PER_LISTING} of this answer: pass it as `cursor`.",
+    )
 
 
 @functools.lru_cache(maxsize=8192)
@@ -207,6 +217,18 @@ def _key_entry(info: SecretKeyInfo) -> dict[str, str | None]:
         "updated_at": _json_time(info.updated_at),
         "last_used_at": None if used is None else _json_time(used),
     }
+
+
+def _after(cursor: str) -> tuple[str, str] | None:
+    """The (server, key) a listing's ``cursor`` goes on after; None for the first page."""
+    if not cursor:
+        return None
+    server, _, key = cursor.partition("/")
+    try:
+        return validate_name("server", server), validate_name("key", key)
+    except SecretsError:
+        # Not quoted, as no argument is: a cursor is the next_cursor of an earlier answer, `server/key`.
+        raise ToolError("cursor must be the next_cursor of an earlier answer, as server/key") from None
 
 
 def _minute(json_time: str | None) -> str:
@@ -746,20 +768,40 @@ def _add_list_tools(
     async def list_secret_keys(
         ctx: Context[Any, Any],
         server: ServerFilter = "",
+        cursor: Annotated[
+            str,
+            BeforeValidator(_none_as_all),
+            Field(
+                description=f"Where to go on from: the next_cursor of an answer that listed "
+                f"{KEYS_PER_LISTING} keys and had more; omit it for the first.",
+                json_schema_extra={"pattern": CURSOR_PATTERN},
+            ),
+        ] = "",
     ) -> Annotated[CallToolResult, SecretKeyList]:
         """List your stored secrets: names, when each was created, updated and last used; never their values.
 
         Through the gateway, also which secrets each downstream server still needs before its tools work.
+        At most 1000 keys an answer, in server and key order; next_cursor then says where to go on.
         """
         username = _caller(identity, ctx)
-        infos = await _run(lambda: secrets.list_secret_keys(username, server or None), secrets.store)
+        after = _after(cursor)
+        infos = await _run(
+            lambda: secrets.list_secret_keys(
+                username, server or None, after=after, limit=KEYS_PER_LISTING + 1
+            ),
+            secrets.store,
+        )
+        more = len(infos) > KEYS_PER_LISTING
+        del infos[KEYS_PER_LISTING:]
         statuses = [] if gateway is None else await _run(lambda: gateway.status(username), secrets.store)
         entries = [_key_entry(info) for info in infos]
         scope = f" for server {server}" if server else ""
         lines = [_key_line(entry) for entry in entries]
-        text = f"{len(entries)} secret(s){scope} stored for {username}" + (
-            ":\n" + "\n".join(lines) if lines else "."
-        )
+        shown = f"{len(entries)} secret(s){scope}" + (f" (after {cursor})" if after else "")
+        text = f"{shown} stored for {username}" + (":\n" + "\n".join(lines) if lines else ".")
+        next_cursor = f"{infos[-1].server}/{infos[-1].key}" if more else None
+        if next_cursor:
+            text += f"\nMore follow: call list_secret_keys again with cursor {next_cursor}."
         servers = [
             ServerSecretsStatus(
                 server=st.server, description=st.description, required=st.required, missing=st.missing
@@ -770,7 +812,12 @@ def _add_list_tools(
         needs = [f"- {st.server} still needs: {', '.join(st.missing)}" for st in servers if st.missing]
         if needs:
             text += "\nDownstream servers missing secrets:\n" + "\n".join(needs)
-        listing = {"username": username, "keys": entries, "servers": [st.model_dump() for st in servers]}
+        listing = {
+            "username": username,
+            "keys": entries,
+            "servers": [st.model_dump() for st in servers],
+            "next_cursor": next_cursor,
+        }
         return _result(text, listing)
 
     @mcp.tool(

@@ -364,18 +364,31 @@ class Secrets:
         """Delete one secret; ``SecretNotFoundError`` names what was missing."""
         return self.update_secret(username, server, key, None, "delete", via=via)
 
-    def list_secret_keys(self, username: str, server: str | None = None) -> list[SecretKeyInfo]:
-        """Names and timestamps of one user's secrets, never their values."""
+    def list_secret_keys(
+        self,
+        username: str,
+        server: str | None = None,
+        *,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[SecretKeyInfo]:
+        """Names and timestamps of one user's secrets, never their values, in (server, key) order.
+
+        With ``after``, only those past that (server, key); with ``limit``, at most that many.
+        """
         validate_username(username)
         if server is not None:
             validate_name("server", server)
+        if after is not None:
+            validate_name("server", after[0])
+            validate_name("key", after[1])
         # Last uses may lag here rather than fail the listing: the names matter more than the stamps.
         self.uses.flush(LISTING_FLUSH_SECONDS)
         return [
             SecretKeyInfo(
                 record.server, record.key, record.created_at, record.updated_at, record.last_used_at
             )
-            for record in self.store.find_secrets(username, server)
+            for record in self.store.find_secrets(username, server, after=after, limit=limit)
         ]
 
     def unconfigured_key_ids(self, count: int = KEY_ID_SAMPLE) -> list[str]:
@@ -406,6 +419,6 @@ class Secrets:
         if deleted:
             self._changed(username, server)
             return UpdateResult(server, key, "deleted")
-        if self.store.find_secrets(username, server):
+        if self.store.find_secrets(username, server, limit=1):  # one says enough, however many there are
             raise SecretNotFoundError(f"there is no secret {key!r} for server {server!r}")
         raise SecretNotFoundError(f"there are no secrets for server {server!r}")

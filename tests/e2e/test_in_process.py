@@ -526,3 +526,47 @@ async def test_a_tool_error_of_a_downstream_failure_carries_no_error_of_the_down
         await server.call_tool("probe__run", {}, Context(mcp_server=server))
 
     assert_not_leaked(refused.value, canary)
+
+
+async def test_list_secret_keys_answers_a_page_at_a_time_and_its_cursor_goes_on_to_the_rest(
+    secrets: Secrets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 10,000 keys were one answer of 2.3 MB, 690,000 characters of text for the model.
+    monkeypatch.setattr("mcp_secrets.app.KEYS_PER_LISTING", 3)
+    stored = [("github", "A"), ("github", "B"), ("github", "C"), ("linear", "A"), ("slack", "Z")]
+    for server, key in stored:
+        secrets.set_secret("alice", server, key, "v")
+    pages: list[dict[str, Any]] = []
+
+    async with Client(build_server(secrets, LocalIdentity("alice"))) as alice:
+        cursor: str | None = ""
+        while cursor is not None:
+            listed = await alice.call_tool("list_secret_keys", {"cursor": cursor} if cursor else {})
+            assert not listed.is_error, text_of(listed)
+            assert listed.structured_content is not None
+            pages.append({**listed.structured_content, "text": text_of(listed)})
+            cursor = listed.structured_content["next_cursor"]
+        one_server = await alice.call_tool("list_secret_keys", {"server": "github", "cursor": "github/A"})
+        wrong = await alice.call_tool("list_secret_keys", {"cursor": "github"})
+
+    assert [len(page["keys"]) for page in pages] == [3, 2]
+    assert [(entry["server"], entry["key"]) for page in pages for entry in page["keys"]] == stored
+    assert pages[0]["next_cursor"] == "github/C"
+    assert "cursor github/C" in pages[0]["text"]
+    assert "More follow" not in pages[1]["text"]
+    assert one_server.structured_content is not None
+    assert [entry["key"] for entry in one_server.structured_content["keys"]] == ["B", "C"]
+    assert one_server.structured_content["next_cursor"] is None
+    assert wrong.is_error
+    assert "cursor must be" in text_of(wrong)
+
+
+def test_a_page_of_keys_is_read_from_the_store_alone_however_many_the_user_holds(secrets: Secrets) -> None:
+    for index in range(50):
+        secrets.set_secret("alice", "big", f"KEY_{index:02d}", "v")
+
+    page = secrets.store.find_secrets("alice", None, after=("big", "KEY_09"), limit=5)
+    missing = secrets.store.find_secrets("alice", "big", limit=1)
+
+    assert [record.key for record in page] == [f"KEY_{index}" for index in range(10, 15)]
+    assert len(missing) == 1

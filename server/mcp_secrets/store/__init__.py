@@ -291,8 +291,18 @@ class SecretStore(Protocol):
         """Remove one record, recording ``event`` when it did; return False when there was none."""
         ...
 
-    def find_secrets(self, username: str, server: str | None = None) -> list[SecretRecord]:
-        """One user's records, of one server or of all, in (server, key) order, in one query."""
+    def find_secrets(
+        self,
+        username: str,
+        server: str | None = None,
+        *,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[SecretRecord]:
+        """One user's records, of one server or of all, in (server, key) order, in one query.
+
+        With ``after``, only those past that (server, key); with ``limit``, at most that many.
+        """
         ...
 
     def count_secrets(self, username: str | None = None) -> int:

@@ -655,15 +655,36 @@ class MongoStore:
                 "a standalone MongoDB server has no transactions to make both at once"
             ) from None
 
-    def find_secrets(self, username: str, server: str | None = None) -> list[SecretRecord]:
-        """One user's records, of one server or of all, in (server, key) order, in one query."""
-        selector = {"username": _text("username", username)}
+    def find_secrets(
+        self,
+        username: str,
+        server: str | None = None,
+        *,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[SecretRecord]:
+        """One user's records, of one server or of all, in (server, key) order, in one query.
+
+        With ``after``, only those past that (server, key); with ``limit``, at most that many: a page read
+        from the (username, server, key) index, however many records the user holds.
+        """
+        if limit is not None and limit < 1:  # pymongo reads 0 as no limit at all
+            return []
+        selector: Document = {"username": _text("username", username)}
         if server is not None:
             selector["server"] = _text("server", server)
-        documents = _read(
-            self._secrets,
-            lambda secrets: secrets.find(selector, {"_id": False}).sort([("server", 1), ("key", 1)]),
-        )
+        if after is not None:
+            past_server, past_key = (
+                _text(field, name) for field, name in zip(("server", "key"), after, strict=True)
+            )
+            past = [{"server": {"$gt": past_server}}, {"server": past_server, "key": {"$gt": past_key}}]
+            selector = {"$and": [selector, {"$or": past}]}
+
+        def query(secrets: Collection[Any]) -> Cursor[Any]:
+            found: Cursor[Any] = secrets.find(selector, {"_id": False}).sort([("server", 1), ("key", 1)])
+            return found if limit is None else found.limit(limit)
+
+        documents = _read(self._secrets, query)
         return [_secret(document) for document in documents]
 
     def count_secrets(self, username: str | None = None) -> int:

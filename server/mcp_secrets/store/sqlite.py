@@ -759,16 +759,34 @@ class SQLiteStore:
 
         return self._run(delete)
 
-    def find_secrets(self, username: str, server: str | None = None) -> list[SecretRecord]:
-        """One user's records, of one server or of all, in (server, key) order, in one query."""
-        params: tuple[str, ...]
+    def find_secrets(
+        self,
+        username: str,
+        server: str | None = None,
+        *,
+        after: tuple[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[SecretRecord]:
+        """One user's records, of one server or of all, in (server, key) order, in one query.
+
+        With ``after``, only those past that (server, key); with ``limit``, at most that many: a page read
+        from the primary key, however many records the user holds.
+        """
+        params: tuple[str | int, ...]
         if server is None:
             query, params = "WHERE username = ?", (username,)
         else:
             query, params = "WHERE username = ? AND server = ?", (username, server)
+        if after is not None:
+            query, params = f"{query} AND (server, key) > (?, ?)", (*params, *after)
+        if limit is not None:
+            # A negative limit is no limit to SQLite.
+            query, params = f"{query} ORDER BY server, key LIMIT ?", (*params, max(limit, 0))
+        else:
+            query = f"{query} ORDER BY server, key"
         rows = self._run(
             lambda connection: connection.execute(
-                f"SELECT {_SECRET_COLUMNS} FROM user_secrets {query} ORDER BY server, key",  # noqa: S608 - fixed SQL
+                f"SELECT {_SECRET_COLUMNS} FROM user_secrets {query}",  # noqa: S608 - fixed SQL
                 params,
             ).fetchall()
         )
