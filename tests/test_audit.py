@@ -464,6 +464,7 @@ def test_sqlite_file_with_the_trail_indexed_by_insertion_gets_it_indexed_by_time
     with closing(sqlite3.connect(path)) as connection, connection:
         connection.execute("DROP INDEX audit_events_actor_time")
         connection.execute("DROP INDEX audit_events_time")
+        connection.execute("DROP INDEX audit_events_actor_server_time")
         connection.execute("CREATE INDEX audit_events_actor ON audit_events (actor, id)")
 
     SQLiteStore(path).close()
@@ -472,4 +473,8 @@ def test_sqlite_file_with_the_trail_indexed_by_insertion_gets_it_indexed_by_time
         indexes = connection.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'audit_events' ORDER BY name"
         ).fetchall()
-    assert indexes == [("audit_events_actor_time",), ("audit_events_time",)]
+    assert indexes == [
+        ("audit_events_actor_server_time",),
+        ("audit_events_actor_time",),
+        ("audit_events_time",),
+    ]

@@ -407,11 +407,13 @@ class MongoStore:
         _ensure_index(self._secrets, _RECORD_KEYS, "username_server_key_unique", {"unique": True})
         _ensure_index(self._tokens, [("token_hash", 1)], "token_hash_unique", {"unique": True})
         _ensure_index(self._tokens, [("token_id", 1)], "token_id_unique", {"unique": True})
+        # A user's tokens are read at each new session and listen stream, to count only those of live ones.
+        _ensure_index(self._tokens, [("username", 1)], "username")
         _ensure_index(self._links, [("link_hash", 1)], "link_hash_unique", {"unique": True})
         _ensure_index(self._links, [("username", 1), ("expires_at", 1)], "username_expires_at")
-        # One index per filter the trail is read by (one user, one server, none), each ending in the
-        # listing's sort, so a page of the newest events reads that page and sorts nothing.
-        for prefix in (["actor"], ["server"], []):
+        # One index per filter the trail is read by (one user, one server, one user's of one server, none),
+        # each ending in the listing's sort, so a page of the newest events reads that page and sorts nothing.
+        for prefix in (["actor"], ["server"], ["actor", "server"], []):
             keys = [(field, 1) for field in prefix] + [("at", -1), ("_id", -1)]
             _ensure_index(self._events, keys, "_".join([*prefix, "at", "id"]))
         if "actor_at" in self._events.index_information():  # made by earlier versions; now a prefix
@@ -1018,9 +1020,9 @@ _RECORD_KEYS: IndexKeys = [("username", 1), ("server", 1), ("key", 1)]
 # The indexes the store makes, by collection: made without a collation, they show the collection's default.
 _OWN_INDEXES = {
     SECRETS_COLLECTION: frozenset({"username_server_key_unique"}),
-    TOKENS_COLLECTION: frozenset({"token_hash_unique", "token_id_unique"}),
+    TOKENS_COLLECTION: frozenset({"token_hash_unique", "token_id_unique", "username"}),
     LINKS_COLLECTION: frozenset({"link_hash_unique", "username_expires_at", "expires_at_ttl"}),
-    EVENTS_COLLECTION: frozenset({"actor_at_id", "server_at_id", "at_id"}),
+    EVENTS_COLLECTION: frozenset({"actor_at_id", "server_at_id", "actor_server_at_id", "at_id"}),
 }
 # The keys of its unique indexes, whatever their names: a duplicate of these is the store's own to settle
 # (two upserts of one record racing) or to report as any other fault.

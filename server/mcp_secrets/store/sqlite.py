@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS api_tokens (
     revoked_at TEXT,
     label      TEXT NOT NULL DEFAULT ''
 );
+CREATE INDEX IF NOT EXISTS api_tokens_username ON api_tokens (username);
 CREATE TABLE IF NOT EXISTS audit_events (
     id        INTEGER PRIMARY KEY,
     at        TEXT NOT NULL,
@@ -66,6 +67,7 @@ CREATE TABLE IF NOT EXISTS audit_events (
 );
 CREATE INDEX IF NOT EXISTS audit_events_actor_time ON audit_events (actor, julianday(at));
 CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events (julianday(at));
+CREATE INDEX IF NOT EXISTS audit_events_actor_server_time ON audit_events (actor, server, julianday(at));
 DROP INDEX IF EXISTS audit_events_actor;
 CREATE TABLE IF NOT EXISTS entry_links (
     link_hash  TEXT PRIMARY KEY,
