@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import base64
 import errno
+import gc
 import getpass
 import io
 import json
@@ -15,7 +16,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import closing
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -41,11 +42,12 @@ from conftest import (
     isolated_env,
     new_canary,
 )
+from mcp_secrets import cli, terminal
 from mcp_secrets.bootstrap import MAX_KEY_FILE_BYTES
 from mcp_secrets.cli import _getpass, _read_value, build_parser
 from mcp_secrets.crypto import generate_master_key
 from mcp_secrets.errors import InvalidInputError
-from mcp_secrets.store import UNCONFIRMED
+from mcp_secrets.store import UNCONFIRMED, AuditEvent, SecretUse
 from mcp_secrets.store.sqlite import SQLiteStore
 from mcp_secrets.tokens import TOKEN_PREFIX
 
@@ -2787,3 +2789,42 @@ def test_a_listing_that_cannot_be_written_fails_in_one_line(
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+def test_audit_prints_a_long_trail_as_it_reads_it_holding_a_page_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A million events took 750 MB before the first line was printed.
+    path = tmp_path / "secrets.db"
+    store = SQLiteStore(path)
+    at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    events = [
+        AuditEvent(at + timedelta(seconds=n), f"user{n % 3}", "used", "github", "K") for n in range(900)
+    ]
+    store.record_uses([SecretUse(event.actor, "github", ("K",), event) for event in events])
+    store.close()
+    monkeypatch.setenv("MCP_SECRETS_DATABASE_URL", f"sqlite:///{path}")
+    monkeypatch.setattr(cli, "AUDIT_PAGE", 50)
+    most = [0]
+    shown: list[str] = []
+
+    def counting(lines: Iterable[str]) -> None:
+        for line in lines:
+            shown.append(line)
+            if len(shown) % 100 == 0:
+                most[0] = max(most[0], sum(type(thing) is AuditEvent for thing in gc.get_objects()))
+
+    monkeypatch.setattr(cli, "write_out", counting)
+    monkeypatch.setattr(terminal, "write_out", counting)
+    gc.collect()
+    held = sum(type(thing) is AuditEvent for thing in gc.get_objects())  # the test's own
+
+    assert cli.main(["audit", "--limit", "10000", "--json"]) == 0
+    printed_json, shown[:] = list(shown), []
+    assert cli.main(["audit", "--limit", "10000"]) == 0
+
+    assert most[0] - held <= 50 + 1
+    assert [json.loads(line)["at"] for line in printed_json] == [e.at.isoformat() for e in reversed(events)]
+    assert len(shown) == 1 + len(events)
+    assert shown[0].startswith("TIME (UTC)")
+    assert shown[1].startswith("2026-01-01 00:14:59  user2  used")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -3166,3 +3167,37 @@ def test_mongo_stores_errors_carry_no_replaced_error_whatever_kind_of_method_rai
         Store().read()
     assert refused.value.__context__ is None
     assert_not_leaked(refused.value, canary)
+
+
+def _live_events() -> int:
+    return sum(type(thing) is AuditEvent for thing in gc.get_objects())
+
+
+def test_iter_events_lists_what_list_events_does_a_page_at_a_time_holding_one_page(
+    store: SecretStore,
+) -> None:
+    # `audit --limit 1000000` held every event at once: 750 MB, and ten times that for the whole trail.
+    events = [
+        AuditEvent(T0 + timedelta(milliseconds=index // 3), f"user{index % 4}", "used", f"s{index % 2}", "K")
+        for index in range(600)  # three to a millisecond: the order within one must hold across pages
+    ]
+    store.record_uses([SecretUse(event.actor, event.server, ("K",), event) for event in events])
+    gc.collect()
+    before = _live_events()
+    seen, most = [], 0
+    for index, event in enumerate(store.iter_events(None, None, 10_000, page=7)):
+        seen.append(event.to_json())
+        if index % 50 == 0:
+            most = max(most, _live_events() - before)
+
+    assert most <= 7 + 1
+    assert seen == [event.to_json() for event in store.list_events(None, None, 10_000)]
+    for actor, server, limit in (
+        ("user1", None, 40),
+        (None, "s0", 1000),
+        ("user2", "s0", 15),
+        ("nobody", None, 5),
+    ):
+        assert list(store.iter_events(actor, server, limit, page=4)) == store.list_events(
+            actor, server, limit
+        )

@@ -7,6 +7,7 @@ stored names may hold anything, so every cell is escaped before a terminal sees 
 from __future__ import annotations
 
 import errno
+import itertools
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,20 +30,31 @@ def printable(text: str) -> str:
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
-def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+def print_table(header: Sequence[str], rows: Iterable[Sequence[str]], *, block: int | None = None) -> None:
     """A plain table on stdout, its cells escaped, each column as wide as its widest cell.
 
     Two spaces always separate the columns: a gateway use names several keys, and a fixed width
-    let a long cell run into the next one.
+    let a long cell run into the next one. With ``block``, rows are printed as they come, that many at
+    a time, each column as wide as its widest cell so far: a long listing is never held whole.
     """
-    shown = [[printable(cell) for cell in row] for row in (header, *rows)]
-    widths = [max(map(len, column)) for column in zip(*shown, strict=True)]
-    lines = []
-    for row in shown:
-        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths[:-1], strict=True)]
-        line = "  ".join([*cells, row[-1]])
-        lines.append(line if row[-1] else line.rstrip())
-    write_out(lines)
+    widths = [0] * len(header)
+    pending = iter(rows)
+    first = [header]
+    while True:
+        shown = [[printable(cell) for cell in row] for row in (*first, *itertools.islice(pending, block))]
+        if not shown:
+            break
+        columns = zip(*shown, strict=True)
+        widths = [max(width, *map(len, column)) for width, column in zip(widths, columns, strict=True)]
+        lines = []
+        for row in shown:
+            cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths[:-1], strict=True)]
+            line = "  ".join([*cells, row[-1]])
+            lines.append(line if row[-1] else line.rstrip())
+        write_out(lines)
+        if block is None or len(shown) < block + len(first):
+            break
+        first = []
 
 
 def write_out(lines: Iterable[str]) -> None:

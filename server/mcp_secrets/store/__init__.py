@@ -328,6 +328,15 @@ class SecretStore(Protocol):
         """The newest events first, of one actor and one server when given."""
         ...
 
+    def iter_events(
+        self, actor: str | None = None, server: str | None = None, limit: int = 50, *, page: int = 1000
+    ) -> Iterator[AuditEvent]:
+        """``list_events``, read ``page`` events at a time: however many are asked for, a page is held.
+
+        Each page is a query of its own, going on after the last event of the one before.
+        """
+        ...
+
     def count_events(self, before: datetime) -> int:
         """How many events of the audit trail, of every actor, happened before ``before``."""
         ...

@@ -751,6 +751,37 @@ class MongoStore:
         )
         return [_event(document) for document in documents]
 
+    def iter_events(
+        self, actor: str | None = None, server: str | None = None, limit: int = 50, *, page: int = 1000
+    ) -> Iterator[AuditEvent]:
+        """``list_events``, read ``page`` events at a time, each page a query of its own: memory stays flat.
+
+        A page goes on after the last (``at``, ``_id``) of the one before, from the listing's indexes.
+        """
+        selector: Document = {}
+        if actor is not None:
+            selector["actor"] = _text("actor", actor)
+        if server is not None:
+            selector["server"] = _text("server", server)
+        left, last = max(limit, 0), None
+        while left:
+            query = selector
+            if last is not None:
+                past = [{"at": {"$lt": last["at"]}}, {"at": last["at"], "_id": {"$lt": last["_id"]}}]
+                query = {"$and": [selector, {"$or": past}]}
+            size = min(max(page, 1), left)
+
+            def page_of(events: Collection[Any], query: Document = query, size: int = size) -> Cursor[Any]:
+                found: Cursor[Any] = events.find(query).sort([("at", -1), ("_id", -1)]).limit(size)
+                return found
+
+            documents = _read(self._events, page_of)
+            yield from (_event(document) for document in documents)
+            if len(documents) < size:
+                return
+            left -= len(documents)
+            last = documents[-1]
+
     def count_events(self, before: datetime) -> int:
         """How many events of the audit trail, of every actor, happened before ``before``."""
         with _available(EVENTS_COLLECTION):

@@ -869,6 +869,51 @@ class SQLiteStore:
         )
         return [_event(row) for row in rows]
 
+    def iter_events(
+        self, actor: str | None = None, server: str | None = None, limit: int = 50, *, page: int = 1000
+    ) -> Iterator[AuditEvent]:
+        """``list_events``, read ``page`` events at a time, each page a query of its own: memory stays flat.
+
+        A page goes on after the last event of the one before, by the listing's order (its time, then its
+        text and id within a millisecond), from the same indexes, rather than skip what came before.
+        """
+        conditions, params = [], []
+        if actor is not None:
+            conditions.append("actor = ?")
+            params.append(actor)
+        if server is not None:
+            conditions.append("server = ?")
+            params.append(server)
+        left = max(limit, 0)
+        last: Sequence[object] | None = None
+        while left:
+            after: list[str] = []
+            if last is not None:
+                after = [
+                    "julianday(at) <= ?",
+                    "NOT (julianday(at) = ? AND (at > ? OR (at = ? AND id >= ?)))",
+                ]
+            where = " AND ".join([*conditions, *after])
+            bounds = () if last is None else (last[0], last[0], last[1], last[1], last[2])
+            size = min(max(page, 1), left)
+            query = (
+                f"SELECT julianday(at), at, id, {_EVENT_COLUMNS} FROM audit_events "  # noqa: S608
+                f"{'WHERE ' + where if where else ''} ORDER BY {_NEWEST_FIRST} LIMIT ?"
+            )
+            arguments = (*params, *bounds, size)
+
+            def read(
+                connection: sqlite3.Connection, query: str = query, arguments: tuple[object, ...] = arguments
+            ) -> list[Sequence[object]]:
+                return connection.execute(query, arguments).fetchall()
+
+            rows = self._run(read)
+            yield from (_event(row[3:]) for row in rows)
+            if len(rows) < size:
+                return
+            left -= len(rows)
+            last = rows[-1][:3]
+
     def count_events(self, before: datetime) -> int:
         """How many events of the audit trail, of every actor, happened before ``before``."""
         return int(
