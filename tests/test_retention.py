@@ -439,3 +439,24 @@ def test_a_sqlite_prune_leaves_no_part_of_the_wal_it_wrote_to_the_servers_on_the
         store.close()
     # The server's one event is all the WAL holds: the prune's batch went into the database, by the prune.
     assert frames <= 4
+
+
+def test_a_sqlite_batch_of_many_events_is_deleted_in_short_transactions(tmp_path: Path) -> None:
+    # A batch of 100,000 held the write lock for 3 s: a server's set_secret waited as long.
+    from mcp_secrets.store.sqlite import DELETES_PER_TRANSACTION, SQLiteStore  # noqa: PLC0415 - SQLite only
+
+    store = SQLiteStore(tmp_path / "secrets.db")
+    events = 2 * DELETES_PER_TRANSACTION + 1
+    old = AuditEvent(NOW - timedelta(days=200), "alice", "used")
+    store.record_uses([SecretUse("alice", "github", ("TOKEN",), old)] * events)
+    kept: list[int] = []
+    statements: list[str] = []
+    store._connection.set_trace_callback(statements.append)
+    try:
+        deleted = store.delete_events(NOW - KEEP, events, lambda batch: kept.append(len(batch)))
+    finally:
+        store._connection.set_trace_callback(None)
+        store.close()
+
+    assert (deleted, kept) == (events, [events])  # kept as one batch, as it was asked for
+    assert statements.count("BEGIN IMMEDIATE") == 3

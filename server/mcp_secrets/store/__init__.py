@@ -347,8 +347,8 @@ class SecretStore(Protocol):
         """Delete up to ``limit`` events from before ``before``, first written first; return how many.
 
         ``keep``, when given, receives the events before they are deleted; if it raises,
-        none of them is. Each call's write is short (one SQLite transaction; one
-        ``delete_many`` on MongoDB), so a large prune, as a loop of calls, never holds the
+        none of them is. Each call's write is short (SQLite transactions of at most 5,000
+        deletes; one ``delete_many`` on MongoDB), so a large prune, as a loop of calls, never holds the
         store for long. A delete that fails after ``keep`` (wholly, or on MongoDB part way)
         leaves events that the next call hands to ``keep`` again: kept twice, never lost.
         """

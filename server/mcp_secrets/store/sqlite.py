@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sqlite3
@@ -363,6 +364,8 @@ _BEFORE = "julianday(at) < julianday(?)"
 _NEWEST_FIRST = "julianday(at) DESC, at DESC, id DESC"
 
 
+# Events a prune deletes per transaction, whatever its batch size: the write lock is held for tens of ms.
+DELETES_PER_TRANSACTION = 5000
 # How long a prune's checkpoint waits for other connections' readers and writer before it copies what it can.
 _CHECKPOINT_WAIT_MS = 100
 
@@ -943,19 +946,26 @@ class SQLiteStore:
         if keep is not None:
             keep([_event(row[1:]) for row in rows])
 
-        def delete(connection: sqlite3.Connection) -> int:
+        def delete(connection: sqlite3.Connection, ids: list[tuple[object, str | None]]) -> int:
             # SQLite hands a deleted row's id to the next insert: a prune running alongside may have
             # deleted these rows already, and a new event taken one of their ids. Its time tells it apart.
-            cut_off = _iso(before)
             with _transaction(connection):
                 deleted = connection.executemany(
                     f"DELETE FROM audit_events WHERE id = ? AND {_BEFORE}",  # noqa: S608
-                    [(row[0], cut_off) for row in rows],
+                    ids,
                 ).rowcount
             _checkpoint(connection)
             return deleted
 
-        return self._run(delete)
+        cut_off = _iso(before)
+        ids = [(row[0], cut_off) for row in rows]
+        # A transaction of a few thousand deletes at most, however large the batch: each holds the write lock
+        # (a batch of 100,000 held it 3 s, and a server's writes waited). Failing part way, the rest of the
+        # batch stays, and the next call keeps it again: kept twice, never lost.
+        return sum(
+            self._run(functools.partial(delete, ids=ids[start : start + DELETES_PER_TRANSACTION]))
+            for start in range(0, len(ids), DELETES_PER_TRANSACTION)
+        )
 
     def scan_secrets(self, after: tuple[str, str, str] | None, limit: int) -> list[SecretRecord]:
         """Up to ``limit`` records of all users, in (username, server, key) order, after ``after``."""
