@@ -193,7 +193,8 @@ class SecretKeyList(BaseModel):
     servers: list[ServerSecretsStatus] = Field(default_factory=list)
     next_cursor: str | None = Field(
         default=None,
-        description=f"Set when more keys follow the {KEYS_PER_LISTING} of this answer: pass it as `cursor`.",
+        description=f"Given when more keys follow the {KEYS_PER_LISTING} of this answer (absent on the last "
+        "page): pass it as `cursor`.",
     )
 
 
@@ -812,12 +813,9 @@ def _add_list_tools(
         needs = [f"- {st.server} still needs: {', '.join(st.missing)}" for st in servers if st.missing]
         if needs:
             text += "\nDownstream servers missing secrets:\n" + "\n".join(needs)
-        listing = {
-            "username": username,
-            "keys": entries,
-            "servers": [st.model_dump() for st in servers],
-            "next_cursor": next_cursor,
-        }
+        listing = {"username": username, "keys": entries, "servers": [st.model_dump() for st in servers]}
+        if next_cursor:  # absent on the last page, as MCP's own nextCursor: a client validates no more
+            listing["next_cursor"] = next_cursor
         return _result(text, listing)
 
     @mcp.tool(
