@@ -386,6 +386,18 @@ def _checkpoint(connection: sqlite3.Connection) -> None:
         connection.execute(f"PRAGMA busy_timeout = {waits}")
 
 
+def _event_filter(actor: str | None, server: str | None) -> tuple[list[str], list[str]]:
+    """The conditions (and their parameters) that pick the events of one actor and one server, when given."""
+    conditions, params = [], []
+    if actor is not None:
+        conditions.append("actor = ?")
+        params.append(actor)
+    if server is not None:
+        conditions.append("server = ?")
+        params.append(server)
+    return conditions, params
+
+
 def _check_writable(connection: sqlite3.Connection, path: Path) -> None:
     """Refuse a file SQLite opened for reading only (its mode, a read-only filesystem): said at the start.
 
@@ -852,13 +864,7 @@ class SQLiteStore:
         self, actor: str | None = None, server: str | None = None, limit: int = 50
     ) -> list[AuditEvent]:
         """The newest events first, of one actor and one server when given."""
-        conditions, params = [], []
-        if actor is not None:
-            conditions.append("actor = ?")
-            params.append(actor)
-        if server is not None:
-            conditions.append("server = ?")
-            params.append(server)
+        conditions, params = _event_filter(actor, server)
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         # Newest first by time, as MongoDB lists them, not as written: a use is written a moment after it,
         # by a background writer, and another process's change made meanwhile may be written first. Times
@@ -880,13 +886,7 @@ class SQLiteStore:
         A page goes on after the last event of the one before, by the listing's order (its time, then its
         text and id within a millisecond), from the same indexes, rather than skip what came before.
         """
-        conditions, params = [], []
-        if actor is not None:
-            conditions.append("actor = ?")
-            params.append(actor)
-        if server is not None:
-            conditions.append("server = ?")
-            params.append(server)
+        conditions, params = _event_filter(actor, server)
         left = max(limit, 0)
         last: Sequence[object] | None = None
         while left:
