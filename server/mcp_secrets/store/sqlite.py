@@ -368,16 +368,24 @@ _NEWEST_FIRST = "julianday(at) DESC, at DESC, id DESC"
 DELETES_PER_TRANSACTION = 5000
 # How long a prune's checkpoint waits for other connections' readers and writer before it copies what it can.
 _CHECKPOINT_WAIT_MS = 100
+# WAL frames (pages) past which a prune's checkpoint also starts the WAL over: ten times SQLite's own
+# automatic checkpoint, about 40 MB.
+_RESTART_FRAMES = 10_000
 
 
 def _checkpoint(connection: sqlite3.Connection) -> None:
-    """Copy the WAL into the database now, and have the next write start the WAL over: after a prune's batch.
+    """Copy the WAL into the database now, after a prune's batch; start the WAL over once it has grown.
 
     A batch rewrites thousands of index pages. Left to SQLite's automatic checkpoint, that copy fell to
     whichever connection committed next, often a server's, under the lock all its calls wait on (another
-    user's get_secrets waited 1.3 s), and with a server reading all along the WAL was never started over:
-    it grew to four times the database. Waiting only briefly: past that, it copies what it can (PASSIVE).
+    user's get_secrets waited 1.3 s). The copy (PASSIVE) takes no lock a writer waits for. Starting the WAL
+    over (RESTART) does, while it waits for readers: done after every batch of a long prune, it kept a
+    serving server's writes out past their busy timeout. So only once the WAL has grown, which with a
+    server reading all along it otherwise did to four times the database; and waiting only briefly.
     """
+    _, frames, _ = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    if frames < _RESTART_FRAMES:
+        return
     waits = connection.execute("PRAGMA busy_timeout").fetchone()[0]
     connection.execute(f"PRAGMA busy_timeout = {min(waits, _CHECKPOINT_WAIT_MS)}")
     try:
