@@ -3154,6 +3154,13 @@ def test_mongo_stores_errors_carry_no_replaced_error_whatever_kind_of_method_rai
             except ValueError:
                 raise StoreUnavailableError("the store is unavailable") from None
 
+        def pages(self) -> Iterator[int]:  # as iter_events: its errors come as it is iterated
+            yield 1
+            try:
+                int(canary)
+            except ValueError:
+                raise StoreUnavailableError("the store is unavailable") from None
+
         @staticmethod
         def parse(text: str) -> int:
             return int(text)
@@ -3167,6 +3174,12 @@ def test_mongo_stores_errors_carry_no_replaced_error_whatever_kind_of_method_rai
         Store().read()
     assert refused.value.__context__ is None
     assert_not_leaked(refused.value, canary)
+    pages = Store().pages()
+    assert next(pages) == 1
+    with pytest.raises(StoreUnavailableError) as refused_later:
+        next(pages)
+    assert refused_later.value.__context__ is None
+    assert_not_leaked(refused_later.value, canary)
 
 
 def _live_events() -> int:

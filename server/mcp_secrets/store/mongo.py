@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext, suppress
@@ -318,6 +319,21 @@ def _without_hidden_context(method: Callable[_P, T]) -> Callable[_P, T]:
     a unique index refused, or the document a write sent. Within the ``except`` or ``with`` that caught
     it nothing else can drop it, so it is dropped here, where nothing is being handled.
     """
+    if inspect.isgeneratorfunction(method):  # its errors come as it is iterated, after the call returned
+        generator = cast("Callable[_P, Iterator[Any]]", method)
+
+        @functools.wraps(method)
+        def iterate(*args: _P.args, **kwargs: _P.kwargs) -> Iterator[Any]:
+            try:
+                return (yield from generator(*args, **kwargs))
+            except SecretsError as exc:
+                if not exc.__suppress_context__:
+                    raise
+                error = exc
+            error.__context__ = None
+            raise error
+
+        return cast("Callable[_P, T]", iterate)
 
     @functools.wraps(method)
     def call(*args: _P.args, **kwargs: _P.kwargs) -> T:
