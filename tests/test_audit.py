@@ -391,6 +391,31 @@ async def test_list_secret_events_refuses_a_limit_out_of_range(secrets: Secrets)
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("limit", ["5", True, "1e1", [5], {"n": 5}])
+async def test_list_secret_events_refuses_a_limit_that_is_not_a_json_number(
+    secrets: Secrets, limit: object
+) -> None:
+    # Pydantic's lax mode would read "5" as 5 and true as 1: a call its schema (an integer) does not allow.
+    async with client_of(secrets, "alice") as alice:
+        result = await alice.call_tool("list_secret_events", {"limit": limit})
+
+    assert result.is_error
+    assert "limit" in result.content[0].text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("limit", [5, 5.0])
+async def test_list_secret_events_takes_a_whole_number_limit_however_json_spells_it(
+    secrets: Secrets, limit: float
+) -> None:
+    # JSON Schema counts 5.0 as an integer, and some clients cannot tell 5 from 5.0.
+    async with client_of(secrets, "alice") as alice:
+        listed = await call(alice, "list_secret_events", limit=limit)
+
+    assert listed["events"] == []
+
+
+@pytest.mark.anyio
 async def test_list_secret_keys_shows_last_used_at_once_a_secret_is_used(secrets: Secrets) -> None:
     async with client_of(secrets, "alice") as alice:
         await call(alice, "set_secret", server="github", key="TOKEN", value=new_canary())

@@ -94,6 +94,13 @@ def _none_as_all(value: object) -> object:
     return "" if value is None else value
 
 
+def _json_number(value: object) -> object:
+    """Refuse what pydantic's lax mode would read as a number: "5" as 5, true as 1. 5.0 stays whole."""
+    if isinstance(value, (bool, str)):
+        raise ValueError("must be a number")  # noqa: TRY004 - pydantic reports a ValueError as the field's
+    return value
+
+
 # A plain `str` on purpose: the SDK JSON-decodes string arguments of any other type, which would
 # turn a server named "null" into None ("all servers"). Empty (or null) means all servers.
 ServerFilter = Annotated[
@@ -827,6 +834,7 @@ def _add_list_tools(
         server: ServerFilter = "",
         limit: Annotated[
             int,
+            BeforeValidator(_json_number),
             Field(
                 description="How many events, newest first (1 to 1000).",
                 json_schema_extra={"minimum": 1, "maximum": 1000},
