@@ -2828,3 +2828,20 @@ def test_audit_prints_a_long_trail_as_it_reads_it_holding_a_page_at_a_time(
     assert len(shown) == 1 + len(events)
     assert shown[0].startswith("TIME (UTC)")
     assert shown[1].startswith("2026-01-01 00:14:59  user2  used")
+
+
+# --- counts in the commands' summaries ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [("verify",), ("rotate",), ("rotate", "--dry-run")])
+def test_a_store_of_one_record_is_said_to_have_one_record_scanned(
+    env: dict[str, str], command: tuple[str, ...]
+) -> None:
+    stored = set_from_stdin(env, new_canary() + "\n", "github", "TOKEN", "--user", "alice")
+    assert stored.returncode == 0, stored.stderr
+
+    done = mcp_secrets_cli(env, *command)
+
+    assert done.returncode == 0, done.stderr
+    assert "1 record scanned;" in done.stderr
+    assert "records scanned" not in done.stderr

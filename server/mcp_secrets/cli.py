@@ -319,7 +319,7 @@ def _rotate(args: argparse.Namespace) -> int:
     verb = "would re-encrypt" if args.dry_run else "re-encrypted"
     what = "legacy records" if only_legacy else "records"
     say(
-        f"{report.scanned} records scanned; {verb} {report.rewrapped} {what} to key {report.active_key_id} "
+        f"{_scanned(report.scanned)}; {verb} {report.rewrapped} {what} to key {report.active_key_id} "
         f"({keys.source}); {report.already_current} left as they were; "
         f"{report.changed_meanwhile} changed meanwhile; {len(report.failed)} failed."
     )
@@ -344,11 +344,15 @@ def _verify(args: argparse.Namespace) -> int:
     order = sorted(report.readable, key=lambda key_id: (key_id != active, key_id == LEGACY_KEY_ID, key_id))
     under = ", ".join(f"{report.readable[key_id]} under {_key_named(key_id, active)}" for key_id in order)
     readable = f"{report.readable.total()} decrypt" + (f" ({under})" if under else "")
-    say(f"{report.scanned} records scanned; {readable}; {len(report.failed)} do not.")
+    say(f"{_scanned(report.scanned)}; {readable}; {len(report.failed)} do not.")
     _say_records("does not decrypt", report.failed)
     if report.failed and not report.readable:
         say(f"None decrypts: are these the master keys this store was written with ({keys.source})?")
     return EXIT_ERROR if report.failed else 0
+
+
+def _scanned(count: int) -> str:
+    return f"{count} record scanned" if count == 1 else f"{count} records scanned"
 
 
 def _key_named(key_id: str, active: str) -> str:
@@ -367,11 +371,11 @@ def _find_unreadable_legacy(secrets: Secrets, batch_size: int) -> int:
     with progress_bar() as progress:
         report = rotate(secrets, only_legacy=True, dry_run=True, batch_size=batch_size, on_progress=progress)
     if not report.failed:
-        say(f"{report.scanned} records scanned; none is in the legacy format: nothing to migrate.")
+        say(f"{_scanned(report.scanned)}; none is in the legacy format: nothing to migrate.")
         _say_unreadable(report)
         return 0
     say(
-        f"{report.scanned} records scanned; {len(report.failed)} in the legacy format cannot be read; "
+        f"{_scanned(report.scanned)}; {len(report.failed)} in the legacy format cannot be read; "
         "none re-encrypted."
     )
     _say_failures(report)
