@@ -427,6 +427,14 @@ def test_list_tokens_of_one_user_leaves_out_the_others(store: SecretStore) -> No
     assert store.list_tokens("carol") == []
 
 
+def test_has_tokens_is_true_once_any_token_is_stored_revoked_or_not(store: SecretStore) -> None:
+    assert store.has_tokens() is False
+    store.put_token(_token("t1", "alice", T0))
+    store.revoke_token("t1", T1)
+
+    assert store.has_tokens() is True
+
+
 def test_revoke_token_succeeds_once_and_the_record_stays_findable(store: SecretStore) -> None:
     store.put_token(_token("t1"))
     store.put_token(_token("t2"))
@@ -1420,6 +1428,7 @@ STORE_READS: dict[str, Callable[[MongoStore], object]] = {
     "find_token": lambda store: store.find_token("hash"),
     "find_token_by_id": lambda store: store.find_token_by_id("t1"),
     "list_tokens": lambda store: store.list_tokens(),
+    "has_tokens": lambda store: store.has_tokens(),
     "find_link": lambda store: store.find_link("hash"),
     "count_live_links": lambda store: store.count_live_links("alice", T0),
 }

@@ -268,11 +268,12 @@ class ApiTokens:
         return {record.token_id for record in self.store.list_tokens(username) if is_live(record, now)}
 
     def has_any(self) -> bool:
-        """True once any token, live or revoked, exists."""
-        try:
-            return bool(self.store.list_tokens())
-        except UnreadableRecordError:
-            return True  # one that cannot be read is still a token: the server starts, offering no new one
+        """True once any token, live or revoked, exists.
+
+        Read from one row, which is not decoded: one that another tool left unreadable is still a token,
+        so a server starts over it, offering no new one.
+        """
+        return self.store.has_tokens()
 
 
 def _revoked_before(record: TokenRecord | None, now: datetime) -> bool:

@@ -390,6 +390,10 @@ class SecretStore(Protocol):
         """Every token record (of one user, when given), oldest first."""
         ...
 
+    def has_tokens(self) -> bool:
+        """Whether any token record, revoked or not, is stored: one row is read, and none is decoded."""
+        ...
+
     def revoke_token(self, token_id: str, now: datetime) -> TokenRecord | None:
         """Mark a live token revoked, and return its record as revoked; None when no live token has this id.
 

@@ -924,6 +924,10 @@ class MongoStore:
         )
         return [_token(document) for document in documents]
 
+    def has_tokens(self) -> bool:
+        """Whether any token record, revoked or not, is stored: one document is read, by its ``_id`` alone."""
+        return bool(_read(self._tokens, lambda tokens: tokens.find({}, {"_id": True}).limit(1)))
+
     def revoke_token(self, token_id: str, now: datetime) -> TokenRecord | None:
         """Mark a live token revoked; its record as revoked, or None when no live token has this id."""
         with self._writing(TOKENS_COLLECTION):

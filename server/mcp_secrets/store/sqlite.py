@@ -1072,6 +1072,11 @@ class SQLiteStore:
         )
         return [_token(row) for row in rows]
 
+    def has_tokens(self) -> bool:
+        """Whether any token record, revoked or not, is stored: one row is read, and none is decoded."""
+        row = self._run(lambda connection: connection.execute("SELECT 1 FROM api_tokens LIMIT 1").fetchone())
+        return row is not None
+
     def revoke_token(self, token_id: str, now: datetime) -> TokenRecord | None:
         """Mark a live token revoked; its record as revoked, or None when no live token has this id."""
 
