@@ -773,3 +773,14 @@ def test_a_failing_change_listener_fails_no_write(
     assert "listener broke" in caplog.text
     leaked = canary in caplog.text  # a bare bool: the log is not shown
     assert not leaked
+
+
+@pytest.mark.parametrize("field", ["server", "key"])
+def test_stored_keys_refuses_a_bad_name_naming_its_field_alone(secrets: Secrets, field: str) -> None:
+    bad = f"{new_canary()}/"
+    asked = (bad, "TOKEN") if field == "server" else ("github", bad)
+
+    with pytest.raises(InvalidInputError, match=f"^{field} must be") as raised:
+        secrets.stored_keys("alice", [("github", "TOKEN"), asked])
+
+    assert_not_leaked(raised.value, bad)

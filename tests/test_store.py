@@ -394,6 +394,46 @@ def test_reads_racing_the_recording_of_uses_see_whole_records(store: SecretStore
     assert {record.last_used_at for record in store.find_secrets("alice", "github")} == {last}
 
 
+def test_stored_keys_are_those_asked_for_that_the_user_holds(store: SecretStore) -> None:
+    for username, server, key in [
+        ("alice", "github", "TOKEN"),
+        ("alice", "github", "OTHER"),
+        ("alice", "slack", "TOKEN"),
+        ("bob", "linear", "TOKEN"),
+    ]:
+        store.put_secret(username, server, key, "ciphertext", T0)
+    asked = [("github", "TOKEN"), ("github", "MISSING"), ("slack", "TOKEN"), ("linear", "TOKEN")]
+
+    assert store.stored_keys("alice", asked) == {("github", "TOKEN"), ("slack", "TOKEN")}
+    assert store.stored_keys("bob", asked) == {("linear", "TOKEN")}
+    assert store.stored_keys("carol", asked) == set()
+    assert store.stored_keys("alice", []) == set()
+
+
+def test_stored_keys_asked_for_by_the_thousand_are_all_answered(store: SecretStore) -> None:
+    # More than SQLite's oldest bound of 999 parameters a statement.
+    for index in range(0, 1500, 3):
+        store.put_secret("alice", "big", f"KEY_{index:04d}", "ciphertext", T0)
+
+    stored = store.stored_keys("alice", [("big", f"KEY_{index:04d}") for index in range(1500)])
+
+    assert stored == {("big", f"KEY_{index:04d}") for index in range(0, 1500, 3)}
+
+
+def test_sqlite_finds_stored_keys_by_primary_key(sqlite_store: SQLiteStore) -> None:
+    # Rather than the user's every record: 11,000 of them for one user of a team's store.
+    statements: list[str] = []
+    sqlite_store._connection.set_trace_callback(statements.append)
+    sqlite_store.stored_keys("alice", [("github", "TOKEN"), ("github", "OTHER"), ("slack", "TOKEN")])
+    sqlite_store._connection.set_trace_callback(None)
+
+    selects = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT")]
+    assert selects
+    for sql in selects:
+        plan = sqlite_store._connection.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()
+        assert any("USING PRIMARY KEY (username=? AND server=? AND key=?)" in step[3] for step in plan), plan
+
+
 # --- tokens, on every backend ---------------------------------------------------------------------
 
 
@@ -1423,6 +1463,7 @@ def test_mongo_store_refuses_unacknowledged_writes_before_sending_any_command() 
 STORE_READS: dict[str, Callable[[MongoStore], object]] = {
     "find_secrets": lambda store: store.find_secrets("alice"),
     "count_secrets": lambda store: store.count_secrets("alice"),
+    "stored_keys": lambda store: store.stored_keys("alice", [("github", "TOKEN")]),
     "scan_secrets": lambda store: store.scan_secrets(None, 10),
     "list_events": lambda store: store.list_events("alice"),
     "find_token": lambda store: store.find_token("hash"),

@@ -391,6 +391,12 @@ class Secrets:
             for record in self.store.find_secrets(username, server, after=after, limit=limit)
         ]
 
+    def stored_keys(self, username: str, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of ``keys``, (server, key) pairs, one user has stored; only those records are looked up."""
+        validate_username(username)
+        wanted = {(validate_name("server", server), validate_name("key", key)) for server, key in keys}
+        return self.store.stored_keys(username, wanted) if wanted else set()
+
     def unconfigured_key_ids(self, count: int = KEY_ID_SAMPLE) -> list[str]:
         """The key ids, sorted, of the records at each end of the store that no configured master key reads.
 

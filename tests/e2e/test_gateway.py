@@ -2843,6 +2843,36 @@ async def test_list_secret_keys_shows_each_servers_required_and_missing_keys(
     ]
 
 
+def test_what_each_server_misses_is_read_from_its_required_keys_alone(
+    sqlite_secrets: Secrets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every key of the user was read at each list_secret_keys: 37 ms and 7 MB for a user of 11,000 keys.
+    nowhere = f"http://127.0.0.1:{free_port()}/mcp"
+    servers = {
+        "down": {"url": nowhere, "headers": {"Authorization": "Bearer ${secret:TOKEN}"}},
+        "other": {"url": nowhere, "headers": {"X-Key": "${secret:API_KEY}", "X-Region": "${secret:REGION}"}},
+    }
+    for index in range(20):
+        sqlite_secrets.set_secret("alice", "down", f"UNUSED_{index:02d}", "v")
+        sqlite_secrets.set_secret("alice", f"elsewhere-{index:02d}", "TOKEN", "v")
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("alice"))
+    sqlite_secrets.set_secret("alice", "other", "REGION", "eu-west-1")
+    path = tmp_path / "servers.json"
+    path.write_text(json.dumps({"mcpServers": servers}), encoding="utf-8")
+    gateway = Gateway(load_gateway_config(path), sqlite_secrets)
+
+    def every_record(*_: object, **__: object) -> list[object]:
+        raise AssertionError("the status read whole listings of records")
+
+    monkeypatch.setattr(sqlite_secrets.store, "find_secrets", every_record)
+    statuses = gateway.status("alice")
+
+    assert [(status.server, status.required, status.missing) for status in statuses] == [
+        ("down", ["TOKEN"], []),
+        ("other", ["API_KEY", "REGION"], ["API_KEY"]),
+    ]
+
+
 async def test_a_downstream_that_cannot_be_reached_is_logged_as_a_warning_with_its_cause(
     sqlite_secrets: Secrets, tmp_path: Path, caplog: pytest.LogCaptureFixture, canary: str
 ) -> None:

@@ -211,18 +211,22 @@ class Gateway:
         return parts is not None and parts[0] in self.config.servers
 
     def status(self, username: str) -> list[ServerStatus]:
-        """For each configured server, the required keys ``username`` has not stored (blocking)."""
-        stored: dict[str, set[str]] = {}
-        for info in self.secrets.list_secret_keys(username):
-            stored.setdefault(info.server, set()).add(info.key)
+        """For each configured server, the required keys ``username`` has not stored (blocking).
+
+        Only the required keys are looked up: the user's other records, thousands perhaps, are not read.
+        """
+        servers = self.config.servers
+        stored = self.secrets.stored_keys(
+            username, [(name, key) for name, server in servers.items() for key in server.required]
+        )
         return [
             ServerStatus(
                 server=name,
                 description=server.spec.description,
                 required=sorted(server.required),
-                missing=sorted(server.required - stored.get(name, set())),
+                missing=sorted(key for key in server.required if (name, key) not in stored),
             )
-            for name, server in self.config.servers.items()
+            for name, server in servers.items()
         ]
 
     async def list_tools(self, username: str) -> list[Tool]:

@@ -305,6 +305,10 @@ class SecretStore(Protocol):
         """
         ...
 
+    def stored_keys(self, username: str, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of ``keys``, (server, key) pairs, ``username`` has stored: found by name, values unread."""
+        ...
+
     def count_secrets(self, username: str | None = None) -> int:
         """How many records the store holds, of one user or (None) of all."""
         ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -704,6 +704,29 @@ class MongoStore:
 
         documents = _read(self._secrets, query)
         return [_secret(document) for document in documents]
+
+    def stored_keys(self, username: str, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of ``keys``, (server, key) pairs, ``username`` has stored: found by name, values unread.
+
+        One query, each server's clause of it searching the (username, server, key) index alone.
+        """
+        by_server: dict[str, list[str]] = {}
+        for server, key in keys:
+            by_server.setdefault(_text("server", server), []).append(_text("key", key))
+        if not by_server:
+            return set()
+        user = _text("username", username)
+        selector = {
+            "$or": [
+                {"username": user, "server": server, "key": {"$in": names}}
+                for server, names in by_server.items()
+            ]
+        }
+        documents = _read(
+            self._secrets,
+            lambda secrets: secrets.find(selector, {"_id": False, "server": True, "key": True}),
+        )
+        return {(document["server"], document["key"]) for document in documents}
 
     def count_secrets(self, username: str | None = None) -> int:
         """How many records the store holds, of one user or (None) of all."""

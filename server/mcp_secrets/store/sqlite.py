@@ -9,7 +9,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -94,6 +94,9 @@ _LINK_COLUMNS = (
 _TOKEN_COLUMNS = "token_id, username, token_hash, created_at, expires_at, revoked_at, label"  # noqa: S105 - column names
 BUSY_TIMEOUT_SECONDS = 10.0
 # How often a batch of uses tries again while another process holds the lock: as SQLite's busy handler does.
+# Keys looked up by one statement of stored_keys, beside its username and server: SQLite before 3.32 takes
+# at most 999 parameters.
+_KEYS_PER_STATEMENT = 500
 _FIRST_PAUSE_SECONDS = 0.001
 _LAST_PAUSE_SECONDS = 0.025
 _SQLITE_BUSY = 5
@@ -816,6 +819,30 @@ class SQLiteStore:
             ).fetchall()
         )
         return [_secret(row) for row in rows]
+
+    def stored_keys(self, username: str, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of ``keys``, (server, key) pairs, ``username`` has stored: found by name, values unread.
+
+        One statement per server, whose keys the primary key finds: a user's other records are not read.
+        """
+        by_server: dict[str, list[str]] = {}
+        for server, key in keys:
+            by_server.setdefault(server, []).append(key)
+
+        def look_up(connection: sqlite3.Connection) -> set[tuple[str, str]]:
+            found: set[tuple[str, str]] = set()
+            for server, names in by_server.items():
+                for start in range(0, len(names), _KEYS_PER_STATEMENT):
+                    chunk = names[start : start + _KEYS_PER_STATEMENT]
+                    rows = connection.execute(
+                        "SELECT key FROM user_secrets WHERE username = ? AND server = ? "  # noqa: S608 - fixed SQL
+                        f"AND key IN ({', '.join('?' * len(chunk))})",
+                        (username, server, *chunk),
+                    ).fetchall()
+                    found.update((server, row[0]) for row in rows)
+            return found
+
+        return self._run(look_up) if by_server else set()
 
     def count_secrets(self, username: str | None = None) -> int:
         """How many records the store holds, of one user or (None) of all."""
