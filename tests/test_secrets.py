@@ -784,3 +784,33 @@ def test_stored_keys_refuses_a_bad_name_naming_its_field_alone(secrets: Secrets,
         secrets.stored_keys("alice", [("github", "TOKEN"), asked])
 
     assert_not_leaked(raised.value, bad)
+
+
+def test_a_listing_goes_on_a_page_at_a_time_from_each_pages_next_cursor(secrets: Secrets) -> None:
+    stored = [("github", "A"), ("github", "B"), ("linear", "A"), ("slack", "Z"), ("slack", "ZZ")]
+    for server, key in stored:
+        secrets.set_secret("alice", server, key, "v")
+    secrets.set_secret("bob", "github", "AA", "v")
+
+    pages, cursor = [], ""
+    while True:
+        page = secrets.list_key_page("alice", cursor=cursor, limit=2)
+        pages.append([(info.server, info.key) for info in page.keys])
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+
+    assert pages == [stored[:2], stored[2:4], stored[4:]]
+    exactly_a_page = secrets.list_key_page("alice", "github", limit=2)
+    assert [info.key for info in exactly_a_page.keys] == ["A", "B"]
+    assert exactly_a_page.next_cursor is None
+    assert secrets.list_key_page("alice", "slack", "github/Q", limit=2).next_cursor is None
+    assert [info.key for info in secrets.list_key_page("alice", "github", "github/A", limit=2).keys] == ["B"]
+
+
+@pytest.mark.parametrize("cursor", ["github", "github/", "/A", "a/b/c", "a b/A", None, ["github", "A"]])
+def test_a_cursor_not_of_server_and_key_is_refused_without_quoting_it(secrets: Secrets, cursor: Any) -> None:
+    with pytest.raises(InvalidInputError) as raised:
+        secrets.list_key_page("alice", cursor=cursor)
+
+    assert str(raised.value) == "cursor must be the next_cursor of an earlier answer, as server/key"

@@ -57,7 +57,15 @@ from mcp_secrets.gateway import Gateway, set_log_level
 from mcp_secrets.gateway.changes import LISTENING_USER
 from mcp_secrets.identity import Identity, api_token_id
 from mcp_secrets.offload import run_store_work
-from mcp_secrets.secrets import MAX_VALUE_BYTES, NAME_PATTERN, SecretKeyInfo, Secrets, validate_name
+from mcp_secrets.secrets import (
+    CURSOR_PATTERN,
+    KEYS_PER_LISTING,
+    MAX_VALUE_BYTES,
+    NAME_PATTERN,
+    SecretKeyInfo,
+    Secrets,
+    validate_name,
+)
 from mcp_secrets.session_quota import OpenStreams
 from mcp_secrets.stdio import serve_stdio
 from mcp_secrets.store import SecretStore
@@ -112,12 +120,6 @@ ServerFilter = Annotated[
     ),
 ]
 KEY_ARG = Field(description="Name of the secret, e.g. 'GITHUB_TOKEN'.", json_schema_extra=NAME_SCHEMA)
-# Keys in one answer of list_secret_keys: as many as a user may keep by default, so that only a deployment
-# that raises MCP_SECRETS_MAX_SECRETS_PER_USER sees a second page. 10,000 keys were 2.3 MB in one answer,
-# 690,000 characters of text for the model, read on the event loop while every other call waited.
-KEYS_PER_LISTING = 1000
-# A cursor is the last (server, key) a page showed, as `server/key`: no name holds a '/'.
-CURSOR_PATTERN = f"^({NAME_PATTERN}/{NAME_PATTERN})?$"
 
 
 class SecretChange(BaseModel):
@@ -225,18 +227,6 @@ def _key_entry(info: SecretKeyInfo) -> dict[str, str | None]:
         "updated_at": _json_time(info.updated_at),
         "last_used_at": None if used is None else _json_time(used),
     }
-
-
-def _after(cursor: str) -> tuple[str, str] | None:
-    """The (server, key) a listing's ``cursor`` goes on after; None for the first page."""
-    if not cursor:
-        return None
-    server, _, key = cursor.partition("/")
-    try:
-        return validate_name("server", server), validate_name("key", key)
-    except SecretsError:
-        # Not quoted, as no argument is: a cursor is the next_cursor of an earlier answer, `server/key`.
-        raise ToolError("cursor must be the next_cursor of an earlier answer, as server/key") from None
 
 
 def _minute(json_time: str | None) -> str:
@@ -792,22 +782,17 @@ def _add_list_tools(
         At most 1000 keys an answer, in server and key order; next_cursor then says where to go on.
         """
         username = _caller(identity, ctx)
-        after = _after(cursor)
-        infos = await _run(
-            lambda: secrets.list_secret_keys(
-                username, server or None, after=after, limit=KEYS_PER_LISTING + 1
-            ),
+        page = await _run(
+            lambda: secrets.list_key_page(username, server or None, cursor, limit=KEYS_PER_LISTING),
             secrets.store,
         )
-        more = len(infos) > KEYS_PER_LISTING
-        del infos[KEYS_PER_LISTING:]
+        infos, next_cursor = page.keys, page.next_cursor
         statuses = [] if gateway is None else await _run(lambda: gateway.status(username), secrets.store)
         entries = [_key_entry(info) for info in infos]
         scope = f" for server {server}" if server else ""
         lines = [_key_line(entry) for entry in entries]
-        shown = f"{len(entries)} secret(s){scope}" + (f" (after {cursor})" if after else "")
+        shown = f"{len(entries)} secret(s){scope}" + (f" (after {cursor})" if cursor else "")
         text = f"{shown} stored for {username}" + (":\n" + "\n".join(lines) if lines else ".")
-        next_cursor = f"{infos[-1].server}/{infos[-1].key}" if more else None
         if next_cursor:
             text += f"\nMore follow: call list_secret_keys again with cursor {next_cursor}."
         servers = [

@@ -1,8 +1,9 @@
 """The original design's REST API, on the same bearer tokens and the same rules as the tools.
 
 ``POST /secrets/set`` takes ``{server, key, value, action}`` (action save, update
-or delete) and ``GET /secrets[?server=…]`` lists the caller's key names. No
-answer ever holds a value. ``GET /openapi.json`` documents both.
+or delete) and ``GET /secrets[?server=…][&cursor=…]`` lists the caller's key names,
+1,000 an answer, as the ``list_secret_keys`` tool does. No answer ever holds a value.
+``GET /openapi.json`` documents both.
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ from mcp_secrets import __version__
 from mcp_secrets.errors import InvalidInputError, SecretNotFoundError, SecretsError, StoreUnavailableError
 from mcp_secrets.offload import run_store_work
 from mcp_secrets.request_body import read_body
-from mcp_secrets.secrets import MAX_NAME_LENGTH, MAX_VALUE_BYTES, NAME_PATTERN, NAME_RULE, Secrets
+from mcp_secrets.secrets import (
+    CURSOR_PATTERN,
+    KEYS_PER_LISTING,
+    MAX_NAME_LENGTH,
+    MAX_VALUE_BYTES,
+    NAME_PATTERN,
+    NAME_RULE,
+    Secrets,
+)
 from mcp_secrets.store import SecretStore
 
 # Room for a value at its limit however a JSON encoder escapes it (a control character as \u0001: six bytes
@@ -140,6 +149,20 @@ async def _read_set_request(request: Request) -> SetSecretRequest | JSONResponse
     return payload
 
 
+def _listing_query(request: Request) -> tuple[str | None, str] | JSONResponse:
+    """The server (None for all) and cursor of ``GET /secrets``, or the 400 that says why they are refused."""
+    # As a body's unknown field is: ?sever=github must not list every server's keys.
+    if unknown := sorted(set(request.query_params) - {"server", "cursor"}):
+        named = _named([], unknown, "parameter(s)")
+        return _error(400, "invalid_input", f"unknown query parameters: {named}")
+    # Starlette takes the last of two: a proxy reading the first would check or log another listing.
+    for name in ("server", "cursor"):
+        if len(request.query_params.getlist(name)) > 1:
+            return _error(400, "invalid_input", f"{name} given more than once")
+    # Empty means every server, as it does for the list_secret_keys tool (and ``?server=`` of a form).
+    return request.query_params.get("server") or None, request.query_params.get("cursor", "")
+
+
 def _username(request: Request) -> str:
     user = request.scope["user"]
     assert isinstance(user, AuthenticatedUser)  # noqa: S101 - RequireAuthMiddleware let it through
@@ -186,18 +209,16 @@ def rest_routes(secrets: Secrets, public_url: str | None = None) -> list[Route]:
 
     async def list_keys(request: Request) -> Response:
         username = _username(request)
-        # As a body's unknown field is: ?sever=github must not list every server's keys.
-        if unknown := sorted(set(request.query_params) - {"server"}):
-            named = _named([], unknown, "parameter(s)")
-            return _error(400, "invalid_input", f"unknown query parameters: {named}")
-        # Starlette takes the last of two: a proxy reading the first would check or log another listing.
-        if len(request.query_params.getlist("server")) > 1:
-            return _error(400, "invalid_input", "server given more than once")
-        # Empty means every server, as it does for the list_secret_keys tool (and ``?server=`` of a form).
-        server = request.query_params.get("server") or None
-        infos = await _call(secrets.store, lambda: secrets.list_secret_keys(username, server))
-        if isinstance(infos, JSONResponse):
-            return infos
+        query = _listing_query(request)
+        if isinstance(query, JSONResponse):
+            return query
+        server, cursor = query
+        # A page at a time, as the tool: 11,000 keys were one body of 1.5 MB, read while other calls waited.
+        page = await _call(
+            secrets.store, lambda: secrets.list_key_page(username, server, cursor, limit=KEYS_PER_LISTING)
+        )
+        if isinstance(page, JSONResponse):
+            return page
         keys = [
             {
                 "server": info.server,
@@ -205,10 +226,15 @@ def rest_routes(secrets: Secrets, public_url: str | None = None) -> list[Route]:
                 "created_at": info.created_at.isoformat(),
                 "updated_at": info.updated_at.isoformat(),
             }
-            for info in infos
+            for info in page.keys
         ]
+        listing: dict[str, Any] = {"username": username, "keys": keys}
+        # In the body, as the tool's: a Link header's URL would point outside a proxy's path prefix unless
+        # --public-url were given. Absent on the last page, so that a listing within one page is as it was.
+        if page.next_cursor:
+            listing["next_cursor"] = page.next_cursor
         # A caching proxy may key by URL alone, Authorization aside: a listing is the caller's only.
-        return JSONResponse({"username": username, "keys": keys}, headers={"Cache-Control": "no-store"})
+        return JSONResponse(listing, headers={"Cache-Control": "no-store"})
 
     async def openapi(_: Request) -> Response:
         return Response(served, media_type="application/json")
@@ -338,7 +364,9 @@ OPENAPI: dict[str, Any] = {
         "/secrets": {
             "get": {
                 "summary": "List the caller's secret names and timestamps, never values",
-                "description": "Any other query parameter, or server given twice, is refused (400).",
+                "description": f"At most {KEYS_PER_LISTING} keys an answer, in server and key order; "
+                "next_cursor, given when more follow, is the cursor of the next answer. Any other query "
+                "parameter, or server or cursor given twice, is refused (400).",
                 "parameters": [
                     {
                         "name": "server",
@@ -351,24 +379,43 @@ OPENAPI: dict[str, Any] = {
                             "pattern": f"^({NAME_PATTERN})?$",
                             "maxLength": MAX_NAME_LENGTH,
                         },
-                    }
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "allowEmptyValue": True,
+                        "description": "Where to go on from: the next_cursor of an earlier answer, "
+                        "server/key; the first keys when omitted or empty.",
+                        "schema": {
+                            "type": "string",
+                            "pattern": CURSOR_PATTERN,
+                            "maxLength": 2 * MAX_NAME_LENGTH + 1,
+                        },
+                    },
                 ],
                 "responses": {
                     "200": _json(
-                        "The caller's keys",
+                        f"The caller's keys, {KEYS_PER_LISTING} at most",
                         {
                             "type": "object",
                             "properties": {
                                 "username": _STRING,
                                 "keys": {"type": "array", "items": _KEY_INFO},
+                                "next_cursor": {
+                                    "type": "string",
+                                    "pattern": f"^{NAME_PATTERN}/{NAME_PATTERN}$",
+                                    "description": f"Given when more keys follow the {KEYS_PER_LISTING} of "
+                                    "this answer (absent on the last): pass it as cursor.",
+                                },
                             },
                             "required": ["username", "keys"],
                         },
                         headers={"Cache-Control": {"required": True, "schema": {"const": "no-store"}}},
                     ),
                     "400": _json(
-                        "Invalid input: the message names the parameter, never its value; "
-                        "OAuth form for two Authorization headers",
+                        "Invalid input: the message names the parameter, never its value (a cursor not "
+                        "server/key included); OAuth form for two Authorization headers",
                         _EITHER_FORM,
                     ),
                     "401": _UNAUTHORISED,

@@ -45,6 +45,15 @@ LISTING_FLUSH_SECONDS = 1.0  # how long a listing waits for pending uses before 
 # Also published in the tools' input schemas, anchored there: JSON Schema regexes are not.
 NAME_PATTERN = r"[A-Za-z0-9_.\-]{1,128}"
 _NAME = re.compile(NAME_PATTERN)
+# Keys in one page of a listing (list_secret_keys, GET /secrets): as many as a user may keep by default, so
+# that only a deployment that raises MCP_SECRETS_MAX_SECRETS_PER_USER sees a second page. 10,000 keys were
+# 2.3 MB in one answer of the tool, 690,000 characters of text for the model, read on the event loop while
+# every other call waited.
+KEYS_PER_LISTING = 1000
+# A listing's cursor is the last (server, key) a page showed, as `server/key`: no name holds a '/'.
+CURSOR_PATTERN = f"^({NAME_PATTERN}/{NAME_PATTERN})?$"
+# Not quoted, as no input is: a cursor is the next_cursor of an earlier answer.
+CURSOR_RULE = "cursor must be the next_cursor of an earlier answer, as server/key"
 # '|' for OIDC subjects such as Auth0's (auth0|5f7c…, samlp|Customer1|…); a shell would read it as a pipe,
 # so a command printed for a user quotes the username. No other shell, path or URL syntax.
 _USERNAME = re.compile(r"[A-Za-z0-9_.@|\-]{1,128}")
@@ -65,6 +74,19 @@ def validate_name(field: str, name: object) -> str:
     if type(name) is not str or not _NAME.fullmatch(name):
         raise InvalidInputError(f"{field} must be {NAME_RULE}")
     return name
+
+
+def _after(cursor: object) -> tuple[str, str] | None:
+    """The (server, key) a listing's ``cursor`` goes on after; None for the first page."""
+    if cursor == "":
+        return None
+    if type(cursor) is not str:
+        raise InvalidInputError(CURSOR_RULE)
+    server, _, key = cursor.partition("/")
+    try:
+        return validate_name("server", server), validate_name("key", key)
+    except InvalidInputError:
+        raise InvalidInputError(CURSOR_RULE) from None
 
 
 def _validate_event_texts(**texts: object) -> None:
@@ -107,6 +129,14 @@ class SecretKeyInfo:
     created_at: datetime
     updated_at: datetime
     last_used_at: datetime | None = None
+
+
+@dataclass
+class SecretKeyPage:
+    """A page of a listing of keys, and the cursor of the next one: None on the last."""
+
+    keys: list[SecretKeyInfo]
+    next_cursor: str | None
 
 
 @dataclass(frozen=True)
@@ -390,6 +420,19 @@ class Secrets:
             )
             for record in self.store.find_secrets(username, server, after=after, limit=limit)
         ]
+
+    def list_key_page(
+        self, username: str, server: str | None = None, cursor: str = "", *, limit: int = KEYS_PER_LISTING
+    ) -> SecretKeyPage:
+        """At most ``limit`` keys of ``list_secret_keys``, those after ``cursor`` (the first page when empty).
+
+        A cursor is the last ``server/key`` a page showed, ``next_cursor`` when more follow: any such
+        name, whether an answer gave it or not, is a place to go on from.
+        """
+        infos = self.list_secret_keys(username, server, after=_after(cursor), limit=limit + 1)
+        more = len(infos) > limit
+        del infos[limit:]
+        return SecretKeyPage(infos, f"{infos[-1].server}/{infos[-1].key}" if more else None)
 
     def stored_keys(self, username: str, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of ``keys``, (server, key) pairs, one user has stored; only those records are looked up."""

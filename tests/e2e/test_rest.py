@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -24,8 +25,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import SchemaValidator
+from mcp_secrets.crypto import SecretEncryptor, parse_master_key
 from mcp_secrets.rest import MAX_BODY_BYTES
 from mcp_secrets.secrets import MAX_VALUE_BYTES
+from mcp_secrets.store.sqlite import SQLiteStore
 
 from .conftest import POLL_INTERVAL, STARTUP_POLLS, Deployment, create_token, legacy_sse_messages_path
 
@@ -45,8 +48,10 @@ class Rest:
         headers = {**self.headers, "Content-Type": "application/json"}
         return self.http.post(f"{self.deployment.base_url}/secrets/set", headers=headers, content=content)
 
-    def list(self, server: str | None = None) -> httpx2.Response:
+    def list(self, server: str | None = None, cursor: str | None = None) -> httpx2.Response:
         params = {} if server is None else {"server": server}
+        if cursor is not None:
+            params["cursor"] = cursor
         return self.http.get(f"{self.deployment.base_url}/secrets", headers=self.headers, params=params)
 
     def keys(self, server: str | None = None) -> list[tuple[str, str]]:
@@ -201,6 +206,116 @@ async def test_an_empty_server_lists_every_server_as_the_tools_do(
     by_tool = [(entry["server"], entry["key"]) for entry in listed.structured_content["keys"]]
     assert alice.keys("") == by_tool
     assert {(server, "TOKEN"), (other, "TOKEN")} <= set(by_tool)
+
+
+def seed(deployment: Deployment, username: str, pairs: list[tuple[str, str]]) -> None:
+    """Store ``pairs`` for ``username`` straight into the deployment's store, past the per-user limit."""
+    encryptor = SecretEncryptor([parse_master_key(deployment.env["MCP_SECRETS_MASTER_KEY"])])
+    store = SQLiteStore(deployment.data_dir / "secrets.db")
+    now = datetime.now(timezone.utc)
+    try:
+        for server, key in pairs:
+            value = encryptor.encrypt(_random.token_urlsafe(24), username=username, server=server, key=key)
+            store.put_secret(username, server, key, value, now)
+    finally:
+        store.close()
+
+
+def pairs_of(listing: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(entry["server"], entry["key"]) for entry in listing["keys"]]
+
+
+@pytest.mark.anyio
+async def test_a_listing_of_more_keys_than_a_page_goes_on_with_its_next_cursor_as_the_tool_does(
+    streamable_http_deployment, http: httpx2.Client
+) -> None:
+    # 11,000 keys were one body of 1.5 MB, read in 0.36-0.48 s while every other call of the server waited.
+    username = f"pager-{_random.token_hex(4)}"
+    stored = [("alpha", f"KEY_{index:04d}") for index in range(1500)] + [("beta", "TOKEN")]
+    seed(streamable_http_deployment, username, stored)
+    rest = Rest(streamable_http_deployment, http, streamable_http_deployment.token(username))
+    document = http.get(f"{streamable_http_deployment.base_url}/openapi.json").json()
+
+    first = rest.list()
+    second = rest.list(cursor=first.json().get("next_cursor", ""))
+    one_server = rest.list("alpha", cursor="alpha/KEY_0999")
+    async with streamable_http_deployment.connect(username) as client:
+        by_tool = await client.call_tool("list_secret_keys", {})
+
+    assert [answer.status_code for answer in (first, second, one_server)] == [200] * 3
+    assert [len(answer.json()["keys"]) for answer in (first, second)] == [1000, 501]
+    assert pairs_of(first.json()) + pairs_of(second.json()) == stored
+    assert first.json()["next_cursor"] == "alpha/KEY_0999"
+    assert "next_cursor" not in second.json()
+    assert pairs_of(one_server.json()) == stored[1000:1500]
+    assert "next_cursor" not in one_server.json()
+    assert by_tool.structured_content is not None
+    assert pairs_of(by_tool.structured_content) == pairs_of(first.json())
+    assert by_tool.structured_content["next_cursor"] == first.json()["next_cursor"]
+    for answer in (first, second, one_server):
+        _documented(document, "/secrets", "get", answer)
+
+
+def test_a_listing_within_a_page_is_the_whole_list_as_before_without_a_cursor(
+    alice: Rest, server: str
+) -> None:
+    for key in ("A", "B"):
+        assert alice.set(server=server, key=key, value="v").status_code == 200
+
+    listed = alice.list(server)
+
+    assert listed.status_code == 200
+    assert set(listed.json()) == {"username", "keys"}
+    assert pairs_of(listed.json()) == [(server, "A"), (server, "B")]
+
+
+@pytest.mark.anyio
+async def test_a_cursor_no_answer_handed_out_is_taken_as_where_to_go_on_from_as_the_tool_takes_it(
+    streamable_http_deployment, alice: Rest, server: str
+) -> None:
+    # A cursor is the last server/key a page showed: one of another deployment, or typed, is a place too.
+    for key in ("A", "B", "C"):
+        assert alice.set(server=server, key=key, value="v").status_code == 200
+
+    listed = alice.list(server, cursor=f"{server}/AA")
+    async with streamable_http_deployment.connect("alice") as client:
+        by_tool = await client.call_tool("list_secret_keys", {"server": server, "cursor": f"{server}/AA"})
+
+    assert listed.status_code == 200, listed.text
+    assert pairs_of(listed.json()) == [(server, "B"), (server, "C")]
+    assert by_tool.structured_content is not None
+    assert pairs_of(by_tool.structured_content) == pairs_of(listed.json())
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "cursor", ["github", "github/", "/TOKEN", "a/b/c", "{canary} x/TOKEN", "github/{canary}!"]
+)
+async def test_a_malformed_cursor_is_400_as_the_tool_refuses_it_without_quoting_it(
+    streamable_http_deployment, alice: Rest, canary: str, cursor: str
+) -> None:
+    cursor = cursor.replace("{canary}", canary)
+
+    answer = alice.list(cursor=cursor)
+    async with streamable_http_deployment.connect("alice") as client:
+        by_tool = await client.call_tool("list_secret_keys", {"cursor": cursor})
+
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "error": "invalid_input",
+        "message": "cursor must be the next_cursor of an earlier answer, as server/key",
+    }
+    assert by_tool.is_error
+    assert answer.json()["message"] in str(by_tool.content)
+    assert canary not in answer.text
+
+
+def test_a_cursor_given_twice_in_the_query_is_400_rather_than_the_last_one_taken(alice: Rest) -> None:
+    url = f"{alice.deployment.base_url}/secrets"
+    answer = alice.http.get(url, headers=alice.headers, params=[("cursor", "a/B"), ("cursor", "a/C")])
+
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "invalid_input", "message": "cursor given more than once"}
 
 
 def test_delete_of_a_missing_key_is_404(alice: Rest, server: str) -> None:
@@ -660,6 +775,8 @@ LISTING_QUERIES = {
     "value-as-the-server": [("server", "{canary} x")],
     "value-as-a-server-too-long-for-a-name": [("server", "{canary}" + "x" * 128)],
     "server-twice": [("server", "s"), ("server", "{canary}!")],
+    "value-as-the-cursor": [("cursor", "{canary}")],
+    "value-in-a-cursor": [("server", "s"), ("cursor", "s/{canary}!")],
 }
 
 
@@ -675,6 +792,20 @@ def test_a_value_sent_in_a_listings_query_by_mistake_is_not_logged(
     assert answer.status_code in {400, 404}
     log = alice.deployment.log()
     assert f"GET {path}?" in log, "the access log must show the request for this check to mean anything"
+    assert canary not in log
+
+
+def test_a_listings_cursor_is_left_out_of_the_access_log_as_any_query_but_a_server_alone(
+    alice: Rest, server: str, canary: str
+) -> None:
+    # Taken, as any server/key is: a client that sent a value of name characters there sent it by mistake.
+    withheld = alice.deployment.log().count("GET /secrets?… ")
+
+    answer = alice.list(server, cursor=f"{server}/{canary}")
+
+    assert answer.status_code == 200, answer.text
+    log = alice.deployment.log()
+    assert log.count("GET /secrets?… ") == withheld + 1
     assert canary not in log
 
 
@@ -919,9 +1050,32 @@ def test_a_server_the_openapi_document_allows_in_a_listing_is_taken_and_any_othe
 ) -> None:
     rest = Rest(streamable_http_deployment, http, streamable_http_deployment.token("carol"))
     document = http.get(f"{rest.deployment.base_url}/openapi.json").json()
-    (parameter,) = document["paths"]["/secrets"]["get"]["parameters"]
+    [parameter] = [
+        each for each in document["paths"]["/secrets"]["get"]["parameters"] if each["name"] == "server"
+    ]
     allowed = SchemaValidator(parameter["schema"]).is_valid(server)
 
     answer = rest.list(server)
 
     assert answer.status_code == (200 if allowed else 400), (server, answer.text)
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(cursor=st.one_of(st.tuples(_NAMES, _NAMES).map("/".join), _NAMES))
+def test_a_cursor_the_openapi_document_allows_in_a_listing_is_taken_and_any_other_refused(
+    streamable_http_deployment, http, cursor: str
+) -> None:
+    rest = Rest(streamable_http_deployment, http, streamable_http_deployment.token("carol"))
+    document = http.get(f"{rest.deployment.base_url}/openapi.json").json()
+    [parameter] = [
+        each for each in document["paths"]["/secrets"]["get"]["parameters"] if each["name"] == "cursor"
+    ]
+    allowed = SchemaValidator(parameter["schema"]).is_valid(cursor)
+
+    answer = rest.list(cursor=cursor)
+
+    assert answer.status_code == (200 if allowed else 400), (cursor, answer.text)
