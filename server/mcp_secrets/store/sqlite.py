@@ -93,10 +93,10 @@ _LINK_COLUMNS = (
 )
 _TOKEN_COLUMNS = "token_id, username, token_hash, created_at, expires_at, revoked_at, label"  # noqa: S105 - column names
 BUSY_TIMEOUT_SECONDS = 10.0
-# How often a batch of uses tries again while another process holds the lock: as SQLite's busy handler does.
 # Keys looked up by one statement of stored_keys, beside its username and server: SQLite before 3.32 takes
 # at most 999 parameters.
 _KEYS_PER_STATEMENT = 500
+# How often a batch of uses tries again while another process holds the lock: as SQLite's busy handler does.
 _FIRST_PAUSE_SECONDS = 0.001
 _LAST_PAUSE_SECONDS = 0.025
 _SQLITE_BUSY = 5
