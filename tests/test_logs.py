@@ -98,7 +98,7 @@ def test_a_client_hang_up_the_sdk_logs_as_an_error_is_one_info_line_and_other_er
         [sys.executable, "-c", HANG_UP, "INFO"], capture_output=True, text=True, timeout=60, check=True
     )
 
-    lines = [line.split(" ", 2)[2] for line in done.stderr.splitlines() if line.startswith("20")]
+    lines = [line.split(" ", 1)[1] for line in done.stderr.splitlines() if line.startswith("20")]
     assert lines == [
         "INFO mcp.server.streamable_http: a client went away before its request body was read",
         "ERROR mcp.server.streamable_http: Error handling POST request",
@@ -154,7 +154,7 @@ def test_a_failed_accept_for_want_of_descriptors_is_one_line_not_one_traceback_p
         stdout, stderr = server.communicate(timeout=60)
 
     assert int(stdout) < 40  # the descriptors did run out
-    lines = [line.split(" ", 2)[2] for line in stderr.splitlines() if line.startswith("20")]
+    lines = [line.split(" ", 1)[1] for line in stderr.splitlines() if line.startswith("20")]
     failed = "new connections wait: accept() failed (Too many open files); logged at most once a minute"
     assert lines == [f"ERROR asyncio: {failed}"]
     assert "Traceback" not in stderr
@@ -199,7 +199,7 @@ def test_what_a_downstream_sent_is_withheld_from_the_sdk_client_sides_log_lines(
     done = run_script(DOWNSTREAM_TEXT, tmp_path, canary, level)
 
     assert_no_fragment_of(canary, done.stderr)
-    lines = [line.split(" ", 2)[2] for line in done.stderr.splitlines() if line[:4].isdigit()]
+    lines = [line.split(" ", 1)[1] for line in done.stderr.splitlines() if line[:4].isdigit()]
     assert lines == [
         "WARNING client: dropping tool '…': invalid x-mcp-header (…)",
         "ERROR mcp.client.streamable_http: Unexpected content type: …",
@@ -311,3 +311,29 @@ def test_say_to_a_stderr_that_cannot_be_written_drops_the_message_and_goes_on(
     logs.say("\r[###] 1/2 records", end="")
 
     assert not logs.stderr_is_a_terminal()
+
+
+LOG_AT_A_KNOWN_TIME = """
+import logging
+from mcp_secrets.logs import configure_logging
+
+configure_logging("INFO")
+record = logging.LogRecord("mcp_secrets.web", logging.INFO, __file__, 1, "listening", None, None)
+record.created, record.msecs = 1_800_000_000.25, 250.0  # 2027-01-15 08:00:00.250 UTC
+print(logging.getLogger().handlers[0].format(record))
+"""
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Pacific/Kiritimati"])
+def test_log_lines_carry_their_time_in_utc_whatever_the_machines_time_zone(zone: str, tmp_path: Path) -> None:
+    # In local time, a line would say nothing of its zone, and the hour a daylight saving change repeats
+    # would repeat in the log.
+    path = tmp_path / "logging_script.py"
+    path.write_text(LOG_AT_A_KNOWN_TIME, encoding="utf-8")
+    env = {"PATH": "/usr/bin:/bin", "TZ": zone}
+
+    done = subprocess.run(
+        [sys.executable, str(path)], capture_output=True, text=True, timeout=60, check=True, env=env
+    )
+
+    assert done.stdout == "2027-01-15T08:00:00.250Z INFO mcp_secrets.web: listening\n"

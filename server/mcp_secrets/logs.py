@@ -34,7 +34,10 @@ URL_LOGGERS = ("httpx", "httpx2")
 # The SDK's HTTP client transports warn of a redirect they do not follow by its URL, whose path may hold
 # a gateway secret (some services put a key there); the gateway logs such a failure itself, redacted.
 CLIENT_TRANSPORT_LOGGERS = ("mcp.client.streamable_http", "mcp.client.sse")
-FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Times in UTC (RFC 3339), as the store keeps them: in local time, a line would not say its zone, and the hour
+# a daylight saving change repeats would repeat in the log.
+FORMAT = "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s"
+DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 
 def _any_spelling(path: str) -> str:
@@ -235,7 +238,9 @@ def configure_logging(level: str = "INFO") -> None:
     for handler in list(root.handlers):
         root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    formatter = logging.Formatter(FORMAT, DATE_FORMAT)
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
     handler.addFilter(redact_tokens)
     handler.addFilter(withhold_downstream_text)
     handler.addFilter(quiet_client_hang_ups)
