@@ -1181,6 +1181,17 @@ def test_a_user_may_have_at_most_max_live_links_open_and_used_or_expired_ones_do
     links.create("alice", "github", "AFTER_EXPIRY")
 
 
+def test_links_made_before_the_clock_stepped_back_leave_their_places_to_new_ones(
+    links: EntryLinks, clock: FakeClock
+) -> None:
+    made = links.create_many("alice", "github", ["A", "B"], within=2)
+    clock.advance(-timedelta(days=1))  # they have expired, and no longer count for a day
+
+    assert [links.state(link.token) for link in made] == ["expired", "expired"]
+    assert links.secrets.store.count_live_links("alice", clock()) == 0
+    links.create_many("alice", "github", ["C", "D"], within=2)
+
+
 def test_the_gateway_hints_links_work_only_while_the_callers_api_token_does(
     links: EntryLinks, tokens: ApiTokens, secrets: Secrets
 ) -> None:

@@ -25,15 +25,11 @@ from mcp_secrets.errors import (
     WriteUnconfirmedError,
 )
 from mcp_secrets.secrets import Secrets, validate_name, validate_username, validate_value
-from mcp_secrets.store import LimitReached, LinkRecord
+from mcp_secrets.store import LINK_CLOCK_STEP, LimitReached, LinkRecord
 from mcp_secrets.tokens import is_live
 
 ENTRY_PATH = "/secrets/entry"
 LINK_TTL = timedelta(minutes=10)
-# How far a link's making may be ahead of this clock and the link still work: a replica's clock a little
-# ahead of this one's, a small correction. A link made further "ahead" was made before the clock stepped back
-# (NTP, a VM restored), by an unknown span: it would live that much longer than its TTL, so it has expired.
-CLOCK_STEP_ALLOWED = timedelta(minutes=1)
 # Open links a user may have at once: far above a person's or a gateway's needs, and a bound on
 # what a client calling request_secret in a loop can pile up in the store.
 MAX_LIVE_LINKS = 200
@@ -154,7 +150,7 @@ class EntryLinks:
         now = self._clock()
         if (
             record.expires_at <= now
-            or record.created_at > now + CLOCK_STEP_ALLOWED
+            or record.created_at > now + LINK_CLOCK_STEP
             or not self._made_by_live_token(record, now)
         ):
             return record, "expired"

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -239,6 +239,13 @@ class TokenRecord:
     label: str = ""
 
 
+# How far a link's making may be ahead of the clock that checks it and the link still work: a replica's
+# clock a little ahead of this one's, a small correction. A link made further "ahead" was made before the
+# clock stepped back (NTP, a VM restored) by an unknown span: it would outlive its TTL by that span, so it
+# has expired.
+LINK_CLOCK_STEP = timedelta(minutes=1)
+
+
 @dataclass(frozen=True)
 class LinkRecord:
     """A one-time entry link, kept only as the SHA-256 of its token."""
@@ -421,7 +428,10 @@ class SecretStore(Protocol):
         ...
 
     def count_live_links(self, username: str, now: datetime) -> int:
-        """How many of one user's entry links are neither used nor expired at ``now``."""
+        """How many of one user's entry links are neither used nor expired at ``now``.
+
+        A link made more than ``LINK_CLOCK_STEP`` after ``now`` has expired, as ``EntryLinks.find`` says.
+        """
         ...
 
     def find_link(self, link_hash: str) -> LinkRecord | None:

@@ -46,6 +46,7 @@ from mcp_secrets.errors import (
     WriteUnconfirmedError,
 )
 from mcp_secrets.store import (
+    LINK_CLOCK_STEP,
     UNCONFIRMED,
     AuditEvent,
     CloseCallbacks,
@@ -1030,6 +1031,7 @@ class MongoStore:
             "username": _text("username", username),
             "used_at": None,
             "expires_at": {"$gt": _time("now", now)},
+            "created_at": {"$lte": _time("now", now) + LINK_CLOCK_STEP},
         }
         with _available(LINKS_COLLECTION):
             return self._links.count_documents(selector)

@@ -19,6 +19,7 @@ from typing import TypeVar
 from mcp_secrets.errors import StoreUnavailableError, UnreadableRecordError
 from mcp_secrets.file_modes import others_may_read, others_may_write, owned_elsewhere
 from mcp_secrets.store import (
+    LINK_CLOCK_STEP,
     AuditEvent,
     CloseCallbacks,
     FieldError,
@@ -287,8 +288,9 @@ def _roll_back(connection: sqlite3.Connection) -> None:
 def _live_links(connection: sqlite3.Connection, username: str, now: datetime) -> int:
     return int(
         connection.execute(
-            "SELECT count(*) FROM entry_links WHERE username = ? AND used_at IS NULL AND expires_at > ?",
-            (username, _iso(now)),
+            "SELECT count(*) FROM entry_links "
+            "WHERE username = ? AND used_at IS NULL AND expires_at > ? AND created_at <= ?",
+            (username, _iso(now), _iso(now + LINK_CLOCK_STEP)),
         ).fetchone()[0]
     )
 
