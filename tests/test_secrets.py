@@ -387,6 +387,19 @@ def test_record_use_refuses_one_string_for_its_keys(secrets: Secrets) -> None:
     assert secrets.list_events(None) == []
 
 
+NAIVE = datetime(2026, 12, 6)  # noqa: DTZ001 - a time without its zone, refused
+
+
+@pytest.mark.parametrize("not_before", [NAIVE, "2026-12-06T00:00:00Z"], ids=["naive", "text"])
+def test_record_use_refuses_a_not_before_that_is_no_time_with_its_zone(
+    secrets: Secrets, not_before: Any
+) -> None:
+    with pytest.raises(InvalidInputError, match=r"^not_before must be a datetime with its time zone$"):
+        secrets.record_use("alice", "github", ["TOKEN"], via="library", not_before=not_before)
+
+    assert secrets.list_events(None) == []
+
+
 @pytest.mark.parametrize("keys", [None, 5], ids=["none", "int"])
 def test_record_use_refuses_keys_that_are_no_collection(secrets: Secrets, keys: Any) -> None:
     with pytest.raises(InvalidInputError, match=r"^keys must be a collection of key names$"):

@@ -227,6 +227,69 @@ def test_last_used_at_never_goes_back_when_batches_land_out_of_order(store: Secr
     assert sum(used_details(store).values()) == 4
 
 
+class SteppingClock:
+    """A clock that moves only when told, backwards too, as a wall clock stepped by NTP does."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_a_use_after_the_clock_stepped_back_past_the_keys_storing_is_its_last_use_and_comes_after_it(
+    store: SecretStore, encryptor: SecretEncryptor
+) -> None:
+    clock = SteppingClock()
+    service = Secrets(store, encryptor, clock=clock)
+    service.set_secret("alice", "github", "TOKEN", new_canary())
+    clock.now = T0 - timedelta(hours=1)  # a VM restored, an NTP correction
+
+    service.get_secrets("alice", "github")
+
+    [info] = service.list_secret_keys("alice")
+    assert info.last_used_at == T0  # not "never": a use of this very record
+    assert [(event.action, event.at) for event in service.list_events("alice")] == [
+        ("used", T0),
+        ("created", T0),
+    ]
+    service.close()
+
+
+def test_a_use_recorded_apart_from_its_read_counts_after_the_clock_stepped_back_past_the_keys_storing(
+    store: SecretStore, encryptor: SecretEncryptor
+) -> None:
+    # The gateway's way: values read first, the use recorded once they are handed on.
+    clock = SteppingClock()
+    service = Secrets(store, encryptor, clock=clock)
+    service.set_secret("alice", "github", "TOKEN", new_canary())
+    clock.now = T0 - timedelta(hours=1)
+
+    values, stored_at = service.read_secrets("alice", "github")
+    service.record_use("alice", "github", values, via="gateway", action="injected", not_before=stored_at)
+
+    [info] = service.list_secret_keys("alice")
+    assert (stored_at, info.last_used_at) == (T0, T0)
+    service.close()
+
+
+def test_a_use_written_late_for_a_key_deleted_and_stored_again_since_is_not_the_new_ones_last_use(
+    store: SecretStore, encryptor: SecretEncryptor
+) -> None:
+    clock = SteppingClock()
+    service = Secrets(store, encryptor, clock=clock)
+    service.set_secret("alice", "github", "TOKEN", new_canary())
+    clock.now = T1
+    # Another process's writer lands a use of the record of before, made at T0, once it was stored again.
+    service.delete_secret("alice", "github", "TOKEN")
+    service.set_secret("alice", "github", "TOKEN", new_canary())
+    store.record_uses([a_use("of the record of before", T0)])
+
+    [info] = service.list_secret_keys("alice")
+    assert info.last_used_at is None
+    service.close()
+
+
 def test_a_read_or_a_change_in_this_process_sees_every_use_made_before_it(
     service: Secrets, controlled: ControlledStore
 ) -> None:

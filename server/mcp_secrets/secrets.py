@@ -238,8 +238,8 @@ class Secrets:
 
         The use is recorded in the audit trail (``action``, by ``via``) and as each key's last use,
         by a background writer within milliseconds: this call does not wait for that write. A caller
-        that hands on only some of the values, or none, passes ``record_use=False`` and records what it
-        did hand on with ``record_use``.
+        that hands on only some of the values, or none, reads them with ``read_secrets`` and records what
+        it did hand on with ``record_use``.
 
         Raises:
             DecryptionError: a record does not decrypt; it names that record's key.
@@ -249,14 +249,31 @@ class Secrets:
         validate_username(username)
         validate_name("server", server)
         _validate_event_texts(via=via, action=action, detail=detail)
+        values, stored_at = self._read(username, server)
+        if values and record_use:
+            self._record_use(
+                username, server, values, via=via, action=action, detail=detail, not_before=stored_at
+            )
+        return values
+
+    def read_secrets(self, username: str, server: str) -> tuple[dict[str, str], datetime | None]:
+        """``get_secrets`` recording no use, and when the newest record read was stored (None: none was).
+
+        A caller that records the use apart passes that time to ``record_use`` as ``not_before``.
+        """
+        validate_username(username)
+        validate_name("server", server)
+        return self._read(username, server)
+
+    def _read(self, username: str, server: str) -> tuple[dict[str, str], datetime | None]:
+        """``read_secrets`` of names known to be valid."""
         decrypt = self.encryptor.decrypt
+        records = self.store.find_secrets(username, server)
         values = {
             record.key: decrypt(record.value, username=username, server=server, key=record.key)
-            for record in self.store.find_secrets(username, server)
+            for record in records
         }
-        if values and record_use:
-            self._record_use(username, server, values, via=via, action=action, detail=detail)
-        return values
+        return values, max((record.created_at for record in records), default=None)
 
     def record_use(
         self,
@@ -267,8 +284,13 @@ class Secrets:
         via: str,
         action: str = "used",
         detail: str = "",
+        not_before: datetime | None = None,
     ) -> None:
-        """Record that ``keys`` of one user's server were handed on: one event, and each key's last use."""
+        """Record that ``keys`` of one user's server were handed on: one event, and each key's last use.
+
+        ``not_before``: when the newest of the records handed on was stored (``read_secrets``), before which
+        the use is not dated, whatever the clock says.
+        """
         # Checked here, not by the writer thread: there a bad name would be dropped with the uses batched
         # beside it, or block them all, and the caller would not hear of it.
         validate_username(username)
@@ -278,6 +300,8 @@ class Secrets:
             raise InvalidInputError("keys must be a collection of key names, not one string")
         if not isinstance(keys, Iterable):
             raise InvalidInputError("keys must be a collection of key names")
+        if not_before is not None and (not isinstance(not_before, datetime) or not_before.tzinfo is None):
+            raise InvalidInputError("not_before must be a datetime with its time zone")
         self._record_use(
             username,
             server,
@@ -285,15 +309,30 @@ class Secrets:
             via=via,
             action=action,
             detail=detail,
+            not_before=not_before,
         )
 
     def _record_use(
-        self, username: str, server: str, keys: Iterable[str], *, via: str, action: str, detail: str
+        self,
+        username: str,
+        server: str,
+        keys: Iterable[str],
+        *,
+        via: str,
+        action: str,
+        detail: str,
+        not_before: datetime | None,
     ) -> None:
         """``record_use`` of names known to be valid: those ``get_secrets`` has just read."""
         used = tuple(sorted(keys))
         if used:
-            event = AuditEvent(self._clock(), username, action, server, ",".join(used), via, detail)
+            # A use comes after the storing of what it used. Dated before it, by a clock stepped back since
+            # (NTP, a VM restored), it would sort before it and not count as the records' last use: the store
+            # takes such a use for one of a record deleted and stored again since, written late elsewhere.
+            at = self._clock()
+            if not_before is not None and at < not_before:
+                at = not_before
+            event = AuditEvent(at, username, action, server, ",".join(used), via, detail)
             self.uses.record(SecretUse(username, server, used, event))
 
     def record(

@@ -28,6 +28,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
@@ -1248,6 +1249,22 @@ async def test_the_trail_records_as_injected_only_what_reached_the_downstream(
     last_used = {info.key: info.last_used_at for info in sqlite_secrets.list_secret_keys("alice", "down")}
     assert last_used["TOKEN"] is not None
     assert last_used["UNREFERENCED"] is None
+
+
+async def test_a_call_after_the_clock_stepped_back_past_the_secrets_storing_is_its_last_use(
+    sqlite_secrets: Secrets, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", fresh_value("down"))
+    [stored] = sqlite_secrets.list_secret_keys("alice", "down")
+    # An NTP correction, a VM restored: the clock now reads an hour before the secret was stored.
+    monkeypatch.setattr(sqlite_secrets, "_clock", lambda: stored.created_at - timedelta(hours=1))
+
+    served = await call(sqlite_secrets, gateway, "alice", "token_hash")
+
+    assert not served.is_error, text_of(served)
+    [info] = sqlite_secrets.list_secret_keys("alice", "down")
+    assert info.last_used_at == stored.created_at  # not "never"
+    assert sqlite_secrets.list_events("alice")[0].action == "injected"  # after the storing, not before it
 
 
 async def test_a_placeholder_is_never_filled_from_another_servers_secrets(

@@ -425,9 +425,8 @@ class Gateway:
         offer_links: bool,
     ) -> AsyncIterator[tuple[Connection, Redactor, CallRelay | None]]:
         """``_session`` once the caller's turn at ``server`` is taken."""
-        values = await run_store_work(
-            self.secrets.store,
-            lambda: self.secrets.get_secrets(username, server.name, record_use=False),
+        values, stored_at = await run_store_work(
+            self.secrets.store, lambda: self.secrets.read_secrets(username, server.name)
         )
         missing = sorted(server.required - values.keys())
         if missing:
@@ -454,7 +453,13 @@ class Gateway:
             if not recorded:
                 recorded = True
                 self.secrets.record_use(
-                    username, server.name, handed_on, via=self._via, action="injected", detail=purpose
+                    username,
+                    server.name,
+                    handed_on,
+                    via=self._via,
+                    action="injected",
+                    detail=purpose,
+                    not_before=stored_at,
                 )
 
         tools_changed = functools.partial(self._downstream_tools_changed, username, server.name)
