@@ -62,6 +62,7 @@ from mcp_types import (
     TextContent,
     ToolListChangedNotification,
 )
+from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
 from conftest import assert_no_fragment_of, new_canary
 from mcp_secrets import gateway as gateway_module
@@ -79,6 +80,7 @@ from mcp_secrets.secrets import Secrets
 from mcp_secrets.store.sqlite import SQLiteStore
 
 from .conftest import (
+    CLI_TIMEOUT,
     HTTP_TRANSPORTS,
     INITIALIZE,
     MCP_SECRETS,
@@ -3551,6 +3553,141 @@ async def test_over_http_a_gateway_call_reaches_another_process_audit_soon_and_s
     # The server has stopped (SIGTERM, a clean exit): a use still pending was written on the way out.
     assert audited_calls(env, "down", "token_hash") == 2
     assert canary not in (tmp_path / "server.log").read_text()
+
+
+@asynccontextmanager
+async def serving_down_with_cancels_noted(
+    tmp_path: Path, canary: str, era: str = "2026-07-28"
+) -> AsyncIterator[tuple[Deployment, Path]]:
+    """``serve --servers`` over Streamable HTTP, alice's secret of ``down`` stored and her tools never listed;
+    and where ``down`` notes each call of ``hang``, ``ask`` or ``open_page`` that is cancelled.
+
+    ``down`` speaks protocol 2026-07-28 to the gateway, or (``era`` "handshake") only those before it.
+    """
+    cancelled = tmp_path / "cancelled"
+    env_of_down = {**STDIO_ENTRY["env"], "DOWNSTREAM_CANCEL_FILE": str(cancelled)}
+    if era == "handshake":
+        env_of_down["DOWNSTREAM_HANDSHAKE_ONLY"] = "1"
+    entry = {**STDIO_ENTRY, "env": env_of_down}
+    servers = tmp_path / "servers.json"
+    servers.write_text(json.dumps({"mcpServers": {"down": entry}}), encoding="utf-8")
+    env = isolated_env(tmp_path)
+    token = create_token(env, "alice")
+    # Stored by the CLI, not by a client: one would list alice's tools first, and none has been listed yet.
+    stored = subprocess.run(
+        [*MCP_SECRETS, "set", "down", "TOKEN", "--user", "alice"],
+        env=env,
+        input=canary,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
+    assert stored.returncode == 0, stored.stderr
+    with serving(env, "streamable-http", tmp_path / "server.log", "--servers", str(servers)) as deployment:
+        deployment.tokens["alice"] = token
+        yield deployment, cancelled
+    assert canary not in (tmp_path / "server.log").read_text()
+
+
+async def vanish_mid_call(deployment: Deployment, tool: str) -> None:
+    """A client of alice on the handshake's protocol calls ``tool`` of ``down``, then goes without cancelling.
+
+    It drops the call's stream once the downstream reported progress or asked its user, as a client that is
+    killed or loses its network does: no ``notifications/cancelled``, no ``DELETE`` of its session.
+    """
+    elicitation = {"elicitation": {"form": {}, "url": {}}}
+    initialize = {**INITIALIZE, "params": {**INITIALIZE["params"], "capabilities": elicitation}}
+    headers = {
+        "Authorization": f"Bearer {deployment.token('alice')}",
+        "Accept": "application/json, text/event-stream",
+    }
+    async with httpx2.AsyncClient(trust_env=False, timeout=30, headers=headers) as http:
+        opened = await http.post(deployment.endpoint, json=initialize)
+        assert opened.status_code == 200, opened.text
+        session = {
+            "mcp-session-id": opened.headers["mcp-session-id"],
+            "mcp-protocol-version": LATEST_HANDSHAKE_VERSION,
+        }
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert (await http.post(deployment.endpoint, json=initialized, headers=session)).status_code == 202
+        params = {"name": f"down__{tool}", "arguments": {}, "_meta": {"progressToken": 1}}
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params}
+        async with http.stream("POST", deployment.endpoint, json=call, headers=session) as stream:
+            async for line in stream.aiter_lines():
+                if '"notifications/progress"' in line or '"elicitation/create"' in line:
+                    break  # leaving the stream unread: its connection is closed, and the client gone
+
+
+CUT_SECONDS = 60.0  # generous: a call whose client is gone is cut within about a second of another's wait
+
+
+async def noted_cancelled(cancelled: Path) -> str:
+    """What the downstream noted in ``cancelled``, once it has: it may stop a call after answering another."""
+    with anyio.fail_after(CUT_SECONDS):
+        while not cancelled.exists():
+            await anyio.sleep(0.05)
+    return cancelled.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("era", ["handshake", "2026-07-28"])
+@pytest.mark.parametrize("tool", ["hang", "ask", "open_page"])  # a long job; a form and a URL asked
+async def test_over_http_a_call_whose_client_vanished_is_cancelled_once_another_call_of_its_user_waits(
+    tmp_path: Path, canary: str, tool: str, era: str
+) -> None:
+    async with serving_down_with_cancels_noted(tmp_path, canary, era) as (deployment, cancelled):
+        await vanish_mid_call(deployment, tool)
+        async with deployment.connect("alice", mode="legacy") as alice:
+            with anyio.fail_after(CUT_SECONDS):
+                pinged = await alice.call_tool("down__ping", {})
+
+        assert text_of(pinged) == "pong"
+        if era == "handshake" or tool == "hang":
+            # The downstream was told, as for a client's own cancellation: it stopped the call.
+            assert await noted_cancelled(cancelled) == f"{tool}\n"
+        else:  # it asked in its result, and holds nothing between the rounds: the gateway's were cut
+            assert not cancelled.exists()
+
+
+async def test_over_http_a_first_listing_after_a_call_whose_client_vanished_lists_that_servers_tools(
+    tmp_path: Path, canary: str
+) -> None:
+    async with serving_down_with_cancels_noted(tmp_path, canary) as (deployment, cancelled):
+        await vanish_mid_call(deployment, "hang")
+        async with deployment.connect("alice", mode="legacy") as alice:
+            # It would wait for the call a minute (the start bound), and then leave out the tools of down.
+            listed = await alice.list_tools()
+
+        assert {tool.name.removeprefix("down__") for tool in listed.tools} >= DOWNSTREAM_TOOLS
+        assert await noted_cancelled(cancelled) == "hang\n"
+
+
+async def test_over_http_a_call_whose_client_is_still_there_is_never_cut_for_another_that_waits(
+    tmp_path: Path, canary: str
+) -> None:
+    answers: dict[str, str] = {}
+    async with serving_down_with_cancels_noted(tmp_path, canary) as (deployment, cancelled):
+        async with (
+            deployment.connect("alice", mode="legacy") as first,
+            deployment.connect("alice", mode="legacy") as second,
+        ):
+            started = anyio.Event()
+
+            async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                started.set()
+
+            async def call_long() -> None:
+                # Long enough for the waiting call to ask several times whether its client is gone.
+                long = await first.call_tool("down__hang", {"seconds": 3}, progress_callback=on_progress)
+                answers["long"] = text_of(long)
+
+            async with anyio.create_task_group() as calls:
+                calls.start_soon(call_long)
+                await started.wait()
+                answers["waiting"] = text_of(await second.call_tool("down__ping", {}))
+
+        assert answers == {"long": "answered after 3 seconds", "waiting": "pong"}
+        assert not cancelled.exists()
 
 
 def lingering_entry(marker: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import os
 import re
 import secrets as _random
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +41,7 @@ from mcp_types import (
     InputRequiredResult,
     Tool,
 )
+from starlette.requests import Request
 
 from mcp_secrets.elicitation import asks_by_result, takes_elicitation
 from mcp_secrets.errors import SecretsError
@@ -92,6 +93,8 @@ LISTING_CHARS = MAX_MESSAGE_BYTES
 # tool's name is checked before any secret is read: it goes into the audit trail.
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,128}")
 TOOL_NAME_RULE = "1 to 128 characters of letters, digits, '_', '-', '.' or '/'"
+# How often a call waiting its turn asks whether the client of the call holding it is gone.
+CLIENT_GONE_POLL_SECONDS = 1.0
 # A tool name cut to fit ends in '-' and this many hex digits of the SHA-256 of the downstream's name.
 _CUT_HASH_CHARS = 8
 _CUT = re.compile(rf"-[0-9a-f]{{{_CUT_HASH_CHARS}}}\Z")
@@ -395,24 +398,37 @@ class Gateway:
 
         With it, what relays the call's log messages and progress to the client of ``ctx``, if any.
         ``wait_seconds`` bounds the wait for a call of the same caller to the same server to end; a
-        ``listing`` waits for another listing up to the start bound.
+        ``listing`` waits for another listing up to the start bound. A call whose client is gone while
+        another waits its turn is cancelled, and raises DownstreamError.
         """
         # One call at a time per (user, server): notifications carry no request id, so this is what keeps
         # each call's log messages with it. Other users and servers run in parallel. The secrets are read
         # in the turn: a call that waited for another is made with what is stored as it starts, never with
         # a value changed or deleted while it waited.
         key = (username, server.name)
-        async with self._turn(key, wait_seconds, server.name, listing=listing):
+        client_gone = _client_gone(ctx)
+        cut = anyio.CancelScope()
+        holder = (client_gone, cut) if client_gone is not None else None
+        async with self._turn(key, wait_seconds, server.name, listing=listing, holder=holder):
             turn = self._call_turns[key]
             changes = turn.secret_changes
-            async with self._session_in_turn(
-                username, server, ctx, purpose=purpose, offer_links=offer_links
-            ) as session:
-                if turn.secret_changes != changes:
-                    # They changed after this call read them, before it held a connection to close: the one
-                    # it holds now has the values of before.
-                    session[0].close_after_call = True
-                yield session
+            with cut:
+                async with self._session_in_turn(
+                    username, server, ctx, purpose=purpose, offer_links=offer_links
+                ) as session:
+                    if turn.secret_changes != changes:
+                        # They changed after this call read them, before it held a connection to close: the
+                        # one it holds now has the values of before.
+                        session[0].close_after_call = True
+                    yield session
+        if cut.cancelled_caught:
+            logger.info(
+                "%s of server %s by %s cancelled: its client is gone, and another waits",
+                purpose,
+                server.name,
+                username,
+            )
+            raise DownstreamError(f"{purpose} of server {server.name} was cancelled: its client is gone")
 
     @asynccontextmanager
     async def _session_in_turn(
@@ -493,9 +509,19 @@ class Gateway:
 
     @asynccontextmanager
     async def _turn(
-        self, key: tuple[str, str], wait_seconds: float, server: str, *, listing: bool
+        self,
+        key: tuple[str, str],
+        wait_seconds: float,
+        server: str,
+        *,
+        listing: bool,
+        holder: tuple[Callable[[], Awaitable[bool]], anyio.CancelScope] | None = None,
     ) -> AsyncIterator[None]:
-        """One user's turn at one server, waited for at most ``wait_seconds`` (else CallRunningError)."""
+        """One user's turn at one server, waited for at most ``wait_seconds`` (else CallRunningError).
+
+        ``holder``, if given, is what says whether the client of the call taking it is gone, and what
+        cancels that call: another waiting its turn meanwhile cancels it once the client is gone.
+        """
         turn = self._call_turns.setdefault(key, Turn())
         turn.calls += 1
         try:
@@ -504,12 +530,14 @@ class Gateway:
                 # give now: clients of a user told of a change list again at once, and none may be shown
                 # the tools of before.
                 wait_seconds = max(wait_seconds, self.pool.start_seconds)
-            await _take_turn(turn.lock, wait_seconds, server)
+            await _take_turn(turn, wait_seconds, server)
             turn.listing = listing
+            turn.holder = holder
             try:
                 yield
             finally:
                 turn.listing = False
+                turn.holder = None
                 turn.lock.release()
         finally:
             turn.calls -= 1
@@ -795,12 +823,66 @@ async def _every_tool(client: Client, cache_mode: CacheMode = "use") -> list[Too
     return tools
 
 
-async def _take_turn(lock: anyio.Lock, seconds: float, server: str) -> None:
-    """Take ``lock`` now if it is free, else within ``seconds``, or raise CallRunningError."""
+async def _take_turn(turn: Turn, seconds: float, server: str) -> None:
+    """Take ``turn`` now if it is free, else within ``seconds``, or raise CallRunningError.
+
+    While it waits, a call holding the turn whose client is gone is cancelled.
+    """
     try:
-        lock.acquire_nowait()
+        turn.lock.acquire_nowait()
     except anyio.WouldBlock:
+        pass
+    else:
+        return
+    taken = False
+    try:
         with anyio.move_on_after(seconds):
-            await lock.acquire()
-            return
-        raise CallRunningError(f"a call of yours to server {server} is still running") from None
+            async with anyio.create_task_group() as waiting:
+                waiting.start_soon(_cancel_when_client_gone, turn)
+                await turn.lock.acquire()
+                taken = True
+                waiting.cancel_scope.cancel()
+    except BaseException:
+        if taken:  # its own cancellation came as it took the turn: it gives the turn back
+            turn.lock.release()
+        raise
+    if not taken:
+        raise CallRunningError(f"a call of yours to server {server} is still running")
+
+
+async def _cancel_when_client_gone(turn: Turn) -> None:
+    """Cancel each call holding ``turn`` whose client is gone, asking every ``CLIENT_GONE_POLL_SECONDS``."""
+    while True:
+        holder = turn.holder
+        if holder is not None:
+            client_gone, cut = holder
+            if await client_gone() and turn.holder is holder:
+                cut.cancel()
+        await anyio.sleep(CLIENT_GONE_POLL_SECONDS)
+
+
+def _client_gone(ctx: Context[Any, Any] | None) -> Callable[[], Awaitable[bool]] | None:
+    """What says whether the client of ``ctx``'s call is gone, where it can go without the call cancelled.
+
+    That is on a Streamable HTTP session (protocols of the handshake): the call is answered on the stream
+    of its own POST, and once that closes (its client killed, or its network gone) the answer has
+    nowhere to go, since no event store keeps it for a client to resume. The SDK goes on with the call
+    all the same, as the specification has it: a closed stream is no cancellation. Anywhere else, a call
+    is cancelled with its client's connection (stdio, SSE, 2026-07-28, stateless HTTP), or has no client.
+    """
+    if ctx is None:
+        return None
+    # A Streamable HTTP session's id; SSE's connection has none. No public way in from a request's session.
+    if ctx.request_context.session._connection.session_id is None:  # noqa: SLF001
+        return None
+    request = ctx.request_context.request
+    if not isinstance(request, Request):
+        return None
+
+    async def gone() -> bool:
+        try:
+            return await request.is_disconnected()
+        except Exception:  # noqa: BLE001 - what cannot be told is not gone: a call is cut only surely
+            return False
+
+    return gone
