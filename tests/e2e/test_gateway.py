@@ -104,6 +104,7 @@ DOWNSTREAM_TOOLS = {
     "echo_token_in_chunks",
     "echo_token_in_form",
     "echo_token_split",
+    "echo_token_as_number",
     "seen_digests",
     "environ_digests",
     "fail_with_token",
@@ -1304,6 +1305,30 @@ async def test_results_and_errors_carry_no_spelling_of_the_injected_secret(
     assert refused.is_error
     assert "refused credentials: [redacted TOKEN]" in everything_in(refused)
     assert_no_spelling_of(canary, everything_in(refused))
+
+
+async def test_structured_content_that_redaction_takes_out_of_its_output_schema_is_withheld_with_an_error(
+    sqlite_secrets: Secrets, gateway: Gateway
+) -> None:
+    account = str(10**11 + _random.randbelow(9 * 10**11))  # a secret of digits: an account id
+    sqlite_secrets.set_secret("alice", "down", "TOKEN", account)
+
+    async with connect(sqlite_secrets, gateway, "alice") as client:
+        listed = {tool.name: tool for tool in (await client.list_tools()).tools}
+        # The SDK's client checks structured content against the output schema it listed, as the TypeScript
+        # SDK's does: the label where the schema says integer would make either refuse the whole result.
+        result = await client.call_tool("down__echo_token_as_number", {})
+
+    schema = listed["down__echo_token_as_number"].output_schema
+    assert schema is not None
+    assert schema["properties"]["number"]["type"] == "integer"
+    assert result.is_error
+    assert result.structured_content is None
+    shown = text_of(result)
+    assert "[redacted TOKEN]" in shown  # the downstream's text, redacted
+    assert "structured content withheld" in shown
+    assert "the value at $.number fails the schema's 'type': 'integer'" in shown
+    assert_no_spelling_of(account, everything_in(result))
 
 
 async def test_a_downstream_result_is_stamped_with_the_gateways_server_info_not_the_downstreams(

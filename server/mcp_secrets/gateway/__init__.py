@@ -24,6 +24,7 @@ from typing import Any
 
 import anyio
 import httpx2
+from jsonschema.exceptions import ValidationError as SchemaValidationError
 from mcp import Client
 from mcp.client.caching import CacheMode
 from mcp.client.sse import sse_client
@@ -39,6 +40,7 @@ from mcp_types import (
     ElicitRequest,
     InputRequest,
     InputRequiredResult,
+    TextContent,
     Tool,
 )
 from starlette.requests import Request
@@ -56,7 +58,7 @@ from mcp_secrets.gateway.config import (
     origin,
     substitute,
 )
-from mcp_secrets.gateway.describe import describe
+from mcp_secrets.gateway.describe import describe, schema_problem
 from mcp_secrets.gateway.listen import listening_for_tool_changes
 from mcp_secrets.gateway.loop import LoopEntry
 from mcp_secrets.gateway.pool import Connection, DownstreamPool, GatewayBusyError, StartTimeoutError, Turn
@@ -313,7 +315,10 @@ class Gateway:
             if isinstance(result, InputRequiredResult):
                 assert ctx is not None  # noqa: S101 - only a call with a client is asked by result
                 return _questions(result, ctx, redactor, server.name)
-            return await redact_result_off_loop(result, redactor)
+            shown = await redact_result_off_loop(result, redactor)
+            return await _within_output_schema(
+                shown, result, client, tool=tool, redactor=redactor, server=server.name
+            )
 
     async def _downstream_name(self, username: str, server: ServerConfig, name: str, client: Client) -> str:
         """The downstream's own name of the tool offered as ``name``; a cut one is found in its listing."""
@@ -700,6 +705,42 @@ def redact_result(result: CallToolResult, redactor: Redactor) -> CallToolResult:
     shown = redactor.data(dumped)
     shown["structuredContent"] = redactor.data_read_in_order(structured)
     return CallToolResult.model_validate(shown)
+
+
+async def _within_output_schema(
+    shown: CallToolResult,
+    received: CallToolResult,
+    client: Client,
+    *,
+    tool: str,
+    redactor: Redactor,
+    server: str,
+) -> CallToolResult:
+    """``shown``, or a tool error with its text when redaction took its structured content out of its schema.
+
+    A client checks structured content against the tool's output schema and refuses the whole result when it
+    does not fit (both SDKs' clients do, the TypeScript one even in a tool error): a label where the schema
+    says integer, or breaks a pattern, cannot be shown as it is. The text content, redacted, still can.
+    """
+    if shown.structured_content is None or shown.structured_content == received.structured_content:
+        return shown  # the downstream's own, which the gateway's client has checked
+    try:
+        await client.session.validate_tool_result(tool, shown)
+    except RuntimeError as exc:
+        cause = exc.__cause__
+        # The downstream's own schema, which its listing showed redacted, may quote what it allows.
+        problem = redactor.text(
+            schema_problem(cause) if isinstance(cause, SchemaValidationError) else describe(exc)
+        )
+    else:
+        return shown
+    logger.info("structured content of %s of server %s withheld: redacted, %s", tool, server, problem)
+    note = (
+        f"[{server}] structured content withheld: with the values of secrets taken out of it, it no longer "
+        f"fits the tool's output schema ({problem}). The text above is the result, redacted."
+    )
+    content = [*shown.content, TextContent(type="text", text=note)]
+    return shown.model_copy(update={"structured_content": None, "is_error": True, "content": content})
 
 
 def _text_holder(block: dict[str, Any]) -> dict[str, Any] | None:

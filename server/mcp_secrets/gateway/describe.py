@@ -41,7 +41,7 @@ def describe(exc: BaseException) -> str:
         elif isinstance(cause, SchemaValidationError):
             # Its text pretty-prints the instance, a long string cut at its spaces into quoted pieces: a
             # passphrase there is whole, in no spelling the redactor knows. Its message quotes it too.
-            shown = _schema_problem(cause)
+            shown = schema_problem(cause)
         else:
             continue
         if cause is exc:
@@ -63,7 +63,7 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
-def _schema_problem(error: SchemaValidationError) -> str:
+def schema_problem(error: SchemaValidationError) -> str:
     """A jsonschema ValidationError as where the instance fails which keyword of the schema, without it."""
     keyword = f"{error.validator!r}"
     if isinstance(error.validator_value, str | int | float | bool):  # not a whole subschema
