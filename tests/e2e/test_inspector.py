@@ -33,9 +33,14 @@ READS_BACK = (
 
 def npx(runs: str = "the MCP Inspector") -> str:
     """The ``npx`` to run ``runs`` with: skipped where there is none, failed where CI requires one."""
-    found = shutil.which("npx")
+    return needed("npx", runs)
+
+
+def needed(program: str, runs: str) -> str:
+    """The path of Node.js's ``program``, which ``runs`` needs: skipped where there is none, failed in CI."""
+    found = shutil.which(program)
     if found is None:
-        reason = f"npx not found (Node.js and npm run {runs})"
+        reason = f"{program} not found (Node.js and npm run {runs})"
         if os.environ.get("MCP_SECRETS_REQUIRE_INSPECTOR", "") not in ("", "0"):
             pytest.fail(f"MCP_SECRETS_REQUIRE_INSPECTOR is set, but {reason}")
         pytest.skip(reason)
