@@ -214,8 +214,11 @@ def _typed(kind: str, raw: Any) -> tuple[bool, Any]:
         return type(raw) is str, raw
     if kind == "optional name":  # a plain ``str`` too (no pre-parsing); null and "" both mean "all servers"
         return raw is None or type(raw) is str, raw or None
+    parsed = _pre_parsed(raw)
+    if isinstance(parsed, bool | str):  # a JSON number only: lax pydantic would read "5" as 5, true as 1
+        return False, None
     try:
-        return True, TypeAdapter(int).validate_python(_pre_parsed(raw))
+        return True, TypeAdapter(int).validate_python(parsed)
     except ValidationError:
         return False, None
 
