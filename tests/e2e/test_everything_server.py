@@ -8,8 +8,10 @@ same call made without the gateway.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import secrets as _random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -63,11 +65,20 @@ async def answer(context: Any, params: ElicitRequestParams) -> ElicitResult:
     return ElicitResult(action="accept", content={"name": "Ann", "check": True})
 
 
+# The reference server's blob resources say when they were made, to the second ("... created at 4:08:09
+# AM"): a call made a second after the other would differ there alone.
+_MADE_AT = re.compile(r"(?<= created at ).*\Z")
+
+
 def compared(result: CallToolResult) -> dict[str, Any]:
-    """What a client reads of ``result``, less the stamp of the server that answered."""
+    """What a client reads of ``result``, less the stamp of the server that answered, and a blob's time."""
     dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True)
     meta = dumped.pop("_meta", {})
     meta.pop(SERVER_INFO_META_KEY, None)
+    for block in dumped.get("content", []):
+        resource = block.get("resource", {})
+        if "blob" in resource:
+            resource["blob"] = _MADE_AT.sub("...", base64.b64decode(resource["blob"]).decode("utf-8"))
     return {**dumped, "_meta": meta}
 
 
