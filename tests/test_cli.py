@@ -2845,3 +2845,14 @@ def test_a_store_of_one_record_is_said_to_have_one_record_scanned(
     assert done.returncode == 0, done.stderr
     assert "1 record scanned;" in done.stderr
     assert "records scanned" not in done.stderr
+
+
+def test_verify_of_one_record_says_it_decrypts(env: dict[str, str]) -> None:
+    stored = set_from_stdin(env, new_canary() + "\n", "github", "TOKEN", "--user", "alice")
+    assert stored.returncode == 0, stored.stderr
+
+    done = mcp_secrets_cli(env, "verify")
+
+    assert done.returncode == 0, done.stderr
+    assert "1 record scanned; 1 decrypts (1 under key " in done.stderr
+    assert "0 do not." in done.stderr

@@ -343,8 +343,12 @@ def _verify(args: argparse.Namespace) -> int:
     # The active key first, then the others that rotate would re-encrypt, the legacy key last.
     order = sorted(report.readable, key=lambda key_id: (key_id != active, key_id == LEGACY_KEY_ID, key_id))
     under = ", ".join(f"{report.readable[key_id]} under {_key_named(key_id, active)}" for key_id in order)
-    readable = f"{report.readable.total()} decrypt" + (f" ({under})" if under else "")
-    say(f"{_scanned(report.scanned)}; {readable}; {len(report.failed)} do not.")
+    decrypting = report.readable.total()
+    readable = f"{decrypting} {_for_count(decrypting, 'decrypts', 'decrypt')}"
+    if under:
+        readable += f" ({under})"
+    failed = len(report.failed)
+    say(f"{_scanned(report.scanned)}; {readable}; {failed} {_for_count(failed, 'does not', 'do not')}.")
     _say_records("does not decrypt", report.failed)
     if report.failed and not report.readable:
         say(f"None decrypts: are these the master keys this store was written with ({keys.source})?")
@@ -352,7 +356,12 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _scanned(count: int) -> str:
-    return f"{count} record scanned" if count == 1 else f"{count} records scanned"
+    return f"{count} {_for_count(count, 'record', 'records')} scanned"
+
+
+def _for_count(count: int, one: str, other: str) -> str:
+    """``one`` (a singular form) for a count of 1, else ``other``."""
+    return one if count == 1 else other
 
 
 def _key_named(key_id: str, active: str) -> str:

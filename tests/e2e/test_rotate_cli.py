@@ -242,7 +242,7 @@ def test_verify_counts_the_records_that_decrypt_by_key_and_names_each_that_does_
 
     assert done.returncode == 1
     lines = done.stderr.splitlines()
-    assert f"3 records scanned; 2 decrypt (2 under key {key_id(seed.key_a)}); 1 do not." in lines
+    assert f"3 records scanned; 2 decrypt (2 under key {key_id(seed.key_a)}); 1 does not." in lines
     named = "  does not decrypt: user dave, server github, key TOKEN: secret 'TOKEN' of server 'github' "
     assert [line for line in lines if line.startswith("  does not decrypt: ")] == [
         named + "does not decrypt: it was altered, or copied from another record"
