@@ -1308,8 +1308,9 @@ async def test_results_and_errors_carry_no_spelling_of_the_injected_secret(
 
 
 async def test_structured_content_that_redaction_takes_out_of_its_output_schema_is_withheld_with_an_error(
-    sqlite_secrets: Secrets, gateway: Gateway
+    sqlite_secrets: Secrets, gateway: Gateway, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     account = str(10**11 + _random.randbelow(9 * 10**11))  # a secret of digits: an account id
     sqlite_secrets.set_secret("alice", "down", "TOKEN", account)
 
@@ -1329,6 +1330,8 @@ async def test_structured_content_that_redaction_takes_out_of_its_output_schema_
     assert "structured content withheld" in shown
     assert "the value at $.number fails the schema's 'type': 'integer'" in shown
     assert_no_spelling_of(account, everything_in(result))
+    assert "structured content of echo_token_as_number of server down withheld" in caplog.text
+    assert_no_spelling_of(account, caplog.text)
 
 
 async def test_a_downstream_result_is_stamped_with_the_gateways_server_info_not_the_downstreams(
