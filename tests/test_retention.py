@@ -339,6 +339,22 @@ def test_archive_file_creates_the_missing_directories_owner_only(tmp_path: Path)
     ] * 2
 
 
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_archive_file_under_a_umask_that_masks_the_owners_bits_makes_a_file_and_directories_it_can_use(
+    tmp_path: Path,
+) -> None:
+    # Under umask 777 they were made mode 000: a later run, or the reader of the archive, could not open them.
+    path = tmp_path / "archive" / "audit.jsonl"
+    previous = os.umask(0o777)
+    try:
+        with archive_file(path) as keep:
+            keep([AuditEvent(NOW, "alice", "used", "github", "TOKEN", "library")])
+    finally:
+        os.umask(previous)
+
+    assert [path.stat().st_mode & 0o777, path.parent.stat().st_mode & 0o777] == [0o600, 0o700]
+
+
 def test_archive_file_under_a_file_says_it_cannot_make_the_directory(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("", encoding="utf-8")
 

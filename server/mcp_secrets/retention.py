@@ -129,12 +129,18 @@ def archive_file(path: str | Path) -> Iterator[Callable[[list[AuditEvent]], None
     cutting off one run's failed batch would otherwise cut off what another run appended meanwhile.
     """
     made = _make_directories(Path(path))
+    # Readable too: keep() looks at the last byte the file ends with.
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT
     try:
-        # Readable too: keep() looks at the last byte the file ends with.
-        descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            descriptor, created = os.open(path, flags | os.O_EXCL, 0o600), True
+        except FileExistsError:  # an existing file keeps its mode (a link to one is followed, as before)
+            descriptor, created = os.open(path, flags, 0o600), False
     except OSError as exc:
         raise ConfigurationError(f"cannot open the export file {path}: {exc.strerror}") from None
     try:
+        if created and os.name == "posix":
+            os.fchmod(descriptor, 0o600)  # the umask may have taken the owner's bits too
         _require_a_file(descriptor, path)
         _lock(descriptor, path)
         _warn_if_shared(descriptor, path)

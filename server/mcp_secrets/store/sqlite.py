@@ -516,6 +516,8 @@ def make_private_directories(directory: Path) -> list[Path]:
         missing.append(path)
     for path in reversed(missing):
         path.mkdir(mode=0o700, exist_ok=True)  # exist_ok: another run may make it meanwhile
+        if os.name == "posix":
+            path.chmod(0o700)  # the umask may have taken the owner's bits too (umask 777: mode 000)
     return missing[::-1]
 
 
@@ -551,7 +553,12 @@ def _create_private_file(path: Path) -> None:
     """
     made = make_private_directories(path.parent)
     try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            if os.name == "posix":
+                os.fchmod(descriptor, 0o600)  # the umask may have taken the owner's bits too
+        finally:
+            os.close(descriptor)
         if made:  # SQLite syncs the file's own directory as it makes its journal, not the ones above it
             sync_new_names(path.parent, made)
     except FileExistsError:
