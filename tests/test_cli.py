@@ -1972,6 +1972,34 @@ def test_a_database_others_can_write_is_named_as_open_to_their_tokens(env: dict[
     assert canary not in done.stdout + done.stderr
 
 
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+@pytest.mark.parametrize("mode", [0o1777, 0o770], ids=["world-writable-sticky-as-tmp", "group-writable"])
+def test_a_database_in_a_directory_others_can_write_is_named_as_open_to_their_tokens(
+    env: dict[str, str], tmp_path: Path, mode: int
+) -> None:
+    # SQLite reads a -wal file it finds beside the database as part of it: whoever can create one there while
+    # no process has the store open (the sticky bit of /tmp does not stop that) can add a token for any user.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    database = shared / "secrets.db"
+    env["MCP_SECRETS_DATABASE_URL"] = f"sqlite:///{database}"
+    canary = new_canary()
+
+    made = set_from_stdin(env, canary, "github", "TOKEN", "--user", "alice")
+    listed = mcp_secrets_cli(env, "list", "--user", "alice")
+
+    assert (made.returncode, listed.returncode) == (0, 0), made.stderr + listed.stderr
+    for done in (made, listed):
+        assert (
+            f"the database file {database} is in {shared}, a directory other users can write: they can put "
+            "a -wal file of theirs beside it, which SQLite reads as part of the store, and so add API tokens "
+            "for any user and change or delete records; keep the store in a directory only its owner can "
+            "write"
+        ) in done.stderr
+        assert canary not in done.stdout + done.stderr
+
+
 def _key_in_a_file(env: dict[str, str], directory: Path) -> tuple[str, Path]:
     """Move the master key of ``env`` to a 0600 file in a new owner-only ``directory``: the key, the file."""
     master_key = env.pop("MCP_SECRETS_MASTER_KEY")

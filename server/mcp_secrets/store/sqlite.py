@@ -549,7 +549,7 @@ def _create_private_file(path: Path) -> None:
     """Create the database file readable by its owner only, before SQLite opens it.
 
     An existing file keeps its mode (its owner chose it), with a warning when others can read it, and
-    either way a warning when another user owns it or a directory above it.
+    either way a warning when another user owns it or a directory above it, or others can write its directory.
     """
     made = make_private_directories(path.parent)
     try:
@@ -582,6 +582,16 @@ def _create_private_file(path: Path) -> None:
             "the database file %s %s, who can add API tokens for any user and change or delete records",
             path,
             elsewhere,
+        )
+    directory = path.resolve().parent  # where SQLite keeps the -wal and -shm files: beside the real file
+    if others_may_write(directory.stat().st_mode):
+        # Even with the sticky bit (/tmp): it keeps others from replacing the file, not from adding its -wal.
+        logger.warning(
+            "the database file %s is in %s, a directory other users can write: they can put a -wal file of "
+            "theirs beside it, which SQLite reads as part of the store, and so add API tokens for any user "
+            "and change or delete records; keep the store in a directory only its owner can write",
+            path,
+            directory,
         )
 
 
