@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from pymongo.errors import AutoReconnect
 
-from conftest import make_store, new_canary
+from conftest import assert_not_leaked, make_store, new_canary
 from mcp_secrets.crypto import SecretEncryptor
 from mcp_secrets.errors import StoreUnavailableError
 from mcp_secrets.offload import run_store_work
@@ -46,6 +46,7 @@ class ControlledStore:
     def __init__(self, store: SecretStore) -> None:
         self.store = store
         self.failures = 0  # calls still to refuse with StoreUnavailableError
+        self.why = "the test store is unavailable"  # what the refusal says
         self.broken = False  # raise a plain bug instead
         self.open = threading.Event()  # cleared: calls wait until it is set again
         self.open.set()
@@ -59,7 +60,7 @@ class ControlledStore:
         self.batches.append(len(uses))
         if self.failures:
             self.failures -= 1
-            raise StoreUnavailableError("the test store is unavailable")
+            raise StoreUnavailableError(self.why)
         if self.broken:
             raise RuntimeError("a bug in the store")
         self.store.record_uses(uses)
@@ -367,6 +368,28 @@ async def test_from_the_event_loop_a_read_after_a_use_waits_in_a_worker_thread(
 
 
 # --- faults --------------------------------------------------------------------------------------
+
+
+def test_a_change_or_listing_waiting_on_uses_the_store_refuses_says_why_it_refuses_them(
+    service: Secrets, controlled: ControlledStore
+) -> None:
+    # A full disk refused the uses: the change after them failed saying only that they were not written yet.
+    controlled.why = "the SQLite store is unavailable: database or disk is full"
+    controlled.failures = 1_000_000
+    service.get_secrets("alice", "github")
+    value = new_canary()
+
+    with pytest.raises(StoreUnavailableError) as changing:
+        service.set_secret("alice", "github", "OTHER", value)
+    with pytest.raises(StoreUnavailableError) as listing:
+        service.list_events("alice")
+
+    for raised in (changing, listing):
+        assert str(raised.value) == (
+            "the latest uses of secrets are not written yet: the SQLite store is unavailable: "
+            "database or disk is full"
+        )
+        assert_not_leaked(raised.value, value)
 
 
 def test_uses_made_while_another_process_locks_sqlite_are_written_once_it_is_free(

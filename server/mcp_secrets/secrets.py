@@ -493,6 +493,8 @@ class Secrets:
     def _catch_up(self) -> None:
         """Wait for the uses recorded so far to be written: what follows reads them, or comes after them."""
         if not self.uses.flush():
+            if (refusal := self.uses.refusal) is not None:  # a full disk, say: in the store's words, no value
+                raise StoreUnavailableError(f"the latest uses of secrets are not written yet: {refusal}")
             raise StoreUnavailableError(
                 "the store is unavailable: the latest uses of secrets are not written yet"
             )

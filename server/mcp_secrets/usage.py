@@ -64,6 +64,7 @@ class UseRecorder:
         self._queued = 0
         self._settled = 0
         self._failures = 0
+        self._refusal: str | None = None  # why the store refused the last batch written, until one is written
         self._dropped = 0
         self._dropped_reported = 0
         self._dropped_reported_at = 0.0
@@ -78,6 +79,11 @@ class UseRecorder:
         """How many uses wait to be written, the batch being written included."""
         with self._changed:
             return len(self._pending) + len(self._writing)
+
+    @property
+    def refusal(self) -> str | None:
+        """Why the store refused the last batch written (never a value), or None when it was written."""
+        return self._refusal
 
     @property
     def dropped(self) -> int:
@@ -188,6 +194,7 @@ class UseRecorder:
 
     def _written(self, failure: str | None) -> None:
         """Under the lock, after a batch: a failed one goes back to the front; either way the mark moves."""
+        self._refusal = failure
         if failure is not None:
             self._failures += 1
             self._pending.extendleft(reversed(self._writing))
