@@ -680,6 +680,35 @@ def test_a_command_that_writes_refuses_at_once_a_store_it_can_only_read(
     assert database.read_bytes() == before
 
 
+@pytest.mark.parametrize("command", [["serve"], ["list", "--user", "alice"]])
+@pytest.mark.parametrize("fault", ["file-unreadable", "directory-unwritable"])
+def test_a_store_this_process_may_not_open_is_refused_saying_what_keeps_it_out(
+    env: dict[str, str], command: list[str], fault: str
+) -> None:
+    # SQLite says only "unable to open database file", or, of a file this user may write in a directory it
+    # may not, "attempt to write a readonly database": neither says which permission to look at.
+    assert mcp_secrets_cli(env, "token", "create", "bob").returncode == 0
+    database = Path(env["MCP_SECRETS_DATA_DIR"]) / "secrets.db"
+    changed, mode = (database, 0o000) if fault == "file-unreadable" else (database.parent, 0o500)
+    changed.chmod(mode)
+    try:
+        done = mcp_secrets_cli(env, *command, prefix=tuple(as_an_ordinary_process()))
+    finally:
+        changed.chmod(0o600 if changed == database else 0o700)
+
+    assert done.returncode == 1
+    said = done.stderr.strip().splitlines()[-1]
+    assert said.startswith(f"mcp-secrets: error: the SQLite store at {database} cannot be opened: "), said
+    if fault == "file-unreadable":
+        assert said.endswith("; this process may not read the file (Permission denied)"), said
+    else:
+        assert said.endswith(
+            f"; this process may not make in {database.parent} the -wal and -shm files SQLite keeps beside "
+            "the file"
+        ), said
+    assert "Traceback" not in done.stderr
+
+
 # The tables of the first version, before entry links, the audit trail and last uses.
 _FIRST_VERSION_SCHEMA = """
 CREATE TABLE user_secrets (

@@ -595,6 +595,36 @@ def _create_private_file(path: Path) -> None:
         )
 
 
+def _hindrance(path: Path) -> str | None:
+    """What keeps this process from a file SQLite could not open, in words; None when nothing is found.
+
+    SQLite says "unable to open database file", or of a file in a directory this process may not write,
+    "attempt to write a readonly database": neither names the permission to look at.
+    """
+    real = path.resolve()
+    wal, shm = (real.with_name(real.name + end) for end in ("-wal", "-shm"))
+    for each, name in ((real, "the file"), (wal, "its -wal file"), (shm, "its -shm file")):
+        if (refused := _unreadable(each)) is not None:
+            return f"this process may not read {name} ({refused})"
+    if not wal.exists() and not os.access(real.parent, os.W_OK | os.X_OK):
+        return (
+            f"this process may not make in {real.parent} the -wal and -shm files SQLite keeps beside the file"
+        )
+    return None
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why this process may not open ``path`` to read it, in the error's words; None if it may, or no file."""
+    try:
+        # Non-blocking: a named pipe would otherwise wait for a writer.
+        os.close(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return exc.strerror
+    return None
+
+
 class SQLiteStore:
     """A ``SecretStore`` on one SQLite file, shared by threads through one locked connection.
 
@@ -640,8 +670,14 @@ class SQLiteStore:
             if create:
                 _check_writable(self._connection, self.path)
             self._file = _identity(self.path.stat())
-        except (OSError, sqlite3.Error) as exc:
+        except OSError as exc:
             raise StoreUnavailableError(f"the SQLite store at {self.path} cannot be opened: {exc}") from None
+        except sqlite3.Error as exc:
+            hindrance = _hindrance(self.path)
+            raise StoreUnavailableError(
+                f"the SQLite store at {self.path} cannot be opened: {exc}"
+                + (f"; {hindrance}" if hindrance else "")
+            ) from None
         _OPEN.add(self)
 
     def _connect(self) -> sqlite3.Connection:
