@@ -1,12 +1,16 @@
-"""Store faults: unreachable at start, locked by another process mid-run or briefly, pruned while serving.
+"""Store faults: unreachable at start, locked by another process mid-run or briefly, pruned while serving,
+its disk full.
 
 `mcp-secrets serve` runs as a real subprocess; another process takes SQLite's
 write lock on the same file, as a second replica, a backup or an admin's
-sqlite3 shell would.
+sqlite3 shell would. The full disk is a real one, a small tmpfs (root only).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets as _random
 import socket
 import sqlite3
 import subprocess
@@ -338,3 +342,112 @@ async def test_a_prune_in_short_batches_lets_every_write_of_a_serving_server_thr
         assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     assert created == (len(writes),)
     assert canary not in (tmp_path / "server.log").read_text(encoding="utf-8")
+
+
+# --- a full disk under a serving server -------------------------------------------------------------
+
+SMALL_DISK = "2M"
+FULL = "database or disk is full"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of ``SMALL_DISK`` for this test alone, to fill: skipped unless this process may mount one.
+
+    Root on a Debian machine may; in a container without CAP_SYS_ADMIN, or as any other user, it skips.
+    """
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("only root may mount a tmpfs")
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK},mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"a tmpfs cannot be mounted here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], capture_output=True, timeout=60, check=True)
+
+
+def fill(disk: Path) -> Path:
+    """Fill ``disk`` to its last byte with one file, returned: deleting it frees the space again."""
+    filler = disk / "filler"
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for size in (65536, 4096, 1):
+            with contextlib.suppress(OSError):  # ENOSPC: on with smaller writes, to the last byte
+                while True:
+                    os.write(descriptor, b"\0" * size)
+    finally:
+        os.close(descriptor)
+    assert os.statvfs(disk).f_bavail == 0
+    return filler
+
+
+async def test_a_full_disk_fails_each_write_saying_so_records_none_of_them_and_recovers_once_freed(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    env = isolated_env(tmp_path, MCP_SECRETS_DATA_DIR=str(small_disk / "data"))
+    token = create_token(env, "alice")
+    values = [_random.token_urlsafe(24) for _ in range(4)]
+    with serving(env, "streamable-http", tmp_path / "server.log") as deployment:
+        async with deployment.connect(token=token) as alice:
+            stored = await alice.call_tool("set_secret", {"server": "s", "key": "KEPT", "value": values[0]})
+            filler = fill(small_disk)
+            refused = [
+                await alice.call_tool("set_secret", {"server": "s", "key": "NEW", "value": values[1]}),
+                await alice.call_tool("set_secret", {"server": "s", "key": "KEPT", "value": values[2]}),
+                await alice.call_tool("delete_secret", {"server": "s", "key": "KEPT"}),
+                await alice.call_tool("request_secret", {"server": "s", "key": "LINKED"}),
+            ]
+            commands = [
+                run_cli(env, "token", "create", "bob"),
+                run_cli(env, "rotate"),
+                run_cli(env, "prune-audit", "--older-than", "1"),
+            ]
+            listed = await alice.call_tool("list_secret_keys", {})
+            filler.unlink()
+            stored_after = await alice.call_tool(
+                "set_secret", {"server": "s", "key": "NEW", "value": values[3]}
+            )
+            deleted_after = await alice.call_tool("delete_secret", {"server": "s", "key": "KEPT"})
+        still_serving = deployment.process is not None and deployment.process.poll() is None
+
+    assert not stored.is_error, text_of(stored)
+    for result in refused:
+        assert result.is_error
+        assert FULL in text_of(result), text_of(result)
+    for done in commands:
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.strip().splitlines()[-1].endswith(FULL), done.stderr
+        assert "Traceback" not in done.stderr
+    assert not listed.is_error, text_of(listed)  # reads are still served
+    assert listed.structured_content is not None
+    assert [entry["key"] for entry in listed.structured_content["keys"]] == ["KEPT"]
+    assert (stored_after.is_error, deleted_after.is_error) == (False, False)
+    assert still_serving
+    database = small_disk / "data" / "secrets.db"
+    with closing(sqlite3.connect(database)) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        events = connection.execute("SELECT action, key FROM audit_events WHERE actor = 'alice' ORDER BY id")
+        # No event of a refused write, and none of a write made missing: each change with its event.
+        assert events.fetchall() == [
+            ("token-created", ""),
+            ("created", "KEPT"),
+            ("created", "NEW"),
+            ("deleted", "KEPT"),
+        ]
+        assert connection.execute("SELECT key FROM user_secrets").fetchall() == [("NEW",)]
+    verified = run_cli(env, "verify")
+    assert verified.returncode == 0, verified.stderr
+    outputs = "".join(text_of(result) for result in [stored, *refused, listed, stored_after, deleted_after])
+    outputs += "".join(done.stdout + done.stderr for done in [*commands, verified])
+    outputs += (tmp_path / "server.log").read_text(encoding="utf-8")
+    for value in values:
+        assert value not in outputs
