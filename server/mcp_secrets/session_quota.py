@@ -7,7 +7,8 @@ and a task for as long as the client keeps it. Past the bound a user's new sessi
 the sessions already open, and every other user's, go on. Sessions opened with an API token revoked (or
 expired) since do not count: no request can use them again, and a leaked token, once revoked, must not
 keep its user out. The ``subscriptions/listen`` streams of protocol 2026-07-28, which has no sessions,
-are bounded per user the same way (the SDK takes 1,024 in all), by ``OpenStreams``.
+are bounded per user the same way (the SDK takes 1,024 in all), by ``OpenStreams``. A stateless server
+keeps nothing open past a request: its GET, a stream that could never carry a message, is refused.
 """
 
 from __future__ import annotations
@@ -80,6 +81,29 @@ async def _refuse(username: str, most: int, scope: Scope, receive: Receive, send
     )
     body = {"jsonrpc": "2.0", "id": None, "error": {"code": _INVALID_REQUEST, "message": message}}
     await JSONResponse(body, status_code=HTTPStatus.TOO_MANY_REQUESTS)(scope, receive, send)
+
+
+class SessionlessEndpoint:
+    """In front of a stateless ``/mcp``: GET and DELETE, the methods of a session, are refused (405).
+
+    With no session, nothing is ever sent on a GET stream, which would yet hold a task and a connection
+    for as long as its client keeps it, with no bound per user; and there is no session to delete.
+    A request without a token goes on to the SDK, which refuses it (401).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer 405 to an authenticated GET or DELETE; pass anything else on."""
+        sessions_method = scope["type"] == "http" and scope["method"] in ("GET", "DELETE")
+        if not sessions_method or token_username(scope) is None:
+            await self.app(scope, receive, send)
+            return
+        message = "Method Not Allowed: this server is stateless; send each message by POST"
+        body = {"jsonrpc": "2.0", "id": None, "error": {"code": _INVALID_REQUEST, "message": message}}
+        refused = JSONResponse(body, status_code=HTTPStatus.METHOD_NOT_ALLOWED, headers={"Allow": "POST"})
+        await refused(scope, receive, send)
 
 
 class StreamableSessionQuota:

@@ -48,7 +48,7 @@ from mcp_secrets.listening import listening_sockets, named
 from mcp_secrets.logs import CLIENT_WENT_AWAY
 from mcp_secrets.rest import rest_routes
 from mcp_secrets.secrets import Secrets
-from mcp_secrets.session_quota import SseStreamQuota, StreamableSessionQuota
+from mcp_secrets.session_quota import SessionlessEndpoint, SseStreamQuota, StreamableSessionQuota
 from mcp_secrets.sse_backlog import SseBacklog
 from mcp_secrets.tokens import ApiTokens
 
@@ -415,7 +415,9 @@ def http_app(
             transport_security=security,
             host=settings.host,
         )
-        if not settings.stateless_http:  # stateless: no session outlives its request
+        if settings.stateless_http:  # no session outlives its request
+            _wrap_route(app, MCP_PATH, SessionlessEndpoint)
+        else:
             manager = mcp.session_manager
             _wrap_route(app, MCP_PATH, lambda inner: StreamableSessionQuota(inner, manager, most, tokens))
     # Starlette would redirect /secrets/set/ to /secrets/set, built from the Host and scheme it sees, not

@@ -917,6 +917,31 @@ async def test_stateless_streamable_http_keeps_secrets_across_connections(statel
     assert "(stateless)" in stateless_deployment.log()
 
 
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+@pytest.mark.parametrize("session_id", [None, "a-session-id-sent-anyway"])
+def test_stateless_streamable_http_refuses_the_methods_of_a_session_with_405(
+    stateless_deployment, method: str, session_id: str | None
+) -> None:
+    # With no session, a GET stream would never carry a message, yet be held open, with no bound per user,
+    # until its client goes; and there is no session to DELETE.
+    headers = {
+        "Authorization": f"Bearer {stateless_deployment.token('alice')}",
+        "Accept": "text/event-stream, application/json",
+        "MCP-Protocol-Version": LATEST_HANDSHAKE_VERSION,
+    }
+    if session_id is not None:
+        headers["Mcp-Session-Id"] = session_id
+    with (
+        httpx2.Client(trust_env=False, timeout=30) as http,
+        http.stream(method, stateless_deployment.endpoint, headers=headers) as answer,
+    ):
+        status, allowed = answer.status_code, answer.headers.get("allow")
+        without_token = http.request(method, stateless_deployment.endpoint)
+
+    assert (status, allowed) == (HTTPStatus.METHOD_NOT_ALLOWED, "POST")
+    assert without_token.status_code == HTTPStatus.UNAUTHORIZED
+
+
 @pytest.mark.parametrize(
     ("arguments", "noted"),
     [
