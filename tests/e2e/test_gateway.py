@@ -3677,6 +3677,36 @@ async def test_over_http_a_call_whose_client_vanished_is_cancelled_once_another_
             assert not cancelled.exists()
 
 
+@pytest.mark.parametrize("tool", ["ask", "open_page"])  # a form, and a URL
+async def test_over_stateless_http_a_downstreams_question_to_a_handshake_client_is_refused_saying_why(
+    tmp_path: Path, canary: str, tool: str
+) -> None:
+    # Its answer would come in a request of its own, which reaches no call: the client declared both modes,
+    # but a stateless server never learns it, and the downstream must not be told the client refuses them.
+    servers = tmp_path / "servers.json"
+    servers.write_text(json.dumps({"mcpServers": {"down": STDIO_ENTRY}}), encoding="utf-8")
+    env = isolated_env(tmp_path)
+    token = create_token(env, "alice")
+    asked: list[ElicitRequestParams] = []
+
+    async def answer(_context: ClientRequestContext, params: ElicitRequestParams) -> ElicitResult:
+        asked.append(params)
+        return ElicitResult(action="decline")
+
+    log = tmp_path / "server.log"
+    with serving(env, "streamable-http", log, "--stateless", "--servers", str(servers)) as deployment:
+        deployment.tokens["alice"] = token
+        await store_over_mcp(deployment, "alice", "down", canary)
+        async with deployment.connect("alice", mode="legacy", elicitation_callback=answer) as alice:
+            called = await alice.call_tool(f"down__{tool}", {})
+
+    assert called.is_error
+    assert "stateless" in text_of(called)
+    assert "does not take" not in text_of(called)
+    assert asked == []
+    assert canary not in everything_in(called) + log.read_text()
+
+
 async def test_over_http_a_first_listing_after_a_call_whose_client_vanished_lists_that_servers_tools(
     tmp_path: Path, canary: str
 ) -> None:

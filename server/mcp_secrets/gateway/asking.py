@@ -28,6 +28,11 @@ from pydantic import ValidationError
 from mcp_secrets.elicitation import asks_by_result, takes_elicitation
 from mcp_secrets.gateway.redact import Redactor
 
+# What a downstream is told of a question a client cannot be asked by a request on the call's stream.
+STATELESS_REFUSAL = (
+    "the client cannot be asked during a call over stateless HTTP (only in a call's result, from 2026-07-28)"
+)
+
 
 def elicitation_forwarder(
     ctx: Context[Any, Any] | None, redactor: Redactor, server: str
@@ -38,6 +43,10 @@ def elicitation_forwarder(
 
     async def forward(params: ElicitRequestParams) -> ElicitResult | ErrorData:
         mode = mode_of(params)
+        if not asks_by_result(ctx) and not ctx.session.can_send_request:
+            # Stateless HTTP: the answer would come in a request of its own, which reaches no call, and
+            # what the client declared in its handshake is not known here: it may take the mode.
+            return ErrorData(code=INVALID_REQUEST, message=STATELESS_REFUSAL)
         if not takes_elicitation(ctx, mode):
             # What a client answers when asked in a mode it did not declare (-32602).
             return ErrorData(code=INVALID_PARAMS, message=f"the client does not take {mode} elicitation")
