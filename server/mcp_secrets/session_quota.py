@@ -84,10 +84,10 @@ async def _refuse(username: str, most: int, scope: Scope, receive: Receive, send
 
 
 class SessionlessEndpoint:
-    """In front of a stateless ``/mcp``: GET and DELETE, the methods of a session, are refused (405).
+    """In front of a stateless ``/mcp``: any method but POST is refused (405, ``Allow: POST``).
 
     With no session, nothing is ever sent on a GET stream, which would yet hold a task and a connection
-    for as long as its client keeps it, with no bound per user; and there is no session to delete.
+    for as long as its client keeps it, with no bound per user; and there is no session to DELETE.
     A request without a token goes on to the SDK, which refuses it (401).
     """
 
@@ -95,9 +95,8 @@ class SessionlessEndpoint:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answer 405 to an authenticated GET or DELETE; pass anything else on."""
-        sessions_method = scope["type"] == "http" and scope["method"] in ("GET", "DELETE")
-        if not sessions_method or token_username(scope) is None:
+        """Answer 405 to an authenticated request other than a POST; pass anything else on."""
+        if scope["type"] != "http" or scope["method"] == "POST" or token_username(scope) is None:
             await self.app(scope, receive, send)
             return
         message = "Method Not Allowed: this server is stateless; send each message by POST"

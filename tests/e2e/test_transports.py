@@ -917,13 +917,13 @@ async def test_stateless_streamable_http_keeps_secrets_across_connections(statel
     assert "(stateless)" in stateless_deployment.log()
 
 
-@pytest.mark.parametrize("method", ["GET", "DELETE"])
+@pytest.mark.parametrize("method", ["GET", "DELETE", "PUT"])
 @pytest.mark.parametrize("session_id", [None, "a-session-id-sent-anyway"])
-def test_stateless_streamable_http_refuses_the_methods_of_a_session_with_405(
+def test_stateless_streamable_http_takes_only_post_and_says_so_with_405(
     stateless_deployment, method: str, session_id: str | None
 ) -> None:
     # With no session, a GET stream would never carry a message, yet be held open, with no bound per user,
-    # until its client goes; and there is no session to DELETE.
+    # until its client goes; and there is no session to DELETE. A 405's Allow names what is allowed.
     headers = {
         "Authorization": f"Bearer {stateless_deployment.token('alice')}",
         "Accept": "text/event-stream, application/json",
