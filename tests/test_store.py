@@ -813,6 +813,36 @@ def test_mongo_documents_hold_the_user_secret_fields(mongo_store: MongoStore) ->
 
 
 @mongo_backends
+def test_mongo_reads_the_times_mongoose_wrote_into_a_document_of_the_original_design(
+    mongo_store: MongoStore,
+) -> None:
+    # The original design's Mongoose schema, with `timestamps: true`, wrote createdAt and updatedAt.
+    original = {"username": "alice", "server": "github", "key": "TOKEN", "value": "ciphertext"}
+    mongo_store._secrets.insert_one({**original, "createdAt": T0, "updatedAt": T1, "__v": 0})
+
+    [record] = mongo_store.find_secrets("alice", "github")
+    assert (record.created_at, record.updated_at) == (T0, T1)
+
+    # Saved again here: updated now, created when Mongoose says.
+    mongo_store.put_secret("alice", "github", "TOKEN", "ciphertext-2", T2)
+    [record] = mongo_store.find_secrets("alice", "github")
+    assert (record.created_at, record.updated_at) == (T0, T2)
+
+
+@mongo_backends
+@pytest.mark.parametrize("stored", ["2025-03-14T09:26:53Z", 0, None], ids=["text", "number", "null"])
+def test_mongo_passes_over_a_mongoose_time_that_is_not_a_date(
+    mongo_store: MongoStore, stored: object
+) -> None:
+    # Only ours are the store's to refuse: another name's field of another shape is no time at all.
+    original = {"username": "alice", "server": "github", "key": "TOKEN", "value": "ciphertext"}
+    mongo_store._secrets.insert_one({**original, "createdAt": stored, "updatedAt": stored, "updated_at": T1})
+
+    [record] = mongo_store.find_secrets("alice", "github")
+    assert (record.created_at, record.updated_at) == (T1, T1)
+
+
+@mongo_backends
 def test_mongo_updates_never_name_one_field_under_two_operators(
     mongo_store: MongoStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

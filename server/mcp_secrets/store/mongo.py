@@ -181,15 +181,29 @@ def _secret(document: Document) -> SecretRecord:
     return _converted(SECRETS_COLLECTION, document, _secret_of)
 
 
+def _mongoose_time(document: Document, field: str) -> datetime | None:
+    """A time the original design's Mongoose wrote (``createdAt``, ``updatedAt``); None unless a date.
+
+    Not the store's own field: one of another shape is passed over, not refused.
+    """
+    stored = document.get(field)
+    return _utc(stored) if isinstance(stored, datetime) else None
+
+
 def _secret_of(document: Document) -> SecretRecord:
-    # The original design wrote no times at all, and an update sets only updated_at: read what there is.
-    updated_at = _stored_time(document, "updated_at") or datetime.now(timezone.utc)
+    # The original design wrote no times of ours (Mongoose's, at most), and an update sets only updated_at:
+    # read what there is.
+    updated_at = (
+        _stored_time(document, "updated_at")
+        or _mongoose_time(document, "updatedAt")
+        or datetime.now(timezone.utc)
+    )
     return SecretRecord(
         _stored_text(document, "username"),
         _stored_text(document, "server"),
         _stored_text(document, "key"),
         _stored_text(document, "value"),
-        _stored_time(document, "created_at") or updated_at,
+        _stored_time(document, "created_at") or _mongoose_time(document, "createdAt") or updated_at,
         updated_at,
         _stored_time(document, "last_used_at"),
     )
