@@ -573,6 +573,29 @@ def test_damaged_legacy_ciphertext_is_rejected(
     assert_not_leaked(raised.value, canary)
 
 
+@pytest.mark.parametrize(
+    ("iv_bytes", "tag_bytes", "said"),
+    [
+        # Node.js's crypto takes an IV of 1 to 128 bytes and a tag of 4 to 16 ({authTagLength}).
+        (4, 16, "has a 4-byte IV, which mcp-secrets cannot read (8 to 128 bytes)"),
+        (129, 16, "has a 129-byte IV, which mcp-secrets cannot read (8 to 128 bytes)"),
+        (12, 12, "has a 12-byte authentication tag, which mcp-secrets cannot read (16 bytes)"),
+    ],
+    ids=["4-byte-iv", "129-byte-iv", "12-byte-tag"],
+)
+def test_a_legacy_ciphertext_of_an_iv_or_tag_length_not_read_says_which_rather_than_damaged(
+    master_key: bytes, legacy_key: str, iv_bytes: int, tag_bytes: int, said: str
+) -> None:
+    encryptor = SecretEncryptor([master_key], legacy_key=legacy_key)
+    token = f"{os.urandom(iv_bytes).hex()}:{os.urandom(tag_bytes).hex()}:{os.urandom(20).hex()}"
+
+    with pytest.raises(DecryptionError) as raised:
+        encryptor.decrypt(token, **RECORD)
+
+    where = "secret 'TOKEN' of server 'github'"
+    assert str(raised.value) == f"{where} is not readable: its legacy ciphertext {said}"
+
+
 @pytest.mark.parametrize("with_legacy_key", [False, True], ids=["no-legacy-key", "legacy-key"])
 @pytest.mark.parametrize("ciphertext", ["v2:0123abcd:payload", "iv:tag:body", "0a1b:0a1g:0a1b"])
 def test_three_fields_not_all_hex_are_in_no_readable_format_not_the_legacy_one(

@@ -42,6 +42,7 @@ LEGACY_KEY_ID = "legacy"
 MASTER_KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
+_LEGACY_IV_BYTES = (8, 128)  # the IV lengths AES-GCM takes here (cryptography's bounds)
 _DATA_KEY_INFO = b"mcp-secrets v1 data key"
 _KEY_ID_INFO = b"mcp-secrets v1 key id"
 _AAD_LABEL = b"mcp-secrets v1 record"
@@ -324,8 +325,18 @@ def _decrypt_legacy(legacy: AESGCM, parts: list[str], where: str) -> str:
         iv, tag, body = (bytes.fromhex(part) for part in parts)
     except ValueError:
         raise DecryptionError(f"{where} is damaged: its legacy ciphertext is malformed") from None
-    if len(tag) != TAG_BYTES or not 8 <= len(iv) <= 128:  # noqa: PLR2004 - GCM nonce bounds
-        raise DecryptionError(f"{where} is damaged: its legacy ciphertext is malformed")
+    # Node.js's crypto, which wrote the format, takes an IV of 1 to 128 bytes and a tag of 4 to 16: a
+    # record may be whole and still out of reach here, so say which length, not that it is damaged.
+    if not _LEGACY_IV_BYTES[0] <= len(iv) <= _LEGACY_IV_BYTES[1]:
+        raise DecryptionError(
+            f"{where} is not readable: its legacy ciphertext has a {len(iv)}-byte IV, which mcp-secrets "
+            f"cannot read ({_LEGACY_IV_BYTES[0]} to {_LEGACY_IV_BYTES[1]} bytes)"
+        )
+    if len(tag) != TAG_BYTES:
+        raise DecryptionError(
+            f"{where} is not readable: its legacy ciphertext has a {len(tag)}-byte authentication tag, which "
+            f"mcp-secrets cannot read ({TAG_BYTES} bytes)"
+        )
     try:
         plain = legacy.decrypt(iv, body + tag, None)
     except InvalidTag:
