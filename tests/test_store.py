@@ -59,6 +59,7 @@ from mcp_secrets.store import (
     SecretStore,
     SecretUse,
     TokenRecord,
+    nonblocking,
     open_store,
 )
 from mcp_secrets.store import mongo as mongo_module
@@ -2714,6 +2715,136 @@ def test_sqlite_refuses_every_call_once_its_file_is_deleted_or_replaced(
         sqlite_store.put_secret("alice", "github", "TOKEN", "lost-ciphertext", T1)
     with pytest.raises(StoreUnavailableError, match=f"was {change}"):
         sqlite_store.find_secrets("alice")
+
+
+def _sqlite_error(kind: type[sqlite3.Error], message: str, code: int, name: str) -> sqlite3.Error:
+    """An error as sqlite3 raises it, with SQLite's extended result code and its name."""
+    error = kind(message)
+    error.sqlite_errorcode = code  # type: ignore[attr-defined]
+    error.sqlite_errorname = name  # type: ignore[attr-defined]
+    return error
+
+
+def _disk_io_error() -> sqlite3.Error:
+    return _sqlite_error(sqlite3.OperationalError, "disk I/O error", 778, "SQLITE_IOERR_WRITE")
+
+
+def _malformed() -> sqlite3.Error:
+    return _sqlite_error(sqlite3.DatabaseError, "database disk image is malformed", 11, "SQLITE_CORRUPT")
+
+
+class _FailedDisk:
+    """A connection on a disk that has failed: each statement raises the error it was given (a seam).
+
+    A real one is made by ext4's FS_IOC_SHUTDOWN (tests/e2e/test_faults.py, root only): the first write
+    fails with SQLITE_IOERR_WRITE, and that connection reads the file as malformed ever after.
+    """
+
+    in_transaction = False
+
+    def __init__(self, error: Callable[[], sqlite3.Error]) -> None:
+        self._error = error
+        self.closed = False
+
+    def execute(self, *_: object) -> sqlite3.Cursor:
+        raise self._error()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["waiting", "inline"])
+def test_sqlite_after_a_disk_io_error_says_so_lets_go_of_the_connection_and_opens_the_file_again(
+    sqlite_store: SQLiteStore, sqlite_path: Path, inline: bool
+) -> None:
+    sqlite_store.put_secret("alice", "github", "TOKEN", "ciphertext", T0)
+    opened = sqlite_store._connection
+    failed = _FailedDisk(_disk_io_error)
+    sqlite_store._connection = failed  # type: ignore[assignment]
+
+    with (
+        nonblocking() if inline else contextlib.nullcontext(),
+        pytest.raises(StoreUnavailableError) as raised,
+    ):
+        sqlite_store.put_secret("alice", "github", "OTHER", "other-ciphertext", T1)
+    opened.close()
+
+    assert "disk I/O error" in str(raised.value)
+    assert str(sqlite_path) in str(raised.value)
+    # Its files let go of: a filesystem that failed can be unmounted, checked and mounted again.
+    assert failed.closed
+    assert _triples(sqlite_store, "alice") == [("github", "TOKEN", "ciphertext")]
+    assert sqlite_store.put_secret("alice", "github", "OTHER", "other-ciphertext", T1) is True
+
+
+def test_sqlite_a_file_read_as_malformed_right_after_a_disk_io_error_is_said_to_follow_it(
+    sqlite_store: SQLiteStore, sqlite_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sqlite_store.put_secret("alice", "github", "TOKEN", "ciphertext", T0)
+    opened = sqlite_store._connection
+    sqlite_store._connection = _FailedDisk(_disk_io_error)  # type: ignore[assignment]
+    with pytest.raises(StoreUnavailableError, match="disk I/O error"):
+        sqlite_store.find_secrets("alice")
+    opened.close()
+    reopened = _FailedDisk(_malformed)
+    connect = sqlite_store._connect
+    monkeypatch.setattr(sqlite_store, "_connect", lambda **_: reopened)
+
+    with pytest.raises(StoreUnavailableError) as raised:
+        sqlite_store.find_secrets("alice")
+    monkeypatch.setattr(sqlite_store, "_connect", connect)
+
+    # SQLite's words stay (the file may be damaged too), after what came first: the disk failed.
+    assert "disk I/O error" in str(raised.value)
+    assert "malformed" in str(raised.value)
+    assert reopened.closed
+    assert _triples(sqlite_store, "alice") == [("github", "TOKEN", "ciphertext")]
+
+
+def test_sqlite_a_file_opened_again_read_only_is_opened_again_once_a_write_is_refused(
+    sqlite_store: SQLiteStore, sqlite_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After an I/O error that made its filesystem read-only (ext4's errors=remount-ro), SQLite opens the
+    # file again read-only, and serves reads; writing again once the filesystem is writable needs a
+    # connection opened anew, as a read-only one stays read-only.
+    sqlite_store.put_secret("alice", "github", "TOKEN", "ciphertext", T0)
+    opened = sqlite_store._connection
+    sqlite_store._connection = _FailedDisk(_disk_io_error)  # type: ignore[assignment]
+    with pytest.raises(StoreUnavailableError, match="disk I/O error"):
+        sqlite_store.put_secret("alice", "github", "OTHER", "other-ciphertext", T1)
+    opened.close()
+    read_only = f"{sqlite_path.as_uri()}?mode=ro"
+    monkeypatch.setattr(sqlite_store, "_connect", lambda **_: sqlite3.connect(read_only, uri=True))
+    assert _triples(sqlite_store, "alice") == [("github", "TOKEN", "ciphertext")]
+    monkeypatch.undo()  # the filesystem writable again
+
+    with pytest.raises(StoreUnavailableError, match="readonly"):
+        sqlite_store.put_secret("alice", "github", "OTHER", "other-ciphertext", T1)
+
+    assert sqlite_store.put_secret("alice", "github", "OTHER", "other-ciphertext", T1) is True
+    assert _triples(sqlite_store, "alice") == [
+        ("github", "OTHER", "other-ciphertext"),
+        ("github", "TOKEN", "ciphertext"),
+    ]
+
+
+def test_sqlite_a_malformed_file_is_said_to_be_malformed_at_every_call(sqlite_path: Path) -> None:
+    opened = SQLiteStore(sqlite_path)
+    for index in range(200):
+        opened.put_secret("alice", "github", f"KEY{index}", "ciphertext" * 20, T0)
+    opened.close()
+    with sqlite_path.open("r+b") as database:  # every page but the first, with the schema, overwritten
+        database.seek(4096)
+        database.write(b"\xa5" * (sqlite_path.stat().st_size - 4096))
+    damaged = SQLiteStore(sqlite_path)
+    try:
+        for _ in range(2):
+            with pytest.raises(StoreUnavailableError) as raised:
+                damaged.find_secrets("alice")
+            assert "database disk image is malformed" in str(raised.value)
+            assert "I/O" not in str(raised.value)
+    finally:
+        damaged.close()
 
 
 # user_secrets as the first version made it, before last uses were kept.

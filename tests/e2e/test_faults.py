@@ -9,10 +9,12 @@ sqlite3 shell would. The full disk is a real one, a small tmpfs (root only).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets as _random
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -449,5 +451,178 @@ async def test_a_full_disk_fails_each_write_saying_so_records_none_of_them_and_r
     outputs = "".join(text_of(result) for result in [stored, *refused, listed, stored_after, deleted_after])
     outputs += "".join(done.stdout + done.stderr for done in [*commands, verified])
     outputs += (tmp_path / "server.log").read_text(encoding="utf-8")
+    for value in values:
+        assert value not in outputs
+
+
+# --- a disk that fails (EIO) under a serving server, and comes back ---------------------------------
+
+# ioctl(FS_IOC_SHUTDOWN) = _IOR('X', 125, __u32): the filesystem answers every call after it with EIO, as a
+# disk that went away does, until it is unmounted. Its flag 0 first writes out what is pending.
+FS_IOC_SHUTDOWN = 0x8004587D
+DISK_FAILED = "disk I/O error"
+
+
+class LoopDisk:
+    """An ext4 filesystem on a loop device of its own, mounted at ``mount_point`` with ``options``."""
+
+    def __init__(self, device: str, mount_point: Path, options: str) -> None:
+        self.device = device
+        self.mount_point = mount_point
+        self.options = options
+
+    def mount(self) -> None:
+        subprocess.run(
+            ["mount", "-o", self.options, self.device, str(self.mount_point)],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+
+    def unmount(self) -> subprocess.CompletedProcess[str]:
+        """``umount``, which fails ("target is busy") while a process holds a file of it open."""
+        return subprocess.run(
+            ["umount", str(self.mount_point)], capture_output=True, text=True, timeout=60, check=False
+        )
+
+    def shut_down(self) -> None:
+        """Make every later call on the filesystem fail with EIO, as a disk gone away does."""
+        descriptor = os.open(self.mount_point, os.O_RDONLY)
+        try:
+            fcntl.ioctl(descriptor, FS_IOC_SHUTDOWN, struct.pack("I", 0))
+        finally:
+            os.close(descriptor)
+
+    def fail(self) -> None:
+        """Have ext4 record an error, as of a failed read of its metadata: ``errors=`` says what follows."""
+        trigger = Path("/sys/fs/ext4") / Path(self.device).name / "trigger_fs_error"
+        if not trigger.exists():
+            pytest.skip(f"this kernel has no {trigger}")
+        trigger.write_text("1")
+
+
+@pytest.fixture
+def loop_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LoopDisk]:
+    """A small ext4 image on a loop device, mounted for this test alone: skipped unless this process may.
+
+    Root may where the kernel has loop devices; a container without them, or any other user, skips. The
+    mount options are the test's parameter, if it gives one (indirectly).
+    """
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("only root may attach a loop device")
+    image = tmp_path / "disk.img"
+    with image.open("wb") as sized:
+        sized.truncate(8 * 1024 * 1024)
+    attached = subprocess.run(
+        ["losetup", "--find", "--show", str(image)], capture_output=True, text=True, timeout=60, check=False
+    )
+    if attached.returncode != 0:
+        pytest.skip(f"no loop device can be attached here: {attached.stderr.strip()}")
+    disk = LoopDisk(attached.stdout.strip(), tmp_path / "disk", getattr(request, "param", "rw"))
+    try:
+        subprocess.run(["mkfs.ext4", "-q", disk.device], capture_output=True, timeout=60, check=True)
+        disk.mount_point.mkdir()
+        disk.mount()
+        yield disk
+    finally:
+        disk.unmount()
+        subprocess.run(["losetup", "--detach", disk.device], capture_output=True, timeout=60, check=False)
+
+
+def _refusal(deployment: Deployment, http: httpx2.Client, token: str) -> str:
+    """Why the server refuses a read over HTTP: the token check fails first (503), and its log says why."""
+    answer = http.get(f"{deployment.base_url}/secrets?server=s", headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 503, answer.text
+    [why] = [line for line in deployment.log().splitlines() if "API token could not be checked" in line]
+    return why
+
+
+@pytest.mark.parametrize("transport", ["streamable-http", "stdio"])
+async def test_a_failed_disk_fails_each_call_saying_so_lets_go_of_the_file_and_serves_again_once_back(
+    loop_disk: LoopDisk, tmp_path: Path, transport: str
+) -> None:
+    env = isolated_env(tmp_path, MCP_SECRETS_DATA_DIR=str(loop_disk.mount_point / "data"))
+    token = create_token(env, "alice")
+    values = [_random.token_urlsafe(24) for _ in range(3)]
+    log = tmp_path / "server.log"
+    with (
+        contextlib.nullcontext(Deployment("stdio", env, log))
+        if transport == "stdio"
+        else serving(env, transport, log) as deployment,
+        httpx2.Client(trust_env=False, timeout=10) as http,
+    ):
+        async with deployment.connect(token=token) as alice:
+            stored = await alice.call_tool("set_secret", {"server": "s", "key": "KEPT", "value": values[0]})
+            loop_disk.shut_down()
+            refused = await alice.call_tool("set_secret", {"server": "s", "key": "LOST", "value": values[1]})
+            refusals = [text_of(refused)]
+            if transport == "stdio":
+                refusals.append(text_of(await alice.call_tool("list_secret_keys", {"server": "s"})))
+            else:
+                refusals.append(_refusal(deployment, http, token))
+                assert http.get(f"{deployment.base_url}/healthz").status_code == 503
+            listed_while_failed = run_cli(env, "list", "--user", "alice")
+            # The server holds no file of the failed filesystem open: it can be unmounted, checked, mounted.
+            unmounted = loop_disk.unmount()
+            assert unmounted.returncode == 0, unmounted.stderr
+            loop_disk.mount()
+            stored_after = await alice.call_tool(
+                "set_secret", {"server": "s", "key": "NEW", "value": values[2]}
+            )
+            listed = await alice.call_tool("list_secret_keys", {"server": "s"})
+            if deployment.base_url is not None:
+                assert http.get(f"{deployment.base_url}/healthz").status_code == 200
+
+    assert not stored.is_error, text_of(stored)
+    assert refused.is_error
+    for refusal in refusals:
+        assert DISK_FAILED in refusal, refusal
+        assert "malformed" not in refusal
+    assert listed_while_failed.returncode == 1
+    assert "Input/output error" in listed_while_failed.stderr
+    assert "Traceback" not in listed_while_failed.stderr
+    assert not stored_after.is_error, text_of(stored_after)
+    assert listed.structured_content is not None
+    assert [entry["key"] for entry in listed.structured_content["keys"]] == ["KEPT", "NEW"]
+    with closing(sqlite3.connect(loop_disk.mount_point / "data" / "secrets.db")) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        keys = connection.execute("SELECT key FROM user_secrets ORDER BY key").fetchall()
+    assert keys == [("KEPT",), ("NEW",)]
+    outputs = "".join([*refusals, text_of(stored), text_of(stored_after), text_of(listed)])
+    outputs += listed_while_failed.stdout + listed_while_failed.stderr + log.read_text(encoding="utf-8")
+    for value in values:
+        assert value not in outputs
+
+
+@pytest.mark.parametrize("loop_disk", ["rw,errors=remount-ro"], indirect=True)
+async def test_a_disk_made_read_only_by_an_error_refuses_writes_saying_so_and_serves_reads(
+    loop_disk: LoopDisk, tmp_path: Path
+) -> None:
+    env = isolated_env(tmp_path, MCP_SECRETS_DATA_DIR=str(loop_disk.mount_point / "data"))
+    token = create_token(env, "alice")
+    values = [_random.token_urlsafe(24) for _ in range(3)]
+    with serving(env, "streamable-http", tmp_path / "server.log") as deployment:
+        async with deployment.connect(token=token) as alice:
+            stored = await alice.call_tool("set_secret", {"server": "s", "key": "KEPT", "value": values[0]})
+            os.sync()  # written back, as a change made some seconds before the error is
+            loop_disk.fail()
+            refused = [
+                await alice.call_tool("set_secret", {"server": "s", "key": "LOST", "value": values[1]}),
+                await alice.call_tool("list_secret_keys", {"server": "s"}),
+                await alice.call_tool("set_secret", {"server": "s", "key": "LOST", "value": values[2]}),
+                await alice.call_tool("list_secret_keys", {"server": "s"}),
+            ]
+
+    assert not stored.is_error, text_of(stored)
+    first, listed, again, listed_again = refused
+    assert first.is_error
+    assert DISK_FAILED in text_of(first), text_of(first)
+    assert again.is_error
+    assert "malformed" not in text_of(again)
+    for result in (listed, listed_again):  # reads are still served
+        assert not result.is_error, text_of(result)
+        assert result.structured_content is not None
+        assert [entry["key"] for entry in result.structured_content["keys"]] == ["KEPT"]
+    outputs = "".join(text_of(result) for result in [stored, *refused]) + deployment.log()
     for value in values:
         assert value not in outputs

@@ -102,6 +102,9 @@ _FIRST_PAUSE_SECONDS = 0.001
 _LAST_PAUSE_SECONDS = 0.025
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
+_SQLITE_READONLY = 8
+_SQLITE_IOERR = 10
+_SQLITE_CORRUPT = 11
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +115,14 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     if code is None:
         return "locked" in str(exc)
     return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+
+
+def _is_error(exc: sqlite3.Error, code: int, words: str) -> bool:
+    """True when SQLite's primary result code of ``exc`` is ``code`` (on 3.10: its message has ``words``)."""
+    extended = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if extended is None:
+        return words in str(exc)
+    return bool(extended & 0xFF == code)
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -643,6 +654,8 @@ class SQLiteStore:
         self._busy_timeout_ms = round(busy_timeout * 1000)
         self._waits = True  # the connection's busy timeout is the configured one (False: 0)
         self._forked = False  # in a forked child, until it opens a connection of its own
+        self._let_go = False  # the connection was closed after an I/O error: the next call opens the file
+        self._disk_failed = False  # an I/O error failed a call, and no call has worked since
         self._before_close = CloseCallbacks()
         try:
             # Absolute, so that SQLite never takes a relative "file:…" for a URI (a store in memory, or
@@ -680,13 +693,17 @@ class SQLiteStore:
             ) from None
         _OPEN.add(self)
 
-    def _connect(self) -> sqlite3.Connection:
-        """A connection to the file, with the settings each connection needs."""
+    def _connect(self, *, create: bool = True) -> sqlite3.Connection:
+        """A connection to the file, with the settings each connection needs.
+
+        Without ``create``, SQLite opens only a file that exists: never an empty one in its place.
+        """
         connection = sqlite3.connect(
-            self._path_text,
+            self._path_text if create else Path(self._path_text).as_uri() + "?mode=rw",
             timeout=self._busy_timeout_ms / 1000,
             check_same_thread=False,
             isolation_level=None,
+            uri=not create,
         )
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute("PRAGMA secure_delete=ON")
@@ -707,6 +724,58 @@ class SQLiteStore:
         self._connection = self._connect()
         self._waits = True
         self._forked = False
+        self._let_go = False  # the parent's connection was closed, if it was: this one is open
+
+    def _open_again(self) -> None:
+        """Open the file at the path again, after an I/O error closed the connection to it."""
+        try:
+            self._connection = self._connect(create=False)
+        except sqlite3.Error as exc:
+            hindrance = _hindrance(self.path)
+            raise StoreUnavailableError(
+                f"the SQLite store is unavailable: its file {self.path} cannot be opened again after a disk "
+                f"I/O error: {exc}" + (f"; {hindrance}" if hindrance else "")
+            ) from None
+        self._waits = True
+        self._let_go = False
+
+    def _failure(self, exc: sqlite3.Error) -> StoreUnavailableError:
+        """The error that says why a call failed; after an I/O error, the connection is closed.
+
+        A connection that met one keeps its file open, and SQLite's state of it: on an ext4 shut down
+        for an I/O error, each later call of it read the file as malformed, while the file was whole, and
+        the filesystem could not be unmounted to be checked and mounted again. A connection opened anew,
+        at the next call, reads the file as it is once the disk is back. A file read as malformed right
+        after an I/O error is said to be, after the I/O error, and opened anew too; one read as malformed
+        otherwise is said to be, as SQLite says it.
+
+        A file SQLite opened anew on a filesystem made read-only by an I/O error (ext4's
+        ``errors=remount-ro``) is opened read-only, and serves reads; a write it refuses closes that
+        connection too, as it would stay read-only once the filesystem is writable again.
+        """
+        if _is_error(exc, _SQLITE_IOERR, "disk I/O error"):
+            self._let_go_of_the_file()
+            self._disk_failed = True
+            return StoreUnavailableError(
+                f"the SQLite store is unavailable: reading or writing its file {self.path} failed ({exc}): "
+                "check its disk; the file is opened again at the next call"
+            )
+        if self._disk_failed and _is_error(exc, _SQLITE_CORRUPT, "malformed"):
+            self._let_go_of_the_file()
+            return StoreUnavailableError(
+                f"the SQLite store is unavailable: reading or writing its file {self.path} failed (disk I/O "
+                f"error), and SQLite has read it as malformed since ({exc}): check its disk, then the file; "
+                "it is opened again at the next call"
+            )
+        if _is_error(exc, _SQLITE_READONLY, "readonly"):
+            self._let_go_of_the_file()
+        return _unavailable(exc)
+
+    def _let_go_of_the_file(self) -> None:
+        """Close the connection, and with it the file: the next call opens the file again."""
+        with suppress(sqlite3.Error):  # closed whatever it says: its file is failing
+            self._connection.close()
+        self._let_go = True
 
     def _check_file(self) -> None:
         """Refuse to go on when the file at the path is no longer the one open: writes would be lost.
@@ -741,12 +810,16 @@ class SQLiteStore:
             try:
                 if self._forked:
                     self._open_in_child()
+                self._check_file()
+                if self._let_go:
+                    self._open_again()
                 if not self._waits:
                     self._wait_for_locks(wait=True)
-                self._check_file()
-                return self._work(work)
+                done = self._work(work)
             except sqlite3.Error as exc:
-                raise _unavailable(exc) from None
+                raise self._failure(exc) from None
+            self._disk_failed = False
+            return done
 
     def _run_now(self, work: Callable[[sqlite3.Connection], _T], *, queue: bool = False) -> _T:
         """``_run`` without any wait: ``WouldBlock`` when the connection or the database is locked.
@@ -758,20 +831,24 @@ class SQLiteStore:
         try:
             if self._forked:
                 self._open_in_child()
+            self._check_file()
+            if self._let_go:
+                self._open_again()
             if self._waits:
                 self._wait_for_locks(wait=False)
-            self._check_file()
-            return self._work(work)
+            done = self._work(work)
         except sqlite3.OperationalError as exc:
             if not _is_busy(exc):
-                raise _unavailable(exc) from None
+                raise self._failure(exc) from None
             if self._connection.in_transaction:
                 self._connection.execute("ROLLBACK")
             raise WouldBlock from None
         except sqlite3.Error as exc:
-            raise _unavailable(exc) from None
+            raise self._failure(exc) from None
         finally:
             self._lock.release()
+        self._disk_failed = False
+        return done
 
     def _work(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """``work(connection)``; where a text is not UTF-8, again with it read as bytes, to name its record.
