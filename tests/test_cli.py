@@ -2531,6 +2531,43 @@ def test_a_command_that_stores_nothing_leaves_a_file_that_is_not_a_store_as_it_w
     assert sorted(path.name for path in tmp_path.iterdir()) == ["other.db"]  # no -wal, no -shm
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["list", "--user", "alice"],
+        ["audit"],
+        ["token", "list"],
+        ["verify"],
+        ["delete", "s", "K", "--user", "alice"],
+    ],
+)
+def test_a_command_that_stores_nothing_says_an_empty_store_file_is_a_first_run_not_finished(
+    env: dict[str, str], command: list[str], canary: str
+) -> None:
+    # A first run cut short by a full disk leaves secrets.db at 0 bytes: made before SQLite writes a page
+    # (a real one: an ext4 with no block left and inodes to spare). No setting names another file.
+    data = Path(env["MCP_SECRETS_DATA_DIR"])
+    data.mkdir(mode=0o700)
+    database = data / "secrets.db"
+    database.touch(mode=0o600)
+
+    done = mcp_secrets_cli(env, *command)
+
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert f"the file {database} is not an mcp-secrets store: it is empty" in last_line, last_line
+    assert "a first run that did not finish" in last_line
+    assert "mcp-secrets set" in last_line
+    assert database.stat().st_size == 0
+    assert sorted(path.name for path in data.iterdir()) == ["secrets.db"]  # no -wal, no -shm
+    # What the message says to do makes it a store.
+    assert mcp_secrets_cli(env, "set", "s", "K", "--user", "alice", stdin=canary).returncode == 0
+    listed = mcp_secrets_cli(env, "list", "--user", "alice")
+    assert listed.returncode == 0, listed.stderr
+    assert canary not in done.stderr + listed.stdout + listed.stderr
+
+
 @pytest.mark.parametrize("command", [["list"], ["audit"], ["token", "list"], ["serve"]])
 def test_a_sqlite_path_that_cannot_be_looked_at_is_a_store_error_not_a_traceback(
     env: dict[str, str], command: list[str]

@@ -674,6 +674,12 @@ class SQLiteStore:
             if not create and not _holds_a_store(self._connection):
                 # Nor make one in another program's database, or in an empty file, by writing our schema.
                 self._connection.close()
+                if self.path.stat().st_size == 0:  # made before SQLite wrote a page of it
+                    raise StoreUnavailableError(
+                        f"the file {self.path} is not an mcp-secrets store: it is empty, as a first run "
+                        "that did not finish (on a full disk, say) leaves it; `mcp-secrets set` or `serve` "
+                        "makes it one, unless MCP_SECRETS_DATABASE_URL names another file"
+                    )
                 raise StoreUnavailableError(
                     f"the file {self.path} is not an mcp-secrets store (it has no user_secrets table): "
                     "MCP_SECRETS_DATABASE_URL may name another file"
