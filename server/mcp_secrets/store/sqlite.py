@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -616,7 +617,9 @@ def _hindrance(path: Path) -> str | None:
     wal, shm = (real.with_name(real.name + end) for end in ("-wal", "-shm"))
     for each, name in ((real, "the file"), (wal, "its -wal file"), (shm, "its -shm file")):
         if (refused := _unreadable(each)) is not None:
-            return f"this process may not read {name} ({refused})"
+            if refused.errno == errno.EIO:  # not a permission: the disk failed
+                return f"reading {name} fails ({refused.strerror}): check its disk"
+            return f"this process may not read {name} ({refused.strerror})"
     if not wal.exists() and not os.access(real.parent, os.W_OK | os.X_OK):
         return (
             f"this process may not make in {real.parent} the -wal and -shm files SQLite keeps beside the file"
@@ -624,15 +627,15 @@ def _hindrance(path: Path) -> str | None:
     return None
 
 
-def _unreadable(path: Path) -> str | None:
-    """Why this process may not open ``path`` to read it, in the error's words; None if it may, or no file."""
+def _unreadable(path: Path) -> OSError | None:
+    """Why this process may not open ``path`` to read it; None if it may, or there is no such file."""
     try:
         # Non-blocking: a named pipe would otherwise wait for a writer.
         os.close(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)))
     except FileNotFoundError:
         return None
     except OSError as exc:
-        return exc.strerror
+        return exc
     return None
 
 
