@@ -88,6 +88,7 @@ from .conftest import (
     create_token,
     free_port,
     isolated_env,
+    legacy_sse_stream,
     run_cli,
     serving,
     stdout_path,
@@ -3585,12 +3586,13 @@ async def test_over_http_a_gateway_call_reaches_another_process_audit_soon_and_s
 
 @asynccontextmanager
 async def serving_down_with_cancels_noted(
-    tmp_path: Path, canary: str, era: str = "2026-07-28"
+    tmp_path: Path, canary: str, era: str = "2026-07-28", *options: str, transport: str = "streamable-http"
 ) -> AsyncIterator[tuple[Deployment, Path]]:
-    """``serve --servers`` over Streamable HTTP, alice's secret of ``down`` stored and her tools never listed;
+    """``serve --servers`` over ``transport``, alice's secret of ``down`` stored and her tools never listed;
     and where ``down`` notes each call of ``hang``, ``ask`` or ``open_page`` that is cancelled.
 
     ``down`` speaks protocol 2026-07-28 to the gateway, or (``era`` "handshake") only those before it.
+    ``options`` are more of serve's.
     """
     cancelled = tmp_path / "cancelled"
     env_of_down = {**STDIO_ENTRY["env"], "DOWNSTREAM_CANCEL_FILE": str(cancelled)}
@@ -3612,13 +3614,68 @@ async def serving_down_with_cancels_noted(
         check=False,
     )
     assert stored.returncode == 0, stored.stderr
-    with serving(env, "streamable-http", tmp_path / "server.log", "--servers", str(servers)) as deployment:
+    with serving(env, transport, tmp_path / "server.log", "--servers", str(servers), *options) as deployment:
         deployment.tokens["alice"] = token
         yield deployment, cancelled
     assert canary not in (tmp_path / "server.log").read_text()
 
 
-async def vanish_mid_call(deployment: Deployment, tool: str) -> None:
+# How a client is served a call, for one that vanishes mid-call: on a Streamable HTTP session (protocols of
+# the handshake), over stateless Streamable HTTP, on 2026-07-28 (each request on its own), or over SSE.
+SESSION, STATELESS, MODERN, SSE = "session", "stateless", "2026-07-28", "sse"
+
+
+async def vanish_mid_call(deployment: Deployment, tool: str, way: str = SESSION) -> None:
+    """A client of alice calls ``tool`` of ``down`` served the ``way`` given, then goes without cancelling.
+
+    It drops the call's stream (over SSE, the session's stream) once the downstream reported progress or
+    asked its user, as a client that is killed or loses its network does: no ``notifications/cancelled``,
+    no ``DELETE`` of its session.
+    """
+    if way == SESSION:
+        await vanish_mid_session_call(deployment, tool)
+        return
+    headers = {
+        "Authorization": f"Bearer {deployment.token('alice')}",
+        "Accept": "application/json, text/event-stream",
+    }
+    params: dict[str, Any] = {"name": f"down__{tool}", "arguments": {}, "_meta": {"progressToken": 1}}
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params}
+    async with httpx2.AsyncClient(trust_env=False, timeout=30, headers=headers) as http:
+        if way == SSE:
+            assert deployment.base_url is not None
+            host, port = deployment.base_url.removeprefix("http://").rsplit(":", 1)
+            with contextlib.ExitStack() as held:
+                stream, path = legacy_sse_stream(deployment.token("alice"), host, int(port), held)
+                messages = f"{deployment.base_url}{path}"
+                for message in (INITIALIZE, {"jsonrpc": "2.0", "method": "notifications/initialized"}, call):
+                    assert (await http.post(messages, json=message)).status_code == 202
+                received = b""
+                while b'"notifications/progress"' not in received:
+                    chunk = stream.recv(65536)
+                    assert chunk, "the SSE stream ended before the call reported progress"
+                    received += chunk
+            return  # its stream closed, the client gone
+        version = {"mcp-protocol-version": LATEST_HANDSHAKE_VERSION}
+        if way == MODERN:
+            version = {
+                "mcp-protocol-version": MODERN,
+                "mcp-method": "tools/call",
+                "mcp-name": f"down__{tool}",
+            }
+            params["_meta"] |= {
+                "io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientInfo": {"name": "t", "version": "0"},
+                "io.modelcontextprotocol/clientCapabilities": {},
+            }
+        async with http.stream("POST", deployment.endpoint, json=call, headers=version) as answer:
+            assert answer.status_code == 200
+            async for line in answer.aiter_lines():
+                if '"notifications/progress"' in line:
+                    break  # leaving the stream unread: its connection is closed, and the client gone
+
+
+async def vanish_mid_session_call(deployment: Deployment, tool: str) -> None:
     """A client of alice on the handshake's protocol calls ``tool`` of ``down``, then goes without cancelling.
 
     It drops the call's stream once the downstream reported progress or asked its user, as a client that is
@@ -3647,7 +3704,7 @@ async def vanish_mid_call(deployment: Deployment, tool: str) -> None:
                     break  # leaving the stream unread: its connection is closed, and the client gone
 
 
-CUT_SECONDS = 60.0  # generous: a call whose client is gone is cut within about a second of another's wait
+CUT_SECONDS = 60.0  # generous: a call whose client is gone is cut as soon as its connection closes
 
 
 async def noted_cancelled(cancelled: Path) -> str:
@@ -3746,6 +3803,49 @@ async def test_over_http_a_call_whose_client_is_still_there_is_never_cut_for_ano
 
         assert answers == {"long": "answered after 3 seconds", "waiting": "pong"}
         assert not cancelled.exists()
+
+
+@pytest.mark.parametrize(
+    ("way", "tool"),
+    [
+        (SESSION, "hang"),
+        (SESSION, "ask"),
+        (SESSION, "open_page"),
+        (STATELESS, "hang"),
+        (MODERN, "hang"),
+        (SSE, "hang"),
+    ],
+)
+async def test_over_http_a_call_whose_client_vanished_is_cancelled_though_no_other_call_waits(
+    tmp_path: Path, canary: str, way: str, tool: str
+) -> None:
+    # A downstream of the handshake's protocols: one on 2026-07-28 is listed at the start of its listen
+    # stream, and that listing waits its turn behind the call.
+    transport = "sse" if way == SSE else "streamable-http"
+    options = ("--stateless",) if way == STATELESS else ()
+    serving_down = serving_down_with_cancels_noted(
+        tmp_path, canary, "handshake", *options, transport=transport
+    )
+    async with serving_down as (deployment, cancelled):
+        await vanish_mid_call(deployment, tool, way)
+
+        # The downstream was told, as for a client's own cancellation: it stopped the call.
+        assert await noted_cancelled(cancelled) == f"{tool}\n"
+
+
+LONG_CALL_SECONDS = 5
+
+
+@pytest.mark.parametrize("transport", HTTP_TRANSPORTS)
+async def test_over_http_a_long_call_whose_client_is_still_there_is_never_cut(
+    tmp_path: Path, canary: str, transport: str
+) -> None:
+    serving_down = serving_down_with_cancels_noted(tmp_path, canary, "handshake", transport=transport)
+    async with serving_down as (deployment, cancelled), deployment.connect("alice", mode="legacy") as alice:
+        long = await alice.call_tool("down__hang", {"seconds": LONG_CALL_SECONDS})
+
+    assert text_of(long) == f"answered after {LONG_CALL_SECONDS} seconds"
+    assert not cancelled.exists()
 
 
 def lingering_entry(marker: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import Any
 
 import anyio
 import httpx2
+from anyio.abc import TaskGroup
 from jsonschema.exceptions import ValidationError as SchemaValidationError
 from mcp import Client
 from mcp.client.caching import CacheMode
@@ -95,8 +96,6 @@ LISTING_CHARS = MAX_MESSAGE_BYTES
 # tool's name is checked before any secret is read: it goes into the audit trail.
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,128}")
 TOOL_NAME_RULE = "1 to 128 characters of letters, digits, '_', '-', '.' or '/'"
-# How often a call waiting its turn asks whether the client of the call holding it is gone.
-CLIENT_GONE_POLL_SECONDS = 1.0
 # A tool name cut to fit ends in '-' and this many hex digits of the SHA-256 of the downstream's name.
 _CUT_HASH_CHARS = 8
 _CUT = re.compile(rf"-[0-9a-f]{{{_CUT_HASH_CHARS}}}\Z")
@@ -172,15 +171,24 @@ class Gateway:
         # A user's tools follow that user's secrets: a change of them is told to that user's clients.
         self.changes = ToolListChanges(ApiTokens(secrets.store))
         self._loop = LoopEntry()  # the way in from the threads that write secrets
+        self._watchers: TaskGroup | None = None  # of the calls' clients, while running
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Gateway]:
         """Run the connection pool, and tell clients of changes; every downstream is closed on exit."""
-        async with self.pool.running(), self.changes.running(), self._loop.running():
+        async with (
+            self.pool.running(),
+            self.changes.running(),
+            self._loop.running(),
+            anyio.create_task_group() as watchers,
+        ):
             stop_watching = self.secrets.on_change(self._secrets_changed)
+            self._watchers = watchers
             try:
                 yield self
             finally:
+                self._watchers = None
+                watchers.cancel_scope.cancel()
                 stop_watching()
 
     def _secrets_changed(self, username: str, server: str) -> None:
@@ -403,21 +411,21 @@ class Gateway:
 
         With it, what relays the call's log messages and progress to the client of ``ctx``, if any.
         ``wait_seconds`` bounds the wait for a call of the same caller to the same server to end; a
-        ``listing`` waits for another listing up to the start bound. A call whose client is gone while
-        another waits its turn is cancelled, and raises DownstreamError.
+        ``listing`` waits for another listing up to the start bound. A call whose client is gone (see
+        ``_client_gone``) is cancelled, waiting its turn or in it, and raises DownstreamError.
         """
         # One call at a time per (user, server): notifications carry no request id, so this is what keeps
         # each call's log messages with it. Other users and servers run in parallel. The secrets are read
         # in the turn: a call that waited for another is made with what is stored as it starts, never with
         # a value changed or deleted while it waited.
         key = (username, server.name)
-        client_gone = _client_gone(ctx)
-        cut = anyio.CancelScope()
-        holder = (client_gone, cut) if client_gone is not None else None
-        async with self._turn(key, wait_seconds, server.name, listing=listing, holder=holder):
-            turn = self._call_turns[key]
-            changes = turn.secret_changes
-            with cut:
+        with anyio.CancelScope() as cut:
+            async with (
+                self._cancelled_when_gone(_client_gone(ctx), cut),
+                self._turn(key, wait_seconds, server.name, listing=listing),
+            ):
+                turn = self._call_turns[key]
+                changes = turn.secret_changes
                 async with self._session_in_turn(
                     username, server, ctx, purpose=purpose, offer_links=offer_links
                 ) as session:
@@ -427,13 +435,31 @@ class Gateway:
                         session[0].close_after_call = True
                     yield session
         if cut.cancelled_caught:
-            logger.info(
-                "%s of server %s by %s cancelled: its client is gone, and another waits",
-                purpose,
-                server.name,
-                username,
-            )
+            logger.info("%s of server %s by %s cancelled: its client is gone", purpose, server.name, username)
             raise DownstreamError(f"{purpose} of server {server.name} was cancelled: its client is gone")
+
+    @asynccontextmanager
+    async def _cancelled_when_gone(
+        self, gone: Callable[[], Awaitable[bool]] | None, cut: anyio.CancelScope
+    ) -> AsyncIterator[None]:
+        """While inside, ``cut`` is cancelled once ``gone`` says the client is gone; for None, nothing is."""
+        if gone is None or self._watchers is None:
+            yield
+            return
+        # Watched from the gateway's own tasks: a task group of the call's would hand its caller every
+        # error of the call as an exception group.
+        watching = anyio.CancelScope()
+
+        async def watch() -> None:
+            with watching:
+                if await gone():
+                    cut.cancel()
+
+        self._watchers.start_soon(watch)
+        try:
+            yield
+        finally:
+            watching.cancel()
 
     @asynccontextmanager
     async def _session_in_turn(
@@ -520,13 +546,8 @@ class Gateway:
         server: str,
         *,
         listing: bool,
-        holder: tuple[Callable[[], Awaitable[bool]], anyio.CancelScope] | None = None,
     ) -> AsyncIterator[None]:
-        """One user's turn at one server, waited for at most ``wait_seconds`` (else CallRunningError).
-
-        ``holder``, if given, is what says whether the client of the call taking it is gone, and what
-        cancels that call: another waiting its turn meanwhile cancels it once the client is gone.
-        """
+        """One user's turn at one server, waited for at most ``wait_seconds`` (else CallRunningError)."""
         turn = self._call_turns.setdefault(key, Turn())
         turn.calls += 1
         try:
@@ -535,14 +556,12 @@ class Gateway:
                 # give now: clients of a user told of a change list again at once, and none may be shown
                 # the tools of before.
                 wait_seconds = max(wait_seconds, self.pool.start_seconds)
-            await _take_turn(turn, wait_seconds, server)
+            await _take_turn(turn.lock, wait_seconds, server)
             turn.listing = listing
-            turn.holder = holder
             try:
                 yield
             finally:
                 turn.listing = False
-                turn.holder = None
                 turn.lock.release()
         finally:
             turn.calls -= 1
@@ -864,52 +883,26 @@ async def _every_tool(client: Client, cache_mode: CacheMode = "use") -> list[Too
     return tools
 
 
-async def _take_turn(turn: Turn, seconds: float, server: str) -> None:
-    """Take ``turn`` now if it is free, else within ``seconds``, or raise CallRunningError.
-
-    While it waits, a call holding the turn whose client is gone is cancelled.
-    """
+async def _take_turn(lock: anyio.Lock, seconds: float, server: str) -> None:
+    """Take ``lock`` now if it is free, else within ``seconds``, or raise CallRunningError."""
     try:
-        turn.lock.acquire_nowait()
+        lock.acquire_nowait()
     except anyio.WouldBlock:
-        pass
-    else:
-        return
-    taken = False
-    try:
         with anyio.move_on_after(seconds):
-            async with anyio.create_task_group() as waiting:
-                waiting.start_soon(_cancel_when_client_gone, turn)
-                await turn.lock.acquire()
-                taken = True
-                waiting.cancel_scope.cancel()
-    except BaseException:
-        if taken:  # its own cancellation came as it took the turn: it gives the turn back
-            turn.lock.release()
-        raise
-    if not taken:
-        raise CallRunningError(f"a call of yours to server {server} is still running")
-
-
-async def _cancel_when_client_gone(turn: Turn) -> None:
-    """Cancel each call holding ``turn`` whose client is gone, asking every ``CLIENT_GONE_POLL_SECONDS``."""
-    while True:
-        holder = turn.holder
-        if holder is not None:
-            client_gone, cut = holder
-            if await client_gone() and turn.holder is holder:
-                cut.cancel()
-        await anyio.sleep(CLIENT_GONE_POLL_SECONDS)
+            await lock.acquire()
+            return
+        raise CallRunningError(f"a call of yours to server {server} is still running") from None
 
 
 def _client_gone(ctx: Context[Any, Any] | None) -> Callable[[], Awaitable[bool]] | None:
-    """What says whether the client of ``ctx``'s call is gone, where it can go without the call cancelled.
+    """What waits until the client of ``ctx``'s call is gone, where it can go without the call cancelled.
 
     That is on a Streamable HTTP session (protocols of the handshake): the call is answered on the stream
     of its own POST, and once that closes (its client killed, or its network gone) the answer has
     nowhere to go, since no event store keeps it for a client to resume. The SDK goes on with the call
     all the same, as the specification has it: a closed stream is no cancellation. Anywhere else, a call
-    is cancelled with its client's connection (stdio, SSE, 2026-07-28, stateless HTTP), or has no client.
+    is cancelled with its client's connection (SSE, 2026-07-28, stateless HTTP; stdio with its session),
+    or has no client. It returns True once the client is gone, False if that cannot be told.
     """
     if ctx is None:
         return None
@@ -921,9 +914,14 @@ def _client_gone(ctx: Context[Any, Any] | None) -> Callable[[], Awaitable[bool]]
         return None
 
     async def gone() -> bool:
+        # The POST's body is read: what its connection says next is that it closed, or that the answer was
+        # sent whole, once the call is over. The SDK's stream of the answer listens the same way, as does
+        # its 2026-07-28 transport, which cancels the call there.
         try:
-            return await request.is_disconnected()
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
         except Exception:  # noqa: BLE001 - what cannot be told is not gone: a call is cut only surely
             return False
+        return True
 
     return gone

@@ -79,9 +79,6 @@ class Turn:
     # The gateway's count of changes of the key's secrets while it is kept: a call that read them before
     # one closes the connection it used once it ends.
     secret_changes: int = 0
-    # The call holding it, when its client may go without cancelling it: what says whether that client is
-    # gone, and what cancels the call. A call waiting its turn cancels one whose client is gone.
-    holder: tuple[Callable[[], Awaitable[bool]], anyio.CancelScope] | None = None
 
 
 class DownstreamPool:
