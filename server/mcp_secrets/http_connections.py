@@ -9,13 +9,20 @@ has: then nobody else gets in, and asyncio logs each failed ``accept()``, thousa
   long once it has stopped reading what is sent to it (a stream included), and the rest of a body
   answered early (413) is taken in for ``LINGER_SECONDS`` at most;
 - at most ``max_connections`` are open at once (half the descriptors the process may open): one more is
-  answered 503 and closed, and the listen backlog is a sixteenth of them, so the descriptors never run out.
+  answered 503 and closed, and the listen backlog is a sixteenth of them, so the descriptors never run out;
+- a connection whose client's network is gone without a close (no FIN, no RST: a lid shut, Wi-Fi lost, a
+  NAT's state dropped) is closed within about two minutes, where TCP gives up after about 15 on Linux: it
+  is probed once silent (TCP keepalive), and dropped once what it was sent stays unacknowledged as long
+  (``TCP_USER_TIMEOUT``, Linux). Set on each connection: Linux's take the listening socket's, but macOS's
+  do not take its idle time. A gateway call answered on it is then cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import sys
 import time
 from typing import ClassVar
@@ -32,6 +39,21 @@ BUSY_WARNING_SECONDS = 60.0  # at most one warning this often while connections 
 MIN_CONNECTIONS = 64
 LINGER_SECONDS = 2.0  # how long a body is still taken in, to be dropped, once its request is answered
 UVICORN_BACKLOG = 2048  # uvicorn's own, where the descriptors are no bound
+KEEPALIVE_IDLE_SECONDS = 60  # silence before the first probe
+KEEPALIVE_INTERVAL_SECONDS = 10
+KEEPALIVE_PROBES = 6
+# What is sent and stays unacknowledged (a stream's keep-alive) ends the connection after as long as the
+# probes of a silent one would: neither cuts the other short.
+USER_TIMEOUT_MS = (KEEPALIVE_IDLE_SECONDS + KEEPALIVE_INTERVAL_SECONDS * KEEPALIVE_PROBES) * 1000
+# (level, the socket module's name, value): those this system lacks are left out.
+_KEEPALIVE = (
+    (socket.SOL_SOCKET, "SO_KEEPALIVE", 1),
+    (socket.IPPROTO_TCP, "TCP_KEEPIDLE", KEEPALIVE_IDLE_SECONDS),
+    (socket.IPPROTO_TCP, "TCP_KEEPALIVE", KEEPALIVE_IDLE_SECONDS),  # macOS's name for it
+    (socket.IPPROTO_TCP, "TCP_KEEPINTVL", KEEPALIVE_INTERVAL_SECONDS),
+    (socket.IPPROTO_TCP, "TCP_KEEPCNT", KEEPALIVE_PROBES),
+    (socket.IPPROTO_TCP, "TCP_USER_TIMEOUT", USER_TIMEOUT_MS),
+)
 
 
 def descriptor_bounds() -> tuple[int | None, int]:
@@ -66,6 +88,7 @@ class GuardedH11Protocol(H11Protocol):
             transport.write(_BUSY)
             transport.close()
             return
+        _keep_alive(transport)
         self._await_request()
 
     def data_received(self, data: bytes) -> None:
@@ -138,6 +161,18 @@ class GuardedH11Protocol(H11Protocol):
         self._unread = None
         logger.info("closed a connection: its client read nothing for %g s", self.request_seconds)
         self.transport.abort()  # close() would wait for the client to read what is left to send
+
+
+def _keep_alive(transport: asyncio.Transport) -> None:
+    """Have the TCP connection of ``transport`` probed when silent, and dropped once its peer is gone."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    for level, name, value in _KEEPALIVE:
+        option = getattr(socket, name, None)
+        if option is not None:
+            with contextlib.suppress(OSError):  # one the system names but refuses: the rest still hold
+                sock.setsockopt(level, option, value)
 
 
 def guarded_protocol(request_seconds: float, max_connections: int | None) -> type[GuardedH11Protocol]:

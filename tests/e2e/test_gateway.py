@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import secrets as _random
+import shutil
 import signal
 import socket
 import subprocess
@@ -3588,11 +3589,22 @@ async def test_over_http_a_gateway_call_reaches_another_process_audit_soon_and_s
 async def serving_down_with_cancels_noted(
     tmp_path: Path, canary: str, era: str = "2026-07-28", *options: str, transport: str = "streamable-http"
 ) -> AsyncIterator[tuple[Deployment, Path]]:
-    """``serve --servers`` over ``transport``, alice's secret of ``down`` stored and her tools never listed;
-    and where ``down`` notes each call of ``hang``, ``ask`` or ``open_page`` that is cancelled.
+    """``serve --servers ... OPTIONS`` over ``transport`` with ``stored_down_with_cancels_noted``."""
+    env, servers, cancelled = stored_down_with_cancels_noted(tmp_path, canary, era)
+    token = create_token(env, "alice")
+    with serving(env, transport, tmp_path / "server.log", "--servers", str(servers), *options) as deployment:
+        deployment.tokens["alice"] = token
+        yield deployment, cancelled
+    assert canary not in (tmp_path / "server.log").read_text()
+
+
+def stored_down_with_cancels_noted(
+    tmp_path: Path, canary: str, era: str
+) -> tuple[dict[str, str], Path, Path]:
+    """Settings where alice's secret of ``down`` is stored and her tools never listed, the servers file; and
+    where ``down`` notes each call of ``hang``, ``ask`` or ``open_page`` that is cancelled.
 
     ``down`` speaks protocol 2026-07-28 to the gateway, or (``era`` "handshake") only those before it.
-    ``options`` are more of serve's.
     """
     cancelled = tmp_path / "cancelled"
     env_of_down = {**STDIO_ENTRY["env"], "DOWNSTREAM_CANCEL_FILE": str(cancelled)}
@@ -3602,7 +3614,6 @@ async def serving_down_with_cancels_noted(
     servers = tmp_path / "servers.json"
     servers.write_text(json.dumps({"mcpServers": {"down": entry}}), encoding="utf-8")
     env = isolated_env(tmp_path)
-    token = create_token(env, "alice")
     # Stored by the CLI, not by a client: one would list alice's tools first, and none has been listed yet.
     stored = subprocess.run(
         [*MCP_SECRETS, "set", "down", "TOKEN", "--user", "alice"],
@@ -3614,10 +3625,7 @@ async def serving_down_with_cancels_noted(
         check=False,
     )
     assert stored.returncode == 0, stored.stderr
-    with serving(env, transport, tmp_path / "server.log", "--servers", str(servers), *options) as deployment:
-        deployment.tokens["alice"] = token
-        yield deployment, cancelled
-    assert canary not in (tmp_path / "server.log").read_text()
+    return env, servers, cancelled
 
 
 # How a client is served a call, for one that vanishes mid-call: on a Streamable HTTP session (protocols of
@@ -3707,9 +3715,9 @@ async def vanish_mid_session_call(deployment: Deployment, tool: str) -> None:
 CUT_SECONDS = 60.0  # generous: a call whose client is gone is cut as soon as its connection closes
 
 
-async def noted_cancelled(cancelled: Path) -> str:
+async def noted_cancelled(cancelled: Path, seconds: float = CUT_SECONDS) -> str:
     """What the downstream noted in ``cancelled``, once it has: it may stop a call after answering another."""
-    with anyio.fail_after(CUT_SECONDS):
+    with anyio.fail_after(seconds):
         while not cancelled.exists():
             await anyio.sleep(0.05)
     return cancelled.read_text(encoding="utf-8")
@@ -3831,6 +3839,138 @@ async def test_over_http_a_call_whose_client_vanished_is_cancelled_though_no_oth
 
         # The downstream was told, as for a client's own cancellation: it stopped the call.
         assert await noted_cancelled(cancelled) == f"{tool}\n"
+
+
+# --- a client's network gone without a close (root only) -------------------------------------------
+
+# Generous: the server's TCP connection fails about two minutes after the client's link goes down (a
+# failure, not a limit); with the system's own retransmissions alone it took about 15 minutes.
+NETWORK_GONE_SECONDS = 600.0
+SERVER_ADDRESS = "10.213.0.1"
+# In the client's network namespace: opens a session at argv[1] with the token argv[2], calls hang of down,
+# says "started" once it reports progress, and then holds the call's connection, never closing it.
+CALLS_AND_HOLDS = """
+import sys, anyio, httpx2
+url, token = sys.argv[1], sys.argv[2]
+version = "2025-11-25"
+client = {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": client}
+hang = {"name": "down__hang", "arguments": {}, "_meta": {"progressToken": 1}}
+call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": hang}
+async def main():
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"}
+    timeout = httpx2.Timeout(30, read=None)
+    async with httpx2.AsyncClient(trust_env=False, timeout=timeout, headers=headers) as http:
+        for _ in range(400):
+            try:
+                if (await http.get(url.replace("/mcp", "/healthz"))).status_code == 200:
+                    break
+            except httpx2.TransportError:
+                await anyio.sleep(0.05)
+        opened = await http.post(url, json=initialize)
+        session = {"mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": version}
+        await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session)
+        async with http.stream("POST", url, json=call, headers=session) as stream:
+            async for line in stream.aiter_lines():
+                if '"notifications/progress"' in line:
+                    print("started", flush=True)
+                    await anyio.sleep_forever()
+anyio.run(main)
+"""
+
+
+@dataclass(frozen=True)
+class TwoHosts:
+    """Two network namespaces joined by a veth pair, as two machines on one link."""
+
+    server: str
+    client: str
+    client_link: str  # the client's end of the pair: down, and its packets go nowhere, with no FIN or RST
+
+
+@pytest.fixture
+def two_hosts() -> Iterator[TwoHosts]:
+    """``TwoHosts``, the server's at ``SERVER_ADDRESS``: skipped unless this process may make them (root)."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("only root, with iproute2, may make network namespaces")
+    tag = _random.token_hex(3)
+    server, client, link = f"mcp-secrets-s{tag}", f"mcp-secrets-c{tag}", f"mcps{tag}"
+    pair = ["ip", "link", "add", f"{link}s", "netns", server, "type", "veth"]
+    made = [
+        ["ip", "netns", "add", server],
+        ["ip", "netns", "add", client],
+        [*pair, "peer", "name", f"{link}c", "netns", client],
+        ["ip", "-n", server, "addr", "add", f"{SERVER_ADDRESS}/24", "dev", f"{link}s"],
+        ["ip", "-n", client, "addr", "add", "10.213.0.2/24", "dev", f"{link}c"],
+        *(
+            ["ip", "-n", namespace, "link", "set", device, "up"]
+            for namespace, device in (
+                (server, "lo"),
+                (server, f"{link}s"),
+                (client, "lo"),
+                (client, f"{link}c"),
+            )
+        ),
+    ]
+    try:
+        for command in made:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=CLI_TIMEOUT, check=False)
+            if done.returncode != 0:
+                pytest.skip(f"network namespaces cannot be made here: {done.stderr.strip()}")
+        yield TwoHosts(server, client, f"{link}c")
+    finally:
+        for namespace in (server, client):  # the pair goes with them
+            subprocess.run(
+                ["ip", "netns", "del", namespace], capture_output=True, timeout=CLI_TIMEOUT, check=False
+            )
+
+
+@pytest.mark.timeout(NETWORK_GONE_SECONDS + STARTUP_SECONDS)
+async def test_a_call_whose_clients_network_is_gone_without_a_close_is_cancelled_within_minutes(
+    two_hosts: TwoHosts, tmp_path: Path, canary: str
+) -> None:
+    env, servers, cancelled = stored_down_with_cancels_noted(tmp_path, canary, "handshake")
+    token = create_token(env, "alice")
+    url = f"http://{SERVER_ADDRESS}:8000/mcp"
+    serve = [
+        *MCP_SECRETS,
+        "serve",
+        "--transport",
+        "streamable-http",
+        "--host",
+        SERVER_ADDRESS,
+        "--port",
+        "8000",
+    ]
+    log_path = tmp_path / "server.log"
+    with log_path.open("a", encoding="utf-8") as log:
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", two_hosts.server, *serve, "--servers", str(servers)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+    client = subprocess.Popen(
+        ["ip", "netns", "exec", two_hosts.client, sys.executable, "-c", CALLS_AND_HOLDS, url, token],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert client.stdout is not None
+        started = await anyio.to_thread.run_sync(client.stdout.readline)
+        assert started == "started\n", log_path.read_text(encoding="utf-8")
+        subprocess.run(
+            ["ip", "-n", two_hosts.client, "link", "set", two_hosts.client_link, "down"], check=True
+        )
+
+        assert await noted_cancelled(cancelled, NETWORK_GONE_SECONDS) == "hang\n"
+    finally:
+        client.kill()
+        client.wait()
+        process.terminate()
+        process.wait()
+    assert canary not in log_path.read_text(encoding="utf-8")
 
 
 LONG_CALL_SECONDS = 5
