@@ -28,6 +28,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import (
     CallToolResult,
     CreateMessageResult,
+    ElicitCompleteNotification,
     ElicitRequest,
     ElicitRequestURLParams,
     ElicitResult,
@@ -851,6 +852,52 @@ async def test_request_secret_in_process_without_a_submission_is_pending(
     assert result.structured_content["status"] == "pending"
     assert result.structured_content["expires_at"] is not None
     assert links.state(elicitor.urls[0].rsplit("/", 1)[1]) == "live"
+
+
+class WaitsToBeTold(Elicitor):
+    """A client that keeps its dialog open until told that the page is done, then accepts: the Inspector 2.x.
+
+    Its user fills in the page at once; the dialog answers only on ``notifications/elicitation/complete``.
+    """
+
+    def __init__(self, links: EntryLinks, value: str) -> None:
+        super().__init__(links, "accept", submit=value)
+        self.told = anyio.Event()
+        self.asked: list[str] = []  # the elicitation ids of the requests
+        self.completed: list[str] = []  # the elicitation ids of the notifications
+
+    async def on_message(self, message: object) -> None:
+        if isinstance(message, ElicitCompleteNotification):
+            self.completed.append(message.params.elicitation_id)
+            self.told.set()
+
+    async def __call__(self, context: Any, params: Any) -> ElicitResult:
+        self.asked.append(params.elicitation_id)
+        answer = await super().__call__(context, params)
+        await self.told.wait()
+        return answer
+
+
+@pytest.mark.anyio
+async def test_a_client_that_waits_to_be_told_the_page_is_done_is_told_once_before_it_answers(
+    sqlite_secrets: Secrets, canary: str
+) -> None:
+    links = EntryLinks(sqlite_secrets)
+    elicitor = WaitsToBeTold(links, canary)
+    entry = EntrySettings(links=links, base_url=BASE_URL)
+    server = build_server(sqlite_secrets, LocalIdentity("alice"), entry=entry)
+
+    # Protocol 2025-11-25, where the dialog is a request inside the call and the notification names it.
+    async with Client(
+        server, mode="legacy", elicitation_callback=elicitor, message_handler=elicitor.on_message
+    ) as alice:
+        result = await alice.call_tool("request_secret", {"server": "github", "key": "TOKEN"})
+
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "stored", text_of(result)
+    assert elicitor.completed == elicitor.asked
+    assert len(elicitor.asked) == 1
+    assert sqlite_secrets.get_secrets("alice", "github") == {"TOKEN": canary}
 
 
 class SlowToConfirm(Elicitor):

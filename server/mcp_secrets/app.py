@@ -24,6 +24,7 @@ from mcp.server.auth.middleware.bearer_auth import (
 from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import ServerRequestContext
+from mcp.server.elicitation import UrlElicitationResult
 from mcp.server.lowlevel import NotificationOptions
 from mcp.server.mcpserver import Context, MCPServer, RequestStateSecurity
 from mcp.server.mcpserver.exceptions import ToolError
@@ -652,13 +653,53 @@ def _add_request_secret(
         if asks_by_result(ctx):
             return _entry_question(message, link, entry.base_url)
         try:
-            outcome = await ctx.elicit_url(message, url, link.record.link_id)
+            action, told = await _asked_to_open(entry, link, message, url, ctx)
         except MCPError:
             # It said it opens URLs, but the request found no way to it or got an error: give the link.
             return _link_sent(username, link, url)
         return await _entry_outcome(
-            entry, link, outcome.action, ctx, elicitation_id=link.record.link_id, started=started
+            entry, link, action, ctx, elicitation_id=None if told else link.record.link_id, started=started
         )
+
+
+async def _asked_to_open(
+    entry: EntrySettings, link: EntryLink, message: str, url: str, ctx: Context[Any, Any]
+) -> tuple[str, bool]:
+    """The client's answer to the URL elicitation, and whether it was told meanwhile that the page is done.
+
+    A client may keep its dialog open until ``notifications/elicitation/complete`` says the page is done
+    (the MCP Inspector 2.x does, and answers "accept" then): the store is watched while it is open.
+    """
+    told = False
+
+    async def tell_when_stored() -> None:
+        nonlocal told
+        while True:  # polled, as by _await_entry: any replica may serve the page
+            try:
+                submission = await _run(lambda: entry.links.submission(link.token))
+            except ToolError:  # a store out for now: the answer's own look at the store says so, if it lasts
+                return
+            if submission != "waiting":
+                break
+            await anyio.sleep(WAIT_POLL_SECONDS)
+        if submission == "stored":
+            with anyio.CancelScope(shield=True):  # the answer coming meanwhile must not cut it in half
+                await ctx.request_context.session.send_elicit_complete(
+                    link.record.link_id, ctx.request_context.request_id
+                )
+            told = True
+
+    outcome: UrlElicitationResult | MCPError
+    async with anyio.create_task_group() as watching:
+        watching.start_soon(tell_when_stored)
+        try:
+            outcome = await ctx.elicit_url(message, url, link.record.link_id)
+        except MCPError as exc:  # raised below as itself, rather than in the task group's ExceptionGroup
+            outcome = exc
+        watching.cancel_scope.cancel()
+    if isinstance(outcome, MCPError):
+        raise outcome
+    return outcome.action, told
 
 
 async def _resumed(
