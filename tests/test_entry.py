@@ -900,6 +900,55 @@ async def test_a_client_that_waits_to_be_told_the_page_is_done_is_told_once_befo
     assert sqlite_secrets.get_secrets("alice", "github") == {"TOKEN": canary}
 
 
+class SlowInThePage(WaitsToBeTold):
+    """As ``WaitsToBeTold``, with a user who fills in the page only after the call's progress was reported.
+
+    A client that gives up on a call it hears nothing of for a while (the Inspector: 60 s) keeps waiting
+    while progress comes.
+    """
+
+    def __init__(self, links: EntryLinks, value: str) -> None:
+        super().__init__(links, value)
+        self.heard = anyio.Event()
+        self.progress: list[tuple[float, float | None]] = []
+
+    async def on_progress(self, done: float, total: float | None, _message: str | None) -> None:
+        self.progress.append((done, total))
+        self.heard.set()
+
+    async def __call__(self, context: Any, params: Any) -> ElicitResult:
+        await self.heard.wait()
+        return await super().__call__(context, params)
+
+
+@pytest.mark.anyio
+async def test_the_call_reports_progress_while_the_clients_dialog_is_open(
+    sqlite_secrets: Secrets, monkeypatch: pytest.MonkeyPatch, canary: str
+) -> None:
+    monkeypatch.setattr("mcp_secrets.app.DIALOG_PROGRESS_SECONDS", 0.0)
+    now = [1000.0]
+    links = EntryLinks(sqlite_secrets)
+    elicitor = SlowInThePage(links, canary)
+    entry = EntrySettings(links=links, base_url=BASE_URL, wait_seconds=50.0, clock=lambda: now[0])
+    server = build_server(sqlite_secrets, LocalIdentity("alice"), entry=entry)
+
+    async with Client(
+        server, mode="legacy", elicitation_callback=elicitor, message_handler=elicitor.on_message
+    ) as alice:
+        now[0] += 70.0  # the user is a while in the dialog and the page: past the call's own wait
+        result = await alice.call_tool(
+            "request_secret", {"server": "github", "key": "TOKEN"}, progress_callback=elicitor.on_progress
+        )
+
+    assert result.structured_content is not None
+    assert result.structured_content["status"] == "stored", text_of(result)
+    # Of no set length while the dialog is open: the call's wait counts only once the client answers.
+    assert elicitor.progress
+    assert all(total is None for _, total in elicitor.progress)
+    assert elicitor.completed == elicitor.asked
+    assert sqlite_secrets.get_secrets("alice", "github") == {"TOKEN": canary}
+
+
 class SlowToConfirm(Elicitor):
     """A user who takes ``seconds`` (of ``clock``) to confirm the client's dialog, then accepts."""
 

@@ -420,6 +420,10 @@ async def _set_log_level(ctx: ServerRequestContext[Any], params: SetLevelRequest
 
 ENTRY_REQUEST = "secret_entry"
 WAIT_POLL_SECONDS = 0.5
+# How often a call reports progress while the client's URL dialog is open: a client that hears nothing of a
+# call for a while gives up on it (the MCP Inspector after 60 s, unless progress comes).
+DIALOG_PROGRESS_SECONDS = 10.0
+WAITING = "Waiting for the secret to be entered"  # the progress message
 # The live entry links a user's failed gateway calls may fill, of the MAX_LIVE_LINKS: each failed call
 # makes links, and an agent retrying one in a loop must leave room for request_secret.
 GATEWAY_LINKS = 100
@@ -483,7 +487,7 @@ async def _await_entry(
         now = entry.clock()
         if submission != "waiting" or now >= deadline:
             return submission
-        await ctx.report_progress(now - started, entry.wait_seconds, "Waiting for the secret to be entered")
+        await ctx.report_progress(now - started, entry.wait_seconds, WAITING)
         await anyio.sleep(min(WAIT_POLL_SECONDS, deadline - now))
 
 
@@ -653,7 +657,7 @@ def _add_request_secret(
         if asks_by_result(ctx):
             return _entry_question(message, link, entry.base_url)
         try:
-            action, told = await _asked_to_open(entry, link, message, url, ctx)
+            action, told = await _asked_to_open(entry, link, message, url, ctx, started=started)
         except MCPError:
             # It said it opens URLs, but the request found no way to it or got an error: give the link.
             return _link_sent(username, link, url)
@@ -663,17 +667,19 @@ def _add_request_secret(
 
 
 async def _asked_to_open(
-    entry: EntrySettings, link: EntryLink, message: str, url: str, ctx: Context[Any, Any]
+    entry: EntrySettings, link: EntryLink, message: str, url: str, ctx: Context[Any, Any], *, started: float
 ) -> tuple[str, bool]:
     """The client's answer to the URL elicitation, and whether it was told meanwhile that the page is done.
 
     A client may keep its dialog open until ``notifications/elicitation/complete`` says the page is done
-    (the MCP Inspector 2.x does, and answers "accept" then): the store is watched while it is open.
+    (the MCP Inspector 2.x does, and answers "accept" then): the store is watched while it is open, and
+    progress reported, of no set length, since the call's wait counts only once the client answers.
     """
     told = False
 
     async def tell_when_stored() -> None:
         nonlocal told
+        reported = anyio.current_time()
         while True:  # polled, as by _await_entry: any replica may serve the page
             try:
                 submission = await _run(lambda: entry.links.submission(link.token))
@@ -682,6 +688,9 @@ async def _asked_to_open(
             if submission != "waiting":
                 break
             await anyio.sleep(WAIT_POLL_SECONDS)
+            if anyio.current_time() - reported >= DIALOG_PROGRESS_SECONDS:
+                reported = anyio.current_time()
+                await ctx.report_progress(entry.clock() - started, None, WAITING)
         if submission == "stored":
             with anyio.CancelScope(shield=True):  # the answer coming meanwhile must not cut it in half
                 await ctx.request_context.session.send_elicit_complete(
