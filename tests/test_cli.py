@@ -1346,11 +1346,20 @@ def test_a_store_restored_without_its_key_is_told_to_configure_that_key_not_to_g
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
-def test_a_first_set_under_a_permissive_umask_makes_every_missing_directory_owner_only(
-    env: dict[str, str], canary: str, tmp_path: Path
+@pytest.mark.parametrize(
+    "umask",
+    [
+        # The directories above the key file and the database (``~/.config``, say) were made
+        # world-writable: another user could then swap the directory holding the key or the database.
+        pytest.param(0o000, id="permissive"),
+        # The directories and the database were made mode 000: the run failed, unable to open the file it
+        # had just made, and every later run failed too on the directories it left (not as root).
+        pytest.param(0o777, id="masking-the-owners-bits"),
+    ],
+)
+def test_a_first_set_under_any_umask_makes_every_missing_directory_and_file_owner_only(
+    env: dict[str, str], canary: str, tmp_path: Path, umask: int
 ) -> None:
-    """Under umask 000 the directories above the key file and the database (``~/.config``, say) were
-    made world-writable: another user could then swap the directory holding the key or the database."""
     del env["MCP_SECRETS_MASTER_KEY"]
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
@@ -1365,44 +1374,7 @@ def test_a_first_set_under_a_permissive_umask_makes_every_missing_directory_owne
         text=True,
         timeout=60,
         check=False,
-        umask=0,
-    )
-
-    assert done.returncode == 0, done.stderr
-    made = {str(path.relative_to(home)): path.stat().st_mode & 0o777 for path in home.rglob("*")}
-    assert made == {
-        ".config": 0o700,
-        ".config/mcp-secrets": 0o700,
-        ".config/mcp-secrets/master.key": 0o600,
-        ".local": 0o700,
-        ".local/share": 0o700,
-        ".local/share/mcp-secrets": 0o700,
-        ".local/share/mcp-secrets/secrets.db": 0o600,
-    }
-    assert canary not in done.stdout + done.stderr
-
-
-@pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
-def test_a_first_set_under_a_umask_that_masks_the_owners_bits_makes_directories_and_files_it_can_use(
-    env: dict[str, str], canary: str, tmp_path: Path
-) -> None:
-    """Under umask 777 the directories and the database were made mode 000: the run failed, unable to open
-    the file it had just made, and every later run failed too on the directories it left (not as root)."""
-    del env["MCP_SECRETS_MASTER_KEY"]
-    home = tmp_path / "home"
-    home.mkdir(mode=0o700)
-    env.update(HOME=str(home), MCP_SECRETS_CONFIG_DIR="~/.config/mcp-secrets")
-    env.update(MCP_SECRETS_DATA_DIR="~/.local/share/mcp-secrets")
-
-    done = subprocess.run(
-        [sys.executable, "-m", "mcp_secrets", "set", "github", "TOKEN", "--user", "alice"],
-        env=env,
-        input=canary + "\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        umask=0o777,
+        umask=umask,
     )
 
     assert done.returncode == 0, done.stderr
