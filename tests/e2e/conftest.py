@@ -6,6 +6,7 @@ key, logs at DEBUG to a file the tests read back, and is stopped at teardown.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -49,6 +50,7 @@ SDK_CLIENT_TIMEOUT = httpx2.Timeout(30, read=300)
 STARTUP_POLLS = 400  # x POLL_INTERVAL: a generous bound on how long a server may take to come up
 POLL_INTERVAL = 0.05
 CLI_TIMEOUT = 60
+MASKED_SETTING_CHARS = 16  # a setting this long may be a secret: a failure names it
 CHROMIUM_FLAGS = (
     "--headless=new",
     "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
@@ -104,6 +106,35 @@ def run_program(env: dict[str, str], argv: list[str]) -> subprocess.CompletedPro
         timeout=CLI_TIMEOUT,
         check=False,
     )
+
+
+def run_client_script(
+    argv: list[str], settings: dict[str, str], printed: list[str], timeout: float
+) -> dict[str, Any]:
+    """Run a foreign client's script given ``settings`` alone, and return the JSON report it prints.
+
+    All it printed (a stdio server's log too) is added to ``printed``, for its caller to search. A failed
+    run is told with its stderr less every long setting (a value, a key, a token), named instead, so that
+    a traceback that held one cannot put it in the test's output.
+    """
+    done = subprocess.run(
+        argv,
+        env={"PATH": os.environ["PATH"], "HOME": str(Path.home()), **settings},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    printed += [done.stdout, done.stderr]
+    if done.returncode != 0:
+        told = done.stderr[-3000:]
+        for name, value in settings.items():
+            if len(value) >= MASKED_SETTING_CHARS:
+                told = told.replace(value, f"[{name}]")
+        pytest.fail(f"{argv[-1]} exited with {done.returncode}: {told}")
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
 
 
 def create_token(env: dict[str, str], username: str) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from e2e.conftest import isolated_env, run_program, serving, stdout_path
+from e2e.conftest import isolated_env, run_client_script, run_program, serving, stdout_path
 
 from .test_gateway import STDIO_ENTRY
 from .test_typescript_client import MCP_SECRETS_COMMAND, SECRETS_TOOLS, STORES_MANY
@@ -91,19 +91,19 @@ def make_environment(home: Path, pins: list[str]) -> None:
 
 def run_client(python: Path, settings: dict[str, str], printed: list[str]) -> dict[str, Any]:
     """The script's report; all it printed (a stdio server's log too) is added to ``printed``."""
-    done = subprocess.run(
-        [str(python), str(SCRIPT)],
-        env={"PATH": os.environ["PATH"], "HOME": str(Path.home()), **settings},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=CLIENT_TIMEOUT,
-        check=False,
-    )
-    printed += [done.stdout, done.stderr]
-    assert done.returncode == 0, done.stderr[-3000:]
-    report: dict[str, Any] = json.loads(done.stdout)
-    return report
+    return run_client_script([str(python), str(SCRIPT)], settings, printed, CLIENT_TIMEOUT)
+
+
+def test_a_client_script_that_fails_is_told_without_the_values_of_its_settings(canary: str) -> None:
+    printed: list[str] = []
+    dies = "import os, sys; sys.exit('Traceback: ' + os.environ['PY_VALUE'])"
+
+    with pytest.raises(pytest.fail.Exception) as failed:
+        run_client_script([sys.executable, "-c", dies], {"PY_VALUE": canary}, printed, CLIENT_TIMEOUT)
+
+    assert "[PY_VALUE]" in str(failed.value)
+    assert (canary in str(failed.value)) is False
+    assert (canary in "".join(printed)) is True  # what it printed is still there for the caller to search
 
 
 @pytest.mark.timeout(INSTALL_TIMEOUT + CLIENT_TIMEOUT)

@@ -12,7 +12,6 @@ skipping.
 from __future__ import annotations
 
 import json
-import os
 import secrets as _random
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from e2e.conftest import isolated_env, run_program, serving, stdout_path
+from e2e.conftest import isolated_env, run_client_script, run_program, serving, stdout_path
 
 from .test_gateway import STDIO_ENTRY
 from .test_inspector import INSPECTOR_TIMEOUT, needed
@@ -67,19 +66,7 @@ def typescript_sdk(node: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_client(node: str, sdk: Path, settings: dict[str, str], printed: list[str]) -> dict[str, Any]:
     """The script's report; all it printed (a stdio server's log too) is added to ``printed``."""
-    done = subprocess.run(
-        [node, str(sdk / SCRIPT.name)],
-        env={"PATH": os.environ["PATH"], "HOME": str(Path.home()), **settings},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=INSPECTOR_TIMEOUT,
-        check=False,
-    )
-    printed += [done.stdout, done.stderr]
-    assert done.returncode == 0, done.stderr
-    report: dict[str, Any] = json.loads(done.stdout)
-    return report
+    return run_client_script([node, str(sdk / SCRIPT.name)], settings, printed, INSPECTOR_TIMEOUT)
 
 
 @contextmanager
