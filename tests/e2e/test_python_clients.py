@@ -28,7 +28,7 @@ import pytest
 from e2e.conftest import isolated_env, run_client_script, run_program, serving, stdout_path
 
 from .test_gateway import STDIO_ENTRY
-from .test_typescript_client import MCP_SECRETS_COMMAND, SECRETS_TOOLS, STORES_MANY
+from .test_typescript_client import MCP_SECRETS_COMMAND, SECRETS_TOOLS, STORES_MANY, assert_calls
 
 # The latest of each line; FastMCP 2 runs on the SDK 1.x. platformdirs: the README's line for the library.
 CLIENTS = {"mcp": ["mcp==1.30.0", "platformdirs"], "fastmcp": ["fastmcp==2.14.7"]}
@@ -163,21 +163,6 @@ def test_the_python_sdk_1x_and_fastmcp_clients_read_every_tool_and_result_as_the
     for text in texts:
         leaked = [index for index, value in enumerate(values) if value in text]  # which, never the value
         assert not leaked
-
-
-def assert_calls(calls: dict[str, Any]) -> None:
-    """Each tool's results as the client read them; refusals are tool errors without structured content."""
-    for name in ("set", "replace", "keys", "events", "delete"):
-        assert calls[name]["isError"] is False, (name, calls[name])
-        assert calls[name].get("read", True) is True, (name, calls[name])  # FastMCP read it as its type
-    assert calls["set"]["structured"] == {"server": "github", "key": "GITHUB_TOKEN", "status": "created"}
-    assert calls["replace"]["structured"]["status"] == "updated"
-    assert [key["key"] for key in calls["keys"]["structured"]["keys"]] == ["GITHUB_TOKEN"]
-    assert [event["action"] for event in calls["events"]["structured"]["events"]] == ["updated", "created"]
-    assert calls["delete"]["structured"]["status"] == "deleted"
-    for refused in ("deleteAgain", "badName", "noValue", "badLimit", "badCursor"):
-        assert calls[refused]["isError"] is True, (refused, calls[refused])
-        assert calls[refused]["structured"] is None
 
 
 def assert_request(report: dict[str, Any], transport: str) -> None:

@@ -69,6 +69,21 @@ def run_client(node: str, sdk: Path, settings: dict[str, str], printed: list[str
     return run_client_script([node, str(sdk / SCRIPT.name)], settings, printed, INSPECTOR_TIMEOUT)
 
 
+def assert_calls(calls: dict[str, Any]) -> None:
+    """Each tool's results as a client read them; refusals are tool errors without structured content."""
+    for name in ("set", "replace", "keys", "events", "delete"):
+        assert calls[name]["isError"] is False, (name, calls[name])
+        assert calls[name].get("read", True) is True, (name, calls[name])  # FastMCP read it as its type
+    assert calls["set"]["structured"] == {"server": "github", "key": "GITHUB_TOKEN", "status": "created"}
+    assert calls["replace"]["structured"]["status"] == "updated"
+    assert [key["key"] for key in calls["keys"]["structured"]["keys"]] == ["GITHUB_TOKEN"]
+    assert [event["action"] for event in calls["events"]["structured"]["events"]] == ["updated", "created"]
+    assert calls["delete"]["structured"]["status"] == "deleted"
+    for refused in ("deleteAgain", "badName", "noValue", "badLimit", "badCursor"):
+        assert calls[refused]["isError"] is True, (refused, calls[refused])
+        assert calls[refused]["structured"] is None
+
+
 @contextmanager
 def client_settings(transport: str, env: dict[str, str], log: Path, value: str) -> Iterator[dict[str, str]]:
     """The script's settings for ``transport``: over HTTP, a gateway serving as long as the block lasts."""
@@ -112,14 +127,7 @@ def test_the_typescript_sdks_client_reads_every_tool_and_result_as_the_server_me
     assert report["schemas"] == {
         f"{tool}.{which}": "compiled" for tool in SECRETS_TOOLS for which in ("inputSchema", "outputSchema")
     }
-    calls = report["calls"]
-    assert calls["set"]["structured"] == {"server": "github", "key": "GITHUB_TOKEN", "status": "created"}
-    assert calls["replace"]["structured"]["status"] == "updated"
-    assert [key["key"] for key in calls["keys"]["structured"]["keys"]] == ["GITHUB_TOKEN"]
-    assert [event["action"] for event in calls["events"]["structured"]["events"]] == ["updated", "created"]
-    assert calls["delete"]["structured"]["status"] == "deleted"
-    for refused in ("deleteAgain", "badName", "noValue", "badLimit", "badCursor"):
-        assert calls[refused]["isError"] is True, (refused, calls[refused])
+    assert_calls(report["calls"])
 
     request = report["request"]
     assert "threw" not in request["result"], request["result"]
